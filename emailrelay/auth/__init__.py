@@ -1,0 +1,1 @@
+"""emailrelay.auth package."""

@@ -1,0 +1,1 @@
+"""emailrelay.cli package."""

@@ -1,0 +1,143 @@
+"""``emailrelay``: the front end — options in, a running relay out.
+
+What it is for: parse the E-MailRelay command line (and config file), turn
+it into a :class:`~emailrelay.config.Config`, bind the listening sockets,
+detach, and run the relay; or print help/version.
+
+Guarantees (SPEC.md §1): exit 0 on a normal stop; 1 with a one-line
+``emailrelay: error: ...`` on a usage or configuration error; 2 when a
+listening socket cannot be bound — reported by the process the user
+started, before it detaches.  The pid file appears only once every
+listening socket is bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from .. import identity
+from .. import log as logmod
+from ..config import Config, from_values
+from ..errors import EmailRelayError, UsageError
+from ..services import daemon, listeners
+from ..services.instance import Instance
+from .helptext import help_text, version_text
+from .parse import Value, expand_shorthands, parse_command_line
+
+#: Options accepted by the parser whose feature has not landed yet; using one is an error, not a no-op.
+NOT_IMPLEMENTED = (
+    "pop", "pop-auth", "pop-by-name", "pop-no-delete", "admin", "admin-terminate",
+    "filter", "client-filter", "address-verifier", "delivery-dir", "dnsbl",
+    "server-auth", "client-auth", "server-auth-config", "client-auth-config",
+    "server-tls", "server-tls-connection", "server-tls-certificate", "server-tls-required", "server-tls-verify",
+    "client-tls", "client-tls-connection", "client-tls-certificate", "client-tls-required",
+    "client-tls-server-name", "client-tls-verify", "client-tls-verify-name", "tls-config",
+)  # fmt: skip
+
+
+def app_dir() -> str:
+    return str(Path(sys.argv[0]).resolve().parent) if sys.argv and sys.argv[0] else os.getcwd()
+
+
+def log_config(values: dict[str, Value]) -> logmod.LogConfig:
+    formats = {f.strip() for item in _as_list(values.get("log-format")) for f in item.split(",")}
+    syslog_on = not values.get("no-syslog") or bool(values.get("syslog"))
+    log_file = values.get("log-file")
+    return logmod.LogConfig(
+        enabled=bool(values.get("log")) or bool(values.get("verbose")),
+        verbose=bool(values.get("verbose")),
+        debug=bool(values.get("debug")),
+        with_time=bool(values.get("log-time")) or "time" in formats,
+        with_address=bool(values.get("log-address")) or "address" in formats,
+        json="json" in formats,
+        syslog=syslog_on,
+        log_file=log_file if isinstance(log_file, str) else None,
+    )
+
+
+def _as_list(value: Value | None) -> list[str]:
+    if value is None or isinstance(value, bool):
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def check_implemented(values: dict[str, Value]) -> None:
+    for name in NOT_IMPLEMENTED:
+        if values.get(name):
+            raise UsageError(f"--{name} is not implemented yet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    log = logmod.get()
+    try:
+        parsed = parse_command_line(args, app_dir=app_dir())
+        values = expand_shorthands(parsed.values)
+        if values.get("help"):
+            print(help_text(bool(values.get("verbose"))), end="")
+            return 0
+        if values.get("version"):
+            print(version_text())
+            return 0
+        log.configure(log_config(values))
+        for warning in parsed.warnings:
+            log.warning(warning)
+        if len(parsed.configs) > 1:
+            raise UsageError("multiple configurations are not implemented yet")
+        check_implemented(values)
+        config = from_values(values)
+        return run(config, values)
+    except EmailRelayError as exc:
+        log.error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0
+
+
+def run(config: Config, values: dict[str, Value]) -> int:
+    log = logmod.get()
+    if not config.spool_dir.is_dir():
+        raise UsageError(f"invalid spool directory: {config.spool_dir}")
+    bound: list[listeners.Bound] = []
+    serving = not (config.dont_serve or config.as_client or config.no_smtp)
+    if serving:
+        specs = listeners.plan(config.interfaces, {"smtp": config.port})
+        bound = listeners.bind_all(specs)
+        for b in bound:
+            log.info(f"smtp server on {b.display}")
+    if config.forward_to:
+        log.info(f"forwarding to {config.forward_to}")
+    switch = identity.switching_applies(config.user)
+    target = None
+    if switch:
+        try:
+            target = identity.lookup(config.user)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+    if not config.no_daemon:
+        daemon.detach()
+    if values.get("close-stderr") and not values.get("log-file"):
+        log.close_stderr()
+    if target is not None:
+        identity.drop(target)
+    pid_path = daemon.write_pid_file(config.pid_file)
+    try:
+        return _run_loop(Instance(config, smtp_sockets=bound))
+    finally:
+        daemon.remove_pid_file(pid_path)
+
+
+def _run_loop(instance: Instance) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(instance.run())
+    except ImportError:
+        return asyncio.run(instance.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Typed run-time configuration built from the parsed command line.
+
+What it is for: the services never look at option strings; they get a
+:class:`Config` whose fields are already checked and converted (numbers,
+addresses, feature keywords).  One configuration is one instance of the
+relay (the guide's multiple-configuration prefixes give several).
+
+Guarantees: every error is a :class:`~emailrelay.errors.UsageError` naming
+the option, raised before anything is bound or started.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+Values = dict[str, "str | bool | list[str]"]
+
+DEFAULT_RETRY = (60, 300, 900, 3600, 14400)
+DEFAULT_GIVE_UP = 5 * 24 * 3600
+
+
+@dataclass
+class Config:
+    # server side
+    spool_dir: Path = Path("/var/spool/emailrelay")
+    port: int = 25
+    interfaces: list[str] = field(default_factory=list)
+    remote_clients: bool = False
+    size: int = 0
+    domain: str = ""
+    idle_timeout: float = 60.0
+    prompt_timeout: float = 20.0
+    no_smtp: bool = False
+    dont_serve: bool = False
+    anonymous: frozenset[str] = frozenset()  # vrfy, server, content, client
+    server_smtp_config: frozenset[str] = frozenset()
+    max_connections: int = 0
+    filters: list[str] = field(default_factory=list)
+    filter_timeout: float = 60.0
+    address_verifier: str | None = None
+    # client side
+    forward_to: str | None = None
+    forward: bool = False
+    forward_on_disconnect: bool = False
+    poll: float | None = None
+    immediate: bool = False
+    client_smtp_config: frozenset[str] = frozenset()
+    client_filters: list[str] = field(default_factory=list)
+    client_interface: str | None = None
+    connection_timeout: float = 40.0
+    response_timeout: float = 60.0
+    forward_to_some: bool = False
+    retry_schedule: tuple[int, ...] = DEFAULT_RETRY
+    give_up_age: int = DEFAULT_GIVE_UP
+    workers_forward: int = 1
+    workers_smtp: int = 1
+    # process
+    no_daemon: bool = False
+    pid_file: str | None = None
+    user: str = "daemon"
+    run_dir: Path | None = None
+    as_client: bool = False
+
+    def ehlo_name(self) -> str:
+        return self.domain
+
+
+def _int(values: Values, name: str, default: int, *, minimum: int = 0) -> int:
+    raw = values.get(name)
+    if raw is None or raw is False:
+        return default
+    try:
+        value = int(str(raw))
+    except ValueError:
+        raise UsageError(f"--{name}: invalid number '{raw}'") from None
+    if value < minimum:
+        raise UsageError(f"--{name}: must be at least {minimum}")
+    return value
+
+
+def _str(values: Values, name: str) -> str | None:
+    raw = values.get(name)
+    if raw is None or raw is False or raw is True:
+        return None
+    if isinstance(raw, list):
+        return raw[-1] if raw else None
+    return raw
+
+
+def _list(values: Values, name: str) -> list[str]:
+    raw = values.get(name)
+    if raw is None or raw is False or raw is True:
+        return []
+    items = raw if isinstance(raw, list) else [raw]
+    out: list[str] = []
+    for item in items:
+        out.extend(part.strip() for part in item.split(",") if part.strip())
+    return out
+
+
+def _keywords(values: Values, name: str, allowed: set[str]) -> frozenset[str]:
+    words = {w.lower() for w in _list(values, name)}
+    unknown = words - allowed
+    if unknown:
+        raise UsageError(f"--{name}: unknown keyword '{sorted(unknown)[0]}'")
+    return frozenset(words)
+
+
+SERVER_SMTP_KEYWORDS = {
+    "pipelining",
+    "nopipelining",
+    "chunking",
+    "smtputf8",
+    "smtputf8strict",
+    "nostrictparsing",
+    "noalabels",
+}
+CLIENT_SMTP_KEYWORDS = {
+    "pipelining",
+    "nopipelining",
+    "smtputf8strict",
+    "eightbitstrict",
+    "binarymimestrict",
+    "nochunking",
+}
+ANONYMOUS_SCOPES = {"vrfy", "server", "content", "client"}
+
+
+def default_domain() -> str:
+    name = socket.gethostname()
+    try:
+        fqdn = socket.getfqdn(name)
+    except OSError:
+        fqdn = name
+    if not fqdn or fqdn.startswith("localhost") and name:
+        return name or "localhost"  # /etc/hosts maps the host name to localhost: keep the name
+    return fqdn
+
+
+def from_values(values: Values) -> Config:
+    """Build a Config from one configuration's option values (after shorthand expansion)."""
+    c = Config()
+    if spool := _str(values, "spool-dir"):
+        c.spool_dir = Path(spool)
+    c.port = _int(values, "port", 25)
+    c.interfaces = _list(values, "interface")
+    c.remote_clients = bool(values.get("remote-clients"))
+    c.size = _int(values, "size", 0)
+    c.domain = _str(values, "domain") or default_domain()
+    c.idle_timeout = _int(values, "idle-timeout", 60)
+    c.prompt_timeout = _int(values, "prompt-timeout", 20)
+    c.no_smtp = bool(values.get("no-smtp"))
+    c.dont_serve = bool(values.get("dont-serve"))
+    anonymous = values.get("anonymous")
+    if anonymous is True:
+        c.anonymous = frozenset(ANONYMOUS_SCOPES)
+    elif anonymous:
+        c.anonymous = _keywords(values, "anonymous", ANONYMOUS_SCOPES)
+    c.server_smtp_config = _keywords(values, "server-smtp-config", SERVER_SMTP_KEYWORDS)
+    c.client_smtp_config = _keywords(values, "client-smtp-config", CLIENT_SMTP_KEYWORDS)
+    c.max_connections = _int(values, "max-connections", 0)
+    c.filters = _list(values, "filter")
+    c.client_filters = _list(values, "client-filter")
+    c.filter_timeout = _int(values, "filter-timeout", 60)
+    c.address_verifier = _str(values, "address-verifier")
+    c.forward_to = _str(values, "forward-to")
+    c.forward = bool(values.get("forward"))
+    c.forward_on_disconnect = bool(values.get("forward-on-disconnect"))
+    if values.get("poll") not in (None, False):
+        c.poll = float(_int(values, "poll", 0))
+    c.immediate = bool(values.get("immediate"))
+    c.client_interface = _str(values, "client-interface")
+    c.connection_timeout = _int(values, "connection-timeout", 40, minimum=1)
+    c.response_timeout = _int(values, "response-timeout", 60, minimum=1)
+    c.forward_to_some = bool(values.get("forward-to-some"))
+    if retry := _list(values, "retry"):
+        try:
+            c.retry_schedule = tuple(int(x) for x in retry)
+        except ValueError:
+            raise UsageError("--retry: expected comma-separated seconds, eg. 60,300,900") from None
+        if not c.retry_schedule or min(c.retry_schedule) < 0:
+            raise UsageError("--retry: expected comma-separated non-negative seconds")
+    c.give_up_age = _int(values, "give-up", DEFAULT_GIVE_UP)
+    for item in _list(values, "workers"):
+        role, _, number = item.partition("=")
+        try:
+            count = int(number)
+        except ValueError:
+            raise UsageError(f"--workers: expected role=number, got '{item}'") from None
+        if role == "forward" and count >= 0:
+            c.workers_forward = count
+        elif role == "smtp" and count >= 1:
+            c.workers_smtp = count
+        elif role not in ("forward", "smtp", "pop", "notify", "admin", "bus"):
+            raise UsageError(f"--workers: unknown role '{role}'")
+    c.no_daemon = bool(values.get("no-daemon"))
+    c.pid_file = _str(values, "pid-file")
+    c.user = _str(values, "user") or "daemon"
+    if run_dir := _str(values, "run-dir"):
+        c.run_dir = Path(run_dir)
+    c.as_client = bool(values.get("as-client"))
+    if c.forward_to is None and (c.forward or c.forward_on_disconnect or c.poll is not None or c.immediate):
+        raise UsageError("forwarding needs --forward-to (or --as-client / --as-proxy)")
+    return c
+
+
+def effective_run_dir(config: Config) -> Path:
+    if config.run_dir is not None:
+        return config.run_dir
+    if config.pid_file:
+        return Path(config.pid_file).parent
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/run/emailrelay")

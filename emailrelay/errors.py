@@ -1,0 +1,55 @@
+"""Exception types shared by every layer of emailrelay.
+
+Each error carries the process exit code it maps to (SPEC.md §1: 1 for usage
+and configuration errors, 2 when a listening socket cannot be bound), so the
+front end can turn any ``EmailRelayError`` into a one-line
+``emailrelay: error: <message>`` and ``sys.exit(err.exit_code)``.
+"""
+
+from __future__ import annotations
+
+
+class EmailRelayError(Exception):
+    """Base class of all errors the relay reports to its operator."""
+
+    exit_code: int = 1
+
+
+class UsageError(EmailRelayError):
+    """A bad command line: unknown option, missing value, conflicting options."""
+
+    exit_code = 1
+
+
+class ConfigError(EmailRelayError):
+    """A bad configuration file (or other configuration input).
+
+    ``str(err)`` is ``"<path>:<line>: <text>"`` when path and line are known,
+    ``"<path>: <text>"`` with only a path, and ``"<text>"`` otherwise.
+    """
+
+    exit_code = 1
+
+    def __init__(self, text: str, path: str | None = None, line: int | None = None) -> None:
+        self.text = text
+        self.path = path
+        self.line = line
+        if path is not None and line is not None:
+            message = f"{path}:{line}: {text}"
+        elif path is not None:
+            message = f"{path}: {text}"
+        else:
+            message = text
+        super().__init__(message)
+
+
+class BindError(EmailRelayError):
+    """A listening socket could not be bound."""
+
+    exit_code = 2
+
+
+class SpoolError(EmailRelayError):
+    """The spool directory or one of its files could not be used."""
+
+    exit_code = 1

@@ -1,0 +1,106 @@
+"""Process identity: run as ``--user`` when idle, root only when needed (SPEC.md §1).
+
+What it is for: upstream's user-id switching.  Started as root, the relay
+binds its sockets, then sets the effective user and group to ``--user``
+(default ``daemon``) while the real ids stay root; the spool layer takes
+root back for the moment it creates or renames a file (:func:`as_root`),
+so files belong to root with the group of ``--user``.  ``--user root``, or
+starting as any other user, turns all switching off.
+
+Guarantees: switches are serialised by one lock, so threads doing spool I/O
+never see each other's half-switched identity; filters and verifiers are
+started with :func:`child_preexec`, which drops real and effective ids to
+``--user`` for good in the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+_lock = threading.RLock()
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    name: str
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+
+_target: Identity | None = None  # set once dropped
+
+
+def lookup(name: str) -> Identity:
+    """Resolve ``--user``; raises KeyError with a clear message for unknown users."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise KeyError(f"unknown user: {name!r}") from None
+    return Identity(uid=pw.pw_uid, gid=pw.pw_gid, name=name)
+
+
+def switching_applies(user: str) -> bool:
+    return os.getuid() == 0 and user != "root"
+
+
+def drop(identity: Identity) -> None:
+    """Become ``identity`` (effective ids only); real ids stay root."""
+    global _target
+    with _lock:
+        with contextlib.suppress(OSError):
+            os.setgroups([identity.gid])
+        os.setegid(identity.gid)
+        os.seteuid(identity.uid)
+        _target = identity
+
+
+def group_for_files() -> int | None:
+    """The group new spool files get, when switching is on."""
+    return _target.gid if _target is not None else None
+
+
+@contextlib.contextmanager
+def as_root() -> Iterator[None]:
+    """Take effective root back for a moment (no-op when not switching)."""
+    if _target is None:
+        yield
+        return
+    with _lock:
+        os.seteuid(0)
+        try:
+            yield
+        finally:
+            os.seteuid(_target.uid)
+
+
+def child_preexec() -> Callable[[], None] | None:
+    """A preexec_fn that makes a child run fully as ``--user`` (None when not switching)."""
+    target = _target
+    if target is None:
+        return None
+
+    def _drop() -> None:
+        os.seteuid(0)
+        with contextlib.suppress(OSError):
+            os.setgroups([target.gid])
+        os.setgid(target.gid)
+        os.setuid(target.uid)
+
+    return _drop
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -1,0 +1,899 @@
+"""Sans-IO SMTP client: the forwarding side of the protocol as a state machine.
+
+What it is for: everything the forwarder says to the next-hop server and how
+it reads the answers -- greeting, EHLO (HELO fallback), STARTTLS, the SASL
+exchange hooks, MAIL/RCPT (pipelined when offered), DATA or BDAT, RSET after
+a failure for connection reuse, QUIT -- with no sockets, files, clocks or
+logging.  The service feeds received bytes in (:meth:`SmtpClient.receive_data`,
+``b""`` for EOF), takes events out (:meth:`SmtpClient.next_event` until
+``NEED_DATA``), calls the action methods, and writes
+:meth:`SmtpClient.data_to_send` to the socket.  Timeouts belong to the
+service: :attr:`SmtpClient.awaiting_reply` says whether one should run.
+
+What it expects: the service reacts to events (``SessionReady`` ->
+``send_envelope``/``starttls``/``start_auth``, ``ReadyForContent`` ->
+``send_content`` ... ``end_content``, ``AuthChallenge`` -> ``auth_response``,
+``MessageSent``/``MessageFailed`` -> next message or ``quit``).  Content has
+been pre-scanned with :func:`~emailrelay.protocol.content_encoding.content_problems`
+(a line over 998 octets must be refused before MAIL).  Calling an action in
+the wrong state raises :class:`ClientUsageError` (a bug in the caller).
+
+What it guarantees:
+- Processing is eager and chunking-independent: the same server bytes give
+  the same events and the same client bytes however they are split.
+- Every malformed input from the server -- a line without a 3-digit code in
+  200..599, a line over 4096 octets, a multi-line reply switching codes, an
+  over-long multi-line reply, a reply nobody asked for -- and every 421 or
+  unexpected EOF is exactly one :class:`SessionFailed`, after which nothing
+  more happens.  It never raises on server input.
+- DATA is never pipelined: all RCPT replies are in before DATA (or the first
+  BDAT) goes out, so with forward-to-all a rejected recipient aborts the
+  message before any content is sent.
+- Bytes the server sends after its 220 to STARTTLS (in the same read, or
+  before :meth:`SmtpClient.tls_established`) are discarded.
+- Outgoing content has canonical CRLF line ends and is dot-stuffed (DATA) or
+  framed (BDAT), see :mod:`emailrelay.protocol.content_encoding`.  Command
+  arguments holding CR, LF or NUL are refused with ``ValueError``.
+- Authentication responses are never put in the trace.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from emailrelay.protocol.content_encoding import BdatEncoder, DataEncoder
+
+MAX_REPLY_LINE = 4096  # octets excluding the line end
+MAX_REPLY_LINES = 256  # lines in one multi-line reply
+
+__all__ = [
+    "MAX_REPLY_LINE",
+    "MAX_REPLY_LINES",
+    "NEED_DATA",
+    "AuthChallenge",
+    "AuthDone",
+    "Capabilities",
+    "ClientConfig",
+    "ClientUsageError",
+    "Closed",
+    "Event",
+    "Greeted",
+    "MessageFailed",
+    "MessageSent",
+    "NeedData",
+    "ReadyForContent",
+    "RecipientsResult",
+    "Reply",
+    "SessionFailed",
+    "SessionReady",
+    "SmtpClient",
+    "StartTlsReady",
+    "State",
+    "parse_ehlo",
+    "xtext_encode",
+]
+
+
+class ClientUsageError(RuntimeError):
+    """An action method was called in a state where it makes no sense."""
+
+
+class NeedData:
+    """Type of the :data:`NEED_DATA` sentinel."""
+
+    _instance: NeedData | None = None
+
+    def __new__(cls) -> NeedData:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = NeedData()
+
+
+# --------------------------------------------------------------------------- data types
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A complete (possibly multi-line) server reply; ``lines`` are the texts."""
+
+    code: int
+    lines: list[str]
+
+    @property
+    def text(self) -> str:
+        return self.lines[-1] if self.lines else ""
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.lines)
+
+    def is_positive(self) -> bool:
+        return 200 <= self.code <= 299
+
+    def is_intermediate(self) -> bool:
+        return 300 <= self.code <= 399
+
+    def is_transient(self) -> bool:
+        return 400 <= self.code <= 499
+
+    def is_permanent(self) -> bool:
+        return 500 <= self.code <= 599
+
+    def __str__(self) -> str:
+        message = self.message
+        return f"{self.code} {message}" if message else str(self.code)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the server's EHLO reply offered (all off after HELO)."""
+
+    pipelining: bool = False
+    chunking: bool = False
+    binarymime: bool = False
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    starttls: bool = False
+    size: int | None = None  # None: SIZE not offered; 0: offered without a limit
+    auth_mechanisms: tuple[str, ...] = ()
+    raw: list[str] = field(default_factory=list)
+
+    @property
+    def auth(self) -> bool:
+        return bool(self.auth_mechanisms)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    helo_name: str  # EHLO argument (the service computes it)
+    pipelining: bool = True  # use PIPELINING when the server offers it
+    chunking: bool = True  # use BDAT when the server offers CHUNKING (and PIPELINING)
+    smtputf8_strict: bool = False  # fail a message needing SMTPUTF8 when the server lacks it
+    eightbit_strict: bool = False  # fail 8BITMIME content when the server lacks 8BITMIME
+    binarymime_strict: bool = False  # fail BINARYMIME content when it cannot go as BINARYMIME
+    forward_to_some: bool = False  # False = --forward-to-all
+    send_auth_param: bool = True  # False with --anonymous=client: never add AUTH= to MAIL
+
+
+class Event:
+    """Base class of the client events."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class Greeted(Event):
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class SessionReady(Event):
+    capabilities: Capabilities
+
+
+@dataclass(frozen=True)
+class StartTlsReady(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class AuthChallenge(Event):
+    reply: Reply
+
+    @property
+    def payload(self) -> str:
+        return self.reply.text
+
+
+@dataclass(frozen=True)
+class AuthDone(Event):
+    success: bool
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class RecipientsResult(Event):
+    accepted: list[str]
+    rejected: list[tuple[str, Reply]]
+
+
+@dataclass(frozen=True)
+class ReadyForContent(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class MessageSent(Event):
+    reply: Reply
+    accepted: list[str]
+    rejected: list[tuple[str, Reply]]
+
+
+@dataclass(frozen=True)
+class MessageFailed(Event):
+    reply: Reply | None
+    stage: str  # "mail" | "rcpt" | "data" | "content" | "policy"
+    rejected: list[tuple[str, Reply]]
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionFailed(Event):
+    reply: Reply | None
+    stage: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Closed(Event):
+    pass
+
+
+class State(StrEnum):
+    GREETING = "greeting"  # waiting for the 220
+    EHLO = "ehlo"  # EHLO or HELO sent
+    READY = "ready"  # idle: send_envelope / starttls / start_auth / quit
+    STARTTLS = "starttls"  # STARTTLS sent
+    TLS_HANDSHAKE = "tls-handshake"  # 220 received; waiting for tls_established()
+    AUTH = "auth"  # AUTH exchange in progress
+    ENVELOPE = "envelope"  # MAIL/RCPT sent, replies outstanding
+    DATA = "data"  # DATA sent, waiting for 354
+    CONTENT = "content"  # ReadyForContent given: send_content / end_content
+    FINAL = "final"  # content ended, waiting for the final reply
+    QUIT = "quit"  # QUIT sent
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+_TERMINAL = (State.CLOSED, State.FAILED)
+
+# Which stage a failure is reported under, by the command whose reply it is.
+_STAGE = {
+    "greeting": "greeting",
+    "ehlo": "ehlo",
+    "helo": "helo",
+    "starttls": "starttls",
+    "auth": "auth",
+    "rset": "rset",
+    "mail": "mail",
+    "rcpt": "rcpt",
+    "data": "data",
+    "bdat": "content",
+    "bdat_last": "content",
+    "dot": "content",
+    "quit": "quit",
+}
+
+_FORBIDDEN_IN_COMMANDS = re.compile(r"[\r\n\x00]")
+_XTEXT = re.compile(r"<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
+
+
+def xtext_encode(text: str) -> str:
+    """RFC 3461 xtext of ``text`` (UTF-8 octets outside ``!``..``~``, ``+``, ``=`` as ``+HH``)."""
+    return "".join(
+        chr(b) if 33 <= b <= 126 and b not in (43, 61) else f"+{b:02X}" for b in text.encode("utf-8")
+    )
+
+
+def parse_ehlo(reply: Reply) -> Capabilities:
+    """Capabilities from a positive EHLO reply (the first line is the greeting)."""
+    flags: dict[str, bool] = {}
+    size: int | None = None
+    mechanisms: list[str] = []
+    raw = reply.lines[1:]
+    for line in raw:
+        words = line.split()
+        if not words:
+            continue
+        keyword = words[0].upper()
+        if keyword in ("PIPELINING", "CHUNKING", "BINARYMIME", "8BITMIME", "SMTPUTF8", "STARTTLS"):
+            flags[keyword] = True
+        elif keyword == "SIZE":
+            size = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+        elif keyword == "AUTH" or keyword.startswith("AUTH="):
+            names = ([keyword[5:]] if keyword.startswith("AUTH=") else []) + [w.upper() for w in words[1:]]
+            for name in names:
+                if name and name not in mechanisms:
+                    mechanisms.append(name)
+    return Capabilities(
+        pipelining=flags.get("PIPELINING", False),
+        chunking=flags.get("CHUNKING", False),
+        binarymime=flags.get("BINARYMIME", False),
+        eightbitmime=flags.get("8BITMIME", False),
+        smtputf8=flags.get("SMTPUTF8", False),
+        starttls=flags.get("STARTTLS", False),
+        size=size,
+        auth_mechanisms=tuple(mechanisms),
+        raw=list(raw),
+    )
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _Txn:
+    """One message: the envelope and what the server said about it so far."""
+
+    __slots__ = ("accepted", "awaiting", "binary", "done", "encoder", "mail_reply", "rejected", "use_bdat")
+
+    def __init__(self, use_bdat: bool, binary: bool, awaiting: int) -> None:
+        self.use_bdat = use_bdat
+        self.binary = binary
+        self.awaiting = awaiting  # MAIL + RCPT replies still to come
+        self.mail_reply: Reply | None = None
+        self.accepted: list[str] = []
+        self.rejected: list[tuple[str, Reply]] = []
+        self.done = False  # outcome reported: later replies for it are discarded
+        self.encoder: DataEncoder | BdatEncoder | None = None
+
+
+class _Expect:
+    """A command that has been (or will be) written and whose reply is owed."""
+
+    __slots__ = ("arg", "kind", "txn")
+
+    def __init__(self, kind: str, txn: _Txn | None = None, arg: str = "") -> None:
+        self.kind = kind
+        self.txn = txn
+        self.arg = arg
+
+
+class SmtpClient:
+    """The client protocol state machine; see the module docstring."""
+
+    def __init__(self, config: ClientConfig, *, trace: bool = True) -> None:
+        _check_arg(config.helo_name, "helo name")
+        self._config = config
+        self._tracing = trace
+        self._trace: list[tuple[str, str]] = []
+        self._state = State.GREETING
+        self._caps = Capabilities()
+        self._inbuf = bytearray()
+        self._scan_from = 0
+        self._reply_code: int | None = None
+        self._reply_lines: list[str] = []
+        self._events: deque[Event] = deque()
+        self._out: list[bytes] = []
+        self._pending: deque[tuple[bytes, str, _Expect]] = deque()  # queued, not yet written
+        self._expect: deque[_Expect] = deque([_Expect("greeting")])  # written, reply owed
+        self._rset_needed = False
+        self._txn: _Txn | None = None
+        self._discard_input = False
+        self._content_aborted = False
+        self._quit_sent = False
+        self._auth_challenged = False
+        self._handlers = {
+            "greeting": self._on_greeting,
+            "ehlo": self._on_ehlo,
+            "helo": self._on_helo,
+            "starttls": self._on_starttls,
+            "auth": self._on_auth,
+            "rset": self._on_rset,
+            "mail": self._on_mail,
+            "rcpt": self._on_rcpt,
+            "data": self._on_data,
+            "bdat": self._on_bdat,
+            "bdat_last": self._on_final,
+            "dot": self._on_final,
+        }
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    @property
+    def pipelining_active(self) -> bool:
+        return self._config.pipelining and self._caps.pipelining
+
+    @property
+    def chunking_active(self) -> bool:
+        """BDAT is used: CHUNKING offered and enabled, and PIPELINING active
+        (so BDAT frames can be streamed without waiting for each reply)."""
+        return self._config.chunking and self._caps.chunking and self.pipelining_active
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """A reply is owed by the server: the service should run its response timer."""
+        return bool(self._expect) and self._state not in _TERMINAL and not self._discard_input
+
+    # ------------------------------------------------------------------ I/O side
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the socket; ``b""`` means EOF."""
+        if self._state in _TERMINAL:
+            return
+        if not data:
+            self._on_eof()
+            return
+        if self._discard_input:
+            return
+        self._inbuf += data
+        self._parse()
+
+    def next_event(self) -> Event | NeedData:
+        if self._events:
+            return self._events.popleft()
+        return NEED_DATA
+
+    def data_to_send(self) -> bytes:
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def drain_trace(self) -> list[tuple[str, str]]:
+        """``[("tx", "MAIL FROM:<a>"), ("rx", "250 ok"), ...]`` since the last call."""
+        trace = self._trace
+        self._trace = []
+        return trace
+
+    # ------------------------------------------------------------------ actions
+
+    def starttls(self) -> None:
+        self._require(State.READY, "starttls")
+        self._state = State.STARTTLS
+        self._queue("STARTTLS", _Expect("starttls"))
+
+    def tls_established(self) -> None:
+        self._require(State.TLS_HANDSHAKE, "tls_established")
+        self._discard_input = False
+        self._inbuf.clear()
+        self._scan_from = 0
+        self._caps = Capabilities()
+        self._state = State.EHLO
+        self._queue(f"EHLO {self._config.helo_name}", _Expect("ehlo"))
+
+    def start_auth(self, mechanism: str, initial_response: str | None = None) -> None:
+        self._require(State.READY, "start_auth")
+        _check_arg(mechanism, "mechanism")
+        line = f"AUTH {mechanism}"
+        trace = line
+        if initial_response is not None:
+            _check_arg(initial_response, "initial response")
+            line += " " + (initial_response or "=")
+            trace += " [authentication response not logged]"
+        self._state = State.AUTH
+        self._auth_challenged = False
+        self._queue(line, _Expect("auth"), trace)
+
+    def auth_response(self, text: str) -> None:
+        if self._state is not State.AUTH or not self._auth_challenged:
+            raise ClientUsageError(f"auth_response() without a challenge (state {self._state})")
+        _check_arg(text, "authentication response")
+        self._auth_challenged = False
+        self._queue(text, _Expect("auth"), "[authentication response not logged]")
+
+    def send_envelope(
+        self,
+        mail_from: str,
+        recipients: list[str],
+        *,
+        size: int | None = None,
+        body: str | None = None,
+        smtputf8: bool = False,
+        auth: str | None = None,
+    ) -> None:
+        """Start a message.  ``body`` is "7BIT", "8BITMIME", "BINARYMIME" or None;
+        ``auth`` is the xtext AUTH= value ("<>" allowed), sent only when the
+        server offered AUTH and ``send_auth_param`` is on."""
+        self._require(State.READY, "send_envelope")
+        if not recipients:
+            raise ValueError("send_envelope: no recipients")
+        for address in (mail_from, *recipients):
+            _check_arg(address, "address")
+        if auth is not None and not _XTEXT.fullmatch(auth):
+            raise ValueError(f"send_envelope: AUTH value is not xtext: {auth!r}")
+        body_type = body.upper() if body else None
+        if body_type not in (None, "7BIT", "8BITMIME", "BINARYMIME"):
+            raise ValueError(f"send_envelope: bad body type {body!r}")
+        self._content_aborted = False
+
+        caps = self._caps
+        config = self._config
+        if smtputf8 and not caps.smtputf8 and config.smtputf8_strict:
+            self._policy_failure("server does not support SMTPUTF8")
+            return
+        chunking = self.chunking_active
+        binary = False
+        body_param: str | None = None
+        if body_type == "BINARYMIME":
+            if chunking and caps.binarymime:
+                binary = True
+                body_param = "BINARYMIME"
+            elif config.binarymime_strict:
+                self._policy_failure("server does not support BINARYMIME with CHUNKING")
+                return
+            else:
+                body_type = "8BITMIME"  # sent with canonical line ends
+        if body_type == "8BITMIME":
+            if caps.eightbitmime:
+                body_param = "8BITMIME"
+            elif config.eightbit_strict:
+                self._policy_failure("server does not support 8BITMIME")
+                return
+        elif body_type == "7BIT" and caps.eightbitmime:
+            body_param = "7BIT"
+
+        command = f"MAIL FROM:<{mail_from}>"
+        if size is not None and caps.size is not None:
+            command += f" SIZE={int(size)}"
+        if body_param:
+            command += f" BODY={body_param}"
+        if smtputf8 and caps.smtputf8:
+            command += " SMTPUTF8"
+        if auth is not None and caps.auth and config.send_auth_param:
+            command += f" AUTH={auth}"
+
+        txn = _Txn(use_bdat=chunking, binary=binary, awaiting=1 + len(recipients))
+        self._txn = txn
+        self._state = State.ENVELOPE
+        self._queue_rset()
+        self._pending.append(_command(command, _Expect("mail", txn)))
+        for rcpt in recipients:
+            self._pending.append(_command(f"RCPT TO:<{rcpt}>", _Expect("rcpt", txn, rcpt)))
+        self._flush()
+
+    def send_content(self, chunk: bytes) -> None:
+        if not self._content_ok("send_content"):
+            return
+        txn = self._txn
+        assert txn is not None and txn.encoder is not None
+        encoder = txn.encoder
+        if isinstance(encoder, BdatEncoder):
+            frame = encoder.feed(chunk)
+            if frame:
+                self._out.append(frame)
+                self._expect.append(_Expect("bdat", txn))
+                self._tx(f"BDAT {encoder.last_size}")
+        else:
+            data = encoder.feed(chunk)
+            if data:
+                self._out.append(data)
+
+    def end_content(self) -> None:
+        if not self._content_ok("end_content"):
+            return
+        txn = self._txn
+        assert txn is not None and txn.encoder is not None
+        encoder = txn.encoder
+        self._state = State.FINAL
+        if isinstance(encoder, BdatEncoder):
+            self._out.append(encoder.finish())
+            self._expect.append(_Expect("bdat_last", txn))
+            self._tx(f"BDAT {encoder.last_size} LAST")
+        else:
+            self._out.append(encoder.finish())
+            self._expect.append(_Expect("dot", txn))
+            self._tx(f"[{encoder.lines} line(s) of content]")
+            self._tx(".")
+
+    def quit(self) -> None:
+        """Send QUIT, dropping a pending RSET and abandoning a message whose
+        content has not started; the 221, any other reply, or EOF then gives
+        ``Closed``.  Not allowed during the TLS handshake, content, or while
+        the final reply is owed."""
+        if self._state in _TERMINAL or self._quit_sent:
+            return
+        if self._state in (State.TLS_HANDSHAKE, State.CONTENT, State.FINAL):
+            # Mid-content QUIT would be message data, and after the end of
+            # the content the outcome must be waited for (or the message
+            # might be delivered twice).
+            raise ClientUsageError(f"cannot QUIT in state {self._state}")
+        if self._txn is not None:
+            self._txn.done = True
+            self._txn = None
+        self._pending.clear()
+        self._rset_needed = False
+        self._quit_sent = True
+        self._state = State.QUIT
+        self._queue("QUIT", _Expect("quit"))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require(self, state: State, action: str) -> None:
+        if self._state is not state:
+            raise ClientUsageError(f"{action}() in state {self._state}")
+
+    def _content_ok(self, action: str) -> bool:
+        if self._state is State.CONTENT:
+            return True
+        if self._content_aborted or self._state in _TERMINAL or self._quit_sent:
+            return False  # the message already failed: ignore the rest of it
+        raise ClientUsageError(f"{action}() in state {self._state}")
+
+    def _tx(self, text: str) -> None:
+        if self._tracing:
+            self._trace.append(("tx", text))
+
+    def _queue(self, line: str, expect: _Expect, trace: str | None = None) -> None:
+        self._queue_rset()
+        self._pending.append(_command(line, expect, trace))
+        self._flush()
+
+    def _queue_rset(self) -> None:
+        if self._rset_needed:
+            self._rset_needed = False
+            self._pending.append(_command("RSET", _Expect("rset")))
+
+    def _flush(self) -> None:
+        pending = self._pending
+        pipelining = self.pipelining_active
+        while pending:
+            if self._expect and not pipelining:
+                return
+            data, trace, expect = pending.popleft()
+            self._out.append(data)
+            self._expect.append(expect)
+            self._tx(trace)
+
+    def _policy_failure(self, reason: str) -> None:
+        self._events.append(MessageFailed(None, "policy", [], reason))
+
+    # ------------------------------------------------------------------ parsing
+
+    def _parse(self) -> None:
+        buf = self._inbuf
+        pos = 0
+        while self._state not in _TERMINAL and not self._discard_input:
+            i = buf.find(b"\n", self._scan_from)
+            if i < 0:
+                if len(buf) - pos > MAX_REPLY_LINE + 1:
+                    self._garbage("reply line too long")
+                    break
+                self._scan_from = len(buf)
+                break
+            line = bytes(buf[pos:i])
+            pos = i + 1
+            self._scan_from = pos
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self._on_line(line)
+        if self._state in _TERMINAL or self._discard_input:
+            buf.clear()
+            self._scan_from = 0
+        elif pos:
+            del buf[:pos]
+            self._scan_from -= pos
+
+    def _on_line(self, line: bytes) -> None:
+        if len(line) > MAX_REPLY_LINE:
+            self._garbage("reply line too long")
+            return
+        if self._tracing:
+            self._trace.append(("rx", line.decode("utf-8", "replace")))
+        head = line[:3]
+        if len(head) < 3 or not head.isdigit() or (len(line) > 3 and line[3:4] not in (b" ", b"-")):
+            self._garbage("invalid reply line")
+            return
+        code = int(head)
+        if not 200 <= code <= 599:
+            self._garbage(f"invalid reply code {code}")
+            return
+        if self._reply_code is not None and code != self._reply_code:
+            self._garbage("reply code changed within a multi-line reply")
+            return
+        self._reply_lines.append(line[4:].decode("utf-8", "replace"))
+        if line[3:4] == b"-":
+            self._reply_code = code
+            if len(self._reply_lines) >= MAX_REPLY_LINES:
+                self._garbage("multi-line reply too long")
+            return
+        reply = Reply(code, self._reply_lines)
+        self._reply_code = None
+        self._reply_lines = []
+        self._on_reply(reply)
+
+    def _on_reply(self, reply: Reply) -> None:
+        if not self._expect:
+            reason = "service not available" if reply.code == 421 else "unexpected reply"
+            self._session_failed(reply, self._stage(), reason)
+            return
+        expect = self._expect.popleft()
+        if expect.kind == "quit":
+            self._closed()
+            return
+        if self._quit_sent:
+            return  # replies to commands before QUIT no longer matter
+        if reply.code == 421:
+            self._session_failed(reply, _STAGE[expect.kind], "service not available")
+            return
+        if expect.txn is not None and expect.txn.done:
+            return  # a reply for a message whose outcome is already reported
+        self._handlers[expect.kind](expect, reply)
+        if self._state not in _TERMINAL:
+            self._flush()
+
+    def _on_eof(self) -> None:
+        if self._quit_sent:
+            self._closed()
+        else:
+            self._session_failed(None, self._stage(), "connection closed by the server")
+
+    def _stage(self) -> str:
+        if self._expect:
+            return _STAGE[self._expect[0].kind]
+        if self._state in (State.CONTENT, State.FINAL):
+            return "content"
+        return str(self._state)
+
+    def _garbage(self, reason: str) -> None:
+        self._session_failed(None, self._stage(), reason)
+
+    def _session_failed(self, reply: Reply | None, stage: str, reason: str) -> None:
+        self._events.append(SessionFailed(reply, stage, reason))
+        self._end(State.FAILED)
+
+    def _closed(self) -> None:
+        self._events.append(Closed())
+        self._end(State.CLOSED)
+
+    def _end(self, state: State) -> None:
+        self._state = state
+        self._pending.clear()
+        self._expect.clear()
+        self._out.clear()
+        self._inbuf.clear()
+        self._scan_from = 0
+        self._txn = None
+        self._discard_input = False
+
+    # ------------------------------------------------------------------ reply handlers
+
+    def _on_greeting(self, expect: _Expect, reply: Reply) -> None:
+        if not reply.is_positive():
+            self._session_failed(reply, "greeting", f"greeting rejected: {reply}")
+            return
+        self._events.append(Greeted(reply))
+        self._state = State.EHLO
+        self._queue(f"EHLO {self._config.helo_name}", _Expect("ehlo"))
+
+    def _on_ehlo(self, expect: _Expect, reply: Reply) -> None:
+        if reply.is_positive():
+            self._caps = parse_ehlo(reply)
+            self._ready()
+        elif reply.is_permanent():
+            self._queue(f"HELO {self._config.helo_name}", _Expect("helo"))
+        else:
+            self._session_failed(reply, "ehlo", f"EHLO rejected: {reply}")
+
+    def _on_helo(self, expect: _Expect, reply: Reply) -> None:
+        if reply.is_positive():
+            self._caps = Capabilities()
+            self._ready()
+        else:
+            self._session_failed(reply, "helo", f"HELO rejected: {reply}")
+
+    def _ready(self) -> None:
+        self._state = State.READY
+        self._events.append(SessionReady(self._caps))
+
+    def _on_starttls(self, expect: _Expect, reply: Reply) -> None:
+        if reply.is_positive():
+            self._state = State.TLS_HANDSHAKE
+            self._discard_input = True  # anything after the 220 is an injection
+            self._events.append(StartTlsReady())
+        else:
+            self._session_failed(reply, "starttls", f"STARTTLS rejected: {reply}")
+
+    def _on_auth(self, expect: _Expect, reply: Reply) -> None:
+        if reply.code == 334:
+            self._auth_challenged = True
+            self._events.append(AuthChallenge(reply))
+            return
+        self._state = State.READY
+        self._events.append(AuthDone(reply.is_positive(), reply))
+
+    def _on_rset(self, expect: _Expect, reply: Reply) -> None:
+        if not reply.is_positive():
+            self._session_failed(reply, "rset", f"RSET rejected: {reply}")
+
+    def _on_mail(self, expect: _Expect, reply: Reply) -> None:
+        txn = expect.txn
+        assert txn is not None
+        txn.mail_reply = reply
+        txn.awaiting -= 1
+        if not reply.is_positive():
+            # Without pipelining the RCPTs are still queued: never send them.
+            before = len(self._pending)
+            self._pending = deque(c for c in self._pending if c[2].txn is not txn)
+            txn.awaiting -= before - len(self._pending)
+        self._envelope_progress(txn)
+
+    def _on_rcpt(self, expect: _Expect, reply: Reply) -> None:
+        txn = expect.txn
+        assert txn is not None
+        txn.awaiting -= 1
+        if txn.mail_reply is not None and txn.mail_reply.is_positive():
+            if reply.is_positive():
+                txn.accepted.append(expect.arg)
+            else:
+                txn.rejected.append((expect.arg, reply))
+        self._envelope_progress(txn)
+
+    def _envelope_progress(self, txn: _Txn) -> None:
+        if txn.awaiting:
+            return
+        mail_reply = txn.mail_reply
+        assert mail_reply is not None
+        if not mail_reply.is_positive():
+            self._message_failed(txn, mail_reply, "mail", f"sender rejected: {mail_reply}")
+            return
+        self._events.append(RecipientsResult(list(txn.accepted), list(txn.rejected)))
+        if not txn.accepted:
+            first = txn.rejected[0][1]
+            self._message_failed(txn, first, "rcpt", f"all recipients rejected: {first}")
+            return
+        if txn.rejected and not self._config.forward_to_some:
+            first = txn.rejected[0][1]
+            self._message_failed(txn, first, "rcpt", f"recipient rejected: {first}")
+            return
+        if txn.use_bdat:
+            self._start_content(txn)
+        else:
+            self._state = State.DATA
+            self._queue("DATA", _Expect("data", txn))
+
+    def _start_content(self, txn: _Txn) -> None:
+        txn.encoder = BdatEncoder(binary=txn.binary) if txn.use_bdat else DataEncoder()
+        self._state = State.CONTENT
+        self._events.append(ReadyForContent())
+
+    def _on_data(self, expect: _Expect, reply: Reply) -> None:
+        txn = expect.txn
+        assert txn is not None
+        if reply.is_intermediate():
+            self._start_content(txn)
+        else:
+            self._message_failed(txn, reply, "data", f"DATA rejected: {reply}")
+
+    def _on_bdat(self, expect: _Expect, reply: Reply) -> None:
+        txn = expect.txn
+        assert txn is not None
+        if not reply.is_positive():
+            self._message_failed(txn, reply, "content", f"BDAT rejected: {reply}")
+
+    def _on_final(self, expect: _Expect, reply: Reply) -> None:
+        txn = expect.txn
+        assert txn is not None
+        if reply.is_positive():
+            txn.done = True
+            self._txn = None
+            self._state = State.READY
+            self._events.append(MessageSent(reply, list(txn.accepted), list(txn.rejected)))
+        else:
+            self._message_failed(txn, reply, "content", f"message rejected: {reply}")
+
+    def _message_failed(self, txn: _Txn, reply: Reply, stage: str, reason: str) -> None:
+        if self._state is State.CONTENT:
+            self._content_aborted = True  # ignore the rest of this message's content
+        txn.done = True
+        self._txn = None
+        self._rset_needed = True
+        self._state = State.READY
+        self._events.append(MessageFailed(reply, stage, list(txn.rejected), reason))
+
+
+def _check_arg(text: str, what: str) -> None:
+    if _FORBIDDEN_IN_COMMANDS.search(text):
+        raise ValueError(f"{what} holds CR, LF or NUL: {text!r}")
+
+
+def _command(line: str, expect: _Expect, trace: str | None = None) -> tuple[bytes, str, _Expect]:
+    return (line.encode("utf-8") + b"\r\n", line if trace is None else trace, expect)

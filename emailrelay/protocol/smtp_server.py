@@ -1,0 +1,1042 @@
+"""emailrelay.protocol.smtp_server -- sans-IO SMTP server state machine.
+
+PURPOSE
+    The server side of SMTP (RFC 5321) with the ESMTP extensions E-MailRelay
+    2.6 offers: PIPELINING, SIZE, 8BITMIME, AUTH, STARTTLS, CHUNKING/BDAT,
+    BINARYMIME, SMTPUTF8, VRFY.  It turns received bytes into events and the
+    service's decisions into reply bytes.  It does no I/O, keeps no clock,
+    touches no file and logs nothing; the asyncio layer moves the bytes,
+    the service decides (verifiers, AUTH secrets, spool).
+
+USAGE
+        server = SmtpServer(ServerConfig(domain="mx.example.com"))
+        server.greeting()
+        send(server.data_to_send())
+        on bytes (b"" on EOF):
+            server.receive_data(data)
+            while (event := server.next_event()) is not NEED_DATA:
+                if event is PAUSED: wait for TLS, or stop reading; continue later
+                elif isinstance(event, ConnectionClosed): close; break
+                else: handle; if it needs a decision call accept()/reject()/...
+            send(server.data_to_send())
+
+    Events needing a decision (the machine returns PAUSED until it is made):
+    Hello, MailFrom, RcptTo, DataStart, DataEnd, Vrfy (accept/reject/reply),
+    StartTls (accept/reject, then PAUSED until tls_established()),
+    AuthStart/AuthResponse (challenge/auth_succeeded/auth_failed, or reject).
+    Every other event is informational; its reply (if any) is already queued.
+
+EXPECTS
+    * Decisions are made in event order: a decision for event k before
+      next_event() can return event k+1 (PAUSED in between).
+    * The service stops reading from the socket while PAUSED: input is only
+      parsed (and bounded) when next_event() runs.
+    * After accepting StartTls the service feeds only decrypted bytes, and
+      only after tls_established().
+
+GUARANTEES
+    * Peer input never raises; every complete command line gets exactly one
+      reply (plus "421 4.7.0 too many errors" when max_errors consecutive
+      error replies have been sent, after which the connection is closed).
+      LocalProtocolError is raised only for service misuse.
+    * Replies are queued in command order; pipelined commands are handled
+      one at a time.
+    * Command lines are limited to 512 octets including CRLF (AUTH responses
+      to 12288); longer lines are discarded up to the next LF without being
+      buffered and answered "500 5.5.2 line too long".  A line ending in a
+      bare LF, or containing a bare CR, is answered "500 5.5.2 bare CR or LF
+      in command" and never executed.
+    * Only CRLF "." CRLF ends DATA (the "." line must follow a CRLF, or be
+      the very first line of the content); LF.LF, CR.CR, CRLF.LF, LF.CRLF and
+      CR.CRLF never do, so nothing after them is ever read as a command.
+    * STARTTLS: bytes received after the STARTTLS line are discarded when it
+      is accepted (CVE-2011-0411); tls_established() resets the session.
+    * Before ConnectionClosed, DataAborted(0, "connection closed") is emitted
+      if a mail transaction (accepted MAIL) is open, so the service can delete
+      what it stored.  After ConnectionClosed further input is ignored and
+      next_event() keeps returning ConnectionClosed.
+
+DATA CONTENT POLICY (DataChunk bytes)
+    * A line is any run of bytes ending in LF.  A line ending in CRLF is
+      stored as is; a line ending in a bare LF is stored with CRLF (the CR is
+      added: "normalised").  A bare CR not followed by LF is content.  NUL and
+      all other bytes are content.
+    * Dot-unstuffing applies only to a line that begins after a CRLF (or is
+      the first line): its first "." is removed.  A line that begins after a
+      bare LF is stored untouched (apart from its own line ending), so
+      "\\n.\\n" stores "\\r\\n.\\r\\n" and "\\n..\\r\\n" keeps both dots.
+    * A line that begins after a CRLF and is exactly ".\\r\\n" ends the data;
+      ".\\n" in that position is an ordinary dot-stuffed line and stores as
+      "\\r\\n" (unstuffed "" plus normalised line end).
+    * A line longer than 1000 octets including its CRLF (counted as received,
+      a bare-LF line counting the CR it gets) fails the message (500 5.5.2 line too long); exceeding max_size (counted on the
+      stored, unstuffed and normalised bytes) fails it with 552.  A failed
+      message is consumed to its end without further DataChunk events and
+      then reported as DataAborted with the reply already queued.
+    * BDAT chunks are delivered raw (no unstuffing, normalising or line
+      limits); max_size applies to their total.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from emailrelay.protocol.addresses import (
+    PathSyntaxError,
+    parse_mail_from,
+    parse_rcpt_to,
+    xtext_decode,
+)
+
+__all__ = [
+    "NEED_DATA",
+    "PAUSED",
+    "Phase",
+    "AuthResponse",
+    "AuthStart",
+    "ConnectionClosed",
+    "DataAborted",
+    "DataChunk",
+    "DataEnd",
+    "DataStart",
+    "Event",
+    "Hello",
+    "Help",
+    "LocalProtocolError",
+    "MailFrom",
+    "Noop",
+    "ProtocolError",
+    "Quit",
+    "RcptTo",
+    "Rset",
+    "ServerConfig",
+    "Signal",
+    "SmtpServer",
+    "StartTls",
+    "Vrfy",
+]
+
+COMMAND_LINE_LIMIT = 512  # octets including CRLF (RFC 5321 4.5.3.1.4)
+AUTH_LINE_LIMIT = 12288  # RFC 4954 section 4
+TEXT_LINE_LIMIT = 1000  # octets including CRLF (RFC 5321 4.5.3.1.6)
+_LOG_HEAD = 100  # how much of a discarded over-long line is kept for logging
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    domain: str = "localhost"
+    anonymous: bool = False
+    max_size: int = 0
+    max_recipients: int = 100
+    max_errors: int = 10
+    pipelining: bool = True
+    chunking: bool = False
+    smtputf8: bool = False
+    smtputf8_strict: bool = False
+    strict_parsing: bool = True
+    vrfy: bool = True
+    auth_mechanisms: tuple[str, ...] = ()
+    auth_required: bool = False
+    starttls: bool = False
+    tls_required: bool = False
+    product: str = "E-MailRelay V2.6"
+
+
+class LocalProtocolError(Exception):
+    """The service used the state machine wrongly (never caused by peer input)."""
+
+
+class Signal(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+    PAUSED = "PAUSED"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NEED_DATA = Signal.NEED_DATA
+PAUSED = Signal.PAUSED
+
+
+# --------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of everything next_event() returns apart from the signals."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Event):
+    line: str
+    name: str
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MailFrom(Event):
+    line: str
+    address: str
+    body: str | None = None
+    size: int | None = None
+    smtputf8: bool = False
+    auth: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTo(Event):
+    line: str
+    address: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DataStart(Event):
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataChunk(Event):
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DataEnd(Event):
+    line: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataAborted(Event):
+    code: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Vrfy(Event):
+    line: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStart(Event):
+    line: str
+    mechanism: str
+    initial_response: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse(Event):
+    data: str
+    line: str = "[authentication response not logged]"
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls(Event):
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quit(Event):
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rset(Event):
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Noop(Event):
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Help(Event):
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError(Event):
+    line: str
+    code: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(Event):
+    pass
+
+
+_DECISIONS = (Hello, MailFrom, RcptTo, DataStart, DataEnd, Vrfy, AuthStart, AuthResponse, StartTls)
+
+
+# ------------------------------------------------------------------ the tables
+
+
+class Phase(enum.Enum):
+    NO_HELLO = "no-hello"  # connected (or just after TLS), no HELO/EHLO yet
+    IDLE = "idle"  # greeted, no transaction
+    MAIL = "mail"  # MAIL accepted: RCPT, DATA, BDAT
+    DATA = "data"  # reading DATA content
+    BDAT = "bdat"  # reading BDAT octets
+    AUTH = "auth"  # a 334 challenge was sent; the next line is the response
+    TLS = "tls"  # STARTTLS accepted; waiting for tls_established()
+    CLOSED = "closed"
+
+
+_ANY = frozenset({Phase.NO_HELLO, Phase.IDLE, Phase.MAIL})
+
+# verb -> (handler method, phases in which the verb is in sequence)
+_COMMANDS: dict[str, tuple[str, frozenset[Phase]]] = {
+    "HELO": ("_cmd_helo", _ANY),
+    "EHLO": ("_cmd_ehlo", _ANY),
+    "MAIL": ("_cmd_mail", frozenset({Phase.IDLE})),
+    "RCPT": ("_cmd_rcpt", frozenset({Phase.MAIL})),
+    "DATA": ("_cmd_data", frozenset({Phase.MAIL})),
+    "BDAT": ("_cmd_bdat", _ANY),  # sequence checked after its octets are consumed
+    "RSET": ("_cmd_rset", _ANY),
+    "NOOP": ("_cmd_noop", _ANY),
+    "HELP": ("_cmd_help", _ANY),
+    "QUIT": ("_cmd_quit", _ANY),
+    "VRFY": ("_cmd_vrfy", _ANY),
+    "AUTH": ("_cmd_auth", frozenset({Phase.IDLE})),
+    "STARTTLS": ("_cmd_starttls", frozenset({Phase.NO_HELLO, Phase.IDLE})),
+}
+
+# (verb, phase) -> 503 text for commands out of sequence
+_OUT_OF_SEQUENCE: dict[tuple[str, Phase], str] = {
+    ("MAIL", Phase.NO_HELLO): "5.5.1 send EHLO or HELO first",
+    ("MAIL", Phase.MAIL): "5.5.1 nested MAIL command",
+    ("RCPT", Phase.NO_HELLO): "5.5.1 need MAIL before RCPT",
+    ("RCPT", Phase.IDLE): "5.5.1 need MAIL before RCPT",
+    ("DATA", Phase.NO_HELLO): "5.5.1 need MAIL before DATA",
+    ("DATA", Phase.IDLE): "5.5.1 need MAIL before DATA",
+    ("BDAT", Phase.NO_HELLO): "5.5.1 need MAIL before BDAT",
+    ("BDAT", Phase.IDLE): "5.5.1 need MAIL before BDAT",
+    ("AUTH", Phase.NO_HELLO): "5.5.1 send EHLO first",
+    ("AUTH", Phase.MAIL): "5.5.1 AUTH not allowed during a mail transaction",
+    ("STARTTLS", Phase.MAIL): "5.5.1 STARTTLS not allowed during a mail transaction",
+}
+
+# verb -> (config predicate, code, text) for extensions that are switched off
+_GATES: dict[str, tuple[Callable[[SmtpServer], bool], int, str]] = {
+    "BDAT": (lambda s: s._cfg.chunking, 500, "5.5.1 command unrecognized"),
+    "STARTTLS": (lambda s: s._cfg.starttls and not s._tls, 502, "5.5.1 STARTTLS not available"),
+    "AUTH": (lambda s: bool(s._cfg.auth_mechanisms), 502, "5.5.1 authentication not available"),
+}
+
+# pending decision type -> (method run by accept(), phase after reject() or None = unchanged)
+_ACCEPT: dict[type[Event], str] = {
+    Hello: "_accept_hello",
+    MailFrom: "_accept_mail",
+    RcptTo: "_accept_rcpt",
+    DataStart: "_accept_data",
+    DataEnd: "_accept_data_end",
+    Vrfy: "_accept_vrfy",
+    StartTls: "_accept_starttls",
+}
+
+_MAIL_BODY = {"7BIT": "7BIT", "8BITMIME": "8BITMIME", "BINARYMIME": "BINARYMIME"}
+_DATA_REPLY = "start mail input -- end with <CRLF>.<CRLF>"
+_SIZE_TEXT = "5.3.4 message size exceeds fixed maximum message size"
+_LONG_TEXT = "5.5.2 line too long"
+_BARE_TEXT = "5.5.2 bare CR or LF in command"
+
+
+def _has_controls(s: str) -> bool:
+    return any(c < " " or c == "\x7f" for c in s)
+
+
+# ---------------------------------------------------------------- the machine
+
+
+class SmtpServer:
+    """One SMTP server session; see the module docstring."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._cfg = config
+        self._buf = b""
+        self._pos = 0
+        self._out: list[bytes] = []
+        self._events: deque[Event] = deque()
+        self._phase = Phase.NO_HELLO
+        self._pending: Event | None = None
+        self._tls = False
+        self._authenticated = False
+        self._extended = False
+        self._peer_ended = False
+        self._closing = False
+        self._errors = 0
+        self._discarding = False
+        self._discard_head = ""
+        self._reset_transaction()
+
+    def _reset_transaction(self) -> None:
+        self._mail: MailFrom | None = None
+        self._rcpt_ok = 0
+        self._rcpt_failed = 0
+        self._bdat_used = False
+        self._data_size = 0
+        self._data_fail: tuple[int, str] | None = None
+        self._crlf_start = True
+        self._bdat_remaining = 0
+        self._bdat_size = 0
+        self._bdat_last = False
+        self._bdat_line = ""
+        self._bdat_error: tuple[int, str] | None = None
+        self._bdat_return = Phase.IDLE
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def authenticated(self) -> bool:
+        return self._authenticated
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._mail is not None
+
+    @property
+    def recipient_count(self) -> int:
+        return self._rcpt_ok
+
+    @property
+    def peer_ended(self) -> bool:
+        return self._peer_ended
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    # -------------------------------------------------------------------- I/O
+
+    def greeting(self) -> None:
+        c = self._cfg
+        if c.anonymous:
+            self._send(220, f"{c.domain} -- Service ready")
+        else:
+            self._send(220, f"{c.domain} -- {c.product} -- Service ready")
+
+    def receive_data(self, data: bytes) -> None:
+        if self._phase is Phase.CLOSED:
+            return
+        if self._peer_ended:
+            if data:
+                raise LocalProtocolError("receive_data() after EOF")
+            return
+        if not data:
+            self._peer_ended = True
+            if self._phase is Phase.TLS:
+                self._closing = True
+            return
+        if self._phase is Phase.TLS:
+            return  # plaintext after an accepted STARTTLS is never interpreted
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._pos:
+            self._buf = self._buf[self._pos :] + data
+            self._pos = 0
+        elif self._buf:
+            self._buf += data
+        else:
+            self._buf = data
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Event | Signal:
+        while True:
+            if self._pending is not None or (self._phase is Phase.TLS and not self._closing):
+                return PAUSED
+            if self._events:
+                ev = self._events.popleft()
+                if isinstance(ev, _DECISIONS):
+                    self._pending = ev
+                return ev
+            if self._phase is Phase.CLOSED:
+                return ConnectionClosed()
+            if self._closing:
+                self._close()
+                continue
+            phase = self._phase
+            if phase is Phase.DATA:
+                r = self._read_data()
+            elif phase is Phase.BDAT:
+                r = self._read_bdat()
+            elif phase is Phase.AUTH:
+                r = self._read_auth()
+            else:
+                r = self._read_command()
+            if r is None:
+                continue
+            if isinstance(r, _DECISIONS):
+                self._pending = r
+            return r
+
+    # -------------------------------------------------------------- decisions
+
+    def _take_pending(self, *allowed: type[Event]) -> Event:
+        ev = self._pending
+        if ev is None:
+            raise LocalProtocolError("no decision is pending")
+        if allowed and not isinstance(ev, allowed):
+            raise LocalProtocolError(f"{type(ev).__name__} cannot be resolved this way")
+        self._pending = None
+        return ev
+
+    def accept(self, text: str | None = None) -> None:
+        ev = self._pending
+        if ev is None:
+            raise LocalProtocolError("no decision is pending")
+        method = _ACCEPT.get(type(ev))
+        if method is None:
+            raise LocalProtocolError(
+                f"{type(ev).__name__} is resolved with challenge()/auth_succeeded()/auth_failed()"
+            )
+        self._pending = None
+        getattr(self, method)(ev, text)
+
+    def reject(self, code: int, text: str) -> None:
+        if not 400 <= code <= 599:
+            raise LocalProtocolError(f"reject() needs a 4xx/5xx code, not {code}")
+        ev = self._take_pending()
+        if isinstance(ev, RcptTo):
+            self._rcpt_failed += 1
+        elif isinstance(ev, DataEnd):
+            self._reset_transaction()
+            self._phase = Phase.IDLE
+        elif isinstance(ev, (AuthStart, AuthResponse)):
+            self._phase = Phase.IDLE
+        self._send(code, text)
+
+    def reply(self, code: int, text: str) -> None:
+        if not 200 <= code <= 599:
+            raise LocalProtocolError(f"bad reply code {code}")
+        self._take_pending(Vrfy)
+        self._send(code, text)
+
+    def challenge(self, text: str) -> None:
+        self._take_pending(AuthStart, AuthResponse)
+        self._phase = Phase.AUTH
+        self._send(334, text)
+
+    def auth_succeeded(self) -> None:
+        self._take_pending(AuthStart, AuthResponse)
+        self._phase = Phase.IDLE
+        self._authenticated = True
+        self._send(235, "authentication successful")
+
+    def auth_failed(self) -> None:
+        self._take_pending(AuthStart, AuthResponse)
+        self._phase = Phase.IDLE
+        self._send(535, "authentication failed")
+
+    def tls_established(self) -> None:
+        if self._phase is not Phase.TLS:
+            raise LocalProtocolError("tls_established() without an accepted STARTTLS")
+        self._tls = True
+        self._authenticated = False
+        self._extended = False
+        self._reset_transaction()
+        self._buf = b""
+        self._pos = 0
+        self._phase = Phase.NO_HELLO
+        if self._peer_ended:
+            self._closing = True
+
+    def _accept_hello(self, ev: Hello, text: str | None) -> None:
+        self._reset_transaction()
+        self._phase = Phase.IDLE
+        self._extended = ev.extended
+        first = text if text is not None else f"{self._cfg.domain} says hello"
+        if ev.extended:
+            self._send(250, "\n".join([first, *self._extensions()]))
+        else:
+            self._send(250, first)
+
+    def _extensions(self) -> list[str]:
+        c = self._cfg
+        ext: list[str] = []
+        if c.auth_mechanisms and (self._tls or not c.tls_required):
+            ext.append("AUTH " + " ".join(c.auth_mechanisms))
+        if c.vrfy:
+            ext.append("VRFY")
+        if c.pipelining:
+            ext.append("PIPELINING")
+        if c.max_size > 0:
+            ext.append(f"SIZE {c.max_size}")
+        ext.append("8BITMIME")
+        if c.starttls and not self._tls:
+            ext.append("STARTTLS")
+        if c.chunking:
+            ext.append("CHUNKING")
+            ext.append("BINARYMIME")
+        if c.smtputf8:
+            ext.append("SMTPUTF8")
+        return ext
+
+    def _accept_mail(self, ev: MailFrom, text: str | None) -> None:
+        self._reset_transaction()
+        self._mail = ev
+        self._phase = Phase.MAIL
+        self._send(250, text if text is not None else f"sender <{ev.address}> OK")
+
+    def _accept_rcpt(self, ev: RcptTo, text: str | None) -> None:
+        self._rcpt_ok += 1
+        self._send(250, text if text is not None else f"recipient <{ev.address}> OK")
+
+    def _accept_data(self, ev: DataStart, text: str | None) -> None:
+        self._phase = Phase.DATA
+        self._crlf_start = True
+        self._data_size = 0
+        self._data_fail = None
+        self._send(354, text if text is not None else _DATA_REPLY)
+
+    def _accept_data_end(self, ev: DataEnd, text: str | None) -> None:
+        self._reset_transaction()
+        self._phase = Phase.IDLE
+        self._send(250, text if text is not None else "message processed")
+
+    def _accept_vrfy(self, ev: Vrfy, text: str | None) -> None:
+        self._send(250, text if text is not None else f"<{ev.address}>")
+
+    def _accept_starttls(self, ev: StartTls, text: str | None) -> None:
+        self._send(220, text if text is not None else "ready to start TLS")
+        self._buf = b""  # CVE-2011-0411: nothing pipelined after STARTTLS survives
+        self._pos = 0
+        self._discarding = False
+        self._phase = Phase.TLS
+
+    # ---------------------------------------------------------------- replies
+
+    def _send(self, code: int, text: str) -> None:
+        lines = text.replace("\r", "").split("\n")
+        last = len(lines) - 1
+        self._out.append(
+            "".join(f"{code}{' ' if i == last else '-'}{s}\r\n" for i, s in enumerate(lines)).encode(
+                "utf-8", "replace"
+            )
+        )
+        if code < 400:
+            self._errors = 0
+            return
+        self._errors += 1
+        limit = self._cfg.max_errors
+        if limit > 0 and self._errors >= limit and not self._closing:
+            self._out.append(b"421 4.7.0 too many errors\r\n")
+            self._closing = True
+
+    def _error(self, line: str, code: int, text: str) -> ProtocolError:
+        self._send(code, text)
+        return ProtocolError(line, code, text)
+
+    def _close(self) -> None:
+        if self._mail is not None:
+            self._events.append(DataAborted(0, "connection closed"))
+        self._reset_transaction()
+        self._phase = Phase.CLOSED
+        self._buf = b""
+        self._pos = 0
+
+    def _need(self) -> Signal | None:
+        if self._peer_ended:
+            self._closing = True
+            return None
+        return NEED_DATA
+
+    def _consume_to(self, pos: int) -> None:
+        if pos >= len(self._buf):
+            self._buf = b""
+            self._pos = 0
+        else:
+            self._pos = pos
+
+    # ----------------------------------------------------------- line reading
+
+    def _read_line(self, limit: int) -> tuple[bytes | None, str | None]:
+        """Return (raw line without CRLF, None) or (None, error text) or (None, None) = need data."""
+        buf, pos = self._buf, self._pos
+        i = buf.find(b"\n", pos)
+        if self._discarding:
+            if i < 0:
+                self._buf = b""
+                self._pos = 0
+                return None, None
+            self._discarding = False
+            self._consume_to(i + 1)
+            return None, _LONG_TEXT
+        if i < 0:
+            if len(buf) - pos >= limit:
+                self._discarding = True
+                self._discard_head = buf[pos : pos + _LOG_HEAD].decode("latin-1") + "..."
+                self._buf = b""
+                self._pos = 0
+            return None, None
+        self._consume_to(i + 1)
+        raw = buf[pos:i]
+        if len(raw) >= limit:  # plus the LF
+            self._discard_head = raw[:_LOG_HEAD].decode("latin-1") + "..."
+            return None, _LONG_TEXT
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+            if b"\r" not in raw:
+                return raw, None
+        self._discard_head = raw.decode("latin-1")
+        return None, _BARE_TEXT
+
+    def _read_command(self) -> Event | Signal | None:
+        raw, err = self._read_line(COMMAND_LINE_LIMIT)
+        if raw is None:
+            if err is None:
+                return self._need()
+            return self._error(self._discard_head, 500, err)
+        line = raw.decode("latin-1")
+        if raw.isascii():
+            text = line
+        else:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = line
+        if self._cfg.strict_parsing:
+            verb, _, arg = text.partition(" ")
+        else:
+            parts = text.strip().split(None, 1)
+            verb = parts[0] if parts else ""
+            arg = parts[1] if len(parts) > 1 else ""
+        verb = verb.upper()
+        entry = _COMMANDS.get(verb)
+        if entry is None:
+            return self._error(line, 500, "5.5.1 command unrecognized")
+        gate = _GATES.get(verb)
+        if gate is not None and not gate[0](self):
+            return self._error(line, gate[1], gate[2])
+        method, phases = entry
+        if self._phase not in phases:
+            return self._error(
+                line, 503, _OUT_OF_SEQUENCE.get((verb, self._phase), "5.5.1 command out of sequence")
+            )
+        handler: Callable[[str, str], Event | None] = getattr(self, method)
+        return handler(line, arg)
+
+    # --------------------------------------------------------------- commands
+
+    def _hello(self, line: str, arg: str, extended: bool) -> Event:
+        words = arg.split()
+        if not words:
+            return self._error(line, 501, "5.5.4 missing domain name")
+        if _has_controls(words[0]):
+            return self._error(line, 501, "5.5.4 invalid domain name")
+        return Hello(line, words[0], extended)
+
+    def _cmd_helo(self, line: str, arg: str) -> Event:
+        return self._hello(line, arg, False)
+
+    def _cmd_ehlo(self, line: str, arg: str) -> Event:
+        return self._hello(line, arg, True)
+
+    def _cmd_mail(self, line: str, arg: str) -> Event:
+        c = self._cfg
+        if c.tls_required and not self._tls:
+            return self._error(line, 530, "5.7.0 must issue STARTTLS first")
+        if c.auth_required and not self._authenticated:
+            return self._error(line, 530, "5.7.0 authentication required")
+        try:
+            address, params = parse_mail_from(arg, c.strict_parsing)
+        except PathSyntaxError as e:
+            return self._error(line, e.code, e.text)
+        body: str | None = None
+        size: int | None = None
+        auth: str | None = None
+        smtputf8 = False
+        for key, value in params.items():
+            if key == "SIZE":
+                if not (value.isdigit() and value.isascii() and len(value) <= 20):
+                    return self._error(line, 501, "5.5.4 invalid SIZE parameter")
+                size = int(value)
+                if c.max_size > 0 and size > c.max_size:
+                    return self._error(line, 552, _SIZE_TEXT)
+            elif key == "BODY":
+                body = _MAIL_BODY.get(value.upper())
+                if body is None or (body == "BINARYMIME" and not c.chunking):
+                    return self._error(line, 501, "5.5.4 invalid BODY parameter")
+            elif key == "AUTH":
+                try:
+                    if not value:
+                        raise ValueError(value)
+                    if value != "<>":
+                        xtext_decode(value)
+                except ValueError:
+                    return self._error(line, 501, "5.5.4 invalid AUTH parameter")
+                auth = value
+            elif key == "SMTPUTF8" and c.smtputf8:
+                if value:
+                    return self._error(line, 501, "5.5.4 invalid SMTPUTF8 parameter")
+                smtputf8 = True
+            else:
+                return self._error(line, 555, f"5.5.4 unsupported parameter {key}")
+        if c.smtputf8_strict and not smtputf8 and not address.isascii():
+            return self._error(line, 553, "5.6.7 non-ASCII address requires SMTPUTF8")
+        return MailFrom(line, address, body, size, smtputf8, auth, params)
+
+    def _cmd_rcpt(self, line: str, arg: str) -> Event:
+        ev = self._check_rcpt(line, arg)
+        if isinstance(ev, ProtocolError):
+            self._rcpt_failed += 1
+        return ev
+
+    def _check_rcpt(self, line: str, arg: str) -> Event:
+        c = self._cfg
+        if self._bdat_used:
+            return self._error(line, 503, "5.5.1 RCPT after BDAT")
+        if self._rcpt_ok >= c.max_recipients:
+            return self._error(line, 452, "4.5.3 too many recipients")
+        try:
+            address, params = parse_rcpt_to(arg, c.strict_parsing)
+        except PathSyntaxError as e:
+            return self._error(line, e.code, e.text)
+        for key in params:
+            return self._error(line, 555, f"5.5.4 unsupported parameter {key}")
+        mail = self._mail
+        if c.smtputf8_strict and not address.isascii() and not (mail is not None and mail.smtputf8):
+            return self._error(line, 553, "5.6.7 non-ASCII address requires SMTPUTF8")
+        return RcptTo(line, address, params)
+
+    def _no_recipients(self) -> tuple[int, str]:
+        if self._rcpt_failed:
+            return 554, "5.5.1 no valid recipients"
+        return 503, "5.5.1 need RCPT before DATA"
+
+    def _cmd_data(self, line: str, arg: str) -> Event:
+        if arg.strip():
+            return self._error(line, 501, "5.5.4 DATA takes no arguments")
+        if self._bdat_used:
+            return self._error(line, 503, "5.5.1 cannot mix DATA and BDAT")
+        if self._rcpt_ok == 0:
+            return self._error(line, *self._no_recipients())
+        if self._mail is not None and self._mail.body == "BINARYMIME":
+            return self._error(line, 503, "5.5.1 BINARYMIME requires BDAT")
+        return DataStart(line)
+
+    def _cmd_bdat(self, line: str, arg: str) -> Event | None:
+        words = arg.split()
+        if not (
+            1 <= len(words) <= 2
+            and words[0].isascii()
+            and words[0].isdigit()
+            and len(words[0]) <= 15
+            and (len(words) == 1 or words[1].upper() == "LAST")
+        ):
+            return self._error(line, 501, "5.5.4 invalid BDAT command")
+        self._bdat_remaining = self._bdat_size = int(words[0])
+        self._bdat_last = len(words) == 2
+        self._bdat_line = line
+        self._bdat_return = self._phase
+        if self._phase is not Phase.MAIL:
+            self._bdat_error = (503, _OUT_OF_SEQUENCE[("BDAT", self._phase)])
+        elif self._rcpt_ok == 0:
+            self._bdat_error = self._no_recipients()
+        else:
+            self._bdat_error = None
+            if not self._bdat_used:
+                self._bdat_used = True
+                self._data_size = 0
+                self._data_fail = None
+        self._phase = Phase.BDAT
+        return None
+
+    def _cmd_rset(self, line: str, arg: str) -> Event:
+        self._reset_transaction()
+        if self._phase is not Phase.NO_HELLO:
+            self._phase = Phase.IDLE
+        self._send(250, "state reset")
+        return Rset(line)
+
+    def _cmd_noop(self, line: str, arg: str) -> Event:
+        self._send(250, "OK")
+        return Noop(line)
+
+    def _cmd_help(self, line: str, arg: str) -> Event:
+        verbs = ["HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "HELP", "VRFY"]
+        for verb in ("AUTH", "STARTTLS", "BDAT"):
+            if _GATES[verb][0](self):
+                verbs.append(verb)
+        self._send(214, "2.0.0 commands: " + " ".join(verbs))
+        return Help(line)
+
+    def _cmd_quit(self, line: str, arg: str) -> Event:
+        self._send(221, "OK")
+        self._closing = True
+        return Quit(line)
+
+    def _cmd_vrfy(self, line: str, arg: str) -> Event | None:
+        if not self._cfg.vrfy:
+            self._send(252, "cannot vrfy")
+            return None
+        address = arg.strip()
+        if address.startswith("<") and address.endswith(">"):
+            address = address[1:-1].strip()
+        if not address or _has_controls(address):
+            return self._error(line, 501, "5.5.4 invalid VRFY argument")
+        return Vrfy(line, address)
+
+    def _cmd_auth(self, line: str, arg: str) -> Event:
+        c = self._cfg
+        if self._authenticated:
+            return self._error(line, 503, "5.5.1 already authenticated")
+        if c.tls_required and not self._tls:
+            return self._error(line, 530, "5.7.0 must issue STARTTLS first")
+        words = arg.split()
+        if not 1 <= len(words) <= 2:
+            return self._error(line, 501, "5.5.4 invalid AUTH command")
+        mechanism = words[0].upper()
+        if mechanism not in (m.upper() for m in c.auth_mechanisms):
+            return self._error(line, 504, "5.5.4 unsupported authentication mechanism")
+        initial: str | None = None
+        if len(words) == 2:
+            initial = "" if words[1] == "=" else words[1]
+            if initial == "*":
+                return self._error(line, 501, "authentication cancelled")
+        return AuthStart(line, mechanism, initial)
+
+    def _cmd_starttls(self, line: str, arg: str) -> Event:
+        if arg.strip():
+            return self._error(line, 501, "5.5.4 STARTTLS takes no arguments")
+        return StartTls(line)
+
+    # ----------------------------------------------------------- AUTH / BDAT
+
+    def _read_auth(self) -> Event | Signal | None:
+        raw, err = self._read_line(AUTH_LINE_LIMIT)
+        if raw is None:
+            if err is None:
+                return self._need()
+            self._phase = Phase.IDLE
+            return self._error("[authentication response not logged]", 500, err)
+        data = raw.decode("latin-1").strip()
+        if data == "*":
+            self._phase = Phase.IDLE
+            return self._error("*", 501, "authentication cancelled")
+        return AuthResponse(data)
+
+    def _read_bdat(self) -> Event | Signal | None:
+        if self._bdat_remaining > 0:
+            buf, pos = self._buf, self._pos
+            avail = len(buf) - pos
+            if avail <= 0:
+                return self._need()
+            take = min(avail, self._bdat_remaining)
+            chunk = buf[pos : pos + take]
+            self._consume_to(pos + take)
+            self._bdat_remaining -= take
+            if self._bdat_error is not None or self._data_fail is not None:
+                return None
+            max_size = self._cfg.max_size
+            if max_size > 0 and self._data_size + take > max_size:
+                self._data_fail = (552, _SIZE_TEXT)
+                return None
+            self._data_size += take
+            return DataChunk(chunk)
+        # all octets of this chunk consumed
+        if self._bdat_error is not None:
+            code, text = self._bdat_error
+            self._bdat_error = None
+            self._phase = self._bdat_return
+            return self._error(self._bdat_line, code, text)
+        if self._data_fail is not None:
+            return self._abort_message()
+        self._phase = Phase.MAIL
+        if self._bdat_last:
+            return DataEnd(self._bdat_line, self._data_size)
+        self._send(250, f"{self._bdat_size} octets received")
+        return None
+
+    def _abort_message(self) -> Event:
+        assert self._data_fail is not None
+        code, text = self._data_fail
+        self._reset_transaction()
+        self._phase = Phase.IDLE
+        self._send(code, text)
+        return DataAborted(code, text)
+
+    # ------------------------------------------------------------------- DATA
+
+    def _read_data(self) -> Event | Signal | None:
+        buf, pos = self._buf, self._pos
+        n = len(buf)
+        if pos >= n:
+            return self._need()
+        ended = False
+        if self._crlf_start and buf.startswith(b".\r\n", pos):
+            region_end, resume, ended = pos, pos + 3, True
+        else:
+            k = buf.find(b"\r\n.\r\n", pos)
+            if k >= 0:
+                region_end, resume, ended = k + 2, k + 5, True
+            else:
+                region_end = resume = buf.rfind(b"\n", pos) + 1
+                if region_end == 0:
+                    region_end = resume = pos
+        chunk: bytes | None = None
+        if region_end > pos:
+            region = buf[pos:region_end]
+            if self._data_fail is None:
+                chunk = self._content(region)
+            self._crlf_start = region.endswith(b"\r\n")
+        self._consume_to(resume)
+        if not ended:
+            tail = n - resume
+            if tail >= (3 if self._data_fail is not None else TEXT_LINE_LIMIT):
+                # the unfinished line is too long (or is being discarded): keep only
+                # its last byte, which may be the CR of the CRLF before a "."
+                if self._data_fail is None:
+                    self._data_fail = (500, _LONG_TEXT)
+                self._buf = buf[-1:]
+                self._pos = 0
+                self._crlf_start = False
+            if chunk:
+                return DataChunk(chunk)
+            if region_end > pos:
+                return None
+            return self._need()
+        # end of data
+        self._phase = Phase.MAIL
+        if self._data_fail is not None:
+            return self._abort_message()
+        end = DataEnd(".", self._data_size)
+        if chunk:
+            self._events.append(end)
+            return DataChunk(chunk)
+        return end
+
+    def _content(self, region: bytes) -> bytes | None:
+        """Unstuff and normalise complete lines; None if the message has failed."""
+        if len(region) >= TEXT_LINE_LIMIT:
+            longest = max(map(len, region.split(b"\n")))
+            if longest >= TEXT_LINE_LIMIT or (
+                longest == TEXT_LINE_LIMIT - 1
+                and any(
+                    len(p) == longest and not p.endswith(b"\r") for p in region.split(b"\n")[:-1]
+                )
+            ):
+                self._data_fail = (500, _LONG_TEXT)
+                return None
+        if self._crlf_start and region[0] == 0x2E:  # "."
+            region = region[1:]
+        if b"\r\n." in region:
+            region = region.replace(b"\r\n.", b"\r\n")
+        if region.count(b"\n") != region.count(b"\r\n"):
+            region = region.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        max_size = self._cfg.max_size
+        self._data_size += len(region)
+        if max_size > 0 and self._data_size > max_size:
+            self._data_fail = (552, _SIZE_TEXT)
+            return None
+        return region

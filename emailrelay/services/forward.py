@@ -1,0 +1,416 @@
+"""The forwarder: claims spooled messages and sends them to the next hop.
+
+What it is for: every forwarding mode of the reference guide — ``--as-client``
+(forward what is there, then exit), ``--forward`` (once at start), ``--poll``
+(on a timer; ``--poll 0`` as soon as a message is committed),
+``--forward-on-disconnect``, ``--immediate`` (during the client's session,
+answering with the next hop's reply) and the admin ``forward``/``flush``.
+
+What it expects: a :class:`SpoolStore` shared with any number of other
+processes; a next hop from ``--forward-to`` or the envelope's
+``ForwardToAddress``.
+
+What it guarantees:
+- a message is forwarded by the one process whose claim (rename to
+  ``.busy`` under flock) succeeded; it is removed only after the next hop's
+  250 for the data; a 5xx (or too many recipients refused under
+  ``--forward-to-all``) fails it to ``.bad`` with the reason and the log line
+  ``failing envelope [...]``; a 4xx, a timeout or a dropped connection
+  releases it with back-off (:mod:`emailrelay.services.retry`) and it is
+  failed only after ``--give-up`` seconds; nothing stays ``.busy`` when the
+  forwarder stops;
+- ``To-Local`` recipients are never forwarded;
+- up to ``workers`` connections run in parallel, each reused for following
+  messages to the same next hop; idle connections are closed with QUIT;
+- a spool rescan happens on start, every ``--poll`` seconds and whenever the
+  queue runs dry after a ring, so a lost wake-up delays at most one period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .. import log as logmod
+from ..config import Config
+from ..protocol import smtp_client as sc
+from ..protocol.content_encoding import ContentScanner
+from ..spool.envelope import Envelope, EnvelopeError
+from ..spool.names import MessageId, State
+from ..spool.store import Claim, SpoolStore
+from . import retry
+from .smtp_connection import ConnectionTrouble, SmtpConnection
+
+READ_CHUNK = 256 * 1024
+IN_MEMORY_LIMIT = 1024 * 1024  # content up to this size is read once and sent from memory
+IDLE_CONNECTION_LINGER = 2.0
+CONTINUOUS_RESCAN = 1.0  # --poll 0: safety-net rescan period
+_CONTENT_TO_BODY = {"7bit": "7BIT", "8bit": "8BITMIME", "binarymime": "BINARYMIME"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one message."""
+
+    status: str  # "sent" | "failed" | "retry" | "skipped"
+    code: int = 0
+    text: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("sent", "skipped")
+
+
+class _Pool:
+    """Idle connections per next hop, for reuse across messages and workers."""
+
+    def __init__(self) -> None:
+        self.idle: dict[str, list[tuple[float, SmtpConnection]]] = {}
+
+    def take(self, hop: str) -> SmtpConnection | None:
+        conns = self.idle.get(hop)
+        while conns:
+            _, conn = conns.pop()
+            if conn.usable:
+                return conn
+            conn.close()
+        return None
+
+    def give(self, conn: SmtpConnection) -> None:
+        if conn.usable:
+            self.idle.setdefault(conn.hop, []).append((time.monotonic(), conn))
+        else:
+            conn.close()
+
+    def expired(self, linger: float) -> list[SmtpConnection]:
+        now = time.monotonic()
+        out: list[SmtpConnection] = []
+        for hop, conns in list(self.idle.items()):
+            keep = [(t, c) for t, c in conns if now - t < linger and c.usable]
+            out.extend(c for t, c in conns if (t, c) not in keep)
+            self.idle[hop] = keep
+        return out
+
+    def drain(self) -> list[SmtpConnection]:
+        out = [c for conns in self.idle.values() for _, c in conns]
+        self.idle.clear()
+        return out
+
+
+class ForwardService:
+    """Forwarding for one process: a queue of ids, ``workers`` sender tasks, a rescan timer."""
+
+    def __init__(
+        self, config: Config, store: SpoolStore, *, executor: ThreadPoolExecutor | None = None
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.executor = executor
+        self.log = logmod.get()
+        self.workers = max(1, config.workers_forward)
+        self.client_config = sc.ClientConfig(
+            helo_name=config.domain if "." in config.domain else "[127.0.0.1]",
+            pipelining="nopipelining" not in config.client_smtp_config,
+            chunking="nochunking" not in config.client_smtp_config,
+            smtputf8_strict="smtputf8strict" in config.client_smtp_config,
+            eightbit_strict="eightbitstrict" in config.client_smtp_config,
+            binarymime_strict="binarymimestrict" in config.client_smtp_config,
+            forward_to_some=config.forward_to_some,
+            send_auth_param="client" not in config.anonymous,
+        )
+        self.pool = _Pool()
+        self.queue: asyncio.Queue[MessageId] = asyncio.Queue()
+        self.known: set[MessageId] = set()  # queued or in progress in this process
+        self.failures = 0
+        self.sent = 0
+        self._wake = asyncio.Event()
+        self._ignore_backoff = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._claims: set[Claim] = set()
+
+    # ---- triggers -------------------------------------------------------------------
+    def ring(self, mid: MessageId | None = None) -> None:
+        """Something may be ready: a committed id (fast path), or None for a rescan."""
+        if mid is not None and mid not in self.known:
+            self.known.add(mid)
+            self.queue.put_nowait(mid)
+        else:
+            self._wake.set()
+
+    def forward_all_now(self) -> None:
+        """Admin ``forward``: rescan and ignore back-off once."""
+        self._ignore_backoff = True
+        self._wake.set()
+
+    # ---- life cycle -------------------------------------------------------------------
+    async def start(self, *, initial: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._worker()) for _ in range(self.workers)]
+        self._tasks.append(loop.create_task(self._scheduler(initial)))
+        self._tasks.append(loop.create_task(self._reaper()))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for claim in list(self._claims):
+            with contextlib.suppress(OSError):
+                claim.release()
+        await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)
+
+    async def run_once(self, stop: asyncio.Event | None = None) -> bool:
+        """``--as-client``: forward everything in the spool now; True when all of it went."""
+        ids = self.store.ready(ignore_backoff=True)
+        if not ids:
+            self.log.info("forwarding: no messages to send")
+            return True
+        self.known.update(ids)
+        for mid in ids:
+            self.queue.put_nowait(mid)
+        loop = asyncio.get_running_loop()
+        workers = [loop.create_task(self._worker(exit_when_empty=True)) for _ in range(self.workers)]
+        waiter = loop.create_task(stop.wait()) if stop is not None else None
+        done_all = loop.create_task(asyncio.wait(workers))
+        pending = [done_all] + ([waiter] if waiter else [])
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if waiter is not None:
+            waiter.cancel()
+        if not done_all.done():
+            self._stopping = True
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            for claim in list(self._claims):
+                claim.release()
+        self.log.info("forwarding: no more messages to send")
+        await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)
+        return self.failures == 0 and done_all.done()
+
+    # ---- scheduling -------------------------------------------------------------------
+    def _period(self) -> float | None:
+        poll = self.config.poll
+        if poll is None:
+            return None
+        return CONTINUOUS_RESCAN if poll == 0 else poll
+
+    async def _scheduler(self, initial: bool) -> None:
+        if initial or self.config.poll is not None:
+            self._rescan()
+        while True:
+            period = self._period()
+            due = self.store.next_due() if period is not None else None
+            timeout = period
+            if due is not None and period is not None:
+                timeout = max(0.05, min(period, due - time.time()))
+            try:
+                if timeout is None:
+                    await self._wake.wait()
+                else:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            self._rescan()
+
+    def _rescan(self) -> None:
+        ignore = self._ignore_backoff
+        self._ignore_backoff = False
+        for mid in self.store.ready(ignore_backoff=ignore):
+            if mid not in self.known:
+                self.known.add(mid)
+                self.queue.put_nowait(mid)
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_CONNECTION_LINGER / 2)
+            for conn in self.pool.expired(IDLE_CONNECTION_LINGER):
+                await conn.quit()
+
+    # ---- workers ----------------------------------------------------------------------
+    async def _worker(self, exit_when_empty: bool = False) -> None:
+        while not self._stopping:
+            if exit_when_empty:
+                try:
+                    mid = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+            else:
+                mid = await self.queue.get()
+            try:
+                await self.forward_one(mid)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one bad message must not stop forwarding
+                self.log.error(f"forwarding [{mid}]: unexpected error: {exc!r}")
+            finally:
+                self.known.discard(mid)
+            if self.queue.empty() and not exit_when_empty and self.config.poll is not None:
+                self._wake.set()  # ran dry: one rescan catches anything the rings missed
+
+    async def forward_one(self, mid: MessageId) -> Outcome:
+        claim = self.store.claim(mid)
+        if claim is None:
+            return Outcome("skipped")
+        self._claims.add(claim)
+        try:
+            return await self._forward_claimed(claim)
+        finally:
+            self._claims.discard(claim)
+            if claim.active:
+                claim.release()
+
+    async def forward_immediately(self, mid: MessageId) -> tuple[int, str]:
+        """``--immediate``: forward a just-committed message; the client gets the next hop's reply."""
+        outcome = await self.forward_one(mid)
+        if outcome.status == "sent":
+            return 250, outcome.text or "message processed"
+        if outcome.status == "retry":
+            return 451, outcome.text or "4.4.1 next hop unavailable"
+        return outcome.code or 554, outcome.text or "5.0.0 forwarding failed"
+
+    async def _forward_claimed(self, claim: Claim) -> Outcome:
+        mid = claim.id
+        self.log.info(f"forwarding [{mid}]")
+        try:
+            env = claim.envelope()
+        except (OSError, EnvelopeError) as exc:
+            return self._fail(claim, f"invalid envelope: {exc}", None)
+        if not env.to_remote:
+            return self._fail(claim, "no remote recipients", None)
+        hop = env.forward_to_address or self.config.forward_to
+        if not hop:
+            return self._fail(claim, "no remote server configured: use --forward-to", None)
+        try:
+            content, info_size, scan_problem = self._load_content(claim)
+        except OSError as exc:
+            return self._fail(claim, f"cannot read content file: {exc.strerror or exc}", None)
+        if scan_problem:
+            return self._fail(claim, scan_problem, None)
+        conn = self.pool.take(hop)
+        try:
+            if conn is None:
+                conn = SmtpConnection(
+                    hop, self.client_config, response_timeout=self.config.response_timeout,
+                    trace=self.log.verbose_on,
+                )  # fmt: skip
+                await conn.open(self.config.connection_timeout, self.config.client_interface)
+            result = await self._transaction(conn, claim, env, content, info_size)
+        except ConnectionTrouble as exc:
+            if conn is not None:
+                conn.abort()
+            return self._retry(claim, exc.reason, exc.reply.code if exc.reply else None)
+        self.pool.give(conn)
+        return result
+
+    def _load_content(self, claim: Claim) -> tuple[bytes | None, int, str | None]:
+        """Read (or scan) the content: (bytes when small, canonical size, problem text or None)."""
+        path = claim.content_path
+        scanner = ContentScanner()
+        with open(path, "rb") as f:
+            first = f.read(IN_MEMORY_LIMIT + 1)
+            scanner.feed(first)
+            data: bytes | None = first if len(first) <= IN_MEMORY_LIMIT else None
+            if data is None:
+                while chunk := f.read(READ_CHUNK):
+                    scanner.feed(chunk)
+        info = scanner.finish()
+        if info.long_line:
+            return data, info.size_after_canonicalisation, "line too long for SMTP: over 998 octets"
+        return data, info.size_after_canonicalisation, None
+
+    async def _transaction(
+        self, conn: SmtpConnection, claim: Claim, env: Envelope, content: bytes | None, size: int
+    ) -> Outcome:
+        auth = env.mail_from_auth_out or None
+        if auth == "<>":
+            auth = "<>"
+        conn.send_envelope(
+            env.from_address,
+            list(env.to_remote),
+            size=size,
+            body=_CONTENT_TO_BODY.get(env.content_type),
+            smtputf8=env.utf8_mailbox_names,
+            auth=auth if auth and auth != "" else None,
+        )
+        while True:
+            event = await conn.next_event()
+            if isinstance(event, sc.RecipientsResult):
+                continue
+            if isinstance(event, sc.ReadyForContent):
+                await self._send_content(conn, claim, content)
+                continue
+            if isinstance(event, sc.MessageSent):
+                return self._sent(claim, env, event)
+            if isinstance(event, sc.MessageFailed):
+                return self._message_failed(claim, event)
+            if isinstance(event, sc.SessionFailed):
+                raise ConnectionTrouble(event.reason, event.reply)
+
+    async def _send_content(self, conn: SmtpConnection, claim: Claim, content: bytes | None) -> None:
+        if content is not None:
+            if content:
+                await conn.send_content(content)
+        else:
+            with open(claim.content_path, "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    await conn.send_content(chunk)
+        conn.end_content()
+
+    # ---- outcomes ----------------------------------------------------------------------
+    def _sent(self, claim: Claim, env: Envelope, event: sc.MessageSent) -> Outcome:
+        if event.rejected:  # --forward-to-some: keep the refused recipients as a failed message
+            first = event.rejected[0][1]
+            remaining = tuple(r for r, _ in event.rejected)
+            try:
+                claim.rewrite(Envelope(**{**env.__dict__, "to_remote": remaining, "to_local": ()}))
+            except OSError as exc:
+                self.log.error(f"cannot rewrite envelope [{claim.id}]: {exc}")
+            self._fail(claim, f"recipient(s) rejected: {first.message}", first.code)
+            return Outcome("sent", 250, event.reply.message)
+        claim.remove()
+        self.sent += 1
+        return Outcome("sent", event.reply.code, event.reply.message)
+
+    def _message_failed(self, claim: Claim, event: sc.MessageFailed) -> Outcome:
+        reply = event.reply
+        if reply is not None and reply.is_transient():
+            return self._retry(claim, reply.message, reply.code)
+        reason = reply.message if reply is not None else event.reason
+        return self._fail(claim, reason, reply.code if reply is not None else None)
+
+    def _fail(self, claim: Claim, reason: str, code: int | None) -> Outcome:
+        busy = claim.envelope_path.name
+        try:
+            bad = claim.fail(reason, code)
+        except OSError as exc:
+            self.log.error(f"cannot fail envelope [{busy}]: {exc}: leaving it for a retry")
+            return Outcome("retry", code or 451, reason)
+        self.log.info(f"failing envelope [{busy}] -> [{bad.name}]")
+        self.log.warning(f"forwarding [{claim.id}] failed: {reason}")
+        self.failures += 1
+        return Outcome("failed", code or 554, reason)
+
+    def _retry(self, claim: Claim, reason: str, code: int | None) -> Outcome:
+        age = time.time() - claim.id.time
+        if retry.should_give_up(age, self.config.give_up_age):
+            return self._fail(claim, f"gave up after {int(age)}s: {reason}", code)
+        delay = retry.next_delay(age, self.config.retry_schedule)
+        try:
+            claim.release(not_before=time.time() + delay)
+        except OSError as exc:
+            self.log.error(f"cannot release [{claim.id}]: {exc}")
+        self.log.warning(f"forwarding [{claim.id}] deferred for {delay}s: {reason}")
+        self.failures += 1
+        return Outcome("retry", code or 451, reason)
+
+
+def ready_ids(store: SpoolStore) -> Iterable[MessageId]:
+    return (e.id for e in store.scan() if e.state is State.READY)

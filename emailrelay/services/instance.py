@@ -1,0 +1,114 @@
+"""One relay instance in one process: SMTP storage plus forwarding, on one event loop.
+
+What it is for: the single-process shape of the relay — what ``emailrelay
+--no-daemon``, ``--as-client`` and the tests run, and what each supervised
+role runs a part of.  It wires the spool store, the SMTP service and the
+forwarder together and turns signals into a graceful stop.
+
+Guarantees: SIGTERM/SIGINT stop listening at once, let sessions in flight
+finish for up to 5 s, release every claim, and return exit status 0;
+crash leftovers in the spool are recovered before anything is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .. import log as logmod
+from ..config import Config
+from ..identity import group_for_files
+from ..protocol import smtp_server as sp
+from ..spool.store import SpoolStore
+from .listeners import Bound
+from .smtpd import ServiceHooks, SmtpService, SmtpServiceOptions
+
+STOP_GRACE = 5.0
+
+
+def server_config(config: Config) -> sp.ServerConfig:
+    kw = config.server_smtp_config
+    return sp.ServerConfig(
+        domain=config.domain,
+        anonymous="server" in config.anonymous,
+        max_size=config.size,
+        pipelining="nopipelining" not in kw,
+        chunking="chunking" in kw,
+        smtputf8="smtputf8" in kw or "smtputf8strict" in kw,
+        smtputf8_strict="smtputf8strict" in kw,
+        strict_parsing="nostrictparsing" not in kw,
+        vrfy="vrfy" not in config.anonymous,
+    )
+
+
+def open_store(config: Config) -> SpoolStore:
+    return SpoolStore(config.spool_dir, group=group_for_files())
+
+
+@dataclass
+class Instance:
+    config: Config
+    smtp_sockets: list[Bound] = field(default_factory=list)
+    exit_status: int = 0
+
+    async def run(self) -> int:
+        log = logmod.get()
+        config = self.config
+        store = open_store(config)
+        report = store.recover(new_age=max(600.0, 2 * config.filter_timeout))
+        for mid in report.released:
+            log.info(f"recovered claim on [{mid}]: returned to the queue")
+        for mid in report.removed_new:
+            log.info(f"removed incomplete message [{mid}] left by a crash")
+        executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
+        forwarder = None
+        if config.forward_to or config.as_client:
+            from .forward import ForwardService
+
+            forwarder = ForwardService(config, store, executor=executor)
+        hooks = ServiceHooks()
+        if forwarder is not None:
+            if config.immediate:
+                hooks.immediate = forwarder.forward_immediately
+            elif config.poll is not None or config.forward_on_disconnect:
+                hooks.on_commit = (lambda mid: forwarder.ring()) if config.poll is not None else None
+            if config.forward_on_disconnect:
+                hooks.on_disconnect = forwarder.ring
+        smtpd = SmtpService(
+            SmtpServiceOptions(
+                server_config=server_config(config),
+                remote_clients=config.remote_clients,
+                idle_timeout=config.idle_timeout,
+                add_received="content" not in config.anonymous,
+                max_connections=config.max_connections,
+            ),
+            store,
+            hooks=hooks,
+            executor=executor,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: log.info("sighup: nothing to reload"))
+        try:
+            if self.smtp_sockets:
+                await smtpd.start([b.sock for b in self.smtp_sockets])
+            if forwarder is not None:
+                if config.as_client or config.dont_serve:
+                    ok = await forwarder.run_once(stop)
+                    self.exit_status = 0 if ok else 1
+                    return self.exit_status
+                await forwarder.start(initial=config.forward)
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await smtpd.stop(STOP_GRACE)
+            if forwarder is not None:
+                await forwarder.stop()
+            executor.shutdown(wait=True)
+        return self.exit_status

@@ -1,0 +1,220 @@
+"""Listening sockets: parse ``--interface``/``--port`` and bind, upstream style.
+
+What it is for: the one place that turns the interface options into bound,
+listening sockets — before the process detaches, so a port that cannot be
+bound is reported (exit 2) by the process the user started.  The sockets are
+plain ``socket.socket`` objects so they can be handed to asyncio, inherited
+by circus roles, or passed as ``fd#N``.
+
+Guarantees: addresses are logged exactly as upstream does
+(``0.0.0.0:25``, ``::.25``); IPv6 sockets are v6-only so ``0.0.0.0`` and
+``::`` can both be bound on one port; ``SO_REUSEADDR`` is set, never
+``SO_REUSEPORT`` (two relays must not silently share a port).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from ..errors import BindError, UsageError
+
+SERVICES = ("smtp", "pop", "admin")
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    service: str  # smtp | pop | admin
+    host: str | None  # IP literal; None for fd# or unix paths
+    port: int
+    path: str | None = None  # unix-domain socket path
+    fd: int | None = None  # inherited descriptor
+
+
+def format_address(host: str, port: int) -> str:
+    """Upstream's transport-address text: ``1.2.3.4:25`` and ``::1.25``."""
+    return f"{host}.{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``v6.port`` (upstream) or a bare host with a default port."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") > 1:  # IPv6 literal, upstream "::1.25" form or bare
+        try:
+            ipaddress.IPv6Address(text)
+            host, port_text = text, ""
+        except ValueError:
+            host, _, port_text = text.rpartition(".")
+    else:
+        host, _, port_text = text.partition(":")
+    if not port_text:
+        if default_port is None:
+            raise UsageError(f"invalid transport address (no port): {text}")
+        return host, default_port
+    try:
+        port = socket.getservbyname(port_text) if not port_text.isdigit() else int(port_text)
+    except OSError:
+        raise UsageError(f"invalid port in transport address: {text}") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"invalid port in transport address: {text}")
+    return host, port
+
+
+def plan(interfaces: list[str], ports: dict[str, int]) -> list[ListenSpec]:
+    """Listening specs for every enabled service (``ports`` holds only enabled services)."""
+    per_service: dict[str, list[str]] = {s: [] for s in ports}
+    shared: list[str] = []
+    for item in interfaces:
+        prefix, eq, rest = item.partition("=")
+        if eq and prefix in SERVICES:
+            if prefix in per_service:
+                per_service[prefix].append(rest)
+        else:
+            shared.append(item)
+    specs: list[ListenSpec] = []
+    for service, port in ports.items():
+        items = per_service[service] or shared or ["0.0.0.0", "::"]
+        for item in items:
+            specs.extend(_specs_for(service, item, port))
+    return specs
+
+
+def _specs_for(service: str, item: str, port: int) -> list[ListenSpec]:
+    if item.startswith("fd#"):
+        try:
+            return [ListenSpec(service, None, port, fd=int(item[3:]))]
+        except ValueError:
+            raise UsageError(f"invalid file descriptor in --interface: {item}") from None
+    if item.startswith("/"):
+        return [ListenSpec(service, None, port, path=item)]
+    try:
+        ipaddress.ip_address(item.split("%")[0])
+        return [ListenSpec(service, item, port)]
+    except ValueError:
+        pass
+    return [ListenSpec(service, host, port) for host in _interface_addresses(item)]
+
+
+def _interface_addresses(name: str) -> list[str]:
+    """Addresses of a network interface name (``eth0``, ``eth0-ipv4``, ``eth0-ipv6``)."""
+    family_filter = None
+    base = name
+    for suffix, fam in (("-ipv4", socket.AF_INET), ("-ipv6", socket.AF_INET6)):
+        if name.endswith(suffix):
+            base, family_filter = name[: -len(suffix)], fam
+    found: list[str] = []
+    try:
+        import fcntl
+        import struct
+
+        if family_filter in (None, socket.AF_INET):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", base.encode()[:15]))
+                found.append(socket.inet_ntoa(packed[20:24]))
+        if family_filter in (None, socket.AF_INET6):
+            with contextlib.suppress(OSError), open("/proc/net/if_inet6") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) >= 6 and fields[5] == base:
+                        addr = str(ipaddress.IPv6Address(bytes.fromhex(fields[0])))
+                        found.append(f"{addr}%{base}" if addr.startswith("fe80") else addr)
+    except OSError:
+        pass
+    if not found:
+        raise UsageError(f"invalid interface name or address: {name}")
+    return found
+
+
+@dataclass
+class Bound:
+    spec: ListenSpec
+    sock: socket.socket
+
+    @property
+    def display(self) -> str:
+        if self.spec.path:
+            return self.spec.path
+        if self.spec.fd is not None:
+            with contextlib.suppress(OSError):
+                host, port = self.sock.getsockname()[:2]
+                return format_address(host, port)
+            return f"fd#{self.spec.fd}"
+        host, port = self.sock.getsockname()[:2]
+        return format_address(host, port)
+
+
+def bind(spec: ListenSpec, backlog: int = 1024) -> Bound:
+    """Bind and listen; BindError (exit 2) when the address is taken or not ours."""
+    try:
+        if spec.fd is not None:
+            sock = socket.socket(fileno=spec.fd)
+        elif spec.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.stat(spec.path).st_mode):
+                    os.unlink(spec.path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(spec.path)
+            sock.listen(backlog)
+        else:
+            assert spec.host is not None
+            family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                info = socket.getaddrinfo(spec.host, spec.port, family, socket.SOCK_STREAM)
+                sock.bind(info[0][4])
+            else:
+                sock.bind((spec.host, spec.port))
+            sock.listen(backlog)
+    except OSError as exc:
+        where = spec.path or (
+            f"fd#{spec.fd}" if spec.fd is not None else format_address(spec.host or "", spec.port)
+        )
+        raise BindError(
+            f"cannot bind {spec.service} listening socket on {where}: {exc.strerror or exc}"
+        ) from exc
+    sock.setblocking(False)
+    os.set_inheritable(sock.fileno(), False)
+    return Bound(spec, sock)
+
+
+def bind_all(specs: list[ListenSpec]) -> list[Bound]:
+    bound: list[Bound] = []
+    try:
+        for spec in specs:
+            if spec.host == "::" and not socket.has_ipv6:
+                continue
+            try:
+                bound.append(bind(spec))
+            except BindError as exc:
+                # the "any" IPv6 address is optional when the host has no IPv6 at all
+                cause = exc.__cause__
+                if spec.host == "::" and isinstance(cause, OSError) and cause.errno in (97, 99):
+                    continue
+                raise
+    except BaseException:
+        for b in bound:
+            b.sock.close()
+        raise
+    return bound
+
+
+def is_local_address(host: str) -> bool:
+    """Loopback, private (RFC 1918, RFC 4193), link-local, or a unix-domain peer."""
+    if not host or host.startswith("/"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bool(ip.is_loopback or ip.is_private or ip.is_link_local)

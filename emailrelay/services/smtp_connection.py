@@ -1,0 +1,219 @@
+"""An outgoing SMTP connection: asyncio glue around the sans-IO SMTP client.
+
+What it is for: the forwarder (and ``--immediate``) open one of these per
+next hop and drive it message after message; it moves bytes between the
+socket and :class:`~emailrelay.protocol.smtp_client.SmtpClient` and hands
+the client's events out one at a time, with the reference guide's timeouts.
+
+Guarantees: TCP_NODELAY is set (no Nagle/delayed-ACK stall after the final
+dot — upstream's 42 ms); every wait has a timeout (``--connection-timeout``
+to connect, ``--response-timeout`` per reply); a timeout, reset or
+protocol garbage surfaces as :class:`ConnectionTrouble`, never as a hang;
+outgoing content respects the transport's write buffer (bounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from typing import Any, cast
+
+from .. import log as logmod
+from ..protocol import smtp_client as sc
+from .listeners import format_address, parse_host_port
+
+
+class ConnectionTrouble(Exception):
+    """Could not connect, timed out, or the session failed: a temporary failure."""
+
+    def __init__(self, reason: str, reply: sc.Reply | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reply = reply
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, owner: SmtpConnection) -> None:
+        self.owner = owner
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        self.owner._feed(data)
+
+    def eof_received(self) -> bool:
+        self.owner._feed(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._lost(exc)
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        w, self._drain_waiter = self._drain_waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def drain(self) -> None:
+        if self.paused:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+
+class SmtpConnection:
+    """One client session to one next hop."""
+
+    def __init__(self, hop: str, config: sc.ClientConfig, *, response_timeout: float, trace: bool) -> None:
+        self.hop = hop
+        self.client = sc.SmtpClient(config, trace=trace)
+        self.response_timeout = response_timeout
+        self.trace = trace
+        self.log = logmod.get()
+        self.transport: asyncio.Transport | None = None
+        self.protocol: _ClientProtocol | None = None
+        self._events: collections.deque[sc.Event] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost_reason: str | None = None
+        self.capabilities: sc.Capabilities | None = None
+        self.messages = 0
+
+    @property
+    def usable(self) -> bool:
+        return (
+            self.transport is not None
+            and not self.transport.is_closing()
+            and self._lost_reason is None
+            and self.client.state == sc.State.READY
+        )
+
+    async def open(self, connection_timeout: float, local_address: str | None = None) -> sc.Capabilities:
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
+        if self.hop.startswith("/"):
+            coro = loop.create_unix_connection(lambda: _ClientProtocol(self), self.hop)
+        else:
+            host, port = parse_host_port(self.hop, 25)
+            if local_address:
+                kwargs["local_addr"] = (local_address, 0)
+            coro = loop.create_connection(lambda: _ClientProtocol(self), host, port, **kwargs)
+        try:
+            transport, protocol = await asyncio.wait_for(coro, connection_timeout)
+        except TimeoutError:
+            raise ConnectionTrouble(f"connection timeout connecting to {self.hop}") from None
+        except OSError as exc:
+            raise ConnectionTrouble(f"cannot connect to {self.hop}: {exc.strerror or exc}") from None
+        transport = cast(asyncio.Transport, transport)
+        self.transport, self.protocol = transport, protocol
+        transport.set_write_buffer_limits(high=256 * 1024)
+        peer = transport.get_extra_info("peername")
+        where = format_address(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else self.hop
+        self.log.info(f"smtp connection to {where}")
+        while True:
+            event = await self.next_event()
+            if isinstance(event, sc.SessionReady):
+                self.capabilities = event.capabilities
+                return event.capabilities
+            if isinstance(event, sc.SessionFailed):
+                self.close()
+                raise ConnectionTrouble(f"{event.reason}", event.reply)
+
+    # ---- byte plumbing ---------------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        self.client.receive_data(data)
+        self._collect()
+
+    def _collect(self) -> None:
+        client = self.client
+        while True:
+            event = client.next_event()
+            if event is sc.NEED_DATA:
+                break
+            self._events.append(event)  # type: ignore[arg-type]
+        self._flush()
+        if self._events:
+            self._wake()
+
+    def _lost(self, exc: Exception | None) -> None:
+        if self._lost_reason is None:
+            self._lost_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
+        self._wake()
+
+    def _wake(self) -> None:
+        w, self._waiter = self._waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _flush(self) -> None:
+        data = self.client.data_to_send()
+        if self.trace:
+            for direction, text in self.client.drain_trace():
+                self.log.verbose(
+                    f'{direction}{">>" if direction == "tx" else "<<"}: "{text}"'
+                    if not text.startswith("[")
+                    else f"{direction}>>: {text}"
+                )
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def next_event(self) -> sc.Event:
+        while not self._events:
+            if self._lost_reason is not None:
+                raise ConnectionTrouble(self._lost_reason)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, self.response_timeout)
+            except TimeoutError:
+                self.abort()
+                raise ConnectionTrouble(f"response timeout from {self.hop}") from None
+        return self._events.popleft()
+
+    async def send_content(self, chunk: bytes) -> None:
+        self.client.send_content(chunk)
+        self._collect()
+        if self.protocol is not None:
+            await self.protocol.drain()
+
+    def end_content(self) -> None:
+        self.client.end_content()
+        self._collect()
+
+    def send_envelope(self, *args: Any, **kwargs: Any) -> None:
+        self.client.send_envelope(*args, **kwargs)
+        self._collect()
+
+    async def quit(self) -> None:
+        if self.usable:
+            try:
+                self.client.quit()
+                self._collect()
+                while True:
+                    event = await asyncio.wait_for(self.next_event(), 2.0)
+                    if isinstance(event, sc.Closed | sc.SessionFailed):
+                        break
+            except (ConnectionTrouble, TimeoutError):
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,582 @@
+"""The SMTP storage service: asyncio glue between sockets, the SMTP protocol and the spool.
+
+What it is for: one ``SmtpSession`` per connection feeds bytes into the
+sans-IO :class:`~emailrelay.protocol.smtp_server.SmtpServer`, answers its
+decisions (verifier, storage, filter), streams DATA to the spool in bounded
+chunks and sends the replies.  Used by the ``smtp`` role and by the
+single-process modes.
+
+What it expects: bound listening sockets; a :class:`SpoolStore`; a policy
+object for verifiers and filters (the default accepts everything).
+
+What it guarantees:
+- the ``250`` after DATA is sent only after :meth:`NewMessage.commit`
+  returned, i.e. content, envelope and directory entry are fsynced; any
+  failure before that deletes both files and answers ``452``/``451``;
+- memory per connection is bounded: content goes to disk as it arrives,
+  reading pauses while a decision is pending or while the peer does not read
+  its replies;
+- non-local clients are refused unless ``--remote-clients``; idle sessions
+  are closed after ``--idle-timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import errno
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from .. import log as logmod
+from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
+from ..protocol import smtp_server as sp
+from ..protocol.addresses import xtext_encode
+from ..spool.envelope import Envelope
+from ..spool.names import MessageId
+from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
+from .listeners import format_address, is_local_address
+
+_BODY_TO_CONTENT = {"7BIT": "7bit", "8BITMIME": "8bit", "BINARYMIME": "binarymime"}
+
+
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int
+
+    @property
+    def display(self) -> str:
+        return format_address(self.host, self.port) if self.port else self.host
+
+
+class ServerPolicy(Protocol):
+    """What the session asks of the policy layer (filters and verifiers)."""
+
+    async def verify(
+        self, recipient: str, mail_from: str | None, peer: Peer, auth_mechanism: str, auth_id: str
+    ) -> RecipientVerdict: ...
+
+    async def filter(self, message_id: MessageId, content_path: str, envelope_path: str) -> FilterResult: ...
+
+
+class AcceptAllPolicy:
+    """No --address-verifier, no --filter: every recipient is remote, every message goes on."""
+
+    async def verify(
+        self, recipient: str, mail_from: str | None, peer: Peer, auth_mechanism: str, auth_id: str
+    ) -> RecipientVerdict:
+        return RecipientVerdict.remote(recipient)
+
+    async def filter(self, message_id: MessageId, content_path: str, envelope_path: str) -> FilterResult:
+        return FilterResult.accept()
+
+
+@dataclass
+class SmtpServiceOptions:
+    server_config: sp.ServerConfig
+    remote_clients: bool = False
+    idle_timeout: float = 60.0
+    add_received: bool = True
+    max_connections: int = 0
+    verbose_content: bool = False
+
+
+@dataclass
+class ServiceHooks:
+    """Callbacks into the rest of the process (forwarding triggers, bus events)."""
+
+    on_commit: Callable[[MessageId], None] | None = None
+    on_disconnect: Callable[[], None] | None = None
+    # --immediate: forward a committed message now and return the next hop's (code, text)
+    immediate: Callable[[MessageId], Awaitable[tuple[int, str]]] | None = None
+    on_reject: Callable[[str], None] | None = None
+
+
+@dataclass
+class _Transaction:
+    mail_from: str = ""
+    body: str | None = None
+    smtputf8: bool = False
+    auth_in: str = ""
+    to_remote: list[str] = field(default_factory=list)
+    to_local: list[str] = field(default_factory=list)
+    message: NewMessage | None = None
+    write_error: OSError | None = None
+
+
+class SmtpService:
+    """Owns the listening servers and the live sessions of one SMTP service."""
+
+    def __init__(
+        self,
+        options: SmtpServiceOptions,
+        store: SpoolStore,
+        *,
+        policy: ServerPolicy | None = None,
+        hooks: ServiceHooks | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.options = options
+        self.store = store
+        self.policy: ServerPolicy = policy or AcceptAllPolicy()
+        self.hooks = hooks or ServiceHooks()
+        self.executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
+        self.log = logmod.get()
+        self.sessions: set[SmtpSession] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.enabled = True  # admin "smtp disable"
+        self.stats = {"started": 0, "finished": 0}
+
+    async def start(self, sockets: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            server = await loop.create_server(lambda: SmtpSession(self), sock=sock, backlog=1024)
+            self.servers.append(server)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop listening, let sessions in flight finish for up to ``grace`` seconds, then cut them."""
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.abort()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+class SmtpSession(asyncio.Protocol):
+    """One SMTP connection."""
+
+    def __init__(self, service: SmtpService) -> None:
+        self.service = service
+        self.log = service.log
+        self.transport: asyncio.Transport | None = None
+        self.proto = sp.SmtpServer(service.options.server_config)
+        self.peer = Peer("", 0)
+        self.helo = ""
+        self.extended = False
+        self.auth_mechanism = ""
+        self.auth_id = ""
+        self.tx = _Transaction()
+        self._task: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._closing = False
+        self._last_activity = time.monotonic()
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._content_logged = False
+
+    # ---- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        svc = self.service
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple):
+            self.peer = Peer(str(peername[0]), int(peername[1]))
+        else:
+            self.peer = Peer(str(peername or "local"), 0)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.log.info(f"smtp connection from {self.peer.display}", self.peer.host)
+        if not svc.options.remote_clients and not is_local_address(self.peer.host):
+            self.log.warning(
+                f"smtp connection from {self.peer.display} rejected: not a local address "
+                "(use --remote-clients to allow it)",
+                self.peer.host,
+            )
+            self._send_now(b"554 5.7.1 remote connections not allowed\r\n")
+            transport.close()
+            return
+        limit = svc.options.max_connections
+        if not svc.enabled or (limit and len(svc.sessions) >= limit):
+            self._send_now(b"421 4.3.2 service not available\r\n")
+            transport.close()
+            return
+        svc.sessions.add(self)
+        svc.stats["started"] += 1
+        transport.set_write_buffer_limits(high=256 * 1024)
+        self.proto.greeting()
+        self._flush()
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = time.monotonic()
+        self.proto.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self.proto.receive_data(b"")
+        self._pump()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        svc = self.service
+        if self not in svc.sessions:
+            return
+        svc.sessions.discard(self)
+        svc.stats["finished"] += 1
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._discard_message()
+        reason = "smtp protocol done" if self._closing else (str(exc) if exc else "peer disconnected")
+        self.log.info(f"smtp connection closed: {reason}: {self.peer.display}", self.peer.host)
+        if svc.hooks.on_disconnect is not None:
+            svc.hooks.on_disconnect()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+        self._pump()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ---- plumbing ---------------------------------------------------------------
+    def _update_reading(self) -> None:
+        want_pause = self._writing_paused or self._task is not None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if want_pause and not self._reading_paused:
+            self.transport.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+
+    def _send_now(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.log.verbose_on:
+            self._trace_tx(data)
+        self.transport.write(data)
+
+    def _flush(self) -> None:
+        data = self.proto.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self._send_now(data)
+
+    def _trace_tx(self, data: bytes) -> None:
+        for line in data.split(b"\r\n"):
+            if line:
+                self.log.verbose(f'tx>>: "{line.decode("utf-8", "replace")}"', self.peer.host)
+
+    def _trace_rx(self, line: str) -> None:
+        if line:
+            self.log.verbose(f'rx<<: "{line}"', self.peer.host)
+
+    def _arm_idle_timer(self) -> None:
+        timeout = self.service.options.idle_timeout
+        if timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_activity + timeout
+        self._idle_handle = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._task is None and time.monotonic() - self._last_activity >= self.service.options.idle_timeout:
+            self.log.info(f"smtp connection timed out: {self.peer.display}", self.peer.host)
+            self._send_now(b"421 4.4.2 idle timeout\r\n")
+            self._closing = True
+            self.transport.close()
+            return
+        if self._task is not None:
+            self._last_activity = time.monotonic()
+        self._arm_idle_timer()
+
+    def _pump(self) -> None:
+        """Take events from the protocol until it needs data or a slow decision."""
+        if self._task is not None or self.transport is None:
+            return
+        proto = self.proto
+        while True:
+            event = proto.next_event()
+            if event is sp.NEED_DATA or event is sp.PAUSED:
+                break
+            pending = self._handle(event)
+            if pending is not None:
+                self._task = asyncio.get_running_loop().create_task(self._finish(pending))
+                break
+        self._flush()
+        self._update_reading()
+
+    async def _finish(self, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a policy or storage bug must not kill the process
+            self.log.error(f"smtp session error: {exc!r}", self.peer.host)
+            self._discard_message()
+            if self.transport is not None:
+                self.transport.write(b"451 4.3.0 local error\r\n")
+                self.transport.close()
+            return
+        finally:
+            self._task = None
+        self._pump()
+
+    # ---- events -------------------------------------------------------------------
+    def _handle(self, event: Any) -> Awaitable[None] | None:
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            return None
+        return handler(self, event)
+
+    def _on_hello(self, ev: sp.Hello) -> None:
+        self._trace_rx(ev.line)
+        self._discard_message()
+        self.tx = _Transaction()
+        self.helo = ev.name
+        self.extended = ev.extended
+        self.proto.accept()
+
+    def _on_mail(self, ev: sp.MailFrom) -> None:
+        self._trace_rx(ev.line)
+        self._discard_message()
+        self.tx = _Transaction(
+            mail_from=ev.address, body=ev.body, smtputf8=ev.smtputf8, auth_in=ev.auth or ""
+        )
+        self.proto.accept()
+
+    def _on_rcpt(self, ev: sp.RcptTo) -> Awaitable[None] | None:
+        self._trace_rx(ev.line)
+        if isinstance(self.service.policy, AcceptAllPolicy):
+            self.tx.to_remote.append(ev.address)
+            self.proto.accept()
+            return None
+        return self._verify_rcpt(ev)
+
+    async def _verify_rcpt(self, ev: sp.RcptTo) -> None:
+        verdict = await self.service.policy.verify(
+            ev.address, self.tx.mail_from, self.peer, self.auth_mechanism, self.auth_id
+        )
+        if verdict.kind is RecipientKind.REMOTE:
+            self.tx.to_remote.append(verdict.address)
+            self.proto.accept()
+        elif verdict.kind is RecipientKind.LOCAL:
+            self.tx.to_local.append(verdict.mailbox)
+            self.proto.accept()
+        elif verdict.kind is RecipientKind.TEMPORARY:
+            self._reject_rcpt(ev.address, 450, verdict)
+        elif verdict.kind is RecipientKind.ABORT:
+            self.log.warning(f"aborting connection: address verifier: {ev.address}", self.peer.host)
+            self._closing = True
+            if self.transport is not None:
+                self.transport.abort()
+        else:
+            self._reject_rcpt(ev.address, 550, verdict)
+
+    def _reject_rcpt(self, address: str, code: int, verdict: RecipientVerdict) -> None:
+        reason = verdict.reason or ("mailbox unavailable" if code == 450 else "invalid mailbox")
+        detail = f": {verdict.detail}" if verdict.detail else ""
+        self.log.warning(f'rejecting recipient "{address}": {reason}{detail}', self.peer.host)
+        self.proto.reject(code, reason)
+
+    def _on_data_start(self, ev: Any) -> None:
+        if ev.line:
+            self._trace_rx(ev.line)
+        try:
+            msg = self.service.store.create()
+            if self.service.options.add_received:
+                msg.write(self._received_line())
+        except OSError as exc:
+            self._storage_failed(exc)
+            self._discard_message()
+            if isinstance(ev, sp.DataStart):
+                self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))
+            return
+        self.log.verbose(f"new content file [{msg.content_path.name}]", self.peer.host)
+        self.tx.message = msg
+        self._content_logged = False
+        if isinstance(ev, sp.DataStart):
+            self.proto.accept()
+
+    def _on_chunk(self, ev: sp.DataChunk) -> None:
+        tx = self.tx
+        if tx.message is None and tx.write_error is None:
+            self._on_data_start(_BdatStart())  # BDAT: the first chunk opens the content file
+        if not self._content_logged:
+            self._content_logged = True
+            self.log.verbose("rx<<: [message content not logged]", self.peer.host)
+        if tx.message is None or tx.write_error is not None:
+            return
+        try:
+            tx.message.write(ev.data)
+        except OSError as exc:
+            tx.write_error = exc
+            self._storage_failed(exc)
+
+    def _on_data_end(self, ev: sp.DataEnd) -> Awaitable[None]:
+        self._trace_rx(ev.line)
+        return self._store(ev)
+
+    async def _store(self, ev: sp.DataEnd) -> None:
+        tx = self.tx
+        if tx.message is None and tx.write_error is None:
+            self._on_data_start(_BdatStart())  # "BDAT 0 LAST" with no chunk before it
+        msg = tx.message
+        if msg is None or tx.write_error is not None:
+            exc = tx.write_error or SpoolStoreError(errno.EIO, "no content file")
+            self._discard_message()
+            self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))
+            return
+        loop = asyncio.get_running_loop()
+        envelope = self._envelope()
+        try:
+            await loop.run_in_executor(self.service.executor, msg.write_envelope, envelope)
+        except OSError as exc:
+            self._storage_failed(exc)
+            self._discard_message()
+            self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))
+            return
+        self.log.verbose(f"new envelope file [{msg.envelope_path.name}]", self.peer.host)
+        result = await self.service.policy.filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+        if not result.ok:
+            self._filter_rejected(msg, result)
+            return
+        if not msg.exists():  # a filter deleted it but said ok: nothing to commit
+            self.tx.message = None
+            self.proto.accept()
+            return
+        try:
+            await loop.run_in_executor(self.service.executor, msg.commit)
+        except OSError as exc:
+            self._storage_failed(exc)
+            self._discard_message()
+            self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))
+            return
+        self.tx.message = None
+        hooks = self.service.hooks
+        if hooks.immediate is not None:
+            code, text = await hooks.immediate(msg.id)
+            if code >= 400:
+                self.proto.reject(code, text)
+            else:
+                self.proto.accept(text)
+            return
+        self.proto.accept()
+        if hooks.on_commit is not None:
+            hooks.on_commit(msg.id)
+
+    def _filter_rejected(self, msg: NewMessage, result: FilterResult) -> None:
+        self.tx.message = None
+        if result.outcome is FilterOutcome.ABANDON:
+            msg.abandon()
+            self.proto.accept()
+            return
+        msg.abandon()  # a message rejected by a server-side filter is deleted, as upstream does
+        reason = result.reason or ("rejected" if result.outcome is FilterOutcome.REJECT else "filter error")
+        self.log.info(f"rejected by filter: [{reason}]")
+        if self.service.hooks.on_reject is not None:
+            self.service.hooks.on_reject(reason)
+        default = 550 if result.outcome is FilterOutcome.REJECT else 451
+        self.proto.reject(result.code or default, reason)
+
+    def _on_aborted(self, ev: sp.DataAborted) -> None:
+        self._discard_message()
+
+    def _on_rset(self, ev: sp.Rset) -> None:
+        self._trace_rx(ev.line)
+        self._discard_message()
+        self.tx = _Transaction()
+
+    def _on_vrfy(self, ev: sp.Vrfy) -> None:
+        self._trace_rx(ev.line)
+        self.proto.reply(252, "cannot vrfy")
+
+    def _on_info(self, ev: Any) -> None:
+        self._trace_rx(getattr(ev, "line", ""))
+
+    def _on_auth(self, ev: Any) -> None:
+        self._trace_rx(ev.line)
+        self.proto.auth_failed()
+
+    def _on_starttls(self, ev: Any) -> None:
+        self._trace_rx(ev.line)
+        self.proto.reject(454, "4.7.0 TLS not available")
+
+    def _on_closed(self, ev: sp.ConnectionClosed) -> None:
+        self._closing = True
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---- helpers -------------------------------------------------------------------
+    def _received_line(self) -> bytes:
+        with_ = ("ESMTP" if self.extended else "SMTP") + ("A" if self.proto.authenticated else "")
+        helo = self.helo or "unknown"
+        date = email.utils.formatdate(localtime=True)
+        line = f"Received: from {helo} ([{self.peer.host}]) by {self.service.options.server_config.domain} with {with_} ; {date}\r\n"
+        return line.encode("utf-8", "replace")
+
+    def _envelope(self) -> Envelope:
+        tx = self.tx
+        return Envelope(
+            from_address=tx.mail_from,
+            to_remote=tuple(tx.to_remote),
+            to_local=tuple(tx.to_local),
+            content_type=_BODY_TO_CONTENT.get(tx.body or "", "unknown"),
+            authentication=xtext_encode(self.auth_id) if self.auth_id else "",
+            client=self.peer.host,
+            mail_from_auth_in=tx.auth_in,
+            utf8_mailbox_names=tx.smtputf8,
+        )
+
+    def _discard_message(self) -> None:
+        msg = self.tx.message
+        if msg is not None:
+            self.tx.message = None
+            msg.abandon()
+
+    def _storage_failed(self, exc: OSError) -> None:
+        self.log.error(f"cannot store message: {exc}", self.peer.host)
+
+
+class _BdatStart:
+    line = ""
+
+
+def _storage_text(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "4.3.1 insufficient system storage"
+    return "4.3.0 local error: cannot store message"
+
+
+_HANDLERS: dict[type, Callable[[SmtpSession, Any], Awaitable[None] | None]] = {
+    sp.Hello: SmtpSession._on_hello,
+    sp.MailFrom: SmtpSession._on_mail,
+    sp.RcptTo: SmtpSession._on_rcpt,
+    sp.DataStart: SmtpSession._on_data_start,
+    sp.DataChunk: SmtpSession._on_chunk,
+    sp.DataEnd: SmtpSession._on_data_end,
+    sp.DataAborted: SmtpSession._on_aborted,
+    sp.Rset: SmtpSession._on_rset,
+    sp.Vrfy: SmtpSession._on_vrfy,
+    sp.Noop: SmtpSession._on_info,
+    sp.Help: SmtpSession._on_info,
+    sp.Quit: SmtpSession._on_info,
+    sp.ProtocolError: SmtpSession._on_info,
+    sp.AuthStart: SmtpSession._on_auth,
+    sp.StartTls: SmtpSession._on_starttls,
+    sp.ConnectionClosed: SmtpSession._on_closed,
+}

@@ -1,0 +1,1 @@
+"""emailrelay.spool package."""

@@ -1,0 +1,208 @@
+"""Envelope files: read and write the ``#2821.8`` format (SPEC.md §3).
+
+What it is for: turning an :class:`Envelope` into the exact bytes upstream
+E-MailRelay 2.6 writes, and reading envelopes back — ours, upstream's, older
+``#2821.3`` … ``#2821.7`` ones, CRLF or LF-only, and ones a filter edited.
+
+Guarantees:
+- :meth:`Envelope.to_bytes` is byte-identical to upstream for the same data
+  (fields in upstream's order, ``Key: value`` with the space even when the
+  value is empty, CRLF line ends, local recipients before remote ones).
+- :func:`parse` never trusts the file: a value holding CR, NUL or another
+  control character, a missing required field, an unknown format or a
+  ``ToCount`` that does not match the recipient lines is an
+  :class:`EnvelopeError`.  So a field a filter wrote can never carry a raw
+  line break into an SMTP command.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+FORMAT = "#2821.8"
+READABLE_FORMATS = frozenset(f"#2821.{n}" for n in range(3, 9))
+_KEY_PREFIX = "X-MailRelay-"
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed, as in header values
+
+CONTENT_TYPES = ("7bit", "8bit", "binarymime", "unknown")
+
+
+class EnvelopeError(ValueError):
+    """The envelope file cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    from_address: str
+    to_remote: tuple[str, ...] = ()
+    to_local: tuple[str, ...] = ()
+    content_type: str = "unknown"  # 7bit | 8bit | binarymime | unknown (no BODY=)
+    authentication: str = ""  # xtext of the AUTH identity
+    client: str = ""  # client IP address, no port
+    client_certificate: str = ""  # PEM, may hold newlines; folded on output
+    mail_from_auth_in: str = ""
+    mail_from_auth_out: str = ""
+    forward_to: str = ""
+    forward_to_address: str = ""
+    client_account_selector: str = ""
+    utf8_mailbox_names: bool = False
+    reason: str | None = None  # set on .bad envelopes
+    reason_code: str | None = None
+    extra_tail: tuple[str, ...] = field(default=(), compare=False)  # unknown lines after End, kept
+
+    @property
+    def recipient_count(self) -> int:
+        return len(self.to_local) + len(self.to_remote)
+
+    def with_failure(self, reason: str, code: int | None) -> Envelope:
+        return replace(self, reason=_printable(reason), reason_code="" if code is None else str(code))
+
+    def without_failure(self) -> Envelope:
+        return replace(self, reason=None, reason_code=None)
+
+    def to_bytes(self) -> bytes:
+        lines = [
+            ("Format", FORMAT),
+            ("Content", self.content_type),
+            ("From", self.from_address),
+            ("ToCount", str(self.recipient_count)),
+            *(("To-Local", r) for r in self.to_local),
+            *(("To-Remote", r) for r in self.to_remote),
+            ("Authentication", self.authentication),
+            ("Client", self.client),
+            ("ClientCertificate", _fold(self.client_certificate)),
+            ("MailFromAuthIn", self.mail_from_auth_in),
+            ("MailFromAuthOut", self.mail_from_auth_out),
+            ("ForwardTo", self.forward_to),
+            ("ForwardToAddress", self.forward_to_address),
+            ("ClientAccountSelector", self.client_account_selector),
+            ("Utf8MailboxNames", "1" if self.utf8_mailbox_names else "0"),
+            ("End", "1"),
+        ]
+        if self.reason is not None:
+            lines.append(("Reason", self.reason))
+            lines.append(("ReasonCode", self.reason_code or ""))
+        out = []
+        for key, value in lines:
+            if key != "ClientCertificate":
+                _check_value(key, value)
+            out.append(f"{_KEY_PREFIX}{key}: {value}\r\n")
+        out.extend(f"{t}\r\n" for t in self.extra_tail)
+        return "".join(out).encode("utf-8")
+
+
+def _printable(text: str) -> str:
+    """Reasons come from remote servers and filters: keep them on one safe line."""
+    return _CONTROL.sub(" ", text.replace("\r\n", " ")).strip()
+
+
+def _check_value(key: str, value: str) -> None:
+    if _CONTROL.search(value):
+        raise EnvelopeError(f"envelope field {key} holds a control character")
+
+
+def _fold(pem: str) -> str:
+    # upstream folds multi-line values with a leading space on continuation lines
+    parts = [p for p in pem.replace("\r\n", "\n").split("\n") if p]
+    for p in parts:
+        _check_value("ClientCertificate", p)
+    return "\r\n ".join(parts)
+
+
+_SINGLE = {
+    "Format": "format",
+    "Content": "content_type",
+    "From": "from_address",
+    "ToCount": "to_count",
+    "Authentication": "authentication",
+    "Client": "client",
+    "MailFromAuthIn": "mail_from_auth_in",
+    "MailFromAuthOut": "mail_from_auth_out",
+    "ForwardTo": "forward_to",
+    "ForwardToAddress": "forward_to_address",
+    "ClientAccountSelector": "client_account_selector",
+    "Utf8MailboxNames": "utf8_mailbox_names",
+    "End": "end",
+    "Reason": "reason",
+    "ReasonCode": "reason_code",
+}
+
+
+def parse(data: bytes) -> Envelope:
+    """Parse envelope bytes (any readable format, CRLF or LF line ends)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    raw_lines = text.split("\n")
+    if raw_lines and raw_lines[-1] == "":
+        raw_lines.pop()
+    values: dict[str, str] = {}
+    to_local: list[str] = []
+    to_remote: list[str] = []
+    cert_lines: list[str] = []
+    tail: list[str] = []
+    last_key = ""
+    for number, raw in enumerate(raw_lines, 1):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        if "end" in values and not line.startswith(_KEY_PREFIX + "Reason"):
+            if line:
+                tail.append(line)
+            continue
+        if line.startswith((" ", "\t")):  # folded continuation
+            if last_key != "ClientCertificate":
+                raise EnvelopeError(f"line {number}: unexpected continuation line")
+            cert_lines.append(line.strip())
+            continue
+        if _CONTROL.search(line):
+            raise EnvelopeError(f"line {number}: control character in envelope")
+        if not line.startswith(_KEY_PREFIX) or ":" not in line:
+            raise EnvelopeError(f"line {number}: not an envelope field: {line[:40]!r}")
+        key, _, value = line[len(_KEY_PREFIX) :].partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        value = value.rstrip(" ") if key not in ("Reason",) else value.strip()
+        last_key = key
+        if key == "To-Local":
+            to_local.append(value)
+        elif key == "To-Remote":
+            to_remote.append(value)
+        elif key == "ClientCertificate":
+            if value:
+                cert_lines.append(value)
+        elif key in _SINGLE:
+            values[_SINGLE[key]] = value
+        # unknown keys from newer or older writers are ignored
+    fmt = values.get("format")
+    if fmt not in READABLE_FORMATS:
+        raise EnvelopeError(f"unsupported envelope format {fmt!r}")
+    for required in ("from_address", "to_count", "end"):
+        if required not in values:
+            raise EnvelopeError(f"envelope has no {required} field")
+    try:
+        count = int(values["to_count"])
+    except ValueError:
+        raise EnvelopeError("bad ToCount field") from None
+    if count != len(to_local) + len(to_remote):
+        raise EnvelopeError("ToCount does not match the recipient lines")
+    content_type = values.get("content_type", "unknown").lower()
+    if content_type not in CONTENT_TYPES:
+        content_type = "unknown"
+    return Envelope(
+        from_address=values["from_address"],
+        to_remote=tuple(to_remote),
+        to_local=tuple(to_local),
+        content_type=content_type,
+        authentication=values.get("authentication", ""),
+        client=values.get("client", ""),
+        client_certificate="\n".join(cert_lines),
+        mail_from_auth_in=values.get("mail_from_auth_in", ""),
+        mail_from_auth_out=values.get("mail_from_auth_out", ""),
+        forward_to=values.get("forward_to", ""),
+        forward_to_address=values.get("forward_to_address", ""),
+        client_account_selector=values.get("client_account_selector", ""),
+        utf8_mailbox_names=values.get("utf8_mailbox_names", "0") == "1",
+        reason=values.get("reason"),
+        reason_code=values.get("reason_code"),
+        extra_tail=tuple(tail),
+    )

@@ -1,0 +1,111 @@
+"""Spool file names: message ids and envelope state suffixes.
+
+What it is for: the one place that knows how a message id looks
+(``emailrelay.<pid>.<unix-seconds>.<seq>``, SPEC.md §3) and which suffix
+means which state.  Only :mod:`emailrelay.spool.store` joins these names with
+a directory; everything else passes ids around.
+
+Guarantees: :func:`is_valid_id` accepts exactly the ids upstream and we
+write, so a name taken from a directory listing, an admin command or a queue
+tool argument can never smuggle a path separator or ``..`` into a path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+PREFIX = "emailrelay"
+CONTENT_SUFFIX = ".content"
+ENVELOPE_SUFFIX = ".envelope"
+
+_ID_RE = re.compile(r"^emailrelay\.(\d{1,10})\.(\d{1,12})\.(\d{1,12})$")
+
+
+class State(Enum):
+    """Envelope states, keyed by the suffix after ``.envelope``."""
+
+    NEW = ".new"  # being written; never forwarded
+    READY = ""  # committed
+    BUSY = ".busy"  # claimed by one forwarder
+    BAD = ".bad"  # failed, reason appended
+    HELD = ".held"  # ours: kept aside by the operator (`emailrelay queue hold`)
+
+    @property
+    def label(self) -> str:
+        return {"": "ready", ".new": "new", ".busy": "busy", ".bad": "bad", ".held": "held"}[self.value]
+
+
+@dataclass(frozen=True, order=True)
+class MessageId:
+    """A parsed message id; orders by (time, pid, seq), i.e. roughly arrival order."""
+
+    time: int
+    pid: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{PREFIX}.{self.pid}.{self.time}.{self.seq}"
+
+    @classmethod
+    def parse(cls, text: str) -> MessageId:
+        m = _ID_RE.match(text)
+        if not m:
+            raise ValueError(f"not a message id: {text!r}")
+        return cls(time=int(m.group(2)), pid=int(m.group(1)), seq=int(m.group(3)))
+
+
+def is_valid_id(text: str) -> bool:
+    return _ID_RE.match(text) is not None
+
+
+def content_name(mid: MessageId | str) -> str:
+    return f"{mid}{CONTENT_SUFFIX}"
+
+
+def envelope_name(mid: MessageId | str, state: State) -> str:
+    return f"{mid}{ENVELOPE_SUFFIX}{state.value}"
+
+
+def split_envelope_name(name: str) -> tuple[MessageId, State] | None:
+    """Parse a directory entry; None when it is not an envelope file of ours."""
+    head, sep, tail = name.partition(ENVELOPE_SUFFIX)
+    if not sep or not is_valid_id(head):
+        return None
+    for state in State:
+        if tail == state.value:
+            return MessageId.parse(head), state
+    return None
+
+
+def split_content_name(name: str) -> MessageId | None:
+    if not name.endswith(CONTENT_SUFFIX):
+        return None
+    head = name[: -len(CONTENT_SUFFIX)]
+    return MessageId.parse(head) if is_valid_id(head) else None
+
+
+class IdAllocator:
+    """Hands out ids for one storing process.
+
+    ``seq`` counts from 1 in each process, as upstream does.  Uniqueness
+    across processes comes from the pid; a pid reused within the same second
+    is caught by the store's exclusive create, which just asks again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._counter = itertools.count(1)
+
+    def next(self) -> MessageId:
+        with self._lock:
+            pid = os.getpid()
+            if pid != self._pid:  # forked: restart the sequence for the child
+                self._pid, self._counter = pid, itertools.count(1)
+            return MessageId(time=int(time.time()), pid=pid, seq=next(self._counter))

@@ -1,0 +1,622 @@
+"""The spool store: the only module that builds spool paths or renames spool files.
+
+What it is for: every state change of a message (SPEC.md §3, the durability
+protocol of ARCHITECTURE.md) — create, commit, claim, release, fail,
+unfail, hold, remove, recover — for the SMTP role, the forwarders, the POP
+server, ``emailrelay-submit`` and the queue tools alike.  Style anchor:
+Postfix's mail_queue.c.
+
+What it expects: one flat spool directory on a local POSIX file system
+(rename is atomic, flock works), shared by any number of processes,
+including upstream E-MailRelay.
+
+What it guarantees:
+- A message becomes visible as ``.envelope`` only after its content file,
+  its envelope file and the directory entry are on disk (fsync), so the
+  caller may acknowledge it once :meth:`NewMessage.commit` returns.  Any
+  error before that leaves no ``.envelope`` behind (:meth:`NewMessage.abandon`).
+- A claim is a rename to ``.envelope.busy`` made while holding an ``flock``
+  on the envelope inode, and the lock is held for the claim's lifetime, so
+  exactly one process wins, and :meth:`SpoolStore.recover` can tell a
+  claim of a dead process (lock free) from a live one.  Envelope rewrites go
+  through a locked temporary file renamed over the ``.busy`` name, so the
+  ``.busy`` name never refers to an unlocked inode while its owner lives.
+- After a successful forward the envelope is deleted before the content, so
+  a crash in between leaves a stray content file, never an envelope that
+  points at nothing.
+- Retry back-off is kept in the envelope's mtime ("not before"), which
+  upstream ignores, so the spool stays byte-compatible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import wraps
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from ..identity import as_root
+from . import envelope as envelope_format
+from .envelope import Envelope, EnvelopeError
+from .names import (
+    ENVELOPE_SUFFIX,
+    IdAllocator,
+    MessageId,
+    State,
+    content_name,
+    envelope_name,
+    is_valid_id,
+    split_envelope_name,
+)
+
+TMP_SUFFIX = ".tmp"  # temporary envelope rewrites: "<id>.envelope.<state>.tmp"
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _privileged(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a mutating spool operation with effective root when the relay switches ids."""
+
+    @wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with as_root():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+class SpoolStoreError(OSError):
+    """A store operation failed; ``errno`` tells disk-full from the rest."""
+
+
+@dataclass
+class SpoolEntry:
+    id: MessageId
+    state: State
+    mtime: float
+
+
+@dataclass
+class RecoveryReport:
+    released: list[MessageId] = field(default_factory=list)  # orphan .busy back to .envelope
+    removed_new: list[MessageId] = field(default_factory=list)  # crashed stores deleted
+    removed_tmp: int = 0
+
+
+class _DirectorySync:
+    """Group commit for directory fsyncs: one fsync covers every rename made before it."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._counter_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._renames = 0
+        self._synced = 0
+
+    def note_change(self) -> int:
+        with self._counter_lock:
+            self._renames += 1
+            return self._renames
+
+    def sync(self, ticket: int) -> None:
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return
+            with self._counter_lock:
+                target = self._renames
+            fd = os.open(self._directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._synced = target
+
+
+class SpoolStore:
+    """A spool directory.  Thread-safe; many processes may share one directory."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        group: int | None = None,
+        file_mode: int = 0o660,
+    ) -> None:
+        self.directory = Path(directory).absolute()
+        self.fsync = fsync
+        self.group = group
+        self.file_mode = file_mode
+        self._ids = IdAllocator()
+        self._dirsync = _DirectorySync(self.directory)
+
+    # ---- paths (private: nobody else builds spool paths) -----------------
+    def _content(self, mid: MessageId | str) -> Path:
+        return self.directory / content_name(mid)
+
+    def _envelope(self, mid: MessageId | str, state: State) -> Path:
+        return self.directory / envelope_name(mid, state)
+
+    def content_path(self, mid: MessageId | str) -> Path:
+        """Absolute content path, for filters, POP and forwarding (read access)."""
+        return self._content(mid)
+
+    def envelope_path(self, mid: MessageId | str, state: State) -> Path:
+        """Absolute envelope path in a given state, for filters and tools."""
+        return self._envelope(mid, state)
+
+    # ---- storing ----------------------------------------------------------
+    @_privileged
+    def create(self) -> NewMessage:
+        """Start a new message: allocates an id and creates its content file exclusively."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for _ in range(1000):
+            mid = self._ids.next()
+            path = self._content(mid)
+            try:
+                fd = os.open(path, _WRITE_FLAGS, self.file_mode)
+            except FileExistsError:
+                continue  # pid reused within the same second by an earlier process
+            except OSError as exc:
+                raise _store_error(exc, f"cannot create content file {path.name}") from exc
+            self._own(fd)
+            return NewMessage(self, mid, fd)
+        raise SpoolStoreError(errno.EEXIST, "cannot allocate a unique message id")
+
+    def _own(self, fd: int) -> None:
+        os.fchmod(fd, self.file_mode)
+        if self.group is not None:
+            with contextlib.suppress(OSError):
+                os.fchown(fd, -1, self.group)
+
+    @_privileged
+    def _write_file(self, path: Path, data: bytes) -> int:
+        """Write a new file exclusively and fsync it; returns an open fd (caller closes)."""
+        fd = os.open(path, _WRITE_FLAGS | os.O_TRUNC, self.file_mode)
+        try:
+            self._own(fd)
+            _write_all(fd, data)
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return fd
+
+    def sync_directory(self) -> None:
+        if self.fsync:
+            self._dirsync.sync(self._dirsync.note_change())
+
+    def store_message(self, envelope: Envelope, content: bytes) -> MessageId:
+        """Store a complete message in one call (submit, filters, tools)."""
+        msg = self.create()
+        try:
+            msg.write(content)
+            msg.write_envelope(envelope)
+            msg.commit()
+        except BaseException:
+            msg.abandon()
+            raise
+        return msg.id
+
+    # ---- listing -------------------------------------------------------------
+    def scan(self) -> Iterator[SpoolEntry]:
+        """Every envelope in the spool directory, in any state (no order)."""
+        try:
+            it = os.scandir(self.directory)
+        except FileNotFoundError:
+            return
+        with it:
+            for entry in it:
+                if ENVELOPE_SUFFIX not in entry.name:
+                    continue
+                parsed = split_envelope_name(entry.name)
+                if parsed is None:
+                    continue
+                try:
+                    mtime = entry.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                yield SpoolEntry(parsed[0], parsed[1], mtime)
+
+    def ready(self, *, now: float | None = None, ignore_backoff: bool = False) -> list[MessageId]:
+        """Committed messages due for forwarding, oldest first."""
+        limit = time.time() if now is None else now
+        return sorted(
+            e.id
+            for e in self.scan()
+            if e.state is State.READY and (ignore_backoff or e.mtime <= limit + 0.001)
+        )
+
+    def next_due(self) -> float | None:
+        """The earliest not-before time of a ready message, or None when there is none."""
+        times = [e.mtime for e in self.scan() if e.state is State.READY]
+        return min(times) if times else None
+
+    def read_envelope(self, mid: MessageId | str, state: State = State.READY) -> Envelope:
+        try:
+            data = self._envelope(mid, state).read_bytes()
+        except OSError as exc:
+            raise _store_error(exc, f"cannot read envelope {mid}") from exc
+        return envelope_format.parse(data)
+
+    def find(self, text: str) -> tuple[MessageId, State] | None:
+        """Look a message up by id in any state (queue tools, admin)."""
+        if not is_valid_id(text):
+            return None
+        mid = MessageId.parse(text)
+        for state in State:
+            if self._envelope(mid, state).exists():
+                return mid, state
+        return None
+
+    # ---- forwarding ------------------------------------------------------------
+    @_privileged
+    def claim(self, mid: MessageId) -> Claim | None:
+        """Claim a ready message; None if another process got it first or it is gone."""
+        ready = self._envelope(mid, State.READY)
+        try:
+            fd = os.open(ready, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = self._envelope(mid, State.BUSY)
+            os.rename(ready, busy)  # fails with ENOENT if someone claimed and finished it meanwhile
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            data = _read_fd(fd)
+        except OSError:
+            data = b""
+        return Claim(self, mid, fd, data)
+
+    def unfail(self, mid: MessageId) -> bool:
+        """``.bad`` back to ``.envelope`` (the reason lines stay until the next failure)."""
+        return self._rename_state(mid, State.BAD, State.READY)
+
+    def unfail_all(self) -> int:
+        return sum(1 for e in list(self.scan()) if e.state is State.BAD and self.unfail(e.id))
+
+    def hold(self, mid: MessageId) -> bool:
+        return self._rename_state(mid, State.READY, State.HELD)
+
+    def release_held(self, mid: MessageId) -> bool:
+        return self._rename_state(mid, State.HELD, State.READY)
+
+    @_privileged
+    def _rename_state(self, mid: MessageId, old: State, new: State) -> bool:
+        try:
+            os.rename(self._envelope(mid, old), self._envelope(mid, new))
+        except FileNotFoundError:
+            return False
+        if new is State.READY:
+            with contextlib.suppress(OSError):
+                os.utime(self._envelope(mid, new))  # due now
+        return True
+
+    @_privileged
+    def delete(self, mid: MessageId, state: State) -> bool:
+        """Delete a message that nobody has claimed (POP DELE, queue delete)."""
+        if state is State.BUSY:
+            raise SpoolStoreError(errno.EBUSY, f"message {mid} is being forwarded")
+        try:
+            os.unlink(self._envelope(mid, state))
+        except FileNotFoundError:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._content(mid))
+        return True
+
+    # ---- mailboxes (sub-directories) -----------------------------------------------
+    def mailboxes(self) -> list[str]:
+        """Sub-directories that take copies: not ``postmaster``, not dot-directories (guide, ``copy:``)."""
+        try:
+            return sorted(
+                e.name
+                for e in os.scandir(self.directory)
+                if e.is_dir() and not e.name.startswith(".") and e.name != "postmaster"
+            )
+        except FileNotFoundError:
+            return []
+
+    @_privileged
+    def copy_to_mailboxes(
+        self,
+        mid: MessageId,
+        state: State,
+        names: list[str],
+        *,
+        hardlink: bool = False,
+        delete_original: bool = True,
+    ) -> list[Path]:
+        """Copy a message's files into each named sub-directory as a ready envelope; returns the new envelope paths."""
+        source_env = self._envelope(mid, state)
+        data = source_env.read_bytes()
+        content = self._content(mid)
+        out: list[Path] = []
+        for name in names:
+            if not name or "/" in name or name in (".", "..") or "\0" in name:
+                raise SpoolStoreError(errno.EINVAL, f"invalid mailbox name: {name!r}")
+            sub = SpoolStore(
+                self.directory / name, fsync=self.fsync, group=self.group, file_mode=self.file_mode
+            )
+            target_content = sub._content(mid)
+            if hardlink:
+                with contextlib.suppress(FileExistsError):
+                    os.link(content, target_content)
+            else:
+                with contextlib.suppress(FileExistsError):
+                    os.close(sub._write_file(target_content, content.read_bytes()))
+            os.close(sub._write_file(sub._envelope(mid, State.NEW), data))
+            os.rename(sub._envelope(mid, State.NEW), sub._envelope(mid, State.READY))
+            sub.sync_directory()
+            out.append(sub._envelope(mid, State.READY))
+        if out and delete_original:
+            os.unlink(source_env)
+            os.unlink(content)
+        return out
+
+    # ---- recovery -----------------------------------------------------------------
+    @_privileged
+    def recover(self, *, new_age: float = 600.0, tmp_age: float = 60.0) -> RecoveryReport:
+        """Return orphaned claims and delete crashed stores; safe while others run."""
+        report = RecoveryReport()
+        now = time.time()
+        for entry in list(self.scan()):
+            if entry.state is State.BUSY:
+                if self._recover_busy(entry.id):
+                    report.released.append(entry.id)
+            elif entry.state is State.NEW and now - entry.mtime > new_age:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._envelope(entry.id, State.NEW))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._content(entry.id))
+                report.removed_new.append(entry.id)
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.directory) as it:
+            for e in it:
+                if e.name.endswith(TMP_SUFFIX) and ENVELOPE_SUFFIX in e.name:
+                    with contextlib.suppress(OSError):
+                        if now - e.stat().st_mtime > tmp_age:
+                            os.unlink(e.path)
+                            report.removed_tmp += 1
+        return report
+
+    def _recover_busy(self, mid: MessageId) -> bool:
+        busy = self._envelope(mid, State.BUSY)
+        try:
+            fd = os.open(busy, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False  # a live owner holds it
+        try:
+            if self._envelope(mid, State.BAD).exists():
+                os.unlink(busy)  # crashed between writing .bad and dropping .busy
+            else:
+                os.rename(busy, self._envelope(mid, State.READY))
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+
+
+class NewMessage:
+    """A message being stored: content streamed to disk, then envelope, then commit."""
+
+    def __init__(self, store: SpoolStore, mid: MessageId, fd: int) -> None:
+        self.store = store
+        self.id = mid
+        self._fd: int | None = fd
+        self.size = 0
+        self._envelope_written = False
+        self._committed = False
+
+    @property
+    def content_path(self) -> Path:
+        return self.store._content(self.id)
+
+    @property
+    def envelope_path(self) -> Path:
+        """The ``.envelope.new`` path (what a server-side filter is given)."""
+        return self.store._envelope(self.id, State.NEW)
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise SpoolStoreError(errno.EBADF, "content file already closed")
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            raise _store_error(exc, "cannot write content file") from exc
+        self.size += len(data)
+
+    @_privileged
+    def write_envelope(self, env: Envelope) -> None:
+        """fsync the content, then write and fsync ``.envelope.new`` (steps 1-2)."""
+        if self._fd is not None:
+            try:
+                if self.store.fsync:
+                    os.fsync(self._fd)
+            except OSError as exc:
+                raise _store_error(exc, "cannot sync content file") from exc
+            finally:
+                os.close(self._fd)
+                self._fd = None
+        try:
+            os.close(self.store._write_file(self.envelope_path, env.to_bytes()))
+        except OSError as exc:
+            raise _store_error(exc, "cannot write envelope file") from exc
+        self._envelope_written = True
+
+    def exists(self) -> bool:
+        """False when a filter deleted the message (exit 100 style)."""
+        return self.envelope_path.exists()
+
+    @_privileged
+    def commit(self) -> None:
+        """Rename ``.new`` to ``.envelope`` and fsync the directory (step 4)."""
+        try:
+            os.rename(self.envelope_path, self.store._envelope(self.id, State.READY))
+            self._committed = True
+            self.store.sync_directory()
+        except OSError as exc:
+            raise _store_error(exc, "cannot commit message") from exc
+
+    @_privileged
+    def abandon(self) -> None:
+        """Delete whatever was written; never leaves a half message."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        paths = [self.envelope_path, self.content_path]
+        if self._committed:
+            paths.insert(0, self.store._envelope(self.id, State.READY))
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+class Claim:
+    """A message claimed for forwarding: the ``.busy`` envelope, locked until closed."""
+
+    def __init__(self, store: SpoolStore, mid: MessageId, fd: int, data: bytes) -> None:
+        self.store = store
+        self.id = mid
+        self._fd: int | None = fd
+        self._raw = data
+        self._envelope: Envelope | None = None
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            self.release()
+
+    @property
+    def active(self) -> bool:
+        return self._fd is not None
+
+    @property
+    def content_path(self) -> Path:
+        return self.store._content(self.id)
+
+    @property
+    def envelope_path(self) -> Path:
+        return self.store._envelope(self.id, State.BUSY)
+
+    def envelope(self, *, reread: bool = False) -> Envelope:
+        """The envelope; ``reread`` after a client filter may have edited the file."""
+        if reread or self._envelope is None:
+            data = self.envelope_path.read_bytes() if reread else self._raw
+            self._envelope = envelope_format.parse(data)
+        return self._envelope
+
+    @_privileged
+    def rewrite(self, env: Envelope) -> None:
+        """Replace the ``.busy`` envelope's bytes; the claim (lock) moves to the new inode."""
+        busy = self.envelope_path
+        tmp = busy.with_name(busy.name + TMP_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = self.store._write_file(tmp, env.to_bytes())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, busy)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._swap_fd(fd)
+        self._envelope = env
+
+    def _swap_fd(self, fd: int) -> None:
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @_privileged
+    def release(self, not_before: float | None = None) -> None:
+        """Give the message back (4xx, connection trouble); due again at ``not_before``."""
+        busy = self.envelope_path
+        try:
+            if not_before is not None:
+                os.utime(busy, (time.time(), not_before))
+            os.rename(busy, self.store._envelope(self.id, State.READY))
+        finally:
+            self._close()
+
+    @_privileged
+    def fail(self, reason: str, code: int | None) -> Path:
+        """Append the reason and rename to ``.bad`` (5xx, give-up)."""
+        try:
+            env = self.envelope(reread=True)
+        except (OSError, EnvelopeError):
+            env = None
+        bad = self.store._envelope(self.id, State.BAD)
+        try:
+            if env is not None:
+                self.rewrite(env.with_failure(reason, code))
+            os.rename(self.envelope_path, bad)
+        finally:
+            self._close()
+        return bad
+
+    @_privileged
+    def remove(self) -> None:
+        """Forwarded: delete the envelope, then the content."""
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.envelope_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.content_path)
+        finally:
+            self._close()
+
+    def abandon_claim(self) -> None:
+        """The message was taken care of elsewhere (a filter deleted it): just unlock."""
+        self._close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _store_error(exc: OSError, text: str) -> SpoolStoreError:
+    return SpoolStoreError(exc.errno or errno.EIO, f"{text}: {exc.strerror or exc}")
