@@ -710,7 +710,8 @@ class SmtpClient:
             self._closed()
             return
         if self._quit_sent:
-            return  # replies to commands before QUIT no longer matter
+            self._flush()  # replies to commands before QUIT no longer matter
+            return
         if reply.code == 421:
             self._session_failed(reply, _STAGE[expect.kind], "service not available")
             return

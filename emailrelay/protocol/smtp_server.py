@@ -94,7 +94,6 @@ from emailrelay.protocol.addresses import (
 __all__ = [
     "NEED_DATA",
     "PAUSED",
-    "Phase",
     "AuthResponse",
     "AuthStart",
     "ConnectionClosed",
@@ -108,6 +107,7 @@ __all__ = [
     "LocalProtocolError",
     "MailFrom",
     "Noop",
+    "Phase",
     "ProtocolError",
     "Quit",
     "RcptTo",
@@ -1022,9 +1022,7 @@ class SmtpServer:
             longest = max(map(len, region.split(b"\n")))
             if longest >= TEXT_LINE_LIMIT or (
                 longest == TEXT_LINE_LIMIT - 1
-                and any(
-                    len(p) == longest and not p.endswith(b"\r") for p in region.split(b"\n")[:-1]
-                )
+                and any(len(p) == longest and not p.endswith(b"\r") for p in region.split(b"\n")[:-1])
             ):
                 self._data_fail = (500, _LONG_TEXT)
                 return None

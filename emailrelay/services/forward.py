@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from .. import log as logmod
 from ..config import Config
 from ..protocol import smtp_client as sc
+from ..protocol.addresses import xtext_decode
 from ..protocol.content_encoding import ContentScanner
 from ..spool.envelope import Envelope, EnvelopeError
 from ..spool.names import MessageId, State
@@ -329,16 +330,13 @@ class ForwardService:
     async def _transaction(
         self, conn: SmtpConnection, claim: Claim, env: Envelope, content: bytes | None, size: int
     ) -> Outcome:
-        auth = env.mail_from_auth_out or None
-        if auth == "<>":
-            auth = "<>"
         conn.send_envelope(
             env.from_address,
             list(env.to_remote),
             size=size,
             body=_CONTENT_TO_BODY.get(env.content_type),
             smtputf8=env.utf8_mailbox_names,
-            auth=auth if auth and auth != "" else None,
+            auth=self._auth_param(env),
         )
         while True:
             event = await conn.next_event()
@@ -353,6 +351,20 @@ class ForwardService:
                 return self._message_failed(claim, event)
             if isinstance(event, sc.SessionFailed):
                 raise ConnectionTrouble(event.reason, event.reply)
+
+    def _auth_param(self, env: Envelope) -> str | None:
+        """MAIL FROM AUTH=: the envelope's MailFromAuthOut (xtext or "<>") when a filter set one."""
+        value = env.mail_from_auth_out
+        if not value:
+            return None
+        if value == "<>":
+            return value
+        try:
+            xtext_decode(value)
+        except ValueError:
+            self.log.warning("ignoring an envelope's MailFromAuthOut: not xtext")
+            return None
+        return value
 
     async def _send_content(self, conn: SmtpConnection, claim: Claim, content: bytes | None) -> None:
         if content is not None:

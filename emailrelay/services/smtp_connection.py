@@ -40,6 +40,11 @@ class _ClientProtocol(asyncio.Protocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.owner.transport = cast(asyncio.Transport, transport)
+        self.owner.protocol = self
+        peer = transport.get_extra_info("peername")
+        where = format_address(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else self.owner.hop
+        self.owner.log.info(f"smtp connection to {where}")
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -113,17 +118,13 @@ class SmtpConnection:
                 kwargs["local_addr"] = (local_address, 0)
             coro = loop.create_connection(lambda: _ClientProtocol(self), host, port, **kwargs)
         try:
-            transport, protocol = await asyncio.wait_for(coro, connection_timeout)
+            transport, _ = await asyncio.wait_for(coro, connection_timeout)
         except TimeoutError:
             raise ConnectionTrouble(f"connection timeout connecting to {self.hop}") from None
         except OSError as exc:
             raise ConnectionTrouble(f"cannot connect to {self.hop}: {exc.strerror or exc}") from None
         transport = cast(asyncio.Transport, transport)
-        self.transport, self.protocol = transport, protocol
         transport.set_write_buffer_limits(high=256 * 1024)
-        peer = transport.get_extra_info("peername")
-        where = format_address(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else self.hop
-        self.log.info(f"smtp connection to {where}")
         while True:
             event = await self.next_event()
             if isinstance(event, sc.SessionReady):

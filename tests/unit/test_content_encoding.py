@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -66,7 +67,7 @@ def encode(chunks: list[bytes]) -> tuple[bytes, DataEncoder]:
 
 def split_at(data: bytes, points: list[int]) -> list[bytes]:
     edges = [0, *sorted(points), len(data)]
-    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -193,10 +193,11 @@ def test_upstream_fixture_conversation() -> None:
         m = re.search(r"info: (tx>>|rx<<): (.*)$", line)
         if m:
             text = m.group(2)
-            expected.append(("tx" if m.group(1) == "tx>>" else "rx", text[1:-1] if text.startswith('"') else text))
+            expected.append(
+                ("tx" if m.group(1) == "tx>>" else "rx", text[1:-1] if text.startswith('"') else text)
+            )
 
     client = SmtpClient(ClientConfig(helo_name="127.0.0.1", pipelining=False))
-    trace: list[tuple[str, str]] = []
     events: list[Event] = []
 
     def feed(data: bytes) -> None:
@@ -219,11 +220,9 @@ def test_upstream_fixture_conversation() -> None:
     feed(b"550 5.7.1 rejected for testing\r\n")
     client.quit()
     assert client.data_to_send() == b"QUIT\r\n"
-    trace = client.drain_trace()
-    # upstream writes "[5 line(s) of content]" without quotes; the log shows rx/tx up to QUIT
-    assert [t if not t[1].startswith("[") else t for t in trace] == [
-        (d, t.strip('"')) for d, t in expected
-    ]
+    # the log shows rx/tx up to QUIT; "[5 line(s) of content]" is unquoted there
+    assert len(expected) == 15
+    assert client.drain_trace() == expected
     assert isinstance(events[-1], MessageFailed)
     assert events[-1].stage == "content"
     assert events[-1].reply == reply(550, "5.7.1 rejected for testing")
@@ -252,8 +251,8 @@ def test_data_conversation_all_splits() -> None:
         Closed(),
     ]
     assert res.writes == [
-        b"",
         b"EHLO client.example\r\n",
+        b"",
         b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\n",
         b"DATA\r\n",
         b"",
@@ -310,10 +309,7 @@ def test_pipelined_burst_every_split_point() -> None:
         envelope(rcpts=("r1@x", "r2@x", "r3@x")),
     ]
     reference = run([*script_head, burst], forward_to_some=True)
-    assert reference.events[-2:] == [
-        RecipientsResult(["r1@x", "r3@x"], [("r2@x", reply(550, "no such user"))]),
-        ReadyForContent() if False else reference.events[-1],
-    ]
+    assert reference.events[-1] == RecipientsResult(["r1@x", "r3@x"], [("r2@x", reply(550, "no such user"))])
     assert reference.writes[-1] == b"DATA\r\n"
     for i in range(len(burst) + 1):
         for j in range(i, len(burst) + 1):
@@ -337,14 +333,14 @@ def test_ehlo_rejected_falls_back_to_helo() -> None:
             b"250 ok\r\n",
         ]
     )
-    assert res.writes[1] == b"EHLO client.example\r\n"
-    assert res.writes[2] == b"HELO client.example\r\n"
+    assert res.writes[0] == b"EHLO client.example\r\n"
+    assert res.writes[1] == b"HELO client.example\r\n"
     assert isinstance(res.events[1], SessionReady)
     assert res.events[1].capabilities == Capabilities()
     # no PIPELINING: one command per round trip, and no parameters at all
-    assert res.writes[4] == b"MAIL FROM:<a@example.com>\r\n"
-    assert res.writes[5] == b"RCPT TO:<b@example.net>\r\n"
-    assert res.writes[6] == b"DATA\r\n"
+    assert res.writes[3] == b"MAIL FROM:<a@example.com>\r\n"
+    assert res.writes[4] == b"RCPT TO:<b@example.net>\r\n"
+    assert res.writes[5] == b"DATA\r\n"
 
 
 def test_ehlo_transient_failure_fails_session() -> None:
@@ -360,7 +356,9 @@ def test_helo_rejected_fails_session() -> None:
 
 def test_greeting_rejected() -> None:
     res = run_all_ways([b"554-go away\r\n554 really\r\n", b"250 ignored\r\n"])
-    assert res.events == [SessionFailed(reply(554, "go away", "really"), "greeting", "greeting rejected: 554 go away; really")]
+    assert res.events == [
+        SessionFailed(reply(554, "go away", "really"), "greeting", "greeting rejected: 554 go away; really")
+    ]
     assert res.sent == b""
     assert res.client.state is State.FAILED
 
@@ -409,9 +407,19 @@ def test_empty_sender() -> None:
     [
         (EHLO_PIPE, {"smtputf8": True}, {"smtputf8_strict": True}, "server does not support SMTPUTF8"),
         (EHLO_PLAIN, {"body": "8BITMIME"}, {"eightbit_strict": True}, "server does not support 8BITMIME"),
-        (EHLO_PIPE, {"body": "BINARYMIME"}, {"binarymime_strict": True}, "server does not support BINARYMIME with CHUNKING"),
+        (
+            EHLO_PIPE,
+            {"body": "BINARYMIME"},
+            {"binarymime_strict": True},
+            "server does not support BINARYMIME with CHUNKING",
+        ),
         (EHLO_PLAIN, {"body": "BINARYMIME"}, {"eightbit_strict": True}, "server does not support 8BITMIME"),
-        (EHLO_FULL, {"body": "BINARYMIME"}, {"binarymime_strict": True, "chunking": False}, "server does not support BINARYMIME with CHUNKING"),
+        (
+            EHLO_FULL,
+            {"body": "BINARYMIME"},
+            {"binarymime_strict": True, "chunking": False},
+            "server does not support BINARYMIME with CHUNKING",
+        ),
     ],
 )
 def test_strict_policy_failures(ehlo: bytes, kwargs: dict, config: dict, reason: str) -> None:
@@ -426,7 +434,14 @@ def test_strict_policy_failures(ehlo: bytes, kwargs: dict, config: dict, reason:
 
 def test_binarymime_fallback_sends_canonical_data() -> None:
     res = run(
-        [b"220 hi\r\n", EHLO_PIPE, envelope(body="BINARYMIME"), b"250 ok\r\n250 ok\r\n", b"354 go\r\n", content(b"\x00\xff\rx\n")]
+        [
+            b"220 hi\r\n",
+            EHLO_PIPE,
+            envelope(body="BINARYMIME"),
+            b"250 ok\r\n250 ok\r\n",
+            b"354 go\r\n",
+            content(b"\x00\xff\rx\n"),
+        ]
     )
     assert res.writes[2].startswith(b"MAIL FROM:<a@example.com> BODY=8BITMIME\r\n")
     assert res.writes[-1] == b"\x00\xff\r\nx\r\n.\r\n"
@@ -466,7 +481,10 @@ def test_bad_arguments() -> None:
 
 def test_pipelined_envelope_is_one_write() -> None:
     res = run([b"220 hi\r\n", EHLO_PIPE, envelope(rcpts=("r1@x", "r2@x", "r3@x"))])
-    assert res.writes[-1] == b"MAIL FROM:<a@example.com>\r\nRCPT TO:<r1@x>\r\nRCPT TO:<r2@x>\r\nRCPT TO:<r3@x>\r\n"
+    assert (
+        res.writes[-1]
+        == b"MAIL FROM:<a@example.com>\r\nRCPT TO:<r1@x>\r\nRCPT TO:<r2@x>\r\nRCPT TO:<r3@x>\r\n"
+    )
     assert res.client.awaiting_reply
 
 
@@ -503,16 +521,14 @@ def test_data_never_pipelined_with_rcpts() -> None:
 # --------------------------------------------------------------------------- recipients
 
 
-def partial_rejection(**config: object) -> Result:
+def partial_rejection(*rest: Step, **config: object) -> Result:
     return run_all_ways(
         [
             b"220 hi\r\n",
             EHLO_PIPE,
             envelope(rcpts=("r1@x", "r2@x", "r3@x")),
             b"250 ok\r\n250 r1 ok\r\n550 5.1.1 r2 unknown\r\n450 4.2.0 r3 later\r\n",
-            b"354 go\r\n",
-            content(b"hello\r\n"),
-            b"250 done\r\n",
+            *rest,
         ],
         **config,
     )
@@ -523,14 +539,16 @@ def test_forward_to_all_fails_on_any_rejection() -> None:
     rejected = [("r2@x", reply(550, "5.1.1 r2 unknown")), ("r3@x", reply(450, "4.2.0 r3 later"))]
     assert res.events[2:] == [
         RecipientsResult(["r1@x"], rejected),
-        MessageFailed(reply(550, "5.1.1 r2 unknown"), "rcpt", rejected, "recipient rejected: 550 5.1.1 r2 unknown"),
+        MessageFailed(
+            reply(550, "5.1.1 r2 unknown"), "rcpt", rejected, "recipient rejected: 550 5.1.1 r2 unknown"
+        ),
     ]
     assert res.writes[3] == b""  # no DATA
     assert res.client.state is State.READY
 
 
 def test_forward_to_some_continues_with_accepted() -> None:
-    res = partial_rejection(forward_to_some=True)
+    res = partial_rejection(b"354 go\r\n", content(b"hello\r\n"), b"250 done\r\n", forward_to_some=True)
     rejected = [("r2@x", reply(550, "5.1.1 r2 unknown")), ("r3@x", reply(450, "4.2.0 r3 later"))]
     assert res.writes[3] == b"DATA\r\n"
     assert res.events[-1] == MessageSent(reply(250, "done"), ["r1@x"], rejected)
@@ -563,8 +581,10 @@ def test_mail_rejected_pipelined(code: int) -> None:
         ]
     )
     failures = res.of(MessageFailed)
-    assert failures == [MessageFailed(reply(code, "sender no"), "mail", [], f"sender rejected: {code} sender no")]
-    assert not res.of(RecipientsResult)[:-1]
+    assert failures == [
+        MessageFailed(reply(code, "sender no"), "mail", [], f"sender rejected: {code} sender no")
+    ]
+    assert len(res.of(RecipientsResult)) == 1  # only the second message got that far
     # RSET goes out pipelined with the next MAIL, its reply is consumed silently
     assert res.writes[4] == b"RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n"
     assert res.writes[5] == b"DATA\r\n"
@@ -586,17 +606,27 @@ def test_mail_rejected_unpipelined_never_sends_rcpt(code: int) -> None:
 
 
 def test_data_command_rejected() -> None:
-    res = run_all_ways([b"220 hi\r\n", EHLO_PIPE, envelope(), b"250 ok\r\n250 ok\r\n", b"554 no data for you\r\n"])
+    res = run_all_ways(
+        [b"220 hi\r\n", EHLO_PIPE, envelope(), b"250 ok\r\n250 ok\r\n", b"554 no data for you\r\n"]
+    )
     assert res.events[-1] == MessageFailed(
         reply(554, "no data for you"), "data", [], "DATA rejected: 554 no data for you"
     )
     with pytest.raises(ClientUsageError):
-        res.client.end_content() if False else res.client.starttls() if False else res.client.tls_established()
+        res.client.tls_established()
 
 
 def test_eof_mid_data() -> None:
     res = run_all_ways(
-        [b"220 hi\r\n", EHLO_PIPE, envelope(), b"250 ok\r\n250 ok\r\n", b"354 go\r\n", lambda c: c.send_content(b"part"), b""]
+        [
+            b"220 hi\r\n",
+            EHLO_PIPE,
+            envelope(),
+            b"250 ok\r\n250 ok\r\n",
+            b"354 go\r\n",
+            lambda c: c.send_content(b"part"),
+            b"",
+        ]
     )
     assert res.events[-1] == SessionFailed(None, "content", "connection closed by the server")
     assert res.client.state is State.FAILED
@@ -642,14 +672,20 @@ def test_bdat_conversation() -> None:
         ReadyForContent(),
         MessageSent(reply(250, "all done"), ["b@example.net"], []),
     ]
-    assert res.writes[3] == b"BDAT 14\r\nSubject: x\r\n\r\nBDAT 7\r\n.body\r\nBDAT 0 LAST\r\n"
+    assert res.writes[4] == b"BDAT 14\r\nSubject: x\r\n\r\nBDAT 7\r\n.body\r\nBDAT 0 LAST\r\n"
     assert ("tx", "BDAT 14") in res.trace and ("tx", "BDAT 0 LAST") in res.trace
     assert res.client.state is State.READY
 
 
 def test_bdat_binarymime_is_raw() -> None:
     res = run(
-        [b"220 hi\r\n", EHLO_FULL, envelope(body="BINARYMIME"), b"250 ok\r\n250 ok\r\n", content(b"a\nb\r", b".\x00")]
+        [
+            b"220 hi\r\n",
+            EHLO_FULL,
+            envelope(body="BINARYMIME"),
+            b"250 ok\r\n250 ok\r\n",
+            content(b"a\nb\r", b".\x00"),
+        ]
     )
     assert res.writes[2].startswith(b"MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n")
     assert res.writes[-1] == b"BDAT 4\r\na\nb\rBDAT 2\r\n.\x00BDAT 0 LAST\r\n"
@@ -658,12 +694,16 @@ def test_bdat_binarymime_is_raw() -> None:
 def test_bdat_not_used_without_pipelining_or_when_disabled() -> None:
     for config in ({"pipelining": False}, {"chunking": False}):
         res = run([b"220 hi\r\n", EHLO_FULL, envelope(), b"250 ok\r\n", b"250 ok\r\n"], **config)  # type: ignore[arg-type]
-        assert b"DATA\r\n" in res.writes[-1] or res.writes[-2] == b"DATA\r\n"
+        assert res.writes[-1] == b"DATA\r\n"
 
 
 @pytest.mark.parametrize("code", [452, 552])
 def test_bdat_chunk_rejected(code: int) -> None:
-    res = run_all_ways(bdat_script(b"%d too big\r\n503 no\r\n503 no\r\n" % code, envelope(), b"250 reset\r\n250 ok\r\n250 ok\r\n"))
+    res = run_all_ways(
+        bdat_script(
+            b"%d too big\r\n503 no\r\n503 no\r\n" % code, envelope(), b"250 reset\r\n250 ok\r\n250 ok\r\n"
+        )
+    )
     failed = res.of(MessageFailed)
     assert failed == [MessageFailed(reply(code, "too big"), "content", [], f"BDAT rejected: {code} too big")]
     assert not res.of(MessageSent)
@@ -672,7 +712,16 @@ def test_bdat_chunk_rejected(code: int) -> None:
 
 
 def test_bdat_failure_while_content_still_streaming() -> None:
-    res = run([b"220 hi\r\n", EHLO_FULL, envelope(), b"250 ok\r\n250 ok\r\n", lambda c: c.send_content(b"a\r\n"), b"552 full\r\n"])
+    res = run(
+        [
+            b"220 hi\r\n",
+            EHLO_FULL,
+            envelope(),
+            b"250 ok\r\n250 ok\r\n",
+            lambda c: c.send_content(b"a\r\n"),
+            b"552 full\r\n",
+        ]
+    )
     assert isinstance(res.events[-1], MessageFailed)
     client = res.client
     client.send_content(b"more\r\n")  # the service had not noticed yet: ignored
@@ -727,7 +776,9 @@ def test_rset_after_failure_unpipelined() -> None:
 
 
 def test_rset_failure_fails_session() -> None:
-    res = run_all_ways([b"220 hi\r\n", EHLO_PIPE, envelope(), b"550 no\r\n503 no\r\n", envelope(), b"500 what rset\r\n"])
+    res = run_all_ways(
+        [b"220 hi\r\n", EHLO_PIPE, envelope(), b"550 no\r\n503 no\r\n", envelope(), b"500 what rset\r\n"]
+    )
     assert res.events[-1] == SessionFailed(reply(500, "what rset"), "rset", "RSET rejected: 500 what rset")
 
 
@@ -806,15 +857,19 @@ def test_421_greeting() -> None:
         (b"250 " + b"x" * 4093 + b"\r\n", "reply line too long"),
         (b"250 " + b"x" * 5000, "reply line too long"),
         (b"250-x\r\n" * 300, "multi-line reply too long"),
-        (b"250 unexpected\r\n", "unexpected reply"),
     ],
 )
 def test_garbage_fails_session(data: bytes, reason: str) -> None:
-    res = run_all_ways([b"220 hi\r\n", EHLO_PIPE, data, b"250 more\r\n", envelope if False else b""])
+    res = run_all_ways([b"220 hi\r\n", EHLO_PIPE, data, b"250 more\r\n", b""])
     failures = res.of(SessionFailed)
     assert failures == [SessionFailed(None, "ready", reason)]
     assert res.events[-1] == failures[0]
     assert res.client.state is State.FAILED
+
+
+def test_unexpected_reply_fails_session() -> None:
+    res = run_all_ways([b"220 hi\r\n", EHLO_PIPE, b"250 unexpected\r\n"])
+    assert res.events[-1] == SessionFailed(reply(250, "unexpected"), "ready", "unexpected reply")
 
 
 def test_reply_line_at_limit_is_fine() -> None:
@@ -877,7 +932,9 @@ def test_starttls_discards_injected_bytes() -> None:
 
 def test_starttls_rejected() -> None:
     res = run_all_ways([b"220 hi\r\n", EHLO_FULL, lambda c: c.starttls(), b"454 tls not available\r\n"])
-    assert res.events[-1] == SessionFailed(reply(454, "tls not available"), "starttls", "STARTTLS rejected: 454 tls not available")
+    assert res.events[-1] == SessionFailed(
+        reply(454, "tls not available"), "starttls", "STARTTLS rejected: 454 tls not available"
+    )
 
 
 def test_starttls_usage_errors() -> None:
@@ -973,6 +1030,13 @@ def test_trace_can_be_disabled() -> None:
 
 def test_dot_stuffing_and_canonicalisation_through_client() -> None:
     res = run(
-        [b"220 hi\r\n", EHLO_PIPE, envelope(), b"250 ok\r\n250 ok\r\n", b"354 go\r\n", content(b"a\n.", b"\r\n.\r", b".\n")]
+        [
+            b"220 hi\r\n",
+            EHLO_PIPE,
+            envelope(),
+            b"250 ok\r\n250 ok\r\n",
+            b"354 go\r\n",
+            content(b"a\n.", b"\r\n.\r", b".\n"),
+        ]
     )
-    assert res.writes[-1] == b"a\r\n..\r\n..\r\n.\r\n.\r\n"
+    assert res.writes[-1] == b"a\r\n..\r\n..\r\n..\r\n.\r\n"

@@ -1,0 +1,1 @@
+"""Test support: starting real relay processes, free ports, spool inspection."""

@@ -1,0 +1,137 @@
+"""Start a real ``emailrelay`` process for a test, and stop it by pid.
+
+What it is for: integration and system tests talk to the relay over real
+sockets; this starts ``emailrelay`` as a subprocess with the given options,
+waits until its SMTP port accepts connections (or until it exits), and
+stops it with SIGTERM (SIGKILL after a grace period) — only the process it
+started, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"relay exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def program(name: str = "emailrelay") -> str:
+    return str(BIN / name)
+
+
+@dataclass
+class Relay:
+    """A running relay subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    spool: Path
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def start_relay(
+    tmp_path: Path,
+    *extra: str,
+    port: int | None = None,
+    spool: Path | None = None,
+    wait: bool = True,
+    name: str = "relay",
+    env: dict[str, str] | None = None,
+) -> Relay:
+    """``emailrelay --no-daemon --log --verbose --no-syslog --port P --interface 127.0.0.1 --spool-dir S ...``."""
+    port = free_port() if port is None else port
+    spool = spool or (tmp_path / f"{name}-spool")
+    spool.mkdir(parents=True, exist_ok=True)
+    log_path = tmp_path / f"{name}.log"
+    args = [
+        program(), "--no-daemon", "--log", "--verbose", "--no-syslog", "--log-time",
+        "--port", str(port), "--interface", "127.0.0.1", "--spool-dir", str(spool),
+        "--user", "root", *extra,
+    ]  # fmt: skip
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, cwd=tmp_path,
+        )  # fmt: skip
+    relay = Relay(proc, port, spool, log_path, args)
+    if wait:
+        try:
+            wait_for_port(port, proc=proc)
+        except BaseException:
+            relay.stop()
+            raise
+    return relay
+
+
+@contextlib.contextmanager
+def running_relay(tmp_path: Path, *extra: str, **kwargs: object) -> Iterator[Relay]:
+    relay = start_relay(tmp_path, *extra, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def spool_files(spool: Path, suffix: str = "") -> list[Path]:
+    return sorted(p for p in spool.iterdir() if p.is_file() and p.name.endswith(suffix))
+
+
+def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return bool(predicate())  # type: ignore[operator]

@@ -1,0 +1,178 @@
+"""Tests for emailrelay.protocol.addresses: MAIL/RCPT paths, ESMTP params, xtext."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emailrelay.protocol.addresses import (
+    PathSyntaxError,
+    parse_mail_from,
+    parse_path,
+    parse_rcpt_to,
+    xtext_decode,
+    xtext_encode,
+)
+
+GOOD_MAIL = [
+    ("FROM:<a@b.com>", "a@b.com", {}),
+    ("from:<a@b.com>", "a@b.com", {}),
+    ("FROM:<>", "", {}),
+    ("FROM:<> SIZE=10", "", {"SIZE": "10"}),
+    ("FROM:<postmaster>", "postmaster", {}),
+    ("FROM:<@a.com,@b.com:u@c.com>", "u@c.com", {}),
+    ("FROM:<@a.com:u@c.com>", "u@c.com", {}),
+    ('FROM:<"a b"@c.com>', '"a b"@c.com', {}),
+    ('FROM:<"a>b"@c.com>', '"a>b"@c.com', {}),
+    ('FROM:<"a\\"b"@c.com>', '"a\\"b"@c.com', {}),
+    ("FROM:<u@[192.0.2.1]>", "u@[192.0.2.1]", {}),
+    ("FROM:<first.last+tag@example.com>", "first.last+tag@example.com", {}),
+    ("FROM:<a@b> BODY=8BITMIME", "a@b", {"BODY": "8BITMIME"}),
+    ("FROM:<a@b> body=8bitmime size=5", "a@b", {"BODY": "8bitmime", "SIZE": "5"}),
+    ("FROM:<a@b> SMTPUTF8", "a@b", {"SMTPUTF8": ""}),
+    ("FROM:<a@b>  SIZE=1   AUTH=<>", "a@b", {"SIZE": "1", "AUTH": "<>"}),
+    ("FROM:<a@b> AUTH=alice+40example.com", "a@b", {"AUTH": "alice+40example.com"}),
+    ("FROM:<a@b> ", "a@b", {}),
+    ("FROM:<j\u00f6rg@b\u00fccher.de>", "j\u00f6rg@b\u00fccher.de", {}),
+]
+
+
+@pytest.mark.parametrize(("arg", "address", "params"), GOOD_MAIL)
+def test_mail_from_good(arg: str, address: str, params: dict[str, str]) -> None:
+    assert parse_mail_from(arg, strict=True) == (address, params)
+    assert parse_mail_from(arg, strict=False) == (address, params)
+
+
+BAD_MAIL = [
+    "",
+    "FROM",
+    "FROM:",
+    "TO:<a@b>",
+    "FROM <a@b>",
+    "FROM:<a@b",
+    "FROM:a@b>",
+    "FROM:<<a@b>>",
+    "FROM:<a@b>>",
+    "FROM:<a b@c>",
+    "FROM:<a\x00b@c>",
+    "FROM:<a\x01b@c>",
+    "FROM:<a\x7fb@c>",
+    "FROM:<a@b\tc>",
+    'FROM:<"a\x00"@c>',
+    'FROM:<"unterminated@c>',
+    "FROM:<@a.com:>",
+    "FROM:<@a.com>",
+    "FROM:<a@>",
+    "FROM:<@>",
+    "FROM:<a@b>SIZE=1",
+    "FROM:<a@b> =1",
+    "FROM:<a@b> SIZE=",
+    "FROM:<a@b> SIZE=1=2",
+    "FROM:<a@b> -X=1",
+    "FROM:<a@b> SIZE=1 size=2",
+    "FROM:<a@b> X=\x01",
+]
+
+
+@pytest.mark.parametrize("arg", BAD_MAIL)
+def test_mail_from_bad(arg: str) -> None:
+    with pytest.raises(PathSyntaxError) as info:
+        parse_mail_from(arg, strict=True)
+    assert info.value.code == 501
+    assert info.value.text.startswith("5.")
+
+
+@pytest.mark.parametrize(
+    ("arg", "address", "params"),
+    [
+        ("FROM: <a@b>", "a@b", {}),
+        ("FROM : <a@b> SIZE=3", "a@b", {"SIZE": "3"}),
+        ("FROM:a@b", "a@b", {}),
+        ("FROM: a@b BODY=7BIT", "a@b", {"BODY": "7BIT"}),
+        ("  from:<a@b>", "a@b", {}),
+    ],
+)
+def test_mail_from_not_strict(arg: str, address: str, params: dict[str, str]) -> None:
+    assert parse_mail_from(arg, strict=False) == (address, params)
+    with pytest.raises(PathSyntaxError):
+        parse_mail_from(arg, strict=True)
+
+
+@pytest.mark.parametrize("arg", ["FROM: ", "FROM: a@b>", "FROM: <a@b", "FROM a@b", "FROM: a b@c"])
+def test_mail_from_not_strict_still_rejects(arg: str) -> None:
+    with pytest.raises(PathSyntaxError):
+        parse_mail_from(arg, strict=False)
+
+
+def test_rcpt_to() -> None:
+    assert parse_rcpt_to("TO:<bob@example.net>") == ("bob@example.net", {})
+    assert parse_rcpt_to("to:<Postmaster>") == ("Postmaster", {})
+    assert parse_rcpt_to("TO:<@x:bob@y> NOTIFY=NEVER") == ("bob@y", {"NOTIFY": "NEVER"})
+    assert parse_rcpt_to("TO: bob@y", strict=False) == ("bob@y", {})
+    for bad in ["TO:<>", "FROM:<a@b>", "TO:<a@b", "TO:", "TO:<a\x00@b>"]:
+        with pytest.raises(PathSyntaxError) as info:
+            parse_rcpt_to(bad)
+        assert info.value.code == 501
+        assert info.value.text.startswith("5.")
+
+
+def test_parse_path_rest() -> None:
+    assert parse_path("<a@b> X=1") == ("a@b", " X=1")
+    assert parse_path("a@b rest", strict=False) == ("a@b", " rest")
+    with pytest.raises(PathSyntaxError):
+        parse_path("a@b")
+
+
+def test_path_syntax_error_is_value_error() -> None:
+    e = PathSyntaxError(501, "5.1.7 x")
+    assert isinstance(e, ValueError)
+    assert str(e) == "501 5.1.7 x"
+
+
+@pytest.mark.parametrize(
+    ("plain", "xtext"),
+    [
+        ("alice", "alice"),
+        ("a+b", "a+2Bb"),
+        ("a=b", "a+3Db"),
+        ("a b", "a+20b"),
+        ("", ""),
+        ("\x00\x7f~!", "+00+7F~!"),
+        ("\u00e9", "+C3+A9"),
+    ],
+)
+def test_xtext(plain: str, xtext: str) -> None:
+    assert xtext_encode(plain) == xtext
+    assert xtext_decode(xtext) == plain
+
+
+def test_xtext_decode_lowercase_and_errors() -> None:
+    assert xtext_decode("a+2bb") == "a+b"
+    assert xtext_decode("+e9") == "\u00e9"  # not valid UTF-8: latin-1
+    for bad in ["a b", "a=b", "+", "+4", "+GG", "a\x00", "\u00e9"]:
+        with pytest.raises(ValueError):
+            xtext_decode(bad)
+
+
+@given(st.text())
+def test_xtext_roundtrip(s: str) -> None:
+    encoded = xtext_encode(s)
+    assert all("!" <= c <= "~" and c != "=" for c in encoded)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return
+    assert xtext_decode(encoded) == s
+
+
+@given(st.text(max_size=80), st.booleans())
+def test_parsers_only_raise_path_syntax_error(arg: str, strict: bool) -> None:
+    for parse in (parse_mail_from, parse_rcpt_to):
+        try:
+            address, params = parse(arg, strict)
+        except PathSyntaxError as e:
+            assert e.code == 501
+        else:
+            assert not any(c in address for c in "\x00\r\n")
+            assert all(k == k.upper() for k in params)
