@@ -65,6 +65,8 @@ class Config:
     user: str = "daemon"
     run_dir: Path | None = None
     as_client: bool = False
+    single_process: bool = False
+    notify_polling: bool = False
 
     def ehlo_name(self) -> str:
         return self.domain
@@ -137,7 +139,7 @@ def default_domain() -> str:
         fqdn = socket.getfqdn(name)
     except OSError:
         fqdn = name
-    if not fqdn or fqdn.startswith("localhost") and name:
+    if not fqdn or (fqdn.startswith("localhost") and name):
         return name or "localhost"  # /etc/hosts maps the host name to localhost: keep the name
     return fqdn
 
@@ -204,6 +206,8 @@ def from_values(values: Values) -> Config:
     if run_dir := _str(values, "run-dir"):
         c.run_dir = Path(run_dir)
     c.as_client = bool(values.get("as-client"))
+    c.single_process = bool(values.get("single-process"))
+    c.notify_polling = values.get("notify") == "poll"
     if c.forward_to is None and (c.forward or c.forward_on_disconnect or c.poll is not None or c.immediate):
         raise UsageError("forwarding needs --forward-to (or --as-client / --as-proxy)")
     return c

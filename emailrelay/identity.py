@@ -104,3 +104,23 @@ def group_name(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+def can_use_directory(path: str, who: Identity) -> bool:
+    """Whether ``who`` may list and enter ``path`` (read and search), judged from its mode bits."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    need_user, need_group, need_other = (
+        stat.S_IRUSR | stat.S_IXUSR,
+        stat.S_IRGRP | stat.S_IXGRP,
+        stat.S_IROTH | stat.S_IXOTH,
+    )
+    if st.st_uid == who.uid:
+        return st.st_mode & need_user == need_user
+    if st.st_gid == who.gid or st.st_gid in os.getgrouplist(who.name, who.gid):
+        return st.st_mode & need_group == need_group
+    return st.st_mode & need_other == need_other

@@ -117,7 +117,9 @@ class Log:
         elif self._threshold <= INFO:
             self.emit(INFO, " ".join(f"{k}=[{v}]" for k, v in summary.items()), None)
 
-    def emit(self, level: int, text: str, address: str | None, extra: dict[str, object] | None = None) -> None:
+    def emit(
+        self, level: int, text: str, address: str | None, extra: dict[str, object] | None = None
+    ) -> None:
         if level < self._threshold:
             return
         c = self.config

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("multiple configurations are not implemented yet")
         check_implemented(values)
         config = from_values(values)
-        return run(config, values)
+        return run(config, values, args)
     except EmailRelayError as exc:
         log.error(str(exc))
         return exc.exit_code
@@ -97,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def run(config: Config, values: dict[str, Value]) -> int:
+def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
     log = logmod.get()
     if not config.spool_dir.is_dir():
         raise UsageError(f"invalid spool directory: {config.spool_dir}")
+    config.spool_dir = config.spool_dir.absolute()  # before detaching changes the directory
+    cwd = os.getcwd()
     bound: list[listeners.Bound] = []
     serving = not (config.dont_serve or config.as_client or config.no_smtp)
     if serving:
@@ -110,22 +112,31 @@ def run(config: Config, values: dict[str, Value]) -> int:
             log.info(f"smtp server on {b.display}")
     if config.forward_to:
         log.info(f"forwarding to {config.forward_to}")
-    switch = identity.switching_applies(config.user)
     target = None
-    if switch:
+    if identity.switching_applies(config.user):
         try:
             target = identity.lookup(config.user)
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
-    if not config.no_daemon:
+        if not identity.can_use_directory(str(config.spool_dir), target):
+            raise UsageError(
+                f"spool directory {config.spool_dir} is not readable by user '{target.name}': "
+                "fix its permissions (eg. group-readable) or use --user root"
+            )
+    single_shot = config.as_client or config.dont_serve
+    if not config.no_daemon and not config.as_client:
         daemon.detach()
     if values.get("close-stderr") and not values.get("log-file"):
         log.close_stderr()
-    if target is not None:
-        identity.drop(target)
     pid_path = daemon.write_pid_file(config.pid_file)
     try:
-        return _run_loop(Instance(config, smtp_sockets=bound))
+        if single_shot or config.single_process:
+            if target is not None:
+                identity.drop(target)
+            return _run_loop(Instance(config, smtp_sockets=bound))
+        from . import supervisor
+
+        return supervisor.run(config, options, bound, cwd, target.gid if target else None)
     finally:
         daemon.remove_pid_file(pid_path)
 

@@ -31,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .. import log as logmod
+from ..bus import schema
 from ..config import Config
 from ..protocol import smtp_client as sc
 from ..protocol.addresses import xtext_decode
@@ -133,6 +134,12 @@ class ForwardService:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._claims: set[Claim] = set()
+        self._started: dict[MessageId, float] = {}
+        self.on_event: Callable[..., None] | None = None  # (topic, **body): bus events
+
+    def _emit(self, topic: str, **body: object) -> None:
+        if self.on_event is not None:
+            self.on_event(topic, **body)
 
     # ---- triggers -------------------------------------------------------------------
     def ring(self, mid: MessageId | None = None) -> None:
@@ -261,10 +268,12 @@ class ForwardService:
         if claim is None:
             return Outcome("skipped")
         self._claims.add(claim)
+        self._started[claim.id] = time.monotonic()
         try:
             return await self._forward_claimed(claim)
         finally:
             self._claims.discard(claim)
+            self._started.pop(claim.id, None)
             if claim.active:
                 claim.release()
 
@@ -299,9 +308,11 @@ class ForwardService:
         try:
             if conn is None:
                 conn = SmtpConnection(
-                    hop, self.client_config, response_timeout=self.config.response_timeout,
+                    hop,
+                    self.client_config,
+                    response_timeout=self.config.response_timeout,
                     trace=self.log.verbose_on,
-                )  # fmt: skip
+                )
                 await conn.open(self.config.connection_timeout, self.config.client_interface)
             result = await self._transaction(conn, claim, env, content, info_size)
         except ConnectionTrouble as exc:
@@ -389,7 +400,14 @@ class ForwardService:
             return Outcome("sent", 250, event.reply.message)
         claim.remove()
         self.sent += 1
+        self._emit(schema.FORWARD_DONE, id=str(claim.id), hop=self._hop_of(env), ms=self._elapsed_ms(claim))
         return Outcome("sent", event.reply.code, event.reply.message)
+
+    def _hop_of(self, env: Envelope) -> str:
+        return env.forward_to_address or self.config.forward_to or ""
+
+    def _elapsed_ms(self, claim: Claim) -> int:
+        return int((time.monotonic() - self._started.pop(claim.id, time.monotonic())) * 1000)
 
     def _message_failed(self, claim: Claim, event: sc.MessageFailed) -> Outcome:
         reply = event.reply
@@ -406,6 +424,7 @@ class ForwardService:
             self.log.error(f"cannot fail envelope [{busy}]: {exc}: leaving it for a retry")
             return Outcome("retry", code or 451, reason)
         self.log.info(f"failing envelope [{busy}] -> [{bad.name}]")
+        self._emit(schema.SPOOL_FAILED, id=str(claim.id), reason=reason)
         self.log.warning(f"forwarding [{claim.id}] failed: {reason}")
         self.failures += 1
         return Outcome("failed", code or 554, reason)
@@ -420,6 +439,7 @@ class ForwardService:
         except OSError as exc:
             self.log.error(f"cannot release [{claim.id}]: {exc}")
         self.log.warning(f"forwarding [{claim.id}] deferred for {delay}s: {reason}")
+        self._emit(schema.FORWARD_DEFERRED, id=str(claim.id), reason=reason, delay=delay)
         self.failures += 1
         return Outcome("retry", code or 451, reason)
 

@@ -15,16 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .. import log as logmod
 from ..config import Config
 from ..identity import group_for_files
 from ..protocol import smtp_server as sp
+from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .listeners import Bound
 from .smtpd import ServiceHooks, SmtpService, SmtpServiceOptions
+
+if TYPE_CHECKING:
+    from .forward import ForwardService
 
 STOP_GRACE = 5.0
 
@@ -48,8 +54,37 @@ def open_store(config: Config) -> SpoolStore:
     return SpoolStore(config.spool_dir, group=group_for_files())
 
 
+def build_smtp_service(
+    config: Config,
+    store: SpoolStore,
+    executor: ThreadPoolExecutor,
+    forwarder: ForwardService | None,
+    *,
+    on_commit: Callable[[MessageId], None] | None = None,
+    on_disconnect: Callable[[], None] | None = None,
+) -> SmtpService:
+    """The SMTP storage service for a configuration, with its forwarding triggers."""
+    hooks = ServiceHooks(on_commit=on_commit, on_disconnect=on_disconnect)
+    if forwarder is not None and config.immediate:
+        hooks.immediate = forwarder.forward_immediately
+    return SmtpService(
+        SmtpServiceOptions(
+            server_config=server_config(config),
+            remote_clients=config.remote_clients,
+            idle_timeout=config.idle_timeout,
+            add_received="content" not in config.anonymous,
+            max_connections=config.max_connections,
+        ),
+        store,
+        hooks=hooks,
+        executor=executor,
+    )
+
+
 @dataclass
 class Instance:
+    """Everything in one process (``--single-process``, ``--as-client``, ``--dont-serve``)."""
+
     config: Config
     smtp_sockets: list[Bound] = field(default_factory=list)
     exit_status: int = 0
@@ -69,25 +104,14 @@ class Instance:
             from .forward import ForwardService
 
             forwarder = ForwardService(config, store, executor=executor)
-        hooks = ServiceHooks()
-        if forwarder is not None:
-            if config.immediate:
-                hooks.immediate = forwarder.forward_immediately
-            elif config.poll is not None or config.forward_on_disconnect:
-                hooks.on_commit = (lambda mid: forwarder.ring()) if config.poll is not None else None
+        on_commit = on_disconnect = None
+        if forwarder is not None and not config.immediate:
+            if config.poll == 0:
+                on_commit = forwarder.ring
             if config.forward_on_disconnect:
-                hooks.on_disconnect = forwarder.ring
-        smtpd = SmtpService(
-            SmtpServiceOptions(
-                server_config=server_config(config),
-                remote_clients=config.remote_clients,
-                idle_timeout=config.idle_timeout,
-                add_received="content" not in config.anonymous,
-                max_connections=config.max_connections,
-            ),
-            store,
-            hooks=hooks,
-            executor=executor,
+                on_disconnect = forwarder.ring
+        smtpd = build_smtp_service(
+            config, store, executor, forwarder, on_commit=on_commit, on_disconnect=on_disconnect
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -312,6 +312,9 @@ class SmtpSession(asyncio.Protocol):
             event = proto.next_event()
             if event is sp.NEED_DATA or event is sp.PAUSED:
                 break
+            if isinstance(event, sp.ConnectionClosed):
+                self._on_closed(event)
+                break
             pending = self._handle(event)
             if pending is not None:
                 self._task = asyncio.get_running_loop().create_task(self._finish(pending))
@@ -516,6 +519,8 @@ class SmtpSession(asyncio.Protocol):
         self.proto.reject(454, "4.7.0 TLS not available")
 
     def _on_closed(self, ev: sp.ConnectionClosed) -> None:
+        if self._closing:
+            return
         self._closing = True
         self._flush()
         if self.transport is not None:
@@ -578,5 +583,4 @@ _HANDLERS: dict[type, Callable[[SmtpSession, Any], Awaitable[None] | None]] = {
     sp.ProtocolError: SmtpSession._on_info,
     sp.AuthStart: SmtpSession._on_auth,
     sp.StartTls: SmtpSession._on_starttls,
-    sp.ConnectionClosed: SmtpSession._on_closed,
 }

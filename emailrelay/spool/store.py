@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import BinaryIO, ParamSpec, TypeVar
 
 from ..identity import as_root
 from . import envelope as envelope_format
@@ -417,6 +417,176 @@ class SpoolStore:
         finally:
             os.close(fd)
 
+    # ---- policy support ------------------------------------------------------------
+    # What the built-in filters need (emailrelay/policy: copy:, deliver:, split:,
+    # msgid:, spam-edit:, mx:).  They act on the message a filter was given, whose
+    # envelope is ``.envelope.new`` (--filter) or ``.envelope.busy`` (--client-filter).
+
+    @_privileged
+    def copy_to_directories(
+        self,
+        mid: MessageId,
+        state: State,
+        base: str | os.PathLike[str],
+        names: list[str],
+        *,
+        hardlink: bool = False,
+        envelope_only: bool = False,
+        create: bool = False,
+        delete_original: bool = False,
+    ) -> list[Path]:
+        """Copy a message into ``base/<name>`` for each mailbox name; returns the files written.
+
+        A directory with ``new``, ``tmp`` and ``cur`` sub-directories is a maildir:
+        the content alone goes to ``tmp`` and is renamed into ``cur``.  Any other
+        directory gets the content (hard-linked when ``hardlink`` and possible; not
+        at all when ``envelope_only``, ``copy:pop``) and then a committed envelope.
+        ``create`` makes missing mailbox directories (``deliver:``).  With
+        ``delete_original`` the original envelope (and content, unless
+        ``envelope_only``) is deleted after every copy was made.
+        """
+        base_dir = Path(base).absolute()
+        source_env = self._envelope(mid, state)
+        env_data = source_env.read_bytes()
+        content = self._content(mid)
+        out: list[Path] = []
+        for name in names:
+            _check_mailbox_name(name)
+            target = base_dir / name
+            if create:
+                target.mkdir(parents=True, exist_ok=True)
+            if _is_maildir(target):
+                out.append(self._copy_into_maildir(mid, content, target, hardlink))
+                continue
+            sub = SpoolStore(target, fsync=self.fsync, group=self.group, file_mode=self.file_mode)
+            if not envelope_only:
+                sub._place_content(content, sub._content(mid), hardlink)
+            new_env = sub._envelope(mid, State.NEW)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(new_env)
+            os.close(sub._write_file(new_env, env_data))
+            os.rename(new_env, sub._envelope(mid, State.READY))
+            sub.sync_directory()
+            out.append(sub._envelope(mid, State.READY))
+        if delete_original:
+            os.unlink(source_env)
+            if not envelope_only:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(content)
+            self.sync_directory()
+        return out
+
+    def _copy_into_maildir(self, mid: MessageId, content: Path, maildir: Path, hardlink: bool) -> Path:
+        name = f"{mid}:2,"
+        tmp = maildir / "tmp" / name
+        final = maildir / "cur" / name
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        self._place_content(content, tmp, hardlink)
+        os.rename(tmp, final)
+        if self.fsync:
+            fd = os.open(maildir / "cur", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return final
+
+    def _place_content(self, source: Path, target: Path, hardlink: bool) -> None:
+        """Hard-link or copy (streaming, fsynced) a content file; an existing target is kept."""
+        if target.exists():
+            return
+        if hardlink:
+            try:
+                os.link(source, target)
+                return
+            except FileExistsError:
+                return
+            except OSError:
+                pass  # other file system, no permission: copy instead
+        fd = os.open(target, _WRITE_FLAGS, self.file_mode)
+        try:
+            self._own(fd)
+            with open(source, "rb") as src:
+                while chunk := src.read(256 * 1024):
+                    _write_all(fd, chunk)
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            raise
+        os.close(fd)
+
+    @_privileged
+    def store_linked_copy(self, mid: MessageId, envelope: Envelope) -> MessageId:
+        """Commit a new message whose content is a hard link to (or a copy of) ``mid``'s content (``split:``)."""
+        source = self._content(mid)
+        msg = self.create()
+        try:
+            if msg._fd is not None:
+                os.close(msg._fd)
+                msg._fd = None
+            os.unlink(msg.content_path)
+            self._place_content(source, msg.content_path, True)
+            msg.write_envelope(envelope)
+            msg.commit()
+        except BaseException:
+            msg.abandon()
+            raise
+        return msg.id
+
+    @_privileged
+    def rewrite_envelope_in_place(self, mid: MessageId, state: State, envelope: Envelope) -> None:
+        """Overwrite a ``.new`` or ``.busy`` envelope in place, as a filter script would.
+
+        The inode stays the same, so a forwarder's flock on a ``.busy`` claim is kept;
+        the forwarder re-reads the file after its client filters ran.
+        """
+        if state not in (State.NEW, State.BUSY):
+            raise SpoolStoreError(errno.EINVAL, f"cannot rewrite an envelope in state {state.label}")
+        data = envelope.to_bytes()
+        fd = os.open(self._envelope(mid, state), os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            _write_all(fd, data)
+            os.ftruncate(fd, len(data))
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def replace_content(self, mid: MessageId) -> Iterator[BinaryIO]:
+        """Write a new content for a not-yet-forwarded message (``msgid:``, ``spam-edit:``).
+
+        Yields a file open on a temporary file beside the content; on a clean exit it
+        is fsynced and renamed over the content (a hard-linked content is thereby
+        un-shared); on an exception it is deleted and the content is unchanged.
+        """
+        content = self._content(mid)
+        tmp = content.with_name(content.name + TMP_SUFFIX)
+        with as_root():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fd = os.open(tmp, _WRITE_FLAGS, self.file_mode)
+            self._own(fd)
+        f = os.fdopen(fd, "wb")
+        try:
+            yield f
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            with as_root(), contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        f.close()
+        with as_root():
+            os.replace(tmp, content)
+        self.sync_directory()
+
 
 class NewMessage:
     """A message being stored: content streamed to disk, then envelope, then commit."""
@@ -620,3 +790,19 @@ def _read_fd(fd: int) -> bytes:
 
 def _store_error(exc: OSError, text: str) -> SpoolStoreError:
     return SpoolStoreError(exc.errno or errno.EIO, f"{text}: {exc.strerror or exc}")
+
+
+def _is_maildir(directory: Path) -> bool:
+    return all((directory / sub).is_dir() for sub in ("new", "tmp", "cur"))
+
+
+def _check_mailbox_name(name: str) -> None:
+    """A mailbox name is one path component: never empty, ``.``/``..``, a separator or a control character."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+    ):
+        raise SpoolStoreError(errno.EINVAL, f"invalid mailbox name: {name!r}")

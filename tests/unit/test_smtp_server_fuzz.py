@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -32,7 +33,9 @@ DECISIONS = (Hello, MailFrom, RcptTo, DataStart, DataEnd, Vrfy, AuthStart, AuthR
 REPLY_LINE = re.compile(rb"\A[2-5][0-9][0-9][ -][^\r\n]*\Z")
 
 
-def drive(config: ServerConfig, chunks: list[bytes], seed: int = 0, eof: bool = True) -> dict[str, Any]:
+def drive(
+    config: ServerConfig, chunks: list[bytes], seed: int = 0, eof: bool = True, rejects: bool = True
+) -> dict[str, Any]:
     """Feed chunks, resolving decisions in a seed-dependent mix of ways; never TLS-blocks."""
     s = SmtpServer(config)
     s.greeting()
@@ -50,8 +53,8 @@ def drive(config: ServerConfig, chunks: list[bytes], seed: int = 0, eof: bool = 
             [s.auth_succeeded, s.auth_failed, lambda: s.challenge("eA=="), lambda: s.reject(454, "x")][pick % 4]()
         elif isinstance(ev, Vrfy):
             s.reply(252, "2.1.5 maybe")
-        elif pick == 0:
-            s.reject(550 if pick else 450, "5.7.1 no")
+        elif pick == 0 and rejects:
+            s.reject(550 if n & 1 else 450, "5.7.1 no")
         else:
             s.accept()
 
@@ -76,6 +79,7 @@ def drive(config: ServerConfig, chunks: list[bytes], seed: int = 0, eof: bool = 
             if isinstance(ev, DECISIONS):
                 pending.append(ev)
 
+    pump()
     for chunk in chunks:
         if closed:
             break
@@ -153,6 +157,8 @@ def test_random_token_streams_never_break(config: ServerConfig, tokens: list[byt
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(configs, st.lists(st.sampled_from(TOKENS), max_size=30), st.lists(st.integers(0, 10_000), max_size=15))
 def test_split_invariance(config: ServerConfig, tokens: list[bytes], cuts: list[int]) -> None:
+    # (bytes pipelined after STARTTLS are dropped only if they arrived with it)
+    config = replace(config, starttls=False)
     data = b"".join(tokens)
     whole = drive(config, [data], seed=7)
     split = drive(config, splits(data, cuts), seed=7)
@@ -234,14 +240,14 @@ def test_data_matches_reference_model(tokens: list[bytes], cuts: list[int]) -> N
     assert ref is not None
     content, rest = ref
     head = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
-    r = drive(ServerConfig(max_errors=0), splits(head + body, cuts), seed=1)
+    r = drive(ServerConfig(max_errors=0), splits(head + body, cuts), rejects=False)
     events = r["events"]
     got = b"".join(ev.data for ev in events if isinstance(ev, DataChunk))
     assert got == content
     ends = [ev for ev in events if isinstance(ev, DataEnd)]
     assert ends == [DataEnd(".", len(content))]
-    assert not any(isinstance(ev, MailFrom) and ev.address == "evil@x" for ev in events)
-    assert b"\r\n.\r\n" not in b"\r\n" + content or content.count(b"\r\n.\r\n") >= 0  # content is data only
+    if b"MAIL FROM:<evil@x>" in content:  # unless the tokens themselves formed CRLF.CRLF
+        assert not any(isinstance(ev, MailFrom) and ev.address == "evil@x" for ev in events)
     # everything after the end marker was read as commands: one reply per line
     finals = check_output(r["out"])
-    assert len(finals) == 5 + rest.count(b"\n")
+    assert len(finals) == 6 + rest.count(b"\n")

@@ -1,0 +1,457 @@
+"""emailrelay.auth.secrets -- the secrets file of ``--client-auth``, ``--server-auth``, ``--pop-auth``.
+
+PURPOSE
+    Parse a secrets file (reference guide "Authentication", SPEC.md §5) into
+    lookups for the SASL layer: server secrets by user, client accounts by
+    selector, trusted client IP ranges, and the mechanisms the secrets allow.
+
+EXPECTS
+    One rule per line, ``#`` starts a comment (whole line or trailing),
+    fields separated by white space, keywords case-insensitive::
+
+        client|server  plain      <xtext-id>  <xtext-password>  [selector]
+        client|server  md5        <xtext-id>  <base64-or-dotted-hmac-md5-state>  [selector]
+        client|server  plain:b    <base64-id> <base64-password> [selector]   ("=" is empty)
+        client         oauth      <xtext-id>  <xtext-access-token>  [selector]
+        client         oauth:cmd  <xtext-id>  <xtext-command-line>  [selector]
+        server         none       <ip-range>  <keyword>
+
+    ``oauth:cmd`` is our extension: the xtext-decoded secret is a command
+    line (split like a POSIX shell would, but run without a shell) that is
+    run for each authentication (``fetch_oauth_token``); the first non-empty
+    line of its stdout is a fresh access token for XOAUTH2.  Exit status
+    non-zero, a timeout or no output fails that authentication.
+    IP ranges: ``192.168.0.*`` (any octet may be ``*``), CIDR
+    (``192.168.0.0/24``, ``fe80::/64``) or one address; IPv4-mapped IPv6
+    client addresses match IPv4 rules.
+    The founding guide's older lines, mechanism first, are accepted too:
+    ``APOP server <id> <pw>``, ``login server|client <id> <pw>``,
+    ``CRAM-MD5 server <id> <pw-or-dotted-state>``, ``NONE server <range> <kw>``.
+    The 5th field of a server line is ignored.
+
+GUARANTEES
+    * ``Secrets.load``/``from_text``/``from_option`` raise only
+      ``ConfigError``: naming file and line for a malformed line (unknown
+      side or type, wrong field count, bad xtext/base64/dotted/IP range),
+      naming the file when it cannot be read.  Messages never quote
+      passwords.
+    * First matching line wins; duplicates are kept in ``warnings``.
+    * ``--server-auth=pam:`` / ``--pop-auth=pam:`` is recognised and
+      rejected with a clear ``ConfigError``: PAM is not supported by this
+      build (no PAM binding is a dependency).
+    * Secret bytes are exactly the decoded octets (xtext/base64), and are
+      left out of ``repr``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import re
+import shlex
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, EmailRelayError
+from ..protocol.addresses import xtext_decode
+from ..protocol.sasl import AuthConfig, server_mechanisms
+from .md5state import decode_state, hmac_md5_from_state
+
+__all__ = [
+    "PAM_VALUE",
+    "AuthConfig",
+    "ClientAccount",
+    "Secrets",
+    "ServerSecret",
+    "TokenError",
+    "TrustRule",
+    "fetch_oauth_token",
+    "is_pam",
+]
+
+PAM_VALUE = "pam:"
+_PAM_ERROR = "PAM authentication (pam:) is not supported by this build: use a secrets file"
+_OLD_MECHANISMS = {"login": "plain", "apop": "plain", "cram-md5": "cram-md5", "none": "none"}
+_DOTTED_RE = re.compile(r"[0-9]+(?:\.[0-9]+){7}")
+_OCTET_RE = re.compile(r"\*|[0-9]{1,3}")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def is_pam(value: str) -> bool:
+    """True for the special ``pam:`` value of ``--server-auth`` / ``--pop-auth``."""
+    return value.strip().lower().startswith(PAM_VALUE)
+
+
+class TokenError(EmailRelayError):
+    """An ``oauth:cmd`` token command failed; that authentication fails."""
+
+
+@dataclass(frozen=True)
+class _Secret:
+    kind: str  # "plain" | "md5" | "oauth"
+    id: str
+    id_bytes: bytes
+    secret: bytes = field(repr=False)
+    line: int = 0
+    path: str = ""
+
+    def matches_password(self, password: bytes) -> bool:
+        return self.kind == "plain" and hmac.compare_digest(self.secret, password)
+
+    def hmac_digest(self, hash_name: str, message: bytes) -> bytes | None:
+        if self.kind == "plain":
+            return hmac.new(self.secret, message, hash_name).digest()
+        if self.kind == "md5" and hash_name == "md5":
+            return hmac_md5_from_state(self.secret, message)
+        return None
+
+
+@dataclass(frozen=True)
+class ServerSecret(_Secret):
+    """A ``server`` line: ``kind`` is "plain" or "md5"."""
+
+
+@dataclass(frozen=True)
+class ClientAccount(_Secret):
+    """A ``client`` line: ``kind`` is "plain", "md5" or "oauth".
+
+    ``token_command`` is set for ``oauth:cmd`` lines (``secret`` is then
+    empty until ``fetch_oauth_token``).  ``is_empty`` means "do not
+    authenticate" (``client plain:b = = noauth``).
+    """
+
+    selector: str = ""
+    token_command: tuple[str, ...] | None = None
+
+    @property
+    def user(self) -> str:
+        return self.id
+
+    @property
+    def user_bytes(self) -> bytes:
+        return self.id_bytes
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.id_bytes
+
+    @property
+    def needs_token(self) -> bool:
+        return self.token_command is not None and not self.secret
+
+
+@dataclass(frozen=True)
+class TrustRule:
+    """A ``server none`` line: clients in ``range_text`` need no AUTH."""
+
+    range_text: str
+    keyword: str
+    line: int
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    octets: tuple[int | None, ...] | None = None
+
+    def matches(self, address: IPAddress) -> bool:
+        if self.network is not None:
+            return address.version == self.network.version and address in self.network
+        if self.octets is None or address.version != 4:
+            return False
+        return all(o is None or o == b for o, b in zip(self.octets, address.packed, strict=True))
+
+
+def _parse_range(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | None, tuple[int | None, ...] | None]:
+    if "*" in text:
+        parts = text.split(".")
+        if len(parts) != 4 or not all(_OCTET_RE.fullmatch(p) for p in parts):
+            raise ValueError(text)
+        octets = tuple(None if p == "*" else int(p) for p in parts)
+        if any(o is not None and o > 255 for o in octets):
+            raise ValueError(text)
+        return None, octets
+    return ipaddress.ip_network(text, strict=False), None
+
+
+def _parse_address(ip: str) -> IPAddress | None:
+    text = ip.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _xtext(text: str) -> tuple[str, bytes]:
+    """Decode xtext to (text, exact octets); ``ValueError`` when invalid."""
+    decoded = xtext_decode(text)
+    # xtext_decode gives UTF-8 text, or latin-1 when the octets are not UTF-8;
+    # the octet count tells which encoding gives the original octets back.
+    size = len(text) - 2 * text.count("+")
+    raw = decoded.encode("utf-8")
+    if len(raw) != size:
+        raw = decoded.encode("latin-1")
+    return decoded, raw
+
+
+def _b64field(text: str) -> bytes:
+    if text == "=":
+        return b""
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def _bytes_text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+class Secrets:
+    """The parsed contents of one secrets file (or ``--client-auth plain:...``)."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+        self.server: list[ServerSecret] = []
+        self.clients: list[ClientAccount] = []
+        self.trust: list[TrustRule] = []
+        self.warnings: list[str] = []
+
+    # -- construction
+
+    @classmethod
+    def load(cls, path: str | Path) -> Secrets:
+        path = str(path)
+        if is_pam(path):
+            raise ConfigError(_PAM_ERROR)
+        try:
+            data = Path(path).read_bytes()
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or str(err)
+            raise ConfigError(f"cannot read secrets file: {reason}", path=path) from None
+        return cls.from_text(_bytes_text(data), path)
+
+    @classmethod
+    def from_text(cls, text: str, path: str = "<secrets>") -> Secrets:
+        self = cls(path)
+        for number, raw_line in enumerate(text.split("\n"), 1):
+            fields = raw_line.split("#", 1)[0].split()
+            if fields:
+                self._add(fields, number)
+        return self
+
+    @classmethod
+    def from_option(cls, value: str) -> Secrets:
+        """A ``--client-auth``/``--server-auth``/``--pop-auth`` value: a file,
+        ``plain:<base64-id>:<base64-password>`` (client account) or ``pam:``."""
+        if is_pam(value):
+            raise ConfigError(_PAM_ERROR)
+        if not value.startswith("plain:"):
+            return cls.load(value)
+        parts = value.split(":")
+        usage = "invalid --client-auth value: expected plain:<base64-user-id>:<base64-password>"
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ConfigError(usage)
+        try:
+            user, password = _b64field(parts[1]), _b64field(parts[2])
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise ConfigError(usage) from None
+        self = cls("--client-auth")
+        self.clients.append(ClientAccount("plain", _bytes_text(user), user, password, 0, self.path))
+        return self
+
+    # -- parsing
+
+    def _error(self, text: str, line: int) -> ConfigError:
+        return ConfigError(text, path=self.path, line=line)
+
+    def _add(self, f: list[str], n: int) -> None:
+        side = f[0].lower()
+        if side not in ("client", "server"):
+            if len(f) >= 2 and f[1].lower() in ("client", "server") and side in _OLD_MECHANISMS:
+                self._add_old(f, n)
+                return
+            raise self._error(f"unknown side [{f[0]}]: expected client or server", n)
+        if len(f) < 4:
+            raise self._error("too few fields: expected <client|server> <type> <id> <secret> [selector]", n)
+        if len(f) > 5:
+            raise self._error("too many fields: expected <client|server> <type> <id> <secret> [selector]", n)
+        kind = f[1].lower()
+        selector = f[4] if len(f) == 5 else ""
+        if kind == "none":
+            if side != "server" or len(f) != 4:
+                raise self._error("none lines take the form: server none <ip-range> <keyword>", n)
+            self._add_trust(f[2], f[3], n)
+        elif kind == "plain":
+            self._add_secret(side, "plain", *self._decode_xtext(f[2], f[3], n), selector, n)
+        elif kind == "plain:b":
+            self._add_secret(side, "plain", *self._decode_b64(f[2], f[3], n), selector, n)
+        elif kind == "md5":
+            self._add_secret(side, "md5", *self._decode_md5(f[2], f[3], n), selector, n)
+        elif kind in ("oauth", "oauth:cmd"):
+            if side != "client":
+                raise self._error(f"{kind} secrets are for client lines only", n)
+            if kind == "oauth":
+                self._add_secret(side, "oauth", *self._decode_xtext(f[2], f[3], n), selector, n)
+            else:
+                self._add_token_command(f[2], f[3], selector, n)
+        else:
+            raise self._error(f"unknown password type [{f[1]}]: expected plain, md5, plain:b, oauth or none", n)
+
+    def _add_old(self, f: list[str], n: int) -> None:
+        mechanism, side = _OLD_MECHANISMS[f[0].lower()], f[1].lower()
+        if len(f) < 4 or len(f) > 5:
+            raise self._error(f"{f[0]} lines take the form: {f[0]} <client|server> <id> <secret>", n)
+        selector = f[4] if len(f) == 5 else ""
+        if mechanism == "none":
+            if side != "server" or len(f) != 4:
+                raise self._error(f"{f[0]} lines take the form: {f[0]} server <ip-range> <keyword>", n)
+            self._add_trust(f[2], f[3], n)
+        elif mechanism == "cram-md5" and _DOTTED_RE.fullmatch(f[3]):
+            self._add_secret(side, "md5", *self._decode_md5(f[2], f[3], n), selector, n)
+        else:
+            self._add_secret(side, "plain", *self._decode_xtext(f[2], f[3], n), selector, n)
+
+    def _decode_xtext(self, id_field: str, secret_field: str, n: int) -> tuple[str, bytes, bytes]:
+        try:
+            ident, ident_raw = _xtext(id_field)
+        except ValueError:
+            raise self._error(f"invalid xtext in id [{id_field}]", n) from None
+        try:
+            _, secret = _xtext(secret_field)
+        except ValueError:
+            raise self._error(f"invalid xtext in the secret for [{ident}]", n) from None
+        return ident, ident_raw, secret
+
+    def _decode_b64(self, id_field: str, secret_field: str, n: int) -> tuple[str, bytes, bytes]:
+        try:
+            ident_raw = _b64field(id_field)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise self._error(f"invalid base64 in id [{id_field}]", n) from None
+        ident = _bytes_text(ident_raw)
+        try:
+            secret = _b64field(secret_field)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise self._error(f"invalid base64 in the secret for [{ident}]", n) from None
+        return ident, ident_raw, secret
+
+    def _decode_md5(self, id_field: str, secret_field: str, n: int) -> tuple[str, bytes, bytes]:
+        try:
+            ident, ident_raw = _xtext(id_field)
+        except ValueError:
+            raise self._error(f"invalid xtext in id [{id_field}]", n) from None
+        try:
+            state = decode_state(secret_field)
+        except ValueError:
+            raise self._error(
+                f"invalid md5 secret for [{ident}]: expected base64 or dotted output of emailrelay-passwd", n
+            ) from None
+        return ident, ident_raw, state
+
+    def _add_token_command(self, id_field: str, secret_field: str, selector: str, n: int) -> None:
+        ident, ident_raw, command = self._decode_xtext(id_field, secret_field, n)
+        try:
+            argv = tuple(shlex.split(_bytes_text(command)))
+        except ValueError:
+            raise self._error(f"invalid oauth:cmd command line for [{ident}]", n) from None
+        if not argv:
+            raise self._error(f"empty oauth:cmd command line for [{ident}]", n)
+        self._add_secret("client", "oauth", ident, ident_raw, b"", selector, n, argv)
+
+    def _add_secret(
+        self,
+        side: str,
+        kind: str,
+        ident: str,
+        ident_raw: bytes,
+        secret: bytes,
+        selector: str,
+        n: int,
+        token_command: tuple[str, ...] | None = None,
+    ) -> None:
+        where = f"{self.path}:{n}"
+        if side == "server":
+            if any(s.id_bytes == ident_raw and s.kind == kind for s in self.server):
+                self.warnings.append(f"{where}: duplicate server {kind} secret for [{ident}] ignored")
+            self.server.append(ServerSecret(kind, ident, ident_raw, secret, n, self.path))
+            return
+        if any(c.selector == selector for c in self.clients):
+            self.warnings.append(f"{where}: duplicate client account for selector [{selector}] ignored")
+        self.clients.append(
+            ClientAccount(kind, ident, ident_raw, secret, n, self.path, selector, token_command)
+        )
+
+    def _add_trust(self, range_text: str, keyword: str, n: int) -> None:
+        try:
+            network, octets = _parse_range(range_text)
+        except ValueError:
+            raise self._error(f"invalid ip address range [{range_text}]", n) from None
+        self.trust.append(TrustRule(range_text, keyword, n, network, octets))
+
+    # -- queries
+
+    @property
+    def has_server_accounts(self) -> bool:
+        return bool(self.server)
+
+    @property
+    def has_client_accounts(self) -> bool:
+        return bool(self.clients)
+
+    def server_lookup(self, mechanism: str, user: str) -> ServerSecret | None:
+        """The first server secret for ``user`` usable with ``mechanism``
+        (md5 states only for CRAM-MD5; plain secrets for everything)."""
+        kinds = ("plain", "md5") if mechanism.upper() == "CRAM-MD5" else ("plain",)
+        return next((s for s in self.server if s.id == user and s.kind in kinds), None)
+
+    def client_account(self, selector: str = "") -> ClientAccount | None:
+        return next((c for c in self.clients if c.selector == selector), None)
+
+    def trusted(self, ip: str) -> str | None:
+        """The keyword of the first ``none`` rule matching client address ``ip``."""
+        address = _parse_address(ip)
+        if address is None:
+            return None
+        return next((r.keyword for r in self.trust if r.matches(address)), None)
+
+    def mechanisms_for_server(self) -> list[str]:
+        return server_mechanisms(s.kind for s in self.server)
+
+
+def fetch_oauth_token(
+    account: ClientAccount,
+    timeout: float = 30.0,
+    run: Callable[..., Any] = subprocess.run,
+) -> ClientAccount:
+    """Run an ``oauth:cmd`` account's command; the account with its fresh token.
+
+    Accounts without a command are returned as they are.  ``TokenError``
+    on a failed run (not found, timeout, non-zero exit, no output)."""
+    if account.token_command is None:
+        return account
+    name = account.token_command[0]
+    try:
+        result = run(
+            list(account.token_command),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise TokenError(f"oauth token command [{name}] timed out after {timeout:g}s") from None
+    except OSError as err:
+        raise TokenError(f"oauth token command [{name}] could not run: {err.strerror or err}") from None
+    if result.returncode != 0:
+        raise TokenError(f"oauth token command [{name}] failed: exit {result.returncode}")
+    lines = [t.strip() for t in bytes(result.stdout).splitlines() if t.strip()]
+    if not lines:
+        raise TokenError(f"oauth token command [{name}] printed no token")
+    return replace(account, secret=lines[0])

@@ -1,0 +1,74 @@
+"""``python -m emailrelay.cli.role <role> ... -- <relay options>``: one supervised role.
+
+What it is for: the command line of every circus watcher the supervisor
+builds.  The role re-parses the user's own relay options (so every role
+sees exactly the configuration the front end validated) and runs one role
+function from :mod:`emailrelay.services.roles`.  Not meant to be run by
+hand, but harmless to: ``bus``, ``notify`` and ``forward`` need no
+inherited sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from .. import log as logmod
+from ..bus.endpoint import run_forwarder
+from ..config import from_values
+from ..errors import EmailRelayError
+from ..identity import group_for_files, lookup, switching_applies
+from ..services import roles
+from .main import app_dir, log_config
+from .parse import expand_shorthands, parse_command_line
+
+ROLES = ("smtp", "forward", "notify", "bus")
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="emailrelay-role")
+    p.add_argument("role", choices=ROLES)
+    p.add_argument("--fd", type=int, action="append", default=[])
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--index", type=int, default=1, help="circus worker id, from 1")
+    p.add_argument("--count", type=int, default=1)
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:split])
+    options = argv[split + 1 :]
+    roles.become_role(args.role)
+    log = logmod.get()
+    try:
+        values = expand_shorthands(parse_command_line(options, app_dir=app_dir()).values)
+        log.configure(log_config(values))
+        config = from_values(values)
+        if args.role == "bus":
+            group = lookup(config.user).gid if switching_applies(config.user) else group_for_files()
+            run_forwarder(args.run_dir, group=group)
+            return 0
+        if args.role == "smtp":
+            return _run(roles.run_smtp(config, args.fd, args.run_dir))
+        if args.role == "forward":
+            return _run(roles.run_forward(config, args.run_dir, (args.index - 1) % args.count, args.count))
+        return _run(roles.run_notify(config, args.run_dir, config.notify_polling))
+    except EmailRelayError as exc:
+        log.error(f"{args.role}: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

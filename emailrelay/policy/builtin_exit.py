@@ -1,0 +1,33 @@
+"""``exit:<n>``: a built-in filter that behaves like a program exiting with ``n``.
+
+What it is for: the special codes without a script, eg. ``--filter=exit:103``
+to ring the forwarders after each stored message, or ``exit:100`` to drop
+everything (reference guide, "Built-in filters").
+
+Guarantees: exactly the exit-code mapping of :mod:`emailrelay.policy.exe`
+(there is no output, so a rejection has no reason text and no SMTP code).
+"""
+
+from __future__ import annotations
+
+from .. import log as logmod
+from .exe import describe_failure, result_for_exit_code
+from .spec import FilterContext, PolicyOptions, Spec
+from .verdicts import FilterOutcome, FilterResult
+
+
+class ExitFilter:
+    def __init__(self, spec: Spec, options: PolicyOptions | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.exit_code = int(spec.value)
+        self.log = logmod.get()
+
+    async def run(self, ctx: FilterContext) -> FilterResult:
+        result = result_for_exit_code(self.exit_code)
+        if result.outcome is FilterOutcome.REJECT:
+            self.log.warning(f"filter [{self.name}] failed: {describe_failure(result)}", ctx.log_address)
+        return result
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,378 @@
+"""Executable filters and address verifiers: run a program, read its verdict.
+
+What it is for: ``--filter=/path/prog`` and ``--client-filter=/path/prog``
+(also ``file:``/``exe:``) and ``--address-verifier=/path/prog``, exactly as
+the reference guide describes them, without blocking the event loop.
+
+What it expects: an executable program.  It is run with
+:func:`asyncio.create_subprocess_exec` (execve, never a shell) with the
+arguments of the guide, an environment of ``PATH`` and ``IFS`` only, stdin
+and stderr on ``/dev/null``, stdout on a pipe, no other open descriptors, as
+``--user`` (:func:`emailrelay.identity.child_preexec`) and in a new process
+group (session).
+
+What it guarantees:
+- at most ``output_cap`` bytes of stdout are kept; the rest is read and
+  discarded, so a chatty program neither blocks on a full pipe nor fills our
+  memory;
+- after ``--filter-timeout`` seconds the whole process group is killed with
+  SIGKILL and the result is an ERROR whose log line says
+  ``filter [<name>]: [<id>]: failed response=[error] reason=[timeout ...]``;
+- once the program exited, its output is awaited for at most one more second
+  (a background grandchild holding the pipe cannot hang us);
+- exit codes (filters, both sides): 0 ok; 1-99 reject with the reason from the
+  first ``<<...>>`` or ``[[...]]`` line of stdout (a leading ``4xx ``/``5xx ``
+  sets the SMTP code and is removed; a second such line is log-only detail);
+  100 abandon; 101 ok (upstream's alias); 102 ok and stop scanning (client
+  side; ok on the server side); 103 ok and rescan; 104-115 reserved: ERROR;
+  anything else (above 115, killed by a signal, cannot execute): ERROR, i.e. a
+  temporary failure, never a silent accept;
+- verifier exit codes: 0 local (line 1 full name, line 2 mailbox), 1 remote
+  (line 2 the address, empty keeps the original), 2 reject 550 (line 1 reason,
+  line 2 log-only), 3 temporary 450, 100 abort the connection, anything else
+  as 2; a time-out is a temporary failure.  No control character from the
+  program ever reaches an address, a mailbox name or a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .. import identity
+from .. import log as logmod
+from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
+from .spec import FilterContext, PolicyOptions, Spec
+
+MINIMAL_ENV = {"PATH": "/usr/bin:/bin", "IFS": " \t\n"}
+DRAIN_GRACE = 1.0  # seconds to wait for stdout EOF after the program exited
+REASON_LIMIT = 400  # characters of a reason kept (it goes into an SMTP reply line)
+SEARCH_LIMIT = 64 * 1024  # bytes of output searched for <<...>> / [[...]] lines
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CODE = re.compile(r"^([45][0-9][0-9]) (.*)$", re.S)
+
+
+# ---- running a program ----------------------------------------------------------------
+@dataclass
+class ProgramRun:
+    """How a program ended."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    output: bytes = b""
+    timed_out: bool = False
+    error: str | None = None  # could not be started
+    elapsed: float = 0.0
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return self.error
+        if self.timed_out:
+            return f"timeout after {self.elapsed:.0f}s"
+        if self.signal is not None:
+            return f"killed by signal {self.signal}"
+        return f"exit code {self.exit_code}"
+
+
+async def run_program(
+    argv: Sequence[str], *, timeout: float, output_cap: int = 64 * 1024, drain_grace: float = DRAIN_GRACE
+) -> ProgramRun:
+    """Run a program as the guide's "Run-time environment" says; never raises for the program's sake."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    read_fd, write_fd = os.pipe()
+    os.set_inheritable(read_fd, False)
+    kwargs: dict[str, object] = {}
+    preexec = identity.child_preexec()
+    if preexec is not None:
+        kwargs["preexec_fn"] = preexec
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=dict(MINIMAL_ENV),
+            close_fds=True,
+            start_new_session=True,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return ProgramRun(error=f"cannot execute: {reason}", elapsed=time.monotonic() - started)
+    os.close(write_fd)
+
+    kept = bytearray()
+    reader = asyncio.StreamReader(limit=2**20, loop=loop)
+    pipe = os.fdopen(read_fd, "rb", 0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
+
+    async def drain() -> None:
+        while chunk := await reader.read(65536):
+            room = output_cap - len(kept)
+            if room > 0:
+                kept.extend(chunk[:room])
+
+    reading = asyncio.ensure_future(drain())
+    run = ProgramRun()
+    try:
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout)
+        except TimeoutError:
+            run.timed_out = True
+            _kill_group(proc.pid)
+            await proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reading), 0.0 if run.timed_out else drain_grace)
+    except asyncio.CancelledError:
+        _kill_group(proc.pid)
+        raise
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reading
+        transport.close()
+    run.output = bytes(kept)
+    run.elapsed = time.monotonic() - started
+    rc = proc.returncode
+    if not run.timed_out and rc is not None:
+        if rc < 0:
+            run.signal = -rc
+        else:
+            run.exit_code = rc
+    return run
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+# ---- output texts ------------------------------------------------------------------------
+def clean_text(text: str, limit: int = REASON_LIMIT) -> str:
+    """One safe printable line: control characters become spaces."""
+    return _CONTROL.sub(" ", text).strip()[:limit].strip()
+
+
+def is_clean_address(text: str) -> bool:
+    """An address a verifier may give back: non-empty, no control characters, no angle brackets."""
+    return bool(text) and len(text) <= 512 and not _CONTROL.search(text) and "<" not in text and ">" not in text
+
+
+def is_clean_mailbox(text: str) -> bool:
+    """A mailbox name: one path component, printable."""
+    return (
+        bool(text)
+        and len(text) <= 255
+        and text not in (".", "..")
+        and "/" not in text
+        and "\\" not in text
+        and not _CONTROL.search(text)
+    )
+
+
+def split_code(text: str) -> tuple[str, int | None]:
+    """``"550 not today"`` -> ``("not today", 550)``."""
+    m = _CODE.match(text)
+    if m is None:
+        return text, None
+    return m.group(2).strip(), int(m.group(1))
+
+
+def parse_response(output: bytes) -> tuple[str, int | None, str]:
+    """(reason, code, detail) from the ``<<...>>`` / ``[[...]]`` lines of a filter's output."""
+    found: list[str] = []
+    text = output[:SEARCH_LIMIT].decode("utf-8", "replace")
+    for line in text.splitlines():
+        line = line.strip()
+        if len(line) >= 4 and (
+            (line.startswith("<<") and line.endswith(">>")) or (line.startswith("[[") and line.endswith("]]"))
+        ):
+            found.append(line[2:-2])
+            if len(found) == 2:
+                break
+    if not found:
+        return "", None, ""
+    reason, code = split_code(found[0].strip())
+    detail = clean_text(found[1]) if len(found) > 1 else ""
+    return clean_text(reason), code, detail
+
+
+def result_for_exit_code(exit_code: int, output: bytes = b"") -> FilterResult:
+    """The guide's meaning of a filter's exit code (also ``exit:<n>``)."""
+    if exit_code in (0, 101):
+        return FilterResult(FilterOutcome.OK, exit_code=exit_code)
+    if 1 <= exit_code <= 99:
+        reason, code, detail = parse_response(output)
+        return FilterResult(FilterOutcome.REJECT, reason, code, detail, exit_code=exit_code)
+    if exit_code == 100:
+        return FilterResult(FilterOutcome.ABANDON, exit_code=exit_code)
+    if exit_code == 102:
+        return FilterResult(FilterOutcome.STOP_SCAN, exit_code=exit_code)
+    if exit_code == 103:
+        return FilterResult(FilterOutcome.RESCAN, exit_code=exit_code, rescan=True)
+    if 104 <= exit_code <= 115:
+        return FilterResult(
+            FilterOutcome.ERROR, "filter error", None, f"reserved exit code {exit_code}", exit_code=exit_code
+        )
+    return FilterResult(FilterOutcome.ERROR, "filter error", None, f"exit code {exit_code}", exit_code=exit_code)
+
+
+def describe_failure(result: FilterResult) -> str:
+    """The tail of upstream's warning: ``exit code 1: [not today](550)``."""
+    head = f"exit code {result.exit_code}" if result.exit_code is not None else (result.detail or "error")
+    code = f"({result.code})" if result.code is not None else ""
+    return f"{head}: [{result.reason}]{code}"
+
+
+# ---- the filter ----------------------------------------------------------------------------
+class ExeFilter:
+    """``--filter=/path/prog``: run with [content path, envelope path], both absolute."""
+
+    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.program = spec.value
+        self.options = options
+        self.log = logmod.get()
+
+    async def run(self, ctx: FilterContext) -> FilterResult:
+        content = os.path.abspath(ctx.content_path)
+        envelope = os.path.abspath(ctx.envelope_path)
+        self.log.verbose(f"filter [{self.name}]: [{ctx.message_id}]: running {self.program}", ctx.log_address)
+        run = await run_program(
+            [self.program, content, envelope], timeout=self.options.timeout, output_cap=self.options.output_cap
+        )
+        if run.error is not None:
+            result = FilterResult(FilterOutcome.ERROR, "filter error", None, run.error)
+        elif run.timed_out:
+            result = FilterResult(FilterOutcome.ERROR, "filter timeout", None, run.describe())
+        elif run.signal is not None:
+            result = FilterResult(FilterOutcome.ERROR, "filter error", None, run.describe())
+        else:
+            assert run.exit_code is not None
+            result = result_for_exit_code(run.exit_code, run.output)
+        if result.outcome is FilterOutcome.REJECT:
+            self.log.warning(f"filter [{self.name}] failed: {describe_failure(result)}", ctx.log_address)
+        elif result.outcome is FilterOutcome.ERROR:
+            self.log.warning(f"filter [{self.name}] failed: {result.detail}", ctx.log_address)
+        return result
+
+    async def close(self) -> None:
+        return None
+
+
+# ---- the verifier ----------------------------------------------------------------------------
+class PeerLike(Protocol):
+    host: str
+    port: int
+
+
+def peer_text(peer: PeerLike | str | None) -> str:
+    """The verifier's third argument: ``ip:port`` (``ipv6.port`` as upstream writes it)."""
+    if peer is None:
+        return ""
+    if isinstance(peer, str):
+        return peer
+    host, port = peer.host, peer.port
+    if not port:
+        return host
+    return f"{host}.{port}" if ":" in host else f"{host}:{port}"
+
+
+def verifier_args(
+    recipient: str, mail_from: str | None, peer: PeerLike | str | None, domain: str, mechanism: str, auth_id: str
+) -> list[str]:
+    """The six arguments of the guide: recipient, from (empty for VRFY), ip:port, domain, mechanism, id."""
+    return [
+        recipient,
+        mail_from or "",
+        peer_text(peer),
+        domain,
+        (mechanism or "").lower(),
+        auth_id or "",
+    ]
+
+
+def verdict_for(
+    code: int | None, line1: str, line2: str, recipient: str, *, source: str = "address verifier"
+) -> RecipientVerdict:
+    """Map a verifier's answer (exit code or net: response code, two texts) to a verdict."""
+    log = logmod.get()
+    if code == 0:
+        mailbox = line2.strip()
+        if not is_clean_mailbox(mailbox):
+            log.warning(f"{source}: invalid mailbox name for [{recipient}]: [{mailbox}]")
+            return RecipientVerdict(
+                RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail="invalid mailbox name"
+            )
+        return RecipientVerdict(RecipientKind.LOCAL, recipient, mailbox=mailbox, full_name=clean_text(line1))
+    if code == 1:
+        address = line2.strip() or recipient
+        if not is_clean_address(address):
+            log.warning(f"{source}: invalid address for [{recipient}]: [{address}]")
+            return RecipientVerdict(
+                RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail="invalid address"
+            )
+        return RecipientVerdict(RecipientKind.REMOTE, address)
+    if code == 3:
+        return RecipientVerdict(
+            RecipientKind.TEMPORARY,
+            recipient,
+            reason=clean_text(line1) or "mailbox unavailable",
+            detail=clean_text(line2),
+        )
+    if code == 100:
+        return RecipientVerdict(RecipientKind.ABORT, recipient, reason=clean_text(line1), detail=clean_text(line2))
+    return RecipientVerdict(
+        RecipientKind.REJECT, recipient, reason=clean_text(line1) or "invalid mailbox", detail=clean_text(line2)
+    )
+
+
+def two_lines(output: bytes) -> tuple[str, str]:
+    lines = output.decode("utf-8", "replace").split("\n")
+    first = lines[0].rstrip("\r") if lines else ""
+    second = lines[1].rstrip("\r") if len(lines) > 1 else ""
+    return first, second
+
+
+class ExeVerifier:
+    """``--address-verifier=/path/prog``."""
+
+    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+        self.spec = spec
+        self.program = spec.value
+        self.options = options
+        self.log = logmod.get()
+
+    async def verify(
+        self, recipient: str, mail_from: str | None, peer: PeerLike | str | None, auth_mechanism: str, auth_id: str
+    ) -> RecipientVerdict:
+        args = verifier_args(recipient, mail_from, peer, self.options.domain, auth_mechanism, auth_id)
+        self.log.verbose("address verifier: executing " + " ".join(f"[{a}]" for a in [self.program, *args]))
+        run = await run_program(
+            [self.program, *args], timeout=self.options.timeout, output_cap=self.options.output_cap
+        )
+        line1, line2 = two_lines(run.output)
+        if run.exit_code is None:
+            self.log.warning(f"address verifier: {run.describe()}: [{recipient}]")
+            if run.timed_out:
+                return RecipientVerdict(
+                    RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail=run.describe()
+                )
+            return RecipientVerdict(RecipientKind.REJECT, recipient, reason="invalid mailbox", detail=run.describe())
+        self.log.verbose(f"address verifier: exit code {run.exit_code}: [{line1}] [{line2}]")
+        return verdict_for(run.exit_code, line1, line2, recipient)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,236 @@
+"""``net:`` filters and verifiers: a line protocol with a long-lived server.
+
+What it is for (reference guide, "Network filters", "Address verifier servers"):
+
+- filter: for each message send the absolute content path and a newline; the
+  answer is one line, ``ok`` to accept, anything else is the rejection reason
+  (a leading ``4xx ``/``5xx `` sets the SMTP code; text after a TAB is logged
+  only);
+- verifier: send the verifier's six arguments joined with ``|``; the answer is
+  ``0|mailbox|full name``, ``1|address``, ``2|reason``, ``3|reason`` or ``100``
+  (an optional third field of 2 and 3 is log-only detail).
+
+What it expects: a server on ``host:port`` (``[v6]:port``, upstream's
+``v6.port``) or an absolute unix-socket path, that keeps the connection open
+between requests.
+
+What it guarantees: connections are kept and reused (one request at a time
+each, a few idle ones pooled, so parallel sessions do not queue behind each
+other); a reused connection that turns out dead is replaced once,
+transparently; every exchange is bounded by ``--filter-timeout``; a server
+that cannot be reached or answers too late is an ERROR (filter: temporary
+failure) or a temporary 450 (verifier), never an accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from dataclasses import dataclass
+
+from .. import log as logmod
+from .exe import PeerLike, clean_text, split_code, verdict_for, verifier_args
+from .spec import FilterContext, PolicyOptions, Spec, SpecError
+from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
+
+MAX_IDLE = 8
+LINE_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str = ""
+    port: int = 0
+    path: str = ""  # unix socket
+
+    def __str__(self) -> str:
+        if self.path:
+            return self.path
+        return f"{self.host}.{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
+    """``host:port``, ``[v6]:port``, ``v6.port`` or ``/unix/path``."""
+    text = text.strip()
+    if text.startswith("/"):
+        return Endpoint(path=text)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") > 1:
+        try:
+            ipaddress.IPv6Address(text)
+            host, port_text = text, ""
+        except ValueError:
+            host, _, port_text = text.rpartition(".")
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise SpecError(f"invalid network address: [{text}]")
+    if not port_text:
+        if default_port is None:
+            raise SpecError(f"invalid network address (no port): [{text}]")
+        return Endpoint(host, default_port)
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise SpecError(f"invalid port in network address: [{text}]")
+    return Endpoint(host, int(port_text))
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class ConnectionPool:
+    """Idle connections to one server; callers take one, use it for one exchange, give it back."""
+
+    def __init__(self, endpoint: Endpoint, connect_timeout: float) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
+        self.idle: list[_Connection] = []
+
+    async def connect(self, timeout: float | None = None) -> _Connection:
+        ep = self.endpoint
+        limit = min(self.connect_timeout, timeout) if timeout is not None else self.connect_timeout
+        if ep.path:
+            opening = asyncio.open_unix_connection(ep.path, limit=LINE_LIMIT)
+        else:
+            opening = asyncio.open_connection(ep.host, ep.port, limit=LINE_LIMIT)
+        reader, writer = await asyncio.wait_for(opening, limit)
+        return _Connection(reader, writer)
+
+    def take(self) -> _Connection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.writer.is_closing() and not conn.reader.at_eof():
+                return conn
+            conn.close()
+        return None
+
+    def give(self, conn: _Connection) -> None:
+        if len(self.idle) < MAX_IDLE and not conn.writer.is_closing():
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    async def exchange(self, request: bytes, timeout: float) -> str:
+        """Send one request line, read one response line (without its line end).
+
+        Raises OSError, TimeoutError or ConnectionError when no answer came.
+        """
+        deadline = time.monotonic() + timeout
+        conn = self.take()
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = await self.connect(max(0.001, deadline - time.monotonic()))
+            try:
+                conn.writer.write(request)
+                await asyncio.wait_for(conn.writer.drain(), max(0.001, deadline - time.monotonic()))
+                line = await asyncio.wait_for(conn.reader.readline(), max(0.001, deadline - time.monotonic()))
+                if not line.endswith(b"\n"):
+                    raise ConnectionError("connection closed by the server")
+            except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                conn.close()
+                if reused:  # a pooled connection the server had dropped: one fresh try
+                    conn, reused = None, False
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            self.give(conn)
+            return line.decode("utf-8", "replace").rstrip("\r\n")
+
+    async def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class NetFilter:
+    """``net:<address>`` as a --filter or --client-filter."""
+
+    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.options = options
+        self.pool = ConnectionPool(parse_endpoint(spec.value), options.connection_timeout)
+        self.log = logmod.get()
+
+    async def run(self, ctx: FilterContext) -> FilterResult:
+        request = (str(ctx.content_path) + "\n").encode("utf-8", "surrogateescape")
+        self.log.verbose(f"filter [{self.name}]: [{ctx.message_id}]: sending [{ctx.content_path}]", ctx.log_address)
+        try:
+            line = await self.pool.exchange(request, self.options.timeout)
+        except TimeoutError:
+            self.log.warning(f"filter [{self.name}] failed: timeout", ctx.log_address)
+            return FilterResult(FilterOutcome.ERROR, "filter timeout", None, f"timeout after {self.options.timeout:.0f}s")
+        except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            self.log.warning(f"filter [{self.name}] failed: {text}", ctx.log_address)
+            return FilterResult(FilterOutcome.ERROR, "filter error", None, f"network filter: {clean_text(text)}")
+        return self.result_for(line, ctx)
+
+    def result_for(self, line: str, ctx: FilterContext) -> FilterResult:
+        if line.strip().lower() == "ok":
+            return FilterResult.accept()
+        reason, _, detail = line.partition("\t")
+        reason, code = split_code(clean_text(reason))
+        result = FilterResult(FilterOutcome.REJECT, reason or "rejected", code, clean_text(detail))
+        tail = f"({code})" if code is not None else ""
+        self.log.warning(f"filter [{self.name}] failed: response [{result.reason}]{tail}", ctx.log_address)
+        return result
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+class NetVerifier:
+    """``--address-verifier=net:<address>``."""
+
+    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+        self.spec = spec
+        self.options = options
+        self.pool = ConnectionPool(parse_endpoint(spec.value), options.connection_timeout)
+        self.log = logmod.get()
+
+    async def verify(
+        self, recipient: str, mail_from: str | None, peer: PeerLike | str | None, auth_mechanism: str, auth_id: str
+    ) -> RecipientVerdict:
+        args = verifier_args(recipient, mail_from, peer, self.options.domain, auth_mechanism, auth_id)
+        request = "|".join(clean_text(a, 1024) for a in args) + "\n"
+        self.log.verbose(f"address verifier: [{self.spec.text}]: request [{request.rstrip()}]")
+        try:
+            line = await self.pool.exchange(request.encode("utf-8", "surrogateescape"), self.options.timeout)
+        except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            text = str(exc) or type(exc).__name__
+            self.log.warning(f"address verifier: [{self.spec.text}]: no response: {text}")
+            return RecipientVerdict(RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail=text)
+        self.log.verbose(f"address verifier: [{self.spec.text}]: response [{line}]")
+        fields = line.split("|")
+        try:
+            code: int | None = int(fields[0].strip())
+        except ValueError:
+            code = None
+        if code == 0:
+            return verdict_for(0, "|".join(fields[2:]), _field(fields, 1), recipient)
+        if code == 1:
+            return verdict_for(1, "", _field(fields, 1), recipient)
+        if code is None:
+            self.log.warning(f"address verifier: [{self.spec.text}]: invalid response [{line}]")
+        return verdict_for(code, _field(fields, 1), _field(fields, 2), recipient)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def _field(fields: list[str], index: int) -> str:
+    return fields[index] if index < len(fields) else ""

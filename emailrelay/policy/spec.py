@@ -1,0 +1,210 @@
+"""Filter and verifier specifications: what ``--filter``, ``--client-filter`` and ``--address-verifier`` say.
+
+What it is for: turning an option value into a list of :class:`Spec` (a
+comma-separated chain for filters, one item for a verifier), and the small
+shared vocabulary of the policy modules: :class:`PolicyOptions` (the
+configuration they need), :class:`FilterContext` (the message a filter is
+given) and :class:`Filter` (what every filter kind implements).
+
+Forms (reference guide, "Filters", "Built-in filters", "Address verifiers"):
+
+- a program path (absolute, or relative to the start directory), also
+  written ``file:<path>`` or ``exe:<path>``;
+- ``net:<host:port>`` or ``net:<unix-socket-path>``;
+- ``spam:<host:port>``, ``spam-edit:<host:port>``;
+- ``exit:<n>``;
+- ``copy:[params]``, ``deliver:[params]``, ``split:[raw]``, ``mx:[params]``,
+  ``msgid:``; and, for verifiers only, ``account:[params]``.
+
+Built-in parameters are separated by semicolons (``deliver:hardlink;nodelete``,
+``mx:nst=60;rt=60;127.0.0.1:53``), never commas: a comma always separates
+chain items, as in upstream, so a program path cannot hold a comma.
+
+Guarantees: every malformed value is a :class:`SpecError` with a message
+naming the item, raised at start-up, never while mail flows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..spool.names import MessageId, State, split_envelope_name
+from ..spool.store import SpoolStore
+from .verdicts import FilterResult
+
+FILTER_BUILTINS = ("exit", "copy", "deliver", "split", "mx", "msgid")
+NETWORK_KINDS = ("net", "spam", "spam-edit")
+VERIFIER_BUILTINS = ("account",)
+
+
+class SpecError(ValueError):
+    """A filter or verifier specification cannot be used."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One filter or verifier."""
+
+    kind: str  # "exe", "net", "spam", "spam-edit", "exit", "copy", ..., "account"
+    value: str  # program path, network address, exit number or the raw parameter text
+    params: tuple[str, ...] = ()  # the semicolon-separated parameters of a built-in
+    text: str = ""  # as given on the command line
+
+    @property
+    def name(self) -> str:
+        """The name in log lines: a program's base name, otherwise the text as given."""
+        if self.kind == "exe":
+            return os.path.basename(self.value) or self.value
+        return self.text or f"{self.kind}:{self.value}"
+
+
+@dataclass
+class PolicyOptions:
+    """What the policy layer takes from the configuration."""
+
+    spool_dir: Path = Path("/var/spool/emailrelay")
+    delivery_dir: Path | None = None  # --delivery-dir; None: the spool directory
+    domain: str = ""  # --domain: the verifier's fourth argument, account:'s domain
+    timeout: float = 60.0  # --filter-timeout, also used for verifiers and network peers
+    output_cap: int = 64 * 1024  # bytes of a program's stdout that are kept
+    connection_timeout: float = 10.0  # net:/spam: connect timeout (bounded by timeout)
+
+    @property
+    def mailbox_base(self) -> Path:
+        return self.delivery_dir if self.delivery_dir is not None else self.spool_dir
+
+
+@dataclass
+class FilterContext:
+    """The message a filter runs on."""
+
+    message_id: MessageId | str
+    content_path: str
+    envelope_path: str
+    client: bool = False  # --client-filter (envelope is .busy) rather than --filter (.new)
+    log_address: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def state(self) -> State:
+        parsed = split_envelope_name(os.path.basename(self.envelope_path))
+        if parsed is not None:
+            return parsed[1]
+        return State.BUSY if self.client else State.NEW
+
+    @property
+    def mid(self) -> MessageId:
+        if isinstance(self.message_id, MessageId):
+            return self.message_id
+        return MessageId.parse(str(self.message_id))
+
+
+def store_for(store: SpoolStore, ctx: FilterContext) -> SpoolStore:
+    """The store of the directory holding the filter's message (the spool, or a sub-directory)."""
+    directory = Path(os.path.abspath(ctx.envelope_path)).parent
+    if directory == store.directory:
+        return store
+    return SpoolStore(directory, fsync=store.fsync, group=store.group, file_mode=store.file_mode)
+
+
+class Filter(Protocol):
+    """What every filter kind implements."""
+
+    name: str
+
+    async def run(self, ctx: FilterContext) -> FilterResult: ...
+
+    async def close(self) -> None: ...
+
+
+def parse_filters(
+    values: str | list[str] | tuple[str, ...] | None, *, client: bool = False, base_dir: str | None = None
+) -> list[Spec]:
+    """Parse ``--filter`` or ``--client-filter`` values (each possibly a comma-separated chain)."""
+    if values is None:
+        return []
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[Spec] = []
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if part:
+                out.append(_parse_one(part, allowed=(*FILTER_BUILTINS, *NETWORK_KINDS), base_dir=base_dir))
+    return out
+
+
+def parse_verifier(value: str | None, *, base_dir: str | None = None) -> Spec | None:
+    """Parse ``--address-verifier`` (one item: a program, ``net:`` or ``account:``)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if "," in value:
+        raise SpecError(f"--address-verifier: only one verifier can be given: [{value}]")
+    return _parse_one(value, allowed=("net", *VERIFIER_BUILTINS), base_dir=base_dir, what="address verifier")
+
+
+def _parse_one(text: str, *, allowed: tuple[str, ...], base_dir: str | None, what: str = "filter") -> Spec:
+    prefix, colon, rest = text.partition(":")
+    kind = prefix.lower() if colon else ""
+    if kind in ("file", "exe"):
+        return _program(rest, text, base_dir, what)
+    if kind in (*FILTER_BUILTINS, *NETWORK_KINDS, *VERIFIER_BUILTINS):
+        if kind not in allowed:
+            raise SpecError(f"{what} [{text}]: {kind}: cannot be used here")
+        return _builtin(kind, rest, text, what)
+    return _program(text, text, base_dir, what)
+
+
+def _program(path: str, text: str, base_dir: str | None, what: str) -> Spec:
+    path = path.strip()
+    if not path:
+        raise SpecError(f"{what} [{text}]: no program given")
+    if "\0" in path:
+        raise SpecError(f"{what} [{text}]: invalid program path")
+    if not os.path.isabs(path):
+        path = os.path.normpath(os.path.join(base_dir or os.getcwd(), path))
+    return Spec("exe", path, (), text)
+
+
+def _builtin(kind: str, rest: str, text: str, what: str) -> Spec:
+    rest = rest.strip()
+    if kind in NETWORK_KINDS:
+        if not rest:
+            raise SpecError(f"{what} [{text}]: no network address given")
+        return Spec(kind, rest, (), text)
+    if kind == "exit":
+        try:
+            number = int(rest)
+        except ValueError:
+            raise SpecError(f"{what} [{text}]: exit: needs a number, eg. exit:103") from None
+        if not 0 <= number <= 255:
+            raise SpecError(f"{what} [{text}]: exit code out of range")
+        return Spec(kind, str(number), (), text)
+    params = tuple(p.strip() for p in rest.split(";") if p.strip())
+    known = _KNOWN_PARAMS.get(kind)
+    if known is not None:
+        for p in params:
+            if p.lower() not in known:
+                raise SpecError(f"{what} [{text}]: unknown parameter [{p}]")
+    return Spec(kind, rest, params, text)
+
+
+_KNOWN_PARAMS: dict[str, frozenset[str]] = {
+    "copy": frozenset({"hardlink", "pop", "nodelete"}),
+    "deliver": frozenset({"hardlink", "nodelete"}),
+    "split": frozenset({"raw"}),
+    "msgid": frozenset(),
+    # mx: and account: have free-form parameters, checked by their modules
+}
+
+
+def warnings_for(specs: list[Spec]) -> list[str]:
+    """Start-up warnings (upstream warns, and carries on, when a filter program is missing)."""
+    out = []
+    for spec in specs:
+        if spec.kind == "exe" and not os.access(spec.value, os.X_OK):
+            out.append(f"filter program not executable: [{spec.value}]")
+    return out

@@ -1,0 +1,183 @@
+"""The supervised roles: what each circus watcher process runs.
+
+What it is for: ARCHITECTURE.md's process table.  Each function runs one
+role until SIGTERM, reusing the same services as the single-process
+instance, and talks to the others only through the spool and the bus:
+
+- ``smtp``: the storage service on sockets inherited from circus; publishes
+  ``smtp.accepted`` and ``spool.ready``; obeys ``cmd.smtp.disable/enable``;
+  with ``--immediate`` it forwards in-process;
+- ``forward``: a forwarder; rung by ``spool.ready`` for the ids of its
+  share (crc32(id) mod N), by ``cmd.forward``/``cmd.flush`` for everything,
+  and by its own ``--poll`` timer and start-up rescan;
+- ``notify``: the spool watcher;
+- ``bus``: the ZeroMQ forwarder.
+
+Guarantees: a role whose parent (the circus arbiter) dies is killed by the
+kernel (PR_SET_PDEATHSIG), so a ``kill -9`` of the arbiter never leaves
+orphans holding the port; every role stops within the supervisor's
+graceful timeout on SIGTERM, releasing its claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import signal
+import socket
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import identity
+from .. import log as logmod
+from ..bus import schema
+from ..bus.endpoint import BusClient
+from ..config import Config
+from ..spool.names import MessageId
+from .instance import build_smtp_service, open_store
+from .notify import SpoolWatcher
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def become_role(role: str) -> None:
+    """Die with the arbiter, and show the role's name in ``ps -o comm``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_NAME, f"emailrelay-{role}"[:15].encode(), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def drop_privileges(config: Config) -> None:
+    if identity.switching_applies(config.user):
+        identity.drop(identity.lookup(config.user))
+
+
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    await stop.wait()
+
+
+def share_of(mid: str, count: int) -> int:
+    return zlib.crc32(mid.encode()) % max(1, count)
+
+
+async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
+    log = logmod.get()
+    bus = BusClient(run_dir)
+    sockets = [socket.socket(fileno=fd) for fd in fds]
+    for s in sockets:
+        s.setblocking(False)
+    drop_privileges(config)
+    store = open_store(config)
+    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
+    forwarder = None
+    if config.immediate and config.forward_to:
+        from .forward import ForwardService
+
+        forwarder = ForwardService(config, store, executor=executor)
+    session_ids: list[MessageId] = []
+
+    def committed(mid: MessageId) -> None:
+        if config.forward_on_disconnect and config.poll is None:
+            session_ids.append(mid)  # proxy mode: rung when the client disconnects
+        else:
+            bus.publish(schema.SPOOL_READY, id=str(mid))
+
+    def disconnected() -> None:
+        while session_ids:
+            bus.publish(schema.SPOOL_READY, id=str(session_ids.pop(0)))
+
+    smtpd = build_smtp_service(
+        config, store, executor, forwarder, on_commit=committed, on_disconnect=disconnected
+    )
+    smtpd.hooks.on_reject = lambda reason: bus.publish(schema.SMTP_REJECTED, reason=reason)
+    bus.subscribe([schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE])
+
+    async def commands() -> None:
+        async for topic, _ in bus.messages():
+            smtpd.enabled = topic == schema.CMD_SMTP_ENABLE
+            log.info(f"smtp {'enabled' if smtpd.enabled else 'disabled'}")
+
+    await smtpd.start(sockets)
+    bus.publish(schema.ROLE_STARTED, role="smtp")
+    listener = asyncio.get_running_loop().create_task(commands())
+    try:
+        await _until_stopped()
+    finally:
+        bus.publish(schema.ROLE_STOPPING, role="smtp")
+        listener.cancel()
+        await smtpd.stop(5.0)
+        if forwarder is not None:
+            await forwarder.stop()
+        executor.shutdown(wait=True)
+        bus.close()
+    return 0
+
+
+async def run_forward(config: Config, run_dir: str, index: int, count: int) -> int:
+    from .forward import ForwardService
+
+    bus = BusClient(run_dir)
+    drop_privileges(config)
+    store = open_store(config)
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool")
+    forwarder = ForwardService(config, store, executor=executor)
+    forwarder.on_event = bus.publish
+    bus.subscribe([schema.SPOOL_READY, schema.CMD_FORWARD, schema.CMD_FLUSH])
+
+    async def rings() -> None:
+        async for topic, body in bus.messages():
+            if topic == schema.SPOOL_READY:
+                text = str(body.get("id", ""))
+                with contextlib.suppress(ValueError):
+                    if share_of(text, count) == index:
+                        forwarder.ring(MessageId.parse(text))
+            else:
+                forwarder.forward_all_now()
+
+    if index == 0:
+        report = store.recover(new_age=max(600.0, 2 * config.filter_timeout))
+        for mid in report.released:
+            logmod.get().info(f"recovered claim on [{mid}]: returned to the queue")
+    await forwarder.start(initial=True)
+    bus.publish(schema.ROLE_STARTED, role="forward")
+    listener = asyncio.get_running_loop().create_task(rings())
+    try:
+        await _until_stopped()
+    finally:
+        bus.publish(schema.ROLE_STOPPING, role="forward")
+        listener.cancel()
+        await forwarder.stop()
+        executor.shutdown(wait=True)
+        bus.close()
+    return 0
+
+
+async def run_notify(config: Config, run_dir: str, polling: bool) -> int:
+    log = logmod.get()
+    bus = BusClient(run_dir)
+    drop_privileges(config)
+
+    def ready(mid: str) -> None:
+        bus.publish(schema.SPOOL_READY, id=mid)
+
+    watcher = SpoolWatcher(str(config.spool_dir), ready, polling=polling)
+    mode = watcher.start(asyncio.get_running_loop())
+    log.verbose(f"spool notifier watching {config.spool_dir} ({mode})")
+    bus.publish(schema.ROLE_STARTED, role="notify")
+    try:
+        await _until_stopped()
+    finally:
+        watcher.stop()
+        bus.close()
+    return 0

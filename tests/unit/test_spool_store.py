@@ -1,0 +1,463 @@
+"""The spool store (SPEC.md §3, ARCHITECTURE.md "The durability protocol") on a real directory.
+
+Cross-process behaviour (claims, recovery, id uniqueness) uses real forked
+processes; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from emailrelay.spool import envelope as env_format
+from emailrelay.spool.envelope import Envelope
+from emailrelay.spool.names import MessageId, State
+from emailrelay.spool.store import SpoolStore
+
+CTX = multiprocessing.get_context("fork")
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
+
+ENV = Envelope(from_address="a@example.com", to_remote=("b@example.net",), client="127.0.0.1")
+CONTENT = b"Subject: test\r\n\r\nbody\r\n"
+
+
+def names(spool: Path) -> list[str]:
+    return sorted(p.name for p in spool.iterdir())
+
+
+def state_of(store: SpoolStore, mid: MessageId) -> State | None:
+    found = store.find(str(mid))
+    return None if found is None else found[1]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SpoolStore:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    return SpoolStore(spool)
+
+
+# ---------------------------------------------------------------- storing
+
+
+def test_create_write_commit(store: SpoolStore) -> None:
+    msg = store.create()
+    mid = msg.id
+    assert names(store.directory) == [f"{mid}.content"]
+    msg.write(b"Subject: x\r\n")
+    msg.write(b"\r\nbody\r\n")
+    msg.write_envelope(ENV)
+    assert names(store.directory) == [f"{mid}.content", f"{mid}.envelope.new"]
+    assert store.ready() == []  # .new is never forwarded
+    msg.commit()
+    assert names(store.directory) == [f"{mid}.content", f"{mid}.envelope"]
+    assert store.ready() == [mid]
+    assert store.content_path(mid).read_bytes() == b"Subject: x\r\n\r\nbody\r\n"
+    assert store.envelope_path(mid, State.READY).read_bytes() == ENV.to_bytes()
+    assert store.read_envelope(mid) == ENV
+    for p in store.directory.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o660, p
+    assert store.content_path(mid).is_absolute()
+
+
+def test_abandon_before_and_after_envelope(store: SpoolStore) -> None:
+    first = store.create()
+    first.write(CONTENT)
+    first.abandon()
+    second = store.create()
+    second.write(CONTENT)
+    second.write_envelope(ENV)
+    second.abandon()
+    assert names(store.directory) == []
+    assert first.id != second.id
+
+
+def test_store_message_and_find(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    assert store.find(str(mid)) == (mid, State.READY)
+    assert store.find("emailrelay.1.2.3") is None
+    assert store.find("../../etc/passwd") is None
+    entries = list(store.scan())
+    assert [(e.id, e.state) for e in entries] == [(mid, State.READY)]
+
+
+def test_scan_ignores_foreign_files(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    for name in ("notes.txt", "emailrelay.1.2.envelope", f"{mid}.envelope.busy.tmp", "x.envelope"):
+        (store.directory / name).write_bytes(b"x")
+    (store.directory / "sub").mkdir()
+    assert [(e.id, e.state) for e in store.scan()] == [(mid, State.READY)]
+
+
+def test_create_skips_an_existing_content_file(store: SpoolStore) -> None:
+    """A pid reused within the same second must not clobber an older message."""
+    now = int(time.time())
+    planted = {}
+    for t in range(now, now + 4):
+        for seq in range(1, 4):
+            name = f"emailrelay.{os.getpid()}.{t}.{seq}.content"
+            planted[name] = f"old {t} {seq}".encode()
+            (store.directory / name).write_bytes(planted[name])
+    fresh = SpoolStore(store.directory)
+    mid = fresh.store_message(ENV, CONTENT)
+    assert f"{mid}.content" not in planted
+    for name, data in planted.items():
+        assert (store.directory / name).read_bytes() == data
+    assert fresh.content_path(mid).read_bytes() == CONTENT
+
+
+# ---------------------------------------------------------------- state changes
+
+
+def test_claim_release(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    claim = store.claim(mid)
+    assert claim is not None and claim.active
+    assert state_of(store, mid) is State.BUSY
+    assert claim.envelope() == ENV
+    assert store.ready() == []
+    assert store.claim(mid) is None  # a second claim (same process, other descriptor) loses
+    claim.release()
+    assert not claim.active
+    assert state_of(store, mid) is State.READY
+    assert store.ready() == [mid]
+    again = store.claim(mid)
+    assert again is not None
+    again.release()
+
+
+def test_claim_context_manager_releases(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    claim = store.claim(mid)
+    assert claim is not None
+    with claim:
+        assert state_of(store, mid) is State.BUSY
+    assert state_of(store, mid) is State.READY
+
+
+def test_claim_of_missing_message(store: SpoolStore) -> None:
+    assert store.claim(MessageId(time=1, pid=1, seq=1)) is None
+
+
+def test_release_not_before_hides_until_due(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    other = store.store_message(ENV, CONTENT)
+    due = time.time() + 3600
+    claim = store.claim(mid)
+    assert claim is not None
+    claim.release(not_before=due)
+    assert state_of(store, mid) is State.READY
+    assert store.ready() == [other]
+    assert sorted(store.ready(ignore_backoff=True)) == sorted([mid, other])
+    assert mid in store.ready(now=due + 1)
+    # next_due is the earliest "not before": the other message is due now
+    nd = store.next_due()
+    assert nd is not None and nd <= time.time() + 1
+    claim2 = store.claim(other)
+    assert claim2 is not None
+    claim2.remove()
+    nd = store.next_due()
+    assert nd is not None and abs(nd - due) < 2
+    # a short back-off becomes due by itself
+    claim3 = store.claim(mid)
+    assert claim3 is not None
+    claim3.release(not_before=time.time() + 0.3)
+    assert store.ready() == []
+    deadline = time.monotonic() + 10
+    while store.ready() != [mid] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.ready() == [mid]
+
+
+def test_fail_appends_reason(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    claim = store.claim(mid)
+    assert claim is not None
+    bad = claim.fail("5.1.1 no such user\r\nX-Forged: 1", 550)
+    assert bad == store.envelope_path(mid, State.BAD)
+    assert state_of(store, mid) is State.BAD
+    data = bad.read_bytes()
+    head, _, tail = data.partition(b"X-MailRelay-End: 1\r\n")
+    assert head + b"X-MailRelay-End: 1\r\n" == ENV.to_bytes()
+    assert tail == b"X-MailRelay-Reason: 5.1.1 no such user X-Forged: 1\r\nX-MailRelay-ReasonCode: 550\r\n"
+    assert store.content_path(mid).read_bytes() == CONTENT  # the content stays
+    assert not claim.active
+    assert store.ready() == []
+    assert not list(store.directory.glob("*.tmp"))
+
+
+def test_fail_without_code(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    claim = store.claim(mid)
+    assert claim is not None
+    data = claim.fail("connection refused", None).read_bytes()
+    assert data.endswith(b"X-MailRelay-Reason: connection refused\r\nX-MailRelay-ReasonCode: \r\n")
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="upstream fixtures not found")
+def test_fail_matches_upstream_failed_fixture(store: SpoolStore) -> None:
+    bad_fixture = (FIXTURES / "failed.envelope.bad").read_bytes()
+    base = env_format.parse(bad_fixture).without_failure()
+    mid = store.store_message(base, CONTENT)
+    claim = store.claim(mid)
+    assert claim is not None
+    assert claim.fail("5.7.1 rejected for testing", 550).read_bytes() == bad_fixture
+
+
+def test_unfail_keeps_reason_until_next_failure(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    claim = store.claim(mid)
+    assert claim is not None
+    claim.fail("first", 451)
+    assert store.unfail(mid)
+    assert state_of(store, mid) is State.READY
+    assert store.read_envelope(mid).reason == "first"  # left for the next failure to replace
+    assert store.ready() == [mid]  # due at once
+    claim = store.claim(mid)
+    assert claim is not None
+    data = claim.fail("second", 554).read_bytes()
+    assert data.count(b"X-MailRelay-Reason:") == 1 and data.count(b"X-MailRelay-ReasonCode:") == 1
+    assert data.endswith(b"X-MailRelay-Reason: second\r\nX-MailRelay-ReasonCode: 554\r\n")
+    assert not store.unfail(MessageId(time=1, pid=1, seq=1))
+
+
+def test_unfail_all(store: SpoolStore) -> None:
+    ids = [store.store_message(ENV, CONTENT) for _ in range(3)]
+    keep = store.store_message(ENV, CONTENT)
+    for mid in ids:
+        claim = store.claim(mid)
+        assert claim is not None
+        claim.fail("x", 550)
+    assert store.unfail_all() == 3
+    assert sorted(store.ready()) == sorted([*ids, keep])
+
+
+def test_hold_and_release_held(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    assert store.hold(mid)
+    assert state_of(store, mid) is State.HELD
+    assert store.ready() == [] and store.claim(mid) is None
+    assert not store.hold(mid)
+    assert store.release_held(mid)
+    assert store.ready() == [mid]
+
+
+def test_delete(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    assert store.delete(mid, State.READY)
+    assert names(store.directory) == []
+    assert not store.delete(mid, State.READY)
+    busy = store.store_message(ENV, CONTENT)
+    claim = store.claim(busy)
+    assert claim is not None
+    with pytest.raises(OSError):
+        store.delete(busy, State.BUSY)
+    assert state_of(store, busy) is State.BUSY
+    claim.remove()
+    assert names(store.directory) == []
+
+
+def test_claim_rewrite_keeps_the_claim(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    claim = store.claim(mid)
+    assert claim is not None
+    edited = Envelope(from_address="a@example.com", to_remote=("c@example.org",), forward_to="mx.example")
+    claim.rewrite(edited)
+    assert store.envelope_path(mid, State.BUSY).read_bytes() == edited.to_bytes()
+    assert store.claim(mid) is None
+    assert store.recover().released == []  # still locked: the claim moved to the new inode
+    claim.release()
+    assert store.read_envelope(mid) == edited
+
+
+# ---------------------------------------------------------------- other processes
+
+
+def _claim_in_child(spool: str, mid: str, conn: multiprocessing.connection.Connection) -> None:
+    claim = SpoolStore(spool).claim(MessageId.parse(mid))
+    conn.send(claim is not None)
+    conn.recv()  # hold the claim until told
+    if claim is not None:
+        claim.release()
+
+
+def test_claim_excludes_a_claim_from_another_process(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    mine = store.claim(mid)
+    assert mine is not None
+    parent, child = CTX.Pipe()
+    proc = CTX.Process(target=_claim_in_child, args=(str(store.directory), str(mid), child))
+    proc.start()
+    try:
+        assert parent.poll(30)
+        assert parent.recv() is False
+        parent.send("go")
+    finally:
+        proc.join(30)
+    assert proc.exitcode == 0
+    mine.release()
+    # and the other way round
+    parent, child = CTX.Pipe()
+    proc = CTX.Process(target=_claim_in_child, args=(str(store.directory), str(mid), child))
+    proc.start()
+    try:
+        assert parent.poll(30)
+        assert parent.recv() is True
+        assert store.claim(mid) is None
+        assert state_of(store, mid) is State.BUSY
+        parent.send("go")
+    finally:
+        proc.join(30)
+    assert state_of(store, mid) is State.READY
+
+
+def _claim_many(spool: str, start: multiprocessing.synchronize.Barrier, conn) -> None:  # type: ignore[no-untyped-def]
+    s = SpoolStore(spool)
+    ids = sorted(s.ready())
+    start.wait(30)
+    won = []
+    claims = []
+    for mid in ids:
+        c = s.claim(mid)
+        if c is not None:
+            won.append(str(mid))
+            claims.append(c)  # keep every claim open until the end
+    conn.send(won)
+    conn.recv()
+
+
+def test_concurrent_claims_have_exactly_one_winner(store: SpoolStore) -> None:
+    fast = SpoolStore(store.directory, fsync=False)
+    ids = {str(fast.store_message(ENV, CONTENT)) for _ in range(300)}
+    barrier = CTX.Barrier(3)
+    procs, pipes = [], []
+    for _ in range(3):
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=_claim_many, args=(str(store.directory), barrier, child))
+        p.start()
+        procs.append(p)
+        pipes.append(parent)
+    try:
+        results = []
+        for conn in pipes:
+            assert conn.poll(60)
+            results.append(conn.recv())
+        for conn in pipes:
+            conn.send("done")
+    finally:
+        for p in procs:
+            p.join(30)
+    won = [mid for r in results for mid in r]
+    assert len(won) == len(set(won)), "a message was claimed twice"
+    assert set(won) == ids
+    # the winners died holding their claims: all are .busy until recovery returns them
+    assert {str(e.id) for e in store.scan() if e.state is State.BUSY} == ids
+    assert {str(m) for m in store.recover().released} == ids
+    assert {str(m) for m in store.ready()} == ids
+
+
+def _claim_and_die(spool: str, mid: str) -> None:
+    claim = SpoolStore(spool).claim(MessageId.parse(mid))
+    os._exit(0 if claim is not None else 3)
+
+
+def test_recover_returns_claim_of_dead_process(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    proc = CTX.Process(target=_claim_and_die, args=(str(store.directory), str(mid)))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 0
+    assert state_of(store, mid) is State.BUSY
+    report = store.recover()
+    assert report.released == [mid]
+    assert state_of(store, mid) is State.READY
+    assert store.read_envelope(mid) == ENV
+    assert store.recover().released == []
+
+
+def test_recover_leaves_claim_of_live_process(store: SpoolStore) -> None:
+    mid = store.store_message(ENV, CONTENT)
+    parent, child = CTX.Pipe()
+    proc = CTX.Process(target=_claim_in_child, args=(str(store.directory), str(mid), child))
+    proc.start()
+    try:
+        assert parent.poll(30) and parent.recv() is True
+        assert store.recover().released == []
+        assert state_of(store, mid) is State.BUSY
+    finally:
+        proc.kill()  # dies holding the claim
+        proc.join(30)
+    assert store.recover().released == [mid]
+    assert state_of(store, mid) is State.READY
+
+
+def test_recover_removes_old_new_and_tmp_files(store: SpoolStore) -> None:
+    old = store.create()
+    old.write(CONTENT)
+    old.write_envelope(ENV)
+    young = store.create()
+    young.write(CONTENT)
+    young.write_envelope(ENV)
+    committed = store.store_message(ENV, CONTENT)
+    past = time.time() - 3600
+    os.utime(old.envelope_path, (past, past))
+    tmp_old = store.directory / f"{committed}.envelope.busy.tmp"
+    tmp_old.write_bytes(b"x")
+    os.utime(tmp_old, (past, past))
+    report = store.recover(new_age=600)
+    assert report.removed_new == [old.id]
+    assert report.removed_tmp == 1
+    assert sorted(names(store.directory)) == sorted(
+        [
+            f"{young.id}.content",
+            f"{young.id}.envelope.new",
+            f"{committed}.content",
+            f"{committed}.envelope",
+        ]
+    )
+
+
+# ---------------------------------------------------------------- id uniqueness
+
+
+def _store_many(store: SpoolStore, n: int, barrier: multiprocessing.synchronize.Barrier) -> None:
+    barrier.wait(60)
+    for i in range(n):
+        body = f"Subject: {os.getpid()} {i}\r\n\r\nmessage {os.getpid()}/{i}\r\n".encode()
+        env = Envelope(from_address=f"p{os.getpid()}@example.com", to_remote=(f"r{i}@example.net",))
+        store.store_message(env, body)
+    os._exit(0)
+
+
+def test_ids_unique_across_four_processes(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    shared = SpoolStore(spool, fsync=False)  # created before the fork: each child must restart its ids
+    barrier = CTX.Barrier(4)
+    procs = [CTX.Process(target=_store_many, args=(shared, 500, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    files = names(spool)
+    contents = [n for n in files if n.endswith(".content")]
+    envelopes = [n for n in files if n.endswith(".envelope")]
+    assert len(files) == 4000 and len(contents) == 2000 and len(envelopes) == 2000
+    ids = {n[: -len(".content")] for n in contents}
+    assert ids == {n[: -len(".envelope")] for n in envelopes}
+    seen = set()
+    for mid in ids:
+        body = (spool / f"{mid}.content").read_bytes()
+        env = env_format.parse((spool / f"{mid}.envelope").read_bytes())
+        pid, i = body.split(b"\r\n", 1)[0].decode().split()[1:]
+        assert env.from_address == f"p{pid}@example.com" and env.to_remote == (f"r{i}@example.net",)
+        assert MessageId.parse(mid).pid == int(pid)
+        seen.add((pid, i))
+    assert len(seen) == 2000
+    assert {p for p, _ in seen} == {str(p.pid) for p in procs}
