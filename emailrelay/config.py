@@ -66,6 +66,8 @@ class Config:
     run_dir: Path | None = None
     as_client: bool = False
     single_process: bool = False
+    admin_port: int | None = None
+    admin_terminate: bool = False
     notify_polling: bool = False
 
     def ehlo_name(self) -> str:
@@ -207,6 +209,9 @@ def from_values(values: Values) -> Config:
         c.run_dir = Path(run_dir)
     c.as_client = bool(values.get("as-client"))
     c.single_process = bool(values.get("single-process"))
+    if values.get("admin") not in (None, False):
+        c.admin_port = _int(values, "admin", 0)
+    c.admin_terminate = bool(values.get("admin-terminate"))
     c.notify_polling = values.get("notify") == "poll"
     if c.forward_to is None and (c.forward or c.forward_on_disconnect or c.poll is not None or c.immediate):
         raise UsageError("forwarding needs --forward-to (or --as-client / --as-proxy)")

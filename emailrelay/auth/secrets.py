@@ -163,7 +163,9 @@ class TrustRule:
         return all(o is None or o == b for o, b in zip(self.octets, address.packed, strict=True))
 
 
-def _parse_range(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | None, tuple[int | None, ...] | None]:
+def _parse_range(
+    text: str,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | None, tuple[int | None, ...] | None]:
     if "*" in text:
         parts = text.split(".")
         if len(parts) != 4 or not all(_OCTET_RE.fullmatch(p) for p in parts):
@@ -303,7 +305,9 @@ class Secrets:
             else:
                 self._add_token_command(f[2], f[3], selector, n)
         else:
-            raise self._error(f"unknown password type [{f[1]}]: expected plain, md5, plain:b, oauth or none", n)
+            raise self._error(
+                f"unknown password type [{f[1]}]: expected plain, md5, plain:b, oauth or none", n
+            )
 
     def _add_old(self, f: list[str], n: int) -> None:
         mechanism, side = _OLD_MECHANISMS[f[0].lower()], f[1].lower()

@@ -29,13 +29,23 @@ from .parse import Value, expand_shorthands, parse_command_line
 
 #: Options accepted by the parser whose feature has not landed yet; using one is an error, not a no-op.
 NOT_IMPLEMENTED = (
-    "pop", "pop-auth", "pop-by-name", "pop-no-delete", "admin", "admin-terminate",
+    "pop", "pop-auth", "pop-by-name", "pop-no-delete",
     "filter", "client-filter", "address-verifier", "delivery-dir", "dnsbl",
     "server-auth", "client-auth", "server-auth-config", "client-auth-config",
     "server-tls", "server-tls-connection", "server-tls-certificate", "server-tls-required", "server-tls-verify",
     "client-tls", "client-tls-connection", "client-tls-certificate", "client-tls-required",
     "client-tls-server-name", "client-tls-verify", "client-tls-verify-name", "tls-config",
 )  # fmt: skip
+
+
+def _events(argv: list[str]) -> int:
+    from .events import main as events_main
+
+    return events_main(argv)
+
+
+#: Operator tools run as ``emailrelay <tool> ...`` (never an option, so no clash with config files).
+SUBCOMMANDS = {"events": _events}
 
 
 def app_dir() -> str:
@@ -72,6 +82,8 @@ def check_implemented(values: dict[str, Value]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[args[0]](args[1:])
     log = logmod.get()
     try:
         parsed = parse_command_line(args, app_dir=app_dir())
@@ -104,12 +116,17 @@ def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
     config.spool_dir = config.spool_dir.absolute()  # before detaching changes the directory
     cwd = os.getcwd()
     bound: list[listeners.Bound] = []
-    serving = not (config.dont_serve or config.as_client or config.no_smtp)
+    single_shot = config.as_client or config.dont_serve
+    serving = not (single_shot or config.no_smtp)
+    ports = {}
     if serving:
-        specs = listeners.plan(config.interfaces, {"smtp": config.port})
-        bound = listeners.bind_all(specs)
+        ports["smtp"] = config.port
+    if config.admin_port is not None and not single_shot:
+        ports["admin"] = config.admin_port
+    if ports:
+        bound = listeners.bind_all(listeners.plan(config.interfaces, ports))
         for b in bound:
-            log.info(f"smtp server on {b.display}")
+            log.info(f"{b.spec.service} server on {b.display}")
     if config.forward_to:
         log.info(f"forwarding to {config.forward_to}")
     target = None
@@ -123,7 +140,6 @@ def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
                 f"spool directory {config.spool_dir} is not readable by user '{target.name}': "
                 "fix its permissions (eg. group-readable) or use --user root"
             )
-    single_shot = config.as_client or config.dont_serve
     if not config.no_daemon and not config.as_client:
         daemon.detach()
     if values.get("close-stderr") and not values.get("log-file"):

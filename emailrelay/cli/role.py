@@ -25,7 +25,7 @@ from ..services import roles
 from .main import app_dir, log_config
 from .parse import expand_shorthands, parse_command_line
 
-ROLES = ("smtp", "forward", "notify", "bus")
+ROLES = ("smtp", "forward", "notify", "bus", "admin")
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--index", type=int, default=1, help="circus worker id, from 1")
     p.add_argument("--count", type=int, default=1)
+    p.add_argument("--listen", action="append", default=[], help="listening addresses, for admin status")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:split])
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(roles.run_smtp(config, args.fd, args.run_dir))
         if args.role == "forward":
             return _run(roles.run_forward(config, args.run_dir, (args.index - 1) % args.count, args.count))
+        if args.role == "admin":
+            return _run(roles.run_admin(config, args.fd, args.run_dir, args.listen))
         return _run(roles.run_notify(config, args.run_dir, config.notify_polling))
     except EmailRelayError as exc:
         log.error(f"{args.role}: {exc}")

@@ -104,7 +104,7 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
     watchers = [
         Watcher("bus", python, args=[*role[1:], "bus", "--run-dir", rd, *tail], priority=30, **common)
     ]
-    sockets = [HeldSocket(f"smtp{i}", b.sock) for i, b in enumerate(bound) if b.spec.service == "smtp"]
+    sockets = [HeldSocket(f"{b.spec.service}{i}", b.sock) for i, b in enumerate(bound)]
     forwarding = bool(config.forward_to) and not config.immediate
     if forwarding:
         watchers.append(
@@ -133,8 +133,9 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
                 **common,
             )
         )
-    if sockets:
-        fd_args = [a for s in sockets for a in ("--fd", f"$(circus.sockets.{s.name})")]
+    smtp_sockets = [s for s in sockets if s.name.startswith("smtp")]
+    if smtp_sockets:
+        fd_args = [a for s in smtp_sockets for a in ("--fd", f"$(circus.sockets.{s.name})")]
         watchers.append(
             Watcher(
                 "smtp",
@@ -143,6 +144,20 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
                 numprocesses=max(1, config.workers_smtp),
                 use_sockets=True,
                 priority=0,
+                **common,
+            )
+        )
+    admin_sockets = [s for s in sockets if s.name.startswith("admin")]
+    if admin_sockets:
+        fd_args = [a for s in admin_sockets for a in ("--fd", f"$(circus.sockets.{s.name})")]
+        listen_args = [a for b in bound for a in ("--listen", b.display)]
+        watchers.append(
+            Watcher(
+                "admin",
+                python,
+                args=[*role[1:], "admin", "--run-dir", rd, *fd_args, *listen_args, *tail],
+                use_sockets=True,
+                priority=5,
                 **common,
             )
         )

@@ -48,8 +48,8 @@ from typing import Protocol
 
 from .. import identity
 from .. import log as logmod
-from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 from .spec import FilterContext, PolicyOptions, Spec
+from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 
 MINIMAL_ENV = {"PATH": "/usr/bin:/bin", "IFS": " \t\n"}
 DRAIN_GRACE = 1.0  # seconds to wait for stdout EOF after the program exited

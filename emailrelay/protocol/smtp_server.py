@@ -75,6 +75,12 @@ DATA CONTENT POLICY (DataChunk bytes)
       then reported as DataAborted with the reply already queued.
     * BDAT chunks are delivered raw (no unstuffing, normalising or line
       limits); max_size applies to their total.
+
+PERFORMANCE
+    DATA content is handled a receive_data() call at a time with a few C-level
+    passes (one regex scan for CRLF ".", memrchr hops for the line limit, two
+    counts for bare LFs, replace() only when needed); no Python loop runs per
+    byte or per line.  A DataChunk is one event per call, not per line.
 """
 
 from __future__ import annotations
@@ -172,6 +178,8 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Hello(Event):
+    """HELO/EHLO. Accepting it ends any open transaction (check in_transaction first)."""
+
     line: str
     name: str
     extended: bool
@@ -213,6 +221,8 @@ class DataEnd(Event):
 
 @dataclass(frozen=True, slots=True)
 class DataAborted(Event):
+    """The message failed (its reply is queued) or, with code 0, the connection closed."""
+
     code: int
     text: str
 
@@ -225,6 +235,8 @@ class Vrfy(Event):
 
 @dataclass(frozen=True, slots=True)
 class AuthStart(Event):
+    """AUTH; mechanism upper-cased; initial_response raw base64, "" for "=", None if absent."""
+
     line: str
     mechanism: str
     initial_response: str | None
@@ -979,6 +991,7 @@ class SmtpServer:
         # dot-stuffed line.  A "." first line after a CRLF is checked on its own.
         stuffed = False
         ended = False
+        region_end = resume = pos
         if self._crlf_start and buf[pos] == 0x2E:  # "."
             if buf.startswith(b".\r\n", pos):
                 ended = True
@@ -986,7 +999,7 @@ class SmtpServer:
             stuffed = True
         if not ended:
             m = _CRLF_DOT.search(buf, pos)
-            while m is not None:
+            while m is not None:  # normally no iteration: CRLF "." lines are rare
                 k = m.start()
                 if buf.startswith(b"\r\n", k + 3):
                     ended = True

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import log as logmod
+from ..bus import schema
 from ..config import Config
 from ..identity import group_for_files
 from ..protocol import smtp_server as sp
@@ -119,9 +120,29 @@ class Instance:
             loop.add_signal_handler(sig, stop.set)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, lambda: log.info("sighup: nothing to reload"))
+
+        def publish(topic: str, **body: object) -> None:
+            """The bus of a single process: commands go straight to the services."""
+            if topic in (schema.CMD_FORWARD, schema.CMD_FLUSH) and forwarder is not None:
+                forwarder.forward_all_now()
+            elif topic in (schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE):
+                smtpd.enabled = topic == schema.CMD_SMTP_ENABLE
+
+        admin_servers = []
         try:
-            if self.smtp_sockets:
-                await smtpd.start([b.sock for b in self.smtp_sockets])
+            smtp_socks = [b.sock for b in self.smtp_sockets if b.spec.service == "smtp"]
+            if smtp_socks:
+                await smtpd.start(smtp_socks)
+            admin_socks = [b.sock for b in self.smtp_sockets if b.spec.service == "admin"]
+            if admin_socks:
+                from .admin import AdminContext, AdminSession
+
+                ctx = AdminContext(config, store, publish, [b.display for b in self.smtp_sockets])
+                if forwarder is not None:
+                    forwarder.on_event = lambda topic, **body: ctx.on_bus_event(topic, body)
+                admin_servers = [
+                    await loop.create_server(lambda: AdminSession(ctx), sock=s) for s in admin_socks
+                ]
             if forwarder is not None:
                 if config.as_client or config.dont_serve:
                     ok = await forwarder.run_once(stop)
@@ -131,6 +152,8 @@ class Instance:
             await stop.wait()
             log.info("stopping")
         finally:
+            for server in admin_servers:
+                server.close()
             await smtpd.stop(STOP_GRACE)
             if forwarder is not None:
                 await forwarder.stop()

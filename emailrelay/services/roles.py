@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 import zlib
@@ -88,6 +89,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
     session_ids: list[MessageId] = []
 
     def committed(mid: MessageId) -> None:
+        bus.publish(schema.SMTP_ACCEPTED, id=str(mid))
         if config.forward_on_disconnect and config.poll is None:
             session_ids.append(mid)  # proxy mode: rung when the client disconnects
         else:
@@ -179,5 +181,42 @@ async def run_notify(config: Config, run_dir: str, polling: bool) -> int:
         await _until_stopped()
     finally:
         watcher.stop()
+        bus.close()
+    return 0
+
+
+async def run_admin(config: Config, fds: list[int], run_dir: str, listen: list[str]) -> int:
+    from .admin import AdminContext, AdminSession
+    from .supervisor_control import SupervisorControl
+
+    bus = BusClient(run_dir)
+    sockets = [socket.socket(fileno=fd) for fd in fds]
+    drop_privileges(config)
+    ctx = AdminContext(
+        config=config,
+        store=open_store(config),
+        publish=bus.publish,
+        listen_addresses=listen,
+        control=SupervisorControl(run_dir),
+        arbiter_pid=os.getppid(),
+    )
+    bus.subscribe(schema.EVENT_TOPICS)
+
+    async def events() -> None:
+        async for topic, body in bus.messages():
+            ctx.on_bus_event(topic, body)
+
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(lambda: AdminSession(ctx), sock=s) for s in sockets]
+    listener = loop.create_task(events())
+    try:
+        await _until_stopped()
+    finally:
+        listener.cancel()
+        for server in servers:
+            server.close()
+        for session in list(ctx.sessions):
+            if session.transport is not None:
+                session.transport.abort()
         bus.close()
     return 0

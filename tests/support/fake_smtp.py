@@ -28,6 +28,8 @@ Scripting (all of it may be changed while the server runs):
 - ``rcpt_replies``: reply per recipient address (overrides ``replies["rcpt"]``).
 - ``delays``: seconds to wait before replying, per stage.
 - ``drop_in_data``: close the connection after the first chunk of DATA.
+- ``idle_timeout``: send ``421`` and close a connection that sends no
+  command for that many seconds.
 
 What it guarantees:
 - DATA ends only at ``CRLF.CRLF``; bare CR or LF never end it; lines are
@@ -201,6 +203,7 @@ class FakeSmtp:
         rcpt_replies: dict[str, Script] | None = None,
         delays: dict[str, float] | None = None,
         drop_in_data: bool = False,
+        idle_timeout: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         name: str = "fake.test",
@@ -211,6 +214,7 @@ class FakeSmtp:
         self.rcpt_replies: dict[str, Script] = dict(rcpt_replies or {})
         self.delays: dict[str, float] = dict(delays or {})
         self.drop_in_data = drop_in_data
+        self.idle_timeout = idle_timeout
         self.host = host
         self.name = name
         self._want_port = port
@@ -386,7 +390,11 @@ class FakeSmtp:
         if not await self._reply(writer, session, "greeting"):
             return
         while True:
-            raw = await r.line()
+            try:
+                raw = await asyncio.wait_for(r.line(), self.idle_timeout)
+            except TimeoutError:
+                writer.write(b"421 4.4.2 idle timeout: closing connection\r\n")
+                return
             if not raw.endswith(b"\r\n"):
                 self.protocol_errors.append(f"command line without CRLF: {raw!r}")
             if r.buf and not self._offers("PIPELINING"):

@@ -277,7 +277,16 @@ def has_event(ev: Event) -> Callable[[Result], None]:
     return check
 
 
-SMUGGLE = [b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\n.\n\x00", b"\x00\r\n.\n", b"\r\n.\r\r\n"]
+SMUGGLE = [
+    b"\n.\n",
+    b"\r.\r",
+    b"\r\n.\n",
+    b"\n.\r\n",
+    b"\r.\r\n",
+    b"\n.\n\x00",
+    b"\x00\r\n.\n",
+    b"\r\n.\r\r\n",
+]
 
 
 def smuggle_case(sep: bytes) -> Case:
@@ -309,13 +318,15 @@ def _long(n: int) -> bytes:
 CASES: list[Case] = [
     # --- basics
     Case("helo", [b"HELO c\r\n", Q], ["250 localhost says hello", "221 OK"]),
+    Case("greeting and ehlo texts", [E, Q], ["250 8BITMIME", "221 OK"], config={"domain": "vm"}),
     Case(
-        "greeting and ehlo texts", [E, Q], ["250 8BITMIME", "221 OK"], config={"domain": "vm"}
+        "full transaction", [E + M + R + D + b"hi\r\n.\r\n" + Q], [*DATA_OK, "221 OK"], messages=[b"hi\r\n"]
     ),
-    Case("full transaction", [E + M + R + D + b"hi\r\n.\r\n" + Q], [*DATA_OK, "221 OK"], messages=[b"hi\r\n"]),
     Case(
         "case insensitive",
-        [b"ehlo c\r\nmail from:<alice@example.com>\r\nrcpt to:<bob@example.net>\r\ndata\r\nx\r\n.\r\nquit\r\n"],
+        [
+            b"ehlo c\r\nmail from:<alice@example.com>\r\nrcpt to:<bob@example.net>\r\ndata\r\nx\r\n.\r\nquit\r\n"
+        ],
         [*DATA_OK, "221 OK"],
         messages=[b"x\r\n"],
     ),
@@ -323,7 +334,12 @@ CASES: list[Case] = [
     Case("help", [b"HELP\r\n"], ["214 "], check=has_event(Help("HELP"))),
     Case("rset before hello", [b"RSET\r\nMAIL FROM:<a@b>\r\n"], ["250 state reset", "503 "]),
     Case("unknown command", [b"FOO bar\r\n\r\n"], ["500 5.5.1 command unrecognized"] * 2),
-    Case("quit ends", [b"QUIT\r\nNOOP\r\n"], ["221 OK"], check=lambda r: r.types()[-2:] == [Quit, ConnectionClosed]),
+    Case(
+        "quit ends",
+        [b"QUIT\r\nNOOP\r\n"],
+        ["221 OK"],
+        check=lambda r: r.types()[-2:] == [Quit, ConnectionClosed],
+    ),
     Case("eof idle", [E], ["250 "], check=lambda r: r.types()[-1] is ConnectionClosed),
     Case(
         "quit in transaction aborts",
@@ -345,7 +361,9 @@ CASES: list[Case] = [
     Case("nested mail", [E + M + M], ["250 ", "250 ", "503 5.5.1 nested MAIL command"]),
     Case("ehlo resets transaction", [E + M + R + E + D], ["250 ", "250 ", "250 ", "250 ", "503 "]),
     Case("rset resets transaction", [E + M + R + b"RSET\r\n" + D], [*OK_TXN, "250 state reset", "503 "]),
-    Case("rejected mail", [E + M + R], ["250 ", "550 go away", "503 "], policy=reject(MailFrom, 550, "go away")),
+    Case(
+        "rejected mail", [E + M + R], ["250 ", "550 go away", "503 "], policy=reject(MailFrom, 550, "go away")
+    ),
     Case("rejected hello", [E + M], ["554 no", "503 "], policy=reject(Hello, 554, "no")),
     Case(
         "rejected data start stays in transaction",
@@ -367,8 +385,14 @@ CASES: list[Case] = [
     ),
     # --- line limits and bare CR/LF
     Case("command 512 ok", [b"NOOP " + _long(505) + b"\r\n"], ["250 OK"]),
-    Case("command 513 too long", [b"NOOP " + _long(506) + b"\r\nNOOP\r\n"], ["500 5.5.2 line too long", "250 OK"]),
-    Case("command huge", [b"NOOP " + _long(100_000) + b"\r\nNOOP\r\n"], ["500 5.5.2 line too long", "250 OK"]),
+    Case(
+        "command 513 too long",
+        [b"NOOP " + _long(506) + b"\r\nNOOP\r\n"],
+        ["500 5.5.2 line too long", "250 OK"],
+    ),
+    Case(
+        "command huge", [b"NOOP " + _long(100_000) + b"\r\nNOOP\r\n"], ["500 5.5.2 line too long", "250 OK"]
+    ),
     Case("huge bare", [_long(3000) + b"\nNOOP\r\n"], ["500 5.5.2 line too long", "250 OK"]),
     Case("bare lf", [b"NOOP\nNOOP\r\n"], ["500 5.5.2 bare CR or LF in command", "250 OK"]),
     Case("bare cr", [b"NO\rOP\r\nNOOP\r\n"], ["500 5.5.2 bare CR or LF in command", "250 OK"]),
@@ -379,7 +403,12 @@ CASES: list[Case] = [
         ["500 5.5.2 bare CR or LF in command"] * 2,
         check=no_event(MailFrom),
     ),
-    Case("data line 1000 ok", [E + M + R + D + _long(998) + b"\r\n.\r\n"], DATA_OK, messages=[_long(998) + b"\r\n"]),
+    Case(
+        "data line 1000 ok",
+        [E + M + R + D + _long(998) + b"\r\n.\r\n"],
+        DATA_OK,
+        messages=[_long(998) + b"\r\n"],
+    ),
     Case(
         "data line 1001 fails",
         [E + M + R + D + _long(999) + b"\r\nmore\r\n.\r\nNOOP\r\n"],
@@ -407,7 +436,11 @@ CASES: list[Case] = [
     Case("mail duplicate param", [E + b"MAIL FROM:<a@b> SIZE=1 SIZE=2\r\n"], ["250 ", "501 5.5.4"]),
     Case("mail size not number", [E + b"MAIL FROM:<a@b> SIZE=abc\r\n"], ["250 ", "501 5.5.4"]),
     Case("mail body bad", [E + b"MAIL FROM:<a@b> BODY=9BIT\r\n"], ["250 ", "501 5.5.4"]),
-    Case("mail binarymime without chunking", [E + b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n"], ["250 ", "501 5.5.4"]),
+    Case(
+        "mail binarymime without chunking",
+        [E + b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n"],
+        ["250 ", "501 5.5.4"],
+    ),
     Case("mail auth bad xtext", [E + b"MAIL FROM:<a@b> AUTH=a+zz\r\n"], ["250 ", "501 5.5.4"]),
     Case(
         "mail params",
@@ -427,8 +460,18 @@ CASES: list[Case] = [
     ),
     Case("mail null sender", [E + b"MAIL FROM:<>\r\n"], ["250 ", "250 sender <> OK"]),
     Case("mail source route stripped", [E + b"MAIL FROM:<@r1,@r2:a@b>\r\n"], ["250 ", "250 sender <a@b> OK"]),
-    Case("mail size over max", [E + b"MAIL FROM:<a@b> SIZE=1001\r\n"], ["250 ", "552 5.3.4 message size exceeds fixed maximum message size"], config={"max_size": 1000}),
-    Case("mail size at max", [E + b"MAIL FROM:<a@b> SIZE=1000\r\n"], ["250 ", "250 "], config={"max_size": 1000}),
+    Case(
+        "mail size over max",
+        [E + b"MAIL FROM:<a@b> SIZE=1001\r\n"],
+        ["250 ", "552 5.3.4 message size exceeds fixed maximum message size"],
+        config={"max_size": 1000},
+    ),
+    Case(
+        "mail size at max",
+        [E + b"MAIL FROM:<a@b> SIZE=1000\r\n"],
+        ["250 ", "250 "],
+        config={"max_size": 1000},
+    ),
     Case("smtputf8 param not enabled", [E + b"MAIL FROM:<a@b> SMTPUTF8\r\n"], ["250 ", "555 5.5.4"]),
     Case(
         "smtputf8 strict rejects non-ascii",
@@ -447,19 +490,37 @@ CASES: list[Case] = [
         [E + "MAIL FROM:<j\u00f6rg@b> SMTPUTF8\r\nRCPT TO:<\u00fc@b>\r\n".encode()],
         ["250 ", "250 sender <j\u00f6rg@b> OK", "250 recipient <\u00fc@b> OK"],
         config={"smtputf8": True, "smtputf8_strict": True},
-        check=lambda r: any(isinstance(ev, MailFrom) and ev.smtputf8 and ev.address == "j\u00f6rg@b" for ev in r.events),
+        check=lambda r: any(
+            isinstance(ev, MailFrom) and ev.smtputf8 and ev.address == "j\u00f6rg@b" for ev in r.events
+        ),
     ),
     Case(
         "non-ascii allowed when not strict",
         [E + "MAIL FROM:<j\u00f6rg@b>\r\n".encode()],
         ["250 ", "250 sender <j\u00f6rg@b> OK"],
     ),
-    Case("latin-1 address bytes", [E + b"MAIL FROM:<j\xf6rg@b>\r\n"], ["250 ", "250 sender <j\u00f6rg@b> OK"]),
+    Case(
+        "latin-1 address bytes", [E + b"MAIL FROM:<j\xf6rg@b>\r\n"], ["250 ", "250 sender <j\u00f6rg@b> OK"]
+    ),
     Case("strict rejects space", [E + b"MAIL FROM: <a@b>\r\n"], ["250 ", "501 "]),
-    Case("nostrict space", [E + b"MAIL FROM: <a@b>\r\n"], ["250 ", "250 sender <a@b> OK"], config={"strict_parsing": False}),
-    Case("nostrict brackets", [E + b"MAIL  FROM:a@b\r\nRCPT TO: c@d\r\n"], ["250 ", "250 sender <a@b> OK", "250 recipient <c@d> OK"], config={"strict_parsing": False}),
+    Case(
+        "nostrict space",
+        [E + b"MAIL FROM: <a@b>\r\n"],
+        ["250 ", "250 sender <a@b> OK"],
+        config={"strict_parsing": False},
+    ),
+    Case(
+        "nostrict brackets",
+        [E + b"MAIL  FROM:a@b\r\nRCPT TO: c@d\r\n"],
+        ["250 ", "250 sender <a@b> OK", "250 recipient <c@d> OK"],
+        config={"strict_parsing": False},
+    ),
     Case("rcpt null", [E + M + b"RCPT TO:<>\r\n"], ["250 ", "250 ", "501 5.1.3"]),
-    Case("rcpt postmaster", [E + M + b"RCPT TO:<postmaster>\r\n"], ["250 ", "250 ", "250 recipient <postmaster> OK"]),
+    Case(
+        "rcpt postmaster",
+        [E + M + b"RCPT TO:<postmaster>\r\n"],
+        ["250 ", "250 ", "250 recipient <postmaster> OK"],
+    ),
     Case("rcpt param", [E + M + b"RCPT TO:<a@b> NOTIFY=NEVER\r\n"], ["250 ", "250 ", "555 5.5.4"]),
     Case(
         "too many recipients",
@@ -489,14 +550,34 @@ CASES: list[Case] = [
         check=lambda r: r.events[-2:] == [DataAborted(0, "connection closed"), ConnectionClosed()],
     ),
     # --- DATA content policy
-    Case("dot unstuffing", [E + M + R + D + b"a\r\n..b\r\n...\r\n.\r\n"], DATA_OK, messages=[b"a\r\n.b\r\n..\r\n"]),
+    Case(
+        "dot unstuffing",
+        [E + M + R + D + b"a\r\n..b\r\n...\r\n.\r\n"],
+        DATA_OK,
+        messages=[b"a\r\n.b\r\n..\r\n"],
+    ),
     Case("first line stuffed", [E + M + R + D + b"..x\r\n.\r\n"], DATA_OK, messages=[b".x\r\n"]),
     Case("empty message", [E + M + R + D + b".\r\n"], DATA_OK, messages=[b""]),
-    Case("bare lf normalised", [E + M + R + D + b"a\nb\r\nc\n\r\n.\r\n"], DATA_OK, messages=[b"a\r\nb\r\nc\r\n\r\n"]),
+    Case(
+        "bare lf normalised",
+        [E + M + R + D + b"a\nb\r\nc\n\r\n.\r\n"],
+        DATA_OK,
+        messages=[b"a\r\nb\r\nc\r\n\r\n"],
+    ),
     Case("bare cr kept", [E + M + R + D + b"a\rb\r\r\n.\r\n"], DATA_OK, messages=[b"a\rb\r\r\n"]),
     Case("nul kept", [E + M + R + D + b"a\x00b\r\n\x00\r\n.\r\n"], DATA_OK, messages=[b"a\x00b\r\n\x00\r\n"]),
-    Case("dots after bare lf not unstuffed", [E + M + R + D + b"a\n..\r\n.\r\n"], DATA_OK, messages=[b"a\r\n..\r\n"]),
-    Case("dot-lf after crlf is a stuffed line", [E + M + R + D + b"a\r\n.\nb\r\n.\r\n"], DATA_OK, messages=[b"a\r\n\r\nb\r\n"]),
+    Case(
+        "dots after bare lf not unstuffed",
+        [E + M + R + D + b"a\n..\r\n.\r\n"],
+        DATA_OK,
+        messages=[b"a\r\n..\r\n"],
+    ),
+    Case(
+        "dot-lf after crlf is a stuffed line",
+        [E + M + R + D + b"a\r\n.\nb\r\n.\r\n"],
+        DATA_OK,
+        messages=[b"a\r\n\r\nb\r\n"],
+    ),
     Case("lf dot lf", [E + M + R + D + b"a\n.\nb\r\n.\r\n"], DATA_OK, messages=[b"a\r\n.\r\nb\r\n"]),
     Case(
         "pipelined after data",
@@ -509,9 +590,17 @@ CASES: list[Case] = [
         [E + M + R + D + b"0123456789\r\n.\r\nNOOP\r\n"],
         [*OK_TXN, "354 ", "552 5.3.4 message size exceeds fixed maximum message size", "250 OK"],
         config={"max_size": 11},
-        check=lambda r: r.aborted == [DataAborted(552, "5.3.4 message size exceeds fixed maximum message size")],
+        check=lambda r: (
+            r.aborted == [DataAborted(552, "5.3.4 message size exceeds fixed maximum message size")]
+        ),
     ),
-    Case("size exactly", [E + M + R + D + b"012345678\r\n.\r\n"], DATA_OK, config={"max_size": 11}, messages=[b"012345678\r\n"]),
+    Case(
+        "size exactly",
+        [E + M + R + D + b"012345678\r\n.\r\n"],
+        DATA_OK,
+        config={"max_size": 11},
+        messages=[b"012345678\r\n"],
+    ),
     Case("size counts unstuffed", [E + M + R + D + b"..345678\r\n.\r\n"], DATA_OK, config={"max_size": 10}),
     Case(
         "eof in data",
@@ -543,8 +632,20 @@ CASES: list[Case] = [
         config={"chunking": True},
         messages=[b".\r\n\n.\nX\x00\r..\r\n"],
     ),
-    Case("bdat 0 last", [E + M + R + b"BDAT 0 LAST\r\n"], [*OK_TXN, "250 message processed"], config={"chunking": True}, messages=[b""]),
-    Case("bdat 0", [E + M + R + b"BDAT 0\r\nBDAT 1 last\r\nx"], [*OK_TXN, "250 0 octets received", "250 message processed"], config={"chunking": True}, messages=[b"x"]),
+    Case(
+        "bdat 0 last",
+        [E + M + R + b"BDAT 0 LAST\r\n"],
+        [*OK_TXN, "250 message processed"],
+        config={"chunking": True},
+        messages=[b""],
+    ),
+    Case(
+        "bdat 0",
+        [E + M + R + b"BDAT 0\r\nBDAT 1 last\r\nx"],
+        [*OK_TXN, "250 0 octets received", "250 message processed"],
+        config={"chunking": True},
+        messages=[b"x"],
+    ),
     Case(
         "bdat without mail",
         [E + b"BDAT 4\r\nabcdNOOP\r\n"],
@@ -570,13 +671,20 @@ CASES: list[Case] = [
         [*OK_TXN, "250 1 octets received", "503 5.5.1 cannot mix DATA and BDAT", "503 "],
         config={"chunking": True},
     ),
-    Case("bdat bad syntax", [E + M + R + b"BDAT x\r\nBDAT 1 FIRST\r\nBDAT\r\n"], [*OK_TXN, "501 ", "501 ", "501 "], config={"chunking": True}),
+    Case(
+        "bdat bad syntax",
+        [E + M + R + b"BDAT x\r\nBDAT 1 FIRST\r\nBDAT\r\n"],
+        [*OK_TXN, "501 ", "501 ", "501 "],
+        config={"chunking": True},
+    ),
     Case(
         "bdat size limit",
         [E + M + R + b"BDAT 6\r\nabcdefBDAT 6 LAST\r\nghijklNOOP\r\n"],
         [*OK_TXN, "552 5.3.4", "503 ", "250 OK"],
         config={"chunking": True, "max_size": 5},
-        check=lambda r: r.aborted == [DataAborted(552, "5.3.4 message size exceeds fixed maximum message size")],
+        check=lambda r: (
+            r.aborted == [DataAborted(552, "5.3.4 message size exceeds fixed maximum message size")]
+        ),
     ),
     Case(
         "bdat binarymime",
@@ -593,8 +701,15 @@ CASES: list[Case] = [
         check=lambda r: r.events[-2:] == [DataAborted(0, "connection closed"), ConnectionClosed()],
     ),
     # --- VRFY
-    Case("vrfy", [b"VRFY <bob@x>\r\n"], ["252 2.1.5 cannot verify"], check=has_event(Vrfy("VRFY <bob@x>", "bob@x"))),
-    Case("vrfy disabled", [b"VRFY bob\r\n"], ["252 cannot vrfy"], config={"vrfy": False}, check=no_event(Vrfy)),
+    Case(
+        "vrfy",
+        [b"VRFY <bob@x>\r\n"],
+        ["252 2.1.5 cannot verify"],
+        check=has_event(Vrfy("VRFY <bob@x>", "bob@x")),
+    ),
+    Case(
+        "vrfy disabled", [b"VRFY bob\r\n"], ["252 cannot vrfy"], config={"vrfy": False}, check=no_event(Vrfy)
+    ),
     Case("vrfy missing", [b"VRFY\r\n"], ["501 "]),
     # --- STARTTLS
     Case(
@@ -611,14 +726,37 @@ CASES: list[Case] = [
         config={"starttls": True},
     ),
     Case("starttls not configured", [E + b"STARTTLS\r\n"], ["250 ", "502 "]),
-    Case("starttls twice", [E + b"STARTTLS\r\n", TLS_UP, E + b"STARTTLS\r\n"], ["250 ", "220 ", "250 ", "502 "], config={"starttls": True}),
+    Case(
+        "starttls twice",
+        [E + b"STARTTLS\r\n", TLS_UP, E + b"STARTTLS\r\n"],
+        ["250 ", "220 ", "250 ", "502 "],
+        config={"starttls": True},
+    ),
     Case("starttls with argument", [E + b"STARTTLS x\r\n"], ["250 ", "501 "], config={"starttls": True}),
-    Case("starttls in transaction", [E + M + b"STARTTLS\r\n"], ["250 ", "250 ", "503 "], config={"starttls": True}),
-    Case("starttls rejected", [E + b"STARTTLS\r\nNOOP\r\n"], ["250 ", "454 4.7.0 no tls", "250 OK"], config={"starttls": True}, policy=reject(StartTls, 454, "4.7.0 no tls")),
+    Case(
+        "starttls in transaction",
+        [E + M + b"STARTTLS\r\n"],
+        ["250 ", "250 ", "503 "],
+        config={"starttls": True},
+    ),
+    Case(
+        "starttls rejected",
+        [E + b"STARTTLS\r\nNOOP\r\n"],
+        ["250 ", "454 4.7.0 no tls", "250 OK"],
+        config={"starttls": True},
+        policy=reject(StartTls, 454, "4.7.0 no tls"),
+    ),
     Case(
         "tls required",
         [E + M + b"AUTH PLAIN\r\nSTARTTLS\r\n", TLS_UP, E + M],
-        ["250 ", "530 5.7.0 must issue STARTTLS first", "530 5.7.0 must issue STARTTLS first", "220 ", "250 ", "250 sender"],
+        [
+            "250 ",
+            "530 5.7.0 must issue STARTTLS first",
+            "530 5.7.0 must issue STARTTLS first",
+            "220 ",
+            "250 ",
+            "250 sender",
+        ],
         config={"starttls": True, "tls_required": True, "auth_mechanisms": ("PLAIN",)},
     ),
     # --- AUTH
@@ -657,13 +795,38 @@ CASES: list[Case] = [
         config={"auth_mechanisms": ("PLAIN",), "auth_required": True},
         policy=lambda ev: ("auth_fail",) if isinstance(ev, AuthStart) else None,
     ),
-    Case("auth twice", [E + b"AUTH PLAIN AAAA\r\nAUTH PLAIN AAAA\r\n"], ["250 ", "235 ", "503 5.5.1 already authenticated"], config={"auth_mechanisms": ("PLAIN",)}),
-    Case("auth in transaction", [E + M + b"AUTH PLAIN AAAA\r\n"], ["250 ", "250 ", "503 "], config={"auth_mechanisms": ("PLAIN",)}),
+    Case(
+        "auth twice",
+        [E + b"AUTH PLAIN AAAA\r\nAUTH PLAIN AAAA\r\n"],
+        ["250 ", "235 ", "503 5.5.1 already authenticated"],
+        config={"auth_mechanisms": ("PLAIN",)},
+    ),
+    Case(
+        "auth in transaction",
+        [E + M + b"AUTH PLAIN AAAA\r\n"],
+        ["250 ", "250 ", "503 "],
+        config={"auth_mechanisms": ("PLAIN",)},
+    ),
     Case("auth before hello", [b"AUTH PLAIN AAAA\r\n"], ["503 "], config={"auth_mechanisms": ("PLAIN",)}),
-    Case("auth unknown mechanism", [E + b"AUTH CRAM-MD5\r\n"], ["250 ", "504 5.5.4"], config={"auth_mechanisms": ("PLAIN",)}),
+    Case(
+        "auth unknown mechanism",
+        [E + b"AUTH CRAM-MD5\r\n"],
+        ["250 ", "504 5.5.4"],
+        config={"auth_mechanisms": ("PLAIN",)},
+    ),
     Case("auth not configured", [E + b"AUTH PLAIN AAAA\r\n"], ["250 ", "502 "]),
-    Case("auth initial star", [E + b"AUTH PLAIN *\r\n"], ["250 ", "501 authentication cancelled"], config={"auth_mechanisms": ("PLAIN",)}),
-    Case("auth required", [E + M], ["250 ", "530 5.7.0 authentication required"], config={"auth_mechanisms": ("PLAIN",), "auth_required": True}),
+    Case(
+        "auth initial star",
+        [E + b"AUTH PLAIN *\r\n"],
+        ["250 ", "501 authentication cancelled"],
+        config={"auth_mechanisms": ("PLAIN",)},
+    ),
+    Case(
+        "auth required",
+        [E + M],
+        ["250 ", "530 5.7.0 authentication required"],
+        config={"auth_mechanisms": ("PLAIN",), "auth_required": True},
+    ),
 ]
 
 
@@ -734,7 +897,9 @@ def test_ehlo_all_extensions() -> None:
 
 
 def test_ehlo_minimal_and_tls_required() -> None:
-    config = ServerConfig(vrfy=False, pipelining=False, starttls=True, tls_required=True, auth_mechanisms=("PLAIN",))
+    config = ServerConfig(
+        vrfy=False, pipelining=False, starttls=True, tls_required=True, auth_mechanisms=("PLAIN",)
+    )
     assert ehlo_lines(config) == ["250-localhost says hello", "250-8BITMIME", "250 STARTTLS"]
     assert ehlo_lines(config, tls=True) == ["250-localhost says hello", "250-AUTH PLAIN", "250 8BITMIME"]
 
@@ -955,7 +1120,7 @@ def test_protocol_error_line_is_latin1_raw() -> None:
     r = run(ServerConfig(), [b"\xff\xfe bogus\r\n"])
     assert r.events[0] == ProtocolError("\xff\xfe bogus", 500, "5.5.1 command unrecognized")
     r = run(ServerConfig(), [b"EHLO c\r\n", "MAIL FROM:<\u00fc@x>\r\n".encode()])
-    mail = [ev for ev in r.events if isinstance(ev, MailFrom)][0]
+    mail = next(ev for ev in r.events if isinstance(ev, MailFrom))
     assert mail.line == "MAIL FROM:<\u00fc@x>".encode().decode("latin-1")
     assert mail.address == "\u00fc@x"
 

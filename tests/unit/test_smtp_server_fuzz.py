@@ -50,7 +50,9 @@ def drive(
         n = (n * 1103515245 + 12345) & 0x7FFFFFFF
         pick = n % 5
         if isinstance(ev, (AuthStart, AuthResponse)):
-            [s.auth_succeeded, s.auth_failed, lambda: s.challenge("eA=="), lambda: s.reject(454, "x")][pick % 4]()
+            [s.auth_succeeded, s.auth_failed, lambda: s.challenge("eA=="), lambda: s.reject(454, "x")][
+                pick % 4
+            ]()
         elif isinstance(ev, Vrfy):
             s.reply(252, "2.1.5 maybe")
         elif pick == 0 and rejects:
@@ -120,14 +122,54 @@ configs = st.builds(
 )
 
 TOKENS = [
-    b"EHLO x\r\n", b"HELO x\r\n", b"MAIL FROM:<a@b>\r\n", b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n",
-    b"RCPT TO:<c@d>\r\n", b"DATA\r\n", b"BDAT 3\r\n", b"BDAT 2 LAST\r\n", b"BDAT 0 LAST\r\n",
-    b"AUTH PLAIN\r\n", b"AUTH LOGIN eA==\r\n", b"*\r\n", b"STARTTLS\r\n", b"RSET\r\n", b"NOOP\r\n",
-    b"VRFY x\r\n", b"QUIT\r\n", b"HELP\r\n", b".\r\n", b"\r\n.\r\n", b"\n.\n", b"\r.\r", b".", b"\r", b"\n",
-    b"\r\n", b"..", b"x" * 600, b"y" * 1200, b"\x00", b"\xff\xfe", b"MAIL FROM:<\xc3\xbc@b> SMTPUTF8\r\n",
+    b"EHLO x\r\n",
+    b"HELO x\r\n",
+    b"MAIL FROM:<a@b>\r\n",
+    b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n",
+    b"RCPT TO:<c@d>\r\n",
+    b"DATA\r\n",
+    b"BDAT 3\r\n",
+    b"BDAT 2 LAST\r\n",
+    b"BDAT 0 LAST\r\n",
+    b"AUTH PLAIN\r\n",
+    b"AUTH LOGIN eA==\r\n",
+    b"*\r\n",
+    b"STARTTLS\r\n",
+    b"RSET\r\n",
+    b"NOOP\r\n",
+    b"VRFY x\r\n",
+    b"QUIT\r\n",
+    b"HELP\r\n",
+    b".\r\n",
+    b"\r\n.\r\n",
+    b"\n.\n",
+    b"\r.\r",
+    b".",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"..",
+    b"x" * 600,
+    b"y" * 1200,
+    b"\x00",
+    b"\xff\xfe",
+    b"MAIL FROM:<\xc3\xbc@b> SMTPUTF8\r\n",
     b"hello world\r\n",
 ]
-SMUGGLE_TOKENS = [b"a", b".", b"..", b"\r", b"\n", b"\r\n", b"\x00", b"\r\n.", b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n"]
+SMUGGLE_TOKENS = [
+    b"a",
+    b".",
+    b"..",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\x00",
+    b"\r\n.",
+    b"\n.\n",
+    b"\r.\r",
+    b"\r\n.\n",
+    b"\n.\r\n",
+]
 
 
 def splits(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -179,10 +221,30 @@ def test_split_invariance(config: ServerConfig, tokens: list[bytes], cuts: list[
 
 
 SIMPLE = [
-    b"EHLO x", b"HELO x", b"MAIL FROM:<a@b>", b"MAIL FROM:<a@b> FOO=1", b"MAIL FROM:<>", b"RCPT TO:<c@d>",
-    b"RCPT TO:<>", b"RSET", b"NOOP", b"VRFY x", b"VRFY", b"HELP", b"BOGUS", b"", b"mail from:<x@y> SIZE=9",
-    b"MAIL FROM: <a@b>", b"RCPT TO:c@d", b"x" * 600, b"AUTH PLAIN", b"STARTTLS x", b"BDAT x", b"\x00\x01",
-    b"NO\rOP", b"DATA x",
+    b"EHLO x",
+    b"HELO x",
+    b"MAIL FROM:<a@b>",
+    b"MAIL FROM:<a@b> FOO=1",
+    b"MAIL FROM:<>",
+    b"RCPT TO:<c@d>",
+    b"RCPT TO:<>",
+    b"RSET",
+    b"NOOP",
+    b"VRFY x",
+    b"VRFY",
+    b"HELP",
+    b"BOGUS",
+    b"",
+    b"mail from:<x@y> SIZE=9",
+    b"MAIL FROM: <a@b>",
+    b"RCPT TO:c@d",
+    b"x" * 600,
+    b"AUTH PLAIN",
+    b"STARTTLS x",
+    b"BDAT x",
+    b"\x00\x01",
+    b"NO\rOP",
+    b"DATA x",
 ]
 
 

@@ -1,0 +1,249 @@
+"""emailrelay.auth.tls -- ``ssl.SSLContext`` objects from the TLS options.
+
+PURPOSE
+    Turn ``--server-tls-certificate``, ``--server-tls-verify``,
+    ``--client-tls-certificate``, ``--client-tls-verify``,
+    ``--client-tls-verify-name``, ``--client-tls-server-name`` and
+    ``--tls-config`` into ready-to-use contexts, and describe a session for
+    the ``tls ... established`` log line.
+
+EXPECTS
+    * Certificate options as given: one PEM file holding the private key and
+      the certificate chain, or two files, key first then certificate.
+      Encrypted private keys are not supported (there is nobody to ask).
+    * A verify value of ``<default>`` (the system's trusted CAs) or a CA file
+      or directory (a directory must be OpenSSL-hashed, ``c_rehash``).
+    * ``--tls-config`` keywords, comma separated, case-insensitive:
+      ``tlsv1.0``..``tlsv1.3`` set the minimum protocol version,
+      ``-tlsv1.0``..``-tlsv1.3`` the maximum; ``openssl`` is accepted;
+      ``mbedtls`` is refused (only OpenSSL is available through Python).
+
+GUARANTEES
+    * Bad input raises ``UsageError`` naming the option and the file:
+      unreadable or invalid certificate/key/CA files, unknown keywords.
+    * Server: no client certificate is asked for without a verify value;
+      with one, clients must present a certificate that verifies.
+    * Client: without a verify value nothing is verified (upstream's
+      default: encryption without authentication).  With one the chain must
+      verify; the host name is not checked unless ``verify_name`` is given,
+      and then the certificate's subjectAltName (or CN when it has no SAN)
+      must match it.  That check is OpenSSL's own, done during the handshake
+      by ``check_hostname``: the returned ``ClientContext`` substitutes
+      ``verify_name`` for the ``server_hostname`` that callers (asyncio)
+      pass when wrapping, so it also goes out as SNI; otherwise
+      ``server_name`` (``--client-tls-server-name``) is sent as SNI.
+      ``verify_name`` without a verify value is refused rather than
+      silently not checked.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UsageError
+
+__all__ = [
+    "ClientContext",
+    "TlsConfig",
+    "client_context",
+    "describe",
+    "parse_tls_config",
+    "peer_certificate_pem",
+    "server_context",
+]
+
+DEFAULT_CA = "<default>"
+_VERSIONS = {
+    "tlsv1.0": ssl.TLSVersion.TLSv1,
+    "tlsv1.1": ssl.TLSVersion.TLSv1_1,
+    "tlsv1.2": ssl.TLSVersion.TLSv1_2,
+    "tlsv1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Parsed ``--tls-config``: protocol bounds (``None``: library default)."""
+
+    minimum: ssl.TLSVersion | None = None
+    maximum: ssl.TLSVersion | None = None
+
+
+def parse_tls_config(text: str | None) -> TlsConfig:
+    minimum: ssl.TLSVersion | None = None
+    maximum: ssl.TLSVersion | None = None
+    for item in (text or "").split(","):
+        word = item.strip().lower()
+        if not word or word == "openssl":
+            continue
+        if word == "mbedtls":
+            raise UsageError("--tls-config=mbedtls: only OpenSSL is available in this build")
+        if word in _VERSIONS:
+            minimum = _VERSIONS[word]
+        elif word.startswith("-") and word[1:] in _VERSIONS:
+            maximum = _VERSIONS[word[1:]]
+        else:
+            raise UsageError(f"invalid --tls-config keyword [{item.strip()}]")
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise UsageError("--tls-config: the minimum TLS version is above the maximum")
+    return TlsConfig(minimum, maximum)
+
+
+def _apply_versions(ctx: ssl.SSLContext, config: TlsConfig) -> None:
+    try:
+        if config.minimum is not None:
+            ctx.minimum_version = config.minimum
+        if config.maximum is not None:
+            ctx.maximum_version = config.maximum
+    except (ValueError, ssl.SSLError) as err:
+        raise UsageError(f"--tls-config: protocol version not available: {err}") from None
+
+
+def _check_readable(path: str, option: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise UsageError(f"{option}: cannot read [{path}]: {reason}") from None
+
+
+def _load_chain(ctx: ssl.SSLContext, files: Sequence[str], option: str) -> None:
+    if len(files) > 2:
+        raise UsageError(f"{option} can be given at most twice (key file, then certificate file)")
+    for path in files:
+        _check_readable(path, option)
+    key, cert = (None, files[0]) if len(files) == 1 else (files[0], files[1])
+    names = " and ".join(f"[{f}]" for f in files)
+
+    def no_password() -> str:
+        raise UsageError(f"{option}: the private key in {names} is encrypted: not supported")
+
+    try:
+        ctx.load_cert_chain(certfile=cert, keyfile=key, password=no_password)
+    except ssl.SSLError as err:
+        reason = err.reason or str(err)
+        raise UsageError(f"{option}: invalid certificate or private key in {names}: {reason}") from None
+
+
+def _load_verify(ctx: ssl.SSLContext, verify: str, option: str, purpose: ssl.Purpose) -> None:
+    if verify == DEFAULT_CA:
+        ctx.load_default_certs(purpose)
+        return
+    try:
+        if os.path.isdir(verify):
+            ctx.load_verify_locations(capath=verify)
+        else:
+            _check_readable(verify, option)
+            ctx.load_verify_locations(cafile=verify)
+    except ssl.SSLError as err:
+        reason = err.reason or str(err)
+        raise UsageError(f"{option}: invalid CA certificates in [{verify}]: {reason}") from None
+
+
+def server_context(
+    certificate_files: Sequence[str],
+    verify: str | None = None,
+    tls_config: str | None = None,
+) -> ssl.SSLContext:
+    """Context for ``--server-tls`` / ``--server-tls-connection`` (SMTP and POP)."""
+    config = parse_tls_config(tls_config)
+    if not certificate_files:
+        raise UsageError("--server-tls needs --server-tls-certificate")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _apply_versions(ctx, config)
+    _load_chain(ctx, certificate_files, "--server-tls-certificate")
+    if verify:
+        _load_verify(ctx, verify, "--server-tls-verify", ssl.Purpose.CLIENT_AUTH)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class ClientContext(ssl.SSLContext):
+    """An ``SSLContext`` that decides the ``server_hostname`` itself (see module doc)."""
+
+    verify_name: str | None = None
+    server_name: str | None = None
+
+    def effective_server_hostname(self, requested: str | None) -> str | None:
+        return self.verify_name or self.server_name or requested
+
+    def wrap_socket(  # type: ignore[override]
+        self,
+        sock: Any,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=self.effective_server_hostname(server_hostname),
+            session=session,
+        )
+
+    def wrap_bio(  # type: ignore[override]
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        return super().wrap_bio(
+            incoming,
+            outgoing,
+            server_side=server_side,
+            server_hostname=self.effective_server_hostname(server_hostname),
+            session=session,
+        )
+
+
+def client_context(
+    certificate_files: Sequence[str] = (),
+    verify: str | None = None,
+    verify_name: str | None = None,
+    server_name: str | None = None,
+    tls_config: str | None = None,
+) -> ClientContext:
+    """Context for ``--client-tls`` / ``--client-tls-connection``."""
+    config = parse_tls_config(tls_config)
+    if verify_name and not verify:
+        raise UsageError("--client-tls-verify-name needs --client-tls-verify")
+    ctx = ClientContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_name = verify_name or None
+    ctx.server_name = server_name or None
+    _apply_versions(ctx, config)
+    if certificate_files:
+        _load_chain(ctx, certificate_files, "--client-tls-certificate")
+    if verify:
+        _load_verify(ctx, verify, "--client-tls-verify", ssl.Purpose.SERVER_AUTH)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.check_hostname = bool(verify_name)
+        ctx.hostname_checks_common_name = True
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def describe(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
+    """``"<protocol> <cipher>"``, e.g. ``TLSv1.3 TLS_AES_256_GCM_SHA384``."""
+    cipher = ssl_object.cipher()
+    return " ".join(p for p in (ssl_object.version() or "", cipher[0] if cipher else "") if p)
+
+
+def peer_certificate_pem(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
+    """The peer's certificate in PEM (for the envelope's ``ClientCertificate``), or ``""``."""
+    der = ssl_object.getpeercert(binary_form=True)
+    return ssl.DER_cert_to_PEM_cert(der) if der else ""

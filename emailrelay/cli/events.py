@@ -1,0 +1,63 @@
+"""``emailrelay events [--json] [--spool-dir DIR | --run-dir DIR]``: watch mail flow live.
+
+What it is for: an operator's view of the bus — every event the roles
+publish (``smtp.accepted``, ``spool.ready``, ``forward.done``,
+``spool.failed`` ...) printed as it happens, one line each, until
+interrupted.  ``--json`` prints the raw JSON objects with the topic added.
+``--count N`` stops after N events (for scripts and tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..bus import schema
+from ..bus.endpoint import BusClient
+
+
+def _line(topic: str, body: dict[str, object], as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"topic": topic, **body}, separators=(",", ":"))
+    stamp = time.strftime("%H:%M:%S", time.localtime(float(str(body.get("t", time.time())))))
+    fields = " ".join(f"{k}={v}" for k, v in body.items() if k not in ("t",))
+    return f"{stamp} {topic} {fields}"
+
+
+async def stream(run_dir: str, as_json: bool, count: int | None) -> int:
+    bus = BusClient(run_dir)
+    bus.subscribe(schema.ALL_TOPICS)
+    seen = 0
+    try:
+        async for topic, body in bus.messages():
+            print(_line(topic, body, as_json), flush=True)
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    finally:
+        bus.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emailrelay events", description="Print the relay's live events.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--spool-dir", "-s", default="/var/spool/emailrelay")
+    p.add_argument("--run-dir")
+    p.add_argument("--count", type=int)
+    args = p.parse_args(argv)
+    run_dir = args.run_dir or str(Path(args.spool_dir).absolute() / ".emailrelay-run")
+    if not Path(run_dir, "bus-out.ipc").exists():
+        print(
+            f"emailrelay events: error: no bus in {run_dir} (is the relay running supervised?)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        return asyncio.run(stream(run_dir, args.json, args.count))
+    except KeyboardInterrupt:
+        return 0

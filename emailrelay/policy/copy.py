@@ -1,0 +1,72 @@
+"""``copy:``: copy each message into every sub-directory of the spool (POP by name).
+
+What it is for (reference guide, "copy:", "POP"): with ``--pop-by-name``
+every sub-directory is a user's mailbox; ``copy:`` puts a copy of each
+message into all of them, then deletes the original.  Parameters
+(semicolon-separated): ``hardlink`` (link the content instead of copying it),
+``pop`` (copy only the envelope; the content stays in the main spool, where
+the POP server finds it), ``nodelete`` (keep the original for forwarding).
+
+What it expects: the spool store; sub-directories made by the operator.
+
+What it guarantees: no copy into ``postmaster`` or a dot-directory; a
+directory with ``new``, ``tmp`` and ``cur`` gets a maildir copy of the
+content in ``cur``; every copy is complete before the original is deleted;
+when there is no sub-directory at all the original is kept (never deleted
+with nowhere to go).  Result: ABANDON when the original was deleted (the
+filter took care of it), OK otherwise; with ``pop`` the content stays, so
+the result is OK with the envelope gone, which callers treat as "accepted,
+nothing to commit or forward".
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .. import log as logmod
+from ..spool.store import SpoolStore
+from .spec import FilterContext, PolicyOptions, Spec, store_for
+from .verdicts import FilterOutcome, FilterResult
+
+
+class CopyFilter:
+    def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
+        self.spec = spec
+        self.name = spec.name
+        params = {p.lower() for p in spec.params}
+        self.hardlink = "hardlink" in params
+        self.pop = "pop" in params
+        self.delete = "nodelete" not in params
+        self.store = store
+        self.log = logmod.get()
+
+    async def run(self, ctx: FilterContext) -> FilterResult:
+        store = store_for(self.store, ctx)
+        names = await asyncio.to_thread(store.mailboxes)
+        if not names:
+            self.log.warning(f"filter [{self.name}]: [{ctx.message_id}]: no sub-directories to copy into", ctx.log_address)
+            return FilterResult.accept()
+        try:
+            copies = await asyncio.to_thread(
+                store.copy_to_directories,
+                ctx.mid,
+                ctx.state,
+                store.directory,
+                names,
+                hardlink=self.hardlink,
+                envelope_only=self.pop,
+                delete_original=self.delete,
+            )
+        except OSError as exc:
+            self.log.warning(f"filter [{self.name}] failed: {exc}", ctx.log_address)
+            return FilterResult(FilterOutcome.ERROR, "filter error", None, f"copy: {exc}")
+        self.log.verbose(
+            f"filter [{self.name}]: [{ctx.message_id}]: copied into {len(copies)} mailbox(es): {', '.join(names)}",
+            ctx.log_address,
+        )
+        if self.delete and not self.pop:
+            return FilterResult(FilterOutcome.ABANDON, exit_code=100)
+        return FilterResult.accept()
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,83 @@
+"""``deliver:``: deliver messages with local recipients into their mailboxes.
+
+What it is for (reference guide, "deliver:", "Delivery"): an address verifier
+marks recipients as local and names their mailbox (``To-Local`` lines); this
+filter copies the message into ``<delivery-dir>/<mailbox>/`` for each of
+them (``--delivery-dir``, default the spool directory).  Parameters:
+``hardlink`` (link the content instead of copying), ``nodelete`` (keep the
+original even when every recipient was local).
+
+What it guarantees: mailbox directories are created as needed; one that has
+``new``, ``tmp`` and ``cur`` is a maildir and gets the content alone, in
+``cur``; each mailbox gets one copy however many recipients name it; a
+mailbox name that is empty, ``.``/``..``, or holds a ``/``, a backslash or a
+control character is refused (REJECT, nothing delivered).  With no local
+recipient nothing happens (OK); with only local recipients the original is
+deleted after delivery (ABANDON); with remote ones too the original stays for
+forwarding, which ignores ``To-Local`` (OK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+from .. import log as logmod
+from ..spool import envelope as envelope_format
+from ..spool.store import SpoolStore
+from .spec import FilterContext, PolicyOptions, Spec, store_for
+from .verdicts import FilterOutcome, FilterResult
+
+
+class DeliverFilter:
+    def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
+        self.spec = spec
+        self.name = spec.name
+        params = {p.lower() for p in spec.params}
+        self.hardlink = "hardlink" in params
+        self.delete = "nodelete" not in params
+        self.options = options
+        self.store = store
+        self.log = logmod.get()
+
+    async def run(self, ctx: FilterContext) -> FilterResult:
+        try:
+            data = await asyncio.to_thread(_read, ctx.envelope_path)
+            env = envelope_format.parse(data)
+        except (OSError, envelope_format.EnvelopeError) as exc:
+            self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}", ctx.log_address)
+            return FilterResult(FilterOutcome.ERROR, "filter error", None, f"deliver: {exc}")
+        if not env.to_local:
+            return FilterResult.accept()
+        mailboxes = list(dict.fromkeys(env.to_local))
+        delete = self.delete and not env.to_remote
+        store = store_for(self.store, ctx)
+        try:
+            paths = await asyncio.to_thread(
+                store.copy_to_directories,
+                ctx.mid,
+                ctx.state,
+                self.options.mailbox_base,
+                mailboxes,
+                hardlink=self.hardlink,
+                create=True,
+                delete_original=delete,
+            )
+        except OSError as exc:
+            self.log.warning(f"filter [{self.name}] failed: {exc}", ctx.log_address)
+            if exc.errno == errno.EINVAL:
+                return FilterResult(FilterOutcome.REJECT, "invalid mailbox", None, str(exc))
+            return FilterResult(FilterOutcome.ERROR, "filter error", None, f"deliver: {exc}")
+        for path in paths:
+            self.log.info(f"filter [{self.name}]: [{ctx.message_id}]: delivered to [{path.parent}]", ctx.log_address)
+        if delete:
+            return FilterResult(FilterOutcome.ABANDON, exit_code=100)
+        return FilterResult.accept()
+
+    async def close(self) -> None:
+        return None
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

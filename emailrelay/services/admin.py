@@ -1,0 +1,286 @@
+"""The admin interface: upstream's line protocol (SPEC.md §6), bridged to the bus.
+
+What it is for: ``--admin <port>``.  Works over telnet and ``nc``: no
+greeting, one command per line, every reply ends with the prompt
+``E-MailRelay> ``, an unknown command gets ``error: unrecognised command``
+and the session goes on.  Upstream's commands (``dnsbl failures flush
+forward help info list notify pid quit smtp status unfail-all`` and
+``terminate`` with ``--admin-terminate``) plus ours: ``roles``,
+``restart <role>``, ``workers forward <N>`` and ``events``.
+
+Guarantees: replies are byte-compatible with upstream's (multi-line replies
+use upstream's ``\\r\\r\\n`` line separator, see
+fixtures/upstream-2.6/admin-session.txt); spool changes go through the
+store; commands to other roles travel on the bus, so they reach every
+process of a role; a slow or silent client never blocks other sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from .. import PRODUCT_VERSION, __version__
+from .. import log as logmod
+from ..bus import schema
+from ..config import Config
+from ..spool.names import State
+from ..spool.store import SpoolStore
+from .supervisor_control import SupervisorControl
+
+PROMPT = b"E-MailRelay> "
+MAX_LINE = 1024
+UPSTREAM_COMMANDS = ("dnsbl", "failures", "flush", "forward", "help", "info", "list", "notify", "pid", "quit",
+                     "smtp", "status", "unfail-all")  # fmt: skip
+OUR_COMMANDS = ("events", "restart", "roles", "workers")
+INFO_TEXT = {
+    "version": f"E-MailRelay V{PRODUCT_VERSION} (emailrelay-python {__version__})",
+    "copyright": "Copyright (C) 2001-2024 Graeme Walker (E-MailRelay); Python implementation by the emailrelay authors",
+    "credit": "E-MailRelay by Graeme Walker; this implementation uses asyncio, circus and ZeroMQ",
+    "warranty": "This program comes with ABSOLUTELY NO WARRANTY (GNU GPL version 3 or later)",
+}
+
+
+@dataclass
+class AdminContext:
+    config: Config
+    store: SpoolStore
+    publish: Callable[..., None]  # (topic, **body)
+    listen_addresses: list[str] = field(default_factory=list)
+    control: SupervisorControl | None = None
+    arbiter_pid: int = 0
+    counters: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "failed": 0})
+    watchers: set[AdminSession] = field(default_factory=set)  # sessions with notify/events on
+    sessions: set[AdminSession] = field(default_factory=set)
+
+    def on_bus_event(self, topic: str, body: dict[str, Any]) -> None:
+        if topic == schema.SMTP_ACCEPTED:
+            self.counters["in"] += 1
+        elif topic == schema.FORWARD_DONE:
+            self.counters["out"] += 1
+        elif topic == schema.SPOOL_FAILED:
+            self.counters["failed"] += 1
+        line = f"{topic} {json.dumps(body, separators=(',', ':'))}"
+        for session in list(self.watchers):
+            session.send_lines([line], prompt=False)
+
+
+def format_reply(lines: list[str], prompt: bool = True) -> bytes:
+    """Upstream's reply framing: lines joined by CR CR LF, then CR LF and the prompt."""
+    body = "\r\r\n".join(lines).encode("utf-8", "replace")
+    if not prompt:
+        return body + b"\r\n"
+    return (body + b"\r\n" + PROMPT) if lines else PROMPT
+
+
+class AdminSession(asyncio.Protocol):
+    def __init__(self, ctx: AdminContext) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.peer = ""
+        self.log = logmod.get()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        self.log.info(f"admin connection from {self.peer}")
+        self.ctx.sessions.add(self)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            self._queue.put_nowait(line.rstrip(b"\r").decode("utf-8", "replace").strip())
+        if len(self.buffer) > MAX_LINE:
+            self.buffer = b""
+            self._queue.put_nowait("\x00toolong")
+
+    def eof_received(self) -> bool:
+        self._queue.put_nowait("\x00eof")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.sessions.discard(self)
+        self.ctx.watchers.discard(self)
+        if self._task is not None:
+            self._task.cancel()
+        self.log.info(f"admin connection closed: {self.peer}")
+
+    def send_lines(self, lines: list[str], prompt: bool = True) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(format_reply(lines, prompt))
+
+    async def _run(self) -> None:
+        while True:
+            line = await self._queue.get()
+            if line == "\x00eof":
+                break
+            if line == "\x00toolong":
+                self.send_lines(["error: line too long"])
+                continue
+            if not line:
+                self.send_lines([])
+                continue
+            words = line.split()
+            if words[0].lower() == "quit":
+                break
+            try:
+                lines = await self.execute(words[0].lower(), words[1:])
+            except Exception as exc:  # an admin command must never kill the role
+                lines = [f"error: {exc}"]
+            if lines is not None:
+                self.send_lines(lines)
+        if self.transport is not None:
+            self.transport.close()
+
+    async def execute(self, command: str, args: list[str]) -> list[str] | None:
+        handler = _COMMANDS.get(command)
+        if command == "terminate" and self.ctx.config.admin_terminate:
+            handler = AdminSession.cmd_terminate
+        if handler is None:
+            return ["error: unrecognised command"]
+        return await handler(self, args)
+
+    # ---- upstream commands -----------------------------------------------------------
+    async def cmd_help(self, args: list[str]) -> list[str]:
+        names = sorted(
+            {*UPSTREAM_COMMANDS, *OUR_COMMANDS, *(["terminate"] if self.ctx.config.admin_terminate else [])}
+        )
+        return ["commands: " + ", ".join(names)]
+
+    async def cmd_list(self, args: list[str]) -> list[str]:
+        ids = sorted(e.id for e in self.ctx.store.scan() if e.state in (State.READY, State.BUSY))
+        return [str(i) for i in ids] or ["<none>"]
+
+    async def cmd_failures(self, args: list[str]) -> list[str]:
+        lines = []
+        for e in sorted(self.ctx.store.scan(), key=lambda e: e.id):
+            if e.state is State.BAD:
+                try:
+                    reason = self.ctx.store.read_envelope(e.id, State.BAD).reason or ""
+                except (OSError, ValueError):
+                    reason = "(unreadable envelope)"
+                lines.append(f"{e.id}: {reason}")
+        return lines or ["<none>"]
+
+    async def cmd_unfail_all(self, args: list[str]) -> list[str]:
+        self.ctx.store.unfail_all()
+        self.ctx.publish(schema.CMD_FORWARD)
+        return []
+
+    async def cmd_status(self, args: list[str]) -> list[str]:
+        c = self.ctx.counters
+        lines = [f"LISTEN: {a}" for a in self.ctx.listen_addresses]
+        lines += [f"OUT finished: {c['out']}", f"OUT failed: {c['failed']}", f"IN accepted: {c['in']}"]
+        lines += [f"ADMIN: {s.peer}" for s in sorted(self.ctx.sessions, key=lambda s: s.peer)]
+        return lines
+
+    async def cmd_info(self, args: list[str]) -> list[str]:
+        if len(args) == 1 and args[0] in INFO_TEXT:
+            return [INFO_TEXT[args[0]]]
+        return ["usage: info {copyright|credit|version|warranty}"]
+
+    async def cmd_forward(self, args: list[str]) -> list[str]:
+        if not self.ctx.config.forward_to:
+            return ["error: no remote server configured: use --forward-to"]
+        self.ctx.publish(schema.CMD_FORWARD)
+        return []
+
+    async def cmd_flush(self, args: list[str]) -> list[str]:
+        """Upstream: forward with a connection of its own and wait for the result."""
+        if not self.ctx.config.forward_to:
+            return ["error: no remote server configured: use --forward-to"]
+        from .forward import ForwardService
+
+        forwarder = ForwardService(self.ctx.config, self.ctx.store)
+        ok = await forwarder.run_once()
+        return [] if ok else [f"error: {forwarder.failures} message(s) not sent"]
+
+    async def cmd_notify(self, args: list[str]) -> list[str]:
+        self.ctx.watchers.add(self)
+        return []
+
+    async def cmd_pid(self, args: list[str]) -> list[str]:
+        return [str(self.ctx.arbiter_pid or os.getpid())]
+
+    async def cmd_smtp(self, args: list[str]) -> list[str]:
+        if args == ["disable"]:
+            self.ctx.publish(schema.CMD_SMTP_DISABLE)
+            return []
+        if args == ["enable"]:
+            self.ctx.publish(schema.CMD_SMTP_ENABLE)
+            return []
+        return ["usage: smtp {enable|disable}"]
+
+    async def cmd_dnsbl(self, args: list[str]) -> list[str]:
+        return ["error: dnsbl is not configured: use --dnsbl"]
+
+    async def cmd_terminate(self, args: list[str]) -> list[str] | None:
+        pid = self.ctx.arbiter_pid or os.getpid()
+        self.log.info("admin: terminate")
+        os.kill(pid, signal.SIGTERM)
+        return []
+
+    # ---- our commands ----------------------------------------------------------------
+    async def cmd_roles(self, args: list[str]) -> list[str]:
+        if self.ctx.control is None:
+            return ["error: not supervised (--single-process)"]
+        statuses = await self.ctx.control.roles()
+        lines = []
+        for role, status in sorted(statuses.items()):
+            count = await self.ctx.control.processes(role)
+            lines.append(f"{role}: {status} ({count} process{'es' if count != 1 else ''})")
+        return lines or ["error: supervisor not reachable"]
+
+    async def cmd_restart(self, args: list[str]) -> list[str]:
+        if self.ctx.control is None:
+            return ["error: not supervised (--single-process)"]
+        if len(args) != 1:
+            return ["usage: restart <role>"]
+        reply = await self.ctx.control.restart(args[0])
+        return ["OK"] if reply.get("status") == "ok" else [f"error: {reply.get('reason', 'failed')}"]
+
+    async def cmd_workers(self, args: list[str]) -> list[str]:
+        if self.ctx.control is None:
+            return ["error: not supervised (--single-process)"]
+        if len(args) != 2 or args[0] not in ("forward", "smtp") or not args[1].isdigit():
+            return ["usage: workers {forward|smtp} <N>"]
+        count = int(args[1])
+        if count < (1 if args[0] == "smtp" else 0) or count > 64:
+            return ["error: invalid number of workers"]
+        reply = await self.ctx.control.set_workers(args[0], count)
+        return ["OK"] if reply.get("status") == "ok" else [f"error: {reply.get('reason', 'failed')}"]
+
+    async def cmd_events(self, args: list[str]) -> list[str] | None:
+        self.ctx.watchers.add(self)
+        return []
+
+
+_COMMANDS: dict[str, Callable[[AdminSession, list[str]], Any]] = {
+    "help": AdminSession.cmd_help,
+    "list": AdminSession.cmd_list,
+    "failures": AdminSession.cmd_failures,
+    "unfail-all": AdminSession.cmd_unfail_all,
+    "status": AdminSession.cmd_status,
+    "info": AdminSession.cmd_info,
+    "forward": AdminSession.cmd_forward,
+    "flush": AdminSession.cmd_flush,
+    "notify": AdminSession.cmd_notify,
+    "pid": AdminSession.cmd_pid,
+    "smtp": AdminSession.cmd_smtp,
+    "dnsbl": AdminSession.cmd_dnsbl,
+    "roles": AdminSession.cmd_roles,
+    "restart": AdminSession.cmd_restart,
+    "workers": AdminSession.cmd_workers,
+    "events": AdminSession.cmd_events,
+}
