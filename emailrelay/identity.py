@@ -69,18 +69,26 @@ def group_for_files() -> int | None:
     return _target.gid if _target is not None else None
 
 
+_depth = 0  # nesting of as_root() sections (guarded by _lock)
+
+
 @contextlib.contextmanager
 def as_root() -> Iterator[None]:
-    """Take effective root back for a moment (no-op when not switching)."""
+    """Take effective root back for a moment (no-op when not switching); nests safely."""
+    global _depth
     if _target is None:
         yield
         return
     with _lock:
-        os.seteuid(0)
+        if _depth == 0:
+            os.seteuid(0)
+        _depth += 1
         try:
             yield
         finally:
-            os.seteuid(_target.uid)
+            _depth -= 1
+            if _depth == 0:
+                os.seteuid(_target.uid)
 
 
 def child_preexec() -> Callable[[], None] | None:

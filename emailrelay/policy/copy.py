@@ -44,7 +44,9 @@ class CopyFilter:
         store = store_for(self.store, ctx)
         names = await asyncio.to_thread(store.mailboxes)
         if not names:
-            self.log.warning(f"filter [{self.name}]: [{ctx.message_id}]: no sub-directories to copy into", ctx.log_address)
+            self.log.warning(
+                f"filter [{self.name}]: [{ctx.message_id}]: no sub-directories to copy into", ctx.log_address
+            )
             return FilterResult.accept()
         try:
             copies = await asyncio.to_thread(

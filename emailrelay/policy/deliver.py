@@ -69,7 +69,9 @@ class DeliverFilter:
                 return FilterResult(FilterOutcome.REJECT, "invalid mailbox", None, str(exc))
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"deliver: {exc}")
         for path in paths:
-            self.log.info(f"filter [{self.name}]: [{ctx.message_id}]: delivered to [{path.parent}]", ctx.log_address)
+            self.log.info(
+                f"filter [{self.name}]: [{ctx.message_id}]: delivered to [{path.parent}]", ctx.log_address
+            )
         if delete:
             return FilterResult(FilterOutcome.ABANDON, exit_code=100)
         return FilterResult.accept()

@@ -166,7 +166,9 @@ def clean_text(text: str, limit: int = REASON_LIMIT) -> str:
 
 def is_clean_address(text: str) -> bool:
     """An address a verifier may give back: non-empty, no control characters, no angle brackets."""
-    return bool(text) and len(text) <= 512 and not _CONTROL.search(text) and "<" not in text and ">" not in text
+    return (
+        bool(text) and len(text) <= 512 and not _CONTROL.search(text) and "<" not in text and ">" not in text
+    )
 
 
 def is_clean_mailbox(text: str) -> bool:
@@ -225,7 +227,9 @@ def result_for_exit_code(exit_code: int, output: bytes = b"") -> FilterResult:
         return FilterResult(
             FilterOutcome.ERROR, "filter error", None, f"reserved exit code {exit_code}", exit_code=exit_code
         )
-    return FilterResult(FilterOutcome.ERROR, "filter error", None, f"exit code {exit_code}", exit_code=exit_code)
+    return FilterResult(
+        FilterOutcome.ERROR, "filter error", None, f"exit code {exit_code}", exit_code=exit_code
+    )
 
 
 def describe_failure(result: FilterResult) -> str:
@@ -251,7 +255,9 @@ class ExeFilter:
         envelope = os.path.abspath(ctx.envelope_path)
         self.log.verbose(f"filter [{self.name}]: [{ctx.message_id}]: running {self.program}", ctx.log_address)
         run = await run_program(
-            [self.program, content, envelope], timeout=self.options.timeout, output_cap=self.options.output_cap
+            [self.program, content, envelope],
+            timeout=self.options.timeout,
+            output_cap=self.options.output_cap,
         )
         if run.error is not None:
             result = FilterResult(FilterOutcome.ERROR, "filter error", None, run.error)
@@ -291,7 +297,12 @@ def peer_text(peer: PeerLike | str | None) -> str:
 
 
 def verifier_args(
-    recipient: str, mail_from: str | None, peer: PeerLike | str | None, domain: str, mechanism: str, auth_id: str
+    recipient: str,
+    mail_from: str | None,
+    peer: PeerLike | str | None,
+    domain: str,
+    mechanism: str,
+    auth_id: str,
 ) -> list[str]:
     """The six arguments of the guide: recipient, from (empty for VRFY), ip:port, domain, mechanism, id."""
     return [
@@ -314,7 +325,10 @@ def verdict_for(
         if not is_clean_mailbox(mailbox):
             log.warning(f"{source}: invalid mailbox name for [{recipient}]: [{mailbox}]")
             return RecipientVerdict(
-                RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail="invalid mailbox name"
+                RecipientKind.TEMPORARY,
+                recipient,
+                reason="mailbox unavailable",
+                detail="invalid mailbox name",
             )
         return RecipientVerdict(RecipientKind.LOCAL, recipient, mailbox=mailbox, full_name=clean_text(line1))
     if code == 1:
@@ -333,9 +347,14 @@ def verdict_for(
             detail=clean_text(line2),
         )
     if code == 100:
-        return RecipientVerdict(RecipientKind.ABORT, recipient, reason=clean_text(line1), detail=clean_text(line2))
+        return RecipientVerdict(
+            RecipientKind.ABORT, recipient, reason=clean_text(line1), detail=clean_text(line2)
+        )
     return RecipientVerdict(
-        RecipientKind.REJECT, recipient, reason=clean_text(line1) or "invalid mailbox", detail=clean_text(line2)
+        RecipientKind.REJECT,
+        recipient,
+        reason=clean_text(line1) or "invalid mailbox",
+        detail=clean_text(line2),
     )
 
 
@@ -356,7 +375,12 @@ class ExeVerifier:
         self.log = logmod.get()
 
     async def verify(
-        self, recipient: str, mail_from: str | None, peer: PeerLike | str | None, auth_mechanism: str, auth_id: str
+        self,
+        recipient: str,
+        mail_from: str | None,
+        peer: PeerLike | str | None,
+        auth_mechanism: str,
+        auth_id: str,
     ) -> RecipientVerdict:
         args = verifier_args(recipient, mail_from, peer, self.options.domain, auth_mechanism, auth_id)
         self.log.verbose("address verifier: executing " + " ".join(f"[{a}]" for a in [self.program, *args]))
@@ -370,7 +394,9 @@ class ExeVerifier:
                 return RecipientVerdict(
                     RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail=run.describe()
                 )
-            return RecipientVerdict(RecipientKind.REJECT, recipient, reason="invalid mailbox", detail=run.describe())
+            return RecipientVerdict(
+                RecipientKind.REJECT, recipient, reason="invalid mailbox", detail=run.describe()
+            )
         self.log.verbose(f"address verifier: exit code {run.exit_code}: [{line1}] [{line2}]")
         return verdict_for(run.exit_code, line1, line2, recipient)
 

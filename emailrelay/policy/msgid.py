@@ -75,9 +75,13 @@ class MsgidFilter:
             msgid = await asyncio.to_thread(add_message_id, store_for(self.store, ctx), ctx, self.domain)
         except OSError as exc:
             self.log.warning(f"filter [{self.name}] failed: {exc}", ctx.log_address)
-            return FilterResult(FilterOutcome.ERROR, "filter error", None, f"msgid: {os.strerror(exc.errno or 5)}")
+            return FilterResult(
+                FilterOutcome.ERROR, "filter error", None, f"msgid: {os.strerror(exc.errno or 5)}"
+            )
         if msgid is not None:
-            self.log.verbose(f"filter [{self.name}]: [{ctx.message_id}]: added Message-ID {msgid}", ctx.log_address)
+            self.log.verbose(
+                f"filter [{self.name}]: [{ctx.message_id}]: added Message-ID {msgid}", ctx.log_address
+            )
         return FilterResult.accept()
 
     async def close(self) -> None:

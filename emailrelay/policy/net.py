@@ -137,7 +137,13 @@ class ConnectionPool:
                 line = await asyncio.wait_for(conn.reader.readline(), max(0.001, deadline - time.monotonic()))
                 if not line.endswith(b"\n"):
                     raise ConnectionError("connection closed by the server")
-            except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            except (
+                OSError,
+                ConnectionError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                ValueError,
+            ):
                 conn.close()
                 if reused:  # a pooled connection the server had dropped: one fresh try
                     conn, reused = None, False
@@ -167,16 +173,30 @@ class NetFilter:
 
     async def run(self, ctx: FilterContext) -> FilterResult:
         request = (str(ctx.content_path) + "\n").encode("utf-8", "surrogateescape")
-        self.log.verbose(f"filter [{self.name}]: [{ctx.message_id}]: sending [{ctx.content_path}]", ctx.log_address)
+        self.log.verbose(
+            f"filter [{self.name}]: [{ctx.message_id}]: sending [{ctx.content_path}]", ctx.log_address
+        )
         try:
             line = await self.pool.exchange(request, self.options.timeout)
         except TimeoutError:
             self.log.warning(f"filter [{self.name}] failed: timeout", ctx.log_address)
-            return FilterResult(FilterOutcome.ERROR, "filter timeout", None, f"timeout after {self.options.timeout:.0f}s")
-        except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            return FilterResult(
+                FilterOutcome.ERROR, "filter timeout", None, f"timeout after {self.options.timeout:.0f}s"
+            )
+        except (
+            OSError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ) as exc:
+            text = (
+                exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            )
             self.log.warning(f"filter [{self.name}] failed: {text}", ctx.log_address)
-            return FilterResult(FilterOutcome.ERROR, "filter error", None, f"network filter: {clean_text(text)}")
+            return FilterResult(
+                FilterOutcome.ERROR, "filter error", None, f"network filter: {clean_text(text)}"
+            )
         return self.result_for(line, ctx)
 
     def result_for(self, line: str, ctx: FilterContext) -> FilterResult:
@@ -203,7 +223,12 @@ class NetVerifier:
         self.log = logmod.get()
 
     async def verify(
-        self, recipient: str, mail_from: str | None, peer: PeerLike | str | None, auth_mechanism: str, auth_id: str
+        self,
+        recipient: str,
+        mail_from: str | None,
+        peer: PeerLike | str | None,
+        auth_mechanism: str,
+        auth_id: str,
     ) -> RecipientVerdict:
         args = verifier_args(recipient, mail_from, peer, self.options.domain, auth_mechanism, auth_id)
         request = "|".join(clean_text(a, 1024) for a in args) + "\n"
@@ -213,7 +238,9 @@ class NetVerifier:
         except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
             text = str(exc) or type(exc).__name__
             self.log.warning(f"address verifier: [{self.spec.text}]: no response: {text}")
-            return RecipientVerdict(RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail=text)
+            return RecipientVerdict(
+                RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail=text
+            )
         self.log.verbose(f"address verifier: [{self.spec.text}]: response [{line}]")
         fields = line.split("|")
         try:

@@ -70,13 +70,20 @@ class SpamFilter:
 
     async def run(self, ctx: FilterContext) -> FilterResult:
         command = "PROCESS" if self.edit else "CHECK"
-        self.log.verbose(f"filter [{self.name}]: [{ctx.message_id}]: spamd {command} {self.endpoint}", ctx.log_address)
+        self.log.verbose(
+            f"filter [{self.name}]: [{ctx.message_id}]: spamd {command} {self.endpoint}", ctx.log_address
+        )
         try:
             async with asyncio.timeout(self.options.timeout):
                 spam, score = await self._exchange(ctx, command)
         except TimeoutError:
             self.log.warning(f"filter [{self.name}] failed: timeout", ctx.log_address)
-            return FilterResult(FilterOutcome.ERROR, "filter timeout", None, f"spamd timeout after {self.options.timeout:.0f}s")
+            return FilterResult(
+                FilterOutcome.ERROR,
+                "filter timeout",
+                None,
+                f"spamd timeout after {self.options.timeout:.0f}s",
+            )
         except (OSError, SpamdError, asyncio.IncompleteReadError, ValueError) as exc:
             text = clean_text(str(exc) or type(exc).__name__)
             self.log.warning(f"filter [{self.name}] failed: spamd: {text}", ctx.log_address)

@@ -208,3 +208,16 @@ def warnings_for(specs: list[Spec]) -> list[str]:
         if spec.kind == "exe" and not os.access(spec.value, os.X_OK):
             out.append(f"filter program not executable: [{spec.value}]")
     return out
+
+
+def options_from_config(config: object) -> PolicyOptions:
+    """PolicyOptions from an :class:`emailrelay.config.Config` (fields read with defaults)."""
+    spool = Path(getattr(config, "spool_dir", "/var/spool/emailrelay"))
+    delivery = getattr(config, "delivery_dir", None)
+    return PolicyOptions(
+        spool_dir=spool.absolute(),
+        delivery_dir=Path(delivery).absolute() if delivery else None,
+        domain=str(getattr(config, "domain", "") or ""),
+        timeout=float(getattr(config, "filter_timeout", 60.0) or 60.0),
+        connection_timeout=float(getattr(config, "connection_timeout", 10.0) or 10.0),
+    )

@@ -44,6 +44,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from emailrelay.protocol.addresses import xtext_encode
 from emailrelay.protocol.content_encoding import BdatEncoder, DataEncoder
 
 MAX_REPLY_LINE = 4096  # octets excluding the line end
@@ -275,13 +276,6 @@ _STAGE = {
 
 _FORBIDDEN_IN_COMMANDS = re.compile(r"[\r\n\x00]")
 _XTEXT = re.compile(r"<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
-
-
-def xtext_encode(text: str) -> str:
-    """RFC 3461 xtext of ``text`` (UTF-8 octets outside ``!``..``~``, ``+``, ``=`` as ``+HH``)."""
-    return "".join(
-        chr(b) if 33 <= b <= 126 and b not in (43, 61) else f"+{b:02X}" for b in text.encode("utf-8")
-    )
 
 
 def parse_ehlo(reply: Reply) -> Capabilities:

@@ -135,6 +135,7 @@ class ForwardService:
         self._stopping = False
         self._claims: set[Claim] = set()
         self._started: dict[MessageId, float] = {}
+        self._immediate: set[MessageId] = set()  # --immediate: failures are the client's, not ours
         self.on_event: Callable[..., None] | None = None  # (topic, **body): bus events
 
     def _emit(self, topic: str, **body: object) -> None:
@@ -278,8 +279,15 @@ class ForwardService:
                 claim.release()
 
     async def forward_immediately(self, mid: MessageId) -> tuple[int, str]:
-        """``--immediate``: forward a just-committed message; the client gets the next hop's reply."""
-        outcome = await self.forward_one(mid)
+        """``--immediate``: forward a just-committed message; the client gets the next hop's reply.
+
+        On any failure the message is removed again: the client is told, so it owns the retry.
+        """
+        self._immediate.add(mid)
+        try:
+            outcome = await self.forward_one(mid)
+        finally:
+            self._immediate.discard(mid)
         if outcome.status == "sent":
             return 250, outcome.text or "message processed"
         if outcome.status == "retry":
@@ -416,7 +424,15 @@ class ForwardService:
         reason = reply.message if reply is not None else event.reason
         return self._fail(claim, reason, reply.code if reply is not None else None)
 
+    def _handed_back(self, claim: Claim, status: str, reason: str, code: int | None) -> Outcome:
+        """--immediate: the client gets the failure; our copy goes."""
+        claim.remove()
+        self.log.warning(f"forwarding [{claim.id}] failed: {reason}: reported to the client")
+        return Outcome(status, code or (451 if status == "retry" else 554), reason)
+
     def _fail(self, claim: Claim, reason: str, code: int | None) -> Outcome:
+        if claim.id in self._immediate:
+            return self._handed_back(claim, "failed", reason, code)
         busy = claim.envelope_path.name
         try:
             bad = claim.fail(reason, code)
@@ -430,6 +446,8 @@ class ForwardService:
         return Outcome("failed", code or 554, reason)
 
     def _retry(self, claim: Claim, reason: str, code: int | None) -> Outcome:
+        if claim.id in self._immediate:
+            return self._handed_back(claim, "retry", reason, code)
         age = time.time() - claim.id.time
         if retry.should_give_up(age, self.config.give_up_age):
             return self._fail(claim, f"gave up after {int(age)}s: {reason}", code)

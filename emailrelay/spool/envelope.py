@@ -150,13 +150,13 @@ def parse(data: bytes) -> Envelope:
             if line:
                 tail.append(line)
             continue
+        if _CONTROL.search(line):
+            raise EnvelopeError(f"line {number}: control character in envelope")
         if line.startswith((" ", "\t")):  # folded continuation
             if last_key != "ClientCertificate":
                 raise EnvelopeError(f"line {number}: unexpected continuation line")
             cert_lines.append(line.strip())
             continue
-        if _CONTROL.search(line):
-            raise EnvelopeError(f"line {number}: control character in envelope")
         if not line.startswith(_KEY_PREFIX) or ":" not in line:
             raise EnvelopeError(f"line {number}: not an envelope field: {line[:40]!r}")
         key, _, value = line[len(_KEY_PREFIX) :].partition(":")

@@ -24,7 +24,7 @@ PREFIX = "emailrelay"
 CONTENT_SUFFIX = ".content"
 ENVELOPE_SUFFIX = ".envelope"
 
-_ID_RE = re.compile(r"^emailrelay\.(\d{1,10})\.(\d{1,12})\.(\d{1,12})$")
+_ID_RE = re.compile(r"emailrelay\.([0-9]{1,10})\.([0-9]{1,12})\.([0-9]{1,12})")
 
 
 class State(Enum):
@@ -54,14 +54,14 @@ class MessageId:
 
     @classmethod
     def parse(cls, text: str) -> MessageId:
-        m = _ID_RE.match(text)
+        m = _ID_RE.fullmatch(text)
         if not m:
             raise ValueError(f"not a message id: {text!r}")
         return cls(time=int(m.group(2)), pid=int(m.group(1)), seq=int(m.group(3)))
 
 
 def is_valid_id(text: str) -> bool:
-    return _ID_RE.match(text) is not None
+    return _ID_RE.fullmatch(text) is not None
 
 
 def content_name(mid: MessageId | str) -> str:

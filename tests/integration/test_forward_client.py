@@ -71,7 +71,7 @@ def test_all_sent_exits_zero_and_empties_the_spool(spool: Path) -> None:
             m = got[f"rcpt{i}@example.net"]
             assert m.mail_from == "sender@example.com"
             assert m.data.endswith(c)  # submit may add headers in front, nothing after
-    assert list(spool.iterdir()) == []
+    assert states(spool) == {}
     assert "forwarding: no more messages to send" in r.stderr
 
 
@@ -189,7 +189,7 @@ def test_local_recipients_are_never_forwarded(spool: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert [m.rcpts for m in hop.messages] == [["remote@example.net"]]
         assert hop.commands_named("RCPT") == ["RCPT TO:<remote@example.net>"]
-    assert list(spool.iterdir()) == []
+    assert states(spool) == {}
 
 
 def test_only_local_recipients_fail_without_connecting(spool: Path) -> None:
@@ -217,7 +217,7 @@ def test_forward_to_address_overrides_the_default_hop(spool: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert list(routed_hop.message_ids()) == ["<routed@test>"]
         assert list(default_hop.message_ids()) == ["<default@test>"]
-    assert list(spool.iterdir()) == []
+    assert states(spool) == {}
 
 
 @pytest.mark.parametrize("name", ["submitted", "auth-local-remote", "eightbit"])
@@ -237,7 +237,7 @@ def test_upstream_spool_files_are_forwarded(spool: Path, name: str) -> None:
         assert m.data == canonical(content)
         if "X-MailRelay-Content: 8bit" in text:
             assert "BODY=8BITMIME" in m.mail_params
-    assert list(spool.iterdir()) == []
+    assert states(spool) == {}
 
 
 # ---- content on the wire and connection reuse ---------------------------------------------------
@@ -294,7 +294,7 @@ def test_twenty_messages_reuse_connections_and_arrive_exactly(spool: Path, serve
             assert all(m.via == "BDAT" for m in hop.messages)
         else:
             assert all(m.via == "DATA" for m in hop.messages)
-    assert list(spool.iterdir()) == []
+    assert states(spool) == {}
 
 
 def test_large_message_is_streamed_exactly(spool: Path) -> None:
@@ -307,7 +307,7 @@ def test_large_message_is_streamed_exactly(spool: Path) -> None:
         r = run_client(spool, hop.address)
         assert r.returncode == 0, r.stderr
         assert len(hop.messages) == 1 and hop.messages[0].data == content
-    assert list(spool.iterdir()) == []
+    assert states(spool) == {}
 
 
 def test_too_long_line_fails_before_mail_from(spool: Path) -> None:
@@ -379,7 +379,7 @@ def test_busy_left_by_a_killed_worker_is_recovered_and_sent_once(spool: Path) ->
         r = run_client(spool, hop.address)
         assert r.returncode == 0, r.stderr
         assert hop.message_ids() == {ids[0]: 1}
-    assert list(spool.iterdir()) == []
+    assert states(spool) == {}
     assert f"recovered claim on [{out.strip()}]" in r.stderr
 
 
@@ -402,7 +402,7 @@ def test_busy_held_by_a_live_worker_is_left_alone(spool: Path) -> None:
         r = run_client(spool, hop.address)
         assert r.returncode == 0, r.stderr
         assert len(hop.messages) == 1
-    assert list(spool.iterdir()) == []
+    assert states(spool) == {}
     assert len(ids) == 2
 
 

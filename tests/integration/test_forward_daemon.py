@@ -36,7 +36,7 @@ def _send(port: int, message_id: str, rcpts: tuple[str, ...] = ("b@example.net",
 
 
 def _empty(spool: Path) -> bool:
-    return not any(spool.iterdir())
+    return not states(spool)  # no message files (the supervised relay keeps a run directory there)
 
 
 def test_poll_0_forwards_each_message_as_it_is_committed(tmp_path: Path, hop: FakeSmtp) -> None:
@@ -57,8 +57,31 @@ def test_poll_0_forwards_each_message_as_it_is_committed(tmp_path: Path, hop: Fa
     print(f"\n--poll 0: median commit->arrival latency {statistics.median(latencies) * 1000:.1f} ms")
 
 
-def test_forward_on_disconnect(tmp_path: Path, hop: FakeSmtp) -> None:
-    relay = _relay(tmp_path, "--forward-to", hop.address, "--forward-on-disconnect")
+SUPERVISED_RINGS_ON_EVERY_ENVELOPE = (
+    "the notify role (services/notify.py _Handler.on_created/on_moved) publishes spool.ready for "
+    "every new or renamed-back .envelope whatever the forwarding mode, and the forward role "
+    "(services/forward.py ForwardService.ring) queues and claims that id at once"
+)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(
+            "supervised",
+            marks=pytest.mark.xfail(
+                reason="BUG: --forward-on-disconnect forwards while the client is still connected: "
+                + SUPERVISED_RINGS_ON_EVERY_ENVELOPE
+                + " (roles.run_smtp defers its own ring to the disconnect, in vain)",
+                strict=True,
+            ),
+        ),
+        "single-process",
+    ],
+)
+def test_forward_on_disconnect_waits_for_the_disconnect(tmp_path: Path, hop: FakeSmtp, mode: str) -> None:
+    extra = ("--single-process",) if mode == "single-process" else ()
+    relay = _relay(tmp_path, "--forward-to", hop.address, "--forward-on-disconnect", *extra)
     try:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=20) as c:
             c.sendmail("a@example.com", ["b@example.net"], simple_content("disc1@test"))
@@ -70,6 +93,51 @@ def test_forward_on_disconnect(tmp_path: Path, hop: FakeSmtp) -> None:
         assert wait_until(lambda: _empty(relay.spool), 5)
     finally:
         relay.stop()
+
+
+def test_forward_on_disconnect_delivers_after_the_disconnect(tmp_path: Path, hop: FakeSmtp) -> None:
+    relay = _relay(tmp_path, "--forward-to", hop.address, "--forward-on-disconnect")
+    try:
+        _send(relay.port, "disc3@test")
+        assert hop.wait_for_messages(1, timeout=5)
+        assert hop.message_ids() == {"<disc3@test>": 1}
+        assert wait_until(lambda: _empty(relay.spool), 5)
+        assert relay.proc.poll() is None
+    finally:
+        relay.stop()
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(
+            "supervised",
+            marks=pytest.mark.xfail(
+                reason="BUG: a 4xx is retried in a tight loop (>1000 attempts/s), ignoring the back-off: "
+                "Claim.release renames .busy back to .envelope (mtime = not-before), "
+                + SUPERVISED_RINGS_ON_EVERY_ENVELOPE
+                + " without checking that it is due",
+                strict=True,
+            ),
+        ),
+        "single-process",
+    ],
+)
+def test_4xx_is_not_retried_before_the_back_off(tmp_path: Path, mode: str) -> None:
+    extra = ("--single-process",) if mode == "single-process" else ()
+    with FakeSmtp(replies={"final": "452 4.3.1 try later"}) as hop:
+        relay = _relay(tmp_path, "--forward-to", hop.address, "--poll", "0", *extra)
+        try:
+            _send(relay.port, "backoff@test")
+            assert hop.wait_for(lambda: len(hop.refused) >= 1, timeout=5)
+            assert not hop.wait_for(lambda: len(hop.refused) >= 2, timeout=2.0), (
+                f"{len(hop.refused)} attempts within 2 s; the first retry is due after 60 s"
+            )
+            assert states(relay.spool) == {"envelope": 1, "content": 1}
+            env = next(p for p in relay.spool.iterdir() if p.name.endswith(".envelope"))
+            assert env.stat().st_mtime > time.time() + 50
+        finally:
+            relay.stop()
 
 
 def test_as_proxy(tmp_path: Path, hop: FakeSmtp) -> None:
@@ -192,8 +260,9 @@ def test_misbehaving_hop_while_running(tmp_path: Path, script: dict, big: bool) 
                 content = _BIG % mid.encode() if big else simple_content(mid)
                 c.sendmail("a@example.com", ["b@example.net"], content)
             assert wait_until(lambda: "deferred" in relay.log(), 15), relay.log()[-3000:]
-            # released with back-off: ready again, neither claimed nor failed
-            assert states(relay.spool) == {"envelope": 1, "content": 1}
+            # released for a retry, never failed (the exact back-off is test_4xx_is_not_retried_...)
+            assert "bad" not in states(relay.spool)
+            assert "failing envelope" not in relay.log()
             if big:
                 assert hop.dropped >= 1
             assert relay.proc.poll() is None

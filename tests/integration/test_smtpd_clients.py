@@ -19,12 +19,13 @@ import pytest
 from tests.integration.test_smtpd_support import (
     FIXTURES,
     LOG_LINE_RE,
+    Relays,
     committed,
     expected_envelope,
-    spool_entries,
     split_received,
+    spool_entries,
 )
-from tests.support.relay import Relay, start_relay
+from tests.support.relay import Relay
 
 SWAKS = "/usr/bin/swaks"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -34,9 +35,9 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def relay(tmp_path: Path) -> Iterator[Relay]:
-    r = start_relay(tmp_path)
-    yield r
-    r.stop()
+    relays = Relays(tmp_path)
+    yield relays.start()
+    relays.close()
 
 
 def smtp(relay: Relay) -> smtplib.SMTP:
@@ -87,7 +88,10 @@ def test_several_messages_on_one_connection_and_log_format(relay: Relay) -> None
     for i in range(5):
         env, content = by_from[f"s{i}@example.com"]
         assert env.to_remote == (f"r{i}@example.net",)
-        assert split_received(content)[1] == f"Subject: m{i}\r\nMessage-ID: <m{i}@example.com>\r\n\r\nmessage {i}\r\n".encode()
+        assert (
+            split_received(content)[1]
+            == f"Subject: m{i}\r\nMessage-ID: <m{i}@example.com>\r\n\r\nmessage {i}\r\n".encode()
+        )
     assert len({mid for mid, *_ in stored}) == 5
     lines = relay.log().splitlines()
     assert lines and all(LOG_LINE_RE.match(line) for line in lines), [
@@ -95,7 +99,7 @@ def test_several_messages_on_one_connection_and_log_format(relay: Relay) -> None
     ]
     assert any(line.endswith(f": info: smtp server on 127.0.0.1:{relay.port}") for line in lines)
     assert any(re.search(r': info: rx<<: "(?i:mail) FROM:<s0@example.com>"$', line) for line in lines)
-    assert any(line.endswith(': info: tx>>: "221 OK"') or ": tx>>: \"221 " in line for line in lines)
+    assert any(line.endswith(': info: tx>>: "221 OK"') or ': tx>>: "221 ' in line for line in lines)
 
 
 def test_helo_gives_smtp_in_received_line(relay: Relay) -> None:
@@ -148,16 +152,7 @@ def test_upstream_eightbit_fixture_reproduced(relay: Relay) -> None:
 
 @pytest.mark.skipif(not shutil.which(SWAKS), reason="swaks not installed")
 def test_swaks(relay: Relay, tmp_path: Path) -> None:
-    data = (
-        "From: swaks@example.com\n"
-        "To: r1@example.net\n"
-        "Subject: via swaks\n"
-        "\n"
-        ".dot first\n"
-        "middle\n"
-        "..\n"
-        "end"
-    )
+    data = "From: swaks@example.com\nTo: r1@example.net\nSubject: via swaks\n\n.dot first\nmiddle\n..\nend"
     (tmp_path / "msg.txt").write_text(data)  # swaks ends the data with CRLF.CRLF itself
     result = subprocess.run(
         [
@@ -169,7 +164,7 @@ def test_swaks(relay: Relay, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:]
     assert b"<-  250 message processed" in result.stdout or b"<-  250 " in result.stdout
-    ((_, env, env_bytes, content),) = committed(relay.spool)
+    ((_, _env, env_bytes, content),) = committed(relay.spool)
     assert env_bytes == expected_envelope("swaks@example.com", ["r1@example.net", "r2@example.org"])
     received, rest = split_received(content)
     assert received["helo"] == b"swaks.example.com"
@@ -204,7 +199,7 @@ def test_smtp_source_parallel_sessions(relay: Relay) -> None:
     stored = committed(relay.spool)
     assert len(stored) == 50
     message_ids = set()
-    for _, env, env_bytes, content in stored:
+    for _, _env, env_bytes, content in stored:
         assert env_bytes == expected_envelope("src@example.com", ["dst@example.net"])
         received, rest = split_received(content)
         assert received["with"] == b"SMTP"  # smtp-source says HELO

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 
 from emailrelay.spool import envelope as env_format
 from emailrelay.spool.envelope import Envelope
-from tests.support.relay import start_relay, wait_until
+from tests.support.relay import Relay, start_relay, wait_until
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
 LOG_LINE_RE = re.compile(r"^emailrelay: [0-9]{8}\.[0-9]{6}\.[0-9]{3}: (info|warning|error): ")
@@ -27,9 +29,51 @@ RECEIVED_RE = re.compile(
 )
 
 
+def short_run_dir() -> Path:
+    """A run directory whose ipc paths fit in sockaddr_un (the default one under a deep tmp_path does not)."""
+    return Path(tempfile.mkdtemp(prefix="er", dir="/tmp"))
+
+
+class Relays:
+    """Starts relays for one test (each with a short --run-dir) and stops them all afterwards."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[Relay] = []
+        self.run_dirs: list[Path] = []
+
+    def start(self, *args: str, name: str | None = None, **kwargs: object) -> Relay:
+        run_dir = short_run_dir()
+        self.run_dirs.append(run_dir)
+        relay = start_relay(
+            self.tmp_path,
+            "--run-dir",
+            str(run_dir),
+            *args,
+            name=name or f"relay{len(self.started)}",
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self.started.append(relay)
+        return relay
+
+    def close(self) -> None:
+        for relay in self.started:
+            if relay.stop(timeout=20) is None:
+                relay.kill9()
+        for run_dir in self.run_dirs:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def relays(tmp_path: Path):  # type: ignore[no-untyped-def]
+    r = Relays(tmp_path)
+    yield r
+    r.close()
+
+
 @pytest.mark.timeout(120)
-def test_relay_keeps_serving_after_clients_disconnect(tmp_path: Path) -> None:
-    relay = start_relay(tmp_path)
+def test_relay_keeps_serving_after_clients_disconnect(relays: Relays) -> None:
+    relay = relays.start()
     try:
         # a client that says QUIT, one that just closes, one that resets the connection
         with socket.create_connection(("127.0.0.1", relay.port), 10) as s:

@@ -16,7 +16,7 @@ GUIDE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "referenc
 # Where we knowingly differ from the guide's option list.
 NO_SHORT_DESPITE_GUIDE = {"delivery-dir"}  # the guide repeats "(-s)", which is --spool-dir's
 VALUE_NOT_SHOWN_IN_GUIDE = {"log-format"}  # the guide omits the metavar but the option takes a value
-SUPERVISOR = {"workers", "run-dir", "retry", "give-up", "max-connections", "notify"}
+SUPERVISOR = {o.name for o in OPTIONS if o.section == "Supervisor"}  # our extensions, none of them in the guide
 
 GUIDE_LINE = re.compile(
     r"^\*\s+\\-\\-(?P<name>[a-z0-9-]+)\s*(?P<value>\[?=?&lt;[^&]*&gt;\]?)?\s*(?:\(-(?P<short>.)\))?\s*$"

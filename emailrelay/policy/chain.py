@@ -1,0 +1,187 @@
+"""Filter chains: ``--filter`` (server side) and ``--client-filter`` (forwarding side).
+
+What it is for: one object per side that runs the comma-separated filters of
+the option, in order, on one message, and sums their verdicts up into one
+:class:`FilterResult` for the caller (the SMTP session, the forwarder).
+
+What it expects: parsed :class:`Spec` items; the spool store; the message's
+id, absolute content path and envelope path (``.envelope.new`` on the
+server side, ``.envelope.busy`` on the client side).
+
+What it guarantees:
+- filters run one after the other; the first result that is not ok (REJECT,
+  ERROR, ABANDON) ends the chain and is returned;
+- a 103 (rescan) anywhere is remembered: the final result has ``rescan``
+  set and, when otherwise ok, the RESCAN outcome; a 102 makes an ok final
+  result STOP_SCAN;
+- a filter that deleted the envelope but said ok ends the chain: the result
+  is ABANDON on the client side (the forwarder just drops its claim) and OK on
+  the server side (the SMTP session sees the message gone, replies 250 and
+  commits nothing; content left behind, as by ``copy:pop``, is kept);
+- a bug in a filter is an ERROR result, never an exception into the caller;
+- log lines: ``filter [<name>]: [<id>]: failed response=[<reason>]`` for a
+  rejection and ``filter [<name>]: [<id>]: failed response=[error]
+  reason=[<why>]`` for an error (time-outs say ``timeout``);
+- many messages may be filtered at once (no lock is shared between calls).
+
+Client-filter contract for the forwarder: filters edit the ``.busy``
+envelope file in place (built-ins via
+:meth:`SpoolStore.rewrite_envelope_in_place`; scripts as they like), so after
+a client filter the forwarder must re-read the envelope
+(``claim.envelope(reread=True)``) before using ``ForwardToAddress`` etc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import replace
+
+from .. import log as logmod
+from ..spool.names import MessageId
+from ..spool.store import SpoolStore
+from .spec import Filter, FilterContext, PolicyOptions, Spec, options_from_config, parse_filters
+from .verdicts import FilterOutcome, FilterResult
+
+
+def make_filter(spec: Spec, options: PolicyOptions, store: SpoolStore) -> Filter:
+    """One filter object for a spec (network and DNS set-up is lazy; nothing connects here)."""
+    kind = spec.kind
+    if kind == "exe":
+        from .exe import ExeFilter
+
+        return ExeFilter(spec, options)
+    if kind == "exit":
+        from .builtin_exit import ExitFilter
+
+        return ExitFilter(spec, options)
+    if kind == "net":
+        from .net import NetFilter
+
+        return NetFilter(spec, options)
+    if kind in ("spam", "spam-edit"):
+        from .spam import SpamFilter
+
+        return SpamFilter(spec, options, store)
+    if kind == "copy":
+        from .copy import CopyFilter
+
+        return CopyFilter(spec, options, store)
+    if kind == "deliver":
+        from .deliver import DeliverFilter
+
+        return DeliverFilter(spec, options, store)
+    if kind == "split":
+        from .split import SplitFilter
+
+        return SplitFilter(spec, options, store)
+    if kind == "mx":
+        from .mx import MxFilter
+
+        return MxFilter(spec, options, store)
+    if kind == "msgid":
+        from .msgid import MsgidFilter
+
+        return MsgidFilter(spec, options, store)
+    raise ValueError(f"not a filter: {spec.text}")
+
+
+class FilterChain:
+    client = False
+
+    def __init__(self, specs: list[Spec], store: SpoolStore, options: PolicyOptions | None = None) -> None:
+        self.specs = list(specs)
+        self.store = store
+        self.options = options or PolicyOptions(spool_dir=store.directory)
+        self.filters: list[Filter] = [make_filter(s, self.options, store) for s in self.specs]
+        self.log = logmod.get()
+
+    def __bool__(self) -> bool:
+        return bool(self.filters)
+
+    async def filter(
+        self,
+        message_id: MessageId | str,
+        content_path: str,
+        envelope_path: str,
+        *,
+        log_address: str | None = None,
+    ) -> FilterResult:
+        ctx = FilterContext(
+            message_id,
+            os.path.abspath(content_path),
+            os.path.abspath(envelope_path),
+            client=self.client,
+            log_address=log_address,
+        )
+        rescan = stop = False
+        for f in self.filters:
+            try:
+                result = await f.run(ctx)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in a filter must not break the session
+                self.log.error(f"filter [{f.name}]: [{message_id}]: internal error: {exc!r}", log_address)
+                result = FilterResult(FilterOutcome.ERROR, "filter error", None, f"internal error: {exc}")
+            self._log_result(f.name, ctx, result)
+            rescan = rescan or result.rescan or result.outcome is FilterOutcome.RESCAN
+            stop = stop or result.outcome is FilterOutcome.STOP_SCAN
+            if not result.ok:
+                return self._final(result, rescan, stop)
+            if not await asyncio.to_thread(os.path.exists, ctx.envelope_path):
+                self.log.verbose(
+                    f"filter [{f.name}]: [{message_id}]: message taken away by the filter", log_address
+                )
+                gone = FilterOutcome.ABANDON if self.client else FilterOutcome.OK
+                return self._final(FilterResult(gone, exit_code=result.exit_code), rescan, stop)
+        return self._final(FilterResult.accept(), rescan, stop)
+
+    @staticmethod
+    def _final(result: FilterResult, rescan: bool, stop: bool) -> FilterResult:
+        if result.outcome is FilterOutcome.OK or result.ok:
+            if stop:
+                result = replace(result, outcome=FilterOutcome.STOP_SCAN)
+            elif rescan:
+                result = replace(result, outcome=FilterOutcome.RESCAN)
+        if rescan and not result.rescan:
+            result = replace(result, rescan=True)
+        return result
+
+    def _log_result(self, name: str, ctx: FilterContext, result: FilterResult) -> None:
+        head = f"filter [{name}]: [{ctx.message_id}]: "
+        if result.outcome is FilterOutcome.REJECT:
+            tail = f" reason=[{result.detail}]" if result.detail else ""
+            self.log.info(f"{head}failed response=[{result.reason}]{tail}", ctx.log_address)
+        elif result.outcome is FilterOutcome.ERROR:
+            self.log.info(
+                f"{head}failed response=[error] reason=[{result.detail or result.reason}]", ctx.log_address
+            )
+        elif result.outcome is FilterOutcome.ABANDON:
+            self.log.verbose(f"{head}abandoned", ctx.log_address)
+
+    async def close(self) -> None:
+        for f in self.filters:
+            try:
+                await f.close()
+            except Exception as exc:  # closing is best effort
+                self.log.warning(f"filter [{f.name}]: close: {exc!r}")
+
+
+class ServerFilterChain(FilterChain):
+    """``--filter``: runs on ``.envelope.new`` before the message is committed."""
+
+    client = False
+
+
+class ClientFilterChain(FilterChain):
+    """``--client-filter``: runs on the claimed ``.envelope.busy`` before forwarding."""
+
+    client = True
+
+
+def build_client_filter(config: object, store: SpoolStore) -> ClientFilterChain | None:
+    """The forwarder's client-filter chain for a configuration, or None when there is none."""
+    specs = parse_filters(getattr(config, "client_filters", None) or [], client=True)
+    if not specs:
+        return None
+    return ClientFilterChain(specs, store, options_from_config(config))
