@@ -67,6 +67,25 @@ class Config:
     as_client: bool = False
     single_process: bool = False
     admin_port: int | None = None
+    # authentication and TLS
+    server_auth: str | None = None
+    client_auth: str | None = None
+    pop_auth: str | None = None
+    server_auth_config: str | None = None
+    client_auth_config: str | None = None
+    server_tls: bool = False
+    server_tls_connection: bool = False
+    server_tls_required: bool = False
+    server_tls_certificates: list[str] = field(default_factory=list)
+    server_tls_verify: str | None = None
+    client_tls: bool = False
+    client_tls_connection: bool = False
+    client_tls_required: bool = False
+    client_tls_certificates: list[str] = field(default_factory=list)
+    client_tls_server_name: str | None = None
+    client_tls_verify: str | None = None
+    client_tls_verify_name: str | None = None
+    tls_config: str | None = None
     admin_terminate: bool = False
     notify_polling: bool = False
 
@@ -105,6 +124,13 @@ def _list(values: Values, name: str) -> list[str]:
     for item in items:
         out.extend(part.strip() for part in item.split(",") if part.strip())
     return out
+
+
+def _raw_list(values: Values, name: str) -> list[str]:
+    raw = values.get(name)
+    if raw is None or isinstance(raw, bool):
+        return []
+    return list(raw) if isinstance(raw, list) else [raw]
 
 
 def _keywords(values: Values, name: str, allowed: set[str]) -> frozenset[str]:
@@ -212,6 +238,30 @@ def from_values(values: Values) -> Config:
     if values.get("admin") not in (None, False):
         c.admin_port = _int(values, "admin", 0)
     c.admin_terminate = bool(values.get("admin-terminate"))
+    for name in (
+        "server-auth",
+        "client-auth",
+        "pop-auth",
+        "server-auth-config",
+        "client-auth-config",
+        "server-tls-verify",
+        "client-tls-server-name",
+        "client-tls-verify",
+        "client-tls-verify-name",
+        "tls-config",
+    ):
+        setattr(c, name.replace("-", "_"), _str(values, name))
+    for name in (
+        "server-tls",
+        "server-tls-connection",
+        "server-tls-required",
+        "client-tls",
+        "client-tls-connection",
+        "client-tls-required",
+    ):
+        setattr(c, name.replace("-", "_"), bool(values.get(name)))
+    c.server_tls_certificates = _raw_list(values, "server-tls-certificate")
+    c.client_tls_certificates = _raw_list(values, "client-tls-certificate")
     c.notify_polling = values.get("notify") == "poll"
     if c.forward_to is None and (c.forward or c.forward_on_disconnect or c.poll is not None or c.immediate):
         raise UsageError("forwarding needs --forward-to (or --as-client / --as-proxy)")

@@ -39,6 +39,7 @@ GUARANTEES
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,6 +104,12 @@ def _apply_versions(ctx: ssl.SSLContext, config: TlsConfig) -> None:
         raise UsageError(f"--tls-config: protocol version not available: {err}") from None
 
 
+def _ssl_reason(err: ssl.SSLError) -> str:
+    text = err.reason or (err.args[1] if len(err.args) > 1 else str(err))
+    text = re.sub(r"^\[\w+\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(text)).lower().replace("_", " ")
+    return "no usable PEM certificate or key" if text == "pem lib" else text
+
+
 def _check_readable(path: str, option: str) -> None:
     try:
         with open(path, "rb"):
@@ -126,8 +133,9 @@ def _load_chain(ctx: ssl.SSLContext, files: Sequence[str], option: str) -> None:
     try:
         ctx.load_cert_chain(certfile=cert, keyfile=key, password=no_password)
     except ssl.SSLError as err:
-        reason = err.reason or str(err)
-        raise UsageError(f"{option}: invalid certificate or private key in {names}: {reason}") from None
+        raise UsageError(
+            f"{option}: invalid certificate or private key in {names}: {_ssl_reason(err)}"
+        ) from None
 
 
 def _load_verify(ctx: ssl.SSLContext, verify: str, option: str, purpose: ssl.Purpose) -> None:
@@ -141,8 +149,7 @@ def _load_verify(ctx: ssl.SSLContext, verify: str, option: str, purpose: ssl.Pur
             _check_readable(verify, option)
             ctx.load_verify_locations(cafile=verify)
     except ssl.SSLError as err:
-        reason = err.reason or str(err)
-        raise UsageError(f"{option}: invalid CA certificates in [{verify}]: {reason}") from None
+        raise UsageError(f"{option}: invalid CA certificates in [{verify}]: {_ssl_reason(err)}") from None
 
 
 def server_context(

@@ -22,7 +22,7 @@ from .. import identity
 from .. import log as logmod
 from ..config import Config, from_values
 from ..errors import EmailRelayError, UsageError
-from ..services import daemon, listeners
+from ..services import daemon, listeners, security
 from ..services.instance import Instance
 from .helptext import help_text, version_text
 from .parse import Value, expand_shorthands, parse_command_line
@@ -31,10 +31,6 @@ from .parse import Value, expand_shorthands, parse_command_line
 NOT_IMPLEMENTED = (
     "pop", "pop-auth", "pop-by-name", "pop-no-delete",
     "filter", "client-filter", "address-verifier", "delivery-dir", "dnsbl",
-    "server-auth", "client-auth", "server-auth-config", "client-auth-config",
-    "server-tls", "server-tls-connection", "server-tls-certificate", "server-tls-required", "server-tls-verify",
-    "client-tls", "client-tls-connection", "client-tls-certificate", "client-tls-required",
-    "client-tls-server-name", "client-tls-verify", "client-tls-verify-name", "tls-config",
 )  # fmt: skip
 
 
@@ -114,6 +110,8 @@ def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
     if not config.spool_dir.is_dir():
         raise UsageError(f"invalid spool directory: {config.spool_dir}")
     config.spool_dir = config.spool_dir.absolute()  # before detaching changes the directory
+    security.server_security(config)  # secrets files and certificates: errors now, naming file and line
+    security.client_security(config)
     cwd = os.getcwd()
     bound: list[listeners.Bound] = []
     single_shot = config.as_client or config.dont_serve

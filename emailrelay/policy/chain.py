@@ -115,6 +115,7 @@ class FilterChain:
             log_address=log_address,
         )
         rescan = stop = False
+        last = FilterResult.accept()
         for f in self.filters:
             try:
                 result = await f.run(ctx)
@@ -134,7 +135,8 @@ class FilterChain:
                 )
                 gone = FilterOutcome.ABANDON if self.client else FilterOutcome.OK
                 return self._final(FilterResult(gone, exit_code=result.exit_code), rescan, stop)
-        return self._final(FilterResult.accept(), rescan, stop)
+            last = result
+        return self._final(last, rescan, stop)
 
     @staticmethod
     def _final(result: FilterResult, rescan: bool, stop: bool) -> FilterResult:

@@ -552,9 +552,12 @@ class SmtpServer:
         self._phase = Phase.IDLE
         self._send(535, "authentication failed")
 
-    def tls_established(self) -> None:
+    def tls_established(self, config: ServerConfig | None = None) -> None:
+        """The handshake is done; ``config`` may replace the configuration (eg. mechanisms allowed with TLS)."""
         if self._phase is not Phase.TLS:
             raise LocalProtocolError("tls_established() without an accepted STARTTLS")
+        if config is not None:
+            self._cfg = config
         self._tls = True
         self._authenticated = False
         self._extended = False

@@ -39,12 +39,13 @@ from .. import log as logmod
 from ..bus import schema
 from ..config import Config
 from ..protocol import smtp_client as sc
-from ..protocol.addresses import xtext_decode
+from ..protocol.addresses import xtext_decode, xtext_encode
 from ..protocol.content_encoding import ContentScanner
 from ..spool.envelope import Envelope, EnvelopeError
 from ..spool.names import MessageId, State
 from ..spool.store import Claim, SpoolStore
 from . import retry
+from .security import client_security
 from .smtp_connection import ConnectionTrouble, SmtpConnection
 
 READ_CHUNK = 256 * 1024
@@ -67,14 +68,18 @@ class Outcome:
         return self.status in ("sent", "skipped")
 
 
+def _pool_key(hop: str, selector: str) -> str:
+    return f"{hop}\x00{selector}"
+
+
 class _Pool:
     """Idle connections per next hop, for reuse across messages and workers."""
 
     def __init__(self) -> None:
         self.idle: dict[str, list[tuple[float, SmtpConnection]]] = {}
 
-    def take(self, hop: str) -> SmtpConnection | None:
-        conns = self.idle.get(hop)
+    def take(self, key: str) -> SmtpConnection | None:
+        conns = self.idle.get(key)
         while conns:
             _, conn = conns.pop()
             if conn.usable:
@@ -84,7 +89,7 @@ class _Pool:
 
     def give(self, conn: SmtpConnection) -> None:
         if conn.usable:
-            self.idle.setdefault(conn.hop, []).append((time.monotonic(), conn))
+            self.idle.setdefault(_pool_key(conn.hop, conn.selector), []).append((time.monotonic(), conn))
         else:
             conn.close()
 
@@ -124,6 +129,7 @@ class ForwardService:
             forward_to_some=config.forward_to_some,
             send_auth_param="client" not in config.anonymous,
         )
+        self.security = client_security(config)
         self.pool = _Pool()
         self.queue: asyncio.Queue[MessageId] = asyncio.Queue()
         self.known: set[MessageId] = set()  # queued or in progress in this process
@@ -312,7 +318,8 @@ class ForwardService:
             return self._fail(claim, f"cannot read content file: {exc.strerror or exc}", None)
         if scan_problem:
             return self._fail(claim, scan_problem, None)
-        conn = self.pool.take(hop)
+        selector = env.client_account_selector
+        conn = self.pool.take(_pool_key(hop, selector))
         try:
             if conn is None:
                 conn = SmtpConnection(
@@ -320,8 +327,9 @@ class ForwardService:
                     self.client_config,
                     response_timeout=self.config.response_timeout,
                     trace=self.log.verbose_on,
+                    selector=selector,
                 )
-                await conn.open(self.config.connection_timeout, self.config.client_interface)
+                await conn.open(self.config.connection_timeout, self.config.client_interface, self.security)
             result = await self._transaction(conn, claim, env, content, info_size)
         except ConnectionTrouble as exc:
             if conn is not None:
@@ -355,7 +363,7 @@ class ForwardService:
             size=size,
             body=_CONTENT_TO_BODY.get(env.content_type),
             smtputf8=env.utf8_mailbox_names,
-            auth=self._auth_param(env),
+            auth=self._auth_param(env, conn),
         )
         while True:
             event = await conn.next_event()
@@ -371,11 +379,12 @@ class ForwardService:
             if isinstance(event, sc.SessionFailed):
                 raise ConnectionTrouble(event.reason, event.reply)
 
-    def _auth_param(self, env: Envelope) -> str | None:
-        """MAIL FROM AUTH=: the envelope's MailFromAuthOut (xtext or "<>") when a filter set one."""
+    def _auth_param(self, env: Envelope, conn: SmtpConnection) -> str | None:
+        """MAIL FROM AUTH=: the envelope's MailFromAuthOut (xtext or "<>") when a filter set one,
+        else the name we authenticated as (reference guide, "Authentication")."""
         value = env.mail_from_auth_out
         if not value:
-            return None
+            return xtext_encode(conn.authenticated_as) if conn.authenticated_as else None
         if value == "<>":
             return value
         try:

@@ -28,6 +28,7 @@ from ..protocol import smtp_server as sp
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .listeners import Bound
+from .security import server_security
 from .smtpd import ServiceHooks, SmtpService, SmtpServiceOptions
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def build_smtp_service(
             idle_timeout=config.idle_timeout,
             add_received="content" not in config.anonymous,
             max_connections=config.max_connections,
+            security=server_security(config),
         ),
         store,
         hooks=hooks,

@@ -17,11 +17,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import ssl
 from typing import Any, cast
 
 from .. import log as logmod
+from ..auth import tls
+from ..auth.secrets import TokenError, fetch_oauth_token
 from ..protocol import smtp_client as sc
+from ..protocol.sasl import SaslClient, choose_client_mechanism
 from .listeners import format_address, parse_host_port
+from .security import ClientSecurity
 
 
 class ConnectionTrouble(Exception):
@@ -84,7 +89,9 @@ class _ClientProtocol(asyncio.Protocol):
 class SmtpConnection:
     """One client session to one next hop."""
 
-    def __init__(self, hop: str, config: sc.ClientConfig, *, response_timeout: float, trace: bool) -> None:
+    def __init__(
+        self, hop: str, config: sc.ClientConfig, *, response_timeout: float, trace: bool, selector: str = ""
+    ) -> None:
         self.hop = hop
         self.client = sc.SmtpClient(config, trace=trace)
         self.response_timeout = response_timeout
@@ -97,6 +104,9 @@ class SmtpConnection:
         self._lost_reason: str | None = None
         self.capabilities: sc.Capabilities | None = None
         self.messages = 0
+        self.selector = selector
+        self.encrypted = False
+        self.authenticated_as: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -107,15 +117,27 @@ class SmtpConnection:
             and self.client.state == sc.State.READY
         )
 
-    async def open(self, connection_timeout: float, local_address: str | None = None) -> sc.Capabilities:
+    async def open(
+        self,
+        connection_timeout: float,
+        local_address: str | None = None,
+        security: ClientSecurity | None = None,
+    ) -> sc.Capabilities:
         loop = asyncio.get_running_loop()
         kwargs: dict[str, Any] = {}
+        implicit = security is not None and security.tls_implicit and security.tls_context is not None
+        host_for_tls: str | None = None
         if self.hop.startswith("/"):
-            coro = loop.create_unix_connection(lambda: _ClientProtocol(self), self.hop)
+            if implicit:
+                kwargs.update(ssl=security.tls_context, server_hostname="localhost")  # type: ignore[union-attr]
+            coro = loop.create_unix_connection(lambda: _ClientProtocol(self), self.hop, **kwargs)
         else:
             host, port = parse_host_port(self.hop, 25)
+            host_for_tls = host
             if local_address:
                 kwargs["local_addr"] = (local_address, 0)
+            if implicit:
+                kwargs["ssl"] = security.tls_context  # type: ignore[union-attr]
             coro = loop.create_connection(lambda: _ClientProtocol(self), host, port, **kwargs)
         try:
             transport, _ = await asyncio.wait_for(coro, connection_timeout)
@@ -125,14 +147,106 @@ class SmtpConnection:
             raise ConnectionTrouble(f"cannot connect to {self.hop}: {exc.strerror or exc}") from None
         transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=256 * 1024)
+        if implicit:
+            self._tls_up()
+        caps = await self._session_ready()
+        if security is not None:
+            caps = await self._secure(caps, security, host_for_tls)
+        self.capabilities = caps
+        return caps
+
+    async def _session_ready(self) -> sc.Capabilities:
         while True:
             event = await self.next_event()
             if isinstance(event, sc.SessionReady):
-                self.capabilities = event.capabilities
                 return event.capabilities
             if isinstance(event, sc.SessionFailed):
                 self.close()
                 raise ConnectionTrouble(f"{event.reason}", event.reply)
+
+    async def _secure(
+        self, caps: sc.Capabilities, security: ClientSecurity, host: str | None
+    ) -> sc.Capabilities:
+        """STARTTLS when wanted and offered (or required), then AUTH with the client account."""
+        if security.tls_context is not None and not self.encrypted:
+            if caps.starttls:
+                caps = await self._starttls(security.tls_context, host)
+            elif security.tls_required:
+                self.close()
+                raise ConnectionTrouble(f"tls is required but {self.hop} does not offer STARTTLS")
+        if security.secrets is not None:
+            await self._authenticate(caps, security)
+        return caps
+
+    async def _starttls(self, context: ssl.SSLContext, host: str | None) -> sc.Capabilities:
+        self.client.starttls()
+        self._collect()
+        event = await self.next_event()
+        if not isinstance(event, sc.StartTlsReady):
+            self.close()
+            reason = getattr(event, "reason", "STARTTLS refused")
+            raise ConnectionTrouble(f"tls error: {reason}", getattr(event, "reply", None))
+        assert self.transport is not None and self.protocol is not None
+        try:
+            new_transport = await asyncio.get_running_loop().start_tls(
+                self.transport, self.protocol, context, server_hostname=host, ssl_handshake_timeout=30.0
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.abort()
+            self.log.warning(f"tls error: {exc}")
+            raise ConnectionTrouble(f"tls error: {exc}") from None
+        self.transport = cast(asyncio.Transport, new_transport)
+        self._tls_up()
+        self.client.tls_established()
+        self._collect()
+        return await self._session_ready()
+
+    def _tls_up(self) -> None:
+        assert self.transport is not None
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.encrypted = True
+            self.log.info(f"tls protocol established with {self.hop}: {tls.describe(ssl_object)}")
+
+    async def _authenticate(self, caps: sc.Capabilities, security: ClientSecurity) -> None:
+        assert security.secrets is not None
+        account = security.secrets.client_account(self.selector)
+        if account is None or account.is_empty:
+            return  # no account for this selector, or "client plain:b = =": no authentication
+        mechanism = choose_client_mechanism(
+            caps.auth_mechanisms, account, security.auth_config, self.encrypted
+        )
+        if mechanism is None:
+            self.close()
+            raise ConnectionTrouble(f"cannot authenticate with {self.hop}: no suitable mechanism offered")
+        if account.needs_token:
+            try:
+                account = await asyncio.get_running_loop().run_in_executor(None, fetch_oauth_token, account)
+            except TokenError as exc:
+                self.close()
+                raise ConnectionTrouble(str(exc)) from None
+        sasl = SaslClient(mechanism, account)
+        self.client.start_auth(mechanism, sasl.initial_response())
+        self._collect()
+        while True:
+            event = await self.next_event()
+            if isinstance(event, sc.AuthChallenge):
+                self.client.auth_response(sasl.respond(event.payload))
+                self._collect()
+            elif isinstance(event, sc.AuthDone):
+                if not event.success:
+                    self.close()
+                    raise ConnectionTrouble(
+                        f"authentication failed with {self.hop}: {event.reply}", event.reply
+                    )
+                self.authenticated_as = account.user
+                self.log.info(
+                    f"successful authentication with remote server using mechanism [{mechanism.lower()}]"
+                )
+                return
+            elif isinstance(event, sc.SessionFailed):
+                self.close()
+                raise ConnectionTrouble(event.reason, event.reply)
 
     # ---- byte plumbing ---------------------------------------------------------
     def _feed(self, data: bytes) -> None:

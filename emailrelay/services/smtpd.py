@@ -26,21 +26,26 @@ import asyncio
 import email.utils
 import errno
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
 from .. import log as logmod
+from ..auth import tls
 from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 from ..protocol import smtp_server as sp
 from ..protocol.addresses import xtext_encode
+from ..protocol.sasl import Challenge, Failure, SaslServer, Success
 from ..spool.envelope import Envelope
 from ..spool.names import MessageId
 from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
 from .listeners import format_address, is_local_address
+from .security import ServerSecurity
 
+TLS_HANDSHAKE_TIMEOUT = 30.0
 _BODY_TO_CONTENT = {"7BIT": "7bit", "8BITMIME": "8bit", "BINARYMIME": "binarymime"}
 
 
@@ -84,6 +89,7 @@ class SmtpServiceOptions:
     add_received: bool = True
     max_connections: int = 0
     verbose_content: bool = False
+    security: ServerSecurity | None = None
 
 
 @dataclass
@@ -134,8 +140,10 @@ class SmtpService:
 
     async def start(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
+        security = self.options.security
+        context = security.tls_context if security is not None and security.tls_implicit else None
         for sock in sockets:
-            server = await loop.create_server(lambda: SmtpSession(self), sock=sock, backlog=1024)
+            server = await loop.create_server(lambda: SmtpSession(self), sock=sock, backlog=1024, ssl=context)
             self.servers.append(server)
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -160,6 +168,11 @@ class SmtpSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.proto = sp.SmtpServer(service.options.server_config)
         self.peer = Peer("", 0)
+        self.encrypted = False
+        self.client_certificate = ""
+        self.trusted_keyword: str | None = None
+        self._sasl: SaslServer | None = None
+        self._auth_failures = 0
         self.helo = ""
         self.extended = False
         self.auth_mechanism = ""
@@ -207,6 +220,9 @@ class SmtpSession(asyncio.Protocol):
         svc.sessions.add(self)
         svc.stats["started"] += 1
         transport.set_write_buffer_limits(high=256 * 1024)
+        if transport.get_extra_info("ssl_object") is not None:
+            self._tls_up(transport)
+        self.proto = sp.SmtpServer(self._session_config())
         self.proto.greeting()
         self._flush()
         self._arm_idle_timer()
@@ -249,6 +265,119 @@ class SmtpSession(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    # ---- authentication and TLS ---------------------------------------------------
+    def _session_config(self) -> sp.ServerConfig:
+        """The protocol configuration for this client: mechanisms, AUTH and TLS requirements."""
+        base = self.service.options.server_config
+        security = self.service.options.security
+        if security is None:
+            return base
+        secrets = security.secrets
+        if secrets is not None and self.trusted_keyword is None:
+            self.trusted_keyword = secrets.trusted(self.peer.host)
+            if self.trusted_keyword is not None:
+                self.auth_mechanism, self.auth_id = "none", self.trusted_keyword
+        return replace(
+            base,
+            auth_mechanisms=security.mechanisms(self.encrypted),
+            auth_required=bool(secrets and secrets.has_server_accounts) and self.trusted_keyword is None,
+            starttls=security.tls_context is not None and not security.tls_implicit and not self.encrypted,
+            tls_required=security.tls_required and not self.encrypted,
+        )
+
+    def _tls_up(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.encrypted = True
+        if ssl_object is not None:
+            self.log.info(f"tls protocol established: {tls.describe(ssl_object)}", self.peer.host)
+            self.client_certificate = tls.peer_certificate_pem(ssl_object)
+
+    def _on_starttls(self, ev: sp.StartTls) -> Awaitable[None] | None:
+        self._trace_rx(ev.line)
+        security = self.service.options.security
+        if security is None or security.tls_context is None:
+            self.proto.reject(454, "4.7.0 TLS not available")
+            return None
+        self.proto.accept()
+        self._flush()
+        return self._start_tls(security.tls_context)
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new_transport = await loop.start_tls(
+                self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.log.warning(f"tls error: {exc}", self.peer.host)
+            self._closing = True
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if new_transport is None:
+            return
+        self.transport = cast(asyncio.Transport, new_transport)
+        self._reading_paused = False  # the TLS transport reads afresh
+        self._tls_up(new_transport)
+        self.proto.tls_established(self._session_config())
+
+    def _on_auth(self, ev: sp.AuthStart) -> Awaitable[None] | None:
+        self._trace_rx(ev.line)
+        security = self.service.options.security
+        if security is None or security.secrets is None:
+            self.proto.auth_failed()
+            return None
+        secrets = security.secrets
+        self._sasl = SaslServer(
+            ev.mechanism,
+            secrets.server_lookup,
+            challenge_domain=self.service.options.server_config.domain,
+            clock=time.time,
+        )
+        return self._auth_step(self._sasl.start(ev.initial_response))
+
+    def _on_auth_response(self, ev: sp.AuthResponse) -> Awaitable[None] | None:
+        self._trace_rx(ev.line)
+        if self._sasl is None:
+            self.proto.auth_failed()
+            return None
+        return self._auth_step(self._sasl.step(ev.data))
+
+    def _auth_step(self, step: object) -> Awaitable[None] | None:
+        if isinstance(step, Challenge):
+            self.proto.challenge(step.text_b64)
+            return None
+        security = self.service.options.security
+        assert security is not None
+        if isinstance(step, Success):
+            self._sasl = None
+            security.guard.success(self.peer.host)
+            self.auth_mechanism, self.auth_id = step.mechanism.lower(), step.identity
+            self.log.info(
+                f"successful authentication of remote client using {step.describe()}", self.peer.host
+            )
+            self.proto.auth_succeeded()
+            return None
+        self._sasl = None
+        self._auth_failures += 1
+        assert isinstance(step, Failure)
+        decision = security.guard.failure(self.peer.host, time.monotonic(), self._auth_failures)
+        who = f" for [{step.identity}]" if step.identity else ""
+        self.log.warning(f"failed authentication of remote client{who}: {step.reason}", self.peer.host)
+        return self._auth_failed_later(decision.delay, decision.disconnect)
+
+    async def _auth_failed_later(self, delay: float, disconnect: bool) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)  # brute-force protection
+        self.proto.auth_failed()
+        if disconnect:
+            self.log.warning("too many authentication failures: disconnecting", self.peer.host)
+            self._flush()
+            self._closing = True
+            if self.transport is not None:
+                self.transport.close()
 
     # ---- plumbing ---------------------------------------------------------------
     def _update_reading(self) -> None:
@@ -510,14 +639,6 @@ class SmtpSession(asyncio.Protocol):
     def _on_info(self, ev: Any) -> None:
         self._trace_rx(getattr(ev, "line", ""))
 
-    def _on_auth(self, ev: Any) -> None:
-        self._trace_rx(ev.line)
-        self.proto.auth_failed()
-
-    def _on_starttls(self, ev: Any) -> None:
-        self._trace_rx(ev.line)
-        self.proto.reject(454, "4.7.0 TLS not available")
-
     def _on_closed(self, ev: sp.ConnectionClosed) -> None:
         if self._closing:
             return
@@ -528,7 +649,11 @@ class SmtpSession(asyncio.Protocol):
 
     # ---- helpers -------------------------------------------------------------------
     def _received_line(self) -> bytes:
-        with_ = ("ESMTP" if self.extended else "SMTP") + ("A" if self.proto.authenticated else "")
+        with_ = (
+            ("ESMTP" if self.extended else "SMTP")
+            + ("S" if self.encrypted else "")
+            + ("A" if self.proto.authenticated else "")
+        )
         helo = self.helo or "unknown"
         date = email.utils.formatdate(localtime=True)
         line = f"Received: from {helo} ([{self.peer.host}]) by {self.service.options.server_config.domain} with {with_} ; {date}\r\n"
@@ -543,6 +668,7 @@ class SmtpSession(asyncio.Protocol):
             content_type=_BODY_TO_CONTENT.get(tx.body or "", "unknown"),
             authentication=xtext_encode(self.auth_id) if self.auth_id else "",
             client=self.peer.host,
+            client_certificate=self.client_certificate,
             mail_from_auth_in=tx.auth_in,
             utf8_mailbox_names=tx.smtputf8,
         )
@@ -582,5 +708,6 @@ _HANDLERS: dict[type, Callable[[SmtpSession, Any], Awaitable[None] | None]] = {
     sp.Quit: SmtpSession._on_info,
     sp.ProtocolError: SmtpSession._on_info,
     sp.AuthStart: SmtpSession._on_auth,
+    sp.AuthResponse: SmtpSession._on_auth_response,
     sp.StartTls: SmtpSession._on_starttls,
 }

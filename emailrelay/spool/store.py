@@ -587,6 +587,114 @@ class SpoolStore:
             os.replace(tmp, content)
         self.sync_directory()
 
+    # ---- queue tool support --------------------------------------------------------
+    # What ``emailrelay queue``, the failed-mail helpers (``emailrelay-notify``,
+    # ``-resubmit``, ``-bounce``) and the health check need.  Read-only helpers
+    # never change a file; the writers refuse claimed (``.busy``) and unfinished
+    # (``.new``) envelopes, so they are safe while the relay runs.
+
+    def envelope_bytes(self, mid: MessageId | str, state: State) -> bytes:
+        """The raw bytes of an envelope file (``queue show``, counting upstream's reason lines)."""
+        try:
+            return self._envelope(mid, state).read_bytes()
+        except OSError as exc:
+            raise _store_error(exc, f"cannot read envelope {mid}") from exc
+
+    def content_size(self, mid: MessageId | str) -> int | None:
+        """Size of the content file in bytes; None when there is none."""
+        try:
+            return self._content(mid).stat().st_size
+        except OSError:
+            return None
+
+    def content_head(self, mid: MessageId | str, limit: int = 65536) -> bytes:
+        """At most ``limit`` bytes from the start of the content (headers for tools); b"" if none."""
+        try:
+            with open(self._content(mid), "rb") as f:
+                return f.read(limit)
+        except OSError:
+            return b""
+
+    @_privileged
+    def make_due(self, mid: MessageId) -> bool:
+        """Clear the back-off of a ready message (its "not before" time becomes now)."""
+        try:
+            os.utime(self._envelope(mid, State.READY))
+        except FileNotFoundError:
+            return False
+        return True
+
+    @_privileged
+    def append_envelope_line(self, mid: MessageId, state: State, line: str) -> bool:
+        """Append one ``X-MailRelay-...`` line after ``End`` of a ``.bad`` or ``.held`` envelope.
+
+        The file is changed in place with one ``O_APPEND`` write (like upstream appends
+        its reason lines), so a concurrent rename by another tool cannot resurrect an
+        old copy; both readers keep such lines (upstream stops reading at ``End``, our
+        parser keeps them as ``extra_tail``).  False when the envelope is not there.
+        """
+        if state not in (State.BAD, State.HELD):
+            raise SpoolStoreError(errno.EINVAL, f"cannot annotate an envelope in state {state.label}")
+        if not line.startswith("X-MailRelay-") or envelope_format._CONTROL.search(line):
+            raise SpoolStoreError(errno.EINVAL, f"invalid envelope line: {line!r}")
+        try:
+            fd = os.open(self._envelope(mid, state), os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return False
+        try:
+            _write_all(fd, f"{line}\r\n".encode())
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    @_privileged
+    def probe_writable(self) -> None:
+        """Create, write, fsync and delete a scratch file; SpoolStoreError when that fails (health check)."""
+        path = self.directory / f".emailrelay-probe.{os.getpid()}.{threading.get_ident()}"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            fd = os.open(path, _WRITE_FLAGS, self.file_mode)
+            try:
+                _write_all(fd, b"probe\n")
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(path)
+        except OSError as exc:
+            raise _store_error(exc, f"spool directory {self.directory} is not writable") from exc
+
+    def free_bytes(self) -> int:
+        """Bytes available to unprivileged users on the spool's file system."""
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize
+
+    def tool_file(self, name: str) -> Path:
+        """The path of a tool's private dot-file in the spool directory (never a message file)."""
+        _check_mailbox_name(name)
+        if name.startswith(".") or name.startswith("emailrelay.") or ENVELOPE_SUFFIX in name:
+            raise SpoolStoreError(errno.EINVAL, f"invalid tool file name: {name!r}")
+        return self.directory / f".{name}"
+
+    @_privileged
+    def write_tool_file(self, name: str, data: bytes) -> None:
+        """Atomically replace a tool's private dot-file (notify's state file)."""
+        path = self.tool_file(name)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.close(self._write_file(tmp, data))
+        os.replace(tmp, path)
+
+    def read_tool_file(self, name: str) -> bytes | None:
+        try:
+            return self.tool_file(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
 
 class NewMessage:
     """A message being stored: content streamed to disk, then envelope, then commit."""

@@ -8,10 +8,13 @@ checks what the next hop got and what the spool holds afterwards.
 
 from __future__ import annotations
 
+import grp
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -410,20 +413,22 @@ def test_busy_held_by_a_live_worker_is_left_alone(spool: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to --user daemon")
-@pytest.mark.xfail(
-    reason="BUG: identity.as_root() is not re-entrant: the inner _privileged call "
-    "(Claim.rewrite -> SpoolStore._write_file) drops back to --user on exit, so "
-    "Claim.fail's rename of the .tmp over .busy runs unprivileged and fails; "
-    "the message stays .busy (plus a .busy.tmp) and --as-client exits 0",
-    strict=True,
-)
-def test_5xx_as_root_with_default_user_fails_the_envelope(spool: Path) -> None:
-    env = submit(spool, simple_content("root@test"), "b@example.net")
-    for p in spool.iterdir():
-        os.chown(p, 0, 1)  # group "daemon", as the relay itself would store them
-    with FakeSmtp(replies={"final": "550 5.7.1 rejected for testing"}) as hop:
-        r = run_client(spool, hop.address, user=None)  # default --user daemon
-        assert len(hop.refused) == 1
-    assert states(spool) == {"bad": 1, "content": 1}, r.stderr
-    assert r.returncode != 0
-    assert failure_lines(Path(str(env) + ".bad"))[1] == "X-MailRelay-ReasonCode: 550"
+def test_5xx_as_root_with_default_user_fails_the_envelope() -> None:
+    # Claim.fail -> rewrite -> _write_file nests identity.as_root(): the rename after the
+    # inner section must still run as root (it did not before a602aab: the message stayed .busy)
+    top = Path(tempfile.mkdtemp(prefix="fwd-root-", dir="/tmp"))  # traversable by --user daemon
+    try:
+        os.chmod(top, 0o755)
+        spool = top / "spool"
+        spool.mkdir()
+        env = submit(spool, simple_content("root@test"), "b@example.net")
+        for p in spool.iterdir():
+            os.chown(p, 0, grp.getgrnam("daemon").gr_gid)  # as the relay itself stores them
+        with FakeSmtp(replies={"final": "550 5.7.1 rejected for testing"}) as hop:
+            r = run_client(spool, hop.address, user=None)  # default --user daemon
+            assert len(hop.refused) == 1, r.stderr
+        assert states(spool) == {"bad": 1, "content": 1}, r.stderr
+        assert r.returncode != 0
+        assert failure_lines(Path(str(env) + ".bad"))[1] == "X-MailRelay-ReasonCode: 550"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -20,6 +20,7 @@ from tests.integration.test_smtpd_support import (
     FIXTURES,
     LOG_LINE_RE,
     Relays,
+    clear_spool,
     committed,
     expected_envelope,
     split_received,
@@ -33,11 +34,19 @@ SMTP_SOURCE = "/usr/sbin/smtp-source"
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[Relay]:
-    relays = Relays(tmp_path)
+@pytest.fixture(scope="module")
+def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    relays = Relays(tmp_path_factory.mktemp("shared"))
     yield relays.start()
     relays.close()
+
+
+@pytest.fixture
+def relay(shared_relay: Relay) -> Relay:
+    """The module's relay with an empty spool (tests leave no session open behind them)."""
+    assert shared_relay.proc.poll() is None, shared_relay.log()[-3000:]
+    clear_spool(shared_relay.spool)
+    return shared_relay
 
 
 def smtp(relay: Relay) -> smtplib.SMTP:

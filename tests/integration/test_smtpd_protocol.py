@@ -10,6 +10,7 @@ import pytest
 from tests.integration.test_smtpd_support import (
     Relays,
     Wire,
+    clear_spool,
     committed,
     expected_envelope,
     parse_replies,
@@ -29,9 +30,19 @@ def relay_with(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
     relays.close()
 
 
+@pytest.fixture(scope="module")
+def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    relays = Relays(tmp_path_factory.mktemp("shared"))
+    yield relays.start()
+    relays.close()
+
+
 @pytest.fixture
-def relay(relay_with: Callable[..., Relay]) -> Relay:
-    return relay_with()
+def relay(shared_relay: Relay) -> Relay:
+    """The module's relay with an empty spool (tests leave no session open behind them)."""
+    assert shared_relay.proc.poll() is None, shared_relay.log()[-3000:]
+    clear_spool(shared_relay.spool)
+    return shared_relay
 
 
 def ehlo_keywords(lines: list[str]) -> set[str]:

@@ -226,6 +226,12 @@ def expected_envelope(
     return "".join(line + "\r\n" for line in lines).encode("utf-8")
 
 
+def clear_spool(spool: Path) -> None:
+    """Remove every message file (between tests that share one relay)."""
+    for path in spool.glob("emailrelay.*"):
+        path.unlink()
+
+
 def spool_is_empty(spool: Path) -> bool:
     return not spool_entries(spool)
 

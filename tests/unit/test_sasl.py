@@ -72,7 +72,8 @@ def test_cram_md5_plain_secret_and_fixture_log_text() -> None:
     assert step == Success("alice", "CRAM-MD5", 1, "plain")
     assert isinstance(step, Success)
     assert (
-        "successful authentication of remote client using " + step.describe()
+        "successful authentication of remote client using "
+        + step.describe()
         == "successful authentication of remote client using mechanism [cram-md5]"
         " and plaintext secret for [alice] from line 1"
     )
@@ -380,7 +381,14 @@ def test_empty_config_changes_nothing() -> None:
 
 def test_client_config_prefers_then_keeps_the_rest() -> None:
     config = AuthConfig.parse("m:plain;a:login,plain", "client")
-    assert config.select(SUPPORTED, False) == ["PLAIN", "CRAM-SHA512", "CRAM-SHA256", "CRAM-SHA1", "CRAM-MD5", "LOGIN"]
+    assert config.select(SUPPORTED, False) == [
+        "PLAIN",
+        "CRAM-SHA512",
+        "CRAM-SHA256",
+        "CRAM-SHA1",
+        "CRAM-MD5",
+        "LOGIN",
+    ]
     assert config.select(SUPPORTED, True)[:2] == ["LOGIN", "PLAIN"]
 
 

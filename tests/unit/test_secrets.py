@@ -102,7 +102,9 @@ def test_guide_md5() -> None:
     assert s.mechanisms_for_server() == ["CRAM-MD5"]
     bob = s.client_account()
     assert bob is not None and bob.kind == "md5"
-    assert bob.hmac_digest("md5", b"<1.2@x>") == hmac_md5_from_state(hmac_md5_state(b"password123"), b"<1.2@x>")
+    assert bob.hmac_digest("md5", b"<1.2@x>") == hmac_md5_from_state(
+        hmac_md5_state(b"password123"), b"<1.2@x>"
+    )
     assert bob.hmac_digest("sha256", b"<1.2@x>") is None
 
 
@@ -121,7 +123,14 @@ def test_guide_trust() -> None:
 
 def test_mechanisms_for_plain_secrets_follow_upstream_order() -> None:
     s = Secrets.from_text(GUIDE_PLAIN)
-    assert s.mechanisms_for_server() == ["CRAM-SHA512", "CRAM-SHA256", "CRAM-SHA1", "CRAM-MD5", "PLAIN", "LOGIN"]
+    assert s.mechanisms_for_server() == [
+        "CRAM-SHA512",
+        "CRAM-SHA256",
+        "CRAM-SHA1",
+        "CRAM-MD5",
+        "PLAIN",
+        "LOGIN",
+    ]
 
 
 def test_cram_md5_lookup_takes_plain_or_md5_in_file_order() -> None:
@@ -401,7 +410,7 @@ def test_from_option_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["pam:", "PAM:", "pam:emailrelay"])
 def test_pam_is_recognised_and_refused(value: str) -> None:
     assert is_pam(value)
-    with pytest.raises(ConfigError, match="PAM authentication .* not supported"):
+    with pytest.raises(ConfigError, match=r"PAM authentication .* not supported"):
         Secrets.from_option(value)
     with pytest.raises(ConfigError, match="PAM"):
         Secrets.load(value)

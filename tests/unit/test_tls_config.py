@@ -50,7 +50,9 @@ class Certs:
 
 
 def _issue(d: Path, name: str, cn: str, days: str, san: str | None) -> Path:
-    _openssl("req", "-noenc", "-subj", f"/CN={cn}", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+    _openssl(
+        "req", "-noenc", "-subj", f"/CN={cn}", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d
+    )
     extra: list[str] = []
     if san:
         (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
@@ -75,7 +77,14 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     _openssl("req", "-x509", "-noenc", "-subj", "/CN=localhost", *EC, "-keyout", "self.pem", "-out", "self.pem",
              "-days", "2", cwd=d)  # fmt: skip
     return Certs(
-        d, d / "ca.pem", server_pem, d / "server.key", d / "server.crt", client_pem, expired_pem, d / "self.pem"
+        d,
+        d / "ca.pem",
+        server_pem,
+        d / "server.key",
+        d / "server.crt",
+        client_pem,
+        expired_pem,
+        d / "self.pem",
     )
 
 
@@ -146,7 +155,9 @@ def test_key_and_certificate_as_two_files(certs: Certs) -> None:
 
 
 def test_client_verifies_server_against_ca(certs: Certs) -> None:
-    out = handshake(server_context([str(certs.server_pem)]), client_context(verify=str(certs.ca)), "ignored.example")
+    out = handshake(
+        server_context([str(certs.server_pem)]), client_context(verify=str(certs.ca)), "ignored.example"
+    )
     assert out.client_ok, out.client_error  # no verify-name: the chain only
 
 
@@ -165,7 +176,9 @@ def test_client_verify_fails_for_expired(certs: Certs) -> None:
 def test_verify_name_matches(certs: Certs) -> None:
     ctx = client_context(verify=str(certs.ca), verify_name="localhost")
     assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
-    out = handshake(server_context([str(certs.server_pem)]), ctx, "mail.example.com")  # caller's name replaced
+    out = handshake(
+        server_context([str(certs.server_pem)]), ctx, "mail.example.com"
+    )  # caller's name replaced
     assert out.client_ok, out.client_error
 
 
@@ -266,7 +279,9 @@ def test_effective_server_hostname() -> None:
         ("tlsv1.0, -tlsv1.1", ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1),
     ],
 )
-def test_parse_tls_config(text: str | None, minimum: ssl.TLSVersion | None, maximum: ssl.TLSVersion | None) -> None:
+def test_parse_tls_config(
+    text: str | None, minimum: ssl.TLSVersion | None, maximum: ssl.TLSVersion | None
+) -> None:
     config = parse_tls_config(text)
     assert (config.minimum, config.maximum) == (minimum, maximum)
 
@@ -293,7 +308,7 @@ def test_missing_certificate_file_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pem"
     with pytest.raises(UsageError, match=r"--server-tls-certificate: cannot read \[.*nope.pem\]"):
         server_context([str(missing)])
-    with pytest.raises(UsageError, match="nope.pem"):
+    with pytest.raises(UsageError, match=r"nope\.pem"):
         client_context([str(missing)])
 
 
@@ -302,9 +317,9 @@ def test_invalid_certificate_file_is_named(tmp_path: Path, certs: Certs) -> None
     garbage.write_text("this is not a certificate\n")
     with pytest.raises(UsageError, match=r"invalid certificate or private key in \[.*garbage.pem\]"):
         server_context([str(garbage)])
-    with pytest.raises(UsageError, match="garbage.pem"):
+    with pytest.raises(UsageError, match=r"\[.*server.key\]: no usable PEM certificate or key"):
         server_context([str(certs.server_key)])  # a key without a certificate
-    with pytest.raises(UsageError, match="garbage.pem"):
+    with pytest.raises(UsageError, match=r"garbage\.pem"):
         server_context([str(garbage), str(certs.server_cert)])
 
 
@@ -331,7 +346,9 @@ def test_certificate_option_count(certs: Certs) -> None:
 def test_invalid_ca_file_is_named(tmp_path: Path, certs: Certs) -> None:
     garbage = tmp_path / "ca-garbage.pem"
     garbage.write_text("nothing here\n")
-    with pytest.raises(UsageError, match=r"--client-tls-verify: invalid CA certificates in \[.*ca-garbage.pem\]"):
+    with pytest.raises(
+        UsageError, match=r"--client-tls-verify: invalid CA certificates in \[.*ca-garbage.pem\]"
+    ):
         client_context(verify=str(garbage))
     with pytest.raises(UsageError, match=r"--server-tls-verify: cannot read \[.*missing-ca.pem\]"):
         server_context([str(certs.server_pem)], verify=str(tmp_path / "missing-ca.pem"))
@@ -340,3 +357,29 @@ def test_invalid_ca_file_is_named(tmp_path: Path, certs: Certs) -> None:
 def test_verify_name_needs_verify() -> None:
     with pytest.raises(UsageError, match="--client-tls-verify-name needs --client-tls-verify"):
         client_context(verify_name="localhost")
+
+
+async def test_asyncio_streams_use_verify_name(certs: Certs) -> None:
+    """asyncio passes the peer host as server_hostname; verify-name replaces it."""
+    import asyncio
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write((await reader.readexactly(4)).upper())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_context([str(certs.server_pem)]))
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        ctx = client_context(verify=str(certs.ca), verify_name="localhost")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, server_hostname="wrong.example"
+        )
+        ssl_object = writer.get_extra_info("ssl_object")
+        assert describe(ssl_object).startswith("TLSv1.3 ")
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"PING"
+        writer.close()
+        bad = client_context(verify=str(certs.ca), verify_name="other.example")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.open_connection("127.0.0.1", port, ssl=bad)

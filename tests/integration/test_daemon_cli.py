@@ -1,0 +1,348 @@
+"""``emailrelay`` as a process (SPEC.md §1): exit codes, error lines, pid file, detaching, signals, help."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emailrelay.cli import main as cli_main
+from tests.integration.test_smtpd_support import (
+    LOG_LINE_RE,
+    Relays,
+    Wire,
+    committed,
+    short_run_dir,
+    spool_entries,
+    wait_spool_empty,
+)
+from tests.support.relay import free_port, program, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+ERROR_RE = re.compile(r"^emailrelay: error: ", re.MULTILINE)
+SCRIPT_ERROR_RE = re.compile(r"^emailrelay: [0-9.]*: error: ", re.MULTILINE)  # what init scripts grep for
+
+
+def run(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [program(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    path = short_run_dir()
+    yield path
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def kill_if_alive(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- errors and exit codes
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["no-daemon", "daemon"])
+def test_port_in_use_is_exit_2_with_error_line(spool: Path, run_dir: Path, daemon: bool) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--log", "--log-time", "--no-syslog", "--port", str(port), "--interface", "127.0.0.1"]
+        args += ["--spool-dir", str(spool), "--run-dir", str(run_dir), "--user", "root"]
+        if not daemon:
+            args.append("--no-daemon")
+        result = run(*args)
+    assert result.returncode == 2, result.stderr
+    assert SCRIPT_ERROR_RE.search(result.stderr), result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert all(LOG_LINE_RE.match(line) for line in result.stderr.splitlines()), result.stderr
+    assert spool_entries(spool) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--no-such-option"],
+        ["--port"],
+        ["--port", "notanumber"],
+        ["--port", "99999"],
+        ["-Q"],
+        ["a.cfg", "b.cfg"],
+    ],
+    ids=["unknown", "missing-value", "bad-number", "bad-port", "bad-short", "two-configs"],
+)
+def test_bad_command_line_is_exit_1(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert ERROR_RE.search(result.stderr), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_spool_directory_is_exit_1(tmp_path: Path) -> None:
+    result = run(
+        "--no-daemon", "--no-syslog", "--port", str(free_port()), "--spool-dir", str(tmp_path / "nope")
+    )
+    assert result.returncode == 1
+    assert ERROR_RE.search(result.stderr) and str(tmp_path / "nope") in result.stderr
+    assert not (tmp_path / "nope").exists()
+
+
+def test_config_file_with_unknown_option_names_file_and_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "emailrelay.conf"
+    cfg.write_text("# a comment\n\nno-daemon\nport 2525\nbogus-option 1\n")
+    result = run(str(cfg))
+    assert result.returncode == 1
+    assert re.search(
+        rf"^emailrelay: error: .*{re.escape(str(cfg))}:5: .*bogus-option", result.stderr, re.M
+    ), result.stderr
+
+
+def test_unreadable_config_file(tmp_path: Path) -> None:
+    result = run(str(tmp_path / "missing.conf"))
+    assert result.returncode == 1
+    assert ERROR_RE.search(result.stderr) and "missing.conf" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--help"], "usage: "), (["--help", "--verbose"], "usage: "), (["--version"], "E-MailRelay")],
+)
+def test_help_and_version(args: list[str], needle: str) -> None:
+    result = run(*args)
+    assert result.returncode == 0
+    assert needle in result.stdout and result.stderr == ""
+
+
+def test_help_verbose_lists_more_than_help() -> None:
+    short, full = run("--help").stdout, run("--help", "--verbose").stdout
+    assert "--spool-dir" in short and "--port" in short
+    assert len(full.splitlines()) > len(short.splitlines())
+    assert "--idle-timeout" in full or len(re.findall(r"--[a-z]", full)) > len(re.findall(r"--[a-z]", short))
+
+
+def test_not_implemented_option_is_refused(spool: Path) -> None:
+    names = cli_main.NOT_IMPLEMENTED
+    if not names:
+        pytest.skip("every option is implemented")
+    name = "pop" if "pop" in names else names[0]
+    result = run(
+        "--no-daemon", "--no-syslog", f"--{name}", "--spool-dir", str(spool), "--port", str(free_port())
+    )
+    assert result.returncode == 1
+    assert re.search(
+        rf"^emailrelay: error: --{re.escape(name)} is not implemented yet", result.stderr, re.M
+    ), result.stderr
+
+
+@pytest.mark.xfail(
+    reason="BUG: the supervisor's ipc paths default to <spool-dir>/.emailrelay-run (cli/supervisor.py:38-41) "
+    "with no check against the 107-byte sockaddr_un limit; circus's Arbiter.start() then fails inside a "
+    "tornado future and supervisor.run() returns 0 (cli/supervisor.py:166-172): the relay exits 0 with a "
+    "traceback and no 'emailrelay: error:' line. Fix: validate the ipc path length (or fall back to a short "
+    "run directory) before detaching, and turn an arbiter start failure into exit 1 with an error line.",
+    strict=True,
+)
+def test_deep_spool_directory_is_served_or_refused_cleanly(tmp_path: Path) -> None:
+    spool = tmp_path / ("d" * 60) / "spool"
+    spool.mkdir(parents=True)
+    port = free_port()
+    log = tmp_path / "deep.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [program(), "--no-daemon", "--log", "--no-syslog", "--port", str(port), "--interface", "127.0.0.1",
+             "--spool-dir", str(spool), "--user", "root"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        served = False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None and not served:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 2) as s:
+                s.settimeout(5)
+                served = s.recv(100).startswith(b"220 ")
+            time.sleep(0.1)
+        if not served:
+            rc = proc.wait(20)
+            text = log.read_text()
+            assert rc != 0 and SCRIPT_ERROR_RE.search(text), (rc, text[-2000:])
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+# ---------------------------------------------------------------- running
+
+
+def test_config_file_as_last_argument(tmp_path: Path, spool: Path, run_dir: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "relay.conf"
+    cfg.write_text(
+        "# emailrelay configuration\n"
+        "no-daemon\n"
+        f"port {port}   # trailing comment\n"
+        "interface 127.0.0.1\n"
+        f"spool-dir {spool}\n"
+        f"run-dir {run_dir}\n"
+        "\n"
+        "log\n"
+        "log-time\n"
+        "no-syslog\n"
+        "user root\n"
+    )
+    log_path = tmp_path / "cfg.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [program(), str(cfg)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        assert wait_until(lambda: _accepts(port) or proc.poll() is not None, 30)
+        assert proc.poll() is None, log_path.read_text()
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("cfg@example.com", ["r@example.net"], b"Subject: cfg\r\n\r\nvia config file\r\n")
+        ((_, env, _, _),) = committed(spool)
+        assert env.from_address == "cfg@example.com"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        text = log_path.read_text()
+        assert f"smtp server on 127.0.0.1:{port}" in text
+        assert all(LOG_LINE_RE.match(line) for line in text.splitlines()), text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 1):
+            return True
+    except OSError:
+        return False
+
+
+def test_daemon_pid_file_and_sigterm(tmp_path: Path, spool: Path, run_dir: Path) -> None:
+    port = free_port()
+    pid_file = tmp_path / "run" / "emailrelay.pid"
+    log_path = tmp_path / "daemon.log"
+    args = [program(), "--log", "--no-syslog", "--port", str(port), "--interface", "127.0.0.1",
+            "--spool-dir", str(spool), "--run-dir", str(run_dir), "--user", "root", "--pid-file", str(pid_file)]  # fmt: skip
+    daemon_pid = None
+    with open(log_path, "wb") as out:
+        started = time.monotonic()
+        parent = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    try:
+        assert parent.wait(30) == 0, log_path.read_text()
+        assert time.monotonic() - started < 30
+        assert wait_until(pid_file.exists, 30), log_path.read_text()
+        # scripts connect as soon as the pid file is there: the connection must be served, not refused
+        with Wire(port) as w:
+            assert w.reply()[0] == 220
+            assert w.command(b"QUIT")[0] == 221
+        text = pid_file.read_text()
+        assert re.fullmatch(r"[0-9]+\n?", text), text
+        daemon_pid = int(text)
+        assert daemon_pid != parent.pid and alive(daemon_pid)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("d@example.com", ["r@example.net"], b"Subject: daemon\r\n\r\nx\r\n")
+        assert len(committed(spool)) == 1
+        os.kill(daemon_pid, signal.SIGTERM)
+        assert wait_until(lambda: not alive(daemon_pid), 20), "daemon did not stop on SIGTERM"
+        assert wait_until(lambda: not pid_file.exists(), 5), "pid file not removed"
+        assert not _accepts(port)
+    finally:
+        if daemon_pid is not None:
+            kill_if_alive(daemon_pid)
+        elif pid_file.exists():
+            with contextlib.suppress(ValueError):
+                kill_if_alive(int(pid_file.read_text()))
+
+
+def test_sigterm_with_open_session_exits_0(tmp_path: Path) -> None:
+    relays = Relays(tmp_path)
+    try:
+        relay = relays.start()
+        idle = Wire(relay.port)
+        idle.greet()
+        mid_data = Wire(relay.port)
+        mid_data.greet()
+        mid_data.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+        assert mid_data.replies(3) == [250, 250, 354]
+        mid_data.send(b"Subject: unfinished\r\n\r\n" + b"line\r\n" * 50)
+        assert wait_until(lambda: any(n.endswith(".content") for n in spool_entries(relay.spool)), 20)
+        started = time.monotonic()
+        relay.proc.send_signal(signal.SIGTERM)
+        rc = relay.proc.wait(10)
+        elapsed = time.monotonic() - started
+        assert rc == 0 and elapsed < 10, (rc, elapsed)
+        idle.close()
+        mid_data.close()
+        # the unfinished message was never committed, and its content file is gone
+        assert committed(relay.spool) == []
+        assert wait_spool_empty(relay.spool, 5), spool_entries(relay.spool)
+        assert not _accepts(relay.port)
+    finally:
+        relays.close()
+
+
+@pytest.mark.xfail(
+    reason="BUG: stopping while a session is open logs raw tracebacks ('ERROR:tornado.application: ... "
+    "circus.exc.ConflictError: arbiter is already running arbiter_stop command') that are not "
+    "'emailrelay: <level>: ' lines: circus's periodic manage_watchers keeps firing during arbiter_stop "
+    "and only the 'circus' logger is bridged (cli/supervisor.py:150-153). Fix: bridge the root/tornado "
+    "loggers through _LogBridge and stop the manage_watchers callback (or ignore ConflictError) while stopping.",
+    strict=True,
+)
+def test_every_log_line_has_the_emailrelay_form_when_stopping_with_an_open_session(tmp_path: Path) -> None:
+    relays = Relays(tmp_path)
+    try:
+        relay = relays.start()
+        with Wire(relay.port) as idle:
+            idle.greet()
+            relay.proc.send_signal(signal.SIGTERM)
+            assert relay.proc.wait(15) == 0
+        bad = [line for line in relay.log().splitlines() if not LOG_LINE_RE.match(line)]
+        assert bad == []
+    finally:
+        relays.close()

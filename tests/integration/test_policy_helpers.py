@@ -1,0 +1,83 @@
+"""Shared helpers for the policy tests (no tests here): filter scripts, messages, log capture."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emailrelay import log as logmod
+from emailrelay.policy.chain import ClientFilterChain, ServerFilterChain
+from emailrelay.policy.spec import PolicyOptions, parse_filters
+from emailrelay.spool.envelope import Envelope
+from emailrelay.spool.store import NewMessage, SpoolStore
+
+FILTERS = Path(__file__).resolve().parents[1] / "filters"
+
+
+def script(name: str) -> str:
+    return str(FILTERS / name)
+
+
+def content(subject: str = "test", *extra_headers: str, body: str = "hello\r\n") -> bytes:
+    head = "".join(f"{h}\r\n" for h in extra_headers)
+    return f"Received: from test\r\n{head}Subject: {subject}\r\n\r\n{body}".encode()
+
+
+def envelope(*to_remote: str, to_local: tuple[str, ...] = (), **kw: object) -> Envelope:
+    return Envelope(
+        from_address=str(kw.pop("from_address", "alice@example.com")),
+        to_remote=tuple(to_remote) or ("bob@example.net",),
+        to_local=to_local,
+        client="127.0.0.1",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def new_message(store: SpoolStore, data: bytes | None = None, env: Envelope | None = None) -> NewMessage:
+    """A stored but uncommitted message (``.envelope.new``), as a server filter sees it."""
+    msg = store.create()
+    msg.write(content() if data is None else data)
+    msg.write_envelope(env or envelope())
+    return msg
+
+
+def server_chain(store: SpoolStore, spec: str | list[str], **options: object) -> ServerFilterChain:
+    opts = PolicyOptions(spool_dir=store.directory, **options)  # type: ignore[arg-type]
+    return ServerFilterChain(parse_filters(spec), store, opts)
+
+
+def client_chain(store: SpoolStore, spec: str | list[str], **options: object) -> ClientFilterChain:
+    opts = PolicyOptions(spool_dir=store.directory, **options)  # type: ignore[arg-type]
+    return ClientFilterChain(parse_filters(spec, client=True), store, opts)
+
+
+class LogCapture:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def text(self) -> str:
+        return self.path.read_text() if self.path.exists() else ""
+
+    def lines(self) -> list[str]:
+        return self.text().splitlines()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SpoolStore:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    return SpoolStore(spool, fsync=False)
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Iterator[LogCapture]:
+    log = logmod.get()
+    old = log.config
+    path = tmp_path / "policy.log"
+    log.configure(logmod.LogConfig(verbose=True, syslog=False, stderr=False, log_file=str(path)))
+    try:
+        yield LogCapture(path)
+    finally:
+        log.configure(old)

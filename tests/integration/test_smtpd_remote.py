@@ -1,0 +1,153 @@
+"""Refusal of non-local SMTP clients, from a real second network namespace.
+
+A veth pair joins the test's namespace (100.64.X.1/30, where the relay
+listens) and a namespace made for the test (100.64.X.2/30, the client).
+100.64.0.0/10 is shared address space: neither loopback nor "private" for
+Python's ipaddress, so the relay must treat the client as remote.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_smtpd_support import Relays, committed, expected_envelope, spool_entries
+
+pytestmark = pytest.mark.timeout(120)
+
+IP = shutil.which("ip") or "/usr/sbin/ip"
+SWAKS = "/usr/bin/swaks"
+
+
+@dataclass
+class Netns:
+    name: str
+    host_ip: str
+    client_ip: str
+
+    def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [IP, "netns", "exec", self.name, *argv], capture_output=True, text=True, timeout=timeout
+        )
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([IP, *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[Netns]:
+    if os.geteuid() != 0 or not os.path.exists(IP):
+        pytest.skip("network namespaces need root and iproute2")
+    used = _ip("-4", "addr").stdout
+    octet = next(
+        (x for x in random.sample(range(1, 255), 254) if f"100.64.{x}." not in used),
+        None,
+    )
+    if octet is None:
+        pytest.skip("no free 100.64.X.0/30 subnet")
+    tag = f"{os.getpid() % 100000}"
+    ns, host_if, ns_if = f"ertest{tag}", f"erh{tag}", f"ern{tag}"
+    host_ip, client_ip = f"100.64.{octet}.1", f"100.64.{octet}.2"
+    try:
+        steps = [
+            ["netns", "add", ns],
+            ["link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+            ["link", "set", ns_if, "netns", ns],
+            ["addr", "add", f"{host_ip}/30", "dev", host_if],
+            ["link", "set", host_if, "up"],
+            ["netns", "exec", ns, IP, "addr", "add", f"{client_ip}/30", "dev", ns_if],
+            ["netns", "exec", ns, IP, "link", "set", ns_if, "up"],
+            ["netns", "exec", ns, IP, "link", "set", "lo", "up"],
+        ]
+        for step in steps:
+            result = _ip(*step)
+            if result.returncode != 0:
+                reason = f"cannot set up a network namespace ({' '.join(step)}): {result.stderr.strip()}"
+                print(reason)
+                pytest.skip(reason)
+        yield Netns(ns, host_ip, client_ip)
+    finally:
+        _ip("link", "del", host_if)
+        _ip("netns", "del", ns)
+
+
+CONNECT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 20)
+s.settimeout(20)
+data = b""
+try:
+    while True:
+        chunk = s.recv(1000)
+        if not chunk:
+            break
+        data += chunk
+        if data.startswith(b"220 ") and data.endswith(b"\\r\\n"):
+            s.sendall(b"QUIT\\r\\n")
+except ConnectionResetError:
+    pass
+sys.stdout.write(data.decode())
+"""
+
+
+def test_remote_client_is_refused(netns: Netns, tmp_path: Path) -> None:
+    relays = Relays(tmp_path)
+    try:
+        relay = relays.start("--interface", netns.host_ip)
+        result = netns.run(sys.executable, "-c", CONNECT, netns.host_ip, str(relay.port))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("554 "), result.stdout
+        assert len(result.stdout.splitlines()) == 1  # refused straight away, no greeting
+        log = relay.log()
+        assert re.search(
+            rf"^emailrelay: [0-9.]+: warning: .*smtp connection from {re.escape(netns.client_ip)}[:.][0-9]+ rejected",
+            log,
+            re.MULTILINE,
+        ), log[-3000:]
+        if os.path.exists(SWAKS):
+            swaks = netns.run(
+                SWAKS, "--server", f"{netns.host_ip}:{relay.port}", "--from", "r@example.com",
+                "--to", "x@example.net", "--timeout", "20",
+            )  # fmt: skip
+            assert swaks.returncode != 0
+            assert "554" in swaks.stdout
+        assert spool_entries(relay.spool) == []
+        # a local client on the same relay is served
+        local = subprocess.run(
+            [sys.executable, "-c", CONNECT, "127.0.0.1", str(relay.port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert local.stdout.startswith("220 "), local.stdout
+    finally:
+        relays.close()
+
+
+def test_remote_client_accepted_with_remote_clients(netns: Netns, tmp_path: Path) -> None:
+    if not os.path.exists(SWAKS):
+        pytest.skip("swaks not installed")
+    relays = Relays(tmp_path)
+    try:
+        relay = relays.start("--interface", netns.host_ip, "--remote-clients")
+        result = netns.run(
+            SWAKS, "--server", f"{netns.host_ip}:{relay.port}", "--helo", "remote.example.com",
+            "--from", "far@example.com", "--to", "near@example.net", "--body", "from afar", "--timeout", "20",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-2000:]
+        ((_, _, env_bytes, content),) = committed(relay.spool)
+        assert env_bytes == expected_envelope("far@example.com", ["near@example.net"], client=netns.client_ip)
+        assert content.startswith(f"Received: from remote.example.com ([{netns.client_ip}])".encode())
+        assert "rejected" not in relay.log()
+    finally:
+        relays.close()

@@ -1,0 +1,161 @@
+"""``emailrelay-submit`` as a real subprocess, byte-exact against upstream's submitted.* fixtures."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from emailrelay.spool import envelope as env_format
+from tests.support.relay import program
+
+pytestmark = pytest.mark.timeout(120)
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
+SUBMIT = program("emailrelay-submit")
+ID = r"emailrelay\.[0-9]+\.[0-9]+\.[0-9]+"
+
+
+def submit(*args: str, stdin: bytes = b"Subject: submitted\n") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([SUBMIT, *args], input=stdin, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+def files(spool: Path) -> list[str]:
+    return sorted(p.name for p in spool.iterdir())
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="upstream fixtures not found")
+def test_submit_matches_upstream_fixture(spool: Path) -> None:
+    result = submit("--spool-dir", str(spool), "--from", "sub@example.com", "rcpt@example.net")
+    assert result.returncode == 0, result.stderr
+    names = files(spool)
+    assert (
+        len(names) == 2
+        and re.fullmatch(rf"{ID}\.content", names[0])
+        and names[1] == names[0][:-8] + ".envelope"
+    )
+    assert (spool / names[0]).read_bytes() == (FIXTURES / "submitted.content").read_bytes()
+    assert (spool / names[1]).read_bytes() == (FIXTURES / "submitted.envelope").read_bytes()
+    assert result.stdout == b""  # quiet without --verbose
+
+
+def test_verbose_prints_the_envelope_path(spool: Path) -> None:
+    result = submit("--verbose", "--spool-dir", str(spool), "--from", "sub@example.com", "rcpt@example.net")
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.decode().strip()
+    assert re.fullmatch(rf"{re.escape(str(spool))}/{ID}\.envelope", printed), printed
+    assert Path(printed).is_file()
+    assert env_format.parse(Path(printed).read_bytes()).to_remote == ("rcpt@example.net",)
+    mid = os.path.basename(printed)[: -len(".envelope")]
+    assert files(spool) == [f"{mid}.content", f"{mid}.envelope"]
+
+
+def test_message_bytes_and_several_recipients(spool: Path) -> None:
+    message = b"From: a@example.com\nSubject: lines\n\n.dot line\nbare cr\rinside\nlast"
+    result = submit(
+        "--verbose", "--spool-dir", str(spool), "--from", "a@example.com", "x@example.net", "y@example.org",
+        stdin=message,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    env_path = Path(result.stdout.decode().strip())
+    env = env_format.parse(env_path.read_bytes())
+    assert env.to_remote == ("x@example.net", "y@example.org") and env.from_address == "a@example.com"
+    content = env_path.with_name(env_path.name[: -len(".envelope")] + ".content").read_bytes()
+    assert content.startswith(b"From: a@example.com\r\nSubject: lines\r\n\r\n.dot line\r\n")
+    assert content.endswith(b"last\r\n")
+    assert content.count(b"\n") == content.count(b"\r\n")  # CRLF line ends throughout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--from", "sub@example.com"],
+        ["--from", "sub@example.com", "rcpt@exa\rmple.net"],
+        ["--from", "sub@example.com", "rcpt@exa\nmple.net"],
+        ["--from", "sub@exa\r\nmple.com", "rcpt@example.net"],
+        ["--from", "sub@example.com", "ok@example.net", "bad\x01x@example.net"],
+    ],
+    ids=["no-recipient", "cr-in-recipient", "lf-in-recipient", "crlf-in-sender", "control-char"],
+)
+def test_bad_input_is_exit_1_and_leaves_nothing(spool: Path, args: list[str]) -> None:
+    result = submit("--spool-dir", str(spool), *args, stdin=b"Subject: x\n\nno recipient in the headers\n")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert re.match(rb"^emailrelay-submit: error: ", result.stderr), result.stderr
+    assert files(spool) == []
+
+
+def test_missing_spool_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-spool"
+    result = submit("--spool-dir", str(missing), "--from", "sub@example.com", "rcpt@example.net")
+    assert result.returncode == 1
+    assert b"error" in result.stderr and str(missing).encode() in result.stderr
+    assert not missing.exists()
+
+
+def test_spool_path_that_is_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_bytes(b"")
+    result = submit("--spool-dir", str(blocker), "--from", "sub@example.com", "rcpt@example.net")
+    assert result.returncode == 1
+    assert re.match(rb"^emailrelay-submit: error: ", result.stderr), result.stderr
+    assert blocker.read_bytes() == b""
+
+
+def test_full_disk_is_exit_1_and_leaves_nothing(tmp_path: Path) -> None:
+    spool = tmp_path / "tiny"
+    spool.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(spool)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        big = b"Subject: big\n\n" + (b"x" * 998 + b"\n") * 200  # 200 KB into 64 KB
+        result = submit("--spool-dir", str(spool), "--from", "s@example.com", "r@example.net", stdin=big)
+        assert result.returncode == 1, result.stderr
+        assert re.match(rb"^emailrelay-submit: error: ", result.stderr), result.stderr
+        assert files(spool) == []
+        ok = submit("--spool-dir", str(spool), "--from", "s@example.com", "r@example.net")
+        assert ok.returncode == 0 and len(files(spool)) == 2
+    finally:
+        subprocess.run(["umount", str(spool)], capture_output=True)
+
+
+def test_recipients_from_headers_when_none_given(spool: Path) -> None:
+    result = submit(
+        "--verbose", "--spool-dir", str(spool), "--from", "s@example.com",
+        stdin=b"To: Someone <to@example.net>\nCc: cc@example.org\nSubject: h\n\nbody\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    env = env_format.parse(Path(result.stdout.decode().strip()).read_bytes())
+    assert env.to_remote == ("to@example.net", "cc@example.org")
+
+
+def test_submitted_ids_are_unique(spool: Path) -> None:
+    procs = [
+        subprocess.Popen(
+            [SUBMIT, "--verbose", "--spool-dir", str(spool), "--from", "s@example.com", f"r{i}@example.net"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for i in range(8)
+    ]
+    paths = []
+    for i, p in enumerate(procs):
+        out, _ = p.communicate(f"Subject: {i}\n\n{i}\n".encode(), timeout=60)
+        assert p.returncode == 0
+        paths.append(out.decode().strip())
+    assert len(set(paths)) == 8
+    assert len(files(spool)) == 16
