@@ -30,7 +30,7 @@ from .parse import Value, expand_shorthands, parse_command_line
 #: Options accepted by the parser whose feature has not landed yet; using one is an error, not a no-op.
 NOT_IMPLEMENTED = (
     "pop", "pop-auth", "pop-by-name", "pop-no-delete",
-    "filter", "client-filter", "address-verifier", "delivery-dir", "dnsbl",
+    "dnsbl",
 )  # fmt: skip
 
 
@@ -110,6 +110,9 @@ def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
     if not config.spool_dir.is_dir():
         raise UsageError(f"invalid spool directory: {config.spool_dir}")
     config.spool_dir = config.spool_dir.absolute()  # before detaching changes the directory
+    if config.delivery_dir is not None:
+        config.delivery_dir = config.delivery_dir.absolute()
+    _check_policy(config)
     security.server_security(config)  # secrets files and certificates: errors now, naming file and line
     security.client_security(config)
     cwd = os.getcwd()
@@ -153,6 +156,18 @@ def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
         return supervisor.run(config, options, bound, cwd, target.gid if target else None)
     finally:
         daemon.remove_pid_file(pid_path)
+
+
+def _check_policy(config: Config) -> None:
+    """Bad --filter / --client-filter / --address-verifier values are usage errors at start-up."""
+    from ..policy.spec import SpecError, parse_filters, parse_verifier
+
+    try:
+        parse_filters(config.filters)
+        parse_filters(config.client_filters, client=True)
+        parse_verifier(config.address_verifier)
+    except SpecError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _run_loop(instance: Instance) -> int:

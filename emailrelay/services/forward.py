@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
+from ..policy.chain import build_client_filter
+from ..policy.verdicts import FilterOutcome
 from ..protocol import smtp_client as sc
 from ..protocol.addresses import xtext_decode, xtext_encode
 from ..protocol.content_encoding import ContentScanner
@@ -130,6 +132,8 @@ class ForwardService:
             send_auth_param="client" not in config.anonymous,
         )
         self.security = client_security(config)
+        self.client_filter = build_client_filter(config, store) if config.client_filters else None
+        self.stop_scanning = False  # a client filter exited 102
         self.pool = _Pool()
         self.queue: asyncio.Queue[MessageId] = asyncio.Queue()
         self.known: set[MessageId] = set()  # queued or in progress in this process
@@ -267,8 +271,15 @@ class ForwardService:
                 self.log.error(f"forwarding [{mid}]: unexpected error: {exc!r}")
             finally:
                 self.known.discard(mid)
+            if self.stop_scanning:  # client filter exit 102: no more messages in this pass
+                self.stop_scanning = False
+                self._drop_queue()
             if self.queue.empty() and not exit_when_empty and self.config.poll is not None:
                 self._wake.set()  # ran dry: one rescan catches anything the rings missed
+
+    def _drop_queue(self) -> None:
+        while not self.queue.empty():
+            self.known.discard(self.queue.get_nowait())
 
     async def forward_one(self, mid: MessageId) -> Outcome:
         claim = self.store.claim(mid)
@@ -307,6 +318,14 @@ class ForwardService:
             env = claim.envelope()
         except (OSError, EnvelopeError) as exc:
             return self._fail(claim, f"invalid envelope: {exc}", None)
+        if self.client_filter is not None:
+            early = await self._run_client_filter(claim)
+            if early is not None:
+                return early
+            try:
+                env = claim.envelope(reread=True)  # the filter may have edited it (eg. ForwardToAddress)
+            except (OSError, EnvelopeError) as exc:
+                return self._fail(claim, f"invalid envelope after client filter: {exc}", None)
         if not env.to_remote:
             return self._fail(claim, "no remote recipients", None)
         hop = env.forward_to_address or self.config.forward_to
@@ -337,6 +356,23 @@ class ForwardService:
             return self._retry(claim, exc.reason, exc.reply.code if exc.reply else None)
         self.pool.give(conn)
         return result
+
+    async def _run_client_filter(self, claim: Claim) -> Outcome | None:
+        """``--client-filter``: None to go on forwarding, else what became of the message."""
+        assert self.client_filter is not None
+        result = await self.client_filter.filter(claim.id, str(claim.content_path), str(claim.envelope_path))
+        if result.rescan:
+            self._wake.set()
+        if result.outcome is FilterOutcome.STOP_SCAN:
+            self.stop_scanning = True
+        if result.ok:
+            return None
+        if result.outcome is FilterOutcome.ABANDON:
+            claim.abandon_claim()  # the filter took care of the message (and may have deleted it)
+            return Outcome("skipped")
+        if result.outcome is FilterOutcome.REJECT:
+            return self._fail(claim, result.reason or "rejected by client filter", result.code)
+        return self._retry(claim, result.reason or "client filter error", result.code)
 
     def _load_content(self, claim: Claim) -> tuple[bytes | None, int, str | None]:
         """Read (or scan) the content: (bytes when small, canonical size, problem text or None)."""

@@ -29,7 +29,7 @@ from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .listeners import Bound
 from .security import server_security
-from .smtpd import ServiceHooks, SmtpService, SmtpServiceOptions
+from .smtpd import ServerPolicy, ServiceHooks, SmtpService, SmtpServiceOptions
 
 if TYPE_CHECKING:
     from .forward import ForwardService
@@ -56,6 +56,15 @@ def open_store(config: Config) -> SpoolStore:
     return SpoolStore(config.spool_dir, group=group_for_files())
 
 
+def server_policy(config: Config, store: SpoolStore) -> ServerPolicy | None:
+    """Verifier and filter chain, or None for the accept-everything fast path."""
+    if not config.filters and not config.address_verifier:
+        return None
+    from ..policy.verifier import build_server_policy
+
+    return build_server_policy(config, store)
+
+
 def build_smtp_service(
     config: Config,
     store: SpoolStore,
@@ -64,9 +73,10 @@ def build_smtp_service(
     *,
     on_commit: Callable[[MessageId], None] | None = None,
     on_disconnect: Callable[[], None] | None = None,
+    on_rescan: Callable[[], None] | None = None,
 ) -> SmtpService:
     """The SMTP storage service for a configuration, with its forwarding triggers."""
-    hooks = ServiceHooks(on_commit=on_commit, on_disconnect=on_disconnect)
+    hooks = ServiceHooks(on_commit=on_commit, on_disconnect=on_disconnect, on_rescan=on_rescan)
     if forwarder is not None and config.immediate:
         hooks.immediate = forwarder.forward_immediately
     return SmtpService(
@@ -79,6 +89,7 @@ def build_smtp_service(
             security=server_security(config),
         ),
         store,
+        policy=server_policy(config, store),
         hooks=hooks,
         executor=executor,
     )
@@ -114,7 +125,13 @@ class Instance:
             if config.forward_on_disconnect:
                 on_disconnect = forwarder.ring
         smtpd = build_smtp_service(
-            config, store, executor, forwarder, on_commit=on_commit, on_disconnect=on_disconnect
+            config,
+            store,
+            executor,
+            forwarder,
+            on_commit=on_commit,
+            on_disconnect=on_disconnect,
+            on_rescan=forwarder.ring if forwarder is not None else None,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -100,7 +100,13 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
             bus.publish(schema.SPOOL_READY, id=str(session_ids.pop(0)))
 
     smtpd = build_smtp_service(
-        config, store, executor, forwarder, on_commit=committed, on_disconnect=disconnected
+        config,
+        store,
+        executor,
+        forwarder,
+        on_commit=committed,
+        on_disconnect=disconnected,
+        on_rescan=lambda: bus.publish(schema.CMD_FORWARD, backoff=True),
     )
     smtpd.hooks.on_reject = lambda reason: bus.publish(schema.SMTP_REJECTED, reason=reason)
     bus.subscribe([schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE])
@@ -144,6 +150,8 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
                 with contextlib.suppress(ValueError):
                     if share_of(text, count) == index:
                         forwarder.ring(MessageId.parse(text))
+            elif body.get("backoff"):
+                forwarder.ring()  # a filter asked for a rescan (exit 103): due messages only
             else:
                 forwarder.forward_all_now()
 

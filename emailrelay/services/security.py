@@ -51,7 +51,9 @@ def server_security(config: Config, secrets_path: str | None = None) -> ServerSe
     secrets = Secrets.from_option(path) if path else None
     context = None
     if config.server_tls or config.server_tls_connection:
-        context = tls.server_context(config.server_tls_certificates, config.server_tls_verify, config.tls_config)
+        context = tls.server_context(
+            config.server_tls_certificates, config.server_tls_verify, config.tls_config
+        )
     elif config.server_tls_required:
         raise UsageError("--server-tls-required needs --server-tls")
     auth_config = AuthConfig.parse(config.server_auth_config, "server") if config.server_auth_config else None

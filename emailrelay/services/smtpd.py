@@ -62,22 +62,31 @@ class Peer:
 class ServerPolicy(Protocol):
     """What the session asks of the policy layer (filters and verifiers)."""
 
+    @property
+    def accepts_everything(self) -> bool: ...
+
     async def verify(
         self, recipient: str, mail_from: str | None, peer: Peer, auth_mechanism: str, auth_id: str
     ) -> RecipientVerdict: ...
 
-    async def filter(self, message_id: MessageId, content_path: str, envelope_path: str) -> FilterResult: ...
+    async def filter(
+        self, message_id: MessageId, content_path: str, envelope_path: str, *, log_address: str | None = None
+    ) -> FilterResult: ...
 
 
 class AcceptAllPolicy:
     """No --address-verifier, no --filter: every recipient is remote, every message goes on."""
+
+    accepts_everything = True
 
     async def verify(
         self, recipient: str, mail_from: str | None, peer: Peer, auth_mechanism: str, auth_id: str
     ) -> RecipientVerdict:
         return RecipientVerdict.remote(recipient)
 
-    async def filter(self, message_id: MessageId, content_path: str, envelope_path: str) -> FilterResult:
+    async def filter(
+        self, message_id: MessageId, content_path: str, envelope_path: str, *, log_address: str | None = None
+    ) -> FilterResult:
         return FilterResult.accept()
 
 
@@ -101,6 +110,7 @@ class ServiceHooks:
     # --immediate: forward a committed message now and return the next hop's (code, text)
     immediate: Callable[[MessageId], Awaitable[tuple[int, str]]] | None = None
     on_reject: Callable[[str], None] | None = None
+    on_rescan: Callable[[], None] | None = None  # a filter exited 103
 
 
 @dataclass
@@ -492,7 +502,7 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_rcpt(self, ev: sp.RcptTo) -> Awaitable[None] | None:
         self._trace_rx(ev.line)
-        if isinstance(self.service.policy, AcceptAllPolicy):
+        if self.service.policy.accepts_everything:
             self.tx.to_remote.append(ev.address)
             self.proto.accept()
             return None
@@ -582,7 +592,11 @@ class SmtpSession(asyncio.Protocol):
             self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))
             return
         self.log.verbose(f"new envelope file [{msg.envelope_path.name}]", self.peer.host)
-        result = await self.service.policy.filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+        result = await self.service.policy.filter(
+            msg.id, str(msg.content_path), str(msg.envelope_path), log_address=self.peer.host
+        )
+        if result.rescan and self.service.hooks.on_rescan is not None:
+            self.service.hooks.on_rescan()
         if not result.ok:
             self._filter_rejected(msg, result)
             return
@@ -632,9 +646,25 @@ class SmtpSession(asyncio.Protocol):
         self._discard_message()
         self.tx = _Transaction()
 
-    def _on_vrfy(self, ev: sp.Vrfy) -> None:
+    def _on_vrfy(self, ev: sp.Vrfy) -> Awaitable[None] | None:
         self._trace_rx(ev.line)
-        self.proto.reply(252, "cannot vrfy")
+        if self.service.policy.accepts_everything:
+            self.proto.reply(252, "cannot vrfy")
+            return None
+        return self._vrfy(ev.address)
+
+    async def _vrfy(self, address: str) -> None:
+        verdict = await self.service.policy.verify(
+            address, None, self.peer, self.auth_mechanism, self.auth_id
+        )
+        if verdict.kind is RecipientKind.LOCAL:
+            self.proto.reply(250, f"{verdict.full_name} <{address}>" if verdict.full_name else f"<{address}>")
+        elif verdict.kind is RecipientKind.REMOTE:
+            self.proto.reply(252, "cannot vrfy")
+        elif verdict.kind is RecipientKind.TEMPORARY:
+            self.proto.reply(450, verdict.reason or "mailbox unavailable")
+        else:
+            self.proto.reply(550, verdict.reason or "invalid mailbox")
 
     def _on_info(self, ev: Any) -> None:
         self._trace_rx(getattr(ev, "line", ""))

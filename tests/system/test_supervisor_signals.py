@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support.relay import free_port, start_relay
 from tests.support.sink_counter import (
@@ -76,6 +77,18 @@ def test_sigterm_stops_every_role_with_status_0_and_removes_the_pid_file(tmp_pat
                 psutil.Process(pid).kill()
 
 
+def _named(pids: dict[str, list[int]]) -> bool:
+    """Every role has run its start-up (``become_role``: PDEATHSIG, then the process name)."""
+    for role, plist in pids.items():
+        for pid in plist:
+            try:
+                if psutil.Process(pid).name() != f"emailrelay-{role}"[:15]:
+                    return False
+            except psutil.Error:
+                return False
+    return True
+
+
 def test_kill_9_of_the_arbiter_leaves_no_role_behind(tmp_path: Path) -> None:
     pid_file = tmp_path / "relay.pid"
     with CountingSink() as sink:
@@ -84,10 +97,32 @@ def test_kill_9_of_the_arbiter_leaves_no_role_behind(tmp_path: Path) -> None:
         try:
             pids = wait_for_roles(relay.pid, ROLES)
             everyone = [p for plist in pids.values() for p in plist]
+            assert poll(lambda: _named(pids), 20)
             relay.kill9()
             started = time.monotonic()
             gone = poll(lambda: not _alive(everyone), 5)
             print(f"roles gone {time.monotonic() - started:.2f}s after kill -9 of the arbiter")
+            assert gone, f"orphaned roles: {_alive(everyone)}"
+        finally:
+            for pid in _alive(everyone):
+                psutil.Process(pid).kill()
+
+
+@pytest.mark.xfail(
+    reason="BUG: a role sets PR_SET_PDEATHSIG only after ~0.4 s of imports and never checks getppid() "
+    "afterwards, so a kill -9 of the arbiter while a role starts orphans it (services/roles.py become_role)",
+    strict=True,
+)
+def test_kill_9_of_the_arbiter_while_a_role_starts_leaves_no_orphan(tmp_path: Path) -> None:
+    with CountingSink() as sink:
+        relay = start_relay(tmp_path, *_args(sink, tmp_path / "relay.pid"), wait=False)
+        everyone: list[int] = []
+        try:
+            # the first role process that has exec'd python -m emailrelay.cli.role, still importing
+            assert poll(lambda: role_pids(relay.pid), 20, 0.005)
+            everyone = [p for plist in role_pids(relay.pid).values() for p in plist]
+            relay.kill9()
+            gone = poll(lambda: not _alive(everyone), 5)
             assert gone, f"orphaned roles: {_alive(everyone)}"
         finally:
             for pid in _alive(everyone):

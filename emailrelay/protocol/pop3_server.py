@@ -1,0 +1,792 @@
+"""emailrelay.protocol.pop3_server -- sans-IO POP3 server state machine.
+
+PURPOSE
+    The server side of POP3 (RFC 1939) with CAPA (RFC 2449), STLS (RFC
+    2595) and SASL AUTH (RFC 5034), as E-MailRelay 2.6 offers it: USER/PASS,
+    APOP, AUTH, CAPA, STLS, STAT, LIST, RETR, TOP, UIDL, DELE, NOOP, RSET,
+    QUIT.  It turns received bytes into events and the service's decisions
+    into reply bytes.  No I/O, no clock, no files, no logging: the service
+    checks secrets, locks and lists the maildrop, streams message content
+    and deletes messages.
+
+USAGE
+        pop = Pop3Server(PopConfig(timestamp="<123.1700000000@host>", ...))
+        pop.greeting(); send(pop.data_to_send())
+        on bytes (b"" on EOF):
+            pop.receive_data(data)
+            while (ev := pop.next_event()) is not NEED_DATA:
+                if ev is PAUSED: a decision (or TLS) is outstanding; stop reading
+                elif isinstance(ev, ConnectionClosed): close; break
+                else: handle it; decide if it is a decision event
+            send(pop.data_to_send())
+
+    Decision events (next_event() returns PAUSED until they are resolved):
+      Pass, Apop, AuthStart, AuthResponse -> login(sizes_and_uids) |
+          login_failed(text, close=) | challenge(b64) (AUTH only)
+      Stls      -> accept_stls() then PAUSED until tls_established() | reject(text)
+      Retrieve  -> accept_retrieve(size) -> ByteStuffer, stream the content,
+                   then retrieve_done() | reject(text)
+      Update    -> update_done(ok)   (QUIT in the TRANSACTION state: delete
+                   the messages in Update.deleted now, and only now)
+    Every other event is informational and its reply is already queued.
+    Each event has ``line``: the command as it may be logged (PASS and AUTH
+    responses are redacted).
+
+EXPECTS
+    * Decisions in event order; the service stops reading while PAUSED.
+    * After accept_stls() only decrypted bytes, and only after
+      tls_established().
+    * accept_retrieve(): the service sends data_to_send() first, then the
+      stuffer's output for the content, ending with ByteStuffer.finish().
+
+GUARANTEES
+    * Peer input never raises; every complete command line gets exactly one
+      reply (single or multi-line).  LocalProtocolError only for misuse.
+    * Command lines are limited to 255 octets including CRLF (RFC 2449),
+      SASL responses to 12288; a longer line is discarded up to its LF
+      without being buffered and answered "-ERR line too long".  LF alone
+      also ends a line.  After ``max_errors`` consecutive errors the
+      connection is closed.
+    * Unknown command -> "-ERR"; a command in the wrong state -> "-ERR".
+    * STLS: bytes received after the STLS line are discarded (RFC 2595,
+      CVE-2011-0411 style injection).
+    * The maildrop listing (sizes, unique ids) is the snapshot passed to
+      login(); DELE only marks; RSET unmarks; deletion happens only in the
+      Update decision after QUIT.  A dropped connection never gets there.
+    * ByteStuffer: a "." at the start of any line (after any LF) is doubled;
+      the output always ends with CRLF "." CRLF; chunk boundaries anywhere.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "NEED_DATA",
+    "PAUSED",
+    "Apop",
+    "AuthResponse",
+    "AuthStart",
+    "ByteStuffer",
+    "Capa",
+    "ConnectionClosed",
+    "Dele",
+    "Event",
+    "List",
+    "LocalProtocolError",
+    "Noop",
+    "Pass",
+    "Phase",
+    "Pop3Server",
+    "PopConfig",
+    "ProtocolError",
+    "Quit",
+    "Retrieve",
+    "Rset",
+    "Stat",
+    "Stls",
+    "Uidl",
+    "Update",
+    "User",
+]
+
+COMMAND_LINE_LIMIT = 255  # octets including CRLF (RFC 2449 section 4)
+AUTH_LINE_LIMIT = 12288  # SASL continuation lines (RFC 5034 allows longer than 255)
+_MAX_NUMBER_DIGITS = 12
+
+
+@dataclass(frozen=True)
+class PopConfig:
+    timestamp: str = "<0.0@localhost>"  # the APOP timestamp in the greeting, brackets included
+    mechanisms: tuple[str, ...] = ()  # SASL mechanisms offered before TLS
+    mechanisms_tls: tuple[str, ...] | None = None  # ... and once TLS is up (None: the same)
+    stls: bool = False  # a TLS context is available for STLS
+    tls_required: bool = False  # no authentication before STLS
+    secure: bool = False  # the connection is TLS from the start (implicit TLS)
+    apop: bool = True
+    max_errors: int = 10
+
+
+class LocalProtocolError(Exception):
+    """The service used the state machine wrongly (never caused by peer input)."""
+
+
+class Signal(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+    PAUSED = "PAUSED"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NEED_DATA = Signal.NEED_DATA
+PAUSED = Signal.PAUSED
+
+
+class Phase(enum.Enum):
+    AUTHORIZATION = "authorization"
+    AUTH = "auth"  # a SASL challenge was sent; the next line is the response
+    TRANSACTION = "transaction"
+    TLS = "tls"  # STLS accepted; waiting for tls_established()
+    UPDATE = "update"  # QUIT in TRANSACTION: waiting for update_done()
+    CLOSED = "closed"
+
+
+# --------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Capa(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class User(Event):
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pass(Event):
+    """Decision: check ``password`` for ``user``, open the maildrop, login() or login_failed()."""
+
+    user: str
+    password: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Apop(Event):
+    """Decision: ``digest`` should be MD5(timestamp + password) in lower-case hex."""
+
+    user: str
+    digest: str
+    timestamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStart(Event):
+    """Decision: ``initial`` is None without an initial response, "" for "="."""
+
+    mechanism: str
+    initial: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse(Event):
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stls(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Stat(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class List(Event):
+    number: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Uidl(Event):
+    number: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieve(Event):
+    """Decision: RETR (``top_lines`` None) or TOP; ``number`` is 1-based and valid."""
+
+    number: int
+    top_lines: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dele(Event):
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class Noop(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Rset(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Quit(Event):
+    """QUIT outside the TRANSACTION state: nothing to update, the connection closes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Update(Event):
+    """Decision: QUIT in TRANSACTION; delete ``deleted`` (1-based numbers) now."""
+
+    deleted: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError(Event):
+    """A line answered with -ERR by the machine itself (``reply`` is the text)."""
+
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(Event):
+    line: str = ""
+
+
+_DECISIONS = (Pass, Apop, AuthStart, AuthResponse, Stls, Retrieve, Update)
+_LOGIN_EVENTS = (Pass, Apop, AuthStart, AuthResponse)
+
+
+# ----------------------------------------------------------------- tables
+
+_AUTHZ = frozenset({Phase.AUTHORIZATION})
+_TRANS = frozenset({Phase.TRANSACTION})
+_BOTH = _AUTHZ | _TRANS
+
+# verb -> (handler, phases where it is valid)
+_COMMANDS: dict[str, tuple[str, frozenset[Phase]]] = {
+    "CAPA": ("_cmd_capa", _BOTH),
+    "QUIT": ("_cmd_quit", _BOTH),
+    "USER": ("_cmd_user", _AUTHZ),
+    "PASS": ("_cmd_pass", _AUTHZ),
+    "APOP": ("_cmd_apop", _AUTHZ),
+    "AUTH": ("_cmd_auth", _AUTHZ),
+    "STLS": ("_cmd_stls", _AUTHZ),
+    "STAT": ("_cmd_stat", _TRANS),
+    "LIST": ("_cmd_list", _TRANS),
+    "UIDL": ("_cmd_uidl", _TRANS),
+    "RETR": ("_cmd_retr", _TRANS),
+    "TOP": ("_cmd_top", _TRANS),
+    "DELE": ("_cmd_dele", _TRANS),
+    "NOOP": ("_cmd_noop", _TRANS),
+    "RSET": ("_cmd_rset", _TRANS),
+}
+
+_WRONG_STATE = {
+    Phase.AUTHORIZATION: "-ERR not authenticated",
+    Phase.TRANSACTION: "-ERR already authenticated",
+}
+
+# commands that need TLS first when tls_required
+_NEED_TLS = frozenset({"USER", "PASS", "APOP", "AUTH"})
+
+_LOG_REDACTED = {"PASS": "PASS [password not logged]"}
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _number(text: str) -> int | None:
+    text = text.strip()
+    if not text or len(text) > _MAX_NUMBER_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+# ------------------------------------------------------------- byte stuffer
+
+
+class ByteStuffer:
+    """Streams message content as a POP multi-line response body.
+
+    ``feed(chunk)`` returns the bytes to send for the chunk: a "." at the
+    start of a line is doubled.  With ``top_lines`` (TOP) only the header
+    lines, the blank line and that many body lines are passed on; ``done``
+    becomes True when nothing more will be taken, so the caller can stop
+    reading.  ``finish()`` returns the rest: a CRLF if the content did not
+    end with a line end, then "." CRLF.  ``lines`` counts the lines sent.
+    """
+
+    __slots__ = ("_at_line_start", "_in_body", "_line_head", "_remaining", "done", "lines", "top_lines")
+
+    def __init__(self, top_lines: int | None = None) -> None:
+        self.top_lines = top_lines
+        self._at_line_start = True
+        self._in_body = False
+        self._line_head = b""  # up to 2 first bytes of the current (header) line, for TOP
+        self._remaining = 0
+        self.done = False
+        self.lines = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.done or not chunk:
+            return b""
+        if self.top_lines is not None:
+            chunk = self._select(chunk)
+            if not chunk:
+                return b""
+        out = chunk.replace(b"\n.", b"\n..")
+        if self._at_line_start and out[:1] == b".":
+            out = b"." + out
+        self._at_line_start = chunk[-1:] == b"\n"
+        self.lines += chunk.count(b"\n")
+        return out
+
+    def finish(self) -> bytes:
+        tail = b""
+        if not self._at_line_start:
+            tail = b"\r\n"
+            self.lines += 1
+            self._at_line_start = True
+        self.done = True
+        return tail + b".\r\n"
+
+    def _select(self, chunk: bytes) -> bytes:
+        """TOP: the part of ``chunk`` that is header, blank line or one of the first N body lines."""
+        pos = 0
+        size = len(chunk)
+        while pos < size:
+            if self._in_body:
+                if self._remaining <= 0:
+                    self.done = True
+                    return chunk[:pos]
+                nl = chunk.find(b"\n", pos)
+                if nl < 0:
+                    return chunk
+                pos = nl + 1
+                self._remaining -= 1
+                continue
+            nl = chunk.find(b"\n", pos)
+            if nl < 0:
+                self._line_head = (self._line_head + chunk[pos : pos + 2])[:2]
+                return chunk
+            head = (self._line_head + chunk[pos : nl + 1])[:3]
+            self._line_head = b""
+            pos = nl + 1
+            if head in (b"\n", b"\r\n"):
+                self._in_body = True
+                self._remaining = self.top_lines or 0
+        if self._in_body and self._remaining <= 0:
+            self.done = True
+        return chunk
+
+
+# ---------------------------------------------------------------- the machine
+
+
+class Pop3Server:
+    """One POP3 server session; see the module docstring."""
+
+    def __init__(self, config: PopConfig) -> None:
+        self._cfg = config
+        self._buf = b""
+        self._out: list[bytes] = []
+        self._events: deque[Event] = deque()
+        self._phase = Phase.AUTHORIZATION
+        self._pending: Event | None = None
+        self._tls = config.secure
+        self._peer_ended = False
+        self._closing = False
+        self._errors = 0
+        self._discarding = False
+        self._user: str | None = None
+        self._sizes: list[int] = []
+        self._uids: list[str] = []
+        self._deleted: set[int] = set()
+        self._retrieving = False
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def tls(self) -> bool:
+        return self._tls
+
+    @property
+    def deleted(self) -> tuple[int, ...]:
+        return tuple(sorted(self._deleted))
+
+    @property
+    def mechanisms(self) -> tuple[str, ...]:
+        c = self._cfg
+        if self._tls and c.mechanisms_tls is not None:
+            return c.mechanisms_tls
+        return c.mechanisms
+
+    # -------------------------------------------------------------------- I/O
+
+    def greeting(self) -> None:
+        self._send("+OK POP3 server ready " + self._cfg.timestamp)
+
+    def receive_data(self, data: bytes) -> None:
+        if self._phase is Phase.CLOSED:
+            return
+        if not data:
+            self._peer_ended = True
+            return
+        if self._peer_ended:
+            raise LocalProtocolError("receive_data() after EOF")
+        if self._phase is Phase.TLS:
+            return  # plaintext after an accepted STLS is never interpreted
+        self._buf = self._buf + bytes(data) if self._buf else bytes(data)
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Event | Signal:
+        while True:
+            if self._pending is not None or self._phase is Phase.TLS and not self._peer_ended:
+                return PAUSED
+            if self._events:
+                ev = self._events.popleft()
+                if isinstance(ev, _DECISIONS):
+                    self._pending = ev
+                return ev
+            if self._phase is Phase.CLOSED:
+                return ConnectionClosed()
+            if self._closing:
+                self._phase = Phase.CLOSED
+                continue
+            limit = AUTH_LINE_LIMIT if self._phase is Phase.AUTH else COMMAND_LINE_LIMIT
+            raw = self._read_line(limit)
+            if raw is None:
+                if self._peer_ended:
+                    self._phase = Phase.CLOSED
+                    continue
+                return NEED_DATA
+            if raw is _TOO_LONG:
+                self._error(ProtocolError("[line too long]", "-ERR line too long"))
+                continue
+            assert isinstance(raw, bytes)
+            if self._phase is Phase.AUTH:
+                self._events.append(AuthResponse("[response not logged]", _text(raw).strip()))
+            else:
+                self._command(raw)
+
+    def _read_line(self, limit: int) -> bytes | object | None:
+        buf = self._buf
+        nl = buf.find(b"\n")
+        if self._discarding:
+            if nl < 0:
+                self._buf = b""
+                return None
+            self._buf = buf[nl + 1 :]
+            self._discarding = False
+            return _TOO_LONG
+        if nl < 0:
+            if len(buf) >= limit:
+                self._buf = b""
+                self._discarding = True
+            return None
+        if nl + 1 > limit:
+            self._buf = buf[nl + 1 :]
+            return _TOO_LONG
+        self._buf = buf[nl + 1 :]
+        line = buf[:nl]
+        return line[:-1] if line.endswith(b"\r") else line
+
+    # -------------------------------------------------------------- decisions
+
+    def _take(self, *allowed: type[Event]) -> Event:
+        ev = self._pending
+        if ev is None:
+            raise LocalProtocolError("no decision is pending")
+        if not isinstance(ev, allowed):
+            raise LocalProtocolError(f"{type(ev).__name__} cannot be resolved this way")
+        return ev
+
+    def login(self, messages: Sequence[tuple[int, str]], text: str = "") -> None:
+        """Authenticated and the maildrop is locked: ``messages`` are (size, unique-id), numbered from 1."""
+        self._take(*_LOGIN_EVENTS)
+        self._pending = None
+        self._sizes = [int(size) for size, _ in messages]
+        self._uids = [str(uid) for _, uid in messages]
+        self._deleted.clear()
+        self._phase = Phase.TRANSACTION
+        self._errors = 0
+        self._send("+OK" + (" " + text if text else ""))
+
+    def login_failed(self, text: str = "[AUTH] authentication failed", close: bool = False) -> None:
+        self._take(*_LOGIN_EVENTS)
+        self._pending = None
+        self._user = None
+        self._phase = Phase.AUTHORIZATION
+        self._send("-ERR" + (" " + text if text else ""))
+        if close:
+            self._closing = True
+
+    def challenge(self, text_b64: str) -> None:
+        self._take(AuthStart, AuthResponse)
+        self._pending = None
+        self._phase = Phase.AUTH
+        self._send("+ " + text_b64)
+
+    def accept_stls(self) -> None:
+        self._take(Stls)
+        self._pending = None
+        self._phase = Phase.TLS
+        self._buf = b""
+        self._discarding = False
+        self._send("+OK begin TLS negotiation")
+
+    def tls_established(self) -> None:
+        if self._phase is not Phase.TLS:
+            raise LocalProtocolError("tls_established() without an accepted STLS")
+        self._tls = True
+        self._user = None
+        self._phase = Phase.AUTHORIZATION
+
+    def accept_retrieve(self, size: int | None = None) -> ByteStuffer:
+        """Queue the +OK line; send it, then the content through the returned stuffer."""
+        ev = self._take(Retrieve)
+        assert isinstance(ev, Retrieve)
+        if self._retrieving:
+            raise LocalProtocolError("accept_retrieve() twice")
+        self._retrieving = True
+        if ev.top_lines is None:
+            octets = self._sizes[ev.number - 1] if size is None else size
+            self._send(f"+OK {octets} octets")
+        else:
+            self._send("+OK top of message follows")
+        return ByteStuffer(ev.top_lines)
+
+    def retrieve_done(self) -> None:
+        """The whole multi-line response (ByteStuffer.finish() included) has been sent."""
+        self._take(Retrieve)
+        if not self._retrieving:
+            raise LocalProtocolError("retrieve_done() before accept_retrieve()")
+        self._retrieving = False
+        self._pending = None
+        self._errors = 0
+
+    def update_done(self, ok: bool = True) -> None:
+        self._take(Update)
+        self._pending = None
+        self._send("+OK signing off" if ok else "-ERR some deleted messages not removed")
+        self._phase = Phase.CLOSED
+
+    def reject(self, text: str) -> None:
+        """-ERR for a pending Stls or Retrieve (login events: use login_failed)."""
+        ev = self._take(Stls, Retrieve, *_LOGIN_EVENTS)
+        if isinstance(ev, _LOGIN_EVENTS):
+            self.login_failed(text)
+            return
+        if self._retrieving:
+            raise LocalProtocolError("reject() after accept_retrieve()")
+        self._pending = None
+        self._send("-ERR" + (" " + text if text else ""))
+
+    def close(self) -> None:
+        """The service ends the session (timeout, shutdown): no more events but ConnectionClosed."""
+        self._pending = None
+        self._events.clear()
+        self._phase = Phase.CLOSED
+
+    # ------------------------------------------------------------- commands
+
+    def _send(self, line: str) -> None:
+        self._out.append(line.encode("utf-8", "replace") + b"\r\n")
+
+    def _send_lines(self, first: str, lines: Sequence[str]) -> None:
+        self._out.append("".join(f"{x}\r\n" for x in (first, *lines, ".")).encode("utf-8", "replace"))
+
+    def _ok(self, ev: Event, text: str = "") -> None:
+        self._errors = 0
+        self._send("+OK" + (" " + text if text else ""))
+        self._events.append(ev)
+
+    def _error(self, ev: ProtocolError) -> None:
+        self._errors += 1
+        self._send(ev.reply)
+        self._events.append(ev)
+        if self._cfg.max_errors and self._errors >= self._cfg.max_errors:
+            self._send("-ERR too many errors")
+            self._closing = True
+
+    def _command(self, raw: bytes) -> None:
+        text = _text(raw)
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        log_line = _LOG_REDACTED.get(verb, text)
+        if verb == "AUTH" and len(arg.split()) > 1:
+            log_line = f"AUTH {arg.split()[0]} [response not logged]"
+        entry = _COMMANDS.get(verb)
+        if entry is None:
+            self._error(ProtocolError(log_line, "-ERR invalid command"))
+            return
+        method, phases = entry
+        if self._phase not in phases:
+            self._error(ProtocolError(log_line, _WRONG_STATE.get(self._phase, "-ERR invalid state")))
+            return
+        if verb in _NEED_TLS and self._cfg.tls_required and not self._tls:
+            self._error(ProtocolError(log_line, "-ERR must use STLS first"))
+            return
+        handler: Callable[[str, str], None] = getattr(self, method)
+        handler(log_line, arg)
+
+    def _cmd_capa(self, line: str, arg: str) -> None:
+        caps = ["USER", "CAPA", "TOP", "UIDL"]
+        mechs = self.mechanisms
+        if mechs:
+            caps.append("SASL " + " ".join(mechs))
+        if self._cfg.stls and not self._tls and self._phase is Phase.AUTHORIZATION:
+            caps.append("STLS")
+        self._errors = 0
+        self._send_lines("+OK capability list follows", caps)
+        self._events.append(Capa(line))
+
+    def _cmd_quit(self, line: str, arg: str) -> None:
+        self._errors = 0
+        if self._phase is Phase.TRANSACTION:
+            self._phase = Phase.UPDATE
+            self._events.append(Update(line, self.deleted))
+            return
+        self._send("+OK signing off")
+        self._events.append(Quit(line))
+        self._closing = True
+
+    def _cmd_user(self, line: str, arg: str) -> None:
+        if not arg:
+            self._user = None
+            self._error(ProtocolError(line, "-ERR missing user name"))
+            return
+        self._user = arg
+        self._ok(User(line, arg), f"user: {arg}")
+
+    def _cmd_pass(self, line: str, arg: str) -> None:
+        user = self._user
+        if user is None:
+            self._error(ProtocolError(line, "-ERR no user name"))
+            return
+        self._user = None
+        raw = arg.encode("utf-8") if _is_utf8_text(arg) else arg.encode("latin-1")
+        self._events.append(Pass(line, user, raw))
+
+    def _cmd_apop(self, line: str, arg: str) -> None:
+        parts = arg.split()
+        if not self._cfg.apop:
+            self._error(ProtocolError(line, "-ERR APOP not available"))
+            return
+        if len(parts) != 2:
+            self._error(ProtocolError(line, "-ERR usage: APOP <name> <digest>"))
+            return
+        self._user = None
+        self._events.append(Apop(line, parts[0], parts[1].lower(), self._cfg.timestamp))
+
+    def _cmd_auth(self, line: str, arg: str) -> None:
+        parts = arg.split()
+        if not parts:
+            self._errors = 0
+            self._send_lines("+OK", list(self.mechanisms))
+            self._events.append(Noop(line))
+            return
+        mechanism = parts[0].upper()
+        if len(parts) > 2:
+            self._error(ProtocolError(line, "-ERR usage: AUTH <mechanism> [<initial-response>]"))
+            return
+        if mechanism not in self.mechanisms:
+            self._error(ProtocolError(line, "-ERR unsupported authentication mechanism"))
+            return
+        initial: str | None = None
+        if len(parts) == 2:
+            initial = "" if parts[1] == "=" else parts[1]
+        self._user = None
+        self._events.append(AuthStart(line, mechanism, initial))
+
+    def _cmd_stls(self, line: str, arg: str) -> None:
+        if not self._cfg.stls or self._tls:
+            self._error(ProtocolError(line, "-ERR STLS not available"))
+            return
+        self._events.append(Stls(line))
+
+    def _message(self, line: str, text: str) -> int | None:
+        n = _number(text)
+        if n is None:
+            self._error(ProtocolError(line, "-ERR invalid message number"))
+            return None
+        if not 1 <= n <= len(self._sizes) or n in self._deleted:
+            self._error(ProtocolError(line, "-ERR no such message"))
+            return None
+        return n
+
+    def _live(self) -> list[int]:
+        return [n for n in range(1, len(self._sizes) + 1) if n not in self._deleted]
+
+    def _cmd_stat(self, line: str, arg: str) -> None:
+        live = self._live()
+        self._ok(Stat(line), f"{len(live)} {sum(self._sizes[n - 1] for n in live)}")
+
+    def _cmd_list(self, line: str, arg: str) -> None:
+        self._listing(line, arg, self._sizes, List)
+
+    def _cmd_uidl(self, line: str, arg: str) -> None:
+        self._listing(line, arg, self._uids, Uidl)
+
+    def _listing(self, line: str, arg: str, values: Sequence[object], kind: type[List] | type[Uidl]) -> None:
+        if arg.strip():
+            n = self._message(line, arg)
+            if n is not None:
+                self._ok(kind(line, n), f"{n} {values[n - 1]}")
+            return
+        live = self._live()
+        self._errors = 0
+        self._send_lines(f"+OK {len(live)} message(s)", [f"{n} {values[n - 1]}" for n in live])
+        self._events.append(kind(line, None))
+
+    def _cmd_retr(self, line: str, arg: str) -> None:
+        n = self._message(line, arg)
+        if n is not None:
+            self._events.append(Retrieve(line, n, None))
+
+    def _cmd_top(self, line: str, arg: str) -> None:
+        parts = arg.split()
+        if len(parts) != 2:
+            self._error(ProtocolError(line, "-ERR usage: TOP <message> <lines>"))
+            return
+        count = _number(parts[1])
+        if count is None:
+            self._error(ProtocolError(line, "-ERR invalid number of lines"))
+            return
+        n = self._message(line, parts[0])
+        if n is not None:
+            self._events.append(Retrieve(line, n, count))
+
+    def _cmd_dele(self, line: str, arg: str) -> None:
+        n = self._message(line, arg)
+        if n is not None:
+            self._deleted.add(n)
+            self._ok(Dele(line, n), "message deleted")
+
+    def _cmd_noop(self, line: str, arg: str) -> None:
+        self._ok(Noop(line))
+
+    def _cmd_rset(self, line: str, arg: str) -> None:
+        self._deleted.clear()
+        self._ok(Rset(line))
+
+
+_TOO_LONG = object()
+
+
+def _is_utf8_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
