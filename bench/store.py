@@ -38,6 +38,7 @@ class Result:
     seconds: float
     rc: int
     peak_rss: int
+    peak_pss: int
     procs: int
     cpu: float
     stored: int | None
@@ -70,7 +71,7 @@ def run_cell(name: str, args: list[str], port: int, spool: Path | None, tmp: Pat
     note = "" if rc == 0 else f"smtp-source rc={rc}: {err.splitlines()[-1] if err else ''}"
     if not alive:
         note += " server died: " + server.log_tail(3)
-    return Result(name, secs, rc, rss.peak, rss.procs, cpu, stored, note.strip())
+    return Result(name, secs, rc, rss.peak, rss.peak_pss, rss.procs, cpu, stored, note.strip())
 
 
 def idle_test(name: str, args: list[str], port: int, tmp: Path, count: int) -> str:
@@ -79,7 +80,7 @@ def idle_test(name: str, args: list[str], port: int, tmp: Path, count: int) -> s
     socks: list[socket.socket] = []
     try:
         time.sleep(1.0)
-        base = cm.tree_rss(server.pid)
+        base, base_pss = cm.tree_rss(server.pid), cm.tree_pss(server.pid)
         t0 = time.perf_counter()
         failed = 0
         for _ in range(count):
@@ -89,7 +90,7 @@ def idle_test(name: str, args: list[str], port: int, tmp: Path, count: int) -> s
                 failed += 1
         opened = time.perf_counter() - t0
         time.sleep(2.0)
-        rss = cm.tree_rss(server.pid)
+        rss, pss = cm.tree_rss(server.pid), cm.tree_pss(server.pid)
         greeted = 0
         for s in socks:
             s.setblocking(False)
@@ -105,7 +106,7 @@ def idle_test(name: str, args: list[str], port: int, tmp: Path, count: int) -> s
         return (
             f"  {name}: {len(socks)} idle connections open ({failed} failed, opened in {opened:.2f}s, "
             f"{greeted} greeted); RSS {cm.mb(base)} MB -> {cm.mb(rss)} MB "
-            f"(+{per:.1f} KB/connection); {fresh}"
+            f"(+{per:.1f} KB/connection), PSS {cm.mb(base_pss)} MB -> {cm.mb(pss)} MB; {fresh}"
         )
     finally:
         for s in socks:
@@ -160,11 +161,11 @@ def main() -> int:
         print()
         print(f"{opts.messages} messages x {opts.size} bytes, {opts.sessions} sessions, one connection per message")
         rows = [
-            [r.name, f"{r.rate(opts.messages):.0f}", f"{r.seconds:.1f}", cm.mb(r.peak_rss), r.procs, f"{r.cpu:.1f}",
+            [r.name, f"{r.rate(opts.messages):.0f}", f"{r.seconds:.1f}", cm.mb(r.peak_rss), cm.mb(r.peak_pss), r.procs, f"{r.cpu:.1f}",
              "-" if r.stored is None else r.stored, r.note or "ok"]
             for r in results
         ]  # fmt: skip
-        print(cm.table(["server", "msgs/s", "wall s", "peak RSS MB", "procs", "cpu s", "stored", "status"], rows))
+        print(cm.table(["server", "msgs/s", "wall s", "peak RSS MB", "peak PSS MB", "procs", "cpu s", "stored", "status"], rows))
         aio = next(r for r in results if r.name.startswith("aiosmtpd"))
         for ours in (r for r in results if r.name.startswith("emailrelay")):
             if ours.rc == 0 and aio.rc == 0:

@@ -40,8 +40,45 @@ def _events(argv: list[str]) -> int:
     return events_main(argv)
 
 
+def _queue(argv: list[str]) -> int:
+    from .queue import main as queue_main
+
+    return queue_main(argv)
+
+
+def _notify(argv: list[str]) -> int:
+    from .failed_mail import notify_main
+
+    return notify_main(argv)
+
+
+def _resubmit(argv: list[str]) -> int:
+    from .failed_mail import resubmit_main
+
+    return resubmit_main(argv)
+
+
+def _bounce(argv: list[str]) -> int:
+    from .failed_mail import bounce_main
+
+    return bounce_main(argv)
+
+
+def _metrics(argv: list[str]) -> int:
+    from ..services.metrics import main as metrics_main
+
+    return metrics_main(argv)
+
+
 #: Operator tools run as ``emailrelay <tool> ...`` (never an option, so no clash with config files).
-SUBCOMMANDS = {"events": _events}
+SUBCOMMANDS = {
+    "events": _events,
+    "queue": _queue,
+    "notify": _notify,
+    "resubmit": _resubmit,
+    "bounce": _bounce,
+    "metrics": _metrics,
+}
 
 
 def app_dir() -> str:

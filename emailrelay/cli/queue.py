@@ -114,6 +114,7 @@ class Progress:
         self.total = total
         self.done = 0
         self._last = 0.0
+        self._shown = -1
 
     def step(self, n: int = 1) -> None:
         self.done += n
@@ -125,6 +126,7 @@ class Progress:
             self._show()
 
     def _show(self, final: bool = False) -> None:
+        self._shown = self.done
         text = f"{self.what}: {self.done}/{self.total}"
         if self.tty:
             self.stream.write(f"\r{text}" + ("\n" if final else ""))
@@ -133,7 +135,7 @@ class Progress:
         self.stream.flush()
 
     def finish(self) -> None:
-        if self.enabled and self.total:
+        if self.enabled and self.total and (self.tty or self._shown != self.done):
             self._show(final=True)
 
 
@@ -262,13 +264,13 @@ def _list(store: SpoolStore, args: argparse.Namespace, out: TextIO) -> int:
         counts[i.state] = counts.get(i.state, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     out.write(
-        f"-- {format_size(total)} in {len(items)} message{'s' if len(items) != 1 else ''} ({summary})\n"
+        f"-- {total} bytes in {len(items)} message{'s' if len(items) != 1 else ''} ({summary})\n"
     )
     return 0
 
 
 _SHOW_FIELDS = (
-    ("content", "content_type"),
+    ("content-type", "content_type"),
     ("authentication", "authentication"),
     ("client", "client"),
     ("mail-from-auth-in", "mail_from_auth_in"),

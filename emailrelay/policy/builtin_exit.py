@@ -26,7 +26,7 @@ class ExitFilter:
     async def run(self, ctx: FilterContext) -> FilterResult:
         result = result_for_exit_code(self.exit_code)
         if result.outcome is FilterOutcome.REJECT:
-            self.log.warning(f"filter [{self.name}] failed: {describe_failure(result)}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: {describe_failure(result)}")
         return result
 
     async def close(self) -> None:

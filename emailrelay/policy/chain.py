@@ -40,7 +40,7 @@ from dataclasses import replace
 from .. import log as logmod
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
-from .spec import Filter, FilterContext, PolicyOptions, Spec, options_from_config, parse_filters
+from .spec import Filter, FilterContext, PolicyOptions, Spec, options_from_config, parse_filters, warnings_for
 from .verdicts import FilterOutcome, FilterResult
 
 
@@ -153,11 +153,9 @@ class FilterChain:
         head = f"filter [{name}]: [{ctx.message_id}]: "
         if result.outcome is FilterOutcome.REJECT:
             tail = f" reason=[{result.detail}]" if result.detail else ""
-            self.log.info(f"{head}failed response=[{result.reason}]{tail}", ctx.log_address)
+            self.log.info(f"{head}failed response=[{result.reason}]{tail}")
         elif result.outcome is FilterOutcome.ERROR:
-            self.log.info(
-                f"{head}failed response=[error] reason=[{result.detail or result.reason}]", ctx.log_address
-            )
+            self.log.info(f"{head}failed response=[error] reason=[{result.detail or result.reason}]")
         elif result.outcome is FilterOutcome.ABANDON:
             self.log.verbose(f"{head}abandoned", ctx.log_address)
 
@@ -186,4 +184,6 @@ def build_client_filter(config: object, store: SpoolStore) -> ClientFilterChain 
     specs = parse_filters(getattr(config, "client_filters", None) or [], client=True)
     if not specs:
         return None
+    for text in warnings_for(specs):
+        logmod.get().warning(text)
     return ClientFilterChain(specs, store, options_from_config(config))

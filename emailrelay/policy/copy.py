@@ -44,9 +44,7 @@ class CopyFilter:
         store = store_for(self.store, ctx)
         names = await asyncio.to_thread(store.mailboxes)
         if not names:
-            self.log.warning(
-                f"filter [{self.name}]: [{ctx.message_id}]: no sub-directories to copy into", ctx.log_address
-            )
+            self.log.warning(f"filter [{self.name}]: [{ctx.message_id}]: no sub-directories to copy into")
             return FilterResult.accept()
         try:
             copies = await asyncio.to_thread(
@@ -60,7 +58,7 @@ class CopyFilter:
                 delete_original=self.delete,
             )
         except OSError as exc:
-            self.log.warning(f"filter [{self.name}] failed: {exc}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"copy: {exc}")
         self.log.verbose(
             f"filter [{self.name}]: [{ctx.message_id}]: copied into {len(copies)} mailbox(es): {', '.join(names)}",

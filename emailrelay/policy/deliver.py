@@ -45,7 +45,7 @@ class DeliverFilter:
             data = await asyncio.to_thread(_read, ctx.envelope_path)
             env = envelope_format.parse(data)
         except (OSError, envelope_format.EnvelopeError) as exc:
-            self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"deliver: {exc}")
         if not env.to_local:
             return FilterResult.accept()
@@ -64,7 +64,7 @@ class DeliverFilter:
                 delete_original=delete,
             )
         except OSError as exc:
-            self.log.warning(f"filter [{self.name}] failed: {exc}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: {exc}")
             if exc.errno == errno.EINVAL:
                 return FilterResult(FilterOutcome.REJECT, "invalid mailbox", None, str(exc))
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"deliver: {exc}")

@@ -269,9 +269,9 @@ class ExeFilter:
             assert run.exit_code is not None
             result = result_for_exit_code(run.exit_code, run.output)
         if result.outcome is FilterOutcome.REJECT:
-            self.log.warning(f"filter [{self.name}] failed: {describe_failure(result)}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: {describe_failure(result)}")
         elif result.outcome is FilterOutcome.ERROR:
-            self.log.warning(f"filter [{self.name}] failed: {result.detail}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: {result.detail}")
         return result
 
     async def close(self) -> None:

@@ -74,7 +74,7 @@ class MsgidFilter:
         try:
             msgid = await asyncio.to_thread(add_message_id, store_for(self.store, ctx), ctx, self.domain)
         except OSError as exc:
-            self.log.warning(f"filter [{self.name}] failed: {exc}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: {exc}")
             return FilterResult(
                 FilterOutcome.ERROR, "filter error", None, f"msgid: {os.strerror(exc.errno or 5)}"
             )

@@ -200,7 +200,7 @@ class MxFilter:
         try:
             env = envelope_format.parse(await asyncio.to_thread(_read, ctx.envelope_path))
         except (OSError, envelope_format.EnvelopeError) as exc:
-            self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"mx: {exc}")
         if not env.forward_to.strip():
             return FilterResult.accept()
@@ -224,7 +224,7 @@ class MxFilter:
                 error = None
             if error is not None:
                 text = clean_text(str(error))
-                self.log.warning(f"filter [{self.name}] failed: {text}", ctx.log_address)
+                self.log.warning(f"filter [{self.name}] failed: {text}")
                 if error.permanent:
                     return FilterResult(FilterOutcome.REJECT, "mx lookup failed", None, text)
                 return FilterResult(FilterOutcome.ERROR, "mx lookup failed", None, text)
@@ -240,9 +240,7 @@ class MxFilter:
                     store_for(self.store, ctx).rewrite_envelope_in_place, ctx.mid, ctx.state, updated
                 )
             except OSError as exc:
-                self.log.warning(
-                    f"filter [{self.name}] failed: cannot write envelope: {exc}", ctx.log_address
-                )
+                self.log.warning(f"filter [{self.name}] failed: cannot write envelope: {exc}")
                 return FilterResult(FilterOutcome.ERROR, "filter error", None, f"mx: {exc}")
         return FilterResult.accept()
 

@@ -179,7 +179,7 @@ class NetFilter:
         try:
             line = await self.pool.exchange(request, self.options.timeout)
         except TimeoutError:
-            self.log.warning(f"filter [{self.name}] failed: timeout", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: timeout")
             return FilterResult(
                 FilterOutcome.ERROR, "filter timeout", None, f"timeout after {self.options.timeout:.0f}s"
             )
@@ -193,7 +193,7 @@ class NetFilter:
             text = (
                 exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
             )
-            self.log.warning(f"filter [{self.name}] failed: {text}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: {text}")
             return FilterResult(
                 FilterOutcome.ERROR, "filter error", None, f"network filter: {clean_text(text)}"
             )
@@ -206,7 +206,7 @@ class NetFilter:
         reason, code = split_code(clean_text(reason))
         result = FilterResult(FilterOutcome.REJECT, reason or "rejected", code, clean_text(detail))
         tail = f"({code})" if code is not None else ""
-        self.log.warning(f"filter [{self.name}] failed: response [{result.reason}]{tail}", ctx.log_address)
+        self.log.warning(f"filter [{self.name}] failed: response [{result.reason}]{tail}")
         return result
 
     async def close(self) -> None:

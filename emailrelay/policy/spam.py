@@ -77,7 +77,7 @@ class SpamFilter:
             async with asyncio.timeout(self.options.timeout):
                 spam, score = await self._exchange(ctx, command)
         except TimeoutError:
-            self.log.warning(f"filter [{self.name}] failed: timeout", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: timeout")
             return FilterResult(
                 FilterOutcome.ERROR,
                 "filter timeout",
@@ -86,10 +86,10 @@ class SpamFilter:
             )
         except (OSError, SpamdError, asyncio.IncompleteReadError, ValueError) as exc:
             text = clean_text(str(exc) or type(exc).__name__)
-            self.log.warning(f"filter [{self.name}] failed: spamd: {text}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: spamd: {text}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"spamd: {text}")
         if spam and not self.edit:
-            self.log.warning(f"filter [{self.name}] failed: spam: score {score}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: spam: score {score}")
             return FilterResult(FilterOutcome.REJECT, "spam", None, f"score {score}")
         return FilterResult.accept()
 

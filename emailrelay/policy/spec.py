@@ -26,6 +26,7 @@ naming the item, raised at start-up, never while mail flows.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +190,50 @@ def _builtin(kind: str, rest: str, text: str, what: str) -> Spec:
         for p in params:
             if p.lower() not in known:
                 raise SpecError(f"{what} [{text}]: unknown parameter [{p}]")
+    elif kind == "mx":
+        _check_mx_params(params, text, what)
+    elif kind == "account":
+        _check_account_params(params, text, what)
     return Spec(kind, rest, params, text)
+
+
+def _check_mx_params(params: tuple[str, ...], text: str, what: str) -> None:
+    """``nst=<s>``, ``rt=<s>`` and at most one DNS server ``ip[:port]``."""
+    servers = 0
+    for p in params:
+        key, eq, value = p.partition("=")
+        if eq:
+            if key.lower() not in ("nst", "rt"):
+                raise SpecError(f"{what} [{text}]: unknown parameter [{p}]")
+            try:
+                if float(value) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise SpecError(f"{what} [{text}]: invalid number in [{p}]") from None
+            continue
+        servers += 1
+        host, port = p, "53"
+        if p.startswith("["):
+            host, _, tail = p[1:].partition("]")
+            port = tail[1:] if tail.startswith(":") else "53"
+        elif p.count(":") == 1:
+            host, _, port = p.partition(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise SpecError(f"{what} [{text}]: the DNS server must be an IP address: [{p}]") from None
+        if not port.isdigit() or not 0 < int(port) <= 65535 or servers > 1:
+            raise SpecError(f"{what} [{text}]: invalid DNS server [{p}]")
+
+
+def _check_account_params(params: tuple[str, ...], text: str, what: str) -> None:
+    """A user-id range ``<low>-<high>`` and the keywords ``lowercase``, ``check``, ``remote``."""
+    for p in params:
+        if p.lower() in ("lowercase", "check", "remote"):
+            continue
+        low, dash, high = p.partition("-")
+        if not (dash and low.isdigit() and high.isdigit() and int(low) <= int(high)):
+            raise SpecError(f"{what} [{text}]: unknown parameter [{p}]")
 
 
 _KNOWN_PARAMS: dict[str, frozenset[str]] = {
@@ -206,7 +250,7 @@ def warnings_for(specs: list[Spec]) -> list[str]:
     out = []
     for spec in specs:
         if spec.kind == "exe" and not os.access(spec.value, os.X_OK):
-            out.append(f"filter program not executable: [{spec.value}]")
+            out.append(f"program not executable: [{spec.value}]: it will fail until it is")
     return out
 
 

@@ -59,7 +59,7 @@ class SplitFilter:
         try:
             env = envelope_format.parse(await asyncio.to_thread(_read, ctx.envelope_path))
         except (OSError, envelope_format.EnvelopeError) as exc:
-            self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"split: {exc}")
         groups = group_by_domain(env.to_remote, self.raw)
         if not groups:
@@ -68,7 +68,7 @@ class SplitFilter:
         try:
             created = await asyncio.to_thread(self._split, store, ctx, env, groups)
         except (OSError, envelope_format.EnvelopeError) as exc:
-            self.log.warning(f"filter [{self.name}] failed: {exc}", ctx.log_address)
+            self.log.warning(f"filter [{self.name}] failed: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"split: {exc}")
         if created:
             self.log.info(

@@ -22,7 +22,7 @@ from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .chain import ServerFilterChain, build_client_filter
 from .exe import PeerLike
-from .spec import PolicyOptions, Spec, options_from_config, parse_filters, parse_verifier
+from .spec import PolicyOptions, Spec, options_from_config, parse_filters, parse_verifier, warnings_for
 from .verdicts import FilterResult, RecipientKind, RecipientVerdict
 
 __all__ = ["PolicyEngine", "Verifier", "build_client_filter", "build_server_policy"]
@@ -118,5 +118,8 @@ def build_server_policy(config: object, store: SpoolStore) -> PolicyEngine:
     spec = parse_verifier(getattr(config, "address_verifier", None))
     verifier = Verifier(spec, options) if spec is not None else None
     specs = parse_filters(getattr(config, "filters", None) or [])
+    log = logmod.get()
+    for text in warnings_for([*specs, *([spec] if spec is not None else [])]):
+        log.warning(text)
     chain = ServerFilterChain(specs, store, options) if specs else None
     return PolicyEngine(verifier, chain)

@@ -391,6 +391,7 @@ class Pop3Server:
     def __init__(self, config: PopConfig) -> None:
         self._cfg = config
         self._buf = b""
+        self._pos = 0  # start of the unparsed part of _buf
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
         self._phase = Phase.AUTHORIZATION
@@ -405,6 +406,7 @@ class Pop3Server:
         self._uids: list[str] = []
         self._deleted: set[int] = set()
         self._retrieving = False
+        self._raw_arg = b""
 
     # ------------------------------------------------------------- properties
 
@@ -442,7 +444,11 @@ class Pop3Server:
             raise LocalProtocolError("receive_data() after EOF")
         if self._phase is Phase.TLS:
             return  # plaintext after an accepted STLS is never interpreted
-        self._buf = self._buf + bytes(data) if self._buf else bytes(data)
+        if self._pos:
+            self._buf = self._buf[self._pos :] + bytes(data)
+            self._pos = 0
+        else:
+            self._buf = self._buf + bytes(data) if self._buf else bytes(data)
 
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
@@ -451,7 +457,7 @@ class Pop3Server:
 
     def next_event(self) -> Event | Signal:
         while True:
-            if self._pending is not None or self._phase is Phase.TLS and not self._peer_ended:
+            if self._pending is not None or (self._phase is Phase.TLS and not self._peer_ended):
                 return PAUSED
             if self._events:
                 ev = self._events.popleft()
@@ -471,6 +477,8 @@ class Pop3Server:
                     continue
                 return NEED_DATA
             if raw is _TOO_LONG:
+                if self._phase is Phase.AUTH:
+                    self._phase = Phase.AUTHORIZATION  # the SASL exchange is over
                 self._error(ProtocolError("[line too long]", "-ERR line too long"))
                 continue
             assert isinstance(raw, bytes)
@@ -480,26 +488,25 @@ class Pop3Server:
                 self._command(raw)
 
     def _read_line(self, limit: int) -> bytes | object | None:
-        buf = self._buf
-        nl = buf.find(b"\n")
+        buf, pos = self._buf, self._pos
+        nl = buf.find(b"\n", pos)
         if self._discarding:
             if nl < 0:
-                self._buf = b""
+                self._buf, self._pos = b"", 0
                 return None
-            self._buf = buf[nl + 1 :]
+            self._pos = nl + 1
             self._discarding = False
             return _TOO_LONG
         if nl < 0:
-            if len(buf) >= limit:
-                self._buf = b""
+            if len(buf) - pos >= limit:
+                self._buf, self._pos = b"", 0
                 self._discarding = True
             return None
-        if nl + 1 > limit:
-            self._buf = buf[nl + 1 :]
+        self._pos = nl + 1
+        if nl + 1 - pos > limit:
             return _TOO_LONG
-        self._buf = buf[nl + 1 :]
-        line = buf[:nl]
-        return line[:-1] if line.endswith(b"\r") else line
+        end = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+        return buf[pos:end]
 
     # -------------------------------------------------------------- decisions
 
@@ -541,7 +548,7 @@ class Pop3Server:
         self._take(Stls)
         self._pending = None
         self._phase = Phase.TLS
-        self._buf = b""
+        self._buf, self._pos = b"", 0
         self._discarding = False
         self._send("+OK begin TLS negotiation")
 
@@ -637,6 +644,7 @@ class Pop3Server:
         if verb in _NEED_TLS and self._cfg.tls_required and not self._tls:
             self._error(ProtocolError(log_line, "-ERR must use STLS first"))
             return
+        self._raw_arg = raw.partition(b" ")[2]
         handler: Callable[[str, str], None] = getattr(self, method)
         handler(log_line, arg)
 
@@ -675,8 +683,7 @@ class Pop3Server:
             self._error(ProtocolError(line, "-ERR no user name"))
             return
         self._user = None
-        raw = arg.encode("utf-8") if _is_utf8_text(arg) else arg.encode("latin-1")
-        self._events.append(Pass(line, user, raw))
+        self._events.append(Pass(line, user, self._raw_arg))
 
     def _cmd_apop(self, line: str, arg: str) -> None:
         parts = arg.split()
@@ -782,11 +789,3 @@ class Pop3Server:
 
 
 _TOO_LONG = object()
-
-
-def _is_utf8_text(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -361,6 +361,10 @@ class ForwardService:
         """``--client-filter``: None to go on forwarding, else what became of the message."""
         assert self.client_filter is not None
         result = await self.client_filter.filter(claim.id, str(claim.content_path), str(claim.envelope_path))
+        try:
+            claim.relock_if_replaced()
+        except OSError:
+            return Outcome("skipped")  # someone else holds the replaced file now
         if result.rescan:
             self._wake.set()
         if result.outcome is FilterOutcome.STOP_SCAN:

@@ -34,6 +34,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat as stat_module
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -695,6 +696,56 @@ class SpoolStore:
         except FileNotFoundError:
             return None
 
+    # ---- pop support -----------------------------------------------------------------
+    # The POP server (services/pop3d.py): a maildrop is the main directory or, with
+    # --pop-by-name, one sub-directory named after the user, held open by descriptor
+    # so that a rename or symlink swap after login cannot redirect it.
+
+    @_privileged
+    def pop_maildrop(self, user: str | None = None) -> PopMaildrop:
+        """Open the main directory (``user`` None) or the ``--pop-by-name`` sub-directory ``user``.
+
+        SpoolStoreError: EINVAL for a name that is not one plain path component (empty,
+        ``.``/``..``, a leading dot, ``/``, ``\\``, NUL or another control character);
+        ENOENT, ENOTDIR or ELOOP when it is not an existing real directory directly
+        inside the spool directory (a symlink is refused, even to a directory).
+        """
+        flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+        try:
+            main_fd = os.open(self.directory, flags)
+        except OSError as exc:
+            raise _store_error(exc, "cannot open the spool directory") from exc
+        if user is None:
+            return PopMaildrop(self, None, main_fd, main_fd)
+        try:
+            if (
+                not user
+                or len(user) > 255
+                or user.startswith(".")
+                or "/" in user
+                or "\\" in user
+                or any(ord(c) < 32 or ord(c) == 127 for c in user)
+            ):
+                raise SpoolStoreError(errno.EINVAL, f"invalid maildrop name: {user!r}")
+            try:
+                fd = os.open(user, flags | os.O_NOFOLLOW, dir_fd=main_fd)
+            except OSError as exc:
+                raise _store_error(exc, f"no maildrop directory {user!r}") from exc
+        except BaseException:
+            os.close(main_fd)
+            raise
+        return PopMaildrop(self, user, fd, main_fd)
+
+    def _pop_envelope_exists(self, main_fd: int, mid: MessageId) -> bool:
+        """Any envelope of ``mid``, in any state, in the main directory or any sub-directory."""
+        names = [envelope_name(mid, state) for state in State]
+        for name in names:
+            if _exists_at(main_fd, name):
+                return True
+        with os.scandir(main_fd) as it:
+            subdirs = [e.name for e in it if e.is_dir()]
+        return any(_exists_at(main_fd, f"{sub}/{name}") for sub in subdirs for name in names)
+
 
 class NewMessage:
     """A message being stored: content streamed to disk, then envelope, then commit."""
@@ -827,6 +878,27 @@ class Claim:
         self._swap_fd(fd)
         self._envelope = env
 
+    @_privileged
+    def relock_if_replaced(self) -> bool:
+        """A client filter that replaced the ``.busy`` file (``sed -i``, ``mv``) left the claim's lock on
+        the old inode: take the lock on the new one.  True when it had to."""
+        busy = self.envelope_path
+        if self._fd is None:
+            return False
+        try:
+            if os.stat(busy).st_ino == os.fstat(self._fd).st_ino:
+                return False
+            fd = os.open(busy, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        self._swap_fd(fd)
+        return True
+
     def _swap_fd(self, fd: int) -> None:
         old, self._fd = self._fd, fd
         if old is not None:
@@ -914,3 +986,148 @@ def _check_mailbox_name(name: str) -> None:
         or any(ord(c) < 32 or ord(c) == 127 for c in name)
     ):
         raise SpoolStoreError(errno.EINVAL, f"invalid mailbox name: {name!r}")
+
+
+# ---- pop support ------------------------------------------------------------------------
+
+POP_LOCK_NAME = ".emailrelay-pop.lock"  # flock'ed by the session that holds a maildrop
+POP_DELETED, POP_KEPT, POP_GONE = "deleted", "kept", "gone"
+
+
+@dataclass(frozen=True)
+class PopMessage:
+    id: MessageId
+    size: int  # octets of the content file
+    uid: str  # the content file name: stable across sessions (upstream's UIDL)
+
+
+class PopMaildrop:
+    """A POP maildrop, open by descriptor; see :meth:`SpoolStore.pop_maildrop`.
+
+    Lists committed (``.envelope``) messages only, never ``.new``, ``.busy``,
+    ``.bad`` or ``.held``; content is the maildrop's own file or else (for a
+    sub-directory) the main directory's.  Symlinked content is refused.
+    """
+
+    def __init__(self, store: SpoolStore, name: str | None, fd: int, main_fd: int) -> None:
+        self.store = store
+        self.name = name
+        self._fd = fd
+        self._main_fd = main_fd
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> PopMaildrop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @_privileged
+    def lock(self) -> bool:
+        """Take the maildrop's exclusive lock (across processes); False when another session holds it."""
+        if self._lock_fd is not None:
+            return True
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(POP_LOCK_NAME, flags, self.store.file_mode, dir_fd=self._fd)
+        except OSError as exc:
+            raise _store_error(exc, "cannot create the maildrop lock file") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.store._own(fd)
+        self._lock_fd = fd
+        return True
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
+
+    @_privileged
+    def messages(self) -> list[PopMessage]:
+        """The ready messages that have content, in id order (time, pid, seq)."""
+        found: list[PopMessage] = []
+        with os.scandir(self._fd) as it:
+            ids = [p[0] for e in it if (p := split_envelope_name(e.name)) is not None and p[1] is State.READY]
+        for mid in sorted(ids):
+            size = self._content_size(mid)
+            if size is not None:
+                found.append(PopMessage(mid, size, content_name(mid)))
+        return found
+
+    def _content_size(self, mid: MessageId) -> int | None:
+        name = content_name(mid)
+        for fd in self._content_dirs():
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            return st.st_size if stat_module.S_ISREG(st.st_mode) else None
+        return None
+
+    def _content_dirs(self) -> tuple[int, ...]:
+        return (self._fd,) if self.name is None else (self._fd, self._main_fd)
+
+    @_privileged
+    def open_content(self, mid: MessageId) -> BinaryIO:
+        """The content file, opened for reading (FileNotFoundError when it has gone)."""
+        name = content_name(mid)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        for fd in self._content_dirs():
+            try:
+                cfd = os.open(name, flags, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            if not stat_module.S_ISREG(os.fstat(cfd).st_mode):
+                os.close(cfd)
+                break
+            return os.fdopen(cfd, "rb", buffering=0)
+        raise FileNotFoundError(errno.ENOENT, f"no content file for {mid}")
+
+    @_privileged
+    def delete(self, mid: MessageId) -> str:
+        """Delete a message at POP UPDATE: POP_DELETED, POP_KEPT (no longer ready, e.g. claimed
+        ``.busy`` by a forwarder: left alone) or POP_GONE.
+
+        Only the ``.envelope`` name is ever unlinked, so a claimed message cannot be
+        deleted.  Then the maildrop's own content file goes; a main-directory content
+        file only when no envelope with that id is left in the main directory or any
+        sub-directory (the guide's ``--pop-by-name`` rule).
+        """
+        try:
+            os.unlink(envelope_name(mid, State.READY), dir_fd=self._fd)
+        except FileNotFoundError:
+            if any(_exists_at(self._fd, envelope_name(mid, s)) for s in State):
+                return POP_KEPT
+            return POP_GONE
+        name = content_name(mid)
+        if self.name is not None:
+            try:
+                os.unlink(name, dir_fd=self._fd)
+                return POP_DELETED
+            except FileNotFoundError:
+                pass
+        if not self.store._pop_envelope_exists(self._main_fd, mid):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._main_fd)
+        return POP_DELETED
+
+    def close(self) -> None:
+        """Release the lock and the directory descriptors (idempotent)."""
+        fds = {self._lock_fd, self._fd, self._main_fd}
+        self._lock_fd = None
+        self._fd = self._main_fd = -1
+        for fd in fds:
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True

@@ -14,7 +14,9 @@ with open(content, "r+b") as f:
 with open(envelope, "rb") as f:
     lines = f.read().split(b"\r\n")
 lines = [
-    b"X-MailRelay-ClientAccountSelector: py" if line.startswith(b"X-MailRelay-ClientAccountSelector:") else line
+    b"X-MailRelay-ClientAccountSelector: py"
+    if line.startswith(b"X-MailRelay-ClientAccountSelector:")
+    else line
     for line in lines
 ]
 with open(envelope, "r+b") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -55,8 +56,6 @@ def spool(tmp_path: Path) -> Path:
 def run_dir() -> Iterator[Path]:
     path = short_run_dir()
     yield path
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -86,7 +86,10 @@ def test_5xx_fails_the_envelope_like_upstream(spool: Path) -> None:
     assert r.returncode != 0, r.stderr
     assert states(spool) == {"bad": 1, "content": 1}
     bad = spool / f"{mid}.envelope.bad"
-    assert failure_lines(bad) == ["X-MailRelay-Reason: 5.7.1 rejected for testing", "X-MailRelay-ReasonCode: 550"]
+    assert failure_lines(bad) == [
+        "X-MailRelay-Reason: 5.7.1 rejected for testing",
+        "X-MailRelay-ReasonCode: 550",
+    ]
     # the same shape as upstream's failed envelope, apart from the client address
     upstream = (FIXTURES / "failed.envelope.bad").read_bytes()
     assert bad.read_bytes() == upstream

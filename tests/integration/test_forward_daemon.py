@@ -184,7 +184,9 @@ def test_immediate_accepted_only_after_the_next_hop_accepted(tmp_path: Path, hop
         ("550 5.7.1 rejected for testing", 550, b"rejected for testing"),
         ("554 5.6.0 content refused", 554, b"content refused"),
         pytest.param(
-            "452 4.2.2 mailbox full", 452, b"full",
+            "452 4.2.2 mailbox full",
+            452,
+            b"full",
             marks=pytest.mark.xfail(
                 reason="BUG: --immediate turns every temporary refusal into 451: "
                 "ForwardService.forward_immediately returns 451 for status 'retry' "

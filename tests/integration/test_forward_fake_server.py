@@ -68,7 +68,9 @@ def test_empty_message_and_unstuff_helpers() -> None:
 
 
 def test_bdat_only_when_chunking_is_offered() -> None:
-    frames = b"EHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 7\r\n.a\r\n.\r\nBDAT 3 LAST\r\nz\r\nQUIT\r\n"
+    frames = (
+        b"EHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 7\r\n.a\r\n.\r\nBDAT 3 LAST\r\nz\r\nQUIT\r\n"
+    )
     with FakeSmtp(extensions=("PIPELINING", "CHUNKING")) as hop:
         out = _raw_session(hop.port, frames)
         assert hop.wait_for_messages(1)

@@ -15,10 +15,10 @@ from tests.integration.test_policy_helpers import (
     client_chain,
     content,
     envelope,
-    logs,  # noqa: F401 - fixture
+    logs_fixture,  # noqa: F401 - fixture
     new_message,
     server_chain,
-    store,  # noqa: F401 - fixture
+    store_fixture,  # noqa: F401 - fixture
 )
 
 
@@ -33,7 +33,9 @@ def envelopes(directory: Path, suffix: str = ".envelope") -> list[Path]:
 )  # fmt: skip
 async def test_exit(store: SpoolStore, code: int, outcome: FilterOutcome) -> None:
     msg = new_message(store)
-    result = await server_chain(store, f"exit:{code}").filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+    result = await server_chain(store, f"exit:{code}").filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
     assert (result.outcome, result.exit_code) == (outcome, code)
 
 
@@ -74,8 +76,12 @@ async def test_copy_hardlink_nodelete(store: SpoolStore) -> None:
 async def test_copy_pop_copies_only_the_envelope(store: SpoolStore) -> None:
     _mailboxes(store, "alice", "bob")
     msg = new_message(store)
-    result = await server_chain(store, "copy:pop").filter(msg.id, str(msg.content_path), str(msg.envelope_path))
-    assert result.outcome is FilterOutcome.OK  # envelope gone: the session commits nothing and keeps the content
+    result = await server_chain(store, "copy:pop").filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
+    assert (
+        result.outcome is FilterOutcome.OK
+    )  # envelope gone: the session commits nothing and keeps the content
     assert msg.content_path.exists() and not msg.envelope_path.exists()
     for name in ("alice", "bob"):
         assert [p.name for p in (store.directory / name).iterdir()] == [f"{msg.id}.envelope"]
@@ -111,17 +117,23 @@ async def test_copy_as_client_filter(store: SpoolStore) -> None:
 
 
 # ---- deliver: -------------------------------------------------------------------------------------------
-async def test_deliver_only_local_recipients(store: SpoolStore, logs) -> None:  # noqa: F811
+async def test_deliver_only_local_recipients(store: SpoolStore, logs) -> None:
     env = envelope_format.Envelope(from_address="a@b", to_local=("alice", "bob", "alice"), client="127.0.0.1")
     data = content("for you")
     msg = new_message(store, data, env)
-    result = await server_chain(store, "deliver:").filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+    result = await server_chain(store, "deliver:").filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
     assert result.outcome is FilterOutcome.ABANDON
     assert not msg.content_path.exists() and not msg.envelope_path.exists()
     for name in ("alice", "bob"):
         box = store.directory / name
         assert (box / f"{msg.id}.content").read_bytes() == data
-        assert envelope_format.parse((box / f"{msg.id}.envelope").read_bytes()).to_local == ("alice", "bob", "alice")
+        assert envelope_format.parse((box / f"{msg.id}.envelope").read_bytes()).to_local == (
+            "alice",
+            "bob",
+            "alice",
+        )
     assert "delivered to" in logs.text()
 
 
@@ -145,11 +157,15 @@ async def test_deliver_mixed_keeps_the_original(store: SpoolStore, tmp_path: Pat
 
 async def test_deliver_nodelete_and_no_locals(store: SpoolStore) -> None:
     msg = new_message(store, env=envelope_format.Envelope(from_address="", to_local=("eve",)))
-    result = await server_chain(store, "deliver:nodelete").filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+    result = await server_chain(store, "deliver:nodelete").filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
     assert result.outcome is FilterOutcome.OK and msg.envelope_path.exists()
     assert (store.directory / "eve" / f"{msg.id}.envelope").exists()
     plain = new_message(store)
-    result = await server_chain(store, "deliver:").filter(plain.id, str(plain.content_path), str(plain.envelope_path))
+    result = await server_chain(store, "deliver:").filter(
+        plain.id, str(plain.content_path), str(plain.envelope_path)
+    )
     assert result.outcome is FilterOutcome.OK and plain.envelope_path.exists()
 
 
@@ -157,11 +173,14 @@ async def test_deliver_nodelete_and_no_locals(store: SpoolStore) -> None:
 async def test_deliver_refuses_bad_mailbox_names(store: SpoolStore, mailbox: str, tmp_path: Path) -> None:
     msg = new_message(store)
     data = msg.envelope_path.read_bytes().replace(
-        b"X-MailRelay-ToCount: 1\r\n", b"X-MailRelay-ToCount: 2\r\nX-MailRelay-To-Local: " + mailbox.encode() + b"\r\n"
+        b"X-MailRelay-ToCount: 1\r\n",
+        b"X-MailRelay-ToCount: 2\r\nX-MailRelay-To-Local: " + mailbox.encode() + b"\r\n",
     )
     msg.envelope_path.write_bytes(data)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    result = await server_chain(store, "deliver:").filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+    result = await server_chain(store, "deliver:").filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
     assert result.outcome is FilterOutcome.REJECT
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
@@ -191,10 +210,14 @@ async def test_split_three_ways(store: SpoolStore) -> None:
 
 async def test_split_raw_and_single_domain(store: SpoolStore) -> None:
     msg = new_message(store, env=envelope("a@Example.com", "b@example.com"))
-    result = await server_chain(store, "split:raw").filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+    result = await server_chain(store, "split:raw").filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
     assert result.outcome is FilterOutcome.RESCAN
     single = new_message(store, env=envelope("a@Example.com", "b@example.COM"))
-    result = await server_chain(store, "split:").filter(single.id, str(single.content_path), str(single.envelope_path))
+    result = await server_chain(store, "split:").filter(
+        single.id, str(single.content_path), str(single.envelope_path)
+    )
     assert result.outcome is FilterOutcome.OK
     assert envelope_format.parse(single.envelope_path.read_bytes()).forward_to == "example.com"
 
@@ -205,7 +228,9 @@ async def test_split_then_mx_routing_as_client_filter(store: SpoolStore) -> None
     claim = store.claim(mid)
     assert claim is not None
     inode = os.stat(claim.envelope_path).st_ino
-    result = await client_chain(store, "split:").filter(mid, str(claim.content_path), str(claim.envelope_path))
+    result = await client_chain(store, "split:").filter(
+        mid, str(claim.content_path), str(claim.envelope_path)
+    )
     assert result.rescan
     assert os.stat(claim.envelope_path).st_ino == inode
     assert claim.envelope(reread=True).to_remote == ("a@one.example",)

@@ -18,11 +18,11 @@ from tests.integration.test_policy_helpers import (
     client_chain,
     content,
     envelope,
-    logs,  # noqa: F401 - fixture
+    logs_fixture,  # noqa: F401 - fixture
     new_message,
     script,
     server_chain,
-    store,  # noqa: F401 - fixture
+    store_fixture,  # noqa: F401 - fixture
 )
 
 EXPECTED = {
@@ -65,10 +65,12 @@ async def test_every_exit_code(store: SpoolStore, code: int, side: str) -> None:
     assert result.rescan == (code == 103)
 
 
-async def test_fixture_log_lines(store: SpoolStore, logs, tmp_path: Path) -> None:  # noqa: F811
+async def test_fixture_log_lines(store: SpoolStore, logs, tmp_path: Path) -> None:
     """The lines of upstream's filter-and-pop-verbose.log, for rej.sh."""
     msg = new_message(store)
-    result = await server_chain(store, script("rej.sh")).filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+    result = await server_chain(store, script("rej.sh")).filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
     assert result.outcome is FilterOutcome.REJECT
     assert (result.reason, result.code, result.detail) == ("not today", 550, "")
     lines = logs.lines()
@@ -100,7 +102,7 @@ async def test_reasons(store: SpoolStore, say: str, reason: str, code: int | Non
     assert (result.reason, result.code) == (reason, code)
 
 
-async def test_second_line_is_log_only_detail(store: SpoolStore, logs) -> None:  # noqa: F811
+async def test_second_line_is_log_only_detail(store: SpoolStore, logs) -> None:
     msg = new_message(store)
     result = await server_chain(store, script("reject_two_lines.sh")).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
@@ -108,10 +110,13 @@ async def test_second_line_is_log_only_detail(store: SpoolStore, logs) -> None: 
     assert (result.outcome, result.reason, result.code) == (FilterOutcome.REJECT, "mailbox full", 452)
     assert result.detail == "quota exceeded for user 42"
     assert "third line" not in logs.text()
-    assert f"filter [reject_two_lines.sh]: [{msg.id}]: failed response=[mailbox full] reason=[quota exceeded" in logs.text()
+    assert (
+        f"filter [reject_two_lines.sh]: [{msg.id}]: failed response=[mailbox full] reason=[quota exceeded"
+        in logs.text()
+    )
 
 
-async def test_timeout_kills_the_process_group(store: SpoolStore, logs) -> None:  # noqa: F811
+async def test_timeout_kills_the_process_group(store: SpoolStore, logs) -> None:
     msg = new_message(store)
     chain = server_chain(store, script("sleeper.sh"), timeout=1.0)
     started = time.monotonic()
@@ -240,7 +245,9 @@ async def test_minimal_environment_and_arguments(
         os.close(leaked)
     assert result.ok
     env = dict(
-        line.split("=", 1) for line in Path(str(msg.content_path) + ".env").read_text().splitlines() if "=" in line
+        line.split("=", 1)
+        for line in Path(str(msg.content_path) + ".env").read_text().splitlines()
+        if "=" in line
     )
     assert set(env) - {"PWD"} <= {"PATH", "IFS"}
     assert env["PATH"] == "/usr/bin:/bin"
@@ -254,7 +261,9 @@ async def test_minimal_environment_and_arguments(
     assert "leak-marker" not in targets
 
 
-async def test_relative_program_path_is_made_absolute(store: SpoolStore, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_relative_program_path_is_made_absolute(
+    store: SpoolStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(Path(script("rej.sh")).parent)
     chain = server_chain(store, "rej.sh")
     assert chain.specs[0].value == script("rej.sh")
@@ -277,7 +286,7 @@ async def test_output_cap(store: SpoolStore) -> None:
 
 
 @pytest.mark.parametrize("spec", ["/nonexistent/filter", "exe:/nonexistent/filter", "file:/etc/passwd"])
-async def test_cannot_execute_is_an_error(store: SpoolStore, spec: str, logs) -> None:  # noqa: F811
+async def test_cannot_execute_is_an_error(store: SpoolStore, spec: str, logs) -> None:
     msg = new_message(store)
     result = await server_chain(store, spec).filter(msg.id, str(msg.content_path), str(msg.envelope_path))
     assert result.outcome is FilterOutcome.ERROR and not result.ok
@@ -289,7 +298,9 @@ async def test_killed_by_signal_is_an_error(store: SpoolStore, tmp_path: Path) -
     prog.write_text("#!/bin/sh\nkill -9 $$\n")
     prog.chmod(0o755)
     msg = new_message(store)
-    result = await server_chain(store, str(prog)).filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+    result = await server_chain(store, str(prog)).filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
     assert result.outcome is FilterOutcome.ERROR
     assert result.detail == "killed by signal 9"
 
@@ -313,12 +324,16 @@ async def test_message_deleted_with_exit_0(store: SpoolStore, tmp_path: Path) ->
     prog.write_text('#!/bin/sh\nrm -f "$2"\nexit 0\n')
     prog.chmod(0o755)
     msg = new_message(store)
-    server = await server_chain(store, [str(prog), "exit:1"]).filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+    server = await server_chain(store, [str(prog), "exit:1"]).filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
     assert server.outcome is FilterOutcome.OK  # the session sees the envelope gone and commits nothing
     mid = store.store_message(envelope(), content())
     claim = store.claim(mid)
     assert claim is not None
-    client = await client_chain(store, [str(prog), "exit:1"]).filter(mid, str(claim.content_path), str(claim.envelope_path))
+    client = await client_chain(store, [str(prog), "exit:1"]).filter(
+        mid, str(claim.content_path), str(claim.envelope_path)
+    )
     assert client.outcome is FilterOutcome.ABANDON
     claim.abandon_claim()
     assert store.envelope_path(mid, State.BUSY).exists() is False

@@ -64,15 +64,15 @@ class LogCapture:
         return self.text().splitlines()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SpoolStore:
+@pytest.fixture(name="store")
+def store_fixture(tmp_path: Path) -> SpoolStore:
     spool = tmp_path / "spool"
     spool.mkdir()
     return SpoolStore(spool, fsync=False)
 
 
-@pytest.fixture
-def logs(tmp_path: Path) -> Iterator[LogCapture]:
+@pytest.fixture(name="logs")
+def logs_fixture(tmp_path: Path) -> Iterator[LogCapture]:
     log = logmod.get()
     old = log.config
     path = tmp_path / "policy.log"

@@ -9,18 +9,18 @@ import pytest
 
 pytest.importorskip("dns", reason="mx: needs dnspython")
 
-from emailrelay.policy.spec import SpecError, parse_filters  # noqa: E402
-from emailrelay.policy.verdicts import FilterOutcome  # noqa: E402
-from emailrelay.spool.store import SpoolStore  # noqa: E402
-from tests.integration.test_policy_helpers import (  # noqa: E402
+from emailrelay.policy.spec import SpecError, parse_filters
+from emailrelay.policy.verdicts import FilterOutcome
+from emailrelay.spool.store import SpoolStore
+from tests.integration.test_policy_helpers import (
     client_chain,
     content,
     envelope,
-    logs,  # noqa: F401 - fixture
+    logs_fixture,  # noqa: F401 - fixture
     server_chain,
-    store,  # noqa: F401 - fixture
+    store_fixture,  # noqa: F401 - fixture
 )
-from tests.support.dns_server import dns_server  # noqa: E402
+from tests.support.dns_server import dns_server
 
 RECORDS: dict[str, dict[str, list[object]]] = {
     "example.com": {"MX": [(20, "mx2.example.com"), (10, "mx1.example.com")]},
@@ -73,6 +73,7 @@ async def test_mx_uses_glue_records(store: SpoolStore) -> None:
     with dns_server(RECORDS, glue=True) as dns:
         result, env = await _run_mx(store, "example.com", f"mx:{dns.address}")
         assert ("mx1.example.com", "A") not in dns.queries
+    assert result.ok
     assert env.forward_to_address == "127.0.0.11:25"
 
 
@@ -84,7 +85,7 @@ async def test_mx_permanent_failures(store: SpoolStore, forward_to: str) -> None
     assert env.forward_to_address == "stale:1"
 
 
-async def test_mx_timeout_is_temporary(store: SpoolStore, logs) -> None:  # noqa: F811
+async def test_mx_timeout_is_temporary(store: SpoolStore, logs) -> None:
     with dns_server(RECORDS, silent={"example.com"}) as dns:
         started = time.monotonic()
         result, _ = await _run_mx(store, "example.com", f"mx:nst=0.3;rt=1;{dns.address}")
@@ -104,7 +105,9 @@ async def test_mx_without_forward_to_does_nothing(store: SpoolStore) -> None:
     claim = store.claim(mid)
     assert claim is not None
     before = claim.envelope_path.read_bytes()
-    result = await client_chain(store, "mx:127.0.0.1:9").filter(mid, str(claim.content_path), str(claim.envelope_path))
+    result = await client_chain(store, "mx:127.0.0.1:9").filter(
+        mid, str(claim.content_path), str(claim.envelope_path)
+    )
     assert result.outcome is FilterOutcome.OK
     assert claim.envelope_path.read_bytes() == before
     claim.release()

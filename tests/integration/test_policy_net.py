@@ -15,10 +15,10 @@ from tests.integration.test_policy_helpers import (
     client_chain,
     content,
     envelope,
-    logs,  # noqa: F401 - fixture
+    logs_fixture,  # noqa: F401 - fixture
     new_message,
     server_chain,
-    store,  # noqa: F401 - fixture
+    store_fixture,  # noqa: F401 - fixture
 )
 from tests.support.fake_spamd import GTUBE, closed_port, fake_spamd
 
@@ -72,7 +72,7 @@ async def line_server() -> AsyncIterator[tuple[LineFilterServer, str]]:
         await server.wait_closed()
 
 
-async def test_net_filter_answers(store: SpoolStore, line_server: tuple[LineFilterServer, str], logs) -> None:  # noqa: F811
+async def test_net_filter_answers(store: SpoolStore, line_server: tuple[LineFilterServer, str], logs) -> None:
     srv, spec = line_server
     chain = server_chain(store, spec)
     results = {}
@@ -112,16 +112,22 @@ async def test_net_filter_parallel(store: SpoolStore, line_server: tuple[LineFil
     _, spec = line_server
     chain = server_chain(store, spec)
     msgs = [new_message(store, content("ok")) for _ in range(20)]
-    results = await asyncio.gather(*(chain.filter(m.id, str(m.content_path), str(m.envelope_path)) for m in msgs))
+    results = await asyncio.gather(
+        *(chain.filter(m.id, str(m.content_path), str(m.envelope_path)) for m in msgs)
+    )
     assert all(r.outcome is FilterOutcome.OK for r in results)
     await chain.close()
 
 
-async def test_net_filter_timeout_and_down(store: SpoolStore, line_server: tuple[LineFilterServer, str]) -> None:
+async def test_net_filter_timeout_and_down(
+    store: SpoolStore, line_server: tuple[LineFilterServer, str]
+) -> None:
     _, spec = line_server
     msg = new_message(store, content("slow"))
     started = time.monotonic()
-    result = await server_chain(store, spec, timeout=0.5).filter(msg.id, str(msg.content_path), str(msg.envelope_path))
+    result = await server_chain(store, spec, timeout=0.5).filter(
+        msg.id, str(msg.content_path), str(msg.envelope_path)
+    )
     assert result.outcome is FilterOutcome.ERROR and time.monotonic() - started < 3
     down = await server_chain(store, f"net:127.0.0.1:{closed_port()}").filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)

@@ -22,7 +22,7 @@ import pytest
 
 from emailrelay.policy.verdicts import FilterOutcome
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_policy_helpers import content, new_message, server_chain, store  # noqa: F401
+from tests.integration.test_policy_helpers import content, new_message, server_chain, store_fixture  # noqa: F401
 from tests.support.fake_spamd import GTUBE
 from tests.support.relay import free_port
 
@@ -108,7 +108,7 @@ HAM_MESSAGE = content(
 )
 
 
-async def test_real_spamd_rejects_gtube(store: SpoolStore, spamd: str) -> None:  # noqa: F811
+async def test_real_spamd_rejects_gtube(store: SpoolStore, spamd: str) -> None:
     msg = new_message(store, GTUBE_MESSAGE)
     result = await server_chain(store, f"spam:{spamd}", timeout=60.0).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
@@ -117,7 +117,7 @@ async def test_real_spamd_rejects_gtube(store: SpoolStore, spamd: str) -> None: 
     assert msg.content_path.read_bytes() == GTUBE_MESSAGE
 
 
-async def test_real_spamd_accepts_ham(store: SpoolStore, spamd: str) -> None:  # noqa: F811
+async def test_real_spamd_accepts_ham(store: SpoolStore, spamd: str) -> None:
     msg = new_message(store, HAM_MESSAGE)
     result = await server_chain(store, f"spam:{spamd}", timeout=60.0).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
@@ -125,7 +125,7 @@ async def test_real_spamd_accepts_ham(store: SpoolStore, spamd: str) -> None:  #
     assert result.outcome is FilterOutcome.OK
 
 
-async def test_real_spamd_edit(store: SpoolStore, spamd: str) -> None:  # noqa: F811
+async def test_real_spamd_edit(store: SpoolStore, spamd: str) -> None:
     msg = new_message(store, GTUBE_MESSAGE)
     result = await server_chain(store, f"spam-edit:{spamd}", timeout=60.0).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)

@@ -15,7 +15,7 @@ from emailrelay.policy.spec import PolicyOptions, parse_verifier
 from emailrelay.policy.verdicts import RecipientKind
 from emailrelay.policy.verifier import PolicyEngine, Verifier, build_server_policy
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_policy_helpers import logs, script  # noqa: F401 - fixture
+from tests.integration.test_policy_helpers import logs_fixture, script  # noqa: F401 - fixture
 
 
 @dataclass
@@ -42,7 +42,13 @@ def verifier(spec: str, **options: object) -> Verifier:
         ("UpperCase@Example.NET", RecipientKind.REMOTE, "uppercase@example.net", "", ""),
         ("empty@example.net", RecipientKind.REMOTE, "empty@example.net", "", ""),
         ("bad@example.net", RecipientKind.REJECT, "bad@example.net", "", "invalid mailbox: bad@example.net"),
-        ("temp@example.net", RecipientKind.TEMPORARY, "temp@example.net", "", "mailbox unavailable: temp@example.net"),
+        (
+            "temp@example.net",
+            RecipientKind.TEMPORARY,
+            "temp@example.net",
+            "",
+            "mailbox unavailable: temp@example.net",
+        ),
         ("abort@example.net", RecipientKind.ABORT, "abort@example.net", "", ""),
         ("odd@example.net", RecipientKind.REJECT, "odd@example.net", "", "odd code"),
         ("high@example.net", RecipientKind.REJECT, "high@example.net", "", "high code"),
@@ -54,7 +60,9 @@ def verifier(spec: str, **options: object) -> Verifier:
 async def test_exe_verifier_codes(
     rcpt: str, kind: RecipientKind, address: str, mailbox: str, reason: str
 ) -> None:
-    verdict = await verifier(script("verifier.sh")).verify(rcpt, "alice@example.com", PEER, "cram-md5", "alice")
+    verdict = await verifier(script("verifier.sh")).verify(
+        rcpt, "alice@example.com", PEER, "cram-md5", "alice"
+    )
     assert verdict.kind is kind
     assert verdict.address == address
     assert verdict.mailbox == mailbox
@@ -65,10 +73,14 @@ async def test_exe_verifier_codes(
 
 async def test_exe_verifier_detail_line() -> None:
     verdict = await verifier(script("verifier.sh")).verify("diag@x", "a@b", PEER, "", "")
-    assert (verdict.kind, verdict.reason, verdict.detail) == (RecipientKind.REJECT, "no such user", "looked in /etc/passwd")
+    assert (verdict.kind, verdict.reason, verdict.detail) == (
+        RecipientKind.REJECT,
+        "no such user",
+        "looked in /etc/passwd",
+    )
 
 
-async def test_exe_verifier_arguments_and_log(logs) -> None:  # noqa: F811
+async def test_exe_verifier_arguments_and_log(logs) -> None:
     v = verifier(script("verifier.sh"))
     verdict = await v.verify("args@example.net", "alice@example.com", PEER, "CRAM-MD5", "alice")
     assert verdict.reason == "args@example.net|alice@example.com|127.0.0.1:48322|vm|cram-md5|alice|6"
@@ -86,7 +98,7 @@ async def test_exe_verifier_arguments_and_log(logs) -> None:  # noqa: F811
     ) in lines
 
 
-async def test_exe_verifier_fixture_lines(logs) -> None:  # noqa: F811
+async def test_exe_verifier_fixture_lines(logs) -> None:
     v = verifier(script("verifier.sh"))
     await v.verify("postmaster@localhost", "alice@example.com", PEER, "cram-md5", "alice")
     await v.verify("bad@example.net", "alice@example.com", PEER, "cram-md5", "alice")

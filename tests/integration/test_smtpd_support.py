@@ -58,8 +58,7 @@ class Relays:
 
     def close(self) -> None:
         for relay in self.started:
-            if relay.stop(timeout=20) is None:
-                relay.kill9()
+            relay.stop(timeout=20)  # SIGKILL after the timeout
         for run_dir in self.run_dirs:
             shutil.rmtree(run_dir, ignore_errors=True)
 

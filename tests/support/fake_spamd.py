@@ -51,10 +51,12 @@ class _Handler(socketserver.StreamRequestHandler):
             self.wfile.write(b"SPAMD/1.1 0 EX_OK\r\n" + verdict + b"\r\n")
         elif command == "PROCESS":
             flag = b"YES" if spam else b"NO"
-            out = (b"X-Spam-Flag: " + flag + b"\r\nX-Spam-Status: score=" + score.encode() + b"\r\n" + body).replace(
-                b"\r\n", b"\n"
+            out = (
+                b"X-Spam-Flag: " + flag + b"\r\nX-Spam-Status: score=" + score.encode() + b"\r\n" + body
+            ).replace(b"\r\n", b"\n")
+            self.wfile.write(
+                b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\n" % len(out) + verdict + b"\r\n" + out
             )
-            self.wfile.write(b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\n" % len(out) + verdict + b"\r\n" + out)
         else:
             self.wfile.write(b"SPAMD/1.1 76 Bad header line: " + request.encode("latin-1") + b"\r\n\r\n")
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -169,8 +170,11 @@ SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
 
 @contextlib.contextmanager
-def postfix_sink(tmp_path: Path, backlog: int = 256) -> Iterator[PostfixSink]:
-    dump_dir = tmp_path / "sink-dump"
+def postfix_sink(backlog: int = 256) -> Iterator[PostfixSink]:
+    """Run smtp-sink (as ``nobody`` when we are root) dumping into a fresh directory it can reach."""
+    top = Path(tempfile.mkdtemp(prefix="smtp-sink-", dir="/tmp"))
+    os.chmod(top, 0o755)
+    dump_dir = top / "dump"
     dump_dir.mkdir()
     os.chmod(dump_dir, 0o777)
     port = free_port()
@@ -185,3 +189,4 @@ def postfix_sink(tmp_path: Path, backlog: int = 256) -> Iterator[PostfixSink]:
         yield sink
     finally:
         sink.stop()
+        shutil.rmtree(top, ignore_errors=True)

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import smtplib
+import socket
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from tests.support.relay import Relay, free_port, start_relay
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 CLIENTS = 20
-SEND_SECONDS = 22.0
+SEND_SECONDS = 20.0
 MSGID_RE = re.compile(rb"^Message-ID: (<[^>\r\n]+>)\r\n", re.MULTILINE)
 
 
@@ -64,6 +65,15 @@ def descendants_using(marker: str) -> list[int]:
     return found
 
 
+def greets(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 2) as s:
+            s.settimeout(5)
+            return s.recv(4) == b"220 "
+    except OSError:
+        return False
+
+
 def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
     seed = int(os.environ.get("DURABILITY_SEED", str(int(time.time()))))
     rng = random.Random(seed)
@@ -74,19 +84,31 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
     incarnations = 0
 
     def start() -> Relay:
+        """Start on the same port and spool; return once the SMTP role itself has greeted a client."""
         nonlocal incarnations
-        deadline = time.monotonic() + 60
-        while True:
-            incarnations += 1
-            try:
-                return start_relay(
-                    tmp_path, "--run-dir", str(run_dir), port=port, spool=spool, name=f"relay{incarnations}"
-                )
-            except (RuntimeError, TimeoutError):
-                # the killed relay's roles may hold the port for a moment (exit 2): try again
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        incarnations += 1
+        relay = start_relay(
+            tmp_path, "--run-dir", str(run_dir), port=port, spool=spool, name=f"relay{incarnations}"
+        )
+        deadline = time.monotonic() + 30
+        while not greets(port):
+            assert relay.proc.poll() is None, relay.log()[-3000:]
+            assert time.monotonic() < deadline, "the restarted relay does not greet"
+            time.sleep(0.05)
+        time.sleep(0.5)  # every role is past its start-up (see test_kill_9_during_start_up_leaves_no_orphans)
+        return relay
+
+    def kill(relay: Relay) -> None:
+        relay.kill9()
+        deadline = time.monotonic() + 10
+        while descendants_using(str(run_dir)) or greets(port):
+            if time.monotonic() > deadline:
+                orphans = descendants_using(str(run_dir))
+                for pid in orphans:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                raise AssertionError(f"processes of the killed relay survived it: {orphans}")
+            time.sleep(0.05)
 
     lock = threading.Lock()
     attempted: dict[str, bytes] = {}
@@ -126,7 +148,7 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
         moments = sorted(rng.uniform(1.5, SEND_SECONDS - 2.0) for _ in range(n_kills))
         for moment in moments:
             time.sleep(max(0.0, began + moment - time.monotonic()))
-            relay.kill9()
+            kill(relay)
             kills += 1
             relay = start()
         time.sleep(max(0.0, began + SEND_SECONDS - time.monotonic()))
@@ -184,3 +206,39 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
     assert not duplicates, duplicates
     assert not lost, f"{len(lost)} acknowledged messages lost, e.g. {lost[:5]}"
     assert not [n for n in leftovers if not n.endswith(".envelope.new")], leftovers
+
+
+@pytest.mark.xfail(
+    reason="BUG: a kill -9 of the supervisor while a role is starting leaves that role running as an orphan "
+    "that keeps the listening socket and serves on it (a restart then fails with exit 2): "
+    "PR_SET_PDEATHSIG is only set in roles.become_role() (services/roles.py:44-51), called from "
+    "cli/role.py:54 after the heavy imports, and nothing checks whether the parent is already gone. Fix: "
+    "call prctl first thing in the role process, then exit if os.getppid() is no longer the supervisor's "
+    "pid (pass it in the environment).",
+    strict=True,
+)
+def test_kill_9_during_start_up_leaves_no_orphans(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    run_dir = short_run_dir()
+    relay = start_relay(tmp_path, "--run-dir", str(run_dir), spool=spool, wait=False)
+    try:
+        deadline = time.monotonic() + 30
+        # kill the supervisor the moment its first role process exists
+        while not [p for p in descendants_using(str(run_dir)) if p != relay.pid]:
+            assert relay.proc.poll() is None, relay.log()
+            assert time.monotonic() < deadline, "no role process appeared"
+            time.sleep(0.005)
+        relay.kill9()
+        deadline = time.monotonic() + 4
+        while descendants_using(str(run_dir)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert descendants_using(str(run_dir)) == []
+        assert not greets(relay.port)
+    finally:
+        relay.kill9()
+        time.sleep(1.0)  # let a starting orphan reach its steady state before it is killed
+        for pid in descendants_using(str(run_dir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(run_dir, ignore_errors=True)

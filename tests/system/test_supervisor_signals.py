@@ -122,7 +122,7 @@ def test_kill_9_of_the_arbiter_while_a_role_starts_leaves_no_orphan(tmp_path: Pa
             assert poll(lambda: role_pids(relay.pid), 20, 0.005)
             everyone = [p for plist in role_pids(relay.pid).values() for p in plist]
             relay.kill9()
-            gone = poll(lambda: not _alive(everyone), 5)
+            gone = poll(lambda: not _alive(everyone), 3)
             assert gone, f"orphaned roles: {_alive(everyone)}"
         finally:
             for pid in _alive(everyone):

@@ -1,0 +1,318 @@
+"""The metrics role: a Prometheus exporter fed by the bus, plus ``/healthz``.
+
+What it is for: ``GET /metrics`` in the Prometheus text format, summed over
+every role of the relay, because it subscribes to the bus like the admin
+role does::
+
+    emailrelay_messages_accepted_total      smtp.accepted
+    emailrelay_messages_rejected_total      smtp.rejected
+    emailrelay_messages_forwarded_total     forward.done
+    emailrelay_messages_failed_total        spool.failed
+    emailrelay_messages_deferred_total      forward.deferred
+    emailrelay_accepted_bytes_total         smtp.accepted "size", when the event carries it
+    emailrelay_forwarded_bytes_total        forward.done "size", when the event carries it
+    emailrelay_forward_duration_seconds     histogram of forward.done "ms"
+    emailrelay_role_starts_total{role}      role.started (restarts = starts - processes)
+    emailrelay_bus_events_total{topic}      every event seen
+    emailrelay_queue_messages{state}        scanned from the spool at each scrape
+    emailrelay_queue_oldest_age_seconds{state}   age of the oldest message in each state
+    emailrelay_spool_free_bytes             free space on the spool's file system
+
+plus ``GET /healthz`` (:mod:`emailrelay.services.health`).  Counters start at
+zero when the exporter starts: Prometheus's ``rate()``/``increase()`` handle
+that, as for any process restart.
+
+What it expects: the bus of a supervised relay in ``run_dir``; read access
+to the spool (the queue gauges use :meth:`SpoolStore.scan` only).
+
+Guarantees: the event loop never waits on the spool: scrapes and health
+probes run in worker threads; a missing bus only means the counters stay
+still (ZeroMQ reconnects by itself).  Run it as a role with
+:func:`run_metrics`, or by hand with ``emailrelay metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .. import identity
+from .. import log as logmod
+from ..bus import schema
+from ..bus.endpoint import BusClient
+from ..config import Config
+from ..errors import EmailRelayError
+from ..spool.names import State
+from ..spool.store import SpoolStore
+from .health import DEFAULT_MIN_FREE, HealthChecker, HttpServer, RoleTracker, health_handler
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+DEFAULT_PORT = 9190  # "emailrelay metrics" default; the role takes host/port from its caller
+
+
+class QueueCollector:
+    """Queue depth and oldest age per state, scanned from the spool at each scrape."""
+
+    def __init__(self, store: SpoolStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.time()
+        counts = {s.label: 0 for s in State}
+        oldest: dict[str, float] = {}
+        for entry in self.store.scan():
+            label = entry.state.label
+            counts[label] += 1
+            age = max(0.0, now - entry.id.time)
+            oldest[label] = max(oldest.get(label, 0.0), age)
+        depth = GaugeMetricFamily(
+            "emailrelay_queue_messages", "Messages in the spool, by state", labels=["state"]
+        )
+        age = GaugeMetricFamily(
+            "emailrelay_queue_oldest_age_seconds",
+            "Age of the oldest message in the spool, by state (0 when there is none)",
+            labels=["state"],
+        )
+        for label, n in counts.items():
+            depth.add_metric([label], n)
+            age.add_metric([label], oldest.get(label, 0.0))
+        yield depth
+        yield age
+        free = GaugeMetricFamily("emailrelay_spool_free_bytes", "Free space on the spool's file system")
+        with contextlib.suppress(OSError):
+            free.add_metric([], self.store.free_bytes())
+            yield free
+
+
+class MetricsExporter:
+    """Counters fed by bus events, the queue collector and the HTTP server for /metrics and /healthz."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str,
+        *,
+        store: SpoolStore | None = None,
+        min_free: int = DEFAULT_MIN_FREE,
+        smtp_address: tuple[str, int] | str | None = None,
+        forwarding: bool | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.store = store or SpoolStore(config.spool_dir, group=identity.group_for_files())
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.accepted = Counter(
+            "emailrelay_messages_accepted", "Messages accepted and stored (smtp.accepted)", registry=r
+        )
+        self.rejected = Counter(
+            "emailrelay_messages_rejected", "Messages or commands rejected (smtp.rejected)", registry=r
+        )
+        self.forwarded = Counter(
+            "emailrelay_messages_forwarded", "Messages forwarded (forward.done)", registry=r
+        )
+        self.failed = Counter(
+            "emailrelay_messages_failed", "Messages failed to .bad (spool.failed)", registry=r
+        )
+        self.deferred = Counter(
+            "emailrelay_messages_deferred", "Forwarding attempts deferred (forward.deferred)", registry=r
+        )
+        self.accepted_bytes = Counter(
+            "emailrelay_accepted_bytes", "Content bytes accepted, when reported", registry=r
+        )
+        self.forwarded_bytes = Counter(
+            "emailrelay_forwarded_bytes", "Content bytes forwarded, when reported", registry=r
+        )
+        self.latency = Histogram(
+            "emailrelay_forward_duration_seconds",
+            "Time to forward one message (forward.done ms)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.role_starts = Counter(
+            "emailrelay_role_starts", "Role processes started (role.started)", ["role"], registry=r
+        )
+        self.events = Counter("emailrelay_bus_events", "Bus events seen, by topic", ["topic"], registry=r)
+        r.register(QueueCollector(self.store))  # type: ignore[arg-type]
+        self.tracker = RoleTracker()
+        self.health = HealthChecker(
+            config,
+            self.store,
+            run_dir,
+            self.tracker,
+            min_free=min_free,
+            smtp_address=smtp_address,
+            forwarding=forwarding,
+        )
+        self.http = HttpServer(
+            {"/metrics": self._metrics, "/healthz": health_handler(self.health), "/": self._index}
+        )
+        self.bus: BusClient | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self.port = 0
+
+    # ---- events ----------------------------------------------------------------------
+    def on_event(self, topic: str, body: dict[str, Any]) -> None:
+        self.events.labels(topic=topic).inc()
+        self.tracker.on_event(topic, body)
+        if topic == schema.SMTP_ACCEPTED:
+            self.accepted.inc()
+            _add_bytes(self.accepted_bytes, body)
+        elif topic == schema.SMTP_REJECTED:
+            self.rejected.inc()
+        elif topic == schema.FORWARD_DONE:
+            self.forwarded.inc()
+            _add_bytes(self.forwarded_bytes, body)
+            ms = body.get("ms")
+            if isinstance(ms, int | float) and not isinstance(ms, bool) and ms >= 0:
+                self.latency.observe(ms / 1000.0)
+        elif topic == schema.SPOOL_FAILED:
+            self.failed.inc()
+        elif topic == schema.FORWARD_DEFERRED:
+            self.deferred.inc()
+        elif topic == schema.ROLE_STARTED:
+            self.role_starts.labels(role=str(body.get("role", "unknown"))[:32]).inc()
+
+    async def _listen(self) -> None:
+        assert self.bus is not None
+        async for topic, body in self.bus.messages():
+            self.on_event(topic, body)
+
+    # ---- http ------------------------------------------------------------------------
+    async def _metrics(self) -> tuple[int, str, bytes]:
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        return 200, CONTENT_TYPE_LATEST, body
+
+    async def _index(self) -> tuple[int, str, bytes]:
+        return (
+            200,
+            "text/html",
+            b'<html><body><a href="/metrics">metrics</a> <a href="/healthz">healthz</a></body></html>\n',
+        )
+
+    # ---- life ------------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> int:
+        """Bind the HTTP server (returns the port), subscribe to the bus."""
+        self.port = await self.http.start(host, port)
+        self.bus = BusClient(self.run_dir)
+        self.bus.subscribe(schema.EVENT_TOPICS)
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+        return self.port
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        await self.http.close()
+        if self.bus is not None:
+            self.bus.close()
+            self.bus = None
+
+
+def _add_bytes(counter: Counter, body: dict[str, Any]) -> None:
+    size = body.get("size", body.get("bytes"))
+    if isinstance(size, int | float) and not isinstance(size, bool) and size >= 0:
+        counter.inc(size)
+
+
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    await stop.wait()
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    min_free: int = DEFAULT_MIN_FREE  # bytes the disk check wants free
+    forwarding: bool | None = None  # None: from the config (--forward-to without --immediate)
+
+
+async def run_metrics(
+    config: Config, run_dir: str, host: str, port: int, options: MetricsOptions | None = None
+) -> int:
+    """The ``metrics`` role: serve /metrics and /healthz on host:port until SIGTERM."""
+    log = logmod.get()
+    options = options or MetricsOptions()
+    exporter = MetricsExporter(config, run_dir, min_free=options.min_free, forwarding=options.forwarding)
+    bound = await exporter.start(host, port)
+    if identity.switching_applies(config.user):  # bound first, so a port below 1024 works
+        identity.drop(identity.lookup(config.user))
+    shown = f"{host}.{bound}" if ":" in host else f"{host}:{bound}"
+    log.info(f"metrics server on {shown}")
+    assert exporter.bus is not None
+    exporter.bus.publish(schema.ROLE_STARTED, role="metrics")
+    try:
+        await _until_stopped()
+    finally:
+        if exporter.bus is not None:
+            exporter.bus.publish(schema.ROLE_STOPPING, role="metrics")
+        await exporter.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``emailrelay metrics``: the role by hand (circusd users, a separate systemd unit, tests)."""
+    from pathlib import Path
+
+    from .listeners import parse_host_port
+
+    p = argparse.ArgumentParser(
+        prog="emailrelay metrics",
+        description="Serve Prometheus /metrics and /healthz for a relay supervised on this spool.",
+    )
+    p.add_argument("--spool-dir", "-s", default="/var/spool/emailrelay")
+    p.add_argument("--run-dir", help="the relay's run directory (default: SPOOL/.emailrelay-run)")
+    p.add_argument(
+        "--listen", default=f"127.0.0.1:{DEFAULT_PORT}", help=f"HOST:PORT (default 127.0.0.1:{DEFAULT_PORT})"
+    )
+    p.add_argument(
+        "--smtp", default="127.0.0.1:25", help="SMTP address the health check probes (default 127.0.0.1:25)"
+    )
+    p.add_argument("--no-smtp", action="store_true", help="no SMTP listener to check")
+    p.add_argument(
+        "--forwarding", action="store_true", help="the relay runs forwarders: check they are alive"
+    )
+    p.add_argument("--min-free", type=int, default=DEFAULT_MIN_FREE // (1024 * 1024), metavar="MB")
+    p.add_argument("--user", "-u", default="root", help="run as this user once bound (default: stay)")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    log = logmod.get()
+    log.configure(logmod.LogConfig(enabled=True, syslog=False))
+    try:
+        host, port = parse_host_port(args.listen)
+        smtp_host, smtp_port = parse_host_port(args.smtp, 25)
+    except EmailRelayError as exc:
+        log.error(str(exc))
+        return exc.exit_code
+    spool = Path(args.spool_dir).absolute()
+    config = Config(
+        spool_dir=spool,
+        port=smtp_port,
+        interfaces=[smtp_host.strip("[]")],
+        no_smtp=args.no_smtp,
+        user=args.user,
+    )
+    run_dir = args.run_dir or str(spool / ".emailrelay-run")
+    options = MetricsOptions(min_free=args.min_free * 1024 * 1024, forwarding=args.forwarding)
+    try:
+        return asyncio.run(run_metrics(config, run_dir, host.strip("[]"), port, options))
+    except OSError as exc:
+        log.error(f"cannot bind metrics server on {args.listen}: {exc.strerror or exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,600 @@
+"""The POP service: asyncio glue between sockets, the POP3 protocol and the spool.
+
+What it is for: the ``pop`` role (``--pop``).  One :class:`PopSession` per
+connection feeds bytes into the sans-IO
+:class:`~emailrelay.protocol.pop3_server.Pop3Server`, checks logins against
+the ``--pop-auth`` secrets (USER/PASS, APOP, AUTH), locks and lists the
+maildrop through the store, streams message content and deletes messages
+at QUIT.
+
+What it expects: bound listening sockets; a :class:`SpoolStore`; a
+:class:`ServerSecurity` holding the ``--pop-auth`` secrets, the TLS context
+and the brute-force guard (``services/security.py``).
+
+What it guarantees:
+- the maildrop is the main spool directory's committed ``.envelope``
+  messages (never ``.new``, ``.busy``, ``.bad``), or with ``--pop-by-name``
+  the authenticated user's own sub-directory — a real directory directly
+  inside the spool, never a symlink, a path or a dot-name;
+- one session per maildrop at a time, across processes (an ``flock``); a
+  second one gets ``-ERR [IN-USE] maildrop already locked``;
+- messages are deleted only after QUIT in the TRANSACTION state, and only
+  while still ready: a message a forwarder claimed after login is left
+  alone; a dropped connection or a timeout deletes nothing;
+  ``--pop-no-delete`` makes DELE appear to work and deletes nothing;
+- content is streamed in bounded chunks and only as fast as the client
+  reads, so a 100 MB message costs a few hundred KB;
+- failed logins are delayed (BruteForceGuard) and the session is closed
+  after five of them; idle sessions are closed after ``--idle-timeout``;
+- plaintext sent after STLS is discarded; passwords are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import secrets as _random
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TypeVar, cast
+
+from .. import log as logmod
+from ..auth import tls
+from ..protocol import pop3_server as pp
+from ..protocol.sasl import Challenge, Failure, SaslServer, Success
+from ..spool.store import POP_KEPT, PopMaildrop, PopMessage, SpoolStore, SpoolStoreError
+from .listeners import format_address, is_local_address
+from .security import ServerSecurity
+
+TLS_HANDSHAKE_TIMEOUT = 30.0
+CHUNK_SIZE = 256 * 1024
+WRITE_HIGH_WATER = 256 * 1024
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class PopServiceOptions:
+    by_name: bool = False  # --pop-by-name
+    no_delete: bool = False  # --pop-no-delete
+    idle_timeout: float = 60.0  # --idle-timeout
+    remote_clients: bool = False  # --remote-clients
+    domain: str = ""  # host part of the APOP timestamp and CRAM challenges (default: host name)
+    max_connections: int = 0
+    chunk_size: int = CHUNK_SIZE
+
+
+class PopService:
+    """Owns the listening servers and the live sessions of one POP service."""
+
+    def __init__(
+        self,
+        options: PopServiceOptions,
+        store: SpoolStore,
+        security: ServerSecurity | None = None,
+        *,
+        executor: ThreadPoolExecutor | None = None,
+        log: logmod.Log | None = None,
+    ) -> None:
+        self.options = options
+        self.store = store
+        self.security = security  # replace on SIGHUP to reload the secrets
+        self.executor = executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix="pop")
+        self.log = log or logmod.get()
+        self.domain = options.domain or socket.gethostname() or "localhost"
+        self.sessions: set[PopSession] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.stats = {"started": 0, "finished": 0}
+
+    async def start(self, sockets: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        sec = self.security
+        context = sec.tls_context if sec is not None and sec.tls_implicit else None
+        for sock in sockets:
+            server = await loop.create_server(
+                lambda: PopSession(self),
+                sock=sock,
+                backlog=1024,
+                ssl=context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None,
+            )
+            self.servers.append(server)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop listening, let sessions finish for up to ``grace`` seconds, then cut them (nothing is deleted)."""
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.abort()
+        deadline = time.monotonic() + 2.0
+        while any(s.task_running for s in list(self.sessions)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for server in self.servers:
+            await server.wait_closed()
+
+
+class _Closed(Exception):
+    """The connection went away while a task was working for it."""
+
+
+class PopSession(asyncio.Protocol):
+    """One POP connection."""
+
+    def __init__(self, service: PopService) -> None:
+        self.service = service
+        self.log = service.log
+        self.transport: asyncio.Transport | None = None
+        self.proto = pp.Pop3Server(pp.PopConfig())
+        self.peer = ""
+        self.host = ""
+        self.encrypted = False
+        self.user = ""
+        self.maildrop: PopMaildrop | None = None
+        self.messages: list[PopMessage] = []
+        self._sasl: SaslServer | None = None
+        self._auth_failures = 0
+        self._task: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._closing = False  # we are ending the session (QUIT, too many failures, timeout)
+        self._lost = False
+        self._lost_event = asyncio.Event()
+        self._last_activity = time.monotonic()
+        self._idle_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def task_running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # ---- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        svc = self.service
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple):
+            host = str(peername[0])
+            self.peer = format_address(host, int(peername[1]))
+        else:
+            host = str(peername or "")
+            self.peer = host or "local"
+        self.host = host
+        self.log.info(f"pop connection from {self.peer}")
+        if not svc.options.remote_clients and not is_local_address(host):
+            self.log.warning(
+                f"pop connection from {self.peer} rejected: not a local address "
+                "(use --remote-clients to allow it)"
+            )
+            self._send_now(b"-ERR remote connections not allowed\r\n")
+            transport.close()
+            return
+        limit = svc.options.max_connections
+        if limit and len(svc.sessions) >= limit:
+            self._send_now(b"-ERR [SYS/TEMP] too many connections\r\n")
+            transport.close()
+            return
+        svc.sessions.add(self)
+        svc.stats["started"] += 1
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if transport.get_extra_info("ssl_object") is not None:
+            self._tls_up(transport)
+        self.proto = pp.Pop3Server(self._config())
+        self.proto.greeting()
+        self._flush()
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = time.monotonic()
+        self.proto.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self.proto.receive_data(b"")
+        self._pump()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        svc = self.service
+        self._lost = True
+        self._lost_event.set()
+        self._can_write.set()  # wake a streaming task so it sees the loss
+        if self not in svc.sessions:
+            return
+        svc.sessions.discard(self)
+        svc.stats["finished"] += 1
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        if not self.task_running:
+            self._release()
+        # else: the task notices the loss after its current step and releases the maildrop
+        reason = "pop protocol done" if self._closing else (str(exc) if exc else "peer disconnected")
+        self.log.info(f"pop connection closed: {reason}: {self.peer}")
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._can_write.clear()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._can_write.set()
+        self._update_reading()
+        self._pump()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ---- configuration -------------------------------------------------------------
+    def _config(self) -> pp.PopConfig:
+        sec = self.service.security
+        stamp = f"<{_random.randbelow(2**31)}.{int(time.time())}@{self.service.domain}>"
+        if sec is None:
+            return pp.PopConfig(timestamp=stamp, secure=self.encrypted)
+        return pp.PopConfig(
+            timestamp=stamp,
+            mechanisms=sec.mechanisms(False),
+            mechanisms_tls=sec.mechanisms(True),
+            stls=sec.tls_context is not None and not sec.tls_implicit,
+            tls_required=sec.tls_required,
+            secure=self.encrypted,
+        )
+
+    def _tls_up(self, transport: asyncio.BaseTransport) -> None:
+        self.encrypted = True
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.log.info(f"pop tls protocol established: {tls.describe(ssl_object)}")
+
+    # ---- plumbing ---------------------------------------------------------------
+    def _update_reading(self) -> None:
+        want_pause = self._writing_paused or self._task is not None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if want_pause and not self._reading_paused:
+            self.transport.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+
+    def _send_now(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.log.verbose_on:
+            for line in data.split(b"\r\n"):
+                if line:
+                    self.log.verbose(f'tx>>: "{line.decode("utf-8", "replace")}"')
+        self.transport.write(data)
+
+    def _flush(self) -> None:
+        data = self.proto.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self._send_now(data)
+
+    def _trace_rx(self, line: str) -> None:
+        if line:
+            self.log.verbose(f'rx<<: "{line}"')
+
+    def _arm_idle_timer(self) -> None:
+        timeout = self.service.options.idle_timeout
+        if timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_activity + timeout
+        self._idle_handle = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.transport is None or self.transport.is_closing() or self._lost:
+            return
+        if time.monotonic() - self._last_activity >= self.service.options.idle_timeout:
+            self.log.info(f"pop connection timed out: {self.peer}")
+            self._closing = True
+            self.transport.close()
+            return
+        self._arm_idle_timer()
+
+    def _pump(self) -> None:
+        """Take events from the protocol until it needs data or a slow decision."""
+        if self._task is not None or self.transport is None or self._lost:
+            return
+        proto = self.proto
+        while True:
+            event = proto.next_event()
+            if event is pp.NEED_DATA or event is pp.PAUSED:
+                break
+            if isinstance(event, pp.ConnectionClosed):
+                self._on_closed()
+                break
+            pending = self._handle(event)
+            if pending is not None:
+                self._task = asyncio.get_running_loop().create_task(self._finish(pending))
+                break
+            self._flush()
+        self._flush()
+        self._update_reading()
+
+    async def _finish(self, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except (_Closed, asyncio.CancelledError):
+            pass
+        except Exception as exc:  # a storage bug must not kill the process
+            self.log.error(f"pop session error: {exc!r}")
+            self._closing = True
+            if self.transport is not None:
+                self.transport.abort()
+        finally:
+            self._task = None
+            self._last_activity = time.monotonic()
+        if self._lost:
+            self._release()
+            return
+        self._pump()
+
+    def _release(self) -> None:
+        """Drop the maildrop lock and descriptors (only when no task is using them)."""
+        md, self.maildrop = self.maildrop, None
+        if md is not None:
+            md.close()
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run blocking spool work in the executor; the session's task always waits for it."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.shield(loop.run_in_executor(self.service.executor, fn, *args))
+
+    def _check_alive(self) -> None:
+        if self._lost or self.transport is None or self.transport.is_closing():
+            raise _Closed()
+
+    # ---- events -------------------------------------------------------------------
+    def _handle(self, event: pp.Event) -> Awaitable[None] | None:
+        self._trace_rx(event.line)
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            return None
+        return handler(self, event)
+
+    def _on_closed(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- authentication
+    def _secrets(self) -> Any:
+        sec = self.service.security
+        return sec.secrets if sec is not None else None
+
+    def _on_pass(self, ev: pp.Pass) -> Awaitable[None]:
+        secrets = self._secrets()
+        secret = secrets.server_lookup("PLAIN", ev.user) if secrets is not None else None
+        if secret is None:
+            return self._login_failed(ev.user, "PLAIN", f"no secret for [{ev.user}]")
+        if not secret.matches_password(ev.password):
+            return self._login_failed(ev.user, "PLAIN", f"wrong password for [{ev.user}]")
+        return self._login(Success(ev.user, "PLAIN", secret.line, secret.kind))
+
+    def _on_apop(self, ev: pp.Apop) -> Awaitable[None]:
+        secrets = self._secrets()
+        secret = secrets.server_lookup("APOP", ev.user) if secrets is not None else None
+        if secret is None or secret.kind != "plain":
+            return self._login_failed(ev.user, "APOP", f"no plain secret for [{ev.user}]")
+        expected = hashlib.md5(ev.timestamp.encode("ascii") + secret.secret).hexdigest()
+        if not hmac.compare_digest(expected.encode(), ev.digest.encode("utf-8", "replace")):
+            return self._login_failed(ev.user, "APOP", f"wrong APOP digest for [{ev.user}]")
+        return self._login(Success(ev.user, "APOP", secret.line, secret.kind))
+
+    def _on_auth(self, ev: pp.AuthStart) -> Awaitable[None] | None:
+        secrets = self._secrets()
+        if secrets is None:
+            return self._login_failed("", ev.mechanism, "no secrets")
+        self._sasl = SaslServer(
+            ev.mechanism, secrets.server_lookup, challenge_domain=self.service.domain, clock=time.time
+        )
+        return self._auth_step(self._sasl.start(ev.initial))
+
+    def _on_auth_response(self, ev: pp.AuthResponse) -> Awaitable[None] | None:
+        if self._sasl is None:
+            return self._login_failed("", "", "unexpected authentication response")
+        return self._auth_step(self._sasl.step(ev.response))
+
+    def _auth_step(self, step: object) -> Awaitable[None] | None:
+        assert self._sasl is not None
+        mechanism = self._sasl.mechanism
+        if isinstance(step, Challenge):
+            self.proto.challenge(step.text_b64)
+            return None
+        self._sasl = None
+        if isinstance(step, Success):
+            return self._login(step)
+        assert isinstance(step, Failure)
+        return self._login_failed(step.identity, mechanism, step.reason)
+
+    async def _login_failed(self, user: str, mechanism: str, reason: str) -> None:
+        self._auth_failures += 1
+        sec = self.service.security
+        who = f" for [{user}]" if user else ""
+        mech = f" using mechanism [{mechanism.lower()}]" if mechanism else ""
+        self.log.warning(f"failed authentication of remote client{mech}{who}: {reason}")
+        disconnect = self._auth_failures >= 5
+        if sec is not None:
+            decision = sec.guard.failure(self.host, time.monotonic(), self._auth_failures)
+            disconnect = decision.disconnect
+            if decision.delay > 0:  # brute-force protection; cut short if the peer goes
+                try:
+                    await asyncio.wait_for(self._lost_event.wait(), decision.delay)
+                except TimeoutError:
+                    pass
+        self._check_alive()
+        if disconnect:
+            self.log.warning("too many authentication failures: disconnecting")
+        self.proto.login_failed(close=disconnect)
+
+    async def _login(self, success: Success) -> None:
+        user = success.identity
+        self.log.info(f"successful authentication of remote client using {success.describe()}")
+        sec = self.service.security
+        if sec is not None:
+            sec.guard.success(self.host)
+        by_name = self.service.options.by_name
+        try:
+            opened = await self._run(self._open_maildrop, user if by_name else None)
+        except SpoolStoreError as exc:
+            self.log.warning(f"pop: cannot open the maildrop for [{user}]: {exc}")
+            self._check_alive()
+            self.proto.login_failed("[SYS/PERM] cannot open the maildrop")
+            return
+        if opened is None:
+            self.log.info(f"pop: maildrop of [{user}] is in use by another session")
+            self._check_alive()
+            self.proto.login_failed("[IN-USE] maildrop already locked")
+            return
+        self.maildrop, self.messages = opened
+        self.user = user
+        self._check_alive()
+        self.proto.login([(m.size, m.uid) for m in self.messages])
+
+    def _open_maildrop(self, name: str | None) -> tuple[PopMaildrop, list[PopMessage]] | None:
+        md = self.service.store.pop_maildrop(name)
+        try:
+            if not md.lock():
+                md.close()
+                return None
+            return md, md.messages()
+        except BaseException:
+            md.close()
+            raise
+
+    # -- STLS
+    def _on_stls(self, ev: pp.Stls) -> Awaitable[None] | None:
+        sec = self.service.security
+        if sec is None or sec.tls_context is None:
+            self.proto.reject("STLS not available")
+            return None
+        self.proto.accept_stls()
+        self._flush()
+        if self.transport is not None:
+            self.transport.pause_reading()
+            self._reading_paused = True
+        return self._start_tls(sec.tls_context)
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new_transport = await loop.start_tls(
+                self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.log.warning(f"pop tls error: {exc}")
+            self._closing = True
+            self.proto.close()
+            if self.transport is not None:
+                self.transport.abort()
+            if not self._lost:  # the TLS layer may not report the loss to us
+                self.connection_lost(None)
+            return
+        if new_transport is None:
+            raise _Closed()
+        self.transport = cast(asyncio.Transport, new_transport)
+        self._reading_paused = False  # the TLS transport reads afresh
+        self._tls_up(new_transport)
+        self.proto.tls_established()
+
+    # -- RETR / TOP
+    def _on_retrieve(self, ev: pp.Retrieve) -> Awaitable[None]:
+        return self._retrieve(ev)
+
+    async def _retrieve(self, ev: pp.Retrieve) -> None:
+        md = self.maildrop
+        assert md is not None
+        msg = self.messages[ev.number - 1]
+        try:
+            content = await self._run(md.open_content, msg.id)
+        except OSError as exc:
+            self._check_alive()
+            self.log.warning(f"pop: cannot read [{msg.id}]: {exc.strerror or exc}")
+            self.proto.reject("message no longer available")
+            return
+        try:
+            self._check_alive()
+            size = os.fstat(content.fileno()).st_size
+            stuffer = self.proto.accept_retrieve(size)
+            self._flush()
+            await self._stream(content, stuffer)
+            self._write(stuffer.finish())
+            self.log.verbose(f"tx>>: [{stuffer.lines} line(s) of content]")
+            self.log.verbose('tx>>: "."')
+            self.proto.retrieve_done()
+        finally:
+            content.close()
+
+    async def _stream(self, content: BinaryIO, stuffer: pp.ByteStuffer) -> None:
+        chunk_size = self.service.options.chunk_size
+        while not stuffer.done:
+            try:
+                chunk = await self._run(content.read, chunk_size)
+            except OSError as exc:
+                self.log.error(f"pop: read error: {exc}")
+                self._closing = True
+                self.abort()
+                raise _Closed() from None
+            if not chunk:
+                return
+            self._write(stuffer.feed(chunk))
+            self._last_activity = time.monotonic()
+            if self._writing_paused:
+                await self._can_write.wait()
+
+    def _write(self, data: bytes) -> None:
+        self._check_alive()
+        assert self.transport is not None
+        if data:
+            self.transport.write(data)
+
+    # -- QUIT
+    def _on_update(self, ev: pp.Update) -> Awaitable[None]:
+        return self._update(ev)
+
+    async def _update(self, ev: pp.Update) -> None:
+        ok = True
+        ids = [self.messages[n - 1].id for n in ev.deleted]
+        if ids and self.service.options.no_delete:
+            self.log.info(f"pop: {len(ids)} message(s) not deleted (--pop-no-delete)")
+        elif ids:
+            md = self.maildrop
+            assert md is not None
+            results = await self._run(lambda: [(mid, md.delete(mid)) for mid in ids])
+            for mid, result in results:
+                if result == POP_KEPT:
+                    ok = False
+                    self.log.warning(f"pop: not deleting [{mid}]: it is no longer ready (being forwarded?)")
+                else:
+                    self.log.verbose(f"pop: deleted [{mid}]")
+        self._release()
+        self._check_alive()
+        self.proto.update_done(ok)
+
+
+_HANDLERS: dict[type, Callable[[PopSession, Any], Awaitable[None] | None]] = {
+    pp.Pass: PopSession._on_pass,
+    pp.Apop: PopSession._on_apop,
+    pp.AuthStart: PopSession._on_auth,
+    pp.AuthResponse: PopSession._on_auth_response,
+    pp.Stls: PopSession._on_stls,
+    pp.Retrieve: PopSession._on_retrieve,
+    pp.Update: PopSession._on_update,
+}

@@ -1,0 +1,258 @@
+"""Pure parts of the policy layer: option parsing, exit-code mapping, response parsing, text hygiene."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emailrelay.policy.exe import (
+    clean_text,
+    is_clean_address,
+    is_clean_mailbox,
+    parse_response,
+    peer_text,
+    result_for_exit_code,
+    verdict_for,
+    verifier_args,
+)
+from emailrelay.policy.net import Endpoint, parse_endpoint
+from emailrelay.policy.spam import CrlfNormaliser
+from emailrelay.policy.spec import Spec, SpecError, options_from_config, parse_filters, parse_verifier
+from emailrelay.policy.split import group_by_domain
+from emailrelay.policy.verdicts import FilterOutcome, RecipientKind
+
+
+# ---- spec parsing ------------------------------------------------------------------------------------
+def test_chain_forms() -> None:
+    specs = parse_filters(
+        ["/usr/bin/f1,exit:103", "net:127.0.0.1:10101", "spam-edit:127.0.0.1:783,copy:hardlink;nodelete"],
+        base_dir="/base",
+    )
+    assert [(s.kind, s.value, s.params) for s in specs] == [
+        ("exe", "/usr/bin/f1", ()),
+        ("exit", "103", ()),
+        ("net", "127.0.0.1:10101", ()),
+        ("spam-edit", "127.0.0.1:783", ()),
+        ("copy", "hardlink;nodelete", ("hardlink", "nodelete")),
+    ]
+    assert [s.name for s in specs] == [
+        "f1",
+        "exit:103",
+        "net:127.0.0.1:10101",
+        "spam-edit:127.0.0.1:783",
+        "copy:hardlink;nodelete",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("file:/x/y.sh", "exe", "/x/y.sh"),
+        ("exe:/x/y.sh", "exe", "/x/y.sh"),
+        ("rel/filter.sh", "exe", "/base/rel/filter.sh"),
+        ("file:rel.sh", "exe", "/base/rel.sh"),
+        ("spam:127.0.0.1:783", "spam", "127.0.0.1:783"),
+        ("net:/run/filter.sock", "net", "/run/filter.sock"),
+        ("deliver:", "deliver", ""),
+        ("split:raw", "split", "raw"),
+        ("mx:nst=60;rt=60;127.0.0.1:53", "mx", "nst=60;rt=60;127.0.0.1:53"),
+        ("mx:[::1]:5353", "mx", "[::1]:5353"),
+        ("mx:", "mx", ""),
+        ("msgid:", "msgid", ""),
+        ("EXIT:7", "exit", "7"),
+        ("c:/odd/path", "exe", "/base/c:/odd/path"),
+    ],
+)
+def test_single_forms(text: str, kind: str, value: str) -> None:
+    (spec,) = parse_filters(text, base_dir="/base")
+    assert (spec.kind, spec.value, spec.text) == (kind, value, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "exit:",
+        "exit:x",
+        "exit:256",
+        "net:",
+        "spam:",
+        "file:",
+        "copy:bogus",
+        "deliver:pop",
+        "split:what",
+        "account:",
+        "mx:dns.example.com",
+        "mx:nst=x",
+        "mx:nst=0",
+        "mx:when=1",
+        "mx:127.0.0.1:99999",
+        "mx:127.0.0.1;127.0.0.2",
+    ],
+)
+def test_bad_filters(text: str) -> None:
+    with pytest.raises(SpecError):
+        parse_filters(text)
+
+
+def test_empty_items_are_ignored() -> None:
+    assert parse_filters(["", " , ", "exit:0,"]) == [Spec("exit", "0", (), "exit:0")]
+    assert parse_filters(None) == []
+
+
+def test_verifier_forms() -> None:
+    assert parse_verifier(None) is None and parse_verifier("  ") is None
+    assert parse_verifier("/bin/v") == Spec("exe", "/bin/v", (), "/bin/v")
+    assert parse_verifier("net:127.0.0.1:10101") == Spec("net", "127.0.0.1:10101", (), "net:127.0.0.1:10101")
+    spec = parse_verifier("account:1000-1002;lowercase")
+    assert spec is not None and spec.params == ("1000-1002", "lowercase")
+    assert parse_verifier("account:check;remote;LOWERCASE;0-10") is not None
+    for bad in ("exit:1", "copy:", "spam:1.2.3.4:783", "/a,/b", "account:10-1", "account:x", "account:1000"):
+        with pytest.raises(SpecError):
+            parse_verifier(bad)
+
+
+def test_options_from_config() -> None:
+    class C:
+        spool_dir = "/var/spool/x"
+        domain = "example.com"
+        filter_timeout = 7
+
+    opts = options_from_config(C())
+    assert (str(opts.spool_dir), opts.delivery_dir, opts.domain, opts.timeout) == (
+        "/var/spool/x",
+        None,
+        "example.com",
+        7.0,
+    )
+    assert str(opts.mailbox_base) == "/var/spool/x"
+    C.delivery_dir = "/srv/boxes"  # type: ignore[attr-defined]
+    assert str(options_from_config(C()).mailbox_base) == "/srv/boxes"
+
+
+@pytest.mark.parametrize(
+    ("text", "endpoint"),
+    [
+        ("127.0.0.1:783", Endpoint("127.0.0.1", 783)),
+        ("localhost:10101", Endpoint("localhost", 10101)),
+        ("[::1]:783", Endpoint("::1", 783)),
+        ("::1.783", Endpoint("::1", 783)),
+        ("/run/spamd.sock", Endpoint(path="/run/spamd.sock")),
+    ],
+)
+def test_endpoints(text: str, endpoint: Endpoint) -> None:
+    assert parse_endpoint(text) == endpoint
+
+
+@pytest.mark.parametrize("text", ["localhost", ":25", "host:99999", "host:x"])
+def test_bad_endpoints(text: str) -> None:
+    with pytest.raises(SpecError):
+        parse_endpoint(text)
+
+
+# ---- exit codes and responses ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("code", "outcome"),
+    [(0, "ok"), (1, "reject"), (99, "reject"), (100, "abandon"), (101, "ok"), (102, "stop-scan"), (103, "rescan"),
+     (104, "error"), (115, "error"), (116, "error"), (127, "error"), (255, "error")],
+)  # fmt: skip
+def test_exit_code_mapping(code: int, outcome: str) -> None:
+    result = result_for_exit_code(code, b"<<553 sorry>>\n")
+    assert result.outcome is FilterOutcome(outcome)
+    assert result.exit_code == code
+    if outcome == "reject":
+        assert (result.reason, result.code) == ("sorry", 553)
+    else:
+        assert result.reason in ("", "filter error")
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (b"", ("", None, "")),
+        (b"<<550 not today>>\n", ("not today", 550, "")),
+        (b"<<550 not today>>\r\n", ("not today", 550, "")),
+        (b"junk\n[[451 later]]\n<<detail one>>\n<<detail two>>\n", ("later", 451, "detail one")),
+        (b"<<399 low>>\n", ("399 low", None, "")),
+        (b"<<5501 long>>\n", ("5501 long", None, "")),
+        (b"<<550>>\n", ("550", None, "")),
+        (b"x <<not at start>>\n", ("", None, "")),
+        (b"<<>>\n<<second>>\n", ("", None, "second")),
+        (b"<<bad\x1b[31mcolour>>\n", ("bad [31mcolour", None, "")),
+        (b"<<\xff\xfe bytes>>\n", ("\ufffd\ufffd bytes", None, "")),
+    ],
+)
+def test_parse_response(output: bytes, expected: tuple[str, int | None, str]) -> None:
+    assert parse_response(output) == expected
+
+
+@given(st.binary(max_size=2000))
+def test_parse_response_never_yields_controls(output: bytes) -> None:
+    reason, code, detail = parse_response(output)
+    for text in (reason, detail):
+        assert not any(ord(c) < 32 or ord(c) == 127 for c in text)
+    assert code is None or 400 <= code <= 599
+
+
+@given(st.text(max_size=300), st.text(max_size=300), st.integers(min_value=-1, max_value=300))
+def test_verdicts_never_carry_controls(line1: str, line2: str, code: int) -> None:
+    verdict = verdict_for(code, line1, line2, "orig@example.com")
+    for text in (verdict.address, verdict.mailbox, verdict.reason, verdict.detail, verdict.full_name):
+        assert not any(ord(c) < 32 or ord(c) == 127 for c in text)
+    if verdict.kind is RecipientKind.LOCAL:
+        assert is_clean_mailbox(verdict.mailbox)
+    assert is_clean_address(verdict.address) or verdict.address == "orig@example.com"
+
+
+def test_verdict_mapping() -> None:
+    assert verdict_for(0, "Full", "box", "r").kind is RecipientKind.LOCAL
+    assert verdict_for(1, "", "", "r").address == "r"
+    assert verdict_for(2, "", "", "r").reason == "invalid mailbox"
+    assert verdict_for(3, "", "", "r").reason == "mailbox unavailable"
+    assert verdict_for(100, "", "", "r").kind is RecipientKind.ABORT
+    for other in (4, 99, 101, 255, None):
+        assert verdict_for(other, "why", "", "r").kind is RecipientKind.REJECT
+
+
+def test_text_helpers() -> None:
+    assert clean_text("a\r\nb\tc\x00d") == "a  b c d"
+    assert clean_text("x" * 1000) == "x" * 400
+    assert is_clean_address("a@b") and not is_clean_address("a>@b") and not is_clean_address("")
+    assert not is_clean_address("a@b\r\nRCPT TO:<evil>")
+    assert is_clean_mailbox("alice") and not is_clean_mailbox("../x") and not is_clean_mailbox("..")
+
+
+def test_verifier_arguments() -> None:
+    class P:
+        host, port = "192.168.0.1", 123
+
+    assert verifier_args("bob@local.net", "alice@example.com", P(), "local.net", "LOGIN", "alice") == [
+        "bob@local.net",
+        "alice@example.com",
+        "192.168.0.1:123",
+        "local.net",
+        "login",
+        "alice",
+    ]
+    assert verifier_args("b", None, "1.2.3.4:5", "d", "", "")[1] == ""
+    assert peer_text(None) == ""
+
+
+# ---- small helpers ---------------------------------------------------------------------------------------
+@given(st.lists(st.binary(max_size=50), max_size=20))
+def test_crlf_normaliser(chunks: list[bytes]) -> None:
+    norm = CrlfNormaliser()
+    out = b"".join(norm.feed(c) for c in chunks) + norm.finish()
+    whole = b"".join(chunks)
+    assert out == whole.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") or b"\r" in whole
+    assert b"\n" not in out.replace(b"\r\n", b"")
+
+
+def test_group_by_domain() -> None:
+    rcpts = ["a@X.com", "b@x.COM", "c@y.org", "nodomain", "d@y.org"]
+    assert group_by_domain(rcpts) == {
+        "x.com": ["a@X.com", "b@x.COM"],
+        "y.org": ["c@y.org", "d@y.org"],
+        "": ["nodomain"],
+    }
+    assert list(group_by_domain(rcpts, raw=True)) == ["X.com", "x.COM", "y.org", ""]
