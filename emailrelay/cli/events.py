@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..bus import schema
 from ..bus.endpoint import BusClient
+from .supervisor import default_run_dir
 
 
 def _line(topic: str, body: dict[str, object], as_json: bool) -> str:
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--run-dir")
     p.add_argument("--count", type=int)
     args = p.parse_args(argv)
-    run_dir = args.run_dir or str(Path(args.spool_dir).absolute() / ".emailrelay-run")
+    run_dir = args.run_dir or str(default_run_dir(Path(args.spool_dir)))
     if not Path(run_dir, "bus-out.ipc").exists():
         print(
             f"emailrelay events: error: no bus in {run_dir} (is the relay running supervised?)",

@@ -150,6 +150,10 @@ def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
     if config.delivery_dir is not None:
         config.delivery_dir = config.delivery_dir.absolute()
     _check_policy(config)
+    if not (config.as_client or config.dont_serve or config.single_process):
+        from .supervisor import check_run_dir, run_dir_for
+
+        check_run_dir(run_dir_for(config))
     security.server_security(config)  # secrets files and certificates: errors now, naming file and line
     security.client_security(config)
     cwd = os.getcwd()

@@ -263,9 +263,7 @@ def _list(store: SpoolStore, args: argparse.Namespace, out: TextIO) -> int:
     for i in items:
         counts[i.state] = counts.get(i.state, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    out.write(
-        f"-- {total} bytes in {len(items)} message{'s' if len(items) != 1 else ''} ({summary})\n"
-    )
+    out.write(f"-- {total} bytes in {len(items)} message{'s' if len(items) != 1 else ''} ({summary})\n")
     return 0
 
 

@@ -10,20 +10,26 @@ inherited sockets.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
-from collections.abc import Coroutine
-from typing import Any
+# First of all, before the heavy imports: die with the arbiter, and do not even start if it is gone
+# already (a kill -9 of the arbiter while this role was starting must not leave an orphan on the port).
+from ._orphan_guard import guard_against_orphaning
 
-from .. import log as logmod
-from ..bus.endpoint import run_forwarder
-from ..config import from_values
-from ..errors import EmailRelayError
-from ..identity import group_for_files, lookup, switching_applies
-from ..services import roles
-from .main import app_dir, log_config
-from .parse import expand_shorthands, parse_command_line
+guard_against_orphaning()
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Coroutine  # noqa: E402
+from typing import Any  # noqa: E402
+
+from .. import log as logmod  # noqa: E402
+from ..bus.endpoint import run_forwarder  # noqa: E402
+from ..config import from_values  # noqa: E402
+from ..errors import EmailRelayError  # noqa: E402
+from ..identity import group_for_files, lookup, switching_applies  # noqa: E402
+from ..services import roles  # noqa: E402
+from .main import app_dir, log_config  # noqa: E402
+from .parse import expand_shorthands, parse_command_line  # noqa: E402
 
 ROLES = ("smtp", "forward", "notify", "bus", "admin")
 
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:split])
     options = argv[split + 1 :]
-    roles.become_role(args.role)
+    roles.set_process_name(args.role)
     log = logmod.get()
     try:
         values = expand_shorthands(parse_command_line(options, app_dir=app_dir()).values)

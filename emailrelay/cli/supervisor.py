@@ -22,23 +22,49 @@ fault); the arbiter's own log goes through our log at verbose level.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
+import stat
 import sys
+import tempfile
 from pathlib import Path
 
 from .. import log as logmod
 from ..config import Config
+from ..errors import UsageError
 from ..services.listeners import Bound
+from ._orphan_guard import ENV_SUPERVISOR_PID
 
 GRACEFUL_TIMEOUT = 8.0
+
+
+IPC_PATH_LIMIT = 100  # sun_path is 108 bytes; the longest file name we put there is "circus.pubsub.ipc"
+
+
+def default_run_dir(spool_dir: Path) -> Path:
+    """``<spool>/.emailrelay-run``, or — when that is too long for unix-socket paths — a short,
+    private directory named after the spool under the system's temporary directory."""
+    run_dir = spool_dir.absolute() / ".emailrelay-run"
+    if len(str(run_dir / "circus.pubsub.ipc")) <= IPC_PATH_LIMIT:
+        return run_dir
+    digest = hashlib.sha1(str(spool_dir.absolute()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"emailrelay-{os.getuid()}" / digest
 
 
 def run_dir_for(config: Config) -> Path:
     if config.run_dir is not None:
         return config.run_dir.absolute()
-    return (config.spool_dir / ".emailrelay-run").absolute()
+    return default_run_dir(config.spool_dir)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """The ipc socket paths must fit in a unix-socket address."""
+    if len(str(run_dir / "circus.pubsub.ipc")) > IPC_PATH_LIMIT:
+        raise UsageError(
+            f"--run-dir is too long for unix-domain sockets (max {IPC_PATH_LIMIT - 18} characters): {run_dir}"
+        )
 
 
 def control_endpoint(run_dir: Path) -> str:
@@ -46,6 +72,11 @@ def control_endpoint(run_dir: Path) -> str:
 
 
 def _prepare_run_dir(run_dir: Path, gid: int | None) -> None:
+    if run_dir.parent.name == f"emailrelay-{os.getuid()}":  # our private parent in the temp directory
+        run_dir.parent.mkdir(mode=0o711, exist_ok=True)
+        st = run_dir.parent.lstat()
+        if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"run directory {run_dir.parent} is not ours: use --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     if gid is not None:
         with contextlib.suppress(OSError):
@@ -54,12 +85,20 @@ def _prepare_run_dir(run_dir: Path, gid: int | None) -> None:
 
 
 class _LogBridge(logging.Handler):
-    """Circus logs through the logging module; show it in our format, at verbose level."""
+    """Circus and tornado log through the logging module; show it in our format.
+
+    Circus's periodic watcher check races with its own stop command and logs a
+    ``ConflictError`` while stopping; that is noise, so it goes to verbose."""
 
     def emit(self, record: logging.LogRecord) -> None:
         log = logmod.get()
-        text = f"supervisor: {record.getMessage()}"
-        if record.levelno >= logging.ERROR:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            message = f"{message}: {record.exc_info[1]!r}"
+        text = f"supervisor: {message}"
+        if "ConflictError" in message or "already running arbiter_stop" in message:
+            log.verbose(text)
+        elif record.levelno >= logging.ERROR:
             log.error(text)
         elif record.levelno >= logging.WARNING:
             log.warning(text)
@@ -92,6 +131,7 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
 
     python = sys.executable
     common = dict(
+        env={ENV_SUPERVISOR_PID: str(os.getpid())},
         copy_env=True,
         working_dir=cwd,
         graceful_timeout=GRACEFUL_TIMEOUT,
@@ -161,10 +201,11 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
                 **common,
             )
         )
-    circus_logger = logging.getLogger("circus")
-    circus_logger.handlers[:] = [_LogBridge()]
-    circus_logger.propagate = False
-    circus_logger.setLevel(logging.INFO)
+    for name in ("circus", "tornado", ""):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [_LogBridge()]
+        logger.propagate = False
+        logger.setLevel(logging.INFO if name == "circus" else logging.WARNING)
     return Arbiter(
         watchers,
         control_endpoint(run_dir),
@@ -178,6 +219,7 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
 
 def run(config: Config, options: list[str], bound: list[Bound], cwd: str, gid: int | None) -> int:
     run_dir = run_dir_for(config)
+    check_run_dir(run_dir)
     _prepare_run_dir(run_dir, gid)
     arbiter = build_arbiter(config, options, bound, run_dir, cwd)
     for b in bound:

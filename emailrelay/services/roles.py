@@ -14,8 +14,8 @@ instance, and talks to the others only through the spool and the bus:
 - ``bus``: the ZeroMQ forwarder.
 
 Guarantees: a role whose parent (the circus arbiter) dies is killed by the
-kernel (PR_SET_PDEATHSIG), so a ``kill -9`` of the arbiter never leaves
-orphans holding the port; every role stops within the supervisor's
+kernel (see :mod:`emailrelay.cli._orphan_guard`), so a ``kill -9`` of the
+arbiter never leaves orphans holding the port; every role stops within the supervisor's
 graceful timeout on SIGTERM, releasing its claims.
 """
 
@@ -39,15 +39,13 @@ from ..spool.names import MessageId
 from .instance import build_smtp_service, open_store
 from .notify import SpoolWatcher
 
-PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 
 
-def become_role(role: str) -> None:
-    """Die with the arbiter, and show the role's name in ``ps -o comm``."""
+def set_process_name(role: str) -> None:
+    """Show the role's name in ``ps -o comm`` (the orphan guard already ran in cli/role.py)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         libc.prctl(PR_SET_NAME, f"emailrelay-{role}"[:15].encode(), 0, 0, 0)
     except (OSError, AttributeError):
         pass

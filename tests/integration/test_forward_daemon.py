@@ -83,6 +83,9 @@ def test_forward_on_disconnect_waits_for_the_disconnect(tmp_path: Path, hop: Fak
     extra = ("--single-process",) if mode == "single-process" else ()
     relay = _relay(tmp_path, "--forward-to", hop.address, "--forward-on-disconnect", *extra)
     try:
+        _send(relay.port, "warm-up@test")  # every role is up and subscribed once this went through
+        assert hop.wait_for_messages(1, timeout=15)
+        hop.messages.clear()
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=20) as c:
             c.sendmail("a@example.com", ["b@example.net"], simple_content("disc1@test"))
             c.sendmail("a@example.com", ["c@example.net"], simple_content("disc2@test"))
@@ -193,7 +196,7 @@ def test_immediate_accepted_only_after_the_next_hop_accepted(tmp_path: Path, hop
                 "instead of outcome.code (which _handed_back set to the next hop's 452)",
                 strict=True,
             ),
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_immediate_client_gets_the_next_hops_refusal(
@@ -267,7 +270,7 @@ def test_misbehaving_hop_while_running(tmp_path: Path, script: dict, big: bool) 
             with smtplib.SMTP("127.0.0.1", relay.port, timeout=20) as c:
                 content = _BIG % mid.encode() if big else simple_content(mid)
                 c.sendmail("a@example.com", ["b@example.net"], content)
-            assert wait_until(lambda: "deferred" in relay.log(), 15), relay.log()[-3000:]
+            assert wait_until(lambda: "deferred" in relay.log(), 15, interval=0.25), relay.log()[-3000:]
             # released for a retry, never failed (the exact back-off is test_4xx_is_not_retried_...)
             assert "bad" not in states(relay.spool)
             assert "failing envelope" not in relay.log()

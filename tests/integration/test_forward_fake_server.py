@@ -93,9 +93,11 @@ def test_scripted_refusals_helo_only_and_drop() -> None:
             assert info.value.smtp_code == 452
         assert hop.messages == [] and len(hop.refused) == 1 and hop.refused[0].rcpts == ["good@y"]
     with FakeSmtp(replies={"mail": DROP}) as hop:
-        with smtplib.SMTP("127.0.0.1", hop.port, timeout=5) as c:
-            with pytest.raises(smtplib.SMTPServerDisconnected):
-                c.sendmail("a@x", ["b@y"], b"x\r\n")
+        c = smtplib.SMTP("127.0.0.1", hop.port, timeout=5)
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            c.sendmail("a@x", ["b@y"], b"x\r\n")
+        c.close()
+        assert hop.commands_named("MAIL") == ["mail FROM:<a@x>"]  # dropped without a reply
     with FakeSmtp(extensions=("8BITMIME",)) as hop:
         _raw_session(hop.port, b"EHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n")
         assert any("pipelined without PIPELINING" in e for e in hop.protocol_errors)

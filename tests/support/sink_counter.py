@@ -226,7 +226,12 @@ def wait_for_roles(relay_pid: int, expected: dict[str, int], timeout: float = 20
 
 
 def run_dir(spool: Path) -> Path:
-    return spool / ".emailrelay-run"
+    """The default run directory of a relay on ``spool`` (as the product computes it)."""
+    try:
+        from emailrelay.cli.supervisor import default_run_dir
+    except ImportError:
+        return spool.absolute() / ".emailrelay-run"
+    return default_run_dir(spool)
 
 
 def circusctl(rdir: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -208,15 +208,6 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
     assert not [n for n in leftovers if not n.endswith(".envelope.new")], leftovers
 
 
-@pytest.mark.xfail(
-    reason="BUG: a kill -9 of the supervisor while a role is starting leaves that role running as an orphan "
-    "that keeps the listening socket and serves on it (a restart then fails with exit 2): "
-    "PR_SET_PDEATHSIG is only set in roles.become_role() (services/roles.py:44-51), called from "
-    "cli/role.py:54 after the heavy imports, and nothing checks whether the parent is already gone. Fix: "
-    "call prctl first thing in the role process, then exit if os.getppid() is no longer the supervisor's "
-    "pid (pass it in the environment).",
-    strict=True,
-)
 def test_kill_9_during_start_up_leaves_no_orphans(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()

@@ -1,0 +1,28 @@
+"""Make a role process die with its supervisor, before anything else happens in it.
+
+What it is for: ``python -m emailrelay.cli.role`` imports this first.  It asks
+the kernel to SIGKILL the process when its parent dies (PR_SET_PDEATHSIG),
+then checks that the parent is still the supervisor that started it
+(``EMAILRELAY_SUPERVISOR_PID``): if the supervisor died in between, the
+role exits at once instead of serving on an inherited socket as an orphan.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+PR_SET_PDEATHSIG = 1
+ENV_SUPERVISOR_PID = "EMAILRELAY_SUPERVISOR_PID"
+
+
+def guard_against_orphaning() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    expected = os.environ.get(ENV_SUPERVISOR_PID)
+    if expected and expected.isdigit() and os.getppid() != int(expected):
+        os._exit(0)

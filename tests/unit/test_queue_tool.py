@@ -1,0 +1,300 @@
+"""``emailrelay queue`` and the store's queue-tool methods, on real spool directories.
+
+Spools are built with :class:`SpoolStore` (as our relay writes them) and from
+upstream E-MailRelay 2.6's own files (fixtures/upstream-2.6), renamed to
+message ids the way upstream names them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from emailrelay.cli import queue
+from emailrelay.spool.envelope import Envelope
+from emailrelay.spool.envelope import parse as parse_envelope
+from emailrelay.spool.names import MessageId, State
+from emailrelay.spool.store import SpoolStore, SpoolStoreError
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
+ENV = Envelope(from_address="a@example.com", to_remote=("b@example.net", "c@example.net"), client="127.0.0.1")
+CONTENT = b"Received: from x by y; now\r\nSubject: hello\r\nFrom: a@example.com\r\n\r\nbody\r\n"
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = queue.main(list(argv), out=out, err=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    d = tmp_path / "spool"
+    d.mkdir()
+    return d
+
+
+def upstream_spool(spool: Path) -> dict[str, str]:
+    """Upstream's files under upstream-style names: ready, bad, busy."""
+    ids = {
+        "ready": "emailrelay.4242.1700000000.1",
+        "bad": "emailrelay.4242.1700000000.2",
+        "busy": "emailrelay.4242.1700000001.3",
+    }
+    shutil.copy(FIXTURES / "auth-local-remote.envelope", spool / f"{ids['ready']}.envelope")
+    shutil.copy(FIXTURES / "auth-local-remote.content", spool / f"{ids['ready']}.content")
+    shutil.copy(FIXTURES / "failed.envelope.bad", spool / f"{ids['bad']}.envelope.bad")
+    shutil.copy(FIXTURES / "submitted.content", spool / f"{ids['bad']}.content")
+    shutil.copy(FIXTURES / "eightbit.envelope", spool / f"{ids['busy']}.envelope.busy")
+    shutil.copy(FIXTURES / "eightbit.content", spool / f"{ids['busy']}.content")
+    for p in spool.iterdir():
+        p.chmod(0o660)
+    return ids
+
+
+def test_list_upstream_spool_text_and_json(spool: Path) -> None:
+    ids = upstream_spool(spool)
+    rc, out, _ = run("list", "--spool-dir", str(spool))
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:6] == ["ID", "STATE", "AGE", "SIZE", "RCPT", "FROM"]
+    ready_line = next(line for line in lines if ids["ready"] in line)
+    assert " ready " in ready_line and "alice@example.com" in ready_line
+    bad_line = next(line for line in lines if ids["bad"] in line)
+    assert "550 5.7.1 rejected for testing" in bad_line and " bad " in bad_line
+    assert lines[-1].startswith("-- ") and "3 messages" in lines[-1] and "1 busy" in lines[-1]
+
+    rc, out, _ = run("list", "-s", str(spool), "--json")
+    items = {i["id"]: i for i in json.loads(out)}
+    assert [i["id"] for i in json.loads(out)] == [ids["ready"], ids["bad"], ids["busy"]]  # oldest first
+    ready = items[ids["ready"]]
+    assert ready["state"] == "ready"
+    assert ready["recipients"] == 3  # one local, two remote
+    assert ready["sender"] == "alice@example.com"
+    assert ready["size"] == (FIXTURES / "auth-local-remote.content").stat().st_size
+    assert ready["created"] == 1700000000 and ready["age"] >= int(time.time()) - 1700000000 - 1
+    bad = items[ids["bad"]]
+    assert (bad["reason"], bad["reason_code"], bad["retries"]) == ("5.7.1 rejected for testing", "550", 0)
+    assert items[ids["busy"]]["state"] == "busy"
+
+
+def test_list_filters_by_state_and_shows_backoff(spool: Path) -> None:
+    store = SpoolStore(spool, fsync=False)
+    a = store.store_message(ENV, CONTENT)
+    b = store.store_message(ENV, CONTENT)
+    later = time.time() + 3600
+    os.utime(store.envelope_path(b, State.READY), (later, later))  # in back-off, as the forwarder records it
+    assert store.hold(a)
+    rc, out, _ = run("list", "-s", str(spool), "--state", "ready")
+    assert rc == 0 and str(b) in out and str(a) not in out
+    assert "(retry in " in out
+    rc, out, _ = run("list", "-s", str(spool), "--json", "--state", "held")
+    assert [i["id"] for i in json.loads(out)] == [str(a)]
+
+
+def test_list_empty_and_unreadable_envelope(spool: Path) -> None:
+    assert run("list", "-s", str(spool))[1] == "spool is empty\n"
+    (spool / "emailrelay.1.1700000000.1.envelope").write_bytes(b"garbage\r\n")
+    rc, out, _ = run("list", "-s", str(spool), "--json")
+    (item,) = json.loads(out)
+    assert rc == 0 and item["sender"] is None and "not an envelope field" in item["error"]
+    assert "(unreadable:" in run("list", "-s", str(spool))[1]
+
+
+def test_missing_spool_is_an_error(tmp_path: Path) -> None:
+    rc, _, err = run("list", "-s", str(tmp_path / "nope"))
+    assert rc == 1 and "invalid spool directory" in err
+
+
+def test_show_by_id_file_name_and_path(spool: Path) -> None:
+    ids = upstream_spool(spool)
+    for ref in (ids["bad"], f"{ids['bad']}.envelope.bad", str(spool / f"{ids['bad']}.content")):
+        rc, out, _ = run("show", "-s", str(spool), ref)
+        assert rc == 0, ref
+        assert f"id:                       {ids['bad']}" in out
+        assert "state:                    bad" in out
+        assert "to-remote:                b@example.net" in out
+        assert "reason-code:              550" in out
+        assert out.rstrip().endswith("  Subject: submitted")
+    rc, out, _ = run("show", "-s", str(spool), ids["ready"], "--json")
+    info = json.loads(out)
+    assert info["to-local"] == ["postmaster"] and info["to-remote"] == ["bob@example.net", "carol@example.org"]
+    assert info["authentication"] == "alice" and info["headers"][0].startswith("Received: ")
+    assert info["content"] == str(spool / f"{ids['ready']}.content")
+    rc, _, err = run("show", "-s", str(spool), "emailrelay.9.9.9")
+    assert rc == 1 and "no such message" in err
+    rc, _, err = run("show", "-s", str(spool), "../../etc/passwd")
+    assert rc == 1 and "no such message" in err
+
+
+def test_retry_unfails_and_clears_backoff(spool: Path) -> None:
+    ids = upstream_spool(spool)
+    store = SpoolStore(spool, fsync=False)
+    rc, out, _ = run("retry", "-s", str(spool), ids["bad"])
+    assert rc == 0 and out == "retried 1 message\n"
+    assert store.find(ids["bad"]) == (MessageId.parse(ids["bad"]), State.READY)
+    # the reason lines stay (upstream's behaviour) until the next failure replaces them
+    assert b"X-MailRelay-Reason:" in store.envelope_bytes(ids["bad"], State.READY)
+    later = time.time() + 3600
+    os.utime(store.envelope_path(ids["bad"], State.READY), (later, later))
+    assert store.ready() == [MessageId.parse(ids["ready"])]
+    rc, _, _ = run("retry", "-s", str(spool), ids["bad"])
+    assert rc == 0 and MessageId.parse(ids["bad"]) in store.ready()
+    rc, _, err = run("retry", "-s", str(spool), ids["busy"])
+    assert rc == 1 and "cannot retry a busy message" in err
+
+
+def test_delete_never_touches_a_busy_message(spool: Path) -> None:
+    ids = upstream_spool(spool)
+    rc, out, err = run("delete", "-s", str(spool), ids["busy"], ids["ready"])
+    assert rc == 1
+    assert "busy: being forwarded, not deleted" in err and out == "deleted 1 message\n"
+    names = sorted(p.name for p in spool.iterdir())
+    assert f"{ids['busy']}.envelope.busy" in names and f"{ids['busy']}.content" in names
+    assert not any(n.startswith(ids["ready"]) for n in names)
+    rc, out, _ = run("delete", "-s", str(spool), "--all-failed")
+    assert rc == 0 and out == "deleted 1 message\n"
+    assert sorted(p.name for p in spool.iterdir()) == [f"{ids['busy']}.content", f"{ids['busy']}.envelope.busy"]
+
+
+def test_usage_errors(spool: Path) -> None:
+    rc, _, err = run("delete", "-s", str(spool))
+    assert rc == 1 and "no message id given" in err
+    rc, _, err = run("retry", "-s", str(spool), "--all-failed", "emailrelay.1.2.3")
+    assert rc == 1 and "not both" in err
+    with pytest.raises(SystemExit) as exc:
+        run("frobnicate")
+    assert exc.value.code == 2
+
+
+def test_hold_and_release(spool: Path) -> None:
+    store = SpoolStore(spool, fsync=False)
+    mid = store.store_message(ENV, CONTENT)
+    rc, out, _ = run("hold", "-s", str(spool), str(mid))
+    assert rc == 0 and out == "held 1 message\n"
+    assert store.find(str(mid)) == (mid, State.HELD)
+    assert store.ready() == [] and store.claim(mid) is None  # forwarders cannot take it
+    rc, _, err = run("retry", "-s", str(spool), str(mid))
+    assert rc == 1 and "use 'release'" in err
+    rc, out, _ = run("release", "-s", str(spool), str(mid), "-v")
+    assert rc == 0 and out == f"release: {mid}\nreleased 1 message\n"
+    assert store.ready() == [mid]
+    rc, _, err = run("release", "-s", str(spool), str(mid))
+    assert rc == 1 and "not held (ready)" in err
+
+
+def test_retry_all_failed_over_thousands_with_progress(spool: Path) -> None:
+    store = SpoolStore(spool, fsync=False)
+    n = 3000
+    for _ in range(n):
+        msg = store.create()
+        msg.write(CONTENT)
+        msg.write_envelope(ENV.with_failure("550 no", 550))
+        msg.commit()
+        os.rename(store.envelope_path(msg.id, State.READY), store.envelope_path(msg.id, State.BAD))
+    started = time.monotonic()
+    rc, out, err = run("retry", "-s", str(spool), "--all-failed", "--progress")
+    elapsed = time.monotonic() - started
+    assert rc == 0 and out == f"retried {n} messages\n"
+    assert err.splitlines()[-1] == f"retry: {n}/{n}"
+    assert len(store.ready()) == n
+    assert elapsed < 30
+
+
+def test_progress_redraws_in_place_on_a_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    p = queue.Progress("retry", 3, stream=stream)
+    for _ in range(3):
+        p.step()
+    p.finish()
+    text = stream.getvalue()
+    assert text.startswith("\rretry: 1/3") and text.endswith("\rretry: 3/3\n")
+    quiet = io.StringIO()
+    p = queue.Progress("retry", 3, stream=quiet)  # not a tty, no --progress: silent
+    p.step()
+    p.finish()
+    assert quiet.getvalue() == ""
+
+
+def test_parse_id_and_retry_count() -> None:
+    mid = MessageId.parse("emailrelay.12.1700000000.3")
+    for text in (str(mid), f"{mid}.content", f"{mid}.envelope.bad", f"/var/spool/emailrelay/{mid}.envelope"):
+        assert queue.parse_id(text) == mid
+    assert queue.parse_id("emailrelay.12.1700000000.3.envelope.x") is None
+    assert queue.parse_id("../emailrelay") is None
+    base = (FIXTURES / "failed.envelope.bad").read_bytes()
+    assert queue.retry_count(base) == 0
+    assert queue.retry_count(base + b"X-MailRelay-Retry: 1\r\nX-MailRelay-Retry: 2\r\n") == 2
+    # upstream appends a Reason line at every failure: three failures, two resubmissions
+    upstream = base + b"X-MailRelay-Reason: again\r\nX-MailRelay-ReasonCode: 550\r\n" * 2
+    assert queue.retry_count(upstream) == 2
+    assert queue.retry_count(upstream.replace(b"\r\n", b"\n")) == 2
+
+
+# ---- the store's queue tool support ------------------------------------------------------
+
+
+def test_append_envelope_line_keeps_envelope_readable(spool: Path) -> None:
+    shutil.copy(FIXTURES / "failed.envelope.bad", spool / "emailrelay.7.1700000000.1.envelope.bad")
+    store = SpoolStore(spool, fsync=False)
+    mid = MessageId.parse("emailrelay.7.1700000000.1")
+    assert store.append_envelope_line(mid, State.BAD, "X-MailRelay-Retry: 1")
+    raw = store.envelope_bytes(mid, State.BAD)
+    assert raw.endswith(b"X-MailRelay-ReasonCode: 550\r\nX-MailRelay-Retry: 1\r\n")
+    env = parse_envelope(raw)
+    assert env.reason == "5.7.1 rejected for testing" and env.extra_tail == ("X-MailRelay-Retry: 1",)
+    # a later failure by our relay replaces the reason and keeps the line
+    again = parse_envelope(env.with_failure("451 later", 451).to_bytes())
+    assert again.extra_tail == ("X-MailRelay-Retry: 1",) and again.reason == "451 later"
+    # and a later failure by upstream appends its reason lines after it: still readable
+    upstream = parse_envelope(raw + b"X-MailRelay-Reason: again\r\nX-MailRelay-ReasonCode: 550\r\n")
+    assert upstream.reason == "again" and upstream.extra_tail == ("X-MailRelay-Retry: 1",)
+    with pytest.raises(SpoolStoreError):
+        store.append_envelope_line(mid, State.BAD, "X-MailRelay-Retry: 1\r\nX-MailRelay-From: evil")
+    with pytest.raises(SpoolStoreError):
+        store.append_envelope_line(mid, State.BAD, "Subject: not ours")
+    with pytest.raises(SpoolStoreError):
+        store.append_envelope_line(mid, State.BUSY, "X-MailRelay-Retry: 1")
+    assert not store.append_envelope_line(MessageId.parse("emailrelay.7.1700000000.9"), State.BAD, "X-MailRelay-A: 1")
+
+
+def test_probe_writable_free_bytes_and_tool_files(spool: Path, tmp_path: Path) -> None:
+    store = SpoolStore(spool)
+    store.probe_writable()
+    assert list(spool.iterdir()) == []
+    assert store.free_bytes() > 0
+    store.write_tool_file("emailrelay-notify.state", b"x\n")
+    assert store.read_tool_file("emailrelay-notify.state") == b"x\n"
+    assert (spool / ".emailrelay-notify.state").exists()
+    assert list(store.scan()) == []  # never mistaken for a message
+    for bad in ("../x", "a/b", ".hidden", "emailrelay.1.2.3.envelope", ""):
+        with pytest.raises(SpoolStoreError):
+            store.tool_file(bad)
+    gone = SpoolStore(tmp_path / "file-not-dir")
+    (tmp_path / "file-not-dir").write_text("")
+    with pytest.raises(SpoolStoreError, match="not writable"):
+        gone.probe_writable()
+
+
+def test_make_due_and_content_helpers(spool: Path) -> None:
+    store = SpoolStore(spool, fsync=False)
+    mid = store.store_message(ENV, CONTENT)
+    later = time.time() + 600
+    os.utime(store.envelope_path(mid, State.READY), (later, later))
+    assert store.ready() == []
+    assert store.make_due(mid) and store.ready() == [mid]
+    assert store.content_size(mid) == len(CONTENT)
+    assert store.content_head(mid, 10) == CONTENT[:10]
+    assert store.content_size(MessageId.parse("emailrelay.1.1.1")) is None
+    assert store.content_head(MessageId.parse("emailrelay.1.1.1")) == b""
+    assert not store.make_due(MessageId.parse("emailrelay.1.1.1"))
