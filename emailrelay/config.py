@@ -68,6 +68,10 @@ class Config:
     as_client: bool = False
     single_process: bool = False
     admin_port: int | None = None
+    pop: bool = False
+    pop_port: int = 110
+    pop_by_name: bool = False
+    pop_no_delete: bool = False
     # authentication and TLS
     server_auth: str | None = None
     client_auth: str | None = None
@@ -241,6 +245,10 @@ def from_values(values: Values) -> Config:
     if values.get("admin") not in (None, False):
         c.admin_port = _int(values, "admin", 0)
     c.admin_terminate = bool(values.get("admin-terminate"))
+    c.pop = bool(values.get("pop"))
+    c.pop_port = _int(values, "pop-port", 110)
+    c.pop_by_name = bool(values.get("pop-by-name"))
+    c.pop_no_delete = bool(values.get("pop-no-delete"))
     for name in (
         "server-auth",
         "client-auth",

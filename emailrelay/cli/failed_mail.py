@@ -3,7 +3,9 @@
 What it is for: the guides' answers to ``.envelope.bad`` files, for cron:
 
 - ``emailrelay-notify [DIR]`` reports the ``.bad`` messages that are new
-  since its last run (a state file remembers what was reported), on stdout
+  since its last run (a state file remembers what was reported, for a week
+  after a message stops failing, so a resubmitted message that fails again
+  is not reported twice), on stdout
   (cron mails it) or, with ``--mail-to ADDR``, as a report message put into
   the spool for the relay to deliver.  Silent when nothing is new.
 - ``emailrelay-resubmit [DIR]`` turns ``.bad`` back into ``.envelope`` at
@@ -185,23 +187,29 @@ def _report_message(lines: list[str], n: int, to: list[str], sender: str, host: 
     return _crlf(headers) + body
 
 
-def _read_state(store: SpoolStore, state_file: str | None) -> set[str]:
-    data = Path(state_file).read_bytes() if state_file and Path(state_file).exists() else None
-    if not state_file:
+def _read_state(store: SpoolStore, state_file: str | None) -> dict[str, float]:
+    """Reported ids and when they were first reported ("<id> <unix-time>" lines, "#" comments)."""
+    if state_file:
+        path = Path(state_file)
+        data = path.read_bytes() if path.exists() else None
+    else:
         data = store.read_tool_file(NOTIFY_STATE)
-    if not data:
-        return set()
-    return {
-        line.strip()
-        for line in data.decode("utf-8", "replace").splitlines()
-        if line.strip()[:1] not in ("", "#")
-    }
+    state: dict[str, float] = {}
+    for line in (data or b"").decode("utf-8", "replace").splitlines():
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            state[fields[0]] = float(fields[1]) if len(fields) > 1 else 0.0
+        except ValueError:
+            state[fields[0]] = 0.0
+    return state
 
 
-def _write_state(store: SpoolStore, state_file: str | None, ids: Iterable[str]) -> None:
-    data = (
-        "# emailrelay-notify: .bad messages already reported\n" + "".join(f"{i}\n" for i in sorted(ids))
-    ).encode()
+def _write_state(store: SpoolStore, state_file: str | None, state: dict[str, float]) -> None:
+    lines = ["# emailrelay-notify: failed messages already reported (id, time first reported)"]
+    lines += [f"{mid} {int(t)}" for mid, t in sorted(state.items())]
+    data = ("\n".join(lines) + "\n").encode()
     if not state_file:
         store.write_tool_file(NOTIFY_STATE, data)
         return
@@ -225,14 +233,22 @@ def notify(argv: list[str], out: TextIO, err: TextIO) -> int:
     p.add_argument("--local", action="store_true", help="--mail-to names local (POP) mailboxes")
     p.add_argument("--from", dest="sender", default="", help="envelope sender of the report (default: <>)")
     p.add_argument("--all", action="store_true", help="report every .bad message, not only new ones")
+    p.add_argument(
+        "--forget-after",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="remember a reported message this long after it stopped failing (default 7)",
+    )
     p.add_argument("--dry-run", "-n", action="store_true", help="do not update the state file")
     args = p.parse_args(argv)
     spool = _spool_of(args)
     store = open_store(spool)
     items = failed_messages(store)
+    now = time.time()
     current = {str(i.id) for i in items}
-    seen = set() if args.all else _read_state(store, args.state_file)
-    fresh = [i for i in items if str(i.id) not in seen]
+    state = _read_state(store, args.state_file)
+    fresh = [i for i in items if args.all or str(i.id) not in state]
     if fresh:
         host = _hostname()
         lines = notify_report(fresh, str(store.directory), host)
@@ -250,8 +266,11 @@ def notify(argv: list[str], out: TextIO, err: TextIO) -> int:
         else:
             out.write("\n".join(lines) + "\n")
             out.flush()
-    if not args.dry_run and (fresh or seen != current):
-        _write_state(store, args.state_file, current)
+    keep = args.forget_after * 86400
+    new_state = {mid: t for mid, t in state.items() if mid in current or now - t < keep}
+    new_state.update({str(i.id): now for i in fresh if str(i.id) not in new_state})
+    if not args.dry_run and new_state != state:
+        _write_state(store, args.state_file, new_state)
     return 0
 
 

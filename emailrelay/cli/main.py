@@ -28,10 +28,7 @@ from .helptext import help_text, version_text
 from .parse import Value, expand_shorthands, parse_command_line
 
 #: Options accepted by the parser whose feature has not landed yet; using one is an error, not a no-op.
-NOT_IMPLEMENTED = (
-    "pop", "pop-auth", "pop-by-name", "pop-no-delete",
-    "dnsbl",
-)  # fmt: skip
+NOT_IMPLEMENTED = ("dnsbl",)
 
 
 def _events(argv: list[str]) -> int:
@@ -66,8 +63,9 @@ def _bounce(argv: list[str]) -> int:
 
 def _metrics(argv: list[str]) -> int:
     from ..services.metrics import main as metrics_main
+    from .supervisor import default_run_dir
 
-    return metrics_main(argv)
+    return metrics_main(argv, default_run_dir)
 
 
 #: Operator tools run as ``emailrelay <tool> ...`` (never an option, so no clash with config files).
@@ -156,6 +154,10 @@ def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
         check_run_dir(run_dir_for(config))
     security.server_security(config)  # secrets files and certificates: errors now, naming file and line
     security.client_security(config)
+    if config.pop:
+        from ..services.pop3d import pop_security
+
+        pop_security(config)
     cwd = os.getcwd()
     bound: list[listeners.Bound] = []
     single_shot = config.as_client or config.dont_serve
@@ -165,6 +167,8 @@ def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
         ports["smtp"] = config.port
     if config.admin_port is not None and not single_shot:
         ports["admin"] = config.admin_port
+    if config.pop and not single_shot:
+        ports["pop"] = config.pop_port
     if ports:
         bound = listeners.bind_all(listeners.plan(config.interfaces, ports))
         for b in bound:

@@ -31,7 +31,7 @@ from ..services import roles  # noqa: E402
 from .main import app_dir, log_config  # noqa: E402
 from .parse import expand_shorthands, parse_command_line  # noqa: E402
 
-ROLES = ("smtp", "forward", "notify", "bus", "admin")
+ROLES = ("smtp", "forward", "notify", "bus", "admin", "pop")
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(roles.run_smtp(config, args.fd, args.run_dir))
         if args.role == "forward":
             return _run(roles.run_forward(config, args.run_dir, (args.index - 1) % args.count, args.count))
+        if args.role == "pop":
+            return _run(roles.run_pop(config, args.fd, args.run_dir))
         if args.role == "admin":
             return _run(roles.run_admin(config, args.fd, args.run_dir, args.listen))
         return _run(roles.run_notify(config, args.run_dir, config.notify_polling))

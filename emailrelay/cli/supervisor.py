@@ -187,6 +187,19 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
                 **common,
             )
         )
+    pop_sockets = [s for s in sockets if s.name.startswith("pop")]
+    if pop_sockets:
+        fd_args = [a for s in pop_sockets for a in ("--fd", f"$(circus.sockets.{s.name})")]
+        watchers.append(
+            Watcher(
+                "pop",
+                python,
+                args=[*role[1:], "pop", "--run-dir", rd, *fd_args, *tail],
+                use_sockets=True,
+                priority=5,
+                **common,
+            )
+        )
     admin_sockets = [s for s in sockets if s.name.startswith("admin")]
     if admin_sockets:
         fd_args = [a for s in admin_sockets for a in ("--fd", f"$(circus.sockets.{s.name})")]

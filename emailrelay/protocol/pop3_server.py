@@ -407,12 +407,18 @@ class Pop3Server:
         self._deleted: set[int] = set()
         self._retrieving = False
         self._raw_arg = b""
+        self._quit = False  # QUIT seen, or the service ended the session
 
     # ------------------------------------------------------------- properties
 
     @property
     def phase(self) -> Phase:
         return self._phase
+
+    @property
+    def peer_ended(self) -> bool:
+        """The peer closed its side (EOF) without ending the session with QUIT."""
+        return self._peer_ended and not self._closing and not self._quit
 
     @property
     def tls(self) -> bool:
@@ -603,6 +609,7 @@ class Pop3Server:
         """The service ends the session (timeout, shutdown): no more events but ConnectionClosed."""
         self._pending = None
         self._events.clear()
+        self._quit = True
         self._phase = Phase.CLOSED
 
     # ------------------------------------------------------------- commands
@@ -661,6 +668,7 @@ class Pop3Server:
 
     def _cmd_quit(self, line: str, arg: str) -> None:
         self._errors = 0
+        self._quit = True
         if self._phase is Phase.TRANSACTION:
             self._phase = Phase.UPDATE
             self._events.append(Update(line, self.deleted))
@@ -670,6 +678,7 @@ class Pop3Server:
         self._closing = True
 
     def _cmd_user(self, line: str, arg: str) -> None:
+        arg = arg.strip()
         if not arg:
             self._user = None
             self._error(ProtocolError(line, "-ERR missing user name"))

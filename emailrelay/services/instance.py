@@ -148,10 +148,17 @@ class Instance:
                 smtpd.enabled = topic == schema.CMD_SMTP_ENABLE
 
         admin_servers = []
+        pop = None
         try:
             smtp_socks = [b.sock for b in self.smtp_sockets if b.spec.service == "smtp"]
             if smtp_socks:
                 await smtpd.start(smtp_socks)
+            pop_socks = [b.sock for b in self.smtp_sockets if b.spec.service == "pop"]
+            if pop_socks:
+                from .pop3d import build_pop_service
+
+                pop = build_pop_service(config, store, executor=executor)
+                await pop.start(pop_socks)
             admin_socks = [b.sock for b in self.smtp_sockets if b.spec.service == "admin"]
             if admin_socks:
                 from .admin import AdminContext, AdminSession
@@ -173,6 +180,8 @@ class Instance:
         finally:
             for server in admin_servers:
                 server.close()
+            if pop is not None:
+                await pop.stop(STOP_GRACE)
             await smtpd.stop(STOP_GRACE)
             if forwarder is not None:
                 await forwarder.stop()

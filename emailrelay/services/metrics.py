@@ -39,8 +39,9 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -266,9 +267,12 @@ async def run_metrics(
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``emailrelay metrics``: the role by hand (circusd users, a separate systemd unit, tests)."""
-    from pathlib import Path
+def main(argv: list[str] | None = None, default_run_dir: Callable[[Path], Path] | None = None) -> int:
+    """``emailrelay metrics``: the role by hand (circusd users, a separate systemd unit, tests).
+
+    ``default_run_dir`` maps the spool directory to the supervisor's run
+    directory (the front end passes the supervisor's own rule).
+    """
 
     from .listeners import parse_host_port
 
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve Prometheus /metrics and /healthz for a relay supervised on this spool.",
     )
     p.add_argument("--spool-dir", "-s", default="/var/spool/emailrelay")
-    p.add_argument("--run-dir", help="the relay's run directory (default: SPOOL/.emailrelay-run)")
+    p.add_argument("--run-dir", help="the relay's run directory (default: as the relay chooses it)")
     p.add_argument(
         "--listen", default=f"127.0.0.1:{DEFAULT_PORT}", help=f"HOST:PORT (default 127.0.0.1:{DEFAULT_PORT})"
     )
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         no_smtp=args.no_smtp,
         user=args.user,
     )
-    run_dir = args.run_dir or str(spool / ".emailrelay-run")
+    run_dir = args.run_dir or str((default_run_dir or (lambda d: d / ".emailrelay-run"))(spool))
     options = MetricsOptions(min_free=args.min_free * 1024 * 1024, forwarding=args.forwarding)
     try:
         return asyncio.run(run_metrics(config, run_dir, host.strip("[]"), port, options))

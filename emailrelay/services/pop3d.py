@@ -41,16 +41,17 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, TypeVar, cast
 
 from .. import log as logmod
 from ..auth import tls
+from ..config import Config
 from ..protocol import pop3_server as pp
 from ..protocol.sasl import Challenge, Failure, SaslServer, Success
-from ..spool.store import POP_KEPT, PopMaildrop, PopMessage, SpoolStore, SpoolStoreError
+from ..spool.store import POP_DELETED, POP_KEPT, PopMaildrop, PopMessage, SpoolStore, SpoolStoreError
 from .listeners import format_address, is_local_address
-from .security import ServerSecurity
+from .security import ServerSecurity, server_security
 
 TLS_HANDSHAKE_TIMEOUT = 30.0
 CHUNK_SIZE = 256 * 1024
@@ -122,6 +123,40 @@ class PopService:
             await server.wait_closed()
 
 
+def pop_security(config: Config) -> ServerSecurity:
+    """``--pop-auth`` secrets; STLS with ``--server-tls`` (``--server-tls-connection`` is SMTP only);
+    ``--server-tls-required`` applies; ``--server-auth-config`` does not (it is the SMTP server's)."""
+    sec = server_security(config, secrets_path=config.pop_auth or "")
+    return replace(
+        sec,
+        auth_config=None,
+        tls_context=sec.tls_context if config.server_tls else None,
+        tls_implicit=False,
+    )
+
+
+def build_pop_service(
+    config: Config,
+    store: SpoolStore,
+    *,
+    executor: ThreadPoolExecutor | None = None,
+    log: logmod.Log | None = None,
+) -> PopService:
+    """The POP service of a configuration (``--pop``, ``--pop-by-name``, ``--pop-no-delete``, ``--pop-auth``)."""
+    options = PopServiceOptions(
+        by_name=bool(getattr(config, "pop_by_name", False)),
+        no_delete=bool(getattr(config, "pop_no_delete", False)),
+        idle_timeout=config.idle_timeout,
+        remote_clients=config.remote_clients,
+        domain=config.domain,
+        max_connections=config.max_connections,
+    )
+    service = PopService(options, store, pop_security(config), executor=executor, log=log)
+    if config.pop_auth:
+        service.log.info(f'pop server authentication secrets from "{config.pop_auth}"')
+    return service
+
+
 class _Closed(Exception):
     """The connection went away while a task was working for it."""
 
@@ -152,6 +187,10 @@ class PopSession(asyncio.Protocol):
         self._lost_event = asyncio.Event()
         self._last_activity = time.monotonic()
         self._idle_handle: asyncio.TimerHandle | None = None
+        # decrypted bytes that arrive while start_tls() is finishing (TLS 1.3 clients send their
+        # first command together with the handshake's end); plaintext never gets here: reading
+        # is paused the moment STLS is accepted
+        self._tls_early: list[bytes] | None = None
 
     @property
     def task_running(self) -> bool:
@@ -196,6 +235,9 @@ class PopSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = time.monotonic()
+        if self._tls_early is not None:
+            self._tls_early.append(bytes(data))
+            return
         self.proto.receive_data(data)
         self._pump()
 
@@ -368,7 +410,7 @@ class PopSession(asyncio.Protocol):
     def _on_closed(self) -> None:
         if self._closing:
             return
-        self._closing = True
+        self._closing = not self.proto.peer_ended  # QUIT or our decision, not the peer's EOF
         self._flush()
         if self.transport is not None:
             self.transport.close()
@@ -392,7 +434,7 @@ class PopSession(asyncio.Protocol):
         secret = secrets.server_lookup("APOP", ev.user) if secrets is not None else None
         if secret is None or secret.kind != "plain":
             return self._login_failed(ev.user, "APOP", f"no plain secret for [{ev.user}]")
-        expected = hashlib.md5(ev.timestamp.encode("ascii") + secret.secret).hexdigest()
+        expected = hashlib.md5(ev.timestamp.encode("utf-8") + secret.secret).hexdigest()
         if not hmac.compare_digest(expected.encode(), ev.digest.encode("utf-8", "replace")):
             return self._login_failed(ev.user, "APOP", f"wrong APOP digest for [{ev.user}]")
         return self._login(Success(ev.user, "APOP", secret.line, secret.kind))
@@ -489,6 +531,7 @@ class PopSession(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
             self._reading_paused = True
+        self._tls_early = []
         return self._start_tls(sec.tls_context)
 
     async def _start_tls(self, context: ssl.SSLContext) -> None:
@@ -513,6 +556,9 @@ class PopSession(asyncio.Protocol):
         self._reading_paused = False  # the TLS transport reads afresh
         self._tls_up(new_transport)
         self.proto.tls_established()
+        early, self._tls_early = self._tls_early or [], None
+        for data in early:
+            self.proto.receive_data(data)
 
     # -- RETR / TOP
     def _on_retrieve(self, ev: pp.Retrieve) -> Awaitable[None]:
@@ -582,8 +628,10 @@ class PopSession(asyncio.Protocol):
                 if result == POP_KEPT:
                     ok = False
                     self.log.warning(f"pop: not deleting [{mid}]: it is no longer ready (being forwarded?)")
-                else:
+                elif result == POP_DELETED:
                     self.log.verbose(f"pop: deleted [{mid}]")
+                else:
+                    self.log.verbose(f"pop: [{mid}] already gone")
         self._release()
         self._check_alive()
         self.proto.update_done(ok)

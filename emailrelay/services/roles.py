@@ -226,3 +226,19 @@ async def run_admin(config: Config, fds: list[int], run_dir: str, listen: list[s
                 session.transport.abort()
         bus.close()
     return 0
+
+
+async def run_pop(config: Config, fds: list[int], run_dir: str) -> int:
+    from .pop3d import build_pop_service
+
+    sockets = [socket.socket(fileno=fd) for fd in fds]
+    drop_privileges(config)
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool")
+    pop = build_pop_service(config, open_store(config), executor=executor)
+    await pop.start(sockets)
+    try:
+        await _until_stopped()
+    finally:
+        await pop.stop(5.0)
+        executor.shutdown(wait=True)
+    return 0

@@ -182,6 +182,7 @@ class SmtpSession(asyncio.Protocol):
         self.client_certificate = ""
         self.trusted_keyword: str | None = None
         self._sasl: SaslServer | None = None
+        self._tls_early: list[bytes] | None = None
         self._auth_failures = 0
         self.helo = ""
         self.extended = False
@@ -239,6 +240,10 @@ class SmtpSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = time.monotonic()
+        if self._tls_early is not None:
+            # decrypted data that arrived with the end of the handshake, before start_tls() returned
+            self._tls_early.append(data)
+            return
         self.proto.receive_data(data)
         self._pump()
 
@@ -316,22 +321,28 @@ class SmtpSession(asyncio.Protocol):
     async def _start_tls(self, context: ssl.SSLContext) -> None:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
+        self._tls_early = []
         try:
             new_transport = await loop.start_tls(
                 self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self._tls_early = None
             self.log.warning(f"tls error: {exc}", self.peer.host)
             self._closing = True
             if self.transport is not None:
                 self.transport.abort()
             return
         if new_transport is None:
+            self._tls_early = None
             return
         self.transport = cast(asyncio.Transport, new_transport)
         self._reading_paused = False  # the TLS transport reads afresh
         self._tls_up(new_transport)
         self.proto.tls_established(self._session_config())
+        early, self._tls_early = self._tls_early or [], None
+        for data in early:
+            self.proto.receive_data(data)  # pumped when this task finishes
 
     def _on_auth(self, ev: sp.AuthStart) -> Awaitable[None] | None:
         self._trace_rx(ev.line)

@@ -211,7 +211,7 @@ def test_build_dsn_is_rfc3464() -> None:
     assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
     msg, (per_message, per_recipient) = parse_dsn(data)
-    assert msg["To"] == "<a@example.com>" and msg["Auto-Submitted"] == "auto-replied"
+    assert msg["To"].addresses[0].addr_spec == "a@example.com" and msg["Auto-Submitted"] == "auto-replied"
     assert per_message["Reporting-MTA"] == "dns; relay.example.com"
     assert per_message["Arrival-Date"]
     assert per_recipient["Final-Recipient"] == "rfc822; b@example.net"

@@ -600,3 +600,50 @@ def test_top_of_a_large_message_reads_little(tmp_path: Path) -> None:
         assert p.top(1, 2)[1] == [b"Subject: big", b"", b"line", b"line"]
         assert time.monotonic() - t0 < 2.0
         p.quit()
+
+
+def test_pop_and_forwarder_race_never_both_remove(tmp_path: Path) -> None:
+    import random
+    import threading
+
+    with pop_harness(tmp_path) as h:
+        ids = {str(h.put(f"Subject: {i}\r\n\r\nx\r\n".encode())) for i in range(150)}
+        forwarded: set[str] = set()
+        stop = threading.Event()
+
+        def forwarder() -> None:
+            rng = random.Random(7)
+            while not stop.is_set():
+                ready = h.store.ready(ignore_backoff=True)
+                if not ready:
+                    time.sleep(0.005)
+                    continue
+                claim = h.store.claim(rng.choice(ready))
+                if claim is not None:
+                    time.sleep(0.002)
+                    claim.remove()
+                    forwarded.add(str(claim.id))
+
+        thread = threading.Thread(target=forwarder)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 60
+            while h.store.ready(ignore_backoff=True) and time.monotonic() < deadline:
+                p = h.login()
+                count = p.stat()[0]
+                for n in range(1, count + 1):
+                    p.dele(n)
+                try:
+                    p.quit()
+                except poplib.error_proto as exc:
+                    assert b"some deleted messages not removed" in exc.args[0]
+                h.wait_idle()
+        finally:
+            stop.set()
+            thread.join()
+        log = h.log_text()
+    popped = set(re.findall(r"pop: deleted \[(emailrelay\.[0-9.]+)\]", log))
+    assert not popped & forwarded, "a message was removed by both"
+    assert popped | forwarded == ids
+    assert "pop session error" not in log
+    assert h.files() == set()

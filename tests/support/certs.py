@@ -53,7 +53,9 @@ def _self_signed(d: Path, name: str, cn: str) -> Path:
 
 
 def _issue(d: Path, name: str, cn: str, days: str, san: str | None) -> Path:
-    openssl("req", "-noenc", "-subj", f"/CN={cn}", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+    openssl(
+        "req", "-noenc", "-subj", f"/CN={cn}", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d
+    )
     extra: list[str] = []
     if san:
         (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")

@@ -247,7 +247,9 @@ def wait_for_bus(rdir: Path, timeout: float = 20.0) -> None:
 
 # ---- clients ----------------------------------------------------------------------------
 def content(mid: str, body: str = "hello") -> str:
-    return f"From: a@example.com\r\nTo: b@example.net\r\nSubject: {mid}\r\nMessage-ID: <{mid}>\r\n\r\n{body}\r\n"
+    return (
+        f"From: a@example.com\r\nTo: b@example.net\r\nSubject: {mid}\r\nMessage-ID: <{mid}>\r\n\r\n{body}\r\n"
+    )
 
 
 def send_mail(port: int, mid: str, timeout: float = 20.0) -> None:
@@ -359,62 +361,3 @@ def supervised_relay(
 def print_log(relay: Relay, lines: int = 60) -> None:
     print(f"---- {relay.log_path.name} (last {lines} lines)")
     print("\n".join(relay.log().splitlines()[-lines:]))
-
-
-class BusWatcher:
-    """A subscriber to every topic of a relay's bus, in a thread (through the product's BusClient).
-
-    It may be started before the relay: ZeroMQ keeps retrying the ``ipc://``
-    connection until the ``bus`` role binds it, so even ``role.started`` of
-    the first roles is seen.  ``events`` holds ``(topic, body)`` pairs.
-    """
-
-    def __init__(self, rdir: Path) -> None:
-        self.rdir = rdir
-        self.events: list[tuple[str, dict[str, object]]] = []
-        self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="bus-watcher", daemon=True)
-        self._task: asyncio.Task[None] | None = None
-
-    def __enter__(self) -> BusWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        from emailrelay.bus import schema
-        from emailrelay.bus.endpoint import BusClient
-
-        async def main() -> None:
-            self._task = asyncio.current_task()
-            bus = BusClient(str(self.rdir))
-            bus.subscribe(schema.ALL_TOPICS)
-            try:
-                async for topic, body in bus.messages():
-                    with self._lock:
-                        self.events.append((topic, body))
-            except asyncio.CancelledError:
-                pass
-            finally:
-                bus.close()
-
-        self.rdir.mkdir(parents=True, exist_ok=True)
-        self._loop.run_until_complete(main())
-        self._loop.close()
-
-    def started(self, role: str) -> set[int]:
-        """Pids that published ``role.started`` for ``role``."""
-        with self._lock:
-            return {
-                int(str(b.get("pid")))
-                for t, b in self.events
-                if t == "role.started" and b.get("role") == role
-            }
-
-    def wait_started(self, role: str, pids: list[int], timeout: float = 20.0) -> None:
-        assert poll(lambda: set(pids) <= self.started(role), timeout), (role, pids, self.started(role))

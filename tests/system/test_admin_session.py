@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool.envelope import Envelope
-from emailrelay.spool.names import State
 from emailrelay.spool.store import SpoolStore
 from tests.support.relay import free_port
 from tests.support.sink_counter import (
@@ -71,7 +70,9 @@ def _lines(reply: bytes) -> list[str]:
 
 def _failed_message(spool: Path, reason: str) -> str:
     store = SpoolStore(spool)
-    mid = store.store_message(Envelope("a@example.com", to_remote=("b@example.net",)), content("bad@test").encode())
+    mid = store.store_message(
+        Envelope("a@example.com", to_remote=("b@example.net",)), content("bad@test").encode()
+    )
     claim = store.claim(mid)
     assert claim is not None
     claim.fail(reason, 550)
@@ -140,12 +141,13 @@ def test_upstream_commands_without_forward_to_and_terminate(tmp_path: Path) -> N
             assert poll(lambda: smtp_greeting(relay.port).startswith(b"220 "), 10)
             assert _lines(admin.cmd("smtp")) == ["usage: smtp {enable|disable}"]
 
-            # notify: events are pushed to this session, without a prompt
-            assert admin.cmd("notify") == PROMPT
-            send_mail(relay.port, "notified@test")
-            pushed = admin.read_until(b"\r\n", 15)
-            assert pushed.startswith(b"smtp.accepted {")
-            assert b"E-MailRelay>" not in pushed
+            # notify: events are pushed to that session, without a prompt
+            with AdminClient(admin_port) as watcher:
+                assert watcher.cmd("notify") == PROMPT
+                send_mail(relay.port, "notified@test")
+                pushed = watcher.read_until(b"\r\n", 15)
+                assert pushed.startswith(b"smtp.accepted {")
+                assert b"E-MailRelay>" not in pushed
 
             assert _lines(admin.cmd("roles")) == [
                 "admin: active (1 process)",

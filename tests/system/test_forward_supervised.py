@@ -23,6 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from emailrelay.spool.envelope import Envelope
+from emailrelay.spool.store import SpoolStore
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.relay import program, start_relay, wait_until
 from tests.support.sink import simple_content, states
@@ -77,13 +79,16 @@ def test_disconnect_forwards_messages_nobody_rang_for(tmp_path: Path) -> None:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
         "FWDTEST_SLOW_ROLE_MARKER": str(marker),
     }
+    spool = tmp_path / "relay-spool"
+    spool.mkdir()
+    # found by the forward role's start-up rescan: once it arrives, the forwarder is up
+    before = Envelope("a@example.com", to_remote=("w@example.net",))
+    SpoolStore(spool).store_message(before, simple_content("before@test"))
     with FakeSmtp() as hop:
-        relay = start_relay(
-            tmp_path, "--as-proxy", hop.address, "--log-file", str(tmp_path / "proxy.log"), env=env
-        )
+        log_file = str(tmp_path / "proxy.log")
+        relay = start_relay(tmp_path, "--as-proxy", hop.address, "--log-file", log_file, env=env, spool=spool)
         try:
-            _send(relay.port, "before@test")
-            assert hop.wait_for_messages(1, timeout=15), "the relay does not forward at all"
+            assert hop.wait_for_messages(1, timeout=20), "the relay does not forward at all"
             marker.write_text("notify")
             notify = _role_pid(relay.pid, "notify")
             os.kill(notify, signal.SIGKILL)

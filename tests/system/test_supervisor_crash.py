@@ -13,6 +13,7 @@ Issue "Supervised multi-process relay":
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,10 +23,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from emailrelay.spool.envelope import Envelope
+from emailrelay.spool.names import State
+from emailrelay.spool.store import SpoolStore
 from tests.support.relay import program
+from tests.support.sink import states
 from tests.support.sink_counter import (
-    BusWatcher,
     CountingSink,
+    content,
     poll,
     print_log,
     role_pids,
@@ -35,7 +40,6 @@ from tests.support.sink_counter import (
     supervised_relay,
     wait_for_bus,
 )
-from tests.support.sink import states
 
 
 def _index(pid: int) -> int:
@@ -54,6 +58,14 @@ def _holder(forward_pids: list[int], busy: Path) -> int | None:
     return None
 
 
+def _plant_orphaned_claim(spool: Path, mid: str) -> None:
+    """A ``.busy`` envelope nobody holds a lock on, as a crashed forwarder leaves it."""
+    spool.mkdir(parents=True, exist_ok=True)
+    store = SpoolStore(spool)
+    sid = store.store_message(Envelope("a@example.com", to_remote=("b@example.net",)), content(mid).encode())
+    store.envelope_path(sid, State.READY).rename(store.envelope_path(sid, State.BUSY))
+
+
 @pytest.mark.parametrize(
     "victim_wid",
     [
@@ -70,22 +82,26 @@ def _holder(forward_pids: list[int], busy: Path) -> int | None:
     ],
 )
 def test_kill_9_of_a_forward_worker_mid_message(tmp_path: Path, victim_wid: int) -> None:
+    spool = tmp_path / "relay-spool"
+    _plant_orphaned_claim(spool, "orphan@test")
     with (
-        CountingSink(final_delay=60.0) as sink,
-        BusWatcher(run_dir(tmp_path / "relay-spool")) as bus,
+        CountingSink() as sink,
         supervised_relay(
             tmp_path, "--workers", "forward=2", "--forward-to", sink.address, "--poll", "1",
             roles={"bus": 1, "notify": 1, "forward": 2, "smtp": 1},
         ) as relay,
     ):  # fmt: skip
         forwarders = role_pids(relay.pid)["forward"]
-        bus.wait_started("forward", forwarders)  # both past their start-up recovery
+        # the start-up recovery (worker 1's) returned the planted claim: it is past its start
+        assert sink.wait_for(["orphan@test"], 20), states(relay.spool)
+        sink.final_delay = 60.0  # from now on the next hop sits on the final dot
+        dots = sink.dots
         victim = next(p for p in forwarders if _index(p) == victim_wid)
         other = next(p for p in forwarders if p != victim)
         os.kill(other, signal.SIGSTOP)  # so that the victim is the one that claims the message
         try:
             send_mail(relay.port, "slow@test")
-            assert poll(lambda: sink.dots >= 1, 20), "the message never reached the final dot"
+            assert poll(lambda: sink.dots > dots, 20), "the message never reached the final dot"
         finally:
             os.kill(other, signal.SIGCONT)
         busy = [p for p in relay.spool.iterdir() if p.name.endswith(".envelope.busy")]
@@ -103,28 +119,33 @@ def test_kill_9_of_a_forward_worker_mid_message(tmp_path: Path, victim_wid: int)
         assert poll(lambda: not states(relay.spool), 10), states(relay.spool)
         time.sleep(1.5)  # a poll period more: no second delivery
         assert sink.count("slow@test") == 1
+        assert sink.count("orphan@test") == 1
         assert len(role_pids(relay.pid)["forward"]) == 2
 
 
-def _events_see_accepted(relay_port: int, spool: Path, mid: str) -> bool:
-    """``emailrelay events`` shows the ``smtp.accepted`` of a message sent while it runs."""
+def _topics_seen(relay_port: int, spool: Path, mid: str) -> set[str]:
+    """The topics ``emailrelay events --count 8`` prints while messages keep flowing.
+
+    Eight events hold at least one message's whole path (accepted, ready twice, done),
+    however late the subscriber joins."""
     proc = subprocess.Popen(
-        [program(), "events", "--json", "--count", "1", "--spool-dir", str(spool)],
+        [program(), "events", "--json", "--count", "8", "--spool-dir", str(spool)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 20
         n = 0
         while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)  # subscribing takes a moment: keep sending until one is seen
             send_mail(relay_port, f"{mid}.{n}")
             n += 1
-        out = proc.stdout.read() if proc.poll() is not None and proc.stdout else ""
-        return proc.returncode == 0 and '"topic":"smtp.accepted"' in out
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        return {json.loads(line)["topic"] for line in out.splitlines()}
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait(5)
+            proc.wait(5)
 
 
 def test_kill_9_of_the_bus_role(tmp_path: Path) -> None:
@@ -151,7 +172,8 @@ def test_kill_9_of_the_bus_role(tmp_path: Path) -> None:
         assert role_pids(relay.pid)["bus"] != [bus]
         wait_for_bus(run_dir(relay.spool))
         # the other roles reconnect to the new bus: their events are seen again
-        assert _events_see_accepted(relay.port, relay.spool, "after-bus@test")
+        topics = _topics_seen(relay.port, relay.spool, "after-bus@test")
+        assert {"smtp.accepted", "spool.ready", "forward.done"} <= topics
         assert poll(lambda: not states(relay.spool), 15), states(relay.spool)
 
 

@@ -1,0 +1,569 @@
+"""TLS on the forwarding side: --client-tls, --client-tls-connection, --client-tls-required,
+--client-tls-verify, --client-tls-verify-name, with --client-auth over the encrypted session.
+
+The next hop is :class:`TlsSmtpServer`, a small STARTTLS-capable SMTP server
+defined here (asyncio streams, TLS through ``loop.start_tls``): it can demand
+STARTTLS before AUTH and MAIL, demand AUTH (PLAIN, LOGIN, XOAUTH2) before
+MAIL, run implicit TLS, and records what it saw — commands, who
+authenticated, whether the session was encrypted, the messages.  The
+relay forwards with ``emailrelay --as-client`` (a real subprocess), except
+one test that runs the supervised daemon (circus) with ``--forward-to``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import smtplib
+import ssl
+import subprocess
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from emailrelay.spool import envelope as envmod
+from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
+from tests.support.relay import program, spool_files, start_relay, wait_until
+
+pytestmark = [
+    pytest.mark.skipif(not HAVE_OPENSSL, reason="needs the openssl command"),
+    pytest.mark.timeout(60),
+]
+
+BODY = b"Subject: tls test\r\nMessage-ID: <tls-test@example.com>\r\n\r\nhello over tls\r\n"
+
+
+# ------------------------------------------------------------------ the next hop
+
+
+@dataclass
+class Delivery:
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
+    user: str | None  # who authenticated on that connection
+    mechanism: str | None
+    tls: bool
+    mail_params: str
+
+
+@dataclass
+class AuthAttempt:
+    mechanism: str
+    user: str
+    secret: str  # password or bearer token, as received
+    ok: bool
+    tls: bool
+
+
+@dataclass
+class TlsSmtpServer:
+    """A scriptable STARTTLS/implicit-TLS SMTP server on its own event-loop thread.
+
+    ``starttls_reply`` is written in one ``write`` in answer to STARTTLS:
+    a malicious server can append a second reply to it (the injection test).
+    ``accounts`` maps user -> password for PLAIN/LOGIN, ``tokens`` user ->
+    bearer token for XOAUTH2.  Plaintext pipelined after STARTTLS is
+    recorded in ``protocol_errors`` and discarded.
+    """
+
+    certificate: Path | None = None
+    starttls: bool = True
+    implicit: bool = False
+    require_tls: bool = True
+    require_auth: bool = True
+    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    accounts: dict[str, str] = field(default_factory=lambda: {"alice": "alice-secret"})
+    tokens: dict[str, str] = field(default_factory=dict)
+    starttls_reply: bytes = b"220 2.0.0 ready to start TLS\r\n"
+    client_ca: Path | None = None  # demand a client certificate signed by this CA
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    auths: list[AuthAttempt] = field(default_factory=list)
+    commands: list[tuple[int, bool, str]] = field(default_factory=list)  # (connection, tls, line)
+    tls_errors: list[str] = field(default_factory=list)
+    protocol_errors: list[str] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+        self._context: ssl.SSLContext | None = None
+        if self.certificate is not None:
+            self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._context.load_cert_chain(self.certificate)
+            if self.client_ca is not None:
+                self._context.verify_mode = ssl.CERT_REQUIRED
+                self._context.load_verify_locations(self.client_ca)
+
+    # -- life cycle
+
+    def __enter__(self) -> TlsSmtpServer:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                task.cancel()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _start(self) -> asyncio.AbstractServer:
+        self._loop.set_exception_handler(self._loop_error)
+        ssl_arg = self._context if self.implicit else None
+        return await asyncio.start_server(self._session, "127.0.0.1", 0, ssl=ssl_arg)
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        self.tls_errors.append(str(context.get("exception") or context.get("message")))
+
+    def wait_for_deliveries(self, n: int, timeout: float = 20.0) -> bool:
+        return wait_until(lambda: len(self.deliveries) >= n, timeout)
+
+    def verbs(self, connection: int | None = None) -> list[str]:
+        return [line.split(" ", 1)[0].upper() for c, _, line in self.commands if connection in (None, c)]
+
+    # -- one session
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = self.connections
+        s = _State(tls=writer.get_extra_info("ssl_object") is not None)
+        try:
+            await self._converse(conn, s, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError) as exc:
+            self.tls_errors.append(f"connection {conn}: {exc!r}")
+        finally:
+            writer.close()
+
+    async def _converse(
+        self, conn: int, s: _State, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        async def send(text: str) -> None:
+            writer.write(text.encode() + b"\r\n")
+            await writer.drain()
+
+        async def line() -> str | None:
+            raw = await reader.readline()
+            return raw.decode("utf-8", "replace").rstrip("\r\n") if raw else None
+
+        await send("220 tls.test ESMTP ready")
+        while (text := await line()) is not None:
+            self.commands.append((conn, s.tls, text))
+            verb, _, arg = text.partition(" ")
+            verb = verb.upper()
+            if verb in ("EHLO", "HELO"):
+                s.reset()
+                ext = ["8BITMIME"]
+                if self.starttls and not s.tls and not self.implicit:
+                    ext.append("STARTTLS")
+                if self.mechanisms and (s.tls or not self.require_tls):
+                    ext.append("AUTH " + " ".join(self.mechanisms))
+                lines = ["tls.test hello", *ext]
+                await send(
+                    "\r\n".join(f"250{'-' if i < len(lines) - 1 else ' '}{t}" for i, t in enumerate(lines))
+                )
+            elif verb == "STARTTLS":
+                if s.tls or not self.starttls or self._context is None:
+                    await send("502 5.5.1 no STARTTLS here")
+                    continue
+                writer.write(self.starttls_reply)
+                await writer.drain()
+                pending = bytes(getattr(reader, "_buffer", b""))
+                if pending:
+                    self.protocol_errors.append(f"plaintext pipelined after STARTTLS: {pending!r}")
+                    reader._buffer.clear()
+                await writer.start_tls(self._context)
+                s.tls, s.user, s.mechanism = True, None, None
+                s.reset()
+            elif verb == "AUTH":
+                await self._auth(arg, s, send, line)
+            elif verb == "MAIL":
+                if self.require_tls and not s.tls:
+                    await send("530 5.7.0 must issue STARTTLS first")
+                elif self.require_auth and s.user is None:
+                    await send("530 5.7.0 authentication required")
+                else:
+                    address, _, params = arg.partition(":")[2].partition(" ")
+                    s.mail_from, s.params = address.strip("<>"), params
+                    await send("250 2.1.0 sender ok")
+            elif verb == "RCPT":
+                if s.mail_from is None:
+                    await send("503 5.5.1 need MAIL first")
+                else:
+                    s.rcpts.append(arg.partition(":")[2].strip().strip("<>"))
+                    await send("250 2.1.5 recipient ok")
+            elif verb == "DATA":
+                if not s.rcpts:
+                    await send("503 5.5.1 need RCPT first")
+                    continue
+                await send("354 go ahead")
+                data = bytearray()
+                while (raw := await reader.readline()) != b".\r\n":
+                    if not raw:
+                        return
+                    data += raw[1:] if raw.startswith(b".") else raw
+                assert s.mail_from is not None
+                self.deliveries.append(
+                    Delivery(s.mail_from, s.rcpts, bytes(data), s.user, s.mechanism, s.tls, s.params)
+                )
+                s.reset()
+                await send("250 2.0.0 queued")
+            elif verb in ("RSET", "NOOP"):
+                s.reset() if verb == "RSET" else None
+                await send("250 2.0.0 ok")
+            elif verb == "QUIT":
+                await send("221 2.0.0 bye")
+                return
+            else:
+                await send("500 5.5.2 unknown command")
+
+    async def _auth(
+        self,
+        arg: str,
+        s: _State,
+        send_: Callable[[str], Awaitable[None]],
+        line: Callable[[], Awaitable[str | None]],
+    ) -> None:
+        words = arg.split()
+        mechanism = words[0].upper() if words else ""
+        initial = words[1] if len(words) > 1 else None
+        if self.require_tls and not s.tls:
+            await send_("530 5.7.0 must issue STARTTLS first")
+            return
+        if s.user is not None or mechanism not in self.mechanisms:
+            await send_("504 5.5.4 mechanism not available")
+            return
+
+        async def ask(challenge: str) -> str:
+            await send_(f"334 {challenge}".rstrip())
+            return (await line()) or ""
+
+        def b64(text: str) -> str:
+            try:
+                return base64.b64decode(text).decode("utf-8", "replace")
+            except ValueError:
+                return "\x00invalid base64"
+
+        user = secret = ""
+        ok = False
+        if mechanism == "PLAIN":
+            parts = b64(initial if initial is not None else await ask("")).split("\0")
+            if len(parts) == 3:
+                _, user, secret = parts
+                ok = self.accounts.get(user) == secret
+        elif mechanism == "LOGIN":
+            user = b64(initial) if initial is not None else b64(await ask("VXNlcm5hbWU6"))
+            secret = b64(await ask("UGFzc3dvcmQ6"))
+            ok = self.accounts.get(user) == secret
+        elif mechanism == "XOAUTH2":
+            fields = b64(initial if initial is not None else await ask("")).split("\x01")
+            values = dict(f.split("=", 1) for f in fields if "=" in f)
+            user = values.get("user", "")
+            secret = values.get("auth", "").removeprefix("Bearer ")
+            ok = bool(user) and self.tokens.get(user) == secret
+            if not ok:
+                error = base64.b64encode(b'{"status":"401","schemes":"bearer"}').decode()
+                await ask(error)  # RFC 7628: the client answers the error with an empty line
+        self.auths.append(AuthAttempt(mechanism, user, secret, ok, s.tls))
+        if ok:
+            s.user, s.mechanism = user, mechanism
+            await send_("235 2.7.0 authenticated")
+        else:
+            await send_("535 5.7.8 authentication failed")
+
+
+@dataclass
+class _State:
+    tls: bool
+    user: str | None = None
+    mechanism: str | None = None
+    mail_from: str | None = None
+    params: str = ""
+    rcpts: list[str] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.mail_from, self.params, self.rcpts = None, "", []
+
+
+# ------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def submit(
+    spool: Path, body: bytes = BODY, sender: str = "sender@example.com", to: str = "rcpt@example.net"
+) -> str:
+    """Put one message into ``spool`` with emailrelay-submit; its envelope path."""
+    spool.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        [program("emailrelay-submit"), "--spool-dir", str(spool), "--from", sender, "--verbose", to],
+        input=body, capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    return out.stdout.decode().strip()
+
+
+def set_envelope_field(envelope_path: Path, name: str, value: str) -> None:
+    """Edit one envelope field the way a filter would."""
+    env = envmod.parse(envelope_path.read_bytes())
+    envelope_path.write_bytes(envmod.Envelope(**{**env.__dict__, name: value}).to_bytes())
+
+
+@dataclass
+class ClientRun:
+    rc: int
+    log: str
+
+
+def as_client(spool: Path, port: int, *args: str, timeout: float = 40.0) -> ClientRun:
+    """``emailrelay --as-client 127.0.0.1:port`` over ``spool``: exit code and log."""
+    cmd = [
+        program(), "--as-client", f"127.0.0.1:{port}", "--spool-dir", str(spool), "--log", "--verbose",
+        "--no-syslog", "--user", "root", "--connection-timeout", "5", "--response-timeout", "10", *args,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return ClientRun(done.returncode, (done.stdout + done.stderr).decode(errors="replace"))
+
+
+def queued(spool: Path) -> list[Path]:
+    return spool_files(spool, ".envelope")
+
+
+def assert_not_delivered(spool: Path, server: TlsSmtpServer, run: ClientRun) -> None:
+    """Forwarding failed as a temporary problem: nothing arrived, the message waits (not .bad)."""
+    assert run.rc != 0, run.log
+    assert server.deliveries == []
+    assert len(queued(spool)) == 1, run.log
+    assert spool_files(spool, ".bad") == [] and spool_files(spool, ".busy") == []
+
+
+# ------------------------------------------------------------------ STARTTLS and AUTH
+
+
+def test_starttls_then_auth_plain_to_test_server(tmp_path: Path, certs: Certs) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    secrets = tmp_path / "client.auth"
+    secrets.write_text("client plain alice alice-secret\n")
+    with TlsSmtpServer(certs.server_pem, mechanisms=("PLAIN",)) as hop:
+        run = as_client(spool, hop.port, "--client-tls", "--client-auth", str(secrets))
+        assert run.rc == 0, run.log
+        assert hop.verbs() == ["EHLO", "STARTTLS", "EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"]
+        assert [(a.mechanism, a.user, a.ok, a.tls) for a in hop.auths] == [("PLAIN", "alice", True, True)]
+        (d,) = hop.deliveries
+        assert (d.tls, d.user, d.mail_from, d.rcpts) == (
+            True,
+            "alice",
+            "sender@example.com",
+            ["rcpt@example.net"],
+        )
+        assert d.data.endswith(BODY)
+        assert "AUTH=alice" in d.mail_params  # the name we authenticated as (reference guide)
+    assert queued(spool) == []
+    assert "tls protocol established with 127.0.0.1:" in run.log
+    assert "alice-secret" not in run.log
+
+
+def test_starttls_then_auth_login(tmp_path: Path, certs: Certs) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    secrets = tmp_path / "client.auth"
+    secrets.write_text("client plain:b " + base64.b64encode(b"alice").decode() + " "
+                       + base64.b64encode(b"alice-secret").decode() + "\n")  # fmt: skip
+    with TlsSmtpServer(certs.server_pem, mechanisms=("LOGIN",)) as hop:
+        run = as_client(spool, hop.port, "--client-tls", "--client-auth", str(secrets))
+        assert run.rc == 0, run.log
+        assert [(a.mechanism, a.user, a.ok, a.tls) for a in hop.auths] == [("LOGIN", "alice", True, True)]
+        assert len(hop.deliveries) == 1 and hop.deliveries[0].tls
+
+
+def test_client_auth_plain_on_the_command_line(tmp_path: Path, certs: Certs) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    value = "plain:" + base64.b64encode(b"alice").decode() + ":" + base64.b64encode(b"alice-secret").decode()
+    with TlsSmtpServer(certs.server_pem) as hop:
+        run = as_client(spool, hop.port, "--client-tls", "--client-auth", value)
+        assert run.rc == 0, run.log
+        assert [(a.user, a.ok) for a in hop.auths] == [("alice", True)]
+        assert hop.deliveries[0].user == "alice"
+
+
+def test_wrong_client_password_is_not_delivered(tmp_path: Path, certs: Certs) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    secrets = tmp_path / "client.auth"
+    secrets.write_text("client plain alice wrong\n")
+    with TlsSmtpServer(certs.server_pem) as hop:
+        run = as_client(spool, hop.port, "--client-tls", "--client-auth", str(secrets))
+        assert [(a.user, a.ok) for a in hop.auths] == [("alice", False)]
+        assert "authentication failed" in run.log
+        assert hop.deliveries == [] and run.rc != 0
+
+
+def test_client_tls_required_without_starttls_keeps_the_message(tmp_path: Path, certs: Certs) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    with TlsSmtpServer(certs.server_pem, starttls=False, require_tls=False, require_auth=False) as hop:
+        run = as_client(spool, hop.port, "--client-tls-required")
+        assert_not_delivered(spool, hop, run)
+        assert "STARTTLS" not in hop.verbs() and "MAIL" not in hop.verbs()
+    assert "tls is required but 127.0.0.1:" in run.log and "does not offer STARTTLS" in run.log
+
+
+def test_client_tls_without_required_falls_back_to_plaintext(tmp_path: Path, certs: Certs) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    with TlsSmtpServer(certs.server_pem, starttls=False, require_tls=False, require_auth=False) as hop:
+        run = as_client(spool, hop.port, "--client-tls")
+        assert run.rc == 0, run.log
+        assert len(hop.deliveries) == 1 and not hop.deliveries[0].tls
+
+
+def test_client_tls_connection_to_implicit_tls_server(tmp_path: Path, certs: Certs) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    secrets = tmp_path / "client.auth"
+    secrets.write_text("client plain alice alice-secret\n")
+    with TlsSmtpServer(certs.server_pem, implicit=True) as hop:
+        run = as_client(spool, hop.port, "--client-tls-connection", "--client-auth", str(secrets))
+        assert run.rc == 0, run.log
+        assert "STARTTLS" not in hop.verbs()
+        (d,) = hop.deliveries
+        assert d.tls and d.user == "alice"
+    assert "tls protocol established" in run.log
+
+
+# ------------------------------------------------------------------ verification
+
+
+def test_verify_against_ca_accepts_the_server(tmp_path: Path, certs: Certs) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    with TlsSmtpServer(certs.server_pem, require_auth=False) as hop:
+        run = as_client(spool, hop.port, "--client-tls", "--client-tls-verify", str(certs.ca))
+        assert run.rc == 0, run.log
+        assert len(hop.deliveries) == 1 and hop.deliveries[0].tls
+
+
+@pytest.mark.parametrize("which", ["self_signed_pem", "expired_pem"])
+def test_verify_refuses_untrusted_or_expired_server(tmp_path: Path, certs: Certs, which: str) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    with TlsSmtpServer(getattr(certs, which), require_auth=False) as hop:
+        run = as_client(spool, hop.port, "--client-tls", "--client-tls-verify", str(certs.ca))
+        assert_not_delivered(spool, hop, run)
+        assert "MAIL" not in hop.verbs()
+    assert "tls error" in run.log
+    assert ("expired" if which == "expired_pem" else "certificate verify failed") in run.log
+
+
+def test_expired_server_certificate_is_fine_without_verify(tmp_path: Path, certs: Certs) -> None:
+    """Upstream's default: encryption without authentication (the control for the test above)."""
+    spool = tmp_path / "spool"
+    submit(spool)
+    with TlsSmtpServer(certs.expired_pem, require_auth=False) as hop:
+        run = as_client(spool, hop.port, "--client-tls")
+        assert run.rc == 0, run.log
+        assert len(hop.deliveries) == 1
+
+
+def test_verify_name_wrong_then_right(tmp_path: Path, certs: Certs) -> None:
+    spool = tmp_path / "spool"
+    submit(spool)
+    with TlsSmtpServer(certs.server_pem, require_auth=False) as hop:
+        verify = ("--client-tls", "--client-tls-verify", str(certs.ca), "--client-tls-verify-name")
+        run = as_client(spool, hop.port, *verify, "mail.example.org")
+        assert_not_delivered(spool, hop, run)
+        assert "tls error" in run.log and "mismatch" in run.log
+        # the message waits with a back-off; --as-client ignores it and tries again
+        run = as_client(spool, hop.port, *verify, "localhost")
+        assert run.rc == 0, run.log
+        assert len(hop.deliveries) == 1
+    assert queued(spool) == []
+
+
+def test_client_certificate_is_presented(tmp_path: Path, certs: Certs) -> None:
+    """--client-tls-certificate: the next hop sees our certificate (it would be the relay's identity)."""
+    spool = tmp_path / "spool"
+    submit(spool)
+    with TlsSmtpServer(certs.server_pem, require_auth=False, client_ca=certs.ca) as hop:
+        run = as_client(spool, hop.port, "--client-tls")
+        assert_not_delivered(spool, hop, run)
+        run = as_client(spool, hop.port, "--client-tls", "--client-tls-certificate", str(certs.client_pem))
+        assert run.rc == 0, run.log
+        assert len(hop.deliveries) == 1
+
+
+# ------------------------------------------------------------------ relay to relay, supervised
+
+
+def test_relay_to_relay_with_tls_and_auth(tmp_path: Path, certs: Certs) -> None:
+    """--client-tls --client-auth to another emailrelay with --server-tls --server-auth."""
+    server_secrets = tmp_path / "server.auth"
+    server_secrets.write_text("server plain carol carol+2Bpw\n")
+    client_secrets = tmp_path / "client.auth"
+    client_secrets.write_text("client plain carol carol+2Bpw\n")
+    downstream = start_relay(
+        tmp_path, "--single-process", "--server-auth", str(server_secrets), "--server-tls",
+        "--server-tls-certificate", str(certs.server_pem), "--server-tls-required", name="downstream",
+    )  # fmt: skip
+    try:
+        spool = tmp_path / "spool"
+        submit(spool)
+        run = as_client(
+            spool, downstream.port, "--client-tls", "--client-auth", str(client_secrets),
+            "--client-tls-verify", str(certs.ca), "--client-tls-verify-name", "localhost",
+        )  # fmt: skip
+        assert run.rc == 0, run.log
+        assert wait_until(lambda: len(queued(downstream.spool)) == 1)
+    finally:
+        downstream.stop()
+    env = envmod.parse(queued(downstream.spool)[0].read_bytes())
+    assert env.authentication == "carol"
+    assert env.mail_from_auth_in == "carol"
+    log = downstream.log()
+    assert "tls protocol established" in log
+    assert (
+        "successful authentication of remote client using mechanism [cram-sha512] and plaintext secret for [carol] from line 1"
+        in log
+    )
+    assert queued(spool) == []
+
+
+def test_supervised_daemon_forwards_over_starttls(tmp_path: Path, certs: Certs) -> None:
+    """The circus-supervised relay (no --single-process): SMTP in, forward role out with STARTTLS + AUTH."""
+    secrets = tmp_path / "client.auth"
+    secrets.write_text("client plain alice alice-secret\n")
+    with TlsSmtpServer(certs.server_pem) as hop:
+        relay = start_relay(
+            tmp_path, "--forward-to", f"127.0.0.1:{hop.port}", "--poll", "0", "--client-tls",
+            "--client-tls-required", "--client-auth", str(secrets), name="supervised",
+        )  # fmt: skip
+        try:
+            with smtplib.SMTP("127.0.0.1", relay.port, timeout=20) as c:
+                c.sendmail("sender@example.com", ["rcpt@example.net"], BODY)
+            assert hop.wait_for_deliveries(1, timeout=30), relay.log()
+            assert wait_until(lambda: queued(relay.spool) == [], 10)
+        finally:
+            relay.stop()
+        (d,) = hop.deliveries
+        assert d.tls and d.user == "alice" and d.data.endswith(BODY)
+    log = relay.log()
+    assert "supervisor:" in log  # really under the supervisor
+    assert "tls protocol established with 127.0.0.1:" in log

@@ -1,0 +1,156 @@
+"""The bus, seen from outside: ``emailrelay events`` and the spool doorbell.
+
+Issue "Supervised multi-process relay":
+
+- ``emailrelay events --json --count K`` prints K JSON events and exits 0;
+  a message's path shows as ``smtp.accepted``, ``spool.ready`` and
+  ``forward.done`` for the same id (published by different processes, so
+  in no guaranteed order);
+- a message written by ``emailrelay-submit`` into the spool of a running
+  relay (``--poll 60``, so the timer cannot be what sends it) is forwarded
+  at once: the ``notify`` role rings the forwarders over the bus.  The
+  latencies are printed (``-s``); the assertion is loose (2 s) for a loaded
+  machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tests.support.relay import program
+from tests.support.sink_counter import (
+    CountingSink,
+    content,
+    poll,
+    send_mail,
+    supervised_relay,
+)
+
+ROLES = {"bus": 1, "notify": 1, "forward": 1, "smtp": 1}
+
+
+def test_events_json_show_the_path_of_a_message(tmp_path: Path) -> None:
+    count = 12
+    with (
+        CountingSink() as sink,
+        supervised_relay(tmp_path, "--forward-to", sink.address, "--poll", "1", roles=ROLES) as relay,
+    ):
+        proc = subprocess.Popen(
+            [program(), "events", "--json", "--count", str(count), "--spool-dir", str(relay.spool)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            # keep mail flowing until the subscriber has seen its K events (it may join late)
+            n = 0
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                send_mail(relay.port, f"ev{n}@test")
+                n += 1
+                time.sleep(0.2)
+            out, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert proc.returncode == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        assert len(events) == count
+        assert all(isinstance(e.get("topic"), str) and "t" in e and "pid" in e for e in events)
+        paths: dict[str, list[str]] = {}
+        for e in events:
+            if "id" in e:
+                paths.setdefault(str(e["id"]), []).append(e["topic"])
+        complete = [
+            (mid, topics)
+            for mid, topics in paths.items()
+            if {"smtp.accepted", "spool.ready", "forward.done"} <= set(topics)
+        ]
+        assert complete, paths
+        mid, topics = complete[0]
+        # No order is asserted: the bus orders nothing across publishers, and the notifier's
+        # spool.ready (and even forward.done) can overtake the smtp role's smtp.accepted.
+        assert topics.count("forward.done") == 1
+        done = next(e for e in events if e["topic"] == "forward.done" and e["id"] == mid)
+        assert done["hop"] == sink.address
+        assert isinstance(done["ms"], int)
+        accepted = next(e for e in events if e["topic"] == "smtp.accepted" and e["id"] == mid)
+        assert accepted["pid"] != done["pid"]  # two roles, two processes
+
+
+class _CommitSpotter:
+    """Polls the spool every half millisecond for the first committed envelope (``.envelope``
+    or already ``.envelope.busy``): the moment a submitted message became visible."""
+
+    def __init__(self, spool: Path) -> None:
+        self.spool = spool
+        self.seen: float | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set() and self.seen is None:
+            with os.scandir(self.spool) as it:
+                if any(e.name.endswith((".envelope", ".envelope.busy")) for e in it):
+                    self.seen = time.monotonic()
+            time.sleep(0.0005)
+
+
+def _submit_and_time(spool: Path, sink: CountingSink, mid: str) -> tuple[float, float]:
+    """(seconds from the start of emailrelay-submit, seconds from the commit) to arrival at the sink."""
+    spotter = _CommitSpotter(spool)
+    spotter.thread.start()
+    started = time.monotonic()
+    try:
+        subprocess.run(
+            [program("emailrelay-submit"), "--spool-dir", str(spool), "--from", "a@example.com", "b@example.net"],
+            input=content(mid).encode(), capture_output=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert poll(lambda: sink.arrival(mid) is not None, 10, 0.002), f"{mid} not forwarded within 10 s"
+    finally:
+        spotter.stop.set()
+        spotter.thread.join(5)
+    arrived = sink.arrival(mid)
+    assert arrived is not None and spotter.seen is not None
+    return arrived - started, arrived - spotter.seen
+
+
+def test_submitted_message_is_forwarded_at_once_without_the_poll_timer(tmp_path: Path) -> None:
+    with (
+        CountingSink() as sink,
+        supervised_relay(tmp_path, "--forward-to", sink.address, "--poll", "60", roles=ROLES) as relay,
+    ):
+        # warm up: until the forwarder and the notifier are both on the bus
+        assert poll(lambda: _warm(relay.spool, sink), 30, 0.1), "no submitted message forwarded in time"
+        _, first = _submit_and_time(relay.spool, sink, "first@test")
+        print(f"\ncommitted by emailrelay-submit -> at the next hop: {first * 1000:.1f} ms")
+        assert first < 2.0
+        from_start, from_commit = [], []
+        for i in range(20):
+            total, wake = _submit_and_time(relay.spool, sink, f"lat{i}@test")
+            from_start.append(total)
+            from_commit.append(wake)
+        print(
+            f"median over 20 submits: {statistics.median(from_commit) * 1000:.1f} ms from commit to the "
+            f"next hop (max {max(from_commit) * 1000:.1f} ms); {statistics.median(from_start) * 1000:.0f} ms "
+            "from the start of emailrelay-submit"
+        )
+        assert statistics.median(from_commit) < 2.0
+        assert all(n == 1 for n in sink.ids().values())
+
+
+_WARM = iter(range(1000))
+
+
+def _warm(spool: Path, sink: CountingSink) -> bool:
+    mid = f"warm{next(_WARM)}@test"
+    subprocess.run(
+        [program("emailrelay-submit"), "--spool-dir", str(spool), "--from", "a@example.com", "b@example.net"],
+        input=content(mid).encode(), capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    return poll(lambda: sink.arrival(mid) is not None, 2, 0.01)
