@@ -16,16 +16,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from .. import identity
 from .. import log as logmod
 from ..config import Config, from_values
 from ..errors import EmailRelayError, UsageError
 from ..services import daemon, listeners, security
-from ..services.instance import Instance
+from ..services.instance import Instance, run_instances
 from .helptext import help_text, version_text
-from .parse import Value, expand_shorthands, parse_command_line
+from .parse import Value, configuration_values, expand_shorthands, parse_command_line
 
 #: Options accepted by the parser whose feature has not landed yet; using one is an error, not a no-op.
 NOT_IMPLEMENTED = ("dnsbl",)
@@ -128,11 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         log.configure(log_config(values))
         for warning in parsed.warnings:
             log.warning(warning)
-        if len(parsed.configs) > 1:
-            raise UsageError("multiple configurations are not implemented yet")
         check_implemented(values)
-        config = from_values(values)
-        return run(config, values, args)
+        configurations = []
+        for name in parsed.configs:
+            config_values = expand_shorthands(configuration_values(parsed, name)) if name else values
+            check_implemented(config_values)
+            configurations.append((name if len(parsed.configs) > 1 else "", from_values(config_values)))
+        return run(configurations, values, args)
     except EmailRelayError as exc:
         log.error(str(exc))
         return exc.exit_code
@@ -140,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
-    log = logmod.get()
+def prepare(config: Config) -> None:
+    """Every start-up check of one configuration that can fail, before anything is bound."""
     if not config.spool_dir.is_dir():
         raise UsageError(f"invalid spool directory: {config.spool_dir}")
     config.spool_dir = config.spool_dir.absolute()  # before detaching changes the directory
@@ -158,47 +162,75 @@ def run(config: Config, values: dict[str, Value], options: list[str]) -> int:
         from ..services.pop3d import pop_security
 
         pop_security(config)
-    cwd = os.getcwd()
-    bound: list[listeners.Bound] = []
+
+
+def bind(config: Config) -> list[listeners.Bound]:
+    """The listening sockets of one configuration (exit 2 when one cannot be bound)."""
+    log = logmod.get()
     single_shot = config.as_client or config.dont_serve
-    serving = not (single_shot or config.no_smtp)
     ports = {}
-    if serving:
+    if not (single_shot or config.no_smtp):
         ports["smtp"] = config.port
     if config.admin_port is not None and not single_shot:
         ports["admin"] = config.admin_port
     if config.pop and not single_shot:
         ports["pop"] = config.pop_port
-    if ports:
-        bound = listeners.bind_all(listeners.plan(config.interfaces, ports))
-        for b in bound:
-            log.info(f"{b.spec.service} server on {b.display}")
+    bound = listeners.bind_all(listeners.plan(config.interfaces, ports)) if ports else []
+    for b in bound:
+        log.info(f"{b.spec.service} server on {b.display}")
     if config.forward_to:
         log.info(f"forwarding to {config.forward_to}")
+    return bound
+
+
+def run(configurations: list[tuple[str, Config]], values: dict[str, Value], options: list[str]) -> int:
+    log = logmod.get()
+    first = configurations[0][1]
+    for _, config in configurations:
+        prepare(config)
     target = None
-    if identity.switching_applies(config.user):
+    if identity.switching_applies(first.user):
         try:
-            target = identity.lookup(config.user)
+            target = identity.lookup(first.user)
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
-        if not identity.can_use_directory(str(config.spool_dir), target):
-            raise UsageError(
-                f"spool directory {config.spool_dir} is not readable by user '{target.name}': "
-                "fix its permissions (eg. group-readable) or use --user root"
-            )
-    if not config.no_daemon and not config.as_client:
+        for _, config in configurations:
+            if not identity.can_use_directory(str(config.spool_dir), target):
+                raise UsageError(
+                    f"spool directory {config.spool_dir} is not readable by user '{target.name}': "
+                    "fix its permissions (eg. group-readable) or use --user root"
+                )
+    cwd = os.getcwd()
+    bound: list[list[listeners.Bound]] = []
+    try:
+        for _, config in configurations:
+            bound.append(bind(config))
+    except BaseException:
+        for socks in bound:
+            for b in socks:
+                b.sock.close()
+        raise
+    if not first.no_daemon and not first.as_client:
         daemon.detach()
     if values.get("close-stderr") and not values.get("log-file"):
         log.close_stderr()
-    pid_path = daemon.write_pid_file(config.pid_file)
+    pid_path = daemon.write_pid_file(first.pid_file)
     try:
-        if single_shot or config.single_process:
+        if first.as_client or first.dont_serve or first.single_process:
             if target is not None:
                 identity.drop(target)
-            return _run_loop(Instance(config, smtp_sockets=bound))
+            instances = [
+                Instance(config, smtp_sockets=socks)
+                for (_, config), socks in zip(configurations, bound, strict=True)
+            ]
+            return _run_loop(run_instances(instances))
         from . import supervisor
 
-        return supervisor.run(config, options, bound, cwd, target.gid if target else None)
+        parts = [
+            supervisor.Configuration(name, config, socks)
+            for (name, config), socks in zip(configurations, bound, strict=True)
+        ]
+        return supervisor.run(parts, options, cwd, target.gid if target else None)
     finally:
         daemon.remove_pid_file(pid_path)
 
@@ -215,13 +247,13 @@ def _check_policy(config: Config) -> None:
         raise UsageError(str(exc)) from None
 
 
-def _run_loop(instance: Instance) -> int:
+def _run_loop(main_coroutine: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
 
-        return uvloop.run(instance.run())
+        return uvloop.run(main_coroutine)
     except ImportError:
-        return asyncio.run(instance.run())
+        return asyncio.run(main_coroutine)
 
 
 if __name__ == "__main__":

@@ -433,3 +433,11 @@ def expand_shorthands(values: Mapping[str, Value]) -> dict[str, Value]:
                 raise UsageError(MSG_SHORTHAND_CONFLICT.format(opt="--" + shorthand, other="--forward-to"))
             out["forward-to"] = value
     return out
+
+
+def configuration_values(parsed: Parsed, name: str) -> dict[str, Value]:
+    """One configuration's options, with the process-wide ones (which live in the first) added."""
+    if name not in parsed.configs or name == next(iter(parsed.configs)):
+        return dict(parsed.values)
+    process_wide = {k: v for k, v in parsed.values.items() if BY_NAME[k].process}
+    return {**process_wide, **parsed.configs[name]}

@@ -29,7 +29,7 @@ from ..errors import EmailRelayError  # noqa: E402
 from ..identity import group_for_files, lookup, switching_applies  # noqa: E402
 from ..services import roles  # noqa: E402
 from .main import app_dir, log_config  # noqa: E402
-from .parse import expand_shorthands, parse_command_line  # noqa: E402
+from .parse import configuration_values, expand_shorthands, parse_command_line  # noqa: E402
 
 ROLES = ("smtp", "forward", "notify", "bus", "admin", "pop")
 
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--index", type=int, default=1, help="circus worker id, from 1")
     p.add_argument("--count", type=int, default=1)
+    p.add_argument("--config", default="", help="the configuration's name (multiple configurations)")
     p.add_argument("--listen", action="append", default=[], help="listening addresses, for admin status")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     roles.set_process_name(args.role)
     log = logmod.get()
     try:
-        values = expand_shorthands(parse_command_line(options, app_dir=app_dir()).values)
+        parsed = parse_command_line(options, app_dir=app_dir())
+        values = expand_shorthands(configuration_values(parsed, args.config))
         log.configure(log_config(values))
         config = from_values(values)
         if args.role == "bus":

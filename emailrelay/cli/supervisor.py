@@ -29,7 +29,9 @@ import socket
 import stat
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import log as logmod
 from ..config import Config
@@ -106,10 +108,65 @@ class _LogBridge(logging.Handler):
             log.verbose(text)
 
 
-def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_dir: Path, cwd: str):
+@dataclass
+class Configuration:
+    """One configuration of the relay (the guide's ``in-``/``out-`` prefixes), and its sockets."""
+
+    name: str  # "" when there is only one
+    config: Config
+    bound: list[Bound]
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}-" if self.name else ""
+
+
+def _role_watchers(
+    c: Configuration, options: list[str], common: dict[str, Any], sockets: list[Any]
+) -> list[Any]:
+    """The watchers of one configuration: bus, notify and forward when forwarding, smtp, pop, admin."""
+    from circus.watcher import Watcher
+
+    python = sys.executable
+    config = c.config
+    rd = str(run_dir_for(config))
+    select = ["--config", c.name] if c.name else []
+    tail = ["--", *options]
+
+    def watcher(role: str, extra: list[str], **kw: Any) -> Any:
+        args = ["-m", "emailrelay.cli.role", role, "--run-dir", rd, *select, *extra, *tail]
+        return Watcher(f"{c.prefix}{role}", python, args=args, **kw, **common)
+
+    def fds(service: str) -> list[str]:
+        return [
+            a
+            for s in sockets
+            if s.name.startswith(f"{c.prefix}{service}")
+            for a in ("--fd", f"$(circus.sockets.{s.name})")
+        ]
+
+    watchers = [watcher("bus", [], priority=30)]
+    if config.forward_to and not config.immediate:
+        n = max(1, config.workers_forward)
+        watchers.append(watcher("notify", [], priority=20))
+        watchers.append(
+            watcher("forward", ["--index", "$(circus.wid)", "--count", str(n)], numprocesses=n, priority=10)
+        )
+    if fd_args := fds("smtp"):
+        watchers.append(
+            watcher("smtp", fd_args, numprocesses=max(1, config.workers_smtp), use_sockets=True, priority=0)
+        )
+    if fd_args := fds("pop"):
+        watchers.append(watcher("pop", fd_args, use_sockets=True, priority=5))
+    if fd_args := fds("admin"):
+        listen = [a for b in c.bound for a in ("--listen", b.display)]
+        watchers.append(watcher("admin", [*fd_args, *listen], use_sockets=True, priority=5))
+    return watchers
+
+
+def build_arbiter(configurations: list[Configuration], options: list[str], cwd: str) -> Any:
     from circus.arbiter import Arbiter
     from circus.sockets import CircusSocket
-    from circus.watcher import Watcher
 
     class HeldSocket(CircusSocket):
         """A socket the front end bound already; circus only holds it and passes it on."""
@@ -129,8 +186,7 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
         def close(self) -> None:
             socket.socket.close(self)
 
-    python = sys.executable
-    common = dict(
+    common: dict[str, Any] = dict(
         env={ENV_SUPERVISOR_PID: str(os.getpid())},
         copy_env=True,
         working_dir=cwd,
@@ -138,87 +194,18 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
         max_retry=-1,
         close_child_stdin=True,
     )
-    role = [python, "-m", "emailrelay.cli.role"]
-    tail = ["--", *options]
-    rd = str(run_dir)
-    watchers = [
-        Watcher("bus", python, args=[*role[1:], "bus", "--run-dir", rd, *tail], priority=30, **common)
-    ]
-    sockets = [HeldSocket(f"{b.spec.service}{i}", b.sock) for i, b in enumerate(bound)]
-    forwarding = bool(config.forward_to) and not config.immediate
-    if forwarding:
-        watchers.append(
-            Watcher(
-                "notify", python, args=[*role[1:], "notify", "--run-dir", rd, *tail], priority=20, **common
-            )
-        )
-        n = max(1, config.workers_forward)
-        watchers.append(
-            Watcher(
-                "forward",
-                python,
-                args=[
-                    *role[1:],
-                    "forward",
-                    "--run-dir",
-                    rd,
-                    "--index",
-                    "$(circus.wid)",
-                    "--count",
-                    str(n),
-                    *tail,
-                ],
-                numprocesses=n,
-                priority=10,
-                **common,
-            )
-        )
-    smtp_sockets = [s for s in sockets if s.name.startswith("smtp")]
-    if smtp_sockets:
-        fd_args = [a for s in smtp_sockets for a in ("--fd", f"$(circus.sockets.{s.name})")]
-        watchers.append(
-            Watcher(
-                "smtp",
-                python,
-                args=[*role[1:], "smtp", "--run-dir", rd, *fd_args, *tail],
-                numprocesses=max(1, config.workers_smtp),
-                use_sockets=True,
-                priority=0,
-                **common,
-            )
-        )
-    pop_sockets = [s for s in sockets if s.name.startswith("pop")]
-    if pop_sockets:
-        fd_args = [a for s in pop_sockets for a in ("--fd", f"$(circus.sockets.{s.name})")]
-        watchers.append(
-            Watcher(
-                "pop",
-                python,
-                args=[*role[1:], "pop", "--run-dir", rd, *fd_args, *tail],
-                use_sockets=True,
-                priority=5,
-                **common,
-            )
-        )
-    admin_sockets = [s for s in sockets if s.name.startswith("admin")]
-    if admin_sockets:
-        fd_args = [a for s in admin_sockets for a in ("--fd", f"$(circus.sockets.{s.name})")]
-        listen_args = [a for b in bound for a in ("--listen", b.display)]
-        watchers.append(
-            Watcher(
-                "admin",
-                python,
-                args=[*role[1:], "admin", "--run-dir", rd, *fd_args, *listen_args, *tail],
-                use_sockets=True,
-                priority=5,
-                **common,
-            )
-        )
+    watchers: list[Any] = []
+    sockets: list[Any] = []
+    for c in configurations:
+        mine = [HeldSocket(f"{c.prefix}{b.spec.service}{i}", b.sock) for i, b in enumerate(c.bound)]
+        sockets.extend(mine)
+        watchers.extend(_role_watchers(c, options, common, mine))
     for name in ("circus", "tornado", ""):
         logger = logging.getLogger(name)
         logger.handlers[:] = [_LogBridge()]
         logger.propagate = False
         logger.setLevel(logging.INFO if name == "circus" else logging.WARNING)
+    run_dir = run_dir_for(configurations[0].config)
     return Arbiter(
         watchers,
         control_endpoint(run_dir),
@@ -230,12 +217,14 @@ def build_arbiter(config: Config, options: list[str], bound: list[Bound], run_di
     )
 
 
-def run(config: Config, options: list[str], bound: list[Bound], cwd: str, gid: int | None) -> int:
-    run_dir = run_dir_for(config)
-    check_run_dir(run_dir)
-    _prepare_run_dir(run_dir, gid)
-    arbiter = build_arbiter(config, options, bound, run_dir, cwd)
-    for b in bound:
-        b.sock.close()  # the arbiter holds duplicates
+def run(configurations: list[Configuration], options: list[str], cwd: str, gid: int | None) -> int:
+    for c in configurations:
+        run_dir = run_dir_for(c.config)
+        check_run_dir(run_dir)
+        _prepare_run_dir(run_dir, gid)
+    arbiter = build_arbiter(configurations, options, cwd)
+    for c in configurations:
+        for b in c.bound:
+            b.sock.close()  # the arbiter holds duplicates
     arbiter.start()
     return 0

@@ -100,8 +100,9 @@ class Instance:
     """Everything in one process (``--single-process``, ``--as-client``, ``--dont-serve``)."""
 
     config: Config
-    smtp_sockets: list[Bound] = field(default_factory=list)
+    smtp_sockets: list[Bound] = field(default_factory=list)  # every listening socket (smtp, pop, admin)
     exit_status: int = 0
+    stop: asyncio.Event | None = None  # shared by the instances of one process
 
     async def run(self) -> int:
         log = logmod.get()
@@ -133,12 +134,8 @@ class Instance:
             on_disconnect=on_disconnect,
             on_rescan=forwarder.ring if forwarder is not None else None,
         )
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, lambda: log.info("sighup: nothing to reload"))
+        stop = self.stop if self.stop is not None else _stop_on_signals()
 
         def publish(topic: str, **body: object) -> None:
             """The bus of a single process: commands go straight to the services."""
@@ -187,3 +184,28 @@ class Instance:
                 await forwarder.stop()
             executor.shutdown(wait=True)
         return self.exit_status
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (SIGHUP is logged: roles reload by restarting)."""
+    log = logmod.get()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: log.info("sighup: restart with --single-process to reload")
+        )
+    return stop
+
+
+async def run_instances(instances: list[Instance]) -> int:
+    """Several configurations in one process; the first non-zero exit status wins."""
+    if len(instances) == 1:
+        return await instances[0].run()
+    stop = _stop_on_signals()
+    for instance in instances:
+        instance.stop = stop
+    statuses = await asyncio.gather(*(i.run() for i in instances))
+    return next((s for s in statuses if s), 0)
