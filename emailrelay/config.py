@@ -67,6 +67,7 @@ class Config:
     run_dir: Path | None = None
     as_client: bool = False
     single_process: bool = False
+    metrics: str | None = None
     admin_port: int | None = None
     pop: bool = False
     pop_port: int = 110
@@ -242,6 +243,7 @@ def from_values(values: Values) -> Config:
         c.run_dir = Path(run_dir)
     c.as_client = bool(values.get("as-client"))
     c.single_process = bool(values.get("single-process"))
+    c.metrics = _str(values, "metrics")
     if values.get("admin") not in (None, False):
         c.admin_port = _int(values, "admin", 0)
     c.admin_terminate = bool(values.get("admin-terminate"))

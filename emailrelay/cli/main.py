@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -24,7 +25,7 @@ from .. import identity
 from .. import log as logmod
 from ..config import Config, from_values
 from ..errors import EmailRelayError, UsageError
-from ..services import daemon, listeners, security
+from ..services import daemon, listeners, sd_notify, security
 from ..services.instance import Instance, run_instances
 from .helptext import help_text, version_text
 from .parse import Value, configuration_values, expand_shorthands, parse_command_line
@@ -212,9 +213,11 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
         raise
     if not first.no_daemon and not first.as_client:
         daemon.detach()
-    if values.get("close-stderr") and not values.get("log-file"):
-        log.close_stderr()
+    if values.get("close-stderr"):
+        log.close_stderr()  # a --log-file is not affected (reference guide)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor or the loop handles it
     pid_path = daemon.write_pid_file(first.pid_file)
+    sd_notify.ready()  # systemd Type=notify: every socket is bound
     try:
         if first.as_client or first.dont_serve or first.single_process:
             if target is not None:

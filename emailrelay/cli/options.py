@@ -185,6 +185,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("retry", None, "schedule", "comma-separated delays (in seconds) between forwarding attempts", "Supervisor", kind="int-list", default="60,300,900,3600,14400"),
     Option("give-up", None, "seconds", "age after which a message that keeps failing is marked as failed", "Supervisor", kind="int", default="432000"),
     Option("max-connections", None, "count", "maximum number of simultaneous SMTP server connections", "Supervisor", kind="int"),
+    Option("metrics", None, "host:port", "serve Prometheus /metrics and /healthz on this address (supervised mode)", "Supervisor", kind="address"),
     Option("single-process", None, None, "run every role in one process, without the circus supervisor", "Supervisor", kind="flag", process=True),
     Option("notify", None, "method", "how new spool files are noticed: inotify or poll", "Supervisor", default="inotify", choices=("inotify", "poll")),
 )

@@ -31,7 +31,7 @@ from ..services import roles  # noqa: E402
 from .main import app_dir, log_config  # noqa: E402
 from .parse import configuration_values, expand_shorthands, parse_command_line  # noqa: E402
 
-ROLES = ("smtp", "forward", "notify", "bus", "admin", "pop")
+ROLES = ("smtp", "forward", "notify", "bus", "admin", "pop", "metrics")
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             return _run(roles.run_smtp(config, args.fd, args.run_dir))
         if args.role == "forward":
             return _run(roles.run_forward(config, args.run_dir, (args.index - 1) % args.count, args.count))
+        if args.role == "metrics":
+            from ..services.listeners import parse_host_port
+            from ..services.metrics import MetricsOptions, run_metrics
+
+            host, port = parse_host_port(args.listen[0] if args.listen else "127.0.0.1:9025")
+            forwarding = bool(config.forward_to) and not config.immediate
+            return _run(run_metrics(config, args.run_dir, host, port, MetricsOptions(forwarding=forwarding)))
         if args.role == "pop":
             return _run(roles.run_pop(config, args.fd, args.run_dir))
         if args.role == "admin":

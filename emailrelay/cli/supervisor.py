@@ -158,6 +158,8 @@ def _role_watchers(
         )
     if fd_args := fds("pop"):
         watchers.append(watcher("pop", fd_args, use_sockets=True, priority=5))
+    if config.metrics:
+        watchers.append(watcher("metrics", ["--listen", config.metrics], priority=5))
     if fd_args := fds("admin"):
         listen = [a for b in c.bound for a in ("--listen", b.display)]
         watchers.append(watcher("admin", [*fd_args, *listen], use_sockets=True, priority=5))

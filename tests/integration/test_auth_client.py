@@ -8,6 +8,7 @@ emailrelay.
 
 from __future__ import annotations
 
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -90,16 +91,10 @@ def test_xoauth2_with_token_command(tmp_path: Path, certs: Certs) -> None:
     submit(spool)
     script, issued = _token_command(tmp_path)
     secrets = tmp_path / "client.auth"
-    secrets.write_text(f"client oauth:cmd alice {xtext(repr(str(script)) + ' --scope smtp')}\n")
-    hop = TlsSmtpServer(certs.server_pem, mechanisms=("XOAUTH2",))
-    with hop:
-        hop.tokens["alice"] = "filled in below"
-
-        class Tokens(dict):  # the token is only known once the command has run
-            def get(self, key: str, default: object = None) -> object:
-                return issued.read_text() if key == "alice" and issued.exists() else default
-
-        hop.tokens = Tokens()
+    secrets.write_text(f"client oauth:cmd alice {xtext(shlex.join([str(script), '--scope', 'smtp']))}\n")
+    # the token is only known once the command has run: the server compares with what it printed
+    tokens = {"alice": lambda: issued.read_text() if issued.exists() else "(not issued)"}
+    with TlsSmtpServer(certs.server_pem, mechanisms=("XOAUTH2",), tokens=tokens) as hop:
         run = as_client(spool, hop.port, "--client-tls", "--client-auth", str(secrets))
         assert run.rc == 0, run.log
         (attempt,) = hop.auths
@@ -115,7 +110,7 @@ def test_xoauth2_rejected_token_is_not_delivered(tmp_path: Path, certs: Certs) -
     submit(spool)
     script, _ = _token_command(tmp_path)
     secrets = tmp_path / "client.auth"
-    secrets.write_text(f"client oauth:cmd alice {xtext(repr(str(script)) + ' --scope smtp')}\n")
+    secrets.write_text(f"client oauth:cmd alice {xtext(shlex.join([str(script), '--scope', 'smtp']))}\n")
     with TlsSmtpServer(
         certs.server_pem, mechanisms=("XOAUTH2",), tokens={"alice": "some-other-token"}
     ) as hop:
@@ -131,7 +126,7 @@ def test_xoauth2_failing_token_command(tmp_path: Path, certs: Certs) -> None:
     submit(spool)
     script, _ = _token_command(tmp_path, exit_code=7)
     secrets = tmp_path / "client.auth"
-    secrets.write_text(f"client oauth:cmd alice {xtext(repr(str(script)) + ' --scope smtp')}\n")
+    secrets.write_text(f"client oauth:cmd alice {xtext(shlex.join([str(script), '--scope', 'smtp']))}\n")
     with TlsSmtpServer(certs.server_pem, mechanisms=("XOAUTH2",)) as hop:
         run = as_client(spool, hop.port, "--client-tls", "--client-auth", str(secrets))
         assert_not_delivered(spool, hop, run)

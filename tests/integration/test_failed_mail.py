@@ -58,7 +58,9 @@ def upstream_bad(spool: Path) -> MessageId:
 
 
 def store_message(store: SpoolStore, sender: str = "alice@example.com") -> MessageId:
-    env = Envelope(from_address=sender, to_remote=("bob@example.net",), client="127.0.0.1", content_type="7bit")
+    env = Envelope(
+        from_address=sender, to_remote=("bob@example.net",), client="127.0.0.1", content_type="7bit"
+    )
     return store.store_message(env, CONTENT)
 
 
@@ -197,7 +199,11 @@ def parse_dsn(data: bytes) -> tuple[email.message.EmailMessage, list[email.messa
     assert msg.get_content_type() == "multipart/report"
     assert msg.get_param("report-type") == "delivery-status"
     parts = list(msg.iter_parts())
-    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain",
+        "message/delivery-status",
+        "text/rfc822-headers",
+    ]
     blocks = parts[1].get_payload()
     assert isinstance(blocks, list)
     return msg, blocks
@@ -299,7 +305,15 @@ def test_helpers_run_while_the_relay_runs(spool: Path, tmp_path: Path) -> None:
         running_relay(tmp_path, "--forward-to", hop.address, "--poll", "1", spool=spool) as relay,
     ):
         subprocess.run(
-            ["swaks", "--server", f"127.0.0.1:{relay.port}", "--from", "s@example.com", "--to", "r@example.net"],
+            [
+                "swaks",
+                "--server",
+                f"127.0.0.1:{relay.port}",
+                "--from",
+                "s@example.com",
+                "--to",
+                "r@example.net",
+            ],
             capture_output=True,
             timeout=60,
             check=True,
@@ -309,7 +323,9 @@ def test_helpers_run_while_the_relay_runs(spool: Path, tmp_path: Path) -> None:
         notify = subprocess.run([program(), "notify", str(spool)], capture_output=True, text=True, timeout=60)
         assert notify.returncode == 0 and "550 5.7.1 go away" in notify.stdout
         hop.replies["final"] = "250 OK"
-        resubmit = subprocess.run([program(), "resubmit", str(spool)], capture_output=True, text=True, timeout=60)
+        resubmit = subprocess.run(
+            [program(), "resubmit", str(spool)], capture_output=True, text=True, timeout=60
+        )
         assert resubmit.returncode == 0, resubmit.stderr
         assert hop.wait_for_messages(1, timeout=30)
         assert wait_until(lambda: list(store.scan()) == [], timeout=30)

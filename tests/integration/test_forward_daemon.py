@@ -146,8 +146,9 @@ def test_forward_on_disconnect_delivers_after_the_disconnect(tmp_path: Path, hop
 )
 def test_4xx_is_not_retried_before_the_back_off(tmp_path: Path, mode: str) -> None:
     extra = ("--single-process",) if mode == "single-process" else ()
-    with FakeSmtp(replies={"final": "452 4.3.1 try later"}) as hop:
-        relay = _relay(tmp_path, "--forward-to", hop.address, "--poll", "0", *extra)
+    with FakeSmtp() as hop:
+        relay = _warm_relay(tmp_path, hop, "--forward-to", hop.address, "--poll", "0", *extra)
+        hop.replies["final"] = "452 4.3.1 try later"
         try:
             _send(relay.port, "backoff@test")
             assert hop.wait_for(lambda: len(hop.refused) >= 1, timeout=5)

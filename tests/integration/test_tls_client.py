@@ -67,7 +67,7 @@ class TlsSmtpServer:
     ``starttls_reply`` is written in one ``write`` in answer to STARTTLS:
     a malicious server can append a second reply to it (the injection test).
     ``accounts`` maps user -> password for PLAIN/LOGIN, ``tokens`` user ->
-    bearer token for XOAUTH2.  Plaintext pipelined after STARTTLS is
+    bearer token for XOAUTH2 (or a callable giving it, for tokens made later).  Plaintext pipelined after STARTTLS is
     recorded in ``protocol_errors`` and discarded.
     """
 
@@ -78,7 +78,7 @@ class TlsSmtpServer:
     require_auth: bool = True
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
     accounts: dict[str, str] = field(default_factory=lambda: {"alice": "alice-secret"})
-    tokens: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str | Callable[[], str]] = field(default_factory=dict)
     starttls_reply: bytes = b"220 2.0.0 ready to start TLS\r\n"
     client_ca: Path | None = None  # demand a client certificate signed by this CA
 
@@ -274,7 +274,8 @@ class TlsSmtpServer:
             values = dict(f.split("=", 1) for f in fields if "=" in f)
             user = values.get("user", "")
             secret = values.get("auth", "").removeprefix("Bearer ")
-            ok = bool(user) and self.tokens.get(user) == secret
+            expected = self.tokens.get(user)
+            ok = bool(user) and (expected() if callable(expected) else expected) == secret
             if not ok:
                 error = base64.b64encode(b'{"status":"401","schemes":"bearer"}').decode()
                 await ask(error)  # RFC 7628: the client answers the error with an empty line

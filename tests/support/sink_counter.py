@@ -10,7 +10,9 @@ supervised ``emailrelay`` (circus arbiter plus role processes) and need
 - the role processes of one relay, found as children of the pid the test
   started (never by name): :func:`role_pids`, :func:`wait_for_roles`;
 - a tiny SMTP client (:func:`send_mail`), an admin-protocol client
-  (:class:`AdminClient`), ``circusctl`` and ``emailrelay-submit`` wrappers.
+  (:class:`AdminClient`), ``circusctl``, ``emailrelay-submit`` and
+  ``emailrelay events`` wrappers (:func:`topics_seen`), and
+  :func:`supervised_relay`, a relay whose roles are all up.
 
 Guarantees: nothing here signals a process; the sink runs on its own event
 loop thread and stops cleanly; every wait has a deadline.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import smtplib
 import socket
@@ -329,6 +332,31 @@ class AdminClient:
                 out, self.buffer = self.buffer, b""
                 return out
             self.buffer += chunk
+
+
+def topics_seen(relay_port: int, spool: Path, mid: str) -> set[str]:
+    """The topics ``emailrelay events --count 12`` prints while messages keep flowing.
+
+    Twelve events hold at least one message's whole path (accepted, ready twice, done),
+    however late the subscriber joins, with room for a few unrelated events."""
+    proc = subprocess.Popen(
+        [program(), "events", "--json", "--count", "12", "--spool-dir", str(spool)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        n = 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            send_mail(relay_port, f"{mid}.{n}")
+            n += 1
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        return {json.loads(line)["topic"] for line in out.splitlines()}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 # ---- a supervised relay ----------------------------------------------------------------

@@ -13,10 +13,8 @@ Issue "Supervised multi-process relay":
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,7 +24,6 @@ import pytest
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.names import State
 from emailrelay.spool.store import SpoolStore
-from tests.support.relay import program
 from tests.support.sink import states
 from tests.support.sink_counter import (
     CountingSink,
@@ -38,6 +35,7 @@ from tests.support.sink_counter import (
     send_mail,
     submit,
     supervised_relay,
+    topics_seen,
     wait_for_bus,
 )
 
@@ -123,31 +121,6 @@ def test_kill_9_of_a_forward_worker_mid_message(tmp_path: Path, victim_wid: int)
         assert len(role_pids(relay.pid)["forward"]) == 2
 
 
-def _topics_seen(relay_port: int, spool: Path, mid: str) -> set[str]:
-    """The topics ``emailrelay events --count 8`` prints while messages keep flowing.
-
-    Eight events hold at least one message's whole path (accepted, ready twice, done),
-    however late the subscriber joins."""
-    proc = subprocess.Popen(
-        [program(), "events", "--json", "--count", "8", "--spool-dir", str(spool)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        n = 0
-        while proc.poll() is None and time.monotonic() < deadline:
-            send_mail(relay_port, f"{mid}.{n}")
-            n += 1
-            time.sleep(0.3)
-        out, err = proc.communicate(timeout=10)
-        assert proc.returncode == 0, err
-        return {json.loads(line)["topic"] for line in out.splitlines()}
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-
-
 def test_kill_9_of_the_bus_role(tmp_path: Path) -> None:
     poll_period = 2.0
     with (
@@ -172,7 +145,7 @@ def test_kill_9_of_the_bus_role(tmp_path: Path) -> None:
         assert role_pids(relay.pid)["bus"] != [bus]
         wait_for_bus(run_dir(relay.spool))
         # the other roles reconnect to the new bus: their events are seen again
-        topics = _topics_seen(relay.port, relay.spool, "after-bus@test")
+        topics = topics_seen(relay.port, relay.spool, "after-bus@test")
         assert {"smtp.accepted", "spool.ready", "forward.done"} <= topics
         assert poll(lambda: not states(relay.spool), 15), states(relay.spool)
 

@@ -32,9 +32,15 @@ def test_generator_check_mode(tmp_path: Path) -> None:
     out = tmp_path / "reference.md"
     assert subprocess.run([sys.executable, str(tool), "--output", str(out)], check=False).returncode == 0
     assert out.read_text(encoding="utf-8") == markdown_reference()
-    assert subprocess.run([sys.executable, str(tool), "--check", "--output", str(out)], check=False).returncode == 0
+    assert (
+        subprocess.run([sys.executable, str(tool), "--check", "--output", str(out)], check=False).returncode
+        == 0
+    )
     out.write_text("stale\n", encoding="utf-8")
     stale = subprocess.run(
-        [sys.executable, str(tool), "--check", "--output", str(out)], check=False, capture_output=True, text=True
+        [sys.executable, str(tool), "--check", "--output", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
     )
     assert stale.returncode == 1 and "gen_reference.py" in stale.stderr

@@ -124,7 +124,10 @@ def test_show_by_id_file_name_and_path(spool: Path) -> None:
         assert out.rstrip().endswith("  Subject: submitted")
     rc, out, _ = run("show", "-s", str(spool), ids["ready"], "--json")
     info = json.loads(out)
-    assert info["to-local"] == ["postmaster"] and info["to-remote"] == ["bob@example.net", "carol@example.org"]
+    assert info["to-local"] == ["postmaster"] and info["to-remote"] == [
+        "bob@example.net",
+        "carol@example.org",
+    ]
     assert info["authentication"] == "alice" and info["headers"][0].startswith("Received: ")
     assert info["content"] == str(spool / f"{ids['ready']}.content")
     rc, _, err = run("show", "-s", str(spool), "emailrelay.9.9.9")
@@ -160,7 +163,10 @@ def test_delete_never_touches_a_busy_message(spool: Path) -> None:
     assert not any(n.startswith(ids["ready"]) for n in names)
     rc, out, _ = run("delete", "-s", str(spool), "--all-failed")
     assert rc == 0 and out == "deleted 1 message\n"
-    assert sorted(p.name for p in spool.iterdir()) == [f"{ids['busy']}.content", f"{ids['busy']}.envelope.busy"]
+    assert sorted(p.name for p in spool.iterdir()) == [
+        f"{ids['busy']}.content",
+        f"{ids['busy']}.envelope.busy",
+    ]
 
 
 def test_usage_errors(spool: Path) -> None:
@@ -265,7 +271,9 @@ def test_append_envelope_line_keeps_envelope_readable(spool: Path) -> None:
         store.append_envelope_line(mid, State.BAD, "Subject: not ours")
     with pytest.raises(SpoolStoreError):
         store.append_envelope_line(mid, State.BUSY, "X-MailRelay-Retry: 1")
-    assert not store.append_envelope_line(MessageId.parse("emailrelay.7.1700000000.9"), State.BAD, "X-MailRelay-A: 1")
+    assert not store.append_envelope_line(
+        MessageId.parse("emailrelay.7.1700000000.9"), State.BAD, "X-MailRelay-A: 1"
+    )
 
 
 def test_probe_writable_free_bytes_and_tool_files(spool: Path, tmp_path: Path) -> None:
