@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages the tests use, only when they are missing:
-# swaks, postfix (for smtp-source / smtp-sink), mpop, fetchmail, openssl.
+# swaks, postfix (for smtp-source / smtp-sink), mpop, fetchmail, openssl,
+# spamd (SpamAssassin, for the spam: filter test), logrotate and iproute2.
 # Postfix is installed without configuration and is never started by this script.
 set -e
 missing=""
@@ -9,6 +10,9 @@ command -v smtp-source >/dev/null 2>&1 || missing="$missing postfix"
 command -v mpop >/dev/null 2>&1 || missing="$missing mpop"
 command -v fetchmail >/dev/null 2>&1 || missing="$missing fetchmail"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v spamd >/dev/null 2>&1 || missing="$missing spamd"
+command -v logrotate >/dev/null 2>&1 || missing="$missing logrotate"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "install-system-packages: need root to install:$missing" >&2

@@ -157,3 +157,16 @@ def test_md5_client_secret_uses_cram_md5(tmp_path: Path) -> None:
     finally:
         downstream.stop()
     assert "mechanism [cram-md5] and plaintext secret for [frank] from line 1" in downstream.log()
+
+
+def test_auth_offered_only_after_tls_without_client_tls(tmp_path: Path, certs: Certs) -> None:
+    """--client-auth without --client-tls to a server that offers AUTH only inside TLS: forwarding fails."""
+    spool = tmp_path / "spool"
+    submit(spool)
+    secrets = tmp_path / "client.auth"
+    secrets.write_text("client plain alice alice-secret\n")
+    with TlsSmtpServer(certs.server_pem) as hop:
+        run = as_client(spool, hop.port, "--client-auth", str(secrets))
+        assert_not_delivered(spool, hop, run)
+        assert hop.auths == [] and "STARTTLS" not in hop.verbs() and "MAIL" not in hop.verbs()
+    assert "cannot authenticate" in run.log

@@ -93,6 +93,11 @@ def test_upstream_commands_without_forward_to_and_terminate(tmp_path: Path) -> N
                 admin.sock.recv(100)
             assert UPSTREAM["<greeting>"] == b""
 
+            # The admin role's first publish on the bus is lost (test_bus_commands.py, a known bug):
+            # spend it on a harmless command so that "smtp disable" below is not the first.
+            assert admin.cmd("unfail-all") == PROMPT
+            time.sleep(0.5)
+
             names = _help_names(admin.cmd("help"))
             upstream_names = _help_names(UPSTREAM["help"])
             assert names == sorted(names)

@@ -38,4 +38,4 @@ def test_the_first_admin_command_is_not_lost(tmp_path: Path) -> None:
         assert smtp_greeting(relay.port).startswith(b"220 ")
         with AdminClient(admin_port) as admin:
             assert admin.cmd("smtp disable") == PROMPT
-        assert poll(lambda: smtp_greeting(relay.port).startswith(b"421"), 5), "smtp disable never arrived"
+        assert poll(lambda: smtp_greeting(relay.port).startswith(b"421"), 3), "smtp disable never arrived"

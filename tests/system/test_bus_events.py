@@ -101,8 +101,10 @@ class _CommitSpotter:
             time.sleep(0.0005)
 
 
-def _submit_and_time(spool: Path, sink: CountingSink, mid: str) -> tuple[float, float]:
-    """(seconds from the start of emailrelay-submit, seconds from the commit) to arrival at the sink."""
+def _submit_and_time(spool: Path, sink: CountingSink, mid: str) -> tuple[float, float | None]:
+    """Seconds to arrival at the sink (from the start of emailrelay-submit, from the commit).
+
+    The second is None when the message was gone before the spotter saw its envelope."""
     spotter = _CommitSpotter(spool)
     spotter.thread.start()
     started = time.monotonic()
@@ -116,8 +118,8 @@ def _submit_and_time(spool: Path, sink: CountingSink, mid: str) -> tuple[float, 
         spotter.stop.set()
         spotter.thread.join(5)
     arrived = sink.arrival(mid)
-    assert arrived is not None and spotter.seen is not None
-    return arrived - started, arrived - spotter.seen
+    assert arrived is not None
+    return arrived - started, None if spotter.seen is None else arrived - spotter.seen
 
 
 def test_submitted_message_is_forwarded_at_once_without_the_poll_timer(tmp_path: Path) -> None:
@@ -127,20 +129,25 @@ def test_submitted_message_is_forwarded_at_once_without_the_poll_timer(tmp_path:
     ):
         # warm up: until the forwarder and the notifier are both on the bus
         assert poll(lambda: _warm(relay.spool, sink), 30, 0.1), "no submitted message forwarded in time"
-        _, first = _submit_and_time(relay.spool, sink, "first@test")
-        print(f"\ncommitted by emailrelay-submit -> at the next hop: {first * 1000:.1f} ms")
-        assert first < 2.0
+        total, first = _submit_and_time(relay.spool, sink, "first@test")
+        print(
+            f"\nemailrelay-submit -> next hop: {total * 1000:.0f} ms from its start, "
+            + ("? (too fast to see)" if first is None else f"{first * 1000:.1f} ms from the commit")
+        )
+        assert total < 2.0  # with --poll 60: only the doorbell can have sent it
         from_start, from_commit = [], []
         for i in range(20):
             total, wake = _submit_and_time(relay.spool, sink, f"lat{i}@test")
             from_start.append(total)
-            from_commit.append(wake)
+            if wake is not None:
+                from_commit.append(wake)
         print(
-            f"median over 20 submits: {statistics.median(from_commit) * 1000:.1f} ms from commit to the "
-            f"next hop (max {max(from_commit) * 1000:.1f} ms); {statistics.median(from_start) * 1000:.0f} ms "
-            "from the start of emailrelay-submit"
+            f"median over 20 submits: {statistics.median(from_start) * 1000:.0f} ms from the start of "
+            f"emailrelay-submit (max {max(from_start) * 1000:.0f} ms); wake-up from the commit to the "
+            f"next hop: median {statistics.median(from_commit or [0.0]) * 1000:.1f} ms "
+            f"(max {max(from_commit or [0.0]) * 1000:.1f} ms, {len(from_commit)} of 20 seen committed)"
         )
-        assert statistics.median(from_commit) < 2.0
+        assert statistics.median(from_start) < 2.0
         assert all(n == 1 for n in sink.ids().values())
 
 
