@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as cm  # noqa: E402
+import common as cm
 
 
 @dataclass
@@ -190,19 +190,24 @@ def postfix_master_cf(port: int) -> str:
     if not src.exists():
         src = Path("/usr/share/postfix/master.cf.dist")
     out: list[str] = []
+    skipping = False  # inside a dropped service entry (its "  -o ..." continuation lines go too)
     for line in src.read_text().splitlines():
         fields = line.split()
-        if line and not line[0].isspace() and not line.startswith("#") and len(fields) >= 8:
-            if fields[1] == "inet":
-                if fields[0] == "smtp" and fields[7] == "smtpd":
-                    out.append(f"{cm.HOST}:{port} inet n - n - - smtpd")
-                continue  # no other listeners (submission, smtps, ...)
+        if line.startswith(("#", " ", "\t")) or not fields:
+            if not (skipping and line.startswith((" ", "\t"))):
+                out.append(line)
+            continue
+        skipping = False
+        if len(fields) < 8:
+            out.append(line)
+        elif fields[1] == "inet":  # listeners: only our smtpd, on 127.0.0.1:port
+            if fields[0] == "smtp" and fields[7] == "smtpd":
+                out.append(f"{cm.HOST}:{port} inet n - n - - smtpd")
+            else:
+                skipping = True
+        else:
             fields[4] = "n"  # no chroot: the temporary queue has no chroot skeleton
-            out.append(" ".join(fields[:8]) + (" " + " ".join(fields[8:]) if fields[8:] else ""))
-        elif line.startswith((" ", "\t")) and out and not out[-1].startswith("#"):
-            out.append(line)
-        elif line.startswith("#") or not line.strip():
-            out.append(line)
+            out.append(" ".join(fields))
     return "\n".join(out) + "\n"
 
 
@@ -231,10 +236,10 @@ class PrivatePostfix:
         for key in ("command_directory", "daemon_directory", "meta_directory", "shlib_directory"):
             out = subprocess.run([postconf, "-dh", key], capture_output=True, text=True, timeout=30)
             defaults[key] = out.stdout.strip()
-        (self.etc / "main.cf").write_text(
-            POSTFIX_MAIN.format(etc=self.etc, queue=self.queue, data=self.data, base=base,
-                                sink_port=sink_port, **defaults)  # fmt: skip
+        main_cf = POSTFIX_MAIN.format(
+            etc=self.etc, queue=self.queue, data=self.data, base=base, sink_port=sink_port, **defaults
         )
+        (self.etc / "main.cf").write_text(main_cf)
         (self.etc / "master.cf").write_text(postfix_master_cf(port))
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -351,10 +356,14 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--size", type=int, default=10240, help="payload bytes per message (smtp-source -l)")
-    ap.add_argument("--latency", type=int, default=500, help="messages in the one-session latency runs (0: skip)")
+    ap.add_argument(
+        "--latency", type=int, default=500, help="messages in the one-session latency runs (0: skip)"
+    )
     ap.add_argument("--timeout", type=float, default=300.0, help="limit per phase of a cell, seconds")
     ap.add_argument("--no-postfix", action="store_true")
-    ap.add_argument("--no-single-process", action="store_true", help="skip the --single-process reference cells")
+    ap.add_argument(
+        "--no-single-process", action="store_true", help="skip the --single-process reference cells"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 500 messages, 100 latency messages")
     opts = ap.parse_args()
     if opts.quick:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import resource
+import shutil
 import socket
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as cm  # noqa: E402
+import common as cm
 
 
 @dataclass
@@ -52,7 +53,9 @@ def count_envelopes(spool: Path) -> int:
     return sum(1 for p in spool.iterdir() if p.name.endswith(".envelope"))
 
 
-def run_cell(name: str, args: list[str], port: int, spool: Path | None, tmp: Path, opts: argparse.Namespace) -> Result:
+def run_cell(
+    name: str, args: list[str], port: int, spool: Path | None, tmp: Path, opts: argparse.Namespace
+) -> Result:
     log = tmp / f"{name}.log"
     print(f"  {name}: smtp-source -s {opts.sessions} -m {opts.messages} -l {opts.size} ...", flush=True)
     server = cm.start_listening(args, port, log)
@@ -122,7 +125,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=10240, help="payload bytes per message (smtp-source -l)")
     ap.add_argument("--idle", type=int, default=1000, help="idle connections for the idle test (0: skip)")
     ap.add_argument("--timeout", type=float, default=600.0, help="limit per smtp-source run, seconds")
-    ap.add_argument("--no-single-process", action="store_true", help="skip the --single-process reference cell")
+    ap.add_argument("--cells", default="relay,relay1,aiosmtpd,sink",
+                    help="which servers, in this order: relay (supervised, the default mode), "
+                         "relay1 (--single-process), aiosmtpd, sink")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run: 2000 messages, 200 idle connections")
     opts = ap.parse_args()
     if opts.quick:
@@ -136,39 +141,56 @@ def main() -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="emailrelay-bench-") as tmpname:
         tmp = Path(tmpname)
-        spool = tmp / "relay-spool"
-        spool.mkdir()
-        port = cm.free_port()
-        results.append(run_cell("emailrelay (fsync)", cm.relay_args(port, spool), port, spool, tmp, opts))
-        if not opts.no_single_process:
-            spool1 = tmp / "relay1-spool"
-            spool1.mkdir()
+        aiosmtpd_script = str(Path(__file__).with_name("aiosmtpd_store.py"))
+        for cell in opts.cells.split(","):
             port = cm.free_port()
-            args1 = cm.relay_args(port, spool1, "--single-process")
-            results.append(run_cell("emailrelay --single-process", args1, port, spool1, tmp, opts))
-
-        aspool = tmp / "aiosmtpd-spool"
-        aspool.mkdir()
-        port = cm.free_port()
-        aargs = [cm.PYTHON, str(Path(__file__).with_name("aiosmtpd_store.py")), "--port", str(port),
-                 "--spool-dir", str(aspool)]  # fmt: skip
-        results.append(run_cell("aiosmtpd (no fsync)", aargs, port, aspool, tmp, opts))
-
-        port = cm.free_port()
-        sargs = [cm.tool("smtp-sink"), "-u", "root", f"{cm.HOST}:{port}", "256"]
-        results.append(run_cell("smtp-sink (ceiling)", sargs, port, None, tmp, opts))
+            spool: Path | None = tmp / f"{cell}-spool"
+            assert spool is not None
+            spool.mkdir()
+            if cell == "relay":
+                name, args = "emailrelay (fsync)", cm.relay_args(port, spool)
+            elif cell == "relay1":
+                name, args = "emailrelay --single-process", cm.relay_args(port, spool, "--single-process")
+            elif cell == "aiosmtpd":
+                name = "aiosmtpd (no fsync)"
+                args = [cm.PYTHON, aiosmtpd_script, "--port", str(port), "--spool-dir", str(spool)]
+            elif cell == "sink":
+                name, spool = "smtp-sink (ceiling)", None
+                args = [cm.tool("smtp-sink"), "-u", "root", f"{cm.HOST}:{port}", "256"]
+            else:
+                raise SystemExit(f"bench: unknown cell {cell!r} (relay, relay1, aiosmtpd, sink)")
+            results.append(run_cell(name, args, port, spool, tmp, opts))
+            if spool is not None:
+                shutil.rmtree(spool, ignore_errors=True)  # free the disk before the next cell
 
         print()
-        print(f"{opts.messages} messages x {opts.size} bytes, {opts.sessions} sessions, one connection per message")
+        print(
+            f"{opts.messages} messages x {opts.size} bytes, {opts.sessions} sessions, one connection per message"
+        )
         rows = [
             [r.name, f"{r.rate(opts.messages):.0f}", f"{r.seconds:.1f}", cm.mb(r.peak_rss), cm.mb(r.peak_pss), r.procs, f"{r.cpu:.1f}",
              "-" if r.stored is None else r.stored, r.note or "ok"]
             for r in results
         ]  # fmt: skip
-        print(cm.table(["server", "msgs/s", "wall s", "peak RSS MB", "peak PSS MB", "procs", "cpu s", "stored", "status"], rows))
-        aio = next(r for r in results if r.name.startswith("aiosmtpd"))
+        print(
+            cm.table(
+                [
+                    "server",
+                    "msgs/s",
+                    "wall s",
+                    "peak RSS MB",
+                    "peak PSS MB",
+                    "procs",
+                    "cpu s",
+                    "stored",
+                    "status",
+                ],
+                rows,
+            )
+        )
+        aio = next((r for r in results if r.name.startswith("aiosmtpd")), None)
         for ours in (r for r in results if r.name.startswith("emailrelay")):
-            if ours.rc == 0 and aio.rc == 0:
+            if aio is not None and ours.rc == 0 and aio.rc == 0:
                 print(f"ratio {ours.name} / aiosmtpd: throughput "
                       f"{ours.rate(opts.messages) / aio.rate(opts.messages):.2f}, "
                       f"peak RSS {ours.peak_rss / max(1, aio.peak_rss):.2f}, "
@@ -179,16 +201,18 @@ def main() -> int:
             print(f"idle connections ({opts.idle}, held 2 s):")
             ispool = tmp / "idle-spool"
             ispool.mkdir()
-            port = cm.free_port()
-            print(idle_test("emailrelay", cm.relay_args(port, ispool), port, tmp, opts.idle), flush=True)
-            if not opts.no_single_process:
+            cells = opts.cells.split(",")
+            if "relay" in cells:
+                port = cm.free_port()
+                print(idle_test("emailrelay", cm.relay_args(port, ispool), port, tmp, opts.idle), flush=True)
+            if "relay1" in cells:
                 port = cm.free_port()
                 args1 = cm.relay_args(port, ispool, "--single-process")
                 print(idle_test("emailrelay --single-process", args1, port, tmp, opts.idle), flush=True)
-            port = cm.free_port()
-            aargs = [cm.PYTHON, str(Path(__file__).with_name("aiosmtpd_store.py")), "--port", str(port),
-                     "--spool-dir", str(aspool)]  # fmt: skip
-            print(idle_test("aiosmtpd", aargs, port, tmp, opts.idle), flush=True)
+            if "aiosmtpd" in cells:
+                port = cm.free_port()
+                aargs = [cm.PYTHON, aiosmtpd_script, "--port", str(port), "--spool-dir", str(ispool)]
+                print(idle_test("aiosmtpd", aargs, port, tmp, opts.idle), flush=True)
     return 0
 
 

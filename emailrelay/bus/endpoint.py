@@ -56,6 +56,9 @@ class BusClient:
         self.pub_endpoint, self.sub_endpoint = schema.endpoints(run_dir)
         self._pub: Any = None
         self._sub: Any = None
+        # connect now, not at the first publish: a PUB socket drops what it sends before the
+        # proxy's subscriptions have reached it, so a lazily connected one loses its first messages
+        self._publisher()
 
     def _publisher(self) -> Any:
         if self._pub is None:

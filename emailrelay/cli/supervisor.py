@@ -148,7 +148,8 @@ def _role_watchers(
     watchers = [watcher("bus", [], priority=30)]
     if config.forward_to and not config.immediate:
         n = max(1, config.workers_forward)
-        watchers.append(watcher("notify", [], priority=20))
+        if config.poll is not None:  # without --poll only disconnects ring (--forward-on-disconnect)
+            watchers.append(watcher("notify", [], priority=20))
         watchers.append(
             watcher("forward", ["--index", "$(circus.wid)", "--count", str(n)], numprocesses=n, priority=10)
         )

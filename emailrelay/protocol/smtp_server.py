@@ -906,11 +906,13 @@ class SmtpServer:
 
     def _cmd_auth(self, line: str, arg: str) -> Event:
         c = self._cfg
+        words = arg.split()
+        if len(words) >= 2:  # an initial response carries credentials: never let it reach a log
+            line = f"{line.split(None, 1)[0]} {words[0]} [authentication response not logged]"
         if self._authenticated:
             return self._error(line, 503, "5.5.1 already authenticated")
         if c.tls_required and not self._tls:
             return self._error(line, 530, "5.7.0 must issue STARTTLS first")
-        words = arg.split()
         if not 1 <= len(words) <= 2:
             return self._error(line, 501, "5.5.4 invalid AUTH command")
         mechanism = words[0].upper()

@@ -54,6 +54,7 @@ READ_CHUNK = 256 * 1024
 IN_MEMORY_LIMIT = 1024 * 1024  # content up to this size is read once and sent from memory
 IDLE_CONNECTION_LINGER = 2.0
 CONTINUOUS_RESCAN = 1.0  # --poll 0: safety-net rescan period
+RECOVERY_PERIOD = 5.0  # at most this often, a rescan also returns claims of dead forwarders
 _CONTENT_TO_BODY = {"7bit": "7BIT", "8bit": "8BITMIME", "binarymime": "BINARYMIME"}
 
 
@@ -114,13 +115,19 @@ class ForwardService:
     """Forwarding for one process: a queue of ids, ``workers`` sender tasks, a rescan timer."""
 
     def __init__(
-        self, config: Config, store: SpoolStore, *, executor: ThreadPoolExecutor | None = None
+        self,
+        config: Config,
+        store: SpoolStore,
+        *,
+        executor: ThreadPoolExecutor | None = None,
+        safety_rescan: float | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.executor = executor
         self.log = logmod.get()
         self.workers = max(1, config.workers_forward)
+        self.safety_rescan = safety_rescan  # rescan at least this often (supervised: lost doorbells)
         self.client_config = sc.ClientConfig(
             helo_name=config.domain if "." in config.domain else "[127.0.0.1]",
             pipelining="nopipelining" not in config.client_smtp_config,
@@ -141,10 +148,12 @@ class ForwardService:
         self.sent = 0
         self._wake = asyncio.Event()
         self._ignore_backoff = False
+        self._forcing = False  # the current pass ignores back-off (admin forward)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._claims: set[Claim] = set()
         self._started: dict[MessageId, float] = {}
+        self._last_recovery = -RECOVERY_PERIOD
         self._immediate: set[MessageId] = set()  # --immediate: failures are the client's, not ours
         self.on_event: Callable[..., None] | None = None  # (topic, **body): bus events
 
@@ -216,9 +225,10 @@ class ForwardService:
     # ---- scheduling -------------------------------------------------------------------
     def _period(self) -> float | None:
         poll = self.config.poll
-        if poll is None:
-            return None
-        return CONTINUOUS_RESCAN if poll == 0 else poll
+        period = None if poll is None else (CONTINUOUS_RESCAN if poll == 0 else poll)
+        if self.safety_rescan is not None:
+            period = self.safety_rescan if period is None else min(period, self.safety_rescan)
+        return period
 
     async def _scheduler(self, initial: bool) -> None:
         if initial or self.config.poll is not None:
@@ -239,9 +249,25 @@ class ForwardService:
             self._wake.clear()
             self._rescan()
 
+    def _recover(self) -> None:
+        """Return claims of dead forwarders (any worker may do it: recovery takes the claim's lock)."""
+        now = time.monotonic()
+        if now - self._last_recovery < RECOVERY_PERIOD:
+            return
+        self._last_recovery = now
+        try:
+            report = self.store.recover(new_age=max(600.0, 2 * self.config.filter_timeout))
+        except OSError as exc:
+            self.log.warning(f"spool recovery failed: {exc}")
+            return
+        for mid in report.released:
+            self.log.info(f"recovered claim on [{mid}]: returned to the queue")
+
     def _rescan(self) -> None:
+        self._recover()
         ignore = self._ignore_backoff
         self._ignore_backoff = False
+        self._forcing = ignore
         for mid in self.store.ready(ignore_backoff=ignore):
             if mid not in self.known:
                 self.known.add(mid)
@@ -264,7 +290,7 @@ class ForwardService:
             else:
                 mid = await self.queue.get()
             try:
-                await self.forward_one(mid)
+                await self.forward_one(mid, due_only=not (exit_when_empty or self._forcing))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad message must not stop forwarding
@@ -281,7 +307,9 @@ class ForwardService:
         while not self.queue.empty():
             self.known.discard(self.queue.get_nowait())
 
-    async def forward_one(self, mid: MessageId) -> Outcome:
+    async def forward_one(self, mid: MessageId, *, due_only: bool = False) -> Outcome:
+        if due_only and not self.store.is_due(mid):
+            return Outcome("skipped")  # rung for a message still in back-off (eg. a release seen by notify)
         claim = self.store.claim(mid)
         if claim is None:
             return Outcome("skipped")
@@ -308,7 +336,10 @@ class ForwardService:
         if outcome.status == "sent":
             return 250, outcome.text or "message processed"
         if outcome.status == "retry":
-            return 451, outcome.text or "4.4.1 next hop unavailable"
+            return (
+                outcome.code if 400 <= outcome.code < 500 else 451,
+                outcome.text or "4.4.1 next hop unavailable",
+            )
         return outcome.code or 554, outcome.text or "5.0.0 forwarding failed"
 
     async def _forward_claimed(self, claim: Claim) -> Outcome:
@@ -487,6 +518,9 @@ class ForwardService:
             bad = claim.fail(reason, code)
         except OSError as exc:
             self.log.error(f"cannot fail envelope [{busy}]: {exc}: leaving it for a retry")
+            with contextlib.suppress(OSError):
+                claim.release()  # back to .envelope: nothing may stay .busy without an owner
+            self.failures += 1
             return Outcome("retry", code or 451, reason)
         self.log.info(f"failing envelope [{busy}] -> [{bad.name}]")
         self._emit(schema.SPOOL_FAILED, id=str(claim.id), reason=reason)

@@ -18,17 +18,18 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
+from ..errors import EmailRelayError
 from ..identity import group_for_files
 from ..protocol import smtp_server as sp
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .listeners import Bound
-from .security import server_security
+from .security import client_security, server_security
 from .smtpd import ServerPolicy, ServiceHooks, SmtpService, SmtpServiceOptions
 
 if TYPE_CHECKING:
@@ -103,6 +104,28 @@ class Instance:
     smtp_sockets: list[Bound] = field(default_factory=list)  # every listening socket (smtp, pop, admin)
     exit_status: int = 0
     stop: asyncio.Event | None = None  # shared by the instances of one process
+    reloaders: list[Callable[[], None]] = field(default_factory=list)
+
+    def _reload(self, smtpd: SmtpService, forwarder: ForwardService | None, pop: Any) -> None:
+        """SIGHUP: re-read secrets files and certificates; a bad file keeps the old settings."""
+        log = logmod.get()
+        try:
+            server = server_security(self.config)
+            client = client_security(self.config) if forwarder is not None else None
+            pop_sec = None
+            if pop is not None:
+                from .pop3d import pop_security
+
+                pop_sec = pop_security(self.config)
+        except EmailRelayError as exc:
+            log.error(f"sighup: keeping the old authentication and tls settings: {exc}")
+            return
+        smtpd.options.security = server
+        if forwarder is not None and client is not None:
+            forwarder.security = client
+        if pop is not None:
+            pop.security = pop_sec
+        log.info("sighup: secrets and certificates reloaded")
 
     async def run(self) -> int:
         log = logmod.get()
@@ -121,7 +144,7 @@ class Instance:
             forwarder = ForwardService(config, store, executor=executor)
         on_commit = on_disconnect = None
         if forwarder is not None and not config.immediate:
-            if config.poll == 0:
+            if config.poll is not None:  # forward at once; the poll period is the safety net
                 on_commit = forwarder.ring
             if config.forward_on_disconnect:
                 on_disconnect = forwarder.ring
@@ -135,7 +158,9 @@ class Instance:
             on_rescan=forwarder.ring if forwarder is not None else None,
         )
         loop = asyncio.get_running_loop()
-        stop = self.stop if self.stop is not None else _stop_on_signals()
+        pop = None
+        stop = self.stop if self.stop is not None else _stop_on_signals(self.reloaders)
+        self.reloaders.append(lambda: self._reload(smtpd, forwarder, pop))
 
         def publish(topic: str, **body: object) -> None:
             """The bus of a single process: commands go straight to the services."""
@@ -145,7 +170,6 @@ class Instance:
                 smtpd.enabled = topic == schema.CMD_SMTP_ENABLE
 
         admin_servers = []
-        pop = None
         try:
             smtp_socks = [b.sock for b in self.smtp_sockets if b.spec.service == "smtp"]
             if smtp_socks:
@@ -186,17 +210,19 @@ class Instance:
         return self.exit_status
 
 
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT (SIGHUP is logged: roles reload by restarting)."""
-    log = logmod.get()
+def _stop_on_signals(reloaders: list[Callable[[], None]]) -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT; SIGHUP runs the reloaders (secrets, certificates)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def reload() -> None:
+        for reloader in list(reloaders):
+            reloader()
+
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: log.info("sighup: restart with --single-process to reload")
-        )
+        loop.add_signal_handler(signal.SIGHUP, reload)
     return stop
 
 
@@ -204,8 +230,10 @@ async def run_instances(instances: list[Instance]) -> int:
     """Several configurations in one process; the first non-zero exit status wins."""
     if len(instances) == 1:
         return await instances[0].run()
-    stop = _stop_on_signals()
+    reloaders: list[Callable[[], None]] = []
+    stop = _stop_on_signals(reloaders)
     for instance in instances:
         instance.stop = stop
+        instance.reloaders = reloaders
     statuses = await asyncio.gather(*(i.run() for i in instances))
     return next((s for s in statuses if s), 0)

@@ -27,7 +27,6 @@ import ctypes
 import os
 import signal
 import socket
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import identity
@@ -40,6 +39,8 @@ from .instance import build_smtp_service, open_store
 from .notify import SpoolWatcher
 
 PR_SET_NAME = 15
+SUBSCRIBE_SETTLE = 1.0  # seconds for a new subscription to reach the bus
+SAFETY_RESCAN = 60.0  # a forward role rescans at least this often, whatever --poll says
 
 
 def set_process_name(role: str) -> None:
@@ -66,10 +67,6 @@ async def _until_stopped() -> None:
     await stop.wait()
 
 
-def share_of(mid: str, count: int) -> int:
-    return zlib.crc32(mid.encode()) % max(1, count)
-
-
 async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
     log = logmod.get()
     bus = BusClient(run_dir)
@@ -84,18 +81,14 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
         from .forward import ForwardService
 
         forwarder = ForwardService(config, store, executor=executor)
-    session_ids: list[MessageId] = []
 
     def committed(mid: MessageId) -> None:
         bus.publish(schema.SMTP_ACCEPTED, id=str(mid))
-        if config.forward_on_disconnect and config.poll is None:
-            session_ids.append(mid)  # proxy mode: rung when the client disconnects
-        else:
-            bus.publish(schema.SPOOL_READY, id=str(mid))
+        bus.publish(schema.SPOOL_READY, id=str(mid))
 
     def disconnected() -> None:
-        while session_ids:
-            bus.publish(schema.SPOOL_READY, id=str(session_ids.pop(0)))
+        if config.forward_on_disconnect:  # --as-proxy: a rescan of the whole spool, as upstream
+            bus.publish(schema.CMD_FORWARD, backoff=True)
 
     smtpd = build_smtp_service(
         config,
@@ -137,29 +130,32 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     drop_privileges(config)
     store = open_store(config)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool")
-    forwarder = ForwardService(config, store, executor=executor)
+    # with --poll, a new message is forwarded at once (notify rings) and the poll period is the safety
+    # net; without it (--forward-on-disconnect) only disconnects ring, plus a slow safety rescan
+    rung_by_notify = config.poll is not None
+    forwarder = ForwardService(config, store, executor=executor, safety_rescan=SAFETY_RESCAN)
     forwarder.on_event = bus.publish
     bus.subscribe([schema.SPOOL_READY, schema.CMD_FORWARD, schema.CMD_FLUSH])
 
     async def rings() -> None:
         async for topic, body in bus.messages():
             if topic == schema.SPOOL_READY:
-                text = str(body.get("id", ""))
-                with contextlib.suppress(ValueError):
-                    if share_of(text, count) == index:
-                        forwarder.ring(MessageId.parse(text))
+                # every worker is rung: the claim decides who forwards, so scaling the role
+                # up or down at run time never leaves a message waiting for the poll timer
+                if rung_by_notify:
+                    with contextlib.suppress(ValueError):
+                        forwarder.ring(MessageId.parse(str(body.get("id", ""))))
             elif body.get("backoff"):
-                forwarder.ring()  # a filter asked for a rescan (exit 103): due messages only
+                forwarder.ring()  # a disconnect (--forward-on-disconnect) or a filter's 103: due messages
             else:
-                forwarder.forward_all_now()
+                forwarder.forward_all_now()  # admin forward / flush
 
-    if index == 0:
-        report = store.recover(new_age=max(600.0, 2 * config.filter_timeout))
-        for mid in report.released:
-            logmod.get().info(f"recovered claim on [{mid}]: returned to the queue")
     await forwarder.start(initial=True)
     bus.publish(schema.ROLE_STARTED, role="forward")
     listener = asyncio.get_running_loop().create_task(rings())
+    if rung_by_notify:
+        # doorbells rung before our subscription reached the bus are lost: one more rescan once it has
+        asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, forwarder.ring)
     try:
         await _until_stopped()
     finally:

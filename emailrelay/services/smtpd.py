@@ -150,10 +150,8 @@ class SmtpService:
 
     async def start(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
-        security = self.options.security
-        context = security.tls_context if security is not None and security.tls_implicit else None
         for sock in sockets:
-            server = await loop.create_server(lambda: SmtpSession(self), sock=sock, backlog=1024, ssl=context)
+            server = await loop.create_server(lambda: SmtpSession(self), sock=sock, backlog=1024)
             self.servers.append(server)
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -231,12 +229,47 @@ class SmtpSession(asyncio.Protocol):
         svc.sessions.add(self)
         svc.stats["started"] += 1
         transport.set_write_buffer_limits(high=256 * 1024)
-        if transport.get_extra_info("ssl_object") is not None:
-            self._tls_up(transport)
+        security = svc.options.security
+        if security is not None and security.tls_implicit and security.tls_context is not None:
+            # --server-tls-connection: the handshake first (ours, so a failure is logged), then the greeting
+            # (the task runs before the loop next polls the socket, so no raw byte reaches us first)
+            self._task = asyncio.get_running_loop().create_task(self._implicit_tls(security.tls_context))
+            self._arm_idle_timer()
+            return
+        self._greet()
+
+    def _greet(self) -> None:
         self.proto = sp.SmtpServer(self._session_config())
         self.proto.greeting()
         self._flush()
-        self._arm_idle_timer()
+        if self._idle_handle is None:
+            self._arm_idle_timer()
+
+    async def _implicit_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        self._tls_early = []
+        try:
+            new_transport = await asyncio.get_running_loop().start_tls(
+                self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.log.warning(f"tls error: {exc}", self.peer.host)
+            if self.transport is not None:
+                self.transport.abort()
+            self._task = None
+            self._tls_early = None
+            return
+        self._task = None
+        early, self._tls_early = self._tls_early or [], None
+        if new_transport is None:
+            return
+        self.transport = cast(asyncio.Transport, new_transport)
+        self._tls_up(new_transport)
+        self._greet()
+        for data in early:
+            self.proto.receive_data(data)
+        if early:
+            self._pump()
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = time.monotonic()
@@ -296,7 +329,7 @@ class SmtpSession(asyncio.Protocol):
         return replace(
             base,
             auth_mechanisms=security.mechanisms(self.encrypted),
-            auth_required=bool(secrets and secrets.has_server_accounts) and self.trusted_keyword is None,
+            auth_required=secrets is not None and self.trusted_keyword is None,
             starttls=security.tls_context is not None and not security.tls_implicit and not self.encrypted,
             tls_required=security.tls_required and not self.encrypted,
         )
@@ -339,6 +372,11 @@ class SmtpSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, new_transport)
         self._reading_paused = False  # the TLS transport reads afresh
         self._tls_up(new_transport)
+        # RFC 3207 4.2: everything learnt before TLS is forgotten, the AUTH identity included
+        self._sasl = None
+        self.auth_mechanism, self.auth_id = (
+            ("none", self.trusted_keyword) if self.trusted_keyword else ("", "")
+        )
         self.proto.tls_established(self._session_config())
         early, self._tls_early = self._tls_early or [], None
         for data in early:
@@ -360,7 +398,7 @@ class SmtpSession(asyncio.Protocol):
         return self._auth_step(self._sasl.start(ev.initial_response))
 
     def _on_auth_response(self, ev: sp.AuthResponse) -> Awaitable[None] | None:
-        self._trace_rx(ev.line)
+        self.log.verbose(f"rx<<: {ev.line}", self.peer.host)  # upstream logs the placeholder bare
         if self._sasl is None:
             self.proto.auth_failed()
             return None

@@ -241,6 +241,14 @@ class SpoolStore:
             if e.state is State.READY and (ignore_backoff or e.mtime <= limit + 0.001)
         )
 
+    def is_due(self, mid: MessageId, now: float | None = None) -> bool:
+        """A ready message whose back-off has run out (False when it is not ready at all)."""
+        try:
+            mtime = self._envelope(mid, State.READY).stat().st_mtime
+        except OSError:
+            return False
+        return mtime <= (time.time() if now is None else now) + 0.001
+
     def next_due(self) -> float | None:
         """The earliest not-before time of a ready message, or None when there is none."""
         times = [e.mtime for e in self.scan() if e.state is State.READY]

@@ -384,12 +384,6 @@ def test_server_auth_config_plain_only_after_starttls(tmp_path: Path, certs: Cer
 # ------------------------------------------------------------------ what the log must not show
 
 
-@pytest.mark.xfail(
-    reason="BUG: AUTH with an initial response is logged verbatim: "
-    'rx<<: "AUTH PLAIN <base64 of user and password>" (smtp_server.py _cmd_auth passes the raw line '
-    "to AuthStart.line, smtpd.py _on_auth traces it)",
-    strict=True,
-)
 def test_auth_initial_response_is_not_logged(auth_relay: AuthRelay) -> None:
     relay = auth_relay.relay
     password = "initial-response-pw"
@@ -401,12 +395,6 @@ def test_auth_initial_response_is_not_logged(auth_relay: AuthRelay) -> None:
     assert leaked not in relay.log() and password not in relay.log()
 
 
-@pytest.mark.xfail(
-    reason="BUG: the SASL response placeholder is quoted like a protocol line: "
-    'rx<<: "[authentication response not logged]"; upstream (server-verbose.log) writes it bare '
-    "(smtpd.py _on_auth_response -> _trace_rx)",
-    strict=True,
-)
 def test_auth_response_placeholder_matches_upstream(auth_relay: AuthRelay) -> None:
     relay = auth_relay.relay
     with connect(relay) as c:
@@ -417,11 +405,6 @@ def test_auth_response_placeholder_matches_upstream(auth_relay: AuthRelay) -> No
 # ------------------------------------------------------------------ SIGHUP
 
 
-@pytest.mark.xfail(
-    reason="BUG: SPEC.md §5 says the secrets file is re-read on SIGHUP; instance.py:141 only logs "
-    '"sighup: nothing to reload" (roles.py:65 ignores it)',
-    strict=True,
-)
 def test_secrets_are_reread_on_sighup(tmp_path: Path) -> None:
     secrets = tmp_path / "server.auth"
     secrets.write_text("server plain alice old-pw\n")
@@ -442,12 +425,6 @@ def test_secrets_are_reread_on_sighup(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ what STARTTLS and trust must not keep
 
 
-@pytest.mark.xfail(
-    reason="BUG: an AUTH identity from before STARTTLS survives it (RFC 3207 4.2: discard what was not "
-    "obtained from TLS): the protocol resets 'authenticated' but smtpd.py SmtpSession._start_tls keeps "
-    "auth_mechanism/auth_id, so a trusted client's envelope says Authentication: alice (Received: ESMTPS, no A)",
-    strict=True,
-)
 def test_authentication_before_starttls_is_forgotten(tmp_path: Path, certs: Certs) -> None:
     secrets = tmp_path / "server.auth"
     secrets.write_text(f"server none 127.0.0.0/8 trustedkw\nserver plain alice {ALICE_PW}\n")
@@ -469,13 +446,6 @@ def test_authentication_before_starttls_is_forgotten(tmp_path: Path, certs: Cert
     assert env.authentication == "trustedkw"  # what a trusted, unauthenticated client gets
 
 
-@pytest.mark.xfail(
-    reason="BUG: a secrets file with only 'server none' lines makes --server-auth require nothing from "
-    "anybody (open relay for addresses outside the trusted range); the reference says clients must "
-    "authenticate unless trusted. smtpd.py SmtpSession._session_config: auth_required uses "
-    "secrets.has_server_accounts",
-    strict=True,
-)
 def test_only_trusted_lines_still_require_auth_outside_the_range(tmp_path: Path) -> None:
     secrets = tmp_path / "server.auth"
     secrets.write_text("server none 10.0.0.0/8 lan\n")

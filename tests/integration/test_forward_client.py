@@ -176,12 +176,6 @@ def test_broken_message_is_failed_and_the_rest_still_goes(spool: Path, damage: s
     assert "busy" not in states(spool) and "envelope" not in states(spool)
 
 
-@pytest.mark.xfail(
-    reason="BUG: when Claim.fail() raises (store.py Claim.fail closes the claim in its finally), "
-    "ForwardService._fail logs 'leaving it for a retry' but nothing renames .busy back and "
-    "failures is not counted: the message stays .busy until the next start, --as-client exits 0",
-    strict=True,
-)
 def test_failure_to_write_the_reason_does_not_strand_the_message(spool: Path) -> None:
     # Claim.fail rewrites the envelope through "<id>.envelope.busy.tmp"; when that cannot be
     # written (disk full, EIO; simulated here by a directory in the way) the message must not

@@ -67,8 +67,9 @@ class TlsSmtpServer:
     ``starttls_reply`` is written in one ``write`` in answer to STARTTLS:
     a malicious server can append a second reply to it (the injection test).
     ``accounts`` maps user -> password for PLAIN/LOGIN, ``tokens`` user ->
-    bearer token for XOAUTH2 (or a callable giving it, for tokens made later).  Plaintext pipelined after STARTTLS is
-    recorded in ``protocol_errors`` and discarded.
+    bearer token for XOAUTH2 (or a callable giving it, for tokens made
+    later).  Plaintext pipelined after STARTTLS is recorded in
+    ``protocol_errors`` and discarded.
     """
 
     certificate: Path | None = None
@@ -121,6 +122,8 @@ class TlsSmtpServer:
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     async def _start(self) -> asyncio.AbstractServer:
         self._loop.set_exception_handler(self._loop_error)
@@ -182,7 +185,7 @@ class TlsSmtpServer:
                     continue
                 writer.write(self.starttls_reply)
                 await writer.drain()
-                pending = bytes(getattr(reader, "_buffer", b""))
+                pending = bytes(reader._buffer)  # StreamReader's buffer: read but not yet consumed
                 if pending:
                     self.protocol_errors.append(f"plaintext pipelined after STARTTLS: {pending!r}")
                     reader._buffer.clear()
@@ -223,7 +226,8 @@ class TlsSmtpServer:
                 s.reset()
                 await send("250 2.0.0 queued")
             elif verb in ("RSET", "NOOP"):
-                s.reset() if verb == "RSET" else None
+                if verb == "RSET":
+                    s.reset()
                 await send("250 2.0.0 ok")
             elif verb == "QUIT":
                 await send("221 2.0.0 bye")
@@ -376,6 +380,7 @@ def test_starttls_then_auth_plain_to_test_server(tmp_path: Path, certs: Certs) -
         )
         assert d.data.endswith(BODY)
         assert "AUTH=alice" in d.mail_params  # the name we authenticated as (reference guide)
+        assert hop.protocol_errors == []  # nothing pipelined behind STARTTLS
     assert queued(spool) == []
     assert "tls protocol established with 127.0.0.1:" in run.log
     assert "alice-secret" not in run.log
@@ -500,7 +505,7 @@ def test_verify_name_wrong_then_right(tmp_path: Path, certs: Certs) -> None:
 
 
 def test_client_certificate_is_presented(tmp_path: Path, certs: Certs) -> None:
-    """--client-tls-certificate: the next hop sees our certificate (it would be the relay's identity)."""
+    """--client-tls-certificate: a next hop that demands a client certificate gets ours."""
     spool = tmp_path / "spool"
     submit(spool)
     with TlsSmtpServer(certs.server_pem, require_auth=False, client_ca=certs.ca) as hop:

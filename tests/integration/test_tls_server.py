@@ -295,12 +295,6 @@ def test_client_certificates_verified_under_supervisor(tmp_path: Path, certs: Ce
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: with --server-tls-connection a failed handshake is not logged at all (no 'tls error', "
-    "no 'smtp connection from'): smtpd.py SmtpService.start passes ssl= to loop.create_server, so "
-    "asyncio does the handshake before the session exists and drops the error",
-    strict=True,
-)
 def test_implicit_tls_handshake_failure_is_logged(tmp_path: Path, certs: Certs) -> None:
     relay = start_relay(
         tmp_path, "--single-process", "--server-tls-connection", "--server-tls-certificate", str(certs.server_pem),

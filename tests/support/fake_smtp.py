@@ -319,6 +319,12 @@ class FakeSmtp:
                 self._cond.wait(min(left, 0.1))
             return True
 
+    def clear_messages(self) -> None:
+        """Forget what was received so far (a warm-up), keeping the connection count."""
+        with self._cond:
+            self.messages.clear()
+            self.refused.clear()
+
     def commands_named(self, verb: str) -> list[str]:
         verb = verb.upper()
         return [c for _, c in list(self.commands) if c.split(" ", 1)[0].split(":", 1)[0].upper() == verb]

@@ -121,6 +121,50 @@ def files(spool: Path, suffix: str) -> list[Path]:
     return sorted(p for p in spool.iterdir() if p.name.endswith(suffix))
 
 
+def bus_connections(spool: Path) -> tuple[int, int]:
+    """(publishers, subscribers) connected to the supervised relay's bus: accepted unix-socket
+    connections on its two ipc files, from /proc/net/unix."""
+    from emailrelay.cli.supervisor import default_run_dir
+
+    run_dir = default_run_dir(spool)
+    paths = {str(run_dir / "bus-in.ipc"): 0, str(run_dir / "bus-out.ipc"): 0}
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] in paths and fields[5] == "03":  # SS_CONNECTED
+                paths[fields[7]] += 1
+    return paths[str(run_dir / "bus-in.ipc")], paths[str(run_dir / "bus-out.ipc")]
+
+
+def _notify_running(spool: Path) -> bool:
+    """Whether the relay on ``spool`` runs a notify role (only with --poll)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if "emailrelay.cli.role" in cmd and "notify" in cmd and str(spool) in " ".join(cmd):
+            return True
+    return False
+
+
+def wait_for_bus(
+    spool: Path, publishers: int | None = None, subscribers: int = 2, timeout: float = 20.0
+) -> bool:
+    """Wait until the smtp, forward (and notify, when it runs) roles are connected to the bus (then let
+    the subscriptions travel).  Until then the supervised relay can miss its own doorbells."""
+    deadline = time.monotonic() + timeout
+    if publishers is None:
+        publishers = 3 if _notify_running(spool) else 2
+    while time.monotonic() < deadline:
+        pubs, subs = bus_connections(spool)
+        if pubs >= publishers and subs >= subscribers:
+            time.sleep(0.3)  # ZMTP handshake and SUBSCRIBE, on the roles' I/O threads
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def run_client(
     spool: Path, hop: str, *extra: str, timeout: float = 60.0, user: str | None = "root"
 ) -> subprocess.CompletedProcess[str]:
