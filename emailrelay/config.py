@@ -43,6 +43,7 @@ class Config:
     filters: list[str] = field(default_factory=list)
     filter_timeout: float = 60.0
     address_verifier: str | None = None
+    dnsbl: str | None = None
     delivery_dir: Path | None = None
     # client side
     forward_to: str | None = None
@@ -204,6 +205,7 @@ def from_values(values: Values) -> Config:
     c.client_filters = _list(values, "client-filter")
     c.filter_timeout = _int(values, "filter-timeout", 60)
     c.address_verifier = _str(values, "address-verifier")
+    c.dnsbl = _str(values, "dnsbl")
     if delivery := _str(values, "delivery-dir"):
         c.delivery_dir = Path(delivery)
     c.forward_to = _str(values, "forward-to")

@@ -31,7 +31,7 @@ from .helptext import help_text, version_text
 from .parse import Value, configuration_values, expand_shorthands, parse_command_line
 
 #: Options accepted by the parser whose feature has not landed yet; using one is an error, not a no-op.
-NOT_IMPLEMENTED = ("dnsbl",)
+NOT_IMPLEMENTED: tuple[str, ...] = ()
 
 
 def _events(argv: list[str]) -> int:
@@ -153,6 +153,7 @@ def prepare(config: Config) -> None:
     if config.delivery_dir is not None:
         config.delivery_dir = config.delivery_dir.absolute()
     _check_policy(config)
+    _check_network(config)
     if not (config.as_client or config.dont_serve or config.single_process):
         from .supervisor import check_run_dir, run_dir_for
 
@@ -236,6 +237,20 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
         return supervisor.run(parts, options, cwd, target.gid if target else None)
     finally:
         daemon.remove_pid_file(pid_path)
+
+
+def _check_network(config: Config) -> None:
+    """--dnsbl and a SOCKS --forward-to are checked before anything is bound."""
+    from ..policy.dnsbl import parse_config
+    from ..services.socks import parse_forward_to
+
+    try:
+        if config.dnsbl:
+            parse_config(config.dnsbl)
+        if config.forward_to:
+            parse_forward_to(config.forward_to)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_policy(config: Config) -> None:

@@ -223,7 +223,11 @@ class AdminSession(asyncio.Protocol):
         return ["usage: smtp {enable|disable}"]
 
     async def cmd_dnsbl(self, args: list[str]) -> list[str]:
-        return ["error: dnsbl is not configured: use --dnsbl"]
+        if not self.ctx.config.dnsbl:
+            return ["error: dnsbl is not configured: use --dnsbl"]
+        from ..policy.dnsbl import describe, parse_config
+
+        return [describe(parse_config(self.ctx.config.dnsbl))]
 
     async def cmd_terminate(self, args: list[str]) -> list[str] | None:
         pid = self.ctx.arbiter_pid or os.getpid()

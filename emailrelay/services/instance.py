@@ -25,6 +25,7 @@ from ..bus import schema
 from ..config import Config
 from ..errors import EmailRelayError
 from ..identity import group_for_files
+from ..policy.dnsbl import DnsblChecker
 from ..protocol import smtp_server as sp
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
@@ -88,6 +89,7 @@ def build_smtp_service(
             add_received="content" not in config.anonymous,
             max_connections=config.max_connections,
             security=server_security(config),
+            dnsbl=DnsblChecker(config.dnsbl) if config.dnsbl else None,
         ),
         store,
         policy=server_policy(config, store),

@@ -207,8 +207,20 @@ def bind_all(specs: list[ListenSpec]) -> list[Bound]:
     return bound
 
 
+_LOCAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",  # RFC 1918, 3927
+        "::1/128", "fc00::/7", "fe80::/10",  # loopback, RFC 4193 unique local, link-local
+    )
+)  # fmt: skip
+
+
 def is_local_address(host: str) -> bool:
-    """Loopback, private (RFC 1918, RFC 4193), link-local, or a unix-domain peer."""
+    """Loopback, private (RFC 1918, RFC 4193), link-local, or a unix-domain peer ("" or a path).
+
+    An explicit list on purpose: Python's ``is_private`` also counts documentation and
+    benchmarking ranges (192.0.2/24, 198.18/15, 2001:db8::/32 ...), which are not local clients."""
     if not host or host.startswith("/"):
         return True
     try:
@@ -217,4 +229,4 @@ def is_local_address(host: str) -> bool:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return bool(ip.is_loopback or ip.is_private or ip.is_link_local)
+    return any(ip in net for net in _LOCAL_NETWORKS if net.version == ip.version)

@@ -23,10 +23,12 @@ from typing import Any, cast
 from .. import log as logmod
 from ..auth import tls
 from ..auth.secrets import TokenError, fetch_oauth_token
+from ..errors import UsageError
 from ..protocol import smtp_client as sc
 from ..protocol.sasl import SaslClient, choose_client_mechanism
 from .listeners import format_address, parse_host_port
 from .security import ClientSecurity
+from .socks import SocksProxy, open_via_socks, parse_forward_to
 
 
 class ConnectionTrouble(Exception):
@@ -132,13 +134,22 @@ class SmtpConnection:
                 kwargs.update(ssl=security.tls_context, server_hostname="localhost")  # type: ignore[union-attr]
             coro = loop.create_unix_connection(lambda: _ClientProtocol(self), self.hop, **kwargs)
         else:
-            host, port = parse_host_port(self.hop, 25)
+            try:
+                target, proxy = parse_forward_to(self.hop)
+                host, port = parse_host_port(target, 25)
+            except (ValueError, UsageError) as exc:
+                raise ConnectionTrouble(f"invalid next hop address [{self.hop}]: {exc}") from None
             host_for_tls = host
-            if local_address:
-                kwargs["local_addr"] = (local_address, 0)
             if implicit:
                 kwargs["ssl"] = security.tls_context  # type: ignore[union-attr]
-            coro = loop.create_connection(lambda: _ClientProtocol(self), host, port, **kwargs)
+            if proxy is not None:
+                if implicit:
+                    kwargs["server_hostname"] = host
+                coro = self._via_socks(proxy, host, port, connection_timeout, local_address, kwargs)
+            else:
+                if local_address:
+                    kwargs["local_addr"] = (local_address, 0)
+                coro = loop.create_connection(lambda: _ClientProtocol(self), host, port, **kwargs)
         try:
             transport, _ = await asyncio.wait_for(coro, connection_timeout)
         except TimeoutError:
@@ -154,6 +165,29 @@ class SmtpConnection:
             caps = await self._secure(caps, security, host_for_tls)
         self.capabilities = caps
         return caps
+
+    async def _via_socks(
+        self,
+        proxy: SocksProxy,
+        host: str,
+        port: int,
+        timeout: float,
+        local_address: str | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """``--forward-to host:port@proxy:port``: connect through a SOCKS 4a (or ``socks5://``) proxy."""
+        sock = await open_via_socks(
+            proxy.host,
+            proxy.port,
+            host,
+            port,
+            version=proxy.version,
+            timeout=timeout,
+            local_address=local_address,
+        )
+        return await asyncio.get_running_loop().create_connection(
+            lambda: _ClientProtocol(self), sock=sock, **kwargs
+        )
 
     async def _session_ready(self) -> sc.Capabilities:
         while True:

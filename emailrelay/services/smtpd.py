@@ -35,6 +35,7 @@ from typing import Any, Protocol, cast
 
 from .. import log as logmod
 from ..auth import tls
+from ..policy.dnsbl import DnsblChecker
 from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 from ..protocol import smtp_server as sp
 from ..protocol.addresses import xtext_encode
@@ -99,6 +100,7 @@ class SmtpServiceOptions:
     max_connections: int = 0
     verbose_content: bool = False
     security: ServerSecurity | None = None
+    dnsbl: DnsblChecker | None = None
 
 
 @dataclass
@@ -203,8 +205,9 @@ class SmtpSession(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple):
             self.peer = Peer(str(peername[0]), int(peername[1]))
-        else:
-            self.peer = Peer(str(peername or "local"), 0)
+        else:  # a unix-domain peer: local by definition, shown by the listening path
+            sockname = transport.get_extra_info("sockname")
+            self.peer = Peer(str(sockname or peername or "/"), 0)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -229,7 +232,35 @@ class SmtpSession(asyncio.Protocol):
         svc.sessions.add(self)
         svc.stats["started"] += 1
         transport.set_write_buffer_limits(high=256 * 1024)
-        security = svc.options.security
+        checker = svc.options.dnsbl
+        if checker is not None and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # early talkers must not reach the protocol before the verdict
+            transport.pause_reading()
+            self._reading_paused = True
+            self._task = asyncio.get_running_loop().create_task(self._dnsbl_gate(checker))
+            self._arm_idle_timer()
+            return
+        self._start_session()
+
+    async def _dnsbl_gate(self, checker: DnsblChecker) -> None:
+        try:
+            result = await checker.check(self.peer.host)
+        finally:
+            self._task = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if result.blocked:
+            self._closing = True
+            self._send_now(b"554 5.7.1 access denied\r\n")
+            self.transport.close()
+            return
+        self.transport.resume_reading()
+        self._reading_paused = False
+        self._start_session()
+
+    def _start_session(self) -> None:
+        """TLS first with --server-tls-connection, then the greeting."""
+        security = self.service.options.security
         if security is not None and security.tls_implicit and security.tls_context is not None:
             # --server-tls-connection: the handshake first (ours, so a failure is logged), then the greeting
             # (the task runs before the loop next polls the socket, so no raw byte reaches us first)
@@ -242,8 +273,7 @@ class SmtpSession(asyncio.Protocol):
         self.proto = sp.SmtpServer(self._session_config())
         self.proto.greeting()
         self._flush()
-        if self._idle_handle is None:
-            self._arm_idle_timer()
+        self._arm_idle_timer()
 
     async def _implicit_tls(self, context: ssl.SSLContext) -> None:
         assert self.transport is not None
@@ -471,6 +501,8 @@ class SmtpSession(asyncio.Protocol):
             self.log.verbose(f'rx<<: "{line}"', self.peer.host)
 
     def _arm_idle_timer(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
         timeout = self.service.options.idle_timeout
         if timeout <= 0:
             return

@@ -120,13 +120,8 @@ def swaks(path: Path, subject: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-UNIX_PEER_BUG = pytest.mark.xfail(
-    reason="BUG: a unix-domain peer has no IP address (peername ''), SmtpSession calls it 'local' and "
-    "is_local_address('local') is False, so without --remote-clients every unix-socket client gets "
-    "554 5.7.1 remote connections not allowed",
-    strict=True,
-)
-REMOTE = [pytest.param([], id="default", marks=UNIX_PEER_BUG), pytest.param(["--remote-clients"], id="r")]
+# a unix-domain peer is local: it needs no --remote-clients (an earlier bug refused it)
+REMOTE = [pytest.param([], id="default"), pytest.param(["--remote-clients"], id="r")]
 
 
 def envelopes(relay: Relay) -> list[Path]:

@@ -87,17 +87,29 @@ ATTACKS: dict[str, list[bytes]] = {
     "ehlo-lf": [b"EHLO a\nMAIL FROM:<x@evil.test>\r\n"],
     "mail-nul": [b"EHLO c.test\r\n", b"MAIL FROM:<a\x00b@example.com>\r\n"],
     "mail-cr": [b"EHLO c.test\r\n", b"MAIL FROM:<a\rb@example.com>\r\n"],
-    "mail-quoted-cr": [b'EHLO c.test\r\n', b'MAIL FROM:<"a\rb"@example.com>\r\n'],
+    "mail-quoted-cr": [b"EHLO c.test\r\n", b'MAIL FROM:<"a\rb"@example.com>\r\n'],
     "mail-param-nul": [b"EHLO c.test\r\n", b"MAIL FROM:<a@example.com> AUTH=x\x00y\r\n"],
     "mail-auth-xtext-crlf": [b"EHLO c.test\r\n", b"MAIL FROM:<a@example.com> AUTH=a+0D+0ARCPT\r\n"],
-    "rcpt-nul": [b"EHLO c.test\r\n", b"MAIL FROM:<a@example.com>\r\n", b"RCPT TO:<v\x00ictim@example.org>\r\n"],
+    "rcpt-nul": [
+        b"EHLO c.test\r\n",
+        b"MAIL FROM:<a@example.com>\r\n",
+        b"RCPT TO:<v\x00ictim@example.org>\r\n",
+    ],
     "rcpt-cr": [b"EHLO c.test\r\n", b"MAIL FROM:<a@example.com>\r\n", b"RCPT TO:<v\rictim@example.org>\r\n"],
-    "rcpt-quoted-lf": [b"EHLO c.test\r\n", b"MAIL FROM:<a@example.com>\r\n", b'RCPT TO:<"v\nictim"@example.org>\r\n'],
+    "rcpt-quoted-lf": [
+        b"EHLO c.test\r\n",
+        b"MAIL FROM:<a@example.com>\r\n",
+        b'RCPT TO:<"v\nictim"@example.org>\r\n',
+    ],
     "rcpt-quoted-escaped-nul": [
-        b"EHLO c.test\r\n", b"MAIL FROM:<a@example.com>\r\n", b'RCPT TO:<"v\\\x00x"@example.org>\r\n',
+        b"EHLO c.test\r\n",
+        b"MAIL FROM:<a@example.com>\r\n",
+        b'RCPT TO:<"v\\\x00x"@example.org>\r\n',
     ],
     "rcpt-param-cr": [
-        b"EHLO c.test\r\n", b"MAIL FROM:<a@example.com>\r\n", b"RCPT TO:<b@example.net> ORCPT=rfc822;a\rb\r\n",
+        b"EHLO c.test\r\n",
+        b"MAIL FROM:<a@example.com>\r\n",
+        b"RCPT TO:<b@example.net> ORCPT=rfc822;a\rb\r\n",
     ],
 }
 
@@ -155,7 +167,10 @@ def test_smtp_arguments_never_reach_the_envelope_raw(tmp_path: Path) -> None:
         assert not re.search(rb"[\x00-\x1f\x7f]", line), f"{name}: Received line {line!r}"
     # the account whose name is CRLF authenticates, but is stored as xtext
     auth_values = {
-        line for p in envelopes for line in p.read_bytes().split(b"\r\n") if line.startswith(b"X-MailRelay-Auth")
+        line
+        for p in envelopes
+        for line in p.read_bytes().split(b"\r\n")
+        if line.startswith(b"X-MailRelay-Auth")
     }
     assert b"X-MailRelay-Authentication: us+0D+0Aer" in auth_values, auth_values
     assert not any(b"victim" in p.read_bytes() for p in envelopes)
@@ -230,7 +245,10 @@ def test_filter_written_control_characters_never_reach_the_next_hop(tmp_path: Pa
     assert not smuggled, smuggled
     assert not [m for m in sink.messages if any("victim" in r for r in m.rcpts)]
     assert not sink.protocol_errors, sink.protocol_errors
-    assert spool_after.get("bad", 0) + len(sink.messages) == len(FILTER_KINDS), (spool_after, result.stderr[-2000:])
+    assert spool_after.get("bad", 0) + len(sink.messages) == len(FILTER_KINDS), (
+        spool_after,
+        result.stderr[-2000:],
+    )
     assert spool_after.get("bad", 0) >= 6  # the envelopes with control characters are failed, not sent
     for bad in relay.spool.glob("*.envelope.bad"):
         tail = bad.read_bytes().split(b"X-MailRelay-End: 1\r\n", 1)[-1]
@@ -241,9 +259,7 @@ def test_pop_by_name_refuses_traversal(tmp_path: Path) -> None:
     pop_port = free_port()
     secrets = tmp_path / "pop.auth"
     names = ["..", "../x", "../../etc", "link", "alice/..", "."]
-    secrets.write_text(
-        "".join(f"server plain {n} pw\n" for n in names) + "server plain alice pw\n"
-    )
+    secrets.write_text("".join(f"server plain {n} pw\n" for n in names) + "server plain alice pw\n")
     outside = tmp_path / "outside"
     outside.mkdir()
     SpoolStore(outside, fsync=False).store_message(

@@ -155,7 +155,9 @@ def test_address_tricks_from_a_local_client_default_configuration(tmp_path: Path
 
 def test_non_local_client_default_configuration_gets_554(netns: Netns, tmp_path: Path) -> None:  # noqa: F811
     rd = short_run_dir()
-    relay = start_relay(tmp_path, "--run-dir", str(rd), "--interface", netns.host_ip, name="remote", wait=False)
+    relay = start_relay(
+        tmp_path, "--run-dir", str(rd), "--interface", netns.host_ip, name="remote", wait=False
+    )
     try:
         from tests.support.relay import wait_for_port
 

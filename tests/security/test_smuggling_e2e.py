@@ -160,7 +160,9 @@ def test_inbound_bdat_variants_smuggle_nothing(inbound: tuple[Relay, FakeSmtp]) 
 
 
 @pytest.mark.parametrize("chunking", [False, True], ids=["data", "bdat"])
-def test_outbound_stored_sequences_reach_a_strict_sink_as_one_message_each(tmp_path: Path, chunking: bool) -> None:
+def test_outbound_stored_sequences_reach_a_strict_sink_as_one_message_each(
+    tmp_path: Path, chunking: bool
+) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     tags = set()

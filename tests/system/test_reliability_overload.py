@@ -116,7 +116,7 @@ def first_line(port: int) -> bytes:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def run_overload(port: int, idle: int, slow: int, seconds: float, greetings: int) -> dict[str, float]:
@@ -157,7 +157,10 @@ def run_overload(port: int, idle: int, slow: int, seconds: float, greetings: int
                         if not key.fileobj.recv(4096):  # type: ignore[union-attr]
                             sel.unregister(key.fileobj)
 
-        threads = [threading.Thread(target=slowloris, daemon=True), threading.Thread(target=drain, daemon=True)]
+        threads = [
+            threading.Thread(target=slowloris, daemon=True),
+            threading.Thread(target=drain, daemon=True),
+        ]
         for t in threads:
             t.start()
         time.sleep(min(3.0, seconds / 3))  # every connection is up and greeted by now
@@ -337,8 +340,7 @@ def test_1000_recipients_in_one_transaction(tmp_path: Path) -> None:
     with relay_with(tmp_path, roles={"smtp": 1}) as relay:
         transactions = send_to_many(relay.port, rcpts, 1000)
         stored = sum(
-            len(SpoolStore(relay.spool).read_envelope(e.id).to_remote)
-            for e in SpoolStore(relay.spool).scan()
+            len(SpoolStore(relay.spool).read_envelope(e.id).to_remote) for e in SpoolStore(relay.spool).scan()
         )
     print(f"\n1000 recipients in one go: transactions={transactions} stored-recipients={stored}")
     assert stored == 1000
@@ -365,7 +367,9 @@ def test_stored_1000_recipient_message_to_a_next_hop_with_a_recipient_limit(tmp_
         for _ in range(3):
             run_client(spool, sink.address, timeout=60)
         delivered = sorted(r for m in sink.messages for r in m.rcpts)
-    print(f"\n1000 stored recipients to a 100-limit hop: delivered={len(delivered)} spool={dict(states(spool))}")
+    print(
+        f"\n1000 stored recipients to a 100-limit hop: delivered={len(delivered)} spool={dict(states(spool))}"
+    )
     assert delivered == sorted(rcpts)
 
 

@@ -165,7 +165,9 @@ def _run_child(spool: Path, journal: Path, crash_at: int, seed: int, messages: i
 
         store = SpoolStore(spool, fsync=True)
         for name, fn in zip(
-            _WRAPPED, (p_open, p_write, p_fsync, p_rename, p_replace, p_unlink, p_ftruncate, p_close), strict=True
+            _WRAPPED,
+            (p_open, p_write, p_fsync, p_rename, p_replace, p_unlink, p_ftruncate, p_close),
+            strict=True,
         ):
             setattr(os, name, fn)
         _workload(store, seed, messages, lambda text: real["write"](jfd, f"{text}\n".encode()))
@@ -174,7 +176,6 @@ def _run_child(spool: Path, journal: Path, crash_at: int, seed: int, messages: i
         code = 4
     finally:
         os._exit(code)
-
 
 
 # ---- the parent: a model file system that forgets what was not fsynced ----------------------
@@ -345,7 +346,9 @@ def check_image(files: dict[str, bytes], journal: Journal, seed: int, where: str
                 problems.append(f"{where}: {mid} envelope altered: {env}")
             content = files.get(f"{mid}.content")
             if content != message_body(seed, j):
-                what = "missing" if content is None else f"{len(content)} of {len(message_body(seed, j))} bytes"
+                what = (
+                    "missing" if content is None else f"{len(content)} of {len(message_body(seed, j))} bytes"
+                )
                 problems.append(f"{where}: {mid} ({committed[0].label}) points at a bad content file: {what}")
         checked = 0
         for mid in journal.acked - journal.removing:
@@ -368,7 +371,9 @@ def run_powercut(seed: int, messages: int, *, crash_points: int | None = None, i
         spool.mkdir()
         assert _run_child(spool, journal_path, 10**9, seed, messages) == 0
         full = read_journal(journal_path)
-        total = sum(1 for op in full.ops if op[0] != "CLOSE" and not (op[0] == "OPEN" and not int(op[2]) & os.O_CREAT))
+        total = sum(
+            1 for op in full.ops if op[0] != "CLOSE" and not (op[0] == "OPEN" and not int(op[2]) & os.O_CREAT)
+        )
         assert len(full.acked) == messages
         points = list(range(total + 1))
         if crash_points is not None and crash_points < len(points):
