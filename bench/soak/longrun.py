@@ -67,6 +67,7 @@ def main() -> int:
     counter = iter(range(n))
     acked: set[str] = set()
     errors = [0]
+    error_texts: list[str] = []
     series: list[tuple[float, int, dict[str, tuple[int, int]]]] = []
     with tempfile.TemporaryDirectory(prefix="soak-longrun-") as tmp, CountingSink() as sink:
         rd = short_run_dir()
@@ -89,15 +90,17 @@ def main() -> int:
                     try:
                         if conn is None:
                             conn = smtplib.SMTP("127.0.0.1", relay.port, timeout=30)
-                        conn.sendmail("a@example.com", ["b@example.net"], content(mid, "x" * (i % 2000)))
+                        conn.sendmail("a@example.com", ["b@example.net"], content(mid, ("x" * 70 + "\r\n") * (i % 30)))
                         with lock:
                             acked.add(mid)
                         if i % 100 == 0:
                             conn.quit()
                             conn = None
-                    except (smtplib.SMTPException, OSError):
+                    except (smtplib.SMTPException, OSError) as exc:
                         with lock:
                             errors[0] += 1
+                            if len(error_texts) < 5:
+                                error_texts.append(f"{type(exc).__name__}: {exc}")
                         conn = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
@@ -136,7 +139,9 @@ def main() -> int:
     lost = len(acked - set(ids))
     dups = sum(v - 1 for v in ids.values() if v > 1)
     after = [s for s in series if s[1] >= warmup]
-    ok = not lost and bool(after)
+    ok = not lost and bool(after) and errors[0] <= n // 100
+    for text in error_texts:
+        print(f"  send error: {text}")
     print(
         f"longrun: messages={n} acked={len(acked)} at-sink={len(ids)} lost={lost} duplicates={dups} "
         f"send-errors={errors[0]} elapsed={elapsed:.0f}s throughput={len(ids) / elapsed:.0f}/s "

@@ -13,19 +13,16 @@ listening socket is bound.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from .. import identity
 from .. import log as logmod
 from ..config import Config, from_values
 from ..errors import EmailRelayError, UsageError
-from ..services import daemon, listeners, sd_notify, security
+from ..services import daemon, listeners, loop, sd_notify, security
 from ..services.instance import Instance, run_instances
 from .helptext import help_text, version_text
 from .parse import Value, configuration_values, expand_shorthands, parse_command_line
@@ -227,7 +224,8 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
                 Instance(config, smtp_sockets=socks)
                 for (_, config), socks in zip(configurations, bound, strict=True)
             ]
-            return _run_loop(run_instances(instances))
+            implicit = any(c.server_tls_connection for _, c in configurations)
+            return loop.run(run_instances(instances), implicit_tls=implicit)
         from . import supervisor
 
         parts = [
@@ -263,15 +261,6 @@ def _check_policy(config: Config) -> None:
         parse_verifier(config.address_verifier)
     except SpecError as exc:
         raise UsageError(str(exc)) from None
-
-
-def _run_loop(main_coroutine: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-
-        return uvloop.run(main_coroutine)
-    except ImportError:
-        return asyncio.run(main_coroutine)
 
 
 if __name__ == "__main__":

@@ -17,30 +17,18 @@ from ._orphan_guard import guard_against_orphaning
 guard_against_orphaning()
 
 import argparse  # noqa: E402
-import asyncio  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Coroutine  # noqa: E402
-from typing import Any  # noqa: E402
 
 from .. import log as logmod  # noqa: E402
 from ..bus.endpoint import run_forwarder  # noqa: E402
 from ..config import from_values  # noqa: E402
 from ..errors import EmailRelayError  # noqa: E402
 from ..identity import group_for_files, lookup, switching_applies  # noqa: E402
-from ..services import roles  # noqa: E402
+from ..services import loop, roles  # noqa: E402
 from .main import app_dir, log_config  # noqa: E402
 from .parse import configuration_values, expand_shorthands, parse_command_line  # noqa: E402
 
 ROLES = ("smtp", "forward", "notify", "bus", "admin", "pop", "metrics")
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,21 +56,27 @@ def main(argv: list[str] | None = None) -> int:
             run_forwarder(args.run_dir, group=group)
             return 0
         if args.role == "smtp":
-            return _run(roles.run_smtp(config, args.fd, args.run_dir))
+            return loop.run(
+                roles.run_smtp(config, args.fd, args.run_dir), implicit_tls=config.server_tls_connection
+            )
         if args.role == "forward":
-            return _run(roles.run_forward(config, args.run_dir, (args.index - 1) % args.count, args.count))
+            return loop.run(
+                roles.run_forward(config, args.run_dir, (args.index - 1) % args.count, args.count)
+            )
         if args.role == "metrics":
             from ..services.listeners import parse_host_port
             from ..services.metrics import MetricsOptions, run_metrics
 
             host, port = parse_host_port(args.listen[0] if args.listen else "127.0.0.1:9025")
             forwarding = bool(config.forward_to) and not config.immediate
-            return _run(run_metrics(config, args.run_dir, host, port, MetricsOptions(forwarding=forwarding)))
+            return loop.run(
+                run_metrics(config, args.run_dir, host, port, MetricsOptions(forwarding=forwarding))
+            )
         if args.role == "pop":
-            return _run(roles.run_pop(config, args.fd, args.run_dir))
+            return loop.run(roles.run_pop(config, args.fd, args.run_dir))
         if args.role == "admin":
-            return _run(roles.run_admin(config, args.fd, args.run_dir, args.listen))
-        return _run(roles.run_notify(config, args.run_dir, config.notify_polling))
+            return loop.run(roles.run_admin(config, args.fd, args.run_dir, args.listen))
+        return loop.run(roles.run_notify(config, args.run_dir, config.notify_polling))
     except EmailRelayError as exc:
         log.error(f"{args.role}: {exc}")
         return exc.exit_code

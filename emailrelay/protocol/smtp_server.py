@@ -633,7 +633,7 @@ class SmtpServer:
 
     # ---------------------------------------------------------------- replies
 
-    def _send(self, code: int, text: str) -> None:
+    def _send(self, code: int, text: str, *, counts_as_error: bool = True) -> None:
         lines = text.replace("\r", "").split("\n")
         last = len(lines) - 1
         self._out.append(
@@ -643,6 +643,8 @@ class SmtpServer:
         )
         if code < 400:
             self._errors = 0
+            return
+        if not counts_as_error:
             return
         self._errors += 1
         limit = self._cfg.max_errors
@@ -814,7 +816,10 @@ class SmtpServer:
         if self._bdat_used:
             return self._error(line, 503, "5.5.1 RCPT after BDAT")
         if self._rcpt_ok >= c.max_recipients:
-            return self._error(line, 452, "4.5.3 too many recipients")
+            # RFC 5321 4.5.3.1.10: the client is meant to send the rest in another transaction,
+            # so this 452 is no sign of a misbehaving client and never counts towards max_errors
+            self._send(452, "4.5.3 too many recipients", counts_as_error=False)
+            return ProtocolError(line, 452, "4.5.3 too many recipients")
         try:
             address, params = parse_rcpt_to(arg, c.strict_parsing)
         except PathSyntaxError as e:

@@ -87,6 +87,7 @@ def build_smtp_service(
             remote_clients=config.remote_clients,
             idle_timeout=config.idle_timeout,
             add_received="content" not in config.anonymous,
+            # --max-connections is for the relay: each of N smtp processes takes its share
             max_connections=config.max_connections,
             security=server_security(config),
             dnsbl=DnsblChecker(config.dnsbl) if config.dnsbl else None,

@@ -225,7 +225,7 @@ class PopSession(asyncio.Protocol):
             return
         svc.sessions.add(self)
         svc.stats["started"] += 1
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # (default write-buffer limits: changing them before start_tls() stalls uvloop's TLS handshake)
         if transport.get_extra_info("ssl_object") is not None:
             self._tls_up(transport)
         self.proto = pp.Pop3Server(self._config())

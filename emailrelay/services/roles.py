@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from .. import identity
 from .. import log as logmod
@@ -35,6 +36,7 @@ from ..bus import schema
 from ..bus.endpoint import BusClient
 from ..config import Config
 from ..spool.names import MessageId
+from .connection_slots import ConnectionSlots
 from .instance import build_smtp_service, open_store
 from .notify import SpoolWatcher
 
@@ -100,6 +102,11 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
         on_rescan=lambda: bus.publish(schema.CMD_FORWARD, backoff=True),
     )
     smtpd.hooks.on_reject = lambda reason: bus.publish(schema.SMTP_REJECTED, reason=reason)
+    if config.max_connections:
+        with identity.as_root():
+            smtpd.slots = ConnectionSlots(
+                Path(run_dir) / "connection-slots", config.max_connections, identity.group_for_files()
+            )
     bus.subscribe([schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE])
 
     async def commands() -> None:

@@ -157,7 +157,7 @@ class SmtpConnection:
         except OSError as exc:
             raise ConnectionTrouble(f"cannot connect to {self.hop}: {exc.strerror or exc}") from None
         transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(high=256 * 1024)
+        # (default write-buffer limits: changing them before start_tls() stalls uvloop's TLS handshake)
         if implicit:
             self._tls_up()
         caps = await self._session_ready()

@@ -43,6 +43,7 @@ from ..protocol.sasl import Challenge, Failure, SaslServer, Success
 from ..spool.envelope import Envelope
 from ..spool.names import MessageId
 from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
+from .connection_slots import ConnectionSlots
 from .listeners import format_address, is_local_address
 from .security import ServerSecurity
 
@@ -148,6 +149,7 @@ class SmtpService:
         self.sessions: set[SmtpSession] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.enabled = True  # admin "smtp disable"
+        self.slots: ConnectionSlots | None = None  # set by the smtp role: a relay-wide --max-connections
         self.stats = {"started": 0, "finished": 0}
 
     async def start(self, sockets: list[socket.socket]) -> None:
@@ -183,6 +185,7 @@ class SmtpSession(asyncio.Protocol):
         self.trusted_keyword: str | None = None
         self._sasl: SaslServer | None = None
         self._tls_early: list[bytes] | None = None
+        self._slot: int | None = None
         self._auth_failures = 0
         self.helo = ""
         self.extended = False
@@ -225,13 +228,18 @@ class SmtpSession(asyncio.Protocol):
             transport.close()
             return
         limit = svc.options.max_connections
-        if not svc.enabled or (limit and len(svc.sessions) >= limit):
+        if svc.slots is not None:  # supervised: the limit is shared by every smtp process
+            self._slot = svc.slots.acquire()
+            over = self._slot is None
+        else:
+            over = bool(limit and len(svc.sessions) >= limit)
+        if not svc.enabled or over:
             self._send_now(b"421 4.3.2 service not available\r\n")
             transport.close()
             return
         svc.sessions.add(self)
         svc.stats["started"] += 1
-        transport.set_write_buffer_limits(high=256 * 1024)
+        # (default write-buffer limits: changing them before start_tls() stalls uvloop's TLS handshake)
         checker = svc.options.dnsbl
         if checker is not None and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # early talkers must not reach the protocol before the verdict
@@ -321,6 +329,9 @@ class SmtpSession(asyncio.Protocol):
             return
         svc.sessions.discard(self)
         svc.stats["finished"] += 1
+        if self._slot is not None:
+            ConnectionSlots.release(self._slot)
+            self._slot = None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         if self._task is not None and not self._task.done():
@@ -618,12 +629,15 @@ class SmtpSession(asyncio.Protocol):
     def _on_data_start(self, ev: Any) -> None:
         if ev.line:
             self._trace_rx(ev.line)
+        msg: NewMessage | None = None
         try:
             msg = self.service.store.create()
             if self.service.options.add_received:
                 msg.write(self._received_line())
         except OSError as exc:
             self._storage_failed(exc)
+            if msg is not None:
+                msg.abandon()  # a full disk must not keep a half-written content file
             self._discard_message()
             if isinstance(ev, sp.DataStart):
                 self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))

@@ -939,6 +939,14 @@ class Claim:
         try:
             if env is not None:
                 self.rewrite(env.with_failure(reason, code))
+            else:  # unreadable: still record why, in one append (SPEC.md §3 reason lines)
+                failed = Envelope(from_address="").with_failure(reason, code)
+                tail = b"".join(line + b"\r\n" for line in failed.to_bytes().split(b"\r\n")[-3:-1])
+                fd = os.open(self.envelope_path, os.O_WRONLY | os.O_APPEND)
+                try:
+                    _write_all(fd, tail)
+                finally:
+                    os.close(fd)
             os.rename(self.envelope_path, bad)
         finally:
             self._close()

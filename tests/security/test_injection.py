@@ -310,12 +310,6 @@ def test_pop_by_name_refuses_traversal(tmp_path: Path) -> None:
     assert [p.name for p in outside.iterdir() if p.name.endswith(".envelope")]  # untouched
 
 
-@pytest.mark.xfail(
-    reason="BUG: an envelope that cannot be parsed (here: a raw CR a filter wrote) is failed to .bad "
-    "without the Reason/ReasonCode lines SPEC.md §3 requires: spool/store.py Claim.fail() only appends them "
-    "through a parse-and-rewrite (env is None on EnvelopeError), so the operator's file says nothing",
-    strict=True,
-)
 def test_an_unreadable_envelope_is_failed_with_a_reason(tmp_path: Path) -> None:
     from tests.support.sink import envelope_text, write_raw
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.support.relay import free_port
 from tests.support.sink_counter import (
     PROMPT,
@@ -23,12 +21,6 @@ from tests.support.sink_counter import (
 )
 
 
-@pytest.mark.xfail(
-    reason="BUG: BusClient creates and connects its PUB socket lazily at the first publish "
-    "(bus/endpoint.py _publisher), and a PUB drops what it sends before the bus's subscription "
-    "has arrived (slow joiner): the admin role's first command is silently lost",
-    strict=True,
-)
 def test_the_first_admin_command_is_not_lost(tmp_path: Path) -> None:
     admin_port = free_port()
     with supervised_relay(

@@ -177,12 +177,6 @@ def test_full_disk_gives_452_no_half_envelope_and_recovers(tmpfs: Path) -> None:
         shutil.rmtree(rd, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a 452 at DATA leaves the new content file behind: services/smtpd.py _on_data_start "
-    "creates it (store.create()) and then fails writing the Received line, but the except branch calls "
-    "_discard_message(), which only knows tx.message (not yet set), so the file is never abandoned",
-    strict=True,
-)
 def test_452_at_data_leaves_no_content_file(tmpfs: Path) -> None:
     rd = short_run_dir()
     relay = start_relay(tmpfs.parent, "--run-dir", str(rd), spool=tmpfs, name="diskfull0")

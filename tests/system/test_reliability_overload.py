@@ -219,11 +219,6 @@ def test_max_connections_answers_421_beyond_n(tmp_path: Path) -> None:
     assert greeted == n and refused == 2 * n, (greeted, refused)
 
 
-@pytest.mark.xfail(
-    reason="BUG: --max-connections is counted per smtp process (services/smtpd.py connection_made: "
-    "len(svc.sessions) of its own process), so with --workers smtp=2 up to 2N clients get in",
-    strict=True,
-)
 def test_max_connections_is_for_the_relay_not_per_smtp_process(tmp_path: Path) -> None:
     n = 5
     with relay_with(
@@ -328,13 +323,6 @@ def test_1000_recipients_in_and_out_with_bounded_memory(tmp_path: Path) -> None:
     assert smtp_rss.growth_mb < 20 and forwarder.growth_mb < 20
 
 
-@pytest.mark.xfail(
-    reason="BUG: the 452 'too many recipients' replies count as protocol errors: after the 100th "
-    "recipient, ten of them make protocol/smtp_server.py _send() answer '421 4.7.0 too many errors' and "
-    "close, so a client sending more than 109 RCPTs in one transaction loses the session and never gets "
-    "to DATA (nor to resend the refused ones)",
-    strict=True,
-)
 def test_1000_recipients_in_one_transaction(tmp_path: Path) -> None:
     rcpts = [f"r{i}@example.net" for i in range(1000)]
     with relay_with(tmp_path, roles={"smtp": 1}) as relay:

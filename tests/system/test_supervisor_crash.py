@@ -70,12 +70,6 @@ def _plant_orphaned_claim(spool: Path, mid: str) -> None:
         1,
         pytest.param(
             2,
-            marks=pytest.mark.xfail(
-                reason="BUG: orphaned .busy claims are recovered only when the forward worker with "
-                "index 0 starts (services/roles.py run_forward 'if index == 0'), never on a timer; "
-                "a killed worker 2 restarts as index 1 and its claim stays .busy for ever",
-                strict=True,
-            ),
         ),
     ],
 )
