@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
 import stat
 import sys
 import tempfile
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,11 +223,39 @@ def build_arbiter(configurations: list[Configuration], options: list[str], cwd: 
     )
 
 
+def _signals_wait_for_a_busy_arbiter() -> None:
+    """Circus turns SIGTERM/SIGHUP into a quit/reload command, which it drops with a ConflictError
+    when the arbiter is busy with another command (eg. still starting its watchers): a relay
+    signalled right after start-up would then never stop.  Retry until the arbiter is free."""
+    from circus.sighandler import SysHandler
+
+    def retrying(command: str) -> Callable[[Any], None]:
+        def handler(self: Any) -> None:
+            loop = self.controller.loop
+
+            def attempt() -> None:
+                arbiter = self.controller.arbiter
+                if arbiter._exclusive_running_command is not None or arbiter._restarting:
+                    loop.call_later(0.2, attempt)
+                    return
+                properties = {"graceful": True} if command == "reload" else {}
+                message = json.dumps({"id": uuid.uuid4().hex, "command": command, "properties": properties})
+                self.controller.dispatch((None, message))
+
+            loop.add_callback_from_signal(attempt)
+
+        return handler
+
+    SysHandler.quit = retrying("quit")
+    SysHandler.reload = retrying("reload")
+
+
 def run(configurations: list[Configuration], options: list[str], cwd: str, gid: int | None) -> int:
     for c in configurations:
         run_dir = run_dir_for(c.config)
         check_run_dir(run_dir)
         _prepare_run_dir(run_dir, gid)
+    _signals_wait_for_a_busy_arbiter()
     arbiter = build_arbiter(configurations, options, cwd)
     for c in configurations:
         for b in c.bound:

@@ -54,6 +54,7 @@ READ_CHUNK = 256 * 1024
 IN_MEMORY_LIMIT = 1024 * 1024  # content up to this size is read once and sent from memory
 IDLE_CONNECTION_LINGER = 2.0
 CONTINUOUS_RESCAN = 1.0  # --poll 0: safety-net rescan period
+MIN_RESCAN_GAP = 0.2  # spool rescans are O(spool size): never more often than this
 RECOVERY_PERIOD = 5.0  # at most this often, a rescan also returns claims of dead forwarders
 _CONTENT_TO_BODY = {"7bit": "7BIT", "8bit": "8BITMIME", "binarymime": "BINARYMIME"}
 
@@ -154,6 +155,8 @@ class ForwardService:
         self._claims: set[Claim] = set()
         self._started: dict[MessageId, float] = {}
         self._last_recovery = -RECOVERY_PERIOD
+        self._last_rescan = -MIN_RESCAN_GAP
+        self._next_due: float | None = None  # earliest not-before of a message in back-off
         self._immediate: set[MessageId] = set()  # --immediate: failures are the client's, not ours
         self.on_event: Callable[..., None] | None = None  # (topic, **body): bus events
 
@@ -231,14 +234,15 @@ class ForwardService:
         return period
 
     async def _scheduler(self, initial: bool) -> None:
+        """Rescans: at start, every period, and when rung without an id; at most one pass per
+        MIN_RESCAN_GAP, each one directory scan (rings with an id never scan: they queue the id)."""
         if initial or self.config.poll is not None:
             self._rescan()
         while True:
             period = self._period()
-            due = self.store.next_due() if period is not None else None
             timeout = period
-            if due is not None and period is not None:
-                timeout = max(0.05, min(period, due - time.time()))
+            if period is not None and self._next_due is not None:
+                timeout = max(MIN_RESCAN_GAP, min(period, self._next_due - time.time()))
             try:
                 if timeout is None:
                     await self._wake.wait()
@@ -247,6 +251,9 @@ class ForwardService:
             except TimeoutError:
                 pass
             self._wake.clear()
+            gap = MIN_RESCAN_GAP - (time.monotonic() - self._last_rescan)
+            if gap > 0:
+                await asyncio.sleep(gap)
             self._rescan()
 
     def _recover(self) -> None:
@@ -264,14 +271,15 @@ class ForwardService:
             self.log.info(f"recovered claim on [{mid}]: returned to the queue")
 
     def _rescan(self) -> None:
+        self._last_rescan = time.monotonic()
         self._recover()
         ignore = self._ignore_backoff
         self._ignore_backoff = False
         self._forcing = ignore
-        for mid in self.store.ready(ignore_backoff=ignore):
-            if mid not in self.known:
-                self.known.add(mid)
-                self.queue.put_nowait(mid)
+        due, self._next_due = self.store.ready_and_next_due(ignore_backoff=ignore, skip=self.known)
+        for mid in due:
+            self.known.add(mid)
+            self.queue.put_nowait(mid)
 
     async def _reaper(self) -> None:
         while True:
@@ -300,8 +308,6 @@ class ForwardService:
             if self.stop_scanning:  # client filter exit 102: no more messages in this pass
                 self.stop_scanning = False
                 self._drop_queue()
-            if self.queue.empty() and not exit_when_empty and self.config.poll is not None:
-                self._wake.set()  # ran dry: one rescan catches anything the rings missed
 
     def _drop_queue(self) -> None:
         while not self.queue.empty():

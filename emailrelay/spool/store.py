@@ -241,6 +241,24 @@ class SpoolStore:
             if e.state is State.READY and (ignore_backoff or e.mtime <= limit + 0.001)
         )
 
+    def ready_and_next_due(
+        self, *, ignore_backoff: bool = False, skip: set[MessageId] | frozenset[MessageId] = frozenset()
+    ) -> tuple[list[MessageId], float | None]:
+        """One directory pass: the ready messages due now (oldest first, minus ``skip``), and the
+        earliest not-before time of those still in back-off (None when there is none)."""
+        limit = time.time() + 0.001
+        due: list[MessageId] = []
+        next_due: float | None = None
+        for e in self.scan():
+            if e.state is not State.READY or e.id in skip:
+                continue
+            if ignore_backoff or e.mtime <= limit:
+                due.append(e.id)
+            elif next_due is None or e.mtime < next_due:
+                next_due = e.mtime
+        due.sort()
+        return due, next_due
+
     def is_due(self, mid: MessageId, now: float | None = None) -> bool:
         """A ready message whose back-off has run out (False when it is not ready at all)."""
         try:
