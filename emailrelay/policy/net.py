@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import time
 from dataclasses import dataclass
 
 from .. import log as logmod
+from ..transport_address import split_transport_address
 from .exe import PeerLike, clean_text, split_code, verdict_for, verifier_args
 from .spec import FilterContext, PolicyOptions, Spec, SpecError
 from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
@@ -56,26 +56,13 @@ def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
     text = text.strip()
     if text.startswith("/"):
         return Endpoint(path=text)
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") > 1:
-        try:
-            ipaddress.IPv6Address(text)
-            host, port_text = text, ""
-        except ValueError:
-            host, _, port_text = text.rpartition(".")
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise SpecError(f"invalid network address: [{text}]")
-    if not port_text:
-        if default_port is None:
-            raise SpecError(f"invalid network address (no port): [{text}]")
-        return Endpoint(host, default_port)
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+    try:
+        host, port = split_transport_address(text, default_port)
+    except ValueError as exc:
+        raise SpecError(f"invalid network address: {exc}") from None
+    if port == 0:
         raise SpecError(f"invalid port in network address: [{text}]")
-    return Endpoint(host, int(port_text))
+    return Endpoint(host, port)
 
 
 class _Connection:

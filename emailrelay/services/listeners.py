@@ -22,6 +22,7 @@ import stat
 from dataclasses import dataclass
 
 from ..errors import BindError, UsageError
+from ..transport_address import split_transport_address
 
 SERVICES = ("smtp", "pop", "admin")
 
@@ -42,29 +43,10 @@ def format_address(host: str, port: int) -> str:
 
 def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
     """``host:port``, ``[v6]:port``, ``v6.port`` (upstream) or a bare host with a default port."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") > 1:  # IPv6 literal, upstream "::1.25" form or bare
-        try:
-            ipaddress.IPv6Address(text)
-            host, port_text = text, ""
-        except ValueError:
-            host, _, port_text = text.rpartition(".")
-    else:
-        host, _, port_text = text.partition(":")
-    if not port_text:
-        if default_port is None:
-            raise UsageError(f"invalid transport address (no port): {text}")
-        return host, default_port
     try:
-        port = socket.getservbyname(port_text) if not port_text.isdigit() else int(port_text)
-    except OSError:
-        raise UsageError(f"invalid port in transport address: {text}") from None
-    if not 0 <= port <= 65535:
-        raise UsageError(f"invalid port in transport address: {text}")
-    return host, port
+        return split_transport_address(text, default_port)
+    except ValueError as exc:
+        raise UsageError(f"invalid transport address: {exc}") from None
 
 
 def plan(interfaces: list[str], ports: dict[str, int]) -> list[ListenSpec]:

@@ -11,6 +11,8 @@ own ``tls error`` lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from collections.abc import Coroutine
 from typing import Any
 
@@ -24,3 +26,14 @@ def run(main: Coroutine[Any, Any, int], *, implicit_tls: bool = False) -> int:
         else:
             return uvloop.run(main)
     return asyncio.run(main)
+
+
+async def until_stopped() -> None:
+    """Wait for SIGTERM or SIGINT (a role's life); SIGHUP is ignored (the supervisor restarts roles)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    await stop.wait()

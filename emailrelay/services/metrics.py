@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +56,7 @@ from ..errors import EmailRelayError
 from ..spool.names import State
 from ..spool.store import SpoolStore
 from .health import DEFAULT_MIN_FREE, HealthChecker, HttpServer, RoleTracker, health_handler
+from .loop import until_stopped
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 DEFAULT_PORT = 9190  # "emailrelay metrics" default; the role takes host/port from its caller
@@ -228,16 +228,6 @@ def _add_bytes(counter: Counter, body: dict[str, Any]) -> None:
         counter.inc(size)
 
 
-async def _until_stopped() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
-    await stop.wait()
-
-
 @dataclass(frozen=True)
 class MetricsOptions:
     min_free: int = DEFAULT_MIN_FREE  # bytes the disk check wants free
@@ -259,7 +249,7 @@ async def run_metrics(
     assert exporter.bus is not None
     exporter.bus.publish(schema.ROLE_STARTED, role="metrics")
     try:
-        await _until_stopped()
+        await until_stopped()
     finally:
         if exporter.bus is not None:
             exporter.bus.publish(schema.ROLE_STOPPING, role="metrics")

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +37,7 @@ from ..config import Config
 from ..spool.names import MessageId
 from .connection_slots import ConnectionSlots
 from .instance import build_smtp_service, open_store
+from .loop import until_stopped
 from .notify import SpoolWatcher
 
 PR_SET_NAME = 15
@@ -57,16 +57,6 @@ def set_process_name(role: str) -> None:
 def drop_privileges(config: Config) -> None:
     if identity.switching_applies(config.user):
         identity.drop(identity.lookup(config.user))
-
-
-async def _until_stopped() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
-    await stop.wait()
 
 
 async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
@@ -118,7 +108,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
     bus.publish(schema.ROLE_STARTED, role="smtp")
     listener = asyncio.get_running_loop().create_task(commands())
     try:
-        await _until_stopped()
+        await until_stopped()
     finally:
         bus.publish(schema.ROLE_STOPPING, role="smtp")
         listener.cancel()
@@ -164,7 +154,7 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
         # doorbells rung before our subscription reached the bus are lost: one more rescan once it has
         asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, forwarder.ring)
     try:
-        await _until_stopped()
+        await until_stopped()
     finally:
         bus.publish(schema.ROLE_STOPPING, role="forward")
         listener.cancel()
@@ -187,7 +177,7 @@ async def run_notify(config: Config, run_dir: str, polling: bool) -> int:
     log.verbose(f"spool notifier watching {config.spool_dir} ({mode})")
     bus.publish(schema.ROLE_STARTED, role="notify")
     try:
-        await _until_stopped()
+        await until_stopped()
     finally:
         watcher.stop()
         bus.close()
@@ -219,7 +209,7 @@ async def run_admin(config: Config, fds: list[int], run_dir: str, listen: list[s
     servers = [await loop.create_server(lambda: AdminSession(ctx), sock=s) for s in sockets]
     listener = loop.create_task(events())
     try:
-        await _until_stopped()
+        await until_stopped()
     finally:
         listener.cancel()
         for server in servers:
@@ -240,7 +230,7 @@ async def run_pop(config: Config, fds: list[int], run_dir: str) -> int:
     pop = build_pop_service(config, open_store(config), executor=executor)
     await pop.start(sockets)
     try:
-        await _until_stopped()
+        await until_stopped()
     finally:
         await pop.stop(5.0)
         executor.shutdown(wait=True)

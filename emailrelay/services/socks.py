@@ -33,6 +33,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from ..transport_address import split_transport_address
+
 SOCKS4A = "4a"
 SOCKS5 = "5"
 _SCHEMES = {"socks4a": SOCKS4A, "socks4": SOCKS4A, "socks5": SOCKS5}
@@ -87,35 +89,9 @@ class SocksProxy:
 
 
 def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port``, ``v6.port`` (upstream) or a bare host; ports may be service names."""
-    text = text.strip()
-    if text.startswith("["):
-        host, close, rest = text[1:].partition("]")
-        if not close or (rest and not rest.startswith(":")):
-            raise ValueError(f"invalid address [{text}]")
-        port_text = rest[1:]
-    elif text.count(":") > 1:
-        try:
-            ipaddress.IPv6Address(text.split("%")[0])
-            host, port_text = text, ""
-        except ValueError:
-            host, _, port_text = text.rpartition(".")
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise ValueError(f"invalid address [{text}]: no host")
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f"invalid address [{text}]: no port")
-        return host, default_port
-    if port_text.isdigit():
-        port = int(port_text)
-    else:
-        try:
-            port = socket.getservbyname(port_text, "tcp")
-        except OSError:
-            raise ValueError(f"invalid port in address [{text}]") from None
-    if not 0 < port <= 65535:
+    """A transport address with a usable (non-zero) port."""
+    host, port = split_transport_address(text, default_port)
+    if port == 0:
         raise ValueError(f"invalid port in address [{text}]")
     return host, port
 
