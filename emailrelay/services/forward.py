@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ from ..protocol import smtp_client as sc
 from ..protocol.addresses import xtext_decode, xtext_encode
 from ..protocol.content_encoding import ContentScanner
 from ..spool.envelope import Envelope, EnvelopeError
-from ..spool.names import MessageId, State
+from ..spool.names import MessageId
 from ..spool.store import Claim, SpoolStore
 from . import retry
 from .security import client_security
@@ -309,6 +310,28 @@ class ForwardService:
                 self.stop_scanning = False
                 self._drop_queue()
 
+    def _summary(self, claim: Claim, outcome: Outcome, started: float, size: int | None) -> None:
+        """``--log-format json``: one summary line per message forwarded, failed or deferred."""
+        try:
+            env = claim.envelope()
+            sender, rcpts, hop = env.from_address, env.recipient_count, self._hop_of(env)
+        except (OSError, EnvelopeError):
+            sender, rcpts, hop = "", 0, self.config.forward_to or ""
+        self.log.event(
+            {
+                "event": "message",
+                "id": str(claim.id),
+                "from": sender,
+                "rcpts": rcpts,
+                "size": size,
+                "hop": hop,
+                "result": outcome.status,
+                "code": outcome.code,
+                "reason": outcome.text,
+                "ms": int((time.monotonic() - started) * 1000),
+            }
+        )
+
     def _drop_queue(self) -> None:
         while not self.queue.empty():
             self.known.discard(self.queue.get_nowait())
@@ -320,9 +343,13 @@ class ForwardService:
         if claim is None:
             return Outcome("skipped")
         self._claims.add(claim)
-        self._started[claim.id] = time.monotonic()
+        self._started[claim.id] = started = time.monotonic()
         try:
-            return await self._forward_claimed(claim)
+            size = _size(claim.content_path) if self.log.config.json else None
+            outcome = await self._forward_claimed(claim)
+            if self.log.config.json:
+                self._summary(claim, outcome, started, size)
+            return outcome
         finally:
             self._claims.discard(claim)
             self._started.pop(claim.id, None)
@@ -551,5 +578,8 @@ class ForwardService:
         return Outcome("retry", code or 451, reason)
 
 
-def ready_ids(store: SpoolStore) -> Iterable[MessageId]:
-    return (e.id for e in store.scan() if e.state is State.READY)
+def _size(path: object) -> int | None:
+    try:
+        return os.stat(path).st_size  # type: ignore[arg-type]
+    except OSError:
+        return None
