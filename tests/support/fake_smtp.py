@@ -503,14 +503,15 @@ class FakeSmtp:
         msg.reply = value if isinstance(value, str) else repr(value)
         msg.received_at = time.monotonic()
         session.mail_from, session.rcpts = None, []
-        sent = await self._send(writer, "final", value)
+        # recorded before the reply goes out: once the client has its 250 the message is counted
+        # (a test that sees the relay's spool empty must find the message here)
         with self._cond:
-            accepted = sent and _code(value) // 100 == 2
+            accepted = _code(value) // 100 == 2
             (self.messages if accepted else self.refused).append(msg)
             if accepted:
                 session.messages += 1
             self._cond.notify_all()
-        return sent
+        return await self._send(writer, "final", value)
 
 
 def _code(value: Reply) -> int:
