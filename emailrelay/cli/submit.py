@@ -202,7 +202,8 @@ def submit(args: argparse.Namespace) -> list[Path]:
             ) from None
         path = store.envelope_path(mid, State.READY)
         if args.copy and (boxes := store.mailboxes()):
-            path = store.copy_to_mailboxes(mid, State.READY, boxes)[0]
+            copies = store.copy_to_directories(mid, State.READY, store.directory, boxes, delete_original=True)
+            path = next((p for p in copies if ".envelope" in p.name), path)
         paths.append(path)
     return paths
 

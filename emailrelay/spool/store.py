@@ -360,43 +360,6 @@ class SpoolStore:
         except FileNotFoundError:
             return []
 
-    @_privileged
-    def copy_to_mailboxes(
-        self,
-        mid: MessageId,
-        state: State,
-        names: list[str],
-        *,
-        hardlink: bool = False,
-        delete_original: bool = True,
-    ) -> list[Path]:
-        """Copy a message's files into each named sub-directory as a ready envelope; returns the new envelope paths."""
-        source_env = self._envelope(mid, state)
-        data = source_env.read_bytes()
-        content = self._content(mid)
-        out: list[Path] = []
-        for name in names:
-            if not name or "/" in name or name in (".", "..") or "\0" in name:
-                raise SpoolStoreError(errno.EINVAL, f"invalid mailbox name: {name!r}")
-            sub = SpoolStore(
-                self.directory / name, fsync=self.fsync, group=self.group, file_mode=self.file_mode
-            )
-            target_content = sub._content(mid)
-            if hardlink:
-                with contextlib.suppress(FileExistsError):
-                    os.link(content, target_content)
-            else:
-                with contextlib.suppress(FileExistsError):
-                    os.close(sub._write_file(target_content, content.read_bytes()))
-            os.close(sub._write_file(sub._envelope(mid, State.NEW), data))
-            os.rename(sub._envelope(mid, State.NEW), sub._envelope(mid, State.READY))
-            sub.sync_directory()
-            out.append(sub._envelope(mid, State.READY))
-        if out and delete_original:
-            os.unlink(source_env)
-            os.unlink(content)
-        return out
-
     # ---- recovery -----------------------------------------------------------------
     @_privileged
     def recover(self, *, new_age: float = 600.0, tmp_age: float = 60.0) -> RecoveryReport:

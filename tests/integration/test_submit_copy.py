@@ -1,0 +1,26 @@
+"""``emailrelay-submit --copy``: the message goes into every mailbox sub-directory, then the original goes."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.support.relay import program
+
+
+def test_copy_puts_the_message_in_each_mailbox(tmp_path: Path) -> None:
+    for name in ("alice", "bob", "postmaster", ".hidden"):
+        (tmp_path / name).mkdir()
+    done = subprocess.run(
+        [program("emailrelay-submit"), "--spool-dir", str(tmp_path), "--from", "a@example.com", "--copy",
+         "--verbose", "x@example.net"],
+        input=b"Subject: copy\n\nbody\n", capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    printed = Path(done.stdout.decode().strip())
+    assert printed.parent.name in ("alice", "bob") and printed.name.endswith(".envelope")
+    assert not [p for p in tmp_path.iterdir() if p.is_file()]  # the original is gone
+    for name in ("alice", "bob"):
+        files = sorted(p.suffix for p in (tmp_path / name).iterdir())
+        assert files == [".content", ".envelope"]
+    for name in ("postmaster", ".hidden"):  # never copied into, as the copy: filter
+        assert not list((tmp_path / name).iterdir())
