@@ -181,12 +181,18 @@ class SpoolStore:
                 os.fchown(fd, -1, self.group)
 
     @_privileged
-    def _write_file(self, path: Path, data: bytes) -> int:
-        """Write a new file exclusively and fsync it; returns an open fd (caller closes)."""
+    def _write_file(self, path: Path, data: bytes | Path) -> int:
+        """Write a new file exclusively (``data``, or a copy of the file ``data`` names, streamed) and
+        fsync it; returns an open fd (caller closes)."""
         fd = os.open(path, _WRITE_FLAGS | os.O_TRUNC, self.file_mode)
         try:
             self._own(fd)
-            _write_all(fd, data)
+            if isinstance(data, Path):
+                with open(data, "rb") as src:
+                    while chunk := src.read(256 * 1024):
+                        _write_all(fd, chunk)
+            else:
+                _write_all(fd, data)
             if self.fsync:
                 os.fsync(fd)
         except BaseException:
@@ -494,20 +500,7 @@ class SpoolStore:
                 return
             except OSError:
                 pass  # other file system, no permission: copy instead
-        fd = os.open(target, _WRITE_FLAGS, self.file_mode)
-        try:
-            self._own(fd)
-            with open(source, "rb") as src:
-                while chunk := src.read(256 * 1024):
-                    _write_all(fd, chunk)
-            if self.fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(target)
-            raise
-        os.close(fd)
+        os.close(self._write_file(target, source))
 
     @_privileged
     def store_linked_copy(self, mid: MessageId, envelope: Envelope) -> MessageId:
