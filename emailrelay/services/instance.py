@@ -13,8 +13,6 @@ crash leftovers in the spool are recovered before anything is served.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from ..protocol import smtp_server as sp
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .listeners import Bound
+from .loop import stop_event
 from .security import client_security, server_security
 from .smtpd import ServerPolicy, ServiceHooks, SmtpService, SmtpServiceOptions
 
@@ -215,18 +214,12 @@ class Instance:
 
 def _stop_on_signals(reloaders: list[Callable[[], None]]) -> asyncio.Event:
     """An event set by SIGTERM or SIGINT; SIGHUP runs the reloaders (secrets, certificates)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
     def reload() -> None:
         for reloader in list(reloaders):
             reloader()
 
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, reload)
-    return stop
+    return stop_event(reload)
 
 
 async def run_instances(instances: list[Instance]) -> int:

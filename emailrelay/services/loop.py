@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -28,12 +28,17 @@ def run(main: Coroutine[Any, Any, int], *, implicit_tls: bool = False) -> int:
     return asyncio.run(main)
 
 
-async def until_stopped() -> None:
-    """Wait for SIGTERM or SIGINT (a role's life); SIGHUP is ignored (the supervisor restarts roles)."""
+def stop_event(on_hup: Callable[[], None] | None = None) -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets; SIGHUP calls ``on_hup`` (or is ignored)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
-    await stop.wait()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals outside the main thread
+        loop.add_signal_handler(signal.SIGHUP, on_hup or (lambda: None))
+    return stop
+
+
+async def until_stopped() -> None:
+    """Wait for SIGTERM or SIGINT (a role's life); SIGHUP is ignored (the supervisor restarts roles)."""
+    await stop_event().wait()
