@@ -27,9 +27,6 @@ from ..services.instance import Instance, run_instances
 from .helptext import help_text, version_text
 from .parse import Value, configuration_values, expand_shorthands, parse_command_line
 
-#: Options accepted by the parser whose feature has not landed yet; using one is an error, not a no-op.
-NOT_IMPLEMENTED: tuple[str, ...] = ()
-
 
 def _events(argv: list[str]) -> int:
     from .events import main as events_main
@@ -105,12 +102,6 @@ def _as_list(value: Value | None) -> list[str]:
     return value if isinstance(value, list) else [value]
 
 
-def check_implemented(values: dict[str, Value]) -> None:
-    for name in NOT_IMPLEMENTED:
-        if values.get(name):
-            raise UsageError(f"--{name} is not implemented yet")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in SUBCOMMANDS:
@@ -128,11 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         log.configure(log_config(values))
         for warning in parsed.warnings:
             log.warning(warning)
-        check_implemented(values)
         configurations = []
         for name in parsed.configs:
             config_values = expand_shorthands(configuration_values(parsed, name)) if name else values
-            check_implemented(config_values)
             configurations.append((name if len(parsed.configs) > 1 else "", from_values(config_values)))
         return run(configurations, values, args)
     except EmailRelayError as exc:

@@ -189,15 +189,7 @@ def test_forwarder_control_without_injection(tmp_path: Path, certs: Certs) -> No
 # ------------------------------------------------------------------ POP side
 
 
-def _pop_not_implemented() -> bool:
-    from emailrelay.cli import main as cli_main
-
-    return "pop" in cli_main.NOT_IMPLEMENTED
-
-
 def test_pop_ignores_commands_pipelined_with_stls(tmp_path: Path, certs: Certs) -> None:
-    if _pop_not_implemented():
-        pytest.skip('--pop is still "not implemented yet" (emailrelay/cli/main.py NOT_IMPLEMENTED)')
     secrets = tmp_path / "pop.auth"
     secrets.write_text("server plain alice secret1\n")
     pop_port = free_port()
