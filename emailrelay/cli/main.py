@@ -58,6 +58,12 @@ def _bounce(argv: list[str]) -> int:
     return bounce_main(argv)
 
 
+def _admin(argv: list[str]) -> int:
+    from .admin_tool import main as admin_main
+
+    return admin_main(argv)
+
+
 def _metrics(argv: list[str]) -> int:
     from ..services.metrics import main as metrics_main
     from .supervisor import default_run_dir
@@ -73,6 +79,7 @@ SUBCOMMANDS = {
     "resubmit": _resubmit,
     "bounce": _bounce,
     "metrics": _metrics,
+    "admin": _admin,
 }
 
 
