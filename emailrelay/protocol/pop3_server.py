@@ -64,6 +64,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .line_buffer import LineBuffer
+
 __all__ = [
     "NEED_DATA",
     "PAUSED",
@@ -385,14 +387,12 @@ class ByteStuffer:
 # ---------------------------------------------------------------- the machine
 
 
-class Pop3Server:
+class Pop3Server(LineBuffer):
     """One POP3 server session; see the module docstring."""
 
     def __init__(self, config: PopConfig) -> None:
+        super().__init__()
         self._cfg = config
-        self._buf = b""
-        self._pos = 0  # start of the unparsed part of _buf
-        self._out: list[bytes] = []
         self._events: deque[Event] = deque()
         self._phase = Phase.AUTHORIZATION
         self._pending: Event | None = None
@@ -450,16 +450,7 @@ class Pop3Server:
             raise LocalProtocolError("receive_data() after EOF")
         if self._phase is Phase.TLS:
             return  # plaintext after an accepted STLS is never interpreted
-        if self._pos:
-            self._buf = self._buf[self._pos :] + bytes(data)
-            self._pos = 0
-        else:
-            self._buf = self._buf + bytes(data) if self._buf else bytes(data)
-
-    def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+        self._append(data)
 
     def next_event(self) -> Event | Signal:
         while True:

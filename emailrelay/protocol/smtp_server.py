@@ -97,6 +97,7 @@ from emailrelay.protocol.addresses import (
     parse_rcpt_to,
     xtext_decode,
 )
+from emailrelay.protocol.line_buffer import LineBuffer
 
 __all__ = [
     "NEED_DATA",
@@ -369,14 +370,12 @@ def _has_controls(s: str) -> bool:
 # ---------------------------------------------------------------- the machine
 
 
-class SmtpServer:
+class SmtpServer(LineBuffer):
     """One SMTP server session; see the module docstring."""
 
     def __init__(self, config: ServerConfig) -> None:
+        super().__init__()
         self._cfg = config
-        self._buf = b""
-        self._pos = 0
-        self._out: list[bytes] = []
         self._events: deque[Event] = deque()
         self._phase = Phase.NO_HELLO
         self._pending: Event | None = None
@@ -450,20 +449,7 @@ class SmtpServer:
             return
         if self._phase is Phase.TLS:
             return  # plaintext after an accepted STARTTLS is never interpreted
-        if type(data) is not bytes:
-            data = bytes(data)
-        if self._pos:
-            self._buf = self._buf[self._pos :] + data
-            self._pos = 0
-        elif self._buf:
-            self._buf += data
-        else:
-            self._buf = data
-
-    def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+        self._append(data)
 
     def next_event(self) -> Event | Signal:
         while True:

@@ -50,6 +50,7 @@ from ..config import Config
 from ..protocol import pop3_server as pp
 from ..protocol.sasl import Challenge, Failure, SaslServer, Success
 from ..spool.store import POP_DELETED, POP_KEPT, PopMaildrop, PopMessage, SpoolStore, SpoolStoreError
+from .line_session import LineSession
 from .listeners import format_address, is_local_address
 from .security import ServerSecurity, server_security
 
@@ -161,13 +162,12 @@ class _Closed(Exception):
     """The connection went away while a task was working for it."""
 
 
-class PopSession(asyncio.Protocol):
+class PopSession(LineSession):
     """One POP connection."""
 
     def __init__(self, service: PopService) -> None:
+        super().__init__(service.log, service.options.idle_timeout)
         self.service = service
-        self.log = service.log
-        self.transport: asyncio.Transport | None = None
         self.proto = pp.Pop3Server(pp.PopConfig())
         self.peer = ""
         self.host = ""
@@ -177,20 +177,10 @@ class PopSession(asyncio.Protocol):
         self.messages: list[PopMessage] = []
         self._sasl: SaslServer | None = None
         self._auth_failures = 0
-        self._task: asyncio.Task[None] | None = None
-        self._reading_paused = False
-        self._writing_paused = False
         self._can_write = asyncio.Event()
         self._can_write.set()
-        self._closing = False  # we are ending the session (QUIT, too many failures, timeout)
         self._lost = False
         self._lost_event = asyncio.Event()
-        self._last_activity = time.monotonic()
-        self._idle_handle: asyncio.TimerHandle | None = None
-        # decrypted bytes that arrive while start_tls() is finishing (TLS 1.3 clients send their
-        # first command together with the handshake's end); plaintext never gets here: reading
-        # is paused the moment STLS is accepted
-        self._tls_early: list[bytes] | None = None
 
     @property
     def task_running(self) -> bool:
@@ -233,19 +223,6 @@ class PopSession(asyncio.Protocol):
         self._flush()
         self._arm_idle_timer()
 
-    def data_received(self, data: bytes) -> None:
-        self._last_activity = time.monotonic()
-        if self._tls_early is not None:
-            self._tls_early.append(bytes(data))
-            return
-        self.proto.receive_data(data)
-        self._pump()
-
-    def eof_received(self) -> bool:
-        self.proto.receive_data(b"")
-        self._pump()
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
         svc = self.service
         self._lost = True
@@ -264,19 +241,12 @@ class PopSession(asyncio.Protocol):
         self.log.info(f"pop connection closed: {reason}: {self.peer}")
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
         self._can_write.clear()
-        self._update_reading()
+        super().pause_writing()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
         self._can_write.set()
-        self._update_reading()
-        self._pump()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        super().resume_writing()
 
     # ---- configuration -------------------------------------------------------------
     def _config(self) -> pp.PopConfig:
@@ -300,46 +270,10 @@ class PopSession(asyncio.Protocol):
             self.log.info(f"pop tls protocol established: {tls.describe(ssl_object)}")
 
     # ---- plumbing ---------------------------------------------------------------
-    def _update_reading(self) -> None:
-        want_pause = self._writing_paused or self._task is not None
-        if self.transport is None or self.transport.is_closing():
-            return
-        if want_pause and not self._reading_paused:
-            self.transport.pause_reading()
-            self._reading_paused = True
-        elif not want_pause and self._reading_paused:
-            self.transport.resume_reading()
-            self._reading_paused = False
-
-    def _send_now(self, data: bytes) -> None:
-        assert self.transport is not None
-        if self.log.verbose_on:
-            for line in data.split(b"\r\n"):
-                if line:
-                    self.log.verbose(f'tx>>: "{line.decode("utf-8", "replace")}"')
-        self.transport.write(data)
-
-    def _flush(self) -> None:
-        data = self.proto.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self._send_now(data)
-
-    def _trace_rx(self, line: str) -> None:
-        if line:
-            self.log.verbose(f'rx<<: "{line}"')
-
-    def _arm_idle_timer(self) -> None:
-        timeout = self.service.options.idle_timeout
-        if timeout <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        due = self._last_activity + timeout
-        self._idle_handle = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._idle_check)
-
     def _idle_check(self) -> None:
         if self.transport is None or self.transport.is_closing() or self._lost:
             return
-        if time.monotonic() - self._last_activity >= self.service.options.idle_timeout:
+        if time.monotonic() - self._last_activity >= self._idle_timeout:
             self.log.info(f"pop connection timed out: {self.peer}")
             self._closing = True
             self.transport.close()

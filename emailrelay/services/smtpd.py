@@ -44,6 +44,7 @@ from ..spool.envelope import Envelope
 from ..spool.names import MessageId
 from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
 from .connection_slots import ConnectionSlots
+from .line_session import LineSession
 from .listeners import format_address, is_local_address
 from .security import ServerSecurity
 
@@ -171,20 +172,18 @@ class SmtpService:
             await server.wait_closed()
 
 
-class SmtpSession(asyncio.Protocol):
+class SmtpSession(LineSession):
     """One SMTP connection."""
 
     def __init__(self, service: SmtpService) -> None:
+        super().__init__(service.log, service.options.idle_timeout)
         self.service = service
-        self.log = service.log
-        self.transport: asyncio.Transport | None = None
         self.proto = sp.SmtpServer(service.options.server_config)
         self.peer = Peer("", 0)
         self.encrypted = False
         self.client_certificate = ""
         self.trusted_keyword: str | None = None
         self._sasl: SaslServer | None = None
-        self._tls_early: list[bytes] | None = None
         self._slot: int | None = None
         self._auth_failures = 0
         self.helo = ""
@@ -192,12 +191,6 @@ class SmtpSession(asyncio.Protocol):
         self.auth_mechanism = ""
         self.auth_id = ""
         self.tx = _Transaction()
-        self._task: asyncio.Task[None] | None = None
-        self._reading_paused = False
-        self._writing_paused = False
-        self._closing = False
-        self._last_activity = time.monotonic()
-        self._idle_handle: asyncio.TimerHandle | None = None
         self._content_logged = False
 
     # ---- asyncio.Protocol ------------------------------------------------------
@@ -309,20 +302,6 @@ class SmtpSession(asyncio.Protocol):
         if early:
             self._pump()
 
-    def data_received(self, data: bytes) -> None:
-        self._last_activity = time.monotonic()
-        if self._tls_early is not None:
-            # decrypted data that arrived with the end of the handshake, before start_tls() returned
-            self._tls_early.append(data)
-            return
-        self.proto.receive_data(data)
-        self._pump()
-
-    def eof_received(self) -> bool:
-        self.proto.receive_data(b"")
-        self._pump()
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
         svc = self.service
         if self not in svc.sessions:
@@ -341,19 +320,6 @@ class SmtpSession(asyncio.Protocol):
         self.log.info(f"smtp connection closed: {reason}: {self.peer.display}", self.peer.host)
         if svc.hooks.on_disconnect is not None:
             svc.hooks.on_disconnect()
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-        self._update_reading()
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._update_reading()
-        self._pump()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
     # ---- authentication and TLS ---------------------------------------------------
     def _session_config(self) -> sp.ServerConfig:
@@ -480,51 +446,13 @@ class SmtpSession(asyncio.Protocol):
                 self.transport.close()
 
     # ---- plumbing ---------------------------------------------------------------
-    def _update_reading(self) -> None:
-        want_pause = self._writing_paused or self._task is not None
-        if self.transport is None or self.transport.is_closing():
-            return
-        if want_pause and not self._reading_paused:
-            self.transport.pause_reading()
-            self._reading_paused = True
-        elif not want_pause and self._reading_paused:
-            self.transport.resume_reading()
-            self._reading_paused = False
-
-    def _send_now(self, data: bytes) -> None:
-        assert self.transport is not None
-        if self.log.verbose_on:
-            self._trace_tx(data)
-        self.transport.write(data)
-
-    def _flush(self) -> None:
-        data = self.proto.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self._send_now(data)
-
-    def _trace_tx(self, data: bytes) -> None:
-        for line in data.split(b"\r\n"):
-            if line:
-                self.log.verbose(f'tx>>: "{line.decode("utf-8", "replace")}"', self.peer.host)
-
-    def _trace_rx(self, line: str) -> None:
-        if line:
-            self.log.verbose(f'rx<<: "{line}"', self.peer.host)
-
-    def _arm_idle_timer(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-        timeout = self.service.options.idle_timeout
-        if timeout <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        due = self._last_activity + timeout
-        self._idle_handle = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._idle_check)
+    def _log_address(self) -> str | None:
+        return self.peer.host
 
     def _idle_check(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        if self._task is None and time.monotonic() - self._last_activity >= self.service.options.idle_timeout:
+        if self._task is None and time.monotonic() - self._last_activity >= self._idle_timeout:
             self.log.info(f"smtp connection timed out: {self.peer.display}", self.peer.host)
             self._send_now(b"421 4.4.2 idle timeout\r\n")
             self._closing = True
