@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--config", default="", help="the configuration's name (multiple configurations)")
     p.add_argument("--listen", action="append", default=[], help="listening addresses, for admin status")
+    p.add_argument("--app-dir", default="", help='what "@app" stands for (the supervising program\'s directory)')
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:split])
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     roles.set_process_name(args.role)
     log = logmod.get()
     try:
-        parsed = parse_command_line(options, app_dir=app_dir())
+        parsed = parse_command_line(options, app_dir=args.app_dir or app_dir())
         values = expand_shorthands(configuration_values(parsed, args.config))
         log.configure(log_config(values))
         config = from_values(values)
@@ -70,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             host, port = parse_host_port(args.listen[0] if args.listen else "127.0.0.1:9025")
             forwarding = bool(config.forward_to) and not config.immediate
             return loop.run(
-                run_metrics(config, args.run_dir, host, port, MetricsOptions(forwarding=forwarding))
+                run_metrics(
+                    config,
+                    args.run_dir,
+                    host,
+                    port,
+                    MetricsOptions(forwarding=forwarding, config_name=args.config),
+                )
             )
         if args.role == "pop":
             return loop.run(roles.run_pop(config, args.fd, args.run_dir))

@@ -27,8 +27,15 @@ What it guarantees:
   unexpected EOF is exactly one :class:`SessionFailed`, after which nothing
   more happens.  It never raises on server input.
 - DATA is never pipelined: all RCPT replies are in before DATA (or the first
-  BDAT) goes out, so with forward-to-all a rejected recipient aborts the
-  message before any content is sent.
+  BDAT) goes out, so with forward-to-all a permanently rejected (5xx)
+  recipient aborts the message before any content is sent.
+- Recipients refused with a 4xx (RFC 5321 4.5.3.1.10: ``452`` too many
+  recipients) while others were accepted do not stop the message: it goes
+  to the accepted ones and :class:`MessageSent` lists them as ``deferred``
+  for the service to send in a further transaction (``send_envelope``
+  again, no RSET needed).  Without pipelining, RCPTs after a ``452`` are
+  not sent at all; they are deferred with that reply.  A transaction where
+  no recipient was accepted is a :class:`MessageFailed` as before.
 - Bytes the server sends after its 220 to STARTTLS (in the same read, or
   before :meth:`SmtpClient.tls_established`) are discarded.
 - Outgoing content has canonical CRLF line ends and is dot-stuffed (DATA) or
@@ -216,7 +223,8 @@ class ReadyForContent(Event):
 class MessageSent(Event):
     reply: Reply
     accepted: list[str]
-    rejected: list[tuple[str, Reply]]
+    rejected: list[tuple[str, Reply]]  # refused for good (5xx): only with forward-to-some
+    deferred: list[tuple[str, Reply]] = field(default_factory=list)  # 4xx: for a later transaction
 
 
 @dataclass(frozen=True)
@@ -365,6 +373,7 @@ class SmtpClient:
         self._content_aborted = False
         self._quit_sent = False
         self._auth_challenged = False
+        self._late_greeting = False  # skip_greeting(): a 220 that comes later is not the EHLO reply
         self._handlers = {
             "greeting": self._on_greeting,
             "ehlo": self._on_ehlo,
@@ -418,6 +427,15 @@ class SmtpClient:
             return
         self._inbuf += data
         self._parse()
+
+    def skip_greeting(self) -> None:
+        """``--prompt-timeout``: no greeting came in time; go ahead with EHLO without it."""
+        if self._state is not State.GREETING or not self._expect or self._expect[0].kind != "greeting":
+            return
+        self._expect.popleft()
+        self._late_greeting = True
+        self._state = State.EHLO
+        self._queue(f"EHLO {self._config.helo_name}", _Expect("ehlo"))
 
     def next_event(self) -> Event | NeedData:
         if self._events:
@@ -699,6 +717,9 @@ class SmtpClient:
             reason = "service not available" if reply.code == 421 else "unexpected reply"
             self._session_failed(reply, self._stage(), reason)
             return
+        if self._late_greeting and reply.code == 220 and self._expect[0].kind == "ehlo":
+            self._late_greeting = False
+            return  # the greeting after all, late: not the EHLO reply
         expect = self._expect.popleft()
         if expect.kind == "quit":
             self._closed()
@@ -820,7 +841,22 @@ class SmtpClient:
                 txn.accepted.append(expect.arg)
             else:
                 txn.rejected.append((expect.arg, reply))
+                if reply.code == 452:
+                    self._defer_unsent(txn, reply)
         self._envelope_progress(txn)
+
+    def _defer_unsent(self, txn: _Txn, reply: Reply) -> None:
+        """``452`` (too many recipients): RCPTs of this message not yet written
+        (no pipelining) are not sent; they count as refused with that reply."""
+        keep: deque[tuple[bytes, str, _Expect]] = deque()
+        for command in self._pending:
+            expect = command[2]
+            if expect.txn is txn and expect.kind == "rcpt":
+                txn.awaiting -= 1
+                txn.rejected.append((expect.arg, reply))
+            else:
+                keep.append(command)
+        self._pending = keep
 
     def _envelope_progress(self, txn: _Txn) -> None:
         if txn.awaiting:
@@ -835,8 +871,9 @@ class SmtpClient:
             first = txn.rejected[0][1]
             self._message_failed(txn, first, "rcpt", f"all recipients rejected: {first}")
             return
-        if txn.rejected and not self._config.forward_to_some:
-            first = txn.rejected[0][1]
+        permanent = [(rcpt, r) for rcpt, r in txn.rejected if not r.is_transient()]
+        if permanent and not self._config.forward_to_some:
+            first = permanent[0][1]
             self._message_failed(txn, first, "rcpt", f"recipient rejected: {first}")
             return
         if txn.use_bdat:
@@ -871,7 +908,9 @@ class SmtpClient:
             txn.done = True
             self._txn = None
             self._state = State.READY
-            self._events.append(MessageSent(reply, list(txn.accepted), list(txn.rejected)))
+            permanent = [(rcpt, r) for rcpt, r in txn.rejected if not r.is_transient()]
+            deferred = [(rcpt, r) for rcpt, r in txn.rejected if r.is_transient()]
+            self._events.append(MessageSent(reply, list(txn.accepted), permanent, deferred))
         else:
             self._message_failed(txn, reply, "content", f"message rejected: {reply}")
 

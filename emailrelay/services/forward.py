@@ -19,6 +19,12 @@ What it guarantees:
   releases it with back-off (:mod:`emailrelay.services.retry`) and it is
   failed only after ``--give-up`` seconds; nothing stays ``.busy`` when the
   forwarder stops;
+- recipients the next hop defers with a 4xx while accepting others (``452``
+  too many recipients) go in further transactions on the same connection
+  (at most as many per transaction as it accepted after a ``452``); after
+  each partial transaction the claimed envelope is rewritten (fsync, rename,
+  directory fsync) to list only the recipients still to do, so a crash
+  neither loses them nor sends to the delivered ones again;
 - ``To-Local`` recipients are never forwarded;
 - up to ``workers`` connections run in parallel, each reused for following
   messages to the same next hop; idle connections are closed with QUIT;
@@ -32,9 +38,10 @@ import asyncio
 import contextlib
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import log as logmod
 from ..bus import schema
@@ -411,6 +418,7 @@ class ForwardService:
                     response_timeout=self.config.response_timeout,
                     trace=self.log.verbose_on,
                     selector=selector,
+                    prompt_timeout=self.config.prompt_timeout,
                 )
                 await conn.open(self.config.connection_timeout, self.config.client_interface, self.security)
             result = await self._transaction(conn, claim, env, content, info_size)
@@ -436,7 +444,12 @@ class ForwardService:
         if result.ok:
             return None
         if result.outcome is FilterOutcome.ABANDON:
-            claim.abandon_claim()  # the filter took care of the message (and may have deleted it)
+            # the filter took care of the message (and may have deleted it); one it left is only
+            # ignored this time ("100 ... ignore the current message"), so it is not left .busy
+            if claim.envelope_path.exists():
+                claim.release()
+            else:
+                claim.abandon_claim()
             return Outcome("skipped")
         if result.outcome is FilterOutcome.REJECT:
             return self._fail(claim, result.reason or "rejected by client filter", result.code)
@@ -461,9 +474,53 @@ class ForwardService:
     async def _transaction(
         self, conn: SmtpConnection, claim: Claim, env: Envelope, content: bytes | None, size: int
     ) -> Outcome:
+        """Send the message to all its remote recipients, in as many transactions on this
+        connection as the next hop needs: recipients it defers with a 4xx (``452`` too many
+        recipients) while accepting others go in the next transaction, after the envelope
+        was rewritten to list only the recipients still to do."""
+        todo = list(env.to_remote)
+        refused: list[tuple[str, sc.Reply]] = []  # 5xx under --forward-to-some: failed at the end
+        batch_limit: int | None = None  # learned from a 452: recipients per transaction
+        while True:
+            batch = todo if batch_limit is None else todo[:batch_limit]
+            event = await self._one_transaction(conn, claim, env, batch, content, size)
+            if isinstance(event, sc.MessageFailed):
+                return self._message_failed(claim, event)
+            refused += event.rejected
+            total = len(todo)
+            todo = _without(todo, event.accepted + [r for r, _ in event.rejected])
+            if not todo:
+                return self._sent(claim, env, event, refused)
+            if any(reply.code == 452 for _, reply in event.deferred):
+                batch_limit = min(batch_limit or len(event.accepted), len(event.accepted))
+            why = (
+                f"deferred by the server: {event.deferred[0][1]}"
+                if event.deferred
+                else f"deferred: at most {batch_limit} per transaction"
+            )
+            self.log.info(
+                f"forwarded [{claim.id}] to {len(event.accepted)} of {total} recipients; {len(todo)} {why}"
+            )
+            env = replace(env, to_remote=tuple(todo) + tuple(r for r, _ in refused))
+            try:
+                claim.rewrite(env, sync_directory=True)
+            except OSError as exc:
+                # The delivered recipients are still listed: a retry would send to them again.
+                self.log.error(f"cannot rewrite envelope [{claim.id}]: {exc}")
+                return self._retry(claim, f"cannot record a partial delivery: {exc}", None)
+
+    async def _one_transaction(
+        self,
+        conn: SmtpConnection,
+        claim: Claim,
+        env: Envelope,
+        recipients: list[str],
+        content: bytes | None,
+        size: int,
+    ) -> sc.MessageSent | sc.MessageFailed:
         conn.send_envelope(
             env.from_address,
-            list(env.to_remote),
+            recipients,
             size=size,
             body=_CONTENT_TO_BODY.get(env.content_type),
             smtputf8=env.utf8_mailbox_names,
@@ -476,10 +533,8 @@ class ForwardService:
             if isinstance(event, sc.ReadyForContent):
                 await self._send_content(conn, claim, content)
                 continue
-            if isinstance(event, sc.MessageSent):
-                return self._sent(claim, env, event)
-            if isinstance(event, sc.MessageFailed):
-                return self._message_failed(claim, event)
+            if isinstance(event, sc.MessageSent | sc.MessageFailed):
+                return event
             if isinstance(event, sc.SessionFailed):
                 raise ConnectionTrouble(event.reason, event.reply)
 
@@ -509,10 +564,12 @@ class ForwardService:
         conn.end_content()
 
     # ---- outcomes ----------------------------------------------------------------------
-    def _sent(self, claim: Claim, env: Envelope, event: sc.MessageSent) -> Outcome:
-        if event.rejected:  # --forward-to-some: keep the refused recipients as a failed message
-            first = event.rejected[0][1]
-            remaining = tuple(r for r, _ in event.rejected)
+    def _sent(
+        self, claim: Claim, env: Envelope, event: sc.MessageSent, refused: list[tuple[str, sc.Reply]]
+    ) -> Outcome:
+        if refused:  # --forward-to-some: keep the refused recipients as a failed message
+            first = refused[0][1]
+            remaining = tuple(r for r, _ in refused)
             try:
                 claim.rewrite(Envelope(**{**env.__dict__, "to_remote": remaining, "to_local": ()}))
             except OSError as exc:
@@ -576,6 +633,18 @@ class ForwardService:
         self._emit(schema.FORWARD_DEFERRED, id=str(claim.id), reason=reason, delay=delay)
         self.failures += 1
         return Outcome("retry", code or 451, reason)
+
+
+def _without(todo: list[str], done: list[str]) -> list[str]:
+    """``todo`` less one occurrence of each of ``done`` (an envelope may name a recipient twice)."""
+    left = Counter(done)
+    out: list[str] = []
+    for rcpt in todo:
+        if left[rcpt] > 0:
+            left[rcpt] -= 1
+        else:
+            out.append(rcpt)
+    return out
 
 
 def _size(path: object) -> int | None:

@@ -12,7 +12,7 @@ role does::
     emailrelay_accepted_bytes_total         smtp.accepted "size", when the event carries it
     emailrelay_forwarded_bytes_total        forward.done "size", when the event carries it
     emailrelay_forward_duration_seconds     histogram of forward.done "ms"
-    emailrelay_role_starts_total{role}      role.started (restarts = starts - processes)
+    emailrelay_role_starts_total{role}      role.started (restarts = starts - processes), see below
     emailrelay_bus_events_total{topic}      every event seen
     emailrelay_queue_messages{state}        scanned from the spool at each scrape
     emailrelay_queue_oldest_age_seconds{state}   age of the oldest message in each state
@@ -21,6 +21,13 @@ role does::
 plus ``GET /healthz`` (:mod:`emailrelay.services.health`).  Counters start at
 zero when the exporter starts: Prometheus's ``rate()``/``increase()`` handle
 that, as for any process restart.
+
+``emailrelay_role_starts_total`` also counts the role processes that were
+already running when the exporter subscribed (their ``role.started`` went
+out before, or before ZeroMQ joined the subscription): with a circus control
+socket in the run directory, a scrape first asks circus for the pids of the
+announcing roles (``list``; at most every ``ROLE_CENSUS_PERIOD`` seconds).
+A pid is counted once whether circus or the bus reports it first.
 
 What it expects: the bus of a supervised relay in ``run_dir``; read access
 to the spool (the queue gauges use :meth:`SpoolStore.scan` only).
@@ -38,7 +45,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +65,9 @@ from ..spool.store import SpoolStore
 from .health import DEFAULT_MIN_FREE, HealthChecker, HttpServer, RoleTracker, health_handler
 from .loop import until_stopped
 
+ANNOUNCING_ROLES = ("smtp", "forward", "notify", "metrics")  # the roles that publish role.started
+ROLE_CENSUS_PERIOD = 5.0  # ask circus for role pids at most this often (at scrapes)
+ROLE_CENSUS_BACKOFF = 15.0  # after circus did not answer
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 DEFAULT_PORT = 9190  # "emailrelay metrics" default; the role takes host/port from its caller
 
@@ -108,9 +118,11 @@ class MetricsExporter:
         min_free: int = DEFAULT_MIN_FREE,
         smtp_address: tuple[str, int] | str | None = None,
         forwarding: bool | None = None,
+        config_name: str = "",
     ) -> None:
         self.config = config
         self.run_dir = run_dir
+        self.watcher_prefix = f"{config_name}-" if config_name else ""  # circus watcher names
         self.store = store or SpoolStore(config.spool_dir, group=identity.group_for_files())
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -162,6 +174,11 @@ class MetricsExporter:
         self.bus: BusClient | None = None
         self._listener: asyncio.Task[None] | None = None
         self.port = 0
+        # role.started, counted once per (role, pid) whether heard on the bus or found by a census
+        self.role_census: Callable[[], Awaitable[dict[str, list[int]] | None]] = self._circus_role_pids
+        self._counted: set[tuple[str, int]] = set()  # role processes counted
+        self._from_census: set[tuple[str, int]] = set()  # counted from a census, not yet heard
+        self._next_census = 0.0
 
     # ---- events ----------------------------------------------------------------------
     def on_event(self, topic: str, body: dict[str, Any]) -> None:
@@ -183,7 +200,63 @@ class MetricsExporter:
         elif topic == schema.FORWARD_DEFERRED:
             self.deferred.inc()
         elif topic == schema.ROLE_STARTED:
-            self.role_starts.labels(role=str(body.get("role", "unknown"))[:32]).inc()
+            role = str(body.get("role", "unknown"))[:32]
+            pid = body.get("pid")
+            key = (role, pid) if isinstance(pid, int) and not isinstance(pid, bool) else None
+            if key is not None and key in self._from_census:
+                self._from_census.discard(key)  # counted already
+            else:
+                self.role_starts.labels(role=role).inc()
+                if key is not None:
+                    self._counted.add(key)
+
+    # ---- role census -----------------------------------------------------------------
+    async def take_role_census(self) -> None:
+        """Count the announcing role processes alive now that the bus has not reported."""
+        now = time.monotonic()
+        if now < self._next_census:
+            return
+        self._next_census = now + ROLE_CENSUS_PERIOD
+        try:
+            pids = await self.role_census()
+        except Exception:  # circus busy or gone: the bus alone still counts
+            pids = None
+        if pids is None:
+            self._next_census = now + ROLE_CENSUS_BACKOFF
+            return
+        for role, alive in pids.items():
+            for pid in alive:
+                key = (role, pid)
+                if key not in self._counted:
+                    self._counted.add(key)
+                    self._from_census.add(key)
+                    self.role_starts.labels(role=role).inc()
+                    self.tracker.on_event(schema.ROLE_STARTED, {"role": role, "pid": pid})
+            # forget processes gone for good (a role restarting for months must not grow the sets)
+            gone = {k for k in self._counted if k[0] == role and k[1] not in alive}
+            self._counted -= gone
+            self._from_census -= gone
+
+    async def _circus_role_pids(self) -> dict[str, list[int]] | None:
+        """Pids of the announcing roles from circus; None without an answering arbiter."""
+        if not Path(self.run_dir, "circus.ctl.ipc").exists():
+            return None
+        from .supervisor_control import SupervisorControl
+
+        control = SupervisorControl(self.run_dir, timeout=1.0)
+        reply = await control.call("list")
+        if reply.get("status") != "ok":
+            return None
+        watchers = set(reply.get("watchers", []))
+        out: dict[str, list[int]] = {}
+        for role in ANNOUNCING_ROLES:
+            name = f"{self.watcher_prefix}{role}"
+            if name in watchers:
+                reply = await control.call("list", name=name)
+                if reply.get("status") != "ok":
+                    return None
+                out[role] = [int(pid) for pid in reply.get("pids", [])]
+        return out
 
     async def _listen(self) -> None:
         assert self.bus is not None
@@ -192,6 +265,7 @@ class MetricsExporter:
 
     # ---- http ------------------------------------------------------------------------
     async def _metrics(self) -> tuple[int, str, bytes]:
+        await self.take_role_census()
         body = await asyncio.to_thread(generate_latest, self.registry)
         return 200, CONTENT_TYPE_LATEST, body
 
@@ -232,6 +306,7 @@ def _add_bytes(counter: Counter, body: dict[str, Any]) -> None:
 class MetricsOptions:
     min_free: int = DEFAULT_MIN_FREE  # bytes the disk check wants free
     forwarding: bool | None = None  # None: from the config (--forward-to without --immediate)
+    config_name: str = ""  # the configuration's name: its circus watchers are "<name>-<role>"
 
 
 async def run_metrics(
@@ -240,7 +315,13 @@ async def run_metrics(
     """The ``metrics`` role: serve /metrics and /healthz on host:port until SIGTERM."""
     log = logmod.get()
     options = options or MetricsOptions()
-    exporter = MetricsExporter(config, run_dir, min_free=options.min_free, forwarding=options.forwarding)
+    exporter = MetricsExporter(
+        config,
+        run_dir,
+        min_free=options.min_free,
+        forwarding=options.forwarding,
+        config_name=options.config_name,
+    )
     bound = await exporter.start(host, port)
     if identity.switching_applies(config.user):  # bound first, so a port below 1024 works
         identity.drop(identity.lookup(config.user))

@@ -19,8 +19,10 @@ What it guarantees:
   on the envelope inode, and the lock is held for the claim's lifetime, so
   exactly one process wins, and :meth:`SpoolStore.recover` can tell a
   claim of a dead process (lock free) from a live one.  Envelope rewrites go
-  through a locked temporary file renamed over the ``.busy`` name, so the
-  ``.busy`` name never refers to an unlocked inode while its owner lives.
+  through a locked, fsynced temporary file renamed over the ``.busy`` name, so
+  the ``.busy`` name never refers to an unlocked inode while its owner lives
+  (``Claim.rewrite(..., sync_directory=True)`` also fsyncs the directory:
+  the forwarder's record of a partial delivery survives a power cut).
 - After a successful forward the envelope is deleted before the content, so
   a crash in between leaves a stray content file, never an envelope that
   points at nothing.
@@ -842,8 +844,11 @@ class Claim:
         return self._envelope
 
     @_privileged
-    def rewrite(self, env: Envelope) -> None:
-        """Replace the ``.busy`` envelope's bytes; the claim (lock) moves to the new inode."""
+    def rewrite(self, env: Envelope, *, sync_directory: bool = False) -> None:
+        """Replace the ``.busy`` envelope's bytes; the claim (lock) moves to the new inode.
+        The new file is fsynced before the rename; ``sync_directory`` also makes the rename
+        itself durable before returning (a partial delivery: the old recipient list must
+        not come back after a power cut)."""
         busy = self.envelope_path
         tmp = busy.with_name(busy.name + TMP_SUFFIX)
         with contextlib.suppress(FileNotFoundError):
@@ -859,6 +864,8 @@ class Claim:
             raise
         self._swap_fd(fd)
         self._envelope = env
+        if sync_directory:
+            self.store.sync_directory()
 
     @_privileged
     def relock_if_replaced(self) -> bool:

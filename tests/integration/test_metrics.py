@@ -191,6 +191,79 @@ async def test_counters_sum_what_the_roles_report(exporter: MetricsExporter, pub
     assert sample(text, "emailrelay_bus_events_total", 'topic="spool.ready"') == 1
 
 
+async def test_role_starts_count_the_roles_running_before_the_subscription(
+    exporter: MetricsExporter, publisher: BusClient
+) -> None:
+    """Roles that announced themselves before the exporter subscribed are found by the census
+    (circus ``list``, faked here); a pid is counted once whether the census or the bus has it first."""
+    census = {"forward": [1001, 1002], "smtp": [1003], "notify": [1004]}
+
+    async def fake_census() -> dict[str, list[int]]:
+        return census
+
+    exporter.role_census = fake_census
+    text = await scrape(exporter)
+    assert sample(text, "emailrelay_role_starts_total", 'role="forward"') == 2
+    assert sample(text, "emailrelay_role_starts_total", 'role="smtp"') == 1
+    assert sample(text, "emailrelay_role_starts_total", 'role="notify"') == 1
+    assert exporter.tracker.alive["forward"] == {1001, 1002}
+    # late role.started of a counted process: not counted again; a new process: counted
+    heard = exporter.events.labels(topic=schema.ROLE_STARTED)._value.get()
+    publisher.publish(schema.ROLE_STARTED, role="forward", pid=1001)
+    publisher.publish(schema.ROLE_STARTED, role="smtp", pid=1005)
+    assert await until(lambda: exporter.events.labels(topic=schema.ROLE_STARTED)._value.get() == heard + 2)
+    text = await scrape(exporter)
+    assert sample(text, "emailrelay_role_starts_total", 'role="forward"') == 2
+    assert sample(text, "emailrelay_role_starts_total", 'role="smtp"') == 2
+    # a restarted smtp process found by the next census (its role.started lost)
+    census["smtp"] = [1005, 1006]
+    exporter._next_census = 0.0
+    text = await scrape(exporter)
+    assert sample(text, "emailrelay_role_starts_total", 'role="smtp"') == 3
+    assert sample(text, "emailrelay_role_starts_total", 'role="forward"') == 2
+
+
+def test_role_starts_are_right_after_a_fresh_start(tmp_path: Path) -> None:
+    """The supervised ``--metrics`` role starts after bus, notify and forward have announced
+    themselves: its first scrapes still count every role process, once."""
+    from tests.support.sink_counter import role_pids, supervised_relay
+
+    mport = free_port()
+    roles = {"forward": 2, "notify": 1, "smtp": 1, "metrics": 1}
+    with FakeSmtp() as hop:
+        args = (
+            "--forward-to",
+            hop.address,
+            "--poll",
+            "0",
+            "--workers",
+            "forward=2",
+            "--metrics",
+            f"127.0.0.1:{mport}",
+        )
+        with supervised_relay(tmp_path, *args, roles={**roles, "bus": 1}) as relay:
+            pids = role_pids(relay.pid)
+            wait_for_port(mport)
+            started = time.monotonic()
+            counts: dict[str, float | None] = {}
+            while True:
+                status, body = _get_sync(f"http://127.0.0.1:{mport}/metrics")
+                assert status == 200
+                text = body.decode()
+                counts = {r: sample(text, "emailrelay_role_starts_total", f'role="{r}"') for r in roles}
+                if counts == roles or time.monotonic() - started > 15:
+                    break
+                time.sleep(0.2)
+            took = time.monotonic() - started
+            time.sleep(1.0)  # late role.started events must not count a process twice
+            text = _get_sync(f"http://127.0.0.1:{mport}/metrics")[1].decode()
+            again = {r: sample(text, "emailrelay_role_starts_total", f'role="{r}"') for r in roles}
+            assert role_pids(relay.pid) == pids  # no role restarted meanwhile
+    print(f"\nrole starts after a fresh start: {counts} after {took:.1f}s; 1s later {again}")
+    assert counts == roles
+    assert again == roles
+
+
 async def test_queue_depth_and_oldest_age_are_scanned_from_the_spool(
     exporter: MetricsExporter, spool: Path
 ) -> None:

@@ -334,13 +334,6 @@ def test_1000_recipients_in_one_transaction(tmp_path: Path) -> None:
     assert stored == 1000
 
 
-@pytest.mark.xfail(
-    reason="BUG: the forwarder never splits recipients a next hop refuses with 452 (too many recipients, "
-    "RFC 5321 4.5.3.1.10): protocol/smtp_client.py fails the whole transaction on the first refused "
-    "recipient ('recipient rejected'), services/forward.py retries the whole message, so a stored "
-    "1,000-recipient envelope never reaches a next hop with a 100-recipient limit (such as this relay)",
-    strict=True,
-)
 def test_stored_1000_recipient_message_to_a_next_hop_with_a_recipient_limit(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     rcpts = tuple(f"r{i}@example.net" for i in range(1000))
@@ -352,13 +345,21 @@ def test_stored_1000_recipient_message_to_a_next_hop_with_a_recipient_limit(tmp_
         return "452 4.5.3 too many recipients" if len(session.rcpts) >= 100 else "250 2.1.5 ok"
 
     with FakeSmtp(replies={"rcpt": limited}) as sink:
-        for _ in range(3):
-            run_client(spool, sink.address, timeout=60)
+        started = time.monotonic()
+        r = run_client(spool, sink.address, timeout=60)
+        took = time.monotonic() - started
         delivered = sorted(r for m in sink.messages for r in m.rcpts)
+        transactions, connections = len(sink.messages), sink.connections
+        rcpt_commands = len(sink.commands_named("RCPT"))
     print(
-        f"\n1000 stored recipients to a 100-limit hop: delivered={len(delivered)} spool={dict(states(spool))}"
+        f"\n1000 stored recipients to a 100-limit hop: delivered={len(delivered)} transactions={transactions} "
+        f"connections={connections} RCPT commands={rcpt_commands} time={took:.2f}s spool={dict(states(spool))}"
     )
-    assert delivered == sorted(rcpts)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert delivered == sorted(rcpts)  # each exactly once
+    assert transactions == 10 and connections == 1  # one session: no retry, no back-off
+    assert "to 100 of 1000 recipients; 900 deferred by the server: 452 4.5.3" in r.stderr
+    assert not any(states(spool).values())
 
 
 def test_client_that_never_reads_its_replies_does_not_grow_memory(tmp_path: Path) -> None:
