@@ -1,0 +1,56 @@
+"""The notify role's SpoolWatcher, on a real directory with real inotify (and polling).
+
+Proves: a ring for every way an ``.envelope`` appears (commit rename, direct
+creation, unfail of ``.bad``, release of ``.busy``) and for nothing else
+(content files, ``.new``, ``.busy``, ``.bad``), with both observers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from emailrelay.services.notify import SpoolWatcher
+
+MID = "emailrelay.4242.1700000000.{}"
+
+
+def _make(path: Path) -> None:
+    path.write_bytes(b"x\r\n")
+
+
+async def _watch(directory: Path, polling: bool) -> list[str]:
+    rung: list[str] = []
+    watcher = SpoolWatcher(str(directory), rung.append, polling=polling, poll_interval=0.1)
+    kind = watcher.start(asyncio.get_running_loop())
+    assert kind == ("poll" if polling else "inotify")
+    try:
+        await asyncio.sleep(0.3)
+        base = [directory / MID.format(n) for n in range(1, 5)]
+        for b in base:
+            _make(Path(f"{b}.content"))  # never a ring
+        _make(Path(f"{base[0]}.envelope.new"))
+        os.rename(f"{base[0]}.envelope.new", f"{base[0]}.envelope")  # commit
+        _make(Path(f"{base[1]}.envelope"))  # written directly
+        _make(Path(f"{base[2]}.envelope.bad"))
+        os.rename(f"{base[2]}.envelope.bad", f"{base[2]}.envelope")  # unfail
+        _make(Path(f"{base[3]}.envelope.busy"))
+        os.rename(f"{base[3]}.envelope.busy", f"{base[3]}.envelope")  # release
+        _make(directory / (MID.format(9) + ".envelope.new"))  # stays .new: no ring
+        for _ in range(50):
+            if len(set(rung)) >= 4:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # room for a wrong extra ring
+    finally:
+        watcher.stop()
+    return rung
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "poll"])
+def test_rings_for_every_new_envelope_and_nothing_else(tmp_path: Path, polling: bool) -> None:
+    rung = asyncio.run(_watch(tmp_path, polling))
+    assert sorted(set(rung)) == [MID.format(n) for n in range(1, 5)], rung
