@@ -16,6 +16,7 @@ started with :func:`child_preexec`, which drops real and effective ids to
 from __future__ import annotations
 
 import contextlib
+import encodings.idna  # noqa: F401  (host names are idna-encoded after the switch, when the stdlib may be unreadable)
 import grp
 import os
 import pwd
@@ -114,21 +115,37 @@ def group_name(gid: int) -> str:
         return str(gid)
 
 
-def can_use_directory(path: str, who: Identity) -> bool:
-    """Whether ``who`` may list and enter ``path`` (read and search), judged from its mode bits."""
+def _allowed(st: os.stat_result, who: Identity, user_bits: int, group_bits: int, other_bits: int) -> bool:
+    if st.st_uid == who.uid:
+        return st.st_mode & user_bits == user_bits
+    if st.st_gid == who.gid or st.st_gid in os.getgrouplist(who.name, who.gid):
+        return st.st_mode & group_bits == group_bits
+    return st.st_mode & other_bits == other_bits
+
+
+def directory_problem(path: str, who: Identity) -> str | None:
+    """Why ``who`` may not list and enter ``path`` (judged from mode bits), or None when it may.
+
+    Every parent must be searchable too: a spool below a root-only directory cannot be
+    reached by the forwarders, which scan it with the effective ids of ``--user``.
+    """
     import stat
 
+    target = os.path.abspath(path)
     try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    need_user, need_group, need_other = (
-        stat.S_IRUSR | stat.S_IXUSR,
-        stat.S_IRGRP | stat.S_IXGRP,
-        stat.S_IROTH | stat.S_IXOTH,
-    )
-    if st.st_uid == who.uid:
-        return st.st_mode & need_user == need_user
-    if st.st_gid == who.gid or st.st_gid in os.getgrouplist(who.name, who.gid):
-        return st.st_mode & need_group == need_group
-    return st.st_mode & need_other == need_other
+        st = os.stat(target)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not _allowed(st, who, stat.S_IRUSR | stat.S_IXUSR, stat.S_IRGRP | stat.S_IXGRP, stat.S_IROTH | stat.S_IXOTH):
+        return "it is not readable and searchable by that user"
+    parent = os.path.dirname(target)
+    while True:
+        try:
+            pst = os.stat(parent)
+        except OSError as exc:
+            return f"{parent}: {exc.strerror or exc}"
+        if not _allowed(pst, who, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
+            return f"its parent directory {parent} is not searchable by that user"
+        if parent == os.path.dirname(parent):
+            return None
+        parent = os.path.dirname(parent)

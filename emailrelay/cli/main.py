@@ -99,8 +99,25 @@ def log_config(values: dict[str, Value]) -> logmod.LogConfig:
         with_address=bool(values.get("log-address")) or "address" in formats,
         json="json" in formats,
         syslog=syslog_on,
+        syslog_facility=_syslog_facility(values.get("syslog")),
         log_file=log_file if isinstance(log_file, str) else None,
     )
+
+
+#: ``--syslog=<facility>`` names (upstream's list); the default is ``mail``.
+SYSLOG_FACILITIES = ("user", "daemon", "mail", "cron", *(f"local{n}" for n in range(8)))
+
+
+def _syslog_facility(value: Value | None) -> int:
+    import syslog
+
+    if not isinstance(value, str):
+        return syslog.LOG_MAIL
+    if value.lower() not in SYSLOG_FACILITIES:
+        raise UsageError(
+            f"--syslog: invalid facility '{value}' (expected one of {', '.join(SYSLOG_FACILITIES)})"
+        )
+    return int(getattr(syslog, "LOG_" + value.upper()))
 
 
 def _as_list(value: Value | None) -> list[str]:
@@ -190,9 +207,10 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
         for _, config in configurations:
-            if not identity.can_use_directory(str(config.spool_dir), target):
+            problem = identity.directory_problem(str(config.spool_dir), target)
+            if problem is not None:
                 raise UsageError(
-                    f"spool directory {config.spool_dir} is not readable by user '{target.name}': "
+                    f"spool directory {config.spool_dir} is not readable by user '{target.name}' ({problem}): "
                     "fix its permissions (eg. group-readable) or use --user root"
                 )
     cwd = os.getcwd()
@@ -210,7 +228,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     if values.get("close-stderr"):
         log.close_stderr()  # a --log-file is not affected (reference guide)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor or the loop handles it
-    pid_path = daemon.write_pid_file(first.pid_file)
+    pid_path = daemon.write_pid_file(first.pid_file, target.gid if target else None)
     sd_notify.ready()  # systemd Type=notify: every socket is bound
     try:
         if first.as_client or first.dont_serve or first.single_process:

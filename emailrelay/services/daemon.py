@@ -33,7 +33,7 @@ def detach() -> None:
     os.chdir("/")
 
 
-def write_pid_file(path: str | None) -> Path | None:
+def write_pid_file(path: str | None, gid: int | None = None) -> Path | None:
     if not path:
         return None
     target = Path(path)
@@ -41,7 +41,7 @@ def write_pid_file(path: str | None) -> Path | None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp.write_text(f"{os.getpid()}\n")
-        gid = group_for_files()
+        gid = group_for_files() if gid is None else gid  # --user's group, as the spool files (SPEC §3)
         if gid is not None:
             with contextlib.suppress(OSError):
                 os.chown(tmp, -1, gid)

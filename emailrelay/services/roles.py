@@ -67,6 +67,15 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
         s.setblocking(False)
     drop_privileges(config)
     store = open_store(config)
+    if not config.forward_to or config.immediate:  # no forward role to clean crash leftovers (SPEC §7)
+        try:
+            with identity.as_root():
+                report = store.recover(new_age=max(600.0, 2 * config.filter_timeout))
+        except OSError as exc:
+            log.warning(f"spool recovery failed: {exc}")
+        else:
+            for mid in report.removed_new:
+                log.info(f"removed incomplete message [{mid}] left by a crash")
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
     forwarder = None
     if config.immediate and config.forward_to:

@@ -778,6 +778,7 @@ class NewMessage:
             raise _store_error(exc, "cannot write envelope file") from exc
         self._envelope_written = True
 
+    @_privileged
     def exists(self) -> bool:
         """False when a filter deleted the message (exit 100 style)."""
         return self.envelope_path.exists()
