@@ -1,0 +1,1 @@
+"""Compatibility audit tests (issue 12): each proves a row of docs/compatibility.md."""
