@@ -195,6 +195,10 @@ def bind(config: Config) -> list[listeners.Bound]:
     return bound
 
 
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run(configurations: list[tuple[str, Config]], values: dict[str, Value], options: list[str]) -> int:
     log = logmod.get()
     first = configurations[0][1]
@@ -228,6 +232,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     if values.get("close-stderr"):
         log.close_stderr()  # a --log-file is not affected (reference guide)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor or the loop handles it
+    signal.signal(signal.SIGTERM, _exit_on_term)  # likewise: a SIGTERM right after the pid file is a clean stop
     pid_path = daemon.write_pid_file(first.pid_file, target.gid if target else None)
     sd_notify.ready()  # systemd Type=notify: every socket is bound
     try:

@@ -286,6 +286,27 @@ def test_daemon_pid_file_and_sigterm(tmp_path: Path, spool: Path, run_dir: Path)
                 kill_if_alive(int(pid_file.read_text()))
 
 
+@pytest.mark.parametrize("mode", ["--single-process", "--no-daemon"])
+def test_sigterm_as_soon_as_the_pid_file_appears_is_a_clean_stop(tmp_path: Path, spool: Path, mode: str) -> None:
+    """A SIGTERM right after the pid file is written, before the loop or the supervisor has taken
+    over the signal handlers, still stops the relay cleanly: exit 0 and the pid file removed."""
+    for attempt in range(3):
+        pid_file = tmp_path / f"relay{attempt}.pid"
+        args = [program(), "--no-daemon", "--log", "--no-syslog", "--port", str(free_port()), "--interface",
+                "127.0.0.1", "--spool-dir", str(spool), "--user", "root", "--pid-file", str(pid_file), mode]  # fmt: skip
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            assert wait_until(pid_file.exists, 30, interval=0.001)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err.decode()
+            assert not pid_file.exists()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
 def test_sigterm_with_open_session_exits_0(tmp_path: Path) -> None:
     relays = Relays(tmp_path)
     try:
