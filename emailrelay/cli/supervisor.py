@@ -136,8 +136,12 @@ def _role_watchers(
     select = ["--config", c.name] if c.name else []
     tail = ["--", *options]
 
+    from .main import app_dir  # "@app" is the supervising program's directory, not the role module's
+
+    app = ["--app-dir", app_dir()]
+
     def watcher(role: str, extra: list[str], **kw: Any) -> Any:
-        args = ["-m", "emailrelay.cli.role", role, "--run-dir", rd, *select, *extra, *tail]
+        args = ["-m", "emailrelay.cli.role", role, "--run-dir", rd, *app, *select, *extra, *tail]
         return Watcher(f"{c.prefix}{role}", python, args=args, **kw, **common)
 
     def fds(service: str) -> list[str]:
@@ -260,5 +264,20 @@ def run(configurations: list[Configuration], options: list[str], cwd: str, gid: 
     for c in configurations:
         for b in c.bound:
             b.sock.close()  # the arbiter holds duplicates
-    arbiter.start()
+    try:
+        arbiter.start()
+    finally:
+        for c in configurations:
+            _clean_run_dir(run_dir_for(c.config))
     return 0
+
+
+def _clean_run_dir(run_dir: Path) -> None:
+    """After a stop: remove our socket files, and the directory itself when it is our private one
+    under the temporary directory (so test runs and long spool paths leave nothing behind)."""
+    with contextlib.suppress(OSError):
+        for entry in run_dir.iterdir():
+            if entry.suffix == ".ipc" and stat.S_ISSOCK(entry.lstat().st_mode):
+                entry.unlink()
+        if run_dir.parent.name == f"emailrelay-{os.getuid()}":
+            run_dir.rmdir()  # only when empty

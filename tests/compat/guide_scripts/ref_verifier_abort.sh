@@ -1,0 +1,3 @@
+#!/bin/sh
+# address verifier -- abort
+exit 100
