@@ -16,7 +16,7 @@ started with :func:`child_preexec`, which drops real and effective ids to
 from __future__ import annotations
 
 import contextlib
-import encodings.idna  # noqa: F401  (host names are idna-encoded after the switch, when the stdlib may be unreadable)
+import encodings.idna  # noqa: F401 - loaded before the switch to --user (host names need it)
 import grp
 import os
 import pwd

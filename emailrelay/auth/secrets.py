@@ -262,7 +262,9 @@ class Secrets:
         if len(parts) != 3 or not parts[1] or not parts[2]:
             raise ConfigError(usage)
         try:
-            user, password = _b64field(parts[1]), _b64field(parts[2])
+            # unpadded base64 is accepted, as in the user guide's "plain:YWxpY2VAZ21haWwuY29t:UGFzc3cwcmQ"
+            padded = [f if f == "=" else f + "=" * (-len(f) % 4) for f in parts[1:]]
+            user, password = _b64field(padded[0]), _b64field(padded[1])
         except (binascii.Error, ValueError, UnicodeEncodeError):
             raise ConfigError(usage) from None
         self = cls("--client-auth")

@@ -115,6 +115,8 @@ class TestTable:
     def test_special_rows(self) -> None:
         assert {o.name for o in OPTIONS if o.repeatable} == {
             "interface",
+            "filter",  # repeated, a chain (the user guide's advanced set-up)
+            "client-filter",
             "client-tls-certificate",
             "server-tls-certificate",
         }

@@ -229,7 +229,7 @@ def test_app_substitution_only_in_paths() -> None:
     ).values
     assert values == {
         "spool-dir": f"{APP}/spool",
-        "filter": f"{APP}/f.sh",
+        "filter": [f"{APP}/f.sh"],
         "domain": "@app",
         "pid-file": f"{APP}/{APP}",
     }
@@ -268,7 +268,7 @@ def test_config_file_syntax(tmp_path: Path) -> None:
         "spool-dir": f"{APP}/spool",
         "port": "10025",
         "interface": ["smtp=fd#3"],
-        "filter": "/usr/local/my filters/f.sh",
+        "filter": ["/usr/local/my filters/f.sh"],
         "pop-port": "1110",
         "remote-clients": True,
     }
@@ -349,7 +349,7 @@ def test_multiple_configurations_from_the_guide(tmp_path: Path) -> None:
         "spool-dir": "/var/spool/in",
         "port": "25",
         "remote-clients": True,
-        "filter": "account:",
+        "filter": ["account:"],
         "domain": "example.com",
     }
     assert parsed.configs["out"] == {
@@ -492,3 +492,14 @@ def test_arbitrary_argv_gives_parsed_or_a_usage_or_config_error(argv: list[str])
     except (UsageError, ConfigError):
         return
     assert parsed.values == parsed.configs[next(iter(parsed.configs))]
+
+
+def test_a_repeated_filter_option_is_a_chain_like_a_comma_list() -> None:
+    from emailrelay.config import from_values
+
+    repeated = from_values(expand_shorthands(parse("--filter", "spam-edit:127.0.0.1:783", "--filter", "deliver:",
+                                                   "--client-filter", "mx:", "-Y", "exit:0").values))  # fmt: skip
+    listed = from_values(expand_shorthands(parse("--filter=spam-edit:127.0.0.1:783,deliver:",
+                                                 "--client-filter=mx:,exit:0").values))  # fmt: skip
+    assert repeated.filters == listed.filters == ["spam-edit:127.0.0.1:783", "deliver:"]
+    assert repeated.client_filters == listed.client_filters == ["mx:", "exit:0"]
