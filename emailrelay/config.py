@@ -62,6 +62,7 @@ class Config:
     workers_forward: int = 1
     workers_smtp: int = 1
     # process
+    name: str = ""  # the configuration's name ("in" for --in-...; "" when unnamed): the log's unit
     no_daemon: bool = False
     pid_file: str | None = None
     user: str = "daemon"
@@ -141,7 +142,7 @@ def _raw_list(values: Values, name: str) -> list[str]:
 
 
 def _keywords(values: Values, name: str, allowed: set[str]) -> frozenset[str]:
-    words = {w.lower() for w in _list(values, name)}
+    words = {w.lower().removeprefix("+") for w in _list(values, name)}  # "+chunking" (user guide) = "chunking"
     unknown = words - allowed
     if unknown:
         raise UsageError(f"--{name}: unknown keyword '{sorted(unknown)[0]}'")
@@ -201,10 +202,11 @@ def from_values(values: Values) -> Config:
     c.server_smtp_config = _keywords(values, "server-smtp-config", SERVER_SMTP_KEYWORDS)
     c.client_smtp_config = _keywords(values, "client-smtp-config", CLIENT_SMTP_KEYWORDS)
     c.max_connections = _int(values, "max-connections", 0)
-    c.filters = _list(values, "filter")
+    scanner = _str(values, "scanner")  # the seed guide's option: a net: filter before the others
+    c.filters = ([f"net:{scanner}"] if scanner else []) + _list(values, "filter")
     c.client_filters = _list(values, "client-filter")
     c.filter_timeout = _int(values, "filter-timeout", 60)
-    c.address_verifier = _str(values, "address-verifier")
+    c.address_verifier = _str(values, "address-verifier") or _str(values, "verifier")  # the seed's name
     c.dnsbl = _str(values, "dnsbl")
     if delivery := _str(values, "delivery-dir"):
         c.delivery_dir = Path(delivery)

@@ -2,9 +2,21 @@
 
 What it is for: every process of the relay logs through :func:`get` so the
 lines look exactly like upstream's:
-``emailrelay: [<time>: ]<level>: [<address>; ]<text>`` on stderr (or
-``--log-file``, with ``%d`` expanded daily) and to syslog (LOG_MAIL, ident
-``emailrelay``) unless ``--no-syslog``.
+``emailrelay: [<time>: ]<level>: [<unit>: ][<address>[:<port>]; ][<msgid>; ]<text>``
+on stderr (or ``--log-file``, with ``%d`` expanded daily) and to syslog
+(LOG_MAIL, ident ``emailrelay``) unless ``--no-syslog``.
+
+The ``--log-format`` fields: ``time``; ``unit``, the name of the
+configuration (``--in-...``: ``in``; nothing when no configuration is
+named), set per process or per instance task with :func:`set_unit`;
+``address`` (alias ``network``), the remote client's address a caller
+passes; ``port``, that peer's port added to the address (``1.2.3.4:25``,
+``::1.25``), known to a connection's :class:`SessionLog` or set for a task
+with :func:`set_port`; ``msgid``, the id of the message a line is about,
+from a :class:`SessionLog` or else a task's :func:`set_msgid`.  With
+``json`` (ours) each line is a JSON object with the same data as keys
+(``unit``, ``address``, ``port``, ``msgid`` whenever known).  With none of
+unit, port and msgid on, formatting takes the old, cheap path.
 
 Levels: ``error``, ``warning``, ``info`` (upstream's summary logging, on
 with ``--log``), verbose info (protocol tracing, on with ``--verbose``,
@@ -23,8 +35,13 @@ import os
 import sys
 import syslog as _syslog
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TextIO
+
+from .identity import as_root
 
 ERROR, WARNING, INFO, VERBOSE, DEBUG = 40, 30, 20, 15, 10
 _WORDS = {ERROR: "error", WARNING: "warning", INFO: "info", VERBOSE: "info", DEBUG: "debug"}
@@ -36,6 +53,42 @@ _SYSLOG_PRIORITY = {
     DEBUG: _syslog.LOG_DEBUG,
 }
 _UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0, 32), 127)}
+
+#: The ``--log-format`` field names (``json`` is ours; ``network`` is the user guide's ``address``).
+LOG_FORMAT_FIELDS = ("time", "unit", "address", "network", "port", "msgid", "json")
+
+# the unit (configuration name) and message id of the running task, where no SessionLog knows better
+_UNIT: ContextVar[str] = ContextVar("emailrelay_log_unit", default="")
+_MSGID: ContextVar[str] = ContextVar("emailrelay_log_msgid", default="")
+_PORT: ContextVar[int] = ContextVar("emailrelay_log_port", default=0)
+
+
+def set_unit(name: str) -> Token[str]:
+    """The configuration's name on this context's lines (a role process, an instance's task)."""
+    return _UNIT.set(name)
+
+
+@contextmanager
+def unit_scope(name: str) -> Iterator[None]:
+    token = _UNIT.set(name)
+    try:
+        yield
+    finally:
+        _UNIT.reset(token)
+
+
+def set_msgid(msgid: str) -> Token[str]:
+    """The message this task's lines are about (until :func:`reset_msgid` or the task's end)."""
+    return _MSGID.set(msgid)
+
+
+def reset_msgid(token: Token[str]) -> None:
+    _MSGID.reset(token)
+
+
+def set_port(port: int) -> Token[int]:
+    """The peer's port for this task's lines that give an address (a session's decision tasks)."""
+    return _PORT.set(port)
 
 
 def printable(text: str) -> str:
@@ -49,7 +102,10 @@ class LogConfig:
     verbose: bool = False
     debug: bool = False
     with_time: bool = False  # --log-time / --log-format=time
-    with_address: bool = False  # --log-address / --log-format=address
+    with_address: bool = False  # --log-address / --log-format=address (or network)
+    with_unit: bool = False  # --log-format=unit
+    with_port: bool = False  # --log-format=port
+    with_msgid: bool = False  # --log-format=msgid
     json: bool = False  # --log-format=json (ours)
     stderr: bool = True  # cleared by --close-stderr once started
     syslog: bool = True  # --no-syslog clears
@@ -68,10 +124,12 @@ class Log:
         self._file_name: str | None = None
         self._syslog_open = False
         self._threshold = self._compute_threshold()
+        self._fields = self._any_field()
 
     def configure(self, config: LogConfig) -> None:
         self.config = config
         self._threshold = self._compute_threshold()
+        self._fields = self._any_field()
         if self._syslog_open and not config.syslog:
             _syslog.closelog()
             self._syslog_open = False
@@ -83,6 +141,15 @@ class Log:
         if c.verbose:
             return VERBOSE
         return INFO if c.enabled else WARNING
+
+    def _any_field(self) -> bool:
+        """unit, port or msgid: the slower formatting path."""
+        c = self.config
+        return c.with_unit or c.with_port or c.with_msgid
+
+    def session(self, port: int = 0) -> SessionLog:
+        """A log for one connection whose peer has this port."""
+        return SessionLog(self, port)
 
     def enabled_for(self, level: int) -> bool:
         return level >= self._threshold
@@ -118,16 +185,30 @@ class Log:
             self.emit(INFO, " ".join(f"{k}=[{v}]" for k, v in summary.items()), None)
 
     def emit(
-        self, level: int, text: str, address: str | None, extra: dict[str, object] | None = None
+        self,
+        level: int,
+        text: str,
+        address: str | None,
+        extra: dict[str, object] | None = None,
+        *,
+        port: int = 0,
+        msgid: str | None = None,
     ) -> None:
+        """One line; ``port`` goes with ``address`` (0: the task's, set_port); ``msgid`` None: the task's."""
         if level < self._threshold:
             return
         c = self.config
         text = printable(text)
         if c.json:
             record: dict[str, object] = {"time": round(time.time(), 3), "level": _WORDS[level]}
+            if unit := _UNIT.get():
+                record["unit"] = unit
             if address:
                 record["address"] = address
+                if port := port or _PORT.get():
+                    record["port"] = port
+            if msgid := _MSGID.get() if msgid is None else msgid:
+                record["msgid"] = msgid
             if text:
                 record["text"] = text
             if extra:
@@ -138,11 +219,28 @@ class Log:
             if c.with_time:
                 parts.append(_timestamp())
             parts.append(_WORDS[level])
-            body = f"{address}; {text}" if (address and c.with_address) else text
+            if self._fields:
+                body = self._with_fields(text, address, port, msgid)
+            else:
+                body = f"{address}; {text}" if (address and c.with_address) else text
             line = ": ".join(parts) + ": " + body
         self._write(line)
         if c.syslog:
             self._syslog(level, line.split(": ", 1)[1] if not c.json else line)
+
+    def _with_fields(self, text: str, address: str | None, port: int, msgid: str | None) -> str:
+        """``[<unit>: ][<address>[:<port>]; ][<msgid>; ]<text>``."""
+        c = self.config
+        head = ""
+        if c.with_unit and (unit := _UNIT.get()):
+            head = unit + ": "
+        if address and (c.with_address or c.with_port):
+            if c.with_port and (port := port or _PORT.get()):
+                address = f"{address}.{port}" if ":" in address else f"{address}:{port}"
+            head += address + "; "
+        if c.with_msgid and (msgid := _MSGID.get() if msgid is None else msgid):
+            head += msgid + "; "
+        return head + text
 
     # ---- outputs ---------------------------------------------------------------
     def _write(self, line: str) -> None:
@@ -167,7 +265,8 @@ class Log:
             if self._file is not None:
                 self._file.close()
             try:
-                self._file = open(name, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+                with as_root():  # roles run as --user; the file is root's, as upstream opens it as root
+                    self._file = open(name, "a", encoding="utf-8")  # noqa: SIM115 - kept open
             except OSError:
                 self._file = None
             self._file_name = name
@@ -197,6 +296,56 @@ def _timestamp() -> str:
     now = time.time()
     return time.strftime("%Y%m%d.%H%M%S.", time.localtime(now)) + f"{int(now * 1000) % 1000:03d}"
 
+
+class SessionLog:
+    """One connection's view of the process's :class:`Log`: adds its peer's port and, while
+    ``msgid`` is set, the id of the message in hand (None: the task's, see :func:`set_msgid`)."""
+
+    __slots__ = ("log", "msgid", "port")
+
+    def __init__(self, log: Log, port: int = 0, msgid: str | None = None) -> None:
+        self.log = log
+        self.port = port
+        self.msgid = msgid
+
+    @property
+    def config(self) -> LogConfig:
+        return self.log.config
+
+    @property
+    def verbose_on(self) -> bool:
+        return self.log.verbose_on
+
+    def enabled_for(self, level: int) -> bool:
+        return self.log.enabled_for(level)
+
+    def error(self, text: str, address: str | None = None) -> None:
+        self.log.emit(ERROR, text, address, port=self.port, msgid=self.msgid)
+
+    def warning(self, text: str, address: str | None = None) -> None:
+        self.log.emit(WARNING, text, address, port=self.port, msgid=self.msgid)
+
+    def info(self, text: str, address: str | None = None) -> None:
+        if self.log._threshold <= INFO:
+            self.log.emit(INFO, text, address, port=self.port, msgid=self.msgid)
+
+    def verbose(self, text: str, address: str | None = None) -> None:
+        if self.log._threshold <= VERBOSE:
+            self.log.emit(VERBOSE, text, address, port=self.port, msgid=self.msgid)
+
+    def debug(self, text: str, address: str | None = None) -> None:
+        if self.log._threshold <= DEBUG:
+            self.log.emit(DEBUG, text, address, port=self.port, msgid=self.msgid)
+
+    def event(self, summary: dict[str, object]) -> None:
+        self.log.event(summary)
+
+    def session(self, port: int = 0) -> SessionLog:
+        return SessionLog(self.log, port)
+
+
+#: What a component that logs holds: the process's log or a connection's view of it.
+Logger = Log | SessionLog
 
 _LOG = Log()
 

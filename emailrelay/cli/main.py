@@ -88,7 +88,11 @@ def app_dir() -> str:
 
 
 def log_config(values: dict[str, Value]) -> logmod.LogConfig:
-    formats = {f.strip() for item in _as_list(values.get("log-format")) for f in item.split(",")}
+    formats = {f.strip() for item in _as_list(values.get("log-format")) for f in item.split(",")} - {""}
+    for name in sorted(formats):
+        if name not in logmod.LOG_FORMAT_FIELDS:
+            expected = ", ".join(logmod.LOG_FORMAT_FIELDS)
+            raise UsageError(f"--log-format: unknown field '{name}' (expected {expected})")
     syslog_on = not values.get("no-syslog") or bool(values.get("syslog"))
     log_file = values.get("log-file")
     return logmod.LogConfig(
@@ -96,7 +100,10 @@ def log_config(values: dict[str, Value]) -> logmod.LogConfig:
         verbose=bool(values.get("verbose")),
         debug=bool(values.get("debug")),
         with_time=bool(values.get("log-time")) or "time" in formats,
-        with_address=bool(values.get("log-address")) or "address" in formats,
+        with_address=bool(values.get("log-address")) or "address" in formats or "network" in formats,
+        with_unit="unit" in formats,
+        with_port="port" in formats,
+        with_msgid="msgid" in formats,
         json="json" in formats,
         syslog=syslog_on,
         syslog_facility=_syslog_facility(values.get("syslog")),
@@ -146,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         configurations = []
         for name in parsed.configs:
             config_values = expand_shorthands(configuration_values(parsed, name)) if name else values
-            configurations.append((name if len(parsed.configs) > 1 else "", from_values(config_values)))
+            config = from_values(config_values)
+            config.name = name  # the log's unit, even when it is the only configuration
+            configurations.append((name if len(parsed.configs) > 1 else "", config))
         return run(configurations, values, args)
     except EmailRelayError as exc:
         log.error(str(exc))
@@ -178,6 +187,11 @@ def prepare(config: Config) -> None:
 
 def bind(config: Config) -> list[listeners.Bound]:
     """The listening sockets of one configuration (exit 2 when one cannot be bound)."""
+    with logmod.unit_scope(config.name):
+        return _bind(config)
+
+
+def _bind(config: Config) -> list[listeners.Bound]:
     log = logmod.get()
     single_shot = config.as_client or config.dont_serve
     ports = {}

@@ -119,6 +119,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", "p", "port", "port number for incoming SMTP connections", "SMTP server", common=True, kind="port", default="25"),
     _flag("remote-clients", "r", "allow SMTP connections from addresses that are not local", "SMTP server", common=True),
     Option("address-verifier", None, "program", "run a program (or net:, account:) to verify each recipient address", "SMTP server", common=True, kind="path"),
+    Option("verifier", None, "program", "the old user guide's name for --address-verifier", "SMTP server", kind="path"),
+    Option("scanner", None, "host:port", "the old user guide's network scanner: the same as --filter net:<host:port>", "SMTP server", kind="address"),
     Option("anonymous", "A", "scope", "hide identity: vrfy, server, content and/or client (all if no scope)", "SMTP server", optional_value=True),
     # The guide lists --delivery-dir with "(-s)", a copy-and-paste slip: -s is
     # --spool-dir. So --delivery-dir has no short letter here.

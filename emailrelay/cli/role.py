@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         values = expand_shorthands(configuration_values(parsed, args.config))
         log.configure(log_config(values))
         config = from_values(values)
+        config.name = args.config or next(iter(parsed.configs))  # without --config: the first (or only)
+        logmod.set_unit(config.name)
         if args.role == "bus":
             group = lookup(config.user).gid if switching_applies(config.user) else group_for_files()
             run_forwarder(args.run_dir, group=group)

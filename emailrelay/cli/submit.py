@@ -21,6 +21,8 @@ import argparse
 import base64
 import binascii
 import email.utils
+import grp
+import os
 import re
 import socket
 import sys
@@ -178,7 +180,7 @@ def submit(args: argparse.Namespace) -> list[Path]:
     sender = _check_address(sender) if sender else ""
     content = _add_headers(content, args, sender, recipients)
     eightbit = any(b > 127 for b in content)
-    store = SpoolStore(args.spool_dir)
+    store = SpoolStore(args.spool_dir, group=_file_group(args.spool_dir))
     if not store.directory.is_dir():
         raise SubmitError(f"invalid spool directory: {args.spool_dir}")
     groups = [[r] for r in recipients] if args.bcc_split else [recipients]
@@ -206,6 +208,24 @@ def submit(args: argparse.Namespace) -> list[Path]:
             path = next((p for p in copies if ".envelope" in p.name), path)
         paths.append(path)
     return paths
+
+
+def _file_group(spool_dir: str) -> int | None:
+    """Run as root, give the files a group the relay's ``--user`` is in, as upstream's set-group-id
+    ``daemon`` installation of this program does: the spool directory's group, else ``daemon``'s.
+    Otherwise filters and forwarders running as ``--user`` could not read what root submitted."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        gid = os.stat(spool_dir).st_gid
+    except OSError:
+        return None
+    if gid != 0:
+        return gid
+    try:
+        return grp.getgrnam("daemon").gr_gid
+    except KeyError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

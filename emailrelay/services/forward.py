@@ -42,10 +42,12 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import BinaryIO
 
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
+from ..identity import as_root
 from ..policy.chain import build_client_filter
 from ..policy.verdicts import FilterOutcome
 from ..protocol import smtp_client as sc
@@ -65,6 +67,13 @@ CONTINUOUS_RESCAN = 1.0  # --poll 0: safety-net rescan period
 MIN_RESCAN_GAP = 0.2  # spool rescans are O(spool size): never more often than this
 RECOVERY_PERIOD = 5.0  # at most this often, a rescan also returns claims of dead forwarders
 _CONTENT_TO_BODY = {"7bit": "7BIT", "8bit": "8BITMIME", "binarymime": "BINARYMIME"}
+
+
+def _open_for_reading(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a content file with root's read access, as upstream's FileReader does: files put in
+    the spool by root (``emailrelay-submit`` run as root, a root cron job) stay readable."""
+    with as_root():
+        return open(path, "rb")
 
 
 @dataclass(frozen=True)
@@ -351,6 +360,7 @@ class ForwardService:
             return Outcome("skipped")
         self._claims.add(claim)
         self._started[claim.id] = started = time.monotonic()
+        msgid = logmod.set_msgid(str(mid))  # --log-format=msgid: this task's lines are about it
         try:
             size = _size(claim.content_path) if self.log.config.json else None
             outcome = await self._forward_claimed(claim)
@@ -358,6 +368,7 @@ class ForwardService:
                 self._summary(claim, outcome, started, size)
             return outcome
         finally:
+            logmod.reset_msgid(msgid)
             self._claims.discard(claim)
             self._started.pop(claim.id, None)
             if claim.active:
@@ -421,11 +432,13 @@ class ForwardService:
                     prompt_timeout=self.config.prompt_timeout,
                 )
                 await conn.open(self.config.connection_timeout, self.config.client_interface, self.security)
+            conn.log.msgid = str(mid)  # its callbacks' contexts may be an earlier message's
             result = await self._transaction(conn, claim, env, content, info_size)
         except ConnectionTrouble as exc:
             if conn is not None:
                 conn.abort()
             return self._retry(claim, exc.reason, exc.reply.code if exc.reply else None)
+        conn.log.msgid = ""
         self.pool.give(conn)
         return result
 
@@ -459,7 +472,7 @@ class ForwardService:
         """Read (or scan) the content: (bytes when small, canonical size, problem text or None)."""
         path = claim.content_path
         scanner = ContentScanner()
-        with open(path, "rb") as f:
+        with _open_for_reading(path) as f:
             first = f.read(IN_MEMORY_LIMIT + 1)
             scanner.feed(first)
             data: bytes | None = first if len(first) <= IN_MEMORY_LIMIT else None
@@ -558,7 +571,7 @@ class ForwardService:
             if content:
                 await conn.send_content(content)
         else:
-            with open(claim.content_path, "rb") as f:
+            with _open_for_reading(claim.content_path) as f:
                 while chunk := f.read(READ_CHUNK):
                     await conn.send_content(chunk)
         conn.end_content()

@@ -132,6 +132,7 @@ class Instance:
     async def run(self) -> int:
         log = logmod.get()
         config = self.config
+        logmod.set_unit(config.name)  # this task's lines (each instance runs in its own task)
         store = open_store(config)
         report = store.recover(new_age=max(600.0, 2 * config.filter_timeout))
         for mid in report.released:

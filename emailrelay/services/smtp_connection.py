@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 import ssl
 from typing import Any, cast
@@ -92,13 +93,21 @@ class SmtpConnection:
     """One client session to one next hop."""
 
     def __init__(
-        self, hop: str, config: sc.ClientConfig, *, response_timeout: float, trace: bool, selector: str = ""
+        self,
+        hop: str,
+        config: sc.ClientConfig,
+        *,
+        response_timeout: float,
+        trace: bool,
+        selector: str = "",
+        prompt_timeout: float | None = None,
     ) -> None:
         self.hop = hop
         self.client = sc.SmtpClient(config, trace=trace)
         self.response_timeout = response_timeout
+        self.prompt_timeout = prompt_timeout  # --prompt-timeout: then go ahead without a greeting
         self.trace = trace
-        self.log = logmod.get()
+        self.log = logmod.get().session()  # msgid: set by the forwarder per message
         self.transport: asyncio.Transport | None = None
         self.protocol: _ClientProtocol | None = None
         self._events: collections.deque[sc.Event] = collections.deque()
@@ -166,6 +175,21 @@ class SmtpConnection:
         self.capabilities = caps
         return caps
 
+    async def _await_greeting(self, timeout: float) -> None:
+        """Wait ``timeout`` seconds for the greeting (or anything); then send EHLO without it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._events and self._lost_reason is None and self.client.state == sc.State.GREETING:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.log.verbose(f"no greeting from {self.hop} after {timeout:g}s: going ahead without it")
+                self.client.skip_greeting()
+                self._collect()
+                return
+            self._waiter = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._waiter, remaining)
+
     async def _via_socks(
         self,
         proxy: SocksProxy,
@@ -190,6 +214,8 @@ class SmtpConnection:
         )
 
     async def _session_ready(self) -> sc.Capabilities:
+        if self.prompt_timeout is not None and 0 < self.prompt_timeout < self.response_timeout:
+            await self._await_greeting(self.prompt_timeout)
         while True:
             event = await self.next_event()
             if isinstance(event, sc.SessionReady):

@@ -175,8 +175,10 @@ class SmtpService:
 class SmtpSession(LineSession):
     """One SMTP connection."""
 
+    log: logmod.SessionLog  # knows the peer's port and the message in hand (--log-format)
+
     def __init__(self, service: SmtpService) -> None:
-        super().__init__(service.log, service.options.idle_timeout)
+        super().__init__(service.log.session(), service.options.idle_timeout)
         self.service = service
         self.proto = sp.SmtpServer(service.options.server_config)
         self.peer = Peer("", 0)
@@ -210,6 +212,7 @@ class SmtpSession(LineSession):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        self.log.port = self.peer.port
         self.log.info(f"smtp connection from {self.peer.display}", self.peer.host)
         if not svc.options.remote_clients and not is_local_address(self.peer.host):
             self.log.warning(
@@ -244,6 +247,7 @@ class SmtpSession(LineSession):
         self._start_session()
 
     async def _dnsbl_gate(self, checker: DnsblChecker) -> None:
+        logmod.set_port(self.peer.port)  # for the lines of this task (--log-format=port)
         try:
             result = await checker.check(self.peer.host)
         finally:
@@ -479,9 +483,12 @@ class SmtpSession(LineSession):
                 self._task = asyncio.get_running_loop().create_task(self._finish(pending))
                 break
         self._flush()
+        if self.log.msgid and self.tx.message is None and self._task is None:
+            self.log.msgid = ""  # the transaction is over
         self._update_reading()
 
     async def _finish(self, pending: Awaitable[None]) -> None:
+        logmod.set_port(self.peer.port)  # for the policy's lines in this task (--log-format=port)
         try:
             await pending
         except asyncio.CancelledError:
@@ -570,6 +577,7 @@ class SmtpSession(LineSession):
             if isinstance(ev, sp.DataStart):
                 self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))
             return
+        self.log.msgid = str(msg.id)  # until the transaction's reply is sent (_pump)
         self.log.verbose(f"new content file [{msg.content_path.name}]", self.peer.host)
         self.tx.message = msg
         self._content_logged = False
@@ -593,13 +601,25 @@ class SmtpSession(LineSession):
 
     def _on_data_end(self, ev: sp.DataEnd) -> Awaitable[None]:
         self._trace_rx(ev.line)
-        return self._store(ev)
+        return self._store_then_rescan(ev)
+
+    async def _store_then_rescan(self, ev: sp.DataEnd) -> None:
+        """A filter's 103 asks for a rescan: done once the message is committed (or refused), not before."""
+        self._rescan_requested = False
+        try:
+            await self._store(ev)
+        finally:
+            if self._rescan_requested and self.service.hooks.on_rescan is not None:
+                self._rescan_requested = False
+                self.service.hooks.on_rescan()
 
     async def _store(self, ev: sp.DataEnd) -> None:
         tx = self.tx
         if tx.message is None and tx.write_error is None:
             self._on_data_start(_BdatStart())  # "BDAT 0 LAST" with no chunk before it
         msg = tx.message
+        if msg is not None:
+            logmod.set_msgid(str(msg.id))  # for the filters' lines: this task's context only
         if msg is None or tx.write_error is not None:
             exc = tx.write_error or SpoolStoreError(errno.EIO, "no content file")
             self._discard_message()
@@ -618,8 +638,7 @@ class SmtpSession(LineSession):
         result = await self.service.policy.filter(
             msg.id, str(msg.content_path), str(msg.envelope_path), log_address=self.peer.host
         )
-        if result.rescan and self.service.hooks.on_rescan is not None:
-            self.service.hooks.on_rescan()
+        self._rescan_requested = result.rescan
         if not result.ok:
             self._filter_rejected(msg, result)
             return

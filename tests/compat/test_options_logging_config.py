@@ -269,27 +269,71 @@ def test_log_address_and_debug(tmp_path: Path, options: tuple[str, ...]) -> None
     assert "info: smtp server on 127.0.0.1:" in text  # not a connection's line: no address
 
 
-@pytest.mark.xfail(reason="BUG: --log-format unit, port and msgid are accepted but add nothing", strict=True)
 def test_log_format_unit_port_msgid(tmp_path: Path) -> None:
-    """``--log-format=unit,port,msgid``: each field's value appears on a session's lines (layout not checked)."""
-    options = (
-        "-l",
-        "-v",
-        "-n",
-        "--log-format=unit,port,msgid",
-        "--in-spool-dir",
-        str(tmp_path / "relay-spool"),
-    )
-    with server(tmp_path, *options) as s:  # "in" names the (only) configuration: its unit name
-        client_port = send_one(s.port)
-        assert wait_until(lambda: 'rx<<: "quit"' in s.text().lower(), 10)
-    lines = s.text().splitlines()
-    ehlo = next(line.split("rx<<")[0] for line in lines if 'rx<<: "ehlo' in line.lower())
-    dot = next(line.split("rx<<")[0] for line in lines if 'rx<<: "."' in line)
-    (envelope,) = spool_files(s.spool, ".envelope")
-    assert str(client_port) in ehlo, ehlo  # port
-    assert re.search(r"\bin\b", ehlo), ehlo  # unit
-    assert envelope.name.split(".envelope")[0] in dot, dot  # msgid
+    """``--log-format=unit,port,msgid``: ``<level>: [<unit>: ][<address>:<port>; ][<msgid>; ]<text>``.
+
+    The configuration's name (``in``) on every line; the client's address and port on its
+    session's lines; the message id from the content file's creation to the reply that ends
+    the transaction, and on the lines that forward it.
+    """
+    script = tmp_path / "filter.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    with FakeSmtp() as hop:
+        options = ("-l", "-v", "-n", "--log-format=unit,port,msgid", "--in-spool-dir", str(tmp_path / "relay-spool"),
+                   "--filter", str(script), "--forward-on-disconnect", "--forward-to", hop.address)  # fmt: skip
+        with server(tmp_path, *options) as s:  # "in" names the (only) configuration: its unit name
+            client_port = send_one(s.port)
+            assert hop.wait_for_messages(1)
+            assert wait_until(lambda: "2.0.0 queued" in s.text(), 10)
+    text = s.text()
+    m = re.search(r"new content file \[(emailrelay\.\d+\.\d+\.\d+)\.content\]", text)
+    assert m, text
+    mid = re.escape(m[1])
+    peer = rf"127\.0\.0\.1:{client_port}"
+    for pattern in [
+        r"in: smtp server on 127\.0\.0\.1:\d+$",  # not a connection's line: the unit only
+        rf'in: {peer}; rx<<: "ehlo ',
+        rf'in: {peer}; rx<<: "mail from:<a@example\.com>"$',  # no message yet
+        rf"in: {peer}; {mid}; new content file \[{mid}\.content\]$",
+        rf'in: {peer}; {mid}; rx<<: "\."$',
+        rf"in: {peer}; {mid}; filter \[filter\.sh\]: \[{mid}\]: running ",  # the session's filter task
+        rf'in: {peer}; {mid}; tx>>: "250 message processed"$',  # the transaction's end
+        rf'in: {peer}; rx<<: "quit"$',
+        rf"in: {mid}; forwarding \[{mid}\]$",  # the forwarder: no client address
+        rf'in: {mid}; tx>>: "MAIL FROM:<a@example\.com>"$',
+        rf'in: {mid}; rx<<: "250 2\.0\.0 queued"$',
+    ]:
+        assert re.search(rf"^emailrelay: info: {pattern}", text, re.M | re.I), (pattern, text)
+
+
+def test_log_format_unit_names_each_configuration_in_supervised_roles(tmp_path: Path) -> None:
+    """``--log-format=unit,network`` (the user guide's advanced set-up): the smtp role of each
+    configuration (``in``, ``out``) names it; ``network`` is ``address``."""
+    ports = {name: free_port() for name in ("in", "out")}
+    args = [program(), "--no-daemon", "--user", "root", "-l", "-n", "--log-format=unit,network"]
+    for name, port in ports.items():
+        (tmp_path / name).mkdir()
+        args += [f"--{name}-spool-dir", str(tmp_path / name), f"--{name}-port", str(port),
+                 f"--{name}-interface", "127.0.0.1"]  # fmt: skip
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(
+            args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path
+        )
+    try:
+        for port in ports.values():
+            wait_for_port(port, proc=proc)  # type: ignore[arg-type]
+        client_ports = {name: send_one(port) for name, port in ports.items()}
+        assert wait_until(lambda: out.read_text().count("smtp connection closed") >= 4, 20), out.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    text = out.read_text()
+    for name, port in ports.items():
+        assert re.search(rf"^emailrelay: info: {name}: smtp server on 127\.0\.0\.1:{port}$", text, re.M), text
+        who = f"127.0.0.1:{client_ports[name]}"
+        assert f"emailrelay: info: {name}: 127.0.0.1; smtp connection from {who}\n" in text, text
 
 
 def test_log_file_with_daily_name_and_close_stderr(tmp_path: Path) -> None:

@@ -159,3 +159,21 @@ def test_submitted_ids_are_unique(spool: Path) -> None:
         paths.append(out.decode().strip())
     assert len(set(paths)) == 8
     assert len(files(spool)) == 16
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="run as root: that is what the group rule is about")
+def test_run_as_root_the_files_get_a_group_the_relay_user_is_in(tmp_path: Path) -> None:
+    """As a set-group-id daemon installation would: the spool directory's group, else daemon's."""
+    import grp
+
+    daemon_gid = grp.getgrnam("daemon").gr_gid
+    mail_gid = grp.getgrnam("mail").gr_gid
+    for spool_gid, expected in ((0, daemon_gid), (mail_gid, mail_gid)):
+        spool = tmp_path / f"spool-{spool_gid}"
+        spool.mkdir()
+        os.chown(spool, 0, spool_gid)
+        result = submit("--spool-dir", str(spool), "--from", "a@example.com", "b@example.net")
+        assert result.returncode == 0, result.stderr
+        made = sorted(spool.iterdir())
+        assert len(made) == 2
+        assert {(p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o777) for p in made} == {(0, expected, 0o660)}

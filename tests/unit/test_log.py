@@ -1,14 +1,19 @@
-"""Log line format (SPEC.md §2): ``emailrelay: [<time>: ]<level>: [<address>; ]<text>``."""
+"""Log line format (SPEC.md §2): ``emailrelay: [<time>: ]<level>: [<unit>: ][<address>[:<port>]; ][<msgid>; ]<text>``."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from emailrelay import log as logmod
+from emailrelay.cli.main import log_config
+from emailrelay.errors import UsageError
 from emailrelay.log import Log, LogConfig, printable
 
 TIME_RE = re.compile(r"^emailrelay: [0-9]{8}\.[0-9]{6}\.[0-9]{3}: (info|warning|error): ")
@@ -137,3 +142,149 @@ def test_json_format(capsys: pytest.CaptureFixture[str]) -> None:
     assert record["text"].startswith("bad") and record["text"].endswith("thing")
     assert "\n" not in record["text"]
     assert abs(record["time"] - time.time()) < 60
+
+
+MID = "emailrelay.1234.1795600000.7"
+
+
+def in_unit(unit: str, body: Callable[[], None]) -> None:
+    """Run ``body`` in a fresh context whose unit is ``unit`` (as a role process or an instance task)."""
+
+    def run() -> None:
+        logmod.set_unit(unit)
+        body()
+
+    contextvars.copy_context().run(run)
+
+
+def test_unit_address_port_msgid_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    """``[<unit>: ][<address>[:<port>]; ][<msgid>; ]<text>``, each part only where known."""
+    log = make(with_unit=True, with_address=True, with_port=True, with_msgid=True, with_time=True)
+
+    def lines() -> None:
+        session = log.session(47038)
+        session.info("smtp connection from 127.0.0.1:47038", "127.0.0.1")
+        session.msgid = MID
+        session.verbose('rx<<: "."', "127.0.0.1")  # verbose off: nothing
+        session.warning("about the message", "127.0.0.1")
+        session.info("rejected by filter: [x]")  # no address: no port either
+        v6 = log.session(2525)
+        v6.info("smtp connection from ::1.2525", "::1")
+        log.info("smtp server on 127.0.0.1:25")  # not a connection's line
+
+    in_unit("in", lines)
+    out = [line.split(": ", 2)[2] for line in lines_of(capsys)]  # without the program and the time
+    assert out == [
+        "info: in: 127.0.0.1:47038; smtp connection from 127.0.0.1:47038",
+        f"warning: in: 127.0.0.1:47038; {MID}; about the message",
+        f"info: in: {MID}; rejected by filter: [x]",
+        "info: in: ::1.2525; smtp connection from ::1.2525",
+        "info: in: smtp server on 127.0.0.1:25",
+    ]
+
+
+def test_each_field_on_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    """``port`` alone shows the address with its port; ``unit`` alone no address; no unit unnamed."""
+
+    def lines() -> None:
+        make(with_port=True).session(4000).info("text", "192.0.2.1")
+        make(with_unit=True).session(4000).info("text", "192.0.2.1")
+        session = make(with_msgid=True).session(4000)
+        session.msgid = MID
+        session.info("text", "192.0.2.1")
+
+    in_unit("out", lines)
+    in_unit("", lambda: make(with_unit=True).info("unnamed"))
+    assert lines_of(capsys) == [
+        "emailrelay: info: 192.0.2.1:4000; text",
+        "emailrelay: info: out: text",
+        f"emailrelay: info: {MID}; text",
+        "emailrelay: info: unnamed",
+    ]
+
+
+def test_msgid_of_the_task_unless_the_session_knows(capsys: pytest.CaptureFixture[str]) -> None:
+    """A task's ``set_msgid`` (forwarding) reaches plain lines; a SessionLog's own value wins, "" hides it."""
+    log = make(with_msgid=True)
+
+    def lines() -> None:
+        token = logmod.set_msgid(MID)
+        log.info("forwarding [x]")
+        session = log.session()
+        session.info("inherited")
+        session.msgid = ""
+        session.info("between messages")
+        logmod.reset_msgid(token)
+        log.info("after")
+
+    contextvars.copy_context().run(lines)
+    assert lines_of(capsys) == [
+        f"emailrelay: info: {MID}; forwarding [x]",
+        f"emailrelay: info: {MID}; inherited",
+        "emailrelay: info: between messages",
+        "emailrelay: info: after",
+    ]
+
+
+def test_port_of_the_task_for_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """A session's decision task (filters, verifiers, dnsbl) logs through the plain log: ``set_port``."""
+
+    def lines() -> None:
+        logmod.set_port(47038)
+        make(with_port=True).info("filter [x]: running", "127.0.0.1")
+        make(with_port=True).info("no address")
+
+    contextvars.copy_context().run(lines)
+    assert lines_of(capsys) == [
+        "emailrelay: info: 127.0.0.1:47038; filter [x]: running",
+        "emailrelay: info: no address",
+    ]
+
+
+def test_fields_off_leave_the_line_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    """Unit, port and msgid known but not asked for: upstream's plain ``address`` form, byte for byte."""
+
+    def lines() -> None:
+        logmod.set_msgid(MID)
+        logmod.set_port(47038)
+        session = make(with_address=True).session(47038)
+        session.msgid = MID
+        session.info("smtp connection from 127.0.0.1:47038", "127.0.0.1")
+
+    in_unit("in", lines)
+    assert lines_of(capsys) == ["emailrelay: info: 127.0.0.1; smtp connection from 127.0.0.1:47038"]
+
+
+def test_json_has_the_fields_as_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    def lines() -> None:
+        session = make(json=True).session(47038)
+        session.msgid = MID
+        session.info("hello", "127.0.0.1")
+        make(json=True).info("plain")
+
+    in_unit("in", lines)
+    first, second = (json.loads(line) for line in lines_of(capsys))
+    assert first["unit"] == "in" and first["address"] == "127.0.0.1" and first["port"] == 47038
+    assert first["msgid"] == MID and first["text"] == "hello"
+    assert second.keys() == {"time", "level", "unit", "text"}
+
+
+@pytest.mark.parametrize(
+    ("value", "fields"),
+    [
+        ("unit,port,msgid", {"with_unit", "with_port", "with_msgid"}),
+        ("network", {"with_address"}),  # the user guide's name for address
+        ("time, address", {"with_time", "with_address"}),
+        ("json", {"json"}),
+    ],
+)
+def test_log_format_option_values(value: str, fields: set[str]) -> None:
+    config = log_config({"log-format": value})
+    flags = ("with_time", "with_unit", "with_address", "with_port", "with_msgid", "json")
+    assert {f for f in flags if getattr(config, f)} == fields
+
+
+def test_log_format_unknown_field_is_a_usage_error() -> None:
+    with pytest.raises(UsageError) as info:
+        log_config({"log-format": "time,bogus"})
+    assert str(info.value).startswith("--log-format: unknown field 'bogus' (expected time, unit, address")
