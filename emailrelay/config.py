@@ -142,7 +142,9 @@ def _raw_list(values: Values, name: str) -> list[str]:
 
 
 def _keywords(values: Values, name: str, allowed: set[str]) -> frozenset[str]:
-    words = {w.lower().removeprefix("+") for w in _list(values, name)}  # "+chunking" (user guide) = "chunking"
+    words = {
+        w.lower().removeprefix("+") for w in _list(values, name)
+    }  # "+chunking" (user guide) = "chunking"
     unknown = words - allowed
     if unknown:
         raise UsageError(f"--{name}: unknown keyword '{sorted(unknown)[0]}'")

@@ -246,7 +246,9 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     if values.get("close-stderr"):
         log.close_stderr()  # a --log-file is not affected (reference guide)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor or the loop handles it
-    signal.signal(signal.SIGTERM, _exit_on_term)  # likewise: a SIGTERM right after the pid file is a clean stop
+    signal.signal(
+        signal.SIGTERM, _exit_on_term
+    )  # likewise: a SIGTERM right after the pid file is a clean stop
     pid_path = daemon.write_pid_file(first.pid_file, target.gid if target else None)
     sd_notify.ready()  # systemd Type=notify: every socket is bound
     try:

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--config", default="", help="the configuration's name (multiple configurations)")
     p.add_argument("--listen", action="append", default=[], help="listening addresses, for admin status")
-    p.add_argument("--app-dir", default="", help='what "@app" stands for (the supervising program\'s directory)')
+    p.add_argument(
+        "--app-dir", default="", help='what "@app" stands for (the supervising program\'s directory)'
+    )
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:split])
