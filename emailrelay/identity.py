@@ -136,7 +136,9 @@ def directory_problem(path: str, who: Identity) -> str | None:
         st = os.stat(target)
     except OSError as exc:
         return exc.strerror or str(exc)
-    if not _allowed(st, who, stat.S_IRUSR | stat.S_IXUSR, stat.S_IRGRP | stat.S_IXGRP, stat.S_IROTH | stat.S_IXOTH):
+    if not _allowed(
+        st, who, stat.S_IRUSR | stat.S_IXUSR, stat.S_IRGRP | stat.S_IXGRP, stat.S_IROTH | stat.S_IXOTH
+    ):
         return "it is not readable and searchable by that user"
     parent = os.path.dirname(target)
     while True:

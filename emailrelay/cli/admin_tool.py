@@ -58,7 +58,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("command", nargs="*", help="one admin command (default: read commands from stdin)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
     args = p.parse_args(argv)
-    commands = [" ".join(args.command)] if args.command else [line.strip() for line in sys.stdin if line.strip()]
+    commands = (
+        [" ".join(args.command)] if args.command else [line.strip() for line in sys.stdin if line.strip()]
+    )
     ok = True
     try:
         with _connect(args.address, args.timeout) as sock:
