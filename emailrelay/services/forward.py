@@ -159,6 +159,7 @@ class ForwardService:
         self.security = client_security(config)
         self.client_filter = build_client_filter(config, store) if config.client_filters else None
         self.stop_scanning = False  # a client filter exited 102
+        self._held_until = 0.0  # after a 102 with --poll: nothing more until the next polling cycle
         self.pool = _Pool()
         self.queue: asyncio.Queue[MessageId] = asyncio.Queue()
         self.known: set[MessageId] = set()  # queued or in progress in this process
@@ -184,6 +185,8 @@ class ForwardService:
     # ---- triggers -------------------------------------------------------------------
     def ring(self, mid: MessageId | None = None) -> None:
         """Something may be ready: a committed id (fast path), or None for a rescan."""
+        if time.monotonic() < self._held_until:
+            return  # a client filter's 102: the rescan at the next polling cycle finds it
         if mid is not None and mid not in self.known:
             self.known.add(mid)
             self.queue.put_nowait(mid)
@@ -191,7 +194,8 @@ class ForwardService:
             self._wake.set()
 
     def forward_all_now(self) -> None:
-        """Admin ``forward``: rescan and ignore back-off once."""
+        """Admin ``forward``: rescan and ignore back-off once (and a client filter's 102 hold)."""
+        self._held_until = 0.0
         self._ignore_backoff = True
         self._wake.set()
 
@@ -256,6 +260,13 @@ class ForwardService:
         if initial or self.config.poll is not None:
             self._rescan()
         while True:
+            held = self._held_until - time.monotonic()
+            if held > 0:  # a client filter's 102 (rate limiting): wait for the next polling cycle
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), held)  # only admin forward/flush ends it early
+                self._wake.clear()
+                self._rescan()
+                continue
             period = self._period()
             timeout = period
             if period is not None and self._next_due is not None:
@@ -322,9 +333,11 @@ class ForwardService:
                 self.log.error(f"forwarding [{mid}]: unexpected error: {exc!r}")
             finally:
                 self.known.discard(mid)
-            if self.stop_scanning:  # client filter exit 102: no more messages in this pass
+            if self.stop_scanning:  # client filter exit 102: no more messages in this polling cycle
                 self.stop_scanning = False
                 self._drop_queue()
+                if self.config.poll:
+                    self._held_until = time.monotonic() + self.config.poll
 
     def _summary(self, claim: Claim, outcome: Outcome, started: float, size: int | None) -> None:
         """``--log-format json``: one summary line per message forwarded, failed or deferred."""

@@ -161,6 +161,8 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     listener = asyncio.get_running_loop().create_task(rings())
     if rung_by_notify:
         # doorbells rung before our subscription reached the bus are lost: one more rescan once it has
+        # (not with --forward-on-disconnect: a rescan then could forward while a client is still connected;
+        # a disconnect's ring lost that way waits for the safety rescan)
         asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, forwarder.ring)
     try:
         await until_stopped()

@@ -559,11 +559,6 @@ def test_trigger_script_forwards(work: Path, spool: Path) -> None:
 # ---------------------------------------------------------------- Rate limiting
 
 
-@pytest.mark.xfail(
-    reason="BUG: with --client-filter exit:102 --poll 60 more than one message is forwarded in the first polling "
-    "cycle (the forwarder's start-up scan and its rescan one second after subscribing are separate cycles)",
-    strict=True,
-)
 def test_client_filter_exit_102_one_message_per_poll(work: Path, spool: Path) -> None:
     store_messages(spool, *(f"rate limited {i}" for i in range(3)))
     port, pid_file = free_port(), work / "emailrelay.pid"
