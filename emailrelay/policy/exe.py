@@ -41,6 +41,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,23 +90,20 @@ async def run_program(
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     read_fd, write_fd = os.pipe()
-    os.set_inheritable(read_fd, False)
-    kwargs: dict[str, object] = {}
-    preexec = identity.child_preexec()
-    if preexec is not None:
-        kwargs["preexec_fn"] = preexec
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+        # subprocess.Popen, not the loop's subprocess_exec: uvloop ignores close_fds, so a filter
+        # would inherit descriptors (sockets, pipes) beyond the three the guide promises
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
             stdout=write_fd,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             env=dict(MINIMAL_ENV),
             close_fds=True,
             start_new_session=True,
-            **kwargs,  # type: ignore[arg-type]
+            preexec_fn=identity.child_preexec(),
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as exc:
         os.close(read_fd)
         os.close(write_fd)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -124,14 +122,15 @@ async def run_program(
                 kept.extend(chunk[:room])
 
     reading = asyncio.ensure_future(drain())
+    exited = asyncio.ensure_future(_wait_for_exit(proc))
     run = ProgramRun()
     try:
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout)
+            await asyncio.wait_for(asyncio.shield(exited), timeout)
         except TimeoutError:
             run.timed_out = True
             _kill_group(proc.pid)
-            await proc.wait()
+            await exited
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(reading), 0.0 if run.timed_out else drain_grace)
     except asyncio.CancelledError:
@@ -151,6 +150,23 @@ async def run_program(
         else:
             run.exit_code = rc
     return run
+
+
+async def _wait_for_exit(proc: subprocess.Popen[bytes]) -> int:
+    """The exit status, without blocking the loop: a pidfd becomes readable when the child exits."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd here: a thread waits instead
+        return await loop.run_in_executor(None, proc.wait)
+    done = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return proc.wait()
 
 
 def _kill_group(pgid: int) -> None:

@@ -10,7 +10,6 @@ checks read ``/proc`` of the relay's own processes (found from the pid the test 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import poplib
@@ -572,18 +571,13 @@ def test_started_as_root_runs_as_daemon_files_are_0660_and_filters_are_unprivile
         assert fds["0"] == fds["2"] == "/dev/null" and fds["1"].startswith("pipe:"), fds
 
 
-@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="the leak is uvloop's")
-@pytest.mark.xfail(
-    reason="BUG: under uvloop a filter inherits extra descriptors (close_fds is not honoured: /dev/null and a "
-    "duplicate of the stdout pipe)",
-    strict=True,
-)
-def test_filter_has_no_descriptors_but_stdin_stdout_stderr(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["--single-process", "--no-daemon"], ids=["single-process", "supervised"])
+def test_filter_has_no_descriptors_but_stdin_stdout_stderr(tmp_path: Path, mode: str) -> None:
     """ "no open file descriptors other than stdin and stderr open onto /dev/null, and stdout open onto a pipe"."""
     with shared_dir() as shared:
         probe = shared / "probe"
         filt = script(shared / "filter.sh", FILTER_PROBE.format(out=probe, python=SYSTEM_PYTHON))
-        relay = start_relay(tmp_path, f"--filter={filt}", "--single-process")
+        relay = start_relay(tmp_path, f"--filter={filt}", mode)
         try:
             send(relay.port, "a@example.com", ["b@example.net"])
             assert wait_until(probe.exists, 15)
