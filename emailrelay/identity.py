@@ -92,13 +92,18 @@ def as_root() -> Iterator[None]:
                 os.seteuid(_target.uid)
 
 
-def child_preexec() -> Callable[[], None] | None:
-    """A preexec_fn that makes a child run fully as ``--user`` (None when not switching)."""
+#: The umask of filters and verifiers, as upstream's (the relay "runs with a umask of 077").
+CHILD_UMASK = 0o077
+
+
+def child_preexec() -> Callable[[], None]:
+    """A preexec_fn for filters and verifiers: umask 077, and fully ``--user`` when switching."""
     target = _target
     if target is None:
-        return None
+        return _umask_only
 
     def _drop() -> None:
+        os.umask(CHILD_UMASK)
         os.seteuid(0)
         with contextlib.suppress(OSError):
             os.setgroups([target.gid])
@@ -106,6 +111,10 @@ def child_preexec() -> Callable[[], None] | None:
         os.setuid(target.uid)
 
     return _drop
+
+
+def _umask_only() -> None:
+    os.umask(CHILD_UMASK)
 
 
 def group_name(gid: int) -> str:

@@ -253,6 +253,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     sd_notify.ready()  # systemd Type=notify: every socket is bound
     try:
         if first.as_client or first.dont_serve or first.single_process:
+            os.umask(identity.CHILD_UMASK)  # upstream's; every socket is bound and spool files get 0660 anyway
             if target is not None:
                 identity.drop(target)
             instances = [

@@ -176,6 +176,15 @@ class SpoolStore:
             return NewMessage(self, mid, fd)
         raise SpoolStoreError(errno.EEXIST, "cannot allocate a unique message id")
 
+    def _make_directory(self, path: Path) -> None:
+        """A mailbox sub-directory: mode 0770 and the files' group, whatever the umask (upstream creates
+        spool files and directories with umask 007)."""
+        path.mkdir(mode=0o770, parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o770)
+            if self.group is not None:
+                os.chown(path, -1, self.group)
+
     def _own(self, fd: int) -> None:
         os.fchmod(fd, self.file_mode)
         if self.group is not None:
@@ -451,8 +460,8 @@ class SpoolStore:
         for name in names:
             _check_mailbox_name(name)
             target = base_dir / name
-            if create:
-                target.mkdir(parents=True, exist_ok=True)
+            if create and not target.is_dir():
+                self._make_directory(target)
             if _is_maildir(target):
                 out.append(self._copy_into_maildir(mid, content, target, hardlink))
                 continue

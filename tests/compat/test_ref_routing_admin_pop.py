@@ -530,7 +530,8 @@ for fd in os.listdir("/proc/self/fd"):
         fds[fd] = os.readlink(f"/proc/self/fd/{{fd}}")
     except OSError:
         pass  # the descriptor of the listing itself
-info = {{"uid": os.geteuid(), "env": sorted(os.environ), "fds": fds}}
+umask = os.umask(0)
+info = {{"uid": os.geteuid(), "env": sorted(os.environ), "fds": fds, "umask": umask}}
 open("{out}", "w").write(json.dumps(info))
 """
 
@@ -591,21 +592,29 @@ def test_filter_has_no_descriptors_but_stdin_stdout_stderr(tmp_path: Path, mode:
         assert fds.keys() == {"0", "1", "2"}, fds
 
 
-@pytest.mark.xfail(
-    reason="BUG: the relay runs with the inherited umask (022), not upstream's 077", strict=True
-)
-def test_umask_is_077_while_running(tmp_path: Path) -> None:
-    """ "The program runs for most of the time with a umask of 077" (spool files still get 0660)."""
-    old = os.umask(0o022)  # what a login shell usually hands over
-    try:
-        relay = start_relay(tmp_path, "--single-process")
-    finally:
-        os.umask(old)
-    try:
-        status = Path(f"/proc/{relay.pid}/status").read_text().splitlines()
-        assert [x for x in status if x.startswith("Umask")] == ["Umask:\t0077"]
-    finally:
-        relay.stop()
+@pytest.mark.parametrize("mode", ["--single-process", "--no-daemon"], ids=["single-process", "supervised"])
+def test_umask_is_077_while_running(tmp_path: Path, mode: str) -> None:
+    """ "The program runs for most of the time with a umask of 077": filters always get 077, and so does
+    the single-process relay; supervised role processes keep the inherited one (their unix sockets must
+    stay reachable by --user). Spool files get 0660 whatever the umask."""
+    with shared_dir() as shared:
+        probe = shared / "probe"
+        filt = script(shared / "filter.sh", FILTER_PROBE.format(out=probe, python=SYSTEM_PYTHON))
+        old = os.umask(0o022)  # what a login shell usually hands over
+        try:
+            relay = start_relay(tmp_path, f"--filter={filt}", mode)
+        finally:
+            os.umask(old)
+        try:
+            status = Path(f"/proc/{relay.pid}/status").read_text().splitlines()
+            umask = "0077" if mode == "--single-process" else "0022"
+            assert [x for x in status if x.startswith("Umask")] == [f"Umask:\t{umask}"]
+            send(relay.port, "a@example.com", ["b@example.net"])
+            assert wait_until(probe.exists, 15)
+            assert json.loads(probe.read_text())["umask"] == 0o077
+            assert {p.stat().st_mode & 0o777 for p in relay.spool.glob("emailrelay.*")} == {0o660}
+        finally:
+            relay.stop()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

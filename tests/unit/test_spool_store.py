@@ -461,3 +461,14 @@ def test_ids_unique_across_four_processes(tmp_path: Path) -> None:
         seen.add((pid, i))
     assert len(seen) == 2000
     assert {p for p, _ in seen} == {str(p.pid) for p in procs}
+
+
+def test_created_mailbox_directories_are_0770_whatever_the_umask(store: SpoolStore, tmp_path: Path) -> None:
+    mid = store.store_message(Envelope("a@example.com", to_remote=("b@example.net",)), b"Subject: x\r\n\r\nx\r\n")
+    old = os.umask(0o077)  # the relay's umask (upstream's)
+    try:
+        written = store.copy_to_directories(mid, State.READY, store.directory, ["alice"], create=True)
+    finally:
+        os.umask(old)
+    mailbox = store.directory / "alice"
+    assert written and stat.S_IMODE(mailbox.stat().st_mode) == 0o770
