@@ -147,9 +147,14 @@ def parse_verifier(value: str | None, *, base_dir: str | None = None) -> Spec | 
     return _parse_one(value, allowed=("net", *VERIFIER_BUILTINS), base_dir=base_dir, what="address verifier")
 
 
+#: Other spellings of built-ins: the reference guide's POP section writes ``delivery:`` for ``deliver:``.
+_ALIASES = {"delivery": "deliver"}
+
+
 def _parse_one(text: str, *, allowed: tuple[str, ...], base_dir: str | None, what: str = "filter") -> Spec:
     prefix, colon, rest = text.partition(":")
     kind = prefix.lower() if colon else ""
+    kind = _ALIASES.get(kind, kind)
     if kind in ("file", "exe"):
         return _program(rest, text, base_dir, what)
     if kind in (*FILTER_BUILTINS, *NETWORK_KINDS, *VERIFIER_BUILTINS):
