@@ -12,49 +12,24 @@ from __future__ import annotations
 import os
 import smtplib
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from emailrelay.spool import envelope as envmod
 from tests.support.relay import Relay, program, spool_files, start_relay, wait_until
+from tests.unit import test_secrets as guide
 
 pytestmark = pytest.mark.timeout(60)
 
 BIN = str(Path(program()).parent)
 
-# The guide's secrets files, verbatim.
-GUIDE_PLAIN = """\
-# emailrelay secrets file
-client plain bob password123
-server plain alice e+3Dmc2
-server plain carol my+20password
-"""
-GUIDE_BASE64 = """\
-# emailrelay secrets file
-client plain:b Ym9i cGFzc3dvcmQxMjM= # bob
-server plain:b YWxpY2U= ZT1tYzI= # alice
-server plain:b Y2Fyb2w= bXkgcGFzc3dvcmQ= # carol
-"""
-GUIDE_SELECTORS = """\
-# emailrelay secrets file
-client plain bob password123 # no selector, authenticate as bob
-client plain alice e+3Dmc2 use_alice # selector 'use_alice'
-client plain:b = = noauth # selector 'noauth', no authentication
-"""
-GUIDE_MD5 = """\
-# emailrelay secrets file
-client md5 bob 9N2IRYVXqu7SkOW1Xat+wpR9NbA2R6fb61XlmqW+46E=
-server md5 alice v1HOpuLIbbvgoJjhueeoqwfvtIp2C+gMA285ke+xxow=
-server md5 carol x6UJKQF9f7HfhS1M+PW4s8rXIoT+L+WoqLz+rBwSKbw=
-"""
-GUIDE_TRUST = """\
-# emailrelay secrets file
-server none 192.168.0.* localipv4
-server none fe80::/64 localipv6
-server plain alice e+3Dmc2
-server plain carol my+20password
-"""
+# The guide's secrets files, verbatim (one copy, in the unit tests of the secrets reader).
+GUIDE_PLAIN, GUIDE_BASE64, GUIDE_SELECTORS, GUIDE_MD5, GUIDE_TRUST = (
+    textwrap.dedent(text) for text in (guide.GUIDE_PLAIN, guide.GUIDE_BASE64, guide.GUIDE_SELECTORS, guide.GUIDE_MD5,
+                                       guide.GUIDE_TRUST)
+)  # fmt: skip
 
 BODY = b"Subject: guide\r\n\r\nhello\r\n"
 

@@ -23,7 +23,6 @@ import poplib
 import re
 import shlex
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_smtp import FakeSmtp
-from tests.support.relay import BIN, REPO, free_port, program, start_relay, wait_until
+from tests.support.relay import BIN, REPO, free_port, pid_alive, program, start_relay, stop_pid, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -134,14 +133,6 @@ def shell(command: str, env: dict[str, str], log: Path, timeout: float = 60) -> 
         ).returncode
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @contextlib.contextmanager
 def daemon(command: str, env: dict[str, str], pid_file: Path, log: Path) -> Iterator[int]:
     """Start a detaching relay from a command line, yield the pid from its pid file, stop it by that pid."""
@@ -152,11 +143,7 @@ def daemon(command: str, env: dict[str, str], pid_file: Path, log: Path) -> Iter
     try:
         yield pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not wait_until(lambda: not alive(pid), 20):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_pid(pid)
 
 
 def files(spool: Path) -> list[Path]:
@@ -357,7 +344,7 @@ def test_seed_init_d_links_start_and_stop(tmp_path: Path, run_dir: Path) -> None
     assert len(committed(spool)) == 1
     assert shell(f"cd {shlex.quote(str(rc5))} && ./K10emailrelay stop", env, log) == 0, log.read_text()
     assert "emailrelay: stopped" in log.read_text()
-    assert wait_until(lambda: not alive(pid), 10) and not pid_file.exists()
+    assert wait_until(lambda: not pid_alive(pid), 10) and not pid_file.exists()
 
 
 def test_seed_runlevel_command() -> None:

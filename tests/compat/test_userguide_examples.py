@@ -39,7 +39,7 @@ import pytest
 from tests.support.certs import make_certs
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fake_spamd import GTUBE, fake_spamd
-from tests.support.relay import free_port, program, wait_for_port, wait_until
+from tests.support.relay import free_port, pid_alive, program, stop_pid, wait_for_port, wait_until
 from tests.support.socks_server import socks_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -211,24 +211,6 @@ def command(key: str, **subs: object) -> list[str]:
     return [program(), *argv[1:]]
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def stop_pid(pid: int) -> None:
-    """SIGTERM the daemon we started (by the pid in its pid file); SIGKILL if it lingers."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if not wait_until(lambda: not alive(pid), 20):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not alive(pid), 5)
-
-
 def read_pid(pid_file: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         return int(pid_file.read_text().strip())
@@ -250,7 +232,7 @@ def daemon(argv: list[str], pid_file: Path, *ports: int, cwd: Path) -> Iterator[
             f"no pid file {pid_file}: {output.read_text()}"
         )
         pid = read_pid(pid_file)
-        assert pid is not None and alive(pid)
+        assert pid is not None and pid_alive(pid)
         for port in ports:
             wait_for_port(port, timeout=30)
         yield pid

@@ -25,7 +25,7 @@ from tests.integration.test_smtpd_support import (
     spool_entries,
     wait_spool_empty,
 )
-from tests.support.relay import REPO, free_port, program, wait_until
+from tests.support.relay import REPO, free_port, pid_alive, program, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,17 +58,9 @@ def run_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def kill_if_alive(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
-        if alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -270,12 +262,12 @@ def test_daemon_pid_file_and_sigterm(tmp_path: Path, spool: Path, run_dir: Path)
         text = pid_file.read_text()
         assert re.fullmatch(r"[0-9]+\n?", text), text
         daemon_pid = int(text)
-        assert daemon_pid != parent.pid and alive(daemon_pid)
+        assert daemon_pid != parent.pid and pid_alive(daemon_pid)
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.sendmail("d@example.com", ["r@example.net"], b"Subject: daemon\r\n\r\nx\r\n")
         assert len(committed(spool)) == 1
         os.kill(daemon_pid, signal.SIGTERM)
-        assert wait_until(lambda: not alive(daemon_pid), 20), "daemon did not stop on SIGTERM"
+        assert wait_until(lambda: not pid_alive(daemon_pid), 20), "daemon did not stop on SIGTERM"
         assert wait_until(lambda: not pid_file.exists(), 5), "pid file not removed"
         assert not _accepts(port)
     finally:

@@ -24,6 +24,7 @@ from tests.integration.test_policy_helpers import (
     server_chain,
     store_fixture,  # noqa: F401 - fixture
 )
+from tests.support.relay import pid_alive
 
 EXPECTED = {
     0: FilterOutcome.OK,
@@ -127,20 +128,12 @@ async def test_timeout_kills_the_process_group(store: SpoolStore, logs) -> None:
     assert 0.9 < elapsed < 5
     pid = int(Path(str(msg.content_path) + ".pid").read_text())
     for _ in range(50):  # the grandchild was SIGKILLed with its group; give the kernel a moment
-        if not _alive(pid):
+        if not pid_alive(pid):
             break
         await asyncio.sleep(0.05)
-    assert not _alive(pid), "the grandchild sleep survived the filter timeout"
+    assert not pid_alive(pid), "the grandchild sleep survived the filter timeout"
     text = logs.text()
     assert f"filter [sleeper.sh]: [{msg.id}]: failed response=[error] reason=[timeout" in text
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_abandon_after_deleting_the_message(store: SpoolStore) -> None:

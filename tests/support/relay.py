@@ -135,3 +135,22 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02)
             return True
         time.sleep(interval)
     return bool(predicate())  # type: ignore[operator]
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def stop_pid(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM a process a test started (a daemon, by the pid in its pid file); SIGKILL if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not wait_until(lambda: not pid_alive(pid), timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 5)
