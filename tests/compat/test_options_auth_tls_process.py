@@ -31,10 +31,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_auth_pam import pam_confdir
 from tests.integration.test_tls_client import TlsSmtpServer, as_client, queued, submit
 from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
 from tests.support.fake_smtp import FakeSmtp
-from tests.support.relay import Relay, free_port, program, spool_files, start_relay, wait_for_port, wait_until
+from tests.support.relay import (
+    Relay,
+    free_port,
+    program,
+    running_relay,
+    spool_files,
+    start_relay,
+    wait_for_port,
+    wait_until,
+)
 
 pytestmark = [
     pytest.mark.skipif(not HAVE_OPENSSL, reason="needs the openssl command"),
@@ -178,15 +188,31 @@ def test_server_auth_short_form_xtext_and_plain_b(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("option", ["--server-auth", "--pop-auth"])
-def test_pam_value_is_refused_clearly(tmp_path: Path, option: str) -> None:
-    """``pam:``: no PAM in this build; a one-line usage error, exit 1 (docs/decisions.md)."""
-    extra = ["--pop"] if option == "--pop-auth" else []
-    done = run_emailrelay(
-        "--no-daemon", "--single-process", "--no-syslog", "--port", str(free_port()), "--interface", "127.0.0.1",
-        "--spool-dir", str(tmp_path), "--user", "root", *extra, option, "pam:",
-    )  # fmt: skip
+def test_pam_value_authenticates_through_pam(tmp_path: Path, option: str) -> None:
+    """``pam:`` (separate-word form): PLAIN/LOGIN (SMTP) or USER/PASS (POP) checked by PAM, service
+    ``emailrelay``; the PAM configuration is a tmp directory (``EMAILRELAY_PAM_CONFDIR``, docs/decisions.md)."""
+    pop_port = free_port()
+    extra = ["--pop", "--pop-port", str(pop_port)] if option == "--pop-auth" else []
+    env = {"EMAILRELAY_PAM_CONFDIR": str(pam_confdir(tmp_path))}
+    with running_relay(tmp_path, "--single-process", *extra, option, "pam:", env=env) as r:
+        if option == "--server-auth":
+            with smtplib.SMTP("127.0.0.1", r.port, timeout=15) as c:
+                c.ehlo()
+                assert c.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+                assert c.login("alice", "s3cret")[0] == 235
+        else:
+            wait_for_port(pop_port)
+            p = poplib.POP3("127.0.0.1", pop_port, timeout=15)
+            p.user("alice")
+            assert p.pass_("s3cret").startswith(b"+OK")
+            p.quit()
+
+
+def test_client_auth_pam_is_refused_clearly(tmp_path: Path) -> None:
+    """``--client-auth pam:``: PAM cannot supply passwords; a one-line error, exit 1."""
+    done = run_emailrelay("--as-client", "127.0.0.1:1", "--spool-dir", str(tmp_path), "--client-auth", "pam:")
     assert done.returncode == 1
-    assert re.match(r"emailrelay: error: .*PAM", done.stderr), done.stderr
+    assert re.match(r"emailrelay: error: .*PAM cannot supply passwords", done.stderr), done.stderr
 
 
 def test_server_auth_config_all_four_keys(tmp_path: Path, certs: Certs) -> None:

@@ -10,6 +10,7 @@ certificate, ``emailrelay-submit``/``emailrelay-passwd`` as the user would run t
 from __future__ import annotations
 
 import os
+import poplib
 import smtplib
 import subprocess
 import textwrap
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as envmod
-from tests.support.relay import Relay, program, spool_files, start_relay, wait_until
+from tests.integration.test_auth_pam import pam_confdir
+from tests.support.relay import Relay, free_port, program, spool_files, start_relay, wait_for_port, wait_until
 from tests.unit import test_secrets as guide
 
 pytestmark = pytest.mark.timeout(60)
@@ -336,16 +338,53 @@ def test_version_verbose(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("option", ["--server-auth=pam:", "--pop-auth=pam:"])
-def test_pam_is_refused_with_a_clear_error(tmp_path: Path, option: str) -> None:
-    """``--server-auth=pam:`` / ``--pop-auth=pam:``: not supported (docs/decisions.md), exit 1 with a reason."""
-    spool = tmp_path / "spool"
-    spool.mkdir()
+def test_pam_authentication_as_the_guide_describes(tmp_path: Path, option: str) -> None:
+    """``--server-auth=pam:`` advertises PLAIN and authenticates through PAM (service ``emailrelay``);
+    ``--pop-auth=pam:`` the same for POP.  The PAM configuration is a tmp directory
+    (``EMAILRELAY_PAM_CONFDIR``, our testing aid) with ``pam_exec.so``: the guide's ``pam_unix.so``
+    line needs real system accounts."""
+    confdir = pam_confdir(tmp_path)
+    pop_port = free_port()
+    server = start_relay(
+        tmp_path, "--single-process", "--pop", "--pop-port", str(pop_port), option,
+        env={"EMAILRELAY_PAM_CONFDIR": str(confdir)},
+    )  # fmt: skip
+    try:
+        if option.startswith("--server-auth"):
+            ok = swaks(server.port, "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "s3cret")
+            assert ok.returncode == 0, ok.stdout
+            assert "250-AUTH PLAIN" in ok.stdout and "CRAM" not in ok.stdout
+            (envelope,) = spool_files(server.spool, ".envelope")
+            assert "X-MailRelay-Authentication: alice" in envelope.read_text()
+            bad = swaks(server.port, "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "nope")
+            assert bad.returncode != 0 and "535" in bad.stdout, bad.stdout
+        else:
+            wait_for_port(pop_port)
+            p = poplib.POP3("127.0.0.1", pop_port, timeout=15)
+            try:
+                p.user("alice")
+                assert p.pass_("s3cret").startswith(b"+OK")
+            finally:
+                p.quit()
+            p = poplib.POP3("127.0.0.1", pop_port, timeout=15)
+            try:
+                p.user("alice")
+                with pytest.raises(poplib.error_proto):
+                    p.pass_("nope")
+            finally:
+                p.close()
+    finally:
+        server.stop()
+
+
+def test_pam_cannot_supply_client_passwords(tmp_path: Path) -> None:
+    """The guide: PAM "cannot be used by E-MailRelay to supply passwords when acting as an SMTP client"."""
     out = subprocess.run(
-        [program(), "--no-daemon", "--pop", "--spool-dir", str(spool), "--port", "0", "--pop-port", "0", option],
+        [program(), "--as-client", "127.0.0.1:1", "--spool-dir", str(tmp_path), "--client-auth=pam:"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert out.returncode == 1
-    assert "PAM" in out.stderr and "not supported" in out.stderr
+    assert "PAM cannot supply passwords for the SMTP client" in out.stderr
 
 
 # ------------------------------------------------------------------ emailrelay-submit, as typed

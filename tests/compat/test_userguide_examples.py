@@ -36,10 +36,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_auth_pam import pam_confdir
 from tests.support.certs import make_certs
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fake_spamd import GTUBE, fake_spamd
-from tests.support.relay import free_port, pid_alive, program, stop_pid, wait_for_port, wait_until
+from tests.support.relay import REPO, free_port, pid_alive, program, stop_pid, wait_for_port, wait_until
 from tests.support.socks_server import socks_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -218,13 +219,16 @@ def read_pid(pid_file: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def daemon(argv: list[str], pid_file: Path, *ports: int, cwd: Path) -> Iterator[int]:
+def daemon(
+    argv: list[str], pid_file: Path, *ports: int, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[int]:
     """Run a daemonizing command line: the parent exits 0, the daemon writes its pid file and listens."""
     output = cwd / f"{pid_file.stem}.output"  # not a pipe: a daemon without --close-stderr keeps it open
     with open(output, "wb") as out:
         returncode = subprocess.call(
-            argv, stdout=out, stderr=out, timeout=60, cwd=cwd, stdin=subprocess.DEVNULL
-        )
+            argv, stdout=out, stderr=out, timeout=60, cwd=cwd, stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
+        )  # fmt: skip
     pid: int | None = None
     try:
         assert returncode == 0, f"{argv}: exit {returncode}: {output.read_text()}"
@@ -769,7 +773,7 @@ def test_bcc_header_is_forwarded_unchanged(work: Path, spool: Path) -> None:
 def test_bcc_rejecting_filter_script(work: Path, spool: Path) -> None:
     """ "An E-MailRelay --filter script can be used to reject messages with incorrect Bcc: headers"."""
     script = work / "bcc-check.sh"
-    shutil.copy(SCRIPTS / "ug_bcc-check.sh", script)
+    shutil.copy(REPO / "config" / "filters" / "bcc-check.sh", script)  # the shipped example
     script.chmod(0o755)
     port, pid_file = free_port(), work / "emailrelay.pid"
     argv = command("filter", filter=script, port=port, spool=spool, pid_file=pid_file)
@@ -830,18 +834,30 @@ def _join_repeated(words: list[str], options: tuple[str, ...]) -> list[str]:
     return out
 
 
-def test_advanced_setup_as_typed_refuses_pam(work: Path) -> None:
+def test_advanced_setup_as_typed_with_pam(work: Path) -> None:
+    """As typed, ``pam:`` included: it starts, and POP by name authenticates through PAM (a tmp PAM
+    configuration through ``EMAILRELAY_PAM_CONFDIR``, our testing aid; the guide's ``pam_unix.so``
+    needs real accounts)."""
     app = work / "app"
     app.mkdir()
-    for sub in ("in", "out", "other"):
+    for sub in ("in", "out", "other", "in/alice"):
         (app / sub).mkdir()
     shutil.copy(program(), app / "emailrelay")
+    confdir = pam_confdir(work)
     ports = {p: free_port() for p in (25, 110, 587, 588)}
     argv = advanced_argv(app, ports=ports, hop="127.0.0.1:1", spamd="127.0.0.1:1", pop_auth="pam:")
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=work)
-    assert r.returncode == 1
-    assert "pam:" in r.stderr and "error" in r.stderr, r.stderr
-    assert not (app / "emailrelay.pid").exists()
+    env = {"EMAILRELAY_PAM_CONFDIR": str(confdir)}
+    with daemon(argv, app / "emailrelay.pid", *ports.values(), cwd=work, env=env):
+        pop = poplib.POP3("127.0.0.1", ports[110], timeout=30)
+        pop.user("alice")
+        assert pop.pass_("s3cret").startswith(b"+OK")
+        assert pop.stat()[0] == 0  # @app/in/alice, empty
+        pop.quit()
+        pop = poplib.POP3("127.0.0.1", ports[110], timeout=30)
+        pop.user("alice")
+        with pytest.raises(poplib.error_proto):
+            pop.pass_("wrong")
+        pop.close()
 
 
 @pytest.mark.skipif(SWAKS is None, reason="swaks not installed")
