@@ -36,9 +36,11 @@ GUARANTEES
       naming the file when it cannot be read.  Messages never quote
       passwords.
     * First matching line wins; duplicates are kept in ``warnings``.
-    * ``--server-auth=pam:`` / ``--pop-auth=pam:`` is recognised and
-      rejected with a clear ``ConfigError``: PAM is not supported by this
-      build (no PAM binding is a dependency).
+    * ``pam:`` is recognised (``is_pam``) but is not a secrets file:
+      ``load``/``from_option`` reject it with a clear ``ConfigError``.
+      ``--server-auth=pam:`` / ``--pop-auth=pam:`` are served by
+      ``emailrelay.auth.pam.PamSecrets`` (``services/security.py``); PAM
+      cannot supply passwords for the SMTP client.
     * Secret bytes are exactly the decoded octets (xtext/base64), and are
       left out of ``repr``.
 """
@@ -75,7 +77,7 @@ __all__ = [
 ]
 
 PAM_VALUE = "pam:"
-_PAM_ERROR = "PAM authentication (pam:) is not supported by this build: use a secrets file"
+_PAM_ERROR = "pam: is not a secrets file: PAM is for --server-auth and --pop-auth only (it cannot supply passwords for the SMTP client)"
 _OLD_MECHANISMS = {"login": "plain", "apop": "plain", "cram-md5": "cram-md5", "none": "none"}
 _DOTTED_RE = re.compile(r"[0-9]+(?:\.[0-9]+){7}")
 _OCTET_RE = re.compile(r"\*|[0-9]{1,3}")

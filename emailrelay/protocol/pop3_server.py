@@ -438,7 +438,9 @@ class Pop3Server(LineBuffer):
     # -------------------------------------------------------------------- I/O
 
     def greeting(self) -> None:
-        self._send("+OK POP3 server ready " + self._cfg.timestamp)
+        # no APOP (pam:): no timestamp, so clients do not try it (RFC 1939 section 7)
+        stamp = " " + self._cfg.timestamp if self._cfg.apop else ""
+        self._send("+OK POP3 server ready" + stamp)
 
     def receive_data(self, data: bytes) -> None:
         if self._phase is Phase.CLOSED:

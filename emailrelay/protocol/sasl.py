@@ -24,6 +24,10 @@ GUARANTEES
       CRAM-SHA512 (upstream 2.6 advertises SHA512 too).  The CRAM challenge is
       ``<random.time@domain>`` like upstream's ``<26514.1795611775@vm>``.
       XOAUTH2 is client-only: a relay has no way to validate bearer tokens.
+    * ``external_check=True`` (PAM): PLAIN and LOGIN give ``CheckPassword``
+      instead of looking a secret up; the caller checks the password (off
+      the event loop) and feeds the answer to ``SaslServer.checked``.  CRAM
+      mechanisms then fail: they need the secret itself.
     * ``SaslServer.start``/``step`` never raise on peer input: malformed
       base64, wrong field counts, unknown users, bad digests, out-of-order
       calls all give ``Failure``.  Comparisons use ``hmac.compare_digest``.
@@ -53,6 +57,7 @@ __all__ = [
     "AuthConfig",
     "BruteForceGuard",
     "Challenge",
+    "CheckPassword",
     "ClientAccountView",
     "Failure",
     "GuardDecision",
@@ -176,6 +181,8 @@ class Success:
 
     def describe(self) -> str:
         """Upstream's log wording, e.g. ``mechanism [cram-md5] and plaintext secret for [alice] from line 1``."""
+        if self.secret_kind == "pam":
+            return f"mechanism [{self.mechanism.lower()}] and pam for [{self.identity}]"
         kind = "plaintext" if self.secret_kind == "plain" else self.secret_kind
         return (
             f"mechanism [{self.mechanism.lower()}] and {kind} secret"
@@ -191,7 +198,15 @@ class Failure:
     identity: str = ""
 
 
-Step = Challenge | Success | Failure
+@dataclass(frozen=True, slots=True)
+class CheckPassword:
+    """(``external_check`` only) check ``user``'s ``password``, then call ``SaslServer.checked``."""
+
+    user: str
+    password: bytes = field(repr=False)
+
+
+Step = Challenge | Success | Failure | CheckPassword
 
 
 class SaslServer:
@@ -200,7 +215,9 @@ class SaslServer:
     ``lookup(mechanism, user)`` returns the secret usable for that mechanism
     (``Secrets.server_lookup``).  ``random_source()`` gives the random part
     of CRAM challenges; ``clock()`` the time part (a second random number
-    when no clock is given; services pass ``time.time``).
+    when no clock is given; services pass ``time.time``).  With
+    ``external_check`` passwords are not looked up but handed out as
+    ``CheckPassword`` (PAM).
     """
 
     def __init__(
@@ -210,6 +227,7 @@ class SaslServer:
         challenge_domain: str = "localhost",
         random_source: Callable[[], int] | None = None,
         clock: Callable[[], float] | None = None,
+        external_check: bool = False,
     ) -> None:
         self.mechanism = mechanism.upper()
         if self.mechanism not in SERVER_MECHANISMS:
@@ -218,6 +236,7 @@ class SaslServer:
         self._domain = challenge_domain
         self._random = random_source or (lambda: _secrets.randbelow(2**31))
         self._clock = clock
+        self._external = external_check
         self._state = "new"
         self._challenge = b""
         self._user = ""
@@ -241,6 +260,8 @@ class SaslServer:
                 self._state = "login-user"
                 return Challenge(_LOGIN_USERNAME)
             return self._login_user(initial_response)
+        if self._external:
+            return self._fail(f"{m} needs a stored secret")
         if initial_response:
             return self._fail(f"unexpected initial response for {m}")
         time_part = int(self._clock()) if self._clock is not None else self._random()
@@ -251,7 +272,7 @@ class SaslServer:
     def step(self, response_line: str) -> Step:
         """Feed the client's answer to the last challenge."""
         state = self._state
-        if state in ("new", "done"):
+        if state in ("new", "done", "checking"):
             return self._fail("unexpected authentication response")
         if response_line.strip() == "*":
             return self._fail("authentication cancelled")
@@ -269,7 +290,20 @@ class SaslServer:
         self._state = "done"
         return Failure(reason, self._user)
 
+    def checked(self, ok: bool, reason: str = "", kind: str = "pam") -> Step:
+        """The caller's answer to ``CheckPassword``."""
+        if self._state != "checking":
+            return self._fail("unexpected password check")
+        if not ok:
+            return self._fail(reason or f"wrong password for [{self._user}]")
+        self._state = "done"
+        return Success(self._user, self.mechanism, 0, kind)
+
     def _check_password(self, user: str, password: bytes) -> Step:
+        if self._external:
+            self._user = user
+            self._state = "checking"
+            return CheckPassword(user, password)
         secret = self._lookup(self.mechanism, user)
         if secret is None:
             return self._fail(f"no secret for [{user}]")

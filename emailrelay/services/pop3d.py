@@ -3,7 +3,8 @@
 What it is for: the ``pop`` role (``--pop``).  One :class:`PopSession` per
 connection feeds bytes into the sans-IO
 :class:`~emailrelay.protocol.pop3_server.Pop3Server`, checks logins against
-the ``--pop-auth`` secrets (USER/PASS, APOP, AUTH), locks and lists the
+the ``--pop-auth`` secrets (USER/PASS, APOP, AUTH; with ``pam:`` USER/PASS
+and AUTH PLAIN/LOGIN checked by PAM in the executor), locks and lists the
 maildrop through the store, streams message content and deletes messages
 at QUIT.
 
@@ -46,9 +47,10 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 from .. import log as logmod
 from ..auth import tls
+from ..auth.pam import PamSecrets
 from ..config import Config
 from ..protocol import pop3_server as pp
-from ..protocol.sasl import Challenge, Failure, SaslServer, Success
+from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success
 from ..spool.store import POP_DELETED, POP_KEPT, PopMaildrop, PopMessage, SpoolStore, SpoolStoreError
 from .line_session import LineSession
 from .listeners import format_address, is_local_address
@@ -261,6 +263,7 @@ class PopSession(LineSession):
             stls=sec.tls_context is not None and not sec.tls_implicit,
             tls_required=sec.tls_required,
             secure=self.encrypted,
+            apop=not isinstance(sec.secrets, PamSecrets),  # PAM needs the password itself
         )
 
     def _tls_up(self, transport: asyncio.BaseTransport) -> None:
@@ -356,12 +359,23 @@ class PopSession(LineSession):
 
     def _on_pass(self, ev: pp.Pass) -> Awaitable[None]:
         secrets = self._secrets()
+        if isinstance(secrets, PamSecrets):
+            return self._pam_login(secrets, ev.user, ev.password)
         secret = secrets.server_lookup("PLAIN", ev.user) if secrets is not None else None
         if secret is None:
             return self._login_failed(ev.user, "PLAIN", f"no secret for [{ev.user}]")
         if not secret.matches_password(ev.password):
             return self._login_failed(ev.user, "PLAIN", f"wrong password for [{ev.user}]")
         return self._login(Success(ev.user, "PLAIN", secret.line, secret.kind))
+
+    async def _pam_login(self, pam: PamSecrets, user: str, password: bytes) -> None:
+        """USER/PASS with ``--pop-auth=pam:``: PAM blocks, so it runs in the executor."""
+        result = await self._run(pam.check_password, user, password, self.host)
+        self._check_alive()
+        if result.ok:
+            await self._login(Success(user, "PLAIN", 0, "pam"))
+        else:
+            await self._login_failed(user, "PLAIN", result.reason)
 
     def _on_apop(self, ev: pp.Apop) -> Awaitable[None]:
         secrets = self._secrets()
@@ -378,7 +392,11 @@ class PopSession(LineSession):
         if secrets is None:
             return self._login_failed("", ev.mechanism, "no secrets")
         self._sasl = SaslServer(
-            ev.mechanism, secrets.server_lookup, challenge_domain=self.service.domain, clock=time.time
+            ev.mechanism,
+            secrets.server_lookup,
+            challenge_domain=self.service.domain,
+            clock=time.time,
+            external_check=isinstance(secrets, PamSecrets),
         )
         return self._auth_step(self._sasl.start(ev.initial))
 
@@ -393,11 +411,25 @@ class PopSession(LineSession):
         if isinstance(step, Challenge):
             self.proto.challenge(step.text_b64)
             return None
+        if isinstance(step, CheckPassword):
+            pam = self._secrets()
+            if not isinstance(pam, PamSecrets):  # reloaded (SIGHUP) in between
+                self._sasl = None
+                return self._login_failed(step.user, mechanism, "authentication settings changed")
+            return self._pam_auth(pam, self._sasl, step)
         self._sasl = None
         if isinstance(step, Success):
             return self._login(step)
         assert isinstance(step, Failure)
         return self._login_failed(step.identity, mechanism, step.reason)
+
+    async def _pam_auth(self, pam: PamSecrets, sasl: SaslServer, step: CheckPassword) -> None:
+        """AUTH PLAIN/LOGIN with ``--pop-auth=pam:``: the PAM check, then the SASL outcome."""
+        result = await self._run(pam.check_password, step.user, step.password, self.host)
+        self._check_alive()
+        pending = self._auth_step(sasl.checked(result.ok, result.reason))
+        if pending is not None:
+            await pending
 
     async def _login_failed(self, user: str, mechanism: str, reason: str) -> None:
         self._auth_failures += 1

@@ -4,7 +4,9 @@ What it is for: turning the ``--server-auth``, ``--client-auth``,
 ``--*-auth-config`` and TLS options into loaded secrets, parsed auth
 configs and ``ssl.SSLContext`` objects, at start-up (and again on SIGHUP)
 — so a bad secrets file or certificate is a start-up error naming the
-file and line, never a failure in the middle of a session.
+file and line, never a failure in the middle of a session.  ``pam:``
+(``--server-auth``, ``--pop-auth``) gives ``PamSecrets`` (libpam loaded
+now); ``--client-auth=pam:`` is a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import ssl
 from dataclasses import dataclass
 
 from ..auth import tls
-from ..auth.secrets import Secrets
+from ..auth.pam import PamSecrets
+from ..auth.secrets import Secrets, is_pam
 from ..config import Config
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
 from ..protocol.sasl import AuthConfig, BruteForceGuard
 
 
@@ -48,7 +51,7 @@ class ClientSecurity:
 
 def server_security(config: Config, secrets_path: str | None = None) -> ServerSecurity:
     path = secrets_path if secrets_path is not None else config.server_auth
-    secrets = Secrets.from_option(path) if path else None
+    secrets = (PamSecrets() if is_pam(path) else Secrets.from_option(path)) if path else None
     context = None
     if config.server_tls or config.server_tls_connection:
         context = tls.server_context(
@@ -68,6 +71,10 @@ def server_security(config: Config, secrets_path: str | None = None) -> ServerSe
 
 
 def client_security(config: Config) -> ClientSecurity:
+    if config.client_auth and is_pam(config.client_auth):
+        raise ConfigError(
+            "--client-auth=pam: is not possible: PAM cannot supply passwords for the SMTP client"
+        )
     secrets = Secrets.from_option(config.client_auth) if config.client_auth else None
     context = None
     if config.client_tls or config.client_tls_connection or config.client_tls_required:

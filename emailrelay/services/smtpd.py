@@ -35,11 +35,12 @@ from typing import Any, Protocol, cast
 
 from .. import log as logmod
 from ..auth import tls
+from ..auth.pam import PamSecrets
 from ..policy.dnsbl import DnsblChecker
 from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 from ..protocol import smtp_server as sp
 from ..protocol.addresses import xtext_encode
-from ..protocol.sasl import Challenge, Failure, SaslServer, Success
+from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success
 from ..spool.envelope import Envelope
 from ..spool.names import MessageId
 from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
@@ -405,6 +406,7 @@ class SmtpSession(LineSession):
             secrets.server_lookup,
             challenge_domain=self.service.options.server_config.domain,
             clock=time.time,
+            external_check=isinstance(secrets, PamSecrets),
         )
         return self._auth_step(self._sasl.start(ev.initial_response))
 
@@ -421,6 +423,10 @@ class SmtpSession(LineSession):
             return None
         security = self.service.options.security
         assert security is not None
+        if isinstance(step, CheckPassword):
+            if isinstance(security.secrets, PamSecrets) and self._sasl is not None:
+                return self._check_password(security.secrets, step)
+            step = Failure("authentication settings changed", step.user)  # reloaded (SIGHUP) in between
         if isinstance(step, Success):
             self._sasl = None
             security.guard.success(self.peer.host)
@@ -437,6 +443,18 @@ class SmtpSession(LineSession):
         who = f" for [{step.identity}]" if step.identity else ""
         self.log.warning(f"failed authentication of remote client{who}: {step.reason}", self.peer.host)
         return self._auth_failed_later(decision.delay, decision.disconnect)
+
+    async def _check_password(self, pam: PamSecrets, step: CheckPassword) -> None:
+        """``--server-auth=pam:``: PAM blocks, so it runs in the executor."""
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self.service.executor, pam.check_password, step.user, step.password, self.peer.host
+        )
+        if self._sasl is None:
+            return
+        pending = self._auth_step(self._sasl.checked(result.ok, result.reason))
+        if pending is not None:
+            await pending
 
     async def _auth_failed_later(self, delay: float, disconnect: bool) -> None:
         if delay > 0:

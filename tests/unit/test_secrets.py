@@ -409,8 +409,9 @@ def test_from_option_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["pam:", "PAM:", "pam:emailrelay"])
 def test_pam_is_recognised_and_refused(value: str) -> None:
+    """``pam:`` is not a secrets file (services/security.py turns it into PamSecrets)."""
     assert is_pam(value)
-    with pytest.raises(ConfigError, match=r"PAM authentication .* not supported"):
+    with pytest.raises(ConfigError, match=r"pam: is not a secrets file"):
         Secrets.from_option(value)
     with pytest.raises(ConfigError, match="PAM"):
         Secrets.load(value)
