@@ -93,7 +93,9 @@ def set_port(port: int) -> Token[int]:
 
 def printable(text: str) -> str:
     """Escape control characters so one log call is one log line."""
-    return text.translate(_UNPRINTABLE) if any(ord(c) < 32 or ord(c) == 127 for c in text) else text
+    if text.isprintable():  # the common case, checked in C
+        return text
+    return text.translate(_UNPRINTABLE)
 
 
 @dataclass

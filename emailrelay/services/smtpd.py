@@ -660,7 +660,7 @@ class SmtpSession(LineSession):
         if not result.ok:
             self._filter_rejected(msg, result)
             return
-        if not msg.exists():  # a filter deleted it but said ok: nothing to commit
+        if not self.service.policy.accepts_everything and not msg.exists():  # a filter deleted it but said ok
             self.tx.message = None
             self.proto.accept()
             return

@@ -162,12 +162,15 @@ class SpoolStore:
     @_privileged
     def create(self) -> NewMessage:
         """Start a new message: allocates an id and creates its content file exclusively."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         for _ in range(1000):
             mid = self._ids.next()
             path = self._content(mid)
             try:
-                fd = os.open(path, _WRITE_FLAGS, self.file_mode)
+                try:
+                    fd = os.open(path, _WRITE_FLAGS, self.file_mode)
+                except FileNotFoundError:
+                    self.directory.mkdir(parents=True, exist_ok=True)  # a new spool: made on first use
+                    fd = os.open(path, _WRITE_FLAGS, self.file_mode)
             except FileExistsError:
                 continue  # pid reused within the same second by an earlier process
             except OSError as exc:
