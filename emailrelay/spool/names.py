@@ -75,12 +75,16 @@ def envelope_name(mid: MessageId | str, state: State) -> str:
 def split_envelope_name(name: str) -> tuple[MessageId, State] | None:
     """Parse a directory entry; None when it is not an envelope file of ours."""
     head, sep, tail = name.partition(ENVELOPE_SUFFIX)
-    if not sep or not is_valid_id(head):
+    if not sep:
         return None
-    for state in State:
-        if tail == state.value:
-            return MessageId.parse(head), state
-    return None
+    state = _STATES.get(tail)
+    m = _ID_RE.fullmatch(head) if state is not None else None
+    if m is None:
+        return None
+    return MessageId(time=int(m.group(2)), pid=int(m.group(1)), seq=int(m.group(3))), state
+
+
+_STATES = {state.value: state for state in State}
 
 
 def split_content_name(name: str) -> MessageId | None:

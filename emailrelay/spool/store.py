@@ -269,13 +269,27 @@ class SpoolStore:
         limit = time.time() + 0.001
         due: list[MessageId] = []
         next_due: float | None = None
-        for e in self.scan():
-            if e.state is not State.READY or e.id in skip:
-                continue
-            if ignore_backoff or e.mtime <= limit:
-                due.append(e.id)
-            elif next_due is None or e.mtime < next_due:
-                next_due = e.mtime
+        ready_suffix = ENVELOPE_SUFFIX + State.READY.value
+        try:
+            it = os.scandir(self.directory)
+        except FileNotFoundError:
+            return due, next_due
+        with it:
+            for entry in it:  # the forwarders' hot loop: only ready envelopes not in hand are stat()ed
+                name = entry.name
+                if not name.endswith(ready_suffix):
+                    continue
+                parsed = split_envelope_name(name)
+                if parsed is None or parsed[0] in skip:
+                    continue
+                try:
+                    mtime = entry.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if ignore_backoff or mtime <= limit:
+                    due.append(parsed[0])
+                elif next_due is None or mtime < next_due:
+                    next_due = mtime
         due.sort()
         return due, next_due
 
