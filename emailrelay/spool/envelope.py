@@ -155,7 +155,8 @@ def parse(data: bytes) -> Envelope:
         if line.startswith((" ", "\t")):  # folded continuation
             if last_key != "ClientCertificate":
                 raise EnvelopeError(f"line {number}: unexpected continuation line")
-            cert_lines.append(line.strip())
+            if line.strip():  # a blank continuation line adds nothing (PEM has none; _fold drops them)
+                cert_lines.append(line.strip())
             continue
         if not line.startswith(_KEY_PREFIX) or ":" not in line:
             raise EnvelopeError(f"line {number}: not an envelope field: {line[:40]!r}")

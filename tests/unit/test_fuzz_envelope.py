@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from emailrelay.spool import envelope as env_format
@@ -75,6 +75,7 @@ def test_random_bytes(data: bytes) -> None:
     ),
     st.permutations(range(20)),
 )
+@example(edits=[(334, b"\t", 5)], order=list(range(20)))  # found by bench/soak/fuzz.py: a blank continuation line
 def test_mutated_envelopes(edits: list[tuple[int, bytes, int]], order: list[int]) -> None:
     data = bytearray(BASE)
     for pos, insert, delete in edits:
