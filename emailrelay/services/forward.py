@@ -42,12 +42,10 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import BinaryIO
 
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
-from ..identity import as_root
 from ..policy.chain import build_client_filter
 from ..policy.verdicts import FilterOutcome
 from ..protocol import smtp_client as sc
@@ -67,13 +65,6 @@ CONTINUOUS_RESCAN = 1.0  # --poll 0: safety-net rescan period
 MIN_RESCAN_GAP = 0.2  # spool rescans are O(spool size): never more often than this
 RECOVERY_PERIOD = 5.0  # at most this often, a rescan also returns claims of dead forwarders
 _CONTENT_TO_BODY = {"7bit": "7BIT", "8bit": "8BITMIME", "binarymime": "BINARYMIME"}
-
-
-def _open_for_reading(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open a content file with root's read access, as upstream's FileReader does: files put in
-    the spool by root (``emailrelay-submit`` run as root, a root cron job) stay readable."""
-    with as_root():
-        return open(path, "rb")
 
 
 @dataclass(frozen=True)
@@ -483,9 +474,8 @@ class ForwardService:
 
     def _load_content(self, claim: Claim) -> tuple[bytes | None, int, str | None]:
         """Read (or scan) the content: (bytes when small, canonical size, problem text or None)."""
-        path = claim.content_path
         scanner = ContentScanner()
-        with _open_for_reading(path) as f:
+        with claim.open_content() as f:
             first = f.read(IN_MEMORY_LIMIT + 1)
             scanner.feed(first)
             data: bytes | None = first if len(first) <= IN_MEMORY_LIMIT else None
@@ -584,7 +574,7 @@ class ForwardService:
             if content:
                 await conn.send_content(content)
         else:
-            with _open_for_reading(claim.content_path) as f:
+            with claim.open_content() as f:
                 while chunk := f.read(READ_CHUNK):
                     await conn.send_content(chunk)
         conn.end_content()
@@ -597,7 +587,7 @@ class ForwardService:
             first = refused[0][1]
             remaining = tuple(r for r, _ in refused)
             try:
-                claim.rewrite(Envelope(**{**env.__dict__, "to_remote": remaining, "to_local": ()}))
+                claim.rewrite(replace(env, to_remote=remaining, to_local=()))
             except OSError as exc:
                 self.log.error(f"cannot rewrite envelope [{claim.id}]: {exc}")
             self._fail(claim, f"recipient(s) rejected: {first.message}", first.code)

@@ -863,10 +863,20 @@ class Claim:
     def envelope_path(self) -> Path:
         return self.store._envelope(self.id, State.BUSY)
 
+    @_privileged
+    def open_content(self) -> BinaryIO:
+        """The content file for reading, with root's access (as upstream's FileReader): files that
+        root put in the spool (``emailrelay-submit`` run as root, a cron job) stay readable."""
+        return open(self.content_path, "rb")
+
+    @_privileged
+    def _reread(self) -> bytes:
+        return self.envelope_path.read_bytes()
+
     def envelope(self, *, reread: bool = False) -> Envelope:
         """The envelope; ``reread`` after a client filter may have edited the file."""
         if reread or self._envelope is None:
-            data = self.envelope_path.read_bytes() if reread else self._raw
+            data = self._reread() if reread else self._raw
             self._envelope = envelope_format.parse(data)
         return self._envelope
 
