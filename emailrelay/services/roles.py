@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,6 +44,24 @@ from .notify import SpoolWatcher
 PR_SET_NAME = 15
 SUBSCRIBE_SETTLE = 1.0  # seconds for a new subscription to reach the bus
 SAFETY_RESCAN = 60.0  # a forward role rescans at least this often, whatever --poll says
+RESCAN_STAMP = "rescan.stamp"  # in the run directory: the durable copy of the rescan doorbell
+STAMP_SLACK = 0.05  # file times come from a coarse clock: a stamp may look this much older
+
+
+def _ask_for_rescan(bus: BusClient, run_dir: str) -> None:
+    """A disconnect under --forward-on-disconnect, or a filter's 103: ring the forwarders on the bus,
+    and touch a stamp file for a forward role whose subscription is still joining the bus (a bus
+    message sent before that is lost, and the safety rescan would only come a minute later)."""
+    bus.publish(schema.CMD_FORWARD, backoff=True)
+    with contextlib.suppress(OSError), identity.as_root():
+        Path(run_dir, RESCAN_STAMP).touch()
+
+
+def _rescan_asked_since(run_dir: str, since: float) -> bool:
+    try:
+        return os.stat(Path(run_dir, RESCAN_STAMP)).st_mtime >= since - STAMP_SLACK
+    except OSError:
+        return False
 
 
 def set_process_name(role: str) -> None:
@@ -89,7 +108,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
 
     def disconnected() -> None:
         if config.forward_on_disconnect:  # --as-proxy: a rescan of the whole spool, as upstream
-            bus.publish(schema.CMD_FORWARD, backoff=True)
+            _ask_for_rescan(bus, run_dir)
 
     smtpd = build_smtp_service(
         config,
@@ -98,7 +117,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
         forwarder,
         on_commit=committed,
         on_disconnect=disconnected,
-        on_rescan=lambda: bus.publish(schema.CMD_FORWARD, backoff=True),
+        on_rescan=lambda: _ask_for_rescan(bus, run_dir),
     )
     smtpd.hooks.on_reject = lambda reason: bus.publish(schema.SMTP_REJECTED, reason=reason)
     if config.max_connections:
@@ -132,6 +151,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
 async def run_forward(config: Config, run_dir: str, index: int, count: int) -> int:
     from .forward import ForwardService
 
+    started = time.time()
     bus = BusClient(run_dir)
     drop_privileges(config)
     store = open_store(config)
@@ -159,11 +179,15 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     await forwarder.start(initial=True)
     bus.publish(schema.ROLE_STARTED, role="forward")
     listener = asyncio.get_running_loop().create_task(rings())
-    if rung_by_notify:
-        # doorbells rung before our subscription reached the bus are lost: one more rescan once it has
-        # (not with --forward-on-disconnect: a rescan then could forward while a client is still connected;
-        # a disconnect's ring lost that way waits for the safety rescan)
-        asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, forwarder.ring)
+
+    def settled() -> None:
+        """Doorbells rung before our subscription reached the bus are lost: with --poll one more
+        rescan; otherwise (--forward-on-disconnect: no rescan while a client may still be connected)
+        only when the rescan stamp says a disconnect or a filter asked for one since we started."""
+        if rung_by_notify or _rescan_asked_since(run_dir, started):
+            forwarder.ring()
+
+    asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, settled)
     try:
         await until_stopped()
     finally:

@@ -125,6 +125,20 @@ def test_forward_on_disconnect_delivers_after_the_disconnect(tmp_path: Path, hop
         relay.stop()
 
 
+def test_forward_on_disconnect_right_after_start(tmp_path: Path, hop: FakeSmtp) -> None:
+    """A client that sends as soon as a supervised relay accepts connections: the disconnect's doorbell
+    may go out before the forward role's subscription has joined the bus; the rescan stamp in the run
+    directory makes the forward role rescan once it has, instead of a minute later (safety rescan)."""
+    for attempt in range(3):
+        relay = start_relay(tmp_path, "--forward-to", hop.address, "--forward-on-disconnect", name=f"r{attempt}")
+        try:
+            _send(relay.port, f"early{attempt}@test")
+            assert hop.wait_for_messages(attempt + 1, timeout=15), relay.log()
+        finally:
+            relay.stop()
+    assert hop.message_ids() == {f"<early{n}@test>": 1 for n in range(3)}
+
+
 @pytest.mark.parametrize(
     "mode",
     [
