@@ -60,11 +60,10 @@ GUARANTEES
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .line_buffer import LineBuffer
+from .line_buffer import LineBuffer, LocalProtocolError
 
 __all__ = [
     "NEED_DATA",
@@ -110,10 +109,6 @@ class PopConfig:
     secure: bool = False  # the connection is TLS from the start (implicit TLS)
     apop: bool = True
     max_errors: int = 10
-
-
-class LocalProtocolError(Exception):
-    """The service used the state machine wrongly (never caused by peer input)."""
 
 
 class Signal(enum.Enum):
@@ -393,9 +388,7 @@ class Pop3Server(LineBuffer):
     def __init__(self, config: PopConfig) -> None:
         super().__init__()
         self._cfg = config
-        self._events: deque[Event] = deque()
         self._phase = Phase.AUTHORIZATION
-        self._pending: Event | None = None
         self._tls = config.secure
         self._peer_ended = False
         self._closing = False
@@ -458,10 +451,7 @@ class Pop3Server(LineBuffer):
         while True:
             if self._pending is not None or (self._phase is Phase.TLS and not self._peer_ended):
                 return PAUSED
-            if self._events:
-                ev = self._events.popleft()
-                if isinstance(ev, _DECISIONS):
-                    self._pending = ev
+            if (ev := self._queued_event(_DECISIONS)) is not None:
                 return ev
             if self._phase is Phase.CLOSED:
                 return ConnectionClosed()
@@ -509,17 +499,9 @@ class Pop3Server(LineBuffer):
 
     # -------------------------------------------------------------- decisions
 
-    def _take(self, *allowed: type[Event]) -> Event:
-        ev = self._pending
-        if ev is None:
-            raise LocalProtocolError("no decision is pending")
-        if not isinstance(ev, allowed):
-            raise LocalProtocolError(f"{type(ev).__name__} cannot be resolved this way")
-        return ev
-
     def login(self, messages: Sequence[tuple[int, str]], text: str = "") -> None:
         """Authenticated and the maildrop is locked: ``messages`` are (size, unique-id), numbered from 1."""
-        self._take(*_LOGIN_EVENTS)
+        self._pending_decision(*_LOGIN_EVENTS)
         self._pending = None
         self._sizes = [int(size) for size, _ in messages]
         self._uids = [str(uid) for _, uid in messages]
@@ -529,7 +511,7 @@ class Pop3Server(LineBuffer):
         self._send("+OK" + (" " + text if text else ""))
 
     def login_failed(self, text: str = "[AUTH] authentication failed", close: bool = False) -> None:
-        self._take(*_LOGIN_EVENTS)
+        self._pending_decision(*_LOGIN_EVENTS)
         self._pending = None
         self._user = None
         self._phase = Phase.AUTHORIZATION
@@ -538,13 +520,13 @@ class Pop3Server(LineBuffer):
             self._closing = True
 
     def challenge(self, text_b64: str) -> None:
-        self._take(AuthStart, AuthResponse)
+        self._pending_decision(AuthStart, AuthResponse)
         self._pending = None
         self._phase = Phase.AUTH
         self._send("+ " + text_b64)
 
     def accept_stls(self) -> None:
-        self._take(Stls)
+        self._pending_decision(Stls)
         self._pending = None
         self._phase = Phase.TLS
         self._buf, self._pos = b"", 0
@@ -560,7 +542,7 @@ class Pop3Server(LineBuffer):
 
     def accept_retrieve(self, size: int | None = None) -> ByteStuffer:
         """Queue the +OK line; send it, then the content through the returned stuffer."""
-        ev = self._take(Retrieve)
+        ev = self._pending_decision(Retrieve)
         assert isinstance(ev, Retrieve)
         if self._retrieving:
             raise LocalProtocolError("accept_retrieve() twice")
@@ -574,7 +556,7 @@ class Pop3Server(LineBuffer):
 
     def retrieve_done(self) -> None:
         """The whole multi-line response (ByteStuffer.finish() included) has been sent."""
-        self._take(Retrieve)
+        self._pending_decision(Retrieve)
         if not self._retrieving:
             raise LocalProtocolError("retrieve_done() before accept_retrieve()")
         self._retrieving = False
@@ -582,14 +564,14 @@ class Pop3Server(LineBuffer):
         self._errors = 0
 
     def update_done(self, ok: bool = True) -> None:
-        self._take(Update)
+        self._pending_decision(Update)
         self._pending = None
         self._send("+OK signing off" if ok else "-ERR some deleted messages not removed")
         self._phase = Phase.CLOSED
 
     def reject(self, text: str) -> None:
         """-ERR for a pending Stls or Retrieve (login events: use login_failed)."""
-        ev = self._take(Stls, Retrieve, *_LOGIN_EVENTS)
+        ev = self._pending_decision(Stls, Retrieve, *_LOGIN_EVENTS)
         if isinstance(ev, _LOGIN_EVENTS):
             self.login_failed(text)
             return

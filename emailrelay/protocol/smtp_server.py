@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import enum
 import re
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -97,7 +96,7 @@ from emailrelay.protocol.addresses import (
     parse_rcpt_to,
     xtext_decode,
 )
-from emailrelay.protocol.line_buffer import LineBuffer
+from emailrelay.protocol.line_buffer import LineBuffer, LocalProtocolError
 
 __all__ = [
     "NEED_DATA",
@@ -151,10 +150,6 @@ class ServerConfig:
     starttls: bool = False
     tls_required: bool = False
     product: str = "E-MailRelay V2.6"
-
-
-class LocalProtocolError(Exception):
-    """The service used the state machine wrongly (never caused by peer input)."""
 
 
 class Signal(enum.Enum):
@@ -376,9 +371,7 @@ class SmtpServer(LineBuffer):
     def __init__(self, config: ServerConfig) -> None:
         super().__init__()
         self._cfg = config
-        self._events: deque[Event] = deque()
         self._phase = Phase.NO_HELLO
-        self._pending: Event | None = None
         self._tls = False
         self._authenticated = False
         self._extended = False
@@ -455,10 +448,7 @@ class SmtpServer(LineBuffer):
         while True:
             if self._pending is not None or (self._phase is Phase.TLS and not self._closing):
                 return PAUSED
-            if self._events:
-                ev = self._events.popleft()
-                if isinstance(ev, _DECISIONS):
-                    self._pending = ev
+            if (ev := self._queued_event(_DECISIONS)) is not None:
                 return ev
             if self._phase is Phase.CLOSED:
                 return ConnectionClosed()
@@ -483,11 +473,7 @@ class SmtpServer(LineBuffer):
     # -------------------------------------------------------------- decisions
 
     def _take_pending(self, *allowed: type[Event]) -> Event:
-        ev = self._pending
-        if ev is None:
-            raise LocalProtocolError("no decision is pending")
-        if allowed and not isinstance(ev, allowed):
-            raise LocalProtocolError(f"{type(ev).__name__} cannot be resolved this way")
+        ev = self._pending_decision(*allowed)
         self._pending = None
         return ev
 
