@@ -184,6 +184,14 @@ class ForwardService:
         else:
             self._wake.set()
 
+    def catch_up(self, written_by: float) -> None:
+        """Queue the due messages whose envelopes were written by ``written_by``: what a doorbell
+        lost at start-up would have forwarded, and nothing committed since."""
+        due, _ = self.store.ready_and_next_due(skip=self.known, written_by=written_by)
+        for mid in due:
+            self.known.add(mid)
+            self.queue.put_nowait(mid)
+
     def forward_all_now(self) -> None:
         """Admin ``forward``: rescan and ignore back-off once (and a client filter's 102 hold)."""
         self._held_until = 0.0

@@ -57,11 +57,12 @@ def _ask_for_rescan(bus: BusClient, run_dir: str) -> None:
         Path(run_dir, RESCAN_STAMP).touch()
 
 
-def _rescan_asked_since(run_dir: str, since: float) -> bool:
+def _rescan_asked_at(run_dir: str) -> float | None:
+    """When a rescan was last asked for (the stamp's mtime, on the spool files' clock), or None."""
     try:
-        return os.stat(Path(run_dir, RESCAN_STAMP)).st_mtime >= since - STAMP_SLACK
+        return os.stat(Path(run_dir, RESCAN_STAMP)).st_mtime
     except OSError:
-        return False
+        return None
 
 
 def set_process_name(role: str) -> None:
@@ -182,10 +183,12 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
 
     def settled() -> None:
         """Doorbells rung before our subscription reached the bus are lost: with --poll one more
-        rescan; otherwise (--forward-on-disconnect: no rescan while a client may still be connected)
-        only when the rescan stamp says a disconnect or a filter asked for one since we started."""
-        if rung_by_notify or _rescan_asked_since(run_dir, started):
+        rescan; otherwise (--forward-on-disconnect) what a disconnect or a filter asked for since
+        we started, as of when it asked: messages committed later may be in a session still open."""
+        if rung_by_notify:
             forwarder.ring()
+        elif (asked := _rescan_asked_at(run_dir)) is not None and asked >= started - STAMP_SLACK:
+            forwarder.catch_up(written_by=asked)
 
     asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, settled)
     try:

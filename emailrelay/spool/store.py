@@ -262,10 +262,15 @@ class SpoolStore:
         )
 
     def ready_and_next_due(
-        self, *, ignore_backoff: bool = False, skip: set[MessageId] | frozenset[MessageId] = frozenset()
+        self,
+        *,
+        ignore_backoff: bool = False,
+        skip: set[MessageId] | frozenset[MessageId] = frozenset(),
+        written_by: float | None = None,
     ) -> tuple[list[MessageId], float | None]:
         """One directory pass: the ready messages due now (oldest first, minus ``skip``), and the
-        earliest not-before time of those still in back-off (None when there is none)."""
+        earliest not-before time of those still in back-off (None when there is none).
+        ``written_by``: only envelopes whose mtime is not after this time."""
         limit = time.time() + 0.001
         due: list[MessageId] = []
         next_due: float | None = None
@@ -285,6 +290,8 @@ class SpoolStore:
                 try:
                     mtime = entry.stat().st_mtime
                 except FileNotFoundError:
+                    continue
+                if written_by is not None and mtime > written_by:
                     continue
                 if ignore_backoff or mtime <= limit:
                     due.append(parsed[0])

@@ -472,3 +472,13 @@ def test_created_mailbox_directories_are_0770_whatever_the_umask(store: SpoolSto
         os.umask(old)
     mailbox = store.directory / "alice"
     assert written and stat.S_IMODE(mailbox.stat().st_mode) == 0o770
+
+
+def test_ready_and_next_due_written_by_leaves_out_later_envelopes(store: SpoolStore) -> None:
+    """The forward role's catch-up after a lost doorbell: only what was committed by then."""
+    older = store.store_message(Envelope("a@example.com", to_remote=("b@example.net",)), b"x\r\n")
+    newer = store.store_message(Envelope("a@example.com", to_remote=("b@example.net",)), b"y\r\n")
+    t_older = store.envelope_path(older, State.READY).stat().st_mtime
+    os.utime(store.envelope_path(newer, State.READY), (t_older + 2, t_older + 2))
+    assert store.ready_and_next_due(written_by=t_older + 1, ignore_backoff=True)[0] == [older]
+    assert store.ready_and_next_due(ignore_backoff=True)[0] == sorted([older, newer])
