@@ -246,14 +246,17 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     if values.get("close-stderr"):
         log.close_stderr()  # a --log-file is not affected (reference guide)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor or the loop handles it
-    signal.signal(
-        signal.SIGTERM, _exit_on_term
-    )  # likewise: a SIGTERM right after the pid file is a clean stop
+    # likewise for SIGTERM: one right after the pid file is a clean stop; it is held back while the
+    # pid file is written, so that it arrives inside the try that removes the file
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     pid_path = daemon.write_pid_file(first.pid_file, target.gid if target else None)
     sd_notify.ready()  # systemd Type=notify: every socket is bound
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if first.as_client or first.dont_serve or first.single_process:
-            os.umask(identity.CHILD_UMASK)  # upstream's; every socket is bound and spool files get 0660 anyway
+            # upstream's umask; every socket is bound and spool files get 0660 anyway
+            os.umask(identity.CHILD_UMASK)
             if target is not None:
                 identity.drop(target)
             instances = [

@@ -63,6 +63,7 @@ IN_MEMORY_LIMIT = 1024 * 1024  # content up to this size is read once and sent f
 IDLE_CONNECTION_LINGER = 2.0
 CONTINUOUS_RESCAN = 1.0  # --poll 0: safety-net rescan period
 MIN_RESCAN_GAP = 0.2  # spool rescans are O(spool size): never more often than this
+STOP_GRACE = 5.0  # a stopping forwarder lets messages in flight finish for this long (circus allows 8 s)
 RECOVERY_PERIOD = 5.0  # at most this often, a rescan also returns claims of dead forwarders
 _CONTENT_TO_BODY = {"7bit": "7BIT", "8bit": "8BITMIME", "binarymime": "BINARYMIME"}
 
@@ -206,7 +207,13 @@ class ForwardService:
         self._tasks.append(loop.create_task(self._reaper()))
 
     async def stop(self) -> None:
+        """Stop: messages in flight get up to STOP_GRACE seconds to finish (so a restart of the role
+        does not send them again), nothing new is started; then whatever is left is released."""
         self._stopping = True
+        self._drop_queue()
+        deadline = time.monotonic() + STOP_GRACE
+        while self._claims and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -324,6 +331,9 @@ class ForwardService:
                     return
             else:
                 mid = await self.queue.get()
+            if self._stopping:
+                self.known.discard(mid)
+                return
             try:
                 await self.forward_one(mid, due_only=not (exit_when_empty or self._forcing))
             except asyncio.CancelledError:
