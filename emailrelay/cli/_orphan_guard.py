@@ -5,6 +5,11 @@ the kernel to SIGKILL the process when its parent dies (PR_SET_PDEATHSIG),
 then checks that the parent is still the supervisor that started it
 (``EMAILRELAY_SUPERVISOR_PID``): if the supervisor died in between, the
 role exits at once instead of serving on an inherited socket as an orphan.
+
+The kernel clears PR_SET_PDEATHSIG whenever the effective user or group
+changes, which every role does (``--user``, and the moments it takes root
+back), so a small daemon thread also checks the parent twice a second and
+ends the process when the supervisor is gone.
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
+import time
+
+PARENT_CHECK_PERIOD = 0.5  # seconds
 
 PR_SET_PDEATHSIG = 1
 ENV_SUPERVISOR_PID = "EMAILRELAY_SUPERVISOR_PID"
@@ -24,5 +33,14 @@ def guard_against_orphaning() -> None:
     except (OSError, AttributeError):
         return
     expected = os.environ.get(ENV_SUPERVISOR_PID)
-    if expected and expected.isdigit() and os.getppid() != int(expected):
-        os._exit(0)
+    if expected and expected.isdigit():
+        if os.getppid() != int(expected):
+            os._exit(0)
+        threading.Thread(target=_watch_parent, args=(int(expected),), name="orphan-guard", daemon=True).start()
+
+
+def _watch_parent(supervisor: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_PERIOD)
+        if os.getppid() != supervisor:  # reparented: the supervisor is gone
+            os._exit(0)

@@ -11,6 +11,7 @@ incomplete content file.  Run with ``-s`` to see the counts.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import random
 import re
@@ -18,6 +19,8 @@ import shutil
 import signal
 import smtplib
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +29,7 @@ import pytest
 
 from emailrelay.spool import envelope as env_format
 from tests.integration.test_smtpd_support import short_run_dir, split_received
-from tests.support.relay import Relay, free_port, start_relay
+from tests.support.relay import Relay, free_port, program, start_relay, wait_until
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -233,3 +236,37 @@ def test_kill_9_during_start_up_leaves_no_orphans(tmp_path: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to --user daemon")
+def test_kill_9_of_the_supervisor_ends_roles_that_switched_user(tmp_path: Path) -> None:
+    """The kernel forgets a process's parent-death signal when its effective user changes, which every
+    role does with --user daemon: the roles must still end when the supervisor is killed."""
+    parent = Path(tempfile.mkdtemp(prefix="er-orphan-", dir="/tmp"))
+    try:
+        parent.chmod(0o755)
+        spool = parent / "spool"
+        spool.mkdir()
+        os.chown(spool, 0, grp.getgrnam("daemon").gr_gid)
+        spool.chmod(0o770)
+        run_dir = parent / "run"
+        port = free_port()
+        args = [program(), "--no-daemon", "--log", "--no-syslog", "--port", str(port), "--interface", "127.0.0.1",
+                "--spool-dir", str(spool), "--run-dir", str(run_dir), "--user", "daemon",
+                "--forward-to", "127.0.0.1:9", "--poll", "60"]  # fmt: skip
+        with open(parent / "relay.log", "wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        try:
+            assert wait_until(lambda: len([p for p in descendants_using(str(run_dir)) if p != proc.pid]) >= 4, 30)
+            assert greets(port)
+            proc.kill()
+            proc.wait(10)
+            assert wait_until(lambda: descendants_using(str(run_dir)) == [], 5), descendants_using(str(run_dir))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for pid in descendants_using(str(run_dir)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
