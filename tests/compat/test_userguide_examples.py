@@ -40,7 +40,16 @@ from tests.integration.test_auth_pam import pam_confdir
 from tests.support.certs import make_certs
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fake_spamd import GTUBE, fake_spamd
-from tests.support.relay import REPO, free_port, pid_alive, program, stop_pid, wait_for_port, wait_until
+from tests.support.relay import (
+    REPO,
+    free_port,
+    pid_alive,
+    program,
+    stop_pid,
+    stop_process,
+    wait_for_port,
+    wait_until,
+)
 from tests.support.socks_server import socks_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -611,13 +620,7 @@ def tls_smarthost(work: Path) -> Iterator[tuple[str, Path]]:
         wait_for_port(hport, timeout=30, proc=proc)  # type: ignore[arg-type]
         yield f"127.0.0.1:{hport}", hspool
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
         log.close()
 
 

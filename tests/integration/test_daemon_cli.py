@@ -25,7 +25,7 @@ from tests.integration.test_smtpd_support import (
     spool_entries,
     wait_spool_empty,
 )
-from tests.support.relay import REPO, free_port, pid_alive, program, wait_until
+from tests.support.relay import REPO, free_port, pid_alive, program, stop_process, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -182,13 +182,7 @@ def test_deep_spool_directory_is_served_or_refused_cleanly(tmp_path: Path) -> No
             text = log.read_text()
             assert rc != 0 and SCRIPT_ERROR_RE.search(text), (rc, text[-2000:])
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 # ---------------------------------------------------------------- running

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -24,7 +23,7 @@ from emailrelay.policy.verdicts import FilterOutcome
 from emailrelay.spool.store import SpoolStore
 from tests.integration.test_policy_helpers import content, new_message, server_chain, store_fixture  # noqa: F401
 from tests.support.fake_spamd import GTUBE
-from tests.support.relay import free_port
+from tests.support.relay import free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -87,13 +86,7 @@ def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
         log.close()
 
 
