@@ -36,12 +36,12 @@ import pytest
 from emailrelay.spool import envelope as envelope_mod
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fake_spamd import GTUBE, fake_spamd
+from tests.support.guides import REFERENCE, guide_text
 from tests.support.relay import Relay, free_port, program, wait_for_port, wait_until
 from tests.support.sink import states
 
 pytestmark = pytest.mark.timeout(60)
 
-REFERENCE = Path("/work/shared/reference/reference-2.6.md")
 SCRIPTS = Path(__file__).resolve().parent / "guide_scripts"
 SWAKS = shutil.which("swaks")
 COMMON = [
@@ -140,7 +140,7 @@ def empty(spool: Path) -> bool:
 def printed_blocks() -> list[str]:
     """Every indented code block of the reference guide, unindented."""
     blocks, current = [], []
-    for line in REFERENCE.read_text().splitlines():
+    for line in guide_text(REFERENCE).splitlines():
         if line.startswith("        ") or (current and not line.strip()):
             current.append(line[8:])
         elif current:

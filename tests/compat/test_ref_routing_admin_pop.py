@@ -30,12 +30,13 @@ from emailrelay.config import default_domain
 from emailrelay.spool import envelope as envmod
 from tests.support.dns_server import DnsServer
 from tests.support.fake_smtp import FakeSmtp
+from tests.support.fixtures import UPSTREAM
 from tests.support.relay import Relay, free_port, program, spool_files, start_relay, wait_until
 from tests.support.sink_counter import PROMPT, AdminClient
 
 pytestmark = pytest.mark.timeout(60)
 
-FIXTURE = Path("/work/shared/fixtures/upstream-2.6/admin-session.txt")
+FIXTURE = UPSTREAM / "admin-session.txt"
 
 
 def send(port: int, sender: str, rcpts: list[str], subject: str = "guide", host: str = "127.0.0.1") -> None:
@@ -318,7 +319,9 @@ def test_admin_smtp_disable_list_and_unfail_all(tmp_path: Path) -> None:
             for attempt in range(6):  # the subscription may still be joining the bus just after start-up
                 send(relay.port, "a@example.com", ["b@example.net"], f"notified{attempt}")
                 with contextlib.suppress(TimeoutError):
-                    while not pushed.startswith(b"smtp.accepted "):  # other events (role.started) may come first
+                    while not pushed.startswith(
+                        b"smtp.accepted "
+                    ):  # other events (role.started) may come first
                         pushed = watcher.read_until(b"\r\n", 3)
                     break
             assert pushed.startswith(b"smtp.accepted "), pushed

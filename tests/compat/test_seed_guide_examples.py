@@ -34,11 +34,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_smtp import FakeSmtp
+from tests.support.guides import SEED, guide_text
 from tests.support.relay import BIN, REPO, free_port, pid_alive, program, start_relay, stop_pid, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
-SEED = Path("/work/shared/reference/000_f2e06d030cad569a.txt")
 SCRIPTS = Path(__file__).resolve().parent / "guide_scripts"
 INIT = REPO / "deploy" / "init.d" / "emailrelay"
 SH = shutil.which("dash") or "/bin/sh"
@@ -172,7 +172,7 @@ def fd2_target(pid: int) -> str:
 
 
 def test_examples_are_quoted_verbatim_from_the_seed_guide() -> None:
-    lines = SEED.read_text().splitlines()
+    lines = guide_text(SEED).splitlines()
     for number, text in EXAMPLES:
         assert lines[number - 1] == "\t" + text, (number, lines[number - 1])
 
@@ -934,7 +934,9 @@ def test_seed_scanner_option_name(tmp_path: Path) -> None:
     with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Scanner) as server:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        relay = start_relay(tmp_path, "--single-process", "--scanner", f"127.0.0.1:{server.server_address[1]}")
+        relay = start_relay(
+            tmp_path, "--single-process", "--scanner", f"127.0.0.1:{server.server_address[1]}"
+        )
         try:
             with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as c:
                 c.ehlo("client.example")

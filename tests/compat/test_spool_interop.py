@@ -12,7 +12,7 @@ Us -> upstream: a spool written by our relay (SMTP from smtplib and swaks,
 ``emailrelay-submit``, a filter editing the envelope, a failed message) passes
 an independent strict validator of SPEC.md §3 written here without importing
 ``emailrelay``, and has the same field set, order and line ends as the files
-upstream 2.6 wrote (``/work/shared/fixtures/upstream-2.6/``).  The seed
+upstream 2.6 wrote (``tests/fixtures/upstream-2.6/``).  The seed
 guide's ``test -f /var/spool/emailrelay/*.envelope.bad`` check works on our
 file names.
 """
@@ -34,6 +34,7 @@ import pytest
 
 from emailrelay.spool import envelope as env_format
 from tests.support.fake_smtp import FakeSmtp
+from tests.support.fixtures import UPSTREAM
 from tests.support.relay import free_port, program, running_relay, wait_until
 from tests.support.sink import run_client, states
 from tests.support.sink_counter import AdminClient
@@ -42,7 +43,6 @@ pytestmark = pytest.mark.timeout(120)
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
-UPSTREAM = Path("/work/shared/fixtures/upstream-2.6")
 SWAKS = shutil.which("swaks")
 
 # ---- the hand-made fixtures and what they hold ------------------------------------------------

@@ -40,6 +40,7 @@ from tests.integration.test_auth_pam import pam_confdir
 from tests.support.certs import make_certs
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fake_spamd import GTUBE, fake_spamd
+from tests.support.guides import USERGUIDE, guide_text
 from tests.support.relay import (
     REPO,
     free_port,
@@ -54,7 +55,6 @@ from tests.support.socks_server import socks_server
 
 pytestmark = pytest.mark.timeout(120)
 
-USERGUIDE = Path("/work/shared/reference/userguide-2.6.md")
 SCRIPTS = Path(__file__).resolve().parent / "guide_scripts"
 SWAKS = shutil.which("swaks")
 MPOP = shutil.which("mpop")
@@ -324,9 +324,7 @@ def spool(work: Path) -> Path:
 
 
 def test_every_guide_line_is_quoted_verbatim() -> None:
-    if not USERGUIDE.exists():
-        pytest.skip("upstream user guide not available")
-    guide = USERGUIDE.read_text()
+    guide = guide_text(USERGUIDE)
     for key, (line, _) in GUIDE.items():
         assert line.strip("`") in guide, key
     assert ADVANCED_GUIDE in guide

@@ -37,9 +37,9 @@ from emailrelay.auth.secrets import Secrets
 from emailrelay.cli.parse import parse_command_line
 from emailrelay.services import sd_notify
 from emailrelay.spool.envelope import parse as parse_envelope
+from tests.support.fixtures import UPSTREAM
 from tests.support.relay import BIN, REPO, free_port, program, wait_for_port
 
-FIXTURES = REPO.parent / "shared" / "fixtures" / "upstream-2.6"
 INIT = REPO / "deploy" / "init.d" / "emailrelay"
 SH = shutil.which("dash") or "/bin/sh"
 
@@ -380,7 +380,7 @@ def test_spamassassin_filter_marks_and_keeps_crlf(tmp_path: Path, fake_path: str
     content = tmp_path / "emailrelay.1.1700000000.1.content"
     envelope = tmp_path / "emailrelay.1.1700000000.1.envelope.new"
     content.write_bytes(b"Subject: offer\r\n\r\nbuy VIAGRA now\r\n")
-    envelope.write_bytes((FIXTURES / "submitted.envelope").read_bytes())
+    envelope.write_bytes((UPSTREAM / "submitted.envelope").read_bytes())
     assert run_filter("spamassassin.sh", content, envelope, fake_path) == 0
     assert content.read_bytes() == b"X-Spam-Flag: yes\r\nSubject: offer\r\n\r\nbuy VIAGRA now\r\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [content.name, envelope.name]
@@ -389,7 +389,7 @@ def test_spamassassin_filter_marks_and_keeps_crlf(tmp_path: Path, fake_path: str
 def test_spamassassin_discard_filter(tmp_path: Path, fake_path: str) -> None:
     content = tmp_path / "emailrelay.1.1700000000.1.content"
     envelope = tmp_path / "emailrelay.1.1700000000.1.envelope.new"
-    envelope.write_bytes((FIXTURES / "submitted.envelope").read_bytes())
+    envelope.write_bytes((UPSTREAM / "submitted.envelope").read_bytes())
     content.write_bytes(b"Subject: hello\r\n\r\nminutes attached\r\n")
     assert run_filter("spamassassin-discard.sh", content, envelope, fake_path) == 0
     assert content.exists() and envelope.exists()
@@ -400,7 +400,7 @@ def test_spamassassin_discard_filter(tmp_path: Path, fake_path: str) -> None:
 
 def test_route_by_domain_filter_sets_forward_to(tmp_path: Path) -> None:
     envelope = tmp_path / "e.envelope.new"
-    original = (FIXTURES / "submitted.envelope").read_bytes()
+    original = (UPSTREAM / "submitted.envelope").read_bytes()
     envelope.write_bytes(original.replace(b"rcpt@example.net", b"Someone@Example.ORG"))
     assert run_filter("route-by-domain.sh", tmp_path / "c", envelope, "/usr/bin:/bin") == 0
     env = parse_envelope(envelope.read_bytes())
@@ -413,7 +413,7 @@ def test_route_by_domain_filter_sets_forward_to(tmp_path: Path) -> None:
 def test_cron_examples_run(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
-    shutil.copy(FIXTURES / "failed.envelope.bad", spool / "emailrelay.1.1700000000.1.envelope.bad")
+    shutil.copy(UPSTREAM / "failed.envelope.bad", spool / "emailrelay.1.1700000000.1.envelope.bad")
     jobs = [
         line.lstrip("#").split(None, 6)[6]
         for line in (REPO / "config" / "cron.d" / "emailrelay").read_text().splitlines()

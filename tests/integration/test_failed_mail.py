@@ -24,9 +24,9 @@ from emailrelay.spool.envelope import parse as parse_envelope
 from emailrelay.spool.names import MessageId, State
 from emailrelay.spool.store import SpoolStore
 from tests.support.fake_smtp import FakeSmtp
+from tests.support.fixtures import UPSTREAM
 from tests.support.relay import program
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
 UPSTREAM_BAD = "emailrelay.4242.1700000000.2"
 CONTENT = (
     b"Received: from client by relay; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
@@ -52,7 +52,7 @@ def as_client(spool: Path, hop: FakeSmtp) -> None:
 
 
 def upstream_bad(spool: Path) -> MessageId:
-    shutil.copy(FIXTURES / "failed.envelope.bad", spool / f"{UPSTREAM_BAD}.envelope.bad")
+    shutil.copy(UPSTREAM / "failed.envelope.bad", spool / f"{UPSTREAM_BAD}.envelope.bad")
     (spool / f"{UPSTREAM_BAD}.content").write_bytes(CONTENT)
     return MessageId.parse(UPSTREAM_BAD)
 
@@ -210,7 +210,7 @@ def parse_dsn(data: bytes) -> tuple[email.message.EmailMessage, list[email.messa
 
 
 def test_build_dsn_is_rfc3464() -> None:
-    failed = parse_envelope((FIXTURES / "failed.envelope.bad").read_bytes())
+    failed = parse_envelope((UPSTREAM / "failed.envelope.bad").read_bytes())
     data = failed_mail.build_dsn(
         failed, MessageId.parse(UPSTREAM_BAD), CONTENT, reporting_mta="relay.example.com", boundary="BOUNDARY"
     )

@@ -23,9 +23,9 @@ import pytest
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.store import SpoolStore
 from tests.support.fake_smtp import FakeSmtp, canonical
+from tests.support.fixtures import UPSTREAM
 from tests.support.relay import REPO, free_port, program
 from tests.support.sink import (
-    FIXTURES,
     envelope_text,
     files,
     fill_spool,
@@ -90,7 +90,7 @@ def test_5xx_fails_the_envelope_like_upstream(spool: Path) -> None:
         "X-MailRelay-ReasonCode: 550",
     ]
     # the same shape as upstream's failed envelope, apart from the client address
-    upstream = (FIXTURES / "failed.envelope.bad").read_bytes()
+    upstream = (UPSTREAM / "failed.envelope.bad").read_bytes()
     assert bad.read_bytes() == upstream
     assert f"failing envelope [{mid}.envelope.busy] -> [{mid}.envelope.bad]" in r.stderr
     assert re.search(r'tx>>: "MAIL FROM:<a@example.com>', r.stderr)
@@ -273,8 +273,8 @@ def test_forward_to_address_overrides_the_default_hop(spool: Path) -> None:
 
 @pytest.mark.parametrize("name", ["submitted", "auth-local-remote", "eightbit"])
 def test_upstream_spool_files_are_forwarded(spool: Path, name: str) -> None:
-    envelope = (FIXTURES / f"{name}.envelope").read_bytes()
-    content = (FIXTURES / f"{name}.content").read_bytes()
+    envelope = (UPSTREAM / f"{name}.envelope").read_bytes()
+    content = (UPSTREAM / f"{name}.content").read_bytes()
     write_raw(spool, envelope, content)
     text = envelope.decode()
     sender = re.search(r"X-MailRelay-From: (.*)\r\n", text).group(1)  # type: ignore[union-attr]

@@ -43,9 +43,9 @@ from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.names import State
 from emailrelay.spool.store import SpoolStore
 from tests.support.fake_smtp import FakeSmtp
+from tests.support.fixtures import UPSTREAM
 from tests.support.relay import free_port, program, running_relay, wait_for_port
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
 ENV = Envelope(from_address="a@example.com", to_remote=("b@example.net",), client="127.0.0.1")
 CONTENT = b"Subject: metrics\r\n\r\nbody\r\n"
 
@@ -275,8 +275,8 @@ async def test_queue_depth_and_oldest_age_are_scanned_from_the_spool(
     claimed = store.claim(store.ready()[0])
     assert claimed is not None
     old = "emailrelay.4242.1700000000.2"  # written by upstream E-MailRelay, long ago
-    shutil.copy(FIXTURES / "failed.envelope.bad", spool / f"{old}.envelope.bad")
-    shutil.copy(FIXTURES / "submitted.content", spool / f"{old}.content")
+    shutil.copy(UPSTREAM / "failed.envelope.bad", spool / f"{old}.envelope.bad")
+    shutil.copy(UPSTREAM / "submitted.content", spool / f"{old}.content")
     text = await scrape(exporter)
     claimed.release()
     assert sample(text, "emailrelay_queue_messages", 'state="ready"') == 2

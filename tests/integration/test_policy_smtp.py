@@ -17,6 +17,7 @@ from emailrelay.services.smtpd import SmtpService, SmtpServiceOptions
 from emailrelay.spool import envelope as envelope_format
 from emailrelay.spool.store import SpoolStore
 from tests.integration.test_policy_helpers import logs_fixture, script  # noqa: F401 - fixture
+from tests.support.fixtures import UPSTREAM
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -163,21 +164,13 @@ async def test_split_through_smtp(serve) -> None:
     }
 
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "fixtures"
-    / "upstream-2.6"
-    / "filter-and-pop-verbose.log"
-)
+FIXTURE = UPSTREAM / "filter-and-pop-verbose.log"
 
 
 async def test_filter_lines_match_the_upstream_fixture(serve, tmp_path: Path) -> None:
     """With --log-address, the same four lines as upstream's log (ids, times and paths aside)."""
     from emailrelay import log as logmod
 
-    if not FIXTURE.exists():
-        pytest.skip(f"no fixture at {FIXTURE}")
     log = logmod.get()
     old = log.config
     path = tmp_path / "addr.log"

@@ -24,14 +24,9 @@ from tests.integration.test_pop3_support import (
     recv_until,
     server_tls_context,
 )
+from tests.support.fixtures import UPSTREAM
 
-FIXTURE = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "fixtures"
-    / "upstream-2.6"
-    / "filter-and-pop-verbose.log"
-)
+FIXTURE = UPSTREAM / "filter-and-pop-verbose.log"
 BODY20 = b"Subject: test\r\nabc\r\n"  # 20 octets, 2 lines, like the fixture's message
 
 

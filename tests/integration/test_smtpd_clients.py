@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_smtpd_support import (
-    FIXTURES,
     LOG_LINE_RE,
     Relays,
     clear_spool,
@@ -26,6 +25,7 @@ from tests.integration.test_smtpd_support import (
     split_received,
     spool_entries,
 )
+from tests.support.fixtures import UPSTREAM
 from tests.support.relay import Relay
 
 SWAKS = "/usr/bin/swaks"
@@ -129,10 +129,9 @@ def test_null_sender(relay: Relay) -> None:
     assert env_bytes == expected_envelope("", ["postmaster@example.net"])
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="upstream fixtures not found")
 def test_upstream_fixture_content_reproduced(relay: Relay) -> None:
     """The message behind auth-local-remote.content is stored exactly as upstream stored it."""
-    fixture = (FIXTURES / "auth-local-remote.content").read_bytes()
+    fixture = (UPSTREAM / "auth-local-remote.content").read_bytes()
     _, body = split_received(fixture)
     assert b"\r\n.leading dot line\r\n" in body  # needs dot-stuffing on the wire
     with smtp(relay) as client:
@@ -142,10 +141,9 @@ def test_upstream_fixture_content_reproduced(relay: Relay) -> None:
     assert env.to_remote == ("bob@example.net", "carol@example.org")
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="upstream fixtures not found")
 def test_upstream_eightbit_fixture_reproduced(relay: Relay) -> None:
-    fixture_content = (FIXTURES / "eightbit.content").read_bytes()
-    fixture_envelope = (FIXTURES / "eightbit.envelope").read_bytes()
+    fixture_content = (UPSTREAM / "eightbit.content").read_bytes()
+    fixture_envelope = (UPSTREAM / "eightbit.envelope").read_bytes()
     _, body = split_received(fixture_content)
     assert any(b > 127 for b in body)
     with smtp(relay) as client:

@@ -21,7 +21,6 @@ from emailrelay.spool import envelope as env_format
 from emailrelay.spool.envelope import Envelope
 from tests.support.relay import Relay, start_relay, wait_until
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
 LOG_LINE_RE = re.compile(r"^emailrelay: [0-9]{8}\.[0-9]{6}\.[0-9]{3}: (info|warning|error): ")
 RECEIVED_RE = re.compile(
     rb"^Received: from (?P<helo>\S+) \(\[(?P<ip>[0-9a-f.:]+)\]\) by (?P<domain>\S+) with (?P<with>E?SMTPA?) ; "

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as env_format
+from tests.support.fixtures import UPSTREAM
 from tests.support.relay import program
 
 pytestmark = pytest.mark.timeout(120)
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
 SUBMIT = program("emailrelay-submit")
 ID = r"emailrelay\.[0-9]+\.[0-9]+\.[0-9]+"
 
@@ -34,7 +34,6 @@ def files(spool: Path) -> list[str]:
     return sorted(p.name for p in spool.iterdir())
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="upstream fixtures not found")
 def test_submit_matches_upstream_fixture(spool: Path) -> None:
     result = submit("--spool-dir", str(spool), "--from", "sub@example.com", "rcpt@example.net")
     assert result.returncode == 0, result.stderr
@@ -44,8 +43,8 @@ def test_submit_matches_upstream_fixture(spool: Path) -> None:
         and re.fullmatch(rf"{ID}\.content", names[0])
         and names[1] == names[0][:-8] + ".envelope"
     )
-    assert (spool / names[0]).read_bytes() == (FIXTURES / "submitted.content").read_bytes()
-    assert (spool / names[1]).read_bytes() == (FIXTURES / "submitted.envelope").read_bytes()
+    assert (spool / names[0]).read_bytes() == (UPSTREAM / "submitted.content").read_bytes()
+    assert (spool / names[1]).read_bytes() == (UPSTREAM / "submitted.envelope").read_bytes()
     assert result.stdout == b""  # quiet without --verbose
 
 
@@ -176,4 +175,6 @@ def test_run_as_root_the_files_get_a_group_the_relay_user_is_in(tmp_path: Path) 
         assert result.returncode == 0, result.stderr
         made = sorted(spool.iterdir())
         assert len(made) == 2
-        assert {(p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o777) for p in made} == {(0, expected, 0o660)}
+        assert {(p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o777) for p in made} == {
+            (0, expected, 0o660)
+        }

@@ -27,8 +27,6 @@ from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.store import SpoolStore
 from tests.support.relay import free_port, program, wait_for_port
 
-FIXTURES = Path("/work/shared/fixtures/upstream-2.6")
-
 _SEQ = iter(range(1, 1_000_000))
 
 

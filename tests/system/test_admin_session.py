@@ -21,6 +21,7 @@ import pytest
 
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.store import SpoolStore
+from tests.support import fixtures
 from tests.support.relay import free_port
 from tests.support.sink_counter import (
     PROMPT,
@@ -35,7 +36,7 @@ from tests.support.sink_counter import (
     supervised_relay,
 )
 
-FIXTURE = Path("/work/shared/fixtures/upstream-2.6/admin-session.txt")
+FIXTURE = fixtures.UPSTREAM / "admin-session.txt"
 
 
 def _fixture() -> dict[str, bytes]:

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from emailrelay.spool import envelope as env_format
 from emailrelay.spool.envelope import Envelope, EnvelopeError
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
-
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
+from tests.support.fixtures import UPSTREAM
 
 
 def fixture_bytes(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
+    return (UPSTREAM / name).read_bytes()
 
 
 def fixture_envelopes() -> list[str]:
-    if not FIXTURES.is_dir():
-        return []
-    return sorted(p.name for p in FIXTURES.iterdir() if ".envelope" in p.name)
+    return sorted(p.name for p in UPSTREAM.iterdir() if ".envelope" in p.name)
 
 
 # A complete #2821.8 envelope with every field set, built by hand (independent of the writer).
@@ -51,13 +44,11 @@ FULL = (
 # ---------------------------------------------------------------- upstream fixtures
 
 
-@needs_fixtures
 def test_fixture_directory_has_envelopes() -> None:
     names = fixture_envelopes()
     assert "submitted.envelope" in names and "failed.envelope.bad" in names, names
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", fixture_envelopes())
 def test_fixture_round_trip_is_byte_exact(name: str) -> None:
     data = fixture_bytes(name)
@@ -68,7 +59,6 @@ def test_fixture_round_trip_is_byte_exact(name: str) -> None:
     assert env_format.parse(parsed.to_bytes()) == parsed
 
 
-@needs_fixtures
 def test_fixture_fields_are_read() -> None:
     e = env_format.parse(fixture_bytes("auth-local-remote.envelope"))
     assert e.from_address == "alice@example.com"
@@ -83,7 +73,6 @@ def test_fixture_fields_are_read() -> None:
     assert env_format.parse(fixture_bytes("eightbit.envelope")).content_type == "8bit"
 
 
-@needs_fixtures
 def test_writer_builds_fixture_from_plain_fields() -> None:
     """The writer alone (no parsed input) produces upstream's bytes."""
     built = Envelope(
@@ -99,7 +88,6 @@ def test_writer_builds_fixture_from_plain_fields() -> None:
     assert submitted.to_bytes() == fixture_bytes("submitted.envelope")
 
 
-@needs_fixtures
 def test_failed_fixture_reason_fields() -> None:
     e = env_format.parse(fixture_bytes("failed.envelope.bad"))
     assert e.reason == "5.7.1 rejected for testing"
@@ -107,7 +95,6 @@ def test_failed_fixture_reason_fields() -> None:
     assert e.to_remote == ("b@example.net",)
 
 
-@needs_fixtures
 def test_with_failure_produces_failed_fixture_from_its_base() -> None:
     bad = fixture_bytes("failed.envelope.bad")
     lines = bad.split(b"\r\n")
@@ -244,7 +231,6 @@ def test_filter_edited_envelope_forward_to() -> None:
     )
 
 
-@needs_fixtures
 def test_filter_edited_fixture_keeps_every_other_byte() -> None:
     base = fixture_bytes("submitted.envelope")
     edited = base.replace(b"X-MailRelay-ForwardTo: \r\n", b"X-MailRelay-ForwardTo: mx.example.org\r\n")

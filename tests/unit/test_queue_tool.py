@@ -21,8 +21,8 @@ from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.envelope import parse as parse_envelope
 from emailrelay.spool.names import MessageId, State
 from emailrelay.spool.store import SpoolStore, SpoolStoreError
+from tests.support.fixtures import UPSTREAM
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
 ENV = Envelope(from_address="a@example.com", to_remote=("b@example.net", "c@example.net"), client="127.0.0.1")
 CONTENT = b"Received: from x by y; now\r\nSubject: hello\r\nFrom: a@example.com\r\n\r\nbody\r\n"
 
@@ -47,12 +47,12 @@ def upstream_spool(spool: Path) -> dict[str, str]:
         "bad": "emailrelay.4242.1700000000.2",
         "busy": "emailrelay.4242.1700000001.3",
     }
-    shutil.copy(FIXTURES / "auth-local-remote.envelope", spool / f"{ids['ready']}.envelope")
-    shutil.copy(FIXTURES / "auth-local-remote.content", spool / f"{ids['ready']}.content")
-    shutil.copy(FIXTURES / "failed.envelope.bad", spool / f"{ids['bad']}.envelope.bad")
-    shutil.copy(FIXTURES / "submitted.content", spool / f"{ids['bad']}.content")
-    shutil.copy(FIXTURES / "eightbit.envelope", spool / f"{ids['busy']}.envelope.busy")
-    shutil.copy(FIXTURES / "eightbit.content", spool / f"{ids['busy']}.content")
+    shutil.copy(UPSTREAM / "auth-local-remote.envelope", spool / f"{ids['ready']}.envelope")
+    shutil.copy(UPSTREAM / "auth-local-remote.content", spool / f"{ids['ready']}.content")
+    shutil.copy(UPSTREAM / "failed.envelope.bad", spool / f"{ids['bad']}.envelope.bad")
+    shutil.copy(UPSTREAM / "submitted.content", spool / f"{ids['bad']}.content")
+    shutil.copy(UPSTREAM / "eightbit.envelope", spool / f"{ids['busy']}.envelope.busy")
+    shutil.copy(UPSTREAM / "eightbit.content", spool / f"{ids['busy']}.content")
     for p in spool.iterdir():
         p.chmod(0o660)
     return ids
@@ -77,7 +77,7 @@ def test_list_upstream_spool_text_and_json(spool: Path) -> None:
     assert ready["state"] == "ready"
     assert ready["recipients"] == 3  # one local, two remote
     assert ready["sender"] == "alice@example.com"
-    assert ready["size"] == (FIXTURES / "auth-local-remote.content").stat().st_size
+    assert ready["size"] == (UPSTREAM / "auth-local-remote.content").stat().st_size
     assert ready["created"] == 1700000000 and ready["age"] >= int(time.time()) - 1700000000 - 1
     bad = items[ids["bad"]]
     assert (bad["reason"], bad["reason_code"], bad["retries"]) == ("5.7.1 rejected for testing", "550", 0)
@@ -238,7 +238,7 @@ def test_parse_id_and_retry_count() -> None:
         assert queue.parse_id(text) == mid
     assert queue.parse_id("emailrelay.12.1700000000.3.envelope.x") is None
     assert queue.parse_id("../emailrelay") is None
-    base = (FIXTURES / "failed.envelope.bad").read_bytes()
+    base = (UPSTREAM / "failed.envelope.bad").read_bytes()
     assert queue.retry_count(base) == 0
     assert queue.retry_count(base + b"X-MailRelay-Retry: 1\r\nX-MailRelay-Retry: 2\r\n") == 2
     # upstream appends a Reason line at every failure: three failures, two resubmissions
@@ -251,7 +251,7 @@ def test_parse_id_and_retry_count() -> None:
 
 
 def test_append_envelope_line_keeps_envelope_readable(spool: Path) -> None:
-    shutil.copy(FIXTURES / "failed.envelope.bad", spool / "emailrelay.7.1700000000.1.envelope.bad")
+    shutil.copy(UPSTREAM / "failed.envelope.bad", spool / "emailrelay.7.1700000000.1.envelope.bad")
     store = SpoolStore(spool, fsync=False)
     mid = MessageId.parse("emailrelay.7.1700000000.1")
     assert store.append_envelope_line(mid, State.BAD, "X-MailRelay-Retry: 1")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -32,8 +31,9 @@ from emailrelay.protocol.smtp_client import (
     parse_ehlo,
     xtext_encode,
 )
+from tests.support.fixtures import UPSTREAM
 
-FIXTURE = Path("/work/shared/fixtures/upstream-2.6/forward-verbose.log")
+FIXTURE = UPSTREAM / "forward-verbose.log"
 
 EHLO_FULL = (
     b"250-sink.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n"

@@ -18,9 +18,9 @@ from emailrelay.spool import envelope as env_format
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.names import MessageId, State
 from emailrelay.spool.store import SpoolStore
+from tests.support.fixtures import UPSTREAM
 
 CTX = multiprocessing.get_context("fork")
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "upstream-2.6"
 
 ENV = Envelope(from_address="a@example.com", to_remote=("b@example.net",), client="127.0.0.1")
 CONTENT = b"Subject: test\r\n\r\nbody\r\n"
@@ -199,9 +199,8 @@ def test_fail_without_code(store: SpoolStore) -> None:
     assert data.endswith(b"X-MailRelay-Reason: connection refused\r\nX-MailRelay-ReasonCode: \r\n")
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="upstream fixtures not found")
 def test_fail_matches_upstream_failed_fixture(store: SpoolStore) -> None:
-    bad_fixture = (FIXTURES / "failed.envelope.bad").read_bytes()
+    bad_fixture = (UPSTREAM / "failed.envelope.bad").read_bytes()
     base = env_format.parse(bad_fixture).without_failure()
     mid = store.store_message(base, CONTENT)
     claim = store.claim(mid)
@@ -464,7 +463,9 @@ def test_ids_unique_across_four_processes(tmp_path: Path) -> None:
 
 
 def test_created_mailbox_directories_are_0770_whatever_the_umask(store: SpoolStore, tmp_path: Path) -> None:
-    mid = store.store_message(Envelope("a@example.com", to_remote=("b@example.net",)), b"Subject: x\r\n\r\nx\r\n")
+    mid = store.store_message(
+        Envelope("a@example.com", to_remote=("b@example.net",)), b"Subject: x\r\n\r\nx\r\n"
+    )
     old = os.umask(0o077)  # the relay's umask (upstream's)
     try:
         written = store.copy_to_directories(mid, State.READY, store.directory, ["alice"], create=True)
