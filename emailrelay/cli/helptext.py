@@ -3,19 +3,34 @@
 Everything here is rendered from ``options.OPTIONS`` so help and documentation
 cannot drift from what the parser accepts. Plain ``--help`` lists the
 ``common`` options and ends by pointing at ``--help --verbose``, which lists
-every option with its default. ``markdown_reference()`` renders the whole
-table for docs/.
+every option with its default; both begin with the version line and a blank
+line, as upstream's do. ``--version`` is laid out line for line as
+E-MailRelay 2.6b's (its own version and copyright lines aside); with
+``--verbose`` it adds the build's features, one per line, the TLS library
+being the OpenSSL Python's ``ssl`` module runs on. ``markdown_reference()``
+renders the whole table for docs/.
 """
 
 from __future__ import annotations
 
-from emailrelay import PRODUCT_VERSION, __version__
+import ssl
+
+from emailrelay import COPYRIGHT, VERSION_LINE
 from emailrelay.cli.options import OPTIONS, SECTIONS, Option
 
 USAGE = "usage: {program} [<option> [<option> ...]] [<config-file>]"
-LICENCE = (
-    "License GPLv3+: GNU GPL version 3 or later <https://www.gnu.org/licenses/gpl.html>.\n"
-    "This is free software: you are free to change and redistribute it. There is NO WARRANTY."
+# The build's features as upstream's --version --verbose names them: all of them are always there.
+FEATURES = ("Multi-threading", "Unix domain sockets", "POP server", "Admin server")
+# The product uses OpenSSL (through Python's ssl module), so its notice is upstream's, word for word.
+OPENSSL_NOTICE = (
+    "This product includes software developed by the OpenSSL Project",
+    "for use in the OpenSSL Toolkit (http://www.openssl.org/)",
+)
+WARRANTY = (  # upstream's lines, trailing spaces included
+    "This program comes with ABSOLUTELY NO WARRANTY.",
+    "This is free software, and you are welcome to ",
+    "redistribute it under certain conditions. For ",
+    "more information refer to the file named COPYING.",
 )
 _MAX_LEFT = 42  # wider option columns put the help on the next line
 
@@ -45,7 +60,7 @@ def help_text(verbose: bool, program: str = "emailrelay") -> str:
     """The text of ``--help`` (common options) or ``--help --verbose`` (all of them)."""
     sections = _sections(verbose)
     width = min(_MAX_LEFT, max(len(_left(o)) for _, opts in sections for o in opts))
-    lines = [USAGE.format(program=program)]
+    lines = [VERSION_LINE, "", USAGE.format(program=program)]
     for section, opts in sections:
         lines += ["", f"{section} options:"]
         for o in opts:
@@ -68,9 +83,14 @@ def help_text(verbose: bool, program: str = "emailrelay") -> str:
     return "\n".join(lines) + "\n"
 
 
-def version_text() -> str:
-    """The text of ``--version``."""
-    return f"E-MailRelay V{PRODUCT_VERSION} (emailrelay-python {__version__})\n{LICENCE}\n"
+def version_text(verbose: bool = False) -> str:
+    """The text of ``--version`` (with ``verbose``, of ``--version --verbose``)."""
+    lines = [VERSION_LINE, "", COPYRIGHT, ""]
+    if verbose:
+        lines += [f"{feature}: enabled" for feature in FEATURES]
+        lines += [f"TLS library: {ssl.OPENSSL_VERSION}", ""]
+    lines += [*OPENSSL_NOTICE, "", *WARRANTY]
+    return "\n".join(lines) + "\n"
 
 
 def _notes(option: Option) -> list[str]:

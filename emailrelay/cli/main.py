@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(help_text(bool(values.get("verbose"))), end="")
             return 0
         if values.get("version"):
-            print(version_text())
+            print(version_text(bool(values.get("verbose"))), end="")
             return 0
         log.configure(log_config(values))
         for warning in parsed.warnings:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .. import PRODUCT_VERSION, __version__
+from .. import COPYRIGHT, VERSION_LINE
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
@@ -39,8 +39,8 @@ UPSTREAM_COMMANDS = ("dnsbl", "failures", "flush", "forward", "help", "info", "l
                      "smtp", "status", "unfail-all")  # fmt: skip
 OUR_COMMANDS = ("events", "restart", "roles", "workers")
 INFO_TEXT = {
-    "version": f"E-MailRelay V{PRODUCT_VERSION} (emailrelay-python {__version__})",
-    "copyright": "Copyright (C) 2001-2024 Graeme Walker (E-MailRelay); Python implementation by the emailrelay authors",
+    "version": VERSION_LINE,
+    "copyright": COPYRIGHT,
     "credit": "E-MailRelay by Graeme Walker; this implementation uses asyncio, circus and ZeroMQ",
     "warranty": "This program comes with ABSOLUTELY NO WARRANTY (GNU GPL version 3 or later)",
 }
