@@ -13,6 +13,13 @@ use upstream's ``\\r\\r\\n`` line separator, see
 fixtures/upstream-2.6/admin-session.txt); spool changes go through the
 store; commands to other roles travel on the bus, so they reach every
 process of a role; a slow or silent client never blocks other sessions.
+A non-local client is refused unless ``--remote-clients``, by the rule of
+the SMTP port (``listeners.is_local_address``), as upstream does: two
+warnings in the log and the connection closed without a word.  Memory per
+session is bounded: reading pauses while replies are not drained (or too
+many commands wait), and a ``notify``/``events`` watcher that does not read
+loses events (``events.dropped {"count":N}`` tells it) instead of
+buffering them.
 """
 
 from __future__ import annotations
@@ -31,10 +38,14 @@ from ..bus import schema
 from ..config import Config
 from ..spool.names import State
 from ..spool.store import SpoolStore
+from .listeners import format_address, is_local_address, not_local_reason
 from .supervisor_control import SupervisorControl
 
 PROMPT = b"E-MailRelay> "
 MAX_LINE = 1024
+MAX_PENDING = 64  # commands read ahead of their replies before reading pauses
+EVENTS_BUFFER_LIMIT = 256 * 1024  # unsent bytes above which a watcher's events are dropped
+EVENTS_DROPPED = "events.dropped"
 UPSTREAM_COMMANDS = ("dnsbl", "failures", "flush", "forward", "help", "info", "list", "notify", "pid", "quit",
                      "smtp", "status", "unfail-all")  # fmt: skip
 OUR_COMMANDS = ("events", "restart", "roles", "workers")
@@ -67,7 +78,7 @@ class AdminContext:
             self.counters["failed"] += 1
         line = f"{topic} {json.dumps(body, separators=(',', ':'))}"
         for session in list(self.watchers):
-            session.send_lines([line], prompt=False)
+            session.send_event(line)
 
 
 def format_reply(lines: list[str], prompt: bool = True) -> bytes:
@@ -87,16 +98,30 @@ class AdminSession(asyncio.Protocol):
         self.log = logmod.get()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._refused = False
+        self._reading_paused = False
+        self._writable = asyncio.Event()  # clear while the transport's write buffer is over its limit
+        self._writable.set()
+        self._dropped = 0  # events not sent to this watcher since its last successful one
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        host = str(peer[0]) if isinstance(peer, tuple) else ""  # unix-domain peers are local
+        self.peer = format_address(host, int(peer[1])) if isinstance(peer, tuple) else str(peer or "local")
+        if not self.ctx.config.remote_clients and not is_local_address(host):
+            self._refused = True  # upstream: no reply at all, two warnings
+            self.log.warning(f"configured to reject non-local admin connection: {not_local_reason(host)}")
+            self.log.warning(f"connection rejected from {self.peer}")
+            self.transport.close()
+            return
         self.log.info(f"admin connection from {self.peer}")
         self.ctx.sessions.add(self)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         self.buffer += data
         while b"\n" in self.buffer:
             line, _, self.buffer = self.buffer.partition(b"\n")
@@ -104,25 +129,62 @@ class AdminSession(asyncio.Protocol):
         if len(self.buffer) > MAX_LINE:
             self.buffer = b""
             self._queue.put_nowait("\x00toolong")
+        self._update_reading()
 
     def eof_received(self) -> bool:
         self._queue.put_nowait("\x00eof")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()
+        if self._refused:
+            return
         self.ctx.sessions.discard(self)
         self.ctx.watchers.discard(self)
         if self._task is not None:
             self._task.cancel()
         self.log.info(f"admin connection closed: {self.peer}")
 
+    # ---- flow control: a client that does not read stops being read --------------------
+    def pause_writing(self) -> None:
+        self._writable.clear()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        want_pause = not self._writable.is_set() or self._queue.qsize() >= MAX_PENDING
+        if want_pause != self._reading_paused:
+            (self.transport.pause_reading if want_pause else self.transport.resume_reading)()
+            self._reading_paused = want_pause
+
     def send_lines(self, lines: list[str], prompt: bool = True) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(format_reply(lines, prompt))
 
+    def send_event(self, line: str) -> None:
+        """One ``notify``/``events`` line, or none while this watcher is not reading its output."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size() > EVENTS_BUFFER_LIMIT:
+            if not self._dropped:
+                self.log.warning(f"admin: events for {self.peer} dropped: the client is not reading")
+            self._dropped += 1
+            return
+        if self._dropped:
+            self.send_lines([f'{EVENTS_DROPPED} {{"count":{self._dropped}}}'], prompt=False)
+            self._dropped = 0
+        self.send_lines([line], prompt=False)
+
     async def _run(self) -> None:
         while True:
             line = await self._queue.get()
+            self._update_reading()
+            await self._writable.wait()  # the previous replies are drained (below the high-water mark)
             if line == "\x00eof":
                 break
             if line == "\x00toolong":

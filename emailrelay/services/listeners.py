@@ -191,11 +191,21 @@ def bind_all(specs: list[ListenSpec]) -> list[Bound]:
 
 _LOCAL_NETWORKS = tuple(
     ipaddress.ip_network(n)
-    for n in (
-        "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",  # RFC 1918, 3927
-        "::1/128", "fc00::/7", "fe80::/10",  # loopback, RFC 4193 unique local, link-local
+    for n in (  # in the order upstream's log names them
+        "127.0.0.0/8", "169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 3927, 1918
+        "::1/128", "fe80::/10", "fc00::/7",  # loopback, link-local, RFC 4193 unique local
     )
 )  # fmt: skip
+
+
+def _ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def is_local_address(host: str) -> bool:
@@ -205,10 +215,17 @@ def is_local_address(host: str) -> bool:
     benchmarking ranges (192.0.2/24, 198.18/15, 2001:db8::/32 ...), which are not local clients."""
     if not host or host.startswith("/"):
         return True
-    try:
-        ip = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in _LOCAL_NETWORKS if net.version == ip.version)
+    ip = _ip_of(host)
+    return ip is not None and any(ip in net for net in _LOCAL_NETWORKS if net.version == ip.version)
+
+
+def not_local_reason(host: str) -> str:
+    """Why :func:`is_local_address` said no, in upstream's words:
+    ``192.0.2.2 is not in 127.0.0.0/8, 169.254.0.0/16, 10.0.0.0/8, 172.16.0.0/12, or 192.168.0.0/16``
+    (IPv6: ``... is not in ::1/128 or fe80::/10 or fc00::/7``)."""
+    ip = _ip_of(host)
+    if ip is None:
+        return f"{host} is not an address"
+    nets = [str(net) for net in _LOCAL_NETWORKS if net.version == ip.version]
+    listed = ", ".join(nets[:-1]) + ", or " + nets[-1] if ip.version == 4 else " or ".join(nets)
+    return f"{ip} is not in {listed}"
