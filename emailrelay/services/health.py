@@ -10,12 +10,17 @@ pass, ``503`` with the same object when one fails::
 
 The checks (each bounded by a timeout, run concurrently):
 
-- ``listener``: connect to the configured SMTP address (``--port`` on the
-  first ``--interface``; ``0.0.0.0`` means 127.0.0.1, ``::`` means ::1),
-  read the greeting and say ``QUIT``.  Only a ``2xx`` greeting passes: circus
-  holds the listening socket, so a bare connect would succeed even with no
-  ``smtp`` process alive.  Skipped with ``--no-smtp`` or an ``fd#`` interface
-  (socket activation), unless an address is given to :class:`HealthChecker`.
+- ``listener``: when the bus has said which ``smtp`` processes run (their
+  ``role.started``, or a census) and one of them is alive, that is the answer
+  — no connection, so a health probe every few seconds costs nothing and
+  leaves nothing in the relay's log; an admin ``smtp disable`` heard on the
+  bus fails it.  Otherwise connect to the configured SMTP address
+  (``--port`` on the first ``--interface``; ``0.0.0.0`` means 127.0.0.1,
+  ``::`` means ::1), read the greeting and say ``QUIT``.  Only a ``2xx``
+  greeting passes: circus holds the listening socket, so a bare connect
+  would succeed even with no ``smtp`` process alive.  Skipped with
+  ``--no-smtp`` or an ``fd#`` interface (socket activation), unless an
+  address is given to :class:`HealthChecker`.
 - ``spool``: create, write, fsync and delete a scratch file in the spool
   directory (:meth:`SpoolStore.probe_writable`).
 - ``disk``: free space on the spool's file system at least ``min_free``
@@ -61,6 +66,7 @@ class RoleTracker:
 
     alive: dict[str, set[int]] = field(default_factory=dict)
     last_forward_event: float | None = None
+    smtp_disabled: bool = False  # the admin's "smtp disable", until "smtp enable"
 
     def on_event(self, topic: str, body: dict[str, Any], now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -72,14 +78,18 @@ class RoleTracker:
             self.alive.get(role, set()).discard(pid)
         elif topic in _FORWARD_EVENTS:
             self.last_forward_event = now
+        elif topic in (schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE):
+            self.smtp_disabled = topic == schema.CMD_SMTP_DISABLE
+
+    def running(self, role: str) -> list[int]:
+        """The pids of ``role`` heard of and still alive (kill -9 sends no role.stopping)."""
+        live = {pid for pid in self.alive.get(role, set()) if _exists(pid)}
+        self.alive[role] = live
+        return sorted(live)
 
     def forwarders(self, window: float, now: float | None = None) -> tuple[bool, str]:
         now = time.time() if now is None else now
-        live = {
-            pid for pid in self.alive.get("forward", set()) if _exists(pid)
-        }  # kill -9 sends no role.stopping
-        self.alive["forward"] = live
-        pids = sorted(live)
+        pids = self.running("forward")
         if pids:
             return True, f"forward role running (pids {', '.join(map(str, pids))})"
         if self.last_forward_event is not None and now - self.last_forward_event <= window:
@@ -162,6 +172,11 @@ class HealthChecker:
         if target is None:
             return {"ok": True, "skipped": True, "detail": "no smtp address to probe"}
         where = target if isinstance(target, str) else f"{target[0]}:{target[1]}"
+        if self.tracker.smtp_disabled:
+            return {"ok": False, "detail": f"{where}: smtp disabled (admin 'smtp disable')"}
+        pids = self.tracker.running("smtp")
+        if pids:
+            return {"ok": True, "detail": f"{where}: smtp role running (pids {', '.join(map(str, pids))})"}
         try:
             if isinstance(target, str):
                 reader, writer = await asyncio.open_unix_connection(target)

@@ -168,9 +168,7 @@ class MetricsExporter:
             smtp_address=smtp_address,
             forwarding=forwarding,
         )
-        self.http = HttpServer(
-            {"/metrics": self._metrics, "/healthz": health_handler(self.health), "/": self._index}
-        )
+        self.http = HttpServer({"/metrics": self._metrics, "/healthz": self._healthz, "/": self._index})
         self.bus: BusClient | None = None
         self._listener: asyncio.Task[None] | None = None
         self.port = 0
@@ -269,6 +267,10 @@ class MetricsExporter:
         body = await asyncio.to_thread(generate_latest, self.registry)
         return 200, CONTENT_TYPE_LATEST, body
 
+    async def _healthz(self) -> tuple[int, str, bytes]:
+        await self.take_role_census()  # the smtp pids that let the listener check skip a session
+        return await health_handler(self.health)()
+
     async def _index(self) -> tuple[int, str, bytes]:
         return (
             200,
@@ -281,7 +283,8 @@ class MetricsExporter:
         """Bind the HTTP server (returns the port), subscribe to the bus."""
         self.port = await self.http.start(host, port)
         self.bus = BusClient(self.run_dir)
-        self.bus.subscribe(schema.EVENT_TOPICS)
+        # and the admin's smtp disable/enable: the health check's listener answer
+        self.bus.subscribe((*schema.EVENT_TOPICS, schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE))
         self._listener = asyncio.get_running_loop().create_task(self._listen())
         return self.port
 

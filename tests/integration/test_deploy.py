@@ -268,19 +268,111 @@ def test_socket_activation_fd3_and_readiness(tmp_path: Path) -> None:
 
 
 # ---- docker -----------------------------------------------------------------------------
+ENTRYPOINT = REPO / "deploy" / "docker-entrypoint.sh"
+HEALTHCHECK = REPO / "deploy" / "docker-healthcheck.py"
+
+# a stand-in for the image's emailrelay: it records each run's arguments, one per line
+FAKE_EMAILRELAY = """#!/bin/sh
+printf '%s\\n' "$@" > "$FAKE_ARGS.$$"
+"""
 
 
-def test_dockerfile_runs_as_a_user_with_a_healthcheck() -> None:
+def test_dockerfile_runs_as_a_user_with_a_cheap_healthcheck() -> None:
     text = (REPO / "deploy" / "Dockerfile").read_text()
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
-    assert re.search(r"^HEALTHCHECK .*\n.*127\.0\.0\.1:9190/healthz", text, re.MULTILINE)
-    assert "EMAILRELAY_METRICS=0.0.0.0:9190" in text
-    assert subprocess.run([SH, "-n", str(REPO / "deploy" / "docker-entrypoint.sh")]).returncode == 0
+    assert re.search(r"^HEALTHCHECK .*\n.*docker-healthcheck\.py", text, re.MULTILINE)
+    assert "COPY deploy/docker-healthcheck.py /usr/local/bin/docker-healthcheck.py" in text
+    # metrics on the container's loopback unless asked otherwise; no open relay by default
+    assert "EMAILRELAY_METRICS=127.0.0.1:9190" in text
+    assert not re.search(r"^ .*EMAILRELAY_METRICS=0\.0\.0\.0", text, re.MULTILINE)
+    assert "EMAILRELAY_OPEN_RELAY=no" in text
+    assert re.findall(r"^EXPOSE\s+(.*)$", text, re.MULTILINE) == ["2525"]
+    assert "-p 25:" not in text and "-p 9190" not in text  # the usage comment publishes neither
+    assert subprocess.run([SH, "-n", str(ENTRYPOINT)]).returncode == 0
+    # one process: the relay, with its own metrics role (no "&" background server)
+    code = [line for line in ENTRYPOINT.read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert not any(line.rstrip().endswith("&") for line in code)
+
+
+def entrypoint(tmp_path: Path, *args: str, **env: str) -> tuple[int, list[list[str]], str]:
+    """Run the entrypoint with a fake emailrelay on PATH: (exit code, each run's arguments, stderr)."""
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir(exist_ok=True)
+    fake = fake_bin / "emailrelay"
+    fake.write_text(FAKE_EMAILRELAY)
+    fake.chmod(0o755)
+    record = tmp_path / f"args-{len(list(tmp_path.glob('args-*')))}"
+    record.mkdir()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EMAILRELAY_")}
+    done = subprocess.run(
+        [SH, str(ENTRYPOINT), *args],
+        env={**base, "PATH": f"{fake_bin}:/usr/bin:/bin", "FAKE_ARGS": str(record / "run"), **env},
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    runs = [f.read_text().splitlines() for f in sorted(record.iterdir())]
+    return done.returncode, runs, done.stderr
+
+
+def test_docker_entrypoint_is_not_an_open_relay(tmp_path: Path) -> None:
+    code, runs, err = entrypoint(tmp_path)
+    assert code == 0 and err == ""
+    assert runs == [[
+        "--metrics", "127.0.0.1:9190", "--no-daemon", "--log", "--no-syslog",
+        "--port", "2525", "--spool-dir", "/var/spool/emailrelay",
+    ]]  # fmt: skip
+    # the forms that serve remote clients: they must authenticate, or an open relay is asked for
+    code, runs, err = entrypoint(tmp_path, "--server-auth", "/etc/emailrelay.auth", "--verbose")
+    assert code == 0 and err == ""
+    assert runs[0][-4:] == ["--remote-clients", "--server-auth", "/etc/emailrelay.auth", "--verbose"]
+    code, runs, err = entrypoint(tmp_path, "--server-auth=pam:", "--remote-clients")
+    assert code == 0 and runs[0].count("--remote-clients") == 1 and "--server-auth=pam:" in runs[0]
+    code, runs, err = entrypoint(tmp_path, EMAILRELAY_SERVER_AUTH="/run/secrets/auth")
+    assert code == 0 and runs[0][-3:] == ["--remote-clients", "--server-auth", "/run/secrets/auth"]
+    code, runs, err = entrypoint(tmp_path, EMAILRELAY_OPEN_RELAY="yes")
+    assert code == 0 and runs[0][-1] == "--remote-clients"
+    assert "warning: EMAILRELAY_OPEN_RELAY=yes: anybody who reaches port 2525" in err
+    # refused before anything runs
+    code, runs, err = entrypoint(tmp_path, "--remote-clients")
+    assert code == 1 and runs == []
+    assert "error: --remote-clients without --server-auth makes an open relay" in err
+    code, runs, err = entrypoint(tmp_path, "-r", EMAILRELAY_OPEN_RELAY="no")
+    assert code == 1 and runs == []
+    code, runs, err = entrypoint(tmp_path, EMAILRELAY_OPEN_RELAY="maybe")
+    assert code == 1 and runs == [] and "EMAILRELAY_OPEN_RELAY must be yes or no" in err
+
+
+def test_docker_entrypoint_settings(tmp_path: Path) -> None:
+    code, runs, _ = entrypoint(
+        tmp_path, "--verbose", EMAILRELAY_METRICS="", EMAILRELAY_PORT="25", EMAILRELAY_SPOOL="/spool",
+        EMAILRELAY_FORWARD_TO="smarthost.example.com:587",
+    )  # fmt: skip
+    assert code == 0
+    assert runs == [[
+        "--forward-to", "smarthost.example.com:587", "--poll", "60", "--forward-on-disconnect",
+        "--no-daemon", "--log", "--no-syslog", "--port", "25", "--spool-dir", "/spool", "--verbose",
+    ]]  # fmt: skip
+    code, runs, _ = entrypoint(tmp_path, EMAILRELAY_METRICS="0.0.0.0:9190")
+    assert code == 0 and runs[0][:2] == ["--metrics", "0.0.0.0:9190"]
+    # what the entrypoint builds is a command line the relay accepts
+    code, runs, _ = entrypoint(
+        tmp_path, "--server-auth", "/etc/emailrelay.auth", EMAILRELAY_FORWARD_TO="x:25"
+    )
+    parsed = parse_command_line(runs[0], app_dir=str(REPO))
+    assert parsed.values["remote-clients"] and parsed.values["metrics"] == "127.0.0.1:9190"
+    assert parsed.values["server-auth"] == "/etc/emailrelay.auth" and not parsed.warnings
+
+
+def healthcheck(**env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EMAILRELAY_")}
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK)], env={**base, **env}, capture_output=True, text=True, timeout=30
+    )
 
 
 def test_docker_entrypoint_serves_smtp_and_healthz(tmp_path: Path) -> None:
-    """The container's entrypoint, run here: relay in front, health server beside it."""
+    """The container's entrypoint, run here: the supervised relay with its metrics role, and the
+    image's health check against it."""
     spool = tmp_path / "spool"
     spool.mkdir()
     port, metrics = free_port(), free_port()
@@ -292,13 +384,14 @@ def test_docker_entrypoint_serves_smtp_and_healthz(tmp_path: Path) -> None:
         "EMAILRELAY_METRICS": f"127.0.0.1:{metrics}",
     }
     proc = subprocess.Popen(
-        [SH, str(REPO / "deploy" / "docker-entrypoint.sh"), "--user", "root", "--interface", "127.0.0.1"],
+        [SH, str(ENTRYPOINT), "--user", "root", "--interface", "127.0.0.1"],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     try:
         wait_for_port(port, proc=proc, timeout=30)
         wait_for_port(metrics, timeout=30)
+        assert greeting(port).startswith(b"220 ")
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -306,14 +399,23 @@ def test_docker_entrypoint_serves_smtp_and_healthz(tmp_path: Path) -> None:
                     status, body = r.status, json.loads(r.read())
             except urllib.error.HTTPError as exc:
                 status, body = exc.code, json.loads(exc.read())
-            if status == 200 or time.monotonic() > deadline:
+            cheap = "smtp role running" in body["checks"]["listener"]["detail"]  # no SMTP session
+            if (status == 200 and cheap) or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
-        assert status == 200, body
+        assert status == 200 and cheap, body
         assert body["checks"]["listener"]["ok"] is True
+        assert healthcheck(EMAILRELAY_METRICS=f"127.0.0.1:{metrics}").returncode == 0
+        assert healthcheck(EMAILRELAY_METRICS=f"0.0.0.0:{metrics}").returncode == 0
+        assert healthcheck(EMAILRELAY_METRICS="", EMAILRELAY_PORT=str(port)).returncode == 0
+        unhealthy = healthcheck(EMAILRELAY_METRICS=f"127.0.0.1:{free_port()}")
+        assert unhealthy.returncode == 1 and "/healthz" in unhealthy.stderr
+        # one process tree: the relay is the entrypoint's process (exec), its roles are its children
+        assert proc.pid == int(Path(f"/proc/{proc.pid}/stat").read_text().split()[0])
+        assert "emailrelay" in Path(f"/proc/{proc.pid}/cmdline").read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the group this test started: relay and metrics
+            os.killpg(proc.pid, signal.SIGTERM)  # the group this test started: the relay and its roles
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.communicate(timeout=30)
         with contextlib.suppress(ProcessLookupError):

@@ -408,6 +408,29 @@ async def test_healthz_forwarders_from_the_bus(exporter: MetricsExporter, publis
     assert (await health(exporter))[0] == 503
 
 
+async def test_healthz_listener_from_the_bus_costs_no_smtp_session(
+    exporter: MetricsExporter, publisher: BusClient
+) -> None:
+    """A live smtp role heard on the bus answers the listener check: no connection (issue 19)."""
+    exporter.health.smtp_address = ("127.0.0.1", free_port())  # nothing listens there
+    status, body = await health(exporter)
+    assert status == 503 and "cannot connect" in body["checks"]["listener"]["detail"]
+    publisher.publish(schema.ROLE_STARTED, role="smtp")  # this process stands in for the smtp role
+    assert await until(lambda: exporter.tracker.alive.get("smtp"))
+    status, body = await health(exporter)
+    assert status == 200, body
+    assert f"smtp role running (pids {os.getpid()})" in body["checks"]["listener"]["detail"]
+    publisher.publish(schema.CMD_SMTP_DISABLE)
+    assert await until(lambda: exporter.tracker.smtp_disabled)
+    status, body = await health(exporter)
+    assert status == 503 and "smtp disabled" in body["checks"]["listener"]["detail"]
+    publisher.publish(schema.CMD_SMTP_ENABLE)
+    assert await until(lambda: not exporter.tracker.smtp_disabled)
+    assert (await health(exporter))[0] == 200
+    exporter.tracker.alive["smtp"] = {2**22 + 12345}  # killed with -9: back to connecting
+    assert (await health(exporter))[0] == 503
+
+
 async def test_healthz_and_metrics_of_a_real_supervised_relay(tmp_path: Path) -> None:
     """Listener, circus and the relay's own bus: the exporter on a running relay's run directory."""
     with FakeSmtp() as hop, running_relay(tmp_path, "--forward-to", hop.address, "--poll", "1") as relay:
