@@ -1,7 +1,9 @@
 # emailrelay: the two commands of the README, and a few helpers.
 #   make run   - create the virtual environment if missing, start the relay on embedded defaults
 #   make test  - install what the tests need (Python and Debian packages), then run the whole suite
-PYTHON ?= python3
+# The system interpreter when there is one: a --user such as daemon must be able to read the
+# venv's interpreter and standard library (one under /root is not), see docs/decisions.md.
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
