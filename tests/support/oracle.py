@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.relay import free_port, program as our_program, stop_process, wait_for_port, wait_until
+from tests.support.relay import free_port, stop_process, wait_for_port, wait_until
+from tests.support.relay import program as our_program
 
 ORACLE_ENV = "EMAILRELAY_ORACLE_BIN"
 SIDES = ("ours", "upstream")
