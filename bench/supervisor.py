@@ -4,7 +4,7 @@
 
 1. Restart: a client starts a new SMTP connection every ~10 ms (each in its own
    thread, so a slow greeting does not hold back the next attempt) and reads the
-   220 greeting, while ``circusctl --endpoint ipc://RUN/circus.ctl.ipc restart smtp``
+   220 greeting, while ``circusctl --endpoint ipc://RUN/circus/ctl.ipc restart smtp``
    runs.  Reported per restart: connections refused (connect error), dropped (closed
    or non-220 before/instead of the greeting), the longest greeting wait of any
    connection started within 2 s of the restart (the "gap"), the longest interval
@@ -50,6 +50,7 @@ import itertools
 
 import common as cm
 
+from emailrelay.cli.supervisor import control_endpoint
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.store import SpoolStore
 
@@ -216,7 +217,7 @@ def bench_restart(tmp: Path, restarts: int) -> list[dict[str, object]]:
     out = []
     try:
         time.sleep(1.5)
-        endpoint = f"ipc://{run}/circus.ctl.ipc"
+        endpoint = control_endpoint(run)
         for n in range(restarts):
             r = restart_once(relay, port, endpoint)
             out.append(r)

@@ -12,9 +12,9 @@ ZeroMQ automatically; sockets use ``linger=0`` so a role never hangs on exit.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import zmq
@@ -23,22 +23,26 @@ import zmq.asyncio
 from . import schema
 
 
-def run_forwarder(run_dir: str, mode: int = 0o770, group: int | None = None) -> None:
-    """Run the proxy until the process is terminated (blocking)."""
+def run_forwarder(
+    run_dir: str, mode: int = 0o660, privileged: Callable[[], AbstractContextManager[object]] = nullcontext
+) -> None:
+    """Run the proxy until the process is terminated (blocking).
+
+    The socket files get ``mode`` when they are created (the umask is set around the bind, never a
+    chmod after it), and the effective group of the process; ``privileged`` is entered around each
+    bind (the run directory is writable by root only)."""
     ctx = zmq.Context.instance()
     front = ctx.socket(zmq.XSUB)
     back = ctx.socket(zmq.XPUB)
     pub_endpoint, sub_endpoint = schema.endpoints(run_dir)
     for sock, endpoint in ((front, pub_endpoint), (back, sub_endpoint)):
         sock.setsockopt(zmq.LINGER, 0)
-        path = endpoint[len("ipc://") :]
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock.bind(endpoint)
-        os.chmod(path, mode)
-        if group is not None:
-            with contextlib.suppress(OSError):
-                os.chown(path, -1, group)
+        with privileged():
+            old_umask = os.umask(0o777 & ~mode)
+            try:
+                sock.bind(endpoint)  # replaces a socket file left by a previous bus
+            finally:
+                os.umask(old_umask)
     try:
         zmq.proxy(front, back)
     except zmq.ContextTerminated:

@@ -271,7 +271,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
             supervisor.Configuration(name, config, socks)
             for (name, config), socks in zip(configurations, bound, strict=True)
         ]
-        return supervisor.run(parts, options, cwd, target.gid if target else None)
+        return supervisor.run(parts, options, cwd, target)
     finally:
         daemon.remove_pid_file(pid_path)
 

@@ -23,7 +23,7 @@ from .. import log as logmod  # noqa: E402
 from ..bus.endpoint import run_forwarder  # noqa: E402
 from ..config import from_values  # noqa: E402
 from ..errors import EmailRelayError  # noqa: E402
-from ..identity import group_for_files, lookup, switching_applies  # noqa: E402
+from ..identity import as_root  # noqa: E402
 from ..services import loop, roles  # noqa: E402
 from .main import app_dir, log_config  # noqa: E402
 from .parse import configuration_values, expand_shorthands, parse_command_line  # noqa: E402
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         config.name = args.config or next(iter(parsed.configs))  # without --config: the first (or only)
         logmod.set_unit(config.name)
         if args.role == "bus":
-            group = lookup(config.user).gid if switching_applies(config.user) else group_for_files()
-            run_forwarder(args.run_dir, group=group)
+            roles.drop_privileges(config)  # the sockets get --user's group: the effective group
+            run_forwarder(args.run_dir, privileged=as_root)
             return 0
         if args.role == "smtp":
             return loop.run(

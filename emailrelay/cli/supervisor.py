@@ -9,9 +9,14 @@ the arbiter, which holds them for as long as it lives: every ``smtp``
 process accepts on the same sockets, and restarting a role (``circusctl
 restart smtp``) never refuses a connection — it waits in the backlog.
 
-Circus's own endpoints are ``ipc://`` files in the run directory
-(``circus.ctl.ipc``, ``circus.pubsub.ipc``), so two relays with different
-run directories never collide, and nothing uses ports 5555-5557.
+Privileges (docs/decisions.md): started as root, the supervisor prepares
+the run directory (root's, not writable by ``--user``), binds circus's own
+endpoints — ``ipc://`` files in ``<run>/circus/``, a root-only 0700
+directory, so two relays never collide, nothing uses ports 5555-5557, and
+no other user can reach them whatever the umask — and its narrow channel
+for the roles (:mod:`.supervisor_channel`), then becomes ``--user``
+(effective ids; real ids stay root, as upstream's process) for the rest of
+its life, taking root back only to spawn a role.
 
 Guarantees: SIGTERM stops every role gracefully (each gets
 ``GRACEFUL_TIMEOUT`` seconds) and the arbiter exits 0; a role that dies is
@@ -36,26 +41,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import identity
 from .. import log as logmod
 from ..config import Config
 from ..errors import UsageError
 from ..services.listeners import Bound
+from ..services.supervisor_control import channel_path
+from . import supervisor_channel
 from ._orphan_guard import ENV_SUPERVISOR_PID
 
 GRACEFUL_TIMEOUT = 8.0
 
 
-IPC_PATH_LIMIT = 100  # sun_path is 108 bytes; the longest file name we put there is "circus.pubsub.ipc"
+IPC_PATH_LIMIT = 100  # sun_path is 108 bytes; the longest name we put there is "circus/pubsub.ipc"
+CIRCUS_DIR = "circus"  # in the run directory: root-owned 0700, circus's control and pubsub endpoints
+RUN_BASE_ROOT = Path("/run/emailrelay")  # root's base for run directories that do not fit the spool
+
+
+def _private_base() -> Path:
+    """Where run directories too long for the spool go: a directory only we may write to.  For root it
+    is under /run, where no other user can create it first; otherwise ``<tmp>/emailrelay-<uid>``."""
+    if os.geteuid() == 0 and Path("/run").is_dir():
+        return RUN_BASE_ROOT
+    return Path(tempfile.gettempdir()) / f"emailrelay-{os.getuid()}"
 
 
 def default_run_dir(spool_dir: Path) -> Path:
     """``<spool>/.emailrelay-run``, or — when that is too long for unix-socket paths — a short,
-    private directory named after the spool under the system's temporary directory."""
+    private directory named after the spool (see :func:`_private_base`)."""
     run_dir = spool_dir.absolute() / ".emailrelay-run"
-    if len(str(run_dir / "circus.pubsub.ipc")) <= IPC_PATH_LIMIT:
+    if len(str(run_dir / CIRCUS_DIR / "pubsub.ipc")) <= IPC_PATH_LIMIT:
         return run_dir
     digest = hashlib.sha1(str(spool_dir.absolute()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"emailrelay-{os.getuid()}" / digest
+    return _private_base() / digest
 
 
 def run_dir_for(config: Config) -> Path:
@@ -66,27 +84,59 @@ def run_dir_for(config: Config) -> Path:
 
 def check_run_dir(run_dir: Path) -> None:
     """The ipc socket paths must fit in a unix-socket address."""
-    if len(str(run_dir / "circus.pubsub.ipc")) > IPC_PATH_LIMIT:
+    if len(str(run_dir / CIRCUS_DIR / "pubsub.ipc")) > IPC_PATH_LIMIT:
         raise UsageError(
             f"--run-dir is too long for unix-domain sockets (max {IPC_PATH_LIMIT - 18} characters): {run_dir}"
         )
 
 
 def control_endpoint(run_dir: Path) -> str:
-    return f"ipc://{run_dir}/circus.ctl.ipc"
+    """circus's control endpoint (``circusctl --endpoint``): only root reaches it."""
+    return f"ipc://{run_dir}/{CIRCUS_DIR}/ctl.ipc"
+
+
+def pubsub_endpoint(run_dir: Path) -> str:
+    return f"ipc://{run_dir}/{CIRCUS_DIR}/pubsub.ipc"
+
+
+def _owned_directory(path: Path, mode: int, gid: int | None, dir_fd: int | None = None) -> int:
+    """Create ``path`` if missing and return an fd on it (O_NOFOLLOW): a symlink, or a directory that
+    belongs to another user, is refused; owner group and mode are then set on the fd, whatever the
+    umask.  With ``dir_fd``, ``path`` is a name in that directory."""
+    name = path.name if dir_fd is not None else str(path)
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        raise UsageError(f"run directory {path}: {exc.strerror or exc} (a symlink?): use --run-dir") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise UsageError(
+            f"run directory {path} belongs to uid {st.st_uid}, not to us: remove it or use --run-dir"
+        )
+    if gid is not None and st.st_gid != gid:
+        os.fchown(fd, -1, gid)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+    return fd
 
 
 def _prepare_run_dir(run_dir: Path, gid: int | None) -> None:
-    if run_dir.parent.name == f"emailrelay-{os.getuid()}":  # our private parent in the temp directory
-        run_dir.parent.mkdir(mode=0o711, exist_ok=True)
-        st = run_dir.parent.lstat()
-        if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"run directory {run_dir.parent} is not ours: use --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if gid is not None:
-        with contextlib.suppress(OSError):
-            os.chown(run_dir, 0, gid)
-            os.chmod(run_dir, 0o770)
+    """The run directory: ours, not writable by anyone else (``root:<--user's group> 0750`` when
+    switching), holding circus's endpoints in a 0700 sub-directory only its owner can enter."""
+    if run_dir.parent in (RUN_BASE_ROOT, Path(tempfile.gettempdir()) / f"emailrelay-{os.getuid()}"):
+        os.close(_owned_directory(run_dir.parent, 0o711, None))
+    else:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = _owned_directory(run_dir, 0o750 if gid is not None else 0o755, gid)
+    try:
+        os.close(_owned_directory(run_dir / CIRCUS_DIR, 0o700, None, dir_fd=fd))
+    finally:
+        os.close(fd)
 
 
 class _LogBridge(logging.Handler):
@@ -128,8 +178,6 @@ def _role_watchers(
     c: Configuration, options: list[str], common: dict[str, Any], sockets: list[Any]
 ) -> list[Any]:
     """The watchers of one configuration: bus, notify and forward when forwarding, smtp, pop, admin."""
-    from circus.watcher import Watcher
-
     python = sys.executable
     config = c.config
     rd = str(run_dir_for(config))
@@ -142,7 +190,7 @@ def _role_watchers(
 
     def watcher(role: str, extra: list[str], **kw: Any) -> Any:
         args = ["-m", "emailrelay.cli.role", role, "--run-dir", rd, *app, *select, *extra, *tail]
-        return Watcher(f"{c.prefix}{role}", python, args=args, **kw, **common)
+        return _privileged_watcher()(f"{c.prefix}{role}", python, args=args, **kw, **common)
 
     def fds(service: str) -> list[str]:
         return [
@@ -172,6 +220,26 @@ def _role_watchers(
         listen = [a for b in c.bound for a in ("--listen", b.display)]
         watchers.append(watcher("admin", [*fd_args, *listen], use_sockets=True, priority=5))
     return watchers
+
+
+def _privileged_watcher() -> type:
+    """A circus Watcher whose processes are spawned as root: the supervisor runs as ``--user`` (real
+    uid 0) and takes root back only for the fork and exec, so a role starts as root, imports what it
+    needs (the interpreter may be readable by root only) and drops to ``--user`` itself."""
+    from circus.process import Process
+    from circus.watcher import Watcher
+
+    class PrivilegedProcess(Process):  # type: ignore[misc]
+        def spawn(self) -> None:
+            with identity.as_root():
+                super().spawn()
+
+    class PrivilegedWatcher(Watcher):  # type: ignore[misc]
+        @property
+        def _process_class(self) -> type:
+            return PrivilegedProcess
+
+    return PrivilegedWatcher
 
 
 def build_arbiter(configurations: list[Configuration], options: list[str], cwd: str) -> Any:
@@ -219,7 +287,7 @@ def build_arbiter(configurations: list[Configuration], options: list[str], cwd: 
     return Arbiter(
         watchers,
         control_endpoint(run_dir),
-        f"ipc://{run_dir}/circus.pubsub.ipc",
+        pubsub_endpoint(run_dir),
         check_delay=1.0,
         sockets=sockets,
         proc_name="emailrelay-supervisor",
@@ -254,30 +322,58 @@ def _signals_wait_for_a_busy_arbiter() -> None:
     SysHandler.reload = retrying("reload")
 
 
-def run(configurations: list[Configuration], options: list[str], cwd: str, gid: int | None) -> int:
+def _channels(configurations: list[Configuration], gid: int | None) -> list[socket.socket]:
+    """One listening socket of the supervisor's channel per run directory (bound as root, now)."""
+    paths = sorted({channel_path(str(run_dir_for(c.config))) for c in configurations})
+    return [supervisor_channel.bind(path, gid) for path in paths]
+
+
+def run(
+    configurations: list[Configuration], options: list[str], cwd: str, target: identity.Identity | None
+) -> int:
+    """Run the arbiter until stopped.  Called as root when switching (``target``): everything that
+    needs root — the run directory, circus's endpoints, the channel — is set up, then the process
+    becomes ``target`` (effective ids; real ids stay root) for the rest of its life."""
+    gid = target.gid if target is not None else None
     for c in configurations:
         run_dir = run_dir_for(c.config)
         check_run_dir(run_dir)
         _prepare_run_dir(run_dir, gid)
+    channel_sockets = _channels(configurations, gid)
     _signals_wait_for_a_busy_arbiter()
     arbiter = build_arbiter(configurations, options, cwd)
     for c in configurations:
         for b in c.bound:
             b.sock.close()  # the arbiter holds duplicates
+    channels = [supervisor_channel.Channel(arbiter, sock) for sock in channel_sockets]
+
+    async def serve() -> None:
+        """The first thing the arbiter's loop runs: circus's endpoints are bound by now."""
+        if target is not None:
+            identity.drop(target)
+        for channel in channels:
+            await channel.start()
+
+    arbiter.loop.add_callback(serve)
     try:
         arbiter.start()
     finally:
-        for c in configurations:
-            _clean_run_dir(run_dir_for(c.config))
+        for channel in channels:
+            channel.close()
+        with identity.as_root():
+            for c in configurations:
+                _clean_run_dir(run_dir_for(c.config))
     return 0
 
 
 def _clean_run_dir(run_dir: Path) -> None:
     """After a stop: remove our socket files, and the directory itself when it is our private one
-    under the temporary directory (so test runs and long spool paths leave nothing behind)."""
+    (so test runs and long spool paths leave nothing behind)."""
     with contextlib.suppress(OSError):
-        for entry in run_dir.iterdir():
-            if entry.suffix == ".ipc" and stat.S_ISSOCK(entry.lstat().st_mode):
-                entry.unlink()
-        if run_dir.parent.name == f"emailrelay-{os.getuid()}":
+        for directory in (run_dir / CIRCUS_DIR, run_dir):
+            for entry in directory.iterdir():
+                if entry.suffix in (".ipc", ".sock") and stat.S_ISSOCK(entry.lstat().st_mode):
+                    entry.unlink()
+        if run_dir.parent == _private_base():
+            (run_dir / CIRCUS_DIR).rmdir()
             run_dir.rmdir()  # only when empty

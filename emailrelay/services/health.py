@@ -26,15 +26,15 @@ The checks (each bounded by a timeout, run concurrently):
 - ``disk``: free space on the spool's file system at least ``min_free``
   (default 100 MB).
 - ``forwarders``: only when the relay forwards (``--forward-to`` without
-  ``--immediate``).  With a circus control socket in the run directory, at
-  least one ``forward`` process is alive (circus ``list``).  Without one,
+  ``--immediate``).  With the supervisor's channel in the run directory, at
+  least one ``forward`` process is alive (the supervisor's census).  Without one,
   from the bus: a ``forward`` role has published ``role.started`` and not
   ``role.stopping`` since (and the pid still exists), or a forward event (``forward.done``,
   ``forward.deferred``, ``spool.failed``) arrived within ``forward_window``
   seconds (default 300).
 
-Guarantees: nothing here blocks the event loop (file-system probes and
-circus calls run in worker threads); a slow or malicious HTTP client costs
+Guarantees: nothing here blocks the event loop (file-system probes run in
+worker threads, the census is asynchronous); a slow or malicious HTTP client costs
 one task until its read timeout.
 """
 
@@ -47,7 +47,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..bus import schema
@@ -222,18 +221,15 @@ class HealthChecker:
     async def _forwarders(self) -> dict[str, Any]:
         if not self.forwarding:
             return {"ok": True, "skipped": True, "detail": "this relay does not run forwarders"}
-        if Path(self.run_dir, "circus.ctl.ipc").exists():
-            from .supervisor_control import SupervisorControl
+        from .supervisor_control import SupervisorControl
 
-            reply = await SupervisorControl(self.run_dir, timeout=min(2.0, self.timeout)).call(
-                "list", name="forward"
-            )
-            if reply.get("status") == "ok":
-                pids = reply.get("pids", [])
-                return {
-                    "ok": bool(pids),
-                    "detail": f"circus: {len(pids)} forward process{'es' if len(pids) != 1 else ''}",
-                }
+        control = SupervisorControl(self.run_dir, timeout=min(2.0, self.timeout))
+        if control.available() and (census := await control.census()) is not None and "forward" in census:
+            pids = census["forward"]
+            return {
+                "ok": bool(pids),
+                "detail": f"circus: {len(pids)} forward process{'es' if len(pids) != 1 else ''}",
+            }
         ok, detail = self.tracker.forwarders(self.forward_window)
         return {"ok": ok, "detail": detail}
 

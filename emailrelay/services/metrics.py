@@ -24,10 +24,10 @@ that, as for any process restart.
 
 ``emailrelay_role_starts_total`` also counts the role processes that were
 already running when the exporter subscribed (their ``role.started`` went
-out before, or before ZeroMQ joined the subscription): with a circus control
-socket in the run directory, a scrape first asks circus for the pids of the
-announcing roles (``list``; at most every ``ROLE_CENSUS_PERIOD`` seconds).
-A pid is counted once whether circus or the bus reports it first.
+out before, or before ZeroMQ joined the subscription): with the supervisor's
+channel in the run directory, a scrape first asks the supervisor for the pids
+of the announcing roles (its census; at most every ``ROLE_CENSUS_PERIOD``
+seconds).  A pid is counted once whether the census or the bus reports it first.
 
 What it expects: the bus of a supervised relay in ``run_dir``; read access
 to the spool (the queue gauges use :meth:`SpoolStore.scan` only).
@@ -236,25 +236,20 @@ class MetricsExporter:
             self._from_census -= gone
 
     async def _circus_role_pids(self) -> dict[str, list[int]] | None:
-        """Pids of the announcing roles from circus; None without an answering arbiter."""
-        if not Path(self.run_dir, "circus.ctl.ipc").exists():
-            return None
+        """Pids of the announcing roles, from the supervisor's census; None without an answer."""
         from .supervisor_control import SupervisorControl
 
         control = SupervisorControl(self.run_dir, timeout=1.0)
-        reply = await control.call("list")
-        if reply.get("status") != "ok":
+        if not control.available():
             return None
-        watchers = set(reply.get("watchers", []))
-        out: dict[str, list[int]] = {}
-        for role in ANNOUNCING_ROLES:
-            name = f"{self.watcher_prefix}{role}"
-            if name in watchers:
-                reply = await control.call("list", name=name)
-                if reply.get("status") != "ok":
-                    return None
-                out[role] = [int(pid) for pid in reply.get("pids", [])]
-        return out
+        census = await control.census()
+        if census is None:
+            return None
+        return {
+            role: census[f"{self.watcher_prefix}{role}"]
+            for role in ANNOUNCING_ROLES
+            if f"{self.watcher_prefix}{role}" in census
+        }
 
     async def _listen(self) -> None:
         assert self.bus is not None

@@ -1,52 +1,87 @@
-"""Talking to the circus arbiter from a role: status, restart, scaling.
+"""Asking the supervisor from a role: roles, census, restart, scaling (docs/decisions.md, privileges).
 
 What it is for: the admin role's ``roles``, ``restart <role>`` and
-``workers forward <N>`` commands.  It uses circus's own client on the
-arbiter's ``ipc://`` control endpoint in the run directory, in a worker
-thread so the event loop never waits on it.  Every reply is circus's
-``{"status": "ok", ...}`` or ``{"status": "error", "reason": ...}``.
+``workers forward <N>`` commands, and the metrics role's census.  Roles run
+as ``--user`` and never speak circus (its control endpoint is root-only);
+they ask the supervisor over its narrow channel instead: a unix socket
+``supervisor.sock`` in the run directory (``root:<--user's group> 0660``),
+one JSON request line and one JSON reply line per connection.
+
+A request names an action from a fixed set (:data:`ACTIONS`) and at most a
+watcher name and a number; it can never name a command to run.  The
+supervisor (:mod:`emailrelay.cli.supervisor_channel`) validates both
+against its own table.  Every reply is ``{"status": "ok", ...}`` or
+``{"status": "error", "reason": ...}``, as circus's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from typing import Any
 
-ROLE_NAMES = ("smtp", "forward", "notify", "bus", "admin", "pop")
+CHANNEL = "supervisor.sock"  # in the run directory
+ACTIONS = ("roles", "census", "restart", "workers")
+MAX_LINE = 4096  # a request or a reply line, bytes (a census of 64 workers per role fits)
+MAX_WORKERS = 64
+MIN_WORKERS = {"smtp": 1, "forward": 0}  # the roles whose number of processes may be set
+
+
+def channel_path(run_dir: str) -> str:
+    return os.path.join(run_dir, CHANNEL)
 
 
 class SupervisorControl:
+    """A client of the supervisor's channel; every call is one short connection."""
+
     def __init__(self, run_dir: str, timeout: float = 5.0) -> None:
-        self.endpoint = f"ipc://{run_dir}/circus.ctl.ipc"
+        self.path = channel_path(run_dir)
         self.timeout = timeout
 
-    def _call_sync(self, command: str, **properties: Any) -> dict[str, Any]:
-        from circus.client import CircusClient
-        from circus.exc import CallError
+    def available(self) -> bool:
+        return os.path.exists(self.path)
 
-        client = CircusClient(endpoint=self.endpoint, timeout=self.timeout)
+    async def call(self, action: str, **properties: Any) -> dict[str, Any]:
         try:
-            return client.call({"command": command, "properties": properties})
-        except CallError as exc:
-            return {"status": "error", "reason": str(exc)}
-        finally:
-            client.stop()
+            return await asyncio.wait_for(self._call(action, properties), self.timeout)
+        except (TimeoutError, OSError, ValueError) as exc:
+            return {"status": "error", "reason": f"supervisor not reachable: {exc or type(exc).__name__}"}
 
-    async def call(self, command: str, **properties: Any) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self._call_sync(command, **properties)
-        )
+    async def _call(self, action: str, properties: dict[str, Any]) -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_LINE * 16)
+        try:
+            writer.write(json.dumps({"action": action, **properties}).encode() + b"\n")
+            await writer.drain()
+            reply = json.loads(await reader.readline())
+        finally:
+            writer.close()
+        if not isinstance(reply, dict):
+            raise ValueError("malformed reply")
+        return reply
 
     async def roles(self) -> dict[str, str]:
-        reply = await self.call("status")
-        return dict(reply.get("statuses", {})) if reply.get("status") == "ok" else {}
+        """Watcher name → circus status ("active", "stopped", ...); empty when not reachable."""
+        reply = await self.call("roles")
+        if reply.get("status") != "ok":
+            return {}
+        return {name: str(r.get("status")) for name, r in dict(reply.get("roles", {})).items()}
 
     async def processes(self, role: str) -> int:
-        reply = await self.call("numprocesses", name=role)
-        return int(reply.get("numprocesses", 0)) if reply.get("status") == "ok" else 0
+        reply = await self.call("roles")
+        if reply.get("status") != "ok":
+            return 0
+        return int(dict(reply.get("roles", {})).get(role, {}).get("processes", 0))
+
+    async def census(self) -> dict[str, list[int]] | None:
+        """Watcher name → pids of its live processes; None when the supervisor does not answer."""
+        reply = await self.call("census")
+        if reply.get("status") != "ok":
+            return None
+        return {str(name): [int(p) for p in pids] for name, pids in dict(reply.get("pids", {})).items()}
 
     async def restart(self, role: str) -> dict[str, Any]:
-        return await self.call("restart", name=role, graceful=True)
+        return await self.call("restart", role=role)
 
     async def set_workers(self, role: str, count: int) -> dict[str, Any]:
-        return await self.call("set", name=role, options={"numprocesses": count})
+        return await self.call("workers", role=role, count=count)

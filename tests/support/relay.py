@@ -95,8 +95,10 @@ def start_relay(
     wait: bool = True,
     name: str = "relay",
     env: dict[str, str] | None = None,
+    user: str | None = "root",
 ) -> Relay:
-    """``emailrelay --no-daemon --log --verbose --no-syslog --port P --interface 127.0.0.1 --spool-dir S ...``."""
+    """``emailrelay --no-daemon --log --verbose --no-syslog --port P --interface 127.0.0.1 --spool-dir S ...``
+    with ``--user root`` (``user=None``: the default ``--user``, as in production)."""
     port = free_port() if port is None else port
     spool = spool or (tmp_path / f"{name}-spool")
     spool.mkdir(parents=True, exist_ok=True)
@@ -104,7 +106,7 @@ def start_relay(
     args = [
         program(), "--no-daemon", "--log", "--verbose", "--no-syslog", "--log-time",
         "--port", str(port), "--interface", "127.0.0.1", "--spool-dir", str(spool),
-        "--user", "root", *extra,
+        *(["--user", user] if user else []), *extra,
     ]  # fmt: skip
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(

@@ -238,8 +238,11 @@ def run_dir(spool: Path) -> Path:
 
 
 def circusctl(rdir: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """circus's own client on the relay's control endpoint (root only: it is in a 0700 directory)."""
+    from emailrelay.cli.supervisor import control_endpoint
+
     return subprocess.run(
-        [str(BIN / "circusctl"), "--endpoint", f"ipc://{rdir}/circus.ctl.ipc", "--timeout", "10", *args],
+        [str(BIN / "circusctl"), "--endpoint", control_endpoint(rdir), "--timeout", "10", *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
 

@@ -1,0 +1,315 @@
+"""The production start: root, the default ``--user daemon``, supervised (docs/decisions.md, privileges).
+
+What it is for: the relay started the way an operator starts it — as root,
+without ``--user``, under circus, from the repository's venv (and once with
+umask 000) — must work (admin ``roles``/``restart``/``workers``, the metrics
+census) and must not let ``daemon`` (every filter runs as daemon) become
+root through a socket or the run directory.  The spool lives in a 0755
+directory under /tmp that daemon can reach (pytest's own directories are
+0700).  Skipped when not root, or when daemon cannot read the checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from emailrelay.cli.supervisor import CIRCUS_DIR, RUN_BASE_ROOT, _prepare_run_dir, default_run_dir
+from emailrelay.errors import UsageError
+from emailrelay.identity import directory_problem, lookup
+from emailrelay.services.metrics import ANNOUNCING_ROLES
+from tests.support.relay import REPO, Relay, free_port, pid_alive, program
+from tests.support.sink_counter import (
+    PROMPT,
+    AdminClient,
+    CountingSink,
+    poll,
+    role_pids,
+    run_dir,
+    send_mail,
+    supervised_relay,
+    wait_for_roles,
+)
+
+USER = "daemon"  # the default --user
+ROLES = {"bus": 1, "notify": 1, "forward": 1, "smtp": 1, "admin": 1, "metrics": 1}
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the production start is a start as root"
+    try:
+        who = lookup(USER)
+    except KeyError:
+        return f"no {USER!r} user on this machine"
+    if shutil.which("runuser") is None:
+        return "runuser is needed to act as daemon"
+    problem = directory_problem(str(REPO / "emailrelay"), who)
+    if problem is not None:
+        return (
+            f"the checkout {REPO} is not readable by {USER} ({problem}): clone it somewhere {USER} can read"
+        )
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+@dataclass
+class Production:
+    relay: Relay
+    base: Path  # 0755, root's: the spool, the pid file, the proof file an attack would write
+    pid_file: Path
+    admin_port: int
+    metrics_port: int
+    sink: CountingSink
+
+
+@contextlib.contextmanager
+def _production(tmp_path_factory: pytest.TempPathFactory, umask: int) -> Iterator[Production]:
+    """A relay started as root with the default --user, supervised, under ``umask``."""
+    base = Path(tempfile.mkdtemp(prefix="er-priv-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    spool = base / "spool"
+    spool.mkdir(mode=0o755)
+    admin_port, metrics_port = free_port(), free_port()
+    pid_file = base / "emailrelay.pid"
+    try:
+        with contextlib.ExitStack() as stack:
+            sink = stack.enter_context(CountingSink())
+            old_umask = os.umask(umask)
+            try:
+                options = [
+                    "--forward-to", sink.address, "--poll", "60", "--admin", str(admin_port),
+                    "--metrics", f"127.0.0.1:{metrics_port}", "--pid-file", str(pid_file),
+                ]  # fmt: skip
+                started = supervised_relay(
+                    tmp_path_factory.mktemp("production"), *options, roles=ROLES, spool=spool, user=None
+                )
+                relay = stack.enter_context(started)
+            finally:
+                os.umask(old_umask)
+            yield Production(relay, base, pid_file, admin_port, metrics_port, sink)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
+    """The usual umask (022): circus's endpoint would be root's 0755, out of daemon's reach."""
+    with _production(tmp_path_factory, 0o022) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def production_umask_000(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
+    """umask 000: every file created without an explicit mode is open to everyone."""
+    with _production(tmp_path_factory, 0o000) as started:
+        yield started
+
+
+def _ids(pid: int) -> tuple[list[int], list[int]]:
+    """(real, effective, saved, fs) uids and gids of a process, from /proc."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    uids = re.search(r"^Uid:\s+(.*)$", text, re.M)
+    gids = re.search(r"^Gid:\s+(.*)$", text, re.M)
+    assert uids and gids
+    return [int(x) for x in uids.group(1).split()], [int(x) for x in gids.group(1).split()]
+
+
+def as_daemon(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["runuser", "-u", USER, "--", *argv], capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+
+
+def test_the_pid_file_process_has_real_uid_root_and_effective_uid_daemon(production: Production) -> None:
+    who = lookup(USER)
+    pid = int(production.pid_file.read_text())
+    assert pid == production.relay.pid
+    uids, gids = _ids(pid)
+    assert (uids[0], uids[1]) == (0, who.uid), uids
+    assert (gids[0], gids[1]) == (0, who.gid), gids
+    for role, pids in role_pids(pid).items():  # every role, the bus too, runs as daemon when idle
+        for role_pid in pids:  # (a role starting up may be taking root back for a moment)
+            assert poll(lambda p=role_pid: _ids(p)[0][1] == who.uid, 10), (role, _ids(role_pid))
+
+
+def _sockets(*tops: Path) -> list[Path]:
+    found = []
+    for top in tops:
+        for directory, _, names in os.walk(top):
+            found += [
+                Path(directory, n) for n in names if stat.S_ISSOCK(os.lstat(Path(directory, n)).st_mode)
+            ]
+    return sorted(set(found))
+
+
+_RAW_CLIENT = """
+import json, socket, sys
+command = sys.argv[1]
+for path in sys.argv[2:]:
+    for line in (
+        {"id": "1", "command": "add", "properties": {"name": "x", "cmd": command, "start": True}},
+        {"action": "add", "cmd": command}, {"action": "restart", "role": command},
+        {"action": "workers", "role": "sh", "count": 1, "cmd": command},
+    ):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(2)
+                s.connect(path)
+                s.sendall(json.dumps(line).encode() + b"\\n")
+                print(path, s.recv(4096))
+        except OSError as exc:
+            print(path, exc)
+"""
+
+
+def test_no_socket_lets_daemon_make_the_supervisor_run_anything(production_umask_000: Production) -> None:
+    """Started with umask 000: circus's endpoints are in a root-only directory, and the run
+    directory is not writable by daemon; every socket daemon can find is tried."""
+    production = production_umask_000
+    spool = production.relay.spool
+    rdir = run_dir(spool)
+    sockets = _sockets(spool, rdir)
+    assert any(p.name.endswith("ctl.ipc") for p in sockets), sockets  # the endpoint an attack would want
+    proof = production.base / "proof"
+    command = f"/bin/sh -c 'id > {proof}'"
+    for path in sockets:
+        as_daemon(
+            program("circusctl"),
+            "--endpoint",
+            f"ipc://{path}",
+            "--timeout",
+            "2",
+            "add",
+            "--start",
+            "x",
+            command,
+        )
+    as_daemon(sys.executable, "-c", _RAW_CLIENT, command, *map(str, sockets))
+    assert not poll(proof.exists, 3), proof.read_text()
+    st = rdir.lstat()
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022, oct(st.st_mode)
+    circus = (rdir / CIRCUS_DIR).lstat()
+    assert circus.st_uid == 0 and stat.S_IMODE(circus.st_mode) == 0o700, oct(circus.st_mode)
+    planted = rdir / "planted"
+    assert as_daemon("touch", str(planted)).returncode != 0 and not planted.exists()
+
+
+def _role_starts(metrics_port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^emailrelay_role_starts_total\{role="(\w+)"\} (\S+)$', text, re.M)
+    }
+
+
+def test_the_census_counts_every_role(production: Production) -> None:
+    starts: dict[str, float] = {}
+
+    def counted() -> bool:
+        nonlocal starts
+        starts = _role_starts(production.metrics_port)
+        return all(starts.get(role, 0) >= 1 for role in ANNOUNCING_ROLES)
+
+    assert poll(counted, 30, 0.5), starts
+
+
+def test_admin_roles_restart_smtp_and_workers(production: Production) -> None:
+    relay, sink = production.relay, production.sink
+    with AdminClient(production.admin_port) as admin:
+        roles = admin.cmd("roles", timeout=30).decode()
+        for role in ROLES:
+            assert re.search(rf"^{role}: active \(1 process\)", roles, re.M), roles
+        old_smtp = role_pids(relay.pid)["smtp"]
+        sent: list[str] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def sender() -> None:
+            while not stop.is_set():
+                mid = f"during-restart-{len(sent)}@test"
+                try:
+                    send_mail(relay.port, mid)
+                except Exception as exc:  # any failure a client sees
+                    errors.append(exc)
+                    return
+                sent.append(mid)
+
+        thread = threading.Thread(target=sender)
+        thread.start()
+        try:
+            assert poll(lambda: len(sent) >= 3, 20)
+            assert admin.cmd("restart smtp", timeout=30) == b"OK\r\n" + PROMPT
+            assert poll(lambda: (new := role_pids(relay.pid).get("smtp", [])) and new != old_smtp, 30)
+            count = len(sent)
+            assert poll(lambda: len(sent) >= count + 3 or bool(errors), 30)
+        finally:
+            stop.set()
+            thread.join(60)
+        assert not errors, errors
+        assert not any(pid_alive(p) for p in old_smtp)
+        assert sink.wait_for(sent, 60), f"lost: {set(sent) - set(sink.ids())}"
+        assert admin.cmd("workers forward 2", timeout=30) == b"OK\r\n" + PROMPT
+        wait_for_roles(relay.pid, {"forward": 2}, 30)
+        assert admin.cmd("workers forward 65", timeout=30).startswith(b"error: ")
+        assert admin.cmd("restart sh", timeout=30).startswith(b"error: ")
+
+
+# ---- the run directory's rules, without a relay ------------------------------------------------
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="er-run-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_run_directory_is_roots_whatever_the_umask(scratch: Path) -> None:
+    who = lookup(USER)
+    old = os.umask(0)
+    try:
+        _prepare_run_dir(scratch / "run", who.gid)
+    finally:
+        os.umask(old)
+    st, circus = (scratch / "run").lstat(), (scratch / "run" / CIRCUS_DIR).lstat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, who.gid, 0o750)
+    assert (circus.st_uid, stat.S_IMODE(circus.st_mode)) == (0, 0o700)
+
+
+def test_a_planted_run_directory_is_refused(scratch: Path) -> None:
+    victim = scratch / "victim"
+    victim.mkdir(mode=0o755)
+    (scratch / "link").symlink_to(victim)
+    with pytest.raises(UsageError):
+        _prepare_run_dir(scratch / "link", lookup(USER).gid)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755 and victim.stat().st_gid == 0
+    foreign = scratch / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, lookup(USER).uid, -1)
+    with pytest.raises(UsageError):
+        _prepare_run_dir(foreign, lookup(USER).gid)
+
+
+def test_a_long_spool_path_runs_under_run_not_tmp() -> None:
+    """/tmp/emailrelay-0 could be created first by any user; root's fallback is under /run."""
+    long_spool = Path("/var/spool") / ("x" * 120)
+    assert default_run_dir(long_spool).parent == RUN_BASE_ROOT
