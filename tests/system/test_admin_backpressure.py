@@ -72,18 +72,18 @@ def _send_until_stalled(sock: socket.socket, payload: bytes, stall: float = 2.0)
 
 
 @pytest.fixture
-def relay(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
-    """(admin port, admin role pid, run directory) of a supervised relay."""
+def relay(tmp_path: Path) -> Iterator[tuple[int, dict[str, list[int]], Path]]:
+    """(admin port, role pids, run directory) of a supervised relay."""
     admin_port = free_port()
     with supervised_relay(tmp_path, "--admin", str(admin_port), roles={"bus": 1, "smtp": 1, "admin": 1}) as r:
-        (admin_pid,) = role_pids(r.pid)["admin"]
         with AdminClient(admin_port) as warm:
             assert warm.cmd("help").startswith(b"commands: ")
-        yield admin_port, admin_pid, run_dir(r.spool)
+        yield admin_port, role_pids(r.pid), run_dir(r.spool)
 
 
-def test_pipelining_client_that_never_reads(relay: tuple[int, int, Path]) -> None:
-    admin_port, admin_pid, _ = relay
+def test_pipelining_client_that_never_reads(relay: tuple[int, dict[str, list[int]], Path]) -> None:
+    admin_port, pids, _ = relay
+    (admin_pid,) = pids["admin"]
     before = _rss(admin_pid)
     hog = _non_reading_client(admin_port)
     try:
@@ -113,8 +113,9 @@ def _publish_events(rdir: Path, count: int = EVENTS) -> None:
         bus.close()
 
 
-def test_events_watcher_that_never_reads(relay: tuple[int, int, Path]) -> None:
-    admin_port, admin_pid, rdir = relay
+def test_events_watcher_that_never_reads(relay: tuple[int, dict[str, list[int]], Path]) -> None:
+    admin_port, pids, rdir = relay
+    (admin_pid,) = pids["admin"]
     before = _rss(admin_pid)
     watcher = _non_reading_client(admin_port)
     try:
@@ -146,18 +147,24 @@ def test_events_watcher_that_never_reads(relay: tuple[int, int, Path]) -> None:
         watcher.close()
 
 
-def test_events_tool_whose_output_nobody_reads(relay: tuple[int, int, Path]) -> None:
-    _, _, rdir = relay
+def test_events_tool_whose_output_nobody_reads(relay: tuple[int, dict[str, list[int]], Path]) -> None:
+    """ZeroMQ's high-water marks bound it: the tool's receive queue and, in the bus role, the
+    queue of this subscriber (1000 messages each by default); the rest is dropped."""
+    _, pids, rdir = relay
+    (bus_pid,) = pids["bus"]
     proc = subprocess.Popen(
         [program(), "events", "--run-dir", str(rdir)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     try:
         time.sleep(1.5)  # subscribed
-        before = _rss(proc.pid)
+        before, bus_before = _rss(proc.pid), _rss(bus_pid)
         _publish_events(rdir)
-        grown = _rss(proc.pid) - before
+        grown, bus_grown = _rss(proc.pid) - before, _rss(bus_pid) - bus_before
         assert proc.poll() is None
         assert grown < GROWTH_LIMIT, f"emailrelay events grew by {grown // 1024} KiB"
+        assert bus_grown < GROWTH_LIMIT, f"the bus role grew by {bus_grown // 1024} KiB"
+        assert proc.stdout is not None
+        assert b" smtp.rejected " in proc.stdout.read(65536)  # it was subscribed: its pipe is full
     finally:
         stop_process(proc)
         assert proc.stdout is not None
