@@ -15,7 +15,16 @@ EXPECTS
         client         oauth      <xtext-id>  <xtext-access-token>  [selector]
         client         oauth:cmd  <xtext-id>  <xtext-command-line>  [selector]
         server         none       <ip-range>  <keyword>
+        client|server  <hash>     <xtext-id>  <base64-hashed-secret>  [selector]
 
+    As in E-MailRelay 2.6b, ``login`` means ``plain``, ``cram-md5`` and
+    ``apop`` mean ``md5``, and any other type word is the name of the hash
+    function that made the secret (``sha1``, ``sha256``, ``frob``...): the
+    line is kept, its secret must be base64, and CRAM-SHA1 / CRAM-SHA256 are
+    offered for ``sha1`` / ``sha256`` server lines (as upstream does), though
+    no hashed secret but MD5's can check a response (no hash library can
+    resume from a stored state), so those authentications fail; other names
+    offer nothing. ``oauth`` on a server line is such a name too.
     ``oauth:cmd`` is our extension: the xtext-decoded secret is a command
     line (split like a POSIX shell would, but run without a shell) that is
     run for each authentication (``fetch_oauth_token``); the first non-empty
@@ -32,7 +41,7 @@ EXPECTS
 GUARANTEES
     * ``Secrets.load``/``from_text``/``from_option`` raise only
       ``ConfigError``: naming file and line for a malformed line (unknown
-      side or type, wrong field count, bad xtext/base64/dotted/IP range),
+      side, wrong field count, bad xtext/base64/dotted/IP range),
       naming the file when it cannot be read.  Messages never quote
       passwords.
     * First matching line wins; duplicates are kept in ``warnings``.
@@ -61,7 +70,7 @@ from typing import Any
 
 from ..errors import ConfigError, EmailRelayError
 from ..protocol.addresses import xtext_decode
-from ..protocol.sasl import AuthConfig, server_mechanisms
+from ..protocol.sasl import CRAM_HASHES, AuthConfig, server_mechanisms
 from .md5state import decode_state, hmac_md5_from_state
 
 __all__ = [
@@ -79,6 +88,9 @@ __all__ = [
 PAM_VALUE = "pam:"
 _PAM_ERROR = "pam: is not a secrets file: PAM is for --server-auth and --pop-auth only (it cannot supply passwords for the SMTP client)"
 _OLD_MECHANISMS = {"login": "plain", "apop": "plain", "cram-md5": "cram-md5", "none": "none"}
+# Type words that are another name of a type (upstream's); any other word names a hash function.
+_TYPE_ALIASES = {"login": "plain", "cram-md5": "md5", "apop": "md5"}
+_TYPES = ("none", "plain", "plain:b", "md5", "oauth", "oauth:cmd")
 _DOTTED_RE = re.compile(r"[0-9]+(?:\.[0-9]+){7}")
 _OCTET_RE = re.compile(r"\*|[0-9]{1,3}")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -289,9 +301,11 @@ class Secrets:
             raise self._error("too few fields: expected <client|server> <type> <id> <secret> [selector]", n)
         if len(f) > 5:
             raise self._error("too many fields: expected <client|server> <type> <id> <secret> [selector]", n)
-        kind = f[1].lower()
+        kind = _TYPE_ALIASES.get(f[1].lower(), f[1].lower())
         selector = f[4] if len(f) == 5 else ""
-        if kind == "none":
+        if kind not in _TYPES or (side == "server" and kind.startswith("oauth")):
+            self._add_secret(side, kind, *self._decode_hashed(kind, f[2], f[3], n), selector, n)
+        elif kind == "none":
             if side != "server" or len(f) != 4:
                 raise self._error("none lines take the form: server none <ip-range> <keyword>", n)
             self._add_trust(f[2], f[3], n)
@@ -301,17 +315,10 @@ class Secrets:
             self._add_secret(side, "plain", *self._decode_b64(f[2], f[3], n), selector, n)
         elif kind == "md5":
             self._add_secret(side, "md5", *self._decode_md5(f[2], f[3], n), selector, n)
-        elif kind in ("oauth", "oauth:cmd"):
-            if side != "client":
-                raise self._error(f"{kind} secrets are for client lines only", n)
-            if kind == "oauth":
-                self._add_secret(side, "oauth", *self._decode_xtext(f[2], f[3], n), selector, n)
-            else:
-                self._add_token_command(f[2], f[3], selector, n)
+        elif kind == "oauth":
+            self._add_secret(side, "oauth", *self._decode_xtext(f[2], f[3], n), selector, n)
         else:
-            raise self._error(
-                f"unknown password type [{f[1]}]: expected plain, md5, plain:b, oauth or none", n
-            )
+            self._add_token_command(f[2], f[3], selector, n)
 
     def _add_old(self, f: list[str], n: int) -> None:
         mechanism, side = _OLD_MECHANISMS[f[0].lower()], f[1].lower()
@@ -362,6 +369,18 @@ class Secrets:
                 f"invalid md5 secret for [{ident}]: expected base64 or dotted output of emailrelay-passwd", n
             ) from None
         return ident, ident_raw, state
+
+    def _decode_hashed(self, kind: str, id_field: str, secret_field: str, n: int) -> tuple[str, bytes, bytes]:
+        """A secret hashed with hash function ``kind``: an xtext id and a base64 secret."""
+        try:
+            ident, ident_raw = _xtext(id_field)
+        except ValueError:
+            raise self._error(f"invalid xtext in id [{id_field}]", n) from None
+        try:
+            secret = _b64field(secret_field)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise self._error(f"invalid {kind} secret for [{ident}]: expected base64", n) from None
+        return ident, ident_raw, secret
 
     def _add_token_command(self, id_field: str, secret_field: str, selector: str, n: int) -> None:
         ident, ident_raw, command = self._decode_xtext(id_field, secret_field, n)
@@ -414,9 +433,10 @@ class Secrets:
         return bool(self.clients)
 
     def server_lookup(self, mechanism: str, user: str) -> ServerSecret | None:
-        """The first server secret for ``user`` usable with ``mechanism``
-        (md5 states only for CRAM-MD5; plain secrets for everything)."""
-        kinds = ("plain", "md5") if mechanism.upper() == "CRAM-MD5" else ("plain",)
+        """The first server secret for ``user`` usable with ``mechanism``: plain secrets for
+        everything, and for CRAM-<hash> also secrets hashed with that hash function."""
+        hashed = CRAM_HASHES.get(mechanism.upper())
+        kinds = ("plain", hashed) if hashed else ("plain",)
         return next((s for s in self.server if s.id == user and s.kind in kinds), None)
 
     def client_account(self, selector: str = "") -> ClientAccount | None:

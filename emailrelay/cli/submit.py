@@ -7,8 +7,9 @@ envelope addresses on the command line (or parsed out of the headers with
 :class:`~emailrelay.spool.store.SpoolStore` as the SMTP service, so the
 result is committed with the same durability protocol.
 
-Guarantees: exit 0 and (with ``--verbose``) the new envelope path on stdout
-only once the message is committed; exit 1 with a one-line
+Guarantees: exit 0 and (with ``--verbose``) the path of each new message's
+content file on stdout, as upstream prints it (:func:`shown_path`), only
+once the message is committed; exit 1 with a one-line
 ``emailrelay-submit: error: ...`` on bad input (no recipient, CR/LF or NUL
 in an address, unreadable input, unwritable spool) and nothing left behind.
 Content lines end in CRLF; a message with headers only gets the empty line
@@ -84,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-C",
         "--copy",
         action="store_true",
-        help="copy the new message into each spool sub-directory, then delete the original",
+        help="copy the new envelope into each spool sub-directory (the content stays), then delete the original",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="print the new envelope file path")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the new content file's path")
     p.add_argument(
         "-V",
         "--version",
@@ -166,7 +167,17 @@ def read_content(args: argparse.Namespace) -> bytes:
     return canonical_lines(b"".join(parts))
 
 
-def submit(args: argparse.Namespace) -> list[Path]:
+def shown_path(spool_dir: str, name: str) -> str:
+    """``name`` in ``spool_dir`` as E-MailRelay 2.6b prints it: the directory as given, without empty
+    and ``.`` components (``..`` is kept, nothing is resolved), ``.`` when nothing else is left."""
+    parts = [p for p in spool_dir.split("/") if p not in ("", ".")]
+    if spool_dir.startswith("/"):
+        return "/" + "/".join([*parts, name])
+    return "/".join([*(parts or ["."]), name])
+
+
+def submit(args: argparse.Namespace) -> list[str]:
+    """Store the message(s); the content paths to print with ``--verbose``."""
     content = read_content(args)
     recipients = [_check_address(r) for r in [*args.to, *args.recipients]]
     if not recipients:
@@ -186,7 +197,7 @@ def submit(args: argparse.Namespace) -> list[Path]:
     groups = [[r] for r in recipients] if args.bcc_split else [recipients]
     if args.bcc_split:
         content = _remove_bcc(content)
-    paths: list[Path] = []
+    paths: list[str] = []
     for group in groups:
         env = Envelope(
             from_address=sender,
@@ -202,11 +213,11 @@ def submit(args: argparse.Namespace) -> list[Path]:
             raise SubmitError(
                 f"cannot write to spool directory {args.spool_dir}: {exc.strerror or exc}"
             ) from None
-        path = store.envelope_path(mid, State.READY)
-        if args.copy and (boxes := store.mailboxes()):
-            copies = store.copy_to_directories(mid, State.READY, store.directory, boxes, delete_original=True)
-            path = next((p for p in copies if ".envelope" in p.name), path)
-        paths.append(path)
+        if args.copy and (boxes := store.mailboxes()):  # upstream's layout: the content stays here
+            store.copy_to_directories(
+                mid, State.READY, store.directory, boxes, envelope_only=True, delete_original=True
+            )
+        paths.append(shown_path(args.spool_dir, store.content_path(mid).name))
     return paths
 
 

@@ -121,14 +121,17 @@ class ClientAccountView(Protocol):
 Lookup = Callable[[str, str], ServerSecretView | None]
 
 
+#: The hash functions whose hashed secrets get their CRAM mechanism offered (upstream's choice).
+HASHED_SECRET_HASHES = ("sha256", "sha1", "md5")
+
+
 def server_mechanisms(kinds: Iterable[str]) -> list[str]:
-    """Mechanisms a server can offer given the kinds of its secrets ("plain", "md5")."""
+    """Mechanisms a server can offer given the kinds of its secrets: "plain" offers every one, a
+    hashed secret ("md5", "sha1", "sha256") its CRAM mechanism, any other kind nothing."""
     present = set(kinds)
     if "plain" in present:
         return list(SERVER_MECHANISMS)
-    if "md5" in present:
-        return ["CRAM-MD5"]
-    return []
+    return [m for m, h in CRAM_HASHES.items() if h in present and h in HASHED_SECRET_HASHES]
 
 
 def client_mechanisms(kind: str) -> list[str]:

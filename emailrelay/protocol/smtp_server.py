@@ -336,7 +336,13 @@ _OUT_OF_SEQUENCE: dict[tuple[str, Phase], str] = {
 _GATES: dict[str, tuple[Callable[[SmtpServer], bool], int, str]] = {
     "BDAT": (lambda s: s._cfg.chunking, 500, "5.5.1 command unrecognized"),
     "STARTTLS": (lambda s: s._cfg.starttls and not s._tls, 502, "5.5.1 STARTTLS not available"),
-    "AUTH": (lambda s: bool(s._cfg.auth_mechanisms), 502, "5.5.1 authentication not available"),
+    # a secrets file that offers no mechanism (only hashed secrets of unknown hash functions) still
+    # makes AUTH a known command: 504 for any mechanism, as upstream
+    "AUTH": (
+        lambda s: bool(s._cfg.auth_mechanisms) or s._cfg.auth_required,
+        502,
+        "5.5.1 authentication not available",
+    ),
 }
 
 # pending decision type -> (method run by accept(), phase after reject() or None = unchanged)

@@ -22,6 +22,7 @@ import pytest
 from emailrelay.spool import envelope as envmod
 from tests.integration.test_auth_pam import pam_confdir
 from tests.support.relay import Relay, free_port, program, spool_files, start_relay, wait_for_port, wait_until
+from tests.support.sink import printed_envelope
 from tests.unit import test_secrets as guide
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,7 +66,7 @@ def submit(spool: Path, sender: str = "sender@example.com") -> Path:
         [program("emailrelay-submit"), "--spool-dir", str(spool), "--from", sender, "--verbose", "rcpt@example.net"],
         input=BODY, capture_output=True, timeout=30, check=True,
     )  # fmt: skip
-    return Path(out.stdout.decode().strip())
+    return printed_envelope(out.stdout)
 
 
 def set_field(envelope_path: Path, name: str, value: str) -> None:

@@ -32,6 +32,7 @@ from tests.support.dns_server import DnsServer
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fixtures import UPSTREAM
 from tests.support.relay import Relay, free_port, program, spool_files, start_relay, wait_until
+from tests.support.sink import printed_envelope
 from tests.support.sink_counter import PROMPT, AdminClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,7 +54,7 @@ def submit(spool: Path, rcpt: str = "rcpt@example.net", subject: str = "guide") 
         input=f"Subject: {subject}\r\nMessage-ID: <{subject}@test>\r\n\r\nbody\r\n".encode(),
         capture_output=True, timeout=30, check=True,
     )  # fmt: skip
-    return Path(out.stdout.decode().strip())
+    return printed_envelope(out.stdout)
 
 
 def set_field(envelope_path: Path, name: str, value: str) -> None:

@@ -36,6 +36,7 @@ import pytest
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.guides import SEED, guide_text
 from tests.support.relay import BIN, REPO, free_port, pid_alive, program, start_relay, stop_pid, wait_until
+from tests.support.sink import printed_envelope
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -684,7 +685,7 @@ def test_seed_pop_by_name_with_a_filter_and_with_submit_links(tmp_path: Path) ->
             input=message("submitted", "user1@local.example"), capture_output=True, timeout=30,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        envelope = Path(done.stdout.decode().strip())
+        envelope = printed_envelope(done.stdout)
         assert envelope.parent == relay.spool and envelope.name.endswith(".envelope")
         content = envelope.with_name(envelope.name.replace(".envelope", ".content"))
         os.link(content, relay.spool / "user1" / content.name)

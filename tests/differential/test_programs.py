@@ -10,12 +10,18 @@ docs/decisions.md entry.
 
 from __future__ import annotations
 
+import base64
+import hmac
+import re
+import smtplib
 import ssl
+from pathlib import Path
 
 import pytest
 
 from emailrelay import COPYRIGHT, VERSION_LINE
-from tests.support.oracle import SIDES, needs_oracle, run
+from emailrelay.auth.md5state import hmac_md5_state
+from tests.support.oracle import SIDES, daemon_base, needs_oracle, run, start
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
@@ -62,3 +68,158 @@ def test_help_begins_like_upstreams(args: tuple[str, ...]) -> None:
     assert ours_lines[0] == VERSION_LINE and up_lines[0].startswith("E-MailRelay V2.6")
     assert ours_lines[1] == up_lines[1] == ""
     assert ours_lines[2].startswith("usage: emailrelay ") and "usage: emailrelay " in up_lines[2]
+
+
+# ---- emailrelay-submit ------------------------------------------------------------------------
+
+_SUBMIT_ID = re.compile(r"emailrelay\.\d+\.\d+\.(\d+)")
+_SUBMIT_ID_BYTES = re.compile(_SUBMIT_ID.pattern.encode())
+
+
+def _tree(top: Path) -> dict[str, bytes]:
+    """Every file under ``top`` (relative path -> bytes), ids normalised but for their sequence number."""
+    tree = {}
+    for path in sorted(top.rglob("*")):
+        if path.is_file():
+            data = _SUBMIT_ID_BYTES.sub(rb"emailrelay.ID.\1", path.read_bytes())
+            tree[_SUBMIT_ID.sub(r"emailrelay.ID.\1", str(path.relative_to(top)))] = data
+    return tree
+
+
+def _submit_both(
+    tmp_path: Path, spool_arg: str, *args: str, input: bytes, mailboxes: tuple[str, ...] = ()
+) -> dict[str, tuple[int, str, str, dict[str, bytes]]]:
+    """side -> (exit code, stdout, stderr, spool tree) of ``emailrelay-submit --spool-dir SPOOL_ARG args``
+    run in ``<base>/<side>`` (``spool_arg`` may be relative to it; ``{home}`` is that directory)."""
+    base = daemon_base(tmp_path)
+    out = {}
+    for side in SIDES:
+        home = base / side
+        (home / "spool").mkdir(parents=True)
+        for box in mailboxes:
+            (home / "spool" / box).mkdir()
+        spool_arg_here = spool_arg.format(home=home)
+        r = run(side, "emailrelay-submit", "--spool-dir", spool_arg_here, *args, input=input, cwd=home)
+        stdout = _SUBMIT_ID.sub(r"emailrelay.ID.\1", r.stdout.decode()).replace(str(home), "HOME")
+        out[side] = (r.returncode, stdout, r.stderr.decode(), _tree(home / "spool"))
+    return out
+
+
+@pytest.mark.parametrize("spool_arg", ["spool", "./spool//", "{home}/spool", "{home}/./spool/"])
+@pytest.mark.parametrize("message", [b"Subject: hi\r\n\r\nbody\r\n", b"Subject: lf\n\nbody\nlast"])
+def test_submit_verbose_prints_the_content_path_and_writes_the_same_files(
+    tmp_path: Path, spool_arg: str, message: bytes
+) -> None:
+    """``--verbose`` prints the content file's path, the spool directory as given but tidied; the
+    envelope and content are upstream's byte for byte (ids aside)."""
+    got = _submit_both(tmp_path, spool_arg, "--from", "a@b.c", "--verbose", "x@y.z", input=message)
+    assert got["ours"] == got["upstream"]
+    code, stdout, _, files = got["ours"]
+    assert code == 0 and stdout.endswith("spool/emailrelay.ID.1.content\n")
+    assert sorted(files) == ["emailrelay.ID.1.content", "emailrelay.ID.1.envelope"]
+
+
+def test_submit_bcc_split_prints_one_content_path_per_message(tmp_path: Path) -> None:
+    """One message for To/Cc and one per Bcc recipient, with the same envelopes. Not compared: the
+    contents, where upstream puts ``bcc: <that recipient>`` in each Bcc copy and ours drops the header
+    (docs/compatibility.md, ``--bcc-split`` row)."""
+    message = b"To: x@y.z\r\nBcc: w@y.z, v@y.z\r\nSubject: hi\r\n\r\nbody\r\n"
+    got = _submit_both(tmp_path, "spool", "--from", "a@b.c", "--verbose", "--bcc-split", input=message)
+    assert got["ours"][:3] == got["upstream"][:3]
+    assert got["ours"][1] == "".join(f"spool/emailrelay.ID.{n}.content\n" for n in (1, 2, 3))
+    envelopes = {side: {k: v for k, v in got[side][3].items() if k.endswith(".envelope")} for side in SIDES}
+    assert envelopes["ours"] == envelopes["upstream"] and len(envelopes["ours"]) == 3
+
+
+def test_submit_copy_leaves_the_content_and_copies_the_envelope(tmp_path: Path) -> None:
+    """``--copy``: an envelope in each mailbox sub-directory, the content stays in the spool directory.
+    (Upstream also copies into ``postmaster`` and dot-directories; ours skips them, as ``copy:`` does.)"""
+    got = _submit_both(
+        tmp_path, "spool", "--from", "a@b.c", "--verbose", "--copy", "x@y.z",
+        input=b"Subject: copy\r\n\r\nbody\r\n", mailboxes=("alice", "bob"),
+    )  # fmt: skip
+    assert got["ours"] == got["upstream"]
+    assert sorted(got["ours"][3]) == [
+        "alice/emailrelay.ID.1.envelope",
+        "bob/emailrelay.ID.1.envelope",
+        "emailrelay.ID.1.content",
+    ]
+
+
+# ---- secrets files: the type field ------------------------------------------------------------
+
+MD5_SECRET = base64.b64encode(hmac_md5_state(b"secret")).decode()  # emailrelay-passwd's output for "secret"
+
+
+def _auth(port: int, mechanism: str, user: str, password: str) -> tuple[str, int]:
+    """(the EHLO reply's AUTH mechanisms, the final reply code of one AUTH attempt)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+        client.ehlo("client.example")
+        offered = client.esmtp_features.get("auth", "").strip()
+        if mechanism == "PLAIN":
+            code, _ = client.docmd(
+                "AUTH", "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+            )
+        elif mechanism == "LOGIN":
+            code, _ = client.docmd("AUTH", "LOGIN " + base64.b64encode(user.encode()).decode())
+            if code == 334:
+                code, _ = client.docmd(base64.b64encode(password.encode()).decode())
+        else:
+            code, challenge = client.docmd("AUTH", mechanism)
+            if code == 334:
+                digest = hmac.new(password.encode(), base64.b64decode(challenge), mechanism[5:].lower())
+                code, _ = client.docmd(base64.b64encode(f"{user} {digest.hexdigest()}".encode()).decode())
+        return offered, code
+
+
+@pytest.mark.parametrize(
+    ("secrets", "attempts"),
+    [
+        (
+            "server login me secret",
+            [("PLAIN", "me", "secret"), ("LOGIN", "me", "secret"), ("CRAM-MD5", "me", "secret")],
+        ),
+        (
+            f"server cram-md5 me {MD5_SECRET}\nserver apop you {MD5_SECRET}",
+            [("CRAM-MD5", "me", "secret"), ("CRAM-MD5", "you", "secret"), ("PLAIN", "me", "secret")],
+        ),
+        (
+            "server sha256 me eA==\nserver sha1 you eA==\nserver frob it eA==\nserver oauth x eA==",
+            [
+                ("CRAM-SHA256", "me", "x"),
+                ("CRAM-SHA1", "you", "x"),
+                ("PLAIN", "me", "x"),
+                ("CRAM-MD5", "me", "x"),
+            ],
+        ),
+        ("server frob me eA==", [("PLAIN", "me", "x")]),
+    ],
+    ids=["login", "cram-md5-apop", "hash-names", "unknown-hash-only"],
+)
+def test_secrets_type_words_as_upstream(
+    tmp_path: Path, secrets: str, attempts: list[tuple[str, str, str]]
+) -> None:
+    """``login`` is ``plain``, ``cram-md5``/``apop`` are ``md5``, any other word a hash function's
+    name: the relay starts, offers CRAM-SHA256/CRAM-SHA1 for sha256/sha1 lines (which cannot
+    authenticate: 535) and nothing for other names (AUTH then gets 504)."""
+    base = daemon_base(tmp_path)
+    path = base / "secrets"
+    path.write_text(secrets + "\n")
+    path.chmod(0o644)
+    seen = {}
+    for side in SIDES:
+        with start(side, base, "--server-auth", str(path)) as relay:
+            seen[side] = [_auth(relay.port, *attempt) for attempt in attempts]
+    assert seen["ours"] == seen["upstream"]
+
+
+def test_secrets_hashed_secret_must_be_base64(tmp_path: Path) -> None:
+    """``server frob me x``: a start-up error on both sides, exit 1."""
+    base = daemon_base(tmp_path)
+    path = base / "secrets"
+    path.write_text("server frob me x\n")
+    codes = {}
+    for side in SIDES:
+        r = run(side, "emailrelay", "--as-server", "--no-daemon", "--port", "1", "--server-auth", str(path))
+        codes[side] = (r.returncode, r.stderr.decode().startswith("emailrelay: error: "))
+    assert codes["ours"] == codes["upstream"] == (1, True)

@@ -46,12 +46,12 @@ def not_listening(port: int) -> bool:
         ("bogus plain alice hunter2", "hunter2"),  # unknown side
         ("server plain alice", ""),  # too few fields
         ("server plain alice hunter2 sel extra", "hunter2"),  # too many fields
-        ("server nonsense alice hunter2", "hunter2"),  # unknown password type
+        ("server nonsense alice hunter2", "hunter2"),  # a hash function's secret that is not base64
         ("server plain alice hunt+ZZer2", "hunt"),  # bad xtext in the secret
         ("server plain:b YWxpY2U= !!!notbase64", "notbase64"),  # bad base64
         ("server md5 alice not-a-hashed-secret", "not-a-hashed-secret"),  # md5 that passwd never printed
         ("server none 300.1.2.3/8 kw", ""),  # bad address range
-        ("server oauth alice token123", "token123"),  # oauth is for client lines only
+        ("server cram-md5 alice hunter2", "hunter2"),  # cram-md5 is md5, and this is not its form
     ],
 )
 def test_malformed_line_is_a_startup_error_naming_file_and_line(

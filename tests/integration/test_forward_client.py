@@ -29,6 +29,7 @@ from tests.support.sink import (
     envelope_text,
     files,
     fill_spool,
+    printed_envelope,
     run_client,
     simple_content,
     states,
@@ -48,7 +49,7 @@ def submit(spool: Path, content: bytes, *rcpts: str, sender: str = "sender@examp
         [program("emailrelay-submit"), "--spool-dir", str(spool), "--from", sender, "--verbose", *rcpts],
         input=content, capture_output=True, check=True, timeout=30,
     )  # fmt: skip
-    return Path(out.stdout.decode().strip())
+    return printed_envelope(out.stdout)
 
 
 def failure_lines(envelope: Path) -> list[str]:

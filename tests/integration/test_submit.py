@@ -12,6 +12,7 @@ import pytest
 from emailrelay.spool import envelope as env_format
 from tests.support.fixtures import UPSTREAM
 from tests.support.relay import program
+from tests.support.sink import printed_envelope
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,14 +49,15 @@ def test_submit_matches_upstream_fixture(spool: Path) -> None:
     assert result.stdout == b""  # quiet without --verbose
 
 
-def test_verbose_prints_the_envelope_path(spool: Path) -> None:
+def test_verbose_prints_the_content_path(spool: Path) -> None:
+    """As upstream: the new content file's path, the spool directory as given (tests/differential)."""
     result = submit("--verbose", "--spool-dir", str(spool), "--from", "sub@example.com", "rcpt@example.net")
     assert result.returncode == 0, result.stderr
     printed = result.stdout.decode().strip()
-    assert re.fullmatch(rf"{re.escape(str(spool))}/{ID}\.envelope", printed), printed
+    assert re.fullmatch(rf"{re.escape(str(spool))}/{ID}\.content", printed), printed
     assert Path(printed).is_file()
-    assert env_format.parse(Path(printed).read_bytes()).to_remote == ("rcpt@example.net",)
-    mid = os.path.basename(printed)[: -len(".envelope")]
+    assert env_format.parse(printed_envelope(printed).read_bytes()).to_remote == ("rcpt@example.net",)
+    mid = os.path.basename(printed)[: -len(".content")]
     assert files(spool) == [f"{mid}.content", f"{mid}.envelope"]
 
 
@@ -66,7 +68,7 @@ def test_message_bytes_and_several_recipients(spool: Path) -> None:
         stdin=message,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    env_path = Path(result.stdout.decode().strip())
+    env_path = printed_envelope(result.stdout)
     env = env_format.parse(env_path.read_bytes())
     assert env.to_remote == ("x@example.net", "y@example.org") and env.from_address == "a@example.com"
     content = env_path.with_name(env_path.name[: -len(".envelope")] + ".content").read_bytes()
@@ -138,7 +140,7 @@ def test_recipients_from_headers_when_none_given(spool: Path) -> None:
         stdin=b"To: Someone <to@example.net>\nCc: cc@example.org\nSubject: h\n\nbody\n",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    env = env_format.parse(Path(result.stdout.decode().strip()).read_bytes())
+    env = env_format.parse(printed_envelope(result.stdout).read_bytes())
     assert env.to_remote == ("to@example.net", "cc@example.org")
 
 

@@ -1,4 +1,5 @@
-"""``emailrelay-submit --copy``: the message goes into every mailbox sub-directory, then the original goes."""
+"""``emailrelay-submit --copy``: the envelope goes into every mailbox sub-directory, then the original envelope
+goes; the content stays in the spool directory (upstream's layout, as ``--pop-by-name`` reads it)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ def test_copy_puts_the_message_in_each_mailbox(tmp_path: Path) -> None:
          "--verbose", "x@example.net"],
         input=b"Subject: copy\n\nbody\n", capture_output=True, timeout=30, check=True,
     )  # fmt: skip
-    printed = Path(done.stdout.decode().strip())
-    assert printed.parent.name in ("alice", "bob") and printed.name.endswith(".envelope")
-    assert not [p for p in tmp_path.iterdir() if p.is_file()]  # the original is gone
+    printed = Path(done.stdout.decode().strip())  # the content file, as upstream prints it
+    assert printed.parent == tmp_path and printed.name.endswith(".content")
+    assert [p for p in tmp_path.iterdir() if p.is_file()] == [printed]  # the original envelope is gone
     for name in ("alice", "bob"):
-        files = sorted(p.suffix for p in (tmp_path / name).iterdir())
-        assert files == [".content", ".envelope"]
+        assert [p.name for p in (tmp_path / name).iterdir()] == [
+            printed.name.replace(".content", ".envelope")
+        ]
     for name in ("postmaster", ".hidden"):  # never copied into, as the copy: filter
         assert not list((tmp_path / name).iterdir())

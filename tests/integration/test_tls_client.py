@@ -28,6 +28,7 @@ import pytest
 from emailrelay.spool import envelope as envmod
 from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
 from tests.support.relay import program, spool_files, start_relay, wait_until
+from tests.support.sink import printed_envelope
 
 pytestmark = [
     pytest.mark.skipif(not HAVE_OPENSSL, reason="needs the openssl command"),
@@ -321,7 +322,7 @@ def submit(
         [program("emailrelay-submit"), "--spool-dir", str(spool), "--from", sender, "--verbose", to],
         input=body, capture_output=True, timeout=30, check=True,
     )  # fmt: skip
-    return out.stdout.decode().strip()
+    return str(printed_envelope(out.stdout))
 
 
 def set_envelope_field(envelope_path: Path, name: str, value: str) -> None:

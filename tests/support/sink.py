@@ -93,6 +93,15 @@ def fill_spool(spool: Path, count: int, *, prefix: str = "m", rcpt: str = "rcpt@
     return ids
 
 
+def printed_envelope(stdout: bytes | str) -> Path:
+    """The envelope of the message whose content path ``emailrelay-submit --verbose`` printed
+    (the first line; upstream's program prints the content file's path)."""
+    text = stdout.decode() if isinstance(stdout, bytes) else stdout
+    content = Path(text.split("\n", 1)[0].strip())
+    assert content.name.endswith(".content"), text
+    return content.with_name(content.name.removesuffix(".content") + ".envelope")
+
+
 def states(spool: Path) -> Counter[str]:
     """How many files of each kind: ``content``, ``envelope``, ``busy``, ``bad``, ``new``, ``other``."""
     out: Counter[str] = Counter()

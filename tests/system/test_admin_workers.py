@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from tests.support.relay import free_port, program
+from tests.support.sink import printed_envelope
 from tests.support.sink_counter import (
     PROMPT,
     AdminClient,
@@ -37,7 +38,7 @@ def _submit(spool: Path, mid: str) -> str:
          "b@example.net"],
         input=content(mid).encode(), capture_output=True, timeout=30, check=True,
     )  # fmt: skip
-    return Path(result.stdout.decode().split()[0]).name.split(".envelope")[0]
+    return printed_envelope(result.stdout).name.removesuffix(".envelope")
 
 
 def test_every_share_is_still_rung_after_scaling_down(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,48 @@ def test_seed_login_and_none_lines() -> None:
     assert s.trusted("::1") is None
 
 
+def test_type_words_as_upstream_reads_them() -> None:
+    """``login`` is ``plain``; ``cram-md5`` and ``apop`` are ``md5``; any other word names the hash
+    function of a base64 secret (E-MailRelay 2.6b; tests/differential/test_programs.py)."""
+    state = hmac_md5_state(b"secret")
+    b64 = base64.b64encode(state).decode()
+    s = Secrets.from_text(
+        f"server login al my+20pw\nserver cram-md5 bo {b64}\nserver APOP cy {b64}\n"
+        "server sha256 di eA==\nserver frob ed eA==\nserver oauth fa eA==\nclient sha1 me eA==\n"
+    )
+    al, bo, cy = (s.server_lookup("CRAM-MD5", u) for u in ("al", "bo", "cy"))
+    assert al is not None and al.kind == "plain" and al.secret == b"my pw"
+    assert bo is not None and bo.kind == "md5" and bo.secret == state
+    assert cy is not None and cy.kind == "md5" and cy.secret == state
+    assert [(x.id, x.kind, x.secret) for x in s.server[3:]] == [
+        ("di", "sha256", b"x"), ("ed", "frob", b"x"), ("fa", "oauth", b"x"),
+    ]  # fmt: skip
+    client = s.client_account()
+    assert client is not None and client.kind == "sha1" and client.secret == b"x"
+
+
+@pytest.mark.parametrize(
+    ("text", "mechanisms"),
+    [
+        ("server sha256 a eA==\nserver sha1 b eA==\nserver frob c eA==\n", ["CRAM-SHA256", "CRAM-SHA1"]),
+        ("server frob a eA==\nserver sha512 b eA==\nserver oauth c eA==\n", []),
+        (
+            "server frob a eA==\nserver login b pw\n",
+            ["CRAM-SHA512", "CRAM-SHA256", "CRAM-SHA1", "CRAM-MD5", "PLAIN", "LOGIN"],
+        ),
+    ],
+)
+def test_hashed_secrets_offer_what_upstream_offers(text: str, mechanisms: list[str]) -> None:
+    """CRAM-SHA256 / CRAM-SHA1 for sha256 / sha1 lines, nothing for other hash names; a hashed
+    secret other than MD5's cannot check a response, so its lookup gives no digest."""
+    s = Secrets.from_text(text)
+    assert s.mechanisms_for_server() == mechanisms
+    hashed = s.server_lookup("CRAM-SHA256", "a")
+    if "sha256" in text:
+        assert hashed is not None and hashed.hmac_digest("sha256", b"challenge") is None
+    assert s.server_lookup("PLAIN", "a") is None
+
+
 def test_old_cram_md5_dotted_line_is_md5_state() -> None:
     from emailrelay.auth.md5state import encode_dotted
 
@@ -312,7 +355,7 @@ def test_first_matching_trust_rule_wins() -> None:
     ("line", "message"),
     [
         ("cilent plain bob pw", "unknown side [cilent]"),
-        ("server plian bob pw", "unknown password type [plian]"),
+        ("server plian bob pw", "invalid plian secret for [bob]: expected base64"),
         ("server plain bob", "too few fields"),
         ("server plain bob pw sel extra", "too many fields"),
         ("server plain bob pass=word", "invalid xtext in the secret for [bob]"),
@@ -329,8 +372,11 @@ def test_first_matching_trust_rule_wins() -> None:
         ("server none localhost kw", "invalid ip address range [localhost]"),
         ("server none 10.0.0.0/8 kw extra", "none lines take the form"),
         ("client none 10.0.0.0/8 kw", "none lines take the form"),
-        ("server oauth bob tok", "oauth secrets are for client lines only"),
-        ("server oauth:cmd bob tok", "oauth:cmd secrets are for client lines only"),
+        ("server oauth bob tok", "invalid oauth secret for [bob]: expected base64"),
+        ("server oauth:cmd bob tok", "invalid oauth:cmd secret for [bob]: expected base64"),
+        ("server sha256 bob hunter2", "invalid sha256 secret for [bob]: expected base64"),
+        ("server cram-md5 bob secret", "invalid md5 secret for [bob]"),
+        ("server apop bob secret", "invalid md5 secret for [bob]"),
         ("client oauth:cmd bob 'unbalanced", "invalid oauth:cmd command line for [bob]"),
         ("APOP server user1", "APOP lines take the form"),
         ("NONE client 1.2.3.4 x", "NONE lines take the form"),
