@@ -2,24 +2,39 @@
 
 What it is for: upstream's user-id switching.  Started as root, the relay
 binds its sockets, then sets the effective user and group to ``--user``
-(default ``daemon``) while the real ids stay root; the spool layer takes
-root back for the moment it creates or renames a file (:func:`as_root`),
-so files belong to root with the group of ``--user``.  ``--user root``, or
-starting as any other user, turns all switching off.
+(default ``daemon``) while the real and saved user ids stay root
+(:func:`drop`, once, at start-up); the spool layer takes root back for the
+moment it creates or renames a file (:func:`as_root`), so files belong to
+root with the group of ``--user``.  ``--user root``, or starting as any
+other user, turns all switching off.
 
-Guarantees: switches are serialised by one lock, so threads doing spool I/O
-never see each other's half-switched identity; filters and verifiers are
-started with :func:`child_preexec`, which drops real and effective ids to
-``--user`` for good in the child.
+Guarantees:
+- :func:`as_root` changes the effective uid of the calling thread only.  On
+  Linux the kernel keeps credentials per thread; glibc's ``seteuid`` makes
+  every thread switch (a signal to each: the "setxid broadcast"), but the
+  raw ``setresuid`` system call does not.  So no lock is taken, privileged
+  operations in different threads overlap (their fsyncs too), the other
+  threads (the event loop, ZeroMQ's) stay ``--user`` meanwhile, and no
+  thread is signalled.  Elsewhere (an unknown machine, another kernel) the
+  process-wide switch is kept, serialised by a lock, as before.
+- After :func:`drop` nothing calls glibc's set*id functions (``os.seteuid``
+  and friends) in the relay process: that would reset every thread,
+  including one inside :func:`as_root`.  A thread started inside
+  :func:`as_root` would inherit root: start none there.
+- Filters, verifiers and token commands are started with
+  :func:`child_preexec`, which drops real, effective and saved ids to
+  ``--user`` for good in the child, whatever the forking thread's ids were.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import encodings.idna  # noqa: F401 - loaded before the switch to --user (host names need it)
 import grp
 import os
 import pwd
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,7 +70,8 @@ def switching_applies(user: str) -> bool:
 
 
 def drop(identity: Identity) -> None:
-    """Become ``identity`` (effective ids only); real ids stay root."""
+    """Become ``identity`` (effective ids only, every thread); real and saved ids stay root.
+    Call once, at start-up: it goes through glibc, which switches every thread."""
     global _target
     with _lock:
         with contextlib.suppress(OSError):
@@ -70,16 +86,77 @@ def group_for_files() -> int | None:
     return _target.gid if _target is not None else None
 
 
-_depth = 0  # nesting of as_root() sections (guarded by _lock)
+_depth = 0  # nesting of process-wide as_root() sections (guarded by _lock)
+
+# setresuid(2) numbers, for a switch of the calling thread alone (glibc's wrapper switches all)
+_SETRESUID = {
+    "x86_64": 117,
+    "aarch64": 147,
+    "arm64": 147,
+    "riscv64": 147,
+    "loongarch64": 147,
+    "i386": 208,  # setresuid32
+    "i686": 208,
+    "armv7l": 208,  # setresuid32 (EABI)
+    "armv6l": 208,
+    "ppc64le": 164,
+    "ppc64": 164,
+    "s390x": 208,
+}
+
+
+def _thread_setresuid() -> Callable[[int], None] | None:
+    """A function setting the calling thread's effective uid only, or None where there is none."""
+    number = _SETRESUID.get(os.uname().machine) if sys.platform == "linux" else None
+    if number is None:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+    except (OSError, AttributeError):
+        return None
+    keep = ctypes.c_long(-1)
+
+    def set_euid(uid: int) -> None:
+        if syscall(ctypes.c_long(number), keep, ctypes.c_long(uid), keep) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setresuid(-1, {uid}, -1): {os.strerror(err)}")
+
+    return set_euid
+
+
+_set_thread_euid = _thread_setresuid()
+_local = threading.local()  # .depth: nesting of as_root() in this thread
 
 
 @contextlib.contextmanager
 def as_root() -> Iterator[None]:
-    """Take effective root back for a moment (no-op when not switching); nests safely."""
-    global _depth
-    if _target is None:
+    """Take effective root back for a moment, in this thread only (no-op when not switching);
+    nests safely.  Never ``await`` inside it: other coroutines of the loop would run as root."""
+    target = _target
+    if target is None:
         yield
         return
+    if _set_thread_euid is None:
+        with _process_wide_root(target):
+            yield
+        return
+    depth: int = getattr(_local, "depth", 0)
+    if depth == 0:
+        _set_thread_euid(0)
+    _local.depth = depth + 1
+    try:
+        yield
+    finally:
+        _local.depth = depth
+        if depth == 0:
+            _set_thread_euid(target.uid)
+
+
+@contextlib.contextmanager
+def _process_wide_root(target: Identity) -> Iterator[None]:
+    """The fallback: every thread is root meanwhile, so the switch is serialised by a lock."""
+    global _depth
     with _lock:
         if _depth == 0:
             os.seteuid(0)
@@ -89,7 +166,7 @@ def as_root() -> Iterator[None]:
         finally:
             _depth -= 1
             if _depth == 0:
-                os.seteuid(_target.uid)
+                os.seteuid(target.uid)
 
 
 #: The umask of filters and verifiers, as upstream's (the relay "runs with a umask of 077").
@@ -102,13 +179,13 @@ def child_preexec() -> Callable[[], None]:
     if target is None:
         return _umask_only
 
-    def _drop() -> None:
+    def _drop() -> None:  # in the child, a single thread: glibc's set*id are fine here
         os.umask(CHILD_UMASK)
         os.seteuid(0)
         with contextlib.suppress(OSError):
             os.setgroups([target.gid])
-        os.setgid(target.gid)
-        os.setuid(target.uid)
+        os.setresgid(target.gid, target.gid, target.gid)
+        os.setresuid(target.uid, target.uid, target.uid)
 
     return _drop
 

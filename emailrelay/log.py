@@ -268,7 +268,7 @@ class Log:
                 self._file.close()
             try:
                 with as_root():  # roles run as --user; the file is root's, as upstream opens it as root
-                    self._file = open(name, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+                    self._file = _open_log_file(name)
             except OSError:
                 self._file = None
             self._file_name = name
@@ -292,6 +292,15 @@ class Log:
             os.close(fd)
         except OSError:
             pass
+
+
+def _open_log_file(name: str) -> TextIO:
+    """Open a log file for appending; root never follows a symlink there (the directory may be
+    writable by ``--user``, whose filters could plant one)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    if os.getuid() == 0:
+        flags |= os.O_NOFOLLOW
+    return open(os.open(name, flags, 0o666), "a", encoding="utf-8")
 
 
 def _timestamp() -> str:

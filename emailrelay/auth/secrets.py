@@ -68,6 +68,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .. import identity
 from ..errors import ConfigError, EmailRelayError
 from ..protocol.addresses import xtext_decode
 from ..protocol.sasl import CRAM_HASHES, AuthConfig, server_mechanisms
@@ -461,7 +462,8 @@ def fetch_oauth_token(
     """Run an ``oauth:cmd`` account's command; the account with its fresh token.
 
     Accounts without a command are returned as they are.  ``TokenError``
-    on a failed run (not found, timeout, non-zero exit, no output)."""
+    on a failed run (not found, timeout, non-zero exit, no output).  The command
+    runs as a filter does: fully ``--user`` (real and effective ids), umask 077."""
     if account.token_command is None:
         return account
     name = account.token_command[0]
@@ -472,6 +474,7 @@ def fetch_oauth_token(
             capture_output=True,
             timeout=timeout,
             check=False,
+            preexec_fn=identity.child_preexec(),
         )
     except subprocess.TimeoutExpired:
         raise TokenError(f"oauth token command [{name}] timed out after {timeout:g}s") from None

@@ -34,6 +34,7 @@ running.  Exit 0 on success, 1 when something could not be done.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.utils
 import os
 import re
@@ -215,7 +216,13 @@ def _write_state(store: SpoolStore, state_file: str | None, state: dict[str, flo
         return
     path = Path(state_file)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+    )  # never a planted symlink
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 

@@ -27,6 +27,7 @@ fault); the arbiter's own log goes through our log at verbose level.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -100,18 +101,26 @@ def pubsub_endpoint(run_dir: Path) -> str:
 
 
 def _owned_directory(path: Path, mode: int, gid: int | None, dir_fd: int | None = None) -> int:
-    """Create ``path`` if missing and return an fd on it (O_NOFOLLOW): a symlink, or a directory that
-    belongs to another user, is refused; owner group and mode are then set on the fd, whatever the
-    umask.  With ``dir_fd``, ``path`` is a name in that directory."""
+    """Create ``path`` if missing and return an fd on it (O_NOFOLLOW): a symlink or file that another
+    user planted in its place (where --user may write, eg. the spool) is unlinked, never followed, and
+    the directory made; one of our own (an operator's symlink), or a directory that belongs to another
+    user, is refused; owner group and mode are then set on the fd, whatever the umask.  With
+    ``dir_fd``, ``path`` is a name in that directory."""
     name = path.name if dir_fd is not None else str(path)
-    try:
-        os.mkdir(name, 0o700, dir_fd=dir_fd)
-    except FileExistsError:
-        pass
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError as exc:
-        raise UsageError(f"run directory {path}: {exc.strerror or exc} (a symlink?): use --run-dir") from None
+    for attempt in (1, 2):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            break
+        except OSError as exc:
+            if attempt == 1 and exc.errno in (errno.ELOOP, errno.ENOTDIR) and _planted(name, dir_fd):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dir_fd)
+                continue
+            raise UsageError(
+                f"run directory {path}: {exc.strerror or exc} (a symlink?): use --run-dir"
+            ) from None
     st = os.fstat(fd)
     if st.st_uid != os.geteuid():
         os.close(fd)
@@ -123,6 +132,14 @@ def _owned_directory(path: Path, mode: int, gid: int | None, dir_fd: int | None 
     if stat.S_IMODE(st.st_mode) != mode:
         os.fchmod(fd, mode)
     return fd
+
+
+def _planted(name: str, dir_fd: int | None) -> bool:
+    """Something not a directory, made by another user."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid != os.geteuid()
+    except OSError:
+        return False
 
 
 def _prepare_run_dir(run_dir: Path, gid: int | None) -> None:

@@ -8,7 +8,10 @@ closed or its process dies, so a crash never leaks a slot.
 
 Guarantees: never more than ``limit`` sessions hold a slot at once, across
 processes; taking a slot costs at most ``limit`` non-blocking lock attempts,
-starting at a random slot so concurrent processes rarely collide.
+starting at a random slot so concurrent processes rarely collide.  The
+directory and the slot files are made as root without following anything
+``--user`` may have planted (:mod:`emailrelay.safe_files`): the directory is
+not writable by ``--user``, the files are readable and writable by its group.
 """
 
 from __future__ import annotations
@@ -19,21 +22,32 @@ import os
 import random
 from pathlib import Path
 
+from .. import safe_files
+
 
 class ConnectionSlots:
     def __init__(self, directory: Path, limit: int, group: int | None = None) -> None:
         """Creates the slot files (call with the privileges needed; ``group`` may then use them)."""
         self.directory = directory
         self.limit = limit
-        directory.mkdir(parents=True, exist_ok=True)
-        for i in range(limit):
-            path = directory / f"slot.{i}"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o660)
-            with contextlib.suppress(OSError):
-                if group is not None:
-                    os.fchown(fd, -1, group)
-                os.fchmod(fd, 0o660)
-            os.close(fd)
+        parent = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY | safe_files.CLOEXEC)
+        try:
+            dir_fd = safe_files.open_directory(
+                directory.name,
+                dir_fd=parent,
+                create=True,
+                replace=True,
+                mode=0o750,
+                gid=group,
+                owner=os.geteuid(),
+            )
+        finally:
+            os.close(parent)
+        try:
+            for i in range(limit):
+                os.close(safe_files.open_private_file(f"slot.{i}", dir_fd=dir_fd, mode=0o660, gid=group))
+        finally:
+            os.close(dir_fd)
 
     def acquire(self) -> int | None:
         """A locked slot (an fd to pass to :meth:`release`), or None when all are taken."""
@@ -41,7 +55,7 @@ class ConnectionSlots:
         for i in range(self.limit):
             path = self.directory / f"slot.{(start + i) % self.limit}"
             try:
-                fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | safe_files.CLOEXEC)
             except OSError:
                 continue
             try:

@@ -5,7 +5,10 @@ first, then detaches (unless ``--no-daemon``), then writes ``--pid-file``,
 so a script that waits for the pid file can connect at once.
 
 Guarantees: the pid file is written atomically (temp file + rename) and only
-by the process that will serve; it is removed on a clean stop.
+by the process that will serve; it is removed on a clean stop.  The
+temporary file is made with ``O_EXCL|O_NOFOLLOW`` and gets its owner and
+mode on the descriptor, so a symlink planted in the pid file's directory is
+never followed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from .. import safe_files
 from ..identity import as_root, group_for_files
 
 
@@ -40,12 +44,19 @@ def write_pid_file(path: str | None, gid: int | None = None) -> Path | None:
     with as_root():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"{os.getpid()}\n")
-        gid = group_for_files() if gid is None else gid  # --user's group, as the spool files (SPEC §3)
-        if gid is not None:
-            with contextlib.suppress(OSError):
-                os.chown(tmp, -1, gid)
-        os.chmod(tmp, 0o660 if gid is not None else 0o644)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | safe_files.CLOEXEC
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            gid = group_for_files() if gid is None else gid  # --user's group, as the spool files (SPEC §3)
+            if gid is not None:
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, -1, gid)
+            os.fchmod(fd, 0o660 if gid is not None else 0o644)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     return target
 
@@ -54,5 +65,5 @@ def remove_pid_file(path: Path | None) -> None:
     if path is None:
         return
     with as_root(), contextlib.suppress(OSError):
-        if path.read_text().strip() == str(os.getpid()):
+        if safe_files.read_nofollow(path).strip() == str(os.getpid()).encode():
             path.unlink()

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .. import identity
+from .. import identity, safe_files
 from .. import log as logmod
 from ..bus import schema
 from ..bus.endpoint import BusClient
@@ -54,7 +54,11 @@ def _ask_for_rescan(bus: BusClient, run_dir: str) -> None:
     message sent before that is lost, and the safety rescan would only come a minute later)."""
     bus.publish(schema.CMD_FORWARD, backoff=True)
     with contextlib.suppress(OSError), identity.as_root():
-        Path(run_dir, RESCAN_STAMP).touch()
+        dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | safe_files.CLOEXEC)
+        try:  # never through a symlink, a FIFO or a hard link --user may have planted
+            safe_files.touch(RESCAN_STAMP, dir_fd=dir_fd, mode=0o644, gid=identity.group_for_files())
+        finally:
+            os.close(dir_fd)
 
 
 def _rescan_asked_at(run_dir: str) -> float | None:

@@ -28,6 +28,12 @@ What it guarantees:
   points at nothing.
 - Retry back-off is kept in the envelope's mtime ("not before"), which
   upstream ignores, so the spool stays byte-compatible.
+- Root never follows what ``--user`` (filters, verifiers) may have planted in
+  the spool or a mailbox directory: files are created with
+  ``O_EXCL|O_NOFOLLOW``, existing envelopes are opened with ``O_NOFOLLOW``
+  (and must be plain files with one link to be written), mailbox directories
+  are opened one component at a time with ``O_NOFOLLOW`` and written through
+  their descriptors, and owner and mode are set on descriptors, never paths.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from functools import wraps
 from pathlib import Path
 from typing import BinaryIO, ParamSpec, TypeVar
 
+from .. import safe_files
 from ..identity import as_root
 from . import envelope as envelope_format
 from .envelope import Envelope, EnvelopeError
@@ -60,7 +67,9 @@ from .names import (
 )
 
 TMP_SUFFIX = ".tmp"  # temporary envelope rewrites: "<id>.envelope.<state>.tmp"
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC
 
 
 _P = ParamSpec("_P")
@@ -179,15 +188,6 @@ class SpoolStore:
             return NewMessage(self, mid, fd)
         raise SpoolStoreError(errno.EEXIST, "cannot allocate a unique message id")
 
-    def _make_directory(self, path: Path) -> None:
-        """A mailbox sub-directory: mode 0770 and the files' group, whatever the umask (upstream creates
-        spool files and directories with umask 007)."""
-        path.mkdir(mode=0o770, parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o770)
-            if self.group is not None:
-                os.chown(path, -1, self.group)
-
     def _own(self, fd: int) -> None:
         os.fchmod(fd, self.file_mode)
         if self.group is not None:
@@ -195,14 +195,15 @@ class SpoolStore:
                 os.fchown(fd, -1, self.group)
 
     @_privileged
-    def _write_file(self, path: Path, data: bytes | Path) -> int:
-        """Write a new file exclusively (``data``, or a copy of the file ``data`` names, streamed) and
-        fsync it; returns an open fd (caller closes)."""
-        fd = os.open(path, _WRITE_FLAGS | os.O_TRUNC, self.file_mode)
+    def _write_file(self, path: Path | str, data: bytes | Path, *, dir_fd: int | None = None) -> int:
+        """Write a new file exclusively (``data``, or a copy of the regular file ``data`` names, streamed;
+        never through a symlink) and fsync it; returns an open fd (caller closes).  ``path`` is relative
+        to ``dir_fd`` when given."""
+        fd = os.open(path, _WRITE_FLAGS | os.O_TRUNC, self.file_mode, dir_fd=dir_fd)
         try:
             self._own(fd)
             if isinstance(data, Path):
-                with open(data, "rb") as src:
+                with os.fdopen(safe_files.open_read_nofollow(data), "rb") as src:
                     while chunk := src.read(256 * 1024):
                         _write_all(fd, chunk)
             else:
@@ -212,7 +213,7 @@ class SpoolStore:
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(path, dir_fd=dir_fd)
             raise
         return fd
 
@@ -315,7 +316,7 @@ class SpoolStore:
 
     def read_envelope(self, mid: MessageId | str, state: State = State.READY) -> Envelope:
         try:
-            data = self._envelope(mid, state).read_bytes()
+            data = safe_files.read_nofollow(self._envelope(mid, state))
         except OSError as exc:
             raise _store_error(exc, f"cannot read envelope {mid}") from exc
         return envelope_format.parse(data)
@@ -336,9 +337,9 @@ class SpoolStore:
         """Claim a ready message; None if another process got it first or it is gone."""
         ready = self._envelope(mid, State.READY)
         try:
-            fd = os.open(ready, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            return None
+            fd = os.open(ready, _READ_FLAGS)
+        except OSError:
+            return None  # gone, or a symlink planted as an envelope (never followed, never claimed)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             busy = self._envelope(mid, State.BUSY)
@@ -372,8 +373,8 @@ class SpoolStore:
         except FileNotFoundError:
             return False
         if new is State.READY:
-            with contextlib.suppress(OSError):
-                os.utime(self._envelope(mid, new))  # due now
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.utime(self._envelope(mid, new), follow_symlinks=False)  # due now
         return True
 
     @_privileged
@@ -396,7 +397,7 @@ class SpoolStore:
             return sorted(
                 e.name
                 for e in os.scandir(self.directory)
-                if e.is_dir() and not e.name.startswith(".") and e.name != "postmaster"
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name != "postmaster"
             )
         except FileNotFoundError:
             return []
@@ -429,9 +430,9 @@ class SpoolStore:
     def _recover_busy(self, mid: MessageId) -> bool:
         busy = self._envelope(mid, State.BUSY)
         try:
-            fd = os.open(busy, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            return False
+            fd = os.open(busy, _READ_FLAGS)
+        except OSError:
+            return False  # gone, or a symlink (never followed)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -475,30 +476,43 @@ class SpoolStore:
         ``create`` makes missing mailbox directories (``deliver:``).  With
         ``delete_original`` the original envelope (and content, unless
         ``envelope_only``) is deleted after every copy was made.
+
+        Every name is checked before anything is copied.  Mailbox directories (and a
+        maildir's ``tmp`` and ``cur``) are opened one component at a time with
+        ``O_NOFOLLOW`` and written through their descriptors: a symlink planted under
+        ``base`` is refused (SpoolStoreError ELOOP), never followed.
         """
         base_dir = Path(base).absolute()
-        source_env = self._envelope(mid, state)
-        env_data = source_env.read_bytes()
-        content = self._content(mid)
-        out: list[Path] = []
         for name in names:
             _check_mailbox_name(name)
-            target = base_dir / name
-            if create and not target.is_dir():
-                self._make_directory(target)
-            if _is_maildir(target):
-                out.append(self._copy_into_maildir(mid, content, target, hardlink))
-                continue
-            sub = SpoolStore(target, fsync=self.fsync, group=self.group, file_mode=self.file_mode)
-            if not envelope_only:
-                sub._place_content(content, sub._content(mid), hardlink)
-            new_env = sub._envelope(mid, State.NEW)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(new_env)
-            os.close(sub._write_file(new_env, env_data))
-            os.rename(new_env, sub._envelope(mid, State.READY))
-            sub.sync_directory()
-            out.append(sub._envelope(mid, State.READY))
+        source_env = self._envelope(mid, state)
+        env_data = safe_files.read_nofollow(source_env)
+        content = self._content(mid)
+        if create:
+            base_dir.mkdir(parents=True, exist_ok=True)  # the operator's --delivery-dir itself
+        out: list[Path] = []
+        base_fd = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+        try:
+            for name in names:
+                box = self._open_mailbox(base_fd, base_dir, name, create)
+                try:
+                    if _is_maildir_at(box):
+                        out.append(self._copy_into_maildir(mid, content, box, base_dir / name, hardlink))
+                        continue
+                    if not envelope_only:
+                        self._place_content(content, content_name(mid), hardlink, dir_fd=box)
+                    new_env, ready_env = envelope_name(mid, State.NEW), envelope_name(mid, State.READY)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(new_env, dir_fd=box)
+                    os.close(self._write_file(new_env, env_data, dir_fd=box))
+                    os.rename(new_env, ready_env, src_dir_fd=box, dst_dir_fd=box)
+                    if self.fsync:
+                        os.fsync(box)
+                    out.append(base_dir / name / ready_env)
+                finally:
+                    os.close(box)
+        finally:
+            os.close(base_fd)
         if delete_original:
             os.unlink(source_env)
             if not envelope_only:
@@ -507,35 +521,55 @@ class SpoolStore:
             self.sync_directory()
         return out
 
-    def _copy_into_maildir(self, mid: MessageId, content: Path, maildir: Path, hardlink: bool) -> Path:
-        name = f"{mid}:2,"
-        tmp = maildir / "tmp" / name
-        final = maildir / "cur" / name
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        self._place_content(content, tmp, hardlink)
-        os.rename(tmp, final)
-        if self.fsync:
-            fd = os.open(maildir / "cur", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return final
+    def _open_mailbox(self, base_fd: int, base_dir: Path, name: str, create: bool) -> int:
+        """A mailbox directory's descriptor; made (mode 0770, the files' group, whatever the umask:
+        upstream creates spool files and directories with umask 007) when ``create``."""
+        try:
+            return safe_files.open_directory(name, dir_fd=base_fd, create=create, mode=0o770, gid=self.group)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise SpoolStoreError(
+                    errno.ELOOP, f"mailbox {name!r} in {base_dir} is not a directory (a symlink?): refused"
+                ) from exc
+            raise _store_error(exc, f"cannot open mailbox {name!r} in {base_dir}") from exc
 
-    def _place_content(self, source: Path, target: Path, hardlink: bool) -> None:
-        """Hard-link or copy (streaming, fsynced) a content file; an existing target is kept."""
-        if target.exists():
+    def _copy_into_maildir(
+        self, mid: MessageId, content: Path, box: int, maildir: Path, hardlink: bool
+    ) -> Path:
+        name = f"{mid}:2,"
+        tmp_fd = os.open("tmp", safe_files.DIRECTORY_FLAGS, dir_fd=box)
+        try:
+            cur_fd = os.open("cur", safe_files.DIRECTORY_FLAGS, dir_fd=box)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=tmp_fd)
+                self._place_content(content, name, hardlink, dir_fd=tmp_fd)
+                os.rename(name, name, src_dir_fd=tmp_fd, dst_dir_fd=cur_fd)
+                if self.fsync:
+                    os.fsync(cur_fd)
+            finally:
+                os.close(cur_fd)
+        finally:
+            os.close(tmp_fd)
+        return maildir / "cur" / name
+
+    def _place_content(
+        self, source: Path, target: Path | str, hardlink: bool, *, dir_fd: int | None = None
+    ) -> None:
+        """Hard-link or copy (streaming, fsynced) a content file; an existing target is kept.  A source
+        that is not a regular file (a planted symlink) is never linked, and never read through."""
+        if _exists_at(dir_fd, target):
             return
         if hardlink:
             try:
-                os.link(source, target)
-                return
+                if stat_module.S_ISREG(os.lstat(source).st_mode):
+                    os.link(source, target, dst_dir_fd=dir_fd, follow_symlinks=False)
+                    return
             except FileExistsError:
                 return
             except OSError:
                 pass  # other file system, no permission: copy instead
-        os.close(self._write_file(target, source))
+        os.close(self._write_file(target, source, dir_fd=dir_fd))
 
     @_privileged
     def store_linked_copy(self, mid: MessageId, envelope: Envelope) -> MessageId:
@@ -565,7 +599,7 @@ class SpoolStore:
         if state not in (State.NEW, State.BUSY):
             raise SpoolStoreError(errno.EINVAL, f"cannot rewrite an envelope in state {state.label}")
         data = envelope.to_bytes()
-        fd = os.open(self._envelope(mid, state), os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = safe_files.open_existing_for_write(self._envelope(mid, state), os.O_WRONLY)
         try:
             _write_all(fd, data)
             os.ftruncate(fd, len(data))
@@ -637,7 +671,7 @@ class SpoolStore:
     def make_due(self, mid: MessageId) -> bool:
         """Clear the back-off of a ready message (its "not before" time becomes now)."""
         try:
-            os.utime(self._envelope(mid, State.READY))
+            os.utime(self._envelope(mid, State.READY), follow_symlinks=False)
         except FileNotFoundError:
             return False
         return True
@@ -656,7 +690,7 @@ class SpoolStore:
         if not line.startswith("X-MailRelay-") or envelope_format._CONTROL.search(line):
             raise SpoolStoreError(errno.EINVAL, f"invalid envelope line: {line!r}")
         try:
-            fd = os.open(self._envelope(mid, state), os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+            fd = safe_files.open_existing_for_write(self._envelope(mid, state), os.O_WRONLY | os.O_APPEND)
         except FileNotFoundError:
             return False
         try:
@@ -874,11 +908,11 @@ class Claim:
     def open_content(self) -> BinaryIO:
         """The content file for reading, with root's access (as upstream's FileReader): files that
         root put in the spool (``emailrelay-submit`` run as root, a cron job) stay readable."""
-        return open(self.content_path, "rb")
+        return os.fdopen(safe_files.open_read_nofollow(self.content_path), "rb")
 
     @_privileged
     def _reread(self) -> bytes:
-        return self.envelope_path.read_bytes()
+        return safe_files.read_nofollow(self.envelope_path)
 
     def envelope(self, *, reread: bool = False) -> Envelope:
         """The envelope; ``reread`` after a client filter may have edited the file."""
@@ -919,9 +953,9 @@ class Claim:
         if self._fd is None:
             return False
         try:
-            if os.stat(busy).st_ino == os.fstat(self._fd).st_ino:
+            if os.stat(busy, follow_symlinks=False).st_ino == os.fstat(self._fd).st_ino:
                 return False
-            fd = os.open(busy, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(busy, _READ_FLAGS)
         except FileNotFoundError:
             return False
         try:
@@ -948,7 +982,7 @@ class Claim:
         busy = self.envelope_path
         try:
             if not_before is not None:
-                os.utime(busy, (time.time(), not_before))
+                os.utime(busy, (time.time(), not_before), follow_symlinks=False)
             os.rename(busy, self.store._envelope(self.id, State.READY))
         finally:
             self._close()
@@ -967,7 +1001,7 @@ class Claim:
             else:  # unreadable: still record why, in one append (SPEC.md §3 reason lines)
                 failed = Envelope(from_address="").with_failure(reason, code)
                 tail = b"".join(line + b"\r\n" for line in failed.to_bytes().split(b"\r\n")[-3:-1])
-                fd = os.open(self.envelope_path, os.O_WRONLY | os.O_APPEND)
+                fd = safe_files.open_existing_for_write(self.envelope_path, os.O_WRONLY | os.O_APPEND)
                 try:
                     _write_all(fd, tail)
                 finally:
@@ -1013,8 +1047,15 @@ def _store_error(exc: OSError, text: str) -> SpoolStoreError:
     return SpoolStoreError(exc.errno or errno.EIO, f"{text}: {exc.strerror or exc}")
 
 
-def _is_maildir(directory: Path) -> bool:
-    return all((directory / sub).is_dir() for sub in ("new", "tmp", "cur"))
+def _is_maildir_at(dir_fd: int) -> bool:
+    """A maildir: real ``new``, ``tmp`` and ``cur`` sub-directories (symlinks do not count)."""
+    for sub in ("new", "tmp", "cur"):
+        try:
+            if not stat_module.S_ISDIR(os.stat(sub, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def _check_mailbox_name(name: str) -> None:
@@ -1068,9 +1109,10 @@ class PopMaildrop:
         """Take the maildrop's exclusive lock (across processes); False when another session holds it."""
         if self._lock_fd is not None:
             return True
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(POP_LOCK_NAME, flags, self.store.file_mode, dir_fd=self._fd)
+        try:  # a symlink, FIFO or hard link planted under the name is replaced, never followed
+            fd = safe_files.open_private_file(
+                POP_LOCK_NAME, dir_fd=self._fd, mode=self.store.file_mode, gid=self.store.group
+            )
         except OSError as exc:
             raise _store_error(exc, "cannot create the maildrop lock file") from exc
         try:
@@ -1078,7 +1120,6 @@ class PopMaildrop:
         except OSError:
             os.close(fd)
             return False
-        self.store._own(fd)
         self._lock_fd = fd
         return True
 
@@ -1166,7 +1207,7 @@ class PopMaildrop:
                     os.close(fd)
 
 
-def _exists_at(dir_fd: int, name: str) -> bool:
+def _exists_at(dir_fd: int | None, name: str | Path) -> bool:
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
