@@ -23,8 +23,9 @@ from .. import log as logmod  # noqa: E402
 from ..bus.endpoint import run_forwarder  # noqa: E402
 from ..config import from_values  # noqa: E402
 from ..errors import EmailRelayError  # noqa: E402
-from ..identity import as_root  # noqa: E402
+from ..identity import as_root, switching_applies  # noqa: E402
 from ..services import loop, roles  # noqa: E402
+from ..services.preload import preload  # noqa: E402
 from .main import app_dir, log_config  # noqa: E402
 from .parse import configuration_values, expand_shorthands, parse_command_line  # noqa: E402
 
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         config = from_values(values)
         config.name = args.config or next(iter(parsed.configs))  # without --config: the first (or only)
         logmod.set_unit(config.name)
+        if switching_applies(config.user):  # before the role becomes --user (see services/preload)
+            preload(
+                ("emailrelay.services.metrics", "emailrelay.services.health")
+                if args.role == "metrics"
+                else ()
+            )
         if args.role == "bus":
             roles.drop_privileges(config)  # the sockets get --user's group: the effective group
             run_forwarder(args.run_dir, privileged=as_root)

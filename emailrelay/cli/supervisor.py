@@ -357,6 +357,7 @@ def run(
         check_run_dir(run_dir)
         _prepare_run_dir(run_dir, gid)
     channel_sockets = _channels(configurations, gid)
+    supervisor_channel.preload()  # what the supervisor imports after becoming --user
     _signals_wait_for_a_busy_arbiter()
     arbiter = build_arbiter(configurations, options, cwd)
     for c in configurations:

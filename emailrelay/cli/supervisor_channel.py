@@ -130,6 +130,13 @@ class Channel:
         return {"status": "ok"}
 
 
+def preload() -> None:
+    """Import now what answering needs later, when the supervisor runs as ``--user`` and the
+    installation may be readable by root only."""
+    import circus.commands
+    import circus.exc  # noqa: F401
+
+
 def bind(path: str, group: int | None) -> socket.socket:
     """The channel's listening socket, created ``root:group 0660`` (0600 without a group) at bind time:
     the file never exists with a wider mode, whatever the process umask (no chmod after bind)."""

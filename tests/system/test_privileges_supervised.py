@@ -78,6 +78,20 @@ class Production:
     sink: CountingSink
 
 
+# every process of the relay records the modules it imports while its effective uid is not root: with an
+# interpreter only root can read (a venv under /root), each of them would be "No module named ..."
+_IMPORT_RECORDER = """
+import os, sys
+
+def _record(event, args):
+    if event == "import" and args[0] not in sys.modules and os.geteuid() != 0:
+        with open(os.path.join({records!r}, str(os.getpid())), "a") as f:
+            f.write(args[0] + " " + " ".join(sys.argv[1:3]) + "\\n")
+
+sys.addaudithook(_record)
+"""
+
+
 @contextlib.contextmanager
 def _production(tmp_path_factory: pytest.TempPathFactory, umask: int) -> Iterator[Production]:
     """A relay started as root with the default --user, supervised, under ``umask``."""
@@ -87,6 +101,13 @@ def _production(tmp_path_factory: pytest.TempPathFactory, umask: int) -> Iterato
     spool.mkdir(mode=0o755)
     admin_port, metrics_port = free_port(), free_port()
     pid_file = base / "emailrelay.pid"
+    (base / "imports").mkdir(mode=0o777)
+    os.chmod(base / "imports", 0o1777)  # where daemon records what it imported
+    (base / "hook").mkdir(mode=0o755)
+    (base / "hook" / "sitecustomize.py").write_text(_IMPORT_RECORDER.format(records=str(base / "imports")))
+    filter_script = base / "filter.sh"
+    filter_script.write_text("#!/bin/sh\nexit 0\n")
+    filter_script.chmod(0o755)
     try:
         with contextlib.ExitStack() as stack:
             sink = stack.enter_context(CountingSink())
@@ -95,10 +116,12 @@ def _production(tmp_path_factory: pytest.TempPathFactory, umask: int) -> Iterato
                 options = [
                     "--forward-to", sink.address, "--poll", "60", "--admin", str(admin_port),
                     "--metrics", f"127.0.0.1:{metrics_port}", "--pid-file", str(pid_file),
+                    "--filter", str(filter_script), "--client-filter", str(filter_script),
                 ]  # fmt: skip
                 started = supervised_relay(
-                    tmp_path_factory.mktemp("production"), *options, roles=ROLES, spool=spool, user=None
-                )
+                    tmp_path_factory.mktemp("production"), *options, roles=ROLES, spool=spool, user=None,
+                    env={"PYTHONPATH": os.pathsep.join(filter(None, [str(base / "hook"), os.environ.get("PYTHONPATH")]))},
+                )  # fmt: skip
                 relay = stack.enter_context(started)
             finally:
                 os.umask(old_umask)
@@ -313,3 +336,15 @@ def test_a_long_spool_path_runs_under_run_not_tmp() -> None:
     """/tmp/emailrelay-0 could be created first by any user; root's fallback is under /run."""
     long_spool = Path("/var/spool") / ("x" * 120)
     assert default_run_dir(long_spool).parent == RUN_BASE_ROOT
+
+
+def test_nothing_is_imported_after_becoming_daemon(production: Production) -> None:
+    """Runs after the tests above used every role (mail through both filters, admin, census)."""
+    send_mail(production.relay.port, "after-the-others@test")
+    assert production.sink.wait_for(["after-the-others@test"], 30)
+    with AdminClient(production.admin_port) as admin:
+        for command in ("help", "status", "list", "failures", "info", "roles", "forward", "flush"):
+            admin.cmd(command, timeout=30)
+    _role_starts(production.metrics_port)
+    records = {path.name: path.read_text() for path in (production.base / "imports").iterdir()}
+    assert not records, records
