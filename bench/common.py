@@ -105,10 +105,10 @@ def child(args: Sequence[str], log_path: Path | None = None, **kw: object) -> It
         c.stop()
 
 
-def relay_args(port: int, spool: Path, *extra: str) -> list[str]:
+def relay_args(port: int, spool: Path, *extra: str, user: str = "root") -> list[str]:
     return [
         EMAILRELAY, "--no-daemon", "--log", "--no-syslog", "--port", str(port),
-        "--interface", HOST, "--spool-dir", str(spool), "--user", "root", *extra,
+        "--interface", HOST, "--spool-dir", str(spool), "--user", user, *extra,
     ]  # fmt: skip
 
 

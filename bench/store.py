@@ -129,6 +129,8 @@ def main() -> int:
                     help="which servers, in this order: relay (supervised, the default mode), "
                          "relay1 (--single-process), aiosmtpd, sink")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run: 2000 messages, 200 idle connections")
+    ap.add_argument("--user", default="root",
+                    help="the relay's --user (started as root, any other user switches ids: the production start)")  # fmt: skip
     opts = ap.parse_args()
     if opts.quick:
         opts.messages, opts.idle = min(opts.messages, 2000), min(opts.idle, 200)
@@ -141,6 +143,8 @@ def main() -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="emailrelay-bench-") as tmpname:
         tmp = Path(tmpname)
+        if opts.user != "root":
+            tmp.chmod(0o755)  # the spools below must be reachable by --user
         aiosmtpd_script = str(Path(__file__).with_name("aiosmtpd_store.py"))
         for cell in opts.cells.split(","):
             port = cm.free_port()
@@ -148,9 +152,12 @@ def main() -> int:
             assert spool is not None
             spool.mkdir()
             if cell == "relay":
-                name, args = "emailrelay (fsync)", cm.relay_args(port, spool)
+                name, args = "emailrelay (fsync)", cm.relay_args(port, spool, user=opts.user)
             elif cell == "relay1":
-                name, args = "emailrelay --single-process", cm.relay_args(port, spool, "--single-process")
+                name, args = (
+                    "emailrelay --single-process",
+                    cm.relay_args(port, spool, "--single-process", user=opts.user),
+                )
             elif cell == "aiosmtpd":
                 name = "aiosmtpd (no fsync)"
                 args = [cm.PYTHON, aiosmtpd_script, "--port", str(port), "--spool-dir", str(spool)]
