@@ -23,12 +23,6 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.support.relay import free_port, wait_for_port  # noqa: E402
-
-__all__ = ["free_port", "wait_for_port"]
 
 PYTHON = (
     str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
@@ -43,6 +37,13 @@ def tool(name: str) -> str:
     if not found:
         raise SystemExit(f"bench: {name} not found (install postfix)")
     return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -274,7 +275,7 @@ class CountingSink:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         try:
-            wait_for_port(port, proc=self.child.proc, timeout=10)  # type: ignore[arg-type]
+            wait_for_greeting(port, self.child, 10.0)  # smtp-sink greets with 220 as soon as it listens
         except BaseException:
             self.stop()
             raise

@@ -17,7 +17,7 @@ Message-ID): 0 lost.  Duplicates must be at most the claims held by killed
 forwarders; each one should have first arrived shortly before a forwarder
 kill (reported when not).  A run without kills must give exactly 0 duplicates.
 
-The engine, :func:`run_chaos`, is shared with ``bench/soak/chaos.py``
+The engine, :func:`run_chaos`, is shared with ``tests/soak/chaos.py``
 (10,000 messages, 2-10 s between kills).  Run with ``-s`` to see the figures.
 """
 

@@ -11,7 +11,7 @@ Promises (ARCHITECTURE.md "Protocol cores", SPEC.md §7):
 - a client that pipelines thousands of NOOPs without reading the replies
   does not grow the server's memory without bound.
 
-Run with ``-s`` for the figures.  ``bench/soak/overload.py`` runs bigger loads.
+Run with ``-s`` for the figures.  ``tests/soak/overload.py`` runs bigger loads.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ be fetched.  So the same idea is done one level up, see docs/reliability.md:
    whole — envelope parses, content byte-identical — and no envelope of any
    message may point at a missing or partial content file.
 
-Every crash point of the workload is tried.  ``bench/soak/powercut.py`` runs
+Every crash point of the workload is tried.  ``tests/soak/powercut.py`` runs
 bigger workloads with more seeds.
 """
 

@@ -3,7 +3,7 @@
 Every mechanism, every step, arbitrary text (valid base64 of arbitrary bytes, invalid base64,
 huge lines, control characters): the server returns a Challenge, Success or Failure; a Success
 only for the right password; the client returns a string (``*`` when it cannot answer).
-``bench/soak/fuzz.py`` runs these with a bigger budget (FUZZ_EXAMPLES).
+``tests/soak/fuzz.py`` runs these with a bigger budget (FUZZ_EXAMPLES).
 """
 
 from __future__ import annotations

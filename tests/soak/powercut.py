@@ -5,7 +5,7 @@ is crashed at every one of its mutating system calls (or --crash-points random o
 and each crash is turned into --images power-cut images of what was fsynced; recovery
 must find every acknowledged message whole.  Prints the figures; exit 1 on a violation.
 
-    .venv/bin/python bench/soak/powercut.py --messages 40 --seeds 20 --images 5
+    .venv/bin/python tests/soak/powercut.py --messages 40 --seeds 20 --images 5
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ FUZZ_EXAMPLES (examples per test per round); the older ones keep their own max_e
 so for them the budget is the number of rounds.  Prints rounds, examples and failures;
 exit 1 on the first failing round (its output is printed).
 
-    .venv/bin/python bench/soak/fuzz.py --minutes 30 --examples 20000
+    .venv/bin/python tests/soak/fuzz.py --minutes 30 --examples 20000
 """
 
 from __future__ import annotations

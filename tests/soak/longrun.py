@@ -9,7 +9,7 @@ peak RSS over the value at the end of the warm-up must be under --max-growth-mb 
 the smtp and forward roles, and the fd counts must not creep.  Prints the figures; exit 1
 when a message was lost or memory grew.
 
-    .venv/bin/python bench/soak/longrun.py --messages 100000
+    .venv/bin/python tests/soak/longrun.py --messages 100000
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def main() -> int:
                     try:
                         if conn is None:
                             conn = smtplib.SMTP("127.0.0.1", relay.port, timeout=30)
-                        conn.sendmail("a@example.com", ["b@example.net"], content(mid, ("x" * 70 + "\r\n") * (i % 30)))
+                        conn.sendmail(
+                            "a@example.com", ["b@example.net"], content(mid, ("x" * 70 + "\r\n") * (i % 30))
+                        )
                         with lock:
                             acked.add(mid)
                         if i % 100 == 0:

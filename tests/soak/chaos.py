@@ -5,7 +5,7 @@ default 10,000 messages at 60/s with a kill of smtp, notify, bus or a forward wo
 every 2-10 s, the last one hitting forward worker 2 mid-flight.  Prints the figures and
 exits 1 when an acknowledged message was lost or duplicates exceed the bound.
 
-    .venv/bin/python bench/soak/chaos.py --messages 10000 --rate 60 --kill-min 2 --kill-max 10
+    .venv/bin/python tests/soak/chaos.py --messages 10000 --rate 60 --kill-min 2 --kill-max 10
 """
 
 from __future__ import annotations

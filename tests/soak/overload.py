@@ -2,7 +2,7 @@
 
 The long form of tests/system/test_reliability_overload.py's first test (run_overload):
 
-    .venv/bin/python bench/soak/overload.py --idle 5000 --slow 1000 --seconds 120 --greetings 200
+    .venv/bin/python tests/soak/overload.py --idle 5000 --slow 1000 --seconds 120 --greetings 200
 """
 
 from __future__ import annotations
