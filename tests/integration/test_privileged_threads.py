@@ -5,7 +5,8 @@ operations (``identity.as_root``).  That switch is per thread: while one
 thread is held inside a privileged section (as a slow fsync would hold it),
 another thread stores a whole message as root, and the event-loop thread
 stays ``--user`` all along (no process-wide lock, no glibc broadcast that
-would switch every thread).  Run in a child process: dropping to ``--user``
+would switch every thread).  An ``oauth:`` token command runs fully as
+``--user``, as filters do.  Run in child processes: dropping to ``--user``
 cannot be undone.
 """
 
@@ -96,3 +97,26 @@ def test_privileged_operations_overlap_and_the_loop_thread_stays_the_user(tmp_pa
     for path in files:  # SPEC §3: root-owned, --user's group, 0660
         st = path.stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, daemon.pw_gid, 0o660), path
+
+
+OAUTH_CHILD = r"""
+from emailrelay import identity
+from emailrelay.auth.secrets import Secrets, fetch_oauth_token
+
+identity.drop(identity.lookup("daemon"))
+account = Secrets.from_text("client oauth:cmd me /usr/bin/id\n").client_account()  # "euid=" when they differ
+print(fetch_oauth_token(account).secret.decode())
+"""
+
+
+def test_the_oauth_token_command_runs_as_the_user_not_root() -> None:
+    """Like a filter: real and effective ids of ``--user`` (it ran with real uid 0)."""
+    daemon = pwd.getpwnam("daemon")
+    done = subprocess.run(
+        [sys.executable, "-c", OAUTH_CHILD], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert token.startswith(f"uid={daemon.pw_uid}(daemon) gid={daemon.pw_gid}(") and "euid" not in token, (
+        token
+    )

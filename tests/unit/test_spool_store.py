@@ -483,3 +483,37 @@ def test_ready_and_next_due_written_by_leaves_out_later_envelopes(store: SpoolSt
     os.utime(store.envelope_path(newer, State.READY), (t_older + 2, t_older + 2))
     assert store.ready_and_next_due(written_by=t_older + 1, ignore_backoff=True)[0] == [older]
     assert store.ready_and_next_due(ignore_backoff=True)[0] == sorted([older, newer])
+
+
+def test_deliver_and_copy_never_follow_a_symlinked_mailbox(store: SpoolStore, tmp_path: Path) -> None:
+    """A filter running as --user may plant ``<base>/<mailbox>`` as a symlink: refused, never followed
+    (deliver: makes mailboxes on demand); a maildir whose ``tmp`` is a symlink is not a maildir; copy:
+    does not count a symlinked sub-directory as a mailbox."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.directory / "alice").symlink_to(outside)
+    maildir = store.directory / "bob"
+    for sub in ("new", "cur"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "tmp").symlink_to(outside)
+    mid = store.store_message(Envelope("a@example.com", to_remote=("b@example.net",)), b"x\r\n")
+    with pytest.raises(OSError, match="symlink"):
+        store.copy_to_directories(mid, State.READY, store.directory, ["alice"], create=True)
+    written = store.copy_to_directories(mid, State.READY, store.directory, ["bob"], create=True)
+    assert [p.parent for p in written] == [maildir]
+    assert list(outside.iterdir()) == []
+    assert store.mailboxes() == ["bob"]
+    assert state_of(store, mid) is State.READY
+
+
+def test_envelopes_are_not_written_through_a_symlink(store: SpoolStore, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched\n")
+    mid = store.store_message(Envelope("a@example.com", to_remote=("b@example.net",)), b"x\r\n")
+    os.rename(store.envelope_path(mid, State.READY), store.envelope_path(mid, State.BAD))
+    bad = store.envelope_path(mid, State.BAD)
+    bad.unlink()
+    bad.symlink_to(victim)
+    with pytest.raises(OSError):
+        store.append_envelope_line(mid, State.BAD, "X-MailRelay-Note: x")
+    assert victim.read_bytes() == b"untouched\n"
