@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 
 from .. import identity
 from .. import log as logmod
@@ -25,7 +24,7 @@ from ..errors import EmailRelayError, UsageError
 from ..services import daemon, listeners, loop, sd_notify, security
 from ..services.instance import Instance, run_instances
 from .helptext import help_text, version_text
-from .parse import Value, configuration_values, expand_shorthands, parse_command_line
+from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
 
 
 def _events(argv: list[str]) -> int:
@@ -81,10 +80,6 @@ SUBCOMMANDS = {
     "metrics": _metrics,
     "admin": _admin,
 }
-
-
-def app_dir() -> str:
-    return str(Path(sys.argv[0]).resolve().parent) if sys.argv and sys.argv[0] else os.getcwd()
 
 
 def log_config(values: dict[str, Value]) -> logmod.LogConfig:

@@ -41,9 +41,12 @@ What it guarantees:
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from emailrelay.cli.options import BY_NAME, BY_SHORT, Option
 from emailrelay.errors import ConfigError, UsageError
@@ -52,6 +55,12 @@ Value = str | bool | list[str]
 
 #: Replaced by the application directory in path-like option values.
 APP_DIR_TOKEN = "@app"
+
+
+def app_dir() -> str:
+    """The directory of the running program (what ``@app`` stands for): the front end's, which the
+    supervisor passes on to the roles it starts."""
+    return str(Path(sys.argv[0]).resolve().parent) if sys.argv and sys.argv[0] else os.getcwd()
 
 #: The option whose prefixed form declares a named configuration.
 DECLARING_OPTION = "spool-dir"

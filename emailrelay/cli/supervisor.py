@@ -201,7 +201,7 @@ def _role_watchers(
     select = ["--config", c.name] if c.name else []
     tail = ["--", *options]
 
-    from .main import app_dir  # "@app" is the supervising program's directory, not the role module's
+    from .parse import app_dir  # "@app" is the supervising program's directory, not the role module's
 
     app = ["--app-dir", app_dir()]
 
