@@ -60,21 +60,26 @@ RUN_BASE_ROOT = Path("/run/emailrelay")  # root's base for run directories that 
 
 
 def _private_base() -> Path:
-    """Where run directories too long for the spool go: a directory only we may write to.  For root it
-    is under /run, where no other user can create it first; otherwise ``<tmp>/emailrelay-<uid>``."""
-    if os.geteuid() == 0 and Path("/run").is_dir():
+    """Where run directories go when not in the spool: a directory no other user can create first
+    or write to — under /run for root, else ``<tmp>/emailrelay-<uid>`` (refused when not ours)."""
+    if os.geteuid() == 0 and os.access("/run", os.W_OK | os.X_OK):
         return RUN_BASE_ROOT
     return Path(tempfile.gettempdir()) / f"emailrelay-{os.getuid()}"
 
 
 def default_run_dir(spool_dir: Path) -> Path:
-    """``<spool>/.emailrelay-run``, or — when that is too long for unix-socket paths — a short,
-    private directory named after the spool (see :func:`_private_base`)."""
+    """As root: ``/run/emailrelay/<hash of the spool path>`` — not in the spool, where ``--user`` may
+    write (upstream's spool is ``root:daemon 0770``) and so rename or replace the run directory while
+    root uses it.  Otherwise ``<spool>/.emailrelay-run``, or, when that is too long for unix-socket
+    paths, ``<tmp>/emailrelay-<uid>/<hash>``."""
+    digest = hashlib.sha1(str(spool_dir.absolute()).encode()).hexdigest()[:16]
+    base = _private_base()
+    if base == RUN_BASE_ROOT:
+        return base / digest
     run_dir = spool_dir.absolute() / ".emailrelay-run"
     if len(str(run_dir / CIRCUS_DIR / "pubsub.ipc")) <= IPC_PATH_LIMIT:
         return run_dir
-    digest = hashlib.sha1(str(spool_dir.absolute()).encode()).hexdigest()[:16]
-    return _private_base() / digest
+    return base / digest
 
 
 def run_dir_for(config: Config) -> Path:
@@ -392,6 +397,13 @@ def _clean_run_dir(run_dir: Path) -> None:
             for entry in directory.iterdir():
                 if entry.suffix in (".ipc", ".sock") and stat.S_ISSOCK(entry.lstat().st_mode):
                     entry.unlink()
-        if run_dir.parent == _private_base():
+        if run_dir.parent == _private_base():  # and the state the roles keep there
+            from ..services.roles import CONNECTION_SLOTS, RESCAN_STAMP
+
+            (run_dir / RESCAN_STAMP).unlink(missing_ok=True)
+            if (run_dir / CONNECTION_SLOTS).is_dir() and not (run_dir / CONNECTION_SLOTS).is_symlink():
+                for entry in (run_dir / CONNECTION_SLOTS).iterdir():
+                    entry.unlink()
+                (run_dir / CONNECTION_SLOTS).rmdir()
             (run_dir / CIRCUS_DIR).rmdir()
             run_dir.rmdir()  # only when empty

@@ -45,6 +45,7 @@ PR_SET_NAME = 15
 SUBSCRIBE_SETTLE = 1.0  # seconds for a new subscription to reach the bus
 SAFETY_RESCAN = 60.0  # a forward role rescans at least this often, whatever --poll says
 RESCAN_STAMP = "rescan.stamp"  # in the run directory: the durable copy of the rescan doorbell
+CONNECTION_SLOTS = "connection-slots"  # in the run directory: --max-connections' slot files
 STAMP_SLACK = 0.05  # file times come from a coarse clock: a stamp may look this much older
 
 
@@ -128,7 +129,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
     if config.max_connections:
         with identity.as_root():
             smtpd.slots = ConnectionSlots(
-                Path(run_dir) / "connection-slots", config.max_connections, identity.group_for_files()
+                Path(run_dir) / CONNECTION_SLOTS, config.max_connections, identity.group_for_files()
             )
     bus.subscribe([schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE])
 

@@ -332,10 +332,11 @@ def test_a_planted_run_directory_is_refused(scratch: Path) -> None:
         _prepare_run_dir(foreign, lookup(USER).gid)
 
 
-def test_a_long_spool_path_runs_under_run_not_tmp() -> None:
-    """/tmp/emailrelay-0 could be created first by any user; root's fallback is under /run."""
-    long_spool = Path("/var/spool") / ("x" * 120)
-    assert default_run_dir(long_spool).parent == RUN_BASE_ROOT
+def test_roots_run_directory_is_under_run_not_in_the_spool_or_tmp() -> None:
+    """daemon may write the spool (upstream's is root:daemon 0770): there it could rename the run
+    directory away while root uses it; and /tmp/emailrelay-0 any user could create first."""
+    for spool in (Path("/var/spool/emailrelay"), Path("/var/spool") / ("x" * 120)):
+        assert default_run_dir(spool).parent == RUN_BASE_ROOT
 
 
 def test_nothing_is_imported_after_becoming_daemon(production: Production) -> None:
