@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             config_values = expand_shorthands(configuration_values(parsed, name)) if name else values
             config = from_values(config_values)
             config.name = name  # the log's unit, even when it is the only configuration
+            for warning in config.warnings:
+                log.warning(warning)
             configurations.append((name if len(parsed.configs) > 1 else "", config))
         return run(configurations, values, args)
     except EmailRelayError as exc:
@@ -246,7 +248,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     signal.signal(signal.SIGTERM, _exit_on_term)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     pid_path = daemon.write_pid_file(first.pid_file, target.gid if target else None)
-    sd_notify.ready()  # systemd Type=notify: every socket is bound
+    sd_notify.relay_started(c.spool_dir for _, c in configurations)  # Type=notify: every socket is bound
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if first.as_client or first.dont_serve or first.single_process:
@@ -268,6 +270,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
         ]
         return supervisor.run(parts, options, cwd, target)
     finally:
+        sd_notify.relay_stopping()
         daemon.remove_pid_file(pid_path)
 
 

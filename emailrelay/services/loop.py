@@ -16,6 +16,8 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from . import sd_notify
+
 
 def run(main: Coroutine[Any, Any, int], *, implicit_tls: bool = False) -> int:
     if not implicit_tls:
@@ -29,13 +31,29 @@ def run(main: Coroutine[Any, Any, int], *, implicit_tls: bool = False) -> int:
 
 
 def stop_event(on_hup: Callable[[], None] | None = None) -> asyncio.Event:
-    """An event that SIGTERM or SIGINT sets; SIGHUP calls ``on_hup`` (or is ignored)."""
+    """An event that SIGTERM or SIGINT sets; SIGHUP calls ``on_hup`` (or is ignored).  systemd hears of
+    both (``STOPPING=1``; ``RELOADING=1`` then ``READY=1`` around ``on_hup``) when it started us."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping() -> None:
+        sd_notify.relay_stopping()
+        stop.set()
+
+    def reload() -> None:
+        if on_hup is None:
+            return
+        sd_notify.relay_reloading()
+        try:
+            on_hup()
+        finally:
+            sd_notify.relay_reloaded()
+
+    sd_notify.watch_loop(loop)  # the watchdog's ping needs this loop to turn
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping)
     with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals outside the main thread
-        loop.add_signal_handler(signal.SIGHUP, on_hup or (lambda: None))
+        loop.add_signal_handler(signal.SIGHUP, reload)
     return stop
 
 

@@ -5,8 +5,9 @@
   ``EMAILRELAY_*`` environment variables;
 - ``systemd-analyze verify`` checks the unit files (skipped where
   systemd-analyze is not installed);
-- READY=1 from :mod:`emailrelay.services.sd_notify` reaches a unix datagram
-  socket made by the test, as systemd's NOTIFY_SOCKET would be;
+- READY=1, STATUS=, WATCHDOG=1, RELOADING=1 and STOPPING=1 from
+  :mod:`emailrelay.services.sd_notify` reach a unix datagram socket made by
+  the test, as systemd's NOTIFY_SOCKET would be, from a real relay too;
 - the relay takes a socket handed over as fd 3 (socket activation);
 - the example config, secrets file, filters, cron jobs, logrotate and
   rsyslog snippets are valid for the programs that read them.
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -25,10 +27,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +39,9 @@ import pytest
 from emailrelay.auth.secrets import Secrets
 from emailrelay.cli.parse import parse_command_line
 from emailrelay.services import sd_notify
+from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.envelope import parse as parse_envelope
+from emailrelay.spool.store import SpoolStore
 from tests.support.fixtures import UPSTREAM
 from tests.support.relay import BIN, REPO, free_port, program, wait_for_port
 
@@ -175,6 +180,28 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     service = (REPO / "deploy" / "emailrelay.service").read_text()
     assert "Type=notify" in service and "--no-daemon" in service
     assert "--interface smtp=fd#3" in (REPO / "deploy" / "emailrelay-activated.service").read_text()
+    # systemd's own rating of the hardening (10 is none at all; the unit without it rated 8.9)
+    done = subprocess.run(
+        [analyze, "security", "--offline=true", str(tmp_path / "emailrelay.service")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    exposure = re.search(r"Overall exposure level for emailrelay.service: ([0-9.]+)", done.stdout)
+    if exposure is not None:  # --offline needs systemd 250
+        assert float(exposure.group(1)) <= 6.0, done.stdout
+
+
+HARDENING = ("CapabilityBoundingSet", "NoNewPrivileges", "ProtectHome", "PrivateDevices",
+             "RestrictAddressFamilies", "SystemCallArchitectures", "WatchdogSec")  # fmt: skip
+
+
+def test_both_services_have_the_same_hardening() -> None:
+    def settings(name: str) -> dict[str, str]:
+        text = (REPO / "deploy" / name).read_text()
+        return {k: v for k, v in re.findall(r"^([A-Za-z]+)=(.*)$", text, re.MULTILINE) if k in HARDENING}
+
+    plain, activated = settings("emailrelay.service"), settings("emailrelay-activated.service")
+    assert plain == activated and set(plain) == set(HARDENING)
+    assert plain["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
 
 
 def _notify_socket(tmp_path: Path, abstract: bool) -> tuple[socket.socket, str]:
@@ -197,7 +224,8 @@ def test_sd_notify_ready_reaches_the_notify_socket(tmp_path: Path, abstract: boo
         "import os, sys\n"
         "from emailrelay.services import sd_notify\n"
         "ok = sd_notify.ready('listening')\n"
-        "print(ok, os.environ.get('NOTIFY_SOCKET'), os.getpid())\n"
+        "later = sd_notify.status('still here') and sd_notify.stopping()\n"
+        "print(ok, later, os.environ.get('NOTIFY_SOCKET'), os.getpid())\n"
     )
     with sock:
         done = subprocess.run(
@@ -207,24 +235,153 @@ def test_sd_notify_ready_reaches_the_notify_socket(tmp_path: Path, abstract: boo
             text=True,
         )
         assert done.returncode == 0, done.stderr
-        ok, left, pid = done.stdout.split()
-        assert ok == "True" and left == "None"  # sent, and not inherited by the roles
-        message = sock.recv(4096).decode()
-    assert message.split("\n") == ["READY=1", f"MAINPID={pid}", "STATUS=listening"]
+        ok, later, left, pid = done.stdout.split()
+        # sent; later notifications still arrive; and the roles do not inherit the socket
+        assert ok == "True" and later == "True" and left == "None"
+        messages = [sock.recv(4096).decode() for _ in range(3)]
+    assert messages[0].split("\n") == ["READY=1", f"MAINPID={pid}", "STATUS=listening"]
+    assert messages[1:] == ["STATUS=still here", "STOPPING=1"]
 
 
-def test_sd_notify_without_systemd_is_a_no_op(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture
+def fresh_sd_notify() -> Iterator[None]:
+    sd_notify._reset_for_tests()
+    yield
+    sd_notify._reset_for_tests()
+
+
+def test_sd_notify_without_systemd_is_a_no_op(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_sd_notify: None
+) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert sd_notify.ready() is False
+    assert sd_notify.relay_started([tmp_path]) is False and sd_notify._heartbeat is None
+    sd_notify._reset_for_tests()
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
     assert sd_notify.notify("READY=1") is False  # never raises
-    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
-    monkeypatch.setenv("LISTEN_FDS", "2")
-    assert sd_notify.listen_fds() == [3, 4]
-    assert "LISTEN_FDS" not in os.environ
-    monkeypatch.setenv("LISTEN_PID", "1")
-    monkeypatch.setenv("LISTEN_FDS", "1")
-    assert sd_notify.listen_fds() == []  # meant for another process
+    assert "NOTIFY_SOCKET" not in os.environ
+
+
+def _messages(sock: socket.socket, until: Callable[[list[str]], bool], timeout: float = 20.0) -> list[str]:
+    """Notifications received until ``until(received)`` holds (or the timeout: the caller's asserts say)."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not until(got) and time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+    return got
+
+
+def test_heartbeat_pings_the_watchdog_and_refreshes_the_queue_status(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_sd_notify: None
+) -> None:
+    sock, address = _notify_socket(tmp_path, abstract=False)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = SpoolStore(spool, fsync=False)
+    store.store_message(Envelope(from_address="a@example.com", to_remote=("b@example.net",)), b"x\r\n")
+    failed = store.store_message(
+        Envelope(from_address="a@example.com", to_remote=("c@example.net",)), b"x\r\n"
+    )
+    claim = store.claim(failed)
+    assert claim is not None
+    claim.fail("550 no", 550)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    with sock:
+        assert sd_notify.watchdog_period() == pytest.approx(0.1)
+        assert "WATCHDOG_USEC" not in os.environ  # not for the roles
+        beat = sd_notify.Heartbeat(lambda: sd_notify.queue_status([spool]), status_period=0.3).start()
+        try:
+            got = _messages(sock, lambda m: m.count("WATCHDOG=1") >= 3 and any("STATUS=" in x for x in m))
+        finally:
+            beat.stop()
+    assert got.count("WATCHDOG=1") >= 3
+    assert "STATUS=queue: 2 messages (1 failed, 1 ready)" in got
+
+
+def test_the_watchdog_is_withheld_while_the_event_loop_is_wedged(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_sd_notify: None
+) -> None:
+    sock, address = _notify_socket(tmp_path, abstract=False)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    loop = asyncio.new_event_loop()
+    wedge = threading.Event()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    sd_notify.watch_loop(loop)
+    with sock:
+        beat = sd_notify.Heartbeat(None).start()
+        try:
+            assert "WATCHDOG=1" in _messages(sock, lambda m: "WATCHDOG=1" in m, timeout=10)
+            loop.call_soon_threadsafe(wedge.wait, 30)  # the loop is stuck in a callback
+            time.sleep(0.3)
+            while True:  # drain what was sent before the wedge
+                sock.settimeout(0.01)
+                try:
+                    sock.recv(4096)
+                except TimeoutError:
+                    break
+            assert _messages(sock, lambda m: False, timeout=6.5) == []  # > the 5 s the check waits
+        finally:
+            wedge.set()
+            beat.stop()
+            loop.call_soon_threadsafe(loop.stop)
+            runner.join(10)
+            loop.close()
+            sd_notify.watch_loop(None)
+
+
+@pytest.mark.parametrize("supervised", [False, True], ids=["single-process", "supervised"])
+def test_relay_tells_systemd_ready_status_watchdog_reload_and_stop(tmp_path: Path, supervised: bool) -> None:
+    """A real relay under a NOTIFY_SOCKET made here, as systemd would run it (Type=notify, WatchdogSec)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    SpoolStore(spool, fsync=False).store_message(
+        Envelope(from_address="a@example.com", to_remote=("b@example.net",)), b"Subject: x\r\n\r\nx\r\n"
+    )
+    notify, address = _notify_socket(tmp_path, abstract=False)
+    port = free_port()
+    log = tmp_path / "relay.log"
+    mode = [] if supervised else ["--single-process"]
+    env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}
+    with notify, open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [program(), "--as-server", "--no-daemon", "--no-syslog", "--log-file", str(log), "--port", str(port),
+             "--interface", "127.0.0.1", "--spool-dir", str(spool), "--user", "root", *mode],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+        )  # fmt: skip
+        try:
+            got = _messages(notify, lambda m: any(x.startswith("READY=1") for x in m), timeout=30)
+            ready = next((x for x in got if x.startswith("READY=1")), "")
+            assert ready.split("\n") == [
+                "READY=1",
+                f"MAINPID={proc.pid}",
+                "STATUS=queue: 1 message (1 ready)",
+            ]
+            got = _messages(notify, lambda m: m.count("WATCHDOG=1") >= 2)
+            assert got.count("WATCHDOG=1") >= 2  # every 0.2 s
+            if not supervised:  # the supervisor's reload is not wired to systemd yet
+                proc.send_signal(signal.SIGHUP)
+                got = _messages(notify, lambda m: any(x.startswith("READY=1") for x in m))
+                reloading = next(x for x in got if x.startswith("RELOADING=1")).split("\n")
+                assert reloading[1].startswith("MONOTONIC_USEC=") and int(reloading[1].split("=")[1]) > 0
+                assert got.index(next(x for x in got if x.startswith("RELOADING=1"))) < got.index(
+                    next(x for x in got if x.startswith("READY=1"))
+                )
+            proc.send_signal(signal.SIGTERM)
+            got = _messages(notify, lambda m: any(x.startswith("STOPPING=1") for x in m), timeout=30)
+            assert any(x.startswith("STOPPING=1") for x in got), got
+            assert proc.wait(30) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
 
 
 def _relay_wired_for_sd_notify() -> bool:
