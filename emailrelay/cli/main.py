@@ -21,8 +21,7 @@ from .. import identity
 from .. import log as logmod
 from ..config import Config, from_values
 from ..errors import EmailRelayError, UsageError
-from ..services import daemon, listeners, loop, sd_notify, security
-from ..services.instance import Instance, run_instances
+from ..services import daemon, listeners, sd_notify, security
 from .helptext import help_text, version_text
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
 
@@ -254,7 +253,13 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
         if first.as_client or first.dont_serve or first.single_process:
             # upstream's umask; every socket is bound and spool files get 0660 anyway
             os.umask(identity.CHILD_UMASK)
+            from ..services import loop  # only now: the pid file is not held back by these imports
+            from ..services.instance import Instance, run_instances
+
             if target is not None:
+                from ..services.preload import preload
+
+                preload()  # before becoming --user, who may not read the installation
                 identity.drop(target)
             instances = [
                 Instance(config, smtp_sockets=socks)

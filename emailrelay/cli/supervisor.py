@@ -357,6 +357,8 @@ def run(
     needs root — the run directory, circus's endpoints, the channel — is set up, then the process
     becomes ``target`` (effective ids; real ids stay root) for the rest of its life."""
     gid = target.gid if target is not None else None
+    os.umask(identity.CHILD_UMASK)  # upstream's, for the supervisor and every role: the sockets get
+    # their modes at bind time and spool files theirs explicitly, so nothing relies on a wider umask
     for c in configurations:
         run_dir = run_dir_for(c.config)
         check_run_dir(run_dir)

@@ -33,7 +33,7 @@ from tests.support.fake_smtp import FakeSmtp
 from tests.support.fixtures import UPSTREAM
 from tests.support.relay import Relay, free_port, program, spool_files, start_relay, wait_until
 from tests.support.sink import printed_envelope
-from tests.support.sink_counter import PROMPT, AdminClient
+from tests.support.sink_counter import PROMPT, AdminClient, role_pids
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -592,9 +592,9 @@ def test_filter_has_no_descriptors_but_stdin_stdout_stderr(tmp_path: Path, mode:
 
 @pytest.mark.parametrize("mode", ["--single-process", "--no-daemon"], ids=["single-process", "supervised"])
 def test_umask_is_077_while_running(tmp_path: Path, mode: str) -> None:
-    """ "The program runs for most of the time with a umask of 077": filters always get 077, and so does
-    the single-process relay; supervised role processes keep the inherited one (their unix sockets must
-    stay reachable by --user). Spool files get 0660 whatever the umask."""
+    """ "The program runs for most of the time with a umask of 077": filters, the single-process relay,
+    the supervisor and its roles (their unix sockets get their modes at bind time). Spool files get
+    0660 whatever the umask."""
     with shared_dir() as shared:
         probe = shared / "probe"
         filt = script(shared / "filter.sh", FILTER_PROBE.format(out=probe, python=SYSTEM_PYTHON))
@@ -605,8 +605,10 @@ def test_umask_is_077_while_running(tmp_path: Path, mode: str) -> None:
             os.umask(old)
         try:
             status = Path(f"/proc/{relay.pid}/status").read_text().splitlines()
-            umask = "0077" if mode == "--single-process" else "0022"
-            assert [x for x in status if x.startswith("Umask")] == [f"Umask:\t{umask}"]
+            assert [x for x in status if x.startswith("Umask")] == ["Umask:\t0077"]
+            for pids in role_pids(relay.pid).values():
+                for pid in pids:
+                    assert "Umask:\t0077" in Path(f"/proc/{pid}/status").read_text().splitlines()
             send(relay.port, "a@example.com", ["b@example.net"])
             assert wait_until(probe.exists, 15)
             assert json.loads(probe.read_text())["umask"] == 0o077

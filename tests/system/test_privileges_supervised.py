@@ -172,13 +172,18 @@ def test_the_pid_file_process_has_real_uid_root_and_effective_uid_daemon(product
             assert poll(lambda p=role_pid: _ids(p)[0][1] == who.uid, 10), (role, _ids(role_pid))
 
 
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except FileNotFoundError:  # a spool file gone meanwhile
+        return False
+
+
 def _sockets(*tops: Path) -> list[Path]:
     found = []
     for top in tops:
         for directory, _, names in os.walk(top):
-            found += [
-                Path(directory, n) for n in names if stat.S_ISSOCK(os.lstat(Path(directory, n)).st_mode)
-            ]
+            found += [Path(directory, n) for n in names if _is_socket(Path(directory, n))]
     return sorted(set(found))
 
 
