@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -244,6 +245,7 @@ def _role_watchers(
     return watchers
 
 
+@functools.cache
 def _privileged_watcher() -> type:
     """A circus Watcher whose processes are spawned as root: the supervisor runs as ``--user`` (real
     uid 0) and takes root back only for the fork and exec, so a role starts as root, imports what it

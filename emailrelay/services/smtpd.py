@@ -39,7 +39,7 @@ from ..auth.pam import PamSecrets
 from ..policy.dnsbl import DnsblChecker
 from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 from ..protocol import smtp_server as sp
-from ..protocol.addresses import xtext_encode
+from ..protocol.addresses import to_alabels, xtext_encode
 from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success
 from ..spool.envelope import Envelope
 from ..spool.names import MessageId
@@ -195,6 +195,8 @@ class SmtpSession(LineSession):
         self.auth_id = ""
         self.tx = _Transaction()
         self._content_logged = False
+        self._quit = False  # QUIT seen: a close is "smtp protocol done", else "peer disconnected"
+        self._close_reason: str | None = ""  # set by a TLS failure; None: no close line (upstream's)
 
     # ---- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -231,7 +233,7 @@ class SmtpSession(LineSession):
         else:
             over = bool(limit and len(svc.sessions) >= limit)
         if not svc.enabled or over:
-            self._send_now(b"421 4.3.2 service not available\r\n")
+            self._send_now(b"421 service not available\r\n")
             transport.close()
             return
         svc.sessions.add(self)
@@ -257,7 +259,7 @@ class SmtpSession(LineSession):
             return
         if result.blocked:
             self._closing = True
-            self._send_now(b"554 5.7.1 access denied\r\n")
+            self._send_now(b"554 access denied\r\n")
             self.transport.close()
             return
         self.transport.resume_reading()
@@ -289,7 +291,11 @@ class SmtpSession(LineSession):
                 self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self.log.warning(f"tls error: {exc}", self.peer.host)
+            # upstream's lines: the session never started, so no "connection closed" line
+            self.log.warning(f"tls: tls error: SSL_accept(): [{tls.openssl_error(exc)}]", self.peer.host)
+            self.log.warning("new connection error: peer disconnected: ssl accept", self.peer.host)
+            self.log.warning(f"connection rejected from {self.peer.display}", self.peer.host)
+            self._close_reason = None
             if self.transport is not None:
                 self.transport.abort()
             self._task = None
@@ -321,8 +327,16 @@ class SmtpSession(LineSession):
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._discard_message()
-        reason = "smtp protocol done" if self._closing else (str(exc) if exc else "peer disconnected")
-        self.log.info(f"smtp connection closed: {reason}: {self.peer.display}", self.peer.host)
+        if self._close_reason:
+            reason = self._close_reason
+        elif self.proto.too_many_errors:
+            reason = "smtp protocol done: too many protocol errors from the client"
+        elif self._closing and (self._quit or not self.proto.peer_ended):
+            reason = "smtp protocol done"
+        else:
+            reason = str(exc) if exc else "peer disconnected"
+        if self._close_reason is not None:
+            self.log.info(f"smtp connection closed: {reason}: {self.peer.display}", self.peer.host)
         if svc.hooks.on_disconnect is not None:
             svc.hooks.on_disconnect()
 
@@ -357,7 +371,7 @@ class SmtpSession(LineSession):
         self._trace_rx(ev.line)
         security = self.service.options.security
         if security is None or security.tls_context is None:
-            self.proto.reject(454, "4.7.0 TLS not available")
+            self.proto.reject(454, "tls not available")
             return None
         self.proto.accept()
         self._flush()
@@ -373,7 +387,8 @@ class SmtpSession(LineSession):
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self._tls_early = None
-            self.log.warning(f"tls error: {exc}", self.peer.host)
+            self.log.warning(f"tls: tls error: SSL_accept(): [{tls.openssl_error(exc)}]", self.peer.host)
+            self._close_reason = "peer disconnected: ssl accept"
             self._closing = True
             if self.transport is not None:
                 self.transport.abort()
@@ -476,7 +491,7 @@ class SmtpSession(LineSession):
             return
         if self._task is None and time.monotonic() - self._last_activity >= self._idle_timeout:
             self.log.info(f"smtp connection timed out: {self.peer.display}", self.peer.host)
-            self._send_now(b"421 4.4.2 idle timeout\r\n")
+            self._send_now(b"421 idle timeout\r\n")
             self._closing = True
             self.transport.close()
             return
@@ -515,7 +530,7 @@ class SmtpSession(LineSession):
             self.log.error(f"smtp session error: {exc!r}", self.peer.host)
             self._discard_message()
             if self.transport is not None:
-                self.transport.write(b"451 4.3.0 local error\r\n")
+                self.transport.write(b"451 local error\r\n")
                 self.transport.close()
             return
         finally:
@@ -541,14 +556,14 @@ class SmtpSession(LineSession):
         self._trace_rx(ev.line)
         self._discard_message()
         self.tx = _Transaction(
-            mail_from=ev.address, body=ev.body, smtputf8=ev.smtputf8, auth_in=ev.auth or ""
+            mail_from=to_alabels(ev.address), body=ev.body, smtputf8=ev.smtputf8, auth_in=ev.auth or ""
         )
         self.proto.accept()
 
     def _on_rcpt(self, ev: sp.RcptTo) -> Awaitable[None] | None:
         self._trace_rx(ev.line)
         if self.service.policy.accepts_everything:
-            self.tx.to_remote.append(ev.address)
+            self.tx.to_remote.append(to_alabels(ev.address))
             self.proto.accept()
             return None
         return self._verify_rcpt(ev)
@@ -558,7 +573,7 @@ class SmtpSession(LineSession):
             ev.address, self.tx.mail_from, self.peer, self.auth_mechanism, self.auth_id
         )
         if verdict.kind is RecipientKind.REMOTE:
-            self.tx.to_remote.append(verdict.address)
+            self.tx.to_remote.append(to_alabels(verdict.address))
             self.proto.accept()
         elif verdict.kind is RecipientKind.LOCAL:
             self.tx.to_local.append(verdict.mailbox)
@@ -709,7 +724,10 @@ class SmtpSession(LineSession):
     def _on_vrfy(self, ev: sp.Vrfy) -> Awaitable[None] | None:
         self._trace_rx(ev.line)
         if self.service.policy.accepts_everything:
-            self.proto.reply(252, "cannot vrfy")
+            words = ev.line.split(None, 1)
+            self.proto.reply(
+                252, f"cannot verify but will accept: {words[1] if len(words) > 1 else ev.address}"
+            )
             return None
         return self._vrfy(ev.address)
 
@@ -728,6 +746,19 @@ class SmtpSession(LineSession):
 
     def _on_info(self, ev: Any) -> None:
         self._trace_rx(getattr(ev, "line", ""))
+
+    def _on_protocol_error(self, ev: sp.ProtocolError) -> None:
+        self._trace_rx(ev.line)
+        if ev.text.endswith("missing angle brackets in mailbox name"):  # upstream's hint
+            self.log.warning(
+                "invalid smtp command syntax from remote client: "
+                "use --server-smtp-config=nostrictparsing to allow",
+                self.peer.host,
+            )
+
+    def _on_quit(self, ev: sp.Quit) -> None:
+        self._quit = True
+        self._trace_rx(ev.line)
 
     def _on_closed(self, ev: sp.ConnectionClosed) -> None:
         if self._closing:
@@ -760,7 +791,9 @@ class SmtpSession(LineSession):
             client=self.peer.host,
             client_certificate=self.client_certificate,
             mail_from_auth_in=tx.auth_in,
-            utf8_mailbox_names=tx.smtputf8,
+            # upstream's rule: whether any stored address is still non-ASCII once its domain is in
+            # A-labels, with or without SMTPUTF8
+            utf8_mailbox_names=not all(a.isascii() for a in (tx.mail_from, *tx.to_remote, *tx.to_local)),
         )
 
     def _discard_message(self) -> None:
@@ -779,8 +812,8 @@ class _BdatStart:
 
 def _storage_text(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
-        return "4.3.1 insufficient system storage"
-    return "4.3.0 local error: cannot store message"
+        return "insufficient system storage"
+    return "local error: cannot store message"
 
 
 _HANDLERS: dict[type, Callable[[SmtpSession, Any], Awaitable[None] | None]] = {
@@ -795,8 +828,8 @@ _HANDLERS: dict[type, Callable[[SmtpSession, Any], Awaitable[None] | None]] = {
     sp.Vrfy: SmtpSession._on_vrfy,
     sp.Noop: SmtpSession._on_info,
     sp.Help: SmtpSession._on_info,
-    sp.Quit: SmtpSession._on_info,
-    sp.ProtocolError: SmtpSession._on_info,
+    sp.Quit: SmtpSession._on_quit,
+    sp.ProtocolError: SmtpSession._on_protocol_error,
     sp.AuthStart: SmtpSession._on_auth,
     sp.AuthResponse: SmtpSession._on_auth_response,
     sp.StartTls: SmtpSession._on_starttls,

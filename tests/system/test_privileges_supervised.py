@@ -62,6 +62,9 @@ def _skip_reason() -> str | None:
         return (
             f"the checkout {REPO} is not readable by {USER} ({problem}): clone it somewhere {USER} can read"
         )
+    interpreter = os.path.dirname(os.path.realpath(sys.executable))  # the tests run clients as daemon
+    if directory_problem(interpreter, who) is not None:
+        return f"{USER} cannot run the venv's interpreter (in {interpreter}): make the venv from /usr/bin/python3"
     return None
 
 
@@ -229,7 +232,8 @@ def test_no_socket_lets_daemon_make_the_supervisor_run_anything(production_umask
             "x",
             command,
         )
-    as_daemon(sys.executable, "-c", _RAW_CLIENT, command, *map(str, sockets))
+    raw = as_daemon(sys.executable, "-c", _RAW_CLIENT, command, *map(str, sockets))
+    assert len(raw.stdout.splitlines()) == 4 * len(sockets), raw  # every attempt was made, as daemon
     assert not poll(proof.exists, 3), proof.read_text()
     st = rdir.lstat()
     assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022, oct(st.st_mode)
