@@ -63,6 +63,7 @@ class Config:
     workers_smtp: int = 1
     # process
     name: str = ""  # the configuration's name ("in" for --in-...; "" when unnamed): the log's unit
+    warnings: list[str] = field(default_factory=list)  # logged at start-up (unknown smtp-config items)
     no_daemon: bool = False
     pid_file: str | None = None
     user: str = "daemon"
@@ -141,14 +142,19 @@ def _raw_list(values: Values, name: str) -> list[str]:
     return list(raw) if isinstance(raw, list) else [raw]
 
 
-def _keywords(values: Values, name: str, allowed: set[str]) -> frozenset[str]:
-    words = {
-        w.lower().removeprefix("+") for w in _list(values, name)
-    }  # "+chunking" (user guide) = "chunking"
-    unknown = words - allowed
-    if unknown:
-        raise UsageError(f"--{name}: unknown keyword '{sorted(unknown)[0]}'")
-    return frozenset(words)
+def _keywords(
+    values: Values, name: str, allowed: set[str], warnings: list[str] | None = None
+) -> frozenset[str]:
+    """The option's comma-separated keywords; an unknown one is a usage error, or, when
+    ``warnings`` is given, E-MailRelay's start-up warning ``unknown smtp-config item [x]``."""
+    raw = [w.removeprefix("+") for w in _list(values, name)]  # "+chunking" (user guide) = "chunking"
+    words = {w.lower() for w in raw}
+    for w in raw:
+        if w.lower() not in allowed:
+            if warnings is None:
+                raise UsageError(f"--{name}: unknown keyword '{w.lower()}'")
+            warnings.append(f"unknown smtp-config item [{w}]")
+    return frozenset(words & allowed)
 
 
 SERVER_SMTP_KEYWORDS = {
@@ -158,6 +164,7 @@ SERVER_SMTP_KEYWORDS = {
     "smtputf8",
     "smtputf8strict",
     "nostrictparsing",
+    "alabels",  # domains are always stored as A-labels, with or without these two (upstream's behaviour)
     "noalabels",
 }
 CLIENT_SMTP_KEYWORDS = {
@@ -201,8 +208,8 @@ def from_values(values: Values) -> Config:
         c.anonymous = frozenset(ANONYMOUS_SCOPES)
     elif anonymous:
         c.anonymous = _keywords(values, "anonymous", ANONYMOUS_SCOPES)
-    c.server_smtp_config = _keywords(values, "server-smtp-config", SERVER_SMTP_KEYWORDS)
-    c.client_smtp_config = _keywords(values, "client-smtp-config", CLIENT_SMTP_KEYWORDS)
+    c.client_smtp_config = _keywords(values, "client-smtp-config", CLIENT_SMTP_KEYWORDS, c.warnings)
+    c.server_smtp_config = _keywords(values, "server-smtp-config", SERVER_SMTP_KEYWORDS, c.warnings)
     c.max_connections = _int(values, "max-connections", 0)
     scanner = _str(values, "scanner")  # the seed guide's option: a net: filter before the others
     c.filters = ([f"net:{scanner}"] if scanner else []) + _list(values, "filter")

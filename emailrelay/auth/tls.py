@@ -254,3 +254,32 @@ def peer_certificate_pem(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
     """The peer's certificate in PEM (for the envelope's ``ClientCertificate``), or ``""``."""
     der = ssl_object.getpeercert(binary_form=True)
     return ssl.DER_cert_to_PEM_cert(der) if der else ""
+
+
+_LIBRARY_TEXT = {
+    "SSL": "SSL routines",
+    "X509": "x509 certificate routines",
+    "PEM": "PEM routines",
+    "SYS": "system library",
+}
+
+
+def openssl_error(exc: BaseException) -> str:
+    """An OpenSSL error in OpenSSL's own words (``error:0A00010B:SSL routines::wrong version number``),
+    as E-MailRelay logs it; anything that is not an OpenSSL error as Python words it."""
+    import _ssl  # the numeric codes of OpenSSL's error names
+
+    library, reason = getattr(exc, "library", None), getattr(exc, "reason", None)
+    if isinstance(exc, ssl.SSLError) and library and reason:
+        codes = [
+            k
+            for k, name in _ssl.err_codes_to_names.items()
+            if name == reason and _ssl.lib_codes_to_names.get(k[0]) == library
+        ]
+        text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", re.sub(r"^\[[^\]]*\]\s*", "", exc.strerror or str(exc)))
+        if codes:
+            lib, code = codes[0]
+            return (
+                f"error:{(lib << 23) | code:08X}:{_LIBRARY_TEXT.get(library, library + ' routines')}::{text}"
+            )
+    return str(exc) or type(exc).__name__

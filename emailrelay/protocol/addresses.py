@@ -3,7 +3,8 @@
 PURPOSE
     Pure functions shared by the SMTP server, the SMTP client and the tools:
     parse the argument of ``MAIL FROM:`` / ``RCPT TO:`` into an address and
-    its ESMTP parameters, and encode/decode RFC 3461 xtext.
+    its ESMTP parameters, encode/decode RFC 3461 xtext, and turn an address's
+    internationalised domain into A-labels (``to_alabels``).
 
 EXPECTS
     ``str`` input: the command line as decoded by the protocol (UTF-8 when
@@ -18,12 +19,19 @@ GUARANTEES
       only), quoted local parts kept as written (``"a b"@c``); params maps the
       upper-cased keyword to its value (``""`` for a bare keyword).
     * Anything else raises ``PathSyntaxError(code, text)`` carrying the SMTP
-      reply to send: 501 for syntax errors (missing ``FROM:``/``TO:``,
-      unbalanced or missing brackets in strict mode, C0 control characters,
-      NUL, DEL or unquoted spaces in the path, bad parameter syntax, duplicate
-      parameters).  Which parameters are *known* is the caller's business.
-    * With ``strict=False`` ("nostrictparsing") spaces around the colon and
-      a path without angle brackets are tolerated.
+      reply to send, in E-MailRelay 2.6b's words: 553 ``mailbox name not
+      allowed: <reason>`` for MAIL, 550 ``<reason>`` for RCPT (missing
+      ``FROM:``/``TO:``, missing or unbalanced brackets in strict mode, C0
+      control characters, NUL, DEL or unquoted spaces in the path, ``TO:<>``);
+      501 for bad parameter syntax.  Of a repeated parameter the first counts.  Which
+      parameters are *known* is the caller's business.
+    * Spaces after the colon are tolerated (as upstream); with
+      ``strict=False`` ("nostrictparsing") also before it, and a path without
+      angle brackets.
+    * ``to_alabels`` turns each non-ASCII label of the domain (after the last
+      "@", not an address literal) into ``xn--`` plus its Punycode (RFC 3492),
+      case kept and no other mapping, as E-MailRelay 2.6b stores domains;
+      local parts are left alone.
     * No I/O, no logging, no global state.
 """
 
@@ -36,8 +44,10 @@ __all__ = [
     "parse_mail_from",
     "parse_path",
     "parse_rcpt_to",
+    "to_alabels",
     "xtext_decode",
     "xtext_encode",
+    "xtext_normalise",
 ]
 
 
@@ -73,20 +83,18 @@ def parse_path(text: str, strict: bool = True) -> tuple[str, str]:
     """Parse a leading ``<path>`` (or, when not strict, a bare address) from ``text``.
 
     Returns ``(address, rest)`` where ``rest`` is the unparsed remainder.  The
-    address is ``""`` for ``<>``.  Raises ``PathSyntaxError(501, ...)``.
+    address is ``""`` for ``<>``.  Raises ``PathSyntaxError(501, <reason>)``.
     """
     if text.startswith("<"):
         m = _BRACKETED_RE.match(text)
-        if m is None:
-            raise PathSyntaxError(501, "5.1.7 invalid address syntax")
-        if m.group(1) is None and m.end() != 2:  # "<@route:>"
-            raise PathSyntaxError(501, "5.1.7 invalid address syntax")
+        if m is None or (m.group(1) is None and m.end() != 2):  # (or "<@route:>")
+            raise PathSyntaxError(501, _ANGLE if ">" not in text else _CHARACTER)
         return m.group(1) or "", text[m.end() :]
     if strict:
-        raise PathSyntaxError(501, "5.1.7 address must be in angle brackets")
+        raise PathSyntaxError(501, "missing angle brackets in mailbox name" if text else _ANGLE)
     m = _BARE_RE.match(text)
     if m is None:
-        raise PathSyntaxError(501, "5.1.7 invalid address syntax")
+        raise PathSyntaxError(501, _CHARACTER)
     return m.group(1), text[m.end() :]
 
 
@@ -95,48 +103,61 @@ def _parse_params(rest: str) -> dict[str, str]:
     if not rest:
         return params
     if rest[0] not in _WS:
-        raise PathSyntaxError(501, "5.1.7 invalid address syntax")
+        raise PathSyntaxError(501, _CHARACTER)
     for token in rest.split():
         m = _PARAM_RE.fullmatch(token)
         if m is None:
-            raise PathSyntaxError(501, "5.5.4 invalid parameter syntax")
-        key = m.group(1).upper()
-        if key in params:
-            raise PathSyntaxError(501, f"5.5.4 duplicate parameter {key}")
-        params[key] = m.group(2) or ""
+            raise _ParamError(501, "invalid parameter syntax")
+        params.setdefault(m.group(1).upper(), m.group(2) or "")  # a repeated one: the first counts
     return params
 
 
+_ANGLE = "invalid angle brackets in mailbox name"
+_CHARACTER = "invalid character in mailbox name"
+
+
+class _ParamError(PathSyntaxError):
+    """A parameter error: its reply is used as it is."""
+
+
 def _parse(arg: str, keyword: str, strict: bool) -> tuple[str, dict[str, str]]:
+    command = "invalid mail-from command" if keyword == "FROM" else "invalid rcpt-to command"
     if strict:
         n = len(keyword) + 1
         if arg[:n].upper() != keyword + ":":
-            raise PathSyntaxError(501, f"5.5.2 syntax error: expecting {keyword}:<address>")
-        rest = arg[n:]
+            raise PathSyntaxError(501, command)
+        rest = arg[n:].lstrip(_WS)
     else:
         m = _LOOSE_KEYWORD[keyword].match(arg)
         if m is None:
-            raise PathSyntaxError(501, f"5.5.2 syntax error: expecting {keyword}:<address>")
+            raise PathSyntaxError(501, command)
         rest = arg[m.end() :]
         if not rest.strip(_WS):
-            raise PathSyntaxError(501, "5.1.7 missing address")
+            raise PathSyntaxError(501, _ANGLE)
     address, rest = parse_path(rest, strict)
     return address, _parse_params(rest)
 
 
 def parse_mail_from(arg: str, strict: bool = True) -> tuple[str, dict[str, str]]:
     """Parse ``FROM:<reverse-path> [params]``; ``""`` is returned for ``<>``."""
-    return _parse(arg, "FROM", strict)
+    try:
+        return _parse(arg, "FROM", strict)
+    except _ParamError:
+        raise
+    except PathSyntaxError as e:
+        raise PathSyntaxError(553, f"mailbox name not allowed: {e.text}") from None
 
 
 def parse_rcpt_to(arg: str, strict: bool = True) -> tuple[str, dict[str, str]]:
-    """Parse ``TO:<forward-path> [params]``; the null path is a 501 error."""
+    """Parse ``TO:<forward-path> [params]``; the null path is an error (550)."""
     try:
         address, params = _parse(arg, "TO", strict)
+    except _ParamError:
+        raise
     except PathSyntaxError as e:
-        raise PathSyntaxError(e.code, e.text.replace("5.1.7", "5.1.3")) from None
+        raise PathSyntaxError(550, e.text) from None
     if not address:
-        raise PathSyntaxError(501, "5.1.3 invalid address syntax")
+        raise PathSyntaxError(550, "invalid empty mailbox")
     return address, params
 
 
@@ -166,3 +187,36 @@ def xtext_decode(s: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def to_alabels(address: str) -> str:
+    """``address`` with every non-ASCII label of its domain as an A-label (``xn--bcher-kva``)."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii() or domain.startswith("["):
+        return address
+    labels = [
+        label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+        for label in domain.split(".")
+    ]
+    return f"{local}@{'.'.join(labels)}"
+
+
+def xtext_normalise(s: str) -> str:
+    """``s`` decoded as xtext and encoded again, as E-MailRelay stores a MAIL FROM AUTH= value:
+    ``xx+41`` gives ``xxA``; a ``+`` without two hex digits after it stands for a NUL (``+zz``
+    gives ``+00``)."""
+    raw = bytearray()
+    i = 0
+    data = s.encode("utf-8", "surrogateescape")
+    while i < len(data):
+        if data[i] == 0x2B:  # "+"
+            pair = data[i + 1 : i + 3]
+            if len(pair) == 2 and all(chr(b) in "0123456789abcdefABCDEF" for b in pair):
+                raw.append(int(pair, 16))
+            else:
+                raw.append(0)
+            i += 3
+        else:
+            raw.append(data[i])
+            i += 1
+    return "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}" for b in raw)

@@ -36,16 +36,17 @@ EXPECTS
 
 GUARANTEES
     * Peer input never raises; every complete command line gets exactly one
-      reply (plus "421 4.7.0 too many errors" when max_errors consecutive
-      error replies have been sent, after which the connection is closed).
+      reply, except that the protocol error (a 500 or 503 reply) after
+      max_errors of them in the session gets none: the connection is closed
+      instead (too_many_errors), as E-MailRelay 2.6b does after 8.
       LocalProtocolError is raised only for service misuse.
     * Replies are queued in command order; pipelined commands are handled
       one at a time.
     * Command lines are limited to 512 octets including CRLF (AUTH responses
       to 12288); longer lines are discarded up to the next LF without being
-      buffered and answered "500 5.5.2 line too long".  A line ending in a
-      bare LF, or containing a bare CR, is answered "500 5.5.2 bare CR or LF
-      in command" and never executed.
+      buffered and answered "500 line too long".  A line ending in a bare LF,
+      or containing a bare CR, is answered "500 command unrecognized" (what
+      E-MailRelay answers for such a line) and never executed.
     * Only CRLF "." CRLF ends DATA (the "." line must follow a CRLF, or be
       the very first line of the content); LF.LF, CR.CR, CRLF.LF, LF.CRLF and
       CR.CRLF never do, so nothing after them is ever read as a command.
@@ -69,7 +70,7 @@ DATA CONTENT POLICY (DataChunk bytes)
       ".\\n" in that position is an ordinary dot-stuffed line and stores as
       "\\r\\n" (unstuffed "" plus normalised line end).
     * A line longer than 1000 octets including its CRLF (counted as received,
-      a bare-LF line counting the CR it gets) fails the message (500 5.5.2 line too long); exceeding max_size (counted on the
+      a bare-LF line counting the CR it gets) fails the message (500 line too long); exceeding max_size (counted on the
       stored, unstuffed and normalised bytes) fails it with 552.  A failed
       message is consumed to its end without further DataChunk events and
       then reported as DataAborted with the reply already queued.
@@ -94,7 +95,7 @@ from emailrelay.protocol.addresses import (
     PathSyntaxError,
     parse_mail_from,
     parse_rcpt_to,
-    xtext_decode,
+    xtext_normalise,
 )
 from emailrelay.protocol.line_buffer import LineBuffer, LocalProtocolError
 
@@ -138,7 +139,7 @@ class ServerConfig:
     anonymous: bool = False
     max_size: int = 0
     max_recipients: int = 100
-    max_errors: int = 10
+    max_errors: int = 8
     pipelining: bool = True
     chunking: bool = False
     smtputf8: bool = False
@@ -315,33 +316,26 @@ _COMMANDS: dict[str, tuple[str, frozenset[Phase]]] = {
     "VRFY": ("_cmd_vrfy", _ANY),
     "AUTH": ("_cmd_auth", frozenset({Phase.IDLE})),
     "STARTTLS": ("_cmd_starttls", frozenset({Phase.NO_HELLO, Phase.IDLE})),
+    "EXPN": ("_cmd_not_implemented", _ANY),
 }
 
-# (verb, phase) -> 503 text for commands out of sequence
-_OUT_OF_SEQUENCE: dict[tuple[str, Phase], str] = {
-    ("MAIL", Phase.NO_HELLO): "5.5.1 send EHLO or HELO first",
-    ("MAIL", Phase.MAIL): "5.5.1 nested MAIL command",
-    ("RCPT", Phase.NO_HELLO): "5.5.1 need MAIL before RCPT",
-    ("RCPT", Phase.IDLE): "5.5.1 need MAIL before RCPT",
-    ("DATA", Phase.NO_HELLO): "5.5.1 need MAIL before DATA",
-    ("DATA", Phase.IDLE): "5.5.1 need MAIL before DATA",
-    ("BDAT", Phase.NO_HELLO): "5.5.1 need MAIL before BDAT",
-    ("BDAT", Phase.IDLE): "5.5.1 need MAIL before BDAT",
-    ("AUTH", Phase.NO_HELLO): "5.5.1 send EHLO first",
-    ("AUTH", Phase.MAIL): "5.5.1 AUTH not allowed during a mail transaction",
-    ("STARTTLS", Phase.MAIL): "5.5.1 STARTTLS not allowed during a mail transaction",
-}
+# E-MailRelay 2.6b's reply texts (no enhanced status codes), one text for every command out of sequence
+_OUT_OF_SEQUENCE = "command out of sequence -- use RSET to resynchronise"
+_UNRECOGNIZED = "command unrecognized"
+_NOT_IMPLEMENTED = "command not implemented"
+_NO_RECIPIENTS = (554, "no valid recipients")
+_PROTOCOL_ERRORS = frozenset({500, 503})  # the replies upstream counts towards its limit
 
 # verb -> (config predicate, code, text) for extensions that are switched off
 _GATES: dict[str, tuple[Callable[[SmtpServer], bool], int, str]] = {
-    "BDAT": (lambda s: s._cfg.chunking, 500, "5.5.1 command unrecognized"),
-    "STARTTLS": (lambda s: s._cfg.starttls and not s._tls, 502, "5.5.1 STARTTLS not available"),
+    "BDAT": (lambda s: s._cfg.chunking, 500, _UNRECOGNIZED),
+    "STARTTLS": (lambda s: s._cfg.starttls and not s._tls, 500, _UNRECOGNIZED),
     # a secrets file that offers no mechanism (only hashed secrets of unknown hash functions) still
     # makes AUTH a known command: 504 for any mechanism, as upstream
     "AUTH": (
         lambda s: bool(s._cfg.auth_mechanisms) or s._cfg.auth_required,
         502,
-        "5.5.1 authentication not available",
+        _NOT_IMPLEMENTED,
     ),
 }
 
@@ -358,10 +352,11 @@ _ACCEPT: dict[type[Event], str] = {
 
 _MAIL_BODY = {"7BIT": "7BIT", "8BITMIME": "8BITMIME", "BINARYMIME": "BINARYMIME"}
 _DATA_REPLY = "start mail input -- end with <CRLF>.<CRLF>"
-_SIZE_TEXT = "5.3.4 message size exceeds fixed maximum message size"
-_LONG_TEXT = "5.5.2 line too long"
-_BARE_TEXT = "5.5.2 bare CR or LF in command"
+_SIZE_TEXT = "message size exceeds fixed maximum message size"
+_LONG_TEXT = "line too long"
+_BARE_TEXT = _UNRECOGNIZED  # a bare CR or LF in a command line: never executed
 _CRLF_DOT = re.compile(rb"\r\n\.")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
 def _has_controls(s: str) -> bool:
@@ -384,6 +379,7 @@ class SmtpServer(LineBuffer):
         self._peer_ended = False
         self._closing = False
         self._errors = 0
+        self._too_many_errors = False
         self._discarding = False
         self._discard_head = ""
         self._reset_transaction()
@@ -418,6 +414,10 @@ class SmtpServer(LineBuffer):
         return self._rcpt_ok
 
     @property
+    def too_many_errors(self) -> bool:
+        return self._too_many_errors
+
+    @property
     def peer_ended(self) -> bool:
         return self._peer_ended
 
@@ -430,7 +430,7 @@ class SmtpServer(LineBuffer):
     def greeting(self) -> None:
         c = self._cfg
         if c.anonymous:
-            self._send(220, f"{c.domain} -- Service ready")
+            self._send(220, "greeting")
         else:
             self._send(220, f"{c.domain} -- {c.product} -- Service ready")
 
@@ -550,31 +550,33 @@ class SmtpServer(LineBuffer):
         self._reset_transaction()
         self._phase = Phase.IDLE
         self._extended = ev.extended
-        first = text if text is not None else f"{self._cfg.domain} says hello"
         if ev.extended:
+            name = "smtp" if self._cfg.anonymous else self._cfg.domain
+            first = text if text is not None else f"{name} says hello"
             self._send(250, "\n".join([first, *self._extensions()]))
         else:
-            self._send(250, first)
+            self._send(250, text if text is not None else "hello")
 
     def _extensions(self) -> list[str]:
+        """The EHLO keywords in E-MailRelay 2.6b's order (8BITMIME always last)."""
         c = self._cfg
         ext: list[str] = []
-        if c.auth_mechanisms and (self._tls or not c.tls_required):
-            ext.append("AUTH " + " ".join(c.auth_mechanisms))
-        if c.vrfy:
-            ext.append("VRFY")
-        if c.pipelining:
-            ext.append("PIPELINING")
         if c.max_size > 0:
             ext.append(f"SIZE {c.max_size}")
-        ext.append("8BITMIME")
+        if c.auth_mechanisms:
+            ext.append("AUTH " + " ".join(c.auth_mechanisms))
         if c.starttls and not self._tls:
             ext.append("STARTTLS")
+        if c.vrfy:
+            ext.append("VRFY")
         if c.chunking:
             ext.append("CHUNKING")
             ext.append("BINARYMIME")
+        if c.pipelining:
+            ext.append("PIPELINING")
         if c.smtputf8:
             ext.append("SMTPUTF8")
+        ext.append("8BITMIME")
         return ext
 
     def _accept_mail(self, ev: MailFrom, text: str | None) -> None:
@@ -603,7 +605,7 @@ class SmtpServer(LineBuffer):
         self._send(250, text if text is not None else f"<{ev.address}>")
 
     def _accept_starttls(self, ev: StartTls, text: str | None) -> None:
-        self._send(220, text if text is not None else "ready to start TLS")
+        self._send(220, text if text is not None else "ready to start tls")
         self._buf = b""  # CVE-2011-0411: nothing pipelined after STARTTLS survives
         self._pos = 0
         self._discarding = False
@@ -619,16 +621,14 @@ class SmtpServer(LineBuffer):
                 "utf-8", "replace"
             )
         )
-        if code < 400:
-            self._errors = 0
-            return
-        if not counts_as_error:
+        if code not in _PROTOCOL_ERRORS or not counts_as_error:
             return
         self._errors += 1
         limit = self._cfg.max_errors
-        if limit > 0 and self._errors >= limit and not self._closing:
-            self._out.append(b"421 4.7.0 too many errors\r\n")
+        if limit > 0 and self._errors > limit and not self._closing:
+            self._out.pop()  # no reply: the connection is closed
             self._closing = True
+            self._too_many_errors = True
 
     def _error(self, line: str, code: int, text: str) -> ProtocolError:
         self._send(code, text)
@@ -695,13 +695,12 @@ class SmtpServer(LineBuffer):
                 return self._need()
             return self._error(self._discard_head, 500, err)
         line = raw.decode("latin-1")
-        if raw.isascii():
-            text = line
-        else:
+        if not raw.isascii():
             try:
-                text = raw.decode("utf-8")
+                line = raw.decode("utf-8")  # logged and echoed as the client sent it
             except UnicodeDecodeError:
-                text = line
+                pass
+        text = line
         if self._cfg.strict_parsing:
             verb, _, arg = text.partition(" ")
         else:
@@ -711,15 +710,15 @@ class SmtpServer(LineBuffer):
         verb = verb.upper()
         entry = _COMMANDS.get(verb)
         if entry is None:
-            return self._error(line, 500, "5.5.1 command unrecognized")
+            return self._error(line, 500, _UNRECOGNIZED)
+        method, phases = entry
+        if verb == "AUTH" and self._phase is Phase.MAIL:  # upstream checks AUTH's sequence first
+            return self._error(line, 503, _OUT_OF_SEQUENCE)
         gate = _GATES.get(verb)
         if gate is not None and not gate[0](self):
             return self._error(line, gate[1], gate[2])
-        method, phases = entry
         if self._phase not in phases:
-            return self._error(
-                line, 503, _OUT_OF_SEQUENCE.get((verb, self._phase), "5.5.1 command out of sequence")
-            )
+            return self._error(line, 503, _OUT_OF_SEQUENCE)
         handler: Callable[[str, str], Event | None] = getattr(self, method)
         return handler(line, arg)
 
@@ -728,9 +727,9 @@ class SmtpServer(LineBuffer):
     def _hello(self, line: str, arg: str, extended: bool) -> Event:
         words = arg.split()
         if not words:
-            return self._error(line, 501, "5.5.4 missing domain name")
+            return self._error(line, 501, "parameter required")
         if _has_controls(words[0]):
-            return self._error(line, 501, "5.5.4 invalid domain name")
+            return self._error(line, 501, "invalid domain name")
         return Hello(line, words[0], extended)
 
     def _cmd_helo(self, line: str, arg: str) -> Event:
@@ -741,10 +740,9 @@ class SmtpServer(LineBuffer):
 
     def _cmd_mail(self, line: str, arg: str) -> Event:
         c = self._cfg
-        if c.tls_required and not self._tls:
-            return self._error(line, 530, "5.7.0 must issue STARTTLS first")
-        if c.auth_required and not self._authenticated:
-            return self._error(line, 530, "5.7.0 authentication required")
+        refusal = self._refusal()
+        if refusal is not None:
+            return self._error(line, 530, refusal)
         try:
             address, params = parse_mail_from(arg, c.strict_parsing)
         except PathSyntaxError as e:
@@ -753,34 +751,26 @@ class SmtpServer(LineBuffer):
         size: int | None = None
         auth: str | None = None
         smtputf8 = False
+        # as E-MailRelay 2.6b: unknown parameters, and SIZE and BODY values it cannot use, are ignored
         for key, value in params.items():
             if key == "SIZE":
                 if not (value.isdigit() and value.isascii() and len(value) <= 20):
-                    return self._error(line, 501, "5.5.4 invalid SIZE parameter")
+                    continue
                 size = int(value)
                 if c.max_size > 0 and size > c.max_size:
                     return self._error(line, 552, _SIZE_TEXT)
             elif key == "BODY":
                 body = _MAIL_BODY.get(value.upper())
-                if body is None or (body == "BINARYMIME" and not c.chunking):
-                    return self._error(line, 501, "5.5.4 invalid BODY parameter")
             elif key == "AUTH":
-                try:
-                    if not value:
-                        raise ValueError(value)
-                    if value != "<>":
-                        xtext_decode(value)
-                except ValueError:
-                    return self._error(line, 501, "5.5.4 invalid AUTH parameter")
-                auth = value
-            elif key == "SMTPUTF8" and c.smtputf8:
+                if not value:
+                    return self._error(line, 501, "invalid AUTH parameter")
+                auth = value if value == "<>" else xtext_normalise(value)
+            elif key == "SMTPUTF8":  # accepted (and ignored unless offered), as upstream
                 if value:
-                    return self._error(line, 501, "5.5.4 invalid SMTPUTF8 parameter")
-                smtputf8 = True
-            else:
-                return self._error(line, 555, f"5.5.4 unsupported parameter {key}")
+                    return self._error(line, 501, "invalid SMTPUTF8 parameter")
+                smtputf8 = c.smtputf8
         if c.smtputf8_strict and not smtputf8 and not address.isascii():
-            return self._error(line, 553, "5.6.7 non-ASCII address requires SMTPUTF8")
+            return self._error(line, 553, "non-ASCII address requires SMTPUTF8")
         return MailFrom(line, address, body, size, smtputf8, auth, params)
 
     def _cmd_rcpt(self, line: str, arg: str) -> Event:
@@ -792,37 +782,46 @@ class SmtpServer(LineBuffer):
     def _check_rcpt(self, line: str, arg: str) -> Event:
         c = self._cfg
         if self._bdat_used:
-            return self._error(line, 503, "5.5.1 RCPT after BDAT")
+            return self._error(line, 503, _OUT_OF_SEQUENCE)
         if self._rcpt_ok >= c.max_recipients:
             # RFC 5321 4.5.3.1.10: the client is meant to send the rest in another transaction,
             # so this 452 is no sign of a misbehaving client and never counts towards max_errors
-            self._send(452, "4.5.3 too many recipients", counts_as_error=False)
-            return ProtocolError(line, 452, "4.5.3 too many recipients")
+            self._send(452, "too many recipients", counts_as_error=False)
+            return ProtocolError(line, 452, "too many recipients")
         try:
             address, params = parse_rcpt_to(arg, c.strict_parsing)
         except PathSyntaxError as e:
             return self._error(line, e.code, e.text)
-        for key in params:
-            return self._error(line, 555, f"5.5.4 unsupported parameter {key}")
-        mail = self._mail
+        mail = self._mail  # (RCPT parameters are ignored, as upstream)
         if c.smtputf8_strict and not address.isascii() and not (mail is not None and mail.smtputf8):
-            return self._error(line, 553, "5.6.7 non-ASCII address requires SMTPUTF8")
+            return self._error(line, 553, "non-ASCII address requires SMTPUTF8")
         return RcptTo(line, address, params)
 
-    def _no_recipients(self) -> tuple[int, str]:
-        if self._rcpt_failed:
-            return 554, "5.5.1 no valid recipients"
-        return 503, "5.5.1 need RCPT before DATA"
+    def _refusal(self) -> str | None:
+        """Why MAIL and VRFY are refused before TLS or authentication (530), or None."""
+        c = self._cfg
+        need_tls = c.tls_required and not self._tls
+        if c.auth_required and not self._authenticated:
+            return "authentication required" + (": use starttls" if need_tls else "")
+        if need_tls:
+            return "encryption required: use starttls"
+        return None
+
+    def _end_without_recipients(self, line: str) -> ProtocolError:
+        """DATA (or the end of a BDAT) with no accepted recipient: upstream's 554 ends the transaction."""
+        self._reset_transaction()
+        self._phase = Phase.IDLE
+        return self._error(line, *_NO_RECIPIENTS)
 
     def _cmd_data(self, line: str, arg: str) -> Event:
         if arg.strip():
-            return self._error(line, 501, "5.5.4 DATA takes no arguments")
+            return self._error(line, 501, "DATA takes no arguments")
         if self._bdat_used:
-            return self._error(line, 503, "5.5.1 cannot mix DATA and BDAT")
+            return self._error(line, 503, _OUT_OF_SEQUENCE)
         if self._rcpt_ok == 0:
-            return self._error(line, *self._no_recipients())
+            return self._end_without_recipients(line)
         if self._mail is not None and self._mail.body == "BINARYMIME":
-            return self._error(line, 503, "5.5.1 BINARYMIME requires BDAT")
+            return self._error(line, 503, "invalid data command with binarymime -- use RSET to resynchronise")
         return DataStart(line)
 
     def _cmd_bdat(self, line: str, arg: str) -> Event | None:
@@ -834,15 +833,15 @@ class SmtpServer(LineBuffer):
             and len(words[0]) <= 15
             and (len(words) == 1 or words[1].upper() == "LAST")
         ):
-            return self._error(line, 501, "5.5.4 invalid BDAT command")
+            return self._error(line, 501, "invalid BDAT command")
         self._bdat_remaining = self._bdat_size = int(words[0])
         self._bdat_last = len(words) == 2
         self._bdat_line = line
         self._bdat_return = self._phase
         if self._phase is not Phase.MAIL:
-            self._bdat_error = (503, _OUT_OF_SEQUENCE[("BDAT", self._phase)])
+            self._bdat_error = (503, _OUT_OF_SEQUENCE)
         elif self._rcpt_ok == 0:
-            self._bdat_error = self._no_recipients()
+            self._bdat_error = _NO_RECIPIENTS
         else:
             self._bdat_error = None
             if not self._bdat_used:
@@ -860,16 +859,15 @@ class SmtpServer(LineBuffer):
         return Rset(line)
 
     def _cmd_noop(self, line: str, arg: str) -> Event:
-        self._send(250, "OK")
+        self._send(250, "noop")
         return Noop(line)
 
     def _cmd_help(self, line: str, arg: str) -> Event:
-        verbs = ["HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "HELP", "VRFY"]
-        for verb in ("AUTH", "STARTTLS", "BDAT"):
-            if _GATES[verb][0](self):
-                verbs.append(verb)
-        self._send(214, "2.0.0 commands: " + " ".join(verbs))
+        self._send(502, _NOT_IMPLEMENTED)  # as E-MailRelay 2.6b
         return Help(line)
+
+    def _cmd_not_implemented(self, line: str, arg: str) -> Event:
+        return self._error(line, 502, _NOT_IMPLEMENTED)
 
     def _cmd_quit(self, line: str, arg: str) -> Event:
         self._send(221, "OK")
@@ -877,6 +875,9 @@ class SmtpServer(LineBuffer):
         return Quit(line)
 
     def _cmd_vrfy(self, line: str, arg: str) -> Event | None:
+        refusal = self._refusal()
+        if refusal is not None:
+            return self._error(line, 530, refusal)
         if not self._cfg.vrfy:
             self._send(252, "cannot vrfy")
             return None
@@ -884,7 +885,7 @@ class SmtpServer(LineBuffer):
         if address.startswith("<") and address.endswith(">"):
             address = address[1:-1].strip()
         if not address or _has_controls(address):
-            return self._error(line, 501, "5.5.4 invalid VRFY argument")
+            return self._error(line, 550, "invalid mailbox")
         return Vrfy(line, address)
 
     def _cmd_auth(self, line: str, arg: str) -> Event:
@@ -893,25 +894,21 @@ class SmtpServer(LineBuffer):
         if len(words) >= 2:  # an initial response carries credentials: never let it reach a log
             line = f"{line.split(None, 1)[0]} {words[0]} [authentication response not logged]"
         if self._authenticated:
-            return self._error(line, 503, "5.5.1 already authenticated")
-        if c.tls_required and not self._tls:
-            return self._error(line, 530, "5.7.0 must issue STARTTLS first")
-        if not 1 <= len(words) <= 2:
-            return self._error(line, 501, "5.5.4 invalid AUTH command")
-        mechanism = words[0].upper()
-        if mechanism not in (m.upper() for m in c.auth_mechanisms):
-            return self._error(line, 504, "5.5.4 unsupported authentication mechanism")
+            return self._error(line, 503, _OUT_OF_SEQUENCE)
+        if c.tls_required and not self._tls:  # no credentials in clear text
+            return self._error(line, 530, "encryption required: use starttls")
+        mechanism = words[0].upper() if words else ""
+        if len(words) > 2 or mechanism not in (m.upper() for m in c.auth_mechanisms):
+            return self._error(line, 504, "unsupported authentication mechanism")
         initial: str | None = None
         if len(words) == 2:
             initial = "" if words[1] == "=" else words[1]
-            if initial == "*":
-                return self._error(line, 501, "authentication cancelled")
+            if initial and not _BASE64.fullmatch(initial):  # "*" included: no cancel in an initial response
+                return self._error(line, 501, "invalid argument")
         return AuthStart(line, mechanism, initial)
 
     def _cmd_starttls(self, line: str, arg: str) -> Event:
-        if arg.strip():
-            return self._error(line, 501, "5.5.4 STARTTLS takes no arguments")
-        return StartTls(line)
+        return StartTls(line)  # arguments are ignored, as upstream
 
     # ----------------------------------------------------------- AUTH / BDAT
 
@@ -950,6 +947,8 @@ class SmtpServer(LineBuffer):
         if self._bdat_error is not None:
             code, text = self._bdat_error
             self._bdat_error = None
+            if (code, text) == _NO_RECIPIENTS:
+                return self._end_without_recipients(self._bdat_line)
             self._phase = self._bdat_return
             return self._error(self._bdat_line, code, text)
         if self._data_fail is not None:

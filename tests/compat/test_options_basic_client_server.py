@@ -416,15 +416,14 @@ def test_client_smtp_config_pipelining(tmp_path: Path) -> None:
             queue_one(spool, ("a@example.net", "b@example.net"))
             r = as_client(spool, hop.address, *opts)
             assert r.returncode == 0 and len(hop.messages) == 1, r.stderr
+            if "pipelining,bogus" in opts:  # an unknown item only warns, as E-MailRelay 2.6b
+                assert "warning: unknown smtp-config item [bogus]" in r.stderr, r.stderr
             batched = [e for e in hop.protocol_errors if "pipelined" in e and "MAIL FROM" in e]
         assert bool(batched) is pipelined, (name, hop.protocol_errors)
 
-    bad = subprocess.run([program(), "-c", "pipelining,bogus", "--no-daemon", "--spool-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
-    assert bad.returncode == 1 and "error: --client-smtp-config: unknown keyword 'bogus'" in bad.stderr, bad.stderr
     concurrently(
         lambda: variant("default", [], True),
-        lambda: variant("c", ["-c", "pipelining"], True),
+        lambda: variant("c", ["-c", "pipelining,bogus"], True),
         lambda: variant("nopipelining", ["--client-smtp-config", "nopipelining"], False),
     )
 
@@ -644,9 +643,9 @@ def test_server_short_forms_port_interface_spool_domain_size_config_anonymous(tm
         wait_for_port(port, proc=proc, timeout=20)
         with Wire(port) as w:
             code, greeting = w.reply()
-            assert code == 220 and greeting == ["short.example.org -- Service ready"]  # -A: no product name
+            assert code == 220 and greeting == ["greeting"]  # -A: no name at all, as E-MailRelay 2.6b
             code, lines = w.command(b"EHLO client.example")
-            assert lines[0].startswith("short.example.org ")
+            assert lines[0] == "smtp says hello"  # -A hides the domain too (upstream)
             keywords = {line.split()[0] for line in lines[1:]}
             assert {"CHUNKING", "SMTPUTF8", "SIZE"} <= keywords and "VRFY" not in keywords
             assert "SIZE 5000" in lines
@@ -969,7 +968,7 @@ def test_server_smtp_config(tmp_path: Path) -> None:
         with relay(base, "-Z", "smtputf8strict") as r, Wire(r.port) as w:
             keywords = ehlo_keywords(w)
             assert "SMTPUTF8" in keywords and "CHUNKING" not in keywords
-            assert w.command(b"MAIL FROM: <s@example.com>")[0] // 100 == 5  # strict parsing by default
+            assert w.command(b"MAIL FROM:s@example.com")[0] == 553  # strict parsing by default: <> needed
             assert w.command("MAIL FROM:<jörg@example.com>".encode())[0] // 100 == 5  # needs SMTPUTF8
             assert w.command("MAIL FROM:<jörg@example.com> SMTPUTF8".encode())[0] == 250
 
@@ -983,7 +982,8 @@ def test_server_smtp_config(tmp_path: Path) -> None:
             assert w.command(b"DATA")[0] == 354
             assert w.command(b"Subject: u\r\n\r\nu\r\n.")[0] == 250
             ((_, env, _, _),) = committed(r.spool)
-        assert env.from_address == "jörg@bücher.example" and env.to_remote == ("r@bücher.example",)
+        # domains are stored as A-labels, noalabels or not (as E-MailRelay 2.6b)
+        assert env.from_address == "jörg@xn--bcher-kva.example" and env.to_remote == ("r@xn--bcher-kva.example",)
 
     concurrently(pipelining_chunking_nostrictparsing, smtputf8strict, smtputf8_noalabels_nopipelining)
 

@@ -138,8 +138,14 @@ def test_default_ehlo_has_no_chunking_or_smtputf8(relay: Relay) -> None:
         assert {"PIPELINING", "8BITMIME"} <= keywords
         assert not {"CHUNKING", "SMTPUTF8", "BINARYMIME"} & keywords
         assert w.command(b"BDAT 5 LAST")[0] == 500
-        assert w.command(b"MAIL FROM:<a@example.com> SMTPUTF8")[0] >= 500
-        assert w.command(b"MAIL FROM:<a@example.com> BODY=BINARYMIME")[0] >= 500
+        # as E-MailRelay 2.6b: the parameters are accepted, BINARYMIME is refused at DATA
+        assert w.command(b"MAIL FROM:<a@example.com> SMTPUTF8 BODY=BINARYMIME")[0] == 250
+        assert w.command(b"RCPT TO:<b@example.net>")[0] == 250
+        assert w.command(b"DATA") == (
+            503,
+            ["invalid data command with binarymime -- use RSET to resynchronise"],
+        )
+        assert w.command(b"RSET")[0] == 250
         assert w.command(b"NOOP")[0] == 250  # the session goes on
     assert spool_entries(relay.spool) == []
 
@@ -166,9 +172,10 @@ def test_chunking_and_smtputf8_when_configured(relay_with: Callable[..., Relay])
         w.send(b"Subject: data\r\n\r\nd\r\n.\r\n")
         assert w.reply()[0] == 250
     stored = {env.from_address: (env_bytes, content) for _, env, env_bytes, content in committed(relay.spool)}
-    assert set(stored) == {sender, "x@example.com"}
-    env_bytes, content = stored[sender]
-    assert env_bytes == expected_envelope(sender, [rcpt], content="binarymime", utf8=True)
+    stored_sender = "j\u00f6rg@xn--bcher-kva.example"  # domains are stored as A-labels, as upstream
+    assert set(stored) == {stored_sender, "x@example.com"}
+    env_bytes, content = stored[stored_sender]
+    assert env_bytes == expected_envelope(stored_sender, [rcpt], content="binarymime", utf8=True)
     assert split_received(content)[1] == chunk1 + chunk2  # BDAT octets are stored raw
     env_bytes, content = stored["x@example.com"]
     assert env_bytes == expected_envelope("x@example.com", ["y@example.net"])
@@ -303,8 +310,7 @@ def test_too_many_errors_closes_the_connection(relay: Relay) -> None:
         w.send(b"BOGUS\r\n" * 10 + b"NOOP\r\n")
         replies = parse_replies(w.read_to_close())
     codes = [c for c, _ in replies]
-    assert codes == [500] * 10 + [421]
-    assert "too many errors" in " ".join(replies[-1][1])
+    assert codes == [500] * 8  # as E-MailRelay 2.6b: the ninth gets no reply, the connection closes
     # and the relay serves the next client
     with Wire(relay.port) as w:
         w.greet()

@@ -245,6 +245,7 @@ R = b"RCPT TO:<bob@example.net>\r\n"
 D = b"DATA\r\n"
 Q = b"QUIT\r\n"
 OK_TXN = ["250 ", "250 sender <alice@example.com> OK", "250 recipient <bob@example.net> OK"]
+SEQ = "503 command out of sequence -- use RSET to resynchronise"
 DATA_OK = [*OK_TXN, "354 start mail input -- end with <CRLF>.<CRLF>", "250 message processed"]
 
 
@@ -317,7 +318,7 @@ def _long(n: int) -> bytes:
 
 CASES: list[Case] = [
     # --- basics
-    Case("helo", [b"HELO c\r\n", Q], ["250 localhost says hello", "221 OK"]),
+    Case("helo", [b"HELO c\r\n", Q], ["250 hello", "221 OK"]),
     Case("greeting and ehlo texts", [E, Q], ["250 8BITMIME", "221 OK"], config={"domain": "vm"}),
     Case(
         "full transaction", [E + M + R + D + b"hi\r\n.\r\n" + Q], [*DATA_OK, "221 OK"], messages=[b"hi\r\n"]
@@ -330,10 +331,10 @@ CASES: list[Case] = [
         [*DATA_OK, "221 OK"],
         messages=[b"x\r\n"],
     ),
-    Case("noop", [b"NOOP\r\nnoop anything\r\n"], ["250 OK", "250 OK"], check=has_event(Noop("NOOP"))),
-    Case("help", [b"HELP\r\n"], ["214 "], check=has_event(Help("HELP"))),
+    Case("noop", [b"NOOP\r\nnoop anything\r\n"], ["250 noop", "250 noop"], check=has_event(Noop("NOOP"))),
+    Case("help", [b"HELP\r\n"], ["502 command not implemented"], check=has_event(Help("HELP"))),
     Case("rset before hello", [b"RSET\r\nMAIL FROM:<a@b>\r\n"], ["250 state reset", "503 "]),
-    Case("unknown command", [b"FOO bar\r\n\r\n"], ["500 5.5.1 command unrecognized"] * 2),
+    Case("unknown command", [b"FOO bar\r\n\r\n"], ["500 command unrecognized"] * 2),
     Case(
         "quit ends",
         [b"QUIT\r\nNOOP\r\n"],
@@ -348,17 +349,17 @@ CASES: list[Case] = [
         check=lambda r: r.events[-2:] == [DataAborted(0, "connection closed"), ConnectionClosed()],
     ),
     # --- sequencing
-    Case("mail before helo", [M], ["503 5.5.1"]),
-    Case("rcpt before mail", [E + R], ["250 ", "503 5.5.1"]),
-    Case("data before mail", [E + D], ["250 ", "503 5.5.1"]),
-    Case("data without rcpt", [E + M + D], ["250 ", "250 ", "503 5.5.1"]),
+    Case("mail before helo", [M], [SEQ]),
+    Case("rcpt before mail", [E + R], ["250 ", SEQ]),
+    Case("data before mail", [E + D], ["250 ", SEQ]),
+    Case("data without rcpt", [E + M + D + R], ["250 ", "250 ", "554 no valid recipients", SEQ]),
     Case(
         "data with all rcpts rejected",
         [E + M + R + R + D],
-        ["250 ", "250 ", "550 no", "550 no", "554 5.5.1 no valid recipients"],
+        ["250 ", "250 ", "550 no", "550 no", "554 no valid recipients"],
         policy=reject(RcptTo, 550, "no"),
     ),
-    Case("nested mail", [E + M + M], ["250 ", "250 ", "503 5.5.1 nested MAIL command"]),
+    Case("nested mail", [E + M + M], ["250 ", "250 ", SEQ]),
     Case("ehlo resets transaction", [E + M + R + E + D], ["250 ", "250 ", "250 ", "250 ", "503 "]),
     Case("rset resets transaction", [E + M + R + b"RSET\r\n" + D], [*OK_TXN, "250 state reset", "503 "]),
     Case(
@@ -384,23 +385,21 @@ CASES: list[Case] = [
         policy=reject(RcptTo, 550, "invalid mailbox: bad@example.net"),
     ),
     # --- line limits and bare CR/LF
-    Case("command 512 ok", [b"NOOP " + _long(505) + b"\r\n"], ["250 OK"]),
+    Case("command 512 ok", [b"NOOP " + _long(505) + b"\r\n"], ["250 noop"]),
     Case(
         "command 513 too long",
         [b"NOOP " + _long(506) + b"\r\nNOOP\r\n"],
-        ["500 5.5.2 line too long", "250 OK"],
+        ["500 line too long", "250 noop"],
     ),
-    Case(
-        "command huge", [b"NOOP " + _long(100_000) + b"\r\nNOOP\r\n"], ["500 5.5.2 line too long", "250 OK"]
-    ),
-    Case("huge bare", [_long(3000) + b"\nNOOP\r\n"], ["500 5.5.2 line too long", "250 OK"]),
-    Case("bare lf", [b"NOOP\nNOOP\r\n"], ["500 5.5.2 bare CR or LF in command", "250 OK"]),
-    Case("bare cr", [b"NO\rOP\r\nNOOP\r\n"], ["500 5.5.2 bare CR or LF in command", "250 OK"]),
-    Case("double cr", [b"NOOP\r\r\n"], ["500 5.5.2 bare CR or LF in command"]),
+    Case("command huge", [b"NOOP " + _long(100_000) + b"\r\nNOOP\r\n"], ["500 line too long", "250 noop"]),
+    Case("huge bare", [_long(3000) + b"\nNOOP\r\n"], ["500 line too long", "250 noop"]),
+    Case("bare lf", [b"NOOP\nNOOP\r\n"], ["500 command unrecognized", "250 noop"]),
+    Case("bare cr", [b"NO\rOP\r\nNOOP\r\n"], ["500 command unrecognized", "250 noop"]),
+    Case("double cr", [b"NOOP\r\r\n"], ["500 command unrecognized"]),
     Case(
         "bare lf client gets answers",
         [b"EHLO c\nMAIL FROM:<a@b>\n"],
-        ["500 5.5.2 bare CR or LF in command"] * 2,
+        ["500 command unrecognized"] * 2,
         check=no_event(MailFrom),
     ),
     Case(
@@ -412,36 +411,71 @@ CASES: list[Case] = [
     Case(
         "data line 1001 fails",
         [E + M + R + D + _long(999) + b"\r\nmore\r\n.\r\nNOOP\r\n"],
-        [*OK_TXN, "354 ", "500 5.5.2 line too long", "250 OK"],
+        [*OK_TXN, "354 ", "500 line too long", "250 noop"],
         messages=[],
-        check=lambda r: r.aborted == [DataAborted(500, "5.5.2 line too long")] and DataChunk not in r.types(),
+        check=lambda r: r.aborted == [DataAborted(500, "line too long")] and DataChunk not in r.types(),
     ),
     Case(
         "data bare-lf line 999 normalised to 1001 fails",
         [E + M + R + D + _long(999) + b"\n\r\n.\r\n"],
-        [*OK_TXN, "354 ", "500 5.5.2 line too long"],
+        [*OK_TXN, "354 ", "500 line too long"],
     ),
     Case(
         "data huge line then end",
         [E + M + R + D + b"ok\r\n" + _long(200_000) + b"\r\n.\r\nNOOP\r\n"],
-        [*OK_TXN, "354 ", "500 5.5.2 line too long", "250 OK"],
-        check=lambda r: r.aborted == [DataAborted(500, "5.5.2 line too long")],
+        [*OK_TXN, "354 ", "500 line too long", "250 noop"],
+        check=lambda r: r.aborted == [DataAborted(500, "line too long")],
     ),
     # --- MAIL / RCPT syntax and parameters
-    Case("mail without from", [E + b"MAIL <a@b>\r\n"], ["250 ", "501 5."]),
-    Case("mail bad address", [E + b"MAIL FROM:<a@b\r\n"], ["250 ", "501 5."]),
-    Case("mail nul in address", [E + b"MAIL FROM:<a\x00@b>\r\n"], ["250 ", "501 5."]),
-    Case("mail control in address", [E + b"MAIL FROM:<a\x01@b>\r\n"], ["250 ", "501 5."]),
-    Case("mail unknown param", [E + b"MAIL FROM:<a@b> FOO=1\r\n"], ["250 ", "555 5.5.4"]),
-    Case("mail duplicate param", [E + b"MAIL FROM:<a@b> SIZE=1 SIZE=2\r\n"], ["250 ", "501 5.5.4"]),
-    Case("mail size not number", [E + b"MAIL FROM:<a@b> SIZE=abc\r\n"], ["250 ", "501 5.5.4"]),
-    Case("mail body bad", [E + b"MAIL FROM:<a@b> BODY=9BIT\r\n"], ["250 ", "501 5.5.4"]),
     Case(
-        "mail binarymime without chunking",
-        [E + b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n"],
-        ["250 ", "501 5.5.4"],
+        "mail without from",
+        [E + b"MAIL <a@b>\r\n"],
+        ["250 ", "553 mailbox name not allowed: invalid mail-from command"],
     ),
-    Case("mail auth bad xtext", [E + b"MAIL FROM:<a@b> AUTH=a+zz\r\n"], ["250 ", "501 5.5.4"]),
+    Case(
+        "mail bad address",
+        [E + b"MAIL FROM:<a@b\r\nMAIL FROM:a@b\r\n"],
+        [
+            "250 ",
+            "553 mailbox name not allowed: invalid angle brackets in mailbox name",
+            "553 mailbox name not allowed: missing angle brackets in mailbox name",
+        ],
+    ),
+    Case(
+        "mail nul in address",
+        [E + b"MAIL FROM:<a\x00@b>\r\n"],
+        ["250 ", "553 mailbox name not allowed: invalid character"],
+    ),
+    Case(
+        "mail control in address",
+        [E + b"MAIL FROM:<a\x01@b>\r\n"],
+        ["250 ", "553 mailbox name not allowed: invalid character"],
+    ),
+    Case("mail unknown param ignored", [E + b"MAIL FROM:<a@b> FOO=1\r\n"], ["250 ", "250 sender <a@b> OK"]),
+    Case(
+        "mail duplicate param: the first counts",
+        [E + b"MAIL FROM:<a@b> SIZE=1 SIZE=2\r\n"],
+        ["250 ", "250 "],
+        check=lambda r: any(isinstance(ev, MailFrom) and ev.size == 1 for ev in r.events),
+    ),
+    Case("mail size not number ignored", [E + b"MAIL FROM:<a@b> SIZE=abc\r\n"], ["250 ", "250 "]),
+    Case(
+        "mail body bad ignored",
+        [E + b"MAIL FROM:<a@b> BODY=9BIT\r\n"],
+        ["250 ", "250 "],
+        check=lambda r: any(isinstance(ev, MailFrom) and ev.body is None for ev in r.events),
+    ),
+    Case(
+        "mail binarymime without chunking: refused at DATA",
+        [E + b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n" + R + D],
+        ["250 ", "250 ", "250 ", "503 invalid data command with binarymime -- use RSET to resynchronise"],
+    ),
+    Case(
+        "mail auth bad xtext: a NUL, as upstream",
+        [E + b"MAIL FROM:<a@b> AUTH=a+zz\r\n"],
+        ["250 ", "250 "],
+        check=lambda r: any(isinstance(ev, MailFrom) and ev.auth == "a+00" for ev in r.events),
+    ),
     Case(
         "mail params",
         [E + b"MAIL FROM:<a@b> BODY=8bitmime SIZE=123 AUTH=alice+40x\r\n"],
@@ -453,7 +487,7 @@ CASES: list[Case] = [
                 "8BITMIME",
                 123,
                 False,
-                "alice+40x",
+                "alice@x",
                 {"BODY": "8bitmime", "SIZE": "123", "AUTH": "alice+40x"},
             )
         ),
@@ -463,7 +497,7 @@ CASES: list[Case] = [
     Case(
         "mail size over max",
         [E + b"MAIL FROM:<a@b> SIZE=1001\r\n"],
-        ["250 ", "552 5.3.4 message size exceeds fixed maximum message size"],
+        ["250 ", "552 message size exceeds fixed maximum message size"],
         config={"max_size": 1000},
     ),
     Case(
@@ -472,17 +506,22 @@ CASES: list[Case] = [
         ["250 ", "250 "],
         config={"max_size": 1000},
     ),
-    Case("smtputf8 param not enabled", [E + b"MAIL FROM:<a@b> SMTPUTF8\r\n"], ["250 ", "555 5.5.4"]),
+    Case(
+        "smtputf8 param not enabled: ignored",
+        [E + b"MAIL FROM:<a@b> SMTPUTF8\r\n"],
+        ["250 ", "250 "],
+        check=lambda r: any(isinstance(ev, MailFrom) and not ev.smtputf8 for ev in r.events),
+    ),
     Case(
         "smtputf8 strict rejects non-ascii",
         [E + "MAIL FROM:<j\u00f6rg@b>\r\n".encode()],
-        ["250 ", "553 5.6.7"],
+        ["250 ", "553 non-ASCII address requires SMTPUTF8"],
         config={"smtputf8": True, "smtputf8_strict": True},
     ),
     Case(
         "smtputf8 strict rcpt",
         [E + M + "RCPT TO:<j\u00f6rg@b>\r\n".encode()],
-        ["250 ", "250 ", "553 5.6.7"],
+        ["250 ", "250 ", "553 non-ASCII address requires SMTPUTF8"],
         config={"smtputf8": True, "smtputf8_strict": True},
     ),
     Case(
@@ -502,7 +541,8 @@ CASES: list[Case] = [
     Case(
         "latin-1 address bytes", [E + b"MAIL FROM:<j\xf6rg@b>\r\n"], ["250 ", "250 sender <j\u00f6rg@b> OK"]
     ),
-    Case("strict rejects space", [E + b"MAIL FROM: <a@b>\r\n"], ["250 ", "501 "]),
+    Case("strict allows space after colon", [E + b"MAIL FROM: <a@b>\r\n"], ["250 ", "250 sender <a@b> OK"]),
+    Case("strict rejects space before colon", [E + b"MAIL FROM : <a@b>\r\n"], ["250 ", "553 "]),
     Case(
         "nostrict space",
         [E + b"MAIL FROM: <a@b>\r\n"],
@@ -515,39 +555,49 @@ CASES: list[Case] = [
         ["250 ", "250 sender <a@b> OK", "250 recipient <c@d> OK"],
         config={"strict_parsing": False},
     ),
-    Case("rcpt null", [E + M + b"RCPT TO:<>\r\n"], ["250 ", "250 ", "501 5.1.3"]),
+    Case("rcpt null", [E + M + b"RCPT TO:<>\r\n"], ["250 ", "250 ", "550 invalid empty mailbox"]),
+    Case(
+        "rcpt syntax",
+        [E + M + b"RCPT TO:c@d\r\nRCPT <c@d>\r\nRCPT TO:<c@d\r\n"],
+        [
+            "250 ",
+            "250 ",
+            "550 missing angle brackets in mailbox name",
+            "550 invalid rcpt-to command",
+            "550 invalid angle brackets in mailbox name",
+        ],
+    ),
     Case(
         "rcpt postmaster",
         [E + M + b"RCPT TO:<postmaster>\r\n"],
         ["250 ", "250 ", "250 recipient <postmaster> OK"],
     ),
-    Case("rcpt param", [E + M + b"RCPT TO:<a@b> NOTIFY=NEVER\r\n"], ["250 ", "250 ", "555 5.5.4"]),
+    Case("rcpt param ignored", [E + M + b"RCPT TO:<a@b> NOTIFY=NEVER\r\n"], ["250 ", "250 ", "250 "]),
     Case(
         "too many recipients",
         [E + M + b"RCPT TO:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\n"],
-        ["250 ", "250 ", "250 ", "250 ", "452 4.5.3 too many recipients"],
+        ["250 ", "250 ", "250 ", "250 ", "452 too many recipients"],
         config={"max_recipients": 2},
     ),
     Case(
-        "too many errors",
-        [b"X\r\nY\r\nZ\r\nNOOP\r\n"],
-        ["500 ", "500 ", "500 ", "421 4.7.0 too many errors"],
+        "too many errors: the one after the limit gets no reply",
+        [b"X\r\nY\r\nZ\r\nW\r\nNOOP\r\n"],
+        ["500 ", "500 ", "500 "],
         config={"max_errors": 3},
-        check=lambda r: r.types() == [ProtocolError] * 3 + [ConnectionClosed],
+        check=lambda r: r.types() == [ProtocolError] * 4 + [ConnectionClosed],
     ),
     Case(
-        "errors reset by success",
+        "errors not reset by success",
         [b"X\r\nY\r\nNOOP\r\nZ\r\nW\r\n"],
-        ["500 ", "500 ", "250 OK", "500 ", "500 "],
+        ["500 ", "500 ", "250 noop", "500 "],
         config={"max_errors": 3},
     ),
     Case(
-        "service rejections count as errors",
-        [E + M + R + R],
-        ["250 ", "250 ", "550 no", "550 no", "421 4.7.0 too many errors"],
-        config={"max_errors": 2},
+        "only 500 and 503 count as errors",
+        [E + M + R + R + R + D + b"HELP\r\nX\r\n"],
+        ["250 ", "250 ", "550 no", "550 no", "550 no", "554 no valid recipients", "502 ", "500 "],
+        config={"max_errors": 1},
         policy=reject(RcptTo, 550, "no"),
-        check=lambda r: r.events[-2:] == [DataAborted(0, "connection closed"), ConnectionClosed()],
     ),
     # --- DATA content policy
     Case(
@@ -588,11 +638,9 @@ CASES: list[Case] = [
     Case(
         "size limit",
         [E + M + R + D + b"0123456789\r\n.\r\nNOOP\r\n"],
-        [*OK_TXN, "354 ", "552 5.3.4 message size exceeds fixed maximum message size", "250 OK"],
+        [*OK_TXN, "354 ", "552 message size exceeds fixed maximum message size", "250 noop"],
         config={"max_size": 11},
-        check=lambda r: (
-            r.aborted == [DataAborted(552, "5.3.4 message size exceeds fixed maximum message size")]
-        ),
+        check=lambda r: r.aborted == [DataAborted(552, "message size exceeds fixed maximum message size")],
     ),
     Case(
         "size exactly",
@@ -611,7 +659,7 @@ CASES: list[Case] = [
     Case(
         "binarymime with data",
         [E + b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n" + R + D],
-        ["250 ", "250 ", "250 ", "503 5.5.1 BINARYMIME requires BDAT"],
+        ["250 ", "250 ", "250 ", "503 invalid data command with binarymime"],
         config={"chunking": True},
     ),
     Case("data with argument", [E + M + R + b"DATA x\r\n"], [*OK_TXN, "501 "]),
@@ -628,7 +676,7 @@ CASES: list[Case] = [
     Case(
         "bdat raw content",
         [E + M + R + b"BDAT 13 LAST\r\n.\r\n\n.\nX\x00\r..\r\n" + b"NOOP\r\n"],
-        [*OK_TXN, "250 message processed", "250 OK"],
+        [*OK_TXN, "250 message processed", "250 noop"],
         config={"chunking": True},
         messages=[b".\r\n\n.\nX\x00\r..\r\n"],
     ),
@@ -649,26 +697,26 @@ CASES: list[Case] = [
     Case(
         "bdat without mail",
         [E + b"BDAT 4\r\nabcdNOOP\r\n"],
-        ["250 ", "503 5.5.1 need MAIL before BDAT", "250 OK"],
+        ["250 ", SEQ, "250 noop"],
         config={"chunking": True},
         check=no_event(DataChunk),
     ),
     Case(
         "bdat with no valid recipients",
         [E + M + R + b"BDAT 4 LAST\r\nabcdNOOP\r\n"],
-        ["250 ", "250 ", "550 no", "554 5.5.1 no valid recipients", "250 OK"],
+        ["250 ", "250 ", "550 no", "554 no valid recipients", "250 noop"],
         config={"chunking": True},
         policy=reject(RcptTo, 550, "no"),
     ),
     Case(
         "bdat when chunking off",
         [E + M + R + b"BDAT 4\r\nabcdNOOP\r\n"],
-        [*OK_TXN, "500 5.5.1 command unrecognized", "500 5.5.1 command unrecognized"],
+        [*OK_TXN, "500 command unrecognized", "500 command unrecognized"],
     ),
     Case(
         "data after bdat",
         [E + M + R + b"BDAT 1\r\nx" + D + R],
-        [*OK_TXN, "250 1 octets received", "503 5.5.1 cannot mix DATA and BDAT", "503 "],
+        [*OK_TXN, "250 1 octets received", SEQ, SEQ],
         config={"chunking": True},
     ),
     Case(
@@ -680,11 +728,9 @@ CASES: list[Case] = [
     Case(
         "bdat size limit",
         [E + M + R + b"BDAT 6\r\nabcdefBDAT 6 LAST\r\nghijklNOOP\r\n"],
-        [*OK_TXN, "552 5.3.4", "503 ", "250 OK"],
+        [*OK_TXN, "552 message size", "503 ", "250 noop"],
         config={"chunking": True, "max_size": 5},
-        check=lambda r: (
-            r.aborted == [DataAborted(552, "5.3.4 message size exceeds fixed maximum message size")]
-        ),
+        check=lambda r: r.aborted == [DataAborted(552, "message size exceeds fixed maximum message size")],
     ),
     Case(
         "bdat binarymime",
@@ -710,12 +756,12 @@ CASES: list[Case] = [
     Case(
         "vrfy disabled", [b"VRFY bob\r\n"], ["252 cannot vrfy"], config={"vrfy": False}, check=no_event(Vrfy)
     ),
-    Case("vrfy missing", [b"VRFY\r\n"], ["501 "]),
+    Case("vrfy missing", [b"VRFY\r\n"], ["550 invalid mailbox"]),
     # --- STARTTLS
     Case(
         "starttls injection",
         [E + b"STARTTLS\r\nMAIL FROM:<x@y>\r\nRCPT TO:<z@w>\r\n", TLS_UP, E + M],
-        ["250 ", "220 ready to start TLS", "250 ", "250 sender <alice@example.com> OK"],
+        ["250 ", "220 ready to start tls", "250 ", "250 sender <alice@example.com> OK"],
         config={"starttls": True},
         check=lambda r: [ev.address for ev in r.events if isinstance(ev, MailFrom)] == ["alice@example.com"],
     ),
@@ -725,14 +771,14 @@ CASES: list[Case] = [
         ["250 ", "220 ", "503 "],
         config={"starttls": True},
     ),
-    Case("starttls not configured", [E + b"STARTTLS\r\n"], ["250 ", "502 "]),
+    Case("starttls not configured", [E + b"STARTTLS\r\n"], ["250 ", "500 command unrecognized"]),
     Case(
         "starttls twice",
         [E + b"STARTTLS\r\n", TLS_UP, E + b"STARTTLS\r\n"],
-        ["250 ", "220 ", "250 ", "502 "],
+        ["250 ", "220 ", "250 ", "500 command unrecognized"],
         config={"starttls": True},
     ),
-    Case("starttls with argument", [E + b"STARTTLS x\r\n"], ["250 ", "501 "], config={"starttls": True}),
+    Case("starttls argument ignored", [E + b"STARTTLS x\r\n"], ["250 ", "220 "], config={"starttls": True}),
     Case(
         "starttls in transaction",
         [E + M + b"STARTTLS\r\n"],
@@ -742,17 +788,17 @@ CASES: list[Case] = [
     Case(
         "starttls rejected",
         [E + b"STARTTLS\r\nNOOP\r\n"],
-        ["250 ", "454 4.7.0 no tls", "250 OK"],
+        ["250 ", "454 no tls", "250 noop"],
         config={"starttls": True},
-        policy=reject(StartTls, 454, "4.7.0 no tls"),
+        policy=reject(StartTls, 454, "no tls"),
     ),
     Case(
         "tls required",
         [E + M + b"AUTH PLAIN\r\nSTARTTLS\r\n", TLS_UP, E + M],
         [
             "250 ",
-            "530 5.7.0 must issue STARTTLS first",
-            "530 5.7.0 must issue STARTTLS first",
+            "530 encryption required: use starttls",
+            "530 encryption required: use starttls",
             "220 ",
             "250 ",
             "250 sender",
@@ -765,7 +811,9 @@ CASES: list[Case] = [
         [E + b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n" + M],
         ["250 ", "235 authentication successful", "250 sender"],
         config={"auth_mechanisms": ("PLAIN",), "auth_required": True},
-        check=has_event(AuthStart("AUTH PLAIN [authentication response not logged]", "PLAIN", "AGFsaWNlAHNlY3JldA==")),
+        check=has_event(
+            AuthStart("AUTH PLAIN [authentication response not logged]", "PLAIN", "AGFsaWNlAHNlY3JldA==")
+        ),
     ),
     Case(
         "auth login challenges",
@@ -784,21 +832,21 @@ CASES: list[Case] = [
     Case(
         "auth cancelled",
         [E + b"AUTH LOGIN\r\n*\r\n" + M],
-        ["250 ", "334 x", "501 authentication cancelled", "530 5.7.0 authentication required"],
+        ["250 ", "334 x", "501 authentication cancelled", "530 authentication required"],
         config={"auth_mechanisms": ("LOGIN",), "auth_required": True},
         policy=lambda ev: ("challenge", "x") if isinstance(ev, AuthStart) else None,
     ),
     Case(
         "auth failed",
         [E + b"AUTH PLAIN AAAA\r\n" + M],
-        ["250 ", "535 authentication failed", "530 5.7.0 authentication required"],
+        ["250 ", "535 authentication failed", "530 authentication required"],
         config={"auth_mechanisms": ("PLAIN",), "auth_required": True},
         policy=lambda ev: ("auth_fail",) if isinstance(ev, AuthStart) else None,
     ),
     Case(
         "auth twice",
         [E + b"AUTH PLAIN AAAA\r\nAUTH PLAIN AAAA\r\n"],
-        ["250 ", "235 ", "503 5.5.1 already authenticated"],
+        ["250 ", "235 ", SEQ],
         config={"auth_mechanisms": ("PLAIN",)},
     ),
     Case(
@@ -811,20 +859,20 @@ CASES: list[Case] = [
     Case(
         "auth unknown mechanism",
         [E + b"AUTH CRAM-MD5\r\n"],
-        ["250 ", "504 5.5.4"],
+        ["250 ", "504 unsupported authentication mechanism"],
         config={"auth_mechanisms": ("PLAIN",)},
     ),
     Case("auth not configured", [E + b"AUTH PLAIN AAAA\r\n"], ["250 ", "502 "]),
     Case(
         "auth initial star",
-        [E + b"AUTH PLAIN *\r\n"],
-        ["250 ", "501 authentication cancelled"],
+        [E + b"AUTH PLAIN *\r\nAUTH PLAIN !!!\r\n"],
+        ["250 ", "501 invalid argument", "501 invalid argument"],
         config={"auth_mechanisms": ("PLAIN",)},
     ),
     Case(
         "auth required",
         [E + M],
-        ["250 ", "530 5.7.0 authentication required"],
+        ["250 ", "530 authentication required"],
         config={"auth_mechanisms": ("PLAIN",), "auth_required": True},
     ),
 ]
@@ -853,7 +901,7 @@ def test_greeting() -> None:
     assert s.data_to_send() == b"220 vm -- E-MailRelay V2.6 -- Service ready\r\n"
     s = SmtpServer(ServerConfig(domain="vm", anonymous=True))
     s.greeting()
-    assert s.data_to_send() == b"220 vm -- Service ready\r\n"
+    assert s.data_to_send() == b"220 greeting\r\n"
 
 
 def ehlo_lines(config: ServerConfig, tls: bool = False) -> list[str]:
@@ -883,15 +931,15 @@ def test_ehlo_all_extensions() -> None:
     )
     assert ehlo_lines(config) == [
         "250-d says hello",
-        "250-AUTH PLAIN",
-        "250-VRFY",
-        "250-PIPELINING",
         "250-SIZE 1000",
-        "250-8BITMIME",
+        "250-AUTH PLAIN",
         "250-STARTTLS",
+        "250-VRFY",
         "250-CHUNKING",
         "250-BINARYMIME",
-        "250 SMTPUTF8",
+        "250-PIPELINING",
+        "250-SMTPUTF8",
+        "250 8BITMIME",
     ]
     assert "250-STARTTLS" not in ehlo_lines(config, tls=True)
 
@@ -900,7 +948,12 @@ def test_ehlo_minimal_and_tls_required() -> None:
     config = ServerConfig(
         vrfy=False, pipelining=False, starttls=True, tls_required=True, auth_mechanisms=("PLAIN",)
     )
-    assert ehlo_lines(config) == ["250-localhost says hello", "250-8BITMIME", "250 STARTTLS"]
+    assert ehlo_lines(config) == [
+        "250-localhost says hello",
+        "250-AUTH PLAIN",
+        "250-STARTTLS",
+        "250 8BITMIME",
+    ]
     assert ehlo_lines(config, tls=True) == ["250-localhost says hello", "250-AUTH PLAIN", "250 8BITMIME"]
 
 
@@ -972,7 +1025,7 @@ def test_buffer_is_bounded() -> None:
         assert len(s._buf) - s._pos < 1_000
     s.receive_data(b"\r\nNOOP\r\n")
     ev = s.next_event()
-    assert isinstance(ev, ProtocolError) and ev.code == 500 and ev.text == "5.5.2 line too long"
+    assert isinstance(ev, ProtocolError) and ev.code == 500 and ev.text == "line too long"
     assert s.next_event() == Noop("NOOP")
     # and in DATA
     s.receive_data(M + R + D)
@@ -999,7 +1052,7 @@ def test_buffer_is_bounded_in_data() -> None:
         assert s.next_event() is NEED_DATA
         assert len(s._buf) - s._pos < 1_000
     s.receive_data(b"\r\n.\r\nNOOP\r\n")
-    assert s.next_event() == DataAborted(500, "5.5.2 line too long")
+    assert s.next_event() == DataAborted(500, "line too long")
     assert s.next_event() == Noop("NOOP")
 
 
@@ -1012,7 +1065,7 @@ def test_starttls_discards_pipelined_bytes() -> None:
     s.receive_data(b"STARTTLS\r\nMAIL FROM:<x@y>\r\n")
     assert s.next_event() == StartTls("STARTTLS")
     s.accept()
-    assert s.data_to_send() == b"220 ready to start TLS\r\n"
+    assert s.data_to_send() == b"220 ready to start tls\r\n"
     assert s.next_event() is PAUSED
     s.receive_data(b"\x16\x03\x01 handshake bytes fed by mistake\r\n")
     assert s.next_event() is PAUSED
@@ -1073,7 +1126,7 @@ def test_auth_response_limits() -> None:
     s.challenge("")
     s.receive_data(b"A" * 20000 + b"\r\nNOOP\r\n")
     ev = s.next_event()
-    assert isinstance(ev, ProtocolError) and ev.text == "5.5.2 line too long"
+    assert isinstance(ev, ProtocolError) and ev.text == "line too long"
     assert s.next_event() == Noop("NOOP")
     assert not s.authenticated
 
@@ -1116,12 +1169,13 @@ def test_rset_event_in_transaction() -> None:
     assert DataAborted(0, "connection closed") not in r.events
 
 
-def test_protocol_error_line_is_latin1_raw() -> None:
+def test_event_line_is_the_clients_text() -> None:
+    """UTF-8 lines as sent (logged as upstream logs them), anything else byte for byte as latin-1."""
     r = run(ServerConfig(), [b"\xff\xfe bogus\r\n"])
-    assert r.events[0] == ProtocolError("\xff\xfe bogus", 500, "5.5.1 command unrecognized")
+    assert r.events[0] == ProtocolError("\xff\xfe bogus", 500, "command unrecognized")
     r = run(ServerConfig(), [b"EHLO c\r\n", "MAIL FROM:<\u00fc@x>\r\n".encode()])
     mail = next(ev for ev in r.events if isinstance(ev, MailFrom))
-    assert mail.line == "MAIL FROM:<\u00fc@x>".encode().decode("latin-1")
+    assert mail.line == "MAIL FROM:<\u00fc@x>"
     assert mail.address == "\u00fc@x"
 
 
