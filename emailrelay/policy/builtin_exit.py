@@ -4,14 +4,17 @@ What it is for: the special codes without a script, eg. ``--filter=exit:103``
 to ring the forwarders after each stored message, or ``exit:100`` to drop
 everything (reference guide, "Built-in filters").
 
-Guarantees: exactly the exit-code mapping of :mod:`emailrelay.policy.exe`
-(there is no output, so a rejection has no reason text and no SMTP code).
+Guarantees: exactly the exit-code mapping of :mod:`emailrelay.policy.exe`;
+as in E-MailRelay 2.6b, a rejection has the response ``rejected`` and the
+reason ``exit:<n>``, and no warning is logged (there is no program).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .. import log as logmod
-from .exe import describe_failure, result_for_exit_code
+from .exe import result_for_exit_code
 from .spec import FilterContext, PolicyOptions, Spec
 from .verdicts import FilterOutcome, FilterResult
 
@@ -24,9 +27,9 @@ class ExitFilter:
         self.log = logmod.get()
 
     async def run(self, ctx: FilterContext) -> FilterResult:
-        result = result_for_exit_code(self.exit_code)
+        result = result_for_exit_code(self.exit_code, client=ctx.client)
         if result.outcome is FilterOutcome.REJECT:
-            self.log.warning(f"filter [{self.name}] failed: {describe_failure(result)}")
+            result = replace(result, detail=f"exit:{self.exit_code}")
         return result
 
     async def close(self) -> None:

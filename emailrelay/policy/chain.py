@@ -11,17 +11,21 @@ server side, ``.envelope.busy`` on the client side).
 What it guarantees:
 - filters run one after the other; the first result that is not ok (REJECT,
   ERROR, ABANDON) ends the chain and is returned;
-- a 103 (rescan) anywhere is remembered: the final result has ``rescan``
-  set and, when otherwise ok, the RESCAN outcome; a 102 makes an ok final
+- a rescan request (server side: 102, 103, 104) anywhere is remembered: the
+  final result has ``rescan`` set and, when otherwise ok, the RESCAN outcome;
+  a client side stop (102, 104, 105) sets ``stop`` and makes an ok final
   result STOP_SCAN;
 - a filter that deleted the envelope but said ok ends the chain: the result
   is ABANDON on the client side (the forwarder just drops its claim) and OK on
-  the server side (the SMTP session sees the message gone, replies 250 and
-  commits nothing; content left behind, as by ``copy:pop``, is kept);
+  the server side, where committing then fails as in E-MailRelay 2.6b (the
+  SMTP session replies ``452 rejected``);
 - a bug in a filter is an ERROR result, never an exception into the caller;
-- log lines: ``filter [<name>]: [<id>]: failed response=[<reason>]`` for a
-  rejection and ``filter [<name>]: [<id>]: failed response=[error]
-  reason=[<why>]`` for an error (time-outs say ``timeout``);
+- log lines, as E-MailRelay 2.6b writes them, one per filter (verbose):
+  ``<side> [<name>]: [<id>]: ok|ok(abandon)|failed[ +rescan| +break]
+  response=[<response>][ reason=[<reason>]]``, where ``<side>`` is
+  ``filter``, ``client-filter`` or ``routing-filter`` (a client filter run
+  early for a ``ForwardTo``); the reason is shown when it differs from the
+  response;
 - many messages may be filtered at once (no lock is shared between calls).
 
 Client-filter contract for the forwarder: filters edit the ``.busy``
@@ -106,6 +110,7 @@ class FilterChain:
         envelope_path: str,
         *,
         log_address: str | None = None,
+        routing: bool = False,
     ) -> FilterResult:
         ctx = FilterContext(
             message_id,
@@ -113,6 +118,7 @@ class FilterChain:
             os.path.abspath(envelope_path),
             client=self.client,
             log_address=log_address,
+            routing=routing,
         )
         rescan = stop = False
         last = FilterResult.accept()
@@ -122,17 +128,18 @@ class FilterChain:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug in a filter must not break the session
-                self.log.error(f"filter [{f.name}]: [{message_id}]: internal error: {exc!r}", log_address)
+                self.log.error(
+                    f"{ctx.log_prefix} [{f.name}]: [{message_id}]: internal error: {exc!r}", log_address
+                )
                 result = FilterResult(FilterOutcome.ERROR, "filter error", None, f"internal error: {exc}")
             self._log_result(f.name, ctx, result)
             rescan = rescan or result.rescan or result.outcome is FilterOutcome.RESCAN
-            stop = stop or result.outcome is FilterOutcome.STOP_SCAN
+            stop = stop or result.stop or result.outcome is FilterOutcome.STOP_SCAN
             if not result.ok:
                 return self._final(result, rescan, stop)
             if not await asyncio.to_thread(os.path.exists, ctx.envelope_path):
-                self.log.verbose(
-                    f"filter [{f.name}]: [{message_id}]: message taken away by the filter", log_address
-                )
+                # the filter took the message away but said ok: the client side drops its claim;
+                # the server side carries on, and its commit fails, as upstream's does
                 gone = FilterOutcome.ABANDON if self.client else FilterOutcome.OK
                 return self._final(FilterResult(gone, exit_code=result.exit_code), rescan, stop)
             last = result
@@ -147,17 +154,32 @@ class FilterChain:
                 result = replace(result, outcome=FilterOutcome.RESCAN)
         if rescan and not result.rescan:
             result = replace(result, rescan=True)
+        if stop and not result.stop:
+            result = replace(result, stop=True)
         return result
 
     def _log_result(self, name: str, ctx: FilterContext, result: FilterResult) -> None:
-        head = f"filter [{name}]: [{ctx.message_id}]: "
-        if result.outcome is FilterOutcome.REJECT:
-            tail = f" reason=[{result.detail}]" if result.detail else ""
-            self.log.info(f"{head}failed response=[{result.reason}]{tail}")
-        elif result.outcome is FilterOutcome.ERROR:
-            self.log.info(f"{head}failed response=[error] reason=[{result.detail or result.reason}]")
+        """Upstream's one line per filter: ``filter [x]: [id]: failed +rescan response=[..] reason=[..]``."""
+        if result.ok:
+            word, response, reason = "ok", "", ""
         elif result.outcome is FilterOutcome.ABANDON:
-            self.log.verbose(f"{head}abandoned", ctx.log_address)
+            word, response, reason = "ok(abandon)", "", ""
+        else:
+            word = "failed"
+            response = result.reason if result.reason or result.code else "rejected"
+            reason = result.detail or response
+        if result.stop or (ctx.client and result.outcome is FilterOutcome.STOP_SCAN):
+            word += " +break"
+        elif not ctx.client and (result.outcome is FilterOutcome.RESCAN or self._own_rescan(result)):
+            word += " +rescan"
+        tail = f" reason=[{reason}]" if reason != response else ""
+        # no address on this line: upstream's filter-and-pop-verbose.log has none
+        self.log.verbose(f"{ctx.log_prefix} [{name}]: [{ctx.message_id}]: {word} response=[{response}]{tail}")
+
+    @staticmethod
+    def _own_rescan(result: FilterResult) -> bool:
+        """A rescan the filter asked for by its exit code (split:'s internal one is not shown)."""
+        return result.rescan and result.exit_code is not None
 
     async def close(self) -> None:
         for f in self.filters:

@@ -14,9 +14,9 @@ directory with ``new``, ``tmp`` and ``cur`` gets a maildir copy of the
 content in ``cur``; every copy is complete before the original is deleted;
 when there is no sub-directory at all the original is kept (never deleted
 with nowhere to go).  Result: ABANDON when the original was deleted (the
-filter took care of it), OK otherwise; with ``pop`` the content stays, so
-the result is OK with the envelope gone, which callers treat as "accepted,
-nothing to commit or forward".
+filter took care of it; with ``pop`` the content stays), OK otherwise, as
+E-MailRelay 2.6b's ``ok(abandon)``; its log line is upstream's
+``filter [copy:]: <id> copied to [<mailbox>,...]``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class CopyFilter:
             self.log.warning(f"filter [{self.name}]: [{ctx.message_id}]: no sub-directories to copy into")
             return FilterResult.accept()
         try:
-            copies = await asyncio.to_thread(
+            await asyncio.to_thread(
                 store.copy_to_directories,
                 ctx.mid,
                 ctx.state,
@@ -61,10 +61,9 @@ class CopyFilter:
             self.log.warning(f"filter [{self.name}] failed: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"copy: {exc}")
         self.log.verbose(
-            f"filter [{self.name}]: [{ctx.message_id}]: copied into {len(copies)} mailbox(es): {', '.join(names)}",
-            ctx.log_address,
+            f"{ctx.log_prefix} [{self.name}]: {ctx.message_id} copied to [{','.join(names)}]", ctx.log_address
         )
-        if self.delete and not self.pop:
+        if self.delete:  # the original is gone (copy:pop keeps its content): upstream's ok(abandon)
             return FilterResult(FilterOutcome.ABANDON, exit_code=100)
         return FilterResult.accept()
 

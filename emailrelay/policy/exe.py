@@ -16,17 +16,22 @@ What it guarantees:
   discarded, so a chatty program neither blocks on a full pipe nor fills our
   memory;
 - after ``--filter-timeout`` seconds the whole process group is killed with
-  SIGKILL and the result is an ERROR whose log line says
-  ``filter [<name>]: [<id>]: failed response=[error] reason=[timeout ...]``;
+  SIGKILL; the filter has failed with the response ``error`` and the reason
+  ``timeout`` (upstream's warning ``filter [<name>] timed out after <n>s``);
 - once the program exited, its output is awaited for at most one more second
   (a background grandchild holding the pipe cannot hang us);
-- exit codes (filters, both sides): 0 ok; 1-99 reject with the reason from the
-  first ``<<...>>`` or ``[[...]]`` line of stdout (a leading ``4xx ``/``5xx ``
-  sets the SMTP code and is removed; a second such line is log-only detail);
-  100 abandon; 101 ok (upstream's alias); 102 ok and stop scanning (client
-  side; ok on the server side); 103 ok and rescan; 104-115 reserved: ERROR;
-  anything else (above 115, killed by a signal, cannot execute): ERROR, i.e. a
-  temporary failure, never a silent accept;
+- a filter's output is read as E-MailRelay 2.6b reads it: the first line that
+  starts with ``<<`` and has ``>>`` later (or ``[[`` ... ``]]``) gives the
+  response (the text in between; anything after the closing marker is
+  ignored; a leading ``4xx``/``5xx`` and a space set the SMTP code), a second
+  such line the reason (log and ``.bad`` only); without one the response is
+  ``rejected``; control characters are shown escaped (``\t``, ``\x01``);
+- exit codes as E-MailRelay 2.6b maps them (:func:`result_for_exit_code`):
+  0 and 101 ok; 100 abandon; 103 ok and, server side, rescan; server side
+  102 abandon + rescan and 104 fail + rescan; client side 102 ok + stop
+  scanning, 104 abandon + stop, 105 fail + stop; every other code (1-99,
+  the rest of 104-115, above 115, a signal as 128+n, 127 for a program that
+  cannot be executed) fails the message — never a silent accept;
 - verifier exit codes: 0 local (line 1 full name, line 2 mailbox), 1 remote
   (line 2 the address, empty keeps the original), 2 reject 550 (line 1 reason,
   line 2 log-only), 3 temporary 450, 100 abort the connection, anything else
@@ -58,7 +63,7 @@ REASON_LIMIT = 400  # characters of a reason kept (it goes into an SMTP reply li
 SEARCH_LIMIT = 64 * 1024  # bytes of output searched for <<...>> / [[...]] lines
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CODE = re.compile(r"^([45][0-9][0-9]) (.*)$", re.S)
+_CODE = re.compile(r"^([45][0-9][0-9])(?: (.*)|$)", re.S)
 
 
 # ---- running a program ----------------------------------------------------------------
@@ -180,6 +185,17 @@ def clean_text(text: str, limit: int = REASON_LIMIT) -> str:
     return _CONTROL.sub(" ", text).strip()[:limit].strip()
 
 
+def printable(text: str, limit: int = REASON_LIMIT) -> str:
+    r"""Upstream's printable form of a program's text: a backslash and control characters
+    escaped (``\\``, ``\t``, ``\x01``), everything else kept."""
+
+    def escape(m: re.Match[str]) -> str:
+        c = m.group(0)
+        return {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}.get(c, f"\\x{ord(c):02x}")
+
+    return re.sub(r"[\x00-\x1f\x7f\\]", escape, text[:limit])
+
+
 def is_clean_address(text: str) -> bool:
     """An address a verifier may give back: non-empty, no control characters, no angle brackets."""
     return (
@@ -200,59 +216,90 @@ def is_clean_mailbox(text: str) -> bool:
 
 
 def split_code(text: str) -> tuple[str, int | None]:
-    """``"550 not today"`` -> ``("not today", 550)``."""
+    """``"550 not today"`` -> ``("not today", 550)``; ``"550"`` -> ``("", 550)``."""
     m = _CODE.match(text)
     if m is None:
         return text, None
-    return m.group(2).strip(), int(m.group(1))
+    return m.group(2) or "", int(m.group(1))
+
+
+def _marked(line: str) -> str | None:
+    """The text of a ``<<text>>`` or ``[[text]]`` line (the line starts with the opening marker,
+    the first closing marker after it ends the text), else None."""
+    for opening, closing in (("<<", ">>"), ("[[", "]]")):
+        if line.startswith(opening):
+            end = line.find(closing, 2)
+            if end >= 0:
+                return line[2:end]
+    return None
 
 
 def parse_response(output: bytes) -> tuple[str, int | None, str]:
-    """(reason, code, detail) from the ``<<...>>`` / ``[[...]]`` lines of a filter's output."""
+    """(response, code, reason) from a filter's output, as E-MailRelay 2.6b reads it.
+
+    The response is the first marked line's text without its code (``rejected`` when no line
+    has text), the reason the second marked line's text, else the response."""
     found: list[str] = []
     text = output[:SEARCH_LIMIT].decode("utf-8", "replace")
     for line in text.splitlines():
-        line = line.strip()
-        if len(line) >= 4 and (
-            (line.startswith("<<") and line.endswith(">>")) or (line.startswith("[[") and line.endswith("]]"))
-        ):
-            found.append(line[2:-2])
+        marked = _marked(line)
+        if marked is not None and marked != "":
+            found.append(marked)
             if len(found) == 2:
                 break
     if not found:
-        return "", None, ""
-    reason, code = split_code(found[0].strip())
-    detail = clean_text(found[1]) if len(found) > 1 else ""
-    return clean_text(reason), code, detail
+        return "rejected", None, "rejected"
+    response, code = split_code(found[0])
+    response = printable(response)
+    reason = printable(found[1]) if len(found) > 1 else response
+    return response, code, reason
 
 
-def result_for_exit_code(exit_code: int, output: bytes = b"") -> FilterResult:
-    """The guide's meaning of a filter's exit code (also ``exit:<n>``)."""
-    if exit_code in (0, 101):
-        return FilterResult(FilterOutcome.OK, exit_code=exit_code)
-    if 1 <= exit_code <= 99:
-        reason, code, detail = parse_response(output)
-        return FilterResult(FilterOutcome.REJECT, reason, code, detail, exit_code=exit_code)
-    if exit_code == 100:
-        return FilterResult(FilterOutcome.ABANDON, exit_code=exit_code)
-    if exit_code == 102:
-        return FilterResult(FilterOutcome.STOP_SCAN, exit_code=exit_code)
-    if exit_code == 103:
-        return FilterResult(FilterOutcome.RESCAN, exit_code=exit_code, rescan=True)
-    if 104 <= exit_code <= 115:
-        return FilterResult(
-            FilterOutcome.ERROR, "filter error", None, f"reserved exit code {exit_code}", exit_code=exit_code
-        )
-    return FilterResult(
-        FilterOutcome.ERROR, "filter error", None, f"exit code {exit_code}", exit_code=exit_code
+#: (outcome, special) for the exit codes 100-105; special is "rescan" on the server side and
+#: "stop scanning" on the client side.  Every code not here but 0 fails the message.
+_SERVER_CODES = {
+    100: (FilterOutcome.ABANDON, False),
+    101: (FilterOutcome.OK, False),
+    102: (FilterOutcome.ABANDON, True),
+    103: (FilterOutcome.OK, True),
+    104: (FilterOutcome.REJECT, True),
+}
+_CLIENT_CODES = {
+    100: (FilterOutcome.ABANDON, False),
+    101: (FilterOutcome.OK, False),
+    102: (FilterOutcome.OK, True),
+    103: (FilterOutcome.OK, False),
+    104: (FilterOutcome.ABANDON, True),
+    105: (FilterOutcome.REJECT, True),
+}
+
+
+def result_for_exit_code(exit_code: int, output: bytes = b"", *, client: bool = False) -> FilterResult:
+    """E-MailRelay 2.6b's meaning of a filter's exit code (also ``exit:<n>``)."""
+    if exit_code == 0:
+        return FilterResult(FilterOutcome.OK, exit_code=0)
+    outcome, special = (_CLIENT_CODES if client else _SERVER_CODES).get(
+        exit_code, (FilterOutcome.REJECT, False)
     )
+    rescan, stop = (False, special) if client else (special, False)
+    if outcome is FilterOutcome.REJECT:
+        response, code, reason = parse_response(output)
+        return FilterResult(outcome, response, code, reason, exit_code=exit_code, rescan=rescan, stop=stop)
+    if outcome is FilterOutcome.OK and stop:
+        outcome = FilterOutcome.STOP_SCAN
+    return FilterResult(outcome, exit_code=exit_code, rescan=rescan, stop=stop)
 
 
-def describe_failure(result: FilterResult) -> str:
+def describe_failure(exit_code: int | None, output: bytes) -> str:
     """The tail of upstream's warning: ``exit code 1: [not today](550)``."""
-    head = f"exit code {result.exit_code}" if result.exit_code is not None else (result.detail or "error")
-    code = f"({result.code})" if result.code is not None else ""
-    return f"{head}: [{result.reason}]{code}"
+    response, code, _ = parse_response(output)
+    tail = f"({code})" if code is not None else ""
+    return f"exit code {exit_code}: [{response}]{tail}"
+
+
+def seconds(value: float) -> str:
+    """A time-out as upstream prints it: ``1``, ``2.5``."""
+    return f"{value:g}"
 
 
 # ---- the filter ----------------------------------------------------------------------------
@@ -269,25 +316,27 @@ class ExeFilter:
     async def run(self, ctx: FilterContext) -> FilterResult:
         content = os.path.abspath(ctx.content_path)
         envelope = os.path.abspath(ctx.envelope_path)
-        self.log.verbose(f"filter [{self.name}]: [{ctx.message_id}]: running {self.program}", ctx.log_address)
+        head = f"{ctx.log_prefix} [{self.name}]"
+        self.log.verbose(f"{head}: [{ctx.message_id}]: running {self.program}", ctx.log_address)
         run = await run_program(
             [self.program, content, envelope],
             timeout=self.options.timeout,
             output_cap=self.options.output_cap,
         )
-        if run.error is not None:
-            result = FilterResult(FilterOutcome.ERROR, "filter error", None, run.error)
-        elif run.timed_out:
-            result = FilterResult(FilterOutcome.ERROR, "filter timeout", None, run.describe())
-        elif run.signal is not None:
-            result = FilterResult(FilterOutcome.ERROR, "filter error", None, run.describe())
-        else:
-            assert run.exit_code is not None
-            result = result_for_exit_code(run.exit_code, run.output)
-        if result.outcome is FilterOutcome.REJECT:
-            self.log.warning(f"filter [{self.name}] failed: {describe_failure(result)}")
-        elif result.outcome is FilterOutcome.ERROR:
-            self.log.warning(f"filter [{self.name}] failed: {result.detail}")
+        if run.timed_out:
+            self.log.warning(f"{head} timed out after {seconds(self.options.timeout)}s")
+            return FilterResult(FilterOutcome.REJECT, "error", None, "timeout")
+        if run.error is not None:  # upstream's child reports exec failures as exit code 127
+            self.log.warning(f"{head} failed: exit code 127: [rejected]")
+            why = run.error.removeprefix("cannot execute: ").lower()
+            return FilterResult(
+                FilterOutcome.REJECT, "rejected", None, f"filter exec error: {why}", exit_code=127
+            )
+        exit_code = 128 + run.signal if run.signal is not None else run.exit_code
+        assert exit_code is not None
+        result = result_for_exit_code(exit_code, run.output, client=ctx.client)
+        if not result.ok:
+            self.log.warning(f"{head} failed: {describe_failure(exit_code, run.output)}")
         return result
 
     async def close(self) -> None:

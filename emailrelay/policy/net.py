@@ -3,9 +3,11 @@
 What it is for (reference guide, "Network filters", "Address verifier servers"):
 
 - filter: for each message send the absolute content path and a newline; the
-  answer is one line, ``ok`` to accept, anything else is the rejection reason
-  (a leading ``4xx ``/``5xx `` sets the SMTP code; text after a TAB is logged
-  only);
+  answer is one line, ``ok`` (or an empty line) to accept, anything else is
+  the rejection response (a leading ``4xx ``/``5xx `` sets the SMTP code;
+  text after a TAB is the log-only reason); no answer in time, or a server
+  that closes, fails the message with the response ``failed`` (E-MailRelay
+  2.6b's texts);
 - verifier: send the verifier's six arguments joined with ``|``; the answer is
   ``0|mailbox|full name``, ``1|address``, ``2|reason``, ``3|reason`` or ``100``
   (an optional third field of 2 and 3 is log-only detail).
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 
 from .. import log as logmod
 from ..transport_address import split_transport_address
-from .exe import PeerLike, clean_text, split_code, verdict_for, verifier_args
+from .exe import PeerLike, clean_text, printable, seconds, split_code, verdict_for, verifier_args
 from .spec import FilterContext, PolicyOptions, Spec, SpecError
 from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 
@@ -65,6 +67,10 @@ def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
     return Endpoint(host, port)
 
 
+class ConnectFailure(OSError):
+    """The server could not be reached (upstream's ``connect failure: cannot connect to ...``)."""
+
+
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -90,7 +96,10 @@ class ConnectionPool:
             opening = asyncio.open_unix_connection(ep.path, limit=LINE_LIMIT)
         else:
             opening = asyncio.open_connection(ep.host, ep.port, limit=LINE_LIMIT)
-        reader, writer = await asyncio.wait_for(opening, limit)
+        try:
+            reader, writer = await asyncio.wait_for(opening, limit)
+        except OSError as exc:
+            raise ConnectFailure(exc.errno, f"connect failure: cannot connect to {ep}") from exc
         return _Connection(reader, writer)
 
     def take(self) -> _Connection | None:
@@ -160,16 +169,14 @@ class NetFilter:
 
     async def run(self, ctx: FilterContext) -> FilterResult:
         request = (str(ctx.content_path) + "\n").encode("utf-8", "surrogateescape")
-        self.log.verbose(
-            f"filter [{self.name}]: [{ctx.message_id}]: sending [{ctx.content_path}]", ctx.log_address
-        )
         try:
             line = await self.pool.exchange(request, self.options.timeout)
         except TimeoutError:
-            self.log.warning(f"filter [{self.name}] failed: timeout")
-            return FilterResult(
-                FilterOutcome.ERROR, "filter timeout", None, f"timeout after {self.options.timeout:.0f}s"
+            why = (
+                f"response timeout: no response after {seconds(self.options.timeout)}s"
+                f" while connected to {self.pool.endpoint}"
             )
+            return self._failed(why)
         except (
             OSError,
             ConnectionError,
@@ -177,24 +184,33 @@ class NetFilter:
             asyncio.LimitOverrunError,
             ValueError,
         ) as exc:
+            if isinstance(exc, ConnectFailure):
+                return self._failed(str(exc.strerror))
+            if isinstance(exc, ConnectionError | asyncio.IncompleteReadError) and not (
+                isinstance(exc, OSError) and exc.errno
+            ):
+                return self._failed("peer disconnected")
             text = (
                 exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
             )
-            self.log.warning(f"filter [{self.name}] failed: {text}")
-            return FilterResult(
-                FilterOutcome.ERROR, "filter error", None, f"network filter: {clean_text(text)}"
-            )
+            return self._failed(clean_text(text).lower())
         return self.result_for(line, ctx)
 
+    def _failed(self, why: str) -> FilterResult:
+        """No answer: upstream's ``warning: error: <why>``, response ``failed``, reason ``<why>``."""
+        self.log.warning(f"error: {why}")
+        return FilterResult(FilterOutcome.REJECT, "failed", None, why)
+
     def result_for(self, line: str, ctx: FilterContext) -> FilterResult:
-        if line.strip().lower() == "ok":
+        """E-MailRelay 2.6b's reading of the answer: ``ok`` (or nothing) accepts; otherwise the
+        text before a tab is the response (a leading code sets the SMTP code) and the text after
+        it, or else the whole text, the reason."""
+        line = line.rstrip()
+        if line in ("ok", ""):
             return FilterResult.accept()
-        reason, _, detail = line.partition("\t")
-        reason, code = split_code(clean_text(reason))
-        result = FilterResult(FilterOutcome.REJECT, reason or "rejected", code, clean_text(detail))
-        tail = f"({code})" if code is not None else ""
-        self.log.warning(f"filter [{self.name}] failed: response [{result.reason}]{tail}")
-        return result
+        text, tab, after = line.partition("\t")
+        response, code = split_code(printable(text))
+        return FilterResult(FilterOutcome.REJECT, response, code, printable(after if tab else text))
 
     async def close(self) -> None:
         await self.pool.close()

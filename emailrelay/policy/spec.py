@@ -56,10 +56,18 @@ class Spec:
 
     @property
     def name(self) -> str:
-        """The name in log lines: a program's base name, otherwise the text as given."""
+        """The name in log lines, as E-MailRelay 2.6b writes it: a program's base name,
+        ``host/port/ip`` for a network filter, ``exit:<n>``, otherwise ``<kind>:``."""
         if self.kind == "exe":
             return os.path.basename(self.value) or self.value
-        return self.text or f"{self.kind}:{self.value}"
+        if self.kind in NETWORK_KINDS:
+            host, _, port = self.value.rpartition(":")
+            if host and port.isdigit() and not self.value.startswith("/"):
+                return f"{host.strip('[]')}/{port}/ip"
+            return self.value
+        if self.kind == "exit":
+            return f"exit:{self.value}"
+        return f"{self.kind}:"
 
 
 @dataclass
@@ -87,7 +95,15 @@ class FilterContext:
     envelope_path: str
     client: bool = False  # --client-filter (envelope is .busy) rather than --filter (.new)
     log_address: str | None = None
+    routing: bool = False  # the client filter run early for a ForwardTo, before connecting
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def log_prefix(self) -> str:
+        """How upstream names the filter's side in log lines."""
+        if self.routing:
+            return "routing-filter"
+        return "client-filter" if self.client else "filter"
 
     @property
     def state(self) -> State:

@@ -76,7 +76,7 @@ class SplitFilter:
                 + " ".join(f"[{m}]" for m in created),
                 ctx.log_address,
             )
-            return FilterResult(FilterOutcome.RESCAN, rescan=True)
+            return FilterResult(FilterOutcome.OK, rescan=True)  # an internal rescan: upstream logs plain "ok"
         return FilterResult.accept()
 
     def _split(

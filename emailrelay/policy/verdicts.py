@@ -37,21 +37,22 @@ class RecipientVerdict:
 
 class FilterOutcome(Enum):
     OK = "ok"  # exit 0: carry on
-    REJECT = "reject"  # exit 1-99: fail the message with the reason
+    REJECT = "reject"  # exit 1-99 and most others: fail the message with the response
     ABANDON = "abandon"  # exit 100: the filter took care of it; stop quietly
     RESCAN = "rescan"  # exit 103: ok, and rescan the spool for new messages
     STOP_SCAN = "stop-scan"  # exit 102 (client filters): ok, and stop scanning after this one
-    ERROR = "error"  # could not run, timed out, or a reserved code: temporary failure
+    ERROR = "error"  # a built-in filter's own trouble (DNS, spamd, an internal error)
 
 
 @dataclass(frozen=True)
 class FilterResult:
     outcome: FilterOutcome
-    reason: str = ""  # from the first <<...>> or [[...]] line, without the code
+    reason: str = ""  # upstream's "response": the first <<...>> or [[...]] line, without the code
     code: int | None = None  # SMTP code from a leading "4xx " / "5xx "
-    detail: str = ""  # the second such line: log only
+    detail: str = ""  # upstream's "reason": the second such line (or the response): log and .bad
     exit_code: int | None = None
-    rescan: bool = False  # 103-style request, also combinable with ok
+    rescan: bool = False  # server side: 103-style request, also combinable with ok or a failure
+    stop: bool = False  # client side: stop scanning after this message (102, 104, 105)
 
     @property
     def ok(self) -> bool:

@@ -157,6 +157,7 @@ class ForwardService:
         self.known: set[MessageId] = set()  # queued or in progress in this process
         self.failures = 0
         self.sent = 0
+        self.session_error: str | None = None  # the first connection-level failure (admin flush reports it)
         self._wake = asyncio.Event()
         self._ignore_backoff = False
         self._forcing = False  # the current pass ignores back-off (admin forward)
@@ -417,13 +418,15 @@ class ForwardService:
 
     async def _forward_claimed(self, claim: Claim) -> Outcome:
         mid = claim.id
-        self.log.info(f"forwarding [{mid}]")
         try:
             env = claim.envelope()
         except (OSError, EnvelopeError) as exc:
+            self.log.info(f"forwarding [{mid}]")
             return self._fail(claim, f"invalid envelope: {exc}", None)
+        routed = f" forward-to=[{env.forward_to}]" if env.forward_to else ""
+        self.log.info(f"forwarding [{mid}]{routed}")
         if self.client_filter is not None:
-            early = await self._run_client_filter(claim)
+            early = await self._run_client_filter(claim, routing=bool(env.forward_to))
             if early is not None:
                 return early
             try:
@@ -459,22 +462,29 @@ class ForwardService:
         except ConnectionTrouble as exc:
             if conn is not None:
                 conn.abort()
+            self.session_error = self.session_error or exc.reason
             return self._retry(claim, exc.reason, exc.reply.code if exc.reply else None)
         conn.log.msgid = ""
         self.pool.give(conn)
         return result
 
-    async def _run_client_filter(self, claim: Claim) -> Outcome | None:
-        """``--client-filter``: None to go on forwarding, else what became of the message."""
+    async def _run_client_filter(self, claim: Claim, routing: bool = False) -> Outcome | None:
+        """``--client-filter``: None to go on forwarding, else what became of the message.
+
+        With a ``ForwardTo`` in the envelope it runs as upstream's "routing filter" (its log lines
+        say ``routing-filter``); a rejection fails the message with the filter's reason and its
+        code, or 550, as E-MailRelay 2.6b does."""
         assert self.client_filter is not None
-        result = await self.client_filter.filter(claim.id, str(claim.content_path), str(claim.envelope_path))
+        result = await self.client_filter.filter(
+            claim.id, str(claim.content_path), str(claim.envelope_path), routing=routing
+        )
         try:
             claim.relock_if_replaced()
         except OSError:
             return Outcome("skipped")  # someone else holds the replaced file now
         if result.rescan:
             self._wake.set()
-        if result.outcome is FilterOutcome.STOP_SCAN:
+        if result.outcome is FilterOutcome.STOP_SCAN or result.stop:
             self.stop_scanning = True
         if result.ok:
             return None
@@ -487,7 +497,7 @@ class ForwardService:
                 claim.abandon_claim()
             return Outcome("skipped")
         if result.outcome is FilterOutcome.REJECT:
-            return self._fail(claim, result.reason or "rejected by client filter", result.code)
+            return self._fail(claim, result.detail or result.reason or "rejected", result.code or 550)
         return self._retry(claim, result.reason or "client filter error", result.code)
 
     def _load_content(self, claim: Claim) -> tuple[bytes | None, int, str | None]:
@@ -660,7 +670,7 @@ class ForwardService:
             return self._fail(claim, f"gave up after {int(age)}s: {reason}", code)
         delay = retry.next_delay(age, self.config.retry_schedule)
         try:
-            claim.release(not_before=time.time() + delay)
+            claim.release(not_before=time.time() + delay, reason=reason, code=code)  # queue list shows why
         except OSError as exc:
             self.log.error(f"cannot release [{claim.id}]: {exc}")
         self.log.warning(f"forwarding [{claim.id}] deferred for {delay}s: {reason}")

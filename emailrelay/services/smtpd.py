@@ -37,12 +37,13 @@ from .. import log as logmod
 from ..auth import tls
 from ..auth.pam import PamSecrets
 from ..policy.dnsbl import DnsblChecker
+from ..policy.exe import printable
 from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 from ..protocol import smtp_server as sp
 from ..protocol.addresses import to_alabels, xtext_encode
 from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success
 from ..spool.envelope import Envelope
-from ..spool.names import MessageId
+from ..spool.names import MessageId, State
 from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
 from .connection_slots import ConnectionSlots
 from .line_session import LineSession
@@ -672,12 +673,20 @@ class SmtpSession(LineSession):
             msg.id, str(msg.content_path), str(msg.envelope_path), log_address=self.peer.host
         )
         self._rescan_requested = result.rescan
-        if not result.ok:
-            self._filter_rejected(msg, result)
-            return
-        if not self.service.policy.accepts_everything and not msg.exists():  # a filter deleted it but said ok
+        filtered = not self.service.policy.accepts_everything
+        exists = not filtered or await loop.run_in_executor(self.service.executor, msg.exists)
+        if result.outcome is FilterOutcome.ABANDON and not exists:  # the filter took care of it
             self.tx.message = None
             self.proto.accept()
+            return
+        if not result.ok and result.outcome is not FilterOutcome.ABANDON:
+            self._filter_rejected(msg, result)
+            return
+        if not exists:  # a filter deleted the envelope but said ok: upstream's commit fails
+            self.tx.message = None
+            ready = self.service.store.envelope_path(msg.id, State.READY)
+            self.log.warning(f"filter exception: message store error: cannot rename envelope file to {ready}")
+            self.proto.reject(452, "rejected")
             return
         try:
             await loop.run_in_executor(self.service.executor, msg.commit)
@@ -700,20 +709,23 @@ class SmtpSession(LineSession):
             hooks.on_commit(msg.id)
 
     def _filter_rejected(self, msg: NewMessage, result: FilterResult) -> None:
+        """Upstream's rejection: the message is deleted, the log gets the filter's reason, the
+        client ``<code or 452> <response>``."""
         self.tx.message = None
-        if result.outcome is FilterOutcome.ABANDON:
-            msg.abandon()
-            self.proto.accept()
-            return
         msg.abandon()  # a message rejected by a server-side filter is deleted, as upstream does
-        reason = result.reason or ("rejected" if result.outcome is FilterOutcome.REJECT else "filter error")
-        self.log.info(f"rejected by filter: [{reason}]")
+        response = result.reason if result.reason or result.code else "rejected"
+        self.log.info(f"rejected by filter: [{result.detail or response}]")
         if self.service.hooks.on_reject is not None:
-            self.service.hooks.on_reject(reason)
-        default = 550 if result.outcome is FilterOutcome.REJECT else 451
-        self.proto.reject(result.code or default, reason)
+            self.service.hooks.on_reject(response)
+        self.proto.reject(result.code or 452, printable(response))  # escaped once more, as upstream
 
     def _on_aborted(self, ev: sp.DataAborted) -> None:
+        if ev.code:  # the message failed at its end (upstream's lines)
+            if not self._content_logged:
+                self.log.verbose("rx<<: [message content not logged]", self.peer.host)
+            self._trace_rx(".")
+            if ev.code == 552:
+                self.log.warning("message content too big", self.peer.host)
         self._discard_message()
 
     def _on_rset(self, ev: sp.Rset) -> None:

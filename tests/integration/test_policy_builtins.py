@@ -28,15 +28,18 @@ def envelopes(directory: Path, suffix: str = ".envelope") -> list[Path]:
 
 @pytest.mark.parametrize(
     ("code", "outcome"),
-    [(0, FilterOutcome.OK), (1, FilterOutcome.REJECT), (100, FilterOutcome.ABANDON), (102, FilterOutcome.STOP_SCAN),
-     (103, FilterOutcome.RESCAN), (107, FilterOutcome.ERROR), (200, FilterOutcome.ERROR)],
+    [(0, FilterOutcome.OK), (1, FilterOutcome.REJECT), (100, FilterOutcome.ABANDON), (102, FilterOutcome.ABANDON),
+     (103, FilterOutcome.RESCAN), (107, FilterOutcome.REJECT), (200, FilterOutcome.REJECT)],
 )  # fmt: skip
 async def test_exit(store: SpoolStore, code: int, outcome: FilterOutcome) -> None:
+    """Server side, as E-MailRelay 2.6b: a rejection's response is ``rejected``, its reason ``exit:N``."""
     msg = new_message(store)
     result = await server_chain(store, f"exit:{code}").filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
     assert (result.outcome, result.exit_code) == (outcome, code)
+    if outcome is FilterOutcome.REJECT:
+        assert (result.reason, result.detail) == ("rejected", f"exit:{code}")
 
 
 # ---- copy: -------------------------------------------------------------------------------------------
@@ -79,9 +82,7 @@ async def test_copy_pop_copies_only_the_envelope(store: SpoolStore) -> None:
     result = await server_chain(store, "copy:pop").filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
-    assert (
-        result.outcome is FilterOutcome.OK
-    )  # envelope gone: the session commits nothing and keeps the content
+    assert result.outcome is FilterOutcome.ABANDON  # upstream's ok(abandon): nothing to commit, content kept
     assert msg.content_path.exists() and not msg.envelope_path.exists()
     for name in ("alice", "bob"):
         assert [p.name for p in (store.directory / name).iterdir()] == [f"{msg.id}.envelope"]

@@ -128,11 +128,15 @@ async def test_net_filter_timeout_and_down(
     result = await server_chain(store, spec, timeout=0.5).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
-    assert result.outcome is FilterOutcome.ERROR and time.monotonic() - started < 3
-    down = await server_chain(store, f"net:127.0.0.1:{closed_port()}").filter(
+    assert time.monotonic() - started < 3
+    assert (result.outcome, result.reason) == (FilterOutcome.REJECT, "failed")  # upstream's texts
+    assert result.detail.startswith("response timeout: no response after 0.5s while connected to 127.0.0.1:")
+    port = closed_port()
+    down = await server_chain(store, f"net:127.0.0.1:{port}").filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
-    assert down.outcome is FilterOutcome.ERROR
+    assert (down.outcome, down.reason) == (FilterOutcome.REJECT, "failed")
+    assert down.detail == f"connect failure: cannot connect to 127.0.0.1:{port}"
 
 
 async def test_net_filter_unix_socket(store: SpoolStore, tmp_path: Path) -> None:

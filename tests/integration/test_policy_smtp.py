@@ -107,9 +107,10 @@ async def test_rejecting_filter_as_in_the_upstream_fixture(serve, logs) -> None:
 async def test_filter_timeout_gives_a_temporary_error(serve, logs) -> None:
     client, store = await serve(filters=[script("sleeper.sh")], filter_timeout=1.0)
     replies = await client.send_message("a@example.com", ["b@example.net"])
-    assert replies[-1][0] == 451
+    assert replies[-1][:2] == (452, "error")  # E-MailRelay 2.6b's reply
     assert not store.ready()
-    assert "failed response=[error] reason=[timeout" in logs.text()
+    assert "failed response=[error] reason=[timeout]" in logs.text()
+    assert "rejected by filter: [timeout]" in logs.text()
 
 
 async def test_abandoning_filter_accepts_and_stores_nothing(serve) -> None:
