@@ -4,10 +4,10 @@ What it is for: an operator's tool on any spool directory (``--spool-dir``,
 default ``/var/spool/emailrelay``), ours or one written by upstream
 E-MailRelay::
 
-    emailrelay queue list [--json] [--state S]   id, age, size, sender, recipients, state, reason
-    emailrelay queue show ID [--json]            envelope fields and the first header lines
+    emailrelay queue list [--json] [--state S]   id, age, size, sender, state, reason, recipients
+    emailrelay queue show ID [--json] [--body]   envelope fields, why it waits, headers (or all of it)
     emailrelay queue retry ID... | --all-failed  .bad -> ready (a ready one: forget its back-off)
-    emailrelay queue delete ID... | --all-failed never a .busy one (exit 1)
+    emailrelay queue delete ID... | --all-failed | --all | --state S    never a .busy one (exit 1)
     emailrelay queue hold ID...                  ready -> .envelope.held (forwarders skip it)
     emailrelay queue release ID...               .envelope.held -> ready
 
@@ -17,6 +17,14 @@ What it expects: the relay may be running.  Every change goes through
 reported as busy, and a message that changed state under us is reported
 as gone rather than half-handled.  ``ID`` is a message id or the name (or
 path) of one of its files.
+
+Like Postfix's mailq, ``list`` says why a message waits: for a ``.bad``
+one the envelope's ``X-MailRelay-Reason``; for a deferred one (a ready
+message a forwarder gave back) the next hop's reply or the connection
+error, the attempts and the time of the next try, from the store's
+deferral record (:class:`~emailrelay.spool.store.Deferral`); and every
+recipient.  ``--state`` takes the envelope states and ``failed`` (= bad)
+and ``deferred``.
 
 Guarantees: exit 0 when every named message was handled, 1 when one was
 not (missing, busy, wrong state) or the spool cannot be read, 2 on a usage
@@ -52,6 +60,10 @@ BOUNCED_KEY = "X-MailRelay-Bounced"  # "X-MailRelay-Bounced: <dsn id>": emailrel
 _RETRY_RE = re.compile(rb"^X-MailRelay-Retry:\s*([0-9]+)\s*$", re.MULTILINE)
 _REASON_RE = re.compile(rb"^X-MailRelay-Reason:", re.MULTILINE)
 _BOUNCED_RE = re.compile(rb"^X-MailRelay-Bounced:", re.MULTILINE)
+#: ``--state`` words beyond the envelope states: failed is bad; deferred is a ready message with a
+#: recorded deferral or a back-off still running.
+FAILED, DEFERRED = "failed", "deferred"
+STATE_CHOICES = (*(s.label for s in State), FAILED, DEFERRED)
 _FILE_SUFFIXES = (
     ".envelope.busy",
     ".envelope.bad",
@@ -151,11 +163,15 @@ class QueueEntry:
     size: int | None  # content bytes
     sender: str | None  # None when the envelope cannot be read
     recipients: int | None
-    reason: str | None
+    reason: str | None  # bad: the envelope's reason; deferred: the last attempt's reply or error
     reason_code: str | None
     retries: int
     not_before: float | None  # ready messages in back-off: when they are due
     error: str | None = None  # why the envelope could not be read
+    to: list[str] | None = None  # every recipient (remote, then local); None when unreadable
+    deferred: bool = False  # a forwarder gave it back (it has a deferral record)
+    attempts: int = 0  # deferrals recorded
+    last_try: float | None = None  # unix time of the last deferral
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +198,10 @@ def inspect(store: SpoolStore, mid: MessageId, state: State, now: float, mtime: 
             env = parse_envelope(raw)
         except EnvelopeError as exc:
             error = str(exc)
+    deferral = store.deferral(mid) if state in (State.READY, State.BUSY, State.HELD) else None
+    reason, code = (None, None) if env is None else (env.reason, env.reason_code)
+    if deferral is not None:
+        reason, code = deferral.reason, None if deferral.code is None else str(deferral.code)
     return QueueEntry(
         id=str(mid),
         state=state.label,
@@ -190,22 +210,37 @@ def inspect(store: SpoolStore, mid: MessageId, state: State, now: float, mtime: 
         size=store.content_size(mid),
         sender=None if env is None else env.from_address,
         recipients=None if env is None else env.recipient_count,
-        reason=None if env is None else env.reason,
-        reason_code=None if env is None else env.reason_code,
+        reason=reason,
+        reason_code=code,
         retries=retry_count(raw or b""),
         not_before=mtime if state is State.READY and mtime > now else None,
         error=error,
+        to=None if env is None else [*env.to_remote, *env.to_local],
+        deferred=deferral is not None,
+        attempts=0 if deferral is None else deferral.attempts,
+        last_try=None if deferral is None else deferral.at,
     )
+
+
+def selected(entry: QueueEntry, states: set[str] | None) -> bool:
+    """Whether ``--state`` picks the entry (None: every entry)."""
+    if not states:
+        return True
+    if entry.state in states or (entry.state == "bad" and FAILED in states):
+        return True
+    return DEFERRED in states and entry.state == "ready" and (entry.deferred or entry.not_before is not None)
 
 
 def entries(store: SpoolStore, states: set[str] | None = None) -> list[QueueEntry]:
     now = time.time()
+    # the envelope states worth reading for ``states``: failed ones are bad, deferred ones ready
+    labels = None if not states else {{FAILED: "bad", DEFERRED: "ready"}.get(s, s) for s in states}
     out = []
     for e in sorted(store.scan(), key=lambda e: e.id):
-        if states and e.state.label not in states:
+        if labels is not None and e.state.label not in labels:
             continue
         entry = inspect(store, e.id, e.state, now, e.mtime)
-        if entry is not None:
+        if entry is not None and selected(entry, states):
             out.append(entry)
     return out
 
@@ -245,19 +280,29 @@ def _list(store: SpoolStore, args: argparse.Namespace, out: TextIO) -> int:
         out.write("spool is empty\n" if not states else "no messages\n")
         return 0
     out.write(f"{'ID':<34} {'STATE':<5} {'AGE':>7} {'SIZE':>7} {'RCPT':>4}  {'FROM':<28} REASON\n")
+    now = time.time()
     for i in items:
         sender = "?" if i.sender is None else (i.sender or "<>")
         rcpts = "?" if i.recipients is None else str(i.recipients)
         reason = f"(unreadable: {i.error})" if i.error else ""
-        if i.reason is not None:
-            reason = f"{i.reason_code} {i.reason}".strip()
-        elif i.not_before is not None:
-            reason = f"(retry in {format_age(i.not_before - time.time())})"
+        if i.deferred or i.not_before is not None:
+            reason = (
+                f"(retry in {format_age(i.not_before - now)})" if i.not_before is not None else "(due now)"
+            )
+        elif i.reason is not None:
+            reason = f"{i.reason_code or ''} {i.reason}".strip()
         out.write(
             f"{i.id:<34} {i.state:<5} {format_age(i.age):>7} {format_size(i.size):>7} {rcpts:>4}  "
             f"{sender:<28} {reason}".rstrip()
             + "\n"
         )
+        if i.deferred:  # mailq's second line: why it waits
+            tries = f"{i.attempts} attempt{'s' if i.attempts != 1 else ''}"
+            last = f", last {format_age(now - i.last_try)} ago" if i.last_try is not None else ""
+            why = f"{i.reason_code or ''} {i.reason}".strip()
+            out.write(f"    ({why}; {tries}{last})\n")
+        for rcpt in i.to or ():
+            out.write(f"    {rcpt}\n")
     total = sum(i.size or 0 for i in items)
     counts: dict[str, int] = {}
     for i in items:
@@ -311,13 +356,15 @@ def _show(store: SpoolStore, args: argparse.Namespace, out: TextIO, err: TextIO)
     except EnvelopeError as exc:
         env, error = None, str(exc)
     headers = header_lines(store.content_head(mid), args.lines)
+    deferral = store.deferral(mid) if state is not State.BAD else None
+    mtime = _mtime(store, mid, state)
     info: dict[str, Any] = {
         "id": str(mid),
         "state": state.label,
         "envelope": str(store.envelope_path(mid, state)),
         "content": str(store.content_path(mid)),
         "size": store.content_size(mid),
-        "created": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(mid.time)),
+        "created": _when(mid.time),
         "age": format_age(now - mid.time),
         "retries": retry_count(raw),
     }
@@ -337,8 +384,21 @@ def _show(store: SpoolStore, args: argparse.Namespace, out: TextIO, err: TextIO)
         )
     else:
         info["error"] = error
+    if deferral is not None:
+        info.update(
+            {
+                "deferred-reason": deferral.reason,
+                "deferred-code": deferral.code,
+                "attempts": deferral.attempts,
+                "last-try": _when(deferral.at),
+            }
+        )
+    if state is State.READY and mtime is not None and (deferral is not None or mtime > now):
+        info["next-try"] = _when(mtime) if mtime > now else "now"
     info["headers"] = headers
     if args.json:
+        if args.body:
+            info["body"] = b"".join(store.content_chunks(mid)).decode("utf-8", "replace")
         json.dump(info, out, indent=2)
         out.write("\n")
         return 0
@@ -354,10 +414,35 @@ def _show(store: SpoolStore, args: argparse.Namespace, out: TextIO, err: TextIO)
                     out.write(f"{'extra:':<26}{item}\n")
         elif value is not None and value != "":
             out.write(f"{key + ':':<26}{value}\n")
+    if args.body:  # the whole message, as stored (CRLF shown as newlines)
+        out.write("message:\n")
+        tail = b""
+        for chunk in store.content_chunks(mid):
+            text, tail = _split_complete(tail + chunk)
+            out.write(text.replace(b"\r\n", b"\n").decode("utf-8", "replace"))
+        out.write(tail.replace(b"\r\n", b"\n").decode("utf-8", "replace"))
+        return 0
     out.write("headers:\n")
     for line in headers:
         out.write(f"  {line}\n")
     return 0
+
+
+def _split_complete(data: bytes) -> tuple[bytes, bytes]:
+    """(everything up to the last LF, the rest): no CRLF or UTF-8 sequence is cut between chunks."""
+    cut = data.rfind(b"\n") + 1
+    return data[:cut], data[cut:]
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
+
+
+def _mtime(store: SpoolStore, mid: MessageId, state: State) -> float | None:
+    try:
+        return store.envelope_path(mid, state).stat().st_mtime
+    except OSError:
+        return None
 
 
 # ---- acting ------------------------------------------------------------------------------
@@ -367,11 +452,17 @@ def _targets(
     store: SpoolStore, args: argparse.Namespace, err: TextIO
 ) -> tuple[list[tuple[MessageId, State]], int]:
     """(id, state) pairs to act on, and the number of arguments that named no message."""
-    if getattr(args, "all_failed", False):
-        if args.ids:
-            err.write(f"{PROG}: error: give message ids or --all-failed, not both\n")
+    all_failed, everything = getattr(args, "all_failed", False), getattr(args, "all", False)
+    states = getattr(args, "select_state", None)
+    if all_failed or everything or states:
+        if args.ids or sum(map(bool, (all_failed, everything, states))) > 1:
+            err.write(f"{PROG}: error: give message ids or one of --all-failed, --all, --state, not both\n")
             return [], 1
-        return sorted((e.id, e.state) for e in store.scan() if e.state is State.BAD), 0
+        if everything:  # not what is being stored or forwarded: those cannot be deleted
+            return sorted((e.id, e.state) for e in store.scan() if e.state not in (State.NEW, State.BUSY)), 0
+        by_label = {s.label: s for s in State}
+        chosen = entries(store, set(states) if states else {FAILED})
+        return [(MessageId.parse(e.id), by_label[e.state]) for e in chosen], 0
     if not args.ids:
         err.write(f"{PROG}: error: no message id given\n")
         return [], 1
@@ -462,11 +553,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", parents=[common], help="list the messages, oldest first")
     ls.add_argument("--json", action="store_true", help="print a JSON array")
     ls.add_argument("--compact", action="store_true", help="with --json: one line")
-    ls.add_argument("--state", action="append", choices=[s.label for s in State], help="only this state")
+    ls.add_argument(
+        "--state",
+        action="append",
+        choices=STATE_CHOICES,
+        help="only this state (failed is bad; deferred: ready, waiting for a retry)",
+    )
     show = sub.add_parser("show", parents=[common], help="show one message's envelope and headers")
     show.add_argument("id")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
     show.add_argument("--lines", type=int, default=20, help="header lines to show (default 20)")
+    show.add_argument("--body", action="store_true", help="show the whole message, not only its headers")
     for name, text, failed in (
         ("retry", "retry failed messages now (.bad -> ready; ready: forget back-off)", True),
         ("delete", "delete messages (never one being forwarded)", True),
@@ -477,6 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("ids", nargs="*", metavar="ID")
         if failed:
             sp.add_argument("--all-failed", action="store_true", help="every .bad message")
+        if name == "delete":
+            sp.add_argument("--all", action="store_true", help="every message not being stored or forwarded")
+            sp.add_argument(
+                "--state",
+                dest="select_state",
+                action="append",
+                choices=(FAILED, DEFERRED, "held"),
+                help="every message in this state (failed: .bad; deferred: waiting for a retry)",
+            )
         sp.add_argument("--progress", action="store_true", help="show progress on stderr even when not a tty")
         sp.add_argument("--verbose", "-v", action="store_true", help="name each message handled")
     return p

@@ -27,7 +27,12 @@ What it guarantees:
   a crash in between leaves a stray content file, never an envelope that
   points at nothing.
 - Retry back-off is kept in the envelope's mtime ("not before"), which
-  upstream ignores, so the spool stays byte-compatible.
+  upstream ignores, so the spool stays byte-compatible.  Why the last try
+  failed is kept beside it in a dot-file, ``.<id>.deferral`` (a JSON
+  :class:`Deferral`), written only by the claim holder when it releases the
+  message and removed with the message or when it fails to ``.bad`` (whose
+  envelope carries the reason); upstream ignores and keeps such files, and
+  :meth:`SpoolStore.recover` removes those whose message is gone.
 - Root never follows what ``--user`` (filters, verifiers) may have planted in
   the spool or a mailbox directory: files are created with
   ``O_EXCL|O_NOFOLLOW``, existing envelopes are opened with ``O_NOFOLLOW``
@@ -41,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import stat as stat_module
 import threading
@@ -67,6 +73,8 @@ from .names import (
 )
 
 TMP_SUFFIX = ".tmp"  # temporary envelope rewrites: "<id>.envelope.<state>.tmp"
+DEFERRAL_SUFFIX = ".deferral"  # ".<id>.deferral": why the last forwarding attempt failed
+_DEFERRAL_MAX = 65536  # bytes read from a deferral record (the file is in a directory --user may write)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC
@@ -98,11 +106,43 @@ class SpoolEntry:
     mtime: float
 
 
+@dataclass(frozen=True)
+class Deferral:
+    """Why the last forwarding attempt of a message failed, and when it is tried again."""
+
+    reason: str  # the next hop's reply, or the connection error
+    code: int | None  # the reply's code, when there was a reply
+    at: float  # unix time of that attempt
+    next_try: float | None  # unix time it is due again (None: at once)
+    attempts: int  # deferrals recorded since it was stored (or last failed to .bad)
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.__dict__, separators=(",", ":")) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Deferral | None:
+        """None for anything that is not a record of ours (a stray or planted file)."""
+        try:
+            raw = json.loads(data)
+            code = raw.get("code")
+            next_try = raw.get("next_try")
+            return cls(
+                reason=str(raw["reason"]),
+                code=int(code) if code is not None else None,
+                at=float(raw["at"]),
+                next_try=float(next_try) if next_try is not None else None,
+                attempts=int(raw.get("attempts", 1)),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
 @dataclass
 class RecoveryReport:
     released: list[MessageId] = field(default_factory=list)  # orphan .busy back to .envelope
     removed_new: list[MessageId] = field(default_factory=list)  # crashed stores deleted
     removed_tmp: int = 0
+    removed_deferrals: int = 0  # records of messages that are gone
 
 
 class _DirectorySync:
@@ -166,6 +206,9 @@ class SpoolStore:
     def envelope_path(self, mid: MessageId | str, state: State) -> Path:
         """Absolute envelope path in a given state, for filters and tools."""
         return self._envelope(mid, state)
+
+    def _deferral(self, mid: MessageId | str) -> Path:
+        return self.directory / f".{mid}{DEFERRAL_SUFFIX}"
 
     # ---- storing ----------------------------------------------------------
     @_privileged
@@ -388,6 +431,7 @@ class SpoolStore:
             return False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._content(mid))
+        self._forget_deferral(mid)
         return True
 
     # ---- mailboxes (sub-directories) -----------------------------------------------
@@ -420,11 +464,18 @@ class SpoolStore:
                 report.removed_new.append(entry.id)
         with contextlib.suppress(FileNotFoundError), os.scandir(self.directory) as it:
             for e in it:
-                if e.name.endswith(TMP_SUFFIX) and ENVELOPE_SUFFIX in e.name:
+                if e.name.endswith(TMP_SUFFIX) and (ENVELOPE_SUFFIX in e.name or DEFERRAL_SUFFIX in e.name):
                     with contextlib.suppress(OSError):
                         if now - e.stat().st_mtime > tmp_age:
                             os.unlink(e.path)
                             report.removed_tmp += 1
+                elif e.name.startswith(".") and e.name.endswith(DEFERRAL_SUFFIX):
+                    # a record whose message was forwarded, deleted or failed by someone else (upstream)
+                    name = e.name[1 : -len(DEFERRAL_SUFFIX)]
+                    if is_valid_id(name) and self.find(name) is None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(e.path)
+                            report.removed_deferrals += 1
         return report
 
     def _recover_busy(self, mid: MessageId) -> bool:
@@ -667,6 +718,17 @@ class SpoolStore:
         except OSError:
             return b""
 
+    def content_chunks(self, mid: MessageId | str, size: int = 65536) -> Iterator[bytes]:
+        """The whole content file in chunks (``queue show --body``); nothing if there is none.  Never
+        through a symlink."""
+        try:
+            fd = safe_files.open_read_nofollow(self._content(mid))
+        except OSError:
+            return
+        with os.fdopen(fd, "rb") as f:
+            while chunk := f.read(size):
+                yield chunk
+
     @_privileged
     def make_due(self, mid: MessageId) -> bool:
         """Clear the back-off of a ready message (its "not before" time becomes now)."""
@@ -675,6 +737,39 @@ class SpoolStore:
         except FileNotFoundError:
             return False
         return True
+
+    def deferral(self, mid: MessageId | str) -> Deferral | None:
+        """Why the last forwarding attempt of a message failed (``queue list``), or None."""
+        try:
+            fd = safe_files.open_read_nofollow(self._deferral(mid))
+        except OSError:
+            return None
+        try:
+            return Deferral.from_bytes(os.read(fd, _DEFERRAL_MAX))
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _record_deferral(self, mid: MessageId, reason: str, code: int | None, next_try: float | None) -> None:
+        """Replace the message's deferral record (not fsynced: it explains, it decides nothing)."""
+        last = self.deferral(mid)
+        record = Deferral(reason, code, time.time(), next_try, (last.attempts if last else 0) + 1)
+        path = self._deferral(mid)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a leftover, or something planted: never written through
+        fd = os.open(tmp, _WRITE_FLAGS, self.file_mode)
+        try:
+            self._own(fd)
+            _write_all(fd, record.to_bytes())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def _forget_deferral(self, mid: MessageId) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._deferral(mid))
 
     @_privileged
     def append_envelope_line(self, mid: MessageId, state: State, line: str) -> bool:
@@ -977,10 +1072,17 @@ class Claim:
             self._fd = None
 
     @_privileged
-    def release(self, not_before: float | None = None) -> None:
-        """Give the message back (4xx, connection trouble); due again at ``not_before``."""
+    def release(
+        self, not_before: float | None = None, *, reason: str | None = None, code: int | None = None
+    ) -> None:
+        """Give the message back (4xx, connection trouble); due again at ``not_before``.  With ``reason``
+        (the next hop's reply, or the connection error, and its ``code``) the deferral is recorded for
+        ``emailrelay queue``; a record that cannot be written is not an error."""
         busy = self.envelope_path
         try:
+            if reason is not None:
+                with contextlib.suppress(OSError):
+                    self.store._record_deferral(self.id, reason, code, not_before)
             if not_before is not None:
                 os.utime(busy, (time.time(), not_before), follow_symlinks=False)
             os.rename(busy, self.store._envelope(self.id, State.READY))
@@ -1009,6 +1111,7 @@ class Claim:
             os.rename(self.envelope_path, bad)
         finally:
             self._close()
+        self.store._forget_deferral(self.id)  # the .bad envelope carries the reason now
         return bad
 
     @_privileged
@@ -1019,6 +1122,7 @@ class Claim:
                 os.unlink(self.envelope_path)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.content_path)
+            self.store._forget_deferral(self.id)
         finally:
             self._close()
 

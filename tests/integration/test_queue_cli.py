@@ -9,7 +9,7 @@ from pathlib import Path
 from emailrelay.spool.names import MessageId, State
 from emailrelay.spool.store import SpoolStore
 from tests.support.fake_smtp import FakeSmtp
-from tests.support.relay import program, running_relay, wait_until
+from tests.support.relay import free_port, program, running_relay, wait_until
 
 
 def queue(spool: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -93,3 +93,27 @@ def test_delete_refuses_a_claimed_message_of_a_running_relay(tmp_path: Path) -> 
         listing = json.loads(queue(relay.spool, "list", "--json").stdout)
         assert [i["id"] for i in listing] == [str(first)] and listing[0]["state"] == "ready"
         assert MessageId.parse(listing[0]["id"]) == first
+
+
+def test_queue_list_says_why_a_message_waits(tmp_path: Path) -> None:
+    """A running relay whose next hop refuses connections: ``queue list`` shows the error, as mailq does."""
+    closed = free_port()  # nothing listens there
+    with running_relay(tmp_path, "--forward-to", f"127.0.0.1:{closed}", "--poll", "1") as relay:
+        store = SpoolStore(relay.spool, fsync=False)
+        send(relay.port, "later@example.net")
+        assert wait_until(lambda: any(store.deferral(e.id) for e in store.scan()), timeout=30)
+        listing = queue(relay.spool, "list")
+        assert listing.returncode == 0, listing.stderr
+        lines = listing.stdout.splitlines()
+        assert "(retry in " in lines[1]
+        assert lines[2].startswith(
+            f"    (cannot connect to 127.0.0.1:{closed}: Connection refused; 1 attempt"
+        )
+        assert lines[3] == "    later@example.net"
+        (item,) = json.loads(queue(relay.spool, "list", "--json").stdout)
+        assert "Connection refused" in item["reason"] and item["deferred"] and item["not_before"]
+        shown = queue(relay.spool, "show", item["id"], "--body")
+        assert "deferred-reason:" in shown.stdout and "Subject: to later@example.net" in shown.stdout
+        deleted = queue(relay.spool, "delete", "--state", "deferred")
+        assert deleted.returncode == 0 and deleted.stdout == "deleted 1 message\n"
+        assert not [p for p in relay.spool.iterdir() if p.is_file()]  # the record went with it

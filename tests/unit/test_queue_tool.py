@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -96,6 +97,132 @@ def test_list_filters_by_state_and_shows_backoff(spool: Path) -> None:
     assert "(retry in " in out
     rc, out, _ = run("list", "-s", str(spool), "--json", "--state", "held")
     assert [i["id"] for i in json.loads(out)] == [str(a)]
+
+
+def defer(store: SpoolStore, mid: MessageId, reason: str, code: int | None, delay: float = 600) -> None:
+    """What a forwarder does when the next hop defers the message."""
+    claim = store.claim(mid)
+    assert claim is not None
+    claim.release(not_before=time.time() + delay, reason=reason, code=code)
+
+
+def test_list_says_why_a_deferred_message_waits_like_mailq(spool: Path) -> None:
+    store = SpoolStore(spool, fsync=False)
+    waiting = store.store_message(ENV, CONTENT)
+    fresh = store.store_message(ENV, CONTENT)
+    defer(store, waiting, "cannot connect to 192.0.2.1:25: Connection refused", None)
+    defer(store, waiting, "4.7.1 greylisted, try again later", 451)
+    rc, out, _ = run("list", "-s", str(spool))
+    assert rc == 0
+    lines = out.splitlines()
+    at = next(n for n, line in enumerate(lines) if line.startswith(str(waiting)))
+    assert re.search(r" ready .*\(retry in 9m[0-9]{2}s\)$", lines[at])
+    assert re.fullmatch(
+        r"    \(451 4\.7\.1 greylisted, try again later; 2 attempts, last [0-9]+s ago\)", lines[at + 1]
+    )
+    assert lines[at + 2 : at + 4] == ["    b@example.net", "    c@example.net"]  # every recipient
+    at = next(n for n, line in enumerate(lines) if line.startswith(str(fresh)))
+    assert lines[at + 1 : at + 3] == ["    b@example.net", "    c@example.net"]  # never tried: no reason
+
+    items = {i["id"]: i for i in json.loads(run("list", "-s", str(spool), "--json")[1])}
+    item = items[str(waiting)]
+    assert (item["reason"], item["reason_code"], item["attempts"], item["deferred"]) == (
+        "4.7.1 greylisted, try again later", "451", 2, True,
+    )  # fmt: skip
+    assert item["to"] == ["b@example.net", "c@example.net"] and item["error"] is None
+    assert item["not_before"] > time.time() + 500 and time.time() - 60 < item["last_try"] <= time.time()
+    assert items[str(fresh)]["reason"] is None and items[str(fresh)]["deferred"] is False
+
+    assert [
+        i["id"] for i in json.loads(run("list", "-s", str(spool), "--json", "--state", "deferred")[1])
+    ] == [str(waiting)]
+
+
+def test_the_deferral_record_lives_and_dies_with_the_message(spool: Path) -> None:
+    store = SpoolStore(spool, fsync=False)
+    forwarded, failed, deleted, gone = (store.store_message(ENV, CONTENT) for _ in range(4))
+    for mid in (forwarded, failed, deleted, gone):
+        defer(store, mid, "connection refused", None, delay=0)
+    record = store.deferral(forwarded)
+    assert record is not None and (record.reason, record.code, record.attempts) == (
+        "connection refused",
+        None,
+        1,
+    )
+    assert sorted(p.name for p in spool.iterdir() if p.name.startswith(".")) == sorted(
+        f".{m}.deferral" for m in (forwarded, failed, deleted, gone)
+    )
+    claim = store.claim(forwarded)
+    assert claim is not None
+    claim.remove()
+    claim = store.claim(failed)
+    assert claim is not None
+    claim.fail("5.1.1 no such user", 550)
+    assert store.delete(deleted, State.READY)
+    os.unlink(store.envelope_path(gone, State.READY))  # as upstream forwards it: the record stays behind
+    assert [store.deferral(m) for m in (forwarded, failed, deleted)] == [None, None, None]
+    assert store.deferral(gone) is not None
+    # the .bad shows the envelope's reason, not the old deferral
+    (item,) = json.loads(run("list", "-s", str(spool), "--json", "--state", "failed")[1])
+    assert (item["id"], item["reason"], item["deferred"]) == (str(failed), "5.1.1 no such user", False)
+    assert store.recover().removed_deferrals == 1
+    assert not [p for p in spool.iterdir() if p.name.startswith(".")]
+
+
+def test_a_planted_deferral_record_is_neither_followed_nor_believed(spool: Path) -> None:
+    store = SpoolStore(spool, fsync=False)
+    mid = store.store_message(ENV, CONTENT)
+    secret = spool.parent / "secret"
+    secret.write_text('{"reason": "from the secret file", "at": 1}')
+    (spool / f".{mid}.deferral").symlink_to(secret)
+    assert store.deferral(mid) is None  # a symlink is not read
+    (spool / f".{mid}.deferral").unlink()
+    (spool / f".{mid}.deferral").write_text("not json")
+    assert store.deferral(mid) is None
+    defer(store, mid, "refused", None)  # replaced by a real record
+    record = store.deferral(mid)
+    assert record is not None and record.reason == "refused" and record.attempts == 1
+    assert secret.read_text().startswith('{"reason": "from the secret file"')
+
+
+def test_show_says_why_and_prints_the_body(spool: Path) -> None:
+    store = SpoolStore(spool, fsync=False)
+    mid = store.store_message(ENV, CONTENT)
+    defer(store, mid, "4.3.0 mailbox busy", 452)
+    rc, out, _ = run("show", "-s", str(spool), str(mid))
+    assert rc == 0
+    assert (
+        "deferred-reason:          4.3.0 mailbox busy\n" in out and "deferred-code:            452\n" in out
+    )
+    assert "attempts:                 1\n" in out and re.search(r"^next-try: +20[0-9-]+ ", out, re.M)
+    assert out.rstrip().endswith("  From: a@example.com")  # headers only
+    rc, out, _ = run("show", "-s", str(spool), str(mid), "--body")
+    assert rc == 0 and out.endswith("message:\n" + CONTENT.decode().replace("\r\n", "\n"))
+    info = json.loads(run("show", "-s", str(spool), str(mid), "--json", "--body")[1])
+    assert info["body"] == CONTENT.decode() and info["deferred-reason"] == "4.3.0 mailbox busy"
+    assert info["deferred-code"] == 452 and info["attempts"] == 1
+
+
+def test_delete_all_and_by_state(spool: Path) -> None:
+    ids = upstream_spool(spool)  # ready, bad, busy
+    store = SpoolStore(spool, fsync=False)
+    held = store.store_message(ENV, CONTENT)
+    assert store.hold(held)
+    deferred = store.store_message(ENV, CONTENT)
+    defer(store, deferred, "refused", None)
+    rc, out, _ = run("delete", "-s", str(spool), "--state", "deferred", "-v")
+    assert rc == 0 and out == f"delete: {deferred}\ndeleted 1 message\n"
+    rc, out, _ = run("delete", "-s", str(spool), "--state", "held", "--state", "failed")
+    assert rc == 0 and out == "deleted 2 messages\n"
+    assert store.find(str(held)) is None and store.find(ids["bad"]) is None
+    rc, out, _ = run("delete", "-s", str(spool), "--all")
+    assert rc == 0 and out == "deleted 1 message\n"  # the ready one; never the busy one
+    assert sorted(p.name for p in spool.iterdir()) == [
+        f"{ids['busy']}.content",
+        f"{ids['busy']}.envelope.busy",
+    ]
+    rc, _, err = run("delete", "-s", str(spool), "--all", "--state", "held")
+    assert rc == 1 and "not both" in err
 
 
 def test_list_empty_and_unreadable_envelope(spool: Path) -> None:
