@@ -105,7 +105,7 @@ def run_relay_cell(name: str, extra: list[str], tmp: Path, opts: argparse.Namesp
     print(f"  {name}: ...", flush=True)
     sink = cm.CountingSink(sink_port)
     try:
-        args = cm.relay_args(port, spool, "--forward-to", f"{cm.HOST}:{sink_port}", *extra)
+        args = cm.relay_args(port, spool, "--forward-to", f"{cm.HOST}:{sink_port}", *extra, user=opts.user)
         relay = cm.start_listening(args, port, cell / "relay.log")
         try:
             time.sleep(1.5)  # let every role (bus, notify, forward xN) come up
@@ -365,6 +365,8 @@ def main() -> int:
         "--no-single-process", action="store_true", help="skip the --single-process reference cells"
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: 500 messages, 100 latency messages")
+    ap.add_argument("--user", default="root",
+                    help="the relay's --user (started as root, any other user is the production start)")  # fmt: skip
     opts = ap.parse_args()
     if opts.quick:
         opts.messages, opts.latency = min(opts.messages, 500), min(opts.latency, 100)
