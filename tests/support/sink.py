@@ -103,12 +103,15 @@ def printed_envelope(stdout: bytes | str) -> Path:
 
 
 def states(spool: Path) -> Counter[str]:
-    """How many files of each kind: ``content``, ``envelope``, ``busy``, ``bad``, ``new``, ``other``."""
+    """How many files of each kind: ``content``, ``envelope``, ``busy``, ``bad``, ``new``, ``other``.
+    The store's deferral records (``.<id>.deferral``: why a message waits) are not counted."""
     out: Counter[str] = Counter()
     for p in spool.iterdir():
         if not p.is_file():
             continue
         name = p.name
+        if name.startswith(".emailrelay.") and name.endswith(".deferral"):
+            continue
         if name.endswith(".content"):
             out["content"] += 1
         elif name.endswith(".envelope"):
