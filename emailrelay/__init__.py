@@ -13,3 +13,15 @@ VERSION_LINE = f"E-MailRelay V{PRODUCT_VERSION} (emailrelay-python {__version__}
 COPYRIGHT = (
     "Copyright (C) 2001-2024 Graeme Walker (E-MailRelay); Python implementation by the emailrelay authors"
 )
+#: The OpenSSL notice (the product uses OpenSSL through Python's ssl module): upstream's, word for word.
+OPENSSL_NOTICE = (
+    "This product includes software developed by the OpenSSL Project",
+    "for use in the OpenSSL Toolkit (http://www.openssl.org/)",
+)
+#: Upstream's warranty lines, trailing spaces included (--version, the admin ``info warranty``).
+WARRANTY = (
+    "This program comes with ABSOLUTELY NO WARRANTY.",
+    "This is free software, and you are welcome to ",
+    "redistribute it under certain conditions. For ",
+    "more information refer to the file named COPYING.",
+)

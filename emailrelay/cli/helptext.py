@@ -15,23 +15,12 @@ from __future__ import annotations
 
 import ssl
 
-from emailrelay import COPYRIGHT, VERSION_LINE
+from emailrelay import COPYRIGHT, OPENSSL_NOTICE, VERSION_LINE, WARRANTY
 from emailrelay.cli.options import OPTIONS, SECTIONS, Option
 
 USAGE = "usage: {program} [<option> [<option> ...]] [<config-file>]"
 # The build's features as upstream's --version --verbose names them: all of them are always there.
 FEATURES = ("Multi-threading", "Unix domain sockets", "POP server", "Admin server")
-# The product uses OpenSSL (through Python's ssl module), so its notice is upstream's, word for word.
-OPENSSL_NOTICE = (
-    "This product includes software developed by the OpenSSL Project",
-    "for use in the OpenSSL Toolkit (http://www.openssl.org/)",
-)
-WARRANTY = (  # upstream's lines, trailing spaces included
-    "This program comes with ABSOLUTELY NO WARRANTY.",
-    "This is free software, and you are welcome to ",
-    "redistribute it under certain conditions. For ",
-    "more information refer to the file named COPYING.",
-)
 _MAX_LEFT = 42  # wider option columns put the help on the next line
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .. import COPYRIGHT, VERSION_LINE
+from .. import COPYRIGHT, OPENSSL_NOTICE, PRODUCT_VERSION, WARRANTY, __version__
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
@@ -49,11 +49,11 @@ EVENTS_DROPPED = "events.dropped"
 UPSTREAM_COMMANDS = ("dnsbl", "failures", "flush", "forward", "help", "info", "list", "notify", "pid", "quit",
                      "smtp", "status", "unfail-all")  # fmt: skip
 OUR_COMMANDS = ("events", "restart", "roles", "workers")
-INFO_TEXT = {
-    "version": VERSION_LINE,
+INFO_TEXT = {  # upstream's texts (multi-line ones end in CR LF, as its do) but for version and copyright
+    "version": f"{PRODUCT_VERSION} (emailrelay-python {__version__})",
     "copyright": COPYRIGHT,
-    "credit": "E-MailRelay by Graeme Walker; this implementation uses asyncio, circus and ZeroMQ",
-    "warranty": "This program comes with ABSOLUTELY NO WARRANTY (GNU GPL version 3 or later)",
+    "credit": "\r\n".join(OPENSSL_NOTICE) + "\r\n",
+    "warranty": "\r\n".join(WARRANTY) + "\r\n",
 }
 
 
@@ -103,6 +103,7 @@ class AdminSession(asyncio.Protocol):
         self._writable = asyncio.Event()  # clear while the transport's write buffer is over its limit
         self._writable.set()
         self._dropped = 0  # events not sent to this watcher since its last successful one
+        self._closed_by = ""  # upstream's log: "peer disconnected: " when the client went first
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -132,6 +133,7 @@ class AdminSession(asyncio.Protocol):
         self._update_reading()
 
     def eof_received(self) -> bool:
+        self._closed_by = self._closed_by or "peer disconnected: "
         self._queue.put_nowait("\x00eof")
         return False
 
@@ -143,7 +145,10 @@ class AdminSession(asyncio.Protocol):
         self.ctx.watchers.discard(self)
         if self._task is not None:
             self._task.cancel()
-        self.log.info(f"admin connection closed: {self.peer}")
+        if isinstance(exc, ConnectionResetError):
+            self._closed_by = "peer disconnected: connection reset by peer: "
+        if self._closed_by != "terminate":  # (upstream's process is gone before it could say so)
+            self.log.info(f"admin connection closed: {self._closed_by}{self.peer}")
 
     # ---- flow control: a client that does not read stops being read --------------------
     def pause_writing(self) -> None:
@@ -227,12 +232,8 @@ class AdminSession(asyncio.Protocol):
     async def cmd_failures(self, args: list[str]) -> list[str]:
         lines = []
         for e in sorted(self.ctx.store.scan(), key=lambda e: e.id):
-            if e.state is State.BAD:
-                try:
-                    reason = self.ctx.store.read_envelope(e.id, State.BAD).reason or ""
-                except (OSError, ValueError):
-                    reason = "(unreadable envelope)"
-                lines.append(f"{e.id}: {reason}")
+            if e.state is State.BAD:  # upstream lists the ids only (the reasons are in the envelopes)
+                lines.append(str(e.id))
         return lines or ["<none>"]
 
     async def cmd_unfail_all(self, args: list[str]) -> list[str]:
@@ -256,33 +257,37 @@ class AdminSession(asyncio.Protocol):
         if not self.ctx.config.forward_to:
             return ["error: no remote server configured: use --forward-to"]
         self.ctx.publish(schema.CMD_FORWARD)
-        return []
+        return ["OK"]
 
     async def cmd_flush(self, args: list[str]) -> list[str]:
-        """Upstream: forward with a connection of its own and wait for the result."""
+        """Upstream: forward with a connection of its own and wait for the result: ``OK`` once the
+        spool was worked through (rejected messages are the envelopes' business), else the error
+        that ended a session (connection, DNS, protocol)."""
         if not self.ctx.config.forward_to:
             return ["error: no remote server configured: use --forward-to"]
+        if not self.ctx.store.ready(ignore_backoff=True):
+            return ["error: no messages to send"]
         from .forward import ForwardService
 
         forwarder = ForwardService(self.ctx.config, self.ctx.store)
-        ok = await forwarder.run_once()
-        return [] if ok else [f"error: {forwarder.failures} message(s) not sent"]
+        await forwarder.run_once()
+        return [f"error: {forwarder.session_error}"] if forwarder.session_error else ["OK"]
 
-    async def cmd_notify(self, args: list[str]) -> list[str]:
+    async def cmd_notify(self, args: list[str]) -> list[str] | None:
         self.ctx.watchers.add(self)
-        return []
+        return None  # upstream: no reply, the events follow
 
     async def cmd_pid(self, args: list[str]) -> list[str]:
         return [str(self.ctx.arbiter_pid or os.getpid())]
 
     async def cmd_smtp(self, args: list[str]) -> list[str]:
-        if args == ["disable"]:
+        if args[:1] == ["disable"]:  # (upstream ignores further words)
             self.ctx.publish(schema.CMD_SMTP_DISABLE)
-            return []
-        if args == ["enable"]:
+            return ["OK"]
+        if args[:1] == ["enable"]:
             self.ctx.publish(schema.CMD_SMTP_ENABLE)
-            return []
-        return ["usage: smtp {enable|disable}"]
+            return ["OK"]
+        return ["usage: smtp {disable|enable}"]
 
     async def cmd_dnsbl(self, args: list[str]) -> list[str]:
         if not self.ctx.config.dnsbl:
@@ -293,9 +298,12 @@ class AdminSession(asyncio.Protocol):
 
     async def cmd_terminate(self, args: list[str]) -> list[str] | None:
         pid = self.ctx.arbiter_pid or os.getpid()
-        self.log.info("admin: terminate")
+        self.log.info(f"received a terminate command from {self.peer}")
+        self._closed_by = "terminate"
         os.kill(pid, signal.SIGTERM)
-        return []
+        if self.transport is not None:
+            self.transport.close()  # upstream: no reply, the connection closes
+        return None
 
     # ---- our commands ----------------------------------------------------------------
     async def cmd_roles(self, args: list[str]) -> list[str]:

@@ -215,7 +215,7 @@ def test_admin_forward_triggers_forwarding(tmp_path: Path) -> None:
             try:
                 time.sleep(1.0)
                 assert hop.messages == []  # no --forward, --poll or disconnect: nothing triggers forwarding
-                assert admin.cmd("forward") == PROMPT
+                assert admin.cmd("forward") == b"OK\r\n" + PROMPT
                 assert hop.wait_for_messages(1, 15)
                 assert hop.messages[0].message_id == "<held@t>"
             finally:

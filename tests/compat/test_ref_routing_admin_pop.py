@@ -289,11 +289,12 @@ def test_guide_admin_command_line_with_telnet_style_session(tmp_path: Path) -> N
                 assert f"LISTEN: 127.0.0.1:{admin_port}" in status
                 submit(relay.spool, subject="queued")
                 hop.replies["greeting"] = "220 fake.test ready"
-                assert admin.cmd("forward") == PROMPT
+                assert admin.cmd("forward") == b"OK\r\n" + PROMPT
                 assert hop.wait_for_messages(1, 20), relay.log()
                 hop.clear_messages()
                 submit(relay.spool, subject="flushed")
-                assert admin.cmd("flush", timeout=30) == PROMPT  # waits for the messages to be sent
+                # waits for the messages to be sent
+                assert admin.cmd("flush", timeout=30) == b"OK\r\n" + PROMPT
                 assert subjects(hop) == ["flushed"]
                 admin.sock.sendall(b"quit\r\n")
                 assert admin.read_all(10) == upstream["quit"]
@@ -315,7 +316,7 @@ def test_admin_smtp_disable_list_and_unfail_all(tmp_path: Path) -> None:
             assert [x.strip() for x in listed] == [good.name.removesuffix(".envelope")]
             assert admin.cmd("unfail-all") == PROMPT
             assert bad.exists()
-            assert watcher.cmd("notify") == PROMPT
+            watcher.sock.sendall(b"notify\r\n")  # upstream: no reply, events follow
             pushed = b""
             for attempt in range(6):  # the subscription may still be joining the bus just after start-up
                 send(relay.port, "a@example.com", ["b@example.net"], f"notified{attempt}")
@@ -326,7 +327,7 @@ def test_admin_smtp_disable_list_and_unfail_all(tmp_path: Path) -> None:
                         pushed = watcher.read_until(b"\r\n", 3)
                     break
             assert pushed.startswith(b"smtp.accepted "), pushed
-            assert admin.cmd("smtp disable") == PROMPT
+            assert admin.cmd("smtp disable") == b"OK\r\n" + PROMPT
             greeting = b""
 
             def refused() -> bool:
@@ -337,7 +338,7 @@ def test_admin_smtp_disable_list_and_unfail_all(tmp_path: Path) -> None:
 
             assert wait_until(refused, 10), greeting
             assert b"service not available" in greeting
-            assert admin.cmd("smtp enable") == PROMPT
+            assert admin.cmd("smtp enable") == b"OK\r\n" + PROMPT
     finally:
         relay.stop()
 

@@ -114,9 +114,11 @@ def test_upstream_commands_without_forward_to_and_terminate(tmp_path: Path) -> N
             assert admin.cmd("") == PROMPT  # an empty line gets the prompt again
 
             (version,) = _lines(admin.cmd("info version"))
-            assert version.startswith("E-MailRelay V2.6")
-            for topic in ("copyright", "credit", "warranty"):
-                assert len(_lines(admin.cmd(f"info {topic}"))) == 1
+            assert version.startswith("2.6 (emailrelay-python ")
+            assert len(_lines(admin.cmd("info copyright"))) == 1
+            for topic, first in (("credit", b"This product includes"), ("warranty", b"This program comes")):
+                text = admin.cmd(f"info {topic}")  # upstream's multi-line texts: CR LF lines, a blank one
+                assert text.startswith(first) and text.endswith(b"\r\n\r\n" + PROMPT), text
             assert _lines(admin.cmd("flush"))[0].startswith("error: no remote server configured")
             assert _lines(admin.cmd("pid")) == [str(relay.pid)]
 
@@ -130,7 +132,7 @@ def test_upstream_commands_without_forward_to_and_terminate(tmp_path: Path) -> N
             assert admin.cmd("list") == b"<none>\r\n" + PROMPT
             bad = _failed_message(spool, "550 5.1.1 no such user")
             ready = str(SpoolStore(spool).store_message(Envelope("a@x", to_remote=("b@y",)), b"x\r\n"))
-            assert _lines(admin.cmd("failures")) == [f"{bad}: 550 5.1.1 no such user"]
+            assert _lines(admin.cmd("failures")) == [bad]  # upstream: the ids only
             assert _lines(admin.cmd("list")) == [ready]
             assert (spool / f"{bad}.envelope.bad").exists()
             assert admin.cmd("unfail-all") == PROMPT
@@ -141,15 +143,15 @@ def test_upstream_commands_without_forward_to_and_terminate(tmp_path: Path) -> N
 
             # smtp disable: a new SMTP connection is refused with 421; enable brings 220 back
             assert smtp_greeting(relay.port).startswith(b"220 ")
-            assert admin.cmd("smtp disable") == PROMPT
+            assert admin.cmd("smtp disable") == b"OK\r\n" + PROMPT
             assert poll(lambda: smtp_greeting(relay.port).startswith(b"421"), 10), smtp_greeting(relay.port)
-            assert admin.cmd("smtp enable") == PROMPT
+            assert admin.cmd("smtp enable") == b"OK\r\n" + PROMPT
             assert poll(lambda: smtp_greeting(relay.port).startswith(b"220 "), 10)
-            assert _lines(admin.cmd("smtp")) == ["usage: smtp {enable|disable}"]
+            assert _lines(admin.cmd("smtp")) == ["usage: smtp {disable|enable}"]
 
             # notify: events are pushed to that session, without a prompt
             with AdminClient(admin_port) as watcher:
-                assert watcher.cmd("notify") == PROMPT
+                watcher.sock.sendall(b"notify\r\n")  # upstream: no reply, the events follow
                 send_mail(relay.port, "notified@test")
                 pushed = watcher.read_until(b"\r\n", 15)
                 assert pushed.startswith(b"smtp.accepted {")
@@ -189,9 +191,13 @@ def test_our_commands_with_forwarding(tmp_path: Path) -> None:
             assert relay.proc.poll() is None
             assert "terminate" not in _help_names(admin.cmd("help"))
 
-            assert admin.cmd("forward") == PROMPT
+            assert admin.cmd("forward") == b"OK\r\n" + PROMPT
             submit(relay.spool, "flushed@test")
-            assert admin.cmd("flush", timeout=30) == PROMPT
+            # OK, or (when --poll 1 forwarded it first) upstream's "nothing to do"
+            assert admin.cmd("flush", timeout=30) in (
+                b"OK\r\n" + PROMPT,
+                b"error: no messages to send\r\n" + PROMPT,
+            )
             assert sink.wait_for(["flushed@test"], 15)
 
             # workers forward 3: three forward processes
