@@ -30,8 +30,11 @@ forge log lines with CR/LF.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 import sys
 import syslog as _syslog
 import time
@@ -295,12 +298,43 @@ class Log:
 
 
 def _open_log_file(name: str) -> TextIO:
-    """Open a log file for appending; root never follows a symlink there (the directory may be
-    writable by ``--user``, whose filters could plant one)."""
+    """Open a log file for appending.  Root never writes through what it cannot trust there (the
+    directory may be writable by ``--user``, whose filters could plant something): a symlink, FIFO or
+    other non-regular file made by another user is unlinked and the log file made instead; root's own
+    symlink (an operator's) is followed only in a directory nobody else can change."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-    if os.getuid() == 0:
-        flags |= os.O_NOFOLLOW
-    return open(os.open(name, flags, 0o666), "a", encoding="utf-8")
+    if os.getuid() != 0:
+        return open(os.open(name, flags, 0o666), "a", encoding="utf-8")
+    for _ in range(3):
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):
+                raise
+            if exc.errno == errno.ELOOP and _operators_symlink(name):
+                return open(os.open(name, flags, 0o666), "a", encoding="utf-8")
+            _unlink_foreign(name, exc)
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return open(fd, "a", encoding="utf-8")
+        os.close(fd)
+        _unlink_foreign(name, OSError(errno.EPERM, f"log file {name} is not a regular file"))
+    raise OSError(errno.ELOOP, f"log file {name} keeps being replaced")
+
+
+def _operators_symlink(name: str) -> bool:
+    """Root's symlink in a root-owned directory that only root can write."""
+    parent = os.stat(os.path.dirname(os.path.abspath(name)))
+    return os.lstat(name).st_uid == 0 and parent.st_uid == 0 and not parent.st_mode & 0o022
+
+
+def _unlink_foreign(name: str, exc: OSError) -> None:
+    """Unlink what another user planted under the log file's name; ``exc`` when it is root's."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(name).st_uid == 0:
+            raise exc
+        os.unlink(name)
 
 
 def _timestamp() -> str:

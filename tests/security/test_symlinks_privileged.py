@@ -8,7 +8,8 @@ and stopped; then, as daemon (``runuser``), every file and directory the
 relay created in such a directory (message files aside) is replaced by a
 symlink to a root-owned victim (a 0600 file with known content, a 0755
 directory, or a name in a root-only directory that must not come to exist);
-the relay is started again and sent mail.  The victims are unchanged.
+the relay is started again and sent mail.  The victims are unchanged, and the
+relay still logs (a planted symlink is replaced, not followed).
 """
 
 from __future__ import annotations
@@ -172,3 +173,5 @@ def test_root_follows_no_symlink_planted_by_the_relay_user(tmp_path: Path, base:
         relay.stop()
     assert {p: snapshot(p) for p in watched} == expected, f"replaced: {replaced}\n{relay.log()}"
     assert not Path(victims["absent"]).exists()
+    log_file = log_dir / "relay.log"  # the planted symlink was replaced: the relay still logs
+    assert not log_file.is_symlink() and log_file.stat().st_uid == 0 and "info:" in log_file.read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -132,6 +133,32 @@ def test_log_file_with_day_expansion(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert [TIME_RE.match(x) is not None for x in lines] == [True, True]
     assert lines[0].endswith("info: to the file") and lines[1].endswith("error: also to the file")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="root's rules for symlinked log files")
+def test_root_writes_a_log_file_through_no_planted_symlink(tmp_path: Path) -> None:
+    """A log file in a directory --user may write: another user's symlink there is replaced by the log
+    file, root's own is refused; root's symlink in a directory only root can change is followed."""
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)  # group-writable, as --user's group may have it
+    planted = shared / "planted.log"
+    planted.symlink_to(victim)
+    os.lchown(planted, 1, 1)  # made by another user
+    make(log_file=str(planted)).info("one")
+    assert not planted.is_symlink() and planted.read_text().endswith("info: one\n")
+    roots = shared / "roots.log"
+    roots.symlink_to(victim)
+    make(log_file=str(roots)).info("two")
+    assert roots.is_symlink() and victim.read_text() == "untouched\n"
+    private = tmp_path / "private"
+    private.mkdir(mode=0o755)
+    operators = private / "operators.log"
+    operators.symlink_to(tmp_path / "real.log")
+    make(log_file=str(operators)).info("three")
+    assert (tmp_path / "real.log").read_text().endswith("info: three\n")
 
 
 def test_json_format(capsys: pytest.CaptureFixture[str]) -> None:
