@@ -20,9 +20,9 @@ from typing import Any
 # events
 SPOOL_READY = "spool.ready"  # {"id"}: an .envelope appeared (committed, released, unfailed)
 SPOOL_FAILED = "spool.failed"  # {"id", "reason"}
-FORWARD_DONE = "forward.done"  # {"id", "hop", "ms"}
+FORWARD_DONE = "forward.done"  # {"id", "hop", "ms", "size"}
 FORWARD_DEFERRED = "forward.deferred"  # {"id", "reason", "delay"}
-SMTP_ACCEPTED = "smtp.accepted"  # {"id", "from", "rcpts", "size", "client"}
+SMTP_ACCEPTED = "smtp.accepted"  # {"id", "size"}: size in content bytes
 SMTP_REJECTED = "smtp.rejected"  # {"reason", "client"}
 ROLE_STARTED = "role.started"  # {"role", "pid"}
 ROLE_STOPPING = "role.stopping"  # {"role", "pid"}

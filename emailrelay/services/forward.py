@@ -620,9 +620,16 @@ class ForwardService:
                 self.log.error(f"cannot rewrite envelope [{claim.id}]: {exc}")
             self._fail(claim, f"recipient(s) rejected: {first.message}", first.code)
             return Outcome("sent", 250, event.reply.message)
+        size = _size(claim.content_path)  # for /metrics' forwarded bytes
         claim.remove()
         self.sent += 1
-        self._emit(schema.FORWARD_DONE, id=str(claim.id), hop=self._hop_of(env), ms=self._elapsed_ms(claim))
+        self._emit(
+            schema.FORWARD_DONE,
+            id=str(claim.id),
+            hop=self._hop_of(env),
+            ms=self._elapsed_ms(claim),
+            size=size,
+        )
         return Outcome("sent", event.reply.code, event.reply.message)
 
     def _hop_of(self, env: Envelope) -> str:

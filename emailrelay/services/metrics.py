@@ -9,14 +9,15 @@ role does::
     emailrelay_messages_forwarded_total     forward.done
     emailrelay_messages_failed_total        spool.failed
     emailrelay_messages_deferred_total      forward.deferred
-    emailrelay_accepted_bytes_total         smtp.accepted "size", when the event carries it
-    emailrelay_forwarded_bytes_total        forward.done "size", when the event carries it
+    emailrelay_accepted_bytes_total         smtp.accepted "size" (content bytes)
+    emailrelay_forwarded_bytes_total        forward.done "size" (content bytes)
     emailrelay_forward_duration_seconds     histogram of forward.done "ms"
     emailrelay_role_starts_total{role}      role.started (restarts = starts - processes), see below
     emailrelay_bus_events_total{topic}      every event seen
     emailrelay_queue_messages{state}        scanned from the spool at each scrape
     emailrelay_queue_oldest_age_seconds{state}   age of the oldest message in each state
     emailrelay_spool_free_bytes             free space on the spool's file system
+    emailrelay_build_info{version,product_version,python}   1: what is running
 
 plus ``GET /healthz`` (:mod:`emailrelay.services.health`).  Counters start at
 zero when the exporter starts: Prometheus's ``rate()``/``increase()`` handle
@@ -43,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import platform
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,11 +52,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .. import identity
+from .. import PRODUCT_VERSION, __version__, identity
 from .. import log as logmod
 from ..bus import schema
 from ..bus.endpoint import BusClient
@@ -126,6 +128,13 @@ class MetricsExporter:
         self.store = store or SpoolStore(config.spool_dir, group=identity.group_for_files())
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        Info(
+            "emailrelay_build",
+            "The relay's version, the E-MailRelay version it follows, Python's",
+            registry=r,
+        ).info(
+            {"version": __version__, "product_version": PRODUCT_VERSION, "python": platform.python_version()}
+        )
         self.accepted = Counter(
             "emailrelay_messages_accepted", "Messages accepted and stored (smtp.accepted)", registry=r
         )
@@ -142,10 +151,10 @@ class MetricsExporter:
             "emailrelay_messages_deferred", "Forwarding attempts deferred (forward.deferred)", registry=r
         )
         self.accepted_bytes = Counter(
-            "emailrelay_accepted_bytes", "Content bytes accepted, when reported", registry=r
+            "emailrelay_accepted_bytes", "Content bytes accepted (smtp.accepted size)", registry=r
         )
         self.forwarded_bytes = Counter(
-            "emailrelay_forwarded_bytes", "Content bytes forwarded, when reported", registry=r
+            "emailrelay_forwarded_bytes", "Content bytes forwarded (forward.done size)", registry=r
         )
         self.latency = Histogram(
             "emailrelay_forward_duration_seconds",

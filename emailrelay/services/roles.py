@@ -109,7 +109,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
         forwarder = ForwardService(config, store, executor=executor)
 
     def committed(mid: MessageId) -> None:
-        bus.publish(schema.SMTP_ACCEPTED, id=str(mid))
+        bus.publish(schema.SMTP_ACCEPTED, id=str(mid), size=store.content_size(mid))  # bytes for /metrics
         bus.publish(schema.SPOOL_READY, id=str(mid))
 
     def disconnected() -> None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -34,6 +35,7 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
+from emailrelay import PRODUCT_VERSION, __version__
 from emailrelay.bus import schema
 from emailrelay.bus.endpoint import BusClient
 from emailrelay.cli.supervisor import default_run_dir
@@ -472,6 +474,14 @@ async def test_healthz_and_metrics_of_a_real_supervised_relay(tmp_path: Path) ->
             text = await scrape(exp)
             assert sample(text, "emailrelay_messages_accepted_total") == 1
             assert sample(text, "emailrelay_forward_duration_seconds_count") == 1
+            # the bytes are the content file's (the message and our Received line), in and out
+            size = len(hop.messages[0].data)
+            assert sample(text, "emailrelay_accepted_bytes_total") == size
+            assert sample(text, "emailrelay_forwarded_bytes_total") == size
+            (build,) = re.findall(r"^emailrelay_build_info\{(.*)\} 1\.0$", text, re.MULTILINE)
+            assert sorted(build.split(",")) == [
+                f'product_version="{PRODUCT_VERSION}"', f'python="{platform.python_version()}"', f'version="{__version__}"',
+            ]  # fmt: skip
         finally:
             relay.stop()
             status, body = await health(exp)
