@@ -372,7 +372,8 @@ def run(
     for c in configurations:
         for b in c.bound:
             b.sock.close()  # the arbiter holds duplicates
-    channels = [supervisor_channel.Channel(arbiter, sock) for sock in channel_sockets]
+    peers = frozenset({0, target.uid}) if target is not None else None
+    channels = [supervisor_channel.Channel(arbiter, sock, peers) for sock in channel_sockets]
 
     async def serve() -> None:
         """The first thing the arbiter's loop runs: circus's endpoints are bound by now."""

@@ -7,7 +7,8 @@ supervisor serves them on ``supervisor.sock`` in the run directory, inside
 its own event loop, with the protocol of
 :mod:`emailrelay.services.supervisor_control`.
 
-Guarantees: a request is one JSON line of at most ``MAX_LINE`` bytes naming
+Guarantees: only root and ``--user`` are answered (``SO_PEERCRED``; the
+socket file lets ``--user``'s group connect); a request is one JSON line of at most ``MAX_LINE`` bytes naming
 one of four actions; the watcher it names must be one of this supervisor's,
 and a number of workers is only accepted for ``smtp`` (1..64) and
 ``forward`` (0..64).  Nothing in a request reaches a shell, a command line or
@@ -24,6 +25,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import time
 from typing import Any
 
@@ -41,9 +43,10 @@ def _error(reason: str) -> dict[str, Any]:
 class Channel:
     """Answers requests about the watchers of ``arbiter`` (a running circus Arbiter)."""
 
-    def __init__(self, arbiter: Any, sock: socket.socket) -> None:
+    def __init__(self, arbiter: Any, sock: socket.socket, peers: frozenset[int] | None = None) -> None:
         self.arbiter = arbiter
         self.sock = sock
+        self.peers = peers  # the effective uids allowed to ask (root and --user), None for any
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -56,8 +59,11 @@ class Channel:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
-                reply = await self.answer(json.loads(line))
+                if not self._allowed(writer.get_extra_info("socket")):
+                    reply = _error("not allowed")
+                else:
+                    line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+                    reply = await self.answer(json.loads(line))
             except (ValueError, asyncio.LimitOverrunError):
                 reply = _error("malformed request")
             writer.write(json.dumps(reply).encode() + b"\n")
@@ -66,6 +72,16 @@ class Channel:
             pass
         finally:
             writer.close()
+
+    def _allowed(self, sock: Any) -> bool:
+        """The file's mode lets root and --user's group connect; of those, only root and --user ask."""
+        if self.peers is None:
+            return True
+        try:
+            _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        except (OSError, AttributeError, struct.error):
+            return False
+        return uid in self.peers
 
     def _watchers(self) -> dict[str, Any]:
         return {w.name: w for w in self.arbiter.iter_watchers()}

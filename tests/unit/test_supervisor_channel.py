@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import tempfile
 from collections.abc import AsyncIterator
@@ -119,3 +120,17 @@ async def test_no_supervisor_is_an_error_reply_not_an_exception() -> None:
     with tempfile.TemporaryDirectory(dir="/tmp") as run_dir:
         reply = await SupervisorControl(run_dir, timeout=1.0).restart("smtp")
         assert reply["status"] == "error" and "not reachable" in reply["reason"]
+
+
+async def test_only_the_allowed_users_are_answered() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as run_dir:
+        server = Channel(Arbiter(), bind(str(Path(run_dir, CHANNEL)), None), frozenset({os.geteuid() + 1}))
+        await server.start()
+        try:
+            assert await SupervisorControl(run_dir).census() is None
+            assert (await raw(run_dir, b'{"action": "census"}\n')) == {
+                "status": "error",
+                "reason": "not allowed",
+            }
+        finally:
+            server.close()
