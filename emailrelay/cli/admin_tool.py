@@ -53,9 +53,18 @@ def _show(reply: bytes) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emailrelay admin", description=__doc__.split("\n\n")[0])
-    p.add_argument("address", help="the --admin port, host:port or unix-socket path")
-    p.add_argument("command", nargs="*", help="one admin command (default: read commands from stdin)")
+    p = argparse.ArgumentParser(
+        prog="emailrelay admin",
+        description="Send commands to a running relay's admin interface (--admin) and print the replies, "
+        "without telnet or netcat. Exit status 0, 1 when a reply is an error, 2 when it cannot connect.",
+        epilog="The relay's 'help' command lists every admin command. Examples: "
+        "'emailrelay admin 10026 status', 'emailrelay admin 10026 restart forward', "
+        "'echo list | emailrelay admin /run/emailrelay/admin.sock'.",
+    )
+    p.add_argument("address", help="the --admin port (on 127.0.0.1), host:port or unix-socket path")
+    p.add_argument(
+        "command", nargs="*", help="one admin command and its words (default: read commands from stdin)"
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
     args = p.parse_args(argv)
     commands = (

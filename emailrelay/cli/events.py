@@ -45,11 +45,22 @@ async def stream(run_dir: str, as_json: bool, count: int | None) -> int:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emailrelay events", description="Print the relay's live events.")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--spool-dir", "-s", default="/var/spool/emailrelay")
-    p.add_argument("--run-dir")
-    p.add_argument("--count", type=int)
+    p = argparse.ArgumentParser(
+        prog="emailrelay events",
+        description="Print the live events of a supervised relay, one line each, until interrupted: "
+        "messages accepted, rejected, forwarded, deferred and failed, roles started and stopping.",
+    )
+    p.add_argument("--json", action="store_true", help="print each event as a JSON object with its topic")
+    p.add_argument(
+        "--spool-dir",
+        "-s",
+        default="/var/spool/emailrelay",
+        help="the relay's spool (default /var/spool/emailrelay)",
+    )
+    p.add_argument(
+        "--run-dir", help="the relay's run directory (default: the one the relay uses for the spool)"
+    )
+    p.add_argument("--count", type=int, metavar="N", help="stop after N events")
     args = p.parse_args(argv)
     run_dir = args.run_dir or str(default_run_dir(Path(args.spool_dir)))
     if not Path(run_dir, "bus-out.ipc").exists():

@@ -2,8 +2,9 @@
 
 Everything here is rendered from ``options.OPTIONS`` so help and documentation
 cannot drift from what the parser accepts. Plain ``--help`` lists the
-``common`` options and ends by pointing at ``--help --verbose``, which lists
-every option with its default; both begin with the version line and a blank
+``common`` options and points at ``--help --verbose``, which lists every
+option with its default; both end with the operator tools
+(``emailrelay queue`` ...); both begin with the version line and a blank
 line, as upstream's do. ``--version`` is laid out line for line as
 E-MailRelay 2.6b's (its own version and copyright lines aside); with
 ``--verbose`` it adds the build's features, one per line, the TLS library
@@ -69,7 +70,19 @@ def help_text(verbose: bool, program: str = "emailrelay") -> str:
         ]
     else:
         lines.append(f'For complete usage information run "{program} --help --verbose"')
+    lines += ["", *tools_text(program)]
     return "\n".join(lines) + "\n"
+
+
+def tools_text(program: str = "emailrelay") -> list[str]:
+    """The operator tools (ours, after upstream's text): one line each, from the tools table."""
+    from emailrelay.cli.tools import TOOLS
+
+    width = max(len(t.name) for t in TOOLS)
+    return [
+        f'Tools, run as "{program} <tool> ..." (see "{program} <tool> --help"):',
+        *(f"  {t.name.ljust(width)}  {t.summary}" for t in TOOLS),
+    ]
 
 
 def version_text(verbose: bool = False) -> str:

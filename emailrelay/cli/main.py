@@ -24,61 +24,7 @@ from ..errors import EmailRelayError, UsageError
 from ..services import daemon, listeners, sd_notify, security
 from .helptext import help_text, version_text
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
-
-
-def _events(argv: list[str]) -> int:
-    from .events import main as events_main
-
-    return events_main(argv)
-
-
-def _queue(argv: list[str]) -> int:
-    from .queue import main as queue_main
-
-    return queue_main(argv)
-
-
-def _notify(argv: list[str]) -> int:
-    from .failed_mail import notify_main
-
-    return notify_main(argv)
-
-
-def _resubmit(argv: list[str]) -> int:
-    from .failed_mail import resubmit_main
-
-    return resubmit_main(argv)
-
-
-def _bounce(argv: list[str]) -> int:
-    from .failed_mail import bounce_main
-
-    return bounce_main(argv)
-
-
-def _admin(argv: list[str]) -> int:
-    from .admin_tool import main as admin_main
-
-    return admin_main(argv)
-
-
-def _metrics(argv: list[str]) -> int:
-    from ..services.metrics import main as metrics_main
-    from .supervisor import default_run_dir
-
-    return metrics_main(argv, default_run_dir)
-
-
-#: Operator tools run as ``emailrelay <tool> ...`` (never an option, so no clash with config files).
-SUBCOMMANDS = {
-    "events": _events,
-    "queue": _queue,
-    "notify": _notify,
-    "resubmit": _resubmit,
-    "bounce": _bounce,
-    "metrics": _metrics,
-    "admin": _admin,
-}
+from .tools import SUBCOMMANDS
 
 
 def log_config(values: dict[str, Value]) -> logmod.LogConfig:

@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None, default_run_dir: Callable[[Path], Path] 
         prog="emailrelay metrics",
         description="Serve Prometheus /metrics and /healthz for a relay supervised on this spool.",
     )
-    p.add_argument("--spool-dir", "-s", default="/var/spool/emailrelay")
+    p.add_argument("--spool-dir", "-s", default="/var/spool/emailrelay", help="the relay's spool")
     p.add_argument("--run-dir", help="the relay's run directory (default: as the relay chooses it)")
     p.add_argument(
         "--listen", default=f"127.0.0.1:{DEFAULT_PORT}", help=f"HOST:PORT (default 127.0.0.1:{DEFAULT_PORT})"
@@ -370,7 +370,13 @@ def main(argv: list[str] | None = None, default_run_dir: Callable[[Path], Path] 
     p.add_argument(
         "--forwarding", action="store_true", help="the relay runs forwarders: check they are alive"
     )
-    p.add_argument("--min-free", type=int, default=DEFAULT_MIN_FREE // (1024 * 1024), metavar="MB")
+    p.add_argument(
+        "--min-free",
+        type=int,
+        default=DEFAULT_MIN_FREE // (1024 * 1024),
+        metavar="MB",
+        help="/healthz fails when the spool's file system has less free (default %(default)s)",
+    )
     p.add_argument("--user", "-u", default="root", help="run as this user once bound (default: stay)")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     log = logmod.get()

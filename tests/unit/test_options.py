@@ -15,6 +15,7 @@ import pytest
 from emailrelay import PRODUCT_VERSION, __version__
 from emailrelay.cli.helptext import help_text, markdown_reference, option_syntax, version_text
 from emailrelay.cli.options import BY_NAME, BY_SHORT, KINDS, OPTIONS, SECTIONS, Option
+from emailrelay.cli.tools import SUBCOMMANDS
 from tests.support.guides import REFERENCE, REFERENCE_OPTION_LINES, guide_text, option_lines
 
 # Where we knowingly differ from the guide's option list.
@@ -163,7 +164,15 @@ class TestHelp:
     def test_plain_help_shows_common_options_only(self) -> None:
         text = help_text(False)
         assert listed(text) == [o.name for o in OPTIONS if o.common]
-        assert text.rstrip().endswith('For complete usage information run "emailrelay --help --verbose"')
+        pointer = 'For complete usage information run "emailrelay --help --verbose"'
+        assert pointer in text.splitlines()  # upstream's last line; the tools come after it
+
+    def test_help_lists_the_tools(self) -> None:
+        for verbose in (False, True):
+            lines = help_text(verbose).splitlines()
+            at = lines.index('Tools, run as "emailrelay <tool> ..." (see "emailrelay <tool> --help"):')
+            assert lines[at - 1] == "" and [line.split()[0] for line in lines[at + 1 :]] == list(SUBCOMMANDS)
+            assert all(re.match(r"^  [a-z]+ +[a-z]", line) for line in lines[at + 1 :])
 
     def test_verbose_help_shows_every_option(self) -> None:
         text = help_text(True)
