@@ -270,6 +270,8 @@ def openssl_error(exc: BaseException) -> str:
     import _ssl  # the numeric codes of OpenSSL's error names
 
     library, reason = getattr(exc, "library", None), getattr(exc, "reason", None)
+    if isinstance(exc, (ConnectionError, ssl.SSLEOFError)) and not reason:  # the peer went away
+        return "error:0A000126:SSL routines::unexpected eof while reading"
     if isinstance(exc, ssl.SSLError) and library and reason:
         codes = [
             k

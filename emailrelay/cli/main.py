@@ -146,6 +146,10 @@ def _bind(config: Config) -> list[listeners.Bound]:
     bound = listeners.bind_all(listeners.plan(config.interfaces, ports)) if ports else []
     for b in bound:
         log.info(f"{b.spec.service} server on {b.display}")
+    if config.immediate and not single_shot:  # upstream's start-up warning, word for word
+        log.warning(
+            "using --immediate can result in client timeout errors: try --forward-on-disconnect instead"
+        )
     if config.forward_to:
         log.info(f"forwarding to {config.forward_to}")
     return bound

@@ -36,9 +36,9 @@ EXPECTS
 
 GUARANTEES
     * Peer input never raises; every complete command line gets exactly one
-      reply, except that the protocol error (a 500 or 503 reply) after
-      max_errors of them in the session gets none: the connection is closed
-      instead (too_many_errors), as E-MailRelay 2.6b does after 8.
+      reply until the session's max_errors-th protocol error (a 500 or 503
+      reply; others neither count nor reset the count): after its reply the
+      connection is closed (too_many_errors), as E-MailRelay 2.6b does after 8.
       LocalProtocolError is raised only for service misuse.
     * Replies are queued in command order; pipelined commands are handled
       one at a time.
@@ -329,7 +329,7 @@ _PROTOCOL_ERRORS = frozenset({500, 503})  # the replies upstream counts towards 
 # verb -> (config predicate, code, text) for extensions that are switched off
 _GATES: dict[str, tuple[Callable[[SmtpServer], bool], int, str]] = {
     "BDAT": (lambda s: s._cfg.chunking, 500, _UNRECOGNIZED),
-    "STARTTLS": (lambda s: s._cfg.starttls and not s._tls, 500, _UNRECOGNIZED),
+    "STARTTLS": (lambda s: s._cfg.starttls or s._tls, 500, _UNRECOGNIZED),
     # a secrets file that offers no mechanism (only hashed secrets of unknown hash functions) still
     # makes AUTH a known command: 504 for any mechanism, as upstream
     "AUTH": (
@@ -625,8 +625,7 @@ class SmtpServer(LineBuffer):
             return
         self._errors += 1
         limit = self._cfg.max_errors
-        if limit > 0 and self._errors > limit and not self._closing:
-            self._out.pop()  # no reply: the connection is closed
+        if limit > 0 and self._errors >= limit and not self._closing:
             self._closing = True
             self._too_many_errors = True
 
@@ -908,6 +907,8 @@ class SmtpServer(LineBuffer):
         return AuthStart(line, mechanism, initial)
 
     def _cmd_starttls(self, line: str, arg: str) -> Event:
+        if self._tls:  # a second STARTTLS: out of sequence, as upstream
+            return self._error(line, 503, _OUT_OF_SEQUENCE)
         return StartTls(line)  # arguments are ignored, as upstream
 
     # ----------------------------------------------------------- AUTH / BDAT

@@ -75,6 +75,7 @@ class Outcome:
     status: str  # "sent" | "failed" | "retry" | "skipped"
     code: int = 0
     text: str = ""
+    reply: sc.Reply | None = None  # the next hop's reply that failed the message, if one did
 
     @property
     def ok(self) -> bool:
@@ -168,7 +169,9 @@ class ForwardService:
         self._last_recovery = -RECOVERY_PERIOD
         self._last_rescan = -MIN_RESCAN_GAP
         self._next_due: float | None = None  # earliest not-before of a message in back-off
-        self._immediate: set[MessageId] = set()  # --immediate: failures are the client's, not ours
+        self._immediate: dict[MessageId, object] = {}  # --immediate: message -> the client's session
+        self._session_pools: dict[object, _Pool] = {}  # --immediate: a connection per client session
+        self._session_trouble: set[MessageId] = set()  # --immediate: the next hop's session failed
         self.on_event: Callable[..., None] | None = None  # (topic, **body): bus events
 
     def _emit(self, topic: str, **body: object) -> None:
@@ -397,24 +400,35 @@ class ForwardService:
             if claim.active:
                 claim.release()
 
-    async def forward_immediately(self, mid: MessageId) -> tuple[int, str]:
-        """``--immediate``: forward a just-committed message; the client gets the next hop's reply.
-
-        On any failure the message is removed again: the client is told, so it owns the retry.
-        """
-        self._immediate.add(mid)
+    async def forward_immediately(self, mid: MessageId, session: object = None) -> tuple[int, str]:
+        """``--immediate``: forward a just-committed message over the client session's own onward
+        connection; the reply for the client, as E-MailRelay 2.6b gives it: ``250 message
+        processed``; the next hop's rejection (its lines joined by a space); ``452 <reason>`` for
+        other failures (a client filter's, rejected recipients); ``452 forwarding failed`` when the
+        session with the next hop failed. The message meets the fate any forwarding gives it
+        (``.bad``, or left for a retry)."""
+        self._immediate[mid] = session
         try:
             outcome = await self.forward_one(mid)
         finally:
-            self._immediate.discard(mid)
-        if outcome.status == "sent":
-            return 250, outcome.text or "message processed"
-        if outcome.status == "retry":
-            return (
-                outcome.code if 400 <= outcome.code < 500 else 451,
-                outcome.text or "4.4.1 next hop unavailable",
-            )
-        return outcome.code or 554, outcome.text or "5.0.0 forwarding failed"
+            self._immediate.pop(mid, None)
+        if outcome.status in ("sent", "skipped"):
+            return 250, "message processed"
+        if mid in self._session_trouble:
+            self._session_trouble.discard(mid)
+            return 452, "forwarding failed"
+        reply = outcome.reply
+        if reply is not None and 400 <= reply.code <= 599:
+            return reply.code, " ".join(line for line in reply.lines if line) or str(reply.code)
+        return 452, outcome.text or "rejected"
+
+    def end_immediate_session(self, session: object) -> None:
+        """``--immediate``: the client has gone, so its onward connection goes too (no QUIT, as
+        upstream)."""
+        pool = self._session_pools.pop(session, None)
+        if pool is not None:
+            for conn in pool.drain():
+                conn.close()
 
     async def _forward_claimed(self, claim: Claim) -> Outcome:
         mid = claim.id
@@ -445,7 +459,10 @@ class ForwardService:
         if scan_problem:
             return self._fail(claim, scan_problem, None)
         selector = env.client_account_selector
-        conn = self.pool.take(_pool_key(hop, selector))
+        pool = self.pool
+        if mid in self._immediate:  # --immediate: the client session's own connection
+            pool = self._session_pools.setdefault(self._immediate[mid], _Pool())
+        conn = pool.take(_pool_key(hop, selector))
         try:
             if conn is None:
                 conn = SmtpConnection(
@@ -463,9 +480,11 @@ class ForwardService:
             if conn is not None:
                 conn.abort()
             self.session_error = self.session_error or exc.reason
+            if mid in self._immediate:
+                self._session_trouble.add(mid)
             return self._retry(claim, exc.reason, exc.reply.code if exc.reply else None)
         conn.log.msgid = ""
-        self.pool.give(conn)
+        pool.give(conn)
         return result
 
     async def _run_client_filter(self, claim: Claim, routing: bool = False) -> Outcome | None:
@@ -641,19 +660,11 @@ class ForwardService:
     def _message_failed(self, claim: Claim, event: sc.MessageFailed) -> Outcome:
         reply = event.reply
         if reply is not None and reply.is_transient():
-            return self._retry(claim, reply.message, reply.code)
+            return replace(self._retry(claim, reply.message, reply.code), reply=reply)
         reason = reply.message if reply is not None else event.reason
-        return self._fail(claim, reason, reply.code if reply is not None else None)
-
-    def _handed_back(self, claim: Claim, status: str, reason: str, code: int | None) -> Outcome:
-        """--immediate: the client gets the failure; our copy goes."""
-        claim.remove()
-        self.log.warning(f"forwarding [{claim.id}] failed: {reason}: reported to the client")
-        return Outcome(status, code or (451 if status == "retry" else 554), reason)
+        return replace(self._fail(claim, reason, reply.code if reply is not None else None), reply=reply)
 
     def _fail(self, claim: Claim, reason: str, code: int | None) -> Outcome:
-        if claim.id in self._immediate:
-            return self._handed_back(claim, "failed", reason, code)
         busy = claim.envelope_path.name
         try:
             bad = claim.fail(reason, code)
@@ -670,8 +681,6 @@ class ForwardService:
         return Outcome("failed", code or 554, reason)
 
     def _retry(self, claim: Claim, reason: str, code: int | None) -> Outcome:
-        if claim.id in self._immediate:
-            return self._handed_back(claim, "retry", reason, code)
         age = time.time() - claim.id.time
         if retry.should_give_up(age, self.config.give_up_age):
             return self._fail(claim, f"gave up after {int(age)}s: {reason}", code)

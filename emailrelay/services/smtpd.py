@@ -113,8 +113,10 @@ class ServiceHooks:
 
     on_commit: Callable[[MessageId], None] | None = None
     on_disconnect: Callable[[], None] | None = None
-    # --immediate: forward a committed message now and return the next hop's (code, text)
-    immediate: Callable[[MessageId], Awaitable[tuple[int, str]]] | None = None
+    # --immediate: forward a committed message now over the session's onward connection and
+    # return the client's (code, text); immediate_end(session) when the client has gone
+    immediate: Callable[[MessageId, object], Awaitable[tuple[int, str]]] | None = None
+    immediate_end: Callable[[object], None] | None = None
     on_reject: Callable[[str], None] | None = None
     on_rescan: Callable[[], None] | None = None  # a filter exited 103
 
@@ -340,6 +342,8 @@ class SmtpSession(LineSession):
             self.log.info(f"smtp connection closed: {reason}: {self.peer.display}", self.peer.host)
         if svc.hooks.on_disconnect is not None:
             svc.hooks.on_disconnect()
+        if svc.hooks.immediate_end is not None:
+            svc.hooks.immediate_end(self)  # --immediate: the onward connection closes with this one
 
     # ---- authentication and TLS ---------------------------------------------------
     def _session_config(self) -> sp.ServerConfig:
@@ -560,6 +564,9 @@ class SmtpSession(LineSession):
             mail_from=to_alabels(ev.address), body=ev.body, smtputf8=ev.smtputf8, auth_in=ev.auth or ""
         )
         self.proto.accept()
+        if not ev.address:  # upstream's warning, after its reply
+            self._flush()
+            self.log.warning("empty MAIL-FROM return path", self.peer.host)
 
     def _on_rcpt(self, ev: sp.RcptTo) -> Awaitable[None] | None:
         self._trace_rx(ev.line)
@@ -698,7 +705,7 @@ class SmtpSession(LineSession):
         self.tx.message = None
         hooks = self.service.hooks
         if hooks.immediate is not None:
-            code, text = await hooks.immediate(msg.id)
+            code, text = await hooks.immediate(msg.id, self)
             if code >= 400:
                 self.proto.reject(code, text)
             else:
@@ -761,7 +768,9 @@ class SmtpSession(LineSession):
 
     def _on_protocol_error(self, ev: sp.ProtocolError) -> None:
         self._trace_rx(ev.line)
-        if ev.text.endswith("missing angle brackets in mailbox name"):  # upstream's hint
+        if ev.code == 502 and ev.line.split(" ", 1)[0].upper() == "AUTH":
+            self.log.warning("client protocol error: AUTH requested but not advertised", self.peer.host)
+        elif ev.code == 553 and ev.text.endswith("missing angle brackets in mailbox name"):  # upstream's hint
             self.log.warning(
                 "invalid smtp command syntax from remote client: "
                 "use --server-smtp-config=nostrictparsing to allow",
