@@ -16,12 +16,14 @@ What it expects: a server on ``host:port`` (``[v6]:port``, upstream's
 ``v6.port``) or an absolute unix-socket path, that keeps the connection open
 between requests.
 
-What it guarantees: connections are kept and reused (one request at a time
-each, a few idle ones pooled, so parallel sessions do not queue behind each
-other); a reused connection that turns out dead is replaced once,
-transparently; every exchange is bounded by ``--filter-timeout``; a server
-that cannot be reached or answers too late is an ERROR (filter: temporary
-failure) or a temporary 450 (verifier), never an accept.
+What it guarantees: a filter connects for each message and closes after the
+answer (E-MailRelay 2.6b's pattern: a request is never sent twice); a
+verifier's connections are kept and reused (one request at a time each, a
+few idle ones pooled, so parallel sessions do not queue behind each other),
+and a reused one that turns out dead is replaced once, transparently; every
+exchange is bounded by ``--filter-timeout``; a server that cannot be
+reached or answers too late fails the message (filter: ``452 failed``) or
+is a temporary 450 (verifier), never an accept.
 """
 
 from __future__ import annotations
@@ -84,9 +86,10 @@ class _Connection:
 class ConnectionPool:
     """Idle connections to one server; callers take one, use it for one exchange, give it back."""
 
-    def __init__(self, endpoint: Endpoint, connect_timeout: float) -> None:
+    def __init__(self, endpoint: Endpoint, connect_timeout: float, max_idle: int = MAX_IDLE) -> None:
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
+        self.max_idle = max_idle  # 0: one connection per exchange
         self.idle: list[_Connection] = []
 
     async def connect(self, timeout: float | None = None) -> _Connection:
@@ -98,6 +101,8 @@ class ConnectionPool:
             opening = asyncio.open_connection(ep.host, ep.port, limit=LINE_LIMIT)
         try:
             reader, writer = await asyncio.wait_for(opening, limit)
+        except TimeoutError:
+            raise
         except OSError as exc:
             raise ConnectFailure(exc.errno, f"connect failure: cannot connect to {ep}") from exc
         return _Connection(reader, writer)
@@ -111,7 +116,7 @@ class ConnectionPool:
         return None
 
     def give(self, conn: _Connection) -> None:
-        if len(self.idle) < MAX_IDLE and not conn.writer.is_closing():
+        if len(self.idle) < self.max_idle and not conn.writer.is_closing():
             self.idle.append(conn)
         else:
             conn.close()
@@ -164,7 +169,9 @@ class NetFilter:
         self.spec = spec
         self.name = spec.name
         self.options = options
-        self.pool = ConnectionPool(parse_endpoint(spec.value), options.connection_timeout)
+        # one connection per message, closed after the answer, as E-MailRelay 2.6b does: a request is
+        # never sent twice, and the server sees upstream's pattern
+        self.pool = ConnectionPool(parse_endpoint(spec.value), options.connection_timeout, max_idle=0)
         self.log = logmod.get()
 
     async def run(self, ctx: FilterContext) -> FilterResult:

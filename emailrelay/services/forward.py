@@ -491,8 +491,9 @@ class ForwardService:
         """``--client-filter``: None to go on forwarding, else what became of the message.
 
         With a ``ForwardTo`` in the envelope it runs as upstream's "routing filter" (its log lines
-        say ``routing-filter``); a rejection fails the message with the filter's reason and its
-        code, or 550, as E-MailRelay 2.6b does."""
+        say ``routing-filter``); a rejection fails the message with the filter's reason and the
+        code 550 (a routing filter's with ``routing filter failed`` and no code), as E-MailRelay
+        2.6b does."""
         assert self.client_filter is not None
         result = await self.client_filter.filter(
             claim.id, str(claim.content_path), str(claim.envelope_path), routing=routing
@@ -516,7 +517,10 @@ class ForwardService:
                 claim.abandon_claim()
             return Outcome("skipped")
         if result.outcome is FilterOutcome.REJECT:
-            return self._fail(claim, result.detail or result.reason or "rejected", result.code or 550)
+            if routing:  # upstream's words, without a code
+                return self._fail(claim, "routing filter failed", None)
+            reason = result.detail or result.reason or "rejected"
+            return self._fail(claim, reason, 550)  # upstream's code is always 550
         return self._retry(claim, result.reason or "client filter error", result.code)
 
     def _load_content(self, claim: Claim) -> tuple[bytes | None, int, str | None]:

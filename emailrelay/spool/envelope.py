@@ -87,6 +87,9 @@ class Envelope:
         for key, value in lines:
             if key != "ClientCertificate":
                 _check_value(key, value)
+            if key == "ReasonCode" and not value:  # E-MailRelay 2.6b writes no space after an empty code
+                out.append(f"{_KEY_PREFIX}{key}:\r\n")
+                continue
             out.append(f"{_KEY_PREFIX}{key}: {value}\r\n")
         out.extend(f"{t}\r\n" for t in self.extra_tail)
         return "".join(out).encode("utf-8")

@@ -196,7 +196,7 @@ def test_fail_without_code(store: SpoolStore) -> None:
     claim = store.claim(mid)
     assert claim is not None
     data = claim.fail("connection refused", None).read_bytes()
-    assert data.endswith(b"X-MailRelay-Reason: connection refused\r\nX-MailRelay-ReasonCode: \r\n")
+    assert data.endswith(b"X-MailRelay-Reason: connection refused\r\nX-MailRelay-ReasonCode:\r\n")
 
 
 def test_fail_matches_upstream_failed_fixture(store: SpoolStore) -> None:
