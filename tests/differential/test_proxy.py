@@ -1,0 +1,140 @@
+"""The proxy (``--immediate``) against E-MailRelay 2.6b: replies, the onward connection, the spool (issue 17, item 13).
+
+What it checks: one client session with two messages against both relays
+(root, default ``--user daemon``, ours supervised), for a next hop that
+accepts, rejects after the data, is down, and for a client filter that
+rejects: the client's reply to each end of data (``250 message processed``;
+the next hop's rejection with its lines joined by a space; ``452 forwarding
+failed``; ``452 <filter response>``), that both messages share one onward
+connection which closes, without QUIT, as soon as the client disconnects
+(also mid-transaction), what the next hop received, the message files left
+in the spool (``.bad`` after a rejection, ``.envelope`` when the next hop is
+down) and the log lines about them.
+
+Not compared here (other items of issue 17): the EHLO argument, the RSET our
+client sends after a failed transaction, the reason text's line separator,
+and when a client filter runs relative to connecting.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support.fake_smtp import FakeSmtp
+from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, read_reply, start
+from tests.support.relay import free_port
+
+pytestmark = [needs_oracle, pytest.mark.timeout(180)]
+
+MESSAGE = ["MAIL FROM:<a@b.example>", "RCPT TO:<x@y.example>", "DATA", "Subject: {n}\r\n\r\nhello\r\n."]
+SESSION = [
+    "EHLO c.example",
+    *[line.format(n="one") for line in MESSAGE],
+    *[line.format(n="two") for line in MESSAGE],
+]
+REJECTION = "554 5.7.1 not here\n554 really not"
+FILTER = "#!/bin/sh\necho '<<no thanks>>'\nexit 1\n"
+LOGGED = re.compile(r"failing envelope|forwarding \[[^]]*\]$|using --immediate|client-filter .*failed:")
+
+
+@dataclass
+class Seen:
+    replies: list[str]  # the client's replies to each end of data
+    connections: int  # onward connections made
+    closed_after: float  # seconds from the client's QUIT to the onward connection's close
+    hop_verbs: list[str] = field(default_factory=list)  # the next hop's commands, arguments dropped
+    received: list[str] = field(default_factory=list)  # Subject lines the next hop accepted
+    spool: list[str] = field(default_factory=list)  # message files left
+    log: list[str] = field(default_factory=list)
+
+
+def _proxy(side: str, base: Path, mode: str) -> Seen:
+    replies = {"final": REJECTION} if mode == "reject" else {}
+    with FakeSmtp(replies=replies) as hop:
+        target = f"127.0.0.1:{free_port() if mode == 'down' else hop.port}"
+        extra = []
+        if mode == "filter":  # (one name for both: the log names it)
+            (base / side).mkdir(exist_ok=True)
+            script = base / side / "filter.sh"
+            script.write_text(FILTER)
+            script.chmod(0o755)
+            extra = ["--client-filter", str(script)]
+        with start(
+            side, base, "--immediate", "--forward-to", target, *extra, name=f"{side}-{mode}"
+        ) as daemon:
+            with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as client:
+                reader = client.makefile("rb")
+                got = [read_reply(reader)]
+                for line in SESSION:
+                    client.sendall(line.encode() + b"\r\n")
+                    got.append(read_reply(reader))
+                client.sendall(b"QUIT\r\n")
+                read_reply(reader)
+                quit_at = time.monotonic()
+            hop.wait_for(lambda: hop.open_connections == 0, 30)
+            closed_after = time.monotonic() - quit_at
+            time.sleep(0.2)
+            spool = sorted(
+                re.sub(r"emailrelay\.\d+\.\d+\.\d+", "ID", p.name) for p in daemon.spool.glob("emailrelay.*")
+            )
+            log = [x for x in normalise_log(daemon.log(), daemon) if LOGGED.search(x)]
+    ends = [got[i + 1] for i, line in enumerate(SESSION) if line.endswith("\r\n.")]
+    return Seen(
+        ends, hop.connections, closed_after, [c.split()[0] for _, c in hop.commands],
+        [m.data.decode().split("Subject: ")[1].split("\r\n")[0] for m in hop.messages], spool, log,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["accept", "reject", "down", "filter"])
+def test_immediate_as_upstream(tmp_path: Path, mode: str) -> None:
+    base = daemon_base(tmp_path)
+    seen = {side: _proxy(side, base, mode) for side in SIDES}
+    ours, upstream = seen["ours"], seen["upstream"]
+    expected = {
+        "accept": ["250 message processed"] * 2,
+        "reject": ["554 5.7.1 not here really not"] * 2,  # the lines joined by a space
+        "down": ["452 forwarding failed"] * 2,
+        "filter": ["452 no thanks"] * 2,
+    }[mode]
+    assert upstream.replies == expected, upstream
+    assert ours.replies == upstream.replies, ours
+    assert ours.received == upstream.received == (["one", "two"] if mode == "accept" else [])
+    # one onward connection for the whole client session, gone as soon as the client is
+    if mode != "filter":  # (upstream connects before running the client filter)
+        assert ours.connections == upstream.connections == (0 if mode == "down" else 1)
+    assert ours.closed_after < 2.0 and upstream.closed_after < 2.0, (ours.closed_after, upstream.closed_after)
+    assert "QUIT" not in ours.hop_verbs and "QUIT" not in upstream.hop_verbs
+    assert ours.spool == upstream.spool, (ours.spool, upstream.spool)
+    assert ours.log == upstream.log, (ours.log, upstream.log)
+
+
+def test_client_disconnect_mid_session_closes_the_onward_connection(tmp_path: Path) -> None:
+    """After one message, the client drops its connection in the middle of the next transaction:
+    the onward connection closes at once, on both sides, and the half-sent message is not kept."""
+    base = daemon_base(tmp_path)
+    for side in SIDES:
+        with FakeSmtp() as hop, start(side, base, "--immediate", "--forward-to", hop.address) as daemon:
+            with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as client:
+                reader = client.makefile("rb")
+                read_reply(reader)
+                for line in SESSION[:5]:
+                    client.sendall(line.encode() + b"\r\n")
+                    read_reply(reader)
+                client.sendall(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n")
+                for _ in range(3):
+                    read_reply(reader)
+                client.sendall(b"Subject: half\r\n\r\nhal")
+                assert hop.open_connections == 1, side
+                reader.close()  # (the socket closes only when its file object does too)
+                gone = time.monotonic()
+            assert hop.wait_for(lambda: hop.open_connections == 0, 10), side
+            assert time.monotonic() - gone < 2.0, side
+            assert len(hop.messages) == 1 and "QUIT" not in [c for _, c in hop.commands], (side, hop.commands)
+            time.sleep(0.3)
+            assert not list(daemon.spool.glob("emailrelay.*")), (side, list(daemon.spool.iterdir()))
