@@ -77,7 +77,6 @@ DEFERRAL_SUFFIX = ".deferral"  # ".<id>.deferral": why the last forwarding attem
 _DEFERRAL_MAX = 65536  # bytes read from a deferral record (the file is in a directory --user may write)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC
 
 
 _P = ParamSpec("_P")
@@ -380,9 +379,9 @@ class SpoolStore:
         """Claim a ready message; None if another process got it first or it is gone."""
         ready = self._envelope(mid, State.READY)
         try:
-            fd = os.open(ready, _READ_FLAGS)
+            fd = safe_files.open_read_nofollow(ready)
         except OSError:
-            return None  # gone, or a symlink planted as an envelope (never followed, never claimed)
+            return None  # gone, or a symlink or FIFO planted as an envelope (never followed, never claimed)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             busy = self._envelope(mid, State.BUSY)
@@ -481,9 +480,9 @@ class SpoolStore:
     def _recover_busy(self, mid: MessageId) -> bool:
         busy = self._envelope(mid, State.BUSY)
         try:
-            fd = os.open(busy, _READ_FLAGS)
+            fd = safe_files.open_read_nofollow(busy)
         except OSError:
-            return False  # gone, or a symlink (never followed)
+            return False  # gone, or a symlink or FIFO (never followed)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -1050,7 +1049,7 @@ class Claim:
         try:
             if os.stat(busy, follow_symlinks=False).st_ino == os.fstat(self._fd).st_ino:
                 return False
-            fd = os.open(busy, _READ_FLAGS)
+            fd = safe_files.open_read_nofollow(busy)
         except FileNotFoundError:
             return False
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -517,3 +518,18 @@ def test_envelopes_are_not_written_through_a_symlink(store: SpoolStore, tmp_path
     with pytest.raises(OSError):
         store.append_envelope_line(mid, State.BAD, "X-MailRelay-Note: x")
     assert victim.read_bytes() == b"untouched\n"
+
+
+def test_a_fifo_or_symlink_planted_as_an_envelope_is_never_claimed(store: SpoolStore, tmp_path: Path) -> None:
+    """Opening a FIFO would block a forwarder; a symlink would be read and forwarded as root."""
+    fifo_id, link_id = MessageId.parse("emailrelay.1.1.1"), MessageId.parse("emailrelay.1.1.2")
+    os.mkfifo(store.envelope_path(fifo_id, State.READY))
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"X-MailRelay-Format: #2821.5\r\n")
+    store.envelope_path(link_id, State.READY).symlink_to(secret)
+    claimed: list[object] = []
+    worker = threading.Thread(target=lambda: claimed.append(store.claim(fifo_id)), daemon=True)
+    worker.start()
+    worker.join(10)  # the old open() blocked here for good
+    assert claimed == [None] and store.claim(link_id) is None
+    assert state_of(store, fifo_id) is State.READY and state_of(store, link_id) is State.READY
