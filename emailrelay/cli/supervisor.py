@@ -26,6 +26,7 @@ fault); the arbiter's own log goes through our log at verbose level.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import functools
@@ -47,6 +48,7 @@ from .. import identity
 from .. import log as logmod
 from ..config import Config
 from ..errors import UsageError
+from ..services import sd_notify
 from ..services.listeners import Bound
 from ..services.supervisor_control import channel_path
 from . import supervisor_channel
@@ -329,14 +331,28 @@ def _signals_wait_for_a_busy_arbiter() -> None:
         def handler(self: Any) -> None:
             loop = self.controller.loop
 
-            def attempt() -> None:
+            def busy() -> bool:
                 arbiter = self.controller.arbiter
-                if arbiter._exclusive_running_command is not None or arbiter._restarting:
+                return arbiter._exclusive_running_command is not None or bool(arbiter._restarting)
+
+            def attempt() -> None:
+                if busy():
                     loop.call_later(0.2, attempt)
                     return
                 properties = {"graceful": True} if command == "reload" else {}
                 message = json.dumps({"id": uuid.uuid4().hex, "command": command, "properties": properties})
+                if command == "reload":  # systemd: RELOADING=1 now, READY=1 once the roles are back
+                    sd_notify.relay_reloading()
+                    loop.call_later(0.2, reloaded)
+                else:
+                    sd_notify.relay_stopping()
                 self.controller.dispatch((None, message))
+
+            def reloaded() -> None:
+                if busy():
+                    loop.call_later(0.2, reloaded)
+                    return
+                sd_notify.relay_reloaded()
 
             loop.add_callback_from_signal(attempt)
 
@@ -377,6 +393,7 @@ def run(
 
     async def serve() -> None:
         """The first thing the arbiter's loop runs: circus's endpoints are bound by now."""
+        sd_notify.watch_loop(asyncio.get_running_loop())  # systemd's watchdog vouches for this loop
         if target is not None:
             identity.drop(target)
         for channel in channels:

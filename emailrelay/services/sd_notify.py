@@ -175,9 +175,8 @@ class Heartbeat:
         return self
 
     def stop(self) -> None:
+        """Ask the thread to end; not waited for (it may be waiting for the very loop that calls this)."""
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(2)
 
     def _run(self) -> None:
         period = watchdog_period()

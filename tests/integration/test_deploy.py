@@ -300,6 +300,7 @@ def test_heartbeat_pings_the_watchdog_and_refreshes_the_queue_status(
             got = _messages(sock, lambda m: m.count("WATCHDOG=1") >= 3 and any("STATUS=" in x for x in m))
         finally:
             beat.stop()
+            beat._thread.join(10)
     assert got.count("WATCHDOG=1") >= 3
     assert "STATUS=queue: 2 messages (1 failed, 1 ready)" in got
 
@@ -331,6 +332,7 @@ def test_the_watchdog_is_withheld_while_the_event_loop_is_wedged(
         finally:
             wedge.set()
             beat.stop()
+            beat._thread.join(10)
             loop.call_soon_threadsafe(loop.stop)
             runner.join(10)
             loop.close()
@@ -366,14 +368,14 @@ def test_relay_tells_systemd_ready_status_watchdog_reload_and_stop(tmp_path: Pat
             ]
             got = _messages(notify, lambda m: m.count("WATCHDOG=1") >= 2)
             assert got.count("WATCHDOG=1") >= 2  # every 0.2 s
-            if not supervised:  # the supervisor's reload is not wired to systemd yet
-                proc.send_signal(signal.SIGHUP)
-                got = _messages(notify, lambda m: any(x.startswith("READY=1") for x in m))
-                reloading = next(x for x in got if x.startswith("RELOADING=1")).split("\n")
-                assert reloading[1].startswith("MONOTONIC_USEC=") and int(reloading[1].split("=")[1]) > 0
-                assert got.index(next(x for x in got if x.startswith("RELOADING=1"))) < got.index(
-                    next(x for x in got if x.startswith("READY=1"))
-                )
+            proc.send_signal(signal.SIGHUP)  # supervised: circus restarts the roles
+            got = _messages(notify, lambda m: any(x.startswith("READY=1") for x in m), timeout=60)
+            reloading = next(x for x in got if x.startswith("RELOADING=1")).split("\n")
+            assert reloading[1].startswith("MONOTONIC_USEC=") and int(reloading[1].split("=")[1]) > 0
+            assert got.index(next(x for x in got if x.startswith("RELOADING=1"))) < got.index(
+                next(x for x in got if x.startswith("READY=1"))
+            )
+            assert greeting(port, timeout=30).startswith(b"220 ")  # serving again
             proc.send_signal(signal.SIGTERM)
             got = _messages(notify, lambda m: any(x.startswith("STOPPING=1") for x in m), timeout=30)
             assert any(x.startswith("STOPPING=1") for x in got), got
