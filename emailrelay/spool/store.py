@@ -1259,7 +1259,7 @@ class PopMaildrop:
     def open_content(self, mid: MessageId) -> BinaryIO:
         """The content file, opened for reading (FileNotFoundError when it has gone)."""
         name = content_name(mid)
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC  # a FIFO must not block the open
         for fd in self._content_dirs():
             try:
                 cfd = os.open(name, flags, dir_fd=fd)
@@ -1268,6 +1268,7 @@ class PopMaildrop:
             if not stat_module.S_ISREG(os.fstat(cfd).st_mode):
                 os.close(cfd)
                 break
+            os.set_blocking(cfd, True)
             return os.fdopen(cfd, "rb", buffering=0)
         raise FileNotFoundError(errno.ENOENT, f"no content file for {mid}")
 
