@@ -21,6 +21,11 @@ class UsageError(EmailRelayError):
     exit_code = 1
 
 
+class OptionError(UsageError):
+    """A command-line option that cannot be read (unknown, or its value missing): reported, as
+    upstream does, with a second line pointing at ``--help --verbose``."""
+
+
 class ConfigError(EmailRelayError):
     """A bad configuration file (or other configuration input).
 

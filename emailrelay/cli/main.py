@@ -20,7 +20,7 @@ import sys
 from .. import identity
 from .. import log as logmod
 from ..config import Config, from_values
-from ..errors import EmailRelayError, UsageError
+from ..errors import EmailRelayError, OptionError, UsageError
 from ..services import daemon, listeners, sd_notify, security
 from .helptext import help_text, version_text
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
@@ -100,16 +100,32 @@ def main(argv: list[str] | None = None) -> int:
             configurations.append((name if len(parsed.configs) > 1 else "", config))
         return run(configurations, values, args)
     except EmailRelayError as exc:
-        log.error(str(exc))
+        report_startup_error(log, exc)
         return exc.exit_code
     except KeyboardInterrupt:
         return 0
 
 
+#: The second line of upstream's report of a bad command-line option.
+OPTION_HINT = '            try "emailrelay --help --verbose" for more information'
+
+
+def report_startup_error(log: logmod.Log, exc: EmailRelayError) -> None:
+    """An error that stops the program: in the log in its usual form (a ``--log-file`` gets it, with
+    ``--log-time`` its timestamp: SPEC.md §2), and on stderr as upstream prints it,
+    ``emailrelay: error: <text>``, whatever ``--log-file`` and ``--close-stderr`` say."""
+    log.error(str(exc))
+    if log.config.log_file or not log.config.stderr:
+        print(f"emailrelay: error: {exc}", file=sys.stderr, flush=True)
+    if isinstance(exc, OptionError):
+        print(OPTION_HINT, file=sys.stderr, flush=True)
+
+
 def prepare(config: Config) -> None:
     """Every start-up check of one configuration that can fail, before anything is bound."""
     if not config.spool_dir.is_dir():
-        raise UsageError(f"invalid spool directory: {config.spool_dir}")
+        reason = "not a directory" if config.spool_dir.exists() else "no such file or directory"
+        raise UsageError(f"invalid spool directory: {config.spool_dir}: {reason}")
     config.spool_dir = config.spool_dir.absolute()  # before detaching changes the directory
     if config.delivery_dir is not None:
         config.delivery_dir = config.delivery_dir.absolute()

@@ -32,8 +32,9 @@ What it guarantees:
   with different values it is an error. Between the two sources the command
   line wins, option by option (for a repeatable option the command line's
   list replaces the file's).
-* Errors: ``UsageError`` for the command line, ``ConfigError`` with path and
-  line for the config file. Conflict rules (``EXCLUSIVE``, ``REQUIRES``,
+* Errors: ``UsageError`` for the command line (``OptionError``, in
+  upstream's words, for an unknown option or a missing value), ``ConfigError``
+  with path and line for the config file. Conflict rules (``EXCLUSIVE``, ``REQUIRES``,
   ``MAX_COUNT``) are checked per configuration, except with --help/--version.
 * The ``--as-*`` shorthands are not expanded here; ``expand_shorthands`` does
   that for the caller.
@@ -49,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emailrelay.cli.options import BY_NAME, BY_SHORT, Option
-from emailrelay.errors import ConfigError, UsageError
+from emailrelay.errors import ConfigError, OptionError, UsageError
 
 Value = str | bool | list[str]
 
@@ -61,6 +62,7 @@ def app_dir() -> str:
     """The directory of the running program (what ``@app`` stands for): the front end's, which the
     supervisor passes on to the roles it starts."""
     return str(Path(sys.argv[0]).resolve().parent) if sys.argv and sys.argv[0] else os.getcwd()
+
 
 #: The option whose prefixed form declares a named configuration.
 DECLARING_OPTION = "spool-dir"
@@ -91,7 +93,8 @@ SHORTHANDS: dict[str, tuple[str, ...]] = {
 
 # Every error message text, in one place. "{opt}" is "--name"/"-x" on the
 # command line and "option 'name'" in a config file.
-MSG_INVALID_OPTION = "invalid option: {opt}"
+MSG_INVALID_OPTION = 'invalid option: "{opt}"'  # on the command line: upstream's words
+MSG_NO_VALUE_SUPPLIED = "no value supplied for {opt}"  # ditto; a long name is quoted, a letter not
 MSG_UNKNOWN_CONFIG_OPTION = "unknown option '{name}'"
 MSG_NO_VALUE_ALLOWED = "{opt} does not take a value"
 MSG_VALUE_REQUIRED = "{opt} requires a value"
@@ -243,11 +246,11 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], str |
             written, eq, raw = arg[2:].partition("=")
             option = _shape(written)
             if option is None:
-                raise UsageError(MSG_INVALID_OPTION.format(opt="--" + written))
+                raise OptionError(MSG_INVALID_OPTION.format(opt="--" + written))
             value: str | None = raw if eq else None
             if not eq and option.metavar is not None and not option.optional_value:
                 if i >= len(argv):
-                    raise UsageError(MSG_VALUE_REQUIRED.format(opt="--" + written))
+                    raise OptionError(MSG_NO_VALUE_SUPPLIED.format(opt=f'"--{written}"'))
                 value = argv[i]
                 i += 1
             items.append((written, value, "--" + written))
@@ -258,7 +261,7 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], str |
                 j += 1
                 option = BY_SHORT.get(letter)
                 if option is None:
-                    raise UsageError(MSG_INVALID_OPTION.format(opt="-" + letter))
+                    raise OptionError(MSG_INVALID_OPTION.format(opt="-" + letter))
                 value = None
                 if option.metavar is not None and not option.optional_value:
                     if j < len(arg):
@@ -267,7 +270,7 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], str |
                         value = argv[i]
                         i += 1
                     else:
-                        raise UsageError(MSG_VALUE_REQUIRED.format(opt="-" + letter))
+                        raise OptionError(MSG_NO_VALUE_SUPPLIED.format(opt="-" + letter))
                 items.append((option.name, value, "-" + letter))
         else:
             positional = argv[i - 1 :]
@@ -399,7 +402,7 @@ def parse_command_line(argv: list[str], *, app_dir: str) -> Parsed:
     for written, raw, typed in items:
         resolved = _resolve(written, prefixes)
         if resolved is None:
-            raise UsageError(MSG_INVALID_OPTION.format(opt=typed) + _undeclared_hint(written))
+            raise OptionError(MSG_INVALID_OPTION.format(opt=typed) + _undeclared_hint(written))
         prefix, option = resolved
         try:
             value = _convert(option, raw, typed, app_dir)

@@ -223,3 +223,95 @@ def test_secrets_hashed_secret_must_be_base64(tmp_path: Path) -> None:
         r = run(side, "emailrelay", "--as-server", "--no-daemon", "--port", "1", "--server-auth", str(path))
         codes[side] = (r.returncode, r.stderr.decode().startswith("emailrelay: error: "))
     assert codes["ours"] == codes["upstream"] == (1, True)
+
+
+# ---- start-up errors --------------------------------------------------------------------------
+
+TRY_LINE = '            try "emailrelay --help --verbose" for more information\n'
+
+
+def _startup(tmp_path: Path, *args: str, log_file: bool = False) -> dict[str, tuple[int, str, str]]:
+    """side -> (exit code, stderr with the base directory as BASE, the --log-file's text) of a start
+    that fails; ``{base}`` in ``args`` is a directory with an empty ``spool`` and a ``bad.conf``."""
+    base = daemon_base(tmp_path)
+    (base / "spool").mkdir()
+    (base / "bad.conf").write_text("port 10025\nfrobnicate yes\n")
+    out = {}
+    for side in SIDES:
+        log = base / f"{side}.log"
+        extra = ["--log-file", str(log)] if log_file else []
+        r = run(side, "emailrelay", *extra, *(a.format(base=base) for a in args), cwd=base)
+        text = log.read_text() if log.exists() else ""
+        out[side] = (
+            r.returncode,
+            r.stderr.decode().replace(str(base), "BASE"),
+            text.replace(str(base), "BASE"),
+        )
+    return out
+
+
+@pytest.mark.parametrize("log_file", [False, True], ids=["stderr", "log-file"])
+@pytest.mark.parametrize(
+    ("args", "stderr"),
+    [
+        (("--bogus",), 'emailrelay: error: invalid option: "--bogus"\n' + TRY_LINE),
+        (("--as-server", "--port"), 'emailrelay: error: no value supplied for "--port"\n' + TRY_LINE),
+        (("-d", "-Z"), "emailrelay: error: no value supplied for -Z\n" + TRY_LINE),
+        (
+            ("--as-server", "--spool-dir", "{base}/nowhere"),
+            "emailrelay: error: invalid spool directory: BASE/nowhere: no such file or directory\n",
+        ),
+        (
+            ("--as-server", "--spool-dir", "{base}/bad.conf"),
+            "emailrelay: error: invalid spool directory: BASE/bad.conf: not a directory\n",
+        ),
+    ],
+    ids=["bad-option", "no-value", "no-value-short", "no-spool", "spool-not-a-directory"],
+)
+def test_startup_errors_on_stderr_as_upstream(
+    tmp_path: Path, args: tuple[str, ...], stderr: str, log_file: bool
+) -> None:
+    """Exit 1 and upstream's exact text on stderr, with or without ``--log-file``; ours also logs an
+    error that stops a configured start to the log file (SPEC.md §2; decisions.md)."""
+    got = _startup(tmp_path, *args, log_file=log_file)
+    assert got["ours"][:2] == got["upstream"][:2] == (1, stderr)
+    if log_file and "spool" in stderr:
+        assert got["upstream"][2] == "" and got["ours"][2] == stderr
+
+
+@pytest.mark.parametrize("log_file", [False, True], ids=["stderr", "log-file"])
+def test_startup_error_for_secrets_and_config_file(tmp_path: Path, log_file: bool) -> None:
+    """An unreadable secrets file and a bad config-file line: exit 1 and one ``emailrelay: error:``
+    line on stderr on both sides, naming the file or option (our texts name file and line too:
+    decisions.md)."""
+    secrets = _startup(
+        tmp_path, "--no-daemon", "--spool-dir", "{base}/spool", "--server-auth", "{base}/missing.auth",
+        log_file=log_file,
+    )  # fmt: skip
+    config = _startup(tmp_path, "{base}/bad.conf", log_file=log_file)
+    for side in SIDES:
+        code, stderr, _ = secrets[side]
+        assert code == 1 and re.fullmatch(r"emailrelay: error: .*cannot read secrets file: .*\n", stderr), (
+            stderr
+        )
+        assert "BASE/missing.auth" in stderr
+        code, stderr, _ = config[side]
+        assert code == 1 and stderr.startswith("emailrelay: error: ") and "frobnicate" in stderr, stderr
+    assert secrets["upstream"][1] == "emailrelay: error: cannot read secrets file: BASE/missing.auth\n"
+    assert secrets["ours"][1] == (
+        "emailrelay: error: BASE/missing.auth: cannot read secrets file: No such file or directory\n"
+    )
+
+
+def test_startup_error_with_log_time_is_timestamped_on_our_stderr(tmp_path: Path) -> None:
+    """Without ``--log-file`` stderr is our log, so ``--log-time`` puts the time in the error line that
+    scripts grep for (SPEC.md §2); upstream prints it without the time (decisions.md)."""
+    got = _startup(tmp_path, "--no-daemon", "--log-time", "--spool-dir", "{base}/nowhere")
+    assert got["upstream"][:2] == (
+        1,
+        "emailrelay: error: invalid spool directory: BASE/nowhere: no such file or directory\n",
+    )
+    assert got["ours"][0] == 1
+    assert re.fullmatch(
+        r"emailrelay: \d{8}\.\d{6}\.\d{3}: error: invalid spool directory: BASE/nowhere: .*\n", got["ours"][1]
+    )

@@ -114,6 +114,28 @@ def test_missing_spool_directory_is_exit_1(tmp_path: Path) -> None:
     assert not (tmp_path / "nope").exists()
 
 
+@pytest.mark.parametrize("close_stderr", [False, True], ids=["log-file", "log-file-close-stderr"])
+def test_startup_error_goes_to_stderr_and_to_the_log_file(tmp_path: Path, close_stderr: bool) -> None:
+    """With ``--log-file`` (and even ``--close-stderr``) the error that stops the start is on stderr as
+    upstream prints it, and in the log file with its timestamp (SPEC.md §2, tests/differential)."""
+    log = tmp_path / "relay.log"
+    args = ["--no-daemon", "--log-time", "--log-file", str(log), "--spool-dir", str(tmp_path / "nope")]
+    result = run(*args, *(["--close-stderr"] if close_stderr else []))
+    assert result.returncode == 1
+    message = f"invalid spool directory: {tmp_path / 'nope'}: no such file or directory"
+    assert result.stderr == f"emailrelay: error: {message}\n"
+    assert re.fullmatch(rf"emailrelay: [0-9.]+: error: {re.escape(message)}\n", log.read_text())
+
+
+def test_bad_option_is_reported_in_upstreams_words() -> None:
+    result = run("--bogus")
+    assert (result.returncode, result.stderr) == (
+        1,
+        'emailrelay: error: invalid option: "--bogus"\n'
+        '            try "emailrelay --help --verbose" for more information\n',
+    )
+
+
 def test_config_file_with_unknown_option_names_file_and_line(tmp_path: Path) -> None:
     cfg = tmp_path / "emailrelay.conf"
     cfg.write_text("# a comment\n\nno-daemon\nport 2525\nbogus-option 1\n")
@@ -273,14 +295,18 @@ def test_daemon_pid_file_and_sigterm(tmp_path: Path, spool: Path, run_dir: Path)
 
 
 @pytest.mark.parametrize("mode", ["--single-process", "--no-daemon"])
-def test_sigterm_as_soon_as_the_pid_file_appears_is_a_clean_stop(tmp_path: Path, spool: Path, mode: str) -> None:
+def test_sigterm_as_soon_as_the_pid_file_appears_is_a_clean_stop(
+    tmp_path: Path, spool: Path, mode: str
+) -> None:
     """A SIGTERM right after the pid file is written, before the loop or the supervisor has taken
     over the signal handlers, still stops the relay cleanly: exit 0 and the pid file removed."""
     for attempt in range(3):
         pid_file = tmp_path / f"relay{attempt}.pid"
         args = [program(), "--no-daemon", "--log", "--no-syslog", "--port", str(free_port()), "--interface",
                 "127.0.0.1", "--spool-dir", str(spool), "--user", "root", "--pid-file", str(pid_file), mode]  # fmt: skip
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
         try:
             assert wait_until(pid_file.exists, 30, interval=0.001)
             proc.send_signal(signal.SIGTERM)

@@ -17,7 +17,7 @@ from emailrelay.cli.parse import (
     parse_command_line,
     parse_config_file,
 )
-from emailrelay.errors import BindError, ConfigError, EmailRelayError, SpoolError, UsageError
+from emailrelay.errors import BindError, ConfigError, EmailRelayError, OptionError, SpoolError, UsageError
 
 APP = "/opt/er"
 
@@ -117,10 +117,10 @@ def test_flag_rejects_value(option: Option, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("option", MANDATORY_VALUE, ids=ids)
 def test_value_required(option: Option, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=f"^--{option.name} requires a value$"):
+    with pytest.raises(OptionError, match=f'^no value supplied for "--{option.name}"$'):
         parse(f"--{option.name}")
     if option.short:
-        with pytest.raises(UsageError, match=f"^-{option.short} requires a value$"):
+        with pytest.raises(OptionError, match=f"^no value supplied for -{option.short}$"):
             parse("-l", f"-{option.short}")
     with pytest.raises(ConfigError, match=f":1: option '{option.name}' requires a value$"):
         parse(write(tmp_path, f"{option.name}\n"))
@@ -178,14 +178,14 @@ def test_empty_values() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--xyz"], "invalid option: --xyz"),
-        (["--xyz=1"], "invalid option: --xyz"),
-        (["-P"], "invalid option: -P"),
-        (["-lP"], "invalid option: -P"),
-        (["--spool"], "invalid option: --spool"),
+        (["--xyz"], 'invalid option: "--xyz"'),
+        (["--xyz=1"], 'invalid option: "--xyz"'),
+        (["-P"], 'invalid option: "-P"'),
+        (["-lP"], 'invalid option: "-P"'),
+        (["--spool"], 'invalid option: "--spool"'),
         (
             ["--out-port=1"],
-            "invalid option: --out-port (no '--out-spool-dir' declares a configuration 'out')",
+            "invalid option: \"--out-port\" (no '--out-spool-dir' declares a configuration 'out')",
         ),
         (["--port=70000"], "--port: invalid port number '70000'"),
         (["--retry=60,,300"], "--retry: invalid list of numbers '60,,300'"),
