@@ -31,12 +31,13 @@ CMD_FORWARD = "cmd.forward"  # {}: rescan now, ignoring back-off
 CMD_FLUSH = "cmd.flush"  # {}
 CMD_SMTP_DISABLE = "cmd.smtp.disable"  # {}
 CMD_SMTP_ENABLE = "cmd.smtp.enable"  # {}
+CMD_DNSBL = "cmd.dnsbl"  # {"off_for": seconds}: admin "dnsbl stop [N]" (0: "dnsbl start", checks again)
 
 EVENT_TOPICS = (
     SPOOL_READY, SPOOL_FAILED, FORWARD_DONE, FORWARD_DEFERRED, SMTP_ACCEPTED, SMTP_REJECTED,
     ROLE_STARTED, ROLE_STOPPING,
 )  # fmt: skip
-COMMAND_TOPICS = (CMD_FORWARD, CMD_FLUSH, CMD_SMTP_DISABLE, CMD_SMTP_ENABLE)
+COMMAND_TOPICS = (CMD_FORWARD, CMD_FLUSH, CMD_SMTP_DISABLE, CMD_SMTP_ENABLE, CMD_DNSBL)
 ALL_TOPICS = EVENT_TOPICS + COMMAND_TOPICS
 
 

@@ -43,6 +43,7 @@ from .supervisor_control import SupervisorControl
 
 PROMPT = b"E-MailRelay> "
 MAX_LINE = 1024
+DNSBL_FOREVER = 4294967295  # upstream's "dnsbl stop" without a timeout
 MAX_PENDING = 64  # commands read ahead of their replies before reading pauses
 EVENTS_BUFFER_LIMIT = 256 * 1024  # unsent bytes above which a watcher's events are dropped
 EVENTS_DROPPED = "events.dropped"
@@ -237,8 +238,7 @@ class AdminSession(asyncio.Protocol):
         return lines or ["<none>"]
 
     async def cmd_unfail_all(self, args: list[str]) -> list[str]:
-        self.ctx.store.unfail_all()
-        self.ctx.publish(schema.CMD_FORWARD)
+        self.ctx.store.unfail_all()  # (upstream forwards them at the next trigger, not now)
         return []
 
     async def cmd_status(self, args: list[str]) -> list[str]:
@@ -290,11 +290,25 @@ class AdminSession(asyncio.Protocol):
         return ["usage: smtp {disable|enable}"]
 
     async def cmd_dnsbl(self, args: list[str]) -> list[str]:
-        if not self.ctx.config.dnsbl:
-            return ["error: dnsbl is not configured: use --dnsbl"]
-        from ..policy.dnsbl import describe, parse_config
+        """Upstream's ``dnsbl start`` (check again) and ``dnsbl stop [<timeout>]`` (no checks for
+        that many seconds, else "for ever": upstream's 4294967295), told to every smtp process;
+        ours: ``dnsbl show`` describes the ``--dnsbl`` configuration."""
+        if args == ["show"]:
+            if not self.ctx.config.dnsbl:
+                return ["error: dnsbl is not configured: use --dnsbl"]
+            from ..policy.dnsbl import describe, parse_config
 
-        return [describe(parse_config(self.ctx.config.dnsbl))]
+            return [describe(parse_config(self.ctx.config.dnsbl))]
+        if args == ["start"]:
+            self.ctx.publish(schema.CMD_DNSBL, off_for=0)
+            self.log.info("dnsbl enabled")
+            return ["OK"]
+        if args[:1] == ["stop"] and len(args) <= 2 and all(a.isdigit() for a in args[1:]):
+            seconds = int(args[1]) if len(args) == 2 else DNSBL_FOREVER
+            self.ctx.publish(schema.CMD_DNSBL, off_for=seconds)
+            self.log.info(f"dnsbl disabled for {seconds}s")
+            return ["OK"]
+        return ["usage: dnsbl {start|stop <timeout>}"]
 
     async def cmd_terminate(self, args: list[str]) -> list[str] | None:
         pid = self.ctx.arbiter_pid or os.getpid()

@@ -13,6 +13,7 @@ crash leftovers in the spool are recovered before anything is served.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -172,6 +173,8 @@ class Instance:
                 forwarder.forward_all_now()
             elif topic in (schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE):
                 smtpd.enabled = topic == schema.CMD_SMTP_ENABLE
+            elif topic == schema.CMD_DNSBL:
+                smtpd.dnsbl_off_until = time.monotonic() + float(str(body.get("off_for", 0)))
 
         admin_servers = []
         try:

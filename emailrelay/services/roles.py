@@ -131,10 +131,13 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
             smtpd.slots = ConnectionSlots(
                 Path(run_dir) / CONNECTION_SLOTS, config.max_connections, identity.group_for_files()
             )
-    bus.subscribe([schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE])
+    bus.subscribe([schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE, schema.CMD_DNSBL])
 
     async def commands() -> None:
-        async for topic, _ in bus.messages():
+        async for topic, body in bus.messages():
+            if topic == schema.CMD_DNSBL:  # admin "dnsbl start" / "dnsbl stop [N]"
+                smtpd.dnsbl_off_until = time.monotonic() + float(body.get("off_for", 0))
+                continue
             smtpd.enabled = topic == schema.CMD_SMTP_ENABLE
             log.info(f"smtp {'enabled' if smtpd.enabled else 'disabled'}")
 

@@ -154,6 +154,7 @@ class SmtpService:
         self.sessions: set[SmtpSession] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.enabled = True  # admin "smtp disable"
+        self.dnsbl_off_until = 0.0  # admin "dnsbl stop [N]": no DNSBL checks before this (monotonic)
         self.slots: ConnectionSlots | None = None  # set by the smtp role: a relay-wide --max-connections
         self.stats = {"started": 0, "finished": 0}
 
@@ -242,7 +243,7 @@ class SmtpSession(LineSession):
         svc.sessions.add(self)
         svc.stats["started"] += 1
         # (default write-buffer limits: changing them before start_tls() stalls uvloop's TLS handshake)
-        checker = svc.options.dnsbl
+        checker = svc.options.dnsbl if time.monotonic() >= svc.dnsbl_off_until else None
         if checker is not None and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # early talkers must not reach the protocol before the verdict
             transport.pause_reading()

@@ -344,13 +344,15 @@ def test_admin_smtp_disable_list_and_unfail_all(tmp_path: Path) -> None:
 
 
 def test_admin_dnsbl_and_terminate(tmp_path: Path) -> None:
-    """``dnsbl`` describes the configuration (an error without ``--dnsbl``); ``terminate`` needs
-    ``--admin-terminate`` and then stops the relay with exit 0."""
+    """``dnsbl show`` (ours) describes the configuration (an error without ``--dnsbl``), ``dnsbl``
+    alone is upstream's usage; ``terminate`` needs ``--admin-terminate`` and then stops the relay
+    with exit 0."""
     admin_port = free_port()
     relay = start_relay(tmp_path, f"--admin={admin_port}", "--single-process", name="plain")
     try:
         with AdminClient(admin_port) as admin:
-            assert admin.cmd("dnsbl").startswith(b"error: ")
+            assert admin.cmd("dnsbl show").startswith(b"error: ")
+            assert admin.cmd("dnsbl") == b"usage: dnsbl {start|stop <timeout>}\r\n" + PROMPT
             assert admin.cmd("terminate") == b"error: unrecognised command\r\n" + PROMPT
     finally:
         relay.stop()
@@ -365,7 +367,7 @@ def test_admin_dnsbl_and_terminate(tmp_path: Path) -> None:
     )
     try:
         with AdminClient(admin_port) as admin:
-            line = admin.cmd("dnsbl").decode()
+            line = admin.cmd("dnsbl show").decode()
             assert "spam.example.com" in line and "threshold 1" in line and "500ms" in line
             admin.sock.sendall(b"terminate\r\n")
         assert relay.proc.wait(20) == 0
@@ -389,7 +391,7 @@ def test_admin_dnsbl_and_terminate(tmp_path: Path) -> None:
 )
 def test_guide_dnsbl_command_lines(tmp_path: Path, form: str) -> None:
     """``emailrelay -r --dnsbl ...`` in each printed form (1.1.1.1:53 replaced by a local DNS server):
-    it starts, the admin ``dnsbl`` command reads the form back, and loopback clients are never looked up."""
+    it starts, the admin ``dnsbl show`` command reads the form back, and loopback clients are never looked up."""
     dns = DnsServer({}).start()
     try:
         value = form.format(dns=dns.address)
@@ -399,7 +401,7 @@ def test_guide_dnsbl_command_lines(tmp_path: Path, form: str) -> None:
         )
         try:
             with AdminClient(admin_port) as admin:
-                line = admin.cmd("dnsbl").decode()
+                line = admin.cmd("dnsbl show").decode()
             assert "spam.example.com,block.example.com" in line, line
             assert ("threshold 0" in line) == form.endswith(",0")
             assert ("block on timeout" in line) == ("-5000" in form)

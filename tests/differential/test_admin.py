@@ -43,9 +43,10 @@ PLAIN_COMMANDS = [
     "help", "HELP", "help me", "info", "info foo", "info credit", "info warranty", "info version",
     "info copyright", "list", "LIST", "list x", "failures", "failures x", "pid", "pid x", "smtp",
     "smtp foo", "smtp disable", "smtp enable", "smtp disable now", "smtp enable", "unfail-all",
-    "unfail-all x", "flush", "forward", "forward now", "", "  ", "bogus", "bogus with args",
+    "unfail-all x", "flush", "forward", "forward now", "", "  ", "bogus", "bogus with args", "dnsbl",
+    "dnsbl start", "dnsbl stop", "dnsbl stop 10", "dnsbl start x", "dnsbl foo", "dnsbl stop x",
 ]  # fmt: skip
-ADMIN_LOG = re.compile(r"admin connection|terminate command")
+ADMIN_LOG = re.compile(r"admin connection|terminate command|dnsbl")
 
 
 def _session(port: int, commands: list[str], *, last_closes: bool = False) -> Replies:
@@ -112,7 +113,8 @@ def test_admin_commands_as_upstream(tmp_path: Path) -> None:
     got = {side: _plain(side, base) for side in SIDES}
     ours, upstream = got["ours"], got["upstream"]
     assert ours[0] == upstream[0]
-    assert ours[1] == upstream[1] == b"<nothing>"  # notify: no reply, no prompt
+    # notify: no reply, no prompt (ours may already push an event: a role that started late)
+    assert upstream[1] == b"<nothing>" and PROMPT not in ours[1], ours[1]
     assert ours[2] == upstream[2] == 0  # terminate: the relay stops, exit 0
     assert ours[3] == upstream[3], (ours[3], upstream[3])
     assert "emailrelay: info: received a terminate command from 127.0.0.1:N" in ours[3]
@@ -141,7 +143,8 @@ def _forwarding(side: str, base: Path) -> tuple[Replies, list[str]]:
     replies: Replies = []
     with start(side, base, "--admin", str(admin_port), "--forward-to", f"127.0.0.1:{hop_port}") as daemon:
         if side == "ours":  # our forward role tries what is there at start (decisions.md): let it fail first
-            assert wait_until(lambda: daemon.log().count("forwarding [emailrelay.") >= 2, 20), daemon.log()
+            assert wait_until(lambda: "forwarding [emailrelay." in daemon.log(), 20), daemon.log()
+            assert wait_until(lambda: not list(daemon.spool.glob("*.busy")), 10)  # (its claim ended)
         replies += _session(admin_port, ["list", "failures", "flush", "list"])
         with FakeSmtp(port=hop_port, replies={"final": "554 5.7.1 not here\n554 really not"}) as hop:
             replies += _session(admin_port, ["flush", "list", "failures", "flush"])
@@ -157,13 +160,9 @@ def test_flush_and_forward_as_upstream(tmp_path: Path) -> None:
     base = daemon_base(tmp_path)
     got = {side: _forwarding(side, base) for side in SIDES}
     (ours, ours_spool), (upstream, up_spool) = got["ours"], got["upstream"]
-    down = 2  # "flush" while the next hop is down: the connection error
-    assert upstream[down] == (
-        "flush",
-        b"error: connect failure: cannot connect to 127.0.0.1:PORT\r\n" + PROMPT,
-    )
-    assert ours[down][1].startswith(b"error: ") and b"cannot connect to 127.0.0.1:PORT" in ours[down][1], ours
-    assert ours[:down] + ours[down + 1 :] == upstream[:down] + upstream[down + 1 :]
+    # "flush" while the next hop is down: the error that ended the session
+    assert upstream[2] == ("flush", b"error: connect failure: cannot connect to 127.0.0.1:PORT\r\n" + PROMPT)
+    assert ours == upstream
     assert [r for c, r in upstream if c == "flush"][1:] == [
         b"OK\r\n" + PROMPT, b"error: no messages to send\r\n" + PROMPT, b"error: no messages to send\r\n" + PROMPT,
     ]  # fmt: skip
