@@ -923,7 +923,7 @@ class SmtpServer(LineBuffer):
         data = raw.decode("latin-1").strip()
         if data == "*":
             self._phase = Phase.IDLE
-            return self._error("*", 501, "authentication cancelled")
+            return self._error("[authentication response not logged]", 501, "authentication cancelled")
         return AuthResponse(data)
 
     def _read_bdat(self) -> Event | Signal | None:

@@ -200,6 +200,7 @@ class SmtpSession(LineSession):
         self.tx = _Transaction()
         self._content_logged = False
         self._quit = False  # QUIT seen: a close is "smtp protocol done", else "peer disconnected"
+        self._untrusted_logged = False  # upstream says once per session why AUTH is needed
         self._close_reason: str | None = ""  # set by a TLS failure; None: no close line (upstream's)
 
     # ---- asyncio.Protocol ------------------------------------------------------
@@ -586,11 +587,16 @@ class SmtpSession(LineSession):
             self.proto.accept()
         elif verdict.kind is RecipientKind.LOCAL:
             self.tx.to_local.append(verdict.mailbox)
-            self.proto.accept()
+            self.proto.accept(f"recipient <{ev.address}>  OK")  # two spaces: E-MailRelay 2.6b's text
         elif verdict.kind is RecipientKind.TEMPORARY:
             self._reject_rcpt(ev.address, 450, verdict)
         elif verdict.kind is RecipientKind.ABORT:
-            self.log.warning(f"aborting connection: address verifier: {ev.address}", self.peer.host)
+            # upstream's lines (a net: verifier's is a warning); we close the connection, upstream
+            # leaves it open without a reply (docs/decisions.md, "verifier exit 100")
+            if verdict.detail == "net":
+                self.log.warning("error: smtp protocol done: address verifier abort", self.peer.host)
+            else:
+                self.log.info("exception: smtp protocol done: address verifier abort", self.peer.host)
             self._closing = True
             if self.transport is not None:
                 self.transport.abort()
@@ -598,10 +604,11 @@ class SmtpSession(LineSession):
             self._reject_rcpt(ev.address, 550, verdict)
 
     def _reject_rcpt(self, address: str, code: int, verdict: RecipientVerdict) -> None:
-        reason = verdict.reason or ("mailbox unavailable" if code == 450 else "invalid mailbox")
+        """Upstream's reply (the verifier's text, possibly empty) and warning
+        ``rejecting recipient "<address>": <reason>[: <detail>]``."""
         detail = f": {verdict.detail}" if verdict.detail else ""
-        self.log.warning(f'rejecting recipient "{address}": {reason}{detail}', self.peer.host)
-        self.proto.reject(code, reason)
+        self.log.warning(f'rejecting recipient "{address}": {verdict.reason}{detail}', self.peer.host)
+        self.proto.reject(code, verdict.reason)
 
     def _on_data_start(self, ev: Any) -> None:
         if ev.line:
@@ -755,27 +762,46 @@ class SmtpSession(LineSession):
         verdict = await self.service.policy.verify(
             address, None, self.peer, self.auth_mechanism, self.auth_id
         )
+        # E-MailRelay 2.6b's replies
         if verdict.kind is RecipientKind.LOCAL:
-            self.proto.reply(250, f"{verdict.full_name} <{address}>" if verdict.full_name else f"<{address}>")
+            self.proto.reply(250, verdict.full_name)
         elif verdict.kind is RecipientKind.REMOTE:
-            self.proto.reply(252, "cannot vrfy")
+            self.proto.reply(252, f"cannot verify but will accept: {address}")
         elif verdict.kind is RecipientKind.TEMPORARY:
-            self.proto.reply(450, verdict.reason or "mailbox unavailable")
+            self.proto.reply(450, verdict.reason)
         else:
-            self.proto.reply(550, verdict.reason or "invalid mailbox")
+            self.proto.reply(550, verdict.reason)
 
     def _on_info(self, ev: Any) -> None:
         self._trace_rx(getattr(ev, "line", ""))
 
     def _on_protocol_error(self, ev: sp.ProtocolError) -> None:
-        self._trace_rx(ev.line)
-        if ev.code == 502 and ev.line.split(" ", 1)[0].upper() == "AUTH":
+        """The refused command's trace and upstream's log line about it, if it writes one."""
+        if ev.line == _HIDDEN:  # an AUTH response ("*" included), logged bare as upstream
+            self.log.verbose(f"rx<<: {ev.line}", self.peer.host)
+        else:
+            self._trace_rx(ev.line)
+        words = ev.line.split(" ")
+        auth = words[0].upper() == "AUTH"
+        if auth and ev.code == 502:
             self.log.warning("client protocol error: AUTH requested but not advertised", self.peer.host)
+        elif auth and ev.code == 504:
+            mechanism = words[1] if len(words) > 1 else ""
+            self.log.warning(f"request for unsupported server AUTH mechanism: {mechanism}", self.peer.host)
+        elif auth and ev.code == 501:
+            self.log.warning("invalid base64 encoding of AUTH parameter", self.peer.host)
+        elif auth and ev.code == 503 and self.proto.authenticated and not self.proto.in_transaction:
+            self.log.warning("too many AUTH requests", self.peer.host)
         elif ev.code == 553 and ev.text.endswith("missing angle brackets in mailbox name"):  # upstream's hint
             self.log.warning(
                 "invalid smtp command syntax from remote client: "
                 "use --server-smtp-config=nostrictparsing to allow",
                 self.peer.host,
+            )
+        elif ev.code == 530 and ev.text.startswith("authentication required") and not self._untrusted_logged:
+            self._untrusted_logged = True
+            self.log.info(
+                f"server authentication enabled but not a trusted address: {self.peer.host}", self.peer.host
             )
 
     def _on_quit(self, ev: sp.Quit) -> None:
@@ -826,6 +852,9 @@ class SmtpSession(LineSession):
 
     def _storage_failed(self, exc: OSError) -> None:
         self.log.error(f"cannot store message: {exc}", self.peer.host)
+
+
+_HIDDEN = "[authentication response not logged]"
 
 
 class _BdatStart:
