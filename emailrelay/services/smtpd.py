@@ -47,7 +47,7 @@ from ..spool.names import MessageId, State
 from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
 from .connection_slots import ConnectionSlots
 from .line_session import LineSession
-from .listeners import format_address, is_local_address
+from .listeners import format_address, is_local_address, not_local_reason
 from .security import ServerSecurity
 
 TLS_HANDSHAKE_TIMEOUT = 30.0
@@ -221,16 +221,17 @@ class SmtpSession(LineSession):
             except OSError:
                 pass
         self.log.port = self.peer.port
-        self.log.info(f"smtp connection from {self.peer.display}", self.peer.host)
         if not svc.options.remote_clients and not is_local_address(self.peer.host):
+            # as E-MailRelay 2.6b: not a byte to the client, and these two warnings
             self.log.warning(
-                f"smtp connection from {self.peer.display} rejected: not a local address "
-                "(use --remote-clients to allow it)",
+                f"configured to reject non-local smtp connection: {not_local_reason(self.peer.host)}",
                 self.peer.host,
             )
-            self._send_now(b"554 5.7.1 remote connections not allowed\r\n")
+            self.log.warning(f"connection rejected from {self.peer.display}", self.peer.host)
+            self._closing = True
             transport.close()
             return
+        self.log.info(f"smtp connection from {self.peer.display}", self.peer.host)
         limit = svc.options.max_connections
         if svc.slots is not None:  # supervised: the limit is shared by every smtp process
             self._slot = svc.slots.acquire()
