@@ -372,7 +372,12 @@ class SmtpSession(LineSession):
         ssl_object = transport.get_extra_info("ssl_object")
         self.encrypted = True
         if ssl_object is not None:
-            self.log.info(f"tls protocol established: {tls.describe(ssl_object)}", self.peer.host)
+            cipher = ssl_object.cipher()
+            self.log.info(  # upstream's words
+                f"tls protocol established with {self.peer.display} protocol {ssl_object.version()} "
+                f"cipher {cipher[0] if cipher else ''}",
+                self.peer.host,
+            )
             self.client_certificate = tls.peer_certificate_pem(ssl_object)
 
     def _on_starttls(self, ev: sp.StartTls) -> Awaitable[None] | None:
