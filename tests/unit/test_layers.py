@@ -15,6 +15,7 @@ and inside functions alike (a lazy import is still a dependency):
    Randomness is not I/O here: ``protocol/sasl.py``'s default challenge nonce uses ``secrets``
    (the caller may inject its own source).
 4. Nothing outside ``bus/endpoint.py`` imports ``zmq``.
+5. Nothing under ``bench/`` imports ``tests``.
 
 Not enforced here: that no module but ``spool/store.py`` builds spool file names (a name is a string,
 not an import; ``spool/names.py`` is the only place the suffixes are defined).
@@ -167,3 +168,18 @@ def test_only_the_bus_endpoint_imports_zmq() -> None:
         if target.split(".")[0] == "zmq"
     )
     assert users and all(u.startswith("emailrelay.bus.endpoint:") for u in users), users
+
+
+def test_bench_imports_nothing_from_tests() -> None:
+    """Benchmarks stand alone (the soak scripts that drive the test harness live in tests/soak/)."""
+    bench = ROOT.parent / "bench"
+    wrong = []
+    for path in sorted(bench.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            wrong += [
+                f"{path.relative_to(bench.parent)}:{node.lineno}" for n in names if n.split(".")[0] == "tests"
+            ]
+    assert not wrong, wrong
