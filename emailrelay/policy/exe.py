@@ -49,7 +49,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .. import identity
@@ -369,26 +369,36 @@ def verifier_args(
     mechanism: str,
     auth_id: str,
 ) -> list[str]:
-    """The six arguments of the guide: recipient, from (empty for VRFY), ip:port, domain, mechanism, id."""
+    """The six arguments of the guide: recipient, from (empty for VRFY), ip:port, domain, mechanism
+    (``none`` for a client that did not authenticate, as E-MailRelay 2.6b sends), id."""
     return [
         recipient,
         mail_from or "",
         peer_text(peer),
         domain,
-        (mechanism or "").lower(),
+        (mechanism or "none").lower(),
         auth_id or "",
     ]
 
 
 def verdict_for(
-    code: int | None, line1: str, line2: str, recipient: str, *, source: str = "address verifier"
+    code: int | None,
+    line1: str,
+    line2: str,
+    recipient: str,
+    *,
+    detail: str = "",
+    source: str = "address verifier",
 ) -> RecipientVerdict:
-    """Map a verifier's answer (exit code or net: response code, two texts) to a verdict."""
+    """E-MailRelay 2.6b's meaning of a verifier's answer (an exit code, or a ``net:`` response code)
+    with its two texts: 0 local (``line2`` the mailbox), 1 remote (``line2`` the address), 3 a
+    temporary 450, 100 abort, anything else a 550.  A 0 or 1 without its mailbox or address is a 550
+    too.  The reason is ``line1``; ``detail`` (the log's tail) defaults to ``line2``."""
     log = logmod.get()
-    if code == 0:
+    if code == 0 and line2.strip():
         mailbox = line2.strip()
-        if not is_clean_mailbox(mailbox):
-            log.warning(f"{source}: invalid mailbox name for [{recipient}]: [{mailbox}]")
+        if not is_clean_mailbox(mailbox):  # ours: a mailbox name becomes a directory name
+            log.warning(f"{source}: invalid mailbox name for [{recipient}]: [{printable(mailbox)}]")
             return RecipientVerdict(
                 RecipientKind.TEMPORARY,
                 recipient,
@@ -396,31 +406,16 @@ def verdict_for(
                 detail="invalid mailbox name",
             )
         return RecipientVerdict(RecipientKind.LOCAL, recipient, mailbox=mailbox, full_name=clean_text(line1))
-    if code == 1:
-        address = line2.strip() or recipient
+    if code == 1 and line2.strip():
+        address = line2.strip()
         if not is_clean_address(address):
-            log.warning(f"{source}: invalid address for [{recipient}]: [{address}]")
+            log.warning(f"{source}: invalid address for [{recipient}]: [{printable(address)}]")
             return RecipientVerdict(
                 RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail="invalid address"
             )
         return RecipientVerdict(RecipientKind.REMOTE, address)
-    if code == 3:
-        return RecipientVerdict(
-            RecipientKind.TEMPORARY,
-            recipient,
-            reason=clean_text(line1) or "mailbox unavailable",
-            detail=clean_text(line2),
-        )
-    if code == 100:
-        return RecipientVerdict(
-            RecipientKind.ABORT, recipient, reason=clean_text(line1), detail=clean_text(line2)
-        )
-    return RecipientVerdict(
-        RecipientKind.REJECT,
-        recipient,
-        reason=clean_text(line1) or "invalid mailbox",
-        detail=clean_text(line2),
-    )
+    kind = {3: RecipientKind.TEMPORARY, 100: RecipientKind.ABORT}.get(code or 0, RecipientKind.REJECT)
+    return RecipientVerdict(kind, recipient, reason=clean_text(line1), detail=clean_text(detail or line2))
 
 
 def two_lines(output: bytes) -> tuple[str, str]:
@@ -452,18 +447,20 @@ class ExeVerifier:
         run = await run_program(
             [self.program, *args], timeout=self.options.timeout, output_cap=self.options.output_cap
         )
+        if run.timed_out:  # upstream: "450 timeout"
+            return RecipientVerdict(RecipientKind.TEMPORARY, recipient, reason="timeout", detail="timeout")
         line1, line2 = two_lines(run.output)
-        if run.exit_code is None:
-            self.log.warning(f"address verifier: {run.describe()}: [{recipient}]")
-            if run.timed_out:
-                return RecipientVerdict(
-                    RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail=run.describe()
-                )
-            return RecipientVerdict(
-                RecipientKind.REJECT, recipient, reason="invalid mailbox", detail=run.describe()
-            )
-        self.log.verbose(f"address verifier: exit code {run.exit_code}: [{line1}] [{line2}]")
-        return verdict_for(run.exit_code, line1, line2, recipient)
+        # as upstream's child reports them: a signal as 128+n, a program that cannot run as 127
+        exit_code = (
+            127 if run.error is not None else 128 + run.signal if run.signal is not None else run.exit_code
+        )
+        self.log.verbose(
+            f"address verifier: exit code {exit_code}: [{printable(line1)}] [{printable(line2)}]"
+        )
+        verdict = verdict_for(exit_code, line1, line2, recipient, detail=line2 or f"exit code {exit_code}")
+        if verdict.kind in (RecipientKind.REJECT, RecipientKind.TEMPORARY) and not verdict.reason:
+            verdict = replace(verdict, reason="mailbox unavailable")  # upstream's default text
+        return verdict
 
     async def close(self) -> None:
         return None

@@ -16,14 +16,14 @@ What it expects: a server on ``host:port`` (``[v6]:port``, upstream's
 ``v6.port``) or an absolute unix-socket path, that keeps the connection open
 between requests.
 
-What it guarantees: a filter connects for each message and closes after the
-answer (E-MailRelay 2.6b's pattern: a request is never sent twice); a
-verifier's connections are kept and reused (one request at a time each, a
-few idle ones pooled, so parallel sessions do not queue behind each other),
-and a reused one that turns out dead is replaced once, transparently; every
-exchange is bounded by ``--filter-timeout``; a server that cannot be
-reached or answers too late fails the message (filter: ``452 failed``) or
-is a temporary 450 (verifier), never an accept.
+What it guarantees: each request goes over a connection of its own, closed
+after the answer (E-MailRelay 2.6b connects for each message a filter sees,
+and once per SMTP session for a verifier), so a request is never sent
+twice; the pool (:class:`ConnectionPool`) can keep idle connections for
+callers that want them; every exchange is bounded by ``--filter-timeout``;
+a server that cannot be reached or answers too late fails the message
+(filter: ``452 failed``) or is a temporary ``450 cannot verify``
+(verifier), never an accept.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from .. import log as logmod
 from ..transport_address import split_transport_address
-from .exe import PeerLike, clean_text, printable, seconds, split_code, verdict_for, verifier_args
+from .exe import PeerLike, clean_text, peer_text, printable, seconds, split_code, verdict_for, verifier_args
 from .spec import FilterContext, PolicyOptions, Spec, SpecError
 from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 
@@ -229,7 +229,8 @@ class NetVerifier:
     def __init__(self, spec: Spec, options: PolicyOptions) -> None:
         self.spec = spec
         self.options = options
-        self.pool = ConnectionPool(parse_endpoint(spec.value), options.connection_timeout)
+        # a connection per request (upstream keeps one per SMTP session): a request is never sent twice
+        self.pool = ConnectionPool(parse_endpoint(spec.value), options.connection_timeout, max_idle=0)
         self.log = logmod.get()
 
     async def verify(
@@ -242,28 +243,50 @@ class NetVerifier:
     ) -> RecipientVerdict:
         args = verifier_args(recipient, mail_from, peer, self.options.domain, auth_mechanism, auth_id)
         request = "|".join(clean_text(a, 1024) for a in args) + "\n"
-        self.log.verbose(f"address verifier: [{self.spec.text}]: request [{request.rstrip()}]")
+        self.log.verbose(f"verification request: [{recipient}] ({peer_text(peer)})")  # upstream's lines
         try:
             line = await self.pool.exchange(request.encode("utf-8", "surrogateescape"), self.options.timeout)
-        except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
-            text = str(exc) or type(exc).__name__
-            self.log.warning(f"address verifier: [{self.spec.text}]: no response: {text}")
-            return RecipientVerdict(
-                RecipientKind.TEMPORARY, recipient, reason="mailbox unavailable", detail=text
+        except TimeoutError:
+            why = (
+                f"response timeout: no response after {seconds(self.options.timeout)}s"
+                f" while connected to {self.pool.endpoint}"
             )
-        self.log.verbose(f"address verifier: [{self.spec.text}]: response [{line}]")
+            return self._no_answer(recipient, why)
+        except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            if isinstance(exc, ConnectFailure):
+                return self._no_answer(recipient, str(exc.strerror))
+            if isinstance(exc, OSError) and exc.errno:
+                return self._no_answer(recipient, clean_text(exc.strerror or str(exc)).lower())
+            return self._no_answer(recipient, "peer disconnected")
+        line = line.rstrip("\r")
+        self.log.verbose(f"verification response: [{printable(line)}]")
         fields = line.split("|")
         try:
             code: int | None = int(fields[0].strip())
         except ValueError:
             code = None
-        if code == 0:
-            return verdict_for(0, "|".join(fields[2:]), _field(fields, 1), recipient)
-        if code == 1:
-            return verdict_for(1, "", _field(fields, 1), recipient)
-        if code is None:
-            self.log.warning(f"address verifier: [{self.spec.text}]: invalid response [{line}]")
-        return verdict_for(code, _field(fields, 1), _field(fields, 2), recipient)
+        if code == 100:  # the session logs upstream's net: form of the abort line
+            return RecipientVerdict(RecipientKind.ABORT, recipient, detail="net")
+        if code == 1 and len(fields) > 1:  # "1|" keeps the address as given
+            return verdict_for(1, "", fields[1] or recipient, recipient)
+        if code in (0, 1, 2, 3, 100):
+            return verdict_for(
+                code,
+                _field(fields, 1) if code != 0 else "|".join(fields[2:]),
+                _field(fields, 1 if code == 0 else 2),
+                recipient,
+            )
+        return RecipientVerdict(RecipientKind.REJECT, recipient)  # anything else: a bare 550, as upstream
+
+    def _no_answer(self, recipient: str, why: str) -> RecipientVerdict:
+        """Upstream's ``warning: error: <why>`` and ``450 cannot verify``."""
+        self.log.warning(f"error: {why}")
+        return RecipientVerdict(
+            RecipientKind.TEMPORARY,
+            recipient,
+            reason="cannot verify",
+            detail="network verifier peer disconnected",
+        )
 
     async def close(self) -> None:
         await self.pool.close()

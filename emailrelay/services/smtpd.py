@@ -119,6 +119,8 @@ class ServiceHooks:
     immediate_end: Callable[[object], None] | None = None
     on_reject: Callable[[str], None] | None = None
     on_rescan: Callable[[], None] | None = None  # a filter exited 103
+    # (direction, "start"|"stop", local, peer): a client session began or ended (admin status/notify)
+    on_network: Callable[[str, str, str, str], None] | None = None
 
 
 @dataclass
@@ -244,6 +246,7 @@ class SmtpSession(LineSession):
             return
         svc.sessions.add(self)
         svc.stats["started"] += 1
+        self._network("start")
         # (default write-buffer limits: changing them before start_tls() stalls uvloop's TLS handshake)
         checker = svc.options.dnsbl if time.monotonic() >= svc.dnsbl_off_until else None
         if checker is not None and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -254,6 +257,14 @@ class SmtpSession(LineSession):
             self._arm_idle_timer()
             return
         self._start_session()
+
+    def _network(self, event: str) -> None:
+        """E-MailRelay's "IN" connections, for the admin ``status`` and ``notify``."""
+        hook = self.service.hooks.on_network
+        if hook is not None and self.transport is not None:
+            local = self.transport.get_extra_info("sockname")
+            where = format_address(str(local[0]), int(local[1])) if isinstance(local, tuple) else str(local)
+            hook("in", event, where, self.peer.display)
 
     async def _dnsbl_gate(self, checker: DnsblChecker) -> None:
         logmod.set_port(self.peer.port)  # for the lines of this task (--log-format=port)
@@ -325,6 +336,7 @@ class SmtpSession(LineSession):
             return
         svc.sessions.discard(self)
         svc.stats["finished"] += 1
+        self._network("stop")
         if self._slot is not None:
             ConnectionSlots.release(self._slot)
             self._slot = None
@@ -503,8 +515,8 @@ class SmtpSession(LineSession):
         if self.transport is None or self.transport.is_closing():
             return
         if self._task is None and time.monotonic() - self._last_activity >= self._idle_timeout:
-            self.log.info(f"smtp connection timed out: {self.peer.display}", self.peer.host)
-            self._send_now(b"421 idle timeout\r\n")
+            # as upstream: no reply, the reason in the close line
+            self._close_reason = f"idle timeout: no activity after {self._idle_timeout:g}s"
             self._closing = True
             self.transport.close()
             return

@@ -129,7 +129,7 @@ async def test_verifier_and_deliver(serve, tmp_path: Path) -> None:
         "alice@example.com",
         ["postmaster@localhost", "UpperCase@Example.NET", "bad@example.net", "temp@example.net"],
     )
-    assert replies[1] == (250, "recipient <postmaster@localhost> OK")
+    assert replies[1] == (250, "recipient <postmaster@localhost>  OK")  # a local one: two spaces, as upstream
     assert replies[2][0] == 250
     assert replies[3] == (550, "invalid mailbox: bad@example.net")
     assert replies[4] == (450, "mailbox unavailable: temp@example.net")

@@ -40,7 +40,8 @@ def verifier(spec: str, **options: object) -> Verifier:
         ("postmaster@localhost", RecipientKind.LOCAL, "postmaster@localhost", "postmaster", ""),
         ("remote@example.net", RecipientKind.REMOTE, "remote@example.net", "", ""),
         ("UpperCase@Example.NET", RecipientKind.REMOTE, "uppercase@example.net", "", ""),
-        ("empty@example.net", RecipientKind.REMOTE, "empty@example.net", "", ""),
+        # exit 1 without an address is a rejection, as E-MailRelay 2.6b's
+        ("empty@example.net", RecipientKind.REJECT, "empty@example.net", "", "mailbox unavailable"),
         ("bad@example.net", RecipientKind.REJECT, "bad@example.net", "", "invalid mailbox: bad@example.net"),
         (
             "temp@example.net",
@@ -185,8 +186,8 @@ async def net_server() -> AsyncIterator[tuple[VerifierServer, str]]:
         ("same@x", RecipientKind.REMOTE, "same@x", "", "", ""),
         ("bad@x", RecipientKind.REJECT, "bad@x", "", "mailbox unavailable", "not in the list"),
         ("temp@x", RecipientKind.TEMPORARY, "temp@x", "", "try later", ""),
-        ("abort@x", RecipientKind.ABORT, "abort@x", "", "", ""),
-        ("garbage@x", RecipientKind.REJECT, "garbage@x", "", "invalid mailbox", ""),
+        ("abort@x", RecipientKind.ABORT, "abort@x", "", "", "net"),
+        ("garbage@x", RecipientKind.REJECT, "garbage@x", "", "", ""),  # a bare 550, as upstream
     ],
 )
 async def test_net_verifier(
@@ -214,12 +215,12 @@ async def test_net_verifier(
         assert verdict.full_name == "Local Postmaster <postmaster@example.com>"
 
 
-async def test_net_verifier_keeps_and_restores_its_connection(net_server: tuple[VerifierServer, str]) -> None:
+async def test_net_verifier_connects_per_request(net_server: tuple[VerifierServer, str]) -> None:
     srv, spec = net_server
     v = verifier(spec)
     for _ in range(5):
         assert (await v.verify("remote@x", "a@b", PEER, "", "")).kind is RecipientKind.REMOTE
-    assert srv.connections == 1
+    assert srv.connections == 5  # a connection per request: never a request sent twice
     srv.drop_after_each = True
     for _ in range(3):  # the server hangs up after each answer: we reconnect transparently
         assert (await v.verify("remote@x", "a@b", PEER, "", "")).kind is RecipientKind.REMOTE

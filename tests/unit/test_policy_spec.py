@@ -218,10 +218,14 @@ def test_verdicts_never_carry_controls(line1: str, line2: str, code: int) -> Non
 
 
 def test_verdict_mapping() -> None:
+    """E-MailRelay 2.6b's meanings (tests/differential/test_verifiers.py); the texts are the verifier's."""
     assert verdict_for(0, "Full", "box", "r").kind is RecipientKind.LOCAL
-    assert verdict_for(1, "", "", "r").address == "r"
-    assert verdict_for(2, "", "", "r").reason == "invalid mailbox"
-    assert verdict_for(3, "", "", "r").reason == "mailbox unavailable"
+    assert verdict_for(0, "why", "", "r").kind is RecipientKind.REJECT  # no mailbox: rejected
+    assert verdict_for(1, "", "new@x", "r").address == "new@x"
+    assert verdict_for(1, "", "", "r").kind is RecipientKind.REJECT  # no address: rejected
+    two = verdict_for(2, "", "", "r")
+    assert (two.kind, two.reason) == (RecipientKind.REJECT, "")
+    assert verdict_for(3, "later", "", "r").reason == "later"
     assert verdict_for(100, "", "", "r").kind is RecipientKind.ABORT
     for other in (4, 99, 101, 255, None):
         assert verdict_for(other, "why", "", "r").kind is RecipientKind.REJECT
