@@ -183,6 +183,41 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def tree_procs(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (empty when gone)."""
+    try:
+        p = psutil.Process(pid)
+        return [pid, *(c.pid for c in p.children(recursive=True))]
+    except psutil.Error:
+        return []
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """utime+stime of one process in seconds, from /proc/<pid>/stat (0.0 when gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rpartition(")")[2].split()  # after "pid (comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def procs_cpu(pids: Sequence[int]) -> float:
+    """Summed utime+stime of these processes (read before and after a run: CPU per message)."""
+    return sum(proc_cpu(p) for p in pids)
+
+
+def proc_role(pid: int) -> str:
+    """The process's name as ps shows it (``emailrelay-smtp``, ``master``, ...)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def tree_pss(pid: int) -> int:
     """Proportional set size of the tree (shared pages split between processes): costly, sample rarely."""
     try:

@@ -2,18 +2,27 @@
 
 Proves: a ring for every way an ``.envelope`` appears (commit rename, direct
 creation, unfail of ``.bad``, release of ``.busy``) and for nothing else
-(content files, ``.new``, ``.busy``, ``.bad``), with both observers.
+(content files, ``.new``, ``.busy``, ``.bad``), with both observers; the
+inotify reader's parsing of a buffer of events (once per id, overflow).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
-from emailrelay.services.notify import SpoolWatcher
+from emailrelay.services.notify import (
+    IN_CREATE,
+    IN_ISDIR,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    SpoolWatcher,
+    parse_events,
+)
 
 MID = "emailrelay.4242.1700000000.{}"
 
@@ -54,3 +63,22 @@ async def _watch(directory: Path, polling: bool) -> list[str]:
 def test_rings_for_every_new_envelope_and_nothing_else(tmp_path: Path, polling: bool) -> None:
     rung = asyncio.run(_watch(tmp_path, polling))
     assert sorted(set(rung)) == [MID.format(n) for n in range(1, 5)], rung
+
+
+def _event(mask: int, name: bytes = b"") -> bytes:
+    padded = name + b"\0" * (16 - len(name) % 16) if name else b""
+    return struct.pack("iIII", 1, mask, 0, len(padded)) + padded
+
+
+def test_inotify_events_parsed_as_bytes_once_per_id() -> None:
+    ready = MID.format(1).encode()
+    buf = b"".join([
+        _event(IN_CREATE, ready + b".content"),
+        _event(IN_CREATE, ready + b".envelope.new"),
+        _event(IN_MOVED_TO, ready + b".envelope"),
+        _event(IN_MOVED_TO, ready + b".envelope"),  # twice in one read: one ring
+        _event(IN_MOVED_TO, ready + b".envelope.busy"),
+        _event(IN_CREATE | IN_ISDIR, MID.format(2).encode() + b".envelope"),  # a directory: no ring
+    ])  # fmt: skip
+    assert parse_events(buf) == ([MID.format(1)], False)
+    assert parse_events(_event(IN_Q_OVERFLOW) + buf)[1] is True

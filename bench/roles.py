@@ -1,0 +1,139 @@
+"""CPU per message of each role of the supervised relay, and (optionally) a py-spy profile of each.
+
+``python bench/roles.py [--messages 2000] [--user daemon] [--forward] [--py-spy DIR]``
+
+Starts the relay in the production start (as root, default ``--user daemon``;
+``--forward`` adds ``--forward-to`` a Postfix ``smtp-sink -c`` and ``--poll 1``),
+sends ``--messages`` with ``smtp-source -s 20 -l 10240``, waits (with
+``--forward``) until the sink has counted them all, and prints the CPU each
+process of the relay's tree spent (utime+stime from /proc/<pid>/stat, before
+and after), per role, in ms per message.  With ``--py-spy DIR`` (the
+``profile`` extra: ``pip install -e .[profile]``) each role is sampled with
+``py-spy record --gil --format raw`` (samples of the thread holding the GIL:
+Python CPU, not waits) for the run and the top functions by own time are
+printed.  Everything binds 127.0.0.1; every process is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as cm
+
+
+def top_frames(raw: Path, n: int) -> list[tuple[str, float]]:
+    """From a py-spy raw (collapsed stacks) file: the ``n`` frames with the most own samples, as shares."""
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        own[frames[-1]] += int(count)
+        total += int(count)
+    return [(f, c / total) for f, c in own.most_common(n)] if total else []
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="CPU per message of each role of the supervised relay")
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--size", type=int, default=10240)
+    ap.add_argument("--user", default="daemon")
+    ap.add_argument("--forward", action="store_true", help="store and forward (--forward-to sink --poll 1)")
+    ap.add_argument("--py-spy", metavar="DIR", help="record each role with py-spy into DIR")
+    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("extra", nargs="*", help="more relay options (after --)")
+    opts = ap.parse_args()
+
+    print(f"roles bench: {cm.machine_line()}")
+    with tempfile.TemporaryDirectory(prefix="emailrelay-bench-") as tmpname:
+        tmp = Path(tmpname)
+        tmp.chmod(0o755)
+        spool = tmp / "spool"
+        spool.mkdir()
+        port = cm.free_port()
+        sink = cm.CountingSink(cm.free_port()) if opts.forward else None
+        extra = list(opts.extra)
+        if sink is not None:
+            extra += ["--forward-to", f"{cm.HOST}:{sink.port}", "--poll", "1"]
+        spies: list[tuple[str, int, subprocess.Popen[bytes], Path]] = []
+        try:
+            relay = cm.start_listening(
+                cm.relay_args(port, spool, *extra, user=opts.user), port, tmp / "relay.log"
+            )
+            try:
+                time.sleep(1.5)
+                procs = cm.tree_procs(relay.pid)
+                names = {p: cm.proc_role(p) for p in procs}
+                before = {p: cm.proc_cpu(p) for p in procs}
+                if opts.py_spy:
+                    out = Path(opts.py_spy)
+                    out.mkdir(parents=True, exist_ok=True)
+                    for pid in procs:
+                        raw = out / f"{names[pid]}-{pid}.txt"
+                        spy = subprocess.Popen(
+                            [str(Path(cm.PYTHON).parent / "py-spy"), "record", "--pid", str(pid), "--format",
+                             "raw", "--rate", "200", "--gil", "--nonblocking", "--output", str(raw)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        )  # fmt: skip
+                        spies.append((names[pid], pid, spy, raw))
+                    time.sleep(1.0)
+                t0 = time.perf_counter()
+                secs, rc, err = cm.run_smtp_source(
+                    port, sessions=opts.sessions, messages=opts.messages, size=opts.size, timeout=opts.timeout
+                )
+                if sink is not None:
+                    deadline = time.monotonic() + opts.timeout
+                    while time.monotonic() < deadline and not (
+                        sink.messages >= opts.messages and cm.spool_backlog(spool) == 0
+                    ):
+                        time.sleep(0.01)
+                wall = time.perf_counter() - t0
+                after = {p: cm.proc_cpu(p) for p in procs}
+            finally:
+                for _, _, spy, _ in spies:
+                    spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+                for _, _, spy, _ in spies:
+                    try:
+                        spy.wait(30)
+                    except subprocess.TimeoutExpired:
+                        spy.kill()
+                relay.stop()
+        finally:
+            if sink is not None:
+                sink.stop()
+        print(f"{opts.messages} messages, smtp-source rc={rc} {err[-200:] if rc else ''} in {secs:.1f}s, "
+              f"total {wall:.1f}s ({opts.messages / wall:.0f} msgs/s)"
+              + (f", delivered {sink.messages}" if sink is not None else ""))  # fmt: skip
+        rows = []
+        total = 0.0
+        for pid in procs:
+            ms = (after[pid] - before[pid]) * 1000 / opts.messages
+            total += ms
+            rows.append([names[pid], pid, f"{ms:.2f}"])
+        rows.append(["total", "", f"{total:.2f}"])
+        print(cm.table(["process", "pid", "cpu ms/msg"], rows))
+        for role, pid, _, raw in spies:
+            if raw.exists():
+                print(f"\n{role} ({pid}): top own time")
+                for frame, share in top_frames(raw, opts.top):
+                    print(f"  {share * 100:5.1f}%  {frame}")
+    return 0
+
+
+if __name__ == "__main__":
+    if shutil.which("smtp-source") is None and not Path("/usr/sbin/smtp-source").exists():
+        sys.exit("bench: Postfix smtp-source not found")
+    sys.exit(main())
