@@ -366,7 +366,8 @@ def build_dsn(
     rcpts = _recipients(failed)
     status = dsn_status(failed.reason, failed.reason_code)
     diagnostic = _diagnostic(failed.reason, failed.reason_code)
-    arrival = email.utils.formatdate(mid.time, localtime=True)
+    # a foreign id (not of our form) carries no time: no Arrival-Date (optional, RFC 3464 2.2.5)
+    arrival = "" if mid.is_foreign else email.utils.formatdate(mid.time, localtime=True)
     sender = failed.from_address
     text = [
         f"This is the mail system at host {reporting_mta}.",
@@ -406,7 +407,7 @@ def build_dsn(
         *_field("Reporting-MTA", f"dns; {reporting_mta}"),
         *_field("X-MailRelay-Queue-ID", str(mid)),
         *_field("X-MailRelay-Sender", f"rfc822; {sender}"),
-        *_field("Arrival-Date", arrival),
+        *(_field("Arrival-Date", arrival) if arrival else []),
     ]
     for rcpt in rcpts:
         lines += [

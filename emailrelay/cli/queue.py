@@ -205,8 +205,8 @@ def inspect(store: SpoolStore, mid: MessageId, state: State, now: float, mtime: 
     return QueueEntry(
         id=str(mid),
         state=state.label,
-        created=mid.time,
-        age=max(0, int(now - mid.time)),
+        created=int(store.created(mid)),
+        age=max(0, int(now - store.created(mid))),
         size=store.content_size(mid),
         sender=None if env is None else env.from_address,
         recipients=None if env is None else env.recipient_count,
@@ -364,8 +364,8 @@ def _show(store: SpoolStore, args: argparse.Namespace, out: TextIO, err: TextIO)
         "envelope": str(store.envelope_path(mid, state)),
         "content": str(store.content_path(mid)),
         "size": store.content_size(mid),
-        "created": _when(mid.time),
-        "age": format_age(now - mid.time),
+        "created": _when(int(store.created(mid))),
+        "age": format_age(now - store.created(mid)),
         "retries": retry_count(raw),
     }
     if env is not None:

@@ -685,7 +685,7 @@ class ForwardService:
         return Outcome("failed", code or 554, reason)
 
     def _retry(self, claim: Claim, reason: str, code: int | None) -> Outcome:
-        age = time.time() - claim.id.time
+        age = time.time() - self.store.created(claim.id)
         if retry.should_give_up(age, self.config.give_up_age):
             return self._fail(claim, f"gave up after {int(age)}s: {reason}", code)
         delay = retry.next_delay(age, self.config.retry_schedule)

@@ -87,7 +87,7 @@ class QueueCollector:
         for entry in self.store.scan():
             label = entry.state.label
             counts[label] += 1
-            age = max(0.0, now - entry.id.time)
+            age = max(0.0, now - self.store.created(entry.id))
             oldest[label] = max(oldest.get(label, 0.0), age)
         depth = GaugeMetricFamily(
             "emailrelay_queue_messages", "Messages in the spool, by state", labels=["state"]

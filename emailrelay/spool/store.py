@@ -702,6 +702,17 @@ class SpoolStore:
         except OSError as exc:
             raise _store_error(exc, f"cannot read envelope {mid}") from exc
 
+    def created(self, mid: MessageId) -> float:
+        """When the message was stored: the time in our ids; for a foreign id (``foo.envelope``, not
+        of our form) the content file's modification time, else now (so back-off never takes such a
+        message for one days old)."""
+        if not mid.is_foreign:
+            return float(mid.time)
+        try:
+            return self._content(mid).stat().st_mtime
+        except OSError:
+            return time.time()
+
     def content_size(self, mid: MessageId | str) -> int | None:
         """Size of the content file in bytes; None when there is none."""
         try:

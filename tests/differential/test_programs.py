@@ -21,7 +21,9 @@ import pytest
 
 from emailrelay import COPYRIGHT, VERSION_LINE
 from emailrelay.auth.md5state import hmac_md5_state
-from tests.support.oracle import SIDES, daemon_base, needs_oracle, run, start
+from tests.support.fake_smtp import FakeSmtp
+from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, run, start
+from tests.support.sink import envelope_text
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
@@ -315,3 +317,48 @@ def test_startup_error_with_log_time_is_timestamped_on_our_stderr(tmp_path: Path
     assert re.fullmatch(
         r"emailrelay: \d{8}\.\d{6}\.\d{3}: error: invalid spool directory: BASE/nowhere: .*\n", got["ours"][1]
     )
+
+
+# ---- spool ids --------------------------------------------------------------------------------
+
+# Ids that are not of our form; upstream forwards <id>.envelope with <id>.content for each of them.
+FOREIGN_IDS = (
+    "emailrelay.001",
+    "foo",
+    "a.b.c",
+    "x..y",
+    ".hidden",
+    "-dash",
+    "sp ace",
+    "emailrelay.1.2.3.4",
+    "\u00fcmlaut",
+)
+
+
+def test_as_client_forwards_a_hand_made_spool_of_foreign_ids(tmp_path: Path) -> None:
+    """The same spool of hand-made messages, forwarded by each side with ``--as-client``: the next hop
+    gets the same messages and each side logs ``forwarding [<id>]`` for the same ids in the same
+    order (by name), and leaves an empty spool."""
+    base = daemon_base(tmp_path)
+    received, forwarded = {}, {}
+    for side in SIDES:
+        spool = base / side / "spool"
+        spool.mkdir(parents=True)
+        spool.chmod(0o777)
+        for mid in FOREIGN_IDS:
+            (spool / f"{mid}.content").write_bytes(f"Subject: {mid}\r\n\r\nbody of {mid}\r\n".encode())
+            (spool / f"{mid}.envelope").write_bytes(envelope_text("from@example.com", [f"to@{side}.example"]))
+        with FakeSmtp() as hop:
+            r = run(
+                side, "emailrelay", "--as-client", hop.address, "--spool-dir", str(spool), "--log-time", "-v"
+            )
+            assert r.returncode == 0, r.stderr
+            received[side] = sorted((m.mail_from, m.data) for m in hop.messages)
+        lines = normalise_log(r.stderr.decode())
+        forwarded[side] = [line for line in lines if line.startswith("emailrelay: info: forwarding [")]
+        assert list(spool.iterdir()) == [], side
+    assert received["ours"] == received["upstream"] and len(received["ours"]) == len(FOREIGN_IDS)
+    expected = normalise_log(
+        "\n".join(f"emailrelay: info: forwarding [{mid}]" for mid in sorted(FOREIGN_IDS))
+    )
+    assert forwarded["ours"] == forwarded["upstream"] == expected

@@ -481,3 +481,20 @@ def test_5xx_as_root_with_default_user_fails_the_envelope() -> None:
         assert failure_lines(Path(str(env) + ".bad"))[1] == "X-MailRelay-ReasonCode: 550"
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_as_client_forwards_messages_whose_ids_are_not_ours(spool: Path) -> None:
+    """Any ``<id>.envelope`` with its ``<id>.content`` is a message, as in E-MailRelay 2.6b
+    (tests/differential/test_programs.py), and is forwarded under its own name."""
+    ids = ["emailrelay.001", "foo", "a.b.c", ".hidden", "sp ace"]
+    for mid in ids:
+        write_raw(spool, envelope_text("a@example.com", ["b@example.net"]), simple_content(mid), mid=mid)
+    with FakeSmtp() as hop:
+        done = run_client(spool, hop.address, "--verbose")
+        assert done.returncode == 0, done.stderr
+        assert sorted(m.data.split(b"\r\n")[2].decode() for m in hop.messages) == sorted(
+            f"Subject: test {mid}" for mid in ids
+        )
+    for mid in ids:
+        assert f"forwarding [{mid}]" in done.stderr
+    assert list(spool.iterdir()) == []

@@ -363,8 +363,12 @@ def test_parse_id_and_retry_count() -> None:
     mid = MessageId.parse("emailrelay.12.1700000000.3")
     for text in (str(mid), f"{mid}.content", f"{mid}.envelope.bad", f"/var/spool/emailrelay/{mid}.envelope"):
         assert queue.parse_id(text) == mid
-    assert queue.parse_id("emailrelay.12.1700000000.3.envelope.x") is None
-    assert queue.parse_id("../emailrelay") is None
+    # any other last path component is an id as upstream takes it (a "foreign" one), never a path
+    assert queue.parse_id("emailrelay.12.1700000000.3.envelope.x") == MessageId.parse(
+        "emailrelay.12.1700000000.3.envelope.x"
+    )
+    assert queue.parse_id("../emailrelay.001.content") == MessageId.parse("emailrelay.001")
+    assert queue.parse_id("..") is None and queue.parse_id("/") is None
     base = (UPSTREAM / "failed.envelope.bad").read_bytes()
     assert queue.retry_count(base) == 0
     assert queue.retry_count(base + b"X-MailRelay-Retry: 1\r\nX-MailRelay-Retry: 2\r\n") == 2

@@ -36,8 +36,17 @@ OUTSIDE = [
     ("the /work tree", re.compile(r"(?<![\w.-])/work(?:/|\b)")),
     ("the shared folder beside the clone", re.compile(r"\.\./shared\b")),
     ("the shared folder beside the clone", re.compile(r"(?<![\w-])shared/(?:fixtures|reference|oracle)\b")),
-    # "shared" as a path component: parents[3] / "shared", "shared" / "fixtures", join(..., "shared")
-    ("a path built into the shared folder", re.compile(r"""/\s*["']shared["']|["']shared["']\s*/""")),
+    # "shared" as a path component beside the repository: parents[3] / "shared", REPO.parent / "shared",
+    # "shared" / "fixtures", a continuation line "/ 'shared'", join(..., "shared")
+    (
+        "a path built into the shared folder",
+        re.compile(r"""(?:parents?\b[\[\]\d]*|\.parent|REPO)\s*/\s*["']shared["']"""),
+    ),
+    (
+        "a path built into the shared folder",
+        re.compile(r"""["']shared["']\s*/\s*["'](?:fixtures|reference|oracle)"""),
+    ),
+    ("a path built into the shared folder", re.compile(r"""^\s*/\s*["']shared["']\s*$""")),
     ("a path built into the shared folder", re.compile(r"""join\(.*["']shared["']""")),
     ("a home directory", re.compile(r"""(?<![\w.~$-])/(?:root|home/[\w.-]+)/[\w.-]""")),
 ]
@@ -128,6 +137,8 @@ def test_the_scan_catches(line: str) -> None:
         'relays = Relays(tmp_path_factory.mktemp("shared"))',
         "shared = SpoolStore(spool)  # shared by the workers",
         "spool = shared / 'spool'",
+        'shared = tmp_path / "shared"',
+        'relays = Relays(tmp_path_factory.mktemp("shared"))',
         "(one under /root is not readable by daemon)",
         'os.environ["HOME"] + "/tmp"',
         "emailrelay --as-proxy smarthost:smtp --filter $HOME/bin/addsig --spool-dir $HOME/tmp",

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from emailrelay.spool.names import (
+    MAX_ID_LENGTH,
     IdAllocator,
     MessageId,
     State,
@@ -90,8 +91,18 @@ def test_valid_ids(text: str) -> None:
     assert str(MessageId.parse(text)) == text
 
 
-HOSTILE = [
-    "",
+# Not ids of our form, but E-MailRelay 2.6b forwards <id>.envelope with <id>.content for any of them.
+FOREIGN = [
+    "foo",
+    "emailrelay.001",
+    "a.b.c",
+    "x..y",
+    ".hidden",
+    "-dash",
+    "sp ace",
+    'q"uote',
+    "semi;colon",
+    "\u00fcmlaut",
     "emailrelay",
     "emailrelay.1.2",
     "emailrelay.1.2.3.4",
@@ -101,19 +112,47 @@ HOSTILE = [
     " emailrelay.1.2.3",
     "Emailrelay.1.2.3",
     "other.1.2.3",
+    "emailrelay.1..3",
+    "emailrelay.1.2.3.content",
+    "emailrelay.1.2.3.envelope",
+    "emailrelay.1.2." + "9" * 40,
+    "emailrelay.\u0661.2.3",  # not our form: unicode digits
+    "x" * MAX_ID_LENGTH,
+]
+
+
+@pytest.mark.parametrize("text", FOREIGN, ids=[repr(t) for t in FOREIGN])
+def test_foreign_ids_are_accepted_as_text(text: str) -> None:
+    assert is_valid_id(text)
+    mid = MessageId.parse(text)
+    assert mid.is_foreign and str(mid) == text and (mid.time, mid.pid, mid.seq) == (0, 0, 0)
+    assert split_envelope_name(f"{text}.envelope.busy") == (mid, State.BUSY)
+    assert split_content_name(f"{text}.content") == mid
+
+
+def test_foreign_ids_sort_first_by_name_ours_by_time() -> None:
+    ids = [MessageId.parse(t) for t in ("emailrelay.9.200.1", "foo", "emailrelay.1.100.7", "a.b")]
+    assert [str(m) for m in sorted(ids)] == ["a.b", "foo", "emailrelay.1.100.7", "emailrelay.9.200.1"]
+    assert not MessageId.parse("emailrelay.1.100.7").is_foreign
+
+
+# Never an id: they would name another directory, hide a NUL or a control character, or be too long.
+HOSTILE = [
+    "",
     "../emailrelay.1.2.3",
     "emailrelay.1.2.3/..",
     "emailrelay.1.2.3/../../etc/passwd",
     "/etc/emailrelay.1.2.3",
+    "a/b",
     "..",
     ".",
     "emailrelay.1.2.3\x00",
     "emailrelay.1.2.3\x00/../x",
     "emailrelay.1.2.3\r",
-    "emailrelay.1..3",
-    "emailrelay.1.2.3.content",
-    "emailrelay.1.2.3.envelope",
-    "emailrelay.1.2." + "9" * 40,
+    "emailrelay.1.2.3\n",
+    "tab\there",
+    "del\x7f",
+    "x" * (MAX_ID_LENGTH + 1),
 ]
 
 
@@ -129,12 +168,6 @@ def test_id_with_trailing_newline_is_rejected() -> None:
     assert split_envelope_name("emailrelay.1.2.3\n.envelope") is None
 
 
-def test_id_with_unicode_digits_is_rejected() -> None:
-    arabic_one = "\u0661"
-    assert not is_valid_id(f"emailrelay.{arabic_one}.2.3")
-    assert split_envelope_name(f"emailrelay.1.2.{arabic_one}.envelope") is None
-
-
 ENTRY_NAMES = [
     "../emailrelay.1.2.3.envelope",
     "x/emailrelay.1.2.3.envelope",
@@ -144,22 +177,27 @@ ENTRY_NAMES = [
     "emailrelay.1.2.3.envelope.other",
     "emailrelay.1.2.3.envelope.",
     "emailrelay.1.2.3.content",
-    "emailrelay.1.2.envelope",
     ".envelope",
+    "..envelope",
     "emailrelay.1.2.3.envelope\x00.bad",
-    "emailrelay.1.2.3.envelope.new.envelope",
     "emailrelay.1.2.3.envelopes",
+    "a\nb.envelope",
 ]
 
 
 @pytest.mark.parametrize("name", ENTRY_NAMES, ids=[repr(n) for n in ENTRY_NAMES])
-def test_split_envelope_name_rejects_foreign_entries(name: str) -> None:
+def test_split_envelope_name_rejects_other_entries(name: str) -> None:
     assert split_envelope_name(name) is None
+
+
+def test_split_envelope_name_takes_the_last_envelope_suffix() -> None:
+    mid = MessageId.parse("emailrelay.1.2.3.envelope.new")
+    assert split_envelope_name("emailrelay.1.2.3.envelope.new.envelope") == (mid, State.READY)
 
 
 @pytest.mark.parametrize(
     "name",
-    ["../emailrelay.1.2.3.content", "emailrelay.1.2.3.content.tmp", "emailrelay.1.2.content", "x.content"],
+    ["../emailrelay.1.2.3.content", "emailrelay.1.2.3.content.tmp", ".content", "a/b.content"],
 )
-def test_split_content_name_rejects_foreign_entries(name: str) -> None:
+def test_split_content_name_rejects_other_entries(name: str) -> None:
     assert split_content_name(name) is None

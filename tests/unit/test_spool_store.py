@@ -87,12 +87,21 @@ def test_store_message_and_find(store: SpoolStore) -> None:
     assert [(e.id, e.state) for e in entries] == [(mid, State.READY)]
 
 
-def test_scan_ignores_foreign_files(store: SpoolStore) -> None:
+def test_scan_ignores_other_files_but_takes_envelopes_of_any_id(store: SpoolStore) -> None:
+    """As E-MailRelay 2.6b: any ``<id>.envelope`` is a message (``foo``, ``emailrelay.001``); temporary
+    files, other names and directories are not."""
     mid = store.store_message(ENV, CONTENT)
-    for name in ("notes.txt", "emailrelay.1.2.envelope", f"{mid}.envelope.busy.tmp", "x.envelope"):
+    for name in (
+        "notes.txt",
+        f"{mid}.envelope.busy.tmp",
+        "x.envelope.other",
+        "foo.envelope.bad",
+        "emailrelay.001.envelope",
+    ):
         (store.directory / name).write_bytes(b"x")
     (store.directory / "sub").mkdir()
-    assert [(e.id, e.state) for e in store.scan()] == [(mid, State.READY)]
+    found = sorted((str(e.id), e.state) for e in store.scan())
+    assert found == sorted([(str(mid), State.READY), ("foo", State.BAD), ("emailrelay.001", State.READY)])
 
 
 def test_create_skips_an_existing_content_file(store: SpoolStore) -> None:
