@@ -260,9 +260,9 @@ def _check_account_params(params: tuple[str, ...], text: str, what: str) -> None
 _KNOWN_PARAMS: dict[str, frozenset[str]] = {
     "copy": frozenset({"hardlink", "pop", "nodelete"}),
     "deliver": frozenset({"hardlink", "nodelete"}),
-    "split": frozenset({"raw"}),
     "msgid": frozenset(),
-    # mx: and account: have free-form parameters, checked by their modules
+    # mx: and account: have free-form parameters, checked by their modules; split: takes "raw" and a
+    # port number and ignores anything else, as upstream
 }
 
 

@@ -5,17 +5,24 @@ smarthost.  ``--filter=split: --client-filter=mx:`` splits each message by
 the domain of its remote recipients and lets ``mx:`` resolve each
 ``ForwardTo`` domain when forwarding.
 
-What it expects: the message's envelope (``.new`` or ``.busy``); the store.
+What it expects: the message's envelope (``.new`` or ``.busy``); the store;
+``;``-separated parameters: ``raw`` (exact domain comparison) and a port
+number (``split:25``), anything else ignored, as E-MailRelay 2.6b.
 
-What it guarantees: domains compare case-insensitively (the lower-case
-domain goes into ``ForwardTo``) unless ``split:raw``; the original keeps the
-first domain's recipients (and any ``To-Local`` ones), every other domain
-gets a new committed message (content hard-linked where possible,
-:meth:`SpoolStore.store_linked_copy`) whose other fields are the original's;
-the new messages are written and committed before the original envelope is
-rewritten, so a failure part-way can duplicate but never lose a recipient.
-The result asks for a rescan when new messages were made (they are not run
-through the other server-side filters, as upstream).
+What it guarantees, as E-MailRelay 2.6b does it: the groups are ordered by
+domain (lower-cased unless ``raw``; recipients without a domain form the
+group ``""``); the original keeps the first group and every other group
+gets a new message, in that order (content hard-linked where possible);
+``ForwardTo`` is the first recipient's domain as written, plus ``:<port>``
+when a port was given; when the message was split, every envelope of the
+group ends with ``X-MailRelay-SplitGroupCount: <n>`` and one
+``X-MailRelay-SplitGroup: <id>`` line per message (the original first);
+log lines ``filter [split:] creating [<id>]: forward-to=[<domain>]`` and
+``... updating [<id>]: ...``.  The new messages are written and committed
+before the original envelope is rewritten, so a failure part-way can
+duplicate but never lose a recipient.  The result is ok (the new messages
+ask for a rescan internally; they are not run through the other
+server-side filters, as upstream).
 """
 
 from __future__ import annotations
@@ -38,20 +45,21 @@ def domain_of(address: str) -> str:
 
 
 def group_by_domain(recipients: tuple[str, ...] | list[str], raw: bool = False) -> dict[str, list[str]]:
-    """Recipients grouped by domain, in order of first appearance."""
+    """Recipients grouped by domain (lower-cased unless ``raw``), the groups in sorted order."""
     groups: dict[str, list[str]] = {}
     for rcpt in recipients:
         domain = domain_of(rcpt)
-        key = domain if raw else domain.lower()
-        groups.setdefault(key, []).append(rcpt)
-    return groups
+        groups.setdefault(domain if raw else domain.lower(), []).append(rcpt)
+    return dict(sorted(groups.items()))
 
 
 class SplitFilter:
     def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
         self.spec = spec
         self.name = spec.name
-        self.raw = "raw" in {p.lower() for p in spec.params}
+        self.raw = "raw" in spec.params  # exactly "raw", as upstream
+        ports = [p for p in spec.params if p.isdigit()]
+        self.port = f":{ports[-1]}" if ports else ""
         self.store = store
         self.log = logmod.get()
 
@@ -70,28 +78,45 @@ class SplitFilter:
         except (OSError, envelope_format.EnvelopeError) as exc:
             self.log.warning(f"filter [{self.name}] failed: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"split: {exc}")
-        if created:
-            self.log.info(
-                f"filter [{self.name}]: [{ctx.message_id}]: split into {len(created) + 1} messages: "
-                + " ".join(f"[{m}]" for m in created),
-                ctx.log_address,
-            )
-            return FilterResult(FilterOutcome.OK, rescan=True)  # an internal rescan: upstream logs plain "ok"
-        return FilterResult.accept()
+        return FilterResult(FilterOutcome.OK, rescan=bool(created))  # an internal rescan: upstream logs "ok"
 
     def _split(
         self, store: SpoolStore, ctx: FilterContext, env: Envelope, groups: dict[str, list[str]]
     ) -> list[MessageId]:
         items = list(groups.items())
-        created: list[MessageId] = []
-        for domain, rcpts in items[1:]:
-            copy = replace(env, to_remote=tuple(rcpts), to_local=(), forward_to=domain).without_failure()
-            created.append(store.store_linked_copy(ctx.mid, copy))
-        first_domain, first_rcpts = items[0]
-        updated = replace(env, to_remote=tuple(first_rcpts), forward_to=first_domain)
-        if updated != env:
+        copies = []
+        try:
+            for _ in items[1:]:
+                copies.append(store.new_linked_copy(ctx.mid))
+            ids = [str(ctx.mid), *(str(m.id) for m in copies)]
+            tail = (
+                f"X-MailRelay-SplitGroupCount: {len(ids)}",
+                *(f"X-MailRelay-SplitGroup: {i}" for i in ids),
+            )
+            tail = tail if copies else ()
+            for msg, (key, rcpts) in zip(copies, items[1:], strict=True):
+                copy = replace(
+                    env, to_remote=tuple(rcpts), to_local=(), forward_to=domain_of(rcpts[0]) + self.port
+                ).without_failure()
+                msg.write_envelope(replace(copy, extra_tail=(*copy.extra_tail, *tail)))
+                self.log.verbose(
+                    f"filter [{self.name}] creating [{msg.id}]: forward-to=[{key}]", ctx.log_address
+                )
+            for msg in copies:
+                msg.commit()
+        except BaseException:
+            for msg in copies:
+                msg.abandon()
+            raise
+        key, rcpts = items[0]
+        updated = replace(env, to_remote=tuple(rcpts), forward_to=domain_of(rcpts[0]) + self.port)
+        updated = replace(updated, extra_tail=(*updated.extra_tail, *tail))
+        self.log.verbose(
+            f"filter [{self.name}] updating [{ctx.message_id}]: forward-to=[{key}]", ctx.log_address
+        )
+        if updated.to_bytes() != env.to_bytes():
             store.rewrite_envelope_in_place(ctx.mid, ctx.state, updated)
-        return created
+        return [m.id for m in copies]
 
     async def close(self) -> None:
         return None

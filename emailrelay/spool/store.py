@@ -622,8 +622,10 @@ class SpoolStore:
         os.close(self._write_file(target, source, dir_fd=dir_fd))
 
     @_privileged
-    def store_linked_copy(self, mid: MessageId, envelope: Envelope) -> MessageId:
-        """Commit a new message whose content is a hard link to (or a copy of) ``mid``'s content (``split:``)."""
+    def new_linked_copy(self, mid: MessageId) -> NewMessage:
+        """A new, uncommitted message whose content is a hard link to (or a copy of) ``mid``'s content
+        (``split:``, which needs every new id before it writes the envelopes): the caller writes its
+        envelope and commits it, or abandons it."""
         source = self._content(mid)
         msg = self.create()
         try:
@@ -632,6 +634,16 @@ class SpoolStore:
                 msg._fd = None
             os.unlink(msg.content_path)
             self._place_content(source, msg.content_path, True)
+        except BaseException:
+            msg.abandon()
+            raise
+        return msg
+
+    @_privileged
+    def store_linked_copy(self, mid: MessageId, envelope: Envelope) -> MessageId:
+        """Commit a new message whose content is a hard link to (or a copy of) ``mid``'s content."""
+        msg = self.new_linked_copy(mid)
+        try:
             msg.write_envelope(envelope)
             msg.commit()
         except BaseException:

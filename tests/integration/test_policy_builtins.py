@@ -198,11 +198,20 @@ async def test_split_three_ways(store: SpoolStore) -> None:
     for path in envelopes(store.directory):
         e = envelope_format.parse(path.read_bytes())
         found[e.forward_to] = (e.to_remote, path)
-    assert set(found) == {"one.example", "two.example", "three.example"}
+    # ForwardTo is the first recipient's domain as written (E-MailRelay 2.6b)
+    assert set(found) == {"one.example", "Two.Example", "three.example"}
     assert found["one.example"][0] == ("a1@one.example", "a2@ONE.example")
-    assert found["two.example"][0] == ("b1@Two.Example", "b2@two.example")
+    assert found["Two.Example"][0] == ("b1@Two.Example", "b2@two.example")
     assert found["three.example"][0] == ("c1@three.example",)
     assert found["one.example"][1].name == f"{msg.id}.envelope"  # the original keeps the first domain
+    new = sorted(
+        p.name.split(".envelope")[0] for _, p in found.values() if not p.name.startswith(str(msg.id))
+    )
+    for _, path in found.values():  # every envelope of the group lists the group, the original first
+        tail = path.read_bytes().split(b"X-MailRelay-End: 1\r\n")[1].decode()
+        assert tail == "X-MailRelay-SplitGroupCount: 3\r\n" + "".join(
+            f"X-MailRelay-SplitGroup: {i}\r\n" for i in (str(msg.id), *new)
+        )
     inodes = {store.content_path(p.name.split(".envelope")[0]).stat().st_ino for _, p in found.values()}
     assert len(inodes) == 1  # hard links
     for _, path in found.values():
@@ -220,7 +229,8 @@ async def test_split_raw_and_single_domain(store: SpoolStore) -> None:
         single.id, str(single.content_path), str(single.envelope_path)
     )
     assert result.outcome is FilterOutcome.OK
-    assert envelope_format.parse(single.envelope_path.read_bytes()).forward_to == "example.com"
+    assert envelope_format.parse(single.envelope_path.read_bytes()).forward_to == "Example.com"
+    assert b"SplitGroup" not in single.envelope_path.read_bytes()  # nothing split: no group lines
 
 
 async def test_split_then_mx_routing_as_client_filter(store: SpoolStore) -> None:
