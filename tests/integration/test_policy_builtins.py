@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -251,19 +252,17 @@ async def test_split_then_mx_routing_as_client_filter(store: SpoolStore) -> None
 
 
 # ---- msgid: ---------------------------------------------------------------------------------------------
-async def test_msgid_adds_a_message_id_at_the_end_of_the_headers(store: SpoolStore) -> None:
+async def test_msgid_adds_a_message_id_as_the_first_line(store: SpoolStore) -> None:
+    """E-MailRelay 2.6b's place (before its Received line) and form ``<secs.usecs.pid.n@domain>``."""
     data = b"Received: from x\r\nSubject: hi\r\n folded: Message-ID: not a header\r\n\r\nbody\r\nMessage-ID: <in@body>\r\n"
     msg = new_message(store, data)
     result = await server_chain(store, "msgid:", domain="relay.example").filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
     assert result.ok
-    out = msg.content_path.read_bytes()
-    head, _, body = out.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    assert lines[:3] == data.split(b"\r\n")[:3]
-    assert lines[3].startswith(b"Message-ID: <") and lines[3].endswith(b"@relay.example>")
-    assert body == b"body\r\nMessage-ID: <in@body>\r\n"
+    first, _, rest = msg.content_path.read_bytes().partition(b"\r\n")
+    assert re.fullmatch(rb"Message-ID: <\d+\.\d{6}\.\d+\.\d+@relay\.example>", first)
+    assert rest == data
 
 
 async def test_msgid_leaves_a_message_that_has_one(store: SpoolStore) -> None:
@@ -279,7 +278,7 @@ async def test_msgid_headers_only(store: SpoolStore) -> None:
     msg = new_message(store, b"Subject: no body")
     await server_chain(store, "msgid:").filter(msg.id, str(msg.content_path), str(msg.envelope_path))
     out = msg.content_path.read_bytes()
-    assert out.startswith(b"Subject: no body\r\nMessage-ID: <") and out.endswith(b">\r\n")
+    assert out.startswith(b"Message-ID: <") and out.endswith(b">\r\nSubject: no body")
 
 
 async def test_builtin_chain(store: SpoolStore) -> None:
