@@ -203,6 +203,8 @@ class SmtpSession(LineSession):
         self._content_logged = False
         self._quit = False  # QUIT seen: a close is "smtp protocol done", else "peer disconnected"
         self._untrusted_logged = False  # upstream says once per session why AUTH is needed
+        self._staged: list[bytes] = []  # replies already logged, not yet written (see _stage)
+        self._close_logged = False
         self._close_reason: str | None = ""  # set by a TLS failure; None: no close line (upstream's)
 
     # ---- asyncio.Protocol ------------------------------------------------------
@@ -345,16 +347,7 @@ class SmtpSession(LineSession):
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._discard_message()
-        if self._close_reason:
-            reason = self._close_reason
-        elif self.proto.too_many_errors:
-            reason = "smtp protocol done: too many protocol errors from the client"
-        elif self._closing and (self._quit or not self.proto.peer_ended):
-            reason = "smtp protocol done"
-        else:
-            reason = str(exc) if exc else "peer disconnected"
-        if self._close_reason is not None:
-            self.log.info(f"smtp connection closed: {reason}: {self.peer.display}", self.peer.host)
+        self._log_closed(exc)
         if svc.hooks.on_disconnect is not None:
             svc.hooks.on_disconnect()
         if svc.hooks.immediate_end is not None:
@@ -524,6 +517,23 @@ class SmtpSession(LineSession):
             self._last_activity = time.monotonic()
         self._arm_idle_timer()
 
+    def _stage(self) -> None:
+        """Log the replies the last event made, as upstream logs each reply when it makes it (so
+        pipelined commands trace as rx, tx, rx, tx), and keep them for one write at the end."""
+        data = self.proto.data_to_send()
+        if data:
+            if self.log.verbose_on:
+                self._trace_tx(data)
+            self._staged.append(data)
+
+    def _flush(self) -> None:
+        self._stage()
+        if self._staged:
+            data = b"".join(self._staged)
+            self._staged.clear()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
+
     def _pump(self) -> None:
         """Take events from the protocol until it needs data or a slow decision."""
         if self._task is not None or self.transport is None:
@@ -537,6 +547,7 @@ class SmtpSession(LineSession):
                 self._on_closed(event)
                 break
             pending = self._handle(event)
+            self._stage()
             if pending is not None:
                 self._task = asyncio.get_running_loop().create_task(self._finish(pending))
                 break
@@ -831,8 +842,25 @@ class SmtpSession(LineSession):
             return
         self._closing = True
         self._flush()
+        self._log_closed(None)  # now, as upstream, not when a TLS shutdown has finished
         if self.transport is not None:
             self.transport.close()
+
+    def _log_closed(self, exc: Exception | None) -> None:
+        """The session's "smtp connection closed: <reason>: <peer>" line, once."""
+        if self._close_logged:
+            return
+        self._close_logged = True
+        if self._close_reason:
+            reason = self._close_reason
+        elif self.proto.too_many_errors:
+            reason = "smtp protocol done: too many protocol errors from the client"
+        elif self._closing and (self._quit or not self.proto.peer_ended):
+            reason = "smtp protocol done"
+        else:
+            reason = str(exc) if exc else "peer disconnected"
+        if self._close_reason is not None:
+            self.log.info(f"smtp connection closed: {reason}: {self.peer.display}", self.peer.host)
 
     # ---- helpers -------------------------------------------------------------------
     def _received_line(self) -> bytes:
