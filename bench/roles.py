@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
+import pstats
 import shutil
 import subprocess
 import sys
@@ -52,12 +54,18 @@ def main() -> int:
     ap.add_argument("--user", default="daemon")
     ap.add_argument("--forward", action="store_true", help="store and forward (--forward-to sink --poll 1)")
     ap.add_argument("--py-spy", metavar="DIR", help="record each role with py-spy into DIR")
+    ap.add_argument("--cprofile", metavar="DIR",
+                    help="profile each role's event loop thread by CPU time (cProfile) into DIR")  # fmt: skip
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("extra", nargs="*", help="more relay options (after --)")
     opts = ap.parse_args()
 
     print(f"roles bench: {cm.machine_line()}")
+    if opts.cprofile:
+        Path(opts.cprofile).mkdir(parents=True, exist_ok=True)
+        Path(opts.cprofile).chmod(0o1777)  # the roles write their profiles as --user
+        os.environ["EMAILRELAY_CPROFILE"] = str(Path(opts.cprofile).resolve())
     with tempfile.TemporaryDirectory(prefix="emailrelay-bench-") as tmpname:
         tmp = Path(tmpname)
         tmp.chmod(0o755)
@@ -130,6 +138,15 @@ def main() -> int:
                 print(f"\n{role} ({pid}): top own time")
                 for frame, share in top_frames(raw, opts.top):
                     print(f"  {share * 100:5.1f}%  {frame}")
+    if opts.cprofile:
+        for prof in sorted(Path(opts.cprofile).glob("*.prof")):
+            print(f"\n{prof.name}: top own CPU time of the event loop thread")
+            stats = pstats.Stats(str(prof))
+            total = stats.total_tt or 1.0  # type: ignore[attr-defined]
+            rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+            for (file, line, func), (_, calls, tt, _, _) in rows[: opts.top]:
+                print(f"  {tt * 1000 / opts.messages:6.3f} ms/msg {tt / total * 100:5.1f}%  {calls:8d}  "
+                      f"{Path(file).name}:{line}({func})")  # fmt: skip
     return 0
 
 

@@ -5,21 +5,52 @@ asyncio loop otherwise — and also when the process serves implicit TLS
 (``--server-tls-connection``): uvloop's ``start_tls`` on a server-side
 socket stalls handshakes under some clients (seen with ``openssl s_client``),
 and the standard loop's does not, so those sessions can still log their
-own ``tls error`` lines.
+own ``tls error`` lines.  With ``EMAILRELAY_CPROFILE=DIR`` the loop's thread
+is profiled by CPU time (for bench/roles.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import sd_notify
 
+#: A directory: each event loop run under it is profiled (cProfile on thread CPU time) into
+#: ``<process name>-<pid>.prof`` there when it ends (bench/roles.py --cprofile).
+PROFILE_ENV = "EMAILRELAY_CPROFILE"
+
 
 def run(main: Coroutine[Any, Any, int], *, implicit_tls: bool = False) -> int:
+    profile_dir = os.environ.get(PROFILE_ENV)
+    if profile_dir:  # bench/: the CPU time of this loop's thread, by function
+        import cProfile
+
+        profiler = cProfile.Profile(time.thread_time)
+        profiler.enable()
+        try:
+            return _run(main, implicit_tls)
+        finally:
+            profiler.disable()
+            with contextlib.suppress(OSError):
+                profiler.dump_stats(os.path.join(profile_dir, f"{_process_name()}-{os.getpid()}.prof"))
+    return _run(main, implicit_tls)
+
+
+def _process_name() -> str:
+    try:
+        with open(f"/proc/{os.getpid()}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "emailrelay"
+
+
+def _run(main: Coroutine[Any, Any, int], implicit_tls: bool) -> int:
     if not implicit_tls:
         try:
             import uvloop
