@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from emailrelay.cli.supervisor import CIRCUS_DIR, RUN_BASE_ROOT, _prepare_run_dir, default_run_dir
@@ -37,6 +38,7 @@ from tests.support.sink_counter import (
     AdminClient,
     CountingSink,
     poll,
+    role_of,
     role_pids,
     run_dir,
     send_mail,
@@ -170,9 +172,11 @@ def test_the_pid_file_process_has_real_uid_root_and_effective_uid_daemon(product
     uids, gids = _ids(pid)
     assert (uids[0], uids[1]) == (0, who.uid), uids
     assert (gids[0], gids[1]) == (0, who.gid), gids
-    for role, pids in role_pids(pid).items():  # every role, the bus too, runs as daemon when idle
-        for role_pid in pids:  # (a role starting up may be taking root back for a moment)
-            assert poll(lambda p=role_pid: _ids(p)[0][1] == who.uid, 10), (role, _ids(role_pid))
+    roles = {child.pid: role_of(child) for child in psutil.Process(pid).children()}  # not their filters
+    assert set(roles.values()) == set(ROLES), roles
+    for role_pid, role in roles.items():  # every role, the bus too, runs as daemon when idle
+        # (a role starting up may be taking root back for a moment)
+        assert poll(lambda p=role_pid: _ids(p)[0][1] == who.uid, 10), (role, _ids(role_pid))
 
 
 def _is_socket(path: Path) -> bool:
