@@ -588,7 +588,8 @@ def test_spam_filter_rejects(work: Path, spool: Path) -> None:
         argv = command("spam", spamd=spamd.address, port=port, spool=spool, pid_file=pid_file)
         with daemon(argv, pid_file, port, cwd=work):
             spam = swaks(port, "--header", "Subject: spammy", "--body", GTUBE.decode())
-            assert spam.returncode != 0 and re.search(r"<\*\*\s+5\d\d", spam.stdout), spam.stdout
+            # a filter's rejection without a code of its own: E-MailRelay 2.6b's 452
+            assert spam.returncode != 0 and re.search(r"<\*\*\s+452 ", spam.stdout), spam.stdout
             ham = swaks(port, "--header", "Subject: ham", "--body", "perfectly ordinary")
             assert ham.returncode == 0, ham.stdout
     assert len(envelopes(spool)) == 1
@@ -780,7 +781,7 @@ def test_bcc_rejecting_filter_script(work: Path, spool: Path) -> None:
     argv = command("filter", filter=script, port=port, spool=spool, pid_file=pid_file)
     with daemon(argv, pid_file, port, cwd=work):
         leaky = swaks(port, "--header", "Bcc: hidden@example.org", "--body", "leaky")
-        assert leaky.returncode != 0 and re.search(r"<\*\*\s+5\d\d .*Bcc header", leaky.stdout), leaky.stdout
+        assert leaky.returncode != 0 and re.search(r"<\*\*\s+452 .*Bcc header", leaky.stdout), leaky.stdout
         clean = swaks(port, "--body", "clean")
         assert clean.returncode == 0, clean.stdout
     (content,) = contents(spool)
