@@ -184,21 +184,34 @@ class Success:
 
     def describe(self) -> str:
         """Upstream's log wording, e.g. ``mechanism [cram-md5] and plaintext secret for [alice] from line 1``."""
-        if self.secret_kind == "pam":
-            return f"mechanism [{self.mechanism.lower()}] and pam for [{self.identity}]"
-        kind = "plaintext" if self.secret_kind == "plain" else self.secret_kind
-        return (
-            f"mechanism [{self.mechanism.lower()}] and {kind} secret"
-            f" for [{self.identity}] from line {self.secret_line}"
-        )
+        return f"mechanism [{self.mechanism.lower()}] and {_secret_words(self.secret_kind, self.identity, self.secret_line)}"
+
+
+def _secret_words(kind: str, user: str, line: int) -> str:
+    """How upstream names the secret a check used: ``plaintext secret for [alice] from line 1``,
+    ``pam for [alice]``, or (none found) ``missing secret for [alice]`` / ``missing secret``."""
+    if kind == "pam":
+        return f"pam for [{user}]"
+    if not kind:
+        return f"missing secret for [{user}]" if user else "missing secret"
+    return f"{'plaintext' if kind == 'plain' else kind} secret for [{user}] from line {line}"
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Authentication failed (send 535); ``reason`` is for the log only."""
+    """Authentication failed (send 535); ``reason`` is for the log only, ``secret`` upstream's
+    words for the secret checked (see :meth:`describe`)."""
 
     reason: str
     identity: str = ""
+    mechanism: str = ""
+    secret: str = ""
+
+    def describe(self) -> str:
+        """Upstream's log wording: ``mechanism [plain] and plaintext secret for [alice] from line 1``."""
+        return (
+            f"mechanism [{self.mechanism.lower()}] and {self.secret or _secret_words('', self.identity, 0)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,16 +302,19 @@ class SaslServer:
 
     # -- mechanisms
 
-    def _fail(self, reason: str) -> Failure:
+    def _fail(self, reason: str, secret: ServerSecretView | None = None) -> Failure:
         self._state = "done"
-        return Failure(reason, self._user)
+        words = _secret_words(secret.kind, self._user, secret.line) if secret is not None else ""
+        return Failure(reason, self._user, self.mechanism, words)
 
     def checked(self, ok: bool, reason: str = "", kind: str = "pam") -> Step:
         """The caller's answer to ``CheckPassword``."""
         if self._state != "checking":
             return self._fail("unexpected password check")
         if not ok:
-            return self._fail(reason or f"wrong password for [{self._user}]")
+            self._state = "done"
+            words = _secret_words(kind, self._user, 0)
+            return Failure(reason or f"wrong password for [{self._user}]", self._user, self.mechanism, words)
         self._state = "done"
         return Success(self._user, self.mechanism, 0, kind)
 
@@ -308,10 +324,11 @@ class SaslServer:
             self._state = "checking"
             return CheckPassword(user, password)
         secret = self._lookup(self.mechanism, user)
+        self._user = user
         if secret is None:
             return self._fail(f"no secret for [{user}]")
         if not secret.matches_password(password):
-            return self._fail(f"wrong password for [{user}]")
+            return self._fail(f"wrong password for [{user}]", secret)
         self._state = "done"
         return Success(user, self.mechanism, secret.line, secret.kind)
 
@@ -361,7 +378,7 @@ class SaslServer:
         if expected is None:
             return self._fail(f"no {self.mechanism} secret for [{self._user}]")
         if not hmac.compare_digest(expected.hex().encode(), digest.lower()):
-            return self._fail(f"wrong {self.mechanism} digest for [{self._user}]")
+            return self._fail(f"wrong {self.mechanism} digest for [{self._user}]", secret)
         self._state = "done"
         return Success(self._user, self.mechanism, secret.line, secret.kind)
 

@@ -890,7 +890,9 @@ class SmtpServer(LineBuffer):
     def _cmd_auth(self, line: str, arg: str) -> Event:
         c = self._cfg
         words = arg.split()
-        if len(words) >= 2:  # an initial response carries credentials: never let it reach a log
+        if len(words) > 2 or (len(words) == 2 and _BASE64.fullmatch(words[1])):
+            # an initial response carries credentials: never let it reach a log (upstream logs it;
+            # "=", "*" and what is not base64 carry none and are logged as upstream does)
             line = f"{line.split(None, 1)[0]} {words[0]} [authentication response not logged]"
         if self._authenticated:
             return self._error(line, 503, _OUT_OF_SEQUENCE)

@@ -473,8 +473,12 @@ class SmtpSession(LineSession):
         self._auth_failures += 1
         assert isinstance(step, Failure)
         decision = security.guard.failure(self.peer.host, time.monotonic(), self._auth_failures)
-        who = f" for [{step.identity}]" if step.identity else ""
-        self.log.warning(f"failed authentication of remote client{who}: {step.reason}", self.peer.host)
+        if step.reason == "invalid base64":  # upstream's words for either
+            self.log.warning("invalid base64 encoding of authentication response", self.peer.host)
+        else:
+            self.log.warning(
+                f"failed authentication of remote client using {step.describe()}", self.peer.host
+            )
         return self._auth_failed_later(decision.delay, decision.disconnect)
 
     async def _check_password(self, pam: PamSecrets, step: CheckPassword) -> None:

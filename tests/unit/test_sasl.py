@@ -170,7 +170,12 @@ def test_login_with_initial_username_and_bad_password() -> None:
     srv = server("LOGIN")
     assert srv.start(b64(b"alice")) == Challenge("UGFzc3dvcmQ6")
     step = srv.step(b64(b"nope"))
-    assert step == Failure("wrong password for [alice]", "alice")
+    assert step == Failure(
+        "wrong password for [alice]", "alice", "LOGIN", "plaintext secret for [alice] from line 1"
+    )
+    assert (
+        step.describe() == "mechanism [login] and plaintext secret for [alice] from line 1"
+    )  # upstream's words
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5"])
@@ -187,7 +192,9 @@ def test_cancel_and_out_of_order_calls() -> None:
     assert isinstance(srv.step("Zm9v"), Failure)  # before start
     srv = server("LOGIN")
     srv.start(None)
-    assert srv.step("*") == Failure("authentication cancelled")
+    assert srv.step("*") == Failure("authentication cancelled", "", "LOGIN")
+    assert Failure("x", "", "PLAIN").describe() == "mechanism [plain] and missing secret"
+    assert Failure("x", "bob", "PLAIN").describe() == "mechanism [plain] and missing secret for [bob]"
     assert isinstance(srv.step(b64(b"alice")), Failure)  # after the end
     assert isinstance(srv.start(None), Failure)
 

@@ -1098,7 +1098,7 @@ def test_auth_state() -> None:
     s.next_event()
     s.accept()
     ev = s.next_event()
-    assert ev == AuthStart("AUTH login [authentication response not logged]", "LOGIN", "")
+    assert ev == AuthStart("AUTH login =", "LOGIN", "")  # "=" carries no credentials: logged as sent
     with pytest.raises(LocalProtocolError):
         s.accept()
     with pytest.raises(LocalProtocolError):
