@@ -52,8 +52,14 @@ class DeliverFilter:
         mailboxes = list(dict.fromkeys(env.to_local))
         delete = self.delete and not env.to_remote
         store = store_for(self.store, ctx)
+        base = self.options.mailbox_base
+        existing = await asyncio.to_thread(lambda: {m for m in mailboxes if (base / m).is_dir()})
+        for mailbox in mailboxes:  # upstream's (verbose) lines
+            self.log.verbose(f"delivery: recipient [{mailbox}]: delivery to mailbox [{mailbox}]")
+            if mailbox not in existing:
+                self.log.verbose(f"delivery: creating mailbox [{mailbox}]")
         try:
-            paths = await asyncio.to_thread(
+            await asyncio.to_thread(
                 store.copy_to_directories,
                 ctx.mid,
                 ctx.state,
@@ -68,10 +74,6 @@ class DeliverFilter:
             if exc.errno == errno.EINVAL:
                 return FilterResult(FilterOutcome.REJECT, "invalid mailbox", None, str(exc))
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"deliver: {exc}")
-        for path in paths:
-            self.log.info(
-                f"filter [{self.name}]: [{ctx.message_id}]: delivered to [{path.parent}]", ctx.log_address
-            )
         if delete:
             return FilterResult(FilterOutcome.ABANDON, exit_code=100)
         return FilterResult.accept()

@@ -433,3 +433,24 @@ def test_routing_filter(tmp_path: Path) -> None:
     assert any(
         x.startswith("emailrelay: info: routing-filter [filter.sh]: [emailrelay.ID]: ok") for x in up["r0"][0]
     )
+
+
+def test_deliver_filter() -> None:
+    """A verifier makes the recipient local (mailbox ``postmaster``): the message is delivered into
+    ``<spool>/postmaster/``, with upstream's ``delivery: ...`` lines.  (E-MailRelay 2.6b refuses the
+    guide's ``deliver:hardlink;nodelete`` at start-up, "expected unsigned integer"; we take it as the
+    guide describes it.)"""
+    spec = "deliver:"
+    got: dict[str, object] = {}
+    spools: dict[str, list[str]] = {}
+    for side in SIDES:
+        base = daemon_base()
+        verifier = base / "local.sh"
+        verifier.write_text('#!/bin/sh\necho "Local Postmaster"\necho postmaster\nexit 0\n')
+        verifier.chmod(0o755)
+        got[side], spools[side], _ = serve_cases(
+            side, base, ["m"], "--filter", spec, "--address-verifier", str(verifier)
+        )
+    compare(got)
+    assert spools["ours"] == spools["upstream"]
+    assert any(x.startswith("postmaster/ID.envelope") for x in spools["ours"])

@@ -136,7 +136,7 @@ async def test_deliver_only_local_recipients(store: SpoolStore, logs) -> None:
             "bob",
             "alice",
         )
-    assert "delivered to" in logs.text()
+    assert "delivery: recipient [alice]: delivery to mailbox [alice]" in logs.text()  # upstream's line
 
 
 async def test_deliver_mixed_keeps_the_original(store: SpoolStore, tmp_path: Path) -> None:
