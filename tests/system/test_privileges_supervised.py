@@ -38,6 +38,7 @@ from tests.support.sink_counter import (
     AdminClient,
     CountingSink,
     poll,
+    print_log,
     role_of,
     role_pids,
     run_dir,
@@ -299,6 +300,8 @@ def test_admin_roles_restart_smtp_and_workers(production: Production) -> None:
         finally:
             stop.set()
             thread.join(60)
+        if errors:  # the relay's side of it, for the record (pytest shows what a failing test printed)
+            print_log(relay, 120)
         assert not errors, errors
         assert not any(pid_alive(p) for p in old_smtp)
         assert sink.wait_for(sent, 60), f"lost: {set(sent) - set(sink.ids())}"
