@@ -66,20 +66,33 @@ class AdminContext:
     listen_addresses: list[str] = field(default_factory=list)
     control: SupervisorControl | None = None
     arbiter_pid: int = 0
-    counters: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "failed": 0})
+    # upstream's status: connections started and finished, "in" (smtp and admin) and "out" (forwarding)
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"in_started": 0, "in_finished": 0, "out_started": 0, "out_finished": 0}
+    )
+    connections: dict[tuple[str, str, str], None] = field(default_factory=dict)  # open: (dir, local, peer)
     watchers: set[AdminSession] = field(default_factory=set)  # sessions with notify/events on
     sessions: set[AdminSession] = field(default_factory=set)
 
     def on_bus_event(self, topic: str, body: dict[str, Any]) -> None:
-        if topic == schema.SMTP_ACCEPTED:
-            self.counters["in"] += 1
-        elif topic == schema.FORWARD_DONE:
-            self.counters["out"] += 1
-        elif topic == schema.SPOOL_FAILED:
-            self.counters["failed"] += 1
+        if topic == schema.NETWORK:
+            direction, key = (
+                str(body.get("dir")),
+                (str(body.get("dir")), str(body.get("local")), str(body.get("peer"))),
+            )
+            if direction in ("in", "out"):
+                started = body.get("event") == "start"
+                self.counters[f"{direction}_{'started' if started else 'finished'}"] += 1
+                if started:
+                    self.connections[key] = None
+                else:
+                    self.connections.pop(key, None)
         line = f"{topic} {json.dumps(body, separators=(',', ':'))}"
         for session in list(self.watchers):
-            session.send_event(line)
+            if session.watching == "events":
+                session.send_event(format_reply([line], prompt=False))
+            elif topic == schema.NETWORK:  # upstream's notify: network events only, in its words
+                session.send_event(f"\r\nEVENT: network: {body.get('dir')}: {body.get('event')}  ".encode())
 
 
 def format_reply(lines: list[str], prompt: bool = True) -> bytes:
@@ -105,6 +118,8 @@ class AdminSession(asyncio.Protocol):
         self._writable.set()
         self._dropped = 0  # events not sent to this watcher since its last successful one
         self._closed_by = ""  # upstream's log: "peer disconnected: " when the client went first
+        self.watching = ""  # "notify" (upstream's events) or "events" (ours: the bus)
+        self._local = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -118,6 +133,11 @@ class AdminSession(asyncio.Protocol):
             self.transport.close()
             return
         self.log.info(f"admin connection from {self.peer}")
+        local = transport.get_extra_info("sockname")
+        self._local = format_address(str(local[0]), int(local[1])) if isinstance(local, tuple) else str(local)
+        self.ctx.on_bus_event(
+            schema.NETWORK, {"dir": "in", "event": "start", "local": self._local, "peer": self.peer}
+        )
         self.ctx.sessions.add(self)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -144,6 +164,9 @@ class AdminSession(asyncio.Protocol):
             return
         self.ctx.sessions.discard(self)
         self.ctx.watchers.discard(self)
+        self.ctx.on_bus_event(
+            schema.NETWORK, {"dir": "in", "event": "stop", "local": self._local, "peer": self.peer}
+        )
         if self._task is not None:
             self._task.cancel()
         if isinstance(exc, ConnectionResetError):
@@ -172,8 +195,8 @@ class AdminSession(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(format_reply(lines, prompt))
 
-    def send_event(self, line: str) -> None:
-        """One ``notify``/``events`` line, or none while this watcher is not reading its output."""
+    def send_event(self, data: bytes) -> None:
+        """One ``notify``/``events`` event, or none while this watcher is not reading its output."""
         if self.transport is None or self.transport.is_closing():
             return
         if self.transport.get_write_buffer_size() > EVENTS_BUFFER_LIMIT:
@@ -184,7 +207,7 @@ class AdminSession(asyncio.Protocol):
         if self._dropped:
             self.send_lines([f'{EVENTS_DROPPED} {{"count":{self._dropped}}}'], prompt=False)
             self._dropped = 0
-        self.send_lines([line], prompt=False)
+        self.transport.write(data)
 
     async def _run(self) -> None:
         while True:
@@ -242,10 +265,14 @@ class AdminSession(asyncio.Protocol):
         return []
 
     async def cmd_status(self, args: list[str]) -> list[str]:
-        c = self.ctx.counters
+        """Upstream's: listening addresses, then connections started and finished and the open ones,
+        out (forwarding) and in (smtp and admin clients)."""
+        c, open_ = self.ctx.counters, list(self.ctx.connections)
         lines = [f"LISTEN: {a}" for a in self.ctx.listen_addresses]
-        lines += [f"OUT finished: {c['out']}", f"OUT failed: {c['failed']}", f"IN accepted: {c['in']}"]
-        lines += [f"ADMIN: {s.peer}" for s in sorted(self.ctx.sessions, key=lambda s: s.peer)]
+        lines += [f"OUT started: {c['out_started']}", f"OUT finished: {c['out_finished']}"]
+        lines += [f"OUT: {local} -> {peer}" for d, local, peer in open_ if d == "out"]
+        lines += [f"IN started: {c['in_started']}", f"IN finished: {c['in_finished']}"]
+        lines += [f"IN: {local} <- {peer}" for d, local, peer in open_ if d == "in"]
         return lines
 
     async def cmd_info(self, args: list[str]) -> list[str]:
@@ -270,10 +297,12 @@ class AdminSession(asyncio.Protocol):
         from .forward import ForwardService
 
         forwarder = ForwardService(self.ctx.config, self.ctx.store)
+        forwarder.on_event = lambda topic, **body: self.ctx.on_bus_event(topic, body)  # its connections count
         await forwarder.run_once()
         return [f"error: {forwarder.session_error}"] if forwarder.session_error else ["OK"]
 
     async def cmd_notify(self, args: list[str]) -> list[str] | None:
+        self.watching = "notify"
         self.ctx.watchers.add(self)
         return None  # upstream: no reply, the events follow
 
@@ -350,6 +379,7 @@ class AdminSession(asyncio.Protocol):
         return ["OK"] if reply.get("status") == "ok" else [f"error: {reply.get('reason', 'failed')}"]
 
     async def cmd_events(self, args: list[str]) -> list[str] | None:
+        self.watching = "events"
         self.ctx.watchers.add(self)
         return []
 

@@ -178,6 +178,10 @@ class ForwardService:
         if self.on_event is not None:
             self.on_event(topic, **body)
 
+    def _network(self, direction: str, event: str, local: str, peer: str) -> None:
+        """An onward connection opened or closed (the admin ``status`` and ``notify``)."""
+        self._emit(schema.NETWORK, dir=direction, event=event, local=local, peer=peer)
+
     # ---- triggers -------------------------------------------------------------------
     def ring(self, mid: MessageId | None = None) -> None:
         """Something may be ready: a committed id (fast path), or None for a rescan."""
@@ -490,6 +494,7 @@ class ForwardService:
                     selector=selector,
                     prompt_timeout=self.config.prompt_timeout,
                 )
+                conn.on_network = self._network
                 await conn.open(self.config.connection_timeout, self.config.client_interface, self.security)
             conn.log.msgid = str(mid)  # its callbacks' contexts may be an earlier message's
             result = await self._transaction(conn, claim, env, content, info_size)

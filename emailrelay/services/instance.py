@@ -194,6 +194,9 @@ class Instance:
                 ctx = AdminContext(config, store, publish, [b.display for b in self.smtp_sockets])
                 if forwarder is not None:
                     forwarder.on_event = lambda topic, **body: ctx.on_bus_event(topic, body)
+                smtpd.hooks.on_network = lambda d, e, local, peer: ctx.on_bus_event(
+                    schema.NETWORK, {"dir": d, "event": e, "local": local, "peer": peer}
+                )
                 admin_servers = [
                     await loop.create_server(lambda: AdminSession(ctx), sock=s) for s in admin_socks
                 ]

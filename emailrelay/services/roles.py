@@ -126,6 +126,9 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
         on_rescan=lambda: _ask_for_rescan(bus, run_dir),
     )
     smtpd.hooks.on_reject = lambda reason: bus.publish(schema.SMTP_REJECTED, reason=reason)
+    smtpd.hooks.on_network = lambda d, e, local, peer: bus.publish(
+        schema.NETWORK, dir=d, event=e, local=local, peer=peer
+    )
     if config.max_connections:
         with identity.as_root():
             smtpd.slots = ConnectionSlots(

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, cast
 
 from .. import log as logmod
@@ -53,6 +54,12 @@ class _ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         where = format_address(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else self.owner.hop
         self.owner.log.info(f"smtp connection to {where}")
+        owner = self.owner
+        if owner.on_network is not None:
+            local = transport.get_extra_info("sockname")
+            owner._local = format_address(str(local[0]), int(local[1])) if isinstance(local, tuple) else ""
+            owner._peer = where
+            owner.on_network("out", "start", owner._local, owner._peer)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -70,6 +77,8 @@ class _ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._lost(exc)
         self._wake_drain()
+        if self.owner.on_network is not None:
+            self.owner.on_network("out", "stop", self.owner._local, self.owner._peer)
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -118,6 +127,10 @@ class SmtpConnection:
         self.selector = selector
         self.encrypted = False
         self.authenticated_as: str | None = None
+        # (direction, "start"|"stop", local, peer): the admin's status and notify (E-MailRelay's "OUT")
+        self.on_network: Callable[[str, str, str, str], None] | None = None
+        self._local = ""
+        self._peer = ""
 
     @property
     def usable(self) -> bool:

@@ -107,6 +107,6 @@ def test_remote_admin_client_served_with_remote_clients(start: object) -> None:
     assert served["eof"] is False
     data = str(served["data"])
     assert data.startswith("commands: ") and data.endswith("E-MailRelay> ")
-    assert f"ADMIN: {REMOTE_IP}:" in data
+    assert f" <- {REMOTE_IP}:" in data  # upstream's status: "IN: <local> <- <peer>"
     assert "rejected" not in relay.log()
     assert f"admin connection from {REMOTE_IP}:" in relay.log()
