@@ -212,6 +212,7 @@ class MxFilter:
             ip = ipaddress.ip_address(host)
             address = str(ip)
         except ValueError:
+            self.log.verbose(f"{ctx.log_prefix} [{self.name}] looking up [{host}]")  # upstream's lines
             try:
                 async with asyncio.timeout(self.options.timeout):
                     address = await self.resolver.lookup(host)
@@ -224,14 +225,16 @@ class MxFilter:
                 error = None
             if error is not None:
                 text = clean_text(str(error))
-                self.log.warning(f"filter [{self.name}] failed: {text}")
-                if error.permanent:
-                    return FilterResult(FilterOutcome.REJECT, "mx lookup failed", None, text)
-                return FilterResult(FilterOutcome.ERROR, "mx lookup failed", None, text)
+                self.log.verbose(
+                    f"{ctx.log_prefix} [{self.name}]: [{ctx.message_id}]: setting forward-to-address [] (mx: {text})"
+                )
+                # upstream's response and reason (the line above says why); a temporary trouble is
+                # retried (ours)
+                outcome = FilterOutcome.REJECT if error.permanent else FilterOutcome.ERROR
+                return FilterResult(outcome, "failed", None, "failed")
         hop = "" if address in ("0.0.0.0", "::") else format_hop(address, port)
         self.log.verbose(
-            f"filter [{self.name}]: [{ctx.message_id}]: [{env.forward_to}] -> [{hop or 'default'}]",
-            ctx.log_address,
+            f"{ctx.log_prefix} [{self.name}]: [{ctx.message_id}]: setting forward-to-address [{hop}]"
         )
         if hop != env.forward_to_address:
             updated = replace(env, forward_to_address=hop)
