@@ -790,8 +790,12 @@ class SpoolStore:
         os.replace(tmp, path)
 
     def _forget_deferral(self, mid: MessageId) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self._deferral(mid))
+        path = self._deferral(mid)
+        # most messages never had one: a lookup (no lock) rather than an unlink, which locks the spool
+        # directory that every session is creating and renaming in; only the claim's holder writes one
+        if os.path.lexists(path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     @_privileged
     def append_envelope_line(self, mid: MessageId, state: State, line: str) -> bool:
