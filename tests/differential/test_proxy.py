@@ -54,7 +54,9 @@ class Seen:
     log: list[str] = field(default_factory=list)
 
 
-def _proxy(side: str, base: Path, mode: str) -> Seen:
+def _proxy(
+    side: str, base: Path, mode: str, proxy: tuple[str, ...] = ("--immediate", "--forward-to")
+) -> Seen:
     replies = {"final": REJECTION} if mode == "reject" else {}
     with FakeSmtp(replies=replies) as hop:
         target = f"127.0.0.1:{free_port() if mode == 'down' else hop.port}"
@@ -65,9 +67,7 @@ def _proxy(side: str, base: Path, mode: str) -> Seen:
             script.write_text(FILTER)
             script.chmod(0o755)
             extra = ["--client-filter", str(script)]
-        with start(
-            side, base, "--immediate", "--forward-to", target, *extra, name=f"{side}-{mode}"
-        ) as daemon:
+        with start(side, base, *proxy, target, *extra, name=f"{side}-{mode}") as daemon:
             with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as client:
                 reader = client.makefile("rb")
                 got = [read_reply(reader)]
@@ -77,6 +77,8 @@ def _proxy(side: str, base: Path, mode: str) -> Seen:
                 client.sendall(b"QUIT\r\n")
                 read_reply(reader)
                 quit_at = time.monotonic()
+            if "--as-proxy" in proxy:  # the forwarding starts when the client has gone
+                hop.wait_for(lambda: hop.connections > 0, 30)
             hop.wait_for(lambda: hop.open_connections == 0, 30)
             closed_after = time.monotonic() - quit_at
             time.sleep(0.2)
@@ -138,3 +140,19 @@ def test_client_disconnect_mid_session_closes_the_onward_connection(tmp_path: Pa
             assert len(hop.messages) == 1 and "QUIT" not in [c for _, c in hop.commands], (side, hop.commands)
             time.sleep(0.3)
             assert not list(daemon.spool.glob("emailrelay.*")), (side, list(daemon.spool.iterdir()))
+
+
+@pytest.mark.parametrize("mode", ["accept", "reject"])
+def test_as_proxy_as_upstream(tmp_path: Path, mode: str) -> None:
+    """``--as-proxy``: every message gets ``250 message processed``; when the client has gone they
+    are forwarded over one connection (QUIT at the end); a rejected one stays as ``.bad``.
+    Not compared: when the onward connection closes (ours keeps an idle one for 2 s,
+    docs/decisions.md "Forwarding"), and the log (upstream's stops with ``--close-stderr``)."""
+    base = daemon_base(tmp_path)
+    seen = {side: _proxy(side, base, mode, ("--as-proxy",)) for side in SIDES}
+    ours, upstream = seen["ours"], seen["upstream"]
+    assert ours.replies == upstream.replies == ["250 message processed"] * 2
+    assert ours.connections == upstream.connections == 1
+    assert ours.hop_verbs == upstream.hop_verbs, (ours.hop_verbs, upstream.hop_verbs)
+    assert ours.received == upstream.received == (["one", "two"] if mode == "accept" else [])
+    assert ours.spool == upstream.spool, (ours.spool, upstream.spool)
