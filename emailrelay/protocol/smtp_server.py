@@ -104,6 +104,7 @@ __all__ = [
     "PAUSED",
     "AuthResponse",
     "AuthStart",
+    "Bdat",
     "ConnectionClosed",
     "DataAborted",
     "DataChunk",
@@ -202,6 +203,13 @@ class RcptTo(Event):
 
 @dataclass(frozen=True, slots=True)
 class DataStart(Event):
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bdat(Event):
+    """A BDAT command in a transaction (informational: its octets follow as DataChunk events)."""
+
     line: str
 
 
@@ -832,7 +840,10 @@ class SmtpServer(LineBuffer):
             and len(words[0]) <= 15
             and (len(words) == 1 or words[1].upper() == "LAST")
         ):
-            return self._error(line, 501, "invalid BDAT command")
+            if self._phase is Phase.MAIL:  # as upstream: the transaction ends with it
+                self._reset_transaction()
+                self._phase = Phase.IDLE
+            return self._error(line, 501, "invalid argument")
         self._bdat_remaining = self._bdat_size = int(words[0])
         self._bdat_last = len(words) == 2
         self._bdat_line = line
@@ -848,7 +859,7 @@ class SmtpServer(LineBuffer):
                 self._data_size = 0
                 self._data_fail = None
         self._phase = Phase.BDAT
-        return None
+        return Bdat(line) if self._bdat_error is None else None
 
     def _cmd_rset(self, line: str, arg: str) -> Event:
         self._reset_transaction()
@@ -959,7 +970,7 @@ class SmtpServer(LineBuffer):
         self._phase = Phase.MAIL
         if self._bdat_last:
             return DataEnd(self._bdat_line, self._data_size)
-        self._send(250, f"{self._bdat_size} octets received")
+        self._send(250, f"{self._bdat_size} bytes received")  # upstream's words
         return None
 
     def _abort_message(self) -> Event:

@@ -205,6 +205,7 @@ class SmtpSession(LineSession):
         self._untrusted_logged = False  # upstream says once per session why AUTH is needed
         self._staged: list[bytes] = []  # replies already logged, not yet written (see _stage)
         self._close_logged = False
+        self._bdat = False  # the transaction's content comes by BDAT (traced per command, as upstream)
         self._close_reason: str | None = ""  # set by a TLS failure; None: no close line (upstream's)
 
     # ---- asyncio.Protocol ------------------------------------------------------
@@ -595,6 +596,7 @@ class SmtpSession(LineSession):
     def _on_mail(self, ev: sp.MailFrom) -> None:
         self._trace_rx(ev.line)
         self._discard_message()
+        self._bdat = False
         self.tx = _Transaction(
             mail_from=to_alabels(ev.address), body=ev.body, smtputf8=ev.smtputf8, auth_in=ev.auth or ""
         )
@@ -672,7 +674,8 @@ class SmtpSession(LineSession):
             self._on_data_start(_BdatStart())  # BDAT: the first chunk opens the content file
         if not self._content_logged:
             self._content_logged = True
-            self.log.verbose("rx<<: [message content not logged]", self.peer.host)
+            if not self._bdat:
+                self.log.verbose("rx<<: [message content not logged]", self.peer.host)
         if tx.message is None or tx.write_error is not None:
             return
         try:
@@ -681,8 +684,13 @@ class SmtpSession(LineSession):
             tx.write_error = exc
             self._storage_failed(exc)
 
-    def _on_data_end(self, ev: sp.DataEnd) -> Awaitable[None]:
+    def _on_bdat(self, ev: sp.Bdat) -> None:
+        self._bdat = True
         self._trace_rx(ev.line)
+
+    def _on_data_end(self, ev: sp.DataEnd) -> Awaitable[None]:
+        if not self._bdat:  # (a BDAT LAST was traced as it came)
+            self._trace_rx(ev.line)
         return self._store_then_rescan(ev)
 
     async def _store_then_rescan(self, ev: sp.DataEnd) -> None:
@@ -769,9 +777,10 @@ class SmtpSession(LineSession):
 
     def _on_aborted(self, ev: sp.DataAborted) -> None:
         if ev.code:  # the message failed at its end (upstream's lines)
-            if not self._content_logged:
-                self.log.verbose("rx<<: [message content not logged]", self.peer.host)
-            self._trace_rx(".")
+            if not self._bdat:
+                if not self._content_logged:
+                    self.log.verbose("rx<<: [message content not logged]", self.peer.host)
+                self._trace_rx(".")
             if ev.code == 552:
                 self.log.warning("message content too big", self.peer.host)
         self._discard_message()
@@ -923,6 +932,7 @@ _HANDLERS: dict[type, Callable[[SmtpSession, Any], Awaitable[None] | None]] = {
     sp.RcptTo: SmtpSession._on_rcpt,
     sp.DataStart: SmtpSession._on_data_start,
     sp.DataChunk: SmtpSession._on_chunk,
+    sp.Bdat: SmtpSession._on_bdat,
     sp.DataEnd: SmtpSession._on_data_end,
     sp.DataAborted: SmtpSession._on_aborted,
     sp.Rset: SmtpSession._on_rset,

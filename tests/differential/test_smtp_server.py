@@ -191,6 +191,23 @@ def test_size_and_international_domains_as_upstream(tmp_path: Path, config: str)
     assert warned == (["emailrelay: warning: unknown smtp-config item [bogus]"] if "bogus" in config else [])
 
 
+CHUNKS = [  # (smtp_dialogue adds CRLF to each line: the chunk sizes count it)
+    ["EHLO h", "MAIL FROM:<a@b> BODY=BINARYMIME", "RCPT TO:<c@d>", "BDAT 7\r\nhello", "BDAT 8 LAST\r\n world",
+     "MAIL FROM:<a@b>", "RCPT TO:<c@d>", "BDAT x", "BDAT 0 LAST", "QUIT"],
+    ["EHLO h", "MAIL FROM:<a@b>", "RCPT TO:<c@d>", "BDAT 202 LAST\r\n" + "x" * 200, "MAIL FROM:<a@b>",
+     "RCPT TO:<c@d>", "BDAT 3\r\nx", "DATA", "RSET", "QUIT"],
+]  # fmt: skip
+
+
+def test_chunking_as_upstream(tmp_path: Path) -> None:
+    """--server-smtp-config chunking: BDAT replies (``250 N bytes received``, a bad BDAT ends the
+    transaction with ``501 invalid argument``, --size), the stored envelope and the log."""
+    got = _both(["--server-smtp-config", "chunking", "--size", "100"], CHUNKS, daemon_base(tmp_path))
+    _assert_same_replies(got, CHUNKS)
+    assert got["ours"][1] == got["upstream"][1] and len(got["ours"][1]) == 1
+    assert got["ours"][2] == got["upstream"][2]
+
+
 def test_second_non_ascii_label_is_encoded_on_its_own(tmp_path: Path) -> None:
     """decisions.md, "A-labels": upstream encodes a second non-ASCII label together with the
     first one's characters (``éé.中文`` gives ``xn--9caa.xn--9caa4540dhst``, a domain nobody

@@ -668,7 +668,7 @@ CASES: list[Case] = [
     Case(
         "bdat chunks",
         [E + M + R + b"BDAT 5\r\nhelloBDAT 6 LAST\r\n world" + Q],
-        [*OK_TXN, "250 5 octets received", "250 message processed", "221 OK"],
+        [*OK_TXN, "250 5 bytes received", "250 message processed", "221 OK"],
         config={"chunking": True},
         messages=[b"hello world"],
         check=has_event(DataEnd("BDAT 6 LAST", 11)),
@@ -690,7 +690,7 @@ CASES: list[Case] = [
     Case(
         "bdat 0",
         [E + M + R + b"BDAT 0\r\nBDAT 1 last\r\nx"],
-        [*OK_TXN, "250 0 octets received", "250 message processed"],
+        [*OK_TXN, "250 0 bytes received", "250 message processed"],
         config={"chunking": True},
         messages=[b"x"],
     ),
@@ -716,8 +716,15 @@ CASES: list[Case] = [
     Case(
         "data after bdat",
         [E + M + R + b"BDAT 1\r\nx" + D + R],
-        [*OK_TXN, "250 1 octets received", SEQ, SEQ],
+        [*OK_TXN, "250 1 bytes received", SEQ, SEQ],
         config={"chunking": True},
+    ),
+    Case(
+        "bdat bad syntax ends the transaction (upstream)",
+        [E + M + R + b"BDAT x\r\nBDAT 0 LAST\r\n"],
+        [*OK_TXN, "501 invalid argument", SEQ],
+        config={"chunking": True},
+        check=no_event(DataEnd),
     ),
     Case(
         "bdat bad syntax",
