@@ -27,6 +27,7 @@ import os
 import re
 import socket
 import sys
+import time
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
@@ -59,12 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--auth", default="", help="authentication value for the envelope (xtext)")
     p.add_argument("-d", "--content-date", action="store_true", help="add a Date header if missing")
     p.add_argument(
-        "-i", "--content-message-id", action="store_true", help="add a Message-ID header if missing"
+        "-I",
+        "--content-message-id",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DOMAIN",
+        help="add a Message-ID header if missing (the domain part defaults to this host's name)",
     )
-    p.add_argument("-F", "--content-from", action="store_true", help="add a From header if missing")
-    p.add_argument("-t", "--content-to", action="store_true", help="add a To header if missing")
     p.add_argument(
-        "-c",
+        "-F", "--content-from", action="store_true", help="add a From header, replacing any originators"
+    )
+    p.add_argument(
+        "-t", "--content-to", action="store_true", help="add a To header, replacing any recipient headers"
+    )
+    p.add_argument(
+        "-C",
         "--content",
         action="append",
         default=None,
@@ -76,17 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
         "-B", "--body", action="store_true", help="the input file is the body only (after --content headers)"
     )
     p.add_argument(
-        "-I", "--input-file", metavar="FILE", help="read the message from FILE instead of standard input"
+        "-x", "--input-file", metavar="FILE", help="read the message from FILE instead of standard input"
     )
     p.add_argument(
-        "-b", "--bcc-split", action="store_true", help="one message per Bcc recipient, Bcc header removed"
+        "-b",
+        "--bcc-split",
+        action="store_true",
+        help="one message per Bcc recipient when there are several (recipients from the headers)",
     )
     p.add_argument(
-        "-C",
+        "-c",
         "--copy",
         action="store_true",
-        help="copy the new envelope into each spool sub-directory (the content stays), then delete the original",
+        help="copy the new envelope into every spool sub-directory (the content stays), then delete the original",
     )
+    p.add_argument(
+        "-i", "--from-auth-in", default="", metavar="NAME", help="the envelope's from-auth-in value"
+    )
+    p.add_argument(
+        "-o", "--from-auth-out", default="", metavar="NAME", help="the envelope's from-auth-out value"
+    )
+    p.add_argument("-n", "--filename", action="store_true", help="print the new content file's name")
     p.add_argument("-v", "--verbose", action="store_true", help="print the new content file's path")
     p.add_argument(
         "-V",
@@ -114,39 +135,86 @@ def _check_address(address: str) -> str:
     return address
 
 
-def _header_addresses(content: bytes, names: tuple[str, ...]) -> list[str]:
+def _header_pairs(content: bytes, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(display name, address) of each address in the named headers, header by header."""
     headers = BytesHeaderParser().parsebytes(content)
     values = [v for name in names for v in headers.get_all(name, [])]
-    return [addr for _, addr in email.utils.getaddresses([str(v) for v in values]) if addr]
+    return [(name, addr) for name, addr in email.utils.getaddresses([str(v) for v in values]) if addr]
+
+
+def _header_addresses(content: bytes, names: tuple[str, ...]) -> list[str]:
+    return [addr for _, addr in _header_pairs(content, names)]
+
+
+Field = list[bytes]  # a header line and its continuation lines, without line ends
+
+
+def _split_head(content: bytes) -> tuple[list[Field], bytes]:
+    """The header fields of canonical content, and what follows the empty line that ends them."""
+    if content.startswith(b"\r\n"):
+        return [], content[2:]
+    head, _, rest = content.partition(b"\r\n\r\n")
+    fields: list[Field] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    return fields, rest
+
+
+def _join_head(fields: list[Field], rest: bytes) -> bytes:
+    return b"".join(line + b"\r\n" for f in fields for line in f) + b"\r\n" + rest
+
+
+def _field_name(f: Field) -> bytes:
+    return f[0].split(b":", 1)[0].strip().lower()
+
+
+_ORIGINATORS = (b"from", b"sender", b"reply-to")
+_RECIPIENT_FIELDS = (b"to", b"cc", b"bcc")
+
+
+def _message_id(domain: str) -> str:
+    """E-MailRelay 2.6b's form: ``<seconds.microseconds.pid@domain>``."""
+    now = time.time()
+    return f"<{int(now)}.{int(now * 1_000_000) % 1_000_000:06d}.{os.getpid()}@{domain or socket.getfqdn()}>"
 
 
 def _add_headers(content: bytes, args: argparse.Namespace, sender: str, recipients: list[str]) -> bytes:
-    headers = BytesHeaderParser().parsebytes(content)
-    extra: list[str] = []
-    if args.content_date and headers.get("Date") is None:
-        extra.append(f"Date: {email.utils.formatdate(localtime=True)}")
-    if args.content_message_id and headers.get("Message-ID") is None:
-        extra.append(f"Message-ID: {email.utils.make_msgid(domain=socket.getfqdn() or 'localhost')}")
-    if args.content_from and headers.get("From") is None and sender:
-        extra.append(f"From: <{sender}>")
-    if args.content_to and headers.get("To") is None and recipients:
-        extra.append("To: " + ", ".join(f"<{r}>" for r in recipients))
-    if not extra:
+    """``-t``, ``-F``, ``-I``, ``-d`` as E-MailRelay 2.6b: the new fields go first, in that order;
+    ``-t`` and ``-F`` remove the recipient or originator fields they replace (only those: upstream
+    also loses every field after the first one removed, a bug; docs/decisions.md)."""
+    fields, rest = _split_head(content)
+    names = {_field_name(f) for f in fields}
+    top: list[str] = []
+    if args.content_to:
+        fields = [f for f in fields if _field_name(f) not in _RECIPIENT_FIELDS]
+        top.append("To: " + ",".join(recipients))
+    if args.content_from:
+        fields = [f for f in fields if _field_name(f) not in _ORIGINATORS]
+        top.append("From: " + (sender or "anonymous:;"))
+    if args.content_message_id is not None and b"message-id" not in names:
+        top.append("Message-ID: " + _message_id(args.content_message_id))
+    if args.content_date and b"date" not in names:
+        top.append("Date: " + time.strftime("%d %b %Y %H:%M:%S %z"))
+    if not top:
         return content
-    return "".join(h + "\r\n" for h in extra).encode() + content
+    return _join_head([[h.encode()] for h in top] + fields, rest)
 
 
-def _remove_bcc(content: bytes) -> bytes:
-    head, sep, body = content.partition(b"\r\n\r\n")
-    kept: list[bytes] = []
-    skipping = False
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and skipping:
-            continue
-        skipping = line.lower().startswith(b"bcc:")
-        if not skipping:
-            kept.append(line)
-    return b"\r\n".join(kept) + sep + body
+def _bcc_copies(
+    content: bytes, others: list[str], bcc: list[tuple[str, str]]
+) -> list[tuple[list[str], bytes]]:
+    """``--bcc-split`` as E-MailRelay 2.6b: a message without the Bcc fields for the To and Cc
+    recipients (even none), then one per Bcc recipient whose every Bcc field becomes
+    ``bcc: <that recipient>`` (a display name quoted)."""
+    fields, rest = _split_head(content)
+    copies = [(others, _join_head([f for f in fields if _field_name(f) != b"bcc"], rest))]
+    for name, addr in bcc:
+        line = (f'bcc: "{name}" <{addr}>' if name else f"bcc: {addr}").encode()
+        copies.append(([addr], _join_head([[line] if _field_name(f) == b"bcc" else f for f in fields], rest)))
+    return copies
 
 
 def read_content(args: argparse.Namespace) -> bytes:
@@ -177,10 +245,12 @@ def shown_path(spool_dir: str, name: str) -> str:
 
 
 def submit(args: argparse.Namespace) -> list[str]:
-    """Store the message(s); the content paths to print with ``--verbose``."""
+    """Store the message(s); what to print for each: its content file's path as upstream shows it
+    (``--verbose``), else its name (``--filename``)."""
     content = read_content(args)
     recipients = [_check_address(r) for r in [*args.to, *args.recipients]]
-    if not recipients:
+    from_headers = not recipients
+    if from_headers:
         recipients = [_check_address(a) for a in _header_addresses(content, ("To", "Cc", "Bcc"))]
     if not recipients:
         raise SubmitError("no recipients")
@@ -189,35 +259,40 @@ def submit(args: argparse.Namespace) -> list[str]:
         found = _header_addresses(content, ("From",))
         sender = found[0] if found else ""
     sender = _check_address(sender) if sender else ""
+    bcc = _header_pairs(content, ("Bcc",)) if args.bcc_split and from_headers else []
+    others = [_check_address(a) for a in _header_addresses(content, ("To", "Cc"))] if bcc else []
     content = _add_headers(content, args, sender, recipients)
-    eightbit = any(b > 127 for b in content)
+    if len(bcc) > 1:  # split only when there are several Bcc recipients, as upstream
+        messages = _bcc_copies(content, others, [(n, _check_address(a)) for n, a in bcc])
+    else:
+        messages = [(recipients, content)]
     store = SpoolStore(args.spool_dir, group=_file_group(args.spool_dir))
     if not store.directory.is_dir():
         raise SubmitError(f"invalid spool directory: {args.spool_dir}")
-    groups = [[r] for r in recipients] if args.bcc_split else [recipients]
-    if args.bcc_split:
-        content = _remove_bcc(content)
     paths: list[str] = []
-    for group in groups:
+    for group, text in messages:
         env = Envelope(
-            from_address=sender,
+            from_address=sender or "anonymous",  # E-MailRelay 2.6b's envelope sender when none is known
             to_remote=tuple(group),
             content_type="unknown",
             authentication=args.auth,
             client="127.0.0.1",
-            utf8_mailbox_names=eightbit and any(not a.isascii() for a in [sender, *group]),
+            mail_from_auth_in=args.from_auth_in,
+            mail_from_auth_out=args.from_auth_out,
+            utf8_mailbox_names=any(b > 127 for b in text) and any(not a.isascii() for a in [sender, *group]),
         )
         try:
-            mid = store.store_message(env, content)
+            mid = store.store_message(env, text)
         except OSError as exc:
             raise SubmitError(
                 f"cannot write to spool directory {args.spool_dir}: {exc.strerror or exc}"
             ) from None
-        if args.copy and (boxes := store.mailboxes()):  # upstream's layout: the content stays here
+        if args.copy and (boxes := store.mailboxes(every=True)):  # upstream's layout: the content stays
             store.copy_to_directories(
                 mid, State.READY, store.directory, boxes, envelope_only=True, delete_original=True
             )
-        paths.append(shown_path(args.spool_dir, store.content_path(mid).name))
+        name = store.content_path(mid).name
+        paths.append(shown_path(args.spool_dir, name) if args.verbose else name)
     return paths
 
 
@@ -246,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     except SubmitError as exc:
         print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
         return 1
-    if args.verbose:
+    if args.verbose or args.filename:  # the path, or with --filename alone the file's name
         for path in paths:
             print(path)
     return 0

@@ -434,13 +434,15 @@ class SpoolStore:
         return True
 
     # ---- mailboxes (sub-directories) -----------------------------------------------
-    def mailboxes(self) -> list[str]:
-        """Sub-directories that take copies: not ``postmaster``, not dot-directories (guide, ``copy:``)."""
+    def mailboxes(self, *, every: bool = False) -> list[str]:
+        """Sub-directories that take copies: not ``postmaster``, not dot-directories (guide, ``copy:``);
+        ``every`` takes them all, as ``emailrelay-submit --copy`` does (E-MailRelay 2.6b). Symlinks never."""
         try:
             return sorted(
                 e.name
                 for e in os.scandir(self.directory)
-                if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name != "postmaster"
+                if e.is_dir(follow_symlinks=False)
+                and (every or (not e.name.startswith(".") and e.name != "postmaster"))
             )
         except FileNotFoundError:
             return []

@@ -469,7 +469,15 @@ def test_submit_bcc_split(tmp_path: Path) -> None:
         ("dave@example.com",),
     ]
     assert all(e.from_address == "alice@example.com" for e, _ in found)
-    assert all(b"Bcc:" not in c and b"carol" not in c for _, c in found)  # no Bcc recipient sees another
+    # as E-MailRelay 2.6b: no Bcc line for the To recipient, each Bcc copy names only its recipient
+    bcc_lines = {
+        e.to_remote: [h for h in c.split(b"\r\n") if h.lower().startswith(b"bcc:")] for e, c in found
+    }
+    assert bcc_lines == {
+        ("bob@example.com",): [],
+        ("carol@example.com",): [b"bcc: carol@example.com"],
+        ("dave@example.com",): [b"bcc: dave@example.com"],
+    }
 
 
 def test_submitted_message_is_forwarded_by_the_relay(tmp_path: Path) -> None:

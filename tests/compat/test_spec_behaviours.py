@@ -357,7 +357,7 @@ def test_submit_content_date_and_message_id(tmp_path: Path) -> None:
     assert re.fullmatch(r"<[^<>@\s]+@[^<>@\s]+>", headers["Message-ID"]), headers
     # headers already there are kept, not doubled
     r2 = subprocess.run(
-        [submit, "-s", str(spool), "-f", "a@example.com", "-d", "-i", "-v", "b@example.net"],
+        [submit, "-s", str(spool), "-f", "a@example.com", "-d", "-I", "-v", "b@example.net"],
         input=b"Date: Tue, 14 Nov 2023 22:13:20 +0000\r\nMessage-ID: <kept@x>\r\n\r\nbody\r\n",
         capture_output=True, timeout=30,
     )  # fmt: skip

@@ -121,31 +121,115 @@ def test_submit_verbose_prints_the_content_path_and_writes_the_same_files(
     assert sorted(files) == ["emailrelay.ID.1.content", "emailrelay.ID.1.envelope"]
 
 
-def test_submit_bcc_split_prints_one_content_path_per_message(tmp_path: Path) -> None:
-    """One message for To/Cc and one per Bcc recipient, with the same envelopes. Not compared: the
-    contents, where upstream puts ``bcc: <that recipient>`` in each Bcc copy and ours drops the header
-    (docs/compatibility.md, ``--bcc-split`` row)."""
-    message = b"To: x@y.z\r\nBcc: w@y.z, v@y.z\r\nSubject: hi\r\n\r\nbody\r\n"
-    got = _submit_both(tmp_path, "spool", "--from", "a@b.c", "--verbose", "--bcc-split", input=message)
-    assert got["ours"][:3] == got["upstream"][:3]
-    assert got["ours"][1] == "".join(f"spool/emailrelay.ID.{n}.content\n" for n in (1, 2, 3))
-    envelopes = {side: {k: v for k, v in got[side][3].items() if k.endswith(".envelope")} for side in SIDES}
-    assert envelopes["ours"] == envelopes["upstream"] and len(envelopes["ours"]) == 3
+_BCC_MESSAGE = (
+    b'From: a@b.c\r\nTo: x@y.z\r\nCc: c@y.z\r\nBcc: "Joe X" <w@y.z>,\r\n v@y.z\r\nSubject: hi\r\n'
+    b"bcc: u@y.z\r\n\r\nbody\r\n"
+)
 
 
-def test_submit_copy_leaves_the_content_and_copies_the_envelope(tmp_path: Path) -> None:
-    """``--copy``: an envelope in each mailbox sub-directory, the content stays in the spool directory.
-    (Upstream also copies into ``postmaster`` and dot-directories; ours skips them, as ``copy:`` does.)"""
-    got = _submit_both(
-        tmp_path, "spool", "--from", "a@b.c", "--verbose", "--copy", "x@y.z",
-        input=b"Subject: copy\r\n\r\nbody\r\n", mailboxes=("alice", "bob"),
-    )  # fmt: skip
+@pytest.mark.parametrize(
+    ("message", "args"),
+    [
+        (_BCC_MESSAGE, ()),  # split: To/Cc first, then each Bcc recipient with its own bcc: line
+        (b"Bcc: w@y.z, v@y.z\r\nSubject: hi\r\n\r\nbody\r\n", ()),  # a first message with no recipient
+        (b"To: x@y.z\r\nBcc: w@y.z\r\n\r\nbody\r\n", ()),  # one Bcc recipient: no split, Bcc kept
+        (_BCC_MESSAGE, ("r@y.z",)),  # recipients on the command line: no split, Bcc kept
+        (b"To: x@y.z\r\nCc: c@y.z\r\n\r\nbody\r\n", ()),  # no Bcc: one message
+    ],
+    ids=["split", "bcc-only", "one-bcc", "command-line", "no-bcc"],
+)
+def test_submit_bcc_split_as_upstream(tmp_path: Path, message: bytes, args: tuple[str, ...]) -> None:
+    """``--bcc-split`` splits only recipients taken from the headers, and only two or more Bcc ones;
+    the printed paths, envelopes and contents are upstream's byte for byte."""
+    got = _submit_both(tmp_path, "spool", "--from", "a@b.c", "--verbose", "--bcc-split", *args, input=message)
     assert got["ours"] == got["upstream"]
-    assert sorted(got["ours"][3]) == [
+    assert got["ours"][0] == 0
+
+
+@pytest.mark.parametrize("letter", [False, True], ids=["long", "short"])
+def test_submit_copy_into_every_sub_directory(tmp_path: Path, letter: bool) -> None:
+    """``--copy`` (``-c``): an envelope in every sub-directory, ``postmaster`` and dot-directories
+    included, none through a symlink; the content stays in the spool directory."""
+    base = daemon_base(tmp_path)
+    out = {}
+    for side in SIDES:
+        spool = base / side / "spool"
+        for sub in ("alice", "postmaster", ".hidden"):
+            (spool / sub).mkdir(parents=True)
+        (spool / "link").symlink_to("alice")
+        r = run(side, "emailrelay-submit", "--spool-dir", str(spool), "-c" if letter else "--copy", "x@y.z",
+                input=b"Subject: copy\r\n\r\nbody\r\n")  # fmt: skip
+        out[side] = (r.returncode, r.stdout, r.stderr, _tree(spool))
+    assert out["ours"] == out["upstream"]
+    assert sorted(out["ours"][3]) == [
+        ".hidden/emailrelay.ID.1.envelope",
         "alice/emailrelay.ID.1.envelope",
-        "bob/emailrelay.ID.1.envelope",
         "emailrelay.ID.1.content",
+        "postmaster/emailrelay.ID.1.envelope",
     ]
+
+
+_SUBMIT_STAMPS = [
+    (re.compile(rb"<\d+\.\d{6}\.\d+@"), b"<MSGID@"),
+    (re.compile(rb"\d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}"), b"DATE"),
+]
+
+
+@pytest.mark.parametrize(
+    ("message", "args"),
+    [
+        (b"Subject: s\r\nX: y\r\n\r\nb\r\n", ("-d", "--content-message-id=dom.example", "-F", "-t", "-f", "a@b", "x@y", "w@v")),
+        (b"Subject: s\r\nDate: x\r\nmessage-id: <a@b>\r\n\r\nb\r\n", ("-d", "-I", "-f", "a@b", "x@y")),
+        (b"Subject: s\r\n\r\nb\r\n", ("-F", "x@y")),
+        (b"Subject: s\r\n\r\nb\r\n", ("-F", "-f", "", "x@y")),
+        (b"Subject: s\r\n\r\nb\r\n", ("x@y",)),
+        (b"Subject: s\r\nFrom: Al <al@x>\r\n\r\nb\r\n", ("-F", "x@y")),
+        (b"Subject: s\r\n\r\nb\r\n", ("-n", "-f", "a@b", "x@y")),
+        (b"Subject: s\r\n\r\nb\r\n", ("-n", "-v", "-f", "a@b", "x@y")),
+        (b"Subject: s\r\n\r\nb\r\n", ("-f", "a@b", "-i", "in1", "--from-auth-out=out1", "--to", "x@y")),
+        (b"", ("-N", "-C", "U3ViamVjdDogaGVscA", "-C", "", "-x", "{home}/body", "-B", "-f", "a@b", "x@y")),
+        (b"", ("-dtFN", "--to=user@localhost", "--content", "U3ViamVjdDogaGVscA", "--content=", "--content=ZXJyb3I")),
+        (b"", ("-dtF", "--to=user@localhost", "--content=U3ViamVjdDogaGVscA", "--content=", "--body", "--input-file=body")),
+    ],
+    ids=["all-content-options", "kept-date-and-id", "anonymous", "empty-from", "no-from", "from-header",
+         "filename", "filename-verbose", "from-auth", "content-lines-and-body", "guide-dtFN", "guide-dtF-body"],
+)  # fmt: skip
+def test_submit_options_as_upstream(tmp_path: Path, message: bytes, args: tuple[str, ...]) -> None:
+    """Upstream's option letters and what each writes, byte for byte (the time in ``Date:`` and
+    ``Message-ID:`` aside). Only the fields ``-t``/``-F`` replace are removed (decisions.md,
+    "emailrelay-submit": upstream also drops the fields after them), so these inputs keep them last."""
+    base = daemon_base(tmp_path)
+    out = {}
+    for side in SIDES:
+        home = base / side
+        (home / "spool").mkdir(parents=True)
+        (home / "body").write_bytes(b"line one\nline two\n")
+        argv = [a.format(home=home) for a in args]
+        r = run(side, "emailrelay-submit", "--spool-dir", "spool", *argv, input=message, cwd=home)
+        tree = _tree(home / "spool")
+        for pattern, repl in _SUBMIT_STAMPS:
+            tree = {k: pattern.sub(repl, v) for k, v in tree.items()}
+        stdout = _SUBMIT_ID.sub(r"emailrelay.ID.\1", r.stdout.decode())
+        out[side] = (r.returncode, stdout, r.stderr.decode(), tree)
+    assert out["ours"] == out["upstream"]
+    assert out["ours"][0] == 0 and len(out["ours"][3]) == 2
+
+
+def test_submit_differs_where_upstream_loses_headers(tmp_path: Path) -> None:
+    """Deliberate (docs/decisions.md, "emailrelay-submit"): ``-F``/``-t`` remove only the fields they
+    replace, where upstream also drops every field after the first one removed; a bare ``-I`` takes
+    this host's name for the domain, where upstream writes ``@yes``."""
+    message = b"From: Al <al@x>\r\nSubject: kept\r\nTo: old@x\r\nX-Kept: 1\r\n\r\nbody\r\n"
+    got = _submit_both(tmp_path, "spool", "-F", "-t", "-I", "-f", "a@b", "x@y", input=message)
+    contents = {side: next(v for k, v in got[side][3].items() if k.endswith(".content")) for side in SIDES}
+    assert re.fullmatch(
+        rb"To: x@y\r\nFrom: a@b\r\nMessage-ID: <\d+\.\d+\.\d+@yes>\r\n\r\nbody\r\n", contents["upstream"]
+    )
+    assert re.fullmatch(
+        rb"To: x@y\r\nFrom: a@b\r\nMessage-ID: <\d+\.\d+\.\d+@[^>]+>\r\nSubject: kept\r\nX-Kept: 1\r\n\r\nbody\r\n",
+        contents["ours"],
+    )
+    assert b"@yes>" not in contents["ours"]
 
 
 # ---- secrets files: the type field ------------------------------------------------------------
