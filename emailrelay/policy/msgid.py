@@ -37,7 +37,7 @@ def new_message_id(domain: str) -> str:
     """Upstream's form: seconds, microseconds, process id and a counter, ``@`` the domain."""
     host = domain if domain and _DOMAIN_OK.match(domain) else "localhost"
     now = time.time()
-    return f"<{int(now)}.{int(now * 1_000_000) % 1_000_000:06d}.{os.getpid()}.{next(_SEQUENCE)}@{host}>"
+    return f"<{int(now)}.{int(now * 1_000_000) % 1_000_000}.{os.getpid()}.{next(_SEQUENCE)}@{host}>"  # no padding
 
 
 def add_message_id(store: SpoolStore, ctx: FilterContext, domain: str) -> str | None:

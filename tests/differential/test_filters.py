@@ -107,7 +107,7 @@ def spool_summary(spool: Path) -> list[str]:
             name = re.sub(r"emailrelay\.\d+\.\d+\.\d+", "ID", str(p.relative_to(spool)))
             data = re.sub(rb"emailrelay\.\d+\.\d+\.\d+", b"ID", p.read_bytes())
             data = re.sub(rb"(?m)^Received: .*\r\n(?:[ \t].*\r\n)*", b"", data)
-            data = re.sub(rb"Message-ID: <\d+\.\d{6}\.\d+\.\d+@", b"Message-ID: <N@", data)  # msgid:'s
+            data = re.sub(rb"Message-ID: <\d+\.\d+\.\d+\.\d+@", b"Message-ID: <N@", data)  # msgid:'s
             out.append(f"{name}: {data!r}")
     return sorted(out)
 
