@@ -20,8 +20,9 @@ its life, taking root back only to spawn a role.
 
 Guarantees: SIGTERM stops every role gracefully (each gets
 ``GRACEFUL_TIMEOUT`` seconds) and the arbiter exits 0; a role that dies is
-restarted (no retry limit: a relay must come back after a transient
-fault); the arbiter's own log goes through our log at verbose level.
+restarted, with a warning for the exit and one for the restart, until it
+crash-loops (:mod:`.lifecycle`: then the relay stops and exits 1); circus's
+own log lines are debug ones.
 """
 
 from __future__ import annotations
@@ -29,17 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import hashlib
-import json
 import logging
 import os
+import signal
 import socket
 import stat
 import sys
 import tempfile
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ from ..services.listeners import Bound
 from ..services.supervisor_control import channel_path
 from . import supervisor_channel
 from ._orphan_guard import ENV_SUPERVISOR_PID
+from .lifecycle import Lifecycle
 
 GRACEFUL_TIMEOUT = 8.0
 
@@ -167,8 +166,9 @@ def _prepare_run_dir(run_dir: Path, gid: int | None) -> None:
 class _LogBridge(logging.Handler):
     """Circus and tornado log through the logging module; show it in our format.
 
-    Circus's periodic watcher check races with its own stop command and logs a
-    ``ConflictError`` while stopping; that is noise, so it goes to verbose."""
+    Circus's own chatter (``Starting master on pid N``, ``Registering signals...``) is debug: the
+    relay's lifecycle lines are ours (:mod:`.lifecycle`).  Circus's periodic watcher check races
+    with its own stop command and logs a ``ConflictError`` while stopping; that is noise too."""
 
     def emit(self, record: logging.LogRecord) -> None:
         log = logmod.get()
@@ -177,13 +177,13 @@ class _LogBridge(logging.Handler):
             message = f"{message}: {record.exc_info[1]!r}"
         text = f"supervisor: {message}"
         if "ConflictError" in message or "already running arbiter_stop" in message:
-            log.verbose(text)
+            log.debug(text)
         elif record.levelno >= logging.ERROR:
             log.error(text)
         elif record.levelno >= logging.WARNING:
             log.warning(text)
         else:
-            log.verbose(text)
+            log.debug(text)
 
 
 @dataclass
@@ -200,7 +200,7 @@ class Configuration:
 
 
 def _role_watchers(
-    c: Configuration, options: list[str], common: dict[str, Any], sockets: list[Any]
+    c: Configuration, options: list[str], common: dict[str, Any], sockets: list[Any], watcher_class: type
 ) -> list[Any]:
     """The watchers of one configuration: bus, notify and forward when forwarding, smtp, pop, admin."""
     python = sys.executable
@@ -215,7 +215,7 @@ def _role_watchers(
 
     def watcher(role: str, extra: list[str], **kw: Any) -> Any:
         args = ["-m", "emailrelay.cli.role", role, "--run-dir", rd, *app, *select, *extra, *tail]
-        return _privileged_watcher()(f"{c.prefix}{role}", python, args=args, **kw, **common)
+        return watcher_class(f"{c.prefix}{role}", python, args=args, **kw, **common)
 
     def fds(service: str) -> list[str]:
         return [
@@ -247,11 +247,11 @@ def _role_watchers(
     return watchers
 
 
-@functools.cache
-def _privileged_watcher() -> type:
+def _privileged_watcher(lifecycle: Lifecycle) -> type:
     """A circus Watcher whose processes are spawned as root: the supervisor runs as ``--user`` (real
     uid 0) and takes root back only for the fork and exec, so a role starts as root, imports what it
-    needs (the interpreter may be readable by root only) and drops to ``--user`` itself."""
+    needs (the interpreter may be readable by root only) and drops to ``--user`` itself.  The
+    processes it stops are told to ``lifecycle`` (their exits are planned ones)."""
     from circus.process import Process
     from circus.watcher import Watcher
 
@@ -265,10 +265,16 @@ def _privileged_watcher() -> type:
         def _process_class(self) -> type:
             return PrivilegedProcess
 
+        def kill_process(self, process: Any, *args: Any, **kwargs: Any) -> Any:
+            lifecycle.stopping(process.pid)
+            return super().kill_process(process, *args, **kwargs)
+
     return PrivilegedWatcher
 
 
-def build_arbiter(configurations: list[Configuration], options: list[str], cwd: str) -> Any:
+def build_arbiter(
+    configurations: list[Configuration], options: list[str], cwd: str, lifecycle: Lifecycle
+) -> Any:
     from circus.arbiter import Arbiter
     from circus.sockets import CircusSocket
 
@@ -297,18 +303,20 @@ def build_arbiter(configurations: list[Configuration], options: list[str], cwd: 
         graceful_timeout=GRACEFUL_TIMEOUT,
         max_retry=-1,
         close_child_stdin=True,
+        hooks=lifecycle.hooks(),
     )
+    watcher_class = _privileged_watcher(lifecycle)
     watchers: list[Any] = []
     sockets: list[Any] = []
     for c in configurations:
         mine = [HeldSocket(f"{c.prefix}{b.spec.service}{i}", b.sock) for i, b in enumerate(c.bound)]
         sockets.extend(mine)
-        watchers.extend(_role_watchers(c, options, common, mine))
+        watchers.extend(_role_watchers(c, options, common, mine, watcher_class))
     for name in ("circus", "tornado", ""):
         logger = logging.getLogger(name)
         logger.handlers[:] = [_LogBridge()]
         logger.propagate = False
-        logger.setLevel(logging.INFO if name == "circus" else logging.WARNING)
+        logger.setLevel(logging.DEBUG if logmod.get().enabled_for(logmod.DEBUG) else logging.WARNING)
     run_dir = run_dir_for(configurations[0].config)
     return Arbiter(
         watchers,
@@ -321,45 +329,37 @@ def build_arbiter(configurations: list[Configuration], options: list[str], cwd: 
     )
 
 
-def _signals_wait_for_a_busy_arbiter() -> None:
-    """Circus turns SIGTERM/SIGHUP into a quit/reload command, which it drops with a ConflictError
-    when the arbiter is busy with another command (eg. still starting its watchers): a relay
-    signalled right after start-up would then never stop.  Retry until the arbiter is free."""
-    from circus.sighandler import SysHandler
+def _when_free(arbiter: Any, command: str) -> None:
+    """``arbiter.stop()`` (``quit``) or a graceful ``arbiter.reload()`` (``reload``), now or, while
+    the arbiter is busy with another command (eg. still starting its watchers, which makes circus
+    raise ConflictError and would drop a stop signalled right after start-up), as soon as it is
+    free.  Runs on the arbiter's loop."""
+    from circus.exc import ConflictError
 
-    def retrying(command: str) -> Callable[[Any], None]:
-        def handler(self: Any) -> None:
-            loop = self.controller.loop
+    try:
+        future = arbiter.reload(graceful=True) if command == "reload" else arbiter.stop()
+    except ConflictError:
+        arbiter.loop.call_later(0.2, _when_free, arbiter, command)
+        return
+    if command == "reload":  # systemd: RELOADING=1 now, READY=1 once the roles are back
+        sd_notify.relay_reloading()
+        future.add_done_callback(lambda _: sd_notify.relay_reloaded())
+    else:
+        sd_notify.relay_stopping()
 
-            def busy() -> bool:
-                arbiter = self.controller.arbiter
-                return arbiter._exclusive_running_command is not None or bool(arbiter._restarting)
 
-            def attempt() -> None:
-                if busy():
-                    loop.call_later(0.2, attempt)
-                    return
-                properties = {"graceful": True} if command == "reload" else {}
-                message = json.dumps({"id": uuid.uuid4().hex, "command": command, "properties": properties})
-                if command == "reload":  # systemd: RELOADING=1 now, READY=1 once the roles are back
-                    sd_notify.relay_reloading()
-                    loop.call_later(0.2, reloaded)
-                else:
-                    sd_notify.relay_stopping()
-                self.controller.dispatch((None, message))
+def _take_over_signals(arbiter: Any) -> None:
+    """SIGTERM, SIGINT and SIGQUIT stop the relay and SIGHUP restarts its roles, through
+    :func:`_when_free`: our handlers replace the ones circus's controller installed when the
+    arbiter was built (it keeps SIGCHLD and the others), before any signal can reach those."""
+    loop = arbiter.loop
 
-            def reloaded() -> None:
-                if busy():
-                    loop.call_later(0.2, reloaded)
-                    return
-                sd_notify.relay_reloaded()
+    def handler(signum: int, frame: object) -> None:
+        command = "reload" if signum == signal.SIGHUP else "quit"
+        loop.add_callback_from_signal(_when_free, arbiter, command)
 
-            loop.add_callback_from_signal(attempt)
-
-        return handler
-
-    SysHandler.quit = retrying("quit")
-    SysHandler.reload = retrying("reload")
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, handler)
 
 
 def _channels(configurations: list[Configuration], gid: int | None) -> list[socket.socket]:
@@ -383,8 +383,12 @@ def run(
         _prepare_run_dir(run_dir, gid)
     channel_sockets = _channels(configurations, gid)
     supervisor_channel.preload()  # what the supervisor imports after becoming --user
-    _signals_wait_for_a_busy_arbiter()
-    arbiter = build_arbiter(configurations, options, cwd)
+    import circus.exc  # noqa: F401  (for _when_free, once --user)
+
+    arbiter: Any = None
+    lifecycle = Lifecycle(on_crash_loop=lambda: _when_free(arbiter, "quit"))
+    arbiter = build_arbiter(configurations, options, cwd, lifecycle)
+    _take_over_signals(arbiter)
     for c in configurations:
         for b in c.bound:
             b.sock.close()  # the arbiter holds duplicates
@@ -408,7 +412,7 @@ def run(
         with identity.as_root():
             for c in configurations:
                 _clean_run_dir(run_dir_for(c.config))
-    return 0
+    return 1 if lifecycle.crash_loop is not None else 0
 
 
 def _clean_run_dir(run_dir: Path) -> None:
