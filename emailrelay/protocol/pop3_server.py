@@ -277,8 +277,8 @@ _COMMANDS: dict[str, tuple[str, frozenset[Phase]]] = {
 }
 
 _WRONG_STATE = {
-    Phase.AUTHORIZATION: "-ERR not authenticated",
-    Phase.TRANSACTION: "-ERR already authenticated",
+    Phase.AUTHORIZATION: "-ERR",  # (E-MailRelay 2.6b's terse replies)
+    Phase.TRANSACTION: "-ERR",
 }
 
 # commands that need TLS first when tls_required
@@ -510,7 +510,7 @@ class Pop3Server(LineBuffer):
         self._errors = 0
         self._send("+OK" + (" " + text if text else ""))
 
-    def login_failed(self, text: str = "[AUTH] authentication failed", close: bool = False) -> None:
+    def login_failed(self, text: str = "", close: bool = False) -> None:
         self._pending_decision(*_LOGIN_EVENTS)
         self._pending = None
         self._user = None
@@ -551,7 +551,7 @@ class Pop3Server(LineBuffer):
             octets = self._sizes[ev.number - 1] if size is None else size
             self._send(f"+OK {octets} octets")
         else:
-            self._send("+OK top of message follows")
+            self._send("+OK")
         return ByteStuffer(ev.top_lines)
 
     def retrieve_done(self) -> None:
@@ -617,7 +617,7 @@ class Pop3Server(LineBuffer):
             log_line = f"AUTH {arg.split()[0]} [response not logged]"
         entry = _COMMANDS.get(verb)
         if entry is None:
-            self._error(ProtocolError(log_line, "-ERR invalid command"))
+            self._error(ProtocolError(log_line, "-ERR"))
             return
         method, phases = entry
         if self._phase not in phases:
@@ -653,18 +653,14 @@ class Pop3Server(LineBuffer):
         self._closing = True
 
     def _cmd_user(self, line: str, arg: str) -> None:
-        arg = arg.strip()
-        if not arg:
-            self._user = None
-            self._error(ProtocolError(line, "-ERR missing user name"))
-            return
+        arg = arg.strip()  # (an empty name is taken, as upstream does: "+OK user: ")
         self._user = arg
         self._ok(User(line, arg), f"user: {arg}")
 
     def _cmd_pass(self, line: str, arg: str) -> None:
         user = self._user
         if user is None:
-            self._error(ProtocolError(line, "-ERR no user name"))
+            self._error(ProtocolError(line, "-ERR"))
             return
         self._user = None
         self._events.append(Pass(line, user, self._raw_arg))
@@ -672,10 +668,10 @@ class Pop3Server(LineBuffer):
     def _cmd_apop(self, line: str, arg: str) -> None:
         parts = arg.split()
         if not self._cfg.apop:
-            self._error(ProtocolError(line, "-ERR APOP not available"))
+            self._error(ProtocolError(line, "-ERR"))
             return
         if len(parts) != 2:
-            self._error(ProtocolError(line, "-ERR usage: APOP <name> <digest>"))
+            self._error(ProtocolError(line, "-ERR"))
             return
         self._user = None
         self._events.append(Apop(line, parts[0], parts[1].lower(), self._cfg.timestamp))
@@ -692,7 +688,7 @@ class Pop3Server(LineBuffer):
             self._error(ProtocolError(line, "-ERR usage: AUTH <mechanism> [<initial-response>]"))
             return
         if mechanism not in self.mechanisms:
-            self._error(ProtocolError(line, "-ERR unsupported authentication mechanism"))
+            self._error(ProtocolError(line, "-ERR invalid mechanism"))
             return
         initial: str | None = None
         if len(parts) == 2:
@@ -702,17 +698,16 @@ class Pop3Server(LineBuffer):
 
     def _cmd_stls(self, line: str, arg: str) -> None:
         if not self._cfg.stls or self._tls:
-            self._error(ProtocolError(line, "-ERR STLS not available"))
+            self._error(ProtocolError(line, "-ERR"))
             return
         self._events.append(Stls(line))
 
-    def _message(self, line: str, text: str) -> int | None:
+    def _message(self, line: str, text: str, invalid: str = "-ERR") -> int | None:
+        """The live message numbered ``text``, else ``invalid`` is the reply (upstream's: ``-ERR
+        invalid id`` for LIST and UIDL, a bare ``-ERR`` for the others)."""
         n = _number(text)
-        if n is None:
-            self._error(ProtocolError(line, "-ERR invalid message number"))
-            return None
-        if not 1 <= n <= len(self._sizes) or n in self._deleted:
-            self._error(ProtocolError(line, "-ERR no such message"))
+        if n is None or not 1 <= n <= len(self._sizes) or n in self._deleted:
+            self._error(ProtocolError(line, invalid))
             return None
         return n
 
@@ -731,7 +726,7 @@ class Pop3Server(LineBuffer):
 
     def _listing(self, line: str, arg: str, values: Sequence[object], kind: type[List] | type[Uidl]) -> None:
         if arg.strip():
-            n = self._message(line, arg)
+            n = self._message(line, arg, "-ERR invalid id")
             if n is not None:
                 self._ok(kind(line, n), f"{n} {values[n - 1]}")
             return
@@ -748,11 +743,11 @@ class Pop3Server(LineBuffer):
     def _cmd_top(self, line: str, arg: str) -> None:
         parts = arg.split()
         if len(parts) != 2:
-            self._error(ProtocolError(line, "-ERR usage: TOP <message> <lines>"))
+            self._error(ProtocolError(line, "-ERR"))
             return
         count = _number(parts[1])
         if count is None:
-            self._error(ProtocolError(line, "-ERR invalid number of lines"))
+            self._error(ProtocolError(line, "-ERR"))
             return
         n = self._message(line, parts[0])
         if n is not None:
@@ -762,7 +757,7 @@ class Pop3Server(LineBuffer):
         n = self._message(line, arg)
         if n is not None:
             self._deleted.add(n)
-            self._ok(Dele(line, n), "message deleted")
+            self._ok(Dele(line, n))
 
     def _cmd_noop(self, line: str, arg: str) -> None:
         self._ok(Noop(line))

@@ -490,7 +490,7 @@ class PopSession(LineSession):
     def _on_stls(self, ev: pp.Stls) -> Awaitable[None] | None:
         sec = self.service.security
         if sec is None or sec.tls_context is None:
-            self.proto.reject("STLS not available")
+            self.proto.reject("")  # (upstream's bare -ERR)
             return None
         self.proto.accept_stls()
         self._flush()

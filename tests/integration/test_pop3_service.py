@@ -102,7 +102,7 @@ def test_apop(tmp_path: Path) -> None:
         assert p.stat()[0] == 1
         p.quit()
         p = h.client()
-        with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\]"):
+        with pytest.raises(poplib.error_proto, match=r"^b'-ERR'$"):  # upstream's bare -ERR
             p.apop("user1", "wrong")
         p.quit()
         log = h.wait_log("pop connection closed", 2)
@@ -170,7 +170,7 @@ def test_wrong_passwords_disconnect_after_five(tmp_path: Path) -> None:
         p = h.client()
         for i in range(5):
             p.user("me")
-            with pytest.raises(poplib.error_proto, match="authentication failed"):
+            with pytest.raises(poplib.error_proto, match=r"^b'-ERR'$"):  # upstream's bare -ERR
                 p.pass_(f"wrong{i}")
         with pytest.raises((poplib.error_proto, EOFError, OSError)):
             p.noop()
@@ -214,12 +214,12 @@ def test_protocol_errors_keep_the_session(tmp_path: Path) -> None:
         )
         data = recv_until(s, b"+OK 1 24\r\n")
         assert data.split(b"\r\n")[:7] == [
-            b"-ERR invalid command",
-            b"-ERR not authenticated",
+            b"-ERR",  # (E-MailRelay 2.6b's terse replies)
+            b"-ERR",
             b"-ERR line too long",
             b"+OK user: me",
             b"+OK",
-            b"-ERR no such message",
+            b"-ERR",
             b"+OK 1 24",
         ]
         s.close()
@@ -251,7 +251,7 @@ def test_stls_discards_injected_plaintext(tmp_path: Path) -> None:
         assert recv_until(s, b"\r\n") == b"+OK begin TLS negotiation\r\n"
         t = client_tls_context().wrap_socket(s)
         t.sendall(b"NOOP\r\n")
-        assert recv_until(t, b"\r\n") == b"-ERR not authenticated\r\n"  # not "+OK user: injected"
+        assert recv_until(t, b"\r\n") == b"-ERR\r\n"  # not authenticated: not "+OK user: injected"
         t.sendall(b"QUIT\r\n")
         recv_until(t, b"\r\n")
         t.close()

@@ -128,43 +128,43 @@ CONVERSATIONS = [
         "list and uidl one, stuffing",
         b"USER me\r\nPASS secret\r\nLIST 2\r\nUIDL 1\r\nRETR 2\r\nLIST 3\r\nLIST x\r\nQUIT\r\n",
         b"+OK user: me\r\n+OK\r\n+OK 2 7\r\n+OK 1 emailrelay.1.100.1.content\r\n"
-        b"+OK 7 octets\r\n..x\r\nyz\r\n.\r\n-ERR no such message\r\n-ERR invalid message number\r\n"
+        b"+OK 7 octets\r\n..x\r\nyz\r\n.\r\n-ERR invalid id\r\n-ERR invalid id\r\n"
         b"+OK signing off\r\n",
         True,
     ),
     (
         "dele rset dele quit",
         b"USER me\r\nPASS secret\r\nDELE 1\r\nDELE 1\r\nSTAT\r\nLIST\r\nRETR 1\r\nRSET\r\nSTAT\r\nDELE 2\r\nQUIT\r\n",
-        b"+OK user: me\r\n+OK\r\n+OK message deleted\r\n-ERR no such message\r\n+OK 1 7\r\n"
-        b"+OK 1 message(s)\r\n2 7\r\n.\r\n-ERR no such message\r\n+OK\r\n+OK 2 27\r\n+OK message deleted\r\n"
+        b"+OK user: me\r\n+OK\r\n+OK\r\n-ERR\r\n+OK 1 7\r\n"
+        b"+OK 1 message(s)\r\n2 7\r\n.\r\n-ERR\r\n+OK\r\n+OK 2 27\r\n+OK\r\n"
         b"+OK signing off\r\n",
         True,
     ),
     (
         "top",
         b"USER me\r\nPASS secret\r\nTOP 1 0\r\nTOP 1\r\nTOP 1 x\r\nNOOP\r\n",
-        b"+OK user: me\r\n+OK\r\n+OK top of message follows\r\nSubject: a\r\n\r\n.\r\n"
-        b"-ERR usage: TOP <message> <lines>\r\n-ERR invalid number of lines\r\n+OK\r\n",
+        b"+OK user: me\r\n+OK\r\n+OK\r\nSubject: a\r\n\r\n.\r\n"
+        b"-ERR\r\n-ERR\r\n+OK\r\n",
         False,
     ),
     (
         "wrong password then right",
         b"USER me\r\nPASS nope\r\nPASS secret\r\nUSER me\r\nPASS secret\r\nSTAT\r\n",
-        b"+OK user: me\r\n-ERR [AUTH] authentication failed\r\n-ERR no user name\r\n+OK user: me\r\n+OK\r\n"
+        b"+OK user: me\r\n-ERR\r\n-ERR\r\n+OK user: me\r\n+OK\r\n"
         b"+OK 2 27\r\n",
         False,
     ),
     (
         "wrong state",
         b"STAT\r\nRETR 1\r\nNOOP\r\nUSER me\r\nPASS secret\r\nUSER me\r\nAPOP me x\r\nSTLS\r\n",
-        b"-ERR not authenticated\r\n-ERR not authenticated\r\n-ERR not authenticated\r\n+OK user: me\r\n+OK\r\n"
-        b"-ERR already authenticated\r\n-ERR already authenticated\r\n-ERR already authenticated\r\n",
+        b"-ERR\r\n-ERR\r\n-ERR\r\n+OK user: me\r\n+OK\r\n"
+        b"-ERR\r\n-ERR\r\n-ERR\r\n",
         False,
     ),
     (
         "unknown commands and case",
         b"HELO x\r\n\r\nuser me\r\npass secret\r\nstat\r\n",
-        b"-ERR invalid command\r\n-ERR invalid command\r\n+OK user: me\r\n+OK\r\n+OK 2 27\r\n",
+        b"-ERR\r\n-ERR\r\n+OK user: me\r\n+OK\r\n+OK 2 27\r\n",
         False,
     ),
     (
@@ -176,14 +176,14 @@ CONVERSATIONS = [
     (
         "apop bad",
         b"APOP me\r\nAPOP me abc\r\nQUIT\r\n",
-        b"-ERR usage: APOP <name> <digest>\r\n-ERR [AUTH] authentication failed\r\n+OK signing off\r\n",
+        b"-ERR\r\n-ERR\r\n+OK signing off\r\n",
         True,
     ),
     (
         "auth",
         b"AUTH\r\nAUTH X\r\nAUTH CRAM-MD5\r\nbad\r\nAUTH PLAIN\r\nb2s=\r\nSTAT\r\n",
-        b"+OK\r\nCRAM-MD5\r\nPLAIN\r\nLOGIN\r\n.\r\n-ERR unsupported authentication mechanism\r\n"
-        b"+ Y2hhbGxlbmdl\r\n-ERR [AUTH] authentication failed\r\n+ Y2hhbGxlbmdl\r\n+OK\r\n+OK 2 27\r\n",
+        b"+OK\r\nCRAM-MD5\r\nPLAIN\r\nLOGIN\r\n.\r\n-ERR invalid mechanism\r\n"
+        b"+ Y2hhbGxlbmdl\r\n-ERR\r\n+ Y2hhbGxlbmdl\r\n+OK\r\n+OK 2 27\r\n",
         False,
     ),
     (
@@ -276,10 +276,10 @@ def test_stls_discards_plaintext_sent_after_it() -> None:
 
 def test_stls_not_available_or_after_tls() -> None:
     d = converse(b"STLS\r\n", split_whole)
-    assert d.out.endswith(b"-ERR STLS not available\r\n")
+    assert d.out.endswith(b"-ERR\r\n")
     d = Driver(PopConfig(timestamp=STAMP, stls=True, secure=True))
     d.feed(b"STLS\r\nCAPA\r\n")
-    assert b"-ERR STLS not available\r\n" in d.out and b"STLS\r\n." not in d.out
+    assert b"-ERR\r\n" in d.out and b"STLS\r\n." not in d.out
 
 
 def test_tls_required_blocks_authentication() -> None:
@@ -338,13 +338,13 @@ def test_login_failed_close_ends_session() -> None:
     pop.next_event()
     pop.login_failed(close=True)
     assert isinstance(pop.next_event(), ConnectionClosed)
-    assert pop.data_to_send() == b"+OK user: me\r\n-ERR [AUTH] authentication failed\r\n"
+    assert pop.data_to_send() == b"+OK user: me\r\n-ERR\r\n"
 
 
 def test_too_many_errors_close() -> None:
     d = converse(b"X\r\n" * 20, split_whole)
     assert d.closed
-    assert d.out.count(b"-ERR invalid command") == 10
+    assert d.out.count(b"-ERR\r\n") == 10
     assert d.out.endswith(b"-ERR too many errors\r\n")
 
 
@@ -400,7 +400,7 @@ def test_protocol_error_events_carry_the_reply() -> None:
     pop = Pop3Server(PopConfig())
     pop.receive_data(b"BOGUS 1\r\n")
     ev = pop.next_event()
-    assert isinstance(ev, ProtocolError) and ev.reply == "-ERR invalid command" and ev.line == "BOGUS 1"
+    assert isinstance(ev, ProtocolError) and ev.reply == "-ERR" and ev.line == "BOGUS 1"
 
 
 # ---------------------------------------------------------------- ByteStuffer
