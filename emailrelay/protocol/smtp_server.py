@@ -821,8 +821,7 @@ class SmtpServer(LineBuffer):
         return self._error(line, *_NO_RECIPIENTS)
 
     def _cmd_data(self, line: str, arg: str) -> Event:
-        if arg.strip():
-            return self._error(line, 501, "DATA takes no arguments")
+        # (an argument is ignored, as upstream)
         if self._bdat_used:
             return self._error(line, 503, _OUT_OF_SEQUENCE)
         if self._rcpt_ok == 0:

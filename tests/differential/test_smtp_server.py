@@ -115,7 +115,8 @@ COMMANDS = [
      "MAIL FROM:<a3@b> BODY=7bit AUTH=xx+41", "RCPT TO:<c@d>", "DATA", "x\r\n.",
      "MAIL FROM:<a4@b> SIZE=5 SIZE=6 BODY=8BITMIME BODY=7BIT AUTH=+zz", "RCPT TO:<c@d>", "DATA",
      "x\r\n.", "MAIL FROM:<> AUTH=<>", "RCPT TO:<c@d>", "DATA", "x\r\n.", "QUIT"],
-    ["EHLO h", "MAIL FROM:<\u00e9@b>", "RCPT TO:<c@d>", "RSET", "DATA", "quit"],
+    ["EHLO h", "MAIL FROM:<\u00e9@b>", "RCPT TO:<c@d>", "RSET", "DATA", "MAIL FROM:<a@b>", "RCPT TO:<c@d>",
+     "DATA x", "hello\r\n.", "RSET x", "quit"],
 ]  # fmt: skip
 
 
@@ -126,7 +127,7 @@ def test_commands_and_errors_as_upstream(tmp_path: Path) -> None:
     _assert_same_replies(got, COMMANDS)
     assert got["ours"][0][0][0].endswith(" -- E-MailRelay -- Service ready")  # ours says V2.6
     assert got["ours"][1] == got["upstream"][1]  # Content, MailFromAuthIn as upstream stores them
-    assert len(got["ours"][1]) == 4
+    assert len(got["ours"][1]) == 5
     assert got["ours"][2] == got["upstream"][2]
 
 

@@ -662,7 +662,7 @@ CASES: list[Case] = [
         ["250 ", "250 ", "250 ", "503 invalid data command with binarymime"],
         config={"chunking": True},
     ),
-    Case("data with argument", [E + M + R + b"DATA x\r\n"], [*OK_TXN, "501 "]),
+    Case("data argument ignored (upstream)", [E + M + R + b"DATA x\r\n"], [*OK_TXN, "354 "]),
     *[smuggle_case(sep) for sep in SMUGGLE],
     # --- BDAT
     Case(
