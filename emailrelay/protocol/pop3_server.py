@@ -472,7 +472,7 @@ class Pop3Server(LineBuffer):
                 continue
             assert isinstance(raw, bytes)
             if self._phase is Phase.AUTH:
-                self._events.append(AuthResponse("[response not logged]", _text(raw).strip()))
+                self._events.append(AuthResponse("[authentication response not logged]", _text(raw).strip()))
             else:
                 self._command(raw)
 

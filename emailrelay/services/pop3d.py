@@ -364,8 +364,9 @@ class PopSession(LineSession):
         secret = secrets.server_lookup("PLAIN", ev.user) if secrets is not None else None
         if secret is None:
             return self._login_failed(ev.user, "PLAIN", f"no secret for [{ev.user}]")
-        if not secret.matches_password(ev.password):
-            return self._login_failed(ev.user, "PLAIN", f"wrong password for [{ev.user}]")
+        if not secret.matches_password(ev.password):  # upstream's words: the secret it tried
+            tried = Success(ev.user, "PLAIN", secret.line, secret.kind).describe()
+            return self._login_failed(ev.user, "PLAIN", "", logged=f"using {tried}")
         return self._login(Success(ev.user, "PLAIN", secret.line, secret.kind))
 
     async def _pam_login(self, pam: PamSecrets, user: str, password: bytes) -> None:
@@ -431,12 +432,13 @@ class PopSession(LineSession):
         if pending is not None:
             await pending
 
-    async def _login_failed(self, user: str, mechanism: str, reason: str) -> None:
+    async def _login_failed(self, user: str, mechanism: str, reason: str, logged: str = "") -> None:
         self._auth_failures += 1
         sec = self.service.security
         who = f" for [{user}]" if user else ""
         mech = f" using mechanism [{mechanism.lower()}]" if mechanism else ""
-        self.log.warning(f"failed authentication of remote client{mech}{who}: {reason}")
+        self.log.warning(f"failed authentication of remote client {logged}" if logged
+                         else f"failed authentication of remote client{mech}{who}: {reason}")  # fmt: skip
         disconnect = self._auth_failures >= 5
         if sec is not None:
             decision = sec.guard.failure(self.host, time.monotonic(), self._auth_failures)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.oracle import SIDES, daemon_base, needs_oracle, run, start
+from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, run, start
 from tests.support.relay import free_port
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
@@ -38,6 +38,7 @@ SESSIONS = [
 ]  # fmt: skip
 _ID = re.compile(rb"emailrelay\.\d+\.\d+\.\d+")
 _STAMP = re.compile(rb"<\d+\.\d+@[^>]+>")
+POP_LOG = re.compile(r"pop |rx<<|tx>>|authentication")
 
 
 def _read(sock: socket.socket, multi: bool) -> bytes:
@@ -65,9 +66,9 @@ def _session(port: int, commands: list[str]) -> list[tuple[str, bytes]]:
     return [(c, _STAMP.sub(b"<STAMP>", r)) for c, r in out]
 
 
-def _pop(side: str, base: Path) -> tuple[list[tuple[str, bytes]], list[str]]:
+def _pop(side: str, base: Path) -> tuple[list[tuple[str, bytes]], list[str], list[str]]:
     pop_port = free_port()
-    secrets = base / f"secrets-{side}"
+    secrets = base / "secrets"  # (one file for both: the log names it)
     secrets.write_text("server plain me secret\n")
     secrets.chmod(0o644)
     spool = base / side / "spool"
@@ -84,13 +85,29 @@ def _pop(side: str, base: Path) -> tuple[list[tuple[str, bytes]], list[str]]:
         for commands in SESSIONS:
             replies += _session(pop_port, commands)
         left = sorted(_ID.sub(b"ID", p.name.encode()).decode() for p in daemon.spool.glob("emailrelay.*"))
-    return replies, left
+        log = [
+            re.sub(r"<\d+\.\d+@[^>]+>", "<STAMP>", line)
+            for line in normalise_log(daemon.log(), daemon, ports=[pop_port])
+            if POP_LOG.search(line) and "Service ready" not in line  # (not the smtp probe's greeting)
+        ]
+    return replies, left, log
+
+
+def _comparable(log: list[str], side: str) -> list[str]:
+    """The log lines both give alike. Known differences left (issue 17): upstream logs no warning for
+    a failed APOP or a cancelled AUTH (ours does: failed logins stay visible), traces the AUTH
+    mechanism list with a "[2 lines]" in the middle, logs "pop authentication of <user> connected
+    from <peer>" after AUTH, and the last session's close line may come after the log was read."""
+    drop = re.compile(r"failed authentication .*(apop|authentication cancelled)|\[2 lines\]|pop authentication of "
+                      r"|pop connection closed|tx>>: \"(CRAM-MD5|PLAIN)\"")  # fmt: skip
+    return [line for line in log if not drop.search(line)]
 
 
 def test_pop_replies_as_upstream(tmp_path: Path) -> None:
     base = daemon_base(tmp_path)
     got = {side: _pop(side, base) for side in SIDES}
-    (ours, ours_left), (upstream, up_left) = got["ours"], got["upstream"]
+    (ours, ours_left, ours_log), (upstream, up_left, up_log) = got["ours"], got["upstream"]
     for mine, theirs in zip(ours, upstream, strict=True):
         assert mine == theirs
     assert ours_left == up_left == ["ID.content", "ID.envelope"]  # the first session deleted two, RSET one
+    assert _comparable(ours_log, "ours") == _comparable(up_log, "upstream")
