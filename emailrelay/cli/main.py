@@ -22,6 +22,7 @@ from .. import log as logmod
 from ..config import Config, from_values
 from ..errors import EmailRelayError, OptionError, UsageError
 from ..services import daemon, listeners, sd_notify, security
+from . import preflight
 from .helptext import help_text, version_text
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
 from .tools import SUBCOMMANDS
@@ -127,6 +128,7 @@ def prepare(config: Config) -> None:
         reason = "not a directory" if config.spool_dir.exists() else "no such file or directory"
         raise UsageError(f"invalid spool directory: {config.spool_dir}: {reason}")
     config.spool_dir = config.spool_dir.absolute()  # before detaching changes the directory
+    preflight.check_spool(config.spool_dir, space=not (config.as_client or config.dont_serve))
     if config.delivery_dir is not None:
         config.delivery_dir = config.delivery_dir.absolute()
     _check_policy(config)
@@ -203,6 +205,10 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
             for b in socks:
                 b.sock.close()
         raise
+    if not (first.as_client or first.dont_serve or first.single_process):
+        from .supervisor import prepare_run_dirs  # made now: an error is still one line on stderr
+
+        prepare_run_dirs((c for _, c in configurations), target.gid if target else None)
     if not first.no_daemon and not first.as_client:
         daemon.detach()
     if values.get("close-stderr"):

@@ -38,6 +38,7 @@ import socket
 import stat
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,20 @@ def _prepare_run_dir(run_dir: Path, gid: int | None) -> None:
         os.close(_owned_directory(run_dir / CIRCUS_DIR, 0o700, None, dir_fd=fd))
     finally:
         os.close(fd)
+
+
+def prepare_run_dirs(configs: Iterable[Config], gid: int | None) -> None:
+    """Every run directory, made by the front end (as root, before it detaches and before any role
+    is spawned): one that cannot be made is a start-up error, one line on stderr and exit 1."""
+    for config in configs:
+        run_dir = run_dir_for(config)
+        check_run_dir(run_dir)
+        try:
+            _prepare_run_dir(run_dir, gid)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot make the run directory {run_dir}: {exc.strerror or exc}: use --run-dir"
+            ) from None
 
 
 class _LogBridge(logging.Handler):
@@ -377,10 +392,7 @@ def run(
     gid = target.gid if target is not None else None
     os.umask(identity.CHILD_UMASK)  # upstream's, for the supervisor and every role: the sockets get
     # their modes at bind time and spool files theirs explicitly, so nothing relies on a wider umask
-    for c in configurations:
-        run_dir = run_dir_for(c.config)
-        check_run_dir(run_dir)
-        _prepare_run_dir(run_dir, gid)
+    # (the run directories are made already: prepare_run_dirs, before detaching)
     channel_sockets = _channels(configurations, gid)
     supervisor_channel.preload()  # what the supervisor imports after becoming --user
     import circus.exc  # noqa: F401  (for _when_free, once --user)
