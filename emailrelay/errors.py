@@ -22,8 +22,13 @@ class UsageError(EmailRelayError):
 
 
 class OptionError(UsageError):
-    """A command-line option that cannot be read (unknown, or its value missing): reported, as
-    upstream does, with a second line pointing at ``--help --verbose``."""
+    """Command-line options that cannot be read (unknown, value missing, a value given twice):
+    reported, as upstream does, one line per problem in sorted order, then a line pointing at
+    ``--help --verbose``."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(self.problems))
 
 
 class ConfigError(EmailRelayError):

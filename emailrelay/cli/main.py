@@ -115,9 +115,12 @@ def report_startup_error(log: logmod.Log, exc: EmailRelayError) -> None:
     """An error that stops the program: in the log in its usual form (a ``--log-file`` gets it, with
     ``--log-time`` its timestamp: SPEC.md §2), and on stderr as upstream prints it,
     ``emailrelay: error: <text>``, whatever ``--log-file`` and ``--close-stderr`` say."""
-    log.error(str(exc))
+    problems = exc.problems if isinstance(exc, OptionError) else [str(exc)]
+    for problem in problems:
+        log.error(problem)
     if log.config.log_file or not log.config.stderr:
-        print(f"emailrelay: error: {exc}", file=sys.stderr, flush=True)
+        for problem in problems:
+            print(f"emailrelay: error: {problem}", file=sys.stderr, flush=True)
     if isinstance(exc, OptionError):
         print(OPTION_HINT, file=sys.stderr, flush=True)
 

@@ -29,11 +29,13 @@ What it guarantees:
   without a value is ``True``. Defaults are NOT filled in: use ``Parsed.get``.
 * Duplicates: a non-repeatable option given twice in the same source (the
   command line, or the config file) with the same value is accepted once;
-  with different values it is an error. Between the two sources the command
+  with different values it is an error (on the command line in upstream's
+  words, ``duplicate use of "-p"``, as typed the second time). Between the two sources the command
   line wins, option by option (for a repeatable option the command line's
   list replaces the file's).
 * Errors: ``UsageError`` for the command line (``OptionError``, in
-  upstream's words, for an unknown option or a missing value), ``ConfigError``
+  upstream's words and all of them at once, for unknown options, missing
+  values and duplicates), ``ConfigError``
   with path and line for the config file. Conflict rules (``EXCLUSIVE``, ``REQUIRES``,
   ``MAX_COUNT``) are checked per configuration, except with --help/--version.
 * The ``--as-*`` shorthands are not expanded here; ``expand_shorthands`` does
@@ -104,7 +106,8 @@ MSG_BAD_NUMBER_LIST = "{opt}: invalid list of numbers '{value}'"
 MSG_BAD_ASSIGNMENTS = "{opt}: invalid value '{value}' (expected <name>=<number>,...)"
 MSG_BAD_CHOICE = "{opt}: invalid value '{value}' (expected {choices})"
 MSG_EMPTY_ADDRESS = "{opt}: empty address"
-MSG_TWICE = "{opt} given twice with different values"
+MSG_TWICE = "{opt} given twice with different values"  # in a config file
+MSG_DUPLICATE = 'duplicate use of "{opt}"'  # on the command line: upstream's words
 MSG_TOO_MANY = "{opt} given more than {count} times"
 MSG_EXCLUSIVE = "{opt} cannot be used with {other}"
 MSG_REQUIRES = "{opt} requires {other}"
@@ -235,6 +238,13 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], str |
     """Split argv into (written name, raw value or None, as typed) and the config file."""
     items: list[tuple[str, str | None, str]] = []
     positional: list[str] = []
+    problems: list[str] = []  # every one is reported, as upstream does
+    given: dict[str, str] = {}  # option (as written, prefix included) -> the value given first
+
+    def once(written: str, option: Option, value: str | None, display: str) -> None:
+        if value is not None and not option.repeatable and given.setdefault(written, value) != value:
+            problems.append(MSG_DUPLICATE.format(opt=display))
+
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -246,13 +256,16 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], str |
             written, eq, raw = arg[2:].partition("=")
             option = _shape(written)
             if option is None:
-                raise OptionError(MSG_INVALID_OPTION.format(opt="--" + written))
+                problems.append(MSG_INVALID_OPTION.format(opt="--" + written))
+                continue
             value: str | None = raw if eq else None
             if not eq and option.metavar is not None and not option.optional_value:
                 if i >= len(argv):
-                    raise OptionError(MSG_NO_VALUE_SUPPLIED.format(opt=f'"--{written}"'))
+                    problems.append(MSG_NO_VALUE_SUPPLIED.format(opt=f'"--{written}"'))
+                    continue
                 value = argv[i]
                 i += 1
+            once(written, option, value, "--" + option.name)  # upstream names it without a prefix
             items.append((written, value, "--" + written))
         elif arg.startswith("-") and arg != "-":
             j = 1
@@ -261,7 +274,8 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], str |
                 j += 1
                 option = BY_SHORT.get(letter)
                 if option is None:
-                    raise OptionError(MSG_INVALID_OPTION.format(opt="-" + letter))
+                    problems.append(MSG_INVALID_OPTION.format(opt="-" + letter))
+                    continue
                 value = None
                 if option.metavar is not None and not option.optional_value:
                     if j < len(arg):
@@ -270,11 +284,15 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], str |
                         value = argv[i]
                         i += 1
                     else:
-                        raise OptionError(MSG_NO_VALUE_SUPPLIED.format(opt="-" + letter))
+                        problems.append(MSG_NO_VALUE_SUPPLIED.format(opt="-" + letter))
+                        continue
+                once(option.name, option, value, "-" + letter)
                 items.append((option.name, value, "-" + letter))
         else:
             positional = argv[i - 1 :]
             break
+    if problems:
+        raise OptionError(*problems)
     if len(positional) > 1:
         raise UsageError(MSG_EXTRA_ARGUMENT.format(arg=positional[1]))
     return items, (positional[0] if positional else None)

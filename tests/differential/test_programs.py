@@ -351,9 +351,21 @@ def _startup(tmp_path: Path, *args: str, log_file: bool = False) -> dict[str, tu
             ("--as-server", "--spool-dir", "{base}/bad.conf"),
             "emailrelay: error: invalid spool directory: BASE/bad.conf: not a directory\n",
         ),
+        (
+            ("--zz", "--port", "1", "-p", "2", "--aa", "--port"),
+            'emailrelay: error: duplicate use of "-p"\n'
+            'emailrelay: error: invalid option: "--aa"\n'
+            'emailrelay: error: invalid option: "--zz"\n'
+            'emailrelay: error: no value supplied for "--port"\n' + TRY_LINE,
+        ),
+        (
+            ("--as-server", "--in-spool-dir", "{base}/spool", "--in-port=1", "--in-port=2"),
+            'emailrelay: error: duplicate use of "--port"\n' + TRY_LINE,
+        ),
     ],
-    ids=["bad-option", "no-value", "no-value-short", "no-spool", "spool-not-a-directory"],
-)
+    ids=["bad-option", "no-value", "no-value-short", "no-spool", "spool-not-a-directory", "every-problem",
+         "duplicate-prefixed"],
+)  # fmt: skip
 def test_startup_errors_on_stderr_as_upstream(
     tmp_path: Path, args: tuple[str, ...], stderr: str, log_file: bool
 ) -> None:

@@ -191,7 +191,13 @@ def test_empty_values() -> None:
         (["--retry=60,,300"], "--retry: invalid list of numbers '60,,300'"),
         (["--workers=smtp"], "--workers: invalid value 'smtp' (expected <name>=<number>,...)"),
         (["--notify=select"], "--notify: invalid value 'select' (expected inotify or poll)"),
-        (["--port=25", "-p", "26"], "--port given twice with different values"),
+        (["--port=25", "-p", "26"], 'duplicate use of "-p"'),
+        (["--in-spool-dir=/a", "--in-port=1", "--in-port=2"], 'duplicate use of "--port"'),
+        (  # every problem, sorted, as upstream reports them
+            ["--zz", "--port=1", "--port=2", "--aa", "-P", "--pid-file"],
+            'duplicate use of "--port"\ninvalid option: "--aa"\ninvalid option: "--zz"\n'
+            'invalid option: "-P"\nno value supplied for "--pid-file"',
+        ),
         (["a.conf", "b.conf"], "unexpected argument 'b.conf' (the config file must be the last argument)"),
         (["a.conf", "--log"], "unexpected argument '--log' (the config file must be the last argument)"),
         (["--client-tls-certificate=a"] * 3, "--client-tls-certificate given more than 2 times"),
