@@ -197,18 +197,20 @@ def test_452_at_data_leaves_no_content_file(tmpfs: Path) -> None:
 
 def test_forwarder_cannot_fail_an_envelope_on_a_full_disk(tmpfs: Path) -> None:
     rd = short_run_dir()
-    with FakeSmtp(rcpt_replies={"bad@example.net": "550 5.1.1 no such user"}) as hop:
+    # the next hop sits on its RCPT reply for 2 s: the disk fills (after the relay started, which it
+    # refuses to do on a full spool) before the 550 makes the forwarder fail the envelope
+    with FakeSmtp(rcpt_replies={"bad@example.net": "550 5.1.1 no such user"}, delays={"rcpt": 2.0}) as hop:
         relay: Relay | None = None
         try:
             store = SpoolStore(tmpfs)
             store.store_message(
                 Envelope("a@example.com", to_remote=("bad@example.net",)), simple_content("doomed@test")
             )
-            fill(tmpfs, 0)
             relay = start_relay(
                 tmpfs.parent, "--run-dir", str(rd), "--forward-to", hop.address, "--poll", "1",
                 spool=tmpfs, name="fwdfull",
             )  # fmt: skip
+            fill(tmpfs, 0)
             assert wait_until(lambda: "cannot fail envelope" in relay.log(), 20), relay.log()[-3000:]
             assert relay.proc.poll() is None
             kids = psutil.Process(relay.pid).children(recursive=True)
