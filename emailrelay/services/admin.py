@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .. import COPYRIGHT, OPENSSL_NOTICE, PRODUCT_VERSION, WARRANTY, __version__
+from .. import COPYRIGHT, OPENSSL_NOTICE, PRODUCT_VERSION, WARRANTY, __version__, topology
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
@@ -343,7 +343,9 @@ class AdminSession(asyncio.Protocol):
         pid = self.ctx.arbiter_pid or os.getpid()
         self.log.info(f"received a terminate command from {self.peer}")
         self._closed_by = "terminate"
-        os.kill(pid, signal.SIGTERM)
+        # a clean stop that ends with status 0, as upstream's terminate does (SIGTERM now ends the
+        # relay as killed by that signal, as E-MailRelay 2.6b does; SIGINT is the same stop)
+        os.kill(pid, signal.SIGINT)
         if self.transport is not None:
             self.transport.close()  # upstream: no reply, the connection closes
         return None
@@ -370,10 +372,11 @@ class AdminSession(asyncio.Protocol):
     async def cmd_workers(self, args: list[str]) -> list[str]:
         if self.ctx.control is None:
             return ["error: not supervised (--single-process)"]
-        if len(args) != 2 or args[0] not in ("forward", "smtp") or not args[1].isdigit():
-            return ["usage: workers {forward|smtp} <N>"]
+        if len(args) != 2 or args[0] not in topology.SCALABLE or not args[1].isdigit():
+            return [f"usage: workers {{{'|'.join(topology.SCALABLE)}}} <N>"]
         count = int(args[1])
-        if count < (1 if args[0] == "smtp" else 0) or count > 64:
+        low, high = topology.SCALABLE[args[0]]
+        if not low <= count <= high:
             return ["error: invalid number of workers"]
         reply = await self.ctx.control.set_workers(args[0], count)
         return ["OK"] if reply.get("status") == "ok" else [f"error: {reply.get('reason', 'failed')}"]
