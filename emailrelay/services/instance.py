@@ -32,6 +32,7 @@ from .listeners import Bound
 from .loop import stop_event
 from .security import client_security, server_security
 from .smtpd import ServerPolicy, ServiceHooks, SmtpService, SmtpServiceOptions
+from .spool_sweep import leftover_age, sweep_forever
 
 if TYPE_CHECKING:
     from .forward import ForwardService
@@ -136,11 +137,9 @@ class Instance:
         config = self.config
         logmod.set_unit(config.name)  # this task's lines (each instance runs in its own task)
         store = open_store(config)
-        report = store.recover(new_age=max(600.0, 2 * config.filter_timeout))
+        report = store.recover(new_age=leftover_age(config))  # the store logs each crash leftover it removes
         for mid in report.released:
             log.info(f"recovered claim on [{mid}]: returned to the queue")
-        for mid in report.removed_new:
-            log.info(f"removed incomplete message [{mid}] left by a crash")
         executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
         forwarder = None
         if config.forward_to or config.as_client:
@@ -177,6 +176,7 @@ class Instance:
                 smtpd.dnsbl_off_until = time.monotonic() + float(str(body.get("off_for", 0)))
 
         admin_servers = []
+        sweeper: asyncio.Task[None] | None = None
         try:
             smtp_socks = [b.sock for b in self.smtp_sockets if b.spec.service == "smtp"]
             if smtp_socks:
@@ -206,9 +206,12 @@ class Instance:
                     self.exit_status = 0 if ok else 1
                     return self.exit_status
                 await forwarder.start(initial=config.forward)
+            sweeper = loop.create_task(sweep_forever(store, config))  # crash leftovers, periodically
             await stop.wait()
             log.info("stopping")
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
             for server in admin_servers:
                 server.close()
             if pop is not None:

@@ -40,6 +40,7 @@ from .connection_slots import ConnectionSlots
 from .instance import build_smtp_service, open_store
 from .loop import until_stopped
 from .notify import SpoolWatcher
+from .spool_sweep import leftover_age, sweep_forever
 
 PR_SET_NAME = 15
 SUBSCRIBE_SETTLE = 1.0  # seconds for a new subscription to reach the bus
@@ -95,12 +96,9 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
     if not config.forward_to or config.immediate:  # no forward role to clean crash leftovers (SPEC §7)
         try:
             with identity.as_root():
-                report = store.recover(new_age=max(600.0, 2 * config.filter_timeout))
+                store.recover(new_age=leftover_age(config))  # the store logs each crash leftover it removes
         except OSError as exc:
             log.warning(f"spool recovery failed: {exc}")
-        else:
-            for mid in report.removed_new:
-                log.info(f"removed incomplete message [{mid}] left by a crash")
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
     forwarder = None
     if config.immediate and config.forward_to:
@@ -147,11 +145,13 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
     await smtpd.start(sockets)
     bus.publish(schema.ROLE_STARTED, role="smtp")
     listener = asyncio.get_running_loop().create_task(commands())
+    sweeper = asyncio.get_running_loop().create_task(sweep_forever(store, config))  # crash leftovers
     try:
         await until_stopped()
     finally:
         bus.publish(schema.ROLE_STOPPING, role="smtp")
         listener.cancel()
+        sweeper.cancel()
         await smtpd.stop(5.0)
         if forwarder is not None:
             await forwarder.stop()

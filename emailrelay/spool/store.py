@@ -57,6 +57,7 @@ from functools import wraps
 from pathlib import Path
 from typing import BinaryIO, ParamSpec, TypeVar
 
+from .. import log as logmod
 from .. import safe_files
 from ..identity import as_root
 from . import envelope as envelope_format
@@ -457,11 +458,7 @@ class SpoolStore:
             if entry.state is State.BUSY:
                 if self._recover_busy(entry.id):
                     report.released.append(entry.id)
-            elif entry.state is State.NEW and now - entry.mtime > new_age:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._envelope(entry.id, State.NEW))
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._content(entry.id))
+            elif entry.state is State.NEW and self._remove_crashed_store(entry, new_age, now):
                 report.removed_new.append(entry.id)
         with contextlib.suppress(FileNotFoundError), os.scandir(self.directory) as it:
             for e in it:
@@ -478,6 +475,39 @@ class SpoolStore:
                             os.unlink(e.path)
                             report.removed_deferrals += 1
         return report
+
+    @_privileged
+    def remove_crashed_stores(self, max_age: float) -> list[MessageId]:
+        """Delete every ``.envelope.new`` (and its content) that nothing has touched for ``max_age``
+        seconds: a store that crashed before its ``250`` (the periodic sweep; :meth:`recover` does it too)."""
+        now = time.time()
+        return [
+            e.id
+            for e in list(self.scan())
+            if e.state is State.NEW and self._remove_crashed_store(e, max_age, now)
+        ]
+
+    def _remove_crashed_store(self, entry: SpoolEntry, max_age: float, now: float) -> bool:
+        """Remove one ``.new`` leftover (and its content) if it is older than ``max_age``; log it.
+
+        A living session writes the ``.new`` last and then only runs the server filter (bounded by
+        ``--filter-timeout``) before renaming it: so ``max_age`` well over the filter timeout never
+        removes a message a living session may still commit.  Only the process whose unlink wins logs."""
+        age = now - entry.mtime
+        if age <= max_age:
+            return False
+        try:
+            os.unlink(self._envelope(entry.id, State.NEW))
+        except FileNotFoundError:
+            return False  # committed, abandoned or removed by another process meanwhile
+        removed = envelope_name(entry.id, State.NEW)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._content(entry.id))
+            removed += f" and {content_name(entry.id)}"
+        logmod.get().info(
+            f"removed incomplete message [{entry.id}] left by a crash: {removed} ({int(age)}s old)"
+        )
+        return True
 
     def _recover_busy(self, mid: MessageId) -> bool:
         busy = self._envelope(mid, State.BUSY)

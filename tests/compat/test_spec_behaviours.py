@@ -76,7 +76,8 @@ def test_new_envelope_is_never_forwarded_and_is_cleaned_after_a_crash(tmp_path: 
     r = run_client(spool, "127.0.0.1:9")  # nothing to send: never connects
     assert r.returncode == 0, r.stderr
     assert (
-        f"emailrelay: info: removed incomplete message [{fresh_id}] left by a crash" in r.stderr.splitlines()
+        f"emailrelay: info: removed incomplete message [{fresh_id}] left by a crash: {fresh_id}.envelope.new "
+        f"and {fresh_id}.content (" in r.stderr
     )
     assert os.listdir(spool) == []
 
