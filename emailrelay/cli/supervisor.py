@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import identity
+from .. import identity, topology
 from .. import log as logmod
 from ..config import Config
 from ..errors import UsageError
@@ -217,7 +217,8 @@ class Configuration:
 def _role_watchers(
     c: Configuration, options: list[str], common: dict[str, Any], sockets: list[Any], watcher_class: type
 ) -> list[Any]:
-    """The watchers of one configuration: bus, notify and forward when forwarding, smtp, pop, admin."""
+    """The watchers of one configuration: a row of :mod:`emailrelay.topology` each, for the roles
+    its config runs."""
     python = sys.executable
     config = c.config
     rd = str(run_dir_for(config))
@@ -227,38 +228,22 @@ def _role_watchers(
     from .parse import app_dir  # "@app" is the supervising program's directory, not the role module's
 
     app = ["--app-dir", app_dir()]
-
-    def watcher(role: str, extra: list[str], **kw: Any) -> Any:
-        args = ["-m", "emailrelay.cli.role", role, "--run-dir", rd, *app, *select, *extra, *tail]
-        return watcher_class(f"{c.prefix}{role}", python, args=args, **kw, **common)
-
-    def fds(service: str) -> list[str]:
-        return [
-            a
-            for s in sockets
-            if s.name.startswith(f"{c.prefix}{service}")
-            for a in ("--fd", f"$(circus.sockets.{s.name})")
-        ]
-
-    watchers = [watcher("bus", [], priority=30)]
-    if config.forward_to and not config.immediate:
-        n = max(1, config.workers_forward)
-        if config.poll is not None:  # without --poll only disconnects ring (--forward-on-disconnect)
-            watchers.append(watcher("notify", [], priority=20))
-        watchers.append(
-            watcher("forward", ["--index", "$(circus.wid)", "--count", str(n)], numprocesses=n, priority=10)
-        )
-    if fd_args := fds("smtp"):
-        watchers.append(
-            watcher("smtp", fd_args, numprocesses=max(1, config.workers_smtp), use_sockets=True, priority=0)
-        )
-    if fd_args := fds("pop"):
-        watchers.append(watcher("pop", fd_args, use_sockets=True, priority=5))
-    if config.metrics:
-        watchers.append(watcher("metrics", ["--listen", config.metrics], priority=5))
-    if fd_args := fds("admin"):
-        listen = [a for b in c.bound for a in ("--listen", b.display)]
-        watchers.append(watcher("admin", [*fd_args, *listen], use_sockets=True, priority=5))
+    watchers = []
+    for row in topology.roles_for(config):
+        held = [s for s in sockets if any(s.name.startswith(f"{c.prefix}{svc}") for svc in row.sockets)]
+        if row.sockets and not held:
+            continue  # nothing bound for it (eg. --no-smtp)
+        extra = [a for s in held for a in ("--fd", f"$(circus.sockets.{s.name})")]
+        n = row.processes(config)
+        if row.indexed:
+            extra += ["--index", "$(circus.wid)", "--count", str(n)]
+        if row.listen == "metrics":
+            extra += ["--listen", str(config.metrics)]
+        elif row.listen == "bound":
+            extra += [a for b in c.bound for a in ("--listen", b.display)]
+        args = ["-m", "emailrelay.cli.role", row.name, "--run-dir", rd, *app, *select, *extra, *tail]
+        kw: dict[str, Any] = {"numprocesses": n, "priority": row.priority, "use_sockets": bool(row.sockets)}
+        watchers.append(watcher_class(f"{c.prefix}{row.name}", python, args=args, **kw, **common))
     return watchers
 
 

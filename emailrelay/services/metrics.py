@@ -56,7 +56,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, gener
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .. import PRODUCT_VERSION, __version__, identity
+from .. import PRODUCT_VERSION, __version__, identity, topology
 from .. import log as logmod
 from ..bus import schema
 from ..bus.endpoint import BusClient
@@ -67,7 +67,7 @@ from ..spool.store import SpoolStore
 from .health import DEFAULT_MIN_FREE, HealthChecker, HttpServer, RoleTracker, health_handler
 from .loop import until_stopped
 
-ANNOUNCING_ROLES = ("smtp", "forward", "notify", "metrics")  # the roles that publish role.started
+ANNOUNCING_ROLES = tuple(r.name for r in topology.ROLES if r.announces)  # they publish role.started
 ROLE_CENSUS_PERIOD = 5.0  # ask circus for role pids at most this often (at scrapes)
 ROLE_CENSUS_BACKOFF = 15.0  # after circus did not answer
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

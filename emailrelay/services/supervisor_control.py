@@ -21,11 +21,13 @@ import json
 import os
 from typing import Any
 
+from .. import topology
+
 CHANNEL = "supervisor.sock"  # in the run directory
 ACTIONS = ("roles", "census", "restart", "workers")
 MAX_LINE = 4096  # a request or a reply line, bytes (a census of 64 workers per role fits)
-MAX_WORKERS = 64
-MIN_WORKERS = {"smtp": 1, "forward": 0}  # the roles whose number of processes may be set
+MAX_WORKERS = topology.MAX_WORKERS
+MIN_WORKERS = {name: low for name, (low, _) in topology.SCALABLE.items()}  # the scalable roles
 
 
 def channel_path(run_dir: str) -> str:

@@ -50,7 +50,6 @@ def test_a_killed_role_is_logged_with_its_signal_and_its_restart(tmp_path: Path)
         "handle_callback_exception",
     ):
         assert chatter not in log
-    assert relay.proc.returncode == 0
     assert "crash loop" not in log
 
 

@@ -4,7 +4,7 @@ What is enforced, for every ``import`` and ``from ... import`` in ``emailrelay/`
 and inside functions alike (a lazy import is still a dependency):
 
 1. Imports point one way: ``cli → services → (spool, policy, auth, bus) → protocol → base``, where
-   *base* is the package's top-level modules (``config``, ``errors``, ``log``, ``identity``,
+   *base* is the package's top-level modules (``config``, ``errors``, ``log``, ``identity``, ``topology``,
    ``safe_files``, ``transport_address`` and ``emailrelay/__init__``).  A module may import its own
    package and any lower layer, never a higher one; among the four middle packages only the edges
    in ``PEER_EDGES`` are allowed (each with its reason).
@@ -33,7 +33,16 @@ ROOT = Path(__file__).resolve().parents[2] / "emailrelay"
 
 #: Rank of each top-level package or module; a module may import only ranks below its own, or its own package.
 RANKS = {"base": 0, "protocol": 1, "spool": 2, "policy": 2, "auth": 2, "bus": 2, "services": 3, "cli": 4}
-BASE_MODULES = {"config", "errors", "log", "identity", "safe_files", "transport_address", "__init__"}
+BASE_MODULES = {
+    "config",
+    "errors",
+    "log",
+    "identity",
+    "safe_files",
+    "transport_address",
+    "topology",
+    "__init__",
+}
 #: Allowed imports between the middle packages: (importer, imported) -> why.
 PEER_EDGES = {
     (
