@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import topology
 from .errors import UsageError
 
 Values = dict[str, "str | bool | list[str]"]
@@ -243,12 +244,13 @@ def from_values(values: Values) -> Config:
             count = int(number)
         except ValueError:
             raise UsageError(f"--workers: expected role=number, got '{item}'") from None
-        if role == "forward" and count >= 0:
-            c.workers_forward = count
-        elif role == "smtp" and count >= 1:
-            c.workers_smtp = count
-        elif role not in ("forward", "smtp", "pop", "notify", "admin", "bus"):
+        if role not in topology.BY_NAME:
             raise UsageError(f"--workers: unknown role '{role}'")
+        low, high = topology.SCALABLE.get(role, (1, 1))
+        if role == "forward" and low <= count <= high:
+            c.workers_forward = count
+        elif role == "smtp" and low <= count <= high:
+            c.workers_smtp = count  # (other roles run one process: their number is ignored)
     c.no_daemon = bool(values.get("no-daemon"))
     c.pid_file = _str(values, "pid-file")
     c.user = _str(values, "user") or "daemon"
