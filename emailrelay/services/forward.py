@@ -433,9 +433,11 @@ class ForwardService:
             outcome = await self.forward_one(mid)
         finally:
             self._immediate.pop(mid, None)
-        if outcome.status in ("sent", "skipped"):
+        if outcome.status == "sent" or (
+            outcome.status == "skipped" and not self.store.envelope_path(mid, State.READY).exists()
+        ):  # (skipped: a client filter took care of it; one left in the spool was not forwarded)
             return 250, "message processed"
-        if mid in self._session_trouble:
+        if outcome.status == "skipped" or mid in self._session_trouble:
             self._session_trouble.discard(mid)
             return 452, "forwarding failed"
         reply = outcome.reply

@@ -31,12 +31,12 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as env_format
-from tests.integration.test_smtpd_support import Wire, committed, short_run_dir, spool_entries
 from tests.support.dns_server import dns_server
 from tests.support.fake_smtp import FakeSmtp, Message
 from tests.support.fake_spamd import GTUBE, fake_spamd
 from tests.support.relay import Relay, free_port, program, start_relay, wait_for_port, wait_until
 from tests.support.sink import envelope_text, simple_content, write_raw
+from tests.support.smtpd import Wire, committed, short_run_dir, spool_entries
 
 pytestmark = pytest.mark.timeout(60)
 

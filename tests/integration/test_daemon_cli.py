@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from emailrelay.cli.main import OPTION_HINT
-from tests.integration.test_smtpd_support import (
+from tests.support.relay import REPO, free_port, pid_alive, program, stop_process, wait_until
+from tests.support.smtpd import (
     LOG_LINE_RE,
     Relays,
     Wire,
@@ -26,7 +27,6 @@ from tests.integration.test_smtpd_support import (
     spool_entries,
     wait_spool_empty,
 )
-from tests.support.relay import REPO, free_port, pid_alive, program, stop_process, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_smtpd_support import (
+from tests.support.fixtures import UPSTREAM
+from tests.support.relay import Relay
+from tests.support.smtpd import (
     LOG_LINE_RE,
     Relays,
     clear_spool,
@@ -25,8 +27,6 @@ from tests.integration.test_smtpd_support import (
     split_received,
     spool_entries,
 )
-from tests.support.fixtures import UPSTREAM
-from tests.support.relay import Relay
 
 SWAKS = "/usr/bin/swaks"
 SMTP_SOURCE = "/usr/sbin/smtp-source"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_smtpd_support import (
+from tests.support.relay import Relay, wait_until
+from tests.support.smtpd import (
     Relays,
     Wire,
     clear_spool,
@@ -18,7 +19,6 @@ from tests.integration.test_smtpd_support import (
     spool_entries,
     wait_spool_empty,
 )
-from tests.support.relay import Relay, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

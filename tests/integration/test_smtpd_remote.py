@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_smtpd_support import Relays, committed, expected_envelope, spool_entries
+from tests.support.smtpd import Relays, committed, expected_envelope, spool_entries
 
 pytestmark = pytest.mark.timeout(120)
 

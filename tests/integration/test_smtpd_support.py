@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.smtpd import Relays
 
+
 @pytest.fixture
 def relays(tmp_path: Path):  # type: ignore[no-untyped-def]
     r = Relays(tmp_path)
@@ -46,4 +47,3 @@ def test_relay_keeps_serving_after_clients_disconnect(relays: Relays) -> None:
         assert time.monotonic() - started < 15
     finally:
         relay.kill9()
-

@@ -33,10 +33,10 @@ import pytest
 
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_smtpd_support import short_run_dir
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.relay import free_port, start_relay
 from tests.support.sink import run_client, states
+from tests.support.smtpd import short_run_dir
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -38,8 +38,8 @@ import pytest
 
 from emailrelay.spool import envelope as env_format
 from tests.integration.test_smtpd_remote import Netns, netns  # noqa: F401  (the fixture)
-from tests.integration.test_smtpd_support import short_run_dir
 from tests.support.relay import start_relay
+from tests.support.smtpd import short_run_dir
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_smtpd_support import short_run_dir
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.relay import Relay, start_relay
 from tests.support.sink import envelope_text, run_client, states, write_raw
+from tests.support.smtpd import short_run_dir
 
 pytestmark = pytest.mark.timeout(180)
 

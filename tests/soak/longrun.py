@@ -29,10 +29,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.test_smtpd_support import short_run_dir  # noqa: E402
 from tests.support.relay import start_relay  # noqa: E402
 from tests.support.sink import states  # noqa: E402
 from tests.support.sink_counter import CountingSink, content, poll, role_pids, wait_for_roles  # noqa: E402
+from tests.support.smtpd import short_run_dir  # noqa: E402
 
 MB = 1024 * 1024
 

@@ -16,9 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.test_smtpd_support import short_run_dir  # noqa: E402
 from tests.support.relay import start_relay  # noqa: E402
 from tests.support.sink_counter import wait_for_roles  # noqa: E402
+from tests.support.smtpd import short_run_dir  # noqa: E402
 from tests.system.test_reliability_overload import run_overload  # noqa: E402
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as env_format
-from tests.integration.test_smtpd_support import short_run_dir, split_received
 from tests.support.relay import Relay, free_port, program, start_relay, wait_until
+from tests.support.smtpd import short_run_dir, split_received
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 

@@ -34,10 +34,10 @@ import pytest
 from emailrelay.spool import envelope as env_format
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_smtpd_support import short_run_dir
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.relay import Relay, start_relay, wait_until
 from tests.support.sink import simple_content, states
+from tests.support.smtpd import short_run_dir
 
 pytestmark = pytest.mark.timeout(180)
 

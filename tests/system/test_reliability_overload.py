@@ -34,11 +34,11 @@ import pytest
 
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_smtpd_support import short_run_dir
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.relay import Relay, start_relay
 from tests.support.sink import postfix_sink, run_client, states
 from tests.support.sink_counter import poll, role_pids, wait_for_roles
+from tests.support.smtpd import short_run_dir
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
