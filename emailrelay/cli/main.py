@@ -177,7 +177,7 @@ def _bind(config: Config) -> list[listeners.Bound]:
 
 
 def _exit_on_term(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+    raise SystemExit(daemon.TERMINATED_STATUS)
 
 
 def run(configurations: list[tuple[str, Config]], values: dict[str, Value], options: list[str]) -> int:
@@ -241,17 +241,19 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
                 for (_, config), socks in zip(configurations, bound, strict=True)
             ]
             implicit = any(c.server_tls_connection for _, c in configurations)
-            return loop.run(run_instances(instances), implicit_tls=implicit)
-        from . import supervisor
+            code = loop.run(run_instances(instances), implicit_tls=implicit)
+        else:
+            from . import supervisor
 
-        parts = [
-            supervisor.Configuration(name, config, socks)
-            for (name, config), socks in zip(configurations, bound, strict=True)
-        ]
-        return supervisor.run(parts, options, cwd, target)
+            parts = [
+                supervisor.Configuration(name, config, socks)
+                for (name, config), socks in zip(configurations, bound, strict=True)
+            ]
+            code = supervisor.run(parts, options, cwd, target)
     finally:
         sd_notify.relay_stopping()
         daemon.remove_pid_file(pid_path)
+    return daemon.exit_status(code)
 
 
 def _check_network(config: Config) -> None:

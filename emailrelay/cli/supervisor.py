@@ -47,7 +47,7 @@ from .. import identity, topology
 from .. import log as logmod
 from ..config import Config
 from ..errors import UsageError
-from ..services import sd_notify
+from ..services import daemon, sd_notify
 from ..services.listeners import Bound
 from ..services.supervisor_control import channel_path
 from . import supervisor_channel
@@ -355,6 +355,8 @@ def _take_over_signals(arbiter: Any) -> None:
     loop = arbiter.loop
 
     def handler(signum: int, frame: object) -> None:
+        if signum == signal.SIGTERM:
+            daemon.note_terminated()
         command = "reload" if signum == signal.SIGHUP else "quit"
         loop.add_callback_from_signal(_when_free, arbiter, command)
 

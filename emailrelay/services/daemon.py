@@ -8,13 +8,15 @@ Guarantees: the pid file is written atomically (temp file + rename) and only
 by the process that will serve; it is removed on a clean stop.  The
 temporary file is made with ``O_EXCL|O_NOFOLLOW`` and gets its owner and
 mode on the descriptor, so a symlink planted in the pid file's directory is
-never followed.
+never followed.  A relay stopped by SIGTERM stops cleanly and exits, once the
+pid file is gone, with exit status 143 as upstream's does (:func:`exit_status`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -67,3 +69,21 @@ def remove_pid_file(path: Path | None) -> None:
     with as_root(), contextlib.suppress(OSError):
         if safe_files.read_nofollow(path).strip() == str(os.getpid()).encode():
             path.unlink()
+
+
+#: The exit status of a relay stopped by SIGTERM, as E-MailRelay 2.6b's (128 + 15).
+TERMINATED_STATUS = 128 + signal.SIGTERM
+
+_terminated = False
+
+
+def note_terminated() -> None:
+    """SIGTERM arrived: the stop under way ends with :data:`TERMINATED_STATUS`."""
+    global _terminated
+    _terminated = True
+
+
+def exit_status(code: int) -> int:
+    """The status to exit with after a stop: upstream's 143 when SIGTERM caused it, else ``code``
+    (a failure's own status wins)."""
+    return TERMINATED_STATUS if _terminated and code == 0 else code

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from . import sd_notify
+from . import daemon, sd_notify
 
 #: A directory: each event loop run under it is profiled (cProfile on thread CPU time) into
 #: ``<process name>-<pid>.prof`` there when it ends (bench/roles.py --cprofile).
@@ -67,7 +67,9 @@ def stop_event(on_hup: Callable[[], None] | None = None) -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def stopping() -> None:
+    def stopping(signum: int) -> None:
+        if signum == signal.SIGTERM:
+            daemon.note_terminated()
         sd_notify.relay_stopping()
         stop.set()
 
@@ -82,7 +84,7 @@ def stop_event(on_hup: Callable[[], None] | None = None) -> asyncio.Event:
 
     sd_notify.watch_loop(loop)  # the watchdog's ping needs this loop to turn
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping)
+        loop.add_signal_handler(sig, stopping, sig)
     with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals outside the main thread
         loop.add_signal_handler(signal.SIGHUP, reload)
     return stop

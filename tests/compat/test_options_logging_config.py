@@ -403,7 +403,7 @@ def test_guide_example_config_file(tmp_path: Path) -> None:
         assert wait_until(lambda: len(spool_files(spool, ".envelope")) == 1)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        assert proc.wait(20) == 128 + signal.SIGTERM
     text = out.read_text()
     assert f"info: smtp server on 127.0.0.1:{port}" in text  # "log"
     assert "rx<<" not in text  # "#verbose" is a comment

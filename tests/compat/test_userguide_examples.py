@@ -368,7 +368,7 @@ def test_foreground_with_log(work: Path, spool: Path) -> None:
         assert proc.poll() is None  # --no-daemon: still our child, in the foreground
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0
+        assert proc.returncode == 128 + signal.SIGTERM
         assert re.search(rf"^emailrelay: info: .*{port}", err.decode(), re.MULTILINE), err.decode()
     finally:
         if proc.poll() is None:

@@ -242,7 +242,7 @@ def test_config_file_as_last_argument(tmp_path: Path, spool: Path, run_dir: Path
         ((_, env, _, _),) = committed(spool)
         assert env.from_address == "cfg@example.com"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        assert proc.wait(20) == 128 + signal.SIGTERM
         text = log_path.read_text()
         assert f"smtp server on 127.0.0.1:{port}" in text
         assert all(LOG_LINE_RE.match(line) for line in text.splitlines()), text
@@ -314,7 +314,7 @@ def test_sigterm_as_soon_as_the_pid_file_appears_is_a_clean_stop(
             assert wait_until(pid_file.exists, 30, interval=0.001)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
-            assert proc.returncode == 0, err.decode()
+            assert proc.returncode == 128 + signal.SIGTERM, err.decode()
             assert not pid_file.exists()
         finally:
             if proc.poll() is None:
@@ -322,7 +322,7 @@ def test_sigterm_as_soon_as_the_pid_file_appears_is_a_clean_stop(
                 proc.wait(5)
 
 
-def test_sigterm_with_open_session_exits_0(tmp_path: Path) -> None:
+def test_sigterm_with_open_session_exits_143(tmp_path: Path) -> None:
     relays = Relays(tmp_path)
     try:
         relay = relays.start()
@@ -338,7 +338,7 @@ def test_sigterm_with_open_session_exits_0(tmp_path: Path) -> None:
         relay.proc.send_signal(signal.SIGTERM)
         rc = relay.proc.wait(10)
         elapsed = time.monotonic() - started
-        assert rc == 0 and elapsed < 10, (rc, elapsed)
+        assert rc == 128 + signal.SIGTERM and elapsed < 10, (rc, elapsed)
         idle.close()
         mid_data.close()
         # the unfinished message was never committed, and its content file is gone
@@ -356,7 +356,7 @@ def test_every_log_line_has_the_emailrelay_form_when_stopping_with_an_open_sessi
         with Wire(relay.port) as idle:
             idle.greet()
             relay.proc.send_signal(signal.SIGTERM)
-            assert relay.proc.wait(15) == 0
+            assert relay.proc.wait(15) == 128 + signal.SIGTERM
         bad = [line for line in relay.log().splitlines() if not LOG_LINE_RE.match(line)]
         assert bad == []
     finally:

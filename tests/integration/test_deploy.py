@@ -379,7 +379,7 @@ def test_relay_tells_systemd_ready_status_watchdog_reload_and_stop(tmp_path: Pat
             proc.send_signal(signal.SIGTERM)
             got = _messages(notify, lambda m: any(x.startswith("STOPPING=1") for x in m), timeout=30)
             assert any(x.startswith("STOPPING=1") for x in got), got
-            assert proc.wait(30) == 0, log.read_text()
+            assert proc.wait(30) == 128 + signal.SIGTERM, log.read_text()
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -423,7 +423,7 @@ def test_socket_activation_fd3_and_readiness(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         notify.close()
-    assert proc.returncode == 0, log.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, log.read_text()
 
 
 # ---- docker -----------------------------------------------------------------------------
