@@ -14,7 +14,7 @@ from emailrelay.policy.verdicts import FilterOutcome
 from emailrelay.spool import envelope as envelope_format
 from emailrelay.spool.names import State
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_policy_helpers import (
+from tests.support.policy import (
     client_chain,
     content,
     envelope,

@@ -12,7 +12,8 @@ pytest.importorskip("dns", reason="mx: needs dnspython")
 from emailrelay.policy.spec import SpecError, parse_filters
 from emailrelay.policy.verdicts import FilterOutcome
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_policy_helpers import (
+from tests.support.dns_server import dns_server
+from tests.support.policy import (
     client_chain,
     content,
     envelope,
@@ -20,7 +21,6 @@ from tests.integration.test_policy_helpers import (
     server_chain,
     store_fixture,  # noqa: F401 - fixture
 )
-from tests.support.dns_server import dns_server
 
 RECORDS: dict[str, dict[str, list[object]]] = {
     "example.com": {"MX": [(20, "mx2.example.com"), (10, "mx1.example.com")]},
@@ -116,7 +116,7 @@ async def test_mx_without_forward_to_does_nothing(store: SpoolStore) -> None:
 
 async def test_split_then_mx(store: SpoolStore) -> None:
     """--filter=split: --client-filter=mx: routes each domain to its own exchanger."""
-    from tests.integration.test_policy_helpers import new_message
+    from tests.support.policy import new_message
 
     msg = new_message(store, content(), envelope("a@example.com", "b@nomx.example"))
     await server_chain(store, "split:").filter(msg.id, str(msg.content_path), str(msg.envelope_path))

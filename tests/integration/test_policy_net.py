@@ -11,7 +11,8 @@ import pytest
 
 from emailrelay.policy.verdicts import FilterOutcome
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_policy_helpers import (
+from tests.support.fake_spamd import GTUBE, closed_port, fake_spamd
+from tests.support.policy import (
     client_chain,
     content,
     envelope,
@@ -20,7 +21,6 @@ from tests.integration.test_policy_helpers import (
     server_chain,
     store_fixture,  # noqa: F401 - fixture
 )
-from tests.support.fake_spamd import GTUBE, closed_port, fake_spamd
 
 
 class LineFilterServer:

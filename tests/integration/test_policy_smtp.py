@@ -16,8 +16,8 @@ from emailrelay.protocol import smtp_server as sp
 from emailrelay.services.smtpd import SmtpService, SmtpServiceOptions
 from emailrelay.spool import envelope as envelope_format
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_policy_helpers import logs_fixture, script  # noqa: F401 - fixture
 from tests.support.fixtures import UPSTREAM
+from tests.support.policy import logs_fixture, script  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,8 +21,8 @@ import pytest
 
 from emailrelay.policy.verdicts import FilterOutcome
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_policy_helpers import content, new_message, server_chain, store_fixture  # noqa: F401
 from tests.support.fake_spamd import GTUBE
+from tests.support.policy import content, new_message, server_chain, store_fixture  # noqa: F401
 from tests.support.relay import free_port, stop_process
 
 pytestmark = pytest.mark.slow

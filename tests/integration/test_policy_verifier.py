@@ -15,7 +15,7 @@ from emailrelay.policy.spec import PolicyOptions, parse_verifier
 from emailrelay.policy.verdicts import RecipientKind
 from emailrelay.policy.verifier import PolicyEngine, Verifier, build_server_policy
 from emailrelay.spool.store import SpoolStore
-from tests.integration.test_policy_helpers import logs_fixture, script  # noqa: F401 - fixture
+from tests.support.policy import logs_fixture, script  # noqa: F401 - fixture
 
 
 @dataclass

@@ -1,4 +1,11 @@
-"""Shared helpers for the policy tests (no tests here): filter scripts, messages, log capture."""
+"""Helpers for the policy tests: filter scripts, messages, filter chains, log capture.
+
+What it is for: ``tests/integration/test_policy_*.py`` build messages in a real store
+(:func:`new_message`), run filter chains on them (:func:`server_chain`, :func:`client_chain`) and
+read what was logged (the ``logs`` fixture); the ``store`` fixture is a store in ``tmp_path``.
+
+Guarantees: the ``logs`` fixture restores the process-wide log configuration afterwards.
+"""
 
 from __future__ import annotations
 
