@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool.names import State
-from tests.integration.test_pop3_support import PopHarness, pop_harness, server_tls_context
+from tests.support.pop3 import PopHarness, pop_harness, server_tls_context
 
 MPOP = shutil.which("mpop")
 FETCHMAIL = shutil.which("fetchmail")

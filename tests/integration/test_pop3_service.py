@@ -17,14 +17,14 @@ import pytest
 from emailrelay.protocol.sasl import BruteForceGuard
 from emailrelay.spool.names import State
 from emailrelay.spool.store import POP_LOCK_NAME, SpoolStore
-from tests.integration.test_pop3_support import (
+from tests.support.fixtures import UPSTREAM
+from tests.support.pop3 import (
     ENV,
     client_tls_context,
     pop_harness,
     recv_until,
     server_tls_context,
 )
-from tests.support.fixtures import UPSTREAM
 
 FIXTURE = UPSTREAM / "filter-and-pop-verbose.log"
 BODY20 = b"Subject: test\r\nabc\r\n"  # 20 octets, 2 lines, like the fixture's message
