@@ -115,18 +115,31 @@ async def run_program(
         return ProgramRun(error=f"cannot execute: {reason}", elapsed=time.monotonic() - started)
     os.close(write_fd)
 
+    # The pipe is read with add_reader on its descriptor, which we close exactly once, not with the
+    # loop's connect_read_pipe: uvloop's pipe transport closes the descriptor twice (libuv's close, then
+    # the file object's), and a spool thread that opens a file in between loses it to the second close
+    # (then writes an envelope into whatever next takes that number: another client's socket).
     kept = bytearray()
-    reader = asyncio.StreamReader(limit=2**20, loop=loop)
-    pipe = os.fdopen(read_fd, "rb", 0)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
+    reading: asyncio.Future[None] = loop.create_future()  # done at the end of the output
+    os.set_blocking(read_fd, False)
 
-    async def drain() -> None:
-        while chunk := await reader.read(65536):
-            room = output_cap - len(kept)
-            if room > 0:
-                kept.extend(chunk[:room])
+    def readable() -> None:
+        try:
+            chunk = os.read(read_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            loop.remove_reader(read_fd)
+            if not reading.done():
+                reading.set_result(None)
+            return
+        room = output_cap - len(kept)
+        if room > 0:
+            kept.extend(chunk[:room])
 
-    reading = asyncio.ensure_future(drain())
+    loop.add_reader(read_fd, readable)
     exited = asyncio.ensure_future(_wait_for_exit(proc))
     run = ProgramRun()
     try:
@@ -143,9 +156,8 @@ async def run_program(
         raise
     finally:
         reading.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reading
-        transport.close()
+        loop.remove_reader(read_fd)
+        os.close(read_fd)
     run.output = bytes(kept)
     run.elapsed = time.monotonic() - started
     rc = proc.returncode
