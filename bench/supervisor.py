@@ -50,7 +50,7 @@ import itertools
 
 import common as cm
 
-from emailrelay.cli.supervisor import control_endpoint
+from emailrelay import rundir
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.store import SpoolStore
 
@@ -217,7 +217,7 @@ def bench_restart(tmp: Path, restarts: int) -> list[dict[str, object]]:
     out = []
     try:
         time.sleep(1.5)
-        endpoint = control_endpoint(run)
+        endpoint = rundir.ipc(run, rundir.CIRCUS_CONTROL)
         for n in range(restarts):
             r = restart_once(relay, port, endpoint)
             out.append(r)

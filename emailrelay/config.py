@@ -11,7 +11,6 @@ the option, raised before anything is bound or started.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,11 +293,3 @@ def from_values(values: Values) -> Config:
     if c.forward_to is None and (c.forward or c.forward_on_disconnect or c.poll is not None or c.immediate):
         raise UsageError("forwarding needs --forward-to (or --as-client / --as-proxy)")
     return c
-
-
-def effective_run_dir(config: Config) -> Path:
-    if config.run_dir is not None:
-        return config.run_dir
-    if config.pid_file:
-        return Path(config.pid_file).parent
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/run/emailrelay")

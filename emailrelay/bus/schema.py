@@ -17,6 +17,8 @@ import os
 import time
 from typing import Any
 
+from .. import rundir
+
 # events
 SPOOL_READY = "spool.ready"  # {"id"}: an .envelope appeared (committed, released, unfailed)
 SPOOL_FAILED = "spool.failed"  # {"id", "reason"}
@@ -65,4 +67,4 @@ def decode(frames: list[bytes]) -> tuple[str, dict[str, Any]] | None:
 
 def endpoints(run_dir: str) -> tuple[str, str]:
     """(publishers connect here, subscribers connect here): ipc files in the run directory."""
-    return f"ipc://{run_dir}/bus-in.ipc", f"ipc://{run_dir}/bus-out.ipc"
+    return rundir.ipc(run_dir, rundir.BUS_IN), rundir.ipc(run_dir, rundir.BUS_OUT)

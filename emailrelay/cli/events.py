@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from .. import rundir
 from ..bus import schema
 from ..bus.endpoint import BusClient
-from .supervisor import default_run_dir
 
 
 def _line(topic: str, body: dict[str, object], as_json: bool) -> str:
@@ -62,8 +62,8 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--count", type=int, metavar="N", help="stop after N events")
     args = p.parse_args(argv)
-    run_dir = args.run_dir or str(default_run_dir(Path(args.spool_dir)))
-    if not Path(run_dir, "bus-out.ipc").exists():
+    run_dir = args.run_dir or str(rundir.default(Path(args.spool_dir)))
+    if not Path(rundir.path(run_dir, rundir.BUS_OUT)).exists():
         print(
             f"emailrelay events: error: no bus in {run_dir} (is the relay running supervised?)",
             file=sys.stderr,

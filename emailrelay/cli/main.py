@@ -137,9 +137,10 @@ def prepare(config: Config) -> None:
     _check_policy(config)
     _check_network(config)
     if not (config.as_client or config.dont_serve or config.single_process):
-        from .supervisor import check_run_dir, run_dir_for
+        from .. import rundir
+        from .supervisor import check_run_dir
 
-        check_run_dir(run_dir_for(config))
+        check_run_dir(rundir.of(config))
     security.server_security(config)  # secrets files and certificates: errors now, naming file and line
     security.client_security(config)
     if config.pop:

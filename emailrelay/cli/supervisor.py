@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import signal
@@ -43,13 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import identity, topology
+from .. import identity, rundir, topology
 from .. import log as logmod
 from ..config import Config
 from ..errors import UsageError
-from ..services import daemon, sd_notify
+from ..services import sd_notify
 from ..services.listeners import Bound
-from ..services.supervisor_control import channel_path
 from . import supervisor_channel
 from ._orphan_guard import ENV_SUPERVISOR_PID
 from .lifecycle import Lifecycle
@@ -57,55 +55,11 @@ from .lifecycle import Lifecycle
 GRACEFUL_TIMEOUT = 8.0
 
 
-IPC_PATH_LIMIT = 100  # sun_path is 108 bytes; the longest name we put there is "circus/pubsub.ipc"
-CIRCUS_DIR = "circus"  # in the run directory: root-owned 0700, circus's control and pubsub endpoints
-RUN_BASE_ROOT = Path("/run/emailrelay")  # root's base for run directories that do not fit the spool
-
-
-def _private_base() -> Path:
-    """Where run directories go when not in the spool: a directory no other user can create first
-    or write to — under /run for root, else ``<tmp>/emailrelay-<uid>`` (refused when not ours)."""
-    if os.geteuid() == 0 and os.access("/run", os.W_OK | os.X_OK):
-        return RUN_BASE_ROOT
-    return Path(tempfile.gettempdir()) / f"emailrelay-{os.getuid()}"
-
-
-def default_run_dir(spool_dir: Path) -> Path:
-    """As root: ``/run/emailrelay/<hash of the spool path>`` — not in the spool, where ``--user`` may
-    write (upstream's spool is ``root:daemon 0770``) and so rename or replace the run directory while
-    root uses it.  Otherwise ``<spool>/.emailrelay-run``, or, when that is too long for unix-socket
-    paths, ``<tmp>/emailrelay-<uid>/<hash>``."""
-    digest = hashlib.sha1(str(spool_dir.absolute()).encode()).hexdigest()[:16]
-    base = _private_base()
-    if base == RUN_BASE_ROOT:
-        return base / digest
-    run_dir = spool_dir.absolute() / ".emailrelay-run"
-    if len(str(run_dir / CIRCUS_DIR / "pubsub.ipc")) <= IPC_PATH_LIMIT:
-        return run_dir
-    return base / digest
-
-
-def run_dir_for(config: Config) -> Path:
-    if config.run_dir is not None:
-        return config.run_dir.absolute()
-    return default_run_dir(config.spool_dir)
-
-
 def check_run_dir(run_dir: Path) -> None:
     """The ipc socket paths must fit in a unix-socket address."""
-    if len(str(run_dir / CIRCUS_DIR / "pubsub.ipc")) > IPC_PATH_LIMIT:
-        raise UsageError(
-            f"--run-dir is too long for unix-domain sockets (max {IPC_PATH_LIMIT - 18} characters): {run_dir}"
-        )
-
-
-def control_endpoint(run_dir: Path) -> str:
-    """circus's control endpoint (``circusctl --endpoint``): only root reaches it."""
-    return f"ipc://{run_dir}/{CIRCUS_DIR}/ctl.ipc"
-
-
-def pubsub_endpoint(run_dir: Path) -> str:
-    return f"ipc://{run_dir}/{CIRCUS_DIR}/pubsub.ipc"
+    if not rundir.fits(run_dir):
+        limit = rundir.IPC_PATH_LIMIT - len(rundir.CIRCUS_PUBSUB) - 1
+        raise UsageError(f"--run-dir is too long for unix-domain sockets (max {limit} characters): {run_dir}")
 
 
 def _owned_directory(path: Path, mode: int, gid: int | None, dir_fd: int | None = None) -> int:
@@ -153,13 +107,13 @@ def _planted(name: str, dir_fd: int | None) -> bool:
 def _prepare_run_dir(run_dir: Path, gid: int | None) -> None:
     """The run directory: ours, not writable by anyone else (``root:<--user's group> 0750`` when
     switching), holding circus's endpoints in a 0700 sub-directory only its owner can enter."""
-    if run_dir.parent in (RUN_BASE_ROOT, Path(tempfile.gettempdir()) / f"emailrelay-{os.getuid()}"):
+    if run_dir.parent in (rundir.ROOT_BASE, Path(tempfile.gettempdir()) / f"emailrelay-{os.getuid()}"):
         os.close(_owned_directory(run_dir.parent, 0o711, None))
     else:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
     fd = _owned_directory(run_dir, 0o750 if gid is not None else 0o755, gid)
     try:
-        os.close(_owned_directory(run_dir / CIRCUS_DIR, 0o700, None, dir_fd=fd))
+        os.close(_owned_directory(run_dir / rundir.CIRCUS_DIR, 0o700, None, dir_fd=fd))
     finally:
         os.close(fd)
 
@@ -168,7 +122,7 @@ def prepare_run_dirs(configs: Iterable[Config], gid: int | None) -> None:
     """Every run directory, made by the front end (as root, before it detaches and before any role
     is spawned): one that cannot be made is a start-up error, one line on stderr and exit 1."""
     for config in configs:
-        run_dir = run_dir_for(config)
+        run_dir = rundir.of(config)
         check_run_dir(run_dir)
         try:
             _prepare_run_dir(run_dir, gid)
@@ -221,7 +175,7 @@ def _role_watchers(
     its config runs."""
     python = sys.executable
     config = c.config
-    rd = str(run_dir_for(config))
+    rd = str(rundir.of(config))
     select = ["--config", c.name] if c.name else []
     tail = ["--", *options]
 
@@ -317,11 +271,11 @@ def build_arbiter(
         logger.handlers[:] = [_LogBridge()]
         logger.propagate = False
         logger.setLevel(logging.DEBUG if logmod.get().enabled_for(logmod.DEBUG) else logging.WARNING)
-    run_dir = run_dir_for(configurations[0].config)
+    run_dir = rundir.of(configurations[0].config)
     return Arbiter(
         watchers,
-        control_endpoint(run_dir),
-        pubsub_endpoint(run_dir),
+        rundir.ipc(run_dir, rundir.CIRCUS_CONTROL),
+        rundir.ipc(run_dir, rundir.CIRCUS_PUBSUB),
         check_delay=1.0,
         sockets=sockets,
         proc_name="emailrelay-supervisor",
@@ -355,8 +309,6 @@ def _take_over_signals(arbiter: Any) -> None:
     loop = arbiter.loop
 
     def handler(signum: int, frame: object) -> None:
-        if signum == signal.SIGTERM:
-            daemon.note_terminated()
         command = "reload" if signum == signal.SIGHUP else "quit"
         loop.add_callback_from_signal(_when_free, arbiter, command)
 
@@ -366,7 +318,7 @@ def _take_over_signals(arbiter: Any) -> None:
 
 def _channels(configurations: list[Configuration], gid: int | None) -> list[socket.socket]:
     """One listening socket of the supervisor's channel per run directory (bound as root, now)."""
-    paths = sorted({channel_path(str(run_dir_for(c.config))) for c in configurations})
+    paths = sorted({rundir.path(rundir.of(c.config), rundir.CHANNEL) for c in configurations})
     return [supervisor_channel.bind(path, gid) for path in paths]
 
 
@@ -410,7 +362,7 @@ def run(
             channel.close()
         with identity.as_root():
             for c in configurations:
-                _clean_run_dir(run_dir_for(c.config))
+                _clean_run_dir(rundir.of(c.config))
     return 1 if lifecycle.crash_loop is not None else 0
 
 
@@ -418,17 +370,16 @@ def _clean_run_dir(run_dir: Path) -> None:
     """After a stop: remove our socket files, and the directory itself when it is our private one
     (so test runs and long spool paths leave nothing behind)."""
     with contextlib.suppress(OSError):
-        for directory in (run_dir / CIRCUS_DIR, run_dir):
+        for directory in (run_dir / rundir.CIRCUS_DIR, run_dir):
             for entry in directory.iterdir():
                 if entry.suffix in (".ipc", ".sock") and stat.S_ISSOCK(entry.lstat().st_mode):
                     entry.unlink()
-        if run_dir.parent == _private_base():  # and the state the roles keep there
-            from ..services.roles import CONNECTION_SLOTS, RESCAN_STAMP
-
-            (run_dir / RESCAN_STAMP).unlink(missing_ok=True)
-            if (run_dir / CONNECTION_SLOTS).is_dir() and not (run_dir / CONNECTION_SLOTS).is_symlink():
-                for entry in (run_dir / CONNECTION_SLOTS).iterdir():
+        if run_dir.parent == rundir.private_base():  # and the state the roles keep there
+            (run_dir / rundir.RESCAN_STAMP).unlink(missing_ok=True)
+            slots = run_dir / rundir.CONNECTION_SLOTS
+            if slots.is_dir() and not slots.is_symlink():
+                for entry in slots.iterdir():
                     entry.unlink()
-                (run_dir / CONNECTION_SLOTS).rmdir()
-            (run_dir / CIRCUS_DIR).rmdir()
+                slots.rmdir()
+            (run_dir / rundir.CIRCUS_DIR).rmdir()
             run_dir.rmdir()  # only when empty

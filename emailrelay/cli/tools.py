@@ -50,9 +50,8 @@ def _admin(argv: list[str]) -> int:
 
 def _metrics(argv: list[str]) -> int:
     from ..services.metrics import main
-    from .supervisor import default_run_dir
 
-    return main(argv, default_run_dir)
+    return main(argv)
 
 
 @dataclass(frozen=True)

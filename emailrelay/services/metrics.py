@@ -56,7 +56,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, gener
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .. import PRODUCT_VERSION, __version__, identity, topology
+from .. import PRODUCT_VERSION, __version__, identity, rundir, topology
 from .. import log as logmod
 from ..bus import schema
 from ..bus.endpoint import BusClient
@@ -345,12 +345,9 @@ async def run_metrics(
     return 0
 
 
-def main(argv: list[str] | None = None, default_run_dir: Callable[[Path], Path] | None = None) -> int:
-    """``emailrelay metrics``: the role by hand (circusd users, a separate systemd unit, tests).
-
-    ``default_run_dir`` maps the spool directory to the supervisor's run
-    directory (the front end passes the supervisor's own rule).
-    """
+def main(argv: list[str] | None = None) -> int:
+    """``emailrelay metrics``: the role by hand (circusd users, a separate systemd unit, tests); the
+    run directory is the relay's own (:mod:`emailrelay.rundir`) unless ``--run-dir`` says."""
 
     from .listeners import parse_host_port
 
@@ -395,7 +392,7 @@ def main(argv: list[str] | None = None, default_run_dir: Callable[[Path], Path] 
         no_smtp=args.no_smtp,
         user=args.user,
     )
-    run_dir = args.run_dir or str((default_run_dir or (lambda d: d / ".emailrelay-run"))(spool))
+    run_dir = args.run_dir or str(rundir.default(spool))
     options = MetricsOptions(min_free=args.min_free * 1024 * 1024, forwarding=args.forwarding)
     try:
         return asyncio.run(run_metrics(config, run_dir, host.strip("[]"), port, options))

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .. import identity, safe_files
+from .. import identity, rundir, safe_files
 from .. import log as logmod
 from ..bus import schema
 from ..bus.endpoint import BusClient
@@ -45,8 +45,8 @@ from .spool_sweep import leftover_age, sweep_forever
 PR_SET_NAME = 15
 SUBSCRIBE_SETTLE = 1.0  # seconds for a new subscription to reach the bus
 SAFETY_RESCAN = 60.0  # a forward role rescans at least this often, whatever --poll says
-RESCAN_STAMP = "rescan.stamp"  # in the run directory: the durable copy of the rescan doorbell
-CONNECTION_SLOTS = "connection-slots"  # in the run directory: --max-connections' slot files
+RESCAN_STAMP = rundir.RESCAN_STAMP  # in the run directory: the durable copy of the rescan doorbell
+CONNECTION_SLOTS = rundir.CONNECTION_SLOTS  # in the run directory: --max-connections' slot files
 STAMP_SLACK = 0.05  # file times come from a coarse clock: a stamp may look this much older
 
 

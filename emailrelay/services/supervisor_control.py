@@ -21,9 +21,9 @@ import json
 import os
 from typing import Any
 
-from .. import topology
+from .. import rundir, topology
 
-CHANNEL = "supervisor.sock"  # in the run directory
+CHANNEL = rundir.CHANNEL  # in the run directory
 ACTIONS = ("roles", "census", "restart", "workers")
 MAX_LINE = 4096  # a request or a reply line, bytes (a census of 64 workers per role fits)
 MAX_WORKERS = topology.MAX_WORKERS
@@ -31,7 +31,7 @@ MIN_WORKERS = {name: low for name, (low, _) in topology.SCALABLE.items()}  # the
 
 
 def channel_path(run_dir: str) -> str:
-    return os.path.join(run_dir, CHANNEL)
+    return rundir.path(run_dir, CHANNEL)
 
 
 class SupervisorControl:

@@ -35,10 +35,9 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-from emailrelay import PRODUCT_VERSION, __version__
+from emailrelay import PRODUCT_VERSION, __version__, rundir
 from emailrelay.bus import schema
 from emailrelay.bus.endpoint import BusClient
-from emailrelay.cli.supervisor import default_run_dir
 from emailrelay.config import Config
 from emailrelay.services.metrics import MetricsExporter
 from emailrelay.spool.envelope import Envelope
@@ -104,7 +103,7 @@ def bus_process(run_dir: Path, spool: Path) -> Iterator[subprocess.Popen[bytes]]
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 10
-        while not (run_dir / "bus-out.ipc").exists() or not (run_dir / "bus-in.ipc").exists():
+        while not all((run_dir / name).exists() for name in (rundir.BUS_IN, rundir.BUS_OUT)):
             assert proc.poll() is None, "bus role exited"
             assert time.monotonic() < deadline, "bus did not come up"
             time.sleep(0.02)
@@ -436,7 +435,7 @@ async def test_healthz_listener_from_the_bus_costs_no_smtp_session(
 async def test_healthz_and_metrics_of_a_real_supervised_relay(tmp_path: Path) -> None:
     """Listener, circus and the relay's own bus: the exporter on a running relay's run directory."""
     with FakeSmtp() as hop, running_relay(tmp_path, "--forward-to", hop.address, "--poll", "1") as relay:
-        run_dir = default_run_dir(relay.spool)
+        run_dir = rundir.default(relay.spool)
         config = Config(
             spool_dir=relay.spool, port=relay.port, interfaces=["127.0.0.1"], forward_to=hop.address
         )

@@ -134,17 +134,17 @@ def files(spool: Path, suffix: str) -> list[Path]:
 def bus_connections(spool: Path) -> tuple[int, int]:
     """(publishers, subscribers) connected to the supervised relay's bus: accepted unix-socket
     connections on its two ipc files, from /proc/net/unix."""
-    from emailrelay.cli.supervisor import default_run_dir
+    from emailrelay import rundir
 
-    run_dir = default_run_dir(spool)
-    paths = {str(run_dir / "bus-in.ipc"): 0, str(run_dir / "bus-out.ipc"): 0}
+    bus_in, bus_out = (rundir.path(rundir.default(spool), name) for name in (rundir.BUS_IN, rundir.BUS_OUT))
+    paths = {bus_in: 0, bus_out: 0}
     with open("/proc/net/unix") as f:
         next(f)
         for line in f:
             fields = line.split()
             if len(fields) >= 8 and fields[7] in paths and fields[5] == "03":  # SS_CONNECTED
                 paths[fields[7]] += 1
-    return paths[str(run_dir / "bus-in.ipc")], paths[str(run_dir / "bus-out.ipc")]
+    return paths[bus_in], paths[bus_out]
 
 
 def _notify_running(spool: Path) -> bool:

@@ -230,25 +230,25 @@ def wait_for_roles(relay_pid: int, expected: dict[str, int], timeout: float = 20
 
 def run_dir(spool: Path) -> Path:
     """The default run directory of a relay on ``spool`` (as the product computes it)."""
-    try:
-        from emailrelay.cli.supervisor import default_run_dir
-    except ImportError:
-        return spool.absolute() / ".emailrelay-run"
-    return default_run_dir(spool)
+    from emailrelay import rundir
+
+    return rundir.default(spool)
 
 
 def circusctl(rdir: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """circus's own client on the relay's control endpoint (root only: it is in a 0700 directory)."""
-    from emailrelay.cli.supervisor import control_endpoint
+    from emailrelay import rundir
 
     return subprocess.run(
-        [str(BIN / "circusctl"), "--endpoint", control_endpoint(rdir), "--timeout", "10", *args],
+        [str(BIN / "circusctl"), "--endpoint", rundir.ipc(rdir, rundir.CIRCUS_CONTROL), "--timeout", "10", *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
 
 
 def wait_for_bus(rdir: Path, timeout: float = 20.0) -> None:
-    assert poll(lambda: (rdir / "bus-out.ipc").exists() and (rdir / "bus-in.ipc").exists(), timeout)
+    from emailrelay import rundir
+
+    assert poll(lambda: all((rdir / name).exists() for name in (rundir.BUS_IN, rundir.BUS_OUT)), timeout)
 
 
 # ---- clients ----------------------------------------------------------------------------

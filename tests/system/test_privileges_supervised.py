@@ -28,9 +28,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from emailrelay.cli.supervisor import CIRCUS_DIR, RUN_BASE_ROOT, _prepare_run_dir, default_run_dir
+from emailrelay.cli.supervisor import _prepare_run_dir
 from emailrelay.errors import UsageError
 from emailrelay.identity import directory_problem, lookup
+from emailrelay.rundir import CIRCUS_DIR, ROOT_BASE, default
 from emailrelay.services.metrics import ANNOUNCING_ROLES
 from tests.support.relay import REPO, Relay, free_port, pid_alive, program
 from tests.support.sink_counter import (
@@ -352,7 +353,7 @@ def test_roots_run_directory_is_under_run_not_in_the_spool_or_tmp() -> None:
     """daemon may write the spool (upstream's is root:daemon 0770): there it could rename the run
     directory away while root uses it; and /tmp/emailrelay-0 any user could create first."""
     for spool in (Path("/var/spool/emailrelay"), Path("/var/spool") / ("x" * 120)):
-        assert default_run_dir(spool).parent == RUN_BASE_ROOT
+        assert default(spool).parent == ROOT_BASE
 
 
 def test_nothing_is_imported_after_becoming_daemon(production: Production) -> None:

@@ -4,7 +4,7 @@ What is enforced, for every ``import`` and ``from ... import`` in ``emailrelay/`
 and inside functions alike (a lazy import is still a dependency):
 
 1. Imports point one way: ``cli → services → (spool, policy, auth, bus) → protocol → base``, where
-   *base* is the package's top-level modules (``config``, ``errors``, ``log``, ``identity``, ``topology``,
+   *base* is the package's top-level modules (``config``, ``errors``, ``log``, ``identity``, ``topology``, ``rundir``,
    ``safe_files``, ``transport_address`` and ``emailrelay/__init__``).  A module may import its own
    package and any lower layer, never a higher one; among the four middle packages only the edges
    in ``PEER_EDGES`` are allowed (each with its reason).
@@ -41,6 +41,7 @@ BASE_MODULES = {
     "safe_files",
     "transport_address",
     "topology",
+    "rundir",
     "__init__",
 }
 #: Allowed imports between the middle packages: (importer, imported) -> why.
