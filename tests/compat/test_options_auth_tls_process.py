@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_auth_pam import pam_confdir
 from tests.integration.test_tls_client import TlsSmtpServer, as_client, queued, submit
 from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
 from tests.support.fake_smtp import FakeSmtp
+from tests.support.pam import pam_confdir
 from tests.support.relay import (
     Relay,
     free_port,

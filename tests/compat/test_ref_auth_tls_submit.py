@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as envmod
-from tests.integration.test_auth_pam import pam_confdir
+from tests.support.pam import pam_confdir
 from tests.support.relay import Relay, free_port, program, spool_files, start_relay, wait_for_port, wait_until
 from tests.support.sink import printed_envelope
 from tests.unit import test_secrets as guide

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_auth_pam import pam_confdir
 from tests.support.certs import make_certs
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fake_spamd import GTUBE, fake_spamd
 from tests.support.guides import USERGUIDE, guide_text
+from tests.support.pam import pam_confdir
 from tests.support.relay import (
     REPO,
     free_port,

@@ -25,13 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pam import PAM_EXEC, PASSWORD, USER, pam_confdir
 from tests.support.relay import Relay, free_port, program, spool_files, start_relay, wait_until
 
-PAM_EXEC = next(
-    (p for p in ("/lib/x86_64-linux-gnu/security", "/usr/lib/x86_64-linux-gnu/security", "/lib/security",
-                 "/usr/lib64/security", "/usr/lib/security") if Path(p, "pam_exec.so").exists()),
-    None,
-)  # fmt: skip
 pytestmark = [
     pytest.mark.skipif(ctypes.util.find_library("pam") is None, reason="needs libpam"),
     pytest.mark.skipif(PAM_EXEC is None, reason="needs pam_exec.so"),
@@ -39,25 +35,7 @@ pytestmark = [
 ]
 
 SWAKS = shutil.which("swaks")
-USER, PASSWORD = "alice", "s3cret"
 BODY = b"Subject: pam test\r\n\r\nhello\r\n"
-CHECK_SH = f"""#!/bin/sh
-# pam_exec expose_authtok: the password arrives on stdin (NUL-terminated)
-pw=$(tr -d '\\000')
-[ "$PAM_USER" = {USER} ] && [ "$pw" = {PASSWORD} ]
-"""
-
-
-def pam_confdir(tmp: Path) -> Path:
-    confdir = tmp / "pam.d"
-    confdir.mkdir()
-    check = tmp / "check.sh"
-    check.write_text(CHECK_SH)
-    check.chmod(0o755)
-    (confdir / "emailrelay").write_text(
-        f"auth required pam_exec.so expose_authtok quiet {check}\naccount required pam_permit.so\n"
-    )
-    return confdir
 
 
 class PamRelay:

@@ -15,7 +15,7 @@ from emailrelay.errors import ConfigError
 from emailrelay.protocol.pop3_server import Pop3Server, PopConfig
 from emailrelay.protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success
 from emailrelay.services.security import client_security, server_security
-from tests.integration.test_auth_pam import PAM_EXEC, pam_confdir
+from tests.support.pam import PAM_EXEC, pam_confdir
 
 needs_pam = pytest.mark.skipif(
     ctypes.util.find_library("pam") is None or PAM_EXEC is None, reason="needs libpam and pam_exec.so"
