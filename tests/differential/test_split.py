@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.differential.test_filters import filter_lines, spool_summary
+from tests.support.filter_recorder import filter_lines, spool_summary
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, smtp_dialogue, start
 
 pytestmark = [needs_oracle, pytest.mark.timeout(240)]

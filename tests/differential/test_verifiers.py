@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.test_filters import Case, recorder, side_neutral
+from tests.support.filter_recorder import Case, recorder, side_neutral
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, smtp_dialogue, start
 
 pytestmark = [needs_oracle, pytest.mark.timeout(240)]
