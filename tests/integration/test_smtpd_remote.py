@@ -9,77 +9,19 @@ Python's ipaddress, so the relay must treat the client as remote.
 from __future__ import annotations
 
 import os
-import random
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.smtpd import Relays, committed, expected_envelope, spool_entries
+from tests.support.veth_netns import Netns, netns  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
-IP = shutil.which("ip") or "/usr/sbin/ip"
 SWAKS = "/usr/bin/swaks"
-
-
-@dataclass
-class Netns:
-    name: str
-    host_ip: str
-    client_ip: str
-
-    def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [IP, "netns", "exec", self.name, *argv], capture_output=True, text=True, timeout=timeout
-        )
-
-
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([IP, *args], capture_output=True, text=True, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def netns() -> Iterator[Netns]:
-    if os.geteuid() != 0 or not os.path.exists(IP):
-        pytest.skip("network namespaces need root and iproute2")
-    used = _ip("-4", "addr").stdout
-    octet = next(
-        (x for x in random.sample(range(1, 255), 254) if f"100.64.{x}." not in used),
-        None,
-    )
-    if octet is None:
-        pytest.skip("no free 100.64.X.0/30 subnet")
-    tag = f"{os.getpid() % 100000}"
-    ns, host_if, ns_if = f"ertest{tag}", f"erh{tag}", f"ern{tag}"
-    host_ip, client_ip = f"100.64.{octet}.1", f"100.64.{octet}.2"
-    try:
-        steps = [
-            ["netns", "add", ns],
-            ["link", "add", host_if, "type", "veth", "peer", "name", ns_if],
-            ["link", "set", ns_if, "netns", ns],
-            ["addr", "add", f"{host_ip}/30", "dev", host_if],
-            ["link", "set", host_if, "up"],
-            ["netns", "exec", ns, IP, "addr", "add", f"{client_ip}/30", "dev", ns_if],
-            ["netns", "exec", ns, IP, "link", "set", ns_if, "up"],
-            ["netns", "exec", ns, IP, "link", "set", "lo", "up"],
-        ]
-        for step in steps:
-            result = _ip(*step)
-            if result.returncode != 0:
-                reason = f"cannot set up a network namespace ({' '.join(step)}): {result.stderr.strip()}"
-                print(reason)
-                pytest.skip(reason)
-        yield Netns(ns, host_ip, client_ip)
-    finally:
-        _ip("link", "del", host_if)
-        _ip("netns", "del", ns)
-
 
 CONNECT = """
 import socket, sys
@@ -100,7 +42,7 @@ sys.stdout.write(data.decode())
 """
 
 
-def test_remote_client_is_refused(netns: Netns, tmp_path: Path) -> None:
+def test_remote_client_is_refused(netns: Netns, tmp_path: Path) -> None:  # noqa: F811
     relays = Relays(tmp_path)
     try:
         relay = relays.start("--interface", netns.host_ip)
@@ -136,7 +78,7 @@ def test_remote_client_is_refused(netns: Netns, tmp_path: Path) -> None:
         relays.close()
 
 
-def test_remote_client_accepted_with_remote_clients(netns: Netns, tmp_path: Path) -> None:
+def test_remote_client_accepted_with_remote_clients(netns: Netns, tmp_path: Path) -> None:  # noqa: F811
     if not os.path.exists(SWAKS):
         pytest.skip("swaks not installed")
     relays = Relays(tmp_path)

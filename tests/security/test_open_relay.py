@@ -37,9 +37,9 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as env_format
-from tests.integration.test_smtpd_remote import Netns, netns  # noqa: F401  (the fixture)
 from tests.support.relay import start_relay
 from tests.support.smtpd import short_run_dir
+from tests.support.veth_netns import Netns, netns  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(180)
 
