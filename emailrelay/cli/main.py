@@ -22,7 +22,7 @@ from .. import log as logmod
 from ..config import Config, from_values
 from ..errors import EmailRelayError, OptionError, UsageError
 from ..services import daemon, listeners, sd_notify, security
-from . import preflight
+from . import preflight, watchers
 from .helptext import help_text, version_text
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
 from .tools import SUBCOMMANDS
@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             for warning in config.warnings:
                 log.warning(warning)
             configurations.append((name if len(parsed.configs) > 1 else "", config))
+        if values.get("print-circus-ini"):
+            from .circus_ini import render
+
+            print(render(configurations, [a for a in args if a != "--print-circus-ini"]), end="")
+            return 0
         return run(configurations, values, args)
     except EmailRelayError as exc:
         report_startup_error(log, exc)
@@ -158,14 +163,8 @@ def bind(config: Config) -> list[listeners.Bound]:
 def _bind(config: Config) -> list[listeners.Bound]:
     log = logmod.get()
     single_shot = config.as_client or config.dont_serve
-    ports = {}
-    if not (single_shot or config.no_smtp):
-        ports["smtp"] = config.port
-    if config.admin_port is not None and not single_shot:
-        ports["admin"] = config.admin_port
-    if config.pop and not single_shot:
-        ports["pop"] = config.pop_port
-    bound = listeners.bind_all(listeners.plan(config.interfaces, ports)) if ports else []
+    specs = watchers.listen_specs(config)  # the same sockets a circus.ini names
+    bound = listeners.bind_all(specs) if specs else []
     for b in bound:
         log.info(f"{b.spec.service} server on {b.display}")
     if config.immediate and not single_shot:  # upstream's start-up warning, word for word

@@ -189,6 +189,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max-connections", None, "count", "maximum number of simultaneous SMTP server connections", "Supervisor", kind="int"),
     Option("metrics", None, "host:port", "serve Prometheus /metrics and /healthz on this address (supervised mode)", "Supervisor", kind="address"),
     Option("single-process", None, None, "run every role in one process, without the circus supervisor", "Supervisor", kind="flag", process=True),
+    Option("print-circus-ini", None, None, "print the circus.ini with which circusd runs the relay these options describe, and exit", "Supervisor", kind="flag", process=True),
     Option("notify", None, "method", "how new spool files are noticed: inotify or poll", "Supervisor", default="inotify", choices=("inotify", "poll")),
 )
 # fmt: on

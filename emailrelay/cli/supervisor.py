@@ -42,13 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import identity, rundir, topology
+from .. import identity, rundir
 from .. import log as logmod
 from ..config import Config
 from ..errors import UsageError
 from ..services import sd_notify
 from ..services.listeners import Bound
-from . import supervisor_channel
+from . import supervisor_channel, watchers
 from ._orphan_guard import ENV_SUPERVISOR_PID
 from .lifecycle import Lifecycle
 
@@ -171,34 +171,16 @@ class Configuration:
 def _role_watchers(
     c: Configuration, options: list[str], common: dict[str, Any], sockets: list[Any], watcher_class: type
 ) -> list[Any]:
-    """The watchers of one configuration: a row of :mod:`emailrelay.topology` each, for the roles
-    its config runs."""
-    python = sys.executable
-    config = c.config
-    rd = str(rundir.of(config))
-    select = ["--config", c.name] if c.name else []
-    tail = ["--", *options]
-
+    """The watchers of one configuration, as :mod:`.watchers` describes them."""
     from .parse import app_dir  # "@app" is the supervising program's directory, not the role module's
 
-    app = ["--app-dir", app_dir()]
-    watchers = []
-    for row in topology.roles_for(config):
-        held = [s for s in sockets if any(s.name.startswith(f"{c.prefix}{svc}") for svc in row.sockets)]
-        if row.sockets and not held:
-            continue  # nothing bound for it (eg. --no-smtp)
-        extra = [a for s in held for a in ("--fd", f"$(circus.sockets.{s.name})")]
-        n = row.processes(config)
-        if row.indexed:
-            extra += ["--index", "$(circus.wid)", "--count", str(n)]
-        if row.listen == "metrics":
-            extra += ["--listen", str(config.metrics)]
-        elif row.listen == "bound":
-            extra += [a for b in c.bound for a in ("--listen", b.display)]
-        args = ["-m", "emailrelay.cli.role", row.name, "--run-dir", rd, *app, *select, *extra, *tail]
-        kw: dict[str, Any] = {"numprocesses": n, "priority": row.priority, "use_sockets": bool(row.sockets)}
-        watchers.append(watcher_class(f"{c.prefix}{row.name}", python, args=args, **kw, **common))
-    return watchers
+    specs = watchers.role_watchers(
+        c.config, c.prefix, [s.name for s in sockets], [b.display for b in c.bound], options, app=app_dir()
+    )
+    return [
+        watcher_class(spec.name, sys.executable, args=spec.args, **watchers.circus_options(spec), **common)
+        for spec in specs
+    ]
 
 
 def _privileged_watcher(lifecycle: Lifecycle) -> type:

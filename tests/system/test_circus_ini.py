@@ -1,0 +1,95 @@
+"""circus.ini (issue 18.2): the committed file is the generated one, and circusd runs the relay from it.
+
+- the repository's ``circus.ini`` is ``emailrelay --print-circus-ini
+  config/emailrelay-dev.conf`` run at the top of the repository (``make
+  run``'s configuration): the test fails when the two disagree;
+- ``.venv/bin/circusd`` started on a generated ini (free port, temporary
+  spool and run directory, forwarding to a counting sink) runs the roles of
+  the topology table; a message sent to its smtp socket reaches the next
+  hop, and ``circusctl`` on the ini's endpoint lists the watchers.  circusd
+  is stopped by its pid (SIGTERM, then SIGKILL), its roles by theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from tests.support.relay import BIN, REPO, free_port, program, wait_for_port
+from tests.support.sink_counter import CountingSink, poll, send_mail
+
+
+def test_the_committed_circus_ini_is_the_generated_one() -> None:
+    generated = subprocess.run(
+        [program(), "--print-circus-ini", "config/emailrelay-dev.conf"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True, stdin=subprocess.DEVNULL,
+    ).stdout  # fmt: skip
+    committed = (REPO / "circus.ini").read_text()
+    assert committed == generated, (
+        "circus.ini is stale: .venv/bin/emailrelay --print-circus-ini config/emailrelay-dev.conf > circus.ini"
+    )
+
+
+def _roles(pid: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children():
+            cmd = child.cmdline()
+            if "emailrelay.cli.role" in cmd:
+                role = cmd[cmd.index("emailrelay.cli.role") + 1]
+                counts[role] = counts.get(role, 0) + 1
+    return counts
+
+
+def test_circusd_runs_the_relay_from_a_generated_ini(tmp_path: Path) -> None:
+    spool, run = tmp_path / "spool", tmp_path / "run"
+    spool.mkdir()
+    (run / "circus").mkdir(parents=True, mode=0o700)  # as the ini's header says
+    port = free_port()
+    with CountingSink() as sink:
+        options = [
+            "--port", str(port), "--interface", "127.0.0.1", "--spool-dir", str(spool), "--run-dir", str(run),
+            "--user", "root", "--log", "--no-syslog", "--forward-to", sink.address, "--poll", "1",
+            "--pid-file", str(tmp_path / "circusd.pid"),
+        ]  # fmt: skip
+        ini = subprocess.run(
+            [program(), "--print-circus-ini", *options],
+            capture_output=True, text=True, timeout=60, check=True, stdin=subprocess.DEVNULL, cwd=tmp_path,
+        ).stdout  # fmt: skip
+        assert "[watcher:forward]" in ini and "[socket:smtp0]" in ini
+        (tmp_path / "circus.ini").write_text(ini)
+        with open(tmp_path / "circusd.log", "wb") as log:
+            circusd = subprocess.Popen(
+                [str(BIN / "circusd"), "circus.ini"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        roles: set[int] = set()
+        try:
+            wait_for_port(port, proc=circusd)
+            expected = {"bus": 1, "notify": 1, "forward": 1, "smtp": 1}
+            assert poll(lambda: _roles(circusd.pid) == expected, 30), _roles(circusd.pid)
+            roles = {c.pid for c in psutil.Process(circusd.pid).children()}
+            send_mail(port, "via-circusd@test")
+            assert sink.wait_for(["via-circusd@test"], 30), (tmp_path / "circusd.log").read_text()[-3000:]
+            assert (tmp_path / "circusd.pid").read_text().strip() == str(circusd.pid)
+            status = subprocess.run(
+                [str(BIN / "circusctl"), "--endpoint", f"ipc://{run}/circus/ctl.ipc", "--timeout", "10", "list"],
+                capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert set(status.stdout.strip().split(",")) == {"bus", "notify", "forward", "smtp"}, status
+        finally:
+            circusd.send_signal(signal.SIGTERM)
+            try:
+                circusd.wait(30)
+            except subprocess.TimeoutExpired:
+                circusd.kill()
+                circusd.wait(5)
+            for pid in roles:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert sink.count("via-circusd@test") == 1
