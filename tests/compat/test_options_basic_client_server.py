@@ -14,14 +14,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import shlex
 import shutil
 import smtplib
 import socket
 import socketserver
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from emailrelay.spool import envelope as env_format
 from tests.support.dns_server import dns_server
 from tests.support.fake_smtp import FakeSmtp, Message
 from tests.support.fake_spamd import GTUBE, fake_spamd
+from tests.support.netns import in_private_network
 from tests.support.relay import Relay, free_port, program, start_relay, wait_for_port, wait_until
 from tests.support.sink import envelope_text, simple_content, write_raw
 from tests.support.smtpd import Wire, committed, short_run_dir, spool_entries
@@ -216,45 +215,6 @@ class MiniSmtp:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-
-
-PROBE = """
-import socket, sys, time
-for target in sys.argv[1:]:
-    host, port = target.rsplit("/", 1)
-    for _ in range(400):
-        try:
-            with socket.create_connection((host, int(port)), 2) as s:
-                s.settimeout(1)
-                try:
-                    data = s.recv(200)
-                except TimeoutError:  # the admin server says nothing until asked
-                    s.settimeout(10)
-                    s.sendall(b"help\\r\\n")
-                    data = s.recv(200)
-                print(target, data.decode().splitlines()[0], flush=True)
-                break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        print(target, "-", flush=True)
-"""
-
-
-def in_private_network(tmp_path: Path, relay_args: list[str], targets: list[str]) -> tuple[str, dict[str, str]]:
-    """Run ``emailrelay <relay_args>`` in a new network namespace that has only a loopback interface, connect to
-    each ``host/port`` target from inside it, and return (the relay's log, target -> first line received)."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) for a private network namespace")
-    log = tmp_path / "netns.log"
-    quoted = " ".join(shlex.quote(a) for a in [program(), *relay_args])
-    probe = " ".join(shlex.quote(a) for a in [sys.executable, "-c", PROBE, *targets])
-    shell = f"ip link set lo up || exit 97; {quoted} 2>{shlex.quote(str(log))} & pid=$!; {probe}; kill $pid; wait $pid"
-    r = subprocess.run(["unshare", "--net", "sh", "-c", shell], capture_output=True, text=True, timeout=60, check=False)
-    if r.returncode == 97 or "unshare failed" in r.stderr:
-        pytest.skip(f"cannot make a private network namespace here: {r.stderr.strip()}")
-    seen = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
-    return (log.read_text() if log.exists() else ""), seen
 
 
 def as_client(spool: Path, hop: str, *extra: str, timeout: float = 40) -> subprocess.CompletedProcess[str]:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.test_options_basic_client_server import in_private_network
 from tests.support.fake_smtp import FakeSmtp
+from tests.support.netns import in_private_network
 from tests.support.relay import Relay, free_port, start_relay, wait_for_port, wait_until
 from tests.support.sink import envelope_text, simple_content, write_raw
 from tests.support.smtpd import spool_entries

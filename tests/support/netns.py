@@ -9,6 +9,10 @@ connects from 192.0.2.2 to 192.0.2.2 is a remote client; one that connects
 to 127.0.0.1 in the same namespace is a local one. This is the only kind of
 non-loopback address the tests use.
 
+:func:`in_private_network` is the lighter kind for listening tests: ``unshare --net`` with only
+``lo`` up, the relay and a probe (:data:`PROBE`, which connects to each ``host/port`` and prints the
+first line it gets) run inside it.
+
 Guarantees: the namespace is deleted when the context ends, whatever
 happened; without root or ``ip netns`` the caller is told why (``pytest.skip``).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +34,7 @@ from typing import IO
 
 import pytest
 
-from tests.support.relay import stop_process
+from tests.support.relay import program, stop_process
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 REMOTE_IP = "192.0.2.2"
@@ -127,3 +132,48 @@ def private_netns() -> Iterator[Netns]:
         yield Netns(name)
     finally:
         _ip("netns", "del", name)
+
+
+# ---- a relay alone in an unshared network namespace (loopback only), probed from inside
+
+PROBE = """
+import socket, sys, time
+for target in sys.argv[1:]:
+    host, port = target.rsplit("/", 1)
+    for _ in range(400):
+        try:
+            with socket.create_connection((host, int(port)), 2) as s:
+                s.settimeout(1)
+                try:
+                    data = s.recv(200)
+                except TimeoutError:  # the admin server says nothing until asked
+                    s.settimeout(10)
+                    s.sendall(b"help\\r\\n")
+                    data = s.recv(200)
+                print(target, data.decode().splitlines()[0], flush=True)
+                break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        print(target, "-", flush=True)
+"""
+
+
+def in_private_network(
+    tmp_path: Path, relay_args: list[str], targets: list[str]
+) -> tuple[str, dict[str, str]]:
+    """Run ``emailrelay <relay_args>`` in a new network namespace that has only a loopback interface, connect to
+    each ``host/port`` target from inside it, and return (the relay's log, target -> first line received)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a private network namespace")
+    log = tmp_path / "netns.log"
+    quoted = " ".join(shlex.quote(a) for a in [program(), *relay_args])
+    probe = " ".join(shlex.quote(a) for a in [sys.executable, "-c", PROBE, *targets])
+    shell = f"ip link set lo up || exit 97; {quoted} 2>{shlex.quote(str(log))} & pid=$!; {probe}; kill $pid; wait $pid"
+    r = subprocess.run(
+        ["unshare", "--net", "sh", "-c", shell], capture_output=True, text=True, timeout=60, check=False
+    )
+    if r.returncode == 97 or "unshare failed" in r.stderr:
+        pytest.skip(f"cannot make a private network namespace here: {r.stderr.strip()}")
+    seen = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
+    return (log.read_text() if log.exists() else ""), seen
