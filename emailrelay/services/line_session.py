@@ -18,10 +18,32 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import ssl
 import time
-from typing import Any
+from typing import Any, cast
 
 from .. import log as logmod
+
+#: loop turns it takes a connection that a listening server accepted to reach ``connection_made``
+#: (uvloop: one, a queued callback; the standard loop: two, the accepting task then a queued callback)
+ACCEPTED_SETTLE_TURNS = 3
+
+
+async def let_accepted_connections_in() -> None:
+    """After closing a listening server: run the loop until the connections it had already accepted
+    are made.  ``close()`` stops new accepts, but one accepted in the loop's last poll reaches
+    ``connection_made`` through a callback still queued behind the closing task; a stop that
+    counted its sessions at once would not wait for it, return, and exit with the session in
+    progress (served a few commands during the event loop's teardown, then cut: a graceful
+    restart that drops a client)."""
+    for _ in range(ACCEPTED_SETTLE_TURNS):
+        await asyncio.sleep(0)
+
+
+#: seconds a client has to finish a TLS handshake (STARTTLS, STLS, or TLS at connect)
+TLS_HANDSHAKE_TIMEOUT = 30.0
+#: what a failed server-side handshake raises (a timeout, a protocol error, a vanished peer)
+TLS_HANDSHAKE_ERRORS = (OSError, ssl.SSLError, TimeoutError, ConnectionError)
 
 
 class LineSession(asyncio.Protocol, abc.ABC):
@@ -82,6 +104,37 @@ class LineSession(asyncio.Protocol, abc.ABC):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    # ---- TLS upgrade --------------------------------------------------------------
+    async def _server_tls(self, context: ssl.SSLContext) -> asyncio.Transport | BaseException | None:
+        """The server side of a TLS upgrade of this session's connection, for all three cases:
+        SMTP's ``STARTTLS``, POP's ``STLS`` and SMTP's TLS at connect (``--server-tls-connection``).
+
+        Returns the TLS transport, now :attr:`transport` (reading afresh); or the handshake's error
+        (nothing is logged or closed here: each caller logs its own lines and ends the session its
+        way); or None when the connection went away.  Bytes decrypted before it returns are kept
+        aside: the caller feeds them, with :meth:`_take_tls_early`, once its protocol knows that
+        TLS is up."""
+        assert self.transport is not None
+        self._tls_early = []
+        try:
+            new_transport = await asyncio.get_running_loop().start_tls(
+                self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+            )
+        except TLS_HANDSHAKE_ERRORS as exc:
+            self._tls_early = None
+            return exc
+        if new_transport is None:
+            self._tls_early = None
+            return None
+        self.transport = cast(asyncio.Transport, new_transport)
+        self._reading_paused = False  # the TLS transport reads afresh
+        return self.transport
+
+    def _take_tls_early(self) -> list[bytes]:
+        """What arrived during the handshake (see :meth:`_server_tls`); from now on bytes go to ``proto``."""
+        early, self._tls_early = self._tls_early or [], None
+        return early
 
     # ---- plumbing ---------------------------------------------------------------
     def _update_reading(self) -> None:

@@ -52,11 +52,10 @@ from ..config import Config
 from ..protocol import pop3_server as pp
 from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success
 from ..spool.store import POP_DELETED, POP_KEPT, PopMaildrop, PopMessage, SpoolStore, SpoolStoreError
-from .line_session import LineSession
+from .line_session import TLS_HANDSHAKE_TIMEOUT, LineSession, let_accepted_connections_in
 from .listeners import format_address, is_local_address
 from .security import ServerSecurity, server_security
 
-TLS_HANDSHAKE_TIMEOUT = 30.0
 CHUNK_SIZE = 256 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 
@@ -114,6 +113,7 @@ class PopService:
         """Stop listening, let sessions finish for up to ``grace`` seconds, then cut them (nothing is deleted)."""
         for server in self.servers:
             server.close()
+        await let_accepted_connections_in()  # a connection accepted just before is a session in flight
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -503,29 +503,20 @@ class PopSession(LineSession):
         return self._start_tls(sec.tls_context)
 
     async def _start_tls(self, context: ssl.SSLContext) -> None:
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        try:
-            new_transport = await loop.start_tls(
-                self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self.log.warning(f"pop tls error: {exc}")
+        result = await self._server_tls(context)
+        if isinstance(result, BaseException):
+            self.log.warning(f"pop tls error: {result}")
             self._closing = True
             self.proto.close()
-            if self.transport is not None:
-                self.transport.abort()
+            self.abort()
             if not self._lost:  # the TLS layer may not report the loss to us
                 self.connection_lost(None)
             return
-        if new_transport is None:
+        if result is None:
             raise _Closed()
-        self.transport = cast(asyncio.Transport, new_transport)
-        self._reading_paused = False  # the TLS transport reads afresh
-        self._tls_up(new_transport)
+        self._tls_up(result)
         self.proto.tls_established()
-        early, self._tls_early = self._tls_early or [], None
-        for data in early:
+        for data in self._take_tls_early():
             self.proto.receive_data(data)
 
     # -- RETR / TOP

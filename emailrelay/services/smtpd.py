@@ -46,11 +46,10 @@ from ..spool.envelope import Envelope
 from ..spool.names import MessageId, State
 from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
 from .connection_slots import ConnectionSlots
-from .line_session import LineSession
+from .line_session import LineSession, let_accepted_connections_in
 from .listeners import format_address, is_local_address, not_local_reason
 from .security import ServerSecurity
 
-TLS_HANDSHAKE_TIMEOUT = 30.0
 _BODY_TO_CONTENT = {"7BIT": "7bit", "8BITMIME": "8bit", "BINARYMIME": "binarymime"}
 
 
@@ -170,6 +169,7 @@ class SmtpService:
         """Stop listening, let sessions in flight finish for up to ``grace`` seconds, then cut them."""
         for server in self.servers:
             server.close()
+        await let_accepted_connections_in()  # a connection accepted just before is a session in flight
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -304,30 +304,21 @@ class SmtpSession(LineSession):
         self._arm_idle_timer()
 
     async def _implicit_tls(self, context: ssl.SSLContext) -> None:
-        assert self.transport is not None
-        self._tls_early = []
-        try:
-            new_transport = await asyncio.get_running_loop().start_tls(
-                self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+        result = await self._server_tls(context)
+        self._task = None
+        if isinstance(result, BaseException):
             # upstream's lines: the session never started, so no "connection closed" line
-            self.log.warning(f"tls: tls error: SSL_accept(): [{tls.openssl_error(exc)}]", self.peer.host)
+            self.log.warning(f"tls: tls error: SSL_accept(): [{tls.openssl_error(result)}]", self.peer.host)
             self.log.warning("new connection error: peer disconnected: ssl accept", self.peer.host)
             self.log.warning(f"connection rejected from {self.peer.display}", self.peer.host)
             self._close_reason = None
-            if self.transport is not None:
-                self.transport.abort()
-            self._task = None
-            self._tls_early = None
+            self.abort()
             return
-        self._task = None
-        early, self._tls_early = self._tls_early or [], None
-        if new_transport is None:
+        if result is None:
             return
-        self.transport = cast(asyncio.Transport, new_transport)
-        self._tls_up(new_transport)
+        self._tls_up(result)
         self._greet()
+        early = self._take_tls_early()
         for data in early:
             self.proto.receive_data(data)
         if early:
@@ -397,35 +388,23 @@ class SmtpSession(LineSession):
         return self._start_tls(security.tls_context)
 
     async def _start_tls(self, context: ssl.SSLContext) -> None:
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        self._tls_early = []
-        try:
-            new_transport = await loop.start_tls(
-                self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self._tls_early = None
-            self.log.warning(f"tls: tls error: SSL_accept(): [{tls.openssl_error(exc)}]", self.peer.host)
+        result = await self._server_tls(context)
+        if isinstance(result, BaseException):
+            self.log.warning(f"tls: tls error: SSL_accept(): [{tls.openssl_error(result)}]", self.peer.host)
             self._close_reason = "peer disconnected: ssl accept"
             self._closing = True
-            if self.transport is not None:
-                self.transport.abort()
+            self.abort()
             return
-        if new_transport is None:
-            self._tls_early = None
+        if result is None:
             return
-        self.transport = cast(asyncio.Transport, new_transport)
-        self._reading_paused = False  # the TLS transport reads afresh
-        self._tls_up(new_transport)
+        self._tls_up(result)
         # RFC 3207 4.2: everything learnt before TLS is forgotten, the AUTH identity included
         self._sasl = None
         self.auth_mechanism, self.auth_id = (
             ("none", self.trusted_keyword) if self.trusted_keyword else ("", "")
         )
         self.proto.tls_established(self._session_config())
-        early, self._tls_early = self._tls_early or [], None
-        for data in early:
+        for data in self._take_tls_early():
             self.proto.receive_data(data)  # pumped when this task finishes
 
     def _on_auth(self, ev: sp.AuthStart) -> Awaitable[None] | None:
