@@ -199,7 +199,8 @@ def role_of(proc: psutil.Process) -> str | None:
 
 
 def role_pids(relay_pid: int) -> dict[str, list[int]]:
-    """Living role processes under the arbiter ``relay_pid``, by role."""
+    """Living role processes under the arbiter ``relay_pid``, by role.  Not their children: a filter
+    a role forks shows the role's command line until it has exec'd (``subprocess`` with a preexec)."""
     out: dict[str, list[int]] = {}
     try:
         children = psutil.Process(relay_pid).children(recursive=True)
@@ -210,9 +211,16 @@ def role_pids(relay_pid: int) -> dict[str, list[int]]:
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
         role = role_of(child)
-        if role is not None:
+        if role is not None and not _forked_by_a_role(child):
             out.setdefault(role, []).append(child.pid)
     return {k: sorted(v) for k, v in out.items()}
+
+
+def _forked_by_a_role(proc: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        parent = proc.parent()
+        return parent is not None and role_of(parent) is not None
+    return True  # gone already
 
 
 def wait_for_roles(relay_pid: int, expected: dict[str, int], timeout: float = 20.0) -> dict[str, list[int]]:
