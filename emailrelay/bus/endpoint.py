@@ -3,7 +3,8 @@
 What it is for: the ``bus`` role runs :func:`run_forwarder` (an XSUB/XPUB
 proxy on two ``ipc://`` files in the run directory); every other role uses
 a :class:`BusClient` to publish (PUB connected to the proxy's XSUB side)
-and to subscribe (SUB connected to the XPUB side) from asyncio.
+and to subscribe (SUB connected to the XPUB side) from asyncio: plain
+sockets, the subscriber read through ZeroMQ's descriptor on the event loop.
 
 Guarantees: publishing never blocks the caller (a full or absent bus drops
 the message — it is only a doorbell); a restarted bus is reconnected to by
@@ -12,13 +13,14 @@ ZeroMQ automatically; sockets use ``linger=0`` so a role never hangs on exit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from . import schema
 
@@ -56,20 +58,20 @@ class BusClient:
     """Publish and subscribe from one asyncio process."""
 
     def __init__(self, run_dir: str) -> None:
-        self.ctx = zmq.asyncio.Context()
+        self.ctx = zmq.Context()
         self.pub_endpoint, self.sub_endpoint = schema.endpoints(run_dir)
         self._pub: Any = None
         self._sub: Any = None
+        self._reading: tuple[asyncio.AbstractEventLoop, int] | None = None  # messages()' reader
         # connect now, not at the first publish: a PUB socket drops what it sends before the
         # proxy's subscriptions have reached it, so a lazily connected one loses its first messages
         self._publisher()
 
     def _publisher(self) -> Any:
         if self._pub is None:
-            # a plain socket on the same context: a PUB socket's NOBLOCK send never waits, and the
-            # asyncio socket's send_multipart (a future and an event-loop callback per message) cost
-            # about a fifth of the smtp role's event-loop CPU (four messages per mail)
-            sock = zmq.Context.shadow(self.ctx.underlying).socket(zmq.PUB)
+            # a plain socket: a PUB socket's NOBLOCK send never waits, and zmq.asyncio's send_multipart
+            # (a future and an event-loop callback per message) cost more than the send itself
+            sock = self.ctx.socket(zmq.PUB)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 10000)
             sock.connect(self.pub_endpoint)
@@ -91,15 +93,40 @@ class BusClient:
         self._sub = sock
 
     async def messages(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        if self._sub is None:
+        """Every message, as they come.  A plain socket read on the event loop through ZeroMQ's
+        (edge-triggered) descriptor: every queued message is taken with a NOBLOCK receive, and the
+        loop waits only when ZeroMQ says none is left (no future per message, as zmq.asyncio has)."""
+        sock = self._sub
+        if sock is None:
             raise RuntimeError("subscribe() first")
-        while True:
-            frames = await self._sub.recv_multipart()
-            decoded = schema.decode(frames)
-            if decoded is not None:
-                yield decoded
+        loop = asyncio.get_running_loop()
+        fd = sock.getsockopt(zmq.FD)
+        readable = asyncio.Event()
+        loop.add_reader(fd, readable.set)
+        self._reading = (loop, fd)
+        try:
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    readable.clear()
+                    if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # this also re-arms the descriptor
+                        await readable.wait()
+                    continue
+                decoded = schema.decode(frames)
+                if decoded is not None:
+                    yield decoded
+        finally:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                reading[0].remove_reader(reading[1])
 
     def close(self) -> None:
+        self._stop_reading()  # before the descriptor goes (a reader cancelled with it stops later)
         for sock in (self._pub, self._sub):
             if sock is not None:
                 sock.close(0)
