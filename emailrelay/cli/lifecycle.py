@@ -14,8 +14,8 @@ Guarantees:
   smtp: pid N``); exits the supervisor asked for (a stop, ``restart ROLE``,
   fewer ``workers``) are verbose lines;
 - ``CRASH_LOOP_EXITS`` unplanned exits of one role within
-  ``CRASH_LOOP_SECONDS`` (systemd's own default start limit, 5 in 10 s) is a
-  crash loop: an error line, then the relay stops and exits 1 (``on_crash_loop``),
+  ``CRASH_LOOP_SECONDS`` (systemd's own default start limit, 5 in 10 s), per
+  process the role runs (``--workers forward=2``: 10), is a crash loop: an error line, then the relay stops and exits 1 (``on_crash_loop``),
   so that systemd sees a failed service instead of a relay retrying forever.
 """
 
@@ -73,17 +73,18 @@ class Lifecycle:
             log.verbose(f"supervisor: role {watcher.name} (pid {process_pid}) {what}")
             return True
         log.warning(f"supervisor: role {watcher.name} (pid {process_pid}) {what}")
-        self.exited(watcher.name)
+        self.exited(watcher.name, watcher.numprocesses)
         return True
 
-    def exited(self, role: str) -> None:
-        """Count one unplanned exit of ``role``; the limit reached is a crash loop."""
+    def exited(self, role: str, processes: int = 1) -> None:
+        """Count one unplanned exit of ``role`` (which runs ``processes`` processes); the limit
+        reached is a crash loop."""
         now = self.clock()
         times = self.exits[role]
         times.append(now)
         while times and times[0] < now - CRASH_LOOP_SECONDS:
             times.popleft()
-        if len(times) >= CRASH_LOOP_EXITS and self.crash_loop is None:
+        if len(times) >= CRASH_LOOP_EXITS * max(1, processes) and self.crash_loop is None:
             self.crash_loop = role
             logmod.get().error(
                 f"supervisor: role {role} exited {len(times)} times in {CRASH_LOOP_SECONDS:g} seconds: "
