@@ -23,25 +23,41 @@ Values = dict[str, "str | bool | list[str]"]
 DEFAULT_RETRY = (60, 300, 900, 3600, 14400)
 DEFAULT_GIVE_UP = 5 * 24 * 3600
 
+#: The default of every option that has one, written once: the option table (cli/options.py) shows
+#: and documents these, and :class:`Config` and :func:`from_values` read them (this module is below
+#: ``cli/`` in the layers, so the values live here and the table refers to them).
+OPTION_DEFAULTS: dict[str, str] = {
+    "spool-dir": "/var/spool/emailrelay",
+    "connection-timeout": "40",
+    "idle-timeout": "60",
+    "response-timeout": "60",
+    "port": "25",
+    "filter-timeout": "60",
+    "prompt-timeout": "20",
+    "pop-port": "110",
+    "user": "daemon",
+    "notify": "inotify",
+}
+
 
 @dataclass
 class Config:
     # server side
-    spool_dir: Path = Path("/var/spool/emailrelay")
-    port: int = 25
+    spool_dir: Path = Path(OPTION_DEFAULTS["spool-dir"])
+    port: int = int(OPTION_DEFAULTS["port"])
     interfaces: list[str] = field(default_factory=list)
     remote_clients: bool = False
     size: int = 0
     domain: str = ""
-    idle_timeout: float = 60.0
-    prompt_timeout: float = 20.0
+    idle_timeout: float = float(OPTION_DEFAULTS["idle-timeout"])
+    prompt_timeout: float = float(OPTION_DEFAULTS["prompt-timeout"])
     no_smtp: bool = False
     dont_serve: bool = False
     anonymous: frozenset[str] = frozenset()  # vrfy, server, content, client
     server_smtp_config: frozenset[str] = frozenset()
     max_connections: int = 0
     filters: list[str] = field(default_factory=list)
-    filter_timeout: float = 60.0
+    filter_timeout: float = float(OPTION_DEFAULTS["filter-timeout"])
     address_verifier: str | None = None
     dnsbl: str | None = None
     delivery_dir: Path | None = None
@@ -54,8 +70,8 @@ class Config:
     client_smtp_config: frozenset[str] = frozenset()
     client_filters: list[str] = field(default_factory=list)
     client_interface: str | None = None
-    connection_timeout: float = 40.0
-    response_timeout: float = 60.0
+    connection_timeout: float = float(OPTION_DEFAULTS["connection-timeout"])
+    response_timeout: float = float(OPTION_DEFAULTS["response-timeout"])
     forward_to_some: bool = False
     retry_schedule: tuple[int, ...] = DEFAULT_RETRY
     give_up_age: int = DEFAULT_GIVE_UP
@@ -66,14 +82,14 @@ class Config:
     warnings: list[str] = field(default_factory=list)  # logged at start-up (unknown smtp-config items)
     no_daemon: bool = False
     pid_file: str | None = None
-    user: str = "daemon"
+    user: str = OPTION_DEFAULTS["user"]
     run_dir: Path | None = None
     as_client: bool = False
     single_process: bool = False
     metrics: str | None = None
     admin_port: int | None = None
     pop: bool = False
-    pop_port: int = 110
+    pop_port: int = int(OPTION_DEFAULTS["pop-port"])
     pop_by_name: bool = False
     pop_no_delete: bool = False
     # authentication and TLS
@@ -98,9 +114,6 @@ class Config:
     admin_terminate: bool = False
     notify_polling: bool = False
 
-    def ehlo_name(self) -> str:
-        return self.domain
-
 
 def _int(values: Values, name: str, default: int, *, minimum: int = 0) -> int:
     raw = values.get(name)
@@ -113,6 +126,11 @@ def _int(values: Values, name: str, default: int, *, minimum: int = 0) -> int:
     if value < minimum:
         raise UsageError(f"--{name}: must be at least {minimum}")
     return value
+
+
+def _int_or_default(values: Values, name: str, *, minimum: int = 0) -> int:
+    """An option's number, or its default from :data:`OPTION_DEFAULTS`."""
+    return _int(values, name, int(OPTION_DEFAULTS[name]), minimum=minimum)
 
 
 def _str(values: Values, name: str) -> str | None:
@@ -194,13 +212,13 @@ def from_values(values: Values) -> Config:
     c = Config()
     if spool := _str(values, "spool-dir"):
         c.spool_dir = Path(spool)
-    c.port = _int(values, "port", 25)
+    c.port = _int_or_default(values, "port")
     c.interfaces = _list(values, "interface")
     c.remote_clients = bool(values.get("remote-clients"))
     c.size = _int(values, "size", 0)
     c.domain = _str(values, "domain") or default_domain()
-    c.idle_timeout = _int(values, "idle-timeout", 60)
-    c.prompt_timeout = _int(values, "prompt-timeout", 20)
+    c.idle_timeout = _int_or_default(values, "idle-timeout")
+    c.prompt_timeout = _int_or_default(values, "prompt-timeout")
     c.no_smtp = bool(values.get("no-smtp"))
     c.dont_serve = bool(values.get("dont-serve"))
     anonymous = values.get("anonymous")
@@ -214,7 +232,7 @@ def from_values(values: Values) -> Config:
     scanner = _str(values, "scanner")  # the seed guide's option: a net: filter before the others
     c.filters = ([f"net:{scanner}"] if scanner else []) + _list(values, "filter")
     c.client_filters = _list(values, "client-filter")
-    c.filter_timeout = _int(values, "filter-timeout", 60)
+    c.filter_timeout = _int_or_default(values, "filter-timeout")
     c.address_verifier = _str(values, "address-verifier") or _str(values, "verifier")  # the seed's name
     c.dnsbl = _str(values, "dnsbl")
     if delivery := _str(values, "delivery-dir"):
@@ -226,8 +244,8 @@ def from_values(values: Values) -> Config:
         c.poll = float(_int(values, "poll", 0))
     c.immediate = bool(values.get("immediate"))
     c.client_interface = _str(values, "client-interface")
-    c.connection_timeout = _int(values, "connection-timeout", 40, minimum=1)
-    c.response_timeout = _int(values, "response-timeout", 60, minimum=1)
+    c.connection_timeout = _int_or_default(values, "connection-timeout", minimum=1)
+    c.response_timeout = _int_or_default(values, "response-timeout", minimum=1)
     c.forward_to_some = bool(values.get("forward-to-some"))
     if retry := _list(values, "retry"):
         try:
@@ -252,7 +270,7 @@ def from_values(values: Values) -> Config:
             c.workers_smtp = count  # (other roles run one process: their number is ignored)
     c.no_daemon = bool(values.get("no-daemon"))
     c.pid_file = _str(values, "pid-file")
-    c.user = _str(values, "user") or "daemon"
+    c.user = _str(values, "user") or OPTION_DEFAULTS["user"]
     if run_dir := _str(values, "run-dir"):
         c.run_dir = Path(run_dir)
     c.as_client = bool(values.get("as-client"))
@@ -262,7 +280,7 @@ def from_values(values: Values) -> Config:
         c.admin_port = _int(values, "admin", 0)
     c.admin_terminate = bool(values.get("admin-terminate"))
     c.pop = bool(values.get("pop"))
-    c.pop_port = _int(values, "pop-port", 110)
+    c.pop_port = _int_or_default(values, "pop-port")
     c.pop_by_name = bool(values.get("pop-by-name"))
     c.pop_no_delete = bool(values.get("pop-no-delete"))
     for name in (

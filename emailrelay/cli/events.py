@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import rundir
 from ..bus import schema
 from ..bus.endpoint import BusClient
+from ..config import OPTION_DEFAULTS
 
 
 def _line(topic: str, body: dict[str, object], as_json: bool) -> str:
@@ -54,8 +55,8 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--spool-dir",
         "-s",
-        default="/var/spool/emailrelay",
-        help="the relay's spool (default /var/spool/emailrelay)",
+        default=OPTION_DEFAULTS["spool-dir"],
+        help=f"the relay's spool (default {OPTION_DEFAULTS['spool-dir']})",
     )
     p.add_argument(
         "--run-dir", help="the relay's run directory (default: the one the relay uses for the spool)"

@@ -15,12 +15,15 @@ Guarantees (checked by tests/unit/test_options.py):
   optional-value options (``--anonymous[=<scope>]``, ``--syslog[=<facility>]``)
   have a metavar but take a value only when written with ``=``;
 * ``default`` is given where the guide states one; it is a string, as if the
-  operator had typed it.
+  operator had typed it, written once in ``config.OPTION_DEFAULTS`` (which
+  ``Config`` also reads).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..config import OPTION_DEFAULTS
 
 #: Help sections, in display order ("Supervisor" holds our extensions).
 SECTIONS: tuple[str, ...] = (
@@ -98,7 +101,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("as-client", "q", "host:port", "forward spooled messages to the given server and then exit (--log --no-syslog --no-daemon --dont-serve --forward --forward-to)", "Basic", common=True, kind="address"),
     Option("as-proxy", "y", "host:port", "run as a store-and-forward proxy daemon (--log --close-stderr --forward-on-disconnect --forward-to)", "Basic", common=True, kind="address"),
     _flag("as-server", "d", "run as a storage daemon that accepts and spools messages (--log --close-stderr)", "Basic", common=True),
-    Option("spool-dir", "s", "dir", "directory holding messages that have been received but not yet forwarded", "Basic", common=True, kind="path", default="/var/spool/emailrelay"),
+    Option("spool-dir", "s", "dir", "directory holding messages that have been received but not yet forwarded", "Basic", common=True, kind="path", default=OPTION_DEFAULTS["spool-dir"]),
     _flag("help", "h", "display help text and exit (use with --verbose for all options)", "Basic", common=True, process=True),
     _flag("version", "V", "display version information and exit", "Basic", common=True, process=True),
     # --- SMTP client ---
@@ -109,14 +112,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("poll", "O", "period", "forward spooled messages at regular intervals (in seconds)", "SMTP client", common=True, kind="int"),
     Option("client-filter", "Y", "program", "run a filter program (or net:, spam:, spam-edit:, exit:) whenever a message is forwarded", "SMTP client", repeatable=True, kind="path"),
     Option("client-interface", "6", "ip-address", "local address to bind for outgoing SMTP connections", "SMTP client", kind="address"),
-    Option("connection-timeout", "U", "time", "timeout (in seconds) for connecting to remote SMTP servers", "SMTP client", kind="int", default="40"),
-    Option("idle-timeout", None, "time", "timeout (in seconds) for receiving traffic from remote SMTP and POP clients", "SMTP client", kind="int", default="60"),
-    Option("response-timeout", "T", "time", "timeout (in seconds) for responses from remote SMTP servers", "SMTP client", kind="int", default="60"),
+    Option("connection-timeout", "U", "time", "timeout (in seconds) for connecting to remote SMTP servers", "SMTP client", kind="int", default=OPTION_DEFAULTS["connection-timeout"]),
+    Option("idle-timeout", None, "time", "timeout (in seconds) for receiving traffic from remote SMTP and POP clients", "SMTP client", kind="int", default=OPTION_DEFAULTS["idle-timeout"]),
+    Option("response-timeout", "T", "time", "timeout (in seconds) for responses from remote SMTP servers", "SMTP client", kind="int", default=OPTION_DEFAULTS["response-timeout"]),
     _flag("forward-to-all", None, "require every recipient to be accepted before forwarding (the default)", "SMTP client"),
     _flag("forward-to-some", None, "carry on forwarding even if some recipients are rejected", "SMTP client"),
     _flag("immediate", "m", "forward messages as they are received, before they are accepted", "SMTP client"),
     # --- SMTP server ---
-    Option("port", "p", "port", "port number for incoming SMTP connections", "SMTP server", common=True, kind="port", default="25"),
+    Option("port", "p", "port", "port number for incoming SMTP connections", "SMTP server", common=True, kind="port", default=OPTION_DEFAULTS["port"]),
     _flag("remote-clients", "r", "allow SMTP connections from addresses that are not local", "SMTP server", common=True),
     Option("address-verifier", None, "program", "run a program (or net:, account:) to verify each recipient address", "SMTP server", common=True, kind="path"),
     Option("verifier", None, "program", "the old user guide's name for --address-verifier", "SMTP server", kind="path"),
@@ -128,16 +131,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("dnsbl", None, "config", "DNSBL servers used to reject connections: servers, threshold, timeout (ms), DNS server", "SMTP server"),
     Option("domain", "D", "fqdn", "domain name used in EHLO, Received lines and authentication challenges", "SMTP server", common=True),
     Option("filter", "z", "program", "run a filter program (or net:, spam:, spam-edit:, exit:) whenever a message is stored", "SMTP server", common=True, repeatable=True, kind="path"),
-    Option("filter-timeout", "W", "time", "timeout (in seconds) for running a --filter program", "SMTP server", kind="int", default="60"),
+    Option("filter-timeout", "W", "time", "timeout (in seconds) for running a --filter program", "SMTP server", kind="int", default=OPTION_DEFAULTS["filter-timeout"]),
     Option("interface", "I", "ip-address-list", "addresses or interface names to listen on, optionally prefixed smtp=, pop= or admin=", "SMTP server", common=True, repeatable=True),
-    Option("prompt-timeout", "w", "time", "timeout (in seconds) for the initial prompt from a remote SMTP server", "SMTP server", kind="int", default="20"),
+    Option("prompt-timeout", "w", "time", "timeout (in seconds) for the initial prompt from a remote SMTP server", "SMTP server", kind="int", default=OPTION_DEFAULTS["prompt-timeout"]),
     Option("server-smtp-config", "Z", "config", "SMTP server protocol features: pipelining, chunking, smtputf8, smtputf8strict, nostrictparsing, noalabels", "SMTP server"),
     Option("size", "M", "bytes", "largest message size accepted over SMTP", "SMTP server", kind="int"),
     # --- POP server ---
     _flag("pop", "B", "enable the POP server", "POP server", common=True),
     _flag("pop-by-name", "J", "POP clients see the spool sub-directory named after their user-id", "POP server"),
     _flag("pop-no-delete", "G", "make the POP DELE command do nothing", "POP server"),
-    Option("pop-port", "E", "port", "port number for the POP server", "POP server", kind="port", default="110"),
+    Option("pop-port", "E", "port", "port number for the POP server", "POP server", kind="port", default=OPTION_DEFAULTS["pop-port"]),
     # --- Admin server ---
     Option("admin", "a", "port", "enable the administration interface on the given port", "Admin server", common=True, kind="port"),
     _flag("admin-terminate", "Q", "enable the terminate command of the administration interface", "Admin server"),
@@ -168,7 +171,7 @@ OPTIONS: tuple[Option, ...] = (
     _flag("hidden", "H", "hide the application window (Windows only; ignored)", "Process", windows_only=True, process=True),
     _flag("no-smtp", "X", "do not listen for incoming SMTP connections", "Process"),
     Option("pid-file", "i", "path", "write the process id into this file once the daemon is running", "Process", common=True, kind="path", process=True),
-    Option("user", "u", "username", "non-privileged user to run as when idle and for filters (root: no switching)", "Process", common=True, default="daemon", process=True),
+    Option("user", "u", "username", "non-privileged user to run as when idle and for filters (root: no switching)", "Process", common=True, default=OPTION_DEFAULTS["user"], process=True),
     Option("show", None, "style", "application window style (Windows only; ignored)", "Process", windows_only=True, process=True),
     # --- Logging ---
     _flag("verbose", "v", "more verbose logging with --log, more help with --help", "Logging", common=True, process=True),
@@ -190,7 +193,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", None, "host:port", "serve Prometheus /metrics and /healthz on this address (supervised mode)", "Supervisor", kind="address"),
     Option("single-process", None, None, "run every role in one process, without the circus supervisor", "Supervisor", kind="flag", process=True),
     Option("print-circus-ini", None, None, "print the circus.ini with which circusd runs the relay these options describe, and exit", "Supervisor", kind="flag", process=True),
-    Option("notify", None, "method", "how new spool files are noticed: inotify or poll", "Supervisor", default="inotify", choices=("inotify", "poll")),
+    Option("notify", None, "method", "how new spool files are noticed: inotify or poll", "Supervisor", default=OPTION_DEFAULTS["notify"], choices=("inotify", "poll")),
 )
 # fmt: on
 

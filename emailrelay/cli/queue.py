@@ -46,12 +46,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..config import OPTION_DEFAULTS
 from ..spool.envelope import Envelope, EnvelopeError
 from ..spool.envelope import parse as parse_envelope
 from ..spool.names import MessageId, State, is_valid_id
 from ..spool.store import SpoolStore, SpoolStoreError
 
-DEFAULT_SPOOL = "/var/spool/emailrelay"
+DEFAULT_SPOOL = OPTION_DEFAULTS["spool-dir"]
 PROG = "emailrelay queue"
 
 #: Lines the failed-mail helpers append after ``X-MailRelay-End`` (docs/operator-guide.md).

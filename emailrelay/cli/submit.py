@@ -32,6 +32,7 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 
 from .. import __version__
+from ..config import OPTION_DEFAULTS
 from ..spool.envelope import Envelope
 from ..spool.names import State
 from ..spool.store import SpoolStore
@@ -46,7 +47,7 @@ class SubmitError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROGRAM, description="Submits a mail message into a spool directory.")
-    p.add_argument("-s", "--spool-dir", default="/var/spool/emailrelay", help="spool directory")
+    p.add_argument("-s", "--spool-dir", default=OPTION_DEFAULTS["spool-dir"], help="spool directory")
     p.add_argument(
         "-f",
         "--from",

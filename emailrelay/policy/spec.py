@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ..config import OPTION_DEFAULTS
 from ..spool.names import MessageId, State, split_envelope_name
 from ..spool.store import SpoolStore
 from .verdicts import FilterResult
@@ -74,7 +75,7 @@ class Spec:
 class PolicyOptions:
     """What the policy layer takes from the configuration."""
 
-    spool_dir: Path = Path("/var/spool/emailrelay")
+    spool_dir: Path = Path(OPTION_DEFAULTS["spool-dir"])
     delivery_dir: Path | None = None  # --delivery-dir; None: the spool directory
     domain: str = ""  # --domain: the verifier's fourth argument, account:'s domain
     timeout: float = 60.0  # --filter-timeout, also used for verifiers and network peers
@@ -274,7 +275,7 @@ def warnings_for(specs: list[Spec]) -> list[str]:
 
 def options_from_config(config: object) -> PolicyOptions:
     """PolicyOptions from an :class:`emailrelay.config.Config` (fields read with defaults)."""
-    spool = Path(getattr(config, "spool_dir", "/var/spool/emailrelay"))
+    spool = Path(getattr(config, "spool_dir", OPTION_DEFAULTS["spool-dir"]))
     delivery = getattr(config, "delivery_dir", None)
     return PolicyOptions(
         spool_dir=spool.absolute(),

@@ -60,7 +60,7 @@ from .. import PRODUCT_VERSION, __version__, identity, rundir, topology
 from .. import log as logmod
 from ..bus import schema
 from ..bus.endpoint import BusClient
-from ..config import Config
+from ..config import OPTION_DEFAULTS, Config
 from ..errors import EmailRelayError
 from ..spool.names import State
 from ..spool.store import SpoolStore
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="emailrelay metrics",
         description="Serve Prometheus /metrics and /healthz for a relay supervised on this spool.",
     )
-    p.add_argument("--spool-dir", "-s", default="/var/spool/emailrelay", help="the relay's spool")
+    p.add_argument("--spool-dir", "-s", default=OPTION_DEFAULTS["spool-dir"], help="the relay's spool")
     p.add_argument("--run-dir", help="the relay's run directory (default: as the relay chooses it)")
     p.add_argument(
         "--listen", default=f"127.0.0.1:{DEFAULT_PORT}", help=f"HOST:PORT (default 127.0.0.1:{DEFAULT_PORT})"
