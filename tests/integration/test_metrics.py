@@ -442,7 +442,7 @@ async def test_healthz_and_metrics_of_a_real_supervised_relay(tmp_path: Path) ->
         exp = MetricsExporter(config, str(run_dir))
         await exp.start("127.0.0.1", 0)
         try:
-            assert await until(lambda: (run_dir / "supervisor.sock").exists())
+            assert await until(lambda: (run_dir / rundir.CHANNEL).exists())
             deadline = time.monotonic() + 30
             while True:  # the forward role may still be starting
                 status, body = await health(exp)

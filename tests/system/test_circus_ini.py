@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from emailrelay import rundir
 from tests.support.relay import BIN, REPO, free_port, program, wait_for_port
 from tests.support.sink_counter import CountingSink, poll, send_mail
 
@@ -49,7 +50,7 @@ def _roles(pid: int) -> dict[str, int]:
 def test_circusd_runs_the_relay_from_a_generated_ini(tmp_path: Path) -> None:
     spool, run = tmp_path / "spool", tmp_path / "run"
     spool.mkdir()
-    (run / "circus").mkdir(parents=True, mode=0o700)  # as the ini's header says
+    (run / rundir.CIRCUS_DIR).mkdir(parents=True, mode=0o700)  # as the ini's header says
     port = free_port()
     with CountingSink() as sink:
         options = [
@@ -78,7 +79,7 @@ def test_circusd_runs_the_relay_from_a_generated_ini(tmp_path: Path) -> None:
             assert sink.wait_for(["via-circusd@test"], 30), (tmp_path / "circusd.log").read_text()[-3000:]
             assert (tmp_path / "circusd.pid").read_text().strip() == str(circusd.pid)
             status = subprocess.run(
-                [str(BIN / "circusctl"), "--endpoint", f"ipc://{run}/circus/ctl.ipc", "--timeout", "10", "list"],
+                [str(BIN / "circusctl"), "--endpoint", rundir.ipc(run, rundir.CIRCUS_CONTROL), "--timeout", "10", "list"],
                 capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
             )  # fmt: skip
             assert set(status.stdout.strip().split(",")) == {"bus", "notify", "forward", "smtp"}, status
