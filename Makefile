@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test venv test-deps lint bench-store bench-forward clean
+.PHONY: run circusd test venv test-deps lint bench-store bench-forward clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ venv: $(STAMP)
 run: $(STAMP)
 	mkdir -p var/spool var/run
 	$(BIN)/emailrelay config/emailrelay-dev.conf
+
+# The same relay under a plain circusd (circus.ini's header: the run directory comes first).
+circusd: $(STAMP)
+	mkdir -p var/spool var/run && mkdir -p -m 700 var/run/circus
+	$(BIN)/circusd circus.ini
 
 $(TEST_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install -q -e '.[fast,test]'
