@@ -214,14 +214,14 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
         prepare_run_dirs((c for _, c in configurations), target.gid if target else None)
     if not first.no_daemon and not first.as_client:
         daemon.detach()
-    if values.get("close-stderr"):
-        log.close_stderr()  # a --log-file is not affected (reference guide)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor or the loop handles it
     # likewise for SIGTERM: one right after the pid file is a clean stop; it is held back while the
     # pid file is written, so that it arrives inside the try that removes the file
     signal.signal(signal.SIGTERM, _exit_on_term)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     pid_path = daemon.write_pid_file(first.pid_file, target.gid if target else None)
+    if values.get("close-stderr"):  # after the pid file, whose error is still one line on stderr
+        log.close_stderr()  # a --log-file is not affected (reference guide)
     sd_notify.relay_started(c.spool_dir for _, c in configurations)  # Type=notify: every socket is bound
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from .. import safe_files
+from ..errors import UsageError
 from ..identity import as_root, group_for_files
 
 
@@ -40,9 +41,19 @@ def detach() -> None:
 
 
 def write_pid_file(path: str | None, gid: int | None = None) -> Path | None:
+    """Write ``--pid-file``; one that cannot be written is upstream's start-up error
+    (``invalid pid file: cannot create file: <path>: <reason>``), never a traceback."""
     if not path:
         return None
-    target = Path(path)
+    try:
+        return _write_pid_file(Path(path), gid)
+    except OSError as exc:
+        # (a parent that is a file: mkdir's "file exists" is upstream's "not a directory")
+        reason = "not a directory" if isinstance(exc, FileExistsError) else (exc.strerror or str(exc)).lower()
+        raise UsageError(f"invalid pid file: cannot create file: {path}: {reason}") from None
+
+
+def _write_pid_file(target: Path, gid: int | None) -> Path:
     with as_root():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

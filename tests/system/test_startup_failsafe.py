@@ -1,4 +1,4 @@
-"""Fail-safe start (issue 18.8): a spool or run directory the relay cannot use is one line, exit 1.
+"""Fail-safe start (issue 18.8): a spool, run directory or pid file the relay cannot use: one line, exit 1.
 
 A read-only spool (a read-only bind mount), a full spool (a small tmpfs,
 filled) and a run directory that cannot be made are each reported as one
@@ -93,3 +93,17 @@ def test_run_directory_that_cannot_be_made(tmp_path: Path, mode: list[str]) -> N
     )
     _one_error_line(result, f"cannot make the run directory {run_dir}: Read-only file system", bound=True)
     assert not (tmp_path / "pid").exists()
+
+
+@pytest.mark.parametrize("mode", [["--no-daemon"], ["--no-daemon", "--single-process"]], ids=" ".join)
+def test_pid_file_that_cannot_be_made_is_upstreams_error(tmp_path: Path, mode: list[str]) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (tmp_path / "file").write_text("not a directory\n")
+    pid_file = tmp_path / "file" / "emailrelay.pid"
+    result = subprocess.run(
+        [program(), *mode, "--port", str(free_port()), "--interface", "127.0.0.1", "--spool-dir", str(spool),
+         "--log", "--no-syslog", "--user", "root", "--pid-file", str(pid_file)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    _one_error_line(result, f"invalid pid file: cannot create file: {pid_file}: not a directory", bound=True)
