@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import encodings.idna  # noqa: F401 - loaded before the switch to --user (host names need it)
-import grp
 import os
 import pwd
 import sys
@@ -47,10 +46,6 @@ class Identity:
     uid: int
     gid: int
     name: str
-
-    @property
-    def is_root(self) -> bool:
-        return self.uid == 0
 
 
 _target: Identity | None = None  # set once dropped
@@ -192,13 +187,6 @@ def child_preexec() -> Callable[[], None]:
 
 def _umask_only() -> None:
     os.umask(CHILD_UMASK)
-
-
-def group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def _allowed(st: os.stat_result, who: Identity, user_bits: int, group_bits: int, other_bits: int) -> bool:

@@ -200,8 +200,3 @@ OPTIONS: tuple[Option, ...] = (
 #: Options by long name and by short letter.
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 BY_SHORT: dict[str, Option] = {o.short: o for o in OPTIONS if o.short}
-
-
-def takes_value(option: Option) -> bool:
-    """True if the option may carry a value (always or, if optional, with "=")."""
-    return option.metavar is not None

@@ -352,11 +352,6 @@ class SpoolStore:
             return False
         return mtime <= (time.time() if now is None else now) + 0.001
 
-    def next_due(self) -> float | None:
-        """The earliest not-before time of a ready message, or None when there is none."""
-        times = [e.mtime for e in self.scan() if e.state is State.READY]
-        return min(times) if times else None
-
     def read_envelope(self, mid: MessageId | str, state: State = State.READY) -> Envelope:
         try:
             data = safe_files.read_nofollow(self._envelope(mid, state))
