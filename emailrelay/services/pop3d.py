@@ -51,7 +51,8 @@ from ..auth.pam import PamSecrets
 from ..config import Config
 from ..protocol import pop3_server as pp
 from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success
-from ..spool.store import POP_DELETED, POP_KEPT, PopMaildrop, PopMessage, SpoolStore, SpoolStoreError
+from ..spool.maildrop import POP_DELETED, POP_KEPT, PopMaildrop, PopMessage, open_maildrop
+from ..spool.store import SpoolStore, SpoolStoreError
 from .line_session import TLS_HANDSHAKE_TIMEOUT, LineSession, let_accepted_connections_in
 from .listeners import format_address, is_local_address
 from .security import ServerSecurity, server_security
@@ -478,7 +479,7 @@ class PopSession(LineSession):
         self.proto.login([(m.size, m.uid) for m in self.messages])
 
     def _open_maildrop(self, name: str | None) -> tuple[PopMaildrop, list[PopMessage]] | None:
-        md = self.service.store.pop_maildrop(name)
+        md = open_maildrop(self.service.store, name)
         try:
             if not md.lock():
                 md.close()

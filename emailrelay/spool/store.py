@@ -4,7 +4,8 @@ What it is for: every state change of a message (SPEC.md §3, the durability
 protocol of ARCHITECTURE.md) — create, commit, claim, release, fail,
 unfail, hold, remove, recover — for the SMTP role, the forwarders, the POP
 server, ``emailrelay-submit`` and the queue tools alike.  Style anchor:
-Postfix's mail_queue.c.
+Postfix's mail_queue.c.  The POP maildrop logic is ``spool/maildrop.py``,
+which asks this module for every name, open and unlink (by directory fd).
 
 What it expects: one flat spool directory on a local POSIX file system
 (rename is atomic, flock works), shared by any number of processes,
@@ -900,22 +901,27 @@ class SpoolStore:
     # --pop-by-name, one sub-directory named after the user, held open by descriptor
     # so that a rename or symlink swap after login cannot redirect it.
 
+    # ---- POP maildrops ------------------------------------------------------------------
+    # The POP logic (locking, listing, the --pop-by-name deletion rule) is spool/maildrop.py's;
+    # every spool name it needs is made here, and every open and unlink done here, by directory fd.
+
     @_privileged
-    def pop_maildrop(self, user: str | None = None) -> PopMaildrop:
-        """Open the main directory (``user`` None) or the ``--pop-by-name`` sub-directory ``user``.
+    def open_maildrop_dirs(self, user: str | None) -> tuple[int, int]:
+        """Descriptors of the spool directory and of the maildrop directory: the main directory
+        itself (``user`` None, the same descriptor twice) or the ``--pop-by-name`` sub-directory.
 
         SpoolStoreError: EINVAL for a name that is not one plain path component (empty,
         ``.``/``..``, a leading dot, ``/``, ``\\``, NUL or another control character);
         ENOENT, ENOTDIR or ELOOP when it is not an existing real directory directly
         inside the spool directory (a symlink is refused, even to a directory).
         """
-        flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
         try:
             main_fd = os.open(self.directory, flags)
         except OSError as exc:
             raise _store_error(exc, "cannot open the spool directory") from exc
         if user is None:
-            return PopMaildrop(self, None, main_fd, main_fd)
+            return main_fd, main_fd
         try:
             if (
                 not user
@@ -933,14 +939,84 @@ class SpoolStore:
         except BaseException:
             os.close(main_fd)
             raise
-        return PopMaildrop(self, user, fd, main_fd)
+        return main_fd, fd
 
-    def _pop_envelope_exists(self, main_fd: int, mid: MessageId) -> bool:
+    @_privileged
+    def open_maildrop_lock(self, dir_fd: int) -> int:
+        """The maildrop's lock file (:data:`POP_LOCK_NAME`), created if need be; a symlink, FIFO or
+        hard link planted under the name is replaced, never followed."""
+        try:
+            return safe_files.open_private_file(
+                POP_LOCK_NAME, dir_fd=dir_fd, mode=self.file_mode, gid=self.group
+            )
+        except OSError as exc:
+            raise _store_error(exc, "cannot create the maildrop lock file") from exc
+
+    @staticmethod
+    def ready_ids_at(dir_fd: int) -> list[MessageId]:
+        """The ids of the committed (``.envelope``) messages in a directory, in id order."""
+        with os.scandir(dir_fd) as it:
+            ids = [p[0] for e in it if (p := split_envelope_name(e.name)) is not None and p[1] is State.READY]
+        return sorted(ids)
+
+    @staticmethod
+    def content_size_at(dir_fd: int, mid: MessageId) -> int | None:
+        """The size of ``mid``'s content file in a directory; None when it is missing or not a plain
+        file (a symlink is not followed)."""
+        try:
+            st = os.stat(content_name(mid), dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        return st.st_size if stat_module.S_ISREG(st.st_mode) else None
+
+    @staticmethod
+    def content_exists_at(dir_fd: int, mid: MessageId) -> bool:
+        return _exists_at(dir_fd, content_name(mid))
+
+    @_privileged
+    def open_content_at(self, dir_fd: int, mid: MessageId) -> BinaryIO | None:
+        """``mid``'s content file in a directory, opened for reading; None when it is not there;
+        FileNotFoundError when it is there but not a plain file (a FIFO or device: refused), and
+        ELOOP when it is a symlink (never followed)."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC  # a FIFO must not block the open
+        try:
+            cfd = os.open(content_name(mid), flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        if not stat_module.S_ISREG(os.fstat(cfd).st_mode):
+            os.close(cfd)
+            raise FileNotFoundError(errno.ENOENT, f"content of {mid} is not a plain file")
+        os.set_blocking(cfd, True)
+        return os.fdopen(cfd, "rb", buffering=0)
+
+    @_privileged
+    def remove_ready_envelope_at(self, dir_fd: int, mid: MessageId) -> bool:
+        """Unlink ``mid``'s ``.envelope`` (only that name: a claimed ``.busy`` is never touched)."""
+        try:
+            os.unlink(envelope_name(mid, State.READY), dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        return True
+
+    @_privileged
+    def remove_content_at(self, dir_fd: int, mid: MessageId) -> bool:
+        try:
+            os.unlink(content_name(mid), dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        return True
+
+    @staticmethod
+    def envelope_exists_at(dir_fd: int, mid: MessageId) -> bool:
+        """Any envelope of ``mid``, in any state, in a directory."""
+        return any(_exists_at(dir_fd, envelope_name(mid, state)) for state in State)
+
+    @staticmethod
+    def envelope_exists_anywhere(main_fd: int, mid: MessageId) -> bool:
         """Any envelope of ``mid``, in any state, in the main directory or any sub-directory."""
         names = [envelope_name(mid, state) for state in State]
-        for name in names:
-            if _exists_at(main_fd, name):
-                return True
+        if any(_exists_at(main_fd, name) for name in names):
+            return True
         with os.scandir(main_fd) as it:
             subdirs = [e.name for e in it if e.is_dir()]
         return any(_exists_at(main_fd, f"{sub}/{name}") for sub in subdirs for name in names)
@@ -1229,140 +1305,7 @@ def _check_mailbox_name(name: str) -> None:
 
 # ---- pop support ------------------------------------------------------------------------
 
-POP_LOCK_NAME = ".emailrelay-pop.lock"  # flock'ed by the session that holds a maildrop
-POP_DELETED, POP_KEPT, POP_GONE = "deleted", "kept", "gone"
-
-
-@dataclass(frozen=True)
-class PopMessage:
-    id: MessageId
-    size: int  # octets of the content file
-    uid: str  # the content file name: stable across sessions (upstream's UIDL)
-
-
-class PopMaildrop:
-    """A POP maildrop, open by descriptor; see :meth:`SpoolStore.pop_maildrop`.
-
-    Lists committed (``.envelope``) messages only, never ``.new``, ``.busy``,
-    ``.bad`` or ``.held``; content is the maildrop's own file or else (for a
-    sub-directory) the main directory's.  Symlinked content is refused.
-    """
-
-    def __init__(self, store: SpoolStore, name: str | None, fd: int, main_fd: int) -> None:
-        self.store = store
-        self.name = name
-        self._fd = fd
-        self._main_fd = main_fd
-        self._lock_fd: int | None = None
-
-    def __enter__(self) -> PopMaildrop:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @_privileged
-    def lock(self) -> bool:
-        """Take the maildrop's exclusive lock (across processes); False when another session holds it."""
-        if self._lock_fd is not None:
-            return True
-        try:  # a symlink, FIFO or hard link planted under the name is replaced, never followed
-            fd = safe_files.open_private_file(
-                POP_LOCK_NAME, dir_fd=self._fd, mode=self.store.file_mode, gid=self.store.group
-            )
-        except OSError as exc:
-            raise _store_error(exc, "cannot create the maildrop lock file") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
-
-    @property
-    def locked(self) -> bool:
-        return self._lock_fd is not None
-
-    @_privileged
-    def messages(self) -> list[PopMessage]:
-        """The ready messages that have content, in id order (time, pid, seq)."""
-        found: list[PopMessage] = []
-        with os.scandir(self._fd) as it:
-            ids = [p[0] for e in it if (p := split_envelope_name(e.name)) is not None and p[1] is State.READY]
-        for mid in sorted(ids):
-            size = self._content_size(mid)
-            if size is not None:
-                found.append(PopMessage(mid, size, content_name(mid)))
-        return found
-
-    def _content_size(self, mid: MessageId) -> int | None:
-        name = content_name(mid)
-        for fd in self._content_dirs():
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except OSError:
-                continue
-            return st.st_size if stat_module.S_ISREG(st.st_mode) else None
-        return None
-
-    def _content_dirs(self) -> tuple[int, ...]:
-        return (self._fd,) if self.name is None else (self._fd, self._main_fd)
-
-    @_privileged
-    def open_content(self, mid: MessageId) -> BinaryIO:
-        """The content file, opened for reading (FileNotFoundError when it has gone)."""
-        name = content_name(mid)
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC  # a FIFO must not block the open
-        for fd in self._content_dirs():
-            try:
-                cfd = os.open(name, flags, dir_fd=fd)
-            except FileNotFoundError:
-                continue
-            if not stat_module.S_ISREG(os.fstat(cfd).st_mode):
-                os.close(cfd)
-                break
-            os.set_blocking(cfd, True)
-            return os.fdopen(cfd, "rb", buffering=0)
-        raise FileNotFoundError(errno.ENOENT, f"no content file for {mid}")
-
-    @_privileged
-    def delete(self, mid: MessageId) -> str:
-        """Delete a message at POP UPDATE: POP_DELETED, POP_KEPT (no longer ready, e.g. claimed
-        ``.busy`` by a forwarder: left alone) or POP_GONE.
-
-        Only the ``.envelope`` name is ever unlinked, so a claimed message cannot be
-        deleted.  Then the maildrop's own content file goes; a main-directory content
-        file only when no envelope with that id is left in the main directory or any
-        sub-directory (the guide's ``--pop-by-name`` rule).
-        """
-        try:
-            os.unlink(envelope_name(mid, State.READY), dir_fd=self._fd)
-        except FileNotFoundError:
-            if any(_exists_at(self._fd, envelope_name(mid, s)) for s in State):
-                return POP_KEPT
-            return POP_GONE
-        name = content_name(mid)
-        if self.name is not None:
-            try:
-                os.unlink(name, dir_fd=self._fd)
-                return POP_DELETED
-            except FileNotFoundError:
-                pass
-        if not self.store._pop_envelope_exists(self._main_fd, mid):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=self._main_fd)
-        return POP_DELETED
-
-    def close(self) -> None:
-        """Release the lock and the directory descriptors (idempotent)."""
-        fds = {self._lock_fd, self._fd, self._main_fd}
-        self._lock_fd = None
-        self._fd = self._main_fd = -1
-        for fd in fds:
-            if fd is not None and fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+POP_LOCK_NAME = ".emailrelay-pop.lock"  # flock'ed by the session that holds a maildrop (spool/maildrop.py)
 
 
 def _exists_at(dir_fd: int | None, name: str | Path) -> bool:

@@ -1,4 +1,5 @@
-"""The spool store's POP support: maildrops, listing, content fallback, the delete rule, locking."""
+"""POP maildrops over the spool (spool/maildrop.py and the store's fd-level support): listing, content
+fallback, the delete rule, locking."""
 
 from __future__ import annotations
 
@@ -11,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool.envelope import Envelope
+from emailrelay.spool.maildrop import POP_DELETED, POP_GONE, POP_KEPT, open_maildrop
 from emailrelay.spool.names import MessageId, State
-from emailrelay.spool.store import (
-    POP_DELETED,
-    POP_GONE,
-    POP_KEPT,
-    POP_LOCK_NAME,
-    SpoolStore,
-    SpoolStoreError,
-)
+from emailrelay.spool.store import POP_LOCK_NAME, SpoolStore, SpoolStoreError
 
 ENV = Envelope("a@example.com", to_remote=("b@example.net",))
 
@@ -46,7 +41,7 @@ def test_main_maildrop_lists_only_ready_messages_in_id_order(store: SpoolStore) 
     msg.write_envelope(ENV)  # .new
     os.rename(store.envelope_path(ids[3], State.READY), store.envelope_path(ids[3], State.BAD))
     extra = put(store, b"yy")
-    with store.pop_maildrop() as md:
+    with open_maildrop(store) as md:
         listed = md.messages()
     assert [(m.id, m.size, m.uid) for m in listed] == [
         (ids[0], 5, f"{ids[0]}.content"),
@@ -57,7 +52,7 @@ def test_main_maildrop_lists_only_ready_messages_in_id_order(store: SpoolStore) 
 def test_message_without_content_is_not_listed(store: SpoolStore) -> None:
     mid = put(store)
     os.unlink(store.content_path(mid))
-    with store.pop_maildrop() as md:
+    with open_maildrop(store) as md:
         assert md.messages() == []
 
 
@@ -65,7 +60,7 @@ def test_sub_directory_content_falls_back_to_main(store: SpoolStore) -> None:
     mid = put(store, b"main content\r\n")
     (store.directory / "alice").mkdir()
     store.copy_to_directories(mid, State.READY, store.directory, ["alice"], envelope_only=True)
-    with store.pop_maildrop("alice") as md:
+    with open_maildrop(store, "alice") as md:
         [m] = md.messages()
         assert m.size == len(b"main content\r\n")
         with md.open_content(m.id) as f:
@@ -77,7 +72,7 @@ def test_sub_directory_own_content_wins(store: SpoolStore) -> None:
     (store.directory / "bob").mkdir()
     store.copy_to_directories(mid, State.READY, store.directory, ["bob"])
     (store.directory / "bob" / f"{mid}.content").write_bytes(b"bob's own copy\r\n")
-    with store.pop_maildrop("bob") as md:
+    with open_maildrop(store, "bob") as md:
         [m] = md.messages()
         assert m.size == len(b"bob's own copy\r\n")
         with md.open_content(m.id) as f:
@@ -96,10 +91,10 @@ def test_delete_rule_keeps_shared_main_content_until_last_envelope(store: SpoolS
     )
     assert not store.envelope_path(mid, State.READY).exists()
     content = store.content_path(mid)
-    with store.pop_maildrop("alice") as md:
+    with open_maildrop(store, "alice") as md:
         assert md.delete(mid) == POP_DELETED
     assert content.exists(), "bob's envelope still needs it"
-    with store.pop_maildrop("bob") as md:
+    with open_maildrop(store, "bob") as md:
         assert md.delete(mid) == POP_DELETED
     assert not content.exists()
     assert names(store.directory) == {"alice", "bob"}
@@ -109,14 +104,14 @@ def test_delete_rule_keeps_content_of_a_main_envelope(store: SpoolStore) -> None
     mid = put(store)
     (store.directory / "alice").mkdir()
     store.copy_to_directories(mid, State.READY, store.directory, ["alice"], envelope_only=True)
-    with store.pop_maildrop("alice") as md:
+    with open_maildrop(store, "alice") as md:
         assert md.delete(mid) == POP_DELETED
     assert store.content_path(mid).exists()  # the main .envelope is still to be forwarded
 
 
 def test_main_delete_removes_envelope_then_content(store: SpoolStore) -> None:
     mid = put(store)
-    with store.pop_maildrop() as md:
+    with open_maildrop(store) as md:
         assert md.delete(mid) == POP_DELETED
         assert md.delete(mid) == POP_GONE
     assert names(store.directory) == set()
@@ -126,14 +121,14 @@ def test_main_delete_keeps_content_a_sub_directory_envelope_needs(store: SpoolSt
     mid = put(store)
     (store.directory / "carol").mkdir()
     store.copy_to_directories(mid, State.READY, store.directory, ["carol"], envelope_only=True)
-    with store.pop_maildrop() as md:
+    with open_maildrop(store) as md:
         assert md.delete(mid) == POP_DELETED
     assert store.content_path(mid).exists()
 
 
 def test_claimed_message_is_never_deleted(store: SpoolStore) -> None:
     mid = put(store)
-    with store.pop_maildrop() as md:
+    with open_maildrop(store) as md:
         assert [m.id for m in md.messages()] == [mid]
         claim = store.claim(mid)
         assert claim is not None
@@ -152,7 +147,7 @@ def test_invalid_maildrop_names(store: SpoolStore, user: str) -> None:
     store.directory.mkdir(parents=True, exist_ok=True)
     (store.directory / ".hidden").mkdir()
     with pytest.raises(SpoolStoreError) as info:
-        store.pop_maildrop(user)
+        open_maildrop(store, user)
     assert info.value.errno in (errno.EINVAL, errno.ENAMETOOLONG)
 
 
@@ -168,7 +163,7 @@ def test_maildrop_must_be_a_real_directory_inside_the_spool(store: SpoolStore, t
         ("nobody", (errno.ENOENT,)),
     ):
         with pytest.raises(SpoolStoreError) as info:
-            store.pop_maildrop(user)
+            open_maildrop(store, user)
         assert info.value.errno in code, user
 
 
@@ -178,7 +173,7 @@ def test_symlinked_content_is_refused(store: SpoolStore, tmp_path: Path) -> None
     secret.write_bytes(b"top secret\r\n")
     os.unlink(store.content_path(mid))
     os.symlink(secret, store.content_path(mid))
-    with store.pop_maildrop() as md:
+    with open_maildrop(store) as md:
         assert md.messages() == []
         with pytest.raises(OSError):
             md.open_content(mid)
@@ -187,11 +182,11 @@ def test_symlinked_content_is_refused(store: SpoolStore, tmp_path: Path) -> None
 def test_lock_is_exclusive_within_and_across_processes(store: SpoolStore) -> None:
     store.directory.mkdir(parents=True)
     (store.directory / "alice").mkdir()
-    one = store.pop_maildrop("alice")
+    one = open_maildrop(store, "alice")
     assert one.lock()
-    two = store.pop_maildrop("alice")
+    two = open_maildrop(store, "alice")
     assert not two.lock()
-    other = store.pop_maildrop("bob") if (store.directory / "bob").exists() else store.pop_maildrop()
+    other = open_maildrop(store, "bob") if (store.directory / "bob").exists() else open_maildrop(store)
     assert other.lock(), "another maildrop has its own lock"
     other.close()
     lock_file = store.directory / "alice" / POP_LOCK_NAME
@@ -214,7 +209,7 @@ def test_lock_is_exclusive_within_and_across_processes(store: SpoolStore) -> Non
 
 def test_close_is_idempotent(store: SpoolStore) -> None:
     store.directory.mkdir(parents=True)
-    md = store.pop_maildrop()
+    md = open_maildrop(store)
     assert md.lock()
     md.close()
     md.close()
