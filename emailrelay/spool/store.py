@@ -668,18 +668,6 @@ class SpoolStore:
         return msg
 
     @_privileged
-    def store_linked_copy(self, mid: MessageId, envelope: Envelope) -> MessageId:
-        """Commit a new message whose content is a hard link to (or a copy of) ``mid``'s content."""
-        msg = self.new_linked_copy(mid)
-        try:
-            msg.write_envelope(envelope)
-            msg.commit()
-        except BaseException:
-            msg.abandon()
-            raise
-        return msg.id
-
-    @_privileged
     def rewrite_envelope_in_place(self, mid: MessageId, state: State, envelope: Envelope) -> None:
         """Overwrite a ``.new`` or ``.busy`` envelope in place, as a filter script would.
 

@@ -189,7 +189,10 @@ async def test_spam_edit_rewrites_and_accepts(store: SpoolStore) -> None:
 
 async def test_spam_edit_unshares_a_hard_linked_content(store: SpoolStore) -> None:
     msg = new_message(store, HAM)
-    twin = store.store_linked_copy(msg.id, envelope())
+    copy = store.new_linked_copy(msg.id)  # as split: does
+    copy.write_envelope(envelope())
+    copy.commit()
+    twin = copy.id
     assert store.content_path(twin).stat().st_ino == msg.content_path.stat().st_ino
     with fake_spamd() as spamd:
         await server_chain(store, f"spam-edit:{spamd.address}").filter(
