@@ -12,7 +12,7 @@ the option, raised before anything is bound or started.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field, replace
 from pathlib import Path
 
 from . import topology
@@ -113,6 +113,21 @@ class Config:
     tls_config: str | None = None
     admin_terminate: bool = False
     notify_polling: bool = False
+    _frozen: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if self.__dict__.get("_frozen", False):
+            raise FrozenInstanceError(f"cannot assign to field {name!r}: a built Config is immutable")
+        object.__setattr__(self, name, value)
+
+    def frozen(self) -> Config:
+        """Make this configuration immutable (:func:`from_values` returns it so); returns it."""
+        object.__setattr__(self, "_frozen", True)
+        return self
+
+    def replaced(self, **changes: object) -> Config:
+        """A frozen copy with ``changes`` (``dataclasses.replace``)."""
+        return replace(self, **changes).frozen()  # type: ignore[arg-type]
 
 
 def _int(values: Values, name: str, default: int, *, minimum: int = 0) -> int:
@@ -207,9 +222,11 @@ def default_domain() -> str:
     return fqdn
 
 
-def from_values(values: Values) -> Config:
-    """Build a Config from one configuration's option values (after shorthand expansion)."""
-    c = Config()
+def from_values(values: Values, *, name: str = "") -> Config:
+    """Build a Config from one configuration's option values (after shorthand expansion); ``name``
+    is the configuration's name (the log's unit).  The result is immutable (:meth:`Config.replaced`
+    makes a changed copy)."""
+    c = Config(name=name)
     if spool := _str(values, "spool-dir"):
         c.spool_dir = Path(spool)
     c.port = _int_or_default(values, "port")
@@ -310,4 +327,4 @@ def from_values(values: Values) -> Config:
     c.notify_polling = values.get("notify") == "poll"
     if c.forward_to is None and (c.forward or c.forward_on_disconnect or c.poll is not None or c.immediate):
         raise UsageError("forwarding needs --forward-to (or --as-client / --as-proxy)")
-    return c
+    return c.frozen()

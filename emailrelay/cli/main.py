@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         configurations = []
         for name in parsed.configs:
             config_values = expand_shorthands(configuration_values(parsed, name)) if name else values
-            config = from_values(config_values)
-            config.name = name  # the log's unit, even when it is the only configuration
+            config = from_values(config_values, name=name)  # the log's unit, even when it is the only one
             for warning in config.warnings:
                 log.warning(warning)
             configurations.append((name if len(parsed.configs) > 1 else "", config))
@@ -130,15 +129,16 @@ def report_startup_error(log: logmod.Log, exc: EmailRelayError) -> None:
         print(OPTION_HINT, file=sys.stderr, flush=True)
 
 
-def prepare(config: Config) -> None:
-    """Every start-up check of one configuration that can fail, before anything is bound."""
+def prepare(config: Config) -> Config:
+    """Every start-up check of one configuration that can fail, before anything is bound; returns
+    the configuration with its directories made absolute (before detaching changes the directory)."""
     if not config.spool_dir.is_dir():
         reason = "not a directory" if config.spool_dir.exists() else "no such file or directory"
         raise UsageError(f"invalid spool directory: {config.spool_dir}: {reason}")
-    config.spool_dir = config.spool_dir.absolute()  # before detaching changes the directory
+    config = config.replaced(spool_dir=config.spool_dir.absolute())
     preflight.check_spool(config.spool_dir, space=not (config.as_client or config.dont_serve))
     if config.delivery_dir is not None:
-        config.delivery_dir = config.delivery_dir.absolute()
+        config = config.replaced(delivery_dir=config.delivery_dir.absolute())
     _check_policy(config)
     _check_network(config)
     if not (config.as_client or config.dont_serve or config.single_process):
@@ -152,6 +152,7 @@ def prepare(config: Config) -> None:
         from ..services.pop3d import pop_security
 
         pop_security(config)
+    return config
 
 
 def bind(config: Config) -> list[listeners.Bound]:
@@ -182,9 +183,8 @@ def _exit_on_term(signum: int, frame: object) -> None:
 
 def run(configurations: list[tuple[str, Config]], values: dict[str, Value], options: list[str]) -> int:
     log = logmod.get()
+    configurations = [(name, prepare(config)) for name, config in configurations]
     first = configurations[0][1]
-    for _, config in configurations:
-        prepare(config)
     target = None
     if identity.switching_applies(first.user):
         try:
