@@ -42,6 +42,7 @@ import os
 from dataclasses import replace
 
 from .. import log as logmod
+from ..config import Config
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .spec import Filter, FilterContext, PolicyOptions, Spec, options_from_config, parse_filters, warnings_for
@@ -201,9 +202,9 @@ class ClientFilterChain(FilterChain):
     client = True
 
 
-def build_client_filter(config: object, store: SpoolStore) -> ClientFilterChain | None:
+def build_client_filter(config: Config, store: SpoolStore) -> ClientFilterChain | None:
     """The forwarder's client-filter chain for a configuration, or None when there is none."""
-    specs = parse_filters(getattr(config, "client_filters", None) or [], client=True)
+    specs = parse_filters(config.client_filters, client=True)
     if not specs:
         return None
     for text in warnings_for(specs):

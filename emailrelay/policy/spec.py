@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..config import OPTION_DEFAULTS
+from ..config import OPTION_DEFAULTS, Config
 from ..spool.names import MessageId, State, split_envelope_name
 from ..spool.store import SpoolStore
 from .verdicts import FilterResult
@@ -78,7 +78,7 @@ class PolicyOptions:
     spool_dir: Path = Path(OPTION_DEFAULTS["spool-dir"])
     delivery_dir: Path | None = None  # --delivery-dir; None: the spool directory
     domain: str = ""  # --domain: the verifier's fourth argument, account:'s domain
-    timeout: float = 60.0  # --filter-timeout, also used for verifiers and network peers
+    timeout: float = float(OPTION_DEFAULTS["filter-timeout"])  # also used for verifiers and network peers
     output_cap: int = 64 * 1024  # bytes of a program's stdout that are kept
     connection_timeout: float = 10.0  # net:/spam: connect timeout (bounded by timeout)
 
@@ -273,14 +273,12 @@ def warnings_for(specs: list[Spec]) -> list[str]:
     return []
 
 
-def options_from_config(config: object) -> PolicyOptions:
-    """PolicyOptions from an :class:`emailrelay.config.Config` (fields read with defaults)."""
-    spool = Path(getattr(config, "spool_dir", OPTION_DEFAULTS["spool-dir"]))
-    delivery = getattr(config, "delivery_dir", None)
+def options_from_config(config: Config) -> PolicyOptions:
+    """PolicyOptions from the configuration (a ``--filter-timeout`` of 0 is the default)."""
     return PolicyOptions(
-        spool_dir=spool.absolute(),
-        delivery_dir=Path(delivery).absolute() if delivery else None,
-        domain=str(getattr(config, "domain", "") or ""),
-        timeout=float(getattr(config, "filter_timeout", 60.0) or 60.0),
-        connection_timeout=float(getattr(config, "connection_timeout", 10.0) or 10.0),
+        spool_dir=config.spool_dir.absolute(),
+        delivery_dir=config.delivery_dir.absolute() if config.delivery_dir else None,
+        domain=config.domain,
+        timeout=float(config.filter_timeout or OPTION_DEFAULTS["filter-timeout"]),
+        connection_timeout=float(config.connection_timeout),
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 
 from .. import log as logmod
+from ..config import Config
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .chain import ServerFilterChain, build_client_filter
@@ -112,12 +113,12 @@ class PolicyEngine:
             await self.chain.close()
 
 
-def build_server_policy(config: object, store: SpoolStore) -> PolicyEngine:
+def build_server_policy(config: Config, store: SpoolStore) -> PolicyEngine:
     """The SMTP session's policy for a configuration (raises SpecError on a bad option value)."""
     options = options_from_config(config)
-    spec = parse_verifier(getattr(config, "address_verifier", None))
+    spec = parse_verifier(config.address_verifier)
     verifier = Verifier(spec, options) if spec is not None else None
-    specs = parse_filters(getattr(config, "filters", None) or [])
+    specs = parse_filters(config.filters)
     log = logmod.get()
     for text in warnings_for([*specs, *([spec] if spec is not None else [])]):
         log.warning(text)

@@ -6,11 +6,11 @@ import asyncio
 import re
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from emailrelay.config import Config
 from emailrelay.policy.verifier import build_server_policy
 from emailrelay.protocol import smtp_server as sp
 from emailrelay.services.smtpd import SmtpService, SmtpServiceOptions
@@ -20,16 +20,6 @@ from tests.support.fixtures import UPSTREAM
 from tests.support.policy import logs_fixture, script  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@dataclass
-class Config:
-    spool_dir: Path
-    filters: list[str] = field(default_factory=list)
-    address_verifier: str | None = None
-    domain: str = "vm"
-    filter_timeout: float = 10.0
-    delivery_dir: Path | None = None
 
 
 class Client:
@@ -69,7 +59,8 @@ async def serve(tmp_path: Path) -> AsyncIterator:  # type: ignore[type-arg]
         spool = tmp_path / "spool"
         spool.mkdir(exist_ok=True)
         store = SpoolStore(spool, fsync=False)
-        policy = build_server_policy(Config(spool, **kw), store)  # type: ignore[arg-type]
+        config = Config(spool_dir=spool, domain="vm", filter_timeout=10.0).replaced(**kw)
+        policy = build_server_policy(config, store)
         service = SmtpService(
             SmtpServiceOptions(server_config=sp.ServerConfig(domain="vm")), store, policy=policy
         )

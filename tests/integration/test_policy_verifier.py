@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from emailrelay.config import Config
 from emailrelay.policy.spec import PolicyOptions, parse_verifier
 from emailrelay.policy.verdicts import RecipientKind
 from emailrelay.policy.verifier import PolicyEngine, Verifier, build_server_policy
@@ -304,17 +305,12 @@ async def test_account_verifier_current_user_range() -> None:
 
 
 # ---- the engine ----------------------------------------------------------------------------------
-@dataclass
-class FakeConfig:
-    spool_dir: Path
-    address_verifier: str | None = None
-    filters: list[str] | None = None
-    domain: str = "vm"
-    filter_timeout: float = 5.0
+def engine_config(spool: Path, address_verifier: str | None = None) -> Config:
+    return Config(spool_dir=spool, address_verifier=address_verifier, domain="vm", filter_timeout=5.0)
 
 
 async def test_engine_without_verifier_is_remote(tmp_path: Path) -> None:
-    engine = build_server_policy(FakeConfig(tmp_path), SpoolStore(tmp_path, fsync=False))
+    engine = build_server_policy(engine_config(tmp_path), SpoolStore(tmp_path, fsync=False))
     assert engine.accepts_everything
     verdict = await engine.verify("Any@Where", "a@b", PEER, "", "")
     assert (verdict.kind, verdict.address) == (RecipientKind.REMOTE, "Any@Where")
@@ -322,7 +318,7 @@ async def test_engine_without_verifier_is_remote(tmp_path: Path) -> None:
 
 async def test_engine_with_verifier(tmp_path: Path) -> None:
     engine = build_server_policy(
-        FakeConfig(tmp_path, address_verifier=script("verifier.sh")), SpoolStore(tmp_path, fsync=False)
+        engine_config(tmp_path, address_verifier=script("verifier.sh")), SpoolStore(tmp_path, fsync=False)
     )
     assert isinstance(engine, PolicyEngine) and not engine.accepts_everything
     assert (await engine.verify("temp@x", "a@b", PEER, "", "")).kind is RecipientKind.TEMPORARY

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from emailrelay.config import from_values
 from emailrelay.policy.exe import (
     clean_text,
     is_clean_address,
@@ -107,21 +110,21 @@ def test_verifier_forms() -> None:
 
 
 def test_options_from_config() -> None:
-    class C:
-        spool_dir = "/var/spool/x"
-        domain = "example.com"
-        filter_timeout = 7
-
-    opts = options_from_config(C())
-    assert (str(opts.spool_dir), opts.delivery_dir, opts.domain, opts.timeout) == (
+    config = from_values({"spool-dir": "/var/spool/x", "domain": "example.com", "filter-timeout": "7"})
+    opts = options_from_config(config)
+    assert (str(opts.spool_dir), opts.delivery_dir, opts.domain, opts.timeout, opts.connection_timeout) == (
         "/var/spool/x",
         None,
         "example.com",
         7.0,
+        40.0,
     )
     assert str(opts.mailbox_base) == "/var/spool/x"
-    C.delivery_dir = "/srv/boxes"  # type: ignore[attr-defined]
-    assert str(options_from_config(C()).mailbox_base) == "/srv/boxes"
+    assert (
+        str(options_from_config(config.replaced(delivery_dir=Path("/srv/boxes"))).mailbox_base)
+        == "/srv/boxes"
+    )
+    assert options_from_config(config.replaced(filter_timeout=0)).timeout == 60.0  # 0: the default
 
 
 @pytest.mark.parametrize(
