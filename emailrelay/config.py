@@ -73,6 +73,7 @@ class Config:
     connection_timeout: float = float(OPTION_DEFAULTS["connection-timeout"])
     response_timeout: float = float(OPTION_DEFAULTS["response-timeout"])
     forward_to_some: bool = False
+    backoff: bool = False  # --retry given: temporary failures are retried (else final, as upstream)
     retry_schedule: tuple[int, ...] = DEFAULT_RETRY
     give_up_age: int = DEFAULT_GIVE_UP
     workers_forward: int = 1
@@ -264,13 +265,18 @@ def from_values(values: Values, *, name: str = "") -> Config:
     c.connection_timeout = _int_or_default(values, "connection-timeout", minimum=1)
     c.response_timeout = _int_or_default(values, "response-timeout", minimum=1)
     c.forward_to_some = bool(values.get("forward-to-some"))
+    # Back-off is ours and off by default: forwarding failures are final, as E-MailRelay 2.6b's
+    # are.  Giving --retry (the delays, eg. 60,300,900,3600,14400) turns it on.
     if retry := _list(values, "retry"):
+        c.backoff = True
         try:
             c.retry_schedule = tuple(int(x) for x in retry)
         except ValueError:
             raise UsageError("--retry: expected comma-separated seconds, eg. 60,300,900") from None
         if not c.retry_schedule or min(c.retry_schedule) < 0:
             raise UsageError("--retry: expected comma-separated non-negative seconds")
+    if values.get("give-up") not in (None, False) and not c.backoff:
+        raise UsageError("--give-up needs --retry: without back-off a failure is final at once")
     c.give_up_age = _int(values, "give-up", DEFAULT_GIVE_UP)
     for item in _list(values, "workers"):
         role, _, number = item.partition("=")

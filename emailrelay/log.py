@@ -286,6 +286,11 @@ class Log:
         except (OSError, ValueError):
             pass
 
+    def plain(self, text: str) -> None:
+        """``emailrelay: <text>``, without a time or a level: E-MailRelay 2.6b's few plain notices
+        (``--as-client``'s ``no messages to send``)."""
+        self._write(f"{self.config.program}: {printable(text)}")
+
     def close_stderr(self) -> None:
         """--close-stderr: stop writing to stderr and point fd 2 at /dev/null."""
         self.config.stderr = False

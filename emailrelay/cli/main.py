@@ -172,8 +172,8 @@ def _bind(config: Config) -> list[listeners.Bound]:
         log.warning(
             "using --immediate can result in client timeout errors: try --forward-on-disconnect instead"
         )
-    if config.forward_to:
-        log.info(f"forwarding to {config.forward_to}")
+    if config.forward_to and not single_shot:  # (--as-client and -x say it once there is mail)
+        log.verbose(f"forwarding to {config.forward_to}")  # upstream: a verbose line
     return bound
 
 

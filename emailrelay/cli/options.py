@@ -187,8 +187,8 @@ OPTIONS: tuple[Option, ...] = (
     # --- Supervisor (our extensions) ---
     Option("workers", None, "role=n,...", "number of processes per role, eg. smtp=2,forward=4", "Supervisor", kind="assignments", process=True),
     Option("run-dir", None, "dir", "directory for the supervisor's pid and ipc files", "Supervisor", kind="path", process=True),
-    Option("retry", None, "schedule", "comma-separated delays (in seconds) between forwarding attempts", "Supervisor", kind="int-list", default="60,300,900,3600,14400"),
-    Option("give-up", None, "seconds", "age after which a message that keeps failing is marked as failed", "Supervisor", kind="int", default="432000"),
+    Option("retry", None, "schedule", "turn on back-off: temporary forwarding failures (4xx, connection and session errors) are retried after these delays in seconds, eg. 60,300,900,3600,14400; without it every failure is final at once, as upstream's", "Supervisor", kind="int-list"),
+    Option("give-up", None, "seconds", "with --retry: age after which a message that keeps failing is marked as failed (default 432000)", "Supervisor", kind="int"),
     Option("max-connections", None, "count", "maximum number of simultaneous SMTP server connections", "Supervisor", kind="int"),
     Option("metrics", None, "host:port", "serve Prometheus /metrics and /healthz on this address (supervised mode)", "Supervisor", kind="address"),
     Option("single-process", None, None, "run every role in one process, without the circus supervisor", "Supervisor", kind="flag", process=True),

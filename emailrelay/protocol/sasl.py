@@ -404,10 +404,17 @@ class SaslClient:
             raise ValueError("oauth account has no token (fetch it first)")
         self._account = account
         self._steps = 0
+        self._login_user_sent = False  # LOGIN: the user name went as the initial response
+        self._asked_user = False  # LOGIN: the server asked for the user name all the same
         self.error: str | None = None
 
     def initial_response(self) -> str | None:
+        """What goes with ``AUTH``: LOGIN sends the user name there (``AUTH LOGIN <base64 user>``,
+        as E-MailRelay 2.6b does), PLAIN and XOAUTH2 their one message, CRAM-* nothing."""
         a = self._account
+        if self.mechanism == "LOGIN":
+            self._login_user_sent = True
+            return _b64(a.user_bytes)
         if self.mechanism == "PLAIN":
             return _b64(b"\0" + a.user_bytes + b"\0" + a.secret)
         if self.mechanism == "XOAUTH2":
@@ -434,7 +441,15 @@ class SaslClient:
                 return self._cancel("unexpected PLAIN challenge")
             return self.initial_response() or ""
         if m == "LOGIN":
+            # after an initial response the first challenge is for the password, unless the server
+            # ignored it and asks for the user name ("Username:") all the same
+            asks_user = raw.strip().lower().startswith(b"username")
+            if self._login_user_sent and not (asks_user and self._steps == 1):
+                if self._steps > 2 or (self._steps == 2 and not self._asked_user):
+                    return self._cancel("unexpected LOGIN challenge")
+                return _b64(a.secret)
             if self._steps == 1:
+                self._asked_user = True
                 return _b64(a.user_bytes)
             if self._steps == 2:
                 return _b64(a.secret)

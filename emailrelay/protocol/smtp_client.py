@@ -29,13 +29,24 @@ What it guarantees:
 - DATA is never pipelined: all RCPT replies are in before DATA (or the first
   BDAT) goes out, so with forward-to-all a permanently rejected (5xx)
   recipient aborts the message before any content is sent.
-- Recipients refused with a 4xx (RFC 5321 4.5.3.1.10: ``452`` too many
-  recipients) while others were accepted do not stop the message: it goes
-  to the accepted ones and :class:`MessageSent` lists them as ``deferred``
-  for the service to send in a further transaction (``send_envelope``
-  again, no RSET needed).  Without pipelining, RCPTs after a ``452`` are
-  not sent at all; they are deferred with that reply.  A transaction where
-  no recipient was accepted is a :class:`MessageFailed` as before.
+- Recipients: by default (E-MailRelay 2.6b's way) every refusal, 4xx or
+  5xx, is a rejection: with forward-to-all one rejection fails the message,
+  with forward-to-some the message goes to the accepted ones and
+  :class:`MessageSent` lists the rejected.  A message failed for its
+  recipients is followed at once by ``RSET``, and :class:`MessageFailed`
+  comes with that reply (``rset``) and the reason ``one or more recipients
+  rejected`` (``all recipients rejected`` under forward-to-some when none was
+  accepted).  With ``defer_transient`` (the service's back-off) recipients
+  refused with a 4xx (RFC 5321 4.5.3.1.10: ``452`` too many recipients)
+  while others were accepted do not stop the message: it goes to the
+  accepted ones and :class:`MessageSent` lists them as ``deferred`` for the
+  service to send in a further transaction (``send_envelope`` again, no RSET
+  needed); without pipelining, RCPTs after a ``452`` are not sent at all;
+  and a ``421`` ends the session whatever it answers.  Without it a ``421``
+  to MAIL, RCPT, DATA or the content is that command's reply.
+- ``RSET`` is sent only where a transaction is left open: after a failure
+  for the recipients (at once) and after a refused DATA or BDAT chunk (before
+  the next command); never after a refused MAIL or a final reply.
 - Bytes the server sends after its 220 to STARTTLS (in the same read, or
   before :meth:`SmtpClient.tls_established`) are discarded.
 - Outgoing content has canonical CRLF line ends and is dot-stuffed (DATA) or
@@ -170,6 +181,7 @@ class ClientConfig:
     binarymime_strict: bool = False  # fail BINARYMIME content when it cannot go as BINARYMIME
     forward_to_some: bool = False  # False = --forward-to-all
     send_auth_param: bool = True  # False with --anonymous=client: never add AUTH= to MAIL
+    defer_transient: bool = False  # back-off: 4xx recipients are deferred, 421 ends the session
 
 
 class Event:
@@ -233,6 +245,7 @@ class MessageFailed(Event):
     stage: str  # "mail" | "rcpt" | "data" | "content" | "policy"
     rejected: list[tuple[str, Reply]]
     reason: str
+    rset: Reply | None = None  # stage "rcpt": the reply to the RSET that followed
 
 
 @dataclass(frozen=True)
@@ -273,6 +286,7 @@ _STAGE = {
     "starttls": "starttls",
     "auth": "auth",
     "rset": "rset",
+    "rset_fail": "rset",
     "mail": "mail",
     "rcpt": "rcpt",
     "data": "data",
@@ -281,6 +295,9 @@ _STAGE = {
     "dot": "content",
     "quit": "quit",
 }
+
+# Replies that belong to a message: without defer_transient a 421 to one of these is its reply.
+_TRANSACTION = ("mail", "rcpt", "data", "bdat", "bdat_last", "dot")
 
 _FORBIDDEN_IN_COMMANDS = re.compile(r"[\r\n\x00]")
 _XTEXT = re.compile(r"<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
@@ -325,7 +342,9 @@ def parse_ehlo(reply: Reply) -> Capabilities:
 class _Txn:
     """One message: the envelope and what the server said about it so far."""
 
-    __slots__ = ("accepted", "awaiting", "binary", "done", "encoder", "mail_reply", "rejected", "use_bdat")
+    __slots__ = (
+        "accepted", "awaiting", "binary", "done", "encoder", "fail_reply", "mail_reply", "rejected", "use_bdat",
+    )  # fmt: skip
 
     def __init__(self, use_bdat: bool, binary: bool, awaiting: int) -> None:
         self.use_bdat = use_bdat
@@ -336,6 +355,7 @@ class _Txn:
         self.rejected: list[tuple[str, Reply]] = []
         self.done = False  # outcome reported: later replies for it are discarded
         self.encoder: DataEncoder | BdatEncoder | None = None
+        self.fail_reply: Reply | None = None  # failed for its recipients: the first refusal
 
 
 class _Expect:
@@ -355,6 +375,7 @@ class SmtpClient:
     def __init__(self, config: ClientConfig, *, trace: bool = True) -> None:
         _check_arg(config.helo_name, "helo name")
         self._config = config
+        self._helo_name = config.helo_name
         self._tracing = trace
         self._trace: list[tuple[str, str]] = []
         self._state = State.GREETING
@@ -381,6 +402,7 @@ class SmtpClient:
             "starttls": self._on_starttls,
             "auth": self._on_auth,
             "rset": self._on_rset,
+            "rset_fail": self._on_rset_fail,
             "mail": self._on_mail,
             "rcpt": self._on_rcpt,
             "data": self._on_data,
@@ -428,6 +450,11 @@ class SmtpClient:
         self._inbuf += data
         self._parse()
 
+    def set_helo_name(self, name: str) -> None:
+        """The EHLO/HELO argument, when it is only known once connected (the local address)."""
+        _check_arg(name, "helo name")
+        self._helo_name = name
+
     def skip_greeting(self) -> None:
         """``--prompt-timeout``: no greeting came in time; go ahead with EHLO without it."""
         if self._state is not State.GREETING or not self._expect or self._expect[0].kind != "greeting":
@@ -435,7 +462,7 @@ class SmtpClient:
         self._expect.popleft()
         self._late_greeting = True
         self._state = State.EHLO
-        self._queue(f"EHLO {self._config.helo_name}", _Expect("ehlo"))
+        self._queue(f"EHLO {self._helo_name}", _Expect("ehlo"))
 
     def next_event(self) -> Event | NeedData:
         if self._events:
@@ -470,9 +497,11 @@ class SmtpClient:
         self._scan_from = 0
         self._caps = Capabilities()
         self._state = State.EHLO
-        self._queue(f"EHLO {self._config.helo_name}", _Expect("ehlo"))
+        self._queue(f"EHLO {self._helo_name}", _Expect("ehlo"))
 
-    def start_auth(self, mechanism: str, initial_response: str | None = None) -> None:
+    def start_auth(self, mechanism: str, initial_response: str | None = None, *, show: bool = False) -> None:
+        """``AUTH <mechanism> [<initial response>]``; the response is traced only with ``show``
+        (LOGIN's user name, as E-MailRelay 2.6b logs it), else as ``[not logged]``."""
         self._require(State.READY, "start_auth")
         _check_arg(mechanism, "mechanism")
         line = f"AUTH {mechanism}"
@@ -480,7 +509,7 @@ class SmtpClient:
         if initial_response is not None:
             _check_arg(initial_response, "initial response")
             line += " " + (initial_response or "=")
-            trace += " [authentication response not logged]"
+            trace = line if show else trace + " [not logged]"
         self._state = State.AUTH
         self._auth_challenged = False
         self._queue(line, _Expect("auth"), trace)
@@ -490,7 +519,7 @@ class SmtpClient:
             raise ClientUsageError(f"auth_response() without a challenge (state {self._state})")
         _check_arg(text, "authentication response")
         self._auth_challenged = False
-        self._queue(text, _Expect("auth"), "[authentication response not logged]")
+        self._queue(text, _Expect("auth"), "[response not logged]")
 
     def send_envelope(
         self,
@@ -688,7 +717,7 @@ class SmtpClient:
         if len(line) > MAX_REPLY_LINE:
             self._garbage("reply line too long")
             return
-        if self._tracing:
+        if self._tracing and not self._quit_sent:  # nothing is read after QUIT: the reply is not logged
             self._trace.append(("rx", line.decode("utf-8", "replace")))
         head = line[:3]
         if len(head) < 3 or not head.isdigit() or (len(line) > 3 and line[3:4] not in (b" ", b"-")):
@@ -727,7 +756,7 @@ class SmtpClient:
         if self._quit_sent:
             self._flush()  # replies to commands before QUIT no longer matter
             return
-        if reply.code == 421:
+        if reply.code == 421 and (self._config.defer_transient or expect.kind not in _TRANSACTION):
             self._session_failed(reply, _STAGE[expect.kind], "service not available")
             return
         if expect.txn is not None and expect.txn.done:
@@ -778,14 +807,14 @@ class SmtpClient:
             return
         self._events.append(Greeted(reply))
         self._state = State.EHLO
-        self._queue(f"EHLO {self._config.helo_name}", _Expect("ehlo"))
+        self._queue(f"EHLO {self._helo_name}", _Expect("ehlo"))
 
     def _on_ehlo(self, expect: _Expect, reply: Reply) -> None:
         if reply.is_positive():
             self._caps = parse_ehlo(reply)
             self._ready()
         elif reply.is_permanent():
-            self._queue(f"HELO {self._config.helo_name}", _Expect("helo"))
+            self._queue(f"HELO {self._helo_name}", _Expect("helo"))
         else:
             self._session_failed(reply, "ehlo", f"EHLO rejected: {reply}")
 
@@ -820,6 +849,18 @@ class SmtpClient:
         if not reply.is_positive():
             self._session_failed(reply, "rset", f"RSET rejected: {reply}")
 
+    def _on_rset_fail(self, expect: _Expect, reply: Reply) -> None:
+        """The RSET after a failure for the recipients: now the message's outcome is known."""
+        txn = expect.txn
+        assert txn is not None and txn.fail_reply is not None
+        if not reply.is_positive():
+            self._session_failed(reply, "rset", f"RSET rejected: {reply}")
+            return
+        txn.done = True
+        self._txn = None
+        self._state = State.READY
+        self._events.append(MessageFailed(txn.fail_reply, "rcpt", list(txn.rejected), expect.arg, rset=reply))
+
     def _on_mail(self, expect: _Expect, reply: Reply) -> None:
         txn = expect.txn
         assert txn is not None
@@ -841,7 +882,7 @@ class SmtpClient:
                 txn.accepted.append(expect.arg)
             else:
                 txn.rejected.append((expect.arg, reply))
-                if reply.code == 452:
+                if reply.code == 452 and self._config.defer_transient:
                     self._defer_unsent(txn, reply)
         self._envelope_progress(txn)
 
@@ -864,23 +905,30 @@ class SmtpClient:
         mail_reply = txn.mail_reply
         assert mail_reply is not None
         if not mail_reply.is_positive():
-            self._message_failed(txn, mail_reply, "mail", f"sender rejected: {mail_reply}")
+            self._message_failed(txn, mail_reply, "mail", f"sender rejected: {mail_reply}", rset=False)
             return
         self._events.append(RecipientsResult(list(txn.accepted), list(txn.rejected)))
+        some = self._config.forward_to_some
         if not txn.accepted:
-            first = txn.rejected[0][1]
-            self._message_failed(txn, first, "rcpt", f"all recipients rejected: {first}")
+            reason = "all recipients rejected" if some else "one or more recipients rejected"
+            self._fail_with_rset(txn, txn.rejected[0][1], reason)
             return
-        permanent = [(rcpt, r) for rcpt, r in txn.rejected if not r.is_transient()]
-        if permanent and not self._config.forward_to_some:
-            first = permanent[0][1]
-            self._message_failed(txn, first, "rcpt", f"recipient rejected: {first}")
+        refused = [
+            (rcpt, r) for rcpt, r in txn.rejected if not (self._config.defer_transient and r.is_transient())
+        ]
+        if refused and not some:
+            self._fail_with_rset(txn, refused[0][1], "one or more recipients rejected")
             return
         if txn.use_bdat:
             self._start_content(txn)
         else:
             self._state = State.DATA
             self._queue("DATA", _Expect("data", txn))
+
+    def _fail_with_rset(self, txn: _Txn, first: Reply, reason: str) -> None:
+        """Failed for its recipients: RSET now; its reply gives the MessageFailed."""
+        txn.fail_reply = first
+        self._queue("RSET", _Expect("rset_fail", txn, reason))
 
     def _start_content(self, txn: _Txn) -> None:
         txn.encoder = BdatEncoder(binary=txn.binary) if txn.use_bdat else DataEncoder()
@@ -908,18 +956,21 @@ class SmtpClient:
             txn.done = True
             self._txn = None
             self._state = State.READY
-            permanent = [(rcpt, r) for rcpt, r in txn.rejected if not r.is_transient()]
-            deferred = [(rcpt, r) for rcpt, r in txn.rejected if r.is_transient()]
-            self._events.append(MessageSent(reply, list(txn.accepted), permanent, deferred))
+            defer = self._config.defer_transient
+            refused = [(rcpt, r) for rcpt, r in txn.rejected if not (defer and r.is_transient())]
+            deferred = [(rcpt, r) for rcpt, r in txn.rejected if defer and r.is_transient()]
+            self._events.append(MessageSent(reply, list(txn.accepted), refused, deferred))
         else:
-            self._message_failed(txn, reply, "content", f"message rejected: {reply}")
+            self._message_failed(txn, reply, "content", f"message rejected: {reply}", rset=False)
 
-    def _message_failed(self, txn: _Txn, reply: Reply, stage: str, reason: str) -> None:
+    def _message_failed(self, txn: _Txn, reply: Reply, stage: str, reason: str, *, rset: bool = True) -> None:
+        """The message failed; ``rset``: the transaction is still open on the server (a refused
+        DATA or BDAT chunk), so RSET goes before the next command."""
         if self._state is State.CONTENT:
             self._content_aborted = True  # ignore the rest of this message's content
         txn.done = True
         self._txn = None
-        self._rset_needed = True
+        self._rset_needed = rset
         self._state = State.READY
         self._events.append(MessageFailed(reply, stage, list(txn.rejected), reason))
 

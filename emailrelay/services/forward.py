@@ -13,18 +13,27 @@ processes; a next hop from ``--forward-to`` or the envelope's
 What it guarantees:
 - a message is forwarded by the one process whose claim (rename to
   ``.busy`` under flock) succeeded; it is removed only after the next hop's
-  250 for the data; a 5xx (or too many recipients refused under
-  ``--forward-to-all``) fails it to ``.bad`` with the reason and the log line
-  ``failing envelope [...]``; a 4xx, a timeout or a dropped connection
-  releases it with back-off (:mod:`emailrelay.services.retry`) and it is
-  failed only after ``--give-up`` seconds; nothing stays ``.busy`` when the
-  forwarder stops;
-- recipients the next hop defers with a 4xx while accepting others (``452``
-  too many recipients) go in further transactions on the same connection
-  (at most as many per transaction as it accepted after a ``452``); after
-  each partial transaction the claimed envelope is rewritten (fsync, rename,
-  directory fsync) to list only the recipients still to do, so a crash
-  neither loses them nor sends to the delivered ones again;
+  250 for the data; nothing stays ``.busy`` when the forwarder stops;
+- by default failures are final, as E-MailRelay 2.6b's are: every refusal by
+  the next hop (4xx or 5xx to MAIL, RCPT or the content) fails the message to
+  ``.bad`` at once with the reply as the reason (``one or more recipients
+  rejected`` and the RSET's code for refused recipients) and the log line
+  ``failing envelope [...]``, and the next message goes on the same
+  connection; a failed session (an unexpected reply such as a refused DATA,
+  a timeout, a dropped connection, TLS, authentication) fails the message in
+  hand with upstream's words and no code, and ends the run: the other
+  messages stay as they are, for the next trigger; a DNS or connection
+  failure fails nothing and ends the run;
+- with back-off (``--retry``) a 4xx, a timeout, a dropped connection or a
+  connection failure releases the message with back-off
+  (:mod:`emailrelay.services.retry`) and it is failed only after
+  ``--give-up`` seconds; a 5xx fails it; and recipients the next hop defers
+  with a 4xx while accepting others (``452`` too many recipients) go in
+  further transactions on the same connection (at most as many per
+  transaction as it accepted after a ``452``); after each partial
+  transaction the claimed envelope is rewritten (fsync, rename, directory
+  fsync) to list only the recipients still to do, so a crash neither loses
+  them nor sends to the delivered ones again;
 - ``To-Local`` recipients are never forwarded;
 - up to ``workers`` connections run in parallel, each reused for following
   messages to the same next hop; idle connections are closed with QUIT;
@@ -139,8 +148,9 @@ class ForwardService:
         self.log = logmod.get()
         self.workers = max(1, config.workers_forward)
         self.safety_rescan = safety_rescan  # rescan at least this often (supervised: lost doorbells)
+        self.backoff = config.backoff  # --retry: temporary failures are retried with back-off
         self.client_config = sc.ClientConfig(
-            helo_name=config.domain if "." in config.domain else "[127.0.0.1]",
+            helo_name=config.domain if "." in config.domain else "",  # "": the local address
             pipelining="nopipelining" not in config.client_smtp_config,
             chunking="nochunking" not in config.client_smtp_config,
             smtputf8_strict="smtputf8strict" in config.client_smtp_config,
@@ -148,6 +158,7 @@ class ForwardService:
             binarymime_strict="binarymimestrict" in config.client_smtp_config,
             forward_to_some=config.forward_to_some,
             send_auth_param="client" not in config.anonymous,
+            defer_transient=config.backoff,
         )
         self.security = client_security(config)
         self.client_filter = build_client_filter(config, store) if config.client_filters else None
@@ -173,6 +184,12 @@ class ForwardService:
         self._session_pools: dict[object, _Pool] = {}  # --immediate: a connection per client session
         self._session_trouble: set[MessageId] = set()  # --immediate: the next hop's session failed
         self.on_event: Callable[..., None] | None = None  # (topic, **body): bus events
+        self._left: set[MessageId] = set()  # no back-off: left by a failed run, for the next trigger
+        self.run_error: str | None = None  # no back-off: why the last run stopped (--as-client's exit)
+        self._dead_hops: set[str] = set()  # no back-off: next hops whose run ended on an error
+        self._trigger: str | None = None  # the named trigger of the pending rescan
+        self._passed = 0  # messages handled since the queue was last empty
+        self.stranded = 0  # messages that could be neither sent nor failed (--as-client exits 1)
 
     def _emit(self, topic: str, **body: object) -> None:
         if self.on_event is not None:
@@ -187,6 +204,8 @@ class ForwardService:
         """Something may be ready: a committed id (fast path), or None for a rescan."""
         if time.monotonic() < self._held_until:
             return  # a client filter's 102: the rescan at the next polling cycle finds it
+        if mid is not None and mid in self._left:
+            return  # left by a failed run (its release rang): it waits for the next trigger
         if mid is not None and mid not in self.known:
             self.known.add(mid)
             self.queue.put_nowait(mid)
@@ -218,14 +237,28 @@ class ForwardService:
             self.known.add(mid)
             self.queue.put_nowait(mid)
 
+    def request(self, trigger: str) -> None:
+        """A named trigger (``client disconnect``, a filter's ``rescan``): logged as upstream logs
+        it, then a rescan (``forwarding: no messages to send`` when it finds nothing)."""
+        self.log.verbose(f"forwarding: [{trigger}]")
+        if time.monotonic() < self._held_until:
+            return
+        self._trigger = trigger
+        self._wake.set()
+
     def forward_all_now(self) -> None:
         """Admin ``forward``: rescan and ignore back-off once (and a client filter's 102 hold)."""
+        self.log.verbose("forwarding: [admin]")
+        self._trigger = "admin"
         self._held_until = 0.0
         self._ignore_backoff = True
         self._wake.set()
 
     # ---- life cycle -------------------------------------------------------------------
     async def start(self, *, initial: bool = True) -> None:
+        if initial and self.config.forward:
+            self.log.verbose("forwarding: [startup]")
+            self._trigger = "startup"
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._worker()) for _ in range(self.workers)]
         self._tasks.append(loop.create_task(self._scheduler(initial)))
@@ -250,11 +283,15 @@ class ForwardService:
         await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)
 
     async def run_once(self, stop: asyncio.Event | None = None) -> bool:
-        """``--as-client``: forward everything in the spool now; True when all of it went."""
+        """``--as-client``: forward everything in the spool now.  True unless the run stopped on a
+        session or connection error (with back-off: unless anything failed or was deferred)."""
         ids = self.store.ready(ignore_backoff=True)
         if not ids:
-            self.log.info("forwarding: no messages to send")
+            self.log.plain("no messages to send")  # as upstream: before anything else, no level
             return True
+        if self.config.forward_to:
+            self.log.verbose(f"forwarding to {self.config.forward_to}")
+        self.log.verbose("forwarding: [startup]")
         self.known.update(ids)
         for mid in ids:
             self.queue.put_nowait(mid)
@@ -273,9 +310,16 @@ class ForwardService:
             await asyncio.gather(*workers, return_exceptions=True)
             for claim in list(self._claims):
                 claim.release()
-        self.log.info("forwarding: no more messages to send")
+        if self.run_error is not None:  # upstream: no QUIT, the error is why the program ends
+            for conn in self.pool.drain():
+                conn.close()
+            self.log.error(self.run_error)
+            return False
+        self.log.verbose("forwarding: no more messages to send")
         await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)
-        return self.failures == 0 and done_all.done()
+        if self.backoff:
+            return self.failures == 0 and done_all.done()
+        return self.stranded == 0 and done_all.done()
 
     # ---- scheduling -------------------------------------------------------------------
     def _period(self) -> float | None:
@@ -335,7 +379,13 @@ class ForwardService:
         ignore = self._ignore_backoff
         self._ignore_backoff = False
         self._forcing = ignore
+        self._left.clear()  # a new trigger: what a failed run left is tried again
+        self._dead_hops.clear()
+        self.run_error = None
         due, self._next_due = self.store.ready_and_next_due(ignore_backoff=ignore, skip=self.known)
+        trigger, self._trigger = self._trigger, None
+        if trigger is not None and not due and not self._claims:
+            self.log.verbose("forwarding: no messages to send")
         for mid in due:
             self.known.add(mid)
             self.queue.put_nowait(mid)
@@ -360,13 +410,19 @@ class ForwardService:
                 self.known.discard(mid)
                 return
             try:
-                await self.forward_one(mid, due_only=not (exit_when_empty or self._forcing))
+                outcome = await self.forward_one(mid, due_only=not (exit_when_empty or self._forcing))
+                if outcome.status != "skipped":
+                    self._passed += 1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad message must not stop forwarding
                 self.log.error(f"forwarding [{mid}]: unexpected error: {exc!r}")
             finally:
                 self.known.discard(mid)
+            if self._passed and self.queue.empty() and not self._claims and not exit_when_empty:
+                self._passed = 0  # the end of a pass, as upstream logs it (not of one an error ended)
+                if self.run_error is None:
+                    self.log.verbose("forwarding: no more messages to send")
             if self.stop_scanning:  # client filter exit 102: no more messages in this polling cycle
                 self.stop_scanning = False
                 self._drop_queue()
@@ -395,13 +451,20 @@ class ForwardService:
             }
         )
 
-    def _drop_queue(self) -> None:
+    def _drop_queue(self) -> list[MessageId]:
+        dropped = []
         while not self.queue.empty():
-            self.known.discard(self.queue.get_nowait())
+            mid = self.queue.get_nowait()
+            self.known.discard(mid)
+            dropped.append(mid)
+        return dropped
 
     async def forward_one(self, mid: MessageId, *, due_only: bool = False) -> Outcome:
         if due_only and not self.store.is_due(mid):
             return Outcome("skipped")  # rung for a message still in back-off (eg. a release seen by notify)
+        if self._dead_hops and self._to_dead_hop(mid):
+            self._left.add(mid)  # that next hop's run ended on an error: left untouched, for the next trigger
+            return Outcome("skipped")
         claim = self.store.claim(mid)
         if claim is None:
             return Outcome("skipped")
@@ -421,6 +484,15 @@ class ForwardService:
             if claim.active:
                 claim.release()
 
+    def _to_dead_hop(self, mid: MessageId) -> bool:
+        """Whether ``mid`` goes to a next hop whose run ended on an error (read without claiming it:
+        no renames, so no doorbells, for what is only left where it is)."""
+        try:
+            env = self.store.read_envelope(mid)
+        except (OSError, EnvelopeError):
+            return False  # the claim will tell
+        return (env.forward_to_address or self.config.forward_to) in self._dead_hops
+
     async def forward_immediately(self, mid: MessageId, session: object = None) -> tuple[int, str]:
         """``--immediate``: forward a just-committed message over the client session's own onward
         connection; the reply for the client, as E-MailRelay 2.6b gives it: ``250 message
@@ -429,6 +501,7 @@ class ForwardService:
         session with the next hop failed. The message meets the fate any forwarding gives it
         (``.bad``, or left for a retry)."""
         self._immediate[mid] = session
+        self._dead_hops.clear()  # every message is a run of its own: upstream connects again for each
         try:
             outcome = await self.forward_one(mid)
         finally:
@@ -458,10 +531,14 @@ class ForwardService:
         try:
             env = claim.envelope()
         except (OSError, EnvelopeError) as exc:
-            self.log.info(f"forwarding [{mid}]")
+            self.log.verbose(f"forwarding [{mid}]")
             return self._fail(claim, f"invalid envelope: {exc}", None)
+        if (env.forward_to_address or self.config.forward_to) in self._dead_hops:
+            claim.release()  # that next hop's run ended on an error: left as it is, for the next trigger
+            self._left.add(mid)
+            return Outcome("skipped")
         routed = f" forward-to=[{env.forward_to}]" if env.forward_to else ""
-        self.log.info(f"forwarding [{mid}]{routed}")
+        self.log.verbose(f"forwarding [{mid}]{routed}")
         if self.client_filter is not None:
             early = await self._run_client_filter(claim, routing=bool(env.forward_to))
             if early is not None:
@@ -471,7 +548,8 @@ class ForwardService:
             except (OSError, EnvelopeError) as exc:
                 return self._fail(claim, f"invalid envelope after client filter: {exc}", None)
         if not env.to_remote:
-            return self._fail(claim, "no remote recipients", None)
+            self.log.warning(f"forwarding [{mid}]: failing message with no remote recipients")  # upstream's
+            return self._fail(claim, "no remote recipients", None, warn=False)
         hop = env.forward_to_address or self.config.forward_to
         if not hop:
             return self._fail(claim, "no remote server configured: use --forward-to", None)
@@ -486,27 +564,38 @@ class ForwardService:
         if mid in self._immediate:  # --immediate: the client session's own connection
             pool = self._session_pools.setdefault(self._immediate[mid], _Pool())
         conn = pool.take(_pool_key(hop, selector))
-        try:
-            if conn is None:
-                conn = SmtpConnection(
-                    hop,
-                    self.client_config,
-                    response_timeout=self.config.response_timeout,
-                    trace=self.log.verbose_on,
-                    selector=selector,
-                    prompt_timeout=self.config.prompt_timeout,
-                )
-                conn.on_network = self._network
-                await conn.open(self.config.connection_timeout, self.config.client_interface, self.security)
-            conn.log.msgid = str(mid)  # its callbacks' contexts may be an earlier message's
-            result = await self._transaction(conn, claim, env, content, info_size)
-        except ConnectionTrouble as exc:
-            if conn is not None:
-                conn.abort()
-            self.session_error = self.session_error or exc.reason
-            if mid in self._immediate:
-                self._session_trouble.add(mid)
-            return self._retry(claim, exc.reason, exc.reply.code if exc.reply else None)
+        while True:
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = SmtpConnection(
+                        hop,
+                        self.client_config,
+                        response_timeout=self.config.response_timeout,
+                        trace=self.log.verbose_on,
+                        selector=selector,
+                        prompt_timeout=self.config.prompt_timeout,
+                    )
+                    conn.on_network = self._network
+                    await conn.open(
+                        self.config.connection_timeout, self.config.client_interface, self.security
+                    )
+                else:
+                    conn.log.info(f"smtp connection to {conn.peer}")  # upstream says so for each message
+                conn.log.msgid = str(mid)  # its callbacks' contexts may be an earlier message's
+                replies = conn.replies
+                result = await self._transaction(conn, claim, env, content, info_size)
+            except ConnectionTrouble as exc:
+                if conn is not None:
+                    conn.abort()
+                if reused and conn is not None and conn.replies == replies:
+                    conn = None  # an idle connection the next hop had closed: once more, afresh
+                    continue
+                self.session_error = self.session_error or exc.reason
+                if mid in self._immediate:
+                    self._session_trouble.add(mid)
+                return self._trouble(claim, exc, hop)
+            break
         conn.log.msgid = ""
         pool.give(conn)
         return result
@@ -624,10 +713,13 @@ class ForwardService:
             if isinstance(event, sc.ReadyForContent):
                 await self._send_content(conn, claim, content)
                 continue
+            if isinstance(event, sc.MessageFailed) and event.stage == "data" and not self.backoff:
+                conn.close()  # upstream: a refused DATA is an unexpected response, the session ends
+                raise conn.trouble(sc.SessionFailed(event.reply, "data", event.reason))
             if isinstance(event, sc.MessageSent | sc.MessageFailed):
                 return event
             if isinstance(event, sc.SessionFailed):
-                raise ConnectionTrouble(event.reason, event.reply)
+                raise conn.trouble(event)
 
     def _auth_param(self, env: Envelope, conn: SmtpConnection) -> str | None:
         """MAIL FROM AUTH=: the envelope's MailFromAuthOut (xtext or "<>") when a filter set one,
@@ -659,15 +751,17 @@ class ForwardService:
         self, claim: Claim, env: Envelope, event: sc.MessageSent, refused: list[tuple[str, sc.Reply]]
     ) -> Outcome:
         if refused:  # --forward-to-some: keep the refused recipients as a failed message
-            first = refused[0][1]
             remaining = tuple(r for r, _ in refused)
             try:
                 claim.rewrite(replace(env, to_remote=remaining, to_local=()))
             except OSError as exc:
                 self.log.error(f"cannot rewrite envelope [{claim.id}]: {exc}")
-            self._fail(claim, f"recipient(s) rejected: {first.message}", first.code)
+            self.log.warning("smtp client protocol: one or more recipients rejected")
+            self._fail(claim, "one or more recipients rejected", None, warn=False)  # upstream: no code
             return Outcome("sent", 250, event.reply.message)
         size = _size(claim.content_path)  # for /metrics' forwarded bytes
+        self.log.verbose(f"deleting envelope [{claim.envelope_path.name}]")
+        self.log.verbose(f"deleting content [{claim.content_path.name}]")
         claim.remove()
         self.sent += 1
         self._emit(
@@ -686,13 +780,53 @@ class ForwardService:
         return int((time.monotonic() - self._started.pop(claim.id, time.monotonic())) * 1000)
 
     def _message_failed(self, claim: Claim, event: sc.MessageFailed) -> Outcome:
+        """The next hop refused the message: the reply's lines are the reason (the envelope writes a
+        line break as ``\\n``); refused recipients are upstream's ``one or more recipients
+        rejected`` with the code of the RSET that followed.  Final unless back-off is on and the
+        refusal was a 4xx."""
         reply = event.reply
-        if reply is not None and reply.is_transient():
-            return replace(self._retry(claim, reply.message, reply.code), reply=reply)
-        reason = reply.message if reply is not None else event.reason
-        return replace(self._fail(claim, reason, reply.code if reply is not None else None), reply=reply)
+        if reply is None:  # a policy failure before anything was sent
+            return self._fail(claim, event.reason, None)
+        if event.stage == "rcpt":
+            reason, code = event.reason, (event.rset.code if event.rset is not None else None)
+            # --forward-to-all: nothing was sent, so every recipient stays (ours: upstream keeps only
+            # the rejected ones, and the others would never get the message from that .bad)
+            some = self.config.forward_to_some
+            rejected = tuple(r for r, _ in event.rejected) if some else None
+        else:
+            reason, code, rejected = "\n".join(reply.lines) or str(reply.code), reply.code, None
+        if self.backoff and reply.is_transient():
+            return replace(self._retry(claim, "\n".join(reply.lines), reply.code), reply=reply)
+        if rejected is not None:
+            with contextlib.suppress(OSError, EnvelopeError):  # only the rejected ones, as upstream
+                claim.rewrite(replace(claim.envelope(), to_remote=rejected, to_local=()))
+        return replace(self._fail(claim, reason, code, warn=False), reply=reply)
 
-    def _fail(self, claim: Claim, reason: str, code: int | None) -> Outcome:
+    def _trouble(self, claim: Claim, exc: ConnectionTrouble, hop: str) -> Outcome:
+        """The session or the connection failed.  Without back-off, as upstream: a connection
+        failure leaves the message as it is, any other failure fails it (no code), and either
+        ends the run (``smtp client error: ...``) for that next hop: its other messages stay as
+        they are, for the next trigger (messages routed elsewhere go on); with back-off both are
+        retried later."""
+        code = exc.reply.code if exc.reply else None
+        if self.backoff:
+            return self._retry(claim, exc.reason, code)
+        if exc.connect_failure:
+            outcome = self._retry(claim, exc.reason, code)
+        else:
+            outcome = self._fail(claim, exc.reason, None, warn=False)
+        self._stop_run(exc.reason, hop)
+        return outcome
+
+    def _stop_run(self, reason: str, hop: str) -> None:
+        """No back-off: the run to ``hop`` ends here; what is left waits for the next trigger."""
+        self.log.warning(f"smtp client error: {reason}")
+        if not self.config.as_client:
+            self.log.error(f"forwarding: {reason}")
+        self.run_error = reason
+        self._dead_hops.add(hop)
+
+    def _fail(self, claim: Claim, reason: str, code: int | None, *, warn: bool = True) -> Outcome:
         busy = claim.envelope_path.name
         try:
             bad = claim.fail(reason, code)
@@ -701,14 +835,24 @@ class ForwardService:
             with contextlib.suppress(OSError):
                 claim.release()  # back to .envelope: nothing may stay .busy without an owner
             self.failures += 1
+            self.stranded += 1
             return Outcome("retry", code or 451, reason)
         self.log.info(f"failing envelope [{busy}] -> [{bad.name}]")
         self._emit(schema.SPOOL_FAILED, id=str(claim.id), reason=reason)
-        self.log.warning(f"forwarding [{claim.id}] failed: {reason}")
+        if warn:
+            self.log.warning(f"forwarding [{claim.id}] failed: {reason}")
         self.failures += 1
         return Outcome("failed", code or 554, reason)
 
     def _retry(self, claim: Claim, reason: str, code: int | None) -> Outcome:
+        if not self.backoff:  # left as it is, for the next trigger (upstream keeps no schedule)
+            try:
+                claim.release(reason=reason, code=code)  # queue list shows why
+            except OSError as exc:
+                self.log.error(f"cannot release [{claim.id}]: {exc}")
+            self._left.add(claim.id)
+            self.failures += 1
+            return Outcome("retry", code or 451, reason)
         age = time.time() - self.store.created(claim.id)
         if retry.should_give_up(age, self.config.give_up_age):
             return self._fail(claim, f"gave up after {int(age)}s: {reason}", code)

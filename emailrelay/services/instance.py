@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .. import log as logmod
@@ -151,7 +152,7 @@ class Instance:
             if config.poll is not None:  # forward at once; the poll period is the safety net
                 on_commit = forwarder.ring
             if config.forward_on_disconnect:
-                on_disconnect = forwarder.ring
+                on_disconnect = partial(forwarder.request, "client disconnect")  # upstream's log words
         smtpd = build_smtp_service(
             config,
             store,
@@ -159,7 +160,7 @@ class Instance:
             forwarder,
             on_commit=on_commit,
             on_disconnect=on_disconnect,
-            on_rescan=forwarder.ring if forwarder is not None else None,
+            on_rescan=partial(forwarder.request, "rescan") if forwarder is not None else None,
         )
         loop = asyncio.get_running_loop()
         pop = None

@@ -50,11 +50,12 @@ CONNECTION_SLOTS = rundir.CONNECTION_SLOTS  # in the run directory: --max-connec
 STAMP_SLACK = 0.05  # file times come from a coarse clock: a stamp may look this much older
 
 
-def _ask_for_rescan(bus: BusClient, run_dir: str) -> None:
+def _ask_for_rescan(bus: BusClient, run_dir: str, trigger: str) -> None:
     """A disconnect under --forward-on-disconnect, or a filter's 103: ring the forwarders on the bus,
     and touch a stamp file for a forward role whose subscription is still joining the bus (a bus
-    message sent before that is lost, and the safety rescan would only come a minute later)."""
-    bus.publish(schema.CMD_FORWARD, backoff=True)
+    message sent before that is lost, and the safety rescan would only come a minute later).
+    ``trigger`` is upstream's name for it in the log (``client disconnect``, ``rescan``)."""
+    bus.publish(schema.CMD_FORWARD, backoff=True, trigger=trigger)
     with contextlib.suppress(OSError), identity.as_root():
         dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | safe_files.CLOEXEC)
         try:  # never through a symlink, a FIFO or a hard link --user may have planted
@@ -112,7 +113,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
 
     def disconnected() -> None:
         if config.forward_on_disconnect:  # --as-proxy: a rescan of the whole spool, as upstream
-            _ask_for_rescan(bus, run_dir)
+            _ask_for_rescan(bus, run_dir, "client disconnect")
 
     smtpd = build_smtp_service(
         config,
@@ -121,7 +122,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
         forwarder,
         on_commit=committed,
         on_disconnect=disconnected,
-        on_rescan=lambda: _ask_for_rescan(bus, run_dir),
+        on_rescan=lambda: _ask_for_rescan(bus, run_dir, "rescan"),
     )
     smtpd.hooks.on_reject = lambda reason: bus.publish(schema.SMTP_REJECTED, reason=reason)
     smtpd.hooks.on_network = lambda d, e, local, peer: bus.publish(
@@ -183,8 +184,8 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
                 if rung_by_notify:
                     with contextlib.suppress(ValueError):
                         forwarder.ring(MessageId.parse(str(body.get("id", ""))))
-            elif body.get("backoff"):
-                forwarder.ring()  # a disconnect (--forward-on-disconnect) or a filter's 103: due messages
+            elif body.get("backoff"):  # a disconnect (--forward-on-disconnect) or a filter's 103
+                forwarder.request(str(body.get("trigger") or "rescan"))
             else:
                 forwarder.forward_all_now()  # admin forward / flush
 

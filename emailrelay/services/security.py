@@ -77,7 +77,14 @@ def client_security(config: Config) -> ClientSecurity:
         )
     secrets = Secrets.from_option(config.client_auth) if config.client_auth else None
     context = None
-    if config.client_tls or config.client_tls_connection or config.client_tls_required:
+    tls_on = config.client_tls or config.client_tls_connection
+    if config.client_tls_verify_name and not config.client_tls_verify:  # E-MailRelay 2.6b's words
+        raise UsageError("the --client-tls-verify-name options requires --client-tls-verify")
+    if not tls_on and (
+        config.client_tls_required or config.client_tls_verify or config.client_tls_certificates
+    ):
+        raise UsageError("the --client-tls- options require --client-tls or --client-tls-connection")
+    if tls_on:
         context = tls.client_context(
             config.client_tls_certificates,
             config.client_tls_verify,

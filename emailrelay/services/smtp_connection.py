@@ -10,6 +10,12 @@ dot — upstream's 42 ms); every wait has a timeout (``--connection-timeout``
 to connect, ``--response-timeout`` per reply); a timeout, reset or
 protocol garbage surfaces as :class:`ConnectionTrouble`, never as a hang;
 outgoing content respects the transport's write buffer (bounded memory).
+Failures are worded and logged as E-MailRelay 2.6b words and logs them
+(``connect failure: cannot connect to ...``, ``smtp error: unexpected
+response: ...`` after the warning ``client protocol: unexpected response
+[...]``, ``tls: tls error: SSL_connect(): [<openssl error>]`` then ``peer
+disconnected: ssl connect``, the authentication errors), and the EHLO name
+is ``--domain`` when it has a dot, else the connection's local address.
 """
 
 from __future__ import annotations
@@ -34,12 +40,33 @@ from .socks import SocksProxy, open_via_socks, parse_forward_to
 
 
 class ConnectionTrouble(Exception):
-    """Could not connect, timed out, or the session failed: a temporary failure."""
+    """Could not connect (``connect``: DNS or TCP, the message was never offered), or the session
+    failed (``session``: an unexpected reply, a timeout, a dropped connection, TLS, authentication)."""
 
-    def __init__(self, reason: str, reply: sc.Reply | None = None) -> None:
+    def __init__(self, reason: str, reply: sc.Reply | None = None, kind: str = "session") -> None:
         super().__init__(reason)
         self.reason = reason
         self.reply = reply
+        self.kind = kind
+
+    @property
+    def connect_failure(self) -> bool:
+        return self.kind == "connect"
+
+
+def reply_text(reply: sc.Reply) -> str:
+    """A reply's text as E-MailRelay 2.6b quotes it: the lines without the code, joined by ``\\n``."""
+    return "\\n".join(reply.lines)
+
+
+def _tls_error(exc: BaseException) -> str:
+    """``SSL_connect(): [error:0A000086:SSL routines::certificate verify failed]``: OpenSSL's words,
+    without Python's verification detail."""
+    text = tls.openssl_error(exc)
+    detail = getattr(exc, "verify_message", None)
+    if detail and text.endswith(f": {detail}"):
+        text = text[: -len(detail) - 2]
+    return f"SSL_connect(): [{text}]"
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -49,17 +76,19 @@ class _ClientProtocol(asyncio.Protocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.owner.transport = cast(asyncio.Transport, transport)
-        self.owner.protocol = self
-        peer = transport.get_extra_info("peername")
-        where = format_address(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else self.owner.hop
-        self.owner.log.info(f"smtp connection to {where}")
         owner = self.owner
+        owner.transport = cast(asyncio.Transport, transport)
+        owner.protocol = self
+        peer = transport.get_extra_info("peername")
+        owner.peer = format_address(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else owner.hop
+        local = transport.get_extra_info("sockname")
+        if not owner.helo_fixed:  # no dotted --domain: the local address, bare, as upstream sends it
+            owner.client.set_helo_name(str(local[0]) if isinstance(local, tuple) else "localhost")
+        owner.tls_up()  # implicit TLS: the handshake is done, and upstream says so first
+        owner.log.info(f"smtp connection to {owner.peer}")
         if owner.on_network is not None:
-            local = transport.get_extra_info("sockname")
             owner._local = format_address(str(local[0]), int(local[1])) if isinstance(local, tuple) else ""
-            owner._peer = where
-            owner.on_network("out", "start", owner._local, owner._peer)
+            owner.on_network("out", "start", owner._local, owner.peer)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -78,7 +107,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.owner._lost(exc)
         self._wake_drain()
         if self.owner.on_network is not None:
-            self.owner.on_network("out", "stop", self.owner._local, self.owner._peer)
+            self.owner.on_network("out", "stop", self.owner._local, self.owner.peer)
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -130,7 +159,9 @@ class SmtpConnection:
         # (direction, "start"|"stop", local, peer): the admin's status and notify (E-MailRelay's "OUT")
         self.on_network: Callable[[str, str, str, str], None] | None = None
         self._local = ""
-        self._peer = ""
+        self.peer = hop  # the address connected to, once connected
+        self.helo_fixed = bool(config.helo_name)
+        self.replies = 0  # events received: none since a point means nothing came back
 
     @property
     def usable(self) -> bool:
@@ -175,13 +206,23 @@ class SmtpConnection:
         try:
             transport, _ = await asyncio.wait_for(coro, connection_timeout)
         except TimeoutError:
-            raise ConnectionTrouble(f"connection timeout connecting to {self.hop}") from None
-        except OSError as exc:
-            raise ConnectionTrouble(f"cannot connect to {self.hop}: {exc.strerror or exc}") from None
+            raise ConnectionTrouble(
+                f"connect failure: cannot connect to {self.hop}: timed out out after {connection_timeout:g}s",
+                kind="connect",
+            ) from None  # ("out out": upstream's words)
+        except ssl.SSLError as exc:  # implicit TLS: connected, but the handshake failed
+            self.log.warning(f"tls: tls error: {_tls_error(exc)}")
+            raise ConnectionTrouble("peer disconnected: ssl connect") from None
+        except socket.gaierror as exc:
+            name = self.hop.rsplit(":", 1)[0] if not self.hop.startswith("/") else self.hop
+            text = (exc.strerror or str(exc)).lower()
+            raise ConnectionTrouble(f'dns error: no such host: "{name}" ({text})', kind="connect") from None
+        except OSError:
+            raise ConnectionTrouble(
+                f"connect failure: cannot connect to {self.hop}", kind="connect"
+            ) from None
         transport = cast(asyncio.Transport, transport)
         # (default write-buffer limits: changing them before start_tls() stalls uvloop's TLS handshake)
-        if implicit:
-            self._tls_up()
         caps = await self._session_ready()
         if security is not None:
             caps = await self._secure(caps, security, host_for_tls)
@@ -235,7 +276,7 @@ class SmtpConnection:
                 return event.capabilities
             if isinstance(event, sc.SessionFailed):
                 self.close()
-                raise ConnectionTrouble(f"{event.reason}", event.reply)
+                raise self.trouble(event)
 
     async def _secure(
         self, caps: sc.Capabilities, security: ClientSecurity, host: str | None
@@ -246,7 +287,7 @@ class SmtpConnection:
                 caps = await self._starttls(security.tls_context, host)
             elif security.tls_required:
                 self.close()
-                raise ConnectionTrouble(f"tls is required but {self.hop} does not offer STARTTLS")
+                raise ConnectionTrouble("smtp error: tls is mandated but the server cannot do starttls")
         if security.secrets is not None:
             await self._authenticate(caps, security)
         return caps
@@ -257,8 +298,9 @@ class SmtpConnection:
         event = await self.next_event()
         if not isinstance(event, sc.StartTlsReady):
             self.close()
-            reason = getattr(event, "reason", "STARTTLS refused")
-            raise ConnectionTrouble(f"tls error: {reason}", getattr(event, "reply", None))
+            if isinstance(event, sc.SessionFailed):
+                raise self.trouble(event)
+            raise ConnectionTrouble("smtp error: unexpected response")
         assert self.transport is not None and self.protocol is not None
         try:
             new_transport = await asyncio.get_running_loop().start_tls(
@@ -266,41 +308,53 @@ class SmtpConnection:
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.abort()
-            self.log.warning(f"tls error: {exc}")
-            raise ConnectionTrouble(f"tls error: {exc}") from None
+            self.log.warning(f"tls: tls error: {_tls_error(exc)}")
+            raise ConnectionTrouble("peer disconnected: ssl connect") from None
         self.transport = cast(asyncio.Transport, new_transport)
-        self._tls_up()
+        self.tls_up()
         self.client.tls_established()
         self._collect()
         return await self._session_ready()
 
-    def _tls_up(self) -> None:
-        assert self.transport is not None
+    def tls_up(self) -> None:
+        """Log the TLS session once there is one (upstream's words)."""
+        if self.transport is None or self.encrypted:
+            return
         ssl_object = self.transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.encrypted = True
-            self.log.info(f"tls protocol established with {self.hop}: {tls.describe(ssl_object)}")
+            cipher = ssl_object.cipher()
+            self.log.info(
+                f"tls protocol established with {self.peer} protocol {ssl_object.version()} "
+                f"cipher {cipher[0] if cipher else ''}"
+            )
 
     async def _authenticate(self, caps: sc.Capabilities, security: ClientSecurity) -> None:
         assert security.secrets is not None
         account = security.secrets.client_account(self.selector)
         if account is None or account.is_empty:
             return  # no account for this selector, or "client plain:b = =": no authentication
+        if not caps.auth:
+            self.close()
+            raise ConnectionTrouble("smtp error: authentication is not supported by the remote smtp server")
         mechanism = choose_client_mechanism(
             caps.auth_mechanisms, account, security.auth_config, self.encrypted
         )
         if mechanism is None:
             self.close()
-            raise ConnectionTrouble(f"cannot authenticate with {self.hop}: no suitable mechanism offered")
+            raise ConnectionTrouble(
+                "smtp error: cannot do authentication: check for a compatible client secret"
+            )
         if account.needs_token:
             try:
                 account = await asyncio.get_running_loop().run_in_executor(None, fetch_oauth_token, account)
-            except TokenError as exc:
-                self.close()
-                raise ConnectionTrouble(str(exc)) from None
+            except TokenError as exc:  # ours (upstream has no oauth:cmd): nothing was offered, as a
+                self.close()  # connection failure the message is left for the next try
+                raise ConnectionTrouble(str(exc), kind="connect") from None
         sasl = SaslClient(mechanism, account)
-        self.client.start_auth(mechanism, sasl.initial_response())
+        self.client.start_auth(mechanism, sasl.initial_response(), show=mechanism.upper() == "LOGIN")
         self._collect()
+        how = f"mechanism [{mechanism.lower()}] and {_secret_text(account)}"
         while True:
             event = await self.next_event()
             if isinstance(event, sc.AuthChallenge):
@@ -310,16 +364,14 @@ class SmtpConnection:
                 if not event.success:
                     self.close()
                     raise ConnectionTrouble(
-                        f"authentication failed with {self.hop}: {event.reply}", event.reply
+                        f"smtp error: authentication failed using {how}: [{reply_text(event.reply)}]"
                     )
                 self.authenticated_as = account.user
-                self.log.info(
-                    f"successful authentication with remote server using mechanism [{mechanism.lower()}]"
-                )
+                self.log.info(f"successful authentication with remote server using {how}")
                 return
             elif isinstance(event, sc.SessionFailed):
                 self.close()
-                raise ConnectionTrouble(event.reason, event.reply)
+                raise self.trouble(event)
 
     # ---- byte plumbing ---------------------------------------------------------
     def _feed(self, data: bytes) -> None:
@@ -339,8 +391,19 @@ class SmtpConnection:
 
     def _lost(self, exc: Exception | None) -> None:
         if self._lost_reason is None:
-            self._lost_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
+            self._lost_reason = "peer disconnected"
         self._wake()
+
+    def trouble(self, event: sc.SessionFailed) -> ConnectionTrouble:
+        """The session failed: E-MailRelay 2.6b's words for it (and its warning for a reply that
+        makes no sense at that point)."""
+        if event.reply is not None:
+            text = reply_text(event.reply)
+            self.log.warning(f"client protocol: unexpected response [{text}]")
+            return ConnectionTrouble(f"smtp error: unexpected response: {text}", event.reply)
+        if event.reason == "connection closed by the server":
+            return ConnectionTrouble("peer disconnected")
+        return ConnectionTrouble(f"smtp error: {event.reason}")
 
     def _wake(self) -> None:
         w, self._waiter = self._waiter, None
@@ -351,6 +414,7 @@ class SmtpConnection:
         data = self.client.data_to_send()
         if self.trace:
             for direction, text in self.client.drain_trace():
+                text = text.replace("\\", "\\\\")  # upstream doubles a backslash (control bytes: the log)
                 self.log.verbose(
                     f'{direction}{">>" if direction == "tx" else "<<"}: "{text}"'
                     if not text.startswith("[")
@@ -368,8 +432,13 @@ class SmtpConnection:
                 await asyncio.wait_for(self._waiter, self.response_timeout)
             except TimeoutError:
                 self.abort()
-                raise ConnectionTrouble(f"response timeout from {self.hop}") from None
-        return self._events.popleft()
+                raise ConnectionTrouble(
+                    f"smtp error: response timeout after {self.response_timeout:g}s"
+                ) from None
+        event = self._events.popleft()
+        if not isinstance(event, sc.SessionFailed) or event.reply is not None:
+            self.replies += 1  # the next hop answered something
+        return event
 
     async def send_content(self, chunk: bytes) -> None:
         self.client.send_content(chunk)
@@ -405,3 +474,10 @@ class SmtpConnection:
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _secret_text(account: Any) -> str:
+    """``plaintext secret for [me] from line 1``: which secret was used, as upstream logs it."""
+    kind = {"plain": "plaintext", "md5": "md5"}.get(account.kind, account.kind)
+    line = f" from line {account.line}" if getattr(account, "line", 0) else ""
+    return f"{kind} secret for [{account.user}]{line}"

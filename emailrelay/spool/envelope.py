@@ -56,7 +56,7 @@ class Envelope:
         return len(self.to_local) + len(self.to_remote)
 
     def with_failure(self, reason: str, code: int | None) -> Envelope:
-        return replace(self, reason=_printable(reason), reason_code="" if code is None else str(code))
+        return replace(self, reason=escape_reason(reason), reason_code="" if code is None else str(code))
 
     def without_failure(self) -> Envelope:
         return replace(self, reason=None, reason_code=None)
@@ -93,6 +93,26 @@ class Envelope:
             out.append(f"{_KEY_PREFIX}{key}: {value}\r\n")
         out.extend(f"{t}\r\n" for t in self.extra_tail)
         return "".join(out).encode("utf-8")
+
+
+def escape_reason(text: str) -> str:
+    """A reason on one line as E-MailRelay 2.6b writes it: a backslash doubled, a line break as
+    ``\\n`` (a multi-line reply's lines), ``\\r`` and ``\\t``, and every other control or
+    non-ASCII byte as ``\\xHH`` (``5.7.1 a\\\\b``, ``\\xc3\\xa9``)."""
+    out: list[str] = []
+    for byte in text.encode("utf-8", "surrogateescape"):
+        if byte == 0x5C:
+            out.append("\\\\")
+        elif byte in _ESCAPES:
+            out.append(_ESCAPES[byte])
+        elif byte < 0x20 or byte >= 0x7F:
+            out.append(f"\\x{byte:02x}")
+        else:
+            out.append(chr(byte))
+    return "".join(out).strip()
+
+
+_ESCAPES = {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
 
 
 def _printable(text: str) -> str:

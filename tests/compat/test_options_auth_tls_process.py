@@ -297,7 +297,8 @@ def test_client_tls_server_name_is_sent_as_sni(tmp_path: Path, certs: Certs, tem
         listener.close()
         thread.join(10)
     assert seen == ["mail.example.org"], run.log
-    assert len(queued(spool)) == 1  # nothing was sent: the message waits
+    # the 421 greeting is an unexpected response: the message is failed, as E-MailRelay 2.6b fails it
+    assert queued(spool) == [] and "smtp error: unexpected response: closing for the test" in run.log
 
 
 def test_client_tls_verify_default_uses_the_system_cas(tmp_path: Path, certs: Certs, template: Path) -> None:
@@ -307,7 +308,7 @@ def test_client_tls_verify_default_uses_the_system_cas(tmp_path: Path, certs: Ce
         run = as_client(spool, hop.port, "--client-tls", "--client-tls-verify", "<default>")
         assert run.rc != 0 and hop.deliveries == []
         assert "certificate verify failed" in run.log
-        assert len(queued(spool)) == 1
+        assert queued(spool) == []  # failed (.bad), as E-MailRelay 2.6b fails it after a TLS error
 
 
 def test_server_tls_short_form_with_key_and_certificate_files(tmp_path: Path, certs: Certs) -> None:
@@ -398,7 +399,7 @@ def test_dont_serve_forwards_then_exits(tmp_path: Path, template: Path) -> None:
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert len(hop.messages) == 1
-    assert "smtp server on" not in done.stderr and "forwarding to" in done.stderr
+    assert "smtp server on" not in done.stderr and "smtp connection to" in done.stderr
     assert queued(spool) == []
 
 

@@ -33,6 +33,7 @@ import pytest
 
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.relay import free_port, program, spool_files, wait_for_port, wait_until
+from tests.support.sink import envelope_text, simple_content, write_raw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,12 +99,16 @@ def run_emailrelay(
 def forward_once(
     spool: Path, *options: str, prefix: list[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """A short-lived run that logs a little and exits: ``-x -t --forward --forward-to <closed port>``."""
+    """A short-lived run that logs a little and exits: ``-x -t --forward --forward-to <next hop>`` with
+    one message in the spool (with an empty one, as E-MailRelay 2.6b, it would only say ``no messages
+    to send``); its info line is ``smtp connection to 127.0.0.1:<port>``."""
     spool.mkdir(exist_ok=True)
-    return run_emailrelay(
-        "-x", "-t", "--forward", "--forward-to", f"127.0.0.1:{free_port()}", "--spool-dir", str(spool),
-        "--user", "root", *options, prefix=prefix,
-    )  # fmt: skip
+    write_raw(spool, envelope_text("a@example.com", ["b@example.net"]), simple_content("once@test"))
+    with FakeSmtp() as hop:
+        return run_emailrelay(
+            "-x", "-t", "--forward", "--forward-to", hop.address, "--spool-dir", str(spool),
+            "--user", "root", *options, prefix=prefix,
+        )  # fmt: skip
 
 
 # ------------------------------------------------------------------ the system log, observed privately
@@ -188,15 +193,15 @@ def test_log_goes_to_the_system_log_with_facility_mail() -> None:
     with syslog() as log, tempfile.TemporaryDirectory() as d:
         done = forward_once(Path(d), "-l", prefix=log.prefix)
         assert done.returncode == 0, done.stderr
-        assert "info: forwarding to 127.0.0.1:" in done.stderr
-        assert log.wait(r"^<22>.*emailrelay\[\d+\]: info: forwarding to 127\.0\.0\.1:"), log.records
+        assert "info: smtp connection to 127.0.0.1:" in done.stderr
+        assert log.wait(r"^<22>.*emailrelay\[\d+\]: info: smtp connection to 127\.0\.0\.1:"), log.records
 
 
 def test_no_syslog_short_form() -> None:
     """``-l -n``: standard error only; nothing reaches the system log."""
     with syslog() as log, tempfile.TemporaryDirectory() as d:
         done = forward_once(Path(d), "-l", "-n", prefix=log.prefix)
-        assert done.returncode == 0 and "info: forwarding to" in done.stderr, done.stderr
+        assert done.returncode == 0 and "info: smtp connection to" in done.stderr, done.stderr
     assert log.records == []
 
 
@@ -206,7 +211,7 @@ def test_syslog_overrides_no_syslog_with_facility(option: str, priority: int) ->
     with syslog() as log, tempfile.TemporaryDirectory() as d:
         done = forward_once(Path(d), "-l", "-n", option, prefix=log.prefix)
         assert done.returncode == 0, done.stderr
-        assert log.wait(rf"^<{priority}>.*emailrelay\[\d+\]: info: forwarding to"), log.records
+        assert log.wait(rf"^<{priority}>.*emailrelay\[\d+\]: info: smtp connection to"), log.records
 
 
 def test_syslog_bad_facility_is_a_usage_error(tmp_path: Path) -> None:
@@ -219,25 +224,21 @@ def test_as_client_implies_log_and_no_syslog_and_syslog_overrides(tmp_path: Path
     """``--as-client``: info lines on standard error (``--log``) but not the system log, unless ``--syslog``."""
     spool = tmp_path / "spool"
     spool.mkdir()
-    with syslog() as log:
+    with syslog() as log, FakeSmtp() as hop:
+        write_raw(spool, envelope_text("a@example.com", ["b@example.net"]), simple_content("one@test"))
         done = run_emailrelay(
-            "--as-client",
-            f"127.0.0.1:{free_port()}",
-            "--spool-dir",
-            str(spool),
-            "-u",
-            "root",
-            prefix=log.prefix,
+            "--as-client", hop.address, "--spool-dir", str(spool), "-u", "root", prefix=log.prefix
         )
-        assert done.returncode == 0 and "info: forwarding to" in done.stderr, done.stderr
+        assert done.returncode == 0 and "info: smtp connection to" in done.stderr, done.stderr
         time.sleep(0.3)
         assert log.records == []
+        write_raw(spool, envelope_text("a@example.com", ["b@example.net"]), simple_content("two@test"))
         done = run_emailrelay(
-            "--as-client", f"127.0.0.1:{free_port()}", "--spool-dir", str(spool), "-u", "root", "--syslog",
+            "--as-client", hop.address, "--spool-dir", str(spool), "-u", "root", "--syslog",
             prefix=log.prefix,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert log.wait(r"^<22>.*emailrelay\[\d+\]: info: forwarding to"), log.records
+        assert log.wait(r"^<22>.*emailrelay\[\d+\]: info: smtp connection to"), log.records
 
 
 def test_log_time_short_form_and_log_format_time(tmp_path: Path) -> None:
@@ -418,7 +419,7 @@ def test_app_substitution_in_file_names(tmp_path: Path) -> None:
     conf.write_text(f"log\nno-syslog\nlog-file {_relative_to_app(log_file)}\n")
     done = forward_once(tmp_path / "spool", str(conf))
     assert done.returncode == 0, done.stderr
-    assert "info: forwarding to 127.0.0.1:" in log_file.read_text()
+    assert "info: smtp connection to 127.0.0.1:" in log_file.read_text()
 
 
 def _guide_multi_config(tmp_path: Path, in_port: int, out_port: int, hop: str, in_filter: str) -> Path:

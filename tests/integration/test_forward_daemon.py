@@ -130,7 +130,9 @@ def test_forward_on_disconnect_right_after_start(tmp_path: Path, hop: FakeSmtp) 
     may go out before the forward role's subscription has joined the bus; the rescan stamp in the run
     directory makes the forward role rescan once it has, instead of a minute later (safety rescan)."""
     for attempt in range(3):
-        relay = start_relay(tmp_path, "--forward-to", hop.address, "--forward-on-disconnect", name=f"r{attempt}")
+        relay = start_relay(
+            tmp_path, "--forward-to", hop.address, "--forward-on-disconnect", name=f"r{attempt}"
+        )
         try:
             _send(relay.port, f"early{attempt}@test")
             assert hop.wait_for_messages(attempt + 1, timeout=15), relay.log()
@@ -151,7 +153,9 @@ def test_forward_on_disconnect_right_after_start(tmp_path: Path, hop: FakeSmtp) 
 def test_4xx_is_not_retried_before_the_back_off(tmp_path: Path, mode: str) -> None:
     extra = ("--single-process",) if mode == "single-process" else ()
     with FakeSmtp() as hop:
-        relay = _warm_relay(tmp_path, hop, "--forward-to", hop.address, "--poll", "0", *extra)
+        relay = _warm_relay(
+            tmp_path, hop, "--forward-to", hop.address, "--poll", "0", "--retry", "60", *extra
+        )
         hop.replies["final"] = "452 4.3.1 try later"
         try:
             _send(relay.port, "backoff@test")
@@ -162,6 +166,30 @@ def test_4xx_is_not_retried_before_the_back_off(tmp_path: Path, mode: str) -> No
             assert states(relay.spool) == {"envelope": 1, "content": 1}
             env = next(p for p in relay.spool.iterdir() if p.name.endswith(".envelope"))
             assert env.stat().st_mtime > time.time() + 50
+        finally:
+            relay.stop()
+
+
+@pytest.mark.parametrize("mode", ["supervised", "single-process"])
+def test_4xx_fails_at_once_without_back_off(tmp_path: Path, mode: str) -> None:
+    """The default, as E-MailRelay 2.6b: a 4xx is final; the next message still goes."""
+    extra = ("--single-process",) if mode == "single-process" else ()
+    with FakeSmtp() as hop:
+        relay = _warm_relay(tmp_path, hop, "--forward-to", hop.address, "--poll", "0", *extra)
+        hop.replies["final"] = lambda session, msg: (
+            "452 4.3.1 try later" if msg.message_id == "<refused@test>" else "250 ok"
+        )
+        try:
+            _send(relay.port, "refused@test")
+            assert wait_until(lambda: states(relay.spool).get("bad") == 1, 10), states(relay.spool)
+            assert len(hop.refused) == 1
+            bad = next(p for p in relay.spool.iterdir() if p.name.endswith(".envelope.bad"))
+            assert bad.read_bytes().endswith(
+                b"X-MailRelay-Reason: 4.3.1 try later\r\nX-MailRelay-ReasonCode: 452\r\n"
+            )
+            _send(relay.port, "next@test")
+            assert hop.wait_for(lambda: "<next@test>" in hop.message_ids(), timeout=10)
+            assert not hop.wait_for(lambda: len(hop.refused) >= 2, timeout=1.5)
         finally:
             relay.stop()
 

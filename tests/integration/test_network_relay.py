@@ -305,7 +305,8 @@ def test_socket_activation_with_a_unix_domain_fd(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_deferred_message_waits_for_its_back_off(tmp_path: Path, mode: list[str]) -> None:
-    """One attempt per message while the next hop is down (the back-off is many seconds).
+    """With back-off (``--retry``): one attempt per message while the next hop is down (the back-off
+    is many seconds).
 
     Under the supervisor the notify role sees the release of a deferred message
     (``.busy`` -> ``.envelope``) and rings the forward role, which must not claim it
@@ -325,6 +326,8 @@ def test_a_deferred_message_waits_for_its_back_off(tmp_path: Path, mode: list[st
         dead_hop,
         "--poll",
         "0",
+        "--retry",
+        "60",
     ) as relay:
         wait_connectable(relay, socket.AF_INET, ("127.0.0.1", port))
 
@@ -338,3 +341,25 @@ def test_a_deferred_message_waits_for_its_back_off(tmp_path: Path, mode: list[st
             busy_loop = wait_until(lambda n=sent: attempts() > n + 3, 2.0)
             assert not busy_loop, f"{attempts()} attempts for {sent} message(s) in a few seconds"
         assert len(envelopes(relay)) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_without_back_off_a_dead_next_hop_is_tried_once_per_trigger(tmp_path: Path, mode: list[str]) -> None:
+    """The default, as upstream: a connection failure leaves the messages as they are and ends the
+    run; the releases' doorbells do not start another, only the next trigger does (here ``--poll
+    0``'s rescan, once a second), and then one connection attempt covers all the messages."""
+    port = free_port()
+    dead_hop = f"127.0.0.1:{free_port()}"
+    with relay_running(
+        tmp_path, *mode, "--interface", "127.0.0.1", "--port", str(port), "--forward-to", dead_hop, "--poll", "0"
+    ) as relay:  # fmt: skip
+        wait_connectable(relay, socket.AF_INET, ("127.0.0.1", port))
+        for sent in range(1, 4):
+            with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
+                smtp.send_message(message(f"to-a-dead-hop-{sent}"))
+        assert wait_until(lambda: relay.log().count("smtp client error: connect failure") >= 1, 15)
+        before = relay.log().count("smtp client error: connect failure")
+        time.sleep(3.0)
+        tries = relay.log().count("smtp client error: connect failure") - before
+        assert tries <= 2 * 3 * 2, f"{tries} attempts in 3 s"  # at most one per rescan (and worker)
+        assert len(envelopes(relay)) == 3 and not list(relay.spool.glob("*.bad"))

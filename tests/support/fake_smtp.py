@@ -30,6 +30,13 @@ Scripting (all of it may be changed while the server runs):
 - ``drop_in_data``: close the connection after the first chunk of DATA.
 - ``idle_timeout``: send ``421`` and close a connection that sends no
   command for that many seconds.
+- ``auth``: answers ``AUTH``: a callable ``(Session, lines)`` given the
+  exchange so far (the command's argument, then each line the client
+  sent) and returning the next reply; the exchange goes on while it
+  returns ``334 ...`` (:func:`auth_script` makes one from fixed replies).
+  Every exchange is kept in ``auth_exchanges``; ``Session.authenticated``
+  is set by a ``235``.  Offer the mechanisms in ``extensions``
+  (``"AUTH LOGIN PLAIN"``).  Without ``auth``, AUTH is an unknown command.
 
 What it guarantees:
 - DATA ends only at ``CRLF.CRLF``; bare CR or LF never end it; lines are
@@ -118,6 +125,7 @@ class Session:
     rcpts: list[str] = field(default_factory=list)
     messages: int = 0
     bdat: bytearray | None = None
+    authenticated: bool = False
 
 
 class _Closed(Exception):
@@ -204,6 +212,7 @@ class FakeSmtp:
         delays: dict[str, float] | None = None,
         drop_in_data: bool = False,
         idle_timeout: float | None = None,
+        auth: Callable[[Session, list[str]], Reply] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         name: str = "fake.test",
@@ -215,6 +224,8 @@ class FakeSmtp:
         self.delays: dict[str, float] = dict(delays or {})
         self.drop_in_data = drop_in_data
         self.idle_timeout = idle_timeout
+        self.auth = auth
+        self.auth_exchanges: list[list[str]] = []
         self.host = host
         self.name = name
         self._want_port = port
@@ -433,6 +444,8 @@ class FakeSmtp:
                 ok = await self._data(r, writer, session)
             elif verb == "BDAT":
                 ok = await self._bdat(r, writer, session, arg)
+            elif verb == "AUTH" and self.auth is not None:
+                ok = await self._auth(r, writer, session, arg)
             elif verb == "NOOP":
                 ok = await self._reply(writer, session, "noop")
             elif verb == "QUIT":
@@ -444,6 +457,22 @@ class FakeSmtp:
                 ok = True
             if not ok:
                 return
+
+    async def _auth(self, r: _Reader, writer: asyncio.StreamWriter, session: Session, arg: str) -> bool:
+        assert self.auth is not None
+        lines = [arg]
+        self.auth_exchanges.append(lines)
+        while True:
+            value = self.auth(session, lines)
+            if not await self._send(writer, "auth", value):
+                return False
+            if _code(value) == 235:
+                session.authenticated = True
+            if _code(value) != 334:
+                return True
+            line = (await r.line()).rstrip(b"\r\n").decode("utf-8", "replace")
+            self._log(session, line)
+            lines.append(line)
 
     def _offers(self, keyword: str) -> bool:
         return any(e.split()[0].upper() == keyword for e in self.extensions if e.strip())
@@ -512,6 +541,11 @@ class FakeSmtp:
                 session.messages += 1
             self._cond.notify_all()
         return await self._send(writer, "final", value)
+
+
+def auth_script(*replies: str) -> Callable[[Session, list[str]], Reply]:
+    """An ``auth`` answer giving ``replies`` in turn, eg. ``auth_script("334 UGFzc3dvcmQ6", "235 ok")``."""
+    return lambda session, lines: replies[min(len(lines), len(replies)) - 1]
 
 
 def _code(value: Reply) -> int:

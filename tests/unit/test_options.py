@@ -113,12 +113,15 @@ class TestTable:
             ("prompt-timeout", "20"),
             ("spool-dir", "/var/spool/emailrelay"),
             ("user", "daemon"),
-            ("retry", "60,300,900,3600,14400"),
-            ("give-up", "432000"),
         ],
     )
     def test_defaults(self, name: str, default: str) -> None:
         assert BY_NAME[name].default == default
+
+    def test_back_off_is_off_unless_retry_is_given(self) -> None:
+        """No default for --retry: giving it is what turns back-off on (docs/decisions.md)."""
+        assert BY_NAME["retry"].default is None and BY_NAME["give-up"].default is None
+        assert "turn on back-off" in BY_NAME["retry"].help and "with --retry" in BY_NAME["give-up"].help
 
     def test_special_rows(self) -> None:
         assert {o.name for o in OPTIONS if o.repeatable} == {

@@ -194,7 +194,10 @@ def test_fail_appends_reason(store: SpoolStore) -> None:
     data = bad.read_bytes()
     head, _, tail = data.partition(b"X-MailRelay-End: 1\r\n")
     assert head + b"X-MailRelay-End: 1\r\n" == ENV.to_bytes()
-    assert tail == b"X-MailRelay-Reason: 5.1.1 no such user X-Forged: 1\r\nX-MailRelay-ReasonCode: 550\r\n"
+    # a line break cannot forge a field: it is written as E-MailRelay 2.6b writes it, "\\r\\n"
+    assert (
+        tail == b"X-MailRelay-Reason: 5.1.1 no such user\\r\\nX-Forged: 1\r\nX-MailRelay-ReasonCode: 550\r\n"
+    )
     assert store.content_path(mid).read_bytes() == CONTENT  # the content stays
     assert not claim.active
     assert store.ready() == []
