@@ -46,7 +46,7 @@ from .. import identity, rundir
 from .. import log as logmod
 from ..config import Config
 from ..errors import UsageError
-from ..services import sd_notify
+from ..services import daemon, sd_notify
 from ..services.listeners import Bound
 from . import supervisor_channel, watchers
 from ._orphan_guard import ENV_SUPERVISOR_PID
@@ -291,6 +291,8 @@ def _take_over_signals(arbiter: Any) -> None:
     loop = arbiter.loop
 
     def handler(signum: int, frame: object) -> None:
+        if signum == signal.SIGTERM:
+            daemon.note_terminated()
         command = "reload" if signum == signal.SIGHUP else "quit"
         loop.add_callback_from_signal(_when_free, arbiter, command)
 
