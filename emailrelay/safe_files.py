@@ -130,32 +130,31 @@ def _unlink_planted(name: str | os.PathLike[str], dir_fd: int | None) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
-def open_existing_for_write(path: str | os.PathLike[str], flags: int, *, dir_fd: int | None = None) -> int:
-    """Open an existing regular file with one link for writing (``flags``: O_WRONLY, O_APPEND, ...),
-    refusing a symlink (ELOOP), a FIFO or any other kind of file, and a hard link (EPERM)."""
+def _open_regular(path: str | os.PathLike[str], flags: int, dir_fd: int | None, *, one_link: bool) -> int:
+    """Open ``path`` with ``flags`` without following a symlink (ELOOP) or blocking on a FIFO; refuse
+    (EPERM) anything but a regular file and, with ``one_link``, a hard link.  The descriptor blocks."""
     fd = os.open(path, flags | NOFOLLOW | os.O_NONBLOCK | CLOEXEC, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise PermissionError(errno.EPERM, f"{os.fsdecode(path)} is not a plain file: refused")
+        if not stat.S_ISREG(st.st_mode) or (one_link and st.st_nlink != 1):
+            kind = "plain" if one_link else "regular"
+            raise PermissionError(errno.EPERM, f"{os.fsdecode(path)} is not a {kind} file: refused")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def open_existing_for_write(path: str | os.PathLike[str], flags: int, *, dir_fd: int | None = None) -> int:
+    """Open an existing regular file with one link for writing (``flags``: O_WRONLY, O_APPEND, ...),
+    refusing a symlink (ELOOP), a FIFO or any other kind of file, and a hard link (EPERM)."""
+    return _open_regular(path, flags, dir_fd, one_link=True)
 
 
 def open_read_nofollow(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
     """Open a regular file for reading, refusing a symlink (ELOOP) and anything but a regular file."""
-    fd = os.open(path, os.O_RDONLY | NOFOLLOW | os.O_NONBLOCK | CLOEXEC, dir_fd=dir_fd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PermissionError(errno.EPERM, f"{os.fsdecode(path)} is not a regular file: refused")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _open_regular(path, os.O_RDONLY, dir_fd, one_link=False)
 
 
 def read_nofollow(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> bytes:
