@@ -14,14 +14,11 @@ import json
 import os
 import poplib
 import pwd
-import shutil
 import signal
 import smtplib
 import socket
 import stat
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -32,7 +29,7 @@ from emailrelay.spool import envelope as envmod
 from tests.support.dns_server import DnsServer
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fixtures import UPSTREAM
-from tests.support.relay import Relay, free_port, program, spool_files, start_relay, wait_until
+from tests.support.relay import Relay, free_port, program, reachable_dir, spool_files, start_relay, wait_until
 from tests.support.sink import printed_envelope
 from tests.support.sink_counter import PROMPT, AdminClient, role_pids
 
@@ -492,17 +489,6 @@ def test_pop_no_delete_keeps_the_message_for_forwarding(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ Run-time environment
 
 
-@contextlib.contextmanager
-def shared_dir() -> Iterator[Path]:
-    """A directory the ``daemon`` user can reach (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="h4-runtime-"))
-    try:
-        path.chmod(0o777)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def start_as(tmp_path: Path, spool: Path, *extra: str) -> Relay:
     """Like ``start_relay`` but without ``--user root``: the guide's default ``--user`` (daemon)."""
     port = free_port()
@@ -546,7 +532,7 @@ def test_started_as_root_runs_as_daemon_files_are_0660_and_filters_are_unprivile
     installed spool directory is ``root.daemon`` ``-rwxrwsr-x``); the filter runs as daemon with only
     ``PATH`` and ``IFS``, ``stdin``/``stderr`` on ``/dev/null`` and ``stdout`` on a pipe."""
     daemon = pwd.getpwnam("daemon")
-    with shared_dir() as shared:
+    with reachable_dir("h4-runtime-", 0o777) as shared:
         spool = shared / "spool"
         spool.mkdir()
         os.chown(spool, 0, daemon.pw_gid)
@@ -576,7 +562,7 @@ def test_started_as_root_runs_as_daemon_files_are_0660_and_filters_are_unprivile
 @pytest.mark.parametrize("mode", ["--single-process", "--no-daemon"], ids=["single-process", "supervised"])
 def test_filter_has_no_descriptors_but_stdin_stdout_stderr(tmp_path: Path, mode: str) -> None:
     """ "no open file descriptors other than stdin and stderr open onto /dev/null, and stdout open onto a pipe"."""
-    with shared_dir() as shared:
+    with reachable_dir("h4-runtime-", 0o777) as shared:
         probe = shared / "probe"
         filt = script(shared / "filter.sh", FILTER_PROBE.format(out=probe, python=SYSTEM_PYTHON))
         relay = start_relay(tmp_path, f"--filter={filt}", mode)
@@ -598,7 +584,7 @@ def test_umask_is_077_while_running(tmp_path: Path, mode: str) -> None:
     """ "The program runs for most of the time with a umask of 077": filters, the single-process relay,
     the supervisor and its roles (their unix sockets get their modes at bind time). Spool files get
     0660 whatever the umask."""
-    with shared_dir() as shared:
+    with reachable_dir("h4-runtime-", 0o777) as shared:
         probe = shared / "probe"
         filt = script(shared / "filter.sh", FILTER_PROBE.format(out=probe, python=SYSTEM_PYTHON))
         old = os.umask(0o022)  # what a login shell usually hands over
@@ -623,7 +609,7 @@ def test_umask_is_077_while_running(tmp_path: Path, mode: str) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_user_root_disables_the_switching(tmp_path: Path) -> None:
     """``--user=root``: the relay and its filters keep effective user root."""
-    with shared_dir() as shared:
+    with reachable_dir("h4-runtime-", 0o777) as shared:
         probe = shared / "probe"
         filt = script(shared / "filter.sh", FILTER_PROBE.format(out=probe, python=SYSTEM_PYTHON))
         relay = start_relay(

@@ -21,13 +21,12 @@ import shutil
 import smtplib
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.relay import free_port, start_relay, wait_until
+from tests.support.relay import free_port, reachable_dir, start_relay, wait_until
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # runs as daemon: the venv's interpreter need not be reachable
 
@@ -105,12 +104,8 @@ def send(port: int, subject: str) -> None:
 @pytest.fixture
 def base() -> Iterator[Path]:
     """A directory daemon can reach (pytest's tmp_path is under a 0700 directory)."""
-    path = Path(tempfile.mkdtemp(prefix="er-symlinks-"))
-    try:
-        path.chmod(0o755)
+    with reachable_dir("er-symlinks-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("mode", ["supervised", "single-process"])

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -130,6 +132,18 @@ def running_relay(tmp_path: Path, *extra: str, **kwargs: object) -> Iterator[Rel
         yield relay
     finally:
         relay.stop()
+
+
+@contextlib.contextmanager
+def reachable_dir(prefix: str, mode: int = 0o755) -> Iterator[Path]:
+    """A fresh directory under /tmp with ``mode``, so ``--user daemon`` can reach it (pytest's own
+    directories are 0700); removed with everything in it afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        path.chmod(mode)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def spool_files(spool: Path, suffix: str = "") -> list[Path]:

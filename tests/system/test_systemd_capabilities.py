@@ -25,7 +25,6 @@ import smtplib
 import socket
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from emailrelay.identity import directory_problem, lookup
-from tests.support.relay import REPO, free_port, program
+from tests.support.relay import REPO, free_port, program, reachable_dir
 
 UNIT = REPO / "deploy" / "emailrelay.service"
 
@@ -73,12 +72,8 @@ def privileged_port() -> int:
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="er-caps-", dir="/tmp"))  # pytest's own directories are 0700
-    os.chmod(path, 0o755)
-    try:
+    with reachable_dir("er-caps-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_relay(base: Path, capabilities: list[str]) -> tuple[Path, str, int]:
