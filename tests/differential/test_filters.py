@@ -19,19 +19,17 @@ exit code after a failure (the forwarding client's helper).
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.filter_recorder import Case, filter_lines, recorder, side_neutral, spool_summary
+from tests.support.line_server import line_server
 from tests.support.oracle import (
     SIDES,
     Daemon,
@@ -159,44 +157,6 @@ def test_filter_that_cannot_be_executed(tmp_path: Path) -> None:
 # ---- net: filters --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def line_server(answers: dict[str, str]) -> Iterator[tuple[int, list[str]]]:
-    """A net: filter server: per request line (a content path) the answer for the message's Subject;
-    ``SLEEP n`` does not answer, ``CLOSE`` closes the connection.  Yields (port, requests)."""
-    requests: list[str] = []
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def session(conn: socket.socket) -> None:
-        with conn, conn.makefile("rb") as reader:
-            for raw in reader:
-                path = raw.decode().strip()
-                requests.append(path)
-                m = re.search(r"^Subject: (.*?)\r?$", Path(path).read_text(), re.M)
-                answer = answers.get(m.group(1) if m else "", "ok\n")
-                if answer.startswith("SLEEP"):
-                    stop.wait(float(answer.split()[1]))
-                    continue
-                if answer == "CLOSE":
-                    return
-                conn.sendall(answer.encode())
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=session, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1], requests
-    finally:
-        stop.set()
-        listener.close()
-
-
 NET_ANSWERS = {
     "ok": "ok\n",
     "upper": "OK\n",
@@ -214,16 +174,22 @@ NET_ANSWERS = {
 }
 
 
+def net_answer(line: str) -> str:
+    """A net: filter's answer to a request line (a content path): the one for the message's Subject."""
+    m = re.search(r"^Subject: (.*?)\r?$", Path(line.strip()).read_text(), re.M)
+    return NET_ANSWERS.get(m.group(1) if m else "", "ok\n")
+
+
 def test_net_filter_answers_timeouts_and_closes(tmp_path: Path) -> None:
     got: dict[str, object] = {}
     seen: dict[str, list[str]] = {}
-    with line_server(NET_ANSWERS) as (port, requests):
+    with line_server(net_answer) as (port, requests):
         for side in SIDES:
             base = daemon_base()
             got[side], _, _ = serve_cases(
                 side, base, list(NET_ANSWERS), "--filter", f"net:127.0.0.1:{port}", "--filter-timeout", "1"
             )
-            seen[side] = [side_neutral(r.replace(str(base), "BASE")) for r in requests]
+            seen[side] = [side_neutral(r.strip().replace(str(base), "BASE")) for r in requests]
             requests.clear()
     got = {
         side: {k: (r, [x.replace(f":{port}", ":PORT") for x in lines]) for k, (r, lines) in v.items()}
@@ -287,26 +253,35 @@ CLIENT_CASES: dict[str, Case] = {
 }
 
 
-def _client_run(
-    side: str, base: Path, cases: list[str], hop: FakeSmtp, forward_to: str = ""
-) -> dict[str, object]:
-    """Submit one message per case into a fresh spool (upstream's submit, so both sides get the same
-    files), run ``--as-client`` with the recording client filter, and collect per case the filter lines,
-    what is left of the message and whether the next hop got it."""
+def submitted_spool(side: str, base: Path, subjects: list[str], forward_to: str = "") -> Path:
+    """A fresh ``<base>/<side>/spool`` (mode 0777) with one message per subject, submitted by upstream's
+    emailrelay-submit (so both sides get the same files), each file mode 0666; a ``forward_to`` goes
+    into each envelope's ForwardTo."""
     spool = base / side / "spool"
     spool.mkdir(parents=True)
     spool.chmod(0o777)
-    subjects: dict[str, str] = {}
-    for name in cases:
+    for name in subjects:
         r = run("upstream", "emailrelay-submit", "--spool-dir", str(spool), "--from", "a@b.example", "x@y.example",
                 input=f"Subject: {name}\r\n\r\nhello\r\n".encode())  # fmt: skip
         assert r.returncode == 0, r.stderr
     for p in spool.iterdir():
         p.chmod(0o666)
-        if p.name.endswith(".content"):
-            subjects[p.name.removesuffix(".content")] = re.search(r"Subject: (\S+)", p.read_text())[1]  # type: ignore[index]
         if forward_to and p.name.endswith(".envelope"):
             p.write_bytes(p.read_bytes().replace(b"ForwardTo: \r\n", f"ForwardTo: {forward_to}\r\n".encode()))
+    return spool
+
+
+def _client_run(
+    side: str, base: Path, cases: list[str], hop: FakeSmtp, forward_to: str = ""
+) -> dict[str, object]:
+    """Submit one message per case into a fresh spool (:func:`submitted_spool`), run ``--as-client``
+    with the recording client filter, and collect per case the filter lines, what is left of the
+    message and whether the next hop got it."""
+    spool = submitted_spool(side, base, cases, forward_to)
+    subjects: dict[str, str] = {}
+    for p in spool.iterdir():
+        if p.name.endswith(".content"):
+            subjects[p.name.removesuffix(".content")] = re.search(r"Subject: (\S+)", p.read_text())[1]  # type: ignore[index]
     hop.messages.clear()
     r = run(side, "emailrelay", "--as-client", f"127.0.0.1:{hop.port}", "--spool-dir", str(spool), "--log",
             "--verbose", "--no-syslog", "--client-filter", str(base / "f" / "filter.sh"), "--filter-timeout", "1",
@@ -408,20 +383,7 @@ def test_mx_routing_filter(forward_to: str) -> None:
     got: dict[str, object] = {}
     with FakeSmtp() as hop, dns_server(records) as dns:
         for side in SIDES:
-            base = daemon_base()
-            spool = base / side / "spool"
-            spool.mkdir(parents=True)
-            spool.chmod(0o777)
-            r = run("upstream", "emailrelay-submit", "--spool-dir", str(spool), "--from", "a@b.example", "x@y.example",
-                    input=b"Subject: m\r\n\r\nhello\r\n")  # fmt: skip
-            assert r.returncode == 0
-            target = forward_to.replace("PORT", str(hop.port))
-            for p in spool.iterdir():
-                p.chmod(0o666)
-                if p.name.endswith(".envelope"):
-                    p.write_bytes(
-                        p.read_bytes().replace(b"ForwardTo: \r\n", f"ForwardTo: {target}\r\n".encode())
-                    )
+            spool = submitted_spool(side, daemon_base(), ["m"], forward_to.replace("PORT", str(hop.port)))
             hop.messages.clear()
             r = run(side, "emailrelay", "--as-client", f"127.0.0.1:{hop.port}", "--spool-dir", str(spool), "--log",
                     "--verbose", "--no-syslog", "--client-filter", f"mx:127.0.0.1:{dns.port}", timeout=60)  # fmt: skip

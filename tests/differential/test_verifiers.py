@@ -20,17 +20,14 @@ text ends in a space in our RCPT reply (the SMTP server's reply texts).
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.filter_recorder import Case, recorder, side_neutral
+from tests.support.line_server import line_server
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, smtp_dialogue, start
 
 pytestmark = [needs_oracle, pytest.mark.timeout(240)]
@@ -151,43 +148,6 @@ def test_program_verifier_arguments_when_authenticated_or_trusted() -> None:
     assert records["ours"][1].endswith("[dom.example] [none] [trusted]")
 
 
-@contextlib.contextmanager
-def verifier_server(answers: dict[str, str]) -> Iterator[tuple[int, list[str]]]:
-    """A net: verifier: per request line the answer for the recipient's local part (``SLEEP n``: no
-    answer; ``CLOSE``: close).  Yields (port, request lines)."""
-    requests: list[str] = []
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def session(conn: socket.socket) -> None:
-        with conn, conn.makefile("rb") as reader:
-            for raw in reader:
-                line = raw.decode()
-                requests.append(line)
-                answer = answers.get(line.split("@")[0], "1|\n")
-                if answer.startswith("SLEEP"):
-                    stop.wait(float(answer.split()[1]))
-                    continue
-                if answer == "CLOSE":
-                    return
-                conn.sendall(answer.encode())
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=session, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1], requests
-    finally:
-        stop.set()
-        listener.close()
-
-
 NET_ANSWERS = {
     "n0": "0|mbox|Full Name\n",
     "n0e": "0|\n",
@@ -210,7 +170,7 @@ NET_ANSWERS = {
 def test_net_verifier_answers_and_request_lines() -> None:
     got: dict[str, dict[str, object]] = {}
     seen: dict[str, list[str]] = {}
-    with verifier_server(NET_ANSWERS) as (port, requests):
+    with line_server(lambda line: NET_ANSWERS.get(line.split("@")[0], "1|\n")) as (port, requests):
         for side in SIDES:
             got[side] = verify_cases(
                 side, daemon_base(), list(NET_ANSWERS), "--address-verifier", f"net:127.0.0.1:{port}",
