@@ -72,6 +72,20 @@ class ChaosResult:
     leftover: dict[str, int] = field(default_factory=dict)
     send_seconds: float = 0.0
     drain_seconds: float = 0.0
+    log_path: Path | None = None  # the relay's log (its tail is printed when a run fails)
+    relay_exit: int | None = None  # the relay's exit status when it had ended before the test stopped it
+
+    def log_tail(self, lines: int = 120) -> str:
+        """The relay log's warnings and errors (the roles' exits and restarts, a crash loop), then its
+        last ``lines`` lines."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no relay log)"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        alarms = [line for line in text if ": warning: " in line or ": error: " in line][-lines:]
+        return (
+            f"---- {self.log_path}: warnings and errors (last {len(alarms)})\n" + "\n".join(alarms)
+            + f"\n---- {self.log_path} (last {lines} lines)\n" + "\n".join(text[-lines:])
+        )  # fmt: skip
 
     @property
     def forward_kills(self) -> list[Kill]:
@@ -91,6 +105,7 @@ class ChaosResult:
             f"at-sink={len(self.at_sink)} lost={len(self.lost)} duplicates={sum(self.duplicates.values())} "
             f"stored-but-unacked={self.stored_unacked} leftover={self.leftover} "
             f"send={self.send_seconds:.1f}s drain={self.drain_seconds:.1f}s"
+            + ("" if self.relay_exit is None else f" RELAY-EXITED-EARLY={self.relay_exit}")
         ) + "".join(f"\n  unattributed duplicate {n}" for n in self.notes)
 
 
@@ -135,7 +150,9 @@ def run_chaos(
             tmp_path, "--forward-to", sink.address, "--poll", "1", "--workers", "forward=2,smtp=2",
             name="chaos",
         )  # fmt: skip
+        result.log_path = relay.log_path
         seen: set[int] = set()
+        failed = False
         try:
             wait_for_roles(relay.pid, ROLES, timeout=30)
             began = time.monotonic()
@@ -257,13 +274,21 @@ def run_chaos(
             all_arrivals: dict[str, list[float]] = {}
             for m in list(sink.messages):
                 all_arrivals.setdefault(m.mid, []).append(m.at)
+        except BaseException:
+            failed = True
+            raise
         finally:
-            if relay.proc.poll() is None:
+            exited = result.relay_exit = relay.proc.poll()
+            if exited is None:
                 seen |= {p for pids in role_pids(relay.pid).values() for p in pids}
             relay.stop(timeout=20)
             for pid in seen:  # a role that outlived its arbiter: ours, by pid
                 with contextlib.suppress(psutil.Error):
                     psutil.Process(pid).kill()
+            if failed:
+                state = "was running" if exited is None else f"had exited with {exited}"
+                print(f"\nchaos: seed={seed}: the relay {state}")
+                print(result.log_tail())
     result.lost = sorted(result.acked - set(result.at_sink))
     result.duplicates = {k: v - 1 for k, v in result.at_sink.items() if v > 1}
     result.stored_unacked = len(set(result.at_sink) - result.acked)
@@ -298,18 +323,27 @@ def test_chaos_no_acknowledged_message_lost(tmp_path: Path) -> None:
         last_kill="forward-2",
     )  # fmt: skip
     print("\n" + result.summary())
-    assert len(result.kills) >= 8 and {k.role for k in result.kills} == {"smtp", "notify", "bus", "forward"}
-    assert result.kills[-1].wid == 2 and result.kills[-1].claims >= 1
-    assert len(result.acked) >= 900
-    _check(result)
+    try:
+        assert len(result.kills) >= 8
+        assert {k.role for k in result.kills} == {"smtp", "notify", "bus", "forward"}
+        assert result.kills[-1].wid == 2 and result.kills[-1].claims >= 1
+        assert len(result.acked) >= 900
+        _check(result)
+    except AssertionError:
+        print(result.log_tail())
+        raise
 
 
 def test_no_kills_no_duplicates(tmp_path: Path) -> None:
     """1,000 messages without chaos: every one exactly once."""
     result = run_chaos(tmp_path, messages=1000, rate=400.0, kill_interval=None, seed=1)
     print("\n" + result.summary())
-    assert len(result.acked) == 1000 and result.send_errors == 0
-    assert not result.lost
-    assert sum(result.duplicates.values()) == 0, result.duplicates
-    assert result.stored_unacked == 0
-    assert not result.leftover, result.leftover
+    try:
+        assert len(result.acked) == 1000 and result.send_errors == 0
+        assert not result.lost
+        assert sum(result.duplicates.values()) == 0, result.duplicates
+        assert result.stored_unacked == 0
+        assert not result.leftover, result.leftover
+    except AssertionError:
+        print(result.log_tail())
+        raise
