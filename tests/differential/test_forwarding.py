@@ -44,6 +44,7 @@ from tests.support.oracle import (
     normalise_log,
     program,
     smtp_dialogue,
+    spool_dir,
     start,
 )
 from tests.support.relay import free_port, wait_until
@@ -60,16 +61,6 @@ ENVELOPE = (
     "X-MailRelay-Utf8MailboxNames: 0\r\nX-MailRelay-End: 1\r\n"
 )
 NO_PIPELINING = ("8BITMIME",)
-
-
-def _spool(home: Path) -> Path:
-    """A spool as a packaged install has it: root's, group daemon, 0775."""
-    spool = home / "spool"
-    spool.mkdir(parents=True)
-    with contextlib.suppress(KeyError, PermissionError):
-        os.chown(spool, 0, grp.getgrnam("daemon").gr_gid)
-    spool.chmod(0o775)
-    return spool
 
 
 def _write(spool: Path, messages: list[list[str]], stamp: int) -> list[str]:
@@ -119,7 +110,7 @@ def _as_client(
     prep: Callable[[Path], None] | None = None,
 ) -> Run:
     home = base / side
-    spool = _spool(home)
+    spool = spool_dir(home / "spool")
     _write(spool, messages, stamp)
     if prep is not None:
         prep(spool)
@@ -566,7 +557,7 @@ def test_forwarding_triggers_are_logged_as_upstream(tmp_path: Path, trigger: str
                 "rescan": ("--filter", str(rescan)),
             }[trigger]
             if trigger == "startup":
-                _write(_spool(base / side), [[B]], int(time.time()))
+                _write(spool_dir(base / side / "spool"), [[B]], int(time.time()))
             with start(side, base, "--forward-to", hop.address, *args) as daemon:
                 if side == "ours" and trigger != "startup":  # every role up: a supervised relay
                     assert wait_for_bus(daemon.spool)  # forwards whatever it finds as it starts
@@ -612,7 +603,7 @@ def test_client_tls_options_need_client_tls(tmp_path: Path, option: tuple[str, .
     """A usage error on both sides (upstream says ``usage error:``, ours ``error:``: start-up errors)."""
     base = daemon_base(tmp_path)
     for side in SIDES:
-        spool = _spool(base / side)
+        spool = spool_dir(base / side / "spool")
         done = subprocess.run(
             [program(side), "--as-client", "127.0.0.1:9", "--spool-dir", str(spool), *option],
             capture_output=True, timeout=30, stdin=subprocess.DEVNULL, check=False,

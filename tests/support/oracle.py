@@ -85,7 +85,7 @@ def daemon_base(tmp_path: Path | None = None) -> Path:
     return base
 
 
-def _spool_dir(path: Path) -> Path:
+def spool_dir(path: Path) -> Path:
     """A spool as a packaged install makes it: root-owned, group daemon, 0775."""
     path.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(KeyError, PermissionError):
@@ -142,7 +142,7 @@ def start(
     home = base / (name or side)
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o755)
-    spool = _spool_dir(home / "spool")
+    spool = spool_dir(home / "spool")
     port = free_port() if port is None else port
     pid_file = home / "pid"
     log_path = home / "log"
