@@ -210,6 +210,17 @@ def procs_cpu(pids: Sequence[int]) -> float:
     return sum(proc_cpu(p) for p in pids)
 
 
+def thread_sched(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting in the run queue) of one thread, from
+    /proc/<pid>/task/<tid>/schedstat (default: the main thread, a role's event loop); (0, 0) when gone.
+    Wall time minus both is the time it slept: waits on our own I/O, locks, the GIL, or no work."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()
+    except OSError:
+        return 0.0, 0.0
+    return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+
+
 def proc_role(pid: int) -> str:
     """The process's name as ps shows it (``emailrelay-smtp``, ``master``, ...)."""
     try:

@@ -7,7 +7,11 @@ Starts the relay in the production start (as root, default ``--user daemon``;
 sends ``--messages`` with ``smtp-source -s 20 -l 10240``, waits (with
 ``--forward``) until the sink has counted them all, and prints the CPU each
 process of the relay's tree spent (utime+stime from /proc/<pid>/stat, before
-and after), per role, in ms per message.  With ``--py-spy DIR`` (the
+and after), per role, in ms per message, and where each process's main thread
+(a role's event loop) spent the run's wall time, from its schedstat: on a CPU,
+runnable but waiting in the run queue (other processes had the cores: the
+machine's load), or asleep (waiting for its own I/O, a lock, the GIL, or for
+work).  With ``--py-spy DIR`` (the
 ``profile`` extra: ``pip install -e .[profile]``) each role is sampled with
 ``py-spy record --gil --format raw`` (samples of the thread holding the GIL:
 Python CPU, not waits) for the run and the top functions by own time are
@@ -86,6 +90,7 @@ def main() -> int:
                 procs = cm.tree_procs(relay.pid)
                 names = {p: cm.proc_role(p) for p in procs}
                 before = {p: cm.proc_cpu(p) for p in procs}
+                sched0 = {p: cm.thread_sched(p) for p in procs}
                 if opts.py_spy:
                     out = Path(opts.py_spy)
                     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +115,7 @@ def main() -> int:
                         time.sleep(0.01)
                 wall = time.perf_counter() - t0
                 after = {p: cm.proc_cpu(p) for p in procs}
+                sched1 = {p: cm.thread_sched(p) for p in procs}
             finally:
                 for _, _, spy, _ in spies:
                     spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
@@ -130,9 +136,12 @@ def main() -> int:
         for pid in procs:
             ms = (after[pid] - before[pid]) * 1000 / opts.messages
             total += ms
-            rows.append([names[pid], pid, f"{ms:.2f}"])
-        rows.append(["total", "", f"{total:.2f}"])
-        print(cm.table(["process", "pid", "cpu ms/msg"], rows))
+            oncpu, runq = (b - a for a, b in zip(sched0[pid], sched1[pid], strict=True))
+            rows.append([names[pid], pid, f"{ms:.2f}", f"{oncpu / wall:.0%}", f"{runq / wall:.0%}",
+                         f"{max(0.0, wall - oncpu - runq) / wall:.0%}"])  # fmt: skip
+        rows.append(["total", "", f"{total:.2f}", "", "", ""])
+        headers = ["process", "pid", "cpu ms/msg", "loop on cpu", "loop in run queue", "loop asleep"]
+        print(cm.table(headers, rows))
         for role, pid, _, raw in spies:
             if raw.exists():
                 print(f"\n{role} ({pid}): top own time")
