@@ -215,7 +215,8 @@ def test_guide_trusted_address_lines(tmp_path: Path) -> None:
     local.write_text(GUIDE_TRUST.replace("192.168.0.*", "127.0.0.*").replace("fe80::/64", "::1/128"))
     args_file = tmp_path / "verifier-args"
     verifier = tmp_path / "verifier.sh"
-    verifier.write_text(f'#!/bin/sh\necho "$@" >> {args_file}\nexit 1\n')  # exit 1: a remote address
+    # exit 1: a remote address, printed on the second line (upstream refuses an exit 1 without one)
+    verifier.write_text(f'#!/bin/sh\necho "$@" >> {args_file}\necho\necho "$1"\nexit 1\n')
     verifier.chmod(0o755)
     server = start_relay(
         tmp_path,

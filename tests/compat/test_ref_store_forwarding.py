@@ -85,7 +85,7 @@ def test_forwarding_triggers_can_be_mixed(tmp_path: Path) -> None:
             assert not hop.wait_for_messages(1, timeout=1.0)  # connected: nothing goes yet
             with AdminClient(admin_port) as admin:  # no greeting: the prompt follows each command
                 admin.sock.sendall(b"forward\r\n")
-                assert admin.read_until(b"E-MailRelay> ") == b"E-MailRelay> "
+                assert admin.read_until(b"E-MailRelay> ") == b"OK\r\nE-MailRelay> "  # upstream's reply
             assert hop.wait_for_messages(1, timeout=10)  # the admin command, while still connected
             c.sendmail("a@example.com", ["two@example.net"], CONTENT.replace(b"store@", b"two@"))
             assert not hop.wait_for_messages(2, timeout=1.0)

@@ -122,7 +122,9 @@ def test_sasl_login_external_failure() -> None:
     assert isinstance(s.step(b64(b"alice")), Challenge)
     assert s.step(b64(b"bad")) == CheckPassword("alice", b"bad")
     failure = s.checked(False, "pam: authenticate: Authentication failure")
-    assert failure == Failure("pam: authenticate: Authentication failure", "alice")
+    assert failure == Failure(
+        "pam: authenticate: Authentication failure", "alice", mechanism="LOGIN", secret="pam for [alice]"
+    )
 
 
 def test_sasl_cram_external_fails_and_unexpected_checked() -> None:
