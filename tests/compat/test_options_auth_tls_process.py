@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_tls_client import TlsSmtpServer, as_client, queued, submit
 from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.pam import pam_confdir
@@ -45,6 +44,7 @@ from tests.support.relay import (
     wait_for_port,
     wait_until,
 )
+from tests.support.tls_server import TlsSmtpServer, as_client, queued, submit
 
 pytestmark = [
     pytest.mark.skipif(not HAVE_OPENSSL, reason="needs the openssl command"),

@@ -4,7 +4,7 @@ Each scenario writes the same envelopes and contents by hand into a spool for
 each side, runs ``emailrelay --as-client`` (as root, with the default ``--user
 daemon``, ``--log-time --verbose``) against a scripted next hop on loopback
 (tests/support/fake_smtp.py, or the STARTTLS server of
-tests/integration/test_tls_client.py), and compares what a user sees: the
+tests/support/tls_server.py), and compares what a user sees: the
 exit code, the log lines, the spool files byte for byte (our ``.<id>.deferral``
 notes aside, which upstream ignores), and what the next hop received.
 
@@ -466,7 +466,7 @@ def certs() -> Iterator[Certs]:
 
 
 def _tls_hop(**kw: Any) -> Callable[[], Any]:
-    from tests.integration.test_tls_client import TlsSmtpServer
+    from tests.support.tls_server import TlsSmtpServer
 
     return lambda: TlsSmtpServer(**{"require_tls": False, "require_auth": False, **kw})
 

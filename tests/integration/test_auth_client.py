@@ -1,7 +1,7 @@
 """Client-side SMTP AUTH when forwarding (--client-auth): account selectors, XOAUTH2 with an
 ``oauth:cmd`` token command, md5 secrets, the "no authentication" account.
 
-The next hop is the STARTTLS test server of ``test_tls_client`` (it records
+The next hop is the STARTTLS test server of ``tests/support/tls_server.py`` (it records
 which user authenticated with which mechanism and secret), or another real
 emailrelay.
 """
@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_tls_client import (
+from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
+from tests.support.relay import program, start_relay, wait_until
+from tests.support.tls_server import (
     TlsSmtpServer,
     as_client,
     assert_not_delivered,
@@ -23,8 +25,6 @@ from tests.integration.test_tls_client import (
     set_envelope_field,
     submit,
 )
-from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
-from tests.support.relay import program, start_relay, wait_until
 
 pytestmark = [
     pytest.mark.skipif(not HAVE_OPENSSL, reason="needs the openssl command"),

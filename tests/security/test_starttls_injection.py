@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as envmod
-from tests.integration.test_tls_client import TlsSmtpServer, as_client, queued, submit
 from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
 from tests.support.relay import Relay, free_port, spool_files, start_relay, wait_for_port, wait_until
+from tests.support.tls_server import TlsSmtpServer, as_client, queued, submit
 
 pytestmark = [
     pytest.mark.skipif(not HAVE_OPENSSL, reason="needs the openssl command"),

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 
 from emailrelay.protocol.smtp_client import MessageFailed, MessageSent, RecipientsResult, State
-from tests.unit.test_smtp_client import EHLO_PIPE, EHLO_PLAIN, Result, Step, content, envelope, reply
-from tests.unit.test_smtp_client import run_all_ways as _run_all_ways
+from tests.support.smtp_client_steps import EHLO_PIPE, EHLO_PLAIN, Result, Step, content, envelope, reply
+from tests.support.smtp_client_steps import run_all_ways as _run_all_ways
 
 
 def run_all_ways(script: list[Step], **config: object) -> Result:
