@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import OPTION_DEFAULTS
+from ..spool.delivery import copy_to_directories
 from ..spool.envelope import Envelope
 from ..spool.names import State
 from ..spool.store import SpoolStore
@@ -289,8 +290,8 @@ def submit(args: argparse.Namespace) -> list[str]:
                 f"cannot write to spool directory {args.spool_dir}: {exc.strerror or exc}"
             ) from None
         if args.copy and (boxes := store.mailboxes(every=True)):  # upstream's layout: the content stays
-            store.copy_to_directories(
-                mid, State.READY, store.directory, boxes, envelope_only=True, delete_original=True
+            copy_to_directories(
+                store, mid, State.READY, store.directory, boxes, envelope_only=True, delete_original=True
             )
         name = store.content_path(mid).name
         paths.append(shown_path(args.spool_dir, name) if args.verbose else name)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 
 from .. import log as logmod
+from ..spool.delivery import copy_to_directories
 from ..spool.store import SpoolStore
 from .spec import FilterContext, PolicyOptions, Spec, store_for
 from .verdicts import FilterOutcome, FilterResult
@@ -48,7 +49,8 @@ class CopyFilter:
             return FilterResult.accept()
         try:
             await asyncio.to_thread(
-                store.copy_to_directories,
+                copy_to_directories,
+                store,
                 ctx.mid,
                 ctx.state,
                 store.directory,

@@ -24,6 +24,7 @@ import errno
 
 from .. import log as logmod
 from ..spool import envelope as envelope_format
+from ..spool.delivery import copy_to_directories
 from ..spool.store import SpoolStore
 from .spec import FilterContext, PolicyOptions, Spec, store_for
 from .verdicts import FilterOutcome, FilterResult
@@ -60,7 +61,8 @@ class DeliverFilter:
                 self.log.verbose(f"delivery: creating mailbox [{mailbox}]")
         try:
             await asyncio.to_thread(
-                store.copy_to_directories,
+                copy_to_directories,
+                store,
                 ctx.mid,
                 ctx.state,
                 self.options.mailbox_base,

@@ -4,8 +4,9 @@ What it is for: every state change of a message (SPEC.md §3, the durability
 protocol of ARCHITECTURE.md) — create, commit, claim, release, fail,
 unfail, hold, remove, recover — for the SMTP role, the forwarders, the POP
 server, ``emailrelay-submit`` and the queue tools alike.  Style anchor:
-Postfix's mail_queue.c.  The POP maildrop logic is ``spool/maildrop.py``,
-which asks this module for every name, open and unlink (by directory fd).
+Postfix's mail_queue.c.  The POP maildrop logic is ``spool/maildrop.py``, and
+delivery into mailboxes and maildirs is ``spool/delivery.py``: both ask this
+module for every name, open, rename and unlink (by directory fd).
 
 What it expects: one flat spool directory on a local POSIX file system
 (rename is atomic, flock works), shared by any number of processes,
@@ -532,74 +533,49 @@ class SpoolStore:
     # msgid:, spam-edit:, mx:).  They act on the message a filter was given, whose
     # envelope is ``.envelope.new`` (--filter) or ``.envelope.busy`` (--client-filter).
 
-    @_privileged
-    def copy_to_directories(
-        self,
-        mid: MessageId,
-        state: State,
-        base: str | os.PathLike[str],
-        names: list[str],
-        *,
-        hardlink: bool = False,
-        envelope_only: bool = False,
-        create: bool = False,
-        delete_original: bool = False,
-    ) -> list[Path]:
-        """Copy a message into ``base/<name>`` for each mailbox name; returns the files written.
+    # Delivery into mailboxes and maildirs (copy:, deliver:, emailrelay-submit --copy) is
+    # spool/delivery.py; these are its names, opens, writes and renames, by directory descriptor.
 
-        A directory with ``new``, ``tmp`` and ``cur`` sub-directories is a maildir:
-        the content alone goes to ``tmp`` and is renamed into ``cur``.  Any other
-        directory gets the content (hard-linked when ``hardlink`` and possible; not
-        at all when ``envelope_only``, ``copy:pop``) and then a committed envelope.
-        ``create`` makes missing mailbox directories (``deliver:``).  With
-        ``delete_original`` the original envelope (and content, unless
-        ``envelope_only``) is deleted after every copy was made.
+    def envelope_bytes_nofollow(self, mid: MessageId, state: State) -> bytes:
+        """An envelope's bytes, never read through a symlink (the message a filter was given)."""
+        return safe_files.read_nofollow(self._envelope(mid, state))
 
-        Every name is checked before anything is copied.  Mailbox directories (and a
-        maildir's ``tmp`` and ``cur``) are opened one component at a time with
-        ``O_NOFOLLOW`` and written through their descriptors: a symlink planted under
-        ``base`` is refused (SpoolStoreError ELOOP), never followed.
-        """
-        base_dir = Path(base).absolute()
-        for name in names:
-            _check_mailbox_name(name)
-        source_env = self._envelope(mid, state)
-        env_data = safe_files.read_nofollow(source_env)
-        content = self._content(mid)
+    def open_delivery_base(self, base_dir: Path, *, create: bool) -> int:
+        """A descriptor on the delivery base (the spool, or the operator's ``--delivery-dir``,
+        made when ``create``)."""
         if create:
-            base_dir.mkdir(parents=True, exist_ok=True)  # the operator's --delivery-dir itself
-        out: list[Path] = []
-        base_fd = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-        try:
-            for name in names:
-                box = self._open_mailbox(base_fd, base_dir, name, create)
-                try:
-                    if _is_maildir_at(box):
-                        out.append(self._copy_into_maildir(mid, content, box, base_dir / name, hardlink))
-                        continue
-                    if not envelope_only:
-                        self._place_content(content, content_name(mid), hardlink, dir_fd=box)
-                    new_env, ready_env = envelope_name(mid, State.NEW), envelope_name(mid, State.READY)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(new_env, dir_fd=box)
-                    os.close(self._write_file(new_env, env_data, dir_fd=box))
-                    os.rename(new_env, ready_env, src_dir_fd=box, dst_dir_fd=box)
-                    if self.fsync:
-                        os.fsync(box)
-                    out.append(base_dir / name / ready_env)
-                finally:
-                    os.close(box)
-        finally:
-            os.close(base_fd)
-        if delete_original:
-            os.unlink(source_env)
-            if not envelope_only:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(content)
-            self.sync_directory()
-        return out
+            base_dir.mkdir(parents=True, exist_ok=True)
+        return os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
 
-    def _open_mailbox(self, base_fd: int, base_dir: Path, name: str, create: bool) -> int:
+    @staticmethod
+    def is_maildir_at(dir_fd: int) -> bool:
+        return _is_maildir_at(dir_fd)
+
+    def place_content_at(self, mid: MessageId, dir_fd: int, *, hardlink: bool) -> None:
+        """``mid``'s content file into the directory ``dir_fd`` under its spool name."""
+        self._place_content(self._content(mid), content_name(mid), hardlink, dir_fd=dir_fd)
+
+    def commit_envelope_at(self, dir_fd: int, mid: MessageId, data: bytes) -> str:
+        """Write ``data`` as ``mid``'s ``.envelope.new`` in ``dir_fd`` and rename it to ``.envelope``
+        (fsynced with the directory when the store syncs); the committed name."""
+        new_env, ready_env = envelope_name(mid, State.NEW), envelope_name(mid, State.READY)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(new_env, dir_fd=dir_fd)
+        os.close(self._write_file(new_env, data, dir_fd=dir_fd))
+        os.rename(new_env, ready_env, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if self.fsync:
+            os.fsync(dir_fd)
+        return ready_env
+
+    def remove_delivered_original(self, mid: MessageId, state: State, *, content: bool) -> None:
+        """Delete the original envelope (and its content when ``content``) once every copy was made."""
+        os.unlink(self._envelope(mid, state))
+        if content:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._content(mid))
+        self.sync_directory()
+
+    def open_mailbox(self, base_fd: int, base_dir: Path, name: str, create: bool) -> int:
         """A mailbox directory's descriptor; made (mode 0770, the files' group, whatever the umask:
         upstream creates spool files and directories with umask 007) when ``create``."""
         try:
@@ -611,10 +587,10 @@ class SpoolStore:
                 ) from exc
             raise _store_error(exc, f"cannot open mailbox {name!r} in {base_dir}") from exc
 
-    def _copy_into_maildir(
-        self, mid: MessageId, content: Path, box: int, maildir: Path, hardlink: bool
-    ) -> Path:
+    def copy_into_maildir(self, mid: MessageId, box: int, maildir: Path, *, hardlink: bool) -> Path:
+        """``mid``'s content into the maildir ``box``: written to ``tmp``, renamed into ``cur``."""
         name = f"{mid}:2,"
+        content = self._content(mid)
         tmp_fd = os.open("tmp", safe_files.DIRECTORY_FLAGS, dir_fd=box)
         try:
             cur_fd = os.open("cur", safe_files.DIRECTORY_FLAGS, dir_fd=box)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from emailrelay.spool.delivery import copy_to_directories
 from emailrelay.spool.names import State
 from tests.support.pop3 import PopHarness, pop_harness, server_tls_context
 
@@ -50,7 +51,7 @@ def messages(h: PopHarness, count: int, sub: str | None = None, tag: str = "m") 
     for i in range(count):
         mid = h.put(f"Subject: {tag}{i}\r\nFrom: a@example.com\r\n\r\n.dotted {i}\r\nbody {i}\r\n".encode())
         if sub is not None:
-            h.store.copy_to_directories(mid, State.READY, h.spool, [sub], delete_original=True)
+            copy_to_directories(h.store, mid, State.READY, h.spool, [sub], delete_original=True)
         ids.append(str(mid))
     return ids
 

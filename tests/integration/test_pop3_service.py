@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from emailrelay.protocol.sasl import BruteForceGuard
+from emailrelay.spool.delivery import copy_to_directories
 from emailrelay.spool.names import State
 from emailrelay.spool.store import POP_LOCK_NAME, SpoolStore
 from tests.support.fixtures import UPSTREAM
@@ -369,11 +370,11 @@ def test_pop_by_name_users_see_only_their_own(tmp_path: Path) -> None:
         main = h.put(b"Subject: main\r\n\r\nfor forwarding\r\n")
         shared = h.put(b"Subject: shared\r\n\r\nto both\r\n")
         # copy:pop: the envelope goes to every sub-directory, the content stays in the main one
-        h.store.copy_to_directories(
-            shared, State.READY, h.spool, ["alice", "bob"], envelope_only=True, delete_original=True
+        copy_to_directories(
+            h.store, shared, State.READY, h.spool, ["alice", "bob"], envelope_only=True, delete_original=True
         )
         alice_own = h.put(b"Subject: alice only\r\n\r\nhi\r\n")
-        h.store.copy_to_directories(alice_own, State.READY, h.spool, ["alice"], delete_original=True)
+        copy_to_directories(h.store, alice_own, State.READY, h.spool, ["alice"], delete_original=True)
         assert h.files() == {f"{main}.content", f"{main}.envelope", f"{shared}.content"}
 
         p = h.login("alice", "pw")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from emailrelay.spool.delivery import copy_to_directories
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.maildrop import POP_DELETED, POP_GONE, POP_KEPT, open_maildrop
 from emailrelay.spool.names import MessageId, State
@@ -59,7 +60,7 @@ def test_message_without_content_is_not_listed(store: SpoolStore) -> None:
 def test_sub_directory_content_falls_back_to_main(store: SpoolStore) -> None:
     mid = put(store, b"main content\r\n")
     (store.directory / "alice").mkdir()
-    store.copy_to_directories(mid, State.READY, store.directory, ["alice"], envelope_only=True)
+    copy_to_directories(store, mid, State.READY, store.directory, ["alice"], envelope_only=True)
     with open_maildrop(store, "alice") as md:
         [m] = md.messages()
         assert m.size == len(b"main content\r\n")
@@ -70,7 +71,7 @@ def test_sub_directory_content_falls_back_to_main(store: SpoolStore) -> None:
 def test_sub_directory_own_content_wins(store: SpoolStore) -> None:
     mid = put(store, b"main\r\n")
     (store.directory / "bob").mkdir()
-    store.copy_to_directories(mid, State.READY, store.directory, ["bob"])
+    copy_to_directories(store, mid, State.READY, store.directory, ["bob"])
     (store.directory / "bob" / f"{mid}.content").write_bytes(b"bob's own copy\r\n")
     with open_maildrop(store, "bob") as md:
         [m] = md.messages()
@@ -86,8 +87,8 @@ def test_delete_rule_keeps_shared_main_content_until_last_envelope(store: SpoolS
     mid = put(store)
     for user in ("alice", "bob"):
         (store.directory / user).mkdir()
-    store.copy_to_directories(
-        mid, State.READY, store.directory, ["alice", "bob"], envelope_only=True, delete_original=True
+    copy_to_directories(
+        store, mid, State.READY, store.directory, ["alice", "bob"], envelope_only=True, delete_original=True
     )
     assert not store.envelope_path(mid, State.READY).exists()
     content = store.content_path(mid)
@@ -103,7 +104,7 @@ def test_delete_rule_keeps_shared_main_content_until_last_envelope(store: SpoolS
 def test_delete_rule_keeps_content_of_a_main_envelope(store: SpoolStore) -> None:
     mid = put(store)
     (store.directory / "alice").mkdir()
-    store.copy_to_directories(mid, State.READY, store.directory, ["alice"], envelope_only=True)
+    copy_to_directories(store, mid, State.READY, store.directory, ["alice"], envelope_only=True)
     with open_maildrop(store, "alice") as md:
         assert md.delete(mid) == POP_DELETED
     assert store.content_path(mid).exists()  # the main .envelope is still to be forwarded
@@ -120,7 +121,7 @@ def test_main_delete_removes_envelope_then_content(store: SpoolStore) -> None:
 def test_main_delete_keeps_content_a_sub_directory_envelope_needs(store: SpoolStore) -> None:
     mid = put(store)
     (store.directory / "carol").mkdir()
-    store.copy_to_directories(mid, State.READY, store.directory, ["carol"], envelope_only=True)
+    copy_to_directories(store, mid, State.READY, store.directory, ["carol"], envelope_only=True)
     with open_maildrop(store) as md:
         assert md.delete(mid) == POP_DELETED
     assert store.content_path(mid).exists()

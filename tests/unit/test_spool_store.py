@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as env_format
+from emailrelay.spool.delivery import copy_to_directories
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.names import MessageId, State
 from emailrelay.spool.store import SpoolStore
@@ -481,7 +482,7 @@ def test_created_mailbox_directories_are_0770_whatever_the_umask(store: SpoolSto
     )
     old = os.umask(0o077)  # the relay's umask (upstream's)
     try:
-        written = store.copy_to_directories(mid, State.READY, store.directory, ["alice"], create=True)
+        written = copy_to_directories(store, mid, State.READY, store.directory, ["alice"], create=True)
     finally:
         os.umask(old)
     mailbox = store.directory / "alice"
@@ -511,8 +512,8 @@ def test_deliver_and_copy_never_follow_a_symlinked_mailbox(store: SpoolStore, tm
     (maildir / "tmp").symlink_to(outside)
     mid = store.store_message(Envelope("a@example.com", to_remote=("b@example.net",)), b"x\r\n")
     with pytest.raises(OSError, match="symlink"):
-        store.copy_to_directories(mid, State.READY, store.directory, ["alice"], create=True)
-    written = store.copy_to_directories(mid, State.READY, store.directory, ["bob"], create=True)
+        copy_to_directories(store, mid, State.READY, store.directory, ["alice"], create=True)
+    written = copy_to_directories(store, mid, State.READY, store.directory, ["bob"], create=True)
     assert [p.parent for p in written] == [maildir]
     assert list(outside.iterdir()) == []
     assert store.mailboxes() == ["bob"]
