@@ -51,6 +51,8 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, TypeVar
 
 from .. import log as logmod
 from ..bus import schema
@@ -75,6 +77,7 @@ MIN_RESCAN_GAP = 0.2  # spool rescans are O(spool size): never more often than t
 STOP_GRACE = 5.0  # a stopping forwarder lets messages in flight finish for this long (circus allows 8 s)
 RECOVERY_PERIOD = 5.0  # at most this often, a rescan also returns claims of dead forwarders
 _CONTENT_TO_BODY = {"7bit": "7BIT", "8bit": "8BITMIME", "binarymime": "BINARYMIME"}
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,24 @@ class ForwardService:
         """An onward connection opened or closed (the admin ``status`` and ``notify``)."""
         self._emit(schema.NETWORK, dir=direction, event=event, local=local, peer=peer)
 
+    async def _in_thread(
+        self, fn: Callable[..., _T], *args: Any, undo: Callable[[_T], object] | None = None, **kwargs: Any
+    ) -> _T:
+        """Run blocking spool work (claims, content reads, fsynced rewrites, directory scans) in the
+        executor, off the event loop.  The store's mutating calls enter ``as_root`` themselves, in
+        the executor's thread (never around this ``await``).  A cancelled caller still waits for the
+        thread to finish, so a claim is never used from two threads at once; ``undo`` gets what
+        the call returned when nobody is left to use it (a claim taken meanwhile is released)."""
+        future = asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                result = await future
+                if undo is not None:
+                    undo(result)
+            raise
+
     # ---- triggers -------------------------------------------------------------------
     def ring(self, mid: MessageId | None = None) -> None:
         """Something may be ready: a committed id (fast path), or None for a rescan."""
@@ -285,7 +306,7 @@ class ForwardService:
     async def run_once(self, stop: asyncio.Event | None = None) -> bool:
         """``--as-client``: forward everything in the spool now.  True unless the run stopped on a
         session or connection error (with back-off: unless anything failed or was deferred)."""
-        ids = self.store.ready(ignore_backoff=True)
+        ids = await self._in_thread(self.store.ready, ignore_backoff=True)
         if not ids:
             self.log.plain("no messages to send")  # as upstream: before anything else, no level
             return True
@@ -333,14 +354,14 @@ class ForwardService:
         """Rescans: at start, every period, and when rung without an id; at most one pass per
         MIN_RESCAN_GAP, each one directory scan (rings with an id never scan: they queue the id)."""
         if initial or self.config.poll is not None:
-            self._rescan()
+            await self._rescan()
         while True:
             held = self._held_until - time.monotonic()
             if held > 0:  # a client filter's 102 (rate limiting): wait for the next polling cycle
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), held)  # only admin forward/flush ends it early
                 self._wake.clear()
-                self._rescan()
+                await self._rescan()
                 continue
             period = self._period()
             timeout = period
@@ -357,32 +378,37 @@ class ForwardService:
             gap = MIN_RESCAN_GAP - (time.monotonic() - self._last_rescan)
             if gap > 0:
                 await asyncio.sleep(gap)
-            self._rescan()
+            await self._rescan()
 
-    def _recover(self) -> None:
+    async def _recover(self) -> None:
         """Return claims of dead forwarders (any worker may do it: recovery takes the claim's lock)."""
         now = time.monotonic()
         if now - self._last_recovery < RECOVERY_PERIOD:
             return
         self._last_recovery = now
         try:
-            report = self.store.recover(new_age=max(600.0, 2 * self.config.filter_timeout))
+            report = await self._in_thread(
+                self.store.recover, new_age=max(600.0, 2 * self.config.filter_timeout)
+            )
         except OSError as exc:
             self.log.warning(f"spool recovery failed: {exc}")
             return
         for mid in report.released:
             self.log.info(f"recovered claim on [{mid}]: returned to the queue")
 
-    def _rescan(self) -> None:
+    async def _rescan(self) -> None:
         self._last_rescan = time.monotonic()
-        self._recover()
+        await self._recover()
         ignore = self._ignore_backoff
         self._ignore_backoff = False
         self._forcing = ignore
         self._left.clear()  # a new trigger: what a failed run left is tried again
         self._dead_hops.clear()
         self.run_error = None
-        due, self._next_due = self.store.ready_and_next_due(ignore_backoff=ignore, skip=self.known)
+        due, self._next_due = await self._in_thread(
+            self.store.ready_and_next_due, ignore_backoff=ignore, skip=frozenset(self.known)
+        )
+        due = [mid for mid in due if mid not in self.known]  # rung with their ids during the scan
         trigger, self._trigger = self._trigger, None
         if trigger is not None and not due and not self._claims:
             self.log.verbose("forwarding: no messages to send")
@@ -465,7 +491,7 @@ class ForwardService:
         if self._dead_hops and self._to_dead_hop(mid):
             self._left.add(mid)  # that next hop's run ended on an error: left untouched, for the next trigger
             return Outcome("skipped")
-        claim = self.store.claim(mid)
+        claim = await self._in_thread(self.store.claim, mid, undo=_release_claim)
         if claim is None:
             return Outcome("skipped")
         self._claims.add(claim)
@@ -554,7 +580,7 @@ class ForwardService:
         if not hop:
             return self._fail(claim, "no remote server configured: use --forward-to", None)
         try:
-            content, info_size, scan_problem = self._load_content(claim)
+            content, info_size, scan_problem = await self._in_thread(self._load_content, claim)
         except OSError as exc:
             return self._fail(claim, f"cannot read content file: {exc.strerror or exc}", None)
         if scan_problem:
@@ -683,7 +709,7 @@ class ForwardService:
             )
             env = replace(env, to_remote=tuple(todo) + tuple(r for r, _ in refused))
             try:
-                claim.rewrite(env, sync_directory=True)
+                await self._in_thread(claim.rewrite, env, sync_directory=True)
             except OSError as exc:
                 # The delivered recipients are still listed: a retry would send to them again.
                 self.log.error(f"cannot rewrite envelope [{claim.id}]: {exc}")
@@ -865,6 +891,12 @@ class ForwardService:
         self._emit(schema.FORWARD_DEFERRED, id=str(claim.id), reason=reason, delay=delay)
         self.failures += 1
         return Outcome("retry", code or 451, reason)
+
+
+def _release_claim(claim: Claim | None) -> None:
+    if claim is not None:
+        with contextlib.suppress(OSError):
+            claim.release()
 
 
 def _without(todo: list[str], done: list[str]) -> list[str]:
