@@ -37,6 +37,7 @@ from tests.support.pam import pam_confdir
 from tests.support.relay import (
     Relay,
     free_port,
+    process_ids,
     program,
     running_relay,
     spool_files,
@@ -427,8 +428,7 @@ def test_pid_file_short_form_creates_the_parent_directory(tmp_path: Path) -> Non
 
 
 def _effective_uid(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^Uid:\s+\d+\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    return process_ids(pid)[0][1]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="user switching needs root")

@@ -16,18 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, smtp_dialogue, start
+from tests.support.relay import process_ids
 
 pytestmark = needs_oracle
-
-
-def _ids(pid: int) -> dict[str, list[int]]:
-    """The Uid: and Gid: lines of /proc/PID/status: real, effective, saved, file-system."""
-    fields: dict[str, list[int]] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("Uid", "Gid"):
-            fields[key] = [int(v) for v in value.split()]
-    return fields
 
 
 @pytest.mark.parametrize("user", [None, "root"], ids=["default-user", "user-root"])
@@ -38,7 +29,7 @@ def test_pid_file_process_identity_is_upstreams(tmp_path: Path, user: str | None
         with start(side, base, "--interface", "127.0.0.1", user=user) as relay:
             pid = relay.pid_from_file()
             assert smtp_dialogue(relay.port, ["QUIT"])[0].startswith("220 ")  # serving
-            seen[side] = _ids(pid)
+            seen[side] = dict(zip(("Uid", "Gid"), process_ids(pid), strict=True))
     assert seen["ours"] == seen["upstream"], seen
     daemon = pwd.getpwnam("daemon")
     if user is None:

@@ -159,6 +159,16 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02)
     return bool(predicate())  # type: ignore[operator]
 
 
+def process_ids(pid: int) -> tuple[list[int], list[int]]:
+    """A process's (real, effective, saved, file-system) uids and gids, from /proc/PID/status."""
+    ids: dict[str, list[int]] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid"):
+            ids[key] = [int(v) for v in value.split()]
+    return ids["Uid"], ids["Gid"]
+
+
 def pid_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:

@@ -33,7 +33,7 @@ from emailrelay.errors import UsageError
 from emailrelay.identity import directory_problem, lookup
 from emailrelay.rundir import CIRCUS_DIR, ROOT_BASE, default
 from emailrelay.services.metrics import ANNOUNCING_ROLES
-from tests.support.relay import REPO, Relay, free_port, pid_alive, program
+from tests.support.relay import REPO, Relay, free_port, pid_alive, process_ids, program
 from tests.support.sink_counter import (
     PROMPT,
     AdminClient,
@@ -151,15 +151,6 @@ def production_umask_000(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         yield started
 
 
-def _ids(pid: int) -> tuple[list[int], list[int]]:
-    """(real, effective, saved, fs) uids and gids of a process, from /proc."""
-    text = Path(f"/proc/{pid}/status").read_text()
-    uids = re.search(r"^Uid:\s+(.*)$", text, re.M)
-    gids = re.search(r"^Gid:\s+(.*)$", text, re.M)
-    assert uids and gids
-    return [int(x) for x in uids.group(1).split()], [int(x) for x in gids.group(1).split()]
-
-
 def as_daemon(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["runuser", "-u", USER, "--", *argv], capture_output=True, text=True, timeout=timeout,
@@ -171,14 +162,14 @@ def test_the_pid_file_process_has_real_uid_root_and_effective_uid_daemon(product
     who = lookup(USER)
     pid = int(production.pid_file.read_text())
     assert pid == production.relay.pid
-    uids, gids = _ids(pid)
+    uids, gids = process_ids(pid)
     assert (uids[0], uids[1]) == (0, who.uid), uids
     assert (gids[0], gids[1]) == (0, who.gid), gids
     roles = {child.pid: role_of(child) for child in psutil.Process(pid).children()}  # not their filters
     assert set(roles.values()) == set(ROLES), roles
     for role_pid, role in roles.items():  # every role, the bus too, runs as daemon when idle
         # (a role starting up may be taking root back for a moment)
-        assert poll(lambda p=role_pid: _ids(p)[0][1] == who.uid, 10), (role, _ids(role_pid))
+        assert poll(lambda p=role_pid: process_ids(p)[0][1] == who.uid, 10), (role, process_ids(role_pid))
 
 
 def _is_socket(path: Path) -> bool:
