@@ -21,6 +21,10 @@ Guarantees:
   and friends) in the relay process: that would reset every thread,
   including one inside :func:`as_root`.  A thread started inside
   :func:`as_root` would inherit root: start none there.
+- :func:`in_root_thread` does a privileged step (the pid file's rename, a
+  role's spawn) in a thread of its own, so the main thread — the one
+  ``/proc/PID/status`` and ``ps`` report for the process — stays ``--user``
+  from :func:`drop` on.
 - Filters, verifiers and token commands are started with
   :func:`child_preexec`, which drops real, effective and saved ids to
   ``--user`` for good in the child, whatever the forking thread's ids were.
@@ -37,7 +41,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+_T = TypeVar("_T")
 _lock = threading.RLock()
 
 
@@ -146,6 +152,30 @@ def as_root() -> Iterator[None]:
         _local.depth = depth
         if depth == 0:
             _set_thread_euid(target.uid)
+
+
+def in_root_thread(work: Callable[[], _T]) -> _T:
+    """``work()`` as root (:func:`as_root`) in a short-lived thread of its own, waited for: the
+    calling thread (the main thread, whose ids ``/proc/PID/status`` and ``ps`` show for the process)
+    stays ``--user`` meanwhile.  Without switching, ``work`` runs in the caller."""
+    if _target is None:
+        return work()
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            with as_root():
+                outcome.append((True, work()))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="as-root")
+    thread.start()  # outside as_root: it takes root itself, the caller never does
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager

@@ -8,7 +8,8 @@ Guarantees (SPEC.md §1): exit 0 on a normal stop; 1 with a one-line
 ``emailrelay: error: ...`` on a usage or configuration error; 2 when a
 listening socket cannot be bound — reported by the process the user
 started, before it detaches.  The pid file appears only once every
-listening socket is bound.
+listening socket is bound and the process named in it has its final
+identity (started as root: effective ``--user``, real root).
 """
 
 from __future__ import annotations
@@ -216,26 +217,35 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
         daemon.detach()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor or the loop handles it
     # likewise for SIGTERM: one right after the pid file is a clean stop; it is held back while the
-    # pid file is written, so that it arrives inside the try that removes the file
+    # pid file is prepared, so that it arrives inside the try that removes the file
     signal.signal(signal.SIGTERM, _exit_on_term)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    pid_path = daemon.write_pid_file(first.pid_file, target.gid if target else None)
+    pid_file = daemon.prepare_pid_file(first.pid_file, target.gid if target else None)
     if values.get("close-stderr"):  # after the pid file, whose error is still one line on stderr
         log.close_stderr()  # a --log-file is not affected (reference guide)
-    sd_notify.relay_started(c.spool_dir for _, c in configurations)  # Type=notify: every socket is bound
+    spools = [c.spool_dir for _, c in configurations]
+
+    def started() -> None:
+        """The process has its final identity: the pid file appears, and systemd hears READY=1."""
+        daemon.publish_pid_file(pid_file)
+        sd_notify.relay_started(spools)  # Type=notify: every socket is bound
+
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        if target is None:
+            started()  # nothing to switch: the identity is final already
         if first.as_client or first.dont_serve or first.single_process:
             # upstream's umask; every socket is bound and spool files get 0660 anyway
             os.umask(identity.CHILD_UMASK)
+            if target is not None:
+                identity.drop(target)
+                started()
+                from ..services.preload import preload
+
+                identity.in_root_thread(preload)  # --user may not read the installation
             from ..services import loop  # only now: the pid file is not held back by these imports
             from ..services.instance import Instance, run_instances
 
-            if target is not None:
-                from ..services.preload import preload
-
-                preload()  # before becoming --user, who may not read the installation
-                identity.drop(target)
             instances = [
                 Instance(config, smtp_sockets=socks)
                 for (_, config), socks in zip(configurations, bound, strict=True)
@@ -249,10 +259,10 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
                 supervisor.Configuration(name, config, socks)
                 for (name, config), socks in zip(configurations, bound, strict=True)
             ]
-            code = supervisor.run(parts, options, cwd, target)
+            code = supervisor.run(parts, options, cwd, target, started)
     finally:
         sd_notify.relay_stopping()
-        daemon.remove_pid_file(pid_path)
+        daemon.remove_pid_file(pid_file)
     return daemon.exit_status(code)
 
 

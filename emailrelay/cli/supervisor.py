@@ -16,7 +16,8 @@ directory, so two relays never collide, nothing uses ports 5555-5557, and
 no other user can reach them whatever the umask — and its narrow channel
 for the roles (:mod:`.supervisor_channel`), then becomes ``--user``
 (effective ids; real ids stay root, as upstream's process) for the rest of
-its life, taking root back only to spawn a role.
+its life, taking root back only to spawn a role; only then does the pid
+file appear, naming a process that already has those ids.
 
 Guarantees: SIGTERM stops every role gracefully (each gets
 ``GRACEFUL_TIMEOUT`` seconds) and the arbiter exits 0; a role that dies is
@@ -37,7 +38,7 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,9 +209,9 @@ class _OsKeepingTheSession:
 
 def _privileged_watcher(lifecycle: Lifecycle) -> type:
     """A circus Watcher whose processes are spawned as root: the supervisor runs as ``--user`` (real
-    uid 0) and takes root back only for the fork and exec, so a role starts as root, imports what it
-    needs (the interpreter may be readable by root only) and drops to ``--user`` itself.  The
-    processes it stops are told to ``lifecycle`` (their exits are planned ones)."""
+    uid 0) and takes root back only for the fork and exec, in a thread of its own, so a role starts
+    as root, imports what it needs (the interpreter may be readable by root only) and drops to
+    ``--user`` itself.  The processes it stops are told to ``lifecycle`` (their exits are planned)."""
     import circus.process
     from circus.process import Process
     from circus.watcher import Watcher
@@ -218,9 +219,8 @@ def _privileged_watcher(lifecycle: Lifecycle) -> type:
     circus.process.os = _OsKeepingTheSession()  # the os that circus's spawn (its child's preexec) sees
 
     class PrivilegedProcess(Process):  # type: ignore[misc]
-        def spawn(self) -> None:
-            with identity.as_root():
-                super().spawn()
+        def spawn(self) -> None:  # in a thread of its own: the supervisor's main thread stays --user
+            identity.in_root_thread(super().spawn)
 
     class PrivilegedWatcher(Watcher):  # type: ignore[misc]
         @property
@@ -333,11 +333,16 @@ def _channels(configurations: list[Configuration], gid: int | None) -> list[sock
 
 
 def run(
-    configurations: list[Configuration], options: list[str], cwd: str, target: identity.Identity | None
+    configurations: list[Configuration],
+    options: list[str],
+    cwd: str,
+    target: identity.Identity | None,
+    switched: Callable[[], None] = lambda: None,
 ) -> int:
     """Run the arbiter until stopped.  Called as root when switching (``target``): everything that
     needs root — the run directory, circus's endpoints, the channel — is set up, then the process
-    becomes ``target`` (effective ids; real ids stay root) for the rest of its life."""
+    becomes ``target`` (effective ids; real ids stay root) for the rest of its life, and calls
+    ``switched`` (the pid file appears); a :class:`UsageError` from it stops the relay (exit 1)."""
     gid = target.gid if target is not None else None
     os.umask(identity.CHILD_UMASK)  # upstream's, for the supervisor and every role: the sockets get
     # their modes at bind time and spool files theirs explicitly, so nothing relies on a wider umask
@@ -347,6 +352,7 @@ def run(
     import circus.exc  # noqa: F401  (for _when_free, once --user)
 
     arbiter: Any = None
+    failed: list[str] = []
     lifecycle = Lifecycle(on_crash_loop=lambda: _when_free(arbiter, "quit"))
     arbiter = build_arbiter(configurations, options, cwd, lifecycle)
     _take_over_signals(arbiter)
@@ -361,6 +367,13 @@ def run(
         sd_notify.watch_loop(asyncio.get_running_loop())  # systemd's watchdog vouches for this loop
         if target is not None:
             identity.drop(target)
+            try:
+                switched()
+            except UsageError as exc:
+                logmod.get().error(str(exc))
+                failed.append(str(exc))
+                _when_free(arbiter, "quit")
+                return
         for channel in channels:
             await channel.start()
 
@@ -373,7 +386,7 @@ def run(
         with identity.as_root():
             for c in configurations:
                 _clean_run_dir(rundir.of(c.config))
-    return 1 if lifecycle.crash_loop is not None else 0
+    return 1 if lifecycle.crash_loop is not None or failed else 0
 
 
 def _clean_run_dir(run_dir: Path) -> None:

@@ -5,7 +5,9 @@ first, then detaches (unless ``--no-daemon``), then writes ``--pid-file``,
 so a script that waits for the pid file can connect at once.
 
 Guarantees: the pid file is written atomically (temp file + rename) and only
-by the process that will serve; it is removed on a clean stop.  The
+by the process that will serve, and it appears only once that process has
+its final identity (started as root: effective ``--user``); it is removed on
+a clean stop, and a temporary file never published with it.  The
 temporary file is made with ``O_EXCL|O_NOFOLLOW`` and gets its owner and
 mode on the descriptor, so a symlink planted in the pid file's directory is
 never followed.  A relay stopped by SIGTERM stops cleanly and exits, once the
@@ -18,11 +20,15 @@ import contextlib
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import safe_files
 from ..errors import UsageError
-from ..identity import as_root, group_for_files
+from ..identity import as_root, group_for_files, in_root_thread
+
+#: The pid file's mode, as upstream's (``root:<--user's group>`` when switching, else the creator's).
+PID_FILE_MODE = 0o644
 
 
 def detach() -> None:
@@ -40,20 +46,46 @@ def detach() -> None:
     os.chdir("/")
 
 
-def write_pid_file(path: str | None, gid: int | None = None) -> Path | None:
-    """Write ``--pid-file``; one that cannot be written is upstream's start-up error
-    (``invalid pid file: cannot create file: <path>: <reason>``), never a traceback."""
+@dataclass
+class PidFile:
+    """``--pid-file`` in two steps: :func:`prepare_pid_file` makes a temporary file holding our pid
+    next to it, :func:`publish_pid_file` renames it into place once the process it names has its
+    final identity (upstream's pid file appears after the switch to ``--user``)."""
+
+    target: Path
+    tmp: Path
+    published: bool = False
+
+
+def prepare_pid_file(path: str | None, gid: int | None = None) -> PidFile | None:
+    """Make ``--pid-file``'s directory and its temporary file; one that cannot be made is upstream's
+    start-up error (``invalid pid file: cannot create file: <path>: <reason>``), never a traceback."""
     if not path:
         return None
     try:
-        return _write_pid_file(Path(path), gid)
+        return _prepare(Path(path), gid)
     except OSError as exc:
-        # (a parent that is a file: mkdir's "file exists" is upstream's "not a directory")
-        reason = "not a directory" if isinstance(exc, FileExistsError) else (exc.strerror or str(exc)).lower()
-        raise UsageError(f"invalid pid file: cannot create file: {path}: {reason}") from None
+        raise _pid_file_error(path, exc) from None
 
 
-def _write_pid_file(target: Path, gid: int | None) -> Path:
+def publish_pid_file(pid_file: PidFile | None) -> None:
+    """The pid file appears (an atomic rename, as root: its directory is normally root's)."""
+    if pid_file is None or pid_file.published:
+        return
+    try:  # root's, in a thread of its own: the process the file names stays --user meanwhile
+        in_root_thread(lambda: os.replace(pid_file.tmp, pid_file.target))
+    except OSError as exc:
+        raise _pid_file_error(str(pid_file.target), exc) from None
+    pid_file.published = True
+
+
+def _pid_file_error(path: str, exc: OSError) -> UsageError:
+    # (a parent that is a file: mkdir's "file exists" is upstream's "not a directory")
+    reason = "not a directory" if isinstance(exc, FileExistsError) else (exc.strerror or str(exc)).lower()
+    return UsageError(f"invalid pid file: cannot create file: {path}: {reason}")
+
+
+def _prepare(target: Path, gid: int | None) -> PidFile:
     with as_root():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -66,20 +98,24 @@ def _write_pid_file(target: Path, gid: int | None) -> Path:
             if gid is not None:
                 with contextlib.suppress(OSError):
                     os.fchown(fd, -1, gid)
-            os.fchmod(fd, 0o660 if gid is not None else 0o644)
+            os.fchmod(fd, PID_FILE_MODE)
             os.write(fd, f"{os.getpid()}\n".encode())
         finally:
             os.close(fd)
-        os.replace(tmp, target)
-    return target
+    return PidFile(target, tmp)
 
 
-def remove_pid_file(path: Path | None) -> None:
-    if path is None:
+def remove_pid_file(pid_file: PidFile | None) -> None:
+    """On a stop: the pid file when it still names us, or its temporary file when never published."""
+    if pid_file is None:
         return
-    with as_root(), contextlib.suppress(OSError):
-        if safe_files.read_nofollow(path).strip() == str(os.getpid()).encode():
-            path.unlink()
+    with as_root():
+        if not pid_file.published:
+            with contextlib.suppress(OSError):
+                os.unlink(pid_file.tmp)
+        with contextlib.suppress(OSError):
+            if safe_files.read_nofollow(pid_file.target).strip() == str(os.getpid()).encode():
+                pid_file.target.unlink()
 
 
 #: The exit status of a relay stopped by SIGTERM, as E-MailRelay 2.6b's (128 + 15).

@@ -297,7 +297,8 @@ def _store_one_as_daemon(parent: Path, spool: Path) -> dict[str, os.stat_result]
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to --user daemon")
 def test_ownership_root_owner_user_group_mode_0660_supervised(tmp_path: Path) -> None:
-    """SPEC §3 Ownership, default (supervised) mode: root owns, --user's group, mode 0660; the pid file too."""
+    """SPEC §3 Ownership, default (supervised) mode: root owns, --user's group, mode 0660; the pid file
+    the same owner and group, with upstream's mode 0644 (tests/differential/test_identity.py)."""
     daemon_gid = pwd.getpwnam("daemon").pw_gid
     parent = Path(tempfile.mkdtemp(prefix="emailrelay-compat-own-"))  # /tmp: daemon may traverse it
     try:
@@ -306,7 +307,8 @@ def test_ownership_root_owner_user_group_mode_0660_supervised(tmp_path: Path) ->
         stats = _store_one_as_daemon(parent, spool)
         assert len(stats) == 3 and "emailrelay.pid" in stats
         for name, st in stats.items():
-            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, daemon_gid, 0o660), name
+            mode = 0o644 if name == "emailrelay.pid" else 0o660
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, daemon_gid, mode), name
     finally:
         shutil.rmtree(parent, ignore_errors=True)
 
