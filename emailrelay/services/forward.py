@@ -52,7 +52,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 from .. import log as logmod
 from ..bus import schema
@@ -205,11 +206,12 @@ class ForwardService:
     async def _in_thread(
         self, fn: Callable[..., _T], *args: Any, undo: Callable[[_T], object] | None = None, **kwargs: Any
     ) -> _T:
-        """Run blocking spool work (claims, content reads, fsynced rewrites, directory scans) in the
-        executor, off the event loop.  The store's mutating calls enter ``as_root`` themselves, in
-        the executor's thread (never around this ``await``).  A cancelled caller still waits for the
-        thread to finish, so a claim is never used from two threads at once; ``undo`` gets what
-        the call returned when nobody is left to use it (a claim taken meanwhile is released)."""
+        """Run blocking spool work (claims, content reads, fsynced rewrites, a claim's release, failure
+        or removal, directory scans) in the executor, off the event loop.  The store's mutating calls
+        enter ``as_root`` themselves, in the executor's thread (never around this ``await``).  A
+        cancelled caller still waits for the thread to finish, so a claim is never used from two
+        threads at once; ``undo`` gets what the call returned when nobody is left to use it (a
+        claim taken meanwhile is released)."""
         future = asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
         try:
             return await asyncio.shield(future)
@@ -300,7 +302,7 @@ class ForwardService:
                 await task
         for claim in list(self._claims):
             with contextlib.suppress(OSError):
-                claim.release()
+                await self._in_thread(claim.release)
         await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)
 
     async def run_once(self, stop: asyncio.Event | None = None) -> bool:
@@ -330,7 +332,7 @@ class ForwardService:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             for claim in list(self._claims):
-                claim.release()
+                await self._in_thread(claim.release)
         if self.run_error is not None:  # upstream: no QUIT, the error is why the program ends
             for conn in self.pool.drain():
                 conn.close()
@@ -488,7 +490,7 @@ class ForwardService:
     async def forward_one(self, mid: MessageId, *, due_only: bool = False) -> Outcome:
         if due_only and not self.store.is_due(mid):
             return Outcome("skipped")  # rung for a message still in back-off (eg. a release seen by notify)
-        if self._dead_hops and self._to_dead_hop(mid):
+        if self._dead_hops and await self._to_dead_hop(mid):
             self._left.add(mid)  # that next hop's run ended on an error: left untouched, for the next trigger
             return Outcome("skipped")
         claim = await self._in_thread(self.store.claim, mid, undo=_release_claim)
@@ -498,7 +500,7 @@ class ForwardService:
         self._started[claim.id] = started = time.monotonic()
         msgid = logmod.set_msgid(str(mid))  # --log-format=msgid: this task's lines are about it
         try:
-            size = _size(claim.content_path) if self.log.config.json else None
+            size = await self._in_thread(_size, claim.content_path) if self.log.config.json else None
             outcome = await self._forward_claimed(claim)
             if self.log.config.json:
                 self._summary(claim, outcome, started, size)
@@ -507,14 +509,14 @@ class ForwardService:
             logmod.reset_msgid(msgid)
             self._claims.discard(claim)
             self._started.pop(claim.id, None)
-            if claim.active:
-                claim.release()
+            if claim.active:  # (a cancelled worker too: _in_thread waits for the thread)
+                await self._in_thread(claim.release)
 
-    def _to_dead_hop(self, mid: MessageId) -> bool:
+    async def _to_dead_hop(self, mid: MessageId) -> bool:
         """Whether ``mid`` goes to a next hop whose run ended on an error (read without claiming it:
         no renames, so no doorbells, for what is only left where it is)."""
         try:
-            env = self.store.read_envelope(mid)
+            env = await self._in_thread(self.store.read_envelope, mid)
         except (OSError, EnvelopeError):
             return False  # the claim will tell
         return (env.forward_to_address or self.config.forward_to) in self._dead_hops
@@ -558,9 +560,10 @@ class ForwardService:
             env = claim.envelope()
         except (OSError, EnvelopeError) as exc:
             self.log.verbose(f"forwarding [{mid}]")
-            return self._fail(claim, f"invalid envelope: {exc}", None)
+            return await self._fail(claim, f"invalid envelope: {exc}", None)
         if (env.forward_to_address or self.config.forward_to) in self._dead_hops:
-            claim.release()  # that next hop's run ended on an error: left as it is, for the next trigger
+            # that next hop's run ended on an error: left as it is, for the next trigger
+            await self._in_thread(claim.release)
             self._left.add(mid)
             return Outcome("skipped")
         routed = f" forward-to=[{env.forward_to}]" if env.forward_to else ""
@@ -570,21 +573,21 @@ class ForwardService:
             if early is not None:
                 return early
             try:
-                env = claim.envelope(reread=True)  # the filter may have edited it (eg. ForwardToAddress)
+                env = await self._in_thread(claim.envelope, reread=True)  # the filter may have edited it
             except (OSError, EnvelopeError) as exc:
-                return self._fail(claim, f"invalid envelope after client filter: {exc}", None)
+                return await self._fail(claim, f"invalid envelope after client filter: {exc}", None)
         if not env.to_remote:
             self.log.warning(f"forwarding [{mid}]: failing message with no remote recipients")  # upstream's
-            return self._fail(claim, "no remote recipients", None, warn=False)
+            return await self._fail(claim, "no remote recipients", None, warn=False)
         hop = env.forward_to_address or self.config.forward_to
         if not hop:
-            return self._fail(claim, "no remote server configured: use --forward-to", None)
+            return await self._fail(claim, "no remote server configured: use --forward-to", None)
         try:
             content, info_size, scan_problem = await self._in_thread(self._load_content, claim)
         except OSError as exc:
-            return self._fail(claim, f"cannot read content file: {exc.strerror or exc}", None)
+            return await self._fail(claim, f"cannot read content file: {exc.strerror or exc}", None)
         if scan_problem:
-            return self._fail(claim, scan_problem, None)
+            return await self._fail(claim, scan_problem, None)
         selector = env.client_account_selector
         pool = self.pool
         if mid in self._immediate:  # --immediate: the client session's own connection
@@ -620,7 +623,7 @@ class ForwardService:
                 self.session_error = self.session_error or exc.reason
                 if mid in self._immediate:
                     self._session_trouble.add(mid)
-                return self._trouble(claim, exc, hop)
+                return await self._trouble(claim, exc, hop)
             break
         conn.log.msgid = ""
         pool.give(conn)
@@ -638,7 +641,7 @@ class ForwardService:
             claim.id, str(claim.content_path), str(claim.envelope_path), routing=routing
         )
         try:
-            claim.relock_if_replaced()
+            await self._in_thread(claim.relock_if_replaced)
         except OSError:
             return Outcome("skipped")  # someone else holds the replaced file now
         if result.rescan:
@@ -650,17 +653,14 @@ class ForwardService:
         if result.outcome is FilterOutcome.ABANDON:
             # the filter took care of the message (and may have deleted it); one it left is only
             # ignored this time ("100 ... ignore the current message"), so it is not left .busy
-            if claim.envelope_path.exists():
-                claim.release()
-            else:
-                claim.abandon_claim()
+            await self._in_thread(_release_if_there, claim)
             return Outcome("skipped")
         if result.outcome is FilterOutcome.REJECT:
             if routing:  # upstream's words, without a code
-                return self._fail(claim, "routing filter failed", None)
+                return await self._fail(claim, "routing filter failed", None)
             reason = result.detail or result.reason or "rejected"
-            return self._fail(claim, reason, 550)  # upstream's code is always 550
-        return self._retry(claim, result.reason or "client filter error", result.code)
+            return await self._fail(claim, reason, 550)  # upstream's code is always 550
+        return await self._retry(claim, result.reason or "client filter error", result.code)
 
     def _load_content(self, claim: Claim) -> tuple[bytes | None, int, str | None]:
         """Read (or scan) the content: (bytes when small, canonical size, problem text or None)."""
@@ -691,12 +691,12 @@ class ForwardService:
             batch = todo if batch_limit is None else todo[:batch_limit]
             event = await self._one_transaction(conn, claim, env, batch, content, size)
             if isinstance(event, sc.MessageFailed):
-                return self._message_failed(claim, event)
+                return await self._message_failed(claim, event)
             refused += event.rejected
             total = len(todo)
             todo = _without(todo, event.accepted + [r for r, _ in event.rejected])
             if not todo:
-                return self._sent(claim, env, event, refused)
+                return await self._sent(claim, env, event, refused)
             if any(reply.code == 452 for _, reply in event.deferred):
                 batch_limit = min(batch_limit or len(event.accepted), len(event.accepted))
             why = (
@@ -713,7 +713,7 @@ class ForwardService:
             except OSError as exc:
                 # The delivered recipients are still listed: a retry would send to them again.
                 self.log.error(f"cannot rewrite envelope [{claim.id}]: {exc}")
-                return self._retry(claim, f"cannot record a partial delivery: {exc}", None)
+                return await self._retry(claim, f"cannot record a partial delivery: {exc}", None)
 
     async def _one_transaction(
         self,
@@ -766,29 +766,30 @@ class ForwardService:
         if content is not None:
             if content:
                 await conn.send_content(content)
-        else:
-            with claim.open_content() as f:
-                while chunk := f.read(READ_CHUNK):
+        else:  # over IN_MEMORY_LIMIT: streamed, each read in the executor
+            with await self._in_thread(claim.open_content, undo=_close_file) as f:
+                while chunk := await self._in_thread(f.read, READ_CHUNK):
                     await conn.send_content(chunk)
         conn.end_content()
 
     # ---- outcomes ----------------------------------------------------------------------
-    def _sent(
+    async def _sent(
         self, claim: Claim, env: Envelope, event: sc.MessageSent, refused: list[tuple[str, sc.Reply]]
     ) -> Outcome:
         if refused:  # --forward-to-some: keep the refused recipients as a failed message
             remaining = tuple(r for r, _ in refused)
-            try:
-                claim.rewrite(replace(env, to_remote=remaining, to_local=()))
-            except OSError as exc:
-                self.log.error(f"cannot rewrite envelope [{claim.id}]: {exc}")
             self.log.warning("smtp client protocol: one or more recipients rejected")
-            self._fail(claim, "one or more recipients rejected", None, warn=False)  # upstream: no code
+            await self._fail(  # upstream: no code
+                claim,
+                "one or more recipients rejected",
+                None,
+                warn=False,
+                rewrite=replace(env, to_remote=remaining, to_local=()),
+            )
             return Outcome("sent", 250, event.reply.message)
-        size = _size(claim.content_path)  # for /metrics' forwarded bytes
         self.log.verbose(f"deleting envelope [{claim.envelope_path.name}]")
         self.log.verbose(f"deleting content [{claim.content_path.name}]")
-        claim.remove()
+        size = await self._in_thread(_remove_claim, claim)  # the size for /metrics' forwarded bytes
         self.sent += 1
         self._emit(
             schema.FORWARD_DONE,
@@ -805,14 +806,14 @@ class ForwardService:
     def _elapsed_ms(self, claim: Claim) -> int:
         return int((time.monotonic() - self._started.pop(claim.id, time.monotonic())) * 1000)
 
-    def _message_failed(self, claim: Claim, event: sc.MessageFailed) -> Outcome:
+    async def _message_failed(self, claim: Claim, event: sc.MessageFailed) -> Outcome:
         """The next hop refused the message: the reply's lines are the reason (the envelope writes a
         line break as ``\\n``); refused recipients are upstream's ``one or more recipients
         rejected`` with the code of the RSET that followed.  Final unless back-off is on and the
         refusal was a 4xx."""
         reply = event.reply
         if reply is None:  # a policy failure before anything was sent
-            return self._fail(claim, event.reason, None)
+            return await self._fail(claim, event.reason, None)
         if event.stage == "rcpt":
             reason, code = event.reason, (event.rset.code if event.rset is not None else None)
             # --forward-to-all: nothing was sent, so every recipient stays (ours: upstream keeps only
@@ -822,13 +823,14 @@ class ForwardService:
         else:
             reason, code, rejected = "\n".join(reply.lines) or str(reply.code), reply.code, None
         if self.backoff and reply.is_transient():
-            return replace(self._retry(claim, "\n".join(reply.lines), reply.code), reply=reply)
+            return replace(await self._retry(claim, "\n".join(reply.lines), reply.code), reply=reply)
+        rewrite = None
         if rejected is not None:
-            with contextlib.suppress(OSError, EnvelopeError):  # only the rejected ones, as upstream
-                claim.rewrite(replace(claim.envelope(), to_remote=rejected, to_local=()))
-        return replace(self._fail(claim, reason, code, warn=False), reply=reply)
+            with contextlib.suppress(EnvelopeError):  # only the rejected ones, as upstream
+                rewrite = replace(claim.envelope(), to_remote=rejected, to_local=())
+        return replace(await self._fail(claim, reason, code, warn=False, rewrite=rewrite), reply=reply)
 
-    def _trouble(self, claim: Claim, exc: ConnectionTrouble, hop: str) -> Outcome:
+    async def _trouble(self, claim: Claim, exc: ConnectionTrouble, hop: str) -> Outcome:
         """The session or the connection failed.  Without back-off, as upstream: a connection
         failure leaves the message as it is, any other failure fails it (no code), and either
         ends the run (``smtp client error: ...``) for that next hop: its other messages stay as
@@ -836,11 +838,11 @@ class ForwardService:
         retried later."""
         code = exc.reply.code if exc.reply else None
         if self.backoff:
-            return self._retry(claim, exc.reason, code)
+            return await self._retry(claim, exc.reason, code)
         if exc.connect_failure:
-            outcome = self._retry(claim, exc.reason, code)
+            outcome = await self._retry(claim, exc.reason, code)
         else:
-            outcome = self._fail(claim, exc.reason, None, warn=False)
+            outcome = await self._fail(claim, exc.reason, None, warn=False)
         self._stop_run(exc.reason, hop)
         return outcome
 
@@ -852,17 +854,29 @@ class ForwardService:
         self.run_error = reason
         self._dead_hops.add(hop)
 
-    def _fail(self, claim: Claim, reason: str, code: int | None, *, warn: bool = True) -> Outcome:
+    async def _fail(
+        self,
+        claim: Claim,
+        reason: str,
+        code: int | None,
+        *,
+        warn: bool = True,
+        rewrite: Envelope | None = None,
+    ) -> Outcome:
+        """Fail the message to ``.bad`` with the reason (``rewrite``: first the envelope to keep), in
+        one call in the executor: the renamed envelope is there before anything else happens."""
         busy = claim.envelope_path.name
         try:
-            bad = claim.fail(reason, code)
+            bad, rewrite_error = await self._in_thread(_fail_claim, claim, reason, code, rewrite)
         except OSError as exc:
             self.log.error(f"cannot fail envelope [{busy}]: {exc}: leaving it for a retry")
-            with contextlib.suppress(OSError):
-                claim.release()  # back to .envelope: nothing may stay .busy without an owner
+            with contextlib.suppress(OSError):  # back to .envelope: nothing may stay .busy without an owner
+                await self._in_thread(claim.release)
             self.failures += 1
             self.stranded += 1
             return Outcome("retry", code or 451, reason)
+        if rewrite_error is not None:
+            self.log.error(f"cannot rewrite envelope [{claim.id}]: {rewrite_error}")
         self.log.info(f"failing envelope [{busy}] -> [{bad.name}]")
         self._emit(schema.SPOOL_FAILED, id=str(claim.id), reason=reason)
         if warn:
@@ -870,10 +884,10 @@ class ForwardService:
         self.failures += 1
         return Outcome("failed", code or 554, reason)
 
-    def _retry(self, claim: Claim, reason: str, code: int | None) -> Outcome:
+    async def _retry(self, claim: Claim, reason: str, code: int | None) -> Outcome:
         if not self.backoff:  # left as it is, for the next trigger (upstream keeps no schedule)
             try:
-                claim.release(reason=reason, code=code)  # queue list shows why
+                await self._in_thread(claim.release, reason=reason, code=code)  # queue list shows why
             except OSError as exc:
                 self.log.error(f"cannot release [{claim.id}]: {exc}")
             self._left.add(claim.id)
@@ -881,10 +895,10 @@ class ForwardService:
             return Outcome("retry", code or 451, reason)
         age = time.time() - self.store.created(claim.id)
         if retry.should_give_up(age, self.config.give_up_age):
-            return self._fail(claim, f"gave up after {int(age)}s: {reason}", code)
+            return await self._fail(claim, f"gave up after {int(age)}s: {reason}", code)
         delay = retry.next_delay(age, self.config.retry_schedule)
         try:
-            claim.release(not_before=time.time() + delay, reason=reason, code=code)  # queue list shows why
+            await self._in_thread(claim.release, not_before=time.time() + delay, reason=reason, code=code)
         except OSError as exc:
             self.log.error(f"cannot release [{claim.id}]: {exc}")
         self.log.warning(f"forwarding [{claim.id}] deferred for {delay}s: {reason}")
@@ -897,6 +911,40 @@ def _release_claim(claim: Claim | None) -> None:
     if claim is not None:
         with contextlib.suppress(OSError):
             claim.release()
+
+
+def _close_file(f: BinaryIO) -> None:
+    f.close()
+
+
+def _release_if_there(claim: Claim) -> None:
+    """A client filter's ``100`` (ignore the message): one it left goes back, one it deleted is only
+    unlocked (executor)."""
+    if claim.envelope_path.exists():
+        claim.release()
+    else:
+        claim.abandon_claim()
+
+
+def _fail_claim(
+    claim: Claim, reason: str, code: int | None, rewrite: Envelope | None
+) -> tuple[Path, OSError | None]:
+    """Executor: rewrite the envelope first (``rewrite``), then fail it to ``.bad``; the ``.bad`` path
+    and why the rewrite could not be made (the message is failed all the same)."""
+    rewrite_error = None
+    if rewrite is not None:
+        try:
+            claim.rewrite(rewrite)
+        except OSError as exc:
+            rewrite_error = exc
+    return claim.fail(reason, code), rewrite_error
+
+
+def _remove_claim(claim: Claim) -> int | None:
+    """Executor: a forwarded message's content size (or None), then its removal."""
+    size = _size(claim.content_path)
+    claim.remove()
+    return size
 
 
 def _without(todo: list[str], done: list[str]) -> list[str]:
