@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             print(version_text(bool(values.get("verbose"))), end="")
             return 0
         log.configure(log_config(values))
+        closing = stderr_closing_warning(parsed.values, log.config)
+        if closing:
+            log.plain(f"warning: {closing}")  # upstream's, first and without a time
         for warning in parsed.warnings:
             log.warning(warning)
         configurations = []
@@ -110,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 0
+
+
+def stderr_closing_warning(given: dict[str, Value], config: logmod.LogConfig) -> str | None:
+    """E-MailRelay 2.6b's start-up warning when the log goes only to the standard error stream and
+    ``--close-stderr`` (or ``--as-server`` or ``--as-proxy``, which imply it) is to close it: the
+    option named is the first of those the user gave, in that order."""
+    if not config.enabled or config.syslog or config.log_file:
+        return None
+    for name in ("close-stderr", "as-server", "as-proxy"):
+        if given.get(name):
+            return f"logging will stop because --{name} closes the standard error stream soon after startup"
+    return None
 
 
 #: The second line of upstream's report of a bad command-line option.

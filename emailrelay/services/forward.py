@@ -155,7 +155,7 @@ class ForwardService:
         self.backoff = config.backoff  # --retry: temporary failures are retried with back-off
         self.client_config = sc.ClientConfig(
             helo_name=config.domain if "." in config.domain else "",  # "": the local address
-            pipelining="nopipelining" not in config.client_smtp_config,
+            pipelining="pipelining" in config.client_smtp_config,  # opt-in, as upstream
             chunking="nochunking" not in config.client_smtp_config,
             smtputf8_strict="smtputf8strict" in config.client_smtp_config,
             eightbit_strict="eightbitstrict" in config.client_smtp_config,
@@ -568,18 +568,97 @@ class ForwardService:
             return Outcome("skipped")
         routed = f" forward-to=[{env.forward_to}]" if env.forward_to else ""
         self.log.verbose(f"forwarding [{mid}]{routed}")
+        pool = self.pool
+        if mid in self._immediate:  # --immediate: the client session's own connection
+            pool = self._session_pools.setdefault(self._immediate[mid], _Pool())
+        held: tuple[SmtpConnection, bool] | None = None  # connected before the client filter ran
         if self.client_filter is not None:
+            early_hop = env.forward_to_address or self.config.forward_to
+            if early_hop and not env.forward_to:
+                # E-MailRelay 2.6b connects (greeting, EHLO) before it runs the client filter; not
+                # before a routing filter (a ForwardTo), which picks the next hop
+                try:
+                    held = await self._connection(pool, early_hop, env.client_account_selector)
+                except ConnectionTrouble as exc:
+                    return await self._connection_trouble(claim, exc, early_hop)
             early = await self._run_client_filter(claim, routing=bool(env.forward_to))
+            if early is None:
+                try:
+                    env = await self._in_thread(claim.envelope, reread=True)  # the filter may have edited it
+                except (OSError, EnvelopeError) as exc:
+                    early = await self._fail(claim, f"invalid envelope after client filter: {exc}", None)
             if early is not None:
+                if held is not None:
+                    pool.give(held[0])
                 return early
-            try:
-                env = await self._in_thread(claim.envelope, reread=True)  # the filter may have edited it
-            except (OSError, EnvelopeError) as exc:
-                return await self._fail(claim, f"invalid envelope after client filter: {exc}", None)
-        if not env.to_remote:
-            self.log.warning(f"forwarding [{mid}]: failing message with no remote recipients")  # upstream's
-            return await self._fail(claim, "no remote recipients", None, warn=False)
         hop = env.forward_to_address or self.config.forward_to
+        selector = env.client_account_selector
+        if held is not None and (held[0].hop, held[0].selector) != (hop, selector):
+            pool.give(held[0])  # the filter routed the message elsewhere
+            held = None
+        ready = await self._ready_to_send(claim, env, hop)
+        if isinstance(ready, Outcome):
+            if held is not None:
+                pool.give(held[0])
+            return ready
+        content, info_size = ready
+        while True:
+            conn: SmtpConnection | None = None
+            try:
+                conn, reused = held if held is not None else await self._connection(pool, hop, selector)
+                held = None
+                conn.log.msgid = str(mid)  # its callbacks' contexts may be an earlier message's
+                replies = conn.replies
+                result = await self._transaction(conn, claim, env, content, info_size)
+            except ConnectionTrouble as exc:
+                if conn is not None:
+                    conn.abort()
+                    if reused and conn.replies == replies:
+                        continue  # an idle connection the next hop had closed: once more, afresh
+                return await self._connection_trouble(claim, exc, hop)
+            break
+        conn.log.msgid = ""
+        pool.give(conn)
+        return result
+
+    async def _connection(self, pool: _Pool, hop: str, selector: str) -> tuple[SmtpConnection, bool]:
+        """An idle connection to ``hop`` from ``pool`` (True: reused), or a new one (False)."""
+        conn = pool.take(_pool_key(hop, selector))
+        if conn is not None:
+            conn.log.info(f"smtp connection to {conn.peer}")  # upstream says so for each message
+            return conn, True
+        conn = SmtpConnection(
+            hop,
+            self.client_config,
+            response_timeout=self.config.response_timeout,
+            trace=self.log.verbose_on,
+            selector=selector,
+            prompt_timeout=self.config.prompt_timeout,
+        )
+        conn.on_network = self._network
+        try:
+            await conn.open(self.config.connection_timeout, self.config.client_interface, self.security)
+        except ConnectionTrouble:
+            conn.abort()
+            raise
+        return conn, False
+
+    async def _connection_trouble(self, claim: Claim, exc: ConnectionTrouble, hop: str) -> Outcome:
+        self.session_error = self.session_error or exc.reason
+        if claim.id in self._immediate:
+            self._session_trouble.add(claim.id)
+        return await self._trouble(claim, exc, hop)
+
+    async def _ready_to_send(
+        self, claim: Claim, env: Envelope, hop: str
+    ) -> Outcome | tuple[bytes | None, int]:
+        """The content (in memory when small) and its size, or the outcome of a message that
+        cannot be sent: no remote recipients, no next hop, an unreadable or unsendable content."""
+        if not env.to_remote:
+            self.log.warning(  # upstream's
+                f"forwarding [{claim.id}]: failing message with no remote recipients"
+            )
+            return await self._fail(claim, "no remote recipients", None, warn=False)
         if not hop:
             return await self._fail(claim, "no remote server configured: use --forward-to", None)
         try:
@@ -588,46 +667,7 @@ class ForwardService:
             return await self._fail(claim, f"cannot read content file: {exc.strerror or exc}", None)
         if scan_problem:
             return await self._fail(claim, scan_problem, None)
-        selector = env.client_account_selector
-        pool = self.pool
-        if mid in self._immediate:  # --immediate: the client session's own connection
-            pool = self._session_pools.setdefault(self._immediate[mid], _Pool())
-        conn = pool.take(_pool_key(hop, selector))
-        while True:
-            reused = conn is not None
-            try:
-                if conn is None:
-                    conn = SmtpConnection(
-                        hop,
-                        self.client_config,
-                        response_timeout=self.config.response_timeout,
-                        trace=self.log.verbose_on,
-                        selector=selector,
-                        prompt_timeout=self.config.prompt_timeout,
-                    )
-                    conn.on_network = self._network
-                    await conn.open(
-                        self.config.connection_timeout, self.config.client_interface, self.security
-                    )
-                else:
-                    conn.log.info(f"smtp connection to {conn.peer}")  # upstream says so for each message
-                conn.log.msgid = str(mid)  # its callbacks' contexts may be an earlier message's
-                replies = conn.replies
-                result = await self._transaction(conn, claim, env, content, info_size)
-            except ConnectionTrouble as exc:
-                if conn is not None:
-                    conn.abort()
-                if reused and conn is not None and conn.replies == replies:
-                    conn = None  # an idle connection the next hop had closed: once more, afresh
-                    continue
-                self.session_error = self.session_error or exc.reason
-                if mid in self._immediate:
-                    self._session_trouble.add(mid)
-                return await self._trouble(claim, exc, hop)
-            break
-        conn.log.msgid = ""
-        pool.give(conn)
-        return result
+        return content, info_size
 
     async def _run_client_filter(self, claim: Claim, routing: bool = False) -> Outcome | None:
         """``--client-filter``: None to go on forwarding, else what became of the message.
@@ -658,8 +698,8 @@ class ForwardService:
         if result.outcome is FilterOutcome.REJECT:
             if routing:  # upstream's words, without a code
                 return await self._fail(claim, "routing filter failed", None)
-            reason = result.detail or result.reason or "rejected"
-            return await self._fail(claim, reason, 550)  # upstream's code is always 550
+            reason = result.detail or result.reason or "rejected"  # (and no "forwarding [X] failed")
+            return await self._fail(claim, reason, 550, warn=False)  # upstream's code is always 550
         return await self._retry(claim, result.reason or "client filter error", result.code)
 
     def _load_content(self, claim: Claim) -> tuple[bytes | None, int, str | None]:
@@ -724,10 +764,9 @@ class ForwardService:
         content: bytes | None,
         size: int,
     ) -> sc.MessageSent | sc.MessageFailed:
-        conn.send_envelope(
+        conn.send_envelope(  # no SIZE=, as E-MailRelay 2.6b (which never sends it, SIZE offered or not)
             env.from_address,
             recipients,
-            size=size,
             body=_CONTENT_TO_BODY.get(env.content_type),
             smtputf8=env.utf8_mailbox_names,
             auth=self._auth_param(env, conn),
@@ -843,13 +882,15 @@ class ForwardService:
             outcome = await self._retry(claim, exc.reason, code)
         else:
             outcome = await self._fail(claim, exc.reason, None, warn=False)
-        self._stop_run(exc.reason, hop)
+        self._stop_run(exc.reason, hop, immediate=claim.id in self._immediate)
         return outcome
 
-    def _stop_run(self, reason: str, hop: str) -> None:
-        """No back-off: the run to ``hop`` ends here; what is left waits for the next trigger."""
+    def _stop_run(self, reason: str, hop: str, *, immediate: bool = False) -> None:
+        """No back-off: the run to ``hop`` ends here; what is left waits for the next trigger.
+        (``--immediate`` logs no ``forwarding:`` error, as E-MailRelay 2.6b: the client's reply
+        says it.)"""
         self.log.warning(f"smtp client error: {reason}")
-        if not self.config.as_client:
+        if not self.config.as_client and not immediate:
             self.log.error(f"forwarding: {reason}")
         self.run_error = reason
         self._dead_hops.add(hop)

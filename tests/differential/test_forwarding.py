@@ -8,9 +8,9 @@ tests/support/tls_server.py), and compares what a user sees: the
 exit code, the log lines, the spool files byte for byte (our ``.<id>.deferral``
 notes aside, which upstream ignores), and what the next hop received.
 
-The next hop offers no PIPELINING, so both clients go command by command and
-the logs line up; with PIPELINING ours sends MAIL and the RCPTs together
-(docs/decisions.md, "Forwarding"), which only changes the order of the trace.
+The next hop offers no PIPELINING, so both clients go command by command
+(pipelining is opt-in on both, ``--client-smtp-config=pipelining``:
+tests/differential/test_forwarding_more.py).
 Differences on purpose (docs/decisions.md) are checked on our side:
 ``--forward-to-all`` keeps every recipient in the ``.bad`` of a message whose
 recipients were refused, where upstream keeps only the refused ones.

@@ -48,7 +48,11 @@ What it guarantees:
 - ``messages`` holds every message answered with a 2xx final reply (a
   counting sink: :meth:`message_ids`), ``refused`` the ones answered
   otherwise; ``connections`` counts accepted TCP connections, ``commands``
-  logs ``(connection number, command line)``; ``protocol_errors`` records
+  logs ``(connection number, command line)``, ``batches`` the same lines
+  grouped as they came: a group ends with a line that nothing followed in
+  the same read (so a client that waits for each reply gives groups of one,
+  and one that pipelines MAIL and its RCPTs in one write gives one group of
+  them); ``protocol_errors`` records
   what a strict server would object to (commands pipelined without
   PIPELINING, bare LF in command lines, bare CR/LF in DATA, unknown
   commands).
@@ -126,6 +130,7 @@ class Session:
     messages: int = 0
     bdat: bytearray | None = None
     authenticated: bool = False
+    batch: list[str] | None = None  # the group of commands being read (FakeSmtp.batches)
 
 
 class _Closed(Exception):
@@ -235,6 +240,7 @@ class FakeSmtp:
         self.connections = 0
         self.open_connections = 0
         self.commands: list[tuple[int, str]] = []
+        self.batches: list[tuple[int, list[str]]] = []
         self.protocol_errors: list[str] = []
         self.dropped = 0
         self._cond = threading.Condition()
@@ -403,6 +409,14 @@ class FakeSmtp:
     def _log(self, session: Session, line: str) -> None:
         self.commands.append((session.number, line))
 
+    def _batch(self, session: Session, line: str, *, followed: bool) -> None:
+        if session.batch is None:
+            session.batch = []
+            self.batches.append((session.number, session.batch))
+        session.batch.append(line)
+        if not followed:
+            session.batch = None
+
     async def _converse(self, r: _Reader, writer: asyncio.StreamWriter, session: Session) -> None:
         if not await self._reply(writer, session, "greeting"):
             return
@@ -418,6 +432,7 @@ class FakeSmtp:
                 self.protocol_errors.append(f"pipelined without PIPELINING after {raw!r}")
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             self._log(session, line)
+            self._batch(session, line, followed=bool(r.buf))
             verb, _, arg = line.partition(" ")
             verb = verb.upper()
             if verb == "EHLO" and self.helo_only:

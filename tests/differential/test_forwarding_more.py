@@ -1,0 +1,306 @@
+"""More of the client side against E-MailRelay 2.6b (issue 17): pipelining, MAIL parameters, the
+client filter's place in the dialogue, ``--immediate``, a missing content file, ``--as-proxy``.
+
+What it checks, on both programs run the same way (tests/differential/test_forwarding.py's
+helpers: hand-written spools, ``--as-client`` as root, a scripted next hop on loopback):
+
+- pipelining is upstream's, opt-in: by default MAIL and each RCPT wait for their reply, even
+  when the next hop offers PIPELINING; with ``--client-smtp-config=pipelining`` MAIL and the
+  RCPTs go in one write, DATA after their replies.  What the next hop reads in each read
+  (``FakeSmtp.batches``) is compared, with the log, the spool and the messages;
+- MAIL's parameters: ``BODY=`` and ``SMTPUTF8`` as upstream's, and no ``SIZE=`` (upstream never
+  sends it); HELO after a refused EHLO;
+- the client filter runs once the session is up (after the EHLO reply), as upstream's: the
+  whole log and dialogue, for a filter that accepts and one that rejects;
+- ``--immediate``: a next hop that answers DATA with something other than 354 is a session
+  error (the message fails, the client gets ``452 forwarding failed``, no ``forwarding:``
+  error line); the client filter runs after the onward connection's EHLO; the forwarding part
+  of the log is compared message by message;
+- a message whose content file is gone: upstream sends an empty message and deletes the
+  envelope; ours fails it to ``.bad`` (docs/decisions.md, "Forwarding": no half-written or
+  missing message is forwarded) and goes on with the next;
+- ``--as-proxy``, ``--as-server``, ``--close-stderr``: upstream's start-up warning
+  ``logging will stop because ... closes the standard error stream soon after startup``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.differential.test_forwarding import NO_PIPELINING, B, C, D, Run, _both, _reason, _same
+from tests.support.fake_smtp import FakeSmtp
+from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, read_reply, start
+from tests.support.relay import wait_until
+
+pytestmark = [needs_oracle, pytest.mark.timeout(180)]
+
+OFFERS_ALL = ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 1000000")
+
+
+def _hops(**kw: Any) -> tuple[list[FakeSmtp], Callable[[], FakeSmtp]]:
+    """A next-hop factory for :func:`_both` that keeps each side's hop (ours first)."""
+    made: list[FakeSmtp] = []
+
+    def make() -> FakeSmtp:
+        made.append(FakeSmtp(**kw))
+        return made[-1]
+
+    return made, make
+
+
+def _envelope_edit(old: bytes, new: bytes) -> Callable[[Path], None]:
+    def prep(spool: Path) -> None:
+        for path in spool.glob("*.envelope"):
+            path.write_bytes(path.read_bytes().replace(old, new))
+
+    return prep
+
+
+# ---- pipelining ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["default", "pipelining"])
+def test_pipelining_is_opt_in(tmp_path: Path, mode: str) -> None:
+    hops, make = _hops(extensions=("PIPELINING", "8BITMIME"))
+    args = ("--client-smtp-config=pipelining",) if mode == "pipelining" else ()
+    run = _same(_both(tmp_path, make, [[B, C], [D]], *args))
+    assert run.rc == 0 and run.spool == {} and len(run.messages) == 2
+    ours, upstream = ([b for _, b in hop.batches] for hop in hops)
+    assert ours == upstream, (ours, upstream)
+    if mode == "default":
+        assert all(len(batch) == 1 for batch in ours), ours
+    else:
+        assert ["MAIL FROM:<a@example.com> BODY=7BIT", f"RCPT TO:<{B}>", f"RCPT TO:<{C}>"] in ours
+        assert ["MAIL FROM:<a@example.com> BODY=7BIT", f"RCPT TO:<{D}>"] in ours
+        assert ["DATA"] in ours
+
+
+def test_pipelining_needs_the_next_hop_to_offer_it(tmp_path: Path) -> None:
+    hops, make = _hops(extensions=NO_PIPELINING)
+    run = _same(_both(tmp_path, make, [[B, C]], "--client-smtp-config=pipelining"))
+    assert run.rc == 0 and len(run.messages) == 1
+    for hop in hops:
+        assert all(len(batch) == 1 for _, batch in hop.batches), hop.batches
+        assert not hop.protocol_errors
+
+
+# ---- MAIL parameters, HELO ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prep", "mail"),
+    [
+        (None, "MAIL FROM:<a@example.com> BODY=7BIT"),
+        (_envelope_edit(b"Content: 7bit", b"Content: 8bit"), "MAIL FROM:<a@example.com> BODY=8BITMIME"),
+        (
+            _envelope_edit(b"Utf8MailboxNames: 0", b"Utf8MailboxNames: 1"),
+            "MAIL FROM:<a@example.com> BODY=7BIT SMTPUTF8",
+        ),
+    ],
+    ids=["7bit", "8bit", "smtputf8"],
+)
+def test_mail_parameters_and_no_size(tmp_path: Path, prep: Callable[[Path], None] | None, mail: str) -> None:
+    _, make = _hops(extensions=OFFERS_ALL)
+    run = _same(_both(tmp_path, make, [[B]], prep=prep))
+    assert run.rc == 0 and run.spool == {}
+    assert run.commands[1] == mail  # SIZE offered, never sent
+    assert not any("SIZE=" in command for command in run.commands)
+
+
+def test_helo_after_a_refused_ehlo(tmp_path: Path) -> None:
+    _, make = _hops(helo_only=True)
+    run = _same(_both(tmp_path, make, [[B], [C]]))
+    assert run.rc == 0 and run.spool == {} and len(run.messages) == 2
+    assert run.commands[:3] == ["EHLO 127.0.0.1", "HELO 127.0.0.1", "MAIL FROM:<a@example.com>"]
+
+
+# ---- the client filter's place ---------------------------------------------------------------------
+
+
+def _filter(text: str) -> Path:
+    """A client filter script in a directory both sides can read (the log names its path)."""
+    script = daemon_base() / "filter.sh"
+    script.write_text(text)
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_client_filter_runs_once_the_session_is_up(tmp_path: Path, exit_code: int) -> None:
+    """Not compared: after a run whose messages the filter all rejected, upstream logs the reply
+    to its QUIT and a second ``tx>>: "QUIT"``; ours logs the one QUIT it sends."""
+    script = _filter(f"#!/bin/sh\necho '<<no thanks>>'\nexit {exit_code}\n")
+    _, make = _hops(extensions=NO_PIPELINING)
+    runs = _both(tmp_path, make, [[B], [C]], "--client-filter", str(script))
+    end = "emailrelay: info: forwarding: no more messages to send"
+    for run in runs.values():
+        run.log = run.log[: run.log.index(end) + 2]
+    run = _same(runs)
+    assert run.log[-2:] == [end, 'emailrelay: info: tx>>: "QUIT"']
+    first = run.log.index("emailrelay: info: forwarding [emailrelay.ID]")
+    assert run.log[first + 1 : first + 4] == [
+        "emailrelay: info: smtp connection to 127.0.0.1:PORT",
+        'emailrelay: info: rx<<: "220 fake.test ESMTP ready"',
+        'emailrelay: info: tx>>: "EHLO 127.0.0.1"',
+    ]
+    running = next(i for i, line in enumerate(run.log) if ": running " in line)
+    assert running > run.log.index('emailrelay: info: rx<<: "250 8BITMIME"')
+    if exit_code:
+        assert run.commands == ["EHLO 127.0.0.1"] and len(run.spool) == 4  # two .bad, two .content
+        assert not any("] failed: no thanks" in line for line in run.log)
+    else:
+        assert len(run.messages) == 2
+
+
+# ---- --immediate ----------------------------------------------------------------------------------
+
+SESSION = [
+    "EHLO c.example",
+    *(
+        line
+        for n in ("one", "two")
+        for line in (
+            "MAIL FROM:<a@b.example>",
+            "RCPT TO:<x@y.example>",
+            "DATA",
+            f"Subject: {n}\r\n\r\nhi\r\n.",
+        )
+    ),
+]
+
+
+def _forwarding_parts(log: list[str]) -> list[list[str]]:
+    """Each message's forwarding, from ``forwarding [X]`` to the reply the client gets."""
+    parts: list[list[str]] = []
+    current: list[str] | None = None
+    for line in log:
+        if line.startswith("emailrelay: info: forwarding [emailrelay"):
+            current = []
+            parts.append(current)
+        if current is not None:
+            current.append(line)
+            if line.startswith('emailrelay: info: tx>>: "') and line[25:26].isdigit():
+                current = None  # the reply to the client's end of data
+    return parts
+
+
+def _immediate(side: str, base: Path, replies: dict[str, str], extra: tuple[str, ...]) -> dict[str, Any]:
+    with (
+        FakeSmtp(extensions=NO_PIPELINING, replies=replies) as hop,
+        start(side, base, "--immediate", "--forward-to", hop.address, *extra, name=side) as daemon,
+    ):
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as client:
+            reader = client.makefile("rb")
+            got = [read_reply(reader)]
+            for line in SESSION:
+                client.sendall(line.encode() + b"\r\n")
+                got.append(read_reply(reader))
+            client.sendall(b"QUIT\r\n")
+            read_reply(reader)
+        assert wait_until(lambda: "smtp protocol done" in daemon.log(), 20), daemon.log()
+        log = normalise_log(daemon.log(), daemon, ports=[hop.port])
+        spool = sorted(p.name.split(".", 4)[-1] for p in daemon.spool.glob("emailrelay.*"))
+    return {
+        "replies": [got[i + 1] for i, line in enumerate(SESSION) if line.endswith("\r\n.")],
+        "parts": _forwarding_parts(log),
+        "errors": [line for line in log if ": error: " in line],
+        "commands": hop.commands,
+        "spool": spool,
+    }
+
+
+@pytest.mark.parametrize("case", ["data-refused", "filter-ok", "filter-rejects"])
+def test_immediate_dialogue_as_upstream(tmp_path: Path, case: str) -> None:
+    base = daemon_base(tmp_path)
+    replies = {"data": "451 4.3.0 no data now"} if case == "data-refused" else {}
+    extra: tuple[str, ...] = ()
+    if case.startswith("filter"):
+        script = base / "filter.sh"  # (one path for both: the log names it)
+        script.write_text(f"#!/bin/sh\necho '<<no thanks>>'\nexit {int(case == 'filter-rejects')}\n")
+        script.chmod(0o755)
+        extra = ("--client-filter", str(script))
+    seen = {side: _immediate(side, base, replies, extra) for side in SIDES}
+    ours, upstream = seen["ours"], seen["upstream"]
+    for key in ("replies", "parts", "errors", "commands", "spool"):
+        assert ours[key] == upstream[key], (key, ours[key], upstream[key])
+    assert ours["errors"] == [] and len(ours["parts"]) == 2
+    expected = {"data-refused": "452 forwarding failed", "filter-ok": "250 message processed"}
+    assert ours["replies"] == [expected.get(case, "452 no thanks")] * 2
+    if case == "data-refused":
+        assert ours["spool"] == ["content", "content", "envelope.bad", "envelope.bad"]
+        assert (
+            "emailrelay: warning: smtp client error: smtp error: unexpected response: 4.3.0 no data now"
+            in (ours["parts"][0])
+        )
+    else:  # connected, EHLO answered, then the filter
+        part = ours["parts"][0]
+        running = next(i for i, line in enumerate(part) if ": running " in line)
+        assert part.index('emailrelay: info: tx>>: "EHLO 127.0.0.1"') < running
+
+
+# ---- a missing content file -------------------------------------------------------------------------
+
+
+def test_missing_content_is_failed_not_sent_empty(tmp_path: Path) -> None:
+    """Upstream sends an empty message in place of the missing content and deletes the envelope;
+    ours fails the message (docs/decisions.md, "Forwarding"); the next message goes on both."""
+
+    def lose_first(spool: Path) -> None:
+        (first,) = spool.glob("*.1.content")
+        first.unlink()
+
+    _, make = _hops(extensions=NO_PIPELINING)
+    runs: dict[str, Run] = _both(tmp_path, make, [[B], [C]], prep=lose_first)
+    ours, upstream = runs["ours"], runs["upstream"]
+    assert ours.rc == upstream.rc == 0
+    assert upstream.spool == {} and [m for m in upstream.messages] == [b"", ours.messages[0]]
+    assert "emailrelay: info: tx>>: [0 line(s) of content]" in upstream.log
+    (bad,) = ours.spool.values()
+    assert _reason(bad) == [
+        b"X-MailRelay-Reason: cannot read content file: No such file or directory",
+        b"X-MailRelay-ReasonCode:",
+    ]
+    assert list(ours.spool) == [n for n in ours.spool if n.endswith(".1.envelope.bad")]
+    assert len(ours.messages) == 1 and b"Subject: test 2" in ours.messages[0]
+    assert ours.commands == upstream.commands[:1] + upstream.commands[5:]  # EHLO, then the second one
+
+
+# ---- the --close-stderr warning -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--as-proxy", "127.0.0.1:9"), "--as-proxy"),
+        (("--as-server",), "--as-server"),
+        (("--as-server", "--close-stderr"), "--close-stderr"),
+        (("--close-stderr",), "--close-stderr"),
+        (("--as-server", "--log-file", "LOG"), None),
+    ],
+    ids=["as-proxy", "as-server", "close-stderr-named", "close-stderr", "log-file"],
+)
+def test_stderr_closing_warning(tmp_path: Path, args: tuple[str, ...], named: str | None) -> None:
+    base = daemon_base(tmp_path)
+    first: dict[str, list[str]] = {}
+    for side in SIDES:
+        argv = [str(base / f"{side}.log") if a == "LOG" else a for a in args]
+        with start(side, base, *argv, user="root") as daemon:
+            time.sleep(0.5)  # (anything more goes nowhere once the stream is closed)
+            first[side] = [
+                line for line in normalise_log(daemon.log(), daemon) if "logging will stop" in line
+            ]
+    assert first["ours"] == first["upstream"]
+    expected = (
+        [
+            f"emailrelay: warning: logging will stop because {named} closes the standard error stream soon after startup"
+        ]
+        if named
+        else []
+    )
+    assert first["ours"] == expected
