@@ -38,6 +38,7 @@ class RoleArgs:
     count: int = 1  # the role's number of processes
     listen: list[str] = field(default_factory=list)  # listening addresses (admin status, metrics)
     config_name: str = ""  # the configuration, with several
+    supervised: bool = False  # started by emailrelay's supervisor (False: a plain circusd circus.ini)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ The kernel clears PR_SET_PDEATHSIG whenever the effective user or group
 changes, which every role does (``--user``, and the moments it takes root
 back), so a small daemon thread also checks the parent twice a second and
 ends the process when the supervisor is gone.
+
+``started_by_supervisor`` tells a role whether that supervisor started it:
+under a plain ``circusd circus.ini`` nothing answers on the supervisor's
+channel, so the admin role says so for ``roles``, ``restart`` and ``workers``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ def guard_against_orphaning() -> None:
         if os.getppid() != int(expected):
             os._exit(0)
         threading.Thread(target=_watch_parent, args=(int(expected),), name="orphan-guard", daemon=True).start()
+
+
+def started_by_supervisor() -> bool:
+    """Whether emailrelay's supervisor started this process (not a plain ``circusd circus.ini``,
+    whose roles have no ``EMAILRELAY_SUPERVISOR_PID``, or a parent other than the one it names)."""
+    return os.environ.get(ENV_SUPERVISOR_PID) == str(os.getppid())
 
 
 def _watch_parent(supervisor: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 # First of all, before the heavy imports: die with the arbiter, and do not even start if it is gone
 # already (a kill -9 of the arbiter while this role was starting must not leave an orphan on the port).
-from ._orphan_guard import guard_against_orphaning
+from ._orphan_guard import guard_against_orphaning, started_by_supervisor
 
 guard_against_orphaning()
 
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             preload(row.preload)
         module, _, function = row.entry.partition(":")
         entry = getattr(importlib.import_module(module), function)
-        role_args = topology.RoleArgs(args.run_dir, args.fd, args.index, args.count, args.listen, args.config)
+        role_args = topology.RoleArgs(
+            args.run_dir, args.fd, args.index, args.count, args.listen, args.config, started_by_supervisor()
+        )
         return int(entry(config, role_args))
     except EmailRelayError as exc:
         log.error(f"{args.role}: {exc}")

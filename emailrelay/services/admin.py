@@ -50,6 +50,9 @@ EVENTS_DROPPED = "events.dropped"
 UPSTREAM_COMMANDS = ("dnsbl", "failures", "flush", "forward", "help", "info", "list", "notify", "pid", "quit",
                      "smtp", "status", "unfail-all")  # fmt: skip
 OUR_COMMANDS = ("events", "restart", "roles", "workers")
+# roles, restart and workers ask emailrelay's own supervisor; without it they say why
+NOT_SUPERVISED = "not supervised (--single-process)"
+PLAIN_CIRCUSD = "not available under a plain circusd: use circusctl"
 INFO_TEXT = {  # upstream's texts (multi-line ones end in CR LF, as its do) but for version and copyright
     "version": f"{PRODUCT_VERSION} (emailrelay-python {__version__})",
     "copyright": COPYRIGHT,
@@ -65,6 +68,7 @@ class AdminContext:
     publish: Callable[..., None]  # (topic, **body)
     listen_addresses: list[str] = field(default_factory=list)
     control: SupervisorControl | None = None
+    no_control: str = NOT_SUPERVISED  # why roles/restart/workers cannot work when control is None
     arbiter_pid: int = 0
     # upstream's status: connections started and finished, "in" (smtp and admin) and "out" (forwarding)
     counters: dict[str, int] = field(
@@ -353,7 +357,7 @@ class AdminSession(asyncio.Protocol):
     # ---- our commands ----------------------------------------------------------------
     async def cmd_roles(self, args: list[str]) -> list[str]:
         if self.ctx.control is None:
-            return ["error: not supervised (--single-process)"]
+            return [f"error: {self.ctx.no_control}"]
         statuses = await self.ctx.control.roles()
         lines = []
         for role, status in sorted(statuses.items()):
@@ -363,7 +367,7 @@ class AdminSession(asyncio.Protocol):
 
     async def cmd_restart(self, args: list[str]) -> list[str]:
         if self.ctx.control is None:
-            return ["error: not supervised (--single-process)"]
+            return [f"error: {self.ctx.no_control}"]
         if len(args) != 1:
             return ["usage: restart <role>"]
         reply = await self.ctx.control.restart(args[0])
@@ -371,7 +375,7 @@ class AdminSession(asyncio.Protocol):
 
     async def cmd_workers(self, args: list[str]) -> list[str]:
         if self.ctx.control is None:
-            return ["error: not supervised (--single-process)"]
+            return [f"error: {self.ctx.no_control}"]
         if len(args) != 2 or args[0] not in topology.SCALABLE or not args[1].isdigit():
             return [f"usage: workers {{{'|'.join(topology.SCALABLE)}}} <N>"]
         count = int(args[1])

@@ -43,7 +43,7 @@ def pop(config: Config, args: RoleArgs) -> int:
 
 
 def admin(config: Config, args: RoleArgs) -> int:
-    return loop.run(roles.run_admin(config, args.fds, args.run_dir, args.listen))
+    return loop.run(roles.run_admin(config, args.fds, args.run_dir, args.listen, supervised=args.supervised))
 
 
 def metrics(config: Config, args: RoleArgs) -> int:

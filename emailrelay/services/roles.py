@@ -234,8 +234,12 @@ async def run_notify(config: Config, run_dir: str, polling: bool) -> int:
     return 0
 
 
-async def run_admin(config: Config, fds: list[int], run_dir: str, listen: list[str]) -> int:
-    from .admin import AdminContext, AdminSession
+async def run_admin(
+    config: Config, fds: list[int], run_dir: str, listen: list[str], *, supervised: bool
+) -> int:
+    """The admin role; ``supervised``: started by emailrelay's supervisor, whose channel answers
+    ``roles``, ``restart`` and ``workers`` (not by a plain ``circusd circus.ini``)."""
+    from .admin import PLAIN_CIRCUSD, AdminContext, AdminSession
     from .supervisor_control import SupervisorControl
 
     bus = BusClient(run_dir)
@@ -246,7 +250,8 @@ async def run_admin(config: Config, fds: list[int], run_dir: str, listen: list[s
         store=open_store(config),
         publish=bus.publish,
         listen_addresses=listen,
-        control=SupervisorControl(run_dir),
+        control=SupervisorControl(run_dir) if supervised else None,
+        no_control=PLAIN_CIRCUSD,
         arbiter_pid=os.getppid(),
     )
     bus.subscribe(schema.EVENT_TOPICS)

@@ -7,7 +7,10 @@
   spool and run directory, forwarding to a counting sink) runs the roles of
   the topology table; a message sent to its smtp socket reaches the next
   hop, and ``circusctl`` on the ini's endpoint lists the watchers.  circusd
-  is stopped by its pid (SIGTERM, then SIGKILL), its roles by theirs.
+  is stopped by its pid (SIGTERM, then SIGKILL), its roles by theirs;
+- under it the admin port answers ``roles``, ``restart`` and ``workers``
+  (which need emailrelay's own supervisor) with an error that says to use
+  circusctl, even with a supervisor channel left in the run directory.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
 from emailrelay import rundir
+from emailrelay.services.admin import PLAIN_CIRCUSD, PROMPT
 from tests.support.relay import BIN, REPO, free_port, program, wait_for_port
-from tests.support.sink_counter import CountingSink, poll, send_mail
+from tests.support.sink_counter import AdminClient, CountingSink, poll, send_mail
 
 
 def test_the_committed_circus_ini_is_the_generated_one() -> None:
@@ -47,34 +52,55 @@ def _roles(pid: int) -> dict[str, int]:
     return counts
 
 
-def test_circusd_runs_the_relay_from_a_generated_ini(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _circusd(tmp_path: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    """circusd on the ini generated from ``options`` (with a temporary spool and run directory,
+    ``--user root``, the log to circusd.log); stopped by its pid at the end, its roles by theirs."""
     spool, run = tmp_path / "spool", tmp_path / "run"
     spool.mkdir()
     (run / rundir.CIRCUS_DIR).mkdir(parents=True, mode=0o700)  # as the ini's header says
+    common = ["--spool-dir", str(spool), "--run-dir", str(run), "--user", "root", "--log", "--no-syslog"]
+    ini = subprocess.run(
+        [program(), "--print-circus-ini", *common, *options],
+        capture_output=True, text=True, timeout=60, check=True, stdin=subprocess.DEVNULL, cwd=tmp_path,
+    ).stdout  # fmt: skip
+    (tmp_path / "circus.ini").write_text(ini)
+    with open(tmp_path / "circusd.log", "wb") as log:
+        circusd = subprocess.Popen(
+            [str(BIN / "circusd"), "circus.ini"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    roles: set[int] = set()
+    try:
+        yield circusd
+        with contextlib.suppress(psutil.Error):
+            roles = {c.pid for c in psutil.Process(circusd.pid).children()}
+    finally:
+        circusd.send_signal(signal.SIGTERM)
+        try:
+            circusd.wait(30)
+        except subprocess.TimeoutExpired:
+            circusd.kill()
+            circusd.wait(5)
+        for pid in roles:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_circusd_runs_the_relay_from_a_generated_ini(tmp_path: Path) -> None:
     port = free_port()
+    run = tmp_path / "run"
     with CountingSink() as sink:
         options = [
-            "--port", str(port), "--interface", "127.0.0.1", "--spool-dir", str(spool), "--run-dir", str(run),
-            "--user", "root", "--log", "--no-syslog", "--forward-to", sink.address, "--poll", "1",
+            "--port", str(port), "--interface", "127.0.0.1", "--forward-to", sink.address, "--poll", "1",
             "--pid-file", str(tmp_path / "circusd.pid"),
         ]  # fmt: skip
-        ini = subprocess.run(
-            [program(), "--print-circus-ini", *options],
-            capture_output=True, text=True, timeout=60, check=True, stdin=subprocess.DEVNULL, cwd=tmp_path,
-        ).stdout  # fmt: skip
-        assert "[watcher:forward]" in ini and "[socket:smtp0]" in ini
-        (tmp_path / "circus.ini").write_text(ini)
-        with open(tmp_path / "circusd.log", "wb") as log:
-            circusd = subprocess.Popen(
-                [str(BIN / "circusd"), "circus.ini"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        roles: set[int] = set()
-        try:
+        with _circusd(tmp_path, *options) as circusd:
+            ini = (tmp_path / "circus.ini").read_text()
+            assert "[watcher:forward]" in ini and "[socket:smtp0]" in ini
             wait_for_port(port, proc=circusd)
             expected = {"bus": 1, "notify": 1, "forward": 1, "smtp": 1}
             assert poll(lambda: _roles(circusd.pid) == expected, 30), _roles(circusd.pid)
-            roles = {c.pid for c in psutil.Process(circusd.pid).children()}
             send_mail(port, "via-circusd@test")
             assert sink.wait_for(["via-circusd@test"], 30), (tmp_path / "circusd.log").read_text()[-3000:]
             assert (tmp_path / "circusd.pid").read_text().strip() == str(circusd.pid)
@@ -83,14 +109,19 @@ def test_circusd_runs_the_relay_from_a_generated_ini(tmp_path: Path) -> None:
                 capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
             )  # fmt: skip
             assert set(status.stdout.strip().split(",")) == {"bus", "notify", "forward", "smtp"}, status
-        finally:
-            circusd.send_signal(signal.SIGTERM)
-            try:
-                circusd.wait(30)
-            except subprocess.TimeoutExpired:
-                circusd.kill()
-                circusd.wait(5)
-            for pid in roles:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
     assert sink.count("via-circusd@test") == 1
+
+
+def test_admin_commands_of_the_supervisor_say_to_use_circusctl(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    stale = tmp_path / "run" / rundir.CHANNEL  # left by an earlier `emailrelay` on this run directory
+    options = [
+        "--port", str(port), "--interface", "127.0.0.1", "--admin", str(admin), "--forward-to", "127.0.0.1:9",
+    ]  # fmt: skip
+    with _circusd(tmp_path, *options) as circusd:
+        stale.write_bytes(b"")
+        wait_for_port(admin, proc=circusd)
+        with AdminClient(admin) as client:
+            for command in ("roles", "restart smtp", "workers forward 2"):
+                assert client.cmd(command) == f"error: {PLAIN_CIRCUSD}\r\n".encode() + PROMPT, command
+            assert client.cmd("pid") == f"{circusd.pid}\r\n".encode() + PROMPT  # the admin role works
