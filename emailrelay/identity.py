@@ -33,8 +33,6 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import encodings.idna  # noqa: F401 - loaded before the switch to --user (host names need it)
 import os
 import pwd
 import sys
@@ -74,6 +72,9 @@ def drop(identity: Identity) -> None:
     """Become ``identity`` (effective ids only, every thread); real and saved ids stay root.
     Call once, at start-up: it goes through glibc, which switches every thread."""
     global _target
+    import encodings.idna  # noqa: F401 - loaded before the switch to --user (host names need it)
+
+    _thread_switch()  # (ctypes, loaded while the installation is still readable)
     with _lock:
         with contextlib.suppress(OSError):
             os.setgroups([identity.gid])
@@ -111,6 +112,8 @@ def _thread_setresuid() -> Callable[[int], None] | None:
     number = _SETRESUID.get(os.uname().machine) if sys.platform == "linux" else None
     if number is None:
         return None
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         syscall = libc.syscall
@@ -126,8 +129,18 @@ def _thread_setresuid() -> Callable[[int], None] | None:
     return set_euid
 
 
-_set_thread_euid = _thread_setresuid()
+_UNKNOWN: Any = object()
+_set_thread_euid: Callable[[int], None] | None = _UNKNOWN  # found by drop(), before any as_root()
 _local = threading.local()  # .depth: nesting of as_root() in this thread
+
+
+def _thread_switch() -> Callable[[int], None] | None:
+    """:func:`_thread_setresuid`'s function, found once (not at import: the front end imports this
+    module before its pid file, and ctypes is needed only once switching)."""
+    global _set_thread_euid
+    if _set_thread_euid is _UNKNOWN:
+        _set_thread_euid = _thread_setresuid()
+    return _set_thread_euid
 
 
 @contextlib.contextmanager
@@ -138,20 +151,21 @@ def as_root() -> Iterator[None]:
     if target is None:
         yield
         return
-    if _set_thread_euid is None:
+    set_euid = _thread_switch()
+    if set_euid is None:
         with _process_wide_root(target):
             yield
         return
     depth: int = getattr(_local, "depth", 0)
     if depth == 0:
-        _set_thread_euid(0)
+        set_euid(0)
     _local.depth = depth + 1
     try:
         yield
     finally:
         _local.depth = depth
         if depth == 0:
-            _set_thread_euid(target.uid)
+            set_euid(target.uid)
 
 
 def in_root_thread(work: Callable[[], _T]) -> _T:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
 import sys
@@ -218,6 +217,8 @@ class Log:
                 record["text"] = text
             if extra:
                 record.update(extra)
+            import json  # (only for --log-format=json)
+
             line = json.dumps(record, separators=(",", ":"))
         else:
             parts = [c.program]

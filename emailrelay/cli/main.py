@@ -24,7 +24,6 @@ from ..config import Config, from_values
 from ..errors import EmailRelayError, OptionError, UsageError
 from ..services import daemon, listeners, sd_notify, security
 from . import preflight, watchers
-from .helptext import help_text, version_text
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
 from .tools import SUBCOMMANDS
 
@@ -83,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parsed = parse_command_line(args, app_dir=app_dir())
         values = expand_shorthands(parsed.values)
+        if values.get("help") or values.get("version"):
+            from .helptext import help_text, version_text
         if values.get("help"):
             print(help_text(bool(values.get("verbose"))), end="")
             return 0
@@ -162,8 +163,7 @@ def prepare(config: Config) -> Config:
         from .supervisor import check_run_dir
 
         check_run_dir(rundir.of(config))
-    security.server_security(config)  # secrets files and certificates: errors now, naming file and line
-    security.client_security(config)
+    security.check(config)  # secrets files and certificates: errors now, naming file and line
     if config.pop:
         from ..services.pop3d import pop_security
 
@@ -282,14 +282,16 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
 
 
 def _check_network(config: Config) -> None:
-    """--dnsbl and a SOCKS --forward-to are checked before anything is bound."""
-    from ..policy.dnsbl import parse_config
-    from ..services.socks import parse_forward_to
-
+    """--dnsbl and a SOCKS --forward-to are checked before anything is bound (their modules are
+    imported only when given: the pid file waits for what is imported here)."""
     try:
         if config.dnsbl:
+            from ..policy.dnsbl import parse_config
+
             parse_config(config.dnsbl)
         if config.forward_to:
+            from ..services.socks import parse_forward_to
+
             parse_forward_to(config.forward_to)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -297,6 +299,8 @@ def _check_network(config: Config) -> None:
 
 def _check_policy(config: Config) -> None:
     """Bad --filter / --client-filter / --address-verifier values are usage errors at start-up."""
+    if not (config.filters or config.client_filters or config.address_verifier):
+        return
     from ..policy.spec import SpecError, parse_filters, parse_verifier
 
     try:

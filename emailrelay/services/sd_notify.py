@@ -36,16 +36,16 @@ proves that the process lives.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..spool.names import State
-from ..spool.store import SpoolStore
+if TYPE_CHECKING:  # (imported when used: the front end imports this module before its pid file)
+    import asyncio
 
 STATUS_PERIOD = 30.0  # seconds between STATUS= refreshes of the queue size
 
@@ -139,6 +139,9 @@ def watchdog_period() -> float | None:
 
 def queue_status(spool_dirs: Iterable[Path | str]) -> str:
     """``STATUS=`` text: the messages in the spool(s) by state, eg. ``queue: 3 messages (2 ready, 1 failed)``."""
+    from ..spool.names import State
+    from ..spool.store import SpoolStore
+
     counts: dict[str, int] = {}
     try:
         for spool in spool_dirs:

@@ -11,15 +11,17 @@ now); ``--client-auth=pam:`` is a ``ConfigError``.
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from ..auth import tls
-from ..auth.pam import PamSecrets
-from ..auth.secrets import Secrets, is_pam
 from ..config import Config
 from ..errors import ConfigError, UsageError
-from ..protocol.sasl import AuthConfig, BruteForceGuard
+
+if TYPE_CHECKING:  # the rest is imported when an option needs it (the front end checks every start)
+    import ssl
+
+    from ..auth.secrets import Secrets
+    from ..protocol.sasl import AuthConfig, BruteForceGuard
 
 
 @dataclass
@@ -50,16 +52,9 @@ class ClientSecurity:
 
 
 def server_security(config: Config, secrets_path: str | None = None) -> ServerSecurity:
-    path = secrets_path if secrets_path is not None else config.server_auth
-    secrets = (PamSecrets() if is_pam(path) else Secrets.from_option(path)) if path else None
-    context = None
-    if config.server_tls or config.server_tls_connection:
-        context = tls.server_context(
-            config.server_tls_certificates, config.server_tls_verify, config.tls_config
-        )
-    elif config.server_tls_required:
-        raise UsageError("--server-tls-required needs --server-tls")
-    auth_config = AuthConfig.parse(config.server_auth_config, "server") if config.server_auth_config else None
+    from ..protocol.sasl import BruteForceGuard
+
+    secrets, auth_config, context = _server_parts(config, secrets_path)
     return ServerSecurity(
         secrets=secrets,
         auth_config=auth_config,
@@ -70,12 +65,55 @@ def server_security(config: Config, secrets_path: str | None = None) -> ServerSe
     )
 
 
-def client_security(config: Config) -> ClientSecurity:
-    if config.client_auth and is_pam(config.client_auth):
+def check(config: Config) -> None:
+    """Load the server's and the client's secrets, auth configs and certificates, for their errors
+    only (start-up: naming file and line); nothing is imported for options not given."""
+    _server_parts(config, None)
+    client_security(config)
+
+
+def _server_parts(
+    config: Config, secrets_path: str | None
+) -> tuple[Secrets | None, AuthConfig | None, ssl.SSLContext | None]:
+    path = secrets_path if secrets_path is not None else config.server_auth
+    secrets = _secrets(path, pam_allowed=True) if path else None
+    context = None
+    if config.server_tls or config.server_tls_connection:
+        from ..auth import tls
+
+        context = tls.server_context(
+            config.server_tls_certificates, config.server_tls_verify, config.tls_config
+        )
+    elif config.server_tls_required:
+        raise UsageError("--server-tls-required needs --server-tls")
+    auth_config = _auth_config(config.server_auth_config, "server")
+    return secrets, auth_config, context
+
+
+def _secrets(option: str, *, pam_allowed: bool) -> Secrets:
+    from ..auth.secrets import Secrets, is_pam
+
+    if not is_pam(option):
+        return Secrets.from_option(option)
+    if not pam_allowed:
         raise ConfigError(
             "--client-auth=pam: is not possible: PAM cannot supply passwords for the SMTP client"
         )
-    secrets = Secrets.from_option(config.client_auth) if config.client_auth else None
+    from ..auth.pam import PamSecrets
+
+    return PamSecrets()
+
+
+def _auth_config(value: str | None, side: Literal["server", "client"]) -> AuthConfig | None:
+    if not value:
+        return None
+    from ..protocol.sasl import AuthConfig
+
+    return AuthConfig.parse(value, side)
+
+
+def client_security(config: Config) -> ClientSecurity:
+    secrets = _secrets(config.client_auth, pam_allowed=False) if config.client_auth else None
     context = None
     tls_on = config.client_tls or config.client_tls_connection
     if config.client_tls_verify_name and not config.client_tls_verify:  # E-MailRelay 2.6b's words
@@ -85,6 +123,8 @@ def client_security(config: Config) -> ClientSecurity:
     ):
         raise UsageError("the --client-tls- options require --client-tls or --client-tls-connection")
     if tls_on:
+        from ..auth import tls
+
         context = tls.client_context(
             config.client_tls_certificates,
             config.client_tls_verify,
@@ -92,7 +132,7 @@ def client_security(config: Config) -> ClientSecurity:
             config.client_tls_server_name,
             config.tls_config,
         )
-    auth_config = AuthConfig.parse(config.client_auth_config, "client") if config.client_auth_config else None
+    auth_config = _auth_config(config.client_auth_config, "client")
     return ClientSecurity(
         secrets=secrets,
         auth_config=auth_config,

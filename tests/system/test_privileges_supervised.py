@@ -172,6 +172,29 @@ def test_the_pid_file_process_has_real_uid_root_and_effective_uid_daemon(product
         assert poll(lambda p=role_pid: process_ids(p)[0][1] == who.uid, 10), (role, process_ids(role_pid))
 
 
+def test_a_stop_before_the_pid_file_appears_leaves_nothing_behind(scratch: Path) -> None:
+    """The pid file is prepared as a temporary file and renamed into place only once the supervisor
+    is --user: SIGTERM while it is still the temporary file (or just after the rename, when the
+    start won the race) stops the relay with 143 and leaves nothing in the pid file's directory."""
+    spool = scratch / "spool"
+    spool.mkdir(mode=0o755)
+    pid_dir = scratch / "pid"
+    args = [program(), "--no-daemon", "--no-syslog", "--port", str(free_port()), "--interface", "127.0.0.1",
+            "--spool-dir", str(spool), "--pid-file", str(pid_dir / "emailrelay.pid")]  # fmt: skip
+    with open(scratch / "stderr", "wb") as err:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert poll(lambda: pid_dir.is_dir() and any(pid_dir.iterdir()), 30, interval=0.001)
+        seen = sorted(p.name for p in pid_dir.iterdir())
+        proc.terminate()
+        assert proc.wait(30) == 143, (scratch / "stderr").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert sorted(p.name for p in pid_dir.iterdir()) == [], seen
+
+
 def _is_socket(path: Path) -> bool:
     try:
         return stat.S_ISSOCK(path.lstat().st_mode)
