@@ -21,10 +21,15 @@ GUARANTEES
     * Anything else raises ``PathSyntaxError(code, text)`` carrying the SMTP
       reply to send, in E-MailRelay 2.6b's words: 553 ``mailbox name not
       allowed: <reason>`` for MAIL, 550 ``<reason>`` for RCPT (missing
-      ``FROM:``/``TO:``, missing or unbalanced brackets in strict mode, C0
-      control characters, NUL, DEL or unquoted spaces in the path, ``TO:<>``);
-      501 for bad parameter syntax.  Of a repeated parameter the first counts.  Which
-      parameters are *known* is the caller's business.
+      ``FROM:``/``TO:``, missing or unbalanced brackets in strict mode,
+      anything but a space or the end after the ``>``, C0 control characters,
+      NUL, DEL or unquoted spaces in the path, ``TO:<>``).  Parameters are
+      upstream's lax words: any word after the path, its keyword before the
+      first ``=``; none is refused but a second path (a word starting with
+      ``<``: ``invalid angle brackets``).  Of a repeated parameter the first counts.
+      Which parameters are *known* is the caller's business.  (Upstream also
+      takes unquoted spaces and specials in the path; we do not:
+      docs/decisions.md, "Addresses with spaces".)
     * Spaces after the colon are tolerated (as upstream); with
       ``strict=False`` ("nostrictparsing") also before it, and a path without
       angle brackets.
@@ -71,7 +76,6 @@ _ROUTE = r"@" + _DOMAIN + r"(?:,@" + _DOMAIN + r")*:"
 
 _BRACKETED_RE = re.compile(r"<(?:" + _ROUTE + r")?(" + _MAILBOX + r")?>")
 _BARE_RE = re.compile(r"(?:" + _ROUTE + r")?(" + _MAILBOX + r")")
-_PARAM_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([^\x00-\x20\x7f=]+))?")
 _LOOSE_KEYWORD = {
     "FROM": re.compile(r"\s*FROM\s*:\s*", re.IGNORECASE),
     "TO": re.compile(r"\s*TO\s*:\s*", re.IGNORECASE),
@@ -89,6 +93,8 @@ def parse_path(text: str, strict: bool = True) -> tuple[str, str]:
         m = _BRACKETED_RE.match(text)
         if m is None or (m.group(1) is None and m.end() != 2):  # (or "<@route:>")
             raise PathSyntaxError(501, _ANGLE if ">" not in text else _CHARACTER)
+        if text[m.end() : m.end() + 1] not in ("", " "):  # "<a@b>x", "<a@b>>", "<a@b>\t": upstream's words
+            raise PathSyntaxError(501, "invalid angle brackets")
         return m.group(1) or "", text[m.end() :]
     if strict:
         raise PathSyntaxError(501, "missing angle brackets in mailbox name" if text else _ANGLE)
@@ -105,19 +111,18 @@ def _parse_params(rest: str) -> dict[str, str]:
     if rest[0] not in _WS:
         raise PathSyntaxError(501, _CHARACTER)
     for token in rest.split():
-        m = _PARAM_RE.fullmatch(token)
-        if m is None:
-            raise _ParamError(501, "invalid parameter syntax")
-        params.setdefault(m.group(1).upper(), m.group(2) or "")  # a repeated one: the first counts
+        # as E-MailRelay 2.6b: any word is a parameter, its keyword what comes before the first
+        # "=" (the caller uses SIZE, BODY, SMTPUTF8 and AUTH, whose value it xtext-encodes again)
+        if token.startswith("<"):  # a second path ("<a@b> <c@d>"): ours refuses what upstream drops
+            raise PathSyntaxError(501, "invalid angle brackets")
+        keyword, _, value = token.partition("=")
+        if keyword:
+            params.setdefault(keyword.upper(), value)  # a repeated one: the first counts
     return params
 
 
 _ANGLE = "invalid angle brackets in mailbox name"
 _CHARACTER = "invalid character in mailbox name"
-
-
-class _ParamError(PathSyntaxError):
-    """A parameter error: its reply is used as it is."""
 
 
 def _parse(arg: str, keyword: str, strict: bool) -> tuple[str, dict[str, str]]:
@@ -142,8 +147,6 @@ def parse_mail_from(arg: str, strict: bool = True) -> tuple[str, dict[str, str]]
     """Parse ``FROM:<reverse-path> [params]``; ``""`` is returned for ``<>``."""
     try:
         return _parse(arg, "FROM", strict)
-    except _ParamError:
-        raise
     except PathSyntaxError as e:
         raise PathSyntaxError(553, f"mailbox name not allowed: {e.text}") from None
 
@@ -152,8 +155,6 @@ def parse_rcpt_to(arg: str, strict: bool = True) -> tuple[str, dict[str, str]]:
     """Parse ``TO:<forward-path> [params]``; the null path is an error (550)."""
     try:
         address, params = _parse(arg, "TO", strict)
-    except _ParamError:
-        raise
     except PathSyntaxError as e:
         raise PathSyntaxError(550, e.text) from None
     if not address:

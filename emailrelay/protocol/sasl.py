@@ -339,12 +339,12 @@ class SaslServer:
         parts = raw.split(b"\0")
         if len(parts) != 3:
             return self._fail("malformed PLAIN response")
-        authzid, authcid, password = parts
+        # as E-MailRelay 2.6b: the authorization identity is ignored; the client is who it
+        # authenticated as (authcid), which is what is logged and stored
+        _authzid, authcid, password = parts
         if not authcid:
             return self._fail("empty user name")
         self._user = _text(authcid)
-        if authzid and authzid != authcid:
-            return self._fail(f"authorization identity differs from [{self._user}]")
         return self._check_password(self._user, password)
 
     def _login_user(self, line: str) -> Step:

@@ -152,6 +152,7 @@ class ServerConfig:
     starttls: bool = False
     tls_required: bool = False
     product: str = "E-MailRelay V2.6"
+    disabled: bool = False  # the admin's "smtp disable" at connection: 421 greeting, 421 to MAIL
 
 
 class Signal(enum.Enum):
@@ -304,10 +305,11 @@ class Phase(enum.Enum):
     BDAT = "bdat"  # reading BDAT octets
     AUTH = "auth"  # a 334 challenge was sent; the next line is the response
     TLS = "tls"  # STARTTLS accepted; waiting for tls_established()
+    STUCK = "stuck"  # after a BDAT with a bad argument, as upstream: until RSET, HELO or EHLO
     CLOSED = "closed"
 
 
-_ANY = frozenset({Phase.NO_HELLO, Phase.IDLE, Phase.MAIL})
+_ANY = frozenset({Phase.NO_HELLO, Phase.IDLE, Phase.MAIL, Phase.STUCK})
 
 # verb -> (handler method, phases in which the verb is in sequence)
 _COMMANDS: dict[str, tuple[str, frozenset[Phase]]] = {
@@ -321,7 +323,7 @@ _COMMANDS: dict[str, tuple[str, frozenset[Phase]]] = {
     "NOOP": ("_cmd_noop", _ANY),
     "HELP": ("_cmd_help", _ANY),
     "QUIT": ("_cmd_quit", _ANY),
-    "VRFY": ("_cmd_vrfy", _ANY),
+    "VRFY": ("_cmd_vrfy", frozenset({Phase.NO_HELLO, Phase.IDLE, Phase.MAIL})),
     "AUTH": ("_cmd_auth", frozenset({Phase.IDLE})),
     "STARTTLS": ("_cmd_starttls", frozenset({Phase.NO_HELLO, Phase.IDLE})),
     "EXPN": ("_cmd_not_implemented", _ANY),
@@ -330,6 +332,8 @@ _COMMANDS: dict[str, tuple[str, frozenset[Phase]]] = {
 # E-MailRelay 2.6b's reply texts (no enhanced status codes), one text for every command out of sequence
 _OUT_OF_SEQUENCE = "command out of sequence -- use RSET to resynchronise"
 _UNRECOGNIZED = "command unrecognized"
+_NOT_AVAILABLE = "service not available"  # the admin's "smtp disable"
+_VERB_RE = re.compile(r"[ \t]*([^ \t]*)[ \t]*(.*)", re.DOTALL)
 _NOT_IMPLEMENTED = "command not implemented"
 _NO_RECIPIENTS = (554, "no valid recipients")
 _PROTOCOL_ERRORS = frozenset({500, 503})  # the replies upstream counts towards its limit
@@ -390,6 +394,7 @@ class SmtpServer(LineBuffer):
         self._too_many_errors = False
         self._discarding = False
         self._discard_head = ""
+        self._latin1 = False  # the command line in hand was 8-bit but not UTF-8
         self._reset_transaction()
 
     def _reset_transaction(self) -> None:
@@ -437,7 +442,9 @@ class SmtpServer(LineBuffer):
 
     def greeting(self) -> None:
         c = self._cfg
-        if c.anonymous:
+        if c.disabled:
+            self._send(421, _NOT_AVAILABLE)
+        elif c.anonymous:
             self._send(220, "greeting")
         else:
             self._send(220, f"{c.domain} -- {c.product} -- Service ready")
@@ -702,14 +709,16 @@ class SmtpServer(LineBuffer):
                 return self._need()
             return self._error(self._discard_head, 500, err)
         line = raw.decode("latin-1")
+        self._latin1 = False
         if not raw.isascii():
             try:
                 line = raw.decode("utf-8")  # logged and echoed as the client sent it
             except UnicodeDecodeError:
-                pass
+                self._latin1 = True  # (an address in it is refused, as upstream does)
         text = line
         if self._cfg.strict_parsing:
-            verb, _, arg = text.partition(" ")
+            # as E-MailRelay 2.6b: spaces and tabs before the verb, and between it and its argument
+            verb, arg = _VERB_RE.match(text).groups()  # type: ignore[union-attr]
         else:
             parts = text.strip().split(None, 1)
             verb = parts[0] if parts else ""
@@ -747,6 +756,8 @@ class SmtpServer(LineBuffer):
 
     def _cmd_mail(self, line: str, arg: str) -> Event:
         c = self._cfg
+        if c.disabled:
+            return self._error(line, 421, _NOT_AVAILABLE)
         refusal = self._refusal()
         if refusal is not None:
             return self._error(line, 530, refusal)
@@ -754,6 +765,8 @@ class SmtpServer(LineBuffer):
             address, params = parse_mail_from(arg, c.strict_parsing)
         except PathSyntaxError as e:
             return self._error(line, e.code, e.text)
+        if self._latin1 and not address.isascii():  # 8-bit but not UTF-8
+            return self._error(line, 553, "mailbox name not allowed: invalid character in mailbox name")
         body: str | None = None
         size: int | None = None
         auth: str | None = None
@@ -769,8 +782,8 @@ class SmtpServer(LineBuffer):
             elif key == "BODY":
                 body = _MAIL_BODY.get(value.upper())
             elif key == "AUTH":
-                if not value:
-                    return self._error(line, 501, "invalid AUTH parameter")
+                if not value:  # as upstream: "AUTH=" stores nothing
+                    continue
                 auth = value if value == "<>" else xtext_normalise(value)
             elif key == "SMTPUTF8":  # accepted (and ignored unless offered), as upstream
                 if value:
@@ -799,6 +812,8 @@ class SmtpServer(LineBuffer):
             address, params = parse_rcpt_to(arg, c.strict_parsing)
         except PathSyntaxError as e:
             return self._error(line, e.code, e.text)
+        if self._latin1 and not address.isascii():  # 8-bit but not UTF-8
+            return self._error(line, 550, "invalid character in mailbox name")
         mail = self._mail  # (RCPT parameters are ignored, as upstream)
         if c.smtputf8_strict and not address.isascii() and not (mail is not None and mail.smtputf8):
             return self._error(line, 553, "non-ASCII address requires SMTPUTF8")
@@ -832,16 +847,26 @@ class SmtpServer(LineBuffer):
 
     def _cmd_bdat(self, line: str, arg: str) -> Event | None:
         words = arg.split()
-        if not (
+        valid = (
             1 <= len(words) <= 2
             and words[0].isascii()
             and words[0].isdigit()
             and len(words[0]) <= 15
             and (len(words) == 1 or words[1].upper() == "LAST")
-        ):
-            if self._phase is Phase.MAIL:  # as upstream: the transaction ends with it
-                self._reset_transaction()
-                self._phase = Phase.IDLE
+            and (len(words) == 2 or int(words[0]) > 0)  # (an empty chunk must be the last, as upstream)
+        )
+        if not valid:
+            # as upstream: the sequence is checked first, then the recipients, then the argument;
+            # a bad argument ends any transaction and leaves MAIL, VRFY and AUTH out of sequence
+            # until RSET, HELO or EHLO
+            if self._phase is not Phase.MAIL:
+                if self._phase is Phase.IDLE:
+                    self._phase = Phase.STUCK
+                return self._error(line, 503, _OUT_OF_SEQUENCE)
+            if self._rcpt_ok == 0:
+                return self._end_without_recipients(line)
+            self._reset_transaction()
+            self._phase = Phase.STUCK
             return self._error(line, 501, "invalid argument")
         self._bdat_remaining = self._bdat_size = int(words[0])
         self._bdat_last = len(words) == 2

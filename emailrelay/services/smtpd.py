@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
+import re
 import socket
 import ssl
 import time
@@ -51,6 +52,12 @@ from .listeners import format_address, is_local_address, not_local_reason
 from .security import ServerSecurity
 
 _BODY_TO_CONTENT = {"7BIT": "7bit", "8BITMIME": "8bit", "BINARYMIME": "binarymime"}
+
+
+def received_date(when: float | None = None) -> str:
+    """The ``Received:`` line's date as E-MailRelay 2.6b writes it: RFC 5322, local time, the day
+    of the month without a leading zero (``Mon, 7 Dec 2026 04:42:51 +0000``)."""
+    return re.sub(r"^(\w{3}, )0", r"\1", email.utils.formatdate(when, localtime=True))
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,7 @@ class SmtpSession(LineSession):
         self.trusted_keyword: str | None = None
         self._sasl: SaslServer | None = None
         self._slot: int | None = None
+        self._disabled = False  # connected while the admin's "smtp disable" held
         self._auth_failures = 0
         self.helo = ""
         self.extended = False
@@ -243,10 +251,13 @@ class SmtpSession(LineSession):
             over = self._slot is None
         else:
             over = bool(limit and len(svc.sessions) >= limit)
-        if not svc.enabled or over:
+        if over:  # (--max-connections is ours: a session over the limit ends at once)
             self._send_now(b"421 service not available\r\n")
             transport.close()
             return
+        # the admin's "smtp disable", as E-MailRelay 2.6b: the greeting is 421 and the session goes
+        # on, but its MAIL commands get 421 (even after "smtp enable"); other sessions are unaffected
+        self._disabled = not svc.enabled
         svc.sessions.add(self)
         svc.stats["started"] += 1
         self._network("start")
@@ -349,6 +360,8 @@ class SmtpSession(LineSession):
     def _session_config(self) -> sp.ServerConfig:
         """The protocol configuration for this client: mechanisms, AUTH and TLS requirements."""
         base = self.service.options.server_config
+        if self._disabled:
+            base = replace(base, disabled=True)
         security = self.service.options.security
         if security is None:
             return base
@@ -856,13 +869,10 @@ class SmtpSession(LineSession):
 
     # ---- helpers -------------------------------------------------------------------
     def _received_line(self) -> bytes:
-        with_ = (
-            ("ESMTP" if self.extended else "SMTP")
-            + ("S" if self.encrypted else "")
-            + ("A" if self.proto.authenticated else "")
-        )
+        # E-MailRelay 2.6b's: "ESMTP" after HELO too
+        with_ = "ESMTP" + ("S" if self.encrypted else "") + ("A" if self.proto.authenticated else "")
         helo = self.helo or "unknown"
-        date = email.utils.formatdate(localtime=True)
+        date = received_date()
         line = f"Received: from {helo} ([{self.peer.host}]) by {self.service.options.server_config.domain} with {with_} ; {date}\r\n"
         return line.encode("utf-8", "replace")
 

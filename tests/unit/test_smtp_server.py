@@ -6,6 +6,7 @@ byte by byte -- and the three runs must give identical events and replies.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -539,7 +540,25 @@ CASES: list[Case] = [
         ["250 ", "250 sender <j\u00f6rg@b> OK"],
     ),
     Case(
-        "latin-1 address bytes", [E + b"MAIL FROM:<j\xf6rg@b>\r\n"], ["250 ", "250 sender <j\u00f6rg@b> OK"]
+        "latin-1 address bytes (refused, as upstream)",
+        [E + b"MAIL FROM:<j\xf6rg@b>\r\nMAIL FROM:<a@b>\r\nRCPT TO:<j\xf6rg@b>\r\n"],
+        [
+            "250 ",
+            "553 mailbox name not allowed: invalid character in mailbox name",
+            "250 ",
+            "550 invalid character in mailbox name",
+        ],
+    ),
+    Case(
+        "spaces and tabs around the verb (upstream)",
+        [E + b" NOOP\r\n\tNOOP x\r\nMAIL\t FROM:<a@b>\r\n"],
+        ["250 ", "250 noop", "250 noop", "250 sender <a@b> OK"],
+    ),
+    Case(
+        "smtp disable: MAIL gets 421, the session goes on (upstream)",
+        [E + M + R + b"NOOP\r\n"],
+        ["250 ", "421 service not available", SEQ, "250 noop"],
+        config={"disabled": True},
     ),
     Case("strict allows space after colon", [E + b"MAIL FROM: <a@b>\r\n"], ["250 ", "250 sender <a@b> OK"]),
     Case("strict rejects space before colon", [E + b"MAIL FROM : <a@b>\r\n"], ["250 ", "553 "]),
@@ -688,9 +707,16 @@ CASES: list[Case] = [
         messages=[b""],
     ),
     Case(
-        "bdat 0",
-        [E + M + R + b"BDAT 0\r\nBDAT 1 last\r\nx"],
-        [*OK_TXN, "250 0 bytes received", "250 message processed"],
+        "bdat 0 must be the last (upstream)",
+        [E + M + R + b"BDAT 0\r\nBDAT 1 last\r\nxNOOP\r\n"],
+        [*OK_TXN, "501 invalid argument", SEQ, "250 noop"],
+        config={"chunking": True},
+        check=no_event(DataEnd),
+    ),
+    Case(
+        "bdat 0 last",
+        [E + M + R + b"BDAT 1\r\nxBDAT 0 LAST\r\n"],
+        [*OK_TXN, "250 1 bytes received", "250 message processed"],
         config={"chunking": True},
         messages=[b"x"],
     ),
@@ -727,9 +753,31 @@ CASES: list[Case] = [
         check=no_event(DataEnd),
     ),
     Case(
-        "bdat bad syntax",
-        [E + M + R + b"BDAT x\r\nBDAT 1 FIRST\r\nBDAT\r\n"],
-        [*OK_TXN, "501 ", "501 ", "501 "],
+        "bdat bad syntax: the sequence is checked first (upstream)",
+        [
+            E
+            + M
+            + R
+            + b"BDAT x\r\nBDAT 1 FIRST\r\nBDAT\r\n"
+            + M
+            + b"VRFY a\r\nNOOP\r\nRSET\r\n"
+            + M
+            + b"BDAT -1\r\n"
+            + M
+        ],
+        [
+            *OK_TXN,
+            "501 ",
+            SEQ,
+            SEQ,
+            SEQ,
+            SEQ,
+            "250 noop",
+            "250 state reset",
+            "250 ",
+            "554 no valid recipients",
+            "250 ",
+        ],
         config={"chunking": True},
     ),
     Case(
@@ -1189,3 +1237,11 @@ def test_event_line_is_the_clients_text() -> None:
 def test_dataclass_replace_works() -> None:
     # events are plain frozen dataclasses
     assert replace(Noop("NOOP"), line="noop") == Noop("noop")
+
+
+def test_received_date_day_has_no_leading_zero() -> None:
+    """As E-MailRelay 2.6b writes the ``Received:`` line's date: ``Mon, 7 Dec 2026 ...``."""
+    from emailrelay.services.smtpd import received_date
+
+    date = received_date(1796644800.0)  # 2026-12-07 12:00 UTC: the 7th or 8th in any zone
+    assert re.fullmatch(r"(Mon|Tue), [78] Dec 2026 \d\d:\d\d:\d\d [+-]\d{4}", date), date
