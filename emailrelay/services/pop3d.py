@@ -421,8 +421,12 @@ class PopSession(LineSession):
             return self._pam_auth(pam, self._sasl, step)
         self._sasl = None
         if isinstance(step, Success):
-            return self._login(step)
+            return self._login(step, by_auth=True)
         assert isinstance(step, Failure)
+        if step.identity:  # upstream's words, as the SMTP server logs them
+            return self._login_failed(
+                step.identity, mechanism, step.reason, logged=f"using {step.describe()}"
+            )
         return self._login_failed(step.identity, mechanism, step.reason)
 
     async def _pam_auth(self, pam: PamSecrets, sasl: SaslServer, step: CheckPassword) -> None:
@@ -454,9 +458,11 @@ class PopSession(LineSession):
             self.log.warning("too many authentication failures: disconnecting")
         self.proto.login_failed(close=disconnect)
 
-    async def _login(self, success: Success) -> None:
+    async def _login(self, success: Success, by_auth: bool = False) -> None:
         user = success.identity
         self.log.info(f"successful authentication of remote client using {success.describe()}")
+        if by_auth:  # E-MailRelay 2.6b logs this after AUTH only (not USER/PASS, not APOP)
+            self.log.info(f"pop authentication of {user} connected from {self.peer}")
         sec = self.service.security
         if sec is not None:
             sec.guard.success(self.host)
