@@ -239,6 +239,7 @@ def build_arbiter(
 ) -> Any:
     from circus.arbiter import Arbiter
     from circus.sockets import CircusSocket
+    from tornado import gen
 
     class HeldSocket(CircusSocket):
         """A socket the front end bound already; circus only holds it and passes it on."""
@@ -280,7 +281,22 @@ def build_arbiter(
         logger.propagate = False
         logger.setLevel(logging.DEBUG if logmod.get().enabled_for(logmod.DEBUG) else logging.WARNING)
     run_dir = rundir.of(configurations[0].config)
-    return Arbiter(
+
+    class Supervisor(Arbiter):  # type: ignore[misc]
+        """circus's arbiter, except that the start of the watchers that ``start()`` asks for is left
+        to :func:`run`'s first callback, after the switch to ``--user`` and the pid file (so the pid
+        file does not wait for a spawn, and no role is spawned by the main thread as root)."""
+
+        held = True
+
+        @gen.coroutine
+        def start_watchers(self, watcher_iter_func: Any = None) -> Any:
+            if self.held:
+                self.held = False
+                return
+            yield super().start_watchers(watcher_iter_func=watcher_iter_func)
+
+    return Supervisor(
         watchers,
         rundir.ipc(run_dir, rundir.CIRCUS_CONTROL),
         rundir.ipc(run_dir, rundir.CIRCUS_PUBSUB),
@@ -349,7 +365,7 @@ def run(
     # (the run directories are made already: prepare_run_dirs, before detaching)
     channel_sockets = _channels(configurations, gid)
     supervisor_channel.preload()  # what the supervisor imports after becoming --user
-    import circus.exc  # noqa: F401  (for _when_free, once --user)
+    import circus.exc  # (for _when_free and serve, once --user)
 
     arbiter: Any = None
     failed: list[str] = []
@@ -376,6 +392,10 @@ def run(
                 return
         for channel in channels:
             await channel.start()
+        try:
+            arbiter.start_watchers()  # held back by Supervisor until now (circus ignores the result too)
+        except circus.exc.ConflictError:
+            pass  # a stop signalled before this callback ran is under way: nothing to start
 
     arbiter.loop.add_callback(serve)
     try:
