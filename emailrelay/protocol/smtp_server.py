@@ -718,7 +718,12 @@ class SmtpServer(LineBuffer):
         text = line
         if self._cfg.strict_parsing:
             # as E-MailRelay 2.6b: spaces and tabs before the verb, and between it and its argument
-            verb, arg = _VERB_RE.match(text).groups()  # type: ignore[union-attr]
+            # (but HELO, EHLO and VRFY take what follows the first space: "EHLO<tab>h" names nobody)
+            m = _VERB_RE.match(text)
+            assert m is not None  # (it matches any text)
+            verb, arg = m.groups()
+            if verb.upper() in ("HELO", "EHLO", "VRFY"):
+                arg = text.lstrip(" \t").partition(" ")[2]
         else:
             parts = text.strip().split(None, 1)
             verb = parts[0] if parts else ""
@@ -741,7 +746,8 @@ class SmtpServer(LineBuffer):
     # --------------------------------------------------------------- commands
 
     def _hello(self, line: str, arg: str, extended: bool) -> Event:
-        words = arg.split()
+        words = arg.split(" ") if self._cfg.strict_parsing else arg.split()
+        words = [w for w in words if w]
         if not words:
             return self._error(line, 501, "parameter required")
         if _has_controls(words[0]):
@@ -787,7 +793,7 @@ class SmtpServer(LineBuffer):
                 auth = value if value == "<>" else xtext_normalise(value)
             elif key == "SMTPUTF8":  # accepted (and ignored unless offered), as upstream
                 if value:
-                    return self._error(line, 501, "invalid SMTPUTF8 parameter")
+                    return self._error(line, 553, "mailbox name not allowed: invalid mail-from parameter")
                 smtputf8 = c.smtputf8
         if c.smtputf8_strict and not smtputf8 and not address.isascii():
             return self._error(line, 553, "non-ASCII address requires SMTPUTF8")
@@ -915,8 +921,8 @@ class SmtpServer(LineBuffer):
         if not self._cfg.vrfy:
             self._send(252, "cannot vrfy")
             return None
-        address = arg.strip()
-        if address.startswith("<") and address.endswith(">"):
+        address = arg.strip(" ") if self._cfg.strict_parsing else arg.strip()
+        if address.startswith("<") and address.endswith(">") and address != "<>":  # ("<>" as it is: upstream)
             address = address[1:-1].strip()
         if not address or _has_controls(address):
             return self._error(line, 550, "invalid mailbox")

@@ -262,11 +262,15 @@ EDGES = [
     ["EHLO h", "MAIL FROM:<a@b>\t", "MAIL FROM:<a@b>>", "MAIL FROM:<j\udcf6rg@b>", "MAIL FROM:<a>",
      "RCPT TO:<j\udcf6rg@b>", "RCPT TO:<c@d> AUTH=", "DATA", "x\r\n.", "MAIL FROM:<a3@b> AUTH=",
      "RCPT TO:<c@d>", "DATA", "x\r\n.", "QUIT"],
+    ["EHLO\th", "HELO\th", "EHLO  h  extra", "VRFY\tx", "VRFY \t x", "VRFY <>", "VRFY a b",
+     "MAIL FROM:<a@b> SMTPUTF8=x", "MAIL FROM:<a@b> SMTPUTF8=", "RCPT\tTO:<c@d>", "RSET\tx", "QUIT\tx"],
 ]  # fmt: skip
 
 
 def test_command_line_edges_as_upstream(tmp_path: Path) -> None:
-    """Spaces and tabs before the verb and between it and its argument; any word after the path
+    """Spaces and tabs before the verb and between it and its argument (but HELO, EHLO and VRFY
+    take what follows the first space: ``EHLO<tab>h`` gets ``501 parameter required``, ``VRFY
+    <tab>x`` ``550 invalid mailbox``, ``VRFY <>`` is ``<>``); any word after the path
     taken as a parameter (AUTH= values xtext-encoded as stored, an empty one ignored); only a space
     or the end after ``>`` (``invalid angle brackets``); an address in 8-bit bytes that are not
     UTF-8 refused as an invalid character."""
@@ -282,6 +286,10 @@ def test_command_line_edges_as_upstream(tmp_path: Path) -> None:
     assert replies.count("550 invalid angle brackets") == 3
     assert "553 mailbox name not allowed: invalid character in mailbox name" in replies
     assert "550 invalid character in mailbox name" in replies
+    assert got["ours"][0][2][1:3] == ["501 parameter required"] * 2
+    assert got["ours"][0][2][6:9] == ["252 cannot verify but will accept: <>",
+                                      "252 cannot verify but will accept: a b",
+                                      "553 mailbox name not allowed: invalid mail-from parameter"]  # fmt: skip
     # the log but for two things upstream's omits (decisions.md, "Logged command lines"): it cuts a
     # logged command line at its first tab (ours escapes the tab, "\\x09", and logs the rest) and
     # writes bytes that are not UTF-8 as they came (ours as their latin-1 reading, in UTF-8)

@@ -555,6 +555,18 @@ CASES: list[Case] = [
         ["250 ", "250 noop", "250 noop", "250 sender <a@b> OK"],
     ),
     Case(
+        "helo and vrfy take what follows the first space (upstream)",
+        [b"EHLO\th\r\nHELO\th\r\nHELO  h\r\nVRFY\tx\r\nVRFY \t x\r\nMAIL FROM:<a@b> SMTPUTF8=x\r\n"],
+        [
+            "501 parameter required",
+            "501 parameter required",
+            "250 hello",
+            "550 invalid mailbox",
+            "550 invalid mailbox",
+            "553 mailbox name not allowed: invalid mail-from parameter",
+        ],
+    ),
+    Case(
         "smtp disable: MAIL gets 421, the session goes on (upstream)",
         [E + M + R + b"NOOP\r\n"],
         ["250 ", "421 service not available", SEQ, "250 noop"],
