@@ -331,6 +331,7 @@ def from_values(values: Values, *, name: str = "") -> Config:
     c.server_tls_certificates = _raw_list(values, "server-tls-certificate")
     c.client_tls_certificates = _raw_list(values, "client-tls-certificate")
     c.notify_polling = values.get("notify") == "poll"
-    if c.forward_to is None and (c.forward or c.forward_on_disconnect or c.poll is not None or c.immediate):
+    # (parsing refuses both in upstream's words first)
+    if c.forward_to is None and (c.forward or c.forward_on_disconnect):
         raise UsageError("forwarding needs --forward-to (or --as-client / --as-proxy)")
     return c.frozen()

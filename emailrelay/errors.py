@@ -3,7 +3,8 @@
 Each error carries the process exit code it maps to (SPEC.md §1: 1 for usage
 and configuration errors, 2 when a listening socket cannot be bound), so the
 front end can turn any ``EmailRelayError`` into a one-line
-``emailrelay: error: <message>`` and ``sys.exit(err.exit_code)``.
+``emailrelay: error: <message>`` (``usage error:`` for an ``OptionUsageError``,
+as E-MailRelay 2.6b words them) and ``sys.exit(err.exit_code)``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ class EmailRelayError(Exception):
     """Base class of all errors the relay reports to its operator."""
 
     exit_code: int = 1
+    label: str = "error"  # the word after the program's name on stderr
+    hint: bool = False  # whether a line pointing at --help --verbose follows
 
 
 class UsageError(EmailRelayError):
@@ -26,9 +29,23 @@ class OptionError(UsageError):
     reported, as upstream does, one line per problem in sorted order, then a line pointing at
     ``--help --verbose``."""
 
+    hint = True
+
     def __init__(self, *problems: str) -> None:
         self.problems = sorted(set(problems))
         super().__init__("\n".join(self.problems))
+
+
+class OptionUsageError(UsageError):
+    """Options that are readable but not usable as given (``--pop`` without ``--pop-auth``, ``--port``
+    with ``--as-client``, too many arguments): reported, as upstream does, as ``usage error: <text>``,
+    with the ``--help --verbose`` line only when ``hint`` is set."""
+
+    label = "usage error"
+
+    def __init__(self, text: str, *, hint: bool = False) -> None:
+        self.hint = hint
+        super().__init__(text)
 
 
 class ConfigError(EmailRelayError):

@@ -26,6 +26,7 @@ from ..services import daemon, listeners, sd_notify, security
 from . import preflight, watchers
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
 from .tools import SUBCOMMANDS
+from .usage_rules import SYSLOG_FACILITIES
 
 
 def log_config(values: dict[str, Value]) -> logmod.LogConfig:
@@ -52,19 +53,12 @@ def log_config(values: dict[str, Value]) -> logmod.LogConfig:
     )
 
 
-#: ``--syslog=<facility>`` names (upstream's list); the default is ``mail``.
-SYSLOG_FACILITIES = ("user", "daemon", "mail", "cron", *(f"local{n}" for n in range(8)))
-
-
 def _syslog_facility(value: Value | None) -> int:
+    """``--syslog=<facility>`` (one of upstream's names, which parsing checked); the default is ``mail``."""
     import syslog
 
-    if not isinstance(value, str):
+    if not isinstance(value, str) or value not in SYSLOG_FACILITIES:
         return syslog.LOG_MAIL
-    if value.lower() not in SYSLOG_FACILITIES:
-        raise UsageError(
-            f"--syslog: invalid facility '{value}' (expected one of {', '.join(SYSLOG_FACILITIES)})"
-        )
     return int(getattr(syslog, "LOG_" + value.upper()))
 
 
@@ -135,14 +129,17 @@ OPTION_HINT = '            try "emailrelay --help --verbose" for more informatio
 def report_startup_error(log: logmod.Log, exc: EmailRelayError) -> None:
     """An error that stops the program: in the log in its usual form (a ``--log-file`` gets it, with
     ``--log-time`` its timestamp: SPEC.md §2), and on stderr as upstream prints it,
-    ``emailrelay: error: <text>``, whatever ``--log-file`` and ``--close-stderr`` say."""
+    ``emailrelay: error: <text>``, whatever ``--log-file`` and ``--close-stderr`` say. A usage error
+    (found while reading the options, before there is a log) is only on stderr, as upstream's
+    ``emailrelay: usage error: <text>``; either may be followed by upstream's ``try`` line."""
     problems = exc.problems if isinstance(exc, OptionError) else [str(exc)]
-    for problem in problems:
-        log.error(problem)
-    if log.config.log_file or not log.config.stderr:
+    if exc.label == "error":
         for problem in problems:
-            print(f"emailrelay: error: {problem}", file=sys.stderr, flush=True)
-    if isinstance(exc, OptionError):
+            log.error(problem)
+    if exc.label != "error" or log.config.log_file or not log.config.stderr:
+        for problem in problems:
+            print(f"emailrelay: {exc.label}: {problem}", file=sys.stderr, flush=True)
+    if exc.hint:
         print(OPTION_HINT, file=sys.stderr, flush=True)
 
 

@@ -27,17 +27,21 @@ What it guarantees:
 * Values are strings as typed (after ``@app`` substitution); flags are
   ``True``; repeatable options are lists; an optional-value option given
   without a value is ``True``. Defaults are NOT filled in: use ``Parsed.get``.
-* Duplicates: a non-repeatable option given twice in the same source (the
-  command line, or the config file) with the same value is accepted once;
-  with different values it is an error (on the command line in upstream's
-  words, ``duplicate use of "-p"``, as typed the second time). Between the two sources the command
-  line wins, option by option (for a repeatable option the command line's
-  list replaces the file's).
+* Duplicates, as E-MailRelay 2.6b: the config file's options come after the
+  command line's, as if typed there. A non-repeatable option given twice
+  (anywhere) with the same value is accepted once; with different values
+  (``--syslog`` and ``--syslog=mail`` differ) it is an error in upstream's
+  words, ``duplicate use of "-p"``, as typed the second time (a config-file
+  line as ``--name``); ``--pid-file`` given more than once takes the first,
+  with upstream's warning. A repeatable option's values accumulate, the
+  command line's first.
 * Errors: ``UsageError`` for the command line (``OptionError``, in
   upstream's words and all of them at once, for unknown options, missing
-  values and duplicates), ``ConfigError``
-  with path and line for the config file. Conflict rules (``EXCLUSIVE``, ``REQUIRES``,
-  ``MAX_COUNT``) are checked per configuration, except with --help/--version.
+  values and duplicates; ``OptionUsageError`` for more than one non-option
+  argument, after the config file was read), ``ConfigError`` with path and
+  line for the config file. Upstream's rules for options that cannot be used
+  together (``usage_rules``) are checked per configuration, except with
+  --help/--version.
 * The ``--as-*`` shorthands are not expanded here; ``expand_shorthands`` does
   that for the caller.
 """
@@ -51,8 +55,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emailrelay.cli import usage_rules
 from emailrelay.cli.options import BY_NAME, BY_SHORT, Option
-from emailrelay.errors import ConfigError, OptionError, UsageError
+from emailrelay.errors import ConfigError, OptionError, OptionUsageError, UsageError
 
 Value = str | bool | list[str]
 
@@ -66,25 +71,11 @@ def app_dir() -> str:
     return str(Path(sys.argv[0]).resolve().parent) if sys.argv and sys.argv[0] else os.getcwd()
 
 
+#: Options that E-MailRelay 2.6b takes more than once, using the first value, with a warning.
+FIRST_WINS: frozenset[str] = frozenset({"pid-file"})
+
 #: The option whose prefixed form declares a named configuration.
 DECLARING_OPTION = "spool-dir"
-
-#: Pairs of options that cannot be used together (in one configuration).
-EXCLUSIVE: tuple[tuple[str, str], ...] = (
-    ("as-client", "as-proxy"),
-    ("as-client", "as-server"),
-    ("as-proxy", "as-server"),
-    ("forward-to-all", "forward-to-some"),
-)
-
-#: (option, needed): the first is useless without the second.
-REQUIRES: tuple[tuple[str, str], ...] = (
-    ("server-tls", "server-tls-certificate"),
-    ("server-tls-connection", "server-tls-certificate"),
-)
-
-#: Repeatable options with an upper limit on their number of uses.
-MAX_COUNT: dict[str, int] = {"client-tls-certificate": 2, "server-tls-certificate": 2}
 
 #: What each --as-* shorthand stands for; a value also sets --forward-to.
 SHORTHANDS: dict[str, tuple[str, ...]] = {
@@ -106,15 +97,12 @@ MSG_BAD_NUMBER_LIST = "{opt}: invalid list of numbers '{value}'"
 MSG_BAD_ASSIGNMENTS = "{opt}: invalid value '{value}' (expected <name>=<number>,...)"
 MSG_BAD_CHOICE = "{opt}: invalid value '{value}' (expected {choices})"
 MSG_EMPTY_ADDRESS = "{opt}: empty address"
-MSG_TWICE = "{opt} given twice with different values"  # in a config file
-MSG_DUPLICATE = 'duplicate use of "{opt}"'  # on the command line: upstream's words
-MSG_TOO_MANY = "{opt} given more than {count} times"
-MSG_EXCLUSIVE = "{opt} cannot be used with {other}"
-MSG_REQUIRES = "{opt} requires {other}"
+MSG_DUPLICATE = 'duplicate use of "{opt}"'  # upstream's words
 MSG_SHORTHAND_CONFLICT = "{opt} conflicts with {other}"
-MSG_EXTRA_ARGUMENT = "unexpected argument '{arg}' (the config file must be the last argument)"
+MSG_EXTRA_ARGUMENT = "too many non-option arguments"  # upstream's words (a "usage error")
 MSG_CANNOT_READ = "cannot read config file: {reason}"
 MSG_IGNORED = "ignoring {opt}: process-wide options apply only to the first configuration ('{first}')"
+MSG_FIRST_WINS = "more than one --{name}: using the first"  # upstream's warning
 MSG_UNDECLARED_HINT = " (no '--{prefix}-spool-dir' declares a configuration '{prefix}')"
 
 _NUMBER = re.compile(r"[0-9]+")
@@ -155,6 +143,7 @@ class _Setting:
     written: str  # the name as written, with any prefix, without dashes
     display: str  # for messages: "--name" on the command line, "option 'name'" in a file
     line: int = 0  # config-file line number; 0 for the command line
+    raw: str | None = None  # the value as written (config file), None for none
 
 
 class _Invalid(Exception):
@@ -234,16 +223,30 @@ def _convert(option: Option, value: str | None, opt: str, app_dir: str) -> str |
 # the command line
 
 
-def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], str | None]:
-    """Split argv into (written name, raw value or None, as typed) and the config file."""
+class _Uses:
+    """The values given so far for each option, as E-MailRelay 2.6b compares them: a second use of
+    a non-repeatable option with another value (none counts as ``""``) is a problem; flags are never
+    duplicates."""
+
+    def __init__(self) -> None:
+        self.given: dict[str, str] = {}  # option (as written, prefix included) -> the value given first
+        self.problems: list[str] = []  # every one is reported, as upstream does
+
+    def add(self, written: str, option: Option, value: str | None, display: str) -> None:
+        if option.metavar is None or option.repeatable or option.name in FIRST_WINS:
+            return
+        if self.given.setdefault(written, value or "") != (value or ""):
+            self.problems.append(MSG_DUPLICATE.format(opt=display))
+
+
+def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], list[str], _Uses]:
+    """Split argv into (written name, raw value or None, as typed), the non-option arguments and the
+    uses seen (raises OptionError for what cannot be read)."""
     items: list[tuple[str, str | None, str]] = []
     positional: list[str] = []
-    problems: list[str] = []  # every one is reported, as upstream does
-    given: dict[str, str] = {}  # option (as written, prefix included) -> the value given first
-
-    def once(written: str, option: Option, value: str | None, display: str) -> None:
-        if value is not None and not option.repeatable and given.setdefault(written, value) != value:
-            problems.append(MSG_DUPLICATE.format(opt=display))
+    uses = _Uses()
+    problems = uses.problems
+    once = uses.add
 
     i = 0
     while i < len(argv):
@@ -293,9 +296,7 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], str |
             break
     if problems:
         raise OptionError(*problems)
-    if len(positional) > 1:
-        raise UsageError(MSG_EXTRA_ARGUMENT.format(arg=positional[1]))
-    return items, (positional[0] if positional else None)
+    return items, positional, uses
 
 
 # ---------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def _config_settings(path: str, app_dir: str, prefixes: Iterable[str]) -> tuple[
             converted = _convert(option, value, display, app_dir)
         except _Invalid as e:
             raise ConfigError(str(e), path=path, line=number) from None
-        settings.append(_Setting(prefix, option, converted, name, display, number))
+        settings.append(_Setting(prefix, option, converted, name, display, number, value))
     return settings, declared
 
 
@@ -364,56 +365,44 @@ def parse_config_file(
 # putting it together
 
 
-def _collect(
-    settings: list[_Setting], first: str, warnings: list[str], path: str | None
-) -> dict[tuple[str, str], Value]:
-    """Settings of one source (path None: the command line) keyed by (configuration, option name).
-
-    Checks duplicates and MAX_COUNT; collects warnings for ignored options.
-    """
-    singles: dict[tuple[str, str], str | bool] = {}
-    lists: dict[tuple[str, str], list[str]] = {}
+def _collect(settings: list[_Setting], first: str, warnings: list[str]) -> dict[tuple[str, str], Value]:
+    """Settings (the command line's, then the config file's) keyed by (configuration, option name):
+    a repeatable option's values accumulate in that order. Collects warnings for ignored options."""
+    merged: dict[tuple[str, str], Value] = {}
     for s in settings:
         if s.option.process and s.prefix and s.prefix != first:
             warnings.append(MSG_IGNORED.format(opt=s.display, first=first))
             continue
         key = (s.prefix or first, s.option.name)
-        problem = None
         if s.option.repeatable:
-            lists.setdefault(key, []).append(str(s.value))
-            limit = MAX_COUNT.get(s.option.name)
-            if limit is not None and len(lists[key]) > limit:
-                problem = MSG_TOO_MANY.format(opt=s.display, count=limit)
-        elif key in singles and singles[key] != s.value:
-            problem = MSG_TWICE.format(opt=s.display)
-        else:
-            singles[key] = s.value
-        if problem is not None:
-            raise UsageError(problem) if path is None else ConfigError(problem, path=path, line=s.line)
-    return {**singles, **lists}
-
-
-def _check_rules(values: Mapping[str, Value], prefix: str) -> None:
-    def opt(name: str) -> str:
-        return f"--{prefix}-{name}" if prefix else f"--{name}"
-
-    for a, b in EXCLUSIVE:
-        if a in values and b in values:
-            raise UsageError(MSG_EXCLUSIVE.format(opt=opt(a), other=opt(b)))
-    for a, b in REQUIRES:
-        if a in values and b not in values:
-            raise UsageError(MSG_REQUIRES.format(opt=opt(a), other=opt(b)))
+            values = merged.setdefault(key, [])
+            assert isinstance(values, list)
+            values.append(str(s.value))
+        elif key in merged and s.option.name in FIRST_WINS:
+            warning = MSG_FIRST_WINS.format(name=s.option.name)
+            if warning not in warnings:
+                warnings.append(warning)
+        elif merged.setdefault(key, s.value) != s.value:  # eg. --port and the first configuration's --in-port
+            raise OptionError(MSG_DUPLICATE.format(opt="--" + s.option.name))
+    return merged
 
 
 def parse_command_line(argv: list[str], *, app_dir: str) -> Parsed:
     """Parse the arguments after the program name, reading the config file if one is given."""
-    items, config_file = _tokenize(argv)
+    items, positional, uses = _tokenize(argv)
+    config_file = positional[0] if positional else None
     cmd_prefixes = _declared(written for written, _, _ in items)
 
     file_settings: list[_Setting] = []
     file_prefixes: list[str] = []
     if config_file is not None:
         file_settings, file_prefixes = _config_settings(config_file, app_dir, cmd_prefixes)
+        for s in file_settings:  # as if typed after the command line's options, as upstream reads it
+            uses.add(s.written, s.option, s.raw, "--" + s.option.name)
+        if uses.problems:
+            raise OptionError(*uses.problems)
+    if len(positional) > 1:  # reported once the first is read, as upstream does
+        raise OptionUsageError(MSG_EXTRA_ARGUMENT, hint=True)
     prefixes = [*file_prefixes, *(p for p in cmd_prefixes if p not in file_prefixes)]
 
     cmd_settings: list[_Setting] = []
@@ -430,17 +419,16 @@ def parse_command_line(argv: list[str], *, app_dir: str) -> Parsed:
 
     first = prefixes[0] if prefixes else ""
     warnings: list[str] = []
-    merged = _collect(file_settings, first, warnings, config_file)
-    merged.update(_collect(cmd_settings, first, warnings, None))
+    merged = _collect([*cmd_settings, *file_settings], first, warnings)
 
     configs: dict[str, dict[str, Value]] = {p: {} for p in (prefixes or [""])}
     for (config, name), value in merged.items():
         configs[config][name] = value
-    values = dict(configs[first])
-    if not (values.get("help") or values.get("version")):
-        for prefix, config_values in configs.items():
-            _check_rules(config_values, prefix)
-    return Parsed(values=values, config_file=config_file, configs=configs, warnings=warnings)
+    parsed = Parsed(values=dict(configs[first]), config_file=config_file, configs=configs, warnings=warnings)
+    if not (parsed.values.get("help") or parsed.values.get("version")):
+        for name in configs:
+            usage_rules.check(configuration_values(parsed, name))
+    return parsed
 
 
 def expand_shorthands(values: Mapping[str, Value]) -> dict[str, Value]:

@@ -9,9 +9,11 @@ result is committed with the same durability protocol.
 
 Guarantees: exit 0 and (with ``--verbose``) the path of each new message's
 content file on stdout, as upstream prints it (:func:`shown_path`), only
-once the message is committed; exit 1 with a one-line
-``emailrelay-submit: error: ...`` on bad input (no recipient, CR/LF or NUL
-in an address, unreadable input, unwritable spool) and nothing left behind.
+once the message is committed; a message without any recipient is written
+with none (``ToCount: 0``), as E-MailRelay 2.6b writes it. Exit 1 with a
+one-line ``emailrelay-submit: <text>`` in upstream's words (no ``error:``)
+on bad input (a missing spool directory, an empty address or one with a
+control character, unreadable input, unwritable spool) and nothing left behind.
 Content lines end in CRLF; a message with headers only gets the empty line
 that ends the headers (as upstream writes it).
 """
@@ -39,7 +41,8 @@ from ..spool.names import State
 from ..spool.store import SpoolStore
 
 PROGRAM = "emailrelay-submit"
-_BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 class SubmitError(Exception):
@@ -131,9 +134,12 @@ def canonical_lines(data: bytes) -> bytes:
     return text.replace(b"\n", b"\r\n")
 
 
-def _check_address(address: str) -> str:
-    if _BAD_ADDRESS.search(address) or not address.isprintable():
-        raise SubmitError(f"invalid address: {address!r}")
+def _check_address(address: str, role: str = "recipient") -> str:
+    """An address as E-MailRelay 2.6b takes it: anything but empty or with a control character
+    (spaces, angle brackets and non-ASCII letters pass); its message shows the address escaped."""
+    if not address or _CONTROL.search(address):
+        shown = _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), address)
+        raise SubmitError(f"invalid {role} address: [{shown}]")
     return address
 
 
@@ -230,8 +236,8 @@ def read_content(args: argparse.Namespace) -> bytes:
     if args.input_file:
         try:
             parts.append(Path(args.input_file).read_bytes())
-        except OSError as exc:
-            raise SubmitError(f"cannot read {args.input_file}: {exc.strerror}") from None
+        except OSError:
+            raise SubmitError(f"cannot open input file [{args.input_file}]") from None
     elif not args.no_stdin and args.content is None:
         parts.append(sys.stdin.buffer.read())
     return canonical_lines(b"".join(parts))
@@ -249,18 +255,20 @@ def shown_path(spool_dir: str, name: str) -> str:
 def submit(args: argparse.Namespace) -> list[str]:
     """Store the message(s); what to print for each: its content file's path as upstream shows it
     (``--verbose``), else its name (``--filename``)."""
+    store = SpoolStore(args.spool_dir, group=_file_group(args.spool_dir))
+    if not store.directory.is_dir():  # first, as upstream checks it
+        reason = "not a directory" if store.directory.exists() else "no such file or directory"
+        raise SubmitError(f"invalid spool directory: {args.spool_dir}: {reason}")
     content = read_content(args)
     recipients = [_check_address(r) for r in [*args.to, *args.recipients]]
     from_headers = not recipients
-    if from_headers:
+    if from_headers:  # and none there either: a message without recipients, as upstream writes it
         recipients = [_check_address(a) for a in _header_addresses(content, ("To", "Cc", "Bcc"))]
-    if not recipients:
-        raise SubmitError("no recipients")
     sender = args.from_
     if sender is None:
         found = _header_addresses(content, ("From",))
         sender = found[0] if found else ""
-    sender = _check_address(sender) if sender else ""
+    sender = _check_address(sender, "sender") if sender else ""
     bcc = _header_pairs(content, ("Bcc",)) if args.bcc_split and from_headers else []
     others = [_check_address(a) for a in _header_addresses(content, ("To", "Cc"))] if bcc else []
     content = _add_headers(content, args, sender, recipients)
@@ -268,9 +276,6 @@ def submit(args: argparse.Namespace) -> list[str]:
         messages = _bcc_copies(content, others, [(n, _check_address(a)) for n, a in bcc])
     else:
         messages = [(recipients, content)]
-    store = SpoolStore(args.spool_dir, group=_file_group(args.spool_dir))
-    if not store.directory.is_dir():
-        raise SubmitError(f"invalid spool directory: {args.spool_dir}")
     paths: list[str] = []
     for group, text in messages:
         env = Envelope(
@@ -281,7 +286,7 @@ def submit(args: argparse.Namespace) -> list[str]:
             client="127.0.0.1",
             mail_from_auth_in=args.from_auth_in,
             mail_from_auth_out=args.from_auth_out,
-            utf8_mailbox_names=any(b > 127 for b in text) and any(not a.isascii() for a in [sender, *group]),
+            utf8_mailbox_names=any(not a.isascii() for a in [sender, *group]),  # (as upstream: the content aside)
         )
         try:
             mid = store.store_message(env, text)
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = submit(args)
     except SubmitError as exc:
-        print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
+        print(f"{PROGRAM}: {exc}", file=sys.stderr)
         return 1
     if args.verbose or args.filename:  # the path, or with --filename alone the file's name
         for path in paths:

@@ -259,7 +259,7 @@ def test_as_client_is_log_no_syslog_no_daemon_dont_serve_forward_forward_to(tmp_
             else:
                 opts = [name, hop.address]
             r = subprocess.run(
-                [program(), *opts, "--spool-dir", str(spool), "--user", "root", "--port", str(port)],
+                [program(), *opts, "--spool-dir", str(spool), "--user", "root"],  # (--port: a usage error)
                 capture_output=True, text=True, timeout=40, stdin=subprocess.DEVNULL, check=False,
             )  # fmt: skip
             # it forwarded in the foreground, and then terminated by itself with status 0
@@ -725,7 +725,7 @@ def test_delivery_dir(tmp_path: Path) -> None:
 
 def test_dnsbl_is_configured_and_local_clients_are_not_looked_up(tmp_path: Path) -> None:
     with dns_server({"1.0.0.127.block.test": {"A": ["127.0.0.2"]}}) as dns:
-        with relay(tmp_path, "--dnsbl", f"block.test,1,500,127.0.0.1:{dns.port}") as r:
+        with relay(tmp_path, "--remote-clients", "--dnsbl", f"block.test,1,500,127.0.0.1:{dns.port}") as r:
             send(r.port)
             assert len(committed(r.spool)) == 1
         assert dns.queries == []

@@ -838,9 +838,10 @@ def _join_repeated(words: list[str], options: tuple[str, ...]) -> list[str]:
 
 
 def test_advanced_setup_as_typed_with_pam(work: Path) -> None:
-    """As typed, ``pam:`` included: it starts, and POP by name authenticates through PAM (a tmp PAM
-    configuration through ``EMAILRELAY_PAM_CONFDIR``, our testing aid; the guide's ``pam_unix.so``
-    needs real accounts)."""
+    """As typed it is refused, as E-MailRelay 2.6b refuses it (``--in-dnsbl`` without
+    ``--in-remote-clients``: a usage error); with ``--in-remote-clients`` added, ``pam:`` included, it
+    starts, and POP by name authenticates through PAM (a tmp PAM configuration through
+    ``EMAILRELAY_PAM_CONFDIR``, our testing aid; the guide's ``pam_unix.so`` needs real accounts)."""
     app = work / "app"
     app.mkdir()
     for sub in ("in", "out", "other", "in/alice"):
@@ -850,6 +851,9 @@ def test_advanced_setup_as_typed_with_pam(work: Path) -> None:
     ports = {p: free_port() for p in (25, 110, 587, 588)}
     argv = advanced_argv(app, ports=ports, hop="127.0.0.1:1", spamd="127.0.0.1:1", pop_auth="pam:")
     env = {"EMAILRELAY_PAM_CONFDIR": str(confdir)}
+    typed = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=work, stdin=subprocess.DEVNULL)
+    assert (typed.returncode, typed.stderr) == (1, "emailrelay: usage error: --dnsbl requires --remote-clients or -r\n")
+    argv.append("--in-remote-clients")
     with daemon(argv, app / "emailrelay.pid", *ports.values(), cwd=work, env=env):
         pop = poplib.POP3("127.0.0.1", ports[110], timeout=30)
         pop.user("alice")
@@ -880,6 +884,7 @@ def test_advanced_setup_three_in_one(work: Path) -> None:
         argv = advanced_argv(
             app, ports=ports, hop=hop.address, spamd=spamd.address, pop_auth=str(pop_auth), join_filters=True
         )
+        argv.append("--in-remote-clients")  # --in-dnsbl needs it (upstream's usage error; the previous test)
         pid_file = app / "emailrelay.pid"
         with daemon(argv, pid_file, *ports.values(), cwd=work):
             # in: internet-facing, account: verifier, spam-edit, deliver: into the user's mailbox

@@ -29,9 +29,11 @@ MODES = [["--no-daemon"], ["--as-server"], ["--no-daemon", "--single-process"]]
 
 
 def _relay_in_namespace(setup: str, spool: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    """``setup`` (shell, with $SPOOL) then ``emailrelay`` in a private mount namespace."""
+    """``setup`` (shell, with $SPOOL) then ``emailrelay`` in a private mount namespace (no ``--port``
+    with ``--as-client``: a usage error, as upstream's)."""
+    serving = [] if "--as-client" in options else ["--port", str(free_port())]
     args = [
-        program(), *options, "--port", str(free_port()), "--interface", "127.0.0.1",
+        program(), *options, *serving, "--interface", "127.0.0.1",
         "--spool-dir", str(spool), "--log", "--no-syslog", "--pid-file", str(spool.parent / "pid"), "--user", "root",
     ]  # fmt: skip
     script = f'{setup}\nexec "$@"'
