@@ -67,6 +67,7 @@ from emailrelay.protocol.content_encoding import BdatEncoder, DataEncoder
 
 MAX_REPLY_LINE = 4096  # octets excluding the line end
 MAX_REPLY_LINES = 256  # lines in one multi-line reply
+BDAT_CHUNK = 1_000_000  # octets per BDAT command, E-MailRelay 2.6b's
 
 __all__ = [
     "MAX_REPLY_LINE",
@@ -343,7 +344,8 @@ class _Txn:
     """One message: the envelope and what the server said about it so far."""
 
     __slots__ = (
-        "accepted", "awaiting", "binary", "done", "encoder", "fail_reply", "mail_reply", "rejected", "use_bdat",
+        "accepted", "awaiting", "binary", "done", "encoder", "fail_reply", "mail_reply", "pending", "rejected",
+        "use_bdat",
     )  # fmt: skip
 
     def __init__(self, use_bdat: bool, binary: bool, awaiting: int) -> None:
@@ -356,6 +358,7 @@ class _Txn:
         self.done = False  # outcome reported: later replies for it are discarded
         self.encoder: DataEncoder | BdatEncoder | None = None
         self.fail_reply: Reply | None = None  # failed for its recipients: the first refusal
+        self.pending = bytearray()  # BDAT: content not yet framed (chunks of BDAT_CHUNK octets)
 
 
 class _Expect:
@@ -427,9 +430,9 @@ class SmtpClient:
 
     @property
     def chunking_active(self) -> bool:
-        """BDAT is used: CHUNKING offered and enabled, and PIPELINING active
-        (so BDAT frames can be streamed without waiting for each reply)."""
-        return self._config.chunking and self._caps.chunking and self.pipelining_active
+        """BINARYMIME content can go (by BDAT): CHUNKING and BINARYMIME offered, chunking enabled.
+        Other content goes by DATA, as E-MailRelay 2.6b sends it."""
+        return self._config.chunking and self._caps.chunking and self._caps.binarymime
 
     @property
     def awaiting_reply(self) -> bool:
@@ -548,29 +551,26 @@ class SmtpClient:
 
         caps = self._caps
         config = self._config
-        if smtputf8 and not caps.smtputf8 and config.smtputf8_strict:
-            self._policy_failure("server does not support SMTPUTF8")
+        # E-MailRelay 2.6b's policy and words: a message that needs SMTPUTF8 or BINARYMIME fails
+        # when the server lacks it (strict or not); 8-bit content fails only with eightbitstrict
+        if smtputf8 and not caps.smtputf8:
+            self._policy_failure("cannot send utf8 message to non-smtputf8 server")
             return
-        chunking = self.chunking_active
-        binary = False
         body_param: str | None = None
         if body_type == "BINARYMIME":
-            if chunking and caps.binarymime:
-                binary = True
-                body_param = "BINARYMIME"
-            elif config.binarymime_strict:
-                self._policy_failure("server does not support BINARYMIME with CHUNKING")
+            if not self.chunking_active:
+                self._policy_failure("cannot send binarymime message to a non-chunking server")
                 return
-            else:
-                body_type = "8BITMIME"  # sent with canonical line ends
-        if body_type == "8BITMIME":
+            body_param = "BINARYMIME"
+        elif body_type == "8BITMIME":
             if caps.eightbitmime:
                 body_param = "8BITMIME"
             elif config.eightbit_strict:
-                self._policy_failure("server does not support 8BITMIME")
+                self._policy_failure("cannot send 8-bit message to 7-bit server")
                 return
         elif body_type == "7BIT" and caps.eightbitmime:
             body_param = "7BIT"
+        chunking = body_param == "BINARYMIME"  # BDAT only for BINARYMIME content, as upstream
 
         command = f"MAIL FROM:<{mail_from}>"
         if size is not None and caps.size is not None:
@@ -582,7 +582,7 @@ class SmtpClient:
         if auth is not None and caps.auth and config.send_auth_param:
             command += f" AUTH={auth}"
 
-        txn = _Txn(use_bdat=chunking, binary=binary, awaiting=1 + len(recipients))
+        txn = _Txn(use_bdat=chunking, binary=chunking, awaiting=1 + len(recipients))
         self._txn = txn
         self._state = State.ENVELOPE
         self._queue_rset()
@@ -598,11 +598,11 @@ class SmtpClient:
         assert txn is not None and txn.encoder is not None
         encoder = txn.encoder
         if isinstance(encoder, BdatEncoder):
-            frame = encoder.feed(chunk)
-            if frame:
-                self._out.append(frame)
-                self._expect.append(_Expect("bdat", txn))
-                self._tx(f"BDAT {encoder.last_size}")
+            pending = txn.pending
+            pending += chunk
+            while len(pending) > BDAT_CHUNK:  # (the last chunk, even a full one, carries LAST)
+                self._bdat(encoder.feed(bytes(pending[:BDAT_CHUNK])), txn, last=False)
+                del pending[:BDAT_CHUNK]
         else:
             data = encoder.feed(chunk)
             if data:
@@ -616,14 +616,21 @@ class SmtpClient:
         encoder = txn.encoder
         self._state = State.FINAL
         if isinstance(encoder, BdatEncoder):
-            self._out.append(encoder.finish())
-            self._expect.append(_Expect("bdat_last", txn))
-            self._tx(f"BDAT {encoder.last_size} LAST")
+            self._bdat(encoder.feed(bytes(txn.pending), last=True), txn, last=True)
+            txn.pending.clear()
         else:
             self._out.append(encoder.finish())
             self._expect.append(_Expect("dot", txn))
             self._tx(f"[{encoder.lines} line(s) of content]")
             self._tx(".")
+
+    def _bdat(self, frame: bytes, txn: _Txn, *, last: bool) -> None:
+        """One BDAT command and its chunk, in one write; traced as E-MailRelay 2.6b does:
+        ``"BDAT 58 LAST" [58 bytes]``."""
+        self._out.append(frame)
+        self._expect.append(_Expect("bdat_last" if last else "bdat", txn))
+        size = txn.encoder.last_size if txn.encoder is not None else 0
+        self._tx(f'"BDAT {size}{" LAST" if last else ""}" [{size} bytes]')
 
     def quit(self) -> None:
         """Send QUIT, dropping a pending RSET and abandoning a message whose

@@ -764,6 +764,13 @@ class ForwardService:
         content: bytes | None,
         size: int,
     ) -> sc.MessageSent | sc.MessageFailed:
+        caps = conn.client.capabilities
+        if env.content_type == "8bit" and not caps.eightbitmime and not self.client_config.eightbit_strict:
+            if not conn.eightbit_warned:  # upstream's, once per connection (strict: the message fails)
+                self.log.warning(
+                    "sending an eight-bit message to a server that has not advertised the 8BITMIME extension"
+                )
+            conn.eightbit_warned = True
         conn.send_envelope(  # no SIZE=, as E-MailRelay 2.6b (which never sends it, SIZE offered or not)
             env.from_address,
             recipients,
@@ -802,10 +809,10 @@ class ForwardService:
         return value
 
     async def _send_content(self, conn: SmtpConnection, claim: Claim, content: bytes | None) -> None:
-        if content is not None:
-            if content:
-                await conn.send_content(content)
-        else:  # over IN_MEMORY_LIMIT: streamed, each read in the executor
+        if content:
+            await conn.send_content(content, last=True)  # content and its end in one write
+            return
+        if content is None:  # over IN_MEMORY_LIMIT: streamed, each read in the executor
             with await self._in_thread(claim.open_content, undo=_close_file) as f:
                 while chunk := await self._in_thread(f.read, READ_CHUNK):
                     await conn.send_content(chunk)
@@ -851,8 +858,9 @@ class ForwardService:
         rejected`` with the code of the RSET that followed.  Final unless back-off is on and the
         refusal was a 4xx."""
         reply = event.reply
-        if reply is None:  # a policy failure before anything was sent
-            return await self._fail(claim, event.reason, None)
+        if reply is None:  # a policy failure before anything was sent: upstream's words and order
+            self.log.warning(f"smtp client protocol: failed: {event.reason}")
+            return await self._fail(claim, event.reason, None, warn=False)
         if event.stage == "rcpt":
             reason, code = event.reason, (event.rset.code if event.rset is not None else None)
             # --forward-to-all: nothing was sent, so every recipient stays (ours: upstream keeps only

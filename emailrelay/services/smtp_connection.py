@@ -162,6 +162,7 @@ class SmtpConnection:
         self.peer = hop  # the address connected to, once connected
         self.helo_fixed = bool(config.helo_name)
         self.replies = 0  # events received: none since a point means nothing came back
+        self.eightbit_warned = False  # the forwarder's 8BITMIME warning: once per connection, as upstream
 
     @property
     def usable(self) -> bool:
@@ -417,7 +418,7 @@ class SmtpConnection:
                 text = text.replace("\\", "\\\\")  # upstream doubles a backslash (control bytes: the log)
                 self.log.verbose(
                     f'{direction}{">>" if direction == "tx" else "<<"}: "{text}"'
-                    if not text.startswith("[")
+                    if not text.startswith(("[", '"'))  # (a BDAT's trace is quoted already)
                     else f"{direction}>>: {text}"
                 )
         if data and self.transport is not None and not self.transport.is_closing():
@@ -440,8 +441,12 @@ class SmtpConnection:
             self.replies += 1  # the next hop answered something
         return event
 
-    async def send_content(self, chunk: bytes) -> None:
+    async def send_content(self, chunk: bytes, *, last: bool = False) -> None:
+        """A chunk of the content; ``last``: the whole (rest of the) content, ended in the same
+        write (DATA's final dot or the last BDAT): one system call for a small message."""
         self.client.send_content(chunk)
+        if last:
+            self.client.end_content()
         self._collect()
         if self.protocol is not None:
             await self.protocol.drain()

@@ -120,6 +120,63 @@ def test_helo_after_a_refused_ehlo(tmp_path: Path) -> None:
     assert run.commands[:3] == ["EHLO 127.0.0.1", "HELO 127.0.0.1", "MAIL FROM:<a@example.com>"]
 
 
+def _binarymime(size: int = 0) -> Callable[[Path], None]:
+    """Every message BINARYMIME; with ``size``, its content that many octets (bare LFs, a NUL)."""
+
+    def prep(spool: Path) -> None:
+        _envelope_edit(b"Content: 7bit", b"Content: binarymime")(spool)
+        if size:
+            body = (b"x" * 69 + b"\n" + b"\x00") * (size // 71)
+            for path in spool.glob("*.content"):
+                path.write_bytes(b"Subject: big\r\n\r\n" + body)
+
+    return prep
+
+
+@pytest.mark.parametrize(
+    ("offered", "args", "prep", "outcome"),
+    [
+        (("CHUNKING", "BINARYMIME", "8BITMIME"), (), _binarymime(), "bdat"),
+        (("CHUNKING", "BINARYMIME", "8BITMIME"), (), _binarymime(2_300_000), "bdat"),
+        (("PIPELINING", "CHUNKING", "BINARYMIME"), ("--client-smtp-config=pipelining",), _binarymime(), "bdat"),
+        (("PIPELINING", "CHUNKING", "8BITMIME"), ("--client-smtp-config=pipelining",), None, "data"),
+        (("CHUNKING", "8BITMIME"), (), _binarymime(), "failed"),
+        (("8BITMIME",), (), _binarymime(), "failed"),
+        (("PIPELINING",), (), _envelope_edit(b"Content: 7bit", b"Content: 8bit"), "data"),
+        (("PIPELINING",), ("-c", "eightbitstrict"), _envelope_edit(b"Content: 7bit", b"Content: 8bit"), "failed"),
+        (("8BITMIME",), (), _envelope_edit(b"Utf8MailboxNames: 0", b"Utf8MailboxNames: 1"), "failed"),
+    ],
+    ids=[
+        "binarymime-bdat", "binarymime-chunks", "binarymime-pipelined", "7bit-with-chunking-by-data",
+        "binarymime-no-binarymime", "binarymime-no-chunking", "8bit-no-8bitmime", "8bit-strict", "utf8-no-smtputf8",
+    ],
+)  # fmt: skip
+def test_body_types_and_extensions(
+    tmp_path: Path,
+    offered: tuple[str, ...],
+    args: tuple[str, ...],
+    prep: Callable[[Path], None] | None,
+    outcome: str,
+) -> None:
+    """BDAT only for BINARYMIME content (``BDAT <n> [LAST]`` chunks of a million octets, traced
+    ``"BDAT <n> LAST" [<n> bytes]``), which fails without CHUNKING and BINARYMIME; 8-bit content
+    to a next hop without 8BITMIME is sent with a warning (fails with ``eightbitstrict``); a
+    message that needs SMTPUTF8 fails without it: the same dialogue, log, spool and messages."""
+    _, make = _hops(extensions=offered)
+    runs = _both(tmp_path, make, [[B], [C]], *args, prep=prep)
+    for each in runs.values():  # (a chunk's reply may come before or after the next chunk is sent)
+        each.log = [line for line in each.log if "octets received" not in line]
+    run = _same(runs)
+    assert run.rc == 0 and len(run.messages) == (0 if outcome == "failed" else 2)
+    assert any(c.startswith("BDAT") for c in run.commands) == (outcome == "bdat")
+    if outcome == "failed":
+        assert sum(name.endswith(".envelope.bad") for name in run.spool) == 2
+        assert any(
+            line.startswith("emailrelay: warning: smtp client protocol: failed: cannot send")
+            for line in run.log
+        )
+
+
 # ---- the client filter's place ---------------------------------------------------------------------
 
 

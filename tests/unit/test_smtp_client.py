@@ -229,7 +229,7 @@ def test_ehlo_rejected_falls_back_to_helo() -> None:
             b"220 old server\r\n",
             b"502 command not implemented\r\n",
             b"250 hello\r\n",
-            envelope(size=100, body="8BITMIME", smtputf8=True, auth="alice"),
+            envelope(size=100, body="8BITMIME", auth="alice"),
             b"250 ok\r\n",
             b"250 ok\r\n",
         ]
@@ -275,9 +275,7 @@ def test_greeting_rejected() -> None:
         (EHLO_PLAIN, {"body": "7BIT"}, b"MAIL FROM:<a@example.com>"),
         (EHLO_PLAIN, {"body": "8BITMIME"}, b"MAIL FROM:<a@example.com>"),
         (EHLO_FULL, {"body": "BINARYMIME"}, b"MAIL FROM:<a@example.com> BODY=BINARYMIME"),
-        (EHLO_PIPE, {"body": "BINARYMIME"}, b"MAIL FROM:<a@example.com> BODY=8BITMIME"),
         (EHLO_FULL, {"smtputf8": True}, b"MAIL FROM:<a@example.com> SMTPUTF8"),
-        (EHLO_PIPE, {"smtputf8": True}, b"MAIL FROM:<a@example.com>"),
         (EHLO_FULL, {"auth": "alice+2B"}, b"MAIL FROM:<a@example.com> AUTH=alice+2B"),
         (EHLO_FULL, {"auth": "<>"}, b"MAIL FROM:<a@example.com> AUTH=<>"),
         (EHLO_PIPE, {"auth": "alice"}, b"MAIL FROM:<a@example.com>"),
@@ -306,20 +304,39 @@ def test_empty_sender() -> None:
 @pytest.mark.parametrize(
     ("ehlo", "kwargs", "config", "reason"),
     [
-        (EHLO_PIPE, {"smtputf8": True}, {"smtputf8_strict": True}, "server does not support SMTPUTF8"),
-        (EHLO_PLAIN, {"body": "8BITMIME"}, {"eightbit_strict": True}, "server does not support 8BITMIME"),
+        # E-MailRelay 2.6b's policy and words: SMTPUTF8 and BINARYMIME fail without the extension,
+        # strict or not; 8-bit content only with eightbitstrict
+        (EHLO_PIPE, {"smtputf8": True}, {}, "cannot send utf8 message to non-smtputf8 server"),
+        (
+            EHLO_PIPE,
+            {"smtputf8": True},
+            {"smtputf8_strict": True},
+            "cannot send utf8 message to non-smtputf8 server",
+        ),
+        (
+            EHLO_PLAIN,
+            {"body": "8BITMIME"},
+            {"eightbit_strict": True},
+            "cannot send 8-bit message to 7-bit server",
+        ),
+        (EHLO_PIPE, {"body": "BINARYMIME"}, {}, "cannot send binarymime message to a non-chunking server"),
         (
             EHLO_PIPE,
             {"body": "BINARYMIME"},
             {"binarymime_strict": True},
-            "server does not support BINARYMIME with CHUNKING",
+            "cannot send binarymime message to a non-chunking server",
         ),
-        (EHLO_PLAIN, {"body": "BINARYMIME"}, {"eightbit_strict": True}, "server does not support 8BITMIME"),
+        (
+            b"250-sink.example\r\n250-CHUNKING\r\n250 8BITMIME\r\n",  # CHUNKING without BINARYMIME
+            {"body": "BINARYMIME"},
+            {},
+            "cannot send binarymime message to a non-chunking server",
+        ),
         (
             EHLO_FULL,
             {"body": "BINARYMIME"},
-            {"binarymime_strict": True, "chunking": False},
-            "server does not support BINARYMIME with CHUNKING",
+            {"chunking": False},
+            "cannot send binarymime message to a non-chunking server",
         ),
     ],
 )
@@ -333,19 +350,9 @@ def test_strict_policy_failures(ehlo: bytes, kwargs: dict, config: dict, reason:
     assert res.client.data_to_send().startswith(b"MAIL FROM:<a@x>")
 
 
-def test_binarymime_fallback_sends_canonical_data() -> None:
-    res = run(
-        [
-            b"220 hi\r\n",
-            EHLO_PIPE,
-            envelope(body="BINARYMIME"),
-            b"250 ok\r\n250 ok\r\n",
-            b"354 go\r\n",
-            content(b"\x00\xff\rx\n"),
-        ]
-    )
-    assert res.writes[2].startswith(b"MAIL FROM:<a@example.com> BODY=8BITMIME\r\n")
-    assert res.writes[-1] == b"\x00\xff\r\nx\r\n.\r\n"
+def test_eight_bit_content_without_8bitmime_goes_without_body() -> None:
+    res = run([b"220 hi\r\n", EHLO_PLAIN, envelope(body="8BITMIME"), b"250 ok\r\n", b"250 ok\r\n"])
+    assert res.writes[2:] == [b"MAIL FROM:<a@example.com>\r\n", b"RCPT TO:<b@example.net>\r\n", b"DATA\r\n"]
 
 
 @pytest.mark.parametrize("bad", ["a\r\n@x", "a\n", "a\x00"])
@@ -601,27 +608,48 @@ def test_content_before_ready_is_usage_error() -> None:
 # --------------------------------------------------------------------------- BDAT
 
 
-def bdat_script(*replies: bytes, **env: object) -> list[Step]:
+def bdat_script(*replies: bytes, chunks: tuple[bytes, ...] = (b"Subject: x\n\n", b".body\r\n")) -> list[Step]:
     return [
         b"220 hi\r\n",
         EHLO_FULL,
-        envelope(**env),
+        envelope(body="BINARYMIME"),
         b"250 ok\r\n250 ok\r\n",
-        content(b"Subject: x\n\n", b".body\r\n"),
+        content(*chunks),
         *replies,
     ]
 
 
 def test_bdat_conversation() -> None:
-    res = run_all_ways(bdat_script(b"250 c1\r\n250 c2\r\n250 all done\r\n"))
+    """BINARYMIME content goes raw, in one ``BDAT <n> LAST`` up to BDAT_CHUNK octets, as upstream's."""
+    res = run_all_ways(bdat_script(b"250 all done\r\n"))
     assert res.events[2:] == [
         RecipientsResult(["b@example.net"], []),
         ReadyForContent(),
         MessageSent(reply(250, "all done"), ["b@example.net"], []),
     ]
-    assert res.writes[4] == b"BDAT 14\r\nSubject: x\r\n\r\nBDAT 7\r\n.body\r\nBDAT 0 LAST\r\n"
-    assert ("tx", "BDAT 14") in res.trace and ("tx", "BDAT 0 LAST") in res.trace
+    assert res.writes[4] == b"BDAT 19 LAST\r\nSubject: x\n\n.body\r\n"
+    assert ("tx", '"BDAT 19 LAST" [19 bytes]') in res.trace
     assert res.client.state is State.READY
+
+
+def test_bdat_chunks_of_a_million_octets() -> None:
+    big = bytes(range(256)) * 4000  # 1 024 000 octets
+    res = run(bdat_script(b"250 c1\r\n250 all done\r\n", chunks=(big[:300_000], big[300_000:], b"tail")))
+    assert res.sent.count(b"BDAT ") == 2
+    assert (
+        b"BDAT 1000000\r\n" + big[:1_000_000] + b"BDAT 24004 LAST\r\n" + big[1_000_000:] + b"tail" in res.sent
+    )
+    assert [t for d, t in res.trace if t.startswith('"BDAT')] == [
+        '"BDAT 1000000" [1000000 bytes]',
+        '"BDAT 24004 LAST" [24004 bytes]',
+    ]
+    assert isinstance(res.events[-1], MessageSent)
+
+
+def test_seven_and_eight_bit_content_go_by_data_when_chunking_is_offered() -> None:
+    for body in ("7BIT", "8BITMIME", None):
+        res = run([b"220 hi\r\n", EHLO_FULL, envelope(body=body), b"250 ok\r\n250 ok\r\n"])
+        assert res.writes[-1] == b"DATA\r\n", body
 
 
 def test_bdat_binarymime_is_raw() -> None:
@@ -635,20 +663,30 @@ def test_bdat_binarymime_is_raw() -> None:
         ]
     )
     assert res.writes[2].startswith(b"MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n")
-    assert res.writes[-1] == b"BDAT 4\r\na\nb\rBDAT 2\r\n.\x00BDAT 0 LAST\r\n"
+    assert res.writes[-1] == b"BDAT 6 LAST\r\na\nb\r.\x00"
 
 
-def test_bdat_not_used_without_pipelining_or_when_disabled() -> None:
-    for config in ({"pipelining": False}, {"chunking": False}):
-        res = run([b"220 hi\r\n", EHLO_FULL, envelope(), b"250 ok\r\n", b"250 ok\r\n"], **config)  # type: ignore[arg-type]
-        assert res.writes[-1] == b"DATA\r\n"
+def test_bdat_without_pipelining_waits_for_mail_and_rcpt_replies() -> None:
+    res = run(
+        [b"220 hi\r\n", EHLO_FULL, envelope(body="BINARYMIME"), b"250 ok\r\n", b"250 ok\r\n", content(b"x")],
+        pipelining=False,
+    )
+    assert [w for w in res.writes[2:] if w] == [
+        b"MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n",
+        b"RCPT TO:<b@example.net>\r\n",
+        b"BDAT 1 LAST\r\nx",
+    ]
 
 
 @pytest.mark.parametrize("code", [452, 552])
 def test_bdat_chunk_rejected(code: int) -> None:
+    big = b"x" * 1_000_001
     res = run_all_ways(
         bdat_script(
-            b"%d too big\r\n503 no\r\n503 no\r\n" % code, envelope(), b"250 reset\r\n250 ok\r\n250 ok\r\n"
+            b"%d too big\r\n503 no\r\n" % code,
+            envelope(body="BINARYMIME"),
+            b"250 reset\r\n250 ok\r\n250 ok\r\n",
+            chunks=(big,),
         )
     )
     failed = res.of(MessageFailed)
@@ -663,9 +701,9 @@ def test_bdat_failure_while_content_still_streaming() -> None:
         [
             b"220 hi\r\n",
             EHLO_FULL,
-            envelope(),
+            envelope(body="BINARYMIME"),
             b"250 ok\r\n250 ok\r\n",
-            lambda c: c.send_content(b"a\r\n"),
+            lambda c: c.send_content(b"a" * 1_000_001),
             b"552 full\r\n",
         ]
     )
@@ -679,7 +717,7 @@ def test_bdat_failure_while_content_still_streaming() -> None:
 
 
 def test_bdat_last_rejected() -> None:
-    res = run_all_ways(bdat_script(b"250 c1\r\n250 c2\r\n554 spam\r\n"))
+    res = run_all_ways(bdat_script(b"554 spam\r\n"))
     assert res.events[-1] == MessageFailed(reply(554, "spam"), "content", [], "message rejected: 554 spam")
 
 
