@@ -179,12 +179,12 @@ def _bind(config: Config) -> list[listeners.Bound]:
     single_shot = config.as_client or config.dont_serve
     specs = watchers.listen_specs(config)  # the same sockets a circus.ini names
     bound = listeners.bind_all(specs) if specs else []
-    for b in bound:
-        log.info(f"{b.spec.service} server on {b.display}")
-    if config.immediate and not single_shot:  # upstream's start-up warning, word for word
+    if config.immediate and not single_shot:  # upstream's start-up warning, word for word, first
         log.warning(
             "using --immediate can result in client timeout errors: try --forward-on-disconnect instead"
         )
+    for b in bound:
+        log.info(f"{b.spec.service} server on {b.display}")
     if config.forward_to and not single_shot:  # (--as-client and -x say it once there is mail)
         log.verbose(f"forwarding to {config.forward_to}")  # upstream: a verbose line
     return bound

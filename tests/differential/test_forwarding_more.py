@@ -361,3 +361,16 @@ def test_stderr_closing_warning(tmp_path: Path, args: tuple[str, ...], named: st
         else []
     )
     assert first["ours"] == expected
+
+
+def test_immediate_start_up_lines(tmp_path: Path) -> None:
+    """``--immediate``: upstream's warning comes first, before the ``server on`` lines."""
+    base = daemon_base(tmp_path)
+    lines: dict[str, list[str]] = {}
+    for side in SIDES:
+        with start(side, base, "--immediate", "--forward-to", "127.0.0.1:9", name=side) as daemon:
+            assert wait_until(lambda d=daemon: "forwarding to" in d.log(), 10), daemon.log()
+            keep = ("server on", "using --immediate", "forwarding to")
+            lines[side] = [x for x in normalise_log(daemon.log(), daemon) if any(k in x for k in keep)]
+    assert lines["ours"] == lines["upstream"]
+    assert lines["ours"][0].startswith("emailrelay: warning: using --immediate can result in client timeout")
