@@ -146,15 +146,8 @@ def relay(port: int, spool: Path, opts: argparse.Namespace, *extra: str) -> list
     return cm.relay_args(port, spool, *extra, user=opts.user)
 
 
-def oracle_program() -> str:
-    """E-MailRelay 2.6b's ``emailrelay``: ``$EMAILRELAY_ORACLE_BIN`` names its directory (as for the
-    tests and ``.ci/run``) or the program itself; empty when unset."""
-    value = os.environ.get("EMAILRELAY_ORACLE_BIN", "")
-    return str(Path(value) / "emailrelay") if value and Path(value).is_dir() else value
-
-
 def upstream(port: int, spool: Path, *extra: str) -> list[str]:
-    return [oracle_program(), "--no-daemon", "--log", "--no-syslog", "--port", str(port), "--interface", cm.HOST,
+    return [cm.oracle_program(), "--no-daemon", "--log", "--no-syslog", "--port", str(port), "--interface", cm.HOST,
             "--spool-dir", str(spool), *extra]  # fmt: skip
 
 
@@ -205,7 +198,7 @@ def main() -> int:
     ap.add_argument("--user", default="daemon", help="our relay's --user (the production start: daemon)")
     ap.add_argument("--only", default="", help="comma-separated cell names to run (default: all)")
     opts = ap.parse_args()
-    oracle = oracle_program()
+    oracle = cm.oracle_program()
     aiosmtpd_script = str(Path(__file__).with_name("aiosmtpd_store.py"))
     only = set(filter(None, opts.only.split(",")))
 

@@ -46,6 +46,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def oracle_program() -> str:
+    """E-MailRelay 2.6b's ``emailrelay``: ``$EMAILRELAY_ORACLE_BIN`` names its directory (as for the
+    tests and ``.ci/run``) or the program itself; empty when unset."""
+    value = os.environ.get("EMAILRELAY_ORACLE_BIN", "")
+    return str(Path(value) / "emailrelay") if value and Path(value).is_dir() else value
+
+
 # ---- processes ----------------------------------------------------------------------------
 class Child:
     """A process this benchmark started; stopped by pid only."""
