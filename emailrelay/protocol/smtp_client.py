@@ -301,6 +301,8 @@ _STAGE = {
 _TRANSACTION = ("mail", "rcpt", "data", "bdat", "bdat_last", "dot")
 
 _FORBIDDEN_IN_COMMANDS = re.compile(r"[\r\n\x00]")
+_EHLO_UNKNOWN = (500, 501, 502)  # EHLO refusals that mean "say HELO", as E-MailRelay 2.6b takes them
+_INVALID = "invalid response"  # E-MailRelay 2.6b's words for a malformed reply line
 _XTEXT = re.compile(r"<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
 
 
@@ -728,14 +730,14 @@ class SmtpClient:
             self._trace.append(("rx", line.decode("utf-8", "replace")))
         head = line[:3]
         if len(head) < 3 or not head.isdigit() or (len(line) > 3 and line[3:4] not in (b" ", b"-")):
-            self._garbage("invalid reply line")
+            self._garbage(_INVALID)
             return
         code = int(head)
         if not 200 <= code <= 599:
-            self._garbage(f"invalid reply code {code}")
+            self._garbage(_INVALID)
             return
         if self._reply_code is not None and code != self._reply_code:
-            self._garbage("reply code changed within a multi-line reply")
+            self._garbage(_INVALID)  # (the code changed within a multi-line reply)
             return
         self._reply_lines.append(line[4:].decode("utf-8", "replace"))
         if line[3:4] == b"-":
@@ -820,7 +822,7 @@ class SmtpClient:
         if reply.is_positive():
             self._caps = parse_ehlo(reply)
             self._ready()
-        elif reply.is_permanent():
+        elif reply.code in _EHLO_UNKNOWN:  # EHLO not understood: HELO (any other refusal ends it)
             self._queue(f"HELO {self._helo_name}", _Expect("helo"))
         else:
             self._session_failed(reply, "ehlo", f"EHLO rejected: {reply}")
@@ -857,12 +859,10 @@ class SmtpClient:
             self._session_failed(reply, "rset", f"RSET rejected: {reply}")
 
     def _on_rset_fail(self, expect: _Expect, reply: Reply) -> None:
-        """The RSET after a failure for the recipients: now the message's outcome is known."""
+        """The RSET after a failure for the recipients: now the message's outcome is known (also
+        when the RSET is refused: E-MailRelay 2.6b goes on with the next message)."""
         txn = expect.txn
         assert txn is not None and txn.fail_reply is not None
-        if not reply.is_positive():
-            self._session_failed(reply, "rset", f"RSET rejected: {reply}")
-            return
         txn.done = True
         self._txn = None
         self._state = State.READY

@@ -177,6 +177,48 @@ def test_body_types_and_extensions(
         )
 
 
+@pytest.mark.parametrize(
+    "replies",
+    [
+        {"ehlo": "500 5.5.1 no", "helo": "250 ok"},
+        {"ehlo": "501 5.5.1 no", "helo": "250 ok"},
+        {"ehlo": "504 5.5.1 no", "helo": "250 ok"},
+        {"ehlo": "550 5.5.1 no", "helo": "250 ok"},
+        {"rset": "500 no"},
+        {"mail": "250 ok\n"},  # (an empty line after it)
+        {"mail": "abc"},
+        {"mail": "999 x"},
+        {"mail": "250-a\n251 b"},
+    ],
+    ids=[
+        "ehlo-500",
+        "ehlo-501",
+        "ehlo-504",
+        "ehlo-550",
+        "rset-refused",
+        "empty-line",
+        "garbage",
+        "code-999",
+        "code-change",
+    ],
+)
+def test_refusals_and_malformed_replies(tmp_path: Path, replies: dict[str, str]) -> None:
+    """HELO follows only an EHLO refused with 500, 501 or 502 (other refusals end the session); a
+    refused RSET after refused recipients does not end it; a malformed reply is upstream's
+    ``smtp error: invalid response``."""
+    _, make = _hops(extensions=NO_PIPELINING, replies=replies, rcpt_replies={C: "550 5.1.1 no"})
+    run = _same(_both(tmp_path, make, [[B], [C], [B]]))
+    if "rset" in replies:
+        assert run.rc == 0 and len(run.messages) == 2
+        (bad,) = (v for k, v in run.spool.items() if k.endswith(".bad"))
+        assert _reason(bad) == [
+            b"X-MailRelay-Reason: one or more recipients rejected",
+            b"X-MailRelay-ReasonCode: 500",
+        ]
+    elif "mail" in replies:
+        assert run.rc == 1 and run.log[-1] == "emailrelay: error: smtp error: invalid response"
+
+
 # ---- the client filter's place ---------------------------------------------------------------------
 
 

@@ -764,9 +764,26 @@ def test_rset_after_failure_unpipelined() -> None:
     assert len(res.of(MessageFailed)) == 1
 
 
-def test_rset_failure_fails_session() -> None:
+def test_refused_rset_after_refused_recipients_still_fails_only_the_message() -> None:
+    """As E-MailRelay 2.6b: the session goes on (the refusal is the MessageFailed's ``rset``)."""
     res = run_all_ways([b"220 hi\r\n", EHLO_PIPE, envelope(), b"250 ok\r\n550 no\r\n", b"500 what rset\r\n"])
-    assert res.events[-1] == SessionFailed(reply(500, "what rset"), "rset", "RSET rejected: 500 what rset")
+    failed = res.events[-1]
+    assert isinstance(failed, MessageFailed) and failed.stage == "rcpt"
+    assert failed.rset == reply(500, "what rset")
+    assert res.client.state is State.READY and not res.of(SessionFailed)
+
+
+@pytest.mark.parametrize("code", [500, 501, 502])
+def test_ehlo_not_understood_falls_back_to_helo(code: int) -> None:
+    res = run([b"220 hi\r\n", b"%d no\r\n" % code])
+    assert res.writes[-1] == b"HELO client.example\r\n"
+
+
+@pytest.mark.parametrize("code", [503, 504, 550, 554])
+def test_other_ehlo_refusals_fail_the_session(code: int) -> None:
+    res = run([b"220 hi\r\n", b"%d no\r\n" % code])
+    assert res.events[-1] == SessionFailed(reply(code, "no"), "ehlo", f"EHLO rejected: {code} no")
+    assert b"HELO" not in res.sent
 
 
 def test_quit_drops_pending_rset() -> None:
@@ -832,16 +849,16 @@ def test_421_greeting() -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"hello world\r\n", "invalid reply line"),
-        (b"25\r\n", "invalid reply line"),
-        (b"\r\n", "invalid reply line"),
-        (b"2500 x\r\n", "invalid reply line"),
-        (b"250x\r\n", "invalid reply line"),
-        (b"25a ok\r\n", "invalid reply line"),
-        (b"199 x\r\n", "invalid reply code 199"),
-        (b"600 x\r\n", "invalid reply code 600"),
-        (b"099 x\r\n", "invalid reply code 99"),
-        (b"250-a\r\n251 b\r\n", "reply code changed within a multi-line reply"),
+        (b"hello world\r\n", "invalid response"),  # (E-MailRelay 2.6b's words for all these)
+        (b"25\r\n", "invalid response"),
+        (b"\r\n", "invalid response"),
+        (b"2500 x\r\n", "invalid response"),
+        (b"250x\r\n", "invalid response"),
+        (b"25a ok\r\n", "invalid response"),
+        (b"199 x\r\n", "invalid response"),
+        (b"600 x\r\n", "invalid response"),
+        (b"099 x\r\n", "invalid response"),
+        (b"250-a\r\n251 b\r\n", "invalid response"),
         (b"250 " + b"x" * 4093 + b"\r\n", "reply line too long"),
         (b"250 " + b"x" * 5000, "reply line too long"),
         (b"250-x\r\n" * 300, "multi-line reply too long"),
@@ -874,7 +891,7 @@ def test_lf_only_and_code_only_replies_tolerated() -> None:
 
 def test_events_after_failure_stop() -> None:
     res = run([b"garbage\r\n220 hi\r\n"])
-    assert res.events == [SessionFailed(None, "greeting", "invalid reply line")]
+    assert res.events == [SessionFailed(None, "greeting", "invalid response")]
     res.client.receive_data(b"220 hi\r\n")
     res.client.receive_data(b"")
     assert res.client.next_event() is NEED_DATA
