@@ -2,9 +2,9 @@
 
 What it is for: everything the forwarder says to the next-hop server and how
 it reads the answers -- greeting, EHLO (HELO fallback), STARTTLS, the SASL
-exchange hooks, MAIL/RCPT (pipelined when offered), DATA or BDAT, RSET after
-a failure for connection reuse, QUIT -- with no sockets, files, clocks or
-logging.  The service feeds received bytes in (:meth:`SmtpClient.receive_data`,
+exchange hooks, MAIL/RCPT (pipelined when offered and enabled), DATA (BDAT for
+BINARYMIME content), RSET after a failure for connection reuse, QUIT -- with
+no sockets, files, clocks or logging.  The service feeds received bytes in (:meth:`SmtpClient.receive_data`,
 ``b""`` for EOF), takes events out (:meth:`SmtpClient.next_event` until
 ``NEED_DATA``), calls the action methods, and writes
 :meth:`SmtpClient.data_to_send` to the socket.  Timeouts belong to the
@@ -175,11 +175,11 @@ class Capabilities:
 @dataclass(frozen=True)
 class ClientConfig:
     helo_name: str  # EHLO argument (the service computes it)
-    pipelining: bool = True  # use PIPELINING when the server offers it
-    chunking: bool = True  # use BDAT when the server offers CHUNKING (and PIPELINING)
-    smtputf8_strict: bool = False  # fail a message needing SMTPUTF8 when the server lacks it
+    pipelining: bool = True  # use PIPELINING when the server offers it (the forwarder: opt-in)
+    chunking: bool = True  # BINARYMIME content by BDAT when CHUNKING and BINARYMIME are offered
+    smtputf8_strict: bool = False  # (no effect: a message needing SMTPUTF8 fails without it anyway)
     eightbit_strict: bool = False  # fail 8BITMIME content when the server lacks 8BITMIME
-    binarymime_strict: bool = False  # fail BINARYMIME content when it cannot go as BINARYMIME
+    binarymime_strict: bool = False  # (no effect: BINARYMIME content fails without BDAT anyway)
     forward_to_some: bool = False  # False = --forward-to-all
     send_auth_param: bool = True  # False with --anonymous=client: never add AUTH= to MAIL
     defer_transient: bool = False  # back-off: 4xx recipients are deferred, 421 ends the session
