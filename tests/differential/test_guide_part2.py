@@ -27,11 +27,13 @@ from pprint import pformat
 
 import pytest
 
+from tests.differential.test_filters import serve_cases
 from tests.differential.test_forwarding import NO_PIPELINING, _write
 from tests.support.certs import HAVE_OPENSSL, make_certs
 from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.fake_spamd import GTUBE, fake_spamd
-from tests.support.filter_recorder import spool_summary
+from tests.support.filter_recorder import Case, recorder, spool_summary
+from tests.support.line_server import line_server
 from tests.support.oracle import (
     SIDES,
     daemon_base,
@@ -114,6 +116,7 @@ MD5 = (
 )
 TRUSTED_AS_PRINTED = XTEXT + "server none 192.168.0.* localipv4\nserver none fe80::/64 localipv6\n"
 TRUSTED_LOOPBACK = XTEXT + "server none 127.0.0.0/8 localipv4\n"
+UTF8 = XTEXT + "server plain j+C3+BCrgen p+C3+A4sswort\n"
 
 #: (mechanism, user, password) attempts, each in a session of its own followed by a message
 ATTEMPTS = [
@@ -124,6 +127,7 @@ ATTEMPTS = [
     ("PLAIN", "alice", "e+3Dmc2"),  # the xtext form itself is not the password
     ("CRAM-MD5", "alice", "e=mc3"),
     ("PLAIN", "bob", "password123"),  # a client line is not a server account
+    ("PLAIN", "jürgen", "pässwort"),  # UTF-8, compared octet for octet
     ("", "", ""),  # no AUTH at all
 ]
 
@@ -159,8 +163,8 @@ def _auth_session(port: int, mechanism: str, user: str, password: str) -> list[s
 
 @pytest.mark.parametrize(
     "secrets",
-    [XTEXT, BASE64, MD5, TRUSTED_AS_PRINTED, TRUSTED_LOOPBACK],
-    ids=["xtext", "base64", "md5", "trusted-as-printed", "trusted-loopback"],
+    [XTEXT, BASE64, MD5, TRUSTED_AS_PRINTED, TRUSTED_LOOPBACK, UTF8],
+    ids=["xtext", "base64", "md5", "trusted-as-printed", "trusted-loopback", "utf8"],
 )
 def test_guide_secrets_files_for_the_server(tmp_path: Path, secrets: str) -> None:
     """``--server-auth`` with the guide's secrets files: the EHLO AUTH keyword, every AUTH reply, the
@@ -195,8 +199,9 @@ def test_guide_secrets_files_for_the_server(tmp_path: Path, secrets: str) -> Non
          "noauth"),
         (BASE64, ""),
         (MD5, ""),
+        ("plain:Ym9i:cGFzc3dvcmQxMjM=", ""),
     ],
-    ids=["xtext", "no-selector", "use_alice", "noauth", "base64", "md5"],
+    ids=["xtext", "no-selector", "use_alice", "noauth", "base64", "md5", "command-line"],
 )  # fmt: skip
 def test_guide_client_secrets_and_account_selectors(tmp_path: Path, secrets: str, selector: str) -> None:
     """``--client-auth`` with the guide's client lines and ``ClientAccountSelector`` in the envelope:
@@ -204,7 +209,7 @@ def test_guide_client_secrets_and_account_selectors(tmp_path: Path, secrets: str
     got = {}
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
-        path = _readable(base / "client.auth", secrets)
+        auth = secrets if secrets.startswith("plain:") else str(_readable(base / "client.auth", secrets))
         script = auth_script("334 PDEyMzQ1LjY3ODlAZmFrZS50ZXN0Pg==", "235 2.7.0 ok")
         with FakeSmtp(extensions=(*NO_PIPELINING, "AUTH PLAIN LOGIN CRAM-MD5"), auth=script) as hop:
             spool = spool_dir(base / side / "spool")
@@ -213,7 +218,7 @@ def test_guide_client_secrets_and_account_selectors(tmp_path: Path, secrets: str
                 p.write_bytes(p.read_bytes().replace(
                     b"ClientAccountSelector: \r\n", f"ClientAccountSelector: {selector}\r\n".encode()))  # fmt: skip
             done = subprocess.run(
-                [program(side), "--as-client", hop.address, "--spool-dir", str(spool), "--client-auth", str(path)],
+                [program(side), "--as-client", hop.address, "--spool-dir", str(spool), "--client-auth", auth],
                 capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
             )  # fmt: skip
             commands = [
@@ -401,6 +406,18 @@ POP_CASES: dict[str, tuple[str, ...]] = {
     "copy-pop-no-delete": ("--filter", "copy:pop", "--pop-by-name", "--pop-no-delete"),
     "pop-no-delete": ("--pop-no-delete",),
     "deliver": ("--filter", "deliver:", "--address-verifier", "LOCAL", "--pop-by-name"),
+    "delivery": ("--filter", "delivery:", "--address-verifier", "LOCAL", "--pop-by-name"),
+    "deliver-no-local": ("--filter", "deliver:", "--pop-by-name"),
+    "deliver-delivery-dir": (
+        "--filter",
+        "deliver:",
+        "--address-verifier",
+        "LOCAL",
+        "--delivery-dir",
+        "SPOOL/in",
+    ),
+    "deliver-maildir": ("--filter", "deliver:", "--address-verifier", "LOCAL", "--delivery-dir", "SPOOL/md"),
+    "copy-maildir": ("--filter", "copy:", "--pop-by-name"),
 }
 
 
@@ -424,18 +441,24 @@ def _pop_session(port: int, user: str) -> list[bytes]:
 @pytest.mark.parametrize("case", list(POP_CASES))
 def test_pop_mailboxes(tmp_path: Path, case: str) -> None:
     """A message to two users through the filter, then POP as ``alice`` (USER/PASS, STAT, LIST, RETR,
-    DELE, QUIT): the replies and what is left in the spool and its sub-directories."""
+    DELE, QUIT): the replies and what is left in the spool and its sub-directories (among them
+    ``postmaster`` and ``.hidden``, which ``copy:`` leaves alone, and maildirs with ``new``, ``tmp``
+    and ``cur``)."""
     base = daemon_base(tmp_path)
     secrets = _readable(base / "pop.auth", "server plain alice pw\nserver plain bob pw\n")
     verifier = base / "local.sh"
     verifier.write_text('#!/bin/sh\necho "Alice"\necho alice\nexit 0\n')
     verifier.chmod(0o755)
-    args = [str(verifier) if a == "LOCAL" else a for a in POP_CASES[case]]
     got = {}
     for side in SIDES:
         spool = spool_dir(base / side / "spool")
-        for box in ("alice", "bob"):
+        args = [str(verifier) if a == "LOCAL" else a.replace("SPOOL", str(spool)) for a in POP_CASES[case]]
+        for box in ("alice", "bob", "postmaster", ".hidden", "in", "md/alice"):
             spool_dir(spool / box)
+        if case.endswith("maildir"):  # maildir mailboxes: new, tmp and cur
+            for box in ("bob", "md/alice"):
+                for sub in ("new", "tmp", "cur"):
+                    spool_dir(spool / box / sub)
         pop = free_port()
         with start(side, base, "--pop", "--pop-port", str(pop), "--pop-auth", str(secrets), *args) as relay:
             replies = smtp_dialogue(relay.port, ["EHLO c", "MAIL FROM:<a@b.example>", "RCPT TO:<alice@x.example>",
@@ -445,6 +468,16 @@ def test_pop_mailboxes(tmp_path: Path, case: str) -> None:
             time.sleep(0.3)
             left = spool_summary(relay.spool)
         got[side] = (list(map(_greeting, replies)), pop_replies, left)
+    if case == "delivery":  # the POP section's spelling: upstream runs it as a program that is not there
+        assert got["upstream"][0][-2] == "452 rejected" and got["ours"][0][-2] == "250 message processed"
+        return
+    if case.endswith(
+        "maildir"
+    ):  # upstream's maildir file is new/<secs>.<usecs>.<pid>.<host>.<n>, ours cur/<id>:2,
+        for side, form in (("upstream", r"/new/\d+\.\d+\.\d+\.[^/:]+\.\d+:"), ("ours", r"/cur/ID:2,:")):
+            maildir = [x for x in got[side][2] if re.search(form, x)]
+            assert maildir, got[side][2]
+            got[side][2][:] = [re.sub(form, "/MAILDIR:", x) for x in got[side][2]]
     _assert_same(got)
 
 
@@ -681,27 +714,6 @@ def test_poll_forwards_a_new_message_sooner_than_upstream(tmp_path: Path) -> Non
     assert got["ours"] == ("250", 1, 0)
 
 
-def test_envelope_without_content(tmp_path: Path) -> None:
-    """An envelope whose content file is missing: upstream sends an empty message and deletes the
-    envelope; ours fails it to ``.bad`` (docs/decisions.md, foreign ids)."""
-    got = {}
-    for side in SIDES:
-        base = daemon_base(tmp_path if side == "ours" else None)
-        with FakeSmtp(extensions=NO_PIPELINING) as hop:
-            spool = spool_dir(base / side / "spool")
-            _write(spool, [["b@example.net"]], int(time.time()))
-            for p in spool.glob("*.content"):
-                p.unlink()
-            subprocess.run([program(side), "--as-client", hop.address, "--spool-dir", str(spool)],
-                           capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
-            left = sorted(
-                re.sub(r"emailrelay\.\d+\.\d+\.\d+", "ID", p.name) for p in spool.glob("emailrelay.*")
-            )
-            got[side] = ([m.data for m in hop.messages], left)
-    assert got["upstream"] == ([b""], [])
-    assert got["ours"] == ([], ["ID.envelope.bad"])
-
-
 @pytest.mark.parametrize(
     "dnsbl",
     ["spam.example.com,block.example.com,1,500,127.0.0.1:DEAD", "spam.example.com,block.example.com",
@@ -860,3 +872,63 @@ def test_forward_through_a_socks4a_proxy(tmp_path: Path) -> None:
             )
     _assert_same(got)
     assert got["ours"][2] == 1
+
+
+#: a script filter's cases (tests/support/filter_recorder.py): editing the files, and the reason
+#: after so many characters of output
+EDIT = 'sed -i "s/^Subject: edit/Subject: edited/" "$1"; sed -i "s/^X-MailRelay-ForwardTo: /X-MailRelay-ForwardTo: x.example/" "$2"'
+SCRIPT_CASES: dict[str, Case] = {
+    "edit": ("", 0, EDIT),
+    "chatty2k": ("x" * 2000 + "\n<<late 2k>>\n", 1, ""),
+    "chatty10k": ("x" * 10000 + "\n<<late 10k>>\n", 1, ""),
+    "chatty100k": ("x" * 100000 + "\n<<late 100k>>\n", 1, ""),
+}
+
+
+def test_filter_script_edits_and_long_output(tmp_path: Path) -> None:
+    """A ``--filter`` script that edits the content and the envelope (the stored files), and ones
+    whose ``<<reason>>`` comes after 2 000, 10 000 and 100 000 characters of output (the replies)."""
+    got: dict[str, object] = {}
+    for side in SIDES:
+        base = daemon_base(tmp_path if side == "ours" else None)
+        script = recorder(base, SCRIPT_CASES)
+        replies, spool, _ = serve_cases(side, base, SCRIPT_CASES, "--filter", str(script))
+        got[side] = ({case: reply for case, (reply, _) in replies.items()}, spool)
+    assert got["ours"][1] == got["upstream"][1]  # type: ignore[index]
+    # found by this regrade (not a recorded decision): upstream finds no reason after 2 000
+    # characters of output, ours searches the first 64 KiB
+    assert got["upstream"][0] == {  # type: ignore[index]
+        "edit": "250 message processed", "chatty2k": "452 rejected", "chatty10k": "452 rejected",
+        "chatty100k": "452 rejected",
+    }  # fmt: skip
+    assert got["ours"][0] == {  # type: ignore[index]
+        "edit": "250 message processed", "chatty2k": "452 late 2k", "chatty10k": "452 late 10k",
+        "chatty100k": "452 rejected",
+    }  # fmt: skip
+    assert any("Subject: edited" in x for x in got["ours"][1])  # type: ignore[index]
+    assert any("ForwardTo: x.example" in x for x in got["ours"][1])  # type: ignore[index]
+
+
+def test_net_client_filter(tmp_path: Path) -> None:
+    """``--client-filter=net:<address>``: an ``ok`` message is sent, a refused one fails (``.bad``
+    with the reason); what the net: server was asked, the next hop's messages, the spool."""
+    got = {}
+    with line_server(
+        lambda line: (
+            "ok\n" if "emailrelay.4242." in line and line.strip().endswith(".1.content") else "550 no way\n"
+        )
+    ) as (port, requests):
+        for side in SIDES:
+            base = daemon_base(tmp_path if side == "ours" else None)
+            with FakeSmtp(extensions=NO_PIPELINING) as hop:
+                spool = spool_dir(base / side / "spool")
+                _write(spool, [["b@example.net"], ["c@example.net"]], int(time.time()))
+                done = subprocess.run(
+                    [program(side), "--as-client", hop.address, "--spool-dir", str(spool),
+                     "--client-filter", f"net:127.0.0.1:{port}"],
+                    capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+                )  # fmt: skip
+                got[side] = (done.returncode, len(hop.messages), spool_summary(spool),
+                             [re.sub(r"\S*/spool/emailrelay\.\d+\.\d+\.", "SPOOL/ID.", r) for r in requests])  # fmt: skip
+            requests.clear()
+    _assert_same(got)
