@@ -22,9 +22,10 @@ Guarantees:
   including one inside :func:`as_root`.  A thread started inside
   :func:`as_root` would inherit root: start none there.
 - :func:`in_root_thread` does a privileged step (the pid file's rename, a
-  role's spawn) in a thread of its own, so the main thread — the one
+  role's spawn) in another thread, so the main thread — the one
   ``/proc/PID/status`` and ``ps`` report for the process — stays ``--user``
-  from :func:`drop` on.
+  from :func:`drop` on.  Children are forked by a long-lived thread (a
+  short-lived one's end would fire their ``PR_SET_PDEATHSIG``).
 - Filters, verifiers and token commands are started with
   :func:`child_preexec`, which drops real, effective and saved ids to
   ``--user`` for good in the child, whatever the forking thread's ids were.
@@ -39,7 +40,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 _T = TypeVar("_T")
 _lock = threading.RLock()
@@ -168,12 +172,16 @@ def as_root() -> Iterator[None]:
             set_euid(target.uid)
 
 
-def in_root_thread(work: Callable[[], _T]) -> _T:
-    """``work()`` as root (:func:`as_root`) in a short-lived thread of its own, waited for: the
-    calling thread (the main thread, whose ids ``/proc/PID/status`` and ``ps`` show for the process)
-    stays ``--user`` meanwhile.  Without switching, ``work`` runs in the caller."""
+def in_root_thread(work: Callable[[], _T], executor: Executor | None = None) -> _T:
+    """``work()`` as root (:func:`as_root`) in another thread, waited for: the calling thread (the
+    main thread, whose ids ``/proc/PID/status`` and ``ps`` show for the process) stays ``--user``
+    meanwhile.  The thread is a short-lived one of its own, or ``executor``'s: a child forked there
+    gets its ``PR_SET_PDEATHSIG`` when that thread ends, so children are spawned from a long-lived
+    one.  Without switching, ``work`` runs in the caller."""
     if _target is None:
         return work()
+    if executor is not None:  # (its thread is started by submit, here: outside as_root)
+        return executor.submit(_as_root_call, work).result()
     outcome: list[Any] = []
 
     def run() -> None:
@@ -190,6 +198,11 @@ def in_root_thread(work: Callable[[], _T]) -> _T:
     if not ok:
         raise value
     return value  # type: ignore[no-any-return]
+
+
+def _as_root_call(work: Callable[[], _T]) -> _T:
+    with as_root():
+        return work()
 
 
 @contextlib.contextmanager

@@ -212,15 +212,20 @@ def _privileged_watcher(lifecycle: Lifecycle) -> type:
     uid 0) and takes root back only for the fork and exec, in a thread of its own, so a role starts
     as root, imports what it needs (the interpreter may be readable by root only) and drops to
     ``--user`` itself.  The processes it stops are told to ``lifecycle`` (their exits are planned)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import circus.process
     from circus.process import Process
     from circus.watcher import Watcher
 
     circus.process.os = _OsKeepingTheSession()  # the os that circus's spawn (its child's preexec) sees
+    # one thread for every spawn, alive as long as the supervisor: a role's PR_SET_PDEATHSIG (its
+    # orphan guard) fires when the thread that forked it ends, not only when the process does
+    spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
 
     class PrivilegedProcess(Process):  # type: ignore[misc]
-        def spawn(self) -> None:  # in a thread of its own: the supervisor's main thread stays --user
-            identity.in_root_thread(super().spawn)
+        def spawn(self) -> None:  # in the spawner thread: the supervisor's main thread stays --user
+            identity.in_root_thread(super().spawn, spawner)
 
     class PrivilegedWatcher(Watcher):  # type: ignore[misc]
         @property
