@@ -209,7 +209,7 @@ class _OsKeepingTheSession:
 
 def _privileged_watcher(lifecycle: Lifecycle) -> type:
     """A circus Watcher whose processes are spawned as root: the supervisor runs as ``--user`` (real
-    uid 0) and takes root back only for the fork and exec, in a thread of its own, so a role starts
+    uid 0) and takes root back only for the fork and exec, in its spawner thread, so a role starts
     as root, imports what it needs (the interpreter may be readable by root only) and drops to
     ``--user`` itself.  The processes it stops are told to ``lifecycle`` (their exits are planned)."""
     from concurrent.futures import ThreadPoolExecutor
