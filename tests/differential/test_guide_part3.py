@@ -62,7 +62,7 @@ from tests.support.oracle import (  # (and its id and date patterns)
     spool_dir,
     start,
 )
-from tests.support.relay import free_port, stop_pid, wait_for_port, wait_until
+from tests.support.relay import free_port, stop_pid, stop_process, wait_for_port, wait_until
 
 pytestmark = [needs_oracle, pytest.mark.timeout(180)]
 
@@ -129,11 +129,20 @@ def _server_case(case: str, base: Path) -> tuple[list[str], list[list[str]]]:
             base, "emailrelay.conf", "# comment\ndomain example.com\nanonymous server\n\nsize 1000\n"
         )
         return [conf], [["EHLO c", "MAIL FROM:<a@b.example> SIZE=2000", *one[0][1:]]]
+    if case in STARTS:  # forms upstream takes, given with a session that stores nothing
+        return STARTS[case], [["EHLO c", "QUIT"]]
+    if case == "seed-route":  # seed: a filter moves the files into another spool (named by ../route-to)
+        for side in SIDES:
+            target = base / side / "other"
+            target.mkdir(parents=True)
+            target.chmod(0o777)
+            (base / side / "route-to").write_text(f"{target}\n")
     script = {
         "set-from": "ug_set-from.js",  # user guide: "--filter /tmp/set-from.js" (ours in node.js)
         "seed-spamassassin-mark": "seed_spamassassin_mark.sh",  # the seed's scripts, copied verbatim,
         "seed-spamassassin-delete": "seed_spamassassin_delete.sh",  # run by the real spamassassin
         "seed-route": "seed_route_filter.sh",  # seed: routing into another spool, exit 100
+        "seed-addsig": "seed_addsig.sh",  # seed: $HOME/bin/addsig appends a signature
     }[case]
     path = _install(base, script, (SCRIPTS / script).read_bytes())
     return ["--filter", path], (_spam_dialogues() if "spamassassin" in case else one)
@@ -165,9 +174,21 @@ def _spam_dialogues() -> list[list[str]]:
     ]
 
 
+STARTS = {
+    # user guide, advanced set-up: a repeated filter option, "+keyword" smtp-config items, an unpadded
+    # base64 client secret
+    "repeated-filter": ["--filter", "exit:0", "--filter", "exit:0"],
+    "smtp-config-plus": ["--server-smtp-config", "+chunking,+smtputf8"],
+    "client-auth-unpadded": [
+        "--client-auth",
+        "plain:YWxpY2VAZ21haWwuY29t:UGFzc3cwcmQ",
+        "--forward-to",
+        "127.0.0.1:9",
+    ],
+}
 SERVER_CASES = [
     "foreground", "server-auth", "server-none", "set-from", "bcc-check", "seed-spamassassin-mark",
-    "seed-spamassassin-delete", "seed-route", "config-file",
+    "seed-spamassassin-delete", "seed-route", "seed-addsig", "config-file", *STARTS,
 ]  # fmt: skip
 # decisions.md, "Authentication, TLS, POP": upstream logs an AUTH command's initial response, ours never
 AUTH_INITIAL = re.compile(r'rx<<: "AUTH \S+ ([A-Za-z0-9+/]+=*|\[authentication response not logged\])"')
@@ -193,6 +214,9 @@ def test_guide_server_options_as_upstream(tmp_path: Path, case: str) -> None:
     if "spamassassin" in case:  # spamassassin lists rules of equal score in no fixed order
         stored = {side: [(n, sorted(data.split(b"\r\n"))) for n, data in stored[side]] for side in SIDES}
     assert stored["ours"] == stored["upstream"]
+    if case == "seed-route":
+        moved = {side: sorted(_normalised_files(base / side / "other")) for side in SIDES}
+        assert moved["ours"] == moved["upstream"] and len(moved["ours"]) == 2
     logs = {side: [x for x in got[side][2] if not AUTH_INITIAL.search(x)] for side in SIDES}
     if case in UPSTREAM_ONLY:  # a known difference (issue 17): a line only upstream logs
         only = [x for x in logs["upstream"] if x == UPSTREAM_ONLY[case]]
@@ -647,3 +671,101 @@ def test_seed_option_names_are_ours_only(tmp_path: Path, option: str) -> None:
     assert f'invalid option: "{option}"' in done.stderr.decode(), done.stderr
     with start("ours", base, option, value) as d:
         assert smtp_dialogue(d.port, ["QUIT"])[0].startswith("220 ")
+
+
+# ---- --poll, --log-file, emailrelay-submit without a recipient, a spool only root can reach ----------
+
+
+def test_poll_forwards_at_commit_where_upstream_waits(tmp_path: Path) -> None:
+    """User guide ``emailrelay --as-server --poll 60 --forward-to smtp.example.com:25``: a message
+    stored after start-up. docs/decisions.md, "Forwarding": ours forwards it as soon as it is committed;
+    E-MailRelay 2.6b keeps it until its next poll, 60 s on (so it is still in its spool when ours has
+    long delivered the same message)."""
+    base = daemon_base(tmp_path)
+    with FakeSmtp() as hop_ours, FakeSmtp() as hop_upstream:
+        hops = {"ours": hop_ours, "upstream": hop_upstream}
+        daemons = {
+            side: start(side, base, "--poll", "60", "--forward-to", hops[side].address) for side in SIDES
+        }
+        try:
+            for side in SIDES:
+                smtp_dialogue(
+                    daemons[side].port, [*_send("a@b.example", ["x@y.example"], _message("poll")), "QUIT"]
+                )
+            assert hop_ours.wait_for_messages(1, timeout=30)
+            assert wait_until(
+                lambda: any(p.suffix == ".envelope" for p in daemons["upstream"].spool.iterdir()), 10
+            )
+            assert hop_upstream.messages == []
+            assert any(p.suffix == ".envelope" for p in daemons["upstream"].spool.iterdir())
+        finally:
+            for d in daemons.values():
+                d.stop()
+
+
+def test_log_file_as_upstream(tmp_path: Path) -> None:
+    """User guide ``--log-file``: started as root with the default ``--user daemon``, a session's lines
+    reach the file (not only the start-up lines)."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        log_file = base / f"{side}.log"
+        with start(side, base, "--log-file", str(log_file)) as d:
+            smtp_dialogue(d.port, [*_send("a@b.example", ["x@y.example"], _message("file")), "QUIT"])
+            assert wait_until(
+                lambda f=log_file: f.exists() and f.read_text().count("connection closed") >= 2, 10
+            )
+        lines = [GREETING_VERSION.sub("", x) for x in normalise_log(log_file.read_text(), ports=[d.port])]
+        first = next(i for i, x in enumerate(lines) if 'rx<<: "EHLO' in x)
+        got[side] = [x for x in lines[first:] if "rx<<" in x or "tx>>" in x]
+    assert got["ours"] == got["upstream"]
+    assert 'emailrelay: info: tx>>: "250 message processed"' in got["ours"]
+
+
+@pytest.mark.parametrize("recipients", [(), ("a b@c.example",)], ids=["none", "space"])
+def test_submit_odd_recipients_as_upstream(tmp_path: Path, recipients: tuple[str, ...]) -> None:
+    """SPEC §1 ``emailrelay-submit`` input: with no recipient both write a message with
+    ``X-MailRelay-ToCount: 0`` and exit 0; an address with a space is taken; the files byte for byte."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        spool = spool_dir(base / side / "spool")
+        done = subprocess.run(
+            [program(side, "emailrelay-submit"), "--spool-dir", str(spool), "--from", "a@b.example", *recipients],
+            input=b"Subject: x\r\n\r\nbody\r\n", capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        got[side] = (done.returncode, done.stdout, done.stderr, sorted(_normalised_files(spool)))
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][0] == 0 and len(got["ours"][3]) == 2
+
+
+def test_spool_only_root_can_reach_differs(tmp_path: Path) -> None:
+    """User guide ``--spool-dir`` under a directory only root can enter (docs/decisions.md): E-MailRelay
+    2.6b starts and serves; ours refuses at start-up (exit 1, ``... is not readable by user 'daemon'
+    ...``)."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        private = base / side / "private"
+        spool = spool_dir(private / "spool")
+        private.chmod(0o700)
+        port = free_port()
+        proc = subprocess.Popen(
+            [program(side), "--no-daemon", "--log", "--no-syslog", "--port", str(port), "--spool-dir", str(spool)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            served = wait_until(
+                lambda p=proc, port=port: _listening(port) or p.poll() is not None, 20
+            ) and _listening(port)
+        finally:
+            rc = stop_process(proc)
+        got[side] = (served, rc, (proc.stdout.read() if proc.stdout else b"").decode(errors="replace"))
+    assert got["upstream"][0] is True
+    assert got["ours"][0] is False and got["ours"][1] == 1
+    assert "is not readable by user 'daemon'" in got["ours"][2]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
