@@ -769,3 +769,61 @@ def test_spool_only_root_can_reach_differs(tmp_path: Path) -> None:
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_pop_no_delete_as_upstream(tmp_path: Path) -> None:
+    """User guide ``--pop-no-delete``: DELE is answered as usual but the message stays in the spool."""
+    base = daemon_base(tmp_path)
+    secrets = _install(base, "pop.auth", "server plain user1 password1\n")
+    got = {}
+    for side in SIDES:
+        pop_port = free_port()
+        with start(
+            side, base, "--pop", "--pop-no-delete", "--pop-port", str(pop_port), "--pop-auth", secrets
+        ) as d:
+            smtp_dialogue(d.port, [*_send("a@b.example", ["x@y.example"], _message("keep me")), "QUIT"])
+            assert wait_until(lambda d=d: any(p.suffix == ".envelope" for p in d.spool.iterdir()), 10)
+            replies = _pop_session(pop_port, ["USER user1", "PASS password1", "DELE 1", "QUIT"], {})
+            left = sorted(x for x in normalise_spool(d.spool) if x != ".emailrelay-pop.lock")
+        got[side] = (replies, left)
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][1] == ["emailrelay.ID.content", "emailrelay.ID.envelope"]
+
+
+@pytest.mark.parametrize("state", ["new", "busy"])
+def test_spool_states_as_upstream(tmp_path: Path, state: str) -> None:
+    """SPEC §3: ``--as-client`` over a spool holding one ready message and one ``.envelope.new``
+    (being written) or ``.envelope.busy`` (claimed): what the next hop gets, the exit code and the
+    files left. ``.new``: both leave it. ``.busy`` with no lock held on it (docs/decisions.md, "Crash
+    leftovers"): E-MailRelay 2.6b leaves it whoever holds it; ours takes it as orphaned, renames it
+    back and forwards it."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        spool = spool_dir(base / side / "spool")
+        for n, suffix in ((1, ""), (2, f".{state}")):
+            name = f"emailrelay.4242.1700000000.{n}"
+            (spool / f"{name}.content").write_bytes(f"Subject: {n}\r\n\r\nbody\r\n".encode())
+            (spool / f"{name}.envelope{suffix}").write_bytes(
+                (FIXTURES / "emailrelay.4242.1700000006.6.envelope").read_bytes()
+            )
+        with FakeSmtp() as hop:
+            done = subprocess.run(
+                [program(side), "--as-client", hop.address, "--spool-dir", str(spool)],
+                capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+            )  # fmt: skip
+            got[side] = (
+                done.returncode,
+                sorted(m.data for m in hop.messages),
+                sorted(p.name for p in spool.iterdir() if not p.name.startswith(".")),
+            )
+    if state == "new":
+        assert got["ours"] == got["upstream"]
+        assert len(got["ours"][1]) == 1 and len(got["ours"][2]) == 2
+    else:
+        assert got["upstream"][0] == got["ours"][0] == 0
+        assert len(got["upstream"][1]) == 1 and got["upstream"][2] == [
+            "emailrelay.4242.1700000000.2.content",
+            "emailrelay.4242.1700000000.2.envelope.busy",
+        ]
+        assert len(got["ours"][1]) == 2 and got["ours"][2] == []
