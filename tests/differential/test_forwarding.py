@@ -600,7 +600,7 @@ def test_forwarding_triggers_are_logged_as_upstream(tmp_path: Path, trigger: str
     ids=["required", "verify", "verify-name"],
 )
 def test_client_tls_options_need_client_tls(tmp_path: Path, option: tuple[str, ...], text: str) -> None:
-    """A usage error on both sides (upstream says ``usage error:``, ours ``error:``: start-up errors)."""
+    """The same usage error on both sides: exit 1, ``emailrelay: usage error: <text>`` alone."""
     base = daemon_base(tmp_path)
     for side in SIDES:
         spool = spool_dir(base / side / "spool")
@@ -609,4 +609,4 @@ def test_client_tls_options_need_client_tls(tmp_path: Path, option: tuple[str, .
             capture_output=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
         )  # fmt: skip
         assert done.returncode == 1
-        assert text in done.stderr.decode(), (side, done.stderr)
+        assert done.stderr.decode() == f"emailrelay: usage error: {text}\n", (side, done.stderr)
