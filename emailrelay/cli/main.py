@@ -236,17 +236,20 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     if values.get("close-stderr"):  # after the pid file, whose error is still one line on stderr
         log.close_stderr()  # a --log-file is not affected (reference guide)
     spools = [c.spool_dir for _, c in configurations]
+    in_process = first.as_client or first.dont_serve or first.single_process
 
     def started() -> None:
-        """The process has its final identity: the pid file appears, and systemd hears READY=1."""
+        """The process has its final identity: the pid file appears; supervised, systemd hears
+        READY=1 (the supervisor takes SIGHUP and SIGTERM already)."""
         daemon.publish_pid_file(pid_file)
-        sd_notify.relay_started(spools)  # Type=notify: every socket is bound
+        if not in_process:
+            sd_notify.relay_started(spools)  # Type=notify: every socket is bound
 
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if target is None:
             started()  # nothing to switch: the identity is final already
-        if first.as_client or first.dont_serve or first.single_process:
+        if in_process:
             # upstream's umask; every socket is bound and spool files get 0660 anyway
             os.umask(identity.CHILD_UMASK)
             if target is not None:
@@ -263,6 +266,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
                 for (_, config), socks in zip(configurations, bound, strict=True)
             ]
             implicit = any(c.server_tls_connection for _, c in configurations)
+            sd_notify.relay_started(spools)  # READY=1 as the loop starts: it takes SIGHUP (a reload) at once
             code = loop.run(run_instances(instances), implicit_tls=implicit)
         else:
             from . import supervisor
