@@ -40,6 +40,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -885,3 +886,95 @@ def test_syslog_records_as_upstream(tmp_path: Path, option: str) -> None:
         assert any("failing envelope" in text for _, _, text in got["ours"][1])
     else:
         assert got["ours"][1] == []
+
+
+# ---- the seed guide's long-lived polling forwarders; leftovers of a crash --------------------------
+
+
+def _spool_of_messages(spool: Path, count: int) -> None:
+    """``count`` ready messages (the null-sender fixture's envelope), group daemon, mode 0660."""
+    for n in range(1, count + 1):
+        name = f"emailrelay.4242.1700000000.{n}"
+        (spool / f"{name}.content").write_bytes(f"Subject: {n}\r\n\r\nbody {n}\r\n".encode())
+        (spool / f"{name}.envelope").write_bytes(
+            (FIXTURES / "emailrelay.4242.1700000006.6.envelope").read_bytes()
+        )
+    for path in spool.iterdir():
+        os.chown(path, 0, grp.getgrnam("daemon").gr_gid)
+        path.chmod(0o660)
+
+
+def test_seed_polling_forwarder_differs_at_start(tmp_path: Path) -> None:
+    """Seed guide ``emailrelay --log --close-stderr --no-smtp --poll 30 --forward-to smarthost:smtp``
+    (``--spool-dir``, ``--pid-file`` added), over a spool with a message in it: ours forwards it as it
+    starts (its forwarders scan the spool on start: docs/decisions.md, "The bus is only a doorbell");
+    E-MailRelay 2.6b waits for the first 30 s period, so it still holds the message then."""
+    base = daemon_base(tmp_path)
+    with FakeSmtp() as hop_ours, FakeSmtp() as hop_upstream:
+        hops = {"ours": hop_ours, "upstream": hop_upstream}
+        pids = {}
+        try:
+            for side in SIDES:
+                spool = spool_dir(base / side / "spool")
+                _spool_of_messages(spool, 1)
+                pids[side] = base / side / "pid"
+                done = subprocess.run(
+                    [program(side), "--log", "--close-stderr", "--no-smtp", "--poll", "30", "--forward-to",
+                     hops[side].address, "--spool-dir", str(spool), "--pid-file", str(pids[side])],
+                    capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+                )  # fmt: skip
+                assert done.returncode == 0 and done.stderr == b"", (side, done)
+                assert wait_until(lambda p=pids[side]: p.exists() and p.read_text().strip() != "", 20)
+            assert hop_ours.wait_for_messages(1, timeout=20)
+            assert hop_upstream.messages == []
+            assert (base / "upstream" / "spool" / "emailrelay.4242.1700000000.1.envelope").exists()
+        finally:
+            for pid in pids.values():
+                with contextlib.suppress(OSError, ValueError):
+                    stop_pid(int(pid.read_text().strip()))
+
+
+def test_parallel_forwarders_on_one_spool_as_upstream(tmp_path: Path) -> None:
+    """Seed guide: several forwarding processes on one spool (two ``--as-client`` runs at once over
+    six messages): the next hop gets each message exactly once, both exit 0, the spool ends empty."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        spool = spool_dir(base / side / "spool")
+        _spool_of_messages(spool, 6)
+        with FakeSmtp() as hop:
+            argv = [program(side), "--as-client", hop.address, "--spool-dir", str(spool)]
+            procs = [
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)
+            ]
+            codes = [p.wait(timeout=60) for p in procs]
+            got[side] = (codes, sorted(m.data for m in hop.messages), sorted(p.name for p in spool.iterdir()))
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][0] == [0, 0] and len(got["ours"][1]) == 6 and got["ours"][2] == []
+
+
+def test_old_new_envelope_is_cleaned_by_ours_only(tmp_path: Path) -> None:
+    """SPEC §3 ``.envelope.new`` left by a crash (an hour old): ours removes it with its content as it
+    starts (docs/decisions.md, "Crash leftovers"); E-MailRelay 2.6b leaves both files."""
+    base = daemon_base(tmp_path)
+    left = {}
+    for side in SIDES:
+        spool = spool_dir(base / side / "spool")
+        name = "emailrelay.4242.1700000000.1"
+        (spool / f"{name}.content").write_bytes(b"Subject: crashed\r\n\r\nbody\r\n")
+        (spool / f"{name}.envelope.new").write_bytes(
+            (FIXTURES / "emailrelay.4242.1700000006.6.envelope").read_bytes()
+        )
+        hour_ago = time.time() - 3600
+        for path in spool.iterdir():
+            os.utime(path, (hour_ago, hour_ago))
+        with start(side, base) as d:
+            if side == "ours":
+                assert wait_until(lambda s=spool: not any(s.glob("emailrelay.*")), 20)
+            smtp_dialogue(d.port, ["QUIT"])  # upstream is serving: it has been through its start-up
+            left[side] = sorted(p.name for p in spool.glob("emailrelay.*"))
+    assert left["ours"] == []
+    assert left["upstream"] == [
+        "emailrelay.4242.1700000000.1.content",
+        "emailrelay.4242.1700000000.1.envelope.new",
+    ]
