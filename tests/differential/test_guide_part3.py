@@ -978,3 +978,57 @@ def test_old_new_envelope_is_cleaned_by_ours_only(tmp_path: Path) -> None:
         "emailrelay.4242.1700000000.1.content",
         "emailrelay.4242.1700000000.1.envelope.new",
     ]
+
+
+def test_upstream_written_spool_files_are_forwarded_as_upstream(tmp_path: Path) -> None:
+    """SPEC §3: spool files E-MailRelay 2.6 wrote itself (tests/fixtures/upstream-2.6: ``submitted``,
+    ``auth-local-remote``, ``eightbit``) forwarded by ``--as-client``: what the next hop receives, the
+    exit code and the files left, compared."""
+    upstream_files = REPO / "tests" / "fixtures" / "upstream-2.6"
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        spool = spool_dir(base / side / "spool")
+        for stem in ("submitted", "auth-local-remote", "eightbit"):
+            for suffix in (".content", ".envelope"):
+                (spool / f"emailrelay.4242.1700000000.{stem}{suffix}").write_bytes(
+                    (upstream_files / f"{stem}{suffix}").read_bytes()
+                )
+        with FakeSmtp(extensions=("8BITMIME", "SMTPUTF8")) as hop:
+            done = subprocess.run(
+                [program(side), "--as-client", hop.address, "--spool-dir", str(spool)],
+                capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+            )  # fmt: skip
+            commands = sorted(c[-1] for c in hop.commands if c[-1].startswith(("MAIL FROM", "RCPT TO")))
+            got[side] = (
+                done.returncode,
+                commands,
+                sorted(m.data for m in hop.messages),
+                sorted(p.name for p in spool.iterdir()),
+            )
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][2]
+
+
+def test_app_directory_substitution_as_upstream(tmp_path: Path) -> None:
+    """User guide advanced set-up ``--pid-file @app/emailrelay.pid``: ``@app`` is the directory of the
+    program (a copy of it in a scratch ``app`` directory): both write their pid file there."""
+    base = daemon_base(tmp_path)
+    written = {}
+    for side in SIDES:
+        app = base / side / "app"
+        app.mkdir(parents=True)
+        shutil.copy2(program(side), app / "emailrelay")
+        spool = spool_dir(base / side / "spool")
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(app / "emailrelay"), "--no-daemon", "--no-syslog", "--port", str(port), "--spool-dir", str(spool),
+             "--pid-file", "@app/emailrelay.pid"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for_port(port, proc=proc, timeout=20)
+            written[side] = wait_until(lambda a=app: (a / "emailrelay.pid").exists(), 10)
+        finally:
+            stop_process(proc)
+    assert written == {"ours": True, "upstream": True}
