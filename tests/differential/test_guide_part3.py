@@ -65,6 +65,7 @@ from tests.support.oracle import (  # (and its id and date patterns)
     start,
 )
 from tests.support.relay import free_port, stop_pid, stop_process, wait_for_port, wait_until
+from tests.support.socks_server import socks_server
 
 pytestmark = [needs_oracle, pytest.mark.timeout(180)]
 
@@ -1032,3 +1033,26 @@ def test_app_directory_substitution_as_upstream(tmp_path: Path) -> None:
         finally:
             stop_process(proc)
     assert written == {"ours": True, "upstream": True}
+
+
+def test_socks_tunnel_anonymous_proxy_as_upstream(tmp_path: Path) -> None:
+    """User guide ``emailrelay --port 587 --as-proxy=smtp.example.com:25@localhost:9050 --domain=anon.net
+    --anonymous --connection-timeout=300`` (the hop and the SOCKS proxy local, ports free): what the
+    proxy is asked to connect to, what the next hop receives (EHLO, MAIL, RCPT, the data, no
+    ``Received:`` line) and the client's replies, compared."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        with socks_server() as socks, FakeSmtp() as hop:
+            args = [f"--as-proxy=localhost:{hop.port}@localhost:{socks.address.rsplit(':', 1)[1]}",
+                    "--domain=anon.net", "--anonymous", "--connection-timeout=300"]  # fmt: skip
+            with start(side, base, *args, name=side) as d:
+                replies = smtp_dialogue(
+                    d.port, [*_send("a@b.example", ["x@y.example"], _message("tunnel")), "QUIT"]
+                )
+                assert hop.wait_for_messages(1, timeout=30), d.log()
+            commands = [c[-1] for c in hop.commands if not c[-1].startswith("QUIT")]
+            got[side] = ([GREETING_VERSION.sub("", r) for r in replies], [(v, host, "HOP" if port == hop.port else port) for v, host, port in socks.requests], commands,
+                         [m.data for m in hop.messages])  # fmt: skip
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][1] and b"Received:" not in got["ours"][3][0]
