@@ -796,3 +796,49 @@ def test_pop_stls(tmp_path: Path, certificate: Path) -> None:
                                     b"+OK\r\n" + capa + b"STLS\r\n" + sasl + b".\r\n"]  # fmt: skip
     assert got["ours"][1:4] == [capa + sasl + b"STLS\r\n.\r\n", b"+OK begin TLS negotiation\r\n",
                                 capa + sasl + b".\r\n"]  # fmt: skip
+
+
+def test_forwarding_triggers_mixed(tmp_path: Path) -> None:
+    """``--forward-on-disconnect`` and ``--admin`` in one relay: a message forwarded when its client
+    disconnects, then one forwarded by the admin ``forward`` command while its client is still
+    connected; the trigger and forwarding lines from the first trigger on, and what the hop got."""
+    from tests.differential.test_forwarding import _store, _trigger_lines
+    from tests.support.sink import wait_for_bus
+
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        admin = free_port()
+        with (
+            FakeSmtp(extensions=NO_PIPELINING) as hop,
+            start(
+                side, base, "--forward-to", hop.address, "--forward-on-disconnect", "--admin", str(admin)
+            ) as relay,
+        ):
+            if side == "ours":
+                assert wait_for_bus(relay.spool)
+            _store(relay.port)
+            assert hop.wait_for_messages(1, timeout=20), relay.log()
+            with socket.create_connection(("127.0.0.1", relay.port), timeout=15) as client:
+                reader = client.makefile("rb")
+                read_reply(reader)
+                for line in ["EHLO c", *MESSAGE]:
+                    client.sendall(line.encode() + b"\r\n")
+                    read_reply(reader)
+                with socket.create_connection(("127.0.0.1", admin), timeout=10) as sock:
+                    sock.sendall(b"forward\r\n")
+                    sock.recv(100)
+                assert hop.wait_for_messages(2, timeout=20), relay.log()
+                wait_until(lambda r=relay: r.log().count("no more messages to send") >= 2, 10)
+            lines = _trigger_lines(relay.log(), [hop.port, relay.port, admin])
+        first = next(
+            i for i, x in enumerate(lines) if x.startswith("emailrelay: info: forwarding [emailrelay")
+        )
+        # up to the admin forward's end (the second client's disconnect may add more, or not yet)
+        ends = [i for i, x in enumerate(lines) if x.endswith("forwarding: no more messages to send")]
+        got[side] = (lines[first - 1 : ends[1] + 1], len(hop.messages))
+    _assert_same(got)
+    assert [x for x in got["ours"][0] if x.startswith("emailrelay: info: forwarding: [")] == [
+        "emailrelay: info: forwarding: [client disconnect]",
+        "emailrelay: info: forwarding: [admin]",
+    ]
