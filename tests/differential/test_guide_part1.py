@@ -228,6 +228,8 @@ ONE_SHOT_DIFFERS = {
     # --dont-serve / --no-smtp with nothing else to do: upstream says so and exits 0; ours keeps running
     "dont-serve-alone": (("--dont-serve",), (0, "emailrelay: nothing to do\n"), None),
     "no-smtp-alone": (("-X",), (0, "emailrelay: nothing to do\n"), None),
+    # a link-local address without a zone: both exit 2, with other words
+    "interface-link-local": (("--interface", "fe80::1"), (2, "emailrelay: error: socket bind error: invalid argument\n"), 2),
     # an unknown interface name: upstream warns and serves on the "any" address; ours refuses
     "interface-unknown-name": (("--interface", "nosuchif0"), None, 1),
     # the built-in verifier as a filter: upstream looks for a program called "account:"; ours refuses
