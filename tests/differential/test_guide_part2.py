@@ -89,12 +89,18 @@ MESSAGE = ["MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>", "DATA", "Subj
 
 def test_stored_message_files_names_modes_and_group(tmp_path: Path) -> None:
     """An SMTP message gives ``emailrelay.<pid>.<time>.<seq>.envelope`` and ``.content`` (CR-LF lines),
-    mode 0660, group daemon, on both sides; the files are the same bytes (ids and dates aside)."""
+    mode 0660, group daemon, on both sides; the files are the same bytes (ids and dates aside).
+    The pid in the name differs (found by this regrade): upstream's is the relay's (its pid file's),
+    ours that of the supervised relay's smtp process, not the pid file's."""
     base = daemon_base(tmp_path)
     got = {}
+    pid_is_the_relays = {}
     for side in SIDES:
         with start(side, base) as relay:
             replies = smtp_dialogue(relay.port, ["EHLO c.example", *MESSAGE, "QUIT"])
+            pid_is_the_relays[side] = all(
+                p.name.split(".")[1] == str(relay.pid_from_file()) for p in relay.spool.glob("emailrelay.*")
+            )
             names = sorted(p.name for p in relay.spool.iterdir() if p.is_file())
             modes = sorted((oct(p.stat().st_mode & 0o7777), grp.getgrgid(p.stat().st_gid).gr_name)
                            for p in relay.spool.iterdir() if p.is_file())  # fmt: skip
@@ -107,6 +113,7 @@ def test_stored_message_files_names_modes_and_group(tmp_path: Path) -> None:
     assert got["ours"][1] == ["emailrelay.PID.TIME.1.content", "emailrelay.PID.TIME.1.envelope"]
     assert got["ours"][2] == [("0o660", "daemon"), ("0o660", "daemon")]
     assert got["ours"][4] == b"Subject: s\r\n\r\nbody\r\n"
+    assert pid_is_the_relays == {"ours": False, "upstream": True}
 
 
 # ---- authentication: the guide's secrets files ------------------------------------------------------
