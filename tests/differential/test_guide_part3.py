@@ -127,6 +127,8 @@ def _server_case(case: str, base: Path) -> tuple[list[str], list[list[str]]]:
         script = _install(base, "bcc-check.sh", (REPO / "config/filters/bcc-check.sh").read_bytes())
         bcc = [*_send("a@b.example", ["x@y.example"], _message("bcc", "Bcc: w@y.example\r\n")), "QUIT"]
         return ["--filter", script], [bcc, *one]
+    if case == "dnsbl-local":  # user guide "emailrelay -r --dnsbl=zen.spamhaus.org,bl.mailspike.net ..."
+        return ["-r", "--dnsbl=zen.spamhaus.org,bl.mailspike.net"], one
     if case == "config-file":  # SPEC §1: a config file last, one option per line, no dashes, comments
         conf = _install(
             base, "emailrelay.conf", "# comment\ndomain example.com\nanonymous server\n\nsize 1000\n"
@@ -191,7 +193,7 @@ STARTS = {
 }
 SERVER_CASES = [
     "foreground", "server-auth", "server-none", "set-from", "bcc-check", "seed-spamassassin-mark",
-    "seed-spamassassin-delete", "seed-route", "seed-addsig", "config-file", *STARTS,
+    "seed-spamassassin-delete", "seed-route", "seed-addsig", "config-file", "dnsbl-local", *STARTS,
 ]  # fmt: skip
 # decisions.md, "Authentication, TLS, POP": upstream logs an AUTH command's initial response, ours never
 AUTH_INITIAL = re.compile(r'rx<<: "AUTH \S+ ([A-Za-z0-9+/]+=*|\[authentication response not logged\])"')
@@ -225,6 +227,10 @@ def test_guide_server_options_as_upstream(tmp_path: Path, case: str) -> None:
         only = [x for x in logs["upstream"] if x == UPSTREAM_ONLY[case]]
         assert only and UPSTREAM_ONLY[case] not in logs["ours"]
         logs["upstream"] = [x for x in logs["upstream"] if x != UPSTREAM_ONLY[case]]
+    if case == "dnsbl-local":  # issue 17: upstream logs the greeting before "smtp connection from"
+        for side in SIDES:
+            assert "emailrelay: info: dnsbl: not checking local address [127.0.0.1]" in logs[side]
+            logs[side] = logs[side][next(i for i, x in enumerate(logs[side]) if 'rx<<: "EHLO' in x) :]
     assert logs["ours"] == logs["upstream"], "\n".join(
         ["ours:", *logs["ours"], "upstream:", *logs["upstream"]]
     )
