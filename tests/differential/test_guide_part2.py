@@ -849,3 +849,22 @@ def test_forwarding_triggers_mixed(tmp_path: Path) -> None:
         "emailrelay: info: forwarding: [client disconnect]",
         "emailrelay: info: forwarding: [admin]",
     ]
+
+
+@pytest.mark.parametrize("script", ["ref_filter.sh", "ref_filter_loopback.sh"])
+def test_guide_filter_sh_example(tmp_path: Path, script: str) -> None:
+    """The guide's ``filter.sh`` as printed (its test never matches: the sed prints the whole line)
+    and with the address and sed expression adapted to 127.0.0.1 (deletes the message, exit 100):
+    the reply, the filter lines and the spool."""
+    source = Path(__file__).parent.parent / "compat" / "guide_scripts" / script
+    got: dict[str, object] = {}
+    for side in SIDES:
+        base = daemon_base(tmp_path if side == "ours" else None)
+        copy = base / script
+        copy.write_bytes(source.read_bytes())
+        copy.chmod(0o755)
+        replies, spool, _ = serve_cases(side, base, ["m"], "--filter", str(copy))
+        got[side] = (replies["m"][0], [x.replace(str(base), "BASE") for x in replies["m"][1]], spool)
+    _assert_same(got)
+    assert got["ours"][0][:3] == "250"  # type: ignore[index]
+    assert (got["ours"][2] == []) == (script == "ref_filter_loopback.sh")  # type: ignore[index]
