@@ -25,7 +25,18 @@ default ``--user daemon``:
   the exit code, what is left;
 - the seed guide's option names ``--verifier`` and ``--scanner``: kept by us
   (docs/decisions.md, "The seed guide's option names"), refused by
-  upstream; asserted on both sides.
+  upstream; asserted on both sides;
+- also: ``--poll`` and the seed's ``--no-smtp --poll 30`` forwarder (ours
+  forwards at once, decided), ``--log-file``, the system log records,
+  ``--pop-no-delete``, ``.envelope.new``/``.envelope.busy`` and an hour-old
+  ``.new`` in the spool, two forwarders on one spool, upstream's own spool
+  files, ``@app``, the SOCKS tunnel line, ``--dnsbl`` for a local client,
+  ``emailrelay-submit`` without a recipient.
+
+Where the programs differ and no decision covers it, the test asserts what
+each side does (so it fails when either changes) and says so in its
+docstring; docs/compatibility.md (part 3) names the test in its oracle
+column.
 """
 
 from __future__ import annotations
