@@ -16,6 +16,7 @@ from __future__ import annotations
 import pwd
 import re
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,9 @@ from tests.support.oracle import (
     normalise_log,
     normalise_spool,
     program,
+    run,
     smtp_dialogue,
+    spool_dir,
     start,
 )
 from tests.support.relay import free_port, stop_process, wait_until
@@ -380,3 +383,61 @@ def test_configuration_file_two_instances(tmp_path: Path) -> None:
     assert "emailrelay: info: smtp server on 0.0.0.0:PORT" in ours_log
     assert not any("ignoring" in x for x in up_log)
     assert any(x.startswith("emailrelay: warning: ignoring option 'out-verbose'") for x in ours_log)
+
+
+# ---- --log-file with %d, --pid-file in a directory to be made ----------------------------------------
+
+
+def test_log_file_day_name_and_the_last_words_of_as_client(tmp_path: Path) -> None:
+    """``--log-file <dir>/log-%d`` with ``--as-client`` over an empty spool: both name the file by
+    today's date and exit 0; upstream prints ``no messages to send`` on stderr and leaves the file
+    empty, ours writes that line into the file (issue 17, not a recorded decision)."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        home = base / side
+        spool = home / "spool"
+        spool.mkdir(parents=True)
+        r = run(
+            side,
+            "emailrelay",
+            "--as-client",
+            "127.0.0.1:1",
+            "--spool-dir",
+            str(spool),
+            "--log-file",
+            f"{home}/log-%d",
+        )
+        files = {p.name: p.read_text() for p in home.glob("log-*")}
+        got[side] = (r.returncode, r.stderr.decode(), files)
+    day = time.strftime("%Y%m%d")
+    assert got["ours"][0] == got["upstream"][0] == 0
+    assert sorted(got["ours"][2]) == sorted(got["upstream"][2]) == [f"log-{day}"]
+    assert got["upstream"][1:] == ("emailrelay: no messages to send\n", {f"log-{day}": ""})
+    assert got["ours"][1:] == ("", {f"log-{day}": "emailrelay: no messages to send\n"})
+
+
+def test_pid_file_parent_directory_is_made(tmp_path: Path) -> None:
+    """``--pid-file <dir>/new/pid`` for a serving relay: both make ``new`` (root's) and write the pid
+    there; upstream makes it 0775, ours 0755 (issue 17, not a recorded decision)."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        home = base / side
+        pid_file = home / "new" / "pid"
+        spool = spool_dir(home / "spool")
+        argv = [program(side), "--no-daemon", "--port", str(free_port()), "--spool-dir", str(spool)]
+        proc = subprocess.Popen([*argv, "--pid-file", str(pid_file)], stdin=subprocess.DEVNULL, cwd=home)
+        try:
+            assert wait_until(lambda p=pid_file: p.exists() and p.read_text().strip() != "", 15)
+            st = pid_file.parent.stat()
+            got[side] = (
+                oct(st.st_mode & 0o7777),
+                st.st_uid,
+                st.st_gid,
+                pid_file.read_text().strip().isdigit(),
+            )
+        finally:
+            stop_process(proc)
+    assert got["ours"][1:] == got["upstream"][1:] == (0, 0, True)
+    assert (got["upstream"][0], got["ours"][0]) == ("0o775", "0o755")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.differential.test_forwarding import B, _both, _same
-from tests.support.fake_smtp import FakeSmtp
-from tests.support.oracle import needs_oracle
+from tests.support.fake_smtp import FakeSmtp, auth_script
+from tests.support.oracle import daemon_base, needs_oracle
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
@@ -63,3 +63,18 @@ def test_client_smtp_config_keywords(
     assert run.commands and run.commands[0].startswith("EHLO ")
     assert len(run.messages) == (1 if sent else 0)
     assert any(name.endswith(".envelope.bad") for name in run.spool) == (not sent), run.spool
+
+
+@pytest.mark.parametrize("where", ["command-line", "config-file"])
+def test_client_auth_plain_value(tmp_path: Path, where: str) -> None:
+    """``--client-auth plain:<base64-user-id>:<base64-password>`` on the command line, and
+    ``client-auth plain:...`` in a configuration file: the same AUTH dialogue, log and spool."""
+    value = "plain:bWU=:c2VjcmV0"  # "me", "secret"
+    conf = daemon_base(tmp_path) / "client.conf"
+    conf.write_text(f"client-auth {value}\n")
+    conf.chmod(0o644)
+    args = ("--client-auth", value) if where == "command-line" else (str(conf),)
+    hop = lambda: FakeSmtp(extensions=("8BITMIME", "AUTH PLAIN LOGIN"), auth=auth_script("235 2.7.0 ok"))  # noqa: E731
+    run = _same(_both(tmp_path, hop, [[B]], *args))
+    assert run.rc == 0 and run.spool == {} and len(run.messages) == 1
+    assert run.auth and run.auth[0][0].startswith("PLAIN ")
