@@ -159,3 +159,65 @@ def test_client_tls_options(
     assert len(ours.messages) == (1 if sent else 0)
     assert [x for x in upstream.log if x not in ours.log] == list(upstream_only)
     assert [x for x in ours.log if x not in upstream.log] == list(ours_only)
+
+
+# ---- --client-auth-config -----------------------------------------------------------------------
+
+LOGIN_SCRIPT = ("334 UGFzc3dvcmQ6", "235 2.7.0 ok")
+AUTH_CONFIG_CASES = {
+    "default": ((), ("235 2.7.0 ok",), "PLAIN"),
+    "m-login": (("--client-auth-config", "m:login"), LOGIN_SCRIPT, "LOGIN"),
+    "x-plain": (("--client-auth-config", "x:plain"), LOGIN_SCRIPT, "LOGIN"),
+    "a-login-unencrypted": (("--client-auth-config", "a:login"), ("235 2.7.0 ok",), "PLAIN"),
+    "d-plain-unencrypted": (("--client-auth-config", "d:plain"), ("235 2.7.0 ok",), "PLAIN"),
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "script", "mechanism"), list(AUTH_CONFIG_CASES.values()), ids=list(AUTH_CONFIG_CASES)
+)
+def test_client_auth_config_lists(
+    tmp_path: Path, args: tuple[str, ...], script: tuple[str, ...], mechanism: str
+) -> None:
+    """A plain-text next hop offering ``AUTH PLAIN LOGIN``: the mechanism each ``--client-auth-config``
+    list leads to (``a:``/``d:`` apply only after TLS), with the same dialogue, log and spool."""
+    secrets = daemon_base(tmp_path) / "client.auth"
+    secrets.write_text("client plain me secret\n")
+    secrets.chmod(0o644)
+    hop = lambda: FakeSmtp(extensions=("8BITMIME", "AUTH PLAIN LOGIN"), auth=auth_script(*script))  # noqa: E731
+    run = _same(_both(tmp_path, hop, [[B]], "--client-auth", str(secrets), *args))
+    assert run.rc == 0 and len(run.messages) == 1
+    assert run.auth[0][0].split()[0] == mechanism
+
+
+@pytest.mark.parametrize(
+    ("args", "ours", "upstream"),
+    [(("--client-auth-config", "a:login"), "LOGIN", "PLAIN"), (("--client-auth-config", "d:plain"), "LOGIN", "PLAIN"),
+     (("--client-auth-config", "m:login"), "PLAIN", "LOGIN"), ((), "PLAIN", "PLAIN")],
+    ids=["a-login", "d-plain", "m-login-encrypted", "default"],
+)  # fmt: skip
+def test_client_auth_config_after_starttls(
+    tmp_path: Path,
+    certs: Certs,  # noqa: F811
+    args: tuple[str, ...],
+    ours: str,
+    upstream: str,
+) -> None:
+    """After STARTTLS to a next hop offering ``AUTH PLAIN LOGIN``: ours follows ``a:``/``d:`` and no
+    longer ``m:``, as the guide says; E-MailRelay 2.6b still follows ``m:`` and not ``a:``/``d:``,
+    and says ``over tls`` in its success line (issue 17, not recorded decisions). The message is
+    delivered and the spool left alike."""
+    secrets = daemon_base(tmp_path) / "client.auth"
+    secrets.write_text("client plain me secret\n")
+    secrets.chmod(0o644)
+    hop = _tls_hop(certificate=certs.server_pem, require_auth=True, accounts={"me": "secret"})
+    runs = _both(tmp_path, hop, [[B]], "--client-tls", "--client-auth", str(secrets), *args)
+    assert runs["ours"].rc == runs["upstream"].rc == 0
+    assert runs["ours"].spool == runs["upstream"].spool == {}
+    assert runs["ours"].messages == runs["upstream"].messages and len(runs["ours"].messages) == 1
+    for side, mechanism, over in (("ours", ours, ""), ("upstream", upstream, "over tls ")):
+        assert [c.split()[1] for c in runs[side].commands if c.startswith("AUTH ")] == [mechanism], side
+        assert (
+            "emailrelay: info: successful authentication with remote server "
+            f"{over}using mechanism [{mechanism.lower()}] and plaintext secret for [me] from line 1"
+        ) in runs[side].log, side
