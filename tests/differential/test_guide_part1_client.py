@@ -20,6 +20,7 @@ from tests.differential.test_forwarding import B, _both, _same, _tls_hop, certs 
 from tests.support.certs import Certs
 from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.oracle import daemon_base, needs_oracle
+from tests.support.tls_server import TlsSmtpServer
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
@@ -221,3 +222,25 @@ def test_client_auth_config_after_starttls(
             "emailrelay: info: successful authentication with remote server "
             f"{over}using mechanism [{mechanism.lower()}] and plaintext secret for [me] from line 1"
         ) in runs[side].log, side
+
+
+def test_client_tls_server_name_is_sent_as_sni(tmp_path: Path, certs: Certs) -> None:  # noqa: F811
+    """``--client-tls-connection --client-tls-server-name mail.example.test`` to an implicit-TLS next
+    hop: both send that name as SNI, and the rest (log, spool, dialogue) is the same."""
+    names: list[str | None] = []
+
+    def make() -> TlsSmtpServer:
+        hop = TlsSmtpServer(
+            certificate=certs.server_pem, implicit=True, require_tls=False, require_auth=False
+        )
+        assert hop._context is not None
+        hop._context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,func-returns-value]
+        return hop
+
+    run = _same(
+        _both(
+            tmp_path, make, [[B]], "--client-tls-connection", "--client-tls-server-name", "mail.example.test"
+        )
+    )
+    assert run.rc == 0 and len(run.messages) == 1
+    assert names == ["mail.example.test", "mail.example.test"]
