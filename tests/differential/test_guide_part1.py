@@ -13,11 +13,15 @@ Skipped without ``EMAILRELAY_ORACLE_BIN``.
 
 from __future__ import annotations
 
+import os
 import pwd
 import re
+import shlex
+import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ import pytest
 from tests.differential.test_forwarding import certs  # noqa: F401
 from tests.support.certs import Certs
 from tests.support.fake_smtp import FakeSmtp
+from tests.support.netns import PROBE
 from tests.support.oracle import (
     SIDES,
     Daemon,
@@ -529,3 +534,41 @@ def test_server_tls_key_certificate_and_client_verification(
             rb" with ESMTPS tls TLS_\w+ ;", b" with ESMTPS ;", content
         )
     assert got["ours"][1] == upstream_spool
+
+
+# ---- --pop on its default port, in a private network namespace ---------------------------------------
+
+
+def test_pop_listens_on_port_110_by_default(tmp_path: Path) -> None:
+    """``--pop`` without ``--pop-port``, each program alone in a network namespace that has only a
+    loopback interface: both log the same ``pop server on`` lines and greet on 127.0.0.1 port 110."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a private network namespace")
+    base = daemon_base(tmp_path)
+    secrets = base / "pop.auth"
+    secrets.write_text("server plain me secret\n")
+    secrets.chmod(0o644)
+    got = {}
+    for side in SIDES:
+        spool = spool_dir(base / side / "spool")
+        log = base / side / "log"
+        relay = [program(side), "--no-daemon", "--log", "--no-syslog", "--no-smtp", "--pop", "--pop-auth", str(secrets),
+                 "--spool-dir", str(spool)]  # fmt: skip
+        probe = [sys.executable, "-c", PROBE, "127.0.0.1/110"]
+        shell = (
+            f"ip link set lo up || exit 97; {shlex.join(relay)} 2>{shlex.quote(str(log))} & pid=$!; "
+            f"{shlex.join(probe)}; kill $pid; wait $pid"
+        )
+        r = subprocess.run(
+            ["unshare", "--net", "sh", "-c", shell], capture_output=True, text=True, timeout=60, check=False
+        )
+        if r.returncode == 97:
+            pytest.skip(f"cannot make a private network namespace here: {r.stderr.strip()}")
+        lines = [x for x in log.read_text().splitlines() if " server on " in x]
+        greeting = r.stdout.strip().split(" ", 2)[1:2]
+        got[side] = (lines, greeting)
+    assert got["ours"] == got["upstream"]
+    assert got["ours"] == (
+        ["emailrelay: info: pop server on 0.0.0.0:110", "emailrelay: info: pop server on ::.110"],
+        ["+OK"],
+    )
