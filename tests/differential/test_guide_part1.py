@@ -384,10 +384,14 @@ def test_configuration_file_two_instances(tmp_path: Path) -> None:
     assert ours_replies[1] == up_replies[1] and ours_replies[1][-2] == "250 message processed"
     assert received["ours"] == received["upstream"] and len(received["ours"]) == 1
     assert ours_spool == up_spool and ours_rc == up_rc
-    # the account: verifier: the same local account accepted, other texts for the refusals
-    assert ours_replies[0][:4] == up_replies[0][:4] and ours_replies[0][3].startswith("250 ")
-    assert up_replies[0][4:6] == ["550 rejected", "550 rejected"]
-    assert ours_replies[0][4:6] == ["550 invalid mailbox", "550 invalid mailbox"]
+    # the account: verifier: the same local account accepted, the same refusals
+    assert ours_replies[0] == up_replies[0] and ours_replies[0][3].startswith("250 ")
+    assert [r[:4] for r in ours_replies[0][4:6]] == ["550 ", "550 "]
+    # the log is the same but for the two differences below
+    server_on = re.compile(r"^(emailrelay: info: )\[\w+\] (smtp server on )")
+    assert [server_on.sub(r"\1\2", x) for x in up_log] == [
+        x for x in ours_log if " ignoring option " not in x
+    ]
     # upstream names the configuration in its "server on" lines and ignores out-verbose silently
     assert "emailrelay: info: [in] smtp server on 0.0.0.0:PORT" in up_log
     assert "emailrelay: info: smtp server on 0.0.0.0:PORT" in ours_log
