@@ -13,10 +13,16 @@ instead of rejected: outgoing traffic whose local recipients are delivered
 directly); ``remote`` (only local accounts are valid, but they are accepted as
 remote, for forwarding rather than delivery).
 
-What it guarantees: domains compare case-insensitively (an address without
-a domain is taken as local); the account list is read at each lookup, in a
-thread (NSS may be slow), so new accounts count at once; a non-matching
-recipient is rejected 550 unless ``check``.
+What it guarantees (as E-MailRelay 2.6b, observed): the domain must be the
+``--domain`` compared case-insensitively (an address without a domain, or
+with a trailing dot, does not match); the local part names an account
+exactly or in lower case (``CloudSDK`` finds ``cloudsdk``); an account
+outside the user-id range does not count. A non-matching recipient is
+rejected ``550 rejected`` with the reason logged (``[other.example] does not
+match [example.com]``, ``[bob] is not a valid account name``, ``uid 0 is not
+in the range 1000-32767``) unless ``check``. A local account has no full
+name (VRFY says ``250 ``). The account list is read at each lookup, in a
+thread (NSS may be slow), so new accounts count at once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import asyncio
 import pwd
 from dataclasses import dataclass
 
-from .. import log as logmod
 from .exe import PeerLike
 from .spec import PolicyOptions, Spec, SpecError
 from .verdicts import RecipientKind, RecipientVerdict
@@ -40,8 +45,14 @@ def ascii_lower(text: str) -> str:
 
 @dataclass(frozen=True)
 class Account:
-    name: str
-    full_name: str
+    name: str  # the To-Local mailbox
+
+
+def _getpwnam(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except (KeyError, ValueError):
+        return None
 
 
 class AccountVerifier:
@@ -68,25 +79,20 @@ class AccountVerifier:
                     raise SpecError(f"account: invalid user-id range [{p}]")
             else:
                 raise SpecError(f"account: unknown parameter [{p}]")
-        self.log = logmod.get()
 
-    def find(self, local_part: str) -> Account | None:
-        """The account matching a local part, within the user-id range."""
-        wanted = ascii_lower(local_part) if self.lowercase else local_part
-        if not self.lowercase:
-            try:
-                pw = pwd.getpwnam(wanted)
-            except (KeyError, ValueError):
-                return None
-            return self._account(pw) if self.low <= pw.pw_uid <= self.high else None
-        for pw in pwd.getpwall():
-            if self.low <= pw.pw_uid <= self.high and ascii_lower(pw.pw_name) == wanted:
-                return self._account(pw)
-        return None
-
-    def _account(self, pw: pwd.struct_passwd) -> Account:
-        name = ascii_lower(pw.pw_name) if self.lowercase else pw.pw_name
-        return Account(name, pw.pw_gecos.split(",")[0])
+    def find(self, local_part: str) -> Account | str:
+        """The account matching a local part, or why there is none."""
+        if self.lowercase:
+            wanted = ascii_lower(local_part)
+            for pw in pwd.getpwall():
+                if self.low <= pw.pw_uid <= self.high and ascii_lower(pw.pw_name) == wanted:
+                    return Account(ascii_lower(pw.pw_name))
+        pw = _getpwnam(local_part) or _getpwnam(ascii_lower(local_part))
+        if pw is None:
+            return f"[{local_part}] is not a valid account name"
+        if not self.low <= pw.pw_uid <= self.high:
+            return f"uid {pw.pw_uid} is not in the range {self.low}-{self.high}"
+        return Account(ascii_lower(pw.pw_name) if self.lowercase else pw.pw_name)
 
     async def verify(
         self,
@@ -99,21 +105,18 @@ class AccountVerifier:
         local, at, domain = recipient.rpartition("@")
         if not at:
             local, domain = recipient, ""
-        ours = not domain or domain.lower().rstrip(".") == self.options.domain.lower().rstrip(".")
-        account = await asyncio.to_thread(self.find, local) if ours and local else None
-        if account is not None:
-            self.log.verbose(f"address verifier: account: [{recipient}]: local account [{account.name}]")
+        found: Account | str
+        if domain.lower() != self.options.domain.lower():
+            found = f"[{domain}] does not match [{self.options.domain}]"
+        else:
+            found = await asyncio.to_thread(self.find, local)
+        if isinstance(found, Account):
             if self.remote:
                 return RecipientVerdict(RecipientKind.REMOTE, recipient)
-            return RecipientVerdict(
-                RecipientKind.LOCAL, recipient, mailbox=account.name, full_name=account.full_name
-            )
+            return RecipientVerdict(RecipientKind.LOCAL, recipient, mailbox=found.name)
         if self.check:
             return RecipientVerdict(RecipientKind.REMOTE, recipient)
-        self.log.verbose(f"address verifier: account: [{recipient}]: no such account")
-        return RecipientVerdict(
-            RecipientKind.REJECT, recipient, reason="invalid mailbox", detail="no such account"
-        )
+        return RecipientVerdict(RecipientKind.REJECT, recipient, reason="rejected", detail=found)
 
     async def close(self) -> None:
         return None

@@ -248,28 +248,37 @@ def test_guide_server_options_as_upstream(tmp_path: Path, case: str) -> None:
     assert any("rx<<" in x for x in logs["ours"]), "nothing logged"
 
 
-def test_account_verifier_differs_in_its_rejections(tmp_path: Path) -> None:
+def test_account_verifier_as_upstream(tmp_path: Path) -> None:
     """User guide: ``--as-server -v -r --domain=example.com --address-verifier=account:`` (and the
-    ``--domain=mydomain.com`` form). Alike: a local account at the domain is accepted as To-Local,
-    the envelope. Different (not a recorded decision, issue 17): upstream rejects an unknown account or
-    another domain with ``550 rejected`` and logs ``rejected: [<name>] is not a valid account name`` /
-    ``[<domain>] does not match [example.com]``; ours answers ``550 invalid mailbox`` (``no such
-    account``); a bare ``<account>`` (no domain) upstream rejects, ours accepts."""
+    ``--domain=mydomain.com`` form): a local account at the domain (also in upper case) is accepted
+    as To-Local; an unknown account, another domain, a bare ``<account>`` (no domain), a trailing dot
+    and an account outside the uid range are refused ``550 rejected`` with the reason logged; VRFY
+    alike. Every reply, the envelope and the whole log compared (issue 17 aligned ours)."""
     account = _account()
     base = daemon_base(tmp_path)
-    rcpts = [f"{account}@example.com", "nobody-here@example.com", f"{account}@other.example", account]
-    dialogue = [[*_send("a@b.example", rcpts, _message("account")), "QUIT"]]
+    rcpts = [f"{account}@example.com", "nobody-here@example.com", f"{account}@other.example", account,
+             f"{account.upper()}@EXAMPLE.COM", f"{account}@example.com.", "root@example.com"]  # fmt: skip
+    vrfy = ["VRFY nobody-here@example.com", f"VRFY {account}@example.com"]
+    dialogue = [[*_send("a@b.example", rcpts, _message("account"))[:1], *vrfy,
+                 *_send("a@b.example", rcpts, _message("account"))[1:], "QUIT"]]  # fmt: skip
     got = _both(["-v", "-r", "--domain=example.com", "--address-verifier=account:"], dialogue, base)
-    replies = {side: [r for r in got[side][0][0] if r.startswith(("250 recipient", "550"))] for side in SIDES}
-    assert replies["upstream"] == [f"250 recipient <{account}@example.com>  OK", *["550 rejected"] * 3]
-    assert replies["ours"] == [f"250 recipient <{account}@example.com>  OK", *["550 invalid mailbox"] * 2,
-                               f"250 recipient <{account}>  OK"]  # fmt: skip
-    assert (
-        f'rejecting recipient "{account}@other.example": rejected: [other.example] does not match [example.com]'
-        in ("\n".join(got["upstream"][2]))
+    _assert_same_replies(got, dialogue)
+    assert got["ours"][0][0][2:4] == ["550 rejected", "250 "]
+    assert got["ours"][0][0][5:12] == [f"250 recipient <{account}@example.com>  OK", *["550 rejected"] * 3,
+                                       f"250 recipient <{account.upper()}@EXAMPLE.COM>  OK", *["550 rejected"] * 2]  # fmt: skip
+    assert got["ours"][1] == got["upstream"][1]
+    assert f"X-MailRelay-To-Local: {account}\r\n".encode() * 2 in got["ours"][1][0]
+    # a difference outside this row (issue 17, not decided): with -v upstream logs its implicit filter
+    implicit = "emailrelay: info: filter [exit:0]: [emailrelay.ID]"
+    assert implicit in got["upstream"][2] and implicit not in got["ours"][2]
+    logs = {side: [x for x in got[side][2] if x != implicit] for side in SIDES}
+    assert logs["ours"] == logs["upstream"], "\n".join(
+        ["ours:", *logs["ours"], "upstream:", *logs["upstream"]]
     )
-    for side in SIDES:  # the local account is stored To-Local
-        assert f"X-MailRelay-To-Local: {account}\r\n".encode() in got[side][1][0]
+    assert (
+        f'emailrelay: warning: rejecting recipient "{account}": rejected: [] does not match [example.com]'
+        in got["ours"][2]
+    )
 
 
 def test_log_format_address_as_upstream(tmp_path: Path) -> None:
@@ -588,16 +597,11 @@ UNREADABLE = {
     "emailrelay.4242.1700000002.2": "X-MailRelay-ClientName:",
     "emailrelay.4242.1700000005.5": "X-MailRelay-Utf8MailboxNames:",
 }
-# forwarding to a message's ForwardToAddress: upstream names the address and reconnects (QUIT first)
-FORWARD_TO_ADDRESS = re.compile(
-    r'new connection for \[|tx>>: "QUIT"|: warning: ignoring ".*": cannot read envelope'
-)
-
-
-# the lines about each message (upstream reconnects to the default hop after a ForwardToAddress
-# message, with a new greeting and EHLO; ours goes on without them)
+# the lines about each message, and the connections: a message with another ForwardToAddress than
+# the one before it has the connection closed (QUIT) and a new one opened (greeting, EHLO)
 KEEP = re.compile(
-    r'forwarding \[|tx>>: "(MAIL|RCPT|DATA|\.)|line\(s\) of content|rx<<: "(2\d\d \d|354|[45])|deleting|no more'
+    r'forwarding \[|tx>>: "(MAIL|RCPT|DATA|\.|QUIT|EHLO)|line\(s\) of content|rx<<: "(2\d\d \d|354|[45])'
+    r"|deleting|no more|smtp connection to"
 )
 
 
@@ -636,10 +640,10 @@ def test_hand_made_fixtures_are_forwarded_as_upstream(tmp_path: Path) -> None:
     """The hand-made envelopes of tests/compat/fixtures/ (#2821.3, .5, .6, .8, LF-only, xtext, null
     sender, To-Local, ForwardTo/ForwardToAddress, Utf8MailboxNames): ``--as-client`` against the same
     next hops; what each hop receives (MAIL FROM with its parameters, RCPT TO, the data), the exit
-    code, the spool left and the log lines about each message. Different (issue 17): for a message
-    with a ForwardToAddress upstream logs ``forward-to-address=[<address>]``, sends QUIT and logs
-    ``new connection for [<address>]``, and afterwards reconnects to the default hop (greeting, EHLO);
-    ours logs only ``forward-to=[...]`` and goes on without a new greeting or EHLO."""
+    code, the spool left and the log lines about each message and the connections: for a message
+    with a ForwardToAddress both log ``forward-to-address=[<address>]``, send QUIT, log ``new
+    connection for [<address>]`` and connect there, and afterwards go back to the default hop the
+    same way (``new connection for []``, greeting, EHLO)."""
     base = daemon_base(tmp_path)
     ids = sorted(
         {p.name.split(".envelope")[0].removesuffix(".content") for p in FIXTURES.glob("emailrelay.*")}
@@ -648,12 +652,9 @@ def test_hand_made_fixtures_are_forwarded_as_upstream(tmp_path: Path) -> None:
     got = {side: _fixtures_run(side, base, ids) for side in SIDES}
     assert got["ours"][:4] == got["upstream"][:4]
     assert any("SMTPUTF8" in c for c in got["ours"][1][0]) and got["ours"][1][1]  # both hops used
-    upstream_log = [re.sub(r" forward-to-address=\[[^]]*\]", "", x) for x in got["upstream"][4]]
-    assert upstream_log != got["upstream"][4]
-    logs = {"ours": got["ours"][4], "upstream": upstream_log}
-    logs = {
-        side: [x for x in logs[side] if KEEP.search(x) and not FORWARD_TO_ADDRESS.search(x)] for side in SIDES
-    }
+    logs = {side: [x for x in got[side][4] if KEEP.search(x)] for side in SIDES}
+    assert any("forward-to-address=[127.0.0.1:PORT]" in x for x in logs["upstream"])
+    assert any(": new connection for [127.0.0.1:PORT]" in x for x in logs["upstream"])
     assert logs["ours"] == logs["upstream"], "\n".join(
         ["ours:", *logs["ours"], "upstream:", *logs["upstream"]]
     )

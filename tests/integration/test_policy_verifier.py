@@ -274,18 +274,26 @@ async def test_account_verifier_with_system_accounts() -> None:
     local = await v.verify(f"{root.pw_name}@VM", "a@b", PEER, "", "")
     assert (local.kind, local.mailbox) == (RecipientKind.LOCAL, root.pw_name)
     wrong_domain = await v.verify(f"{root.pw_name}@elsewhere.example", "a@b", PEER, "", "")
-    assert wrong_domain.kind is RecipientKind.REJECT
-    nobody = await v.verify("no-such-account-xyz@vm", "a@b", PEER, "", "")
-    assert (nobody.kind, nobody.reason) == (RecipientKind.REJECT, "invalid mailbox")
+    assert (wrong_domain.kind, wrong_domain.reason) == (RecipientKind.REJECT, "rejected")
+    assert wrong_domain.detail == "[elsewhere.example] does not match [vm]"
+    bare = await v.verify(root.pw_name, "a@b", PEER, "", "")  # no domain: not ours (as upstream)
+    assert (bare.kind, bare.detail) == (RecipientKind.REJECT, "[] does not match [vm]")
+    nobody = await v.verify("No-Such-Account-xyz@vm", "a@b", PEER, "", "")
+    assert (nobody.kind, nobody.reason) == (RecipientKind.REJECT, "rejected")
+    assert nobody.detail == "[No-Such-Account-xyz] is not a valid account name"
     default_range = verifier("account:")
     out_of_range = await default_range.verify(f"{root.pw_name}@vm", "a@b", PEER, "", "")
-    assert out_of_range.kind is RecipientKind.REJECT  # uid 0 is outside 1000-32767
+    assert (out_of_range.kind, out_of_range.detail) == (
+        RecipientKind.REJECT,
+        "uid 0 is not in the range 1000-32767",
+    )
 
 
 async def test_account_verifier_parameters() -> None:
     root = pwd.getpwuid(0).pw_name
     upper = root.upper() + "@vm"
-    assert (await verifier("account:0-0").verify(upper, "", PEER, "", "")).kind is RecipientKind.REJECT
+    found = await verifier("account:0-0").verify(upper, "", PEER, "", "")  # found in lower case, as upstream
+    assert (found.kind, found.mailbox, found.full_name) == (RecipientKind.LOCAL, root, "")
     lowered = await verifier("account:0-0;lowercase").verify(upper, "", PEER, "", "")
     assert (lowered.kind, lowered.mailbox) == (RecipientKind.LOCAL, root)
     check = verifier("account:0-0;check")
