@@ -12,7 +12,7 @@ EXPECTS
         client|server  plain      <xtext-id>  <xtext-password>  [selector]
         client|server  md5        <xtext-id>  <base64-or-dotted-hmac-md5-state>  [selector]
         client|server  plain:b    <base64-id> <base64-password> [selector]   ("=" is empty)
-        client         oauth      <xtext-id>  <xtext-access-token>  [selector]
+        client         oauth      <xtext-id>  <base64-xoauth2-response>  [selector]
         client         oauth:cmd  <xtext-id>  <xtext-command-line>  [selector]
         server         none       <ip-range>  <keyword>
         client|server  <hash>     <xtext-id>  <base64-hashed-secret>  [selector]
@@ -25,11 +25,16 @@ EXPECTS
     no hashed secret but MD5's can check a response (no hash library can
     resume from a stored state), so those authentications fail; other names
     offer nothing. ``oauth`` on a server line is such a name too.
+    An ``oauth`` secret is, as in E-MailRelay 2.6b, the XOAUTH2 initial
+    client response already base64-encoded (``user=...^Aauth=Bearer ...^A^A``):
+    it is sent as it is (re-encoded with its padding); upstream's strict
+    base64 rules apply (padding optional but exact, no stray bits).
     ``oauth:cmd`` is our extension: the xtext-decoded secret is a command
     line (split like a POSIX shell would, but run without a shell) that is
     run for each authentication (``fetch_oauth_token``); the first non-empty
-    line of its stdout is a fresh access token for XOAUTH2.  Exit status
-    non-zero, a timeout or no output fails that authentication.
+    line of its stdout is a fresh bare access token, from which the XOAUTH2
+    response is built.  Exit status non-zero, a timeout or no output fails
+    that authentication.
     IP ranges: ``192.168.0.*`` (any octet may be ``*``), CIDR
     (``192.168.0.0/24``, ``fe80::/64``) or one address; IPv4-mapped IPv6
     client addresses match IPv4 rules.
@@ -51,7 +56,8 @@ GUARANTEES
       ``emailrelay.auth.pam.PamSecrets`` (``services/security.py``); PAM
       cannot supply passwords for the SMTP client.
     * Secret bytes are exactly the decoded octets (xtext/base64), and are
-      left out of ``repr``.
+      left out of ``repr``.  An ``oauth`` account's secret is the XOAUTH2
+      initial client response (decoded), whichever way it was given.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ __all__ = [
     "TrustRule",
     "fetch_oauth_token",
     "is_pam",
+    "xoauth2_response",
 ]
 
 PAM_VALUE = "pam:"
@@ -224,6 +231,23 @@ def _b64field(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+def _strict_b64(text: str) -> bytes:
+    """E-MailRelay 2.6b's base64 for an ``oauth`` secret: the padding may be left out but not
+    be partial, and the last character may carry no unused bits.  ``ValueError`` otherwise."""
+    body = text.rstrip("=")
+    if len(body) % 4 == 1 or (body != text and len(text) - len(body) != -len(body) % 4):
+        raise ValueError("invalid base64")
+    raw = base64.b64decode((body + "=" * (-len(body) % 4)).encode("ascii"), validate=True)
+    if base64.b64encode(raw).decode("ascii").rstrip("=") != body:
+        raise ValueError("invalid base64")
+    return raw
+
+
+def xoauth2_response(user: bytes, token: bytes) -> bytes:
+    """The XOAUTH2 initial client response for a bare access token (RFC 7628 style)."""
+    return b"user=" + user + b"\x01auth=Bearer " + token + b"\x01\x01"
+
+
 def _bytes_text(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
@@ -317,7 +341,7 @@ class Secrets:
         elif kind == "md5":
             self._add_secret(side, "md5", *self._decode_md5(f[2], f[3], n), selector, n)
         elif kind == "oauth":
-            self._add_secret(side, "oauth", *self._decode_xtext(f[2], f[3], n), selector, n)
+            self._add_secret(side, "oauth", *self._decode_oauth(f[2], f[3], n), selector, n)
         else:
             self._add_token_command(f[2], f[3], selector, n)
 
@@ -345,6 +369,14 @@ class Secrets:
         except ValueError:
             raise self._error(f"invalid xtext in the secret for [{ident}]", n) from None
         return ident, ident_raw, secret
+
+    def _decode_oauth(self, id_field: str, secret_field: str, n: int) -> tuple[str, bytes, bytes]:
+        """An xtext id and the base64 XOAUTH2 response; upstream's message when it is not base64."""
+        ident, ident_raw, _ = self._decode_xtext(id_field, "", n)
+        try:
+            return ident, ident_raw, _strict_b64(secret_field)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise self._error(f"invalid xtext in the secret for [{ident}]", n) from None
 
     def _decode_b64(self, id_field: str, secret_field: str, n: int) -> tuple[str, bytes, bytes]:
         try:
@@ -485,4 +517,4 @@ def fetch_oauth_token(
     lines = [t.strip() for t in bytes(result.stdout).splitlines() if t.strip()]
     if not lines:
         raise TokenError(f"oauth token command [{name}] printed no token")
-    return replace(account, secret=lines[0])
+    return replace(account, secret=xoauth2_response(account.id_bytes, lines[0]))

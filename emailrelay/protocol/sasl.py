@@ -392,8 +392,8 @@ class SaslClient:
     ``initial_response()`` is sent with ``AUTH`` (``None``: send none);
     ``respond(challenge_b64)`` answers each ``334``.  A challenge that cannot
     be answered (bad base64, too many steps) gives ``"*"`` (cancel) and sets
-    ``error``.  oauth accounts must carry their token already (see
-    ``emailrelay.auth.secrets.fetch_oauth_token``).
+    ``error``.  oauth accounts must carry their XOAUTH2 initial client response
+    already, as their secret (see ``emailrelay.auth.secrets.fetch_oauth_token``).
     """
 
     def __init__(self, mechanism: str, account: ClientAccountView) -> None:
@@ -417,8 +417,8 @@ class SaslClient:
             return _b64(a.user_bytes)
         if self.mechanism == "PLAIN":
             return _b64(b"\0" + a.user_bytes + b"\0" + a.secret)
-        if self.mechanism == "XOAUTH2":
-            return _b64(b"user=" + a.user_bytes + b"\x01auth=Bearer " + a.secret + b"\x01\x01")
+        if self.mechanism == "XOAUTH2":  # the secret is the whole response (E-MailRelay 2.6b)
+            return _b64(a.secret)
         return None
 
     def _cancel(self, error: str) -> str:

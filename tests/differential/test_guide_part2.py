@@ -729,13 +729,19 @@ def test_split_then_mx(mx: str) -> None:
 # ---- XOAUTH2, POP STLS, detaching ---------------------------------------------------------------------
 
 
-def test_xoauth2_client_line(tmp_path: Path) -> None:
-    """An ``oauth`` client line against a next hop offering XOAUTH2: the AUTH exchange it receives
-    (each side asserted: they differ)."""
+@pytest.mark.parametrize(
+    "token",
+    ["token123", "abc", "YQ", b64("user=bob\x01auth=Bearer token123\x01\x01"), "x"],
+    ids=["word", "unpadded", "short", "xoauth2-string", "not-base64"],
+)
+def test_xoauth2_client_line(tmp_path: Path, token: str) -> None:
+    """An ``oauth`` client line against a next hop offering XOAUTH2: the AUTH exchange it receives,
+    the exit code and the messages sent (issue 17 aligned ours: the secret is the base64 XOAUTH2
+    response, sent as it is, re-padded; a secret that is not strict base64 is a start-up error)."""
     got = {}
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
-        path = _readable(base / "client.auth", "client oauth bob token123\n")
+        path = _readable(base / "client.auth", f"client oauth bob {token}\n")
         with FakeSmtp(
             extensions=(*NO_PIPELINING, "AUTH XOAUTH2 PLAIN"), auth=auth_script("235 2.7.0 ok")
         ) as hop:
@@ -746,10 +752,9 @@ def test_xoauth2_client_line(tmp_path: Path) -> None:
                 capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
             )  # fmt: skip
             got[side] = (done.returncode, hop.auth_exchanges, len(hop.messages))
-    # found by this regrade: upstream sends the secret as it is as the initial response, ours
-    # builds the XOAUTH2 string (user=..., auth=Bearer ...) and base64-encodes it
-    assert got["upstream"] == (0, [["XOAUTH2 token123"]], 1)
-    assert got["ours"] == (0, [["XOAUTH2 " + b64("user=bob\x01auth=Bearer token123\x01\x01")]], 1)
+    _assert_same(got)
+    padded = token + "=" * (-len(token) % 4)
+    assert got["ours"] == ((1, [], 0) if token == "x" else (0, [[f"XOAUTH2 {padded}"]], 1))
 
 
 def _pop_ask(conn: socket.socket, reader: Any, command: str, multi: bool = False) -> bytes:

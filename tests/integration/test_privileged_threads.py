@@ -105,7 +105,7 @@ from emailrelay.auth.secrets import Secrets, fetch_oauth_token
 
 identity.drop(identity.lookup("daemon"))
 account = Secrets.from_text("client oauth:cmd me /usr/bin/id\n").client_account()  # "euid=" when they differ
-print(fetch_oauth_token(account).secret.decode())
+print(fetch_oauth_token(account).secret.decode().removeprefix("user=me\x01auth=Bearer ").rstrip("\x01"))
 """
 
 

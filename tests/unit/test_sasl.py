@@ -278,9 +278,10 @@ def test_client_plain_answers_empty_challenge() -> None:
 
 
 def test_client_xoauth2() -> None:
-    client = SaslClient("XOAUTH2", account("oauth", "me@example.com", b"ya29.tok"))
-    raw = base64.b64decode(client.initial_response() or "")
-    assert raw == b"user=me@example.com\x01auth=Bearer ya29.tok\x01\x01"
+    """The account's secret is the whole XOAUTH2 response; it goes base64-encoded with AUTH."""
+    response = b"user=me@example.com\x01auth=Bearer ya29.tok\x01\x01"
+    client = SaslClient("XOAUTH2", account("oauth", "me@example.com", response))
+    assert base64.b64decode(client.initial_response() or "") == response
     error = b64(b'{"status":"401","schemes":"bearer"}')
     assert client.respond(error) == ""
     assert client.error == '{"status":"401","schemes":"bearer"}'

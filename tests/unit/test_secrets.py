@@ -18,6 +18,7 @@ from emailrelay.auth.secrets import (
     TokenError,
     fetch_oauth_token,
     is_pam,
+    xoauth2_response,
 )
 from emailrelay.errors import ConfigError
 from emailrelay.protocol.addresses import xtext_encode
@@ -251,11 +252,25 @@ def test_server_line_fifth_field_ignored() -> None:
 
 
 def test_oauth_client_token() -> None:
-    s = Secrets.from_text("client oauth me@example.com ya29.tok+2Ben gmail\n")
+    """As E-MailRelay 2.6b: the secret is the base64 XOAUTH2 response (padding optional)."""
+    response = b"user=me@example.com\x01auth=Bearer ya29.tok\x01\x01"
+    field = base64.b64encode(response).decode().rstrip("=")
+    s = Secrets.from_text(f"client oauth me@example.com {field} gmail\nclient oauth you YWJj\n")
     acct = s.client_account("gmail")
-    assert acct is not None and acct.kind == "oauth" and acct.secret == b"ya29.tok+en"
+    assert acct is not None and acct.kind == "oauth" and acct.secret == response
     assert not acct.needs_token
     assert fetch_oauth_token(acct) is acct
+    other = s.client_account()
+    assert other is not None and other.secret == b"abc"
+
+
+@pytest.mark.parametrize(
+    "field", ["x", "a+2Bb", "a=b", "YQ=", "YR==", "ab==", "abcd=", "abcd====", "=abc", "a-bc"]
+)
+def test_oauth_client_token_must_be_strict_base64(field: str) -> None:
+    """E-MailRelay 2.6b refuses these as "invalid xtext encoding of secret": not strict base64."""
+    with pytest.raises(ConfigError, match=r"invalid xtext in the secret for \[bob\]"):
+        Secrets.from_text(f"client oauth bob {field}\n")
 
 
 def test_oauth_cmd_runs_command_for_a_fresh_token() -> None:
@@ -265,7 +280,11 @@ def test_oauth_cmd_runs_command_for_a_fresh_token() -> None:
     assert acct is not None and acct.needs_token and acct.token_command is not None
     assert acct.token_command[0] == sys.executable
     fresh = fetch_oauth_token(acct)
-    assert fresh.secret == b"fresh-token" and not fresh.needs_token and fresh.user == "me@example.com"
+    assert (
+        fresh.secret == xoauth2_response(b"me@example.com", b"fresh-token")
+        and not fresh.needs_token
+        and fresh.user == "me@example.com"
+    )
 
 
 @pytest.mark.parametrize(
@@ -298,7 +317,7 @@ def test_oauth_cmd_uses_injected_runner() -> None:
     s = Secrets.from_text("client oauth:cmd me get-token+20--account+20me\n")
     acct = s.client_account()
     assert acct is not None
-    assert fetch_oauth_token(acct, run=runner).secret == b"tok"
+    assert fetch_oauth_token(acct, run=runner).secret == b"user=me\x01auth=Bearer tok\x01\x01"
     assert calls == [["get-token", "--account", "me"]]
 
 
