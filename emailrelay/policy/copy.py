@@ -11,7 +11,7 @@ What it expects: the spool store; sub-directories made by the operator.
 
 What it guarantees: no copy into ``postmaster`` or a dot-directory; a
 directory with ``new``, ``tmp`` and ``cur`` gets a maildir copy of the
-content in ``cur``; every copy is complete before the original is deleted;
+content in ``new``; every copy is complete before the original is deleted;
 when there is no sub-directory at all the original is kept (never deleted
 with nowhere to go).  Result: ABANDON when the original was deleted (the
 filter took care of it; with ``pop`` the content stays), OK otherwise, as

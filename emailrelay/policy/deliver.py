@@ -9,7 +9,8 @@ original even when every recipient was local).
 
 What it guarantees: mailbox directories are created as needed; one that has
 ``new``, ``tmp`` and ``cur`` is a maildir and gets the content alone, in
-``cur``; each mailbox gets one copy however many recipients name it; a
+``new`` (named as E-MailRelay 2.6b names it); each mailbox gets one copy
+however many recipients name it; a
 mailbox name that is empty, ``.``/``..``, or holds a ``/``, a backslash or a
 control character is refused (REJECT, nothing delivered).  With no local
 recipient nothing happens (OK); with only local recipients the original is

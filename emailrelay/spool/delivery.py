@@ -9,7 +9,7 @@ decides which, in what order, and for which mailboxes.
 What it guarantees:
 - every mailbox name is checked (one path component, no control characters) before anything is
   copied;
-- mailbox directories (and a maildir's ``tmp`` and ``cur``) are opened one component at a time
+- mailbox directories (and a maildir's ``tmp`` and ``new``) are opened one component at a time
   with ``O_NOFOLLOW`` and written through their descriptors: a symlink planted under ``base`` is
   refused (SpoolStoreError ELOOP), never followed;
 - the original is deleted only after every copy was made.
@@ -40,7 +40,8 @@ def copy_to_directories(
     """Copy a message into ``base/<name>`` for each mailbox name; returns the files written.
 
     A directory with ``new``, ``tmp`` and ``cur`` sub-directories is a maildir: the content alone
-    goes to ``tmp`` and is renamed into ``cur``.  Any other directory gets the content (hard-linked
+    goes to ``tmp`` and is renamed into ``new`` under a maildir name, as E-MailRelay 2.6b names it
+    (``<secs>.<usecs>.<pid>.<host>.<n>``).  Any other directory gets the content (hard-linked
     when ``hardlink`` and possible; not at all when ``envelope_only``, ``copy:pop``) and then a
     committed envelope.  ``create`` makes missing mailbox directories (``deliver:``).  With
     ``delete_original`` the original envelope (and content, unless ``envelope_only``) is deleted

@@ -48,8 +48,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import os
+import socket
 import stat as stat_module
 import threading
 import time
@@ -588,24 +590,26 @@ class SpoolStore:
             raise _store_error(exc, f"cannot open mailbox {name!r} in {base_dir}") from exc
 
     def copy_into_maildir(self, mid: MessageId, box: int, maildir: Path, *, hardlink: bool) -> Path:
-        """``mid``'s content into the maildir ``box``: written to ``tmp``, renamed into ``cur``."""
-        name = f"{mid}:2,"
+        """``mid``'s content into the maildir ``box`` as E-MailRelay 2.6b names it,
+        ``new/<secs>.<usecs>.<pid>.<host>.<n>`` (:func:`maildir_name`), the content's bytes as they
+        are: written (or linked) in ``tmp``, fsynced, renamed into ``new``, ``new`` fsynced."""
         content = self._content(mid)
         tmp_fd = os.open("tmp", safe_files.DIRECTORY_FLAGS, dir_fd=box)
         try:
-            cur_fd = os.open("cur", safe_files.DIRECTORY_FLAGS, dir_fd=box)
+            new_fd = os.open("new", safe_files.DIRECTORY_FLAGS, dir_fd=box)
             try:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=tmp_fd)
+                name = maildir_name()
+                while _exists_at(tmp_fd, name) or _exists_at(new_fd, name):
+                    name = maildir_name()
                 self._place_content(content, name, hardlink, dir_fd=tmp_fd)
-                os.rename(name, name, src_dir_fd=tmp_fd, dst_dir_fd=cur_fd)
+                os.rename(name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
                 if self.fsync:
-                    os.fsync(cur_fd)
+                    os.fsync(new_fd)
             finally:
-                os.close(cur_fd)
+                os.close(new_fd)
         finally:
             os.close(tmp_fd)
-        return maildir / "cur" / name
+        return maildir / "new" / name
 
     def _place_content(
         self, source: Path, target: Path | str, hardlink: bool, *, dir_fd: int | None = None
@@ -1242,6 +1246,18 @@ def _read_fd(fd: int) -> bytes:
 
 def _store_error(exc: OSError, text: str) -> SpoolStoreError:
     return SpoolStoreError(exc.errno or errno.EIO, f"{text}: {exc.strerror or exc}")
+
+
+_MAILDIR_SEQUENCE = itertools.count()
+
+
+def maildir_name() -> str:
+    """A maildir file name as E-MailRelay 2.6b makes it: ``<secs>.<usecs>.<pid>.<host>.<n>``, ``n``
+    counting this process's maildir files from 0 (``/`` and ``:`` in the host name escaped, as
+    the maildir convention asks)."""
+    secs, usecs = divmod(time.time_ns() // 1000, 1_000_000)
+    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+    return f"{secs}.{usecs}.{os.getpid()}.{host}.{next(_MAILDIR_SEQUENCE)}"
 
 
 def _is_maildir_at(dir_fd: int) -> bool:

@@ -212,7 +212,7 @@ def test_guide_account_verifier_and_deliver_filter_then_pop_by_name(tmp_path: Pa
 
 @pytest.mark.parametrize("spelling", ["deliver:", "delivery:"])
 def test_deliver_into_an_existing_maildir_and_delivery_dir(tmp_path: Path, spelling: str) -> None:
-    """A mailbox with ``new``, ``tmp`` and ``cur`` is a maildir: only the content goes into ``cur``;
+    """A mailbox with ``new``, ``tmp`` and ``cur`` is a maildir: only the content goes into ``new``;
     ``--delivery-dir`` moves the mailboxes out of the spool directory. The POP section's spelling
     ``delivery:`` is the same built-in."""
     user = local_account().pw_name
@@ -229,10 +229,10 @@ def test_deliver_into_an_existing_maildir_and_delivery_dir(tmp_path: Path, spell
     )
     try:
         send(relay.port, "a@example.com", [f"{user}@{default_domain()}"], "maildir")
-        assert wait_until(lambda: any((boxes / user / "cur").iterdir()), 15), relay.log()
+        assert wait_until(lambda: any((boxes / user / "new").iterdir()), 15), relay.log()
     finally:
         relay.stop()
-    (delivered,) = list((boxes / user / "cur").iterdir())
+    (delivered,) = list((boxes / user / "new").iterdir())
     assert b"Subject: maildir" in delivered.read_bytes()
     assert not list((boxes / user).glob("*.envelope"))
     assert spool_files(relay.spool, ".envelope") == []  # all recipients local: the original is gone

@@ -94,8 +94,10 @@ async def test_copy_maildir(store: SpoolStore) -> None:
     data = content("maildir")
     msg = new_message(store, data)
     await server_chain(store, "copy:").filter(msg.id, str(msg.content_path), str(msg.envelope_path))
-    cur = list((store.directory / "md" / "cur").iterdir())
-    assert len(cur) == 1 and cur[0].read_bytes() == data
+    new = list((store.directory / "md" / "new").iterdir())  # E-MailRelay 2.6b's maildir name
+    assert len(new) == 1 and new[0].read_bytes() == data
+    assert re.fullmatch(rf"\d+\.\d{{1,6}}\.{os.getpid()}\.[^/:]+\.\d+", new[0].name), new[0].name
+    assert not list((store.directory / "md" / "cur").iterdir())
     assert not list((store.directory / "md" / "tmp").iterdir())
     assert not [p for p in (store.directory / "md").iterdir() if p.is_file()]
 
@@ -151,8 +153,8 @@ async def test_deliver_mixed_keeps_the_original(store: SpoolStore, tmp_path: Pat
     )
     assert result.outcome is FilterOutcome.OK
     assert msg.envelope_path.exists()
-    cur = list((boxes / "carol" / "cur").iterdir())
-    assert len(cur) == 1 and cur[0].stat().st_ino == msg.content_path.stat().st_ino
+    new = list((boxes / "carol" / "new").iterdir())
+    assert len(new) == 1 and new[0].stat().st_ino == msg.content_path.stat().st_ino
     assert (boxes / "dave" / f"{msg.id}.envelope").exists()
     assert not (store.directory / "dave").exists()
 
