@@ -16,7 +16,9 @@ EXPECTS
     * ``--tls-config`` keywords, comma separated, case-insensitive:
       ``tlsv1.0``..``tlsv1.3`` set the minimum protocol version,
       ``-tlsv1.0``..``-tlsv1.3`` the maximum; ``openssl`` is accepted;
-      ``mbedtls`` is refused (only OpenSSL is available through Python).
+      ``mbedtls`` is ignored (only OpenSSL is available through Python): it
+      is listed in ``TlsConfig.ignored`` for E-MailRelay 2.6b's start-up
+      warning, and OpenSSL is used.
 
 GUARANTEES
     * Bad input raises ``UsageError`` naming the option and the file:
@@ -68,22 +70,25 @@ _VERSIONS = {
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """Parsed ``--tls-config``: protocol bounds (``None``: library default)."""
+    """Parsed ``--tls-config``: protocol bounds (``None``: library default) and the keywords
+    ignored (as given)."""
 
     minimum: ssl.TLSVersion | None = None
     maximum: ssl.TLSVersion | None = None
+    ignored: tuple[str, ...] = ()
 
 
 def parse_tls_config(text: str | None) -> TlsConfig:
     minimum: ssl.TLSVersion | None = None
     maximum: ssl.TLSVersion | None = None
+    ignored: list[str] = []
     for item in (text or "").split(","):
         word = item.strip().lower()
         if not word or word == "openssl":
             continue
         if word == "mbedtls":
-            raise UsageError("--tls-config=mbedtls: only OpenSSL is available in this build")
-        if word in _VERSIONS:
+            ignored.append(item.strip())
+        elif word in _VERSIONS:
             minimum = _VERSIONS[word]
         elif word.startswith("-") and word[1:] in _VERSIONS:
             maximum = _VERSIONS[word[1:]]
@@ -91,7 +96,7 @@ def parse_tls_config(text: str | None) -> TlsConfig:
             raise UsageError(f"invalid --tls-config keyword [{item.strip()}]")
     if minimum is not None and maximum is not None and minimum > maximum:
         raise UsageError("--tls-config: the minimum TLS version is above the maximum")
-    return TlsConfig(minimum, maximum)
+    return TlsConfig(minimum, maximum, tuple(ignored))
 
 
 def _apply_versions(ctx: ssl.SSLContext, config: TlsConfig) -> None:

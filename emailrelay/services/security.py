@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from .. import log as logmod
 from ..config import Config
 from ..errors import ConfigError, UsageError
 
@@ -67,9 +68,17 @@ def server_security(config: Config, secrets_path: str | None = None) -> ServerSe
 
 def check(config: Config) -> None:
     """Load the server's and the client's secrets, auth configs and certificates, for their errors
-    only (start-up: naming file and line); nothing is imported for options not given."""
+    only (start-up: naming file and line); nothing is imported for options not given.  With TLS in
+    use, ``--tls-config`` keywords that are ignored (``mbedtls``) get E-MailRelay 2.6b's warning."""
     _server_parts(config, None)
     client_security(config)
+    tls_on = config.server_tls or config.server_tls_connection or config.client_tls or config.client_tls_connection
+    if tls_on and config.tls_config:
+        from ..auth import tls
+
+        ignored = tls.parse_tls_config(config.tls_config).ignored
+        if ignored:
+            logmod.get().warning(f"tls-config: tls configuration items ignored: [{','.join(ignored)}]")
 
 
 def _server_parts(

@@ -375,15 +375,17 @@ def test_tls_config_maximum_version_and_openssl_keyword(tmp_path: Path, certs: C
         assert c.sock.version() == "TLSv1.2"  # type: ignore[union-attr]
 
 
-def test_tls_config_mbedtls_is_a_clear_error(tmp_path: Path, certs: Certs) -> None:
-    """``--tls-config mbedtls``: only OpenSSL is built in; a one-line start-up error, exit 1."""
-    done = run_emailrelay(
-        "--no-daemon", "--single-process", "--no-syslog", "--port", str(free_port()), "--interface", "127.0.0.1",
-        "--spool-dir", str(tmp_path), "--user", "root", "--server-tls", "--server-tls-certificate",
-        str(certs.server_pem), "--tls-config", "mbedtls",
-    )  # fmt: skip
-    assert done.returncode == 1
-    assert done.stderr.startswith("emailrelay: error: ") and "only OpenSSL" in done.stderr, done.stderr
+def test_tls_config_mbedtls_warns_and_uses_openssl(tmp_path: Path, certs: Certs) -> None:
+    """``--tls-config mbedtls,-tlsv1.2``: only OpenSSL is built in; as E-MailRelay 2.6b, a start-up
+    warning that the item is ignored, then the relay serves and the other keyword still counts."""
+    options = ("--server-tls", "--server-tls-certificate", str(certs.server_pem), "--single-process")
+    with (
+        relay(tmp_path, *options, "--tls-config", "mbedtls,-tlsv1.2") as r,
+        smtplib.SMTP("localhost", r.port) as c,
+    ):
+        c.starttls(context=trusting(certs))
+        assert c.sock.version() == "TLSv1.2"  # type: ignore[union-attr]
+    assert "warning: tls-config: tls configuration items ignored: [mbedtls]\n" in r.log()
 
 
 # ====================================================================== Process options

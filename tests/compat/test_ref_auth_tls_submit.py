@@ -313,22 +313,22 @@ def test_server_tls_needs_a_certificate(tmp_path: Path) -> None:
     assert "certificate" in out.stderr
 
 
-def test_tls_config_mbedtls_is_refused_clearly(tmp_path: Path) -> None:
-    """``--tls-config=mbedtls``: this build has only OpenSSL, so it says so and exits 1."""
+def test_tls_config_mbedtls_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    """``--tls-config=mbedtls``: this build has only OpenSSL; like E-MailRelay 2.6b it warns that the
+    item is ignored and serves, STARTTLS working (with OpenSSL)."""
     pem = tmp_path / "emailrelay.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-noenc", "-subj", "/CN=tester", "-newkey", "rsa:2048", "-keyout", str(pem),
          "-out", str(pem)], capture_output=True, timeout=60, check=True,
     )  # fmt: skip
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    out = subprocess.run(
-        [program(), "--no-daemon", "--tls-config=mbedtls", "--server-tls", f"--server-tls-certificate={pem}",
-         "--spool-dir", str(spool), "--port", "0"],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 1
-    assert "mbedtls" in out.stderr and "OpenSSL" in out.stderr
+    relay = start_relay(tmp_path, "--tls-config=mbedtls", "--server-tls", f"--server-tls-certificate={pem}")
+    try:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
+            client.starttls(context=ssl._create_unverified_context())
+            assert client.sock.version() is not None  # type: ignore[union-attr]
+    finally:
+        relay.stop()
+    assert "warning: tls-config: tls configuration items ignored: [mbedtls]\n" in relay.log()
 
 
 def test_version_verbose(tmp_path: Path) -> None:

@@ -326,8 +326,8 @@ STARTUP: dict[str, tuple[tuple[str, ...], Outcome, Outcome]] = {
     ),
     "tls-config-mbedtls": (
         ("--server-tls", "--server-tls-certificate", "CERT", "--tls-config", "mbedtls"),
-        (1, "emailrelay: error: --tls-config=mbedtls: only OpenSSL is available in this build"),
-        (None, ""),  # it warns "tls-config: tls configuration items ignored: [mbedtls]" and serves
+        (None, ""),  # both warn and serve (issue 17 aligned ours): test_tls_config_mbedtls_warns_and_serves
+        (None, ""),
     ),
     "deliver-hardlink-nodelete": (
         ("--filter", "deliver:hardlink;nodelete"),
@@ -367,6 +367,28 @@ def test_startup_outcomes(tmp_path: Path, certificate: Path, case: str) -> None:
             errors = [x for x in normalise_log(relay.log(), ports=[relay.port]) if "error" in x]
             got[side] = (rc, errors[-1] if errors else "")
     assert got == {"ours": ours, "upstream": upstream}
+
+
+def test_tls_config_mbedtls_warns_and_serves(tmp_path: Path, certificate: Path) -> None:
+    """``--tls-config=mbedtls`` with ``--server-tls``: the start-up warning and an EHLO that offers
+    STARTTLS and a STARTTLS that is accepted (OpenSSL is used)."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        args = ("--server-tls", "--server-tls-certificate", str(certificate), "--tls-config", "mbedtls")
+        with start(side, base, *args) as relay:
+            replies = smtp_dialogue(relay.port, ["EHLO c", "STARTTLS"])
+            got[side] = (
+                [x for x in replies[1].splitlines() if "STARTTLS" in x],
+                replies[2][:3],
+                [x for x in normalise_log(relay.log(), relay) if "tls-config" in x],
+            )
+    _assert_same(got)
+    assert got["ours"] == (
+        ["250-STARTTLS"],
+        "220",
+        ["emailrelay: warning: tls-config: tls configuration items ignored: [mbedtls]"],
+    )
 
 
 # ---- built-in address verifiers ------------------------------------------------------------------

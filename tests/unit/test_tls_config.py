@@ -286,10 +286,16 @@ def test_parse_tls_config(
     assert (config.minimum, config.maximum) == (minimum, maximum)
 
 
+def test_tls_config_mbedtls_is_ignored() -> None:
+    """``mbedtls`` is listed as ignored (as given) and the other keywords still count."""
+    config = parse_tls_config("MbedTLS,tlsv1.2")
+    assert (config.minimum, config.ignored) == (ssl.TLSVersion.TLSv1_2, ("MbedTLS",))
+    assert parse_tls_config("openssl").ignored == ()
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("mbedtls", "only OpenSSL"),
         ("sslv3", "invalid --tls-config keyword [sslv3]"),
         ("tlsv1.2,bogus", "invalid --tls-config keyword [bogus]"),
         ("tlsv1.3,-tlsv1.2", "minimum TLS version is above the maximum"),
