@@ -304,43 +304,40 @@ def test_log_format_address_as_upstream(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["spam-edit", "spam"])
-def test_spamd_filters(tmp_path: Path, kind: str) -> None:
+def test_spamd_filters_as_upstream(tmp_path: Path, kind: str) -> None:
     """User guide: ``--filter=spam-edit:127.0.0.1:783`` and ``--filter=spam:127.0.0.1:783`` against a
-    fake spamd (whose edited message has LF line ends). ``spam-edit:``: the replies alike and the
-    stored message is spamd's edit, but upstream stores it with spamd's LF line ends as they came and
-    ours with CRLF. ``spam:``: a ham
-    message alike; for GTUBE upstream replies ``452 rejected`` (reason ``spam: True ; 1000.0 / 5.0``)
-    and ours ``452 spam`` (reason ``score 1000.0 / 5.0``), and upstream asks spamd ``PROCESS`` where
-    ours asks ``CHECK``. Both sides' spamd log lines differ (upstream: ``spam connection to``,
-    ``spam request for``, ``spam response line: ...``; ours one ``spamd PROCESS|CHECK`` line).
-    Not recorded decisions (issue 17)."""
+    fake spamd (SPAMC/1.5; its edited message has LF line ends), a GTUBE message and a ham one: what
+    spamd is asked (``PROCESS`` by both), every reply (``spam:`` fails GTUBE with ``452 rejected``),
+    the stored envelopes and contents byte for byte (``spam-edit:`` stores spamd's LF line ends as
+    they came; LF-only content is forwarded alike, test_hand_made_fixtures_are_forwarded_as_upstream)
+    and the whole log (``spam connection to``, ``spam request for``, ``spam response line: [..]``,
+    the reason ``spam: True ; 1000.0 / 5.0``). Issue 17 aligned ours."""
     base = daemon_base(tmp_path)
     got, asked = {}, {}
     for side in SIDES:
         with fake_spamd() as spamd:
             got[side] = _run(side, base, [f"--filter={kind}:{spamd.address}"], _spam_dialogues())
             asked[side] = [command for command, _ in spamd.requests]
+            name = spamd.address.replace(":", "/") + "/ip"  # the filter's name in upstream's log
+        got[side][2][:] = [
+            x.replace(name, "SPAMD").replace(f"BASE/{side}/", "BASE/SIDE/") for x in got[side][2]
+        ]
+    assert asked["ours"] == asked["upstream"] == ["PROCESS"] * 2
+    _assert_same_replies(got, _spam_dialogues())
+    final = [replies[-2] for replies in got["ours"][0]]
+    assert final == (
+        ["250 message processed"] * 2 if kind == "spam-edit" else ["452 rejected", "250 message processed"]
+    )
     assert got["ours"][1] == got["upstream"][1]  # the stored envelopes
     stored = {side: _stored(base, side) for side in SIDES}
-    if kind == "spam-edit":  # the edited contents: upstream stores spamd's LF line ends, ours CRLF
-        lf = [
-            (n, data.replace(b"\r\n", b"\n") if n.endswith(".content") else data)
-            for n, data in stored["ours"]
-        ]
-        assert lf == stored["upstream"] and stored["ours"] != stored["upstream"]
-        assert all(b"X-Spam-Flag: " in data for name, data in stored["ours"] if name.endswith(".content"))
-    else:
-        assert stored["ours"] == stored["upstream"]
-    final = {side: [replies[-2] for replies in got[side][0]] for side in SIDES}
-    if kind == "spam-edit":
-        assert final["ours"] == final["upstream"] == ["250 message processed"] * 2
-        assert asked["ours"] == asked["upstream"] == ["PROCESS"] * 2
-    else:
-        assert final["upstream"] == ["452 rejected", "250 message processed"]
-        assert final["ours"] == ["452 spam", "250 message processed"]
-        assert asked["upstream"] == ["PROCESS"] * 2 and asked["ours"] == ["CHECK"] * 2
-    assert any("spam connection to" in x for x in got["upstream"][2])
-    assert not any("spam connection to" in x for x in got["ours"][2])
+    assert stored["ours"] == stored["upstream"]
+    contents = [data for name, data in stored["ours"] if name.endswith(".content")]
+    if kind == "spam-edit":  # spamd's edit, with its LF line ends
+        assert len(contents) == 2 and all(b"X-Spam-Flag: " in x and b"\r\n" not in x for x in contents)
+    assert got["ours"][2] == got["upstream"][2], "\n".join(
+        ["ours:", *got["ours"][2], "upstream:", *got["upstream"][2]]
+    )
+    assert "emailrelay: info: spam connection to [SPAMD]" in got["ours"][2]
 
 
 # ---- the guides' daemonizing command lines, as typed ---------------------------------------------

@@ -3,8 +3,8 @@
 What it is for: testing ``spam:`` and ``spam-edit:`` without SpamAssassin.
 A message is spam when it holds the GTUBE string.  ``PROCESS`` returns the
 message with ``X-Spam-Flag``/``X-Spam-Status`` headers added on top and its
-line ends turned into bare LF, as a careless server might, so the client's
-CRLF normalisation is exercised too.
+line ends turned into bare LF, as a careless server might (the relay stores
+that as it comes, as E-MailRelay 2.6b does).
 
 Runs in a thread (socketserver) on 127.0.0.1 and a free port, or on a unix
 socket; ``requests`` records (command, body) for assertions.

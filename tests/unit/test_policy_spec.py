@@ -20,7 +20,6 @@ from emailrelay.policy.exe import (
     verifier_args,
 )
 from emailrelay.policy.net import Endpoint, parse_endpoint
-from emailrelay.policy.spam import CrlfNormaliser
 from emailrelay.policy.spec import Spec, SpecError, options_from_config, parse_filters, parse_verifier
 from emailrelay.policy.split import group_by_domain
 from emailrelay.policy.verdicts import FilterOutcome, RecipientKind
@@ -258,15 +257,6 @@ def test_verifier_arguments() -> None:
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------
-@given(st.lists(st.binary(max_size=50), max_size=20))
-def test_crlf_normaliser(chunks: list[bytes]) -> None:
-    norm = CrlfNormaliser()
-    out = b"".join(norm.feed(c) for c in chunks) + norm.finish()
-    whole = b"".join(chunks)
-    assert out == whole.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") or b"\r" in whole
-    assert b"\n" not in out.replace(b"\r\n", b"")
-
-
 def test_group_by_domain() -> None:
     """Sorted by domain, as E-MailRelay 2.6b orders the split messages (tests/differential/test_split.py)."""
     rcpts = ["a@X.com", "b@x.COM", "c@y.org", "nodomain", "d@y.org"]
