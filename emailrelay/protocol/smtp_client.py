@@ -181,7 +181,7 @@ class ClientConfig:
     eightbit_strict: bool = False  # fail 8BITMIME content when the server lacks 8BITMIME
     binarymime_strict: bool = False  # (no effect: BINARYMIME content fails without BDAT anyway)
     forward_to_some: bool = False  # False = --forward-to-all
-    send_auth_param: bool = True  # False with --anonymous=client: never add AUTH= to MAIL
+    send_auth_param: bool = True  # False with --anonymous=client: AUTH=<> instead of a name (as 2.6b)
     defer_transient: bool = False  # back-off: 4xx recipients are deferred, 421 ends the session
 
 
@@ -538,7 +538,7 @@ class SmtpClient:
     ) -> None:
         """Start a message.  ``body`` is "7BIT", "8BITMIME", "BINARYMIME" or None;
         ``auth`` is the xtext AUTH= value ("<>" allowed), sent only when the
-        server offered AUTH and ``send_auth_param`` is on."""
+        server offered AUTH; with ``send_auth_param`` off it is sent as "<>"."""
         self._require(State.READY, "send_envelope")
         if not recipients:
             raise ValueError("send_envelope: no recipients")
@@ -581,8 +581,8 @@ class SmtpClient:
             command += f" BODY={body_param}"
         if smtputf8 and caps.smtputf8:
             command += " SMTPUTF8"
-        if auth is not None and caps.auth and config.send_auth_param:
-            command += f" AUTH={auth}"
+        if auth is not None and caps.auth:
+            command += f" AUTH={auth if config.send_auth_param else '<>'}"
 
         txn = _Txn(use_bdat=chunking, binary=chunking, awaiting=1 + len(recipients))
         self._txn = txn

@@ -795,10 +795,13 @@ class ForwardService:
 
     def _auth_param(self, env: Envelope, conn: SmtpConnection) -> str | None:
         """MAIL FROM AUTH=: the envelope's MailFromAuthOut (xtext or "<>") when a filter set one,
-        else the name we authenticated as (reference guide, "Authentication")."""
+        else the name we authenticated as (reference guide, "Authentication").  Nothing when the
+        connection did not authenticate, as E-MailRelay 2.6b (no --client-auth, or no account)."""
+        if not conn.authenticated_as:
+            return None
         value = env.mail_from_auth_out
         if not value:
-            return xtext_encode(conn.authenticated_as) if conn.authenticated_as else None
+            return xtext_encode(conn.authenticated_as)
         if value == "<>":
             return value
         try:

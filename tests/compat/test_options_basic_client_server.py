@@ -30,7 +30,7 @@ import pytest
 
 from emailrelay.spool import envelope as env_format
 from tests.support.dns_server import dns_server
-from tests.support.fake_smtp import FakeSmtp, Message
+from tests.support.fake_smtp import FakeSmtp, Message, auth_script
 from tests.support.fake_spamd import GTUBE, fake_spamd
 from tests.support.netns import in_private_network
 from tests.support.relay import Relay, free_port, program, start_relay, wait_for_port, wait_until
@@ -698,11 +698,15 @@ def test_anonymous_scopes(tmp_path: Path) -> None:
         spool = subdir(tmp_path, f"client-{scope}") / "spool"
         text = envelope_text("s@example.com", ["r@example.net"])
         write_raw(spool, text.replace(b"MailFromAuthOut: \r\n", b"MailFromAuthOut: bob\r\n"), simple_content("a@t"))
-        with FakeSmtp(extensions=("PIPELINING", "8BITMIME", "AUTH PLAIN")) as hop:
-            r = as_client(spool, hop.address, *([f"--anonymous={scope}"] if scope else []))
+        secrets = spool.parent / "client.auth"  # AUTH= goes only on an authenticated connection
+        secrets.write_text("client plain alice pw\n")
+        with FakeSmtp(extensions=("PIPELINING", "8BITMIME", "AUTH PLAIN"), auth=auth_script("235 ok")) as hop:
+            anonymous = [f"--anonymous={scope}"] if scope else []
+            r = as_client(spool, hop.address, "--client-auth", str(secrets), *anonymous)
             assert r.returncode == 0 and len(hop.messages) == 1, r.stderr
             params = hop.messages[0].mail_params
         assert ("AUTH=bob" in params) is (scope is None), params
+        assert ("AUTH=<>" in params) is (scope == "client"), params  # as E-MailRelay 2.6b
 
     concurrently(
         lambda: variant("all", "--anonymous", {"vrfy", "server", "content"}),

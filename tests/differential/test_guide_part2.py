@@ -254,19 +254,22 @@ def test_guide_client_secrets_and_account_selectors(tmp_path: Path, secrets: str
     _assert_same(got)
 
 
-def _mail_from_auth_out(tmp_path: Path, out: str, auth: bool) -> dict[str, object]:
-    """What each side's ``--as-client`` sends as MAIL FROM for an envelope with ``MailFromAuthOut: out``."""
+def _mail_from_auth_out(
+    tmp_path: Path, out: str, auth: bool, secrets: str = "client plain bob password123\n", *extra: str
+) -> dict[str, object]:
+    """What each side's ``--as-client`` sends as MAIL FROM for an envelope with ``MailFromAuthOut: out``
+    (``--client-auth`` with ``secrets`` when ``auth``, then the ``extra`` options)."""
     got: dict[str, object] = {}
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
-        path = _readable(base / "client.auth", "client plain bob password123\n")
+        path = _readable(base / "client.auth", secrets)
         with FakeSmtp(extensions=(*NO_PIPELINING, "AUTH PLAIN"), auth=auth_script("235 2.7.0 ok")) as hop:
             spool = spool_dir(base / side / "spool")
             _write(spool, [["b@example.net"]], int(time.time()))
             for p in spool.glob("*.envelope"):
                 p.write_bytes(p.read_bytes().replace(
                     b"MailFromAuthOut: \r\n", f"MailFromAuthOut: {out}\r\n".encode()))  # fmt: skip
-            args = ["--client-auth", str(path)] if auth else []
+            args = [*(["--client-auth", str(path)] if auth else []), *extra]
             done = subprocess.run(
                 [program(side), "--as-client", hop.address, "--spool-dir", str(spool), *args],
                 capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
@@ -282,12 +285,30 @@ def test_mail_from_auth_out(tmp_path: Path, out: str) -> None:
     _assert_same(_mail_from_auth_out(tmp_path, out, True))
 
 
-def test_mail_from_auth_out_without_client_auth_differs(tmp_path: Path) -> None:
-    """Without ``--client-auth`` upstream sends no ``AUTH=`` at all; ours still sends the envelope's
-    ``MailFromAuthOut`` (a difference found by this regrade, not a recorded decision)."""
-    got = _mail_from_auth_out(tmp_path, "z@example.com", False)
-    assert got["upstream"] == (0, ["MAIL FROM:<a@example.com> BODY=7BIT"])
-    assert got["ours"] == (0, ["MAIL FROM:<a@example.com> BODY=7BIT AUTH=z@example.com"])
+@pytest.mark.parametrize("out", ["z@example.com", "<>", ""], ids=["xtext", "angle-brackets", "empty"])
+def test_mail_from_auth_out_without_client_auth(tmp_path: Path, out: str) -> None:
+    """Without ``--client-auth`` no ``AUTH=`` goes on MAIL FROM whatever the envelope's
+    ``MailFromAuthOut`` (issue 17 aligned ours: it used to send it)."""
+    got = _mail_from_auth_out(tmp_path, out, False)
+    _assert_same(got)
+    assert got["ours"] == (0, ["MAIL FROM:<a@example.com> BODY=7BIT"])
+
+
+@pytest.mark.parametrize("out", ["", "x+2By@example.com"], ids=["empty", "xtext"])
+def test_mail_from_auth_out_with_anonymous_client(tmp_path: Path, out: str) -> None:
+    """``--anonymous=client`` with ``--client-auth``: ``AUTH=<>`` whatever the envelope says (issue 17
+    aligned ours: it sent no ``AUTH=``)."""
+    got = _mail_from_auth_out(tmp_path, out, True, "client plain bob password123\n", "--anonymous=client")
+    _assert_same(got)
+    assert got["ours"] == (0, ["MAIL FROM:<a@example.com> BODY=7BIT AUTH=<>"])
+
+
+def test_mail_from_auth_out_with_the_no_authentication_account(tmp_path: Path) -> None:
+    """With ``--client-auth`` whose account is the empty one (``client plain:b = =``): no AUTH
+    exchange and no ``AUTH=`` either (issue 17 aligned ours)."""
+    got = _mail_from_auth_out(tmp_path, "z@example.com", True, "client plain:b = =\n")
+    _assert_same(got)
+    assert got["ours"] == (0, ["MAIL FROM:<a@example.com> BODY=7BIT"])
 
 
 # ---- start-up errors and exit codes --------------------------------------------------------------

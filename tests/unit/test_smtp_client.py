@@ -291,9 +291,10 @@ def test_mail_parameters_only_when_offered(ehlo: bytes, kwargs: dict, mail: byte
     assert res.writes[-1].split(b"\r\n")[0] == mail
 
 
-def test_auth_param_suppressed_by_anonymous_client() -> None:
+def test_auth_param_hidden_by_anonymous_client() -> None:
+    """--anonymous=client: AUTH=<> instead of the name, as E-MailRelay 2.6b."""
     res = run([b"220 hi\r\n", EHLO_FULL, envelope(auth="alice")], send_auth_param=False)
-    assert res.writes[-1].startswith(b"MAIL FROM:<a@example.com>\r\n")
+    assert res.writes[-1].startswith(b"MAIL FROM:<a@example.com> AUTH=<>\r\n")
 
 
 def test_empty_sender() -> None:
