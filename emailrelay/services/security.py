@@ -104,10 +104,8 @@ def _secrets(option: str, *, pam_allowed: bool) -> Secrets:
 
     if not is_pam(option):
         return Secrets.from_option(option)
-    if not pam_allowed:
-        raise ConfigError(
-            "--client-auth=pam: is not possible: PAM cannot supply passwords for the SMTP client"
-        )
+    if not pam_allowed:  # PAM cannot supply passwords for the SMTP client: E-MailRelay 2.6b's words
+        raise ConfigError(f"cannot read secrets file: {option}")
     from ..auth.pam import PamSecrets
 
     return PamSecrets()

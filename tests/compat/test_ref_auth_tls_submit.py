@@ -389,7 +389,7 @@ def test_pam_cannot_supply_client_passwords(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert out.returncode == 1
-    assert "PAM cannot supply passwords for the SMTP client" in out.stderr
+    assert "emailrelay: error: cannot read secrets file: pam:" in out.stderr  # as E-MailRelay 2.6b says it
 
 
 # ------------------------------------------------------------------ emailrelay-submit, as typed

@@ -337,7 +337,7 @@ STARTUP: dict[str, tuple[tuple[str, ...], Outcome, Outcome]] = {
     ),
     "client-auth-pam": (
         ("--client-auth", "pam:", "--forward-to", "127.0.0.1:9"),
-        (1, "emailrelay: error: --client-auth=pam: is not possible: PAM cannot supply passwords for the SMTP client"),
+        (1, "emailrelay: error: cannot read secrets file: pam:"),  # (issue 17 aligned ours)
         (1, "emailrelay: error: cannot read secrets file: pam:"),
     ),
     "port-in-use": (

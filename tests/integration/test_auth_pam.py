@@ -210,4 +210,6 @@ def test_client_auth_pam_is_an_error(tmp_path: Path, option: str) -> None:
         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert out.returncode == 1
-    assert "PAM cannot supply passwords for the SMTP client" in out.stderr, out.stderr
+    # E-MailRelay 2.6b's words: PAM cannot supply passwords for the SMTP client
+    expected = f"emailrelay: error: cannot read secrets file: {option.partition('=')[2]}"
+    assert expected in out.stderr, out.stderr
