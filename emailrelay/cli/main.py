@@ -302,12 +302,14 @@ def _check_policy(config: Config) -> None:
     """Bad --filter / --client-filter / --address-verifier values are usage errors at start-up."""
     if not (config.filters or config.client_filters or config.address_verifier):
         return
-    from ..policy.spec import SpecError, parse_filters, parse_verifier
+    from ..policy.spec import SpecError, SpecUsageError, parse_filters, parse_verifier
 
     try:
         parse_filters(config.filters)
         parse_filters(config.client_filters, client=True)
         parse_verifier(config.address_verifier)
+    except SpecUsageError:
+        raise  # upstream's "usage error:"
     except SpecError as exc:
         raise UsageError(str(exc)) from None
 

@@ -3,9 +3,10 @@
 What it is for (reference guide, "deliver:", "Delivery"): an address verifier
 marks recipients as local and names their mailbox (``To-Local`` lines); this
 filter copies the message into ``<delivery-dir>/<mailbox>/`` for each of
-them (``--delivery-dir``, default the spool directory).  Parameters:
-``hardlink`` (link the content instead of copying), ``nodelete`` (keep the
-original even when every recipient was local).
+them (``--delivery-dir``, default the spool directory).  It takes no
+parameter but an unsigned number, which it ignores (E-MailRelay 2.6b refuses
+the guide's ``deliver:hardlink;nodelete`` at start-up, and so do we:
+policy/spec.py).
 
 What it guarantees: mailbox directories are created as needed; one that has
 ``new``, ``tmp`` and ``cur`` is a maildir and gets the content alone, in
@@ -35,9 +36,6 @@ class DeliverFilter:
     def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
         self.spec = spec
         self.name = spec.name
-        params = {p.lower() for p in spec.params}
-        self.hardlink = "hardlink" in params
-        self.delete = "nodelete" not in params
         self.options = options
         self.store = store
         self.log = logmod.get()
@@ -52,7 +50,7 @@ class DeliverFilter:
         if not env.to_local:
             return FilterResult.accept()
         mailboxes = list(dict.fromkeys(env.to_local))
-        delete = self.delete and not env.to_remote
+        delete = not env.to_remote
         store = store_for(self.store, ctx)
         base = self.options.mailbox_base
         existing = await asyncio.to_thread(lambda: {m for m in mailboxes if (base / m).is_dir()})
@@ -68,7 +66,6 @@ class DeliverFilter:
                 ctx.state,
                 self.options.mailbox_base,
                 mailboxes,
-                hardlink=self.hardlink,
                 create=True,
                 delete_original=delete,
             )

@@ -16,9 +16,13 @@ Forms (reference guide, "Filters", "Built-in filters", "Address verifiers"):
 - ``copy:[params]``, ``deliver:[params]``, ``split:[raw]``, ``mx:[params]``,
   ``msgid:``; and, for verifiers only, ``account:[params]``.
 
-Built-in parameters are separated by semicolons (``deliver:hardlink;nodelete``,
+Built-in parameters are separated by semicolons (``copy:hardlink;nodelete``,
 ``mx:nst=60;rt=60;127.0.0.1:53``), never commas: a comma always separates
-chain items, as in upstream, so a program path cannot hold a comma.
+chain items, as in upstream, so a program path cannot hold a comma.  As in
+E-MailRelay 2.6b, ``copy:`` ignores parameters it does not know, and
+``deliver:`` takes nothing or an unsigned 32-bit number (ignored): anything
+else (the guide's ``deliver:hardlink;nodelete``) is upstream's usage error
+(:class:`SpecUsageError`).
 
 Guarantees: every malformed value is a :class:`SpecError` with a message
 naming the item, raised at start-up, never while mail flows.
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import OPTION_DEFAULTS, Config
+from ..errors import OptionUsageError
 from ..spool.names import MessageId, State, split_envelope_name
 from ..spool.store import SpoolStore
 from .verdicts import FilterResult
@@ -44,6 +49,13 @@ VERIFIER_BUILTINS = ("account",)
 
 class SpecError(ValueError):
     """A filter or verifier specification cannot be used."""
+
+
+class SpecUsageError(SpecError, OptionUsageError):
+    """A specification E-MailRelay 2.6b refuses as a ``usage error:``, in its words."""
+
+    def __init__(self, text: str) -> None:
+        OptionUsageError.__init__(self, text)
 
 
 @dataclass(frozen=True)
@@ -148,10 +160,24 @@ def parse_filters(
     out: list[Spec] = []
     for item in items:
         for part in item.split(","):
-            part = part.strip()
-            if part:
-                out.append(_parse_one(part, allowed=(*FILTER_BUILTINS, *NETWORK_KINDS), base_dir=base_dir))
+            if part.strip():
+                out.append(
+                    _parse_one(part.strip(), allowed=(*FILTER_BUILTINS, *NETWORK_KINDS), base_dir=base_dir)
+                )
+                if out[-1].kind == "deliver":
+                    _check_deliver_param(part.partition(":")[2], client)
     return out
+
+
+def _check_deliver_param(value: str, client: bool) -> None:
+    """``deliver:`` takes nothing or an unsigned 32-bit number, refused as E-MailRelay 2.6b refuses it."""
+    if not value or (value.isascii() and value.isdigit() and int(value) <= 0xFFFFFFFF):
+        return
+    what = "invalid client filter specification" if client else "invalid filter specification"
+    if value.isascii() and value.isdigit():
+        raise SpecUsageError(f"{what}: string conversion error: over/underflow: {value}")
+    shown = "" if value.startswith("-") else f": {value}"  # upstream's words, its value left out after a "-"
+    raise SpecUsageError(f"{what}: string conversion error: invalid format: expected unsigned integer{shown}")
 
 
 def parse_verifier(value: str | None, *, base_dir: str | None = None) -> Spec | None:
@@ -259,11 +285,10 @@ def _check_account_params(params: tuple[str, ...], text: str, what: str) -> None
 
 
 _KNOWN_PARAMS: dict[str, frozenset[str]] = {
-    "copy": frozenset({"hardlink", "pop", "nodelete"}),
-    "deliver": frozenset({"hardlink", "nodelete"}),
     "msgid": frozenset(),
     # mx: and account: have free-form parameters, checked by their modules; split: takes "raw" and a
-    # port number and ignores anything else, as upstream
+    # port number and copy: "hardlink", "pop" and "nodelete", and both ignore anything else, as
+    # upstream; deliver:'s number is checked by parse_filters (_check_deliver_param)
 }
 
 

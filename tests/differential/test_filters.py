@@ -349,9 +349,8 @@ def test_routing_filter(tmp_path: Path) -> None:
 
 def test_deliver_filter() -> None:
     """A verifier makes the recipient local (mailbox ``postmaster``): the message is delivered into
-    ``<spool>/postmaster/``, with upstream's ``delivery: ...`` lines.  (E-MailRelay 2.6b refuses the
-    guide's ``deliver:hardlink;nodelete`` at start-up, "expected unsigned integer"; we take it as the
-    guide describes it.)"""
+    ``<spool>/postmaster/``, with upstream's ``delivery: ...`` lines.  (Both refuse the guide's
+    ``deliver:hardlink;nodelete`` at start-up: test_guide_part2.py::test_startup_outcomes.)"""
     spec = "deliver:"
     got: dict[str, object] = {}
     spools: dict[str, list[str]] = {}

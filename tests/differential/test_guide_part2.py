@@ -350,12 +350,37 @@ STARTUP: dict[str, tuple[tuple[str, ...], Outcome, Outcome]] = {
         (None, ""),  # both warn and serve (issue 17 aligned ours): test_tls_config_mbedtls_warns_and_serves
         (None, ""),
     ),
+    # deliver: takes nothing or an unsigned 32-bit number (the guide's deliver:hardlink;nodelete is refused)
     "deliver-hardlink-nodelete": (
         ("--filter", "deliver:hardlink;nodelete"),
-        (None, ""),
+        (1, "emailrelay: usage error: invalid filter specification: string conversion error: invalid format: "
+            "expected unsigned integer: hardlink;nodelete"),
         (1, "emailrelay: usage error: invalid filter specification: string conversion error: invalid format: "
             "expected unsigned integer: hardlink;nodelete"),
     ),
+    "deliver-negative": (
+        ("--filter", "deliver:-1"),
+        (1, "emailrelay: usage error: invalid filter specification: string conversion error: invalid format: "
+            "expected unsigned integer"),
+        (1, "emailrelay: usage error: invalid filter specification: string conversion error: invalid format: "
+            "expected unsigned integer"),
+    ),
+    "deliver-overflow": (
+        ("--filter", "deliver:4294967296"),
+        (1, "emailrelay: usage error: invalid filter specification: string conversion error: over/underflow: "
+            "4294967296"),
+        (1, "emailrelay: usage error: invalid filter specification: string conversion error: over/underflow: "
+            "4294967296"),
+    ),
+    "deliver-number": (("--filter", "exit:0,deliver:4294967295"), (None, ""), (None, "")),
+    "client-filter-deliver-word": (
+        ("--client-filter", "deliver:nodelete", "--forward-to", "127.0.0.1:9"),
+        (1, "emailrelay: usage error: invalid client filter specification: string conversion error: invalid "
+            "format: expected unsigned integer: nodelete"),
+        (1, "emailrelay: usage error: invalid client filter specification: string conversion error: invalid "
+            "format: expected unsigned integer: nodelete"),
+    ),
+    "copy-unknown-word": (("--filter", "copy:whatever;hardlink"), (None, ""), (None, "")),
     "dont-serve-with-port": (
         ("--dont-serve", "--forward-to", "127.0.0.1:9", "--forward"),
         (1, "emailrelay: usage error: the --port option cannot be used with --as-client or --dont-serve"),

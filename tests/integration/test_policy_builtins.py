@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from emailrelay.policy.spec import SpecUsageError
 from emailrelay.policy.verdicts import FilterOutcome
 from emailrelay.spool import envelope as envelope_format
 from emailrelay.spool.names import State
@@ -148,23 +149,28 @@ async def test_deliver_mixed_keeps_the_original(store: SpoolStore, tmp_path: Pat
     (boxes / "carol" / "cur").mkdir()
     env = envelope("remote@example.net", to_local=("carol", "dave"))
     msg = new_message(store, content("mixed"), env)
-    result = await server_chain(store, "deliver:hardlink", delivery_dir=boxes).filter(
+    result = await server_chain(store, "deliver:", delivery_dir=boxes).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
     assert result.outcome is FilterOutcome.OK
     assert msg.envelope_path.exists()
     new = list((boxes / "carol" / "new").iterdir())
-    assert len(new) == 1 and new[0].stat().st_ino == msg.content_path.stat().st_ino
+    assert len(new) == 1 and new[0].read_bytes() == msg.content_path.read_bytes()
     assert (boxes / "dave" / f"{msg.id}.envelope").exists()
     assert not (store.directory / "dave").exists()
 
 
 async def test_deliver_nodelete_and_no_locals(store: SpoolStore) -> None:
+    """``deliver:nodelete`` is refused, as E-MailRelay 2.6b refuses it; ``deliver:<n>`` (upstream's only
+    parameter) delivers as ``deliver:`` (the number is ignored): all recipients local, the original is
+    gone; no local recipient, nothing happens."""
+    with pytest.raises(SpecUsageError, match="expected unsigned integer: nodelete"):
+        server_chain(store, "deliver:nodelete")
     msg = new_message(store, env=envelope_format.Envelope(from_address="", to_local=("eve",)))
-    result = await server_chain(store, "deliver:nodelete").filter(
+    result = await server_chain(store, "deliver:7").filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
-    assert result.outcome is FilterOutcome.OK and msg.envelope_path.exists()
+    assert result.outcome is FilterOutcome.ABANDON and not msg.envelope_path.exists()
     assert (store.directory / "eve" / f"{msg.id}.envelope").exists()
     plain = new_message(store)
     result = await server_chain(store, "deliver:").filter(

@@ -20,7 +20,14 @@ from emailrelay.policy.exe import (
     verifier_args,
 )
 from emailrelay.policy.net import Endpoint, parse_endpoint
-from emailrelay.policy.spec import Spec, SpecError, options_from_config, parse_filters, parse_verifier
+from emailrelay.policy.spec import (
+    Spec,
+    SpecError,
+    SpecUsageError,
+    options_from_config,
+    parse_filters,
+    parse_verifier,
+)
 from emailrelay.policy.split import group_by_domain
 from emailrelay.policy.verdicts import FilterOutcome, RecipientKind
 
@@ -75,7 +82,6 @@ def test_single_forms(text: str, kind: str, value: str) -> None:
         "net:",
         "spam:",
         "file:",
-        "copy:bogus",
         "deliver:pop",
         "account:",
         "mx:dns.example.com",
@@ -89,6 +95,26 @@ def test_single_forms(text: str, kind: str, value: str) -> None:
 def test_bad_filters(text: str) -> None:
     with pytest.raises(SpecError):
         parse_filters(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "client", "error"),
+    [
+        ("deliver:hardlink;nodelete", False, "invalid format: expected unsigned integer: hardlink;nodelete"),
+        ("deliver: 1", True, "invalid format: expected unsigned integer:  1"),
+        ("deliver:-1", False, "invalid format: expected unsigned integer"),
+        ("deliver:4294967296", False, "over/underflow: 4294967296"),
+    ],
+)
+def test_deliver_takes_only_a_number(text: str, client: bool, error: str) -> None:
+    """E-MailRelay 2.6b's start-up usage errors for a ``deliver:`` parameter that is not an unsigned
+    32-bit number; ``copy:`` ignores words it does not know."""
+    what = "invalid client filter specification" if client else "invalid filter specification"
+    with pytest.raises(SpecUsageError) as caught:
+        parse_filters(text, client=client)
+    assert str(caught.value) == f"{what}: string conversion error: {error}"
+    parsed = parse_filters("deliver:,deliver:4294967295,copy:bogus;pop")
+    assert [s.params for s in parsed] == [(), ("4294967295",), ("bogus", "pop")]
 
 
 def test_empty_items_are_ignored() -> None:
