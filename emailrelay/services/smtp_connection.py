@@ -218,9 +218,12 @@ class SmtpConnection:
             name = self.hop.rsplit(":", 1)[0] if not self.hop.startswith("/") else self.hop
             text = (exc.strerror or str(exc)).lower()
             raise ConnectionTrouble(f'dns error: no such host: "{name}" ({text})', kind="connect") from None
-        except OSError:
+        except OSError as exc:
+            # as E-MailRelay 2.6b: a unix domain connect fails at once, with the reason; a TCP one
+            # fails later, without it
+            why = f": {exc.strerror.lower()}" if self.hop.startswith("/") and exc.strerror else ""
             raise ConnectionTrouble(
-                f"connect failure: cannot connect to {self.hop}", kind="connect"
+                f"connect failure: cannot connect to {self.hop}{why}", kind="connect"
             ) from None
         transport = cast(asyncio.Transport, transport)
         # (default write-buffer limits: changing them before start_tls() stalls uvloop's TLS handshake)
