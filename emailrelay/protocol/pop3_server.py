@@ -49,7 +49,10 @@ GUARANTEES
       connection is closed.
     * Unknown command -> "-ERR"; a command in the wrong state -> "-ERR".
     * STLS: bytes received after the STLS line are discarded (RFC 2595,
-      CVE-2011-0411 style injection).
+      CVE-2011-0411 style injection).  As E-MailRelay 2.6b: STLS is answered
+      with a bare "+OK" and CAPA lists STLS (before SASL) whenever STLS is
+      available, also once TLS is up (STLS itself is then refused).  Unlike
+      it, nothing is sent after the handshake (docs/decisions.md, "POP").
     * The maildrop listing (sizes, unique ids) is the snapshot passed to
       login(); DELE only marks; RSET unmarks; deletion happens only in the
       Update decision after QUIT.  A dropped connection never gets there.
@@ -531,7 +534,7 @@ class Pop3Server(LineBuffer):
         self._phase = Phase.TLS
         self._buf, self._pos = b"", 0
         self._discarding = False
-        self._send("+OK begin TLS negotiation")
+        self._send("+OK")
 
     def tls_established(self) -> None:
         if self._phase is not Phase.TLS:
@@ -632,11 +635,11 @@ class Pop3Server(LineBuffer):
 
     def _cmd_capa(self, line: str, arg: str) -> None:
         caps = ["USER", "CAPA", "TOP", "UIDL"]
+        if self._cfg.stls and not self._cfg.secure:  # upstream's place and rule (even after STLS)
+            caps.append("STLS")
         mechs = self.mechanisms
         if mechs:
             caps.append("SASL " + " ".join(mechs))
-        if self._cfg.stls and not self._tls and self._phase is Phase.AUTHORIZATION:
-            caps.append("STLS")
         self._errors = 0
         self._send_lines("+OK capability list follows", caps)
         self._events.append(Capa(line))

@@ -243,19 +243,23 @@ def test_eof_in_transaction_is_no_update() -> None:
     assert d.closed and d.updates == []
 
 
-def test_capa_lists_stls_until_tls() -> None:
+def test_capa_lists_stls_before_sasl_also_after_tls() -> None:
+    """E-MailRelay 2.6b's CAPA: STLS before SASL, still listed once TLS is up; a bare ``+OK`` to
+    STLS and nothing more after the handshake."""
     cfg = PopConfig(
         timestamp=STAMP, stls=True, mechanisms=("CRAM-MD5",), mechanisms_tls=("CRAM-MD5", "PLAIN")
     )
     d = Driver(cfg)
     d.feed(b"CAPA\r\n")
-    assert b"SASL CRAM-MD5\r\nSTLS\r\n.\r\n" in d.out
+    assert b"UIDL\r\nSTLS\r\nSASL CRAM-MD5\r\n.\r\n" in d.out
     d.out = b""
     d.feed(b"STLS\r\nCAPA\r\n")
-    assert d.out == b"+OK begin TLS negotiation\r\n"  # the pipelined CAPA was plaintext: dropped
+    assert d.out == b"+OK\r\n"  # the pipelined CAPA was plaintext: dropped
     d.feed(b"CAPA\r\n")
-    assert b"STLS" not in d.out.split(b"\r\n", 1)[1]
-    assert b"SASL CRAM-MD5 PLAIN\r\n" in d.out
+    assert d.out == b"+OK\r\n+OK capability list follows\r\nUSER\r\nCAPA\r\nTOP\r\nUIDL\r\nSTLS\r\nSASL CRAM-MD5 PLAIN\r\n.\r\n"
+    d.out = b""
+    d.feed(b"STLS\r\n")
+    assert d.out == b"-ERR\r\n"
 
 
 def test_stls_discards_plaintext_sent_after_it() -> None:
@@ -288,7 +292,7 @@ def test_tls_required_blocks_authentication() -> None:
     assert d.out.count(b"-ERR must use STLS first") == 3
     d.feed(b"STLS\r\n")
     d.feed(b"USER me\r\n")
-    assert d.out.endswith(b"+OK begin TLS negotiation\r\n+OK user: me\r\n")
+    assert d.out.endswith(b"+OK\r\n+OK user: me\r\n")
 
 
 def test_pass_keeps_raw_password_bytes_and_is_redacted() -> None:
