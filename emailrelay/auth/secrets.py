@@ -477,10 +477,15 @@ class Secrets:
 
     def trusted(self, ip: str) -> str | None:
         """The keyword of the first ``none`` rule matching client address ``ip``."""
+        rule = self.trust_rule(ip)
+        return None if rule is None else rule.keyword
+
+    def trust_rule(self, ip: str) -> TrustRule | None:
+        """The first ``none`` rule matching client address ``ip``."""
         address = _parse_address(ip)
         if address is None:
             return None
-        return next((r.keyword for r in self.trust if r.matches(address)), None)
+        return next((r for r in self.trust if r.matches(address)), None)
 
     def mechanisms_for_server(self) -> list[str]:
         return server_mechanisms(s.kind for s in self.server)

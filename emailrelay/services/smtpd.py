@@ -37,6 +37,7 @@ from typing import Any, Protocol, cast
 from .. import log as logmod
 from ..auth import tls
 from ..auth.pam import PamSecrets
+from ..auth.secrets import TrustRule
 from ..policy.dnsbl import DnsblChecker
 from ..policy.exe import printable
 from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
@@ -199,6 +200,7 @@ class SmtpSession(LineSession):
         self.encrypted = False
         self.client_certificate = ""
         self.trusted_keyword: str | None = None
+        self._trust_rule: TrustRule | None = None  # the "server none" line that matched the client
         self._sasl: SaslServer | None = None
         self._slot: int | None = None
         self._disabled = False  # connected while the admin's "smtp disable" held
@@ -367,8 +369,9 @@ class SmtpSession(LineSession):
             return base
         secrets = security.secrets
         if secrets is not None and self.trusted_keyword is None:
-            self.trusted_keyword = secrets.trusted(self.peer.host)
-            if self.trusted_keyword is not None:
+            self._trust_rule = secrets.trust_rule(self.peer.host)
+            if self._trust_rule is not None:
+                self.trusted_keyword = self._trust_rule.keyword
                 self.auth_mechanism, self.auth_id = "none", self.trusted_keyword
         return replace(
             base,
@@ -587,6 +590,12 @@ class SmtpSession(LineSession):
 
     def _on_mail(self, ev: sp.MailFrom) -> None:
         self._trace_rx(ev.line)
+        rule = self._trust_rule
+        if rule is not None and self.auth_mechanism == "none":  # trusted, not authenticated: upstream's line
+            self.log.verbose(
+                f"trusting [{self.peer.host}]: matched [{rule.range_text}] from line {rule.line}",
+                self.peer.host,
+            )
         self._discard_message()
         self._bdat = False
         self.tx = _Transaction(
