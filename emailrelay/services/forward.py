@@ -36,7 +36,11 @@ What it guarantees:
   them nor sends to the delivered ones again;
 - ``To-Local`` recipients are never forwarded;
 - up to ``workers`` connections run in parallel, each reused for following
-  messages to the same next hop; idle connections are closed with QUIT;
+  messages with the same ``ForwardToAddress`` (empty: ``--forward-to``) and
+  account selector; a message with another one has the idle connections
+  closed with QUIT and a new one opened, even to the same next hop, as
+  E-MailRelay 2.6b does (``new connection for [<address>]``); idle
+  connections are closed with QUIT;
 - a spool rescan happens on start, every ``--poll`` seconds and whenever the
   queue runs dry after a ring, so a lost wake-up delays at most one period.
 """
@@ -95,30 +99,47 @@ class Outcome:
         return self.status in ("sent", "skipped")
 
 
-def _pool_key(hop: str, selector: str) -> str:
-    return f"{hop}\x00{selector}"
+_Key = tuple[str, str]  # a pooled connection's: the message's ForwardToAddress as written ("" for the
+# --forward-to hop) and its ClientAccountSelector
 
 
 class _Pool:
     """Idle connections per next hop, for reuse across messages and workers."""
 
     def __init__(self) -> None:
-        self.idle: dict[str, list[tuple[float, SmtpConnection]]] = {}
+        self.idle: dict[_Key, list[tuple[float, SmtpConnection]]] = {}
+        self.keys: dict[SmtpConnection, _Key] = {}  # each connection's key, given when it is opened
 
-    def take(self, key: str) -> SmtpConnection | None:
+    def take(self, key: _Key) -> SmtpConnection | None:
         conns = self.idle.get(key)
         while conns:
             _, conn = conns.pop()
             if conn.usable:
                 return conn
-            conn.close()
+            self.forget(conn)
         return None
 
     def give(self, conn: SmtpConnection) -> None:
-        if conn.usable:
-            self.idle.setdefault(_pool_key(conn.hop, conn.selector), []).append((time.monotonic(), conn))
+        if conn.usable and conn in self.keys:
+            self.idle.setdefault(self.keys[conn], []).append((time.monotonic(), conn))
         else:
-            conn.close()
+            self.forget(conn)
+
+    def forget(self, conn: SmtpConnection) -> None:
+        self.keys.pop(conn, None)
+        conn.close()
+
+    def others(self, key: _Key) -> tuple[list[SmtpConnection], set[_Key]]:
+        """Take out the idle connections of keys other than ``key``; them and their keys."""
+        out = [c for k, conns in self.idle.items() if k != key for _, c in conns]
+        keys = {self.keys[c] for c in out if c in self.keys}
+        self.idle = {k: v for k, v in self.idle.items() if k == key}
+        return self._out(out), keys
+
+    def _out(self, conns: list[SmtpConnection]) -> list[SmtpConnection]:
+        for conn in conns:
+            self.keys.pop(conn, None)
+        return conns
 
     def expired(self, linger: float) -> list[SmtpConnection]:
         now = time.monotonic()
@@ -127,12 +148,12 @@ class _Pool:
             keep = [(t, c) for t, c in conns if now - t < linger and c.usable]
             out.extend(c for t, c in conns if (t, c) not in keep)
             self.idle[hop] = keep
-        return out
+        return self._out(out)
 
     def drain(self) -> list[SmtpConnection]:
         out = [c for conns in self.idle.values() for _, c in conns]
         self.idle.clear()
-        return out
+        return self._out(out)
 
 
 class ForwardService:
@@ -566,7 +587,15 @@ class ForwardService:
             await self._in_thread(claim.release)
             self._left.add(mid)
             return Outcome("skipped")
-        routed = f" forward-to=[{env.forward_to}]" if env.forward_to else ""
+        routed = "".join(  # upstream's words and order
+            f" {name}=[{value}]"
+            for name, value in (
+                ("selector", env.client_account_selector),
+                ("forward-to", env.forward_to),
+                ("forward-to-address", env.forward_to_address),
+            )
+            if value
+        )
         self.log.verbose(f"forwarding [{mid}]{routed}")
         pool = self.pool
         if mid in self._immediate:  # --immediate: the client session's own connection
@@ -574,17 +603,20 @@ class ForwardService:
         held: tuple[SmtpConnection, bool] | None = None  # connected before the client filter ran
         if self.client_filter is not None:
             early_hop = env.forward_to_address or self.config.forward_to
+            route = env.forward_to_address
             if early_hop and not env.forward_to:
                 # E-MailRelay 2.6b connects (greeting, EHLO) before it runs the client filter; not
                 # before a routing filter (a ForwardTo), which picks the next hop
                 try:
-                    held = await self._connection(pool, early_hop, env.client_account_selector)
+                    held = await self._connection(pool, mid, route, env.client_account_selector)
                 except ConnectionTrouble as exc:
                     return await self._connection_trouble(claim, exc, early_hop)
             early = await self._run_client_filter(claim, routing=bool(env.forward_to))
             if early is None:
                 try:
                     env = await self._in_thread(claim.envelope, reread=True)  # the filter may have edited it
+                    if not env.forward_to:  # only a routing filter routes: upstream ignores this one's
+                        env = replace(env, forward_to_address=route)
                 except (OSError, EnvelopeError) as exc:
                     early = await self._fail(claim, f"invalid envelope after client filter: {exc}", None)
             if early is not None:
@@ -593,7 +625,7 @@ class ForwardService:
                 return early
         hop = env.forward_to_address or self.config.forward_to
         selector = env.client_account_selector
-        if held is not None and (held[0].hop, held[0].selector) != (hop, selector):
+        if held is not None and held[0].selector != selector:
             pool.give(held[0])  # the filter routed the message elsewhere
             held = None
         ready = await self._ready_to_send(claim, env, hop)
@@ -605,7 +637,10 @@ class ForwardService:
         while True:
             conn: SmtpConnection | None = None
             try:
-                conn, reused = held if held is not None else await self._connection(pool, hop, selector)
+                if held is not None:
+                    conn, reused = held
+                else:
+                    conn, reused = await self._connection(pool, mid, env.forward_to_address, selector)
                 held = None
                 conn.log.msgid = str(mid)  # its callbacks' contexts may be an earlier message's
                 replies = conn.replies
@@ -613,6 +648,7 @@ class ForwardService:
             except ConnectionTrouble as exc:
                 if conn is not None:
                     conn.abort()
+                    pool.forget(conn)
                     if reused and conn.replies == replies:
                         continue  # an idle connection the next hop had closed: once more, afresh
                 return await self._connection_trouble(claim, exc, hop)
@@ -621,12 +657,25 @@ class ForwardService:
         pool.give(conn)
         return result
 
-    async def _connection(self, pool: _Pool, hop: str, selector: str) -> tuple[SmtpConnection, bool]:
-        """An idle connection to ``hop`` from ``pool`` (True: reused), or a new one (False)."""
-        conn = pool.take(_pool_key(hop, selector))
+    async def _connection(
+        self, pool: _Pool, mid: MessageId, route: str, selector: str
+    ) -> tuple[SmtpConnection, bool]:
+        """An idle connection from ``pool`` for a message with the ForwardToAddress ``route`` (""
+        for ``--forward-to``) and ``selector`` (True: reused), or a new one (False). As E-MailRelay
+        2.6b, a connection opened for another ForwardToAddress is not used even when it goes to
+        the same next hop: the idle ones are closed with QUIT first."""
+        key = (route, selector)
+        hop = route or self.config.forward_to or ""
+        conn = pool.take(key)
         if conn is not None:
             conn.log.info(f"smtp connection to {conn.peer}")  # upstream says so for each message
             return conn, True
+        stale, keys = pool.others(key)
+        if stale:
+            await asyncio.gather(*(c.quit() for c in stale), return_exceptions=True)
+            why = [f"[{route}]"] if any(k[0] != route for k in keys) else []
+            why += [f"account selector [{selector}]"] if any(k[1] != selector for k in keys) else []
+            self.log.verbose(f"forwarding [{mid}]: new connection for {' and '.join(why)}")
         conn = SmtpConnection(
             hop,
             self.client_config,
@@ -641,6 +690,7 @@ class ForwardService:
         except ConnectionTrouble:
             conn.abort()
             raise
+        pool.keys[conn] = key
         return conn, False
 
     async def _connection_trouble(self, claim: Claim, exc: ConnectionTrouble, hop: str) -> Outcome:

@@ -1,0 +1,151 @@
+"""Routing and the forwarder's connections against E-MailRelay 2.6b (issue 17): ``ForwardToAddress``,
+``ForwardTo`` and the routing filter, the reference guide's "Routing" section.
+
+What it checks, on both programs run the same way (tests/differential/test_forwarding.py's
+helpers: hand-written spools, ``--as-client`` as root, fake next hops on loopback, the default
+one and another), each connection of each next hop (its commands, QUIT left out: upstream may
+not wait for the reply of the last one), the whole log, the exit code and the spool left:
+
+- a message with a ``ForwardToAddress`` other than the connection's (empty: the ``--forward-to``
+  hop) logs ``forward-to-address=[<address>]``, closes the connection (QUIT), logs ``new
+  connection for [<address>]`` and connects there, even when it names the default hop; the next
+  message without one goes back the same way (``new connection for []``); consecutive messages
+  with the same address share a connection;
+- a routing filter (a client filter run for a message with a ``ForwardTo``, before connecting)
+  that fills in ``ForwardToAddress`` moves the message to that address the same way; a client
+  filter run for a message without ``ForwardTo`` runs after connecting and whatever it writes
+  into ``ForwardToAddress`` is not used;
+- many messages without any routing go over one connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.differential.test_forwarding import NO_PIPELINING, B, Run, _as_client, _same
+from tests.support.fake_smtp import FakeSmtp
+from tests.support.oracle import SIDES, daemon_base, needs_oracle
+
+pytestmark = [needs_oracle, pytest.mark.timeout(240)]
+
+EMPTY_ROUTE = b"X-MailRelay-ForwardTo: \r\nX-MailRelay-ForwardToAddress: \r\n"
+# a client filter that writes the other next hop's address into ForwardToAddress
+SET_ADDRESS = (
+    "#!/bin/sh\nsed -i 's/^X-MailRelay-ForwardToAddress: .*/X-MailRelay-ForwardToAddress: OTHER\\r/' \"$2\"\n"
+)
+
+
+def _connections(hop: FakeSmtp) -> list[list[str]]:
+    """The commands the next hop read, per connection, QUITs left out."""
+    out: dict[int, list[str]] = {}
+    for number, command in hop.commands:
+        if command != "QUIT":
+            out.setdefault(number, []).append(command)
+    return [out[n] for n in sorted(out)]
+
+
+def _routed(
+    tmp_path: Path, routes: list[tuple[str, str]], client_filter: str = ""
+) -> tuple[dict[str, Run], dict[str, list[list[list[str]]]]]:
+    """One message per ``(ForwardTo, ForwardToAddress)`` of ``routes`` (``HOP`` and ``OTHER``
+    stand for the two next hops' addresses) forwarded by ``--as-client`` to the default next hop,
+    with ``client_filter`` (a script) as ``--client-filter`` if given; each side's run and the
+    connections of each next hop (default, other)."""
+    base = daemon_base(tmp_path)
+    script = base / "filter.sh"  # one path for both sides, so their logs compare
+    stamp = int(time.time())
+    runs: dict[str, Run] = {}
+    connections: dict[str, list[list[list[str]]]] = {}
+    for side in SIDES:
+        with FakeSmtp(extensions=NO_PIPELINING) as hop, FakeSmtp(extensions=NO_PIPELINING) as other:
+
+            def place(text: str, hop: FakeSmtp = hop, other: FakeSmtp = other) -> str:
+                return text.replace("HOP", hop.address).replace("OTHER", other.address)
+
+            def prep(spool: Path) -> None:
+                envelopes = sorted(spool.glob("*.envelope"), key=lambda p: int(p.stem.rsplit(".", 1)[1]))
+                for path, (forward_to, address) in zip(envelopes, routes, strict=True):
+                    route = (
+                        f"X-MailRelay-ForwardTo: {forward_to}\r\nX-MailRelay-ForwardToAddress: {address}\r\n"
+                    )
+                    path.write_bytes(path.read_bytes().replace(EMPTY_ROUTE, place(route).encode()))
+
+            args: tuple[str, ...] = ()
+            if client_filter:
+                script.write_text(place(client_filter))
+                script.chmod(0o755)
+                args = ("--client-filter", str(script))
+            runs[side] = _as_client(side, base, hop, [[B]] * len(routes), *args, stamp=stamp, prep=prep)
+        connections[side] = [_connections(hop), _connections(other)]
+    return runs, connections
+
+
+def _same_routing(
+    runs: dict[str, Run], connections: dict[str, list[list[list[str]]]], counts: tuple[int, int]
+) -> list[str]:
+    """Both sides alike (log, exit code, spool, commands, data, each connection), with ``counts``
+    connections to the default and the other next hop, every message sent; the log."""
+    run = _same(runs)
+    assert connections["ours"] == connections["upstream"]
+    assert tuple(len(c) for c in connections["upstream"]) == counts, connections["upstream"]
+    assert run.rc == 0 and run.spool == {}
+    assert sum(x.count(".") for conns in connections["upstream"] for x in conns) == sum(
+        1 for x in run.log if x.endswith('tx>>: "."')
+    )
+    return run.log
+
+
+@pytest.mark.parametrize(
+    ("routes", "counts"),
+    [
+        pytest.param([("", ""), ("", "HOP"), ("", "")], (3, 0), id="the-default-hop-by-address"),
+        pytest.param([("", ""), ("", "OTHER"), ("", "")], (2, 1), id="another-hop"),
+        pytest.param([("", "HOP"), ("", "HOP"), ("", "")], (2, 0), id="the-same-address-twice"),
+        pytest.param([("", "OTHER"), ("", "OTHER"), ("", "")], (1, 1), id="another-hop-twice"),
+        pytest.param([("", ""), ("w.example", ""), ("", "OTHER")], (1, 1), id="forward-to-without-filter"),
+    ],
+)
+def test_forward_to_address_opens_a_new_connection(
+    tmp_path: Path, routes: list[tuple[str, str]], counts: tuple[int, int]
+) -> None:
+    runs, connections = _routed(tmp_path, routes)
+    log = _same_routing(runs, connections, counts)
+    changes = sum(1 for a, b in itertools.pairwise(routes) if a[1] != b[1])
+    assert sum(": new connection for [" in x for x in log) == changes
+    assert sum("forward-to-address=[" in x for x in log) == sum(1 for r in routes if r[1])
+
+
+@pytest.mark.parametrize(
+    ("routes", "script", "counts"),
+    [
+        # the routing filter fills in ForwardToAddress; the other messages' client filter does too, unused
+        pytest.param(
+            [("", ""), ("w.example", ""), ("", "")], SET_ADDRESS, (2, 1), id="routing-filter-routes"
+        ),
+        pytest.param(
+            [("", ""), ("w.example", ""), ("", "")], "#!/bin/sh\nexit 0\n", (1, 0), id="routing-filter-keeps"
+        ),
+        pytest.param([("", ""), ("", ""), ("", "")], SET_ADDRESS, (1, 0), id="client-filter-cannot-route"),
+        pytest.param(
+            [("", ""), ("", "OTHER"), ("", "")], "#!/bin/sh\nexit 0\n", (2, 1), id="client-filter-address"
+        ),
+    ],
+)
+def test_routing_filter_and_client_filter(
+    tmp_path: Path, routes: list[tuple[str, str]], script: str, counts: tuple[int, int]
+) -> None:
+    runs, connections = _routed(tmp_path, routes, script)
+    log = _same_routing(runs, connections, counts)
+    assert any("routing-filter [filter.sh]" in x for x in log) == any(r[0] for r in routes)
+
+
+def test_many_messages_without_routing_share_one_connection(tmp_path: Path) -> None:
+    """What a relay forwarding to one smarthost does (the bench's case): one connection for all.
+    (Nine: from ten on the two programs' orders of these names differ, upstream's by name.)"""
+    runs, connections = _routed(tmp_path, [("", "")] * 9)
+    log = _same_routing(runs, connections, (1, 0))
+    assert not any(": new connection for [" in x for x in log)
