@@ -321,7 +321,7 @@ class Secrets:
             if len(f) >= 2 and f[1].lower() in ("client", "server") and side in _OLD_MECHANISMS:
                 self._add_old(f, n)
                 return
-            raise self._error(f"unknown side [{f[0]}]: expected client or server", n)
+            raise self._error(f"invalid value in first field: [{f[0]}]", n)  # upstream's words
         if len(f) < 4:
             raise self._error("too few fields: expected <client|server> <type> <id> <secret> [selector]", n)
         if len(f) > 5:

@@ -476,9 +476,9 @@ def test_pop_server_with_apop_and_user_pass_as_upstream(tmp_path: Path) -> None:
 def test_seed_secrets_lines_differ(tmp_path: Path, lines: str) -> None:
     """The seed guide's secrets lines (upper case, ``NONE server *.*.*.* x``, ``APOP server user1
     password1``): E-MailRelay 2.6b refuses the file at start-up (``invalid value in first field:
-    [NONE]`` / ``[APOP]``, exit 1); ours reads them as ``server none`` / ``server plain`` (issue 17:
-    not a recorded decision). Ours then trusts every client (Authentication ``x``) or lets user1 in
-    with APOP."""
+    [NONE]`` / ``[APOP]``, exit 1); ours reads them as ``server none`` / ``server plain``, as SPEC §5
+    requires (docs/decisions.md, "The seed guide's secrets lines"). Ours then trusts every client
+    (Authentication ``x``) or lets user1 in with APOP."""
     base = daemon_base(tmp_path)
     secrets = _install(base, "seed.auth", lines)
     pop_port = free_port()
@@ -487,11 +487,7 @@ def test_seed_secrets_lines_differ(tmp_path: Path, lines: str) -> None:
         if "NONE" in lines
         else ["--pop", "--pop-port", str(pop_port), "--pop-auth", secrets]
     )
-    spool = spool_dir(base / "upstream" / "spool")
-    done = subprocess.run(
-        [program("upstream"), "--no-daemon", "--log", "--no-syslog", "--port", str(free_port()), "--spool-dir",
-         str(spool), *args], capture_output=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
+    done = _refused("upstream", base, args)
     assert done.returncode == 1
     assert f"invalid value in first field: [{lines.split()[0]}]" in done.stderr.decode(), done.stderr
     with start("ours", base, *args) as d:
@@ -502,6 +498,33 @@ def test_seed_secrets_lines_differ(tmp_path: Path, lines: str) -> None:
             assert b"X-MailRelay-Authentication: x\r\n" in envelope.read_bytes()
         else:
             assert _pop_session(pop_port, ["APOP user1", "STAT"], {"user1": "password1"})[1].startswith("+OK")
+
+
+def _refused(side: str, base: Path, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run ``side`` in the foreground with ``args``, expecting it to exit at start-up."""
+    spool = spool_dir(base / side / "spool")
+    return subprocess.run(
+        [program(side), "--no-daemon", "--log", "--no-syslog", "--port", str(free_port()), "--spool-dir",
+         str(spool), *args], capture_output=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+
+
+def test_secrets_first_field_as_upstream(tmp_path: Path) -> None:
+    """A secrets line's first field: ``client`` or ``server`` in any case (``CLIENT``, ``Server``)
+    is taken by both; another word is refused at start-up by both, exit 1, naming it as E-MailRelay
+    2.6b does (``invalid value in first field: [foo]``; the rest of the error lines differ: upstream
+    writes ``<file>(<line>)`` and two more lines, ours ``<path>:<line>``)."""
+    base = daemon_base(tmp_path)
+    refused = _install(base, "refused.auth", "server plain u1 p1\nfoo server *.*.*.* x\n")
+    for side in SIDES:
+        done = _refused(side, base, ["--server-auth", refused])
+        assert done.returncode == 1, (side, done.stderr)
+        assert "invalid value in first field: [foo]" in done.stderr.decode(), (side, done.stderr)
+    taken = _install(base, "taken.auth", "CLIENT plain u p\nServer plain u1 p1\n")
+    auth = "AUTH PLAIN " + _b64("\0u1\0p1")
+    got = _both(["--server-auth", taken], [["EHLO c", auth, "QUIT"]], base, name="-taken")
+    _assert_same_replies(got, [["EHLO c", auth, "QUIT"]])
+    assert got["ours"][0][0][2] == "235 authentication successful"
 
 
 def test_seed_pop_without_smtp_and_close_stderr_as_upstream(tmp_path: Path) -> None:

@@ -373,7 +373,7 @@ def test_first_matching_trust_rule_wins() -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("cilent plain bob pw", "unknown side [cilent]"),
+        ("cilent plain bob pw", "invalid value in first field: [cilent]"),
         ("server plian bob pw", "invalid plian secret for [bob]: expected base64"),
         ("server plain bob", "too few fields"),
         ("server plain bob pw sel extra", "too many fields"),
@@ -435,7 +435,7 @@ def test_load_latin1_file(tmp_path: Path) -> None:
 def test_load_error_names_line(tmp_path: Path) -> None:
     path = tmp_path / "auth"
     path.write_text("server plain a b\nbogus\n")
-    with pytest.raises(ConfigError, match=r"auth:2: unknown side \[bogus\]"):
+    with pytest.raises(ConfigError, match=r"auth:2: invalid value in first field: \[bogus\]"):
         Secrets.load(path)
 
 
