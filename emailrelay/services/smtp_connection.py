@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import socket
 import ssl
 from collections.abc import Callable
@@ -200,9 +201,9 @@ class SmtpConnection:
                 if implicit:
                     kwargs["server_hostname"] = host
                 coro = self._via_socks(proxy, host, port, connection_timeout, local_address, kwargs)
+            elif local_address:
+                coro = self._bound_connect(host, port, local_address, kwargs)
             else:
-                if local_address:
-                    kwargs["local_addr"] = (local_address, 0)
                 coro = loop.create_connection(lambda: _ClientProtocol(self), host, port, **kwargs)
         try:
             transport, _ = await asyncio.wait_for(coro, connection_timeout)
@@ -247,6 +248,54 @@ class SmtpConnection:
             self._waiter = loop.create_future()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._waiter, remaining)
+
+    async def _bound_connect(
+        self, host: str, port: int, local_address: str, kwargs: dict[str, Any]
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """``--client-interface``: a socket of the interface's family, bound to it, connected to the
+        next hop's first address of that family.  As E-MailRelay 2.6b: a next hop address of the
+        other family is ``invalid address family``, a name without an address of that family a
+        ``dns error: no such ipv<N> host``, an address that cannot be bound ``socket bind error``."""
+        loop = asyncio.get_running_loop()
+        try:
+            local = ipaddress.ip_address(local_address.partition("%")[0])
+        except ValueError:  # not an address: asyncio says what is wrong with it
+            return await loop.create_connection(
+                lambda: _ClientProtocol(self), host, port, local_addr=(local_address, 0), **kwargs
+            )
+        family = socket.AF_INET6 if local.version == 6 else socket.AF_INET
+        try:
+            literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None and literal.version != local.version:
+            raise ConnectionTrouble("invalid address family", kind="connect")
+        try:
+            infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+            bind_to = socket.getaddrinfo(
+                local_address, 0, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+            )
+        except socket.gaierror as exc:
+            text = (exc.strerror or str(exc)).lower()
+            raise ConnectionTrouble(
+                f'dns error: no such ipv{local.version} host: "{host}" ({text})', kind="connect"
+            ) from None
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            try:
+                sock.bind(bind_to[0][4])
+            except OSError as exc:
+                raise ConnectionTrouble(
+                    f"socket bind error: {(exc.strerror or str(exc)).lower()}", kind="connect"
+                ) from None
+            await loop.sock_connect(sock, infos[0][4])
+        except BaseException:
+            sock.close()
+            raise
+        if "ssl" in kwargs:
+            kwargs = {"server_hostname": host, **kwargs}
+        return await loop.create_connection(lambda: _ClientProtocol(self), sock=sock, **kwargs)
 
     async def _via_socks(
         self,
