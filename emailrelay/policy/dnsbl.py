@@ -33,9 +33,12 @@ Guarantees:
 
 Log lines (through :func:`emailrelay.log.get`): per zone at verbose level
 (``dnsbl: address [a] denied by [zone]: 127.0.0.2``), the outcome as a
-warning when blocked (``dnsbl: address [a] blocked by [zone]``,
-``dnsbl: address [a] blocked: timeout``) and as info when a listing or a
-timeout did not block.
+warning when blocked (``dnsbl: address [a] blocked by [zone]``) and as info
+when a listing did not block.  A time-out is logged in E-MailRelay 2.6b's
+words: ``dnsbl: address [a] not checked by [zones]`` (info), then as a
+warning ``dnsbl: client address [a] blocked: timeout: no answer from
+[zones]`` (negative timeout) or ``dnsbl: client address [a]: timeout: no
+answer from [zones]`` (positive), the zones being those that did not answer.
 """
 
 from __future__ import annotations
@@ -363,6 +366,7 @@ class DnsblChecker:
         }
         listed: list[str] = []
         errors: dict[str, str] = {}
+        answered: set[str] = set()  # zones that answered (listed, clear or an error)
         undecided = 0  # zones whose queries timed out inside the resolver
         threshold = cfg.threshold
         timed_out = False
@@ -388,6 +392,8 @@ class DnsblChecker:
                 for task in done:
                     answer = task.result()
                     self._log_answer(addr, answer)
+                    if answer.status != "timeout":
+                        answered.add(answer.zone)
                     if answer.status == "listed":
                         listed.append(answer.zone)
                     elif answer.status == "error":
@@ -400,20 +406,25 @@ class DnsblChecker:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         listed.sort(key=cfg.servers.index)
-        return self._outcome(addr, listed, timed_out, errors)
+        silent = [zone for zone in cfg.servers if zone not in answered]
+        return self._outcome(addr, listed, timed_out, errors, silent)
 
-    def _outcome(self, ip: str, listed: list[str], timed_out: bool, errors: dict[str, str]) -> DnsblResult:
+    def _outcome(
+        self, ip: str, listed: list[str], timed_out: bool, errors: dict[str, str], silent: list[str]
+    ) -> DnsblResult:
         cfg = self.config
         log = self.log
         names = " ".join(listed)
         if cfg.threshold > 0 and len(listed) >= cfg.threshold:
             log.warning(f"dnsbl: address [{ip}] blocked by [{names}]", ip)
             return DnsblResult(True, listed, False, f"listed by {names}", errors=errors)
-        if timed_out and cfg.threshold > 0:
+        if timed_out and cfg.threshold > 0:  # E-MailRelay 2.6b's lines
+            zones = " ".join(silent)
+            log.info(f"dnsbl: address [{ip}] not checked by [{zones}]", ip)
             if cfg.fail_closed:
-                log.warning(f"dnsbl: address [{ip}] blocked: timeout", ip)
+                log.warning(f"dnsbl: client address [{ip}] blocked: timeout: no answer from [{zones}]", ip)
                 return DnsblResult(True, listed, True, "timeout (fail closed)", errors=errors)
-            log.info(f"dnsbl: address [{ip}] allowed: timeout", ip)
+            log.warning(f"dnsbl: client address [{ip}]: timeout: no answer from [{zones}]", ip)
             return DnsblResult(False, listed, True, "timeout (fail open)", errors=errors)
         if cfg.threshold == 0:
             what = f"listed by [{names}]" if listed else "not listed"

@@ -292,7 +292,8 @@ class SmtpSession(LineSession):
             return
         if result.blocked:
             self._closing = True
-            self._send_now(b"554 access denied\r\n")
+            if not result.timed_out:  # (a time-out block: closed without a byte, as E-MailRelay 2.6b)
+                self._send_now(b"554 access denied\r\n")
             self.transport.close()
             return
         self.transport.resume_reading()
