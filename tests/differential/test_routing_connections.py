@@ -15,6 +15,9 @@ not wait for the reply of the last one), the whole log, the exit code and the sp
   that fills in ``ForwardToAddress`` moves the message to that address the same way; a client
   filter run for a message without ``ForwardTo`` runs after connecting and whatever it writes
   into ``ForwardToAddress`` is not used;
+- a message with another ``ClientAccountSelector`` than the connection's does the same (``new
+  connection for account selector [<s>]``, or ``for [<address>] and account selector [<s>]``),
+  and the new connection authenticates with that selector's ``client`` line;
 - many messages without any routing go over one connection.
 """
 
@@ -23,16 +26,18 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.differential.test_forwarding import NO_PIPELINING, B, Run, _as_client, _same
-from tests.support.fake_smtp import FakeSmtp
+from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.oracle import SIDES, daemon_base, needs_oracle
 
 pytestmark = [needs_oracle, pytest.mark.timeout(240)]
 
 EMPTY_ROUTE = b"X-MailRelay-ForwardTo: \r\nX-MailRelay-ForwardToAddress: \r\n"
+SELECTOR = b"X-MailRelay-ClientAccountSelector: \r\n"
 # a client filter that writes the other next hop's address into ForwardToAddress
 SET_ADDRESS = (
     "#!/bin/sh\nsed -i 's/^X-MailRelay-ForwardToAddress: .*/X-MailRelay-ForwardToAddress: OTHER\\r/' \"$2\"\n"
@@ -49,36 +54,47 @@ def _connections(hop: FakeSmtp) -> list[list[str]]:
 
 
 def _routed(
-    tmp_path: Path, routes: list[tuple[str, str]], client_filter: str = ""
+    tmp_path: Path,
+    routes: list[tuple[str, ...]],
+    client_filter: str = "",
+    *extra: str,
+    hop_options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Run], dict[str, list[list[list[str]]]]]:
-    """One message per ``(ForwardTo, ForwardToAddress)`` of ``routes`` (``HOP`` and ``OTHER``
-    stand for the two next hops' addresses) forwarded by ``--as-client`` to the default next hop,
-    with ``client_filter`` (a script) as ``--client-filter`` if given; each side's run and the
-    connections of each next hop (default, other)."""
+    """One message per ``(ForwardTo, ForwardToAddress[, ClientAccountSelector])`` of ``routes``
+    (``HOP`` and ``OTHER`` stand for the two next hops' addresses) forwarded by ``--as-client`` to
+    the default next hop, with ``client_filter`` (a script) as ``--client-filter`` if given and
+    ``extra`` options; each side's run and the connections of each next hop (default, other)."""
     base = daemon_base(tmp_path)
     script = base / "filter.sh"  # one path for both sides, so their logs compare
     stamp = int(time.time())
     runs: dict[str, Run] = {}
     connections: dict[str, list[list[list[str]]]] = {}
     for side in SIDES:
-        with FakeSmtp(extensions=NO_PIPELINING) as hop, FakeSmtp(extensions=NO_PIPELINING) as other:
+        options = {"extensions": NO_PIPELINING, **(hop_options or {})}
+        with FakeSmtp(**options) as hop, FakeSmtp(**options) as other:
 
             def place(text: str, hop: FakeSmtp = hop, other: FakeSmtp = other) -> str:
                 return text.replace("HOP", hop.address).replace("OTHER", other.address)
 
             def prep(spool: Path) -> None:
                 envelopes = sorted(spool.glob("*.envelope"), key=lambda p: int(p.stem.rsplit(".", 1)[1]))
-                for path, (forward_to, address) in zip(envelopes, routes, strict=True):
+                for path, (forward_to, address, *selector) in zip(envelopes, routes, strict=True):
+                    if selector:
+                        path.write_bytes(
+                            path.read_bytes().replace(
+                                SELECTOR, SELECTOR[:-2] + selector[0].encode() + b"\r\n"
+                            )
+                        )
                     route = (
                         f"X-MailRelay-ForwardTo: {forward_to}\r\nX-MailRelay-ForwardToAddress: {address}\r\n"
                     )
                     path.write_bytes(path.read_bytes().replace(EMPTY_ROUTE, place(route).encode()))
 
-            args: tuple[str, ...] = ()
+            args: tuple[str, ...] = extra
             if client_filter:
                 script.write_text(place(client_filter))
                 script.chmod(0o755)
-                args = ("--client-filter", str(script))
+                args = (*extra, "--client-filter", str(script))
             runs[side] = _as_client(side, base, hop, [[B]] * len(routes), *args, stamp=stamp, prep=prep)
         connections[side] = [_connections(hop), _connections(other)]
     return runs, connections
@@ -149,3 +165,21 @@ def test_many_messages_without_routing_share_one_connection(tmp_path: Path) -> N
     runs, connections = _routed(tmp_path, [("", "")] * 9)
     log = _same_routing(runs, connections, (1, 0))
     assert not any(": new connection for [" in x for x in log)
+
+
+def test_account_selector_opens_a_new_connection(tmp_path: Path) -> None:
+    """A message with another ``ClientAccountSelector`` (one the ``--client-auth`` secrets have a
+    ``client`` line for) than the connection's: ``forwarding [<id>] selector=[<s>] ...``, QUIT,
+    ``new connection for account selector [<s>]`` (with a ``ForwardToAddress`` too: ``for
+    [<address>] and account selector [<s>]``), a new connection that authenticates with that line."""
+    secrets = daemon_base(tmp_path) / "client.auth"
+    secrets.write_text("client plain me secret\nclient plain you other s1\n")
+    secrets.chmod(0o644)
+    routes = [("", "", ""), ("", "", "s1"), ("", "", "s1"), ("", "OTHER", ""), ("", "HOP", "s1")]
+    runs, connections = _routed(
+        tmp_path, routes, "", "--client-auth", str(secrets),
+        hop_options={"extensions": (*NO_PIPELINING, "AUTH PLAIN"), "auth": auth_script("235 2.7.0 ok")},
+    )  # fmt: skip
+    log = _same_routing(runs, connections, (3, 1))
+    assert sum(": new connection for account selector [s1]" in x for x in log) == 1
+    assert sum(": new connection for [127.0.0.1:PORT] and account selector [s1]" in x for x in log) == 1
