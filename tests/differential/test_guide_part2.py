@@ -466,9 +466,10 @@ def _account(spec: str, rcpts: list[str]) -> dict[str, object]:
 def test_account_verifier_accepts_and_refuses_as_upstream(spec: str) -> None:
     """Which recipients the built-in ``account:`` verifier accepts, as local or remote, and what the
     envelopes hold: an account (root, uid 0, outside the default range 1000-32767 and inside
-    ``0-0``), another domain, a name that is no account: the RCPT and VRFY replies, the envelopes
-    and the rejections logged."""
-    _assert_same(_account(spec, ["root@example.com", "root@other.example", "no-such-user-x@example.com"]))
+    ``0-0``), the same in upper case (found without ``lowercase`` too), another domain, a name that
+    is no account: the RCPT and VRFY replies, the envelopes and the rejections logged."""
+    rcpts = ["root@example.com", "ROOT@Example.COM", "root@other.example", "no-such-user-x@example.com"]
+    _assert_same(_account(spec, rcpts))
 
 
 def test_account_verifier_replies_and_log_as_upstream() -> None:
