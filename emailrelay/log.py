@@ -231,8 +231,8 @@ class Log:
                 body = f"{address}; {text}" if (address and c.with_address) else text
             line = ": ".join(parts) + ": " + body
         self._write(line)
-        if c.syslog:
-            self._syslog(level, line.split(": ", 1)[1] if not c.json else line)
+        if c.syslog:  # the whole line after the ident, program name included, as E-MailRelay 2.6b
+            self._syslog(level, line)
 
     def _with_fields(self, text: str, address: str | None, port: int, msgid: str | None) -> str:
         """``[<unit>: ][<address>[:<port>]; ][<msgid>; ]<text>``."""

@@ -175,19 +175,25 @@ def bind(config: Config) -> list[listeners.Bound]:
 
 
 def _bind(config: Config) -> list[listeners.Bound]:
-    log = logmod.get()
     single_shot = config.as_client or config.dont_serve
-    specs = watchers.listen_specs(config)  # the same sockets a circus.ini names
-    bound = listeners.bind_all(specs) if specs else []
     if config.immediate and not single_shot:  # upstream's start-up warning, word for word, first
-        log.warning(
+        logmod.get().warning(
             "using --immediate can result in client timeout errors: try --forward-on-disconnect instead"
         )
-    for b in bound:
-        log.info(f"{b.spec.service} server on {b.display}")
-    if config.forward_to and not single_shot:  # (--as-client and -x say it once there is mail)
-        log.verbose(f"forwarding to {config.forward_to}")  # upstream: a verbose line
-    return bound
+    specs = watchers.listen_specs(config)  # the same sockets a circus.ini names
+    return listeners.bind_all(specs) if specs else []
+
+
+def announce(config: Config, bound: list[listeners.Bound]) -> None:
+    """The ``server on`` lines (and ``forwarding to``): logged, as E-MailRelay 2.6b does, once the
+    pid file is written and ``--close-stderr`` has closed the standard error stream (so they go only
+    to a log file or the system log then), after detaching."""
+    log = logmod.get()
+    with logmod.unit_scope(config.name):
+        for b in bound:
+            log.info(f"{b.spec.service} server on {b.display}")
+        if config.forward_to and not (config.as_client or config.dont_serve):  # (--as-client and -x
+            log.verbose(f"forwarding to {config.forward_to}")  # say it once there is mail; a verbose line)
 
 
 def _exit_on_term(signum: int, frame: object) -> None:
@@ -235,6 +241,8 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     pid_file = daemon.prepare_pid_file(first.pid_file, target.gid if target else None)
     if values.get("close-stderr"):  # after the pid file, whose error is still one line on stderr
         log.close_stderr()  # a --log-file is not affected (reference guide)
+    for (_, config), socks in zip(configurations, bound, strict=True):
+        announce(config, socks)
     spools = [c.spool_dir for _, c in configurations]
     in_process = first.as_client or first.dont_serve or first.single_process
 

@@ -159,10 +159,12 @@ class LineSession(asyncio.Protocol, abc.ABC):
         if data and self.transport is not None and not self.transport.is_closing():
             self._send_now(data)
 
-    def _trace_tx(self, data: bytes) -> None:
+    def _trace_tx(self, data: bytes, addressed: bool = True) -> None:
+        """``addressed=False``: without the address, as upstream logs a reply made once a slow decision is done."""
+        address = self._log_address() if addressed else None
         for line in data.split(b"\r\n"):
             if line:
-                self.log.verbose(f'tx>>: "{line.decode("utf-8", "replace")}"', self._log_address())
+                self.log.verbose(f'tx>>: "{line.decode("utf-8", "replace")}"', address)
 
     def _trace_rx(self, line: str) -> None:
         if line:

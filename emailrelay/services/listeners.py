@@ -156,13 +156,8 @@ def bind(spec: ListenSpec, backlog: int = 1024) -> Bound:
             else:
                 sock.bind((spec.host, spec.port))
             sock.listen(backlog)
-    except OSError as exc:
-        where = spec.path or (
-            f"fd#{spec.fd}" if spec.fd is not None else format_address(spec.host or "", spec.port)
-        )
-        raise BindError(
-            f"cannot bind {spec.service} listening socket on {where}: {exc.strerror or exc}"
-        ) from exc
+    except OSError as exc:  # E-MailRelay 2.6b's words: neither the service nor the address is named
+        raise BindError(f"socket bind error: {(exc.strerror or str(exc)).lower()}") from exc
     sock.setblocking(False)
     os.set_inheritable(sock.fileno(), False)
     return Bound(spec, sock)

@@ -518,13 +518,13 @@ class SmtpSession(LineSession):
             self._last_activity = time.monotonic()
         self._arm_idle_timer()
 
-    def _stage(self) -> None:
+    def _stage(self, addressed: bool = True) -> None:
         """Log the replies the last event made, as upstream logs each reply when it makes it (so
         pipelined commands trace as rx, tx, rx, tx), and keep them for one write at the end."""
         data = self.proto.data_to_send()
         if data:
             if self.log.verbose_on:
-                self._trace_tx(data)
+                self._trace_tx(data, addressed)
             self._staged.append(data)
 
     def _flush(self) -> None:
@@ -572,6 +572,9 @@ class SmtpSession(LineSession):
             return
         finally:
             self._task = None
+        # E-MailRelay 2.6b logs the reply a slow decision made (the end of a message's, a verifier's)
+        # from its completion, outside the connection's log context: without --log-format=address's address
+        self._stage(addressed=False)
         self._pump()
 
     # ---- events -------------------------------------------------------------------
@@ -644,7 +647,8 @@ class SmtpSession(LineSession):
         """Upstream's reply (the verifier's text, possibly empty) and warning
         ``rejecting recipient "<address>": <reason>[: <detail>]``."""
         detail = f": {verdict.detail}" if verdict.detail else ""
-        self.log.warning(f'rejecting recipient "{address}": {verdict.reason}{detail}', self.peer.host)
+        # from the verifier's completion: without the address, as upstream (see _finish)
+        self.log.warning(f'rejecting recipient "{address}": {verdict.reason}{detail}')
         self.proto.reject(code, verdict.reason)
 
     def _on_data_start(self, ev: Any) -> None:

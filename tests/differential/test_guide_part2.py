@@ -342,7 +342,7 @@ STARTUP: dict[str, tuple[tuple[str, ...], Outcome, Outcome]] = {
     ),
     "port-in-use": (
         (),
-        (2, "emailrelay: error: cannot bind smtp listening socket on 127.0.0.1:PORT: Address already in use"),
+        (2, "emailrelay: error: socket bind error: address already in use"),  # (issue 17 aligned ours)
         (2, "emailrelay: error: socket bind error: address already in use"),
     ),
     "tls-config-mbedtls": (
