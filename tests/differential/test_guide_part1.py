@@ -212,6 +212,8 @@ PORT_USAGE = "emailrelay: usage error: the --port option cannot be used with --a
 ONE_SHOT_SAME = {
     "as-client-with-port": (("--as-client", "127.0.0.1:1", "--port", "1"), 1, PORT_USAGE),
     "dont-serve-with-port": (("-x", "--port", "1"), 1, PORT_USAGE),
+    # a link-local address without a zone cannot be bound: upstream's words (issue 17 aligned ours)
+    "interface-link-local": (("--interface", "fe80::1"), 2, "emailrelay: error: socket bind error: invalid argument\n"),
     "syslog-bad-facility": (
         ("--syslog=bogus",), 1,
         "emailrelay: usage error: invalid --syslog facility: use 'mail', 'user', 'daemon', or 'local0' to 'local7'\n",
@@ -240,8 +242,6 @@ ONE_SHOT_DIFFERS = {
     # --dont-serve / --no-smtp with nothing else to do: upstream says so and exits 0; ours keeps running
     "dont-serve-alone": (("--dont-serve",), (0, "emailrelay: nothing to do\n"), None),
     "no-smtp-alone": (("-X",), (0, "emailrelay: nothing to do\n"), None),
-    # a link-local address without a zone: both exit 2, with other words
-    "interface-link-local": (("--interface", "fe80::1"), (2, "emailrelay: error: socket bind error: invalid argument\n"), 2),
     # an unknown interface name: upstream warns and serves on the "any" address; ours refuses
     "interface-unknown-name": (("--interface", "nosuchif0"), None, 1),
     # the built-in verifier as a filter: upstream looks for a program called "account:"; ours refuses
