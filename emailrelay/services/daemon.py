@@ -32,13 +32,19 @@ PID_FILE_MODE = 0o644
 
 
 def detach() -> None:
-    """Fork into the background; the parent exits 0 straight away (sockets are already bound)."""
+    """Fork into the background; the parent exits 0 straight away (sockets are already bound).
+
+    Twice, as E-MailRelay 2.6b: the first child starts a new session and leaves, so the process
+    that serves is in that session (its roles too, one scheduling autogroup) but not its leader,
+    and can never acquire a controlling terminal."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid > 0:
         os._exit(0)
     os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
