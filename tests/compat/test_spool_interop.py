@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as env_format
-from tests.support.fake_smtp import FakeSmtp
+from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.fixtures import UPSTREAM
 from tests.support.relay import free_port, program, running_relay, wait_until
 from tests.support.sink import run_client, states
@@ -253,11 +253,18 @@ def test_validator_accepts_upstream_written_files() -> None:
 def test_hand_made_fixtures_are_forwarded(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     copy_fixtures(spool, sorted(GOOD))
-    extensions = ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 10000000")
-    with FakeSmtp(extensions=extensions) as hop, FakeSmtp(extensions=extensions) as routed:
+    # fixture #5's ClientAccountSelector "work" needs a client line (E-MailRelay 2.6b fails a message
+    # whose selector has none: tests/differential/test_routing_connections.py)
+    secrets = tmp_path / "client.auth"
+    secrets.write_text("client plain worker secret work\n")
+    extensions = ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 10000000", "AUTH PLAIN")
+    with (
+        FakeSmtp(extensions=extensions, auth=auth_script("235 2.7.0 ok")) as hop,
+        FakeSmtp(extensions=extensions) as routed,
+    ):
         routed_env = spool / "emailrelay.4242.1700000004.4.envelope"  # ForwardToAddress -> the second hop
         routed_env.write_bytes(routed_env.read_bytes().replace(b"127.0.0.1:10025", routed.address.encode()))
-        r = run_client(spool, hop.address)
+        r = run_client(spool, hop.address, "--client-auth", str(secrets))
         assert r.returncode == 0, r.stderr
         assert states(spool) == {}, sorted(p.name for p in spool.iterdir())
         got = {m.message_id: m for m in hop.messages}

@@ -183,3 +183,26 @@ def test_account_selector_opens_a_new_connection(tmp_path: Path) -> None:
     log = _same_routing(runs, connections, (3, 1))
     assert sum(": new connection for account selector [s1]" in x for x in log) == 1
     assert sum(": new connection for [127.0.0.1:PORT] and account selector [s1]" in x for x in log) == 1
+
+
+@pytest.mark.parametrize("secrets", ["", "client plain me secret\n"], ids=["no-client-auth", "no-such-line"])
+def test_account_selector_without_an_account_fails_the_message(tmp_path: Path, secrets: str) -> None:
+    """A ``ClientAccountSelector`` that no ``client`` line has (or no ``--client-auth`` at all): the
+    new connection's session fails after EHLO, ``no client authentication account: selector
+    [<s>]``: that message goes to ``.bad`` with the reason, the run ends (exit 1), the next stays."""
+    extra: tuple[str, ...] = ()
+    if secrets:
+        path = daemon_base(tmp_path) / "client.auth"
+        path.write_text(secrets)
+        path.chmod(0o644)
+        extra = ("--client-auth", str(path))
+    runs, connections = _routed(
+        tmp_path, [("", "", ""), ("", "", "s1"), ("", "", "")], "", *extra,
+        hop_options={"extensions": (*NO_PIPELINING, "AUTH PLAIN"), "auth": auth_script("235 2.7.0 ok")},
+    )  # fmt: skip
+    run = _same(runs)
+    assert connections["ours"] == connections["upstream"] and len(connections["upstream"][0]) == 2
+    assert run.rc == 1 and len(run.messages) == 1
+    assert [k for k in run.spool if k.endswith(".bad")] and len(run.spool) == 4
+    reason = b"X-MailRelay-Reason: no client authentication account: selector [s1]\r\n"
+    assert any(reason in v for k, v in run.spool.items() if k.endswith(".bad"))
