@@ -313,13 +313,15 @@ def _check_policy(config: Config) -> None:
     from ..policy.spec import SpecError, SpecUsageError, parse_filters, parse_verifier
 
     try:
-        parse_filters(config.filters)
-        parse_filters(config.client_filters, client=True)
+        filters = parse_filters(config.filters) + parse_filters(config.client_filters, client=True)
         parse_verifier(config.address_verifier)
     except SpecUsageError:
         raise  # upstream's "usage error:"
     except SpecError as exc:
         raise UsageError(str(exc)) from None
+    for spec in filters:  # E-MailRelay 2.6b's start-up warning, without a time (the filter still runs)
+        if spec.kind == "exe" and not os.path.exists(spec.value):
+            logmod.get().plain(f"warning: filter program does not exist: {spec.value}")
 
 
 if __name__ == "__main__":

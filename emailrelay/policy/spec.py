@@ -190,14 +190,9 @@ def parse_verifier(value: str | None, *, base_dir: str | None = None) -> Spec | 
     return _parse_one(value, allowed=("net", *VERIFIER_BUILTINS), base_dir=base_dir, what="address verifier")
 
 
-#: Other spellings of built-ins: the reference guide's POP section writes ``delivery:`` for ``deliver:``.
-_ALIASES = {"delivery": "deliver"}
-
-
 def _parse_one(text: str, *, allowed: tuple[str, ...], base_dir: str | None, what: str = "filter") -> Spec:
     prefix, colon, rest = text.partition(":")
-    kind = prefix.lower() if colon else ""
-    kind = _ALIASES.get(kind, kind)
+    kind = prefix.lower() if colon else ""  # (the POP section's "delivery:" is a program, as upstream's)
     if kind in ("file", "exe"):
         return _program(rest, text, base_dir, what)
     if kind in (*FILTER_BUILTINS, *NETWORK_KINDS, *VERIFIER_BUILTINS):
@@ -293,8 +288,9 @@ _KNOWN_PARAMS: dict[str, frozenset[str]] = {
 
 
 def warnings_for(specs: list[Spec]) -> list[str]:
-    """Start-up warnings about filters: none, as E-MailRelay 2.6b (a program that is missing or not
-    executable fails each message with ``filter exec error: ...`` instead)."""
+    """Warnings when a filter chain is built: none (E-MailRelay 2.6b's start-up warning about a
+    program that does not exist is logged once, by cli/main.py; such a program, or one that is not
+    executable, fails each message with ``filter exec error: ...``)."""
     return []
 
 
