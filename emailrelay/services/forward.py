@@ -746,8 +746,8 @@ class ForwardService:
             await self._in_thread(_release_if_there, claim)
             return Outcome("skipped")
         if result.outcome is FilterOutcome.REJECT:
-            if routing:  # upstream's words, without a code
-                return await self._fail(claim, "routing filter failed", None)
+            if routing:  # upstream's words, without a code (and no "forwarding [X] failed")
+                return await self._fail(claim, "routing filter failed", None, warn=False)
             reason = result.detail or result.reason or "rejected"  # (and no "forwarding [X] failed")
             return await self._fail(claim, reason, 550, warn=False)  # upstream's code is always 550
         return await self._retry(claim, result.reason or "client filter error", result.code)

@@ -24,6 +24,7 @@ not wait for the reply of the last one), the whole log, the exit code and the sp
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,44 @@ def test_account_selector_without_an_account_fails_the_message(tmp_path: Path, s
     assert [k for k in run.spool if k.endswith(".bad")] and len(run.spool) == 4
     reason = b"X-MailRelay-Reason: no client authentication account: selector [s1]\r\n"
     assert any(reason in v for k, v in run.spool.items() if k.endswith(".bad"))
+
+
+# upstream's end of a run after a routing filter's failure or abandon: another QUIT after the 221
+CLOSING = re.compile(r'tx>>: "QUIT"|rx<<: "221 ')
+
+
+@pytest.mark.parametrize("code", [1, 100, 103])
+def test_routing_filter_exit_codes(tmp_path: Path, code: int) -> None:
+    """A client filter that fills in ``ForwardToAddress`` and exits ``code``, for a message with a
+    ``ForwardTo`` (the routing filter) between two without (a client filter run once connected):
+    103 routes as 0 does; 1 fails each message (the routed one ``routing filter failed``, no code,
+    no ``forwarding [<id>] failed`` warning); 100 leaves each as it is. Compared: the connections,
+    the log without its closing QUIT and 221 lines (upstream sends QUIT twice after a routing
+    filter's 1 or 100), the spool (the other next hop's address masked). Different (docs/decisions.md, "Routed messages and
+    connections"): after a routing filter's 100 E-MailRelay 2.6b fails that message at the end of
+    the run with an empty reason; ours leaves it, as for any other client filter's 100."""
+    runs, connections = _routed(
+        tmp_path, [("", ""), ("w.example", ""), ("", "")], f"{SET_ADDRESS}exit {code}\n"
+    )
+    assert connections["ours"] == connections["upstream"]
+    assert len(connections["upstream"][1]) == (1 if code == 103 else 0)
+    logs = {side: [x for x in runs[side].log if not CLOSING.search(x)] for side in SIDES}
+    ours, upstream = (
+        {k: re.sub(rb"127\.0\.0\.1:\d+", b"ADDRESS", v) for k, v in runs[side].spool.items()}
+        for side in SIDES
+    )
+    if code == 100:
+        routed = [k for k in upstream if k.endswith(".envelope.bad")]
+        assert len(routed) == 1 and upstream[routed[0]].endswith(
+            b"X-MailRelay-Reason: \r\nX-MailRelay-ReasonCode:\r\n"
+        )
+        assert logs["upstream"][-1].endswith(".envelope.busy] -> [emailrelay.ID.envelope.bad]")
+        logs["upstream"].pop()
+        assert routed[0].removesuffix(".bad") in ours and ours[routed[0].removesuffix(".bad")] != b""
+        assert len(ours) == len(upstream) == 6 and not [k for k in ours if k.endswith(".bad")]
+    else:
+        assert ours == upstream
+    assert logs["ours"] == logs["upstream"], "\n".join(
+        ["ours:", *logs["ours"], "upstream:", *logs["upstream"]]
+    )
+    assert runs["ours"].rc == runs["upstream"].rc
