@@ -683,14 +683,21 @@ def test_hand_made_fixtures_are_forwarded_as_upstream(tmp_path: Path) -> None:
 def test_hand_made_older_formats_upstream_cannot_read(tmp_path: Path) -> None:
     """The hand-made #2821.4 (no ClientName) and #2821.7 (no Utf8MailboxNames) files: E-MailRelay
     2.6b skips each with ``ignoring "<path>": cannot read envelope file: expected
-    "X-MailRelay-ClientName:"`` (``"X-MailRelay-Utf8MailboxNames:"``) and leaves it; ours reads and
-    forwards them (issue 17: the fixtures' guess at those formats is not upstream's)."""
+    "X-MailRelay-ClientName:"`` (``"X-MailRelay-Utf8MailboxNames:"``) and leaves it; ours reads
+    them (issue 17: the fixtures' guess at those formats is not upstream's): it forwards the first
+    and fails the second, whose ClientAccountSelector ``work`` has no client line, as 2.6b fails
+    such a message it can read (``no client authentication account: selector [work]``, exit 1)."""
     base = daemon_base(tmp_path)
     got = {side: _fixtures_run(side, base, list(UNREADABLE)) for side in SIDES}
     assert got["upstream"][2] == [[], []] and len(got["upstream"][3]) == 4
     for field in UNREADABLE.values():
         assert any(f'cannot read envelope file: expected "{field}"' in x for x in got["upstream"][4])
-    assert len(got["ours"][2][0]) == 2 and got["ours"][3] == [] and got["ours"][0] == 0
+    assert len(got["ours"][2][0]) == 1 and got["ours"][0] == 1
+    assert got["ours"][3] == [
+        "emailrelay.4242.1700000005.5.content",
+        "emailrelay.4242.1700000005.5.envelope.bad",
+    ]
+    assert any("error: no client authentication account: selector [work]" in x for x in got["ours"][4])
 
 
 # ---- the seed guide's option names: ours keeps them, upstream refuses them -----------------------
