@@ -564,6 +564,9 @@ BUSY = {
     "admin": ["--port", "FREE", "--admin", "HELD"],
     "admin-interface": ["--port", "FREE", "--admin", "HELD", "--interface", "admin=127.0.0.1"],
     "pop": ["--port", "FREE", "--pop", "--pop-port", "HELD", "--pop-auth", "POPAUTH"],
+    # the standard error stream is closed only after binding: the error still reaches it
+    "close-stderr": ["--port", "HELD", "--close-stderr"],
+    "as-server": ["--as-server", "--port", "HELD"],
 }
 
 
