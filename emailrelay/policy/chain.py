@@ -20,12 +20,14 @@ What it guarantees:
   the server side, where committing then fails as in E-MailRelay 2.6b (the
   SMTP session replies ``452 rejected``);
 - a bug in a filter is an ERROR result, never an exception into the caller;
-- log lines, as E-MailRelay 2.6b writes them, one per filter (verbose):
-  ``<side> [<name>]: [<id>]: ok|ok(abandon)|failed[ +rescan| +break]
+- log lines, as E-MailRelay 2.6b writes them, one per chain (verbose):
+  ``<side> [<names>]: [<id>]: ok|ok(abandon)|failed[ +rescan| +break]
   response=[<response>][ reason=[<reason>]]``, where ``<side>`` is
   ``filter``, ``client-filter`` or ``routing-filter`` (a client filter run
-  early for a ``ForwardTo``); the reason is shown when it differs from the
-  response;
+  early for a ``ForwardTo``), ``<names>`` the filters' names joined by
+  commas, the outcome that of the last filter run, ``+rescan`` (``+break``)
+  shown when any filter run asked for it; the reason is shown when it differs
+  from the response; a chain of ``exit:0`` alone logs nothing, as upstream's;
 - many messages may be filtered at once (no lock is shared between calls).
 
 Client-filter contract for the forwarder: filters edit the ``.busy``
@@ -121,8 +123,13 @@ class FilterChain:
             log_address=log_address,
             routing=routing,
         )
-        rescan = stop = False
+        rescan = stop = shown_rescan = shown_stop = False
         last = FilterResult.accept()
+
+        def logged(result: FilterResult) -> FilterResult:
+            self._log_result(ctx, result, shown_rescan, shown_stop)
+            return result
+
         for f in self.filters:
             try:
                 result = await f.run(ctx)
@@ -133,18 +140,22 @@ class FilterChain:
                     f"{ctx.log_prefix} [{f.name}]: [{message_id}]: internal error: {exc!r}", log_address
                 )
                 result = FilterResult(FilterOutcome.ERROR, "filter error", None, f"internal error: {exc}")
-            self._log_result(f.name, ctx, result)
             rescan = rescan or result.rescan or result.outcome is FilterOutcome.RESCAN
             stop = stop or result.stop or result.outcome is FilterOutcome.STOP_SCAN
+            shown_rescan = shown_rescan or result.outcome is FilterOutcome.RESCAN or self._own_rescan(result)
+            shown_stop = (
+                shown_stop or result.stop or (self.client and result.outcome is FilterOutcome.STOP_SCAN)
+            )
             if not result.ok:
-                return self._final(result, rescan, stop)
+                return self._final(logged(result), rescan, stop)
             if not await asyncio.to_thread(os.path.exists, ctx.envelope_path):
                 # the filter took the message away but said ok: the client side drops its claim;
                 # the server side carries on, and its commit fails, as upstream's does
+                logged(result)
                 gone = FilterOutcome.ABANDON if self.client else FilterOutcome.OK
                 return self._final(FilterResult(gone, exit_code=result.exit_code), rescan, stop)
             last = result
-        return self._final(last, rescan, stop)
+        return self._final(logged(last), rescan, stop)
 
     @staticmethod
     def _final(result: FilterResult, rescan: bool, stop: bool) -> FilterResult:
@@ -159,8 +170,11 @@ class FilterChain:
             result = replace(result, stop=True)
         return result
 
-    def _log_result(self, name: str, ctx: FilterContext, result: FilterResult) -> None:
-        """Upstream's one line per filter: ``filter [x]: [id]: failed +rescan response=[..] reason=[..]``."""
+    def _log_result(self, ctx: FilterContext, result: FilterResult, rescan: bool, stop: bool) -> None:
+        """Upstream's one line per chain: ``filter [x,y]: [id]: failed +rescan response=[..] reason=[..]``
+        (``result`` the last filter's, ``rescan`` and ``stop`` whether any filter asked to be shown so)."""
+        if all(s.kind == "exit" and s.value == "0" for s in self.specs):
+            return  # upstream's exit:0 is quiet
         if result.ok:
             word, response, reason = "ok", "", ""
         elif result.outcome is FilterOutcome.ABANDON:
@@ -169,11 +183,12 @@ class FilterChain:
             word = "failed"
             response = result.reason if result.reason or result.code else "rejected"
             reason = result.detail or response
-        if result.stop or (ctx.client and result.outcome is FilterOutcome.STOP_SCAN):
+        if stop:
             word += " +break"
-        elif not ctx.client and (result.outcome is FilterOutcome.RESCAN or self._own_rescan(result)):
+        elif not ctx.client and rescan:
             word += " +rescan"
         tail = f" reason=[{reason}]" if reason != response else ""
+        name = ",".join(f.name for f in self.filters)
         # no address on this line: upstream's filter-and-pop-verbose.log has none
         self.log.verbose(f"{ctx.log_prefix} [{name}]: [{ctx.message_id}]: {word} response=[{response}]{tail}")
 

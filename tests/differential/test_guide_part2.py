@@ -735,17 +735,31 @@ def test_split_copies_skip_later_server_filters() -> None:
     from tests.differential.test_split import MIXED, split_run
 
     got = {side: split_run(side, "split:,msgid:", MIXED) for side in SIDES}
-    _assert_same({side: got[side][:3] for side in SIDES})
+    _assert_same(got)  # the log too: the chain on one line (issue 17 aligned ours)
     assert sum("Message-ID: <N@" in x for x in got["ours"][1]) == 1
-    # the log differs (found by this regrade): upstream logs the filter chain on one line, ours
-    # a line per filter
-    assert (
-        got["upstream"][3][-1] == "emailrelay: info: filter [split:,msgid:]: [emailrelay.ID]: ok response=[]"
-    )
-    assert got["ours"][3][-2:] == [
-        "emailrelay: info: filter [split:]: [emailrelay.ID]: ok response=[]",
-        "emailrelay: info: filter [msgid:]: [emailrelay.ID]: ok response=[]",
-    ]
+    assert got["ours"][3][-1] == "emailrelay: info: filter [split:,msgid:]: [emailrelay.ID]: ok response=[]"
+
+
+@pytest.mark.parametrize(
+    "chain",
+    ["exit:0,exit:1,exit:0", "exit:103,exit:1", "msgid:,exit:103", "exit:0,exit:100,exit:1", "/bin/true,exit:1",
+     "exit:0,exit:0", "exit:0"],
+)  # fmt: skip
+def test_filter_chain_log_line(tmp_path: Path, chain: str) -> None:
+    """A ``--filter`` chain logs one line, named by the whole chain, with the outcome of the last
+    filter run (a rejection in the middle ends the chain) and ``+rescan`` when any filter asked for
+    it; ``exit:0`` alone logs nothing.  The reply, the filter lines and the spool are compared."""
+    got: dict[str, object] = {}
+    for side in SIDES:
+        base = daemon_base(tmp_path if side == "ours" else None)
+        replies, spool, _ = serve_cases(side, base, ["m"], "--filter", chain)
+        got[side] = (replies["m"], spool)
+    _assert_same(got)
+    lines: list[str] = got["ours"][0][1]  # type: ignore[index]
+    results = [x for x in lines if x.startswith("emailrelay: info: filter [") and "running" not in x]
+    prefix = f"emailrelay: info: filter [{chain.replace('/bin/true', 'true')}]: ["
+    named = [x for x in results if x.startswith(prefix)]
+    assert results == named and len(named) == (0 if set(chain.split(",")) == {"exit:0"} else 1), results
 
 
 @pytest.mark.parametrize("mx", ["mx:127.0.0.1:DNS", "mx:nst=60;rt=60;127.0.0.1:DNS"])
