@@ -205,6 +205,25 @@ def test_option_session_differs(
     assert got["ours"].rc == got["upstream"].rc
 
 
+def test_short_s_is_delivery_dir_upstream(tmp_path: Path) -> None:
+    """E-MailRelay 2.6b's ``--help`` gives ``-s`` to both ``--spool-dir`` and ``--delivery-dir`` and
+    takes it as ``--delivery-dir``; ours keeps ``-s`` for ``--spool-dir`` (issue 17, not a recorded
+    decision). With ``--spool-dir A -s B``: upstream serves and stores the message in A, ours
+    refuses to start (``duplicate use of "-s"``, exit 1)."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        other = spool_dir(base / f"other-{side}")
+        seen = session(base, side, ["-s", str(other)])
+        got[side] = (seen, sorted(seen.spool), sorted(normalise_spool(other)))
+    upstream, up_spool, up_other = got["upstream"]
+    assert "250 message processed" in upstream.replies and upstream.rc == 143
+    assert (up_spool, up_other) == (["emailrelay.ID.content", "emailrelay.ID.envelope"], [])
+    ours, ours_spool, ours_other = got["ours"]
+    assert ours.replies == [] and ours.rc == 1 and (ours_spool, ours_other) == ([], [])
+    assert 'emailrelay: error: duplicate use of "-s"' in ours.log
+
+
 # ---- command lines that end at once ---------------------------------------------------------------
 
 TRY = '            try "emailrelay --help --verbose" for more information\n'
