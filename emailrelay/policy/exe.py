@@ -455,7 +455,10 @@ class ExeVerifier:
         auth_id: str,
     ) -> RecipientVerdict:
         args = verifier_args(recipient, mail_from, peer, self.options.domain, auth_mechanism, auth_id)
-        self.log.verbose("address verifier: executing " + " ".join(f"[{a}]" for a in [self.program, *args]))
+        self.log.verbose(  # the session's address (--log-format=address), as upstream: it runs from the command
+            "address verifier: executing " + " ".join(f"[{a}]" for a in [self.program, *args]),
+            getattr(peer, "host", None),
+        )
         run = await run_program(
             [self.program, *args], timeout=self.options.timeout, output_cap=self.options.output_cap
         )

@@ -297,6 +297,25 @@ def test_log_format_address_as_upstream(tmp_path: Path) -> None:
     assert [x for x in got["ours"] if not x.startswith("emailrelay: info: 127.0.0.1; ")] == [processed]
 
 
+def test_log_format_address_with_a_verifier_as_upstream(tmp_path: Path) -> None:
+    """``--log-format=address`` with an address verifier script that refuses (exit 1): its run is
+    logged with the client's address, what follows its completion (its exit code, the ``rejecting
+    recipient`` warning, the ``550`` reply) without, on both (issue 17 aligned ours)."""
+    base = daemon_base(tmp_path)
+    script = _install(base, "refuse.sh", "#!/bin/sh\nexit 1\n")
+    keep = ('"RCPT', "address verifier", "rejecting recipient", '"550')
+    got = {}
+    for side in SIDES:
+        with start(side, base, "--log-format=address", f"--address-verifier={script}") as d:
+            smtp_dialogue(d.port, ["EHLO x", "MAIL FROM:<a@b.example>", "RCPT TO:<x@y.example>", "QUIT"])
+            assert wait_until(lambda d=d: "smtp connection closed" in d.log(), 10)
+        got[side] = [x for x in normalise_log(d.log(), ports=[d.port]) if any(k in x for k in keep)]
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][-1] == 'emailrelay: info: tx>>: "550 mailbox unavailable"'
+    executing = "emailrelay: info: 127.0.0.1; address verifier: executing ["
+    assert any(x.startswith(executing) for x in got["ours"])
+
+
 @pytest.mark.parametrize("kind", ["spam-edit", "spam"])
 def test_spamd_filters_as_upstream(tmp_path: Path, kind: str) -> None:
     """User guide: ``--filter=spam-edit:127.0.0.1:783`` and ``--filter=spam:127.0.0.1:783`` against a
