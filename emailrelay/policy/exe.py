@@ -20,7 +20,9 @@ What it guarantees:
   ``timeout`` (upstream's warning ``filter [<name>] timed out after <n>s``);
 - once the program exited, its output is awaited for at most one more second
   (a background grandchild holding the pipe cannot hang us);
-- a filter's output is read as E-MailRelay 2.6b reads it: the first line that
+- a filter's output is read as E-MailRelay 2.6b reads it: only its first
+  1 024 bytes count (a marker line must end within them, whatever the pipe's
+  chunks); the first line that
   starts with ``<<`` and has ``>>`` later (or ``[[`` ... ``]]``) gives the
   response (the text in between; anything after the closing marker is
   ignored; a leading ``4xx``/``5xx`` and a space set the SMTP code), a second
@@ -60,7 +62,7 @@ from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdi
 MINIMAL_ENV = {"PATH": "/usr/bin:/bin", "IFS": " \t\n"}
 DRAIN_GRACE = 1.0  # seconds to wait for stdout EOF after the program exited
 REASON_LIMIT = 400  # characters of a reason kept (it goes into an SMTP reply line)
-SEARCH_LIMIT = 64 * 1024  # bytes of output searched for <<...>> / [[...]] lines
+SEARCH_LIMIT = 1024  # bytes of output searched for <<...>> / [[...]] lines: E-MailRelay 2.6b's 1 KiB
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CODE = re.compile(r"^([45][0-9][0-9])(?: (.*)|$)", re.S)
