@@ -904,7 +904,7 @@ def test_spool_states_as_upstream(tmp_path: Path, state: str) -> None:
 _RECORD = re.compile(r"^<(\d+)>.*?\b(emailrelay)\[\d+\]: (.*)$")
 
 
-@pytest.mark.parametrize("option", ["--syslog", "--no-syslog"])
+@pytest.mark.parametrize("option", ["--syslog", "--syslog=local3", "--no-syslog"])
 def test_syslog_records_as_upstream(tmp_path: Path, option: str) -> None:
     """User guide ``--syslog``, seed guide "with --log, warnings and errors go to syslog with the
     LOG_MAIL facility", SPEC §2: ``--as-client`` (which implies ``--no-syslog``) with ``--syslog`` or
@@ -934,7 +934,7 @@ def test_syslog_records_as_upstream(tmp_path: Path, option: str) -> None:
                 [*log.prefix, program(side), "--as-client", hop.address, "--spool-dir", str(spool), option],
                 capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
             )  # fmt: skip
-            if option == "--syslog":
+            if option != "--no-syslog":
                 assert log.wait(r"failing envelope", 10), (side, log.records, done)
             seen: list[int] = []  # the program has exited: wait until the reader has drained the socket
             wait_until(lambda s=seen, r=log.records: s.append(len(r)) or s[-3:] == [len(r)] * 3, 5, 0.1)
@@ -947,8 +947,8 @@ def test_syslog_records_as_upstream(tmp_path: Path, option: str) -> None:
         assert len(got[side][1]) == len(records)
     assert got["ours"] == got["upstream"]
     assert all(text.startswith("emailrelay: ") for _, _, text in got["ours"][1])
-    if option == "--syslog":
-        assert {p for p, _, _ in got["ours"][1]} == {"22"}  # mail.info
+    if option != "--no-syslog":  # mail.info, local3.info
+        assert {p for p, _, _ in got["ours"][1]} == {"22" if option == "--syslog" else "158"}
         assert any("failing envelope" in text for _, _, text in got["ours"][1])
     else:
         assert got["ours"][1] == []
