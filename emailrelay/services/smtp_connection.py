@@ -395,9 +395,9 @@ class SmtpConnection:
         if not caps.auth:
             self.close()
             raise ConnectionTrouble("smtp error: authentication is not supported by the remote smtp server")
-        mechanism = choose_client_mechanism(
-            caps.auth_mechanisms, account, security.auth_config, self.encrypted
-        )
+        # E-MailRelay 2.6b's client follows the m:/x: lists of --client-auth-config also over TLS
+        # (after STARTTLS or with --client-tls-connection) and never the a:/d: ones the guide describes
+        mechanism = choose_client_mechanism(caps.auth_mechanisms, account, security.auth_config)
         if mechanism is None:
             self.close()
             raise ConnectionTrouble(
@@ -425,7 +425,8 @@ class SmtpConnection:
                         f"smtp error: authentication failed using {how}: [{reply_text(event.reply)}]"
                     )
                 self.authenticated_as = account.user
-                self.log.info(f"successful authentication with remote server using {how}")
+                over = "over tls " if self.encrypted else ""
+                self.log.info(f"successful authentication with remote server {over}using {how}")
                 return
             elif isinstance(event, sc.SessionFailed):
                 self.close()

@@ -191,37 +191,38 @@ def test_client_auth_config_lists(
     assert run.auth[0][0].split()[0] == mechanism
 
 
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
 @pytest.mark.parametrize(
-    ("args", "ours", "upstream"),
-    [(("--client-auth-config", "a:login"), "LOGIN", "PLAIN"), (("--client-auth-config", "d:plain"), "LOGIN", "PLAIN"),
-     (("--client-auth-config", "m:login"), "PLAIN", "LOGIN"), ((), "PLAIN", "PLAIN")],
-    ids=["a-login", "d-plain", "m-login-encrypted", "default"],
+    ("args", "mechanism"),
+    [(("--client-auth-config", "a:login"), "PLAIN"), (("--client-auth-config", "d:plain"), "PLAIN"),
+     (("--client-auth-config", "m:login"), "LOGIN"), (("--client-auth-config", "x:plain"), "LOGIN"), ((), "PLAIN")],
+    ids=["a-login", "d-plain", "m-login", "x-plain", "default"],
 )  # fmt: skip
-def test_client_auth_config_after_starttls(
+def test_client_auth_config_over_tls(
     tmp_path: Path,
     certs: Certs,  # noqa: F811
     args: tuple[str, ...],
-    ours: str,
-    upstream: str,
+    mechanism: str,
+    implicit: bool,
 ) -> None:
-    """After STARTTLS to a next hop offering ``AUTH PLAIN LOGIN``: ours follows ``a:``/``d:`` and no
-    longer ``m:``, as the guide says; E-MailRelay 2.6b still follows ``m:`` and not ``a:``/``d:``,
-    and says ``over tls`` in its success line (issue 17, not recorded decisions). The message is
-    delivered and the spool left alike."""
+    """Over TLS (after STARTTLS, or ``--client-tls-connection``) to a next hop offering ``AUTH PLAIN
+    LOGIN``: E-MailRelay 2.6b's client follows ``m:``/``x:`` and not ``a:``/``d:`` (the guide says
+    otherwise), and says ``over tls`` in its success line; ours the same: the same log, dialogue and
+    spool on both sides, and the mechanism the case names."""
     secrets = daemon_base(tmp_path) / "client.auth"
     secrets.write_text("client plain me secret\n")
     secrets.chmod(0o644)
-    hop = _tls_hop(certificate=certs.server_pem, require_auth=True, accounts={"me": "secret"})
-    runs = _both(tmp_path, hop, [[B]], "--client-tls", "--client-auth", str(secrets), *args)
-    assert runs["ours"].rc == runs["upstream"].rc == 0
-    assert runs["ours"].spool == runs["upstream"].spool == {}
-    assert runs["ours"].messages == runs["upstream"].messages and len(runs["ours"].messages) == 1
-    for side, mechanism, over in (("ours", ours, ""), ("upstream", upstream, "over tls ")):
-        assert [c.split()[1] for c in runs[side].commands if c.startswith("AUTH ")] == [mechanism], side
-        assert (
-            "emailrelay: info: successful authentication with remote server "
-            f"{over}using mechanism [{mechanism.lower()}] and plaintext secret for [me] from line 1"
-        ) in runs[side].log, side
+    hop = _tls_hop(
+        certificate=certs.server_pem, require_auth=True, accounts={"me": "secret"}, implicit=implicit
+    )
+    tls = "--client-tls-connection" if implicit else "--client-tls"
+    run = _same(_both(tmp_path, hop, [[B]], tls, "--client-auth", str(secrets), *args))
+    assert run.rc == 0 and run.spool == {} and len(run.messages) == 1
+    assert [c.split()[1] for c in run.commands if c.startswith("AUTH ")] == [mechanism]
+    assert (
+        "emailrelay: info: successful authentication with remote server "
+        f"over tls using mechanism [{mechanism.lower()}] and plaintext secret for [me] from line 1"
+    ) in run.log
 
 
 def test_client_tls_server_name_is_sent_as_sni(tmp_path: Path, certs: Certs) -> None:  # noqa: F811
