@@ -7,21 +7,23 @@ the reference guide describes them, without blocking the event loop.
 What it expects: an executable program.  It is run with
 :func:`asyncio.create_subprocess_exec` (execve, never a shell) with the
 arguments of the guide, an environment of ``PATH`` and ``IFS`` only, stdin
-and stderr on ``/dev/null``, stdout on a pipe, no other open descriptors, as
+and stderr on ``/dev/null``, stdout on a socket (one end of a socketpair, as
+E-MailRelay 2.6b gives it: a program's ``[ -S /dev/stdout ]`` holds, ``-p`` not),
+no other open descriptors, as
 ``--user`` (:func:`emailrelay.identity.child_preexec`) and in a new process
 group (session).
 
 What it guarantees:
 - at most ``output_cap`` bytes of stdout are kept; the rest is read and
-  discarded, so a chatty program neither blocks on a full pipe nor fills our
+  discarded, so a chatty program neither blocks on a full socket nor fills our
   memory;
 - after ``--filter-timeout`` seconds the whole process group is killed with
   SIGKILL; the filter has failed with the response ``error`` and the reason
   ``timeout`` (upstream's warning ``filter [<name>] timed out after <n>s``);
 - once the program exited, its output is awaited for at most one more second
-  (a background grandchild holding the pipe cannot hang us);
+  (a background grandchild holding the socket cannot hang us);
 - a filter's output is read as E-MailRelay 2.6b reads it: only its first
-  1 024 bytes count (a marker line must end within them, whatever the pipe's
+  1 024 bytes count (a marker line must end within them, whatever the socket's
   chunks); the first line that
   starts with ``<<`` and has ``>>`` later (or ``[[`` ... ``]]``) gives the
   response (the text in between; anything after the closing marker is
@@ -48,6 +50,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -96,7 +99,8 @@ async def run_program(
     """Run a program as the guide's "Run-time environment" says; never raises for the program's sake."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    read_fd, write_fd = os.pipe()
+    reader, writer = socket.socketpair()  # stdout a socket, as upstream's (not a pipe)
+    read_fd, write_fd = reader.detach(), writer.detach()
     try:
         # subprocess.Popen, not the loop's subprocess_exec: uvloop ignores close_fds, so a filter
         # would inherit descriptors (sockets, pipes) beyond the three the guide promises
@@ -117,7 +121,7 @@ async def run_program(
         return ProgramRun(error=f"cannot execute: {reason}", elapsed=time.monotonic() - started)
     os.close(write_fd)
 
-    # The pipe is read with add_reader on its descriptor, which we close exactly once, not with the
+    # The socket is read with add_reader on its descriptor, which we close exactly once, not with the
     # loop's connect_read_pipe: uvloop's pipe transport closes the descriptor twice (libuv's close, then
     # the file object's), and a spool thread that opens a file in between loses it to the second close
     # (then writes an envelope into whatever next takes that number: another client's socket).

@@ -705,7 +705,7 @@ exit 0
 @pytest.mark.parametrize("mode", [(), ("--user", "root")], ids=["default-user", "user-root"])
 def test_filter_umask_and_descriptors(tmp_path: Path, mode: tuple[str, ...]) -> None:
     """What a ``--filter`` process has: its umask and its open descriptors (stdin and stderr on
-    /dev/null, stdout a pipe, and nothing else but the shell's own)."""
+    /dev/null, stdout a socket, as upstream's socketpair, and nothing else but the shell's own)."""
     got = {}
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
@@ -718,11 +718,9 @@ def test_filter_umask_and_descriptors(tmp_path: Path, mode: tuple[str, ...]) -> 
             replies = smtp_dialogue(relay.port, ["EHLO c", *MESSAGE, "QUIT"])
         got[side] = (replies[-2], (base / "f" / "rec" / "env.txt").read_text())
     # the shell keeps the filter's standard output at fd 11 while fd 1 goes to the record: a
-    # socket (socketpair) upstream, a pipe ours (found by this regrade; either reads the same)
-    assert "fd 11 socket\n" in got["upstream"][1] and "fd 11 pipe\n" in got["ours"][1]
-    _assert_same(
-        {side: (reply, text.replace("fd 11 socket", "fd 11 pipe")) for side, (reply, text) in got.items()}
-    )
+    # socket (socketpair) on both sides (issue 17 aligned ours, a pipe before)
+    _assert_same(got)
+    assert "fd 11 socket\n" in got["ours"][1]
     assert "umask 0077\nfd 0 /dev/null\n" in got["ours"][1] and "fd 2 /dev/null\n" in got["ours"][1]
 
 
