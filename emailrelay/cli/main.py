@@ -203,6 +203,9 @@ def _exit_on_term(signum: int, frame: object) -> None:
 def run(configurations: list[tuple[str, Config]], values: dict[str, Value], options: list[str]) -> int:
     log = logmod.get()
     configurations = [(name, prepare(config)) for name, config in configurations]
+    if all(preflight.nothing_to_do(c) for _, c in configurations):  # upstream's words, on stderr
+        print("emailrelay: nothing to do", file=sys.stderr, flush=True)
+        return 0
     first = configurations[0][1]
     target = None
     if identity.switching_applies(first.user):

@@ -14,6 +14,10 @@ process that starts the relay (as root: the file system's, as upstream's
 ``MIN_FREE_BYTES`` free, or no free inode, is full: it could not take one
 message.  ``--as-client`` and ``--dont-serve`` are not checked for space, so
 that a full spool can still be drained.
+
+:func:`nothing_to_do` is E-MailRelay 2.6b's check that a relay would neither
+serve nor forward (``--dont-serve`` or ``--no-smtp`` alone): it then prints
+``emailrelay: nothing to do`` and exits 0, before any pid file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import Config
 from ..errors import SpoolError
 
 MIN_FREE_BYTES = 64 * 1024
@@ -43,3 +48,12 @@ def check_spool(spool: Path, space: bool = True) -> None:
         raise SpoolError(f"spool directory full: {spool}: {free} bytes free")
     if st.f_files and not st.f_favail:
         raise SpoolError(f"spool directory full: {spool}: no free inodes")
+
+
+def nothing_to_do(config: Config) -> bool:
+    """Whether ``config`` serves nothing (``--dont-serve``, or ``--no-smtp`` without ``--pop`` or
+    ``--admin``, or our ``--metrics``) and forwards nothing (no ``--as-client``, ``--forward`` or ``--poll``), as
+    E-MailRelay 2.6b decides it (probed: ``-X --forward-to h:p`` alone is nothing to do too)."""
+    listening = not config.no_smtp or config.pop or config.admin_port is not None or bool(config.metrics)
+    serving = not config.dont_serve and listening
+    return not (serving or config.as_client or config.forward or config.poll is not None)

@@ -250,6 +250,10 @@ ONE_SHOT_SAME = {
     "config-file-and-command-line": (
         ("--domain", "b.example", "{base}/a.conf"), 1, 'emailrelay: error: duplicate use of "--domain"\n' + TRY,
     ),
+    # --dont-serve / --no-smtp with nothing else to do: both say so and exit 0 (issue 17 aligned ours)
+    "dont-serve-alone": (("--dont-serve",), 0, "emailrelay: nothing to do\n"),
+    "no-smtp-alone": (("-X",), 0, "emailrelay: nothing to do\n"),
+    "no-smtp-forward-to-alone": (("-X", "--forward-to", "127.0.0.1:1"), 0, "emailrelay: nothing to do\n"),
 }  # fmt: skip
 ONE_SHOT_DIFFERS = {
     # Windows-only options: upstream's unix build does not know them; ours accepts and ignores them
@@ -258,9 +262,6 @@ ONE_SHOT_DIFFERS = {
     "show": (("--show", "hidden", "--as-client", "127.0.0.1:1"), (1, 'emailrelay: error: invalid option: "--show"\n' + TRY), 0),
     # upstream takes any --log-format value; ours refuses an unknown field
     "log-format-unknown": (("--log-format=bogus", "--as-client", "127.0.0.1:1"), (0, "emailrelay: no messages to send\n"), 1),
-    # --dont-serve / --no-smtp with nothing else to do: upstream says so and exits 0; ours keeps running
-    "dont-serve-alone": (("--dont-serve",), (0, "emailrelay: nothing to do\n"), None),
-    "no-smtp-alone": (("-X",), (0, "emailrelay: nothing to do\n"), None),
     # an unknown interface name: upstream warns and serves on the "any" address; ours refuses
     "interface-unknown-name": (("--interface", "nosuchif0"), None, 1),
     # the built-in verifier as a filter: upstream looks for a program called "account:"; ours refuses
