@@ -15,10 +15,12 @@ EXPECTS
       or directory (a directory must be OpenSSL-hashed, ``c_rehash``).
     * ``--tls-config`` keywords, comma separated, case-insensitive:
       ``tlsv1.0``..``tlsv1.3`` set the minimum protocol version,
-      ``-tlsv1.0``..``-tlsv1.3`` the maximum; ``openssl`` is accepted;
-      ``mbedtls`` is ignored (only OpenSSL is available through Python): it
-      is listed in ``TlsConfig.ignored`` for E-MailRelay 2.6b's start-up
-      warning, and OpenSSL is used.
+      ``-tlsv1.0``..``-tlsv1.3`` the maximum, each as given (lower case, no
+      spaces) and once; as E-MailRelay 2.6b any other item (``openssl``,
+      ``mbedtls``: only OpenSSL is available through Python; a repeat; a
+      typo) is ignored and listed in ``TlsConfig.ignored`` for its start-up
+      warning.  ``sslv3``, ``-sslv3`` and ``noverify``, which upstream takes,
+      are refused.
 
 GUARANTEES
     * Bad input raises ``UsageError`` naming the option and the file:
@@ -66,6 +68,8 @@ _VERSIONS = {
     "tlsv1.2": ssl.TLSVersion.TLSv1_2,
     "tlsv1.3": ssl.TLSVersion.TLSv1_3,
 }
+# keywords E-MailRelay 2.6b takes that ours does not implement: refused rather than ignored
+_NOT_SUPPORTED = frozenset({"sslv3", "-sslv3", "noverify"})
 
 
 @dataclass(frozen=True)
@@ -79,21 +83,27 @@ class TlsConfig:
 
 
 def parse_tls_config(text: str | None) -> TlsConfig:
+    """As E-MailRelay 2.6b: items are taken as given (case and spaces count); each protocol keyword
+    is used once, and any other item (``openssl``, ``mbedtls``, a repeat, a typo) is ignored, in
+    order, for the start-up warning."""
     minimum: ssl.TLSVersion | None = None
     maximum: ssl.TLSVersion | None = None
     ignored: list[str] = []
+    used: set[str] = set()
     for item in (text or "").split(","):
-        word = item.strip().lower()
-        if not word or word == "openssl":
+        if not item:
             continue
-        if word == "mbedtls":
-            ignored.append(item.strip())
-        elif word in _VERSIONS:
-            minimum = _VERSIONS[word]
-        elif word.startswith("-") and word[1:] in _VERSIONS:
-            maximum = _VERSIONS[word[1:]]
+        if item in _NOT_SUPPORTED:
+            raise UsageError(f"invalid --tls-config keyword [{item}]")
+        if item in used:
+            ignored.append(item)
+        elif item in _VERSIONS:
+            minimum = _VERSIONS[item]
+        elif item.startswith("-") and item[1:] in _VERSIONS:
+            maximum = _VERSIONS[item[1:]]
         else:
-            raise UsageError(f"invalid --tls-config keyword [{item.strip()}]")
+            ignored.append(item)
+        used.add(item)
     if minimum is not None and maximum is not None and minimum > maximum:
         raise UsageError("--tls-config: the minimum TLS version is above the maximum")
     return TlsConfig(minimum, maximum, tuple(ignored))

@@ -69,7 +69,8 @@ def server_security(config: Config, secrets_path: str | None = None) -> ServerSe
 def check(config: Config) -> None:
     """Load the server's and the client's secrets, auth configs and certificates, for their errors
     only (start-up: naming file and line); nothing is imported for options not given.  With TLS in
-    use, ``--tls-config`` keywords that are ignored (``mbedtls``) get E-MailRelay 2.6b's warning."""
+    use, ``--tls-config`` items that are ignored (any but a protocol keyword) get E-MailRelay 2.6b's
+    warning."""
     _server_parts(config, None)
     client_security(config)
     tls_on = config.server_tls or config.server_tls_connection or config.client_tls or config.client_tls_connection

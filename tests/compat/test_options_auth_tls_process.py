@@ -365,7 +365,8 @@ def test_tls_config_minimum_version(tmp_path: Path, certs: Certs) -> None:
 
 
 def test_tls_config_maximum_version_and_openssl_keyword(tmp_path: Path, certs: Certs) -> None:
-    """``--tls-config=openssl,-tlsv1.2``: the OpenSSL library, at most TLS 1.2."""
+    """``--tls-config=openssl,-tlsv1.2``: the OpenSSL library, at most TLS 1.2; as E-MailRelay 2.6b
+    (an OpenSSL build) the ``openssl`` item is ignored with a start-up warning."""
     options = ("--single-process", "--server-tls", "--server-tls-certificate", str(certs.server_pem))
     with (
         relay(tmp_path, *options, "--tls-config=openssl,-tlsv1.2") as r,
@@ -373,6 +374,7 @@ def test_tls_config_maximum_version_and_openssl_keyword(tmp_path: Path, certs: C
     ):
         c.starttls(context=trusting(certs))
         assert c.sock.version() == "TLSv1.2"  # type: ignore[union-attr]
+    assert "warning: tls-config: tls configuration items ignored: [openssl]\n" in r.log()
 
 
 def test_tls_config_mbedtls_warns_and_uses_openssl(tmp_path: Path, certs: Certs) -> None:

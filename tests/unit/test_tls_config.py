@@ -274,9 +274,10 @@ def test_effective_server_hostname() -> None:
         ("", None, None),
         ("openssl", None, None),
         ("tlsv1.2", ssl.TLSVersion.TLSv1_2, None),
-        ("TLSv1.3", ssl.TLSVersion.TLSv1_3, None),
+        ("TLSv1.3", None, None),  # case counts, as E-MailRelay 2.6b
         ("-tlsv1.2", None, ssl.TLSVersion.TLSv1_2),
-        ("tlsv1.0, -tlsv1.1", ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1),
+        ("tlsv1.0,-tlsv1.1", ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1),
+        ("tlsv1.0, -tlsv1.1", ssl.TLSVersion.TLSv1, None),  # so do spaces
     ],
 )
 def test_parse_tls_config(
@@ -286,18 +287,32 @@ def test_parse_tls_config(
     assert (config.minimum, config.maximum) == (minimum, maximum)
 
 
-def test_tls_config_mbedtls_is_ignored() -> None:
-    """``mbedtls`` is listed as ignored (as given) and the other keywords still count."""
-    config = parse_tls_config("MbedTLS,tlsv1.2")
-    assert (config.minimum, config.ignored) == (ssl.TLSVersion.TLSv1_2, ("MbedTLS",))
-    assert parse_tls_config("openssl").ignored == ()
+@pytest.mark.parametrize(
+    ("text", "ignored"),
+    [
+        ("mbedtls", ("mbedtls",)),
+        ("openssl", ("openssl",)),
+        ("MbedTLS,tlsv1.2", ("MbedTLS",)),
+        ("tlsv1.2,foo,OpenSSL,bar", ("foo", "OpenSSL", "bar")),
+        ("foo,,tlsv1.3", ("foo",)),
+        ("foo,foo", ("foo", "foo")),
+        ("tlsv1.2,tlsv1.2", ("tlsv1.2",)),
+        (" foo , tlsv1.2 ", (" foo ", " tlsv1.2 ")),
+        ("tlsv1.4", ("tlsv1.4",)),
+        ("tlsv1.2,-tlsv1.3", ()),
+    ],
+)
+def test_tls_config_unknown_items_are_ignored(text: str, ignored: tuple[str, ...]) -> None:
+    """As E-MailRelay 2.6b (observed): any item but a protocol keyword, as given, once, is listed
+    as ignored, in order, and the other keywords still count."""
+    assert parse_tls_config(text).ignored == ignored
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("sslv3", "invalid --tls-config keyword [sslv3]"),
-        ("tlsv1.2,bogus", "invalid --tls-config keyword [bogus]"),
+        ("tlsv1.2,noverify", "invalid --tls-config keyword [noverify]"),
         ("tlsv1.3,-tlsv1.2", "minimum TLS version is above the maximum"),
     ],
 )
