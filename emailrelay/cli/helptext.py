@@ -39,9 +39,10 @@ def _left(option: Option) -> str:
     return f"  {short}{option_syntax(option)}"
 
 
-def _sections(verbose: bool) -> list[tuple[str, list[Option]]]:
-    """(section, options shown) in display order, without empty sections."""
-    shown = [o for o in OPTIONS if verbose or o.common]
+def _sections(verbose: bool, windows: bool = False) -> list[tuple[str, list[Option]]]:
+    """(section, options shown) in display order, without empty sections; the Windows-only options
+    (invalid on unix, as in E-MailRelay 2.6b's unix build) only with ``windows``."""
+    shown = [o for o in OPTIONS if (verbose or o.common) and (windows or not o.windows_only)]
     grouped = [(s, [o for o in shown if o.section == s]) for s in SECTIONS]
     return [(s, opts) for s, opts in grouped if opts]
 
@@ -108,7 +109,7 @@ def _notes(option: Option) -> list[str]:
     if option.process:
         notes.append("Process-wide (with multiple configurations, only the first one's counts).")
     if option.windows_only:
-        notes.append("Windows only: accepted and ignored.")
+        notes.append("Windows only: an invalid option on unix, as in E-MailRelay 2.6b (not in `--help`).")
     return notes
 
 
@@ -129,7 +130,7 @@ def markdown_reference(program: str = "emailrelay") -> str:
         "options carry the same prefix (`in-port`). Options given on the command line",
         "override those in the config file.",
     ]
-    for section, opts in _sections(verbose=True):
+    for section, opts in _sections(verbose=True, windows=True):
         lines += ["", f"## {section} options", ""]
         for o in opts:
             short = f" (`-{o.short}`)" if o.short else ""

@@ -63,7 +63,7 @@ class Option:
     optional_value: bool = False  # value only with "=": --anonymous[=<scope>]
     repeatable: bool = False  # may be given more than once; values accumulate in a list
     common: bool = False  # shown by plain --help (--help --verbose shows all)
-    windows_only: bool = False  # accepted and ignored on unix
+    windows_only: bool = False  # an invalid option on unix, as in E-MailRelay 2.6b's unix build
     kind: str = "str"  # one of KINDS
     default: str | None = None  # the value used when the option is absent
     process: bool = False  # process-wide: not per configuration (see parse.py)
@@ -168,11 +168,11 @@ OPTIONS: tuple[Option, ...] = (
     _flag("dont-serve", "x", "disable all network serving; exit when initial forwarding is done", "Process"),
     Option("localedir", None, "dir", "base directory of message catalogues (enables localisation)", "Process", kind="path", process=True),
     _flag("no-daemon", "t", "run in the foreground, without forking or detaching", "Process", common=True, process=True),
-    _flag("hidden", "H", "hide the application window (Windows only; ignored)", "Process", windows_only=True, process=True),
+    _flag("hidden", "H", "hide the application window (Windows only: an invalid option here)", "Process", windows_only=True, process=True),
     _flag("no-smtp", "X", "do not listen for incoming SMTP connections", "Process"),
     Option("pid-file", "i", "path", "write the process id into this file once the daemon is running", "Process", common=True, kind="path", process=True),
     Option("user", "u", "username", "non-privileged user to run as when idle and for filters (root: no switching)", "Process", common=True, default=OPTION_DEFAULTS["user"], process=True),
-    Option("show", None, "style", "application window style (Windows only; ignored)", "Process", windows_only=True, process=True),
+    Option("show", None, "style", "application window style (Windows only: an invalid option here)", "Process", windows_only=True, process=True),
     # --- Logging ---
     _flag("verbose", "v", "more verbose logging with --log, more help with --help", "Logging", common=True, process=True),
     _flag("log", "l", "log to the standard error stream and the system log", "Logging", common=True, process=True),

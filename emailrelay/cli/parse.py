@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emailrelay.cli import usage_rules
-from emailrelay.cli.options import BY_NAME, BY_SHORT, Option
+from emailrelay.cli.options import OPTIONS, Option
 from emailrelay.errors import ConfigError, OptionError, OptionUsageError, UsageError
 
 Value = str | bool | list[str]
@@ -83,6 +83,11 @@ SHORTHANDS: dict[str, tuple[str, ...]] = {
     "as-proxy": ("log", "close-stderr", "forward-on-disconnect"),
     "as-server": ("log", "close-stderr"),
 }
+
+#: The options this unix build takes: the table's Windows-only ones (--hidden, -H, --show) are
+#: invalid options here, as in E-MailRelay 2.6b's unix build (issue 17).
+ACCEPTED: dict[str, Option] = {o.name: o for o in OPTIONS if not o.windows_only}
+ACCEPTED_SHORT: dict[str, Option] = {o.short: o for o in OPTIONS if o.short and not o.windows_only}
 
 # Every error message text, in one place. "{opt}" is "--name"/"-x" on the
 # command line and "option 'name'" in a config file.
@@ -125,7 +130,7 @@ class Parsed:
         values = self.values if config is None else self.configs[config]
         if name in values:
             return values[name]
-        option = BY_NAME[name]
+        option = ACCEPTED[name]
         if option.kind == "flag":
             return False
         if option.repeatable:
@@ -156,10 +161,10 @@ class _Invalid(Exception):
 
 def _shape(written: str) -> Option | None:
     """The option a written name stands for, ignoring whether its prefix is declared."""
-    if written in BY_NAME:
-        return BY_NAME[written]
+    if written in ACCEPTED:
+        return ACCEPTED[written]
     prefix, _, rest = written.partition("-")
-    return BY_NAME.get(rest) if prefix else None
+    return ACCEPTED.get(rest) if prefix else None
 
 
 def _declared(written_names: Iterable[str]) -> list[str]:
@@ -167,24 +172,24 @@ def _declared(written_names: Iterable[str]) -> list[str]:
     found: list[str] = []
     for written in written_names:
         prefix, _, rest = written.partition("-")
-        if written not in BY_NAME and prefix and rest == DECLARING_OPTION and prefix not in found:
+        if written not in ACCEPTED and prefix and rest == DECLARING_OPTION and prefix not in found:
             found.append(prefix)
     return found
 
 
 def _resolve(written: str, prefixes: Iterable[str]) -> tuple[str, Option] | None:
     """(prefix, option) for a written name, or None if it is not an option."""
-    if written in BY_NAME:
-        return "", BY_NAME[written]
+    if written in ACCEPTED:
+        return "", ACCEPTED[written]
     prefix, _, rest = written.partition("-")
-    if prefix in prefixes and rest in BY_NAME:
-        return prefix, BY_NAME[rest]
+    if prefix in prefixes and rest in ACCEPTED:
+        return prefix, ACCEPTED[rest]
     return None
 
 
 def _undeclared_hint(written: str) -> str:
     prefix, _, rest = written.partition("-")
-    return MSG_UNDECLARED_HINT.format(prefix=prefix) if prefix and rest in BY_NAME else ""
+    return MSG_UNDECLARED_HINT.format(prefix=prefix) if prefix and rest in ACCEPTED else ""
 
 
 # ---------------------------------------------------------------------------
@@ -275,7 +280,7 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], list[
             while j < len(arg):
                 letter = arg[j]
                 j += 1
-                option = BY_SHORT.get(letter)
+                option = ACCEPTED_SHORT.get(letter)
                 if option is None:
                     problems.append(MSG_INVALID_OPTION.format(opt="-" + letter))
                     continue
@@ -457,5 +462,5 @@ def configuration_values(parsed: Parsed, name: str) -> dict[str, Value]:
     """One configuration's options, with the process-wide ones (which live in the first) added."""
     if name not in parsed.configs or name == next(iter(parsed.configs)):
         return dict(parsed.values)
-    process_wide = {k: v for k, v in parsed.values.items() if BY_NAME[k].process}
+    process_wide = {k: v for k, v in parsed.values.items() if ACCEPTED[k].process}
     return {**process_wide, **parsed.configs[name]}

@@ -252,14 +252,14 @@ ONE_SHOT_SAME = {
     ),
     # --dont-serve / --no-smtp with nothing else to do: both say so and exit 0 (issue 17 aligned ours)
     "dont-serve-alone": (("--dont-serve",), 0, "emailrelay: nothing to do\n"),
+    # Windows-only options: invalid in upstream's unix build, and in ours (issue 17 aligned ours)
+    "hidden": (("--hidden", "--as-client", "127.0.0.1:1"), 1, 'emailrelay: error: invalid option: "--hidden"\n' + TRY),
+    "hidden-short": (("-H", "--as-client", "127.0.0.1:1"), 1, 'emailrelay: error: invalid option: "-H"\n' + TRY),
+    "show": (("--show", "hidden", "--as-client", "127.0.0.1:1"), 1, 'emailrelay: error: invalid option: "--show"\n' + TRY),
     "no-smtp-alone": (("-X",), 0, "emailrelay: nothing to do\n"),
     "no-smtp-forward-to-alone": (("-X", "--forward-to", "127.0.0.1:1"), 0, "emailrelay: nothing to do\n"),
 }  # fmt: skip
 ONE_SHOT_DIFFERS = {
-    # Windows-only options: upstream's unix build does not know them; ours accepts and ignores them
-    "hidden": (("--hidden", "--as-client", "127.0.0.1:1"), (1, 'emailrelay: error: invalid option: "--hidden"\n' + TRY), 0),
-    "hidden-short": (("-H", "--as-client", "127.0.0.1:1"), (1, 'emailrelay: error: invalid option: "-H"\n' + TRY), 0),
-    "show": (("--show", "hidden", "--as-client", "127.0.0.1:1"), (1, 'emailrelay: error: invalid option: "--show"\n' + TRY), 0),
     # upstream takes any --log-format value; ours refuses an unknown field
     "log-format-unknown": (("--log-format=bogus", "--as-client", "127.0.0.1:1"), (0, "emailrelay: no messages to send\n"), 1),
     # an unknown interface name: upstream warns and serves on the "any" address; ours refuses
