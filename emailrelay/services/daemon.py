@@ -29,6 +29,7 @@ from ..identity import as_root, group_for_files, in_root_thread
 
 #: The pid file's mode, as upstream's (``root:<--user's group>`` when switching, else the creator's).
 PID_FILE_MODE = 0o644
+PID_DIR_MODE = 0o775  # a directory made for the pid file
 
 
 def detach() -> None:
@@ -93,7 +94,11 @@ def _pid_file_error(path: str, exc: OSError) -> UsageError:
 
 def _prepare(target: Path, gid: int | None) -> PidFile:
     with as_root():
-        target.parent.mkdir(parents=True, exist_ok=True)
+        # as E-MailRelay 2.6b: only the last directory is made, 0775 whatever the umask (a missing
+        # one above it is "no such file or directory"); an existing one keeps its mode
+        with contextlib.suppress(FileExistsError):
+            target.parent.mkdir()
+            os.chmod(target.parent, PID_DIR_MODE)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

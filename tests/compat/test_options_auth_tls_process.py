@@ -419,10 +419,12 @@ def test_no_daemon_short_form_stays_in_the_foreground(tmp_path: Path) -> None:
 
 
 def test_pid_file_short_form_creates_the_parent_directory(tmp_path: Path) -> None:
-    """``-i <path>``: the parent directory is created and the file holds the serving process's id."""
+    """``-i <path>``: the parent directory is created (0775, as upstream's) and the file holds the
+    serving process's id."""
     pid_file = tmp_path / "new-dir" / "emailrelay.pid"
     with relay(tmp_path, "--single-process", "-i", str(pid_file)) as r:
         assert wait_until(pid_file.exists, 10), r.log()
+        assert pid_file.parent.stat().st_mode & 0o7777 == 0o775
         assert int(pid_file.read_text()) == r.pid
         with smtplib.SMTP("127.0.0.1", r.port, timeout=20) as c:  # serving: past start-up
             assert c.noop()[0] == 250
