@@ -30,12 +30,13 @@ GUARANTEES
     * Client: without a verify value nothing is verified (upstream's
       default: encryption without authentication).  With one the chain must
       verify; the host name is not checked unless ``verify_name`` is given,
-      and then the certificate's subjectAltName (or CN when it has no SAN)
-      must match it.  That check is OpenSSL's own, done during the handshake
-      by ``check_hostname``: the returned ``ClientContext`` substitutes
-      ``verify_name`` for the ``server_hostname`` that callers (asyncio)
-      pass when wrapping, so it also goes out as SNI; otherwise
-      ``server_name`` (``--client-tls-server-name``) is sent as SNI.
+      and then, as E-MailRelay 2.6b (observed), the CN of the certificate's
+      subject must be that name, exactly; subjectAltNames do not count.
+      The caller checks it once the handshake is done (``check_peer_name``);
+      the returned ``ClientContext`` substitutes ``verify_name`` for the
+      ``server_hostname`` that callers (asyncio) pass when wrapping, so it
+      goes out as SNI; otherwise ``server_name`` (``--client-tls-server-name``)
+      is sent as SNI.
       ``verify_name`` without a verify value is refused rather than
       silently not checked.
 """
@@ -54,6 +55,7 @@ from ..errors import UsageError
 __all__ = [
     "ClientContext",
     "TlsConfig",
+    "check_peer_name",
     "client_context",
     "describe",
     "parse_tls_config",
@@ -251,7 +253,7 @@ def client_context(
     if verify:
         _load_verify(ctx, verify, "--client-tls-verify", ssl.Purpose.SERVER_AUTH)
         ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.check_hostname = bool(verify_name)
+        ctx.check_hostname = False  # the name: check_peer_name(), E-MailRelay 2.6b's way
         ctx.hostname_checks_common_name = True
     else:
         ctx.check_hostname = False
@@ -277,6 +279,33 @@ _LIBRARY_TEXT = {
     "PEM": "PEM routines",
     "SYS": "system library",
 }
+
+
+# OpenSSL's short names for the subject's attributes, as X509_NAME_oneline() writes them
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+}
+# what OpenSSL says when a certificate is refused, as E-MailRelay 2.6b logs a refused peer name
+VERIFY_FAILED = "SSL_connect(): [error:0A000086:SSL routines::certificate verify failed]"
+
+
+def check_peer_name(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[str, str, bool] | None:
+    """With ``--client-tls-verify-name`` (the context's ``verify_name``), after the handshake: the
+    peer certificate's subject (``/CN=localhost``), the required name and whether the subject's CN
+    is that name; ``None`` without a required name."""
+    required = getattr(ssl_object.context, "verify_name", None)
+    if not required:
+        return None
+    cert = ssl_object.getpeercert() or {}
+    pairs = [pair for rdn in cert.get("subject", ()) for pair in rdn]
+    subject = "".join(f"/{_SHORT_NAMES.get(key, key)}={value}" for key, value in pairs)
+    names = [value for key, value in pairs if key == "commonName"]
+    return subject, required, bool(names) and names[-1] == required
 
 
 def openssl_error(exc: BaseException) -> str:

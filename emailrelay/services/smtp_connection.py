@@ -85,7 +85,9 @@ class _ClientProtocol(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         if not owner.helo_fixed:  # no dotted --domain: the local address, bare, as upstream sends it
             owner.client.set_helo_name(str(local[0]) if isinstance(local, tuple) else "localhost")
-        owner.tls_up()  # implicit TLS: the handshake is done, and upstream says so first
+        if not owner.tls_up():  # implicit TLS: the handshake is done, and upstream says so first
+            owner.tls_refused = True  # (a wrong peer name: as a failed handshake, see open())
+            return
         owner.log.info(f"smtp connection to {owner.peer}")
         if owner.on_network is not None:
             owner._local = format_address(str(local[0]), int(local[1])) if isinstance(local, tuple) else ""
@@ -156,6 +158,7 @@ class SmtpConnection:
         self.messages = 0
         self.selector = selector
         self.encrypted = False
+        self.tls_refused = False
         self.authenticated_as: str | None = None
         # (direction, "start"|"stop", local, peer): the admin's status and notify (E-MailRelay's "OUT")
         self.on_network: Callable[[str, str, str, str], None] | None = None
@@ -226,6 +229,8 @@ class SmtpConnection:
             raise ConnectionTrouble(
                 f"connect failure: cannot connect to {self.hop}{why}", kind="connect"
             ) from None
+        if self.tls_refused:
+            raise ConnectionTrouble("peer disconnected: ssl connect")
         transport = cast(asyncio.Transport, transport)
         # (default write-buffer limits: changing them before start_tls() stalls uvloop's TLS handshake)
         caps = await self._session_ready()
@@ -369,23 +374,36 @@ class SmtpConnection:
             self.log.warning(f"tls: tls error: {_tls_error(exc)}")
             raise ConnectionTrouble("peer disconnected: ssl connect") from None
         self.transport = cast(asyncio.Transport, new_transport)
-        self.tls_up()
+        if not self.tls_up():
+            raise ConnectionTrouble("peer disconnected: ssl connect")
         self.client.tls_established()
         self._collect()
         return await self._session_ready()
 
-    def tls_up(self) -> None:
-        """Log the TLS session once there is one (upstream's words)."""
+    def tls_up(self) -> bool:
+        """Log the TLS session once there is one (upstream's words); with ``--client-tls-verify-name``
+        first the name check, as E-MailRelay 2.6b: a wrong name aborts the connection (``False``)."""
         if self.transport is None or self.encrypted:
-            return
+            return True
         ssl_object = self.transport.get_extra_info("ssl_object")
         if ssl_object is not None:
+            checked = tls.check_peer_name(ssl_object)
+            if checked is not None:
+                subject, required, ok = checked
+                self.log.info(
+                    f"tls: certificate-subject=[{subject}] required-peer-name=[{required}] ok={int(ok)}"
+                )
+                if not ok:
+                    self.log.warning(f"tls: tls error: {tls.VERIFY_FAILED}")
+                    self.abort()
+                    return False
             self.encrypted = True
             cipher = ssl_object.cipher()
             self.log.info(
                 f"tls protocol established with {self.peer} protocol {ssl_object.version()} "
                 f"cipher {cipher[0] if cipher else ''}"
             )
+        return True
 
     async def _authenticate(self, caps: sc.Capabilities, security: ClientSecurity) -> None:
         assert security.secrets is not None

@@ -20,6 +20,7 @@ import pytest
 
 from emailrelay.auth.tls import (
     ClientContext,
+    check_peer_name,
     client_context,
     describe,
     parse_tls_config,
@@ -96,6 +97,7 @@ class Outcome:
     server_error: str = ""
     description: str = ""
     client_pem_seen_by_server: str = ""
+    peer_name: tuple[str, str, bool] | None = None  # check_peer_name() on the client's side
 
 
 def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, hostname: str | None = None) -> Outcome:
@@ -117,10 +119,11 @@ def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, hostname: 
 
     thread = threading.Thread(target=serve)
     thread.start()
-    client_ok, client_error, description = False, "", ""
+    client_ok, client_error, description, peer_name = False, "", "", None
     try:
         with client_ctx.wrap_socket(b, server_hostname=hostname) as c:
             description = describe(c)
+            peer_name = check_peer_name(c)
             c.sendall(b"ping")
             client_ok = c.recv(4) == b"PING"
     except (OSError, ssl.SSLError) as err:
@@ -128,7 +131,13 @@ def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, hostname: 
         b.close()
     thread.join(20)
     return Outcome(
-        client_ok, "ok" in result, client_error, result.get("error", ""), description, result.get("pem", "")
+        client_ok,
+        "ok" in result,
+        client_error,
+        result.get("error", ""),
+        description,
+        result.get("pem", ""),
+        peer_name,
     )
 
 
@@ -174,25 +183,35 @@ def test_client_verify_fails_for_expired(certs: Certs) -> None:
 
 
 def test_verify_name_matches(certs: Certs) -> None:
+    """The chain is verified in the handshake; the name after it, against the subject's CN."""
     ctx = client_context(verify=str(certs.ca), verify_name="localhost")
-    assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+    assert not ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
     out = handshake(
         server_context([str(certs.server_pem)]), ctx, "mail.example.com"
     )  # caller's name replaced
     assert out.client_ok, out.client_error
+    assert out.peer_name == ("/CN=localhost", "localhost", True)
 
 
-def test_verify_name_mismatch_fails(certs: Certs) -> None:
-    ctx = client_context(verify=str(certs.ca), verify_name="other.example.com")
-    out = handshake(server_context([str(certs.server_pem)]), ctx, "localhost")
-    assert not out.client_ok
-    assert "hostname mismatch" in out.client_error or "match" in out.client_error
+def test_verify_name_mismatch_is_found(certs: Certs) -> None:
+    """A subjectAltName (here IP:127.0.0.1) does not count, as E-MailRelay 2.6b; nor another case."""
+    for name in ("other.example.com", "127.0.0.1", "LOCALHOST"):
+        out = handshake(
+            server_context([str(certs.server_pem)]), client_context(verify=str(certs.ca), verify_name=name)
+        )
+        assert out.peer_name == ("/CN=localhost", name, False)
 
 
 def test_verify_name_uses_common_name_without_san(certs: Certs) -> None:
     ctx = client_context(verify=str(certs.ca), verify_name="client.example.com")
     out = handshake(server_context([str(certs.client_pem)]), ctx)
     assert out.client_ok, out.client_error
+    assert out.peer_name == ("/CN=client.example.com", "client.example.com", True)
+
+
+def test_no_peer_name_check_without_verify_name(certs: Certs) -> None:
+    out = handshake(server_context([str(certs.server_pem)]), client_context(verify=str(certs.ca)))
+    assert out.client_ok and out.peer_name is None
 
 
 def test_server_name_is_sent_as_sni(certs: Certs) -> None:
@@ -401,6 +420,7 @@ async def test_asyncio_streams_use_verify_name(certs: Certs) -> None:
         writer.write(b"ping")
         assert await reader.readexactly(4) == b"PING"
         writer.close()
-        bad = client_context(verify=str(certs.ca), verify_name="other.example")
-        with pytest.raises(ssl.SSLCertVerificationError):
-            await asyncio.open_connection("127.0.0.1", port, ssl=bad)
+        assert check_peer_name(ssl_object) == ("/CN=localhost", "localhost", True)
+        untrusted = client_context(verify=str(certs.self_signed_pem), verify_name="localhost")
+        with pytest.raises(ssl.SSLCertVerificationError):  # the chain is still checked in the handshake
+            await asyncio.open_connection("127.0.0.1", port, ssl=untrusted)
