@@ -72,13 +72,20 @@ def test_pipelining_is_opt_in(tmp_path: Path, mode: str) -> None:
     run = _same(_both(tmp_path, make, [[B, C], [D]], *args))
     assert run.rc == 0 and run.spool == {} and len(run.messages) == 2
     ours, upstream = ([b for _, b in hop.batches] for hop in hops)
-    assert ours == upstream, (ours, upstream)
+    # upstream closes right after its QUIT without reading the 221: when a reply is still unread
+    # its close is a reset, which can discard the QUIT before the next hop reads it
+    assert ours[-1] == ["QUIT"], ours
+    assert _without_final_quit(ours) == _without_final_quit(upstream), (ours, upstream)
     if mode == "default":
         assert all(len(batch) == 1 for batch in ours), ours
     else:
         assert ["MAIL FROM:<a@example.com> BODY=7BIT", f"RCPT TO:<{B}>", f"RCPT TO:<{C}>"] in ours
         assert ["MAIL FROM:<a@example.com> BODY=7BIT", f"RCPT TO:<{D}>"] in ours
         assert ["DATA"] in ours
+
+
+def _without_final_quit(batches: list[list[str]]) -> list[list[str]]:
+    return batches[:-1] if batches and batches[-1] == ["QUIT"] else batches
 
 
 def test_pipelining_needs_the_next_hop_to_offer_it(tmp_path: Path) -> None:
