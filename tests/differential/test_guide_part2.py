@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.differential.test_filters import serve_cases
+from tests.differential.test_filters import serve_cases, submitted_spool
 from tests.differential.test_forwarding import NO_PIPELINING, _write
 from tests.support.certs import HAVE_OPENSSL, make_certs
 from tests.support.fake_smtp import FakeSmtp, auth_script
@@ -754,6 +754,29 @@ def test_filter_chain_log_line(tmp_path: Path, chain: str) -> None:
     prefix = f"emailrelay: info: filter [{chain.replace('/bin/true', 'true')}]: ["
     named = [x for x in results if x.startswith(prefix)]
     assert results == named and len(named) == (0 if set(chain.split(",")) == {"exit:0"} else 1), results
+
+
+@pytest.mark.parametrize("chain", ["exit:0,exit:1", "exit:0,exit:103", "exit:0,exit:0"])
+def test_client_filter_chain_log_line(chain: str) -> None:
+    """A ``--client-filter`` chain with ``--as-client``: one ``client-filter [<chain>]`` line (none for
+    ``exit:0`` alone), the exit code, what the next hop got and the spool left."""
+    got = {}
+    with FakeSmtp(extensions=NO_PIPELINING) as hop:
+        for side in SIDES:
+            spool = submitted_spool(side, daemon_base(), ["m"])
+            hop.messages.clear()
+            done = subprocess.run(
+                [program(side), "--as-client", hop.address, "--spool-dir", str(spool), "--log", "--no-syslog",
+                 "--verbose", "--client-filter", chain],
+                capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+            )  # fmt: skip
+            text = (done.stdout + done.stderr).decode(errors="replace")
+            log = [x for x in normalise_log(text) if "filter" in x]
+            got[side] = (done.returncode, len(hop.messages), log, spool_summary(spool))
+    _assert_same(got)
+    lines: list[str] = got["ours"][2]  # type: ignore[assignment]
+    named = [x for x in lines if x.startswith(f"emailrelay: info: client-filter [{chain}]: [")]
+    assert lines == named and len(named) == (0 if chain == "exit:0,exit:0" else 1), lines
 
 
 @pytest.mark.parametrize("mx", ["mx:127.0.0.1:DNS", "mx:nst=60;rt=60;127.0.0.1:DNS"])
