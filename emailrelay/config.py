@@ -240,7 +240,7 @@ def from_values(values: Values, *, name: str = "") -> Config:
     c.no_smtp = bool(values.get("no-smtp"))
     c.dont_serve = bool(values.get("dont-serve"))
     anonymous = values.get("anonymous")
-    if anonymous is True:
+    if anonymous is True or anonymous == "":  # --anonymous and --anonymous= (E-MailRelay 2.6b: every scope)
         c.anonymous = frozenset(ANONYMOUS_SCOPES)
     elif anonymous:
         c.anonymous = _keywords(values, "anonymous", ANONYMOUS_SCOPES)

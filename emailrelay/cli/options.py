@@ -61,6 +61,7 @@ class Option:
     help: str  # one line, paraphrasing the guide
     section: str  # one of SECTIONS
     optional_value: bool = False  # value only with "=": --anonymous[=<scope>]
+    short_is_off: bool = False  # the short letter (which takes no value) leaves it off, as upstream's -A
     repeatable: bool = False  # may be given more than once; values accumulate in a list
     common: bool = False  # shown by plain --help (--help --verbose shows all)
     windows_only: bool = False  # an invalid option on unix, as in E-MailRelay 2.6b's unix build
@@ -124,7 +125,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("address-verifier", None, "program", "run a program (or net:, account:) to verify each recipient address", "SMTP server", common=True, kind="path"),
     Option("verifier", None, "program", "the old user guide's name for --address-verifier", "SMTP server", kind="path"),
     Option("scanner", None, "host:port", "the old user guide's network scanner: the same as --filter net:<host:port>", "SMTP server", kind="address"),
-    Option("anonymous", "A", "scope", "hide identity: vrfy, server, content and/or client (all if no scope)", "SMTP server", optional_value=True),
+    Option("anonymous", "A", "scope", "hide identity: vrfy, server, content and/or client (all if no scope; -A alone: none)", "SMTP server", optional_value=True, short_is_off=True),
     # The guide lists --delivery-dir with "(-s)", a copy-and-paste slip: -s is
     # --spool-dir. So --delivery-dir has no short letter here.
     Option("delivery-dir", None, "dir", "base directory for mailboxes of local recipients (default: the spool directory)", "SMTP server", kind="path"),

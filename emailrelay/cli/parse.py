@@ -295,7 +295,8 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], list[
                         problems.append(MSG_NO_VALUE_SUPPLIED.format(opt="-" + letter))
                         continue
                 once(option.name, option, value, "-" + letter)
-                items.append((option.name, value, "-" + letter))
+                # (E-MailRelay 2.6b's -A hides nothing, unlike --anonymous: False, given but off)
+                items.append((option.name, False if option.short_is_off else value, "-" + letter))
         else:
             positional = argv[i - 1 :]
             break

@@ -280,6 +280,13 @@ class Help(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class VrfyHidden(Event):
+    """A VRFY answered ``252 cannot vrfy`` under ``--anonymous=vrfy`` (informational: still logged)."""
+
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolError(Event):
     line: str
     code: int
@@ -914,13 +921,13 @@ class SmtpServer(LineBuffer):
         self._closing = True
         return Quit(line)
 
-    def _cmd_vrfy(self, line: str, arg: str) -> Event | None:
+    def _cmd_vrfy(self, line: str, arg: str) -> Event:
         refusal = self._refusal()
         if refusal is not None:
             return self._error(line, 530, refusal)
         if not self._cfg.vrfy:
             self._send(252, "cannot vrfy")
-            return None
+            return VrfyHidden(line)
         address = arg.strip(" ") if self._cfg.strict_parsing else arg.strip()
         if address.startswith("<") and address.endswith(">") and address != "<>":  # ("<>" as it is: upstream)
             address = address[1:-1].strip()

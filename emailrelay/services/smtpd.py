@@ -942,6 +942,7 @@ _HANDLERS: dict[type, Callable[[SmtpSession, Any], Awaitable[None] | None]] = {
     sp.Vrfy: SmtpSession._on_vrfy,
     sp.Noop: SmtpSession._on_info,
     sp.Help: SmtpSession._on_info,
+    sp.VrfyHidden: SmtpSession._on_info,  # (E-MailRelay 2.6b logs the command with the vrfy scope too)
     sp.Quit: SmtpSession._on_quit,
     sp.ProtocolError: SmtpSession._on_protocol_error,
     sp.AuthStart: SmtpSession._on_auth,

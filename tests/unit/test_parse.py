@@ -17,6 +17,7 @@ from emailrelay.cli.parse import (
     parse_command_line,
     parse_config_file,
 )
+from emailrelay.config import from_values
 from emailrelay.errors import (
     BindError,
     ConfigError,
@@ -134,7 +135,8 @@ def test_short_form(option: Option) -> None:
         forms = [[f"-{option.short}", sample(option)], [f"-{option.short}{sample(option)}"]]
     for form in forms:
         value = parse(*form, *needed(option)).values[option.name]
-        assert value == (True if option.optional_value else expected(option))
+        # (E-MailRelay 2.6b's -A alone leaves --anonymous off: False, given but off)
+        assert value == ((not option.short_is_off) if option.optional_value else expected(option))
 
 
 @pytest.mark.parametrize("option", UNIX_OPTIONS, ids=ids)
@@ -198,8 +200,9 @@ def test_value_may_look_like_an_option() -> None:
 def test_optional_values(tmp_path: Path) -> None:
     assert parse("--anonymous").values == {"anonymous": True}
     assert parse("--anonymous=server,vrfy").values == {"anonymous": "server,vrfy"}
-    assert parse("--syslog=local0", "-A").values == {"syslog": "local0", "anonymous": True}
-    assert parse("-Ak").values == {"anonymous": True, "syslog": True}
+    assert parse("--syslog=local0", "-A").values == {"syslog": "local0", "anonymous": False}
+    assert parse("-Ak").values == {"anonymous": False, "syslog": True}
+    assert parse("--anonymous=").values == {"anonymous": ""}  # every scope, as --anonymous (config.py)
     # without "=" the next argument is not the option's value: here it is the config file
     path = write(tmp_path, "log\n")
     parsed = parse("--anonymous", path)
@@ -660,3 +663,17 @@ def test_a_repeated_filter_option_is_a_chain_like_a_comma_list() -> None:
                                                  "--client-filter=mx:,exit:0", "-o", "h:25").values))  # fmt: skip
     assert repeated.filters == listed.filters == ["spam-edit:127.0.0.1:783", "deliver:"]
     assert repeated.client_filters == listed.client_filters == ["mx:", "exit:0"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "scopes"),
+    [
+        (["--anonymous"], {"vrfy", "server", "content", "client"}),
+        (["--anonymous="], {"vrfy", "server", "content", "client"}),
+        (["-A"], set()),  # E-MailRelay 2.6b's short form hides nothing
+        (["-tA"], set()),
+        (["--anonymous=vrfy,content"], {"vrfy", "content"}),
+    ],
+)
+def test_anonymous_scopes_as_upstream(argv: list[str], scopes: set[str]) -> None:
+    assert from_values(parse(*argv).values).anonymous == scopes
