@@ -143,8 +143,8 @@ class ServerConfig:
     max_errors: int = 8
     pipelining: bool = True
     chunking: bool = False
-    smtputf8: bool = False
-    smtputf8_strict: bool = False
+    smtputf8: bool = False  # offered in the EHLO reply (and the MAIL parameter honoured)
+    smtputf8_strict: bool = False  # non-ASCII addresses need MAIL's SMTPUTF8, honoured though not offered
     strict_parsing: bool = True
     vrfy: bool = True
     auth_mechanisms: tuple[str, ...] = ()
@@ -801,9 +801,11 @@ class SmtpServer(LineBuffer):
             elif key == "SMTPUTF8":  # accepted (and ignored unless offered), as upstream
                 if value:
                     return self._error(line, 553, "mailbox name not allowed: invalid mail-from parameter")
-                smtputf8 = c.smtputf8
-        if c.smtputf8_strict and not smtputf8 and not address.isascii():
-            return self._error(line, 553, "non-ASCII address requires SMTPUTF8")
+                smtputf8 = c.smtputf8 or c.smtputf8_strict
+        if c.smtputf8_strict and not smtputf8 and not address.isascii():  # (upstream's words, its typo too)
+            return self._error(
+                line, 553, "mailbox name not allowed: invalid character in mailbox name: not using smptutf8"
+            )
         return MailFrom(line, address, body, size, smtputf8, auth, params)
 
     def _cmd_rcpt(self, line: str, arg: str) -> Event:
@@ -829,7 +831,7 @@ class SmtpServer(LineBuffer):
             return self._error(line, 550, "invalid character in mailbox name")
         mail = self._mail  # (RCPT parameters are ignored, as upstream)
         if c.smtputf8_strict and not address.isascii() and not (mail is not None and mail.smtputf8):
-            return self._error(line, 553, "non-ASCII address requires SMTPUTF8")
+            return self._error(line, 550, "invalid character in mailbox name: not using smtputf8")
         return RcptTo(line, address, params)
 
     def _refusal(self) -> str | None:

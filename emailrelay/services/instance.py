@@ -49,7 +49,7 @@ def server_config(config: Config) -> sp.ServerConfig:
         max_size=config.size,
         pipelining="nopipelining" not in kw,
         chunking="chunking" in kw,
-        smtputf8="smtputf8" in kw or "smtputf8strict" in kw,
+        smtputf8="smtputf8" in kw,  # (smtputf8strict alone does not offer it: E-MailRelay 2.6b)
         smtputf8_strict="smtputf8strict" in kw,
         strict_parsing="nostrictparsing" not in kw,
         vrfy="vrfy" not in config.anonymous,

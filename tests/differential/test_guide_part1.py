@@ -184,8 +184,6 @@ DIFFERS = {
     "debug": (("-g",), 'emailrelay: info: GSmtp::ServerProtocol: rx<<: "QUIT"', 'emailrelay: info: rx<<: "QUIT"'),
     # upstream counts the Received line it adds against --size; ours counts the client's bytes
     "size-counts-received": (("-M", "60"), "552 message size exceeds fixed maximum message size", "250 message processed"),
-    # smtputf8strict alone: upstream does not advertise SMTPUTF8, ours does
-    "smtputf8strict-ehlo": (("-Z", "smtputf8strict"), None, "250-SMTPUTF8"),
     # --log-format=port: upstream prefixes the port alone (`N: `), ours `address:port; `
     "log-format-port": (("--log-format=port",), 'emailrelay: info: N: rx<<: "QUIT"', 'emailrelay: info: 127.0.0.1:N; rx<<: "QUIT"'),
     # --log-format=msgid: upstream adds nothing to the session's lines, ours the message id
@@ -206,6 +204,29 @@ def test_option_session_differs(
         if theirs is not None:
             assert theirs not in text[side], (side, text[side])
     assert got["ours"].rc == got["upstream"].rc
+
+
+UTF8_DIALOGUE = (
+    "EHLO c.example", "MAIL FROM:<jörg@b.c>", "RCPT TO:<x@y.z>", "RSET", "MAIL FROM:<a@b.c> SMTPUTF8",
+    "RCPT TO:<ü@y.z>", "DATA", "Subject: hi\r\n\r\nbody\r\n.", "MAIL FROM:<a@b.c>", "RCPT TO:<ü@y.z>",
+    "RSET", "MAIL FROM:<jörg@b.c> SMTPUTF8", "RCPT TO:<ü@y.z>", "DATA", "Subject: two\r\n\r\nbody\r\n.", "QUIT",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("config", ["smtputf8strict", "smtputf8,smtputf8strict", "smtputf8", "chunking"])
+def test_smtputf8strict_session_as_upstream(tmp_path: Path, config: str) -> None:
+    """``-Z smtputf8strict`` (alone it does not offer SMTPUTF8 but honours MAIL's parameter): the
+    same EHLO reply, refusals of non-ASCII addresses without ``SMTPUTF8`` (upstream's words, its
+    ``smptutf8`` typo too), log lines and stored envelopes (issue 17 aligned ours)."""
+    got = both(tmp_path, ("-Z", config), UTF8_DIALOGUE)
+    ours, upstream = got["ours"], got["upstream"]
+    assert ours.replies == upstream.replies
+    assert ours.log == upstream.log, "\n".join(["ours:", *ours.log, "upstream:", *upstream.log])
+    assert ours.spool == upstream.spool and len(ours.spool) == 2  # (the last message: both have one id)
+    assert ours.replies.count("250 message processed") == 2
+    strict = "strict" in config
+    assert ("SMTPUTF8" in ours.replies[1]) == (config != "smtputf8strict" and "smtputf8" in config)
+    assert ours.replies[2].startswith("553 mailbox name not allowed: ") == strict
 
 
 def test_short_s_is_delivery_dir_upstream(tmp_path: Path) -> None:
