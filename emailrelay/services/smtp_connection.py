@@ -159,6 +159,7 @@ class SmtpConnection:
         self.selector = selector
         self.encrypted = False
         self.tls_refused = False
+        self._leaving = False  # QUIT sent, or closed by us: the peer's end of file is expected
         self.authenticated_as: str | None = None
         # (direction, "start"|"stop", local, peer): the admin's status and notify (E-MailRelay's "OUT")
         self.on_network: Callable[[str, str, str, str], None] | None = None
@@ -468,7 +469,14 @@ class SmtpConnection:
 
     def _lost(self, exc: Exception | None) -> None:
         if self._lost_reason is None:
-            self._lost_reason = "peer disconnected"
+            if self.encrypted and not self._leaving:
+                # as E-MailRelay 2.6b: its SSL_read() fails; a bare end of file is "unexpected eof" (a
+                # peer's close_notify comes as eof_received() first: trouble(), without the warning)
+                eof = ssl.SSLEOFError()
+                self.log.warning(f"tls: tls error: SSL_read(): [{tls.openssl_error(exc or eof)}]")
+                self._lost_reason = "peer disconnected: ssl read"
+            else:
+                self._lost_reason = "peer disconnected"
         self._wake()
 
     def trouble(self, event: sc.SessionFailed) -> ConnectionTrouble:
@@ -478,8 +486,8 @@ class SmtpConnection:
             text = reply_text(event.reply)
             self.log.warning(f"client protocol: unexpected response [{text}]")
             return ConnectionTrouble(f"smtp error: unexpected response: {text}", event.reply)
-        if event.reason == "connection closed by the server":
-            return ConnectionTrouble("peer disconnected")
+        if event.reason == "connection closed by the server":  # over TLS: after the peer's close_notify
+            return ConnectionTrouble("peer disconnected: ssl read" if self.encrypted else "peer disconnected")
         return ConnectionTrouble(f"smtp error: {event.reason}")
 
     def _wake(self) -> None:
@@ -536,6 +544,7 @@ class SmtpConnection:
         self._collect()
 
     async def quit(self) -> None:
+        self._leaving = True
         if self.usable:
             try:
                 self.client.quit()
@@ -549,10 +558,12 @@ class SmtpConnection:
         self.close()
 
     def close(self) -> None:
+        self._leaving = True
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
+        self._leaving = True
         if self.transport is not None:
             self.transport.abort()
 

@@ -11,6 +11,9 @@ next hop received are compared. Skipped without ``EMAILRELAY_ORACLE_BIN``.
 
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,12 +106,8 @@ SSL_EOF = "emailrelay: warning: tls: tls error: SSL_read(): [error:0A000126:SSL 
 TLS_CASES = {
     "client-certificate": ("client_ca", ("--client-tls-certificate", "{client_pem}"), True, (), ()),
     "client-certificate-twice": ("client_ca", ("--client-tls-certificate", "{key}", "--client-tls-certificate", "{cert}"), True, (), ()),
-    # upstream logs the failed read (and ": ssl read" after "peer disconnected"); ours does not
-    "no-client-certificate": (
-        "client_ca", (), False,
-        (SSL_EOF, "emailrelay: warning: smtp client error: peer disconnected: ssl read", "emailrelay: error: peer disconnected: ssl read"),
-        ("emailrelay: warning: smtp client error: peer disconnected", "emailrelay: error: peer disconnected"),
-    ),
+    # both log the failed read (SSL_EOF) and ": ssl read" after "peer disconnected", also in the .bad
+    "no-client-certificate": ("client_ca", (), False, (), ()),
     "verify-default": ("", ("--client-tls-verify", "<default>"), False, (), ()),
     "verify-name-wrong": ("", ("--client-tls-verify", "{ca}", "--client-tls-verify-name", "wrong.example"), False, (), ()),
     "verify-name-right": ("", ("--client-tls-verify", "{ca}", "--client-tls-verify-name", "localhost"), True, (), ()),
@@ -139,14 +138,11 @@ def test_client_tls_options(
     client_ca = certs.ca if hop_kind == "client_ca" else None
     runs = _both(tmp_path, _tls_hop(certificate=certs.server_pem, client_ca=client_ca), [[B]], *argv)
     ours, upstream = runs["ours"], runs["upstream"]
-    # the failure reason in a .bad follows the log's words (": ssl read" upstream, see above)
-    up_spool = {
-        k: v.replace(b"peer disconnected: ssl read", b"peer disconnected") for k, v in upstream.spool.items()
-    }
     assert (ours.rc, ours.spool, ours.commands, ours.messages) == (
-        upstream.rc, up_spool, upstream.commands, upstream.messages,
+        upstream.rc, upstream.spool, upstream.commands, upstream.messages,
     )  # fmt: skip
     assert len(ours.messages) == (1 if sent else 0)
+    assert (SSL_EOF in ours.log) == (hop_kind == "client_ca" and not sent)  # the refused certificate
     assert [x for x in upstream.log if x not in ours.log] == list(upstream_only)
     assert [x for x in ours.log if x not in upstream.log] == list(ours_only)
 
@@ -169,6 +165,60 @@ def test_client_tls_config_items_ignored(
     run = _same(_both(tmp_path, hop, [[B]], "--client-tls", "--tls-config", config))
     assert run.rc == 0 and run.spool == {} and len(run.messages) == 1
     assert f"emailrelay: warning: tls-config: tls configuration items ignored: [{ignored}]" in run.log
+
+
+class _ClosingTlsHop:
+    """A next hop that offers STARTTLS, and once the client's EHLO comes over TLS ends the session
+    without a reply: with a TLS close_notify first (``notify``) or a bare end of file."""
+
+    def __init__(self, certificate: Path, notify: bool) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(certificate))
+        self.notify = notify
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(60)
+        self.port = self.listener.getsockname()[1]
+        self.commands: list[tuple[str]] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> _ClosingTlsHop:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        self.thread.join(60)
+
+    def _serve(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        sock.settimeout(60)
+        with sock, sock.makefile("rb") as lines:
+            sock.sendall(b"220 hop ready\r\n")
+            for reply in (b"250-hop hello\r\n250 STARTTLS\r\n", b"220 ready to start tls\r\n"):
+                self.commands.append((lines.readline().decode().strip(),))
+                sock.sendall(reply)
+            tls = self.context.wrap_socket(sock, server_side=True)
+            with tls.makefile("rb") as secure:
+                self.commands.append((secure.readline().decode().strip(),))
+            if self.notify:
+                tls.unwrap().close()
+            else:
+                tls.close()
+
+
+@pytest.mark.parametrize("notify", [True, False], ids=["close-notify", "bare-eof"])
+def test_client_tls_peer_disconnects(tmp_path: Path, certs: Certs, notify: bool) -> None:  # noqa: F811
+    """The next hop ends the session over TLS: both sides give ``peer disconnected: ssl read`` (log
+    and ``.bad``); a bare end of file (no close_notify) is also logged as OpenSSL's ``SSL_read()``
+    error (SSL_EOF), on both sides; the same log, dialogue and spool."""
+    run = _same(_both(tmp_path, lambda: _ClosingTlsHop(certs.server_pem, notify), [[B]], "--client-tls"))
+    assert run.rc == 1 and run.commands == ["EHLO 127.0.0.1", "STARTTLS", "EHLO 127.0.0.1"]
+    assert "emailrelay: error: peer disconnected: ssl read" in run.log
+    assert (SSL_EOF in run.log) == (not notify)
+    assert [v.count(b"X-MailRelay-Reason: peer disconnected: ssl read") for v in run.spool.values()] == [0, 1]
 
 
 # ---- --client-auth-config -----------------------------------------------------------------------
