@@ -15,7 +15,8 @@ EXPECTS
 GUARANTEES
     * ``parse_mail_from`` / ``parse_rcpt_to`` return ``(address, params)``:
       the address without angle brackets and without any source route
-      (``<@a,@b:u@c>`` gives ``u@c``), ``""`` for the null path ``<>`` (MAIL
+      (``<@a,@b:u@c>`` gives ``u@c``; the route is what comes before the
+      first ":", unchecked, as upstream), ``""`` for the null path ``<>`` (MAIL
       only), quoted local parts kept as written (``"a b"@c``); params maps the
       upper-cased keyword to its value (``""`` for a bare keyword).
     * Anything else raises ``PathSyntaxError(code, text)`` carrying the SMTP
@@ -23,7 +24,8 @@ GUARANTEES
       allowed: <reason>`` for MAIL, 550 ``<reason>`` for RCPT (missing
       ``FROM:``/``TO:``, missing or unbalanced brackets in strict mode,
       anything but a space or the end after the ``>``, C0 control characters,
-      NUL, DEL or unquoted spaces in the path, ``TO:<>``).  Parameters are
+      NUL, DEL or unquoted spaces in the path, ``TO:<>``, ``invalid source
+      route in mailbox name`` for a route without a ":" or nothing after it).  Parameters are
       upstream's lax words: any word after the path, its keyword before the
       first ``=``; none is refused but a second path (a word starting with
       ``<``: ``invalid angle brackets``).  Of a repeated parameter the first counts.
@@ -74,7 +76,7 @@ _DOMAIN = r"(?:\[[^\[\]\\\x00-\x20\x7f]+\]|" + _ATOM + r")"
 _MAILBOX = r"(?:" + _ATOM + r"|" + _QUOTED + r")(?:@" + _DOMAIN + r")?"
 _ROUTE = r"@" + _DOMAIN + r"(?:,@" + _DOMAIN + r")*:"
 
-_BRACKETED_RE = re.compile(r"<(?:" + _ROUTE + r")?(" + _MAILBOX + r")?>")
+_BRACKETED_RE = re.compile(r"<(" + _MAILBOX + r")?>")  # (a source route is dropped first)
 _BARE_RE = re.compile(r"(?:" + _ROUTE + r")?(" + _MAILBOX + r")")
 _LOOSE_KEYWORD = {
     "FROM": re.compile(r"\s*FROM\s*:\s*", re.IGNORECASE),
@@ -89,9 +91,11 @@ def parse_path(text: str, strict: bool = True) -> tuple[str, str]:
     Returns ``(address, rest)`` where ``rest`` is the unparsed remainder.  The
     address is ``""`` for ``<>``.  Raises ``PathSyntaxError(501, <reason>)``.
     """
+    if text.startswith("<@"):
+        text = _drop_source_route(text)
     if text.startswith("<"):
         m = _BRACKETED_RE.match(text)
-        if m is None or (m.group(1) is None and m.end() != 2):  # (or "<@route:>")
+        if m is None:
             raise PathSyntaxError(501, _ANGLE if ">" not in text else _CHARACTER)
         if text[m.end() : m.end() + 1] not in ("", " "):  # "<a@b>x", "<a@b>>", "<a@b>\t": upstream's words
             raise PathSyntaxError(501, "invalid angle brackets")
@@ -102,6 +106,19 @@ def parse_path(text: str, strict: bool = True) -> tuple[str, str]:
     if m is None:
         raise PathSyntaxError(501, _CHARACTER)
     return m.group(1), text[m.end() :]
+
+
+def _drop_source_route(text: str) -> str:
+    """``<@route:mailbox>...`` as ``<mailbox>...``: as E-MailRelay 2.6b, the route is whatever
+    comes before the first ":" (not checked, since it is dropped); none, or nothing after it, is
+    ``invalid source route in mailbox name``."""
+    close = text.find(">")
+    if close < 0:
+        return text  # (invalid angle brackets)
+    colon = text.find(":", 0, close)
+    if colon < 0 or colon + 1 == close:
+        raise PathSyntaxError(501, "invalid source route in mailbox name")
+    return "<" + text[colon + 1 :]
 
 
 def _parse_params(rest: str) -> dict[str, str]:

@@ -225,3 +225,22 @@ def test_xtext_normalise() -> None:
     assert xtext_normalise("+zz") == "+00"
     assert xtext_normalise("alice+40x") == "alice@x"
     assert xtext_normalise("a+2Bb") == "a+2Bb"
+
+
+@pytest.mark.parametrize("path", ["<@example.com>", "<@a.com:>", "<@>", "<@a,@b>"])
+def test_bad_source_route_in_upstreams_words(path: str) -> None:
+    with pytest.raises(PathSyntaxError) as mail:
+        parse_mail_from("FROM:" + path)
+    assert (mail.value.code, mail.value.text) == (
+        553,
+        "mailbox name not allowed: invalid source route in mailbox name",
+    )
+    with pytest.raises(PathSyntaxError) as rcpt:
+        parse_rcpt_to("TO:" + path)
+    assert (rcpt.value.code, rcpt.value.text) == (550, "invalid source route in mailbox name")
+
+
+def test_source_route_is_what_comes_before_the_first_colon() -> None:
+    assert parse_rcpt_to("TO:<@a,b;c d:x@y>") == ("x@y", {})
+    with pytest.raises(PathSyntaxError, match="invalid character"):
+        parse_rcpt_to("TO:<@a:@b:x@y>")
