@@ -9,7 +9,7 @@ on stderr (or ``--log-file``, with ``%d`` expanded daily) and to syslog
 The ``--log-format`` fields: ``time``; ``unit``, the name of the
 configuration (``--in-...``: ``in``; nothing when no configuration is
 named), set per process or per instance task with :func:`set_unit`;
-``address`` (alias ``network``), the remote client's address a caller
+``address``, the remote client's address a caller
 passes; ``port``, that peer's port added to the address (``1.2.3.4:25``,
 ``::1.25``), known to a connection's :class:`SessionLog` or set for a task
 with :func:`set_port`; ``msgid``, the id of the message a line is about,
@@ -56,8 +56,9 @@ _SYSLOG_PRIORITY = {
 }
 _UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0, 32), 127)}
 
-#: The ``--log-format`` field names (``json`` is ours; ``network`` is the user guide's ``address``).
-LOG_FORMAT_FIELDS = ("time", "unit", "address", "network", "port", "msgid", "json")
+#: The ``--log-format`` field names (``json`` is ours). Any other word is ignored, as E-MailRelay
+#: 2.6b does: the user guide's ``network`` too, which adds nothing upstream.
+LOG_FORMAT_FIELDS = ("time", "unit", "address", "port", "msgid", "json")
 
 # the unit (configuration name) and message id of the running task, where no SessionLog knows better
 _UNIT: ContextVar[str] = ContextVar("emailrelay_log_unit", default="")
@@ -106,7 +107,7 @@ class LogConfig:
     verbose: bool = False
     debug: bool = False
     with_time: bool = False  # --log-time / --log-format=time
-    with_address: bool = False  # --log-address / --log-format=address (or network)
+    with_address: bool = False  # --log-address / --log-format=address
     with_unit: bool = False  # --log-format=unit
     with_port: bool = False  # --log-format=port
     with_msgid: bool = False  # --log-format=msgid

@@ -30,11 +30,8 @@ from .usage_rules import SYSLOG_FACILITIES
 
 
 def log_config(values: dict[str, Value]) -> logmod.LogConfig:
+    # any other word (E-MailRelay 2.6b's "network" too) is ignored silently, as upstream does
     formats = {f.strip() for item in _as_list(values.get("log-format")) for f in item.split(",")} - {""}
-    for name in sorted(formats):
-        if name not in logmod.LOG_FORMAT_FIELDS:
-            expected = ", ".join(logmod.LOG_FORMAT_FIELDS)
-            raise UsageError(f"--log-format: unknown field '{name}' (expected {expected})")
     syslog_on = not values.get("no-syslog") or bool(values.get("syslog"))
     log_file = values.get("log-file")
     return logmod.LogConfig(
@@ -42,7 +39,7 @@ def log_config(values: dict[str, Value]) -> logmod.LogConfig:
         verbose=bool(values.get("verbose")),
         debug=bool(values.get("debug")),
         with_time=bool(values.get("log-time")) or "time" in formats,
-        with_address=bool(values.get("log-address")) or "address" in formats or "network" in formats,
+        with_address=bool(values.get("log-address")) or "address" in formats,
         with_unit="unit" in formats,
         with_port="port" in formats,
         with_msgid="msgid" in formats,
