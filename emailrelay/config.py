@@ -11,6 +11,7 @@ the option, raised before anything is bound or started.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import FrozenInstanceError, dataclass, field, replace
 from pathlib import Path
@@ -176,6 +177,18 @@ def _raw_list(values: Values, name: str) -> list[str]:
     return list(raw) if isinstance(raw, list) else [raw]
 
 
+def _is_ip_address(text: str) -> bool:
+    """An IP address (an IPv6 one with an optional ``%scope``), or one with a port, as
+    ``--client-interface`` takes them."""
+    for candidate in (text, text.rpartition(":")[0], text.rpartition(".")[0]):
+        try:
+            ipaddress.ip_address(candidate.partition("%")[0])
+        except ValueError:
+            continue
+        return True
+    return False
+
+
 def _keywords(
     values: Values, name: str, allowed: set[str], warnings: list[str] | None = None
 ) -> frozenset[str]:
@@ -262,6 +275,9 @@ def from_values(values: Values, *, name: str = "") -> Config:
         c.poll = float(_int(values, "poll", 0))
     c.immediate = bool(values.get("immediate"))
     c.client_interface = _str(values, "client-interface")
+    if c.client_interface and not _is_ip_address(c.client_interface):
+        # as E-MailRelay 2.6b (observed): an interface name or a host name is refused at start-up
+        raise UsageError(f"address error: invalid network address: {c.client_interface}: 0")
     c.connection_timeout = _int_or_default(values, "connection-timeout", minimum=1)
     c.response_timeout = _int_or_default(values, "response-timeout", minimum=1)
     c.forward_to_some = bool(values.get("forward-to-some"))

@@ -1,0 +1,68 @@
+"""Forwarding details of issue 17 against E-MailRelay 2.6b, where no other differential test has them.
+
+What it is for: ``--client-interface`` values that are not IP addresses, next hop addresses
+written as a bare IPv6 address with a port after its last colon, and the like.  Both programs are
+run the same way and what a user sees (exit code, output, what the next hop received) is
+compared.  Skipped without ``EMAILRELAY_ORACLE_BIN``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.differential.test_forwarding import _write
+from tests.differential.test_guide_part2 import _assert_same
+from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, program, spool_dir
+
+pytestmark = [needs_oracle, pytest.mark.timeout(120)]
+
+
+def _as_client(tmp_path: Path, side: str, *args: str, messages: int = 0) -> tuple[int, list[str], Path]:
+    """``--as-client`` over a spool of ``messages`` messages: exit code, normalised output, spool."""
+    base = daemon_base(tmp_path if side == "ours" else None)
+    spool = spool_dir(base / side / "spool")
+    if messages:
+        _write(spool, [["b@example.net"]] * messages, int(time.time()))
+    done = subprocess.run(
+        [program(side), *args, "--spool-dir", str(spool), "--log", "--no-syslog"],
+        capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    return done.returncode, normalise_log((done.stdout + done.stderr).decode(errors="replace")), spool
+
+
+@pytest.mark.parametrize("interface", ["lo", "localhost", "127.0.0.1", "127.0.0.1:0", "::1"])
+@pytest.mark.parametrize("mode", ["as-client", "daemon"])
+def test_client_interface_must_be_an_address(tmp_path: Path, interface: str, mode: str) -> None:
+    """A ``--client-interface`` that is not an IP address is refused at start-up with exit 1
+    (``address error: invalid network address: lo: 0``); an address is accepted (an empty spool:
+    nothing to send; a daemon: still running after start-up)."""
+    got: dict[str, object] = {}
+    for side in SIDES:
+        if mode == "as-client":
+            rc, log, _ = _as_client(
+                tmp_path, side, "--as-client", "127.0.0.1:9", "--client-interface", interface
+            )
+            got[side] = (rc, log)
+            continue
+        base = daemon_base(tmp_path if side == "ours" else None)
+        spool = spool_dir(base / side / "spool")
+        argv = [program(side), "--no-daemon", "--log", "--no-syslog", "--port", "0", "--spool-dir", str(spool),
+                "--forward-to", "127.0.0.1:9", "--client-interface", interface]  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        try:
+            out, _ = proc.communicate(timeout=10)
+            got[side] = (proc.returncode, normalise_log(out.decode(errors="replace")))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.communicate(timeout=30)
+            got[side] = ("running", [])
+    _assert_same(got)
+    refused = interface in ("lo", "localhost")
+    expected: object = (1, [f"emailrelay: error: address error: invalid network address: {interface}: 0"])
+    assert (got["ours"] == expected) == refused, got
