@@ -21,7 +21,7 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from ..errors import BindError, UsageError
+from ..errors import BindError, ConfigError, UsageError
 from ..transport_address import split_transport_address
 
 SERVICES = ("smtp", "pop", "admin")
@@ -136,7 +136,7 @@ def bind(spec: ListenSpec, backlog: int = 1024) -> Bound:
     """Bind and listen; BindError (exit 2) when the address is taken or not ours."""
     try:
         if spec.fd is not None:
-            sock = socket.socket(fileno=spec.fd)
+            sock = _inherited(spec.fd)
         elif spec.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.stat(spec.path).st_mode):
@@ -161,6 +161,21 @@ def bind(spec: ListenSpec, backlog: int = 1024) -> Bound:
     sock.setblocking(False)
     os.set_inheritable(sock.fileno(), False)
     return Bound(spec, sock)
+
+
+def _inherited(fd: int) -> socket.socket:
+    """The listening socket passed as ``fd#N``: a descriptor that is closed or not a socket is
+    E-MailRelay 2.6b's start-up error (exit 1), ``socket error: no bound address on fd N``."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        raise ConfigError(f"socket error: no bound address on fd {fd}") from None
+    try:
+        sock.getsockname()
+    except OSError:
+        sock.detach()
+        raise ConfigError(f"socket error: no bound address on fd {fd}") from None
+    return sock
 
 
 def bind_all(specs: list[ListenSpec]) -> list[Bound]:

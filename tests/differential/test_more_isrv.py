@@ -2,7 +2,9 @@
 
 What it checks: source routes in ``MAIL FROM``/``RCPT TO`` (``<@a,@b:x@y>``
 taken as ``x@y``, the route unchecked; ``<@example.com>`` and ``<@a:>``
-refused as ``invalid source route in mailbox name``).  Each scenario runs
+refused as ``invalid source route in mailbox name``); ``--interface fd#N``
+with a descriptor that is closed or not a socket (exit 1, ``socket error:
+no bound address on fd N``).  Each scenario runs
 our relay and the oracle (``EMAILRELAY_ORACLE_BIN``; skipped without it)
 with the same client and compares the replies, the stored envelopes and
 the log; where we differ on purpose the test asserts both sides and names
@@ -11,12 +13,14 @@ the docs/decisions.md entry.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.differential.test_smtp_server import _assert_same_replies, _both
-from tests.support.oracle import daemon_base, needs_oracle
+from tests.support.oracle import SIDES, daemon_base, needs_oracle, program, spool_dir
 
 pytestmark = [needs_oracle, pytest.mark.timeout(180)]
 
@@ -47,3 +51,30 @@ def test_source_routes_as_upstream(tmp_path: Path) -> None:
     for address in (b"x@y", b"u@v", b"w@z"):
         assert b"X-MailRelay-To-Remote: " + address + b"\r\n" in envelope
     assert b"X-MailRelay-From: s@t\r\n" in envelope
+
+
+@pytest.mark.parametrize("kind", ["closed", "file", "pipe"])
+def test_interface_fd_without_a_socket_as_upstream(tmp_path: Path, kind: str) -> None:
+    """``--interface fd#N`` where descriptor N is closed (not passed), a directory opened for
+    reading or a pipe: both exit 1 with ``emailrelay: error: socket error: no bound address on fd
+    N`` on stderr and nothing else."""
+    base = daemon_base(tmp_path)
+    results = {}
+    for side in SIDES:
+        spool = spool_dir(base / side)
+        opened = (
+            [os.open(spool, os.O_RDONLY)] if kind == "file" else list(os.pipe()) if kind == "pipe" else []
+        )
+        fd = opened[0] if opened else 9  # (the child gets no descriptor but those passed)
+        try:
+            got = subprocess.run(
+                [program(side), "--no-daemon", "--log", "--no-syslog", "--spool-dir", str(spool),
+                 "--interface", f"fd#{fd}", "--port", "25"],
+                pass_fds=opened[:1], capture_output=True, timeout=30, check=False,
+            )  # fmt: skip
+        finally:
+            for each in opened:
+                os.close(each)
+        results[side] = (got.returncode, got.stdout, got.stderr.replace(f"fd {fd}\n".encode(), b"fd N\n"))
+    assert results["ours"] == results["upstream"]
+    assert results["ours"] == (1, b"", b"emailrelay: error: socket error: no bound address on fd N\n")
