@@ -2,7 +2,7 @@
 
 What it is for: every process of the relay logs through :func:`get` so the
 lines look exactly like upstream's:
-``emailrelay: [<time>: ]<level>: [<unit>: ][<address>[:<port>]; ][<msgid>; ]<text>``
+``emailrelay: [<time>: ]<level>: [<unit>: ][<address>; |<address>;<port>: |<port>: ][<msgid>; ]<text>``
 on stderr (or ``--log-file``, with ``%d`` expanded daily) and to syslog
 (LOG_MAIL, ident ``emailrelay``) unless ``--no-syslog``.
 
@@ -10,8 +10,9 @@ The ``--log-format`` fields: ``time``; ``unit``, the name of the
 configuration (``--in-...``: ``in``; nothing when no configuration is
 named), set per process or per instance task with :func:`set_unit`;
 ``address``, the remote client's address a caller
-passes; ``port``, that peer's port added to the address (``1.2.3.4:25``,
-``::1.25``), known to a connection's :class:`SessionLog` or set for a task
+passes; ``port``, that peer's port, alone (``42868: ``) or after the
+address (``1.2.3.4;42868: ``), as E-MailRelay 2.6b writes it, known to a
+connection's :class:`SessionLog` or set for a task
 with :func:`set_port`; ``msgid``, the id of the message a line is about,
 from a :class:`SessionLog` or else a task's :func:`set_msgid`.  With
 ``json`` (ours) each line is a JSON object with the same data as keys
@@ -236,15 +237,18 @@ class Log:
             self._syslog(level, line)
 
     def _with_fields(self, text: str, address: str | None, port: int, msgid: str | None) -> str:
-        """``[<unit>: ][<address>[:<port>]; ][<msgid>; ]<text>``."""
+        """``[<unit>: ][<address>; |<address>;<port>: |<port>: ][<msgid>; ]<text>``: the port as
+        E-MailRelay 2.6b writes it, alone (``42868: ``) or after the address (``127.0.0.1;42868: ``)."""
         c = self.config
         head = ""
         if c.with_unit and (unit := _UNIT.get()):
             head = unit + ": "
         if address and (c.with_address or c.with_port):
-            if c.with_port and (port := port or _PORT.get()):
-                address = f"{address}.{port}" if ":" in address else f"{address}:{port}"
-            head += address + "; "
+            port = (port or _PORT.get()) if c.with_port else 0
+            if c.with_address:
+                head += f"{address};{port}: " if port else f"{address}; "
+            elif port:
+                head += f"{port}: "
         if c.with_msgid and (msgid := _MSGID.get() if msgid is None else msgid):
             head += msgid + "; "
         return head + text

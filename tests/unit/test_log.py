@@ -184,7 +184,7 @@ def in_unit(unit: str, body: Callable[[], None]) -> None:
 
 
 def test_unit_address_port_msgid_layout(capsys: pytest.CaptureFixture[str]) -> None:
-    """``[<unit>: ][<address>[:<port>]; ][<msgid>; ]<text>``, each part only where known."""
+    """``[<unit>: ][<address>;<port>: ][<msgid>; ]<text>``, each part only where known."""
     log = make(with_unit=True, with_address=True, with_port=True, with_msgid=True, with_time=True)
 
     def lines() -> None:
@@ -201,16 +201,17 @@ def test_unit_address_port_msgid_layout(capsys: pytest.CaptureFixture[str]) -> N
     in_unit("in", lines)
     out = [line.split(": ", 2)[2] for line in lines_of(capsys)]  # without the program and the time
     assert out == [
-        "info: in: 127.0.0.1:47038; smtp connection from 127.0.0.1:47038",
-        f"warning: in: 127.0.0.1:47038; {MID}; about the message",
+        "info: in: 127.0.0.1;47038: smtp connection from 127.0.0.1:47038",
+        f"warning: in: 127.0.0.1;47038: {MID}; about the message",
         f"info: in: {MID}; rejected by filter: [x]",
-        "info: in: ::1.2525; smtp connection from ::1.2525",
+        "info: in: ::1;2525: smtp connection from ::1.2525",
         "info: in: smtp server on 127.0.0.1:25",
     ]
 
 
 def test_each_field_on_its_own(capsys: pytest.CaptureFixture[str]) -> None:
-    """``port`` alone shows the address with its port; ``unit`` alone no address; no unit unnamed."""
+    """``port`` alone shows the port alone (E-MailRelay 2.6b's ``4000: ``); ``unit`` alone no
+    address; no unit unnamed."""
 
     def lines() -> None:
         make(with_port=True).session(4000).info("text", "192.0.2.1")
@@ -222,7 +223,7 @@ def test_each_field_on_its_own(capsys: pytest.CaptureFixture[str]) -> None:
     in_unit("out", lines)
     in_unit("", lambda: make(with_unit=True).info("unnamed"))
     assert lines_of(capsys) == [
-        "emailrelay: info: 192.0.2.1:4000; text",
+        "emailrelay: info: 4000: text",
         "emailrelay: info: out: text",
         f"emailrelay: info: {MID}; text",
         "emailrelay: info: unnamed",
@@ -262,7 +263,7 @@ def test_port_of_the_task_for_plain_lines(capsys: pytest.CaptureFixture[str]) ->
 
     contextvars.copy_context().run(lines)
     assert lines_of(capsys) == [
-        "emailrelay: info: 127.0.0.1:47038; filter [x]: running",
+        "emailrelay: info: 47038: filter [x]: running",
         "emailrelay: info: no address",
     ]
 
