@@ -4,7 +4,9 @@ What it checks: source routes in ``MAIL FROM``/``RCPT TO`` (``<@a,@b:x@y>``
 taken as ``x@y``, the route unchecked; ``<@example.com>`` and ``<@a:>``
 refused as ``invalid source route in mailbox name``); ``--interface fd#N``
 with a descriptor that is closed or not a socket (exit 1, ``socket error:
-no bound address on fd N``).  Each scenario runs
+no bound address on fd N``); ``--interface`` naming an interface that does
+not exist (a deliberate difference: upstream serves on every address, ours
+refuses to start).  Each scenario runs
 our relay and the oracle (``EMAILRELAY_ORACLE_BIN``; skipped without it)
 with the same client and compares the replies, the stored envelopes and
 the log; where we differ on purpose the test asserts both sides and names
@@ -20,7 +22,16 @@ from pathlib import Path
 import pytest
 
 from tests.differential.test_smtp_server import _assert_same_replies, _both
-from tests.support.oracle import SIDES, daemon_base, needs_oracle, program, spool_dir
+from tests.support.oracle import (
+    SIDES,
+    daemon_base,
+    needs_oracle,
+    normalise_log,
+    program,
+    smtp_dialogue,
+    spool_dir,
+    start,
+)
 
 pytestmark = [needs_oracle, pytest.mark.timeout(180)]
 
@@ -78,3 +89,23 @@ def test_interface_fd_without_a_socket_as_upstream(tmp_path: Path, kind: str) ->
         results[side] = (got.returncode, got.stdout, got.stderr.replace(f"fd {fd}\n".encode(), b"fd N\n"))
     assert results["ours"] == results["upstream"]
     assert results["ours"] == (1, b"", b"emailrelay: error: socket error: no bound address on fd N\n")
+
+
+def test_unknown_interface_name_refused_where_upstream_serves_everywhere(tmp_path: Path) -> None:
+    """``--interface nosuchif0``: upstream warns ``no addresses bound to named network interface
+    "nosuchif0"`` and serves on the "any" addresses (0.0.0.0 and ::), so an operator who meant to
+    listen on one interface exposes the port on all of them; ours exits 1 with one line and
+    listens nowhere (docs/decisions.md, "Networking": an unknown interface name)."""
+    base = daemon_base(tmp_path)
+    with start("upstream", base, "--interface", "nosuchif0") as theirs:
+        assert smtp_dialogue(theirs.port, ["QUIT"])[-1] == "221 OK"
+        log = normalise_log(theirs.log(), ports=[theirs.port])
+    assert log[:3] == [
+        'emailrelay: warning: no addresses bound to named network interface "nosuchif0"',
+        "emailrelay: info: smtp server on 0.0.0.0:PORT",
+        "emailrelay: info: smtp server on ::.PORT",
+    ]
+    ours = start("ours", base, "--interface", "nosuchif0", wait=False)
+    with ours:
+        assert ours.proc.wait(timeout=30) == 1
+    assert normalise_log(ours.log()) == ["emailrelay: error: invalid interface name or address: nosuchif0"]
