@@ -70,8 +70,9 @@ DATA CONTENT POLICY (DataChunk bytes)
       ".\\n" in that position is an ordinary dot-stuffed line and stores as
       "\\r\\n" (unstuffed "" plus normalised line end).
     * A line longer than 1000 octets including its CRLF (counted as received,
-      a bare-LF line counting the CR it gets) fails the message (500 line too long); exceeding max_size (counted on the
-      stored, unstuffed and normalised bytes) fails it with 552.  A failed
+      a bare-LF line counting the CR it gets) fails the message (500 line too long); reaching max_size (counted on the
+      stored, unstuffed and normalised bytes plus what the service adds, see count_added(), as E-MailRelay
+      2.6b: a total equal to the limit fails too) fails it with 552.  A failed
       message is consumed to its end without further DataChunk events and
       then reported as DataAborted with the reply already queued.
     * BDAT chunks are delivered raw (no unstuffing, normalising or line
@@ -410,6 +411,7 @@ class SmtpServer(LineBuffer):
         self._rcpt_failed = 0
         self._bdat_used = False
         self._data_size = 0
+        self._added = 0  # octets the service adds to the stored content (count_added)
         self._data_fail: tuple[int, str] | None = None
         self._crlf_start = True
         self._bdat_remaining = 0
@@ -504,6 +506,17 @@ class SmtpServer(LineBuffer):
         ev = self._pending_decision(*allowed)
         self._pending = None
         return ev
+
+    def count_added(self, octets: int) -> None:
+        """The transaction's content gets ``octets`` more than the client sends (the service's
+        ``Received`` line): E-MailRelay 2.6b counts them against max_size. Call it before accepting
+        DATA, or on the Bdat event; it holds until the transaction ends."""
+        self._added = octets
+
+    def _too_big(self, size: int) -> bool:
+        """Whether ``size`` octets of content, with the added ones, reach max_size (upstream's rule,
+        found by probing: a total equal to the limit is refused)."""
+        return self._cfg.max_size > 0 and self._added + size >= self._cfg.max_size
 
     def accept(self, text: str | None = None) -> None:
         ev = self._pending
@@ -990,8 +1003,7 @@ class SmtpServer(LineBuffer):
             self._bdat_remaining -= take
             if self._bdat_error is not None or self._data_fail is not None:
                 return None
-            max_size = self._cfg.max_size
-            if max_size > 0 and self._data_size + take > max_size:
+            if self._too_big(self._data_size + take):
                 self._data_fail = (552, _SIZE_TEXT)
                 return None
             self._data_size += take
@@ -1106,9 +1118,8 @@ class SmtpServer(LineBuffer):
                 self._data_fail = (500, _LONG_TEXT)
                 return None
             region = region.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        max_size = self._cfg.max_size
         self._data_size += len(region)
-        if max_size > 0 and self._data_size > max_size:
+        if self._too_big(self._data_size):
             self._data_fail = (552, _SIZE_TEXT)
             return None
         return region

@@ -140,6 +140,7 @@ class _Transaction:
     to_local: list[str] = field(default_factory=list)
     message: NewMessage | None = None
     write_error: OSError | None = None
+    received: bytes | None = None  # the Received line, made once (counted against --size)
 
 
 class SmtpService:
@@ -655,10 +656,11 @@ class SmtpSession(LineSession):
         if ev.line:
             self._trace_rx(ev.line)
         msg: NewMessage | None = None
+        self._count_received()
         try:
             msg = self.service.store.create()
-            if self.service.options.add_received:
-                msg.write(self._received_line())
+            if self.tx.received is not None:
+                msg.write(self.tx.received)
         except OSError as exc:
             self._storage_failed(exc)
             if msg is not None:
@@ -693,6 +695,8 @@ class SmtpSession(LineSession):
     def _on_bdat(self, ev: sp.Bdat) -> None:
         self._bdat = True
         self._trace_rx(ev.line)
+        if self.tx.message is None:  # (before the first chunk is counted)
+            self._count_received()
 
     def _on_data_end(self, ev: sp.DataEnd) -> Awaitable[None]:
         if not self._bdat:  # (a BDAT LAST was traced as it came)
@@ -882,6 +886,12 @@ class SmtpSession(LineSession):
             self.log.info(f"smtp connection closed: {reason}: {self.peer.display}", self.peer.host)
 
     # ---- helpers -------------------------------------------------------------------
+    def _count_received(self) -> None:
+        """Make the transaction's Received line once; E-MailRelay 2.6b counts it against --size."""
+        if self.service.options.add_received and self.tx.received is None:
+            self.tx.received = self._received_line()
+            self.proto.count_added(len(self.tx.received))
+
     def _received_line(self) -> bytes:
         # E-MailRelay 2.6b's: "ESMTP" after HELO too
         with_ = "ESMTP" + ("S" if self.encrypted else "") + ("A" if self.proto.authenticated else "")

@@ -122,6 +122,7 @@ SAME = {
     "anonymous-content": ("--anonymous=content",),
     "anonymous-client": ("--anonymous=client",),
     "size-small": ("-M", "20"),
+    "size-counts-received": ("-M", "60"),  # (the message alone is 21 octets: the Received line counts)
     "size-large": ("--size", "1000"),
     "smtp-config-chunking": ("-Z", "chunking"),
     "smtp-config-smtputf8": ("--server-smtp-config", "smtputf8"),
@@ -185,8 +186,6 @@ def test_option_gives_the_same_session(tmp_path: Path, args: tuple[str, ...]) ->
 DIFFERS = {
     # --debug: upstream's build has debug logging and names the class on every line; ours does not
     "debug": (("-g",), 'emailrelay: info: GSmtp::ServerProtocol: rx<<: "QUIT"', 'emailrelay: info: rx<<: "QUIT"'),
-    # upstream counts the Received line it adds against --size; ours counts the client's bytes
-    "size-counts-received": (("-M", "60"), "552 message size exceeds fixed maximum message size", "250 message processed"),
     # --log-format=msgid: upstream adds nothing to the session's lines, ours the message id
     "log-format-msgid": (("--log-format=msgid",), 'emailrelay: info: tx>>: "250 message processed"', "emailrelay: info: emailrelay.ID; tx>>: "),
 }  # fmt: skip
@@ -205,6 +204,41 @@ def test_option_session_differs(
         if theirs is not None:
             assert theirs not in text[side], (side, text[side])
     assert got["ours"].rc == got["upstream"].rc
+
+
+@pytest.mark.parametrize("anonymous", [False, True], ids=["received", "anonymous-content"])
+@pytest.mark.parametrize("chunking", [False, True], ids=["data", "bdat"])
+def test_size_counts_the_received_line_as_upstream(tmp_path: Path, chunking: bool, anonymous: bool) -> None:
+    """``--size``: E-MailRelay 2.6b counts the ``Received`` line it adds, and a stored size equal to
+    the limit is refused. Each side stores the message once without a limit (size S, the line
+    included unless ``--anonymous=content``), then ``-M S`` gets 552 and ``-M S+1`` 250, over DATA
+    and over BDAT (issue 17 aligned ours, which counted the client's octets only)."""
+    base = daemon_base(tmp_path)
+    extra = [*(["-Z", "chunking"] if chunking else []), *(["--anonymous=content"] if anonymous else [])]
+    text = "Subject: hi\r\n\r\nbody"  # 21 octets once stored
+    data = [f"BDAT 21 LAST\r\n{text}"] if chunking else ["DATA", f"{text}\r\n."]
+    dialogue = ["EHLO c.example", "MAIL FROM:<a@b.c>", "RCPT TO:<x@y.z>", *data, "QUIT"]
+    got = {}
+    for side in SIDES:
+
+        def outcome(limit: int, side: str = side) -> tuple[str, list[int]]:
+            with start(
+                side, base, *extra, *(["-M", str(limit)] if limit else []), name=f"{side}-{limit}"
+            ) as d:
+                reply = smtp_dialogue(d.port, dialogue)[-2]
+                wait_until(lambda: "smtp connection closed" in d.log(), 10)
+                return reply, sorted(p.stat().st_size for p in d.spool.glob("*.content"))
+
+        reply, (stored,) = outcome(0)
+        assert reply == "250 message processed"
+        got[side] = (stored, outcome(stored), outcome(stored + 1))
+    assert got["ours"] == got["upstream"]
+    stored = got["ours"][0]
+    assert (stored == 21) == anonymous
+    assert got["ours"][1:] == (
+        ("552 message size exceeds fixed maximum message size", []),
+        ("250 message processed", [stored]),
+    )
 
 
 UTF8_DIALOGUE = (

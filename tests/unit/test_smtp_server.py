@@ -683,11 +683,17 @@ CASES: list[Case] = [
         config={"max_size": 11},
         check=lambda r: r.aborted == [DataAborted(552, "message size exceeds fixed maximum message size")],
     ),
-    Case(
+    Case(  # E-MailRelay 2.6b's rule: a size equal to the limit is refused
         "size exactly",
         [E + M + R + D + b"012345678\r\n.\r\n"],
-        DATA_OK,
+        ["250 ", "250 ", "250 ", "354 ", "552 message size exceeds fixed maximum message size"],
         config={"max_size": 11},
+    ),
+    Case(
+        "size one below",
+        [E + M + R + D + b"012345678\r\n.\r\n"],
+        DATA_OK,
+        config={"max_size": 12},
         messages=[b"012345678\r\n"],
     ),
     Case("size counts unstuffed", [E + M + R + D + b"..345678\r\n.\r\n"], DATA_OK, config={"max_size": 10}),
