@@ -35,7 +35,8 @@ from ..auth.secrets import TokenError, fetch_oauth_token
 from ..errors import UsageError
 from ..protocol import smtp_client as sc
 from ..protocol.sasl import SaslClient, choose_client_mechanism
-from .listeners import format_address, parse_host_port
+from ..transport_address import split_next_hop
+from .listeners import format_address
 from .security import ClientSecurity
 from .socks import SocksProxy, open_via_socks, parse_forward_to
 
@@ -195,7 +196,7 @@ class SmtpConnection:
         else:
             try:
                 target, proxy = parse_forward_to(self.hop)
-                host, port = parse_host_port(target, 25)
+                host, port = split_next_hop(target)
             except (ValueError, UsageError) as exc:
                 raise ConnectionTrouble(f"invalid next hop address [{self.hop}]: {exc}") from None
             host_for_tls = host

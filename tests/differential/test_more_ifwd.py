@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.test_forwarding import _write
+from tests.differential.test_forwarding import NO_PIPELINING, _write
 from tests.differential.test_guide_part2 import _assert_same
-from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, program, spool_dir
+from tests.support.fake_smtp import FakeSmtp
+from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, program, spool_dir, start
+from tests.support.relay import wait_until
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
@@ -66,3 +68,35 @@ def test_client_interface_must_be_an_address(tmp_path: Path, interface: str, mod
     refused = interface in ("lo", "localhost")
     expected: object = (1, [f"emailrelay: error: address error: invalid network address: {interface}: 0"])
     assert (got["ours"] == expected) == refused, got
+
+
+@pytest.mark.parametrize("hop", ["::1:PORT", "[::1]:PORT", "::1.PORT", "::1"])
+def test_next_hop_ipv6_forms(tmp_path: Path, hop: str) -> None:
+    """``--as-client`` to a next hop on ::1 written as a bare IPv6 address whose last colon starts
+    the port, bracketed, upstream's ``v6.port``, and ``::1`` alone (host ``:`` port 1: a DNS
+    error, the message kept): exit code, output, messages the hop received and the spool alike."""
+    got: dict[str, object] = {}
+    for side in SIDES:
+        with FakeSmtp(host="::1", extensions=NO_PIPELINING) as fake:
+            rc, log, spool = _as_client(
+                tmp_path, side, "--as-client", hop.replace("PORT", str(fake.port)), messages=1
+            )
+            log = [x.replace(str(fake.port), "PORT") for x in log]
+            got[side] = (rc, log, len(fake.messages), len(list(spool.glob("*.envelope"))))
+    _assert_same(got)
+    assert got["ours"][2] == (0 if hop == "::1" else 1), got  # type: ignore[index]
+
+
+def test_forward_to_bare_ipv6_with_port(tmp_path: Path) -> None:
+    """``--forward-to ::1:PORT --forward``: the daemon forwards the spooled message to ::1 at start-up."""
+    got: dict[str, object] = {}
+    for side in SIDES:
+        base = daemon_base(tmp_path if side == "ours" else None)
+        with FakeSmtp(host="::1", extensions=NO_PIPELINING) as fake:
+            _write(spool_dir(base / side / "spool"), [["b@example.net"]], int(time.time()))
+            with start(side, base, "--forward-to", f"::1:{fake.port}", "--forward") as daemon:
+                wait_until(lambda d=daemon: "no more messages to send" in d.log(), 30)
+                problems = [x for x in daemon.log().splitlines() if "error" in x or "warning" in x]
+            got[side] = (len(fake.messages), list(daemon.spool.glob("*.envelope")), problems)
+    _assert_same(got)
+    assert got["ours"][0] == 1, got  # type: ignore[index]
