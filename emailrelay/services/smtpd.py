@@ -194,11 +194,13 @@ class SmtpSession(LineSession):
     log: logmod.SessionLog  # knows the peer's port and the message in hand (--log-format)
 
     def __init__(self, service: SmtpService) -> None:
-        super().__init__(service.log.session(), service.options.idle_timeout)
+        # E-MailRelay 2.6b's --log-format=msgid leaves a server session's lines alone: JSON only
+        super().__init__(service.log.session(msgid_in_text=False), service.options.idle_timeout)
         self.service = service
         self.proto = sp.SmtpServer(service.options.server_config)
         self.peer = Peer("", 0)
         self.encrypted = False
+        self.cipher = ""  # the TLS cipher's name, once encrypted (the Received line names it)
         self.client_certificate = ""
         self.trusted_keyword: str | None = None
         self._trust_rule: TrustRule | None = None  # the "server none" line that matched the client
@@ -388,6 +390,7 @@ class SmtpSession(LineSession):
         self.encrypted = True
         if ssl_object is not None:
             cipher = ssl_object.cipher()
+            self.cipher = cipher[0] if cipher else ""
             self.log.info(  # upstream's words
                 f"tls protocol established with {self.peer.display} protocol {ssl_object.version()} "
                 f"cipher {cipher[0] if cipher else ''}",
@@ -719,7 +722,7 @@ class SmtpSession(LineSession):
             self._on_data_start(_BdatStart())  # "BDAT 0 LAST" with no chunk before it
         msg = tx.message
         if msg is not None:
-            logmod.set_msgid(str(msg.id))  # for the filters' lines: this task's context only
+            logmod.set_msgid(str(msg.id), in_text=False)  # for the filters' lines: this task's context only
         if msg is None or tx.write_error is not None:
             exc = tx.write_error or SpoolStoreError(errno.EIO, "no content file")
             self._discard_message()
@@ -895,6 +898,8 @@ class SmtpSession(LineSession):
     def _received_line(self) -> bytes:
         # E-MailRelay 2.6b's: "ESMTP" after HELO too
         with_ = "ESMTP" + ("S" if self.encrypted else "") + ("A" if self.proto.authenticated else "")
+        if self.cipher:  # E-MailRelay 2.6b's "tls <cipher>", OpenSSL's dashes as underscores
+            with_ += " tls " + self.cipher.replace("-", "_")
         helo = self.helo or "unknown"
         date = received_date()
         line = f"Received: from {helo} ([{self.peer.host}]) by {self.service.options.server_config.domain} with {with_} ; {date}\r\n"

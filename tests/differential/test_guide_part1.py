@@ -590,8 +590,8 @@ def test_server_tls_key_certificate_and_client_verification(
 ) -> None:
     """``--server-tls-certificate <key-file> --server-tls-certificate <certificate-file>`` and
     ``--server-tls-verify`` (a CA file, ``<default>``): the same replies through STARTTLS (or the
-    same failed handshake) and the same stored envelope (its ``ClientCertificate`` included); the
-    content differs in the ``Received`` line (below)."""
+    same failed handshake) and the same stored envelope (its ``ClientCertificate`` included) and
+    content (its ``Received`` line names the cipher: issue 17 aligned ours)."""
     text = certs.server_pem.read_text()
     cut = text.index("-----BEGIN CERTIFICATE-----")
     base = daemon_base(tmp_path)
@@ -612,16 +612,51 @@ def test_server_tls_key_certificate_and_client_verification(
     assert got["ours"][0] == got["upstream"][0]
     sent = got["ours"][0][-1] == "221 OK"
     assert sent == (verify is None or (verify == "ca" and client == "client_pem")), got["ours"][0]
-    # upstream's Received line names the cipher (`with ESMTPS tls TLS_AES_256_GCM_SHA384 ;`), ours
-    # does not (`with ESMTPS ;`): issue 17, not a recorded decision
-    upstream_spool = dict(got["upstream"][1])
-    if sent:
-        content = upstream_spool["emailrelay.ID.content"]
+    assert got["ours"][1] == got["upstream"][1]
+    if sent:  # `with ESMTPS tls TLS_AES_256_GCM_SHA384 ;` (TLS 1.3)
+        content = got["ours"][1]["emailrelay.ID.content"]
         assert re.search(rb" with ESMTPS tls TLS_\w+ ; DATE\r\n", content), content
-        upstream_spool["emailrelay.ID.content"] = re.sub(
-            rb" with ESMTPS tls TLS_\w+ ;", b" with ESMTPS ;", content
-        )
-    assert got["ours"][1] == upstream_spool
+
+
+@pytest.mark.parametrize(
+    ("implicit", "tls12"), [(False, True), (True, False), (True, True)], ids=["starttls-1.2", "implicit-1.3", "implicit-1.2"]
+)  # fmt: skip
+def test_received_line_names_the_tls_cipher(
+    tmp_path: Path,
+    certs: Certs,  # noqa: F811
+    implicit: bool,
+    tls12: bool,
+) -> None:
+    """Over TLS 1.2 and 1.3, STARTTLS or ``--server-tls-connection``: the same stored content, the
+    ``Received`` line naming the cipher as OpenSSL does with ``_`` for ``-``
+    (``with ESMTPS tls ECDHE_ECDSA_AES256_GCM_SHA384 ;``): issue 17 aligned ours."""
+    base = daemon_base(tmp_path)
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    if tls12:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    tls_option = "--server-tls-connection" if implicit else "--server-tls"
+    got = {}
+    for side in SIDES:
+        with start(side, base, tls_option, "--server-tls-certificate", str(certs.server_pem), name=side) as d:
+            with socket.create_connection(("127.0.0.1", d.port), timeout=15) as sock:
+                if not implicit:
+                    reader = sock.makefile("rb")
+                    for line in ("", "EHLO c.example", "STARTTLS"):  # ("": the greeting)
+                        sock.sendall(line.encode() + b"\r\n" if line else b"")
+                        read_reply(reader)
+                with context.wrap_socket(sock, server_hostname="localhost") as tls:
+                    reader = tls.makefile("rb")
+                    replies = [read_reply(reader)] if implicit else []
+                    for line in DIALOGUE[:1] + DIALOGUE[3:7]:  # EHLO, MAIL, RCPT, DATA, the content
+                        tls.sendall(line.encode() + b"\r\n")
+                        replies.append(read_reply(reader))
+                    cipher = tls.cipher()[0]
+            wait_until(lambda d=d: "smtp connection closed" in d.log(), 10)
+            got[side] = (replies[-1], normalise_spool(d.spool))
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][0] == "250 message processed"
+    expected = f" with ESMTPS tls {cipher.replace('-', '_')} ; DATE\r\n".encode()
+    assert expected in got["ours"][1]["emailrelay.ID.content"]
 
 
 # ---- --pop on its default port, in a private network namespace ---------------------------------------
