@@ -45,9 +45,10 @@ EXPECTS
 
 GUARANTEES
     * ``Secrets.load``/``from_text``/``from_option`` raise only
-      ``ConfigError``: naming file and line for a malformed line (unknown
-      side, wrong field count, bad xtext/base64/dotted/IP range),
-      naming the file when it cannot be read.  Messages never quote
+      ``ConfigError``: a ``SecretsLineError`` for a malformed line (unknown
+      side, wrong field count, bad xtext/base64/dotted/IP range), which
+      reads ``<file name>(<line>): <text>`` as E-MailRelay 2.6b's, and
+      names the file when it cannot be read.  Messages never quote
       passwords.
     * First matching line wins; duplicates are kept in ``warnings``.
     * ``pam:`` is recognised (``is_pam``) but is not a secrets file:
@@ -85,6 +86,7 @@ __all__ = [
     "AuthConfig",
     "ClientAccount",
     "Secrets",
+    "SecretsLineError",
     "ServerSecret",
     "TokenError",
     "TrustRule",
@@ -255,6 +257,19 @@ def _bytes_text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+class SecretsLineError(ConfigError):
+    """A malformed line of a secrets file: ``str()`` is E-MailRelay 2.6b's ``<file name>(<line>):
+    <text>``, and ``problem`` its warning that comes first (``problems reading secrets file
+    [<path>]...``); upstream then gives up with ``invalid secrets file``."""
+
+    def __init__(self, text: str, path: str, line: int) -> None:
+        super().__init__(text, path, line)
+        self.problem = f"problems reading secrets file [{path}]..."
+
+    def __str__(self) -> str:
+        return f"{Path(str(self.path)).name}({self.line}): {self.text}"
+
+
 class Secrets:
     """The parsed contents of one secrets file (or ``--client-auth plain:...``)."""
 
@@ -312,8 +327,8 @@ class Secrets:
 
     # -- parsing
 
-    def _error(self, text: str, line: int) -> ConfigError:
-        return ConfigError(text, path=self.path, line=line)
+    def _error(self, text: str, line: int) -> SecretsLineError:
+        return SecretsLineError(text, self.path, line)
 
     def _add(self, f: list[str], n: int) -> None:
         side = f[0].lower()
@@ -323,9 +338,9 @@ class Secrets:
                 return
             raise self._error(f"invalid value in first field: [{f[0]}]", n)  # upstream's words
         if len(f) < 4:
-            raise self._error("too few fields: expected <client|server> <type> <id> <secret> [selector]", n)
+            raise self._error("too few fields", n)  # upstream's words
         if len(f) > 5:
-            raise self._error("too many fields: expected <client|server> <type> <id> <secret> [selector]", n)
+            raise self._error("too many fields", n)
         kind = _TYPE_ALIASES.get(f[1].lower(), f[1].lower())
         selector = f[4] if len(f) == 5 else ""
         if kind not in _TYPES or (side == "server" and kind.startswith("oauth")):

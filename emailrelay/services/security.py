@@ -101,10 +101,15 @@ def _server_parts(
 
 
 def _secrets(option: str, *, pam_allowed: bool) -> Secrets:
-    from ..auth.secrets import Secrets, is_pam
+    from ..auth.secrets import Secrets, SecretsLineError, is_pam
 
     if not is_pam(option):
-        return Secrets.from_option(option)
+        try:
+            return Secrets.from_option(option)
+        except SecretsLineError as exc:  # E-MailRelay 2.6b's three lines: the first two are log lines
+            logmod.get().warning(exc.problem)
+            logmod.get().error(str(exc))
+            raise ConfigError("invalid secrets file") from None
     if not pam_allowed:  # PAM cannot supply passwords for the SMTP client: E-MailRelay 2.6b's words
         raise ConfigError(f"cannot read secrets file: {option}")
     from ..auth.pam import PamSecrets

@@ -522,15 +522,25 @@ def _refused(side: str, base: Path, args: list[str]) -> subprocess.CompletedProc
 
 def test_secrets_first_field_as_upstream(tmp_path: Path) -> None:
     """A secrets line's first field: ``client`` or ``server`` in any case (``CLIENT``, ``Server``)
-    is taken by both; another word is refused at start-up by both, exit 1, naming it as E-MailRelay
-    2.6b does (``invalid value in first field: [foo]``; the rest of the error lines differ: upstream
-    writes ``<file>(<line>)`` and two more lines, ours ``<path>:<line>``)."""
+    is taken by both; another word is refused at start-up by both, exit 1, in E-MailRelay 2.6b's
+    three lines (a warning naming the file, ``<file name>(<line>): invalid value in first field:
+    [foo]``, ``invalid secrets file``; issue 17 aligned ours); so is a line of too few fields."""
     base = daemon_base(tmp_path)
     refused = _install(base, "refused.auth", "server plain u1 p1\nfoo server *.*.*.* x\n")
-    for side in SIDES:
-        done = _refused(side, base, ["--server-auth", refused])
-        assert done.returncode == 1, (side, done.stderr)
-        assert "invalid value in first field: [foo]" in done.stderr.decode(), (side, done.stderr)
+    short = _install(base, "short.auth", "# a comment\nserver plain u1\n")
+    for path, problem in ((refused, "invalid value in first field: [foo]"), (short, "too few fields")):
+        got = {}
+        for side in SIDES:
+            done = _refused(side, base, ["--server-auth", path])
+            got[side] = (done.returncode, done.stderr.decode().replace(str(base), "BASE"))
+        assert got["ours"] == got["upstream"]
+        name = Path(path).name
+        assert got["ours"] == (
+            1,
+            f"emailrelay: warning: problems reading secrets file [BASE/{name}]...\n"
+            f"emailrelay: error: {name}(2): {problem}\n"
+            "emailrelay: error: invalid secrets file\n",
+        )
     taken = _install(base, "taken.auth", "CLIENT plain u p\nServer plain u1 p1\n")
     auth = "AUTH PLAIN " + _b64("\0u1\0p1")
     got = _both(["--server-auth", taken], [["EHLO c", auth, "QUIT"]], base, name="-taken")

@@ -1,7 +1,8 @@
 """Secrets-file errors stop ``emailrelay`` at start-up (SPEC.md §1, §5).
 
-A malformed line: exit 1 and one ``emailrelay: error: <file>:<line>: ...``
-line on stderr, never the password.  A file that cannot be read: exit 1
+A malformed line: exit 1 and E-MailRelay 2.6b's three lines on stderr
+(``warning: problems reading secrets file [<path>]...``, ``error: <file
+name>(<line>): ...``, ``error: invalid secrets file``), never the password.  A file that cannot be read: exit 1
 with the file named.  The relay must not be left listening in either case.
 """
 
@@ -35,6 +36,15 @@ def run_relay(tmp_path: Path, *args: str, single: bool = True) -> tuple[int, str
     return done.returncode, done.stderr.decode(errors="replace"), port
 
 
+def assert_refused_line(err: str, secrets: Path, line: int) -> None:
+    """``err`` is E-MailRelay 2.6b's report of a bad line ``line`` of ``secrets``, naming both."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 3, err
+    assert lines[0] == f"emailrelay: warning: problems reading secrets file [{secrets}]...", err
+    assert re.fullmatch(rf"emailrelay: error: {re.escape(secrets.name)}\({line}\): \S.*", lines[1]), err
+    assert lines[2] == "emailrelay: error: invalid secrets file", err
+
+
 def not_listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -61,10 +71,7 @@ def test_malformed_line_is_a_startup_error_naming_file_and_line(
     secrets.write_text(f"# secrets\n{GOOD}\n{line}\n")
     rc, err, port = run_relay(tmp_path, "--server-auth", str(secrets))
     assert rc == 1, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and re.fullmatch(
-        rf"emailrelay: error: {re.escape(str(secrets))}:4: \S.*", lines[0]
-    ), err
+    assert_refused_line(err, secrets, 4)
     if password:
         assert password not in err  # a message never quotes a secret
     assert not_listening(port)
@@ -75,7 +82,7 @@ def test_malformed_client_secrets_are_a_startup_error(tmp_path: Path) -> None:
     secrets.write_text("client plain bob\n")
     rc, err, _ = run_relay(tmp_path, "--forward-to", "127.0.0.1:9", "--client-auth", str(secrets))
     assert rc == 1
-    assert err.startswith(f"emailrelay: error: {secrets}:1: "), err
+    assert_refused_line(err, secrets, 1)
 
 
 def test_malformed_secrets_under_the_supervisor(tmp_path: Path) -> None:
@@ -84,7 +91,7 @@ def test_malformed_secrets_under_the_supervisor(tmp_path: Path) -> None:
     secrets.write_text("server plain alice\n")
     rc, err, port = run_relay(tmp_path, "--server-auth", str(secrets), single=False)
     assert rc == 1
-    assert f"emailrelay: error: {secrets}:1: " in err, err
+    assert_refused_line(err, secrets, 1)
     assert not_listening(port)
 
 
@@ -112,7 +119,10 @@ def test_error_is_logged_in_the_greppable_form_with_log_time(tmp_path: Path) -> 
     secrets.write_text("server plain alice\n")
     rc, err, _ = run_relay(tmp_path, "--log", "--log-time", "--server-auth", str(secrets))
     assert rc == 1
-    assert re.search(rf"^emailrelay: [0-9.]+: error: {re.escape(str(secrets))}:1: ", err, re.MULTILINE), err
+    assert re.search(r"^emailrelay: [0-9.]+: error: server\.auth\(1\): too few fields$", err, re.MULTILINE), (
+        err
+    )
+    assert re.search(r"^emailrelay: [0-9.]+: error: invalid secrets file$", err, re.MULTILINE), err
 
 
 def test_old_style_lines_are_accepted(tmp_path: Path) -> None:
