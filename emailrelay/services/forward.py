@@ -188,6 +188,7 @@ class ForwardService:
         self.security = client_security(config)
         self.client_filter = build_client_filter(config, store) if config.client_filters else None
         self.stop_scanning = False  # a client filter exited 102
+        self._scan_stopped = False  # ... and ended the pass: no "no more messages to send" (upstream)
         self._held_until = 0.0  # after a 102 with --poll: nothing more until the next polling cycle
         self.pool = _Pool()
         self.queue: asyncio.Queue[MessageId] = asyncio.Queue()
@@ -354,6 +355,9 @@ class ForwardService:
             await asyncio.gather(*workers, return_exceptions=True)
             for claim in list(self._claims):
                 await self._in_thread(claim.release)
+        if self._scan_stopped and self.run_error is None:  # as E-MailRelay 2.6b: no end-of-pass line
+            await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)
+            return (self.failures if self.backoff else self.stranded) == 0 and done_all.done()
         if self.run_error is not None:  # upstream: no QUIT, the error is why the program ends
             for conn in self.pool.drain():
                 conn.close()
@@ -468,6 +472,9 @@ class ForwardService:
                 self.log.error(f"forwarding [{mid}]: unexpected error: {exc!r}")
             finally:
                 self.known.discard(mid)
+            if self.stop_scanning:  # a client filter's 102 ends the pass without its end-of-pass line
+                self._passed = 0
+                self._scan_stopped = True
             if self._passed and self.queue.empty() and not self._claims and not exit_when_empty:
                 self._passed = 0  # the end of a pass, as upstream logs it (not of one an error ended)
                 if self.run_error is None:

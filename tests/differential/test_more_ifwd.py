@@ -100,3 +100,52 @@ def test_forward_to_bare_ipv6_with_port(tmp_path: Path) -> None:
             got[side] = (len(fake.messages), list(daemon.spool.glob("*.envelope")), problems)
     _assert_same(got)
     assert got["ours"][0] == 1, got  # type: ignore[index]
+
+
+def _stop_filter(base: Path) -> Path:
+    script = base / "stop.sh"
+    script.write_text("#!/bin/sh\nexit 102\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_client_filter_102_ends_without_no_more_messages(tmp_path: Path) -> None:
+    """``--as-client`` with a client filter exiting 102 (stop scanning) over three messages: one
+    is forwarded, and the run ends without ``forwarding: no more messages to send``; the logs
+    (the filter's path aside), the exit code and what the hop received are compared."""
+    got: dict[str, object] = {}
+    for side in SIDES:
+        with FakeSmtp(extensions=NO_PIPELINING) as fake:
+            base = daemon_base(tmp_path if side == "ours" else None)
+            script = _stop_filter(base)
+            rc, log, spool = _as_client(
+                tmp_path,
+                side,
+                "--as-client",
+                fake.address,
+                "--verbose",
+                "--client-filter",
+                str(script),
+                messages=3,
+            )
+            log = [x.replace(str(base), "BASE") for x in log]
+            got[side] = (rc, log, len(fake.messages), len(list(spool.glob("*.envelope"))))
+    _assert_same(got)
+    assert got["ours"][2:] == (1, 2), got  # type: ignore[index]
+    assert "emailrelay: info: forwarding: no more messages to send" not in got["upstream"][1], got  # type: ignore[index]
+
+
+def test_client_filter_102_polling_daemon(tmp_path: Path) -> None:
+    """``--poll 1`` with the same filter: a message a polling cycle, and no end-of-pass line."""
+    got: dict[str, object] = {}
+    for side in SIDES:
+        base = daemon_base(tmp_path if side == "ours" else None)
+        with FakeSmtp(extensions=NO_PIPELINING) as fake:
+            _write(spool_dir(base / side / "spool"), [["b@example.net"]] * 3, int(time.time()))
+            args = ("--forward-to", fake.address, "--client-filter", str(_stop_filter(base)), "--poll", "1")
+            with start(side, base, *args) as daemon:
+                wait_until(lambda d=daemon: d.log().count("deleting content") == 3, 60)
+            log = normalise_log(daemon.log(), drop=["server on", "spool notifier"])
+            got[side] = (len(fake.messages), [x for x in log if "forwarding" in x])
+    _assert_same(got)
+    assert got["ours"][0] == 3, got  # type: ignore[index]
