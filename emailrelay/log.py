@@ -2,7 +2,7 @@
 
 What it is for: every process of the relay logs through :func:`get` so the
 lines look exactly like upstream's:
-``emailrelay: [<time>: ]<level>: [<unit>: ][<address>; |<address>;<port>: |<port>: ][<msgid>; ]<text>``
+``emailrelay: [<time>: ]<level>: [<unit>: ][<address>; |<address>;<port>: |<port>: ][(<msgid>) ]<text>``
 on stderr (or ``--log-file``, with ``%d`` expanded daily) and to syslog
 (LOG_MAIL, ident ``emailrelay``) unless ``--no-syslog``.
 
@@ -63,7 +63,8 @@ LOG_FORMAT_FIELDS = ("time", "unit", "address", "port", "msgid", "json")
 
 # the unit (configuration name) and message id of the running task, where no SessionLog knows better
 _UNIT: ContextVar[str] = ContextVar("emailrelay_log_unit", default="")
-_MSGID: ContextVar[str] = ContextVar("emailrelay_log_msgid", default="")
+# (the id, and whether text lines show it: E-MailRelay 2.6b's show it only while forwarding)
+_MSGID: ContextVar[tuple[str, bool]] = ContextVar("emailrelay_log_msgid", default=("", True))
 _PORT: ContextVar[int] = ContextVar("emailrelay_log_port", default=0)
 
 
@@ -81,12 +82,13 @@ def unit_scope(name: str) -> Iterator[None]:
         _UNIT.reset(token)
 
 
-def set_msgid(msgid: str) -> Token[str]:
-    """The message this task's lines are about (until :func:`reset_msgid` or the task's end)."""
-    return _MSGID.set(msgid)
+def set_msgid(msgid: str, *, in_text: bool = True) -> Token[tuple[str, bool]]:
+    """The message this task's lines are about (until :func:`reset_msgid` or the task's end);
+    ``in_text`` False: only JSON lines carry it (an SMTP server session's message)."""
+    return _MSGID.set((msgid, in_text))
 
 
-def reset_msgid(token: Token[str]) -> None:
+def reset_msgid(token: Token[tuple[str, bool]]) -> None:
     _MSGID.reset(token)
 
 
@@ -153,9 +155,9 @@ class Log:
         c = self.config
         return c.with_unit or c.with_port or c.with_msgid
 
-    def session(self, port: int = 0) -> SessionLog:
-        """A log for one connection whose peer has this port."""
-        return SessionLog(self, port)
+    def session(self, port: int = 0, *, msgid_in_text: bool = True) -> SessionLog:
+        """A log for one connection whose peer has this port (``msgid_in_text``: see SessionLog)."""
+        return SessionLog(self, port, msgid_in_text=msgid_in_text)
 
     def enabled_for(self, level: int) -> bool:
         return level >= self._threshold
@@ -199,6 +201,7 @@ class Log:
         *,
         port: int = 0,
         msgid: str | None = None,
+        msgid_in_text: bool = True,
     ) -> None:
         """One line; ``port`` goes with ``address`` (0: the task's, set_port); ``msgid`` None: the task's."""
         if level < self._threshold:
@@ -213,7 +216,7 @@ class Log:
                 record["address"] = address
                 if port := port or _PORT.get():
                     record["port"] = port
-            if msgid := _MSGID.get() if msgid is None else msgid:
+            if msgid := _MSGID.get()[0] if msgid is None else msgid:
                 record["msgid"] = msgid
             if text:
                 record["text"] = text
@@ -228,7 +231,7 @@ class Log:
                 parts.append(_timestamp())
             parts.append(_WORDS[level])
             if self._fields:
-                body = self._with_fields(text, address, port, msgid)
+                body = self._with_fields(text, address, port, msgid, msgid_in_text)
             else:
                 body = f"{address}; {text}" if (address and c.with_address) else text
             line = ": ".join(parts) + ": " + body
@@ -236,9 +239,12 @@ class Log:
         if c.syslog:  # the whole line after the ident, program name included, as E-MailRelay 2.6b
             self._syslog(level, line)
 
-    def _with_fields(self, text: str, address: str | None, port: int, msgid: str | None) -> str:
-        """``[<unit>: ][<address>; |<address>;<port>: |<port>: ][<msgid>; ]<text>``: the port as
-        E-MailRelay 2.6b writes it, alone (``42868: ``) or after the address (``127.0.0.1;42868: ``)."""
+    def _with_fields(
+        self, text: str, address: str | None, port: int, msgid: str | None, msgid_in_text: bool
+    ) -> str:
+        """``[<unit>: ][<address>; |<address>;<port>: |<port>: ][(<msgid>) ]<text>`` as E-MailRelay
+        2.6b writes them: the port alone (``42868: ``) or after the address (``127.0.0.1;42868: ``);
+        the id without ``emailrelay.``, in brackets (``(123.1796623462.1) ``), only where shown."""
         c = self.config
         head = ""
         if c.with_unit and (unit := _UNIT.get()):
@@ -249,8 +255,11 @@ class Log:
                 head += f"{address};{port}: " if port else f"{address}; "
             elif port:
                 head += f"{port}: "
-        if c.with_msgid and (msgid := _MSGID.get() if msgid is None else msgid):
-            head += msgid + "; "
+        if c.with_msgid:
+            if msgid is None:
+                msgid, msgid_in_text = _MSGID.get()
+            if msgid and msgid_in_text:
+                head += f"({msgid.removeprefix('emailrelay.')}) "
         return head + text
 
     # ---- outputs ---------------------------------------------------------------
@@ -355,14 +364,18 @@ def _timestamp() -> str:
 
 class SessionLog:
     """One connection's view of the process's :class:`Log`: adds its peer's port and, while
-    ``msgid`` is set, the id of the message in hand (None: the task's, see :func:`set_msgid`)."""
+    ``msgid`` is set, the id of the message in hand (None: the task's, see :func:`set_msgid`);
+    ``msgid_in_text`` False (an SMTP server session's): only JSON lines carry it."""
 
-    __slots__ = ("log", "msgid", "port")
+    __slots__ = ("log", "msgid", "msgid_in_text", "port")
 
-    def __init__(self, log: Log, port: int = 0, msgid: str | None = None) -> None:
+    def __init__(
+        self, log: Log, port: int = 0, msgid: str | None = None, *, msgid_in_text: bool = True
+    ) -> None:
         self.log = log
         self.port = port
         self.msgid = msgid
+        self.msgid_in_text = msgid_in_text
 
     @property
     def config(self) -> LogConfig:
@@ -375,29 +388,34 @@ class SessionLog:
     def enabled_for(self, level: int) -> bool:
         return self.log.enabled_for(level)
 
+    def _emit(self, level: int, text: str, address: str | None) -> None:
+        self.log.emit(
+            level, text, address, port=self.port, msgid=self.msgid, msgid_in_text=self.msgid_in_text
+        )
+
     def error(self, text: str, address: str | None = None) -> None:
-        self.log.emit(ERROR, text, address, port=self.port, msgid=self.msgid)
+        self._emit(ERROR, text, address)
 
     def warning(self, text: str, address: str | None = None) -> None:
-        self.log.emit(WARNING, text, address, port=self.port, msgid=self.msgid)
+        self._emit(WARNING, text, address)
 
     def info(self, text: str, address: str | None = None) -> None:
         if self.log._threshold <= INFO:
-            self.log.emit(INFO, text, address, port=self.port, msgid=self.msgid)
+            self._emit(INFO, text, address)
 
     def verbose(self, text: str, address: str | None = None) -> None:
         if self.log._threshold <= VERBOSE:
-            self.log.emit(VERBOSE, text, address, port=self.port, msgid=self.msgid)
+            self._emit(VERBOSE, text, address)
 
     def debug(self, text: str, address: str | None = None) -> None:
         if self.log._threshold <= DEBUG:
-            self.log.emit(DEBUG, text, address, port=self.port, msgid=self.msgid)
+            self._emit(DEBUG, text, address)
 
     def event(self, summary: dict[str, object]) -> None:
         self.log.event(summary)
 
-    def session(self, port: int = 0) -> SessionLog:
-        return SessionLog(self.log, port)
+    def session(self, port: int = 0, *, msgid_in_text: bool = True) -> SessionLog:
+        return SessionLog(self.log, port, msgid_in_text=msgid_in_text)
 
 
 #: What a component that logs holds: the process's log or a connection's view of it.

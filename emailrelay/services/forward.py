@@ -202,6 +202,7 @@ class ForwardService:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._claims: set[Claim] = set()
+        self._last_mid = ""  # the last message claimed: --log-format=msgid's id for the lines after it
         self._started: dict[MessageId, float] = {}
         self._last_recovery = -RECOVERY_PERIOD
         self._last_rescan = -MIN_RESCAN_GAP
@@ -363,7 +364,7 @@ class ForwardService:
                 conn.close()
             self.log.error(self.run_error)
             return False
-        self.log.verbose("forwarding: no more messages to send")
+        self._no_more_messages()
         await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)
         if self.backoff:
             return self.failures == 0 and done_all.done()
@@ -478,7 +479,7 @@ class ForwardService:
             if self._passed and self.queue.empty() and not self._claims and not exit_when_empty:
                 self._passed = 0  # the end of a pass, as upstream logs it (not of one an error ended)
                 if self.run_error is None:
-                    self.log.verbose("forwarding: no more messages to send")
+                    self._no_more_messages()
             if self.stop_scanning:  # client filter exit 102: no more messages in this polling cycle
                 self.stop_scanning = False
                 self._drop_queue()
@@ -515,6 +516,10 @@ class ForwardService:
             dropped.append(mid)
         return dropped
 
+    def _no_more_messages(self) -> None:
+        """The end of a pass, with the last message's id as E-MailRelay 2.6b (--log-format=msgid)."""
+        self.log.emit(logmod.VERBOSE, "forwarding: no more messages to send", None, msgid=self._last_mid)
+
     async def forward_one(self, mid: MessageId, *, due_only: bool = False) -> Outcome:
         if due_only and not self.store.is_due(mid):
             return Outcome("skipped")  # rung for a message still in back-off (eg. a release seen by notify)
@@ -525,6 +530,7 @@ class ForwardService:
         if claim is None:
             return Outcome("skipped")
         self._claims.add(claim)
+        self._last_mid = str(mid)
         self._started[claim.id] = started = time.monotonic()
         msgid = logmod.set_msgid(str(mid))  # --log-format=msgid: this task's lines are about it
         try:
@@ -660,8 +666,7 @@ class ForwardService:
                         continue  # an idle connection the next hop had closed: once more, afresh
                 return await self._connection_trouble(claim, exc, hop)
             break
-        conn.log.msgid = ""
-        pool.give(conn)
+        pool.give(conn)  # its lines keep the id until the next message's, as E-MailRelay 2.6b's
         return result
 
     async def _connection(

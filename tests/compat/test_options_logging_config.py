@@ -278,12 +278,12 @@ def test_log_address_and_debug(tmp_path: Path, options: tuple[str, ...]) -> None
 
 
 def test_log_format_unit_port_msgid(tmp_path: Path) -> None:
-    """``--log-format=unit,port,msgid``: ``<level>: [<unit>: ][<port>: ][<msgid>; ]<text>``.
+    """``--log-format=unit,port,msgid``: ``<level>: [<unit>: ][<port>: ][(<msgid>) ]<text>``.
 
     The configuration's name (``in``) on every line; the client's port (alone, as E-MailRelay
     2.6b writes it without ``address``) on its
-    session's lines; the message id from the content file's creation to the reply that ends
-    the transaction, and on the lines that forward it.
+    session's lines; the message id, as E-MailRelay 2.6b writes it (``(<pid>.<time>.<seq>) ``),
+    only on the lines that forward it (none on the SMTP session's, its filter's included).
     """
     script = tmp_path / "filter.sh"
     script.write_text("#!/bin/sh\nexit 0\n")
@@ -299,19 +299,20 @@ def test_log_format_unit_port_msgid(tmp_path: Path) -> None:
     m = re.search(r"new content file \[(emailrelay\.\d+\.\d+\.\d+)\.content\]", text)
     assert m, text
     mid = re.escape(m[1])
+    shown = re.escape(f"({m[1].removeprefix('emailrelay.')})")
     peer = f"{client_port}:"
     for pattern in [
         r"in: smtp server on 127\.0\.0\.1:\d+$",  # not a connection's line: the unit only
         rf'in: {peer} rx<<: "ehlo ',
         rf'in: {peer} rx<<: "mail from:<a@example\.com>"$',  # no message yet
-        rf"in: {peer} {mid}; new content file \[{mid}\.content\]$",
-        rf'in: {peer} {mid}; rx<<: "\."$',
-        rf"in: {peer} {mid}; filter \[filter\.sh\]: \[{mid}\]: running ",  # the session's filter task
-        rf'in: {mid}; tx>>: "250 message processed"$',  # the transaction's end: no address (upstream's)
+        rf"in: {peer} new content file \[{mid}\.content\]$",
+        rf'in: {peer} rx<<: "\."$',
+        rf"in: {peer} filter \[filter\.sh\]: \[{mid}\]: running ",  # the session's filter task
+        r'in: tx>>: "250 message processed"$',  # the transaction's end: no port (upstream's)
         rf'in: {peer} rx<<: "quit"$',
-        rf"in: {mid}; forwarding \[{mid}\]$",  # the forwarder: no client address
-        rf'in: {mid}; tx>>: "MAIL FROM:<a@example\.com>"$',
-        rf'in: {mid}; rx<<: "250 2\.0\.0 queued"$',
+        rf"in: {shown} forwarding \[{mid}\]$",  # the forwarder: no client port
+        rf'in: {shown} tx>>: "MAIL FROM:<a@example\.com>"$',
+        rf'in: {shown} rx<<: "250 2\.0\.0 queued"$',
     ]:
         assert re.search(rf"^emailrelay: info: {pattern}", text, re.M | re.I), (pattern, text)
 

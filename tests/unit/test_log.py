@@ -171,6 +171,7 @@ def test_json_format(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 MID = "emailrelay.1234.1795600000.7"
+SHOWN = "(1234.1795600000.7)"  # E-MailRelay 2.6b's form of it on a text line
 
 
 def in_unit(unit: str, body: Callable[[], None]) -> None:
@@ -184,7 +185,7 @@ def in_unit(unit: str, body: Callable[[], None]) -> None:
 
 
 def test_unit_address_port_msgid_layout(capsys: pytest.CaptureFixture[str]) -> None:
-    """``[<unit>: ][<address>;<port>: ][<msgid>; ]<text>``, each part only where known."""
+    """``[<unit>: ][<address>;<port>: ][(<msgid>) ]<text>``, each part only where known."""
     log = make(with_unit=True, with_address=True, with_port=True, with_msgid=True, with_time=True)
 
     def lines() -> None:
@@ -202,8 +203,8 @@ def test_unit_address_port_msgid_layout(capsys: pytest.CaptureFixture[str]) -> N
     out = [line.split(": ", 2)[2] for line in lines_of(capsys)]  # without the program and the time
     assert out == [
         "info: in: 127.0.0.1;47038: smtp connection from 127.0.0.1:47038",
-        f"warning: in: 127.0.0.1;47038: {MID}; about the message",
-        f"info: in: {MID}; rejected by filter: [x]",
+        f"warning: in: 127.0.0.1;47038: {SHOWN} about the message",
+        f"info: in: {SHOWN} rejected by filter: [x]",
         "info: in: ::1;2525: smtp connection from ::1.2525",
         "info: in: smtp server on 127.0.0.1:25",
     ]
@@ -225,7 +226,7 @@ def test_each_field_on_its_own(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines_of(capsys) == [
         "emailrelay: info: 4000: text",
         "emailrelay: info: out: text",
-        f"emailrelay: info: {MID}; text",
+        f"emailrelay: info: {SHOWN} text",
         "emailrelay: info: unnamed",
     ]
 
@@ -246,11 +247,29 @@ def test_msgid_of_the_task_unless_the_session_knows(capsys: pytest.CaptureFixtur
 
     contextvars.copy_context().run(lines)
     assert lines_of(capsys) == [
-        f"emailrelay: info: {MID}; forwarding [x]",
-        f"emailrelay: info: {MID}; inherited",
+        f"emailrelay: info: {SHOWN} forwarding [x]",
+        f"emailrelay: info: {SHOWN} inherited",
         "emailrelay: info: between messages",
         "emailrelay: info: after",
     ]
+
+
+def test_server_session_msgid_only_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """An SMTP server session's message id (``msgid_in_text=False``, its filter task's too) is on
+    no text line, as E-MailRelay 2.6b; JSON lines still carry it."""
+
+    def lines() -> None:
+        for config in ({"with_msgid": True}, {"json": True}):
+            session = make(**config).session(msgid_in_text=False)
+            session.msgid = MID
+            session.info("new envelope file")
+            logmod.set_msgid(MID, in_text=False)
+            make(**config).info("filter [x]: running")
+
+    contextvars.copy_context().run(lines)
+    out = lines_of(capsys)
+    assert out[:2] == ["emailrelay: info: new envelope file", "emailrelay: info: filter [x]: running"]
+    assert [json.loads(line)["msgid"] for line in out[2:]] == [MID, MID]
 
 
 def test_port_of_the_task_for_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:
@@ -310,5 +329,3 @@ def test_log_format_option_values(value: str, fields: set[str]) -> None:
     config = log_config({"log-format": value})
     flags = ("with_time", "with_unit", "with_address", "with_port", "with_msgid", "json")
     assert {f for f in flags if getattr(config, f)} == fields
-
-
