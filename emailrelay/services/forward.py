@@ -951,12 +951,27 @@ class ForwardService:
         code = exc.reply.code if exc.reply else None
         if self.backoff:
             return await self._retry(claim, exc.reason, code)
+        if exc.connect_failure and self._routed(claim, hop):
+            # a message's own ForwardToAddress cannot be reached: as E-MailRelay 2.6b (observed), a
+            # warning, the message left as it is, and the run goes on (--as-client exits 0)
+            self.log.warning(f"smtp connection failed: {exc.reason}")
+            return await self._retry(claim, exc.reason, code)
         if exc.connect_failure:
             outcome = await self._retry(claim, exc.reason, code)
         else:
             outcome = await self._fail(claim, exc.reason, None, warn=False)
         self._stop_run(exc.reason, hop, immediate=claim.id in self._immediate)
         return outcome
+
+    def _routed(self, claim: Claim, hop: str) -> bool:
+        """Whether the message goes to a next hop of its own (``ForwardToAddress``, or a routing
+        filter's), not to ``--forward-to``'s."""
+        if hop != (self.config.forward_to or ""):
+            return True
+        try:
+            return bool(claim.envelope().forward_to_address)
+        except EnvelopeError:
+            return False
 
     def _stop_run(self, reason: str, hop: str, *, immediate: bool = False) -> None:
         """No back-off: the run to ``hop`` ends here; what is left waits for the next trigger.

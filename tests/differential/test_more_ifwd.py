@@ -23,12 +23,22 @@ from tests.support.relay import wait_until
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
 
-def _as_client(tmp_path: Path, side: str, *args: str, messages: int = 0) -> tuple[int, list[str], Path]:
-    """``--as-client`` over a spool of ``messages`` messages: exit code, normalised output, spool."""
+def _as_client(
+    tmp_path: Path, side: str, *args: str, messages: int = 0, route: str = ""
+) -> tuple[int, list[str], Path]:
+    """``--as-client`` over a spool of ``messages`` messages, the first with ``ForwardToAddress:
+    route`` when given: exit code, normalised output, spool."""
     base = daemon_base(tmp_path if side == "ours" else None)
     spool = spool_dir(base / side / "spool")
     if messages:
-        _write(spool, [["b@example.net"]] * messages, int(time.time()))
+        names = _write(spool, [["b@example.net"]] * messages, int(time.time()))
+        if route:
+            first = spool / f"{names[0]}.envelope"
+            first.write_bytes(
+                first.read_bytes().replace(
+                    b"ForwardToAddress: \r\n", f"ForwardToAddress: {route}\r\n".encode()
+                )
+            )
     done = subprocess.run(
         [program(side), *args, "--spool-dir", str(spool), "--log", "--no-syslog"],
         capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
@@ -149,3 +159,28 @@ def test_client_filter_102_polling_daemon(tmp_path: Path) -> None:
             got[side] = (len(fake.messages), [x for x in log if "forwarding" in x])
     _assert_same(got)
     assert got["ours"][0] == 3, got  # type: ignore[index]
+
+
+@pytest.mark.parametrize("route", ["same", "no-such-host.invalid:25"])
+def test_unreachable_forward_to_address(tmp_path: Path, route: str) -> None:
+    """Two messages, the first with a ``ForwardToAddress`` that cannot be reached (the
+    ``--as-client`` address itself, unreachable, or a name without an address): a warning
+    ``smtp connection failed: ...``, the message kept, the other forwarded when it can be, exit 0
+    unless the other fails.
+    (A plain unreachable ``--as-client`` is exit 1 on both:
+    tests/differential/test_forwarding.py::test_connection_failure_leaves_the_messages.)"""
+    got: dict[str, object] = {}
+    for side in SIDES:
+        with FakeSmtp(extensions=NO_PIPELINING) as fake:
+            hop = "127.0.0.1:9" if route == "same" else fake.address
+            rc, log, spool = _as_client(
+                tmp_path, side, "--as-client", hop, messages=2, route=hop if route == "same" else route
+            )
+            problems = [
+                x for x in log if ("warning" in x or "error" in x) and "smtp client error: done" not in x
+            ]
+            got[side] = (rc, problems, len(fake.messages), len(list(spool.glob("*.envelope"))))
+    _assert_same(got)
+    # with "same" the other message's plain --as-client hop is unreachable too: exit 1 for it
+    assert got["ours"][0] == (1 if route == "same" else 0), got  # type: ignore[index]
+    assert got["ours"][1][0].startswith("emailrelay: warning: smtp connection failed: "), got  # type: ignore[index]
