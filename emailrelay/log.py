@@ -306,6 +306,24 @@ class Log:
         (``--as-client``'s ``no messages to send``)."""
         self._write(f"{self.config.program}: {printable(text)}")
 
+    def final(self, text: str, level: int | None = None) -> None:
+        """A one-shot run's last line (``--as-client``'s ``no messages to send``, or the error that
+        ends it) as E-MailRelay 2.6b writes it: ``emailrelay: [<level>: ]<text>``, without a time, on
+        stderr only (not into ``--log-file``; nothing once stderr is closed); an error to syslog too."""
+        line = (
+            f"{self.config.program}: {_WORDS[level]}: {printable(text)}"
+            if level
+            else f"{self.config.program}: {printable(text)}"
+        )
+        if self.config.log_file:
+            self._open_file()  # made (empty) even so: upstream opens it at start-up
+        if self.config.stderr:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+        if level is not None and self.config.syslog:
+            self._syslog(level, line)
+
     def close_stderr(self) -> None:
         """--close-stderr: stop writing to stderr and point fd 2 at /dev/null."""
         self.config.stderr = False

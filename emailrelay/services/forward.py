@@ -328,12 +328,13 @@ class ForwardService:
                 await self._in_thread(claim.release)
         await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)
 
-    async def run_once(self, stop: asyncio.Event | None = None) -> bool:
+    async def run_once(self, stop: asyncio.Event | None = None, *, one_shot: bool = False) -> bool:
         """``--as-client``: forward everything in the spool now.  True unless the run stopped on a
-        session or connection error (with back-off: unless anything failed or was deferred)."""
+        session or connection error (with back-off: unless anything failed or was deferred).
+        ``one_shot`` (the program's whole run): its last line goes to stderr only, as upstream's."""
         ids = await self._in_thread(self.store.ready, ignore_backoff=True)
         if not ids:
-            self.log.plain("no messages to send")  # as upstream: before anything else, no level
+            self.log.final("no messages to send")  # as upstream: before anything else, no level
             return True
         if self.config.forward_to:
             self.log.verbose(f"forwarding to {self.config.forward_to}")
@@ -362,7 +363,10 @@ class ForwardService:
         if self.run_error is not None:  # upstream: no QUIT, the error is why the program ends
             for conn in self.pool.drain():
                 conn.close()
-            self.log.error(self.run_error)
+            if one_shot:
+                self.log.final(self.run_error, logmod.ERROR)
+            else:
+                self.log.error(self.run_error)
             return False
         self._no_more_messages()
         await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)

@@ -203,7 +203,7 @@ class Instance:
                 ]
             if forwarder is not None:
                 if config.as_client or config.dont_serve:
-                    ok = await forwarder.run_once(stop)
+                    ok = await forwarder.run_once(stop, one_shot=True)
                     self.exit_status = 0 if ok else 1
                     return self.exit_status
                 await forwarder.start(initial=config.forward)

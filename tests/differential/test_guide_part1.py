@@ -487,8 +487,8 @@ def test_configuration_file_two_instances(tmp_path: Path) -> None:
 
 def test_log_file_day_name_and_the_last_words_of_as_client(tmp_path: Path) -> None:
     """``--log-file <dir>/log-%d`` with ``--as-client`` over an empty spool: both name the file by
-    today's date and exit 0; upstream prints ``no messages to send`` on stderr and leaves the file
-    empty, ours writes that line into the file (issue 17, not a recorded decision)."""
+    today's date and exit 0, print ``no messages to send`` on stderr and leave the file empty
+    (issue 17 aligned ours)."""
     base = daemon_base(tmp_path)
     got = {}
     for side in SIDES:
@@ -510,8 +510,7 @@ def test_log_file_day_name_and_the_last_words_of_as_client(tmp_path: Path) -> No
     day = time.strftime("%Y%m%d")
     assert got["ours"][0] == got["upstream"][0] == 0
     assert sorted(got["ours"][2]) == sorted(got["upstream"][2]) == [f"log-{day}"]
-    assert got["upstream"][1:] == ("emailrelay: no messages to send\n", {f"log-{day}": ""})
-    assert got["ours"][1:] == ("", {f"log-{day}": "emailrelay: no messages to send\n"})
+    assert got["ours"][1:] == got["upstream"][1:] == ("emailrelay: no messages to send\n", {f"log-{day}": ""})
 
 
 def test_pid_file_parent_directory_is_made(tmp_path: Path) -> None:

@@ -2,12 +2,14 @@
 
 What it is for (issue 17): ``--log-format=address,port`` (upstream's ``127.0.0.1;42868: ``
 layout) compared over a whole SMTP session, the client's port normalised; ``--log-format=msgid``
-over a message received and forwarded. Skipped without ``EMAILRELAY_ORACLE_BIN``.
+over a message received and forwarded; where ``--as-client``'s last line goes with ``--log-file``.
+Skipped without ``EMAILRELAY_ORACLE_BIN``.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,21 @@ import pytest
 from tests.differential.test_guide_part1 import _DROP as _ONE_SIDED
 from tests.differential.test_guide_part1 import _VERSION, both
 from tests.support.fake_smtp import FakeSmtp
-from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, smtp_dialogue, start
+from tests.support.oracle import (
+    SIDES,
+    daemon_base,
+    needs_oracle,
+    normalise_log,
+    run,
+    smtp_dialogue,
+    spool_dir,
+    start,
+)
 from tests.support.relay import wait_until
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "upstream-2.6"
 _ADDRESS_PORT = re.compile(r"^(emailrelay: \w+: 127\.0\.0\.1;)\d+: ")
 
 
@@ -89,3 +101,28 @@ def test_log_format_msgid_after_a_client_filter_differs(tmp_path: Path) -> None:
         x.replace("info: ", "info: (ID) ", 1) if x.endswith((ok, mail)) else x for x in logs["upstream"]
     ]
     assert [x for x in logs["ours"] if "(ID) " in x] == [x for x in upstream if "(ID) " in x]
+
+
+def test_as_client_error_goes_to_stderr_not_the_log_file(tmp_path: Path) -> None:
+    """``--as-client`` to a closed port with ``--log-file`` and ``--log-time``: the run's warning
+    goes into the file, the error that ends it (``emailrelay: error: ...``, no time) only to
+    stderr; exit 1 and the message left in the spool, the same on both sides."""
+    base = daemon_base(tmp_path)
+    got = {}
+    for side in SIDES:
+        home = base / side
+        spool = spool_dir(home / "spool")
+        for suffix in ("envelope", "content"):
+            shutil.copy(FIXTURES / f"submitted.{suffix}", spool / f"emailrelay.1.2.3.{suffix}")
+        r = run(side, "emailrelay", "--no-syslog", "-L", "--as-client", "127.0.0.1:1", "--spool-dir", str(spool),
+                "--log-file", str(home / "log"))  # fmt: skip
+        log = normalise_log((home / "log").read_text())
+        kept = sorted(p.name for p in spool.iterdir() if not p.name.startswith("."))  # (our .deferral record)
+        got[side] = (r.returncode, r.stderr.decode(), log, kept)
+    assert got["ours"] == got["upstream"]
+    reason = "connect failure: cannot connect to 127.0.0.1:1"
+    assert got["ours"][:3] == (
+        1,
+        f"emailrelay: error: {reason}\n",
+        [f"emailrelay: warning: smtp client error: {reason[:-1]}N"],
+    )
