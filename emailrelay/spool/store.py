@@ -103,6 +103,12 @@ class SpoolStoreError(OSError):
     """A store operation failed; ``errno`` tells disk-full from the rest."""
 
 
+def forwarding_order(mid: MessageId) -> str:
+    """The order messages are forwarded in: by envelope file name, as a plain string, as
+    E-MailRelay 2.6b (observed: ``.1, .10, .11, .2``; ``abc-d`` before ``abc``)."""
+    return envelope_name(mid, State.READY)
+
+
 @dataclass
 class SpoolEntry:
     id: MessageId
@@ -301,12 +307,15 @@ class SpoolStore:
                 yield SpoolEntry(parsed[0], parsed[1], mtime)
 
     def ready(self, *, now: float | None = None, ignore_backoff: bool = False) -> list[MessageId]:
-        """Committed messages due for forwarding, oldest first."""
+        """Committed messages due for forwarding, in forwarding order (:func:`forwarding_order`)."""
         limit = time.time() if now is None else now
         return sorted(
-            e.id
-            for e in self.scan()
-            if e.state is State.READY and (ignore_backoff or e.mtime <= limit + 0.001)
+            (
+                e.id
+                for e in self.scan()
+                if e.state is State.READY and (ignore_backoff or e.mtime <= limit + 0.001)
+            ),
+            key=forwarding_order,
         )
 
     def ready_and_next_due(
@@ -316,7 +325,7 @@ class SpoolStore:
         skip: set[MessageId] | frozenset[MessageId] = frozenset(),
         written_by: float | None = None,
     ) -> tuple[list[MessageId], float | None]:
-        """One directory pass: the ready messages due now (oldest first, minus ``skip``), and the
+        """One directory pass: the ready messages due now (in forwarding order, minus ``skip``), and the
         earliest not-before time of those still in back-off (None when there is none).
         ``written_by``: only envelopes whose mtime is not after this time."""
         limit = time.time() + 0.001
@@ -345,7 +354,7 @@ class SpoolStore:
                     due.append(parsed[0])
                 elif next_due is None or mtime < next_due:
                     next_due = mtime
-        due.sort()
+        due.sort(key=forwarding_order)
         return due, next_due
 
     def is_due(self, mid: MessageId, now: float | None = None) -> bool:

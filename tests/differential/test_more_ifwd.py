@@ -184,3 +184,37 @@ def test_unreachable_forward_to_address(tmp_path: Path, route: str) -> None:
     # with "same" the other message's plain --as-client hop is unreachable too: exit 1 for it
     assert got["ours"][0] == (1 if route == "same" else 0), got  # type: ignore[index]
     assert got["ours"][1][0].startswith("emailrelay: warning: smtp connection failed: "), got  # type: ignore[index]
+
+
+#: ids whose file-name order differs from their (time, pid, sequence) order and from a listing's
+ORDER_NAMES = [
+    "emailrelay.999.1700000001.1",
+    "emailrelay.1000.1700000002.1",
+    "emailrelay.5.1600000000.3",
+    "emailrelay.5.1600000000.20",
+    "abc",
+    "abc-d",
+    "Zed",
+]
+
+
+def test_forwarding_order_is_the_file_names(tmp_path: Path) -> None:
+    """Messages of the ids of :data:`ORDER_NAMES`, renamed into the spool in a scrambled order:
+    both forward them in the order of their envelope files' names as plain strings."""
+    got: dict[str, list[str]] = {}
+    for side in SIDES:
+        base = daemon_base(tmp_path if side == "ours" else None)
+        spool, staging = spool_dir(base / side / "spool"), spool_dir(base / side / "staging")
+        made = _write(staging, [["b@example.net"]] * len(ORDER_NAMES), 1700000000)
+        for i in (3, 0, 6, 2, 5, 1, 4):
+            for suffix in (".envelope", ".content"):
+                (staging / f"{made[i]}{suffix}").rename(spool / f"{ORDER_NAMES[i]}{suffix}")
+        with FakeSmtp(extensions=NO_PIPELINING) as fake:
+            subprocess.run(
+                [program(side), "--as-client", fake.address, "--spool-dir", str(spool)],
+                capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+            )  # fmt: skip
+            subjects = [m.data.split(b"Subject: test ", 1)[1].split(b"\r\n", 1)[0] for m in fake.messages]
+        got[side] = [ORDER_NAMES[int(s) - 1] for s in subjects]
+    _assert_same(got)
+    assert got["ours"] == sorted(ORDER_NAMES, key=lambda n: n + ".envelope"), got

@@ -162,8 +162,9 @@ def test_routing_filter_and_client_filter(
 
 def test_many_messages_without_routing_share_one_connection(tmp_path: Path) -> None:
     """What a relay forwarding to one smarthost does (the bench's case): one connection for all.
-    (Nine: from ten on the two programs' orders of these names differ, upstream's by name.)"""
-    runs, connections = _routed(tmp_path, [("", "")] * 9)
+    Twelve, so that the names' order (``.1, .10, .11, .12, .2``: both forward by file name, as
+    strings) shows in the messages the next hop received."""
+    runs, connections = _routed(tmp_path, [("", "")] * 12)
     log = _same_routing(runs, connections, (1, 0))
     assert not any(": new connection for [" in x for x in log)
 
