@@ -128,7 +128,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("anonymous", "A", "scope", "hide identity: vrfy, server, content and/or client (all if no scope; -A alone: none)", "SMTP server", optional_value=True, short_is_off=True),
     # The guide lists --delivery-dir with "(-s)", a copy-and-paste slip: -s is
     # --spool-dir. So --delivery-dir has no short letter here.
-    Option("delivery-dir", None, "dir", "base directory for mailboxes of local recipients (default: the spool directory)", "SMTP server", kind="path"),
+    Option("delivery-dir", "s", "dir", "base directory for mailboxes of local recipients (default: the spool directory)", "SMTP server", kind="path"),
     Option("dnsbl", None, "config", "DNSBL servers used to reject connections: servers, threshold, timeout (ms), DNS server", "SMTP server"),
     Option("domain", "D", "fqdn", "domain name used in EHLO, Received lines and authentication challenges", "SMTP server", common=True),
     Option("filter", "z", "program", "run a filter program (or net:, spam:, spam-edit:, exit:) whenever a message is stored", "SMTP server", common=True, repeatable=True, kind="path"),
@@ -198,6 +198,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 # fmt: on
 
-#: Options by long name and by short letter.
+#: Options by long name and by short letter. E-MailRelay 2.6b's --help gives ``-s`` to both
+#: --spool-dir and --delivery-dir and takes ``-s`` as --delivery-dir (observed, issue 17): the
+#: later row wins here, so ``-s`` is --delivery-dir (--spool-dir's row keeps it for --help).
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 BY_SHORT: dict[str, Option] = {o.short: o for o in OPTIONS if o.short}

@@ -606,7 +606,8 @@ def test_server_short_forms_port_interface_spool_domain_size_config_anonymous(tm
     spool = tmp_path / "s"
     spool.mkdir()
     port = free_port()
-    args = ["-t", "-l", "-n", "-p", str(port), "-I", "127.0.0.1", "-s", str(spool), "-u", "root", FAST,
+    # (-s is --delivery-dir, as E-MailRelay 2.6b: the spool directory has no short form that works)
+    args = ["-t", "-l", "-n", "-p", str(port), "-I", "127.0.0.1", "--spool-dir", str(spool), "-u", "root", FAST,
             "-D", "short.example.org", "-M", "5000", "-Z", "chunking,smtputf8", "-A"]  # fmt: skip
     with launched(tmp_path, args) as proc:
         wait_for_port(port, proc=proc, timeout=20)
@@ -620,7 +621,7 @@ def test_server_short_forms_port_interface_spool_domain_size_config_anonymous(tm
             assert {"CHUNKING", "SMTPUTF8", "SIZE", "VRFY"} <= keywords
             assert "SIZE 5000" in lines
         send(port, rcpts=("spooled@example.net",))
-        ((_, env, _, content),) = committed(spool)  # -s: the spool directory
+        ((_, env, _, content),) = committed(spool)  # --spool-dir
         assert env.to_remote == ("spooled@example.net",)
         assert b" by short.example.org with ESMTP " in content  # -A: not anonymous
 

@@ -266,21 +266,18 @@ def test_smtputf8strict_session_as_upstream(tmp_path: Path, config: str) -> None
 
 def test_short_s_is_delivery_dir_upstream(tmp_path: Path) -> None:
     """E-MailRelay 2.6b's ``--help`` gives ``-s`` to both ``--spool-dir`` and ``--delivery-dir`` and
-    takes it as ``--delivery-dir``; ours keeps ``-s`` for ``--spool-dir`` (issue 17, not a recorded
-    decision). With ``--spool-dir A -s B``: upstream serves and stores the message in A, ours
-    refuses to start (``duplicate use of "-s"``, exit 1)."""
+    takes it as ``--delivery-dir`` (issue 17 aligned ours). With ``--spool-dir A -s B`` both serve
+    and store the message in A."""
     base = daemon_base(tmp_path)
     got = {}
     for side in SIDES:
         other = spool_dir(base / f"other-{side}")
         seen = session(base, side, ["-s", str(other)])
         got[side] = (seen, sorted(seen.spool), sorted(normalise_spool(other)))
+    assert got["ours"] == got["upstream"]
     upstream, up_spool, up_other = got["upstream"]
     assert "250 message processed" in upstream.replies and upstream.rc == 143
     assert (up_spool, up_other) == (["emailrelay.ID.content", "emailrelay.ID.envelope"], [])
-    ours, ours_spool, ours_other = got["ours"]
-    assert ours.replies == [] and ours.rc == 1 and (ours_spool, ours_other) == ([], [])
-    assert 'emailrelay: error: duplicate use of "-s"' in ours.log
 
 
 # ---- command lines that end at once ---------------------------------------------------------------
@@ -321,6 +318,11 @@ ONE_SHOT_SAME = {
     "hidden-short": (("-H", "--as-client", "127.0.0.1:1"), 1, 'emailrelay: error: invalid option: "-H"\n' + TRY),
     "show": (("--show", "hidden", "--as-client", "127.0.0.1:1"), 1, 'emailrelay: error: invalid option: "--show"\n' + TRY),
     "no-smtp-alone": (("-X",), 0, "emailrelay: nothing to do\n"),
+    # -s is --delivery-dir: after --delivery-dir it is a duplicate (issue 17 aligned ours)
+    "short-s-after-delivery-dir": (
+        ("--delivery-dir", "{base}/spool", "-s", "{base}", "--as-client", "127.0.0.1:1"), 1,
+        'emailrelay: error: duplicate use of "-s"\n' + TRY,
+    ),
     # any --log-format value is taken, an unknown word silently (issue 17 aligned ours)
     "log-format-unknown": (("--log-format=bogus,time", "--as-client", "127.0.0.1:1"), 0, "emailrelay: no messages to send\n"),
     "no-smtp-forward-to-alone": (("-X", "--forward-to", "127.0.0.1:1"), 0, "emailrelay: nothing to do\n"),

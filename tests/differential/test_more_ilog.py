@@ -126,3 +126,21 @@ def test_as_client_error_goes_to_stderr_not_the_log_file(tmp_path: Path) -> None
         f"emailrelay: error: {reason}\n",
         [f"emailrelay: warning: smtp client error: {reason[:-1]}N"],
     )
+
+
+def test_short_s_alone_is_the_delivery_dir(tmp_path: Path) -> None:
+    """``-s <dir>`` alone is ``--delivery-dir``: the spool directory stays the default
+    (``/var/spool/emailrelay``, absent here), so both refuse it in the same words, exit 1."""
+    if Path("/var/spool/emailrelay").exists():
+        pytest.skip("the default spool directory exists on this machine")
+    base = daemon_base(tmp_path)
+    got = {
+        side: run(side, "emailrelay", "--no-syslog", "-s", str(base), "--as-client", "127.0.0.1:1")
+        for side in SIDES
+    }
+    seen = {side: (r.returncode, r.stderr.decode()) for side, r in got.items()}
+    assert seen["ours"] == seen["upstream"]
+    assert seen["ours"] == (
+        1,
+        "emailrelay: error: invalid spool directory: /var/spool/emailrelay: no such file or directory\n",
+    )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from emailrelay.cli.options import Option
 from emailrelay.cli.parse import (
     ACCEPTED,
+    ACCEPTED_SHORT,
     Parsed,
     expand_shorthands,
     parse_command_line,
@@ -102,7 +103,7 @@ def write(tmp_path: Path, text: str, name: str = "emailrelay.conf") -> str:
 UNIX_OPTIONS = list(ACCEPTED.values())  # (not the Windows-only ones: invalid options here)
 VALUED = [o for o in UNIX_OPTIONS if o.metavar is not None]
 MANDATORY_VALUE = [o for o in VALUED if not o.optional_value]
-SHORT = [o for o in UNIX_OPTIONS if o.short]
+SHORT = [o for o in UNIX_OPTIONS if o.short and ACCEPTED_SHORT[o.short] is o]  # (-s: --delivery-dir)
 
 
 def ids(option: Option) -> str:
