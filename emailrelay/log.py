@@ -97,6 +97,12 @@ def set_port(port: int) -> Token[int]:
     return _PORT.set(port)
 
 
+def tagged(name: str, text: str) -> str:
+    """``[<name>] <text>``: E-MailRelay 2.6b's mark of a named configuration on its start-up lines
+    (``[in] smtp server on ...``); the text alone for an unnamed one."""
+    return f"[{name}] {text}" if name else text
+
+
 def printable(text: str) -> str:
     """Escape control characters so one log call is one log line."""
     if text.isprintable():  # the common case, checked in C

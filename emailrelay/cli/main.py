@@ -188,9 +188,10 @@ def announce(config: Config, bound: list[listeners.Bound]) -> None:
     log = logmod.get()
     with logmod.unit_scope(config.name):
         for b in bound:
-            log.info(f"{b.spec.service} server on {b.display}")
+            log.info(logmod.tagged(config.name, f"{b.spec.service} server on {b.display}"))
         if config.forward_to and not (config.as_client or config.dont_serve):  # (--as-client and -x
-            log.verbose(f"forwarding to {config.forward_to}")  # say it once there is mail; a verbose line)
+            # say it once there is mail; a verbose line)
+            log.verbose(logmod.tagged(config.name, f"forwarding to {config.forward_to}"))
 
 
 def _exit_on_term(signum: int, frame: object) -> None:

@@ -20,7 +20,7 @@ What it accepts (reference guide, "Command line usage" and "Configuration"):
   ``--pop-port``, never configuration ``pop``'s ``--port``). Unprefixed
   options belong to the first configuration (the first declared: the config
   file's order first, then the command line's). Process-wide options with
-  any other prefix are ignored with a warning.
+  any other prefix are ignored silently, as E-MailRelay 2.6b does.
 
 What it guarantees:
 
@@ -106,7 +106,6 @@ MSG_DUPLICATE = 'duplicate use of "{opt}"'  # upstream's words
 MSG_SHORTHAND_CONFLICT = "{opt} conflicts with {other}"
 MSG_EXTRA_ARGUMENT = "too many non-option arguments"  # upstream's words (a "usage error")
 MSG_CANNOT_READ = "cannot read config file: {reason}"
-MSG_IGNORED = "ignoring {opt}: process-wide options apply only to the first configuration ('{first}')"
 MSG_FIRST_WINS = "more than one --{name}: using the first"  # upstream's warning
 MSG_UNDECLARED_HINT = " (no '--{prefix}-spool-dir' declares a configuration '{prefix}')"
 
@@ -373,11 +372,11 @@ def parse_config_file(
 
 def _collect(settings: list[_Setting], first: str, warnings: list[str]) -> dict[tuple[str, str], Value]:
     """Settings (the command line's, then the config file's) keyed by (configuration, option name):
-    a repeatable option's values accumulate in that order. Collects warnings for ignored options."""
+    a repeatable option's values accumulate in that order; a process-wide option of another
+    configuration than the first is dropped without a word, as upstream. Collects warnings."""
     merged: dict[tuple[str, str], Value] = {}
     for s in settings:
         if s.option.process and s.prefix and s.prefix != first:
-            warnings.append(MSG_IGNORED.format(opt=s.display, first=first))
             continue
         key = (s.prefix or first, s.option.name)
         if s.option.repeatable:

@@ -157,7 +157,9 @@ def build_pop_service(
     )
     service = PopService(options, store, pop_security(config), executor=executor, log=log)
     if config.pop_auth:
-        service.log.info(f'pop server authentication secrets from "{config.pop_auth}"')
+        service.log.info(
+            logmod.tagged(config.name, f'pop server authentication secrets from "{config.pop_auth}"')
+        )
     return service
 
 

@@ -2,7 +2,8 @@
 
 What it is for (issue 17): ``--log-format=address,port`` (upstream's ``127.0.0.1;42868: ``
 layout) compared over a whole SMTP session, the client's port normalised; ``--log-format=msgid``
-over a message received and forwarded; where ``--as-client``'s last line goes with ``--log-file``.
+over a message received and forwarded; where ``--as-client``'s last line goes with ``--log-file``;
+``-s``; named configurations' start-up lines.
 Skipped without ``EMAILRELAY_ORACLE_BIN``.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,12 +25,13 @@ from tests.support.oracle import (
     daemon_base,
     needs_oracle,
     normalise_log,
+    program,
     run,
     smtp_dialogue,
     spool_dir,
     start,
 )
-from tests.support.relay import wait_until
+from tests.support.relay import free_port, stop_process, wait_until
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
@@ -144,3 +148,46 @@ def test_short_s_alone_is_the_delivery_dir(tmp_path: Path) -> None:
         1,
         "emailrelay: error: invalid spool directory: /var/spool/emailrelay: no such file or directory\n",
     )
+
+
+def _started_up(log: Path, proc: subprocess.Popen[bytes]) -> bool:
+    """All eight ``server on`` lines, the pop secrets line and ``forwarding to`` are in, or it ended."""
+    text = log.read_text()
+    done = text.count(" server on ") >= 8 and "secrets from" in text and "forwarding to" in text
+    return done or proc.poll() is not None
+
+
+def test_named_configurations_tag_their_start_up_lines(tmp_path: Path) -> None:
+    """``--in-...`` with smtp, pop and admin servers and ``--out-...`` forwarding: the start-up lines
+    (``server on``, ``pop server authentication secrets from``, ``forwarding to``) carry ``[in] `` /
+    ``[out] ``, the same lines on both sides; ``--out-verbose --out-log`` are ignored without a word
+    (upstream refuses ``--out-verbose`` alone: a usage error, not compared here)."""
+    base = daemon_base(tmp_path)
+    tagged: dict[str, list[str]] = {}
+    for side in SIDES:
+        home = base / side
+        ports = [free_port() for _ in range(4)]
+        argv = [program(side), "--no-daemon", "--no-syslog", "--log", "--verbose", "--user", "root",
+                "--in-spool-dir", str(spool_dir(home / "in")), "--in-port", str(ports[0]),
+                "--in-admin", str(ports[1]), "--in-pop", "--in-pop-port", str(ports[2]),
+                "--in-pop-auth", "/dev/null", "--out-spool-dir", str(spool_dir(home / "out")),
+                "--out-port", str(ports[3]), "--out-forward-to", "127.0.0.1:9", "--out-poll", "60",
+                "--out-verbose", "--out-log"]  # fmt: skip
+        log = home / "log"
+        with open(log, "wb") as f:
+            proc = subprocess.Popen(
+                argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=home
+            )
+        try:
+            assert wait_until(partial(_started_up, log, proc), 20), log.read_text()
+        finally:
+            stop_process(proc)
+        lines = normalise_log(log.read_text(), ports=ports)
+        assert not any("ignoring" in x for x in lines), lines
+        tagged[side] = sorted(x for x in lines if re.match(r"emailrelay: info: \[(in|out)\] ", x))
+    assert tagged["ours"] == tagged["upstream"], "\n".join(
+        ["ours:", *tagged["ours"], "upstream:", *tagged["upstream"]]
+    )
+    assert "emailrelay: info: [in] pop server on 0.0.0.0:PORT" in tagged["ours"]
+    assert 'emailrelay: info: [in] pop server authentication secrets from "/dev/null"' in tagged["ours"]
+    assert "emailrelay: info: [out] forwarding to 127.0.0.1:N" in tagged["ours"]
