@@ -5,8 +5,12 @@ command line of the three guides has a row (as quoted in
 tests/support/guides.py; the quotation is compared with the guides when
 ``EMAILRELAY_GUIDES`` is set); every row has a known status; every test
 a row cites exists (the file, and a ``def test_...`` of that name in it);
-every example-command row cites at least one test. It does not judge
-whether a cited test proves the row — that is review work.
+every example-command row cites at least one test. Every row also says what
+E-MailRelay 2.6b itself does (issue 17), in its ``oracle`` cell: ``same:`` or
+``differs:`` with the differential tests (tests/differential/) that ran the
+row's behaviour on both programs, or ``not comparable:`` with the reason the
+oracle cannot show it; a row graded ``works`` is never ``differs:`` there. It
+does not judge whether a cited test proves the row — that is review work.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "compatibility.md"
 STATUSES = {"works", "differs", "missing", "n/a"}
 TEST_REF = re.compile(r"(tests/[\w/]+\.py)::(test_\w+)")
+ORACLE = re.compile(r"^(?:(same|differs): (.+)|not comparable: \S.*)$")
+ITEM, STATUS, NOTES, ORACLE_CELL, TESTS = range(5)
 
 
 def _norm(text: str) -> str:
@@ -45,18 +51,40 @@ def _rows() -> list[list[str]]:
     return rows
 
 
-def test_every_row_has_four_cells_and_a_known_status() -> None:
+def test_every_row_has_five_cells_and_a_known_status() -> None:
     rows = _rows()
     assert len(rows) > 300, len(rows)
-    bad = [r for r in rows if len(r) != 4 or r[1].strip("* ") not in STATUSES]
+    bad = [r for r in rows if len(r) != 5 or r[STATUS].strip("* ") not in STATUSES]
     assert bad == [], bad[:5]
+
+
+def test_every_row_is_graded_against_the_oracle() -> None:
+    """``same:``/``differs:`` cite differential tests only; ``works`` is never ``differs:``."""
+    problems = []
+    compared = 0
+    for cells in _rows():
+        match = ORACLE.match(cells[ORACLE_CELL])
+        if not match:
+            problems.append(f"oracle cell: {cells[ITEM]}: {cells[ORACLE_CELL]!r}")
+            continue
+        verdict, citations = match.groups()
+        if verdict is None:
+            continue
+        compared += 1
+        refs = TEST_REF.findall(citations)
+        if not refs or any(not path.startswith("tests/differential/") for path, _ in refs):
+            problems.append(f"{verdict}: without differential tests: {cells[ITEM]}")
+        if verdict == "differs" and cells[STATUS].strip("* ") == "works":
+            problems.append(f"works, but the oracle differs: {cells[ITEM]}")
+    assert problems == [], problems
+    assert compared > 500, compared
 
 
 def test_every_cited_test_exists() -> None:
     missing = []
     cited = 0
     for cells in _rows():
-        for path, name in TEST_REF.findall(cells[-1]):
+        for path, name in TEST_REF.findall(cells[ORACLE_CELL] + " " + cells[TESTS]):
             cited += 1
             file = REPO / path
             if not file.is_file() or not re.search(rf"^(?:async )?def {name}\(", file.read_text(), re.M):
