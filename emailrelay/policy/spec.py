@@ -195,10 +195,12 @@ def _parse_one(text: str, *, allowed: tuple[str, ...], base_dir: str | None, wha
     kind = prefix.lower() if colon else ""  # (the POP section's "delivery:" is a program, as upstream's)
     if kind in ("file", "exe"):
         return _program(rest, text, base_dir, what)
-    if kind in (*FILTER_BUILTINS, *NETWORK_KINDS, *VERIFIER_BUILTINS):
-        if kind not in allowed:
-            raise SpecError(f"{what} [{text}]: {kind}: cannot be used here")
+    if kind in allowed:
         return _builtin(kind, rest, text, what)
+    if kind in (*FILTER_BUILTINS, *NETWORK_KINDS, *VERIFIER_BUILTINS) and what != "filter":
+        raise SpecError(f"{what} [{text}]: {kind}: cannot be used here")
+    # for a filter anything else, the verifier's "account:" included (the guide's "in-filter
+    # account:"), is a program path, as E-MailRelay 2.6b takes it: a missing one is warned about
     return _program(text, text, base_dir, what)
 
 

@@ -460,23 +460,33 @@ def local_account() -> str:
 def test_guide_example_two_instances(tmp_path: Path) -> None:
     """The guide's ``in-``/``out-`` example: ``in`` stores, ``out`` forwards on disconnect to the smarthost.
 
-    The guide's ``in-filter account:`` line is refused (``account:`` is an address verifier); with
-    ``in-address-verifier account:`` instead, the example runs as described.
+    The guide's ``in-filter account:`` line names a program called ``account:`` (``account:`` is an
+    address verifier), as E-MailRelay 2.6b takes it: the relay warns that it does not exist and
+    serves; with ``in-address-verifier account:`` instead, the example runs as described.
     """
     in_port, out_port = free_port(), free_port()
-    with FakeSmtp() as hop:
-        conf = _guide_multi_config(tmp_path, in_port, out_port, hop.address, "in-filter account:")
-        done = run_emailrelay("--no-daemon", "--no-syslog", str(conf))
-        assert done.returncode == 1 and "account:" in done.stderr, done.stderr
-        conf = _guide_multi_config(tmp_path, in_port, out_port, hop.address, "in-address-verifier account:")
+
+    def start(conf: Path, out: Path) -> subprocess.Popen[bytes]:
         args = [program(), "--no-daemon", "--single-process", "--no-syslog", "--in-interface", "127.0.0.1",
                 "--out-interface", "127.0.0.1", str(conf)]  # fmt: skip
-        out = tmp_path / "out.txt"
         with open(out, "wb") as f:
             proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_for_port(in_port, proc=proc)  # type: ignore[arg-type]
+        wait_for_port(out_port, proc=proc)  # type: ignore[arg-type]
+        return proc
+
+    with FakeSmtp() as hop:
+        conf = _guide_multi_config(tmp_path, in_port, out_port, hop.address, "in-filter account:")
+        out = tmp_path / "as-typed.txt"
+        proc = start(conf, out)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        assert "warning: filter program does not exist: " in out.read_text(), out.read_text()
+        assert out.read_text().count("warning: filter program does not exist: ") == 1
+        conf = _guide_multi_config(tmp_path, in_port, out_port, hop.address, "in-address-verifier account:")
+        out = tmp_path / "out.txt"
+        proc = start(conf, out)
         try:
-            wait_for_port(in_port, proc=proc)  # type: ignore[arg-type]
-            wait_for_port(out_port, proc=proc)  # type: ignore[arg-type]
             send_one(in_port, "to-in@example.com", f"{local_account()}@example.com")
             send_one(out_port, "to-out@example.com")
             assert hop.wait_for_messages(1, timeout=20), out.read_text()
