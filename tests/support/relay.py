@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,9 +28,41 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def _port_range() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range (and above the fixed ones tests and ``make run`` use):
+    none of them is ever the source port of a connection the run makes."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (max(11000, low - 12000), low - 1) if low > 12000 else (49152, 65535)
+
+
+_PORT_RANGE = _port_range()
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for a relay a test starts next.
+
+    Picked at random outside the ephemeral range, so that no outgoing connection of the test run
+    (which the kernel gives an ephemeral source port) can take it before the relay binds it, and
+    parallel test workers rarely pick the same one; never the same port twice in one process.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    for _ in range(500):
+        port = random.randint(*_PORT_RANGE)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:  # the range is exhausted: the kernel's pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
