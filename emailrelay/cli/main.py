@@ -254,8 +254,9 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
         if not in_process:
             sd_notify.relay_started(spools)  # Type=notify: every socket is bound
 
+    # SIGTERM stays held back until the imports below are done: a SystemExit raised inside an import
+    # can be swallowed by importlib (a lock's weakref callback), and the relay would not stop
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if target is None:
             started()  # nothing to switch: the identity is final already
         if in_process:
@@ -276,6 +277,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
             ]
             implicit = any(c.server_tls_connection for _, c in configurations)
             sd_notify.relay_started(spools)  # READY=1 as the loop starts: it takes SIGHUP (a reload) at once
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # one already sent stops it here
             code = loop.run(run_instances(instances), implicit_tls=implicit)
         else:
             from . import supervisor
@@ -284,6 +286,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
                 supervisor.Configuration(name, config, socks)
                 for (name, config), socks in zip(configurations, bound, strict=True)
             ]
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # one already sent stops it here
             code = supervisor.run(parts, options, cwd, target, started)
     finally:
         sd_notify.relay_stopping()
