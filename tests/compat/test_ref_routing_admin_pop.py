@@ -593,8 +593,13 @@ def test_umask_is_077_while_running(tmp_path: Path, mode: str) -> None:
         finally:
             os.umask(old)
         try:
-            status = Path(f"/proc/{relay.pid}/status").read_text().splitlines()
-            assert [x for x in status if x.startswith("Umask")] == ["Umask:\t0077"]
+            # the port opens before the process is done starting (supervised: before the supervisor
+            # runs), so the umask is read once the start is over, bounded by a generous wait
+            def umask() -> list[str]:
+                return [x for x in Path(f"/proc/{relay.pid}/status").read_text().splitlines() if x.startswith("Umask")]
+
+            wait_until(lambda: umask() == ["Umask:\t0077"], 20)
+            assert umask() == ["Umask:\t0077"]
             for pids in role_pids(relay.pid).values():
                 for pid in pids:
                     assert "Umask:\t0077" in Path(f"/proc/{pid}/status").read_text().splitlines()
