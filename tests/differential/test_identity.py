@@ -4,8 +4,10 @@ Both relays are started as root with the default ``--user daemon`` (the producti
 the process named in the pid file keeps real uid/gid 0 and runs with the effective (and
 file-system) ids of ``daemon``; with ``--user root`` nothing is switched.  The ids are read
 the moment the pid file appears (a tight poll, then /proc/PID/status at once, before any
-SMTP exchange): upstream writes its pid file after the switch to ``--user``, and so does
-ours, supervised (the supervisor's pid), ``--single-process`` and ``--as-proxy``.  The pid
+SMTP exchange): ours writes its pid file after the switch to ``--user``, supervised (the
+supervisor's pid), ``--single-process`` and ``--as-proxy``; upstream writes it between its
+group and its user switch, so its ids are taken once it serves (a snapshot can catch it
+half-way on a loaded machine).  The pid
 file itself is compared too (owner, group, mode).  How fast the pid file appears is
 measured by bench/startup.py, not asserted here (no timed assertions in tests).
 """
@@ -72,6 +74,11 @@ def test_pid_file_process_identity_is_upstreams(
             wait_for_port(relay.port, proc=relay.proc, timeout=20)
             assert smtp_dialogue(relay.port, ["QUIT"])[0].startswith("220 ")  # and it serves
             later = dict(zip(("Uid", "Gid"), process_ids(int(relay.pid_file.read_text())), strict=True))
+            if side == "upstream":
+                # upstream writes its pid file between its group and its user switch: on a loaded
+                # machine the snapshot can catch it half-way (Gid switched, Uid not yet), so its
+                # settled ids are the reference; ours must already have them when its file appears
+                seen[name].update(later)
             assert later == {k: seen[name][k] for k in later}, (name, seen[name], later)
     for name in VARIANTS:
         assert seen[name] == seen["upstream"], (name, seen)
