@@ -131,6 +131,20 @@ class Config:
         """A frozen copy with ``changes`` (``dataclasses.replace``)."""
         return replace(self, **changes).frozen()  # type: ignore[arg-type]
 
+    # Values derived from the fields, each computed here only (the policy layer reads these).
+
+    @property
+    def filter_time_limit(self) -> float:
+        """Seconds a filter, a verifier or a ``net:``/``spam:`` peer gets: ``--filter-timeout``,
+        where 0 means the default."""
+        return float(self.filter_timeout or OPTION_DEFAULTS["filter-timeout"])
+
+    @property
+    def mailbox_base(self) -> Path:
+        """The absolute directory ``deliver:`` delivers under: ``--delivery-dir``, else the spool
+        directory (absolute even when the Config was built without the front end's ``prepare``)."""
+        return (self.delivery_dir if self.delivery_dir is not None else self.spool_dir).absolute()
+
 
 def _int(values: Values, name: str, default: int, *, minimum: int = 0) -> int:
     raw = values.get(name)

@@ -31,8 +31,9 @@ import asyncio
 import pwd
 from dataclasses import dataclass
 
+from ..config import Config
 from .exe import PeerLike
-from .spec import PolicyOptions, Spec, SpecError
+from .spec import Spec, SpecError
 from .verdicts import RecipientKind, RecipientVerdict
 
 DEFAULT_RANGE = (1000, 32767)
@@ -56,9 +57,9 @@ def _getpwnam(name: str) -> pwd.struct_passwd | None:
 
 
 class AccountVerifier:
-    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+    def __init__(self, spec: Spec, config: Config) -> None:
         self.spec = spec
-        self.options = options
+        self.config = config
         self.low, self.high = DEFAULT_RANGE
         self.lowercase = self.check = self.remote = False
         for p in spec.params:
@@ -106,8 +107,8 @@ class AccountVerifier:
         if not at:
             local, domain = recipient, ""
         found: Account | str
-        if domain.lower() != self.options.domain.lower():
-            found = f"[{domain}] does not match [{self.options.domain}]"
+        if domain.lower() != self.config.domain.lower():
+            found = f"[{domain}] does not match [{self.config.domain}]"
         else:
             found = await asyncio.to_thread(self.find, local)
         if isinstance(found, Account):

@@ -14,13 +14,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .. import log as logmod
+from ..config import Config
 from .exe import result_for_exit_code
-from .spec import FilterContext, PolicyOptions, Spec
+from .spec import FilterContext, Spec
 from .verdicts import FilterOutcome, FilterResult
 
 
 class ExitFilter:
-    def __init__(self, spec: Spec, options: PolicyOptions | None = None) -> None:
+    def __init__(self, spec: Spec, config: Config) -> None:
         self.spec = spec
         self.name = spec.name
         self.exit_code = int(spec.value)

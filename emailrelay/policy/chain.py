@@ -47,60 +47,60 @@ from .. import log as logmod
 from ..config import Config
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
-from .spec import Filter, FilterContext, PolicyOptions, Spec, options_from_config, parse_filters, warnings_for
+from .spec import Filter, FilterContext, Spec, parse_filters, warnings_for
 from .verdicts import FilterOutcome, FilterResult
 
 
-def make_filter(spec: Spec, options: PolicyOptions, store: SpoolStore) -> Filter:
+def make_filter(spec: Spec, config: Config, store: SpoolStore) -> Filter:
     """One filter object for a spec (network and DNS set-up is lazy; nothing connects here)."""
     kind = spec.kind
     if kind == "exe":
         from .exe import ExeFilter
 
-        return ExeFilter(spec, options)
+        return ExeFilter(spec, config)
     if kind == "exit":
         from .builtin_exit import ExitFilter
 
-        return ExitFilter(spec, options)
+        return ExitFilter(spec, config)
     if kind == "net":
         from .net import NetFilter
 
-        return NetFilter(spec, options)
+        return NetFilter(spec, config)
     if kind in ("spam", "spam-edit"):
         from .spam import SpamFilter
 
-        return SpamFilter(spec, options, store)
+        return SpamFilter(spec, config, store)
     if kind == "copy":
         from .copy import CopyFilter
 
-        return CopyFilter(spec, options, store)
+        return CopyFilter(spec, config, store)
     if kind == "deliver":
         from .deliver import DeliverFilter
 
-        return DeliverFilter(spec, options, store)
+        return DeliverFilter(spec, config, store)
     if kind == "split":
         from .split import SplitFilter
 
-        return SplitFilter(spec, options, store)
+        return SplitFilter(spec, config, store)
     if kind == "mx":
         from .mx import MxFilter
 
-        return MxFilter(spec, options, store)
+        return MxFilter(spec, config, store)
     if kind == "msgid":
         from .msgid import MsgidFilter
 
-        return MsgidFilter(spec, options, store)
+        return MsgidFilter(spec, config, store)
     raise ValueError(f"not a filter: {spec.text}")
 
 
 class FilterChain:
     client = False
 
-    def __init__(self, specs: list[Spec], store: SpoolStore, options: PolicyOptions | None = None) -> None:
+    def __init__(self, specs: list[Spec], store: SpoolStore, config: Config) -> None:
         self.specs = list(specs)
         self.store = store
-        self.options = options or PolicyOptions(spool_dir=store.directory)
-        self.filters: list[Filter] = [make_filter(s, self.options, store) for s in self.specs]
+        self.config = config
+        self.filters: list[Filter] = [make_filter(s, config, store) for s in self.specs]
         self.log = logmod.get()
 
     def __bool__(self) -> bool:
@@ -224,4 +224,4 @@ def build_client_filter(config: Config, store: SpoolStore) -> ClientFilterChain 
         return None
     for text in warnings_for(specs):
         logmod.get().warning(text)
-    return ClientFilterChain(specs, store, options_from_config(config))
+    return ClientFilterChain(specs, store, config)

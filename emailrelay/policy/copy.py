@@ -24,14 +24,15 @@ from __future__ import annotations
 import asyncio
 
 from .. import log as logmod
+from ..config import Config
 from ..spool.delivery import copy_to_directories
 from ..spool.store import SpoolStore
-from .spec import FilterContext, PolicyOptions, Spec, store_for
+from .spec import FilterContext, Spec, store_for
 from .verdicts import FilterOutcome, FilterResult
 
 
 class CopyFilter:
-    def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
+    def __init__(self, spec: Spec, config: Config, store: SpoolStore) -> None:
         self.spec = spec
         self.name = spec.name
         params = {p.lower() for p in spec.params}

@@ -25,18 +25,19 @@ import asyncio
 import errno
 
 from .. import log as logmod
+from ..config import Config
 from ..spool import envelope as envelope_format
 from ..spool.delivery import copy_to_directories
 from ..spool.store import SpoolStore
-from .spec import FilterContext, PolicyOptions, Spec, store_for
+from .spec import FilterContext, Spec, store_for
 from .verdicts import FilterOutcome, FilterResult
 
 
 class DeliverFilter:
-    def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
+    def __init__(self, spec: Spec, config: Config, store: SpoolStore) -> None:
         self.spec = spec
         self.name = spec.name
-        self.options = options
+        self.config = config
         self.store = store
         self.log = logmod.get()
 
@@ -52,7 +53,7 @@ class DeliverFilter:
         mailboxes = list(dict.fromkeys(env.to_local))
         delete = not env.to_remote
         store = store_for(self.store, ctx)
-        base = self.options.mailbox_base
+        base = self.config.mailbox_base
         existing = await asyncio.to_thread(lambda: {m for m in mailboxes if (base / m).is_dir()})
         for mailbox in mailboxes:  # upstream's (verbose) lines
             self.log.verbose(f"delivery: recipient [{mailbox}]: delivery to mailbox [{mailbox}]")
@@ -64,7 +65,7 @@ class DeliverFilter:
                 store,
                 ctx.mid,
                 ctx.state,
-                self.options.mailbox_base,
+                self.config.mailbox_base,
                 mailboxes,
                 create=True,
                 delete_original=delete,

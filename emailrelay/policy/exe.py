@@ -14,7 +14,7 @@ no other open descriptors, as
 group (session).
 
 What it guarantees:
-- at most ``output_cap`` bytes of stdout are kept; the rest is read and
+- at most :data:`OUTPUT_CAP` (64 KiB) bytes of stdout are kept; the rest is read and
   discarded, so a chatty program neither blocks on a full socket nor fills our
   memory;
 - after ``--filter-timeout`` seconds the whole process group is killed with
@@ -59,13 +59,15 @@ from typing import Protocol
 
 from .. import identity
 from .. import log as logmod
-from .spec import FilterContext, PolicyOptions, Spec
+from ..config import Config
+from .spec import FilterContext, Spec
 from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 
 MINIMAL_ENV = {"PATH": "/usr/bin:/bin", "IFS": " \t\n"}
 DRAIN_GRACE = 1.0  # seconds to wait for stdout EOF after the program exited
 REASON_LIMIT = 400  # characters of a reason kept (it goes into an SMTP reply line)
 SEARCH_LIMIT = 1024  # bytes of output searched for <<...>> / [[...]] lines: E-MailRelay 2.6b's 1 KiB
+OUTPUT_CAP = 64 * 1024  # bytes of a program's stdout that are kept (the rest is read and discarded)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CODE = re.compile(r"^([45][0-9][0-9])(?: (.*)|$)", re.S)
@@ -94,7 +96,7 @@ class ProgramRun:
 
 
 async def run_program(
-    argv: Sequence[str], *, timeout: float, output_cap: int = 64 * 1024, drain_grace: float = DRAIN_GRACE
+    argv: Sequence[str], *, timeout: float, output_cap: int = OUTPUT_CAP, drain_grace: float = DRAIN_GRACE
 ) -> ProgramRun:
     """Run a program as the guide's "Run-time environment" says; never raises for the program's sake."""
     loop = asyncio.get_running_loop()
@@ -324,11 +326,11 @@ def seconds(value: float) -> str:
 class ExeFilter:
     """``--filter=/path/prog``: run with [content path, envelope path], both absolute."""
 
-    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+    def __init__(self, spec: Spec, config: Config) -> None:
         self.spec = spec
         self.name = spec.name
         self.program = spec.value
-        self.options = options
+        self.config = config
         self.log = logmod.get()
 
     async def run(self, ctx: FilterContext) -> FilterResult:
@@ -336,13 +338,9 @@ class ExeFilter:
         envelope = os.path.abspath(ctx.envelope_path)
         head = f"{ctx.log_prefix} [{self.name}]"
         self.log.verbose(f"{head}: [{ctx.message_id}]: running {self.program}", ctx.log_address)
-        run = await run_program(
-            [self.program, content, envelope],
-            timeout=self.options.timeout,
-            output_cap=self.options.output_cap,
-        )
+        run = await run_program([self.program, content, envelope], timeout=self.config.filter_time_limit)
         if run.timed_out:
-            self.log.warning(f"{head} timed out after {seconds(self.options.timeout)}s")
+            self.log.warning(f"{head} timed out after {seconds(self.config.filter_time_limit)}s")
             return FilterResult(FilterOutcome.REJECT, "error", None, "timeout")
         if run.error is not None:  # upstream's child reports exec failures as exit code 127
             self.log.warning(f"{head} failed: exit code 127: [rejected]")
@@ -446,10 +444,10 @@ def two_lines(output: bytes) -> tuple[str, str]:
 class ExeVerifier:
     """``--address-verifier=/path/prog``."""
 
-    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+    def __init__(self, spec: Spec, config: Config) -> None:
         self.spec = spec
         self.program = spec.value
-        self.options = options
+        self.config = config
         self.log = logmod.get()
 
     async def verify(
@@ -460,14 +458,12 @@ class ExeVerifier:
         auth_mechanism: str,
         auth_id: str,
     ) -> RecipientVerdict:
-        args = verifier_args(recipient, mail_from, peer, self.options.domain, auth_mechanism, auth_id)
+        args = verifier_args(recipient, mail_from, peer, self.config.domain, auth_mechanism, auth_id)
         self.log.verbose(  # the session's address (--log-format=address), as upstream: it runs from the command
             "address verifier: executing " + " ".join(f"[{a}]" for a in [self.program, *args]),
             getattr(peer, "host", None),
         )
-        run = await run_program(
-            [self.program, *args], timeout=self.options.timeout, output_cap=self.options.output_cap
-        )
+        run = await run_program([self.program, *args], timeout=self.config.filter_time_limit)
         if run.timed_out:  # upstream: "450 timeout"
             return RecipientVerdict(RecipientKind.TEMPORARY, recipient, reason="timeout", detail="timeout")
         line1, line2 = two_lines(run.output)

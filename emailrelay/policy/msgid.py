@@ -22,8 +22,9 @@ import shutil
 import time
 
 from .. import log as logmod
+from ..config import Config
 from ..spool.store import SpoolStore
-from .spec import FilterContext, PolicyOptions, Spec, store_for
+from .spec import FilterContext, Spec, store_for
 from .verdicts import FilterOutcome, FilterResult
 
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:", re.I)
@@ -57,10 +58,10 @@ def add_message_id(store: SpoolStore, ctx: FilterContext, domain: str) -> str | 
 
 
 class MsgidFilter:
-    def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
+    def __init__(self, spec: Spec, config: Config, store: SpoolStore) -> None:
         self.spec = spec
         self.name = spec.name
-        self.domain = options.domain
+        self.domain = config.domain
         self.store = store
         self.log = logmod.get()
 

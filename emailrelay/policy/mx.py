@@ -32,12 +32,13 @@ from dataclasses import replace
 from typing import Any
 
 from .. import log as logmod
+from ..config import Config
 from ..spool import envelope as envelope_format
 from ..spool.store import SpoolStore
 from .deliver import _read
 from .exe import clean_text
 from .net import parse_endpoint
-from .spec import FilterContext, PolicyOptions, Spec, SpecError, store_for
+from .spec import FilterContext, Spec, SpecError, store_for
 from .verdicts import FilterOutcome, FilterResult
 
 DEFAULT_PORT = 25
@@ -188,11 +189,11 @@ def _glue(answer: Any, host: str) -> str | None:
 
 
 class MxFilter:
-    def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
+    def __init__(self, spec: Spec, config: Config, store: SpoolStore) -> None:
         self.spec = spec
         self.name = spec.name
         self.resolver = MxResolver(spec.params)
-        self.options = options
+        self.config = config
         self.store = store
         self.log = logmod.get()
 
@@ -214,7 +215,7 @@ class MxFilter:
         except ValueError:
             self.log.verbose(f"{ctx.log_prefix} [{self.name}] looking up [{host}]")  # upstream's lines
             try:
-                async with asyncio.timeout(self.options.timeout):
+                async with asyncio.timeout(self.config.filter_time_limit):
                     address = await self.resolver.lookup(host)
             except TimeoutError:
                 address = ""

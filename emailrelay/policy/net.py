@@ -34,9 +34,10 @@ import time
 from dataclasses import dataclass
 
 from .. import log as logmod
+from ..config import Config
 from ..transport_address import split_transport_address
 from .exe import PeerLike, clean_text, peer_text, printable, seconds, split_code, verdict_for, verifier_args
-from .spec import FilterContext, PolicyOptions, Spec, SpecError
+from .spec import FilterContext, Spec, SpecError
 from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 
 MAX_IDLE = 8
@@ -165,22 +166,22 @@ class ConnectionPool:
 class NetFilter:
     """``net:<address>`` as a --filter or --client-filter."""
 
-    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+    def __init__(self, spec: Spec, config: Config) -> None:
         self.spec = spec
         self.name = spec.name
-        self.options = options
+        self.config = config
         # one connection per message, closed after the answer, as E-MailRelay 2.6b does: a request is
         # never sent twice, and the server sees upstream's pattern
-        self.pool = ConnectionPool(parse_endpoint(spec.value), options.connection_timeout, max_idle=0)
+        self.pool = ConnectionPool(parse_endpoint(spec.value), config.connection_timeout, max_idle=0)
         self.log = logmod.get()
 
     async def run(self, ctx: FilterContext) -> FilterResult:
         request = (str(ctx.content_path) + "\n").encode("utf-8", "surrogateescape")
         try:
-            line = await self.pool.exchange(request, self.options.timeout)
+            line = await self.pool.exchange(request, self.config.filter_time_limit)
         except TimeoutError:
             why = (
-                f"response timeout: no response after {seconds(self.options.timeout)}s"
+                f"response timeout: no response after {seconds(self.config.filter_time_limit)}s"
                 f" while connected to {self.pool.endpoint}"
             )
             return self._failed(why)
@@ -226,11 +227,11 @@ class NetFilter:
 class NetVerifier:
     """``--address-verifier=net:<address>``."""
 
-    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+    def __init__(self, spec: Spec, config: Config) -> None:
         self.spec = spec
-        self.options = options
+        self.config = config
         # a connection per request (upstream keeps one per SMTP session): a request is never sent twice
-        self.pool = ConnectionPool(parse_endpoint(spec.value), options.connection_timeout, max_idle=0)
+        self.pool = ConnectionPool(parse_endpoint(spec.value), config.connection_timeout, max_idle=0)
         self.log = logmod.get()
 
     async def verify(
@@ -241,14 +242,16 @@ class NetVerifier:
         auth_mechanism: str,
         auth_id: str,
     ) -> RecipientVerdict:
-        args = verifier_args(recipient, mail_from, peer, self.options.domain, auth_mechanism, auth_id)
+        args = verifier_args(recipient, mail_from, peer, self.config.domain, auth_mechanism, auth_id)
         request = "|".join(clean_text(a, 1024) for a in args) + "\n"
         self.log.verbose(f"verification request: [{recipient}] ({peer_text(peer)})")  # upstream's lines
         try:
-            line = await self.pool.exchange(request.encode("utf-8", "surrogateescape"), self.options.timeout)
+            line = await self.pool.exchange(
+                request.encode("utf-8", "surrogateescape"), self.config.filter_time_limit
+            )
         except TimeoutError:
             why = (
-                f"response timeout: no response after {seconds(self.options.timeout)}s"
+                f"response timeout: no response after {seconds(self.config.filter_time_limit)}s"
                 f" while connected to {self.pool.endpoint}"
             )
             return self._no_answer(recipient, why)

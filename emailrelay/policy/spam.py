@@ -32,10 +32,11 @@ import os
 from typing import Any
 
 from .. import log as logmod
+from ..config import Config
 from ..spool.store import SpoolStore
 from .exe import clean_text
 from .net import Endpoint, parse_endpoint
-from .spec import FilterContext, PolicyOptions, Spec, store_for
+from .spec import FilterContext, Spec, store_for
 from .verdicts import FilterOutcome, FilterResult
 
 CHUNK = 256 * 1024
@@ -46,18 +47,18 @@ class SpamdError(Exception):
 
 
 class SpamFilter:
-    def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
+    def __init__(self, spec: Spec, config: Config, store: SpoolStore) -> None:
         self.spec = spec
         self.name = spec.name
         self.edit = spec.kind == "spam-edit"
         self.endpoint: Endpoint = parse_endpoint(spec.value)
-        self.options = options
+        self.config = config
         self.store = store
         self.log = logmod.get()
 
     async def run(self, ctx: FilterContext) -> FilterResult:
         try:
-            async with asyncio.timeout(self.options.timeout):
+            async with asyncio.timeout(self.config.filter_time_limit):
                 spam, verdict = await self._exchange(ctx)
         except TimeoutError:
             self.log.warning(f"filter [{self.name}] failed: timeout")
@@ -65,7 +66,7 @@ class SpamFilter:
                 FilterOutcome.ERROR,
                 "filter timeout",
                 None,
-                f"spamd timeout after {self.options.timeout:.0f}s",
+                f"spamd timeout after {self.config.filter_time_limit:.0f}s",
             )
         except (OSError, SpamdError, asyncio.IncompleteReadError, ValueError) as exc:
             text = clean_text(str(exc) or type(exc).__name__)

@@ -2,9 +2,11 @@
 
 What it is for: turning an option value into a list of :class:`Spec` (a
 comma-separated chain for filters, one item for a verifier), and the small
-shared vocabulary of the policy modules: :class:`PolicyOptions` (the
-configuration they need), :class:`FilterContext` (the message a filter is
-given) and :class:`Filter` (what every filter kind implements).
+shared vocabulary of the policy modules: :class:`FilterContext` (the message
+a filter is given) and :class:`Filter` (what every filter kind implements).
+The policy modules read the frozen :class:`~emailrelay.config.Config`
+itself, its derived values (``filter_time_limit``, ``mailbox_base``)
+included; they keep no copy of their own.
 
 Forms (reference guide, "Filters", "Built-in filters", "Address verifiers"):
 
@@ -36,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..config import OPTION_DEFAULTS, Config
 from ..errors import OptionUsageError
 from ..spool.names import MessageId, State, split_envelope_name
 from ..spool.store import SpoolStore
@@ -81,22 +82,6 @@ class Spec:
         if self.kind == "exit":
             return f"exit:{self.value}"
         return f"{self.kind}:"
-
-
-@dataclass
-class PolicyOptions:
-    """What the policy layer takes from the configuration."""
-
-    spool_dir: Path = Path(OPTION_DEFAULTS["spool-dir"])
-    delivery_dir: Path | None = None  # --delivery-dir; None: the spool directory
-    domain: str = ""  # --domain: the verifier's fourth argument, account:'s domain
-    timeout: float = float(OPTION_DEFAULTS["filter-timeout"])  # also used for verifiers and network peers
-    output_cap: int = 64 * 1024  # bytes of a program's stdout that are kept
-    connection_timeout: float = 10.0  # net:/spam: connect timeout (bounded by timeout)
-
-    @property
-    def mailbox_base(self) -> Path:
-        return self.delivery_dir if self.delivery_dir is not None else self.spool_dir
 
 
 @dataclass
@@ -294,14 +279,3 @@ def warnings_for(specs: list[Spec]) -> list[str]:
     program that does not exist is logged once, by cli/main.py; such a program, or one that is not
     executable, fails each message with ``filter exec error: ...``)."""
     return []
-
-
-def options_from_config(config: Config) -> PolicyOptions:
-    """PolicyOptions from the configuration (a ``--filter-timeout`` of 0 is the default)."""
-    return PolicyOptions(
-        spool_dir=config.spool_dir.absolute(),
-        delivery_dir=config.delivery_dir.absolute() if config.delivery_dir else None,
-        domain=config.domain,
-        timeout=float(config.filter_timeout or OPTION_DEFAULTS["filter-timeout"]),
-        connection_timeout=float(config.connection_timeout),
-    )

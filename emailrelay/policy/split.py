@@ -31,12 +31,13 @@ import asyncio
 from dataclasses import replace
 
 from .. import log as logmod
+from ..config import Config
 from ..spool import envelope as envelope_format
 from ..spool.envelope import Envelope
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .deliver import _read
-from .spec import FilterContext, PolicyOptions, Spec, store_for
+from .spec import FilterContext, Spec, store_for
 from .verdicts import FilterOutcome, FilterResult
 
 
@@ -54,7 +55,7 @@ def group_by_domain(recipients: tuple[str, ...] | list[str], raw: bool = False) 
 
 
 class SplitFilter:
-    def __init__(self, spec: Spec, options: PolicyOptions, store: SpoolStore) -> None:
+    def __init__(self, spec: Spec, config: Config, store: SpoolStore) -> None:
         self.spec = spec
         self.name = spec.name
         self.raw = "raw" in spec.params  # exactly "raw", as upstream

@@ -23,34 +23,34 @@ from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .chain import ServerFilterChain, build_client_filter
 from .exe import PeerLike
-from .spec import PolicyOptions, Spec, options_from_config, parse_filters, parse_verifier, warnings_for
+from .spec import Spec, parse_filters, parse_verifier, warnings_for
 from .verdicts import FilterResult, RecipientKind, RecipientVerdict
 
 __all__ = ["PolicyEngine", "Verifier", "build_client_filter", "build_server_policy"]
 
 
-def make_verifier(spec: Spec, options: PolicyOptions) -> object:
+def make_verifier(spec: Spec, config: Config) -> object:
     if spec.kind == "exe":
         from .exe import ExeVerifier
 
-        return ExeVerifier(spec, options)
+        return ExeVerifier(spec, config)
     if spec.kind == "net":
         from .net import NetVerifier
 
-        return NetVerifier(spec, options)
+        return NetVerifier(spec, config)
     if spec.kind == "account":
         from .account import AccountVerifier
 
-        return AccountVerifier(spec, options)
+        return AccountVerifier(spec, config)
     raise ValueError(f"not an address verifier: {spec.text}")
 
 
 class Verifier:
     """``--address-verifier``: a program, ``net:<address>`` or ``account:[params]``."""
 
-    def __init__(self, spec: Spec, options: PolicyOptions) -> None:
+    def __init__(self, spec: Spec, config: Config) -> None:
         self.spec = spec
-        self.impl = make_verifier(spec, options)
+        self.impl = make_verifier(spec, config)
         self.log = logmod.get()
 
     async def verify(
@@ -115,12 +115,11 @@ class PolicyEngine:
 
 def build_server_policy(config: Config, store: SpoolStore) -> PolicyEngine:
     """The SMTP session's policy for a configuration (raises SpecError on a bad option value)."""
-    options = options_from_config(config)
     spec = parse_verifier(config.address_verifier)
-    verifier = Verifier(spec, options) if spec is not None else None
+    verifier = Verifier(spec, config) if spec is not None else None
     specs = parse_filters(config.filters)
     log = logmod.get()
     for text in warnings_for([*specs, *([spec] if spec is not None else [])]):
         log.warning(text)
-    chain = ServerFilterChain(specs, store, options) if specs else None
+    chain = ServerFilterChain(specs, store, config) if specs else None
     return PolicyEngine(verifier, chain)

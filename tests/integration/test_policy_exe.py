@@ -124,7 +124,7 @@ async def test_second_line_is_log_only_detail(store: SpoolStore, logs) -> None:
 
 async def test_timeout_kills_the_process_group(store: SpoolStore, logs) -> None:
     msg = new_message(store)
-    chain = server_chain(store, script("sleeper.sh"), timeout=1.0)
+    chain = server_chain(store, script("sleeper.sh"), filter_timeout=1.0)
     started = time.monotonic()
     result = await chain.filter(msg.id, str(msg.content_path), str(msg.envelope_path))
     elapsed = time.monotonic() - started
@@ -274,7 +274,7 @@ async def test_output_cap(store: SpoolStore) -> None:
     msg = new_message(store)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()
-    result = await server_chain(store, script("big_output.sh"), timeout=30.0).filter(
+    result = await server_chain(store, script("big_output.sh"), filter_timeout=30.0).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
     assert time.monotonic() - started < 20
@@ -312,7 +312,7 @@ async def test_background_grandchild_holding_stdout_does_not_hang(store: SpoolSt
     prog.chmod(0o755)
     msg = new_message(store)
     started = time.monotonic()
-    result = await server_chain(store, str(prog), timeout=20.0).filter(
+    result = await server_chain(store, str(prog), filter_timeout=20.0).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
     assert time.monotonic() - started < 5

@@ -125,7 +125,7 @@ async def test_net_filter_timeout_and_down(
     _, spec = line_server
     msg = new_message(store, content("slow"))
     started = time.monotonic()
-    result = await server_chain(store, spec, timeout=0.5).filter(
+    result = await server_chain(store, spec, filter_timeout=0.5).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
     assert time.monotonic() - started < 3
@@ -226,7 +226,7 @@ async def test_spamd_down_slow_or_broken_is_an_error(store: SpoolStore, tmp_path
             msg.id, str(msg.content_path), str(msg.envelope_path)
         )
         spamd.set(broken=False, delay=3.0)
-        slow = await server_chain(store, f"spam-edit:{spamd.address}", timeout=0.5).filter(
+        slow = await server_chain(store, f"spam-edit:{spamd.address}", filter_timeout=0.5).filter(
             msg.id, str(msg.content_path), str(msg.envelope_path)
         )
     assert broken.outcome is FilterOutcome.ERROR and "error response" in broken.detail

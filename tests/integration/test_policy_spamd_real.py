@@ -103,7 +103,7 @@ HAM_MESSAGE = content(
 
 async def test_real_spamd_rejects_gtube(store: SpoolStore, spamd: str) -> None:
     msg = new_message(store, GTUBE_MESSAGE)
-    result = await server_chain(store, f"spam:{spamd}", timeout=60.0).filter(
+    result = await server_chain(store, f"spam:{spamd}", filter_timeout=60.0).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
     assert (result.outcome, result.reason) == (FilterOutcome.REJECT, "rejected")
@@ -113,7 +113,7 @@ async def test_real_spamd_rejects_gtube(store: SpoolStore, spamd: str) -> None:
 
 async def test_real_spamd_accepts_ham(store: SpoolStore, spamd: str) -> None:
     msg = new_message(store, HAM_MESSAGE)
-    result = await server_chain(store, f"spam:{spamd}", timeout=60.0).filter(
+    result = await server_chain(store, f"spam:{spamd}", filter_timeout=60.0).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
     assert result.outcome is FilterOutcome.OK
@@ -121,7 +121,7 @@ async def test_real_spamd_accepts_ham(store: SpoolStore, spamd: str) -> None:
 
 async def test_real_spamd_edit(store: SpoolStore, spamd: str) -> None:
     msg = new_message(store, GTUBE_MESSAGE)
-    result = await server_chain(store, f"spam-edit:{spamd}", timeout=60.0).filter(
+    result = await server_chain(store, f"spam-edit:{spamd}", filter_timeout=60.0).filter(
         msg.id, str(msg.content_path), str(msg.envelope_path)
     )
     assert result.outcome is FilterOutcome.OK

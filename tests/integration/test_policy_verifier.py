@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from emailrelay.config import Config
-from emailrelay.policy.spec import PolicyOptions, parse_verifier
+from emailrelay.policy.spec import parse_verifier
 from emailrelay.policy.verdicts import RecipientKind
 from emailrelay.policy.verifier import PolicyEngine, Verifier, build_server_policy
 from emailrelay.spool.store import SpoolStore
-from tests.support.policy import logs_fixture, script  # noqa: F401 - fixture
+from tests.support.policy import logs_fixture, policy_config, script  # noqa: F401 - fixture
 
 
 @dataclass
@@ -28,10 +28,10 @@ class Peer:
 PEER = Peer("127.0.0.1", 48322)
 
 
-def verifier(spec: str, **options: object) -> Verifier:
+def verifier(spec: str, **fields: object) -> Verifier:
     parsed = parse_verifier(spec)
     assert parsed is not None
-    return Verifier(parsed, PolicyOptions(domain="vm", **options))  # type: ignore[arg-type]
+    return Verifier(parsed, policy_config(domain="vm", **fields))
 
 
 # ---- executable verifier -------------------------------------------------------------------
@@ -110,7 +110,7 @@ async def test_exe_verifier_fixture_lines(logs) -> None:
 
 
 async def test_exe_verifier_timeout_is_temporary() -> None:
-    verdict = await verifier(script("verifier.sh"), timeout=1.0).verify("sleep@x", "a@b", PEER, "", "")
+    verdict = await verifier(script("verifier.sh"), filter_timeout=1.0).verify("sleep@x", "a@b", PEER, "", "")
     assert verdict.kind is RecipientKind.TEMPORARY
 
 
@@ -238,7 +238,7 @@ async def test_net_verifier_parallel(net_server: tuple[VerifierServer, str]) -> 
 
 async def test_net_verifier_timeout_and_unreachable(net_server: tuple[VerifierServer, str]) -> None:
     _, spec = net_server
-    slow = await verifier(spec, timeout=0.5).verify("slow@x", "a@b", PEER, "", "")
+    slow = await verifier(spec, filter_timeout=0.5).verify("slow@x", "a@b", PEER, "", "")
     assert slow.kind is RecipientKind.TEMPORARY
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -314,7 +314,7 @@ async def test_account_verifier_current_user_range() -> None:
 
 # ---- the engine ----------------------------------------------------------------------------------
 def engine_config(spool: Path, address_verifier: str | None = None) -> Config:
-    return Config(spool_dir=spool, address_verifier=address_verifier, domain="vm", filter_timeout=5.0)
+    return policy_config(spool_dir=spool, address_verifier=address_verifier, domain="vm", filter_timeout=5.0)
 
 
 async def test_engine_without_verifier_is_remote(tmp_path: Path) -> None:

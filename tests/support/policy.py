@@ -1,7 +1,8 @@
 """Helpers for the policy tests: filter scripts, messages, filter chains, log capture.
 
 What it is for: ``tests/integration/test_policy_*.py`` build messages in a real store
-(:func:`new_message`), run filter chains on them (:func:`server_chain`, :func:`client_chain`) and
+(:func:`new_message`), run filter chains on them (:func:`server_chain`, :func:`client_chain`, given a
+frozen :class:`Config` of the store's spool and the fields a test names: :func:`policy_config`) and
 read what was logged (the ``logs`` fixture); the ``store`` fixture is a store in ``tmp_path``.
 
 Guarantees: the ``logs`` fixture restores the process-wide log configuration afterwards.
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from emailrelay import log as logmod
+from emailrelay.config import Config
 from emailrelay.policy.chain import ClientFilterChain, ServerFilterChain
-from emailrelay.policy.spec import PolicyOptions, parse_filters
+from emailrelay.policy.spec import parse_filters
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.store import NewMessage, SpoolStore
 
@@ -50,14 +52,20 @@ def new_message(store: SpoolStore, data: bytes | None = None, env: Envelope | No
     return msg
 
 
-def server_chain(store: SpoolStore, spec: str | list[str], **options: object) -> ServerFilterChain:
-    opts = PolicyOptions(spool_dir=store.directory, **options)  # type: ignore[arg-type]
-    return ServerFilterChain(parse_filters(spec), store, opts)
+def policy_config(**fields: object) -> Config:
+    """The frozen configuration a policy test runs with: ``fields`` (eg. ``spool_dir=...``,
+    ``filter_timeout=0.5``, ``domain=...``, ``delivery_dir=...``), the rest Config's defaults."""
+    return Config(**fields).frozen()  # type: ignore[arg-type]
 
 
-def client_chain(store: SpoolStore, spec: str | list[str], **options: object) -> ClientFilterChain:
-    opts = PolicyOptions(spool_dir=store.directory, **options)  # type: ignore[arg-type]
-    return ClientFilterChain(parse_filters(spec, client=True), store, opts)
+def server_chain(store: SpoolStore, spec: str | list[str], **fields: object) -> ServerFilterChain:
+    return ServerFilterChain(parse_filters(spec), store, policy_config(spool_dir=store.directory, **fields))
+
+
+def client_chain(store: SpoolStore, spec: str | list[str], **fields: object) -> ClientFilterChain:
+    return ClientFilterChain(
+        parse_filters(spec, client=True), store, policy_config(spool_dir=store.directory, **fields)
+    )
 
 
 class LogCapture:

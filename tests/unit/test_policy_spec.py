@@ -24,7 +24,6 @@ from emailrelay.policy.spec import (
     Spec,
     SpecError,
     SpecUsageError,
-    options_from_config,
     parse_filters,
     parse_verifier,
 )
@@ -134,22 +133,17 @@ def test_verifier_forms() -> None:
             parse_verifier(bad)
 
 
-def test_options_from_config() -> None:
+def test_the_policy_values_derived_from_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The policy layer reads the Config itself; what it derives is computed by the Config."""
     config = from_values({"spool-dir": "/var/spool/x", "domain": "example.com", "filter-timeout": "7"})
-    opts = options_from_config(config)
-    assert (str(opts.spool_dir), opts.delivery_dir, opts.domain, opts.timeout, opts.connection_timeout) == (
-        "/var/spool/x",
-        None,
-        "example.com",
-        7.0,
-        40.0,
-    )
-    assert str(opts.mailbox_base) == "/var/spool/x"
-    assert (
-        str(options_from_config(config.replaced(delivery_dir=Path("/srv/boxes"))).mailbox_base)
-        == "/srv/boxes"
-    )
-    assert options_from_config(config.replaced(filter_timeout=0)).timeout == 60.0  # 0: the default
+    assert (config.domain, config.filter_time_limit, config.connection_timeout) == ("example.com", 7.0, 40)
+    assert str(config.mailbox_base) == "/var/spool/x"
+    assert str(config.replaced(delivery_dir=Path("/srv/boxes")).mailbox_base) == "/srv/boxes"
+    assert config.replaced(filter_timeout=0).filter_time_limit == 60.0  # 0: the default
+    monkeypatch.chdir(tmp_path)  # a Config that did not go through the front end's prepare: relative
+    relative = from_values({"spool-dir": "spool"})
+    assert relative.mailbox_base == tmp_path / "spool"
+    assert relative.replaced(delivery_dir=Path("boxes")).mailbox_base == tmp_path / "boxes"
 
 
 @pytest.mark.parametrize(
