@@ -41,7 +41,7 @@ HEADER = """\
 #   mkdir -p {run} && mkdir -p -m 700 {run}/circus
 # (emailrelay makes them itself, and also checks the spool and becomes --user after binding;
 # circusd stays root, and the roles become --user themselves).  Admin `roles`, `restart` and
-# `workers` and the metrics census need emailrelay's own supervisor: use circusctl instead:
+# `workers` need emailrelay's own supervisor: use circusctl instead:
 #   circusctl --endpoint {endpoint} status
 """
 

@@ -28,7 +28,9 @@ already running when the exporter subscribed (their ``role.started`` went
 out before, or before ZeroMQ joined the subscription): with the supervisor's
 channel in the run directory, a scrape first asks the supervisor for the pids
 of the announcing roles (its census; at most every ``ROLE_CENSUS_PERIOD``
-seconds).  A pid is counted once whether the census or the bus reports it first.
+seconds); under a plain circusd, which has no such channel, the census is the
+role processes beside this one (:func:`sibling_role_pids`, from /proc).  A
+pid is counted once whether the census or the bus reports it first.
 
 What it expects: the bus of a supervised relay in ``run_dir``; read access
 to the spool (the queue gauges use :meth:`SpoolStore.scan` only).
@@ -44,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import platform
 import sys
 import time
@@ -72,6 +75,58 @@ ROLE_CENSUS_PERIOD = 5.0  # ask circus for role pids at most this often (at scra
 ROLE_CENSUS_BACKOFF = 15.0  # after circus did not answer
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 DEFAULT_PORT = 9190  # "emailrelay metrics" default; the role takes host/port from its caller
+
+
+def sibling_role_pids(run_dir: str, config_name: str = "", parent: int | None = None) -> dict[str, list[int]]:
+    """The announcing role processes of this relay that are children of ``parent`` (default: this
+    process's parent, the circusd or supervisor that runs the roles), by role, from /proc: a role's
+    command line is ``... -m emailrelay.cli.role <role> --run-dir <run_dir> [--config <name>] ...``
+    (``cli/watchers.py``), readable by any user.  A process that exits meanwhile is skipped."""
+    parent = os.getppid() if parent is None else parent
+    found: dict[str, list[int]] = {}
+    for pid in _children(parent):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode("utf-8", "replace") for w in argv]
+        if "emailrelay.cli.role" not in words:
+            continue
+        at = words.index("emailrelay.cli.role")
+        role = words[at + 1] if at + 1 < len(words) else ""
+        end = words.index("--", at) if "--" in words[at:] else len(words)  # the relay's options follow
+        options = words[at + 2 : end]
+        ours = _option(options, "--run-dir") == run_dir and _option(options, "--config") == config_name
+        if role in ANNOUNCING_ROLES and ours:
+            found.setdefault(role, []).append(pid)
+    return found
+
+
+def _children(parent: int) -> list[int]:
+    """Pids whose parent is ``parent`` (scanning /proc/<pid>/stat; the parent's threads' ``children``
+    files need a kernel option)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()  # after "(comm)": state, ppid, ...
+        if len(fields) > 1 and int(fields[1]) == parent:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _option(words: list[str], name: str) -> str:
+    """The value of ``name VALUE`` or ``name=VALUE`` in ``words``; "" when absent."""
+    for i, word in enumerate(words):
+        if word == name and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith(name + "="):
+            return word[len(name) + 1 :]
+    return ""
 
 
 class QueueCollector:
@@ -124,6 +179,7 @@ class MetricsExporter:
     ) -> None:
         self.config = config
         self.run_dir = run_dir
+        self.config_name = config_name
         self.watcher_prefix = f"{config_name}-" if config_name else ""  # circus watcher names
         self.store = store or SpoolStore(config.spool_dir, group=identity.group_for_files())
         self.registry = CollectorRegistry(auto_describe=True)
@@ -245,12 +301,13 @@ class MetricsExporter:
             self._from_census -= gone
 
     async def _circus_role_pids(self) -> dict[str, list[int]] | None:
-        """Pids of the announcing roles, from the supervisor's census; None without an answer."""
+        """Pids of the announcing roles, from the supervisor's census; None without an answer.
+        Under a plain circusd (no supervisor channel), from the role processes beside this one."""
         from .supervisor_control import SupervisorControl
 
         control = SupervisorControl(self.run_dir, timeout=1.0)
         if not control.available():
-            return None
+            return await asyncio.to_thread(sibling_role_pids, self.run_dir, self.config_name)
         census = await control.census()
         if census is None:
             return None

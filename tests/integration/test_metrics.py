@@ -265,6 +265,38 @@ def test_role_starts_are_right_after_a_fresh_start(tmp_path: Path) -> None:
     assert again == roles
 
 
+def test_the_census_without_a_supervisor_finds_the_role_processes_beside_it(tmp_path: Path) -> None:
+    """Under a plain circusd there is no supervisor channel: the census reads the announcing roles
+    among its parent's children from /proc, by their command lines, for this run directory and
+    configuration only (real processes, children of this test standing in for circusd)."""
+    from emailrelay.services.metrics import sibling_role_pids
+
+    run = str(tmp_path / "run")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    commands = {
+        "smtp": ["-m", "emailrelay.cli.role", "smtp", "--run-dir", run, "--fd", "3", "--", "--port", "1"],
+        "forward": ["-m", "emailrelay.cli.role", "forward", "--run-dir", run, "--index", "1", "--", "-q"],
+        "other-run": ["-m", "emailrelay.cli.role", "smtp", "--run-dir", run + "2", "--"],
+        "other-config": ["-m", "emailrelay.cli.role", "smtp", "--run-dir", run, "--config", "in", "--"],
+        "bus": ["-m", "emailrelay.cli.role", "bus", "--run-dir", run, "--"],  # announces nothing
+        "relay-option": ["-m", "emailrelay.cli.role", "smtp", "--run-dir", "x", "--", "--run-dir", run],
+    }
+    children = {name: subprocess.Popen([*sleeper, *words]) for name, words in commands.items()}
+    try:
+        found = sibling_role_pids(run, "", parent=os.getpid())
+        in_config = sibling_role_pids(run, "in", parent=os.getpid())
+        children["forward"].kill()
+        children["forward"].wait(10)  # reaped: gone from /proc
+        after = sibling_role_pids(run, "", parent=os.getpid())
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait(10)
+    assert found == {"smtp": [children["smtp"].pid], "forward": [children["forward"].pid]}
+    assert in_config == {"smtp": [children["other-config"].pid]}
+    assert after == {"smtp": [children["smtp"].pid]}
+
+
 async def test_queue_depth_and_oldest_age_are_scanned_from_the_spool(
     exporter: MetricsExporter, spool: Path
 ) -> None:

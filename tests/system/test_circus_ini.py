@@ -125,3 +125,33 @@ def test_admin_commands_of_the_supervisor_say_to_use_circusctl(tmp_path: Path) -
             for command in ("roles", "restart smtp", "workers forward 2"):
                 assert client.cmd(command) == f"error: {PLAIN_CIRCUSD}\r\n".encode() + PROMPT, command
             assert client.cmd("pid") == f"{circusd.pid}\r\n".encode() + PROMPT  # the admin role works
+
+
+def test_metrics_counts_every_role_under_a_plain_circusd(tmp_path: Path) -> None:
+    """No supervisor channel under circusd: the exporter's census finds the role processes beside
+    it (notify and forward start before it, so their role.started went out before it subscribed),
+    each counted once, also after a later scrape."""
+    import re
+    import time
+    import urllib.request
+
+    port, mport = free_port(), free_port()
+    expected = {"notify": 1.0, "forward": 1.0, "metrics": 1.0, "smtp": 1.0}
+
+    def starts() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        found = re.finditer(r'^emailrelay_role_starts_total\{role="(\w+)"\} (\S+)$', text, re.M)
+        return {m.group(1): float(m.group(2)) for m in found}
+
+    options = [
+        "--port", str(port), "--interface", "127.0.0.1", "--forward-to", "127.0.0.1:9", "--poll", "60",
+        "--metrics", f"127.0.0.1:{mport}",
+    ]  # fmt: skip
+    with _circusd(tmp_path, *options) as circusd:
+        wait_for_port(mport, proc=circusd)
+        roles = {"bus": 1, **{r: 1 for r in expected}}
+        assert poll(lambda: _roles(circusd.pid) == roles, 30), _roles(circusd.pid)
+        assert poll(lambda: starts() == expected, 20), starts()
+        time.sleep(6)  # past the census period: the next census counts nobody twice
+        assert starts() == expected
