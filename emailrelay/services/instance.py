@@ -26,34 +26,18 @@ from ..config import Config
 from ..errors import EmailRelayError
 from ..identity import group_for_files
 from ..policy.dnsbl import DnsblChecker
-from ..protocol import smtp_server as sp
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
 from .listeners import Bound
 from .loop import stop_event
 from .security import client_security, server_security
-from .smtpd import ServerPolicy, ServiceHooks, SmtpService, SmtpServiceOptions
+from .smtpd import ServerPolicy, ServiceHooks, SmtpService
 from .spool_sweep import leftover_age, sweep_forever
 
 if TYPE_CHECKING:
     from .forward import ForwardService
 
 STOP_GRACE = 5.0
-
-
-def server_config(config: Config) -> sp.ServerConfig:
-    kw = config.server_smtp_config
-    return sp.ServerConfig(
-        domain=config.domain,
-        anonymous="server" in config.anonymous,
-        max_size=config.size,
-        pipelining="nopipelining" not in kw,
-        chunking="chunking" in kw,
-        smtputf8="smtputf8" in kw,  # (smtputf8strict alone does not offer it: E-MailRelay 2.6b)
-        smtputf8_strict="smtputf8strict" in kw,
-        strict_parsing="nostrictparsing" not in kw,
-        vrfy="vrfy" not in config.anonymous,
-    )
 
 
 def open_store(config: Config) -> SpoolStore:
@@ -85,17 +69,10 @@ def build_smtp_service(
         hooks.immediate = forwarder.forward_immediately
         hooks.immediate_end = forwarder.end_immediate_session
     return SmtpService(
-        SmtpServiceOptions(
-            server_config=server_config(config),
-            remote_clients=config.remote_clients,
-            idle_timeout=config.idle_timeout,
-            add_received="content" not in config.anonymous,
-            # --max-connections is for the relay: each of N smtp processes takes its share
-            max_connections=config.max_connections,
-            security=server_security(config),
-            dnsbl=DnsblChecker(config.dnsbl) if config.dnsbl else None,
-        ),
+        config,
         store,
+        security=server_security(config),
+        dnsbl=DnsblChecker(config.dnsbl) if config.dnsbl else None,
         policy=server_policy(config, store),
         hooks=hooks,
         executor=executor,
@@ -126,7 +103,7 @@ class Instance:
         except EmailRelayError as exc:
             log.error(f"sighup: keeping the old authentication and tls settings: {exc}")
             return
-        smtpd.options.security = server
+        smtpd.security = server
         if forwarder is not None and client is not None:
             forwarder.security = client
         if pop is not None:

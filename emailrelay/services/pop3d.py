@@ -42,7 +42,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar, cast
 
 from .. import log as logmod
@@ -63,35 +63,27 @@ WRITE_HIGH_WATER = 256 * 1024
 _T = TypeVar("_T")
 
 
-@dataclass
-class PopServiceOptions:
-    by_name: bool = False  # --pop-by-name
-    no_delete: bool = False  # --pop-no-delete
-    idle_timeout: float = 60.0  # --idle-timeout
-    remote_clients: bool = False  # --remote-clients
-    domain: str = ""  # host part of the APOP timestamp and CRAM challenges (default: host name)
-    max_connections: int = 0
-    chunk_size: int = CHUNK_SIZE
-
-
 class PopService:
     """Owns the listening servers and the live sessions of one POP service."""
 
     def __init__(
         self,
-        options: PopServiceOptions,
+        config: Config,
         store: SpoolStore,
         security: ServerSecurity | None = None,
         *,
         executor: ThreadPoolExecutor | None = None,
         log: logmod.Log | None = None,
+        chunk_size: int = CHUNK_SIZE,  # bytes read from a message file at a time
     ) -> None:
-        self.options = options
+        self.config = config  # --pop-by-name, --pop-no-delete, --idle-timeout, --remote-clients, ...
         self.store = store
         self.security = security  # replace on SIGHUP to reload the secrets
         self.executor = executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix="pop")
         self.log = log or logmod.get()
-        self.domain = options.domain or socket.gethostname() or "localhost"
+        self.chunk_size = chunk_size
+        # the host part of the APOP timestamp and CRAM challenges
+        self.domain = config.domain or socket.gethostname() or "localhost"
         self.sessions: set[PopSession] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.stats = {"started": 0, "finished": 0}
@@ -147,15 +139,7 @@ def build_pop_service(
     log: logmod.Log | None = None,
 ) -> PopService:
     """The POP service of a configuration (``--pop``, ``--pop-by-name``, ``--pop-no-delete``, ``--pop-auth``)."""
-    options = PopServiceOptions(
-        by_name=bool(getattr(config, "pop_by_name", False)),
-        no_delete=bool(getattr(config, "pop_no_delete", False)),
-        idle_timeout=config.idle_timeout,
-        remote_clients=config.remote_clients,
-        domain=config.domain,
-        max_connections=config.max_connections,
-    )
-    service = PopService(options, store, pop_security(config), executor=executor, log=log)
+    service = PopService(config, store, pop_security(config), executor=executor, log=log)
     if config.pop_auth:
         service.log.info(
             logmod.tagged(config.name, f'pop server authentication secrets from "{config.pop_auth}"')
@@ -171,7 +155,7 @@ class PopSession(LineSession):
     """One POP connection."""
 
     def __init__(self, service: PopService) -> None:
-        super().__init__(service.log, service.options.idle_timeout)
+        super().__init__(service.log, service.config.idle_timeout)
         self.service = service
         self.proto = pp.Pop3Server(pp.PopConfig())
         self.peer = ""
@@ -205,7 +189,7 @@ class PopSession(LineSession):
             self.peer = host or "local"
         self.host = host
         self.log.info(f"pop connection from {self.peer}")
-        if not svc.options.remote_clients and not is_local_address(host):
+        if not svc.config.remote_clients and not is_local_address(host):
             self.log.warning(
                 f"pop connection from {self.peer} rejected: not a local address "
                 "(use --remote-clients to allow it)"
@@ -213,7 +197,7 @@ class PopSession(LineSession):
             self._send_now(b"-ERR remote connections not allowed\r\n")
             transport.close()
             return
-        limit = svc.options.max_connections
+        limit = svc.config.max_connections
         if limit and len(svc.sessions) >= limit:
             self._send_now(b"-ERR [SYS/TEMP] too many connections\r\n")
             transport.close()
@@ -468,7 +452,7 @@ class PopSession(LineSession):
         sec = self.service.security
         if sec is not None:
             sec.guard.success(self.host)
-        by_name = self.service.options.by_name
+        by_name = self.service.config.pop_by_name
         try:
             opened = await self._run(self._open_maildrop, user if by_name else None)
         except SpoolStoreError as exc:
@@ -557,7 +541,7 @@ class PopSession(LineSession):
             content.close()
 
     async def _stream(self, content: BinaryIO, stuffer: pp.ByteStuffer) -> None:
-        chunk_size = self.service.options.chunk_size
+        chunk_size = self.service.chunk_size
         while not stuffer.done:
             try:
                 chunk = await self._run(content.read, chunk_size)
@@ -586,7 +570,7 @@ class PopSession(LineSession):
     async def _update(self, ev: pp.Update) -> None:
         ok = True
         ids = [self.messages[n - 1].id for n in ev.deleted]
-        if ids and self.service.options.no_delete:
+        if ids and self.service.config.pop_no_delete:
             self.log.info(f"pop: {len(ids)} message(s) not deleted (--pop-no-delete)")
         elif ids:
             md = self.maildrop

@@ -6,8 +6,10 @@ decisions (verifier, storage, filter), streams DATA to the spool in bounded
 chunks and sends the replies.  Used by the ``smtp`` role and by the
 single-process modes.
 
-What it expects: bound listening sockets; a :class:`SpoolStore`; a policy
-object for verifiers and filters (the default accepts everything).
+What it expects: the configuration's frozen :class:`~emailrelay.config.Config`
+(read as it is: no copy of its fields); bound listening sockets; a
+:class:`SpoolStore`; the loaded :class:`ServerSecurity` (replaced on SIGHUP);
+a policy object for verifiers and filters (the default accepts everything).
 
 What it guarantees:
 - the ``250`` after DATA is sent only after :meth:`NewMessage.commit`
@@ -38,6 +40,7 @@ from .. import log as logmod
 from ..auth import tls
 from ..auth.pam import PamSecrets
 from ..auth.secrets import TrustRule
+from ..config import Config
 from ..policy.dnsbl import DnsblChecker
 from ..policy.exe import printable
 from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
@@ -102,16 +105,20 @@ class AcceptAllPolicy:
         return FilterResult.accept()
 
 
-@dataclass
-class SmtpServiceOptions:
-    server_config: sp.ServerConfig
-    remote_clients: bool = False
-    idle_timeout: float = 60.0
-    add_received: bool = True
-    max_connections: int = 0
-    verbose_content: bool = False
-    security: ServerSecurity | None = None
-    dnsbl: DnsblChecker | None = None
+def server_config(config: Config) -> sp.ServerConfig:
+    """The sans-IO protocol's knobs for a configuration (the one place they are made)."""
+    kw = config.server_smtp_config
+    return sp.ServerConfig(
+        domain=config.domain,
+        anonymous="server" in config.anonymous,
+        max_size=config.size,
+        pipelining="nopipelining" not in kw,
+        chunking="chunking" in kw,
+        smtputf8="smtputf8" in kw,  # (smtputf8strict alone does not offer it: E-MailRelay 2.6b)
+        smtputf8_strict="smtputf8strict" in kw,
+        strict_parsing="nostrictparsing" not in kw,
+        vrfy="vrfy" not in config.anonymous,
+    )
 
 
 @dataclass
@@ -148,14 +155,19 @@ class SmtpService:
 
     def __init__(
         self,
-        options: SmtpServiceOptions,
+        config: Config,
         store: SpoolStore,
         *,
+        security: ServerSecurity | None = None,
+        dnsbl: DnsblChecker | None = None,
         policy: ServerPolicy | None = None,
         hooks: ServiceHooks | None = None,
         executor: ThreadPoolExecutor | None = None,
     ) -> None:
-        self.options = options
+        self.config = config
+        self.server_config = server_config(config)
+        self.security = security  # loaded secrets and TLS context: replaced on SIGHUP
+        self.dnsbl = dnsbl
         self.store = store
         self.policy: ServerPolicy = policy or AcceptAllPolicy()
         self.hooks = hooks or ServiceHooks()
@@ -195,9 +207,9 @@ class SmtpSession(LineSession):
 
     def __init__(self, service: SmtpService) -> None:
         # E-MailRelay 2.6b's --log-format=msgid leaves a server session's lines alone: JSON only
-        super().__init__(service.log.session(msgid_in_text=False), service.options.idle_timeout)
+        super().__init__(service.log.session(msgid_in_text=False), service.config.idle_timeout)
         self.service = service
-        self.proto = sp.SmtpServer(service.options.server_config)
+        self.proto = sp.SmtpServer(service.server_config)
         self.peer = Peer("", 0)
         self.encrypted = False
         self.cipher = ""  # the TLS cipher's name, once encrypted (the Received line names it)
@@ -239,7 +251,7 @@ class SmtpSession(LineSession):
             except OSError:
                 pass
         self.log.port = self.peer.port
-        if not svc.options.remote_clients and not is_local_address(self.peer.host):
+        if not svc.config.remote_clients and not is_local_address(self.peer.host):
             # as E-MailRelay 2.6b: not a byte to the client, and these two warnings
             self.log.warning(
                 f"configured to reject non-local smtp connection: {not_local_reason(self.peer.host)}",
@@ -250,7 +262,7 @@ class SmtpSession(LineSession):
             transport.close()
             return
         self.log.info(f"smtp connection from {self.peer.display}", self.peer.host)
-        limit = svc.options.max_connections
+        limit = svc.config.max_connections
         if svc.slots is not None:  # supervised: the limit is shared by every smtp process
             self._slot = svc.slots.acquire()
             over = self._slot is None
@@ -267,7 +279,7 @@ class SmtpSession(LineSession):
         svc.stats["started"] += 1
         self._network("start")
         # (default write-buffer limits: changing them before start_tls() stalls uvloop's TLS handshake)
-        checker = svc.options.dnsbl if time.monotonic() >= svc.dnsbl_off_until else None
+        checker = svc.dnsbl if time.monotonic() >= svc.dnsbl_off_until else None
         if checker is not None and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # early talkers must not reach the protocol before the verdict
             transport.pause_reading()
@@ -305,7 +317,7 @@ class SmtpSession(LineSession):
 
     def _start_session(self) -> None:
         """TLS first with --server-tls-connection, then the greeting."""
-        security = self.service.options.security
+        security = self.service.security
         if security is not None and security.tls_implicit and security.tls_context is not None:
             # --server-tls-connection: the handshake first (ours, so a failure is logged), then the greeting
             # (the task runs before the loop next polls the socket, so no raw byte reaches us first)
@@ -365,10 +377,10 @@ class SmtpSession(LineSession):
     # ---- authentication and TLS ---------------------------------------------------
     def _session_config(self) -> sp.ServerConfig:
         """The protocol configuration for this client: mechanisms, AUTH and TLS requirements."""
-        base = self.service.options.server_config
+        base = self.service.server_config
         if self._disabled:
             base = replace(base, disabled=True)
-        security = self.service.options.security
+        security = self.service.security
         if security is None:
             return base
         secrets = security.secrets
@@ -400,7 +412,7 @@ class SmtpSession(LineSession):
 
     def _on_starttls(self, ev: sp.StartTls) -> Awaitable[None] | None:
         self._trace_rx(ev.line)
-        security = self.service.options.security
+        security = self.service.security
         if security is None or security.tls_context is None:
             self.proto.reject(454, "tls not available")
             return None
@@ -430,7 +442,7 @@ class SmtpSession(LineSession):
 
     def _on_auth(self, ev: sp.AuthStart) -> Awaitable[None] | None:
         self._trace_rx(ev.line)
-        security = self.service.options.security
+        security = self.service.security
         if security is None or security.secrets is None:
             self.proto.auth_failed()
             return None
@@ -438,7 +450,7 @@ class SmtpSession(LineSession):
         self._sasl = SaslServer(
             ev.mechanism,
             secrets.server_lookup,
-            challenge_domain=self.service.options.server_config.domain,
+            challenge_domain=self.service.server_config.domain,
             clock=time.time,
             external_check=isinstance(secrets, PamSecrets),
         )
@@ -455,7 +467,7 @@ class SmtpSession(LineSession):
         if isinstance(step, Challenge):
             self.proto.challenge(step.text_b64)
             return None
-        security = self.service.options.security
+        security = self.service.security
         assert security is not None
         if isinstance(step, CheckPassword):
             if isinstance(security.secrets, PamSecrets) and self._sasl is not None:
@@ -890,8 +902,9 @@ class SmtpSession(LineSession):
 
     # ---- helpers -------------------------------------------------------------------
     def _count_received(self) -> None:
-        """Make the transaction's Received line once; E-MailRelay 2.6b counts it against --size."""
-        if self.service.options.add_received and self.tx.received is None:
+        """Make the transaction's Received line once (not with --anonymous=content); E-MailRelay 2.6b
+        counts it against --size."""
+        if "content" not in self.service.config.anonymous and self.tx.received is None:
             self.tx.received = self._received_line()
             self.proto.count_added(len(self.tx.received))
 
@@ -902,7 +915,7 @@ class SmtpSession(LineSession):
             with_ += " tls " + self.cipher.replace("-", "_")
         helo = self.helo or "unknown"
         date = received_date()
-        line = f"Received: from {helo} ([{self.peer.host}]) by {self.service.options.server_config.domain} with {with_} ; {date}\r\n"
+        line = f"Received: from {helo} ([{self.peer.host}]) by {self.service.server_config.domain} with {with_} ; {date}\r\n"
         return line.encode("utf-8", "replace")
 
     def _envelope(self) -> Envelope:

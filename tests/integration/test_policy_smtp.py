@@ -12,8 +12,7 @@ import pytest
 
 from emailrelay.config import Config
 from emailrelay.policy.verifier import build_server_policy
-from emailrelay.protocol import smtp_server as sp
-from emailrelay.services.smtpd import SmtpService, SmtpServiceOptions
+from emailrelay.services.smtpd import SmtpService
 from emailrelay.spool import envelope as envelope_format
 from emailrelay.spool.store import SpoolStore
 from tests.support.fixtures import UPSTREAM
@@ -61,9 +60,7 @@ async def serve(tmp_path: Path) -> AsyncIterator:  # type: ignore[type-arg]
         store = SpoolStore(spool, fsync=False)
         config = Config(spool_dir=spool, domain="vm", filter_timeout=10.0).replaced(**kw)
         policy = build_server_policy(config, store)
-        service = SmtpService(
-            SmtpServiceOptions(server_config=sp.ServerConfig(domain="vm")), store, policy=policy
-        )
+        service = SmtpService(config, store, policy=policy)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)

@@ -1,6 +1,6 @@
 """Checks of the POP test harness (``tests/support/pop3.py``) and of PopService set-up: the harness
 starts, serves and stops cleanly; remote clients are refused unless allowed; build_pop_service
-reads the config.
+loads the --pop-auth secrets and TLS as POP takes them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from emailrelay import log as logmod
-from emailrelay.services.pop3d import PopService, PopServiceOptions
+from emailrelay.config import Config
+from emailrelay.services.pop3d import PopService
 from emailrelay.spool.store import SpoolStore
 from tests.support.pop3 import PopHarness, make_certificate, pop_harness
 
@@ -76,7 +77,7 @@ def test_remote_clients_are_refused_unless_allowed(tmp_path: Path, address: str,
     async def connect(remote_clients: bool) -> _FakeTransport:
         log = logmod.Log(logmod.LogConfig(syslog=False, stderr=False, log_file=str(tmp_path / "log")))
         service = PopService(
-            PopServiceOptions(remote_clients=remote_clients, idle_timeout=0),
+            Config(remote_clients=remote_clients, idle_timeout=0).frozen(),
             SpoolStore(tmp_path / "spool", fsync=False),
             log=log,
         )
@@ -97,32 +98,29 @@ def test_remote_clients_are_refused_unless_allowed(tmp_path: Path, address: str,
 
 
 def test_build_pop_service_from_config(tmp_path: Path) -> None:
-    from emailrelay.config import Config
     from emailrelay.services.pop3d import build_pop_service
 
     auth = tmp_path / "pop.auth"
     auth.write_text("server plain alice pw\n")
     key, cert = make_certificate(tmp_path)
-    config = Config()
-    config.pop_auth = str(auth)
-    config.pop_by_name = True  # type: ignore[attr-defined]
-    config.pop_no_delete = True  # type: ignore[attr-defined]
-    config.server_auth_config = "m:cram-md5"
-    config.server_tls_connection = True  # SMTP only: no STLS, no implicit TLS for POP
-    config.server_tls_certificates = [str(key), str(cert)]
-    config.idle_timeout = 7
+    config = Config(
+        pop_auth=str(auth),
+        pop_by_name=True,
+        server_auth_config="m:cram-md5",
+        server_tls_connection=True,  # SMTP only: no STLS, no implicit TLS for POP
+        server_tls_certificates=[str(key), str(cert)],
+    ).frozen()
     log = logmod.Log(logmod.LogConfig(syslog=False, stderr=False, log_file=str(tmp_path / "log")))
     service = build_pop_service(config, SpoolStore(tmp_path / "spool", fsync=False), log=log)
     try:
-        assert service.options.by_name and service.options.no_delete
-        assert service.options.idle_timeout == 7
+        assert service.config is config  # read as it is, not copied
         sec = service.security
         assert sec is not None and sec.secrets is not None
         assert sec.secrets.server_lookup("PLAIN", "alice") is not None
         assert sec.auth_config is None and "PLAIN" in sec.mechanisms(False)
         assert sec.tls_context is None and not sec.tls_implicit
-        config.server_tls = True
-        assert build_pop_service(config, service.store, log=log).security.tls_context is not None  # type: ignore[union-attr]
+        with_stls = config.replaced(server_tls=True)
+        assert build_pop_service(with_stls, service.store, log=log).security.tls_context is not None  # type: ignore[union-attr]
         assert f'pop server authentication secrets from "{auth}"' in (tmp_path / "log").read_text()
     finally:
         service.executor.shutdown()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from emailrelay.protocol import smtp_server as sp
-from emailrelay.services.smtpd import SmtpService, SmtpServiceOptions
+from emailrelay.config import Config
+from emailrelay.services.smtpd import SmtpService
 from emailrelay.spool.store import SpoolStore
 
 uvloop = pytest.importorskip("uvloop")
@@ -35,9 +35,7 @@ def _quit_after_the_greeting(sock: socket.socket, replies: list[bytes]) -> None:
 
 def test_stop_waits_for_a_connection_accepted_just_before(tmp_path: Path) -> None:
     async def scenario() -> tuple[dict[str, int], list[bytes]]:
-        service = SmtpService(
-            SmtpServiceOptions(server_config=sp.ServerConfig(domain="vm")), SpoolStore(tmp_path, fsync=False)
-        )
+        service = SmtpService(Config(domain="vm").frozen(), SpoolStore(tmp_path, fsync=False))
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)

@@ -25,8 +25,9 @@ from typing import Any
 from emailrelay import log as logmod
 from emailrelay.auth import tls
 from emailrelay.auth.secrets import Secrets
+from emailrelay.config import Config
 from emailrelay.protocol.sasl import BruteForceGuard
-from emailrelay.services.pop3d import PopService, PopServiceOptions
+from emailrelay.services.pop3d import CHUNK_SIZE, PopService
 from emailrelay.services.security import ServerSecurity
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.names import MessageId
@@ -55,7 +56,7 @@ class PopHarness:
         tls_required: bool = False,
         idle_timeout: float = 60.0,
         guard: BruteForceGuard | None = None,
-        chunk_size: int | None = None,
+        chunk_size: int = CHUNK_SIZE,
     ) -> None:
         self.spool = tmp_path / "spool"
         self.spool.mkdir(parents=True, exist_ok=True)
@@ -72,12 +73,14 @@ class PopHarness:
             tls_required=tls_required,
             guard=guard or no_delay_guard(),
         )
-        options = PopServiceOptions(
-            by_name=by_name, no_delete=no_delete, idle_timeout=idle_timeout, domain="vm"
-        )
-        if chunk_size is not None:
-            options.chunk_size = chunk_size
-        self.service = PopService(options, self.store, self.security, log=self.log)
+        config = Config(
+            spool_dir=self.spool,
+            pop_by_name=by_name,
+            pop_no_delete=no_delete,
+            idle_timeout=idle_timeout,
+            domain="vm",
+        ).frozen()
+        self.service = PopService(config, self.store, self.security, log=self.log, chunk_size=chunk_size)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
