@@ -73,6 +73,7 @@ from ..spool.store import Claim, SpoolStore
 from . import retry
 from .security import client_security
 from .smtp_connection import ConnectionTrouble, SmtpConnection
+from .spool_sweep import leftover_age
 
 READ_CHUNK = 256 * 1024
 IN_MEMORY_LIMIT = 1024 * 1024  # content up to this size is read once and sent from memory
@@ -419,9 +420,7 @@ class ForwardService:
             return
         self._last_recovery = now
         try:
-            report = await self._in_thread(
-                self.store.recover, new_age=max(600.0, 2 * self.config.filter_timeout)
-            )
+            report = await self._in_thread(self.store.recover, new_age=leftover_age(self.config))
         except OSError as exc:
             self.log.warning(f"spool recovery failed: {exc}")
             return

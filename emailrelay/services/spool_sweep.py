@@ -29,8 +29,8 @@ MIN_LEFTOVER_AGE = 600.0
 
 
 def leftover_age(config: Config) -> float:
-    """Seconds after which a ``.new`` is a crashed store: 10 minutes, or twice the filter timeout."""
-    return max(MIN_LEFTOVER_AGE, 2 * config.filter_timeout)
+    """Seconds after which a ``.new`` is a crashed store: 10 minutes, or twice the filter time limit."""
+    return max(MIN_LEFTOVER_AGE, 2 * config.filter_time_limit)
 
 
 def sweep_period() -> float:
