@@ -22,56 +22,24 @@ from __future__ import annotations
 import re
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.diff_filters import serve_cases, submitted_spool
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.filter_recorder import Case, filter_lines, recorder, side_neutral, spool_summary
 from tests.support.line_server import line_server
 from tests.support.oracle import (
     SIDES,
-    Daemon,
     daemon_base,
     needs_oracle,
     run,
-    smtp_dialogue,
-    start,
 )
 
 pytestmark = [needs_oracle, pytest.mark.timeout(240)]
 
 RM_BOTH = 'rm -f "$1" "$2"'
-
-
-def message(subject: str) -> str:
-    return f"Subject: {subject}\r\n\r\nhello\r\n."
-
-
-def serve_cases(
-    side: str, base: Path, cases: dict[str, Case] | list[str], *args: str, wait: float = 0.25
-) -> tuple[dict[str, tuple[str, list[str]]], list[str], Daemon]:
-    """Start ``side`` with ``args``, send one message per case: case -> (final reply, filter log lines)."""
-    out: dict[str, tuple[str, list[str]]] = {}
-    with start(side, base, *args) as relay:
-        for name in cases:
-            before = len(relay.log())
-            replies = smtp_dialogue(
-                relay.port,
-                [
-                    "EHLO c.example",
-                    "MAIL FROM:<a@b.example>",
-                    "RCPT TO:<x@y.example>",
-                    "DATA",
-                    message(name),
-                    "QUIT",
-                ],
-            )
-            time.sleep(wait)
-            out[name] = (replies[-2], filter_lines(relay.log()[before:], relay))
-        spool = spool_summary(relay.spool)
-    return out, spool, relay
 
 
 def compare(got: dict[str, object]) -> None:
@@ -251,24 +219,6 @@ CLIENT_CASES: dict[str, Case] = {
     "killed": ("", 0, "kill -9 $$"),
     "slow": ("", 0, "sleep 3"),
 }
-
-
-def submitted_spool(side: str, base: Path, subjects: list[str], forward_to: str = "") -> Path:
-    """A fresh ``<base>/<side>/spool`` (mode 0777) with one message per subject, submitted by upstream's
-    emailrelay-submit (so both sides get the same files), each file mode 0666; a ``forward_to`` goes
-    into each envelope's ForwardTo."""
-    spool = base / side / "spool"
-    spool.mkdir(parents=True)
-    spool.chmod(0o777)
-    for name in subjects:
-        r = run("upstream", "emailrelay-submit", "--spool-dir", str(spool), "--from", "a@b.example", "x@y.example",
-                input=f"Subject: {name}\r\n\r\nhello\r\n".encode())  # fmt: skip
-        assert r.returncode == 0, r.stderr
-    for p in spool.iterdir():
-        p.chmod(0o666)
-        if forward_to and p.name.endswith(".envelope"):
-            p.write_bytes(p.read_bytes().replace(b"ForwardTo: \r\n", f"ForwardTo: {forward_to}\r\n".encode()))
-    return spool
 
 
 def _client_run(

@@ -22,28 +22,35 @@ Daemon scenarios (``--forward``, ``--forward-on-disconnect``, admin
 
 from __future__ import annotations
 
-import contextlib
-import grp
-import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
+from tests.support.certs import Certs
+from tests.support.diff_forwarding import (
+    NO_PIPELINING,
+    B,
+    C,
+    D,
+    both,
+    reason_lines,
+    same,
+    store,
+    tls_hop,
+    trigger_lines,
+    write_messages,
+)
 from tests.support.fake_smtp import DROP, FakeSmtp, auth_script
 from tests.support.oracle import (
     SIDES,
     daemon_base,
     needs_oracle,
-    normalise_log,
     program,
-    smtp_dialogue,
     spool_dir,
     start,
 )
@@ -52,139 +59,16 @@ from tests.support.sink import wait_for_bus
 
 pytestmark = [needs_oracle, pytest.mark.timeout(180)]
 
-B, C, D = "b@example.net", "c@example.net", "d@example.net"
-ENVELOPE = (
-    "X-MailRelay-Format: #2821.8\r\nX-MailRelay-Content: 7bit\r\nX-MailRelay-From: a@example.com\r\n"
-    "X-MailRelay-ToCount: {count}\r\n{to}X-MailRelay-Authentication: \r\nX-MailRelay-Client: 127.0.0.1\r\n"
-    "X-MailRelay-ClientCertificate: \r\nX-MailRelay-MailFromAuthIn: \r\nX-MailRelay-MailFromAuthOut: \r\n"
-    "X-MailRelay-ForwardTo: \r\nX-MailRelay-ForwardToAddress: \r\nX-MailRelay-ClientAccountSelector: \r\n"
-    "X-MailRelay-Utf8MailboxNames: 0\r\nX-MailRelay-End: 1\r\n"
-)
-NO_PIPELINING = ("8BITMIME",)
-
-
-def _write(spool: Path, messages: list[list[str]], stamp: int) -> list[str]:
-    """The messages (their recipients) as upstream's files, group daemon 0660; their names."""
-    names = []
-    for i, rcpts in enumerate(messages, 1):
-        name = f"emailrelay.4242.{stamp}.{i}"
-        to = "".join(f"X-MailRelay-To-Remote: {r}\r\n" for r in rcpts)
-        (spool / f"{name}.envelope").write_bytes(ENVELOPE.format(count=len(rcpts), to=to).encode())
-        (spool / f"{name}.content").write_bytes(
-            f"Subject: test {i}\r\nMessage-ID: <m{i}@example.com>\r\n\r\nhello {i}\r\n".encode()
-        )
-        names.append(name)
-    for path in spool.iterdir():
-        with contextlib.suppress(KeyError, PermissionError):
-            os.chown(path, 0, grp.getgrnam("daemon").gr_gid)
-        path.chmod(0o660)
-    return names
-
-
-@dataclass
-class Run:
-    rc: int
-    log: list[str]
-    spool: dict[str, bytes]  # file name -> bytes (our dot-file notes left out)
-    commands: list[str]  # what the next hop received, a trailing QUIT left out (upstream may not wait)
-    messages: list[bytes]
-    auth: list[list[str]]
-
-
-def _files(spool: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(spool.iterdir()) if not p.name.startswith(".")}
-
-
-def _commands(hop: Any) -> list[str]:
-    raw = [c[-1] for c in hop.commands if isinstance(c[-1], str) and c[-1].isprintable()]
-    return raw[:-1] if raw and raw[-1] == "QUIT" else raw
-
-
-def _as_client(
-    side: str,
-    base: Path,
-    hop: Any,
-    messages: list[list[str]],
-    *args: str,
-    stamp: int,
-    prep: Callable[[Path], None] | None = None,
-) -> Run:
-    home = base / side
-    spool = spool_dir(home / "spool")
-    _write(spool, messages, stamp)
-    if prep is not None:
-        prep(spool)
-    address = hop if isinstance(hop, str) else f"127.0.0.1:{hop.port}"
-    argv = [
-        program(side),
-        "--as-client",
-        address,
-        "--spool-dir",
-        str(spool),
-        "--log-time",
-        "--verbose",
-        *args,
-    ]
-    done = subprocess.run(
-        argv, capture_output=True, timeout=90, cwd=home, stdin=subprocess.DEVNULL, check=False
-    )
-    ports = [] if isinstance(hop, str) else [hop.port]
-    log = normalise_log((done.stdout + done.stderr).decode(errors="replace"), ports=ports)
-    if isinstance(hop, str):
-        return Run(done.returncode, log, _files(spool), [], [], [])
-    messages_got = [m.data for m in getattr(hop, "messages", [])] or [
-        d.data for d in getattr(hop, "deliveries", [])
-    ]
-    return Run(
-        done.returncode, log, _files(spool), _commands(hop), messages_got, getattr(hop, "auth_exchanges", [])
-    )
-
-
-def _both(
-    tmp_path: Path,
-    make_hop: Callable[[], Any],
-    messages: list[list[str]],
-    *args: str,
-    prep: Callable[[Path], None] | None = None,
-) -> dict[str, Run]:
-    """The same scenario for both sides, each with a fresh next hop."""
-    base = daemon_base(tmp_path)
-    stamp = int(time.time())
-    runs = {}
-    for side in SIDES:
-        hop = make_hop()
-        if isinstance(hop, str):
-            runs[side] = _as_client(side, base, hop, messages, *args, stamp=stamp, prep=prep)
-            continue
-        with hop:
-            runs[side] = _as_client(side, base, hop, messages, *args, stamp=stamp, prep=prep)
-    return runs
-
-
-def _same(runs: dict[str, Run]) -> Run:
-    ours, upstream = runs["ours"], runs["upstream"]
-    assert ours.log == upstream.log, "\n".join(["ours:", *ours.log, "upstream:", *upstream.log])
-    assert ours.rc == upstream.rc
-    assert ours.spool == upstream.spool
-    assert ours.commands == upstream.commands
-    assert ours.messages == upstream.messages
-    assert ours.auth == upstream.auth
-    return ours
-
 
 def _fake(**kw: Any) -> Callable[[], FakeSmtp]:
     return lambda: FakeSmtp(**{"extensions": NO_PIPELINING, **kw})
-
-
-def _reason(envelope: bytes) -> list[bytes]:
-    return envelope.split(b"X-MailRelay-End: 1\r\n")[1].split(b"\r\n")[:-1]
 
 
 # ---- success -------------------------------------------------------------------------------------
 
 
 def test_success_same_log_same_dialogue_empty_spool(tmp_path: Path) -> None:
-    run = _same(_both(tmp_path, _fake(), [[B], [C, D]]))
+    run = same(both(tmp_path, _fake(), [[B], [C, D]]))
     assert run.rc == 0 and run.spool == {}
     assert run.commands[0] == "EHLO 127.0.0.1"  # the local address, bare: no dotted host name here
     assert "emailrelay: info: forwarding: [startup]" in run.log
@@ -197,7 +81,7 @@ def test_success_same_log_same_dialogue_empty_spool(tmp_path: Path) -> None:
 
 
 def test_empty_spool(tmp_path: Path) -> None:
-    run = _same(_both(tmp_path, _fake(), []))
+    run = same(both(tmp_path, _fake(), []))
     assert run.rc == 0 and run.log == ["emailrelay: no messages to send"]
 
 
@@ -211,7 +95,7 @@ def test_empty_spool(tmp_path: Path) -> None:
     ids=["default", "no-dot", "dotted"],
 )
 def test_ehlo_name(tmp_path: Path, domain: tuple[str, ...], ehlo: str) -> None:
-    run = _same(_both(tmp_path, _fake(), [[B]], *domain))
+    run = same(both(tmp_path, _fake(), [[B]], *domain))
     assert run.commands[0] == ehlo
 
 
@@ -248,10 +132,10 @@ def test_ehlo_name(tmp_path: Path, domain: tuple[str, ...], ehlo: str) -> None:
 def test_refusal_fails_the_message_and_the_next_goes_on(
     tmp_path: Path, replies: dict, reason: list[bytes]
 ) -> None:
-    run = _same(_both(tmp_path, _fake(replies=replies), [[B], [C]]))
+    run = same(both(tmp_path, _fake(replies=replies), [[B], [C]]))
     assert run.rc == 0  # refusals are not errors of the run
     bads = [v for k, v in run.spool.items() if k.endswith(".envelope.bad")]
-    assert len(bads) == 2 and all(_reason(b) == reason for b in bads)
+    assert len(bads) == 2 and all(reason_lines(b) == reason for b in bads)
     assert (
         run.log.count(
             "emailrelay: info: failing envelope [emailrelay.ID.envelope.busy] -> [emailrelay.ID.envelope.bad]"
@@ -267,14 +151,14 @@ def test_refusal_fails_the_message_and_the_next_goes_on(
 @pytest.mark.parametrize("refusal", ["550 5.1.1 no such user", "452 4.5.3 too many recipients"])
 def test_forward_to_some_sends_to_the_accepted_and_keeps_the_rejected(tmp_path: Path, refusal: str) -> None:
     hop = _fake(rcpt_replies={C: refusal, D: refusal})
-    run = _same(_both(tmp_path, hop, [[B, C, D], [B]], "--forward-to-some"))
+    run = same(both(tmp_path, hop, [[B, C, D], [B]], "--forward-to-some"))
     assert run.rc == 0 and len(run.messages) == 2
     (bad,) = [v for k, v in run.spool.items() if k.endswith(".envelope.bad")]
     assert (
         b"X-MailRelay-ToCount: 2\r\nX-MailRelay-To-Remote: c@example.net\r\nX-MailRelay-To-Remote: d@example.net\r\n"
         in bad
     )
-    assert _reason(bad) == [
+    assert reason_lines(bad) == [
         b"X-MailRelay-Reason: one or more recipients rejected",
         b"X-MailRelay-ReasonCode:",
     ]
@@ -282,8 +166,8 @@ def test_forward_to_some_sends_to_the_accepted_and_keeps_the_rejected(tmp_path: 
 
 
 def test_forward_to_some_with_none_accepted(tmp_path: Path) -> None:
-    run = _same(
-        _both(
+    run = same(
+        both(
             tmp_path,
             _fake(replies={"rcpt": "550-5.1.1 no\n550 5.1.1 such user"}),
             [[B, C]],
@@ -291,7 +175,10 @@ def test_forward_to_some_with_none_accepted(tmp_path: Path) -> None:
         )
     )
     (bad,) = [v for k, v in run.spool.items() if k.endswith(".envelope.bad")]
-    assert _reason(bad) == [b"X-MailRelay-Reason: all recipients rejected", b"X-MailRelay-ReasonCode: 250"]
+    assert reason_lines(bad) == [
+        b"X-MailRelay-Reason: all recipients rejected",
+        b"X-MailRelay-ReasonCode: 250",
+    ]
     assert "RSET" in run.commands and "DATA" not in run.commands
 
 
@@ -299,14 +186,14 @@ def test_forward_to_some_with_none_accepted(tmp_path: Path) -> None:
 def test_forward_to_all_rsets_and_fails_the_message(tmp_path: Path, refusal: str) -> None:
     """The same dialogue and log; the ``.bad`` differs on purpose: ours keeps every recipient
     (nothing was sent to any), upstream only the refused one (docs/decisions.md)."""
-    runs = _both(tmp_path, _fake(rcpt_replies={C: refusal}), [[B, C, D]])
+    runs = both(tmp_path, _fake(rcpt_replies={C: refusal}), [[B, C, D]])
     ours, upstream = runs["ours"], runs["upstream"]
     assert ours.log == upstream.log and ours.rc == upstream.rc == 0
     assert ours.commands == upstream.commands
     assert ours.commands[-2:] == ["RCPT TO:<d@example.net>", "RSET"] and "DATA" not in ours.commands
     (name,) = ours.spool.keys() - {n for n in ours.spool if n.endswith(".content")}
     for run in (ours, upstream):
-        assert _reason(run.spool[name]) == [
+        assert reason_lines(run.spool[name]) == [
             b"X-MailRelay-Reason: one or more recipients rejected",
             b"X-MailRelay-ReasonCode: 250",
         ]
@@ -343,10 +230,10 @@ def test_forward_to_all_rsets_and_fails_the_message(tmp_path: Path, refusal: str
 def test_failed_session_fails_one_message_and_ends_the_run(
     tmp_path: Path, script: dict, args: tuple[str, ...], reason: bytes
 ) -> None:
-    run = _same(_both(tmp_path, _fake(**script), [[B], [C]], *args))
+    run = same(both(tmp_path, _fake(**script), [[B], [C]], *args))
     assert run.rc == 1
     bads = [v for k, v in run.spool.items() if k.endswith(".envelope.bad")]
-    assert len(bads) == 1 and _reason(bads[0]) == [
+    assert len(bads) == 1 and reason_lines(bads[0]) == [
         b"X-MailRelay-Reason: " + reason,
         b"X-MailRelay-ReasonCode:",
     ]
@@ -360,8 +247,8 @@ def test_failed_session_fails_one_message_and_ends_the_run(
 @pytest.mark.parametrize("target", ["refused", "dns"])
 def test_connection_failure_leaves_the_messages(tmp_path: Path, target: str) -> None:
     address = f"127.0.0.1:{free_port()}" if target == "refused" else "no-such-host.invalid:25"
-    runs = _both(tmp_path, lambda: address, [[B], [C]], "--connection-timeout", "5")
-    ours = _same(runs)
+    runs = both(tmp_path, lambda: address, [[B], [C]], "--connection-timeout", "5")
+    ours = same(runs)
     assert ours.rc == 1 and sorted(k.rsplit(".", 1)[-1] for k in ours.spool) == [
         "content",
         "content",
@@ -400,8 +287,8 @@ def test_authentication_dialogue(tmp_path: Path, offered: str, script: Any) -> N
     secrets = base / "client.auth"
     secrets.write_text("client plain me secret\n")
     secrets.chmod(0o644)
-    run = _same(
-        _both(
+    run = same(
+        both(
             tmp_path,
             _fake(extensions=(*NO_PIPELINING, offered), auth=script),
             [[B]],
@@ -441,10 +328,10 @@ def test_authentication_problem_fails_only_the_message_in_hand(
     secrets.write_text("client plain me secret\n")
     secrets.chmod(0o644)
     hop = _fake(extensions=(*NO_PIPELINING, offered), auth=auth_script("334 UGFzc3dvcmQ6", "535 5.7.8 no"))
-    run = _same(_both(tmp_path, hop, [[B], [C]], "--client-auth", str(secrets)))
+    run = same(both(tmp_path, hop, [[B], [C]], "--client-auth", str(secrets)))
     assert run.rc == 1
     bads = [v for k, v in run.spool.items() if k.endswith(".envelope.bad")]
-    assert len(bads) == 1 and _reason(bads[0]) == [
+    assert len(bads) == 1 and reason_lines(bads[0]) == [
         b"X-MailRelay-Reason: " + reason,
         b"X-MailRelay-ReasonCode:",
     ]
@@ -452,23 +339,6 @@ def test_authentication_problem_fails_only_the_message_in_hand(
 
 
 # ---- TLS ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certs() -> Iterator[Certs]:
-    if not HAVE_OPENSSL:
-        pytest.skip("needs the openssl command")
-    base = daemon_base()
-    made = make_certs(base / "certs")
-    for path in [base / "certs", *(base / "certs").iterdir()]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    yield made
-
-
-def _tls_hop(**kw: Any) -> Callable[[], Any]:
-    from tests.support.tls_server import TlsSmtpServer
-
-    return lambda: TlsSmtpServer(**{"require_tls": False, "require_auth": False, **kw})
 
 
 @pytest.mark.parametrize(
@@ -487,19 +357,19 @@ def _tls_hop(**kw: Any) -> Callable[[], Any]:
 def test_tls(tmp_path: Path, certs: Certs, case: str) -> None:
     verify = ("--client-tls-verify", str(certs.ca))
     hop, args = {
-        "implicit-ok": (_tls_hop(certificate=certs.server_pem, implicit=True), ("--client-tls-connection",)),
-        "implicit-to-plain": (_tls_hop(starttls=False), ("--client-tls-connection",)),
+        "implicit-ok": (tls_hop(certificate=certs.server_pem, implicit=True), ("--client-tls-connection",)),
+        "implicit-to-plain": (tls_hop(starttls=False), ("--client-tls-connection",)),
         "implicit-verify": (
-            _tls_hop(certificate=certs.self_signed_pem, implicit=True),
+            tls_hop(certificate=certs.self_signed_pem, implicit=True),
             ("--client-tls-connection", *verify),
         ),
-        "starttls-ok": (_tls_hop(certificate=certs.server_pem), ("--client-tls",)),
-        "starttls-verify": (_tls_hop(certificate=certs.self_signed_pem), ("--client-tls", *verify)),
-        "starttls-expired": (_tls_hop(certificate=certs.expired_pem), ("--client-tls", *verify)),
-        "required-not-offered": (_tls_hop(starttls=False), ("--client-tls", "--client-tls-required")),
-        "starttls-refused": (_tls_hop(), ("--client-tls",)),
+        "starttls-ok": (tls_hop(certificate=certs.server_pem), ("--client-tls",)),
+        "starttls-verify": (tls_hop(certificate=certs.self_signed_pem), ("--client-tls", *verify)),
+        "starttls-expired": (tls_hop(certificate=certs.expired_pem), ("--client-tls", *verify)),
+        "required-not-offered": (tls_hop(starttls=False), ("--client-tls", "--client-tls-required")),
+        "starttls-refused": (tls_hop(), ("--client-tls",)),
     }[case]
-    run = _same(_both(tmp_path, hop, [[B], [C]], *args))
+    run = same(both(tmp_path, hop, [[B], [C]], *args))
     if case.endswith("-ok"):
         assert run.rc == 0 and run.spool == {}
         assert any(
@@ -509,35 +379,16 @@ def test_tls(tmp_path: Path, certs: Certs, case: str) -> None:
         return
     assert run.rc == 1
     bads = [v for k, v in run.spool.items() if k.endswith(".envelope.bad")]
-    assert len(bads) == 1 and _reason(bads[0])[1] == b"X-MailRelay-ReasonCode:"
+    assert len(bads) == 1 and reason_lines(bads[0])[1] == b"X-MailRelay-ReasonCode:"
     if "verify" in case or "expired" in case:
         assert (
             "emailrelay: warning: tls: tls error: SSL_connect(): [error:0A000086:SSL routines::certificate verify failed]"
             in run.log
         )
-        assert _reason(bads[0])[0] == b"X-MailRelay-Reason: peer disconnected: ssl connect"
+        assert reason_lines(bads[0])[0] == b"X-MailRelay-Reason: peer disconnected: ssl connect"
 
 
 # ---- forwarding triggers (daemons) ---------------------------------------------------------------
-
-
-def _trigger_lines(log: str, ports: list[int]) -> list[str]:
-    keep = ("forwarding", "smtp connection to", "deleting", "failing envelope")
-    return [line for line in normalise_log(log, ports=ports) if any(k in line for k in keep)]
-
-
-def _store(port: int) -> None:
-    smtp_dialogue(
-        port,
-        [
-            "EHLO c.example",
-            "MAIL FROM:<a@example.com>",
-            f"RCPT TO:<{B}>",
-            "DATA",
-            "Subject: s\r\n\r\nbody\r\n.",
-            "QUIT",
-        ],
-    )
 
 
 @pytest.mark.parametrize("trigger", ["startup", "client disconnect", "admin", "rescan"])
@@ -557,19 +408,19 @@ def test_forwarding_triggers_are_logged_as_upstream(tmp_path: Path, trigger: str
                 "rescan": ("--filter", str(rescan)),
             }[trigger]
             if trigger == "startup":
-                _write(spool_dir(base / side / "spool"), [[B]], int(time.time()))
+                write_messages(spool_dir(base / side / "spool"), [[B]], int(time.time()))
             with start(side, base, "--forward-to", hop.address, *args) as daemon:
                 if side == "ours" and trigger != "startup":  # every role up: a supervised relay
                     assert wait_for_bus(daemon.spool)  # forwards whatever it finds as it starts
                 if trigger != "startup":
-                    _store(daemon.port)
+                    store(daemon.port)
                 if trigger == "admin":
                     with socket.create_connection(("127.0.0.1", admin), timeout=10) as sock:
                         sock.sendall(b"forward\r\n")
                         sock.recv(100)
                 assert hop.wait_for_messages(1, timeout=20), daemon.log()
                 wait_until(lambda: "no more messages to send" in daemon.log(), 10)
-                found = _trigger_lines(daemon.log(), [hop.port, daemon.port, admin])
+                found = trigger_lines(daemon.log(), [hop.port, daemon.port, admin])
         # from the trigger that forwarded the message on (before it, a start-up probe's disconnect
         # found nothing: "forwarding: no messages to send", when our smtp role was up for it)
         first = next(

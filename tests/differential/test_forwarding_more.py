@@ -1,7 +1,7 @@
 """More of the client side against E-MailRelay 2.6b (issue 17): pipelining, MAIL parameters, the
 client filter's place in the dialogue, ``--immediate``, a missing content file, ``--as-proxy``.
 
-What it checks, on both programs run the same way (tests/differential/test_forwarding.py's
+What it checks, on both programs run the same way (tests/support/diff_forwarding.py's
 helpers: hand-written spools, ``--as-client`` as root, a scripted next hop on loopback):
 
 - pipelining is upstream's, opt-in: by default MAIL and each RCPT wait for their reply, even
@@ -25,7 +25,6 @@ helpers: hand-written spools, ``--as-client`` as root, a scripted next hop on lo
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,9 +32,9 @@ from typing import Any
 
 import pytest
 
-from tests.differential.test_forwarding import NO_PIPELINING, B, C, D, Run, _both, _reason, _same
+from tests.support.diff_forwarding import NO_PIPELINING, B, C, D, Run, both, reason_lines, same
 from tests.support.fake_smtp import FakeSmtp
-from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, read_reply, start
+from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, session_then_quit, start
 from tests.support.relay import wait_until
 
 pytestmark = [needs_oracle, pytest.mark.timeout(180)]
@@ -44,7 +43,7 @@ OFFERS_ALL = ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 1000000")
 
 
 def _hops(**kw: Any) -> tuple[list[FakeSmtp], Callable[[], FakeSmtp]]:
-    """A next-hop factory for :func:`_both` that keeps each side's hop (ours first)."""
+    """A next-hop factory for :func:`~tests.support.diff_forwarding.both` that keeps each side's hop (ours first)."""
     made: list[FakeSmtp] = []
 
     def make() -> FakeSmtp:
@@ -69,7 +68,7 @@ def _envelope_edit(old: bytes, new: bytes) -> Callable[[Path], None]:
 def test_pipelining_is_opt_in(tmp_path: Path, mode: str) -> None:
     hops, make = _hops(extensions=("PIPELINING", "8BITMIME"))
     args = ("--client-smtp-config=pipelining",) if mode == "pipelining" else ()
-    run = _same(_both(tmp_path, make, [[B, C], [D]], *args))
+    run = same(both(tmp_path, make, [[B, C], [D]], *args))
     assert run.rc == 0 and run.spool == {} and len(run.messages) == 2
     ours, upstream = ([b for _, b in hop.batches] for hop in hops)
     # upstream closes right after its QUIT without reading the 221: when a reply is still unread
@@ -90,7 +89,7 @@ def _without_final_quit(batches: list[list[str]]) -> list[list[str]]:
 
 def test_pipelining_needs_the_next_hop_to_offer_it(tmp_path: Path) -> None:
     hops, make = _hops(extensions=NO_PIPELINING)
-    run = _same(_both(tmp_path, make, [[B, C]], "--client-smtp-config=pipelining"))
+    run = same(both(tmp_path, make, [[B, C]], "--client-smtp-config=pipelining"))
     assert run.rc == 0 and len(run.messages) == 1
     for hop in hops:
         assert all(len(batch) == 1 for _, batch in hop.batches), hop.batches
@@ -114,7 +113,7 @@ def test_pipelining_needs_the_next_hop_to_offer_it(tmp_path: Path) -> None:
 )
 def test_mail_parameters_and_no_size(tmp_path: Path, prep: Callable[[Path], None] | None, mail: str) -> None:
     _, make = _hops(extensions=OFFERS_ALL)
-    run = _same(_both(tmp_path, make, [[B]], prep=prep))
+    run = same(both(tmp_path, make, [[B]], prep=prep))
     assert run.rc == 0 and run.spool == {}
     assert run.commands[1] == mail  # SIZE offered, never sent
     assert not any("SIZE=" in command for command in run.commands)
@@ -122,7 +121,7 @@ def test_mail_parameters_and_no_size(tmp_path: Path, prep: Callable[[Path], None
 
 def test_helo_after_a_refused_ehlo(tmp_path: Path) -> None:
     _, make = _hops(helo_only=True)
-    run = _same(_both(tmp_path, make, [[B], [C]]))
+    run = same(both(tmp_path, make, [[B], [C]]))
     assert run.rc == 0 and run.spool == {} and len(run.messages) == 2
     assert run.commands[:3] == ["EHLO 127.0.0.1", "HELO 127.0.0.1", "MAIL FROM:<a@example.com>"]
 
@@ -170,10 +169,10 @@ def test_body_types_and_extensions(
     to a next hop without 8BITMIME is sent with a warning (fails with ``eightbitstrict``); a
     message that needs SMTPUTF8 fails without it: the same dialogue, log, spool and messages."""
     _, make = _hops(extensions=offered)
-    runs = _both(tmp_path, make, [[B], [C]], *args, prep=prep)
+    runs = both(tmp_path, make, [[B], [C]], *args, prep=prep)
     for each in runs.values():  # (a chunk's reply may come before or after the next chunk is sent)
         each.log = [line for line in each.log if "octets received" not in line]
-    run = _same(runs)
+    run = same(runs)
     assert run.rc == 0 and len(run.messages) == (0 if outcome == "failed" else 2)
     assert any(c.startswith("BDAT") for c in run.commands) == (outcome == "bdat")
     if outcome == "failed":
@@ -214,11 +213,11 @@ def test_refusals_and_malformed_replies(tmp_path: Path, replies: dict[str, str])
     refused RSET after refused recipients does not end it; a malformed reply is upstream's
     ``smtp error: invalid response``."""
     _, make = _hops(extensions=NO_PIPELINING, replies=replies, rcpt_replies={C: "550 5.1.1 no"})
-    run = _same(_both(tmp_path, make, [[B], [C], [B]]))
+    run = same(both(tmp_path, make, [[B], [C], [B]]))
     if "rset" in replies:
         assert run.rc == 0 and len(run.messages) == 2
         (bad,) = (v for k, v in run.spool.items() if k.endswith(".bad"))
-        assert _reason(bad) == [
+        assert reason_lines(bad) == [
             b"X-MailRelay-Reason: one or more recipients rejected",
             b"X-MailRelay-ReasonCode: 500",
         ]
@@ -243,11 +242,11 @@ def test_client_filter_runs_once_the_session_is_up(tmp_path: Path, exit_code: in
     to its QUIT and a second ``tx>>: "QUIT"``; ours logs the one QUIT it sends."""
     script = _filter(f"#!/bin/sh\necho '<<no thanks>>'\nexit {exit_code}\n")
     _, make = _hops(extensions=NO_PIPELINING)
-    runs = _both(tmp_path, make, [[B], [C]], "--client-filter", str(script))
+    runs = both(tmp_path, make, [[B], [C]], "--client-filter", str(script))
     end = "emailrelay: info: forwarding: no more messages to send"
     for run in runs.values():
         run.log = run.log[: run.log.index(end) + 2]
-    run = _same(runs)
+    run = same(runs)
     assert run.log[-2:] == [end, 'emailrelay: info: tx>>: "QUIT"']
     first = run.log.index("emailrelay: info: forwarding [emailrelay.ID]")
     assert run.log[first + 1 : first + 4] == [
@@ -301,14 +300,7 @@ def _immediate(side: str, base: Path, replies: dict[str, str], extra: tuple[str,
         FakeSmtp(extensions=NO_PIPELINING, replies=replies) as hop,
         start(side, base, "--immediate", "--forward-to", hop.address, *extra, name=side) as daemon,
     ):
-        with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as client:
-            reader = client.makefile("rb")
-            got = [read_reply(reader)]
-            for line in SESSION:
-                client.sendall(line.encode() + b"\r\n")
-                got.append(read_reply(reader))
-            client.sendall(b"QUIT\r\n")
-            read_reply(reader)
+        got, _ = session_then_quit(daemon.port, SESSION)
         assert wait_until(lambda: "smtp protocol done" in daemon.log(), 20), daemon.log()
         log = normalise_log(daemon.log(), daemon, ports=[hop.port])
         spool = sorted(p.name.split(".", 4)[-1] for p in daemon.spool.glob("emailrelay.*"))
@@ -362,13 +354,13 @@ def test_missing_content_is_failed_not_sent_empty(tmp_path: Path) -> None:
         first.unlink()
 
     _, make = _hops(extensions=NO_PIPELINING)
-    runs: dict[str, Run] = _both(tmp_path, make, [[B], [C]], prep=lose_first)
+    runs: dict[str, Run] = both(tmp_path, make, [[B], [C]], prep=lose_first)
     ours, upstream = runs["ours"], runs["upstream"]
     assert ours.rc == upstream.rc == 0
     assert upstream.spool == {} and [m for m in upstream.messages] == [b"", ours.messages[0]]
     assert "emailrelay: info: tx>>: [0 line(s) of content]" in upstream.log
     (bad,) = ours.spool.values()
-    assert _reason(bad) == [
+    assert reason_lines(bad) == [
         b"X-MailRelay-Reason: cannot read content file: No such file or directory",
         b"X-MailRelay-ReasonCode:",
     ]
@@ -443,14 +435,14 @@ def test_pipelined_refused_mail_does_not_fail_the_next_message(tmp_path: Path) -
     def fresh() -> FakeSmtp:  # (each side's hop refuses its own first MAIL)
         return FakeSmtp(extensions=("PIPELINING", "8BITMIME"), replies={"mail": first_mail_refused()})
 
-    runs = _both(tmp_path, fresh, [[B, C], [D]], "--client-smtp-config=pipelining")
+    runs = both(tmp_path, fresh, [[B, C], [D]], "--client-smtp-config=pipelining")
     ours, upstream = runs["ours"], runs["upstream"]
     assert ours.commands[: len(upstream.commands)] == upstream.commands  # the same, up to the 503s
     first_bad = [b"X-MailRelay-Reason: 4.3.1 busy", b"X-MailRelay-ReasonCode: 452"]
     assert ours.rc == 0 and len(ours.messages) == 1 and b"Subject: test 2" in ours.messages[0]
-    assert [_reason(v) for k, v in ours.spool.items() if k.endswith(".bad")] == [first_bad]
+    assert [reason_lines(v) for k, v in ours.spool.items() if k.endswith(".bad")] == [first_bad]
     # upstream: the second message fails on a 503 meant for the first one's RCPT (as its MAIL
     # reply, or as a session error: it depends on when the 503s arrive)
     assert upstream.messages == []
-    bads = [_reason(v) for k, v in upstream.spool.items() if k.endswith(".bad")]
+    bads = [reason_lines(v) for k, v in upstream.spool.items() if k.endswith(".bad")]
     assert len(bads) == 2 and bads[0] == first_bad and b"need MAIL first" in bads[1][0], bads

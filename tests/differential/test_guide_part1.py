@@ -24,18 +24,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.differential.test_forwarding import certs  # noqa: F401
 from tests.support.certs import Certs
+from tests.support.diff_guide import DIALOGUE, VERSION, both, exit_status, listening, session
+from tests.support.diff_smtp_server import DROP
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.netns import PROBE
 from tests.support.oracle import (
     SIDES,
-    Daemon,
     daemon_base,
     needs_oracle,
     normalise_log,
@@ -50,67 +49,6 @@ from tests.support.oracle import (
 from tests.support.relay import free_port, stop_process, wait_until
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
-
-DIALOGUE = (
-    "EHLO c.example", "MAIL FROM:a@b.c", "RSET", "MAIL FROM:<a@b.c>", "RCPT TO:<x@y.z>", "DATA",
-    "Subject: hi\r\n\r\nbody\r\n.", "VRFY x@y.z", "QUIT",
-)  # fmt: skip
-# decisions.md, "Greeting": our version is V2.6; lines only one side writes on purpose: the
-# supervisor's and the content file's creation (at DATA for ours, at MAIL for upstream, "Storing")
-_VERSION = re.compile(r" V2\.6b? -- ")
-_DROP = (r": supervisor: ", r"new content file")
-_PORT_ONLY = re.compile(r"^(emailrelay: \w+: )\d+: ")
-
-
-@dataclass
-class Seen:
-    """What one side did: the replies, the normalised log, the spool files, the exit status."""
-
-    replies: list[str]
-    log: list[str]
-    spool: dict[str, bytes]
-    rc: int | None
-
-
-def _listening(port: int) -> bool:
-    """Whether something listens on ``port`` (read from /proc, so no probe session is logged)."""
-    needle = f":{port:04X} "
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(name).read_text().splitlines()[1:]:
-            fields = line.split()
-            if needle in f"{fields[1]} " and fields[3] == "0A":
-                return True
-    return False
-
-
-def _status(rc: int | None) -> int | None:
-    """The status a shell sees: a death by signal N is 128 + N."""
-    return 128 - rc if rc is not None and rc < 0 else rc
-
-
-def _normalised(d: Daemon) -> list[str]:
-    text = d.log().replace(str(d.base), "BASE")  # (after the stop: no pid file to read the pid from)
-    lines = [_VERSION.sub(" VERSION -- ", x) for x in normalise_log(text, ports=[d.port], drop=_DROP)]
-    return [_PORT_ONLY.sub(r"\1N: ", x) for x in lines]
-
-
-def session(base: Path, side: str, args: Sequence[str], dialogue: Sequence[str] = DIALOGUE) -> Seen:
-    """Start ``side`` with ``args``, run ``dialogue`` once (unless it exits first), stop it."""
-    d = start(side, base, *args, wait=False, name=side)
-    try:
-        assert wait_until(lambda: _listening(d.port) or d.proc.poll() is not None, 20)
-        replies: list[str] = []
-        if d.proc.poll() is None:
-            replies = [_VERSION.sub(" VERSION -- ", r) for r in smtp_dialogue(d.port, dialogue)]
-            wait_until(lambda: "smtp connection closed" in d.log(), 10)
-    finally:
-        rc = _status(d.stop())
-    return Seen(replies, _normalised(d), normalise_spool(d.spool), rc)
-
-
-def both(tmp_path: Path, args: Sequence[str], dialogue: Sequence[str] = DIALOGUE) -> dict[str, Seen]:
-    base = daemon_base(tmp_path)
-    return {side: session(base, side, args, dialogue) for side in SIDES}
 
 
 # ---- options that change nothing else, or change the session the same way on both sides ----------
@@ -420,17 +358,17 @@ def _with_file(
         )  # fmt: skip
     try:
         wanted = ports if "port2" in text else ports[:1]
-        assert wait_until(lambda: all(_listening(p) for p in wanted) or proc.poll() is not None, 20)
+        assert wait_until(lambda: all(listening(p) for p in wanted) or proc.poll() is not None, 20)
         replies = [smtp_dialogue(ports[0], IN_DIALOGUE if "in-port" in text else OUT_DIALOGUE)]
         if len(wanted) == 2:
             replies.append(smtp_dialogue(ports[1], OUT_DIALOGUE))
         wait_until(lambda: log.read_text().count("smtp connection closed") >= len(wanted), 10)
         wait_until(lambda: "port2" not in text or not any((spool / "out").iterdir()), 15)
     finally:
-        rc = _status(stop_process(proc))
-    lines = normalise_log(log.read_text(errors="replace"), ports=[*ports, hop], drop=_DROP)
-    lines = [_VERSION.sub(" VERSION -- ", x.replace(str(base), "BASE")) for x in lines]
-    replies = [[_VERSION.sub(" VERSION -- ", r) for r in session] for session in replies]
+        rc = exit_status(stop_process(proc))
+    lines = normalise_log(log.read_text(errors="replace"), ports=[*ports, hop], drop=DROP)
+    lines = [VERSION.sub(" VERSION -- ", x.replace(str(base), "BASE")) for x in lines]
+    replies = [[VERSION.sub(" VERSION -- ", r) for r in session] for session in replies]
     return replies, lines, {sub: normalise_spool(spool / sub) for sub in ("", "in", "out")}, rc
 
 
@@ -572,7 +510,7 @@ def _starttls_session(port: int, ca: Path, client_pem: Path | None) -> list[str]
                     replies.append(reply)
         except (ssl.SSLError, OSError):
             replies.append("tls failed")
-    return [_VERSION.sub(" VERSION -- ", r) for r in replies]
+    return [VERSION.sub(" VERSION -- ", r) for r in replies]
 
 
 @pytest.mark.parametrize(
@@ -582,7 +520,7 @@ def _starttls_session(port: int, ca: Path, client_pem: Path | None) -> list[str]
 )  # fmt: skip
 def test_server_tls_key_certificate_and_client_verification(
     tmp_path: Path,
-    certs: Certs,  # noqa: F811
+    certs: Certs,
     verify: str | None,
     client: str | None,
 ) -> None:
@@ -621,7 +559,7 @@ def test_server_tls_key_certificate_and_client_verification(
 )  # fmt: skip
 def test_received_line_names_the_tls_cipher(
     tmp_path: Path,
-    certs: Certs,  # noqa: F811
+    certs: Certs,
     implicit: bool,
     tls12: bool,
 ) -> None:

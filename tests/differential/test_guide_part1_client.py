@@ -2,7 +2,7 @@
 
 What it is for (issue 17): docs/compatibility.md's rows for ``pipelining``,
 ``smtputf8strict``, ``eightbitstrict`` and ``binarymimestrict``. The same
-hand-made spool (tests/differential/test_forwarding.py's files, the envelope
+hand-made spool (tests/support/diff_forwarding.py's files, the envelope
 marked 8bit, binarymime or with UTF-8 mailbox names) is forwarded by each
 side with ``--as-client`` to a scripted next hop that lacks the extension,
 with and without the keyword; the exit code, log, spool files and what the
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.test_forwarding import B, _both, _same, _tls_hop, certs  # noqa: F401
 from tests.support.certs import Certs, _issue
+from tests.support.diff_forwarding import B, both, same, tls_hop
 from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.oracle import daemon_base, needs_oracle
 from tests.support.tls_server import TlsSmtpServer
@@ -64,7 +64,7 @@ def test_client_smtp_config_keywords(
     """The same exit code, log lines, spool files and next-hop dialogue on both sides; a strict
     keyword fails the message (``.bad``) where the next hop lacks the extension; so does an SMTPUTF8 or
     BINARYMIME message without the keyword, on both sides; an 8BITMIME one is then sent."""
-    run = _same(_both(tmp_path, lambda: FakeSmtp(extensions=extensions), [[B]], *args, prep=prep))
+    run = same(both(tmp_path, lambda: FakeSmtp(extensions=extensions), [[B]], *args, prep=prep))
     assert run.commands and run.commands[0].startswith("EHLO ")
     assert len(run.messages) == (1 if sent else 0)
     assert any(name.endswith(".envelope.bad") for name in run.spool) == (not sent), run.spool
@@ -80,7 +80,7 @@ def test_client_auth_plain_value(tmp_path: Path, where: str) -> None:
     conf.chmod(0o644)
     args = ("--client-auth", value) if where == "command-line" else (str(conf),)
     hop = lambda: FakeSmtp(extensions=("8BITMIME", "AUTH PLAIN LOGIN"), auth=auth_script("235 2.7.0 ok"))  # noqa: E731
-    run = _same(_both(tmp_path, hop, [[B]], *args))
+    run = same(both(tmp_path, hop, [[B]], *args))
     assert run.rc == 0 and run.spool == {} and len(run.messages) == 1
     assert run.auth and run.auth[0][0].startswith("PLAIN ")
 
@@ -121,7 +121,7 @@ TLS_CASES = {
 )
 def test_client_tls_options(
     tmp_path: Path,
-    certs: Certs,  # noqa: F811
+    certs: Certs,
     hop_kind: str,
     args: tuple[str, ...],
     sent: bool,
@@ -136,7 +136,7 @@ def test_client_tls_options(
     names = {"client_pem": certs.client_pem, "key": key, "cert": cert, "ca": certs.ca}
     argv = ["--client-tls", *(a.format(**names) for a in args)]
     client_ca = certs.ca if hop_kind == "client_ca" else None
-    runs = _both(tmp_path, _tls_hop(certificate=certs.server_pem, client_ca=client_ca), [[B]], *argv)
+    runs = both(tmp_path, tls_hop(certificate=certs.server_pem, client_ca=client_ca), [[B]], *argv)
     ours, upstream = runs["ours"], runs["upstream"]
     assert (ours.rc, ours.spool, ours.commands, ours.messages) == (
         upstream.rc, upstream.spool, upstream.commands, upstream.messages,
@@ -154,15 +154,15 @@ def test_client_tls_options(
 )
 def test_client_tls_config_items_ignored(
     tmp_path: Path,
-    certs: Certs,  # noqa: F811
+    certs: Certs,
     config: str,
     ignored: str,
 ) -> None:
     """``--client-tls --tls-config <items>``: any item but a protocol keyword (``openssl`` too, any
     case, a repeat) is ignored with a start-up warning listing it, and the message is sent over TLS:
     the same log, dialogue and spool on both sides."""
-    hop = _tls_hop(certificate=certs.server_pem)
-    run = _same(_both(tmp_path, hop, [[B]], "--client-tls", "--tls-config", config))
+    hop = tls_hop(certificate=certs.server_pem)
+    run = same(both(tmp_path, hop, [[B]], "--client-tls", "--tls-config", config))
     assert run.rc == 0 and run.spool == {} and len(run.messages) == 1
     assert f"emailrelay: warning: tls-config: tls configuration items ignored: [{ignored}]" in run.log
 
@@ -210,11 +210,11 @@ class _ClosingTlsHop:
 
 
 @pytest.mark.parametrize("notify", [True, False], ids=["close-notify", "bare-eof"])
-def test_client_tls_peer_disconnects(tmp_path: Path, certs: Certs, notify: bool) -> None:  # noqa: F811
+def test_client_tls_peer_disconnects(tmp_path: Path, certs: Certs, notify: bool) -> None:
     """The next hop ends the session over TLS: both sides give ``peer disconnected: ssl read`` (log
     and ``.bad``); a bare end of file (no close_notify) is also logged as OpenSSL's ``SSL_read()``
     error (SSL_EOF), on both sides; the same log, dialogue and spool."""
-    run = _same(_both(tmp_path, lambda: _ClosingTlsHop(certs.server_pem, notify), [[B]], "--client-tls"))
+    run = same(both(tmp_path, lambda: _ClosingTlsHop(certs.server_pem, notify), [[B]], "--client-tls"))
     assert run.rc == 1 and run.commands == ["EHLO 127.0.0.1", "STARTTLS", "EHLO 127.0.0.1"]
     assert "emailrelay: error: peer disconnected: ssl read" in run.log
     assert (SSL_EOF in run.log) == (not notify)
@@ -245,7 +245,7 @@ def test_client_auth_config_lists(
     secrets.write_text("client plain me secret\n")
     secrets.chmod(0o644)
     hop = lambda: FakeSmtp(extensions=("8BITMIME", "AUTH PLAIN LOGIN"), auth=auth_script(*script))  # noqa: E731
-    run = _same(_both(tmp_path, hop, [[B]], "--client-auth", str(secrets), *args))
+    run = same(both(tmp_path, hop, [[B]], "--client-auth", str(secrets), *args))
     assert run.rc == 0 and len(run.messages) == 1
     assert run.auth[0][0].split()[0] == mechanism
 
@@ -259,7 +259,7 @@ def test_client_auth_config_lists(
 )  # fmt: skip
 def test_client_auth_config_over_tls(
     tmp_path: Path,
-    certs: Certs,  # noqa: F811
+    certs: Certs,
     args: tuple[str, ...],
     mechanism: str,
     implicit: bool,
@@ -271,11 +271,11 @@ def test_client_auth_config_over_tls(
     secrets = daemon_base(tmp_path) / "client.auth"
     secrets.write_text("client plain me secret\n")
     secrets.chmod(0o644)
-    hop = _tls_hop(
+    hop = tls_hop(
         certificate=certs.server_pem, require_auth=True, accounts={"me": "secret"}, implicit=implicit
     )
     tls = "--client-tls-connection" if implicit else "--client-tls"
-    run = _same(_both(tmp_path, hop, [[B]], tls, "--client-auth", str(secrets), *args))
+    run = same(both(tmp_path, hop, [[B]], tls, "--client-auth", str(secrets), *args))
     assert run.rc == 0 and run.spool == {} and len(run.messages) == 1
     assert [c.split()[1] for c in run.commands if c.startswith("AUTH ")] == [mechanism]
     assert (
@@ -284,7 +284,7 @@ def test_client_auth_config_over_tls(
     ) in run.log
 
 
-def test_client_tls_server_name_is_sent_as_sni(tmp_path: Path, certs: Certs) -> None:  # noqa: F811
+def test_client_tls_server_name_is_sent_as_sni(tmp_path: Path, certs: Certs) -> None:
     """``--client-tls-connection --client-tls-server-name mail.example.test`` to an implicit-TLS next
     hop: both send that name as SNI, and the rest (log, spool, dialogue) is the same."""
     names: list[str | None] = []
@@ -297,8 +297,8 @@ def test_client_tls_server_name_is_sent_as_sni(tmp_path: Path, certs: Certs) -> 
         hop._context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,func-returns-value]
         return hop
 
-    run = _same(
-        _both(
+    run = same(
+        both(
             tmp_path, make, [[B]], "--client-tls-connection", "--client-tls-server-name", "mail.example.test"
         )
     )
@@ -321,7 +321,7 @@ VERIFY_NAME_CASES = {
 @pytest.mark.parametrize(("server", "name"), list(VERIFY_NAME_CASES.values()), ids=list(VERIFY_NAME_CASES))
 def test_client_tls_verify_name(
     tmp_path: Path,
-    certs: Certs,  # noqa: F811
+    certs: Certs,
     server: tuple[str, str | None] | None,
     name: str,
     implicit: bool,
@@ -339,9 +339,9 @@ def test_client_tls_verify_name(
         pem = _issue(certs.dir, "named", server[0], "2", server[1])
         pem.chmod(0o644)
     tls = "--client-tls-connection" if implicit else "--client-tls"
-    hop = _tls_hop(certificate=pem, implicit=implicit)
-    run = _same(
-        _both(
+    hop = tls_hop(certificate=pem, implicit=implicit)
+    run = same(
+        both(
             tmp_path, hop, [[B]], tls, "--client-tls-verify", str(certs.ca), "--client-tls-verify-name", name
         )
     )

@@ -22,14 +22,15 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from pprint import pformat
 from typing import Any
 
 import pytest
 
-from tests.differential.test_filters import serve_cases, submitted_spool
-from tests.differential.test_forwarding import NO_PIPELINING, _write
-from tests.support.certs import HAVE_OPENSSL, make_certs
+from tests.support.certs import HAVE_OPENSSL, make_certs, no_verify_context
+from tests.support.diff_filters import serve_cases, submitted_spool
+from tests.support.diff_forwarding import NO_PIPELINING, write_messages
+from tests.support.diff_guide import MESSAGE, assert_same, greeting_as_ours, readable_file
+from tests.support.diff_smtp_server import b64
 from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.fake_spamd import GTUBE, fake_spamd
 from tests.support.filter_recorder import Case, recorder, spool_summary
@@ -51,37 +52,12 @@ from tests.support.relay import free_port, wait_until
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
 
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _greeting(reply: str) -> str:
-    """Our greeting names version 2.6, upstream's 2.6b (docs/decisions.md, "--version")."""
-    return reply.replace("E-MailRelay V2.6b --", "E-MailRelay V2.6 --")
-
-
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             return True
     except OSError:
         return False
-
-
-def _assert_same(got: dict[str, object]) -> None:
-    """Both sides alike, both shown in full when not."""
-    assert got["ours"] == got["upstream"], (
-        "\nours:\n" + pformat(got["ours"]) + "\nupstream:\n" + pformat(got["upstream"])
-    )
-
-
-def _readable(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o644)
-    return path
-
-
-MESSAGE = ["MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>", "DATA", "Subject: s\r\n\r\nbody\r\n."]
 
 
 # ---- message store: names, suffixes, CR-LF, modes and group ----------------------------------------
@@ -109,7 +85,7 @@ def test_stored_message_files_names_modes_and_group(tmp_path: Path) -> None:
         content = files["emailrelay.ID.content"]
         content = re.sub(rb"(?m)^Received: .*\r\n(?:[ \t].*\r\n)*", b"", content)
         got[side] = (replies[-2][:3], shape, modes, files["emailrelay.ID.envelope"], content)
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][1] == ["emailrelay.PID.TIME.1.content", "emailrelay.PID.TIME.1.envelope"]
     assert got["ours"][2] == [("0o660", "daemon"), ("0o660", "daemon")]
     assert got["ours"][4] == b"Subject: s\r\n\r\nbody\r\n"
@@ -162,7 +138,7 @@ def _auth_session(port: int, mechanism: str, user: str, password: str) -> list[s
             replies.append(re.sub(r"^334 \S+$", "334 CHALLENGE", reply) if mechanism == "CRAM-MD5" else reply)
             return reply
 
-        replies.append(_greeting(read_reply(reader)))
+        replies.append(greeting_as_ours(read_reply(reader)))
         say("EHLO c.example")
         if mechanism == "PLAIN":
             say("AUTH PLAIN " + b64(f"\0{user}\0{password}"))
@@ -196,7 +172,7 @@ def test_guide_secrets_files_for_the_server(tmp_path: Path, secrets: str, attemp
     530 without AUTH (or 250 from a trusted address), the envelopes' Authentication fields, and the
     log lines about authentication."""
     base = daemon_base(tmp_path)
-    path = _readable(base / "emailrelay.auth", secrets)
+    path = readable_file(base / "emailrelay.auth", secrets)
     got = {}
     for side in SIDES:
         with start(side, base, "--server-auth", str(path)) as relay:
@@ -234,11 +210,11 @@ def test_guide_client_secrets_and_account_selectors(tmp_path: Path, secrets: str
     got = {}
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
-        auth = secrets if secrets.startswith("plain:") else str(_readable(base / "client.auth", secrets))
+        auth = secrets if secrets.startswith("plain:") else str(readable_file(base / "client.auth", secrets))
         script = auth_script("334 PDEyMzQ1LjY3ODlAZmFrZS50ZXN0Pg==", "235 2.7.0 ok")
         with FakeSmtp(extensions=(*NO_PIPELINING, "AUTH PLAIN LOGIN CRAM-MD5"), auth=script) as hop:
             spool = spool_dir(base / side / "spool")
-            _write(spool, [["b@example.net"]], int(time.time()))
+            write_messages(spool, [["b@example.net"]], int(time.time()))
             for p in spool.glob("*.envelope"):
                 p.write_bytes(p.read_bytes().replace(
                     b"ClientAccountSelector: \r\n", f"ClientAccountSelector: {selector}\r\n".encode()))  # fmt: skip
@@ -251,7 +227,7 @@ def test_guide_client_secrets_and_account_selectors(tmp_path: Path, secrets: str
             ]
             got[side] = (done.returncode, hop.auth_exchanges, commands, len(hop.messages), sorted(
                 p.name for p in spool.iterdir()))  # fmt: skip
-    _assert_same(got)
+    assert_same(got)
 
 
 def _mail_from_auth_out(
@@ -262,10 +238,10 @@ def _mail_from_auth_out(
     got: dict[str, object] = {}
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
-        path = _readable(base / "client.auth", secrets)
+        path = readable_file(base / "client.auth", secrets)
         with FakeSmtp(extensions=(*NO_PIPELINING, "AUTH PLAIN"), auth=auth_script("235 2.7.0 ok")) as hop:
             spool = spool_dir(base / side / "spool")
-            _write(spool, [["b@example.net"]], int(time.time()))
+            write_messages(spool, [["b@example.net"]], int(time.time()))
             for p in spool.glob("*.envelope"):
                 p.write_bytes(p.read_bytes().replace(
                     b"MailFromAuthOut: \r\n", f"MailFromAuthOut: {out}\r\n".encode()))  # fmt: skip
@@ -282,7 +258,7 @@ def _mail_from_auth_out(
 @pytest.mark.parametrize("out", ["", "<>", "x+2By@example.com"], ids=["empty", "angle-brackets", "xtext"])
 def test_mail_from_auth_out(tmp_path: Path, out: str) -> None:
     """With ``--client-auth``, the envelope's ``MailFromAuthOut`` gives the next hop's ``AUTH=``."""
-    _assert_same(_mail_from_auth_out(tmp_path, out, True))
+    assert_same(_mail_from_auth_out(tmp_path, out, True))
 
 
 @pytest.mark.parametrize("out", ["z@example.com", "<>", ""], ids=["xtext", "angle-brackets", "empty"])
@@ -290,7 +266,7 @@ def test_mail_from_auth_out_without_client_auth(tmp_path: Path, out: str) -> Non
     """Without ``--client-auth`` no ``AUTH=`` goes on MAIL FROM whatever the envelope's
     ``MailFromAuthOut`` (issue 17 aligned ours: it used to send it)."""
     got = _mail_from_auth_out(tmp_path, out, False)
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"] == (0, ["MAIL FROM:<a@example.com> BODY=7BIT"])
 
 
@@ -299,7 +275,7 @@ def test_mail_from_auth_out_with_anonymous_client(tmp_path: Path, out: str) -> N
     """``--anonymous=client`` with ``--client-auth``: ``AUTH=<>`` whatever the envelope says (issue 17
     aligned ours: it sent no ``AUTH=``)."""
     got = _mail_from_auth_out(tmp_path, out, True, "client plain bob password123\n", "--anonymous=client")
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"] == (0, ["MAIL FROM:<a@example.com> BODY=7BIT AUTH=<>"])
 
 
@@ -307,7 +283,7 @@ def test_mail_from_auth_out_with_the_no_authentication_account(tmp_path: Path) -
     """With ``--client-auth`` whose account is the empty one (``client plain:b = =``): no AUTH
     exchange and no ``AUTH=`` either (issue 17 aligned ours)."""
     got = _mail_from_auth_out(tmp_path, "z@example.com", True, "client plain:b = =\n")
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"] == (0, ["MAIL FROM:<a@example.com> BODY=7BIT"])
 
 
@@ -429,7 +405,7 @@ def test_tls_config_mbedtls_warns_and_serves(tmp_path: Path, certificate: Path) 
                 replies[2][:3],
                 [x for x in normalise_log(relay.log(), relay) if "tls-config" in x],
             )
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"] == (
         ["250-STARTTLS"],
         "220",
@@ -469,7 +445,7 @@ def test_account_verifier_accepts_and_refuses_as_upstream(spec: str) -> None:
     ``0-0``), the same in upper case (found without ``lowercase`` too), another domain, a name that
     is no account: the RCPT and VRFY replies, the envelopes and the rejections logged."""
     rcpts = ["root@example.com", "ROOT@Example.COM", "root@other.example", "no-such-user-x@example.com"]
-    _assert_same(_account(spec, rcpts))
+    assert_same(_account(spec, rcpts))
 
 
 def test_account_verifier_replies_and_log_as_upstream() -> None:
@@ -479,7 +455,7 @@ def test_account_verifier_replies_and_log_as_upstream() -> None:
     (To-Local: root); VRFY of a local account is ``250 `` (no full name)."""
     rcpts = ["root@example.com", "ROOT@Example.COM", "root@other.example", "no-such-user-x@example.com"]
     got = _account("account:0-0", rcpts)
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][0] == [  # type: ignore[index]
         ("250 recipient <root@example.com>  OK", "250 "),
         ("250 recipient <ROOT@Example.COM>  OK", "250 "),
@@ -494,7 +470,7 @@ def test_account_verifier_replies_and_log_as_upstream() -> None:
         "not a valid account name",
     ]
     default_range = _account("account:", ["root@example.com"])
-    _assert_same(default_range)
+    assert_same(default_range)
     assert default_range["ours"][2] == [  # type: ignore[index]
         'emailrelay: warning: rejecting recipient "root@example.com": rejected: uid 0 is not in the range 1000-32767'
     ]
@@ -511,7 +487,7 @@ def test_dont_serve_with_forward_ends_once_all_is_sent(tmp_path: Path) -> None:
     for side in SIDES:
         with FakeSmtp(extensions=NO_PIPELINING) as hop:
             spool = spool_dir(base / side / "spool")
-            _write(spool, [["b@example.net"], ["c@example.net"]], int(time.time()))
+            write_messages(spool, [["b@example.net"], ["c@example.net"]], int(time.time()))
             done = subprocess.run(
                 [program(side), "--no-daemon", "--dont-serve", "--forward", "--forward-to", hop.address,
                  "--spool-dir", str(spool), "--log", "--no-syslog"],
@@ -522,7 +498,7 @@ def test_dont_serve_with_forward_ends_once_all_is_sent(tmp_path: Path) -> None:
                 len(hop.messages),
                 sorted(p.name for p in spool.glob("emailrelay.*")),
             )
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"] == (0, 2, [])
 
 
@@ -535,7 +511,7 @@ def test_no_startup_forwarding_without_forward(tmp_path: Path) -> None:
     for side in ("ours", "upstream"):
         with FakeSmtp(extensions=NO_PIPELINING) as hop:
             spool = spool_dir(base / side / "spool")
-            _write(spool, [["b@example.net"]], int(time.time()))
+            write_messages(spool, [["b@example.net"]], int(time.time()))
             with start(side, base, "--forward-to", hop.address) as relay:
                 smtp_dialogue(relay.port, ["EHLO c", "QUIT"])
                 hop.wait_for_messages(1, timeout=5 if side == "ours" else 2)
@@ -631,7 +607,7 @@ def test_net_filter_over_a_unix_domain_socket(tmp_path: Path) -> None:
             reply,
             [re.sub(r"/(ours|upstream)/spool/emailrelay\.\d+\.\d+\.\d+", "/SIDE/ID", r) for r in requests],
         )
-    _assert_same(got)
+    assert_same(got)
 
 
 #: a script filter's cases (tests/support/filter_recorder.py): editing the files, and the reason
@@ -656,7 +632,7 @@ def test_filter_script_edits_and_long_output(tmp_path: Path) -> None:
         script = recorder(base, SCRIPT_CASES)
         replies, spool, _ = serve_cases(side, base, SCRIPT_CASES, "--filter", str(script))
         got[side] = ({case: reply for case, (reply, _) in replies.items()}, spool)
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][0] == {  # type: ignore[index]
         "edit": "250 message processed", "chatty1012": "452 late 1k", "chatty1013": "452 rejected",
         "chatty2k": "452 rejected", "chatty100k": "452 rejected",
@@ -678,7 +654,7 @@ def test_net_client_filter(tmp_path: Path) -> None:
             base = daemon_base(tmp_path if side == "ours" else None)
             with FakeSmtp(extensions=NO_PIPELINING) as hop:
                 spool = spool_dir(base / side / "spool")
-                _write(spool, [["b@example.net"], ["c@example.net"]], int(time.time()))
+                write_messages(spool, [["b@example.net"], ["c@example.net"]], int(time.time()))
                 done = subprocess.run(
                     [program(side), "--as-client", hop.address, "--spool-dir", str(spool),
                      "--client-filter", f"net:127.0.0.1:{port}"],
@@ -687,7 +663,7 @@ def test_net_client_filter(tmp_path: Path) -> None:
                 got[side] = (done.returncode, len(hop.messages), spool_summary(spool),
                              [re.sub(r"\S*/spool/emailrelay\.\d+\.\d+\.", "SPOOL/ID.", r) for r in requests])  # fmt: skip
             requests.clear()
-    _assert_same(got)
+    assert_same(got)
 
 
 # ---- the filter's run-time environment, split: with other filters, mx: after split: ------------------
@@ -719,17 +695,17 @@ def test_filter_umask_and_descriptors(tmp_path: Path, mode: tuple[str, ...]) -> 
         got[side] = (replies[-2], (base / "f" / "rec" / "env.txt").read_text())
     # the shell keeps the filter's standard output at fd 11 while fd 1 goes to the record: a
     # socket (socketpair) on both sides (issue 17 aligned ours, a pipe before)
-    _assert_same(got)
+    assert_same(got)
     assert "fd 11 socket\n" in got["ours"][1]
     assert "umask 0077\nfd 0 /dev/null\n" in got["ours"][1] and "fd 2 /dev/null\n" in got["ours"][1]
 
 
 def test_split_copies_skip_later_server_filters() -> None:
     """``--filter=split:,msgid:``: the copies made by ``split:`` are not given to ``msgid:``."""
-    from tests.differential.test_split import MIXED, split_run
+    from tests.support.diff_filters import MIXED, split_run
 
     got = {side: split_run(side, "split:,msgid:", MIXED) for side in SIDES}
-    _assert_same(got)  # the log too: the chain on one line (issue 17 aligned ours)
+    assert_same(got)  # the log too: the chain on one line (issue 17 aligned ours)
     assert sum("Message-ID: <N@" in x for x in got["ours"][1]) == 1
     assert got["ours"][3][-1] == "emailrelay: info: filter [split:,msgid:]: [emailrelay.ID]: ok response=[]"
 
@@ -748,7 +724,7 @@ def test_filter_chain_log_line(tmp_path: Path, chain: str) -> None:
         base = daemon_base(tmp_path if side == "ours" else None)
         replies, spool, _ = serve_cases(side, base, ["m"], "--filter", chain)
         got[side] = (replies["m"], spool)
-    _assert_same(got)
+    assert_same(got)
     lines: list[str] = got["ours"][0][1]  # type: ignore[index]
     results = [x for x in lines if x.startswith("emailrelay: info: filter [") and "running" not in x]
     prefix = f"emailrelay: info: filter [{chain.replace('/bin/true', 'true')}]: ["
@@ -773,7 +749,7 @@ def test_client_filter_chain_log_line(chain: str) -> None:
             text = (done.stdout + done.stderr).decode(errors="replace")
             log = [x for x in normalise_log(text) if "filter" in x]
             got[side] = (done.returncode, len(hop.messages), log, spool_summary(spool))
-    _assert_same(got)
+    assert_same(got)
     lines: list[str] = got["ours"][2]  # type: ignore[assignment]
     named = [x for x in lines if x.startswith(f"emailrelay: info: client-filter [{chain}]: [")]
     assert lines == named and len(named) == (0 if chain == "exit:0,exit:0" else 1), lines
@@ -817,7 +793,7 @@ def test_split_then_mx(mx: str) -> None:
                      if "routing" in x or "filter" in x]  # fmt: skip
             got[side] = (done.returncode, sorted(m.rcpts[0] for m in routed.messages),
                          sorted(m.rcpts[0] for m in default.messages), lines, spool_summary(relay.spool))  # fmt: skip
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][1:3] == (["x@one.test"], ["y@two.test"])
 
 
@@ -836,18 +812,18 @@ def test_xoauth2_client_line(tmp_path: Path, token: str) -> None:
     got = {}
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
-        path = _readable(base / "client.auth", f"client oauth bob {token}\n")
+        path = readable_file(base / "client.auth", f"client oauth bob {token}\n")
         with FakeSmtp(
             extensions=(*NO_PIPELINING, "AUTH XOAUTH2 PLAIN"), auth=auth_script("235 2.7.0 ok")
         ) as hop:
             spool = spool_dir(base / side / "spool")
-            _write(spool, [["b@example.net"]], int(time.time()))
+            write_messages(spool, [["b@example.net"]], int(time.time()))
             done = subprocess.run(
                 [program(side), "--as-client", hop.address, "--spool-dir", str(spool), "--client-auth", str(path)],
                 capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
             )  # fmt: skip
             got[side] = (done.returncode, hop.auth_exchanges, len(hop.messages))
-    _assert_same(got)
+    assert_same(got)
     padded = token + "=" * (-len(token) % 4)
     assert got["ours"] == ((1, [], 0) if token == "x" else (0, [[f"XOAUTH2 {padded}"]], 1))
 
@@ -865,13 +841,9 @@ def test_pop_stls(tmp_path: Path, certificate: Path) -> None:
     """``--server-tls`` with ``--pop``: CAPA, STLS, then CAPA, USER/PASS, STAT and QUIT over TLS.
     The replies are compared but for upstream's extra ``+OK`` once TLS is up, asserted (a recorded
     decision, docs/decisions.md "POP": ours sends nothing there)."""
-    import ssl
-
     base = daemon_base(tmp_path)
-    secrets = _readable(base / "pop.auth", "server plain alice pw\n")
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    secrets = readable_file(base / "pop.auth", "server plain alice pw\n")
+    context = no_verify_context()
     got = {}
     for side in SIDES:
         pop = free_port()
@@ -892,7 +864,7 @@ def test_pop_stls(tmp_path: Path, certificate: Path) -> None:
         got[side] = replies
     # issue 17 aligned ours: STLS listed before SASL (also once TLS is up), a bare "+OK" to STLS;
     # upstream's "+OK" sent unasked after the handshake is not copied (read here with the CAPA reply)
-    _assert_same({side: got[side][:3] + got[side][4:] for side in SIDES})
+    assert_same({side: got[side][:3] + got[side][4:] for side in SIDES})
     capa = b"+OK capability list follows\r\nUSER\r\nCAPA\r\nTOP\r\nUIDL\r\nSTLS\r\n"
     sasl = b"SASL CRAM-SHA512 CRAM-SHA256 CRAM-SHA1 CRAM-MD5 PLAIN LOGIN\r\n"
     assert got["ours"][1:4] == [capa + sasl + b".\r\n", b"+OK\r\n", capa + sasl + b".\r\n"]
@@ -905,13 +877,10 @@ def test_pop_stls_with_poplib(tmp_path: Path, certificate: Path) -> None:
     and STAT.  Ours keeps it in step; E-MailRelay 2.6b's unasked ``+OK`` after the handshake puts
     every reply one command late (docs/decisions.md, "POP"), asserted."""
     import poplib
-    import ssl
 
     base = daemon_base(tmp_path)
-    secrets = _readable(base / "pop.auth", "server plain alice pw\n")
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    secrets = readable_file(base / "pop.auth", "server plain alice pw\n")
+    context = no_verify_context()
     got = {}
     for side in SIDES:
         pop = free_port()
@@ -932,7 +901,7 @@ def test_forwarding_triggers_mixed(tmp_path: Path) -> None:
     """``--forward-on-disconnect`` and ``--admin`` in one relay: a message forwarded when its client
     disconnects, then one forwarded by the admin ``forward`` command while its client is still
     connected; the trigger and forwarding lines from the first trigger on, and what the hop got."""
-    from tests.differential.test_forwarding import _store, _trigger_lines
+    from tests.support.diff_forwarding import store, trigger_lines
     from tests.support.sink import wait_for_bus
 
     base = daemon_base(tmp_path)
@@ -947,7 +916,7 @@ def test_forwarding_triggers_mixed(tmp_path: Path) -> None:
         ):
             if side == "ours":
                 assert wait_for_bus(relay.spool)
-            _store(relay.port)
+            store(relay.port)
             assert hop.wait_for_messages(1, timeout=20), relay.log()
             # the first pass ends before the admin command (else upstream queues it: "still busy")
             wait_until(lambda r=relay: "no more messages to send" in r.log(), 20)
@@ -962,14 +931,14 @@ def test_forwarding_triggers_mixed(tmp_path: Path) -> None:
                     sock.recv(100)
                 assert hop.wait_for_messages(2, timeout=20), relay.log()
                 wait_until(lambda r=relay: r.log().count("no more messages to send") >= 2, 10)
-            lines = _trigger_lines(relay.log(), [hop.port, relay.port, admin])
+            lines = trigger_lines(relay.log(), [hop.port, relay.port, admin])
         first = next(
             i for i, x in enumerate(lines) if x.startswith("emailrelay: info: forwarding [emailrelay")
         )
         # up to the admin forward's end (the second client's disconnect may add more, or not yet)
         ends = [i for i, x in enumerate(lines) if x.endswith("forwarding: no more messages to send")]
         got[side] = (lines[first - 1 : ends[1] + 1], len(hop.messages))
-    _assert_same(got)
+    assert_same(got)
     assert [x for x in got["ours"][0] if x.startswith("emailrelay: info: forwarding: [")] == [
         "emailrelay: info: forwarding: [client disconnect]",
         "emailrelay: info: forwarding: [admin]",
@@ -990,6 +959,6 @@ def test_guide_filter_sh_example(tmp_path: Path, script: str) -> None:
         copy.chmod(0o755)
         replies, spool, _ = serve_cases(side, base, ["m"], "--filter", str(copy))
         got[side] = (replies["m"][0], [x.replace(str(base), "BASE") for x in replies["m"][1]], spool)
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][0][:3] == "250"  # type: ignore[index]
     assert (got["ours"][2] == []) == (script == "ref_filter_loopback.sh")  # type: ignore[index]

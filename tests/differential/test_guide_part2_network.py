@@ -1,7 +1,7 @@
 """The reference guide's routing, networking, POP-mailbox and run-time rows against E-MailRelay 2.6b.
 
 What it is for (issue 17, the second file of the part 2 regrade; tests/differential/test_guide_part2.py
-has the store, forwarding, filter, verifier and authentication rows and the helpers both use):
+has the store, forwarding, filter, verifier and authentication rows; tests/support/diff_guide.py the helpers both use):
 ``ForwardToAddress`` and ``--client-interface`` with ``--as-client``, the ``--interface`` forms,
 unix domain and socket-activated listening sockets, the guide's ``--dnsbl`` forms (and their
 time-outs for a remote client in a private network namespace), SOCKS, the mailboxes ``copy:`` and
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.test_forwarding import NO_PIPELINING, _write
-from tests.differential.test_guide_part2 import MESSAGE, _assert_same, _greeting, _readable
+from tests.support.diff_forwarding import NO_PIPELINING, write_messages
+from tests.support.diff_guide import MESSAGE, assert_same, greeting_as_ours, readable_file
+from tests.support.diff_remote import remote_session
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.filter_recorder import spool_summary
 from tests.support.netns import Netns, private_netns
@@ -93,7 +94,7 @@ def test_pop_mailboxes(tmp_path: Path, case: str) -> None:
     ``postmaster`` and ``.hidden``, which ``copy:`` leaves alone, and maildirs with ``new``, ``tmp``
     and ``cur``)."""
     base = daemon_base(tmp_path)
-    secrets = _readable(base / "pop.auth", "server plain alice pw\nserver plain bob pw\n")
+    secrets = readable_file(base / "pop.auth", "server plain alice pw\nserver plain bob pw\n")
     verifier = base / "local.sh"
     verifier.write_text('#!/bin/sh\necho "Alice"\necho alice\nexit 0\n')
     verifier.chmod(0o755)
@@ -115,7 +116,7 @@ def test_pop_mailboxes(tmp_path: Path, case: str) -> None:
             pop_replies = _pop_session(pop, "alice")
             time.sleep(0.3)
             left = spool_summary(relay.spool)
-        got[side] = (list(map(_greeting, replies)), pop_replies, left)
+        got[side] = (list(map(greeting_as_ours, replies)), pop_replies, left)
         if case == "delivery":  # the POP section's spelling: both run it as a program, which is not there
             lines = [x.replace(f"{base}/{side}/", "BASE/SIDE/") for x in normalise_log(relay.log())]
             got[side] += ([x for x in lines if "filter" in x],)  # type: ignore[assignment]
@@ -128,7 +129,7 @@ def test_pop_mailboxes(tmp_path: Path, case: str) -> None:
             maildir = [x for x in got[side][2] if re.search(form, x)]
             assert maildir, got[side][2]
             got[side][2][:] = [re.sub(form, "/MAILDIR:", x) for x in got[side][2]]
-    _assert_same(got)
+    assert_same(got)
 
 
 # ---- routing: ForwardToAddress, local recipients, --client-interface ----------------------------------
@@ -189,7 +190,7 @@ def test_routing_and_client_interface(tmp_path: Path, case: str) -> None:
         base = daemon_base(tmp_path if side == "ours" else None)
         with FakeSmtp(extensions=NO_PIPELINING) as hop:
             spool = spool_dir(base / side / "spool")
-            _write(spool, [["b@example.net"]], int(time.time()))
+            write_messages(spool, [["b@example.net"]], int(time.time()))
             if prep is not None:
                 prep(spool, hop)
             argv = [a.replace("HOPNAME", f"localhost:{hop.port}").replace("HOP", hop.address) for a in args]
@@ -205,11 +206,11 @@ def test_routing_and_client_interface(tmp_path: Path, case: str) -> None:
                           if not p.name.startswith("."))  # fmt: skip
             got[side] = (done.returncode, len(hop.messages), left, problems)
     if case not in ROUTE_DIFFERENCES:
-        _assert_same(got)  # type: ignore[arg-type]
+        assert_same(got)  # type: ignore[arg-type]
         if case in ROUTE_ERRORS:
             assert got["ours"][3][-1] == ROUTE_ERRORS[case], got
         return
-    _assert_same({side: got[side][1:3] for side in SIDES})
+    assert_same({side: got[side][1:3] for side in SIDES})
     for side, (rc, line) in zip(SIDES, ROUTE_DIFFERENCES[case], strict=True):
         assert (got[side][0], got[side][3][-1]) == (rc, line), got
 
@@ -247,14 +248,14 @@ def test_interface_forms_listen_where_upstream_does(tmp_path: Path, interface: s
             x for x in normalise_log(relay.log(), ports=[relay.port, admin, pop]) if " server on " in x
         )
         got[side] = (answers, lines)
-    _assert_same(got)
+    assert_same(got)
 
 
 def test_unix_domain_listening_sockets(tmp_path: Path) -> None:
     """``--interface=smtp=<path> --port=0 --interface=pop=<path> --pop --pop-port=0``: the ``server on``
     lines and an SMTP session over the socket."""
     base = daemon_base(tmp_path)
-    secrets = _readable(base / "pop.auth", "server plain alice pw\n")
+    secrets = readable_file(base / "pop.auth", "server plain alice pw\n")
     got = {}
     for side in SIDES:
         home = base / side
@@ -274,7 +275,7 @@ def test_unix_domain_listening_sockets(tmp_path: Path) -> None:
                 sock.settimeout(10)
                 sock.connect(str(smtp_s))
                 reader = sock.makefile("rb")
-                replies = [_greeting(read_reply(reader))]
+                replies = [greeting_as_ours(read_reply(reader))]
                 for line in ["EHLO c", *MESSAGE, "QUIT"]:
                     sock.sendall(line.encode() + b"\r\n")
                     replies.append(read_reply(reader))
@@ -291,7 +292,7 @@ def test_unix_domain_listening_sockets(tmp_path: Path) -> None:
             if " server on " in x
         ]
         got[side] = (replies[:-1], pop_greeting, sorted(lines), len(list(spool.glob("*.content"))))
-    _assert_same(got)
+    assert_same(got)
 
 
 @pytest.mark.parametrize(
@@ -310,10 +311,10 @@ def test_guide_dnsbl_forms_leave_loopback_clients_alone(tmp_path: Path, dnsbl: s
         got = {}
         for side in SIDES:
             with start(side, base, "--remote-clients", "--dnsbl", spec) as relay:
-                replies = list(map(_greeting, smtp_dialogue(relay.port, ["EHLO c", *MESSAGE, "QUIT"])))
+                replies = list(map(greeting_as_ours, smtp_dialogue(relay.port, ["EHLO c", *MESSAGE, "QUIT"])))
                 log = [x for x in normalise_log(relay.log(), relay) if "dnsbl" in x.lower()]
             got[side] = (replies, log)
-    _assert_same(got)
+    assert_same(got)
 
 
 #: what a service manager (or the guide's shell redirection) does: listening sockets at fds 5 and 6
@@ -324,7 +325,7 @@ def test_socket_activation_descriptors(tmp_path: Path) -> None:
     """``--interface=smtp=fd#5,pop=fd#6`` with listening sockets put there by a shell redirection:
     the ``server on`` lines and a session on each."""
     base = daemon_base(tmp_path)
-    secrets = _readable(base / "pop.auth", "server plain alice pw\n")
+    secrets = readable_file(base / "pop.auth", "server plain alice pw\n")
     got = {}
     for side in SIDES:
         home = base / side
@@ -342,7 +343,7 @@ def test_socket_activation_descriptors(tmp_path: Path) -> None:
                 assert wait_until(lambda p=proc, h=home: (h / "log").read_text().count(" server on ") >= 2
                                   or p.poll() is not None, 20)  # fmt: skip
                 replies = list(
-                    map(_greeting, smtp_dialogue(smtp.getsockname()[1], ["EHLO c", *MESSAGE, "QUIT"]))
+                    map(greeting_as_ours, smtp_dialogue(smtp.getsockname()[1], ["EHLO c", *MESSAGE, "QUIT"]))
                 )
                 with socket.create_connection(pop.getsockname(), timeout=10) as sock:
                     pop_greeting = sock.makefile("rb").readline()[:3]
@@ -351,7 +352,7 @@ def test_socket_activation_descriptors(tmp_path: Path) -> None:
                 proc.wait(15)
         lines = sorted(x for x in normalise_log((home / "log").read_text()) if " server on " in x)
         got[side] = (replies, pop_greeting, lines, len(list(spool.glob("*.content"))))
-    _assert_same(got)
+    assert_same(got)
 
 
 def test_forward_through_a_socks4a_proxy(tmp_path: Path) -> None:
@@ -362,7 +363,7 @@ def test_forward_through_a_socks4a_proxy(tmp_path: Path) -> None:
         base = daemon_base(tmp_path if side == "ours" else None)
         with FakeSmtp(extensions=NO_PIPELINING) as hop, socks_server() as proxy:
             spool = spool_dir(base / side / "spool")
-            _write(spool, [["b@example.net"]], int(time.time()))
+            write_messages(spool, [["b@example.net"]], int(time.time()))
             done = subprocess.run(
                 [program(side), "--as-client", f"localhost:{hop.port}@{proxy.address}", "--spool-dir", str(spool)],
                 capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
@@ -374,7 +375,7 @@ def test_forward_through_a_socks4a_proxy(tmp_path: Path) -> None:
                 len(hop.messages),
                 sorted(p.name for p in spool.glob("emailrelay.*")),
             )
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][2] == 1
 
 
@@ -404,7 +405,7 @@ def test_forks_and_detaches_by_default(tmp_path: Path) -> None:
         finally:
             stop_pid(pid)
         got[side] = (rc, greeting, detached, pid_alive(pid), leader)
-    _assert_same(got)  # (issue 17 aligned ours: it forks twice too)
+    assert_same(got)  # (issue 17 aligned ours: it forks twice too)
     assert got["ours"] == (0, "220", (True, True, True), False, False)
 
 
@@ -424,8 +425,6 @@ def test_dnsbl_time_out_for_a_remote_client(remote_netns: Netns, tmp_path: Path,
     """A remote client (192.0.2.2) and a DNSBL server that never answers: a positive time-out lets the
     client in when it expires, a negative one refuses it (closing without a byte); what the client
     sees and the log lines."""
-    from tests.differential.test_smtp_remote import _run
-
     base = daemon_base(tmp_path)
     got = {}
     with open(base / "dns.log", "wb") as log:
@@ -433,13 +432,16 @@ def test_dnsbl_time_out_for_a_remote_client(remote_netns: Netns, tmp_path: Path,
     try:
         time.sleep(0.5)
         for side in SIDES:
-            seen, lines = _run(remote_netns, side, base, "--remote-clients", "--dnsbl",
+            seen, lines = remote_session(remote_netns, side, base, "--remote-clients", "--dnsbl",
                                f"127.0.0.1:5353,{timeout},1,spam.example.com")  # fmt: skip
-            got[side] = (_greeting(seen), [x for x in lines if "dnsbl" in x.lower() or "block" in x.lower()])
+            got[side] = (
+                greeting_as_ours(seen),
+                [x for x in lines if "dnsbl" in x.lower() or "block" in x.lower()],
+            )
     finally:
         stop_process(dns)
     # (issue 17 aligned ours: a time-out block closes without a byte, and upstream's log lines)
-    _assert_same(got)
+    assert_same(got)
     blocked = " blocked" if timeout == "-500" else ""
     assert got["ours"] == (
         "b''" if blocked else got["ours"][0],

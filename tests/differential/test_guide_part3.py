@@ -10,7 +10,7 @@ default ``--user daemon``:
   line, the seed's verifier script, ``spam:``/``spam-edit:`` against a fake
   spamd, the guides' filter scripts, ``--log-format=address``, a config
   file as the last argument): each reply of the same sessions, the stored
-  envelopes and the normalised log (tests/differential/test_smtp_server.py's
+  envelopes and the normalised log (tests/support/diff_smtp_server.py's
   helpers);
 - the guides' daemonizing command lines as typed (``--pid-file`` and free
   ports added): the launcher's exit code and output, the replies, the spool
@@ -57,7 +57,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.test_smtp_server import _assert_same_replies, _both, _run
+from tests.support.diff_smtp_server import assert_same_replies, both_dialogues, run_dialogues
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fake_spamd import GTUBE, fake_spamd
 from tests.support.oracle import (  # (and its id and date patterns)
@@ -165,7 +165,7 @@ def _server_case(case: str, base: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _stored(base: Path, side: str) -> list[tuple[str, bytes]]:
-    """The spool ``_run`` left for ``side``: every file (several messages apart), ids and dates normalised."""
+    """The spool ``run_dialogues`` left for ``side``: every file (several messages apart), ids and dates normalised."""
     return sorted(_normalised_files(base / side / "spool"))
 
 
@@ -223,8 +223,8 @@ def test_guide_server_options_as_upstream(tmp_path: Path, case: str) -> None:
         pytest.skip("spamassassin is not installed")
     base = daemon_base(tmp_path)
     args, dialogues = _server_case(case, base)
-    got = _both(args, dialogues, base)
-    _assert_same_replies(got, dialogues)
+    got = both_dialogues(args, dialogues, base)
+    assert_same_replies(got, dialogues)
     assert got["ours"][1] == got["upstream"][1]
     stored = {side: _stored(base, side) for side in SIDES}
     if "spamassassin" in case:  # spamassassin lists rules of equal score in no fixed order
@@ -259,8 +259,8 @@ def test_account_verifier_as_upstream(tmp_path: Path) -> None:
     vrfy = ["VRFY nobody-here@example.com", f"VRFY {account}@example.com"]
     dialogue = [[*_send("a@b.example", rcpts, _message("account"))[:1], *vrfy,
                  *_send("a@b.example", rcpts, _message("account"))[1:], "QUIT"]]  # fmt: skip
-    got = _both(["-v", "-r", "--domain=example.com", "--address-verifier=account:"], dialogue, base)
-    _assert_same_replies(got, dialogue)
+    got = both_dialogues(["-v", "-r", "--domain=example.com", "--address-verifier=account:"], dialogue, base)
+    assert_same_replies(got, dialogue)
     assert got["ours"][0][0][2:4] == ["550 rejected", "250 "]
     assert got["ours"][0][0][5:12] == [f"250 recipient <{account}@example.com>  OK", *["550 rejected"] * 3,
                                        f"250 recipient <{account.upper()}@EXAMPLE.COM>  OK", *["550 rejected"] * 2]  # fmt: skip
@@ -329,14 +329,14 @@ def test_spamd_filters_as_upstream(tmp_path: Path, kind: str) -> None:
     got, asked = {}, {}
     for side in SIDES:
         with fake_spamd() as spamd:
-            got[side] = _run(side, base, [f"--filter={kind}:{spamd.address}"], _spam_dialogues())
+            got[side] = run_dialogues(side, base, [f"--filter={kind}:{spamd.address}"], _spam_dialogues())
             asked[side] = [command for command, _ in spamd.requests]
             name = spamd.address.replace(":", "/") + "/ip"  # the filter's name in upstream's log
         got[side][2][:] = [
             x.replace(name, "SPAMD").replace(f"BASE/{side}/", "BASE/SIDE/") for x in got[side][2]
         ]
     assert asked["ours"] == asked["upstream"] == ["PROCESS"] * 2
-    _assert_same_replies(got, _spam_dialogues())
+    assert_same_replies(got, _spam_dialogues())
     final = [replies[-2] for replies in got["ours"][0]]
     assert final == (
         ["250 message processed"] * 2 if kind == "spam-edit" else ["452 rejected", "250 message processed"]
@@ -543,8 +543,8 @@ def test_secrets_first_field_as_upstream(tmp_path: Path) -> None:
         )
     taken = _install(base, "taken.auth", "CLIENT plain u p\nServer plain u1 p1\n")
     auth = "AUTH PLAIN " + _b64("\0u1\0p1")
-    got = _both(["--server-auth", taken], [["EHLO c", auth, "QUIT"]], base, name="-taken")
-    _assert_same_replies(got, [["EHLO c", auth, "QUIT"]])
+    got = both_dialogues(["--server-auth", taken], [["EHLO c", auth, "QUIT"]], base, name="-taken")
+    assert_same_replies(got, [["EHLO c", auth, "QUIT"]])
     assert got["ours"][0][0][2] == "235 authentication successful"
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.test_forwarding import NO_PIPELINING, _write
-from tests.differential.test_guide_part2 import _assert_same
+from tests.support.diff_forwarding import NO_PIPELINING, write_messages
+from tests.support.diff_guide import assert_same
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, program, spool_dir, start
 from tests.support.relay import wait_until
@@ -23,7 +23,7 @@ from tests.support.relay import wait_until
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
 
-def _as_client(
+def as_client(
     tmp_path: Path, side: str, *args: str, messages: int = 0, route: str = ""
 ) -> tuple[int, list[str], Path]:
     """``--as-client`` over a spool of ``messages`` messages, the first with ``ForwardToAddress:
@@ -31,7 +31,7 @@ def _as_client(
     base = daemon_base(tmp_path if side == "ours" else None)
     spool = spool_dir(base / side / "spool")
     if messages:
-        names = _write(spool, [["b@example.net"]] * messages, int(time.time()))
+        names = write_messages(spool, [["b@example.net"]] * messages, int(time.time()))
         if route:
             first = spool / f"{names[0]}.envelope"
             first.write_bytes(
@@ -55,7 +55,7 @@ def test_client_interface_must_be_an_address(tmp_path: Path, interface: str, mod
     got: dict[str, object] = {}
     for side in SIDES:
         if mode == "as-client":
-            rc, log, _ = _as_client(
+            rc, log, _ = as_client(
                 tmp_path, side, "--as-client", "127.0.0.1:9", "--client-interface", interface
             )
             got[side] = (rc, log)
@@ -74,7 +74,7 @@ def test_client_interface_must_be_an_address(tmp_path: Path, interface: str, mod
             proc.terminate()
             proc.communicate(timeout=30)
             got[side] = ("running", [])
-    _assert_same(got)
+    assert_same(got)
     refused = interface in ("lo", "localhost")
     expected: object = (1, [f"emailrelay: error: address error: invalid network address: {interface}: 0"])
     assert (got["ours"] == expected) == refused, got
@@ -88,12 +88,12 @@ def test_next_hop_ipv6_forms(tmp_path: Path, hop: str) -> None:
     got: dict[str, object] = {}
     for side in SIDES:
         with FakeSmtp(host="::1", extensions=NO_PIPELINING) as fake:
-            rc, log, spool = _as_client(
+            rc, log, spool = as_client(
                 tmp_path, side, "--as-client", hop.replace("PORT", str(fake.port)), messages=1
             )
             log = [x.replace(str(fake.port), "PORT") for x in log]
             got[side] = (rc, log, len(fake.messages), len(list(spool.glob("*.envelope"))))
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][2] == (0 if hop == "::1" else 1), got  # type: ignore[index]
 
 
@@ -103,12 +103,12 @@ def test_forward_to_bare_ipv6_with_port(tmp_path: Path) -> None:
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
         with FakeSmtp(host="::1", extensions=NO_PIPELINING) as fake:
-            _write(spool_dir(base / side / "spool"), [["b@example.net"]], int(time.time()))
+            write_messages(spool_dir(base / side / "spool"), [["b@example.net"]], int(time.time()))
             with start(side, base, "--forward-to", f"::1:{fake.port}", "--forward") as daemon:
                 wait_until(lambda d=daemon: "no more messages to send" in d.log(), 30)
                 problems = [x for x in daemon.log().splitlines() if "error" in x or "warning" in x]
             got[side] = (len(fake.messages), list(daemon.spool.glob("*.envelope")), problems)
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][0] == 1, got  # type: ignore[index]
 
 
@@ -128,7 +128,7 @@ def test_client_filter_102_ends_without_no_more_messages(tmp_path: Path) -> None
         with FakeSmtp(extensions=NO_PIPELINING) as fake:
             base = daemon_base(tmp_path if side == "ours" else None)
             script = _stop_filter(base)
-            rc, log, spool = _as_client(
+            rc, log, spool = as_client(
                 tmp_path,
                 side,
                 "--as-client",
@@ -140,7 +140,7 @@ def test_client_filter_102_ends_without_no_more_messages(tmp_path: Path) -> None
             )
             log = [x.replace(str(base), "BASE") for x in log]
             got[side] = (rc, log, len(fake.messages), len(list(spool.glob("*.envelope"))))
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][2:] == (1, 2), got  # type: ignore[index]
     assert "emailrelay: info: forwarding: no more messages to send" not in got["upstream"][1], got  # type: ignore[index]
 
@@ -151,13 +151,13 @@ def test_client_filter_102_polling_daemon(tmp_path: Path) -> None:
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
         with FakeSmtp(extensions=NO_PIPELINING) as fake:
-            _write(spool_dir(base / side / "spool"), [["b@example.net"]] * 3, int(time.time()))
+            write_messages(spool_dir(base / side / "spool"), [["b@example.net"]] * 3, int(time.time()))
             args = ("--forward-to", fake.address, "--client-filter", str(_stop_filter(base)), "--poll", "1")
             with start(side, base, *args) as daemon:
                 wait_until(lambda d=daemon: d.log().count("deleting content") == 3, 60)
             log = normalise_log(daemon.log(), drop=["server on", "spool notifier"])
             got[side] = (len(fake.messages), [x for x in log if "forwarding" in x])
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"][0] == 3, got  # type: ignore[index]
 
 
@@ -173,14 +173,14 @@ def test_unreachable_forward_to_address(tmp_path: Path, route: str) -> None:
     for side in SIDES:
         with FakeSmtp(extensions=NO_PIPELINING) as fake:
             hop = "127.0.0.1:9" if route == "same" else fake.address
-            rc, log, spool = _as_client(
+            rc, log, spool = as_client(
                 tmp_path, side, "--as-client", hop, messages=2, route=hop if route == "same" else route
             )
             problems = [
                 x for x in log if ("warning" in x or "error" in x) and "smtp client error: done" not in x
             ]
             got[side] = (rc, problems, len(fake.messages), len(list(spool.glob("*.envelope"))))
-    _assert_same(got)
+    assert_same(got)
     # with "same" the other message's plain --as-client hop is unreachable too: exit 1 for it
     assert got["ours"][0] == (1 if route == "same" else 0), got  # type: ignore[index]
     assert got["ours"][1][0].startswith("emailrelay: warning: smtp connection failed: "), got  # type: ignore[index]
@@ -205,7 +205,7 @@ def test_forwarding_order_is_the_file_names(tmp_path: Path) -> None:
     for side in SIDES:
         base = daemon_base(tmp_path if side == "ours" else None)
         spool, staging = spool_dir(base / side / "spool"), spool_dir(base / side / "staging")
-        made = _write(staging, [["b@example.net"]] * len(ORDER_NAMES), 1700000000)
+        made = write_messages(staging, [["b@example.net"]] * len(ORDER_NAMES), 1700000000)
         for i in (3, 0, 6, 2, 5, 1, 4):
             for suffix in (".envelope", ".content"):
                 (staging / f"{made[i]}{suffix}").rename(spool / f"{ORDER_NAMES[i]}{suffix}")
@@ -216,5 +216,5 @@ def test_forwarding_order_is_the_file_names(tmp_path: Path) -> None:
             )  # fmt: skip
             subjects = [m.data.split(b"Subject: test ", 1)[1].split(b"\r\n", 1)[0] for m in fake.messages]
         got[side] = [ORDER_NAMES[int(s) - 1] for s in subjects]
-    _assert_same(got)
+    assert_same(got)
     assert got["ours"] == sorted(ORDER_NAMES, key=lambda n: n + ".envelope"), got

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.test_guide_part1 import _DROP as _ONE_SIDED
-from tests.differential.test_guide_part1 import _VERSION, both
+from tests.support.diff_guide import VERSION, both
+from tests.support.diff_smtp_server import DROP as _ONE_SIDED
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.oracle import (
     SIDES,
@@ -70,7 +70,7 @@ def _forwarded_log(base: Path, side: str, *args: str) -> list[str]:
         finally:
             d.stop()
     lines = normalise_log(d.log(), ports=[d.port], drop=_DROP)
-    return [_VERSION.sub(" VERSION -- ", _MSGID.sub("(ID) ", line)) for line in lines]
+    return [VERSION.sub(" VERSION -- ", _MSGID.sub("(ID) ", line)) for line in lines]
 
 
 def test_log_format_msgid_on_forwarding_lines_as_upstream(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.test_smtp_server import _assert_same_replies, _both
+from tests.support.diff_smtp_server import assert_same_replies, both_dialogues
 from tests.support.oracle import (
     SIDES,
     daemon_base,
@@ -48,8 +48,8 @@ def test_source_routes_as_upstream(tmp_path: Path) -> None:
     is ``553 mailbox name not allowed: invalid source route in mailbox name`` for MAIL and
     ``550 invalid source route in mailbox name`` for RCPT; a second route after the first is an
     invalid character.  Replies, stored envelope and log are compared."""
-    got = _both([], SOURCE_ROUTES, daemon_base(tmp_path))
-    _assert_same_replies(got, SOURCE_ROUTES)
+    got = both_dialogues([], SOURCE_ROUTES, daemon_base(tmp_path))
+    assert_same_replies(got, SOURCE_ROUTES)
     assert got["ours"][1] == got["upstream"][1] and len(got["ours"][1]) == 1
     assert got["ours"][2] == got["upstream"][2]
     replies = got["ours"][0][0]

@@ -28,7 +28,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_smtp import FakeSmtp
-from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, read_reply, start
+from tests.support.oracle import (
+    SIDES,
+    daemon_base,
+    needs_oracle,
+    normalise_log,
+    read_reply,
+    session_then_quit,
+    start,
+)
 from tests.support.relay import free_port
 
 pytestmark = [needs_oracle, pytest.mark.timeout(180)]
@@ -69,15 +77,7 @@ def _proxy(
             script.chmod(0o755)
             extra = ["--client-filter", str(script)]
         with start(side, base, *proxy, target, *extra, name=f"{side}-{mode}") as daemon:
-            with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as client:
-                reader = client.makefile("rb")
-                got = [read_reply(reader)]
-                for line in SESSION:
-                    client.sendall(line.encode() + b"\r\n")
-                    got.append(read_reply(reader))
-                client.sendall(b"QUIT\r\n")
-                read_reply(reader)
-                quit_at = time.monotonic()
+            got, quit_at = session_then_quit(daemon.port, SESSION)
             if "--as-proxy" in proxy:  # the forwarding starts when the client has gone
                 hop.wait_for(lambda: hop.connections > 0, 30)
             hop.wait_for(lambda: hop.open_connections == 0, 30)

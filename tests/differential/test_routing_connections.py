@@ -1,7 +1,7 @@
 """Routing and the forwarder's connections against E-MailRelay 2.6b (issue 17): ``ForwardToAddress``,
 ``ForwardTo`` and the routing filter, the reference guide's "Routing" section.
 
-What it checks, on both programs run the same way (tests/differential/test_forwarding.py's
+What it checks, on both programs run the same way (tests/support/diff_forwarding.py's
 helpers: hand-written spools, ``--as-client`` as root, fake next hops on loopback, the default
 one and another), each connection of each next hop (its commands, QUIT left out: upstream may
 not wait for the reply of the last one), the whole log, the exit code and the spool left:
@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.differential.test_forwarding import NO_PIPELINING, B, Run, _as_client, _same
+from tests.support.diff_forwarding import NO_PIPELINING, B, Run, as_client, same
 from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.oracle import SIDES, daemon_base, needs_oracle
 
@@ -96,7 +96,7 @@ def _routed(
                 script.write_text(place(client_filter))
                 script.chmod(0o755)
                 args = (*extra, "--client-filter", str(script))
-            runs[side] = _as_client(side, base, hop, [[B]] * len(routes), *args, stamp=stamp, prep=prep)
+            runs[side] = as_client(side, base, hop, [[B]] * len(routes), *args, stamp=stamp, prep=prep)
         connections[side] = [_connections(hop), _connections(other)]
     return runs, connections
 
@@ -106,7 +106,7 @@ def _same_routing(
 ) -> list[str]:
     """Both sides alike (log, exit code, spool, commands, data, each connection), with ``counts``
     connections to the default and the other next hop, every message sent; the log."""
-    run = _same(runs)
+    run = same(runs)
     assert connections["ours"] == connections["upstream"]
     assert tuple(len(c) for c in connections["upstream"]) == counts, connections["upstream"]
     assert run.rc == 0 and run.spool == {}
@@ -202,7 +202,7 @@ def test_account_selector_without_an_account_fails_the_message(tmp_path: Path, s
         tmp_path, [("", "", ""), ("", "", "s1"), ("", "", "")], "", *extra,
         hop_options={"extensions": (*NO_PIPELINING, "AUTH PLAIN"), "auth": auth_script("235 2.7.0 ok")},
     )  # fmt: skip
-    run = _same(runs)
+    run = same(runs)
     assert connections["ours"] == connections["upstream"] and len(connections["upstream"][0]) == 2
     assert run.rc == 1 and len(run.messages) == 1
     assert [k for k in run.spool if k.endswith(".bad")] and len(run.spool) == 4

@@ -9,38 +9,16 @@ programs close the connection without a byte and log the same two warnings
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.netns import REMOTE_IP, Netns, private_netns
-from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, program
-from tests.support.relay import stop_process
+from tests.support.diff_remote import remote_session
+from tests.support.netns import Netns, private_netns
+from tests.support.oracle import SIDES, daemon_base, needs_oracle
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
-
-PORTS = {"ours": 2525, "upstream": 2526}  # a fresh namespace: all free
-
-# read the greeting (if any), answer it with QUIT, print everything received
-CLIENT = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 10)
-s.settimeout(5)
-data = b""
-try:
-    while True:
-        chunk = s.recv(1000)
-        if not chunk:
-            break
-        data += chunk
-        if data.startswith(b"220 ") and data.endswith(b"\\r\\n") and b"221" not in data:
-            s.sendall(b"QUIT\\r\\n")
-except OSError:
-    pass
-print(repr(data))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -49,32 +27,9 @@ def netns() -> Iterator[Netns]:
         yield ns
 
 
-def _run(netns: Netns, side: str, base: Path, *extra: str) -> tuple[str, list[str]]:
-    home = base / side
-    spool = home / "spool"
-    spool.mkdir(parents=True)
-    home.chmod(0o755)
-    spool.chmod(0o777)
-    port = PORTS[side]
-    argv = [
-        program(side), "--no-daemon", "--log", "--log-time", "--no-syslog", "--verbose",
-        "--port", str(port), "--interface", REMOTE_IP, "--spool-dir", str(spool),
-        "--pid-file", str(home / "pid"), *extra,
-    ]  # fmt: skip
-    with open(home / "log", "ab") as log:
-        proc = netns.popen(argv, log, home)
-    try:
-        netns.wait_for_port(port, proc)
-        seen = netns.run(sys.executable, "-c", CLIENT, REMOTE_IP, str(port)).stdout.strip()
-    finally:
-        stop_process(proc)
-    lines = normalise_log((home / "log").read_text(errors="replace"), drop=(r": supervisor: ",))
-    return seen, [line.replace(" V2.6b -- ", " V2.6 -- ") for line in lines]
-
-
 def test_remote_smtp_client_refused_like_upstream(netns: Netns, tmp_path: Path) -> None:
     base = daemon_base(tmp_path)
-    got = {side: _run(netns, side, base) for side in SIDES}
+    got = {side: remote_session(netns, side, base) for side in SIDES}
     assert got["ours"] == got["upstream"]
     seen, log = got["ours"]
     assert seen == "b''"
@@ -88,7 +43,7 @@ def test_remote_smtp_client_refused_like_upstream(netns: Netns, tmp_path: Path) 
 
 def test_remote_smtp_client_served_with_remote_clients(netns: Netns, tmp_path: Path) -> None:
     base = daemon_base(tmp_path)
-    got = {side: _run(netns, side, base, "--remote-clients") for side in SIDES}
+    got = {side: remote_session(netns, side, base, "--remote-clients") for side in SIDES}
     for side in SIDES:
         seen = got[side][0]
         assert seen.startswith("b'220 ") and seen.endswith("\\r\\n221 OK\\r\\n'"), (side, seen)

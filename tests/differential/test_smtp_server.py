@@ -14,96 +14,33 @@ from __future__ import annotations
 import base64
 import re
 import socket
-import ssl
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.support.certs import HAVE_OPENSSL, make_certs
+from tests.support.certs import HAVE_OPENSSL, make_certs, no_verify_context
+from tests.support.diff_smtp_server import (
+    DROP,
+    GREETING,
+    assert_same_replies,
+    b64,
+    both_dialogues,
+    server_log,
+    server_secrets,
+    settle,
+)
 from tests.support.oracle import (
     SIDES,
-    Daemon,
     daemon_base,
     needs_oracle,
     normalise_log,
     read_reply,
-    smtp_dialogue,
     start,
 )
 from tests.support.relay import wait_until
 
 pytestmark = [needs_oracle, pytest.mark.timeout(180)]
-
-# decisions.md, "Greeting": our greeting names the version as our --version does
-GREETING = {"ours": "E-MailRelay V2.6 -- ", "upstream": "E-MailRelay V2.6b -- "}
-# lines only one side writes, on purpose: the supervisor's, and the content file's creation (at
-# DATA for ours, at MAIL for upstream: decisions.md, "Storing")
-DROP = (r": supervisor: ", r"new content file")
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _envelopes(spool: Path) -> list[bytes]:
-    """The committed envelopes in the order they were written, ids and dates normalised."""
-    paths = sorted(spool.glob("*.envelope"), key=lambda p: (p.stat().st_mtime_ns, p.name))
-    return [re.sub(rb"emailrelay\.\d+\.\d+\.\d+", b"emailrelay.ID", p.read_bytes()) for p in paths]
-
-
-def _run(
-    side: str, base: Path, args: Sequence[str], dialogues: Sequence[Sequence[str]], name: str = ""
-) -> tuple[list[list[str]], list[bytes], list[str]]:
-    """Start ``side`` with ``args``, run each dialogue on its own connection: (replies, envelopes, log)."""
-    with start(side, base, *args, name=f"{side}{name}") as d:
-        replies = []
-        for lines in dialogues:
-            got = smtp_dialogue(d.port, lines)
-            replies.append([r.replace(GREETING[side], "E-MailRelay -- ") for r in got])
-        _settle(d, len(dialogues))
-        envelopes = _envelopes(d.spool)
-        log = _log(d)
-    return replies, envelopes, log
-
-
-def _log(d: Daemon) -> list[str]:
-    """The normalised log without the start-up probe's session (the harness connects and closes
-    at once to see the port open; where its close line falls among the next session's lines is a
-    race) and with our greeting's version as upstream's."""
-    raw = d.log()
-    # the probe's close line is told by its port, not its reason: closing at once races the
-    # greeting's write, so upstream sometimes logs a write error rather than "peer disconnected"
-    probe_port = re.search(r"smtp connection from 127\.0\.0\.1:(\d+)", raw)
-    assert probe_port, raw
-    probe_closed = re.compile(rf"smtp connection closed: .*127\.0\.0\.1:{probe_port[1]}$")
-    raw = "\n".join(line for line in raw.splitlines() if not probe_closed.search(line))
-    lines = [line.replace(GREETING[d.side], "E-MailRelay -- ") for line in normalise_log(raw, d, drop=DROP)]
-    probe = lines.index("emailrelay: info: smtp connection from 127.0.0.1:N")
-    del lines[probe : probe + 2]  # its "connection from" and its greeting
-    return lines
-
-
-def _settle(d: Daemon, sessions: int) -> None:
-    """Wait until every session (plus the start-up probe) has logged its close."""
-    wait_until(lambda: d.log().count("smtp connection closed") >= sessions + 1, 10)
-    time.sleep(0.2)
-
-
-def _both(args: Sequence[str], dialogues: Sequence[Sequence[str]], base: Path, name: str = "") -> dict:
-    return {side: _run(side, base, args, dialogues, name) for side in SIDES}
-
-
-def _assert_same_replies(got: dict, dialogues: Sequence[Sequence[str]]) -> None:
-    ours, upstream = got["ours"][0], got["upstream"][0]
-    for lines, a, b in zip(dialogues, ours, upstream, strict=True):
-        for command, x, y in zip(["<greeting>", *lines], a, b, strict=True):
-            assert x == y, (command, x, y)
-        assert len(a) == len(b), (lines, a, b)
-
-
-# ---- commands, sequences, syntax errors, parameters ---------------------------------------------
 
 COMMANDS = [
     ["FOO", "MAIL FROM:<a@b>", "RCPT TO:<c@d>", "DATA", "HELO", "HELO x y", "EHLO", "EHLO foo",
@@ -127,8 +64,8 @@ COMMANDS = [
 def test_commands_and_errors_as_upstream(tmp_path: Path) -> None:
     """Replies, stored envelopes and log lines of one relay per side through every command and
     error path (including upstream's lax parameters and its 553/550 path errors)."""
-    got = _both([], COMMANDS, daemon_base(tmp_path))
-    _assert_same_replies(got, COMMANDS)
+    got = both_dialogues([], COMMANDS, daemon_base(tmp_path))
+    assert_same_replies(got, COMMANDS)
     assert got["ours"][0][0][0].endswith(" -- E-MailRelay -- Service ready")  # ours says V2.6
     assert got["ours"][1] == got["upstream"][1]  # Content, MailFromAuthIn as upstream stores them
     assert len(got["ours"][1]) == 5
@@ -154,7 +91,7 @@ def test_too_many_errors_as_upstream(tmp_path: Path) -> None:
                     replies.append(read_reply(reader))
                 except OSError:  # closed
                     replies.append("")
-            _settle(d, 1)
+            settle(d, 1)
             got[side] = ([r[:3] for r in replies[1:]], normalise_log(d.log(), d, drop=DROP)[-1])
     assert got["ours"] == got["upstream"]
     codes, closed = got["ours"]
@@ -184,8 +121,8 @@ def test_size_and_international_domains_as_upstream(tmp_path: Path, config: str)
     """Domains are stored as A-labels (case kept), with or without SMTPUTF8 and alabels;
     Utf8MailboxNames says whether a stored address is still non-ASCII; an unknown item warns."""
     args = ["--size", "100", *(["--server-smtp-config", config] if config else [])]
-    got = _both(args, UTF8, daemon_base(tmp_path))
-    _assert_same_replies(got, UTF8)
+    got = both_dialogues(args, UTF8, daemon_base(tmp_path))
+    assert_same_replies(got, UTF8)
     assert got["ours"][1] == got["upstream"][1]
     stored = b"".join(got["ours"][1])
     assert b"X-MailRelay-To-Remote: c@xn--bcher-kva.example.com\r\n" in stored
@@ -207,8 +144,8 @@ CHUNKS = [  # (smtp_dialogue adds CRLF to each line: the chunk sizes count it)
 def test_chunking_as_upstream(tmp_path: Path) -> None:
     """--server-smtp-config chunking: BDAT replies (``250 N bytes received``, a bad BDAT ends the
     transaction with ``501 invalid argument``, --size), the stored envelope and the log."""
-    got = _both(["--server-smtp-config", "chunking", "--size", "100"], CHUNKS, daemon_base(tmp_path))
-    _assert_same_replies(got, CHUNKS)
+    got = both_dialogues(["--server-smtp-config", "chunking", "--size", "100"], CHUNKS, daemon_base(tmp_path))
+    assert_same_replies(got, CHUNKS)
     assert got["ours"][1] == got["upstream"][1] and len(got["ours"][1]) == 1
     assert got["ours"][2] == got["upstream"][2]
 
@@ -220,27 +157,20 @@ def test_second_non_ascii_label_is_encoded_on_its_own(tmp_path: Path) -> None:
     dialogue = [
         ["EHLO h", "MAIL FROM:<a@b>", "RCPT TO:<c@\u00e9\u00e9.\u4e2d\u6587>", "DATA", "s\r\n.", "QUIT"]
     ]
-    got = _both([], dialogue, daemon_base(tmp_path))
-    _assert_same_replies(got, dialogue)
+    got = both_dialogues([], dialogue, daemon_base(tmp_path))
+    assert_same_replies(got, dialogue)
     assert b"To-Remote: c@xn--9caa.xn--fiq228c\r\n" in got["ours"][1][0]
     assert b"To-Remote: c@xn--9caa.xn--9caa4540dhst\r\n" in got["upstream"][1][0]
 
 
 def test_anonymous_as_upstream(tmp_path: Path) -> None:
     dialogue = [["EHLO h", "HELO h", "VRFY a", "QUIT"]]
-    got = _both(["--anonymous"], dialogue, daemon_base(tmp_path))
-    _assert_same_replies(got, dialogue)
+    got = both_dialogues(["--anonymous"], dialogue, daemon_base(tmp_path))
+    assert_same_replies(got, dialogue)
     assert got["ours"][0][0][:2] == ["220 greeting", "250-smtp says hello\n250-PIPELINING\n250 8BITMIME"]
 
 
 # ---- AUTH ----------------------------------------------------------------------------------------
-
-
-def _secrets(base: Path) -> Path:
-    path = base / "secrets"
-    path.write_text("server plain me secret\nserver plain you pw\n")
-    path.chmod(0o644)
-    return path
 
 
 AUTH = [
@@ -262,7 +192,7 @@ def test_auth_replies_as_upstream(tmp_path: Path) -> None:
     again, AUTH before EHLO and in a transaction), 530 before authentication, the EHLO keywords,
     and the stored envelopes."""
     base = daemon_base(tmp_path)
-    got = _both(["--server-auth", str(_secrets(base))], AUTH, base)
+    got = both_dialogues(["--server-auth", str(server_secrets(base))], AUTH, base)
     # a CRAM challenge is random: only its form, <number.time@domain>, is the same
     challenge = re.compile(r"334 (PD[A-Za-z0-9+/=]+)")
     for side in SIDES:
@@ -274,7 +204,7 @@ def test_auth_replies_as_upstream(tmp_path: Path) -> None:
             got[side][1],
             [challenge.sub("334 CHALLENGE", line) for line in got[side][2]],
         )
-    _assert_same_replies(got, AUTH)
+    assert_same_replies(got, AUTH)
     ehlo = got["ours"][0][0][1]
     assert ehlo.split("\n")[1] == "250-AUTH CRAM-SHA512 CRAM-SHA256 CRAM-SHA1 CRAM-MD5 PLAIN LOGIN"
     assert got["ours"][1] == got["upstream"][1] and len(got["ours"][1]) == 2
@@ -308,7 +238,7 @@ def certificate() -> Path:
 def test_ehlo_keywords_in_upstreams_order(tmp_path: Path, certificate: Path) -> None:
     """17c: SIZE, AUTH, STARTTLS, VRFY, CHUNKING, BINARYMIME, PIPELINING, SMTPUTF8, 8BITMIME last."""
     base = daemon_base(tmp_path)
-    secrets = _secrets(base)
+    secrets = server_secrets(base)
     tls = ["--server-tls", "--server-tls-certificate", str(certificate)]
     for i, args in enumerate(
         [
@@ -328,8 +258,8 @@ def test_ehlo_keywords_in_upstreams_order(tmp_path: Path, certificate: Path) -> 
         ]
     ):
         dialogue = [["EHLO h", "HELO h", "VRFY a", "QUIT"]]
-        got = _both(args, dialogue, base, name=str(i))
-        _assert_same_replies(got, dialogue)
+        got = both_dialogues(args, dialogue, base, name=str(i))
+        assert_same_replies(got, dialogue)
         assert got["ours"][0][0][1].endswith("\n250 8BITMIME")
     assert got["ours"][0][0][1].split("\n")[1:] == ["250-PIPELINING", "250 8BITMIME"]  # --anonymous=vrfy
 
@@ -349,10 +279,7 @@ def _starttls_then(port: int, garbage: bytes | None) -> list[str]:
             except OSError:  # (upstream resets, ours closes: the client sees the same end)
                 replies.append("<closed>")
             return replies
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with context.wrap_socket(sock) as tls:
+        with no_verify_context().wrap_socket(sock) as tls:
             reader = tls.makefile("rb")
             for line in ("EHLO h", "STARTTLS", "MAIL FROM:<a@b>", "QUIT"):
                 tls.sendall(line.encode() + b"\r\n")
@@ -370,8 +297,8 @@ def test_starttls_and_tls_failures_as_upstream(tmp_path: Path, certificate: Path
         args = ["--server-tls", "--server-tls-certificate", str(certificate), "--server-tls-required"]
         with start(side, base, *args, name=side) as d:
             replies = [_starttls_then(d.port, None), _starttls_then(d.port, b"hello plain text\r\n")]
-            _settle(d, 2)
-            log = _log(d)
+            settle(d, 2)
+            log = server_log(d)
         got[side] = ([[r.replace(GREETING[side], "") for r in x] for x in replies], log)
     assert (
         got["ours"] == got["upstream"]
@@ -397,9 +324,9 @@ def test_auth_before_starttls_refused_when_tls_is_required(tmp_path: Path, certi
     in clear text (a 334 challenge); ours answers 530 and takes no credentials. The rest matches."""
     base = daemon_base(tmp_path)
     args = ["--server-tls", "--server-tls-certificate", str(certificate), "--server-tls-required",
-            "--server-auth", str(_secrets(base))]  # fmt: skip
+            "--server-auth", str(server_secrets(base))]  # fmt: skip
     dialogue = [["EHLO h", "MAIL FROM:<a@b>", "VRFY x", "AUTH LOGIN", "QUIT"]]
-    got = _both(args, dialogue, base)
+    got = both_dialogues(args, dialogue, base)
     ours, upstream = got["ours"][0][0], got["upstream"][0][0]
     assert ours[:4] == upstream[:4] and ours[-1] == "221 OK"  # (upstream took QUIT for a user name)
     assert ours[2:4] == ["530 authentication required: use starttls"] * 2
@@ -461,8 +388,8 @@ def test_pipelining_and_idle_timeout_as_upstream(tmp_path: Path) -> None:
                 sock.sendall(b"EHLO h\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nNOOP\r\n")
                 replies += [read_reply(reader) for _ in range(4)]
                 rest = reader.read()  # until the relay closes
-            _settle(d, 1)
-            log = _log(d)
+            settle(d, 1)
+            log = server_log(d)
         got[side] = ([r.replace(GREETING[side], "") for r in replies], rest, log)
     assert got["ours"] == got["upstream"]
     assert got["ours"][1] == b""

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.test_smtp_server import (
+from tests.support.diff_smtp_server import (
     DROP,
-    _assert_same_replies,
-    _both,
-    _secrets,
-    _settle,
+    assert_same_replies,
     b64,
+    both_dialogues,
+    server_secrets,
+    settle,
 )
 from tests.support.oracle import SIDES, Daemon, daemon_base, needs_oracle, normalise_log, smtp_dialogue, start
 from tests.support.relay import free_port, wait_until
@@ -55,7 +55,7 @@ def test_received_line_as_upstream(tmp_path: Path) -> None:
     runs = [  # (relay options, its sessions)
         ([], [["HELO h1", *message], ["EHLO h2", *message]]),
         (
-            ["--server-auth", str(_secrets(base))],
+            ["--server-auth", str(server_secrets(base))],
             [["HELO h3", "AUTH PLAIN " + b64("\0me\0secret"), *message]],
         ),
     ]
@@ -65,7 +65,7 @@ def test_received_line_as_upstream(tmp_path: Path) -> None:
             with start(side, base, *args, name=f"{side}{i}") as d:
                 for lines in dialogues:
                     assert smtp_dialogue(d.port, lines)[-2:] == ["250 message processed", "221 OK"], side
-                _settle(d, len(dialogues))
+                settle(d, len(dialogues))
                 contents[side] += _contents(d.spool)
     assert contents["ours"] == contents["upstream"]
     received = [c.split(b"\r\n", 1)[0].decode() for c in contents["ours"]]
@@ -87,7 +87,7 @@ def test_address_with_spaces_refused_where_upstream_takes_it(tmp_path: Path) -> 
          "RCPT TO:<a b@c>", "RCPT TO:<a@c >", "RCPT TO:<q@r> <s@t>", "RCPT TO:<\"a b\"@c>", "DATA", "x\r\n.",
          "QUIT"],
     ]  # fmt: skip
-    got = _both([], dialogues, daemon_base(tmp_path))
+    got = both_dialogues([], dialogues, daemon_base(tmp_path))
     ours, upstream = got["ours"][0][0], got["upstream"][0][0]
     refused = "553 mailbox name not allowed: invalid character in mailbox name"
     assert ours[2:5] == [refused] * 3
@@ -122,8 +122,8 @@ def test_auth_plain_authorization_identity_as_upstream(tmp_path: Path) -> None:
     """Upstream ignores the authzid: the client is the authcid, which is logged and stored as the
     envelope's Authentication (MailFromAuthIn stays what MAIL's AUTH= said)."""
     base = daemon_base(tmp_path)
-    got = _both(["--server-auth", str(_secrets(base))], AUTHZID, base)
-    _assert_same_replies(got, AUTHZID)
+    got = both_dialogues(["--server-auth", str(server_secrets(base))], AUTHZID, base)
+    assert_same_replies(got, AUTHZID)
     assert [r[2] for r in got["ours"][0]] == ["235 authentication successful"] * 2 + [
         "535 authentication failed"
     ]
@@ -230,8 +230,8 @@ def test_bdat_out_of_sequence_as_upstream(tmp_path: Path) -> None:
     transaction), then the argument (``501 invalid argument``; ``BDAT 0`` must be the last chunk).
     A bad argument also leaves MAIL and VRFY out of sequence until RSET, HELO or EHLO. The
     connection stays after each."""
-    got = _both(["--server-smtp-config", "chunking"], BDAT, daemon_base(tmp_path))
-    _assert_same_replies(got, BDAT)
+    got = both_dialogues(["--server-smtp-config", "chunking"], BDAT, daemon_base(tmp_path))
+    assert_same_replies(got, BDAT)
     first, second = got["ours"][0]
     seq = "503 command out of sequence -- use RSET to resynchronise"
     assert first[2:6] == [seq, "250 sender <a@b> OK", "554 no valid recipients", seq]
@@ -247,7 +247,7 @@ def test_refused_bdat_chunk_is_read_not_run(tmp_path: Path) -> None:
     """decisions.md, "A refused BDAT's octets": ours reads the octets a refused BDAT announced (RFC
     3030) and drops them; upstream runs them as commands (here a NOOP hidden in the chunk)."""
     dialogue = [["EHLO h", "BDAT 6\r\nNOOP", "QUIT"]]
-    got = _both(["--server-smtp-config", "chunking"], dialogue, daemon_base(tmp_path))
+    got = both_dialogues(["--server-smtp-config", "chunking"], dialogue, daemon_base(tmp_path))
     seq = "503 command out of sequence -- use RSET to resynchronise"
     assert got["ours"][0][0][2:] == [seq, "221 OK"]
     assert got["upstream"][0][0][2:] == [seq, "250 noop"]  # (its QUIT's 221 comes next)
@@ -274,8 +274,8 @@ def test_command_line_edges_as_upstream(tmp_path: Path) -> None:
     taken as a parameter (AUTH= values xtext-encoded as stored, an empty one ignored); only a space
     or the end after ``>`` (``invalid angle brackets``); an address in 8-bit bytes that are not
     UTF-8 refused as an invalid character."""
-    got = _both([], EDGES, daemon_base(tmp_path))
-    _assert_same_replies(got, EDGES)
+    got = both_dialogues([], EDGES, daemon_base(tmp_path))
+    assert_same_replies(got, EDGES)
     assert got["ours"][1] == got["upstream"][1] and len(got["ours"][1]) == 4
     stored = b"".join(got["ours"][1])
     for auth_in in (b"a+01b", b"+3Dx", b""):

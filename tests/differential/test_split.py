@@ -13,32 +13,13 @@ included), which content files are hard links, and the filter's log lines
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
-from tests.support.filter_recorder import filter_lines, spool_summary
-from tests.support.oracle import SIDES, daemon_base, needs_oracle, smtp_dialogue, start
+from tests.support.diff_filters import MIXED, split_run
+from tests.support.oracle import SIDES, needs_oracle
 
 pytestmark = [needs_oracle, pytest.mark.timeout(240)]
-
-MIXED = ("x@Y.example", "z@w.example", "q@y.EXAMPLE", "nodomain", "r@W.example")
-
-
-def split_run(side: str, spec: str, rcpts: tuple[str, ...]) -> tuple[str, list[str], list[int], list[str]]:
-    """(final reply, spool files, link counts of the content files, filter log lines)."""
-    base = daemon_base()
-    with start(side, base, "--filter", spec) as relay:
-        before = len(relay.log())
-        replies = smtp_dialogue(
-            relay.port,
-            ["EHLO c.example", "MAIL FROM:<a@b.example>", *(f"RCPT TO:<{r}>" for r in rcpts), "DATA",
-             "Subject: split\r\n\r\nhello\r\n.", "QUIT"],
-        )  # fmt: skip
-        time.sleep(0.3)
-        links = sorted(p.stat().st_nlink for p in relay.spool.glob("*.content"))
-        lines = filter_lines(relay.log()[before:], relay)
-        return replies[-2], spool_summary(relay.spool), links, lines
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as envmod
-from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
+from tests.support.certs import HAVE_OPENSSL, Certs, make_certs, no_verify_context
 from tests.support.relay import Relay, free_port, spool_files, start_relay, wait_for_port, wait_until
 from tests.support.tls_server import TlsSmtpServer, as_client, queued, submit
 
@@ -37,13 +37,6 @@ BODY = b"Subject: injection test\r\nMessage-ID: <injection@example.com>\r\n\r\nh
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-def no_verify() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class LineReader:
@@ -86,7 +79,7 @@ def test_server_ignores_mail_pipelined_with_starttls(tmp_path: Path, certs: Cert
             raw.sendall(b"STARTTLS\r\nMAIL FROM:<evil@x>\r\n")  # one packet
             assert r.reply()[0].startswith(b"220 ")
             assert r.pending == b""  # no plaintext answer to the injected MAIL
-            with no_verify().wrap_socket(raw, server_hostname="localhost") as tls:
+            with no_verify_context().wrap_socket(raw, server_hostname="localhost") as tls:
                 t = LineReader(tls)
                 tls.sendall(b"EHLO client.example.com\r\n")
                 ehlo = t.reply()
@@ -129,7 +122,7 @@ def test_server_ignores_auth_pipelined_with_starttls(tmp_path: Path, certs: Cert
             r.reply()
             raw.sendall(b"STARTTLS\r\nAUTH PLAIN AGFsaWNlAHNlY3JldDE=\r\n")  # valid credentials, injected
             assert r.reply()[0].startswith(b"220 ") and r.pending == b""
-            with no_verify().wrap_socket(raw, server_hostname="localhost") as tls:
+            with no_verify_context().wrap_socket(raw, server_hostname="localhost") as tls:
                 t = LineReader(tls)
                 tls.sendall(b"EHLO client.example.com\r\n")
                 assert b"hello" in t.reply()[0]
@@ -204,7 +197,7 @@ def test_pop_ignores_commands_pipelined_with_stls(tmp_path: Path, certs: Certs) 
             assert r.line().startswith(b"+OK")
             raw.sendall(b"STLS\r\nQUIT\r\n")  # one packet: the QUIT is the attacker's
             assert r.line().startswith(b"+OK") and r.pending == b""
-            with no_verify().wrap_socket(raw, server_hostname="localhost") as tls:
+            with no_verify_context().wrap_socket(raw, server_hostname="localhost") as tls:
                 t = LineReader(tls)
                 tls.sendall(b"CAPA\r\n")
                 first = t.line()

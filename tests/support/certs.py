@@ -14,12 +14,14 @@ What it guarantees: every ``*.pem`` in :class:`Certs` holds the private key
 followed by the certificate (the form ``--server-tls-certificate`` and
 ``--client-tls-certificate`` take as one file); ``ca`` holds only the CA
 certificate (for the ``--*-tls-verify`` options); ``client_cert`` holds only
-the client certificate (for comparing with the envelope).
+the client certificate (for comparing with the envelope).  :func:`no_verify_context`
+is the client side's context for these certificates when a test checks nothing about them.
 """
 
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,3 +80,12 @@ def make_certs(d: Path) -> Certs:
     self_signed = _self_signed(d, "self", "localhost")
     rogue = _self_signed(d, "rogue", "rogue.example.com")
     return Certs(d, d / "ca.crt", server, client, d / "client.crt", expired, self_signed, rogue)
+
+
+def no_verify_context() -> ssl.SSLContext:
+    """A TLS client context (``ssl.create_default_context()``) that checks neither the server's
+    certificate nor its name: for tests whose servers use self-signed or other-name certificates."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx

@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,13 +86,18 @@ def daemon_base(tmp_path: Path | None = None) -> Path:
     return base
 
 
+def daemon_group(path: Path, mode: int) -> Path:
+    """``path`` owned by root and group ``daemon`` (where that group exists and we may), mode ``mode``."""
+    with contextlib.suppress(KeyError, PermissionError):
+        os.chown(path, 0, grp.getgrnam("daemon").gr_gid)
+    path.chmod(mode)
+    return path
+
+
 def spool_dir(path: Path) -> Path:
     """A spool as a packaged install makes it: root-owned, group daemon, 0775."""
     path.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(KeyError, PermissionError):
-        os.chown(path, 0, grp.getgrnam("daemon").gr_gid)
-    path.chmod(0o775)
-    return path
+    return daemon_group(path, 0o775)
 
 
 @dataclass
@@ -217,6 +223,23 @@ def smtp_dialogue(port: int, lines: Sequence[str], host: str = "127.0.0.1", time
             sock.sendall(line.encode("utf-8", "surrogateescape") + b"\r\n")
             replies.append(read_reply(reader))
     return replies
+
+
+def session_then_quit(port: int, lines: Sequence[str], timeout: float = 30) -> tuple[list[str], float]:
+    """Send each command (CRLF added) and collect each reply, the greeting first; then QUIT.
+
+    Returns those replies (not QUIT's) and ``time.monotonic()`` as QUIT's reply came, before the
+    client closes the connection (the ``--immediate`` tests time the onward connection's close).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
+        reader = client.makefile("rb")
+        got = [read_reply(reader)]
+        for line in lines:
+            client.sendall(line.encode() + b"\r\n")
+            got.append(read_reply(reader))
+        client.sendall(b"QUIT\r\n")
+        read_reply(reader)
+        return got, time.monotonic()
 
 
 _TIME = re.compile(r"^(emailrelay(?:-\w+)?: )\d{8}\.\d{6}\.\d{3}: ")
