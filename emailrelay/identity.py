@@ -87,6 +87,12 @@ def drop(identity: Identity) -> None:
         _target = identity
 
 
+def drop_to(user: str) -> None:
+    """Become ``--user`` ``user`` (:func:`drop`) when switching applies; nothing otherwise."""
+    if switching_applies(user):
+        drop(lookup(user))
+
+
 def group_for_files() -> int | None:
     """The group new spool files get, when switching is on."""
     return _target.gid if _target is not None else None

@@ -54,7 +54,10 @@ class Role:
     listen: str = ""  # "bound": the relay's listening addresses; "metrics": --metrics
     priority: int = 0  # circus start order: higher first
     announces: bool = False  # publishes role.started / role.stopping on the bus
-    preload: tuple[str, ...] = ()  # modules imported as root besides services/preload.py's own
+    # what it imports at run time, after it became --user, besides its entry's module: imported as root
+    # first (services/preload.py), so that a venv only root may read works; each role imports only its own
+    preload: tuple[str, ...] = ()
+    config_modules: bool = False  # and what the configuration adds (TLS, secrets, filters, DNS): mail roles
     privileges: str = "spawned as root; imports its modules, then becomes --user"
 
 
@@ -69,37 +72,51 @@ def _serving_smtp(config: Config) -> bool:
 ROLES: tuple[Role, ...] = (
     Role(
         "bus", "emailrelay.services.role_entries:bus", lambda c: True, "always",
-        priority=30,
+        priority=30, preload=("emailrelay.bus.endpoint",),
         privileges="spawned as root; binds the bus's ipc sockets with --user's group, then becomes --user",
     ),
     Role(
         "notify", "emailrelay.services.role_entries:notify",
         lambda c: _forwarding(c) and c.poll is not None, "--forward-to and --poll, without --immediate",
         priority=20, announces=True,
+        preload=("emailrelay.services.roles", "watchdog.events", "watchdog.observers.polling"),  # (no inotify)
     ),
     Role(
         "forward", "emailrelay.services.role_entries:forward", _forwarding, "--forward-to, without --immediate",
         processes=lambda c: max(1, c.workers_forward), workers=(0, MAX_WORKERS), indexed=True,
         priority=10, announces=True,
+        preload=("emailrelay.services.roles", "emailrelay.services.instance", "emailrelay.services.forward"),
+        config_modules=True,
     ),
     Role(
         "pop", "emailrelay.services.role_entries:pop", lambda c: c.pop, "--pop",
         sockets=("pop",), priority=5,
+        preload=("emailrelay.services.roles", "emailrelay.services.instance", "emailrelay.services.pop3d"),
+        config_modules=True,
     ),
     Role(
         "metrics", "emailrelay.services.role_entries:metrics", lambda c: bool(c.metrics), "--metrics",
         listen="metrics", priority=5, announces=True,
-        preload=("emailrelay.services.metrics", "emailrelay.services.health"),
+        preload=(
+            "emailrelay.services.metrics", "emailrelay.services.health", "emailrelay.services.listeners",
+            "emailrelay.services.supervisor_control",
+        ),
         privileges="spawned as root; imports its modules, then becomes --user and binds its own port",
     ),
     Role(
         "admin", "emailrelay.services.role_entries:admin", lambda c: c.admin_port is not None, "--admin",
         sockets=("admin",), listen="bound", priority=5,
+        preload=(
+            "emailrelay.services.roles", "emailrelay.services.instance", "emailrelay.services.admin",
+            "emailrelay.services.forward", "emailrelay.services.supervisor_control", "emailrelay.policy.dnsbl",
+        ),
+        config_modules=True,
     ),
     Role(
         "smtp", "emailrelay.services.role_entries:smtp", _serving_smtp, "without --no-smtp",
         sockets=("smtp",), processes=lambda c: max(1, c.workers_smtp), workers=(1, MAX_WORKERS),
         priority=0, announces=True,
+        preload=("emailrelay.services.roles", "emailrelay.services.instance"), config_modules=True,
     ),
 )  # fmt: skip
 

@@ -13,14 +13,16 @@ ZeroMQ automatically; sockets use ``linger=0`` so a role never hangs on exit.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
+
+if TYPE_CHECKING:
+    import asyncio  # (imported by messages(): the bus role's proxy runs no event loop)
 
 from . import schema
 
@@ -96,6 +98,8 @@ class BusClient:
         """Every message, as they come.  A plain socket read on the event loop through ZeroMQ's
         (edge-triggered) descriptor: every queued message is taken with a NOBLOCK receive, and the
         loop waits only when ZeroMQ says none is left (no future per message, as zmq.asyncio has)."""
+        import asyncio
+
         sock = self._sub
         if sock is None:
             raise RuntimeError("subscribe() first")

@@ -11,6 +11,9 @@ changes, which every role does (``--user``, and the moments it takes root
 back), so a small daemon thread also checks the parent twice a second and
 ends the process when the supervisor is gone.
 
+``set_process_name`` shows the role's name in ``ps -o comm`` (here, not in
+the services layer, so that naming the process imports nothing heavy).
+
 ``started_by_supervisor`` tells a role whether that supervisor started it:
 under a plain ``circusd circus.ini`` nothing answers on the supervisor's
 channel, so the admin role says so for ``roles``, ``restart`` and ``workers``.
@@ -27,6 +30,7 @@ import time
 PARENT_CHECK_PERIOD = 0.5  # seconds
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 ENV_SUPERVISOR_PID = "EMAILRELAY_SUPERVISOR_PID"
 
 
@@ -41,6 +45,15 @@ def guard_against_orphaning() -> None:
         if os.getppid() != int(expected):
             os._exit(0)
         threading.Thread(target=_watch_parent, args=(int(expected),), name="orphan-guard", daemon=True).start()
+
+
+def set_process_name(role: str) -> None:
+    """``emailrelay-<role>`` (at most 15 bytes, the kernel's limit) in ``ps -o comm``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, f"emailrelay-{role}"[:15].encode(), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def started_by_supervisor() -> bool:

@@ -263,11 +263,11 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
             # upstream's umask; every socket is bound and spool files get 0660 anyway
             os.umask(identity.CHILD_UMASK)
             if target is not None:
+                from ..services.preload import preload_everything  # (as root: --user may not read it)
+
                 identity.drop(target)
                 started()
-                from ..services.preload import preload
-
-                identity.in_root_thread(preload)  # --user may not read the installation
+                identity.in_root_thread(preload_everything)  # --user may not read the installation
             from ..services import loop  # only now: the pid file is not held back by these imports
             from ..services.instance import Instance, run_instances
 

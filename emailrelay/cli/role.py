@@ -3,7 +3,8 @@
 What it is for: the command line of every circus watcher the supervisor
 builds.  The role re-parses the user's own relay options (so every role
 sees exactly the configuration the front end validated) and runs one role
-function: the entry point its row of :mod:`emailrelay.topology` names.  Not meant to be run by
+function: the entry point its row of :mod:`emailrelay.topology` names; it
+imports only what that role uses.  Not meant to be run by
 hand, but harmless to: ``bus``, ``notify`` and ``forward`` need no
 inherited sockets.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 # First of all, before the heavy imports: die with the arbiter, and do not even start if it is gone
 # already (a kill -9 of the arbiter while this role was starting must not leave an orphan on the port).
-from ._orphan_guard import guard_against_orphaning, started_by_supervisor
+from ._orphan_guard import guard_against_orphaning, set_process_name, started_by_supervisor
 
 guard_against_orphaning()
 
@@ -25,8 +26,7 @@ from .. import topology  # noqa: E402
 from ..config import from_values  # noqa: E402
 from ..errors import EmailRelayError  # noqa: E402
 from ..identity import switching_applies  # noqa: E402
-from ..services import roles  # noqa: E402
-from ..services.preload import preload  # noqa: E402
+from ..services.preload import preload_role  # noqa: E402
 from .main import app_dir, log_config  # noqa: E402
 from .parse import configuration_values, expand_shorthands, parse_command_line  # noqa: E402
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv[:split])
     options = argv[split + 1 :]
     row = topology.BY_NAME[args.role]
-    roles.set_process_name(row.name)
+    set_process_name(row.name)
     log = logmod.get()
     try:
         parsed = parse_command_line(options, app_dir=args.app_dir or app_dir())
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         config = from_values(values, name=name)
         logmod.set_unit(config.name)
         if switching_applies(config.user):  # before the role becomes --user (see services/preload)
-            preload(row.preload)
+            preload_role(row, config)  # only what this role uses: each role is an interpreter of its own
         module, _, function = row.entry.partition(":")
         entry = getattr(importlib.import_module(module), function)
         role_args = topology.RoleArgs(

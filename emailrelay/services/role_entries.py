@@ -7,46 +7,60 @@ role's own start function (:mod:`.roles`, the bus proxy, the metrics
 exporter) and runs it to the end.
 
 Guarantees: every function has the same signature, ``(config, args) ->
-exit status``, and returns only when its role stops; the metrics exporter is
-imported only by the metrics role (services/preload.py skips it).
+exit status``, and returns only when its role stops.  Each function imports
+what its role runs, and this module nothing heavy at its top: a role process
+imports only its own modules (issue 20; the bus role no event loop and no
+spool, the metrics exporter only the metrics role).  The imports here run
+as root, before the role becomes ``--user``.
 """
 
 from __future__ import annotations
 
-from ..bus.endpoint import run_forwarder
 from ..config import Config
-from ..identity import as_root
+from ..identity import as_root, drop_to
 from ..topology import RoleArgs
-from . import loop, roles
 
 
 def bus(config: Config, args: RoleArgs) -> int:
-    roles.drop_privileges(config)  # the sockets get --user's group: the effective group
+    from ..bus.endpoint import run_forwarder
+
+    drop_to(config.user)  # the sockets get --user's group: the effective group
     run_forwarder(args.run_dir, privileged=as_root)
     return 0
 
 
 def smtp(config: Config, args: RoleArgs) -> int:
+    from . import loop, roles
+
     return loop.run(roles.run_smtp(config, args.fds, args.run_dir), implicit_tls=config.server_tls_connection)
 
 
 def forward(config: Config, args: RoleArgs) -> int:
+    from . import loop, roles
+
     return loop.run(roles.run_forward(config, args.run_dir, (args.index - 1) % args.count, args.count))
 
 
 def notify(config: Config, args: RoleArgs) -> int:
+    from . import loop, roles
+
     return loop.run(roles.run_notify(config, args.run_dir, config.notify_polling))
 
 
 def pop(config: Config, args: RoleArgs) -> int:
+    from . import loop, roles
+
     return loop.run(roles.run_pop(config, args.fds, args.run_dir))
 
 
 def admin(config: Config, args: RoleArgs) -> int:
+    from . import loop, roles
+
     return loop.run(roles.run_admin(config, args.fds, args.run_dir, args.listen, supervised=args.supervised))
 
 
 def metrics(config: Config, args: RoleArgs) -> int:
+    from . import loop
     from .listeners import parse_host_port
     from .metrics import MetricsOptions, run_metrics
 

@@ -16,14 +16,16 @@ instance, and talks to the others only through the spool and the bus:
 Guarantees: a role whose parent (the circus arbiter) dies is killed by the
 kernel (see :mod:`emailrelay.cli._orphan_guard`), so a ``kill -9`` of the
 arbiter never leaves orphans holding the port; every role stops within the supervisor's
-graceful timeout on SIGTERM, releasing its claims.
+graceful timeout on SIGTERM, releasing its claims.  The SMTP server, the
+policy layer and the forwarder (``instance``, ``forward``, ``admin``,
+``pop3d``) are imported by the role functions that use them, so the notify
+role, an interpreter of its own, does not carry them (issue 20).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import socket
 import time
@@ -37,12 +39,10 @@ from ..bus.endpoint import BusClient
 from ..config import Config
 from ..spool.names import MessageId
 from .connection_slots import ConnectionSlots
-from .instance import build_smtp_service, open_store
 from .loop import until_stopped
 from .notify import SpoolWatcher
 from .spool_sweep import leftover_age, sweep_forever
 
-PR_SET_NAME = 15
 SUBSCRIBE_SETTLE = 1.0  # seconds for a new subscription to reach the bus
 SAFETY_RESCAN = 60.0  # a forward role rescans at least this often, whatever --poll says
 RESCAN_STAMP = rundir.RESCAN_STAMP  # in the run directory: the durable copy of the rescan doorbell
@@ -72,21 +72,13 @@ def _rescan_asked_at(run_dir: str) -> float | None:
         return None
 
 
-def set_process_name(role: str) -> None:
-    """Show the role's name in ``ps -o comm`` (the orphan guard already ran in cli/role.py)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_NAME, f"emailrelay-{role}"[:15].encode(), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def drop_privileges(config: Config) -> None:
-    if identity.switching_applies(config.user):
-        identity.drop(identity.lookup(config.user))
+    identity.drop_to(config.user)
 
 
 async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
+    from .instance import build_smtp_service, open_store
+
     log = logmod.get()
     bus = BusClient(run_dir)
     sockets = [socket.socket(fileno=fd) for fd in fds]
@@ -163,6 +155,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
 
 async def run_forward(config: Config, run_dir: str, index: int, count: int) -> int:
     from .forward import ForwardService
+    from .instance import open_store
 
     started = time.time()
     bus = BusClient(run_dir)
@@ -240,6 +233,7 @@ async def run_admin(
     """The admin role; ``supervised``: started by emailrelay's supervisor, whose channel answers
     ``roles``, ``restart`` and ``workers`` (not by a plain ``circusd circus.ini``)."""
     from .admin import PLAIN_CIRCUSD, AdminContext, AdminSession
+    from .instance import open_store
     from .supervisor_control import SupervisorControl
 
     bus = BusClient(run_dir)
@@ -277,6 +271,7 @@ async def run_admin(
 
 
 async def run_pop(config: Config, fds: list[int], run_dir: str) -> int:
+    from .instance import open_store
     from .pop3d import build_pop_service
 
     sockets = [socket.socket(fileno=fd) for fd in fds]

@@ -12,16 +12,20 @@ directory under /tmp that daemon can reach (pytest's own directories are
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import poplib
 import re
 import shutil
+import smtplib
+import ssl
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +37,14 @@ from emailrelay.errors import UsageError
 from emailrelay.identity import directory_problem, lookup
 from emailrelay.rundir import CIRCUS_DIR, ROOT_BASE, default
 from emailrelay.services.metrics import ANNOUNCING_ROLES
+from tests.support.certs import HAVE_OPENSSL, make_certs
+from tests.support.dns_server import DnsServer, dns_server
 from tests.support.relay import REPO, Relay, free_port, pid_alive, process_ids, program
 from tests.support.sink_counter import (
     PROMPT,
     AdminClient,
     CountingSink,
+    content,
     poll,
     print_log,
     role_of,
@@ -83,6 +90,8 @@ class Production:
     admin_port: int
     metrics_port: int
     sink: CountingSink
+    pop_port: int = 0  # with every feature (production_full)
+    dns: DnsServer | None = None  # with every feature: what mx: asks
 
 
 # every process of the relay records the modules it imports while its effective uid is not root: with an
@@ -100,13 +109,18 @@ sys.addaudithook(_record)
 
 
 @contextlib.contextmanager
-def _production(tmp_path_factory: pytest.TempPathFactory, umask: int) -> Iterator[Production]:
-    """A relay started as root with the default --user, supervised, under ``umask``."""
+def _production(
+    tmp_path_factory: pytest.TempPathFactory,
+    umask: int,
+    features: Callable[[Path, Production], list[str]] | None = None,
+    roles: dict[str, int] = ROLES,
+) -> Iterator[Production]:
+    """A relay started as root with the default --user, supervised, under ``umask``; ``features``
+    gives more relay options (made in the base directory, with the ports already chosen)."""
     base = Path(tempfile.mkdtemp(prefix="er-priv-", dir="/tmp"))
     os.chmod(base, 0o755)
     spool = base / "spool"
     spool.mkdir(mode=0o755)
-    admin_port, metrics_port = free_port(), free_port()
     pid_file = base / "emailrelay.pid"
     (base / "imports").mkdir(mode=0o777)
     os.chmod(base / "imports", 0o1777)  # where daemon records what it imported
@@ -118,21 +132,23 @@ def _production(tmp_path_factory: pytest.TempPathFactory, umask: int) -> Iterato
     try:
         with contextlib.ExitStack() as stack:
             sink = stack.enter_context(CountingSink())
+            production = Production(None, base, pid_file, free_port(), free_port(), sink)  # type: ignore[arg-type]
             old_umask = os.umask(umask)
             try:
                 options = [
-                    "--forward-to", sink.address, "--poll", "60", "--admin", str(admin_port),
-                    "--metrics", f"127.0.0.1:{metrics_port}", "--pid-file", str(pid_file),
-                    "--filter", str(filter_script), "--client-filter", str(filter_script),
+                    "--forward-to", sink.address, "--poll", "60", "--admin", str(production.admin_port),
+                    "--metrics", f"127.0.0.1:{production.metrics_port}", "--pid-file", str(pid_file),
+                    *(features(base, production) if features else
+                      ["--filter", str(filter_script), "--client-filter", str(filter_script)]),
                 ]  # fmt: skip
                 started = supervised_relay(
-                    tmp_path_factory.mktemp("production"), *options, roles=ROLES, spool=spool, user=None,
+                    tmp_path_factory.mktemp("production"), *options, roles=roles, spool=spool, user=None,
                     env={"PYTHONPATH": os.pathsep.join(filter(None, [str(base / "hook"), os.environ.get("PYTHONPATH")]))},
                 )  # fmt: skip
-                relay = stack.enter_context(started)
+                production.relay = stack.enter_context(started)
             finally:
                 os.umask(old_umask)
-            yield Production(relay, base, pid_file, admin_port, metrics_port, sink)
+            yield production
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -149,6 +165,40 @@ def production_umask_000(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     """umask 000: every file created without an explicit mode is open to everyone."""
     with _production(tmp_path_factory, 0o000) as started:
         yield started
+
+
+FULL_ROLES = {**ROLES, "pop": 1}
+SECRET = ("me", "secret")
+
+
+@pytest.fixture(scope="module")
+def production_full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
+    """Every feature that imports something of its own: STARTTLS and AUTH (server and POP), client
+    TLS, an executable filter and ``split:``, a client filter and ``mx:`` (dnspython, against a local
+    DNS server), an address verifier, a DNSBL, POP, admin and metrics."""
+    if not HAVE_OPENSSL:
+        pytest.skip("openssl is needed for the test certificates")
+    # mx: finds no MX for example.net, then its A record 0.0.0.0: the message goes to --forward-to
+    with dns_server({"example.net": {"A": ["0.0.0.0"]}}) as server:
+
+        def features(base: Path, production: Production) -> list[str]:
+            certs = make_certs(base / "certs")
+            secrets = base / "secrets"
+            secrets.write_text(f"server plain {SECRET[0]} {SECRET[1]}\n")
+            verifier = base / "verifier.sh"
+            verifier.write_text('#!/bin/sh\necho\necho "$1"\nexit 1\n')  # a valid remote address
+            verifier.chmod(0o755)
+            production.pop_port, production.dns = free_port(), server
+            dns_address = f"127.0.0.1:{server.port}"
+            return [
+                "--server-tls", "--server-tls-certificate", str(certs.server_pem), "--server-auth", str(secrets),
+                "--client-tls", "--pop", "--pop-port", str(production.pop_port), "--pop-auth", str(secrets),
+                "--filter", f"{base / 'filter.sh'},split:", "--client-filter", f"{base / 'filter.sh'},mx:{dns_address}",
+                "--address-verifier", str(verifier), "--dnsbl", f"bl.example,1,1000,{dns_address}", "--remote-clients",
+            ]  # fmt: skip
+
+        with _production(tmp_path_factory, 0o022, features, FULL_ROLES) as started:
+            yield started
 
 
 def as_daemon(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -370,13 +420,61 @@ def test_roots_run_directory_is_under_run_not_in_the_spool_or_tmp() -> None:
         assert default(spool).parent == ROOT_BASE
 
 
+def _use_admin_and_metrics(production: Production) -> None:
+    with AdminClient(production.admin_port) as admin:
+        for command in ("help", "status", "list", "failures", "info", "roles", "forward", "flush", "dnsbl"):
+            admin.cmd(command, timeout=30)
+    _role_starts(production.metrics_port)
+
+
+def _late_imports(production: Production) -> dict[str, list[str]]:
+    """Per process (its pid), what it imported as daemon, with its role: each line a module and
+    the role's arguments.  A module that root cannot find either (an optional package that is
+    not installed, as dnspython's sniffio may be) fails alike before and after the switch."""
+    late = {}
+    for path in (production.base / "imports").iterdir():
+        lines = [line for line in path.read_text().splitlines() if _installed(line.split()[0])]
+        if lines:
+            late[path.name] = lines
+    return late
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing
+        return False
+
+
 def test_nothing_is_imported_after_becoming_daemon(production: Production) -> None:
     """Runs after the tests above used every role (mail through both filters, admin, census)."""
     send_mail(production.relay.port, "after-the-others@test")
     assert production.sink.wait_for(["after-the-others@test"], 30)
-    with AdminClient(production.admin_port) as admin:
-        for command in ("help", "status", "list", "failures", "info", "roles", "forward", "flush"):
-            admin.cmd(command, timeout=30)
-    _role_starts(production.metrics_port)
-    records = {path.name: path.read_text() for path in (production.base / "imports").iterdir()}
-    assert not records, records
+    _use_admin_and_metrics(production)
+    assert not _late_imports(production)
+
+
+def test_nothing_is_imported_after_becoming_daemon_with_every_feature(production_full: Production) -> None:
+    """Each role imports only what it uses (issue 20), what the configuration adds included: mail
+    over STARTTLS with AUTH, through filters, split:, the verifier and the DNSBL check, forwarded
+    with client TLS through a client filter and mx: (a DNS query), a POP session, admin, metrics."""
+    production = production_full
+    context = ssl.create_default_context(cafile=str(production.base / "certs" / "ca.crt"))
+    with smtplib.SMTP("127.0.0.1", production.relay.port, timeout=30) as smtp:
+        smtp.starttls(context=context)
+        smtp.login(*SECRET)
+        smtp.sendmail("a@example.com", ["b@example.net"], content("every-feature@test"))
+    if not production.sink.wait_for(["every-feature@test"], 60):
+        print_log(production.relay, 80)
+        pytest.fail("not forwarded")
+    assert production.dns is not None and ("example.net", "MX") in production.dns.queries  # (mx: asked)
+    pop = poplib.POP3("127.0.0.1", production.pop_port, timeout=30)
+    try:
+        pop.user(SECRET[0])
+        pop.pass_(SECRET[1])
+        pop.list()
+    finally:
+        pop.quit()
+    _use_admin_and_metrics(production)
+    late = _late_imports(production)
+    assert not late, late
