@@ -69,7 +69,7 @@ from ..protocol.addresses import xtext_decode, xtext_encode
 from ..protocol.content_encoding import ContentScanner
 from ..spool.envelope import Envelope, EnvelopeError
 from ..spool.names import MessageId, State
-from ..spool.store import Claim, SpoolStore
+from ..spool.store import Claim, NewMessage, SpoolStore
 from . import retry
 from .security import client_security
 from .smtp_connection import ConnectionTrouble, SmtpConnection
@@ -532,10 +532,14 @@ class ForwardService:
         claim = await self._in_thread(self.store.claim, mid, undo=_release_claim)
         if claim is None:
             return Outcome("skipped")
+        return await self._forward_held(claim)
+
+    async def _forward_held(self, claim: Claim) -> Outcome:
+        """Forward a claimed message; a claim still held at the end (cancelled) is released."""
         self._claims.add(claim)
-        self._last_mid = str(mid)
+        self._last_mid = str(claim.id)
         self._started[claim.id] = started = time.monotonic()
-        msgid = logmod.set_msgid(str(mid))  # --log-format=msgid: this task's lines are about it
+        msgid = logmod.set_msgid(str(claim.id))  # --log-format=msgid: this task's lines are about it
         try:
             size = await self._in_thread(_size, claim.content_path) if self.log.config.json else None
             outcome = await self._forward_claimed(claim)
@@ -558,17 +562,30 @@ class ForwardService:
             return False  # the claim will tell
         return (env.forward_to_address or self.config.forward_to) in self._dead_hops
 
-    async def forward_immediately(self, mid: MessageId, session: object = None) -> tuple[int, str]:
-        """``--immediate``: forward a just-committed message over the client session's own onward
+    async def forward_immediately(
+        self, message: MessageId | NewMessage, session: object = None
+    ) -> tuple[int, str]:
+        """``--immediate``: forward a just-stored message over the client session's own onward
         connection; the reply for the client, as E-MailRelay 2.6b gives it: ``250 message
         processed``; the next hop's rejection (its lines joined by a space); ``452 <reason>`` for
         other failures (a client filter's, rejected recipients); ``452 forwarding failed`` when the
         session with the next hop failed. The message meets the fate any forwarding gives it
-        (``.bad``, or left for a retry)."""
+        (``.bad``, or left for a retry).  A committed message (its id) is claimed as any other; an
+        uncommitted one (forward first, see :attr:`forwards_first`) through an
+        :class:`UncommittedClaim`, which commits it, durably, only if it is not forwarded."""
+        mid = message if isinstance(message, MessageId) else message.id
         self._immediate[mid] = session
         self._dead_hops.clear()  # every message is a run of its own: upstream connects again for each
         try:
-            outcome = await self.forward_one(mid)
+            if isinstance(message, MessageId):
+                outcome = await self.forward_one(mid)
+            else:
+                try:
+                    claim = await self._in_thread(self.store.claim_new, message, undo=_release_claim)
+                except OSError as exc:  # not committed: the crashed-store sweep removes what is left
+                    self.log.error(f"cannot claim [{mid}]: {exc}")
+                    return 452, "forwarding failed"
+                outcome = await self._forward_held(claim)
         finally:
             self._immediate.pop(mid, None)
         if outcome.status == "sent" or (
@@ -582,6 +599,12 @@ class ForwardService:
         if reply is not None and 400 <= reply.code <= 599:
             return reply.code, " ".join(line for line in reply.lines if line) or str(reply.code)
         return 452, outcome.text or "rejected"
+
+    @property
+    def forwards_first(self) -> bool:
+        """``--immediate`` may forward a message before committing it (no client filter: that one
+        is given the ``.busy`` envelope, as upstream's)."""
+        return self.client_filter is None
 
     def end_immediate_session(self, session: object) -> None:
         """``--immediate``: the client has gone, so its onward connection goes too (no QUIT, as
@@ -901,7 +924,7 @@ class ForwardService:
                 rewrite=replace(env, to_remote=remaining, to_local=()),
             )
             return Outcome("sent", 250, event.reply.message)
-        self.log.verbose(f"deleting envelope [{claim.envelope_path.name}]")
+        self.log.verbose(f"deleting envelope [{claim.name_in_log}]")
         self.log.verbose(f"deleting content [{claim.content_path.name}]")
         size = await self._in_thread(_remove_claim, claim)  # the size for /metrics' forwarded bytes
         self.sent += 1
@@ -997,7 +1020,7 @@ class ForwardService:
     ) -> Outcome:
         """Fail the message to ``.bad`` with the reason (``rewrite``: first the envelope to keep), in
         one call in the executor: the renamed envelope is there before anything else happens."""
-        busy = claim.envelope_path.name
+        busy = claim.name_in_log
         try:
             bad, rewrite_error = await self._in_thread(_fail_claim, claim, reason, code, rewrite)
         except OSError as exc:

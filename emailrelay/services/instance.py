@@ -67,6 +67,7 @@ def build_smtp_service(
     hooks = ServiceHooks(on_commit=on_commit, on_disconnect=on_disconnect, on_rescan=on_rescan)
     if forwarder is not None and config.immediate:
         hooks.immediate = forwarder.forward_immediately
+        hooks.immediate_first = forwarder.forwards_first
         hooks.immediate_end = forwarder.end_immediate_session
     return SmtpService(
         config,

@@ -14,7 +14,10 @@ a policy object for verifiers and filters (the default accepts everything).
 What it guarantees:
 - the ``250`` after DATA is sent only after :meth:`NewMessage.commit`
   returned, i.e. content, envelope and directory entry are fsynced; any
-  failure before that deletes both files and answers ``452``/``451``;
+  failure before that deletes both files and answers ``452``/``451``.
+  With ``--immediate`` (and no client filter) the ``250`` follows the next
+  hop's instead: the message is forwarded before it is committed, and
+  committed (fsynced first) only if it was not forwarded;
 - memory per connection is bounded: content goes to disk as it arrives,
   reading pauses while a decision is pending or while the peer does not read
   its replies;
@@ -34,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol, cast
 
 from .. import log as logmod
@@ -129,7 +133,10 @@ class ServiceHooks:
     on_disconnect: Callable[[], None] | None = None
     # --immediate: forward a committed message now over the session's onward connection and
     # return the client's (code, text); immediate_end(session) when the client has gone
-    immediate: Callable[[MessageId, object], Awaitable[tuple[int, str]]] | None = None
+    immediate: Callable[[MessageId | NewMessage, object], Awaitable[tuple[int, str]]] | None = None
+    # ... given the message before it is committed (and before its files are fsynced): it is
+    # committed, durably, only if it is not forwarded (spool.store.UncommittedClaim)
+    immediate_first: bool = False
     immediate_end: Callable[[object], None] | None = None
     on_reject: Callable[[str], None] | None = None
     on_rescan: Callable[[], None] | None = None  # a filter exited 103
@@ -742,8 +749,12 @@ class SmtpSession(LineSession):
             return
         loop = asyncio.get_running_loop()
         envelope = self._envelope()
+        hooks = self.service.hooks
+        forward_first = hooks.immediate is not None and hooks.immediate_first
         try:
-            await loop.run_in_executor(self.service.executor, msg.write_envelope, envelope)
+            await loop.run_in_executor(
+                self.service.executor, partial(msg.write_envelope, envelope, durable=not forward_first)
+            )
         except OSError as exc:
             self._storage_failed(exc)
             self._discard_message()
@@ -769,6 +780,11 @@ class SmtpSession(LineSession):
             self.log.warning(f"filter exception: message store error: cannot rename envelope file to {ready}")
             self.proto.reject(452, "rejected")
             return
+        if forward_first:
+            assert hooks.immediate is not None
+            self.tx.message = None
+            self._immediate_reply(*await hooks.immediate(msg, self))
+            return
         try:
             await loop.run_in_executor(self.service.executor, msg.commit)
         except OSError as exc:
@@ -777,17 +793,19 @@ class SmtpSession(LineSession):
             self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))
             return
         self.tx.message = None
-        hooks = self.service.hooks
         if hooks.immediate is not None:
-            code, text = await hooks.immediate(msg.id, self)
-            if code >= 400:
-                self.proto.reject(code, text)
-            else:
-                self.proto.accept(text)
+            self._immediate_reply(*await hooks.immediate(msg.id, self))
             return
         self.proto.accept()
         if hooks.on_commit is not None:
             hooks.on_commit(msg.id)
+
+    def _immediate_reply(self, code: int, text: str) -> None:
+        """``--immediate``: the client's reply is the forwarding's."""
+        if code >= 400:
+            self.proto.reject(code, text)
+        else:
+            self.proto.accept(text)
 
     def _filter_rejected(self, msg: NewMessage, result: FilterResult) -> None:
         """Upstream's rejection: the message is deleted, the log gets the filter's reason, the

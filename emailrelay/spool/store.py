@@ -248,10 +248,12 @@ class SpoolStore:
                 os.fchown(fd, -1, self.group)
 
     @_privileged
-    def _write_file(self, path: Path | str, data: bytes | Path, *, dir_fd: int | None = None) -> int:
+    def _write_file(
+        self, path: Path | str, data: bytes | Path, *, dir_fd: int | None = None, sync: bool = True
+    ) -> int:
         """Write a new file exclusively (``data``, or a copy of the regular file ``data`` names, streamed;
-        never through a symlink) and fsync it; returns an open fd (caller closes).  ``path`` is relative
-        to ``dir_fd`` when given."""
+        never through a symlink) and fsync it (unless ``sync`` is False); returns an open fd (caller
+        closes).  ``path`` is relative to ``dir_fd`` when given."""
         fd = os.open(path, _WRITE_FLAGS | os.O_TRUNC, self.file_mode, dir_fd=dir_fd)
         try:
             self._own(fd)
@@ -261,7 +263,7 @@ class SpoolStore:
                         _write_all(fd, chunk)
             else:
                 _write_all(fd, data)
-            if self.fsync:
+            if self.fsync and sync:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -404,6 +406,19 @@ class SpoolStore:
             data = b""
         return Claim(self, mid, fd, data)
 
+    @_privileged
+    def claim_new(self, msg: NewMessage) -> UncommittedClaim:
+        """``--immediate``'s forward-first claim of a message stored but not committed (its envelope
+        still ``.envelope.new``, maybe not yet fsynced: see :class:`UncommittedClaim`)."""
+        fd = safe_files.open_read_nofollow(msg.envelope_path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the crashed-store sweep leaves it alone
+            data = _read_fd(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        return UncommittedClaim(self, msg.id, fd, data)
+
     def unfail(self, mid: MessageId) -> bool:
         """``.bad`` back to ``.envelope`` (the reason lines stay until the next failure)."""
         return self._rename_state(mid, State.BAD, State.READY)
@@ -504,10 +519,20 @@ class SpoolStore:
         age = now - entry.mtime
         if age <= max_age:
             return False
+        path = self._envelope(entry.id, State.NEW)
         try:
-            os.unlink(self._envelope(entry.id, State.NEW))
-        except FileNotFoundError:
+            fd = safe_files.open_read_nofollow(path)
+        except OSError:
             return False  # committed, abandoned or removed by another process meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except BlockingIOError:
+            return False  # being forwarded by --immediate (UncommittedClaim): a living session
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
         removed = envelope_name(entry.id, State.NEW)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._content(entry.id))
@@ -1029,11 +1054,14 @@ class NewMessage:
         self.size += len(data)
 
     @_privileged
-    def write_envelope(self, env: Envelope) -> None:
-        """fsync the content, then write and fsync ``.envelope.new`` (steps 1-2)."""
+    def write_envelope(self, env: Envelope, *, durable: bool = True) -> None:
+        """fsync the content, then write and fsync ``.envelope.new`` (steps 1-2).  Not ``durable``:
+        both fsyncs are left out, for ``--immediate``'s forward-first path, where the message is
+        either forwarded and removed without ever being committed, or made durable before it is
+        (:class:`UncommittedClaim`)."""
         if self._fd is not None:
             try:
-                if self.store.fsync:
+                if self.store.fsync and durable:
                     os.fsync(self._fd)
             except OSError as exc:
                 raise _store_error(exc, "cannot sync content file") from exc
@@ -1041,7 +1069,7 @@ class NewMessage:
                 os.close(self._fd)
                 self._fd = None
         try:
-            os.close(self.store._write_file(self.envelope_path, env.to_bytes()))
+            os.close(self.store._write_file(self.envelope_path, env.to_bytes(), sync=durable))
         except OSError as exc:
             raise _store_error(exc, "cannot write envelope file") from exc
         self._envelope_written = True
@@ -1104,6 +1132,12 @@ class Claim:
     @property
     def envelope_path(self) -> Path:
         return self.store._envelope(self.id, State.BUSY)
+
+    @property
+    def name_in_log(self) -> str:
+        """The claimed envelope's name in log lines, as E-MailRelay 2.6b names it (it claims every
+        message by renaming it to ``<id>.envelope.busy``)."""
+        return envelope_name(self.id, State.BUSY)
 
     @_privileged
     def open_content(self) -> BinaryIO:
@@ -1235,6 +1269,53 @@ class Claim:
     def abandon_claim(self) -> None:
         """The message was taken care of elsewhere (a filter deleted it): just unlock."""
         self._close()
+
+
+class UncommittedClaim(Claim):
+    """``--immediate``'s forward-first claim: the message is still ``<id>.envelope.new``, which no
+    forwarder scans and recovery never turns into mail, and its files may not be fsynced yet.
+
+    Forwarded (:meth:`remove`): it is deleted, never having been committed; the client's ``250``
+    follows the next hop's, so nothing acknowledged depended on our copy.  Otherwise, before it
+    becomes ``.envelope`` (:meth:`release`) or ``.bad`` (:meth:`fail`), its content and envelope are
+    fsynced: no power cut can leave a committed envelope whose content is partial.  If they cannot
+    be made durable, the message is deleted (its client gets no ``250``) and the error raised.  The
+    claim's lock keeps the crashed-store sweep off the ``.new`` while the claim lives."""
+
+    @property
+    def envelope_path(self) -> Path:
+        return self.store._envelope(self.id, State.NEW)
+
+    def _make_durable(self) -> None:
+        if not self.store.fsync:
+            return
+        try:
+            for path in (self.content_path, self.envelope_path):
+                fd = safe_files.open_read_nofollow(path)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError:
+            self.remove()
+            raise
+
+    @_privileged
+    def release(
+        self, not_before: float | None = None, *, reason: str | None = None, code: int | None = None
+    ) -> None:
+        """Commit it (made durable first) and give it back, as :meth:`Claim.release` does."""
+        self._make_durable()
+        super().release(not_before, reason=reason, code=code)
+        self.store.sync_directory()
+
+    @_privileged
+    def fail(self, reason: str, code: int | None) -> Path:
+        """Made durable first, then failed to ``.bad`` as :meth:`Claim.fail` does."""
+        self._make_durable()
+        bad = super().fail(reason, code)
+        self.store.sync_directory()
+        return bad
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -232,6 +232,39 @@ def test_immediate_accepted_only_after_the_next_hop_accepted(tmp_path: Path, hop
         relay.stop()
 
 
+@pytest.mark.parametrize("client_filter", [False, True])
+def test_immediate_forwards_first_unless_a_client_filter_runs(
+    tmp_path: Path, hop: FakeSmtp, client_filter: bool
+) -> None:
+    """--immediate: while the next hop takes the message it is still ``.envelope.new`` in the spool,
+    never committed (the client's 250 follows the hop's; nothing of ours needs to be on disk); with
+    a client filter it is claimed first, as ``.busy`` (the filter is given that envelope, as
+    upstream's). Either way nothing is left after the 250."""
+    seen: list[dict[str, int]] = []
+    spool: list[Path] = []
+
+    def final(session: object, msg: object) -> str:
+        seen.append({k: n for k, n in states(spool[0]).items() if n})
+        return "250 2.0.0 ok"
+
+    hop.replies["final"] = final
+    args = ["--forward-to", hop.address, "--immediate"]
+    if client_filter:
+        script = tmp_path / "client-filter.sh"
+        script.write_text("#!/bin/sh\nexit 0\n")
+        script.chmod(0o755)
+        args += ["--client-filter", str(script)]
+    relay = _relay(tmp_path, *args)
+    spool.append(relay.spool)
+    try:
+        code, _ = _immediate_send(relay.port, "imm-first@test")
+        assert code == 250
+        assert wait_until(lambda: _empty(relay.spool), 5), states(relay.spool)
+    finally:
+        relay.stop()
+    assert seen == [{"busy": 1, "content": 1} if client_filter else {"new": 1, "content": 1}]
+
+
 @pytest.mark.parametrize(
     ("final", "code", "text"),
     [

@@ -51,7 +51,7 @@ import pytest
 from emailrelay.spool import envelope as env_format
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.names import State
-from emailrelay.spool.store import SpoolStore
+from emailrelay.spool.store import SpoolStore, UncommittedClaim
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -80,6 +80,21 @@ def _workload(store: SpoolStore, seed: int, messages: int, report: callable) -> 
         step = rng.choice([64, 1000, 1 << 20])
         for i in range(0, len(body), step):
             msg.write(body[i : i + step])
+        if j % 3 == 2:  # --immediate's forward-first path: forwarded before it is ever committed
+            msg.write_envelope(message_envelope(j), durable=False)
+            first = store.claim_new(msg)
+            outcome = rng.choice(["forwarded", "deferred", "rejected"])
+            if outcome == "forwarded":  # the client's 250 follows the next hop's: nothing of ours to keep
+                report(f"ACK\t{msg.id}\t{j}")
+                report(f"REMOVE\t{msg.id}")
+                first.remove()
+            else:  # kept (committed or failed): from here on it must survive whole
+                if outcome == "deferred":
+                    first.release()
+                else:
+                    first.fail("550 5.1.1 no such user (power-cut test)", 550)
+                report(f"ACK\t{msg.id}\t{j}")
+            continue
         msg.write_envelope(message_envelope(j))
         msg.commit()
         report(f"ACK\t{msg.id}\t{j}")
@@ -410,6 +425,18 @@ def test_power_cut_at_every_system_call_loses_no_acknowledged_message() -> None:
     )
     assert result.crash_points > 100
     assert not result.violations, "\n".join(result.violations[:20])
+
+
+def test_the_model_does_catch_an_immediate_message_kept_without_its_fsyncs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Self-test: a forward-first (--immediate) message committed without first fsyncing its
+    content and envelope must be found (a kept envelope pointing at a partial content file)."""
+    monkeypatch.setattr(UncommittedClaim, "_make_durable", lambda self: None)
+    result = run_powercut(5, messages=9)
+    assert any("bad content" in v or "unreadable" in v or "lost" in v for v in result.violations), (
+        result.violations[:5]
+    )
 
 
 def test_the_model_does_catch_a_missing_fsync(monkeypatch: pytest.MonkeyPatch) -> None:

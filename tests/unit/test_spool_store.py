@@ -19,7 +19,7 @@ from emailrelay.spool import envelope as env_format
 from emailrelay.spool.delivery import copy_to_directories
 from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.names import MessageId, State
-from emailrelay.spool.store import SpoolStore
+from emailrelay.spool.store import NewMessage, SpoolStore, UncommittedClaim
 from tests.support.fixtures import UPSTREAM
 
 CTX = multiprocessing.get_context("fork")
@@ -433,6 +433,48 @@ def test_recover_removes_old_new_and_tmp_files(store: SpoolStore) -> None:
             f"{committed}.envelope",
         ]
     )
+
+
+def _uncommitted(store: SpoolStore) -> tuple[NewMessage, UncommittedClaim]:
+    msg = store.create()
+    msg.write(CONTENT)
+    msg.write_envelope(ENV, durable=False)
+    return msg, store.claim_new(msg)
+
+
+def test_uncommitted_claim_forwarded_is_removed_never_committed(store: SpoolStore) -> None:
+    msg, claim = _uncommitted(store)
+    assert names(store.directory) == [f"{msg.id}.content", f"{msg.id}.envelope.new"]
+    assert store.ready() == [] and claim.envelope() == ENV
+    assert claim.name_in_log == f"{msg.id}.envelope.busy"  # as upstream names the claimed file
+    claim.remove()
+    assert names(store.directory) == [] and not claim.active
+
+
+def test_uncommitted_claim_not_forwarded_is_committed_or_failed(store: SpoolStore) -> None:
+    deferred, claim = _uncommitted(store)
+    claim.release(reason="451 try later", code=451)
+    assert store.ready(ignore_backoff=True) == [deferred.id]
+    assert store.content_path(deferred.id).read_bytes() == CONTENT
+    assert store.read_envelope(deferred.id) == ENV
+    rejected, claim = _uncommitted(store)
+    bad = claim.fail("550 no such user", 550)
+    assert bad == store.envelope_path(rejected.id, State.BAD) and bad.exists()
+    assert not store.envelope_path(rejected.id, State.NEW).exists()
+
+
+def test_the_crashed_store_sweep_leaves_an_uncommitted_claim_alone(store: SpoolStore) -> None:
+    """A forward-first message is ``.new`` for as long as its next hop takes: however old, the
+    sweep does not remove it while it is claimed; once released it is committed, not swept."""
+    msg, claim = _uncommitted(store)
+    past = time.time() - 3600
+    os.utime(msg.envelope_path, (past, past))
+    assert store.remove_crashed_stores(600) == []
+    assert store.recover(new_age=600).removed_new == []
+    assert sorted(names(store.directory)) == [f"{msg.id}.content", f"{msg.id}.envelope.new"]
+    claim.abandon_claim()  # its owner gone without a word: now it is a crashed store
+    assert store.remove_crashed_stores(600) == [msg.id]
+    assert names(store.directory) == []
 
 
 # ---------------------------------------------------------------- id uniqueness
