@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.certs import no_verify_context
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.netns import in_private_network
 from tests.support.relay import Relay, free_port, start_relay, wait_for_port, wait_until
@@ -127,10 +128,7 @@ def test_pop_stls_with_server_tls(tmp_path: Path) -> None:
         send(r.port, "secret")
         p = poplib.POP3("127.0.0.1", pop_port, timeout=30)
         assert "STLS" in p.capa()
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        assert p.stls(ctx).startswith(b"+OK")
+        assert p.stls(no_verify_context()).startswith(b"+OK")
         assert isinstance(p.sock, ssl.SSLSocket) and p.sock.version() in ("TLSv1.2", "TLSv1.3")
         p.user("alice")
         p.pass_("alice-pw")

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import smtplib
-import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from emailrelay.spool import envelope as envmod
-from tests.support.certs import HAVE_OPENSSL, Certs, make_certs
+from tests.support.certs import HAVE_OPENSSL, Certs, make_certs, no_verify_context
 from tests.support.relay import Relay, program, spool_files, start_relay, wait_until
 
 pytestmark = [
@@ -83,18 +82,11 @@ def auth_relay(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterat
     relay.stop()
 
 
-def no_verify() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def connect(relay: Relay, tls: bool = False) -> smtplib.SMTP:
     c = smtplib.SMTP("127.0.0.1", relay.port, timeout=30)
     c.ehlo("client.example.com")
     if tls:
-        c.starttls(context=no_verify())
+        c.starttls(context=no_verify_context())
         c.ehlo("client.example.com")
     return c
 
@@ -368,7 +360,7 @@ def test_server_auth_config_plain_only_after_starttls(tmp_path: Path, certs: Cer
             assert code >= 500  # not offered: refused without a challenge
             assert c.mail("early@example.com")[0] == 530
             c.rset()
-            c.starttls(context=no_verify())
+            c.starttls(context=no_verify_context())
             c.ehlo("client.example.com")
             assert c.esmtp_features["auth"].split() == ["PLAIN"]
             assert c.docmd("AUTH", "LOGIN")[0] == 504
@@ -435,7 +427,7 @@ def test_authentication_before_starttls_is_forgotten(tmp_path: Path, certs: Cert
     try:
         with connect(relay) as c:
             assert authenticate(c, "PLAIN", "alice", ALICE_PW)[0] == 235
-            c.starttls(context=no_verify())
+            c.starttls(context=no_verify_context())
             c.ehlo("client.example.com")
             c.sendmail(
                 "auth-then-tls@example.com", ["bob@example.net"], BODY

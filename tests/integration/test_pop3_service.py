@@ -18,10 +18,10 @@ from emailrelay.protocol.sasl import BruteForceGuard
 from emailrelay.spool.delivery import copy_to_directories
 from emailrelay.spool.names import State
 from emailrelay.spool.store import POP_LOCK_NAME, SpoolStore
+from tests.support.certs import no_verify_context
 from tests.support.fixtures import UPSTREAM
 from tests.support.pop3 import (
     ENV,
-    client_tls_context,
     pop_harness,
     recv_until,
     server_tls_context,
@@ -235,7 +235,7 @@ def test_stls_then_login(tmp_path: Path) -> None:
         h.put(BODY20)
         p = h.client()
         assert "STLS" in p.capa()
-        assert p.stls(client_tls_context()) == b"+OK"
+        assert p.stls(no_verify_context()) == b"+OK"
         assert "STLS" in p.capa()  # as E-MailRelay 2.6b (its second STLS is refused)
         assert p.user("me") == b"+OK user: me"  # in step: nothing was sent after the handshake
         p.pass_("secret")
@@ -252,7 +252,7 @@ def test_stls_discards_injected_plaintext(tmp_path: Path) -> None:
         recv_until(s, b"\r\n")
         s.sendall(b"STLS\r\nUSER injected\r\n")
         assert recv_until(s, b"\r\n") == b"+OK\r\n"
-        t = client_tls_context().wrap_socket(s)
+        t = no_verify_context().wrap_socket(s)
         t.sendall(b"NOOP\r\n")
         assert recv_until(t, b"\r\n") == b"-ERR\r\n"  # not authenticated: not "+OK user: injected"
         t.sendall(b"QUIT\r\n")
@@ -280,7 +280,7 @@ def test_tls_required(tmp_path: Path) -> None:
         p = h.client()
         with pytest.raises(poplib.error_proto, match="STLS"):
             p.user("me")
-        p.stls(client_tls_context())
+        p.stls(no_verify_context())
         p.user("me")
         assert p.pass_("secret") == b"+OK"
         p.quit()
@@ -289,7 +289,7 @@ def test_tls_required(tmp_path: Path) -> None:
 def test_implicit_tls(tmp_path: Path) -> None:
     with pop_harness(tmp_path, tls_context=server_tls_context(tmp_path), implicit_tls=True) as h:
         h.put()
-        p = poplib.POP3_SSL("127.0.0.1", h.port, context=client_tls_context(), timeout=10)
+        p = poplib.POP3_SSL("127.0.0.1", h.port, context=no_verify_context(), timeout=10)
         assert "STLS" not in p.capa()
         p.user("me")
         p.pass_("secret")

@@ -185,13 +185,6 @@ def server_tls_context(directory: Path) -> ssl.SSLContext:
     return tls.server_context([str(key), str(cert)])
 
 
-def client_tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def recv_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> bytes:
     sock.settimeout(timeout)
     data = b""
