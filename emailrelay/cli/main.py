@@ -24,45 +24,9 @@ from ..config import Config, from_values
 from ..errors import EmailRelayError, OptionError, UsageError
 from ..services import daemon, listeners, sd_notify, security
 from . import preflight, watchers
+from .log_options import log_config
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
 from .tools import SUBCOMMANDS
-from .usage_rules import SYSLOG_FACILITIES
-
-
-def log_config(values: dict[str, Value]) -> logmod.LogConfig:
-    # any other word (E-MailRelay 2.6b's "network" too) is ignored silently, as upstream does
-    formats = {f.strip() for item in _as_list(values.get("log-format")) for f in item.split(",")} - {""}
-    syslog_on = not values.get("no-syslog") or bool(values.get("syslog"))
-    log_file = values.get("log-file")
-    return logmod.LogConfig(
-        enabled=bool(values.get("log")) or bool(values.get("verbose")),
-        verbose=bool(values.get("verbose")),
-        debug=bool(values.get("debug")),
-        with_time=bool(values.get("log-time")) or "time" in formats,
-        with_address=bool(values.get("log-address")) or "address" in formats,
-        with_unit="unit" in formats,
-        with_port="port" in formats,
-        with_msgid="msgid" in formats,
-        json="json" in formats,
-        syslog=syslog_on,
-        syslog_facility=_syslog_facility(values.get("syslog")),
-        log_file=log_file if isinstance(log_file, str) else None,
-    )
-
-
-def _syslog_facility(value: Value | None) -> int:
-    """``--syslog=<facility>`` (one of upstream's names, which parsing checked); the default is ``mail``."""
-    import syslog
-
-    if not isinstance(value, str) or value not in SYSLOG_FACILITIES:
-        return syslog.LOG_MAIL
-    return int(getattr(syslog, "LOG_" + value.upper()))
-
-
-def _as_list(value: Value | None) -> list[str]:
-    if value is None or isinstance(value, bool):
-        return []
-    return value if isinstance(value, list) else [value]
 
 
 def main(argv: list[str] | None = None) -> int:

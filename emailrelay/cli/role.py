@@ -27,8 +27,8 @@ from ..config import from_values  # noqa: E402
 from ..errors import EmailRelayError  # noqa: E402
 from ..identity import switching_applies  # noqa: E402
 from ..services.preload import preload_role  # noqa: E402
-from .main import app_dir, log_config  # noqa: E402
-from .parse import configuration_values, expand_shorthands, parse_command_line  # noqa: E402
+from .log_options import log_config  # noqa: E402
+from .parse import app_dir, configuration_values, expand_shorthands, parse_command_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
