@@ -456,8 +456,9 @@ def test_nothing_is_imported_after_becoming_daemon(production: Production) -> No
 
 def test_nothing_is_imported_after_becoming_daemon_with_every_feature(production_full: Production) -> None:
     """Each role imports only what it uses (issue 20), what the configuration adds included: mail
-    over STARTTLS with AUTH, through filters, split:, the verifier and the DNSBL check, forwarded
-    with client TLS through a client filter and mx: (a DNS query), a POP session, admin, metrics."""
+    over STARTTLS with AUTH, through filters, split: and the verifier (with a DNSBL configured: a
+    loopback client is never looked up), forwarded with client TLS through a client filter and
+    mx: (a DNS query), a POP session, admin, metrics."""
     production = production_full
     context = ssl.create_default_context(cafile=str(production.base / "certs" / "ca.crt"))
     with smtplib.SMTP("127.0.0.1", production.relay.port, timeout=30) as smtp:
