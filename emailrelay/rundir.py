@@ -23,9 +23,7 @@ the directory); imports nothing of the relay, so every layer may use it.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +46,15 @@ def private_base() -> Path:
     or write to — under /run for root, else ``<tmp>/emailrelay-<uid>``."""
     if os.geteuid() == 0 and os.access("/run", os.W_OK | os.X_OK):
         return ROOT_BASE
+    import tempfile  # (here: a bus role process imports this module and needs neither)
+
     return Path(tempfile.gettempdir()) / f"emailrelay-{os.getuid()}"
 
 
 def default(spool_dir: Path) -> Path:
     """The run directory of a relay on ``spool_dir`` started without ``--run-dir`` (module docs)."""
+    import hashlib
+
     digest = hashlib.sha1(str(spool_dir.absolute()).encode()).hexdigest()[:16]
     base = private_base()
     if base == ROOT_BASE:
