@@ -85,13 +85,13 @@ ROLES: tuple[Role, ...] = (
         "forward", "emailrelay.services.role_entries:forward", _forwarding, "--forward-to, without --immediate",
         processes=lambda c: max(1, c.workers_forward), workers=(0, MAX_WORKERS), indexed=True,
         priority=10, announces=True,
-        preload=("emailrelay.services.roles", "emailrelay.services.instance", "emailrelay.services.forward"),
+        preload=("emailrelay.services.roles", "emailrelay.services.forward"),
         config_modules=True,
     ),
     Role(
         "pop", "emailrelay.services.role_entries:pop", lambda c: c.pop, "--pop",
         sockets=("pop",), priority=5,
-        preload=("emailrelay.services.roles", "emailrelay.services.instance", "emailrelay.services.pop3d"),
+        preload=("emailrelay.services.roles", "emailrelay.services.pop3d"),
         config_modules=True,
     ),
     Role(
@@ -107,7 +107,7 @@ ROLES: tuple[Role, ...] = (
         "admin", "emailrelay.services.role_entries:admin", lambda c: c.admin_port is not None, "--admin",
         sockets=("admin",), listen="bound", priority=5,
         preload=(
-            "emailrelay.services.roles", "emailrelay.services.instance", "emailrelay.services.admin",
+            "emailrelay.services.roles", "emailrelay.services.admin",
             "emailrelay.services.forward", "emailrelay.services.supervisor_control", "emailrelay.policy.dnsbl",
         ),
         config_modules=True,

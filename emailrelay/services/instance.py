@@ -24,10 +24,9 @@ from .. import log as logmod
 from ..bus import schema
 from ..config import Config
 from ..errors import EmailRelayError
-from ..identity import group_for_files
 from ..policy.dnsbl import DnsblChecker
 from ..spool.names import MessageId
-from ..spool.store import SpoolStore
+from ..spool.store import SpoolStore, relay_store
 from .listeners import Bound
 from .loop import stop_event
 from .security import client_security, server_security
@@ -38,10 +37,6 @@ if TYPE_CHECKING:
     from .forward import ForwardService
 
 STOP_GRACE = 5.0
-
-
-def open_store(config: Config) -> SpoolStore:
-    return SpoolStore(config.spool_dir, group=group_for_files())
 
 
 def server_policy(config: Config, store: SpoolStore) -> ServerPolicy | None:
@@ -115,7 +110,7 @@ class Instance:
         log = logmod.get()
         config = self.config
         logmod.set_unit(config.name)  # this task's lines (each instance runs in its own task)
-        store = open_store(config)
+        store = relay_store(config.spool_dir)
         report = store.recover(new_age=leftover_age(config))  # the store logs each crash leftover it removes
         for mid in report.released:
             log.info(f"recovered claim on [{mid}]: returned to the queue")

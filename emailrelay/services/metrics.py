@@ -66,7 +66,7 @@ from ..bus.endpoint import BusClient
 from ..config import OPTION_DEFAULTS, Config
 from ..errors import EmailRelayError
 from ..spool.names import State
-from ..spool.store import SpoolStore
+from ..spool.store import SpoolStore, relay_store
 from .health import DEFAULT_MIN_FREE, HealthChecker, HttpServer, RoleTracker, health_handler
 from .loop import until_stopped
 
@@ -181,7 +181,7 @@ class MetricsExporter:
         self.run_dir = run_dir
         self.config_name = config_name
         self.watcher_prefix = f"{config_name}-" if config_name else ""  # circus watcher names
-        self.store = store or SpoolStore(config.spool_dir, group=identity.group_for_files())
+        self.store = store or relay_store(config.spool_dir)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         Info(

@@ -38,6 +38,7 @@ from ..bus import schema
 from ..bus.endpoint import BusClient
 from ..config import Config
 from ..spool.names import MessageId
+from ..spool.store import relay_store
 from .connection_slots import ConnectionSlots
 from .loop import until_stopped
 from .notify import SpoolWatcher
@@ -77,7 +78,7 @@ def drop_privileges(config: Config) -> None:
 
 
 async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
-    from .instance import build_smtp_service, open_store
+    from .instance import build_smtp_service
 
     log = logmod.get()
     bus = BusClient(run_dir)
@@ -85,7 +86,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
     for s in sockets:
         s.setblocking(False)
     drop_privileges(config)
-    store = open_store(config)
+    store = relay_store(config.spool_dir)
     if not config.forward_to or config.immediate:  # no forward role to clean crash leftovers (SPEC §7)
         try:
             with identity.as_root():
@@ -155,12 +156,11 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
 
 async def run_forward(config: Config, run_dir: str, index: int, count: int) -> int:
     from .forward import ForwardService
-    from .instance import open_store
 
     started = time.time()
     bus = BusClient(run_dir)
     drop_privileges(config)
-    store = open_store(config)
+    store = relay_store(config.spool_dir)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool")
     # with --poll, a new message is forwarded at once (notify rings) and the poll period is the safety
     # net; without it (--forward-on-disconnect) only disconnects ring, plus a slow safety rescan
@@ -233,7 +233,6 @@ async def run_admin(
     """The admin role; ``supervised``: started by emailrelay's supervisor, whose channel answers
     ``roles``, ``restart`` and ``workers`` (not by a plain ``circusd circus.ini``)."""
     from .admin import PLAIN_CIRCUSD, AdminContext, AdminSession
-    from .instance import open_store
     from .supervisor_control import SupervisorControl
 
     bus = BusClient(run_dir)
@@ -241,7 +240,7 @@ async def run_admin(
     drop_privileges(config)
     ctx = AdminContext(
         config=config,
-        store=open_store(config),
+        store=relay_store(config.spool_dir),
         publish=bus.publish,
         listen_addresses=listen,
         control=SupervisorControl(run_dir) if supervised else None,
@@ -271,13 +270,12 @@ async def run_admin(
 
 
 async def run_pop(config: Config, fds: list[int], run_dir: str) -> int:
-    from .instance import open_store
     from .pop3d import build_pop_service
 
     sockets = [socket.socket(fileno=fd) for fd in fds]
     drop_privileges(config)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool")
-    pop = build_pop_service(config, open_store(config), executor=executor)
+    pop = build_pop_service(config, relay_store(config.spool_dir), executor=executor)
     await pop.start(sockets)
     try:
         await until_stopped()

@@ -63,7 +63,7 @@ from typing import BinaryIO, ParamSpec, TypeVar
 
 from .. import log as logmod
 from .. import safe_files
-from ..identity import as_root
+from ..identity import as_root, group_for_files
 from . import envelope as envelope_format
 from .envelope import Envelope, EnvelopeError
 from .names import (
@@ -1022,6 +1022,11 @@ class SpoolStore:
         with os.scandir(main_fd) as it:
             subdirs = [e.name for e in it if e.is_dir()]
         return any(_exists_at(main_fd, f"{sub}/{name}") for sub in subdirs for name in names)
+
+
+def relay_store(spool_dir: Path) -> SpoolStore:
+    """The relay's own spool, as its roles open it: new files group-owned by ``--user``'s group."""
+    return SpoolStore(spool_dir, group=group_for_files())
 
 
 class NewMessage:
