@@ -44,7 +44,9 @@ def guard_against_orphaning() -> None:
     if expected and expected.isdigit():
         if os.getppid() != int(expected):
             os._exit(0)
-        threading.Thread(target=_watch_parent, args=(int(expected),), name="orphan-guard", daemon=True).start()
+        threading.Thread(
+            target=_watch_parent, args=(int(expected),), name="orphan-guard", daemon=True
+        ).start()
 
 
 def set_process_name(role: str) -> None:

@@ -61,7 +61,9 @@ def pop_secrets(directory: Path) -> Path:
 
 def send(port: int, subject: str) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.sendmail("s@example.com", ["r@example.net"], f"Subject: {subject}\r\n\r\nbody of {subject}\r\n".encode())
+        client.sendmail(
+            "s@example.com", ["r@example.net"], f"Subject: {subject}\r\n\r\nbody of {subject}\r\n".encode()
+        )
 
 
 def login(port: int, user: str, password: str) -> poplib.POP3:
@@ -142,7 +144,16 @@ def test_pop_by_name(tmp_path: Path) -> None:
     for user in ("alice", "bob"):
         (spool / user).mkdir(parents=True)
     # copy:pop puts the envelope into every user's sub-directory and leaves the content in the main one
-    opts = ["--pop", "-J", "--pop-port", str(pop_port), "--pop-auth", str(pop_secrets(tmp_path)), "--filter", "copy:pop"]
+    opts = [
+        "--pop",
+        "-J",
+        "--pop-port",
+        str(pop_port),
+        "--pop-auth",
+        str(pop_secrets(tmp_path)),
+        "--filter",
+        "copy:pop",
+    ]
     with relay(tmp_path, *opts, wait_ports=(pop_port,)) as r:
         send(r.port, "shared")
         (content,) = message_files(spool)
