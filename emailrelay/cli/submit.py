@@ -286,7 +286,9 @@ def submit(args: argparse.Namespace) -> list[str]:
             client="127.0.0.1",
             mail_from_auth_in=args.from_auth_in,
             mail_from_auth_out=args.from_auth_out,
-            utf8_mailbox_names=any(not a.isascii() for a in [sender, *group]),  # (as upstream: the content aside)
+            utf8_mailbox_names=any(
+                not a.isascii() for a in [sender, *group]
+            ),  # (as upstream: the content aside)
         )
         try:
             mid = store.store_message(env, text)

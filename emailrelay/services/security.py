@@ -73,7 +73,9 @@ def check(config: Config) -> None:
     warning."""
     _server_parts(config, None)
     client_security(config)
-    tls_on = config.server_tls or config.server_tls_connection or config.client_tls or config.client_tls_connection
+    tls_on = (
+        config.server_tls or config.server_tls_connection or config.client_tls or config.client_tls_connection
+    )
     if tls_on and config.tls_config:
         from ..auth import tls
 

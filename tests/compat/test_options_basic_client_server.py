@@ -71,7 +71,9 @@ def relay(tmp_path: Path, *extra: str, **kw: object) -> Iterator[Relay]:
 
 
 @contextlib.contextmanager
-def launched(tmp_path: Path, args: list[str], *, stderr_pipe: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+def launched(
+    tmp_path: Path, args: list[str], *, stderr_pipe: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
     """``emailrelay <args>`` exactly as given (no options added); stopped by pid afterwards."""
     out = open(tmp_path / "launched.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -111,7 +113,9 @@ def names(spool: Path, suffix: str) -> list[str]:
     return sorted(n for n in spool_entries(spool) if n.endswith(suffix))
 
 
-def send(port: int, body: bytes = b"Subject: hi\r\n\r\nhello\r\n", rcpts: tuple[str, ...] = ("r@example.net",)) -> None:
+def send(
+    port: int, body: bytes = b"Subject: hi\r\n\r\nhello\r\n", rcpts: tuple[str, ...] = ("r@example.net",)
+) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.sendmail("s@example.com", list(rcpts), body)
 
@@ -255,7 +259,15 @@ def test_as_client_is_log_no_syslog_no_daemon_dont_serve_forward_forward_to(tmp_
         with FakeSmtp() as hop:
             mid = queue_one(spool)
             if name == "expanded":
-                opts = ["--log", "--no-syslog", "--no-daemon", "--dont-serve", "--forward", "--forward-to", hop.address]
+                opts = [
+                    "--log",
+                    "--no-syslog",
+                    "--no-daemon",
+                    "--dont-serve",
+                    "--forward",
+                    "--forward-to",
+                    hop.address,
+                ]
             else:
                 opts = [name, hop.address]
             r = subprocess.run(
@@ -309,7 +321,9 @@ def test_as_proxy_is_log_close_stderr_forward_on_disconnect_forward_to(tmp_path:
                 shutil.rmtree(run_dir, ignore_errors=True)
         assert "emailrelay: info: smtp server on" in log_file.read_text()  # --log is on
 
-    concurrently(lambda: variant("--as-proxy", True), lambda: variant("-y", False), lambda: variant("expanded", False))
+    concurrently(
+        lambda: variant("--as-proxy", True), lambda: variant("-y", False), lambda: variant("expanded", False)
+    )
 
 
 def test_as_server_is_log_close_stderr(tmp_path: Path) -> None:
@@ -371,7 +385,9 @@ def test_client_smtp_config_pipelining(tmp_path: Path) -> None:
     def variant(name: str, opts: list[str], pipelined: bool) -> None:
         spool = subdir(tmp_path, name) / "spool"
         # PIPELINING is offered by a hand-written EHLO reply, so FakeSmtp reports every batch it sees
-        hop = FakeSmtp(extensions=("8BITMIME",), replies={"ehlo": "250 fake.test\n250 PIPELINING\n250 8BITMIME"})
+        hop = FakeSmtp(
+            extensions=("8BITMIME",), replies={"ehlo": "250 fake.test\n250 PIPELINING\n250 8BITMIME"}
+        )
         with hop:
             queue_one(spool, ("a@example.net", "b@example.net"))
             r = as_client(spool, hop.address, *opts)
@@ -484,7 +500,9 @@ def test_client_filter_forms(tmp_path: Path) -> None:
                 lambda: variant("program", program_spec, {"ok": "sent"}),
                 lambda: variant("exit:1", lambda _: "exit:1", {"ok": "failed"}),
                 lambda: variant("net:", lambda _: f"net:{net.address}", {"ok": "sent", "no": "failed"}),
-                lambda: variant("spam:", lambda _: f"spam:{spamd.address}", {"ham": "sent", "spam": "failed"}),
+                lambda: variant(
+                    "spam:", lambda _: f"spam:{spamd.address}", {"ham": "sent", "spam": "failed"}
+                ),
                 lambda: variant("spam-edit:", lambda _: f"spam-edit:{spamd.address}", {"ham": "sent"}),
             )
         finally:
@@ -542,7 +560,9 @@ def test_connection_timeout(spool: Path) -> None:
                 s.close()
     assert elapsed < 15, (elapsed, r.stderr)
     # upstream's words ("out out" too); a connection failure keeps the message, as upstream
-    assert f"connect failure: cannot connect to 127.0.0.1:{port}: timed out out after 1s" in r.stderr, r.stderr
+    assert f"connect failure: cannot connect to 127.0.0.1:{port}: timed out out after 1s" in r.stderr, (
+        r.stderr
+    )
     assert len(names(spool, ".envelope")) == 1 and names(spool, ".bad") == []  # kept for a retry
 
 
@@ -553,7 +573,9 @@ def test_idle_timeout_closes_a_silent_smtp_client(tmp_path: Path) -> None:
         rest = w.read_to_close()
         elapsed = time.monotonic() - started
         # as E-MailRelay 2.6b: no reply, the reason in the log's close line
-        assert wait_until(lambda: "smtp connection closed: idle timeout: no activity after 1s: " in r.log(), 5)
+        assert wait_until(
+            lambda: "smtp connection closed: idle timeout: no activity after 1s: " in r.log(), 5
+        )
     assert 0.8 < elapsed < 6, elapsed
     assert rest == b"", rest
 
@@ -585,7 +607,11 @@ def test_immediate_short_form(tmp_path: Path) -> None:
     def final(_: object, message: Message) -> str:
         return "550 5.7.1 refused by the next hop" if b"refuse me" in message.data else "250 2.0.0 taken"
 
-    with FakeSmtp(replies={"final": final}) as hop, relay(tmp_path, "-m", "-o", hop.address) as r, Wire(r.port) as w:
+    with (
+        FakeSmtp(replies={"final": final}) as hop,
+        relay(tmp_path, "-m", "-o", hop.address) as r,
+        Wire(r.port) as w,
+    ):
         w.greet()
         # the message was forwarded before it was accepted; a refusal is the next hop's reply
         assert smtp_transaction(w, b"Subject: take\r\n\r\ntake me\r\n") == (250, ["message processed"])
@@ -668,7 +694,10 @@ def test_address_verifier_forms(tmp_path: Path) -> None:
     def account_form() -> None:
         base = subdir(tmp_path, "account")
         # root has uid 0: with the range 0-0 it is the one local account
-        with relay(base, "--address-verifier", "account:0-0", "--domain", "mail.example.test") as r, Wire(r.port) as w:
+        with (
+            relay(base, "--address-verifier", "account:0-0", "--domain", "mail.example.test") as r,
+            Wire(r.port) as w,
+        ):
             w.greet()
             assert w.command(b"MAIL FROM:<s@example.com>")[0] == 250
             assert w.command(b"RCPT TO:<root@mail.example.test>")[0] == 250
@@ -699,7 +728,9 @@ def test_anonymous_scopes(tmp_path: Path) -> None:
     def client(scope: str | None) -> None:
         spool = subdir(tmp_path, f"client-{scope}") / "spool"
         text = envelope_text("s@example.com", ["r@example.net"])
-        write_raw(spool, text.replace(b"MailFromAuthOut: \r\n", b"MailFromAuthOut: bob\r\n"), simple_content("a@t"))
+        write_raw(
+            spool, text.replace(b"MailFromAuthOut: \r\n", b"MailFromAuthOut: bob\r\n"), simple_content("a@t")
+        )
         secrets = spool.parent / "client.auth"  # AUTH= goes only on an authenticated connection
         secrets.write_text("client plain alice pw\n")
         with FakeSmtp(extensions=("PIPELINING", "8BITMIME", "AUTH PLAIN"), auth=auth_script("235 ok")) as hop:
@@ -722,7 +753,14 @@ def test_anonymous_scopes(tmp_path: Path) -> None:
 def test_delivery_dir(tmp_path: Path) -> None:
     boxes = tmp_path / "boxes"
     boxes.mkdir()
-    opts = ("--address-verifier", str(_verifier(tmp_path)), "--filter", "deliver:", "--delivery-dir", str(boxes))
+    opts = (
+        "--address-verifier",
+        str(_verifier(tmp_path)),
+        "--filter",
+        "deliver:",
+        "--delivery-dir",
+        str(boxes),
+    )
     with relay(tmp_path, *opts) as r:
         send(r.port, rcpts=("alice@example.com",))
         assert spool_entries(r.spool) == []  # only local recipients: delivered, not kept for forwarding
@@ -767,7 +805,10 @@ def test_domain(tmp_path: Path) -> None:
         base = subdir(tmp_path, "auth")
         secrets = base / "secrets"
         secrets.write_text("server plain alice secret\n")
-        with relay(base, "--domain", "auth.example.org", "--server-auth", str(secrets)) as r, Wire(r.port) as w:
+        with (
+            relay(base, "--domain", "auth.example.org", "--server-auth", str(secrets)) as r,
+            Wire(r.port) as w,
+        ):
             w.greet()
             code, text = w.command(b"AUTH CRAM-MD5")
             assert code == 334
@@ -795,7 +836,9 @@ def test_filter_forms(tmp_path: Path) -> None:
             replies = {}
             for subject in expect:
                 body = GTUBE if subject == "spam" else b"plain"
-                replies[subject] = smtp_transaction(w, f"Subject: {subject}\r\n\r\n".encode() + body + b"\r\n")
+                replies[subject] = smtp_transaction(
+                    w, f"Subject: {subject}\r\n\r\n".encode() + body + b"\r\n"
+                )
             stored = committed(r.spool)
         assert {s: code // 100 for s, (code, _) in replies.items()} == expect, (name, replies)
         kept = [s for s, digit in expect.items() if digit == 2]  # exit:100 too: upstream commits what is left
@@ -809,11 +852,15 @@ def test_filter_forms(tmp_path: Path) -> None:
             # stored as spamd (the fake: LF line ends) sent it, as upstream
             assert b"\nX-Spam-Flag: NO\n" in b"\n" + stored[0][3].split(b"\n\n")[0] + b"\n"
 
-    def filter_program(base: Path) -> str:  # rejects "Subject: no" with exit 1, else edits the content and exits 0
+    def filter_program(
+        base: Path,
+    ) -> str:  # rejects "Subject: no" with exit 1, else edits the content and exits 0
         rejecting = 'grep -q "^Subject: no" "$1" && { echo "<<go away>>"; exit 1; }\n'
         return str(script(base, "filter.sh", rejecting + EDIT.format(header="X-Filtered: yes")))
 
-    with LineServer(lambda path: "ok" if "Subject: ok" in Path(path).read_text() else "not wanted here") as net:
+    with LineServer(
+        lambda path: "ok" if "Subject: ok" in Path(path).read_text() else "not wanted here"
+    ) as net:
         try:
             concurrently(
                 # a rejection without a code of its own is E-MailRelay 2.6b's 452
@@ -889,7 +936,9 @@ def test_interface_default_is_the_any_address_for_ipv4_and_ipv6(tmp_path: Path) 
     # in a private network namespace (only "lo"), so binding the "any" address exposes nothing
     args = ["--no-daemon", FAST, "--log", "--no-syslog", "--port", "2525", "--pop", "--pop-port", "2110",
             "--pop-auth", "/dev/null", "--admin", "2626", "--spool-dir", str(tmp_path), "--user", "root"]  # fmt: skip
-    log, seen = in_private_network(tmp_path, args, ["127.0.0.1/2525", "::1/2525", "::1/2110", "127.0.0.1/2626"])
+    log, seen = in_private_network(
+        tmp_path, args, ["127.0.0.1/2525", "::1/2525", "::1/2110", "127.0.0.1/2626"]
+    )
     for kind, port in (("smtp", 2525), ("pop", 2110), ("admin", 2626)):
         assert f"{kind} server on 0.0.0.0:{port}" in log and f"{kind} server on ::.{port}" in log, log
     assert seen["127.0.0.1/2525"].startswith("220 ") and seen["::1/2525"].startswith("220 "), seen
@@ -931,7 +980,10 @@ def test_server_smtp_config(tmp_path: Path) -> None:
 
     def pipelining_chunking_nostrictparsing() -> None:
         base = subdir(tmp_path, "a")
-        with relay(base, "--server-smtp-config", "pipelining,chunking,nostrictparsing") as r, Wire(r.port) as w:
+        with (
+            relay(base, "--server-smtp-config", "pipelining,chunking,nostrictparsing") as r,
+            Wire(r.port) as w,
+        ):
             assert {"PIPELINING", "CHUNKING", "BINARYMIME"} <= ehlo_keywords(w)
             assert w.command(b"MAIL FROM: <s@example.com>")[0] == 250  # a space after the colon is allowed
             assert w.command(b"RCPT TO: <r@example.net>")[0] == 250
@@ -961,7 +1013,9 @@ def test_server_smtp_config(tmp_path: Path) -> None:
             assert w.command(b"Subject: u\r\n\r\nu\r\n.")[0] == 250
             ((_, env, _, _),) = committed(r.spool)
         # domains are stored as A-labels, noalabels or not (as E-MailRelay 2.6b)
-        assert env.from_address == "jörg@xn--bcher-kva.example" and env.to_remote == ("r@xn--bcher-kva.example",)
+        assert env.from_address == "jörg@xn--bcher-kva.example" and env.to_remote == (
+            "r@xn--bcher-kva.example",
+        )
 
     concurrently(pipelining_chunking_nostrictparsing, smtputf8strict, smtputf8_noalabels_nopipelining)
 

@@ -596,7 +596,11 @@ def test_umask_is_077_while_running(tmp_path: Path, mode: str) -> None:
             # the port opens before the process is done starting (supervised: before the supervisor
             # runs), so the umask is read once the start is over, bounded by a generous wait
             def umask() -> list[str]:
-                return [x for x in Path(f"/proc/{relay.pid}/status").read_text().splitlines() if x.startswith("Umask")]
+                return [
+                    x
+                    for x in Path(f"/proc/{relay.pid}/status").read_text().splitlines()
+                    if x.startswith("Umask")
+                ]
 
             wait_until(lambda: umask() == ["Umask:\t0077"], 20)
             assert umask() == ["Umask:\t0077"]

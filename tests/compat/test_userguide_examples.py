@@ -851,8 +851,13 @@ def test_advanced_setup_as_typed_with_pam(work: Path) -> None:
     ports = {p: free_port() for p in (25, 110, 587, 588)}
     argv = advanced_argv(app, ports=ports, hop="127.0.0.1:1", spamd="127.0.0.1:1", pop_auth="pam:")
     env = {"EMAILRELAY_PAM_CONFDIR": str(confdir)}
-    typed = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=work, stdin=subprocess.DEVNULL)
-    assert (typed.returncode, typed.stderr) == (1, "emailrelay: usage error: --dnsbl requires --remote-clients or -r\n")
+    typed = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, cwd=work, stdin=subprocess.DEVNULL
+    )
+    assert (typed.returncode, typed.stderr) == (
+        1,
+        "emailrelay: usage error: --dnsbl requires --remote-clients or -r\n",
+    )
     argv.append("--in-remote-clients")
     with daemon(argv, app / "emailrelay.pid", *ports.values(), cwd=work, env=env):
         pop = poplib.POP3("127.0.0.1", ports[110], timeout=30)

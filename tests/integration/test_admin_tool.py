@@ -44,7 +44,9 @@ def test_commands_from_stdin_each_get_their_reply(tmp_path: Path) -> None:
 
 def test_unix_socket_admin_address(tmp_path: Path) -> None:
     path = tmp_path / "admin.s"
-    with running_relay(tmp_path, "--single-process", "--admin", str(free_port()), "--interface", f"admin={path}"):
+    with running_relay(
+        tmp_path, "--single-process", "--admin", str(free_port()), "--interface", f"admin={path}"
+    ):
         result = admin(str(path), "failures")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "<none>\n"

@@ -130,7 +130,11 @@ def test_init_script_restart_and_failures(init_env: dict[str, str], tmp_path: Pa
     other = {**init_env, "EMAILRELAY_PIDFILE": str(tmp_path / "other.pid")}
     failed = init(other, "start")
     assert failed.returncode == 1 and "failed to start (exit 2)" in failed.stdout
-    assert re.search(r"^emailrelay: error: socket bind error: address already in use$", (tmp_path / "relay.log").read_text(), re.MULTILINE)
+    assert re.search(
+        r"^emailrelay: error: socket bind error: address already in use$",
+        (tmp_path / "relay.log").read_text(),
+        re.MULTILINE,
+    )
     assert init(init_env, "stop").returncode == 0
     # a pid file left by a dead relay
     Path(init_env["EMAILRELAY_PIDFILE"]).write_text(f"{second}\n")

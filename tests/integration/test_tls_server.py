@@ -240,7 +240,10 @@ def test_tls_required_without_server_tls_is_a_usage_error(tmp_path: Path) -> Non
         capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.returncode == 1
-    assert done.stderr == b"emailrelay: usage error: --server-tls-required requires --server-tls or --server-tls-connection\n"
+    assert (
+        done.stderr
+        == b"emailrelay: usage error: --server-tls-required requires --server-tls or --server-tls-connection\n"
+    )
 
 
 # ------------------------------------------------------------------ client certificates (supervised)

@@ -257,11 +257,15 @@ def test_kill_9_of_the_supervisor_ends_roles_that_switched_user(tmp_path: Path) 
         with open(parent / "relay.log", "wb") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         try:
-            assert wait_until(lambda: len([p for p in descendants_using(str(run_dir)) if p != proc.pid]) >= 4, 30)
+            assert wait_until(
+                lambda: len([p for p in descendants_using(str(run_dir)) if p != proc.pid]) >= 4, 30
+            )
             assert greets(port)
             proc.kill()
             proc.wait(10)
-            assert wait_until(lambda: descendants_using(str(run_dir)) == [], 5), descendants_using(str(run_dir))
+            assert wait_until(lambda: descendants_using(str(run_dir)) == [], 5), descendants_using(
+                str(run_dir)
+            )
         finally:
             if proc.poll() is None:
                 proc.kill()

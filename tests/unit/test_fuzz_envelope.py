@@ -75,7 +75,9 @@ def test_random_bytes(data: bytes) -> None:
     ),
     st.permutations(range(20)),
 )
-@example(edits=[(334, b"\t", 5)], order=list(range(20)))  # found by tests/soak/fuzz.py: a blank continuation line
+@example(
+    edits=[(334, b"\t", 5)], order=list(range(20))
+)  # found by tests/soak/fuzz.py: a blank continuation line
 def test_mutated_envelopes(edits: list[tuple[int, bytes, int]], order: list[int]) -> None:
     data = bytearray(BASE)
     for pos, insert, delete in edits:

@@ -143,22 +143,19 @@ CONVERSATIONS = [
     (
         "top",
         b"USER me\r\nPASS secret\r\nTOP 1 0\r\nTOP 1\r\nTOP 1 x\r\nNOOP\r\n",
-        b"+OK user: me\r\n+OK\r\n+OK\r\nSubject: a\r\n\r\n.\r\n"
-        b"-ERR\r\n-ERR\r\n+OK\r\n",
+        b"+OK user: me\r\n+OK\r\n+OK\r\nSubject: a\r\n\r\n.\r\n-ERR\r\n-ERR\r\n+OK\r\n",
         False,
     ),
     (
         "wrong password then right",
         b"USER me\r\nPASS nope\r\nPASS secret\r\nUSER me\r\nPASS secret\r\nSTAT\r\n",
-        b"+OK user: me\r\n-ERR\r\n-ERR\r\n+OK user: me\r\n+OK\r\n"
-        b"+OK 2 27\r\n",
+        b"+OK user: me\r\n-ERR\r\n-ERR\r\n+OK user: me\r\n+OK\r\n+OK 2 27\r\n",
         False,
     ),
     (
         "wrong state",
         b"STAT\r\nRETR 1\r\nNOOP\r\nUSER me\r\nPASS secret\r\nUSER me\r\nAPOP me x\r\nSTLS\r\n",
-        b"-ERR\r\n-ERR\r\n-ERR\r\n+OK user: me\r\n+OK\r\n"
-        b"-ERR\r\n-ERR\r\n-ERR\r\n",
+        b"-ERR\r\n-ERR\r\n-ERR\r\n+OK user: me\r\n+OK\r\n-ERR\r\n-ERR\r\n-ERR\r\n",
         False,
     ),
     (
@@ -256,7 +253,10 @@ def test_capa_lists_stls_before_sasl_also_after_tls() -> None:
     d.feed(b"STLS\r\nCAPA\r\n")
     assert d.out == b"+OK\r\n"  # the pipelined CAPA was plaintext: dropped
     d.feed(b"CAPA\r\n")
-    assert d.out == b"+OK\r\n+OK capability list follows\r\nUSER\r\nCAPA\r\nTOP\r\nUIDL\r\nSTLS\r\nSASL CRAM-MD5 PLAIN\r\n.\r\n"
+    assert (
+        d.out
+        == b"+OK\r\n+OK capability list follows\r\nUSER\r\nCAPA\r\nTOP\r\nUIDL\r\nSTLS\r\nSASL CRAM-MD5 PLAIN\r\n.\r\n"
+    )
     d.out = b""
     d.feed(b"STLS\r\n")
     assert d.out == b"-ERR\r\n"
