@@ -3,7 +3,8 @@
 ``python bench/cells.py [--messages 2000] [--latency 300] [--user daemon]``
 
 All cells run one after another on the same machine state, each against a
-fresh server and (for store and forward) a fresh Postfix ``smtp-sink -c``:
+fresh server and (for store and forward) a fresh Postfix ``smtp-sink -c``;
+before each, untimed, ``sync`` writes back what earlier cells left dirty:
 
 store only (``smtp-source -s 20 -m N -l 10240``, one connection per message):
   ours          the supervised relay in the production start (started as root, ``--user daemon``)
@@ -120,6 +121,7 @@ def server_cell(kind: str, name: str, args: list[str], tmp: Path, opts: argparse
                 lat: bool = False) -> Cell:  # fmt: skip
     cell = Cell(kind, name, opts.messages)
     print(f"  {kind} {name}: ...", flush=True)
+    os.sync()  # every cell starts with no dirty pages of an earlier cell left to write back
     port = int(args[args.index("--port") + 1]) if "--port" in args else int(args[-1])
     try:
         server = cm.start_listening(args, port, tmp / f"{kind}-{name.replace(' ', '_')}.log")
@@ -154,6 +156,7 @@ def upstream(port: int, spool: Path, *extra: str) -> list[str]:
 def postfix_cell(kind: str, tmp: Path, opts: argparse.Namespace, *, lat: bool) -> Cell:
     cell = Cell(kind, "postfix", opts.messages)
     print(f"  {kind} postfix: ...", flush=True)
+    os.sync()  # as for every cell
     base = tmp / f"postfix-{kind}"
     port = cm.free_port()
     sink = cm.CountingSink(cm.free_port())
