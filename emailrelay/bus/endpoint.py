@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 from . import schema
 
+SUBSCRIBE_SETTLE = 1.0  # seconds for a new subscription to reach the bus (ZeroMQ's slow joiner)
+
 
 def run_forwarder(
     run_dir: str, mode: int = 0o660, privileged: Callable[[], AbstractContextManager[object]] = nullcontext

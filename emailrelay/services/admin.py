@@ -70,6 +70,8 @@ class AdminContext:
     control: SupervisorControl | None = None
     no_control: str = NOT_SUPERVISED  # why roles/restart/workers cannot work when control is None
     arbiter_pid: int = 0
+    # supervised: keep "smtp disable" for smtp processes started later (services/roles.py)
+    remember_smtp_disabled: Callable[[SpoolStore, bool], None] | None = None
     # upstream's status: connections started and finished, "in" (smtp and admin) and "out" (forwarding)
     counters: dict[str, int] = field(
         default_factory=lambda: {"in_started": 0, "in_finished": 0, "out_started": 0, "out_finished": 0}
@@ -314,11 +316,16 @@ class AdminSession(asyncio.Protocol):
         return [str(self.ctx.arbiter_pid or os.getpid())]
 
     async def cmd_smtp(self, args: list[str]) -> list[str]:
-        if args[:1] == ["disable"]:  # (upstream ignores further words)
-            self.ctx.publish(schema.CMD_SMTP_DISABLE)
-            return ["OK"]
-        if args[:1] == ["enable"]:
-            self.ctx.publish(schema.CMD_SMTP_ENABLE)
+        if args[:1] in (["disable"], ["enable"]):  # (upstream ignores further words)
+            disabled = args[0] == "disable"
+            if self.ctx.remember_smtp_disabled is not None:  # first: a new smtp process reads it
+                try:
+                    await asyncio.to_thread(self.ctx.remember_smtp_disabled, self.ctx.store, disabled)
+                except OSError as exc:
+                    logmod.get().warning(
+                        f"admin: smtp {args[0]} not kept for restarted smtp processes: {exc}"
+                    )
+            self.ctx.publish(schema.CMD_SMTP_DISABLE if disabled else schema.CMD_SMTP_ENABLE)
             return ["OK"]
         return ["usage: smtp {disable|enable}"]
 

@@ -62,13 +62,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .. import PRODUCT_VERSION, __version__, identity, rundir, topology
 from .. import log as logmod
 from ..bus import schema
-from ..bus.endpoint import BusClient
+from ..bus.endpoint import SUBSCRIBE_SETTLE, BusClient
 from ..config import OPTION_DEFAULTS, Config
 from ..errors import EmailRelayError
 from ..spool.names import State
 from ..spool.store import SpoolStore, relay_store
 from .health import DEFAULT_MIN_FREE, HealthChecker, HttpServer, RoleTracker, health_handler
 from .loop import until_stopped
+from .smtp_switch import smtp_disabled_by_admin
 
 ANNOUNCING_ROLES = tuple(r.name for r in topology.ROLES if r.announces)  # they publish role.started
 ROLE_CENSUS_PERIOD = 5.0  # ask circus for role pids at most this often (at scrapes)
@@ -347,7 +348,15 @@ class MetricsExporter:
         # and the admin's smtp disable/enable: the health check's listener answer
         self.bus.subscribe((*schema.EVENT_TOPICS, schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE))
         self._listener = asyncio.get_running_loop().create_task(self._listen())
+        # a command sent before this process subscribed (or in its first second) went by: the
+        # admin's record of it (supervised relays) says what it was
+        self._as_the_admin_left_it()
+        asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, self._as_the_admin_left_it)
         return self.port
+
+    def _as_the_admin_left_it(self) -> None:
+        if smtp_disabled_by_admin(self.store):
+            self.tracker.smtp_disabled = True
 
     async def stop(self) -> None:
         if self._listener is not None:

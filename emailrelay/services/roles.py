@@ -35,16 +35,16 @@ from pathlib import Path
 from .. import identity, rundir, safe_files
 from .. import log as logmod
 from ..bus import schema
-from ..bus.endpoint import BusClient
+from ..bus.endpoint import SUBSCRIBE_SETTLE, BusClient
 from ..config import Config
 from ..spool.names import MessageId
 from ..spool.store import relay_store
 from .connection_slots import ConnectionSlots
 from .loop import until_stopped
 from .notify import SpoolWatcher
+from .smtp_switch import remember_smtp_disabled, smtp_disabled_by_admin
 from .spool_sweep import leftover_age, sweep_forever
 
-SUBSCRIBE_SETTLE = 1.0  # seconds for a new subscription to reach the bus
 SAFETY_RESCAN = 60.0  # a forward role rescans at least this often, whatever --poll says
 RESCAN_STAMP = rundir.RESCAN_STAMP  # in the run directory: the durable copy of the rescan doorbell
 CONNECTION_SLOTS = rundir.CONNECTION_SLOTS  # in the run directory: --max-connections' slot files
@@ -127,6 +127,16 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
                 Path(run_dir) / CONNECTION_SLOTS, config.max_connections, identity.group_for_files()
             )
     bus.subscribe([schema.CMD_SMTP_DISABLE, schema.CMD_SMTP_ENABLE, schema.CMD_DNSBL])
+
+    def as_the_admin_left_it() -> None:
+        """A restarted smtp role (a crash, an admin or circusctl restart) comes back disabled if the
+        admin disabled smtp: the command went by on the bus before this process subscribed."""
+        if smtp_disabled_by_admin(store) and smtpd.enabled:
+            smtpd.enabled = False
+            log.info("smtp disabled")
+
+    as_the_admin_left_it()
+    asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, as_the_admin_left_it)  # (a command just sent)
 
     async def commands() -> None:
         async for topic, body in bus.messages():
@@ -246,6 +256,7 @@ async def run_admin(
         control=SupervisorControl(run_dir) if supervised else None,
         no_control=PLAIN_CIRCUSD,
         arbiter_pid=os.getppid(),
+        remember_smtp_disabled=remember_smtp_disabled,
     )
     bus.subscribe(schema.EVENT_TOPICS)
 

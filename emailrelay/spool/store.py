@@ -898,6 +898,11 @@ class SpoolStore:
         except FileNotFoundError:
             return None
 
+    @_privileged
+    def remove_tool_file(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tool_file(name))
+
     # ---- pop support -----------------------------------------------------------------
     # The POP server (services/pop3d.py): a maildrop is the main directory or, with
     # --pop-by-name, one sub-directory named after the user, held open by descriptor
