@@ -15,7 +15,7 @@ What it guarantees:
 - the ``250`` after DATA is sent only after :meth:`NewMessage.commit`
   returned, i.e. content, envelope and directory entry are fsynced; any
   failure before that deletes both files and answers ``452``/``451``.
-  With ``--immediate`` (and no client filter) the ``250`` follows the next
+  With ``--immediate`` (and no filter) the ``250`` follows the next
   hop's instead: the message is forwarded before it is committed, and
   committed (fsynced first) only if it was not forwarded;
 - memory per connection is bounded: content goes to disk as it arrives,

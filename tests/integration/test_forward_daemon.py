@@ -232,14 +232,15 @@ def test_immediate_accepted_only_after_the_next_hop_accepted(tmp_path: Path, hop
         relay.stop()
 
 
-@pytest.mark.parametrize("client_filter", [False, True])
-def test_immediate_forwards_first_unless_a_client_filter_runs(
-    tmp_path: Path, hop: FakeSmtp, client_filter: bool
+@pytest.mark.parametrize("filter_option", ["", "--client-filter", "--filter"])
+def test_immediate_forwards_first_unless_a_filter_runs(
+    tmp_path: Path, hop: FakeSmtp, filter_option: str
 ) -> None:
     """--immediate: while the next hop takes the message it is still ``.envelope.new`` in the spool,
-    never committed (the client's 250 follows the hop's; nothing of ours needs to be on disk); with
-    a client filter it is claimed first, as ``.busy`` (the filter is given that envelope, as
-    upstream's). Either way nothing is left after the 250."""
+    never committed (the client's 250 follows the hop's; nothing of ours needs to be on disk). With
+    a filter it is committed and claimed first, as ``.busy``: a client filter is given that
+    envelope, as upstream's; a server filter may keep the message (or a copy) for a 250 of its own,
+    which needs the fsyncs. Either way nothing is left after the 250."""
     seen: list[dict[str, int]] = []
     spool: list[Path] = []
 
@@ -249,11 +250,11 @@ def test_immediate_forwards_first_unless_a_client_filter_runs(
 
     hop.replies["final"] = final
     args = ["--forward-to", hop.address, "--immediate"]
-    if client_filter:
-        script = tmp_path / "client-filter.sh"
+    if filter_option:
+        script = tmp_path / "filter.sh"
         script.write_text("#!/bin/sh\nexit 0\n")
         script.chmod(0o755)
-        args += ["--client-filter", str(script)]
+        args += [filter_option, str(script)]
     relay = _relay(tmp_path, *args)
     spool.append(relay.spool)
     try:
@@ -262,7 +263,7 @@ def test_immediate_forwards_first_unless_a_client_filter_runs(
         assert wait_until(lambda: _empty(relay.spool), 5), states(relay.spool)
     finally:
         relay.stop()
-    assert seen == [{"busy": 1, "content": 1} if client_filter else {"new": 1, "content": 1}]
+    assert seen == [{"busy": 1, "content": 1} if filter_option else {"new": 1, "content": 1}]
 
 
 @pytest.mark.parametrize(
