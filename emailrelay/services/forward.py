@@ -582,10 +582,10 @@ class ForwardService:
             else:
                 try:
                     claim = await self._in_thread(self.store.claim_new, message, undo=_release_claim)
-                except OSError as exc:  # not committed: the crashed-store sweep removes what is left
-                    self.log.error(f"cannot claim [{mid}]: {exc}")
+                    outcome = await self._forward_held(claim)
+                except OSError as exc:  # it could not be claimed, or kept (made durable): no 250
+                    self.log.error(f"cannot forward [{mid}]: {exc}")
                     return 452, "forwarding failed"
-                outcome = await self._forward_held(claim)
         finally:
             self._immediate.pop(mid, None)
         if outcome.status == "sent" or (

@@ -463,6 +463,17 @@ def test_uncommitted_claim_not_forwarded_is_committed_or_failed(store: SpoolStor
     assert not store.envelope_path(rejected.id, State.NEW).exists()
 
 
+def test_an_uncommitted_claim_that_cannot_be_made_durable_is_not_kept(store: SpoolStore) -> None:
+    """Kept only if its files can be fsynced: otherwise it is deleted and the error raised (its
+    client gets no 250), never committed half there."""
+    msg, claim = _uncommitted(store)
+    msg.content_path.unlink()  # (what a failing disk or a meddling filter might leave)
+    with pytest.raises(OSError):
+        claim.release()
+    assert names(store.directory) == [] and not claim.active
+    assert store.ready(ignore_backoff=True) == []
+
+
 def test_the_crashed_store_sweep_leaves_an_uncommitted_claim_alone(store: SpoolStore) -> None:
     """A forward-first message is ``.new`` for as long as its next hop takes: however old, the
     sweep does not remove it while it is claimed; once released it is committed, not swept."""
