@@ -29,7 +29,7 @@ import pytest
 from tests.support.certs import HAVE_OPENSSL, make_certs, no_verify_context
 from tests.support.diff_filters import serve_cases, submitted_spool
 from tests.support.diff_forwarding import NO_PIPELINING, write_messages
-from tests.support.diff_guide import MESSAGE, assert_same, greeting_as_ours, readable_file
+from tests.support.diff_guide import MESSAGE, assert_same, greeting_as_ours, listening, readable_file
 from tests.support.diff_smtp_server import b64
 from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.fake_spamd import GTUBE, fake_spamd
@@ -50,14 +50,6 @@ from tests.support.oracle import (
 from tests.support.relay import free_port, wait_until
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 # ---- message store: names, suffixes, CR-LF, modes and group ----------------------------------------
@@ -380,7 +372,7 @@ def test_startup_outcomes(tmp_path: Path, certificate: Path, case: str) -> None:
             try:
                 # (the busy port listens already: there only the exit counts)
                 wait_until(
-                    lambda r=relay, p=port: r.proc.poll() is not None or (p is None and _listening(r.port)),
+                    lambda r=relay, p=port: r.proc.poll() is not None or (p is None and listening(r.port)),
                     20,
                 )
                 rc = relay.proc.poll()

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.diff_guide import listening
 from tests.support.diff_smtp_server import assert_same_replies, both_dialogues, run_dialogues
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fake_spamd import GTUBE, fake_spamd
@@ -836,19 +837,14 @@ def test_spool_only_root_can_reach_differs(tmp_path: Path) -> None:
         )  # fmt: skip
         try:
             served = wait_until(
-                lambda p=proc, port=port: _listening(port) or p.poll() is not None, 20
-            ) and _listening(port)
+                lambda p=proc, port=port: listening(port) or p.poll() is not None, 20
+            ) and listening(port)
         finally:
             rc = stop_process(proc)
         got[side] = (served, rc, (proc.stdout.read() if proc.stdout else b"").decode(errors="replace"))
     assert got["upstream"][0] is True
     assert got["ours"][0] is False and got["ours"][1] == 1
     assert "is not readable by user 'daemon'" in got["ours"][2]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_pop_no_delete_as_upstream(tmp_path: Path) -> None:
