@@ -45,6 +45,7 @@ from tests.support.diff_forwarding import (
     trigger_lines,
     write_messages,
 )
+from tests.support.diff_guide import readable_file
 from tests.support.fake_smtp import DROP, FakeSmtp, auth_script
 from tests.support.oracle import (
     SIDES,
@@ -266,9 +267,7 @@ def test_connection_failure_leaves_the_messages(tmp_path: Path, target: str) -> 
 
 def _secrets(text: str) -> Callable[[Path], None]:
     def prep(spool: Path) -> None:
-        path = spool.parent / "client.auth"
-        path.write_text(text)
-        path.chmod(0o644)
+        readable_file(spool.parent / "client.auth", text)
 
     return prep
 
@@ -284,9 +283,7 @@ def _secrets(text: str) -> Callable[[Path], None]:
 )
 def test_authentication_dialogue(tmp_path: Path, offered: str, script: Any) -> None:
     base = daemon_base(tmp_path)
-    secrets = base / "client.auth"
-    secrets.write_text("client plain me secret\n")
-    secrets.chmod(0o644)
+    secrets = readable_file(base / "client.auth", "client plain me secret\n")
     run = same(
         both(
             tmp_path,
@@ -324,9 +321,7 @@ def test_authentication_problem_fails_only_the_message_in_hand(
     tmp_path: Path, offered: str, reason: bytes
 ) -> None:
     base = daemon_base(tmp_path)
-    secrets = base / "client.auth"
-    secrets.write_text("client plain me secret\n")
-    secrets.chmod(0o644)
+    secrets = readable_file(base / "client.auth", "client plain me secret\n")
     hop = _fake(extensions=(*NO_PIPELINING, offered), auth=auth_script("334 UGFzc3dvcmQ6", "535 5.7.8 no"))
     run = same(both(tmp_path, hop, [[B], [C]], "--client-auth", str(secrets)))
     assert run.rc == 1

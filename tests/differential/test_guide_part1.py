@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.certs import Certs
-from tests.support.diff_guide import DIALOGUE, VERSION, both, exit_status, listening, session
+from tests.support.diff_guide import DIALOGUE, VERSION, both, exit_status, listening, readable_file, session
 from tests.support.diff_smtp_server import DROP
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.netns import PROBE
@@ -604,9 +604,7 @@ def test_pop_listens_on_port_110_by_default(tmp_path: Path) -> None:
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs root and unshare(1) for a private network namespace")
     base = daemon_base(tmp_path)
-    secrets = base / "pop.auth"
-    secrets.write_text("server plain me secret\n")
-    secrets.chmod(0o644)
+    secrets = readable_file(base / "pop.auth", "server plain me secret\n")
     got = {}
     for side in SIDES:
         spool = spool_dir(base / side / "spool")

@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.certs import Certs, _issue
 from tests.support.diff_forwarding import B, both, same, tls_hop
+from tests.support.diff_guide import readable_file
 from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.oracle import daemon_base, needs_oracle
 from tests.support.tls_server import TlsSmtpServer
@@ -75,9 +76,7 @@ def test_client_auth_plain_value(tmp_path: Path, where: str) -> None:
     """``--client-auth plain:<base64-user-id>:<base64-password>`` on the command line, and
     ``client-auth plain:...`` in a configuration file: the same AUTH dialogue, log and spool."""
     value = "plain:bWU=:c2VjcmV0"  # "me", "secret"
-    conf = daemon_base(tmp_path) / "client.conf"
-    conf.write_text(f"client-auth {value}\n")
-    conf.chmod(0o644)
+    conf = readable_file(daemon_base(tmp_path) / "client.conf", f"client-auth {value}\n")
     args = ("--client-auth", value) if where == "command-line" else (str(conf),)
     hop = lambda: FakeSmtp(extensions=("8BITMIME", "AUTH PLAIN LOGIN"), auth=auth_script("235 2.7.0 ok"))  # noqa: E731
     run = same(both(tmp_path, hop, [[B]], *args))
@@ -241,9 +240,7 @@ def test_client_auth_config_lists(
 ) -> None:
     """A plain-text next hop offering ``AUTH PLAIN LOGIN``: the mechanism each ``--client-auth-config``
     list leads to (``a:``/``d:`` apply only after TLS), with the same dialogue, log and spool."""
-    secrets = daemon_base(tmp_path) / "client.auth"
-    secrets.write_text("client plain me secret\n")
-    secrets.chmod(0o644)
+    secrets = readable_file(daemon_base(tmp_path) / "client.auth", "client plain me secret\n")
     hop = lambda: FakeSmtp(extensions=("8BITMIME", "AUTH PLAIN LOGIN"), auth=auth_script(*script))  # noqa: E731
     run = same(both(tmp_path, hop, [[B]], "--client-auth", str(secrets), *args))
     assert run.rc == 0 and len(run.messages) == 1
@@ -268,9 +265,7 @@ def test_client_auth_config_over_tls(
     LOGIN``: E-MailRelay 2.6b's client follows ``m:``/``x:`` and not ``a:``/``d:`` (the guide says
     otherwise), and says ``over tls`` in its success line; ours the same: the same log, dialogue and
     spool on both sides, and the mechanism the case names."""
-    secrets = daemon_base(tmp_path) / "client.auth"
-    secrets.write_text("client plain me secret\n")
-    secrets.chmod(0o644)
+    secrets = readable_file(daemon_base(tmp_path) / "client.auth", "client plain me secret\n")
     hop = tls_hop(
         certificate=certs.server_pem, require_auth=True, accounts={"me": "secret"}, implicit=implicit
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.diff_guide import readable_file
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, run, start
 from tests.support.relay import free_port, wait_until
 
@@ -71,9 +72,8 @@ def _session(port: int, commands: list[str]) -> list[tuple[str, bytes]]:
 
 def _pop(side: str, base: Path) -> tuple[list[tuple[str, bytes]], list[str], list[str]]:
     pop_port = free_port()
-    secrets = base / "secrets"  # (one file for both: the log names it)
-    secrets.write_text("server plain me secret\n")
-    secrets.chmod(0o644)
+    # (one file for both: the log names it)
+    secrets = readable_file(base / "secrets", "server plain me secret\n")
     spool = base / side / "spool"
     spool.mkdir(parents=True)
     for subject in ("one", "two"):
@@ -134,9 +134,7 @@ def test_pop_authentication_log_as_upstream(tmp_path: Path) -> None:
     which is ignored): upstream's words, and "pop authentication of <user> connected from <peer>"
     after a successful AUTH only."""
     base = daemon_base(tmp_path)
-    secrets = base / "secrets"
-    secrets.write_text("server plain me secret\n")
-    secrets.chmod(0o644)
+    secrets = readable_file(base / "secrets", "server plain me secret\n")
     got = {}
     for side in SIDES:
         pop_port = free_port()

@@ -21,6 +21,7 @@ import pytest
 
 from emailrelay import COPYRIGHT, VERSION_LINE
 from emailrelay.auth.md5state import hmac_md5_state
+from tests.support.diff_guide import readable_file
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, run, start
 from tests.support.sink import envelope_text
@@ -289,9 +290,7 @@ def test_secrets_type_words_as_upstream(
     name: the relay starts, offers CRAM-SHA256/CRAM-SHA1 for sha256/sha1 lines (which cannot
     authenticate: 535) and nothing for other names (AUTH then gets 504)."""
     base = daemon_base(tmp_path)
-    path = base / "secrets"
-    path.write_text(secrets + "\n")
-    path.chmod(0o644)
+    path = readable_file(base / "secrets", secrets + "\n")
     seen = {}
     for side in SIDES:
         with start(side, base, "--server-auth", str(path)) as relay:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from tests.support.diff_forwarding import NO_PIPELINING, B, Run, as_client, same
+from tests.support.diff_guide import readable_file
 from tests.support.fake_smtp import FakeSmtp, auth_script
 from tests.support.oracle import SIDES, daemon_base, needs_oracle
 
@@ -174,9 +175,9 @@ def test_account_selector_opens_a_new_connection(tmp_path: Path) -> None:
     ``client`` line for) than the connection's: ``forwarding [<id>] selector=[<s>] ...``, QUIT,
     ``new connection for account selector [<s>]`` (with a ``ForwardToAddress`` too: ``for
     [<address>] and account selector [<s>]``), a new connection that authenticates with that line."""
-    secrets = daemon_base(tmp_path) / "client.auth"
-    secrets.write_text("client plain me secret\nclient plain you other s1\n")
-    secrets.chmod(0o644)
+    secrets = readable_file(
+        daemon_base(tmp_path) / "client.auth", "client plain me secret\nclient plain you other s1\n"
+    )
     routes = [("", "", ""), ("", "", "s1"), ("", "", "s1"), ("", "OTHER", ""), ("", "HOP", "s1")]
     runs, connections = _routed(
         tmp_path, routes, "", "--client-auth", str(secrets),
@@ -194,9 +195,7 @@ def test_account_selector_without_an_account_fails_the_message(tmp_path: Path, s
     [<s>]``: that message goes to ``.bad`` with the reason, the run ends (exit 1), the next stays."""
     extra: tuple[str, ...] = ()
     if secrets:
-        path = daemon_base(tmp_path) / "client.auth"
-        path.write_text(secrets)
-        path.chmod(0o644)
+        path = readable_file(daemon_base(tmp_path) / "client.auth", secrets)
         extra = ("--client-auth", str(path))
     runs, connections = _routed(
         tmp_path, [("", "", ""), ("", "", "s1"), ("", "", "")], "", *extra,

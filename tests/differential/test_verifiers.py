@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.diff_guide import readable_file
 from tests.support.filter_recorder import Case, recorder, side_neutral
 from tests.support.line_server import line_server
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, smtp_dialogue, start
@@ -128,9 +129,7 @@ def test_program_verifier_arguments_when_authenticated_or_trusted() -> None:
         script = recorder(
             base, {"auth": ("\nauth@Y.example\n", 1, ""), "trust": ("\ntrust@Y.example\n", 1, "")}
         )
-        secrets = base / "secrets"
-        secrets.write_text("server plain me secret\nserver none 127.0.0.1 trusted\n")
-        secrets.chmod(0o644)
+        secrets = readable_file(base / "secrets", "server plain me secret\nserver none 127.0.0.1 trusted\n")
         args = ("--address-verifier", str(script), "--server-auth", str(secrets), "--domain", "dom.example")
         verify_cases(side, base, ["auth"], *args, auth=True)
         with start(side, base, *args, name=f"{side}-2") as relay:
