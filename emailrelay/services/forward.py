@@ -602,9 +602,10 @@ class ForwardService:
 
     @property
     def forwards_first(self) -> bool:
-        """``--immediate`` may forward a message before committing it (no client filter: that one
-        is given the ``.busy`` envelope, as upstream's)."""
-        return self.client_filter is None
+        """``--immediate`` may forward a message before committing it: without a client filter
+        (given the ``.busy`` envelope, as upstream's) and without a server filter (one that keeps
+        the message or a copy earns a 250 that does not follow the next hop's: it needs the fsyncs)."""
+        return self.client_filter is None and not self.config.filters
 
     def end_immediate_session(self, session: object) -> None:
         """``--immediate``: the client has gone, so its onward connection goes too (no QUIT, as

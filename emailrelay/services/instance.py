@@ -62,9 +62,7 @@ def build_smtp_service(
     hooks = ServiceHooks(on_commit=on_commit, on_disconnect=on_disconnect, on_rescan=on_rescan)
     if forwarder is not None and config.immediate:
         hooks.immediate = forwarder.forward_immediately
-        # forward first only when no server filter could keep the message, or a copy of it, for a
-        # 250 that would then not follow the next hop's (the filter's copy needs our fsyncs)
-        hooks.immediate_first = forwarder.forwards_first and not config.filters
+        hooks.immediate_first = forwarder.forwards_first
         hooks.immediate_end = forwarder.end_immediate_session
     return SmtpService(
         config,
