@@ -17,11 +17,12 @@ checkout (``git archive REV emailrelay | tar -x -C DIR``: before and after a
 change) with the venv's interpreter.  ``--modules`` starts it once more with a ``sitecustomize`` audit
 hook that records every first import per process (``len(sys.modules)`` at
 the end of the start, and how many of them came after the switch to
-``--user``, which must be none).  ``--compile`` byte-compiles the ``--tree``
-copy first: with ``PYTHONDONTWRITEBYTECODE`` set (as in the development
-environment) and a checkout without ``__pycache__``, every process compiles
-the relay's modules from source at each start, which leaves ~3-4 MB more
-heap per process than an installed package (whose ``.pyc`` files exist) has.
+``--user``, which must be none).  The package it runs (the ``--tree`` copy,
+else the checkout's) is byte-compiled first (``python -m compileall``), as an
+installed package is: with ``PYTHONDONTWRITEBYTECODE`` set (as in the
+development environment) and no ``__pycache__``, every process would compile
+the relay's modules from source at each start, which leaves 1-4 MB more heap
+per process than an installed package (whose ``.pyc`` files exist) has.
 Every process is stopped by its pid.
 """
 
@@ -183,19 +184,13 @@ def main() -> int:
     ap.add_argument(
         "--tree", default="", help="a checkout (readable by --user) whose emailrelay package to run"
     )
-    ap.add_argument(
-        "--compile", action="store_true",
-        help="compile --tree's package to bytecode first, as an installed package is (see the docstring)",
-    )  # fmt: skip
     ap.add_argument("--tmpdir", default=os.environ.get("TMPDIR", "/var/tmp"))
     ap.add_argument("extra", nargs="*", help="more relay options (after --)")
     opts = ap.parse_args()
 
     print(f"rolemem bench: {cm.machine_line()}")
-    if opts.compile:
-        if not opts.tree:
-            raise SystemExit("rolemem: --compile writes __pycache__ directories: give it a --tree copy")
-        subprocess.run([cm.PYTHON, "-m", "compileall", "-q", str(Path(opts.tree, "emailrelay"))], check=True)
+    print(cm.compile_relay(opts.tree))
+    if opts.tree:
         subprocess.run(["chmod", "-R", "a+rX", opts.tree], check=True)
     if opts.tree:
         os.chdir(opts.tmpdir)  # python -m puts the working directory first on sys.path
