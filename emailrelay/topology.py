@@ -58,6 +58,7 @@ class Role:
     # first (services/preload.py), so that a venv only root may read works; each role imports only its own
     preload: tuple[str, ...] = ()
     config_modules: bool = False  # and what the configuration adds (TLS, secrets, filters, DNS): mail roles
+    watches_spool: bool = False  # and watchdog when it will poll (no inotify, or --notify=poll)
     privileges: str = "spawned as root; imports its modules, then becomes --user"
 
 
@@ -79,7 +80,7 @@ ROLES: tuple[Role, ...] = (
         "notify", "emailrelay.services.role_entries:notify",
         lambda c: _forwarding(c) and c.poll is not None, "--forward-to and --poll, without --immediate",
         priority=20, announces=True,
-        preload=("emailrelay.services.roles", "watchdog.events", "watchdog.observers.polling"),  # (no inotify)
+        preload=("emailrelay.services.roles",), watches_spool=True,
     ),
     Role(
         "forward", "emailrelay.services.role_entries:forward", _forwarding, "--forward-to, without --immediate",

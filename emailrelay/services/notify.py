@@ -18,6 +18,12 @@ smtp role), asking the kernel only for creations and renames into the
 directory; one read takes every event queued since the last, and the
 names are filtered as bytes before anything is parsed.  An overflow of the
 kernel's queue rings every ``.envelope`` in the directory.
+
+Privileges: started as root, the role calls :func:`prepare` before it becomes
+``--user`` (services/preload.py): inotify is set up then, as root, and kept
+for :meth:`SpoolWatcher.start`, so watchdog (about 1 MB of heap) is imported,
+as root, only when the polling observer will be used: ``--notify=poll``, or
+no inotify here.
 """
 
 from __future__ import annotations
@@ -92,6 +98,30 @@ class _Inotify:
         os.close(self.fd)
 
 
+def _open_inotify(directory: str) -> _Inotify | None:
+    try:
+        return _Inotify(directory)
+    except (OSError, AttributeError):
+        return None  # no inotify here (limits, some container mounts): the caller polls
+
+
+_PREPARED: dict[str, _Inotify] = {}  # set up by prepare() as root, taken by SpoolWatcher.start()
+
+
+def prepare(directory: str, polling: bool) -> bool:
+    """Before the notify role becomes ``--user``: set up inotify on ``directory`` now, as
+    :meth:`SpoolWatcher.start` would, and keep it for that; True when the watcher will poll instead
+    (``polling``, or inotify cannot be set up), so the polling observer must be imported now."""
+    if polling:
+        return True
+    if directory not in _PREPARED:
+        inotify = _open_inotify(directory)
+        if inotify is None:
+            return True
+        _PREPARED[directory] = inotify
+    return False
+
+
 class SpoolWatcher:
     """Watches one spool directory; calls ``on_ready(id)`` from the event loop thread."""
 
@@ -113,15 +143,15 @@ class SpoolWatcher:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> str:
         """Start watching; returns "inotify" or "poll" (what is in use)."""
+        prepared = _PREPARED.pop(self.directory, None)
         if not self.polling:
-            try:
-                self._inotify = _Inotify(self.directory)
-            except (OSError, AttributeError):
-                pass  # no inotify here (limits, some container mounts): fall back to polling
-            else:
+            self._inotify = prepared or _open_inotify(self.directory)
+            if self._inotify is not None:
                 self._loop = loop
                 loop.add_reader(self._inotify.fd, self._readable)
                 return "inotify"
+        elif prepared is not None:
+            prepared.close()
         self._start_polling(loop)
         return "poll"
 

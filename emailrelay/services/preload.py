@@ -5,7 +5,10 @@ The interpreter and the installation may be readable by root only (a venv
 under /root), so a module first imported after the switch fails with
 ``No module named ...``.  Before it switches, each role calls
 :func:`preload_role`: the modules its row of :mod:`emailrelay.topology`
-names (what it imports lazily at run time), and, for the roles that handle
+names (what it imports lazily at run time), for the notify role watchdog's
+polling observer only when it will poll (no inotify: decided here, as root,
+by setting inotify up for it, :func:`emailrelay.services.notify.prepare`),
+and, for the roles that handle
 mail, what this configuration adds (:func:`config_modules`: TLS, secrets,
 the policy package for filters and verifiers, dnspython's lazily loaded
 parts for DNSBL and ``mx:``), plus the codecs the relay names.  A role
@@ -32,7 +35,8 @@ from ..topology import Role
 CODECS = ("ascii", "latin-1", "utf-8", "idna", "punycode")
 DNS_TYPES = ("A", "AAAA", "MX", "TXT", "PTR", "CNAME")
 SKIPPED = ("emailrelay.cli.", "emailrelay.services.metrics", "emailrelay.services.health")
-OPTIONAL = ("uvloop", "watchdog.events", "watchdog.observers.polling", "sniffio")  # not installed: skipped
+WATCHDOG = ("watchdog.events", "watchdog.observers.polling")  # the notify role's polling observer
+OPTIONAL = ("uvloop", *WATCHDOG, "sniffio")  # not installed: skipped
 TLS = ("ssl", "_ssl", "emailrelay.auth.tls")
 SECRETS = ("emailrelay.auth.secrets", "emailrelay.auth.pam", "emailrelay.protocol.sasl")
 POLICY = "emailrelay.policy"  # the whole package: the filter and verifier kinds are imported by name
@@ -62,11 +66,20 @@ def uses_dns(config: Config) -> bool:
     return bool(config.dnsbl) or any(spec == DNS_FILTER[:-1] or spec.startswith(DNS_FILTER) for spec in specs)
 
 
+def _will_poll(config: Config) -> bool:
+    """Whether the spool watcher will poll (inotify is set up now, as root, and kept for it)."""
+    from .notify import prepare
+
+    return prepare(str(config.spool_dir), config.notify_polling)
+
+
 def preload_role(role: Role, config: Config) -> None:
     """Everything ``role`` (with ``config``) may import after it becomes ``--user``."""
     names = [role.entry.partition(":")[0], *role.preload, *ALWAYS]
     if role.config_modules:
         names += config_modules(config)
+    if role.watches_spool and _will_poll(config):
+        names += WATCHDOG
     _import(names)
     if role.config_modules and uses_dns(config):
         with contextlib.suppress(ImportError):

@@ -3,7 +3,10 @@
 Proves: a ring for every way an ``.envelope`` appears (commit rename, direct
 creation, unfail of ``.bad``, release of ``.busy``) and for nothing else
 (content files, ``.new``, ``.busy``, ``.bad``), with both observers; the
-inotify reader's parsing of a buffer of events (once per id, overflow).
+inotify reader's parsing of a buffer of events (once per id, overflow);
+:func:`prepare` (called as root before the role becomes ``--user``) says when
+the watcher will poll, and the inotify it set up is the one the watcher
+reads (an envelope committed between the two rings).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from emailrelay.services.notify import (
     IN_Q_OVERFLOW,
     SpoolWatcher,
     parse_events,
+    prepare,
 )
 
 MID = "emailrelay.4242.1700000000.{}"
@@ -63,6 +67,29 @@ async def _watch(directory: Path, polling: bool) -> list[str]:
 def test_rings_for_every_new_envelope_and_nothing_else(tmp_path: Path, polling: bool) -> None:
     rung = asyncio.run(_watch(tmp_path, polling))
     assert sorted(set(rung)) == [MID.format(n) for n in range(1, 5)], rung
+
+
+def test_prepare_sets_inotify_up_for_the_watcher_and_says_when_it_will_poll(tmp_path: Path) -> None:
+    assert prepare(str(tmp_path / "missing"), False) is True  # no inotify on it: the watcher polls
+    assert prepare(str(tmp_path), True) is True  # --notify=poll
+    assert prepare(str(tmp_path), False) is False
+    early = MID.format(7)
+    _make(tmp_path / f"{early}.envelope")  # after prepare, before start: only the prepared inotify saw it
+
+    async def watch() -> list[str]:
+        rung: list[str] = []
+        watcher = SpoolWatcher(str(tmp_path), rung.append)
+        assert watcher.start(asyncio.get_running_loop()) == "inotify"
+        try:
+            for _ in range(50):
+                if rung:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            watcher.stop()
+        return rung
+
+    assert asyncio.run(watch()) == [early]
 
 
 def _event(mask: int, name: bytes = b"") -> bytes:
