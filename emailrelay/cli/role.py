@@ -17,9 +17,9 @@ from ._orphan_guard import guard_against_orphaning, set_process_name, started_by
 
 guard_against_orphaning()
 
-import argparse  # noqa: E402
 import importlib  # noqa: E402
 import sys  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 from .. import log as logmod  # noqa: E402
 from .. import topology  # noqa: E402
@@ -30,22 +30,65 @@ from ..services.preload import preload_role  # noqa: E402
 from .log_options import log_config  # noqa: E402
 from .parse import app_dir, configuration_values, expand_shorthands, parse_command_line  # noqa: E402
 
+USAGE = (
+    f"usage: emailrelay-role {{{','.join(topology.NAMES)}}} --run-dir DIR [--fd N]... [--index N]"
+    " [--count N] [--config NAME] [--listen ADDRESS]... [--app-dir DIR] -- [relay options]"
+)
+INTEGERS = ("--fd", "--index", "--count")
+
+
+def parse_arguments(argv: list[str]) -> SimpleNamespace:
+    """The role's own arguments (before ``--``) as the supervisor writes them: the role, then
+    ``--name value`` (or ``--name=value``) pairs; ``--fd`` and ``--listen`` may repeat.  By hand, not
+    argparse: its help formatter imports shutil, bz2, lzma and locale, about 0.6 MB of heap in every
+    role process (issue 20).  An error is SystemExit(2) with the usage on stderr, as argparse's."""
+
+    def fail(message: str) -> SystemExit:
+        print(f"{USAGE}\nemailrelay-role: error: {message}", file=sys.stderr)
+        return SystemExit(2)
+
+    if not argv or argv[0] not in topology.NAMES:
+        raise fail(f"the first argument must be one of {', '.join(topology.NAMES)}")
+    args = SimpleNamespace(
+        role=argv[0],
+        fd=[],  # the inherited listening sockets
+        run_dir=None,  # required
+        index=1,  # the circus worker id, from 1
+        count=1,
+        config="",  # the configuration's name (multiple configurations)
+        listen=[],  # listening addresses, for admin status
+        app_dir="",  # what "@app" stands for (the supervising program's directory)
+    )
+    words = iter(argv[1:])
+    for word in words:
+        name, eq, value = word.partition("=")
+        key = name[2:].replace("-", "_")
+        if not name.startswith("--") or key == "role" or not hasattr(args, key):
+            raise fail(f"unrecognized argument: {word}")
+        if not eq:
+            value = next(words, None)
+            if value is None:
+                raise fail(f"{name}: expected one argument")
+        item: int | str = value
+        if name in INTEGERS:
+            try:
+                item = int(value)
+            except ValueError:
+                raise fail(f"{name}: invalid int value: {value!r}") from None
+        current = getattr(args, key)
+        if isinstance(current, list):
+            current.append(item)
+        else:
+            setattr(args, key, item)
+    if args.run_dir is None:
+        raise fail("the following arguments are required: --run-dir")
+    return args
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="emailrelay-role")
-    p.add_argument("role", choices=topology.NAMES)
-    p.add_argument("--fd", type=int, action="append", default=[])
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--index", type=int, default=1, help="circus worker id, from 1")
-    p.add_argument("--count", type=int, default=1)
-    p.add_argument("--config", default="", help="the configuration's name (multiple configurations)")
-    p.add_argument("--listen", action="append", default=[], help="listening addresses, for admin status")
-    p.add_argument(
-        "--app-dir", default="", help='what "@app" stands for (the supervising program\'s directory)'
-    )
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
-    args = p.parse_args(argv[:split])
+    args = parse_arguments(argv[:split])
     options = argv[split + 1 :]
     row = topology.BY_NAME[args.role]
     set_process_name(row.name)
