@@ -41,7 +41,6 @@ GUARANTEES
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 from dataclasses import dataclass
@@ -116,6 +115,8 @@ _NO_DELAY = _DELAY_FUNC(_no_delay)
 def load_library() -> _Library:
     """libpam and libc with their prototypes set (loaded once); ``ConfigError`` when libpam is missing."""
     global _library
+    import ctypes.util  # here: it imports shutil, bz2, lzma and tempfile (preload.SECRETS names it)
+
     with _library_lock:
         if _library is not None:
             return _library

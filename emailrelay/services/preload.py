@@ -38,7 +38,7 @@ SKIPPED = ("emailrelay.cli.", "emailrelay.services.metrics", "emailrelay.service
 WATCHDOG = ("watchdog.events", "watchdog.observers.polling")  # the notify role's polling observer
 OPTIONAL = ("uvloop", *WATCHDOG, "sniffio")  # not installed: skipped
 TLS = ("ssl", "_ssl", "emailrelay.auth.tls")
-SECRETS = ("emailrelay.auth.secrets", "emailrelay.auth.pam", "emailrelay.protocol.sasl")
+SECRETS = ("emailrelay.auth.secrets", "emailrelay.auth.pam", "ctypes.util", "emailrelay.protocol.sasl")
 POLICY = "emailrelay.policy"  # the whole package: the filter and verifier kinds are imported by name
 ALWAYS = ("json",)  # --log-format=json (log.py imports it at the first line logged)
 DNS_FILTER = "mx:"  # a filter spec that queries DNS (policy/mx)

@@ -31,10 +31,8 @@ from typing import Any, cast
 
 from .. import log as logmod
 from ..auth import tls
-from ..auth.secrets import TokenError, fetch_oauth_token
 from ..errors import UsageError
 from ..protocol import smtp_client as sc
-from ..protocol.sasl import SaslClient, choose_client_mechanism
 from ..transport_address import split_next_hop
 from .listeners import format_address
 from .security import ClientSecurity
@@ -408,6 +406,10 @@ class SmtpConnection:
         return True
 
     async def _authenticate(self, caps: sc.Capabilities, security: ClientSecurity) -> None:
+        # here, not at the top: only with --client-auth, which services/preload.py then preloads
+        from ..auth.secrets import TokenError, fetch_oauth_token
+        from ..protocol.sasl import SaslClient, choose_client_mechanism
+
         assert security.secrets is not None
         account = security.secrets.client_account(self.selector)
         if account is None or account.is_empty:
