@@ -219,12 +219,17 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def proc_cpu(pid: int) -> float:
     """utime+stime of one process in seconds, from /proc/<pid>/stat (0.0 when gone)."""
+    return sum(proc_user_system(pid))
+
+
+def proc_user_system(pid: int) -> tuple[float, float]:
+    """utime and stime of one process in seconds, from /proc/<pid>/stat ((0.0, 0.0) when gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     fields = stat.rpartition(")")[2].split()  # after "pid (comm)": state is fields[0]
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
 def procs_cpu(pids: Sequence[int]) -> float:

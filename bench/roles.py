@@ -89,7 +89,7 @@ def main() -> int:
                 time.sleep(1.5)
                 procs = cm.tree_procs(relay.pid)
                 names = {p: cm.proc_role(p) for p in procs}
-                before = {p: cm.proc_cpu(p) for p in procs}
+                before = {p: cm.proc_user_system(p) for p in procs}
                 sched0 = {p: cm.thread_sched(p) for p in procs}
                 if opts.py_spy:
                     out = Path(opts.py_spy)
@@ -114,7 +114,7 @@ def main() -> int:
                     ):
                         time.sleep(0.01)
                 wall = time.perf_counter() - t0
-                after = {p: cm.proc_cpu(p) for p in procs}
+                after = {p: cm.proc_user_system(p) for p in procs}
                 sched1 = {p: cm.thread_sched(p) for p in procs}
             finally:
                 for _, _, spy, _ in spies:
@@ -132,15 +132,17 @@ def main() -> int:
               f"total {wall:.1f}s ({opts.messages / wall:.0f} msgs/s)"
               + (f", delivered {sink.messages}" if sink is not None else ""))  # fmt: skip
         rows = []
-        total = 0.0
+        total = total_system = 0.0
         for pid in procs:
-            ms = (after[pid] - before[pid]) * 1000 / opts.messages
+            user, system = ((b - a) * 1000 / opts.messages for a, b in zip(before[pid], after[pid], strict=True))
+            ms = user + system
             total += ms
+            total_system += system
             oncpu, runq = (b - a for a, b in zip(sched0[pid], sched1[pid], strict=True))
-            rows.append([names[pid], pid, f"{ms:.2f}", f"{oncpu / wall:.0%}", f"{runq / wall:.0%}",
+            rows.append([names[pid], pid, f"{ms:.2f}", f"{system:.2f}", f"{oncpu / wall:.0%}", f"{runq / wall:.0%}",
                          f"{max(0.0, wall - oncpu - runq) / wall:.0%}"])  # fmt: skip
-        rows.append(["total", "", f"{total:.2f}", "", "", ""])
-        headers = ["process", "pid", "cpu ms/msg", "loop on cpu", "loop in run queue", "loop asleep"]
+        rows.append(["total", "", f"{total:.2f}", f"{total_system:.2f}", "", "", ""])
+        headers = ["process", "pid", "cpu ms/msg", "of it system", "loop on cpu", "loop in run queue", "loop asleep"]
         print(cm.table(headers, rows))
         for role, pid, _, raw in spies:
             if raw.exists():
