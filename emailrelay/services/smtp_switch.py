@@ -17,8 +17,10 @@ subscribed too late for the command still finds it.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from ..spool.store import SpoolStore
+if TYPE_CHECKING:  # a type only: the notify role, which imports this, has no store
+    from ..spool.store import SpoolStore
 
 SMTP_DISABLED = "smtp-disabled"  # the spool's tool file (a dot-file: never a message)
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import TYPE_CHECKING
 
 from .. import log as logmod
 from ..config import Config
-from ..spool.store import SpoolStore
+
+if TYPE_CHECKING:  # a type only: the notify role, which imports this, has no store
+    from ..spool.store import SpoolStore
 
 SWEEP_PERIOD = 60.0
 SWEEP_PERIOD_ENV = "EMAILRELAY_SWEEP_PERIOD"
