@@ -125,7 +125,8 @@ def _thread_setresuid() -> Callable[[int], None] | None:
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.PyDLL(None, use_errno=True)  # keeps the GIL: setresuid never blocks, and a thread
+        # that let go of the GIL around it would have to win it back, a hand-over each time (issue 20)
         syscall = libc.syscall
     except (OSError, AttributeError):
         return None
