@@ -84,6 +84,7 @@ STOP_GRACE = 5.0  # a stopping forwarder lets messages in flight finish for this
 RECOVERY_PERIOD = 5.0  # at most this often, a rescan also returns claims of dead forwarders
 _CONTENT_TO_BODY = {"7bit": "7BIT", "8bit": "8BITMIME", "binarymime": "BINARYMIME"}
 _T = TypeVar("_T")
+Loaded = tuple[bytes | None, int, str | None]  # a content read to send: bytes when small, size, problem
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ class ForwardService:
         self._claims: set[Claim] = set()
         self._last_mid = ""  # the last message claimed: --log-format=msgid's id for the lines after it
         self._started: dict[MessageId, float] = {}
+        self._loaded: dict[MessageId, Loaded | OSError] = {}  # read with the claim (_claim_and_load)
         self._last_recovery = -RECOVERY_PERIOD
         self._last_rescan = -MIN_RESCAN_GAP
         self._next_due: float | None = None  # earliest not-before of a message in back-off
@@ -529,10 +531,30 @@ class ForwardService:
         if self._dead_hops and await self._to_dead_hop(mid):
             self._left.add(mid)  # that next hop's run ended on an error: left untouched, for the next trigger
             return Outcome("skipped")
-        claim = await self._in_thread(self.store.claim, mid, undo=_release_claim)
+        if self.client_filter is not None:  # it may change the content: read after it ran
+            claim = await self._in_thread(self.store.claim, mid, undo=_release_claim)
+        else:
+            held = await self._in_thread(self._claim_and_load, mid, undo=_release_loaded)
+            claim = held[0] if held is not None else None
+            if held is not None:
+                self._loaded[held[0].id] = held[1]
         if claim is None:
             return Outcome("skipped")
         return await self._forward_held(claim)
+
+    def _claim_and_load(self, mid: MessageId) -> tuple[Claim, Loaded | OSError] | None:
+        """In a spool thread: claim ``mid`` and read its content in the same trip (one wake-up of a
+        thread a message, not two); a content that cannot be read is the claim's holder's to fail."""
+        claim = self.store.claim(mid)
+        if claim is None:
+            return None
+        try:
+            return claim, self._load_content(claim)
+        except OSError as exc:
+            return claim, exc
+        except BaseException:
+            _release_claim(claim)  # nobody would hold it
+            raise
 
     async def _forward_held(self, claim: Claim) -> Outcome:
         """Forward a claimed message; a claim still held at the end (cancelled) is released."""
@@ -550,6 +572,7 @@ class ForwardService:
             logmod.reset_msgid(msgid)
             self._claims.discard(claim)
             self._started.pop(claim.id, None)
+            self._loaded.pop(claim.id, None)
             if claim.active:  # (a cancelled worker too: _in_thread waits for the thread)
                 await self._in_thread(claim.release)
 
@@ -750,8 +773,11 @@ class ForwardService:
             return await self._fail(claim, "no remote recipients", None, warn=False)
         if not hop:
             return await self._fail(claim, "no remote server configured: use --forward-to", None)
+        loaded = self._loaded.pop(claim.id, None)
         try:
-            content, info_size, scan_problem = await self._in_thread(self._load_content, claim)
+            if isinstance(loaded, OSError):
+                raise loaded
+            content, info_size, scan_problem = loaded or await self._in_thread(self._load_content, claim)
         except OSError as exc:
             return await self._fail(claim, f"cannot read content file: {exc.strerror or exc}", None)
         if scan_problem:
@@ -791,7 +817,7 @@ class ForwardService:
             return await self._fail(claim, reason, 550, warn=False)  # upstream's code is always 550
         return await self._retry(claim, result.reason or "client filter error", result.code)
 
-    def _load_content(self, claim: Claim) -> tuple[bytes | None, int, str | None]:
+    def _load_content(self, claim: Claim) -> Loaded:
         """Read (or scan) the content: (bytes when small, canonical size, problem text or None)."""
         scanner = ContentScanner()
         with claim.open_content() as f:
@@ -1067,6 +1093,10 @@ def _release_claim(claim: Claim | None) -> None:
     if claim is not None:
         with contextlib.suppress(OSError):
             claim.release()
+
+
+def _release_loaded(held: tuple[Claim, object] | None) -> None:
+    _release_claim(held[0] if held is not None else None)
 
 
 def _close_file(f: BinaryIO) -> None:
