@@ -28,9 +28,7 @@ What it guarantees:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import errno
-import re
 import socket
 import ssl
 import time
@@ -60,12 +58,21 @@ from .listeners import format_address, is_local_address, not_local_reason
 from .security import ServerSecurity
 
 _BODY_TO_CONTENT = {"7BIT": "7bit", "8BITMIME": "8bit", "BINARYMIME": "binarymime"}
+# the Received: date's names, written here: email.utils would bring the email package into the smtp role
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def received_date(when: float | None = None) -> str:
     """The ``Received:`` line's date as E-MailRelay 2.6b writes it: RFC 5322, local time, the day
     of the month without a leading zero (``Mon, 7 Dec 2026 04:42:51 +0000``)."""
-    return re.sub(r"^(\w{3}, )0", r"\1", email.utils.formatdate(when, localtime=True))
+    t = time.localtime(None if when is None else round(when, 6))
+    hours, minutes = divmod(abs(t.tm_gmtoff) // 60, 60)
+    sign = "-" if t.tm_gmtoff < 0 else "+"
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {sign}{hours:02d}{minutes:02d}"
+    )
 
 
 @dataclass(frozen=True)

@@ -1277,3 +1277,33 @@ def test_received_date_day_has_no_leading_zero() -> None:
 
     date = received_date(1796644800.0)  # 2026-12-07 12:00 UTC: the 7th or 8th in any zone
     assert re.fullmatch(r"(Mon|Tue), [78] Dec 2026 \d\d:\d\d:\d\d [+-]\d{4}", date), date
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "America/St_Johns", "Asia/Kolkata", "Pacific/Chatham", "America/Los_Angeles"]
+)
+def test_received_date_is_rfc5322_local_time_in_every_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The smtp role writes the date itself (no email package): the same text as email.utils'
+    local-time RFC 5322 date, less the day's leading zero, for whole and fractional times, in zones
+    with half-hour, quarter-hour, negative and daylight-saving offsets."""
+    import email.utils
+    import random
+    import time
+
+    from emailrelay.services.smtpd import received_date
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        rng = random.Random(zone)
+        edges = [1796644799.9999996, 1796644799.9999994, 1767225599.9999999]  # rounded as datetime rounds
+        for i in range(3000):
+            when = rng.uniform(0, 2.1e9) if i % 2 else float(rng.randint(0, 2_100_000_000))
+            when = edges[i] if i < len(edges) else when
+            expected = re.sub(r"^(\w{3}, )0", r"\1", email.utils.formatdate(when, localtime=True))
+            assert received_date(when) == expected, when
+    finally:
+        monkeypatch.undo()
+        time.tzset()
