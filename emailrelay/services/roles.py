@@ -38,7 +38,6 @@ from ..bus import schema
 from ..bus.endpoint import SUBSCRIBE_SETTLE, BusClient
 from ..config import Config
 from ..spool.names import MessageId
-from ..spool.store import relay_store
 from .connection_slots import ConnectionSlots
 from .loop import until_stopped
 from .notify import SpoolWatcher
@@ -78,6 +77,7 @@ def drop_privileges(config: Config) -> None:
 
 
 async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
+    from ..spool.store import relay_store  # (not at the top: the notify role never opens the store)
     from .instance import build_smtp_service
 
     log = logmod.get()
@@ -165,6 +165,7 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
 
 
 async def run_forward(config: Config, run_dir: str, index: int, count: int) -> int:
+    from ..spool.store import relay_store
     from .forward import ForwardService
 
     started = time.time()
@@ -242,6 +243,7 @@ async def run_admin(
 ) -> int:
     """The admin role; ``supervised``: started by emailrelay's supervisor, whose channel answers
     ``roles``, ``restart`` and ``workers`` (not by a plain ``circusd circus.ini``)."""
+    from ..spool.store import relay_store
     from .admin import PLAIN_CIRCUSD, AdminContext, AdminSession
     from .supervisor_control import SupervisorControl
 
@@ -281,6 +283,7 @@ async def run_admin(
 
 
 async def run_pop(config: Config, fds: list[int], run_dir: str) -> int:
+    from ..spool.store import relay_store
     from .pop3d import build_pop_service
 
     sockets = [socket.socket(fileno=fd) for fd in fds]
