@@ -4,7 +4,8 @@
 
 All cells run one after another on the same machine state, each against a
 fresh server and (for store and forward) a fresh Postfix ``smtp-sink -c``;
-before each, untimed, ``sync`` writes back what earlier cells left dirty:
+before each, untimed, ``sync`` writes back what earlier cells left dirty and
+the run waits ``--settle`` seconds (below, "Cells are independent"):
 
 store only (``smtp-source -s 20 -m N -l 10240``, one connection per message):
   ours          the supervised relay in the production start (started as root, ``--user daemon``)
@@ -31,9 +32,21 @@ it.  Prints figures only; never asserts timings.
 
 The spools and Postfix's queue go under ``$TMPDIR`` (tempfile's default):
 on the development VM a file creation in /tmp cost 0.6-0.9 ms of kernel CPU
-(ext4 searching a crowded block group for a free inode) against 0.02 ms in
-/var/tmp, which our two files a message pay twice and Postfix's one once;
-run with ``TMPDIR=/var/tmp`` there.
+(ext4 skipping the inodes test runs there freed in the last minutes, see
+below) against 0.02 ms in /var/tmp, which our two files a message pay twice
+and Postfix's one once; run with ``TMPDIR=/var/tmp`` there.
+
+Cells are independent: on ext4 without a journal (the development VM's root
+file system; ``/proc/fs/jbd2`` is empty there) a new inode skips every inode
+of its group freed in the last 60 s, 360 s while that inode's table block is
+dirty (``recently_deleted()`` in fs/ext4/ialloc.c, kernel 6.x), one buffer
+lookup each.  Every cell before deletes thousands of files (its spool, or
+what it forwarded), so a cell that started at once paid for them in kernel
+CPU on each file it created: ``--immediate``'s one-session median was
+2.66 ms as the ninth cell of a run and 1.65 ms on its own, its cell 388
+against 483 msgs/s.  So each cell starts ``--settle`` seconds (default 61)
+after the ``sync``; what a cell deletes itself still costs it, as for
+Postfix (one file a message against our two).
 
 The relay's package is byte-compiled first (``python -m compileall``, see
 ``common.compile_relay``): the roles then start from ``.pyc`` files, as an
@@ -120,12 +133,19 @@ def latency(cell: Cell, port: int, opts: argparse.Namespace) -> None:
         cell.note = (cell.note + " " + note).strip()
 
 
+def settle(opts: argparse.Namespace) -> None:
+    """Before each cell, untimed: write back what earlier cells left dirty, then wait until no inode
+    they freed is still "recently deleted" for ext4 (see the module docstring)."""
+    os.sync()
+    time.sleep(opts.settle)
+
+
 def server_cell(kind: str, name: str, args: list[str], tmp: Path, opts: argparse.Namespace, *,
                 sink: cm.CountingSink | None = None, spool: Path | None = None,
                 lat: bool = False) -> Cell:  # fmt: skip
     cell = Cell(kind, name, opts.messages)
     print(f"  {kind} {name}: ...", flush=True)
-    os.sync()  # every cell starts with no dirty pages of an earlier cell left to write back
+    settle(opts)
     port = int(args[args.index("--port") + 1]) if "--port" in args else int(args[-1])
     try:
         server = cm.start_listening(args, port, tmp / f"{kind}-{name.replace(' ', '_')}.log")
@@ -160,7 +180,7 @@ def upstream(port: int, spool: Path, *extra: str) -> list[str]:
 def postfix_cell(kind: str, tmp: Path, opts: argparse.Namespace, *, lat: bool) -> Cell:
     cell = Cell(kind, "postfix", opts.messages)
     print(f"  {kind} postfix: ...", flush=True)
-    os.sync()  # as for every cell
+    settle(opts)
     base = tmp / f"postfix-{kind}"
     port = cm.free_port()
     sink = cm.CountingSink(cm.free_port())
@@ -203,6 +223,8 @@ def main() -> int:
     ap.add_argument("--latency", type=int, default=300, help="messages in the one-session runs (0: skip)")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--user", default="daemon", help="our relay's --user (the production start: daemon)")
+    ap.add_argument("--settle", type=float, default=61.0,
+                    help="seconds between cells, after a sync (ext4 without a journal; 0: none)")  # fmt: skip
     ap.add_argument("--only", default="", help="comma-separated cell names to run (default: all)")
     opts = ap.parse_args()
     oracle = cm.oracle_program()
