@@ -534,18 +534,28 @@ class ForwardService:
         if self.client_filter is not None:  # it may change the content: read after it ran
             claim = await self._in_thread(self.store.claim, mid, undo=_release_claim)
         else:
-            held = await self._in_thread(self._claim_and_load, mid, undo=_release_loaded)
-            claim = held[0] if held is not None else None
-            if held is not None:
-                self._loaded[held[0].id] = held[1]
+            claim = await self._claim_and_load(mid)
         if claim is None:
             return Outcome("skipped")
         return await self._forward_held(claim)
 
-    def _claim_and_load(self, mid: MessageId) -> tuple[Claim, Loaded | OSError] | None:
-        """In a spool thread: claim ``mid`` and read its content in the same trip (one wake-up of a
-        thread a message, not two); a content that cannot be read is the claim's holder's to fail."""
-        claim = self.store.claim(mid)
+    async def _claim_and_load(self, message: MessageId | NewMessage) -> Claim | None:
+        """Claim a message (``--immediate``'s uncommitted one too) and read its content in the same
+        trip to a spool thread (one wake-up of a thread a message, not two); its holder sends what
+        was read, or fails it if it could not be read."""
+        held = await self._in_thread(self._claim_and_read, message, undo=_release_loaded)
+        if held is None:
+            return None
+        self._loaded[held[0].id] = held[1]
+        return held[0]
+
+    def _claim_and_read(self, message: MessageId | NewMessage) -> tuple[Claim, Loaded | OSError] | None:
+        """In a spool thread: the claim (None when another worker has it; an uncommitted message's
+        claim raises when it fails) and its content read, or the error reading it."""
+        if isinstance(message, NewMessage):
+            claim: Claim | None = self.store.claim_new(message)
+        else:
+            claim = self.store.claim(message)
         if claim is None:
             return None
         try:
@@ -604,7 +614,8 @@ class ForwardService:
                 outcome = await self.forward_one(mid)
             else:
                 try:
-                    claim = await self._in_thread(self.store.claim_new, message, undo=_release_claim)
+                    claim = await self._claim_and_load(message)  # (forwards_first: no client filter)
+                    assert claim is not None  # an uncommitted message's claim raises if it fails
                     outcome = await self._forward_held(claim)
                 except OSError as exc:  # it could not be claimed, or kept (made durable): no 250
                     self.log.error(f"cannot forward [{mid}]: {exc}")
