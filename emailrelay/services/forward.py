@@ -168,12 +168,15 @@ class ForwardService:
         *,
         executor: ThreadPoolExecutor | None = None,
         safety_rescan: float | None = None,
+        senders: int | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.executor = executor
         self.log = logmod.get()
-        self.workers = max(1, config.workers_forward)
+        # connections at once: ``--workers forward=N`` in one process (--single-process); a supervised
+        # forward role is one of N processes and says 1, so that N means N connections, not N x N
+        self.workers = senders or max(1, config.workers_forward)
         self.safety_rescan = safety_rescan  # rescan at least this often (supervised: lost doorbells)
         self.backoff = config.backoff  # --retry: temporary failures are retried with back-off
         self.client_config = sc.ClientConfig(

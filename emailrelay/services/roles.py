@@ -176,7 +176,7 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     # with --poll, a new message is forwarded at once (notify rings) and the poll period is the safety
     # net; without it (--forward-on-disconnect) only disconnects ring, plus a slow safety rescan
     rung_by_notify = config.poll is not None
-    forwarder = ForwardService(config, store, executor=executor, safety_rescan=SAFETY_RESCAN)
+    forwarder = ForwardService(config, store, executor=executor, safety_rescan=SAFETY_RESCAN, senders=1)
     forwarder.on_event = bus.publish
     bus.subscribe([schema.SPOOL_READY, schema.CMD_FORWARD, schema.CMD_FLUSH])
 

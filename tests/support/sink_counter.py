@@ -54,7 +54,8 @@ class CountingSink:
 
     ``final_delay`` (seconds, may be changed while running) stalls the reply to
     the final dot; if the client disconnects meanwhile the message is counted
-    in ``abandoned`` instead of ``messages``.  ``dots`` counts final dots seen.
+    in ``abandoned`` instead of ``messages``.  ``dots`` counts final dots seen;
+    ``peak_open`` is the most connections that were open at once.
     """
 
     def __init__(self, final_delay: float = 0.0) -> None:
@@ -64,6 +65,8 @@ class CountingSink:
         self.abandoned: list[Received] = []
         self.dots = 0
         self.connections = 0
+        self.open_now = 0
+        self.peak_open = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -127,6 +130,8 @@ class CountingSink:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         number = self.connections
+        self.open_now += 1  # (the sink's own event loop: no lock needed)
+        self.peak_open = max(self.peak_open, self.open_now)
         try:
             writer.write(b"220 sink.test ESMTP\r\n")
             while True:
@@ -153,6 +158,7 @@ class CountingSink:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
+            self.open_now -= 1
             writer.transport.abort()
 
     async def _final(

@@ -59,3 +59,20 @@ def test_every_share_is_still_rung_after_scaling_down(tmp_path: Path) -> None:
             mid = f"scale{i}@test"
             _submit(relay.spool, mid)
             assert sink.wait_for([mid], 5), f"{mid} not forwarded within 5 s after scaling down"
+
+
+def test_workers_forward_n_means_n_connections_at_once(tmp_path: Path) -> None:
+    """``--workers forward=2`` is two forward processes that forward one message at a time each:
+    two connections to the next hop at once, not two in each process (four)."""
+    with (
+        CountingSink(final_delay=0.2) as sink,
+        supervised_relay(
+            tmp_path, "--workers", "forward=2", "--forward-to", sink.address, "--poll", "60",
+            roles={"bus": 1, "notify": 1, "forward": 2, "smtp": 1},
+        ) as relay,
+    ):  # fmt: skip
+        mids = [f"parallel{i}@test" for i in range(16)]
+        for mid in mids:
+            _submit(relay.spool, mid)
+        assert sink.wait_for(mids, 60), sorted(set(mids) - set(sink.ids()))
+        assert sink.peak_open == 2, f"{sink.peak_open} connections at once"
