@@ -805,15 +805,11 @@ class SmtpSession(LineSession):
         try:
             await asyncio.get_running_loop().run_in_executor(self.service.executor, step)
         except OSError as exc:
-            self._storage_trouble(exc)
+            self._storage_failed(exc)
+            self._discard_message()
+            self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))
             return False
         return True
-
-    def _storage_trouble(self, exc: OSError) -> None:
-        """A storing step failed: logged, the message's files deleted, the client told 452 or 451."""
-        self._storage_failed(exc)
-        self._discard_message()
-        self.proto.reject(452 if exc.errno == errno.ENOSPC else 451, _storage_text(exc))
 
     async def _committed(self, msg: NewMessage) -> None:
         self.tx.message = None
