@@ -39,6 +39,7 @@ BUS_IN = "bus-in.ipc"  # where the roles publish
 BUS_OUT = "bus-out.ipc"  # where they subscribe
 CONNECTION_SLOTS = "connection-slots"  # --max-connections' slot files
 RESCAN_STAMP = "rescan.stamp"  # the durable copy of the rescan doorbell
+FORWARD_STAMP = "forward.stamp"  # the durable copy of the admin's forward command
 
 
 def private_base() -> Path:

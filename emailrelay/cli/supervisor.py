@@ -424,6 +424,7 @@ def _clean_run_dir(run_dir: Path) -> None:
                     entry.unlink()
         if run_dir.parent == rundir.private_base():  # and the state the roles keep there
             (run_dir / rundir.RESCAN_STAMP).unlink(missing_ok=True)
+            (run_dir / rundir.FORWARD_STAMP).unlink(missing_ok=True)
             slots = run_dir / rundir.CONNECTION_SLOTS
             if slots.is_dir() and not slots.is_symlink():
                 for entry in slots.iterdir():

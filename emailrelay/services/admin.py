@@ -72,6 +72,8 @@ class AdminContext:
     arbiter_pid: int = 0
     # supervised: keep "smtp disable" for smtp processes started later (services/roles.py)
     remember_smtp_disabled: Callable[[SpoolStore, bool], None] | None = None
+    # keep "forward" for a forward process whose subscription is still joining the bus (roles.py)
+    remember_forward: Callable[[], None] | None = None
     # upstream's status: connections started and finished, "in" (smtp and admin) and "out" (forwarding)
     counters: dict[str, int] = field(
         default_factory=lambda: {"in_started": 0, "in_finished": 0, "out_started": 0, "out_finished": 0}
@@ -289,6 +291,8 @@ class AdminSession(asyncio.Protocol):
     async def cmd_forward(self, args: list[str]) -> list[str]:
         if not self.ctx.config.forward_to:
             return ["error: no remote server configured: use --forward-to"]
+        if self.ctx.remember_forward is not None:  # first: a forward process still joining reads it
+            self.ctx.remember_forward()
         self.ctx.publish(schema.CMD_FORWARD)
         return ["OK"]
 

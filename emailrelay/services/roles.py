@@ -46,6 +46,7 @@ from .spool_sweep import leftover_age, sweep_forever
 
 SAFETY_RESCAN = 60.0  # a forward role rescans at least this often, whatever --poll says
 RESCAN_STAMP = rundir.RESCAN_STAMP  # in the run directory: the durable copy of the rescan doorbell
+FORWARD_STAMP = rundir.FORWARD_STAMP  # and of the admin's forward command
 CONNECTION_SLOTS = rundir.CONNECTION_SLOTS  # in the run directory: --max-connections' slot files
 STAMP_SLACK = 0.05  # file times come from a coarse clock: a stamp may look this much older
 
@@ -56,18 +57,23 @@ def _ask_for_rescan(bus: BusClient, run_dir: str, trigger: str) -> None:
     message sent before that is lost, and the safety rescan would only come a minute later).
     ``trigger`` is upstream's name for it in the log (``client disconnect``, ``rescan``)."""
     bus.publish(schema.CMD_FORWARD, backoff=True, trigger=trigger)
+    _touch_stamp(run_dir, RESCAN_STAMP)
+
+
+def _touch_stamp(run_dir: str, name: str) -> None:
     with contextlib.suppress(OSError), identity.as_root():
         dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | safe_files.CLOEXEC)
         try:  # never through a symlink, a FIFO or a hard link --user may have planted
-            safe_files.touch(RESCAN_STAMP, dir_fd=dir_fd, mode=0o644, gid=identity.group_for_files())
+            safe_files.touch(name, dir_fd=dir_fd, mode=0o644, gid=identity.group_for_files())
         finally:
             os.close(dir_fd)
 
 
-def _rescan_asked_at(run_dir: str) -> float | None:
-    """When a rescan was last asked for (the stamp's mtime, on the spool files' clock), or None."""
+def _rescan_asked_at(run_dir: str, name: str = RESCAN_STAMP) -> float | None:
+    """When a rescan (or with FORWARD_STAMP, the admin's forward) was last asked for: the stamp's
+    mtime, on the spool files' clock; or None."""
     try:
-        return os.stat(Path(run_dir, RESCAN_STAMP)).st_mtime
+        return os.stat(Path(run_dir, name)).st_mtime
     except OSError:
         return None
 
@@ -197,13 +203,20 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     bus.publish(schema.ROLE_STARTED, role="forward")
     listener = asyncio.get_running_loop().create_task(rings())
 
+    def asked_since_we_started(stamp: str) -> float | None:
+        asked = _rescan_asked_at(run_dir, stamp)
+        return asked if asked is not None and asked >= started - STAMP_SLACK else None
+
     def settled() -> None:
-        """Doorbells rung before our subscription reached the bus are lost: with --poll one more
-        rescan; otherwise (--forward-on-disconnect) what a disconnect or a filter asked for since
-        we started, as of when it asked: messages committed later may be in a session still open."""
+        """Doorbells rung before our subscription reached the bus are lost: an admin ``forward``
+        since we started is done again (its stamp); with --poll one more rescan; otherwise
+        (--forward-on-disconnect) what a disconnect or a filter asked for since we started, as of
+        when it asked: messages committed later may be in a session still open."""
+        if asked_since_we_started(FORWARD_STAMP) is not None:
+            forwarder.forward_all_now()
         if rung_by_notify:
             forwarder.ring()
-        elif (asked := _rescan_asked_at(run_dir)) is not None and asked >= started - STAMP_SLACK:
+        elif (asked := asked_since_we_started(RESCAN_STAMP)) is not None:
             forwarder.catch_up(written_by=asked)
 
     asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, settled)
@@ -259,6 +272,7 @@ async def run_admin(
         no_control=PLAIN_CIRCUSD,
         arbiter_pid=os.getppid(),
         remember_smtp_disabled=remember_smtp_disabled,
+        remember_forward=lambda: _touch_stamp(run_dir, FORWARD_STAMP),
     )
     bus.subscribe(schema.EVENT_TOPICS)
 
@@ -266,6 +280,10 @@ async def run_admin(
         async for topic, body in bus.messages():
             ctx.on_bus_event(topic, body)
 
+    # a publisher that has just connected drops what it sends until the bus has told it who listens
+    # (ZeroMQ's slow joiner, the publishing side): serve once that is over, or a "forward" typed at
+    # once would be lost (its listening socket is circus's: a client meanwhile waits for the prompt)
+    await asyncio.sleep(SUBSCRIBE_SETTLE)
     loop = asyncio.get_running_loop()
     servers = [await loop.create_server(lambda: AdminSession(ctx), sock=s) for s in sockets]
     listener = loop.create_task(events())
