@@ -281,8 +281,7 @@ class SpoolStore:
         msg = self.create()
         try:
             msg.write(content)
-            msg.write_envelope(envelope)
-            msg.commit()
+            msg.write_envelope_and_commit(envelope)
         except BaseException:
             msg.abandon()
             raise
@@ -1087,7 +1086,7 @@ class NewMessage:
     @_privileged
     def write_envelope_and_commit(self, env: Envelope) -> None:
         """:meth:`write_envelope` then :meth:`commit` in one call (one trip to a spool thread), for a
-        message no filter sees in between."""
+        message no filter sees in between (the smtp role's, and :meth:`SpoolStore.store_message`)."""
         self.write_envelope(env)
         self.commit()
 
