@@ -69,9 +69,9 @@ def _touch_stamp(run_dir: str, name: str) -> None:
             os.close(dir_fd)
 
 
-def _rescan_asked_at(run_dir: str, name: str = RESCAN_STAMP) -> float | None:
-    """When a rescan (or with FORWARD_STAMP, the admin's forward) was last asked for: the stamp's
-    mtime, on the spool files' clock; or None."""
+def _asked_at(run_dir: str, name: str) -> float | None:
+    """When a rescan (RESCAN_STAMP) or the admin's forward (FORWARD_STAMP) was last asked for: the
+    stamp's mtime, on the spool files' clock; or None."""
     try:
         return os.stat(Path(run_dir, name)).st_mtime
     except OSError:
@@ -204,7 +204,7 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     listener = asyncio.get_running_loop().create_task(rings())
 
     def asked_since_we_started(stamp: str) -> float | None:
-        asked = _rescan_asked_at(run_dir, stamp)
+        asked = _asked_at(run_dir, stamp)
         return asked if asked is not None and asked >= started - STAMP_SLACK else None
 
     def settled() -> None:
