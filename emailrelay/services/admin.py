@@ -72,6 +72,8 @@ class AdminContext:
     arbiter_pid: int = 0
     # supervised: keep "smtp disable" for smtp processes started later (services/roles.py)
     remember_smtp_disabled: Callable[[SpoolStore, bool], None] | None = None
+    # supervised: keep "dnsbl stop [N]" (seconds; 0: "dnsbl start") for smtp processes started later
+    remember_dnsbl_off: Callable[[SpoolStore, int], None] | None = None
     # keep "forward" for a forward process whose subscription is still joining the bus (roles.py)
     remember_forward: Callable[[], None] | None = None
     # upstream's status: connections started and finished, "in" (smtp and admin) and "out" (forwarding)
@@ -344,15 +346,26 @@ class AdminSession(asyncio.Protocol):
 
             return [describe(parse_config(self.ctx.config.dnsbl))]
         if args == ["start"]:
+            await self._remember_dnsbl_off(0, "start")
             self.ctx.publish(schema.CMD_DNSBL, off_for=0)
             self.log.info("dnsbl enabled")
             return ["OK"]
         if args[:1] == ["stop"] and len(args) <= 2 and all(a.isdigit() for a in args[1:]):
             seconds = int(args[1]) if len(args) == 2 else DNSBL_FOREVER
+            await self._remember_dnsbl_off(seconds, "stop")
             self.ctx.publish(schema.CMD_DNSBL, off_for=seconds)
             self.log.info(f"dnsbl disabled for {seconds}s")
             return ["OK"]
         return ["usage: dnsbl {start|stop <timeout>}"]
+
+    async def _remember_dnsbl_off(self, seconds: int, word: str) -> None:
+        """First (before the bus): a restarted smtp process, or one still joining the bus, reads it."""
+        if self.ctx.remember_dnsbl_off is None:
+            return
+        try:
+            await asyncio.to_thread(self.ctx.remember_dnsbl_off, self.ctx.store, seconds)
+        except OSError as exc:
+            logmod.get().warning(f"admin: dnsbl {word} not kept for restarted smtp processes: {exc}")
 
     async def cmd_terminate(self, args: list[str]) -> list[str] | None:
         pid = self.ctx.arbiter_pid or os.getpid()

@@ -41,7 +41,7 @@ from ..spool.names import MessageId
 from .connection_slots import ConnectionSlots
 from .loop import until_stopped
 from .notify import SpoolWatcher
-from .smtp_switch import remember_smtp_disabled, smtp_disabled_by_admin
+from .smtp_switch import dnsbl_off_for, remember_dnsbl_off, remember_smtp_disabled, smtp_disabled_by_admin
 from .spool_sweep import leftover_age, sweep_forever
 
 SAFETY_RESCAN = 60.0  # a forward role rescans at least this often, whatever --poll says
@@ -136,10 +136,13 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
 
     def as_the_admin_left_it() -> None:
         """A restarted smtp role (a crash, an admin or circusctl restart) comes back disabled if the
-        admin disabled smtp: the command went by on the bus before this process subscribed."""
+        admin disabled smtp, and without DNSBL checks for what is left of a ``dnsbl stop``: the
+        commands went by on the bus before this process subscribed."""
         if smtp_disabled_by_admin(store) and smtpd.enabled:
             smtpd.enabled = False
             log.info("smtp disabled")
+        if (off_for := dnsbl_off_for(store)) > 0:
+            smtpd.dnsbl_off_until = max(smtpd.dnsbl_off_until, time.monotonic() + off_for)
 
     as_the_admin_left_it()
     asyncio.get_running_loop().call_later(SUBSCRIBE_SETTLE, as_the_admin_left_it)  # (a command just sent)
@@ -272,6 +275,7 @@ async def run_admin(
         no_control=PLAIN_CIRCUSD,
         arbiter_pid=os.getppid(),
         remember_smtp_disabled=remember_smtp_disabled,
+        remember_dnsbl_off=remember_dnsbl_off,
         remember_forward=lambda: _touch_stamp(run_dir, FORWARD_STAMP),
     )
     bus.subscribe(schema.EVENT_TOPICS)

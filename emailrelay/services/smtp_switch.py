@@ -1,11 +1,14 @@
-"""The admin's ``smtp disable``, kept for role processes started after it (supervised relays).
+"""The admin's ``smtp disable`` and ``dnsbl stop``, kept for role processes started after them
+(supervised relays).
 
-What it is for: ``smtp disable`` and ``smtp enable`` travel on the bus, which
-reaches only the processes subscribed at that moment.  An smtp role that
-circus restarts later (a crash, an admin or ``circusctl`` restart) would come
-back enabled, and a metrics role would report it healthy.  So the admin role
-also records the state in a tool file of the spool, which a new smtp or
-metrics process reads when it starts.
+What it is for: ``smtp disable``/``enable`` and ``dnsbl stop``/``start``
+travel on the bus, which reaches only the processes subscribed at that moment.
+An smtp role that circus restarts later (a crash, an admin or ``circusctl``
+restart), or one whose subscription was still joining the bus, would come back
+enabled, or checking the DNSBL again, and a metrics role would report it
+healthy.  So the admin role also records the state in a tool file of the
+spool, which a new smtp or metrics process reads when it starts (and once more
+when its subscription has settled).
 
 Guarantees: the record names the process that runs the roles (our
 supervisor, or circusd): it holds for this relay only, so a new relay on the
@@ -17,12 +20,14 @@ subscribed too late for the command still finds it.
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # a type only: the notify role, which imports this, has no store
     from ..spool.store import SpoolStore
 
 SMTP_DISABLED = "smtp-disabled"  # the spool's tool file (a dot-file: never a message)
+DNSBL_OFF = "dnsbl-off"  # "<pid> <until>": no DNSBL checks before that wall-clock time
 
 
 def remember_smtp_disabled(store: SpoolStore, disabled: bool) -> None:
@@ -42,3 +47,28 @@ def smtp_disabled_by_admin(store: SpoolStore) -> bool:
     except OSError:
         return False
     return data is not None and data.strip() == str(os.getppid()).encode()
+
+
+def remember_dnsbl_off(store: SpoolStore, seconds: int) -> None:
+    """The admin's ``dnsbl stop [N]`` (``seconds`` > 0) or ``dnsbl start`` (0), kept for smtp
+    processes started after it went by on the bus, for this relay only (as
+    :func:`remember_smtp_disabled`)."""
+    if seconds > 0:
+        store.write_tool_file(DNSBL_OFF, f"{os.getppid()} {time.time() + seconds:.3f}\n".encode())
+    else:
+        store.remove_tool_file(DNSBL_OFF)
+
+
+def dnsbl_off_for(store: SpoolStore) -> float:
+    """Seconds left of this relay's admin ``dnsbl stop`` (0: checking, see :func:`remember_dnsbl_off`)."""
+    try:
+        data = store.read_tool_file(DNSBL_OFF)
+    except OSError:
+        return 0.0
+    pid, _, until = (data or b"").decode("ascii", "replace").strip().partition(" ")
+    if pid != str(os.getppid()):
+        return 0.0
+    try:
+        return max(0.0, float(until) - time.time())
+    except ValueError:
+        return 0.0
