@@ -161,3 +161,52 @@ def _warm(spool: Path, sink: CountingSink) -> bool:
         input=content(mid).encode(), capture_output=True, timeout=30, check=True,
     )  # fmt: skip
     return poll(lambda: sink.arrival(mid) is not None, 2, 0.01)
+
+
+def test_a_message_the_smtp_role_committed_is_announced_once(tmp_path: Path) -> None:
+    """The smtp role announces its commit; the notify role, which sees the same rename, does not
+    ring again (services/doorbells.py).  Before, every forward process took two ``spool.ready``
+    for each message.  (Loose: a duplicate can still slip through when the smtp role's
+    announcement reaches the notifier more than its 0.1 s window after the rename.)"""
+    with (
+        CountingSink() as sink,
+        supervised_relay(tmp_path, "--forward-to", sink.address, "--poll", "1", roles=ROLES) as relay,
+    ):
+        proc = subprocess.Popen(
+            [program(), "events", "--json", "--spool-dir", str(relay.spool)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        events: list[dict[str, object]] = []
+        reader = threading.Thread(
+            target=lambda: events.extend(json.loads(line) for line in proc.stdout or ())
+        )
+        reader.start()
+        try:
+            # the subscriber may join late: mail until it has seen one message's whole path
+            n = 0
+            while not any(e.get("topic") == "forward.done" for e in list(events)):
+                assert n < 100 and proc.poll() is None, "emailrelay events saw no forward.done"
+                send_mail(relay.port, f"warm{n}@test")
+                n += 1
+                time.sleep(0.2)
+            assert sink.wait_for([f"warm{i}@test" for i in range(n)], 30)
+            time.sleep(0.5)  # the warm-up's last events are in: what follows is the batch's
+            seen = len(events)
+            batch = [f"once{i}@test" for i in range(10)]
+            for mid in batch:
+                send_mail(relay.port, mid)
+            assert sink.wait_for(batch, 30)
+            time.sleep(1.0)  # any second doorbell would be out by now (its window is 0.1 s)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            reader.join(10)
+        after = events[seen:]
+        accepted = {str(e["id"]): e["pid"] for e in after if e.get("topic") == "smtp.accepted"}
+        ready = [e for e in after if e.get("topic") == "spool.ready" and e.get("id") in accepted]
+        assert len(accepted) == len(batch), after
+        per_id = {mid: sum(1 for e in ready if e["id"] == mid) for mid in accepted}
+        assert all(n >= 1 for n in per_id.values()), per_id
+        assert sum(per_id.values()) <= len(batch) + 3, per_id  # two each before
+        from_smtp = sum(1 for e in ready if e["pid"] == accepted[str(e["id"])])
+        assert from_smtp == len(batch), ready  # the smtp role's own announcement is the one kept
