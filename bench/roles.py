@@ -134,7 +134,9 @@ def main() -> int:
         rows = []
         total = total_system = 0.0
         for pid in procs:
-            user, system = ((b - a) * 1000 / opts.messages for a, b in zip(before[pid], after[pid], strict=True))
+            user, system = (
+                (b - a) * 1000 / opts.messages for a, b in zip(before[pid], after[pid], strict=True)
+            )
             ms = user + system
             total += ms
             total_system += system
@@ -142,7 +144,15 @@ def main() -> int:
             rows.append([names[pid], pid, f"{ms:.2f}", f"{system:.2f}", f"{oncpu / wall:.0%}", f"{runq / wall:.0%}",
                          f"{max(0.0, wall - oncpu - runq) / wall:.0%}"])  # fmt: skip
         rows.append(["total", "", f"{total:.2f}", f"{total_system:.2f}", "", "", ""])
-        headers = ["process", "pid", "cpu ms/msg", "of it system", "loop on cpu", "loop in run queue", "loop asleep"]
+        headers = [
+            "process",
+            "pid",
+            "cpu ms/msg",
+            "of it system",
+            "loop on cpu",
+            "loop in run queue",
+            "loop asleep",
+        ]
         print(cm.table(headers, rows))
         for role, pid, _, raw in spies:
             if raw.exists():
