@@ -80,7 +80,7 @@ ROLES: tuple[Role, ...] = (
         "notify", "emailrelay.services.role_entries:notify",
         lambda c: _forwarding(c) and c.poll is not None, "--forward-to and --poll, without --immediate",
         priority=20, announces=True,
-        preload=("emailrelay.services.roles",), watches_spool=True,
+        preload=("emailrelay.services.notify_role",), watches_spool=True,
     ),
     Role(
         "forward", "emailrelay.services.role_entries:forward", _forwarding, "--forward-to, without --immediate",

@@ -3,8 +3,9 @@
 What it is for: the ``bus`` role runs :func:`run_forwarder` (an XSUB/XPUB
 proxy on two ``ipc://`` files in the run directory); every other role uses
 a :class:`BusClient` to publish (PUB connected to the proxy's XSUB side)
-and to subscribe (SUB connected to the XPUB side) from asyncio: plain
-sockets, the subscriber read through ZeroMQ's descriptor on the event loop.
+and to subscribe (SUB connected to the XPUB side) from asyncio or a plain
+poll loop (the notify role): plain sockets, the subscriber read through
+ZeroMQ's descriptor on the event loop, or polled.
 
 Guarantees: publishing never blocks the caller (a full or absent bus drops
 the message — it is only a doorbell); a restarted bus is reconnected to by
@@ -59,7 +60,8 @@ def run_forwarder(
 
 
 class BusClient:
-    """Publish and subscribe from one asyncio process."""
+    """Publish and subscribe from one process: with asyncio (:meth:`messages`), or from a plain poll
+    loop (:meth:`wait`, then :meth:`received`)."""
 
     def __init__(self, run_dir: str) -> None:
         self.ctx = zmq.Context()
@@ -67,6 +69,7 @@ class BusClient:
         self._pub: Any = None
         self._sub: Any = None
         self._reading: tuple[asyncio.AbstractEventLoop, int] | None = None  # messages()' reader
+        self._poller: tuple[tuple[int, ...], Any] | None = None  # wait()'s
         # connect now, not at the first publish: a PUB socket drops what it sends before the
         # proxy's subscriptions have reached it, so a lazily connected one loses its first messages
         self._publisher()
@@ -95,6 +98,36 @@ class BusClient:
             sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         sock.connect(self.sub_endpoint)
         self._sub = sock
+
+    def wait(self, fds: Iterable[int], timeout: float | None) -> tuple[bool, set[int]]:
+        """A plain poll loop's wait (no event loop): until a message is queued for the subscriber
+        (after :meth:`subscribe`), one of ``fds`` is readable, or ``timeout`` seconds (None: no
+        limit) have passed.  (Whether messages are queued, which of ``fds`` are readable.)"""
+        if self._sub is None:
+            raise RuntimeError("subscribe() first")
+        fds = tuple(fds)
+        if self._poller is None or self._poller[0] != fds:  # (one poller while the fds stay the same)
+            poller = zmq.Poller()
+            poller.register(self._sub, zmq.POLLIN)
+            for fd in fds:
+                poller.register(fd, zmq.POLLIN)
+            self._poller = (fds, poller)
+        ready = dict(self._poller[1].poll(None if timeout is None else max(0.0, timeout) * 1000))
+        return self._sub in ready, {fd for fd in ready if isinstance(fd, int)}
+
+    def received(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every message queued now for the subscriber (none when none is), without waiting."""
+        if self._sub is None:
+            raise RuntimeError("subscribe() first")
+        out = []
+        while True:
+            try:
+                frames = self._sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            decoded = schema.decode(frames)
+            if decoded is not None:
+                out.append(decoded)
 
     async def messages(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Every message, as they come.  A plain socket read on the event loop through ZeroMQ's

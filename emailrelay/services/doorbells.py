@@ -18,13 +18,13 @@ Guarantees:
   net, as for any doorbell the bus loses;
 - bounded memory: what is remembered is forgotten after :data:`MEMORY` s.
 
-All of it runs on the role's event loop (the watcher's callback and the bus
-reader both do); nothing here does I/O.
+Plain data and the clock: the notify role's loop calls :meth:`Doorbells.ring_due`
+when :meth:`Doorbells.next_due` says, and nothing here does I/O or needs an
+event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
@@ -34,23 +34,22 @@ MEMORY = 10.0  # seconds an announcement (or a ring of ours) is remembered
 
 class Doorbells:
     """``found(id)`` for each ready envelope the watcher sees, ``announced(id)`` for each
-    ``spool.ready`` another process published; ``ring(id)`` is called for what is left."""
+    ``spool.ready`` another process published; :meth:`ring_due` calls ``ring(id)`` for what is
+    left once its window is over."""
 
     def __init__(
         self,
         ring: Callable[[str], None],
-        loop: asyncio.AbstractEventLoop,
         *,
         window: float = WINDOW,
         memory: float = MEMORY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ring = ring
-        self._loop = loop
         self._window = window
         self._memory = memory
         self._clock = clock
-        self._pending: dict[str, asyncio.TimerHandle] = {}  # ours, waiting out the window
+        self._pending: dict[str, float] = {}  # ours, waiting out the window: id -> when it rings
         self._rung: dict[str, float] = {}  # ours, rung after the window: a late announcement is theirs
         self._announced: dict[str, float] = {}  # theirs, before we saw the event: it answers for it
 
@@ -65,32 +64,34 @@ class Doorbells:
         if when is not None and now - when < self._memory:
             return  # another process rang for this very event
         if mid not in self._pending:
-            self._pending[mid] = self._loop.call_later(self._window, self._window_over, mid)
+            self._pending[mid] = now + self._window
 
     def announced(self, mid: str) -> None:
         """Another process published ``spool.ready`` for ``mid``."""
         now = self._clock()
-        handle = self._pending.pop(mid, None)
-        if handle is not None:
-            handle.cancel()  # ours was for the same event: theirs has rung
-            return
+        if self._pending.pop(mid, None) is not None:
+            return  # ours was for the same event: theirs has rung
         if self._rung.pop(mid, None) is not None:
             return  # theirs came after ours had rung: both were for one event
         self._announced[mid] = now
         _forget_older(self._announced, now - self._memory)
 
-    def _window_over(self, mid: str) -> None:
-        if self._pending.pop(mid, None) is None:
-            return
-        now = self._clock()
-        self._rung[mid] = now
-        _forget_older(self._rung, now - self._memory)
-        self._ring(mid)
+    def next_due(self) -> float | None:
+        """When (on the clock) the first doorbell held now is to ring; None when none is held."""
+        return next(iter(self._pending.values()), None)
 
-    def close(self) -> None:
-        for handle in self._pending.values():
-            handle.cancel()
-        self._pending.clear()
+    def ring_due(self) -> None:
+        """Ring every held doorbell whose window is over (the pending ones ring in the order found:
+        one window for all, so that is the order of their times)."""
+        now = self._clock()
+        while self._pending:
+            mid, when = next(iter(self._pending.items()))
+            if when > now:
+                break
+            del self._pending[mid]
+            self._rung[mid] = now
+            self._ring(mid)
+        _forget_older(self._rung, now - self._memory)
 
 
 def _forget_older(table: dict[str, float], cutoff: float) -> None:

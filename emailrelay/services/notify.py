@@ -12,7 +12,7 @@ A missed event costs at most one ``--poll`` period, because forwarders
 rescan on their own timer.
 
 Cost: with inotify the events are read straight from the inotify file
-descriptor on the event loop (no watchdog threads, queues or event
+descriptor when it is readable (no watchdog threads, queues or event
 objects: they cost about 0.7 ms of CPU a message, as much as a third of the
 smtp role), asking the kernel only for creations and renames into the
 directory; one read takes every event queued since the last, and the
@@ -28,12 +28,12 @@ no inotify here.
 
 from __future__ import annotations
 
-import asyncio
+import collections
+import contextlib
 import ctypes
 import os
 import struct
 import threading
-from collections.abc import Callable
 
 from ..spool.names import State, split_envelope_name
 
@@ -74,7 +74,7 @@ def parse_events(buf: bytes) -> tuple[list[str], bool]:
 
 
 class _Inotify:
-    """One inotify descriptor watching one directory, read on the event loop."""
+    """One inotify descriptor watching one directory (non-blocking: read when it is readable)."""
 
     def __init__(self, directory: str) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -123,40 +123,42 @@ def prepare(directory: str, polling: bool) -> bool:
 
 
 class SpoolWatcher:
-    """Watches one spool directory; calls ``on_ready(id)`` from the event loop thread."""
+    """Watches one spool directory.  :meth:`fileno` becomes readable when there is news; then
+    :meth:`ready_ids` says which ready envelopes appeared (no event loop: the notify role polls it
+    beside its bus socket)."""
 
-    def __init__(
-        self,
-        directory: str,
-        on_ready: Callable[[str], None],
-        *,
-        polling: bool = False,
-        poll_interval: float = 1.0,
-    ) -> None:
+    def __init__(self, directory: str, *, polling: bool = False, poll_interval: float = 1.0) -> None:
         self.directory = directory
-        self.on_ready = on_ready
         self.polling = polling
         self.poll_interval = poll_interval
         self._observer: threading.Thread | None = None
         self._inotify: _Inotify | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._found: collections.deque[str] = collections.deque()  # the polling observer's, for ready_ids
+        self._wake: tuple[int, int] | None = None  # (read, write): the polling observer's doorbell
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> str:
+    def start(self) -> str:
         """Start watching; returns "inotify" or "poll" (what is in use)."""
         prepared = _PREPARED.pop(self.directory, None)
         if not self.polling:
             self._inotify = prepared or _open_inotify(self.directory)
             if self._inotify is not None:
-                self._loop = loop
-                loop.add_reader(self._inotify.fd, self._readable)
                 return "inotify"
         elif prepared is not None:
             prepared.close()
-        self._start_polling(loop)
+        self._start_polling()
         return "poll"
 
-    def _readable(self) -> None:
-        assert self._inotify is not None
+    def fileno(self) -> int:
+        if self._inotify is not None:
+            return self._inotify.fd
+        if self._wake is None:
+            raise RuntimeError("start() first")
+        return self._wake[0]
+
+    def ready_ids(self) -> list[str]:
+        """The ids of the ready envelopes that appeared since the last call (each once)."""
+        if self._inotify is None:
+            return self._polled()
         names, overflow = parse_events(self._inotify.read())
         if overflow:  # events were lost: every ready envelope now in the directory
             try:
@@ -164,20 +166,33 @@ class SpoolWatcher:
                     names = [mid for e in it if (mid := ready_id(e.name)) is not None]
             except OSError:
                 names = []
-        for mid in names:
-            self.on_ready(mid)
+        return names
 
-    def _start_polling(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _polled(self) -> list[str]:
+        if self._wake is not None:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake[0], 4096):
+                    pass
+        found: dict[str, None] = {}
+        while self._found:
+            found[self._found.popleft()] = None
+        return list(found)
+
+    def _start_polling(self) -> None:
         from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
         from watchdog.observers.polling import PollingObserver
 
-        on_ready = self.on_ready
+        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = (read, write)
+        found = self._found
 
         class Handler(FileSystemEventHandler):
             def _check(self, path: str | bytes) -> None:
                 mid = ready_id((path.decode() if isinstance(path, bytes) else path).rsplit("/", 1)[-1])
                 if mid is not None:
-                    loop.call_soon_threadsafe(on_ready, mid)
+                    found.append(mid)  # (a deque: safe across threads)
+                    with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+                        os.write(write, b"\0")
 
             def on_created(self, event: FileSystemEvent) -> None:
                 if not event.is_directory:
@@ -196,11 +211,13 @@ class SpoolWatcher:
 
     def stop(self) -> None:
         if self._inotify is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._inotify.fd)
             self._inotify.close()
             self._inotify = None
         observer = self._observer
         if observer is not None:
             observer.stop()  # type: ignore[attr-defined]
             observer.join(5)
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            for fd in wake:
+                os.close(fd)

@@ -9,9 +9,9 @@ exporter) and runs it to the end.
 Guarantees: every function has the same signature, ``(config, args) ->
 exit status``, and returns only when its role stops.  Each function imports
 what its role runs, and this module nothing heavy at its top: a role process
-imports only its own modules (issue 20; the bus role no event loop and no
-spool, the metrics exporter only the metrics role).  The imports here run
-as root, before the role becomes ``--user``.
+imports only its own modules (issue 20; the bus and notify roles no event
+loop, the bus role no spool, the metrics exporter only the metrics role).
+The imports here run as root, before the role becomes ``--user``.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def forward(config: Config, args: RoleArgs) -> int:
 
 
 def notify(config: Config, args: RoleArgs) -> int:
-    from . import loop, roles
+    from .notify_role import run_notify
 
-    return loop.run(roles.run_notify(config, args.run_dir, config.notify_polling))
+    return run_notify(config, args.run_dir, config.notify_polling)  # a poll loop: no asyncio
 
 
 def pop(config: Config, args: RoleArgs) -> int:

@@ -39,9 +39,7 @@ from ..bus.endpoint import SUBSCRIBE_SETTLE, BusClient
 from ..config import Config
 from ..spool.names import MessageId
 from .connection_slots import ConnectionSlots
-from .doorbells import Doorbells
 from .loop import until_stopped
-from .notify import SpoolWatcher
 from .smtp_switch import dnsbl_off_for, remember_dnsbl_off, remember_smtp_disabled, smtp_disabled_by_admin
 from .spool_sweep import leftover_age, sweep_forever
 
@@ -231,37 +229,6 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
         listener.cancel()
         await forwarder.stop()
         executor.shutdown(wait=True)
-        bus.close()
-    return 0
-
-
-async def run_notify(config: Config, run_dir: str, polling: bool) -> int:
-    log = logmod.get()
-    bus = BusClient(run_dir)
-    drop_privileges(config)
-
-    loop = asyncio.get_running_loop()
-    # what the smtp role (or anyone) already announced is not rung again (services/doorbells.py)
-    doorbells = Doorbells(lambda mid: bus.publish(schema.SPOOL_READY, id=mid), loop)
-    bus.subscribe([schema.SPOOL_READY])
-
-    async def announcements() -> None:
-        me = os.getpid()
-        async for _, body in bus.messages():
-            if body.get("pid") != me and isinstance(body.get("id"), str):
-                doorbells.announced(body["id"])
-
-    watcher = SpoolWatcher(str(config.spool_dir), doorbells.found, polling=polling)
-    mode = watcher.start(loop)
-    log.verbose(f"spool notifier watching {config.spool_dir} ({mode})")
-    bus.publish(schema.ROLE_STARTED, role="notify")
-    listener = loop.create_task(announcements())
-    try:
-        await until_stopped()
-    finally:
-        listener.cancel()
-        watcher.stop()
-        doorbells.close()
         bus.close()
     return 0
 

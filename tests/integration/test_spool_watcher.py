@@ -11,9 +11,10 @@ reads (an envelope committed between the two rings).
 
 from __future__ import annotations
 
-import asyncio
 import os
+import select
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -35,13 +36,23 @@ def _make(path: Path) -> None:
     path.write_bytes(b"x\r\n")
 
 
-async def _watch(directory: Path, polling: bool) -> list[str]:
+def _collect(watcher: SpoolWatcher, rung: list[str], seconds: float, enough: int) -> None:
+    """Read the watcher as the notify role does (its descriptor readable, then ready_ids) for up to
+    ``seconds``, or until ``enough`` ids were rung."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0 and len(set(rung)) < enough:
+        readable, _, _ = select.select([watcher.fileno()], [], [], left)
+        if readable:
+            rung.extend(watcher.ready_ids())
+
+
+def _watch(directory: Path, polling: bool) -> list[str]:
     rung: list[str] = []
-    watcher = SpoolWatcher(str(directory), rung.append, polling=polling, poll_interval=0.1)
-    kind = watcher.start(asyncio.get_running_loop())
+    watcher = SpoolWatcher(str(directory), polling=polling, poll_interval=0.1)
+    kind = watcher.start()
     assert kind == ("poll" if polling else "inotify")
     try:
-        await asyncio.sleep(0.3)
+        time.sleep(0.3)
         base = [directory / MID.format(n) for n in range(1, 5)]
         for b in base:
             _make(Path(f"{b}.content"))  # never a ring
@@ -53,11 +64,8 @@ async def _watch(directory: Path, polling: bool) -> list[str]:
         _make(Path(f"{base[3]}.envelope.busy"))
         os.rename(f"{base[3]}.envelope.busy", f"{base[3]}.envelope")  # release
         _make(directory / (MID.format(9) + ".envelope.new"))  # stays .new: no ring
-        for _ in range(50):
-            if len(set(rung)) >= 4:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.3)  # room for a wrong extra ring
+        _collect(watcher, rung, 5.0, 4)
+        _collect(watcher, rung, 0.3, 99)  # room for a wrong extra ring
     finally:
         watcher.stop()
     return rung
@@ -65,7 +73,7 @@ async def _watch(directory: Path, polling: bool) -> list[str]:
 
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "poll"])
 def test_rings_for_every_new_envelope_and_nothing_else(tmp_path: Path, polling: bool) -> None:
-    rung = asyncio.run(_watch(tmp_path, polling))
+    rung = _watch(tmp_path, polling)
     assert sorted(set(rung)) == [MID.format(n) for n in range(1, 5)], rung
 
 
@@ -75,21 +83,14 @@ def test_prepare_sets_inotify_up_for_the_watcher_and_says_when_it_will_poll(tmp_
     assert prepare(str(tmp_path), False) is False
     early = MID.format(7)
     _make(tmp_path / f"{early}.envelope")  # after prepare, before start: only the prepared inotify saw it
-
-    async def watch() -> list[str]:
-        rung: list[str] = []
-        watcher = SpoolWatcher(str(tmp_path), rung.append)
-        assert watcher.start(asyncio.get_running_loop()) == "inotify"
-        try:
-            for _ in range(50):
-                if rung:
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            watcher.stop()
-        return rung
-
-    assert asyncio.run(watch()) == [early]
+    rung: list[str] = []
+    watcher = SpoolWatcher(str(tmp_path))
+    assert watcher.start() == "inotify"
+    try:
+        _collect(watcher, rung, 5.0, 1)
+    finally:
+        watcher.stop()
+    assert rung == [early]
 
 
 def _event(mask: int, name: bytes = b"") -> bytes:

@@ -28,6 +28,7 @@ from tests.support.sink_counter import (
     CountingSink,
     content,
     poll,
+    role_pids,
     send_mail,
     supervised_relay,
 )
@@ -210,3 +211,42 @@ def test_a_message_the_smtp_role_committed_is_announced_once(tmp_path: Path) -> 
         assert sum(per_id.values()) <= len(batch) + 3, per_id  # two each before
         from_smtp = sum(1 for e in ready if e["pid"] == accepted[str(e["id"])])
         assert from_smtp == len(batch), ready  # the smtp role's own announcement is the one kept
+
+
+def test_the_notify_role_stops_at_once_on_sigterm_and_its_successor_rings(tmp_path: Path) -> None:
+    """The notify role runs a plain poll loop, no event loop (services/notify_role.py): SIGTERM
+    (what circus sends when it stops or restarts a role) ends it at once, and the
+    role circus starts again rings for a submitted message (``--poll 60``: only a doorbell can
+    send it within seconds)."""
+    import psutil
+
+    with (
+        CountingSink() as sink,
+        supervised_relay(tmp_path, "--forward-to", sink.address, "--poll", "60", roles=ROLES) as relay,
+    ):
+        assert poll(lambda: _warm(relay.spool, sink), 30, 0.1), "no submitted message forwarded in time"
+        (old,) = role_pids(relay.pid)["notify"]
+        process = psutil.Process(old)
+        started = time.monotonic()
+        process.terminate()
+        process.wait(5)  # (raises on a time-out; not our child, so its status is circus's)
+        assert time.monotonic() - started < 2.0  # not circus's kill after its graceful timeout
+        assert poll(lambda: role_pids(relay.pid).get("notify", [old]) != [old], 30, 0.1)
+        assert poll(lambda: _warm(relay.spool, sink), 30, 0.1), "no doorbell from the new notify role"
+        total, _ = _submit_and_time(relay.spool, sink, "after-restart@test")
+        assert total < 2.0
+
+
+def test_with_notify_poll_a_submitted_message_is_rung_too(tmp_path: Path) -> None:
+    """``--notify poll``: the polling observer's thread hands its finds to the role's poll loop
+    through a pipe (services/notify.py); with ``--poll 60`` only that doorbell sends the message
+    within seconds (the observer looks once a second)."""
+    with (
+        CountingSink() as sink,
+        supervised_relay(
+            tmp_path, "--forward-to", sink.address, "--poll", "60", "--notify", "poll", roles=ROLES
+        ) as relay,
+    ):
+        assert poll(lambda: _warm(relay.spool, sink), 30, 0.1), "no submitted message forwarded in time"
+        total, _ = _submit_and_time(relay.spool, sink, "polled@test")
+        assert total < 5.0

@@ -1,14 +1,11 @@
 """The notify role's doorbells (services/doorbells.py): what another process announced is not rung
-again, and nothing else is lost.  A real event loop with a short window; the memory's clock is
-a counter the test moves."""
+again, and nothing else is lost.  Pure: the clock is a counter the test moves."""
 
 from __future__ import annotations
 
-import asyncio
-
 from emailrelay.services.doorbells import Doorbells
 
-WINDOW = 0.02
+WINDOW = 0.125  # (halves add up exactly in binary)
 
 
 class Clock:
@@ -19,112 +16,92 @@ class Clock:
         return self.now
 
 
-def _doorbells(rung: list[str], clock: Clock | None = None) -> Doorbells:
-    return Doorbells(
-        rung.append, asyncio.get_running_loop(), window=WINDOW, memory=10.0, clock=clock or Clock()
-    )
+class Bells:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.rung: list[str] = []
+        self.bells = Doorbells(self.rung.append, window=WINDOW, memory=10.0, clock=self.clock)
+
+    def later(self, seconds: float = WINDOW) -> list[str]:
+        """Let ``seconds`` pass, ring what is due (as the role's loop does), and say what rang."""
+        self.clock.now += seconds
+        self.bells.ring_due()
+        return self.rung
 
 
-async def _after_the_window() -> None:
-    await asyncio.sleep(WINDOW * 5)
+def test_an_event_nobody_announced_rings_after_the_window() -> None:
+    b = Bells()
+    b.bells.found("a")
+    assert b.bells.next_due() == b.clock.now + WINDOW
+    assert b.later(WINDOW / 2) == []  # held for the window
+    assert b.later(WINDOW / 2) == ["a"]
+    assert b.bells.next_due() is None
 
 
-async def test_an_event_nobody_announced_rings_after_the_window() -> None:
-    rung: list[str] = []
-    bells = _doorbells(rung)
-    bells.found("a")
-    assert rung == []  # held for the window
-    await _after_the_window()
-    assert rung == ["a"]
+def test_an_announcement_within_the_window_answers_for_the_event() -> None:
+    b = Bells()
+    b.bells.found("a")
+    b.bells.announced("a")
+    assert b.bells.next_due() is None
+    assert b.later() == []
 
 
-async def test_an_announcement_within_the_window_answers_for_the_event() -> None:
-    rung: list[str] = []
-    bells = _doorbells(rung)
-    bells.found("a")
-    bells.announced("a")
-    await _after_the_window()
-    assert rung == []
+def test_an_announcement_before_the_event_answers_for_it() -> None:
+    b = Bells()
+    b.bells.announced("a")
+    b.bells.found("a")
+    assert b.later() == []
 
 
-async def test_an_announcement_before_the_event_answers_for_it() -> None:
-    rung: list[str] = []
-    bells = _doorbells(rung)
-    bells.announced("a")
-    bells.found("a")
-    await _after_the_window()
-    assert rung == []
-
-
-async def test_one_announcement_answers_for_one_event_only() -> None:
+def test_one_announcement_answers_for_one_event_only() -> None:
     """The commit was announced; the same id released from .busy later must ring again."""
-    rung: list[str] = []
-    bells = _doorbells(rung)
-    bells.announced("a")
-    bells.found("a")  # the commit
-    bells.found("a")  # released back
-    await _after_the_window()
-    assert rung == ["a"]
-    bells.found("a")  # released once more, later
-    await _after_the_window()
-    assert rung == ["a", "a"]
+    b = Bells()
+    b.bells.announced("a")
+    b.bells.found("a")  # the commit
+    b.bells.found("a")  # released back
+    assert b.later() == ["a"]
+    b.bells.found("a")  # released once more, later
+    assert b.later() == ["a", "a"]
 
 
-async def test_an_announcement_after_our_ring_is_not_kept_for_the_next_event() -> None:
-    rung: list[str] = []
-    bells = _doorbells(rung)
-    bells.found("a")
-    await _after_the_window()
-    bells.announced("a")  # late: for the event we already rang
-    bells.found("a")  # a new event (released)
-    await _after_the_window()
-    assert rung == ["a", "a"]
+def test_an_announcement_after_our_ring_is_not_kept_for_the_next_event() -> None:
+    b = Bells()
+    b.bells.found("a")
+    assert b.later() == ["a"]
+    b.bells.announced("a")  # late: for the event we already rang
+    b.bells.found("a")  # a new event (released)
+    assert b.later() == ["a", "a"]
 
 
-async def test_two_events_in_one_window_ring_once() -> None:
-    rung: list[str] = []
-    bells = _doorbells(rung)
-    bells.found("a")
-    bells.found("a")
-    bells.found("b")
-    await _after_the_window()
-    assert sorted(rung) == ["a", "b"]
+def test_two_events_in_one_window_ring_once_each_in_order() -> None:
+    b = Bells()
+    b.bells.found("a")
+    b.later(WINDOW / 2)
+    b.bells.found("a")
+    b.bells.found("b")
+    assert b.later(WINDOW / 2) == ["a"]  # b's window is not over yet
+    assert b.later(WINDOW / 2) == ["a", "b"]
 
 
-async def test_an_old_announcement_is_forgotten() -> None:
-    rung: list[str] = []
-    clock = Clock()
-    bells = _doorbells(rung, clock)
-    bells.announced("a")
-    clock.now += 11
-    bells.found("a")
-    await _after_the_window()
-    assert rung == ["a"]
+def test_an_old_announcement_is_forgotten() -> None:
+    b = Bells()
+    b.bells.announced("a")
+    b.clock.now += 11
+    b.bells.found("a")
+    assert b.later() == ["a"]
 
 
-async def test_memory_is_bounded_by_time() -> None:
-    rung: list[str] = []
-    clock = Clock()
-    bells = _doorbells(rung, clock)
+def test_memory_is_bounded_by_time() -> None:
+    b = Bells()
     for i in range(1000):
-        bells.announced(f"gone{i}")  # announced, and their events never seen here
-    clock.now += 11
-    bells.announced("new")
-    assert bells.remembered == 1
+        b.bells.announced(f"gone{i}")  # announced, and their events never seen here
+    b.clock.now += 11
+    b.bells.announced("new")
+    assert b.bells.remembered == 1
     for i in range(1000):
-        bells.found(f"ours{i}")
-    await _after_the_window()
-    assert len(rung) == 1000
-    clock.now += 11
-    bells.found("last")
-    await _after_the_window()
-    assert bells.remembered <= 2  # "last" rung, and "new" (forgotten at the next announcement)
-
-
-async def test_close_drops_what_is_held() -> None:
-    rung: list[str] = []
-    bells = _doorbells(rung)
-    bells.found("a")
-    bells.close()
-    await _after_the_window()
-    assert rung == []
+        b.bells.found(f"ours{i}")
+    assert len(b.later()) == 1000
+    b.clock.now += 11
+    b.bells.found("last")
+    b.later()
+    assert b.bells.remembered <= 2  # "last" rung, and "new" (forgotten at the next announcement)
