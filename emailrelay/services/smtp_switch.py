@@ -34,41 +34,46 @@ def remember_smtp_disabled(store: SpoolStore, disabled: bool) -> None:
     """The admin's ``smtp disable`` (or ``enable``), kept for smtp processes started after it went
     by on the bus. It holds for this relay only: it names the process that runs the roles (the
     supervisor, or circusd), so a new relay on the same spool starts enabled, as upstream."""
-    if disabled:
-        store.write_tool_file(SMTP_DISABLED, f"{os.getppid()}\n".encode())
-    else:
-        store.remove_tool_file(SMTP_DISABLED)
+    _keep(store, SMTP_DISABLED, "" if disabled else None)
 
 
 def smtp_disabled_by_admin(store: SpoolStore) -> bool:
     """Whether this relay's admin disabled smtp (see :func:`remember_smtp_disabled`)."""
-    try:
-        data = store.read_tool_file(SMTP_DISABLED)
-    except OSError:
-        return False
-    return data is not None and data.strip() == str(os.getppid()).encode()
+    return _this_relays(store, SMTP_DISABLED) is not None
 
 
 def remember_dnsbl_off(store: SpoolStore, seconds: int) -> None:
     """The admin's ``dnsbl stop [N]`` (``seconds`` > 0) or ``dnsbl start`` (0), kept for smtp
     processes started after it went by on the bus, for this relay only (as
     :func:`remember_smtp_disabled`)."""
-    if seconds > 0:
-        store.write_tool_file(DNSBL_OFF, f"{os.getppid()} {time.time() + seconds:.3f}\n".encode())
-    else:
-        store.remove_tool_file(DNSBL_OFF)
+    _keep(store, DNSBL_OFF, f"{time.time() + seconds:.3f}" if seconds > 0 else None)
 
 
 def dnsbl_off_for(store: SpoolStore) -> float:
     """Seconds left of this relay's admin ``dnsbl stop`` (0: checking, see :func:`remember_dnsbl_off`)."""
+    until = _this_relays(store, DNSBL_OFF)
     try:
-        data = store.read_tool_file(DNSBL_OFF)
-    except OSError:
-        return 0.0
-    pid, _, until = (data or b"").decode("ascii", "replace").strip().partition(" ")
-    if pid != str(os.getppid()):
-        return 0.0
-    try:
-        return max(0.0, float(until) - time.time())
+        return max(0.0, float(until or 0) - time.time())
     except ValueError:
         return 0.0
+
+
+def _keep(store: SpoolStore, name: str, value: str | None) -> None:
+    """Record ``value`` for this relay (after the pid of the process that runs the roles), or remove
+    the record (None)."""
+    if value is None:
+        store.remove_tool_file(name)
+    else:
+        store.write_tool_file(name, f"{os.getppid()} {value}".strip().encode() + b"\n")
+
+
+def _this_relays(store: SpoolStore, name: str) -> str | None:
+    """The value of the record ``name`` when it is this relay's (else None: none, or another's)."""
+    try:
+        data = store.read_tool_file(name)
+    except OSError:
+        return None
+    if data is None:
+        return None
+    pid, _, value = data.decode("ascii", "replace").strip().partition(" ")
+    return value if pid == str(os.getppid()) else None
