@@ -18,6 +18,7 @@ Everything it imports is imported before it becomes ``--user``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -46,7 +47,8 @@ def run_notify(config: Config, run_dir: str, polling: bool) -> int:
 
     def stop(signum: int, _frame: object) -> None:
         stopping.append(signum)
-        os.write(stop_write, b"\0")  # (the poll is woken, whichever system call the signal met)
+        with contextlib.suppress(BlockingIOError):  # (full: it is readable already)
+            os.write(stop_write, b"\0")  # the poll is woken, whichever system call the signal met
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
