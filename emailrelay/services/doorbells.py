@@ -49,7 +49,7 @@ class Doorbells:
         self._window = window
         self._memory = memory
         self._clock = clock
-        self._pending: dict[str, float] = {}  # ours, waiting out the window: id -> when it rings
+        self._pending: dict[str, list[float]] = {}  # ours, waiting out the window: [when it rings, events]
         self._rung: dict[str, float] = {}  # ours, rung after the window: a late announcement is theirs
         self._announced: dict[str, float] = {}  # theirs, before we saw the event: it answers for it
 
@@ -63,14 +63,21 @@ class Doorbells:
         when = self._announced.pop(mid, None)
         if when is not None and now - when < self._memory:
             return  # another process rang for this very event
-        if mid not in self._pending:
-            self._pending[mid] = now + self._window
+        held = self._pending.get(mid)
+        if held is None:
+            self._pending[mid] = [now + self._window, 1]
+        else:
+            held[1] += 1  # a second event in the window (a quick release): one ring, unless answered
 
     def announced(self, mid: str) -> None:
         """Another process published ``spool.ready`` for ``mid``."""
         now = self._clock()
-        if self._pending.pop(mid, None) is not None:
-            return  # ours was for the same event: theirs has rung
+        held = self._pending.get(mid)
+        if held is not None:  # ours was for the same event: theirs has rung
+            held[1] -= 1
+            if held[1] == 0:
+                del self._pending[mid]
+            return
         if self._rung.pop(mid, None) is not None:
             return  # theirs came after ours had rung: both were for one event
         self._announced[mid] = now
@@ -78,14 +85,15 @@ class Doorbells:
 
     def next_due(self) -> float | None:
         """When (on the clock) the first doorbell held now is to ring; None when none is held."""
-        return next(iter(self._pending.values()), None)
+        first = next(iter(self._pending.values()), None)
+        return None if first is None else first[0]
 
     def ring_due(self) -> None:
         """Ring every held doorbell whose window is over (the pending ones ring in the order found:
         one window for all, so that is the order of their times)."""
         now = self._clock()
         while self._pending:
-            mid, when = next(iter(self._pending.items()))
+            mid, (when, _) = next(iter(self._pending.items()))
             if when > now:
                 break
             del self._pending[mid]

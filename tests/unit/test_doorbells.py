@@ -64,6 +64,21 @@ def test_one_announcement_answers_for_one_event_only() -> None:
     assert b.later() == ["a", "a"]
 
 
+def test_two_events_in_one_window_need_two_announcements() -> None:
+    """The commit and a quick release in one window: the commit's announcement answers for the
+    commit only, and the release still rings."""
+    b = Bells()
+    b.bells.found("a")  # the commit
+    b.bells.found("a")  # released back at once
+    b.bells.announced("a")  # the smtp role's, for the commit
+    assert b.later() == ["a"]
+    b.bells.found("b")
+    b.bells.found("b")
+    b.bells.announced("b")
+    b.bells.announced("b")  # both announced (by whoever released it, too)
+    assert b.later() == ["a"]
+
+
 def test_an_announcement_after_our_ring_is_not_kept_for_the_next_event() -> None:
     b = Bells()
     b.bells.found("a")
