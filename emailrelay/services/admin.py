@@ -324,13 +324,7 @@ class AdminSession(asyncio.Protocol):
     async def cmd_smtp(self, args: list[str]) -> list[str]:
         if args[:1] in (["disable"], ["enable"]):  # (upstream ignores further words)
             disabled = args[0] == "disable"
-            if self.ctx.remember_smtp_disabled is not None:  # first: a new smtp process reads it
-                try:
-                    await asyncio.to_thread(self.ctx.remember_smtp_disabled, self.ctx.store, disabled)
-                except OSError as exc:
-                    logmod.get().warning(
-                        f"admin: smtp {args[0]} not kept for restarted smtp processes: {exc}"
-                    )
+            await self._remember(self.ctx.remember_smtp_disabled, disabled, f"smtp {args[0]}")
             self.ctx.publish(schema.CMD_SMTP_DISABLE if disabled else schema.CMD_SMTP_ENABLE)
             return ["OK"]
         return ["usage: smtp {disable|enable}"]
@@ -346,26 +340,29 @@ class AdminSession(asyncio.Protocol):
 
             return [describe(parse_config(self.ctx.config.dnsbl))]
         if args == ["start"]:
-            await self._remember_dnsbl_off(0, "start")
+            await self._remember(self.ctx.remember_dnsbl_off, 0, "dnsbl start")
             self.ctx.publish(schema.CMD_DNSBL, off_for=0)
             self.log.info("dnsbl enabled")
             return ["OK"]
         if args[:1] == ["stop"] and len(args) <= 2 and all(a.isdigit() for a in args[1:]):
             seconds = int(args[1]) if len(args) == 2 else DNSBL_FOREVER
-            await self._remember_dnsbl_off(seconds, "stop")
+            await self._remember(self.ctx.remember_dnsbl_off, seconds, "dnsbl stop")
             self.ctx.publish(schema.CMD_DNSBL, off_for=seconds)
             self.log.info(f"dnsbl disabled for {seconds}s")
             return ["OK"]
         return ["usage: dnsbl {start|stop <timeout>}"]
 
-    async def _remember_dnsbl_off(self, seconds: int, word: str) -> None:
-        """First (before the bus): a restarted smtp process, or one still joining the bus, reads it."""
-        if self.ctx.remember_dnsbl_off is None:
+    async def _remember(
+        self, keep: Callable[[SpoolStore, Any], None] | None, value: object, command: str
+    ) -> None:
+        """Supervised: record ``command``'s state in the spool (``keep``, smtp_switch.py) before it
+        goes on the bus, for an smtp process restarted later or still joining the bus."""
+        if keep is None:
             return
         try:
-            await asyncio.to_thread(self.ctx.remember_dnsbl_off, self.ctx.store, seconds)
+            await asyncio.to_thread(keep, self.ctx.store, value)
         except OSError as exc:
-            logmod.get().warning(f"admin: dnsbl {word} not kept for restarted smtp processes: {exc}")
+            logmod.get().warning(f"admin: {command} not kept for restarted smtp processes: {exc}")
 
     async def cmd_terminate(self, args: list[str]) -> list[str] | None:
         pid = self.ctx.arbiter_pid or os.getpid()
