@@ -163,7 +163,6 @@ def _exit_on_term(signum: int, frame: object) -> None:
 
 
 def run(configurations: list[tuple[str, Config]], values: dict[str, Value], options: list[str]) -> int:
-    log = logmod.get()
     configurations = [(name, prepare(config)) for name, config in configurations]
     if all(preflight.nothing_to_do(c) for _, c in configurations):  # upstream's words, on stderr
         print("emailrelay: nothing to do", file=sys.stderr, flush=True)
@@ -192,10 +191,32 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
             for b in socks:
                 b.sock.close()
         raise
-    if not (first.as_client or first.dont_serve or first.single_process):
+    supervised = not (first.as_client or first.dont_serve or first.single_process)
+    if supervised:
         from .supervisor import prepare_run_dirs  # made now: an error is still one line on stderr
 
         prepare_run_dirs((c for _, c in configurations), target.gid if target else None)
+    try:
+        return _serve(configurations, values, options, bound, target, cwd)
+    finally:
+        if supervised:  # (a detached parent leaves by os._exit: only the relay's own process gets here)
+            from .supervisor import forget_run_dirs
+
+            forget_run_dirs(c for _, c in configurations)
+
+
+def _serve(
+    configurations: list[tuple[str, Config]],
+    values: dict[str, Value],
+    options: list[str],
+    bound: list[list[listeners.Bound]],
+    target: identity.Identity | None,
+    cwd: str,
+) -> int:
+    """The rest of :func:`run`, once the sockets are bound (and the run directories made): detach,
+    the pid file, and the relay in this process or under the supervisor."""
+    log = logmod.get()
+    first = configurations[0][1]
     if not first.no_daemon and not first.as_client:
         daemon.detach()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor or the loop handles it

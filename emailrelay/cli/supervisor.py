@@ -368,42 +368,43 @@ def run(
     os.umask(identity.CHILD_UMASK)  # upstream's, for the supervisor and every role: the sockets get
     # their modes at bind time and spool files theirs explicitly, so nothing relies on a wider umask
     # (the run directories are made already: prepare_run_dirs, before detaching)
-    channel_sockets = _channels(configurations, gid)
-    supervisor_channel.preload()  # what the supervisor imports after becoming --user
-    import circus.exc  # (for _when_free and serve, once --user)
-
     arbiter: Any = None
     failed: list[str] = []
     lifecycle = Lifecycle(on_crash_loop=lambda: _when_free(arbiter, "quit"))
-    arbiter = build_arbiter(configurations, options, cwd, lifecycle)
-    _take_over_signals(arbiter)
-    for c in configurations:
-        for b in c.bound:
-            b.sock.close()  # the arbiter holds duplicates
-    peers = frozenset({0, target.uid}) if target is not None else None
-    channels = [supervisor_channel.Channel(arbiter, sock, peers) for sock in channel_sockets]
+    channels: list[supervisor_channel.Channel] = []
+    try:  # from the first socket bound: a stop at any point (a SIGTERM right after the pid file) cleans up
+        channel_sockets = _channels(configurations, gid)
+        supervisor_channel.preload()  # what the supervisor imports after becoming --user
+        import circus.exc  # (for _when_free and serve, once --user)
 
-    async def serve() -> None:
-        """The first thing the arbiter's loop runs: circus's endpoints are bound by now."""
-        sd_notify.watch_loop(asyncio.get_running_loop())  # systemd's watchdog vouches for this loop
-        if target is not None:
-            identity.drop(target)
+        arbiter = build_arbiter(configurations, options, cwd, lifecycle)
+        _take_over_signals(arbiter)
+        for c in configurations:
+            for b in c.bound:
+                b.sock.close()  # the arbiter holds duplicates
+        peers = frozenset({0, target.uid}) if target is not None else None
+        channels += [supervisor_channel.Channel(arbiter, sock, peers) for sock in channel_sockets]
+
+        async def serve() -> None:
+            """The first thing the arbiter's loop runs: circus's endpoints are bound by now."""
+            sd_notify.watch_loop(asyncio.get_running_loop())  # systemd's watchdog vouches for this loop
+            if target is not None:
+                identity.drop(target)
+                try:
+                    switched()
+                except UsageError as exc:
+                    logmod.get().error(str(exc))
+                    failed.append(str(exc))
+                    _when_free(arbiter, "quit")
+                    return
+            for channel in channels:
+                await channel.start()
             try:
-                switched()
-            except UsageError as exc:
-                logmod.get().error(str(exc))
-                failed.append(str(exc))
-                _when_free(arbiter, "quit")
-                return
-        for channel in channels:
-            await channel.start()
-        try:
-            arbiter.start_watchers()  # held back by Supervisor until now (circus ignores the result too)
-        except circus.exc.ConflictError:
-            pass  # a stop signalled before this callback ran is under way: nothing to start
+                arbiter.start_watchers()  # held back by Supervisor until now (circus ignores the result too)
+            except circus.exc.ConflictError:
+                pass  # a stop signalled before this callback ran is under way: nothing to start
 
-    arbiter.loop.add_callback(serve)
-    try:
+        arbiter.loop.add_callback(serve)
         arbiter.start()
     finally:
         for channel in channels:
@@ -412,6 +413,20 @@ def run(
             for c in configurations:
                 _clean_run_dir(rundir.of(c.config))
     return 1 if lifecycle.crash_loop is not None or failed else 0
+
+
+def forget_run_dirs(configs: Iterable[Config]) -> None:
+    """When the relay's process ends, however (a start that failed after :func:`prepare_run_dirs`,
+    such as a pid file that cannot be made, or a SIGTERM before the arbiter ran): its private run
+    directories when they are empty.  A directory with anything in it (another relay's sockets on
+    the same spool) is left alone: only ``rmdir``."""
+    with identity.as_root():
+        for config in configs:
+            run_dir = rundir.of(config)
+            if run_dir.parent == rundir.private_base():
+                with contextlib.suppress(OSError):
+                    (run_dir / rundir.CIRCUS_DIR).rmdir()
+                    run_dir.rmdir()
 
 
 def _clean_run_dir(run_dir: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from emailrelay import rundir
 from emailrelay.cli.main import OPTION_HINT
 from tests.support.relay import REPO, free_port, pid_alive, program, stop_process, wait_until
 from tests.support.smtpd import (
@@ -319,6 +320,7 @@ def test_sigterm_as_soon_as_the_pid_file_appears_is_a_clean_stop(
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 128 + signal.SIGTERM, err.decode()
             assert not pid_file.exists()
+            assert not rundir.default(spool).exists()  # supervised: no socket or directory left in /run
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from emailrelay import rundir
 from tests.support.relay import free_port, program
 
 pytestmark = pytest.mark.skipif(
@@ -109,3 +110,4 @@ def test_pid_file_that_cannot_be_made_is_upstreams_error(tmp_path: Path, mode: l
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
     _one_error_line(result, f"invalid pid file: cannot create file: {pid_file}: not a directory", bound=True)
+    assert not rundir.default(spool).exists()  # supervised, it was made before the pid file: gone again
