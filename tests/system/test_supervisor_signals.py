@@ -8,6 +8,7 @@ SIGHUP restarts the roles (new pids) while the relay keeps accepting mail.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import psutil
 
-from tests.support.relay import free_port, start_relay
+from emailrelay import rundir
+from tests.support.relay import Relay, free_port, start_relay
 from tests.support.sink_counter import (
     CountingSink,
     poll,
@@ -106,6 +108,7 @@ def test_kill_9_of_the_arbiter_leaves_no_role_behind(tmp_path: Path) -> None:
         finally:
             for pid in _alive(everyone):
                 psutil.Process(pid).kill()
+            _remove_run_dir(relay)
 
 
 def test_kill_9_of_the_arbiter_while_a_role_starts_leaves_no_orphan(tmp_path: Path) -> None:
@@ -124,6 +127,13 @@ def test_kill_9_of_the_arbiter_while_a_role_starts_leaves_no_orphan(tmp_path: Pa
         finally:
             for pid in _alive(everyone):
                 psutil.Process(pid).kill()
+            _remove_run_dir(relay)
+
+
+def _remove_run_dir(relay: Relay) -> None:
+    """What the killed arbiter could not remove (its sockets in /run/emailrelay/<hash>): a relay started
+    again on that spool would reuse the directory, these tests' spools are never used again."""
+    shutil.rmtree(rundir.default(relay.spool), ignore_errors=True)
 
 
 def test_sighup_restarts_the_roles_and_the_relay_keeps_accepting(tmp_path: Path) -> None:
