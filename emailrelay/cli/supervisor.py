@@ -425,8 +425,7 @@ def forget_run_dirs(configs: Iterable[Config]) -> None:
             run_dir = rundir.of(config)
             if run_dir.parent == rundir.private_base():
                 with contextlib.suppress(OSError):
-                    (run_dir / rundir.CIRCUS_DIR).rmdir()
-                    run_dir.rmdir()
+                    _remove_empty_run_dir(run_dir)
 
 
 def _clean_run_dir(run_dir: Path) -> None:
@@ -445,5 +444,10 @@ def _clean_run_dir(run_dir: Path) -> None:
                 for entry in slots.iterdir():
                     entry.unlink()
                 slots.rmdir()
-            (run_dir / rundir.CIRCUS_DIR).rmdir()
-            run_dir.rmdir()  # only when empty
+            _remove_empty_run_dir(run_dir)
+
+
+def _remove_empty_run_dir(run_dir: Path) -> None:
+    """A run directory and its ``circus/``, with ``rmdir`` only: OSError when anything is left in them."""
+    (run_dir / rundir.CIRCUS_DIR).rmdir()
+    run_dir.rmdir()
