@@ -7,7 +7,8 @@ the client's events out one at a time, with the reference guide's timeouts.
 
 Guarantees: TCP_NODELAY is set (no Nagle/delayed-ACK stall after the final
 dot — upstream's 42 ms); every wait has a timeout (``--connection-timeout``
-to connect, ``--response-timeout`` per reply); a timeout, reset or
+to connect, ``--response-timeout`` per reply and per blocked write of the
+content, upstream's "flow-control timeout"); a timeout, reset or
 protocol garbage surfaces as :class:`ConnectionTrouble`, never as a hang;
 outgoing content respects the transport's write buffer (bounded memory).
 Failures are worded and logged as E-MailRelay 2.6b words and logs them
@@ -535,8 +536,14 @@ class SmtpConnection:
         if last:
             self.client.end_content()
         self._collect()
-        if self.protocol is not None:
-            await self.protocol.drain()
+        if self.protocol is not None and self.protocol.paused:
+            try:  # a next hop that stops reading: upstream's --response-timeout, as for a reply
+                await asyncio.wait_for(self.protocol.drain(), self.response_timeout)
+            except TimeoutError:
+                self.abort()
+                raise ConnectionTrouble(
+                    f"smtp error: flow-control timeout after {self.response_timeout:g}s"
+                ) from None
 
     def end_content(self) -> None:
         self.client.end_content()

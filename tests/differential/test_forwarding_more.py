@@ -25,6 +25,9 @@ helpers: hand-written spools, ``--as-client`` as root, a scripted next hop on lo
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -446,3 +449,69 @@ def test_pipelined_refused_mail_does_not_fail_the_next_message(tmp_path: Path) -
     assert upstream.messages == []
     bads = [reason_lines(v) for k, v in upstream.spool.items() if k.endswith(".bad")]
     assert len(bads) == 2 and bads[0] == first_bad and b"need MAIL first" in bads[1][0], bads
+
+
+# ---- a next hop that stops reading the content ------------------------------------------------------
+
+
+class _StallingHop:
+    """A next hop that answers up to ``354`` and then reads nothing more (a small receive buffer),
+    so the client's writes block; it closes the connection when the test ends."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.commands: list[tuple[int, str]] = []
+        self.done = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self.done.is_set():
+                conn, _ = self.listener.accept()
+                threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            conn.sendall(b"220 stall.test\r\n")
+            for raw in conn.makefile("rb"):
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                self.commands.append((0, line))
+                verb = line.split(" ")[0].split(":")[0].upper()
+                if verb == "DATA":
+                    conn.sendall(b"354 go\r\n")
+                    self.done.wait(60)
+                    return
+                conn.sendall(b"250-stall.test\r\n250 8BITMIME\r\n" if verb == "EHLO" else b"250 ok\r\n")
+
+    def __enter__(self) -> _StallingHop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.listener.close()
+
+
+def test_a_next_hop_that_stops_reading_fails_the_message_after_the_response_timeout(tmp_path: Path) -> None:
+    """Upstream's "flow-control timeout": a write that cannot go on for ``--response-timeout``
+    seconds fails the message (ours waited for ever: the message stayed ``.busy``)."""
+
+    def big(spool: Path) -> None:
+        for content in spool.glob("*.1.content"):
+            content.write_bytes(b"Subject: big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 120_000)
+
+    started = time.monotonic()
+    runs = both(tmp_path, _StallingHop, [[B], [C]], "--response-timeout", "2", prep=big)
+    assert time.monotonic() - started < 60
+    for side in SIDES:
+        run = runs[side]
+        assert run.rc == 1, side
+        bad = {name: data for name, data in run.spool.items() if name.endswith(".bad")}
+        assert [name.split(".")[3] for name in bad] == ["1"], side
+        assert reason_lines(next(iter(bad.values()))) == [
+            b"X-MailRelay-Reason: smtp error: flow-control timeout after 2s",
+            b"X-MailRelay-ReasonCode:",
+        ], side
+        assert "emailrelay: error: smtp error: flow-control timeout after 2s" in run.log, side
+        assert any(name.endswith(".2.envelope") for name in run.spool), side  # not tried: the run ended
