@@ -43,12 +43,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 import secrets as _secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
-
-from ..errors import UsageError
 
 __all__ = [
     "CLIENT_PREFERENCE",
@@ -152,11 +151,24 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _b64decode(text: str) -> bytes | None:
-    try:
-        return base64.b64decode(text.strip().encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def b64decode_strict(text: str) -> bytes | None:
+    """``text`` decoded as E-MailRelay 2.6b decodes SASL base64, else ``None``: the padding may be
+    left out but, when present, must be complete; no white space, no stray ``=``, and the last
+    character's unused bits must be zero (``"c2VjcmV0="`` and ``"xx"`` are refused, ``"YWI"`` is
+    ``b"ab"``)."""
+    if not _BASE64_TEXT.fullmatch(text):
         return None
+    body = text.rstrip("=")
+    if len(body) % 4 == 1 or (len(body) < len(text) and len(text) % 4 != 0):
+        return None
+    try:
+        raw = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if base64.b64encode(raw).decode("ascii").rstrip("=") == body else None
 
 
 def _b64(raw: bytes) -> str:
@@ -333,7 +345,7 @@ class SaslServer:
         return Success(user, self.mechanism, secret.line, secret.kind)
 
     def _plain(self, line: str) -> Step:
-        raw = _b64decode(line)
+        raw = b64decode_strict(line)
         if raw is None:
             return self._fail("invalid base64")
         parts = raw.split(b"\0")
@@ -348,23 +360,23 @@ class SaslServer:
         return self._check_password(self._user, password)
 
     def _login_user(self, line: str) -> Step:
-        raw = _b64decode(line)
+        raw = b64decode_strict(line)
         if raw is None:
             return self._fail("invalid base64")
-        if not raw:
-            return self._fail("empty user name")
         self._user = _text(raw)
         self._state = "login-password"
-        return Challenge(_LOGIN_PASSWORD)
+        # as E-MailRelay 2.6b: an empty user name ("=" or an empty line) is asked for its
+        # password all the same, with an empty prompt, and then fails as an unknown user
+        return Challenge(_LOGIN_PASSWORD if raw else "")
 
     def _login_password(self, line: str) -> Step:
-        raw = _b64decode(line)
+        raw = b64decode_strict(line)
         if raw is None:
             return self._fail("invalid base64")
         return self._check_password(self._user, raw)
 
     def _cram(self, line: str) -> Step:
-        raw = _b64decode(line)
+        raw = b64decode_strict(line)
         if raw is None:
             return self._fail("invalid base64")
         user_raw, _, digest = raw.rpartition(b" ")
@@ -427,7 +439,7 @@ class SaslClient:
 
     def respond(self, challenge_b64: str) -> str:
         self._steps += 1
-        raw = _b64decode(challenge_b64)
+        raw = b64decode_strict(challenge_b64)
         if raw is None:
             return self._cancel("invalid base64 challenge")
         a = self._account
@@ -470,14 +482,14 @@ class AuthConfig:
     """``--server-auth-config`` / ``--client-auth-config``: ``m:a,b;x:c;a:d;d:e``.
 
     Keys: ``m``/``x`` apply to unencrypted sessions, ``a``/``d`` once TLS is
-    up; the two pairs are independent (``x:PLAIN,LOGIN`` alone forbids them
-    only before TLS).  Server role: ``m``/``a`` is an ordered *allow* list
+    up; a server without ``a`` and ``d`` keeps ``m``/``x`` over TLS too
+    (``x:PLAIN,LOGIN`` alone forbids them before and after STARTTLS), as
+    E-MailRelay 2.6b does.  Server role: ``m``/``a`` is an ordered *allow* list
     (present but empty allows nothing, so ``m:;a:plain`` means "PLAIN only
     after STARTTLS"), ``x``/``d`` deny.  Client role: ``m``/``a`` are
     *preferred* first, in order, the other usable mechanisms follow in
-    strength order; ``x``/``d`` are avoided (never used).  Unknown keys are
-    ignored (upstream passes other settings the same way); an item without
-    ``<key>:`` is a ``UsageError``.
+    strength order; ``x``/``d`` are avoided (never used).  Unknown keys and
+    malformed items are ignored, as upstream ignores them.
     """
 
     role: Literal["server", "client"]
@@ -485,22 +497,22 @@ class AuthConfig:
 
     @classmethod
     def parse(cls, text: str, role: Literal["server", "client"]) -> AuthConfig:
+        """As E-MailRelay 2.6b reads it: an item is ``<key>:<list>`` exactly (no spaces are
+        trimmed, so ``m:plain, login`` allows PLAIN and a mechanism named `` LOGIN``); anything
+        else is ignored, and so is a key given again (the first one counts)."""
         lists: dict[str, tuple[str, ...]] = {}
         for item in text.split(";"):
-            item = item.strip()
-            if not item:
+            if len(item) < 2 or item[1] != ":" or item[0].lower() in lists:
                 continue
-            key, colon, values = item.partition(":")
-            key = key.strip()
-            if not colon or len(key) != 1:
-                raise UsageError(f"invalid --{role}-auth-config item: [{item}]")
-            names = tuple(v.strip().upper() for v in values.split(",") if v.strip())
-            lists[key.lower()] = names
+            lists[item[0].lower()] = tuple(v.upper() for v in item[2:].split(",") if v)
         return cls(role, lists)
 
     def select(self, mechanisms: Sequence[str], encrypted: bool) -> list[str]:
-        """Filter/order ``mechanisms`` (supported or offered, strongest first)."""
-        first, avoid = ("a", "d") if encrypted else ("m", "x")
+        """Filter/order ``mechanisms`` (supported or offered, strongest first).  Once encrypted,
+        the server follows ``a``/``d`` when either is given, else ``m``/``x`` still (E-MailRelay
+        2.6b)."""
+        tls_lists = encrypted and ("a" in self.lists or "d" in self.lists or self.role == "client")
+        first, avoid = ("a", "d") if tls_lists else ("m", "x")
         names = [m.upper() for m in mechanisms]
         denied = set(self.lists.get(avoid, ()))
         listed = self.lists.get(first)

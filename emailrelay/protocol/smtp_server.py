@@ -99,6 +99,7 @@ from emailrelay.protocol.addresses import (
     xtext_normalise,
 )
 from emailrelay.protocol.line_buffer import LineBuffer, LocalProtocolError
+from emailrelay.protocol.sasl import b64decode_strict
 
 __all__ = [
     "NEED_DATA",
@@ -333,7 +334,7 @@ _COMMANDS: dict[str, tuple[str, frozenset[Phase]]] = {
     "QUIT": ("_cmd_quit", _ANY),
     "VRFY": ("_cmd_vrfy", frozenset({Phase.NO_HELLO, Phase.IDLE, Phase.MAIL})),
     "AUTH": ("_cmd_auth", frozenset({Phase.IDLE})),
-    "STARTTLS": ("_cmd_starttls", frozenset({Phase.NO_HELLO, Phase.IDLE})),
+    "STARTTLS": ("_cmd_starttls", frozenset({Phase.IDLE})),  # (after HELO or EHLO, as upstream)
     "EXPN": ("_cmd_not_implemented", _ANY),
 }
 
@@ -377,6 +378,19 @@ _LONG_TEXT = "line too long"
 _BARE_TEXT = _UNRECOGNIZED  # a bare CR or LF in a command line: never executed
 _CRLF_DOT = re.compile(rb"\r\n\.")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def _loggable(line: str, *, cut: bool = False) -> str:
+    """``line`` as it may be logged: an AUTH command's initial response carries credentials and
+    never reaches a log (upstream logs it).  ``=``, ``*`` and what is not base64 carry none and
+    are logged as upstream does; of a ``cut`` line (too long, or with a bare CR or LF) nothing
+    after the mechanism is logged."""
+    words = line.split()
+    if len(words) < 3 or words[0].upper() != "AUTH":
+        return line
+    if cut or len(words) > 3 or _BASE64.fullmatch(words[2]):
+        return f"{words[0]} {words[1]} [authentication response not logged]"
+    return line
 
 
 def _has_controls(s: str) -> bool:
@@ -586,6 +600,7 @@ class SmtpServer(LineBuffer):
         self._phase = Phase.IDLE
         self._extended = ev.extended
         if ev.extended:
+            self._authenticated = False  # as upstream: EHLO ends an authentication (HELO, RSET do not)
             name = "smtp" if self._cfg.anonymous else self._cfg.domain
             first = text if text is not None else f"{name} says hello"
             self._send(250, "\n".join([first, *self._extensions()]))
@@ -727,7 +742,7 @@ class SmtpServer(LineBuffer):
         if raw is None:
             if err is None:
                 return self._need()
-            return self._error(self._discard_head, 500, err)
+            return self._error(_loggable(self._discard_head, cut=True), 500, err)
         line = raw.decode("latin-1")
         self._latin1 = False
         if not raw.isascii():
@@ -937,12 +952,12 @@ class SmtpServer(LineBuffer):
         return Quit(line)
 
     def _cmd_vrfy(self, line: str, arg: str) -> Event:
+        if not self._cfg.vrfy:  # (before authentication and TLS are asked for, as upstream)
+            self._send(252, "cannot vrfy")
+            return VrfyHidden(line)
         refusal = self._refusal()
         if refusal is not None:
             return self._error(line, 530, refusal)
-        if not self._cfg.vrfy:
-            self._send(252, "cannot vrfy")
-            return VrfyHidden(line)
         address = arg.strip(" ") if self._cfg.strict_parsing else arg.strip()
         if address.startswith("<") and address.endswith(">") and address != "<>":  # ("<>" as it is: upstream)
             address = address[1:-1].strip()
@@ -953,21 +968,18 @@ class SmtpServer(LineBuffer):
     def _cmd_auth(self, line: str, arg: str) -> Event:
         c = self._cfg
         words = arg.split()
-        if len(words) > 2 or (len(words) == 2 and _BASE64.fullmatch(words[1])):
-            # an initial response carries credentials: never let it reach a log (upstream logs it;
-            # "=", "*" and what is not base64 carry none and are logged as upstream does)
-            line = f"{line.split(None, 1)[0]} {words[0]} [authentication response not logged]"
+        line = _loggable(line)
         if self._authenticated:
             return self._error(line, 503, _OUT_OF_SEQUENCE)
         if c.tls_required and not self._tls:  # no credentials in clear text
             return self._error(line, 530, "encryption required: use starttls")
         mechanism = words[0].upper() if words else ""
-        if len(words) > 2 or mechanism not in (m.upper() for m in c.auth_mechanisms):
+        if mechanism not in (m.upper() for m in c.auth_mechanisms):
             return self._error(line, 504, "unsupported authentication mechanism")
         initial: str | None = None
-        if len(words) == 2:
+        if len(words) >= 2:  # as upstream, words after the initial response are ignored
             initial = "" if words[1] == "=" else words[1]
-            if initial and not _BASE64.fullmatch(initial):  # "*" included: no cancel in an initial response
+            if initial and b64decode_strict(initial) is None:  # "*" included: no cancel here
                 return self._error(line, 501, "invalid argument")
         return AuthStart(line, mechanism, initial)
 
@@ -985,8 +997,8 @@ class SmtpServer(LineBuffer):
                 return self._need()
             self._phase = Phase.IDLE
             return self._error("[authentication response not logged]", 500, err)
-        data = raw.decode("latin-1").strip()
-        if data == "*":
+        data = raw.decode("latin-1")  # as it came: upstream refuses base64 with white space in it
+        if data.strip() == "*":
             self._phase = Phase.IDLE
             return self._error("[authentication response not logged]", 501, "authentication cancelled")
         return AuthResponse(data)

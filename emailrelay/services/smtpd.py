@@ -445,11 +445,7 @@ class SmtpSession(LineSession):
         if result is None:
             return
         self._tls_up(result)
-        # RFC 3207 4.2: everything learnt before TLS is forgotten, the AUTH identity included
-        self._sasl = None
-        self.auth_mechanism, self.auth_id = (
-            ("none", self.trusted_keyword) if self.trusted_keyword else ("", "")
-        )
+        self._forget_authentication()  # RFC 3207 4.2: everything learnt before TLS is forgotten
         self.proto.tls_established(self._session_config())
         for data in self._take_tls_early():
             self.proto.receive_data(data)  # pumped when this task finishes
@@ -614,8 +610,17 @@ class SmtpSession(LineSession):
             return None
         return handler(self, event)
 
+    def _forget_authentication(self) -> None:
+        """After STARTTLS, and after EHLO as upstream: the AUTH identity is gone (not a trust)."""
+        self._sasl = None
+        self.auth_mechanism, self.auth_id = (
+            ("none", self.trusted_keyword) if self.trusted_keyword else ("", "")
+        )
+
     def _on_hello(self, ev: sp.Hello) -> None:
         self._trace_rx(ev.line)
+        if ev.extended:
+            self._forget_authentication()
         self._discard_message()
         self.tx = _Transaction()
         self.helo = ev.name
@@ -934,6 +939,8 @@ class SmtpSession(LineSession):
             reason = "smtp protocol done: too many protocol errors from the client"
         elif self._closing and (self._quit or not self.proto.peer_ended):
             reason = "smtp protocol done"
+        elif isinstance(exc, ConnectionResetError):
+            reason = "peer disconnected: connection reset by peer"  # upstream's words
         else:
             reason = str(exc) if exc else "peer disconnected"
         if self._close_reason is not None:

@@ -397,3 +397,83 @@ def test_pipelining_and_idle_timeout_as_upstream(tmp_path: Path) -> None:
         got["ours"][2][-1]
         == "emailrelay: info: smtp connection closed: idle timeout: no activity after 1s: 127.0.0.1:N"
     )
+
+
+def _auth_keyword(reply: str) -> str:
+    return next((line for line in reply.split("\n") if line.startswith("250-AUTH")), "")
+
+
+def _ehlo_auth_lines(port: int, implicit: bool) -> tuple[str, str]:
+    """The ``250-AUTH`` line (or "") of an EHLO before STARTTLS (none with implicit TLS), and of
+    one over TLS."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        before = ""
+        if not implicit:
+            reader = sock.makefile("rb")
+            read_reply(reader)
+            sock.sendall(b"EHLO h\r\n")
+            before = _auth_keyword(read_reply(reader))
+            sock.sendall(b"STARTTLS\r\n")
+            read_reply(reader)
+        with no_verify_context().wrap_socket(sock) as tls:
+            reader = tls.makefile("rb")
+            if implicit:
+                read_reply(reader)
+            tls.sendall(b"EHLO h2\r\n")
+            after = _auth_keyword(read_reply(reader))
+            tls.sendall(b"QUIT\r\n")
+            read_reply(reader)
+    return before, after
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["m:plain", "x:login", "m:plain;x:login", "m:plain,login;d:login", "m:;a:plain", "m:plain, login"],
+)
+def test_server_auth_config_over_tls_as_upstream(tmp_path: Path, certificate: Path, config: str) -> None:
+    """Once encrypted, upstream keeps ``m:``/``x:`` unless ``a:`` or ``d:`` is given (ours offered
+    every mechanism over TLS), and reads the items without trimming them; STARTTLS and
+    --server-tls-connection alike."""
+    base = daemon_base(tmp_path)
+    secrets = str(server_secrets(base))
+    got = {}
+    for side in SIDES:
+        for implicit in (False, True):
+            tls = ["--server-tls-connection"] if implicit else ["--server-tls"]
+            args = [*tls, "--server-tls-certificate", str(certificate), "--server-auth", secrets,
+                    "--server-auth-config", config]  # fmt: skip
+            with start(side, base, *args, name=f"{side}{implicit}") as d:
+                got[side, implicit] = _ehlo_auth_lines(d.port, implicit)
+    assert got["ours", False] == got["upstream", False]
+    assert got["ours", True] == got["upstream", True] == ("", got["ours", False][1])
+    if config == "m:plain":
+        assert got["ours", False] == ("250-AUTH PLAIN", "250-AUTH PLAIN")
+
+
+def test_sasl_base64_and_empty_login_names_as_upstream(tmp_path: Path) -> None:
+    """Unpadded base64 is taken, half padding is not; ``AUTH LOGIN =`` and an empty user name get
+    an empty prompt and then 535 (ours used to answer 535 at once and read the password that
+    followed as a command); words after an initial response are ignored; EHLO ends the
+    authentication, HELO does not. Replies, envelopes and log lines (credentials hidden in ours)."""
+    base = daemon_base(tmp_path)
+    args = ["--server-auth", str(server_secrets(base))]
+    dialogues = [
+        ["EHLO h", "AUTH LOGIN =", b64("secret"), "NOOP", "QUIT"],
+        ["EHLO h", "AUTH LOGIN", "", b64("secret"), "QUIT"],
+        ["EHLO h", "AUTH LOGIN", "bWU", "c2VjcmV0", "QUIT"],
+        ["EHLO h", "AUTH LOGIN", "bWU=", "c2VjcmV0=", "QUIT"],
+        ["EHLO h", "AUTH PLAIN AG1lAHNlY3JldA=", "AUTH PLAIN", " AG1lAHNlY3JldA==", "QUIT"],
+        ["EHLO h", "AUTH PLAIN AG1lAHNlY3JldA", "HELO h", "MAIL FROM:<a@b>", "RSET", "QUIT"],
+        ["EHLO h", "AUTH PLAIN AG1l AHNlY3JldA==", "AUTH PLAIN AG1lAHNlY3JldA== x", "EHLO h",
+         "MAIL FROM:<a@b>", "QUIT"],
+    ]  # fmt: skip
+    got = both_dialogues(args, dialogues, base)
+    assert_same_replies(got, dialogues)
+    assert got["ours"][0][0][2:5] == ["334 ", "535 authentication failed", "250 noop"]
+    assert got["ours"][0][5][2:5] == ["235 authentication successful", "250 hello", "250 sender <a@b> OK"]
+    assert got["ours"][0][6][-2] == "530 authentication required"
+    hidden = re.compile(r'"AUTH (LOGIN|PLAIN) \S+.*"')
+    ours = [line for line in got["ours"][2] if not hidden.search(line)]
+    upstream = [line for line in got["upstream"][2] if not hidden.search(line)]
+    assert ours == upstream
+    assert not any("c2VjcmV0" in line or "AHNlY3JldA" in line for line in got["ours"][2])

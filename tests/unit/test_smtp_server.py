@@ -865,6 +865,12 @@ CASES: list[Case] = [
         ["250 ", "220 ", "250 ", SEQ],  # as upstream (with implicit TLS: 500, not offered)
         config={"starttls": True},
     ),
+    Case(
+        "starttls before hello",  # as upstream; after HELO it is taken
+        [b"STARTTLS\r\nHELO c\r\nSTARTTLS\r\n"],
+        [SEQ, "250 ", "220 "],
+        config={"starttls": True},
+    ),
     Case("starttls argument ignored", [E + b"STARTTLS x\r\n"], ["250 ", "220 "], config={"starttls": True}),
     Case(
         "starttls in transaction",
@@ -962,6 +968,44 @@ CASES: list[Case] = [
         ["250 ", "530 authentication required"],
         config={"auth_mechanisms": ("PLAIN",), "auth_required": True},
     ),
+    Case(
+        "auth ended by ehlo",  # as upstream: EHLO forgets the authentication, HELO and RSET do not
+        [E + b"AUTH PLAIN AAAA\r\nRSET\r\nHELO c\r\n" + M + b"RSET\r\n" + E + M + b"AUTH PLAIN AAAA\r\n"],
+        ["250 ", "235 ", "250 ", "250 ", "250 sender", "250 ", "250 ", "530 authentication required", "235 "],
+        config={"auth_mechanisms": ("PLAIN",), "auth_required": True},
+    ),
+    Case(
+        "auth initial response padding",  # upstream: padding may be left out, not half given
+        [E + b"AUTH PLAIN AGFsaWNlAHNlY3JldA=\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA\r\n"],
+        ["250 ", "501 invalid argument", "235 "],
+        config={"auth_mechanisms": ("PLAIN",)},
+        check=has_event(
+            AuthStart("AUTH PLAIN [authentication response not logged]", "PLAIN", "AGFsaWNlAHNlY3JldA")
+        ),
+    ),
+    Case(
+        "auth words after the initial response",  # ignored, as upstream
+        [E + b"AUTH PLAIN AGFs aWNlAHNlY3JldA==\r\n"],
+        ["250 ", "235 "],
+        config={"auth_mechanisms": ("PLAIN",)},
+        check=has_event(AuthStart("AUTH PLAIN [authentication response not logged]", "PLAIN", "AGFs")),
+    ),
+    Case(
+        "vrfy disabled before authentication",  # --anonymous=vrfy with --server-auth: as upstream
+        [E + b"VRFY bob\r\n"],
+        ["250 ", "252 cannot vrfy"],
+        config={"vrfy": False, "auth_mechanisms": ("PLAIN",), "auth_required": True},
+    ),
+    Case(
+        "over-long auth line not logged",
+        [E + b"AUTH PLAIN " + b"A" * 600 + b"\r\nAUTH PLAIN AAAA\rAAAA\r\n"],
+        ["250 ", "500 line too long", "500 command unrecognized"],
+        config={"auth_mechanisms": ("PLAIN",)},
+        check=lambda r: (
+            [ev.line for ev in r.events if isinstance(ev, ProtocolError)]
+            == ["AUTH PLAIN [authentication response not logged]"] * 2
+        ),
+    ),
 ]
 
 
@@ -994,9 +1038,9 @@ def test_greeting() -> None:
 def ehlo_lines(config: ServerConfig, tls: bool = False) -> list[str]:
     packets: list[bytes | object] = [b"EHLO c\r\n"]
     if tls:
-        packets = [b"STARTTLS\r\n", TLS_UP, b"EHLO c\r\n"]
-    out = run(config, packets, eof=False).out.decode()
-    return out.split("\r\n")[1:-1][1 if tls else 0 :]
+        packets = [b"EHLO c\r\nSTARTTLS\r\n", TLS_UP, b"EHLO c\r\n"]
+    lines = run(config, packets, eof=False).out.decode().split("\r\n")[1:-1]
+    return lines[lines.index("220 ready to start tls") + 1 :] if tls else lines
 
 
 def test_ehlo_matches_upstream_log() -> None:
@@ -1170,6 +1214,9 @@ def test_starttls_discards_pipelined_bytes() -> None:
 
 def test_eof_during_tls_wait() -> None:
     s = SmtpServer(ServerConfig(starttls=True))
+    s.receive_data(b"EHLO c\r\n")
+    s.next_event()
+    s.accept()
     s.receive_data(b"STARTTLS\r\n")
     s.next_event()
     s.accept()
