@@ -247,7 +247,7 @@ class SmtpConnection:
         while not self._events and self._lost_reason is None and self.client.state == sc.State.GREETING:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                self.log.verbose(f"no greeting from {self.hop} after {timeout:g}s: going ahead without it")
+                self.log.warning(f"timeout: no greeting from remote server after {timeout:g}s: continuing")
                 self.client.skip_greeting()
                 self._collect()
                 return
@@ -327,8 +327,8 @@ class SmtpConnection:
         )
 
     async def _session_ready(self) -> sc.Capabilities:
-        if self.prompt_timeout is not None and 0 < self.prompt_timeout < self.response_timeout:
-            await self._await_greeting(self.prompt_timeout)
+        if self.prompt_timeout is not None and self.prompt_timeout > 0:  # as upstream: the greeting
+            await self._await_greeting(self.prompt_timeout)  # has --prompt-timeout, not --response-timeout
         while True:
             event = await self.next_event()
             if isinstance(event, sc.SessionReady):

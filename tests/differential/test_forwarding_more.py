@@ -515,3 +515,26 @@ def test_a_next_hop_that_stops_reading_fails_the_message_after_the_response_time
         ], side
         assert "emailrelay: error: smtp error: flow-control timeout after 2s" in run.log, side
         assert any(name.endswith(".2.envelope") for name in run.spool), side  # not tried: the run ended
+
+
+# ---- the greeting's timeout ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("greeting_after", "args"),
+    [
+        (3, ("--response-timeout", "2", "--prompt-timeout", "5")),  # slow: within --prompt-timeout
+        (30, ("--response-timeout", "2", "--prompt-timeout", "1")),  # none: EHLO after --prompt-timeout
+    ],
+)
+def test_the_greeting_waits_for_the_prompt_timeout(
+    tmp_path: Path, greeting_after: int, args: tuple[str, ...]
+) -> None:
+    """Upstream waits ``--prompt-timeout`` for the greeting whatever ``--response-timeout`` is (ours
+    failed the message after ``--response-timeout``), then warns and sends EHLO all the same."""
+    _, make = _hops(extensions=NO_PIPELINING, delays={"greeting": greeting_after})
+    ours = same(both(tmp_path, make, [[B]], *args))
+    if greeting_after == 3:
+        assert ours.rc == 0 and ours.spool == {} and len(ours.messages) == 1
+    else:
+        assert "emailrelay: warning: timeout: no greeting from remote server after 1s: continuing" in ours.log
