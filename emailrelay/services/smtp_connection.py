@@ -487,9 +487,9 @@ class SmtpConnection:
         """The session failed: E-MailRelay 2.6b's words for it (and its warning for a reply that
         makes no sense at that point)."""
         if event.reply is not None:
-            text = reply_text(event.reply)
-            self.log.warning(f"client protocol: unexpected response [{text}]")
-            return ConnectionTrouble(f"smtp error: unexpected response: {text}", event.reply)
+            self.log.warning(f"client protocol: unexpected response [{reply_text(event.reply)}]")
+            lines = "\n".join(event.reply.lines)  # (a line break: the envelope writes it as \n)
+            return ConnectionTrouble(f"smtp error: unexpected response: {lines}", event.reply)
         if event.reason == "connection closed by the server":  # over TLS: after the peer's close_notify
             return ConnectionTrouble("peer disconnected: ssl read" if self.encrypted else "peer disconnected")
         return ConnectionTrouble(f"smtp error: {event.reason}")

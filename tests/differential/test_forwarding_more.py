@@ -228,6 +228,21 @@ def test_refusals_and_malformed_replies(tmp_path: Path, replies: dict[str, str])
         assert run.rc == 1 and run.log[-1] == "emailrelay: error: smtp error: invalid response"
 
 
+def test_a_multi_line_reply_that_ends_the_session_is_one_reason(tmp_path: Path) -> None:
+    """A refused DATA with a two-line reply: the envelope's reason holds its lines joined by ``\\n``,
+    as upstream writes it (ours escaped that ``\\n`` again: ``\\\\n``). Upstream's log line holds a
+    real line break where ours writes ``\\x0a`` (no control character reaches our log)."""
+    _, make = _hops(extensions=NO_PIPELINING, replies={"data": "554-5.5.1 no\n554 5.5.1 data"})
+    runs = both(tmp_path, make, [[B], [C]])
+    ours, upstream = runs["ours"], runs["upstream"]
+    assert ours.rc == upstream.rc == 1 and ours.spool == upstream.spool
+    (bad,) = (v for k, v in ours.spool.items() if k.endswith(".bad"))
+    assert (
+        reason_lines(bad)[0] == b"X-MailRelay-Reason: smtp error: unexpected response: 5.5.1 no\\n5.5.1 data"
+    )
+    assert "\n".join(upstream.log) == "\n".join(ours.log).replace("\\x0a", "\n")
+
+
 # ---- the client filter's place ---------------------------------------------------------------------
 
 
