@@ -486,9 +486,10 @@ class AuthConfig:
     (``x:PLAIN,LOGIN`` alone forbids them before and after STARTTLS), as
     E-MailRelay 2.6b does.  Server role: ``m``/``a`` is an ordered *allow* list
     (present but empty allows nothing, so ``m:;a:plain`` means "PLAIN only
-    after STARTTLS"), ``x``/``d`` deny.  Client role: ``m``/``a`` are
-    *preferred* first, in order, the other usable mechanisms follow in
-    strength order; ``x``/``d`` are avoided (never used).  Unknown keys and
+    after STARTTLS"), ``x``/``d`` deny.  Client role: a non-empty ``m``/``a``
+    is an allow list too, used in the client's own strength order (``m:login,plain``
+    picks PLAIN when both are offered, and ``m:login`` fails with a next hop
+    offering only PLAIN, as upstream); ``x``/``d`` are avoided (never used).  Unknown keys and
     malformed items are ignored, as upstream ignores them.
     """
 
@@ -520,8 +521,8 @@ class AuthConfig:
             ordered = names
         elif self.role == "server":
             ordered = [m for m in listed if m in names]
-        else:
-            ordered = [m for m in listed if m in names] + [m for m in names if m not in listed]
+        else:  # the client (E-MailRelay 2.6b): an allow list unless empty, in the client's own order
+            ordered = [m for m in names if m in listed] if listed else names
         result: list[str] = []
         for m in ordered:
             if m not in denied and m not in result:

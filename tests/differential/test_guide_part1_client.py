@@ -229,7 +229,21 @@ AUTH_CONFIG_CASES = {
     "x-plain": (("--client-auth-config", "x:plain"), LOGIN_SCRIPT, "LOGIN"),
     "a-login-unencrypted": (("--client-auth-config", "a:login"), ("235 2.7.0 ok",), "PLAIN"),
     "d-plain-unencrypted": (("--client-auth-config", "d:plain"), ("235 2.7.0 ok",), "PLAIN"),
+    "m-login-plain": (("--client-auth-config", "m:login,plain"), ("235 2.7.0 ok",), "PLAIN"),  # no order
 }
+
+
+def test_client_auth_config_m_is_an_allow_list(tmp_path: Path) -> None:
+    """``m:login`` with a next hop that offers only PLAIN: no authentication is possible, and the
+    message fails (ours used to fall back to PLAIN, sending the password in the clear)."""
+    secrets = readable_file(daemon_base(tmp_path) / "client.auth", "client plain me secret\n")
+    hop = lambda: FakeSmtp(extensions=("8BITMIME", "AUTH PLAIN"), auth=auth_script("235 2.7.0 ok"))  # noqa: E731
+    run = same(both(tmp_path, hop, [[B]], "--client-auth", str(secrets), "--client-auth-config", "m:login"))
+    assert run.rc == 1 and run.auth == [] and run.messages == []
+    assert (
+        run.log[-1]
+        == "emailrelay: error: smtp error: cannot do authentication: check for a compatible client secret"
+    )
 
 
 @pytest.mark.parametrize(
