@@ -347,10 +347,10 @@ class SmtpConnection:
             elif security.tls_required:
                 self.close()
                 raise ConnectionTrouble("smtp error: tls is mandated but the server cannot do starttls")
-        if self.selector and (
+        if (self.selector or security.secrets is not None) and (
             security.secrets is None or security.secrets.client_account(self.selector) is None
-        ):
-            self.close()  # a message's ClientAccountSelector with no client line: upstream's session error
+        ):  # a message's ClientAccountSelector with no client line, or --client-auth without a
+            self.close()  # default one for a message without a selector: upstream's session error
             raise ConnectionTrouble(f"no client authentication account: selector [{self.selector}]")
         if security.secrets is not None:
             await self._authenticate(caps, security)

@@ -253,14 +253,15 @@ def test_validator_accepts_upstream_written_files() -> None:
 def test_hand_made_fixtures_are_forwarded(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     copy_fixtures(spool, sorted(GOOD))
-    # fixture #5's ClientAccountSelector "work" needs a client line (E-MailRelay 2.6b fails a message
-    # whose selector has none: tests/differential/test_routing_connections.py)
+    # fixture #5's ClientAccountSelector "work" needs a client line, and the others a default one
+    # (E-MailRelay 2.6b fails a message whose selector has none, the empty one included:
+    # tests/differential/test_routing_connections.py, test_guide_part1_client.py)
     secrets = tmp_path / "client.auth"
-    secrets.write_text("client plain worker secret work\n")
+    secrets.write_text("client plain worker secret work\nclient plain someone secret\n")
     extensions = ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 10000000", "AUTH PLAIN")
     with (
         FakeSmtp(extensions=extensions, auth=auth_script("235 2.7.0 ok")) as hop,
-        FakeSmtp(extensions=extensions) as routed,
+        FakeSmtp(extensions=extensions, auth=auth_script("235 2.7.0 ok")) as routed,
     ):
         routed_env = spool / "emailrelay.4242.1700000004.4.envelope"  # ForwardToAddress -> the second hop
         routed_env.write_bytes(routed_env.read_bytes().replace(b"127.0.0.1:10025", routed.address.encode()))

@@ -233,6 +233,25 @@ AUTH_CONFIG_CASES = {
 }
 
 
+@pytest.mark.parametrize(
+    "offered", [("8BITMIME", "AUTH PLAIN LOGIN"), ("8BITMIME",)], ids=["auth", "no-auth"]
+)
+@pytest.mark.parametrize(
+    "lines", ["server plain me secret\n", "client plain me secret s1\n"], ids=["server", "selector"]
+)
+def test_client_auth_without_a_default_account_fails_the_message(
+    tmp_path: Path, offered: tuple[str, ...], lines: str
+) -> None:
+    """``--client-auth`` with no ``client`` line for the empty selector (only server lines, or only
+    a selector's): upstream fails a message without a selector, ``no client authentication account:
+    selector []``, whatever the next hop offers; ours sent it without authentication."""
+    secrets = readable_file(daemon_base(tmp_path) / "client.auth", lines)
+    hop = lambda: FakeSmtp(extensions=offered, auth=auth_script("235 2.7.0 ok"))  # noqa: E731
+    run = same(both(tmp_path, hop, [[B]], "--client-auth", str(secrets)))
+    assert run.rc == 1 and run.messages == [] and run.commands == ["EHLO 127.0.0.1"]
+    assert run.log[-1] == "emailrelay: error: no client authentication account: selector []"
+
+
 def test_client_auth_config_m_is_an_allow_list(tmp_path: Path) -> None:
     """``m:login`` with a next hop that offers only PLAIN: no authentication is possible, and the
     message fails (ours used to fall back to PLAIN, sending the password in the clear)."""
