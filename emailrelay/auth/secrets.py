@@ -50,7 +50,9 @@ GUARANTEES
       reads ``<file name>(<line>): <text>`` as E-MailRelay 2.6b's, and
       names the file when it cannot be read.  Messages never quote
       passwords.
-    * First matching line wins; duplicates are kept in ``warnings``.
+    * A duplicate is a malformed line, as upstream's: a user's second server
+      secret of one kind, a second client line for one selector, a second
+      ``none`` line for one address range.
     * ``pam:`` is recognised (``is_pam``) but is not a secrets file:
       ``load``/``from_option`` reject it with a clear ``ConfigError``.
       ``--server-auth=pam:`` / ``--pop-auth=pam:`` are served by
@@ -278,7 +280,6 @@ class Secrets:
         self.server: list[ServerSecret] = []
         self.clients: list[ClientAccount] = []
         self.trust: list[TrustRule] = []
-        self.warnings: list[str] = []
 
     # -- construction
 
@@ -451,14 +452,13 @@ class Secrets:
         n: int,
         token_command: tuple[str, ...] | None = None,
     ) -> None:
-        where = f"{self.path}:{n}"
-        if side == "server":
+        if side == "server":  # a user's second secret of one kind, as upstream: the file is refused
             if any(s.id_bytes == ident_raw and s.kind == kind for s in self.server):
-                self.warnings.append(f"{where}: duplicate server {kind} secret for [{ident}] ignored")
+                raise self._error("duplicate server secret", n)
             self.server.append(ServerSecret(kind, ident, ident_raw, secret, n, self.path))
             return
         if any(c.selector == selector for c in self.clients):
-            self.warnings.append(f"{where}: duplicate client account for selector [{selector}] ignored")
+            raise self._error("duplicate client secret", n)
         self.clients.append(
             ClientAccount(kind, ident, ident_raw, secret, n, self.path, selector, token_command)
         )
@@ -468,6 +468,8 @@ class Secrets:
             network, octets = _parse_range(range_text)
         except ValueError:
             raise self._error(f"invalid ip address range [{range_text}]", n) from None
+        if any(t.range_text == range_text for t in self.trust):
+            raise self._error("duplicate server trust address", n)
         self.trust.append(TrustRule(range_text, keyword, n, network, octets))
 
     # -- queries

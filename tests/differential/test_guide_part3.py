@@ -529,7 +529,16 @@ def test_secrets_first_field_as_upstream(tmp_path: Path) -> None:
     base = daemon_base(tmp_path)
     refused = _install(base, "refused.auth", "server plain u1 p1\nfoo server *.*.*.* x\n")
     short = _install(base, "short.auth", "# a comment\nserver plain u1\n")
-    for path, problem in ((refused, "invalid value in first field: [foo]"), (short, "too few fields")):
+    dup_server = _install(base, "dup-server.auth", "server plain u1 p1\nserver plain u1 p2\n")
+    dup_client = _install(base, "dup-client.auth", "client plain u1 p1\nclient plain u2 p2\n")
+    dup_trust = _install(base, "dup-trust.auth", "server none 127.0.0.1 a\nserver none 127.0.0.1 b\n")
+    for path, problem in (
+        (refused, "invalid value in first field: [foo]"),
+        (short, "too few fields"),
+        (dup_server, "duplicate server secret"),  # (ours took the first line: found by a probe)
+        (dup_client, "duplicate client secret"),
+        (dup_trust, "duplicate server trust address"),
+    ):
         got = {}
         for side in SIDES:
             done = _refused(side, base, ["--server-auth", path])

@@ -15,6 +15,7 @@ from emailrelay.auth.md5state import hmac_md5_from_state, hmac_md5_state
 from emailrelay.auth.secrets import (
     ClientAccount,
     Secrets,
+    SecretsLineError,
     TokenError,
     fetch_oauth_token,
     is_pam,
@@ -78,7 +79,6 @@ def test_guide_plain_and_base64_forms_are_equivalent(text: str) -> None:
     assert bob is not None and bob.user == "bob" and bob.secret == b"password123" and bob.kind == "plain"
     assert s.server_lookup("PLAIN", "bob") is None
     assert s.has_server_accounts and s.has_client_accounts
-    assert s.warnings == []
 
 
 def test_guide_selectors() -> None:
@@ -321,16 +321,25 @@ def test_oauth_cmd_uses_injected_runner() -> None:
     assert calls == [["get-token", "--account", "me"]]
 
 
-def test_duplicates_are_warned_and_first_wins() -> None:
-    s = Secrets.from_text("server plain a one\nserver plain a two\nclient plain b x\nclient plain c y\n", "f")
-    a = s.server_lookup("PLAIN", "a")
-    assert a is not None and a.secret == b"one"
-    client = s.client_account()
-    assert client is not None and client.user == "b"
-    assert s.warnings == [
-        "f:2: duplicate server plain secret for [a] ignored",
-        "f:4: duplicate client account for selector [] ignored",
-    ]
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("server plain a one\nserver plain a two\n", "f(2): duplicate server secret"),
+        ("client plain b x\nclient plain c y\n", "f(2): duplicate client secret"),
+        ("client plain b x s1\nclient plain c y s1\n", "f(2): duplicate client secret"),
+        ("server none 10.0.0.0/8 a\nserver none 10.0.0.0/8 b\n", "f(2): duplicate server trust address"),
+    ],
+)
+def test_duplicates_refuse_the_file_as_upstream(text: str, error: str) -> None:
+    with pytest.raises(SecretsLineError) as caught:
+        Secrets.from_text(text, "f")
+    assert str(caught.value) == error
+
+
+def test_same_id_of_another_kind_or_side_is_no_duplicate() -> None:
+    md5 = "v1HOpuLIbbvgoJjhueeoqwfvtIp2C+gMA285ke+xxow="
+    s = Secrets.from_text(f"server plain a one\nserver md5 a {md5}\nclient plain a x\nclient plain a y s1\n")
+    assert len(s.server) == 2 and len(s.clients) == 2
 
 
 def test_secrets_not_in_repr() -> None:
