@@ -44,6 +44,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from .errors import ConfigError
 from .identity import as_root
 
 ERROR, WARNING, INFO, VERBOSE, DEBUG = 40, 30, 20, 15, 10
@@ -297,6 +298,12 @@ class Log:
                 self._file = None
             self._file_name = name
         return self._file
+
+    def check_log_file(self) -> None:
+        """``--log-file`` opened at start-up, as upstream opens it: one that cannot be is its start-up
+        error (``cannot open log file: <name>``), not a relay that runs and logs nothing."""
+        if self.config.log_file and self._open_file() is None:
+            raise ConfigError(f"cannot open log file: {self._file_name}")
 
     def _syslog(self, level: int, text: str) -> None:
         if not self._syslog_open:

@@ -8,6 +8,8 @@ start-up machinery to do so (issue 20: each role imports only what it uses).
 
 from __future__ import annotations
 
+import os
+
 from .. import log as logmod
 from .parse import Value
 from .usage_rules import SYSLOG_FACILITIES
@@ -30,7 +32,8 @@ def log_config(values: dict[str, Value]) -> logmod.LogConfig:
         json="json" in formats,
         syslog=syslog_on,
         syslog_facility=_syslog_facility(values.get("syslog")),
-        log_file=log_file if isinstance(log_file, str) else None,
+        # absolute now: a daemon changes its directory to / (upstream's log file stays where it was)
+        log_file=os.path.abspath(log_file) if isinstance(log_file, str) and log_file else None,
     )
 
 

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             print(version_text(bool(values.get("verbose"))), end="")
             return 0
         log.configure(log_config(values))
+        log.check_log_file()
         closing = stderr_closing_warning(parsed.values, log.config)
         if closing:
             log.plain(f"warning: {closing}")  # upstream's, first and without a time
@@ -111,6 +112,8 @@ def prepare(config: Config) -> Config:
         reason = "not a directory" if config.spool_dir.exists() else "no such file or directory"
         raise UsageError(f"invalid spool directory: {config.spool_dir}: {reason}")
     config = config.replaced(spool_dir=config.spool_dir.absolute())
+    if config.pid_file:  # (upstream's is where the command was run, not in /)
+        config = config.replaced(pid_file=os.path.abspath(config.pid_file))
     preflight.check_spool(config.spool_dir, space=not (config.as_client or config.dont_serve))
     if config.delivery_dir is not None:
         config = config.replaced(delivery_dir=config.delivery_dir.absolute())
@@ -236,6 +239,7 @@ def _serve(
         """The process has its final identity: the pid file appears; supervised, systemd hears
         READY=1 (the supervisor takes SIGHUP and SIGTERM already)."""
         daemon.publish_pid_file(pid_file)
+        daemon.tell_started()
         if not in_process:
             sd_notify.relay_started(spools)  # Type=notify: every socket is bound
 

@@ -2,7 +2,8 @@
 
 What it is for: upstream's process behaviour (SPEC.md §1): the relay binds
 first, then detaches (unless ``--no-daemon``), then writes ``--pid-file``,
-so a script that waits for the pid file can connect at once.
+so a script that waits for the pid file can connect at once; the command
+itself returns once the pid file is there, as upstream's does.
 
 Guarantees: the pid file is written atomically (temp file + rename) and only
 by the process that will serve, and it appears only once that process has
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 from dataclasses import dataclass
@@ -32,25 +34,49 @@ PID_FILE_MODE = 0o644
 PID_DIR_MODE = 0o775  # a directory made for the pid file
 
 
+#: How long the command waits for the relay it detached to be started (its pid file written).
+START_WAIT = 5.0
+_started_fd: int | None = None  # the detached relay's end of the pipe its command waits on
+
+
 def detach() -> None:
-    """Fork into the background; the parent exits 0 straight away (sockets are already bound).
+    """Fork into the background; the parent exits 0 once the relay has started (:func:`tell_started`)
+    or has ended, or after :data:`START_WAIT` s, as E-MailRelay 2.6b's returns with its pid file
+    already written: ``emailrelay ... && cat <pid file>`` works (sockets are already bound).
 
     Twice, as E-MailRelay 2.6b: the first child starts a new session and leaves, so the process
     that serves is in that session (its roles too, one scheduling autogroup) but not its leader,
     and can never acquire a controlling terminal."""
+    global _started_fd
     sys.stdout.flush()
     sys.stderr.flush()
+    read_end, write_end = os.pipe()  # (not inherited by what the relay executes)
     pid = os.fork()
     if pid > 0:
+        os.close(write_end)
+        with contextlib.suppress(OSError):
+            select.select([read_end], [], [], START_WAIT)  # a byte: started; end of file: it ended
         os._exit(0)
+    os.close(read_end)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
+    _started_fd = write_end
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
     os.chdir("/")
+
+
+def tell_started() -> None:
+    """The detached relay has started (its pid file is there): the command that started it returns."""
+    global _started_fd
+    fd, _started_fd = _started_fd, None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(fd, b"1")
+        os.close(fd)
 
 
 @dataclass

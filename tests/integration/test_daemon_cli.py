@@ -256,6 +256,15 @@ def test_config_file_as_last_argument(tmp_path: Path, spool: Path, run_dir: Path
             proc.wait(5)
 
 
+def test_a_log_file_that_cannot_be_opened_is_a_start_up_error(tmp_path: Path, spool: Path) -> None:
+    """As upstream: exit 1 and ``cannot open log file: <path>`` (ours ran and logged nothing)."""
+    missing = tmp_path / "no-such-directory" / "relay.log"
+    for mode in (["--no-daemon", "--port", str(free_port())], ["--as-client", "127.0.0.1:9"]):
+        done = run(*mode, "--log", "--log-file", str(missing), "--spool-dir", str(spool), "--user", "root")
+        assert done.returncode == 1, done
+        assert done.stderr == f"emailrelay: error: cannot open log file: {missing}\n"
+
+
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), 1):
@@ -265,19 +274,24 @@ def _accepts(port: int) -> bool:
 
 
 def test_daemon_pid_file_and_sigterm(tmp_path: Path, spool: Path, run_dir: Path) -> None:
+    """The command returns with the pid file written (``emailrelay ... && cat <pid file>``, as
+    upstream's), and a relative ``--pid-file`` and ``--log-file`` are where the command was run (ours
+    used to put them in /, where the daemon had moved, and return before the pid file was there)."""
     port = free_port()
     pid_file = tmp_path / "run" / "emailrelay.pid"
     log_path = tmp_path / "daemon.log"
     args = [program(), "--log", "--no-syslog", "--port", str(port), "--interface", "127.0.0.1",
-            "--spool-dir", str(spool), "--run-dir", str(run_dir), "--user", "root", "--pid-file", str(pid_file)]  # fmt: skip
+            "--spool-dir", str(spool), "--run-dir", str(run_dir), "--user", "root",
+            "--pid-file", "run/emailrelay.pid", "--log-file", "relay.log"]  # fmt: skip
     daemon_pid = None
     with open(log_path, "wb") as out:
         started = time.monotonic()
-        parent = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        parent = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=tmp_path)
     try:
         assert parent.wait(30) == 0, log_path.read_text()
         assert time.monotonic() - started < 30
-        assert wait_until(pid_file.exists, 30), log_path.read_text()
+        assert pid_file.exists(), log_path.read_text()
+        assert "smtp server on 127.0.0.1:" in (tmp_path / "relay.log").read_text()
         # scripts connect as soon as the pid file is there: the connection must be served, not refused
         with Wire(port) as w:
             assert w.reply()[0] == 220
