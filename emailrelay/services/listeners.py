@@ -98,7 +98,8 @@ def _interface_addresses(name: str) -> list[str]:
 
         if family_filter in (None, socket.AF_INET):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
-                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", base.encode()[:15]))
+                raw = base.encode("utf-8", "surrogateescape")[:15]  # (bytes as given, never a crash)
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", raw))
                 found.append(socket.inet_ntoa(packed[20:24]))
         if family_filter in (None, socket.AF_INET6):
             with contextlib.suppress(OSError), open("/proc/net/if_inet6") as f:
