@@ -266,7 +266,17 @@ def test_a_log_file_that_cannot_be_opened_is_a_start_up_error(tmp_path: Path, sp
 
 
 def test_an_interface_name_that_is_not_utf8_is_refused_not_a_crash(spool: Path) -> None:
-    done = run("--no-daemon", "--port", str(free_port()), "--interface", "1\udcff", "--spool-dir", str(spool))
+    done = run(
+        "--no-daemon",
+        "--port",
+        str(free_port()),
+        "--interface",
+        "1\udcff",
+        "--spool-dir",
+        str(spool),
+        "--user",
+        "root",
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("emailrelay: error: invalid interface name or address: 1"), done.stderr
 
