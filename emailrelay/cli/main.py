@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from .. import identity
 from .. import log as logmod
@@ -27,6 +28,9 @@ from . import preflight, watchers
 from .log_options import log_config
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
 from .tools import SUBCOMMANDS
+
+if TYPE_CHECKING:
+    from ..policy.spec import Spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,15 +310,41 @@ def _check_policy(config: Config) -> None:
     from ..policy.spec import SpecError, SpecUsageError, parse_filters, parse_verifier
 
     try:
-        filters = parse_filters(config.filters) + parse_filters(config.client_filters, client=True)
-        parse_verifier(config.address_verifier)
+        server_filters = parse_filters(config.filters)
+        client_filters = parse_filters(config.client_filters, client=True)
+        verifier = parse_verifier(config.address_verifier)
     except SpecUsageError:
         raise  # upstream's "usage error:"
     except SpecError as exc:
         raise UsageError(str(exc)) from None
+    filters = server_filters + client_filters
+    for what, specs in (
+        ("filter", server_filters),
+        ("client filter", client_filters),
+        ("verifier", [verifier] if verifier is not None else []),
+    ):
+        _check_network_specs(what, specs)
     for spec in filters:  # E-MailRelay 2.6b's start-up warning, without a time (the filter still runs)
         if spec.kind == "exe" and not os.path.exists(spec.value):
             logmod.get().plain(f"warning: filter program does not exist: {spec.value}")
+
+
+def _check_network_specs(what: str, specs: list[Spec]) -> None:
+    """A ``net:``/``spam:`` address that cannot be used is a usage error now, in upstream's words
+    (``invalid filter specification: invalid host:service format: x``), not a role that fails to
+    start again and again. (Upstream refuses only a missing port at start-up; ours also an unknown
+    service name or an empty port, which upstream finds out at the first message.)"""
+    from ..policy.net import parse_endpoint
+    from ..policy.spec import NETWORK_KINDS, SpecError, SpecUsageError
+
+    for spec in specs:
+        if spec.kind in NETWORK_KINDS:
+            try:
+                parse_endpoint(spec.value)
+            except SpecError:
+                raise SpecUsageError(
+                    f"invalid {what} specification: invalid host:service format: {spec.value}"
+                ) from None
 
 
 if __name__ == "__main__":

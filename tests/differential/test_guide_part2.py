@@ -341,6 +341,27 @@ STARTUP: dict[str, tuple[tuple[str, ...], Outcome, Outcome]] = {
             "4294967296"),
     ),
     "deliver-number": (("--filter", "exit:0,deliver:4294967295"), (None, ""), (None, "")),
+    # a net:/spam: address without a port (ours: its smtp role crashed at every start, a crash loop)
+    "net-filter-without-port": (
+        ("--filter", "net:x"),
+        (1, "emailrelay: usage error: invalid filter specification: invalid host:service format: x"),
+        (1, "emailrelay: usage error: invalid filter specification: invalid host:service format: x"),
+    ),
+    "spam-filter-without-host": (
+        ("--filter", "spam::783"),
+        (1, "emailrelay: usage error: invalid filter specification: invalid host:service format: :783"),
+        (1, "emailrelay: usage error: invalid filter specification: invalid host:service format: :783"),
+    ),
+    "net-verifier-without-port": (
+        ("--address-verifier", "net:x"),
+        (1, "emailrelay: usage error: invalid verifier specification: invalid host:service format: x"),
+        (1, "emailrelay: usage error: invalid verifier specification: invalid host:service format: x"),
+    ),
+    "net-client-filter-without-port": (
+        ("--client-filter", "net:x", "--forward-to", "127.0.0.1:9"),
+        (1, "emailrelay: usage error: invalid client filter specification: invalid host:service format: x"),
+        (1, "emailrelay: usage error: invalid client filter specification: invalid host:service format: x"),
+    ),
     "client-filter-deliver-word": (
         ("--client-filter", "deliver:nodelete", "--forward-to", "127.0.0.1:9"),
         (1, "emailrelay: usage error: invalid client filter specification: string conversion error: invalid "
