@@ -20,8 +20,10 @@ What it guarantees:
 - after ``--filter-timeout`` seconds the whole process group is killed with
   SIGKILL; the filter has failed with the response ``error`` and the reason
   ``timeout`` (upstream's warning ``filter [<name>] timed out after <n>s``);
-- once the program exited, its output is awaited for at most one more second
-  (a background grandchild holding the socket cannot hang us);
+- the program is done when it has exited and its output has ended, as upstream's:
+  a background child still holding the output keeps it running until the
+  timeout (then the group is killed and the filter has timed out), so such a
+  child can never outlive a filter that seemed to succeed;
 - a filter's output is read as E-MailRelay 2.6b reads it: only its first
   1 024 bytes count (a marker line must end within them, whatever the socket's
   chunks); the first line that
@@ -64,7 +66,6 @@ from .spec import FilterContext, Spec
 from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 
 MINIMAL_ENV = {"PATH": "/usr/bin:/bin", "IFS": " \t\n"}
-DRAIN_GRACE = 1.0  # seconds to wait for stdout EOF after the program exited
 REASON_LIMIT = 400  # characters of a reason kept (it goes into an SMTP reply line)
 SEARCH_LIMIT = 1024  # bytes of output searched for <<...>> / [[...]] lines: E-MailRelay 2.6b's 1 KiB
 OUTPUT_CAP = 64 * 1024  # bytes of a program's stdout that are kept (the rest is read and discarded)
@@ -95,9 +96,7 @@ class ProgramRun:
         return f"exit code {self.exit_code}"
 
 
-async def run_program(
-    argv: Sequence[str], *, timeout: float, output_cap: int = OUTPUT_CAP, drain_grace: float = DRAIN_GRACE
-) -> ProgramRun:
+async def run_program(argv: Sequence[str], *, timeout: float, output_cap: int = OUTPUT_CAP) -> ProgramRun:
     """Run a program as the guide's "Run-time environment" says; never raises for the program's sake."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
@@ -151,14 +150,14 @@ async def run_program(
     exited = asyncio.ensure_future(_wait_for_exit(proc))
     run = ProgramRun()
     try:
-        try:
+        try:  # as upstream: the program is done when it has exited and its output has ended (a child
+            # it left in the background holding the output keeps it running), within the timeout
             await asyncio.wait_for(asyncio.shield(exited), timeout)
+            await asyncio.wait_for(asyncio.shield(reading), max(0.0, started + timeout - time.monotonic()))
         except TimeoutError:
             run.timed_out = True
             _kill_group(proc.pid)
             await exited
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reading), 0.0 if run.timed_out else drain_grace)
     except asyncio.CancelledError:
         _kill_group(proc.pid)
         raise

@@ -82,6 +82,7 @@ SERVER_CASES: dict[str, Case] = {
     "e255": ("<<x>>\n", 255, ""),
     "killed": ("<<not seen>>\n", 0, "kill -9 $$"),
     "slow": ("", 0, "sleep 3"),
+    "background": ("<<bye>>\n", 5, "sleep 3 &"),  # its output is not over: a timeout (ours took exit 5)
 }
 
 
