@@ -263,22 +263,19 @@ class NetVerifier:
             return self._no_answer(recipient, "peer disconnected")
         line = line.rstrip("\r")
         self.log.verbose(f"verification response: [{printable(line)}]")
+        # as E-MailRelay 2.6b reads it: "<code>|<mailbox>|<full name>" for 0, "<code>|<address>" for
+        # 1, "<code>|<reason>[|<detail>]" for 2 and 3; a code with white space around it, a field
+        # missing or another code is a bare 550 ("3" alone too), and fields after those are ignored
         fields = line.split("|")
-        try:
-            code: int | None = int(fields[0].strip())
-        except ValueError:
-            code = None
+        code = int(fields[0]) if fields[0].isascii() and fields[0].isdigit() else None
         if code == 100:  # the session logs upstream's net: form of the abort line
             return RecipientVerdict(RecipientKind.ABORT, recipient, detail="net")
         if code == 1 and len(fields) > 1:  # "1|" keeps the address as given
             return verdict_for(1, "", fields[1] or recipient, recipient)
-        if code in (0, 1, 2, 3, 100):
-            return verdict_for(
-                code,
-                _field(fields, 1) if code != 0 else "|".join(fields[2:]),
-                _field(fields, 1 if code == 0 else 2),
-                recipient,
-            )
+        if code == 0 and len(fields) > 2:
+            return verdict_for(0, fields[2], fields[1], recipient)
+        if code in (2, 3) and len(fields) > 1:
+            return verdict_for(code, fields[1], _field(fields, 2), recipient)
         return RecipientVerdict(RecipientKind.REJECT, recipient)  # anything else: a bare 550, as upstream
 
     def _no_answer(self, recipient: str, why: str) -> RecipientVerdict:

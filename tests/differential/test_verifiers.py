@@ -163,6 +163,11 @@ NET_ANSWERS = {
     "nslow": "SLEEP 3",
     "nafter": "1|ok@x.example\n",
     "nclose": "CLOSE",
+    # found by a probe (ours: 250 local, "Full|extra", 450, 250 remote)
+    "n0nofull": "0|box\n",
+    "n0four": "0|box|Full|extra\n",
+    "n3bare": "3\n",
+    "nspace": " 1|x@y.example\n",
 }
 
 
