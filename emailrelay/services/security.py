@@ -4,7 +4,9 @@ What it is for: turning the ``--server-auth``, ``--client-auth``,
 ``--*-auth-config`` and TLS options into loaded secrets, parsed auth
 configs and ``ssl.SSLContext`` objects, at start-up (and again on SIGHUP)
 — so a bad secrets file or certificate is a start-up error naming the
-file and line, never a failure in the middle of a session.  ``pam:``
+file and line, never a failure in the middle of a session.  The files are
+read as root (:func:`~emailrelay.identity.as_root`), as upstream reads them:
+a role runs as ``--user``, and a key or secrets file is often root's 0600.  ``pam:``
 (``--server-auth``, ``--pop-auth``) gives ``PamSecrets`` (libpam loaded
 now); ``--client-auth=pam:`` is a ``ConfigError``.
 """
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from .. import log as logmod
 from ..config import Config
 from ..errors import ConfigError, UsageError
+from ..identity import as_root
 
 if TYPE_CHECKING:  # the rest is imported when an option needs it (the front end checks every start)
     import ssl
@@ -93,9 +96,10 @@ def _server_parts(
     if config.server_tls or config.server_tls_connection:
         from ..auth import tls
 
-        context = tls.server_context(
-            config.server_tls_certificates, config.server_tls_verify, config.tls_config
-        )
+        with as_root():  # (a role runs as --user; upstream reads keys and secrets as root)
+            context = tls.server_context(
+                config.server_tls_certificates, config.server_tls_verify, config.tls_config
+            )
     elif config.server_tls_required:
         raise UsageError("--server-tls-required needs --server-tls")
     auth_config = _auth_config(config.server_auth_config, "server")
@@ -107,7 +111,8 @@ def _secrets(option: str, *, pam_allowed: bool) -> Secrets:
 
     if not is_pam(option):
         try:
-            return Secrets.from_option(option)
+            with as_root():
+                return Secrets.from_option(option)
         except SecretsLineError as exc:  # E-MailRelay 2.6b's three lines: the first two are log lines
             logmod.get().warning(exc.problem)
             logmod.get().error(str(exc))
@@ -140,13 +145,14 @@ def client_security(config: Config) -> ClientSecurity:
     if tls_on:
         from ..auth import tls
 
-        context = tls.client_context(
-            config.client_tls_certificates,
-            config.client_tls_verify,
-            config.client_tls_verify_name,
-            config.client_tls_server_name,
-            config.tls_config,
-        )
+        with as_root():
+            context = tls.client_context(
+                config.client_tls_certificates,
+                config.client_tls_verify,
+                config.client_tls_verify_name,
+                config.client_tls_server_name,
+                config.tls_config,
+            )
     auth_config = _auth_config(config.client_auth_config, "client")
     return ClientSecurity(
         secrets=secrets,

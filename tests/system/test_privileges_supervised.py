@@ -185,6 +185,10 @@ def production_full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produc
             certs = make_certs(base / "certs")
             secrets = base / "secrets"
             secrets.write_text(f"server plain {SECRET[0]} {SECRET[1]}\n")
+            # root's alone, as an operator keeps them: the roles (daemon) read them as root, as
+            # upstream does (they crashed at start with "Permission denied")
+            secrets.chmod(0o600)
+            certs.server_pem.chmod(0o600)
             verifier = base / "verifier.sh"
             verifier.write_text('#!/bin/sh\necho\necho "$1"\nexit 1\n')  # a valid remote address
             verifier.chmod(0o755)
