@@ -472,6 +472,8 @@ class PopSession(LineSession):
 
     def _open_maildrop(self, name: str | None) -> tuple[PopMaildrop, list[PopMessage]] | None:
         md = open_maildrop(self.service.store, name)
+        if md.created:  # upstream's line
+            self.log.info(f"created pop-by-name sub-directory [{name}]")
         try:
             if not md.lock():
                 md.close()

@@ -44,8 +44,10 @@ class PopMessage:
 def open_maildrop(store: SpoolStore, user: str | None = None) -> PopMaildrop:
     """Open the main directory (``user`` None) or the ``--pop-by-name`` sub-directory ``user``;
     see :meth:`SpoolStore.open_maildrop_dirs` for the errors."""
-    main_fd, fd = store.open_maildrop_dirs(user)
-    return PopMaildrop(store, user, fd, main_fd)
+    main_fd, fd, made = store.open_maildrop_dirs(user)
+    maildrop = PopMaildrop(store, user, fd, main_fd)
+    maildrop.created = made
+    return maildrop
 
 
 class PopMaildrop:
@@ -57,6 +59,7 @@ class PopMaildrop:
         self._fd = fd
         self._main_fd = main_fd
         self._lock_fd: int | None = None
+        self.created = False  # a --pop-by-name directory made for this login
 
     def __enter__(self) -> PopMaildrop:
         return self

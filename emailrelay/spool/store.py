@@ -912,14 +912,16 @@ class SpoolStore:
     # every spool name it needs is made here, and every open and unlink done here, by directory fd.
 
     @_privileged
-    def open_maildrop_dirs(self, user: str | None) -> tuple[int, int]:
+    def open_maildrop_dirs(self, user: str | None) -> tuple[int, int, bool]:
         """Descriptors of the spool directory and of the maildrop directory: the main directory
-        itself (``user`` None, the same descriptor twice) or the ``--pop-by-name`` sub-directory.
+        itself (``user`` None, the same descriptor twice) or the ``--pop-by-name`` sub-directory,
+        made when missing (as upstream makes it: mode 0770, here with the files' group); and
+        whether it was made.
 
         SpoolStoreError: EINVAL for a name that is not one plain path component (empty,
         ``.``/``..``, a leading dot, ``/``, ``\\``, NUL or another control character);
-        ENOENT, ENOTDIR or ELOOP when it is not an existing real directory directly
-        inside the spool directory (a symlink is refused, even to a directory).
+        ENOTDIR or ELOOP when it is not a real directory directly inside the spool directory
+        (a symlink is refused, even to a directory).
         """
         flags = os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
         try:
@@ -927,7 +929,8 @@ class SpoolStore:
         except OSError as exc:
             raise _store_error(exc, "cannot open the spool directory") from exc
         if user is None:
-            return main_fd, main_fd
+            return main_fd, main_fd, False
+        made = False
         try:
             if (
                 not user
@@ -940,12 +943,21 @@ class SpoolStore:
                 raise SpoolStoreError(errno.EINVAL, f"invalid maildrop name: {user!r}")
             try:
                 fd = os.open(user, flags | os.O_NOFOLLOW, dir_fd=main_fd)
+            except FileNotFoundError:
+                fd, made = self._make_maildrop_dir(user, main_fd), True
             except OSError as exc:
                 raise _store_error(exc, f"no maildrop directory {user!r}") from exc
         except BaseException:
             os.close(main_fd)
             raise
-        return main_fd, fd
+        return main_fd, fd, made
+
+    @_privileged
+    def _make_maildrop_dir(self, user: str, main_fd: int) -> int:
+        try:
+            return safe_files.open_directory(user, dir_fd=main_fd, create=True, mode=0o770, gid=self.group)
+        except OSError as exc:
+            raise _store_error(exc, f"cannot make maildrop directory {user!r}") from exc
 
     @_privileged
     def open_maildrop_lock(self, dir_fd: int) -> int:

@@ -400,12 +400,13 @@ def test_pop_by_name_users_see_only_their_own(tmp_path: Path) -> None:
         assert h.files("bob") == set()
         assert h.files() == {f"{main}.content", f"{main}.envelope"}
 
-        p = h.client()  # "me" has no sub-directory
+        p = h.client()  # "me" has no sub-directory: it is made, as upstream makes it
         p.user("me")
-        with pytest.raises(poplib.error_proto, match="cannot open the maildrop"):
-            p.pass_("secret")
+        p.pass_("secret")
+        assert p.stat() == (0, 0)
         p.quit()
-    assert "cannot open the maildrop for [me]" in h.log_text()
+        assert (h.spool / "me").is_dir()
+    assert "created pop-by-name sub-directory [me]" in h.log_text()
 
 
 @pytest.mark.parametrize(

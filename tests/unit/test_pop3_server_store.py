@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -161,11 +162,20 @@ def test_maildrop_must_be_a_real_directory_inside_the_spool(store: SpoolStore, t
     for user, code in (
         ("link", (errno.ELOOP, errno.ENOTDIR)),
         ("file", (errno.ENOTDIR,)),
-        ("nobody", (errno.ENOENT,)),
     ):
         with pytest.raises(SpoolStoreError) as info:
             open_maildrop(store, user)
         assert info.value.errno in code, user
+
+
+def test_a_missing_maildrop_directory_is_made(store: SpoolStore) -> None:
+    """As upstream's ``created pop-by-name sub-directory``: mode 0770 whatever the umask."""
+    store.directory.mkdir(parents=True)
+    with open_maildrop(store, "nobody") as md:
+        assert md.created and md.messages() == []
+    assert stat.S_IMODE((store.directory / "nobody").stat().st_mode) == 0o770
+    with open_maildrop(store, "nobody") as md:
+        assert not md.created
 
 
 def test_symlinked_content_is_refused(store: SpoolStore, tmp_path: Path) -> None:
