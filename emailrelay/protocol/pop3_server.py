@@ -311,18 +311,30 @@ class ByteStuffer:
     """Streams message content as a POP multi-line response body.
 
     ``feed(chunk)`` returns the bytes to send for the chunk: a "." at the
-    start of a line is doubled.  With ``top_lines`` (TOP) only the header
+    start of a line is doubled, and a line that ends with a bare LF (content
+    a filter or a person wrote) is sent with CRLF, so the response always
+    ends with CRLF "." CRLF, as a client waits for it.  With ``top_lines`` (TOP) only the header
     lines, the blank line and that many body lines are passed on; ``done``
     becomes True when nothing more will be taken, so the caller can stop
     reading.  ``finish()`` returns the rest: a CRLF if the content did not
     end with a line end, then "." CRLF.  ``lines`` counts the lines sent.
     """
 
-    __slots__ = ("_at_line_start", "_in_body", "_line_head", "_remaining", "done", "lines", "top_lines")
+    __slots__ = (
+        "_after_cr",
+        "_at_line_start",
+        "_in_body",
+        "_line_head",
+        "_remaining",
+        "done",
+        "lines",
+        "top_lines",
+    )
 
     def __init__(self, top_lines: int | None = None) -> None:
         self.top_lines = top_lines
         self._at_line_start = True
+        self._after_cr = False  # the last byte sent was a CR (a CRLF may be split between chunks)
         self._in_body = False
         self._line_head = b""  # up to 2 first bytes of the current (header) line, for TOP
         self._remaining = 0
@@ -336,10 +348,14 @@ class ByteStuffer:
             chunk = self._select(chunk)
             if not chunk:
                 return b""
-        out = chunk.replace(b"\n.", b"\n..")
+        out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # (CR elsewhere is kept)
+        if self._after_cr and chunk[:1] == b"\n":
+            out = out[1:]  # its CR came with the last chunk
+        out = out.replace(b"\n.", b"\n..")
         if self._at_line_start and out[:1] == b".":
             out = b"." + out
         self._at_line_start = chunk[-1:] == b"\n"
+        self._after_cr = chunk[-1:] == b"\r"
         self.lines += chunk.count(b"\n")
         return out
 

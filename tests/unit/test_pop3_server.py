@@ -429,7 +429,7 @@ STUFFING = [
     (b".\r\n", b"..\r\n.\r\n"),
     (b"a\r\n.\r\nb\r\n", b"a\r\n..\r\nb\r\n.\r\n"),
     (b"..x\r\n", b"...x\r\n.\r\n"),
-    (b"a\n.b\n", b"a\n..b\n.\r\n"),
+    (b"a\n.b\n", b"a\r\n..b\r\n.\r\n"),  # a bare LF is sent as CRLF: the end is always CRLF . CRLF
     (b"a\r.b\r\n", b"a\r.b\r\n.\r\n"),
     (b"x.y\r\n.", b"x.y\r\n..\r\n.\r\n"),
 ]
@@ -447,7 +447,7 @@ TOPS = [
     (b"H: 1\r\n\r\n.b1\r\nb2\r\n", 5, b"H: 1\r\n\r\n..b1\r\nb2\r\n.\r\n"),
     (b"H: 1\r\nH: 2\r\n", 3, b"H: 1\r\nH: 2\r\n.\r\n"),
     (b"\r\nbody\r\nmore\r\n", 1, b"\r\nbody\r\n.\r\n"),
-    (b"H: 1\n\nb1\nb2\n", 1, b"H: 1\n\nb1\n.\r\n"),
+    (b"H: 1\n\nb1\nb2\n", 1, b"H: 1\r\n\r\nb1\r\n.\r\n"),
     (b"H: \r\r\n\r\nb\r\n", 0, b"H: \r\r\n\r\n.\r\n"),
     (b"H: 1\r\n\r\nb1", 4, b"H: 1\r\n\r\nb1\r\n.\r\n"),
 ]
