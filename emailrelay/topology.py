@@ -66,6 +66,14 @@ def _forwarding(config: Config) -> bool:
     return bool(config.forward_to) and not config.immediate
 
 
+def _forward_role(config: Config) -> bool:
+    """Forwarding; or, with ``--immediate`` (the smtp role forwards), the messages it left in the
+    spool, tried again at each ``--poll``, at a client's disconnect or on the admin's ``forward``,
+    as upstream tries them."""
+    later = config.poll is not None or config.forward_on_disconnect or config.admin_port is not None
+    return _forwarding(config) or (bool(config.forward_to) and config.immediate and later)
+
+
 def _serving_smtp(config: Config) -> bool:
     return not config.no_smtp
 
@@ -83,7 +91,8 @@ ROLES: tuple[Role, ...] = (
         preload=("emailrelay.services.notify_role",), watches_spool=True,
     ),
     Role(
-        "forward", "emailrelay.services.role_entries:forward", _forwarding, "--forward-to, without --immediate",
+        "forward", "emailrelay.services.role_entries:forward", _forward_role,
+        "--forward-to; with --immediate, and --poll, --forward-on-disconnect or --admin",
         processes=lambda c: max(1, c.workers_forward), workers=(0, MAX_WORKERS), indexed=True,
         priority=10, announces=True,
         preload=("emailrelay.services.roles", "emailrelay.services.forward"),

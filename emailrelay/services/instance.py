@@ -121,10 +121,10 @@ class Instance:
 
             forwarder = ForwardService(config, store, executor=executor)
         on_commit = on_disconnect = None
-        if forwarder is not None and not config.immediate:
-            if config.poll is not None:  # forward at once; the poll period is the safety net
+        if forwarder is not None:
+            if config.poll is not None and not config.immediate:  # forward at once; poll: the safety net
                 on_commit = forwarder.ring
-            if config.forward_on_disconnect:
+            if config.forward_on_disconnect:  # (--immediate too: what it left in the spool, as upstream)
                 on_disconnect = partial(forwarder.request, "client disconnect")  # upstream's log words
         smtpd = build_smtp_service(
             config,

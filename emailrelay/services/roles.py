@@ -183,7 +183,7 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool")
     # with --poll, a new message is forwarded at once (notify rings) and the poll period is the safety
     # net; without it (--forward-on-disconnect) only disconnects ring, plus a slow safety rescan
-    rung_by_notify = config.poll is not None
+    rung_by_notify = config.poll is not None and not config.immediate  # (--immediate: no notify role)
     forwarder = ForwardService(config, store, executor=executor, safety_rescan=SAFETY_RESCAN, senders=1)
     forwarder.on_event = bus.publish
     bus.subscribe([schema.SPOOL_READY, schema.CMD_FORWARD, schema.CMD_FLUSH])

@@ -157,3 +157,34 @@ def test_as_proxy_as_upstream(tmp_path: Path, mode: str) -> None:
     assert ours.hop_verbs == upstream.hop_verbs, (ours.hop_verbs, upstream.hop_verbs)
     assert ours.received == upstream.received == (["one", "two"] if mode == "accept" else [])
     assert ours.spool == upstream.spool, (ours.spool, upstream.spool)
+
+
+# ---- what --immediate leaves in the spool is tried again ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("trigger", "args"),
+    [("disconnect", ("--forward-on-disconnect",)), ("poll", ("--poll", "1"))],
+)
+def test_immediate_tries_again_what_it_left(tmp_path: Path, trigger: str, args: tuple[str, ...]) -> None:
+    """With the next hop down the client gets ``452 forwarding failed`` and the message stays as
+    ``.envelope``; once the next hop is up, upstream forwards it at the next client disconnect
+    (``--forward-on-disconnect``) or poll (``--poll``). Ours ran no forwarder under --immediate, so
+    such a message stayed until an admin ``flush`` or a restart."""
+    base = daemon_base(tmp_path)
+    delivered = {}
+    for side in SIDES:
+        port = free_port()
+        with start(side, base, "--immediate", "--forward-to", f"127.0.0.1:{port}", *args, name=side) as d:
+            replies, _ = session_then_quit(d.port, SESSION[:5])
+            assert replies[-1] == "452 forwarding failed", (side, replies)
+            assert [p.name.endswith(".envelope") for p in d.spool.glob("*.envelope")] == [True], side
+            with FakeSmtp(port=port) as hop:
+                if trigger == "disconnect":
+                    session_then_quit(d.port, ["EHLO c.example"])
+                deadline = time.monotonic() + 20
+                while not hop.messages and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                delivered[side] = [b"Subject: one" in m.data for m in hop.messages]
+                assert not list(d.spool.glob("*.envelope")), (side, d.log())
+    assert delivered["ours"] == delivered["upstream"] == [True]
