@@ -3,7 +3,7 @@
 What it is for (reference guide, "Network filters", "Address verifier servers"):
 
 - filter: for each message send the absolute content path and a newline; the
-  answer is one line, ``ok`` (or an empty line) to accept, anything else is
+  answer is one line, starting with ``ok`` (or empty) to accept, anything else is
   the rejection response (a leading ``4xx ``/``5xx `` sets the SMTP code;
   text after a TAB is the log-only reason); no answer in time, or a server
   that closes, fails the message with the response ``failed`` (E-MailRelay
@@ -210,11 +210,11 @@ class NetFilter:
         return FilterResult(FilterOutcome.REJECT, "failed", None, why)
 
     def result_for(self, line: str, ctx: FilterContext) -> FilterResult:
-        """E-MailRelay 2.6b's reading of the answer: ``ok`` (or nothing) accepts; otherwise the
-        text before a tab is the response (a leading code sets the SMTP code) and the text after
-        it, or else the whole text, the reason."""
+        """E-MailRelay 2.6b's reading of the answer: one that starts with ``ok`` (``ok then``,
+        ``ok<tab>...`` too) or nothing accepts; otherwise the text before a tab is the response (a
+        leading code sets the SMTP code) and the text after it, or else the whole text, the reason."""
         line = line.rstrip()
-        if line in ("ok", ""):
+        if line.startswith("ok") or not line:
             return FilterResult.accept()
         text, tab, after = line.partition("\t")
         response, code = split_code(printable(text))

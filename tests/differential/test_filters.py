@@ -140,6 +140,10 @@ NET_ANSWERS = {
     "after": "ok\n",
     "close": "CLOSE",
     "again": "ok\n",
+    "okthen": "ok then\n",  # found by a probe: upstream accepts an answer that starts with ok
+    "oktab": "ok\textra\n",
+    "okay": "okay\n",
+    "leading": " ok\n",
 }
 
 
