@@ -286,8 +286,9 @@ class AdminSession(asyncio.Protocol):
         return lines
 
     async def cmd_info(self, args: list[str]) -> list[str]:
-        if len(args) == 1 and args[0] in INFO_TEXT:
-            return [INFO_TEXT[args[0]]]
+        topic = args[0].lower() if args else ""  # (any case, further words ignored: upstream's)
+        if topic in INFO_TEXT:
+            return [INFO_TEXT[topic]]
         return ["usage: info {copyright|credit|version|warranty}"]
 
     async def cmd_forward(self, args: list[str]) -> list[str]:
@@ -322,9 +323,10 @@ class AdminSession(asyncio.Protocol):
         return [str(self.ctx.arbiter_pid or os.getpid())]
 
     async def cmd_smtp(self, args: list[str]) -> list[str]:
-        if args[:1] in (["disable"], ["enable"]):  # (upstream ignores further words)
-            disabled = args[0] == "disable"
-            await self._remember(self.ctx.remember_smtp_disabled, disabled, f"smtp {args[0]}")
+        verb = args[0].lower() if args else ""  # (any case; upstream ignores further words)
+        if verb in ("disable", "enable"):
+            disabled = verb == "disable"
+            await self._remember(self.ctx.remember_smtp_disabled, disabled, f"smtp {verb}")
             self.ctx.publish(schema.CMD_SMTP_DISABLE if disabled else schema.CMD_SMTP_ENABLE)
             return ["OK"]
         return ["usage: smtp {disable|enable}"]
@@ -332,7 +334,8 @@ class AdminSession(asyncio.Protocol):
     async def cmd_dnsbl(self, args: list[str]) -> list[str]:
         """Upstream's ``dnsbl start`` (check again) and ``dnsbl stop [<timeout>]`` (no checks for
         that many seconds, else "for ever": upstream's 4294967295), told to every smtp process;
-        ours: ``dnsbl show`` describes the ``--dnsbl`` configuration."""
+        ours: ``dnsbl show`` describes the ``--dnsbl`` configuration. The verb in any case, as upstream."""
+        args = [args[0].lower(), *args[1:]] if args else []
         if args == ["show"]:
             if not self.ctx.config.dnsbl:
                 return ["error: dnsbl is not configured: use --dnsbl"]

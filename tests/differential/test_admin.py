@@ -47,6 +47,8 @@ PLAIN_COMMANDS = [
     "smtp foo", "smtp disable", "smtp enable", "smtp disable now", "smtp enable", "unfail-all",
     "unfail-all x", "flush", "forward", "forward now", "", "  ", "bogus", "bogus with args", "dnsbl",
     "dnsbl start", "dnsbl stop", "dnsbl stop 10", "dnsbl start x", "dnsbl foo", "dnsbl stop x", "status",
+    # any case, and words after info's topic: found by a probe (ours answered with the usage line)
+    "INFO CREDIT", "info Warranty extra", "SMTP DISABLE", "smtp Enable", "DNSBL STOP", "dnsbl START",
 ]  # fmt: skip
 COUNTER = re.compile(rb"^((?:IN|OUT) (?:started|finished): )\d+$")
 ADMIN_LOG = re.compile(r"admin connection|terminate command|dnsbl")
