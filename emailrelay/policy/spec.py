@@ -146,12 +146,23 @@ def parse_filters(
     for item in items:
         for part in item.split(","):
             if part.strip():
+                if part.strip()[:5].lower() == "exit:":
+                    _check_exit_param(part.strip()[5:], client)
                 out.append(
                     _parse_one(part.strip(), allowed=(*FILTER_BUILTINS, *NETWORK_KINDS), base_dir=base_dir)
                 )
                 if out[-1].kind == "deliver":
                     _check_deliver_param(part.partition(":")[2], client)
     return out
+
+
+def _check_exit_param(value: str, client: bool) -> None:
+    """``exit:`` takes an unsigned 32-bit number, digits only, refused in E-MailRelay 2.6b's words."""
+    what = "invalid client filter specification" if client else "invalid filter specification"
+    if not value:
+        raise SpecUsageError(f"{what}: numeric value missing")
+    if not (value.isascii() and value.isdigit() and int(value) <= 0xFFFFFFFF):
+        raise SpecUsageError(f"{what}: invalid numeric value: {value}")
 
 
 def _check_deliver_param(value: str, client: bool) -> None:
@@ -211,7 +222,7 @@ def _builtin(kind: str, rest: str, text: str, what: str) -> Spec:
             number = int(rest)
         except ValueError:
             raise SpecError(f"{what} [{text}]: exit: needs a number, eg. exit:103") from None
-        if not 0 <= number <= 255:
+        if not 0 <= number <= 0xFFFFFFFF:  # (over 255 it is no filter's exit code: a rejection)
             raise SpecError(f"{what} [{text}]: exit code out of range")
         return Spec(kind, str(number), (), text)
     params = tuple(p.strip() for p in rest.split(";") if p.strip())

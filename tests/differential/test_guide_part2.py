@@ -341,6 +341,23 @@ STARTUP: dict[str, tuple[tuple[str, ...], Outcome, Outcome]] = {
             "4294967296"),
     ),
     "deliver-number": (("--filter", "exit:0,deliver:4294967295"), (None, ""), (None, "")),
+    # exit: takes an unsigned number, digits only (found by a probe: ours had its own texts, refused 256)
+    "exit-empty": (
+        ("--filter", "exit:"),
+        (1, "emailrelay: usage error: invalid filter specification: numeric value missing"),
+        (1, "emailrelay: usage error: invalid filter specification: numeric value missing"),
+    ),
+    "exit-word": (
+        ("--filter", "exit: 5"),
+        (1, "emailrelay: usage error: invalid filter specification: invalid numeric value:  5"),
+        (1, "emailrelay: usage error: invalid filter specification: invalid numeric value:  5"),
+    ),
+    "exit-client-word": (
+        ("--client-filter", "exit:x", "--forward-to", "127.0.0.1:9"),
+        (1, "emailrelay: usage error: invalid client filter specification: invalid numeric value: x"),
+        (1, "emailrelay: usage error: invalid client filter specification: invalid numeric value: x"),
+    ),
+    "exit-256": (("--filter", "exit:256"), (None, ""), (None, "")),
     # a net:/spam: address without a port (ours: its smtp role crashed at every start, a crash loop)
     "net-filter-without-port": (
         ("--filter", "net:x"),

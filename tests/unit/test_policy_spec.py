@@ -78,7 +78,9 @@ def test_single_forms(text: str, kind: str, value: str) -> None:
     [
         "exit:",
         "exit:x",
-        "exit:256",
+        "exit: 5",
+        "exit:-1",
+        "exit:4294967296",
         "net:",
         "spam:",
         "file:",
