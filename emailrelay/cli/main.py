@@ -298,9 +298,23 @@ def _check_network(config: Config) -> None:
         if config.forward_to:
             from ..services.socks import parse_forward_to
 
-            parse_forward_to(config.forward_to)
+            target, proxy = parse_forward_to(config.forward_to)
+            if proxy is None and not target.startswith("/") and not config.as_client:  # (as upstream:
+                _check_host_and_port(target)  # --as-client says "no messages to send" first)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _check_host_and_port(target: str) -> None:
+    """``--forward-to``/``--as-proxy`` without a host or a port (``foo``, ``:25``) is upstream's
+    start-up error ``invalid host:service format: foo`` (ours took port 25, or failed every message)."""
+    from ..transport_address import split_transport_address
+
+    try:
+        split_transport_address(target)
+    except ValueError as exc:
+        if str(exc).endswith(("no port", "no host")):
+            raise ValueError(f"invalid host:service format: {target}") from None
 
 
 def _check_policy(config: Config) -> None:

@@ -341,6 +341,17 @@ STARTUP: dict[str, tuple[tuple[str, ...], Outcome, Outcome]] = {
             "4294967296"),
     ),
     "deliver-number": (("--filter", "exit:0,deliver:4294967295"), (None, ""), (None, "")),
+    # --forward-to / --as-proxy without a port (found by a probe: ours took port 25)
+    "forward-to-without-port": (
+        ("--forward-to", "foo"),
+        (1, "emailrelay: error: invalid host:service format: foo"),
+        (1, "emailrelay: error: invalid host:service format: foo"),
+    ),
+    "as-proxy-without-host": (
+        ("--as-proxy", ":25"),
+        (1, "emailrelay: error: invalid host:service format: :25"),
+        (1, "emailrelay: error: invalid host:service format: :25"),
+    ),
     # exit: takes an unsigned number, digits only (found by a probe: ours had its own texts, refused 256)
     "exit-empty": (
         ("--filter", "exit:"),
