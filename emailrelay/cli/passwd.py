@@ -5,7 +5,8 @@ section -- the ``md5`` secrets-file type stores the HMAC-MD5 intermediate
 state of a password, which upstream's ``emailrelay-passwd`` prints.
 
 Expects: the password on stdin -- asked for without echo when stdin is a
-terminal, otherwise the first line (its line ending removed, nothing else).
+terminal, otherwise the first line -- without the spaces, tabs and CRs around
+it, as upstream reads it (a ``-p`` value is taken as given).
 
 Guarantees: one line on stdout and exit 0, with E-MailRelay 2.6b's options:
 
@@ -15,14 +16,16 @@ Guarantees: one line on stdout and exit 0, with E-MailRelay 2.6b's options:
 * ``--base64`` (``-b``): the password given is base64, decoded first;
 * ``--password`` (``-p``): the password on the command line instead of stdin;
 * ``--hash`` (``-H``): ``md5`` only, as upstream (``sha1``/``sha256`` state
-  cannot be restored; any other name is not a hash function);
+  cannot be restored, and ``--dotted`` is md5's form; any other name is not a
+  hash function);
 * ours besides: ``--print-base64`` (base64 of the password, for ``plain:b``
   lines) and ``--xtext`` (``-x``, for ``plain`` lines).
 
 Exit 1 with upstream's messages: ``emailrelay-passwd: error: invalid option:
 "--x"``, ``emailrelay-passwd: invalid password`` (empty),
-``emailrelay-passwd: exception: invalid hash function``, ``too many
-command-line arguments``; ``emailrelay-passwd: error: ...`` for the rest.
+``emailrelay-passwd: exception: invalid hash function``, ``emailrelay-passwd:
+exception: --dotted only works for md5``, ``too many command-line
+arguments``; ``emailrelay-passwd: error: ...`` for the rest.
 The password is never echoed or logged.
 """
 
@@ -94,6 +97,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         )
     if args.hash is not None and args.hash.lower() not in ("md5", "sha1", "sha256"):
         raise PasswdError("invalid hash function", "exception: ")
+    if args.dotted and args.hash is not None and args.hash.lower() != "md5":  # before any password
+        raise PasswdError("--dotted only works for md5", "exception: ")
     return args
 
 
@@ -105,18 +110,20 @@ def _check_hash(name: str | None) -> None:
         )
 
 
+_BLANKS = b" \t\r\n"  # what upstream trims off both ends of the line read
+
+
 def _read_password(stdin: TextIO) -> bytes:
+    """The first line read, trimmed as upstream trims it (so ``"   "`` is an empty password)."""
     if stdin.isatty():
         try:
             text = getpass.getpass("Password: ", stream=sys.stderr)
         except EOFError:
             raise PasswdError("no password given") from None
-        return text.encode("utf-8")
+        return text.encode("utf-8").strip(_BLANKS)
     buffer: BinaryIO | None = getattr(stdin, "buffer", None)
     line = buffer.readline() if buffer is not None else stdin.readline().encode("utf-8", "surrogateescape")
-    if not line:
-        return b""  # upstream's "invalid password", as for an empty line
-    return line.rstrip(b"\r\n") if line.endswith(b"\n") else line
+    return line.strip(_BLANKS)  # nothing read: upstream's "invalid password", as for an empty line
 
 
 def _format(args: argparse.Namespace, password: bytes) -> str:

@@ -12,29 +12,30 @@ content file on stdout, as upstream prints it (:func:`shown_path`), only
 once the message is committed; a message without any recipient is written
 with none (``ToCount: 0``), as E-MailRelay 2.6b writes it. Exit 1 with a
 one-line ``emailrelay-submit: <text>`` in upstream's words (no ``error:``)
-on bad input (a missing spool directory, an empty address or one with a
-control character, unreadable input, unwritable spool) and nothing left behind.
-Content lines end in CRLF; a message with headers only gets the empty line
-that ends the headers (as upstream writes it).
+on bad input (a missing spool directory, an empty address, one with a
+control character or one that is not UTF-8, bad ``--content`` base64, a
+From/Sender or To/Cc/Bcc field that upstream cannot parse when the address
+comes from it, ``--content-to`` with no recipient at all, unreadable input,
+unwritable spool) and nothing left behind. The content is stored as
+upstream stores it (:func:`read_content`): ``--content`` lines and the input
+together, every line ending in CRLF, a lone CR kept, and the empty line
+that ends the headers always there.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import email.utils
 import grp
 import os
 import re
 import socket
 import sys
 import time
-from email.parser import BytesHeaderParser
 from pathlib import Path
 
 from .. import __version__
 from ..config import OPTION_DEFAULTS
+from ..protocol.sasl import b64decode_strict
 from ..spool.delivery import copy_to_directories
 from ..spool.envelope import Envelope
 from ..spool.names import State
@@ -62,16 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--to", action="append", default=[], metavar="ADDRESS", help="envelope recipient (repeatable)"
     )
-    p.add_argument("-a", "--auth", default="", help="authentication value for the envelope (xtext)")
+    p.add_argument(
+        "-a", "--auth", default="", help="accepted and not written, as upstream (Authentication stays empty)"
+    )
     p.add_argument("-d", "--content-date", action="store_true", help="add a Date header if missing")
     p.add_argument(
         "-I",
-        "--content-message-id",
-        nargs="?",
+        dest="content_message_id",
+        action="store_const",
         const="",
         default=None,
+        help="add a Message-ID header if missing, its domain part this host's name",
+    )
+    p.add_argument(
+        "--content-message-id",
         metavar="DOMAIN",
-        help="add a Message-ID header if missing (the domain part defaults to this host's name)",
+        help="as -I; with =DOMAIN that domain (the option never takes the next argument, as upstream)",
     )
     p.add_argument(
         "-F", "--content-from", action="store_true", help="add a From header, replacing any originators"
@@ -106,12 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="copy the new envelope into every spool sub-directory (the content stays), then delete the original",
     )
-    p.add_argument(
-        "-i", "--from-auth-in", default="", metavar="NAME", help="the envelope's from-auth-in value"
-    )
-    p.add_argument(
-        "-o", "--from-auth-out", default="", metavar="NAME", help="the envelope's from-auth-out value"
-    )
+    p.add_argument("-i", "--from-auth-in", metavar="NAME", help="the envelope's from-auth-in value")
+    p.add_argument("-o", "--from-auth-out", metavar="NAME", help="the envelope's from-auth-out value")
     p.add_argument("-n", "--filename", action="store_true", help="print the new content file's name")
     p.add_argument("-v", "--verbose", action="store_true", help="print the new content file's path")
     p.add_argument(
@@ -124,30 +127,214 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def canonical_lines(data: bytes) -> bytes:
-    """CRLF line ends everywhere, a final CRLF, and the empty line after headers-only input."""
-    text = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    if text and not text.endswith(b"\n"):
-        text += b"\n"
-    if b"\n\n" not in text and not text.startswith(b"\n"):
-        text += b"\n"
-    return text.replace(b"\n", b"\r\n")
+def _input_lines(data: bytes) -> list[bytes]:
+    """``data``'s lines as E-MailRelay 2.6b reads them: split at LF, one CR before it (or at the
+    very end) removed; any other CR is kept, as it is part of the line."""
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _head_and_body(lines: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The lines before the first empty one, and those after it (none: all are header lines)."""
+    if b"" in lines:
+        i = lines.index(b"")
+        return lines[:i], lines[i + 1 :]
+    return lines, []
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` (command-line bytes decoded with surrogateescape) was valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_address(address: str, role: str = "recipient") -> str:
-    """An address as E-MailRelay 2.6b takes it: anything but empty or with a control character
-    (spaces, angle brackets and non-ASCII letters pass); its message shows the address escaped."""
-    if not address or _CONTROL.search(address):
+    """An address as E-MailRelay 2.6b takes it: anything but empty, with a control character or not
+    UTF-8 (spaces, angle brackets and non-ASCII letters pass); its message shows the address with
+    control characters escaped and other bytes as given."""
+    if not address or _CONTROL.search(address) or not _is_utf8(address):
         shown = _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), address)
         raise SubmitError(f"invalid {role} address: [{shown}]")
     return address
 
 
+class _Unparsable(Exception):
+    """Not an address (list); ``position`` for upstream's "parsing error at position" cases."""
+
+    def __init__(self, position: int | None = None) -> None:
+        super().__init__(position)
+        self.position = position
+
+
+_ATEXT = "!#$%&'*+-/=?^_`{|}~"
+_SPECIALS = frozenset("<>@,;:")
+
+
+def _tokens(value: str) -> list[tuple[str, str, int]]:
+    """RFC 5322/6532 tokens of a header value: (kind, text, end offset), the kind ``atom`` (dots
+    included, as upstream reads them: ``a..b`` and ``a.`` are atoms, ``.a`` is an error at the dot),
+    ``quoted`` (its text unquoted) or the special character itself; comments and spaces dropped."""
+    out: list[tuple[str, str, int]] = []
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c in " \t":
+            i += 1
+        elif c == "(":  # a comment, nested; unclosed at the end is let pass, as upstream
+            depth, i = 1, i + 1
+            while i < n and depth:
+                depth += {"(": 1, ")": -1}.get(value[i], 0)
+                i += 2 if value[i] == "\\" else 1
+        elif c == '"':
+            text, i = [], i + 1
+            while i < n and value[i] != '"':
+                if value[i] == "\\":
+                    i += 1
+                if i < n:
+                    text.append(value[i])
+                i += 1
+            if i >= n:
+                raise _Unparsable
+            i += 1
+            out.append(("quoted", "".join(text), i))
+        elif c in _SPECIALS or c in "[]":
+            i += 1
+            out.append((c, c, i))
+        elif c in "\\.":
+            raise _Unparsable(i + 1)
+        elif c.isascii() and not (c.isalnum() or c in _ATEXT):
+            raise _Unparsable  # a control character or ")"
+        else:
+            start = i
+            while i < n and (not value[i].isascii() or value[i].isalnum() or value[i] in _ATEXT + "."):
+                i += 1
+            out.append(("atom", value[start:i], i))
+    return out
+
+
+class _Mailboxes:
+    """A recursive-descent parser of an address list (or one mailbox) as E-MailRelay 2.6b accepts
+    it: dots anywhere in a local part, a trailing dot or comma, groups, comments; no domain literals
+    or source routes."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.tokens = _tokens(value)
+        self.i = 0
+
+    def _kind(self) -> str:
+        return self.tokens[self.i][0] if self.i < len(self.tokens) else ""
+
+    def _take(self, kind: str) -> str:
+        if self._kind() != kind:
+            raise _Unparsable
+        self.i += 1
+        return self.tokens[self.i - 1][1]
+
+    def _phrase(self) -> list[str]:
+        words: list[str] = []
+        while self._kind() in ("atom", "quoted"):
+            words.append(self._take(self._kind()))
+        return words
+
+    def _addr_spec(self, local_words: list[str]) -> str:
+        if not local_words or any(not a.endswith(".") for a in local_words[:-1]):
+            raise _Unparsable  # no local part, or two words with nothing but space between
+        self._take("@")
+        if self._kind() == "[":  # a domain literal: upstream's other message
+            raise _Unparsable(self.tokens[self.i][2])
+        return "".join(local_words) + "@" + self._take("atom")
+
+    def mailbox(self) -> tuple[str, str]:
+        if self._kind() == "[":  # a domain literal first: upstream's other message
+            raise _Unparsable(self.tokens[self.i][2])
+        words = self._phrase()
+        if self._kind() == "@":
+            return "", self._addr_spec(words)
+        self._take("<")
+        address = self._addr_spec(self._phrase())
+        self._take(">")
+        return " ".join(words), address
+
+    def _element(self) -> list[tuple[str, str]]:
+        start = self.i
+        words = self._phrase()
+        if words and self._kind() == ":":
+            self.i += 1
+            members: list[tuple[str, str]] = []
+            while self._kind() != ";":
+                if members:
+                    self._take(",")
+                members.append(self.mailbox())
+            self.i += 1
+            return members
+        self.i = start
+        return [self.mailbox()]
+
+    def address_list(self) -> list[tuple[str, str]]:
+        found = self._element()
+        while self.i < len(self.tokens):
+            self._take(",")
+            if self.i == len(self.tokens) and self.tokens[-1][2] == len(self.value):
+                break  # a comma that ends the value
+            found += self._element()
+        return found
+
+    def single(self) -> tuple[str, str]:
+        found = self.mailbox()
+        if self.i != len(self.tokens):
+            raise _Unparsable
+        return found
+
+
+def _header_fields(content: bytes) -> list[tuple[int, bytes, bytes]]:
+    """(line number, lower-case name, value unfolded) of each header field."""
+    fields: list[tuple[int, bytes, bytes]] = []
+    for number, line in enumerate(content.split(b"\r\n"), 1):
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            start, name, value = fields[-1]
+            fields[-1] = (start, name, value + line)
+        else:
+            name, _, value = line.partition(b":")
+            fields.append((number, name.strip().lower(), value))
+    return fields
+
+
 def _header_pairs(content: bytes, names: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(display name, address) of each address in the named headers, header by header."""
-    headers = BytesHeaderParser().parsebytes(content)
-    values = [v for name in names for v in headers.get_all(name, [])]
-    return [(name, addr) for name, addr in email.utils.getaddresses([str(v) for v in values]) if addr]
+    """(display name, address) of each address in the named headers (names first, then fields in
+    order), parsed as E-MailRelay 2.6b parses them; ``Sender`` is one mailbox. Upstream's messages
+    for a value that is not UTF-8 or not an address list."""
+    found: list[tuple[str, str]] = []
+    fields = _header_fields(content)
+    for wanted in names:
+        for number, name, raw in fields:
+            if name != wanted.lower().encode():
+                continue
+            try:
+                value = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SubmitError(
+                    f"rfc-5322/6532 parsing error: parsing error at position {exc.start}: line {number}"
+                ) from None
+            what = "address" if wanted == "Sender" else "address-list"
+            try:
+                parser = _Mailboxes(value)
+                found += [parser.single()] if wanted == "Sender" else parser.address_list()
+            except _Unparsable as exc:
+                reason = (
+                    f"invalid {what}" if exc.position is None else f"parsing error at position {exc.position}"
+                )
+                raise SubmitError(f"rfc-5322/6532 parsing error: {reason}: line {number}") from None
+    return found
 
 
 def _header_addresses(content: bytes, names: tuple[str, ...]) -> list[str]:
@@ -225,22 +412,39 @@ def _bcc_copies(
     return copies
 
 
+def _decode_content_line(value: str) -> bytes:
+    """A ``--content`` value, decoded as strictly as upstream decodes base64 (the SASL decoder's
+    rules: the padding may be left out but not cut short, the bits left over must be zero)."""
+    decoded = b64decode_strict(value)
+    if decoded is None:
+        raise SubmitError("base64 encoding error")
+    return decoded
+
+
 def read_content(args: argparse.Namespace) -> bytes:
-    parts: list[bytes] = []
-    if args.content is not None:
-        try:
-            lines = [base64.b64decode(c + "=" * (-len(c) % 4), validate=True) for c in args.content]
-        except (binascii.Error, ValueError):
-            raise SubmitError("--content: invalid base64") from None
-        parts.append(b"".join(line + b"\r\n" for line in lines))
+    """The message as E-MailRelay 2.6b puts it together: the ``--content`` lines are headers up to
+    the first empty one and body lines after it; the input's header lines join the ``--content``
+    header lines, then come the empty line, the ``--content`` body lines and the input's body
+    (with ``--body`` the whole input is body, after the ``--content`` body lines). Every line
+    ends in CRLF; a ``--content`` line is kept as decoded."""
+    given = [_decode_content_line(c) for c in args.content or []]
     if args.input_file:
         try:
-            parts.append(Path(args.input_file).read_bytes())
+            data = Path(args.input_file).read_bytes()
         except OSError:
             raise SubmitError(f"cannot open input file [{args.input_file}]") from None
-    elif not args.no_stdin and args.content is None:
-        parts.append(sys.stdin.buffer.read())
-    return canonical_lines(b"".join(parts))
+    elif not args.no_stdin:
+        data = sys.stdin.buffer.read()
+    else:
+        data = b""
+    head, body = _head_and_body(given)
+    lines = _input_lines(data)
+    if args.body:
+        message = [*head, b"", *body, *lines]
+    else:
+        input_head, input_body = _head_and_body(lines)
+        message = [*head, *input_head, b"", *body, *input_body]
+    return b"".join(line + b"\r\n" for line in message)
 
 
 def shown_path(spool_dir: str, name: str) -> str:
@@ -260,15 +464,19 @@ def submit(args: argparse.Namespace) -> list[str]:
         reason = "not a directory" if store.directory.exists() else "no such file or directory"
         raise SubmitError(f"invalid spool directory: {args.spool_dir}: {reason}")
     content = read_content(args)
+    sender = args.from_
+    if sender:  # first, as upstream checks it
+        sender = _check_address(sender, "sender")
     recipients = [_check_address(r) for r in [*args.to, *args.recipients]]
     from_headers = not recipients
+    if sender is None:  # the first From address; Sender is parsed too, for its errors, as upstream
+        found = _header_addresses(content, ("From",))
+        _header_pairs(content, ("Sender",))
+        sender = _check_address(found[0], "sender") if found else ""
     if from_headers:  # and none there either: a message without recipients, as upstream writes it
         recipients = [_check_address(a) for a in _header_addresses(content, ("To", "Cc", "Bcc"))]
-    sender = args.from_
-    if sender is None:
-        found = _header_addresses(content, ("From",))
-        sender = found[0] if found else ""
-    sender = _check_address(sender, "sender") if sender else ""
+        if not recipients and args.content_to:
+            raise SubmitError("content-to option used but no envelope-to addresses have been defined")
     bcc = _header_pairs(content, ("Bcc",)) if args.bcc_split and from_headers else []
     others = [_check_address(a) for a in _header_addresses(content, ("To", "Cc"))] if bcc else []
     content = _add_headers(content, args, sender, recipients)
@@ -282,10 +490,10 @@ def submit(args: argparse.Namespace) -> list[str]:
             from_address=sender or "anonymous",  # E-MailRelay 2.6b's envelope sender when none is known
             to_remote=tuple(group),
             content_type="unknown",
-            authentication=args.auth,
+            authentication="",  # upstream takes --auth and writes nothing (docs/decisions.md)
             client="127.0.0.1",
-            mail_from_auth_in=args.from_auth_in,
-            mail_from_auth_out=args.from_auth_out,
+            mail_from_auth_in=_auth_xtext(args.from_auth_in),
+            mail_from_auth_out=_auth_xtext(args.from_auth_out),
             utf8_mailbox_names=any(
                 not a.isascii() for a in [sender, *group]
             ),  # (as upstream: the content aside)
@@ -303,6 +511,17 @@ def submit(args: argparse.Namespace) -> list[str]:
         name = store.content_path(mid).name
         paths.append(shown_path(args.spool_dir, name) if args.verbose else name)
     return paths
+
+
+def _auth_xtext(value: str | None) -> str:
+    """A ``--from-auth-in``/``--from-auth-out`` value as the envelope holds it, as upstream writes
+    it: xtext of its bytes (RFC 3461, uppercase hex), ``<>`` when given empty, nothing when not given."""
+    if value is None:
+        return ""
+    if not value:
+        return "<>"
+    data = value.encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if 0x21 <= b <= 0x7E and b not in b"+=" else f"+{b:02X}" for b in data)
 
 
 def _file_group(spool_dir: str) -> int | None:
@@ -323,12 +542,23 @@ def _file_group(spool_dir: str) -> int | None:
         return None
 
 
+def _option_values(argv: list[str]) -> list[str]:
+    """``argv`` with a bare ``--content-message-id`` made ``--content-message-id=``: upstream takes a
+    value for it only after ``=``, so the next argument (a recipient, say) is never its value."""
+    if "--" in argv:
+        cut = argv.index("--")
+        return _option_values(argv[:cut]) + argv[cut:]
+    return ["--content-message-id=" if a == "--content-message-id" else a for a in argv]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_option_values(sys.argv[1:] if argv is None else argv))
     try:
         paths = submit(args)
-    except SubmitError as exc:
-        print(f"{PROGRAM}: {exc}", file=sys.stderr)
+    except SubmitError as exc:  # an address's bytes shown as given, as upstream shows them
+        sys.stderr.flush()
+        sys.stderr.buffer.write(f"{PROGRAM}: {exc}\n".encode("utf-8", "surrogateescape"))
+        sys.stderr.buffer.flush()
         return 1
     if args.verbose or args.filename:  # the path, or with --filename alone the file's name
         for path in paths:

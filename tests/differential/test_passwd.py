@@ -42,6 +42,17 @@ CASES = [
     (("--hash",), b"secret\n"),
     (("x",), b"secret\n"),
     (("-p", "x", "y"), b""),
+    # spaces, tabs and CRs around the line read are not the password (a -p value is taken as given)
+    ((), b"   spaced  \n"),
+    ((), b"\tx\r\r\n"),
+    ((), b" \n"),
+    ((), b"\r"),
+    (("-b",), b" c2VjcmV0 \n"),
+    (("-p", " x "), b""),
+    # --dotted is md5's form only, refused before the password is looked at
+    (("-d", "-H", "sha256"), b"secret\n"),
+    (("--dotted", "--hash=SHA1"), b"\n"),
+    (("-H", "sha1", "-d"), b"secret\n"),
 ]
 
 

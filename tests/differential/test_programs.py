@@ -104,7 +104,8 @@ def _submit_both(
         spool_arg_here = spool_arg.format(home=home)
         r = run(side, "emailrelay-submit", "--spool-dir", spool_arg_here, *args, input=input, cwd=home)
         stdout = _SUBMIT_ID.sub(r"emailrelay.ID.\1", r.stdout.decode()).replace(str(home), "HOME")
-        out[side] = (r.returncode, stdout, r.stderr.decode(), _tree(home / "spool"))
+        stderr = r.stderr.decode(errors="surrogateescape")  # an address's bytes as given
+        out[side] = (r.returncode, stdout, stderr, _tree(home / "spool"))
     return out
 
 
@@ -231,6 +232,113 @@ def test_submit_differs_where_upstream_loses_headers(tmp_path: Path) -> None:
         contents["ours"],
     )
     assert b"@yes>" not in contents["ours"]
+
+
+_HI = base64.b64encode(b"Subject: hi").decode().rstrip("=")  # upstream takes it unpadded too
+_X1 = base64.b64encode(b"X: 1").decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("-C", _HI), b"body\r\nmore\r\n"),  # the input's lines join the --content headers
+        (("-C", _HI, "-B"), b"body\r\nmore\r\n"),  # --body: after the empty line
+        (("-C", _HI, "-C", "", "-C", _X1), b"Y: 2\r\n\r\nbody\r\n"),  # headers, then the bodies
+        (("-C", _HI, "-C", "", "-C", _X1, "-B"), b"Y: 2\r\n\r\nbody\r\n"),
+        (("-C", _HI, "-N"), b"body\r\n"),  # --no-stdin: the --content lines alone
+        (("-B",), b"body\n"),  # --body without --content: an empty header section first
+        ((), b"Subject: s\r\r\nx\r\n"),  # a lone CR is kept, one before LF is not
+        ((), b"Subject: s\r\n\r\nbare cr\rinside\r\nend\rx"),
+        ((), b"Subject: s\n\r\r\nbody\r\r"),  # a line of one CR is not the empty line
+        (("-C", "YQ=", "-N"), b""),  # base64 padding cut short: upstream's message
+        (("-C", "U3ViamVjdDogaG", "-N"), b""),  # bits left over that are not zero
+    ],
+    ids=["content-and-stdin", "content-and-body", "content-body-lines", "content-body-lines-B",
+         "no-stdin", "body-only", "cr-before-crlf", "bare-cr-in-body", "cr-line", "short-padding",
+         "left-over-bits"],
+)  # fmt: skip
+def test_submit_content_lines_and_input_as_upstream(
+    tmp_path: Path, args: tuple[str, ...], message: bytes
+) -> None:
+    """``--content`` lines and the input are put together as upstream puts them, byte for byte: the
+    input is not dropped when ``--content`` is given, a lone CR stays in its line, and bad base64
+    is upstream's ``base64 encoding error`` with nothing written."""
+    got = _submit_both(tmp_path, "spool", "-f", "a@b", *args, "x@y", input=message)
+    assert got["ours"] == got["upstream"]
+
+
+def test_submit_message_id_option_never_takes_the_next_argument(tmp_path: Path) -> None:
+    """``-I`` is a flag and ``--content-message-id`` takes a domain only after ``=``: the argument
+    after either is a recipient, as upstream has it (the bare option's domain aside: decisions.md)."""
+    message = b"Subject: s\r\n\r\nb\r\n"
+    for args in (("-I", "x@y"), ("-f", "a@b", "-I", "x@y", "z@w"), ("--content-message-id", "x@y")):
+        got = _submit_both(tmp_path, "spool", *args, input=message)
+        envelopes = {
+            side: {k: v for k, v in got[side][3].items() if k.endswith(".envelope")} for side in SIDES
+        }
+        assert envelopes["ours"] == envelopes["upstream"]
+        assert b"X-MailRelay-To-Remote: x@y\r\n" in next(iter(envelopes["ours"].values()))
+        for side in SIDES:
+            content = next(v for k, v in got[side][3].items() if k.endswith(".content"))
+            assert re.fullmatch(rb"Message-ID: <\d+\.\d{6}\.\d+@[^@>]*>\r\nSubject: s\r\n\r\nb\r\n", content)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("\udcff@x",), b"Subject: s\r\n\r\nb\r\n"),  # command-line addresses that are not UTF-8
+        (("-f", "a\udce9@b", "x@y"), b"Subject: s\r\n\r\nb\r\n"),
+        (("-f", "a\udce9\r@b", "\udcff@x"), b"Subject: s\r\n\r\nb\r\n"),  # the sender is checked first
+        (("--to", "x\udced\udca0\udc80@y"), b"Subject: s\r\n\r\nb\r\n"),
+        (("-t",), b"From: a\xe9@b\r\nTo: x@y\r\n\r\nb\r\n"),  # header addresses that are not UTF-8
+        (("-t",), b"From: a@b\r\nX-A: 1\r\n 2\r\nTo: x@y,\r\n x\xff@y\r\n\r\nb\r\n"),
+        ((), b"Subject: x\r\nSender: \xc3\xa9\xe9@b\r\n\r\nb\r\n"),
+        (("-t",), b"Subject: s\r\n\r\nb\r\n"),  # -t with no recipient anywhere
+        (("-t", "-f", "a@b"), b"To: undisclosed-recipients:;\r\n\r\nb\r\n"),
+        ((), b"To: x@y\r\n\tz@w\r\n\r\nb\r\n"),  # To fields upstream cannot parse
+        (("-t",), b"Cc: x@y\r\nTo: a b\r\n\r\nb\r\n"),
+        ((), b"To: x@y, \r\n\r\nb\r\n"),
+        ((), b"To: .x@y\r\n\r\nb\r\n"),
+        (("x@y",), b"From: Al <a@[1.2.3.4]>\r\n\r\nb\r\n"),
+        (("x@y",), b"Subject: x\r\nSender: c d\r\n\r\nb\r\n"),
+        # what upstream takes: the headers not used for the envelope, lists, groups, comments
+        (("-f", "a@b", "z@w"), b"From: a\xe9@b\r\nTo: a b\r\n\r\nb\r\n"),
+        ((), b'To: G: x@y, "q r"@z;, (c) Joe <v@u>,\r\n w@v.,\r\nCc: c@d\r\nFrom: Al. B <a..b@c>\r\n\r\nb\r\n'),
+        (("-t",), b"From: =?utf-8?q?x?= <\xc3\xa9@b> (c\r\nTo: x@y ,\r\n\r\nb\r\n"),  # -t's field last
+    ],
+    ids=["rcpt-not-utf8", "sender-not-utf8", "sender-first", "encoded-surrogate", "from-header-not-utf8",
+         "to-header-not-utf8", "sender-header-not-utf8", "t-without-recipients", "t-empty-group",
+         "to-unparsable", "to-unparsable-line", "to-trailing-comma-space", "to-leading-dot",
+         "domain-literal", "sender-unparsable", "headers-not-used", "lists-and-groups", "comments"],
+)  # fmt: skip
+def test_submit_addresses_refused_or_taken_as_upstream(
+    tmp_path: Path, args: tuple[str, ...], message: bytes
+) -> None:
+    """An address that is not UTF-8 and a From/Sender/To/Cc field upstream cannot parse when the
+    envelope takes addresses from it: upstream's message (the bytes as given, the field's line, the
+    byte's position), exit 1 and nothing written; ``-t`` with no recipient is refused."""
+    got = _submit_both(tmp_path, "spool", *args, input=message)
+    assert got["ours"] == got["upstream"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-i", "a b", "-o", "c=d"),
+        ("-i", "a+b", "--from-auth-out=<>"),
+        ("-i", "\u00e9\udcff", "-o", "x\x01\x7f~"),
+        ("--from-auth-in=", "-o", ""),
+        ("-a", "me"),
+        ("--auth=x\x01\udcff",),
+    ],
+    ids=["space-equals", "plus-angles", "bytes", "empty", "auth", "auth-bytes"],
+)  # fmt: skip
+def test_submit_auth_values_as_upstream(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """``--from-auth-in``/``--from-auth-out`` go into the envelope as xtext (``<>`` when given
+    empty), as upstream writes them; ``--auth`` is taken and not written, as upstream."""
+    got = _submit_both(tmp_path, "spool", "-f", "a@b", *args, "x@y", input=b"Subject: s\r\n\r\nb\r\n")
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][0] == 0
 
 
 # ---- secrets files: the type field ------------------------------------------------------------

@@ -97,6 +97,82 @@ def test_bad_input_is_exit_1_and_leaves_nothing(spool: Path, args: list[str], st
     assert files(spool) == []
 
 
+def _stored(spool: Path, suffix: str) -> bytes:
+    (name,) = [n for n in files(spool) if n.endswith(suffix)]
+    return (spool / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "content"),
+    [
+        (["-C", "U3ViamVjdDogaGk"], b"body\r\nmore\r\n", b"Subject: hi\r\nbody\r\nmore\r\n\r\n"),
+        (["-C", "U3ViamVjdDogaGk", "-B"], b"body\r\nmore\r\n", b"Subject: hi\r\n\r\nbody\r\nmore\r\n"),
+        (["-C", "U3ViamVjdDogaGk", "-C", "", "-C", "WDogMQ=="], b"Y: 2\n\nbody\n",
+         b"Subject: hi\r\nY: 2\r\n\r\nX: 1\r\nbody\r\n"),
+        (["-B"], b"body\n", b"\r\nbody\r\n"),
+        ([], b"Subject: s\r\r\nx\r\n", b"Subject: s\r\r\nx\r\n\r\n"),
+        ([], b"Subject: s\n\nbare cr\rinside\r\nend\r", b"Subject: s\r\n\r\nbare cr\rinside\r\nend\r\n"),
+    ],
+    ids=["content-and-stdin", "content-and-body", "content-body-lines", "body-only", "cr-line-end",
+         "bare-cr"],
+)  # fmt: skip
+def test_content_is_stored_as_upstream_stores_it(
+    spool: Path, args: list[str], stdin: bytes, content: bytes
+) -> None:
+    """E-MailRelay 2.6b's bytes (tests/differential compares them): the input is kept with
+    ``--content`` (its header lines after the ``--content`` ones), a lone CR stays."""
+    result = submit("--spool-dir", str(spool), "-f", "a@b", *args, "x@y", stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert _stored(spool, ".content") == content
+
+
+@pytest.mark.parametrize(
+    "args", [["-I", "x@y"], ["-f", "a@b", "-I", "x@y", "z@w"], ["--content-message-id", "x@y"]]
+)
+def test_message_id_option_never_takes_the_next_argument(spool: Path, args: list[str]) -> None:
+    """As upstream: the argument after ``-I``/``--content-message-id`` is a recipient."""
+    result = submit("--spool-dir", str(spool), *args, stdin=b"Subject: s\n\nb\n")
+    assert result.returncode == 0, result.stderr
+    assert b"X-MailRelay-To-Remote: x@y\r\n" in _stored(spool, ".envelope")
+    assert b"@x@y>" not in _stored(spool, ".content")
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "stderr"),
+    [
+        (["\udcff@x"], b"", b"invalid recipient address: [\xff@x]"),
+        (["-f", "a\udce9\r@b", "\udcff@x"], b"", b"invalid sender address: [a\xe9\\r@b]"),
+        (["-t"], b"From: a\xe9@b\r\nTo: x@y\r\n\r\nb\r\n",
+         b"rfc-5322/6532 parsing error: parsing error at position 2: line 1"),
+        ([], b"X: 1\r\nTo: x@y,\r\n \xc3\xa9\xff@y\r\n\r\nb\r\n",
+         b"rfc-5322/6532 parsing error: parsing error at position 8: line 2"),
+        ([], b"To: x@y\r\n\tz@w\r\n\r\nb\r\n", b"rfc-5322/6532 parsing error: invalid address-list: line 1"),
+        (["x@y"], b"Sender: c d\r\n\r\nb\r\n", b"rfc-5322/6532 parsing error: invalid address: line 1"),
+        (["-t"], b"Subject: s\r\n\r\nb\r\n",
+         b"content-to option used but no envelope-to addresses have been defined"),
+        (["-N", "-C", "YQ=", "x@y"], b"", b"base64 encoding error"),
+    ],
+    ids=["rcpt-not-utf8", "sender-first", "from-header-not-utf8", "to-header-position", "to-unparsable",
+         "sender-unparsable", "t-without-recipients", "bad-base64"],
+)  # fmt: skip
+def test_refused_as_upstream_and_nothing_written(
+    spool: Path, args: list[str], stdin: bytes, stderr: bytes
+) -> None:
+    """E-MailRelay 2.6b's messages (an address's bytes as given, not a traceback), exit 1."""
+    result = submit("--spool-dir", str(spool), *args, stdin=stdin)
+    assert (result.returncode, result.stderr) == (1, b"emailrelay-submit: " + stderr + b"\n")
+    assert files(spool) == []
+
+
+def test_auth_values_as_upstream_writes_them(spool: Path) -> None:
+    """``-i``/``-o`` as xtext (``<>`` when empty), ``-a`` taken and not written."""
+    result = submit("--spool-dir", str(spool), "-a", "me\x01", "-i", "a b+\udcff", "-o", "", "x@y")
+    assert result.returncode == 0, result.stderr
+    envelope = _stored(spool, ".envelope")
+    assert b"X-MailRelay-Authentication: \r\n" in envelope
+    assert b"X-MailRelay-MailFromAuthIn: a+20b+2B+FF\r\nX-MailRelay-MailFromAuthOut: <>\r\n" in envelope
+
+
 def test_no_recipient_is_a_message_without_recipients(spool: Path) -> None:
     """None on the command line and none in the headers: written with ``ToCount: 0``, exit 0 (as
     E-MailRelay 2.6b; tests/differential/test_command_line.py compares the files)."""

@@ -35,6 +35,13 @@ def test_only_first_line_and_its_line_ending_are_used() -> None:
     assert (code, out) == (0, "x6UJKQF9f7HfhS1M+PW4s8rXIoT+L+WoqLz+rBwSKbw=\n")
 
 
+@pytest.mark.parametrize("line", ["   my password  \n", "\tmy password\r\r\n", " my password"])
+def test_blanks_around_the_line_are_not_the_password(line: str) -> None:
+    """As upstream: spaces, tabs and CRs around the line read are trimmed (tests/differential)."""
+    assert run([], line) == (0, "x6UJKQF9f7HfhS1M+PW4s8rXIoT+L+WoqLz+rBwSKbw=\n")
+    assert run(["-p", " x "], "")[1] != run(["-p", "x"], "")[1]  # a -p value is taken as given
+
+
 def test_no_trailing_newline() -> None:
     assert run([], "e=mc2")[1] == "v1HOpuLIbbvgoJjhueeoqwfvtIp2C+gMA285ke+xxow=\n"
 
@@ -69,6 +76,9 @@ def test_xtext_of_plain_password() -> None:
     [
         ([], "", "invalid password"),
         ([], "\n", "invalid password"),
+        ([], "  \t\r\n", "invalid password"),
+        (["-d", "-H", "sha256"], "x\n", "exception: --dotted only works for md5"),
+        (["--dotted", "--hash=sha1"], "\n", "exception: --dotted only works for md5"),
         (["--bogus"], "x\n", 'error: invalid option: "--bogus"'),
         (["x"], "x\n", "too many command-line arguments (the password is read from the standard input)"),
         (["--hash"], "x\n", 'error: no value supplied for "--hash"'),
