@@ -214,6 +214,9 @@ class SmtpService:
             await server.wait_closed()
 
 
+_TLS_HANDSHAKE = "\x16\x03"  # a TLS record of type handshake, TLS 1.x: a ClientHello
+
+
 class SmtpSession(LineSession):
     """One SMTP connection."""
 
@@ -575,6 +578,8 @@ class SmtpSession(LineSession):
                 break
             pending = self._handle(event)
             self._stage()
+            if self.transport is None or self.transport.is_closing():
+                break  # aborted (a TLS handshake where a command belongs): nothing more is read
             if pending is not None:
                 self._task = asyncio.get_running_loop().create_task(self._finish(pending))
                 break
@@ -888,6 +893,16 @@ class SmtpSession(LineSession):
 
     def _on_protocol_error(self, ev: sp.ProtocolError) -> None:
         """The refused command's trace and upstream's log line about it, if it writes one."""
+        if ev.line.startswith(_TLS_HANDSHAKE):  # a TLS client where plain text belongs: upstream's
+            self.log.warning(  # warning, and the connection ends without a reply
+                "received unexpected tls handshake packet from remote client: try enabling implicit tls (smtps)",
+                self.peer.host,
+            )
+            self._close_reason = "peer disconnected"
+            self._closing = True
+            self.proto.data_to_send()  # (its 500: never sent, never traced)
+            self.abort()
+            return
         if ev.line == _HIDDEN:  # an AUTH response ("*" included), logged bare as upstream
             self.log.verbose(f"rx<<: {ev.line}", self.peer.host)
         else:

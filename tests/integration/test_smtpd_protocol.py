@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -270,6 +271,24 @@ def test_bare_lf_and_cr_in_commands_are_refused(relay: Relay) -> None:
         assert w.command(b"MAIL FROM:<a@exa\rmple.com>")[0] == 500
         assert w.command(b"NOOP")[0] == 250
     assert spool_entries(relay.spool) == []
+
+
+def test_a_tls_client_on_the_plain_port_is_told_off_in_the_log(relay: Relay) -> None:
+    """A TLS ClientHello where a command belongs: upstream's warning, and the connection ends
+    without a reply (ours answered each binary fragment with 500 and logged it)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with Wire(relay.port) as w:
+        w.greet()
+        w.command(b"EHLO c")
+        with pytest.raises((ssl.SSLError, OSError)):
+            context.wrap_socket(w.sock).do_handshake()
+    warning = (
+        "warning: received unexpected tls handshake packet from remote client: try enabling implicit tls"
+    )
+    assert wait_until(lambda: warning in relay.log(), 10), relay.log()[-2000:]
+    after = relay.log().split(warning, 1)[1]
+    assert "rx<<" not in after.split("smtp connection closed", 1)[0]
 
 
 def test_long_command_line(relay: Relay) -> None:
