@@ -287,7 +287,8 @@ class Log:
 
     def _open_file(self) -> TextIO | None:
         assert self.config.log_file is not None
-        name = self.config.log_file.replace("%d", time.strftime("%Y%m%d"))
+        # %d: the day, %h: the hour (upstream's hourly files, not in the guide)
+        name = self.config.log_file.replace("%d", time.strftime("%Y%m%d")).replace("%h", time.strftime("%H"))
         if name != self._file_name:
             if self._file is not None:
                 self._file.close()

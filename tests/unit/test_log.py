@@ -122,12 +122,12 @@ def test_levels_switched_by_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert chatty.verbose_on and not summary.verbose_on
 
 
-def test_log_file_with_day_expansion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pattern = str(tmp_path / "relay-%d.log")
+def test_log_file_with_day_and_hour_expansion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pattern = str(tmp_path / "relay-%d-%h.log")  # (%h: the hour, as upstream expands it)
     log = make(log_file=pattern, with_time=True)
     log.info("to the file")
     log.error("also to the file")
-    target = tmp_path / f"relay-{time.strftime('%Y%m%d')}.log"
+    target = tmp_path / f"relay-{time.strftime('%Y%m%d-%H')}.log"
     lines = target.read_text().splitlines()
     assert [TIME_RE.match(x) is not None for x in lines] == [True, True]
     assert lines[0].endswith("info: to the file") and lines[1].endswith("error: also to the file")
