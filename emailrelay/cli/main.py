@@ -40,15 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     log = logmod.get()
     try:
         parsed = parse_command_line(args, app_dir=app_dir())
+        if parsed.values.get("help") or parsed.values.get("version"):  # before anything else can fail
+            return print_help_or_version(parsed.values)
         values = expand_shorthands(parsed.values)
-        if values.get("help") or values.get("version"):
-            from .helptext import help_text, version_text
-        if values.get("help"):
-            print(help_text(bool(values.get("verbose"))), end="")
-            return 0
-        if values.get("version"):
-            print(version_text(bool(values.get("verbose"))), end="")
-            return 0
         log.configure(log_config(values))
         log.check_log_file()
         closing = stderr_closing_warning(parsed.values, log.config)
@@ -74,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 0
+
+
+def print_help_or_version(values: dict[str, Value]) -> int:
+    """``--help`` (which wins) or ``--version``, each longer with ``--verbose``; exit 0."""
+    from .helptext import help_text, version_text
+
+    text = help_text if values.get("help") else version_text
+    print(text(bool(values.get("verbose"))), end="")
+    return 0
 
 
 def stderr_closing_warning(given: dict[str, Value], config: logmod.LogConfig) -> str | None:

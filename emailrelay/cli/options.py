@@ -14,6 +14,10 @@ Guarantees (checked by tests/unit/test_options.py):
 * ``metavar is None`` exactly for flags (``kind == "flag"``), except that
   optional-value options (``--anonymous[=<scope>]``, ``--syslog[=<facility>]``)
   have a metavar but take a value only when written with ``=``;
+* ``joined`` marks the options E-MailRelay 2.6b takes more than once,
+  joining the values with commas (``--log-format=time --log-format=address``
+  is ``--log-format=time,address``; ``--localedir`` is another story:
+  ``parse.EARLY_SCANNED``);
 * ``default`` is given where the guide states one; it is a string, as if the
   operator had typed it, written once in ``config.OPTION_DEFAULTS`` (which
   ``Config`` also reads).
@@ -63,6 +67,7 @@ class Option:
     optional_value: bool = False  # value only with "=": --anonymous[=<scope>]
     short_is_off: bool = False  # the short letter (which takes no value) leaves it off, as upstream's -A
     repeatable: bool = False  # may be given more than once; values accumulate in a list
+    joined: bool = False  # may be given more than once; values are joined with commas, as upstream's
     common: bool = False  # shown by plain --help (--help --verbose shows all)
     windows_only: bool = False  # an invalid option on unix, as in E-MailRelay 2.6b's unix build
     kind: str = "str"  # one of KINDS
@@ -106,7 +111,7 @@ OPTIONS: tuple[Option, ...] = (
     _flag("help", "h", "display help text and exit (use with --verbose for all options)", "Basic", common=True, process=True),
     _flag("version", "V", "display version information and exit", "Basic", common=True, process=True),
     # --- SMTP client ---
-    Option("client-smtp-config", "c", "config", "SMTP client protocol features: pipelining, smtputf8strict, eightbitstrict, binarymimestrict", "SMTP client"),
+    Option("client-smtp-config", "c", "config", "SMTP client protocol features: pipelining, smtputf8strict, eightbitstrict, binarymimestrict", "SMTP client", joined=True),
     _flag("forward", "f", "forward spooled messages when the program starts", "SMTP client", common=True),
     _flag("forward-on-disconnect", "1", "forward spooled messages whenever an SMTP client disconnects", "SMTP client", common=True),
     Option("forward-to", "o", "host:port", "the remote SMTP server that spooled messages are forwarded to", "SMTP client", common=True, kind="address"),
@@ -129,13 +134,13 @@ OPTIONS: tuple[Option, ...] = (
     # The guide lists --delivery-dir with "(-s)", a copy-and-paste slip: -s is
     # --spool-dir. So --delivery-dir has no short letter here.
     Option("delivery-dir", "s", "dir", "base directory for mailboxes of local recipients (default: the spool directory)", "SMTP server", kind="path"),
-    Option("dnsbl", None, "config", "DNSBL servers used to reject connections: servers, threshold, timeout (ms), DNS server", "SMTP server"),
+    Option("dnsbl", None, "config", "DNSBL servers used to reject connections: servers, threshold, timeout (ms), DNS server", "SMTP server", joined=True),
     Option("domain", "D", "fqdn", "domain name used in EHLO, Received lines and authentication challenges", "SMTP server", common=True),
     Option("filter", "z", "program", "run a filter program (or net:, spam:, spam-edit:, exit:) whenever a message is stored", "SMTP server", common=True, repeatable=True, kind="path"),
     Option("filter-timeout", "W", "time", "timeout (in seconds) for running a --filter program", "SMTP server", kind="int", default=OPTION_DEFAULTS["filter-timeout"]),
     Option("interface", "I", "ip-address-list", "addresses or interface names to listen on, optionally prefixed smtp=, pop= or admin=", "SMTP server", common=True, repeatable=True),
     Option("prompt-timeout", "w", "time", "timeout (in seconds) for the initial prompt from a remote SMTP server", "SMTP server", kind="int", default=OPTION_DEFAULTS["prompt-timeout"]),
-    Option("server-smtp-config", "Z", "config", "SMTP server protocol features: pipelining, chunking, smtputf8, smtputf8strict, nostrictparsing, noalabels", "SMTP server"),
+    Option("server-smtp-config", "Z", "config", "SMTP server protocol features: pipelining, chunking, smtputf8, smtputf8strict, nostrictparsing, noalabels", "SMTP server", joined=True),
     Option("size", "M", "bytes", "largest message size accepted over SMTP", "SMTP server", kind="int"),
     # --- POP server ---
     _flag("pop", "B", "enable the POP server", "POP server", common=True),
@@ -164,7 +169,7 @@ OPTIONS: tuple[Option, ...] = (
     _flag("server-tls-connection", None, "accept SMTP over TLS (SMTPS) connections", "TLS"),
     _flag("server-tls-required", None, "make TLS mandatory for incoming SMTP and POP connections", "TLS"),
     Option("server-tls-verify", None, "ca-list", "verify clients' certificates against these CAs (or <default>)", "TLS", kind="path"),
-    Option("tls-config", "9", "options", "low-level TLS library settings, eg. tlsv1.2 for a minimum protocol version", "TLS"),
+    Option("tls-config", "9", "options", "low-level TLS library settings, eg. tlsv1.2 for a minimum protocol version", "TLS", joined=True),
     # --- Process ---
     _flag("dont-serve", "x", "disable all network serving; exit when initial forwarding is done", "Process"),
     Option("localedir", None, "dir", "base directory of message catalogues (enables localisation)", "Process", kind="path", process=True),
@@ -180,7 +185,7 @@ OPTIONS: tuple[Option, ...] = (
     _flag("debug", "g", "debug-level logging (may expose passwords and message content)", "Logging", process=True),
     _flag("log-address", None, "add remote clients' network addresses to log lines (--log-format=address)", "Logging", process=True),
     Option("log-file", "N", "file", "log to this file instead of standard error (%d is replaced by YYYYMMDD)", "Logging", common=True, kind="path", process=True),
-    Option("log-format", None, "format", "add fields to log lines: time, unit, address (or network), port, msgid; json: JSON lines", "Logging", process=True),
+    Option("log-format", None, "format", "add fields to log lines: time, unit, address (or network), port, msgid; json: JSON lines", "Logging", process=True, joined=True),
     _flag("log-time", "L", "add a timestamp to log lines (--log-format=time)", "Logging", process=True),
     _flag("no-syslog", "n", "do not log to the system log", "Logging", common=True, process=True),
     Option("syslog", "k", "facility", "log to the system log even with --no-syslog", "Logging", optional_value=True, process=True),

@@ -9,10 +9,23 @@ What it accepts (reference guide, "Command line usage" and "Configuration"):
 * Optional-value options (``--anonymous``, ``--syslog``) take a value only
   when written ``--name=value``; on their own, and in short form, they are
   flags.
-* One non-option argument, the config file, which must be last. Its lines hold
-  one option each, without dashes, name and value separated by white space
-  (``name=value`` is accepted too); ``#`` starts a comment at the start of a
-  line or after white space, so ``fd#3`` survives.
+* A flag takes a value as upstream's does: ``--log=no`` (``n``, ``no``, ``f``,
+  ``false``, ``0``, ``off``, any case) turns it off, ``--log=yes`` (``y``,
+  ``yes``, ``t``, ``true``, ``1``, ``on`` or nothing) on; any other value is
+  an error, and so is a flag given both on and off.
+* A separated long-form value that starts with ``-`` (``--as-client
+  --no-daemon``) is refused as upstream's "probably a mistake"; short forms
+  (``-p -1``) and ``--name=-x`` take it.
+* One non-option argument, the config file, which must be last. Its lines
+  hold one option each, as E-MailRelay 2.6b reads them: the name without
+  dashes, ended by white space or ``=``; the value is the rest of the line
+  after any white space and ``=`` (``port = 25``, ``port=25``), with one
+  pair of enclosing double quotes removed; an empty value is no value. A
+  line starting with ``#`` is a comment, and so (ours, docs/decisions.md) is
+  ``#`` after white space in a value that does not start with a double quote
+  (upstream keeps it: ``spool-dir /x # c`` is ``/x # c``); ``fd#3``
+  survives. A line starting with ``-`` is ignored without a word, as
+  upstream ignores it.
 * ``@app`` in the value of a path-like option is replaced by ``app_dir``.
 * Multiple configurations: ``<prefix>-spool-dir`` (prefix a single word, no
   dashes) declares a configuration; ``<prefix>-<option>`` then applies to it.
@@ -28,7 +41,11 @@ What it guarantees:
   ``True``; repeatable options are lists; an optional-value option given
   without a value is ``True``. Defaults are NOT filled in: use ``Parsed.get``.
 * Duplicates, as E-MailRelay 2.6b: the config file's options come after the
-  command line's, as if typed there. A non-repeatable option given twice
+  command line's, as if typed there. The options upstream joins
+  (``Option.joined``: ``--log-format``, ``--dnsbl``, the ``*-smtp-config``
+  ones, ``--tls-config``) may be repeated, their values joined with commas;
+  ``--localedir``'s first command-line use is not compared with the others
+  (``EARLY_SCANNED``). Any other non-repeatable option given twice
   (anywhere) with the same value is accepted once; with different values
   (``--syslog`` and ``--syslog=mail`` differ) it is an error in upstream's
   words, ``duplicate use of "-p"``, as typed the second time (a config-file
@@ -39,9 +56,13 @@ What it guarantees:
   upstream's words and all of them at once, for unknown options, missing
   values and duplicates; ``OptionUsageError`` for more than one non-option
   argument, after the config file was read), ``ConfigError`` with path and
-  line for the config file. Upstream's rules for options that cannot be used
-  together (``usage_rules``) are checked per configuration, except with
-  --help/--version.
+  line for the config file (a missing value or a bad flag value there is an
+  ``OptionError``, in upstream's words). Upstream's rules for options that
+  cannot be used together (``usage_rules``) are checked per configuration.
+* ``--help`` (or ``help`` in the config file) wins over every problem but an
+  unreadable config file: the result is then only ``help`` (and ``verbose``).
+  ``--version`` skips the checks of values (numbers, ports, choices) and the
+  rules, as upstream, but not unreadable options.
 * The ``--as-*`` shorthands are not expanded here; ``expand_shorthands`` does
   that for the caller.
 """
@@ -74,6 +95,12 @@ def app_dir() -> str:
 #: Options that E-MailRelay 2.6b takes more than once, using the first value, with a warning.
 FIRST_WINS: frozenset[str] = frozenset({"pid-file"})
 
+#: Options whose first use on the command line E-MailRelay 2.6b takes before parsing the rest (as
+#: observed: ``--localedir=/a --localedir=/b`` is accepted, ``/a /b /a`` is a duplicate, as is
+#: ``/a /b`` with ``localedir /a`` in the config file): the first use is not compared with the
+#: others, and it is the one used.
+EARLY_SCANNED: frozenset[str] = frozenset({"localedir"})
+
 #: The option whose prefixed form declares a named configuration.
 DECLARING_OPTION = "spool-dir"
 
@@ -94,8 +121,9 @@ ACCEPTED_SHORT: dict[str, Option] = {o.short: o for o in OPTIONS if o.short and 
 MSG_INVALID_OPTION = 'invalid option: "{opt}"'  # on the command line: upstream's words
 MSG_NO_VALUE_SUPPLIED = "no value supplied for {opt}"  # ditto; a long name is quoted, a letter not
 MSG_UNKNOWN_CONFIG_OPTION = "unknown option '{name}'"
-MSG_NO_VALUE_ALLOWED = "{opt} does not take a value"
-MSG_VALUE_REQUIRED = "{opt} requires a value"
+MSG_FLAG_VALUE = 'cannot give a value with "{opt}" ({value})'  # upstream's words
+MSG_CONFLICTING = 'conflicting values: "{opt}"'  # ditto: a flag given on and off
+MSG_MISTAKE = '"{opt} {value}" is probably a mistake, use "{opt}=... {value}" or "{opt}={value}"'  # ditto
 MSG_BAD_NUMBER = "{opt}: invalid number '{value}'"
 MSG_BAD_PORT = "{opt}: invalid port number '{value}'"
 MSG_BAD_NUMBER_LIST = "{opt}: invalid list of numbers '{value}'"
@@ -112,7 +140,13 @@ MSG_UNDECLARED_HINT = " (no '--{prefix}-spool-dir' declares a configuration '{pr
 _NUMBER = re.compile(r"[0-9]+")
 _NUMBER_LIST = re.compile(r"[0-9]+(,[0-9]+)*")
 _ASSIGNMENTS = re.compile(r"[A-Za-z0-9_-]+=[0-9]+(,[A-Za-z0-9_-]+=[0-9]+)*")
+_NAME_END = re.compile(r"[ \t=]")  # what ends a name in a config-file line
 _TRAILING_COMMENT = re.compile(r"\s#")
+_WHITE_SPACE = " \t\r\n"
+
+#: A flag's values as E-MailRelay 2.6b reads them (any case, white space around ignored).
+FLAG_ON: frozenset[str] = frozenset({"", "y", "yes", "t", "true", "1", "on"})
+FLAG_OFF: frozenset[str] = frozenset({"n", "no", "f", "false", "0", "off"})
 
 
 @dataclass
@@ -195,16 +229,34 @@ def _undeclared_hint(written: str) -> str:
 # values
 
 
-def _convert(option: Option, value: str | None, opt: str, app_dir: str) -> str | bool:
-    """Validate one value for an option (None: none given); raise _Invalid."""
+def _flag_state(value: str | None) -> bool | None:
+    """Whether a flag given with ``value`` (None: none) is on; None if the value is not upstream's
+    yes or no."""
+    word = "" if value is None else value.strip(_WHITE_SPACE).lower()
+    return True if word in FLAG_ON else False if word in FLAG_OFF else None
+
+
+def _convert(
+    option: Option, value: str | None, opt: str, app_dir: str, *, lenient: bool = False
+) -> str | bool:
+    """Validate one value for an option (None: none given); raise _Invalid. ``lenient`` (as with
+    ``--version``) takes any value of an option that has one."""
     if option.kind == "flag":
-        if value is not None:
-            raise _Invalid(MSG_NO_VALUE_ALLOWED.format(opt=opt))
-        return True
+        state = _flag_state(value)
+        if state is None:
+            raise _Invalid(MSG_FLAG_VALUE.format(opt=opt, value=value))
+        return state
     if value is None:
         if option.optional_value:
             return True
-        raise _Invalid(MSG_VALUE_REQUIRED.format(opt=opt))
+        raise _Invalid(MSG_NO_VALUE_SUPPLIED.format(opt=f'"{opt}"'))
+    if not lenient:
+        _check_value(option, value, opt)
+    return value.replace(APP_DIR_TOKEN, app_dir) if option.kind == "path" else value
+
+
+def _check_value(option: Option, value: str, opt: str) -> None:
+    """Raise _Invalid if ``value`` is not one of ``option``'s kind."""
     kind = option.kind
     if kind in ("int", "port") and not _NUMBER.fullmatch(value):
         raise _Invalid(MSG_BAD_NUMBER.format(opt=opt, value=value))
@@ -218,9 +270,6 @@ def _convert(option: Option, value: str | None, opt: str, app_dir: str) -> str |
         raise _Invalid(MSG_EMPTY_ADDRESS.format(opt=opt))
     if option.choices and value not in option.choices:
         raise _Invalid(MSG_BAD_CHOICE.format(opt=opt, value=value, choices=" or ".join(option.choices)))
-    if kind == "path":
-        value = value.replace(APP_DIR_TOKEN, app_dir)
-    return value
 
 
 # ---------------------------------------------------------------------------
@@ -228,29 +277,53 @@ def _convert(option: Option, value: str | None, opt: str, app_dir: str) -> str |
 
 
 class _Uses:
-    """The values given so far for each option, as E-MailRelay 2.6b compares them: a second use of
-    a non-repeatable option with another value (none counts as ``""``) is a problem; flags are never
-    duplicates."""
+    """The values given so far for each option, as E-MailRelay 2.6b's option parser checks them (the
+    command line's, then the config file's): a flag's value must be a yes or a no, and the same
+    every time; a mandatory value must be there; a second use of a non-repeatable option with
+    another value (none counts as ``""``) is a problem."""
 
     def __init__(self) -> None:
         self.given: dict[str, str] = {}  # option (as written, prefix included) -> the value given first
+        self.flags: dict[str, bool] = {}  # flag (as written) -> on or off, as given first
         self.problems: list[str] = []  # every one is reported, as upstream does
+        self.unknown = False  # an invalid option: upstream then goes no further than the command line
 
     def add(self, written: str, option: Option, value: str | None, display: str) -> None:
-        if option.metavar is None or option.repeatable or option.name in FIRST_WINS:
-            return
-        if self.given.setdefault(written, value or "") != (value or ""):
+        if option.kind == "flag":
+            self._add_flag(written, option, value)
+        elif value is None and not option.optional_value:
+            self.problems.append(MSG_NO_VALUE_SUPPLIED.format(opt=f'"--{written}"'))
+        elif self._twice(written, option, value or ""):
             self.problems.append(MSG_DUPLICATE.format(opt=display))
+
+    def _twice(self, written: str, option: Option, value: str) -> bool:
+        """Whether this use repeats an option that takes one value, with another value."""
+        if option.repeatable or option.joined or option.name in FIRST_WINS:
+            return False
+        return self.given.setdefault(written, value) != value
+
+    def _add_flag(self, written: str, option: Option, value: str | None) -> None:
+        state = _flag_state(value)
+        if state is None:
+            self.problems.append(MSG_FLAG_VALUE.format(opt="--" + written, value=value))
+        elif self.flags.setdefault(written, state) != state:
+            self.problems.append(MSG_CONFLICTING.format(opt="--" + option.name))
 
 
 def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], list[str], _Uses]:
     """Split argv into (written name, raw value or None, as typed), the non-option arguments and the
-    uses seen (raises OptionError for what cannot be read)."""
+    uses seen, with the problems of what cannot be read."""
     items: list[tuple[str, str | None, str]] = []
     positional: list[str] = []
     uses = _Uses()
     problems = uses.problems
-    once = uses.add
+    early: set[str] = set()
+
+    def once(written: str, option: Option, value: str | None, display: str) -> None:
+        if option.name in EARLY_SCANNED and written not in early:
+            early.add(written)
+        else:
+            uses.add(written, option, value, display)
 
     i = 0
     while i < len(argv):
@@ -264,6 +337,7 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], list[
             option = _shape(written)
             if option is None:
                 problems.append(MSG_INVALID_OPTION.format(opt="--" + written))
+                uses.unknown = True
                 continue
             value: str | None = raw if eq else None
             if not eq and option.metavar is not None and not option.optional_value:
@@ -272,6 +346,9 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], list[
                     continue
                 value = argv[i]
                 i += 1
+                if value.startswith("-"):  # upstream names it without a prefix
+                    problems.append(MSG_MISTAKE.format(opt="--" + option.name, value=value))
+                    continue
             once(written, option, value, "--" + option.name)  # upstream names it without a prefix
             items.append((written, value, "--" + written))
         elif arg.startswith("-") and arg != "-":
@@ -282,6 +359,7 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], list[
                 option = ACCEPTED_SHORT.get(letter)
                 if option is None:
                     problems.append(MSG_INVALID_OPTION.format(opt="-" + letter))
+                    uses.unknown = True
                     continue
                 value = None
                 if option.metavar is not None and not option.optional_value:
@@ -299,8 +377,6 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], list[
         else:
             positional = argv[i - 1 :]
             break
-    if problems:
-        raise OptionError(*problems)
     return items, positional, uses
 
 
@@ -308,32 +384,44 @@ def _tokenize(argv: list[str]) -> tuple[list[tuple[str, str | None, str]], list[
 # the config file
 
 
-def _read_lines(path: str) -> list[tuple[str, str | None, int]]:
-    """(written name, raw value or None, line number) for each option line."""
+Line = tuple[str, str | None, int]  # (written name, raw value or None, line number)
+
+
+def _read_lines(path: str) -> list[Line]:
+    """Each option line of a config file (raises ConfigError if it cannot be read)."""
     try:
         with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError(MSG_CANNOT_READ.format(reason=e.strerror or e), path=path) from e
-    lines: list[tuple[str, str | None, int]] = []
+    lines: list[Line] = []
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        comment = _TRAILING_COMMENT.search(line)
-        if comment:
-            line = line[: comment.start()].rstrip()
-        parts = line.split(None, 1)
-        name, value = parts[0], (parts[1] if len(parts) > 1 else None)
-        if "=" in name and value is None:
-            name, _, value = name.partition("=")
-        lines.append((name, value, number))
+        line = raw.strip(_WHITE_SPACE)
+        if line and line[0] not in "#-":  # a comment; a dashed line, which upstream ignores
+            lines.append((*_split_line(line), number))
     return lines
 
 
-def _config_settings(path: str, app_dir: str, prefixes: Iterable[str]) -> tuple[list[_Setting], list[str]]:
-    """Validated settings of a config file, and the prefixes it declares."""
-    lines = _read_lines(path)
+def _split_line(line: str) -> tuple[str, str | None]:
+    """(name, value or None) of a config-file line, as upstream splits it: the name ends at white
+    space or "="; white space and "=" after it are dropped; enclosing double quotes go. A trailing
+    comment goes first, unless the value starts with a double quote (ours: upstream keeps it)."""
+    end = _NAME_END.search(line)
+    if end is None:
+        return line, None
+    value = line[end.start() :].lstrip(_WHITE_SPACE + "=")
+    comment = None if value.startswith('"') else _TRAILING_COMMENT.search(value)
+    if comment:
+        value = value[: comment.start()].rstrip(_WHITE_SPACE)
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return line[: end.start()], value or None
+
+
+def _config_settings(
+    path: str, lines: list[Line], app_dir: str, prefixes: Iterable[str], *, lenient: bool = False
+) -> tuple[list[_Setting], list[str]]:
+    """Validated settings of a config file's lines, and the prefixes it declares."""
     declared = _declared(name for name, _, _ in lines)
     known = [*declared, *prefixes]
     settings = []
@@ -345,7 +433,7 @@ def _config_settings(path: str, app_dir: str, prefixes: Iterable[str]) -> tuple[
         prefix, option = resolved
         display = f"option '{name}'"
         try:
-            converted = _convert(option, value, display, app_dir)
+            converted = _convert(option, value, display, app_dir, lenient=lenient)
         except _Invalid as e:
             raise ConfigError(str(e), path=path, line=number) from None
         settings.append(_Setting(prefix, option, converted, name, display, number, value))
@@ -362,7 +450,7 @@ def parse_config_file(
     configuration names declared elsewhere (eg. on the command line).
     Raises ConfigError naming the file (and line).
     """
-    settings, _ = _config_settings(path, app_dir, prefixes)
+    settings, _ = _config_settings(path, _read_lines(path), app_dir, prefixes)
     return [(s.written, s.value if isinstance(s.value, str) else None, s.line) for s in settings]
 
 
@@ -383,29 +471,73 @@ def _collect(settings: list[_Setting], first: str, warnings: list[str]) -> dict[
             values = merged.setdefault(key, [])
             assert isinstance(values, list)
             values.append(str(s.value))
-        elif key in merged and s.option.name in FIRST_WINS:
-            warning = MSG_FIRST_WINS.format(name=s.option.name)
-            if warning not in warnings:
+        elif s.option.joined and key in merged:
+            merged[key] = f"{merged[key]},{s.value}"
+        elif key in merged and s.option.name in FIRST_WINS | EARLY_SCANNED:
+            warning = MSG_FIRST_WINS.format(name=s.option.name) if s.option.name in FIRST_WINS else None
+            if warning and warning not in warnings:
                 warnings.append(warning)
         elif merged.setdefault(key, s.value) != s.value:  # eg. --port and the first configuration's --in-port
             raise OptionError(MSG_DUPLICATE.format(opt="--" + s.option.name))
     return merged
 
 
+def _asked(given: Iterable[tuple[str, str | None]], name: str) -> bool:
+    """Whether flag ``name`` is on among (written name, raw value) pairs: given with a yes, never a no."""
+    states = [_flag_state(value) for written, value in given if written == name]
+    return True in states and False not in states
+
+
+def _help_only(given: list[tuple[str, str | None]], config_file: str | None) -> Parsed:
+    """What --help leaves of the options: itself and --verbose."""
+    values: dict[str, Value] = {"help": True, **({"verbose": True} if _asked(given, "verbose") else {})}
+    return Parsed(values=values, config_file=config_file, configs={"": dict(values)})
+
+
 def parse_command_line(argv: list[str], *, app_dir: str) -> Parsed:
-    """Parse the arguments after the program name, reading the config file if one is given."""
+    """Parse the arguments after the program name, reading the config file if one is given.
+
+    As E-MailRelay 2.6b: --help wins over every problem but an unreadable config file (with an
+    invalid option on the command line, only over the command line's problems, since the config
+    file is then not read); --version over the values' checks and the rules."""
     items, positional, uses = _tokenize(argv)
     config_file = positional[0] if positional else None
-    cmd_prefixes = _declared(written for written, _, _ in items)
+    given = [(written, raw) for written, raw, _ in items]
+    if uses.unknown:
+        if _asked(given, "help"):
+            return _help_only(given, config_file)
+        raise OptionError(*uses.problems)
+    lines = _read_lines(config_file) if config_file is not None else []
+    for name, raw, _ in lines:  # as if typed after the command line's options, as upstream reads them
+        option = _shape(name)
+        if option is not None:
+            uses.add(name, option, raw, "--" + option.name)
+    given += [(name, raw) for name, raw, _ in lines]
+    if _asked(given, "help"):
+        return _help_only(given, config_file)
+    if uses.problems:
+        raise OptionError(*uses.problems)
+    return _settle(items, positional, lines, app_dir, lenient=_asked(given, "version"))
 
+
+def _settle(
+    items: list[tuple[str, str | None, str]],
+    positional: list[str],
+    lines: list[Line],
+    app_dir: str,
+    *,
+    lenient: bool,
+) -> Parsed:
+    """The readable options (command line, config file lines) validated, merged into
+    configurations and checked against upstream's rules (not when ``lenient``, as with --version)."""
+    config_file = positional[0] if positional else None
+    cmd_prefixes = _declared(written for written, _, _ in items)
     file_settings: list[_Setting] = []
     file_prefixes: list[str] = []
     if config_file is not None:
-        file_settings, file_prefixes = _config_settings(config_file, app_dir, cmd_prefixes)
-        for s in file_settings:  # as if typed after the command line's options, as upstream reads it
-            uses.add(s.written, s.option, s.raw, "--" + s.option.name)
-        if uses.problems:
-            raise OptionError(*uses.problems)
+        file_settings, file_prefixes = _config_settings(
+            config_file, lines, app_dir, cmd_prefixes, lenient=lenient
+        )
     if len(positional) > 1:  # reported once the first is read, as upstream does
         raise OptionUsageError(MSG_EXTRA_ARGUMENT, hint=True)
     prefixes = [*file_prefixes, *(p for p in cmd_prefixes if p not in file_prefixes)]
@@ -417,7 +549,7 @@ def parse_command_line(argv: list[str], *, app_dir: str) -> Parsed:
             raise OptionError(MSG_INVALID_OPTION.format(opt=typed) + _undeclared_hint(written))
         prefix, option = resolved
         try:
-            value = _convert(option, raw, typed, app_dir)
+            value = _convert(option, raw, typed, app_dir, lenient=lenient)
         except _Invalid as e:
             raise UsageError(str(e)) from None
         cmd_settings.append(_Setting(prefix, option, value, written, "--" + written))
@@ -430,7 +562,7 @@ def parse_command_line(argv: list[str], *, app_dir: str) -> Parsed:
     for (config, name), value in merged.items():
         configs[config][name] = value
     parsed = Parsed(values=dict(configs[first]), config_file=config_file, configs=configs, warnings=warnings)
-    if not (parsed.values.get("help") or parsed.values.get("version")):
+    if not lenient:
         for name in configs:
             usage_rules.check(configuration_values(parsed, name))
     return parsed

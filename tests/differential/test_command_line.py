@@ -1,4 +1,4 @@
-"""The command line against E-MailRelay 2.6b: options in the config file too, options that cannot go together, usage errors, and emailrelay-submit's addresses and errors.
+"""The command line against E-MailRelay 2.6b: options in the config file too, options that cannot go together, usage errors, flags given a value, config-file lines as upstream reads them, repeated options, --help and --version over errors, and emailrelay-submit's addresses and errors.
 
 What it checks (issue 17): each case runs the same command line (and config
 file) with our program and with the oracle's (``EMAILRELAY_ORACLE_BIN``;
@@ -306,3 +306,174 @@ def test_submit_errors_as_upstream(tmp_path: Path, args: tuple[str, ...], spool:
     """Exit 1, ``emailrelay-submit: <text>`` (no ``error:``), the address escaped, nothing written."""
     got = _submit(tmp_path, *args, spool=spool)
     assert got["ours"] == got["upstream"] == (1, "", f"emailrelay-submit: {stderr}\n", {})
+
+
+# ---- flags with a value, config-file lines, repeated options, values that look like options ---
+
+CANNOT_GIVE = 'emailrelay: error: cannot give a value with "--pop" (x)\n' + TRY_LINE
+POP_NEEDS_AUTH = "emailrelay: usage error: the --pop option requires --pop-auth\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "stderr"),
+    [
+        (("--log=yes", "--pop=no"), None, NO_SPOOL),
+        (("--log=0", "--log", "--pop=off"), None, 'emailrelay: error: conflicting values: "--log"\n' + TRY_LINE),
+        (("--log", "--pop=TRUE"), None, POP_NEEDS_AUTH),
+        (("--log", "--pop= on "), None, POP_NEEDS_AUTH),
+        (("--log", "--pop="), None, POP_NEEDS_AUTH),
+        (("--log", "--pop=x"), None, CANNOT_GIVE),
+        (("-B",), "log yes\npop no\n", 'emailrelay: error: conflicting values: "--pop"\n' + TRY_LINE),
+        ((), "log yes\nverbose no\npop f\n", NO_SPOOL),
+        ((), "log y\npop x\n", CANNOT_GIVE),
+    ],
+    ids=["yes-no", "conflict", "true", "spaces", "empty", "bad-value", "file-conflict", "file", "file-bad-value"],
+)  # fmt: skip
+def test_flags_take_yes_and_no(
+    tmp_path: Path, args: tuple[str, ...], config: str | None, stderr: str
+) -> None:
+    """``--log=yes``, ``pop no``: a yes or no word (any case) turns a flag on or off, anything else
+    is upstream's ``cannot give a value``; on and off together are ``conflicting values``."""
+    got = _relay(tmp_path, *args, config=config)
+    assert got["ours"] == got["upstream"] == (1, "", stderr)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        'spool-dir "{base}/a b"\n',
+        'spool-dir "{base}/a" "b"\n',
+        "port = 23476\nspool-dir= {base}/x\n",
+        "port =25\nspool-dir=={base}/x\n",
+        'spool-dir "{base}/x # not a comment"\n',
+        "--log\n-p 25\n--interface=127.0.0.1\n-x\n--bogus\nspool-dir\t{base}/x\n",
+        'spool-dir ""\n',
+        "spool-dir=\n",
+        "spool-dir =\n",
+    ],
+    ids=["double-quotes", "inner-quotes", "equals", "equals-2", "quoted-hash", "dashed-lines",
+         "empty-quotes", "empty", "empty-equals"],
+)  # fmt: skip
+def test_config_file_lines_as_upstream(tmp_path: Path, config: str) -> None:
+    """Enclosing double quotes go, white space and ``=`` after the name go, a line starting with ``-``
+    is ignored, an empty value is ``no value supplied``. (An unquoted ``spool-dir /x # c`` is ours
+    on purpose: upstream keeps `` # c`` in the value, ours drops it as a comment.)"""
+    base = daemon_base(tmp_path)
+    (base / "relay.conf").write_text(config.format(base=base))
+    got = {}
+    for side in SIDES:
+        r = run(side, "emailrelay", "--no-daemon", "--log", str(base / "relay.conf"), cwd=base)
+        got[side] = (r.returncode, r.stdout, r.stderr.replace(str(base).encode(), b"BASE"))
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][0] == 1 and got["ours"][2].startswith(b"emailrelay: error: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "config"),
+    [
+        (("--log", "--log-format=address", "--log-format=port"), None),
+        (("--log", "--log-format=port"), "log-format address\n"),
+        (("--log", "-r", "--dnsbl=a", "--dnsbl", "b"), "dnsbl c\n"),
+        (("--log", "-9", "x", "--tls-config=y"), None),
+        (("--log", "--localedir=/a", "--localedir=/b", "--localedir=/b"), "localedir /b\n"),
+        (("--log", "--client-smtp-config=pipelining", "--client-smtp-config=smtputf8strict"), None),
+        (("--log", "--server-smtp-config=chunking", "-Z", "pipelining"), None),
+    ],
+    ids=["log-format", "log-format-file", "dnsbl", "tls-config", "localedir", "client-smtp-config",
+         "server-smtp-config"],
+)  # fmt: skip
+def test_options_upstream_takes_more_than_once(
+    tmp_path: Path, args: tuple[str, ...], config: str | None
+) -> None:
+    """Not ``duplicate use of``: upstream joins their values (with commas); ``--localedir``'s first
+    use on the command line is not compared with the others."""
+    got = _relay(tmp_path, *args, config=config)
+    assert got["ours"] == got["upstream"] == (1, "", NO_SPOOL)
+
+
+def test_localedir_is_a_duplicate_after_its_first_use(tmp_path: Path) -> None:
+    """``--localedir``'s first use on the command line is not compared with the others: later ones
+    (and the config file's) must agree among themselves."""
+    duplicate = (1, "", 'emailrelay: error: duplicate use of "--localedir"\n' + TRY_LINE)
+    cases = [
+        (("--localedir=/a", "--localedir=/b", "--localedir=/b"), "localedir /b\n", (1, "", NO_SPOOL)),
+        (("--localedir=/a",), "localedir /b\n", (1, "", NO_SPOOL)),
+        (("--localedir=/a", "--localedir=/b", "--localedir=/a"), None, duplicate),
+        (("--localedir=/a", "--localedir=/a", "--localedir=/b"), None, duplicate),
+        (("--localedir=/a", "--localedir=/b"), "localedir /a\n", duplicate),
+        ((), "localedir /a\nlocaledir /b\n", duplicate),
+    ]
+    for args, config, expected in cases:
+        got = _relay(tmp_path, "--log", *args, config=config)
+        assert got["ours"] == got["upstream"] == expected, (args, config)
+
+
+@pytest.mark.parametrize(
+    ("args", "stderr"),
+    [
+        (("--as-client", "--no-daemon"),
+         '"--as-client --no-daemon" is probably a mistake, use "--as-client=... --no-daemon" or "--as-client=--no-daemon"'),
+        (("--log", "--forward-to", "-x"), '"--forward-to -x" is probably a mistake, use "--forward-to=... -x" or "--forward-to=-x"'),
+        (("--log", "--pid-file", "--x"), '"--pid-file --x" is probably a mistake, use "--pid-file=... --x" or "--pid-file=--x"'),
+        (("--log", "--port", "-1", "--bogus"),
+         '"--port -1" is probably a mistake, use "--port=... -1" or "--port=-1"\n'
+         'emailrelay: error: invalid option: "--bogus"'),
+        (("--in-spool-dir", "-"), '"--spool-dir -" is probably a mistake, use "--spool-dir=... -" or "--spool-dir=-"'),
+    ],
+    ids=["as-client", "forward-to", "pid-file", "port-and-more", "prefixed"],
+)  # fmt: skip
+def test_a_separated_value_starting_with_a_dash(tmp_path: Path, args: tuple[str, ...], stderr: str) -> None:
+    """Upstream's "probably a mistake" (the value is taken, the option named without a prefix); the
+    short form and ``--name=-x`` take such a value."""
+    got = _relay(tmp_path, *args)
+    assert got["ours"] == got["upstream"] == (1, "", f"emailrelay: error: {stderr}\n" + TRY_LINE)
+    got = _relay(tmp_path, "--log", "-N", "-x", "--pid-file=--x")
+    assert got["ours"] == got["upstream"] == (1, "", NO_SPOOL)
+
+
+@pytest.mark.parametrize(
+    ("args", "config"),
+    [
+        (("--help", "--bogus"), None),
+        (("--bogus", "--help"), None),
+        (("--help", "--port"), None),
+        (("--help", "--as-client"), None),
+        (("--help", "--pop=x", "--port=1", "--port=2"), None),
+        (("--help",), "bogus x\n"),
+        (("--help",), 'spool-dir ""\n'),
+        ((), "help\nbogus\n"),
+        (("--version", "--help", "--bogus"), None),
+    ],
+    ids=["bogus-after", "bogus-before", "no-value", "no-value-as-client", "others", "file-bogus", "file-empty",
+         "help-in-file", "version-too"],
+)  # fmt: skip
+def test_help_wins_over_option_errors(tmp_path: Path, args: tuple[str, ...], config: str | None) -> None:
+    """Exit 0 and the help text, nothing on stderr, whatever else is wrong with the options."""
+    got = _relay(tmp_path, *args, config=config)
+    for side in SIDES:
+        code, stdout, stderr = got[side]
+        assert code == 0 and stderr == "" and stdout.startswith("E-MailRelay V2.6"), (side, got[side])
+    assert ("--verbose" in got["ours"][1]) == ("--verbose" in got["upstream"][1])
+
+
+def test_version_skips_only_the_value_checks(tmp_path: Path) -> None:
+    """``--version`` prints the version despite bad values and rules, not despite options that cannot
+    be read (nor does ``--help=no`` win)."""
+    for args in (
+        ("--version", "--port=x"),
+        ("--version", "--port=70000", "--as-client=a:1", "--forward-to=b:1"),
+    ):
+        got = _relay(tmp_path, *args)
+        for side in SIDES:
+            code, stdout, stderr = got[side]
+            assert code == 0 and stderr == "" and stdout.startswith("E-MailRelay V2.6"), (side, got[side])
+    for args in (
+        ("--version", "--bogus"),
+        ("--version", "--port"),
+        ("--version", "--pop=x"),
+        ("--help=no", "--bogus"),
+    ):
+        got = _relay(tmp_path, *args)
+        assert got["ours"] == got["upstream"] and got["ours"][0] == 1 and got["ours"][2].endswith(TRY_LINE), (
+            args
+        )
