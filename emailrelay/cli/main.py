@@ -313,6 +313,8 @@ def _check_host_and_port(target: str) -> None:
     start-up error ``invalid host:service format: foo`` (ours took port 25, or failed every message)."""
     from ..transport_address import split_transport_address
 
+    if target.count(":") > 1 and not target.startswith("["):
+        return  # a bare IPv6 address, its port after the last colon (``::1:25``): split_next_hop's
     try:
         split_transport_address(target)
     except ValueError as exc:

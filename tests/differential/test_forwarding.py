@@ -26,6 +26,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +365,11 @@ def test_tls(tmp_path: Path, certs: Certs, case: str) -> None:
         "required-not-offered": (tls_hop(starttls=False), ("--client-tls", "--client-tls-required")),
         "starttls-refused": (tls_hop(), ("--client-tls",)),
     }[case]
-    run = same(both(tmp_path, hop, [[B], [C]], *args))
+    runs = both(tmp_path, hop, [[B], [C]], *args)
+    if case == "implicit-to-plain":  # a plain hop reads the ClientHello's random bytes as "commands"
+        for side in SIDES:
+            runs[side] = replace(runs[side], commands=[])
+    run = same(runs)
     if case.endswith("-ok"):
         assert run.rc == 0 and run.spool == {}
         assert any(
