@@ -530,9 +530,10 @@ class Pop3Server(LineBuffer):
         self._send("+OK" + (" " + text if text else ""))
 
     def login_failed(self, text: str = "", close: bool = False) -> None:
-        self._pending_decision(*_LOGIN_EVENTS)
+        failed = self._pending_decision(*_LOGIN_EVENTS)
         self._pending = None
-        self._user = None
+        if not isinstance(failed, Pass):  # as upstream: after a wrong PASS the USER still holds
+            self._user = None
         self._phase = Phase.AUTHORIZATION
         self._send("-ERR" + (" " + text if text else ""))
         if close:
@@ -681,7 +682,6 @@ class Pop3Server(LineBuffer):
         if user is None:
             self._error(ProtocolError(line, "-ERR"))
             return
-        self._user = None
         self._events.append(Pass(line, user, self._raw_arg))
 
     def _cmd_apop(self, line: str, arg: str) -> None:

@@ -39,6 +39,7 @@ SESSIONS = [
      "CAPA", "DELE 2", "QUIT"],
     ["PASS secret", "PASS", "APOP me 0123", "AUTH FOO", "STLS", "LIST", "AUTH", "AUTH PLAIN", "*",
      "AUTH LOGIN", "bWU=", "c2VjcmV0", "STAT", "NOOP x", "QUIT x"],
+    ["USER me", "PASS wrong", "PASS secret", "STAT", "QUIT"],  # the USER holds (ours forgot it: a probe)
 ]  # fmt: skip
 _ID = re.compile(rb"emailrelay\.\d+\.\d+\.\d+")
 _STAMP = re.compile(rb"<\d+\.\d+@[^>]+>")
