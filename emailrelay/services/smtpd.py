@@ -578,7 +578,7 @@ class SmtpSession(LineSession):
                 break
             pending = self._handle(event)
             self._stage()
-            if self.transport is None or self.transport.is_closing():
+            if pending is None and (self.transport is None or self.transport.is_closing()):
                 break  # aborted (a TLS handshake where a command belongs): nothing more is read
             if pending is not None:
                 self._task = asyncio.get_running_loop().create_task(self._finish(pending))
