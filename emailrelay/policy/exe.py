@@ -465,11 +465,12 @@ class ExeVerifier:
         run = await run_program([self.program, *args], timeout=self.config.filter_time_limit)
         if run.timed_out:  # upstream: "450 timeout"
             return RecipientVerdict(RecipientKind.TEMPORARY, recipient, reason="timeout", detail="timeout")
+        if run.error is not None:  # missing, not executable, a directory: upstream's "550 error"
+            self.log.warning("address verifier: exec error")
+            return RecipientVerdict(RecipientKind.REJECT, recipient, reason="error", detail="exec error")
         line1, line2 = two_lines(run.output)
-        # as upstream's child reports them: a signal as 128+n, a program that cannot run as 127
-        exit_code = (
-            127 if run.error is not None else 128 + run.signal if run.signal is not None else run.exit_code
-        )
+        # as upstream's child reports them: a signal as 128+n
+        exit_code = 128 + run.signal if run.signal is not None else run.exit_code
         self.log.verbose(
             f"address verifier: exit code {exit_code}: [{printable(line1)}] [{printable(line2)}]"
         )

@@ -194,3 +194,22 @@ def test_net_verifier_answers_and_request_lines() -> None:
     # the request line: rcpt|from|ip:port|domain|mechanism|id, "none" when not authenticated
     assert seen["ours"] == seen["upstream"]
     assert "n2@Y.example|a@b.example|127.0.0.1:PORT|dom.example|none|\n" in seen["ours"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not-executable"])
+def test_a_verifier_that_cannot_run(tmp_path: Path, kind: str) -> None:
+    """Upstream's ``550 error``, ``address verifier: exec error`` and ``rejecting recipient ...: error:
+    exec error`` (ours said ``550 mailbox unavailable`` and ``exit code 127``)."""
+    base = daemon_base(tmp_path)
+    program = base / "verifier"
+    if kind == "directory":
+        program.mkdir()
+    elif kind == "not-executable":
+        program.write_text("#!/bin/sh\nexit 0\n")
+        program.chmod(0o644)
+    got = {
+        side: verify_cases(side, daemon_base(), ["u1"], "--address-verifier", str(program)) for side in SIDES
+    }
+    assert got["ours"] == got["upstream"]
+    (rcpt, _vrfy), lines = got["ours"]["u1"]  # type: ignore[misc]
+    assert rcpt.startswith("550 error") and "emailrelay: warning: address verifier: exec error" in lines
