@@ -60,11 +60,13 @@ _target: Identity | None = None  # set once dropped
 
 
 def lookup(name: str) -> Identity:
-    """Resolve ``--user``; raises KeyError with a clear message for unknown users."""
+    """Resolve ``--user``; raises KeyError with upstream's message for unknown users."""
     try:
+        if not name:
+            raise KeyError(name)
         pw = pwd.getpwnam(name)
     except KeyError:
-        raise KeyError(f"unknown user: {name!r}") from None
+        raise KeyError(f"no such user: {name}" if name else "no such user") from None
     return Identity(uid=pw.pw_uid, gid=pw.pw_gid, name=name)
 
 

@@ -341,6 +341,13 @@ STARTUP: dict[str, tuple[tuple[str, ...], Outcome, Outcome]] = {
             "4294967296"),
     ),
     "deliver-number": (("--filter", "exit:0,deliver:4294967295"), (None, ""), (None, "")),
+    # --user: upstream's words, and an empty name is no user (found by a probe: ours ran as daemon)
+    "unknown-user": (
+        ("--user", "nosuchuser"),
+        (1, "emailrelay: error: no such user: nosuchuser"),
+        (1, "emailrelay: error: no such user: nosuchuser"),
+    ),
+    "empty-user": (("--user", ""), (1, "emailrelay: error: no such user"), (1, "emailrelay: error: no such user")),
     # --forward-to / --as-proxy without a port (found by a probe: ours took port 25)
     "forward-to-without-port": (
         ("--forward-to", "foo"),
