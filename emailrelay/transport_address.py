@@ -46,19 +46,20 @@ def split_transport_address(text: str, default_port: int | None = None) -> tuple
     return host, port
 
 
-def split_next_hop(text: str) -> tuple[str, int]:
+def split_next_hop(text: str, default_port: int | None = 25) -> tuple[str, int]:
     """(host, port) of a next hop (``--forward-to``, ``--as-client``, ``ForwardToAddress``), as
     E-MailRelay 2.6b reads one (observed): :func:`split_transport_address`'s forms, but an address
     with more than one colon and not ``[v6]:port`` or ``v6.port`` has its port after the last
-    colon (``::1:25`` is ``::1`` port 25; ``::1`` alone is host ``:`` port 1)."""
+    colon (``::1:25`` is ``::1`` port 25; ``::1`` alone is host ``:`` port 1).  Without a port,
+    ``default_port`` (None: ValueError, as the start-up check wants)."""
     text = text.strip()
     if text.count(":") > 1 and not text.startswith("["):
         host, _, port_text = text.rpartition(".")
         if port_text.isdigit():
             with contextlib.suppress(ValueError):
                 ipaddress.IPv6Address(host.split("%")[0])
-                return split_transport_address(text, 25)
+                return split_transport_address(text, default_port)
         host, _, port_text = text.rpartition(":")
         if host and port_text:
             return split_transport_address(f"[{host}]:{port_text}")
-    return split_transport_address(text, 25)
+    return split_transport_address(text, default_port)

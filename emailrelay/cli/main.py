@@ -310,13 +310,12 @@ def _check_network(config: Config) -> None:
 
 def _check_host_and_port(target: str) -> None:
     """``--forward-to``/``--as-proxy`` without a host or a port (``foo``, ``:25``) is upstream's
-    start-up error ``invalid host:service format: foo`` (ours took port 25, or failed every message)."""
-    from ..transport_address import split_transport_address
+    start-up error ``invalid host:service format: foo`` (ours took port 25): read as the forwarder
+    reads it, without its default port."""
+    from ..transport_address import split_next_hop
 
-    if target.count(":") > 1 and not target.startswith("["):
-        return  # a bare IPv6 address, its port after the last colon (``::1:25``): split_next_hop's
     try:
-        split_transport_address(target)
+        split_next_hop(target, default_port=None)
     except ValueError as exc:
         if str(exc).endswith(("no port", "no host")):
             raise ValueError(f"invalid host:service format: {target}") from None
