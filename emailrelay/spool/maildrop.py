@@ -45,21 +45,21 @@ def open_maildrop(store: SpoolStore, user: str | None = None) -> PopMaildrop:
     """Open the main directory (``user`` None) or the ``--pop-by-name`` sub-directory ``user``;
     see :meth:`SpoolStore.open_maildrop_dirs` for the errors."""
     main_fd, fd, made = store.open_maildrop_dirs(user)
-    maildrop = PopMaildrop(store, user, fd, main_fd)
-    maildrop.created = made
-    return maildrop
+    return PopMaildrop(store, user, fd, main_fd, created=made)
 
 
 class PopMaildrop:
     """A POP maildrop, open by descriptor (see the module docstring)."""
 
-    def __init__(self, store: SpoolStore, name: str | None, fd: int, main_fd: int) -> None:
+    def __init__(
+        self, store: SpoolStore, name: str | None, fd: int, main_fd: int, *, created: bool = False
+    ) -> None:
         self.store = store
         self.name = name
         self._fd = fd
         self._main_fd = main_fd
         self._lock_fd: int | None = None
-        self.created = False  # a --pop-by-name directory made for this login
+        self.created = created  # a --pop-by-name directory made for this login
 
     def __enter__(self) -> PopMaildrop:
         return self

@@ -954,10 +954,7 @@ class SpoolStore:
 
     @_privileged
     def _make_maildrop_dir(self, user: str, main_fd: int) -> int:
-        try:
-            return safe_files.open_directory(user, dir_fd=main_fd, create=True, mode=0o770, gid=self.group)
-        except OSError as exc:
-            raise _store_error(exc, f"cannot make maildrop directory {user!r}") from exc
+        return self.open_mailbox(main_fd, self.directory, user, create=True)  # as deliver: makes one
 
     @_privileged
     def open_maildrop_lock(self, dir_fd: int) -> int:
