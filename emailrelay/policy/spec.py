@@ -217,14 +217,8 @@ def _builtin(kind: str, rest: str, text: str, what: str) -> Spec:
         if not rest:
             raise SpecError(f"{what} [{text}]: no network address given")
         return Spec(kind, rest, (), text)
-    if kind == "exit":
-        try:
-            number = int(rest)
-        except ValueError:
-            raise SpecError(f"{what} [{text}]: exit: needs a number, eg. exit:103") from None
-        if not 0 <= number <= 0xFFFFFFFF:  # (over 255 it is no filter's exit code: a rejection)
-            raise SpecError(f"{what} [{text}]: exit code out of range")
-        return Spec(kind, str(number), (), text)
+    if kind == "exit":  # (its number checked by parse_filters: _check_exit_param; over 255 it is
+        return Spec(kind, str(int(rest)), (), text)  # no filter's exit code: a rejection)
     params = tuple(p.strip() for p in rest.split(";") if p.strip())
     known = _KNOWN_PARAMS.get(kind)
     if known is not None:
