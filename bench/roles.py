@@ -1,6 +1,6 @@
 """CPU per message of each role of the supervised relay, and (optionally) a py-spy profile of each.
 
-``python bench/roles.py [--messages 2000] [--user daemon] [--forward] [--py-spy DIR]``
+``python bench/roles.py [--messages 2000] [--user daemon] [--forward] [--py-spy DIR] [--perf DIR]``
 
 Starts the relay in the production start (as root, default ``--user daemon``;
 ``--forward`` adds ``--forward-to`` a Postfix ``smtp-sink -c`` and ``--poll 1``),
@@ -15,7 +15,9 @@ work).  With ``--py-spy DIR`` (the
 ``profile`` extra: ``pip install -e .[profile]``) each role is sampled with
 ``py-spy record --gil --format raw`` (samples of the thread holding the GIL:
 Python CPU, not waits) for the run and the top functions by own time are
-printed.  Everything binds 127.0.0.1; every process is stopped by its pid.
+printed.  With ``--perf DIR`` each role is recorded with ``perf record`` (on-CPU samples,
+kernel and user space: where the system share of a role's CPU goes) and the top symbols
+are printed.  Everything binds 127.0.0.1; every process is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def main() -> int:
     ap.add_argument("--py-spy", metavar="DIR", help="record each role with py-spy into DIR")
     ap.add_argument("--cprofile", metavar="DIR",
                     help="profile each role's event loop thread by CPU time (cProfile) into DIR")  # fmt: skip
+    ap.add_argument("--perf", metavar="DIR",
+                    help="record each role with perf (kernel and user stacks) into DIR")  # fmt: skip
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("extra", nargs="*", help="more relay options (after --)")
@@ -102,6 +106,17 @@ def main() -> int:
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                         )  # fmt: skip
                         spies.append((names[pid], pid, spy, raw))
+                if opts.perf:
+                    out = Path(opts.perf)
+                    out.mkdir(parents=True, exist_ok=True)
+                    for pid in procs:
+                        data = out / f"{names[pid]}-{pid}.perf"
+                        rec = subprocess.Popen(
+                            ["perf", "record", "-q", "-F", "999", "-p", str(pid), "-o", str(data)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        )  # fmt: skip
+                        spies.append((names[pid], pid, rec, data))
+                if spies:
                     time.sleep(1.0)
                 t0 = time.perf_counter()
                 secs, rc, err = cm.run_smtp_source(
@@ -155,7 +170,17 @@ def main() -> int:
         ]
         print(cm.table(headers, rows))
         for role, pid, _, raw in spies:
-            if raw.exists():
+            if raw.suffix == ".perf" and raw.exists():
+                print(f"\n{role} ({pid}): top own samples (perf, kernel and user)")
+                report = subprocess.run(
+                    ["perf", "report", "-i", str(raw), "--no-children", "--sort", "dso,sym", "--stdio",
+                     "--percent-limit", "1"],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                lines = [ln for ln in report.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+                for line in lines[: opts.top]:
+                    print(f"  {line.strip()}")
+            elif raw.exists():
                 print(f"\n{role} ({pid}): top own time")
                 for frame, share in top_frames(raw, opts.top):
                     print(f"  {share * 100:5.1f}%  {frame}")
