@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"E-MailRelay V2.6 submit (emailrelay-python {__version__})",
     )
-    p.add_argument("recipients", nargs="*", help="envelope recipients")
+    # upstream stops reading options at the first recipient: what follows is a recipient, "-F" too
+    p.add_argument("recipients", nargs=argparse.REMAINDER, help="envelope recipients")
     return p
 
 
@@ -553,6 +554,8 @@ def _option_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_option_values(sys.argv[1:] if argv is None else argv))
+    if args.recipients[:1] == ["--"]:  # the end of the options, not a recipient
+        del args.recipients[0]
     try:
         paths = submit(args)
     except SubmitError as exc:  # an address's bytes shown as given, as upstream shows them

@@ -267,6 +267,18 @@ def test_submit_content_lines_and_input_as_upstream(
     assert got["ours"] == got["upstream"]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [("x@y", "-F", "z@w"), ("-n", "x@y", "-n"), ("--", "x@y"), ("x@y", "--", "z@w")],
+    ids=["option-letter-after", "flag-after", "end-of-options", "end-of-options-after"],
+)
+def test_submit_options_end_at_the_first_recipient(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Upstream reads options up to the first recipient only: ``x@y -F z@w`` is three recipients."""
+    got = _submit_both(tmp_path, "spool", "-f", "a@b", *args, input=b"Subject: s\r\n\r\nb\r\n")
+    assert got["ours"] == got["upstream"]
+    assert got["ours"][0] == 0 and len(got["ours"][3]) == 2
+
+
 def test_submit_message_id_option_never_takes_the_next_argument(tmp_path: Path) -> None:
     """``-I`` is a flag and ``--content-message-id`` takes a domain only after ``=``: the argument
     after either is a recipient, as upstream has it (the bare option's domain aside: decisions.md)."""

@@ -277,3 +277,24 @@ def test_run_as_root_the_files_get_a_group_the_relay_user_is_in(tmp_path: Path) 
         assert {(p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o777) for p in made} == {
             (0, expected, 0o660)
         }
+
+
+@pytest.mark.parametrize(
+    ("args", "recipients"),
+    [
+        (["x@y", "-F", "z@w"], ("x@y", "-F", "z@w")),
+        (["-n", "x@y", "-n"], ("x@y", "-n")),
+        (["--", "x@y"], ("x@y",)),
+        (["x@y", "--", "z@w"], ("x@y", "--", "z@w")),
+    ],
+    ids=["option-letter-after", "flag-after", "end-of-options", "end-of-options-after"],
+)
+def test_options_end_at_the_first_recipient(
+    spool: Path, args: list[str], recipients: tuple[str, ...]
+) -> None:
+    """As upstream (tests/differential/test_programs.py): what follows the first recipient is a
+    recipient, even when it looks like an option; a ``--`` before it only ends the options."""
+    result = submit("--spool-dir", str(spool), "-f", "a@b", *args)
+    assert result.returncode == 0, result.stderr
+    (envelope,) = spool.glob("*.envelope")
+    assert env_format.parse(envelope.read_bytes()).to_remote == recipients
