@@ -39,7 +39,20 @@ def _port_range() -> tuple[int, int]:
     return (max(11000, low - 12000), low - 1) if low > 12000 else (49152, 65535)
 
 
-_PORT_RANGE = _port_range()
+def _worker_slice(span: tuple[int, int]) -> tuple[int, int]:
+    """This pytest-xdist worker's own part of ``span`` (all of it without xdist): two workers of
+    one run never pick the same port, whatever the timing of their relays' binds."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return span
+    index, parts = int(worker[2:]), int(count)
+    width = (span[1] - span[0] + 1) // parts
+    start = span[0] + (index % parts) * width
+    return (start, start + width - 1)
+
+
+_PORT_RANGE = _worker_slice(_port_range())
 _PORTS_GIVEN: set[int] = set()
 
 
@@ -47,8 +60,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on, for a relay a test starts next.
 
     Picked at random outside the ephemeral range, so that no outgoing connection of the test run
-    (which the kernel gives an ephemeral source port) can take it before the relay binds it, and
-    parallel test workers rarely pick the same one; never the same port twice in one process.
+    (which the kernel gives an ephemeral source port) can take it before the relay binds it, in
+    this xdist worker's own slice of that range (``_worker_slice``), so the run's workers never pick
+    the same one; never the same port twice in one process.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(500):
