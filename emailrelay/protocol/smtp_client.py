@@ -21,11 +21,24 @@ the wrong state raises :class:`ClientUsageError` (a bug in the caller).
 What it guarantees:
 - Processing is eager and chunking-independent: the same server bytes give
   the same events and the same client bytes however they are split.
-- Every malformed input from the server -- a line without a 3-digit code in
-  200..599, a line over 4096 octets, a multi-line reply switching codes, an
+- A reply line ends at LF, with or without the CR before it (E-MailRelay
+  2.6b waits for a CRLF and fails the message with a response timeout:
+  docs/decisions.md, "Forwarding").  Every malformed
+  input from the server -- a line without a 3-digit code in 100..599, a line
+  over 65536 octets (upstream takes any length; lines over 4096 fail only
+  their message, as upstream's), a multi-line reply switching codes, an
   over-long multi-line reply, a reply nobody asked for -- and every 421 or
   unexpected EOF is exactly one :class:`SessionFailed`, after which nothing
   more happens.  It never raises on server input.
+- A reply that makes no sense where it comes is E-MailRelay 2.6b's
+  "unexpected response", a :class:`SessionFailed` with that reply: a
+  greeting other than 220, an EHLO reply other than 250 (500, 501 and 502
+  mean HELO, unless ``esmtp_required``), a MAIL reply under 400 other than
+  250, a DATA reply under 400 other than 354.  As upstream, any RCPT reply
+  under 400 accepts the recipient and any final reply outside 2xx fails the
+  message with that reply.
+- :attr:`SmtpClient.long_line` keeps the size of the first reply line over
+  1000 octets (traced or not), for the service's warning, as upstream's.
 - DATA is never pipelined: all RCPT replies are in before DATA (or the first
   BDAT) goes out, so with forward-to-all a permanently rejected (5xx)
   recipient aborts the message before any content is sent.
@@ -65,8 +78,9 @@ from enum import StrEnum
 from emailrelay.protocol.addresses import xtext_encode
 from emailrelay.protocol.content_encoding import BdatEncoder, DataEncoder
 
-MAX_REPLY_LINE = 4096  # octets excluding the line end
+MAX_REPLY_LINE = 65536  # octets excluding the line end (bounded memory: upstream has no limit)
 MAX_REPLY_LINES = 256  # lines in one multi-line reply
+LONG_REPLY_LINE = 1000  # octets: E-MailRelay 2.6b warns of a longer reply line (see long_line)
 BDAT_CHUNK = 1_000_000  # octets per BDAT command, E-MailRelay 2.6b's
 
 __all__ = [
@@ -183,6 +197,7 @@ class ClientConfig:
     forward_to_some: bool = False  # False = --forward-to-all
     send_auth_param: bool = True  # False with --anonymous=client: AUTH=<> instead of a name (as 2.6b)
     defer_transient: bool = False  # back-off: 4xx recipients are deferred, 421 ends the session
+    esmtp_required: bool = False  # STARTTLS is a must (--client-tls-required): no HELO fallback
 
 
 class Event:
@@ -303,6 +318,7 @@ _TRANSACTION = ("mail", "rcpt", "data", "bdat", "bdat_last", "dot")
 _FORBIDDEN_IN_COMMANDS = re.compile(r"[\r\n\x00]")
 _EHLO_UNKNOWN = (500, 501, 502)  # EHLO refusals that mean "say HELO", as E-MailRelay 2.6b takes them
 _INVALID = "invalid response"  # E-MailRelay 2.6b's words for a malformed reply line
+_NO_ESMTP = "tls is mandated but the server cannot do esmtp"  # (upstream's words)
 _XTEXT = re.compile(r"<>|(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
 
 
@@ -400,6 +416,7 @@ class SmtpClient:
         self._quit_sent = False
         self._auth_challenged = False
         self._late_greeting = False  # skip_greeting(): a 220 that comes later is not the EHLO reply
+        self.long_line: int | None = None  # octets of the first reply line over LONG_REPLY_LINE
         self._handlers = {
             "greeting": self._on_greeting,
             "ehlo": self._on_ehlo,
@@ -726,6 +743,8 @@ class SmtpClient:
         if len(line) > MAX_REPLY_LINE:
             self._garbage("reply line too long")
             return
+        if len(line) > LONG_REPLY_LINE and self.long_line is None:
+            self.long_line = len(line)
         if self._tracing and not self._quit_sent:  # nothing is read after QUIT: the reply is not logged
             self._trace.append(("rx", line.decode("utf-8", "replace")))
         head = line[:3]
@@ -733,7 +752,7 @@ class SmtpClient:
             self._garbage(_INVALID)
             return
         code = int(head)
-        if not 200 <= code <= 599:
+        if not 100 <= code <= 599:
             self._garbage(_INVALID)
             return
         if self._reply_code is not None and code != self._reply_code:
@@ -787,6 +806,10 @@ class SmtpClient:
             return "content"
         return str(self._state)
 
+    def _unexpected(self, reply: Reply, stage: str) -> None:
+        """A reply that makes no sense here: E-MailRelay 2.6b's "unexpected response" (a session error)."""
+        self._session_failed(reply, stage, f"unexpected response: {reply}")
+
     def _garbage(self, reason: str) -> None:
         self._session_failed(None, self._stage(), reason)
 
@@ -811,7 +834,7 @@ class SmtpClient:
     # ------------------------------------------------------------------ reply handlers
 
     def _on_greeting(self, expect: _Expect, reply: Reply) -> None:
-        if not reply.is_positive():
+        if reply.code != 220:
             self._session_failed(reply, "greeting", f"greeting rejected: {reply}")
             return
         self._events.append(Greeted(reply))
@@ -819,10 +842,12 @@ class SmtpClient:
         self._queue(f"EHLO {self._helo_name}", _Expect("ehlo"))
 
     def _on_ehlo(self, expect: _Expect, reply: Reply) -> None:
-        if reply.is_positive():
+        if reply.code == 250:
             self._caps = parse_ehlo(reply)
             self._ready()
-        elif reply.code in _EHLO_UNKNOWN:  # EHLO not understood: HELO (any other refusal ends it)
+        elif reply.code in _EHLO_UNKNOWN and self._config.esmtp_required:
+            self._session_failed(None, "ehlo", _NO_ESMTP)
+        elif reply.code in _EHLO_UNKNOWN:  # EHLO not understood: HELO (any other reply ends it)
             self._queue(f"HELO {self._helo_name}", _Expect("helo"))
         else:
             self._session_failed(reply, "ehlo", f"EHLO rejected: {reply}")
@@ -871,6 +896,9 @@ class SmtpClient:
     def _on_mail(self, expect: _Expect, reply: Reply) -> None:
         txn = expect.txn
         assert txn is not None
+        if reply.code < 400 and reply.code != 250:
+            self._unexpected(reply, "mail")
+            return
         txn.mail_reply = reply
         txn.awaiting -= 1
         if not reply.is_positive():
@@ -885,7 +913,7 @@ class SmtpClient:
         assert txn is not None
         txn.awaiting -= 1
         if txn.mail_reply is not None and txn.mail_reply.is_positive():
-            if reply.is_positive():
+            if reply.code < 400:  # (any such reply accepts it, as upstream takes them)
                 txn.accepted.append(expect.arg)
             else:
                 txn.rejected.append((expect.arg, reply))
@@ -945,8 +973,10 @@ class SmtpClient:
     def _on_data(self, expect: _Expect, reply: Reply) -> None:
         txn = expect.txn
         assert txn is not None
-        if reply.is_intermediate():
+        if reply.code == 354:
             self._start_content(txn)
+        elif reply.code < 400:
+            self._unexpected(reply, "data")
         else:
             self._message_failed(txn, reply, "data", f"DATA rejected: {reply}")
 

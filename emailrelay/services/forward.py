@@ -189,6 +189,8 @@ class ForwardService:
             forward_to_some=config.forward_to_some,
             send_auth_param="client" not in config.anonymous,
             defer_transient=config.backoff,
+            # upstream: with STARTTLS a must, a next hop that refuses EHLO gets no HELO
+            esmtp_required=config.client_tls_required and not config.client_tls_connection,
         )
         self.security = client_security(config)
         self.client_filter = build_client_filter(config, store) if config.client_filters else None
@@ -1000,7 +1002,7 @@ class ForwardService:
             some = self.config.forward_to_some
             rejected = tuple(r for r, _ in event.rejected) if some else None
         else:
-            reason, code, rejected = "\n".join(reply.lines) or str(reply.code), reply.code, None
+            reason, code, rejected = "\n".join(reply.lines) or "error", reply.code, None  # (upstream's)
         if self.backoff and reply.is_transient():
             return replace(await self._retry(claim, "\n".join(reply.lines), reply.code), reply=reply)
         rewrite = None

@@ -10,13 +10,18 @@ dot — upstream's 42 ms); every wait has a timeout (``--connection-timeout``
 to connect, ``--response-timeout`` per reply and per blocked write of the
 content, upstream's "flow-control timeout"); a timeout, reset or
 protocol garbage surfaces as :class:`ConnectionTrouble`, never as a hang;
-outgoing content respects the transport's write buffer (bounded memory).
+outgoing content respects the transport's write buffer (bounded memory), and
+stops when the connection is reset (``peer disconnected: <the system's
+words>``, as upstream's).
 Failures are worded and logged as E-MailRelay 2.6b words and logs them
-(``connect failure: cannot connect to ...``, ``smtp error: unexpected
-response: ...`` after the warning ``client protocol: unexpected response
-[...]``, ``tls: tls error: SSL_connect(): [<openssl error>]`` then ``peer
-disconnected: ssl connect``, the authentication errors), and the EHLO name
-is ``--domain`` when it has a dot, else the connection's local address.
+(``connect failure: cannot connect to <the resolved address>``, ``smtp
+error: unexpected response[: <text>]`` after the warning ``client protocol:
+unexpected response [...]``, ``tls: tls error: SSL_connect(): [<openssl
+error>]`` then ``peer disconnected: ssl connect``, the authentication
+errors), and the EHLO name is ``--domain`` when it has a dot, else the
+connection's local address.  Traced lines are cut as upstream cuts log
+lines (:data:`LOG_LINE_LIMIT`), and the first reply line over 1000 octets
+in a process gets upstream's warning ``very long line detected``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,35 @@ from ..transport_address import split_next_hop
 from .listeners import format_address
 from .security import ClientSecurity
 from .socks import SocksProxy, open_via_socks, parse_forward_to
+
+LOG_LINE_LIMIT = 1000  # octets of "emailrelay: info: <text>": upstream cuts longer ones, ending them " ..."
+_LOG_HEAD = len("emailrelay: info: ")
+_long_line_warned = False  # upstream warns of a long reply line once per process
+
+
+def _cut(text: str) -> str:
+    """A traced line as upstream logs it: cut to :data:`LOG_LINE_LIMIT` octets with its head, ``" ..."``
+    ending the cut (whole characters: upstream may split one)."""
+    data = text.encode("utf-8", "surrogateescape")
+    room = LOG_LINE_LIMIT - _LOG_HEAD
+    if len(data) <= room:
+        return text
+    return data[: room - 4].decode("utf-8", "ignore") + " ..."
+
+
+def _warn_long_line(log: Any, client: sc.SmtpClient) -> None:
+    """Upstream's warning of a reply line over 1000 octets: the first in the process, traced or not."""
+    global _long_line_warned
+    if client.long_line is not None and not _long_line_warned:
+        _long_line_warned = True
+        log.warning(f"very long line detected: {client.long_line} > {sc.LONG_REPLY_LINE}")
+
+
+def error_text(reply: sc.Reply) -> str:
+    """E-MailRelay 2.6b's error text of a reply: none for a 2xx, else its lines (``error`` when empty)."""
+    if reply.is_positive():
+        return ""
+    return "\n".join(reply.lines) or "error"
 
 
 class ConnectionTrouble(Exception):
@@ -228,7 +262,7 @@ class SmtpConnection:
             # fails later, without it
             why = f": {exc.strerror.lower()}" if self.hop.startswith("/") and exc.strerror else ""
             raise ConnectionTrouble(
-                f"connect failure: cannot connect to {self.hop}{why}", kind="connect"
+                f"connect failure: cannot connect to {await self._resolved()}{why}", kind="connect"
             ) from None
         if self.tls_refused:
             raise ConnectionTrouble("peer disconnected: ssl connect")
@@ -239,6 +273,22 @@ class SmtpConnection:
             caps = await self._secure(caps, security, host_for_tls)
         self.capabilities = caps
         return caps
+
+    async def _resolved(self) -> str:
+        """The address a TCP next hop's name resolves to first (upstream names it when a connect
+        fails: ``localhost:25`` is ``127.0.0.1:25``); the hop as written when there is none."""
+        if self.hop.startswith("/"):
+            return self.hop
+        try:
+            target, proxy = parse_forward_to(self.hop)
+            host, port = split_next_hop(target)
+            if proxy is not None:
+                return self.hop
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            address = infos[0][4]
+            return format_address(str(address[0]), int(address[1]))
+        except (OSError, ValueError, UsageError, IndexError):
+            return self.hop
 
     async def _await_greeting(self, timeout: float) -> None:
         """Wait ``timeout`` seconds for the greeting (or anything); then send EHLO without it."""
@@ -479,8 +529,9 @@ class SmtpConnection:
                 eof = ssl.SSLEOFError()
                 self.log.warning(f"tls: tls error: SSL_read(): [{tls.openssl_error(exc or eof)}]")
                 self._lost_reason = "peer disconnected: ssl read"
-            else:
-                self._lost_reason = "peer disconnected"
+            else:  # upstream's words add the system's when a read or write failed
+                why = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else ""
+                self._lost_reason = f"peer disconnected: {why}" if why else "peer disconnected"
         self._wake()
 
     def trouble(self, event: sc.SessionFailed) -> ConnectionTrouble:
@@ -488,8 +539,10 @@ class SmtpConnection:
         makes no sense at that point)."""
         if event.reply is not None:
             self.log.warning(f"client protocol: unexpected response [{reply_text(event.reply)}]")
-            lines = "\n".join(event.reply.lines)  # (a line break: the envelope writes it as \n)
-            return ConnectionTrouble(f"smtp error: unexpected response: {lines}", event.reply)
+            text = error_text(event.reply)  # (a line break: the envelope writes it as \n)
+            return ConnectionTrouble(
+                f"smtp error: unexpected response{': ' if text else ''}{text}", event.reply
+            )
         if event.reason == "connection closed by the server":  # over TLS: after the peer's close_notify
             return ConnectionTrouble("peer disconnected: ssl read" if self.encrypted else "peer disconnected")
         return ConnectionTrouble(f"smtp error: {event.reason}")
@@ -501,13 +554,16 @@ class SmtpConnection:
 
     def _flush(self) -> None:
         data = self.client.data_to_send()
+        _warn_long_line(self.log, self.client)
         if self.trace:
             for direction, text in self.client.drain_trace():
                 text = text.replace("\\", "\\\\")  # upstream doubles a backslash (control bytes: the log)
                 self.log.verbose(
-                    f'{direction}{">>" if direction == "tx" else "<<"}: "{text}"'
-                    if not text.startswith(("[", '"'))  # (a BDAT's trace is quoted already)
-                    else f"{direction}>>: {text}"
+                    _cut(
+                        f'{direction}{">>" if direction == "tx" else "<<"}: "{text}"'
+                        if not text.startswith(("[", '"'))  # (a BDAT's trace is quoted already)
+                        else f"{direction}>>: {text}"
+                    )
                 )
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -532,6 +588,7 @@ class SmtpConnection:
     async def send_content(self, chunk: bytes, *, last: bool = False) -> None:
         """A chunk of the content; ``last``: the whole (rest of the) content, ended in the same
         write (DATA's final dot or the last BDAT): one system call for a small message."""
+        self._check_lost()
         self.client.send_content(chunk)
         if last:
             self.client.end_content()
@@ -545,7 +602,14 @@ class SmtpConnection:
                     f"smtp error: flow-control timeout after {self.response_timeout:g}s"
                 ) from None
 
+    def _check_lost(self) -> None:
+        """The connection broke (a reset) and nothing the next hop said is still to be read: no more
+        content goes, and none is traced (upstream traces the content once it is written)."""
+        if self._lost_reason is not None and not self._events:
+            raise ConnectionTrouble(self._lost_reason)
+
     def end_content(self) -> None:
+        self._check_lost()
         self.client.end_content()
         self._collect()
 

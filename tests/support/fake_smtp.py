@@ -564,8 +564,11 @@ def auth_script(*replies: str) -> Callable[[Session, list[str]], Reply]:
 
 
 def _code(value: Reply) -> int:
-    if isinstance(value, str) and value[:3].isdigit():
-        return int(value[:3])
+    """A reply's code (a raw ``bytes`` reply's too, so a scripted ``b"250 ok\\n"`` takes MAIL)."""
+    if isinstance(value, str):
+        return int(value[:3]) if value[:3].isdigit() else 0
+    if isinstance(value, bytes) and value[:3].isdigit() and value[3:4] in (b" ", b"-", b"\r", b"\n", b""):
+        return int(value[:3])  # (not "2500 ...": garbage)
     return 0
 
 
