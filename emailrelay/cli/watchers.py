@@ -85,6 +85,7 @@ def role_watchers(
         elif row.listen == "bound":
             extra += [a for address in listening for a in ("--listen", address)]
         args = [
+            "-P",  # not the working directory first on sys.path: a secrets.py there is not run as root
             "-m",
             "emailrelay.cli.role",
             row.name,
