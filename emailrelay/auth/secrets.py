@@ -11,15 +11,19 @@ EXPECTS
 
         client|server  plain      <xtext-id>  <xtext-password>  [selector]
         client|server  md5        <xtext-id>  <base64-or-dotted-hmac-md5-state>  [selector]
-        client|server  plain:b    <base64-id> <base64-password> [selector]   ("=" is empty)
+        client|server  plain:b    <base64-id> <base64-password> [selector]
         client         oauth      <xtext-id>  <base64-xoauth2-response>  [selector]
         client         oauth:cmd  <xtext-id>  <xtext-command-line>  [selector]
         server         none       <ip-range>  <keyword>
         client|server  <hash>     <xtext-id>  <base64-hashed-secret>  [selector]
 
     As in E-MailRelay 2.6b, ``login`` means ``plain``, ``cram-md5`` and
-    ``apop`` mean ``md5``, and any other type word is the name of the hash
-    function that made the secret (``sha1``, ``sha256``, ``frob``...): the
+    ``apop`` mean ``md5``, a colon and what follows it are dropped from a
+    type word that is not a type of its own (``md5:b`` is ``md5``, its id
+    xtext still), ``=`` in xtext stands for itself, ``plain:b`` fields are
+    base64 whose padding may be left out but never empty (``=``) except in
+    ``client plain:b = =`` ("do not authenticate"), and any other type word
+    is the name of the hash function that made the secret (``sha1``, ``sha256``, ``frob``...): the
     line is kept, its secret must be base64, and CRAM-SHA1 / CRAM-SHA256 are
     offered for ``sha1`` / ``sha256`` server lines (as upstream does), though
     no hashed secret but MD5's can check a response (no hash library can
@@ -218,7 +222,9 @@ def _parse_address(ip: str) -> IPAddress | None:
 
 
 def _xtext(text: str) -> tuple[str, bytes]:
-    """Decode xtext to (text, exact octets); ``ValueError`` when invalid."""
+    """Decode xtext to (text, exact octets); ``ValueError`` when invalid.  As E-MailRelay 2.6b
+    reads a secrets file, ``=`` stands for itself (``server plain me =`` is the password "=")."""
+    text = text.replace("=", "+3D")
     decoded = xtext_decode(text)
     # xtext_decode gives UTF-8 text, or latin-1 when the octets are not UTF-8;
     # the octet count tells which encoding gives the original octets back.
@@ -229,6 +235,16 @@ def _xtext(text: str) -> tuple[str, bytes]:
     return decoded, raw
 
 
+def _type_word(word: str) -> str:
+    """A line's type, as E-MailRelay 2.6b reads it: in any case, its other names (``login``...)
+    resolved, and whatever follows a colon dropped unless the word is a type of its own
+    (``md5:b`` and ``plain:x`` are ``md5`` and ``plain``; ``plain:b``, ``oauth:cmd`` stay)."""
+    kind = word.lower()
+    if kind not in _TYPES and ":" in kind:
+        kind = kind.split(":", 1)[0]
+    return _TYPE_ALIASES.get(kind, kind)
+
+
 def _b64field(text: str) -> bytes:
     if text == "=":
         return b""
@@ -236,8 +252,9 @@ def _b64field(text: str) -> bytes:
 
 
 def _strict_b64(text: str) -> bytes:
-    """E-MailRelay 2.6b's base64 for an ``oauth`` secret: the padding may be left out but not
-    be partial, and the last character may carry no unused bits.  ``ValueError`` otherwise."""
+    """E-MailRelay 2.6b's base64 for an ``oauth`` secret and ``plain:b`` fields: the padding may
+    be left out but not be partial, and the last character may carry no unused bits.
+    ``ValueError`` otherwise."""
     body = text.rstrip("=")
     if len(body) % 4 == 1 or (body != text and len(text) - len(body) != -len(body) % 4):
         raise ValueError("invalid base64")
@@ -342,7 +359,7 @@ class Secrets:
             raise self._error("too few fields", n)  # upstream's words
         if len(f) > 5:
             raise self._error("too many fields", n)
-        kind = _TYPE_ALIASES.get(f[1].lower(), f[1].lower())
+        kind = _type_word(f[1])
         selector = f[4] if len(f) == 5 else ""
         if kind not in _TYPES or (side == "server" and kind.startswith("oauth")):
             self._add_secret(side, kind, *self._decode_hashed(kind, f[2], f[3], n), selector, n)
@@ -353,7 +370,7 @@ class Secrets:
         elif kind == "plain":
             self._add_secret(side, "plain", *self._decode_xtext(f[2], f[3], n), selector, n)
         elif kind == "plain:b":
-            self._add_secret(side, "plain", *self._decode_b64(f[2], f[3], n), selector, n)
+            self._add_secret(side, "plain", *self._decode_b64(side, f[2], f[3], n), selector, n)
         elif kind == "md5":
             self._add_secret(side, "md5", *self._decode_md5(f[2], f[3], n), selector, n)
         elif kind == "oauth":
@@ -394,14 +411,23 @@ class Secrets:
         except (binascii.Error, ValueError, UnicodeEncodeError):
             raise self._error(f"invalid xtext in the secret for [{ident}]", n) from None
 
-    def _decode_b64(self, id_field: str, secret_field: str, n: int) -> tuple[str, bytes, bytes]:
+    def _decode_b64(self, side: str, id_field: str, secret_field: str, n: int) -> tuple[str, bytes, bytes]:
+        """A ``plain:b`` line's fields, as E-MailRelay 2.6b decodes them: base64 whose padding may
+        be left out (``bWU``), but no empty id or secret (``=``), bar the "do not authenticate"
+        ``client plain:b = =``."""
+        if side == "client" and id_field == secret_field == "=":
+            return "", b"", b""
         try:
-            ident_raw = _b64field(id_field)
+            ident_raw = _strict_b64(id_field)
+            if not ident_raw:
+                raise ValueError("empty")
         except (binascii.Error, ValueError, UnicodeEncodeError):
             raise self._error(f"invalid base64 in id [{id_field}]", n) from None
         ident = _bytes_text(ident_raw)
         try:
-            secret = _b64field(secret_field)
+            secret = _strict_b64(secret_field)
+            if not secret:
+                raise ValueError("empty")
         except (binascii.Error, ValueError, UnicodeEncodeError):
             raise self._error(f"invalid base64 in the secret for [{ident}]", n) from None
         return ident, ident_raw, secret

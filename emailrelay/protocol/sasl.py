@@ -21,7 +21,8 @@ EXPECTS
 GUARANTEES
     * No sockets, files, clocks (unless passed in) or logging.
     * Server mechanisms: PLAIN, LOGIN, CRAM-MD5, CRAM-SHA1, CRAM-SHA256,
-      CRAM-SHA512 (upstream 2.6 advertises SHA512 too).  The CRAM challenge is
+      CRAM-SHA512 (upstream 2.6 advertises SHA512 too); ``server_offer`` is
+      what a session offers, before and after TLS.  The CRAM challenge is
       ``<random.time@domain>`` like upstream's ``<26514.1795611775@vm>``.
       XOAUTH2 is client-only: a relay has no way to validate bearer tokens.
     * ``external_check=True`` (PAM): PLAIN and LOGIN give ``CheckPassword``
@@ -68,6 +69,7 @@ __all__ = [
     "choose_client_mechanism",
     "client_mechanisms",
     "server_mechanisms",
+    "server_offer",
 ]
 
 CRAM_HASHES: Mapping[str, str] = {
@@ -131,6 +133,15 @@ def server_mechanisms(kinds: Iterable[str]) -> list[str]:
     if "plain" in present:
         return list(SERVER_MECHANISMS)
     return [m for m, h in CRAM_HASHES.items() if h in present and h in HASHED_SECRET_HASHES]
+
+
+def server_offer(secret_mechanisms: Sequence[str], config: AuthConfig | None, encrypted: bool) -> list[str]:
+    """What a server session offers: ``secret_mechanisms`` (``server_mechanisms``) through
+    ``config``.  As E-MailRelay 2.6b, secrets that allow no mechanism (only ``none``, ``client``
+    or unknown-hash lines) offer PLAIN once encrypted, subject to ``config`` (and then fail:
+    there is no secret); before that they offer nothing."""
+    offered = list(secret_mechanisms) or (["PLAIN"] if encrypted else [])
+    return offered if config is None else config.select(offered, encrypted)
 
 
 def client_mechanisms(kind: str) -> list[str]:

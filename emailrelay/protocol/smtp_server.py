@@ -150,6 +150,8 @@ class ServerConfig:
     strict_parsing: bool = True
     vrfy: bool = True
     auth_mechanisms: tuple[str, ...] = ()
+    # offered only once encrypted (before that: AUTH gets 504, ": use starttls" when STARTTLS is offered)
+    auth_mechanisms_tls: tuple[str, ...] = ()
     auth_required: bool = False
     starttls: bool = False
     tls_required: bool = False
@@ -344,6 +346,7 @@ _UNRECOGNIZED = "command unrecognized"
 _NOT_AVAILABLE = "service not available"  # the admin's "smtp disable"
 _VERB_RE = re.compile(r"[ \t]*([^ \t]*)[ \t]*(.*)", re.DOTALL)
 _NOT_IMPLEMENTED = "command not implemented"
+_BAD_MECHANISM = "unsupported authentication mechanism"
 _NO_RECIPIENTS = (554, "no valid recipients")
 _PROTOCOL_ERRORS = frozenset({500, 503})  # the replies upstream counts towards its limit
 
@@ -351,10 +354,9 @@ _PROTOCOL_ERRORS = frozenset({500, 503})  # the replies upstream counts towards 
 _GATES: dict[str, tuple[Callable[[SmtpServer], bool], int, str]] = {
     "BDAT": (lambda s: s._cfg.chunking, 500, _UNRECOGNIZED),
     "STARTTLS": (lambda s: s._cfg.starttls or s._tls, 500, _UNRECOGNIZED),
-    # a secrets file that offers no mechanism (only hashed secrets of unknown hash functions) still
-    # makes AUTH a known command: 504 for any mechanism, as upstream
+    # as upstream: AUTH gets 502 ("command not implemented") when no mechanism is offered, now or after STARTTLS
     "AUTH": (
-        lambda s: bool(s._cfg.auth_mechanisms) or s._cfg.auth_required,
+        lambda s: bool(s._cfg.auth_mechanisms) or (not s._tls and bool(s._cfg.auth_mechanisms_tls)),
         502,
         _NOT_IMPLEMENTED,
     ),
@@ -440,6 +442,11 @@ class SmtpServer(LineBuffer):
     @property
     def authenticated(self) -> bool:
         return self._authenticated
+
+    @property
+    def auth_offered(self) -> tuple[str, ...]:
+        """The AUTH mechanisms offered now (empty: AUTH is refused, see ServerConfig.auth_mechanisms_tls)."""
+        return self._cfg.auth_mechanisms
 
     @property
     def in_transaction(self) -> bool:
@@ -973,9 +980,11 @@ class SmtpServer(LineBuffer):
             return self._error(line, 503, _OUT_OF_SEQUENCE)
         if c.tls_required and not self._tls:  # no credentials in clear text
             return self._error(line, 530, "encryption required: use starttls")
+        if not c.auth_mechanisms:  # offered once encrypted only (the gate saw to that): upstream's reply
+            return self._error(line, 504, _BAD_MECHANISM + (": use starttls" if c.starttls else ""))
         mechanism = words[0].upper() if words else ""
         if mechanism not in (m.upper() for m in c.auth_mechanisms):
-            return self._error(line, 504, "unsupported authentication mechanism")
+            return self._error(line, 504, _BAD_MECHANISM)
         initial: str | None = None
         if len(words) >= 2:  # as upstream, words after the initial response are ignored
             initial = "" if words[1] == "=" else words[1]

@@ -48,7 +48,7 @@ from ..policy.exe import printable
 from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 from ..protocol import smtp_server as sp
 from ..protocol.addresses import to_alabels, xtext_encode
-from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success
+from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success, server_offer
 from ..spool.envelope import Envelope
 from ..spool.names import MessageId, State
 from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
@@ -61,6 +61,13 @@ _BODY_TO_CONTENT = {"7BIT": "7bit", "8BITMIME": "8bit", "BINARYMIME": "binarymim
 # the Received: date's names, written here: email.utils would bring the email package into the smtp role
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _offered(security: ServerSecurity, encrypted: bool) -> tuple[str, ...]:
+    """The AUTH mechanisms an SMTP session offers, encrypted or not (``sasl.server_offer``)."""
+    if security.secrets is None:
+        return ()
+    return tuple(server_offer(security.secrets.mechanisms_for_server(), security.auth_config, encrypted))
 
 
 def received_date(when: float | None = None) -> str:
@@ -244,7 +251,6 @@ class SmtpSession(LineSession):
         self.tx = _Transaction()
         self._content_logged = False
         self._quit = False  # QUIT seen: a close is "smtp protocol done", else "peer disconnected"
-        self._untrusted_logged = False  # upstream says once per session why AUTH is needed
         self._staged: list[bytes] = []  # replies already logged, not yet written (see _stage)
         self._close_logged = False
         self._bdat = False  # the transaction's content comes by BDAT (traced per command, as upstream)
@@ -408,7 +414,8 @@ class SmtpSession(LineSession):
                 self.auth_mechanism, self.auth_id = "none", self.trusted_keyword
         return replace(
             base,
-            auth_mechanisms=security.mechanisms(self.encrypted),
+            auth_mechanisms=_offered(security, self.encrypted),
+            auth_mechanisms_tls=() if self.encrypted else _offered(security, True),
             auth_required=secrets is not None and self.trusted_keyword is None,
             starttls=security.tls_context is not None and not security.tls_implicit and not self.encrypted,
             tls_required=security.tls_required and not self.encrypted,
@@ -632,14 +639,18 @@ class SmtpSession(LineSession):
         self.extended = ev.extended
         self.proto.accept()
 
-    def _on_mail(self, ev: sp.MailFrom) -> None:
-        self._trace_rx(ev.line)
+    def _log_trust(self) -> None:
+        """Upstream's line for a trusted client not authenticated, at each MAIL and VRFY it lets in."""
         rule = self._trust_rule
-        if rule is not None and self.auth_mechanism == "none":  # trusted, not authenticated: upstream's line
+        if rule is not None and self.auth_mechanism == "none":
             self.log.verbose(
                 f"trusting [{self.peer.host}]: matched [{rule.range_text}] from line {rule.line}",
                 self.peer.host,
             )
+
+    def _on_mail(self, ev: sp.MailFrom) -> None:
+        self._trace_rx(ev.line)
+        self._log_trust()
         self._discard_message()
         self._bdat = False
         self.tx = _Transaction(
@@ -866,6 +877,7 @@ class SmtpSession(LineSession):
 
     def _on_vrfy(self, ev: sp.Vrfy) -> Awaitable[None] | None:
         self._trace_rx(ev.line)
+        self._log_trust()
         if self.service.policy.accepts_everything:
             words = ev.line.split(None, 1)
             self.proto.reply(
@@ -908,9 +920,12 @@ class SmtpSession(LineSession):
         else:
             self._trace_rx(ev.line)
         words = ev.line.split(" ")
-        auth = words[0].upper() == "AUTH"
+        verb = words[0].upper()
+        auth = verb == "AUTH"
         if auth and ev.code == 502:
             self.log.warning("client protocol error: AUTH requested but not advertised", self.peer.host)
+        elif auth and ev.code == 504 and not self.proto.auth_offered:  # mechanisms come with TLS
+            self.log.warning("rejecting authentication attempt without encryption", self.peer.host)
         elif auth and ev.code == 504:
             mechanism = words[1] if len(words) > 1 else ""
             self.log.warning(f"request for unsupported server AUTH mechanism: {mechanism}", self.peer.host)
@@ -924,9 +939,8 @@ class SmtpSession(LineSession):
                 "use --server-smtp-config=nostrictparsing to allow",
                 self.peer.host,
             )
-        elif ev.code == 530 and ev.text.startswith("authentication required") and not self._untrusted_logged:
-            self._untrusted_logged = True
-            self.log.info(
+        elif ev.code == 530 and ev.text.startswith("authentication required") and verb == "MAIL":
+            self.log.info(  # upstream's line, at each MAIL refused (not at VRFY)
                 f"server authentication enabled but not a trusted address: {self.peer.host}", self.peer.host
             )
 
