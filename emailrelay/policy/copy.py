@@ -13,10 +13,14 @@ What it guarantees: no copy into ``postmaster`` or a dot-directory; a
 directory with ``new``, ``tmp`` and ``cur`` gets a maildir copy of the
 content in ``new``; every copy is complete before the original is deleted;
 when there is no sub-directory at all the original is kept (never deleted
-with nowhere to go).  Result: ABANDON when the original was deleted (the
-filter took care of it; with ``pop`` the content stays), OK otherwise, as
-E-MailRelay 2.6b's ``ok(abandon)``; its log line is upstream's
-``filter [copy:]: <id> copied to [<mailbox>,...]``.
+with nowhere to go).  The copies are made, and the original deleted, as root
+(spool/delivery.py), as E-MailRelay 2.6b does.  Result: ABANDON when the
+original was deleted (the filter took care of it; with ``pop`` the content
+stays), OK otherwise, as E-MailRelay 2.6b's ``ok(abandon)``.  Log lines are
+upstream's: ``filter [copy:]: <id> copied to [<mailbox>,...]`` (verbose, before
+the original is deleted), the warning ``copy filter: no sub-directories of
+[<spool>] to copy in to``, and a failure's (``delivery: cannot write content
+file: copy: <path>: <reason>``, ...: policy/deliver.py's :func:`delivery_failed`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import asyncio
 
 from .. import log as logmod
 from ..config import Config
-from ..spool.delivery import copy_to_directories
+from ..spool.delivery import DeliveryError, copy_to_directories, remove_original
 from ..spool.store import SpoolStore
+from .deliver import delivery_failed
 from .spec import FilterContext, Spec, store_for
 from .verdicts import FilterOutcome, FilterResult
 
@@ -46,7 +51,7 @@ class CopyFilter:
         store = store_for(self.store, ctx)
         names = await asyncio.to_thread(store.mailboxes)
         if not names:
-            self.log.warning(f"filter [{self.name}]: [{ctx.message_id}]: no sub-directories to copy into")
+            self.log.warning(f"copy filter: no sub-directories of [{store.directory}] to copy in to")
             return FilterResult.accept()
         try:
             await asyncio.to_thread(
@@ -58,14 +63,15 @@ class CopyFilter:
                 names,
                 hardlink=self.hardlink,
                 envelope_only=self.pop,
-                delete_original=self.delete,
             )
-        except OSError as exc:
-            self.log.warning(f"filter [{self.name}] failed: {exc}")
-            return FilterResult(FilterOutcome.ERROR, "filter error", None, f"copy: {exc}")
-        self.log.verbose(
-            f"{ctx.log_prefix} [{self.name}]: {ctx.message_id} copied to [{','.join(names)}]", ctx.log_address
-        )
+            self.log.verbose(
+                f"{ctx.log_prefix} [{self.name}]: {ctx.message_id} copied to [{','.join(names)}]",
+                ctx.log_address,
+            )
+            if self.delete:
+                await asyncio.to_thread(remove_original, store, ctx.mid, ctx.state, content=not self.pop)
+        except DeliveryError as exc:
+            return delivery_failed(self.log, ctx, exc)
         if self.delete:  # the original is gone (copy:pop keeps its content): upstream's ok(abandon)
             return FilterResult(FilterOutcome.ABANDON, exit_code=100)
         return FilterResult.accept()

@@ -110,6 +110,7 @@ async def test_abandoning_filter_accepts_and_stores_nothing(serve) -> None:
 
 async def test_verifier_and_deliver(serve, tmp_path: Path) -> None:
     boxes = tmp_path / "boxes"
+    boxes.mkdir()  # (a missing --delivery-dir is not made, as E-MailRelay 2.6b)
     client, store = await serve(
         address_verifier=script("verifier.sh"), filters=["msgid:", "deliver:"], delivery_dir=boxes
     )
