@@ -48,6 +48,16 @@ GUARANTEES
       also ends a line.  After ``max_errors`` consecutive errors the
       connection is closed.
     * Unknown command -> "-ERR"; a command in the wrong state -> "-ERR".
+    * As E-MailRelay 2.6b: USER/PASS needs the PLAIN mechanism (a plain
+      secret to check against): without it (PopConfig.user_pass False) CAPA
+      leaves USER out and USER is refused.  A failed PASS, APOP or AUTH keeps the USER name given.
+      ``AUTH <mech> =`` is AUTH without an initial response; words after the
+      initial response are ignored; a CRAM mechanism with an initial
+      response is "-ERR invalid initial response".  Event lines keep the
+      verb as typed; PASS and AUTH lines are logged without their arguments
+      (``PASS [password not logged]``, ``AUTH PLAIN``).
+    * replies_to_send() gives the queued replies one by one (a multi-line
+      response is one item), for a log that abbreviates long ones.
     * STLS: bytes received after the STLS line are discarded (RFC 2595,
       CVE-2011-0411 style injection).  As E-MailRelay 2.6b: STLS is answered
       with a bare "+OK" and CAPA lists STLS (before SASL) whenever STLS is
@@ -63,6 +73,7 @@ GUARANTEES
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -111,6 +122,7 @@ class PopConfig:
     tls_required: bool = False  # no authentication before STLS
     secure: bool = False  # the connection is TLS from the start (implicit TLS)
     apop: bool = True
+    user_pass: bool = True  # USER/PASS offered: upstream's rule, a PLAIN mechanism (a plain secret)
     max_errors: int = 10
 
 
@@ -163,7 +175,8 @@ class Pass(Event):
 
 @dataclass(frozen=True, slots=True)
 class Apop(Event):
-    """Decision: ``digest`` should be MD5(timestamp + password) in lower-case hex."""
+    """Decision: ``digest`` should be MD5(timestamp + password) in lower-case hex (``user`` and
+    ``digest`` are "" when missing: a failed login all the same, as upstream)."""
 
     user: str
     digest: str
@@ -172,7 +185,7 @@ class Apop(Event):
 
 @dataclass(frozen=True, slots=True)
 class AuthStart(Event):
-    """Decision: ``initial`` is None without an initial response, "" for "="."""
+    """Decision: ``initial`` is None without an initial response (or with "=", as upstream)."""
 
     mechanism: str
     initial: str | None
@@ -287,7 +300,21 @@ _WRONG_STATE = {
 # commands that need TLS first when tls_required
 _NEED_TLS = frozenset({"USER", "PASS", "APOP", "AUTH"})
 
-_LOG_REDACTED = {"PASS": "PASS [password not logged]"}
+_WORD_BREAK = re.compile(r"([ \t]+)")
+_NO_USER_PASS = "-ERR no SASL PLAIN mechanism to do USER/PASS authentication"  # (upstream's words)
+
+
+def _log_line(text: str) -> str:
+    """The command line as it may be logged: as typed, but PASS without its argument and AUTH
+    without its initial response (E-MailRelay 2.6b's ``pass [password not logged]``, ``auth plain``),
+    whatever separates the words."""
+    words = _WORD_BREAK.split(text.lstrip(" \t"), maxsplit=2)  # verb, gap, mechanism, gap, rest
+    verb = words[0].upper()
+    if verb == "PASS":
+        return f"{words[0]} [password not logged]"
+    if verb == "AUTH":
+        return "".join(words[:3])
+    return text
 
 
 def _text(raw: bytes) -> str:
@@ -530,10 +557,8 @@ class Pop3Server(LineBuffer):
         self._send("+OK" + (" " + text if text else ""))
 
     def login_failed(self, text: str = "", close: bool = False) -> None:
-        failed = self._pending_decision(*_LOGIN_EVENTS)
-        self._pending = None
-        if not isinstance(failed, Pass):  # as upstream: after a wrong PASS the USER still holds
-            self._user = None
+        self._pending_decision(*_LOGIN_EVENTS)
+        self._pending = None  # (as upstream, the USER given still holds)
         self._phase = Phase.AUTHORIZATION
         self._send("-ERR" + (" " + text if text else ""))
         if close:
@@ -607,6 +632,12 @@ class Pop3Server(LineBuffer):
         self._quit = True
         self._phase = Phase.CLOSED
 
+    def replies_to_send(self) -> list[bytes]:
+        """As data_to_send(), one item per reply (a multi-line response is one item)."""
+        replies = list(self._out)
+        self._out.clear()
+        return replies
+
     # ------------------------------------------------------------- commands
 
     def _send(self, line: str) -> None:
@@ -632,9 +663,7 @@ class Pop3Server(LineBuffer):
         text = _text(raw)
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
-        log_line = _LOG_REDACTED.get(verb, text)
-        if verb == "AUTH" and len(arg.split()) > 1:
-            log_line = f"AUTH {arg.split()[0]} [response not logged]"
+        log_line = _log_line(text)
         entry = _COMMANDS.get(verb)
         if entry is None:
             self._error(ProtocolError(log_line, "-ERR"))
@@ -651,7 +680,8 @@ class Pop3Server(LineBuffer):
         handler(log_line, arg)
 
     def _cmd_capa(self, line: str, arg: str) -> None:
-        caps = ["USER", "CAPA", "TOP", "UIDL"]
+        caps = ["USER"] if self._cfg.user_pass else []
+        caps += ["CAPA", "TOP", "UIDL"]
         if self._cfg.stls and not self._cfg.secure:  # upstream's place and rule (even after STLS)
             caps.append("STLS")
         mechs = self.mechanisms
@@ -673,6 +703,9 @@ class Pop3Server(LineBuffer):
         self._closing = True
 
     def _cmd_user(self, line: str, arg: str) -> None:
+        if not self._cfg.user_pass:
+            self._error(ProtocolError(line, _NO_USER_PASS))
+            return
         arg = arg.strip()  # (an empty name is taken, as upstream does: "+OK user: ")
         self._user = arg
         self._ok(User(line, arg), f"user: {arg}")
@@ -685,15 +718,13 @@ class Pop3Server(LineBuffer):
         self._events.append(Pass(line, user, self._raw_arg))
 
     def _cmd_apop(self, line: str, arg: str) -> None:
-        parts = arg.split()
         if not self._cfg.apop:
             self._error(ProtocolError(line, "-ERR"))
             return
-        if len(parts) != 2:
-            self._error(ProtocolError(line, "-ERR"))
-            return
-        self._user = None
-        self._events.append(Apop(line, parts[0], parts[1].lower(), self._cfg.timestamp))
+        parts = arg.split()  # (a missing name or digest fails as a login, as upstream; extra words: ignored)
+        user = parts[0] if parts else ""
+        digest = parts[1].lower() if len(parts) > 1 else ""
+        self._events.append(Apop(line, user, digest, self._cfg.timestamp))
 
     def _cmd_auth(self, line: str, arg: str) -> None:
         parts = arg.split()
@@ -703,16 +734,14 @@ class Pop3Server(LineBuffer):
             self._events.append(Noop(line))
             return
         mechanism = parts[0].upper()
-        if len(parts) > 2:
-            self._error(ProtocolError(line, "-ERR usage: AUTH <mechanism> [<initial-response>]"))
-            return
         if mechanism not in self.mechanisms:
             self._error(ProtocolError(line, "-ERR invalid mechanism"))
             return
-        initial: str | None = None
-        if len(parts) == 2:
-            initial = "" if parts[1] == "=" else parts[1]
-        self._user = None
+        # as upstream: "=" is no initial response, and words after the initial response are ignored
+        initial = parts[1] if len(parts) > 1 and parts[1] != "=" else None
+        if initial is not None and mechanism.startswith("CRAM-"):
+            self._error(ProtocolError(line, "-ERR invalid initial response"))
+            return
         self._events.append(AuthStart(line, mechanism, initial))
 
     def _cmd_stls(self, line: str, arg: str) -> None:

@@ -28,6 +28,14 @@ What it guarantees:
 - failed logins are delayed (BruteForceGuard) and the session is closed
   after five of them; idle sessions are closed after ``--idle-timeout``;
 - plaintext sent after STLS is discarded; passwords are never logged.
+
+Logging is E-MailRelay 2.6b's: failed logins in its words (``failed authentication of remote
+client using mechanism [apop] and plaintext secret for [me] from line 1``, ``... and missing
+secret for [me]``); a multi-line reply of more than seven lines is traced as its first four lines,
+``[N lines]`` and its last two; a tab in a traced line is ``\\t`` and a backslash ``\\\\``; an
+idle session ends with ``pop connection closed: idle timeout: no activity after <N>s: <peer>``.
+As upstream's POP server reads SASL base64: a response or initial response that is not valid
+base64 is taken as an empty one (which never authenticates).
 """
 
 from __future__ import annotations
@@ -48,9 +56,10 @@ from typing import Any, BinaryIO, TypeVar, cast
 from .. import log as logmod
 from ..auth import tls
 from ..auth.pam import PamSecrets
+from ..auth.secrets import ServerSecret
 from ..config import Config
 from ..protocol import pop3_server as pp
-from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success
+from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success, b64decode_strict
 from ..spool.maildrop import POP_DELETED, POP_KEPT, PopMaildrop, PopMessage, open_maildrop
 from ..spool.store import SpoolStore, SpoolStoreError
 from .line_session import TLS_HANDSHAKE_TIMEOUT, LineSession, let_accepted_connections_in
@@ -59,6 +68,7 @@ from .security import ServerSecurity, server_security
 
 CHUNK_SIZE = 256 * 1024
 WRITE_HIGH_WATER = 256 * 1024
+TRACE_HEAD, TRACE_TAIL = 4, 2  # lines of a long multi-line reply traced before and after "[N lines]"
 
 _T = TypeVar("_T")
 
@@ -151,6 +161,36 @@ class _Closed(Exception):
     """The connection went away while a task was working for it."""
 
 
+def _traceable(line: str) -> str:
+    """A traced line as upstream writes it: a backslash doubled and a tab as ``\\t`` (the log
+    escapes other control characters)."""
+    return line.replace("\\", "\\\\").replace("\t", "\\t")
+
+
+def _traced_reply(reply: bytes) -> list[str]:
+    """The ``tx>>:`` texts for one reply: a multi-line one of more than seven lines as its first
+    four, ``[N lines]`` and its last two (E-MailRelay 2.6b's abbreviation)."""
+    lines = [f'"{_traceable(x.decode("utf-8", "replace"))}"' for x in reply.split(b"\r\n") if x]
+    hidden = len(lines) - TRACE_HEAD - TRACE_TAIL
+    if hidden < 2:
+        return lines
+    return [*lines[:TRACE_HEAD], f"[{hidden} lines]", *lines[-TRACE_TAIL:]]
+
+
+def _sasl_text(text: str) -> str:
+    """A SASL (initial) response as upstream's POP server reads it: not valid base64 is empty."""
+    if text.strip() == "*" or b64decode_strict(text) is not None:
+        return text
+    return ""
+
+
+def _failed_words(mechanism: str, user: str, secret: ServerSecret | None) -> str:
+    """Upstream's words for a failed login: the secret it checked, or that none was found."""
+    if secret is None:
+        return Failure("", user, mechanism).describe()
+    return Success(user, mechanism, secret.line, secret.kind).describe()
+
+
 class PopSession(LineSession):
     """One POP connection."""
 
@@ -170,6 +210,7 @@ class PopSession(LineSession):
         self._can_write.set()
         self._lost = False
         self._lost_event = asyncio.Event()
+        self._close_reason = ""
 
     @property
     def task_running(self) -> bool:
@@ -226,7 +267,9 @@ class PopSession(LineSession):
         if not self.task_running:
             self._release()
         # else: the task notices the loss after its current step and releases the maildrop
-        reason = "pop protocol done" if self._closing else (str(exc) if exc else "peer disconnected")
+        reason = self._close_reason or (
+            "pop protocol done" if self._closing else (str(exc) if exc else "peer disconnected")
+        )
         self.log.info(f"pop connection closed: {reason}: {self.peer}")
 
     def pause_writing(self) -> None:
@@ -242,9 +285,10 @@ class PopSession(LineSession):
         sec = self.service.security
         stamp = f"<{_random.randbelow(2**31)}.{int(time.time())}@{self.service.domain}>"
         if sec is None:
-            return pp.PopConfig(timestamp=stamp, secure=self.encrypted)
+            return pp.PopConfig(timestamp=stamp, secure=self.encrypted, user_pass=False)
         return pp.PopConfig(
             timestamp=stamp,
+            user_pass="PLAIN" in sec.mechanisms(False),  # (upstream's rule: PASS needs a plain secret)
             mechanisms=sec.mechanisms(False),
             mechanisms_tls=sec.mechanisms(True),
             stls=sec.tls_context is not None and not sec.tls_implicit,
@@ -264,11 +308,24 @@ class PopSession(LineSession):
         if self.transport is None or self.transport.is_closing() or self._lost:
             return
         if time.monotonic() - self._last_activity >= self._idle_timeout:
-            self.log.info(f"pop connection timed out: {self.peer}")
+            self._close_reason = f"idle timeout: no activity after {self._idle_timeout:g}s"  # (upstream's)
             self._closing = True
             self.transport.close()
             return
         self._arm_idle_timer()
+
+    def _flush(self) -> None:
+        replies = self.proto.replies_to_send()
+        if not replies or self.transport is None or self.transport.is_closing():
+            return
+        if self.log.verbose_on:
+            for reply in replies:
+                for text in _traced_reply(reply):
+                    self.log.verbose(f"tx>>: {text}", self._log_address())
+        self.transport.write(b"".join(replies))
+
+    def _trace_rx(self, line: str) -> None:
+        super()._trace_rx(_traceable(line))
 
     def _pump(self) -> None:
         """Take events from the protocol until it needs data or a slow decision."""
@@ -349,11 +406,8 @@ class PopSession(LineSession):
         if isinstance(secrets, PamSecrets):
             return self._pam_login(secrets, ev.user, ev.password)
         secret = secrets.server_lookup("PLAIN", ev.user) if secrets is not None else None
-        if secret is None:
-            return self._login_failed(ev.user, "PLAIN", f"no secret for [{ev.user}]")
-        if not secret.matches_password(ev.password):  # upstream's words: the secret it tried
-            tried = Success(ev.user, "PLAIN", secret.line, secret.kind).describe()
-            return self._login_failed(ev.user, "PLAIN", "", logged=f"using {tried}")
+        if secret is None or not secret.matches_password(ev.password):  # upstream's words
+            return self._login_failed(f"using {_failed_words('PLAIN', ev.user, secret)}")
         return self._login(Success(ev.user, "PLAIN", secret.line, secret.kind))
 
     async def _pam_login(self, pam: PamSecrets, user: str, password: bytes) -> None:
@@ -362,23 +416,24 @@ class PopSession(LineSession):
         self._check_alive()
         if result.ok:
             await self._login(Success(user, "PLAIN", 0, "pam"))
-        else:
-            await self._login_failed(user, "PLAIN", result.reason)
+        else:  # (the SASL server's words for a PAM failure)
+            words = Failure(result.reason, user, "PLAIN", f"pam for [{user}]").describe()
+            await self._login_failed(f"using {words}")
 
     def _on_apop(self, ev: pp.Apop) -> Awaitable[None]:
         secrets = self._secrets()
-        secret = secrets.server_lookup("APOP", ev.user) if secrets is not None else None
-        if secret is None or secret.kind != "plain":
-            return self._login_failed(ev.user, "APOP", f"no plain secret for [{ev.user}]")
+        secret = secrets.server_lookup("APOP", ev.user) if secrets is not None and ev.user else None
+        if secret is None or secret.kind != "plain":  # (APOP needs the password itself)
+            return self._login_failed(f"using {_failed_words('APOP', ev.user, None)}")
         expected = hashlib.md5(ev.timestamp.encode("utf-8") + secret.secret).hexdigest()
         if not hmac.compare_digest(expected.encode(), ev.digest.encode("utf-8", "replace")):
-            return self._login_failed(ev.user, "APOP", f"wrong APOP digest for [{ev.user}]")
+            return self._login_failed(f"using {_failed_words('APOP', ev.user, secret)}")
         return self._login(Success(ev.user, "APOP", secret.line, secret.kind))
 
     def _on_auth(self, ev: pp.AuthStart) -> Awaitable[None] | None:
         secrets = self._secrets()
         if secrets is None:
-            return self._login_failed("", ev.mechanism, "no secrets")
+            return self._login_failed(f"using mechanism [{ev.mechanism.lower()}]: no secrets")
         self._sasl = SaslServer(
             ev.mechanism,
             secrets.server_lookup,
@@ -386,12 +441,12 @@ class PopSession(LineSession):
             clock=time.time,
             external_check=isinstance(secrets, PamSecrets),
         )
-        return self._auth_step(self._sasl.start(ev.initial))
+        return self._auth_step(self._sasl.start(None if ev.initial is None else _sasl_text(ev.initial)))
 
     def _on_auth_response(self, ev: pp.AuthResponse) -> Awaitable[None] | None:
         if self._sasl is None:
-            return self._login_failed("", "", "unexpected authentication response")
-        return self._auth_step(self._sasl.step(ev.response))
+            return self._login_failed("after an unexpected authentication response")
+        return self._auth_step(self._sasl.step(_sasl_text(ev.response)))
 
     def _auth_step(self, step: object) -> Awaitable[None] | None:
         assert self._sasl is not None
@@ -403,17 +458,17 @@ class PopSession(LineSession):
             pam = self._secrets()
             if not isinstance(pam, PamSecrets):  # reloaded (SIGHUP) in between
                 self._sasl = None
-                return self._login_failed(step.user, mechanism, "authentication settings changed")
+                return self._login_failed(
+                    f"using mechanism [{mechanism.lower()}]: authentication settings changed"
+                )
             return self._pam_auth(pam, self._sasl, step)
         self._sasl = None
         if isinstance(step, Success):
             return self._login(step, by_auth=True)
         assert isinstance(step, Failure)
-        if step.identity:  # upstream's words, as the SMTP server logs them
-            return self._login_failed(
-                step.identity, mechanism, step.reason, logged=f"using {step.describe()}"
-            )
-        return self._login_failed(step.identity, mechanism, step.reason)
+        if step.reason == "authentication cancelled":  # (ours: upstream logs nothing)
+            return self._login_failed(f"using mechanism [{mechanism.lower()}]: {step.reason}")
+        return self._login_failed(f"using {step.describe()}")  # upstream's words
 
     async def _pam_auth(self, pam: PamSecrets, sasl: SaslServer, step: CheckPassword) -> None:
         """AUTH PLAIN/LOGIN with ``--pop-auth=pam:``: the PAM check, then the SASL outcome."""
@@ -423,13 +478,11 @@ class PopSession(LineSession):
         if pending is not None:
             await pending
 
-    async def _login_failed(self, user: str, mechanism: str, reason: str, logged: str = "") -> None:
+    async def _login_failed(self, what: str) -> None:
+        """A failed login, logged as ``failed authentication of remote client <what>``."""
         self._auth_failures += 1
         sec = self.service.security
-        who = f" for [{user}]" if user else ""
-        mech = f" using mechanism [{mechanism.lower()}]" if mechanism else ""
-        self.log.warning(f"failed authentication of remote client {logged}" if logged
-                         else f"failed authentication of remote client{mech}{who}: {reason}")  # fmt: skip
+        self.log.warning(f"failed authentication of remote client {what}")
         disconnect = self._auth_failures >= 5
         if sec is not None:
             decision = sec.guard.failure(self.host, time.monotonic(), self._auth_failures)

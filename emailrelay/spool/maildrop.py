@@ -7,8 +7,8 @@ opens and unlinks are :class:`~emailrelay.spool.store.SpoolStore`'s (by director
 this module decides which, and when.
 
 What it guarantees:
-- only committed (``.envelope``) messages are listed, never ``.new``, ``.busy``, ``.bad`` or
-  ``.held``; content is the maildrop's own file or else (for a sub-directory) the main
+- only committed (``.envelope``) messages with a non-empty content file are listed, never
+  ``.new``, ``.busy``, ``.bad`` or ``.held``, in name order (as E-MailRelay 2.6b); content is the maildrop's own file or else (for a sub-directory) the main
   directory's; symlinked or non-plain content is refused;
 - a delete unlinks only the ``.envelope`` name, so a message a forwarder has claimed is kept;
   then the maildrop's own content file goes, and a main-directory content file only when no
@@ -87,11 +87,13 @@ class PopMaildrop:
 
     @_privileged
     def messages(self) -> list[PopMessage]:
-        """The ready messages that have content, in id order (time, pid, seq)."""
+        """The ready messages with content, ordered by name as E-MailRelay 2.6b numbers them
+        (``emailrelay.1000.1700000000.10`` before ``...2``; not by time); an empty (0-byte)
+        content file is left out, as upstream leaves it out."""
         found: list[PopMessage] = []
-        for mid in self.store.ready_ids_at(self._fd):
+        for mid in sorted(self.store.ready_ids_at(self._fd), key=str):
             size = self._content_size(mid)
-            if size is not None:
+            if size:
                 found.append(PopMessage(mid, size, content_name(mid)))
         return found
 

@@ -317,11 +317,12 @@ def test_auth_initial_response_is_redacted() -> None:
     assert isinstance(ev, AuthResponse) and ev.response == "c2VjcmV0" and "c2Vj" not in ev.line
 
 
-def test_auth_equals_is_empty_initial_response() -> None:
+def test_auth_equals_is_no_initial_response() -> None:
+    """As E-MailRelay 2.6b's POP server: ``AUTH PLAIN =`` is ``AUTH PLAIN`` (a differential probe)."""
     pop = Pop3Server(PopConfig(mechanisms=("PLAIN",)))
     pop.receive_data(b"AUTH plain =\r\n")
     ev = pop.next_event()
-    assert isinstance(ev, AuthStart) and ev.mechanism == "PLAIN" and ev.initial == ""
+    assert isinstance(ev, AuthStart) and ev.mechanism == "PLAIN" and ev.initial is None
 
 
 def test_decisions_pause_pipelined_input() -> None:
