@@ -173,14 +173,16 @@ def _str(values: Values, name: str) -> str | None:
     return raw
 
 
-def _list(values: Values, name: str) -> list[str]:
+def _list(values: Values, name: str, *, strip: bool = True) -> list[str]:
+    """The comma-separated items of an option's values; ``strip=False`` keeps their spaces (a filter
+    program's path, as E-MailRelay 2.6b takes it)."""
     raw = values.get(name)
     if raw is None or raw is False or raw is True:
         return []
     items = raw if isinstance(raw, list) else [raw]
     out: list[str] = []
     for item in items:
-        out.extend(part.strip() for part in item.split(",") if part.strip())
+        out.extend(part.strip() if strip else part for part in item.split(",") if part.strip())
     return out
 
 
@@ -275,8 +277,8 @@ def from_values(values: Values, *, name: str = "") -> Config:
     c.server_smtp_config = _keywords(values, "server-smtp-config", SERVER_SMTP_KEYWORDS, c.warnings)
     c.max_connections = _int(values, "max-connections", 0)
     scanner = _str(values, "scanner")  # the seed guide's option: a net: filter before the others
-    c.filters = ([f"net:{scanner}"] if scanner else []) + _list(values, "filter")
-    c.client_filters = _list(values, "client-filter")
+    c.filters = ([f"net:{scanner}"] if scanner else []) + _list(values, "filter", strip=False)
+    c.client_filters = _list(values, "client-filter", strip=False)
     c.filter_timeout = _int_or_default(values, "filter-timeout")
     c.address_verifier = _str(values, "address-verifier") or _str(values, "verifier")  # the seed's name
     c.dnsbl = _str(values, "dnsbl")

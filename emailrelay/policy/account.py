@@ -11,7 +11,8 @@ letters lowered, and use the lowered account name as the mailbox);
 ``check`` (recipients that are not a local account are accepted as remote
 instead of rejected: outgoing traffic whose local recipients are delivered
 directly); ``remote`` (only local accounts are valid, but they are accepted as
-remote, for forwarding rather than delivery).
+remote, for forwarding rather than delivery). Other words are ignored, as
+E-MailRelay 2.6b ignores them (``account:foo`` is ``account:``).
 
 What it guarantees (as E-MailRelay 2.6b, observed): the domain must be the
 ``--domain`` compared case-insensitively (an address without a domain, or
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from .exe import PeerLike
-from .spec import Spec, SpecError
+from .spec import Spec, user_id_range
 from .verdicts import RecipientKind, RecipientVerdict
 
 DEFAULT_RANGE = (1000, 32767)
@@ -70,16 +71,8 @@ class AccountVerifier:
                 self.check = True
             elif word == "remote":
                 self.remote = True
-            elif "-" in p:
-                low, _, high = p.partition("-")
-                try:
-                    self.low, self.high = int(low), int(high)
-                except ValueError:
-                    raise SpecError(f"account: invalid user-id range [{p}]") from None
-                if self.low > self.high or self.low < 0:
-                    raise SpecError(f"account: invalid user-id range [{p}]")
-            else:
-                raise SpecError(f"account: unknown parameter [{p}]")
+            elif (found := user_id_range(p)) is not None:  # anything else is ignored, as upstream ignores it
+                self.low, self.high = found
 
     def find(self, local_part: str) -> Account | str:
         """The account matching a local part, or why there is none."""

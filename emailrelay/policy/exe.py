@@ -24,14 +24,15 @@ What it guarantees:
   a background child still holding the output keeps it running until the
   timeout (then the group is killed and the filter has timed out), so such a
   child can never outlive a filter that seemed to succeed;
-- a filter's output is read as E-MailRelay 2.6b reads it: only its first
-  1 024 bytes count (a marker line must end within them, whatever the socket's
-  chunks); the first line that
+- a filter's or verifier's output is read as E-MailRelay 2.6b reads it: only
+  its first 1 024 bytes count (a filter's marker line must end within them,
+  whatever the socket's chunks; a verifier's first line, its reply text, is
+  at most that long, and a line 2 beyond them is missing); the first line that
   starts with ``<<`` and has ``>>`` later (or ``[[`` ... ``]]``) gives the
   response (the text in between; anything after the closing marker is
   ignored; a leading ``4xx``/``5xx`` and a space set the SMTP code), a second
   such line the reason (log and ``.bad`` only); without one the response is
-  ``rejected``; control characters are shown escaped (``\t``, ``\x01``);
+  ``rejected``; control characters are shown escaped (``\t``, ``\0``, ``\x01``);
 - exit codes as E-MailRelay 2.6b maps them (:func:`result_for_exit_code`):
   0 and 101 ok; 100 abandon; 103 ok and, server side, rescan; server side
   102 abandon + rescan and 104 fail + rescan; client side 102 ok + stop
@@ -42,7 +43,8 @@ What it guarantees:
   (line 2 the address, empty keeps the original), 2 reject 550 (line 1 reason,
   line 2 log-only), 3 temporary 450, 100 abort the connection, anything else
   as 2; a time-out is a temporary failure.  No control character from the
-  program ever reaches an address, a mailbox name or a reason.
+  program ever reaches an address, a mailbox name or a reason: a reason's
+  are shown escaped, as upstream shows them (``a\0b``).
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ from .spec import FilterContext, Spec
 from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 
 MINIMAL_ENV = {"PATH": "/usr/bin:/bin", "IFS": " \t\n"}
-REASON_LIMIT = 400  # characters of a reason kept (it goes into an SMTP reply line)
-SEARCH_LIMIT = 1024  # bytes of output searched for <<...>> / [[...]] lines: E-MailRelay 2.6b's 1 KiB
+REASON_LIMIT = 400  # characters of an error text kept (clean_text)
+SEARCH_LIMIT = 1024  # bytes of output read (marker lines, a verifier's two lines): 2.6b's 1 KiB
 OUTPUT_CAP = 64 * 1024  # bytes of a program's stdout that are kept (the rest is read and discarded)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -204,15 +206,19 @@ def clean_text(text: str, limit: int = REASON_LIMIT) -> str:
     return _CONTROL.sub(" ", text).strip()[:limit].strip()
 
 
-def printable(text: str, limit: int = REASON_LIMIT) -> str:
+def printable(text: str, limit: int | None = None) -> str:
     r"""Upstream's printable form of a program's text: a backslash and control characters
-    escaped (``\\``, ``\t``, ``\x01``), everything else kept."""
+    escaped (``\\``, ``\t``, ``\0``, ``\x01``), everything else kept; its first ``limit``
+    characters (all by default: a program's are bounded by :data:`SEARCH_LIMIT`)."""
 
     def escape(m: re.Match[str]) -> str:
         c = m.group(0)
-        return {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}.get(c, f"\\x{ord(c):02x}")
+        return _ESCAPES.get(c, f"\\x{ord(c):02x}")
 
     return re.sub(r"[\x00-\x1f\x7f\\]", escape, text[:limit])
+
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"}
 
 
 def is_clean_address(text: str) -> bool:
@@ -420,7 +426,7 @@ def verdict_for(
                 reason="mailbox unavailable",
                 detail="invalid mailbox name",
             )
-        return RecipientVerdict(RecipientKind.LOCAL, recipient, mailbox=mailbox, full_name=clean_text(line1))
+        return RecipientVerdict(RecipientKind.LOCAL, recipient, mailbox=mailbox, full_name=printable(line1))
     if code == 1 and line2.strip():
         address = line2.strip()
         if not is_clean_address(address):
@@ -430,11 +436,12 @@ def verdict_for(
             )
         return RecipientVerdict(RecipientKind.REMOTE, address)
     kind = {3: RecipientKind.TEMPORARY, 100: RecipientKind.ABORT}.get(code or 0, RecipientKind.REJECT)
-    return RecipientVerdict(kind, recipient, reason=clean_text(line1), detail=clean_text(detail or line2))
+    return RecipientVerdict(kind, recipient, reason=printable(line1), detail=printable(detail or line2))
 
 
 def two_lines(output: bytes) -> tuple[str, str]:
-    lines = output.decode("utf-8", "replace").split("\n")
+    """A verifier's first two lines, the output's trailing white space trimmed first (as upstream)."""
+    lines = output.decode("utf-8", "replace").rstrip(" \t\r\n").split("\n")
     first = lines[0].rstrip("\r") if lines else ""
     second = lines[1].rstrip("\r") if len(lines) > 1 else ""
     return first, second
@@ -468,7 +475,7 @@ class ExeVerifier:
         if run.error is not None:  # missing, not executable, a directory: upstream's "550 error"
             self.log.warning("address verifier: exec error")
             return RecipientVerdict(RecipientKind.REJECT, recipient, reason="error", detail="exec error")
-        line1, line2 = two_lines(run.output)
+        line1, line2 = two_lines(run.output[:SEARCH_LIMIT])
         # as upstream's child reports them: a signal as 128+n
         exit_code = 128 + run.signal if run.signal is not None else run.exit_code
         self.log.verbose(

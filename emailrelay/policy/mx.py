@@ -8,8 +8,10 @@ up the domain's MX records and writes the best mail exchanger's address, as
 where the forwarder takes its next hop from.
 
 Parameters (semicolon-separated): the DNS server as ``ip`` or ``ip:port``
-(default: the system's resolver configuration), ``nst=<s>`` the time to wait
-for one name server, ``rt=<s>`` the time for the whole lookup.
+(``ipv6.port``; default: the system's resolver configuration), ``nst=<s>``
+the time to wait for one name server, ``rt=<s>`` the time for the whole
+lookup. One E-MailRelay 2.6b cannot use is ignored with its warning, and the
+ones after it too (:func:`emailrelay.policy.spec.mx_params`).
 
 What it guarantees: ``ForwardTo`` may carry a ``:port`` (default 25) and may
 be an IP address (used as it is); the lowest-preference MX host with an A
@@ -29,16 +31,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from .. import log as logmod
 from ..config import Config
 from ..spool import envelope as envelope_format
 from ..spool.store import SpoolStore
-from .deliver import _read
 from .exe import clean_text
 from .net import parse_endpoint
-from .spec import FilterContext, Spec, SpecError, store_for
+from .spec import FilterContext, Spec, SpecError, mx_params, store_for
 from .verdicts import FilterOutcome, FilterResult
 
 DEFAULT_PORT = 25
@@ -63,6 +65,16 @@ def split_forward_to(text: str) -> tuple[str, int]:
     return text.rstrip("."), DEFAULT_PORT
 
 
+def _server_address(text: str) -> tuple[str, int]:
+    """A DNS server parameter (``ip``, ``ipv4:port``, ``ipv6.port``): (ip, port; 53 for none or 0)."""
+    try:
+        ipaddress.ip_address(text)
+        return text, 53
+    except ValueError:
+        host, _, port = text.rpartition(":" if text.count(":") == 1 else ".")
+        return host, int(port) or 53
+
+
 class MxResolver:
     """MX, then A/AAAA lookups with dnspython's asyncio resolver."""
 
@@ -75,30 +87,21 @@ class MxResolver:
         nst: float | None = None
         rt: float | None = None
         server: str | None = None
-        for p in params:
+        for p in mx_params(params)[0]:  # (the first one upstream cannot use, and those after it, ignored)
             key, eq, value = p.partition("=")
-            if eq and key.lower() in ("nst", "rt"):
-                try:
-                    number = float(value)
-                except ValueError:
-                    raise SpecError(f"mx: invalid parameter [{p}]") from None
-                if key.lower() == "nst":
+            if eq:
+                number = float(value) or None  # 0: the default
+                if key == "nst":
                     nst = number
                 else:
                     rt = number
-            elif not eq and server is None:
+            elif server is None:  # (a second server is ignored)
                 server = p
-            else:
-                raise SpecError(f"mx: unknown parameter [{p}]")
         if server is not None:
-            ep = parse_endpoint(server, 53)
-            try:
-                ipaddress.ip_address(ep.host)
-            except ValueError:
-                raise SpecError(f"mx: the DNS server must be an IP address: [{server}]") from None
+            host, port = _server_address(server)
             resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [ep.host]
-            resolver.port = ep.port
+            resolver.nameservers = [host]
+            resolver.port = port
         else:
             try:
                 resolver = dns.asyncresolver.Resolver()
@@ -199,7 +202,7 @@ class MxFilter:
 
     async def run(self, ctx: FilterContext) -> FilterResult:
         try:
-            env = envelope_format.parse(await asyncio.to_thread(_read, ctx.envelope_path))
+            env = envelope_format.parse(await asyncio.to_thread(Path(ctx.envelope_path).read_bytes))
         except (OSError, envelope_format.EnvelopeError) as exc:
             self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"mx: {exc}")

@@ -16,7 +16,12 @@ Forms (reference guide, "Filters", "Built-in filters", "Address verifiers"):
 - ``spam:<host:port>``, ``spam-edit:<host:port>``;
 - ``exit:<n>``;
 - ``copy:[params]``, ``deliver:[params]``, ``split:[raw]``, ``mx:[params]``,
-  ``msgid:``; and, for verifiers only, ``account:[params]``.
+  ``msgid:``; and, for verifiers only, ``account:[params]`` and ``exit:<n>``
+  (E-MailRelay 2.6b takes it and verifies nothing: every recipient is remote).
+
+A program path is taken as given, spaces included (``--filter " /x/y "`` is
+the relative path ``" /x/y "``, which does not exist: E-MailRelay 2.6b's
+reading; the start-up warnings of :func:`startup_warnings` name it).
 
 Built-in parameters are separated by semicolons (``copy:hardlink;nodelete``,
 ``mx:nst=60;rt=60;127.0.0.1:53``), never commas: a comma always separates
@@ -24,7 +29,10 @@ chain items, as in upstream, so a program path cannot hold a comma.  As in
 E-MailRelay 2.6b, ``copy:`` ignores parameters it does not know, and
 ``deliver:`` takes nothing or an unsigned 32-bit number (ignored): anything
 else (the guide's ``deliver:hardlink;nodelete``) is upstream's usage error
-(:class:`SpecUsageError`).
+(:class:`SpecUsageError`). Parameters upstream ignores are ignored:
+``msgid:x``, ``account:`` words it does not know; an ``mx:`` parameter it
+cannot use is ignored with upstream's warning (:func:`warnings_for`), that
+one and the ones after it.
 
 Guarantees: every malformed value is a :class:`SpecError` with a message
 naming the item, raised at start-up, never while mail flows.
@@ -45,7 +53,7 @@ from .verdicts import FilterResult
 
 FILTER_BUILTINS = ("exit", "copy", "deliver", "split", "mx", "msgid")
 NETWORK_KINDS = ("net", "spam", "spam-edit")
-VERIFIER_BUILTINS = ("account",)
+VERIFIER_BUILTINS = ("account", "exit")
 
 
 class SpecError(ValueError):
@@ -145,12 +153,10 @@ def parse_filters(
     out: list[Spec] = []
     for item in items:
         for part in item.split(","):
-            if part.strip():
-                if part.strip()[:5].lower() == "exit:":
-                    _check_exit_param(part.strip()[5:], client)
-                out.append(
-                    _parse_one(part.strip(), allowed=(*FILTER_BUILTINS, *NETWORK_KINDS), base_dir=base_dir)
-                )
+            if part.strip():  # (a program path keeps its spaces, as upstream's: " /x" is relative)
+                if part[:5].lower() == "exit:":
+                    _check_exit_param(part[5:], client)
+                out.append(_parse_one(part, allowed=(*FILTER_BUILTINS, *NETWORK_KINDS), base_dir=base_dir))
                 if out[-1].kind == "deliver":
                     _check_deliver_param(part.partition(":")[2], client)
     return out
@@ -177,13 +183,21 @@ def _check_deliver_param(value: str, client: bool) -> None:
 
 
 def parse_verifier(value: str | None, *, base_dir: str | None = None) -> Spec | None:
-    """Parse ``--address-verifier`` (one item: a program, ``net:`` or ``account:``)."""
+    """Parse ``--address-verifier`` (one item: a program, ``net:``, ``account:`` or ``exit:<n>``)."""
     if value is None or not value.strip():
         return None
-    value = value.strip()
     if "," in value:
         raise SpecError(f"--address-verifier: only one verifier can be given: [{value}]")
+    if value[:5].lower() == "exit:" and value[:5] != "exit:":  # upstream's "EXIT:2" is a program
+        return _program(value, value, base_dir, "address verifier")
+    if value[:5] == "exit:" and not (
+        value[5:].isascii() and value[5:].isdigit() and int(value[5:]) <= _INT_MAX
+    ):
+        raise SpecUsageError(f"invalid verifier specification: not a numeric exit code: {value[5:]}")
     return _parse_one(value, allowed=("net", *VERIFIER_BUILTINS), base_dir=base_dir, what="address verifier")
+
+
+_INT_MAX = 2**31 - 1
 
 
 def _parse_one(text: str, *, allowed: tuple[str, ...], base_dir: str | None, what: str = "filter") -> Spec:
@@ -201,8 +215,7 @@ def _parse_one(text: str, *, allowed: tuple[str, ...], base_dir: str | None, wha
 
 
 def _program(path: str, text: str, base_dir: str | None, what: str) -> Spec:
-    path = path.strip()
-    if not path:
+    if not path.strip():
         raise SpecError(f"{what} [{text}]: no program given")
     if "\0" in path:
         raise SpecError(f"{what} [{text}]: invalid program path")
@@ -220,67 +233,85 @@ def _builtin(kind: str, rest: str, text: str, what: str) -> Spec:
     if kind == "exit":  # (its number checked by parse_filters: _check_exit_param; over 255 it is
         return Spec(kind, str(int(rest)), (), text)  # no filter's exit code: a rejection)
     params = tuple(p.strip() for p in rest.split(";") if p.strip())
-    known = _KNOWN_PARAMS.get(kind)
-    if known is not None:
-        for p in params:
-            if p.lower() not in known:
-                raise SpecError(f"{what} [{text}]: unknown parameter [{p}]")
-    elif kind == "mx":
-        _check_mx_params(params, text, what)
-    elif kind == "account":
-        _check_account_params(params, text, what)
+    if kind == "account":
+        _check_account_params(params)
     return Spec(kind, rest, params, text)
 
 
-def _check_mx_params(params: tuple[str, ...], text: str, what: str) -> None:
-    """``nst=<s>``, ``rt=<s>`` and at most one DNS server ``ip[:port]``."""
-    servers = 0
+def _check_account_params(params: tuple[str, ...]) -> None:
+    """A user-id range ``<low>-<high>`` upside down is upstream's usage error; words it does not
+    know, ``a-b`` included, are ignored (by :class:`~emailrelay.policy.account.AccountVerifier`)."""
     for p in params:
-        key, eq, value = p.partition("=")
-        if eq:
-            if key.lower() not in ("nst", "rt"):
-                raise SpecError(f"{what} [{text}]: unknown parameter [{p}]")
-            try:
-                if float(value) <= 0:
-                    raise ValueError
-            except ValueError:
-                raise SpecError(f"{what} [{text}]: invalid number in [{p}]") from None
-            continue
-        servers += 1
-        host, port = p, "53"
-        if p.startswith("["):
-            host, _, tail = p[1:].partition("]")
-            port = tail[1:] if tail.startswith(":") else "53"
-        elif p.count(":") == 1:
-            host, _, port = p.partition(":")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise SpecError(f"{what} [{text}]: the DNS server must be an IP address: [{p}]") from None
-        if not port.isdigit() or not 0 < int(port) <= 65535 or servers > 1:
-            raise SpecError(f"{what} [{text}]: invalid DNS server [{p}]")
+        found = user_id_range(p)
+        if found is not None and found[0] > found[1]:
+            raise SpecUsageError("invalid verifier specification: not a valid numeric range")
 
 
-def _check_account_params(params: tuple[str, ...], text: str, what: str) -> None:
-    """A user-id range ``<low>-<high>`` and the keywords ``lowercase``, ``check``, ``remote``."""
-    for p in params:
-        if p.lower() in ("lowercase", "check", "remote"):
-            continue
-        low, dash, high = p.partition("-")
-        if not (dash and low.isdigit() and high.isdigit() and int(low) <= int(high)):
-            raise SpecError(f"{what} [{text}]: unknown parameter [{p}]")
+def user_id_range(param: str) -> tuple[int, int] | None:
+    """``account:``'s ``<low>-<high>`` parameter, or None for another word."""
+    low, dash, high = param.partition("-")
+    if dash and low.isascii() and low.isdigit() and high.isascii() and high.isdigit():
+        return int(low), int(high)
+    return None
 
 
-_KNOWN_PARAMS: dict[str, frozenset[str]] = {
-    "msgid": frozenset(),
-    # mx: and account: have free-form parameters, checked by their modules; split: takes "raw" and a
-    # port number and copy: "hardlink", "pop" and "nodelete", and both ignore anything else, as
-    # upstream; deliver:'s number is checked by parse_filters (_check_deliver_param)
-}
+def mx_params(params: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    """``mx:``'s parameters as E-MailRelay 2.6b takes them: (the usable ones, the first it cannot use).
+
+    Usable: ``nst=<n>`` and ``rt=<n>`` (lower-case names, an unsigned number of seconds; ours also
+    takes a decimal fraction) and a DNS server, an IP address with an optional ``:port`` (IPv6:
+    ``.port``); the first other parameter is ignored, with those after it, and warned about."""
+    for i, p in enumerate(params):
+        if not _mx_param_ok(p):
+            return params[:i], p
+    return params, None
+
+
+def _mx_param_ok(p: str) -> bool:
+    key, eq, value = p.partition("=")
+    if eq:
+        number = value.replace(".", "", 1)
+        return key in ("nst", "rt") and number.isascii() and number.isdigit()
+    if _is_ip(p):
+        return True
+    host, sep, port = p.rpartition(":" if p.count(":") == 1 else ".")
+    return bool(sep) and _is_ip(host) and port.isascii() and port.isdigit() and int(port) <= 65535
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# msgid: ignores its parameters, account: words it does not know, and mx: warns about one it cannot
+# use (mx_params), as upstream; split: takes "raw" and a port number and copy: "hardlink", "pop" and
+# "nodelete", and both ignore anything else, as upstream; deliver:'s number is checked by
+# parse_filters (_check_deliver_param)
 
 
 def warnings_for(specs: list[Spec]) -> list[str]:
-    """Warnings when a filter chain is built: none (E-MailRelay 2.6b's start-up warning about a
-    program that does not exist is logged once, by cli/main.py; such a program, or one that is not
-    executable, fails each message with ``filter exec error: ...``)."""
-    return []
+    """Warnings when a filter chain is built (logged by each role that builds one): E-MailRelay
+    2.6b's ``invalid mx filter configuration: ignoring [<parameter>]``."""
+    out = []
+    for spec in specs:
+        if spec.kind == "mx" and (bad := mx_params(spec.params)[1]) is not None:
+            out.append(f"invalid mx filter configuration: ignoring [{bad}]")
+    return out
+
+
+def startup_warnings(filters: list[Spec], client_filters: list[Spec], verifier: Spec | None) -> list[str]:
+    """E-MailRelay 2.6b's start-up warnings about programs, in its order (filters, client filters,
+    the verifier): ``filter program does not exist: <path>`` (``verifier program ...``), and
+    ``invalid program: <path>`` for a directory. Such a filter still runs, and fails each message."""
+    out = []
+    for what, spec in [*(("filter", f) for f in [*filters, *client_filters]), ("verifier", verifier)]:
+        if spec is None or spec.kind != "exe":
+            continue
+        if not os.path.exists(spec.value):
+            out.append(f"{what} program does not exist: {spec.value}")
+        elif os.path.isdir(spec.value):
+            out.append(f"invalid program: {spec.value}")
+    return out

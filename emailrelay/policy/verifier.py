@@ -1,8 +1,8 @@
 """Address verification, and the policy object the SMTP session talks to.
 
 What it is for: :class:`Verifier` answers "is this recipient valid, local or
-remote?" with the ``--address-verifier`` (a program, ``net:`` or
-``account:``); :class:`PolicyEngine` puts a verifier and the ``--filter``
+remote?" with the ``--address-verifier`` (a program, ``net:``, ``account:``
+or ``exit:<n>``); :class:`PolicyEngine` puts a verifier and the ``--filter``
 chain together into the one object that satisfies the SMTP service's
 ``ServerPolicy`` protocol; :func:`build_server_policy` makes it from a
 configuration.
@@ -42,11 +42,15 @@ def make_verifier(spec: Spec, config: Config) -> object:
         from .account import AccountVerifier
 
         return AccountVerifier(spec, config)
+    if spec.kind == "exit":
+        from .builtin_exit import ExitVerifier
+
+        return ExitVerifier(spec, config)
     raise ValueError(f"not an address verifier: {spec.text}")
 
 
 class Verifier:
-    """``--address-verifier``: a program, ``net:<address>`` or ``account:[params]``."""
+    """``--address-verifier``: a program, ``net:<address>``, ``account:[params]`` or ``exit:<n>``."""
 
     def __init__(self, spec: Spec, config: Config) -> None:
         self.spec = spec

@@ -700,7 +700,7 @@ class SmtpSession(LineSession):
         detail = f": {verdict.detail}" if verdict.detail else ""
         # from the verifier's completion: without the address, as upstream (see _finish)
         self.log.warning(f'rejecting recipient "{address}": {verdict.reason}{detail}')
-        self.proto.reject(code, verdict.reason)
+        self.proto.reject(code, printable(verdict.reason))  # escaped once more, as upstream
 
     def _on_data_start(self, ev: Any) -> None:
         if ev.line:
@@ -892,13 +892,13 @@ class SmtpSession(LineSession):
         )
         # E-MailRelay 2.6b's replies
         if verdict.kind is RecipientKind.LOCAL:
-            self.proto.reply(250, verdict.full_name)
+            self.proto.reply(250, printable(verdict.full_name))
         elif verdict.kind is RecipientKind.REMOTE:
             self.proto.reply(252, f"cannot verify but will accept: {address}")
         elif verdict.kind is RecipientKind.TEMPORARY:
-            self.proto.reply(450, verdict.reason)
+            self.proto.reply(450, printable(verdict.reason))
         else:
-            self.proto.reply(550, verdict.reason)
+            self.proto.reply(550, printable(verdict.reason))
 
     def _on_info(self, ev: Any) -> None:
         self._trace_rx(getattr(ev, "line", ""))

@@ -56,7 +56,7 @@ def verifier(spec: str, **fields: object) -> Verifier:
         ("high@example.net", RecipientKind.REJECT, "high@example.net", "", "high code"),
         ("slash@example.net", RecipientKind.TEMPORARY, "slash@example.net", "", "mailbox unavailable"),
         ("angle@example.net", RecipientKind.TEMPORARY, "angle@example.net", "", "mailbox unavailable"),
-        ("ctl@example.net", RecipientKind.REJECT, "ctl@example.net", "", "reason [2Jwith controls"),
+        ("ctl@example.net", RecipientKind.REJECT, "ctl@example.net", "", "reason\\x1b[2Jwith\\tcontrols"),
     ],
 )
 async def test_exe_verifier_codes(
