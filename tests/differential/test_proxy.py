@@ -48,6 +48,7 @@ SESSION = [
     *[line.format(n="two") for line in MESSAGE],
 ]
 REJECTION = "554 5.7.1 not here\n554 really not"
+RCPT_REFUSAL = "550 5.1.1 no such user"
 FILTER = "#!/bin/sh\necho '<<no thanks>>'\nexit 1\n"
 LOGGED = re.compile(r"failing envelope|forwarding \[[^]]*\]$|using --immediate|client-filter .*failed:")
 
@@ -66,7 +67,7 @@ class Seen:
 def _proxy(
     side: str, base: Path, mode: str, proxy: tuple[str, ...] = ("--immediate", "--forward-to")
 ) -> Seen:
-    replies = {"final": REJECTION} if mode == "reject" else {}
+    replies = {"reject": {"final": REJECTION}, "rcpt": {"rcpt": RCPT_REFUSAL}}.get(mode, {})
     with FakeSmtp(replies=replies) as hop:
         target = f"127.0.0.1:{free_port() if mode == 'down' else hop.port}"
         extra = []
@@ -114,6 +115,21 @@ def test_immediate_as_upstream(tmp_path: Path, mode: str) -> None:
     assert ours.closed_after < 2.0 and upstream.closed_after < 2.0, (ours.closed_after, upstream.closed_after)
     assert "QUIT" not in ours.hop_verbs and "QUIT" not in upstream.hop_verbs
     assert ours.spool == upstream.spool, (ours.spool, upstream.spool)
+    assert ours.log == upstream.log, (ours.log, upstream.log)
+
+
+def test_immediate_refused_recipient_differs_on_purpose(tmp_path: Path) -> None:
+    """A recipient the next hop refuses for good: upstream tells the client ``452 one or more
+    recipients rejected`` (a temporary failure: the client tries again, for days, while the relay
+    already failed the message); ours passes the next hop's refusal on (docs/decisions.md,
+    ``--immediate``). Everything else is the same."""
+    base = daemon_base(tmp_path)
+    seen = {side: _proxy(side, base, "rcpt") for side in SIDES}
+    ours, upstream = seen["ours"], seen["upstream"]
+    assert upstream.replies == ["452 one or more recipients rejected"] * 2, upstream
+    assert ours.replies == [RCPT_REFUSAL] * 2, ours
+    assert ours.received == upstream.received == []
+    assert ours.spool == upstream.spool == ["ID.content", "ID.content", "ID.envelope.bad", "ID.envelope.bad"]
     assert ours.log == upstream.log, (ours.log, upstream.log)
 
 
