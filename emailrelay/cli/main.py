@@ -139,20 +139,21 @@ def prepare(config: Config) -> Config:
     return config
 
 
-def bind(config: Config) -> list[listeners.Bound]:
-    """The listening sockets of one configuration (exit 2 when one cannot be bound)."""
+def bind(config: Config, group: int | None = None) -> list[listeners.Bound]:
+    """The listening sockets of one configuration (exit 2 when one cannot be bound); ``group``:
+    ``--user``'s, when switching (a unix-domain socket file's group)."""
     with logmod.unit_scope(config.name):
-        return _bind(config)
+        return _bind(config, group)
 
 
-def _bind(config: Config) -> list[listeners.Bound]:
+def _bind(config: Config, group: int | None) -> list[listeners.Bound]:
     single_shot = config.as_client or config.dont_serve
     if config.immediate and not single_shot:  # upstream's start-up warning, word for word, first
         logmod.get().warning(
             "using --immediate can result in client timeout errors: try --forward-on-disconnect instead"
         )
     specs = watchers.listen_specs(config)  # the same sockets a circus.ini names
-    return listeners.bind_all(specs) if specs else []
+    return listeners.bind_all(specs, group) if specs else []
 
 
 def announce(config: Config, bound: list[listeners.Bound]) -> None:
@@ -195,11 +196,12 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     bound: list[list[listeners.Bound]] = []
     try:
         for _, config in configurations:
-            bound.append(bind(config))
+            bound.append(bind(config, target.gid if target else None))
     except BaseException:
         for socks in bound:
             for b in socks:
                 b.sock.close()
+            listeners.remove_unix_sockets(socks)
         raise
     supervised = not (first.as_client or first.dont_serve or first.single_process)
     if supervised:
@@ -209,6 +211,7 @@ def run(configurations: list[tuple[str, Config]], values: dict[str, Value], opti
     try:
         return _serve(configurations, values, options, bound, target, cwd)
     finally:
+        listeners.remove_unix_sockets(b for socks in bound for b in socks)  # as upstream, at the stop
         if supervised:  # (a detached parent leaves by os._exit: only the relay's own process gets here)
             from .supervisor import forget_run_dirs
 
@@ -325,7 +328,7 @@ def _check_policy(config: Config) -> None:
     """Bad --filter / --client-filter / --address-verifier values are usage errors at start-up."""
     if not (config.filters or config.client_filters or config.address_verifier):
         return
-    from ..policy.spec import SpecError, SpecUsageError, parse_filters, parse_verifier
+    from ..policy.spec import SpecError, SpecUsageError, parse_filters, parse_verifier, startup_warnings
 
     try:
         server_filters = parse_filters(config.filters)
@@ -335,16 +338,14 @@ def _check_policy(config: Config) -> None:
         raise  # upstream's "usage error:"
     except SpecError as exc:
         raise UsageError(str(exc)) from None
-    filters = server_filters + client_filters
     for what, specs in (
         ("filter", server_filters),
         ("client filter", client_filters),
         ("verifier", [verifier] if verifier is not None else []),
     ):
         _check_network_specs(what, specs)
-    for spec in filters:  # E-MailRelay 2.6b's start-up warning, without a time (the filter still runs)
-        if spec.kind == "exe" and not os.path.exists(spec.value):
-            logmod.get().plain(f"warning: filter program does not exist: {spec.value}")
+    for text in startup_warnings(server_filters, client_filters, verifier):  # without a time, as upstream
+        logmod.get().plain(f"warning: {text}")
 
 
 def _check_network_specs(what: str, specs: list[Spec]) -> None:

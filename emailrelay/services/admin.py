@@ -10,7 +10,13 @@ forward help info list notify pid quit smtp status unfail-all`` and
 
 Guarantees: replies are byte-compatible with upstream's (multi-line replies
 use upstream's ``\\r\\r\\n`` line separator, see
-fixtures/upstream-2.6/admin-session.txt); spool changes go through the
+fixtures/upstream-2.6/admin-session.txt); as upstream's, a session's line
+ending is the first one its client sends: after a bare LF, lines end at LF
+and every reply and event uses LF alone; after CR LF, a bare LF is part of
+the line (white space between words).  A line of any length gets one reply,
+as upstream's (which buffers it all): ours keeps its first ``MAX_LINE``
+bytes and drops the rest.  A unix-domain client is ``/`` in the log and
+``status``, as upstream names it.  Spool changes go through the
 store; commands to other roles travel on the bus, so they reach every
 process of a role; a slow or silent client never blocks other sessions.
 A non-local client is refused unless ``--remote-clients``, by the rule of
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +49,7 @@ from .listeners import format_address, is_local_address, not_local_reason
 from .supervisor_control import SupervisorControl
 
 PROMPT = b"E-MailRelay> "
-MAX_LINE = 1024
+MAX_LINE = 8192  # bytes of a line kept: the rest of a longer one is read and dropped
 DNSBL_FOREVER = 4294967295  # upstream's "dnsbl stop" without a timeout
 MAX_PENDING = 64  # commands read ahead of their replies before reading pauses
 EVENTS_BUFFER_LIMIT = 256 * 1024  # unsent bytes above which a watcher's events are dropped
@@ -105,6 +112,37 @@ class AdminContext:
                 session.send_event(f"\r\nEVENT: network: {body.get('dir')}: {body.get('event')}  ".encode())
 
 
+class LineSplitter:
+    """Upstream's admin input: the first line ending the client sends (CR LF or a bare LF) ends
+    every line of the session; a line longer than ``MAX_LINE`` is cut there (bounded memory)."""
+
+    def __init__(self) -> None:
+        self.eol = b""  # b"\r\n" or b"\n" once the first line ending is seen
+        self.buffer = b""
+        self.head: bytes | None = None  # the kept start of an over-long line, while its rest is dropped
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buffer += data
+        if not self.eol and b"\n" in self.buffer:
+            at = self.buffer.index(b"\n")
+            self.eol = b"\r\n" if self.buffer[at - 1 : at] == b"\r" else b"\n"
+        lines: list[bytes] = []
+        if self.eol:
+            *complete, self.buffer = self.buffer.split(self.eol)
+            for line in complete:
+                lines.append(line[:MAX_LINE] if self.head is None else self.head)
+                self.head = None
+        if len(self.buffer) > MAX_LINE:
+            if self.head is None:
+                self.head = self.buffer[:MAX_LINE]
+            self.buffer = self.buffer[-1:]  # (a CR that may begin the line's CR LF)
+        return lines
+
+    def output(self, data: bytes) -> bytes:
+        """``data`` (CR LF and CR CR LF line breaks) in the session's line ending."""
+        return re.sub(rb"\r*\n", b"\n", data) if self.eol == b"\n" else data
+
+
 def format_reply(lines: list[str], prompt: bool = True) -> bytes:
     """Upstream's reply framing: lines joined by CR CR LF, then CR LF and the prompt."""
     body = "\r\r\n".join(lines).encode("utf-8", "replace")
@@ -117,7 +155,7 @@ class AdminSession(asyncio.Protocol):
     def __init__(self, ctx: AdminContext) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
-        self.buffer = b""
+        self.lines = LineSplitter()
         self.peer = ""
         self.log = logmod.get()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -135,7 +173,8 @@ class AdminSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) else ""  # unix-domain peers are local
-        self.peer = format_address(host, int(peer[1])) if isinstance(peer, tuple) else str(peer or "local")
+        # (an unnamed unix-domain client is upstream's "/")
+        self.peer = format_address(host, int(peer[1])) if isinstance(peer, tuple) else str(peer or "/")
         if not self.ctx.config.remote_clients and not is_local_address(host):
             self._refused = True  # upstream: no reply at all, two warnings
             self.log.warning(f"configured to reject non-local admin connection: {not_local_reason(host)}")
@@ -154,13 +193,8 @@ class AdminSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        self.buffer += data
-        while b"\n" in self.buffer:
-            line, _, self.buffer = self.buffer.partition(b"\n")
-            self._queue.put_nowait(line.rstrip(b"\r").decode("utf-8", "replace").strip())
-        if len(self.buffer) > MAX_LINE:
-            self.buffer = b""
-            self._queue.put_nowait("\x00toolong")
+        for line in self.lines.feed(data):
+            self._queue.put_nowait(line.decode("utf-8", "replace").strip())
         self._update_reading()
 
     def eof_received(self) -> bool:
@@ -203,7 +237,7 @@ class AdminSession(asyncio.Protocol):
 
     def send_lines(self, lines: list[str], prompt: bool = True) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(format_reply(lines, prompt))
+            self.transport.write(self.lines.output(format_reply(lines, prompt)))
 
     def send_event(self, data: bytes) -> None:
         """One ``notify``/``events`` event, or none while this watcher is not reading its output."""
@@ -217,7 +251,7 @@ class AdminSession(asyncio.Protocol):
         if self._dropped:
             self.send_lines([f'{EVENTS_DROPPED} {{"count":{self._dropped}}}'], prompt=False)
             self._dropped = 0
-        self.transport.write(data)
+        self.transport.write(self.lines.output(data))
 
     async def _run(self) -> None:
         while True:
@@ -226,9 +260,6 @@ class AdminSession(asyncio.Protocol):
             await self._writable.wait()  # the previous replies are drained (below the high-water mark)
             if line == "\x00eof":
                 break
-            if line == "\x00toolong":
-                self.send_lines(["error: line too long"])
-                continue
             if not line:
                 self.send_lines([])
                 continue
@@ -310,6 +341,7 @@ class AdminSession(asyncio.Protocol):
         from .forward import ForwardService
 
         forwarder = ForwardService(self.ctx.config, self.ctx.store)
+        forwarder.flushing = True  # upstream's flush logs the messages' lines only: the reply says the rest
         forwarder.on_event = lambda topic, **body: self.ctx.on_bus_event(topic, body)  # its connections count
         await forwarder.run_once()
         return [f"error: {forwarder.session_error}"] if forwarder.session_error else ["OK"]

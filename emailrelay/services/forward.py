@@ -225,6 +225,7 @@ class ForwardService:
         self._trigger: str | None = None  # the named trigger of the pending rescan
         self._passed = 0  # messages handled since the queue was last empty
         self.stranded = 0  # messages that could be neither sent nor failed (--as-client exits 1)
+        self.flushing = False  # the admin's flush: as upstream, only the messages' lines are logged
 
     def _emit(self, topic: str, **body: object) -> None:
         if self.on_event is not None:
@@ -344,9 +345,10 @@ class ForwardService:
         if not ids:
             self.log.final("no messages to send")  # as upstream: before anything else, no level
             return True
-        if self.config.forward_to:
+        if self.config.forward_to and not self.flushing:
             self.log.verbose(f"forwarding to {self.config.forward_to}")
-        self.log.verbose("forwarding: [startup]")
+        if not self.flushing:
+            self.log.verbose("forwarding: [startup]")
         self.known.update(ids)
         for mid in ids:
             self.queue.put_nowait(mid)
@@ -373,7 +375,7 @@ class ForwardService:
                 conn.close()
             if one_shot:
                 self.log.final(self.run_error, logmod.ERROR)
-            else:
+            elif not self.flushing:
                 self.log.error(self.run_error)
             return False
         self._no_more_messages()
@@ -1047,7 +1049,7 @@ class ForwardService:
         (``--immediate`` logs no ``forwarding:`` error, as E-MailRelay 2.6b: the client's reply
         says it.)"""
         self.log.warning(f"smtp client error: {reason}")
-        if not self.config.as_client and not immediate:
+        if not (self.config.as_client or immediate or self.flushing):
             self.log.error(f"forwarding: {reason}")
         self.run_error = reason
         self._dead_hops.add(hop)

@@ -9,7 +9,11 @@ by circus roles, or passed as ``fd#N``.
 Guarantees: addresses are logged exactly as upstream does
 (``0.0.0.0:25``, ``::.25``); IPv6 sockets are v6-only so ``0.0.0.0`` and
 ``::`` can both be bound on one port; ``SO_REUSEADDR`` is set, never
-``SO_REUSEPORT`` (two relays must not silently share a port).
+``SO_REUSEPORT`` (two relays must not silently share a port).  A unix-domain
+socket file gets upstream's access whatever the umask: mode 0770 with the
+group of the user the relay runs as (``--user``), 0777 when it runs as
+root; :func:`remove_unix_sockets` removes it when the relay stops, as
+upstream does (only while it is still the socket we bound).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import ipaddress
 import os
 import socket
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .. import identity
 from ..errors import BindError, ConfigError, UsageError
 from ..transport_address import split_transport_address
 
@@ -115,10 +121,22 @@ def _interface_addresses(name: str) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class UnixNode:
+    """The file of a unix-domain listening socket we made: its directory (an open descriptor, so a
+    directory renamed or replaced since does not matter), name and identity."""
+
+    dir_fd: int
+    name: str
+    dev: int
+    ino: int
+
+
 @dataclass
 class Bound:
     spec: ListenSpec
     sock: socket.socket
+    node: UnixNode | None = None
 
     @property
     def display(self) -> str:
@@ -133,18 +151,15 @@ class Bound:
         return format_address(host, port)
 
 
-def bind(spec: ListenSpec, backlog: int = 1024) -> Bound:
-    """Bind and listen; BindError (exit 2) when the address is taken or not ours."""
+def bind(spec: ListenSpec, backlog: int = 1024, group: int | None = None) -> Bound:
+    """Bind and listen; BindError (exit 2) when the address is taken or not ours.  ``group``: the
+    group of ``--user`` when the relay will switch to it (a unix-domain socket file's group)."""
+    node = None
     try:
         if spec.fd is not None:
             sock = _inherited(spec.fd)
         elif spec.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.stat(spec.path).st_mode):
-                    os.unlink(spec.path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(spec.path)
-            sock.listen(backlog)
+            sock, node = _bind_unix(spec.path, backlog, group)
         else:
             assert spec.host is not None
             family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
@@ -161,7 +176,50 @@ def bind(spec: ListenSpec, backlog: int = 1024) -> Bound:
         raise BindError(f"socket bind error: {(exc.strerror or str(exc)).lower()}") from exc
     sock.setblocking(False)
     os.set_inheritable(sock.fileno(), False)
-    return Bound(spec, sock)
+    return Bound(spec, sock, node)
+
+
+def _bind_unix(path: str, backlog: int, group: int | None) -> tuple[socket.socket, UnixNode]:
+    """A stale socket file is replaced; the new one gets upstream's mode (the umask set for the
+    bind, so it is never wider meanwhile) and, switching, ``--user``'s group."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dir_fd = -1
+    try:
+        as_root = group is None and os.geteuid() == 0  # the relay will run as root: 0777, as upstream
+        old_umask = os.umask(0o000 if as_root else 0o007)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        name = os.path.basename(path)
+        if group is not None:
+            os.chown(name, -1, group, dir_fd=dir_fd, follow_symlinks=False)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        if dir_fd >= 0:
+            os.close(dir_fd)
+        raise
+    return sock, UnixNode(dir_fd, name, st.st_dev, st.st_ino)
+
+
+def remove_unix_sockets(bound: Iterable[Bound]) -> None:
+    """The relay stops: the unix-domain socket files it made are removed (as root: the directory may
+    be root's), each only while it is still the socket bound (a file put there since is left)."""
+    with identity.as_root():
+        for b in bound:
+            node = b.node
+            if node is None:
+                continue
+            with contextlib.suppress(OSError):
+                st = os.stat(node.name, dir_fd=node.dir_fd, follow_symlinks=False)
+                if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == (node.dev, node.ino):
+                    os.unlink(node.name, dir_fd=node.dir_fd)
 
 
 def _inherited(fd: int) -> socket.socket:
@@ -179,14 +237,15 @@ def _inherited(fd: int) -> socket.socket:
     return sock
 
 
-def bind_all(specs: list[ListenSpec]) -> list[Bound]:
+def bind_all(specs: list[ListenSpec], group: int | None = None) -> list[Bound]:
+    """Every spec bound (``group``: see :func:`bind`); none when one cannot be."""
     bound: list[Bound] = []
     try:
         for spec in specs:
             if spec.host == "::" and not socket.has_ipv6:
                 continue
             try:
-                bound.append(bind(spec))
+                bound.append(bind(spec, group=group))
             except BindError as exc:
                 # the "any" IPv6 address is optional when the host has no IPv6 at all
                 cause = exc.__cause__
@@ -196,6 +255,7 @@ def bind_all(specs: list[ListenSpec]) -> list[Bound]:
     except BaseException:
         for b in bound:
             b.sock.close()
+        remove_unix_sockets(bound)
         raise
     return bound
 
