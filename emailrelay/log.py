@@ -3,7 +3,8 @@
 What it is for: every process of the relay logs through :func:`get` so the
 lines look exactly like upstream's:
 ``emailrelay: [<time>: ]<level>: [<unit>: ][<address>; |<address>;<port>: |<port>: ][(<msgid>) ]<text>``
-on stderr (or ``--log-file``, with ``%d`` expanded daily) and to syslog
+on stderr (or ``--log-file``, with ``%d`` expanded daily: a new file is made
+0660 whatever the umask, as upstream's) and to syslog
 (LOG_MAIL, ident ``emailrelay``) unless ``--no-syslog``.
 
 The ``--log-format`` fields: ``time``; ``unit``, the name of the
@@ -349,6 +350,10 @@ class Log:
             pass
 
 
+#: A new log file's mode, whatever the umask, as E-MailRelay 2.6b makes it; an existing one keeps its own.
+LOG_FILE_MODE = 0o660
+
+
 def _open_log_file(name: str) -> TextIO:
     """Open a log file for appending.  Root never writes through what it cannot trust there (the
     directory may be writable by ``--user``, whose filters could plant something): a symlink, FIFO or
@@ -356,15 +361,15 @@ def _open_log_file(name: str) -> TextIO:
     symlink (an operator's) is followed only in a directory nobody else can change."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
     if os.getuid() != 0:
-        return open(os.open(name, flags, 0o666), "a", encoding="utf-8")
+        return open(_open_fd(name, flags), "a", encoding="utf-8")
     for _ in range(3):
         try:
-            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+            fd = _open_fd(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENXIO):
                 raise
-            if exc.errno == errno.ELOOP and _operators_symlink(name):
-                return open(os.open(name, flags, 0o666), "a", encoding="utf-8")
+            if exc.errno == errno.ELOOP and trusted_symlink(name):
+                return open(_open_fd(name, flags), "a", encoding="utf-8")
             _unlink_foreign(name, exc)
             continue
         if stat.S_ISREG(os.fstat(fd).st_mode):
@@ -375,10 +380,22 @@ def _open_log_file(name: str) -> TextIO:
     raise OSError(errno.ELOOP, f"log file {name} keeps being replaced")
 
 
-def _operators_symlink(name: str) -> bool:
-    """Root's symlink in a root-owned directory that only root can write."""
+def _open_fd(name: str, flags: int) -> int:
+    """``os.open(name, flags)`` (``flags`` has ``O_CREAT``); a file it makes gets :data:`LOG_FILE_MODE`
+    on its descriptor (owner and group the creator's, as upstream's)."""
+    try:
+        fd = os.open(name, flags | os.O_EXCL, LOG_FILE_MODE)
+    except FileExistsError:  # (a symlink too: opened again without O_EXCL, as the flags say)
+        return os.open(name, flags, LOG_FILE_MODE)
+    os.fchmod(fd, LOG_FILE_MODE)
+    return fd
+
+
+def trusted_symlink(name: str, uid: int = 0) -> bool:
+    """An operator's symlink: ``uid``'s (root's), in a directory of ``uid``'s that nobody else can
+    write."""
     parent = os.stat(os.path.dirname(os.path.abspath(name)))
-    return os.lstat(name).st_uid == 0 and parent.st_uid == 0 and not parent.st_mode & 0o022
+    return os.lstat(name).st_uid == uid and parent.st_uid == uid and not parent.st_mode & 0o022
 
 
 def _unlink_foreign(name: str, exc: OSError) -> None:

@@ -4,7 +4,9 @@ What it is for: parse the E-MailRelay command line (and config file), turn
 it into a :class:`~emailrelay.config.Config`, bind the listening sockets,
 detach, and run the relay; or print help/version.
 
-Guarantees (SPEC.md §1): exit 0 on a normal stop; 1 with a one-line
+Guarantees (SPEC.md §1): exit 0 on a normal stop (admin ``terminate``); after
+SIGTERM, SIGINT or SIGQUIT, once stopped cleanly, E-MailRelay 2.6b's status:
+128 + N with ``--pid-file``, else the death by the signal; 1 with a one-line
 ``emailrelay: error: ...`` on a usage or configuration error; 2 when a
 listening socket cannot be bound — reported by the process the user
 started, before it detaches.  The pid file appears only once every
@@ -62,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print(render(configurations, [a for a in args if a != "--print-circus-ini"]), end="")
             return 0
-        return run(configurations, values, args)
+        return daemon.leave(daemon.exit_status(run(configurations, values, args)))
     except EmailRelayError as exc:
         report_startup_error(log, exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        return 0
+    except daemon.SignalStop:  # a stop signal while starting, everything undone: as any stop
+        return daemon.leave(daemon.exit_status(0))
+    except KeyboardInterrupt:  # Ctrl-C before the relay's handlers: as upstream's, killed by SIGINT
+        daemon.note_stop(signal.SIGINT)
+        return daemon.leave(daemon.exit_status(0))
 
 
 def print_help_or_version(values: dict[str, Value]) -> int:
@@ -169,10 +174,6 @@ def announce(config: Config, bound: list[listeners.Bound]) -> None:
             log.verbose(logmod.tagged(config.name, f"forwarding to {config.forward_to}"))
 
 
-def _exit_on_term(signum: int, frame: object) -> None:
-    raise SystemExit(daemon.TERMINATED_STATUS)
-
-
 def run(configurations: list[tuple[str, Config]], values: dict[str, Value], options: list[str]) -> int:
     configurations = [(name, prepare(config)) for name, config in configurations]
     if all(preflight.nothing_to_do(c) for _, c in configurations):  # upstream's words, on stderr
@@ -233,10 +234,11 @@ def _serve(
     if not first.no_daemon and not first.as_client:
         daemon.detach()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor or the loop handles it
-    # likewise for SIGTERM: one right after the pid file is a clean stop; it is held back while the
-    # pid file is prepared, so that it arrives inside the try that removes the file
-    signal.signal(signal.SIGTERM, _exit_on_term)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    # likewise for the stop signals: one right after the pid file is a clean stop; they are held back
+    # while the pid file is prepared, so that one arrives inside the try that removes the file
+    for signum in daemon.STOP_SIGNALS:
+        signal.signal(signum, daemon.raise_stop)
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(daemon.STOP_SIGNALS))
     pid_file = daemon.prepare_pid_file(first.pid_file, target.gid if target else None)
     if values.get("close-stderr"):  # after the pid file, whose error is still one line on stderr
         log.close_stderr()  # a --log-file is not affected (reference guide)
@@ -253,7 +255,7 @@ def _serve(
         if not in_process:
             sd_notify.relay_started(spools)  # Type=notify: every socket is bound
 
-    # SIGTERM stays held back until the imports below are done: a SystemExit raised inside an import
+    # the stop signals stay held back until the imports below are done: a SystemExit raised inside an import
     # can be swallowed by importlib (a lock's weakref callback), and the relay would not stop
     try:
         if target is None:
@@ -276,7 +278,7 @@ def _serve(
             ]
             implicit = any(c.server_tls_connection for _, c in configurations)
             sd_notify.relay_started(spools)  # READY=1 as the loop starts: it takes SIGHUP (a reload) at once
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # one already sent stops it here
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(daemon.STOP_SIGNALS))  # one sent stops it here
             code = loop.run(run_instances(instances), implicit_tls=implicit)
         else:
             from . import supervisor
@@ -285,12 +287,12 @@ def _serve(
                 supervisor.Configuration(name, config, socks)
                 for (name, config), socks in zip(configurations, bound, strict=True)
             ]
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # one already sent stops it here
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(daemon.STOP_SIGNALS))  # one sent stops it here
             code = supervisor.run(parts, options, cwd, target, started)
     finally:
         sd_notify.relay_stopping()
         daemon.remove_pid_file(pid_file)
-    return daemon.exit_status(code)
+    return code  # (main gives it upstream's meaning after a stop signal: daemon.exit_status)
 
 
 def _check_network(config: Config) -> None:

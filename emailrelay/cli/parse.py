@@ -57,7 +57,9 @@ What it guarantees:
   values and duplicates; ``OptionUsageError`` for more than one non-option
   argument, after the config file was read), ``ConfigError`` with path and
   line for the config file (a missing value or a bad flag value there is an
-  ``OptionError``, in upstream's words). Upstream's rules for options that
+  ``OptionError``, in upstream's words, and so is an unknown name there,
+  ``invalid option: "--name"``; an unreadable file is upstream's
+  ``error reading configuration file: <path>``). Upstream's rules for options that
   cannot be used together (``usage_rules``) are checked per configuration.
 * ``--help`` (or ``help`` in the config file) wins over every problem but an
   unreadable config file: the result is then only ``help`` (and ``verbose``).
@@ -120,7 +122,6 @@ ACCEPTED_SHORT: dict[str, Option] = {o.short: o for o in OPTIONS if o.short and 
 # command line and "option 'name'" in a config file.
 MSG_INVALID_OPTION = 'invalid option: "{opt}"'  # on the command line: upstream's words
 MSG_NO_VALUE_SUPPLIED = "no value supplied for {opt}"  # ditto; a long name is quoted, a letter not
-MSG_UNKNOWN_CONFIG_OPTION = "unknown option '{name}'"
 MSG_FLAG_VALUE = 'cannot give a value with "{opt}" ({value})'  # upstream's words
 MSG_CONFLICTING = 'conflicting values: "{opt}"'  # ditto: a flag given on and off
 MSG_MISTAKE = '"{opt} {value}" is probably a mistake, use "{opt}=... {value}" or "{opt}={value}"'  # ditto
@@ -133,7 +134,7 @@ MSG_EMPTY_ADDRESS = "{opt}: empty address"
 MSG_DUPLICATE = 'duplicate use of "{opt}"'  # upstream's words
 MSG_SHORTHAND_CONFLICT = "{opt} conflicts with {other}"
 MSG_EXTRA_ARGUMENT = "too many non-option arguments"  # upstream's words (a "usage error")
-MSG_CANNOT_READ = "cannot read config file: {reason}"
+MSG_CANNOT_READ = "error reading configuration file: {path}"  # upstream's words
 MSG_FIRST_WINS = "more than one --{name}: using the first"  # upstream's warning
 MSG_UNDECLARED_HINT = " (no '--{prefix}-spool-dir' declares a configuration '{prefix}')"
 
@@ -223,6 +224,12 @@ def _resolve(written: str, prefixes: Iterable[str]) -> tuple[str, Option] | None
 def _undeclared_hint(written: str) -> str:
     prefix, _, rest = written.partition("-")
     return MSG_UNDECLARED_HINT.format(prefix=prefix) if prefix and rest in ACCEPTED else ""
+
+
+def _invalid_option(written: str, typed: str | None = None) -> str:
+    """Upstream's words for an option it does not know (a config-file line's name as ``--name``), with
+    ours' hint for a configuration prefix that nothing declares."""
+    return MSG_INVALID_OPTION.format(opt=typed or f"--{written}") + _undeclared_hint(written)
 
 
 # ---------------------------------------------------------------------------
@@ -392,8 +399,8 @@ def _read_lines(path: str) -> list[Line]:
     try:
         with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
             text = f.read()
-    except OSError as e:
-        raise ConfigError(MSG_CANNOT_READ.format(reason=e.strerror or e), path=path) from e
+    except OSError as e:  # (a directory too, which upstream reads as an empty file)
+        raise ConfigError(MSG_CANNOT_READ.format(path=path)) from e
     lines: list[Line] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip(_WHITE_SPACE)
@@ -427,9 +434,8 @@ def _config_settings(
     settings = []
     for name, value, number in lines:
         resolved = _resolve(name, known)
-        if resolved is None:
-            text = MSG_UNKNOWN_CONFIG_OPTION.format(name=name) + _undeclared_hint(name)
-            raise ConfigError(text, path=path, line=number)
+        if resolved is None:  # (parse_command_line reports it first, with the other problems)
+            raise OptionError(_invalid_option(name))
         prefix, option = resolved
         display = f"option '{name}'"
         try:
@@ -508,10 +514,13 @@ def parse_command_line(argv: list[str], *, app_dir: str) -> Parsed:
             return _help_only(given, config_file)
         raise OptionError(*uses.problems)
     lines = _read_lines(config_file) if config_file is not None else []
+    known = _declared([*(name for name, _, _ in lines), *(written for written, _, _ in items)])
     for name, raw, _ in lines:  # as if typed after the command line's options, as upstream reads them
-        option = _shape(name)
-        if option is not None:
-            uses.add(name, option, raw, "--" + option.name)
+        resolved = _resolve(name, known)
+        if resolved is None:
+            uses.problems.append(_invalid_option(name))  # upstream's words, as on the command line
+        else:
+            uses.add(name, resolved[1], raw, "--" + resolved[1].name)
     given += [(name, raw) for name, raw, _ in lines]
     if _asked(given, "help"):
         return _help_only(given, config_file)
@@ -546,7 +555,7 @@ def _settle(
     for written, raw, typed in items:
         resolved = _resolve(written, prefixes)
         if resolved is None:
-            raise OptionError(MSG_INVALID_OPTION.format(opt=typed) + _undeclared_hint(written))
+            raise OptionError(_invalid_option(written, typed))
         prefix, option = resolved
         try:
             value = _convert(option, raw, typed, app_dir, lenient=lenient)

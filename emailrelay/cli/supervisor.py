@@ -19,9 +19,11 @@ for the roles (:mod:`.supervisor_channel`), then becomes ``--user``
 its life, taking root back only to spawn a role; only then does the pid
 file appear, naming a process that already has those ids.
 
-Guarantees: SIGTERM stops every role gracefully (each gets
-``GRACEFUL_TIMEOUT`` seconds) and the arbiter exits 0; a role that dies is
-restarted, with a warning for the exit and one for the restart, until it
+Guarantees: SIGTERM, SIGINT and SIGQUIT stop every role gracefully (each
+gets ``GRACEFUL_TIMEOUT`` seconds), and so does ``daemon.TERMINATE_SIGNAL``,
+which the admin role's ``terminate`` sends; :func:`run` then returns 0 (the
+front end leaves with upstream's status for the signal, 0 for terminate); a
+role that dies is restarted, with a warning for the exit and one for the restart, until it
 crash-loops (:mod:`.lifecycle`: then the relay stops and exits 1); circus's
 own log lines are debug ones.
 """
@@ -332,18 +334,19 @@ def _when_free(arbiter: Any, command: str) -> None:
 
 
 def _take_over_signals(arbiter: Any) -> None:
-    """SIGTERM, SIGINT and SIGQUIT stop the relay and SIGHUP restarts its roles, through
-    :func:`_when_free`: our handlers replace the ones circus's controller installed when the
-    arbiter was built (it keeps SIGCHLD and the others), before any signal can reach those."""
+    """SIGTERM, SIGINT, SIGQUIT and the admin role's terminate signal stop the relay and SIGHUP
+    restarts its roles, through :func:`_when_free`: our handlers replace the ones circus's
+    controller installed when the arbiter was built (it keeps SIGCHLD and the others), before any
+    signal can reach those."""
     loop = arbiter.loop
 
     def handler(signum: int, frame: object) -> None:
-        if signum == signal.SIGTERM:
-            daemon.note_terminated()
+        if signum != signal.SIGHUP:  # the status the relay leaves with (daemon.exit_status)
+            daemon.note_stop(0 if signum == daemon.TERMINATE_SIGNAL else signum)
         command = "reload" if signum == signal.SIGHUP else "quit"
         loop.add_callback_from_signal(_when_free, arbiter, command)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+    for signum in (*daemon.STOP_SIGNALS, daemon.TERMINATE_SIGNAL, signal.SIGHUP):
         signal.signal(signum, handler)
 
 

@@ -45,6 +45,7 @@ from ..bus import schema
 from ..config import Config
 from ..spool.names import State
 from ..spool.store import SpoolStore
+from . import daemon
 from .listeners import format_address, is_local_address, not_local_reason
 from .supervisor_control import SupervisorControl
 
@@ -403,9 +404,10 @@ class AdminSession(asyncio.Protocol):
         pid = self.ctx.arbiter_pid or os.getpid()
         self.log.info(f"received a terminate command from {self.peer}")
         self._closed_by = "terminate"
-        # a clean stop that ends with status 0, as upstream's terminate does (SIGTERM now ends the
-        # relay as killed by that signal, as E-MailRelay 2.6b does; SIGINT is the same stop)
-        os.kill(pid, signal.SIGINT)
+        # a clean stop that ends with status 0, as upstream's terminate does (SIGINT would end ours with
+        # upstream's 130); a plain circusd (no channel to ours) quits on SIGINT
+        plain_circusd = self.ctx.arbiter_pid and self.ctx.control is None
+        os.kill(pid, signal.SIGINT if plain_circusd else daemon.TERMINATE_SIGNAL)
         if self.transport is not None:
             self.transport.close()  # upstream: no reply, the connection closes
         return None

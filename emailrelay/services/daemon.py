@@ -11,8 +11,13 @@ its final identity (started as root: effective ``--user``); it is removed on
 a clean stop, and a temporary file never published with it.  The
 temporary file is made with ``O_EXCL|O_NOFOLLOW`` and gets its owner and
 mode on the descriptor, so a symlink planted in the pid file's directory is
-never followed.  A relay stopped by SIGTERM stops cleanly and exits, once the
-pid file is gone, with exit status 143 as upstream's does (:func:`exit_status`).
+never followed; ``--pid-file`` itself may be an operator's symlink (the
+invoking user's, in a directory nobody else can write), followed as upstream
+follows it.  A relay stopped by SIGTERM, SIGINT or SIGQUIT stops cleanly
+and then, as E-MailRelay 2.6b's: with a pid file (once it is gone) exits with
+status 128 + N (143, 130, 131); without one dies by that signal
+(:func:`exit_status`, :func:`leave`).  A stop asked for (admin ``terminate``)
+exits 0.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from .. import safe_files
 from ..errors import UsageError
 from ..identity import as_root, group_for_files, in_root_thread
+from ..log import trusted_symlink
 
 #: The pid file's mode, as upstream's (``root:<--user's group>`` when switching, else the creator's).
 PID_FILE_MODE = 0o644
@@ -88,13 +94,16 @@ class PidFile:
     target: Path
     tmp: Path
     published: bool = False
+    link: Path | None = None  # --pid-file, when it is an operator's symlink to ``target``
 
 
 def prepare_pid_file(path: str | None, gid: int | None = None) -> PidFile | None:
     """Make ``--pid-file``'s directory and its temporary file; one that cannot be made is upstream's
     start-up error (``invalid pid file: cannot create file: <path>: <reason>``), never a traceback."""
+    global _has_pid_file
     if not path:
         return None
+    _has_pid_file = True  # a stop signal's status is then 128 + N, not the death by it
     try:
         return _prepare(Path(path), gid)
     except OSError as exc:
@@ -120,11 +129,18 @@ def _pid_file_error(path: str, exc: OSError) -> UsageError:
 
 def _prepare(target: Path, gid: int | None) -> PidFile:
     with as_root():
-        # as E-MailRelay 2.6b: only the last directory is made, 0775 whatever the umask (a missing
-        # one above it is "no such file or directory"); an existing one keeps its mode
-        with contextlib.suppress(FileExistsError):
-            target.parent.mkdir()
-            os.chmod(target.parent, PID_DIR_MODE)
+        link = None
+        if target.is_symlink() and trusted_symlink(str(target), os.getuid()):
+            # an operator's symlink, dangling or not, is followed as E-MailRelay 2.6b follows it (a
+            # target in a missing directory is its "no such file or directory"); one that somebody
+            # else could have planted is replaced by the pid file, never followed
+            link, target = target, Path(os.path.realpath(target))
+        else:
+            # as E-MailRelay 2.6b: only the last directory is made, 0775 whatever the umask (a missing
+            # one above it is "no such file or directory"); an existing one keeps its mode
+            with contextlib.suppress(FileExistsError):
+                target.parent.mkdir()
+                os.chmod(target.parent, PID_DIR_MODE)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -139,11 +155,12 @@ def _prepare(target: Path, gid: int | None) -> PidFile:
             os.write(fd, f"{os.getpid()}\n".encode())
         finally:
             os.close(fd)
-    return PidFile(target, tmp)
+    return PidFile(target, tmp, link=link)
 
 
 def remove_pid_file(pid_file: PidFile | None) -> None:
-    """On a stop: the pid file when it still names us, or its temporary file when never published."""
+    """On a stop: the pid file when it still names us (an operator's symlink: the link, as upstream
+    removes it, and not its target), or its temporary file when never published."""
     if pid_file is None:
         return
     with as_root():
@@ -152,22 +169,65 @@ def remove_pid_file(pid_file: PidFile | None) -> None:
                 os.unlink(pid_file.tmp)
         with contextlib.suppress(OSError):
             if safe_files.read_nofollow(pid_file.target).strip() == str(os.getpid()).encode():
-                pid_file.target.unlink()
+                (pid_file.link or pid_file.target).unlink()
 
 
-#: The exit status of a relay stopped by SIGTERM, as E-MailRelay 2.6b's (128 + 15).
-TERMINATED_STATUS = 128 + signal.SIGTERM
+#: The signals that stop the relay cleanly (sessions in flight finished, the pid file removed). As
+#: E-MailRelay 2.6b's: with ``--pid-file`` it then exits with status 128 + N; without one it dies by
+#: the signal itself (a shell's ``$?`` is 128 + N either way). SIGHUP is ours: a reload.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
-_terminated = False
+#: What the admin ``terminate`` command sends to the relay's process (ours: SIGINT would end it with
+#: status 130, upstream's terminate ends it with 0): a clean stop, as the stop signals, that exits 0.
+#: (Upstream dies by this signal; an operator has no reason to send it.)
+TERMINATE_SIGNAL = signal.SIGUSR2
+
+_stop_cause: int | None = None  # the signal that began the stop, 0 for a stop asked for (terminate)
+_has_pid_file = False
 
 
-def note_terminated() -> None:
-    """SIGTERM arrived: the stop under way ends with :data:`TERMINATED_STATUS`."""
-    global _terminated
-    _terminated = True
+class SignalStop(SystemExit):
+    """A stop signal that arrived before the relay's own handlers took over (start-up): raised from
+    the handler, it unwinds through every ``finally`` (the pid file, the run directories)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def raise_stop(signum: int, frame: object = None) -> None:
+    """A handler for :data:`STOP_SIGNALS` while the relay starts: :class:`SignalStop`."""
+    note_stop(signum)
+    raise SignalStop(signum)
+
+
+def note_stop(signum: int = 0) -> None:
+    """A stop began: by signal ``signum``, or (0) one asked for, such as the admin ``terminate``
+    command, which ends with status 0 as upstream's.  The first cause wins."""
+    global _stop_cause
+    if _stop_cause is None:
+        _stop_cause = signum
 
 
 def exit_status(code: int) -> int:
-    """The status to exit with after a stop: upstream's 143 when SIGTERM caused it, else ``code``
-    (a failure's own status wins)."""
-    return TERMINATED_STATUS if _terminated and code == 0 else code
+    """The status to leave with after a stop, as a Python returncode: ``code`` when the stop was not
+    a signal's or failed (a failure's own status wins); after a stop signal N, 128 + N with a pid
+    file and -N (death by the signal, :func:`leave`) without one, as E-MailRelay 2.6b."""
+    if code != 0 or not _stop_cause:
+        return code
+    return 128 + _stop_cause if _has_pid_file else -_stop_cause
+
+
+def leave(status: int) -> int:
+    """``status`` to exit with; a negative one is the death by that signal, here and now (the caller
+    has cleaned up: every line of the log is written and flushed already)."""
+    if status >= 0:
+        return status
+    signum = -status
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+    return 128 + signum  # (not reached: a stop signal's default action ends the process)

@@ -62,14 +62,14 @@ def _run(main: Coroutine[Any, Any, int], implicit_tls: bool) -> int:
 
 
 def stop_event(on_hup: Callable[[], None] | None = None) -> asyncio.Event:
-    """An event that SIGTERM or SIGINT sets; SIGHUP calls ``on_hup`` (or is ignored).  systemd hears of
-    both (``STOPPING=1``; ``RELOADING=1`` then ``READY=1`` around ``on_hup``) when it started us."""
+    """An event that SIGTERM, SIGINT, SIGQUIT or the admin terminate signal sets; SIGHUP calls
+    ``on_hup`` (or is ignored).  systemd hears of both (``STOPPING=1``; ``RELOADING=1`` then
+    ``READY=1`` around ``on_hup``) when it started us."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def stopping(signum: int) -> None:
-        if signum == signal.SIGTERM:
-            daemon.note_terminated()
+    def stopping(signum: int) -> None:  # the status to leave with (upstream's: daemon.exit_status)
+        daemon.note_stop(0 if signum == daemon.TERMINATE_SIGNAL else signum)
         sd_notify.relay_stopping()
         stop.set()
 
@@ -83,7 +83,7 @@ def stop_event(on_hup: Callable[[], None] | None = None) -> asyncio.Event:
             sd_notify.relay_reloaded()
 
     sd_notify.watch_loop(loop)  # the watchdog's ping needs this loop to turn
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (*daemon.STOP_SIGNALS, daemon.TERMINATE_SIGNAL):
         loop.add_signal_handler(sig, stopping, sig)
     with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals outside the main thread
         loop.add_signal_handler(signal.SIGHUP, reload)
@@ -91,5 +91,5 @@ def stop_event(on_hup: Callable[[], None] | None = None) -> asyncio.Event:
 
 
 async def until_stopped() -> None:
-    """Wait for SIGTERM or SIGINT (a role's life); SIGHUP is ignored (the supervisor restarts roles)."""
+    """Wait for a stop signal (a role's life); SIGHUP is ignored (the supervisor restarts roles)."""
     await stop_event().wait()

@@ -39,6 +39,7 @@ from tests.support.relay import (
     process_ids,
     program,
     running_relay,
+    shell_status,
     spool_files,
     start_relay,
     wait_for_port,
@@ -415,7 +416,7 @@ def test_no_daemon_short_form_stays_in_the_foreground(tmp_path: Path) -> None:
             assert c.noop()[0] == 250
         assert r.proc.poll() is None
         r.proc.send_signal(signal.SIGTERM)
-        assert r.proc.wait(20) == 128 + signal.SIGTERM
+        assert shell_status(r.proc.wait(20)) == 128 + signal.SIGTERM
 
 
 def test_pid_file_short_form_creates_the_parent_directory(tmp_path: Path) -> None:

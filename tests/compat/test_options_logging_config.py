@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_smtp import FakeSmtp
-from tests.support.relay import free_port, program, spool_files, wait_for_port, wait_until
+from tests.support.relay import free_port, program, shell_status, spool_files, wait_for_port, wait_until
 from tests.support.sink import envelope_text, simple_content, write_raw
 
 pytestmark = pytest.mark.timeout(60)
@@ -417,7 +417,7 @@ def test_guide_example_config_file(tmp_path: Path) -> None:
         assert wait_until(lambda: len(spool_files(spool, ".envelope")) == 1)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 128 + signal.SIGTERM
+        assert shell_status(proc.wait(20)) == 128 + signal.SIGTERM
     text = out.read_text()
     assert f"info: smtp server on 127.0.0.1:{port}" in text  # "log"
     assert "rx<<" not in text  # "#verbose" is a comment

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_smtp import FakeSmtp
-from tests.support.relay import free_port, program, running_relay, wait_for_port, wait_until
+from tests.support.relay import free_port, program, running_relay, shell_status, wait_for_port, wait_until
 from tests.support.sink import run_client, states
 
 pytestmark = pytest.mark.timeout(120)
@@ -221,7 +221,7 @@ def test_syslog_facility_mail_and_ident_emailrelay(tmp_path: Path, mode: str) ->
                     assert wait_until(lambda: states(spool).get("envelope", 0) == 2, 10)
                 finally:
                     proc.terminate()
-                    assert proc.wait(20) == 128 + signal.SIGTERM
+                    assert shell_status(proc.wait(20)) == 128 + signal.SIGTERM
         log_sock.settimeout(0.5)
         datagrams = []
         while True:
@@ -294,7 +294,7 @@ def _store_one_as_daemon(parent: Path, spool: Path) -> dict[str, os.stat_result]
         return {p.name: p.stat() for p in [*spool.iterdir(), pid_file] if p.is_file()}
     finally:
         proc.terminate()
-        assert proc.wait(20) == 128 + signal.SIGTERM, (parent / "relay.log").read_text()
+        assert shell_status(proc.wait(20)) == 128 + signal.SIGTERM, (parent / "relay.log").read_text()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to --user daemon")

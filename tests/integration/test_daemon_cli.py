@@ -18,7 +18,7 @@ import pytest
 
 from emailrelay import rundir
 from emailrelay.cli.main import OPTION_HINT
-from tests.support.relay import REPO, free_port, pid_alive, program, stop_process, wait_until
+from tests.support.relay import REPO, free_port, pid_alive, program, shell_status, stop_process, wait_until
 from tests.support.smtpd import (
     LOG_LINE_RE,
     Relays,
@@ -141,14 +141,13 @@ def test_bad_option_is_reported_in_upstreams_words() -> None:
     )
 
 
-def test_config_file_with_unknown_option_names_file_and_line(tmp_path: Path) -> None:
+def test_config_file_with_unknown_option_is_an_invalid_option(tmp_path: Path) -> None:
+    """Upstream's words, as on the command line (it names neither the file nor the line)."""
     cfg = tmp_path / "emailrelay.conf"
     cfg.write_text("# a comment\n\nno-daemon\nport 2525\nbogus-option 1\n")
     result = run(str(cfg))
     assert result.returncode == 1
-    assert re.search(
-        rf"^emailrelay: error: .*{re.escape(str(cfg))}:5: .*bogus-option", result.stderr, re.M
-    ), result.stderr
+    assert result.stderr.startswith('emailrelay: error: invalid option: "--bogus-option"\n'), result.stderr
 
 
 def test_unreadable_config_file(tmp_path: Path) -> None:
@@ -246,7 +245,7 @@ def test_config_file_as_last_argument(tmp_path: Path, spool: Path, run_dir: Path
         ((_, env, _, _),) = committed(spool)
         assert env.from_address == "cfg@example.com"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 128 + signal.SIGTERM
+        assert shell_status(proc.wait(20)) == 128 + signal.SIGTERM
         text = log_path.read_text()
         assert f"smtp server on 127.0.0.1:{port}" in text
         assert all(LOG_LINE_RE.match(line) for line in text.splitlines()), text
@@ -348,7 +347,7 @@ def test_sigterm_as_soon_as_the_pid_file_appears_is_a_clean_stop(
             assert wait_until(pid_file.exists, 30, interval=0.001)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
-            assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+            assert shell_status(proc.returncode) == 128 + signal.SIGTERM, err.decode()
             assert not pid_file.exists()
             assert not rundir.default(spool).exists()  # supervised: no socket or directory left in /run
         finally:
@@ -373,7 +372,7 @@ def test_sigterm_with_open_session_exits_143(tmp_path: Path) -> None:
         relay.proc.send_signal(signal.SIGTERM)
         rc = relay.proc.wait(10)
         elapsed = time.monotonic() - started
-        assert rc == 128 + signal.SIGTERM and elapsed < 10, (rc, elapsed)
+        assert shell_status(rc) == 128 + signal.SIGTERM and elapsed < 10, (rc, elapsed)
         idle.close()
         mid_data.close()
         # the unfinished message was never committed, and its content file is gone
@@ -391,7 +390,7 @@ def test_every_log_line_has_the_emailrelay_form_when_stopping_with_an_open_sessi
         with Wire(relay.port) as idle:
             idle.greet()
             relay.proc.send_signal(signal.SIGTERM)
-            assert relay.proc.wait(15) == 128 + signal.SIGTERM
+            assert shell_status(relay.proc.wait(15)) == 128 + signal.SIGTERM
         bad = [line for line in relay.log().splitlines() if not LOG_LINE_RE.match(line)]
         assert bad == []
     finally:

@@ -43,7 +43,7 @@ from emailrelay.spool.envelope import Envelope
 from emailrelay.spool.envelope import parse as parse_envelope
 from emailrelay.spool.store import SpoolStore
 from tests.support.fixtures import UPSTREAM
-from tests.support.relay import BIN, REPO, free_port, program, wait_for_port
+from tests.support.relay import BIN, REPO, free_port, program, shell_status, wait_for_port
 
 INIT = REPO / "deploy" / "init.d" / "emailrelay"
 SH = shutil.which("dash") or "/bin/sh"
@@ -412,7 +412,7 @@ def test_relay_tells_systemd_ready_status_watchdog_reload_and_stop(tmp_path: Pat
             proc.send_signal(signal.SIGTERM)
             got = _messages(notify, lambda m: any(x.startswith("STOPPING=1") for x in m), timeout=30)
             assert any(x.startswith("STOPPING=1") for x in got), got
-            assert proc.wait(30) == 128 + signal.SIGTERM, log.read_text()
+            assert shell_status(proc.wait(30)) == 128 + signal.SIGTERM, log.read_text()
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -456,7 +456,7 @@ def test_socket_activation_fd3_and_readiness(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         notify.close()
-    assert proc.returncode == 128 + signal.SIGTERM, log.read_text()
+    assert shell_status(proc.returncode) == 128 + signal.SIGTERM, log.read_text()
 
 
 # ---- docker -----------------------------------------------------------------------------

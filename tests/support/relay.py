@@ -125,7 +125,9 @@ class Relay:
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int | None:
-    """SIGTERM a child this test started, SIGKILL if it is still there after ``timeout``; its exit code."""
+    """SIGTERM a child this test started, SIGKILL if it is still there after ``timeout``; its exit status
+    as a shell's ``$?`` shows it: a death by signal N is 128 + N (a relay without ``--pid-file`` dies by
+    SIGTERM, as E-MailRelay 2.6b's; with one it exits 143: both are 143 here)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -133,7 +135,12 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int | No
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-    return proc.returncode
+    return shell_status(proc.returncode)
+
+
+def shell_status(code: int | None) -> int | None:
+    """A returncode as a shell's ``$?`` shows it: a death by signal N (``-N``) is 128 + N."""
+    return 128 - code if code is not None and code < 0 else code
 
 
 def start_relay(

@@ -39,7 +39,7 @@ from emailrelay.rundir import CIRCUS_DIR, ROOT_BASE, default
 from emailrelay.services.metrics import ANNOUNCING_ROLES
 from tests.support.certs import HAVE_OPENSSL, make_certs
 from tests.support.dns_server import DnsServer, dns_server
-from tests.support.relay import REPO, Relay, free_port, pid_alive, process_ids, program
+from tests.support.relay import REPO, Relay, free_port, pid_alive, process_ids, program, shell_status
 from tests.support.sink_counter import (
     PROMPT,
     AdminClient,
@@ -241,7 +241,7 @@ def test_a_stop_before_the_pid_file_appears_leaves_nothing_behind(scratch: Path)
         assert poll(lambda: pid_dir.is_dir() and any(pid_dir.iterdir()), 30, interval=0.001)
         seen = sorted(p.name for p in pid_dir.iterdir())
         proc.terminate()
-        assert proc.wait(30) == 143, (scratch / "stderr").read_text()
+        assert shell_status(proc.wait(30)) == 143, (scratch / "stderr").read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
