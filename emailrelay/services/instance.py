@@ -182,7 +182,6 @@ class Instance:
                 await forwarder.start(initial=config.forward)
             sweeper = loop.create_task(sweep_forever(store, config))  # crash leftovers, periodically
             await stop.wait()
-            log.info("stopping")
         finally:
             if sweeper is not None:
                 sweeper.cancel()

@@ -335,7 +335,7 @@ def test_sigterm_as_soon_as_the_pid_file_appears_is_a_clean_stop(
     tmp_path: Path, spool: Path, mode: str
 ) -> None:
     """A SIGTERM right after the pid file is written, before the loop or the supervisor has taken
-    over the signal handlers, still stops the relay cleanly: exit 0 and the pid file removed."""
+    over the signal handlers, still stops the relay cleanly: exit 143 and the pid file removed."""
     for attempt in range(3):
         pid_file = tmp_path / f"relay{attempt}.pid"
         args = [program(), "--no-daemon", "--log", "--no-syslog", "--port", str(free_port()), "--interface",
@@ -354,6 +354,32 @@ def test_sigterm_as_soon_as_the_pid_file_appears_is_a_clean_stop(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+
+
+def test_single_process_stop_adds_no_log_line(tmp_path: Path, spool: Path) -> None:
+    """As E-MailRelay 2.6b: a stop logs nothing of its own (ours said ``info: stopping``)."""
+    port = free_port()
+    args = [program(), "--no-daemon", "--log", "--verbose", "--no-syslog", "--port", str(port), "--interface",
+            "127.0.0.1", "--spool-dir", str(spool), "--user", "root", "--single-process"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: _greeted(port), 30, interval=0.05)  # the loop runs: its handlers are set
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        lines = err.decode().splitlines()
+        assert any("smtp server on 127.0.0.1:" in line for line in lines), lines
+        assert not [line for line in lines if line.endswith(": stopping")], lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def _greeted(port: int) -> bool:
+    with contextlib.suppress(OSError), smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+        client.quit()
+        return True
+    return False
 
 
 def test_sigterm_with_open_session_exits_143(tmp_path: Path) -> None:
