@@ -9,24 +9,34 @@ PURPOSE
 
 EXPECTS
     * Certificate options as given: one PEM file holding the private key and
-      the certificate chain, or two files, key first then certificate.
+      the certificate chain, or two files, key first then certificate, as
+      two options or, as E-MailRelay 2.6b takes them, one option
+      ``<key-file>,<certificate-file>`` (empty fields are dropped).
       Encrypted private keys are not supported (there is nobody to ask).
     * A verify value of ``<default>`` (the system's trusted CAs) or a CA file
       or directory (a directory must be OpenSSL-hashed, ``c_rehash``).
     * ``--tls-config`` keywords, comma separated, case-insensitive:
       ``tlsv1.0``..``tlsv1.3`` set the minimum protocol version,
       ``-tlsv1.0``..``-tlsv1.3`` the maximum, each as given (lower case, no
-      spaces) and once; as E-MailRelay 2.6b any other item (``openssl``,
+      spaces) and once; ``sslv3`` is a minimum as upstream's (OpenSSL then
+      offers what it can: TLS), ``noverify`` turns off certificate requests
+      and verification on both sides, whatever the verify options say, as
+      upstream's does; as E-MailRelay 2.6b any other item (``openssl``,
       ``mbedtls``: only OpenSSL is available through Python; a repeat; a
       typo) is ignored and listed in ``TlsConfig.ignored`` for its start-up
-      warning.  ``sslv3``, ``-sslv3`` and ``noverify``, which upstream takes,
-      are refused.
+      warning.  ``-sslv3``, and a minimum above the maximum, which upstream
+      takes and then fails every handshake with, are refused.
 
 GUARANTEES
     * Bad input raises ``UsageError`` naming the option and the file:
       unreadable or invalid certificate/key/CA files, unknown keywords.
-    * Server: no client certificate is asked for without a verify value;
-      with one, clients must present a certificate that verifies.
+    * Server: as E-MailRelay 2.6b, a client certificate is always asked for
+      (not with ``noverify``); without a verify value it is optional and
+      nothing about it is checked (it is only recorded, for the envelope's
+      ``ClientCertificate``); with one, clients must present a certificate
+      that verifies.  The accept-anything verify callback is set through
+      ctypes on the context's ``SSL_CTX`` (Python has no verify callback);
+      where that cannot be done safely no certificate is asked for.
     * Client: without a verify value nothing is verified (upstream's
       default: encryption without authentication).  With one the chain must
       verify; the host name is not checked unless ``verify_name`` is given,
@@ -43,9 +53,12 @@ GUARANTEES
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import ssl
+import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +71,7 @@ __all__ = [
     "check_peer_name",
     "client_context",
     "describe",
+    "established",
     "parse_tls_config",
     "peer_certificate_pem",
     "server_context",
@@ -65,23 +79,26 @@ __all__ = [
 
 DEFAULT_CA = "<default>"
 _VERSIONS = {
+    "sslv3": ssl.TLSVersion.SSLv3,
     "tlsv1.0": ssl.TLSVersion.TLSv1,
     "tlsv1.1": ssl.TLSVersion.TLSv1_1,
     "tlsv1.2": ssl.TLSVersion.TLSv1_2,
     "tlsv1.3": ssl.TLSVersion.TLSv1_3,
 }
-# keywords E-MailRelay 2.6b takes that ours does not implement: refused rather than ignored
-_NOT_SUPPORTED = frozenset({"sslv3", "-sslv3", "noverify"})
+# a maximum of SSL 3 leaves no protocol (upstream takes it and fails every handshake): refused
+_NOT_SUPPORTED = frozenset({"-sslv3"})
+NOVERIFY = "noverify"
 
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """Parsed ``--tls-config``: protocol bounds (``None``: library default) and the keywords
-    ignored (as given)."""
+    """Parsed ``--tls-config``: protocol bounds (``None``: library default), ``noverify`` and the
+    keywords ignored (as given)."""
 
     minimum: ssl.TLSVersion | None = None
     maximum: ssl.TLSVersion | None = None
     ignored: tuple[str, ...] = ()
+    noverify: bool = False
 
 
 def parse_tls_config(text: str | None) -> TlsConfig:
@@ -103,15 +120,21 @@ def parse_tls_config(text: str | None) -> TlsConfig:
             minimum = _VERSIONS[item]
         elif item.startswith("-") and item[1:] in _VERSIONS:
             maximum = _VERSIONS[item[1:]]
-        else:
+        elif item != NOVERIFY:
             ignored.append(item)
         used.add(item)
     if minimum is not None and maximum is not None and minimum > maximum:
         raise UsageError("--tls-config: the minimum TLS version is above the maximum")
-    return TlsConfig(minimum, maximum, tuple(ignored))
+    return TlsConfig(minimum, maximum, tuple(ignored), NOVERIFY in used)
 
 
 def _apply_versions(ctx: ssl.SSLContext, config: TlsConfig) -> None:
+    with warnings.catch_warnings():  # (old versions are deprecated: the operator asked for them)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _set_versions(ctx, config)
+
+
+def _set_versions(ctx: ssl.SSLContext, config: TlsConfig) -> None:
     try:
         if config.minimum is not None:
             ctx.minimum_version = config.minimum
@@ -136,7 +159,15 @@ def _check_readable(path: str, option: str) -> None:
         raise UsageError(f"{option}: cannot read [{path}]: {reason}") from None
 
 
-def _load_chain(ctx: ssl.SSLContext, files: Sequence[str], option: str) -> None:
+def split_certificate_files(values: Sequence[str]) -> list[str]:
+    """The files of a certificate option's values: as E-MailRelay 2.6b, each value may be
+    ``<key-file>,<certificate-file>``; empty fields are dropped (upstream then loads no
+    certificate at all and fails every handshake)."""
+    return [path for value in values for path in value.split(",") if path]
+
+
+def _load_chain(ctx: ssl.SSLContext, values: Sequence[str], option: str) -> None:
+    files = split_certificate_files(values)
     if len(files) > 2:
         raise UsageError(f"{option} can be given at most twice (key file, then certificate file)")
     for path in files:
@@ -176,17 +207,54 @@ def server_context(
 ) -> ssl.SSLContext:
     """Context for ``--server-tls`` / ``--server-tls-connection`` (SMTP and POP)."""
     config = parse_tls_config(tls_config)
-    if not certificate_files:
-        raise UsageError("--server-tls needs --server-tls-certificate")
+    if not split_certificate_files(certificate_files):  # (upstream's words for a missing option)
+        raise UsageError("the --server-tls option requires --server-tls-certificate")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_versions(ctx, config)
     _load_chain(ctx, certificate_files, "--server-tls-certificate")
     if verify:
         _load_verify(ctx, verify, "--server-tls-verify", ssl.Purpose.CLIENT_AUTH)
+    if config.noverify:
+        ctx.verify_mode = ssl.CERT_NONE
+    elif verify:
         ctx.verify_mode = ssl.CERT_REQUIRED
     else:
-        ctx.verify_mode = ssl.CERT_NONE
+        _ask_for_any_client_certificate(ctx)
     return ctx
+
+
+# OpenSSL's SSL_VERIFY_PEER, and a verify callback that takes any certificate: int (*)(int, X509_STORE_CTX*)
+_SSL_VERIFY_PEER = 1
+_VERIFY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_ACCEPT_ANY = _VERIFY_CALLBACK(lambda preverify_ok, store: 1)
+
+
+def _ask_for_any_client_certificate(ctx: ssl.SSLContext) -> None:
+    """As E-MailRelay 2.6b without ``--server-tls-verify``: the client is asked for a certificate,
+    which it may leave out and which is not checked (only recorded).  Python's ``ssl`` has no verify
+    callback, so it is set on the context's ``SSL_CTX`` (the first field after the object header of
+    CPython's context object, checked against the verify mode Python sets) through the OpenSSL that
+    ``_ssl`` uses.  Where any of that fails the context stays ``CERT_NONE``: nothing is asked for."""
+    ctx.verify_mode = ssl.CERT_NONE
+    if sys.implementation.name != "cpython":  # (the object layout below is CPython's)
+        return
+    try:
+        import _ssl
+
+        libssl = ctypes.CDLL(_ssl.__file__)
+        get_mode, set_verify = libssl.SSL_CTX_get_verify_mode, libssl.SSL_CTX_set_verify
+        get_mode.argtypes, get_mode.restype = [ctypes.c_void_p], ctypes.c_int
+        set_verify.argtypes, set_verify.restype = [ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK], None
+        ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+        if not ssl_ctx or get_mode(ssl_ctx) != 0:
+            return
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # (Python keeps a callback that is set: _set_verify_mode)
+        if get_mode(ssl_ctx) != _SSL_VERIFY_PEER:
+            ctx.verify_mode = ssl.CERT_NONE
+            return
+        set_verify(ssl_ctx, _SSL_VERIFY_PEER, _ACCEPT_ANY)
+    except (OSError, AttributeError, ValueError):
+        ctx.verify_mode = ssl.CERT_NONE
 
 
 class ClientContext(ssl.SSLContext):
@@ -248,16 +316,18 @@ def client_context(
     ctx.verify_name = verify_name or None
     ctx.server_name = server_name or None
     _apply_versions(ctx, config)
-    if certificate_files:
+    if split_certificate_files(certificate_files):
         _load_chain(ctx, certificate_files, "--client-tls-certificate")
     if verify:
         _load_verify(ctx, verify, "--client-tls-verify", ssl.Purpose.SERVER_AUTH)
+    if verify and not config.noverify:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.check_hostname = False  # the name: check_peer_name(), E-MailRelay 2.6b's way
         ctx.hostname_checks_common_name = True
-    else:
+    else:  # (noverify: nothing is checked, the name neither; it still goes out as SNI)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+        ctx.server_name, ctx.verify_name = ctx.effective_server_hostname(None), None
     return ctx
 
 
@@ -265,6 +335,14 @@ def describe(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
     """``"<protocol> <cipher>"``, e.g. ``TLSv1.3 TLS_AES_256_GCM_SHA384``."""
     cipher = ssl_object.cipher()
     return " ".join(p for p in (ssl_object.version() or "", cipher[0] if cipher else "") if p)
+
+
+def established(peer: str, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
+    """E-MailRelay 2.6b's line for a TLS session that is up: ``tls protocol established with
+    <peer> protocol TLSv1.3 cipher TLS_AES_256_GCM_SHA384``."""
+    cipher = ssl_object.cipher()
+    protocol = f"protocol {ssl_object.version()} cipher {cipher[0] if cipher else ''}"
+    return f"tls protocol established with {peer} {protocol}"
 
 
 def peer_certificate_pem(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
@@ -310,7 +388,8 @@ def check_peer_name(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[str, str
 
 def openssl_error(exc: BaseException) -> str:
     """An OpenSSL error in OpenSSL's own words (``error:0A00010B:SSL routines::wrong version number``),
-    as E-MailRelay logs it; anything that is not an OpenSSL error as Python words it."""
+    as E-MailRelay logs it (a failed verification without Python's detail of why); anything that
+    is not an OpenSSL error as Python words it."""
     import _ssl  # the numeric codes of OpenSSL's error names
 
     library, reason = getattr(exc, "library", None), getattr(exc, "reason", None)
@@ -323,6 +402,9 @@ def openssl_error(exc: BaseException) -> str:
             if name == reason and _ssl.lib_codes_to_names.get(k[0]) == library
         ]
         text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", re.sub(r"^\[[^\]]*\]\s*", "", exc.strerror or str(exc)))
+        detail = getattr(exc, "verify_message", None)  # Python's words: not in OpenSSL's error
+        if detail and text.endswith(f": {detail}"):
+            text = text[: -len(detail) - 2]
         if codes:
             lib, code = codes[0]
             return (

@@ -45,6 +45,14 @@ def _count(values: Values, name: str) -> int:
     return len(value) if isinstance(value, list) else int(value not in (None, False))
 
 
+def _count_files(values: Values, name: str) -> int:
+    """The files a certificate option names, as upstream counts them: each value may be
+    ``<key-file>,<certificate-file>``, and an empty field counts too."""
+    value = values.get(name)
+    values_given = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+    return sum(text.count(",") + 1 for text in values_given)
+
+
 def _forwarding_address(values: Values) -> str:
     for name in ("forward-to", "as-client", "as-proxy"):
         value = values.get(name)
@@ -113,9 +121,9 @@ def _rules() -> list[tuple[Rule, str]]:
          "the --client-tls- options require --client-tls or --client-tls-connection"),
         (_without(("client-tls-verify-name",), ("client-tls-verify",)),
          "the --client-tls-verify-name options requires --client-tls-verify"),
-        (lambda v: _count(v, "server-tls-certificate") > 2,
+        (lambda v: _count_files(v, "server-tls-certificate") > 2,
          "the --server-tls-certificate option cannot be used more than twice"),
-        (lambda v: _count(v, "client-tls-certificate") > 2,
+        (lambda v: _count_files(v, "client-tls-certificate") > 2,
          "the --client-tls-certificate option cannot be used more than twice"),
         (_without(("server-tls-required",), server_tls),
          "--server-tls-required requires --server-tls or --server-tls-connection"),

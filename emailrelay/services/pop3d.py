@@ -130,15 +130,11 @@ class PopService:
 
 
 def pop_security(config: Config) -> ServerSecurity:
-    """``--pop-auth`` secrets; STLS with ``--server-tls`` (``--server-tls-connection`` is SMTP only);
-    ``--server-tls-required`` applies; ``--server-auth-config`` does not (it is the SMTP server's)."""
+    """``--pop-auth`` secrets; STLS with ``--server-tls`` or, as E-MailRelay 2.6b, with
+    ``--server-tls-connection`` (which is implicit TLS for SMTP only); ``--server-tls-required``
+    applies; ``--server-auth-config`` does not (it is the SMTP server's)."""
     sec = server_security(config, secrets_path=config.pop_auth or "")
-    return replace(
-        sec,
-        auth_config=None,
-        tls_context=sec.tls_context if config.server_tls else None,
-        tls_implicit=False,
-    )
+    return replace(sec, auth_config=None, tls_implicit=False)
 
 
 def build_pop_service(
@@ -301,7 +297,7 @@ class PopSession(LineSession):
         self.encrypted = True
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
-            self.log.info(f"pop tls protocol established: {tls.describe(ssl_object)}")
+            self.log.info(tls.established(self.peer, ssl_object))  # upstream's words, as for SMTP
 
     # ---- plumbing ---------------------------------------------------------------
     def _idle_check(self) -> None:
@@ -553,7 +549,8 @@ class PopSession(LineSession):
     async def _start_tls(self, context: ssl.SSLContext) -> None:
         result = await self._server_tls(context)
         if isinstance(result, BaseException):
-            self.log.warning(f"pop tls error: {result}")
+            self.log.warning(f"tls: tls error: SSL_accept(): [{tls.openssl_error(result)}]")  # upstream's
+            self._close_reason = "peer disconnected: ssl accept"
             self._closing = True
             self.proto.close()
             self.abort()

@@ -94,7 +94,7 @@ def test_mpop_stls_mechanisms_keep(tmp_path: Path, mechanism: str) -> None:
         h.wait_idle()
         assert h.files() == {f"{i}.{kind}" for i in ids for kind in ("content", "envelope")}
         log = h.log_text()
-    assert "pop tls protocol established" in log
+    assert "tls protocol established with 127.0.0.1:" in log
     assert f"mechanism [{'plain' if mechanism == 'user' else mechanism}]" in log
 
 
@@ -154,4 +154,4 @@ def test_fetchmail_stls_keep_then_nothing_new(tmp_path: Path) -> None:
         assert out.read_text().count("Subject: m") == 2
         h.wait_idle()
         assert len(h.files("alice")) == 4
-        assert "pop tls protocol established" in h.log_text()
+        assert "tls protocol established with 127.0.0.1:" in h.log_text()

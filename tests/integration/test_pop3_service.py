@@ -244,7 +244,7 @@ def test_stls_then_login(tmp_path: Path) -> None:
         assert p.retr(1)[1] == [b"Subject: test", b"abc"]
         p.quit()
         log = h.wait_log("pop connection closed")
-    assert re.search(r"pop tls protocol established: TLSv1\.[23] ", log)
+    assert re.search(r"tls protocol established with 127\.0\.0\.1:\d+ protocol TLSv1\.[23] cipher ", log)
 
 
 def test_stls_discards_injected_plaintext(tmp_path: Path) -> None:
@@ -272,7 +272,7 @@ def test_tls_error_is_logged(tmp_path: Path) -> None:
         s.sendall(b"this is not a tls client hello\r\n" * 4)
         time.sleep(0.3)
         s.close()
-        h.wait_log("pop tls error")
+        h.wait_log("tls: tls error: SSL_accept(): [error:")
         h.wait_idle()
 
 

@@ -107,7 +107,7 @@ def test_build_pop_service_from_config(tmp_path: Path) -> None:
         pop_auth=str(auth),
         pop_by_name=True,
         server_auth_config="m:cram-md5",
-        server_tls_connection=True,  # SMTP only: no STLS, no implicit TLS for POP
+        server_tls_connection=True,  # implicit TLS for SMTP only: STLS for POP (as E-MailRelay 2.6b)
         server_tls_certificates=[str(key), str(cert)],
     ).frozen()
     log = logmod.Log(logmod.LogConfig(syslog=False, stderr=False, log_file=str(tmp_path / "log")))
@@ -118,8 +118,8 @@ def test_build_pop_service_from_config(tmp_path: Path) -> None:
         assert sec is not None and sec.secrets is not None
         assert sec.secrets.server_lookup("PLAIN", "alice") is not None
         assert sec.auth_config is None and "PLAIN" in sec.mechanisms(False)
-        assert sec.tls_context is None and not sec.tls_implicit
-        with_stls = config.replaced(server_tls=True)
+        assert sec.tls_context is not None and not sec.tls_implicit
+        with_stls = config.replaced(server_tls=True, server_tls_connection=False)
         assert build_pop_service(with_stls, service.store, log=log).security.tls_context is not None  # type: ignore[union-attr]
         assert f'pop server authentication secrets from "{auth}"' in (tmp_path / "log").read_text()
     finally:

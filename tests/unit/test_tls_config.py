@@ -277,8 +277,12 @@ def test_contexts_modes(certs: Certs) -> None:
     assert plain.verify_mode == ssl.CERT_NONE and not plain.check_hostname
     chain_only = client_context(verify=str(certs.ca))
     assert chain_only.verify_mode == ssl.CERT_REQUIRED and not chain_only.check_hostname
-    assert server_context([str(certs.server_pem)]).verify_mode == ssl.CERT_NONE
+    # as E-MailRelay 2.6b: a client certificate is asked for, optional and unchecked without a CA
+    assert server_context([str(certs.server_pem)]).verify_mode == ssl.CERT_OPTIONAL
     assert server_context([str(certs.server_pem)], verify="<default>").verify_mode == ssl.CERT_REQUIRED
+    for verify in (None, "<default>"):  # noverify: nothing asked for, nothing checked
+        assert server_context([str(certs.server_pem)], verify, "noverify").verify_mode == ssl.CERT_NONE
+    assert client_context(verify=str(certs.ca), tls_config="noverify").verify_mode == ssl.CERT_NONE
 
 
 def test_effective_server_hostname() -> None:
@@ -297,6 +301,7 @@ def test_effective_server_hostname() -> None:
         ("-tlsv1.2", None, ssl.TLSVersion.TLSv1_2),
         ("tlsv1.0,-tlsv1.1", ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1),
         ("tlsv1.0, -tlsv1.1", ssl.TLSVersion.TLSv1, None),  # so do spaces
+        ("sslv3,noverify", ssl.TLSVersion.SSLv3, None),  # as E-MailRelay 2.6b takes them
     ],
 )
 def test_parse_tls_config(
@@ -330,8 +335,7 @@ def test_tls_config_unknown_items_are_ignored(text: str, ignored: tuple[str, ...
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("sslv3", "invalid --tls-config keyword [sslv3]"),
-        ("tlsv1.2,noverify", "invalid --tls-config keyword [noverify]"),
+        ("-sslv3", "invalid --tls-config keyword [-sslv3]"),
         ("tlsv1.3,-tlsv1.2", "minimum TLS version is above the maximum"),
     ],
 )
