@@ -27,7 +27,10 @@ printed as ``info``) and ``debug`` (``--debug``).
 Guarantees: a fatal startup error logged with :meth:`Log.error` is written
 and flushed before the caller exits, in the ``^emailrelay: [0-9.]*: error:``
 form scripts grep for; log text is made printable so a hostile peer cannot
-forge log lines with CR/LF.
+forge log lines with CR/LF; a line over 1016 octets is cut as E-MailRelay
+2.6b cuts it (:func:`cut`: its first 1017 octets and `` ...``, JSON lines
+aside); raw octets (a file name, an argument) are written as they are, never
+a lost line.
 """
 
 from __future__ import annotations
@@ -103,6 +106,35 @@ def tagged(name: str, text: str) -> str:
     """``[<name>] <text>``: E-MailRelay 2.6b's mark of a named configuration on its start-up lines
     (``[in] smtp server on ...``); the text alone for an unnamed one."""
     return f"[{name}] {text}" if name else text
+
+
+#: E-MailRelay 2.6b's cut of a log line: one of more octets (its whole line, the program's name and any
+#: time and address included) is written as its first ``LINE_LIMIT + 1`` octets and `` ...``.
+LINE_LIMIT = 1016
+_CUT_MARK = " ..."
+
+
+def cut(line: str) -> str:
+    """``line`` as E-MailRelay 2.6b writes a long one (:data:`LINE_LIMIT`), but in whole characters:
+    a UTF-8 character the cut would split is left out (upstream writes its first octets)."""
+    if len(line) <= LINE_LIMIT // 4:  # (the common case: short whatever its characters)
+        return line
+    data = line.encode("utf-8", "surrogateescape")
+    if len(data) <= LINE_LIMIT:
+        return line
+    end = _whole(data, LINE_LIMIT + 1)
+    return data[:end].decode("utf-8", "surrogateescape") + _CUT_MARK
+
+
+def _whole(data: bytes, end: int) -> int:
+    """``end``, or the start of the UTF-8 character it would split (raw octets are cut anywhere)."""
+    start = end
+    while start > end - 3 and start < len(data) and 0x80 <= data[start] < 0xC0:
+        start -= 1
+    if start == end:
+        return end
+    first = data[start : start + 4].decode("utf-8", "surrogateescape")[0]
+    return start if not 0xDC80 <= ord(first) <= 0xDCFF and start + len(first.encode()) > end else end
 
 
 def printable(text: str) -> str:
@@ -242,7 +274,7 @@ class Log:
                 body = self._with_fields(text, address, port, msgid, msgid_in_text)
             else:
                 body = f"{address}; {text}" if (address and c.with_address) else text
-            line = ": ".join(parts) + ": " + body
+            line = cut(": ".join(parts) + ": " + body)
         self._write(line)
         if c.syslog:  # the whole line after the ident, program name included, as E-MailRelay 2.6b
             self._syslog(level, line)
@@ -311,21 +343,20 @@ class Log:
         if not self._syslog_open:
             _syslog.openlog(self.config.program, _syslog.LOG_PID, self.config.syslog_facility)
             self._syslog_open = True
-        try:
-            _syslog.syslog(_SYSLOG_PRIORITY[level], text)
-        except (OSError, ValueError):
-            pass
+        with contextlib.suppress(OSError, ValueError):
+            # (raw octets from the command line or a file name: as escapes, not a lost line)
+            _syslog.syslog(_SYSLOG_PRIORITY[level], text.encode("utf-8", "backslashreplace").decode())
 
     def plain(self, text: str) -> None:
         """``emailrelay: <text>``, without a time or a level: E-MailRelay 2.6b's few plain notices
         (``--as-client``'s ``no messages to send``)."""
-        self._write(f"{self.config.program}: {printable(text)}")
+        self._write(cut(f"{self.config.program}: {printable(text)}"))
 
     def final(self, text: str, level: int | None = None) -> None:
         """A one-shot run's last line (``--as-client``'s ``no messages to send``, or the error that
         ends it) as E-MailRelay 2.6b writes it: ``emailrelay: [<level>: ]<text>``, without a time, on
         stderr only (not into ``--log-file``; nothing once stderr is closed); an error to syslog too."""
-        line = (
+        line = cut(
             f"{self.config.program}: {_WORDS[level]}: {printable(text)}"
             if level
             else f"{self.config.program}: {printable(text)}"
@@ -361,7 +392,7 @@ def _open_log_file(name: str) -> TextIO:
     symlink (an operator's) is followed only in a directory nobody else can change."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
     if os.getuid() != 0:
-        return open(_open_fd(name, flags), "a", encoding="utf-8")
+        return open(_open_fd(name, flags), "a", encoding="utf-8", errors="surrogateescape")
     for _ in range(3):
         try:
             fd = _open_fd(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -369,12 +400,12 @@ def _open_log_file(name: str) -> TextIO:
             if exc.errno not in (errno.ELOOP, errno.ENXIO):
                 raise
             if exc.errno == errno.ELOOP and trusted_symlink(name):
-                return open(_open_fd(name, flags), "a", encoding="utf-8")
+                return open(_open_fd(name, flags), "a", encoding="utf-8", errors="surrogateescape")
             _unlink_foreign(name, exc)
             continue
         if stat.S_ISREG(os.fstat(fd).st_mode):
             os.set_blocking(fd, True)
-            return open(fd, "a", encoding="utf-8")
+            return open(fd, "a", encoding="utf-8", errors="surrogateescape")
         os.close(fd)
         _unlink_foreign(name, OSError(errno.EPERM, f"log file {name} is not a regular file"))
     raise OSError(errno.ELOOP, f"log file {name} keeps being replaced")

@@ -6,7 +6,8 @@ once; when ``threshold`` zones list it the connection is dropped.
 
 Configuration (comma-separated): the DNSBL zones, then optionally the
 threshold (default 1), the timeout in milliseconds (default 5000; negative:
-*fail closed*, block when no decision is reached in time) and the DNS server
+*fail closed*, block when no decision is reached in time; 0, as upstream: no
+time at all, every client let in with the time-out warning) and the DNS server
 as a transport address (default: the first nameserver of the system's
 resolver configuration)::
 
@@ -31,14 +32,17 @@ Guarantees:
   ever blocked;
 - on timeout the connection is allowed, unless the timeout was negative.
 
-Log lines (through :func:`emailrelay.log.get`): per zone at verbose level
-(``dnsbl: address [a] denied by [zone]: 127.0.0.2``), the outcome as a
-warning when blocked (``dnsbl: address [a] blocked by [zone]``) and as info
-when a listing did not block.  A time-out is logged in E-MailRelay 2.6b's
-words: ``dnsbl: address [a] not checked by [zones]`` (info), then as a
-warning ``dnsbl: client address [a] blocked: timeout: no answer from
-[zones]`` (negative timeout) or ``dnsbl: client address [a]: timeout: no
-answer from [zones]`` (positive), the zones being those that did not answer.
+Log lines (through :func:`emailrelay.log.get`), E-MailRelay 2.6b's: once the
+outcome is known, a verbose line per zone in the configuration's order
+(``dnsbl: address [a] denied by [zone]: 127.0.0.2``, ``... allowed by
+[zone]``, ``... not checked by [zone]`` for one that had not answered), then
+a warning when blocked (``dnsbl: client address [a] blocked by [z1] [z2]``)
+or when zones did not answer in time (``dnsbl: client address [a] blocked:
+timeout: no answer from [z1] [z2]`` with a negative timeout, else ``dnsbl:
+client address [a]: timeout: no answer from [...]``); nothing more when the
+client is let in.  Ours besides: a query that fails is a warning as it
+comes (``query to [zone] failed: ...``), and a "query refused" code
+(127.255.255.0/24) does not list (upstream blocks on it).
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ class DnsblConfig:
 
     @property
     def timeout(self) -> float:
-        """The decision timeout in seconds (always positive)."""
+        """The decision timeout in seconds (0 or more)."""
         return abs(self.timeout_ms) / 1000.0
 
     @property
@@ -189,9 +193,9 @@ def parse_config(text: str) -> DnsblConfig:
         threshold = int(f)
     if fields:
         f = fields.pop(0)
-        if not _is_int(f) or int(f) == 0:
+        if not _is_int(f):  # (0, as upstream: no time to answer, every client let in with a warning)
             raise ValueError(
-                f"invalid --dnsbl timeout [{f}]: expected a non-zero number of milliseconds "
+                f"invalid --dnsbl timeout [{f}]: expected a number of milliseconds "
                 "(negative to block on timeout)"
             )
         timeout_ms = int(f)
@@ -366,7 +370,7 @@ class DnsblChecker:
         }
         listed: list[str] = []
         errors: dict[str, str] = {}
-        answered: set[str] = set()  # zones that answered (listed, clear or an error)
+        answered: dict[str, _Answer] = {}  # zones that answered (listed, clear or an error)
         undecided = 0  # zones whose queries timed out inside the resolver
         threshold = cfg.threshold
         timed_out = False
@@ -391,9 +395,9 @@ class DnsblChecker:
                     break
                 for task in done:
                     answer = task.result()
-                    self._log_answer(addr, answer)
+                    self._warn_failure(addr, answer)
                     if answer.status != "timeout":
-                        answered.add(answer.zone)
+                        answered[answer.zone] = answer
                     if answer.status == "listed":
                         listed.append(answer.zone)
                     elif answer.status == "error":
@@ -406,49 +410,59 @@ class DnsblChecker:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         listed.sort(key=cfg.servers.index)
+        self._log_answers(addr, answered)
         silent = [zone for zone in cfg.servers if zone not in answered]
         return self._outcome(addr, listed, timed_out, errors, silent)
 
     def _outcome(
         self, ip: str, listed: list[str], timed_out: bool, errors: dict[str, str], silent: list[str]
     ) -> DnsblResult:
+        """The decision, with E-MailRelay 2.6b's warning when it blocks or a zone was too late."""
         cfg = self.config
-        log = self.log
-        names = " ".join(listed)
+        prefix = f"dnsbl: client address [{ip}]"
         if cfg.threshold > 0 and len(listed) >= cfg.threshold:
-            log.warning(f"dnsbl: address [{ip}] blocked by [{names}]", ip)
-            return DnsblResult(True, listed, False, f"listed by {names}", errors=errors)
-        if timed_out and cfg.threshold > 0:  # E-MailRelay 2.6b's lines
-            zones = " ".join(silent)
-            log.info(f"dnsbl: address [{ip}] not checked by [{zones}]", ip)
-            if cfg.fail_closed:
-                log.warning(f"dnsbl: client address [{ip}] blocked: timeout: no answer from [{zones}]", ip)
-                return DnsblResult(True, listed, True, "timeout (fail closed)", errors=errors)
-            log.warning(f"dnsbl: client address [{ip}]: timeout: no answer from [{zones}]", ip)
-            return DnsblResult(False, listed, True, "timeout (fail open)", errors=errors)
+            self.log.warning(f"{prefix} blocked by {_bracketed(listed)}", ip)
+            return DnsblResult(True, listed, False, f"listed by {' '.join(listed)}", errors=errors)
+        if timed_out and cfg.threshold > 0 and cfg.fail_closed:
+            self.log.warning(f"{prefix} blocked: timeout: no answer from {_bracketed(silent)}", ip)
+            return DnsblResult(True, listed, True, "timeout (fail closed)", errors=errors)
+        if timed_out:
+            self.log.warning(f"{prefix}: timeout: no answer from {_bracketed(silent)}", ip)
+        names = " ".join(listed)
         if cfg.threshold == 0:
-            what = f"listed by [{names}]" if listed else "not listed"
-            late = ": timeout" if timed_out else ""
-            log.info(f"dnsbl: address [{ip}] allowed: threshold zero: {what}{late}", ip)
-            return DnsblResult(False, listed, timed_out, f"threshold zero: {what}{late}", errors=errors)
+            what = f"listed by {names}" if listed else "not listed"
+            return DnsblResult(False, listed, timed_out, f"threshold zero: {what}", errors=errors)
+        if timed_out:
+            return DnsblResult(False, listed, True, "timeout (fail open)", errors=errors)
         if listed:
-            log.info(
-                f"dnsbl: address [{ip}] allowed: listed by [{names}] below threshold {cfg.threshold}", ip
-            )
             return DnsblResult(False, listed, False, f"below threshold: listed by {names}", errors=errors)
-        log.verbose(f"dnsbl: address [{ip}] allowed", ip)
         return DnsblResult(False, [], False, "not listed", errors=errors)
 
-    def _log_answer(self, ip: str, answer: _Answer) -> None:
+    def _log_answers(self, ip: str, answered: dict[str, _Answer]) -> None:
+        """E-MailRelay 2.6b's verbose line per zone, in the configuration's order, once decided; a
+        failed query counts as not listed (``allowed by``), as upstream's."""
         log = self.log
-        if answer.status == "listed":
-            log.verbose(f"dnsbl: address [{ip}] denied by [{answer.zone}]: {answer.detail}", ip)
-        elif answer.status == "clear":
-            log.verbose(f"dnsbl: address [{ip}] allowed by [{answer.zone}]", ip)
-        elif answer.status == "timeout":
-            log.verbose(f"dnsbl: address [{ip}]: no answer from [{answer.zone}]", ip)
-        else:
-            log.warning(f"dnsbl: address [{ip}]: query to [{answer.zone}] failed: {answer.detail}", ip)
+        if not log.verbose_on:
+            return
+        for zone in self.config.servers:
+            answer = answered.get(zone)
+            if answer is None:
+                log.verbose(f"dnsbl: address [{ip}] not checked by [{zone}]", ip)
+            elif answer.status == "listed":
+                log.verbose(f"dnsbl: address [{ip}] denied by [{zone}]: {answer.detail}", ip)
+            else:
+                log.verbose(f"dnsbl: address [{ip}] allowed by [{zone}]", ip)
+
+    def _warn_failure(self, ip: str, answer: _Answer) -> None:
+        """Ours: a query that failed (SERVFAIL, a "query refused" code) is a warning as it comes;
+        upstream counts it as not listed without a word."""
+        if answer.status == "error":
+            self.log.warning(f"dnsbl: address [{ip}]: query to [{answer.zone}] failed: {answer.detail}", ip)
+
+
+def _bracketed(zones: list[str]) -> str:
+    """``[a] [b]``: E-MailRelay 2.6b's list of zones in its warnings."""
+    return " ".join(f"[{zone}]" for zone in zones)
 
 
 def _short(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ unexpected response [...]``, ``tls: tls error: SSL_connect(): [<openssl
 error>]`` then ``peer disconnected: ssl connect``, the authentication
 errors), and the EHLO name is ``--domain`` when it has a dot, else the
 connection's local address.  Traced lines are cut as upstream cuts log
-lines (:data:`LOG_LINE_LIMIT`), and the first reply line over 1000 octets
+lines (by the log, :func:`emailrelay.log.cut`), and the first reply line over 1000 octets
 in a process gets upstream's warning ``very long line detected``.
 """
 
@@ -44,19 +44,7 @@ from .listeners import format_address
 from .security import ClientSecurity
 from .socks import SocksProxy, open_via_socks, parse_forward_to
 
-LOG_LINE_LIMIT = 1000  # octets of "emailrelay: info: <text>": upstream cuts longer ones, ending them " ..."
-_LOG_HEAD = len("emailrelay: info: ")
 _long_line_warned = False  # upstream warns of a long reply line once per process
-
-
-def _cut(text: str) -> str:
-    """A traced line as upstream logs it: cut to :data:`LOG_LINE_LIMIT` octets with its head, ``" ..."``
-    ending the cut (whole characters: upstream may split one)."""
-    data = text.encode("utf-8", "surrogateescape")
-    room = LOG_LINE_LIMIT - _LOG_HEAD
-    if len(data) <= room:
-        return text
-    return data[: room - 4].decode("utf-8", "ignore") + " ..."
 
 
 def _warn_long_line(log: Any, client: sc.SmtpClient) -> None:
@@ -558,12 +546,10 @@ class SmtpConnection:
         if self.trace:
             for direction, text in self.client.drain_trace():
                 text = text.replace("\\", "\\\\")  # upstream doubles a backslash (control bytes: the log)
-                self.log.verbose(
-                    _cut(
-                        f'{direction}{">>" if direction == "tx" else "<<"}: "{text}"'
-                        if not text.startswith(("[", '"'))  # (a BDAT's trace is quoted already)
-                        else f"{direction}>>: {text}"
-                    )
+                self.log.verbose(  # (a long one cut as upstream cuts it: log.cut)
+                    f'{direction}{">>" if direction == "tx" else "<<"}: "{text}"'
+                    if not text.startswith(("[", '"'))  # (a BDAT's trace is quoted already)
+                    else f"{direction}>>: {text}"
                 )
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)

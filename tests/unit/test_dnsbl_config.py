@@ -95,7 +95,7 @@ def test_ipv6_dns_server_in_both_orders() -> None:
         ("a.example,,1", "empty field"),
         ("a.example,2,x.example", "timeout [x.example]"),
         ("a.example,-1", "threshold [-1]"),
-        ("a.example,1,0", "timeout [0]"),
+        ("a.example,1,0x10", "timeout [0x10]"),
         ("a.example,1,soon", "timeout [soon]"),
         ("a.example,1,500,dns.example.com", "DNS server [dns.example.com]"),
         ("a.example,1,500,1.1.1.1:99999", "DNS server"),
