@@ -495,7 +495,7 @@ class PopSession(LineSession):
 
     async def _login(self, success: Success, by_auth: bool = False) -> None:
         user = success.identity
-        self.log.info(f"successful authentication of remote client using {success.describe()}")
+        self.log.verbose(f"successful authentication of remote client using {success.describe()}")
         if by_auth:  # E-MailRelay 2.6b logs this after AUTH only (not USER/PASS, not APOP)
             self.log.info(f"pop authentication of {user} connected from {self.peer}")
         sec = self.service.security

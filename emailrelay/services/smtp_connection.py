@@ -487,7 +487,7 @@ class SmtpConnection:
                     )
                 self.authenticated_as = account.user
                 over = "over tls " if self.encrypted else ""
-                self.log.info(f"successful authentication with remote server {over}using {how}")
+                self.log.verbose(f"successful authentication with remote server {over}using {how}")
                 return
             elif isinstance(event, sc.SessionFailed):
                 self.close()

@@ -497,7 +497,7 @@ class SmtpSession(LineSession):
             self._sasl = None
             security.guard.success(self.peer.host)
             self.auth_mechanism, self.auth_id = step.mechanism.lower(), step.identity
-            self.log.info(
+            self.log.verbose(  # (upstream's: with --verbose only)
                 f"successful authentication of remote client using {step.describe()}", self.peer.host
             )
             self.proto.auth_succeeded()

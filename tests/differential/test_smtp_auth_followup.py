@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import hmac
+import poplib
 import re
+import smtplib
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -30,7 +32,7 @@ from emailrelay.protocol.sasl import AuthConfig, server_offer
 from tests.support.certs import Certs, no_verify_context
 from tests.support.diff_smtp_server import GREETING, b64, server_log, settle
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, program, read_reply, spool_dir, start
-from tests.support.relay import free_port
+from tests.support.relay import free_port, wait_for_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -387,3 +389,48 @@ def test_md5_state_of_wrong_length_refused_by_ours_only(state: str) -> None:
     assert _exit_code("upstream", base, text, "u") == (None, "")
     code, stderr = _exit_code("ours", base, text, "o")
     assert code == 1 and "invalid md5 secret for [me]" in stderr, stderr
+
+
+# ---- "successful authentication" is a --verbose line --------------------------------------
+
+
+def _quiet_login(side: str, base: Path) -> str:
+    """``side`` run with ``--log`` alone (no ``--verbose``) as root with the default ``--user``: one
+    SMTP login and one POP login; its log."""
+    home = base / f"quiet-{side}"
+    home.mkdir(parents=True)
+    home.chmod(0o755)
+    secrets = _secrets(base, f"quiet-{side}.auth", "server plain me secret\n")
+    port, pop_port = free_port(), free_port()
+    argv = [program(side), "--no-daemon", "--log", "--no-syslog", "--port", str(port), "--interface", "127.0.0.1",
+            "--spool-dir", str(spool_dir(home / "spool")), "--server-auth", secrets,
+            "--pop", "--pop-port", str(pop_port), "--pop-auth", secrets]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc=proc)
+        wait_for_port(pop_port, proc=proc)
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+            client.login("me", "secret")
+        pop = poplib.POP3("127.0.0.1", pop_port, timeout=20)
+        pop.user("me")
+        pop.pass_("secret")
+        pop.quit()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    return err.decode()
+
+
+def _assert_quiet(log: str) -> None:
+    assert "smtp connection from" in log and "pop connection from" in log, log
+    assert "successful authentication" not in log, log
+
+
+def test_successful_authentication_is_verbose_only(tmp_path: Path) -> None:
+    """As E-MailRelay 2.6b: without ``--verbose`` a successful login (SMTP, POP) logs no line."""
+    _assert_quiet(_quiet_login("ours", daemon_base(tmp_path)))
+
+
+@needs_oracle
+def test_successful_authentication_is_verbose_only_as_upstream(tmp_path: Path) -> None:
+    _assert_quiet(_quiet_login("upstream", daemon_base(tmp_path)))
