@@ -95,7 +95,9 @@ async def run_smtp(config: Config, fds: list[int], run_dir: str) -> int:
     if not config.forward_to or config.immediate:  # no forward role to clean crash leftovers (SPEC §7)
         try:
             with identity.as_root():
-                store.recover(new_age=leftover_age(config))  # the store logs each crash leftover it removes
+                report = store.recover(new_age=leftover_age(config))  # logs each crashed store it removes
+            for mid in report.released:  # as the forward role logs them
+                log.info(f"recovered claim on [{mid}]: returned to the queue")
         except OSError as exc:
             log.warning(f"spool recovery failed: {exc}")
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")

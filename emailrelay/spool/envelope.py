@@ -12,7 +12,10 @@ Guarantees:
   control character, a missing required field, an unknown format or a
   ``ToCount`` that does not match the recipient lines is an
   :class:`EnvelopeError`.  So a field a filter wrote can never carry a raw
-  line break into an SMTP command.
+  line break into an SMTP command.  As E-MailRelay 2.6b reads them, blanks
+  (space, tab) around a value are not part of it, and nothing after
+  ``X-MailRelay-End`` makes a file unusable: a failure reason's control
+  characters are escaped (``\\r``, ``\\x01``), other lines kept as they are.
 """
 
 from __future__ import annotations
@@ -152,6 +155,27 @@ _SINGLE = {
 }
 
 
+_BLANKS = " \t"
+_REASON_KEYS = {key: _SINGLE[key] for key in ("Reason", "ReasonCode")}
+
+
+def _read_after_end(line: str, values: dict[str, str], tail: list[str]) -> None:
+    """A line after ``X-MailRelay-End``: a failure reason (its control characters escaped, so the
+    envelope can still be forwarded and rewritten) or anything else, kept as it is."""
+    key, sep, value = (
+        line[len(_KEY_PREFIX) :].partition(":") if line.startswith(_KEY_PREFIX) else ("", "", "")
+    )
+    if sep and key in _REASON_KEYS:
+        values[_REASON_KEYS[key]] = _CONTROL.sub(_escape_control, value.strip(_BLANKS))
+    elif line:
+        tail.append(line)
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(ord(char), f"\\x{ord(char):02x}")
+
+
 def parse(data: bytes) -> Envelope:
     """Parse envelope bytes (any readable format, CRLF or LF line ends)."""
     try:
@@ -169,9 +193,8 @@ def parse(data: bytes) -> Envelope:
     last_key = ""
     for number, raw in enumerate(raw_lines, 1):
         line = raw[:-1] if raw.endswith("\r") else raw
-        if "end" in values and not line.startswith(_KEY_PREFIX + "Reason"):
-            if line:
-                tail.append(line)
+        if "end" in values:  # E-MailRelay 2.6b stops reading at End: nothing after it makes the file unusable
+            _read_after_end(line, values, tail)
             continue
         if _CONTROL.search(line):
             raise EnvelopeError(f"line {number}: control character in envelope")
@@ -184,8 +207,7 @@ def parse(data: bytes) -> Envelope:
         if not line.startswith(_KEY_PREFIX) or ":" not in line:
             raise EnvelopeError(f"line {number}: not an envelope field: {line[:40]!r}")
         key, _, value = line[len(_KEY_PREFIX) :].partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        value = value.rstrip(" ") if key not in ("Reason",) else value.strip()
+        value = value.strip(_BLANKS)  # as E-MailRelay 2.6b: "X-MailRelay-From: \ta@b\t" is a@b
         last_key = key
         if key == "To-Local":
             to_local.append(value)
