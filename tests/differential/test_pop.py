@@ -27,6 +27,7 @@ import pytest
 
 from tests.support.diff_guide import readable_file
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, run, start
+from tests.support.pop3 import read_reply as _read
 from tests.support.relay import free_port, wait_until
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
@@ -44,18 +45,6 @@ SESSIONS = [
 _ID = re.compile(rb"emailrelay\.\d+\.\d+\.\d+")
 _STAMP = re.compile(rb"<\d+\.\d+@[^>]+>")
 POP_LOG = re.compile(r"pop |rx<<|tx>>|authentication")
-
-
-def _read(sock: socket.socket, multi: bool) -> bytes:
-    data = b""
-    while not (
-        data.endswith(b"\r\n.\r\n") or (data.endswith(b"\r\n") and (not multi or not data.startswith(b"+OK")))
-    ):
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data + b"<EOF>"
-        data += chunk
-    return data
 
 
 def _session(port: int, commands: list[str]) -> list[tuple[str, bytes]]:

@@ -40,6 +40,7 @@ import pytest
 
 from tests.support.oracle import SIDES, daemon_base, daemon_group, needs_oracle, normalise_log, start
 from tests.support.pop3 import PopHarness, pop_harness
+from tests.support.pop3 import read_reply as _read
 from tests.support.relay import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -93,18 +94,6 @@ def _message(directory: Path, name: str, content: bytes, mtime: int | None = Non
 def _named_messages(directory: Path) -> None:
     for name, order in NAMES:
         _message(directory, name, f"Subject: {name}\r\n\r\nx\r\n".encode(), 1_700_000_000 + 100 * order)
-
-
-def _read(sock: socket.socket, multi: bool) -> bytes:
-    data = b""
-    while not (
-        data.endswith(b"\r\n.\r\n") or (data.endswith(b"\r\n") and (not multi or not data.startswith(b"+OK")))
-    ):
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data + b"<EOF>"
-        data += chunk
-    return data
 
 
 def _connect(port: int, timeout: float = 20.0) -> socket.socket:

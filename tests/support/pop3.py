@@ -194,3 +194,17 @@ def recv_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> byt
             break
         data += chunk
     return data
+
+
+def read_reply(sock: socket.socket, multi: bool) -> bytes:
+    """One POP reply off ``sock``: a line, or (``multi`` and ``+OK``) up to the closing dot line;
+    ``<EOF>`` appended when the server closes first."""
+    data = b""
+    while not (
+        data.endswith(b"\r\n.\r\n") or (data.endswith(b"\r\n") and (not multi or not data.startswith(b"+OK")))
+    ):
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data + b"<EOF>"
+        data += chunk
+    return data
