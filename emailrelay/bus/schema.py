@@ -29,6 +29,7 @@ SMTP_REJECTED = "smtp.rejected"  # {"reason", "client"}
 ROLE_STARTED = "role.started"  # {"role", "pid"}
 ROLE_STOPPING = "role.stopping"  # {"role", "pid"}
 NETWORK = "network"  # {"dir": "in"|"out", "event": "start"|"stop", "local", "peer"}: the admin status/notify
+CLIENT = "client"  # {"text"}: a forwarding run's progress, upstream's notify "client:" events in its words
 # commands
 CMD_FORWARD = "cmd.forward"  # {}: rescan now, ignoring back-off
 CMD_FLUSH = "cmd.flush"  # {}
@@ -38,7 +39,7 @@ CMD_DNSBL = "cmd.dnsbl"  # {"off_for": seconds}: admin "dnsbl stop [N]" (0: "dns
 
 EVENT_TOPICS = (
     SPOOL_READY, SPOOL_FAILED, FORWARD_DONE, FORWARD_DEFERRED, SMTP_ACCEPTED, SMTP_REJECTED,
-    ROLE_STARTED, ROLE_STOPPING, NETWORK,
+    ROLE_STARTED, ROLE_STOPPING, NETWORK, CLIENT,
 )  # fmt: skip
 COMMAND_TOPICS = (CMD_FORWARD, CMD_FLUSH, CMD_SMTP_DISABLE, CMD_SMTP_ENABLE, CMD_DNSBL)
 ALL_TOPICS = EVENT_TOPICS + COMMAND_TOPICS

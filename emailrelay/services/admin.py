@@ -25,7 +25,9 @@ warnings in the log and the connection closed without a word.  Memory per
 session is bounded: reading pauses while replies are not drained (or too
 many commands wait), and a ``notify``/``events`` watcher that does not read
 loses events (``events.dropped {"count":N}`` tells it) instead of
-buffering them.
+buffering them.  ``notify`` sends upstream's events in its words: connections
+(``network: in|out: start|stop``) and the forwarder's runs (``client: ...``,
+from the ``client`` bus events).
 """
 
 from __future__ import annotations
@@ -109,8 +111,18 @@ class AdminContext:
         for session in list(self.watchers):
             if session.watching == "events":
                 session.send_event(format_reply([line], prompt=False))
-            elif topic == schema.NETWORK:  # upstream's notify: network events only, in its words
-                session.send_event(f"\r\nEVENT: network: {body.get('dir')}: {body.get('event')}  ".encode())
+            elif (text := _notify_text(topic, body)) is not None:
+                session.send_event(f"\r\nEVENT: {text}  ".encode())
+
+
+def _notify_text(topic: str, body: dict[str, Any]) -> str | None:
+    """An event in upstream's ``notify`` words: connections (``network``) and the forwarding runs
+    (``client``), or None for the events upstream's ``notify`` does not send."""
+    if topic == schema.NETWORK:
+        return f"network: {body.get('dir')}: {body.get('event')}"
+    if topic == schema.CLIENT:
+        return f"client: {body.get('text')}"
+    return None
 
 
 class LineSplitter:

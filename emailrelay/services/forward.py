@@ -42,7 +42,13 @@ What it guarantees:
   E-MailRelay 2.6b does (``new connection for [<address>]``); idle
   connections are closed with QUIT;
 - a spool rescan happens on start, every ``--poll`` seconds and whenever the
-  queue runs dry after a ring, so a lost wake-up delays at most one period.
+  queue runs dry after a ring, so a lost wake-up delays at most one period;
+- the admin's ``notify`` sees upstream's ``client:`` events for each run (one
+  bus event each, through ``on_event``): a run starts at the first message
+  claimed after a trigger (``forward: start: admin|poll|client disconnect``)
+  and ends when the queue runs dry (``forward: end[: <its first error>]``); a
+  trigger that finds nothing says ``forward: end: no messages``; none for the
+  admin ``flush``, ``--immediate`` or ``--as-client``.
 """
 
 from __future__ import annotations
@@ -226,6 +232,14 @@ class ForwardService:
         self._passed = 0  # messages handled since the queue was last empty
         self.stranded = 0  # messages that could be neither sent nor failed (--as-client exits 1)
         self.flushing = False  # the admin's flush: as upstream, only the messages' lines are logged
+        # the admin's notify (upstream's "client:" events): the run in progress, named by its trigger
+        # only an admin has a notify to watch them (none: no event costs a bus message); never a one-shot
+        # run (--as-client, --dont-serve)
+        self._reporting = config.admin_port is not None
+        self.reports_idle = True  # says "no messages" (one forward process of several does)
+        self._run: str | None = None  # the trigger of the run in progress
+        self._run_error: str | None = None  # the first error that ended it for a next hop
+        self._next_run: str | None = None  # the trigger of the work queued for the next run
 
     def _emit(self, topic: str, **body: object) -> None:
         if self.on_event is not None:
@@ -234,6 +248,49 @@ class ForwardService:
     def _network(self, direction: str, event: str, local: str, peer: str) -> None:
         """An onward connection opened or closed (the admin ``status`` and ``notify``)."""
         self._emit(schema.NETWORK, dir=direction, event=event, local=local, peer=peer)
+
+    # ---- the admin's notify: upstream's "client:" events --------------------------------
+    def _reports(self, mid: MessageId) -> bool:
+        """Whether ``mid``'s forwarding is reported: not the admin's flush, not ``--immediate``."""
+        return self._reporting and not self.flushing and mid not in self._immediate
+
+    def _client_event(self, text: str) -> None:
+        self._emit(schema.CLIENT, text=text)
+
+    def _queued_for_run(self, trigger: str | None) -> None:
+        """Work was queued: the run it starts (if none is in progress) is named after ``trigger``
+        (None: a ring for a committed message, or a timer: upstream's ``poll``); the first wins."""
+        if self._run is None and self._next_run is None:
+            self._next_run = trigger or "poll"
+
+    def _run_starts(self, mid: MessageId) -> None:
+        """A message was claimed: the run starts now unless one is in progress."""
+        if self._run is None and self._reports(mid):
+            self._run, self._next_run, self._run_error = self._next_run or "poll", None, None
+            self._client_event(f"forward: start: {self._run}")
+
+    def _run_ends(self) -> None:
+        """The queue ran dry: the run in progress ends, with the first error that stopped it (with
+        none in progress, what was queued was someone else's: no run, whatever queued it)."""
+        self._next_run = None
+        if self._run is not None:
+            error, self._run, self._run_error = self._run_error, None, None
+            self._client_event(f"forward: end: {error}" if error else "forward: end")
+
+    def _nothing_to_run(self) -> None:
+        """A trigger found nothing to send (upstream: no ``forward: start`` before it)."""
+        idle = self._run is None and self.queue.empty() and not self._claims
+        if idle and self._reporting and self.reports_idle:
+            self._next_run = None
+            self._client_event("forward: end: no messages")
+
+    def _on_connection(self, mid: MessageId, direction: str, event: str, local: str, peer: str) -> None:
+        """A reported message's new connection: connected, as upstream says, with the message's
+        ``sending`` first."""
+        self._network(direction, event, local, peer)
+        if event == "start":
+            self._client_event(f"sending: {mid}")
+            self._client_event(f"connected: {peer}")
 
     async def _in_thread(
         self, fn: Callable[..., _T], *args: Any, undo: Callable[[_T], object] | None = None, **kwargs: Any
@@ -264,6 +321,7 @@ class ForwardService:
         if mid is not None and mid not in self.known:
             self.known.add(mid)
             self.queue.put_nowait(mid)
+            self._queued_for_run(None)
         elif mid is not None:  # queued or in hand: mostly the second doorbell of one commit (smtp, notify)
             asyncio.get_running_loop().call_later(MIN_RESCAN_GAP, self._recheck, mid)
         else:
@@ -341,6 +399,7 @@ class ForwardService:
         """``--as-client``: forward everything in the spool now.  True unless the run stopped on a
         session or connection error (with back-off: unless anything failed or was deferred).
         ``one_shot`` (the program's whole run): its last line goes to stderr only, as upstream's."""
+        self._reporting = False  # no admin watches a one-shot run (the admin's flush says it all)
         ids = await self._in_thread(self.store.ready, ignore_backoff=True)
         if not ids:
             self.log.final("no messages to send")  # as upstream: before anything else, no level
@@ -396,7 +455,7 @@ class ForwardService:
         """Rescans: at start, every period, and when rung without an id; at most one pass per
         MIN_RESCAN_GAP, each one directory scan (rings with an id never scan: they queue the id)."""
         if initial or self.config.poll is not None:
-            await self._rescan()
+            await self._rescan(unnamed="startup" if initial else "poll")
         while True:
             held = self._held_until - time.monotonic()
             if held > 0:  # a client filter's 102 (rate limiting): wait for the next polling cycle
@@ -409,18 +468,19 @@ class ForwardService:
             timeout = period
             if period is not None and self._next_due is not None:
                 timeout = max(MIN_RESCAN_GAP, min(period, self._next_due - time.time()))
+            polled = False  # the --poll timer's (not a safety rescan, not --poll 0's)
             try:
                 if timeout is None:
                     await self._wake.wait()
                 else:
                     await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
-                pass
+                polled = bool(self.config.poll) and timeout == period == self.config.poll
             self._wake.clear()
             gap = MIN_RESCAN_GAP - (time.monotonic() - self._last_rescan)
             if gap > 0:
                 await asyncio.sleep(gap)
-            await self._rescan()
+            await self._rescan(unnamed="poll" if polled else None)
 
     async def _recover(self) -> None:
         """Return claims of dead forwarders (any worker may do it: recovery takes the claim's lock)."""
@@ -436,7 +496,9 @@ class ForwardService:
         for mid in report.released:
             self.log.info(f"recovered claim on [{mid}]: returned to the queue")
 
-    async def _rescan(self) -> None:
+    async def _rescan(self, *, unnamed: str | None = None) -> None:
+        """Queue what is due.  ``unnamed``: what the rescan is when no trigger names it, for the run
+        it starts: ``poll`` (the ``--poll`` timer's, which says when it finds nothing) or ``startup``."""
         self._last_rescan = time.monotonic()
         await self._recover()
         ignore = self._ignore_backoff
@@ -452,6 +514,10 @@ class ForwardService:
         trigger, self._trigger = self._trigger, None
         if trigger is not None and not due and not self._claims:
             self.log.verbose("forwarding: no messages to send")
+        if due:
+            self._queued_for_run(trigger or unnamed)
+        elif trigger is not None or unnamed == "poll":
+            self._nothing_to_run()
         for mid in due:
             self.known.add(mid)
             self.queue.put_nowait(mid)
@@ -497,6 +563,8 @@ class ForwardService:
                 self._drop_queue()
                 if self.config.poll:
                     self._held_until = time.monotonic() + self.config.poll
+            if self.queue.empty() and not self._claims and not exit_when_empty:
+                self._run_ends()
 
     def _summary(self, claim: Claim, outcome: Outcome, started: float, size: int | None) -> None:
         """``--log-format json``: one summary line per message forwarded, failed or deferred."""
@@ -576,6 +644,7 @@ class ForwardService:
     async def _forward_held(self, claim: Claim) -> Outcome:
         """Forward a claimed message; a claim still held at the end (cancelled) is released."""
         self._claims.add(claim)
+        self._run_starts(claim.id)
         self._last_mid = str(claim.id)
         self._started[claim.id] = started = time.monotonic()
         msgid = logmod.set_msgid(str(claim.id))  # --log-format=msgid: this task's lines are about it
@@ -725,6 +794,8 @@ class ForwardService:
                 held = None
                 conn.log.msgid = str(mid)  # its callbacks' contexts may be an earlier message's
                 replies = conn.replies
+                if reused and self._reports(mid):
+                    self._client_event(f"sending: {mid}")
                 result = await self._transaction(conn, claim, env, content, info_size)
             except ConnectionTrouble as exc:
                 if conn is not None:
@@ -735,6 +806,8 @@ class ForwardService:
                 return await self._connection_trouble(claim, exc, hop)
             break
         pool.give(conn)  # its lines keep the id until the next message's, as E-MailRelay 2.6b's
+        if self._reports(mid):
+            self._client_event(f"sent: {mid}" if result.status == "sent" else f"sent: {mid}: {result.text}")
         return result
 
     async def _connection(
@@ -765,6 +838,9 @@ class ForwardService:
             prompt_timeout=self.config.prompt_timeout,
         )
         conn.on_network = self._network
+        if self._reports(mid):
+            conn.on_network = partial(self._on_connection, mid)
+            self._client_event(f"connecting: {hop}")
         try:
             await conn.open(self.config.connection_timeout, self.config.client_interface, self.security)
         except ConnectionTrouble:
@@ -1053,6 +1129,8 @@ class ForwardService:
             self.log.error(f"forwarding: {reason}")
         self.run_error = reason
         self._dead_hops.add(hop)
+        if self._run is not None and not immediate:
+            self._run_error = self._run_error or reason
 
     async def _fail(
         self,

@@ -187,7 +187,8 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     # net; without it (--forward-on-disconnect) only disconnects ring, plus a slow safety rescan
     rung_by_notify = config.poll is not None and not config.immediate  # (--immediate: no notify role)
     forwarder = ForwardService(config, store, executor=executor, safety_rescan=SAFETY_RESCAN, senders=1)
-    forwarder.on_event = bus.publish
+    forwarder.on_event = bus.publish  # its events (the admin's notify too) go on the bus
+    forwarder.reports_idle = index == 0  # one "forward: end: no messages" per trigger, not one per process
     bus.subscribe([schema.SPOOL_READY, schema.CMD_FORWARD, schema.CMD_FLUSH])
 
     async def rings() -> None:

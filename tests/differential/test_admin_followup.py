@@ -7,8 +7,8 @@ first line its client sends (a bare-LF client gets bare-LF replies and
 events); over-long command lines (one reply each, whatever the length); and
 the log lines of ``flush``.  The differential tests skip without
 ``EMAILRELAY_ORACLE_BIN``; the ``ours_`` tests check our side alone, so a
-user's clone tests it too.  Not matched (docs/decisions.md): upstream's
-``client:`` events of ``notify``.
+user's clone tests it too.  The ``client:`` events of ``notify`` are
+tests/differential/test_admin_notify_followup.py's.
 """
 
 from __future__ import annotations
