@@ -137,6 +137,15 @@ def _whole(data: bytes, end: int) -> int:
     return start if not 0xDC80 <= ord(first) <= 0xDCFF and start + len(first.encode()) > end else end
 
 
+def traced(text: str) -> str:
+    """A protocol trace's text (``rx<<:``, ``tx>>:``) as E-MailRelay 2.6b escapes it: a backslash
+    doubled, a tab as ``\\t`` and a NUL as ``\\0``; :func:`printable` escapes the other control
+    characters when it is logged.  Octets that are not UTF-8 (surrogate escapes) stay as they are."""
+    if text.isprintable() and "\\" not in text:  # the common case, checked in C
+        return text
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\0", "\\0")
+
+
 def printable(text: str) -> str:
     """Escape control characters so one log call is one log line."""
     if text.isprintable():  # the common case, checked in C
@@ -178,6 +187,7 @@ class Log:
         self.config = config
         self._threshold = self._compute_threshold()
         self._fields = self._any_field()
+        _raw_stderr()
         if self._syslog_open and not config.syslog:
             _syslog.closelog()
             self._syslog_open = False
@@ -435,6 +445,13 @@ def _unlink_foreign(name: str, exc: OSError) -> None:
         if os.lstat(name).st_uid == 0:
             raise exc
         os.unlink(name)
+
+
+def _raw_stderr() -> None:
+    """Raw octets in a line (surrogate escapes: a client's bytes that are not UTF-8) reach stderr
+    as the octets, as they reach a log file (Python's default writes ``\\udcff``)."""
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stderr.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
 
 
 def _timestamp() -> str:

@@ -746,7 +746,7 @@ class SmtpClient:
         if len(line) > LONG_REPLY_LINE and self.long_line is None:
             self.long_line = len(line)
         if self._tracing and not self._quit_sent:  # nothing is read after QUIT: the reply is not logged
-            self._trace.append(("rx", line.decode("utf-8", "replace")))
+            self._trace.append(("rx", line.decode("utf-8", "surrogateescape")))  # (not UTF-8: logged raw)
         head = line[:3]
         if len(head) < 3 or not head.isdigit() or (len(line) > 3 and line[3:4] not in (b" ", b"-")):
             self._garbage(_INVALID)

@@ -465,6 +465,11 @@ class SmtpServer(LineBuffer):
         return self._peer_ended
 
     @property
+    def latin1(self) -> bool:
+        """Whether the command line in hand was 8-bit but not UTF-8 (its text: decoded as latin-1)."""
+        return self._latin1
+
+    @property
     def phase(self) -> Phase:
         return self._phase
 

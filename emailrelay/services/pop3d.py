@@ -158,9 +158,8 @@ class _Closed(Exception):
 
 
 def _traceable(line: str) -> str:
-    """A traced line as upstream writes it: a backslash doubled and a tab as ``\\t`` (the log
-    escapes other control characters)."""
-    return line.replace("\\", "\\\\").replace("\t", "\\t")
+    """A traced line as upstream writes it (:func:`~emailrelay.log.traced`: a tab as ``\\t``, not a cut)."""
+    return logmod.traced(line)
 
 
 def _traced_reply(reply: bytes) -> list[str]:

@@ -545,7 +545,7 @@ class SmtpConnection:
         _warn_long_line(self.log, self.client)
         if self.trace:
             for direction, text in self.client.drain_trace():
-                text = text.replace("\\", "\\\\")  # upstream doubles a backslash (control bytes: the log)
+                text = logmod.traced(text)  # as upstream: "\\\\", "\\t", "\\0" (other control bytes: the log)
                 self.log.verbose(  # (a long one cut as upstream cuts it: log.cut)
                     f'{direction}{">>" if direction == "tx" else "<<"}: "{text}"'
                     if not text.startswith(("[", '"'))  # (a BDAT's trace is quoted already)

@@ -541,6 +541,11 @@ class SmtpSession(LineSession):
     def _log_address(self) -> str | None:
         return self.peer.host
 
+    def _trace_rx(self, line: str) -> None:
+        """As upstream: an empty command line too (``rx<<: ""``)."""
+        if self.log.verbose_on:
+            self.log.verbose(f'rx<<: "{traced_rx(line, self.proto.latin1)}"', self.peer.host)
+
     def _idle_check(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
@@ -1020,6 +1025,18 @@ class SmtpSession(LineSession):
 
 
 _HIDDEN = "[authentication response not logged]"
+
+
+def traced_rx(line: str, latin1: bool = False) -> str:
+    """A command line as E-MailRelay 2.6b traces it (``rx<<:``), escaped as
+    :func:`~emailrelay.log.traced` escapes, octets that are not UTF-8 as they came (``latin1``: the
+    text was decoded as latin-1; valid UTF-8 around them untouched); but whole: upstream's trace
+    stops at a tab, ours writes the tab as ``\t`` and the rest (docs/decisions.md)."""
+    if latin1 and not line.isascii() and max(line) <= "\xff":
+        line = line.encode("latin-1").decode("utf-8", "surrogateescape")
+    elif line.isprintable() and "\\" not in line:  # the common case, checked in C
+        return line
+    return logmod.traced(line)
 
 
 class _BdatStart:
