@@ -126,7 +126,9 @@ def prepare(config: Config) -> Config:
     config = config.replaced(spool_dir=config.spool_dir.absolute())
     if config.pid_file:  # (upstream's is where the command was run, not in /)
         config = config.replaced(pid_file=os.path.abspath(config.pid_file))
-    preflight.check_spool(config.spool_dir, space=not (config.as_client or config.dont_serve))
+    preflight.check_spool(
+        config.spool_dir, space=not (config.as_client or config.dont_serve), warn_only=config.as_client
+    )
     if config.delivery_dir is not None:
         config = config.replaced(delivery_dir=config.delivery_dir.absolute())
     _check_policy(config)

@@ -13,7 +13,11 @@ process that starts the relay (as root: the file system's, as upstream's
 :func:`emailrelay.identity.directory_problem`).  A spool with less than
 ``MIN_FREE_BYTES`` free, or no free inode, is full: it could not take one
 message.  ``--as-client`` and ``--dont-serve`` are not checked for space, so
-that a full spool can still be drained.
+that a full spool can still be drained.  ``--as-client`` (``warn_only``) only
+warns about a read-only or unwritable spool, in E-MailRelay 2.6b's words
+(``warning: directory not writable: "<spool>"``), and runs on: its forwarder
+then warns ``cannot lock file`` for each message, sends nothing and deletes
+nothing, and exits 0, as upstream's.
 
 :func:`nothing_to_do` is E-MailRelay 2.6b's check that a relay would neither
 serve nor forward (``--dont-serve`` or ``--no-smtp`` alone): it then prints
@@ -25,22 +29,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import log as logmod
 from ..config import Config
 from ..errors import SpoolError
 
 MIN_FREE_BYTES = 64 * 1024
 
 
-def check_spool(spool: Path, space: bool = True) -> None:
-    """Raise SpoolError when ``spool`` is read-only, not writable, or (``space``) full."""
+def check_spool(spool: Path, space: bool = True, warn_only: bool = False) -> None:
+    """Raise SpoolError when ``spool`` is read-only, not writable, or (``space``) full; with
+    ``warn_only``, a read-only or unwritable spool is upstream's warning instead."""
     try:
         st = os.statvfs(spool)
     except OSError as exc:
         raise SpoolError(f"invalid spool directory: {spool}: {exc.strerror or exc}") from None
-    if st.f_flag & os.ST_RDONLY:
-        raise SpoolError(f"spool directory not writable: {spool}: read-only file system")
-    if not os.access(spool, os.W_OK | os.X_OK):
-        raise SpoolError(f"spool directory not writable: {spool}: permission denied")
+    problem = _write_problem(spool, st)
+    if problem is not None and warn_only:
+        logmod.get().warning(f'directory not writable: "{spool}"')
+    elif problem is not None:
+        raise SpoolError(f"spool directory not writable: {spool}: {problem}")
     if not space:
         return
     free = st.f_bavail * st.f_frsize
@@ -48,6 +55,15 @@ def check_spool(spool: Path, space: bool = True) -> None:
         raise SpoolError(f"spool directory full: {spool}: {free} bytes free")
     if st.f_files and not st.f_favail:
         raise SpoolError(f"spool directory full: {spool}: no free inodes")
+
+
+def _write_problem(spool: Path, st: os.statvfs_result) -> str | None:
+    """Why the starting process cannot write ``spool`` (statvfs'd as ``st``), or None."""
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    if not os.access(spool, os.W_OK | os.X_OK):
+        return "permission denied"
+    return None
 
 
 def nothing_to_do(config: Config) -> bool:

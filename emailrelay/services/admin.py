@@ -6,7 +6,10 @@ greeting, one command per line, every reply ends with the prompt
 and the session goes on.  Upstream's commands (``dnsbl failures flush
 forward help info list notify pid quit smtp status unfail-all`` and
 ``terminate`` with ``--admin-terminate``) plus ours: ``roles``,
-``restart <role>``, ``workers forward <N>`` and ``events``.
+``restart <role>``, ``workers forward <N>`` and ``events``.  On a spool it
+cannot write, the commands answer as upstream's: ``unfail-all`` the prompt
+alone (what stays failed stays so), ``flush`` and ``forward`` ``OK`` (the
+forwarder logs ``cannot lock file`` for each message).
 
 Guarantees: replies are byte-compatible with upstream's (multi-line replies
 use upstream's ``\\r\\r\\n`` line separator, see
@@ -33,6 +36,7 @@ from the ``client`` bus events).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -315,7 +319,13 @@ class AdminSession(asyncio.Protocol):
         return lines or ["<none>"]
 
     async def cmd_unfail_all(self, args: list[str]) -> list[str]:
-        self.ctx.store.unfail_all()  # (upstream forwards them at the next trigger, not now)
+        """Every ``.bad`` back to ready (upstream forwards them at the next trigger, not now); one the
+        spool does not let go (unwritable) stays failed without a word, as E-MailRelay 2.6b's."""
+        store = self.ctx.store
+        for entry in list(store.scan()):
+            if entry.state is State.BAD:
+                with contextlib.suppress(OSError):
+                    store.unfail(entry.id)
         return []
 
     async def cmd_status(self, args: list[str]) -> list[str]:

@@ -34,6 +34,10 @@ What it guarantees:
   transaction the claimed envelope is rewritten (fsync, rename, directory
   fsync) to list only the recipients still to do, so a crash neither loses
   them nor sends to the delivered ones again;
+- a message whose claim the spool refuses (unwritable: the rename fails) is
+  left as it is with upstream's ``warning: cannot lock file: "<envelope>"``,
+  once a pass; a pass that claimed nothing that way ends with ``warning: smtp
+  client error: done`` instead of ``no more messages to send``;
 - ``To-Local`` recipients are never forwarded;
 - up to ``workers`` connections run in parallel, each reused for following
   messages with the same ``ForwardToAddress`` (empty: ``--forward-to``) and
@@ -230,6 +234,7 @@ class ForwardService:
         self._dead_hops: set[str] = set()  # no back-off: next hops whose run ended on an error
         self._trigger: str | None = None  # the named trigger of the pending rescan
         self._passed = 0  # messages handled since the queue was last empty
+        self._unlockable = 0  # ... and claims the spool refused (upstream's "cannot lock file")
         self.stranded = 0  # messages that could be neither sent nor failed (--as-client exits 1)
         self.flushing = False  # the admin's flush: as upstream, only the messages' lines are logged
         # the admin's notify (upstream's "client:" events): the run in progress, named by its trigger
@@ -437,7 +442,10 @@ class ForwardService:
             elif not self.flushing:
                 self.log.error(self.run_error)
             return False
-        self._no_more_messages()
+        if self._passed or not self._unlockable:
+            self._no_more_messages()
+        else:
+            self._nothing_claimed()
         await asyncio.gather(*(c.quit() for c in self.pool.drain()), return_exceptions=True)
         if self.backoff:
             return self.failures == 0 and done_all.done()
@@ -556,8 +564,11 @@ class ForwardService:
                 self._scan_stopped = True
             if self._passed and self.queue.empty() and not self._claims and not exit_when_empty:
                 self._passed = 0  # the end of a pass, as upstream logs it (not of one an error ended)
+                self._unlockable = 0
                 if self.run_error is None:
                     self._no_more_messages()
+            elif self._unlockable and self.queue.empty() and not self._claims and not exit_when_empty:
+                self._nothing_claimed()
             if self.stop_scanning:  # client filter exit 102: no more messages in this polling cycle
                 self.stop_scanning = False
                 self._drop_queue()
@@ -596,6 +607,12 @@ class ForwardService:
             dropped.append(mid)
         return dropped
 
+    def _nothing_claimed(self) -> None:
+        """The end of a pass whose every claim the spool refused: upstream's client gives up with
+        ``smtp client error: done`` (a warning) instead of ``no more messages to send``."""
+        self._unlockable = 0
+        self.log.warning("smtp client error: done")
+
     def _no_more_messages(self) -> None:
         """The end of a pass, with the last message's id as E-MailRelay 2.6b (--log-format=msgid)."""
         self.log.emit(logmod.VERBOSE, "forwarding: no more messages to send", None, msgid=self._last_mid)
@@ -606,10 +623,15 @@ class ForwardService:
         if self._dead_hops and await self._to_dead_hop(mid):
             self._left.add(mid)  # that next hop's run ended on an error: left untouched, for the next trigger
             return Outcome("skipped")
-        if self.client_filter is not None:  # it may change the content: read after it ran
-            claim = await self._in_thread(self.store.claim, mid, undo=_release_claim)
-        else:
-            claim = await self._claim_and_load(mid)
+        try:
+            if self.client_filter is not None:  # it may change the content: read after it ran
+                claim = await self._in_thread(self.store.claim, mid, undo=_release_claim)
+            else:
+                claim = await self._claim_and_load(mid)
+        except OSError as exc:  # the spool refused the claim (unwritable): left as it is, every pass
+            self._unlockable += 1
+            self.log.warning(exc.strerror or str(exc))  # upstream's 'cannot lock file: "<envelope>"'
+            return Outcome("skipped")
         if claim is None:
             return Outcome("skipped")
         return await self._forward_held(claim)

@@ -386,7 +386,9 @@ class SpoolStore:
     # ---- forwarding ------------------------------------------------------------
     @_privileged
     def claim(self, mid: MessageId) -> Claim | None:
-        """Claim a ready message; None if another process got it first or it is gone."""
+        """Claim a ready message; None if another process got it first or it is gone.  A claim the
+        spool does not allow (an unwritable directory or envelope: the rename fails otherwise than
+        with ENOENT) raises SpoolStoreError ``cannot lock file: "<envelope>"``, upstream's words."""
         ready = self._envelope(mid, State.READY)
         try:
             fd = safe_files.open_read_nofollow(ready)
@@ -396,9 +398,11 @@ class SpoolStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             busy = self._envelope(mid, State.BUSY)
             os.rename(ready, busy)  # fails with ENOENT if someone claimed and finished it meanwhile
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            return None
+            if exc.errno in (errno.EWOULDBLOCK, errno.ENOENT):
+                return None
+            raise SpoolStoreError(exc.errno, f'cannot lock file: "{ready.name}"') from exc
         try:
             data = _read_fd(fd)
         except OSError:
