@@ -89,8 +89,12 @@ def relay(
 
 
 def _greeting(port: int) -> bytes:
+    """The greeting; ConnectionError when the relay went away (it binds before it may fail to start)."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        return sock.recv(1000)
+        greeting = sock.recv(1000)
+    if not greeting:
+        raise ConnectionError("closed without a greeting")
+    return greeting
 
 
 def _descendants(pid: int) -> list[int]:
@@ -293,7 +297,7 @@ def pid_file_link(side: str, home: Path, target: str) -> tuple[str, str, bool, b
         with relay(side, home) as r:
             assert wait_until(lambda: (home / target).exists(), 10)
             during = (home / target).read_text().strip().replace(str(r.proc.pid), "PID")
-    except RuntimeError:  # it exited before listening
+    except (RuntimeError, ConnectionError):  # it exited before listening, or before its greeting
         during = (home / "stderr").read_text().replace(str(home), "BASE").strip()
     return during, "link" if (home / "pid").is_symlink() else "gone", (home / target).exists()
 
