@@ -257,7 +257,9 @@ def normalise_text(text: str, daemon: Daemon | None = None, *, ports: Iterable[i
         text = text.replace(str(daemon.base), "BASE")
         known.add(str(daemon.port))
         with contextlib.suppress(OSError, ValueError):
-            text = re.sub(rf"\b{daemon.pid_from_file()}\b", "PID", text)
+            # not a number that opens a traced reply (tx>>: "504 ..."): after pid_max wraps, a pid
+            # can be any small number, a reply code too
+            text = re.sub(rf'(?<!")\b{daemon.pid_from_file()}\b', "PID", text)
     return _HOSTPORT.sub(lambda m: f"{m[1]}{m[2]}{'PORT' if m[3] in known else 'N'}", text)
 
 
