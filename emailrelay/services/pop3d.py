@@ -157,15 +157,10 @@ class _Closed(Exception):
     """The connection went away while a task was working for it."""
 
 
-def _traceable(line: str) -> str:
-    """A traced line as upstream writes it (:func:`~emailrelay.log.traced`: a tab as ``\\t``, not a cut)."""
-    return logmod.traced(line)
-
-
 def _traced_reply(reply: bytes) -> list[str]:
     """The ``tx>>:`` texts for one reply: a multi-line one of more than seven lines as its first
     four, ``[N lines]`` and its last two (E-MailRelay 2.6b's abbreviation)."""
-    lines = [f'"{_traceable(x.decode("utf-8", "replace"))}"' for x in reply.split(b"\r\n") if x]
+    lines = [f'"{logmod.traced(x.decode("utf-8", "replace"))}"' for x in reply.split(b"\r\n") if x]
     hidden = len(lines) - TRACE_HEAD - TRACE_TAIL
     if hidden < 2:
         return lines
@@ -320,7 +315,7 @@ class PopSession(LineSession):
         self.transport.write(b"".join(replies))
 
     def _trace_rx(self, line: str) -> None:
-        super()._trace_rx(_traceable(line))
+        super()._trace_rx(logmod.traced(line))
 
     def _pump(self) -> None:
         """Take events from the protocol until it needs data or a slow decision."""
