@@ -52,6 +52,23 @@ def top_frames(raw: Path, n: int) -> list[tuple[str, float]]:
     return [(f, c / total) for f, c in own.most_common(n)] if total else []
 
 
+def _record(
+    command: list[str], directory: Path, suffix: str, procs: list[int], names: dict[int, str]
+) -> list[tuple[str, int, subprocess.Popen[bytes], Path]]:
+    """One recorder (``command`` with ``{pid}`` and ``{out}`` filled in) per process, each writing
+    ``<directory>/<role>-<pid><suffix>``; stopped by SIGINT, which makes both py-spy and perf write."""
+    directory.mkdir(parents=True, exist_ok=True)
+    started = []
+    for pid in procs:
+        out = directory / f"{names[pid]}-{pid}{suffix}"
+        argv = [a.format(pid=pid, out=out) for a in command]
+        rec = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        started.append((names[pid], pid, rec, out))
+    return started
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="CPU per message of each role of the supervised relay")
     ap.add_argument("--messages", type=int, default=2000)
@@ -96,26 +113,12 @@ def main() -> int:
                 before = {p: cm.proc_user_system(p) for p in procs}
                 sched0 = {p: cm.thread_sched(p) for p in procs}
                 if opts.py_spy:
-                    out = Path(opts.py_spy)
-                    out.mkdir(parents=True, exist_ok=True)
-                    for pid in procs:
-                        raw = out / f"{names[pid]}-{pid}.txt"
-                        spy = subprocess.Popen(
-                            [str(Path(cm.PYTHON).parent / "py-spy"), "record", "--pid", str(pid), "--format",
-                             "raw", "--rate", "200", "--gil", "--nonblocking", "--output", str(raw)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        )  # fmt: skip
-                        spies.append((names[pid], pid, spy, raw))
+                    spy = [str(Path(cm.PYTHON).parent / "py-spy"), "record", "--format", "raw", "--rate", "200",
+                           "--gil", "--nonblocking", "--pid", "{pid}", "--output", "{out}"]  # fmt: skip
+                    spies += _record(spy, Path(opts.py_spy), ".txt", procs, names)
                 if opts.perf:
-                    out = Path(opts.perf)
-                    out.mkdir(parents=True, exist_ok=True)
-                    for pid in procs:
-                        data = out / f"{names[pid]}-{pid}.perf"
-                        rec = subprocess.Popen(
-                            ["perf", "record", "-q", "-F", "999", "-p", str(pid), "-o", str(data)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        )  # fmt: skip
-                        spies.append((names[pid], pid, rec, data))
+                    perf = ["perf", "record", "-q", "-F", "999", "-p", "{pid}", "-o", "{out}"]
+                    spies += _record(perf, Path(opts.perf), ".perf", procs, names)
                 if spies:
                     time.sleep(1.0)
                 t0 = time.perf_counter()
