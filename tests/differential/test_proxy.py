@@ -178,6 +178,22 @@ def test_as_proxy_as_upstream(tmp_path: Path, mode: str) -> None:
 # ---- what --immediate leaves in the spool is tried again ---------------------------------------------
 
 
+def _settled_as_one_envelope(spool: Path, timeout: float = 15.0, quiet: float = 0.3) -> bool:
+    """True once the spool has held one ``.envelope`` and no ``.busy`` for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    since = None
+    while time.monotonic() < deadline:
+        names = [p.name for p in spool.iterdir() if "envelope" in p.name]
+        if len(names) == 1 and names[0].endswith(".envelope"):
+            since = since or time.monotonic()
+            if time.monotonic() - since >= quiet:
+                return True
+        else:
+            since = None
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.parametrize(
     ("trigger", "args"),
     [("disconnect", ("--forward-on-disconnect",)), ("poll", ("--poll", "1"))],
@@ -194,7 +210,9 @@ def test_immediate_tries_again_what_it_left(tmp_path: Path, trigger: str, args: 
         with start(side, base, "--immediate", "--forward-to", f"127.0.0.1:{port}", *args, name=side) as d:
             replies, _ = session_then_quit(d.port, SESSION[:5])
             assert replies[-1] == "452 forwarding failed", (side, replies)
-            assert [p.name.endswith(".envelope") for p in d.spool.glob("*.envelope")] == [True], side
+            # After the client's QUIT (or at a poll) the relay tries again at once and fails, the
+            # envelope being ``.busy`` for that moment: wait until it has been back for a second.
+            assert _settled_as_one_envelope(d.spool), (side, sorted(p.name for p in d.spool.iterdir()))
             with FakeSmtp(port=port) as hop:
                 if trigger == "disconnect":
                     session_then_quit(d.port, ["EHLO c.example"])
