@@ -47,12 +47,15 @@ GUARANTEES
       without being buffered and answered "-ERR line too long".  LF alone
       also ends a line.  After ``max_errors`` consecutive errors the
       connection is closed.
-    * Unknown command -> "-ERR"; a command in the wrong state -> "-ERR".
+    * Unknown command (an empty line too) -> "-ERR"; a command in the wrong
+      state -> "-ERR".  Octets that are not UTF-8 are surrogate escapes in
+      event lines and names, and go back out in a reply as they came.
     * As E-MailRelay 2.6b: USER/PASS needs the PLAIN mechanism (a plain
       secret to check against): without it (PopConfig.user_pass False) CAPA
       leaves USER out and USER is refused.  A failed PASS, APOP or AUTH keeps the USER name given.
       ``AUTH <mech> =`` is AUTH without an initial response; words after the
-      initial response are ignored; a CRAM mechanism with an initial
+      initial response are ignored; USER takes the first word (space, tab or
+      CR end it), PASS the rest of the line; a CRAM mechanism with an initial
       response is "-ERR invalid initial response".  Event lines keep the
       verb as typed; PASS and AUTH lines are logged without their arguments
       (``PASS [password not logged]``, ``AUTH PLAIN``).
@@ -301,6 +304,7 @@ _WRONG_STATE = {
 _NEED_TLS = frozenset({"USER", "PASS", "APOP", "AUTH"})
 
 _WORD_BREAK = re.compile(r"([ \t]+)")
+_FIRST_WORD = re.compile(r"[ \t\r]*([^ \t\r]*)")  # (upstream's separators: space, tab, CR)
 _NO_USER_PASS = "-ERR no SASL PLAIN mechanism to do USER/PASS authentication"  # (upstream's words)
 
 
@@ -318,10 +322,17 @@ def _log_line(text: str) -> str:
 
 
 def _text(raw: bytes) -> str:
+    """A line as text: octets that are not UTF-8 as surrogate escapes, so that they are echoed
+    and logged as they came (E-MailRelay 2.6b's raw octets) and never read as latin-1."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _encode(text: str) -> bytes:
+    """A reply's octets: a peer's octets that are not UTF-8 (surrogate escapes) as they came."""
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # (a surrogate that no octet made: never from a peer's line)
+        return text.encode("utf-8", "replace")
 
 
 def _number(text: str) -> int | None:
@@ -641,10 +652,10 @@ class Pop3Server(LineBuffer):
     # ------------------------------------------------------------- commands
 
     def _send(self, line: str) -> None:
-        self._out.append(line.encode("utf-8", "replace") + b"\r\n")
+        self._out.append(_encode(line) + b"\r\n")
 
     def _send_lines(self, first: str, lines: Sequence[str]) -> None:
-        self._out.append("".join(f"{x}\r\n" for x in (first, *lines, ".")).encode("utf-8", "replace"))
+        self._out.append(_encode("".join(f"{x}\r\n" for x in (first, *lines, "."))))
 
     def _ok(self, ev: Event, text: str = "") -> None:
         self._errors = 0
@@ -706,9 +717,11 @@ class Pop3Server(LineBuffer):
         if not self._cfg.user_pass:
             self._error(ProtocolError(line, _NO_USER_PASS))
             return
-        arg = arg.strip()  # (an empty name is taken, as upstream does: "+OK user: ")
-        self._user = arg
-        self._ok(User(line, arg), f"user: {arg}")
+        # the first word, as upstream ("USER a b" is "a"); an empty name is taken ("+OK user: ")
+        first = _FIRST_WORD.match(arg)
+        name = first[1] if first else ""
+        self._user = name
+        self._ok(User(line, name), f"user: {name}")
 
     def _cmd_pass(self, line: str, arg: str) -> None:
         user = self._user

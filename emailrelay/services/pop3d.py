@@ -32,8 +32,10 @@ What it guarantees:
 Logging is E-MailRelay 2.6b's: failed logins in its words (``failed authentication of remote
 client using mechanism [apop] and plaintext secret for [me] from line 1``, ``... and missing
 secret for [me]``); a multi-line reply of more than seven lines is traced as its first four lines,
-``[N lines]`` and its last two; a tab in a traced line is ``\\t`` and a backslash ``\\\\``; an
-idle session ends with ``pop connection closed: idle timeout: no activity after <N>s: <peer>``.
+``[N lines]`` and its last two; a tab in a traced line is ``\\t`` and a backslash ``\\\\``; octets
+that are not UTF-8 are traced (and echoed) as they came; an empty command line is traced as
+``rx<<: ""``; a reply is traced before the next (pipelined) command; an idle session ends with
+``pop connection closed: idle timeout: no activity after <N>s: <peer>``.
 As upstream's POP server reads SASL base64: a response or initial response that is not valid
 base64 is taken as an empty one (which never authenticates).
 """
@@ -160,7 +162,7 @@ class _Closed(Exception):
 def _traced_reply(reply: bytes) -> list[str]:
     """The ``tx>>:`` texts for one reply: a multi-line one of more than seven lines as its first
     four, ``[N lines]`` and its last two (E-MailRelay 2.6b's abbreviation)."""
-    lines = [f'"{logmod.traced(x.decode("utf-8", "replace"))}"' for x in reply.split(b"\r\n") if x]
+    lines = [f'"{logmod.traced(x.decode("utf-8", "surrogateescape"))}"' for x in reply.split(b"\r\n") if x]
     hidden = len(lines) - TRACE_HEAD - TRACE_TAIL
     if hidden < 2:
         return lines
@@ -172,6 +174,16 @@ def _sasl_text(text: str) -> str:
     if text.strip() == "*" or b64decode_strict(text) is not None:
         return text
     return ""
+
+
+def _identity(name: str) -> str:
+    """A USER or APOP name (octets that are not UTF-8 as surrogate escapes, as they are logged)
+    as the secrets file's ids and SASL identities are read: UTF-8, else latin-1."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("latin-1")
+    return name
 
 
 def _failed_words(mechanism: str, user: str, secret: ServerSecret | None) -> str:
@@ -315,12 +327,15 @@ class PopSession(LineSession):
         self.transport.write(b"".join(replies))
 
     def _trace_rx(self, line: str) -> None:
-        super()._trace_rx(logmod.traced(line))
+        """As upstream: an empty command line too (``rx<<: ""``)."""
+        if self.log.verbose_on:
+            self.log.verbose(f'rx<<: "{logmod.traced(line)}"', self._log_address())
 
     def _pump(self) -> None:
         """Take events from the protocol until it needs data or a slow decision."""
         if self._task is not None or self.transport is None or self._lost:
             return
+        self._flush()  # a decision's reply is logged (and sent) before the next command is traced
         proto = self.proto
         while True:
             event = proto.next_event()
@@ -395,10 +410,11 @@ class PopSession(LineSession):
         secrets = self._secrets()
         if isinstance(secrets, PamSecrets):
             return self._pam_login(secrets, ev.user, ev.password)
-        secret = secrets.server_lookup("PLAIN", ev.user) if secrets is not None else None
-        if secret is None or not secret.matches_password(ev.password):  # upstream's words
+        user = _identity(ev.user)
+        secret = secrets.server_lookup("PLAIN", user) if secrets is not None else None
+        if secret is None or not secret.matches_password(ev.password):  # upstream's words (and octets)
             return self._login_failed(f"using {_failed_words('PLAIN', ev.user, secret)}")
-        return self._login(Success(ev.user, "PLAIN", secret.line, secret.kind))
+        return self._login(Success(user, "PLAIN", secret.line, secret.kind))
 
     async def _pam_login(self, pam: PamSecrets, user: str, password: bytes) -> None:
         """USER/PASS with ``--pop-auth=pam:``: PAM blocks, so it runs in the executor."""
@@ -412,13 +428,14 @@ class PopSession(LineSession):
 
     def _on_apop(self, ev: pp.Apop) -> Awaitable[None]:
         secrets = self._secrets()
-        secret = secrets.server_lookup("APOP", ev.user) if secrets is not None and ev.user else None
+        user = _identity(ev.user)
+        secret = secrets.server_lookup("APOP", user) if secrets is not None and user else None
         if secret is None or secret.kind != "plain":  # (APOP needs the password itself)
             return self._login_failed(f"using {_failed_words('APOP', ev.user, None)}")
         expected = hashlib.md5(ev.timestamp.encode("utf-8") + secret.secret).hexdigest()
         if not hmac.compare_digest(expected.encode(), ev.digest.encode("utf-8", "replace")):
             return self._login_failed(f"using {_failed_words('APOP', ev.user, secret)}")
-        return self._login(Success(ev.user, "APOP", secret.line, secret.kind))
+        return self._login(Success(user, "APOP", secret.line, secret.kind))
 
     def _on_auth(self, ev: pp.AuthStart) -> Awaitable[None] | None:
         secrets = self._secrets()
