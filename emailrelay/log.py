@@ -139,11 +139,13 @@ def _whole(data: bytes, end: int) -> int:
 
 def traced(text: str) -> str:
     """A protocol trace's text (``rx<<:``, ``tx>>:``) as E-MailRelay 2.6b escapes it: a backslash
-    doubled, a tab as ``\\t`` and a NUL as ``\\0``; :func:`printable` escapes the other control
-    characters when it is logged.  Octets that are not UTF-8 (surrogate escapes) stay as they are."""
+    doubled, a tab as ``\\t``, a NUL as ``\\0``, a CR or LF inside the line as ``\\r`` or
+    ``\\n``; :func:`printable` escapes the other control characters when it is logged.  Octets that
+    are not UTF-8 (surrogate escapes) stay as they are."""
     if text.isprintable() and "\\" not in text:  # the common case, checked in C
         return text
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\0", "\\0")
+    escaped = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\0", "\\0")
+    return escaped.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def printable(text: str) -> str:

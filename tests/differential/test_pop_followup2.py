@@ -17,8 +17,8 @@ Kept different (docs/decisions.md, "POP differences a probe found and we keep") 
 the comparison: a bare LF ends a command line (upstream waits for CR LF); a line is at most 255
 octets (``-ERR line too long``; upstream takes any length); a tab between the verb and its
 argument is ``-ERR`` (``USER\\tme``); PASS takes the rest of the line; failed logins are delayed.
-Left: a CR inside a line is traced ``\\x0d`` where upstream writes ``\\r`` (the log's escape,
-``emailrelay/log.py``), so the CR case is checked on ours alone; a name that is not UTF-8 and
+A CR inside a line is traced ``\\r`` as upstream writes it (ours wrote ``\\x0d``).
+Left: a name that is not UTF-8 and
 logs in (secrets id ``+FF``) is named as the secrets file reads it (UTF-8, else latin-1) in the
 ``successful authentication`` line and the ``--pop-by-name`` directory, where upstream uses the
 octets (ours checks here only that it logs in).
@@ -52,7 +52,16 @@ NOT_UTF8 = [
     b"APOP \xff\xfe 0123",
     b"QUIT",
 ]
-FIRST_WORD = [b"USER a b", b"PASS secret", b"user me x", b"pass secret", b"USER \tme\tx", b"stat", b"QUIT"]
+FIRST_WORD = [
+    b"USER a b",
+    b"PASS secret",
+    b"USER a\rb",
+    b"user me x",
+    b"pass secret",
+    b"USER \tme\tx",
+    b"stat",
+    b"QUIT",
+]
 # a decision (PASS) with commands behind it in the same packet; RETR 1 streams the content
 PIPELINED = b"CAPA\r\nUSER me\r\nNOOP\r\nPASS secret\r\nSTAT\r\nRETR 1\r\nLIST\r\nQUIT\r\n"
 CONTENT = b"Subject: one\r\n\r\nhello\r\n"
@@ -165,6 +174,7 @@ def test_user_takes_the_first_word(tmp_path: Path) -> None:
     assert right[b"PASS secret"] == b"+OK\r\n"
     assert right[b"STAT"] == b"+OK 1 23\r\n"
     assert "and missing secret for [a]\n" in log
+    assert 'rx<<: "USER a\\rb"\n' in log  # (as upstream; ours wrote \x0d)
 
 
 def test_pipelined_replies_are_logged_before_the_next_command(tmp_path: Path) -> None:
