@@ -7,6 +7,12 @@ envelope addresses on the command line (or parsed out of the headers with
 :class:`~emailrelay.spool.store.SpoolStore` as the SMTP service, so the
 result is committed with the same durability protocol.
 
+The command line is read as E-MailRelay 2.6b reads it (:func:`parse_args`): its
+option names and letters, exact names, a repeated option with another value
+refused; what is wrong with it is 2.6b's ``emailrelay-submit: error: <text>``
+lines, every one, and exit 1 (2.6b's 0 would tell a script the message went)
+with nothing read or written. ``--help`` has 2.6b's layout (our texts).
+
 Guarantees: exit 0 and (with ``--verbose``) the path of each new message's
 content file on stdout, as upstream prints it (:func:`shown_path`), only
 once the message is committed; a message without any recipient is written
@@ -16,24 +22,29 @@ on bad input (a missing spool directory, an empty address, one with a
 control character or one that is not UTF-8, bad ``--content`` base64, a
 From/Sender or To/Cc/Bcc field that upstream cannot parse when the address
 comes from it, ``--content-to`` with no recipient at all, unreadable input,
-unwritable spool) and nothing left behind. The content is stored as
-upstream stores it (:func:`read_content`): ``--content`` lines and the input
-together, every line ending in CRLF, a lone CR kept, and the empty line
-that ends the headers always there.
+unwritable spool) and nothing left behind; the spool directory is named as
+upstream names it (``a//b/`` is ``a/b``), an empty one refused. The content
+is stored as upstream stores it (:func:`read_content`): ``--content`` lines
+and the input together, every line ending in CRLF, a lone CR kept, and the
+empty line that ends the headers always there.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import grp
 import os
 import re
 import socket
 import sys
+import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-from .. import __version__
+from .. import COPYRIGHT, PRODUCT_VERSION, WARRANTY, __version__
 from ..config import OPTION_DEFAULTS
 from ..protocol.sasl import b64decode_strict
 from ..spool.delivery import copy_to_directories
@@ -50,82 +61,164 @@ class SubmitError(Exception):
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROGRAM, description="Submits a mail message into a spool directory.")
-    p.add_argument("-s", "--spool-dir", default=OPTION_DEFAULTS["spool-dir"], help="spool directory")
-    p.add_argument(
-        "-f",
-        "--from",
-        dest="from_",
-        metavar="ADDRESS",
-        help="envelope sender (default: from the From header, else the user)",
+@dataclass(frozen=True)
+class _Option:
+    """One of E-MailRelay 2.6b's options: its letter ("" for none), name, what it takes (``flag``;
+    ``value``, given once; ``values``, repeatable; ``optional``, a value only after ``=``), the
+    value's name and our help text; ``basic`` ones are in the abbreviated help."""
+
+    short: str
+    long: str
+    dest: str
+    kind: str
+    arg: str
+    text: str
+    basic: bool = False
+
+
+_OPTIONS = (  # in upstream's order, which its help keeps
+    _Option("f", "from", "from_", "value", "envelope-from-address", "the envelope sender (default: the From header's, else anonymous)", True),
+    _Option("h", "help", "help", "flag", "", "prints this help and exits (with -v every option)", True),
+    _Option("x", "input-file", "input_file", "value", "file", "reads the message from the file instead of standard input", True),
+    _Option("s", "spool-dir", "spool_dir", "value", "dir", "the spool directory", True),
+    _Option("v", "verbose", "verbose", "flag", "", "prints the new content file's path", True),
+    _Option("b", "bcc-split", "bcc_split", "flag", "", "one message per Bcc recipient when there are several (recipients from the headers)"),
+    _Option("d", "content-date", "content_date", "flag", "", "adds a Date header when there is none"),
+    _Option("F", "content-from", "content_from", "flag", "", "adds a From header with the envelope sender, in place of the originator fields"),
+    _Option("I", "content-message-id", "content_message_id", "optional", "domain-part", "adds a Message-ID header when there is none (this host's name unless a domain is given)"),
+    _Option("t", "content-to", "content_to", "flag", "", "adds a To header with the envelope recipients, in place of the recipient fields"),
+    _Option("c", "copy", "copy", "flag", "", "copies the new envelope into every sub-directory of the spool directory"),
+    _Option("n", "filename", "filename", "flag", "", "prints the new content file's name"),
+    _Option("", "to", "to", "values", "envelope-to-address", "an envelope recipient (repeatable)"),
+    _Option("V", "version", "version", "flag", "", "prints the version and exits"),
+    _Option("a", "auth", "auth", "value", "name", "taken and not written, as upstream (Authentication stays empty)"),
+    _Option("B", "body", "body", "flag", "", "the input is body text only, after the --content lines"),
+    _Option("C", "content", "content", "values", "base64", "a base64-encoded line of content (repeatable)"),
+    _Option("i", "from-auth-in", "from_auth_in", "value", "name", "the envelope's from-auth-in value"),
+    _Option("o", "from-auth-out", "from_auth_out", "value", "name", "the envelope's from-auth-out value"),
+    _Option("N", "no-stdin", "no_stdin", "flag", "", "does not read standard input"),
+)  # fmt: skip
+_BY_SHORT = {o.short: o for o in _OPTIONS if o.short}
+_BY_LONG = {o.long: o for o in _OPTIONS}
+_YES = ("", "yes", "y", "true", "t", "on", "1")  # what a flag takes after "=", any case
+_NO = ("no", "n", "false", "f", "off", "0")
+
+
+class _Parsed:
+    """What the command line gave, and upstream's error for each thing wrong with it, in order."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+        self.errors: list[str] = []
+
+    def given(self, option: _Option, spelling: str, value: object) -> None:
+        """One use of ``option`` (``value``: a string; for a flag True/False; None for a bare
+        ``-I``). Repeating one with another value is upstream's error (the same value is let pass);
+        a bare ``-I`` after a domain keeps the domain."""
+        if option.kind == "values":
+            cast("list[object]", self.values.setdefault(option.dest, [])).append(value)
+        elif option.dest not in self.values:
+            self.values[option.dest] = value
+        elif self.values[option.dest] != value and value is not None:
+            if option.kind == "flag":
+                self.errors.append(f'conflicting values: "--{option.long}"')
+            else:
+                self.errors.append(f'duplicate use of "{spelling}"')
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The options and recipients as E-MailRelay 2.6b reads them, and its errors (none: good).
+
+    Options end at the first argument that is not one (``-`` alone is a recipient) or after
+    ``--``; names are exact (no abbreviations); ``--name=value``, or ``--name value`` unless the
+    value starts with ``-``; a letter that takes a value is alone, its value the next argument
+    (``-fa@b`` is three letters); a flag takes ``=yes``/``=no`` and their kin; ``-I`` and a bare
+    ``--content-message-id`` never take the next argument."""
+    parsed = _Parsed()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name, eq, text = arg[2:].partition("=")
+            option, spelling = _BY_LONG.get(name), f"--{name}"
+            if option is None:
+                parsed.errors.append(f'invalid option: "{spelling}"')
+            elif option.kind == "flag":
+                if not eq or text.lower() in _YES + _NO:
+                    parsed.given(option, spelling, text.lower() not in _NO)
+                else:
+                    parsed.errors.append(f'cannot give a value with "{spelling}" ({text})')
+            elif eq or option.kind == "optional":
+                parsed.given(option, spelling, text if eq else None)
+            elif i == len(argv):
+                parsed.errors.append(f'no value supplied for "{spelling}"')
+            elif argv[i].startswith("-"):
+                mistake = f'"{spelling} {argv[i]}" is probably a mistake'
+                parsed.errors.append(f'{mistake}, use "{spelling}=... {argv[i]}" or "{spelling}={argv[i]}"')
+            else:
+                parsed.given(option, spelling, argv[i])
+                i += 1
+        elif arg.startswith("-") and arg != "-":
+            for letter in arg[1:]:
+                option = _BY_SHORT.get(letter)
+                if option is None:
+                    parsed.errors.append(f'invalid option: "-{letter}"')
+                elif option.kind in ("value", "values"):
+                    if len(arg) == 2 and i < len(argv):
+                        parsed.given(option, arg, argv[i])
+                        i += 1
+                    else:
+                        parsed.errors.append(f"no value supplied for -{letter}")
+                else:
+                    parsed.given(option, f"-{letter}", True if option.kind == "flag" else None)
+        else:
+            i -= 1
+            break
+    defaults = {"flag": False, "values": [], "value": None, "optional": None}
+    args = argparse.Namespace(**{o.dest: copy.copy(defaults[o.kind]) for o in _OPTIONS})
+    args.spool_dir, args.auth = OPTION_DEFAULTS["spool-dir"], ""
+    for dest, value in parsed.values.items():
+        setattr(args, dest, "" if value is None else value)  # a bare -I: this host's name
+    args.content = args.content or None
+    args.recipients = argv[i:]
+    return args, parsed.errors
+
+
+def _usage(full: bool) -> list[str]:
+    """The synopsis, as upstream lays it out: the flag letters, then every option's long form."""
+    shown = [o for o in _OPTIONS if full or o.basic]
+    letters = "".join(o.short for o in shown if o.kind == "flag" and o.short)
+    words = [f"[-{letters}]"]
+    for o in shown:
+        words.append(f"[--{o.long}=<{o.arg}>]" if o.arg else f"[--{o.long}]")
+    words.append("[<envelope-to-address> ...]")
+    first = "usage: " if full else "abbreviated usage: "
+    return textwrap.wrap(
+        " ".join(words),
+        80,
+        initial_indent=f"{first}{PROGRAM} ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
     )
-    p.add_argument(
-        "--to", action="append", default=[], metavar="ADDRESS", help="envelope recipient (repeatable)"
-    )
-    p.add_argument(
-        "-a", "--auth", default="", help="accepted and not written, as upstream (Authentication stays empty)"
-    )
-    p.add_argument("-d", "--content-date", action="store_true", help="add a Date header if missing")
-    p.add_argument(
-        "-I",
-        dest="content_message_id",
-        action="store_const",
-        const="",
-        default=None,
-        help="add a Message-ID header if missing, its domain part this host's name",
-    )
-    p.add_argument(
-        "--content-message-id",
-        metavar="DOMAIN",
-        help="as -I; with =DOMAIN that domain (the option never takes the next argument, as upstream)",
-    )
-    p.add_argument(
-        "-F", "--content-from", action="store_true", help="add a From header, replacing any originators"
-    )
-    p.add_argument(
-        "-t", "--content-to", action="store_true", help="add a To header, replacing any recipient headers"
-    )
-    p.add_argument(
-        "-C",
-        "--content",
-        action="append",
-        default=None,
-        metavar="BASE64",
-        help="a base64-encoded content line (repeatable)",
-    )
-    p.add_argument("-N", "--no-stdin", action="store_true", help="do not read standard input")
-    p.add_argument(
-        "-B", "--body", action="store_true", help="the input file is the body only (after --content headers)"
-    )
-    p.add_argument(
-        "-x", "--input-file", metavar="FILE", help="read the message from FILE instead of standard input"
-    )
-    p.add_argument(
-        "-b",
-        "--bcc-split",
-        action="store_true",
-        help="one message per Bcc recipient when there are several (recipients from the headers)",
-    )
-    p.add_argument(
-        "-c",
-        "--copy",
-        action="store_true",
-        help="copy the new envelope into every spool sub-directory (the content stays), then delete the original",
-    )
-    p.add_argument("-i", "--from-auth-in", metavar="NAME", help="the envelope's from-auth-in value")
-    p.add_argument("-o", "--from-auth-out", metavar="NAME", help="the envelope's from-auth-out value")
-    p.add_argument("-n", "--filename", action="store_true", help="print the new content file's name")
-    p.add_argument("-v", "--verbose", action="store_true", help="print the new content file's path")
-    p.add_argument(
-        "-V",
-        "--version",
-        action="version",
-        version=f"E-MailRelay V2.6 submit (emailrelay-python {__version__})",
-    )
-    # upstream stops reading options at the first recipient: what follows is a recipient, "-F" too
-    p.add_argument("recipients", nargs=argparse.REMAINDER, help="envelope recipients")
-    return p
+
+
+def help_text(full: bool) -> str:
+    """``--help`` (with ``--verbose`` every option), in upstream's layout with our texts."""
+    lines = [*_usage(full), ""]
+    for o in _OPTIONS:
+        if not (full or o.basic):
+            continue
+        value = {"value": f"=<{o.arg}>", "values": f"=<{o.arg}>", "optional": f"[=<{o.arg}>]"}.get(o.kind, "")
+        left = f"  {'-' + o.short + ',' if o.short else '   '} --{o.long}{value}"
+        lines += textwrap.wrap(o.text, 80, initial_indent=f"{left:<29} ", subsequent_indent=" " * 30)
+    lines += ["", "End a message typed at a terminal with ^D.", ""]
+    if not full:
+        lines += ['For more options use "--help -v".', ""]
+    lines += [*WARRANTY, "", COPYRIGHT]
+    return "\n".join(lines) + "\n"
 
 
 def _input_lines(data: bytes) -> list[bytes]:
@@ -413,9 +506,15 @@ def _bcc_copies(
     return copies
 
 
+_BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
 def _decode_content_line(value: str) -> bytes:
     """A ``--content`` value, decoded as strictly as upstream decodes base64 (the SASL decoder's
-    rules: the padding may be left out but not cut short, the bits left over must be zero)."""
+    rules: the padding may be left out but not cut short, the bits left over must be zero); one
+    base64 character or ``=`` alone is an empty line, as upstream takes it."""
+    if len(value) == 1 and value in _BASE64_CHARS:  # not one whole octet: upstream's empty line
+        return b""
     decoded = b64decode_strict(value)
     if decoded is None:
         raise SubmitError("base64 encoding error")
@@ -434,8 +533,11 @@ def read_content(args: argparse.Namespace) -> bytes:
             data = Path(args.input_file).read_bytes()
         except OSError:
             raise SubmitError(f"cannot open input file [{args.input_file}]") from None
-    elif not args.no_stdin:
-        data = sys.stdin.buffer.read()
+    elif not args.no_stdin and sys.stdin is not None:  # a closed stdin is no input, as upstream
+        try:
+            data = sys.stdin.buffer.read()
+        except OSError as exc:  # upstream goes on with what it read: a cut message (ours refuses)
+            raise SubmitError(f"cannot read standard input: {(exc.strerror or str(exc)).lower()}") from None
     else:
         data = b""
     head, body = _head_and_body(given)
@@ -461,14 +563,17 @@ def submit(args: argparse.Namespace) -> list[str]:
     """Store the message(s); what to print for each: its content file's path as upstream shows it
     (``--verbose``), else its name (``--filename``)."""
     store = SpoolStore(args.spool_dir, group=_file_group(args.spool_dir))
-    if not store.directory.is_dir():  # first, as upstream checks it
+    if not args.spool_dir or not store.directory.is_dir():  # first, as upstream checks it
         reason = "not a directory" if store.directory.exists() else "no such file or directory"
-        raise SubmitError(f"invalid spool directory: {args.spool_dir}: {reason}")
+        shown = re.sub("/+", "/", args.spool_dir)  # as upstream names it: "a//b/" is "a/b"
+        shown = shown[:-1] if len(shown) > 1 and shown.endswith("/") else shown
+        raise SubmitError(f"invalid spool directory: {shown + ': ' if shown else ''}{reason}")
     content = read_content(args)
     sender = args.from_
     if sender:  # first, as upstream checks it
         sender = _check_address(sender, "sender")
-    recipients = [_check_address(r) for r in [*args.to, *args.recipients]]
+    to = [r for r in args.to if r]  # an empty --to is no recipient, as upstream
+    recipients = [_check_address(r) for r in [*to, *args.recipients]]
     from_headers = not recipients
     if sender is None:  # the first From address; Sender is parsed too, for its errors, as upstream
         found = _header_addresses(content, ("From",))
@@ -543,30 +648,33 @@ def _file_group(spool_dir: str) -> int | None:
         return None
 
 
-def _option_values(argv: list[str]) -> list[str]:
-    """``argv`` with a bare ``--content-message-id`` made ``--content-message-id=``: upstream takes a
-    value for it only after ``=``, so the next argument (a recipient, say) is never its value."""
-    if "--" in argv:
-        cut = argv.index("--")
-        return _option_values(argv[:cut]) + argv[cut:]
-    return ["--content-message-id=" if a == "--content-message-id" else a for a in argv]
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_option_values(sys.argv[1:] if argv is None else argv))
-    if args.recipients[:1] == ["--"]:  # the end of the options, not a recipient
-        del args.recipients[0]
+    args, errors = parse_args(sys.argv[1:] if argv is None else argv)
+    if errors:  # upstream's lines; nothing read or written (exit 1: upstream's 0 would lose the mail)
+        _error_lines([f"error: {e}" for e in errors])
+        return 1
+    if args.help:
+        sys.stdout.write(help_text(args.verbose))
+        return 0
+    if args.version:
+        print(f"{PRODUCT_VERSION} (emailrelay-python {__version__})")
+        return 0
     try:
         paths = submit(args)
-    except SubmitError as exc:  # an address's bytes shown as given, as upstream shows them
-        sys.stderr.flush()
-        sys.stderr.buffer.write(f"{PROGRAM}: {exc}\n".encode("utf-8", "surrogateescape"))
-        sys.stderr.buffer.flush()
+    except SubmitError as exc:
+        _error_lines([str(exc)])
         return 1
     if args.verbose or args.filename:  # the path, or with --filename alone the file's name
         for path in paths:
             print(path)
     return 0
+
+
+def _error_lines(texts: list[str]) -> None:
+    """``emailrelay-submit: <text>`` lines on stderr, an argument's bytes shown as given, as upstream."""
+    sys.stderr.flush()
+    sys.stderr.buffer.write("".join(f"{PROGRAM}: {t}\n" for t in texts).encode("utf-8", "surrogateescape"))
+    sys.stderr.buffer.flush()
 
 
 if __name__ == "__main__":

@@ -104,9 +104,3 @@ def delivery_failed(log: logmod.Log, ctx: FilterContext, exc: DeliveryError) -> 
     else:
         log.warning(f"message processing exception: {exc}")
     return FilterResult(FilterOutcome.REJECT, "failed", None, str(exc))
-
-
-def _read(path: str) -> bytes:
-    """A file's bytes (split: and mx: read the envelope they were given with it)."""
-    with open(path, "rb") as f:
-        return f.read()

@@ -20,7 +20,9 @@ address records (RFC 5321 5.1); a null MX (``.``) or a domain that does not
 exist is a REJECT (the message fails); a DNS time-out or server failure is an
 ERROR (temporary: forwarding retries later); an answer of ``0.0.0.0`` (or ``::``) clears
 ``ForwardToAddress`` so the message goes to ``--forward-to``.  No empty
-``ForwardTo``: nothing happens.  The envelope is rewritten in place
+``ForwardTo``: nothing happens.  The envelope is read as ``deliver:`` and
+``copy:`` read it (:func:`~emailrelay.spool.delivery.read_envelope`: as root,
+never through a symlink) and rewritten in place
 (:meth:`SpoolStore.rewrite_envelope_in_place`) so a forwarder's lock on a
 ``.busy`` claim survives; the forwarder re-reads the envelope afterwards.
 The lookups are asynchronous (dnspython's asyncio resolver).
@@ -31,12 +33,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from .. import log as logmod
 from ..config import Config
-from ..spool import envelope as envelope_format
+from ..spool.delivery import read_envelope
 from ..spool.store import SpoolStore
 from .exe import clean_text
 from .net import parse_endpoint
@@ -201,10 +202,11 @@ class MxFilter:
         self.log = logmod.get()
 
     async def run(self, ctx: FilterContext) -> FilterResult:
+        store = store_for(self.store, ctx)
         try:
-            env = envelope_format.parse(await asyncio.to_thread(Path(ctx.envelope_path).read_bytes))
-        except (OSError, envelope_format.EnvelopeError) as exc:
-            self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}")
+            env = await asyncio.to_thread(read_envelope, store, ctx.mid, ctx.state)
+        except OSError as exc:  # DeliveryError: "cannot read envelope file: <path>: <reason>"
+            self.log.warning(f"filter [{self.name}] failed: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"mx: {exc}")
         if not env.forward_to.strip():
             return FilterResult.accept()
@@ -243,9 +245,7 @@ class MxFilter:
         if hop != env.forward_to_address:
             updated = replace(env, forward_to_address=hop)
             try:
-                await asyncio.to_thread(
-                    store_for(self.store, ctx).rewrite_envelope_in_place, ctx.mid, ctx.state, updated
-                )
+                await asyncio.to_thread(store.rewrite_envelope_in_place, ctx.mid, ctx.state, updated)
             except OSError as exc:
                 self.log.warning(f"filter [{self.name}] failed: cannot write envelope: {exc}")
                 return FilterResult(FilterOutcome.ERROR, "filter error", None, f"mx: {exc}")

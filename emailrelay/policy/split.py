@@ -5,7 +5,9 @@ smarthost.  ``--filter=split: --client-filter=mx:`` splits each message by
 the domain of its remote recipients and lets ``mx:`` resolve each
 ``ForwardTo`` domain when forwarding.
 
-What it expects: the message's envelope (``.new`` or ``.busy``); the store;
+What it expects: the message's envelope (``.new`` or ``.busy``), read as ``deliver:`` and
+``copy:`` read it (:func:`~emailrelay.spool.delivery.read_envelope`: as root, never through a
+symlink); the store;
 ``;``-separated parameters: ``raw`` (exact domain comparison) and a port
 number (``split:25``), anything else ignored, as E-MailRelay 2.6b.
 
@@ -33,10 +35,10 @@ from dataclasses import replace
 from .. import log as logmod
 from ..config import Config
 from ..spool import envelope as envelope_format
+from ..spool.delivery import read_envelope
 from ..spool.envelope import Envelope
 from ..spool.names import MessageId
 from ..spool.store import SpoolStore
-from .deliver import _read
 from .spec import FilterContext, Spec, store_for
 from .verdicts import FilterOutcome, FilterResult
 
@@ -65,15 +67,15 @@ class SplitFilter:
         self.log = logmod.get()
 
     async def run(self, ctx: FilterContext) -> FilterResult:
+        store = store_for(self.store, ctx)
         try:
-            env = envelope_format.parse(await asyncio.to_thread(_read, ctx.envelope_path))
-        except (OSError, envelope_format.EnvelopeError) as exc:
-            self.log.warning(f"filter [{self.name}] failed: cannot read envelope: {exc}")
+            env = await asyncio.to_thread(read_envelope, store, ctx.mid, ctx.state)
+        except OSError as exc:  # DeliveryError: "cannot read envelope file: <path>: <reason>"
+            self.log.warning(f"filter [{self.name}] failed: {exc}")
             return FilterResult(FilterOutcome.ERROR, "filter error", None, f"split: {exc}")
         groups = group_by_domain(env.to_remote, self.raw)
         if not groups:
             return FilterResult.accept()
-        store = store_for(self.store, ctx)
         try:
             created = await asyncio.to_thread(self._split, store, ctx, env, groups)
         except (OSError, envelope_format.EnvelopeError) as exc:
