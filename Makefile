@@ -39,7 +39,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check emailrelay tests bench
 
 test: test-deps lint
-	$(BIN)/pytest -q -n 2 --dist loadfile -p no:cacheprovider tests
+	$(BIN)/pytest -q -n 2 --dist loadfile -p no:cacheprovider --durations=25 tests
 
 bench-store: $(TEST_STAMP)
 	$(BIN)/python bench/store.py
