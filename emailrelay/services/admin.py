@@ -16,7 +16,15 @@ use upstream's ``\\r\\r\\n`` line separator, see
 fixtures/upstream-2.6/admin-session.txt); as upstream's, a session's line
 ending is the first one its client sends: after a bare LF, lines end at LF
 and every reply and event uses LF alone; after CR LF, a bare LF is part of
-the line (white space between words).  A line of any length gets one reply,
+the line (white space between words), and a LF in a reply is sent as CR LF
+(:func:`format_reply`).  ``list`` and ``failures`` name every
+``<id>.envelope`` (``<id>.envelope.bad``) entry of the spool directory, in
+file-name order, as upstream's: whatever the id (a tab, other control
+characters, any length, bytes that are not UTF-8: sent as they are), not
+one being forwarded (``.busy``), read as root (a spool ``--user`` cannot
+read is listed); ours leaves out an empty id (upstream prints its spool
+directory's name there), and ``unfail-all`` leaves failed an id the store
+refuses (upstream renames it).  A line of any length gets one reply,
 as upstream's (which buffers it all): ours keeps its first ``MAX_LINE``
 bytes and drops the rest.  A unix-domain client is ``/`` in the log and
 ``status``, as upstream names it.  Spool changes go through the
@@ -43,19 +51,22 @@ import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from .. import COPYRIGHT, OPENSSL_NOTICE, PRODUCT_VERSION, WARRANTY, __version__, topology
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
-from ..spool.names import State
+from ..identity import as_root
+from ..spool.names import ENVELOPE_SUFFIX, MessageId, State, is_valid_id
 from ..spool.store import SpoolStore
 from . import daemon
 from .listeners import format_address, is_local_address, not_local_reason
 from .supervisor_control import SupervisorControl
 
 PROMPT = b"E-MailRelay> "
+BAD_SUFFIX = ENVELOPE_SUFFIX + State.BAD.value
 MAX_LINE = 8192  # bytes of a line kept: the rest of a longer one is read and dropped
 DNSBL_FOREVER = 4294967295  # upstream's "dnsbl stop" without a timeout
 MAX_PENDING = 64  # commands read ahead of their replies before reading pauses
@@ -67,11 +78,11 @@ OUR_COMMANDS = ("events", "restart", "roles", "workers")
 # roles, restart and workers ask emailrelay's own supervisor; without it they say why
 NOT_SUPERVISED = "not supervised (--single-process)"
 PLAIN_CIRCUSD = "not available under a plain circusd: use circusctl"
-INFO_TEXT = {  # upstream's texts (multi-line ones end in CR LF, as its do) but for version and copyright
+INFO_TEXT = {  # upstream's texts (multi-line ones end in a line break, as its do) but for version and copyright
     "version": f"{PRODUCT_VERSION} (emailrelay-python {__version__})",
     "copyright": COPYRIGHT,
-    "credit": "\r\n".join(OPENSSL_NOTICE) + "\r\n",
-    "warranty": "\r\n".join(WARRANTY) + "\r\n",
+    "credit": "\n".join(OPENSSL_NOTICE) + "\n",
+    "warranty": "\n".join(WARRANTY) + "\n",
 }
 
 
@@ -156,16 +167,38 @@ class LineSplitter:
         return lines
 
     def output(self, data: bytes) -> bytes:
-        """``data`` (CR LF and CR CR LF line breaks) in the session's line ending."""
+        """``data`` (CR LF and CR CR LF line breaks: a ``notify`` or ``events`` event) in the
+        session's line ending."""
         return re.sub(rb"\r*\n", b"\n", data) if self.eol == b"\n" else data
 
 
-def format_reply(lines: list[str], prompt: bool = True) -> bytes:
-    """Upstream's reply framing: lines joined by CR CR LF, then CR LF and the prompt."""
-    body = "\r\r\n".join(lines).encode("utf-8", "replace")
+def spool_listing(directory: Path, suffix: str) -> list[str]:
+    """Upstream's ``list`` (``suffix`` ``.envelope``) and ``failures`` (``.envelope.bad``): the id of
+    every entry of the spool directory named ``<id><suffix>``, in the order of those names (bytes),
+    as E-MailRelay 2.6b lists them: whatever the id (a tab, any length, bytes that are not UTF-8:
+    given back as they are by ``surrogateescape``), whether or not a content file goes with it,
+    read with effective root (a spool ``--user`` cannot read is listed). Ours leaves out an empty
+    id (upstream prints its spool directory's name)."""
+    with as_root(), os.scandir(directory) as entries:
+        names = [e.name for e in entries if e.name.endswith(suffix) and len(e.name) > len(suffix)]
+    return [name[: -len(suffix)] for name in sorted(names, key=os.fsencode)]
+
+
+def format_reply(lines: list[str], prompt: bool = True, eol: bytes = b"\r\n") -> bytes:
+    """Upstream's reply framing for a session whose line ending is ``eol``: the lines joined by
+    ``eol``, then ``eol`` and the prompt; for CR LF, every LF before that last CR LF becomes CR LF
+    (so lines are joined by CR CR LF, and a LF in a line, even one in a file name, is CR LF).
+    A file name's bytes that are not UTF-8, decoded with ``surrogateescape``, go back as they are."""
+    text = eol.decode().join(lines)
+    try:
+        body = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        body = text.encode("utf-8", "replace")
+    if eol == b"\r\n":
+        body = body.replace(b"\n", b"\r\n")
     if not prompt:
-        return body + b"\r\n"
-    return (body + b"\r\n" + PROMPT) if lines else PROMPT
+        return body + eol
+    return (body + eol + PROMPT) if lines else PROMPT
 
 
 class AdminSession(asyncio.Protocol):
@@ -254,7 +287,7 @@ class AdminSession(asyncio.Protocol):
 
     def send_lines(self, lines: list[str], prompt: bool = True) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(self.lines.output(format_reply(lines, prompt)))
+            self.transport.write(format_reply(lines, prompt, self.lines.eol or b"\r\n"))
 
     def send_event(self, data: bytes) -> None:
         """One ``notify``/``events`` event, or none while this watcher is not reading its output."""
@@ -308,25 +341,29 @@ class AdminSession(asyncio.Protocol):
         return ["commands: " + ", ".join(names)]
 
     async def cmd_list(self, args: list[str]) -> list[str]:
-        ids = sorted(e.id for e in self.ctx.store.scan() if e.state in (State.READY, State.BUSY))
-        return [str(i) for i in ids] or ["<none>"]
+        """The ready envelopes (not those being forwarded), as upstream's: see :func:`spool_listing`."""
+        return await self._listing(ENVELOPE_SUFFIX) or ["<none>"]
 
     async def cmd_failures(self, args: list[str]) -> list[str]:
-        lines = []
-        for e in sorted(self.ctx.store.scan(), key=lambda e: e.id):
-            if e.state is State.BAD:  # upstream lists the ids only (the reasons are in the envelopes)
-                lines.append(str(e.id))
-        return lines or ["<none>"]
+        """The failed envelopes' ids only (the reasons are in the envelopes), as upstream's."""
+        return await self._listing(BAD_SUFFIX) or ["<none>"]
 
     async def cmd_unfail_all(self, args: list[str]) -> list[str]:
         """Every ``.bad`` back to ready (upstream forwards them at the next trigger, not now); one the
-        spool does not let go (unwritable) stays failed without a word, as E-MailRelay 2.6b's."""
-        store = self.ctx.store
-        for entry in list(store.scan()):
-            if entry.state is State.BAD:
+        spool does not let go (unwritable) stays failed without a word, as E-MailRelay 2.6b's; so
+        does one whose id our store refuses (docs/decisions.md, "Spool ids"), unlike upstream's."""
+        for mid in await self._listing(BAD_SUFFIX):
+            if is_valid_id(mid):
                 with contextlib.suppress(OSError):
-                    store.unfail(entry.id)
+                    self.ctx.store.unfail(MessageId.parse(mid))
         return []
+
+    async def _listing(self, suffix: str) -> list[str]:
+        """:func:`spool_listing` in a worker thread; nothing when there is no spool directory."""
+        try:
+            return await asyncio.to_thread(spool_listing, self.ctx.store.directory, suffix)
+        except FileNotFoundError:
+            return []
 
     async def cmd_status(self, args: list[str]) -> list[str]:
         """Upstream's: listening addresses, then connections started and finished and the open ones,

@@ -18,6 +18,7 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,19 @@ from tests.support.sink_counter import PROMPT, AdminClient
 pytestmark = [pytest.mark.timeout(240)]
 
 Exchange = list[tuple[bytes, bytes]]  # (what was sent, what came back)
+# A chunk to send and the replies it is due: that many prompts, 0 (none: a short wait shows
+# that nothing comes), or UNTIL_CLOSED (what comes until the relay closes the connection).
+Chunk = tuple[bytes, int]
+UNTIL_CLOSED = -1
+REPLY_TIMEOUT = 15.0  # seconds for a reply that is due (ours serves its first prompt a second late)
+QUIET = 0.2  # seconds to see that nothing comes where no reply is due
 
 
-def _drain(sock: socket.socket, seconds: float) -> bytes:
-    """What arrives within ``seconds`` (or until the peer closes: then ``<EOF>`` is appended)."""
+def _receive(sock: socket.socket, seconds: float, done: Callable[[bytes], bool] = lambda _: False) -> bytes:
+    """What arrives until ``done(what came)``, or ``seconds`` pass, or the peer closes (then
+    ``<EOF>`` is appended)."""
     got, deadline = b"", time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
+    while not done(got) and (left := deadline - time.monotonic()) > 0:
         sock.settimeout(left)
         try:
             chunk = sock.recv(65536)
@@ -58,13 +66,22 @@ def _drain(sock: socket.socket, seconds: float) -> bytes:
     return got
 
 
-def _exchange(connect: socket.socket, chunks: list[bytes], wait: float = 0.8) -> Exchange:
-    """Each chunk sent raw, then whatever comes back within ``wait`` seconds."""
+def _reply(sock: socket.socket, due: int) -> bytes:
+    """The reply to one chunk: ``due`` prompts (or until the close, or a short quiet time)."""
+    if due == 0:
+        return _receive(sock, QUIET)
+    if due == UNTIL_CLOSED:
+        return _receive(sock, REPLY_TIMEOUT)
+    return _receive(sock, REPLY_TIMEOUT, lambda got: got.count(PROMPT) >= due)
+
+
+def _exchange(connect: socket.socket, chunks: list[Chunk]) -> Exchange:
+    """Each chunk sent raw, then its reply (:func:`_reply`)."""
     out: Exchange = []
     with connect as sock:
-        for chunk in chunks:
+        for chunk, due in chunks:
             sock.sendall(chunk)
-            out.append((chunk[:40], _drain(sock, wait)))
+            out.append((chunk[:40], _reply(sock, due)))
     return out
 
 
@@ -85,15 +102,14 @@ def _unix_admin(side: str, base: Path, *extra: str) -> dict[str, object]:
                    *extra, name=f"{side}-unix")  # fmt: skip
     try:
         assert wait_until(path.exists, 20), daemon.log()
-        time.sleep(2.5)  # (ours: the admin role serves its first prompt once its bus settled)
-        st = path.stat()
         client = socket.socket(socket.AF_UNIX)
         client.settimeout(15)
         client.connect(str(path))
-        status = _exchange(client, [b"list\r\n", b"status\r\n"])
+        status = _exchange(client, [(b"list\r\n", 1), (b"status\r\n", 1)])
+        st = path.stat()  # (once the relay answered: its set-up of the file is over)
         lines = status[1][1].removesuffix(b"\r\n" + PROMPT).split(b"\r\r\n")
         in_lines = [x for x in lines if x.startswith(b"IN: ")]
-        time.sleep(0.5)
+        wait_until(lambda: "admin connection closed" in daemon.log(), 20)
     finally:
         rc = daemon.stop()
     log = [x.replace(str(home), "HOME") for x in normalise_log(daemon.log()) if ": admin " in x]
@@ -138,36 +154,39 @@ def test_ours_unix_domain_admin_socket(tmp_path: Path) -> None:
 
 # ---- line endings and over-long lines ---------------------------------------------------------
 
-SESSIONS = {
-    "lf": [b"list\n", b"info credit\n", b"info warranty\n", b"bogus\r\n", b"\n", b"info\n", b"failures\n"],
-    "lf-then-crlf": [b"\n", b"list\r\n", b"list\n"],
-    "crlf-then-lf": [b"list\r\n", b"list\n", b"\r\n", b"list\nlist\r\n", b"info credit\nfoo\r\n"],
-    "lf-with-crs": [b"list\r\r\n", b"info\rcredit\n", b"list\r\rx\n", b"\r\n"],
-    "lf-pipelined": [b"list\ninfo credit\nquit\n"],
-    "lf-smtp": [b"smtp disable\n", b"smtp enable\n"],
+SESSIONS: dict[str, list[Chunk]] = {  # (the replies each chunk is due: upstream's)
+    "lf": [(b"list\n", 1), (b"info credit\n", 1), (b"info warranty\n", 1), (b"bogus\r\n", 1), (b"\n", 1),
+           (b"info\n", 1), (b"failures\n", 1)],
+    "lf-then-crlf": [(b"\n", 1), (b"list\r\n", 1), (b"list\n", 1)],
+    "crlf-then-lf": [(b"list\r\n", 1), (b"list\n", 0), (b"\r\n", 1), (b"list\nlist\r\n", 1),
+                     (b"info credit\nfoo\r\n", 1)],
+    "lf-with-crs": [(b"list\r\r\n", 1), (b"info\rcredit\n", 0), (b"list\r\rx\n", 0), (b"\r\n", 1)],
+    "lf-pipelined": [(b"list\ninfo credit\nquit\n", UNTIL_CLOSED)],
+    "lf-smtp": [(b"smtp disable\n", 1), (b"smtp enable\n", 1)],
     "long": [
-        b"x" * 1000 + b"\r\n",
-        b"y" * 100_000 + b"\r\n",
-        b"list " + b"z" * 200_000 + b"\r\n",
-        b"list\r\n",
+        (b"x" * 1000 + b"\r\n", 1),
+        (b"y" * 100_000 + b"\r\n", 1),
+        (b"list " + b"z" * 200_000 + b"\r\n", 1),
+        (b"list\r\n", 1),
     ],
-    "long-lf": [b"x" * 1_000_000 + b"\n", b"list\n"],
-    "long-in-parts": [b"info credit " + b"x" * 300_000, b"y" * 300_000, b"\r", b"\nlist\r\n"],
-    "long-first-line": [b"list " + b"w" * 50_000, b"\r\n", b"list\n", b"\r\n"],
-}
+    "long-lf": [(b"x" * 1_000_000 + b"\n", 1), (b"list\n", 1)],
+    "long-in-parts": [(b"info credit " + b"x" * 300_000, 0), (b"y" * 300_000, 0), (b"\r", 0),
+                      (b"\nlist\r\n", 2)],
+    "long-first-line": [(b"list " + b"w" * 50_000, 0), (b"\r\n", 1), (b"list\n", 0), (b"\r\n", 1)],
+}  # fmt: skip
 
 
 def _sessions(side: str, base: Path) -> tuple[dict[str, Exchange], bytes]:
     """Every session of SESSIONS, then a bare-LF notify watcher's events around an SMTP session."""
     admin = free_port()
     with start(side, base, "--admin", str(admin), name=f"{side}-lines") as daemon:
-        time.sleep(2.5)  # (ours: the admin role serves its first prompt once its bus settled)
-        got = {name: _exchange(_tcp(admin), chunks, wait=1.5) for name, chunks in SESSIONS.items()}
+        got = {name: _exchange(_tcp(admin), chunks) for name, chunks in SESSIONS.items()}
         with _tcp(admin) as watcher:
             watcher.sendall(b"notify\n")
-            time.sleep(0.5)
+            time.sleep(0.5)  # (no reply says when the watcher is on)
             smtp_dialogue(daemon.port, ["QUIT"])
-            events = _drain(watcher, 1.5)
+            events = _receive(watcher, REPLY_TIMEOUT, lambda got: b"in: stop" in got)
+            events += _receive(watcher, QUIET)  # (and nothing more)
     return got, events
 
 
@@ -178,8 +197,10 @@ def test_line_endings_and_long_lines_as_upstream(tmp_path: Path) -> None:
     base = daemon_base(tmp_path)
     got = {side: _sessions(side, base) for side in SIDES}
     (ours, ours_events), (upstream, up_events) = got["ours"], got["upstream"]
-    for name in SESSIONS:
+    for name, chunks in SESSIONS.items():
         assert ours[name] == upstream[name], name
+        for (_, due), (_, reply) in zip(chunks, upstream[name], strict=True):  # as SESSIONS says
+            assert reply.endswith(b"<EOF>") if due == UNTIL_CLOSED else reply.count(PROMPT) == due, name
     assert upstream["lf"][0] == (b"list\n", b"<none>\nE-MailRelay> ")
     assert ours_events == up_events == b"\nEVENT: network: in: start  \nEVENT: network: in: stop  "
 
@@ -189,9 +210,10 @@ def test_ours_line_ending_follows_the_client(tmp_path: Path) -> None:
     does not end a line; a long line gets one reply."""
     admin = free_port()
     with start("ours", daemon_base(tmp_path), "--admin", str(admin)):
-        time.sleep(2.5)  # (ours: the admin role serves its first prompt once its bus settled)
-        lf = _exchange(_tcp(admin), [b"list\n", b"info credit\r\n"])
-        crlf = _exchange(_tcp(admin), [b"list\r\n", b"list\nlist\r\n", b"x" * 100_000 + b"\r\n"])
+        lf = _exchange(_tcp(admin), [(b"list\n", 1), (b"info credit\r\n", 1)])
+        crlf = _exchange(
+            _tcp(admin), [(b"list\r\n", 1), (b"list\nlist\r\n", 1), (b"x" * 100_000 + b"\r\n", 1)]
+        )
     assert [reply for _, reply in lf] == [
         b"<none>\n" + PROMPT,
         b"This product includes software developed by the OpenSSL Project\n"
@@ -226,7 +248,8 @@ def _flush_log(side: str, base: Path) -> tuple[list[bytes], list[str]]:
     admin, hop_port = free_port(), free_port()
     with start(side, base, "--admin", str(admin), "--forward-to", f"127.0.0.1:{hop_port}",
                name=f"{side}-flush") as daemon:  # fmt: skip
-        time.sleep(2.0)  # (ours: the roles' bus subscriptions settle)
+        if side == "ours":
+            time.sleep(2.0)  # (the roles' bus subscriptions settle: nothing logs when)
         write_messages(daemon.spool, [["b@example.net"]], 1765000000)
         time.sleep(0.5)
         mark = len(daemon.log().splitlines())
