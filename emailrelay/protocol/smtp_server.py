@@ -42,11 +42,18 @@ GUARANTEES
       LocalProtocolError is raised only for service misuse.
     * Replies are queued in command order; pipelined commands are handled
       one at a time.
+    * A command line ends only at CRLF, as E-MailRelay 2.6b's: a bare LF or
+      CR is part of the line, so what follows it is never a command of its
+      own (one reply per CRLF-ended line).  Such a line's verb or argument
+      holds the control character: a verb is then unrecognized (500), a MAIL
+      or RCPT line with a NUL, CR or LF anywhere is refused (553/550 "invalid
+      character in mailbox name"), a HELO/EHLO name or VRFY address with a
+      control character too (501/550).  A TLS ClientHello record where a
+      command line belongs is answered (500) once it is complete, not kept
+      waiting for a CRLF.
     * Command lines are limited to 512 octets including CRLF (AUTH responses
-      to 12288); longer lines are discarded up to the next LF without being
-      buffered and answered "500 line too long".  A line ending in a bare LF,
-      or containing a bare CR, is answered "500 command unrecognized" (what
-      E-MailRelay answers for such a line) and never executed.
+      to 12288); longer lines are discarded up to the next CRLF without being
+      buffered and answered "500 line too long".
     * Only CRLF "." CRLF ends DATA (the "." line must follow a CRLF, or be
       the very first line of the content); LF.LF, CR.CR, CRLF.LF, LF.CRLF and
       CR.CRLF never do, so nothing after them is ever read as a command.
@@ -377,7 +384,11 @@ _MAIL_BODY = {"7BIT": "7BIT", "8BITMIME": "8BITMIME", "BINARYMIME": "BINARYMIME"
 _DATA_REPLY = "start mail input -- end with <CRLF>.<CRLF>"
 _SIZE_TEXT = "message size exceeds fixed maximum message size"
 _LONG_TEXT = "line too long"
-_BARE_TEXT = _UNRECOGNIZED  # a bare CR or LF in a command line: never executed
+_BAD_CHARACTER = "invalid character in mailbox name"
+# a TLS record of type handshake, TLS 1.x, up to 16 KiB long, holding a ClientHello
+_TLS_HELLO = re.compile(rb"\x16\x03[\x00-\x04]([\x00-\x40].)\x01", re.DOTALL)
+_LINE_BREAKS = frozenset("\0\r\n")  # upstream refuses a MAIL or RCPT line holding one of these
+_VERB_SPLIT = re.compile(r"[ \t]+")
 _CRLF_DOT = re.compile(rb"\r\n\.")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
@@ -393,6 +404,11 @@ def _loggable(line: str, *, cut: bool = False) -> str:
     if cut or len(words) > 3 or _BASE64.fullmatch(words[2]):
         return f"{words[0]} {words[1]} [authentication response not logged]"
     return line
+
+
+def _words(text: str) -> list[str]:
+    """The words of ``text`` split at spaces and tabs only (a CR or LF inside a command line is no separator)."""
+    return [w for w in _VERB_SPLIT.split(text) if w]
 
 
 def _has_controls(s: str) -> bool:
@@ -719,37 +735,46 @@ class SmtpServer(LineBuffer):
     # ----------------------------------------------------------- line reading
 
     def _read_line(self, limit: int) -> tuple[bytes | None, str | None]:
-        """Return (raw line without CRLF, None) or (None, error text) or (None, None) = need data."""
+        """Return (raw line without its CRLF, None) or (None, error text) or (None, None) = need data.
+
+        Only CRLF ends a line (a bare CR or LF is part of it, as upstream)."""
         buf, pos = self._buf, self._pos
-        i = buf.find(b"\n", pos)
+        i = buf.find(b"\r\n", pos)
         if self._discarding:
             if i < 0:
-                self._buf = b""
-                self._pos = 0
+                self._keep_cr(buf)
                 return None, None
             self._discarding = False
-            self._consume_to(i + 1)
+            self._consume_to(i + 2)
             return None, _LONG_TEXT
         if i < 0:
             if len(buf) - pos >= limit:
                 self._discarding = True
                 self._discard_head = buf[pos : pos + _LOG_HEAD].decode("latin-1") + "..."
-                self._buf = b""
-                self._pos = 0
+                self._keep_cr(buf)
             return None, None
-        self._consume_to(i + 1)
+        self._consume_to(i + 2)
         raw = buf[pos:i]
-        if len(raw) >= limit:  # plus the LF
+        if len(raw) + 2 > limit:
             self._discard_head = raw[:_LOG_HEAD].decode("latin-1") + "..."
             return None, _LONG_TEXT
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-            if b"\r" not in raw:
-                return raw, None
-        self._discard_head = raw.decode("latin-1")
-        return None, _BARE_TEXT
+        return raw, None
+
+    def _keep_cr(self, buf: bytes) -> None:
+        """Drop the buffered part of a line being discarded, but a last CR: the next byte may be its LF."""
+        self._buf = b"\r" if buf.endswith(b"\r") else b""
+        self._pos = 0
 
     def _read_command(self) -> Event | Signal | None:
+        hello = None if self._discarding else _TLS_HELLO.match(self._buf, self._pos)
+        if hello is not None:
+            # a TLS client where a command belongs sends no CRLF to wait for: its whole first
+            # record (at most 16 KiB) is refused at once
+            if len(self._buf) - self._pos < 5 + int.from_bytes(hello[1], "big"):
+                return self._need()
+            head = self._buf[self._pos : self._pos + _LOG_HEAD].decode("latin-1")
+            self._buf, self._pos = b"", 0
+            return self._error(head, 500, _UNRECOGNIZED)
         raw, err = self._read_line(COMMAND_LINE_LIMIT)
         if raw is None:
             if err is None:
@@ -772,7 +797,9 @@ class SmtpServer(LineBuffer):
             if verb.upper() in ("HELO", "EHLO", "VRFY"):
                 arg = text.lstrip(" \t").partition(" ")[2]
         else:
-            parts = text.strip().split(None, 1)
+            # (white space, but never a CR or LF in the line: they are not separators, as upstream)
+            split = _VERB_SPLIT if "\r" in text or "\n" in text else None
+            parts = split.split(text.strip(" \t"), 1) if split else text.strip().split(None, 1)
             verb = parts[0] if parts else ""
             arg = parts[1] if len(parts) > 1 else ""
         verb = verb.upper()
@@ -793,13 +820,18 @@ class SmtpServer(LineBuffer):
     # --------------------------------------------------------------- commands
 
     def _hello(self, line: str, arg: str, extended: bool) -> Event:
-        words = arg.split(" ") if self._cfg.strict_parsing else arg.split()
-        words = [w for w in words if w]
-        if not words:
+        if self._cfg.strict_parsing:
+            # as E-MailRelay 2.6b: the name is the argument up to a tab, spaces around it dropped
+            # and spaces inside it made dashes ("EHLO x y" is "x-y", "EHLO x<tab>y" is "x")
+            name = arg.partition("\t")[0].strip(" ").replace(" ", "-")
+        else:
+            words = _words(arg)
+            name = words[0] if words else ""
+        if not name:
             return self._error(line, 501, "parameter required")
-        if _has_controls(words[0]):
+        if _has_controls(name):  # (upstream takes it; kept out of the Received line: docs/decisions.md)
             return self._error(line, 501, "invalid domain name")
-        return Hello(line, words[0], extended)
+        return Hello(line, name, extended)
 
     def _cmd_helo(self, line: str, arg: str) -> Event:
         return self._hello(line, arg, False)
@@ -814,12 +846,14 @@ class SmtpServer(LineBuffer):
         refusal = self._refusal()
         if refusal is not None:
             return self._error(line, 530, refusal)
+        if not _LINE_BREAKS.isdisjoint(arg):  # as upstream, in the address or a parameter
+            return self._error(line, 553, f"mailbox name not allowed: {_BAD_CHARACTER}")
         try:
             address, params = parse_mail_from(arg, c.strict_parsing)
         except PathSyntaxError as e:
             return self._error(line, e.code, e.text)
         if self._latin1 and not address.isascii():  # 8-bit but not UTF-8
-            return self._error(line, 553, "mailbox name not allowed: invalid character in mailbox name")
+            return self._error(line, 553, f"mailbox name not allowed: {_BAD_CHARACTER}")
         body: str | None = None
         size: int | None = None
         auth: str | None = None
@@ -863,12 +897,14 @@ class SmtpServer(LineBuffer):
             # so this 452 is no sign of a misbehaving client and never counts towards max_errors
             self._send(452, "too many recipients", counts_as_error=False)
             return ProtocolError(line, 452, "too many recipients")
+        if not _LINE_BREAKS.isdisjoint(arg):  # as upstream, in the address or a parameter
+            return self._error(line, 550, _BAD_CHARACTER)
         try:
             address, params = parse_rcpt_to(arg, c.strict_parsing)
         except PathSyntaxError as e:
             return self._error(line, e.code, e.text)
         if self._latin1 and not address.isascii():  # 8-bit but not UTF-8
-            return self._error(line, 550, "invalid character in mailbox name")
+            return self._error(line, 550, _BAD_CHARACTER)
         mail = self._mail  # (RCPT parameters are ignored, as upstream)
         if c.smtputf8_strict and not address.isascii() and not (mail is not None and mail.smtputf8):
             return self._error(line, 550, "invalid character in mailbox name: not using smtputf8")
@@ -901,7 +937,7 @@ class SmtpServer(LineBuffer):
         return DataStart(line)
 
     def _cmd_bdat(self, line: str, arg: str) -> Event | None:
-        words = arg.split()
+        words = _words(arg)
         valid = (
             1 <= len(words) <= 2
             and words[0].isascii()
@@ -979,14 +1015,14 @@ class SmtpServer(LineBuffer):
 
     def _cmd_auth(self, line: str, arg: str) -> Event:
         c = self._cfg
-        words = arg.split()
+        words = _words(arg)  # (a CR or LF is in a word: "AUTH PLAIN\nX" names no mechanism, as upstream)
         line = _loggable(line)
         if self._authenticated:
             return self._error(line, 503, _OUT_OF_SEQUENCE)
-        if c.tls_required and not self._tls:  # no credentials in clear text
-            return self._error(line, 530, "encryption required: use starttls")
         if not c.auth_mechanisms:  # offered once encrypted only (the gate saw to that): upstream's reply
             return self._error(line, 504, _BAD_MECHANISM + (": use starttls" if c.starttls else ""))
+        if c.tls_required and not self._tls:  # no credentials in clear text (docs/decisions.md)
+            return self._error(line, 530, "encryption required: use starttls")
         mechanism = words[0].upper() if words else ""
         if mechanism not in (m.upper() for m in c.auth_mechanisms):
             return self._error(line, 504, _BAD_MECHANISM)

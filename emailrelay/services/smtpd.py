@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import socket
 import ssl
 import time
@@ -221,7 +222,8 @@ class SmtpService:
             await server.wait_closed()
 
 
-_TLS_HANDSHAKE = "\x16\x03"  # a TLS record of type handshake, TLS 1.x: a ClientHello
+# a TLS record of type handshake, TLS 1.x, holding a ClientHello (smtp_server refuses it whole)
+_TLS_HANDSHAKE = re.compile("\x16\x03[\x00-\x04]..\x01", re.DOTALL)
 
 
 class SmtpSession(LineSession):
@@ -910,7 +912,7 @@ class SmtpSession(LineSession):
 
     def _on_protocol_error(self, ev: sp.ProtocolError) -> None:
         """The refused command's trace and upstream's log line about it, if it writes one."""
-        if ev.line.startswith(_TLS_HANDSHAKE):  # a TLS client where plain text belongs: upstream's
+        if _TLS_HANDSHAKE.match(ev.line):  # a TLS client where plain text belongs: upstream's
             self.log.warning(  # warning, and the connection ends without a reply
                 "received unexpected tls handshake packet from remote client: try enabling implicit tls (smtps)",
                 self.peer.host,
@@ -1030,8 +1032,9 @@ _HIDDEN = "[authentication response not logged]"
 def traced_rx(line: str, latin1: bool = False) -> str:
     """A command line as E-MailRelay 2.6b traces it (``rx<<:``), escaped as
     :func:`~emailrelay.log.traced` escapes, octets that are not UTF-8 as they came (``latin1``: the
-    text was decoded as latin-1; valid UTF-8 around them untouched); but whole: upstream's trace
-    stops at a tab, ours writes the tab as ``\t`` and the rest (docs/decisions.md)."""
+    text was decoded as latin-1; valid UTF-8 around them untouched), a CR or LF in the line as
+    ``\r`` or ``\n``; but whole: upstream's trace stops at a tab, ours writes the tab as ``\t``
+    and the rest (docs/decisions.md)."""
     if latin1 and not line.isascii() and max(line) <= "\xff":
         line = line.encode("latin-1").decode("utf-8", "surrogateescape")
     elif line.isprintable() and "\\" not in line:  # the common case, checked in C

@@ -394,14 +394,14 @@ CASES: list[Case] = [
         ["500 line too long", "250 noop"],
     ),
     Case("command huge", [b"NOOP " + _long(100_000) + b"\r\nNOOP\r\n"], ["500 line too long", "250 noop"]),
-    Case("huge bare", [_long(3000) + b"\nNOOP\r\n"], ["500 line too long", "250 noop"]),
-    Case("bare lf", [b"NOOP\nNOOP\r\n"], ["500 command unrecognized", "250 noop"]),
+    Case("huge bare", [_long(3000) + b"\nNOOP\r\nNOOP\r\n"], ["500 line too long", "250 noop"]),
+    Case("bare lf", [b"NOOP\nNOOP\r\nNOOP\r\n"], ["500 command unrecognized", "250 noop"]),
     Case("bare cr", [b"NO\rOP\r\nNOOP\r\n"], ["500 command unrecognized", "250 noop"]),
     Case("double cr", [b"NOOP\r\r\n"], ["500 command unrecognized"]),
     Case(
-        "bare lf client gets answers",
+        "bare lf client waits for crlf",
         [b"EHLO c\nMAIL FROM:<a@b>\n"],
-        ["500 command unrecognized"] * 2,
+        [],
         check=no_event(MailFrom),
     ),
     Case(
@@ -999,7 +999,7 @@ CASES: list[Case] = [
     Case(
         "over-long auth line not logged",
         [E + b"AUTH PLAIN " + b"A" * 600 + b"\r\nAUTH PLAIN AAAA\rAAAA\r\n"],
-        ["250 ", "500 line too long", "500 command unrecognized"],
+        ["250 ", "500 line too long", "501 invalid argument"],
         config={"auth_mechanisms": ("PLAIN",)},
         check=lambda r: (
             [ev.line for ev in r.events if isinstance(ev, ProtocolError)]

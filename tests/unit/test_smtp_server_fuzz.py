@@ -259,7 +259,7 @@ def test_one_reply_per_command_line(lines: list[tuple[bytes, bytes]], cuts: list
     data = b"".join(a + b for a, b in lines)
     r = drive(config, splits(data, cuts), seed=3)
     finals = check_output(r["out"])
-    assert len(finals) == len(lines) + 1  # + greeting
+    assert len(finals) == data.count(b"\r\n") + 1  # + greeting: only CRLF ends a command line
     assert r["before_eof"] is NEED_DATA
 
 
@@ -313,6 +313,6 @@ def test_data_matches_reference_model(tokens: list[bytes], cuts: list[int]) -> N
     assert ends == [DataEnd(".", len(content))]
     if b"MAIL FROM:<evil@x>" in content:  # unless the tokens themselves formed CRLF.CRLF
         assert not any(isinstance(ev, MailFrom) and ev.address == "evil@x" for ev in events)
-    # everything after the end marker was read as commands: one reply per line
+    # everything after the end marker was read as commands: one reply per CRLF-ended line
     finals = check_output(r["out"])
-    assert len(finals) == 6 + rest.count(b"\n")
+    assert len(finals) == 6 + rest.count(b"\r\n")
