@@ -31,20 +31,22 @@ What it guarantees:
   starts with ``<<`` and has ``>>`` later (or ``[[`` ... ``]]``) gives the
   response (the text in between; anything after the closing marker is
   ignored; a leading ``4xx``/``5xx`` and a space set the SMTP code), a second
-  such line the reason (log and ``.bad`` only); without one the response is
-  ``rejected``; control characters are shown escaped (``\t``, ``\0``, ``\x01``);
+  such line the reason (log and ``.bad`` only); an empty one (``<<>>``) still
+  counts as one of the two; without a response text it is ``rejected``;
+  control characters are shown escaped (``\t``, ``\0``, ``\x01``);
 - exit codes as E-MailRelay 2.6b maps them (:func:`result_for_exit_code`):
   0 and 101 ok; 100 abandon; 103 ok and, server side, rescan; server side
   102 abandon + rescan and 104 fail + rescan; client side 102 ok + stop
   scanning, 104 abandon + stop, 105 fail + stop; every other code (1-99,
   the rest of 104-115, above 115, a signal as 128+n, 127 for a program that
   cannot be executed) fails the message — never a silent accept;
-- verifier exit codes: 0 local (line 1 full name, line 2 mailbox), 1 remote
-  (line 2 the address, empty keeps the original), 2 reject 550 (line 1 reason,
-  line 2 log-only), 3 temporary 450, 100 abort the connection, anything else
-  as 2; a time-out is a temporary failure.  No control character from the
-  program ever reaches an address, a mailbox name or a reason: a reason's
-  are shown escaped, as upstream shows them (``a\0b``).
+- verifier exit codes (its output's CRs dropped): 0 local (line 1 full
+  name, line 2 mailbox), 1 remote (line 2 the address, empty keeps the
+  original), 2 reject 550 (line 1 reason, line 2 log-only), 3 temporary 450,
+  100 abort the connection, anything else as 2; a time-out is a temporary
+  failure.  No control character from the program ever reaches an address,
+  a mailbox name or a reason: a reason's are shown escaped, as upstream
+  shows them (``a\0b``).
 """
 
 from __future__ import annotations
@@ -262,21 +264,21 @@ def _marked(line: str) -> str | None:
 def parse_response(output: bytes) -> tuple[str, int | None, str]:
     """(response, code, reason) from a filter's output, as E-MailRelay 2.6b reads it.
 
-    The response is the first marked line's text without its code (``rejected`` when no line
-    has text), the reason the second marked line's text, else the response."""
+    The first two marked lines count, empty ones too (``<<>>``): the response is the first one's
+    text without its code (``rejected`` when there is none or it is empty), the reason the second
+    one's text (the response when there is none or it is empty)."""
     found: list[str] = []
     text = output[:SEARCH_LIMIT].decode("utf-8", "replace")
     for line in text.splitlines():
         marked = _marked(line)
-        if marked is not None and marked != "":
+        if marked is not None:
             found.append(marked)
             if len(found) == 2:
                 break
-    if not found:
-        return "rejected", None, "rejected"
-    response, code = split_code(found[0])
+    found += ["", ""]
+    response, code = split_code(found[0]) if found[0] else ("rejected", None)
     response = printable(response)
-    reason = printable(found[1]) if len(found) > 1 else response
+    reason = printable(found[1]) if found[1] else response
     return response, code, reason
 
 
@@ -410,12 +412,16 @@ def verdict_for(
     *,
     detail: str = "",
     source: str = "address verifier",
+    escaped: bool = True,
 ) -> RecipientVerdict:
     """E-MailRelay 2.6b's meaning of a verifier's answer (an exit code, or a ``net:`` response code)
     with its two texts: 0 local (``line2`` the mailbox), 1 remote (``line2`` the address), 3 a
     temporary 450, 100 abort, anything else a 550.  A 0 or 1 without its mailbox or address is a 550
-    too.  The reason is ``line1``; ``detail`` (the log's tail) defaults to ``line2``."""
+    too.  The reason is ``line1``; ``detail`` (the log's tail) defaults to ``line2``.  The texts are
+    escaped (:func:`printable`) when ``escaped``, as upstream does a program's (its SMTP reply then
+    escapes them once more), and kept as given for a ``net:`` answer, which upstream escapes once."""
     log = logmod.get()
+    shown = printable if escaped else str
     if code == 0 and line2.strip():
         mailbox = line2.strip()
         if not is_clean_mailbox(mailbox):  # ours: a mailbox name becomes a directory name
@@ -426,7 +432,7 @@ def verdict_for(
                 reason="mailbox unavailable",
                 detail="invalid mailbox name",
             )
-        return RecipientVerdict(RecipientKind.LOCAL, recipient, mailbox=mailbox, full_name=printable(line1))
+        return RecipientVerdict(RecipientKind.LOCAL, recipient, mailbox=mailbox, full_name=shown(line1))
     if code == 1 and line2.strip():
         address = line2.strip()
         if not is_clean_address(address):
@@ -436,15 +442,14 @@ def verdict_for(
             )
         return RecipientVerdict(RecipientKind.REMOTE, address)
     kind = {3: RecipientKind.TEMPORARY, 100: RecipientKind.ABORT}.get(code or 0, RecipientKind.REJECT)
-    return RecipientVerdict(kind, recipient, reason=printable(line1), detail=printable(detail or line2))
+    return RecipientVerdict(kind, recipient, reason=shown(line1), detail=shown(detail or line2))
 
 
 def two_lines(output: bytes) -> tuple[str, str]:
-    """A verifier's first two lines, the output's trailing white space trimmed first (as upstream)."""
-    lines = output.decode("utf-8", "replace").rstrip(" \t\r\n").split("\n")
-    first = lines[0].rstrip("\r") if lines else ""
-    second = lines[1].rstrip("\r") if len(lines) > 1 else ""
-    return first, second
+    """A verifier's first two lines, as upstream reads them: every CR dropped (``a\\rb`` is ``ab``),
+    the output's trailing white space trimmed, then split at LF."""
+    lines = output.decode("utf-8", "replace").replace("\r", "").rstrip(" \t\n").split("\n")
+    return lines[0], lines[1] if len(lines) > 1 else ""
 
 
 class ExeVerifier:

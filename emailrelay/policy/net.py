@@ -10,7 +10,10 @@ What it is for (reference guide, "Network filters", "Address verifier servers"):
   2.6b's texts);
 - verifier: send the verifier's six arguments joined with ``|``; the answer is
   ``0|mailbox|full name``, ``1|address``, ``2|reason``, ``3|reason`` or ``100``
-  (an optional third field of 2 and 3 is log-only detail).
+  (an optional third field of 2 and 3 is log-only detail); its texts are
+  escaped once in the SMTP reply (a program's twice), as upstream's;
+- a server that closes before answering is ``peer disconnected``, one that
+  resets the connection ``peer disconnected: connection reset by peer``.
 
 What it expects: a server on ``host:port`` (``[v6]:port``, upstream's
 ``v6.port``) or an absolute unix-socket path, that keeps the connection open
@@ -23,7 +26,9 @@ twice; the pool (:class:`ConnectionPool`) can keep idle connections for
 callers that want them; every exchange is bounded by ``--filter-timeout``;
 a server that cannot be reached or answers too late fails the message
 (filter: ``452 failed``) or is a temporary ``450 cannot verify``
-(verifier), never an accept.
+(verifier), never an accept; an answer line of any length is an answer
+(upstream's take them all), of which the first :data:`LINE_LIMIT` bytes count
+(the rest is read and dropped).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from .spec import FilterContext, Spec, SpecError
 from .verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 
 MAX_IDLE = 8
-LINE_LIMIT = 64 * 1024
+LINE_LIMIT = 64 * 1024  # bytes of an answer line kept
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,9 @@ class ConnectionPool:
             try:
                 conn.writer.write(request)
                 await asyncio.wait_for(conn.writer.drain(), max(0.001, deadline - time.monotonic()))
-                line = await asyncio.wait_for(conn.reader.readline(), max(0.001, deadline - time.monotonic()))
+                line = await asyncio.wait_for(
+                    _read_line(conn.reader), max(0.001, deadline - time.monotonic())
+                )
                 if not line.endswith(b"\n"):
                     raise ConnectionError("connection closed by the server")
             except (
@@ -145,11 +152,18 @@ class ConnectionPool:
                 asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError,
                 ValueError,
-            ):
+            ) as exc:
                 conn.close()
                 if reused:  # a pooled connection the server had dropped: one fresh try
                     conn, reused = None, False
                     continue
+                cause = conn.reader.exception()  # a reset seen while drain() waited is its "Connection lost"
+                if (
+                    isinstance(cause, OSError)
+                    and cause.errno
+                    and not (isinstance(exc, OSError) and exc.errno)
+                ):
+                    raise cause from exc
                 raise
             except BaseException:
                 conn.close()
@@ -161,6 +175,22 @@ class ConnectionPool:
         for conn in self.idle:
             conn.close()
         self.idle.clear()
+
+
+async def _read_line(reader: asyncio.StreamReader, keep: int = LINE_LIMIT) -> bytes:
+    """One line, its end included (none when the server closed first): its first ``keep`` bytes
+    and the end; the rest is read and dropped, so an answer of any length is an answer, as upstream's."""
+    kept = bytearray()
+    while True:
+        try:
+            chunk = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:  # no line end within the reader's limit yet
+            chunk = await reader.readexactly(exc.consumed)
+        except asyncio.IncompleteReadError as exc:  # closed before the line ended
+            return bytes(kept) + exc.partial[: max(0, keep - len(kept))]
+        if chunk.endswith(b"\n"):
+            return bytes(kept) + chunk[: max(0, keep - len(kept))].rstrip(b"\n") + b"\n"
+        kept += chunk[: max(0, keep - len(kept))]
 
 
 class NetFilter:
@@ -194,14 +224,7 @@ class NetFilter:
         ) as exc:
             if isinstance(exc, ConnectFailure):
                 return self._failed(str(exc.strerror))
-            if isinstance(exc, ConnectionError | asyncio.IncompleteReadError) and not (
-                isinstance(exc, OSError) and exc.errno
-            ):
-                return self._failed("peer disconnected")
-            text = (
-                exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-            )
-            return self._failed(clean_text(text).lower())
+            return self._failed(_no_answer_reason(exc))
         return self.result_for(line, ctx)
 
     def _failed(self, why: str) -> FilterResult:
@@ -258,9 +281,7 @@ class NetVerifier:
         except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
             if isinstance(exc, ConnectFailure):
                 return self._no_answer(recipient, str(exc.strerror))
-            if isinstance(exc, OSError) and exc.errno:
-                return self._no_answer(recipient, clean_text(exc.strerror or str(exc)).lower())
-            return self._no_answer(recipient, "peer disconnected")
+            return self._no_answer(recipient, _no_answer_reason(exc))
         line = line.rstrip("\r")
         self.log.verbose(f"verification response: [{printable(line)}]")
         # as E-MailRelay 2.6b reads it: "<code>|<mailbox>|<full name>" for 0, "<code>|<address>" for
@@ -273,9 +294,9 @@ class NetVerifier:
         if code == 1 and len(fields) > 1:  # "1|" keeps the address as given
             return verdict_for(1, "", fields[1] or recipient, recipient)
         if code == 0 and len(fields) > 2:
-            return verdict_for(0, fields[2], fields[1], recipient)
+            return verdict_for(0, fields[2], fields[1], recipient, escaped=False)
         if code in (2, 3) and len(fields) > 1:
-            return verdict_for(code, fields[1], _field(fields, 2), recipient)
+            return verdict_for(code, fields[1], _field(fields, 2), recipient, escaped=False)
         return RecipientVerdict(RecipientKind.REJECT, recipient)  # anything else: a bare 550, as upstream
 
     def _no_answer(self, recipient: str, why: str) -> RecipientVerdict:
@@ -290,6 +311,17 @@ class NetVerifier:
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+def _no_answer_reason(exc: BaseException) -> str:
+    """Upstream's words for an exchange that failed once connected: ``peer disconnected`` for a
+    server that closed, ``peer disconnected: connection reset by peer`` for one that reset."""
+    if isinstance(exc, ConnectionError | asyncio.IncompleteReadError):
+        if isinstance(exc, OSError) and exc.errno and exc.strerror:
+            return f"peer disconnected: {clean_text(exc.strerror).lower()}"
+        return "peer disconnected"
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    return clean_text(text).lower()
 
 
 def _field(fields: list[str], index: int) -> str:
