@@ -25,6 +25,18 @@ What it guarantees:
   the ``.busy`` name never refers to an unlocked inode while its owner lives
   (``Claim.rewrite(..., sync_directory=True)`` also fsyncs the directory:
   the forwarder's record of a partial delivery survives a power cut).
+- Upstream E-MailRelay claims without a lock, so a lock-free ``.busy`` may be
+  its live claim: ours are marked as ours, by an extended attribute on the
+  envelope's inode (:data:`CLAIM_MARK`, set on the locked descriptor once the
+  claim's rename is done, or on a rewrite's new file before its rename; upstream
+  ignores it and the envelope's bytes stay the same), and the mark is removed
+  before the claim gives the envelope back (``.envelope``, ``.bad``).  Recovery
+  returns a lock-free ``.busy`` at once only when it carries the mark (a claim
+  of ours whose process died); an unmarked one (another program's claim, or one
+  made by hand) only once its ctime, which its claim's rename set, is
+  :data:`FOREIGN_CLAIM_AGE` old, logging why.  On a file system without user
+  extended attributes every lock-free ``.busy`` is taken for ours (said once in
+  the log).
 - After a successful forward the envelope is deleted before the content, so
   a crash in between leaves a stray content file, never an envelope that
   points at nothing.
@@ -81,6 +93,17 @@ TMP_SUFFIX = ".tmp"  # temporary envelope rewrites: "<id>.envelope.<state>.tmp"
 DEFERRAL_SUFFIX = ".deferral"  # ".<id>.deferral": why the last forwarding attempt failed
 _DEFERRAL_MAX = 65536  # bytes read from a deferral record (the file is in a directory --user may write)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: Extended attribute on a claimed envelope's inode: "a claim of this relay" (its value means nothing).
+CLAIM_MARK = "user.emailrelay.claim"
+_CLAIM_MARK_VALUE = b"1"
+#: A lock-free, unmarked ``.busy`` (another program's claim: E-MailRelay holds its claims without a lock)
+#: unchanged for this long is taken for abandoned and returned to the queue.  A live claim lasts one
+#: forwarding attempt, bounded by its program's timeouts (2.6b's defaults: 40 s to connect, 60 s for each
+#: reply, 60 s for a client filter): minutes at most.  Not derived from our own options: they say
+#: nothing of the other program's.  An hour keeps far from any live claim and still returns a dead one
+#: the same hour (E-MailRelay itself never does).
+FOREIGN_CLAIM_AGE = 3600.0
+_NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP}
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
 
 
@@ -201,6 +224,9 @@ class SpoolStore:
         self.file_mode = file_mode
         self._ids = IdAllocator()
         self._dirsync = _DirectorySync(self.directory)
+        self._claim_marks = hasattr(os, "setxattr")  # False once the file system refused them
+        self._said: set[str] = set()  # log lines said once
+        self._left_foreign: set[MessageId] = set()  # unmarked lock-free claims already logged as left
 
     # ---- paths (private: nobody else builds spool paths) -----------------
     def _content(self, mid: MessageId | str) -> Path:
@@ -403,11 +429,12 @@ class SpoolStore:
             if exc.errno in (errno.EWOULDBLOCK, errno.ENOENT):
                 return None
             raise SpoolStoreError(exc.errno, f'cannot lock file: "{ready.name}"') from exc
+        marked = self._mark_claim(fd)  # after the rename: never on an inode that someone else claimed
         try:
             data = _read_fd(fd)
         except OSError:
             data = b""
-        return Claim(self, mid, fd, data)
+        return Claim(self, mid, fd, data, marked=marked)
 
     @_privileged
     def claim_new(self, msg: NewMessage) -> UncommittedClaim:
@@ -476,13 +503,19 @@ class SpoolStore:
 
     # ---- recovery -----------------------------------------------------------------
     @_privileged
-    def recover(self, *, new_age: float = 600.0, tmp_age: float = 60.0) -> RecoveryReport:
-        """Return orphaned claims and delete crashed stores; safe while others run."""
+    def recover(
+        self, *, new_age: float = 600.0, tmp_age: float = 60.0, foreign_age: float = FOREIGN_CLAIM_AGE
+    ) -> RecoveryReport:
+        """Return orphaned claims and delete crashed stores; safe while others run.  A lock-free
+        ``.busy`` is returned at once when it is marked ours, otherwise once it is ``foreign_age``
+        seconds old (:meth:`_recover_busy`)."""
         report = RecoveryReport()
         now = time.time()
+        busy: set[MessageId] = set()
         for entry in list(self.scan()):
             if entry.state is State.BUSY:
-                if self._recover_busy(entry.id):
+                busy.add(entry.id)
+                if self._recover_busy(entry.id, now, foreign_age):
                     report.released.append(entry.id)
             elif entry.state is State.NEW and self._remove_crashed_store(entry, new_age, now):
                 report.removed_new.append(entry.id)
@@ -500,6 +533,7 @@ class SpoolStore:
                         with contextlib.suppress(OSError):
                             os.unlink(e.path)
                             report.removed_deferrals += 1
+        self._left_foreign &= busy  # forget claims that ended
         return report
 
     @_privileged
@@ -545,7 +579,10 @@ class SpoolStore:
         )
         return True
 
-    def _recover_busy(self, mid: MessageId) -> bool:
+    def _recover_busy(self, mid: MessageId, now: float, foreign_age: float) -> bool:
+        """Return one lock-free ``.busy`` to the queue: at once when it is a claim of ours whose process
+        died (marked ours, :data:`CLAIM_MARK`); otherwise (another program's claim, which holds no lock,
+        or one made by hand) only once it has not changed for ``foreign_age`` seconds, with a log line."""
         busy = self._envelope(mid, State.BUSY)
         try:
             fd = safe_files.open_read_nofollow(busy)
@@ -555,17 +592,96 @@ class SpoolStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            return False  # a live owner holds it
+            return False  # a live owner of ours holds it
         try:
+            why = (
+                None if self._is_marked_ours(fd) else self._abandoned_foreign_claim(mid, fd, now, foreign_age)
+            )
+            if why == "":
+                return False  # maybe another program's live claim
             if self._envelope(mid, State.BAD).exists():
                 os.unlink(busy)  # crashed between writing .bad and dropping .busy
             else:
+                if why is None and self._claim_marks:
+                    self._unmark_claim(fd)  # as a release does: the next claim may be another program's
                 os.rename(busy, self._envelope(mid, State.READY))
-            return True
         except FileNotFoundError:
             return False
         finally:
             os.close(fd)
+        if why:
+            logmod.get().info(f"returning [{busy.name}] to the queue: {why}")
+        return True
+
+    def _abandoned_foreign_claim(self, mid: MessageId, fd: int, now: float, foreign_age: float) -> str:
+        """Why a lock-free ``.busy`` that is not marked ours is taken for abandoned, or "" (left alone)."""
+        age = now - os.fstat(fd).st_ctime  # its claim's rename, or a later change, set the ctime
+        if age > foreign_age:
+            self._left_foreign.discard(mid)
+            return (
+                f"nobody holds a lock on it and it is not a claim of ours, but it has not changed for"
+                f" {int(age)}s: a claim another program abandoned"
+            )
+        if mid not in self._left_foreign:
+            self._left_foreign.add(mid)
+            logmod.get().info(
+                f"leaving [{envelope_name(mid, State.BUSY)}]: not a claim of ours and no lock on it: maybe"
+                f" another program's (E-MailRelay's) live claim; returned to the queue if unchanged for"
+                f" {int(foreign_age)}s"
+            )
+        return ""
+
+    def _mark_claim(self, fd: int) -> bool:
+        """Mark a claimed inode ours (one ``fsetxattr``); False when it could not be."""
+        if not self._claim_marks:
+            return False
+        try:
+            os.setxattr(fd, CLAIM_MARK, _CLAIM_MARK_VALUE)
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                self._no_claim_marks()
+            else:
+                self._say_once(
+                    "mark",
+                    f"cannot mark a claim as ours ({exc.strerror or exc}): a claim this relay leaves"
+                    f" behind when it dies is returned to the queue only after {int(FOREIGN_CLAIM_AGE)}s",
+                )
+            return False
+        return True
+
+    def _unmark_claim(self, fd: int) -> None:
+        """Remove the mark before the envelope leaves ``.busy``: whoever claims it next (E-MailRelay)
+        must not look like a claim of ours."""
+        with contextlib.suppress(OSError):
+            os.removexattr(fd, CLAIM_MARK)
+
+    def _is_marked_ours(self, fd: int) -> bool:
+        """A lock-free claim is one of ours whose process died: marked so, or the spool's file system
+        keeps no marks (then none can be told from another program's, as before marks)."""
+        if not self._claim_marks:
+            return True
+        try:
+            os.getxattr(fd, CLAIM_MARK)
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                self._no_claim_marks()
+                return True
+            return False  # ENODATA: not marked
+        return True
+
+    def _no_claim_marks(self) -> None:
+        self._claim_marks = False
+        self._say_once(
+            "xattrs",
+            f"the spool directory's file system keeps no extended attributes: a .busy envelope nobody"
+            f" holds a lock on is taken for a claim of a dead process of ours, although it may be"
+            f" another program's (E-MailRelay's) live claim: do not run both on {self.directory}",
+        )
+
+    def _say_once(self, key: str, text: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            logmod.get().warning(text)
 
     # ---- policy support ------------------------------------------------------------
     # What the built-in filters need (emailrelay/policy: copy:, deliver:, split:,
@@ -1136,12 +1252,15 @@ class NewMessage:
 class Claim:
     """A message claimed for forwarding: the ``.busy`` envelope, locked until closed."""
 
-    def __init__(self, store: SpoolStore, mid: MessageId, fd: int, data: bytes) -> None:
+    def __init__(
+        self, store: SpoolStore, mid: MessageId, fd: int, data: bytes, *, marked: bool = False
+    ) -> None:
         self.store = store
         self.id = mid
         self._fd: int | None = fd
         self._raw = data
         self._envelope: Envelope | None = None
+        self._marked = marked  # the claimed inode carries CLAIM_MARK
 
     def __enter__(self) -> Claim:
         return self
@@ -1187,10 +1306,15 @@ class Claim:
 
     @_privileged
     def rewrite(self, env: Envelope, *, sync_directory: bool = False) -> None:
-        """Replace the ``.busy`` envelope's bytes; the claim (lock) moves to the new inode.
+        """Replace the ``.busy`` envelope's bytes; the claim (lock, and mark) moves to the new inode.
         The new file is fsynced before the rename; ``sync_directory`` also makes the rename
         itself durable before returning (a partial delivery: the old recipient list must
         not come back after a power cut)."""
+        self._rewrite(env, mark=self._marked)
+        if sync_directory:
+            self.store.sync_directory()
+
+    def _rewrite(self, env: Envelope, *, mark: bool) -> None:
         busy = self.envelope_path
         tmp = busy.with_name(busy.name + TMP_SUFFIX)
         with contextlib.suppress(FileNotFoundError):
@@ -1198,6 +1322,7 @@ class Claim:
         fd = self.store._write_file(tmp, env.to_bytes())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            marked = mark and self.store._mark_claim(fd)  # before the rename: the name is never unmarked
             os.rename(tmp, busy)
         except OSError:
             os.close(fd)
@@ -1205,9 +1330,8 @@ class Claim:
                 os.unlink(tmp)
             raise
         self._swap_fd(fd)
+        self._marked = marked
         self._envelope = env
-        if sync_directory:
-            self.store.sync_directory()
 
     @_privileged
     def relock_if_replaced(self) -> bool:
@@ -1228,6 +1352,8 @@ class Claim:
             os.close(fd)
             raise
         self._swap_fd(fd)
+        if self._marked:  # the filter's new file is still our claim
+            self._marked = self.store._mark_claim(fd)
         return True
 
     def _swap_fd(self, fd: int) -> None:
@@ -1239,6 +1365,13 @@ class Claim:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def _unmark(self) -> None:
+        """Before the envelope leaves ``.busy``: a crash after this leaves an unmarked ``.busy`` (returned
+        late), never a marked envelope that another program's claim would carry (sent twice)."""
+        if self._marked and self._fd is not None:
+            self.store._unmark_claim(self._fd)
+            self._marked = False
 
     @_privileged
     def release(
@@ -1254,6 +1387,7 @@ class Claim:
                     self.store._record_deferral(self.id, reason, code, not_before)
             if not_before is not None:
                 os.utime(busy, (time.time(), not_before), follow_symlinks=False)
+            self._unmark()
             os.rename(busy, self.store._envelope(self.id, State.READY))
         finally:
             self._close()
@@ -1267,8 +1401,9 @@ class Claim:
             env = None
         bad = self.store._envelope(self.id, State.BAD)
         try:
+            self._unmark()  # a .bad keeps its inode: unfailed, it must not look like a claim of ours
             if env is not None:
-                self.rewrite(env.with_failure(reason, code))
+                self._rewrite(env.with_failure(reason, code), mark=False)
             else:  # unreadable: still record why, in one append (SPEC.md §3 reason lines)
                 failed = Envelope(from_address="").with_failure(reason, code)
                 tail = b"".join(line + b"\r\n" for line in failed.to_bytes().split(b"\r\n")[-3:-1])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from emailrelay.spool.store import CLAIM_MARK
 from tests.support.diff_forwarding import ENVELOPE, NO_PIPELINING, Run, as_client, both, same
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.oracle import daemon_base, daemon_group, needs_oracle, smtp_dialogue, start
@@ -106,7 +107,8 @@ def test_queue_tool_reads_a_reason_with_a_control_character(tmp_path: Path) -> N
 
 
 def _leftovers(spool: Path) -> dict[str, str]:
-    """A ready message, a claim left by a killed forwarder, a crashed store an hour old, a failure."""
+    """A ready message, a claim left by a killed forwarder of ours (marked as ours: emailrelay/spool/store.py
+    CLAIM_MARK), a crashed store an hour old, a failure."""
     spool.mkdir(parents=True, exist_ok=True)
     stamp = int(time.time())
     names = {
@@ -118,6 +120,7 @@ def _leftovers(spool: Path) -> dict[str, str]:
     old = time.time() - 3600
     for path in spool.glob(f"{names['.new']}.*"):
         os.utime(path, (old, old))
+    os.setxattr(spool / f"{names['.busy']}.envelope.busy", CLAIM_MARK, b"1")  # a claim of ours (marked)
     for path in spool.iterdir():
         daemon_group(path, 0o660)
     return names
