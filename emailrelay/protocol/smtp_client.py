@@ -64,7 +64,9 @@ What it guarantees:
   before :meth:`SmtpClient.tls_established`) are discarded.
 - Outgoing content has canonical CRLF line ends and is dot-stuffed (DATA) or
   framed (BDAT), see :mod:`emailrelay.protocol.content_encoding`.  Command
-  arguments holding CR, LF or NUL are refused with ``ValueError``.
+  arguments holding CR, LF or NUL are refused with ``ValueError``; a command is
+  sent in UTF-8, its surrogate escapes (an envelope's octets that are not
+  UTF-8) as the octets they stand for.
 - Authentication responses are never put in the trace.
 """
 
@@ -1018,4 +1020,4 @@ def _check_arg(text: str, what: str) -> None:
 
 
 def _command(line: str, expect: _Expect, trace: str | None = None) -> tuple[bytes, str, _Expect]:
-    return (line.encode("utf-8") + b"\r\n", line if trace is None else trace, expect)
+    return (line.encode("utf-8", "surrogateescape") + b"\r\n", line if trace is None else trace, expect)

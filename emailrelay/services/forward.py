@@ -51,15 +51,26 @@ What it guarantees:
   bus event each, through ``on_event``): a run starts at the first message
   claimed after a trigger (``forward: start: admin|poll|client disconnect``)
   and ends when the queue runs dry (``forward: end[: <its first error>]``); a
-  trigger that finds nothing says ``forward: end: no messages``; none for the
-  admin ``flush``, ``--immediate`` or ``--as-client``.
+  trigger that finds nothing says ``forward: end: no messages``; a next hop
+  given by name is ``resolving: <name>/<port>/<ip|ipv4|ipv6>`` before
+  ``connecting: <the address it resolved to>``; none for the admin
+  ``flush``, ``--immediate`` or ``--as-client``;
+- a trigger (admin ``forward``, a client's disconnect, a filter's rescan)
+  that comes during a run is upstream's ``forwarding: [<trigger>]: still busy
+  from last time[: connected to <peer>]``, and the last of them is asked again
+  when the run ends (``forwarding: queued request [<trigger>]``);
+- a message with only local recipients is failed (``no remote recipients``)
+  before anything else: no ``forwarding [<id>]`` line, client filter or
+  connection for it, as upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -72,6 +83,7 @@ from typing import Any, BinaryIO, TypeVar
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
+from ..errors import UsageError
 from ..policy.chain import build_client_filter
 from ..policy.verdicts import FilterOutcome
 from ..protocol import smtp_client as sc
@@ -80,9 +92,12 @@ from ..protocol.content_encoding import ContentScanner
 from ..spool.envelope import Envelope, EnvelopeError
 from ..spool.names import MessageId, State
 from ..spool.store import Claim, NewMessage, SpoolStore
+from ..transport_address import split_next_hop
 from . import retry
+from .listeners import format_address
 from .security import client_security
 from .smtp_connection import ConnectionTrouble, SmtpConnection
+from .socks import parse_forward_to
 from .spool_sweep import leftover_age
 
 READ_CHUNK = 256 * 1024
@@ -245,6 +260,13 @@ class ForwardService:
         self._run: str | None = None  # the trigger of the run in progress
         self._run_error: str | None = None  # the first error that ended it for a next hop
         self._next_run: str | None = None  # the trigger of the work queued for the next run
+        # triggers that came during a run (upstream's "still busy from last time"): their lines still
+        # to log, and the last of them, asked again when the run ends ("queued request")
+        self._busy_lines: list[str] = []
+        self._queued_request: str | None = None
+        self._undecided: list[str] = []  # ... came before the pending rescan told whether a run starts
+        self._run_said = False  # the run has logged its first message's line (they follow it)
+        self._opening: set[SmtpConnection] = set()  # connections not yet in the pool (connecting)
 
     def _emit(self, topic: str, **body: object) -> None:
         if self.on_event is not None:
@@ -357,7 +379,10 @@ class ForwardService:
 
     def request(self, trigger: str) -> None:
         """A named trigger (``client disconnect``, a filter's ``rescan``): logged as upstream logs
-        it, then a rescan (``forwarding: no messages to send`` when it finds nothing)."""
+        it, then a rescan (``forwarding: no messages to send`` when it finds nothing); during a
+        run, queued for its end (:meth:`_while_busy`)."""
+        if self._while_busy(trigger):
+            return
         self.log.verbose(f"forwarding: [{trigger}]")
         if time.monotonic() < self._held_until:
             return
@@ -365,12 +390,82 @@ class ForwardService:
         self._wake.set()
 
     def forward_all_now(self) -> None:
-        """Admin ``forward``: rescan and ignore back-off once (and a client filter's 102 hold)."""
+        """Admin ``forward``: rescan and ignore back-off once (and a client filter's 102 hold); during
+        a run, queued for its end (:meth:`_while_busy`)."""
+        if self._while_busy("admin"):
+            return
         self.log.verbose("forwarding: [admin]")
         self._trigger = "admin"
         self._held_until = 0.0
         self._ignore_backoff = True
         self._wake.set()
+
+    def _while_busy(self, trigger: str) -> bool:
+        """Whether a forwarding run is in progress: as E-MailRelay 2.6b, a trigger that comes then
+        says ``forwarding: [<trigger>]: still busy from last time[: connected to <peer>]`` and is
+        asked again when the run ends (the last one: ``forwarding: queued request [<trigger>]``).
+        A trigger that comes before the rescan of the one before it waits for that rescan: busy if
+        it starts a run, asked again (as now) if it does not."""
+        if self._in_run():
+            self._busy_lines.append(trigger)
+            self._queued_request = trigger
+            if self._run_said:
+                self._say_busy()
+            return True
+        if self._trigger is not None:
+            self._undecided.append(trigger)
+            return True
+        return False
+
+    def _in_run(self) -> bool:
+        """Messages queued, taken from the queue or claimed (not ``--immediate``'s: the client
+        session forwards those)."""
+        in_hand = [*self.known, *(c.id for c in self._claims)]
+        return any(mid not in self._immediate for mid in in_hand)
+
+    def _message_said(self, mid: MessageId) -> None:
+        """A message's first line is logged: the ``still busy`` lines waiting for it follow."""
+        if mid not in self._immediate:
+            self._run_said = True
+            self._say_busy()
+
+    def _say_busy(self) -> None:
+        """Log the ``still busy`` lines of the triggers that came during this run (after the run's
+        first ``forwarding [<id>]``, as upstream's come), with the connection in use if any."""
+        if not self._busy_lines:
+            return
+        conns = [*self._opening, *self.pool.keys]
+        peer = next((c.peer for c in conns if c.transport is not None and not c.transport.is_closing()), None)
+        connected = f": connected to {peer}" if peer is not None else ""
+        for trigger in self._busy_lines:
+            self.log.verbose(f"forwarding: [{trigger}]: still busy from last time{connected}")
+        self._busy_lines = []
+
+    def _decide(self, undecided: list[str]) -> None:
+        """The rescan that the ``undecided`` triggers waited for has queued what it found: a run
+        started (they are busy lines, said with its first message), or they are asked now."""
+        for trigger in undecided:
+            if self._in_run():
+                self._busy_lines.append(trigger)
+                self._queued_request = trigger
+            else:
+                self._ask(trigger)
+
+    def _ask(self, trigger: str) -> None:
+        if trigger == "admin":
+            self.forward_all_now()
+        else:
+            self.request(trigger)
+
+    def _run_done(self) -> None:
+        """A run ended (the queue ran dry): a trigger that came during it is asked again, as
+        upstream's ``forwarding: queued request [<trigger>]``."""
+        self._say_busy()
+        self._run_said = False
+        trigger, self._queued_request = self._queued_request, None
+        if trigger is not None:
+            self.log.verbose(f"forwarding: queued request [{trigger}]")
+            self._ask(trigger)
 
     # ---- life cycle -------------------------------------------------------------------
     async def start(self, *, initial: bool = True) -> None:
@@ -529,6 +624,8 @@ class ForwardService:
         for mid in due:
             self.known.add(mid)
             self.queue.put_nowait(mid)
+        undecided, self._undecided = self._undecided, []
+        self._decide(undecided)
 
     async def _reaper(self) -> None:
         while True:
@@ -576,6 +673,7 @@ class ForwardService:
                     self._held_until = time.monotonic() + self.config.poll
             if self.queue.empty() and not self._claims and not exit_when_empty:
                 self._run_ends()
+                self._run_done()
 
     def _summary(self, claim: Claim, outcome: Outcome, started: float, size: int | None) -> None:
         """``--log-format json``: one summary line per message forwarded, failed or deferred."""
@@ -759,6 +857,8 @@ class ForwardService:
             await self._in_thread(claim.release)
             self._left.add(mid)
             return Outcome("skipped")
+        if not env.to_remote:  # as E-MailRelay 2.6b: before its "forwarding [id]", a filter or a connection
+            return await self._no_remote_recipients(claim)
         routed = "".join(  # upstream's words and order
             f" {name}=[{value}]"
             for name, value in (
@@ -769,6 +869,7 @@ class ForwardService:
             if value
         )
         self.log.verbose(f"forwarding [{mid}]{routed}")
+        self._message_said(mid)
         pool = self.pool
         if mid in self._immediate:  # --immediate: the client session's own connection
             pool = self._session_pools.setdefault(self._immediate[mid], _Pool())
@@ -860,16 +961,50 @@ class ForwardService:
             prompt_timeout=self.config.prompt_timeout,
         )
         conn.on_network = self._network
-        if self._reports(mid):
-            conn.on_network = partial(self._on_connection, mid)
-            self._client_event(f"connecting: {hop}")
+        self._opening.add(conn)
         try:
+            if self._reports(mid):
+                conn.on_network = partial(self._on_connection, mid)
+                address = await self._resolving(hop)
+                if address is not None:
+                    self._client_event(f"connecting: {address}")
             await conn.open(self.config.connection_timeout, self.config.client_interface, self.security)
         except ConnectionTrouble:
             conn.abort()
             raise
+        finally:
+            self._opening.discard(conn)
         pool.keys[conn] = key
         return conn, False
+
+    async def _resolving(self, hop: str) -> str | None:
+        """The admin's notify, before a connection: a next hop given by name is resolved first, as
+        E-MailRelay 2.6b says (``resolving: <name>/<port>/<ip|ipv4|ipv6>``, the family of
+        ``--client-interface``); the address to say it connects to (an address, a unix socket or a
+        SOCKS proxy's target: as written), None when the name does not resolve (the connection then
+        fails with its dns error, and upstream says no ``connecting:``)."""
+        try:
+            target, proxy = parse_forward_to(hop)
+            host, port = split_next_hop(target)
+        except (ValueError, UsageError):
+            return hop
+        if proxy is not None or hop.startswith("/") or _is_address(host):
+            return hop
+        family, name = socket.AF_UNSPEC, "ip"
+        interface = self.config.client_interface
+        if interface and _is_address(interface):
+            six = ipaddress.ip_address(interface.partition("%")[0]).version == 6
+            family, name = (socket.AF_INET6, "ipv6") if six else (socket.AF_INET, "ipv4")
+        self._client_event(f"resolving: {host}/{port}/{name}")
+        lookup = asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+        try:
+            infos = await asyncio.wait_for(lookup, self.config.connection_timeout)
+        except (OSError, TimeoutError):
+            return None
+        if not infos:
+            return None
+        address = infos[0][4]
+        return format_address(str(address[0]), int(address[1]))
 
     async def _connection_trouble(self, claim: Claim, exc: ConnectionTrouble, hop: str) -> Outcome:
         self.session_error = self.session_error or exc.reason
@@ -877,16 +1012,20 @@ class ForwardService:
             self._session_trouble.add(claim.id)
         return await self._trouble(claim, exc, hop)
 
+    async def _no_remote_recipients(self, claim: Claim) -> Outcome:
+        """A message for local recipients only: failed, in upstream's words."""
+        self.log.warning(f"forwarding [{claim.id}]: failing message with no remote recipients")
+        outcome = await self._fail(claim, "no remote recipients", None, warn=False)
+        self._message_said(claim.id)
+        return outcome
+
     async def _ready_to_send(
         self, claim: Claim, env: Envelope, hop: str
     ) -> Outcome | tuple[bytes | None, int]:
         """The content (in memory when small) and its size, or the outcome of a message that
         cannot be sent: no remote recipients, no next hop, an unreadable or unsendable content."""
-        if not env.to_remote:
-            self.log.warning(  # upstream's
-                f"forwarding [{claim.id}]: failing message with no remote recipients"
-            )
-            return await self._fail(claim, "no remote recipients", None, warn=False)
+        if not env.to_remote:  # (a client filter took them out)
+            return await self._no_remote_recipients(claim)
         if not hop:
             return await self._fail(claim, "no remote server configured: use --forward-to", None)
         loaded = self._loaded.pop(claim.id, None)
@@ -1261,6 +1400,15 @@ def _without(todo: list[str], done: list[str]) -> list[str]:
         else:
             out.append(rcpt)
     return out
+
+
+def _is_address(host: str) -> bool:
+    """Whether ``host`` is an IP address (an IPv6 one with a zone too), not a name."""
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def _size(path: object) -> int | None:

@@ -16,6 +16,10 @@ Guarantees:
   (space, tab) around a value are not part of it, and nothing after
   ``X-MailRelay-End`` makes a file unusable: a failure reason's control
   characters are escaped (``\\r``, ``\\x01``), other lines kept as they are.
+- Octets that are not UTF-8 (an envelope written by hand or by another
+  program) are read as surrogate escapes and written back as the same
+  octets, as E-MailRelay 2.6b keeps them: a rewrite changes only what it
+  rewrites, and the forwarding client sends them to the next hop as stored.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ class Envelope:
                 continue
             out.append(f"{_KEY_PREFIX}{key}: {value}\r\n")
         out.extend(f"{t}\r\n" for t in self.extra_tail)
-        return "".join(out).encode("utf-8")
+        return "".join(out).encode("utf-8", "surrogateescape")
 
 
 def escape_reason(text: str) -> str:
@@ -178,10 +182,7 @@ def _escape_control(match: re.Match[str]) -> str:
 
 def parse(data: bytes) -> Envelope:
     """Parse envelope bytes (any readable format, CRLF or LF line ends)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
+    text = data.decode("utf-8", "surrogateescape")  # octets that are not UTF-8 kept as they are
     raw_lines = text.split("\n")
     if raw_lines and raw_lines[-1] == "":
         raw_lines.pop()
