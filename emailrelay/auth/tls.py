@@ -49,10 +49,24 @@ GUARANTEES
       is sent as SNI.
       ``verify_name`` without a verify value is refused rather than
       silently not checked.
+    * Alerts: a handshake that fails (an untrusted or missing client
+      certificate, a refused protocol version or cipher, an untrusted next
+      hop) sends OpenSSL's alert to the peer before the connection closes,
+      as E-MailRelay 2.6b does (the event loops' TLS layer, the standard
+      one's and uvloop's alike, drops it: it closes the socket with the
+      alert still in the outgoing buffer).  The contexts made here hand out
+      ``AlertingSSLObject``s, which put what the failed handshake left for
+      the peer on the exception (``tls_alert``); a caller of
+      ``loop.start_tls`` that holds an ``Alerts`` for the raw transport
+      (a duplicate of its socket, made before the handshake) sends it from
+      there once the loop has given up (so TLS at connect is done by
+      ``start_tls`` too, not the loop's ``ssl=``, whose socket nobody else
+      sees).  A handshake costs a ``dup`` and a ``close`` more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -66,6 +80,9 @@ from typing import Any
 from ..errors import UsageError
 
 __all__ = [
+    "AlertingContext",
+    "AlertingSSLObject",
+    "Alerts",
     "ClientContext",
     "TlsConfig",
     "check_peer_name",
@@ -209,7 +226,7 @@ def server_context(
     config = parse_tls_config(tls_config)
     if not split_certificate_files(certificate_files):  # (upstream's words for a missing option)
         raise UsageError("the --server-tls option requires --server-tls-certificate")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = AlertingContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_versions(ctx, config)
     _load_chain(ctx, certificate_files, "--server-tls-certificate")
     if verify:
@@ -257,7 +274,81 @@ def _ask_for_any_client_certificate(ctx: ssl.SSLContext) -> None:
         ctx.verify_mode = ssl.CERT_NONE
 
 
-class ClientContext(ssl.SSLContext):
+# ------------------------------------------------------------------ alerts of failed handshakes
+
+
+class AlertingSSLObject(ssl.SSLObject):
+    """An ``SSLObject`` whose failed handshake keeps what OpenSSL left in the outgoing buffer for
+    the peer (the alert: ``unknown ca``, ``handshake failure``, ...) on the exception it raises,
+    as ``tls_alert`` (bytes), for :class:`Alerts` to send."""
+
+    alert_bio: ssl.MemoryBIO | None = None
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            bio = self.alert_bio
+            if bio is not None and bio.pending:
+                exc.tls_alert = bio.read()  # type: ignore[attr-defined]
+            raise
+
+
+class AlertingContext(ssl.SSLContext):
+    """An ``SSLContext`` whose ``wrap_bio`` objects keep the alert of a failed handshake (module doc)."""
+
+    sslobject_class = AlertingSSLObject
+
+    def wrap_bio(  # type: ignore[override]
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        sslobj = super().wrap_bio(
+            incoming, outgoing, server_side=server_side, server_hostname=server_hostname, session=session
+        )
+        if isinstance(sslobj, AlertingSSLObject):
+            sslobj.alert_bio = outgoing
+        return sslobj
+
+
+class Alerts:
+    """The raw socket under a ``loop.start_tls`` (a duplicate of its descriptor, so it outlives the
+    event loop's close of a failed handshake), to send the failed handshake's alert on: see the
+    module doc.  Use as ``with Alerts(transport) as alerts: ... alerts.send(error)``."""
+
+    def __init__(self, transport: Any) -> None:
+        self._fd = -1
+        with contextlib.suppress(OSError, AttributeError, ValueError, TypeError):
+            self._fd = os.dup(transport.get_extra_info("socket").fileno())
+
+    def send(self, error: object) -> None:
+        """``error`` is what ``start_tls`` raised: its alert, if it has one, goes to the peer.  Nothing
+        of ours can still be queued before it: a handshake fails on what the peer sent in answer to
+        our last flight, which it therefore has."""
+        alert = getattr(error, "tls_alert", None)
+        if alert and self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._fd, alert)  # (non-blocking, a few bytes into an idle socket)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Alerts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ClientContext(AlertingContext):
     """An ``SSLContext`` that decides the ``server_hostname`` itself (see module doc)."""
 
     verify_name: str | None = None

@@ -23,6 +23,7 @@ import time
 from typing import Any, cast
 
 from .. import log as logmod
+from ..auth import tls
 
 #: loop turns it takes a connection that a listening server accepted to reach ``connection_made``
 #: (uvloop: one, a queued callback; the standard loop: two, the accepting task then a queued callback)
@@ -112,18 +113,25 @@ class LineSession(asyncio.Protocol, abc.ABC):
 
         Returns the TLS transport, now :attr:`transport` (reading afresh); or the handshake's error
         (nothing is logged or closed here: each caller logs its own lines and ends the session its
-        way); or None when the connection went away.  Bytes decrypted before it returns are kept
+        way; OpenSSL's alert has been sent to the client, :class:`~emailrelay.auth.tls.Alerts`); or
+        None when the connection went away.  Bytes decrypted before it returns are kept
         aside: the caller feeds them, with :meth:`_take_tls_early`, once its protocol knows that
         TLS is up."""
         assert self.transport is not None
         self._tls_early = []
-        try:
-            new_transport = await asyncio.get_running_loop().start_tls(
-                self.transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
-            )
-        except TLS_HANDSHAKE_ERRORS as exc:
-            self._tls_early = None
-            return exc
+        with tls.Alerts(self.transport) as alerts:  # a failed handshake's alert reaches the client
+            try:
+                new_transport = await asyncio.get_running_loop().start_tls(
+                    self.transport,
+                    self,
+                    context,
+                    server_side=True,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                )
+            except TLS_HANDSHAKE_ERRORS as exc:
+                alerts.send(exc)
+                self._tls_early = None
+                return exc
         if new_transport is None:
             self._tls_early = None
             return None

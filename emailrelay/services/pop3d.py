@@ -27,7 +27,8 @@ What it guarantees:
   reads, so a 100 MB message costs a few hundred KB;
 - failed logins are delayed (BruteForceGuard) and the session is closed
   after five of them; idle sessions are closed after ``--idle-timeout``;
-- plaintext sent after STLS is discarded; passwords are never logged.
+- plaintext sent after STLS is discarded; a failed STLS handshake sends the client
+  OpenSSL's alert before the close (:class:`~emailrelay.auth.tls.Alerts`); passwords are never logged.
 
 Logging is E-MailRelay 2.6b's: failed logins in its words (``failed authentication of remote
 client using mechanism [apop] and plaintext secret for [me] from line 1``, ``... and missing

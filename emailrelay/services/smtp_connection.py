@@ -19,9 +19,12 @@ error: unexpected response[: <text>]`` after the warning ``client protocol:
 unexpected response [...]``, ``tls: tls error: SSL_connect(): [<openssl
 error>]`` then ``peer disconnected: ssl connect``, the authentication
 errors), and the EHLO name is ``--domain`` when it has a dot, else the
-connection's local address.  Traced lines are cut as upstream cuts log
-lines (by the log, :func:`emailrelay.log.cut`), and the first reply line over 1000 octets
-in a process gets upstream's warning ``very long line detected``.
+connection's local address.  A TLS handshake that fails (STARTTLS or
+``--client-tls-connection``, both by ``loop.start_tls``) sends the next hop
+OpenSSL's alert first, as upstream's (:class:`~emailrelay.auth.tls.Alerts`).
+Traced lines are cut as upstream cuts log lines (by the log,
+:func:`emailrelay.log.cut`), and the first reply line over 1000 octets in a
+process gets upstream's warning ``very long line detected``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import contextlib
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from .. import log as logmod
@@ -152,6 +155,30 @@ class _ClientProtocol(asyncio.Protocol):
             await self._drain_waiter
 
 
+class _HeldUntilTls(asyncio.Protocol):
+    """The protocol of a ``--client-tls-connection`` socket until its handshake is done: keeps what
+    arrives meanwhile (the standard loop delivers the first data as the handshake ends), for
+    the session's protocol."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, Any]] = []
+
+    def data_received(self, data: bytes) -> None:
+        self._events.append(("data_received", data))
+
+    def eof_received(self) -> bool:
+        self._events.append(("eof_received", None))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._events.append(("connection_lost", exc))
+
+    def hand_over(self, protocol: asyncio.Protocol) -> None:
+        for name, arg in self._events:
+            getattr(protocol, name)(*(() if name == "eof_received" else (arg,)))
+        self._events = []
+
+
 class SmtpConnection:
     """One client session to one next hop."""
 
@@ -181,6 +208,7 @@ class SmtpConnection:
         self.selector = selector
         self.encrypted = False
         self.tls_refused = False
+        self._implicit = False  # --client-tls-connection: the protocol waits for the handshake
         self._leaving = False  # QUIT sent, or closed by us: the peer's end of file is expected
         self.authenticated_as: str | None = None
         # (direction, "start"|"stop", local, peer): the admin's status and notify (E-MailRelay's "OUT")
@@ -207,13 +235,12 @@ class SmtpConnection:
         security: ClientSecurity | None = None,
     ) -> sc.Capabilities:
         loop = asyncio.get_running_loop()
-        kwargs: dict[str, Any] = {}
-        implicit = security is not None and security.tls_implicit and security.tls_context is not None
+        implicit = security.tls_context if security is not None and security.tls_implicit else None
+        self._implicit = implicit is not None
         host_for_tls: str | None = None
+        coro: Coroutine[Any, Any, tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]
         if self.hop.startswith("/"):
-            if implicit:
-                kwargs.update(ssl=security.tls_context, server_hostname="localhost")  # type: ignore[union-attr]
-            coro = loop.create_unix_connection(lambda: _ClientProtocol(self), self.hop, **kwargs)
+            coro = loop.create_unix_connection(self._new_protocol, self.hop)
         else:
             try:
                 target, proxy = parse_forward_to(self.hop)
@@ -221,16 +248,14 @@ class SmtpConnection:
             except (ValueError, UsageError) as exc:
                 raise ConnectionTrouble(f"invalid next hop address [{self.hop}]: {exc}") from None
             host_for_tls = host
-            if implicit:
-                kwargs["ssl"] = security.tls_context  # type: ignore[union-attr]
             if proxy is not None:
-                if implicit:
-                    kwargs["server_hostname"] = host
-                coro = self._via_socks(proxy, host, port, connection_timeout, local_address, kwargs)
+                coro = self._via_socks(proxy, host, port, connection_timeout, local_address)
             elif local_address:
-                coro = self._bound_connect(host, port, local_address, kwargs)
+                coro = self._bound_connect(host, port, local_address)
             else:
-                coro = loop.create_connection(lambda: _ClientProtocol(self), host, port, **kwargs)
+                coro = loop.create_connection(self._new_protocol, host, port)
+        if implicit is not None:
+            coro = self._tls_at_connect(coro, implicit, host_for_tls or "localhost")
         try:
             transport, _ = await asyncio.wait_for(coro, connection_timeout)
         except TimeoutError:
@@ -294,7 +319,7 @@ class SmtpConnection:
                 await asyncio.wait_for(self._waiter, remaining)
 
     async def _bound_connect(
-        self, host: str, port: int, local_address: str, kwargs: dict[str, Any]
+        self, host: str, port: int, local_address: str
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         """``--client-interface``: a socket of the interface's family, bound to it, connected to the
         next hop's first address of that family.  As E-MailRelay 2.6b: a next hop address of the
@@ -304,9 +329,7 @@ class SmtpConnection:
         try:
             local = ipaddress.ip_address(local_address.partition("%")[0])
         except ValueError:  # not an address: asyncio says what is wrong with it
-            return await loop.create_connection(
-                lambda: _ClientProtocol(self), host, port, local_addr=(local_address, 0), **kwargs
-            )
+            return await loop.create_connection(self._new_protocol, host, port, local_addr=(local_address, 0))
         family = socket.AF_INET6 if local.version == 6 else socket.AF_INET
         try:
             literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
@@ -337,9 +360,7 @@ class SmtpConnection:
         except BaseException:
             sock.close()
             raise
-        if "ssl" in kwargs:
-            kwargs = {"server_hostname": host, **kwargs}
-        return await loop.create_connection(lambda: _ClientProtocol(self), sock=sock, **kwargs)
+        return await loop.create_connection(self._new_protocol, sock=sock)
 
     async def _via_socks(
         self,
@@ -348,7 +369,6 @@ class SmtpConnection:
         port: int,
         timeout: float,
         local_address: str | None,
-        kwargs: dict[str, Any],
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         """``--forward-to host:port@proxy:port``: connect through a SOCKS 4a (or ``socks5://``) proxy."""
         sock = await open_via_socks(
@@ -360,9 +380,40 @@ class SmtpConnection:
             timeout=timeout,
             local_address=local_address,
         )
-        return await asyncio.get_running_loop().create_connection(
-            lambda: _ClientProtocol(self), sock=sock, **kwargs
-        )
+        return await asyncio.get_running_loop().create_connection(self._new_protocol, sock=sock)
+
+    def _new_protocol(self) -> asyncio.Protocol:
+        """The connected socket's protocol: the session's, or with ``--client-tls-connection`` one that
+        holds what arrives until :meth:`_tls_at_connect` has made the session's."""
+        return _HeldUntilTls() if self._implicit else _ClientProtocol(self)
+
+    async def _tls_at_connect(
+        self,
+        connecting: Coroutine[Any, Any, tuple[asyncio.BaseTransport, asyncio.BaseProtocol]],
+        context: ssl.SSLContext,
+        host: str,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """``--client-tls-connection``: the handshake on the connected socket, by ``start_tls`` rather
+        than the loop's ``ssl=``, so that a failed one sends the next hop its alert (:class:`tls.Alerts`);
+        the session's protocol is then made as the loop would make it, and given what came meanwhile."""
+        transport, held = await connecting
+        assert isinstance(held, _HeldUntilTls)
+        with tls.Alerts(transport) as alerts:
+            try:
+                tls_transport = await asyncio.get_running_loop().start_tls(
+                    transport, held, context, server_hostname=host
+                )
+            except BaseException as exc:
+                alerts.send(exc)
+                transport.abort()
+                raise
+        if tls_transport is None:  # (closed meanwhile)
+            raise ConnectionResetError("connection closed during the tls handshake")
+        protocol = _ClientProtocol(self)
+        tls_transport.set_protocol(protocol)
+        protocol.connection_made(tls_transport)
+        held.hand_over(protocol)
+        return tls_transport, protocol
 
     async def _session_ready(self) -> sc.Capabilities:
         if self.prompt_timeout is not None and self.prompt_timeout > 0:  # as upstream: the greeting
@@ -404,14 +455,16 @@ class SmtpConnection:
                 raise self.trouble(event)
             raise ConnectionTrouble("smtp error: unexpected response")
         assert self.transport is not None and self.protocol is not None
-        try:
-            new_transport = await asyncio.get_running_loop().start_tls(
-                self.transport, self.protocol, context, server_hostname=host, ssl_handshake_timeout=30.0
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self.abort()
-            self.log.warning(f"tls: tls error: {_tls_error(exc)}")
-            raise ConnectionTrouble("peer disconnected: ssl connect") from None
+        with tls.Alerts(self.transport) as alerts:  # (a failed handshake's alert reaches the next hop)
+            try:
+                new_transport = await asyncio.get_running_loop().start_tls(
+                    self.transport, self.protocol, context, server_hostname=host, ssl_handshake_timeout=30.0
+                )
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                alerts.send(exc)
+                self.abort()
+                self.log.warning(f"tls: tls error: {_tls_error(exc)}")
+                raise ConnectionTrouble("peer disconnected: ssl connect") from None
         self.transport = cast(asyncio.Transport, new_transport)
         if not self.tls_up():
             raise ConnectionTrouble("peer disconnected: ssl connect")

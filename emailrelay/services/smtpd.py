@@ -22,7 +22,9 @@ What it guarantees:
   reading pauses while a decision is pending or while the peer does not read
   its replies;
 - non-local clients are refused unless ``--remote-clients``; idle sessions
-  are closed after ``--idle-timeout``.
+  are closed after ``--idle-timeout``;
+- a failed TLS handshake (STARTTLS or ``--server-tls-connection``) sends the
+  client OpenSSL's alert before the close (:class:`~emailrelay.auth.tls.Alerts`).
 """
 
 from __future__ import annotations
