@@ -27,10 +27,10 @@ printed as ``info``) and ``debug`` (``--debug``).
 Guarantees: a fatal startup error logged with :meth:`Log.error` is written
 and flushed before the caller exits, in the ``^emailrelay: [0-9.]*: error:``
 form scripts grep for; log text is made printable so a hostile peer cannot
-forge log lines with CR/LF; a line over 1016 octets is cut as E-MailRelay
-2.6b cuts it (:func:`cut`: its first 1017 octets and `` ...``, JSON lines
-aside); raw octets (a file name, an argument) are written as they are, never
-a lost line.
+forge log lines with CR/LF; a long line is cut as E-MailRelay 2.6b cuts it
+(:func:`cut`: its first 1040 octets and `` ...``, counting upstream's unseen
+source context, JSON lines aside); raw octets (a file name, an argument) are
+written as they are, never a lost line.
 """
 
 from __future__ import annotations
@@ -108,21 +108,50 @@ def tagged(name: str, text: str) -> str:
     return f"[{name}] {text}" if name else text
 
 
-#: E-MailRelay 2.6b's cut of a log line: one of more octets (its whole line, the program's name and any
-#: time and address included) is written as its first ``LINE_LIMIT + 1`` octets and `` ...``.
-LINE_LIMIT = 1016
+#: E-MailRelay 2.6b's cut of a log line: it builds the line (program name, time, level, address, ...)
+#: with the source context of the code that logs it (``GSmtp::ClientProtocol: ``, written only with
+#: ``--debug``) in a buffer of ``LINE_LIMIT`` octets; a line that fills it is written as its first
+#: ``LINE_LIMIT`` octets and `` ...``, and then without the context.  So the visible cut depends on
+#: the logging code: :func:`upstream_context` gives the length of the one upstream would count.
+LINE_LIMIT = 1040
 _CUT_MARK = " ..."
 
+#: E-MailRelay 2.6b's contexts, measured with ``--debug``: its SMTP traces (``rx<<:``, a client's
+#: ``tx>>:``), the default for lines whose context was not measured (it keeps 1017 octets)
+_TRACE_CONTEXT = "GSmtp::ClientProtocol: "
+_SERVER_SEND_CONTEXT = "GSmtp::ServerSend: "  # an SMTP server's tx>>:
+_FILTER_DONE_CONTEXT = "GSmtp::ProtocolMessageStore::filterDone: "  # rejected by filter, response=[..]
+_FILTER_FAILED_CONTEXT = "GFilters::ExecutableFilter::onTaskDone: "  # filter [x] failed: exit code ..
+# a line of fewer characters is never cut, whatever its context and characters
+_SHORT = (LINE_LIMIT - len(_FILTER_DONE_CONTEXT)) // 4
 
-def cut(line: str) -> str:
-    """``line`` as E-MailRelay 2.6b writes a long one (:data:`LINE_LIMIT`), but in whole characters:
-    a UTF-8 character the cut would split is left out (upstream writes its first octets)."""
-    if len(line) <= LINE_LIMIT // 4:  # (the common case: short whatever its characters)
+
+def upstream_context(level: int, text: str, *, smtp_server: bool = False) -> int:
+    """The length of the context E-MailRelay 2.6b counts in the cut of a line of ``level`` saying
+    ``text`` (``smtp_server``: logged by an SMTP server session)."""
+    if text.startswith("tx>>: ") and smtp_server:
+        return len(_SERVER_SEND_CONTEXT)
+    if text.startswith("filter ["):
+        if level == WARNING and "] failed: " in text:
+            return len(_FILTER_FAILED_CONTEXT)
+        if level != WARNING and " response=[" in text:
+            return len(_FILTER_DONE_CONTEXT)
+    elif text.startswith("rejected by filter: "):
+        return len(_FILTER_DONE_CONTEXT)
+    return len(_TRACE_CONTEXT)
+
+
+def cut(line: str, context: int = len(_TRACE_CONTEXT)) -> str:
+    """``line`` as E-MailRelay 2.6b writes a long one whose unseen context (:data:`LINE_LIMIT`) is
+    ``context`` octets, but in whole characters: a UTF-8 character the cut would split is left out
+    (upstream writes its first octets)."""
+    keep = LINE_LIMIT - context
+    if len(line) < keep // 4:  # (the common case: short whatever its characters)
         return line
     data = line.encode("utf-8", "surrogateescape")
-    if len(data) <= LINE_LIMIT:
+    if len(data) < keep:
         return line
-    end = _whole(data, LINE_LIMIT + 1)
+    end = _whole(data, keep)
     return data[:end].decode("utf-8", "surrogateescape") + _CUT_MARK
 
 
@@ -286,7 +315,9 @@ class Log:
                 body = self._with_fields(text, address, port, msgid, msgid_in_text)
             else:
                 body = f"{address}; {text}" if (address and c.with_address) else text
-            line = cut(": ".join(parts) + ": " + body)
+            line = ": ".join(parts) + ": " + body
+            if len(line) >= _SHORT:  # (the common case, short whatever its characters, skips the look)
+                line = cut(line, upstream_context(level, text, smtp_server=not msgid_in_text))
         self._write(line)
         if c.syslog:  # the whole line after the ident, program name included, as E-MailRelay 2.6b
             self._syslog(level, line)
