@@ -190,6 +190,7 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     forwarder.on_event = bus.publish  # its events (the admin's notify too) go on the bus
     forwarder.reports_idle = index == 0  # one "forward: end: no messages" per trigger, not one per process
     bus.subscribe([schema.SPOOL_READY, schema.CMD_FORWARD, schema.CMD_FLUSH])
+    heard: dict[str, float] = {}  # when an admin forward last came over the bus (time.time())
 
     async def rings() -> None:
         async for topic, body in bus.messages():
@@ -202,6 +203,8 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
             elif body.get("backoff"):  # a disconnect (--forward-on-disconnect) or a filter's 103
                 forwarder.request(str(body.get("trigger") or "rescan"))
             else:
+                if topic == schema.CMD_FORWARD:
+                    heard["forward"] = time.time()
                 forwarder.forward_all_now()  # admin forward / flush
 
     await forwarder.start(initial=True)
@@ -214,10 +217,13 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
 
     def settled() -> None:
         """Doorbells rung before our subscription reached the bus are lost: an admin ``forward``
-        since we started is done again (its stamp); with --poll one more rescan; otherwise
+        since we started that the bus did not bring is done again (its stamp); with --poll one more rescan; otherwise
         (--forward-on-disconnect) what a disconnect or a filter asked for since we started, as of
         when it asked: messages committed later may be in a session still open."""
-        if asked_since_we_started(FORWARD_STAMP) is not None:
+        asked = asked_since_we_started(FORWARD_STAMP)
+        # (the admin touches the stamp, then publishes: a forward heard since the stamp's time is
+        # the one it records, already done: doing it again would log a second "forwarding: [admin]")
+        if asked is not None and heard.get("forward", 0.0) < asked - STAMP_SLACK:
             forwarder.forward_all_now()
         if rung_by_notify:
             forwarder.ring()

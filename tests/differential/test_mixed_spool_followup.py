@@ -94,7 +94,7 @@ def test_ours_daemon_leaves_upstreams_live_claim(tmp_path: Path) -> None:
         try:
             with start("ours", base, "--forward-to", hop.address, "--poll", "1") as relay:
                 started = (f"leaving [{name}.envelope.busy]", f"recovered claim on [{name}]")
-                assert wait_until(lambda: any(s in relay.log() for s in started), 10), relay.log()
+                assert wait_until(lambda: any(s in relay.log() for s in started), 30), relay.log()
                 _sent_once(proc, hop, spool)
                 assert started[0] in relay.log() and started[1] not in relay.log()
         finally:
