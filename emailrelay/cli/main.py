@@ -26,6 +26,7 @@ from .. import log as logmod
 from ..config import Config, from_values
 from ..errors import EmailRelayError, OptionError, UsageError
 from ..services import daemon, listeners, sd_notify, security
+from ..services.forward_to_lookup import warn_if_forward_to_unresolvable
 from . import preflight, watchers
 from .log_options import log_config
 from .parse import Value, app_dir, configuration_values, expand_shorthands, parse_command_line
@@ -155,6 +156,7 @@ def bind(config: Config, group: int | None = None) -> list[listeners.Bound]:
 
 def _bind(config: Config, group: int | None) -> list[listeners.Bound]:
     single_shot = config.as_client or config.dont_serve
+    warn_if_forward_to_unresolvable(config)  # upstream's start-up warning, first
     if config.immediate and not single_shot:  # upstream's start-up warning, word for word, first
         logmod.get().warning(
             "using --immediate can result in client timeout errors: try --forward-on-disconnect instead"

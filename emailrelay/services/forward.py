@@ -61,7 +61,10 @@ What it guarantees:
   when the run ends (``forwarding: queued request [<trigger>]``);
 - a message with only local recipients is failed (``no remote recipients``)
   before anything else: no ``forwarding [<id>]`` line, client filter or
-  connection for it, as upstream.
+  connection for it, as upstream;
+- a client filter that leaves its envelope unreadable fails the message with
+  upstream's reader's words (``cannot read envelope file: expected
+  "X-MailRelay-<field>:"`` and the like) and code 550, without a warning line.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import os
 import socket
 import time
@@ -89,7 +93,7 @@ from ..policy.verdicts import FilterOutcome
 from ..protocol import smtp_client as sc
 from ..protocol.addresses import xtext_decode, xtext_encode
 from ..protocol.content_encoding import ContentScanner
-from ..spool.envelope import Envelope, EnvelopeError
+from ..spool.envelope import READABLE_FORMATS, Envelope, EnvelopeError
 from ..spool.names import MessageId, State
 from ..spool.store import Claim, NewMessage, SpoolStore
 from ..transport_address import split_next_hop
@@ -890,8 +894,10 @@ class ForwardService:
                     env = await self._in_thread(claim.envelope, reread=True)  # the filter may have edited it
                     if not env.forward_to:  # only a routing filter routes: upstream ignores this one's
                         env = replace(env, forward_to_address=route)
-                except (OSError, EnvelopeError) as exc:
+                except OSError as exc:
                     early = await self._fail(claim, f"invalid envelope after client filter: {exc}", None)
+                except EnvelopeError as exc:  # as E-MailRelay 2.6b: its reader's words, 550, no warning
+                    early = await self._fail_unreadable(claim, exc)
             if early is not None:
                 if held is not None:
                     pool.give(held[0])
@@ -1323,6 +1329,16 @@ class ForwardService:
         self.failures += 1
         return Outcome("failed", code or 554, reason)
 
+    async def _fail_unreadable(self, claim: Claim, exc: EnvelopeError) -> Outcome:
+        """Fail a message whose envelope a client filter left unreadable, as E-MailRelay 2.6b does:
+        ``cannot read envelope file: <what its reader expected>``, code 550, no warning line."""
+        try:
+            data = await self._in_thread(claim._reread)
+        except OSError:
+            data = None
+        reason = _unreadable_reason(data, exc) if data is not None else f"{_CANNOT_READ}{exc}"
+        return await self._fail(claim, reason, 550, warn=False)
+
     async def _retry(self, claim: Claim, reason: str, code: int | None) -> Outcome:
         if not self.backoff:  # left as it is, for the next trigger (upstream keeps no schedule)
             try:
@@ -1381,6 +1397,65 @@ def _fail_claim(
         except OSError as exc:
             rewrite_error = exc
     return claim.fail(reason, code), rewrite_error
+
+
+_FIELDS_AFTER_TO = (  # format #2821.8's fields after the recipients, in the order they are written
+    "Authentication",
+    "Client",
+    "ClientCertificate",
+    "MailFromAuthIn",
+    "MailFromAuthOut",
+    "ForwardTo",
+    "ForwardToAddress",
+    "ClientAccountSelector",
+    "Utf8MailboxNames",
+)
+
+
+_CANNOT_READ = "cannot read envelope file: "
+
+
+class _Unexpected(Exception):
+    """The first thing E-MailRelay 2.6b's envelope reader would have stopped at."""
+
+
+def _unreadable_reason(data: bytes, exc: EnvelopeError) -> str:
+    """What E-MailRelay 2.6b says of an envelope our parser refused (``exc``). Its reader takes the
+    fields of the current format in their written order, so it says ``cannot read envelope file:``
+    and the first one out of place (``expected "X-MailRelay-<field>:"``, ``unknown format id:
+    <id>``, ``bad 'to' line``, ``no end line``), or, without that prefix, that the ToCount is no
+    number. An older format, or a fault its reader would not see (a control character): the prefix
+    and our parser's words."""
+    lines = iter(line.removesuffix("\r") for line in data.decode("utf-8", "surrogateescape").split("\n"))
+
+    def field(key: str) -> str:
+        prefix = f"X-MailRelay-{key}:"
+        line = next(lines, "")
+        if not line.startswith(prefix):
+            raise _Unexpected(f'expected "{prefix}"')
+        return line[len(prefix) :].strip(" \t")
+
+    try:
+        fmt = field("Format")
+        if fmt != "#2821.8":
+            raise _Unexpected(str(exc) if fmt in READABLE_FORMATS else f"unknown format id: {fmt}")
+        field("Content")
+        field("From")
+        count = field("ToCount")
+        if not (count.isascii() and count.isdigit()):
+            return f"string conversion error: invalid format: expected unsigned integer: {count}"
+        for _ in range(int(count)):
+            if not next(lines, "").startswith(("X-MailRelay-To-Local:", "X-MailRelay-To-Remote:")):
+                raise _Unexpected("bad 'to' line")
+        for key in _FIELDS_AFTER_TO:
+            field(key)
+            if key == "ClientCertificate":  # and its folded lines
+                lines = itertools.dropwhile(lambda line: line.startswith((" ", "\t")), lines)
+        if not next(lines, "").startswith("X-MailRelay-End:"):
+            raise _Unexpected("no end line")
+    except _Unexpected as unexpected:
+        return f"{_CANNOT_READ}{unexpected}"
+    return f"{_CANNOT_READ}{exc}"
 
 
 def _remove_claim(claim: Claim) -> int | None:
