@@ -1333,7 +1333,7 @@ class ForwardService:
         """Fail a message whose envelope a client filter left unreadable, as E-MailRelay 2.6b does:
         ``cannot read envelope file: <what its reader expected>``, code 550, no warning line."""
         try:
-            data = await self._in_thread(claim._reread)
+            data = await self._in_thread(claim.envelope_bytes)
         except OSError:
             data = None
         reason = _unreadable_reason(data, exc) if data is not None else f"{_CANNOT_READ}{exc}"

@@ -1294,13 +1294,14 @@ class Claim:
         return os.fdopen(safe_files.open_read_nofollow(self.content_path), "rb")
 
     @_privileged
-    def _reread(self) -> bytes:
+    def envelope_bytes(self) -> bytes:
+        """The ``.busy`` envelope's bytes as they are now (a client filter may have edited them)."""
         return safe_files.read_nofollow(self.envelope_path)
 
     def envelope(self, *, reread: bool = False) -> Envelope:
         """The envelope; ``reread`` after a client filter may have edited the file."""
         if reread or self._envelope is None:
-            data = self._reread() if reread else self._raw
+            data = self.envelope_bytes() if reread else self._raw
             self._envelope = envelope_format.parse(data)
         return self._envelope
 
