@@ -1,8 +1,8 @@
 """Logging and DNSBL against E-MailRelay 2.6b (follow-up of the logging probe).
 
-What it is for: the cut of a long log line (upstream writes a line of more than 1016 octets as
-its first 1017 and `` ...``, whatever the time or address prefix: measured on its rx<< and
-forwarding traces), a log file that gets raw octets instead of losing the line, and ``--dnsbl``'s
+What it is for: the cut of a long log line (upstream writes a trace line of more than 1016 octets
+as its first 1017 and `` ...``, whatever the time or address prefix: measured on its rx<< and
+forwarding traces; other kinds of line keep other lengths, test_logging_followup2.py), a log file that gets raw octets instead of losing the line, and ``--dnsbl``'s
 log lines (a verbose line per zone in the configuration's order once decided, upstream's
 ``client address [a] blocked by [z1] [z2]`` and time-out warnings, nothing more when a client is
 let in).  The ours-only tests run everywhere; the ones comparing with upstream skip without
