@@ -262,4 +262,7 @@ async def test_dnsbl_timeout_zero_lets_every_client_in(
 def test_dnsbl_timeout_zero_as_upstream(dns_netns: Netns, tmp_path: Path) -> None:
     got = _dnsbl_session(dns_netns, tmp_path, "0,1,listed.example,slow.example")
     assert got["ours"][1] == got["upstream"][1] and got["ours"][1], json.dumps(got, indent=1)
-    assert got["ours"][0].startswith("b'220 ") and got["upstream"][0].startswith("b'220 ")
+    assert got["ours"][0].startswith("b'220 ")
+    # (upstream's zero time-out races its own session: once in CI it logged the same lines and closed
+    # without a greeting; it lets the client in otherwise)
+    assert got["upstream"][0].startswith("b'220 ") or got["upstream"][0] == "b''", got
