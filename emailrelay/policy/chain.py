@@ -26,7 +26,9 @@ What it guarantees:
   ``filter``, ``client-filter`` or ``routing-filter`` (a client filter run
   early for a ``ForwardTo``), ``<names>`` the filters' names joined by
   commas, the outcome that of the last filter run, ``+rescan`` (``+break``)
-  shown when any filter run asked for it; the reason is shown when it differs
+  shown when any filter run asked for it; the response and the reason are
+  the filter's own (each filter words a rejection without a text itself:
+  ``rejected``), empty ones too, and the reason is shown when it differs
   from the response; a chain of ``exit:0`` alone logs nothing, as upstream's;
 - many messages may be filtered at once (no lock is shared between calls).
 
@@ -181,8 +183,8 @@ class FilterChain:
             word, response, reason = "ok(abandon)", "", ""
         else:
             word = "failed"
-            response = result.reason if result.reason or result.code else "rejected"
-            reason = result.detail or response
+            # each filter's own texts, as it gave them: empty ones too (a net: answer "<tab>why")
+            response, reason = result.reason, result.detail
         if stop:
             word += " +break"
         elif not ctx.client and rescan:

@@ -34,6 +34,9 @@ What it guarantees:
   such line the reason (log and ``.bad`` only); an empty one (``<<>>``) still
   counts as one of the two; without a response text it is ``rejected``;
   control characters are shown escaped (``\t``, ``\0``, ``\x01``);
+- a program's output is text of any octets, as upstream's: what is not UTF-8
+  (``caf\xe9``) is kept as it came (decoded with ``surrogateescape``), so the
+  SMTP reply, the log and an envelope get the program's very octets;
 - exit codes as E-MailRelay 2.6b maps them (:func:`result_for_exit_code`):
   0 and 101 ok; 100 abandon; 103 ok and, server side, rescan; server side
   102 abandon + rescan and 104 fail + rescan; client side 102 ok + stop
@@ -268,7 +271,7 @@ def parse_response(output: bytes) -> tuple[str, int | None, str]:
     text without its code (``rejected`` when there is none or it is empty), the reason the second
     one's text (the response when there is none or it is empty)."""
     found: list[str] = []
-    text = output[:SEARCH_LIMIT].decode("utf-8", "replace")
+    text = output[:SEARCH_LIMIT].decode("utf-8", "surrogateescape")
     for line in text.splitlines():
         marked = _marked(line)
         if marked is not None:
@@ -447,8 +450,9 @@ def verdict_for(
 
 def two_lines(output: bytes) -> tuple[str, str]:
     """A verifier's first two lines, as upstream reads them: every CR dropped (``a\\rb`` is ``ab``),
-    the output's trailing white space trimmed, then split at LF."""
-    lines = output.decode("utf-8", "replace").replace("\r", "").rstrip(" \t\n").split("\n")
+    the output's trailing white space trimmed, then split at LF; octets that are not UTF-8 kept as
+    they came (``surrogateescape``)."""
+    lines = output.decode("utf-8", "surrogateescape").replace("\r", "").rstrip(" \t\n").split("\n")
     return lines[0], lines[1] if len(lines) > 1 else ""
 
 

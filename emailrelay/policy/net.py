@@ -4,8 +4,9 @@ What it is for (reference guide, "Network filters", "Address verifier servers"):
 
 - filter: for each message send the absolute content path and a newline; the
   answer is one line, starting with ``ok`` (or empty) to accept, anything else is
-  the rejection response (a leading ``4xx ``/``5xx `` sets the SMTP code;
-  text after a TAB is the log-only reason); no answer in time, or a server
+  the rejection response as it came, white space included (a leading ``4xx ``/``5xx ``
+  sets the SMTP code; text after a TAB is the log-only reason; a response that is
+  empty, as in ``<TAB>reason``, stays empty: ``452 ``); no answer in time, or a server
   that closes, fails the message with the response ``failed`` (E-MailRelay
   2.6b's texts);
 - verifier: send the verifier's six arguments joined with ``|``; the answer is
@@ -28,7 +29,8 @@ a server that cannot be reached or answers too late fails the message
 (filter: ``452 failed``) or is a temporary ``450 cannot verify``
 (verifier), never an accept; an answer line of any length is an answer
 (upstream's take them all), of which the first :data:`LINE_LIMIT` bytes count
-(the rest is read and dropped).
+(the rest is read and dropped); an answer's octets that are not UTF-8 are kept as
+they came (decoded with ``surrogateescape``), as upstream passes them on.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ class ConnectionPool:
                 conn.close()
                 raise
             self.give(conn)
-            return line.decode("utf-8", "replace").rstrip("\r\n")
+            return line.decode("utf-8", "surrogateescape").rstrip("\r\n")
 
     async def close(self) -> None:
         for conn in self.idle:
@@ -235,8 +237,9 @@ class NetFilter:
     def result_for(self, line: str, ctx: FilterContext) -> FilterResult:
         """E-MailRelay 2.6b's reading of the answer: one that starts with ``ok`` (``ok then``,
         ``ok<tab>...`` too) or nothing accepts; otherwise the text before a tab is the response (a
-        leading code sets the SMTP code) and the text after it, or else the whole text, the reason."""
-        line = line.rstrip()
+        leading code sets the SMTP code) and the text after it, or else the whole text, the reason.
+        Neither is trimmed nor replaced when empty: `` `` is a rejection ``452  ``, ``<tab>why`` one
+        with an empty response (``452 ``), ``x<tab>`` one with an empty reason, as upstream's."""
         if line.startswith("ok") or not line:
             return FilterResult.accept()
         text, tab, after = line.partition("\t")

@@ -107,6 +107,7 @@ from emailrelay.protocol.addresses import (
 )
 from emailrelay.protocol.line_buffer import LineBuffer, LocalProtocolError
 from emailrelay.protocol.sasl import b64decode_strict
+from emailrelay.protocol.wire_octets import encode_line
 
 __all__ = [
     "NEED_DATA",
@@ -695,9 +696,7 @@ class SmtpServer(LineBuffer):
         lines = text.replace("\r", "").split("\n")
         last = len(lines) - 1
         self._out.append(
-            "".join(f"{code}{' ' if i == last else '-'}{s}\r\n" for i, s in enumerate(lines)).encode(
-                "utf-8", "replace"
-            )
+            encode_line("".join(f"{code}{' ' if i == last else '-'}{s}\r\n" for i, s in enumerate(lines)))
         )
         if code not in _PROTOCOL_ERRORS or not counts_as_error:
             return

@@ -9,7 +9,8 @@ peer does not read or while a slow decision runs), writing with
 
 Guarantees: reading is paused whenever writing is paused or a decision task
 runs, and resumed only when neither holds; nothing is written to a closing
-transport; traces never contain the line ends. Subclasses provide
+transport; traces never contain the line ends, and show a reply's octets as
+they were sent (those that are not UTF-8 too). Subclasses provide
 ``_pump`` (take protocol events), ``_idle_check`` (what an idle timeout
 does) and ``_log_address`` (the address shown in log lines, or None).
 """
@@ -172,7 +173,8 @@ class LineSession(asyncio.Protocol, abc.ABC):
         address = self._log_address() if addressed else None
         for line in data.split(b"\r\n"):
             if line:
-                self.log.verbose(f'tx>>: "{line.decode("utf-8", "replace")}"', address)
+                # (octets that are not UTF-8, a filter's or verifier's, logged as they were sent)
+                self.log.verbose(f'tx>>: "{line.decode("utf-8", "surrogateescape")}"', address)
 
     def _trace_rx(self, line: str) -> None:
         if line:

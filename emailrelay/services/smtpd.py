@@ -24,7 +24,11 @@ What it guarantees:
 - non-local clients are refused unless ``--remote-clients``; idle sessions
   are closed after ``--idle-timeout``;
 - a failed TLS handshake (STARTTLS or ``--server-tls-connection``) sends the
-  client OpenSSL's alert before the close (:class:`~emailrelay.auth.tls.Alerts`).
+  client OpenSSL's alert before the close (:class:`~emailrelay.auth.tls.Alerts`);
+- a verifier's or filter's octets that are not UTF-8 (``caf\\xe9``) reach the
+  reply and the log as they came, and a verifier's the envelope too (an address
+  of them is not made an A-label, nor counted as a UTF-8 mailbox name), as
+  E-MailRelay 2.6b's do.
 """
 
 from __future__ import annotations
@@ -683,7 +687,8 @@ class SmtpSession(LineSession):
             ev.address, self.tx.mail_from, self.peer, self.auth_mechanism, self.auth_id
         )
         if verdict.kind is RecipientKind.REMOTE:
-            self.tx.to_remote.append(to_alabels(verdict.address))
+            address = verdict.address  # a verifier's octets that are not UTF-8 stored as they came
+            self.tx.to_remote.append(to_alabels(address) if _utf8(address) else address)
             self.proto.accept()
         elif verdict.kind is RecipientKind.LOCAL:
             self.tx.to_local.append(verdict.mailbox)
@@ -863,8 +868,8 @@ class SmtpSession(LineSession):
         client ``<code or 452> <response>``."""
         self.tx.message = None
         msg.abandon()  # a message rejected by a server-side filter is deleted, as upstream does
-        response = result.reason if result.reason or result.code else "rejected"
-        self.log.info(f"rejected by filter: [{result.detail or response}]")
+        response = result.reason  # the filter's own words, empty ones too (a net: answer "<tab>why")
+        self.log.info(f"rejected by filter: [{result.detail}]")
         if self.service.hooks.on_reject is not None:
             self.service.hooks.on_reject(response)
         self.proto.reject(result.code or 452, printable(response))  # escaped once more, as upstream
@@ -1014,8 +1019,10 @@ class SmtpSession(LineSession):
             client_certificate=self.client_certificate,
             mail_from_auth_in=tx.auth_in,
             # upstream's rule: whether any stored address is still non-ASCII once its domain is in
-            # A-labels, with or without SMTPUTF8
-            utf8_mailbox_names=not all(a.isascii() for a in (tx.mail_from, *tx.to_remote, *tx.to_local)),
+            # A-labels, with or without SMTPUTF8, and UTF-8 (a verifier's "caf\xe9@..." is not)
+            utf8_mailbox_names=any(
+                not a.isascii() and _utf8(a) for a in (tx.mail_from, *tx.to_remote, *tx.to_local)
+            ),
         )
 
     def _discard_message(self) -> None:
@@ -1029,6 +1036,16 @@ class SmtpSession(LineSession):
 
 
 _HIDDEN = "[authentication response not logged]"
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is all characters: no octet that was not UTF-8 (a ``surrogateescape``
+    stand-in, from a verifier's or filter's output)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def traced_rx(line: str, latin1: bool = False) -> str:

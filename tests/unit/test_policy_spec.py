@@ -213,7 +213,7 @@ def test_exit_code_mapping(code: int, server: str, rescan: bool, client: str, st
         (b"  <<leading space>>\n", ("rejected", None, "rejected")),
         (b"<<>>\n", ("rejected", None, "rejected")),
         (b"<<a\tb\x01c>>\n", ("a\\tb\\x01c", None, "a\\tb\\x01c")),
-        (b"<<\xff\xfe bytes>>\n", ("\ufffd\ufffd bytes", None, "\ufffd\ufffd bytes")),
+        (b"<<\xff\xfe bytes>>\n", ("\udcff\udcfe bytes", None, "\udcff\udcfe bytes")),
     ],
 )
 def test_parse_response(output: bytes, expected: tuple[str, int | None, str]) -> None:
