@@ -146,6 +146,10 @@ class Config:
         return (self.delivery_dir if self.delivery_dir is not None else self.spool_dir).absolute()
 
 
+#: The largest ``--size`` that is a limit; E-MailRelay 2.6b takes a larger one as none (a 32-bit number).
+MAX_SIZE = 0xFFFFFFFF
+
+
 def _int(values: Values, name: str, default: int, *, minimum: int = 0) -> int:
     raw = values.get(name)
     if raw is None or raw is False:
@@ -263,6 +267,8 @@ def from_values(values: Values, *, name: str = "") -> Config:
     c.interfaces = _list(values, "interface")
     c.remote_clients = bool(values.get("remote-clients"))
     c.size = _int(values, "size", 0)
+    if c.size > MAX_SIZE:  # E-MailRelay 2.6b reads a --size beyond 32 bits as no limit (no SIZE in EHLO)
+        c.size = 0
     c.domain = _str(values, "domain") or default_domain()
     c.idle_timeout = _int_or_default(values, "idle-timeout")
     c.prompt_timeout = _int_or_default(values, "prompt-timeout")

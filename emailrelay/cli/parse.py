@@ -236,7 +236,7 @@ def _invalid_option(written: str, typed: str | None = None) -> str:
 # values
 
 
-def _flag_state(value: str | None) -> bool | None:
+def flag_state(value: str | None) -> bool | None:
     """Whether a flag given with ``value`` (None: none) is on; None if the value is not upstream's
     yes or no."""
     word = "" if value is None else value.strip(_WHITE_SPACE).lower()
@@ -249,7 +249,7 @@ def _convert(
     """Validate one value for an option (None: none given); raise _Invalid. ``lenient`` (as with
     ``--version``) takes any value of an option that has one."""
     if option.kind == "flag":
-        state = _flag_state(value)
+        state = flag_state(value)
         if state is None:
             raise _Invalid(MSG_FLAG_VALUE.format(opt=opt, value=value))
         return state
@@ -310,7 +310,7 @@ class _Uses:
         return self.given.setdefault(written, value) != value
 
     def _add_flag(self, written: str, option: Option, value: str | None) -> None:
-        state = _flag_state(value)
+        state = flag_state(value)
         if state is None:
             self.problems.append(MSG_FLAG_VALUE.format(opt="--" + written, value=value))
         elif self.flags.setdefault(written, state) != state:
@@ -490,7 +490,7 @@ def _collect(settings: list[_Setting], first: str, warnings: list[str]) -> dict[
 
 def _asked(given: Iterable[tuple[str, str | None]], name: str) -> bool:
     """Whether flag ``name`` is on among (written name, raw value) pairs: given with a yes, never a no."""
-    states = [_flag_state(value) for written, value in given if written == name]
+    states = [flag_state(value) for written, value in given if written == name]
     return True in states and False not in states
 
 

@@ -18,8 +18,14 @@ Guarantees: one line on stdout and exit 0, with E-MailRelay 2.6b's options:
 * ``--hash`` (``-H``): ``md5`` only, as upstream (``sha1``/``sha256`` state
   cannot be restored, and ``--dotted`` is md5's form; any other name is not a
   hash function);
+* ``--help`` (``-h``): upstream's usage text (every option with ``--verbose``/``-v``, which is
+  otherwise ignored, as upstream's), exit 0;
 * ours besides: ``--print-base64`` (base64 of the password, for ``plain:b``
-  lines) and ``--xtext`` (``-x``, for ``plain`` lines).
+  lines), ``--xtext`` (``-x``, for ``plain`` lines) and ``--version``.
+
+Options are read as upstream reads them (:func:`_tokenize`): whole names only, a flag takes a yes
+or a no after ``=``, a value option given twice with two values is a ``duplicate use``, and every
+problem is reported, before any ``--help``.
 
 Exit 1 with upstream's messages: ``emailrelay-passwd: error: invalid option:
 "--x"``, ``emailrelay-passwd: invalid password`` (empty),
@@ -31,18 +37,28 @@ The password is never echoed or logged.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import getpass
 import sys
-from typing import BinaryIO, NoReturn, TextIO
+from dataclasses import dataclass, field
+from typing import BinaryIO, TextIO
 
-from .. import __version__
+from .. import COPYRIGHT, WARRANTY, __version__
 from ..auth.md5state import encode_dotted, encode_state, hmac_md5_state
 from ..protocol.addresses import xtext_encode
+from .parse import (
+    MSG_CONFLICTING,
+    MSG_DUPLICATE,
+    MSG_FLAG_VALUE,
+    MSG_INVALID_OPTION,
+    MSG_MISTAKE,
+    MSG_NO_VALUE_SUPPLIED,
+    flag_state,
+)
 
 PROGRAM = "emailrelay-passwd"
+VERSION = f"E-MailRelay V2.6 passwd (emailrelay-python {__version__})"
 
 
 class PasswdError(Exception):
@@ -53,53 +69,163 @@ class PasswdError(Exception):
         self.prefix = prefix
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise PasswdError(message)
+# ---- options, as E-MailRelay 2.6b's option parser reads them ------------------------------------
 
 
-def _parser() -> _Parser:
-    p = _Parser(
-        prog=PROGRAM,
-        description="Prints the hashed form of a password, read from the terminal or stdin, "
-        "for an E-MailRelay secrets file.",
-    )
-    p.add_argument("-H", "--hash", metavar="FUNCTION", help="the hash function (md5, the default)")
-    p.add_argument("-b", "--base64", action="store_true", help="the password given is base64-encoded")
-    p.add_argument("-p", "--password", metavar="PWD", help="the password (instead of standard input)")
-    form = p.add_mutually_exclusive_group()
-    form.add_argument("-d", "--dotted", action="store_true", help="print the older dotted-decimal md5 form")
-    form.add_argument(
-        "--print-base64", action="store_true", help="print base64 of the plain password (plain:b lines)"
-    )
-    form.add_argument(
-        "-x", "--xtext", action="store_true", help="print xtext of the plain password (plain lines)"
-    )
-    p.add_argument(
-        "--version", action="version", version=f"E-MailRelay V2.6 passwd (emailrelay-python {__version__})"
-    )
-    return p
+@dataclass(frozen=True)
+class _Option:
+    name: str
+    short: str | None
+    value: str | None = None  # the value's name in the help (None: a flag)
+    text: str = ""
+    basic: bool = False  # listed by --help without --verbose too
+    hidden: bool = False  # taken but not listed (upstream's -v/--verbose)
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    """The options, or upstream's error for an unknown option or an argument."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[-1] in ("-p", "-H", "--password", "--hash"):  # upstream's words for a missing value
-        name = argv[-1] if len(argv[-1]) == 2 else '"' + argv[-1] + '"'
-        raise PasswdError(f"no value supplied for {name}")
-    args, rest = _parser().parse_known_args(argv)
-    for item in rest:
-        if item.startswith("-") and item != "-":
-            raise PasswdError(f'invalid option: "{item.split("=", 1)[0]}"')
-    if rest:
+_OPTIONS = (
+    _Option("hash", "H", "function", "use the named hash function", basic=True),
+    _Option("help", "h", None, "show usage help", basic=True),
+    _Option("base64", "b", None, "interpret the password as base64-encoded"),
+    _Option("dotted", "d", None, "use a dotted decimal format"),
+    _Option("password", "p", "pwd", "defines the password"),
+    _Option("verbose", "v", None, hidden=True),
+    _Option("print-base64", None, None, "print base64 of the plain password (plain:b lines)"),
+    _Option("xtext", "x", None, "print xtext of the plain password (plain lines)"),
+    _Option("version", None, None, "print the version and exit"),
+)
+_LONG = {o.name: o for o in _OPTIONS}
+_SHORT = {o.short: o for o in _OPTIONS if o.short}
+_FORMS = ("dotted", "print-base64", "xtext")  # output forms: one at most
+_SYNOPSIS = {
+    False: ["usage: emailrelay-passwd [-h] [--hash=<function>] [--help]"],
+    True: [
+        "usage: emailrelay-passwd [-hbd] [--hash=<function>] [--help] [--base64]",
+        "  [--dotted] [--password=<pwd>]",
+    ],
+}
+
+
+@dataclass
+class _Given:
+    """What the command line gave: values, flags that are on (in the order given), what is left."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    flags: dict[str, bool] = field(default_factory=dict)
+    rest: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def on(self, name: str) -> bool:
+        return self.flags.get(name, False)
+
+    def add_value(self, option: _Option, value: str, display: str) -> None:
+        if self.values.setdefault(option.name, value) != value:
+            self.problems.append(MSG_DUPLICATE.format(opt=display))
+
+    def add_flag(self, option: _Option, value: str | None) -> None:
+        state = flag_state(value)
+        if state is None:
+            self.problems.append(MSG_FLAG_VALUE.format(opt="--" + option.name, value=value))
+        elif self.flags.setdefault(option.name, state) != state:
+            self.problems.append(MSG_CONFLICTING.format(opt="--" + option.name))
+
+
+def _tokenize(argv: list[str]) -> _Given:
+    """The options as upstream reads them: only whole long names; ``--name=value`` or ``--name
+    value`` (not one starting with ``-``); a short value option alone, its value the next argument
+    (in a group of letters it has none); a flag takes a yes or a no after ``=``; a value option
+    given again with another value is a duplicate; ``--`` or the first non-option ends the options;
+    every problem is reported, in the order met."""
+    given = _Given()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            given.rest = argv[i:]
+            break
+        if arg.startswith("--"):
+            name, eq, raw = arg[2:].partition("=")
+            option = _LONG.get(name)
+            if option is None:
+                given.problems.append(MSG_INVALID_OPTION.format(opt="--" + name))
+            elif option.value is None:
+                given.add_flag(option, raw if eq else None)
+            elif eq:
+                given.add_value(option, raw, "--" + name)
+            elif i >= len(argv):
+                given.problems.append(MSG_NO_VALUE_SUPPLIED.format(opt=f'"--{name}"'))
+            elif argv[i].startswith("-"):
+                given.problems.append(MSG_MISTAKE.format(opt="--" + name, value=argv[i]))
+                i += 1
+            else:
+                given.add_value(option, argv[i], "--" + name)
+                i += 1
+        elif arg.startswith("-") and arg != "-":
+            letters = arg[1:]
+            for letter in letters:
+                option = _SHORT.get(letter)
+                if option is None:
+                    given.problems.append(MSG_INVALID_OPTION.format(opt="-" + letter))
+                elif option.value is None:
+                    given.add_flag(option, None)
+                elif len(letters) == 1 and i < len(argv):
+                    given.add_value(option, argv[i], "-" + letter)
+                    i += 1
+                else:
+                    given.problems.append(MSG_NO_VALUE_SUPPLIED.format(opt="-" + letter))
+        else:
+            given.rest = argv[i - 1 :]
+            break
+    return given
+
+
+def help_text(verbose: bool) -> str:
+    """``--help`` in upstream's words and layout (with ``--verbose`` every option, ours after)."""
+    lines = [*_SYNOPSIS[verbose], ""]
+    for o in _OPTIONS:
+        if o.hidden or not (o.basic or verbose):
+            continue
+        left = f"  {'-' + o.short + ',' if o.short else '   '} --{o.name}{f'=<{o.value}>' if o.value else ''}"
+        lines.append(f"{left:<29} {o.text}")
+    return "\n".join([*lines, "", *WARRANTY, COPYRIGHT]) + "\n"
+
+
+def _usage_after_error() -> str:
+    """What upstream prints after ``too many command-line arguments`` (no final newline)."""
+    return "\n".join([f"usage: {PROGRAM}", "", *("  " + w for w in WARRANTY), "    " + COPYRIGHT])
+
+
+def _parse(argv: list[str] | None) -> _Given:
+    """The options, or upstream's errors (all of them, before any help); ``--help`` and our
+    ``--version`` print and exit 0 (SystemExit); a non-option is upstream's ``too many
+    command-line arguments``; a hash function or form that cannot be used is refused here,
+    before any password is read."""
+    given = _tokenize(sys.argv[1:] if argv is None else argv)
+    if given.problems:
+        raise PasswdError(f"\n{PROGRAM}: error: ".join(given.problems))
+    if given.on("help") or given.on("version"):
+        sys.stdout.write(help_text(given.on("verbose")) if given.on("help") else VERSION + "\n")
+        raise SystemExit(0)
+    if given.rest:
         raise PasswdError(
-            "too many command-line arguments (the password is read from the standard input)", ""
+            "too many command-line arguments (the password is read from the standard input)\n"
+            + _usage_after_error(),
+            "",
         )
-    if args.hash is not None and args.hash.lower() not in ("md5", "sha1", "sha256"):
+    forms = [name for name in given.flags if given.on(name) and name in _FORMS]
+    if len(forms) > 1:  # argparse's words, as before
+        raise PasswdError(f"argument {_display(forms[1])}: not allowed with argument {_display(forms[0])}")
+    hash_name = given.values.get("hash")
+    if hash_name is not None and hash_name.lower() not in ("md5", "sha1", "sha256"):
         raise PasswdError("invalid hash function", "exception: ")
-    if args.dotted and args.hash is not None and args.hash.lower() != "md5":  # before any password
+    if given.on("dotted") and hash_name is not None and hash_name.lower() != "md5":  # before any password
         raise PasswdError("--dotted only works for md5", "exception: ")
-    return args
+    return given
+
+
+def _display(name: str) -> str:
+    option = _LONG[name]
+    return f"-{option.short}/--{name}" if option.short else f"--{name}"
 
 
 def _check_hash(name: str | None) -> None:
@@ -126,35 +252,35 @@ def _read_password(stdin: TextIO) -> bytes:
     return line.strip(_BLANKS)  # nothing read: upstream's "invalid password", as for an empty line
 
 
-def _format(args: argparse.Namespace, password: bytes) -> str:
-    if args.print_base64:
+def _format(given: _Given, password: bytes) -> str:
+    if given.on("print-base64"):
         return base64.b64encode(password).decode("ascii")
-    if args.xtext:
+    if given.on("xtext"):
         try:
             return xtext_encode(password.decode("utf-8"))
         except UnicodeDecodeError:
             raise PasswdError("--xtext needs a UTF-8 password; use --base64") from None
     state = hmac_md5_state(password)
-    return encode_dotted(state) if args.dotted else encode_state(state)
+    return encode_dotted(state) if given.on("dotted") else encode_state(state)
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     try:
-        args = _parse(argv)
-        if args.password is not None:
-            password = args.password.encode("utf-8", "surrogateescape")
+        given = _parse(argv)
+        if "password" in given.values:
+            password = given.values["password"].encode("utf-8", "surrogateescape")
         else:
             password = _read_password(stdin or sys.stdin)
-        if args.base64:
+        if given.on("base64"):
             try:
                 password = base64.b64decode(password, validate=True)
             except (binascii.Error, ValueError):
                 raise PasswdError("base64 encoding error", "exception: ") from None
         if not password:
             raise PasswdError("invalid password", "")
-        _check_hash(args.hash)
-        out.write(_format(args, password) + "\n")
+        _check_hash(given.values.get("hash"))
+        out.write(_format(given, password) + "\n")
         out.flush()
     except PasswdError as err:
         print(f"{PROGRAM}: {err.prefix}{err}", file=sys.stderr)

@@ -23,6 +23,7 @@ exits 0.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -141,6 +142,8 @@ def _prepare(target: Path, gid: int | None) -> PidFile:
             with contextlib.suppress(FileExistsError):
                 target.parent.mkdir()
                 os.chmod(target.parent, PID_DIR_MODE)
+        if target.is_dir():  # upstream's start-up error, before any server starts (not at the rename)
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

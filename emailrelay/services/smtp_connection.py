@@ -246,7 +246,8 @@ class SmtpConnection:
                 target, proxy = parse_forward_to(self.hop)
                 host, port = split_next_hop(target)
             except (ValueError, UsageError) as exc:
-                raise ConnectionTrouble(f"invalid next hop address [{self.hop}]: {exc}") from None
+                # (a connection failure: the message stays where it is, as upstream leaves it)
+                raise ConnectionTrouble(f"invalid next hop address [{self.hop}]: {exc}", kind="connect") from None
             host_for_tls = host
             if proxy is not None:
                 coro = self._via_socks(proxy, host, port, connection_timeout, local_address)

@@ -116,7 +116,7 @@ def test_tty_uses_getpass(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        passwd.main(["--help"])
+        passwd.main(["--help", "--verbose"])
     assert exc.value.code == 0
     assert "--dotted" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
