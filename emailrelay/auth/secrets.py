@@ -508,11 +508,15 @@ class Secrets:
     def has_client_accounts(self) -> bool:
         return bool(self.clients)
 
-    def server_lookup(self, mechanism: str, user: str) -> ServerSecret | None:
+    def server_lookup(self, mechanism: str, user: str | bytes) -> ServerSecret | None:
         """The first server secret for ``user`` usable with ``mechanism``: plain secrets for
-        everything, and for CRAM-<hash> also secrets hashed with that hash function."""
+        everything, and for CRAM-<hash> also secrets hashed with that hash function.  ``user``
+        as text matches the id as read (UTF-8, else latin-1); as octets, the id's exact octets
+        (as E-MailRelay 2.6b compares a POP name: ``+FF`` is the octet 0xff, not "ÿ" in UTF-8)."""
         hashed = CRAM_HASHES.get(mechanism.upper())
         kinds = ("plain", hashed) if hashed else ("plain",)
+        if isinstance(user, bytes):
+            return next((s for s in self.server if s.id_bytes == user and s.kind in kinds), None)
         return next((s for s in self.server if s.id == user and s.kind in kinds), None)
 
     def client_account(self, selector: str = "") -> ClientAccount | None:

@@ -55,7 +55,8 @@ GUARANTEES
       leaves USER out and USER is refused.  A failed PASS, APOP or AUTH keeps the USER name given.
       ``AUTH <mech> =`` is AUTH without an initial response; words after the
       initial response are ignored; USER takes the first word (space, tab or
-      CR end it), PASS the rest of the line; a CRAM mechanism with an initial
+      CR end it); PASS gives both the rest of the line and its first word (a
+      password may hold a space; upstream reads the first word); a CRAM mechanism with an initial
       response is "-ERR invalid initial response".  Event lines keep the
       verb as typed; PASS and AUTH lines are logged without their arguments
       (``PASS [password not logged]``, ``AUTH PLAIN``).
@@ -170,10 +171,13 @@ class User(Event):
 
 @dataclass(frozen=True, slots=True)
 class Pass(Event):
-    """Decision: check ``password`` for ``user``, open the maildrop, login() or login_failed()."""
+    """Decision: check ``password`` (the rest of the line, so that a password may hold a space)
+    or else ``word`` (its first word: E-MailRelay 2.6b's reading) for ``user``, open the
+    maildrop, login() or login_failed()."""
 
     user: str
     password: bytes
+    word: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +309,7 @@ _NEED_TLS = frozenset({"USER", "PASS", "APOP", "AUTH"})
 
 _WORD_BREAK = re.compile(r"([ \t]+)")
 _FIRST_WORD = re.compile(r"[ \t\r]*([^ \t\r]*)")  # (upstream's separators: space, tab, CR)
+_FIRST_WORD_OCTETS = re.compile(rb"[ \t\r]*([^ \t\r]*)")
 _NO_USER_PASS = "-ERR no SASL PLAIN mechanism to do USER/PASS authentication"  # (upstream's words)
 
 
@@ -728,7 +733,8 @@ class Pop3Server(LineBuffer):
         if user is None:
             self._error(ProtocolError(line, "-ERR"))
             return
-        self._events.append(Pass(line, user, self._raw_arg))
+        first = _FIRST_WORD_OCTETS.match(self._raw_arg)
+        self._events.append(Pass(line, user, self._raw_arg, first[1] if first else b""))
 
     def _cmd_apop(self, line: str, arg: str) -> None:
         if not self._cfg.apop:

@@ -162,6 +162,11 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+def _octets_text(raw: bytes) -> str:
+    """A name as the octets that came: those that are not UTF-8 as surrogate escapes."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
@@ -256,7 +261,9 @@ class SaslServer:
     of CRAM challenges; ``clock()`` the time part (a second random number
     when no clock is given; services pass ``time.time``).  With
     ``external_check`` passwords are not looked up but handed out as
-    ``CheckPassword`` (PAM).
+    ``CheckPassword`` (PAM).  With ``octet_names`` a user name whose octets are not UTF-8 is
+    given to ``lookup`` (and named in the outcome) with surrogate escapes, as the octets came
+    (the POP server's way, as E-MailRelay 2.6b's); else it is read as latin-1.
     """
 
     def __init__(
@@ -267,6 +274,7 @@ class SaslServer:
         random_source: Callable[[], int] | None = None,
         clock: Callable[[], float] | None = None,
         external_check: bool = False,
+        octet_names: bool = False,
     ) -> None:
         self.mechanism = mechanism.upper()
         if self.mechanism not in SERVER_MECHANISMS:
@@ -276,6 +284,7 @@ class SaslServer:
         self._random = random_source or (lambda: _secrets.randbelow(2**31))
         self._clock = clock
         self._external = external_check
+        self._name = _octets_text if octet_names else _text
         self._state = "new"
         self._challenge = b""
         self._user = ""
@@ -367,14 +376,14 @@ class SaslServer:
         _authzid, authcid, password = parts
         if not authcid:
             return self._fail("empty user name")
-        self._user = _text(authcid)
+        self._user = self._name(authcid)
         return self._check_password(self._user, password)
 
     def _login_user(self, line: str) -> Step:
         raw = b64decode_strict(line)
         if raw is None:
             return self._fail("invalid base64")
-        self._user = _text(raw)
+        self._user = self._name(raw)
         self._state = "login-password"
         # as E-MailRelay 2.6b: an empty user name ("=" or an empty line) is asked for its
         # password all the same, with an empty prompt, and then fails as an unknown user
@@ -393,7 +402,7 @@ class SaslServer:
         user_raw, _, digest = raw.rpartition(b" ")
         if not user_raw:
             return self._fail(f"malformed {self.mechanism} response")
-        self._user = _text(user_raw)
+        self._user = self._name(user_raw)
         secret = self._lookup(self.mechanism, self._user)
         if secret is None:
             return self._fail(f"no secret for [{self._user}]")

@@ -38,7 +38,12 @@ that are not UTF-8 are traced (and echoed) as they came; an empty command line i
 ``rx<<: ""``; a reply is traced before the next (pipelined) command; an idle session ends with
 ``pop connection closed: idle timeout: no activity after <N>s: <peer>``.
 As upstream's POP server reads SASL base64: a response or initial response that is not valid
-base64 is taken as an empty one (which never authenticates).
+base64 is taken as an empty one (which never authenticates).  As upstream, a name (USER, APOP,
+AUTH) is its octets: it matches a secret whose id has the same octets (``+FF`` is the octet 0xff,
+not "ÿ" in UTF-8), and one that is not UTF-8 is logged and names its ``--pop-by-name`` directory
+as it came.  PASS checks the rest of the line and then, as upstream reads it, its first word
+(space, tab or CR end it): ``PASS secret x`` logs in as there, and a password with a space
+(``my+20password`` in the secrets file) still logs in.
 """
 
 from __future__ import annotations
@@ -177,14 +182,10 @@ def _sasl_text(text: str) -> str:
     return ""
 
 
-def _identity(name: str) -> str:
-    """A USER or APOP name (octets that are not UTF-8 as surrogate escapes, as they are logged)
-    as the secrets file's ids and SASL identities are read: UTF-8, else latin-1."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("latin-1")
-    return name
+def _octets(name: str) -> bytes:
+    """A USER or APOP name (octets that are not UTF-8 as surrogate escapes) as the octets that
+    came, which E-MailRelay 2.6b compares with a secret's id octets (``+FF`` is the octet 0xff)."""
+    return name.encode("utf-8", "surrogateescape")
 
 
 def _failed_words(mechanism: str, user: str, secret: ServerSecret | None) -> str:
@@ -411,11 +412,11 @@ class PopSession(LineSession):
         secrets = self._secrets()
         if isinstance(secrets, PamSecrets):
             return self._pam_login(secrets, ev.user, ev.password)
-        user = _identity(ev.user)
-        secret = secrets.server_lookup("PLAIN", user) if secrets is not None else None
-        if secret is None or not secret.matches_password(ev.password):  # upstream's words (and octets)
-            return self._login_failed(f"using {_failed_words('PLAIN', ev.user, secret)}")
-        return self._login(Success(user, "PLAIN", secret.line, secret.kind))
+        secret = secrets.server_lookup("PLAIN", _octets(ev.user)) if secrets is not None else None
+        # the rest of the line (a password may hold a space), else upstream's first word
+        if secret is None or not any(secret.matches_password(p) for p in (ev.password, ev.word)):
+            return self._login_failed(f"using {_failed_words('PLAIN', ev.user, secret)}")  # upstream's words
+        return self._login(Success(ev.user, "PLAIN", secret.line, secret.kind))
 
     async def _pam_login(self, pam: PamSecrets, user: str, password: bytes) -> None:
         """USER/PASS with ``--pop-auth=pam:``: PAM blocks, so it runs in the executor."""
@@ -429,8 +430,8 @@ class PopSession(LineSession):
 
     def _on_apop(self, ev: pp.Apop) -> Awaitable[None]:
         secrets = self._secrets()
-        user = _identity(ev.user)
-        secret = secrets.server_lookup("APOP", user) if secrets is not None and user else None
+        user = ev.user
+        secret = secrets.server_lookup("APOP", _octets(user)) if secrets is not None and user else None
         if secret is None or secret.kind != "plain":  # (APOP needs the password itself)
             return self._login_failed(f"using {_failed_words('APOP', ev.user, None)}")
         expected = hashlib.md5(ev.timestamp.encode("utf-8") + secret.secret).hexdigest()
@@ -444,10 +445,11 @@ class PopSession(LineSession):
             return self._login_failed(f"using mechanism [{ev.mechanism.lower()}]: no secrets")
         self._sasl = SaslServer(
             ev.mechanism,
-            secrets.server_lookup,
+            lambda mechanism, user: secrets.server_lookup(mechanism, _octets(user)),
             challenge_domain=self.service.domain,
             clock=time.time,
             external_check=isinstance(secrets, PamSecrets),
+            octet_names=True,
         )
         return self._auth_step(self._sasl.start(None if ev.initial is None else _sasl_text(ev.initial)))
 
