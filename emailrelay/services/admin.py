@@ -27,9 +27,10 @@ directory's name there), and ``unfail-all`` leaves failed an id the store
 refuses (upstream renames it).  A line of any length gets one reply,
 as upstream's (which buffers it all): ours keeps its first ``MAX_LINE``
 bytes and drops the rest.  A unix-domain client is ``/`` in the log and
-``status``, as upstream names it.  Spool changes go through the
-store; commands to other roles travel on the bus, so they reach every
-process of a role; a slow or silent client never blocks other sessions.
+``status``, as upstream names it.  Spool changes and listings go through
+the store (:meth:`SpoolStore.listed_ids`); commands to other roles travel
+on the bus, so they reach every process of a role; a slow or silent client
+never blocks other sessions.
 A non-local client is refused unless ``--remote-clients``, by the rule of
 the SMTP port (``listeners.is_local_address``), as upstream does: two
 warnings in the log and the connection closed without a word.  Memory per
@@ -51,22 +52,19 @@ import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 from .. import COPYRIGHT, OPENSSL_NOTICE, PRODUCT_VERSION, WARRANTY, __version__, topology
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
-from ..identity import as_root
-from ..spool.names import ENVELOPE_SUFFIX, MessageId, State, is_valid_id
+from ..spool.names import MessageId, State, is_valid_id
 from ..spool.store import SpoolStore
 from . import daemon
 from .listeners import format_address, is_local_address, not_local_reason
 from .supervisor_control import SupervisorControl
 
 PROMPT = b"E-MailRelay> "
-BAD_SUFFIX = ENVELOPE_SUFFIX + State.BAD.value
 MAX_LINE = 8192  # bytes of a line kept: the rest of a longer one is read and dropped
 DNSBL_FOREVER = 4294967295  # upstream's "dnsbl stop" without a timeout
 MAX_PENDING = 64  # commands read ahead of their replies before reading pauses
@@ -170,18 +168,6 @@ class LineSplitter:
         """``data`` (CR LF and CR CR LF line breaks: a ``notify`` or ``events`` event) in the
         session's line ending."""
         return re.sub(rb"\r*\n", b"\n", data) if self.eol == b"\n" else data
-
-
-def spool_listing(directory: Path, suffix: str) -> list[str]:
-    """Upstream's ``list`` (``suffix`` ``.envelope``) and ``failures`` (``.envelope.bad``): the id of
-    every entry of the spool directory named ``<id><suffix>``, in the order of those names (bytes),
-    as E-MailRelay 2.6b lists them: whatever the id (a tab, any length, bytes that are not UTF-8:
-    given back as they are by ``surrogateescape``), whether or not a content file goes with it,
-    read with effective root (a spool ``--user`` cannot read is listed). Ours leaves out an empty
-    id (upstream prints its spool directory's name)."""
-    with as_root(), os.scandir(directory) as entries:
-        names = [e.name for e in entries if e.name.endswith(suffix) and len(e.name) > len(suffix)]
-    return [name[: -len(suffix)] for name in sorted(names, key=os.fsencode)]
 
 
 def format_reply(lines: list[str], prompt: bool = True, eol: bytes = b"\r\n") -> bytes:
@@ -341,27 +327,28 @@ class AdminSession(asyncio.Protocol):
         return ["commands: " + ", ".join(names)]
 
     async def cmd_list(self, args: list[str]) -> list[str]:
-        """The ready envelopes (not those being forwarded), as upstream's: see :func:`spool_listing`."""
-        return await self._listing(ENVELOPE_SUFFIX) or ["<none>"]
+        """The ready envelopes (not those being forwarded), as upstream's: see
+        :meth:`SpoolStore.listed_ids`."""
+        return await self._listing(State.READY) or ["<none>"]
 
     async def cmd_failures(self, args: list[str]) -> list[str]:
         """The failed envelopes' ids only (the reasons are in the envelopes), as upstream's."""
-        return await self._listing(BAD_SUFFIX) or ["<none>"]
+        return await self._listing(State.BAD) or ["<none>"]
 
     async def cmd_unfail_all(self, args: list[str]) -> list[str]:
         """Every ``.bad`` back to ready (upstream forwards them at the next trigger, not now); one the
         spool does not let go (unwritable) stays failed without a word, as E-MailRelay 2.6b's; so
         does one whose id our store refuses (docs/decisions.md, "Spool ids"), unlike upstream's."""
-        for mid in await self._listing(BAD_SUFFIX):
+        for mid in await self._listing(State.BAD):
             if is_valid_id(mid):
                 with contextlib.suppress(OSError):
                     self.ctx.store.unfail(MessageId.parse(mid))
         return []
 
-    async def _listing(self, suffix: str) -> list[str]:
-        """:func:`spool_listing` in a worker thread; nothing when there is no spool directory."""
+    async def _listing(self, state: State) -> list[str]:
+        """:meth:`SpoolStore.listed_ids` in a worker thread; nothing when there is no spool directory."""
         try:
-            return await asyncio.to_thread(spool_listing, self.ctx.store.directory, suffix)
+            return await asyncio.to_thread(self.ctx.store.listed_ids, state)
         except FileNotFoundError:
             return []
 

@@ -64,7 +64,9 @@ What it guarantees:
   connection for it, as upstream;
 - a client filter that leaves its envelope unreadable fails the message with
   upstream's reader's words (``cannot read envelope file: expected
-  "X-MailRelay-<field>:"`` and the like) and code 550, without a warning line.
+  "X-MailRelay-<field>:"`` and the like, from
+  :func:`~emailrelay.spool.envelope.upstream_read_error`) and code 550,
+  without a warning line.
 """
 
 from __future__ import annotations
@@ -72,7 +74,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import itertools
 import os
 import socket
 import time
@@ -87,21 +88,19 @@ from typing import Any, BinaryIO, TypeVar
 from .. import log as logmod
 from ..bus import schema
 from ..config import Config
-from ..errors import UsageError
 from ..policy.chain import build_client_filter
 from ..policy.verdicts import FilterOutcome
 from ..protocol import smtp_client as sc
 from ..protocol.addresses import xtext_decode, xtext_encode
 from ..protocol.content_encoding import ContentScanner
-from ..spool.envelope import READABLE_FORMATS, Envelope, EnvelopeError
+from ..spool.envelope import Envelope, EnvelopeError, upstream_read_error
 from ..spool.names import MessageId, State
 from ..spool.store import Claim, NewMessage, SpoolStore
-from ..transport_address import split_next_hop
 from . import retry
+from .forward_to_lookup import first_host
 from .listeners import format_address
 from .security import client_security
 from .smtp_connection import ConnectionTrouble, SmtpConnection
-from .socks import parse_forward_to
 from .spool_sweep import leftover_age
 
 READ_CHUNK = 256 * 1024
@@ -988,14 +987,12 @@ class ForwardService:
         E-MailRelay 2.6b says (``resolving: <name>/<port>/<ip|ipv4|ipv6>``, the family of
         ``--client-interface``); the address to say it connects to (an address, a unix socket or a
         SOCKS proxy's target: as written), None when the name does not resolve (the connection then
-        fails with its dns error, and upstream says no ``connecting:``)."""
-        try:
-            target, proxy = parse_forward_to(hop)
-            host, port = split_next_hop(target)
-        except (ValueError, UsageError):
+        fails with its dns error, and upstream says no ``connecting:``). Unlike the start-up
+        warning's look-up (:func:`first_host` for both), a proxy's host is not resolved here."""
+        first = first_host(hop)
+        if first is None or first.proxy or _is_address(first.host):
             return hop
-        if proxy is not None or hop.startswith("/") or _is_address(host):
-            return hop
+        host, port = first.host, first.port
         family, name = socket.AF_UNSPEC, "ip"
         interface = self.config.client_interface
         if interface and _is_address(interface):
@@ -1336,7 +1333,7 @@ class ForwardService:
             data = await self._in_thread(claim.envelope_bytes)
         except OSError:
             data = None
-        reason = _unreadable_reason(data, exc) if data is not None else f"{_CANNOT_READ}{exc}"
+        reason = upstream_read_error(data, exc)
         return await self._fail(claim, reason, 550, warn=False)
 
     async def _retry(self, claim: Claim, reason: str, code: int | None) -> Outcome:
@@ -1397,65 +1394,6 @@ def _fail_claim(
         except OSError as exc:
             rewrite_error = exc
     return claim.fail(reason, code), rewrite_error
-
-
-_FIELDS_AFTER_TO = (  # format #2821.8's fields after the recipients, in the order they are written
-    "Authentication",
-    "Client",
-    "ClientCertificate",
-    "MailFromAuthIn",
-    "MailFromAuthOut",
-    "ForwardTo",
-    "ForwardToAddress",
-    "ClientAccountSelector",
-    "Utf8MailboxNames",
-)
-
-
-_CANNOT_READ = "cannot read envelope file: "
-
-
-class _Unexpected(Exception):
-    """The first thing E-MailRelay 2.6b's envelope reader would have stopped at."""
-
-
-def _unreadable_reason(data: bytes, exc: EnvelopeError) -> str:
-    """What E-MailRelay 2.6b says of an envelope our parser refused (``exc``). Its reader takes the
-    fields of the current format in their written order, so it says ``cannot read envelope file:``
-    and the first one out of place (``expected "X-MailRelay-<field>:"``, ``unknown format id:
-    <id>``, ``bad 'to' line``, ``no end line``), or, without that prefix, that the ToCount is no
-    number. An older format, or a fault its reader would not see (a control character): the prefix
-    and our parser's words."""
-    lines = iter(line.removesuffix("\r") for line in data.decode("utf-8", "surrogateescape").split("\n"))
-
-    def field(key: str) -> str:
-        prefix = f"X-MailRelay-{key}:"
-        line = next(lines, "")
-        if not line.startswith(prefix):
-            raise _Unexpected(f'expected "{prefix}"')
-        return line[len(prefix) :].strip(" \t")
-
-    try:
-        fmt = field("Format")
-        if fmt != "#2821.8":
-            raise _Unexpected(str(exc) if fmt in READABLE_FORMATS else f"unknown format id: {fmt}")
-        field("Content")
-        field("From")
-        count = field("ToCount")
-        if not (count.isascii() and count.isdigit()):
-            return f"string conversion error: invalid format: expected unsigned integer: {count}"
-        for _ in range(int(count)):
-            if not next(lines, "").startswith(("X-MailRelay-To-Local:", "X-MailRelay-To-Remote:")):
-                raise _Unexpected("bad 'to' line")
-        for key in _FIELDS_AFTER_TO:
-            field(key)
-            if key == "ClientCertificate":  # and its folded lines
-                lines = itertools.dropwhile(lambda line: line.startswith((" ", "\t")), lines)
-        if not next(lines, "").startswith("X-MailRelay-End:"):
-            raise _Unexpected("no end line")
-    except _Unexpected as unexpected:
-        return f"{_CANNOT_READ}{unexpected}"
-    return f"{_CANNOT_READ}{exc}"
 
 
 def _remove_claim(claim: Claim) -> int | None:

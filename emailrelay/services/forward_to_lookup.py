@@ -8,13 +8,16 @@ of its own so that the supervisor does not import the forwarder.
 
 Guarantees: the look-up (of the SOCKS proxy's host when there is one: the address connected to)
 waits at most :data:`FORWARD_TO_LOOKUP_TIMEOUT` seconds and never stops the start: only a name
-the resolver says does not exist is warned about.
+the resolver says does not exist is warned about.  :func:`first_host` (the host a next hop's
+connection goes to first) is shared with the forwarder's ``resolving:`` event, which this module
+must not import.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from typing import NamedTuple
 
 from .. import log as logmod
 from ..config import Config
@@ -25,19 +28,44 @@ from .socks import parse_forward_to
 FORWARD_TO_LOOKUP_TIMEOUT = 2.0  # the start-up look-up of --forward-to's host waits no longer
 
 
+class FirstHost(NamedTuple):
+    """Where a connection to a next hop goes first: ``host`` (a name or an address) and ``port``."""
+
+    host: str
+    port: int
+    proxy: bool  # True: the SOCKS proxy's (the target is named to the proxy, not looked up here)
+
+
+def first_host(hop: str) -> FirstHost | None:
+    """The host and port a connection to ``hop`` (a ``--forward-to`` or ForwardToAddress value,
+    ``target[@proxy]``) goes to: the SOCKS proxy's when it has one, the target's (a next hop as
+    :func:`~emailrelay.transport_address.split_next_hop` reads it) otherwise. None for a
+    unix-domain address (``hop`` starts with ``/``, as the connection tells one) and for a value
+    that does not parse."""
+    if hop.startswith("/"):
+        return None
+    try:
+        target, proxy = parse_forward_to(hop)
+        if proxy is not None:
+            return FirstHost(proxy.host, proxy.port, proxy=True)
+        host, port = split_next_hop(target)
+    except (ValueError, UsageError):
+        return None
+    return FirstHost(host, port, proxy=False)
+
+
 async def forward_to_lookup_problem(
     forward_to: str, timeout: float = FORWARD_TO_LOOKUP_TIMEOUT
 ) -> str | None:
     """E-MailRelay 2.6b's start-up warning when ``--forward-to`` (its SOCKS proxy, if it has one: the
-    address connected to) names a host that does not resolve, or None: resolved, a unix-domain
-    address, a lookup that took longer than ``timeout`` seconds, or one that failed otherwise."""
-    try:
-        target, proxy = parse_forward_to(forward_to)
-        if target.startswith("/"):
-            return None
-        host, port = (proxy.host, proxy.port) if proxy is not None else split_next_hop(target)
-    except (ValueError, UsageError):
+    address connected to, :func:`first_host`) names a host that does not resolve, or None: resolved,
+    a unix-domain address, a lookup that took longer than ``timeout`` seconds, or one that failed
+    otherwise."""
+    # stripped: " /x" is a unix-domain address here, as the start-up check reads it
+    first = first_host(forward_to.strip())
+    if first is None:
         return None
+    host, port = first.host, first.port
     loop = asyncio.get_running_loop()
     try:
         await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)

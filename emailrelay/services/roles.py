@@ -190,9 +190,10 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     forwarder.on_event = bus.publish  # its events (the admin's notify too) go on the bus
     forwarder.reports_idle = index == 0  # one "forward: end: no messages" per trigger, not one per process
     bus.subscribe([schema.SPOOL_READY, schema.CMD_FORWARD, schema.CMD_FLUSH])
-    heard: dict[str, float] = {}  # when an admin forward last came over the bus (time.time())
+    forward_heard = 0.0  # when an admin forward last came over the bus (time.time(); 0: never)
 
     async def rings() -> None:
+        nonlocal forward_heard
         async for topic, body in bus.messages():
             if topic == schema.SPOOL_READY:
                 # every worker is rung: the claim decides who forwards, so scaling the role
@@ -204,7 +205,7 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
                 forwarder.request(str(body.get("trigger") or "rescan"))
             else:
                 if topic == schema.CMD_FORWARD:
-                    heard["forward"] = time.time()
+                    forward_heard = time.time()
                 forwarder.forward_all_now()  # admin forward / flush
 
     await forwarder.start(initial=True)
@@ -223,7 +224,7 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
         asked = asked_since_we_started(FORWARD_STAMP)
         # (the admin touches the stamp, then publishes: a forward heard since the stamp's time is
         # the one it records, already done: doing it again would log a second "forwarding: [admin]")
-        if asked is not None and heard.get("forward", 0.0) < asked - STAMP_SLACK:
+        if asked is not None and forward_heard < asked - STAMP_SLACK:
             forwarder.forward_all_now()
         if rung_by_notify:
             forwarder.ring()

@@ -20,10 +20,15 @@ Guarantees:
   program) are read as surrogate escapes and written back as the same
   octets, as E-MailRelay 2.6b keeps them: a rewrite changes only what it
   rewrites, and the forwarding client sends them to the next hop as stored.
+- :func:`upstream_read_error` words an envelope :func:`parse` refused as
+  E-MailRelay 2.6b's reader does (the first field out of the order
+  :meth:`Envelope.to_bytes` writes, ``no end line`` and the like): the
+  forwarder fails a message whose envelope a client filter spoiled with them.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field, replace
 
@@ -33,6 +38,19 @@ _KEY_PREFIX = "X-MailRelay-"
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed, as in header values
 
 CONTENT_TYPES = ("7bit", "8bit", "binarymime", "unknown")
+#: Format #2821.8's fields after the recipient lines and before ``End``, in the order
+#: :meth:`Envelope.to_bytes` writes them and E-MailRelay 2.6b's reader expects them.
+_FIELDS_AFTER_TO = (
+    "Authentication",
+    "Client",
+    "ClientCertificate",
+    "MailFromAuthIn",
+    "MailFromAuthOut",
+    "ForwardTo",
+    "ForwardToAddress",
+    "ClientAccountSelector",
+    "Utf8MailboxNames",
+)
 
 
 class EnvelopeError(ValueError):
@@ -76,15 +94,7 @@ class Envelope:
             ("ToCount", str(self.recipient_count)),
             *(("To-Local", r) for r in self.to_local),
             *(("To-Remote", r) for r in self.to_remote),
-            ("Authentication", self.authentication),
-            ("Client", self.client),
-            ("ClientCertificate", _fold(self.client_certificate)),
-            ("MailFromAuthIn", self.mail_from_auth_in),
-            ("MailFromAuthOut", self.mail_from_auth_out),
-            ("ForwardTo", self.forward_to),
-            ("ForwardToAddress", self.forward_to_address),
-            ("ClientAccountSelector", self.client_account_selector),
-            ("Utf8MailboxNames", "1" if self.utf8_mailbox_names else "0"),
+            *((key, self._after_to(key)) for key in _FIELDS_AFTER_TO),
             ("End", "1"),
         ]
         if self.reason is not None:
@@ -100,6 +110,14 @@ class Envelope:
             out.append(f"{_KEY_PREFIX}{key}: {value}\r\n")
         out.extend(f"{t}\r\n" for t in self.extra_tail)
         return "".join(out).encode("utf-8", "surrogateescape")
+
+    def _after_to(self, key: str) -> str:
+        """The written value of one of :data:`_FIELDS_AFTER_TO`."""
+        if key == "ClientCertificate":
+            return _fold(self.client_certificate)
+        if key == "Utf8MailboxNames":
+            return "1" if self.utf8_mailbox_names else "0"
+        return str(getattr(self, _SINGLE[key]))
 
 
 def escape_reason(text: str) -> str:
@@ -253,3 +271,52 @@ def parse(data: bytes) -> Envelope:
         reason_code=values.get("reason_code"),
         extra_tail=tuple(tail),
     )
+
+
+_CANNOT_READ = "cannot read envelope file: "
+
+
+class _Unexpected(Exception):
+    """The first thing E-MailRelay 2.6b's envelope reader would have stopped at."""
+
+
+def upstream_read_error(data: bytes | None, exc: EnvelopeError) -> str:
+    """What E-MailRelay 2.6b says of an envelope :func:`parse` refused with ``exc`` (``data``: its
+    bytes; None when they could not be read, then the words are ``cannot read envelope file:`` and
+    ``exc``). Its reader takes the fields of the current format in their written order, so it says
+    ``cannot read envelope file:`` and the first one out of place (``expected
+    "X-MailRelay-<field>:"``, ``unknown format id: <id>``, ``bad 'to' line``, ``no end line``), or,
+    without that prefix, that the ToCount is no number. An older format, or a fault its reader
+    would not see (a control character): the prefix and our parser's words."""
+    if data is None:
+        return f"{_CANNOT_READ}{exc}"
+    lines = iter(line.removesuffix("\r") for line in data.decode("utf-8", "surrogateescape").split("\n"))
+
+    def field(key: str) -> str:
+        prefix = f"{_KEY_PREFIX}{key}:"
+        line = next(lines, "")
+        if not line.startswith(prefix):
+            raise _Unexpected(f'expected "{prefix}"')
+        return line[len(prefix) :].strip(_BLANKS)
+
+    try:
+        fmt = field("Format")
+        if fmt != FORMAT:
+            raise _Unexpected(str(exc) if fmt in READABLE_FORMATS else f"unknown format id: {fmt}")
+        field("Content")
+        field("From")
+        count = field("ToCount")
+        if not (count.isascii() and count.isdigit()):
+            return f"string conversion error: invalid format: expected unsigned integer: {count}"
+        for _ in range(int(count)):
+            if not next(lines, "").startswith((f"{_KEY_PREFIX}To-Local:", f"{_KEY_PREFIX}To-Remote:")):
+                raise _Unexpected("bad 'to' line")
+        for key in _FIELDS_AFTER_TO:
+            field(key)
+            if key == "ClientCertificate":  # and its folded lines
+                lines = itertools.dropwhile(lambda line: line.startswith((" ", "\t")), lines)
+        if not next(lines, "").startswith(f"{_KEY_PREFIX}End:"):
+            raise _Unexpected("no end line")
+    except _Unexpected as unexpected:
+        return f"{_CANNOT_READ}{unexpected}"
+    return f"{_CANNOT_READ}{exc}"

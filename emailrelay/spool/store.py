@@ -3,10 +3,12 @@
 What it is for: every state change of a message (SPEC.md §3, the durability
 protocol of ARCHITECTURE.md) — create, commit, claim, release, fail,
 unfail, hold, remove, recover — for the SMTP role, the forwarders, the POP
-server, ``emailrelay-submit`` and the queue tools alike.  Style anchor:
-Postfix's mail_queue.c.  The POP maildrop logic is ``spool/maildrop.py``, and
-delivery into mailboxes and maildirs is ``spool/delivery.py``: both ask this
-module for every name, open, rename and unlink (by directory fd).
+server, ``emailrelay-submit`` and the queue tools alike, and the listings
+that name spool files (the admin's ``list`` and ``failures``:
+:meth:`SpoolStore.listed_ids`).  Style anchor: Postfix's mail_queue.c.  The
+POP maildrop logic is ``spool/maildrop.py``, and delivery into mailboxes and
+maildirs is ``spool/delivery.py``: both ask this module for every name,
+open, rename and unlink (by directory fd).
 
 What it expects: one flat spool directory on a local POSIX file system
 (rename is atomic, flock works), shared by any number of processes,
@@ -332,6 +334,19 @@ class SpoolStore:
                 except FileNotFoundError:
                     continue
                 yield SpoolEntry(parsed[0], parsed[1], mtime)
+
+    def listed_ids(self, state: State) -> list[str]:
+        """Upstream's admin ``list`` (``state`` READY) and ``failures`` (BAD): the id of every entry of
+        the spool directory named ``<id>.envelope<state>``, in the order of those names (bytes), as
+        E-MailRelay 2.6b lists them: whatever the id (a tab, any length, bytes that are not UTF-8:
+        given back as they are by ``surrogateescape``; not only ids :func:`is_valid_id` accepts),
+        whether or not a content file goes with it, read with effective root (a spool ``--user``
+        cannot read is listed). Ours leaves out an empty id (upstream prints its spool directory's
+        name). Raises ``FileNotFoundError`` when there is no spool directory."""
+        suffix = ENVELOPE_SUFFIX + state.value
+        with as_root(), os.scandir(self.directory) as entries:
+            names = [e.name for e in entries if e.name.endswith(suffix) and len(e.name) > len(suffix)]
+        return [name[: -len(suffix)] for name in sorted(names, key=os.fsencode)]
 
     def ready(self, *, now: float | None = None, ignore_backoff: bool = False) -> list[MessageId]:
         """Committed messages due for forwarding, in forwarding order (:func:`forwarding_order`)."""

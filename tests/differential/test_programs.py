@@ -25,6 +25,7 @@ from tests.support.diff_guide import readable_file
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, run, start
 from tests.support.sink import envelope_text
+from tests.support.submit_runs import file_tree, normalise_ids, submit_both
 
 pytestmark = [needs_oracle, pytest.mark.timeout(120)]
 
@@ -75,39 +76,6 @@ def test_help_begins_like_upstreams(args: tuple[str, ...]) -> None:
 
 # ---- emailrelay-submit ------------------------------------------------------------------------
 
-_SUBMIT_ID = re.compile(r"emailrelay\.\d+\.\d+\.(\d+)")
-_SUBMIT_ID_BYTES = re.compile(_SUBMIT_ID.pattern.encode())
-
-
-def _tree(top: Path) -> dict[str, bytes]:
-    """Every file under ``top`` (relative path -> bytes), ids normalised but for their sequence number."""
-    tree = {}
-    for path in sorted(top.rglob("*")):
-        if path.is_file():
-            data = _SUBMIT_ID_BYTES.sub(rb"emailrelay.ID.\1", path.read_bytes())
-            tree[_SUBMIT_ID.sub(r"emailrelay.ID.\1", str(path.relative_to(top)))] = data
-    return tree
-
-
-def _submit_both(
-    tmp_path: Path, spool_arg: str, *args: str, input: bytes, mailboxes: tuple[str, ...] = ()
-) -> dict[str, tuple[int, str, str, dict[str, bytes]]]:
-    """side -> (exit code, stdout, stderr, spool tree) of ``emailrelay-submit --spool-dir SPOOL_ARG args``
-    run in ``<base>/<side>`` (``spool_arg`` may be relative to it; ``{home}`` is that directory)."""
-    base = daemon_base(tmp_path)
-    out = {}
-    for side in SIDES:
-        home = base / side
-        (home / "spool").mkdir(parents=True)
-        for box in mailboxes:
-            (home / "spool" / box).mkdir()
-        spool_arg_here = spool_arg.format(home=home)
-        r = run(side, "emailrelay-submit", "--spool-dir", spool_arg_here, *args, input=input, cwd=home)
-        stdout = _SUBMIT_ID.sub(r"emailrelay.ID.\1", r.stdout.decode()).replace(str(home), "HOME")
-        stderr = r.stderr.decode(errors="surrogateescape")  # an address's bytes as given
-        out[side] = (r.returncode, stdout, stderr, _tree(home / "spool"))
-    return out
-
 
 @pytest.mark.parametrize("spool_arg", ["spool", "./spool//", "{home}/spool", "{home}/./spool/"])
 @pytest.mark.parametrize("message", [b"Subject: hi\r\n\r\nbody\r\n", b"Subject: lf\n\nbody\nlast"])
@@ -116,7 +84,7 @@ def test_submit_verbose_prints_the_content_path_and_writes_the_same_files(
 ) -> None:
     """``--verbose`` prints the content file's path, the spool directory as given but tidied; the
     envelope and content are upstream's byte for byte (ids aside)."""
-    got = _submit_both(tmp_path, spool_arg, "--from", "a@b.c", "--verbose", "x@y.z", input=message)
+    got = submit_both(tmp_path, spool_arg, "--from", "a@b.c", "--verbose", "x@y.z", input=message)
     assert got["ours"] == got["upstream"]
     code, stdout, _, files = got["ours"]
     assert code == 0 and stdout.endswith("spool/emailrelay.ID.1.content\n")
@@ -143,7 +111,7 @@ _BCC_MESSAGE = (
 def test_submit_bcc_split_as_upstream(tmp_path: Path, message: bytes, args: tuple[str, ...]) -> None:
     """``--bcc-split`` splits only recipients taken from the headers, and only two or more Bcc ones;
     the printed paths, envelopes and contents are upstream's byte for byte."""
-    got = _submit_both(tmp_path, "spool", "--from", "a@b.c", "--verbose", "--bcc-split", *args, input=message)
+    got = submit_both(tmp_path, "spool", "--from", "a@b.c", "--verbose", "--bcc-split", *args, input=message)
     assert got["ours"] == got["upstream"]
     assert got["ours"][0] == 0
 
@@ -161,7 +129,7 @@ def test_submit_copy_into_every_sub_directory(tmp_path: Path, letter: bool) -> N
         (spool / "link").symlink_to("alice")
         r = run(side, "emailrelay-submit", "--spool-dir", str(spool), "-c" if letter else "--copy", "x@y.z",
                 input=b"Subject: copy\r\n\r\nbody\r\n")  # fmt: skip
-        out[side] = (r.returncode, r.stdout, r.stderr, _tree(spool))
+        out[side] = (r.returncode, r.stdout, r.stderr, file_tree(spool))
     assert out["ours"] == out["upstream"]
     assert sorted(out["ours"][3]) == [
         ".hidden/emailrelay.ID.1.envelope",
@@ -208,10 +176,10 @@ def test_submit_options_as_upstream(tmp_path: Path, message: bytes, args: tuple[
         (home / "body").write_bytes(b"line one\nline two\n")
         argv = [a.format(home=home) for a in args]
         r = run(side, "emailrelay-submit", "--spool-dir", "spool", *argv, input=message, cwd=home)
-        tree = _tree(home / "spool")
+        tree = file_tree(home / "spool")
         for pattern, repl in _SUBMIT_STAMPS:
             tree = {k: pattern.sub(repl, v) for k, v in tree.items()}
-        stdout = _SUBMIT_ID.sub(r"emailrelay.ID.\1", r.stdout.decode())
+        stdout = normalise_ids(r.stdout.decode())
         out[side] = (r.returncode, stdout, r.stderr.decode(), tree)
     assert out["ours"] == out["upstream"]
     assert out["ours"][0] == 0 and len(out["ours"][3]) == 2
@@ -222,7 +190,7 @@ def test_submit_differs_where_upstream_loses_headers(tmp_path: Path) -> None:
     replace, where upstream also drops every field after the first one removed; a bare ``-I`` takes
     this host's name for the domain, where upstream writes ``@yes``."""
     message = b"From: Al <al@x>\r\nSubject: kept\r\nTo: old@x\r\nX-Kept: 1\r\n\r\nbody\r\n"
-    got = _submit_both(tmp_path, "spool", "-F", "-t", "-I", "-f", "a@b", "x@y", input=message)
+    got = submit_both(tmp_path, "spool", "-F", "-t", "-I", "-f", "a@b", "x@y", input=message)
     contents = {side: next(v for k, v in got[side][3].items() if k.endswith(".content")) for side in SIDES}
     assert re.fullmatch(
         rb"To: x@y\r\nFrom: a@b\r\nMessage-ID: <\d+\.\d+\.\d+@yes>\r\n\r\nbody\r\n", contents["upstream"]
@@ -263,7 +231,7 @@ def test_submit_content_lines_and_input_as_upstream(
     """``--content`` lines and the input are put together as upstream puts them, byte for byte: the
     input is not dropped when ``--content`` is given, a lone CR stays in its line, and bad base64
     is upstream's ``base64 encoding error`` with nothing written."""
-    got = _submit_both(tmp_path, "spool", "-f", "a@b", *args, "x@y", input=message)
+    got = submit_both(tmp_path, "spool", "-f", "a@b", *args, "x@y", input=message)
     assert got["ours"] == got["upstream"]
 
 
@@ -274,7 +242,7 @@ def test_submit_content_lines_and_input_as_upstream(
 )
 def test_submit_options_end_at_the_first_recipient(tmp_path: Path, args: tuple[str, ...]) -> None:
     """Upstream reads options up to the first recipient only: ``x@y -F z@w`` is three recipients."""
-    got = _submit_both(tmp_path, "spool", "-f", "a@b", *args, input=b"Subject: s\r\n\r\nb\r\n")
+    got = submit_both(tmp_path, "spool", "-f", "a@b", *args, input=b"Subject: s\r\n\r\nb\r\n")
     assert got["ours"] == got["upstream"]
     assert got["ours"][0] == 0 and len(got["ours"][3]) == 2
 
@@ -284,7 +252,7 @@ def test_submit_message_id_option_never_takes_the_next_argument(tmp_path: Path) 
     after either is a recipient, as upstream has it (the bare option's domain aside: decisions.md)."""
     message = b"Subject: s\r\n\r\nb\r\n"
     for args in (("-I", "x@y"), ("-f", "a@b", "-I", "x@y", "z@w"), ("--content-message-id", "x@y")):
-        got = _submit_both(tmp_path, "spool", *args, input=message)
+        got = submit_both(tmp_path, "spool", *args, input=message)
         envelopes = {
             side: {k: v for k, v in got[side][3].items() if k.endswith(".envelope")} for side in SIDES
         }
@@ -329,7 +297,7 @@ def test_submit_addresses_refused_or_taken_as_upstream(
     """An address that is not UTF-8 and a From/Sender/To/Cc field upstream cannot parse when the
     envelope takes addresses from it: upstream's message (the bytes as given, the field's line, the
     byte's position), exit 1 and nothing written; ``-t`` with no recipient is refused."""
-    got = _submit_both(tmp_path, "spool", *args, input=message)
+    got = submit_both(tmp_path, "spool", *args, input=message)
     assert got["ours"] == got["upstream"]
 
 
@@ -348,7 +316,7 @@ def test_submit_addresses_refused_or_taken_as_upstream(
 def test_submit_auth_values_as_upstream(tmp_path: Path, args: tuple[str, ...]) -> None:
     """``--from-auth-in``/``--from-auth-out`` go into the envelope as xtext (``<>`` when given
     empty), as upstream writes them; ``--auth`` is taken and not written, as upstream."""
-    got = _submit_both(tmp_path, "spool", "-f", "a@b", *args, "x@y", input=b"Subject: s\r\n\r\nb\r\n")
+    got = submit_both(tmp_path, "spool", "-f", "a@b", *args, "x@y", input=b"Subject: s\r\n\r\nb\r\n")
     assert got["ours"] == got["upstream"]
     assert got["ours"][0] == 0
 

@@ -37,8 +37,8 @@ from pathlib import Path
 import pytest
 
 from emailrelay import COPYRIGHT, WARRANTY
-from tests.differential.test_programs import _submit_both, _tree
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, program, run
+from tests.support.submit_runs import file_tree, submit_both
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,7 +78,7 @@ USAGE_IDS = ["f-twice", "f-from", "from-twice", "spool-dir-twice", "x-twice", "a
 @pytest.mark.parametrize(("args", "errors"), USAGE_ERRORS, ids=USAGE_IDS)
 def test_command_line_errors_as_upstream(tmp_path: Path, args: tuple[str, ...], errors: list[str]) -> None:
     """2.6b's lines, every one, and nothing written; the exit code is ours (1, not 2.6b's 0)."""
-    got = _submit_both(tmp_path, "spool", *args, input=MESSAGE)
+    got = submit_both(tmp_path, "spool", *args, input=MESSAGE)
     expected = "".join(f"{_ERROR}{e}\n" for e in errors)
     assert got["upstream"] == (0, "", expected, {})
     assert got["ours"] == (1, "", expected, {})
@@ -129,7 +129,7 @@ _NUL = b"Subject: s\x00t\r\n\r\nbo\x00dy\r\n"
 )  # fmt: skip
 def test_options_taken_as_upstream(tmp_path: Path, args: tuple[str, ...], message: bytes) -> None:
     """Byte for byte: what each side prints, its exit code and the files it writes."""
-    got = _submit_both(tmp_path, "spool", *args, input=message)
+    got = submit_both(tmp_path, "spool", *args, input=message)
     stamp = re.compile(rb"\d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}|\d+\.\d{6}\.\d+@")
     for side in SIDES:
         code, out, err, tree = got[side]
@@ -217,7 +217,7 @@ def test_closed_stdin_as_upstream(tmp_path: Path) -> None:
         (base / side).mkdir()
         r = _odd_stdin(side, base / side, None, "-f", "a@b", "x@y")
         assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
-        trees[side] = _tree(base / side)
+        trees[side] = file_tree(base / side)
     assert trees["ours"] == trees["upstream"]
     assert [v for k, v in trees["ours"].items() if k.endswith(".content")] == [b"\r\n"]
 
@@ -238,7 +238,7 @@ def test_stdin_that_cannot_be_read_differs(tmp_path: Path) -> None:
     for side in SIDES:
         (base / side).mkdir()
         r = _odd_stdin(side, base / side, base / f"{side}.stdin", "x@y")
-        got[side] = (r.returncode, r.stderr, _tree(base / side))
+        got[side] = (r.returncode, r.stderr, file_tree(base / side))
     assert got["upstream"][:2] == (0, b"")
     assert [v for k, v in got["upstream"][2].items() if k.endswith(".content")] == [b"\r\n"]
     assert got["ours"] == (1, b"emailrelay-submit: cannot read standard input: bad file descriptor\n", {})
@@ -303,7 +303,7 @@ def test_help_layout_on_ours(tmp_path: Path, args: tuple[str, ...], full: bool) 
 @needs_oracle
 def test_version_writes_nothing_on_both(tmp_path: Path) -> None:
     """``-V`` prints a version and writes nothing, the recipients aside; ours names itself."""
-    got = _submit_both(tmp_path, "spool", "-V", "x@y", input=MESSAGE)
+    got = submit_both(tmp_path, "spool", "-V", "x@y", input=MESSAGE)
     assert got["upstream"] == (0, "2.6b\n", "", {})
     assert got["ours"][0] == 0 and re.fullmatch(r"2\.6 \(emailrelay-python \S+\)\n", got["ours"][1])
     assert got["ours"][2:] == ("", {})
@@ -313,7 +313,7 @@ def test_version_writes_nothing_on_both(tmp_path: Path) -> None:
 def test_input_file_that_is_a_directory_differs(tmp_path: Path) -> None:
     """Deliberate: 2.6b submits an empty message for ``-x <directory>`` and exits 0, so the message
     meant is lost unseen; ours refuses it, exit 1, nothing written."""
-    got = _submit_both(tmp_path, "spool", "-x", "spool", "x@y", input=MESSAGE)
+    got = submit_both(tmp_path, "spool", "-x", "spool", "x@y", input=MESSAGE)
     assert got["upstream"][:3] == (0, "", "") and [
         v for k, v in got["upstream"][3].items() if k.endswith(".content")
     ] == [b"\r\n"]
