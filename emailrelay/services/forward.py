@@ -1071,7 +1071,8 @@ class ForwardService:
         if result.outcome is FilterOutcome.REJECT:
             if routing:  # upstream's words, without a code (and no "forwarding [X] failed")
                 return await self._fail(claim, "routing filter failed", None, warn=False)
-            reason = result.detail or result.reason or "rejected"  # (and no "forwarding [X] failed")
+            # (and no "forwarding [X] failed"); neither words nor a reason: upstream says "error"
+            reason = result.detail or result.reason or "error"
             return await self._fail(claim, reason, 550, warn=False)  # upstream's code is always 550
         return await self._retry(claim, result.reason or "client filter error", result.code)
 

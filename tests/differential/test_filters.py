@@ -215,6 +215,7 @@ CLIENT_CASES: dict[str, Case] = {
     "text": ("<<foo bar>> trailing\n<<diag>>\n", 1, ""),
     "c550": ("<<550 not today>>\n", 1, ""),
     "c452": ("<<452 later>>\n", 1, ""),
+    "c452bare": ("<<452>>\n", 1, ""),  # a code without words: upstream's reason is "error"
     "e100": ("<<x>>\n", 100, ""),
     "e100rm": ("", 100, RM_BOTH),
     "e0rm": ("", 0, RM_BOTH),
@@ -269,6 +270,19 @@ def test_client_filter_exit_codes_and_failures(tmp_path: Path) -> None:
         "emailrelay: info: client-filter [filter.sh]: [emailrelay.ID]: failed response=[foo bar] reason=[diag]"
         in up["text"][0]
     )
+
+
+def test_client_filter_rejection_without_words_is_an_error_on_ours() -> None:
+    """Ours alone: a client filter's rejection with neither a response nor a reason (``<<452>>``)
+    fails the message with upstream's reason ``error`` (ours said ``rejected``)."""
+    with FakeSmtp() as hop:
+        base = daemon_base()
+        recorder(base, {"c452bare": CLIENT_CASES["c452bare"]})
+        got = _client_run("ours", base, ["c452bare"], hop)
+    _, left, sent = got["c452bare"]  # type: ignore[misc]
+    assert sent == 0 and any(
+        "X-MailRelay-Reason: error\\r\\nX-MailRelay-ReasonCode: 550" in x for x in left
+    ), left
 
 
 @pytest.mark.parametrize("code", [102, 104, 105])
