@@ -82,6 +82,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .line_buffer import LineBuffer, LocalProtocolError
+from .wire_octets import encode_line
 
 __all__ = [
     "NEED_DATA",
@@ -330,14 +331,6 @@ def _text(raw: bytes) -> str:
     """A line as text: octets that are not UTF-8 as surrogate escapes, so that they are echoed
     and logged as they came (E-MailRelay 2.6b's raw octets) and never read as latin-1."""
     return raw.decode("utf-8", "surrogateescape")
-
-
-def _encode(text: str) -> bytes:
-    """A reply's octets: a peer's octets that are not UTF-8 (surrogate escapes) as they came."""
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # (a surrogate that no octet made: never from a peer's line)
-        return text.encode("utf-8", "replace")
 
 
 def _number(text: str) -> int | None:
@@ -657,10 +650,10 @@ class Pop3Server(LineBuffer):
     # ------------------------------------------------------------- commands
 
     def _send(self, line: str) -> None:
-        self._out.append(_encode(line) + b"\r\n")
+        self._out.append(encode_line(line) + b"\r\n")
 
     def _send_lines(self, first: str, lines: Sequence[str]) -> None:
-        self._out.append(_encode("".join(f"{x}\r\n" for x in (first, *lines, "."))))
+        self._out.append(encode_line("".join(f"{x}\r\n" for x in (first, *lines, "."))))
 
     def _ok(self, ev: Event, text: str = "") -> None:
         self._errors = 0
