@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from emailrelay.policy.net import NetFilter
 from emailrelay.policy.spec import FilterContext, parse_filters
 from emailrelay.policy.verdicts import FilterOutcome, FilterResult
 from tests.support.filter_recorder import Case, filter_lines, recorder
+from tests.support.line_server import threaded_server
 from tests.support.oracle import (
     SIDES,
     Daemon,
@@ -105,7 +105,6 @@ def byte_server(answers: dict[str, bytes]) -> Iterator[int]:
     """A ``net:`` server answering octets: for a filter's request (a content path) the answer named by
     the message's Subject, for a verifier's the one named by the recipient's local part; ``ok``
     or ``1|`` when none is."""
-    listener = socket.create_server(("127.0.0.1", 0))
 
     def answer(line: bytes) -> bytes:
         text = line.decode("utf-8", "surrogateescape").rstrip("\n")
@@ -119,19 +118,8 @@ def byte_server(answers: dict[str, bytes]) -> Iterator[int]:
             for line in reader:
                 conn.sendall(answer(line))
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=session, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
+    with threaded_server(session) as port:
+        yield port
 
 
 # ---- in process: a program's output, a net: filter's answer -------------------------------------

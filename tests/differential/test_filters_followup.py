@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.support.diff_filters import message, serve_cases
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.fake_spamd import closed_port
 from tests.support.filter_recorder import Case, recorder, side_neutral
+from tests.support.line_server import threaded_server
 from tests.support.oracle import SIDES, daemon_base, needs_oracle, normalise_log, run, smtp_dialogue, start
 
 pytestmark = pytest.mark.timeout(300)
@@ -73,21 +73,8 @@ def _length(data: bytes) -> int:
 @contextlib.contextmanager
 def failing_spamd() -> Iterator[int]:
     """A listening port whose spamd answers badly (see _ANSWERS)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=_serve_spamd, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
+    with threaded_server(_serve_spamd) as port:
+        yield port
 
 
 def _spam_lines(lines: list[str], port: int) -> list[str]:

@@ -26,7 +26,6 @@ import contextlib
 import re
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import pytest
 from tests.differential.test_verifiers import verify_cases
 from tests.support.diff_filters import serve_cases
 from tests.support.filter_recorder import Case, recorder
-from tests.support.line_server import line_server
+from tests.support.line_server import line_server, threaded_server
 from tests.support.oracle import SIDES, daemon_base, needs_oracle
 
 pytestmark = pytest.mark.timeout(120)
@@ -180,25 +179,16 @@ def test_net_answers_as_upstream() -> None:
 @contextlib.contextmanager
 def resetting_server() -> Iterator[int]:
     """A server that reads one request line and resets the connection (SO_LINGER 0)."""
-    listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(10)
-                with contextlib.suppress(OSError):
-                    conn.makefile("rb").readline()
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    def session(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            with contextlib.suppress(OSError):
+                conn.makefile("rb").readline()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
+    with threaded_server(session) as port:
+        yield port
 
 
 def reset_outcomes(side: str) -> dict[str, Outcome]:

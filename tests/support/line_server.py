@@ -6,7 +6,8 @@ port, runs one session per connection in a thread, records every request
 line as it came (decoded, its line end kept) and sends the answer as it is.
 Two answers are scripts rather than text: ``SLEEP n`` sends nothing for that
 line (the session waits n seconds, or until the server stops), ``CLOSE``
-closes the connection.
+closes the connection. :func:`threaded_server` is the listening part alone,
+for a test server that speaks something else (octets, spamd).
 """
 
 from __future__ import annotations
@@ -18,10 +19,30 @@ from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
+def threaded_server(session: Callable[[socket.socket], None]) -> Iterator[int]:
+    """Listen on 127.0.0.1 and a free port until the block ends, running ``session(connection)``
+    in a thread of its own for each connection; yields the port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the listener is closed: the block has ended
+                return
+            threading.Thread(target=session, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+@contextlib.contextmanager
 def line_server(answer_for: Callable[[str], str]) -> Iterator[tuple[int, list[str]]]:
     """Serve until the block ends; yields (port, request lines so far)."""
     requests: list[str] = []
-    listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
     def session(conn: socket.socket) -> None:
@@ -37,17 +58,8 @@ def line_server(answer_for: Callable[[str], str]) -> Iterator[tuple[int, list[st
                     return
                 conn.sendall(answer.encode())
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=session, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
     try:
-        yield listener.getsockname()[1], requests
+        with threaded_server(session) as port:
+            yield port, requests
     finally:
         stop.set()
-        listener.close()
