@@ -16,8 +16,13 @@ E-MailRelay 2.6b ignores them (``account:foo`` is ``account:``).
 
 What it guarantees (as E-MailRelay 2.6b, observed): the domain must be the
 ``--domain`` compared case-insensitively (an address without a domain, or
-with a trailing dot, does not match); the local part names an account
-exactly or in lower case (``CloudSDK`` finds ``cloudsdk``); an account
+with a trailing dot, does not match); unlike upstream, an international
+domain matches written with A-labels or not, whichever form ``--domain``
+has (the session asks about ``u@xn--caf-dma.example`` at RCPT and about
+``u@café.example`` at VRFY; upstream matches only the form of
+``--domain``, so ``--domain=café.example`` rejects every RCPT:
+docs/decisions.md, "account: and international domains"); the local part
+names an account exactly or in lower case (``CloudSDK`` finds ``cloudsdk``); an account
 outside the user-id range does not count. A non-matching recipient is
 rejected ``550 rejected`` with the reason logged (``[other.example] does not
 match [example.com]``, ``[bob] is not a valid account name``, ``uid 0 is not
@@ -33,6 +38,7 @@ import pwd
 from dataclasses import dataclass
 
 from ..config import Config
+from ..protocol.addresses import domain_to_alabels
 from .exe import PeerLike
 from .spec import Spec, user_id_range
 from .verdicts import RecipientKind, RecipientVerdict
@@ -55,6 +61,14 @@ def _getpwnam(name: str) -> pwd.struct_passwd | None:
         return pwd.getpwnam(name)
     except (KeyError, ValueError):
         return None
+
+
+def _same_domain(domain: str, ours: str) -> bool:
+    """Whether ``domain`` is the ``--domain`` ``ours``, 7-bit letters in any case, either written
+    with A-labels or not (``caf\u00e9.example`` is ``xn--caf-dma.example``)."""
+    return domain.lower() == ours.lower() or ascii_lower(domain_to_alabels(domain)) == ascii_lower(
+        domain_to_alabels(ours)
+    )
 
 
 class AccountVerifier:
@@ -100,7 +114,7 @@ class AccountVerifier:
         if not at:
             local, domain = recipient, ""
         found: Account | str
-        if domain.lower() != self.config.domain.lower():
+        if not _same_domain(domain, self.config.domain):
             found = f"[{domain}] does not match [{self.config.domain}]"
         else:
             found = await asyncio.to_thread(self.find, local)

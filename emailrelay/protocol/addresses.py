@@ -37,8 +37,9 @@ GUARANTEES
       angle brackets.
     * ``to_alabels`` turns each non-ASCII label of the domain (after the last
       "@", not an address literal) into ``xn--`` plus its Punycode (RFC 3492),
-      case kept and no other mapping, as E-MailRelay 2.6b stores domains;
-      local parts are left alone.
+      case kept and no other mapping, and leaves out the empty labels of such
+      a domain (a trailing dot), as E-MailRelay 2.6b stores domains; local
+      parts are left alone (``domain_to_alabels``: the same for a bare domain).
     * No I/O, no logging, no global state.
 """
 
@@ -48,6 +49,7 @@ import re
 
 __all__ = [
     "PathSyntaxError",
+    "domain_to_alabels",
     "parse_mail_from",
     "parse_path",
     "parse_rcpt_to",
@@ -210,13 +212,22 @@ def xtext_decode(s: str) -> str:
 def to_alabels(address: str) -> str:
     """``address`` with every non-ASCII label of its domain as an A-label (``xn--bcher-kva``)."""
     local, at, domain = address.rpartition("@")
-    if not at or domain.isascii() or domain.startswith("["):
+    if not at or domain.startswith("["):
         return address
+    return f"{local}@{domain_to_alabels(domain)}"
+
+
+def domain_to_alabels(domain: str) -> str:
+    """``domain`` with every non-ASCII label as an A-label; when there is one, empty labels are
+    left out (``b\u00fc..example.`` gives ``xn--b-eha.example``), as E-MailRelay 2.6b converts."""
+    if domain.isascii():
+        return domain
     labels = [
         label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
         for label in domain.split(".")
+        if label
     ]
-    return f"{local}@{'.'.join(labels)}"
+    return ".".join(labels)
 
 
 def xtext_normalise(s: str) -> str:

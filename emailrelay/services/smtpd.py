@@ -28,7 +28,11 @@ What it guarantees:
 - a verifier's or filter's octets that are not UTF-8 (``caf\\xe9``) reach the
   reply and the log as they came, and a verifier's the envelope too (an address
   of them is not made an A-label, nor counted as a UTF-8 mailbox name), as
-  E-MailRelay 2.6b's do.
+  E-MailRelay 2.6b's do;
+- international addresses as E-MailRelay 2.6b's: stored with the domain in
+  A-labels; an address verifier is asked about that form at RCPT (as typed at
+  VRFY), its rewritten address is stored as it came, and a rejected recipient
+  that is not ASCII is named in the reply (``550 recipient <u@caf\u00e9.example> no``).
 """
 
 from __future__ import annotations
@@ -683,18 +687,20 @@ class SmtpSession(LineSession):
         return self._verify_rcpt(ev)
 
     async def _verify_rcpt(self, ev: sp.RcptTo) -> None:
+        # E-MailRelay 2.6b asks about the address with its domain in A-labels (VRFY: as typed), and
+        # stores the verifier's (rewritten) address as it came, not made an A-label
+        asked = to_alabels(ev.address)
         verdict = await self.service.policy.verify(
-            ev.address, self.tx.mail_from, self.peer, self.auth_mechanism, self.auth_id
+            asked, self.tx.mail_from, self.peer, self.auth_mechanism, self.auth_id
         )
         if verdict.kind is RecipientKind.REMOTE:
-            address = verdict.address  # a verifier's octets that are not UTF-8 stored as they came
-            self.tx.to_remote.append(to_alabels(address) if _utf8(address) else address)
+            self.tx.to_remote.append(verdict.address)
             self.proto.accept()
         elif verdict.kind is RecipientKind.LOCAL:
             self.tx.to_local.append(verdict.mailbox)
             self.proto.accept(f"recipient <{ev.address}>  OK")  # two spaces: E-MailRelay 2.6b's text
         elif verdict.kind is RecipientKind.TEMPORARY:
-            self._reject_rcpt(ev.address, 450, verdict)
+            self._reject_rcpt(ev.address, asked, 450, verdict)
         elif verdict.kind is RecipientKind.ABORT:
             # upstream's lines (a net: verifier's is a warning); we close the connection, upstream
             # leaves it open without a reply (docs/decisions.md, "verifier exit 100")
@@ -706,15 +712,20 @@ class SmtpSession(LineSession):
             if self.transport is not None:
                 self.transport.abort()
         else:
-            self._reject_rcpt(ev.address, 550, verdict)
+            self._reject_rcpt(ev.address, asked, 550, verdict)
 
-    def _reject_rcpt(self, address: str, code: int, verdict: RecipientVerdict) -> None:
-        """Upstream's reply (the verifier's text, possibly empty) and warning
-        ``rejecting recipient "<address>": <reason>[: <detail>]``."""
+    def _reject_rcpt(self, typed: str, asked: str, code: int, verdict: RecipientVerdict) -> None:
+        """Upstream's warning ``rejecting recipient "<asked>": <reason>[: <detail>]`` (the address
+        the verifier was asked about) and reply: the verifier's text, possibly empty, after
+        ``recipient <typed>`` when the address as typed is not ASCII, as E-MailRelay 2.6b's
+        (``550 recipient <u@caf\u00e9.example> no``, ``550 recipient <\u00fc@example.com>``)."""
         detail = f": {verdict.detail}" if verdict.detail else ""
         # from the verifier's completion: without the address, as upstream (see _finish)
-        self.log.warning(f'rejecting recipient "{address}": {verdict.reason}{detail}')
-        self.proto.reject(code, printable(verdict.reason))  # escaped once more, as upstream
+        self.log.warning(f'rejecting recipient "{asked}": {verdict.reason}{detail}')
+        text = printable(verdict.reason)  # escaped once more, as upstream
+        if not typed.isascii():
+            text = f"recipient <{typed}>" + (f" {text}" if text else "")
+        self.proto.reject(code, text)
 
     def _on_data_start(self, ev: Any) -> None:
         if ev.line:
@@ -1018,10 +1029,12 @@ class SmtpSession(LineSession):
             client=self.peer.host,
             client_certificate=self.client_certificate,
             mail_from_auth_in=tx.auth_in,
-            # upstream's rule: whether any stored address is still non-ASCII once its domain is in
-            # A-labels, with or without SMTPUTF8, and UTF-8 (a verifier's "caf\xe9@..." is not)
+            # upstream's rule: whether the sender or a remote recipient is still non-ASCII once its
+            # domain is in A-labels (a verifier's "new@b\xfccher.example", stored as it came, is
+            # not), with or without SMTPUTF8, and UTF-8 (a verifier's "caf\xe9@..." is not); a
+            # local mailbox does not count
             utf8_mailbox_names=any(
-                not a.isascii() and _utf8(a) for a in (tx.mail_from, *tx.to_remote, *tx.to_local)
+                _utf8(a) and not to_alabels(a).isascii() for a in (tx.mail_from, *tx.to_remote)
             ),
         )
 

@@ -214,6 +214,9 @@ def test_parsers_only_raise_path_syntax_error(arg: str, strict: bool) -> None:
         ("postmaster", "postmaster"),
         ('"a@\u00fc"@d', '"a@\u00fc"@d'),
         ("c@\u00e9\u00e9.\u4e2d\u6587", "c@xn--9caa.xn--fiq228c"),  # each label on its own (upstream errs)
+        ("c@b\u00fccher.example.", "c@xn--bcher-kva.example"),  # an international domain's empty labels go
+        ("c@b\u00fc..x", "c@xn--b-eha.x"),
+        ("c@example.com.", "c@example.com."),  # an ASCII domain is kept as it is
     ],
 )
 def test_to_alabels(address: str, stored: str) -> None:
