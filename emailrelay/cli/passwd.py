@@ -23,9 +23,10 @@ Guarantees: one line on stdout and exit 0, with E-MailRelay 2.6b's options:
 * ours besides: ``--print-base64`` (base64 of the password, for ``plain:b``
   lines), ``--xtext`` (``-x``, for ``plain`` lines) and ``--version``.
 
-Options are read as upstream reads them (:func:`_tokenize`): whole names only, a flag takes a yes
-or a no after ``=``, a value option given twice with two values is a ``duplicate use``, and every
-problem is reported, before any ``--help``.
+Options are read as upstream reads them (:mod:`emailrelay.cli.upstream_getopt`, as
+``emailrelay-submit`` reads its own): whole names only, a flag takes a yes or a no after ``=``, a
+value option given twice with two values is a ``duplicate use``, and every problem is reported,
+before any ``--help``.
 
 Exit 1 with upstream's messages: ``emailrelay-passwd: error: invalid option:
 "--x"``, ``emailrelay-passwd: invalid password`` (empty),
@@ -41,21 +42,12 @@ import base64
 import binascii
 import getpass
 import sys
-from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
 from .. import COPYRIGHT, WARRANTY, __version__
 from ..auth.md5state import encode_dotted, encode_state, hmac_md5_state
 from ..protocol.addresses import xtext_encode
-from .parse import (
-    MSG_CONFLICTING,
-    MSG_DUPLICATE,
-    MSG_FLAG_VALUE,
-    MSG_INVALID_OPTION,
-    MSG_MISTAKE,
-    MSG_NO_VALUE_SUPPLIED,
-    flag_state,
-)
+from .upstream_getopt import Given, Option, tokenize
 
 PROGRAM = "emailrelay-passwd"
 VERSION = f"E-MailRelay V2.6 passwd (emailrelay-python {__version__})"
@@ -69,32 +61,21 @@ class PasswdError(Exception):
         self.prefix = prefix
 
 
-# ---- options, as E-MailRelay 2.6b's option parser reads them ------------------------------------
-
-
-@dataclass(frozen=True)
-class _Option:
-    name: str
-    short: str | None
-    value: str | None = None  # the value's name in the help (None: a flag)
-    text: str = ""
-    basic: bool = False  # listed by --help without --verbose too
-    hidden: bool = False  # taken but not listed (upstream's -v/--verbose)
+# ---- options, read as E-MailRelay 2.6b reads them (upstream_getopt) -----------------------------
 
 
 _OPTIONS = (
-    _Option("hash", "H", "function", "use the named hash function", basic=True),
-    _Option("help", "h", None, "show usage help", basic=True),
-    _Option("base64", "b", None, "interpret the password as base64-encoded"),
-    _Option("dotted", "d", None, "use a dotted decimal format"),
-    _Option("password", "p", "pwd", "defines the password"),
-    _Option("verbose", "v", None, hidden=True),
-    _Option("print-base64", None, None, "print base64 of the plain password (plain:b lines)"),
-    _Option("xtext", "x", None, "print xtext of the plain password (plain lines)"),
-    _Option("version", None, None, "print the version and exit"),
+    Option("hash", "H", "value", "function", "use the named hash function", basic=True),
+    Option("help", "h", text="show usage help", basic=True),
+    Option("base64", "b", text="interpret the password as base64-encoded"),
+    Option("dotted", "d", text="use a dotted decimal format"),
+    Option("password", "p", "value", "pwd", "defines the password"),
+    Option("verbose", "v", hidden=True),
+    Option("print-base64", text="print base64 of the plain password (plain:b lines)"),
+    Option("xtext", "x", text="print xtext of the plain password (plain lines)"),
+    Option("version", text="print the version and exit"),
 )
 _LONG = {o.name: o for o in _OPTIONS}
-_SHORT = {o.short: o for o in _OPTIONS if o.short}
 _FORMS = ("dotted", "print-base64", "xtext")  # output forms: one at most
 _SYNOPSIS = {
     False: ["usage: emailrelay-passwd [-h] [--hash=<function>] [--help]"],
@@ -105,88 +86,13 @@ _SYNOPSIS = {
 }
 
 
-@dataclass
-class _Given:
-    """What the command line gave: values, flags that are on (in the order given), what is left."""
-
-    values: dict[str, str] = field(default_factory=dict)
-    flags: dict[str, bool] = field(default_factory=dict)
-    rest: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    def on(self, name: str) -> bool:
-        return self.flags.get(name, False)
-
-    def add_value(self, option: _Option, value: str, display: str) -> None:
-        if self.values.setdefault(option.name, value) != value:
-            self.problems.append(MSG_DUPLICATE.format(opt=display))
-
-    def add_flag(self, option: _Option, value: str | None) -> None:
-        state = flag_state(value)
-        if state is None:
-            self.problems.append(MSG_FLAG_VALUE.format(opt="--" + option.name, value=value))
-        elif self.flags.setdefault(option.name, state) != state:
-            self.problems.append(MSG_CONFLICTING.format(opt="--" + option.name))
-
-
-def _tokenize(argv: list[str]) -> _Given:
-    """The options as upstream reads them: only whole long names; ``--name=value`` or ``--name
-    value`` (not one starting with ``-``); a short value option alone, its value the next argument
-    (in a group of letters it has none); a flag takes a yes or a no after ``=``; a value option
-    given again with another value is a duplicate; ``--`` or the first non-option ends the options;
-    every problem is reported, in the order met."""
-    given = _Given()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if arg == "--":
-            given.rest = argv[i:]
-            break
-        if arg.startswith("--"):
-            name, eq, raw = arg[2:].partition("=")
-            option = _LONG.get(name)
-            if option is None:
-                given.problems.append(MSG_INVALID_OPTION.format(opt="--" + name))
-            elif option.value is None:
-                given.add_flag(option, raw if eq else None)
-            elif eq:
-                given.add_value(option, raw, "--" + name)
-            elif i >= len(argv):
-                given.problems.append(MSG_NO_VALUE_SUPPLIED.format(opt=f'"--{name}"'))
-            elif argv[i].startswith("-"):
-                given.problems.append(MSG_MISTAKE.format(opt="--" + name, value=argv[i]))
-                i += 1
-            else:
-                given.add_value(option, argv[i], "--" + name)
-                i += 1
-        elif arg.startswith("-") and arg != "-":
-            letters = arg[1:]
-            for letter in letters:
-                option = _SHORT.get(letter)
-                if option is None:
-                    given.problems.append(MSG_INVALID_OPTION.format(opt="-" + letter))
-                elif option.value is None:
-                    given.add_flag(option, None)
-                elif len(letters) == 1 and i < len(argv):
-                    given.add_value(option, argv[i], "-" + letter)
-                    i += 1
-                else:
-                    given.problems.append(MSG_NO_VALUE_SUPPLIED.format(opt="-" + letter))
-        else:
-            given.rest = argv[i - 1 :]
-            break
-    return given
-
-
 def help_text(verbose: bool) -> str:
     """``--help`` in upstream's words and layout (with ``--verbose`` every option, ours after)."""
     lines = [*_SYNOPSIS[verbose], ""]
     for o in _OPTIONS:
         if o.hidden or not (o.basic or verbose):
             continue
-        left = f"  {'-' + o.short + ',' if o.short else '   '} --{o.name}{f'=<{o.value}>' if o.value else ''}"
-        lines.append(f"{left:<29} {o.text}")
+        lines.append(f"{o.help_left():<29} {o.text}")
     return "\n".join([*lines, "", *WARRANTY, COPYRIGHT]) + "\n"
 
 
@@ -195,12 +101,12 @@ def _usage_after_error() -> str:
     return "\n".join([f"usage: {PROGRAM}", "", *("  " + w for w in WARRANTY), "    " + COPYRIGHT])
 
 
-def _parse(argv: list[str] | None) -> _Given:
+def _parse(argv: list[str] | None) -> Given:
     """The options, or upstream's errors (all of them, before any help); ``--help`` and our
     ``--version`` print and exit 0 (SystemExit); a non-option is upstream's ``too many
     command-line arguments``; a hash function or form that cannot be used is refused here,
     before any password is read."""
-    given = _tokenize(sys.argv[1:] if argv is None else argv)
+    given = tokenize(sys.argv[1:] if argv is None else argv, _OPTIONS)
     if given.problems:
         raise PasswdError(f"\n{PROGRAM}: error: ".join(given.problems))
     if given.on("help") or given.on("version"):
@@ -252,7 +158,7 @@ def _read_password(stdin: TextIO) -> bytes:
     return line.strip(_BLANKS)  # nothing read: upstream's "invalid password", as for an empty line
 
 
-def _format(given: _Given, password: bytes) -> str:
+def _format(given: Given, password: bytes) -> str:
     if given.on("print-base64"):
         return base64.b64encode(password).decode("ascii")
     if given.on("xtext"):
@@ -268,8 +174,9 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     out = stdout or sys.stdout
     try:
         given = _parse(argv)
-        if "password" in given.values:
-            password = given.values["password"].encode("utf-8", "surrogateescape")
+        given_password = given.values.get("password")  # (a value option: never None when given)
+        if given_password is not None:
+            password = given_password.encode("utf-8", "surrogateescape")
         else:
             password = _read_password(stdin or sys.stdin)
         if given.on("base64"):

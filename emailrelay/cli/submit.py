@@ -32,7 +32,6 @@ empty line that ends the headers always there.
 from __future__ import annotations
 
 import argparse
-import copy
 import grp
 import os
 import re
@@ -40,9 +39,7 @@ import socket
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 from .. import COPYRIGHT, PRODUCT_VERSION, WARRANTY, __version__
 from ..config import OPTION_DEFAULTS
@@ -51,6 +48,7 @@ from ..spool.delivery import copy_to_directories
 from ..spool.envelope import Envelope
 from ..spool.names import State
 from ..spool.store import SpoolStore
+from .upstream_getopt import Option, tokenize
 
 PROGRAM = "emailrelay-submit"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -61,130 +59,62 @@ class SubmitError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class _Option:
-    """One of E-MailRelay 2.6b's options: its letter ("" for none), name, what it takes (``flag``;
-    ``value``, given once; ``values``, repeatable; ``optional``, a value only after ``=``), the
-    value's name and our help text; ``basic`` ones are in the abbreviated help."""
-
-    short: str
-    long: str
-    dest: str
-    kind: str
-    arg: str
-    text: str
-    basic: bool = False
-
-
 _OPTIONS = (  # in upstream's order, which its help keeps
-    _Option("f", "from", "from_", "value", "envelope-from-address", "the envelope sender (default: the From header's, else anonymous)", True),
-    _Option("h", "help", "help", "flag", "", "prints this help and exits (with -v every option)", True),
-    _Option("x", "input-file", "input_file", "value", "file", "reads the message from the file instead of standard input", True),
-    _Option("s", "spool-dir", "spool_dir", "value", "dir", "the spool directory", True),
-    _Option("v", "verbose", "verbose", "flag", "", "prints the new content file's path", True),
-    _Option("b", "bcc-split", "bcc_split", "flag", "", "one message per Bcc recipient when there are several (recipients from the headers)"),
-    _Option("d", "content-date", "content_date", "flag", "", "adds a Date header when there is none"),
-    _Option("F", "content-from", "content_from", "flag", "", "adds a From header with the envelope sender, in place of the originator fields"),
-    _Option("I", "content-message-id", "content_message_id", "optional", "domain-part", "adds a Message-ID header when there is none (this host's name unless a domain is given)"),
-    _Option("t", "content-to", "content_to", "flag", "", "adds a To header with the envelope recipients, in place of the recipient fields"),
-    _Option("c", "copy", "copy", "flag", "", "copies the new envelope into every sub-directory of the spool directory"),
-    _Option("n", "filename", "filename", "flag", "", "prints the new content file's name"),
-    _Option("", "to", "to", "values", "envelope-to-address", "an envelope recipient (repeatable)"),
-    _Option("V", "version", "version", "flag", "", "prints the version and exits"),
-    _Option("a", "auth", "auth", "value", "name", "taken and not written, as upstream (Authentication stays empty)"),
-    _Option("B", "body", "body", "flag", "", "the input is body text only, after the --content lines"),
-    _Option("C", "content", "content", "values", "base64", "a base64-encoded line of content (repeatable)"),
-    _Option("i", "from-auth-in", "from_auth_in", "value", "name", "the envelope's from-auth-in value"),
-    _Option("o", "from-auth-out", "from_auth_out", "value", "name", "the envelope's from-auth-out value"),
-    _Option("N", "no-stdin", "no_stdin", "flag", "", "does not read standard input"),
+    Option("from", "f", "value", "envelope-from-address", "the envelope sender (default: the From header's, else anonymous)", True),
+    Option("help", "h", "flag", "", "prints this help and exits (with -v every option)", True),
+    Option("input-file", "x", "value", "file", "reads the message from the file instead of standard input", True),
+    Option("spool-dir", "s", "value", "dir", "the spool directory", True),
+    Option("verbose", "v", "flag", "", "prints the new content file's path", True),
+    Option("bcc-split", "b", "flag", "", "one message per Bcc recipient when there are several (recipients from the headers)"),
+    Option("content-date", "d", "flag", "", "adds a Date header when there is none"),
+    Option("content-from", "F", "flag", "", "adds a From header with the envelope sender, in place of the originator fields"),
+    Option("content-message-id", "I", "optional", "domain-part", "adds a Message-ID header when there is none (this host's name unless a domain is given)"),
+    Option("content-to", "t", "flag", "", "adds a To header with the envelope recipients, in place of the recipient fields"),
+    Option("copy", "c", "flag", "", "copies the new envelope into every sub-directory of the spool directory"),
+    Option("filename", "n", "flag", "", "prints the new content file's name"),
+    Option("to", "", "values", "envelope-to-address", "an envelope recipient (repeatable)"),
+    Option("version", "V", "flag", "", "prints the version and exits"),
+    Option("auth", "a", "value", "name", "taken and not written, as upstream (Authentication stays empty)"),
+    Option("body", "B", "flag", "", "the input is body text only, after the --content lines"),
+    Option("content", "C", "values", "base64", "a base64-encoded line of content (repeatable)"),
+    Option("from-auth-in", "i", "value", "name", "the envelope's from-auth-in value"),
+    Option("from-auth-out", "o", "value", "name", "the envelope's from-auth-out value"),
+    Option("no-stdin", "N", "flag", "", "does not read standard input"),
 )  # fmt: skip
-_BY_SHORT = {o.short: o for o in _OPTIONS if o.short}
-_BY_LONG = {o.long: o for o in _OPTIONS}
-_YES = ("", "yes", "y", "true", "t", "on", "1")  # what a flag takes after "=", any case
-_NO = ("no", "n", "false", "f", "off", "0")
 
 
-class _Parsed:
-    """What the command line gave, and upstream's error for each thing wrong with it, in order."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, object] = {}
-        self.errors: list[str] = []
-
-    def given(self, option: _Option, spelling: str, value: object) -> None:
-        """One use of ``option`` (``value``: a string; for a flag True/False; None for a bare
-        ``-I``). Repeating one with another value is upstream's error (the same value is let pass);
-        a bare ``-I`` after a domain keeps the domain."""
-        if option.kind == "values":
-            cast("list[object]", self.values.setdefault(option.dest, [])).append(value)
-        elif option.dest not in self.values:
-            self.values[option.dest] = value
-        elif self.values[option.dest] != value and value is not None:
-            if option.kind == "flag":
-                self.errors.append(f'conflicting values: "--{option.long}"')
-            else:
-                self.errors.append(f'duplicate use of "{spelling}"')
+def _dest(option: Option) -> str:
+    """The option's attribute in :func:`parse_args`'s namespace (``from_`` for ``--from``)."""
+    return "from_" if option.name == "from" else option.name.replace("-", "_")
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The options and recipients as E-MailRelay 2.6b reads them, and its errors (none: good).
 
-    Options end at the first argument that is not one (``-`` alone is a recipient) or after
+    Read by :func:`~emailrelay.cli.upstream_getopt.tokenize` (as ``emailrelay-passwd`` reads its
+    own): options end at the first argument that is not one (``-`` alone is a recipient) or after
     ``--``; names are exact (no abbreviations); ``--name=value``, or ``--name value`` unless the
     value starts with ``-``; a letter that takes a value is alone, its value the next argument
     (``-fa@b`` is three letters); a flag takes ``=yes``/``=no`` and their kin; ``-I`` and a bare
-    ``--content-message-id`` never take the next argument."""
-    parsed = _Parsed()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if arg == "--":
-            break
-        if arg.startswith("--"):
-            name, eq, text = arg[2:].partition("=")
-            option, spelling = _BY_LONG.get(name), f"--{name}"
-            if option is None:
-                parsed.errors.append(f'invalid option: "{spelling}"')
-            elif option.kind == "flag":
-                if not eq or text.lower() in _YES + _NO:
-                    parsed.given(option, spelling, text.lower() not in _NO)
-                else:
-                    parsed.errors.append(f'cannot give a value with "{spelling}" ({text})')
-            elif eq or option.kind == "optional":
-                parsed.given(option, spelling, text if eq else None)
-            elif i == len(argv):
-                parsed.errors.append(f'no value supplied for "{spelling}"')
-            elif argv[i].startswith("-"):
-                mistake = f'"{spelling} {argv[i]}" is probably a mistake'
-                parsed.errors.append(f'{mistake}, use "{spelling}=... {argv[i]}" or "{spelling}={argv[i]}"')
-            else:
-                parsed.given(option, spelling, argv[i])
-                i += 1
-        elif arg.startswith("-") and arg != "-":
-            for letter in arg[1:]:
-                option = _BY_SHORT.get(letter)
-                if option is None:
-                    parsed.errors.append(f'invalid option: "-{letter}"')
-                elif option.kind in ("value", "values"):
-                    if len(arg) == 2 and i < len(argv):
-                        parsed.given(option, arg, argv[i])
-                        i += 1
-                    else:
-                        parsed.errors.append(f"no value supplied for -{letter}")
-                else:
-                    parsed.given(option, f"-{letter}", True if option.kind == "flag" else None)
+    ``--content-message-id`` (``kind="optional"``) never take the next argument, and without a
+    domain stand for this host's name."""
+    given = tokenize(argv, _OPTIONS)
+    defaults = {"spool-dir": OPTION_DEFAULTS["spool-dir"], "auth": ""}
+    args = argparse.Namespace()
+    for o in _OPTIONS:
+        value: object
+        if o.kind == "flag":
+            value = given.on(o.name)
+        elif o.kind == "values":
+            value = given.lists.get(o.name, [])
+        elif o.name in given.values:
+            value = given.values[o.name] or ""  # a bare -I: this host's name
         else:
-            i -= 1
-            break
-    defaults = {"flag": False, "values": [], "value": None, "optional": None}
-    args = argparse.Namespace(**{o.dest: copy.copy(defaults[o.kind]) for o in _OPTIONS})
-    args.spool_dir, args.auth = OPTION_DEFAULTS["spool-dir"], ""
-    for dest, value in parsed.values.items():
-        setattr(args, dest, "" if value is None else value)  # a bare -I: this host's name
+            value = defaults.get(o.name)
+        setattr(args, _dest(o), value)
     args.content = args.content or None
-    args.recipients = argv[i:]
-    return args, parsed.errors
+    args.recipients = given.rest
+    return args, given.problems
 
 
 def _usage(full: bool) -> list[str]:
@@ -193,7 +123,7 @@ def _usage(full: bool) -> list[str]:
     letters = "".join(o.short for o in shown if o.kind == "flag" and o.short)
     words = [f"[-{letters}]"]
     for o in shown:
-        words.append(f"[--{o.long}=<{o.arg}>]" if o.arg else f"[--{o.long}]")
+        words.append(f"[--{o.name}=<{o.arg}>]" if o.arg else f"[--{o.name}]")
     words.append("[<envelope-to-address> ...]")
     first = "usage: " if full else "abbreviated usage: "
     return textwrap.wrap(
@@ -211,9 +141,7 @@ def help_text(full: bool) -> str:
     for o in _OPTIONS:
         if not (full or o.basic):
             continue
-        value = {"value": f"=<{o.arg}>", "values": f"=<{o.arg}>", "optional": f"[=<{o.arg}>]"}.get(o.kind, "")
-        left = f"  {'-' + o.short + ',' if o.short else '   '} --{o.long}{value}"
-        lines += textwrap.wrap(o.text, 80, initial_indent=f"{left:<29} ", subsequent_indent=" " * 30)
+        lines += textwrap.wrap(o.text, 80, initial_indent=f"{o.help_left():<29} ", subsequent_indent=" " * 30)
     lines += ["", "End a message typed at a terminal with ^D.", ""]
     if not full:
         lines += ['For more options use "--help -v".', ""]
