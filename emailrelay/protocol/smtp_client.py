@@ -56,7 +56,8 @@ What it guarantees:
   service to send in a further transaction (``send_envelope`` again, no RSET
   needed); without pipelining, RCPTs after a ``452`` are not sent at all;
   and a ``421`` ends the session whatever it answers.  Without it a ``421``
-  to MAIL, RCPT, DATA or the content is that command's reply.
+  to MAIL, RCPT, DATA, the content or the RSET after refused recipients is
+  that command's reply.
 - ``RSET`` is sent only where a transaction is left open: after a failure
   for the recipients (at once) and after a refused DATA or BDAT chunk (before
   the next command); never after a refused MAIL or a final reply.
@@ -314,8 +315,10 @@ _STAGE = {
     "quit": "quit",
 }
 
-# Replies that belong to a message: without defer_transient a 421 to one of these is its reply.
-_TRANSACTION = ("mail", "rcpt", "data", "bdat", "bdat_last", "dot")
+# Replies that belong to a message: without defer_transient a 421 to one of these is its reply
+# (to the RSET after refused recipients too: the message fails for them, the RSET's code its
+# ReasonCode, as E-MailRelay 2.6b's).
+_TRANSACTION = ("mail", "rcpt", "data", "bdat", "bdat_last", "dot", "rset_fail")
 
 _FORBIDDEN_IN_COMMANDS = re.compile(r"[\r\n\x00]")
 _EHLO_UNKNOWN = (500, 501, 502)  # EHLO refusals that mean "say HELO", as E-MailRelay 2.6b takes them
@@ -573,10 +576,9 @@ class SmtpClient:
         caps = self._caps
         config = self._config
         # E-MailRelay 2.6b's policy and words: a message that needs SMTPUTF8 or BINARYMIME fails
-        # when the server lacks it (strict or not); 8-bit content fails only with eightbitstrict
-        if smtputf8 and not caps.smtputf8:
-            self._policy_failure("cannot send utf8 message to non-smtputf8 server")
-            return
+        # when the server lacks it (strict or not); 8-bit content fails only with eightbitstrict;
+        # the content is looked at first (a UTF-8 BINARYMIME message to a server with neither
+        # fails as binarymime), as upstream's
         body_param: str | None = None
         if body_type == "BINARYMIME":
             if not self.chunking_active:
@@ -591,6 +593,9 @@ class SmtpClient:
                 return
         elif body_type == "7BIT" and caps.eightbitmime:
             body_param = "7BIT"
+        if smtputf8 and not caps.smtputf8:
+            self._policy_failure("cannot send utf8 message to non-smtputf8 server")
+            return
         chunking = body_param == "BINARYMIME"  # BDAT only for BINARYMIME content, as upstream
 
         command = f"MAIL FROM:<{mail_from}>"

@@ -1139,7 +1139,14 @@ class ForwardService:
         size: int,
     ) -> sc.MessageSent | sc.MessageFailed:
         caps = conn.client.capabilities
-        if env.content_type == "8bit" and not caps.eightbitmime and not self.client_config.eightbit_strict:
+        if (
+            env.content_type == "8bit"
+            and not caps.eightbitmime
+            and not self.client_config.eightbit_strict
+            and not (
+                env.utf8_mailbox_names and not caps.smtputf8
+            )  # (that one fails: no warning, as upstream)
+        ):
             if not conn.eightbit_warned:  # upstream's, once per connection (strict: the message fails)
                 self.log.warning(
                     "sending an eight-bit message to a server that has not advertised the 8BITMIME extension"

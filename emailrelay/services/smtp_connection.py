@@ -19,7 +19,9 @@ error: unexpected response[: <text>]`` after the warning ``client protocol:
 unexpected response [...]``, ``tls: tls error: SSL_connect(): [<openssl
 error>]`` then ``peer disconnected: ssl connect``, the authentication
 errors), and the EHLO name is ``--domain`` when it has a dot, else the
-connection's local address.  A TLS handshake that fails (STARTTLS or
+connection's local address.  Authentication tries every mechanism both
+sides can do, strongest first, until one succeeds (``<failure>: trying
+[<next>]``), as upstream's.  A TLS handshake that fails (STARTTLS or
 ``--client-tls-connection``, both by ``loop.start_tls``) sends the next hop
 OpenSSL's alert first, as upstream's (:class:`~emailrelay.auth.tls.Alerts`).
 Traced lines are cut as upstream cuts log lines (by the log,
@@ -247,7 +249,9 @@ class SmtpConnection:
                 host, port = split_next_hop(target)
             except (ValueError, UsageError) as exc:
                 # (a connection failure: the message stays where it is, as upstream leaves it)
-                raise ConnectionTrouble(f"invalid next hop address [{self.hop}]: {exc}", kind="connect") from None
+                raise ConnectionTrouble(
+                    f"invalid next hop address [{self.hop}]: {exc}", kind="connect"
+                ) from None
             host_for_tls = host
             if proxy is not None:
                 coro = self._via_socks(proxy, host, port, connection_timeout, local_address)
@@ -524,25 +528,48 @@ class SmtpConnection:
             except TokenError as exc:  # ours (upstream has no oauth:cmd): nothing was offered, as a
                 self.close()  # connection failure the message is left for the next try
                 raise ConnectionTrouble(str(exc), kind="connect") from None
-        sasl = SaslClient(mechanism, account)
-        self.client.start_auth(mechanism, sasl.initial_response(), show=mechanism.upper() == "LOGIN")
-        self._collect()
-        how = f"mechanism [{mechanism.lower()}] and {_secret_text(account)}"
+        # E-MailRelay 2.6b tries each mechanism both sides can do, strongest first, until one
+        # succeeds; its reason names the mechanism and secret last used to answer (none before the
+        # secret was first sent: "authentication failed : [<reply>]"), so the text may name an
+        # earlier mechanism than the one whose reply it quotes, as upstream's does
+        tried: list[str] = []
+        how = ""
+        while True:
+            tried.append(mechanism)
+            sasl = SaslClient(mechanism, account)
+            initial = sasl.initial_response()
+            self.client.start_auth(mechanism, initial, show=mechanism.upper() == "LOGIN")
+            self._collect()
+            this = _how(mechanism, account)
+            if initial is not None and mechanism.upper() != "LOGIN":  # (LOGIN's is the user name)
+                how = this
+            refused = await self._auth_exchange(sasl, this)
+            if refused is None:
+                self.authenticated_as = account.user
+                over = "over tls " if self.encrypted else ""
+                self.log.verbose(f"successful authentication with remote server {over}{this}")
+                return
+            reply, how = refused[0], refused[1] or how
+            failure = f"smtp error: authentication failed {how}: [{reply_text(reply)}]"
+            offered = [m for m in caps.auth_mechanisms if m.upper() not in tried]
+            mechanism = choose_client_mechanism(offered, account, security.auth_config)
+            if mechanism is None:
+                self.close()
+                raise ConnectionTrouble(failure)
+            self.log.verbose(f"{failure}: trying [{mechanism.lower()}]")
+
+    async def _auth_exchange(self, sasl: Any, how: str) -> tuple[sc.Reply, str] | None:
+        """One AUTH exchange after its command: ``None`` when it succeeded, else the refusal and
+        ``how`` once a challenge was answered (the secret sent), empty before."""
+        used = ""
         while True:
             event = await self.next_event()
             if isinstance(event, sc.AuthChallenge):
                 self.client.auth_response(sasl.respond(event.payload))
                 self._collect()
+                used = how
             elif isinstance(event, sc.AuthDone):
-                if not event.success:
-                    self.close()
-                    raise ConnectionTrouble(
-                        f"smtp error: authentication failed using {how}: [{reply_text(event.reply)}]"
-                    )
-                self.authenticated_as = account.user
-                over = "over tls " if self.encrypted else ""
-                self.log.verbose(f"successful authentication with remote server {over}using {how}")
-                return
+                return None if event.success else (event.reply, used)
             elif isinstance(event, sc.SessionFailed):
                 self.close()
                 raise self.trouble(event)
@@ -680,6 +707,11 @@ class SmtpConnection:
         self._leaving = True
         if self.transport is not None:
             self.transport.abort()
+
+
+def _how(mechanism: str, account: Any) -> str:
+    """``using mechanism [plain] and plaintext secret for [me] from line 1``, as upstream logs it."""
+    return f"using mechanism [{mechanism.lower()}] and {_secret_text(account)}"
 
 
 def _secret_text(account: Any) -> str:
