@@ -187,10 +187,11 @@ _XTEXT_VALID_RE = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*")
 
 
 def xtext_encode(s: str) -> str:
-    """RFC 3461 xtext of the UTF-8 bytes of ``s`` (uppercase hex)."""
+    """RFC 3461 xtext of the UTF-8 bytes of ``s`` (uppercase hex); octets that are not UTF-8
+    (surrogate escapes, as an AUTH name that came so) as they came: ``"\\udcff"`` gives ``+FF``."""
     if s.isascii() and "+" not in s and "=" not in s and s.isprintable() and " " not in s:
         return s
-    return "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}" for b in s.encode("utf-8"))
+    return "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}" for b in s.encode("utf-8", "surrogateescape"))
 
 
 def xtext_decode(s: str) -> str:

@@ -167,6 +167,12 @@ def _octets_text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def name_octets(name: str) -> bytes:
+    """A name of a ``SaslServer`` with ``octet_names`` as the octets that came (what
+    ``Secrets.server_lookup`` matches with a secret id's exact octets)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
@@ -263,7 +269,8 @@ class SaslServer:
     ``external_check`` passwords are not looked up but handed out as
     ``CheckPassword`` (PAM).  With ``octet_names`` a user name whose octets are not UTF-8 is
     given to ``lookup`` (and named in the outcome) with surrogate escapes, as the octets came
-    (the POP server's way, as E-MailRelay 2.6b's); else it is read as latin-1.
+    (the SMTP and POP servers' way, as E-MailRelay 2.6b's: :func:`name_octets` gives them back);
+    else it is read as latin-1.
     """
 
     def __init__(

@@ -67,7 +67,15 @@ from ..auth.pam import PamSecrets
 from ..auth.secrets import ServerSecret
 from ..config import Config
 from ..protocol import pop3_server as pp
-from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success, b64decode_strict
+from ..protocol.sasl import (
+    Challenge,
+    CheckPassword,
+    Failure,
+    SaslServer,
+    Success,
+    b64decode_strict,
+    name_octets,
+)
 from ..spool.maildrop import POP_DELETED, POP_KEPT, PopMaildrop, PopMessage, open_maildrop
 from ..spool.store import SpoolStore, SpoolStoreError
 from .line_session import TLS_HANDSHAKE_TIMEOUT, LineSession, let_accepted_connections_in
@@ -180,12 +188,6 @@ def _sasl_text(text: str) -> str:
     if text.strip() == "*" or b64decode_strict(text) is not None:
         return text
     return ""
-
-
-def _octets(name: str) -> bytes:
-    """A USER or APOP name (octets that are not UTF-8 as surrogate escapes) as the octets that
-    came, which E-MailRelay 2.6b compares with a secret's id octets (``+FF`` is the octet 0xff)."""
-    return name.encode("utf-8", "surrogateescape")
 
 
 def _failed_words(mechanism: str, user: str, secret: ServerSecret | None) -> str:
@@ -412,7 +414,7 @@ class PopSession(LineSession):
         secrets = self._secrets()
         if isinstance(secrets, PamSecrets):
             return self._pam_login(secrets, ev.user, ev.password)
-        secret = secrets.server_lookup("PLAIN", _octets(ev.user)) if secrets is not None else None
+        secret = secrets.server_lookup("PLAIN", name_octets(ev.user)) if secrets is not None else None
         # the rest of the line (a password may hold a space), else upstream's first word
         if secret is None or not any(secret.matches_password(p) for p in (ev.password, ev.word)):
             return self._login_failed(f"using {_failed_words('PLAIN', ev.user, secret)}")  # upstream's words
@@ -431,7 +433,7 @@ class PopSession(LineSession):
     def _on_apop(self, ev: pp.Apop) -> Awaitable[None]:
         secrets = self._secrets()
         user = ev.user
-        secret = secrets.server_lookup("APOP", _octets(user)) if secrets is not None and user else None
+        secret = secrets.server_lookup("APOP", name_octets(user)) if secrets is not None and user else None
         if secret is None or secret.kind != "plain":  # (APOP needs the password itself)
             return self._login_failed(f"using {_failed_words('APOP', ev.user, None)}")
         expected = hashlib.md5(ev.timestamp.encode("utf-8") + secret.secret).hexdigest()
@@ -445,7 +447,7 @@ class PopSession(LineSession):
             return self._login_failed(f"using mechanism [{ev.mechanism.lower()}]: no secrets")
         self._sasl = SaslServer(
             ev.mechanism,
-            lambda mechanism, user: secrets.server_lookup(mechanism, _octets(user)),
+            lambda mechanism, user: secrets.server_lookup(mechanism, name_octets(user)),
             challenge_domain=self.service.domain,
             clock=time.time,
             external_check=isinstance(secrets, PamSecrets),

@@ -32,7 +32,10 @@ What it guarantees:
 - international addresses as E-MailRelay 2.6b's: stored with the domain in
   A-labels; an address verifier is asked about that form at RCPT (as typed at
   VRFY), its rewritten address is stored as it came, and a rejected recipient
-  that is not ASCII is named in the reply (``550 recipient <u@caf\u00e9.example> no``).
+  that is not ASCII is named in the reply (``550 recipient <u@caf\u00e9.example> no``);
+- an AUTH name is its octets, as E-MailRelay 2.6b's: it matches a secret whose id has the same
+  octets (``+FF`` is the octet 0xff, not "\u00ff" in UTF-8), and one that is not UTF-8 is logged,
+  given to a verifier and stored (xtext, ``+FF``) as it came.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from ..policy.exe import printable
 from ..policy.verdicts import FilterOutcome, FilterResult, RecipientKind, RecipientVerdict
 from ..protocol import smtp_server as sp
 from ..protocol.addresses import to_alabels, xtext_encode
-from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success, server_offer
+from ..protocol.sasl import Challenge, CheckPassword, Failure, SaslServer, Success, name_octets, server_offer
 from ..spool.envelope import Envelope
 from ..spool.names import MessageId, State
 from ..spool.store import NewMessage, SpoolStore, SpoolStoreError
@@ -479,12 +482,13 @@ class SmtpSession(LineSession):
             self.proto.auth_failed()
             return None
         secrets = security.secrets
-        self._sasl = SaslServer(
+        self._sasl = SaslServer(  # a name is its octets, as upstream: "+FF" is 0xff, not "ÿ"
             ev.mechanism,
-            secrets.server_lookup,
+            lambda mechanism, user: secrets.server_lookup(mechanism, name_octets(user)),
             challenge_domain=self.service.server_config.domain,
             clock=time.time,
             external_check=isinstance(secrets, PamSecrets),
+            octet_names=True,
         )
         return self._auth_step(self._sasl.start(ev.initial_response))
 
