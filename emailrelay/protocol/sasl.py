@@ -168,7 +168,7 @@ def _octets_text(raw: bytes) -> str:
 
 
 def name_octets(name: str) -> bytes:
-    """A name of a ``SaslServer`` with ``octet_names`` as the octets that came (what
+    """A name a ``SaslServer`` gave (surrogate escapes) as the octets that came (what
     ``Secrets.server_lookup`` matches with a secret id's exact octets)."""
     return name.encode("utf-8", "surrogateescape")
 
@@ -267,10 +267,9 @@ class SaslServer:
     of CRAM challenges; ``clock()`` the time part (a second random number
     when no clock is given; services pass ``time.time``).  With
     ``external_check`` passwords are not looked up but handed out as
-    ``CheckPassword`` (PAM).  With ``octet_names`` a user name whose octets are not UTF-8 is
-    given to ``lookup`` (and named in the outcome) with surrogate escapes, as the octets came
-    (the SMTP and POP servers' way, as E-MailRelay 2.6b's: :func:`name_octets` gives them back);
-    else it is read as latin-1.
+    ``CheckPassword`` (PAM).  A user name whose octets are not UTF-8 is given to ``lookup``
+    (and named in the outcome) with surrogate escapes, as the octets came (as E-MailRelay 2.6b
+    takes a name: :func:`name_octets` gives the octets back).
     """
 
     def __init__(
@@ -281,7 +280,6 @@ class SaslServer:
         random_source: Callable[[], int] | None = None,
         clock: Callable[[], float] | None = None,
         external_check: bool = False,
-        octet_names: bool = False,
     ) -> None:
         self.mechanism = mechanism.upper()
         if self.mechanism not in SERVER_MECHANISMS:
@@ -291,7 +289,6 @@ class SaslServer:
         self._random = random_source or (lambda: _secrets.randbelow(2**31))
         self._clock = clock
         self._external = external_check
-        self._name = _octets_text if octet_names else _text
         self._state = "new"
         self._challenge = b""
         self._user = ""
@@ -383,14 +380,14 @@ class SaslServer:
         _authzid, authcid, password = parts
         if not authcid:
             return self._fail("empty user name")
-        self._user = self._name(authcid)
+        self._user = _octets_text(authcid)
         return self._check_password(self._user, password)
 
     def _login_user(self, line: str) -> Step:
         raw = b64decode_strict(line)
         if raw is None:
             return self._fail("invalid base64")
-        self._user = self._name(raw)
+        self._user = _octets_text(raw)
         self._state = "login-password"
         # as E-MailRelay 2.6b: an empty user name ("=" or an empty line) is asked for its
         # password all the same, with an empty prompt, and then fails as an unknown user
@@ -409,7 +406,7 @@ class SaslServer:
         user_raw, _, digest = raw.rpartition(b" ")
         if not user_raw:
             return self._fail(f"malformed {self.mechanism} response")
-        self._user = self._name(user_raw)
+        self._user = _octets_text(user_raw)
         secret = self._lookup(self.mechanism, self._user)
         if secret is None:
             return self._fail(f"no secret for [{self._user}]")

@@ -451,7 +451,6 @@ class PopSession(LineSession):
             challenge_domain=self.service.domain,
             clock=time.time,
             external_check=isinstance(secrets, PamSecrets),
-            octet_names=True,
         )
         return self._auth_step(self._sasl.start(None if ev.initial is None else _sasl_text(ev.initial)))
 

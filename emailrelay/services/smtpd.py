@@ -488,7 +488,6 @@ class SmtpSession(LineSession):
             challenge_domain=self.service.server_config.domain,
             clock=time.time,
             external_check=isinstance(secrets, PamSecrets),
-            octet_names=True,
         )
         return self._auth_step(self._sasl.start(ev.initial_response))
 
