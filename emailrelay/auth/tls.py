@@ -13,15 +13,21 @@ EXPECTS
       two options or, as E-MailRelay 2.6b takes them, one option
       ``<key-file>,<certificate-file>`` (empty fields are dropped).
       Encrypted private keys are not supported (there is nobody to ask).
-    * A verify value of ``<default>`` (the system's trusted CAs) or a CA file
-      or directory (a directory must be OpenSSL-hashed, ``c_rehash``).
-    * ``--tls-config`` keywords, comma separated, case-insensitive:
+    * A verify value of ``<default>`` (the system's trusted CAs), ``<none>``
+      (as E-MailRelay 2.6b: nothing asked for or checked, as ``noverify``)
+      or a CA file or directory (a directory must be OpenSSL-hashed,
+      ``c_rehash``).
+    * ``--tls-config`` keywords, comma separated, taken as given:
       ``tlsv1.0``..``tlsv1.3`` set the minimum protocol version,
       ``-tlsv1.0``..``-tlsv1.3`` the maximum, each as given (lower case, no
       spaces) and once; ``sslv3`` is a minimum as upstream's (OpenSSL then
       offers what it can: TLS), ``noverify`` turns off certificate requests
       and verification on both sides, whatever the verify options say, as
-      upstream's does; as E-MailRelay 2.6b any other item (``openssl``,
+      upstream's does; ``op_all``, ``op_no_ticket``, ``op_no_resumption`` and
+      ``op_server_preference`` set those OpenSSL options (``SSL_OP_ALL``,
+      ``SSL_OP_NO_TICKET``, ``SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION``,
+      ``SSL_OP_CIPHER_SERVER_PREFERENCE``), as E-MailRelay 2.6b's do, without
+      a warning; as E-MailRelay 2.6b any other item (``openssl``,
       ``mbedtls``: only OpenSSL is available through Python; a repeat; a
       typo) is ignored and listed in ``TlsConfig.ignored`` for its start-up
       warning.  ``-sslv3``, and a minimum above the maximum, which upstream
@@ -29,8 +35,12 @@ EXPECTS
 
 GUARANTEES
     * Bad input raises ``UsageError`` naming the option and the file:
-      unreadable or invalid certificate/key/CA files, unknown keywords.
-    * Server: as E-MailRelay 2.6b, a client certificate is always asked for
+      unreadable or invalid certificate/key/CA files, ``--tls-config``
+      protocol bounds that leave no protocol.
+    * Server: as E-MailRelay 2.6b (OpenSSL's default, which Python changes),
+      the client's order of preference picks the cipher, unless
+      ``op_server_preference``.
+      As E-MailRelay 2.6b, a client certificate is always asked for
       (not with ``noverify``); without a verify value it is optional and
       nothing about it is checked (it is only recorded, for the envelope's
       ``ClientCertificate``); with one, clients must present a certificate
@@ -42,13 +52,14 @@ GUARANTEES
       verify; the host name is not checked unless ``verify_name`` is given,
       and then, as E-MailRelay 2.6b (observed), the CN of the certificate's
       subject must be that name, exactly; subjectAltNames do not count.
-      The caller checks it once the handshake is done (``check_peer_name``);
-      the returned ``ClientContext`` substitutes ``verify_name`` for the
-      ``server_hostname`` that callers (asyncio) pass when wrapping, so it
-      goes out as SNI; otherwise ``server_name`` (``--client-tls-server-name``)
-      is sent as SNI.
+      The caller checks it once the handshake is done (``check_peer_name``).
+      As E-MailRelay 2.6b, SNI is sent only with ``--client-tls-server-name``
+      (``server_name``): the returned ``ClientContext`` substitutes it for
+      the ``server_hostname`` that callers (asyncio) pass when wrapping,
+      which is otherwise dropped (not the next hop's name, nor
+      ``verify_name``).
       ``verify_name`` without a verify value is refused rather than
-      silently not checked.
+      silently not checked; with ``<none>`` it is not checked, as upstream.
     * Alerts: a handshake that fails (an untrusted or missing client
       certificate, a refused protocol version or cipher, an untrusted next
       hop) sends OpenSSL's alert to the peer before the connection closes,
@@ -95,6 +106,7 @@ __all__ = [
 ]
 
 DEFAULT_CA = "<default>"
+NO_CA = "<none>"  # E-MailRelay 2.6b: nothing asked for (server) or checked (either side)
 _VERSIONS = {
     "sslv3": ssl.TLSVersion.SSLv3,
     "tlsv1.0": ssl.TLSVersion.TLSv1,
@@ -105,17 +117,25 @@ _VERSIONS = {
 # a maximum of SSL 3 leaves no protocol (upstream takes it and fails every handshake): refused
 _NOT_SUPPORTED = frozenset({"-sslv3"})
 NOVERIFY = "noverify"
+# E-MailRelay 2.6b's OpenSSL option keywords (OpenSSL's SSL_OP_*: Python's ssl lacks the middle one's name)
+_OPTIONS = {
+    "op_all": ssl.OP_ALL,
+    "op_no_ticket": ssl.OP_NO_TICKET,
+    "op_no_resumption": 0x00010000,  # SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION
+    "op_server_preference": ssl.OP_CIPHER_SERVER_PREFERENCE,
+}
 
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """Parsed ``--tls-config``: protocol bounds (``None``: library default), ``noverify`` and the
-    keywords ignored (as given)."""
+    """Parsed ``--tls-config``: protocol bounds (``None``: library default), ``noverify``, the
+    OpenSSL options to set and the keywords ignored (as given)."""
 
     minimum: ssl.TLSVersion | None = None
     maximum: ssl.TLSVersion | None = None
     ignored: tuple[str, ...] = ()
     noverify: bool = False
+    options: int = 0
 
 
 def parse_tls_config(text: str | None) -> TlsConfig:
@@ -126,6 +146,7 @@ def parse_tls_config(text: str | None) -> TlsConfig:
     maximum: ssl.TLSVersion | None = None
     ignored: list[str] = []
     used: set[str] = set()
+    options = 0
     for item in (text or "").split(","):
         if not item:
             continue
@@ -137,18 +158,23 @@ def parse_tls_config(text: str | None) -> TlsConfig:
             minimum = _VERSIONS[item]
         elif item.startswith("-") and item[1:] in _VERSIONS:
             maximum = _VERSIONS[item[1:]]
+        elif item in _OPTIONS:
+            options |= _OPTIONS[item]
         elif item != NOVERIFY:
             ignored.append(item)
         used.add(item)
     if minimum is not None and maximum is not None and minimum > maximum:
         raise UsageError("--tls-config: the minimum TLS version is above the maximum")
-    return TlsConfig(minimum, maximum, tuple(ignored), NOVERIFY in used)
+    return TlsConfig(minimum, maximum, tuple(ignored), NOVERIFY in used, options)
 
 
-def _apply_versions(ctx: ssl.SSLContext, config: TlsConfig) -> None:
+def _apply_config(ctx: ssl.SSLContext, config: TlsConfig) -> None:
+    """The protocol bounds and the OpenSSL options; as OpenSSL's default (E-MailRelay 2.6b), the
+    client's cipher preference counts, not the server's (which Python's contexts set)."""
     with warnings.catch_warnings():  # (old versions are deprecated: the operator asked for them)
         warnings.simplefilter("ignore", DeprecationWarning)
         _set_versions(ctx, config)
+    ctx.options = (ctx.options & ~ssl.OP_CIPHER_SERVER_PREFERENCE) | config.options
 
 
 def _set_versions(ctx: ssl.SSLContext, config: TlsConfig) -> None:
@@ -227,11 +253,11 @@ def server_context(
     if not split_certificate_files(certificate_files):  # (upstream's words for a missing option)
         raise UsageError("the --server-tls option requires --server-tls-certificate")
     ctx = AlertingContext(ssl.PROTOCOL_TLS_SERVER)
-    _apply_versions(ctx, config)
+    _apply_config(ctx, config)
     _load_chain(ctx, certificate_files, "--server-tls-certificate")
-    if verify:
+    if verify and verify != NO_CA:
         _load_verify(ctx, verify, "--server-tls-verify", ssl.Purpose.CLIENT_AUTH)
-    if config.noverify:
+    if config.noverify or verify == NO_CA:
         ctx.verify_mode = ssl.CERT_NONE
     elif verify:
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -355,7 +381,8 @@ class ClientContext(AlertingContext):
     server_name: str | None = None
 
     def effective_server_hostname(self, requested: str | None) -> str | None:
-        return self.verify_name or self.server_name or requested
+        """The SNI: ``--client-tls-server-name`` or none (E-MailRelay 2.6b), whatever is requested."""
+        return self.server_name
 
     def wrap_socket(  # type: ignore[override]
         self,
@@ -403,10 +430,12 @@ def client_context(
     config = parse_tls_config(tls_config)
     if verify_name and not verify:
         raise UsageError("--client-tls-verify-name needs --client-tls-verify")
+    if verify == NO_CA:  # (nothing is checked, the name neither)
+        verify = verify_name = None
     ctx = ClientContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_name = verify_name or None
     ctx.server_name = server_name or None
-    _apply_versions(ctx, config)
+    _apply_config(ctx, config)
     if split_certificate_files(certificate_files):
         _load_chain(ctx, certificate_files, "--client-tls-certificate")
     if verify:
@@ -415,10 +444,10 @@ def client_context(
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.check_hostname = False  # the name: check_peer_name(), E-MailRelay 2.6b's way
         ctx.hostname_checks_common_name = True
-    else:  # (noverify: nothing is checked, the name neither; it still goes out as SNI)
+    else:  # (noverify: nothing is checked, the name neither)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        ctx.server_name, ctx.verify_name = ctx.effective_server_hostname(None), None
+        ctx.verify_name = None
     return ctx
 
 

@@ -286,7 +286,8 @@ def test_contexts_modes(certs: Certs) -> None:
 
 
 def test_effective_server_hostname() -> None:
-    assert client_context().effective_server_hostname("peer") == "peer"
+    # as E-MailRelay 2.6b: SNI only with --client-tls-server-name, not the next hop's name
+    assert client_context().effective_server_hostname("peer") is None
     assert client_context(server_name="sni").effective_server_hostname("peer") == "sni"
 
 
