@@ -83,7 +83,12 @@ DATA CONTENT POLICY (DataChunk bytes)
       message is consumed to its end without further DataChunk events and
       then reported as DataAborted with the reply already queued.
     * BDAT chunks are delivered raw (no unstuffing, normalising or line
-      limits); max_size applies to their total.
+      limits); max_size applies to their total.  A message that goes over it
+      is DataAborted(0, ...) at once (the service drops what it stored) and
+      gets no further DataChunk; its later chunks are read, dropped and
+      answered "250 N bytes received" as before, and the last one (BDAT ...
+      LAST) gets the 552 (DataAborted(552, ...)), as E-MailRelay 2.6b
+      answers them: no 503 for each chunk a pipelining client still sends.
 
 PERFORMANCE
     DATA content is handled a receive_data() call at a time with a few C-level
@@ -115,6 +120,7 @@ __all__ = [
     "AuthResponse",
     "AuthStart",
     "Bdat",
+    "ChunkReceived",
     "ConnectionClosed",
     "DataAborted",
     "DataChunk",
@@ -227,6 +233,14 @@ class Bdat(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkReceived(Event):
+    """A BDAT chunk that is not the last one, all read (informational: its ``250 N bytes received``
+    is queued, so the service logs that reply before the next chunk's command line)."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class DataChunk(Event):
     data: bytes
 
@@ -239,7 +253,8 @@ class DataEnd(Event):
 
 @dataclass(frozen=True, slots=True)
 class DataAborted(Event):
-    """The message failed (its reply is queued) or, with code 0, the connection closed."""
+    """The message failed (its reply is queued) or, with code 0, will fail (over max_size in BDAT:
+    the 552 comes with the last chunk) or the connection closed: what was stored goes."""
 
     code: int
     text: str
@@ -1066,7 +1081,7 @@ class SmtpServer(LineBuffer):
                 return None
             if self._too_big(self._data_size + take):
                 self._data_fail = (552, _SIZE_TEXT)
-                return None
+                return DataAborted(0, _SIZE_TEXT)  # (the 552 waits for the last chunk)
             self._data_size += take
             return DataChunk(chunk)
         # all octets of this chunk consumed
@@ -1077,13 +1092,15 @@ class SmtpServer(LineBuffer):
                 return self._end_without_recipients(self._bdat_line)
             self._phase = self._bdat_return
             return self._error(self._bdat_line, code, text)
-        if self._data_fail is not None:
+        if self._data_fail is not None and self._bdat_last:
             return self._abort_message()
+        # (a message already over max_size takes its further chunks, dropped, until the last one
+        # gets the 552: upstream's replies, and no 503 for each chunk still on its way)
         self._phase = Phase.MAIL
         if self._bdat_last:
             return DataEnd(self._bdat_line, self._data_size)
         self._send(250, f"{self._bdat_size} bytes received")  # upstream's words
-        return None
+        return ChunkReceived(self._bdat_size)
 
     def _abort_message(self) -> Event:
         assert self._data_fail is not None
