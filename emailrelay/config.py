@@ -209,38 +209,55 @@ def _is_ip_address(text: str) -> bool:
     return False
 
 
-def _keywords(
-    values: Values, name: str, allowed: set[str], warnings: list[str] | None = None
-) -> frozenset[str]:
-    """The option's comma-separated keywords; an unknown one is a usage error, or, when
-    ``warnings`` is given, E-MailRelay's start-up warning ``unknown smtp-config item [x]``."""
-    raw = [w.removeprefix("+") for w in _list(values, name)]  # "+chunking" (user guide) = "chunking"
-    words = {w.lower() for w in raw}
-    for w in raw:
-        if w.lower() not in allowed:
-            if warnings is None:
-                raise UsageError(f"--{name}: unknown keyword '{w.lower()}'")
-            warnings.append(f"unknown smtp-config item [{w}]")
-    return frozenset(words & allowed)
+def _keywords(values: Values, name: str, allowed: set[str]) -> frozenset[str]:
+    """The option's comma-separated keywords (any case, ``+x`` = ``x``); an unknown one is a usage error."""
+    words = [w.removeprefix("+").lower() for w in _list(values, name)]
+    for w in words:
+        if w not in allowed:
+            raise UsageError(f"--{name}: unknown keyword '{w}'")
+    return frozenset(words)
 
 
-SERVER_SMTP_KEYWORDS = {
-    "pipelining",
-    "nopipelining",
-    "chunking",
-    "smtputf8",
-    "smtputf8strict",
-    "nostrictparsing",
-    "alabels",  # domains are always stored as A-labels, with or without these two (upstream's behaviour)
-    "noalabels",
+def _smtp_config(values: Values, name: str, features: dict[str, bool], warnings: list[str]) -> frozenset[str]:
+    """An ``--x-smtp-config`` list read as E-MailRelay 2.6b reads it: for each feature it takes the
+    first ``x``, else ``+x``, else ``with-x`` (on), else the first ``-x``, ``nox``, ``without-x``
+    (off), else the feature's default; names are case-sensitive and items are not trimmed.  Every
+    item left over (unknown, a repeat, an "off" beaten by an "on", an empty one) is warned as typed:
+    ``unknown smtp-config item [x]``.  The result holds ``x`` for each feature on and ``nox`` for
+    each one off, so a caller can ask either way."""
+    raw = _raw_list(values, name)
+    items = ",".join(raw).split(",") if any(raw) else []  # (repeated options are joined, as upstream)
+    result: set[str] = set()
+    for feature, default in features.items():
+        state = default
+        for forms, on in ((("", "+", "with-"), True), (("-", "no", "without-"), False)):
+            found = next((f + feature for f in forms if f + feature in items), None)
+            if found is not None:
+                items.remove(found)  # (the first one only: a repeat is left over)
+                state = on
+                break
+        result.add(feature if state else "no" + feature)
+    warnings.extend(f"unknown smtp-config item [{item}]" for item in items)
+    return frozenset(result)
+
+
+#: E-MailRelay 2.6b's --server-smtp-config features and their defaults.  Domains are always stored
+#: as A-labels, whatever ``alabels`` says (upstream's behaviour); 8BITMIME is always offered.
+SERVER_SMTP_FEATURES = {
+    "pipelining": True,
+    "chunking": False,
+    "smtputf8": False,
+    "smtputf8strict": False,
+    "strictparsing": True,
+    "alabels": False,
 }
-CLIENT_SMTP_KEYWORDS = {
-    "pipelining",
-    "nopipelining",
-    "smtputf8strict",
-    "eightbitstrict",
-    "binarymimestrict",
-    "nochunking",
+#: E-MailRelay 2.6b's --client-smtp-config features (all off by default); it has no ``chunking``
+#: item: BINARYMIME content goes by BDAT whenever the next hop offers CHUNKING and BINARYMIME.
+CLIENT_SMTP_FEATURES = {
+    "pipelining": False,
+    "smtputf8strict": False,
+    "eightbitstrict": False,
+    "binarymimestrict": False,
 }
 ANONYMOUS_SCOPES = {"vrfy", "server", "content", "client"}
 
@@ -279,8 +296,8 @@ def from_values(values: Values, *, name: str = "") -> Config:
         c.anonymous = frozenset(ANONYMOUS_SCOPES)
     elif anonymous:
         c.anonymous = _keywords(values, "anonymous", ANONYMOUS_SCOPES)
-    c.client_smtp_config = _keywords(values, "client-smtp-config", CLIENT_SMTP_KEYWORDS, c.warnings)
-    c.server_smtp_config = _keywords(values, "server-smtp-config", SERVER_SMTP_KEYWORDS, c.warnings)
+    c.client_smtp_config = _smtp_config(values, "client-smtp-config", CLIENT_SMTP_FEATURES, c.warnings)
+    c.server_smtp_config = _smtp_config(values, "server-smtp-config", SERVER_SMTP_FEATURES, c.warnings)
     c.max_connections = _int(values, "max-connections", 0)
     scanner = _str(values, "scanner")  # the seed guide's option: a net: filter before the others
     c.filters = ([f"net:{scanner}"] if scanner else []) + _list(values, "filter", strip=False)

@@ -508,9 +508,10 @@ class AuthConfig:
     Keys: ``m``/``x`` apply to unencrypted sessions, ``a``/``d`` once TLS is
     up; a server without ``a`` and ``d`` keeps ``m``/``x`` over TLS too
     (``x:PLAIN,LOGIN`` alone forbids them before and after STARTTLS), as
-    E-MailRelay 2.6b does.  Server role: ``m``/``a`` is an ordered *allow* list
-    (present but empty allows nothing, so ``m:;a:plain`` means "PLAIN only
-    after STARTTLS"), ``x``/``d`` deny.  Client role: a non-empty ``m``/``a``
+    E-MailRelay 2.6b does.  Server role: ``m``/``a`` is an *allow* list, offered
+    in the server's own fixed order, not the list's (``m:login,plain`` offers
+    ``PLAIN LOGIN``; present but empty allows nothing, so ``m:;a:plain`` means
+    "PLAIN only after STARTTLS"), ``x``/``d`` deny.  Client role: a non-empty ``m``/``a``
     is an allow list too, used in the client's own strength order (``m:login,plain``
     picks PLAIN when both are offered, and ``m:login`` fails with a next hop
     offering only PLAIN, as upstream); ``x``/``d`` are avoided (never used).  Unknown keys and
@@ -541,12 +542,10 @@ class AuthConfig:
         names = [m.upper() for m in mechanisms]
         denied = set(self.lists.get(avoid, ()))
         listed = self.lists.get(first)
-        if listed is None:
+        if listed is None or (self.role == "client" and not listed):  # (the client: empty allows all)
             ordered = names
-        elif self.role == "server":
-            ordered = [m for m in listed if m in names]
-        else:  # the client (E-MailRelay 2.6b): an allow list unless empty, in the client's own order
-            ordered = [m for m in names if m in listed] if listed else names
+        else:  # an allow list, in the offer's own order (E-MailRelay 2.6b, server and client)
+            ordered = [m for m in names if m in listed]
         result: list[str] = []
         for m in ordered:
             if m not in denied and m not in result:

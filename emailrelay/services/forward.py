@@ -210,7 +210,7 @@ class ForwardService:
         self.client_config = sc.ClientConfig(
             helo_name=config.domain if "." in config.domain else "",  # "": the local address
             pipelining="pipelining" in config.client_smtp_config,  # opt-in, as upstream
-            chunking="nochunking" not in config.client_smtp_config,
+            chunking=True,  # (upstream has no client "chunking" item: BDAT whenever it is offered)
             smtputf8_strict="smtputf8strict" in config.client_smtp_config,
             eightbit_strict="eightbitstrict" in config.client_smtp_config,
             binarymime_strict="binarymimestrict" in config.client_smtp_config,
