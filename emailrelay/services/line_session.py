@@ -10,7 +10,9 @@ peer does not read or while a slow decision runs), writing with
 Guarantees: reading is paused whenever writing is paused or a decision task
 runs, and resumed only when neither holds; nothing is written to a closing
 transport; traces never contain the line ends, and show a reply's octets as
-they were sent (those that are not UTF-8 too). Subclasses provide
+they were sent (those that are not UTF-8 too); a client that went away is
+named in E-MailRelay 2.6b's words (:meth:`LineSession._peer_gone`, for both
+servers' closing lines). Subclasses provide
 ``_pump`` (take protocol events), ``_idle_check`` (what an idle timeout
 does) and ``_log_address`` (the address shown in log lines, or None).
 """
@@ -67,6 +69,8 @@ class LineSession(asyncio.Protocol, abc.ABC):
         # first command together with the handshake's end); plaintext never gets here: reading
         # is paused the moment STARTTLS/STLS is accepted
         self._tls_early: list[bytes] | None = None
+        self.encrypted = False  # TLS is up (the subclass sets it)
+        self._peer_eof = False  # the peer ended its side (over TLS: with its close_notify)
 
     # ---- subclass hooks ------------------------------------------------------------
     @abc.abstractmethod
@@ -90,6 +94,7 @@ class LineSession(asyncio.Protocol, abc.ABC):
         self._pump()
 
     def eof_received(self) -> bool:
+        self._peer_eof = not self.encrypted or self._close_notify_received()
         self.proto.receive_data(b"")
         self._pump()
         return False
@@ -106,6 +111,33 @@ class LineSession(asyncio.Protocol, abc.ABC):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def _close_notify_received(self) -> bool:
+        """At an end of file over TLS: whether the peer sent its close_notify.  The standard loop
+        reports a bare end of file as an end of file too (uvloop: only as the connection's loss);
+        after a close_notify a read ends cleanly, after a bare end of file it would wait for more."""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        if ssl_object is None:
+            return True
+        try:
+            return not ssl_object.read(1)
+        except ssl.SSLZeroReturnError:
+            return True
+        except (ssl.SSLError, ValueError):
+            return False
+
+    def _peer_gone(self, exc: Exception | None) -> str:
+        """The reason in the closing line when the client went away (``exc``: connection_lost's),
+        in E-MailRelay 2.6b's words, and over TLS its warning first when the client left without a
+        close_notify (its SSL_read() fails; a close_notify is an end of file, a reset is no warning)."""
+        if self.encrypted:
+            if not isinstance(exc, ConnectionResetError) and (exc is not None or not self._peer_eof):
+                error = tls.openssl_error(exc or ssl.SSLEOFError())
+                self.log.warning(f"tls: tls error: SSL_read(): [{error}]", self._log_address())
+            return "peer disconnected: ssl read"
+        # the system's words when a read failed ("connection reset by peer"), as upstream's
+        why = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else ""
+        return f"peer disconnected: {why}" if why else "peer disconnected"
 
     # ---- TLS upgrade --------------------------------------------------------------
     async def _server_tls(self, context: ssl.SSLContext) -> asyncio.Transport | BaseException | None:

@@ -273,9 +273,7 @@ class PopSession(LineSession):
         if not self.task_running:
             self._release()
         # else: the task notices the loss after its current step and releases the maildrop
-        reason = self._close_reason or (
-            "pop protocol done" if self._closing else (str(exc) if exc else "peer disconnected")
-        )
+        reason = self._close_reason or ("pop protocol done" if self._closing else self._peer_gone(exc))
         self.log.info(f"pop connection closed: {reason}: {self.peer}")
 
     def pause_writing(self) -> None:

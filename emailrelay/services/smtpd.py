@@ -996,10 +996,8 @@ class SmtpSession(LineSession):
             reason = "smtp protocol done: too many protocol errors from the client"
         elif self._closing and (self._quit or not self.proto.peer_ended):
             reason = "smtp protocol done"
-        elif isinstance(exc, ConnectionResetError):
-            reason = "peer disconnected: connection reset by peer"  # upstream's words
         else:
-            reason = str(exc) if exc else "peer disconnected"
+            reason = self._peer_gone(exc)
         if self._close_reason is not None:
             self.log.info(f"smtp connection closed: {reason}: {self.peer.display}", self.peer.host)
 
