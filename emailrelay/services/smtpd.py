@@ -902,6 +902,8 @@ class SmtpSession(LineSession):
         self._trace_rx(ev.line)
         self._discard_message()
         self.tx = _Transaction()
+        if self.service.hooks.immediate_end is not None:
+            self.service.hooks.immediate_end(self)  # --immediate: as upstream, a new onward connection
 
     def _on_vrfy(self, ev: sp.Vrfy) -> Awaitable[None] | None:
         self._trace_rx(ev.line)
