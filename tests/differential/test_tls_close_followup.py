@@ -34,6 +34,7 @@ import pytest
 from tests.support.certs import Certs, no_verify_context
 from tests.support.oracle import Daemon, daemon_base, needs_oracle, normalise_log, read_reply, start
 from tests.support.relay import free_port, wait_for_port, wait_until
+from tests.support.tls_prefaces import pop_stls, smtp_starttls
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,27 +48,12 @@ Preface = Callable[[socket.socket], None]
 # ------------------------------------------------------------------ helpers
 
 
-def _smtp_starttls(sock: socket.socket) -> None:
-    reader = sock.makefile("rb")
-    read_reply(reader)
-    for line in ("EHLO c.example", "STARTTLS"):
-        sock.sendall(line.encode() + b"\r\n")
-        read_reply(reader)
-
-
 def _smtp_ehlo(sock: socket.socket | ssl.SSLSocket, greeted: bool) -> None:
     reader = sock.makefile("rb")
     if not greeted:
         read_reply(reader)
     sock.sendall(b"EHLO x.example\r\n")
     read_reply(reader)
-
-
-def _pop_stls(sock: socket.socket) -> None:
-    reader = sock.makefile("rb")
-    reader.readline()
-    sock.sendall(b"STLS\r\n")
-    reader.readline()
 
 
 def _pop_capa(sock: socket.socket | ssl.SSLSocket, greeted: bool) -> None:
@@ -147,7 +133,7 @@ def test_smtp_client_leaving_over_tls(tmp_path: Path, certs: Certs, side: str, i
         assert wait_until(
             lambda: "connection rejected" in relay.log() or "connection closed" in relay.log(), 10
         )
-        preface = None if implicit else _smtp_starttls
+        preface = None if implicit else smtp_starttls
         for how in HOW:
             lines = _closing_lines(
                 relay,
@@ -192,7 +178,7 @@ def test_pop_client_leaving_over_tls(tmp_path: Path, certs: Certs, side: str) ->
     with relay:
         for how in HOW:
             lines = _closing_lines(
-                relay, "pop", partial(_session, pop_port, how, tls=True, preface=_pop_stls, command=_pop_capa)
+                relay, "pop", partial(_session, pop_port, how, tls=True, preface=pop_stls, command=_pop_capa)
             )
             assert lines == _expected("pop", how, tls=True), how
 

@@ -42,6 +42,7 @@ from tests.support.certs import Certs, no_verify_context
 from tests.support.diff_forwarding import B, as_client, tls_hop
 from tests.support.oracle import daemon_base, needs_oracle, read_reply, start
 from tests.support.relay import free_port, wait_until
+from tests.support.tls_prefaces import pop_stls, smtp_starttls
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,21 +77,6 @@ def _client(
     if ciphers is not None:
         context.set_ciphers(ciphers)
     return context
-
-
-def _smtp_starttls(sock: socket.socket) -> None:
-    reader = sock.makefile("rb")
-    read_reply(reader)
-    for line in ("EHLO c.example", "STARTTLS"):
-        sock.sendall(line.encode() + b"\r\n")
-        read_reply(reader)
-
-
-def _pop_stls(sock: socket.socket) -> None:
-    reader = sock.makefile("rb")
-    reader.readline()
-    sock.sendall(b"STLS\r\n")
-    reader.readline()
 
 
 def _alert(port: int, context: ssl.SSLContext, preface: Callable[[socket.socket], None] | None) -> str:
@@ -147,7 +133,7 @@ def test_smtp_server_sends_the_alert(tmp_path: Path, certs: Certs, side: str, im
     args = _verifying(certs, "--server-tls-connection" if implicit else "--server-tls")
     with start(side, base, *args, name=side) as relay:
         heard = {
-            name: _alert(relay.port, context, None if implicit else _smtp_starttls)
+            name: _alert(relay.port, context, None if implicit else smtp_starttls)
             for name, context in _cases(certs).items()
         }
         assert heard == EXPECTED
@@ -167,7 +153,7 @@ def test_pop_server_sends_the_alert(tmp_path: Path, certs: Certs, side: str) -> 
         assert wait_until(lambda: "pop server on" in relay.log(), 10)
         cases = _cases(certs)
         names = ("other-ca-1.3", "other-ca-1.2", "tls-1.0-1.1")
-        heard = {name: _alert(pop_port, cases[name], _pop_stls) for name in names}
+        heard = {name: _alert(pop_port, cases[name], pop_stls) for name in names}
         assert heard == {name: EXPECTED[name] for name in names}
         assert wait_until(
             lambda: relay.log().count("pop connection closed: peer disconnected: ssl accept") == 3, 10
@@ -181,7 +167,7 @@ def test_a_good_client_still_gets_in(tmp_path: Path, certs: Certs) -> None:
         start("ours", base, *_verifying(certs), name="ours") as relay,
         socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock,
     ):
-        _smtp_starttls(sock)
+        smtp_starttls(sock)
         with _client(certs.client_pem).wrap_socket(sock, server_hostname="localhost") as tls:
             tls.sendall(b"NOOP\r\n")
             assert read_reply(tls.makefile("rb")).startswith("250")
