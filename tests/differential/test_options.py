@@ -54,17 +54,18 @@ def test_server_on_lines_as_upstream(tmp_path: Path, interface: tuple[str, ...])
     """``--interface`` (none, an address, a list, repeated, per service) binds the same addresses and
     logs the same ``smtp server on``/``admin server on`` lines (IPv6 as ``::1.port``)."""
     base = daemon_base(tmp_path)
-    admin = free_port()
-    args = [x for a in interface for x in ("--interface", a)] + ["--admin", str(admin)]
-    got = {}
+    got, logs = {}, {}
     for side in SIDES:
+        admin = free_port()  # one for each side: the ports need not be free twice (seen once in CI)
+        args = [x for a in interface for x in ("--interface", a)] + ["--admin", str(admin)]
         daemon = start(side, base, *args, wait=False)
         try:
-            assert wait_until(lambda d=daemon: "admin server on" in d.log() or d.proc.poll() is not None, 10)
+            assert wait_until(lambda d=daemon: "admin server on" in d.log() or d.proc.poll() is not None, 30)
         finally:
             daemon.stop()
-        got[side] = [x for x in normalise_log(daemon.log(), ports=[daemon.port, admin]) if " server on " in x]
-    assert got["ours"] == got["upstream"]
+        logs[side] = daemon.log()
+        got[side] = [x for x in normalise_log(logs[side], ports=[daemon.port, admin]) if " server on " in x]
+    assert got["ours"] == got["upstream"], logs
     assert got["ours"] and all(x.startswith("emailrelay: info: ") for x in got["ours"])
 
 
