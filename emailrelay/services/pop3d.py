@@ -148,9 +148,10 @@ class PopService:
 def pop_security(config: Config) -> ServerSecurity:
     """``--pop-auth`` secrets; STLS with ``--server-tls`` or, as E-MailRelay 2.6b, with
     ``--server-tls-connection`` (which is implicit TLS for SMTP only); ``--server-tls-required``
-    applies; ``--server-auth-config`` does not (it is the SMTP server's)."""
+    applies, and so does ``--server-auth-config``, as upstream's: it filters the SASL list (CAPA,
+    AUTH) and, without PLAIN, USER/PASS."""
     sec = server_security(config, secrets_path=config.pop_auth or "")
-    return replace(sec, auth_config=None, tls_implicit=False)
+    return replace(sec, tls_implicit=False)
 
 
 def build_pop_service(

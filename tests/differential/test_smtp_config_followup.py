@@ -15,16 +15,19 @@ oracle's answers written down, so that a clone without the oracle tests it too:
   to a next hop offering CHUNKING;
 - the server offers the AUTH mechanisms ``m:`` allows in its own fixed order, not the list's
   (``m:login,plain`` offers ``AUTH PLAIN LOGIN``).  The client's pick within ``m:`` is
-  tests/differential/test_client_wire_followup.py's.
+  tests/differential/test_client_wire_followup.py's;
+- ``--server-auth-config`` filters the POP server's SASL list too (CAPA's ``SASL`` line), and
+  without PLAIN there is no USER/PASS (``-ERR no SASL PLAIN mechanism to do USER/PASS
+  authentication``), as upstream's (ours left POP out of it before this follow-up).
 
-Kept different, and left out: ``--server-auth-config`` also filters upstream's POP SASL list
-(CAPA and AUTH), ours leaves POP out of it; upstream repeats a ``--client-smtp-config`` warning as
+Kept different, and left out: upstream repeats a ``--client-smtp-config`` warning as
 each forwarding connection starts, ours warns once at start-up (both in emailrelay/services/,
 outside this follow-up's files).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +35,7 @@ import pytest
 
 from tests.support.fake_smtp import FakeSmtp
 from tests.support.oracle import SIDES, Daemon, daemon_base, needs_oracle, smtp_dialogue, start
-from tests.support.relay import spool_files, wait_until
+from tests.support.relay import free_port, spool_files, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,6 +84,12 @@ AUTH_CASES: dict[str, str] = {
     "m:login,cram-sha1,xoauth2,plain;x:plain": "AUTH CRAM-SHA1 LOGIN",
 }
 
+POP_CASES: dict[str, tuple[str, str]] = {  # config: (CAPA's SASL line, the reply to USER)
+    "m:cram-md5": ("SASL CRAM-MD5", "-ERR no SASL PLAIN mechanism to do USER/PASS authentication"),
+    "m:cram-md5,login,plain,cram-sha256": ("SASL CRAM-SHA256 CRAM-MD5 PLAIN LOGIN", "+OK user: alice"),
+    "m:plain": ("SASL PLAIN", "+OK user: alice"),
+}
+
 
 def _warned(daemon: Daemon) -> list[str]:
     """The items of the start-up ``unknown smtp-config item [x]`` warnings, in order."""
@@ -114,6 +123,27 @@ def _auth_line(side: str, base: Path, config: str) -> str:
     with start(side, base, f"--server-auth={secrets}", f"--server-auth-config={config}") as daemon:
         keywords = _ehlo(smtp_dialogue(daemon.port, ["EHLO h", "QUIT"]))
     return next(k for k in keywords if k.startswith("AUTH "))
+
+
+def _pop_sasl(side: str, base: Path, config: str) -> tuple[str, str]:
+    """The POP server's CAPA ``SASL`` line and its reply to ``USER alice`` with ``config``."""
+    base.mkdir(parents=True, exist_ok=True)
+    secrets = base / "secrets"
+    secrets.write_text("server plain alice secret\n")
+    secrets.chmod(0o644)
+    pop_port = free_port()
+    args = [f"--server-auth={secrets}", f"--server-auth-config={config}", "--pop", "--pop-port", str(pop_port),
+            f"--pop-auth={secrets}"]  # fmt: skip
+    with start(side, base, *args), socket.create_connection(("127.0.0.1", pop_port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"CAPA\r\n")
+        capa = []
+        while (line := reader.readline().decode().rstrip("\r\n")) not in (".", ""):
+            capa.append(line)
+        sock.sendall(b"USER alice\r\n")
+        user = reader.readline().decode().rstrip("\r\n")
+    return next((x for x in capa if x.startswith("SASL")), ""), user
 
 
 def _binarymime_by_bdat(side: str, base: Path) -> tuple[list[str], list[str]]:
@@ -173,6 +203,14 @@ def test_server_auth_order_as_upstream(tmp_path: Path, config: str) -> None:
     assert ours == upstream == AUTH_CASES[config]
 
 
+@needs_oracle
+@pytest.mark.parametrize("config", POP_CASES)
+def test_pop_sasl_list_as_upstream(tmp_path: Path, config: str) -> None:
+    base = daemon_base(tmp_path)
+    ours, upstream = (_pop_sasl(side, base / side, config) for side in SIDES)
+    assert ours == upstream == POP_CASES[config]
+
+
 # ------------------------------------------------------------------------------- ours alone
 
 
@@ -194,3 +232,8 @@ def test_client_nochunking_is_unknown(tmp_path: Path) -> None:
 @pytest.mark.parametrize("config", AUTH_CASES)
 def test_server_auth_order(tmp_path: Path, config: str) -> None:
     assert _auth_line("ours", daemon_base(tmp_path), config) == AUTH_CASES[config]
+
+
+@pytest.mark.parametrize("config", POP_CASES)
+def test_pop_sasl_list(tmp_path: Path, config: str) -> None:
+    assert _pop_sasl("ours", daemon_base(tmp_path), config) == POP_CASES[config]

@@ -117,7 +117,8 @@ def test_build_pop_service_from_config(tmp_path: Path) -> None:
         sec = service.security
         assert sec is not None and sec.secrets is not None
         assert sec.secrets.server_lookup("PLAIN", "alice") is not None
-        assert sec.auth_config is None and "PLAIN" in sec.mechanisms(False)
+        # --server-auth-config filters POP's mechanisms too, as E-MailRelay 2.6b's
+        assert sec.auth_config is not None and sec.mechanisms(False) == ("CRAM-MD5",)
         assert sec.tls_context is not None and not sec.tls_implicit
         with_stls = config.replaced(server_tls=True, server_tls_connection=False)
         assert build_pop_service(with_stls, service.store, log=log).security.tls_context is not None  # type: ignore[union-attr]
