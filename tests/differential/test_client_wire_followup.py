@@ -265,6 +265,7 @@ def _rset_421(tmp_path: Path, runner: Callable[..., Any]) -> Any:
     return runner(tmp_path, hops, [[C], [D]])
 
 
+RESET = b"peer disconnected: connection reset by peer"
 RECIPIENTS_REJECTED_421 = [
     b"X-MailRelay-Reason: one or more recipients rejected",
     b"X-MailRelay-ReasonCode: 421",
@@ -278,11 +279,13 @@ def test_421_to_the_rset_after_refused_recipients_as_upstream(tmp_path: Path) ->
     runs = _rset_421(tmp_path, both)
     ours, upstream = runs["ours"], runs["upstream"]
     assert _bads(ours) == [RECIPIENTS_REJECTED_421]
-    assert _bads(upstream) == [
-        RECIPIENTS_REJECTED_421,
-        [b"X-MailRelay-Reason: peer disconnected", b"X-MailRelay-ReasonCode:"],
-    ]
-    assert upstream.log[-1] == "emailrelay: error: peer disconnected"
+    # (upstream's own race: the closed connection is an end of file or a reset, so its reason may
+    # have ": connection reset by peer" after it; seen once in CI)
+    first, second = _bads(upstream)
+    assert first == RECIPIENTS_REJECTED_421
+    assert second[0] in (b"X-MailRelay-Reason: peer disconnected", b"X-MailRelay-Reason: " + RESET), second
+    assert second[1:] == [b"X-MailRelay-ReasonCode:"]
+    assert upstream.log[-1].startswith("emailrelay: error: peer disconnected"), upstream.log
     assert (ours.rc, len(ours.messages), upstream.rc, len(upstream.messages)) == (0, 1, 1, 0)
 
 
