@@ -191,9 +191,10 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
     forwarder.reports_idle = index == 0  # one "forward: end: no messages" per trigger, not one per process
     bus.subscribe([schema.SPOOL_READY, schema.CMD_FORWARD, schema.CMD_FLUSH])
     forward_heard = 0.0  # when an admin forward last came over the bus (time.time(); 0: never)
+    redone_for: float | None = None  # the stamp of an admin forward settled() did again, not heard
 
     async def rings() -> None:
-        nonlocal forward_heard
+        nonlocal forward_heard, redone_for
         async for topic, body in bus.messages():
             if topic == schema.SPOOL_READY:
                 # every worker is rung: the claim decides who forwards, so scaling the role
@@ -206,6 +207,9 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
             else:
                 if topic == schema.CMD_FORWARD:
                     forward_heard = time.time()
+                    if redone_for is not None and _asked_at(run_dir, FORWARD_STAMP) == redone_for:
+                        redone_for = None  # the forward settled() did again was only late: done
+                        continue
                 forwarder.forward_all_now()  # admin forward / flush
 
     await forwarder.start(initial=True)
@@ -221,10 +225,13 @@ async def run_forward(config: Config, run_dir: str, index: int, count: int) -> i
         since we started that the bus did not bring is done again (its stamp); with --poll one more rescan; otherwise
         (--forward-on-disconnect) what a disconnect or a filter asked for since we started, as of
         when it asked: messages committed later may be in a session still open."""
+        nonlocal redone_for
         asked = asked_since_we_started(FORWARD_STAMP)
         # (the admin touches the stamp, then publishes: a forward heard since the stamp's time is
-        # the one it records, already done: doing it again would log a second "forwarding: [admin]")
+        # the one it records, already done: doing it again would log a second "forwarding: [admin]";
+        # one still on its way over the bus is the one done here, and rings() lets it go)
         if asked is not None and forward_heard < asked - STAMP_SLACK:
+            redone_for = asked
             forwarder.forward_all_now()
         if rung_by_notify:
             forwarder.ring()
